@@ -1,0 +1,331 @@
+/*
+ * alloc.c — the public API (ta_malloc, ta_free, ...) and its fast paths.
+ *
+ * Fast path of malloc (sizes up to 1 KiB, about 16 instructions): class from a table, the
+ * thread's arena from TLS, the class's current run, pop its free list. Anything else —
+ * empty list, no arena yet, larger sizes — goes to alloc_generic.
+ *
+ * Fast path of free (small block owned by this thread, about 30 instructions): the map
+ * byte of p's granule says "small chunk"; the run follows from p's address; the run's
+ * owner is this thread's arena; p is a block boundary below what the run has handed out;
+ * its key word does not say "already free"; push it. Everything else is free_generic.
+ *
+ * This file is compiled twice: into libtamalloc_api.a as is, and into the replacement
+ * library through override.c, with TA_OVERRIDE defined, which adds the standard names as
+ * aliases of these functions.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+
+#include "internal.h"
+#include "tamalloc.h"
+
+#ifdef TA_OVERRIDE
+const bool ta_brk_default = true;
+#else
+const bool ta_brk_default = false;
+#endif
+
+/* ------------------------------------------------------------------ allocation */
+
+/* Small block of class cls from arena a (real arena). */
+TA_INLINE void *small_alloc(ta_arena_t *a, unsigned cls) {
+  ta_run_t *r = a->cur[cls];
+  ta_block_t *b = r->free;
+  if (TA_LIKELY(b != NULL)) {
+    r->free = b->next;
+    b->key = 0;
+    r->used++;
+    return b;
+  }
+  return ta_small_alloc_slow(a, cls);
+}
+
+/* Any size, alignment <= 16 or a power of two; zero: the caller needs zeroed memory. */
+static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
+  if (TA_UNLIKELY(size > TA_MAX_REQUEST)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (size == 0) size = 1;
+  bool borrowed = false;
+  ta_arena_t *a = ta_tl_arena;
+  if (TA_UNLIKELY(a == &ta_sentinel_arena)) {
+    a = ta_arena_get_slow(&borrowed);
+    if (a == NULL) {
+      errno = ENOMEM;
+      return NULL;
+    }
+  }
+  void *p = NULL;
+  bool zeroed = false;
+  unsigned cls = 0;
+  if (size <= TA_SMALL_MAX) {
+    cls = ta_size_class(size > align ? size : align);
+    if (align > TA_ALIGNMENT)
+      while (cls <= TA_NUM_SMALL && (ta_class_size[cls] & (align - 1)) != 0) cls++;
+  }
+  if (cls != 0 && cls <= TA_NUM_SMALL) {
+    p = small_alloc(a, cls);
+  } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 &&
+             size + align <= TA_MEDIUM_MAX) {
+    p = ta_medium_alloc(a, size, align);
+  } else {
+    p = ta_huge_alloc(a, size, align, zero);
+    zeroed = true;
+  }
+  if (borrowed) ta_arena_borrow_done(a);
+  if (TA_UNLIKELY(p == NULL)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (zero && !zeroed) memset(p, 0, size);
+  return p;
+}
+
+void *ta_malloc(size_t size) {
+  if (TA_LIKELY(size <= 1024)) {
+    ta_run_t *r = ta_tl_arena->cur[ta_class_lut[(size + 15) >> 4]];
+    ta_block_t *b = r->free;
+    if (TA_LIKELY(b != NULL)) {
+      r->free = b->next;
+      b->key = 0;
+      r->used++;
+      return b;
+    }
+  }
+  return alloc_generic(size, TA_ALIGNMENT, false);
+}
+
+void *ta_calloc(size_t count, size_t size) {
+  size_t total;
+  if (TA_UNLIKELY(__builtin_mul_overflow(count, size, &total))) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return alloc_generic(total, TA_ALIGNMENT, true);
+}
+
+static void *alloc_aligned(size_t align, size_t size) {
+  if (align <= TA_ALIGNMENT) return ta_malloc(size);
+  if (TA_UNLIKELY(align > TA_MAX_REQUEST / 2 || size > TA_MAX_REQUEST)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return alloc_generic(size, align, false);
+}
+
+void *ta_aligned_alloc(size_t align, size_t size) {
+  if (TA_UNLIKELY(!ta_is_pow2(align))) {
+    errno = EINVAL;
+    return NULL;
+  }
+  return alloc_aligned(align, size);
+}
+
+void *ta_memalign(size_t align, size_t size) {
+  if (!ta_is_pow2(align)) {
+    if (align > ((size_t)1 << 62)) {
+      errno = ENOMEM;
+      return NULL;
+    }
+    size_t a = 1;
+    while (a < align) a <<= 1;
+    align = a;
+  }
+  return alloc_aligned(align, size);
+}
+
+int ta_posix_memalign(void **out, size_t align, size_t size) {
+  if (!ta_is_pow2(align) || align < sizeof(void *)) return EINVAL;
+  int saved = errno;
+  void *p = alloc_aligned(align, size);
+  if (p == NULL) {
+    errno = saved;
+    return ENOMEM;
+  }
+  *out = p;
+  return 0;
+}
+
+void *ta_valloc(size_t size) { return alloc_aligned(TA_PAGE_SIZE, size); }
+
+void *ta_pvalloc(size_t size) {
+  if (size > TA_MAX_REQUEST) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  size_t rounded = ta_align_up(size ? size : 1, TA_PAGE_SIZE);
+  return alloc_aligned(TA_PAGE_SIZE, rounded);
+}
+
+/* ------------------------------------------------------------------ free */
+
+static TA_NOINLINE void free_small_remote(ta_run_t *r, ta_block_t *b) {
+  ta_arena_t *owner = r->owner;
+  if (!ta_small_valid(r, b)) ta_fatal("free(): invalid pointer", b);
+  if (b->key == ta_secret) ta_fatal("free(): double free of pointer", b);
+  b->key = ta_secret;
+  ta_remote_push(owner, b);
+}
+
+static void free_medium(void *p) {
+  ta_mhdr_t *h = ta_medium_hdr_checked(p, "free(): invalid pointer");
+  ta_block_t *b = p;
+  ta_chunk_t *c = ta_chunk_of(p);
+  ta_arena_t *me = ta_tl_arena;
+  if (c->owner == me) {
+    if (!(h->size_flags & TA_M_INUSE)) ta_fatal("free(): double free of pointer", p);
+    ta_slow_enter(me);
+    if (b->key == ta_secret && atomic_load_explicit(&me->remote, memory_order_relaxed)) {
+      /* Maybe freed before by another thread and not yet drained. */
+      ta_remote_drain(me);
+      if (!(h->size_flags & TA_M_INUSE)) ta_fatal("free(): double free of pointer", p);
+    }
+    ta_medium_free_local(me, h);
+    ta_slow_leave(me);
+    return;
+  }
+  if (!(h->size_flags & TA_M_INUSE) || b->key == ta_secret)
+    ta_fatal("free(): double free of pointer", p);
+  b->key = ta_secret;
+  ta_remote_push(c->owner, b);
+}
+
+static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
+  if (p == NULL) return;
+  switch (kind) {
+  case TA_MAP_MEDIUM:
+    free_medium(p);
+    return;
+  case TA_MAP_HUGE:
+  case TA_MAP_HUGE_AL:
+    ta_huge_free(ta_huge_hdr_checked(p, kind, "free(): invalid pointer"));
+    return;
+  default:
+    ta_fatal("free(): invalid pointer", p);
+  }
+}
+
+void ta_free(void *p) {
+  uintptr_t u = (uintptr_t)p;
+  uint8_t kind = ta_map_get(u);
+  if (TA_LIKELY(kind == TA_MAP_SMALL)) {
+    ta_run_t *r = ta_run_of(p);
+    ta_arena_t *me = ta_tl_arena;
+    ta_block_t *b = p;
+    if (TA_LIKELY(r->owner == me)) {
+      uint32_t off = (uint32_t)(u & (TA_RUN_SIZE - 1));
+      /* off is a multiple of bsize exactly when off * ceil(2^32 / bsize) wraps below it. */
+      if (TA_UNLIKELY((uint32_t)(off * r->recip) >= r->recip || off >= r->carved * r->bsize))
+        ta_fatal("free(): invalid pointer", p);
+      if (TA_UNLIKELY(b->key == ta_secret)) ta_small_check_double(me, r, b);
+      ta_block_t *old = r->free;
+      b->next = old;
+      b->key = ta_secret;
+      r->free = b;
+      if (TA_UNLIKELY(--r->used == 0 || old == NULL)) ta_small_free_slow(me, r);
+      return;
+    }
+    free_small_remote(r, b);
+    return;
+  }
+  free_generic(p, kind);
+}
+
+void ta_free_sized(void *p, size_t size) {
+  (void)size;
+  ta_free(p);
+}
+
+void ta_free_aligned_sized(void *p, size_t align, size_t size) {
+  (void)align;
+  (void)size;
+  ta_free(p);
+}
+
+/* ------------------------------------------------------------------ sizes and realloc */
+
+/* Usable size of a block we handed out; aborts naming `op` if p is not one. */
+static size_t usable_checked(void *p, const char *op) {
+  uint8_t kind = ta_map_get((uintptr_t)p);
+  switch (kind) {
+  case TA_MAP_SMALL: {
+    ta_run_t *r = ta_run_of(p);
+    if (!ta_small_valid(r, p)) ta_fatal(op, p);
+    return r->bsize;
+  }
+  case TA_MAP_MEDIUM: {
+    ta_mhdr_t *h = ta_medium_hdr_checked(p, op);
+    if (!(h->size_flags & TA_M_INUSE)) ta_fatal(op, p);
+    return ta_medium_usable(h);
+  }
+  case TA_MAP_HUGE:
+  case TA_MAP_HUGE_AL:
+    return ta_huge_usable(ta_huge_hdr_checked(p, kind, op));
+  default:
+    ta_fatal(op, p);
+  }
+}
+
+size_t ta_malloc_usable_size(void *p) {
+  if (p == NULL) return 0;
+  return usable_checked(p, "malloc_usable_size(): invalid pointer");
+}
+
+void *ta_realloc(void *p, size_t size) {
+  if (p == NULL) return ta_malloc(size);
+  if (size == 0) {
+    ta_free(p);
+    return NULL;
+  }
+  size_t usable = usable_checked(p, "realloc(): invalid pointer");
+  if (TA_UNLIKELY(size > TA_MAX_REQUEST)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  uint8_t kind = ta_map_get((uintptr_t)p);
+  if (kind == TA_MAP_SMALL) {
+    if (size <= usable && (size >= usable / 2 || usable <= 64)) return p;
+  } else if (kind == TA_MAP_MEDIUM) {
+    if (size > TA_SMALL_MAX / 2 && size <= TA_MEDIUM_MAX) {
+      ta_arena_t *me = ta_tl_arena;
+      if (ta_chunk_of(p)->owner == me) {
+        if (ta_medium_resize(me, (ta_mhdr_t *)p - 1, size)) return p;
+      } else if (size <= usable && size >= usable / 2) {
+        return p;
+      }
+    }
+  } else if (size > TA_MEDIUM_MAX) {
+    void *q = ta_huge_realloc(ta_huge_hdr_checked(p, kind, "realloc(): invalid pointer"), size);
+    if (q) return q;
+  }
+  void *q = alloc_generic(size, TA_ALIGNMENT, false);
+  if (q == NULL) return NULL; /* errno is ENOMEM; p is untouched */
+  memcpy(q, p, size < usable ? size : usable);
+  ta_free(p);
+  return q;
+}
+
+void *ta_reallocarray(void *p, size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return ta_realloc(p, total);
+}
+
+/* ------------------------------------------------------------------ trim */
+
+int ta_malloc_trim(size_t pad) {
+  (void)pad;
+  ta_arena_t *a = ta_tl_arena;
+  if (a == &ta_sentinel_arena) return 0;
+  ta_slow_enter(a);
+  if (atomic_load_explicit(&a->remote, memory_order_relaxed)) ta_remote_drain(a);
+  size_t freed = ta_huge_trim_cache(a, 0);
+  ta_slow_leave(a);
+  return freed > 0;
+}

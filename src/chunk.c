@@ -1,0 +1,112 @@
+/*
+ * chunk.c — 4 MiB chunks: where they come from, the map that finds them, where they go.
+ *
+ * A chunk comes from the program break when the break can move: under the break lock we
+ * read the break, move it to the next 4 MiB boundary plus one chunk, and record it. The
+ * gap below the boundary is never touched, so it costs address space, not memory. When
+ * sbrk fails (RLIMIT_DATA, a mapping right above the break, or a build that must not
+ * share the break with another allocator) the chunk is mapped instead, over-allocated and
+ * trimmed to alignment.
+ *
+ * ta_chunk_map holds one byte per 4 MiB granule of the 47-bit address space (32 MiB of
+ * zero-filled address space in .bss, of which only the touched pages become resident:
+ * one 4 KiB page of the map covers 16 GiB).
+ *
+ * Empty chunks stay with their arena for reuse; the arena keeps a few resident and gives
+ * the pages of the others back (see docs/design.md, "Memory going back").
+ */
+#include "internal.h"
+
+_Atomic uint8_t ta_chunk_map[TA_MAP_ENTRIES];
+
+/* Whether chunks may come from the break. The replacement library sets it; the ta_ API
+ * library must not, because the process's own malloc moves the break without our lock. */
+TA_HIDDEN extern const bool ta_brk_default;
+static _Atomic int brk_state; /* 0: not yet decided, 1: use the break, 2: do not */
+
+void ta_map_set(uintptr_t addr, uint8_t kind) {
+  atomic_store_explicit(&ta_chunk_map[addr >> TA_CHUNK_SHIFT], kind, memory_order_release);
+}
+
+static void *chunk_from_brk(bool *ok) {
+  *ok = false;
+  ta_brk_lock();
+  char *cur = ta_os_sbrk(0);
+  void *res = NULL;
+  if (cur != (void *)-1) {
+    uintptr_t aligned = ta_align_up((uintptr_t)cur, TA_CHUNK_SIZE);
+    size_t incr = aligned - (uintptr_t)cur + TA_CHUNK_SIZE;
+    char *old = ta_os_sbrk((intptr_t)incr);
+    if (old != (void *)-1) {
+      /* Someone may have moved the break without our lock between the two calls. */
+      uintptr_t a2 = ta_align_up((uintptr_t)old, TA_CHUNK_SIZE);
+      if (a2 + TA_CHUNK_SIZE <= (uintptr_t)old + incr) res = (void *)a2;
+    }
+  }
+  ta_brk_unlock();
+  *ok = res != NULL;
+  return res;
+}
+
+/* Turns brk use on or off (unit tests exercise the break path in their own process). */
+void ta_chunk_use_brk(bool on);
+void ta_chunk_use_brk(bool on) { atomic_store(&brk_state, on ? 1 : 2); }
+
+static ta_chunk_t *chunk_fresh(bool *from_brk) {
+  int st = atomic_load_explicit(&brk_state, memory_order_relaxed);
+  if (st == 0) {
+    st = ta_brk_default ? 1 : 2;
+    atomic_store(&brk_state, st);
+  }
+  *from_brk = false;
+  if (st == 1) {
+    bool ok;
+    void *p = chunk_from_brk(&ok);
+    if (ok) {
+      *from_brk = true;
+      return p;
+    }
+  }
+  return ta_os_mmap_aligned(TA_CHUNK_SIZE, TA_CHUNK_SIZE);
+}
+
+ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
+  ta_chunk_t *c = a->empty_chunks;
+  bool from_brk;
+  if (c) {
+    a->empty_chunks = c->next;
+    a->n_empty_chunks--;
+    from_brk = c->from_brk;
+  } else {
+    c = chunk_fresh(&from_brk);
+    if (c == NULL) return NULL;
+  }
+  c->check = (uintptr_t)c ^ ta_secret;
+  c->owner = a;
+  c->next = c->prev = NULL;
+  c->kind = kind;
+  c->from_brk = from_brk;
+  c->free_slots = 0;
+  ta_map_set((uintptr_t)c, kind);
+  return c;
+}
+
+/* An empty chunk goes back to its arena's reserve. Beyond a small reserve, its pages
+ * are given back: a mapped chunk is unmapped, a break chunk is decommitted and kept. */
+#define TA_EMPTY_CHUNKS_RESIDENT 2
+void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c) {
+  if (a->n_empty_chunks >= TA_EMPTY_CHUNKS_RESIDENT && !c->from_brk) {
+    ta_map_set((uintptr_t)c, TA_MAP_NONE);
+    if (ta_os_munmap(c, TA_CHUNK_SIZE) == 0) return;
+    ta_map_set((uintptr_t)c, c->kind); /* could not unmap: keep it */
+  }
+  if (a->n_empty_chunks >= TA_EMPTY_CHUNKS_RESIDENT) {
+    /* Keep the header page, drop the rest. */
+    ta_os_decommit((char *)c + TA_PAGE_SIZE, TA_CHUNK_SIZE - TA_PAGE_SIZE);
+  }
+  c->kind = TA_MAP_NONE;
+  ta_map_set((uintptr_t)c, TA_MAP_NONE);
+  c->next = a->empty_chunks;
+  a->empty_chunks = c;
+  a->n_empty_chunks++;
+}

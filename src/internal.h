@@ -1,0 +1,281 @@
+/*
+ * internal.h — every type, constant and cross-file prototype of tamalloc.
+ *
+ * Memory is carved into CHUNKs of 4 MiB, aligned to their size, that come from the program
+ * break (sbrk) or, when the break cannot move, from mmap. A byte map with one entry per
+ * 4 MiB granule of the address space (ta_chunk_map) says what each granule is, so free(p)
+ * finds p's metadata from the address alone, and a pointer we never handed out is caught
+ * before anything is written.
+ *
+ *   SMALL chunk : a header, then 63 RUNs of 64 KiB. A run holds blocks of one size class
+ *                 (16 B .. 8 KiB); its meta block (ta_run_t) lives in the chunk header, so a
+ *                 small block has no header of its own.
+ *   MEDIUM chunk: a header, then blocks that each carry a 16-byte meta block (size, flags,
+ *                 check word). Free blocks are linked in segregated free lists (bins), split
+ *                 on reuse and merged with free neighbours (boundary tags).
+ *   HUGE mapping: one block mapped on its own, with its meta block at the start of the
+ *                 mapping. Freed mappings are cached per arena and reused.
+ *
+ * Each chunk belongs to one arena; each thread owns one arena (ta_arena_t), reached
+ * through an initial-exec TLS pointer. Only the owner touches an arena's lists. A free
+ * from another thread pushes the block onto the owner's atomic `remote` list with one
+ * CAS; the owner drains that list in its slow paths.
+ *
+ * Invariants (checked by the tests in test/unit):
+ *   run:    used + |run.free| + |blocks of the run on owner.remote| == carved <= cap
+ *   run:    state == RUN_FULL  <=> run is in no list and run.free == NULL
+ *   run:    state == RUN_PARTIAL <=> run is on owner.partial[cls]
+ *   run:    owner == NULL <=> the run slot is free in its chunk
+ *   block:  a small block on a free list has word[1] == ta_secret; malloc clears it
+ *   medium: INUSE clear <=> the block is on exactly one bin list; no two adjacent free
+ *           blocks; PREV_FREE of a block == !INUSE of its predecessor
+ *   map:    ta_chunk_map[g] != 0 => granule g is mapped and its header check word is valid
+ */
+#ifndef TA_INTERNAL_H
+#define TA_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TA_HIDDEN __attribute__((visibility("hidden")))
+#define TA_LIKELY(x) __builtin_expect(!!(x), 1)
+#define TA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define TA_NOINLINE __attribute__((noinline))
+#define TA_COLD __attribute__((cold, noinline))
+#define TA_INLINE static inline __attribute__((always_inline))
+
+/* ------------------------------------------------------------------ geometry */
+#define TA_CHUNK_SHIFT 22
+#define TA_CHUNK_SIZE ((size_t)1 << TA_CHUNK_SHIFT) /* 4 MiB */
+#define TA_CHUNK_MASK (TA_CHUNK_SIZE - 1)
+#define TA_RUN_SHIFT 16
+#define TA_RUN_SIZE ((size_t)1 << TA_RUN_SHIFT) /* 64 KiB */
+#define TA_RUNS_PER_CHUNK (TA_CHUNK_SIZE / TA_RUN_SIZE) /* 64; slot 0 is the header */
+#define TA_PAGE_SIZE ((size_t)4096)
+#define TA_ADDR_BITS 47 /* user space on x86-64 and arm64 without 5-level hints */
+#define TA_MAP_ENTRIES ((size_t)1 << (TA_ADDR_BITS - TA_CHUNK_SHIFT))
+#define TA_ALIGNMENT 16 /* every block */
+
+/* Size classes: 16..128 step 16, then 8 classes per doubling (at most 12.5% waste). */
+#define TA_SMALL_MAX ((size_t)8192)
+#define TA_NUM_SMALL 56 /* classes 1..56; class 0 is unused */
+#define TA_MEDIUM_MAX ((size_t)1 << 20) /* larger requests are mapped on their own */
+#define TA_NUM_BINS 136 /* medium free-list bins, indexed by size class */
+#define TA_BIN_WORDS ((TA_NUM_BINS + 63) / 64)
+/* Sizes beyond this are impossible (PTRDIFF_MAX less room for rounding). */
+#define TA_MAX_REQUEST ((size_t)PTRDIFF_MAX - 2 * TA_CHUNK_SIZE)
+
+/* ------------------------------------------------------------------ map kinds */
+enum {
+  TA_MAP_NONE = 0,
+  TA_MAP_SMALL = 1,   /* small chunk: header at granule start */
+  TA_MAP_MEDIUM = 2,  /* medium chunk: header at granule start */
+  TA_MAP_HUGE = 3,    /* huge block whose data starts in this granule, header at its start */
+  TA_MAP_HUGE_AL = 4, /* huge block with data at this granule start, header one granule down */
+};
+TA_HIDDEN extern _Atomic uint8_t ta_chunk_map[TA_MAP_ENTRIES];
+
+/* ------------------------------------------------------------------ blocks */
+/* A free small block: word 0 links the free list, word 1 holds ta_secret. */
+typedef struct ta_block {
+  struct ta_block *next;
+  uintptr_t key;
+} ta_block_t;
+
+TA_HIDDEN extern uintptr_t ta_secret; /* random, nonzero once the allocator is initialised */
+
+/* ------------------------------------------------------------------ runs */
+enum { RUN_UNUSED = 0, RUN_ACTIVE, RUN_PARTIAL, RUN_FULL };
+
+struct ta_arena;
+typedef struct ta_run {
+  ta_block_t *free;       /* owner's free list; malloc pops, owner's free pushes */
+  struct ta_arena *owner; /* NULL while the slot is unused */
+  uint32_t used;          /* blocks handed out and not yet freed to this run */
+  uint32_t bsize;         /* block size of the class */
+  uint32_t recip;         /* ceil(2^32 / bsize): offset -> index without a divide */
+  uint32_t carved;        /* blocks ever threaded onto the free list (lazily) */
+  uint32_t cap;           /* blocks that fit in the run */
+  uint8_t cls;            /* size class */
+  uint8_t state;          /* RUN_* */
+  uint16_t slot;          /* index in the chunk */
+  struct ta_run *next, *prev; /* owner.partial[cls] list */
+  uint64_t empty_since;   /* time the run became empty (for delayed purging) */
+} ta_run_t;
+_Static_assert(sizeof(ta_run_t) == 64, "run meta block: one cache line");
+
+/* ------------------------------------------------------------------ chunks */
+#define TA_CHUNK_MAGIC 0x7461636875636b31ULL /* checked together with the map entry */
+
+typedef struct ta_chunk {
+  uint64_t check;          /* (address ^ ta_secret): a chunk of ours, not a stray pointer */
+  struct ta_arena *owner;
+  struct ta_chunk *next;   /* owner's list of chunks of this kind */
+  struct ta_chunk *prev;
+  uint64_t free_slots;     /* small: bit i set <=> run slot i is free (bit 0 never) */
+  uint8_t kind;            /* TA_MAP_SMALL or TA_MAP_MEDIUM */
+  uint8_t from_brk;        /* came from the program break */
+  uint8_t pad[6];
+  uint64_t reserved[2];
+  ta_run_t runs[TA_RUNS_PER_CHUNK]; /* small chunks only */
+} ta_chunk_t;
+_Static_assert(sizeof(ta_chunk_t) <= TA_RUN_SIZE, "small chunk header fits slot 0");
+#define TA_MEDIUM_HDR 64 /* medium chunk: data starts here; runs[] is not used */
+
+/* ------------------------------------------------------------------ medium blocks */
+#define TA_M_INUSE ((size_t)1)
+#define TA_M_PREV_FREE ((size_t)2)
+#define TA_M_FLAGS ((size_t)15)
+typedef struct ta_mhdr {
+  size_t size_flags; /* whole block size incl. this header, multiple of 16, plus flags */
+  uintptr_t check;   /* (address ^ ta_secret) */
+} ta_mhdr_t;
+#define TA_MIN_MBLOCK ((size_t)48) /* header + two links + footer */
+
+/* ------------------------------------------------------------------ huge blocks */
+typedef struct ta_huge {
+  uintptr_t check;      /* (address ^ ta_secret) */
+  size_t map_size;      /* bytes mapped, starting at this header */
+  size_t data_off;      /* data = (char *)this + data_off */
+  size_t requested;     /* last requested size */
+  _Atomic uint32_t state; /* HUGE_LIVE or HUGE_CACHED */
+  uint32_t pad;
+  struct ta_huge *next; /* owner's cache list while cached */
+} ta_huge_t;
+enum { HUGE_LIVE = 1, HUGE_CACHED = 2 };
+#define TA_HUGE_HDR 64
+
+/* ------------------------------------------------------------------ arenas */
+enum { ARENA_FREE = 0, ARENA_CLAIMED = 1, ARENA_ZOMBIE = 2 };
+
+typedef struct ta_arena {
+  /* --- fast path: read on every malloc --- */
+  ta_run_t *cur[TA_NUM_SMALL + 1]; /* current run per class; never NULL */
+
+  /* --- owner-only slow-path state --- */
+  ta_run_t *partial[TA_NUM_SMALL + 1]; /* runs with free blocks, not current */
+  ta_chunk_t *small_avail;  /* small chunks with a free run slot */
+  ta_chunk_t *small_full;   /* small chunks without one */
+  ta_chunk_t *medium_chunks;
+  ta_chunk_t *empty_chunks; /* whole chunks kept for reuse */
+  size_t n_empty_chunks;
+  uint64_t bin_map[TA_BIN_WORDS];
+  ta_mhdr_t *bins[TA_NUM_BINS];
+  ta_huge_t *huge_cache;
+  size_t huge_cached_bytes;
+  size_t huge_cached_count;
+  volatile int in_slow; /* set while the owner rearranges lists (fork safety) */
+  uint32_t id;
+
+  /* --- shared with other threads --- */
+  _Alignas(64) _Atomic(ta_block_t *) remote; /* blocks freed by other threads */
+  _Alignas(64) _Atomic int state;            /* ARENA_* */
+  struct ta_arena *next_all;                 /* global list, push-only */
+} ta_arena_t;
+
+/* The placeholder every thread starts with: all its runs are empty, so the first malloc
+ * takes the slow path, which gives the thread a real arena. */
+TA_HIDDEN extern ta_arena_t ta_sentinel_arena;
+TA_HIDDEN extern ta_run_t ta_empty_run;
+extern __thread ta_arena_t *ta_tl_arena __attribute__((tls_model("initial-exec")));
+
+/* ------------------------------------------------------------------ helpers */
+TA_INLINE size_t ta_align_up(size_t n, size_t a) { return (n + a - 1) & ~(a - 1); }
+TA_INLINE bool ta_is_pow2(size_t a) { return a != 0 && (a & (a - 1)) == 0; }
+
+TA_HIDDEN extern const uint8_t ta_class_lut[65]; /* (size + 15) >> 4 -> class, size <= 1024 */
+TA_HIDDEN extern const uint64_t ta_class_size[TA_NUM_BINS + 1];
+
+/* Smallest class whose size is >= size (size >= 1). */
+TA_INLINE unsigned ta_size_class(size_t size) {
+  if (size <= 1024) return ta_class_lut[(size + 15) >> 4];
+  unsigned k = 63u - (unsigned)__builtin_clzll(size - 1); /* size in (2^k, 2^(k+1)] */
+  return 8u + (k - 7u) * 8u + (unsigned)((size - 1) >> (k - 3)) - 8u + 1u;
+}
+
+/* ------------------------------------------------------------------ os.c */
+/* The only file that talks to the kernel. Each call can be made to fail by a test hook. */
+enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16 };
+TA_HIDDEN void *ta_os_sbrk(intptr_t incr);       /* (void *)-1 on failure */
+TA_HIDDEN void *ta_os_mmap(size_t size);         /* NULL on failure; zeroed, read-write */
+TA_HIDDEN void *ta_os_mmap_aligned(size_t size, size_t align); /* NULL on failure */
+TA_HIDDEN int ta_os_munmap(void *p, size_t size);
+TA_HIDDEN int ta_os_decommit(void *p, size_t size); /* MADV_DONTNEED */
+TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
+TA_HIDDEN uint64_t ta_os_now_ms(void);
+TA_HIDDEN uintptr_t ta_os_random(void);
+/* Test hooks: fail the next `count` calls of the operations in `mask` after `skip` successes. */
+void ta_os_fail(unsigned mask, unsigned skip, unsigned count);
+TA_HIDDEN void ta_brk_lock(void);
+TA_HIDDEN void ta_brk_unlock(void);
+TA_HIDDEN void ta_brk_reset_after_fork(void);
+
+/* ------------------------------------------------------------------ error.c */
+__attribute__((noreturn)) TA_COLD TA_HIDDEN void ta_fatal(const char *what, const void *p);
+
+/* ------------------------------------------------------------------ chunk.c */
+TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
+TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
+TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
+TA_INLINE uint8_t ta_map_get(uintptr_t addr) {
+  if (TA_UNLIKELY(addr >> TA_ADDR_BITS)) return TA_MAP_NONE;
+  return atomic_load_explicit(&ta_chunk_map[addr >> TA_CHUNK_SHIFT], memory_order_relaxed);
+}
+TA_INLINE ta_chunk_t *ta_chunk_of(const void *p) {
+  return (ta_chunk_t *)((uintptr_t)p & ~(uintptr_t)TA_CHUNK_MASK);
+}
+TA_INLINE ta_run_t *ta_run_of(const void *p) {
+  return &ta_chunk_of(p)->runs[((uintptr_t)p >> TA_RUN_SHIFT) & (TA_RUNS_PER_CHUNK - 1)];
+}
+TA_INLINE char *ta_run_base(const ta_run_t *r) {
+  return (char *)((uintptr_t)r & ~(uintptr_t)TA_CHUNK_MASK) + ((size_t)r->slot << TA_RUN_SHIFT);
+}
+
+/* ------------------------------------------------------------------ small.c */
+TA_HIDDEN void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls);
+TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
+TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
+TA_HIDDEN void ta_small_check_double(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
+TA_HIDDEN bool ta_small_valid(const ta_run_t *r, const void *p);
+
+/* ------------------------------------------------------------------ medium.c */
+TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align);
+TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
+TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
+TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
+TA_INLINE size_t ta_medium_usable(const ta_mhdr_t *h) {
+  return (h->size_flags & ~TA_M_FLAGS) - sizeof(ta_mhdr_t);
+}
+
+/* ------------------------------------------------------------------ huge.c */
+TA_HIDDEN void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero);
+TA_HIDDEN void ta_huge_free(ta_huge_t *h);
+TA_HIDDEN ta_huge_t *ta_huge_hdr_checked(void *p, uint8_t kind, const char *op);
+TA_HIDDEN void *ta_huge_realloc(ta_huge_t *h, size_t size);
+TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) { return h->map_size - h->data_off; }
+TA_HIDDEN size_t ta_huge_trim_cache(ta_arena_t *a, size_t keep_bytes);
+
+/* ------------------------------------------------------------------ arena.c */
+/* Gives the thread a real arena, or NULL. *borrowed: only for this call (thread has exited). */
+TA_HIDDEN ta_arena_t *ta_arena_get_slow(bool *borrowed);
+TA_HIDDEN void ta_arena_borrow_done(ta_arena_t *a);
+TA_HIDDEN void ta_remote_push(ta_arena_t *owner, ta_block_t *b);
+TA_HIDDEN void ta_remote_drain(ta_arena_t *a);
+TA_HIDDEN void ta_init(void);
+TA_HIDDEN extern bool ta_initialized;
+
+/* in_slow brackets every multi-step change of an arena's lists, so that a fork child can
+ * tell whether the snapshot it got is consistent. The release fences keep the flag's
+ * store ordered before and after the changes (free on x86: a compiler barrier). */
+TA_INLINE void ta_slow_enter(ta_arena_t *a) {
+  a->in_slow++;
+  atomic_thread_fence(memory_order_release);
+}
+TA_INLINE void ta_slow_leave(ta_arena_t *a) {
+  atomic_thread_fence(memory_order_release);
+  a->in_slow--;
+}
+
+#endif /* TA_INTERNAL_H */

@@ -1,0 +1,236 @@
+/*
+ * medium.c — blocks of 8 KiB .. 1 MiB, each with its own meta block, in medium chunks.
+ *
+ * Layout of a medium chunk:
+ *   [chunk header 64 B][block][block]...[block][end marker: 16 B, INUSE, size 0]
+ * Every block starts with a 16-byte meta block {size | flags, check}; data follows, 16-byte
+ * aligned. A free block also keeps its size in its last word (the footer), so the block
+ * after it can find it, and links itself into a bin with data words 0 and 1.
+ *
+ * Bins are the size classes of sizeclass.c: a free block of size s sits in the bin of the
+ * largest class <= s, so every block in bin ta_size_class(n) or above fits n. A bitmap of
+ * non-empty bins finds the first fit in a few instructions. Allocation splits the block
+ * when the rest is worth keeping; free merges with free neighbours at once, so no two
+ * free blocks are ever adjacent.
+ *
+ * All of this runs on the owning thread; other threads' frees arrive through the arena's
+ * remote list (alloc.c) and are merged here when the owner drains it.
+ */
+#include "internal.h"
+
+#define M_SIZE(h) ((h)->size_flags & ~TA_M_FLAGS)
+#define M_NEXT(h) ((ta_mhdr_t *)((char *)(h) + M_SIZE(h)))
+#define M_LINK(h) ((ta_mhdr_t **)((h) + 1)) /* [0] next, [1] prev in the bin */
+#define M_FOOTER(h, s) (*(size_t *)((char *)(h) + (s) - sizeof(size_t)))
+
+static unsigned bin_of(size_t s) {
+  unsigned c = ta_size_class(s);
+  if (ta_class_size[c] > s) c--;
+  return c;
+}
+
+static void bin_insert(ta_arena_t *a, ta_mhdr_t *h) {
+  size_t s = M_SIZE(h);
+  unsigned b = bin_of(s);
+  ta_mhdr_t *first = a->bins[b];
+  M_LINK(h)[0] = first;
+  M_LINK(h)[1] = NULL;
+  if (first) M_LINK(first)[1] = h;
+  a->bins[b] = h;
+  a->bin_map[b >> 6] |= (uint64_t)1 << (b & 63);
+  M_FOOTER(h, s) = s;
+}
+
+static void bin_remove(ta_arena_t *a, ta_mhdr_t *h) {
+  ta_mhdr_t *next = M_LINK(h)[0], *prev = M_LINK(h)[1];
+  if (prev) M_LINK(prev)[0] = next;
+  else {
+    unsigned b = bin_of(M_SIZE(h));
+    a->bins[b] = next;
+    if (next == NULL) a->bin_map[b >> 6] &= ~((uint64_t)1 << (b & 63));
+  }
+  if (next) M_LINK(next)[1] = prev;
+}
+
+static ta_mhdr_t *bin_first_fit(ta_arena_t *a, size_t need) {
+  unsigned b = ta_size_class(need);
+  for (unsigned w = b >> 6; w < TA_BIN_WORDS; w++) {
+    uint64_t bits = a->bin_map[w];
+    if (w == b >> 6) bits &= ~(uint64_t)0 << (b & 63);
+    if (bits) return a->bins[w * 64 + (unsigned)__builtin_ctzll(bits)];
+  }
+  return NULL;
+}
+
+static void set_hdr(ta_mhdr_t *h, size_t size_flags) {
+  h->size_flags = size_flags;
+  h->check = (uintptr_t)h ^ ta_secret;
+}
+
+static bool medium_chunk_new(ta_arena_t *a) {
+  ta_chunk_t *c = ta_chunk_alloc(a, TA_MAP_MEDIUM);
+  if (c == NULL) return false;
+  ta_mhdr_t *h = (ta_mhdr_t *)((char *)c + TA_MEDIUM_HDR);
+  ta_mhdr_t *end = (ta_mhdr_t *)((char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t));
+  set_hdr(h, (size_t)((char *)end - (char *)h));
+  set_hdr(end, TA_M_INUSE | TA_M_PREV_FREE);
+  bin_insert(a, h);
+  c->prev = NULL;
+  c->next = a->medium_chunks;
+  if (a->medium_chunks) a->medium_chunks->prev = c;
+  a->medium_chunks = c;
+  return true;
+}
+
+static void medium_chunk_free(ta_arena_t *a, ta_chunk_t *c) {
+  if (c->prev) c->prev->next = c->next;
+  else a->medium_chunks = c->next;
+  if (c->next) c->next->prev = c->prev;
+  ta_chunk_release(a, c);
+}
+
+/* Makes [h, h + s) a free block: header, bin, footer, and the PREV_FREE bit after it. */
+static void make_free(ta_arena_t *a, ta_mhdr_t *h, size_t s) {
+  set_hdr(h, s);
+  bin_insert(a, h);
+  ta_mhdr_t *n = (ta_mhdr_t *)((char *)h + s);
+  n->size_flags |= TA_M_PREV_FREE;
+}
+
+/* Gives the tail of in-use block h beyond `keep` bytes back, merging it with a free next. */
+static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep) {
+  size_t s = M_SIZE(h);
+  if (s - keep < TA_MIN_MBLOCK) return;
+  ta_mhdr_t *t = (ta_mhdr_t *)((char *)h + keep);
+  size_t ts = s - keep;
+  ta_mhdr_t *n = M_NEXT(h);
+  if (!(n->size_flags & TA_M_INUSE)) {
+    bin_remove(a, n);
+    ts += M_SIZE(n);
+    n->check = 0;
+  }
+  h->size_flags = keep | (h->size_flags & TA_M_FLAGS);
+  make_free(a, t, ts);
+}
+
+void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
+  size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
+  if (need < TA_MIN_MBLOCK) need = TA_MIN_MBLOCK;
+  size_t search = align > TA_ALIGNMENT ? need + align + TA_MIN_MBLOCK : need;
+  if (search > TA_CHUNK_SIZE - TA_MEDIUM_HDR - 2 * sizeof(ta_mhdr_t)) return NULL;
+
+  ta_slow_enter(a);
+  if (atomic_load_explicit(&a->remote, memory_order_relaxed)) ta_remote_drain(a);
+  ta_mhdr_t *h = bin_first_fit(a, search);
+  if (h == NULL) {
+    if (!medium_chunk_new(a)) {
+      ta_slow_leave(a);
+      return NULL;
+    }
+    h = bin_first_fit(a, search);
+  }
+  bin_remove(a, h);
+  size_t s = M_SIZE(h);
+  size_t prev_flag = h->size_flags & TA_M_PREV_FREE; /* always 0: neighbours are merged */
+
+  if (align > TA_ALIGNMENT) {
+    uintptr_t data = ta_align_up((uintptr_t)(h + 1), align);
+    while (data - sizeof(ta_mhdr_t) != (uintptr_t)h &&
+           data - sizeof(ta_mhdr_t) - (uintptr_t)h < TA_MIN_MBLOCK)
+      data += align;
+    size_t front = data - sizeof(ta_mhdr_t) - (uintptr_t)h;
+    if (front) {
+      /* The front becomes a free block of its own; its successor is the aligned block. */
+      set_hdr(h, front | prev_flag);
+      bin_insert(a, h);
+      h = (ta_mhdr_t *)(data - sizeof(ta_mhdr_t));
+      s -= front;
+      prev_flag = TA_M_PREV_FREE;
+    }
+  }
+  set_hdr(h, s | prev_flag | TA_M_INUSE);
+  M_NEXT(h)->size_flags &= ~TA_M_PREV_FREE;
+  split_tail(a, h, need);
+  ((ta_block_t *)(h + 1))->key = 0;
+  ta_slow_leave(a);
+  return h + 1;
+}
+
+void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
+  size_t s = M_SIZE(h);
+  ta_mhdr_t *n = M_NEXT(h);
+  if (!(n->size_flags & TA_M_INUSE)) {
+    bin_remove(a, n);
+    s += M_SIZE(n);
+    n->check = 0;
+  }
+  if (h->size_flags & TA_M_PREV_FREE) {
+    size_t ps = *((size_t *)h - 1);
+    ta_mhdr_t *p = (ta_mhdr_t *)((char *)h - ps);
+    bin_remove(a, p);
+    h->check = 0;
+    h = p;
+    s += ps;
+  }
+  ta_chunk_t *c = ta_chunk_of(h);
+  if ((char *)h == (char *)c + TA_MEDIUM_HDR &&
+      (char *)h + s == (char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t) &&
+      (a->medium_chunks != c || c->next != NULL)) {
+    /* The whole chunk is free and the arena has another: let the chunk go. */
+    h->check = 0;
+    medium_chunk_free(a, c);
+    return;
+  }
+  make_free(a, h, s);
+}
+
+ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {
+  uintptr_t u = (uintptr_t)p;
+  ta_chunk_t *c = ta_chunk_of(p);
+  if ((u & (TA_ALIGNMENT - 1)) != 0 || u < (uintptr_t)c + TA_MEDIUM_HDR + sizeof(ta_mhdr_t) ||
+      u >= (uintptr_t)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t))
+    ta_fatal(op, p);
+  ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
+  if (h->check != ((uintptr_t)h ^ ta_secret)) ta_fatal(op, p);
+  return h;
+}
+
+/* In-place resize by the owner: shrink by splitting, grow into a free successor. */
+bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
+  size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
+  if (need < TA_MIN_MBLOCK) need = TA_MIN_MBLOCK;
+  size_t s = M_SIZE(h);
+  bool ok = true;
+  ta_slow_enter(a);
+  if (need <= s) {
+    split_tail(a, h, need);
+  } else {
+    ta_mhdr_t *n = M_NEXT(h);
+    if (!(n->size_flags & TA_M_INUSE) && s + M_SIZE(n) >= need) {
+      bin_remove(a, n);
+      size_t total = s + M_SIZE(n);
+      n->check = 0;
+      h->size_flags = total | (h->size_flags & TA_M_FLAGS);
+      M_NEXT(h)->size_flags &= ~TA_M_PREV_FREE;
+      split_tail(a, h, need);
+    } else {
+      ok = false;
+    }
+  }
+  ta_slow_leave(a);
+  return ok;
+}
+
+/* Exposed for tests and statistics: walks a medium chunk's blocks in address order. */
+size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, void *arg), void *arg);
+size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, void *arg), void *arg) {
+  size_t n = 0;
+  const ta_mhdr_t *h = (const ta_mhdr_t *)((const char *)c + TA_MEDIUM_HDR);
+  while (M_SIZE(h) != 0) {
+    if (fn) fn(h, arg);
+    n++;
+    h = M_NEXT(h);
+  }
+  return n;
+}
+

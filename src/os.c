@@ -1,0 +1,163 @@
+/*
+ * os.c — the allocator's whole contract with the kernel: the program break, anonymous
+ * mappings, giving pages back, time and randomness. Nothing else includes <sys/mman.h>.
+ *
+ * Contract:
+ *   ta_os_sbrk(n)           moves the break by n bytes; (void *)-1 on failure. Callers hold
+ *                           the break lock (ta_brk_lock), which guards the break and nothing else.
+ *   ta_os_mmap(n)           n bytes, page aligned, zeroed, read-write; NULL on failure.
+ *   ta_os_mmap_aligned(n,a) the same, aligned to a (a power of two >= page size).
+ *   ta_os_munmap/decommit   0 on success. decommit drops the pages (they read back as zero).
+ *   ta_os_mremap(p,o,n,f)   resizes a mapping in place (f == NULL) or moves it to the fixed
+ *                           address f; NULL on failure.
+ * None of these allocate, print or take any lock but the break lock. errno is preserved.
+ *
+ * Test hooks: ta_os_fail(mask, skip, count) makes the next `count` calls of the operations
+ * in mask fail after `skip` more successes (used by test/unit to inject ENOMEM).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static _Atomic unsigned fail_mask;
+static _Atomic unsigned fail_skip;
+static _Atomic unsigned fail_count;
+
+void ta_os_fail(unsigned mask, unsigned skip, unsigned count) {
+  atomic_store(&fail_skip, skip);
+  atomic_store(&fail_count, count);
+  atomic_store(&fail_mask, count ? mask : 0);
+}
+
+/* True when a test asked this operation to fail now. One relaxed load when no test runs. */
+static bool should_fail(unsigned op) {
+  if (TA_LIKELY((atomic_load_explicit(&fail_mask, memory_order_relaxed) & op) == 0)) return false;
+  unsigned skip = atomic_load(&fail_skip);
+  while (skip > 0) {
+    if (atomic_compare_exchange_weak(&fail_skip, &skip, skip - 1)) return false;
+  }
+  unsigned n = atomic_load(&fail_count);
+  while (n > 0) {
+    if (atomic_compare_exchange_weak(&fail_count, &n, n - 1)) {
+      if (n == 1) atomic_store(&fail_mask, 0);
+      return true;
+    }
+  }
+  return false;
+}
+
+void *ta_os_sbrk(intptr_t incr) {
+  if (should_fail(TA_OS_SBRK)) return (void *)-1;
+  int saved = errno;
+  void *p = sbrk(incr);
+  errno = saved;
+  return p;
+}
+
+void *ta_os_mmap(size_t size) {
+  if (should_fail(TA_OS_MMAP)) return NULL;
+  int saved = errno;
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  errno = saved;
+  return p == MAP_FAILED ? NULL : p;
+}
+
+void *ta_os_mmap_aligned(size_t size, size_t align) {
+  if (align <= TA_PAGE_SIZE) return ta_os_mmap(size);
+  if (size > SIZE_MAX - align) return NULL;
+  char *p = ta_os_mmap(size + align);
+  if (p == NULL) return NULL;
+  uintptr_t start = (uintptr_t)p;
+  uintptr_t aligned = ta_align_up(start, align);
+  size_t lead = aligned - start;
+  size_t trail = align - lead;
+  int saved = errno;
+  if (lead) munmap(p, lead);
+  if (trail) munmap((char *)aligned + size, trail);
+  errno = saved;
+  return (void *)aligned;
+}
+
+int ta_os_munmap(void *p, size_t size) {
+  if (should_fail(TA_OS_MUNMAP)) return -1;
+  int saved = errno;
+  int r = munmap(p, size);
+  errno = saved;
+  return r;
+}
+
+int ta_os_decommit(void *p, size_t size) {
+  if (should_fail(TA_OS_MADVISE)) return -1;
+  int saved = errno;
+  int r = madvise(p, size, MADV_DONTNEED);
+  errno = saved;
+  return r;
+}
+
+void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed) {
+  if (should_fail(TA_OS_MREMAP)) return NULL;
+  int saved = errno;
+  void *r = fixed ? mremap(p, old, size, MREMAP_MAYMOVE | MREMAP_FIXED, fixed)
+                  : mremap(p, old, size, 0);
+  errno = saved;
+  return r == MAP_FAILED ? NULL : r;
+}
+
+uint64_t ta_os_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* 64 random bits without allocating: the kernel's AT_RANDOM bytes, mixed with addresses
+ * and the clock (so a forked child still differs from nothing it can guess cheaply). */
+uintptr_t ta_os_random(void) {
+  uint64_t x = 0x9e3779b97f4a7c15ULL;
+  const unsigned char *r = (const unsigned char *)getauxval(AT_RANDOM);
+  if (r) {
+    for (int i = 0; i < 16; i++) x = (x ^ r[i]) * 0x100000001b3ULL;
+  }
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  x ^= (uint64_t)ts.tv_nsec + ((uint64_t)(uintptr_t)&x << 7);
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 29;
+  return (uintptr_t)(x | 1u); /* never zero */
+}
+
+/* ------------------------------------------------------------------ the break lock */
+/* A test-and-test-and-set spin lock that yields: it is held only around sbrk, so it is
+ * never held for long, and it never sleeps on anything that could need malloc. */
+static _Atomic int brk_lock_word;
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __asm__ volatile("pause" ::: "memory");
+#elif defined(__aarch64__)
+  __asm__ volatile("yield" ::: "memory");
+#else
+  atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
+void ta_brk_lock(void) {
+  for (unsigned spins = 0;; spins++) {
+    if (atomic_load_explicit(&brk_lock_word, memory_order_relaxed) == 0 &&
+        !atomic_exchange_explicit(&brk_lock_word, 1, memory_order_acquire))
+      return;
+    if (spins > 64) sched_yield();
+    else cpu_relax();
+  }
+}
+
+void ta_brk_unlock(void) { atomic_store_explicit(&brk_lock_word, 0, memory_order_release); }
+
+/* In a fork child only the forking thread exists; a holder that vanished cannot release. */
+void ta_brk_reset_after_fork(void) { atomic_store(&brk_lock_word, 0); }

@@ -1,0 +1,39 @@
+/*
+ * override.c — the replacement: alloc.c compiled with the standard names as aliases.
+ *
+ * The whole family is replaced together (a family only half replaced sends blocks to the
+ * system allocator's heap): malloc, free, calloc, realloc, reallocarray, posix_memalign,
+ * aligned_alloc, memalign, valloc, pvalloc, malloc_usable_size, C23's free_sized and
+ * free_aligned_sized, malloc_trim, and glibc's __libc_* entry points that some programs
+ * call directly. Aliases cost nothing: malloc *is* ta_malloc.
+ */
+#define TA_OVERRIDE 1
+#include "alloc.c"
+
+#pragma GCC diagnostic ignored "-Wmissing-attributes" /* the aliases need not repeat them */
+#define TA_ALIAS(target) __attribute__((alias(#target), visibility("default"), used))
+
+void *malloc(size_t size) TA_ALIAS(ta_malloc);
+void *calloc(size_t count, size_t size) TA_ALIAS(ta_calloc);
+void *realloc(void *p, size_t size) TA_ALIAS(ta_realloc);
+void *reallocarray(void *p, size_t count, size_t size) TA_ALIAS(ta_reallocarray);
+void free(void *p) TA_ALIAS(ta_free);
+void free_sized(void *p, size_t size) TA_ALIAS(ta_free_sized);
+void free_aligned_sized(void *p, size_t align, size_t size) TA_ALIAS(ta_free_aligned_sized);
+void cfree(void *p) TA_ALIAS(ta_free);
+int posix_memalign(void **out, size_t align, size_t size) TA_ALIAS(ta_posix_memalign);
+void *aligned_alloc(size_t align, size_t size) TA_ALIAS(ta_aligned_alloc);
+void *memalign(size_t align, size_t size) TA_ALIAS(ta_memalign);
+void *valloc(size_t size) TA_ALIAS(ta_valloc);
+void *pvalloc(size_t size) TA_ALIAS(ta_pvalloc);
+size_t malloc_usable_size(void *p) TA_ALIAS(ta_malloc_usable_size);
+int malloc_trim(size_t pad) TA_ALIAS(ta_malloc_trim);
+
+void *__libc_malloc(size_t size) TA_ALIAS(ta_malloc);
+void *__libc_calloc(size_t count, size_t size) TA_ALIAS(ta_calloc);
+void *__libc_realloc(void *p, size_t size) TA_ALIAS(ta_realloc);
+void __libc_free(void *p) TA_ALIAS(ta_free);
+void *__libc_memalign(size_t align, size_t size) TA_ALIAS(ta_memalign);
+void *__libc_valloc(size_t size) TA_ALIAS(ta_valloc);
+void *__libc_pvalloc(size_t size) TA_ALIAS(ta_pvalloc);
+int __posix_memalign(void **out, size_t align, size_t size) TA_ALIAS(ta_posix_memalign);

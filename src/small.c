@@ -1,0 +1,201 @@
+/*
+ * small.c — runs of small blocks (16 B .. 8 KiB): the slow paths behind the inline fast
+ * paths of alloc.c.
+ *
+ * A run is a 64 KiB slot of a small chunk holding blocks of one size class. Its meta block
+ * (ta_run_t, in the chunk header) keeps the free list, the count of blocks in use, and how
+ * many blocks have been threaded so far: blocks are threaded a page at a time, so a run
+ * that is never filled never becomes resident beyond what it handed out.
+ *
+ * Per class the arena has one ACTIVE run (arena.cur[cls], where malloc pops) and a list of
+ * PARTIAL runs. A run whose free list empties becomes FULL and sits in no list; the first
+ * free into it makes it PARTIAL again; a PARTIAL run whose last block comes back is
+ * retired, its slot returned to the chunk, and a chunk with no run left goes back to the
+ * arena's reserve of empty chunks.
+ */
+#include "internal.h"
+
+static void partial_push(ta_arena_t *a, ta_run_t *r) {
+  ta_run_t *h = a->partial[r->cls];
+  r->prev = NULL;
+  r->next = h;
+  if (h) h->prev = r;
+  a->partial[r->cls] = r;
+  r->state = RUN_PARTIAL;
+}
+
+static void partial_remove(ta_arena_t *a, ta_run_t *r) {
+  if (r->prev) r->prev->next = r->next;
+  else a->partial[r->cls] = r->next;
+  if (r->next) r->next->prev = r->prev;
+  r->next = r->prev = NULL;
+}
+
+/* Chunk lists: small_avail holds chunks with a free run slot, small_full the others. */
+static void chunk_list_push(ta_chunk_t **head, ta_chunk_t *c) {
+  c->prev = NULL;
+  c->next = *head;
+  if (*head) (*head)->prev = c;
+  *head = c;
+}
+
+static void chunk_list_remove(ta_chunk_t **head, ta_chunk_t *c) {
+  if (c->prev) c->prev->next = c->next;
+  else *head = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->next = c->prev = NULL;
+}
+
+#define ALL_SLOTS (~(uint64_t)1) /* slot 0 holds the chunk header */
+
+static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
+  ta_chunk_t *c = ta_chunk_alloc(a, TA_MAP_SMALL);
+  if (c == NULL) return NULL;
+  c->free_slots = ALL_SLOTS;
+  for (unsigned i = 0; i < TA_RUNS_PER_CHUNK; i++) {
+    ta_run_t *r = &c->runs[i];
+    r->free = NULL;
+    r->owner = NULL;
+    r->used = r->carved = r->cap = 0;
+    r->bsize = 0;
+    r->recip = 0;
+    r->state = RUN_UNUSED;
+    r->slot = (uint16_t)i;
+    r->next = r->prev = NULL;
+  }
+  chunk_list_push(&a->small_avail, c);
+  return c;
+}
+
+static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
+  ta_chunk_t *c = a->small_avail;
+  if (c == NULL && (c = small_chunk_new(a)) == NULL) return NULL;
+  unsigned slot = (unsigned)__builtin_ctzll(c->free_slots);
+  c->free_slots &= ~((uint64_t)1 << slot);
+  if (c->free_slots == 0) {
+    chunk_list_remove(&a->small_avail, c);
+    chunk_list_push(&a->small_full, c);
+  }
+  ta_run_t *r = &c->runs[slot];
+  uint32_t bs = (uint32_t)ta_class_size[cls];
+  r->free = NULL;
+  r->used = 0;
+  r->bsize = bs;
+  r->recip = (uint32_t)((((uint64_t)1 << 32) + bs - 1) / bs);
+  r->carved = 0;
+  r->cap = (uint32_t)(TA_RUN_SIZE / bs);
+  r->cls = (uint8_t)cls;
+  r->state = RUN_ACTIVE;
+  r->next = r->prev = NULL;
+  r->empty_since = 0;
+  atomic_thread_fence(memory_order_release);
+  r->owner = a; /* last: a racing invalid free must not see a half-made run as ours */
+  return r;
+}
+
+static void run_retire(ta_arena_t *a, ta_run_t *r) {
+  ta_chunk_t *c = ta_chunk_of(r);
+  r->owner = NULL;
+  r->state = RUN_UNUSED;
+  r->free = NULL;
+  if (c->free_slots == 0) {
+    chunk_list_remove(&a->small_full, c);
+    chunk_list_push(&a->small_avail, c);
+  }
+  c->free_slots |= (uint64_t)1 << r->slot;
+  if (c->free_slots == ALL_SLOTS) {
+    chunk_list_remove(&a->small_avail, c);
+    ta_chunk_release(a, c);
+  }
+}
+
+/* Threads up to a page of never-used blocks onto the free list (at least one block). */
+static void run_carve(ta_run_t *r) {
+  uint32_t left = r->cap - r->carved;
+  uint32_t n = (uint32_t)(TA_PAGE_SIZE / r->bsize);
+  if (n == 0) n = 1;
+  if (n > left) n = left;
+  char *base = ta_run_base(r) + (size_t)r->carved * r->bsize;
+  ta_block_t *head = r->free;
+  for (uint32_t i = n; i-- > 0;) {
+    ta_block_t *b = (ta_block_t *)(base + (size_t)i * r->bsize);
+    b->next = head;
+    head = b;
+  }
+  r->free = head;
+  r->carved += n;
+}
+
+void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls) {
+  ta_slow_enter(a);
+  if (atomic_load_explicit(&a->remote, memory_order_relaxed)) ta_remote_drain(a);
+  ta_run_t *r = a->cur[cls];
+  if (r != &ta_empty_run) {
+    if (r->free == NULL && r->carved < r->cap) run_carve(r);
+    if (r->free) goto pop;
+    r->state = RUN_FULL;
+    a->cur[cls] = &ta_empty_run;
+  }
+  r = a->partial[cls];
+  if (r) {
+    partial_remove(a, r);
+    r->state = RUN_ACTIVE;
+  } else {
+    r = run_new(a, cls);
+    if (r == NULL) {
+      ta_slow_leave(a);
+      return NULL;
+    }
+  }
+  a->cur[cls] = r;
+  if (r->free == NULL) run_carve(r);
+pop:;
+  ta_block_t *b = r->free;
+  r->free = b->next;
+  b->key = 0;
+  r->used++;
+  ta_slow_leave(a);
+  return b;
+}
+
+/* After a free made the run's list non-empty again or emptied the run. */
+void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
+  ta_slow_enter(a);
+  if (r->state == RUN_FULL) partial_push(a, r);
+  if (r->used == 0 && r->state == RUN_PARTIAL) {
+    partial_remove(a, r);
+    run_retire(a, r);
+  }
+  ta_slow_leave(a);
+}
+
+void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
+  ta_block_t *old = r->free;
+  b->next = old;
+  b->key = ta_secret;
+  r->free = b;
+  if (--r->used == 0 || old == NULL) ta_small_free_slow(a, r);
+}
+
+bool ta_small_valid(const ta_run_t *r, const void *p) {
+  if (r->owner == NULL) return false;
+  uint32_t off = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1));
+  return (uint32_t)(off * r->recip) < r->recip && off < r->carved * r->bsize;
+}
+
+/* The block's key word says "free": find out whether it really is (it might be user data
+ * that happens to match). Runs only on the owner's thread. */
+void ta_small_check_double(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
+  if (atomic_load_explicit(&a->remote, memory_order_relaxed)) {
+    ta_slow_enter(a);
+    ta_remote_drain(a);
+    ta_slow_leave(a);
+    /* Draining may have freed b itself (an earlier free from another thread) and with it
+     * retired the run: either way b is already free. */
+    if (r->owner != a) ta_fatal("free(): double free of pointer", b);
+  }
+  uint32_t n = 0;
+  for (ta_block_t *f = r->free; f && n <= r->cap; f = f->next, n++) {
+    if (f == b) ta_fatal("free(): double free of pointer", b);
+  }
+}
