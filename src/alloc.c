@@ -208,30 +208,29 @@ static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
   }
 }
 
+static TA_COLD void free_invalid(void *p) { ta_fatal("free(): invalid pointer", p); }
+
+/* Every exit from the fast path is a tail call, so the fast path saves no registers. */
 void ta_free(void *p) {
   uintptr_t u = (uintptr_t)p;
-  uint8_t kind = ta_map_get(u);
-  if (TA_LIKELY(kind == TA_MAP_SMALL)) {
-    ta_run_t *r = ta_run_of(p);
-    ta_arena_t *me = ta_tl_arena;
-    ta_block_t *b = p;
-    if (TA_LIKELY(r->owner == me)) {
-      uint32_t off = (uint32_t)(u & (TA_RUN_SIZE - 1));
-      /* off is a multiple of bsize exactly when off * ceil(2^32 / bsize) wraps below it. */
-      if (TA_UNLIKELY((uint32_t)(off * r->recip) >= r->recip || off >= r->carved * r->bsize))
-        ta_fatal("free(): invalid pointer", p);
-      if (TA_UNLIKELY(b->key == ta_secret)) ta_small_check_double(me, r, b);
-      ta_block_t *old = r->free;
-      b->next = old;
-      b->key = ta_secret;
-      r->free = b;
-      if (TA_UNLIKELY(--r->used == 0 || old == NULL)) ta_small_free_slow(me, r);
-      return;
-    }
-    free_small_remote(r, b);
-    return;
-  }
-  free_generic(p, kind);
+  uintptr_t g = u >> TA_CHUNK_SHIFT;
+  if (TA_UNLIKELY(g >= TA_MAP_ENTRIES)) return free_generic(p, TA_MAP_NONE);
+  uint8_t kind = atomic_load_explicit(&ta_chunk_map[g], memory_order_relaxed);
+  if (TA_UNLIKELY(kind != TA_MAP_SMALL)) return free_generic(p, kind);
+  ta_run_t *r = ta_run_of(p);
+  ta_arena_t *me = ta_tl_arena;
+  ta_block_t *b = p;
+  if (TA_UNLIKELY(r->owner != me)) return free_small_remote(r, b);
+  uint32_t off = (uint32_t)(u & (TA_RUN_SIZE - 1));
+  /* off is a multiple of bsize exactly when off * ceil(2^32 / bsize) wraps below it. */
+  if (TA_UNLIKELY((uint32_t)(off * r->recip) >= r->recip || off >= r->limit))
+    return free_invalid(p);
+  uintptr_t key = ta_secret;
+  if (TA_UNLIKELY(b->key == key)) return ta_small_free_suspect(me, r, b);
+  b->next = r->free;
+  b->key = key;
+  r->free = b;
+  if (TA_UNLIKELY((int32_t)--r->used <= 0)) return ta_small_free_slow(me, r);
 }
 
 void ta_free_sized(void *p, size_t size) {

@@ -131,6 +131,12 @@ ta_arena_t *ta_arena_get_slow(bool *borrowed) {
   if (a != &ta_sentinel_arena) return a;
   a = arena_claim();
   if (a == NULL) return NULL;
+  if (atomic_load_explicit(&a->remote, memory_order_relaxed)) {
+    /* An adopted arena: take in what other threads freed while it had no owner. */
+    ta_slow_enter(a);
+    ta_remote_drain(a);
+    ta_slow_leave(a);
+  }
   if (tl_state == TL_EXITED) {
     *borrowed = true; /* past this thread's clean-up: use it for one call only */
     return a;
@@ -184,7 +190,6 @@ static void fork_child(void) {
 }
 
 /* For statistics and tests: calls fn on every arena ever made. */
-void ta_arena_foreach(void (*fn)(ta_arena_t *a, void *arg), void *arg);
 void ta_arena_foreach(void (*fn)(ta_arena_t *a, void *arg), void *arg) {
   for (ta_arena_t *a = atomic_load_explicit(&all_arenas, memory_order_acquire); a;
        a = a->next_all)

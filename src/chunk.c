@@ -49,7 +49,6 @@ static void *chunk_from_brk(bool *ok) {
 }
 
 /* Turns brk use on or off (unit tests exercise the break path in their own process). */
-void ta_chunk_use_brk(bool on);
 void ta_chunk_use_brk(bool on) { atomic_store(&brk_state, on ? 1 : 2); }
 
 static ta_chunk_t *chunk_fresh(bool *from_brk) {

@@ -22,8 +22,9 @@
  * CAS; the owner drains that list in its slow paths.
  *
  * Invariants (checked by the tests in test/unit):
- *   run:    used + |run.free| + |blocks of the run on owner.remote| == carved <= cap
- *   run:    state == RUN_FULL  <=> run is in no list and run.free == NULL
+ *   run:    (used & ~RUN_FULL_BIT) + |run.free| + |its blocks on owner.remote| == limit / bsize <= cap
+ *   run:    state == RUN_FULL <=> RUN_FULL_BIT set in used <=> in no list (and free was NULL
+ *           when it was set; remote frees may refill it before the owner notices)
  *   run:    state == RUN_PARTIAL <=> run is on owner.partial[cls]
  *   run:    owner == NULL <=> the run slot is free in its chunk
  *   block:  a small block on a free list has word[1] == ta_secret; malloc clears it
@@ -88,15 +89,18 @@ TA_HIDDEN extern uintptr_t ta_secret; /* random, nonzero once the allocator is i
 
 /* ------------------------------------------------------------------ runs */
 enum { RUN_UNUSED = 0, RUN_ACTIVE, RUN_PARTIAL, RUN_FULL };
+/* Set in run.used while the run is FULL: free's single test `(int32_t)--used <= 0` then
+ * catches both "the run was full" and "the run is now empty". */
+#define RUN_FULL_BIT INT32_MIN
 
 struct ta_arena;
 typedef struct ta_run {
   ta_block_t *free;       /* owner's free list; malloc pops, owner's free pushes */
   struct ta_arena *owner; /* NULL while the slot is unused */
-  uint32_t used;          /* blocks handed out and not yet freed to this run */
+  int32_t used;           /* blocks handed out and not yet freed here, | RUN_FULL_BIT */
   uint32_t bsize;         /* block size of the class */
   uint32_t recip;         /* ceil(2^32 / bsize): offset -> index without a divide */
-  uint32_t carved;        /* blocks ever threaded onto the free list (lazily) */
+  uint32_t limit;         /* bytes of the run threaded so far: blocks are carved lazily */
   uint32_t cap;           /* blocks that fit in the run */
   uint8_t cls;            /* size class */
   uint8_t state;          /* RUN_* */
@@ -227,7 +231,11 @@ TA_INLINE ta_chunk_t *ta_chunk_of(const void *p) {
   return (ta_chunk_t *)((uintptr_t)p & ~(uintptr_t)TA_CHUNK_MASK);
 }
 TA_INLINE ta_run_t *ta_run_of(const void *p) {
-  return &ta_chunk_of(p)->runs[((uintptr_t)p >> TA_RUN_SHIFT) & (TA_RUNS_PER_CHUNK - 1)];
+  /* runs[] starts at offset 64 and each run meta block is 64 bytes: slot i is at 64 (i + 1). */
+  _Static_assert(offsetof(ta_chunk_t, runs) == 64 && sizeof(ta_run_t) == 64, "run lookup");
+  uintptr_t u = (uintptr_t)p;
+  return (ta_run_t *)((u & ~(uintptr_t)TA_CHUNK_MASK) + 64 +
+                      ((u >> (TA_RUN_SHIFT - 6)) & ((TA_RUNS_PER_CHUNK - 1) << 6)));
 }
 TA_INLINE char *ta_run_base(const ta_run_t *r) {
   return (char *)((uintptr_t)r & ~(uintptr_t)TA_CHUNK_MASK) + ((size_t)r->slot << TA_RUN_SHIFT);
@@ -237,7 +245,7 @@ TA_INLINE char *ta_run_base(const ta_run_t *r) {
 TA_HIDDEN void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls);
 TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
 TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
-TA_HIDDEN void ta_small_check_double(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
+TA_HIDDEN void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
 TA_HIDDEN bool ta_small_valid(const ta_run_t *r, const void *p);
 
 /* ------------------------------------------------------------------ medium.c */
@@ -277,5 +285,10 @@ TA_INLINE void ta_slow_leave(ta_arena_t *a) {
   atomic_thread_fence(memory_order_release);
   a->in_slow--;
 }
+
+/* ------------------------------------------------------------------ for tests and statistics */
+void ta_chunk_use_brk(bool on); /* chunk.c: allow or forbid the program break */
+size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, void *arg), void *arg);
+void ta_arena_foreach(void (*fn)(ta_arena_t *a, void *arg), void *arg);
 
 #endif /* TA_INTERNAL_H */

@@ -54,6 +54,10 @@ static void bin_remove(ta_arena_t *a, ta_mhdr_t *h) {
 
 static ta_mhdr_t *bin_first_fit(ta_arena_t *a, size_t need) {
   unsigned b = ta_size_class(need);
+  /* The bin below holds blocks up to one class smaller than b's: a few may fit exactly. */
+  unsigned looked = 0;
+  for (ta_mhdr_t *h = a->bins[b - 1]; h && looked < 4; h = M_LINK(h)[0], looked++)
+    if (M_SIZE(h) >= need) return h;
   for (unsigned w = b >> 6; w < TA_BIN_WORDS; w++) {
     uint64_t bits = a->bin_map[w];
     if (w == b >> 6) bits &= ~(uint64_t)0 << (b & 63);
@@ -222,7 +226,6 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
 }
 
 /* Exposed for tests and statistics: walks a medium chunk's blocks in address order. */
-size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, void *arg), void *arg);
 size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, void *arg), void *arg) {
   size_t n = 0;
   const ta_mhdr_t *h = (const ta_mhdr_t *)((const char *)c + TA_MEDIUM_HDR);

@@ -56,7 +56,7 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
     ta_run_t *r = &c->runs[i];
     r->free = NULL;
     r->owner = NULL;
-    r->used = r->carved = r->cap = 0;
+    r->used = r->limit = r->cap = 0;
     r->bsize = 0;
     r->recip = 0;
     r->state = RUN_UNUSED;
@@ -82,7 +82,7 @@ static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
   r->used = 0;
   r->bsize = bs;
   r->recip = (uint32_t)((((uint64_t)1 << 32) + bs - 1) / bs);
-  r->carved = 0;
+  r->limit = 0;
   r->cap = (uint32_t)(TA_RUN_SIZE / bs);
   r->cls = (uint8_t)cls;
   r->state = RUN_ACTIVE;
@@ -110,12 +110,14 @@ static void run_retire(ta_arena_t *a, ta_run_t *r) {
 }
 
 /* Threads up to a page of never-used blocks onto the free list (at least one block). */
+static bool run_can_carve(const ta_run_t *r) { return r->limit + r->bsize <= r->cap * r->bsize; }
+
 static void run_carve(ta_run_t *r) {
-  uint32_t left = r->cap - r->carved;
+  uint32_t left = r->cap - r->limit / r->bsize;
   uint32_t n = (uint32_t)(TA_PAGE_SIZE / r->bsize);
   if (n == 0) n = 1;
   if (n > left) n = left;
-  char *base = ta_run_base(r) + (size_t)r->carved * r->bsize;
+  char *base = ta_run_base(r) + r->limit;
   ta_block_t *head = r->free;
   for (uint32_t i = n; i-- > 0;) {
     ta_block_t *b = (ta_block_t *)(base + (size_t)i * r->bsize);
@@ -123,7 +125,7 @@ static void run_carve(ta_run_t *r) {
     head = b;
   }
   r->free = head;
-  r->carved += n;
+  r->limit += n * r->bsize;
 }
 
 void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls) {
@@ -131,9 +133,10 @@ void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls) {
   if (atomic_load_explicit(&a->remote, memory_order_relaxed)) ta_remote_drain(a);
   ta_run_t *r = a->cur[cls];
   if (r != &ta_empty_run) {
-    if (r->free == NULL && r->carved < r->cap) run_carve(r);
+    if (r->free == NULL && run_can_carve(r)) run_carve(r);
     if (r->free) goto pop;
     r->state = RUN_FULL;
+    r->used |= RUN_FULL_BIT;
     a->cur[cls] = &ta_empty_run;
   }
   r = a->partial[cls];
@@ -161,7 +164,10 @@ pop:;
 /* After a free made the run's list non-empty again or emptied the run. */
 void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
   ta_slow_enter(a);
-  if (r->state == RUN_FULL) partial_push(a, r);
+  if (r->used & RUN_FULL_BIT) {
+    r->used &= ~RUN_FULL_BIT;
+    partial_push(a, r);
+  }
   if (r->used == 0 && r->state == RUN_PARTIAL) {
     partial_remove(a, r);
     run_retire(a, r);
@@ -170,22 +176,21 @@ void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
 }
 
 void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
-  ta_block_t *old = r->free;
-  b->next = old;
+  b->next = r->free;
   b->key = ta_secret;
   r->free = b;
-  if (--r->used == 0 || old == NULL) ta_small_free_slow(a, r);
+  if (--r->used <= 0) ta_small_free_slow(a, r);
 }
 
 bool ta_small_valid(const ta_run_t *r, const void *p) {
   if (r->owner == NULL) return false;
   uint32_t off = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1));
-  return (uint32_t)(off * r->recip) < r->recip && off < r->carved * r->bsize;
+  return (uint32_t)(off * r->recip) < r->recip && off < r->limit;
 }
 
 /* The block's key word says "free": find out whether it really is (it might be user data
- * that happens to match). Runs only on the owner's thread. */
-void ta_small_check_double(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
+ * that happens to match), then free it. Runs only on the owner's thread. */
+void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
   if (atomic_load_explicit(&a->remote, memory_order_relaxed)) {
     ta_slow_enter(a);
     ta_remote_drain(a);
@@ -198,4 +203,5 @@ void ta_small_check_double(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
   for (ta_block_t *f = r->free; f && n <= r->cap; f = f->next, n++) {
     if (f == b) ta_fatal("free(): double free of pointer", b);
   }
+  ta_small_free_local(a, r, b);
 }

@@ -1,0 +1,115 @@
+/* Unit tests: medium blocks — boundary tags, split on reuse, merge with neighbours, bins. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <string.h>
+
+#include "internal.h"
+#include "tamalloc.h"
+
+struct walk {
+  size_t blocks, free_blocks, free_bytes, bytes;
+  int adjacent_free;
+  int last_free;
+};
+
+static void visit(const ta_mhdr_t *h, void *arg) {
+  struct walk *w = arg;
+  size_t s = h->size_flags & ~TA_M_FLAGS;
+  int is_free = !(h->size_flags & TA_M_INUSE);
+  w->blocks++;
+  w->bytes += s;
+  if (is_free) {
+    w->free_blocks++;
+    w->free_bytes += s;
+    if (w->last_free) w->adjacent_free = 1;
+    cr_assert_eq(*(const size_t *)((const char *)h + s - sizeof(size_t)), s, "footer");
+  }
+  cr_assert_eq(!!(h->size_flags & TA_M_PREV_FREE), w->last_free, "PREV_FREE mirrors neighbour");
+  cr_assert_eq(h->check, (uintptr_t)h ^ ta_secret);
+  w->last_free = is_free;
+}
+
+static struct walk walk_chunk(const void *p) {
+  struct walk w = {0};
+  ta_medium_walk(ta_chunk_of(p), visit, &w);
+  cr_assert_eq(w.adjacent_free, 0, "no two free blocks are adjacent");
+  cr_assert_eq(w.bytes, TA_CHUNK_SIZE - TA_MEDIUM_HDR - sizeof(ta_mhdr_t), "blocks tile the chunk");
+  return w;
+}
+
+Test(medium, blocks_are_medium_aligned_and_tiled) {
+  char *a = ta_malloc(10000), *b = ta_malloc(20000), *c = ta_malloc(30000);
+  cr_assert_eq(ta_map_get((uintptr_t)a), TA_MAP_MEDIUM);
+  cr_assert_eq((uintptr_t)a % 16, 0);
+  cr_assert_eq(b, a + ta_align_up(10000 + 16, 16), "split on reuse: b follows a");
+  cr_assert_geq(ta_malloc_usable_size(c), 30000);
+  struct walk w = walk_chunk(a);
+  cr_assert_eq(w.free_blocks, 1);
+  ta_free(a);
+  ta_free(b);
+  ta_free(c);
+}
+
+Test(medium, free_merges_with_both_neighbours) {
+  char *a = ta_malloc(10000), *b = ta_malloc(10000), *c = ta_malloc(10000), *d = ta_malloc(10000);
+  struct walk w0 = walk_chunk(a);
+  ta_free(a);
+  ta_free(c);
+  struct walk w1 = walk_chunk(a);
+  cr_assert_eq(w1.free_blocks, w0.free_blocks + 2);
+  ta_free(b); /* a, b, c merge into one */
+  struct walk w2 = walk_chunk(a);
+  cr_assert_eq(w2.free_blocks, w0.free_blocks + 1);
+  /* A request of about three blocks now fits where a was. */
+  char *e = ta_malloc(30000);
+  cr_assert_eq(e, a, "merged space reused");
+  ta_free(e);
+  ta_free(d);
+}
+
+Test(medium, in_place_growth_and_shrink) {
+  char *a = ta_malloc(20000);
+  memset(a, 7, 20000);
+  char *b = ta_realloc(a, 60000); /* next is the free remainder: grows in place */
+  cr_assert_eq(b, a);
+  for (int i = 0; i < 20000; i++) cr_assert_eq(b[i], 7);
+  char *c = ta_realloc(b, 12000);
+  cr_assert_eq(c, a, "shrinks in place");
+  cr_assert_geq(ta_malloc_usable_size(c), 12000);
+  cr_assert_lt(ta_malloc_usable_size(c), 13000);
+  walk_chunk(c);
+  ta_free(c);
+}
+
+Test(medium, aligned_blocks_split_front) {
+  for (size_t al = 32; al <= 65536; al *= 2) {
+    void *p = ta_memalign(al, 9000);
+    cr_assert_not_null(p);
+    cr_assert_eq((uintptr_t)p % al, 0, "alignment %zu", al);
+    walk_chunk(p);
+    ta_free(p);
+  }
+}
+
+Test(medium, double_free_aborts, .signal = SIGABRT) {
+  void *p = ta_malloc(50000);
+  ta_free(p);
+  ta_free(p);
+}
+
+Test(medium, forged_header_aborts, .signal = SIGABRT) {
+  char *p = ta_malloc(50000);
+  ta_free(p + 4096); /* inside the block: no valid meta block there */
+}
+
+Test(medium, empty_chunk_goes_back_when_another_exists) {
+  /* Fill beyond one chunk, free everything: chunks beyond the first are released. */
+  void *p[12];
+  for (int i = 0; i < 12; i++) p[i] = ta_malloc(900 * 1024);
+  ta_chunk_t *first = ta_chunk_of(p[0]), *last = ta_chunk_of(p[11]);
+  cr_assert_neq(first, last);
+  for (int i = 11; i >= 0; i--) ta_free(p[i]);
+  size_t n = 0;
+  for (ta_chunk_t *c = ta_tl_arena->medium_chunks; c; c = c->next) n++;
+  cr_assert_eq(n, 1, "one medium chunk kept, %zu found", n);
+}

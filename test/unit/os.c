@@ -1,0 +1,130 @@
+/* Unit tests: the OS layer and how the allocator survives its failures (injected). */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "tamalloc.h"
+
+#define MiB ((size_t)1 << 20)
+
+Test(os, mmap_failure_gives_enomem_and_recovers) {
+  void *warm = ta_malloc(16); /* the arena exists */
+  ta_os_fail(TA_OS_MMAP, 0, 1000);
+  errno = 0;
+  cr_assert_null(ta_malloc(3 * MiB));
+  cr_assert_eq(errno, ENOMEM);
+  ta_os_fail(0, 0, 0);
+  void *p = ta_malloc(3 * MiB);
+  cr_assert_not_null(p, "works again once the kernel does");
+  ta_free(p);
+  ta_free(warm);
+}
+
+Test(os, first_arena_needs_a_mapping) {
+  ta_os_fail(TA_OS_MMAP, 0, 1000);
+  errno = 0;
+  cr_assert_null(ta_malloc(16), "no arena can be made");
+  cr_assert_eq(errno, ENOMEM);
+  ta_os_fail(0, 0, 0);
+  void *p = ta_malloc(16);
+  cr_assert_not_null(p);
+  ta_free(p);
+}
+
+Test(os, chunk_failure_in_small_and_medium_paths) {
+  void *warm = ta_malloc(16);
+  ta_os_fail(TA_OS_MMAP, 0, 1000);
+  /* A class never used before needs a new run; a full chunk's worth forces a new chunk. */
+  enum { MAXB = 600 }; /* a chunk holds 63 runs of 8 blocks of 8 KiB */
+  static void *blocks[MAXB];
+  size_t got = 0;
+  for (int i = 0; i < MAXB; i++) {
+    blocks[i] = ta_malloc(8192);
+    if (blocks[i]) got++;
+  }
+  cr_assert_lt(got, MAXB, "the chunk runs out and no new one can be mapped");
+  cr_assert_gt(got, 400, "but the chunk's own runs serve");
+  errno = 0;
+  void *m = NULL;
+  for (int i = 0; i < 8 && (m = ta_malloc(900000)) != NULL; i++) {
+  }
+  cr_assert_null(m);
+  cr_assert_eq(errno, ENOMEM);
+  ta_os_fail(0, 0, 0);
+  for (int i = 0; i < MAXB; i++) ta_free(blocks[i]);
+  ta_free(warm);
+}
+
+Test(os, failed_realloc_leaves_block_intact) {
+  unsigned char *p = ta_malloc(2 * MiB);
+  memset(p, 0x5a, 2 * MiB);
+  ta_os_fail(TA_OS_MMAP | TA_OS_MREMAP, 0, 1000);
+  errno = 0;
+  cr_assert_null(ta_realloc(p, 64 * MiB));
+  cr_assert_eq(errno, ENOMEM);
+  ta_os_fail(0, 0, 0);
+  for (size_t i = 0; i < 2 * MiB; i += 997) cr_assert_eq(p[i], 0x5a);
+  ta_free(p);
+}
+
+Test(os, mremap_failure_falls_back_to_copy) {
+  unsigned char *p = ta_malloc(2 * MiB);
+  memset(p, 0x33, 2 * MiB);
+  ta_os_fail(TA_OS_MREMAP, 0, 1000);
+  unsigned char *q = ta_realloc(p, 16 * MiB);
+  ta_os_fail(0, 0, 0);
+  cr_assert_not_null(q);
+  for (size_t i = 0; i < 2 * MiB; i += 991) cr_assert_eq(q[i], 0x33);
+  ta_free(q);
+}
+
+Test(os, munmap_failure_keeps_going) {
+  ta_os_fail(TA_OS_MUNMAP, 0, 1000);
+  for (int i = 0; i < 20; i++) {
+    void *p = ta_memalign(8 * MiB, 64); /* never cached: always unmapped on free */
+    cr_assert_not_null(p);
+    ta_free(p);
+  }
+  ta_os_fail(0, 0, 0);
+}
+
+Test(os, brk_chunks_and_fallback_to_mmap) {
+  ta_chunk_use_brk(true);
+  void *p = ta_malloc(16);
+  ta_chunk_t *c = ta_chunk_of(p);
+  cr_assert(c->from_brk, "first chunk from the break");
+  cr_assert_leq((char *)c + TA_CHUNK_SIZE, (char *)sbrk(0));
+  /* The break cannot move any more: chunks come from mmap instead. */
+  ta_os_fail(TA_OS_SBRK, 1, 1000); /* sbrk(0) succeeds, the move fails */
+  void *m = ta_malloc(200000);
+  ta_os_fail(0, 0, 0);
+  cr_assert_not_null(m);
+  cr_assert_not(ta_chunk_of(m)->from_brk, "medium chunk came from mmap");
+  ta_free(m);
+  ta_free(p);
+  ta_chunk_use_brk(false);
+}
+
+Test(os, skip_then_fail_counts) {
+  ta_os_fail(TA_OS_MADVISE, 2, 1);
+  char *p = ta_os_mmap(3 * 4096);
+  cr_assert_not_null(p);
+  cr_assert_eq(ta_os_decommit(p, 4096), 0);
+  cr_assert_eq(ta_os_decommit(p, 4096), 0);
+  cr_assert_eq(ta_os_decommit(p, 4096), -1);
+  cr_assert_eq(ta_os_decommit(p, 4096), 0, "only one failure was asked for");
+  cr_assert_eq(ta_os_munmap(p, 3 * 4096), 0);
+}
+
+Test(os, errno_preserved_by_free_of_huge) {
+  void *p = ta_malloc(30 * MiB);
+  errno = 1234;
+  ta_free(p);
+  ta_malloc_trim(0);
+  cr_assert_eq(errno, 1234);
+}
+
+Test(os, random_is_nonzero) { cr_assert_neq(ta_os_random(), 0); }

@@ -1,0 +1,187 @@
+/* Unit tests: the remote-free list, thread exit, arena adoption, fork repair. */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "tamalloc.h"
+
+static void *free_it(void *p) {
+  ta_free(p);
+  return NULL;
+}
+
+static size_t remote_len(ta_arena_t *a) {
+  size_t n = 0;
+  for (ta_block_t *b = atomic_load(&a->remote); b; b = b->next) n++;
+  return n;
+}
+
+Test(remote, free_from_another_thread_goes_to_owner_list) {
+  void *p = ta_malloc(64), *q = ta_malloc(20000);
+  ta_arena_t *me = ta_tl_arena;
+  pthread_t t;
+  pthread_create(&t, NULL, free_it, p);
+  pthread_join(t, NULL);
+  pthread_create(&t, NULL, free_it, q);
+  pthread_join(t, NULL);
+  cr_assert_eq(remote_len(me), 2);
+  cr_assert_eq(atomic_load(&me->remote), (ta_block_t *)q, "last pushed first");
+  /* The owner's next slow path drains the list. */
+  void *big = ta_malloc(100000);
+  cr_assert_eq(remote_len(me), 0);
+  void *again = ta_malloc(64);
+  cr_assert_eq(again, p, "the remotely freed block is back on its run's list");
+  ta_free(again);
+  ta_free(big);
+}
+
+static void *double_free_remote(void *p) {
+  ta_free(p);
+  ta_free(p);
+  return NULL;
+}
+
+Test(remote, double_free_from_another_thread_aborts, .signal = SIGABRT) {
+  void *p = ta_malloc(64);
+  pthread_t t;
+  pthread_create(&t, NULL, double_free_remote, p);
+  pthread_join(t, NULL);
+}
+
+Test(remote, local_free_after_remote_free_aborts, .signal = SIGABRT) {
+  void *p = ta_malloc(64);
+  pthread_t t;
+  pthread_create(&t, NULL, free_it, p);
+  pthread_join(t, NULL);
+  ta_free(p);
+}
+
+static void *alloc_and_exit(void *arg) {
+  void **out = arg;
+  out[0] = ta_malloc(128);
+  out[1] = ta_tl_arena;
+  return NULL;
+}
+
+Test(remote, exited_thread_arena_is_adopted) {
+  void *out[2];
+  pthread_t t;
+  pthread_create(&t, NULL, alloc_and_exit, out);
+  pthread_join(t, NULL);
+  ta_arena_t *dead = out[1];
+  cr_assert_eq(atomic_load(&dead->state), ARENA_FREE);
+  /* Its block is still valid; freeing it from here is a remote free to the free arena. */
+  ta_free(out[0]);
+  cr_assert_eq(remote_len(dead), 1);
+  /* The next thread adopts the same arena and drains it. */
+  void *out2[2];
+  pthread_create(&t, NULL, alloc_and_exit, out2);
+  pthread_join(t, NULL);
+  cr_assert_eq(out2[1], dead, "adopted, not a new arena");
+  cr_assert_eq(out2[0], out[0], "and its freed block reused");
+  ta_free(out2[0]);
+}
+
+static void *first_call_is_free(void *p) {
+  ta_free(p);
+  cr_assert_eq(ta_tl_arena, &ta_sentinel_arena, "a free needs no arena");
+  return NULL;
+}
+
+Test(remote, thread_whose_first_call_is_free) {
+  void *p = ta_malloc(300);
+  pthread_t t;
+  pthread_create(&t, NULL, first_call_is_free, p);
+  pthread_join(t, NULL);
+  cr_assert_eq(remote_len(ta_tl_arena), 1);
+}
+
+static void count_arena(ta_arena_t *a, void *arg) {
+  (void)a;
+  (*(size_t *)arg)++;
+}
+
+static pthread_key_t late_key;
+static void late_destructor(void *v) {
+  /* Runs after the allocator's own destructor may have run. */
+  void *p = ta_malloc(777);
+  ta_free(v);
+  ta_free(p);
+}
+static void *uses_late_key(void *arg) {
+  (void)arg;
+  ta_free(ta_malloc(10));
+  pthread_setspecific(late_key, ta_malloc(55));
+  return NULL;
+}
+
+Test(remote, malloc_in_late_tls_destructor) {
+  pthread_key_create(&late_key, late_destructor);
+  for (int i = 0; i < 200; i++) {
+    pthread_t t;
+    pthread_create(&t, NULL, uses_late_key, NULL);
+    pthread_join(t, NULL);
+  }
+  /* Each borrowed arena was given back: one thread at a time needs at most two arenas. */
+  size_t n = 0;
+  ta_arena_foreach(count_arena, &n);
+  cr_assert_leq(n, 3, "%zu arenas", n);
+}
+
+static void *churn(void *arg) {
+  (void)arg;
+  void *p = ta_malloc(100);
+  ta_free(p);
+  return NULL;
+}
+
+Test(remote, sequential_threads_reuse_one_arena) {
+  ta_free(ta_malloc(1));
+  for (int i = 0; i < 2000; i++) {
+    pthread_t t;
+    pthread_create(&t, NULL, churn, NULL);
+    pthread_join(t, NULL);
+  }
+  size_t n = 0;
+  ta_arena_foreach(count_arena, &n);
+  cr_assert_leq(n, 3, "%zu arenas for one live thread at a time", n);
+}
+
+Test(remote, fork_child_gets_working_allocator_and_owned_arena) {
+  void *p = ta_malloc(64);
+  pid_t pid = fork();
+  if (pid == 0) {
+    /* The forking thread was not in a slow path: it keeps its arena. */
+    int ok = ta_tl_arena != &ta_sentinel_arena;
+    ta_free(p);
+    for (int i = 0; i < 10000; i++) ta_free(ta_malloc((size_t)i % 5000 + 1));
+    _exit(ok ? 0 : 3);
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  ta_free(p);
+}
+
+Test(remote, fork_child_zombies_arena_caught_mid_operation) {
+  void *p = ta_malloc(64);
+  ta_arena_t *a = ta_tl_arena;
+  a->in_slow++; /* as if a signal handler forked inside a slow path */
+  pid_t pid = fork();
+  if (pid == 0) {
+    int zombie = atomic_load(&a->state) == ARENA_ZOMBIE && ta_tl_arena == &ta_sentinel_arena;
+    void *q = ta_malloc(64); /* a fresh arena */
+    int fresh = ta_tl_arena != a && q != NULL;
+    ta_free(q);
+    ta_free(p); /* goes to the zombie's remote list, never reused */
+    _exit(zombie && fresh ? 0 : 4);
+  }
+  a->in_slow--;
+  int st;
+  waitpid(pid, &st, 0);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
+  ta_free(p);
+}
