@@ -122,7 +122,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
     }
   }
   h->check = (uintptr_t)h ^ ta_secret;
-  h->map_size = need;
+  if (fresh) h->map_size = need; /* a cached span keeps its own size (>= need) */
   h->data_off = data_off;
   h->requested = size;
   h->next = NULL;

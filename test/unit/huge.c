@@ -25,8 +25,11 @@ Test(huge, freed_span_is_cached_and_reused) {
   ta_free(p);
   cr_assert_eq(ta_tl_arena->huge_cache, h, "kept, not unmapped");
   cr_assert_eq(atomic_load(&h->state), HUGE_CACHED);
+  size_t span = h->map_size;
   char *q = ta_malloc(5 * MiB);
   cr_assert_eq(q, p, "best fit reuses the cached span");
+  cr_assert_eq(h->map_size, span, "the span keeps its size: nothing is forgotten");
+  cr_assert_eq(ta_malloc_usable_size(q), span - h->data_off);
   cr_assert_null(ta_tl_arena->huge_cache);
   ta_free(q);
 }
