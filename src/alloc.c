@@ -318,13 +318,21 @@ void *ta_reallocarray(void *p, size_t count, size_t size) {
 
 /* ------------------------------------------------------------------ trim */
 
+/* Gives back at once everything purge.c would give back later: this thread's free memory
+ * and that of every arena without an owner. Returns 1 if anything went back. */
 int ta_malloc_trim(size_t pad) {
   (void)pad;
+  int saved = errno;
+  uint64_t now = ta_os_now_ms();
+  size_t freed = 0;
   ta_arena_t *a = ta_tl_arena;
-  if (a == &ta_sentinel_arena) return 0;
-  ta_slow_enter(a);
-  if (atomic_load_explicit(&a->remote, memory_order_relaxed)) ta_remote_drain(a);
-  size_t freed = ta_huge_trim_cache(a, 0);
-  ta_slow_leave(a);
+  if (a != &ta_sentinel_arena) {
+    ta_slow_enter(a);
+    if (atomic_load_explicit(&a->remote, memory_order_relaxed)) ta_remote_drain(a);
+    freed += ta_arena_purge(a, now, true);
+    ta_slow_leave(a);
+  }
+  freed += ta_purge_orphans(now, true);
+  errno = saved;
   return freed > 0;
 }

@@ -67,13 +67,8 @@ static void arena_init(ta_arena_t *a) {
 
 static ta_arena_t *arena_claim(void) {
   for (ta_arena_t *a = atomic_load_explicit(&all_arenas, memory_order_acquire); a;
-       a = a->next_all) {
-    int expected = ARENA_FREE;
-    if (atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_FREE &&
-        atomic_compare_exchange_strong_explicit(&a->state, &expected, ARENA_CLAIMED,
-                                                memory_order_acquire, memory_order_relaxed))
-      return a;
-  }
+       a = a->next_all)
+    if (ta_arena_try_claim(a)) return a;
   ta_arena_t *a = ta_os_mmap(ta_align_up(sizeof(ta_arena_t), TA_PAGE_SIZE));
   if (a == NULL) return NULL;
   arena_init(a);
@@ -87,20 +82,33 @@ static ta_arena_t *arena_claim(void) {
   return a;
 }
 
-static void arena_release(ta_arena_t *a) {
+bool ta_arena_try_claim(ta_arena_t *a) {
+  int expected = ARENA_FREE;
+  return atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_FREE &&
+         atomic_compare_exchange_strong_explicit(&a->state, &expected, ARENA_CLAIMED,
+                                                 memory_order_acquire, memory_order_relaxed);
+}
+
+ta_arena_t *ta_arena_first(void) { return atomic_load_explicit(&all_arenas, memory_order_acquire); }
+
+/* Gives the arena up (thread exit, or the end of a borrowed call): what is free in it goes
+ * back to the kernel once it has been ownerless for the decay time (purge.c). */
+void ta_arena_release(ta_arena_t *a) {
   if (atomic_load_explicit(&a->remote, memory_order_relaxed)) {
     ta_slow_enter(a);
     ta_remote_drain(a);
     ta_slow_leave(a);
   }
+  a->released_ms = ta_os_now_ms();
   atomic_store_explicit(&a->state, ARENA_FREE, memory_order_release);
+  ta_note_orphan_work();
 }
 
 static void thread_exit(void *p) {
   ta_arena_t *a = p;
   if (ta_tl_arena == a) ta_tl_arena = &ta_sentinel_arena;
   tl_state = TL_EXITED;
-  arena_release(a);
+  ta_arena_release(a);
 }
 
 /* Registration that may itself call malloc: done once the thread has its arena, so a
@@ -147,7 +155,7 @@ ta_arena_t *ta_arena_get_slow(bool *borrowed) {
   return a;
 }
 
-void ta_arena_borrow_done(ta_arena_t *a) { arena_release(a); }
+void ta_arena_borrow_done(ta_arena_t *a) { ta_arena_release(a); }
 
 void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
   ta_block_t *head = atomic_load_explicit(&owner->remote, memory_order_relaxed);
@@ -155,6 +163,10 @@ void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
     b->next = head;
   } while (!atomic_compare_exchange_weak_explicit(&owner->remote, &head, b, memory_order_release,
                                                   memory_order_relaxed));
+  /* An ownerless arena drains only when someone notices (purge.c). The state shares the
+   * cache line the CAS just took. */
+  if (TA_UNLIKELY(atomic_load_explicit(&owner->state, memory_order_relaxed) != ARENA_CLAIMED))
+    ta_note_orphan_work();
 }
 
 void ta_remote_drain(ta_arena_t *a) {

@@ -12,8 +12,7 @@
  * zero-filled address space in .bss, of which only the touched pages become resident:
  * one 4 KiB page of the map covers 16 GiB).
  *
- * Empty chunks stay with their arena for reuse; the arena keeps a few resident and gives
- * the pages of the others back (see docs/design.md, "Memory going back").
+ * Empty chunks stay with their arena for reuse; purge.c gives their pages back later.
  */
 #include "internal.h"
 
@@ -86,26 +85,33 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   c->kind = kind;
   c->from_brk = from_brk;
   c->free_slots = 0;
+  c->dirty_slots = 0;
+  c->decommitted = 0;
+  c->empty_since = 0;
   ta_map_set((uintptr_t)c, kind);
   return c;
 }
 
-/* An empty chunk goes back to its arena's reserve. Beyond a small reserve, its pages
- * are given back: a mapped chunk is unmapped, a break chunk is decommitted and kept. */
-#define TA_EMPTY_CHUNKS_RESIDENT 2
+/* An empty chunk goes back to its arena's reserve, resident; purge.c gives its pages back
+ * once it has stayed empty for the decay time. */
 void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c) {
-  if (a->n_empty_chunks >= TA_EMPTY_CHUNKS_RESIDENT && !c->from_brk) {
-    ta_map_set((uintptr_t)c, TA_MAP_NONE);
-    if (ta_os_munmap(c, TA_CHUNK_SIZE) == 0) return;
-    ta_map_set((uintptr_t)c, c->kind); /* could not unmap: keep it */
-  }
-  if (a->n_empty_chunks >= TA_EMPTY_CHUNKS_RESIDENT) {
-    /* Keep the header page, drop the rest. */
-    ta_os_decommit((char *)c + TA_PAGE_SIZE, TA_CHUNK_SIZE - TA_PAGE_SIZE);
-  }
   c->kind = TA_MAP_NONE;
   ta_map_set((uintptr_t)c, TA_MAP_NONE);
+  c->empty_since = ta_os_now_ms();
+  c->decommitted = 0;
   c->next = a->empty_chunks;
   a->empty_chunks = c;
   a->n_empty_chunks++;
+  ta_purge_note(a, c->empty_since);
+}
+
+/* Moves the break down by one chunk if c is the top of the heap. */
+bool ta_brk_shrink_top(ta_chunk_t *c) {
+  bool ok = false;
+  ta_brk_lock();
+  char *cur = ta_os_sbrk(0);
+  if (cur == (char *)c + TA_CHUNK_SIZE && ta_os_sbrk(-(intptr_t)TA_CHUNK_SIZE) != (void *)-1)
+    ok = true;
+  ta_brk_unlock();
+  return ok;
 }

@@ -44,7 +44,7 @@ static void cache_remove(ta_arena_t *a, ta_huge_t *h) {
 }
 
 /* Unmaps cached mappings until at most keep_bytes stay cached; returns the bytes freed. */
-size_t ta_huge_trim_cache(ta_arena_t *a, size_t keep_bytes) {
+static size_t huge_trim_cache(ta_arena_t *a, size_t keep_bytes) {
   size_t freed = 0;
   while (a->huge_cache && a->huge_cached_bytes > keep_bytes) {
     /* Drop the largest first: it holds the most memory. */
@@ -88,12 +88,15 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   bool beyond = align >= TA_CHUNK_SIZE;
   size_t data_off = beyond ? TA_CHUNK_SIZE : (align > TA_HUGE_HDR ? align : TA_HUGE_HDR);
   if (size > TA_MAX_REQUEST - data_off) return NULL;
-  size_t need = ta_align_up(data_off + size, TA_PAGE_SIZE);
+  /* Whole granules: the next mapping then lands aligned by itself (see ta_os_mmap_aligned);
+   * the slack is address space, never touched unless the block grows into it. */
+  size_t need = ta_align_up(data_off + size, beyond ? TA_PAGE_SIZE : TA_CHUNK_SIZE);
   ta_huge_t *h = NULL;
   bool fresh = true;
 
   if (a != NULL && !beyond) {
     ta_slow_enter(a);
+    ta_maybe_purge(a);
     h = cache_take(a, need);
     ta_slow_leave(a);
     if (h) fresh = false;
@@ -114,7 +117,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
       h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
       if (h == NULL && a != NULL) {
         ta_slow_enter(a);
-        ta_huge_trim_cache(a, 0); /* address space may be what is short */
+        huge_trim_cache(a, 0); /* address space may be what is short */
         ta_slow_leave(a);
         h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
       }
@@ -158,6 +161,8 @@ void ta_huge_free(ta_huge_t *h) {
     return;
   }
   ta_slow_enter(a);
+  h->freed_ms = ta_os_now_ms();
+  ta_purge_note(a, h->freed_ms);
   h->next = a->huge_cache;
   a->huge_cache = h;
   a->huge_cached_bytes += h->map_size;
@@ -179,7 +184,7 @@ void ta_huge_free(ta_huge_t *h) {
  * then copies). The block stays valid on failure. */
 void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   if (h->data_off == TA_CHUNK_SIZE || size > TA_MAX_REQUEST - h->data_off) return NULL;
-  size_t need = ta_align_up(h->data_off + size, TA_PAGE_SIZE);
+  size_t need = ta_align_up(h->data_off + size, TA_CHUNK_SIZE);
   char *old_data = (char *)h + h->data_off;
   if (need <= h->map_size) {
     if (need < h->map_size / 2 && ta_os_munmap((char *)h + need, h->map_size - need) == 0)
@@ -194,8 +199,7 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   }
   /* Move: reserve an aligned range, then let the kernel move the pages onto it. Grow
    * geometrically so that a block grown step by step moves O(log n) times. */
-  size_t target = need + need / 2;
-  target = ta_align_up(target, TA_PAGE_SIZE);
+  size_t target = ta_align_up(need + need / 2, TA_CHUNK_SIZE);
   char *dst = ta_os_mmap_aligned(target, TA_CHUNK_SIZE);
   if (dst == NULL) {
     target = need;

@@ -121,8 +121,10 @@ typedef struct ta_chunk {
   uint64_t free_slots;     /* small: bit i set <=> run slot i is free (bit 0 never) */
   uint8_t kind;            /* TA_MAP_SMALL or TA_MAP_MEDIUM */
   uint8_t from_brk;        /* came from the program break */
-  uint8_t pad[6];
-  uint64_t reserved[2];
+  uint8_t decommitted;     /* empty chunk whose pages were given back */
+  uint8_t pad[5];
+  uint64_t empty_since;    /* empty chunk: when it became empty (ms) */
+  uint64_t dirty_slots;    /* small: free run slots whose pages are still resident */
   ta_run_t runs[TA_RUNS_PER_CHUNK]; /* small chunks only */
 } ta_chunk_t;
 _Static_assert(sizeof(ta_chunk_t) <= TA_RUN_SIZE, "small chunk header fits slot 0");
@@ -131,6 +133,7 @@ _Static_assert(sizeof(ta_chunk_t) <= TA_RUN_SIZE, "small chunk header fits slot 
 /* ------------------------------------------------------------------ medium blocks */
 #define TA_M_INUSE ((size_t)1)
 #define TA_M_PREV_FREE ((size_t)2)
+#define TA_M_DECOMMITTED ((size_t)4) /* free block whose inner pages were given back */
 #define TA_M_FLAGS ((size_t)15)
 typedef struct ta_mhdr {
   size_t size_flags; /* whole block size incl. this header, multiple of 16, plus flags */
@@ -147,7 +150,9 @@ typedef struct ta_huge {
   _Atomic uint32_t state; /* HUGE_LIVE or HUGE_CACHED */
   uint32_t pad;
   struct ta_huge *next; /* owner's cache list while cached */
+  uint64_t freed_ms;    /* when it entered the cache */
 } ta_huge_t;
+_Static_assert(sizeof(ta_huge_t) <= 64, "huge meta block fits before the data");
 enum { HUGE_LIVE = 1, HUGE_CACHED = 2 };
 #define TA_HUGE_HDR 64
 
@@ -172,10 +177,13 @@ typedef struct ta_arena {
   size_t huge_cached_count;
   volatile int in_slow; /* set while the owner rearranges lists (fork safety) */
   uint32_t id;
+  uint64_t purge_due;          /* earliest time something of this arena may be purged; 0: none */
+  uint64_t medium_dirty_since; /* a large medium free block may hold resident pages since */
+  uint64_t released_ms;        /* when the arena was last given up (thread exit) */
 
   /* --- shared with other threads --- */
   _Alignas(64) _Atomic(ta_block_t *) remote; /* blocks freed by other threads */
-  _Alignas(64) _Atomic int state;            /* ARENA_* */
+  _Atomic int state;                         /* ARENA_*; read by remote freers */
   struct ta_arena *next_all;                 /* global list, push-only */
 } ta_arena_t;
 
@@ -263,12 +271,15 @@ TA_HIDDEN void ta_huge_free(ta_huge_t *h);
 TA_HIDDEN ta_huge_t *ta_huge_hdr_checked(void *p, uint8_t kind, const char *op);
 TA_HIDDEN void *ta_huge_realloc(ta_huge_t *h, size_t size);
 TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) { return h->map_size - h->data_off; }
-TA_HIDDEN size_t ta_huge_trim_cache(ta_arena_t *a, size_t keep_bytes);
+
 
 /* ------------------------------------------------------------------ arena.c */
 /* Gives the thread a real arena, or NULL. *borrowed: only for this call (thread has exited). */
 TA_HIDDEN ta_arena_t *ta_arena_get_slow(bool *borrowed);
 TA_HIDDEN void ta_arena_borrow_done(ta_arena_t *a);
+TA_HIDDEN bool ta_arena_try_claim(ta_arena_t *a);
+TA_HIDDEN ta_arena_t *ta_arena_first(void);
+TA_HIDDEN void ta_arena_release(ta_arena_t *a);
 TA_HIDDEN void ta_remote_push(ta_arena_t *owner, ta_block_t *b);
 TA_HIDDEN void ta_remote_drain(ta_arena_t *a);
 TA_HIDDEN void ta_init(void);
@@ -285,6 +296,17 @@ TA_INLINE void ta_slow_leave(ta_arena_t *a) {
   atomic_thread_fence(memory_order_release);
   a->in_slow--;
 }
+
+/* ------------------------------------------------------------------ purge.c */
+/* Free memory goes back to the kernel decay_ms after it became free (see purge.c). */
+TA_HIDDEN extern uint64_t ta_decay_ms;
+TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerless arenas */
+TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
+TA_HIDDEN void ta_maybe_purge(ta_arena_t *a);
+TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all);
+TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);
+TA_HIDDEN void ta_note_orphan_work(void);
+TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 
 /* ------------------------------------------------------------------ for tests and statistics */
 void ta_chunk_use_brk(bool on); /* chunk.c: allow or forbid the program break */

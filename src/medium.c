@@ -125,6 +125,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
 
   ta_slow_enter(a);
   if (atomic_load_explicit(&a->remote, memory_order_relaxed)) ta_remote_drain(a);
+  ta_maybe_purge(a);
   ta_mhdr_t *h = bin_first_fit(a, search);
   if (h == NULL) {
     if (!medium_chunk_new(a)) {
@@ -186,6 +187,10 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
     return;
   }
   make_free(a, h, s);
+  if (s >= ((size_t)32 << 10) && a->medium_dirty_since == 0) {
+    a->medium_dirty_since = ta_os_now_ms();
+    ta_purge_note(a, a->medium_dirty_since);
+  }
 }
 
 ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {

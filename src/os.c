@@ -71,13 +71,20 @@ void *ta_os_mmap(size_t size) {
 void *ta_os_mmap_aligned(size_t size, size_t align) {
   if (align <= TA_PAGE_SIZE) return ta_os_mmap(size);
   if (size > SIZE_MAX - align) return NULL;
-  char *p = ta_os_mmap(size + align);
+  /* The kernel places mappings top-down, next to the previous one: when sizes are
+   * multiples of the alignment, the plain call is usually aligned already (one syscall). */
+  char *p = ta_os_mmap(size);
+  if (p == NULL) return NULL;
+  if (((uintptr_t)p & (align - 1)) == 0) return p;
+  int saved = errno;
+  munmap(p, size);
+  errno = saved;
+  p = ta_os_mmap(size + align);
   if (p == NULL) return NULL;
   uintptr_t start = (uintptr_t)p;
   uintptr_t aligned = ta_align_up(start, align);
   size_t lead = aligned - start;
   size_t trail = align - lead;
-  int saved = errno;
   if (lead) munmap(p, lead);
   if (trail) munmap((char *)aligned + size, trail);
   errno = saved;

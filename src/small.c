@@ -68,10 +68,14 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
 }
 
 static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
+  ta_maybe_purge(a);
   ta_chunk_t *c = a->small_avail;
   if (c == NULL && (c = small_chunk_new(a)) == NULL) return NULL;
-  unsigned slot = (unsigned)__builtin_ctzll(c->free_slots);
+  /* Prefer a slot whose pages are still resident. */
+  uint64_t warm = c->free_slots & c->dirty_slots;
+  unsigned slot = (unsigned)__builtin_ctzll(warm ? warm : c->free_slots);
   c->free_slots &= ~((uint64_t)1 << slot);
+  c->dirty_slots &= ~((uint64_t)1 << slot);
   if (c->free_slots == 0) {
     chunk_list_remove(&a->small_avail, c);
     chunk_list_push(&a->small_full, c);
@@ -104,9 +108,14 @@ static void run_retire(ta_arena_t *a, ta_run_t *r) {
   }
   c->free_slots |= (uint64_t)1 << r->slot;
   if (c->free_slots == ALL_SLOTS) {
+    c->dirty_slots = 0; /* the whole chunk is purged as one */
     chunk_list_remove(&a->small_avail, c);
     ta_chunk_release(a, c);
+    return;
   }
+  c->dirty_slots |= (uint64_t)1 << r->slot;
+  r->empty_since = ta_os_now_ms();
+  ta_purge_note(a, r->empty_since);
 }
 
 /* Threads up to a page of never-used blocks onto the free list (at least one block). */

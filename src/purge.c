@@ -1,0 +1,179 @@
+/*
+ * purge.c — memory going back to the kernel, a short while after it became free.
+ *
+ * What becomes free is stamped with the time (milliseconds, CLOCK_MONOTONIC_COARSE) and
+ * stays resident for ta_decay_ms (200 ms by default), so a program that frees and
+ * allocates again at once pays no system call and no page fault. After that:
+ *   - an empty chunk from mmap is unmapped; one from the break moves the break back down
+ *     when it is the top of the heap, and is otherwise decommitted (MADV_DONTNEED) and
+ *     kept for reuse;
+ *   - the pages of a retired run slot (64 KiB) are decommitted;
+ *   - free medium blocks of 32 KiB and more have their inner pages decommitted;
+ *   - cached huge spans are unmapped.
+ * MADV_DONTNEED rather than MADV_FREE: resident memory falls at once, which is what users
+ * measure (see docs/design.md).
+ *
+ * There is no background thread: the owner checks in its slow paths whether something is
+ * due (ta_maybe_purge: two loads when nothing is pending, one clock read otherwise).
+ * Arenas whose thread has exited have no owner to do this: any thread that finds
+ * ta_orphan_due passed claims such arenas one by one, drains what other threads freed
+ * into them, purges everything, and gives them back. malloc_trim does all of it at once.
+ */
+#include "internal.h"
+
+uint64_t ta_decay_ms = 200;
+_Atomic uint64_t ta_orphan_due;
+
+#define TA_MEDIUM_PURGE_MIN ((size_t)32 << 10)
+
+static void atomic_min_time(_Atomic uint64_t *v, uint64_t t) {
+  uint64_t cur = atomic_load_explicit(v, memory_order_relaxed);
+  while ((cur == 0 || t < cur) &&
+         !atomic_compare_exchange_weak_explicit(v, &cur, t, memory_order_relaxed,
+                                                memory_order_relaxed)) {
+  }
+}
+
+void ta_purge_note(ta_arena_t *a, uint64_t since) {
+  uint64_t due = since + ta_decay_ms;
+  if (a->purge_due == 0 || due < a->purge_due) a->purge_due = due;
+}
+
+void ta_note_orphan_work(void) { atomic_min_time(&ta_orphan_due, ta_os_now_ms() + ta_decay_ms); }
+
+void ta_maybe_purge(ta_arena_t *a) {
+  uint64_t due = a->purge_due;
+  uint64_t odue = atomic_load_explicit(&ta_orphan_due, memory_order_relaxed);
+  if (TA_LIKELY(due == 0 && odue == 0)) return;
+  uint64_t now = ta_os_now_ms();
+  if (due && now >= due) ta_arena_purge(a, now, false);
+  if (odue && now >= odue) ta_purge_orphans(now, false);
+}
+
+/* The pages of a free medium block that hold neither its links nor its footer. */
+static size_t medium_decommit(ta_mhdr_t *h) {
+  size_t s = h->size_flags & ~TA_M_FLAGS;
+  uintptr_t lo = ta_align_up((uintptr_t)h + sizeof(ta_mhdr_t) + 2 * sizeof(void *), TA_PAGE_SIZE);
+  uintptr_t hi = ((uintptr_t)h + s - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
+  h->size_flags |= TA_M_DECOMMITTED;
+  if (hi <= lo || ta_os_decommit((void *)lo, hi - lo) != 0) return 0;
+  return hi - lo;
+}
+
+size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all) {
+  size_t freed = 0;
+  uint64_t next = 0;
+#define PENDING(since)                                                                     \
+  do {                                                                                     \
+    uint64_t d_ = (since) + ta_decay_ms;                                                   \
+    if (next == 0 || d_ < next) next = d_;                                                 \
+  } while (0)
+#define DUE(since) (all || now >= (since) + ta_decay_ms)
+
+  ta_slow_enter(a);
+
+  /* Empty chunks. A break chunk can only go when it is the top of the heap, so repeat
+   * while the break moves down. */
+  for (bool moved = true; moved;) {
+    moved = false;
+    for (ta_chunk_t **pp = &a->empty_chunks; *pp;) {
+      ta_chunk_t *c = *pp;
+      if (!DUE(c->empty_since)) {
+        if (!c->decommitted) PENDING(c->empty_since);
+        pp = &c->next;
+        continue;
+      }
+      /* Read the header before the chunk may vanish. */
+      ta_chunk_t *next_c = c->next;
+      bool from_brk = c->from_brk, resident = !c->decommitted;
+      if (from_brk ? ta_brk_shrink_top(c) : ta_os_munmap(c, TA_CHUNK_SIZE) == 0) {
+        *pp = next_c;
+        a->n_empty_chunks--;
+        if (resident) freed += TA_CHUNK_SIZE;
+        moved = moved || from_brk;
+        continue;
+      }
+      if (!c->decommitted && ta_os_decommit((char *)c + TA_PAGE_SIZE,
+                                            TA_CHUNK_SIZE - TA_PAGE_SIZE) == 0) {
+        c->decommitted = 1;
+        freed += TA_CHUNK_SIZE - TA_PAGE_SIZE;
+      }
+      pp = &c->next;
+    }
+  }
+
+  /* Retired run slots of chunks still in use; neighbouring slots in one call. */
+  for (ta_chunk_t *c = a->small_avail; c; c = c->next) {
+    uint64_t due_slots = 0;
+    for (uint64_t d = c->dirty_slots; d; d &= d - 1) {
+      unsigned slot = (unsigned)__builtin_ctzll(d);
+      if (DUE(c->runs[slot].empty_since)) due_slots |= (uint64_t)1 << slot;
+      else PENDING(c->runs[slot].empty_since);
+    }
+    c->dirty_slots &= ~due_slots;
+    while (due_slots) {
+      unsigned first = (unsigned)__builtin_ctzll(due_slots); /* >= 1: slot 0 is the header */
+      uint64_t rest = ~(due_slots >> first);
+      unsigned n = rest ? (unsigned)__builtin_ctzll(rest) : 64 - first;
+      if (ta_os_decommit((char *)c + ((size_t)first << TA_RUN_SHIFT),
+                         (size_t)n << TA_RUN_SHIFT) == 0)
+        freed += (size_t)n << TA_RUN_SHIFT;
+      due_slots &= ~((((uint64_t)1 << n) - 1) << first);
+    }
+  }
+
+  /* Large free medium blocks. */
+  if (a->medium_dirty_since) {
+    if (DUE(a->medium_dirty_since)) {
+      for (unsigned b = ta_size_class(TA_MEDIUM_PURGE_MIN); b < TA_NUM_BINS; b++)
+        for (ta_mhdr_t *h = a->bins[b]; h; h = ((ta_mhdr_t **)(h + 1))[0])
+          if (!(h->size_flags & TA_M_DECOMMITTED)) freed += medium_decommit(h);
+      a->medium_dirty_since = 0;
+    } else {
+      PENDING(a->medium_dirty_since);
+    }
+  }
+
+  /* Cached huge spans. */
+  for (ta_huge_t **pp = &a->huge_cache; *pp;) {
+    ta_huge_t *h = *pp;
+    if (!DUE(h->freed_ms)) {
+      PENDING(h->freed_ms);
+      pp = &h->next;
+      continue;
+    }
+    *pp = h->next;
+    a->huge_cached_bytes -= h->map_size;
+    a->huge_cached_count--;
+    freed += h->map_size;
+    ta_map_set((uintptr_t)h + h->data_off, TA_MAP_NONE);
+    h->check = 0;
+    if (ta_os_munmap(h, h->map_size) != 0) ta_os_decommit(h, h->map_size);
+  }
+#undef PENDING
+#undef DUE
+  a->purge_due = next;
+  ta_slow_leave(a);
+  return freed;
+}
+
+size_t ta_purge_orphans(uint64_t now, bool all) {
+  atomic_store_explicit(&ta_orphan_due, 0, memory_order_relaxed);
+  size_t freed = 0;
+  for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
+    if (atomic_load_explicit(&a->state, memory_order_relaxed) != ARENA_FREE) continue;
+    if (!all && now < a->released_ms + ta_decay_ms) {
+      atomic_min_time(&ta_orphan_due, a->released_ms + ta_decay_ms);
+      continue;
+    }
+    if (!ta_arena_try_claim(a)) continue;
+    if (atomic_load_explicit(&a->remote, memory_order_relaxed)) {
+      ta_slow_enter(a);
+      ta_remote_drain(a);
+      ta_slow_leave(a);
+    }
+    freed += ta_arena_purge(a, now, true);
+    atomic_store_explicit(&a->state, ARENA_FREE, memory_order_release);
+  }
+  return freed;
+}
