@@ -333,6 +333,7 @@ int ta_malloc_trim(size_t pad) {
     ta_slow_leave(a);
   }
   freed += ta_purge_orphans(now, true);
+  freed += ta_huge_purge(now, true);
   errno = saved;
   return freed > 0;
 }

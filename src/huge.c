@@ -7,9 +7,9 @@
  * Alignments of 4 MiB and more put the data at the start of the granule after the meta
  * block's (TA_MAP_HUGE_AL): the meta block is then one granule below p.
  *
- * Freed mappings are not unmapped at once: the freeing thread's arena keeps a few of them
- * (TA_HUGE_CACHE_COUNT, TA_HUGE_CACHE_BYTES) and the next huge request takes the best fit,
- * trims a much larger one, or grows a smaller one in place with mremap. Their pages stay
+ * Freed mappings are not unmapped at once: a process-wide, lock-free cache keeps up to
+ * ta_huge_cache_limit bytes of them, and the next huge request, from any thread, takes the
+ * best fit, trims a much larger one, or grows a smaller one in place with mremap. Their pages stay
  * resident, so a program that cycles through multi-megabyte buffers neither maps nor
  * faults them in again. realloc grows a huge block with mremap, in place when it can and
  * otherwise by moving the pages to a new aligned address: never by copying.
@@ -18,8 +18,18 @@
 
 #include "internal.h"
 
-#define TA_HUGE_CACHE_COUNT 8
-#define TA_HUGE_CACHE_BYTES ((size_t)128 << 20)
+/* The cache: TA_HUGE_SLOTS atomic slots shared by all threads. A span is taken by
+ * exchanging its slot for NULL, so whoever takes it owns it; the sizes and times beside the
+ * slots are hints written before a span is published, checked once it is owned. */
+#define TA_HUGE_SLOTS 32
+size_t ta_huge_cache_limit = (size_t)64 << 20; /* bytes kept resident at most */
+bool ta_huge_pages = true; /* ask for transparent huge pages on huge spans */
+static _Atomic(ta_huge_t *) cache_slot[TA_HUGE_SLOTS];
+static _Atomic size_t cache_size_hint[TA_HUGE_SLOTS];
+static _Atomic uint64_t cache_time_hint[TA_HUGE_SLOTS];
+static _Atomic size_t cache_bytes;
+static _Atomic size_t cache_count;
+_Atomic uint64_t ta_huge_due; /* earliest time a cached span may be purged; 0: none */
 
 static void huge_unmap(ta_huge_t *h) {
   uintptr_t data = (uintptr_t)h + h->data_off;
@@ -32,57 +42,117 @@ static void huge_unmap(ta_huge_t *h) {
   }
 }
 
-static void cache_remove(ta_arena_t *a, ta_huge_t *h) {
-  for (ta_huge_t **pp = &a->huge_cache; *pp; pp = &(*pp)->next) {
-    if (*pp == h) {
-      *pp = h->next;
-      a->huge_cached_bytes -= h->map_size;
-      a->huge_cached_count--;
-      return;
+/* Takes the span of slot i if it is still `h`; the caller then owns it. */
+static bool slot_take(unsigned i, ta_huge_t *h) {
+  if (!atomic_compare_exchange_strong_explicit(&cache_slot[i], &h, NULL, memory_order_acquire,
+                                               memory_order_relaxed))
+    return false;
+  atomic_fetch_sub_explicit(&cache_bytes, h->map_size, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&cache_count, 1, memory_order_relaxed);
+  return true;
+}
+
+/* Index of the cached span to take: the best fit for `need`, else (need == 0) the largest. */
+static int slot_pick(size_t need, ta_huge_t **out) {
+  int best = -1;
+  size_t best_size = 0;
+  for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
+    ta_huge_t *h = atomic_load_explicit(&cache_slot[i], memory_order_relaxed);
+    if (h == NULL) continue;
+    size_t s = atomic_load_explicit(&cache_size_hint[i], memory_order_relaxed);
+    bool better = need ? (s >= need && (best < 0 || s < best_size)) : (best < 0 || s > best_size);
+    if (better) {
+      best = (int)i;
+      best_size = s;
+      *out = h;
     }
   }
+  return best;
 }
 
-/* Unmaps cached mappings until at most keep_bytes stay cached; returns the bytes freed. */
-static size_t huge_trim_cache(ta_arena_t *a, size_t keep_bytes) {
-  size_t freed = 0;
-  while (a->huge_cache && a->huge_cached_bytes > keep_bytes) {
-    /* Drop the largest first: it holds the most memory. */
-    ta_huge_t *big = a->huge_cache;
-    for (ta_huge_t *h = a->huge_cache; h; h = h->next)
-      if (h->map_size > big->map_size) big = h;
-    cache_remove(a, big);
-    freed += big->map_size;
-    huge_unmap(big);
+static bool cache_put(ta_huge_t *h) {
+  if (h->map_size > ta_huge_cache_limit) return false;
+  /* Over the limit: the largest cached spans go first. */
+  while (atomic_load_explicit(&cache_bytes, memory_order_relaxed) + h->map_size >
+         ta_huge_cache_limit) {
+    ta_huge_t *v = NULL;
+    int i = slot_pick(0, &v);
+    if (i < 0) break;
+    if (slot_take((unsigned)i, v)) huge_unmap(v);
   }
-  return freed;
+  for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
+    if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL) continue;
+    atomic_store_explicit(&cache_size_hint[i], h->map_size, memory_order_relaxed);
+    atomic_store_explicit(&cache_time_hint[i], h->freed_ms, memory_order_relaxed);
+    ta_huge_t *expected = NULL;
+    if (atomic_compare_exchange_strong_explicit(&cache_slot[i], &expected, h,
+                                                memory_order_release, memory_order_relaxed)) {
+      atomic_fetch_add_explicit(&cache_bytes, h->map_size, memory_order_relaxed);
+      atomic_fetch_add_explicit(&cache_count, 1, memory_order_relaxed);
+      return true;
+    }
+  }
+  return false;
 }
 
-/* A cached mapping of at least `need` bytes (from `data_off` on), or NULL. */
-static ta_huge_t *cache_take(ta_arena_t *a, size_t need) {
-  ta_huge_t *best = NULL, *largest = NULL;
-  for (ta_huge_t *h = a->huge_cache; h; h = h->next) {
-    if (h->map_size >= need && (best == NULL || h->map_size < best->map_size)) best = h;
-    if (largest == NULL || h->map_size > largest->map_size) largest = h;
-  }
-  if (best) {
-    cache_remove(a, best);
-    if (best->map_size > 2 * need) {
+/* A cached span with at least `need` bytes, owned by the caller, or NULL. */
+static ta_huge_t *cache_take(size_t need) {
+  for (int attempt = 0; attempt < 4; attempt++) {
+    ta_huge_t *h = NULL;
+    int i = slot_pick(need, &h);
+    if (i < 0) break;
+    if (!slot_take((unsigned)i, h)) continue; /* someone was quicker: look again */
+    if (h->map_size < need) { /* the hint was stale */
+      if (!cache_put(h)) huge_unmap(h);
+      continue;
+    }
+    if (h->map_size > 2 * need) {
       /* Far too big: give the tail back rather than hold it resident. */
-      if (ta_os_munmap((char *)best + need, best->map_size - need) == 0) best->map_size = need;
+      if (ta_os_munmap((char *)h + need, h->map_size - need) == 0) h->map_size = need;
+    } else if (h->map_size - need >= TA_CHUNK_SIZE) {
+      /* Somewhat too big: keep the address space (the block may grow into it), drop the
+       * pages, so that the block holds no more memory than it asked for. */
+      ta_os_decommit((char *)h + need, h->map_size - need);
     }
-    return best;
+    return h;
   }
-  if (largest) {
-    /* Grow the largest in place: its pages stay, only the rest is new. */
-    if (ta_os_mremap(largest, largest->map_size, need, NULL) != NULL) {
-      cache_remove(a, largest);
-      largest->map_size = need;
-      return largest;
+  /* Nothing big enough: grow the largest in place, keeping its resident pages. */
+  ta_huge_t *h = NULL;
+  int i = slot_pick(0, &h);
+  if (i >= 0 && slot_take((unsigned)i, h)) {
+    if (h->map_size < need && ta_os_mremap(h, h->map_size, need, NULL) != NULL) {
+      h->map_size = need;
+      return h;
     }
+    if (h->map_size >= need) return h;
+    if (!cache_put(h)) huge_unmap(h);
   }
   return NULL;
 }
+
+/* Unmaps the cached spans freed at least decay_ms before `now` (all of them if `all`). */
+size_t ta_huge_purge(uint64_t now, bool all) {
+  size_t freed = 0;
+  uint64_t next = 0;
+  atomic_store_explicit(&ta_huge_due, 0, memory_order_relaxed);
+  for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
+    ta_huge_t *h = atomic_load_explicit(&cache_slot[i], memory_order_relaxed);
+    if (h == NULL) continue;
+    uint64_t t = atomic_load_explicit(&cache_time_hint[i], memory_order_relaxed);
+    if (!all && now < t + ta_decay_ms) {
+      if (next == 0 || t + ta_decay_ms < next) next = t + ta_decay_ms;
+      continue;
+    }
+    if (!slot_take(i, h)) continue;
+    freed += h->map_size;
+    huge_unmap(h);
+  }
+  if (next) ta_purge_note_global(&ta_huge_due, next);
+  return freed;
+}
+
+size_t ta_huge_cached_bytes(void) { return atomic_load(&cache_bytes); }
+size_t ta_huge_cached_count(void) { return atomic_load(&cache_count); }
 
 void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   bool beyond = align >= TA_CHUNK_SIZE;
@@ -94,11 +164,9 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   ta_huge_t *h = NULL;
   bool fresh = true;
 
-  if (a != NULL && !beyond) {
-    ta_slow_enter(a);
-    ta_maybe_purge(a);
-    h = cache_take(a, need);
-    ta_slow_leave(a);
+  if (!beyond) {
+    if (a != NULL) ta_maybe_purge(a);
+    h = cache_take(need);
     if (h) fresh = false;
   }
   if (h == NULL) {
@@ -115,14 +183,16 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
       h = (ta_huge_t *)start;
     } else {
       h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
-      if (h == NULL && a != NULL) {
-        ta_slow_enter(a);
-        huge_trim_cache(a, 0); /* address space may be what is short */
-        ta_slow_leave(a);
+      if (h == NULL && ta_huge_purge(0, true) > 0) /* address space may be what is short */
         h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
-      }
       if (h == NULL) return NULL;
     }
+  }
+  if (ta_huge_pages && !beyond) {
+    /* Huge pages only where the request covers them whole: no block holds more than a
+     * few KiB beyond what it asked for. */
+    uintptr_t end = ((uintptr_t)h + data_off + size) & ~(uintptr_t)(TA_HUGEPAGE_SIZE - 1);
+    if (end > (uintptr_t)h) ta_os_hugepage(h, end - (uintptr_t)h);
   }
   h->check = (uintptr_t)h ^ ta_secret;
   if (fresh) h->map_size = need; /* a cached span keeps its own size (>= need) */
@@ -154,30 +224,16 @@ void ta_huge_free(ta_huge_t *h) {
   uint32_t live = HUGE_LIVE;
   if (!atomic_compare_exchange_strong(&h->state, &live, HUGE_CACHED))
     ta_fatal("free(): double free of pointer", (char *)h + h->data_off);
-  ta_arena_t *a = ta_tl_arena;
-  bool al = h->data_off == TA_CHUNK_SIZE;
-  if (a == &ta_sentinel_arena || al || h->map_size > TA_HUGE_CACHE_BYTES) {
+  if (h->data_off == TA_CHUNK_SIZE) { /* over-aligned: not reusable as it is */
     huge_unmap(h);
     return;
   }
-  ta_slow_enter(a);
   h->freed_ms = ta_os_now_ms();
-  ta_purge_note(a, h->freed_ms);
-  h->next = a->huge_cache;
-  a->huge_cache = h;
-  a->huge_cached_bytes += h->map_size;
-  a->huge_cached_count++;
-  if (a->huge_cached_count > TA_HUGE_CACHE_COUNT || a->huge_cached_bytes > TA_HUGE_CACHE_BYTES) {
-    /* Over budget: drop the oldest (the tail of the list). */
-    while (a->huge_cached_count > TA_HUGE_CACHE_COUNT ||
-           a->huge_cached_bytes > TA_HUGE_CACHE_BYTES) {
-      ta_huge_t *last = a->huge_cache;
-      while (last->next) last = last->next;
-      cache_remove(a, last);
-      huge_unmap(last);
-    }
+  if (!cache_put(h)) {
+    huge_unmap(h);
+    return;
   }
-  ta_slow_leave(a);
+  ta_purge_note_global(&ta_huge_due, h->freed_ms + ta_decay_ms);
 }
 
 /* Resizes in place or moves the pages with mremap; NULL when neither works (the caller

@@ -55,6 +55,7 @@
 #define TA_RUN_SIZE ((size_t)1 << TA_RUN_SHIFT) /* 64 KiB */
 #define TA_RUNS_PER_CHUNK (TA_CHUNK_SIZE / TA_RUN_SIZE) /* 64; slot 0 is the header */
 #define TA_PAGE_SIZE ((size_t)4096)
+#define TA_HUGEPAGE_SIZE ((size_t)2 << 20) /* transparent huge page (x86-64, arm64 4K) */
 #define TA_ADDR_BITS 47 /* user space on x86-64 and arm64 without 5-level hints */
 #define TA_MAP_ENTRIES ((size_t)1 << (TA_ADDR_BITS - TA_CHUNK_SHIFT))
 #define TA_ALIGNMENT 16 /* every block */
@@ -172,9 +173,6 @@ typedef struct ta_arena {
   size_t n_empty_chunks;
   uint64_t bin_map[TA_BIN_WORDS];
   ta_mhdr_t *bins[TA_NUM_BINS];
-  ta_huge_t *huge_cache;
-  size_t huge_cached_bytes;
-  size_t huge_cached_count;
   volatile int in_slow; /* set while the owner rearranges lists (fork safety) */
   uint32_t id;
   uint64_t purge_due;          /* earliest time something of this arena may be purged; 0: none */
@@ -216,6 +214,7 @@ TA_HIDDEN void *ta_os_mmap_aligned(size_t size, size_t align); /* NULL on failur
 TA_HIDDEN int ta_os_munmap(void *p, size_t size);
 TA_HIDDEN int ta_os_decommit(void *p, size_t size); /* MADV_DONTNEED */
 TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
+TA_HIDDEN void ta_os_hugepage(void *p, size_t size); /* MADV_HUGEPAGE hint */
 TA_HIDDEN uint64_t ta_os_now_ms(void);
 TA_HIDDEN uintptr_t ta_os_random(void);
 /* Test hooks: fail the next `count` calls of the operations in `mask` after `skip` successes. */
@@ -271,6 +270,12 @@ TA_HIDDEN void ta_huge_free(ta_huge_t *h);
 TA_HIDDEN ta_huge_t *ta_huge_hdr_checked(void *p, uint8_t kind, const char *op);
 TA_HIDDEN void *ta_huge_realloc(ta_huge_t *h, size_t size);
 TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) { return h->map_size - h->data_off; }
+TA_HIDDEN extern size_t ta_huge_cache_limit;
+TA_HIDDEN extern bool ta_huge_pages;
+TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
+TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
+size_t ta_huge_cached_bytes(void); /* for tests and statistics */
+size_t ta_huge_cached_count(void);
 
 
 /* ------------------------------------------------------------------ arena.c */
@@ -302,6 +307,7 @@ TA_INLINE void ta_slow_leave(ta_arena_t *a) {
 TA_HIDDEN extern uint64_t ta_decay_ms;
 TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerless arenas */
 TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
+TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
 TA_HIDDEN void ta_maybe_purge(ta_arena_t *a);
 TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all);
 TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);

@@ -9,7 +9,7 @@
  *     kept for reuse;
  *   - the pages of a retired run slot (64 KiB) are decommitted;
  *   - free medium blocks of 32 KiB and more have their inner pages decommitted;
- *   - cached huge spans are unmapped.
+ *   - cached huge spans are unmapped (huge.c: the cache is process-wide).
  * MADV_DONTNEED rather than MADV_FREE: resident memory falls at once, which is what users
  * measure (see docs/design.md).
  *
@@ -26,7 +26,7 @@ _Atomic uint64_t ta_orphan_due;
 
 #define TA_MEDIUM_PURGE_MIN ((size_t)32 << 10)
 
-static void atomic_min_time(_Atomic uint64_t *v, uint64_t t) {
+void ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
   uint64_t cur = atomic_load_explicit(v, memory_order_relaxed);
   while ((cur == 0 || t < cur) &&
          !atomic_compare_exchange_weak_explicit(v, &cur, t, memory_order_relaxed,
@@ -39,15 +39,17 @@ void ta_purge_note(ta_arena_t *a, uint64_t since) {
   if (a->purge_due == 0 || due < a->purge_due) a->purge_due = due;
 }
 
-void ta_note_orphan_work(void) { atomic_min_time(&ta_orphan_due, ta_os_now_ms() + ta_decay_ms); }
+void ta_note_orphan_work(void) { ta_purge_note_global(&ta_orphan_due, ta_os_now_ms() + ta_decay_ms); }
 
 void ta_maybe_purge(ta_arena_t *a) {
   uint64_t due = a->purge_due;
   uint64_t odue = atomic_load_explicit(&ta_orphan_due, memory_order_relaxed);
-  if (TA_LIKELY(due == 0 && odue == 0)) return;
+  uint64_t hdue = atomic_load_explicit(&ta_huge_due, memory_order_relaxed);
+  if (TA_LIKELY(due == 0 && odue == 0 && hdue == 0)) return;
   uint64_t now = ta_os_now_ms();
   if (due && now >= due) ta_arena_purge(a, now, false);
   if (odue && now >= odue) ta_purge_orphans(now, false);
+  if (hdue && now >= hdue) ta_huge_purge(now, false);
 }
 
 /* The pages of a free medium block that hold neither its links nor its footer. */
@@ -134,22 +136,6 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all) {
     }
   }
 
-  /* Cached huge spans. */
-  for (ta_huge_t **pp = &a->huge_cache; *pp;) {
-    ta_huge_t *h = *pp;
-    if (!DUE(h->freed_ms)) {
-      PENDING(h->freed_ms);
-      pp = &h->next;
-      continue;
-    }
-    *pp = h->next;
-    a->huge_cached_bytes -= h->map_size;
-    a->huge_cached_count--;
-    freed += h->map_size;
-    ta_map_set((uintptr_t)h + h->data_off, TA_MAP_NONE);
-    h->check = 0;
-    if (ta_os_munmap(h, h->map_size) != 0) ta_os_decommit(h, h->map_size);
-  }
 #undef PENDING
 #undef DUE
   a->purge_due = next;
@@ -163,7 +149,7 @@ size_t ta_purge_orphans(uint64_t now, bool all) {
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
     if (atomic_load_explicit(&a->state, memory_order_relaxed) != ARENA_FREE) continue;
     if (!all && now < a->released_ms + ta_decay_ms) {
-      atomic_min_time(&ta_orphan_due, a->released_ms + ta_decay_ms);
+      ta_purge_note_global(&ta_orphan_due, a->released_ms + ta_decay_ms);
       continue;
     }
     if (!ta_arena_try_claim(a)) continue;

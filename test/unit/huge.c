@@ -1,7 +1,9 @@
 /* Unit tests: huge blocks — own mappings, the cache of freed spans, mremap growth. */
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <pthread.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "tamalloc.h"
@@ -23,14 +25,15 @@ Test(huge, freed_span_is_cached_and_reused) {
   char *p = ta_malloc(6 * MiB);
   ta_huge_t *h = ta_huge_hdr_checked(p, TA_MAP_HUGE, "test");
   ta_free(p);
-  cr_assert_eq(ta_tl_arena->huge_cache, h, "kept, not unmapped");
+  cr_assert_eq(ta_huge_cached_count(), 1, "kept, not unmapped");
+  cr_assert_eq(ta_huge_cached_bytes(), h->map_size);
   cr_assert_eq(atomic_load(&h->state), HUGE_CACHED);
   size_t span = h->map_size;
   char *q = ta_malloc(5 * MiB);
   cr_assert_eq(q, p, "best fit reuses the cached span");
   cr_assert_eq(h->map_size, span, "the span keeps its size: nothing is forgotten");
   cr_assert_eq(ta_malloc_usable_size(q), span - h->data_off);
-  cr_assert_null(ta_tl_arena->huge_cache);
+  cr_assert_eq(ta_huge_cached_count(), 0);
   ta_free(q);
 }
 
@@ -44,18 +47,43 @@ Test(huge, much_larger_cached_span_is_trimmed) {
   ta_free(q);
 }
 
-Test(huge, cache_is_bounded) {
-  char *p[12];
-  for (int i = 0; i < 12; i++) p[i] = ta_malloc(2 * MiB + (size_t)i * 4096);
-  for (int i = 0; i < 12; i++) ta_free(p[i]);
-  cr_assert_leq(ta_tl_arena->huge_cached_count, 8);
-  size_t n = 0, bytes = 0;
-  for (ta_huge_t *h = ta_tl_arena->huge_cache; h; h = h->next) n++, bytes += h->map_size;
-  cr_assert_eq(n, ta_tl_arena->huge_cached_count);
-  cr_assert_eq(bytes, ta_tl_arena->huge_cached_bytes);
+Test(huge, cache_is_bounded_in_bytes) {
+  char *p[40];
+  for (int i = 0; i < 40; i++) p[i] = ta_malloc(2 * MiB + (size_t)i * 4096);
+  for (int i = 0; i < 40; i++) ta_free(p[i]);
+  cr_assert_leq(ta_huge_cached_bytes(), ta_huge_cache_limit);
+  cr_assert_gt(ta_huge_cached_count(), 0);
   cr_assert_eq(ta_malloc_trim(0), 1);
-  cr_assert_null(ta_tl_arena->huge_cache);
-  cr_assert_eq(ta_tl_arena->huge_cached_bytes, 0);
+  cr_assert_eq(ta_huge_cached_count(), 0);
+  cr_assert_eq(ta_huge_cached_bytes(), 0);
+}
+
+static void *alloc_big(void *arg) {
+  (void)arg;
+  return ta_malloc(9 * MiB);
+}
+
+Test(huge, span_freed_by_one_thread_serves_another) {
+  pthread_t t;
+  void *p;
+  pthread_create(&t, NULL, alloc_big, NULL);
+  pthread_join(t, &p);
+  ta_free(p); /* freed here, allocated there */
+  pthread_create(&t, NULL, alloc_big, NULL);
+  void *q;
+  pthread_join(t, &q);
+  cr_assert_eq(q, p, "the cache is shared by all threads");
+  ta_free(q);
+}
+
+Test(huge, cached_spans_go_back_after_the_decay) {
+  void *p = ta_malloc(12 * MiB);
+  ta_free(p);
+  cr_assert_eq(ta_huge_cached_count(), 1);
+  usleep((useconds_t)(ta_decay_ms + 50) * 1000);
+  ta_free(ta_malloc(2 * MiB)); /* any huge call notices what is due */
+  cr_assert_eq(ta_huge_cached_count(), 1, "only the span just freed is left");
+  cr_assert_leq(ta_huge_cached_bytes(), 4 * MiB);
 }
 
 Test(huge, realloc_grows_without_copying_and_keeps_contents) {
