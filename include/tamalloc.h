@@ -59,6 +59,62 @@ TA_API size_t ta_malloc_usable_size(void *ptr);
  * memory was given back, 0 otherwise (glibc's malloc_trim contract). */
 TA_API int ta_malloc_trim(size_t pad);
 
+/* ------------------------------------------------------------------ statistics
+ * Every figure is defined in docs/statistics.md. Counters are kept per thread and merged
+ * when read; requested sizes are kept only while statistics are on (TAMALLOC_CONF
+ * "stats:true" or "stats_print:true", or ta_stats_enable(1) before the first allocation).
+ * A read is exact when no other thread allocates or frees during it. */
+#define TA_STATS_VERSION 1
+#define TA_STATS_CLASSES 138 /* [0]: huge blocks; [1..136]: size classes; [137]: unused */
+
+struct ta_class_stats {
+  unsigned long long block_size;      /* the class's size (0 for the huge bucket) */
+  unsigned long long live_blocks;     /* handed out and not freed */
+  unsigned long long usable_bytes;    /* usable size of the live blocks */
+  unsigned long long requested_bytes; /* what was asked for them (statistics on) */
+  unsigned long long free_blocks;     /* free blocks of the class, ready for reuse */
+  unsigned long long free_bytes;      /* free bytes held for the class (blocks, unused run space) */
+  unsigned long long stranded_bytes;  /* free bytes in runs that also hold live blocks */
+  unsigned long long runs;            /* runs (small classes) */
+};
+
+struct ta_stats {
+  unsigned version;          /* in: TA_STATS_VERSION */
+  unsigned size;             /* in: sizeof(struct ta_stats) */
+  int requested_tracked;     /* out: statistics on, requested figures are exact */
+  int arena;                 /* -1: the whole process; else the arena index asked for */
+  /* The seed's counters. */
+  unsigned long long blocks, free_blocks;
+  unsigned long long mallocs, frees, callocs, reallocs, reuses;
+  unsigned long long grows, shrinks, splits, merges;
+  unsigned long long requested_bytes; /* live blocks: what was asked */
+  unsigned long long usable_bytes;    /* live blocks: what was given */
+  unsigned long long heap_bytes;      /* memory the allocator holds */
+  /* Fragmentation (percent). */
+  double internal_fragmentation_pct;  /* 100 * (usable - requested) / usable */
+  double external_fragmentation_pct;  /* 100 * (1 - largest free block / free bytes) */
+  double stranded_pct;                /* 100 * stranded bytes / heap bytes */
+  unsigned long long free_bytes, largest_free_block, stranded_bytes;
+  /* What a production allocator adds. */
+  unsigned long long mapped_bytes;    /* address space mapped or taken from the break, now */
+  unsigned long long resident_bytes;  /* of that, in memory now */
+  unsigned long long returned_bytes;  /* given back to the kernel since start */
+  unsigned long long remote_frees;    /* frees from a thread that did not own the block */
+  unsigned long long arenas_live, arenas_abandoned, arenas_adopted;
+  unsigned long long huge_blocks, huge_cached_bytes;
+  struct ta_class_stats classes[TA_STATS_CLASSES];
+};
+
+/* Fills *out for the whole process (arena < 0) or one arena. Returns 0, or EINVAL when
+ * version or size do not match, or ERANGE when there is no such arena. */
+TA_API int ta_stats_get(struct ta_stats *out, int arena);
+/* Writes the report to fd: format 0 text, 1 JSON (one object). Returns 0 or an errno. */
+TA_API int ta_stats_print(int fd, int format);
+/* Turns the tracking of requested sizes on or off; returns the previous setting. */
+TA_API int ta_stats_enable(int on);
+/* Writes the heap's layout to fd, one line per region (see docs/statistics.md). */
+TA_API int ta_heap_map(int fd);
+
 #ifdef __cplusplus
 }
 #endif

@@ -75,6 +75,11 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
     p = ta_huge_alloc(a, size, align, zero);
     zeroed = true;
   }
+  if (TA_LIKELY(p != NULL)) {
+    a->cnt.mallocs++;
+    a->cnt.callocs += zero;
+    if (ta_stats_on) ta_stats_record(p, size);
+  }
   if (borrowed) ta_arena_borrow_done(a);
   if (TA_UNLIKELY(p == NULL)) {
     errno = ENOMEM;
@@ -84,14 +89,18 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   return p;
 }
 
+/* ta_fast_limit is 1024, or 0 while statistics are on (every call then records its
+ * requested size on the generic path): the test costs what `size <= 1024` would. */
 void *ta_malloc(size_t size) {
-  if (TA_LIKELY(size <= 1024)) {
-    ta_run_t *r = ta_tl_arena->cur[ta_class_lut[(size + 15) >> 4]];
+  if (TA_LIKELY(size <= ta_fast_limit)) {
+    ta_arena_t *a = ta_tl_arena;
+    ta_run_t *r = a->cur[ta_class_lut[(size + 15) >> 4]];
     ta_block_t *b = r->free;
     if (TA_LIKELY(b != NULL)) {
       r->free = b->next;
       b->key = 0;
       r->used++;
+      a->cnt.mallocs++; /* the sentinel's runs are empty: a is a real arena here */
       return b;
     }
   }
@@ -184,6 +193,7 @@ static void free_medium(void *p) {
       if (!(h->size_flags & TA_M_INUSE)) ta_fatal("free(): double free of pointer", p);
     }
     ta_medium_free_local(me, h);
+    me->cnt.frees++;
     ta_slow_leave(me);
     return;
   }
@@ -230,6 +240,7 @@ void ta_free(void *p) {
   b->next = r->free;
   b->key = key;
   r->free = b;
+  me->cnt.frees++;
   if (TA_UNLIKELY((int32_t)--r->used <= 0)) return ta_small_free_slow(me, r);
 }
 
@@ -284,22 +295,28 @@ void *ta_realloc(void *p, size_t size) {
     errno = ENOMEM;
     return NULL;
   }
+  ta_arena_t *me = ta_tl_arena;
+  if (me != &ta_sentinel_arena) me->cnt.reallocs++;
   uint8_t kind = ta_map_get((uintptr_t)p);
+  void *in_place = NULL;
   if (kind == TA_MAP_SMALL) {
-    if (size <= usable && (size >= usable / 2 || usable <= 64)) return p;
+    if (size <= usable && (size >= usable / 2 || usable <= 64)) in_place = p;
   } else if (kind == TA_MAP_MEDIUM) {
     if (size > TA_SMALL_MAX / 2 && size <= TA_MEDIUM_MAX) {
-      ta_arena_t *me = ta_tl_arena;
       if (ta_chunk_of(p)->owner == me) {
-        if (ta_medium_resize(me, (ta_mhdr_t *)p - 1, size)) return p;
+        if (ta_medium_resize(me, (ta_mhdr_t *)p - 1, size)) in_place = p;
       } else if (size <= usable && size >= usable / 2) {
-        return p;
+        in_place = p;
       }
     }
   } else if (size > TA_MEDIUM_MAX) {
-    void *q = ta_huge_realloc(ta_huge_hdr_checked(p, kind, "realloc(): invalid pointer"), size);
-    if (q) return q;
+    in_place = ta_huge_realloc(ta_huge_hdr_checked(p, kind, "realloc(): invalid pointer"), size);
   }
+  if (in_place) {
+    if (ta_stats_on) ta_stats_record(in_place, size);
+    return in_place;
+  }
+  /* A move counts as a malloc and a free too: mallocs - frees stays the live count. */
   void *q = alloc_generic(size, TA_ALIGNMENT, false);
   if (q == NULL) return NULL; /* errno is ENOMEM; p is untouched */
   memcpy(q, p, size < usable ? size : usable);

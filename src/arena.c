@@ -54,6 +54,7 @@ static void fork_child(void);
 
 void ta_init(void) {
   if (TA_LIKELY(ta_initialized)) return;
+  ta_conf_init();
   uintptr_t expected = 0;
   __atomic_compare_exchange_n(&ta_secret, &expected, ta_os_random(), false, __ATOMIC_ACQ_REL,
                               __ATOMIC_ACQUIRE);
@@ -68,7 +69,10 @@ static void arena_init(ta_arena_t *a) {
 static ta_arena_t *arena_claim(void) {
   for (ta_arena_t *a = atomic_load_explicit(&all_arenas, memory_order_acquire); a;
        a = a->next_all)
-    if (ta_arena_try_claim(a)) return a;
+    if (ta_arena_try_claim(a)) {
+      a->cnt.adopted++;
+      return a;
+    }
   ta_arena_t *a = ta_os_mmap(ta_align_up(sizeof(ta_arena_t), TA_PAGE_SIZE));
   if (a == NULL) return NULL;
   arena_init(a);
@@ -173,6 +177,8 @@ void ta_remote_drain(ta_arena_t *a) {
   ta_block_t *b = atomic_exchange_explicit(&a->remote, NULL, memory_order_acquire);
   while (b) {
     ta_block_t *next = b->next;
+    a->cnt.frees++;
+    a->cnt.remote_frees++;
     if (ta_map_get((uintptr_t)b) == TA_MAP_SMALL) {
       ta_small_free_local(a, ta_run_of(b), b);
     } else {

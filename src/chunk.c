@@ -16,7 +16,7 @@
  */
 #include "internal.h"
 
-_Atomic uint8_t ta_chunk_map[TA_MAP_ENTRIES];
+_Alignas(4096) _Atomic uint8_t ta_chunk_map[TA_MAP_ENTRIES];
 
 /* Whether chunks may come from the break. The replacement library sets it; the ta_ API
  * library must not, because the process's own malloc moves the break without our lock. */
@@ -71,14 +71,20 @@ static ta_chunk_t *chunk_fresh(bool *from_brk) {
 ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   ta_chunk_t *c = a->empty_chunks;
   bool from_brk;
+  uint8_t prev = TA_MAP_NONE; /* what the chunk was before: a small chunk keeps its shadow */
   if (c) {
     a->empty_chunks = c->next;
     a->n_empty_chunks--;
     from_brk = c->from_brk;
+    prev = c->kind;
   } else {
     c = chunk_fresh(&from_brk);
     if (c == NULL) return NULL;
+    a->cnt.grows++;
   }
+  if (prev == TA_MAP_SMALL && kind != TA_MAP_SMALL && ta_shadow_get(c) != NULL)
+    ta_shadow_free(ta_shadow_get(c)); /* medium blocks will overwrite slot 0's meta block */
+  if (prev != TA_MAP_SMALL || kind != TA_MAP_SMALL) ta_shadow_set(c, NULL);
   c->check = (uintptr_t)c ^ ta_secret;
   c->owner = a;
   c->next = c->prev = NULL;
@@ -95,7 +101,7 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
 /* An empty chunk goes back to its arena's reserve, resident; purge.c gives its pages back
  * once it has stayed empty for the decay time. */
 void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c) {
-  c->kind = TA_MAP_NONE;
+  /* c->kind stays: it says what slot 0 holds (a small chunk's shadow pointer). */
   ta_map_set((uintptr_t)c, TA_MAP_NONE);
   c->empty_since = ta_os_now_ms();
   c->decommitted = 0;

@@ -31,14 +31,37 @@ static _Atomic size_t cache_bytes;
 static _Atomic size_t cache_count;
 _Atomic uint64_t ta_huge_due; /* earliest time a cached span may be purged; 0: none */
 
+_Atomic size_t ta_huge_live_count; /* for statistics: huge blocks handed out, not freed */
+static _Atomic(ta_huge_t *) deferred; /* unmaps put off while statistics are read */
+
 static void huge_unmap(ta_huge_t *h) {
   uintptr_t data = (uintptr_t)h + h->data_off;
   ta_map_set(data, TA_MAP_NONE);
   atomic_store_explicit(&h->state, 0, memory_order_relaxed);
+  if (!ta_unmap_allowed()) {
+    /* A statistics reader may be looking at this header: unmap when it is done. */
+    ta_huge_t *head = atomic_load_explicit(&deferred, memory_order_relaxed);
+    do {
+      h->next = head;
+    } while (!atomic_compare_exchange_weak_explicit(&deferred, &head, h, memory_order_release,
+                                                    memory_order_relaxed));
+    return;
+  }
   h->check = 0;
   if (ta_os_munmap(h, h->map_size) != 0) {
     /* Cannot give it back: drop the pages at least; the mapping stays ours forever. */
     ta_os_decommit(h, h->map_size);
+  }
+}
+
+/* Called by the last statistics reader on its way out. */
+void ta_huge_unmap_deferred(void) {
+  ta_huge_t *h = atomic_exchange_explicit(&deferred, NULL, memory_order_acquire);
+  while (h) {
+    ta_huge_t *next = h->next;
+    h->check = 0;
+    if (ta_os_munmap(h, h->map_size) != 0) ta_os_decommit(h, h->map_size);
+    h = next;
   }
 }
 
@@ -202,6 +225,11 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   atomic_store_explicit(&h->state, HUGE_LIVE, memory_order_relaxed);
   char *data = (char *)h + data_off;
   ta_map_set((uintptr_t)data, beyond ? TA_MAP_HUGE_AL : TA_MAP_HUGE);
+  atomic_fetch_add_explicit(&ta_huge_live_count, 1, memory_order_relaxed);
+  if (a != NULL) {
+    a->cnt.grows += fresh;
+    a->cnt.first_uses += fresh;
+  }
   if (zero && !fresh) memset(data, 0, size);
   return data;
 }
@@ -224,6 +252,10 @@ void ta_huge_free(ta_huge_t *h) {
   uint32_t live = HUGE_LIVE;
   if (!atomic_compare_exchange_strong(&h->state, &live, HUGE_CACHED))
     ta_fatal("free(): double free of pointer", (char *)h + h->data_off);
+  atomic_fetch_sub_explicit(&ta_huge_live_count, 1, memory_order_relaxed);
+  ta_arena_t *me = ta_tl_arena;
+  if (me != &ta_sentinel_arena) me->cnt.frees++;
+  else atomic_fetch_add_explicit(&ta_orphan_frees, 1, memory_order_relaxed);
   if (h->data_off == TA_CHUNK_SIZE) { /* over-aligned: not reusable as it is */
     huge_unmap(h);
     return;
@@ -264,6 +296,11 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   }
   size_t old_size = h->map_size;
   ta_map_set((uintptr_t)old_data, TA_MAP_NONE);
+  if (!ta_unmap_allowed()) { /* a statistics reader may be reading the header: copy instead */
+    ta_map_set((uintptr_t)old_data, TA_MAP_HUGE);
+    ta_os_munmap(dst, target);
+    return NULL;
+  }
   ta_huge_t *n = ta_os_mremap(h, old_size, target, dst);
   if (n == NULL) {
     ta_map_set((uintptr_t)old_data, TA_MAP_HUGE);

@@ -136,6 +136,8 @@ _Static_assert(sizeof(ta_chunk_t) <= TA_RUN_SIZE, "small chunk header fits slot 
 #define TA_M_PREV_FREE ((size_t)2)
 #define TA_M_DECOMMITTED ((size_t)4) /* free block whose inner pages were given back */
 #define TA_M_FLAGS ((size_t)15)
+#define TA_M_SIZE_MASK ((size_t)0xfffffff0) /* bits 32..63: usable - requested (statistics) */
+#define TA_M_WASTE_SHIFT 32
 typedef struct ta_mhdr {
   size_t size_flags; /* whole block size incl. this header, multiple of 16, plus flags */
   uintptr_t check;   /* (address ^ ta_secret) */
@@ -160,9 +162,23 @@ enum { HUGE_LIVE = 1, HUGE_CACHED = 2 };
 /* ------------------------------------------------------------------ arenas */
 enum { ARENA_FREE = 0, ARENA_CLAIMED = 1, ARENA_ZOMBIE = 2 };
 
+/* Per-arena event counters: plain increments by the owner, summed when read. */
+typedef struct ta_counters {
+  uint64_t mallocs;      /* every allocation, whatever the entry point */
+  uint64_t frees;        /* frees taken in by this arena (its own and drained remote ones) */
+  uint64_t remote_frees; /* of those, freed by another thread */
+  uint64_t callocs, reallocs;
+  uint64_t first_uses;   /* blocks handed out for the first time (small: threaded onto a list) */
+  uint64_t grows;        /* chunks and huge mappings taken from the kernel */
+  uint64_t shrinks;      /* chunks given back (unmapped, or the break moved down) */
+  uint64_t splits, merges; /* medium blocks */
+  uint64_t adopted;      /* times a thread took this arena over from an exited one */
+} ta_counters_t;
+
 typedef struct ta_arena {
   /* --- fast path: read on every malloc --- */
   ta_run_t *cur[TA_NUM_SMALL + 1]; /* current run per class; never NULL */
+  ta_counters_t cnt;
 
   /* --- owner-only slow-path state --- */
   ta_run_t *partial[TA_NUM_SMALL + 1]; /* runs with free blocks, not current */
@@ -217,6 +233,15 @@ TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* 
 TA_HIDDEN void ta_os_hugepage(void *p, size_t size); /* MADV_HUGEPAGE hint */
 TA_HIDDEN uint64_t ta_os_now_ms(void);
 TA_HIDDEN uintptr_t ta_os_random(void);
+TA_HIDDEN extern _Atomic size_t ta_os_mapped_bytes;   /* mapped or taken from the break, now */
+TA_HIDDEN extern _Atomic size_t ta_os_returned_bytes; /* given back since start */
+/* Readers of statistics walk memory other threads own. While one is active, nothing may be
+ * unmapped under it: callers check ta_unmap_allowed() after clearing the map entry. */
+TA_HIDDEN extern _Atomic int ta_stats_readers;
+TA_INLINE bool ta_unmap_allowed(void) {
+  atomic_thread_fence(memory_order_seq_cst);
+  return atomic_load_explicit(&ta_stats_readers, memory_order_relaxed) == 0;
+}
 /* Test hooks: fail the next `count` calls of the operations in `mask` after `skip` successes. */
 void ta_os_fail(unsigned mask, unsigned skip, unsigned count);
 TA_HIDDEN void ta_brk_lock(void);
@@ -261,7 +286,7 @@ TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
 TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
 TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
 TA_INLINE size_t ta_medium_usable(const ta_mhdr_t *h) {
-  return (h->size_flags & ~TA_M_FLAGS) - sizeof(ta_mhdr_t);
+  return (h->size_flags & TA_M_SIZE_MASK) - sizeof(ta_mhdr_t);
 }
 
 /* ------------------------------------------------------------------ huge.c */
@@ -273,6 +298,8 @@ TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) { return h->map_size - h->da
 TA_HIDDEN extern size_t ta_huge_cache_limit;
 TA_HIDDEN extern bool ta_huge_pages;
 TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
+TA_HIDDEN extern _Atomic size_t ta_huge_live_count;
+TA_HIDDEN void ta_huge_unmap_deferred(void);
 TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
 size_t ta_huge_cached_bytes(void); /* for tests and statistics */
 size_t ta_huge_cached_count(void);
@@ -313,6 +340,31 @@ TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all);
 TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);
 TA_HIDDEN void ta_note_orphan_work(void);
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
+
+/* ------------------------------------------------------------------ stats.c */
+TA_HIDDEN extern bool ta_stats_on;      /* requested sizes are tracked */
+TA_HIDDEN extern _Atomic uint64_t ta_orphan_frees;
+TA_HIDDEN extern size_t ta_fast_limit;  /* 1024, or 0 while statistics are on */
+TA_HIDDEN void ta_stats_record(void *p, size_t requested);
+TA_HIDDEN uint16_t *ta_shadow_new(void);
+TA_HIDDEN void ta_shadow_free(uint16_t *s);
+/* Small chunks keep their shadow array (usable - requested per block) in the meta block of
+ * slot 0, which is never a run. */
+TA_INLINE uint16_t *ta_shadow_get(const ta_chunk_t *c) {
+  uint16_t *s;
+  __builtin_memcpy(&s, &c->runs[0].free, sizeof s);
+  return s;
+}
+TA_INLINE void ta_shadow_set(ta_chunk_t *c, uint16_t *s) {
+  __builtin_memcpy(&c->runs[0].free, &s, sizeof s);
+}
+#define TA_SHADOW_RUN_ENTRIES 4096 /* 64 KiB / 16 B: the most blocks a run holds */
+
+/* ------------------------------------------------------------------ conf.c */
+TA_HIDDEN void ta_conf_init(void);
+TA_HIDDEN extern bool ta_conf_stats_print;
+TA_HIDDEN extern int ta_conf_stats_format;
+void ta_conf_apply(const char *settings); /* for tests */
 
 /* ------------------------------------------------------------------ for tests and statistics */
 void ta_chunk_use_brk(bool on); /* chunk.c: allow or forbid the program break */

@@ -18,7 +18,7 @@
  */
 #include "internal.h"
 
-#define M_SIZE(h) ((h)->size_flags & ~TA_M_FLAGS)
+#define M_SIZE(h) ((h)->size_flags & TA_M_SIZE_MASK)
 #define M_NEXT(h) ((ta_mhdr_t *)((char *)(h) + M_SIZE(h)))
 #define M_LINK(h) ((ta_mhdr_t **)((h) + 1)) /* [0] next, [1] prev in the bin */
 #define M_FOOTER(h, s) (*(size_t *)((char *)(h) + (s) - sizeof(size_t)))
@@ -114,6 +114,7 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep) {
     n->check = 0;
   }
   h->size_flags = keep | (h->size_flags & TA_M_FLAGS);
+  a->cnt.splits++;
   make_free(a, t, ts);
 }
 
@@ -132,6 +133,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
       ta_slow_leave(a);
       return NULL;
     }
+    a->cnt.first_uses++;
     h = bin_first_fit(a, search);
   }
   bin_remove(a, h);
@@ -146,6 +148,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
     size_t front = data - sizeof(ta_mhdr_t) - (uintptr_t)h;
     if (front) {
       /* The front becomes a free block of its own; its successor is the aligned block. */
+      a->cnt.splits++;
       set_hdr(h, front | prev_flag);
       bin_insert(a, h);
       h = (ta_mhdr_t *)(data - sizeof(ta_mhdr_t));
@@ -168,6 +171,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
     bin_remove(a, n);
     s += M_SIZE(n);
     n->check = 0;
+    a->cnt.merges++;
   }
   if (h->size_flags & TA_M_PREV_FREE) {
     size_t ps = *((size_t *)h - 1);
@@ -176,6 +180,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
     h->check = 0;
     h = p;
     s += ps;
+    a->cnt.merges++;
   }
   ta_chunk_t *c = ta_chunk_of(h);
   if ((char *)h == (char *)c + TA_MEDIUM_HDR &&

@@ -25,6 +25,17 @@
 
 #include "internal.h"
 
+_Atomic size_t ta_os_mapped_bytes;
+_Atomic size_t ta_os_returned_bytes;
+_Atomic int ta_stats_readers;
+
+static void count_mapped(intptr_t delta) {
+  atomic_fetch_add_explicit(&ta_os_mapped_bytes, (size_t)delta, memory_order_relaxed);
+}
+static void count_returned(size_t n) {
+  atomic_fetch_add_explicit(&ta_os_returned_bytes, n, memory_order_relaxed);
+}
+
 static _Atomic unsigned fail_mask;
 static _Atomic unsigned fail_skip;
 static _Atomic unsigned fail_count;
@@ -57,6 +68,10 @@ void *ta_os_sbrk(intptr_t incr) {
   int saved = errno;
   void *p = sbrk(incr);
   errno = saved;
+  if (p != (void *)-1 && incr != 0) {
+    count_mapped(incr);
+    if (incr < 0) count_returned((size_t)-incr);
+  }
   return p;
 }
 
@@ -65,7 +80,16 @@ void *ta_os_mmap(size_t size) {
   int saved = errno;
   void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   errno = saved;
-  return p == MAP_FAILED ? NULL : p;
+  if (p == MAP_FAILED) return NULL;
+  count_mapped((intptr_t)size);
+  return p;
+}
+
+/* Unmaps part of a mapping just made (alignment trimming): not memory given back. */
+static void trim(void *p, size_t size) {
+  if (size == 0) return;
+  munmap(p, size);
+  count_mapped(-(intptr_t)size);
 }
 
 void *ta_os_mmap_aligned(size_t size, size_t align) {
@@ -77,16 +101,14 @@ void *ta_os_mmap_aligned(size_t size, size_t align) {
   if (p == NULL) return NULL;
   if (((uintptr_t)p & (align - 1)) == 0) return p;
   int saved = errno;
-  munmap(p, size);
-  errno = saved;
+  trim(p, size);
   p = ta_os_mmap(size + align);
   if (p == NULL) return NULL;
   uintptr_t start = (uintptr_t)p;
   uintptr_t aligned = ta_align_up(start, align);
   size_t lead = aligned - start;
-  size_t trail = align - lead;
-  if (lead) munmap(p, lead);
-  if (trail) munmap((char *)aligned + size, trail);
+  trim(p, lead);
+  trim((char *)aligned + size, align - lead);
   errno = saved;
   return (void *)aligned;
 }
@@ -96,6 +118,10 @@ int ta_os_munmap(void *p, size_t size) {
   int saved = errno;
   int r = munmap(p, size);
   errno = saved;
+  if (r == 0) {
+    count_mapped(-(intptr_t)size);
+    count_returned(size);
+  }
   return r;
 }
 
@@ -104,6 +130,7 @@ int ta_os_decommit(void *p, size_t size) {
   int saved = errno;
   int r = madvise(p, size, MADV_DONTNEED);
   errno = saved;
+  if (r == 0) count_returned(size);
   return r;
 }
 
@@ -113,7 +140,10 @@ void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed) {
   void *r = fixed ? mremap(p, old, size, MREMAP_MAYMOVE | MREMAP_FIXED, fixed)
                   : mremap(p, old, size, 0);
   errno = saved;
-  return r == MAP_FAILED ? NULL : r;
+  if (r == MAP_FAILED) return NULL;
+  /* A move onto `fixed` replaces a mapping of `size` the caller made there. */
+  count_mapped((intptr_t)size - (intptr_t)old - (fixed ? (intptr_t)size : 0));
+  return r;
 }
 
 /* Asks for transparent huge pages (2 MiB on x86-64) on a large aligned range: a fault

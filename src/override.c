@@ -4,11 +4,19 @@
  * The whole family is replaced together (a family only half replaced sends blocks to the
  * system allocator's heap): malloc, free, calloc, realloc, reallocarray, posix_memalign,
  * aligned_alloc, memalign, valloc, pvalloc, malloc_usable_size, C23's free_sized and
- * free_aligned_sized, malloc_trim, and glibc's __libc_* entry points that some programs
- * call directly. Aliases cost nothing: malloc *is* ta_malloc.
+ * free_aligned_sized, malloc_trim, glibc's malloc_stats, mallinfo2 and malloc_info, and
+ * glibc's __libc_* entry points that some programs call directly. Aliases cost nothing: malloc *is* ta_malloc.
  */
 #define TA_OVERRIDE 1
 #include "alloc.c"
+
+#include <malloc.h>
+#include <stdio.h>
+
+/* In stats.c, which is shared with the ta_ API library. */
+void ta_malloc_stats(void);
+struct mallinfo2 ta_mallinfo2(void);
+int ta_malloc_info(int options, FILE *fp);
 
 #pragma GCC diagnostic ignored "-Wmissing-attributes" /* the aliases need not repeat them */
 #define TA_ALIAS(target) __attribute__((alias(#target), visibility("default"), used))
@@ -28,6 +36,12 @@ void *valloc(size_t size) TA_ALIAS(ta_valloc);
 void *pvalloc(size_t size) TA_ALIAS(ta_pvalloc);
 size_t malloc_usable_size(void *p) TA_ALIAS(ta_malloc_usable_size);
 int malloc_trim(size_t pad) TA_ALIAS(ta_malloc_trim);
+
+/* Reporting functions live in stats.c (another translation unit): forwarded, not aliased. */
+#define TA_EXPORT __attribute__((visibility("default")))
+TA_EXPORT void malloc_stats(void) { ta_malloc_stats(); }
+TA_EXPORT struct mallinfo2 mallinfo2(void) { return ta_mallinfo2(); }
+TA_EXPORT int malloc_info(int options, FILE *fp) { return ta_malloc_info(options, fp); }
 
 void *__libc_malloc(size_t size) TA_ALIAS(ta_malloc);
 void *__libc_calloc(size_t count, size_t size) TA_ALIAS(ta_calloc);

@@ -54,7 +54,7 @@ void ta_maybe_purge(ta_arena_t *a) {
 
 /* The pages of a free medium block that hold neither its links nor its footer. */
 static size_t medium_decommit(ta_mhdr_t *h) {
-  size_t s = h->size_flags & ~TA_M_FLAGS;
+  size_t s = h->size_flags & TA_M_SIZE_MASK;
   uintptr_t lo = ta_align_up((uintptr_t)h + sizeof(ta_mhdr_t) + 2 * sizeof(void *), TA_PAGE_SIZE);
   uintptr_t hi = ((uintptr_t)h + s - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
   h->size_flags |= TA_M_DECOMMITTED;
@@ -88,9 +88,16 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all) {
       /* Read the header before the chunk may vanish. */
       ta_chunk_t *next_c = c->next;
       bool from_brk = c->from_brk, resident = !c->decommitted;
-      if (from_brk ? ta_brk_shrink_top(c) : ta_os_munmap(c, TA_CHUNK_SIZE) == 0) {
+      bool may_unmap = ta_unmap_allowed();
+      if (may_unmap && c->kind == TA_MAP_SMALL && ta_shadow_get(c) != NULL) {
+        ta_shadow_free(ta_shadow_get(c));
+        ta_shadow_set(c, NULL);
+      }
+      if (may_unmap &&
+          (from_brk ? ta_brk_shrink_top(c) : ta_os_munmap(c, TA_CHUNK_SIZE) == 0)) {
         *pp = next_c;
         a->n_empty_chunks--;
+        a->cnt.shrinks++;
         if (resident) freed += TA_CHUNK_SIZE;
         moved = moved || from_brk;
         continue;

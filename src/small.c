@@ -51,6 +51,7 @@ static void chunk_list_remove(ta_chunk_t **head, ta_chunk_t *c) {
 static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
   ta_chunk_t *c = ta_chunk_alloc(a, TA_MAP_SMALL);
   if (c == NULL) return NULL;
+  uint16_t *shadow = ta_shadow_get(c); /* kept across reuse of the chunk */
   c->free_slots = ALL_SLOTS;
   for (unsigned i = 0; i < TA_RUNS_PER_CHUNK; i++) {
     ta_run_t *r = &c->runs[i];
@@ -63,6 +64,8 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
     r->slot = (uint16_t)i;
     r->next = r->prev = NULL;
   }
+  if (shadow == NULL && ta_stats_on) shadow = ta_shadow_new();
+  ta_shadow_set(c, shadow);
   chunk_list_push(&a->small_avail, c);
   return c;
 }
@@ -135,6 +138,7 @@ static void run_carve(ta_run_t *r) {
   }
   r->free = head;
   r->limit += n * r->bsize;
+  r->owner->cnt.first_uses += n;
 }
 
 void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls) {

@@ -14,7 +14,7 @@ struct walk {
 
 static void visit(const ta_mhdr_t *h, void *arg) {
   struct walk *w = arg;
-  size_t s = h->size_flags & ~TA_M_FLAGS;
+  size_t s = h->size_flags & TA_M_SIZE_MASK;
   int is_free = !(h->size_flags & TA_M_INUSE);
   w->blocks++;
   w->bytes += s;

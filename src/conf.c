@@ -1,0 +1,147 @@
+/*
+ * conf.c — settings from the environment, and the report at exit.
+ *
+ *   TAMALLOC_CONF="key:value,key:value"
+ *
+ *   stats:BOOL          track requested sizes (internal fragmentation; see stats.c)
+ *   stats_print:BOOL    print the statistics report to stderr at exit (turns stats on)
+ *   stats_format:FMT    text (default) or json
+ *   decay_ms:N          how long free memory stays resident before it goes back (0..600000)
+ *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
+ *   huge_pages:BOOL     ask for transparent huge pages on huge blocks
+ *
+ * BOOL is true/false/1/0/yes/no/on/off. The variable is read once, on the first slow path,
+ * by walking environ: no getenv, no allocation. An unknown key or a bad value prints one
+ * line to stderr and is ignored; nothing else changes.
+ */
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "tamalloc.h"
+
+extern char **environ;
+
+bool ta_conf_stats_print;
+int ta_conf_stats_format; /* 0 text, 1 json */
+/* The report's own copy of stderr: programs that close stderr in their exit handlers
+ * (coreutils do) still get their report. */
+static int report_fd = -1;
+static _Atomic int conf_state;
+
+static void warn(const char *what, const char *s, size_t n) {
+  char line[256];
+  size_t len = 0;
+  const char *head = "tamalloc: TAMALLOC_CONF: ";
+  for (const char *p = head; *p && len < 200; p++) line[len++] = *p;
+  for (const char *p = what; *p && len < 200; p++) line[len++] = *p;
+  line[len++] = ' ';
+  line[len++] = '\'';
+  for (size_t i = 0; i < n && len < 240; i++) line[len++] = s[i];
+  const char *tail = "' ignored\n";
+  for (const char *p = tail; *p && len < sizeof line; p++) line[len++] = *p;
+  ssize_t w = write(STDERR_FILENO, line, len);
+  (void)w;
+}
+
+static bool eq(const char *s, size_t n, const char *word) {
+  return strlen(word) == n && memcmp(s, word, n) == 0;
+}
+
+static int parse_bool(const char *v, size_t n) {
+  if (eq(v, n, "true") || eq(v, n, "1") || eq(v, n, "yes") || eq(v, n, "on")) return 1;
+  if (eq(v, n, "false") || eq(v, n, "0") || eq(v, n, "no") || eq(v, n, "off")) return 0;
+  return -1;
+}
+
+static bool parse_uint(const char *v, size_t n, uint64_t max, uint64_t *out) {
+  if (n == 0 || n > 12) return false;
+  uint64_t x = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (v[i] < '0' || v[i] > '9') return false;
+    x = x * 10 + (uint64_t)(v[i] - '0');
+  }
+  if (x > max) return false;
+  *out = x;
+  return true;
+}
+
+/* One "key:value" entry. */
+static void apply(const char *e, size_t n) {
+  const char *colon = memchr(e, ':', n);
+  if (colon == NULL) {
+    warn("entry without a value", e, n);
+    return;
+  }
+  size_t kn = (size_t)(colon - e), vn = n - kn - 1;
+  const char *v = colon + 1;
+  int b;
+  uint64_t x;
+  if (eq(e, kn, "stats") || eq(e, kn, "stats_print") || eq(e, kn, "huge_pages")) {
+    if ((b = parse_bool(v, vn)) < 0) {
+      warn("bad value", e, n);
+      return;
+    }
+    if (eq(e, kn, "stats")) ta_stats_enable(b);
+    else if (eq(e, kn, "stats_print")) {
+      ta_conf_stats_print = b;
+      if (b) {
+        ta_stats_enable(1);
+        if (report_fd < 0) report_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 100);
+      }
+    } else ta_huge_pages = b;
+  } else if (eq(e, kn, "stats_format")) {
+    if (eq(v, vn, "text")) ta_conf_stats_format = 0;
+    else if (eq(v, vn, "json")) ta_conf_stats_format = 1;
+    else warn("bad value", e, n);
+  } else if (eq(e, kn, "decay_ms")) {
+    if (parse_uint(v, vn, 600000, &x)) ta_decay_ms = x;
+    else warn("bad value", e, n);
+  } else if (eq(e, kn, "huge_cache_mb")) {
+    if (parse_uint(v, vn, 1u << 20, &x)) ta_huge_cache_limit = (size_t)x << 20;
+    else warn("bad value", e, n);
+  } else {
+    warn("unknown key", e, n);
+  }
+}
+
+void ta_conf_init(void) {
+  int expected = 0;
+  if (!atomic_compare_exchange_strong(&conf_state, &expected, 1)) return;
+  static const char name[] = "TAMALLOC_CONF=";
+  for (char **env = environ; env && *env; env++) {
+    if (strncmp(*env, name, sizeof name - 1) != 0) continue;
+    const char *s = *env + sizeof name - 1;
+    while (*s) {
+      const char *end = strchr(s, ',');
+      size_t n = end ? (size_t)(end - s) : strlen(s);
+      if (n > 0) apply(s, n);
+      s += n;
+      if (*s == ',') s++;
+    }
+    break;
+  }
+  atomic_store(&conf_state, 2);
+}
+
+/* For tests: parse a setting string as if it came from the environment. */
+void ta_conf_apply(const char *settings);
+void ta_conf_apply(const char *settings) {
+  for (const char *s = settings; *s;) {
+    const char *end = strchr(s, ',');
+    size_t n = end ? (size_t)(end - s) : strlen(s);
+    if (n > 0) apply(s, n);
+    s += n;
+    if (*s == ',') s++;
+  }
+}
+
+__attribute__((destructor)) static void report_at_exit(void) {
+  if (ta_conf_stats_print)
+    ta_stats_print(report_fd >= 0 ? report_fd : STDERR_FILENO, ta_conf_stats_format);
+}
+
+/* Settings are read at load time too, so that a bad one is reported even by a program
+ * that never allocates; ta_conf_init runs once, whichever comes first. */
+__attribute__((constructor)) static void conf_at_load(void) { ta_conf_init(); }

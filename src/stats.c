@@ -1,0 +1,589 @@
+/*
+ * stats.c — what the allocator holds and how well it uses it.
+ *
+ * Counters (ta_counters_t) are plain per-arena increments, summed here. Everything else is
+ * measured by walking the heap: every chunk and huge block is found through the granule map
+ * (mincore tells which pages of the map were ever touched, so the scan reads a few pages,
+ * not 32 MiB), every run's meta block and every medium block is read, and the free lists
+ * are walked for the requested sizes. While a walk runs, ta_stats_readers is non-zero and
+ * nothing is unmapped under it (huge spans are unmapped when the last reader leaves), so a
+ * read never faults even while other threads free. A read is exact when no other thread
+ * allocates or frees meanwhile; otherwise it is a consistent-enough snapshot.
+ *
+ * Requested sizes, only while statistics are on: a small chunk has a shadow array with
+ * usable - requested for each block (2 bytes per block), a medium block keeps it in the
+ * high bits of its size word, a huge block in its meta block. The waste of the live blocks
+ * of a run is the waste recorded for every block it handed out minus that of the blocks
+ * on its free list, so free needs to record nothing.
+ *
+ * Formulas (docs/statistics.md):
+ *   internal fragmentation = 100 * (usable - requested) / usable, over live blocks
+ *   external fragmentation = 100 * (1 - largest free block / free bytes)
+ *   stranded               = 100 * free bytes in runs that hold live blocks / heap bytes
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <malloc.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "tamalloc.h"
+
+bool ta_stats_on;
+size_t ta_fast_limit = 1024;
+static bool stats_from_start; /* on before the first block: requested figures are exact */
+_Atomic uint64_t ta_orphan_frees; /* huge frees by threads without an arena */
+
+#define SHADOW_BYTES ((size_t)TA_RUNS_PER_CHUNK * TA_SHADOW_RUN_ENTRIES * sizeof(uint16_t))
+
+uint16_t *ta_shadow_new(void) { return ta_os_mmap(SHADOW_BYTES); }
+
+void ta_shadow_free(uint16_t *s) {
+  if (ta_unmap_allowed()) ta_os_munmap(s, SHADOW_BYTES);
+  else ta_os_decommit(s, SHADOW_BYTES);
+}
+
+int ta_stats_enable(int on) {
+  int was = ta_stats_on;
+  if (on && !ta_stats_on && ta_arena_first() == NULL) stats_from_start = true;
+  ta_stats_on = on != 0;
+  ta_fast_limit = on ? 0 : 1024;
+  return was;
+}
+
+void ta_stats_record(void *p, size_t requested) {
+  uint8_t kind = ta_map_get((uintptr_t)p);
+  if (kind == TA_MAP_SMALL) {
+    uint16_t *sh = ta_shadow_get(ta_chunk_of(p));
+    if (sh == NULL) return;
+    ta_run_t *r = ta_run_of(p);
+    uint32_t idx = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1)) / r->bsize;
+    sh[(size_t)r->slot * TA_SHADOW_RUN_ENTRIES + idx] = (uint16_t)(r->bsize - requested);
+  } else if (kind == TA_MAP_MEDIUM) {
+    ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
+    size_t waste = ta_medium_usable(h) - requested;
+    h->size_flags = (h->size_flags & 0xffffffffu) | (waste << TA_M_WASTE_SHIFT);
+  } else if (kind == TA_MAP_HUGE || kind == TA_MAP_HUGE_AL) {
+    ta_huge_t *h = kind == TA_MAP_HUGE ? (ta_huge_t *)ta_chunk_of(p)
+                                       : (ta_huge_t *)((uintptr_t)p - TA_CHUNK_SIZE);
+    h->requested = requested;
+  }
+}
+
+/* ------------------------------------------------------------------ the walk */
+
+struct walk {
+  struct ta_stats *s;
+  ta_arena_t *only; /* NULL: every arena */
+  bool tracked;
+};
+
+static void take_largest(struct ta_stats *s, unsigned long long n) {
+  if (n > s->largest_free_block) s->largest_free_block = n;
+}
+
+/* Resident bytes of [p, p + n), page by page, without allocating. */
+static size_t resident(const void *p, size_t n) {
+  unsigned char vec[1024];
+  size_t total = 0;
+  const char *c = p;
+  while (n > 0) {
+    size_t part = n < sizeof vec * TA_PAGE_SIZE ? n : sizeof vec * TA_PAGE_SIZE;
+    size_t pages = (part + TA_PAGE_SIZE - 1) / TA_PAGE_SIZE;
+    if (mincore((void *)c, part, vec) == 0)
+      for (size_t i = 0; i < pages; i++) total += (vec[i] & 1) ? TA_PAGE_SIZE : 0;
+    c += part;
+    n -= part;
+  }
+  return total;
+}
+
+static bool block_of_run(const ta_run_t *r, const ta_block_t *b, uint32_t *idx) {
+  uintptr_t base = (uintptr_t)ta_run_base(r), u = (uintptr_t)b;
+  if (u < base || u >= base + r->limit || (u - base) % r->bsize) return false;
+  *idx = (uint32_t)((u - base) / r->bsize);
+  return true;
+}
+
+static void walk_small(struct walk *w, ta_chunk_t *c) {
+  struct ta_stats *s = w->s;
+  uint16_t *sh = w->tracked ? ta_shadow_get(c) : NULL;
+  size_t free_slots = 0;
+  for (unsigned i = 1; i < TA_RUNS_PER_CHUNK; i++) {
+    ta_run_t *r = &c->runs[i];
+    unsigned cls = r->cls;
+    if (r->owner == NULL || cls == 0 || cls > TA_NUM_SMALL || r->bsize == 0) {
+      s->free_bytes += TA_RUN_SIZE;
+      free_slots++;
+      take_largest(s, free_slots * TA_RUN_SIZE);
+      continue;
+    }
+    free_slots = 0;
+    struct ta_class_stats *cs = &s->classes[cls];
+    uint64_t bs = r->bsize, cap = r->cap, carved = r->limit / r->bsize;
+    uint64_t used = (uint32_t)(r->used & ~RUN_FULL_BIT);
+    if (carved > cap) carved = cap;
+    if (used > carved) used = carved;
+    cs->runs++;
+    cs->live_blocks += used;
+    cs->usable_bytes += used * bs;
+    cs->free_blocks += carved - used;
+    cs->free_bytes += (cap - used) * bs;
+    if (used > 0) cs->stranded_bytes += (cap - used) * bs;
+    if (cap > used) take_largest(s, bs);
+    uint64_t waste = 0;
+    if (sh) {
+      const uint16_t *row = sh + (size_t)i * TA_SHADOW_RUN_ENTRIES;
+      for (uint64_t k = 0; k < carved; k++) waste += row[k];
+      uint64_t n = 0;
+      for (ta_block_t *b = r->free; b && n < carved; b = b->next, n++) {
+        uint32_t idx;
+        if (!block_of_run(r, b, &idx)) break; /* changing under us: keep what we have */
+        waste -= row[idx];
+      }
+      if (waste > used * bs) waste = used * bs;
+    }
+    cs->requested_bytes += used * bs - waste;
+  }
+  s->heap_bytes += TA_CHUNK_SIZE;
+}
+
+static void walk_medium(struct walk *w, ta_chunk_t *c) {
+  struct ta_stats *s = w->s;
+  char *end = (char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t);
+  ta_mhdr_t *h = (ta_mhdr_t *)((char *)c + TA_MEDIUM_HDR);
+  while ((char *)h < end) {
+    size_t sz = h->size_flags & TA_M_SIZE_MASK;
+    if (sz < TA_MIN_MBLOCK || (char *)h + sz > end) break; /* changing under us */
+    size_t usable = sz - sizeof(ta_mhdr_t);
+    if (h->size_flags & TA_M_INUSE) {
+      struct ta_class_stats *cs = &s->classes[ta_size_class(usable)];
+      size_t waste = w->tracked ? (size_t)(h->size_flags >> TA_M_WASTE_SHIFT) : 0;
+      if (waste > usable) waste = usable;
+      cs->live_blocks++;
+      cs->usable_bytes += usable;
+      cs->requested_bytes += usable - waste;
+    } else {
+      unsigned b = ta_size_class(sz);
+      if (ta_class_size[b] > sz) b--;
+      s->classes[b].free_blocks++;
+      s->classes[b].free_bytes += usable;
+      take_largest(s, usable);
+    }
+    h = (ta_mhdr_t *)((char *)h + sz);
+  }
+  s->heap_bytes += TA_CHUNK_SIZE;
+}
+
+static void walk_huge(struct walk *w, ta_huge_t *h) {
+  struct ta_stats *s = w->s;
+  if (h->check != ((uintptr_t)h ^ ta_secret)) return;
+  size_t usable = h->map_size - h->data_off;
+  uint32_t st = atomic_load_explicit(&h->state, memory_order_relaxed);
+  if (st == HUGE_LIVE) {
+    struct ta_class_stats *cs = &s->classes[0];
+    cs->live_blocks++;
+    cs->usable_bytes += usable;
+    cs->requested_bytes += w->tracked ? (h->requested < usable ? h->requested : usable) : usable;
+  } else if (st == HUGE_CACHED) {
+    s->huge_cached_bytes += h->map_size;
+    s->classes[0].free_blocks++;
+    s->classes[0].free_bytes += usable;
+    s->free_bytes += usable;
+    take_largest(s, usable);
+  }
+  s->heap_bytes += h->map_size;
+}
+
+/* Calls fn on every granule whose map entry is set, reading only touched map pages. */
+static void scan_map(void (*fn)(uintptr_t base, uint8_t kind, void *arg), void *arg) {
+  static const size_t map_pages = sizeof ta_chunk_map / TA_PAGE_SIZE;
+  unsigned char vec[2048];
+  uintptr_t map = (uintptr_t)ta_chunk_map & ~(uintptr_t)(TA_PAGE_SIZE - 1);
+  for (size_t first = 0; first < map_pages; first += sizeof vec) {
+    size_t n = map_pages - first < sizeof vec ? map_pages - first : sizeof vec;
+    bool known = mincore((void *)(map + first * TA_PAGE_SIZE), n * TA_PAGE_SIZE, vec) == 0;
+    for (size_t pg = 0; pg < n; pg++) {
+      if (known && !(vec[pg] & 1)) continue;
+      size_t g0 = ((map + (first + pg) * TA_PAGE_SIZE) - (uintptr_t)ta_chunk_map);
+      for (size_t g = g0; g < g0 + TA_PAGE_SIZE && g < TA_MAP_ENTRIES; g++) {
+        uint8_t k = atomic_load_explicit(&ta_chunk_map[g], memory_order_acquire);
+        if (k) fn((uintptr_t)g << TA_CHUNK_SHIFT, k, arg);
+      }
+    }
+  }
+}
+
+static void visit_granule(uintptr_t base, uint8_t kind, void *arg) {
+  struct walk *w = arg;
+  if (kind == TA_MAP_SMALL || kind == TA_MAP_MEDIUM) {
+    ta_chunk_t *c = (ta_chunk_t *)base;
+    if (c->check != (base ^ ta_secret)) return;
+    if (w->only && c->owner != w->only) return;
+    if (kind == TA_MAP_SMALL) walk_small(w, c);
+    else walk_medium(w, c);
+    w->s->resident_bytes += resident(c, TA_CHUNK_SIZE);
+  } else if (w->only == NULL) {
+    ta_huge_t *h = (ta_huge_t *)(kind == TA_MAP_HUGE ? base : base - TA_CHUNK_SIZE);
+    walk_huge(w, h);
+    if (h->check == ((uintptr_t)h ^ ta_secret)) w->s->resident_bytes += resident(h, h->map_size);
+  }
+}
+
+static void add_counters(struct ta_stats *s, const ta_counters_t *c) {
+  s->mallocs += c->mallocs;
+  s->frees += c->frees;
+  s->remote_frees += c->remote_frees;
+  s->callocs += c->callocs;
+  s->reallocs += c->reallocs;
+  s->reuses += c->first_uses; /* turned into reuses at the end */
+  s->grows += c->grows;
+  s->shrinks += c->shrinks;
+  s->splits += c->splits;
+  s->merges += c->merges;
+  s->arenas_adopted += c->adopted;
+}
+
+static void reader_enter(void) {
+  atomic_fetch_add_explicit(&ta_stats_readers, 1, memory_order_seq_cst);
+}
+static void reader_leave(void) {
+  if (atomic_fetch_sub_explicit(&ta_stats_readers, 1, memory_order_seq_cst) == 1)
+    ta_huge_unmap_deferred();
+}
+
+int ta_stats_get(struct ta_stats *out, int arena) {
+  if (out == NULL || out->version != TA_STATS_VERSION || out->size != sizeof *out) return EINVAL;
+  ta_arena_t *only = NULL;
+  if (arena >= 0) {
+    for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all)
+      if ((int)a->id == arena) only = a;
+    if (only == NULL) return ERANGE;
+  }
+  int saved = errno;
+  memset((char *)out + 2 * sizeof(unsigned), 0, sizeof *out - 2 * sizeof(unsigned));
+  out->arena = arena < 0 ? -1 : arena;
+  struct walk w = {out, only, ta_stats_on && stats_from_start};
+  out->requested_tracked = w.tracked;
+  reader_enter();
+  scan_map(visit_granule, &w);
+  uint64_t first_uses;
+  for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
+    int st = atomic_load_explicit(&a->state, memory_order_relaxed);
+    if (only == NULL) {
+      if (st == ARENA_CLAIMED) out->arenas_live++;
+      else out->arenas_abandoned++;
+    }
+    if (only && a != only) continue;
+    add_counters(out, &a->cnt);
+    /* Empty chunks: free memory still held (unless its pages went back already). */
+    size_t n = 0;
+    for (ta_chunk_t *c = a->empty_chunks; c && n < 1u << 20; c = c->next, n++) {
+      if (((uintptr_t)c & TA_CHUNK_MASK) != 0) break;
+      if (c->decommitted) continue;
+      out->heap_bytes += TA_CHUNK_SIZE;
+      out->free_bytes += TA_CHUNK_SIZE;
+      take_largest(out, TA_CHUNK_SIZE);
+      out->resident_bytes += resident(c, TA_CHUNK_SIZE);
+    }
+  }
+  reader_leave();
+  if (only == NULL) out->frees += atomic_load(&ta_orphan_frees);
+  first_uses = out->reuses;
+  out->reuses = out->mallocs > first_uses ? out->mallocs - first_uses : 0;
+
+  for (unsigned c = 0; c < TA_STATS_CLASSES; c++) {
+    struct ta_class_stats *cs = &out->classes[c];
+    cs->block_size = c == 0 || c > TA_NUM_BINS ? 0 : ta_class_size[c];
+    out->blocks += cs->live_blocks;
+    out->usable_bytes += cs->usable_bytes;
+    out->requested_bytes += cs->requested_bytes;
+    out->stranded_bytes += cs->stranded_bytes;
+    if (c > 0) out->free_bytes += cs->free_bytes; /* huge free bytes were added directly */
+    out->free_blocks += cs->free_blocks;
+  }
+  out->huge_blocks = out->classes[0].live_blocks;
+  out->mapped_bytes = atomic_load(&ta_os_mapped_bytes);
+  out->returned_bytes = atomic_load(&ta_os_returned_bytes);
+  if (out->usable_bytes)
+    out->internal_fragmentation_pct =
+        100.0 * (double)(out->usable_bytes - out->requested_bytes) / (double)out->usable_bytes;
+  if (out->free_bytes)
+    out->external_fragmentation_pct =
+        100.0 * (1.0 - (double)out->largest_free_block / (double)out->free_bytes);
+  if (out->heap_bytes)
+    out->stranded_pct = 100.0 * (double)out->stranded_bytes / (double)out->heap_bytes;
+  errno = saved;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ writing reports */
+
+/* A buffer on the stack flushed with write(2): reports never allocate. */
+struct out {
+  int fd;
+  size_t n;
+  int err;
+  char buf[4096];
+};
+
+static void flush(struct out *o) {
+  size_t done = 0;
+  while (done < o->n) {
+    ssize_t w = write(o->fd, o->buf + done, o->n - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      o->err = errno;
+      break;
+    }
+    done += (size_t)w;
+  }
+  o->n = 0;
+}
+
+__attribute__((format(printf, 2, 3))) static void put(struct out *o, const char *fmt, ...) {
+  char line[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  if ((size_t)n >= sizeof line) n = sizeof line - 1;
+  if (o->n + (size_t)n > sizeof o->buf) flush(o);
+  memcpy(o->buf + o->n, line, (size_t)n);
+  o->n += (size_t)n;
+}
+
+#define FIELDS(X)                                                                          \
+  X(mallocs) X(frees) X(callocs) X(reallocs) X(reuses) X(grows) X(shrinks) X(splits)       \
+  X(merges) X(blocks) X(free_blocks) X(requested_bytes) X(usable_bytes) X(heap_bytes)      \
+  X(free_bytes) X(largest_free_block) X(stranded_bytes) X(mapped_bytes) X(resident_bytes)  \
+  X(returned_bytes) X(remote_frees) X(arenas_live) X(arenas_abandoned) X(arenas_adopted)   \
+  X(huge_blocks) X(huge_cached_bytes)
+
+static void print_json(struct out *o, const struct ta_stats *s) {
+  put(o, "{\"version\":%u,\"requested_tracked\":%s", TA_STATS_VERSION,
+      s->requested_tracked ? "true" : "false");
+#define J(f) put(o, ",\"" #f "\":%llu", s->f);
+  FIELDS(J)
+#undef J
+  put(o, ",\"internal_fragmentation_pct\":%.4f,\"external_fragmentation_pct\":%.4f"
+         ",\"stranded_pct\":%.4f",
+      s->internal_fragmentation_pct, s->external_fragmentation_pct, s->stranded_pct);
+  put(o, ",\"classes\":[");
+  bool first = true;
+  for (unsigned c = 0; c < TA_STATS_CLASSES; c++) {
+    const struct ta_class_stats *cs = &s->classes[c];
+    if (!cs->live_blocks && !cs->free_blocks && !cs->runs && !cs->free_bytes) continue;
+    double frag = cs->usable_bytes ? 100.0 * (double)(cs->usable_bytes - cs->requested_bytes) /
+                                         (double)cs->usable_bytes
+                                   : 0.0;
+    put(o,
+        "%s{\"class\":%u,\"block_size\":%llu,\"live_blocks\":%llu,\"usable_bytes\":%llu,"
+        "\"requested_bytes\":%llu,\"internal_fragmentation_pct\":%.4f,\"free_blocks\":%llu,"
+        "\"free_bytes\":%llu,\"stranded_bytes\":%llu,\"runs\":%llu}",
+        first ? "" : ",", c, cs->block_size, cs->live_blocks, cs->usable_bytes,
+        cs->requested_bytes, frag, cs->free_blocks, cs->free_bytes, cs->stranded_bytes, cs->runs);
+    first = false;
+  }
+  put(o, "]");
+}
+
+static void print_text(struct out *o, const struct ta_stats *s, const char *title) {
+  put(o, "%s\n", title);
+  put(o, "  requested %llu B, usable %llu B, heap %llu B; internal fragmentation %.2f%%%s\n",
+      s->requested_bytes, s->usable_bytes, s->heap_bytes, s->internal_fragmentation_pct,
+      s->requested_tracked ? "" : " (requested sizes not tracked: statistics were off)");
+  put(o, "  free %llu B, largest free block %llu B: external fragmentation %.2f%%; "
+         "stranded in partly used runs %llu B (%.2f%% of the heap)\n",
+      s->free_bytes, s->largest_free_block, s->external_fragmentation_pct, s->stranded_bytes,
+      s->stranded_pct);
+  put(o, "  blocks %llu, free blocks %llu; mallocs %llu, frees %llu, callocs %llu, reallocs %llu,"
+         " reuses %llu\n",
+      s->blocks, s->free_blocks, s->mallocs, s->frees, s->callocs, s->reallocs, s->reuses);
+  put(o, "  grows %llu, shrinks %llu, splits %llu, merges %llu; remote frees %llu\n", s->grows,
+      s->shrinks, s->splits, s->merges, s->remote_frees);
+  put(o, "  mapped %llu B, resident %llu B, returned %llu B; huge blocks %llu, cached %llu B\n",
+      s->mapped_bytes, s->resident_bytes, s->returned_bytes, s->huge_blocks, s->huge_cached_bytes);
+}
+
+int ta_stats_print(int fd, int format) {
+  struct ta_stats *s, storage;
+  s = &storage;
+  s->version = TA_STATS_VERSION;
+  s->size = sizeof *s;
+  int r = ta_stats_get(s, -1);
+  if (r) return r;
+  int saved = errno;
+  struct out o = {.fd = fd};
+  if (format == 1) {
+    print_json(&o, s);
+    put(&o, ",\"arenas\":[");
+    bool first = true;
+    for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
+      struct ta_stats as = {.version = TA_STATS_VERSION, .size = sizeof as};
+      if (ta_stats_get(&as, (int)a->id) != 0) continue;
+      int st = atomic_load(&a->state);
+      put(&o, "%s{\"arena\":%u,\"state\":\"%s\",\"mallocs\":%llu,\"frees\":%llu,"
+              "\"usable_bytes\":%llu,\"requested_bytes\":%llu,\"heap_bytes\":%llu,"
+              "\"internal_fragmentation_pct\":%.4f,\"external_fragmentation_pct\":%.4f,"
+              "\"stranded_pct\":%.4f}",
+          first ? "" : ",", a->id,
+          st == ARENA_CLAIMED ? "live" : st == ARENA_FREE ? "abandoned" : "zombie", as.mallocs,
+          as.frees, as.usable_bytes, as.requested_bytes, as.heap_bytes,
+          as.internal_fragmentation_pct, as.external_fragmentation_pct, as.stranded_pct);
+      first = false;
+    }
+    put(&o, "]}\n");
+  } else {
+    print_text(&o, s, "tamalloc statistics (whole process)");
+    put(&o, "  %-10s %10s %14s %14s %8s %10s %14s %14s\n", "class", "live", "usable B",
+        "requested B", "int.frag", "free blks", "free B", "stranded B");
+    for (unsigned c = 0; c < TA_STATS_CLASSES; c++) {
+      const struct ta_class_stats *cs = &s->classes[c];
+      if (!cs->live_blocks && !cs->free_blocks && !cs->runs && !cs->free_bytes) continue;
+      double frag = cs->usable_bytes ? 100.0 * (double)(cs->usable_bytes - cs->requested_bytes) /
+                                           (double)cs->usable_bytes
+                                     : 0.0;
+      char name[24];
+      if (c == 0) snprintf(name, sizeof name, "huge");
+      else snprintf(name, sizeof name, "%llu", cs->block_size);
+      put(&o, "  %-10s %10llu %14llu %14llu %7.2f%% %10llu %14llu %14llu\n", name, cs->live_blocks,
+          cs->usable_bytes, cs->requested_bytes, frag, cs->free_blocks, cs->free_bytes,
+          cs->stranded_bytes);
+    }
+    for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
+      struct ta_stats as = {.version = TA_STATS_VERSION, .size = sizeof as};
+      if (ta_stats_get(&as, (int)a->id) != 0) continue;
+      char title[64];
+      int st = atomic_load(&a->state);
+      snprintf(title, sizeof title, "arena %u (%s)", a->id,
+               st == ARENA_CLAIMED ? "live" : st == ARENA_FREE ? "abandoned" : "zombie");
+      print_text(&o, &as, title);
+    }
+  }
+  flush(&o);
+  errno = saved;
+  return o.err;
+}
+
+/* ------------------------------------------------------------------ glibc's interfaces */
+
+void ta_malloc_stats(void);
+void ta_malloc_stats(void) { ta_stats_print(STDERR_FILENO, 0); }
+
+struct mallinfo2 ta_mallinfo2(void);
+struct mallinfo2 ta_mallinfo2(void) {
+  struct ta_stats s = {.version = TA_STATS_VERSION, .size = sizeof s};
+  struct mallinfo2 m;
+  memset(&m, 0, sizeof m);
+  if (ta_stats_get(&s, -1) != 0) return m;
+  m.arena = s.heap_bytes - s.huge_cached_bytes - (s.classes[0].usable_bytes);
+  m.ordblks = s.free_blocks;
+  m.hblks = s.huge_blocks;
+  m.hblkhd = s.classes[0].usable_bytes;
+  m.uordblks = s.usable_bytes;
+  m.fordblks = s.free_bytes;
+  m.keepcost = s.largest_free_block;
+  return m;
+}
+
+int ta_malloc_info(int options, FILE *fp);
+int ta_malloc_info(int options, FILE *fp) {
+  if (options != 0 || fp == NULL) {
+    errno = EINVAL;
+    return -1;
+  }
+  struct ta_stats s = {.version = TA_STATS_VERSION, .size = sizeof s};
+  if (ta_stats_get(&s, -1) != 0) return -1;
+  fprintf(fp, "<malloc version=\"tamalloc-1\">\n");
+  for (unsigned c = 0; c < TA_STATS_CLASSES; c++) {
+    const struct ta_class_stats *cs = &s.classes[c];
+    if (!cs->live_blocks && !cs->free_blocks) continue;
+    fprintf(fp,
+            "<size class=\"%u\" block=\"%llu\" live=\"%llu\" usable=\"%llu\" requested=\"%llu\""
+            " free=\"%llu\" free_bytes=\"%llu\"/>\n",
+            c, cs->block_size, cs->live_blocks, cs->usable_bytes, cs->requested_bytes,
+            cs->free_blocks, cs->free_bytes);
+  }
+  fprintf(fp, "<total type=\"heap\" size=\"%llu\"/>\n", s.heap_bytes);
+  fprintf(fp, "<total type=\"usable\" size=\"%llu\"/>\n", s.usable_bytes);
+  fprintf(fp, "<total type=\"free\" count=\"%llu\" size=\"%llu\"/>\n", s.free_blocks,
+          s.free_bytes);
+  fprintf(fp, "<total type=\"mapped\" size=\"%llu\"/>\n", s.mapped_bytes);
+  fprintf(fp, "<total type=\"resident\" size=\"%llu\"/>\n", s.resident_bytes);
+  fprintf(fp, "<fragmentation internal=\"%.4f\" external=\"%.4f\" stranded=\"%.4f\"/>\n",
+          s.internal_fragmentation_pct, s.external_fragmentation_pct, s.stranded_pct);
+  fprintf(fp, "</malloc>\n");
+  return 0;
+}
+
+/* ------------------------------------------------------------------ the heap map */
+
+static void map_granule(uintptr_t base, uint8_t kind, void *arg) {
+  struct out *o = arg;
+  if (kind == TA_MAP_SMALL || kind == TA_MAP_MEDIUM) {
+    ta_chunk_t *c = (ta_chunk_t *)base;
+    if (c->check != (base ^ ta_secret)) return;
+    put(o, "chunk 0x%lx %u %s %s %u %zu\n", (unsigned long)base, (unsigned)TA_CHUNK_SIZE,
+        kind == TA_MAP_SMALL ? "small" : "medium", c->from_brk ? "brk" : "mmap",
+        c->owner ? c->owner->id : 0, resident(c, TA_CHUNK_SIZE));
+    if (kind == TA_MAP_SMALL) {
+      for (unsigned i = 1; i < TA_RUNS_PER_CHUNK; i++) {
+        ta_run_t *r = &c->runs[i];
+        uintptr_t rb = base + ((uintptr_t)i << TA_RUN_SHIFT);
+        if (r->owner == NULL || r->bsize == 0) {
+          put(o, "slot 0x%lx %u free\n", (unsigned long)rb, (unsigned)TA_RUN_SIZE);
+          continue;
+        }
+        put(o, "run 0x%lx %u %u %u %u %u\n", (unsigned long)rb, (unsigned)TA_RUN_SIZE, r->bsize,
+            (unsigned)(r->used & ~RUN_FULL_BIT), r->limit / r->bsize, r->cap);
+      }
+    } else {
+      char *end = (char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t);
+      ta_mhdr_t *h = (ta_mhdr_t *)((char *)c + TA_MEDIUM_HDR);
+      while ((char *)h < end) {
+        size_t sz = h->size_flags & TA_M_SIZE_MASK;
+        if (sz < TA_MIN_MBLOCK || (char *)h + sz > end) break;
+        put(o, "block 0x%lx %zu %s\n", (unsigned long)h, sz,
+            (h->size_flags & TA_M_INUSE) ? "used" : "free");
+        h = (ta_mhdr_t *)((char *)h + sz);
+      }
+    }
+  } else {
+    ta_huge_t *h = (ta_huge_t *)(kind == TA_MAP_HUGE ? base : base - TA_CHUNK_SIZE);
+    if (h->check != ((uintptr_t)h ^ ta_secret)) return;
+    uint32_t st = atomic_load(&h->state);
+    put(o, "huge 0x%lx %zu %s %zu %zu\n", (unsigned long)h, h->map_size,
+        st == HUGE_LIVE ? "live" : "cached", h->requested, resident(h, h->map_size));
+  }
+}
+
+int ta_heap_map(int fd) {
+  int saved = errno;
+  struct out o = {.fd = fd};
+  put(&o, "# tamalloc heap map 1\n");
+  void *brk_now = ta_os_sbrk(0);
+  put(&o, "break 0x%lx\n", (unsigned long)(uintptr_t)brk_now);
+  reader_enter();
+  scan_map(map_granule, &o);
+  for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
+    int st = atomic_load(&a->state);
+    put(&o, "arena %u %s\n", a->id,
+        st == ARENA_CLAIMED ? "live" : st == ARENA_FREE ? "abandoned" : "zombie");
+    size_t n = 0;
+    for (ta_chunk_t *c = a->empty_chunks; c && n < 1u << 20; c = c->next, n++) {
+      if (((uintptr_t)c & TA_CHUNK_MASK) != 0) break;
+      put(&o, "empty 0x%lx %u %s %u %s\n", (unsigned long)c, (unsigned)TA_CHUNK_SIZE,
+          c->from_brk ? "brk" : "mmap", a->id, c->decommitted ? "returned" : "resident");
+    }
+  }
+  reader_leave();
+  flush(&o);
+  errno = saved;
+  return o.err;
+}
