@@ -9,6 +9,9 @@
  *   decay_ms:N          how long free memory stays resident before it goes back (0..600000)
  *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
  *   huge_pages:BOOL     ask for transparent huge pages on huge blocks
+ *   stats_log:PATH      append one JSON line of totals to PATH every stats_interval_ms
+ *                       (turns stats on; the line is written from a slow path)
+ *   stats_interval_ms:N sampling interval of stats_log (1..3600000, default 100)
  *
  * BOOL is true/false/1/0/yes/no/on/off. The variable is read once, on the first slow path,
  * by walking environ: no getenv, no allocation. An unknown key or a bad value prints one
@@ -28,6 +31,9 @@ int ta_conf_stats_format; /* 0 text, 1 json */
 /* The report's own copy of stderr: programs that close stderr in their exit handlers
  * (coreutils do) still get their report. */
 static int report_fd = -1;
+const char *ta_conf_stats_log;       /* points into environ: never copied */
+size_t ta_conf_stats_log_len;
+uint64_t ta_conf_stats_interval_ms = 100;
 static _Atomic int conf_state;
 
 static void warn(const char *what, const char *s, size_t n) {
@@ -97,6 +103,17 @@ static void apply(const char *e, size_t n) {
     else warn("bad value", e, n);
   } else if (eq(e, kn, "decay_ms")) {
     if (parse_uint(v, vn, 600000, &x)) ta_decay_ms = x;
+    else warn("bad value", e, n);
+  } else if (eq(e, kn, "stats_log")) {
+    if (vn == 0 || vn >= 1024) {
+      warn("bad value", e, n);
+      return;
+    }
+    ta_conf_stats_log = v;
+    ta_conf_stats_log_len = vn;
+    ta_stats_enable(1);
+  } else if (eq(e, kn, "stats_interval_ms")) {
+    if (parse_uint(v, vn, 3600000, &x) && x > 0) ta_conf_stats_interval_ms = x;
     else warn("bad value", e, n);
   } else if (eq(e, kn, "huge_cache_mb")) {
     if (parse_uint(v, vn, 1u << 20, &x)) ta_huge_cache_limit = (size_t)x << 20;

@@ -294,7 +294,11 @@ TA_HIDDEN void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zer
 TA_HIDDEN void ta_huge_free(ta_huge_t *h);
 TA_HIDDEN ta_huge_t *ta_huge_hdr_checked(void *p, uint8_t kind, const char *op);
 TA_HIDDEN void *ta_huge_realloc(ta_huge_t *h, size_t size);
-TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) { return h->map_size - h->data_off; }
+/* The request rounded to a page: the span's granule rounding beyond it is address space
+ * kept for growth, not memory the block holds. */
+TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) {
+  return ta_align_up(h->data_off + h->requested, TA_PAGE_SIZE) - h->data_off;
+}
 TA_HIDDEN extern size_t ta_huge_cache_limit;
 TA_HIDDEN extern bool ta_huge_pages;
 TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
@@ -365,6 +369,10 @@ TA_HIDDEN void ta_conf_init(void);
 TA_HIDDEN extern bool ta_conf_stats_print;
 TA_HIDDEN extern int ta_conf_stats_format;
 void ta_conf_apply(const char *settings); /* for tests */
+TA_HIDDEN extern const char *ta_conf_stats_log;
+TA_HIDDEN extern size_t ta_conf_stats_log_len;
+TA_HIDDEN extern uint64_t ta_conf_stats_interval_ms;
+TA_HIDDEN void ta_stats_log_tick(void);
 
 /* ------------------------------------------------------------------ for tests and statistics */
 void ta_chunk_use_brk(bool on); /* chunk.c: allow or forbid the program break */

@@ -42,6 +42,7 @@ void ta_purge_note(ta_arena_t *a, uint64_t since) {
 void ta_note_orphan_work(void) { ta_purge_note_global(&ta_orphan_due, ta_os_now_ms() + ta_decay_ms); }
 
 void ta_maybe_purge(ta_arena_t *a) {
+  if (TA_UNLIKELY(ta_conf_stats_log != NULL)) ta_stats_log_tick();
   uint64_t due = a->purge_due;
   uint64_t odue = atomic_load_explicit(&ta_orphan_due, memory_order_relaxed);
   uint64_t hdue = atomic_load_explicit(&ta_huge_due, memory_order_relaxed);

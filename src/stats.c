@@ -23,6 +23,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -182,7 +183,7 @@ static void walk_medium(struct walk *w, ta_chunk_t *c) {
 static void walk_huge(struct walk *w, ta_huge_t *h) {
   struct ta_stats *s = w->s;
   if (h->check != ((uintptr_t)h ^ ta_secret)) return;
-  size_t usable = h->map_size - h->data_off;
+  size_t usable = ta_huge_usable(h);
   uint32_t st = atomic_load_explicit(&h->state, memory_order_relaxed);
   if (st == HUGE_LIVE) {
     struct ta_class_stats *cs = &s->classes[0];
@@ -190,11 +191,12 @@ static void walk_huge(struct walk *w, ta_huge_t *h) {
     cs->usable_bytes += usable;
     cs->requested_bytes += w->tracked ? (h->requested < usable ? h->requested : usable) : usable;
   } else if (st == HUGE_CACHED) {
+    size_t span = h->map_size - TA_HUGE_HDR;
     s->huge_cached_bytes += h->map_size;
     s->classes[0].free_blocks++;
-    s->classes[0].free_bytes += usable;
-    s->free_bytes += usable;
-    take_largest(s, usable);
+    s->classes[0].free_bytes += span;
+    s->free_bytes += span;
+    take_largest(s, span);
   }
   s->heap_bytes += h->map_size;
 }
@@ -586,4 +588,62 @@ int ta_heap_map(int fd) {
   flush(&o);
   errno = saved;
   return o.err;
+}
+
+/* ------------------------------------------------------------------ the statistics log */
+
+static _Atomic int log_fd = -1;
+static _Atomic uint64_t log_next_ms;
+static uint64_t log_start_ms;
+static _Atomic int log_busy;
+
+static size_t process_rss(void) {
+  char buf[256];
+  int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  char *p = buf;
+  while (*p && *p != ' ') p++; /* skip the size field */
+  size_t pages = 0;
+  while (*p == ' ') p++;
+  while (*p >= '0' && *p <= '9') pages = pages * 10 + (size_t)(*p++ - '0');
+  return pages * TA_PAGE_SIZE;
+}
+
+/* From slow paths: one line of totals when the interval has passed. */
+void ta_stats_log_tick(void) {
+  uint64_t next = atomic_load_explicit(&log_next_ms, memory_order_relaxed);
+  uint64_t now = ta_os_now_ms();
+  if (now < next || atomic_exchange(&log_busy, 1)) return;
+  if (atomic_load(&log_fd) < 0) {
+    char path[1024];
+    memcpy(path, ta_conf_stats_log, ta_conf_stats_log_len);
+    path[ta_conf_stats_log_len] = 0;
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      ta_conf_stats_log = NULL; /* cannot log: stop trying */
+      atomic_store(&log_busy, 0);
+      return;
+    }
+    atomic_store(&log_fd, fd);
+    log_start_ms = now;
+  }
+  atomic_store_explicit(&log_next_ms, now + ta_conf_stats_interval_ms, memory_order_relaxed);
+  struct ta_stats st = {.version = TA_STATS_VERSION, .size = sizeof st};
+  if (ta_stats_get(&st, -1) == 0) {
+    struct out o = {.fd = atomic_load(&log_fd)};
+    put(&o,
+        "{\"t_ms\":%llu,\"rss_bytes\":%zu,\"resident_bytes\":%llu,\"heap_bytes\":%llu,"
+        "\"usable_bytes\":%llu,\"requested_bytes\":%llu,\"free_bytes\":%llu,"
+        "\"internal_fragmentation_pct\":%.4f,\"external_fragmentation_pct\":%.4f,"
+        "\"stranded_pct\":%.4f,\"mallocs\":%llu,\"frees\":%llu}\n",
+        (unsigned long long)(now - log_start_ms), process_rss(), st.resident_bytes, st.heap_bytes,
+        st.usable_bytes, st.requested_bytes, st.free_bytes, st.internal_fragmentation_pct,
+        st.external_fragmentation_pct, st.stranded_pct, st.mallocs, st.frees);
+    flush(&o);
+  }
+  atomic_store(&log_busy, 0);
 }

@@ -16,8 +16,12 @@ Test(huge, mapped_on_its_own_with_meta_block_at_granule_start) {
   ta_huge_t *h = ta_huge_hdr_checked(p, TA_MAP_HUGE, "test");
   cr_assert_eq((uintptr_t)h % TA_CHUNK_SIZE, 0);
   cr_assert_eq((char *)h + h->data_off, p);
-  cr_assert_geq(ta_malloc_usable_size(p), 3 * MiB);
+  cr_assert_eq(ta_malloc_usable_size(p), ta_align_up(64 + 3 * MiB, 4096) - 64,
+               "usable ends at the page that holds the request's end");
   memset(p, 1, ta_malloc_usable_size(p));
+  char *odd = ta_malloc(3 * MiB + 4033);
+  cr_assert_eq(ta_malloc_usable_size(odd), 3 * MiB + 8192 - 64);
+  ta_free(odd);
   ta_free(p);
 }
 
@@ -32,7 +36,8 @@ Test(huge, freed_span_is_cached_and_reused) {
   char *q = ta_malloc(5 * MiB);
   cr_assert_eq(q, p, "best fit reuses the cached span");
   cr_assert_eq(h->map_size, span, "the span keeps its size: nothing is forgotten");
-  cr_assert_eq(ta_malloc_usable_size(q), span - h->data_off);
+  cr_assert_eq(ta_malloc_usable_size(q), ta_align_up(64 + 5 * MiB, 4096) - 64,
+               "usable: the request rounded to a page, not the span");
   cr_assert_eq(ta_huge_cached_count(), 0);
   ta_free(q);
 }
