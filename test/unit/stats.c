@@ -1,0 +1,263 @@
+/* Unit tests: statistics on constructed heaps with known answers. Each test runs in its own
+ * process, so the heap holds exactly what the test made. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "tamalloc.h"
+
+#define MiB ((size_t)1 << 20)
+
+static struct ta_stats get(int arena) {
+  struct ta_stats s;
+  memset(&s, 0xff, sizeof s);
+  s.version = TA_STATS_VERSION;
+  s.size = sizeof s;
+  cr_assert_eq(ta_stats_get(&s, arena), 0);
+  return s;
+}
+
+Test(stats, version_and_size_are_checked) {
+  struct ta_stats s = {.version = TA_STATS_VERSION + 1, .size = sizeof s};
+  cr_assert_eq(ta_stats_get(&s, -1), EINVAL);
+  s.version = TA_STATS_VERSION;
+  s.size = 12;
+  cr_assert_eq(ta_stats_get(&s, -1), EINVAL);
+  s.size = sizeof s;
+  cr_assert_eq(ta_stats_get(&s, 9999), ERANGE);
+  cr_assert_eq(ta_stats_get(NULL, -1), EINVAL);
+}
+
+Test(stats, internal_fragmentation_of_small_blocks) {
+  ta_stats_enable(1);
+  void *p[100];
+  for (int i = 0; i < 100; i++) p[i] = ta_malloc(20); /* class 32: 12 bytes wasted each */
+  struct ta_stats s = get(-1);
+  cr_assert(s.requested_tracked);
+  cr_assert_eq(s.classes[2].live_blocks, 100);
+  cr_assert_eq(s.classes[2].usable_bytes, 3200);
+  cr_assert_eq(s.classes[2].requested_bytes, 2000);
+  cr_assert_eq(s.usable_bytes, 3200);
+  cr_assert_eq(s.requested_bytes, 2000);
+  cr_assert_float_eq(s.internal_fragmentation_pct, 37.5, 1e-9);
+  for (int i = 0; i < 100; i += 2) ta_free(p[i]);
+  s = get(-1);
+  cr_assert_eq(s.classes[2].live_blocks, 50);
+  cr_assert_eq(s.requested_bytes, 1000, "freed blocks' requests leave the sum");
+  cr_assert_eq(s.usable_bytes, 1600);
+  /* Reused blocks record their new request. */
+  for (int i = 0; i < 100; i += 2) p[i] = ta_malloc(32);
+  s = get(-1);
+  cr_assert_eq(s.requested_bytes, 1000 + 50 * 32);
+  cr_assert_float_eq(s.internal_fragmentation_pct, 100.0 * 600 / 3200, 1e-9);
+}
+
+Test(stats, requested_sizes_of_medium_huge_and_realloc) {
+  ta_stats_enable(1);
+  void *m = ta_malloc(10001); /* block of 10032 bytes: 10016 usable */
+  void *h = ta_malloc(3 * MiB + 100);
+  size_t hu = ta_align_up(64 + 3 * MiB + 100, 4096) - 64;
+  struct ta_stats s = get(-1);
+  cr_assert_eq(s.usable_bytes, 10016 + hu);
+  cr_assert_eq(s.requested_bytes, 10001 + 3 * MiB + 100);
+  cr_assert_eq(s.huge_blocks, 1);
+  cr_assert_eq(s.classes[0].usable_bytes, hu);
+  m = ta_realloc(m, 9000); /* shrinks in place */
+  s = get(-1);
+  cr_assert_eq(s.requested_bytes, 9000 + 3 * MiB + 100);
+  ta_free(h);
+  ta_free(m);
+  s = get(-1);
+  cr_assert_eq(s.usable_bytes, 0);
+  cr_assert_eq(s.requested_bytes, 0);
+  cr_assert_eq(s.blocks, 0);
+  cr_assert_eq(s.huge_cached_bytes, 4 * MiB, "the huge span waits in the cache");
+}
+
+Test(stats, external_fragmentation_of_a_known_free_list) {
+  /* One medium chunk: four blocks of 500000 bytes, then the first and third freed. */
+  void *x[4];
+  for (int i = 0; i < 4; i++) x[i] = ta_malloc(500000);
+  ta_free(x[0]);
+  ta_free(x[2]);
+  struct ta_stats s = get(-1);
+  unsigned long long rest = TA_CHUNK_SIZE - 64 - 16 - 4 * 500016ull - 16; /* usable of the tail */
+  cr_assert_eq(s.largest_free_block, rest);
+  cr_assert_eq(s.free_bytes, 2 * 500000ull + rest);
+  cr_assert_float_eq(s.external_fragmentation_pct,
+                     100.0 * (1.0 - (double)rest / (double)(2 * 500000ull + rest)), 1e-9);
+  cr_assert_eq(s.heap_bytes, TA_CHUNK_SIZE);
+  cr_assert_eq(s.blocks, 2);
+  cr_assert_eq(s.free_blocks, 3);
+  /* Freeing the second merges three free blocks into one: no fragmentation left. */
+  ta_free(x[1]);
+  s = get(-1);
+  cr_assert_eq(s.free_blocks, 2);
+  cr_assert_eq(s.free_bytes, 3 * 500016ull - 16 + rest);
+  cr_assert_eq(s.largest_free_block, rest, "the tail is still the largest");
+  ta_free(x[3]);
+  s = get(-1);
+  cr_assert_eq(s.free_blocks, 1);
+  cr_assert_float_eq(s.external_fragmentation_pct, 0.0, 1e-9);
+}
+
+Test(stats, stranded_bytes_in_partly_used_runs) {
+  /* One run of 1 KiB blocks (64 per run): keep 1 block live of 64. */
+  void *p[64];
+  for (int i = 0; i < 64; i++) p[i] = ta_malloc(1024);
+  for (int i = 1; i < 64; i++) ta_free(p[i]);
+  struct ta_stats s = get(-1);
+  cr_assert_eq(s.classes[32].runs, 1);
+  cr_assert_eq(s.classes[32].live_blocks, 1);
+  cr_assert_eq(s.classes[32].stranded_bytes, 63 * 1024);
+  cr_assert_eq(s.stranded_bytes, 63 * 1024);
+  cr_assert_float_eq(s.stranded_pct, 100.0 * 63 * 1024 / (double)TA_CHUNK_SIZE, 1e-9);
+  ta_free(p[0]);
+}
+
+Test(stats, counters_after_a_known_sequence) {
+  void *p[10];
+  for (int i = 0; i < 10; i++) p[i] = ta_malloc(100);
+  for (int i = 0; i < 3; i++) ta_free(p[i]);
+  void *c1 = ta_calloc(4, 8), *c2 = ta_calloc(1, 50);
+  void *r = ta_realloc(p[3], 300); /* another class: moves */
+  struct ta_stats s = get(-1);
+  cr_assert_eq(s.mallocs, 10 + 2 + 1);
+  cr_assert_eq(s.callocs, 2);
+  cr_assert_eq(s.reallocs, 1);
+  cr_assert_eq(s.frees, 3 + 1);
+  cr_assert_eq(s.blocks, s.mallocs - s.frees, "live blocks = mallocs - frees");
+  cr_assert_eq(s.grows, 1, "one small chunk");
+  void *m = ta_malloc(20000); /* first medium chunk: one more grow, one split */
+  s = get(-1);
+  cr_assert_eq(s.grows, 2);
+  cr_assert_eq(s.splits, 1);
+  cr_assert_eq(s.merges, 0);
+  ta_free(m); /* merges with the rest of the chunk */
+  s = get(-1);
+  cr_assert_eq(s.merges, 1);
+  cr_assert_eq(s.arenas_live, 1);
+  cr_assert_geq(s.mapped_bytes, 2 * TA_CHUNK_SIZE);
+  ta_free(c1);
+  ta_free(c2);
+  ta_free(r);
+}
+
+static void *remote_free(void *p) {
+  ta_free(p);
+  return NULL;
+}
+
+Test(stats, remote_frees_and_arenas) {
+  void *p = ta_malloc(64);
+  pthread_t t;
+  pthread_create(&t, NULL, remote_free, p);
+  pthread_join(t, NULL);
+  ta_free(ta_malloc(200000)); /* the owner drains on its next slow path */
+  struct ta_stats s = get(-1);
+  cr_assert_eq(s.remote_frees, 1);
+  cr_assert_eq(s.blocks, 0);
+  struct ta_stats a0 = get((int)ta_tl_arena->id);
+  cr_assert_eq(a0.arena, (int)ta_tl_arena->id);
+  cr_assert_eq(a0.mallocs, s.mallocs);
+}
+
+Test(stats, reuses_count_blocks_handed_out_again) {
+  void *p = ta_malloc(4096); /* a page of 4 KiB blocks is threaded: one block */
+  ta_free(p);
+  for (int i = 0; i < 5; i++) ta_free(ta_malloc(4096));
+  struct ta_stats s = get(-1);
+  cr_assert_eq(s.mallocs, 6);
+  cr_assert_eq(s.reuses, 5);
+}
+
+Test(stats, resident_and_returned_bytes) {
+  char *p = ta_malloc(8 * MiB);
+  memset(p, 1, 8 * MiB);
+  struct ta_stats s = get(-1);
+  cr_assert_geq(s.resident_bytes, 8 * MiB);
+  ta_free(p);
+  cr_assert_eq(ta_malloc_trim(0), 1);
+  s = get(-1);
+  cr_assert_lt(s.resident_bytes, 1 * MiB);
+  cr_assert_geq(s.returned_bytes, 8 * MiB);
+}
+
+static char *capture(int (*fn)(int fd, int fmt), int fmt) {
+  char path[] = "/tmp/tamalloc-stats-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert_geq(fd, 0);
+  cr_assert_eq(fn(fd, fmt), 0);
+  off_t n = lseek(fd, 0, SEEK_END);
+  char *buf = calloc(1, (size_t)n + 1);
+  cr_assert_eq(pread(fd, buf, (size_t)n, 0), n);
+  close(fd);
+  unlink(path);
+  return buf;
+}
+
+Test(stats, json_report_parses_back_with_the_same_figures) {
+  ta_stats_enable(1);
+  void *p[50];
+  for (int i = 0; i < 50; i++) p[i] = ta_malloc(40);
+  void *m = ta_malloc(30000);
+  char *json = capture(ta_stats_print, 1);
+  struct ta_stats s = get(-1);
+  char path[] = "/tmp/tamalloc-json-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert_eq(write(fd, json, strlen(json)), (ssize_t)strlen(json));
+  close(fd);
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "python3 -c 'import json,sys; d=json.load(open(sys.argv[1]));"
+           "keys=[\"requested_bytes\",\"usable_bytes\",\"heap_bytes\",\"internal_fragmentation_pct\","
+           "\"external_fragmentation_pct\",\"mallocs\",\"frees\",\"reuses\",\"grows\",\"shrinks\","
+           "\"splits\",\"merges\"];"
+           "missing=[k for k in keys if k not in d];"
+           "assert not missing, missing;"
+           "assert d[\"requested_bytes\"]==%llu and d[\"usable_bytes\"]==%llu, d;"
+           "assert d[\"mallocs\"]==%llu and d[\"blocks\"]==%llu;"
+           "assert abs(d[\"internal_fragmentation_pct\"]-%.4f)<1e-3;"
+           "assert isinstance(d[\"classes\"], list) and isinstance(d[\"arenas\"], list)' %s",
+           s.requested_bytes, s.usable_bytes, s.mallocs, s.blocks, s.internal_fragmentation_pct,
+           path);
+  int rc = system(cmd);
+  unlink(path);
+  cr_assert_eq(rc, 0, "JSON did not parse back with the same figures:\n%s", json);
+  free(json);
+  ta_free(m);
+  for (int i = 0; i < 50; i++) ta_free(p[i]);
+}
+
+static int heap_map(int fd, int unused) {
+  (void)unused;
+  return ta_heap_map(fd);
+}
+
+Test(stats, text_report_and_heap_map_name_what_is_there) {
+  void *p = ta_malloc(100), *m = ta_malloc(50000), *h = ta_malloc(5 * MiB);
+  char *text = capture(ta_stats_print, 0);
+  cr_assert(strstr(text, "internal fragmentation") && strstr(text, "external fragmentation"));
+  cr_assert(strstr(text, "arena 0 (live)"));
+  char *map = capture(heap_map, 0);
+  cr_assert(strstr(map, "# tamalloc heap map 1"));
+  cr_assert(strstr(map, " small mmap ") || strstr(map, " small brk "));
+  cr_assert(strstr(map, " medium "));
+  cr_assert(strstr(map, "huge ") && strstr(map, " live "));
+  char run_line[128];
+  ta_run_t *r = ta_run_of(p);
+  snprintf(run_line, sizeof run_line, "run 0x%lx 65536 112 1 ", (unsigned long)ta_run_base(r));
+  cr_assert(strstr(map, run_line), "%s not in\n%s", run_line, map);
+  free(text);
+  free(map);
+  ta_free(p);
+  ta_free(m);
+  ta_free(h);
+}
