@@ -279,6 +279,7 @@ TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
 TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
 TA_HIDDEN void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
 TA_HIDDEN bool ta_small_valid(const ta_run_t *r, const void *p);
+TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
 
 /* ------------------------------------------------------------------ medium.c */
 TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align);

@@ -74,6 +74,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all) {
 #define DUE(since) (all || now >= (since) + ta_decay_ms)
 
   ta_slow_enter(a);
+  if (all) ta_small_retire_idle(a);
 
   /* Empty chunks. A break chunk can only go when it is the top of the heap, so repeat
    * while the break moves down. */

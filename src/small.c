@@ -218,3 +218,16 @@ void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
   }
   ta_small_free_local(a, r, b);
 }
+
+/* Retires the active runs that hold no block (a full purge: malloc_trim, an ownerless
+ * arena), so that their chunks can empty and go back. */
+void ta_small_retire_idle(ta_arena_t *a) {
+  ta_slow_enter(a);
+  for (unsigned cls = 1; cls <= TA_NUM_SMALL; cls++) {
+    ta_run_t *r = a->cur[cls];
+    if (r == &ta_empty_run || r->used != 0) continue;
+    a->cur[cls] = &ta_empty_run;
+    run_retire(a, r);
+  }
+  ta_slow_leave(a);
+}

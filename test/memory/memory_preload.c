@@ -1,0 +1,115 @@
+/* Memory going back to the kernel, measured on programs run with the replacement library
+ * preloaded (the programs use the standard malloc names and know nothing of tamalloc). */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* Runs argv with LD_PRELOAD (and an optional TAMALLOC_CONF); returns the exit status and
+ * the combined output in out. */
+static int run(const char *const *argv, const char *conf, char *out, size_t cap) {
+  char preload[1024], confvar[512];
+  snprintf(preload, sizeof preload, "LD_PRELOAD=%s", TATEST_LIBRARY);
+  snprintf(confvar, sizeof confvar, "TAMALLOC_CONF=%s", conf ? conf : "");
+  char *envp[512];
+  size_t n = 0;
+  for (char **e = environ; *e && n < 500; e++)
+    if (strncmp(*e, "LD_PRELOAD=", 11) && strncmp(*e, "TAMALLOC_CONF=", 14)) envp[n++] = *e;
+  envp[n++] = preload;
+  if (conf) envp[n++] = confvar;
+  envp[n] = NULL;
+  int pfd[2];
+  cr_assert_eq(pipe(pfd), 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, pfd[1], 2);
+  posix_spawn_file_actions_addclose(&fa, pfd[0]);
+  pid_t pid;
+  int rc = posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, envp);
+  cr_assert_eq(rc, 0, "spawn %s: %s", argv[0], strerror(rc));
+  close(pfd[1]);
+  size_t len = 0;
+  ssize_t r;
+  while ((r = read(pfd[0], out + len, cap - 1 - len)) > 0) len += (size_t)r;
+  out[len] = 0;
+  close(pfd[0]);
+  int st;
+  waitpid(pid, &st, 0);
+  posix_spawn_file_actions_destroy(&fa);
+  return st;
+}
+
+static void expect_clean(const char *prog) {
+  static char out[65536];
+  const char *argv[] = {prog, NULL};
+  int st = run(argv, NULL, out, sizeof out);
+  cr_log_info("%s", out);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: status %d\n%s", prog, st, out);
+}
+
+Test(memory, rss_back_after_idle_and_after_trim, .timeout = 120) { expect_clean(TATEST_MEM_GIVEBACK); }
+Test(memory, free_memory_goes_back_after_the_decay, .timeout = 60) { expect_clean(TATEST_MEM_DECAY); }
+Test(memory, break_moves_back_down, .timeout = 60) { expect_clean(TATEST_MEM_BRK); }
+Test(memory, exited_threads_memory_goes_back, .timeout = 120) { expect_clean(TATEST_MEM_THREADS); }
+
+Test(memory, stats_json_at_exit_of_a_program_that_knows_nothing, .timeout = 60) {
+  static char out[1 << 20];
+  const char *argv[] = {"/usr/bin/sort", "-n", "/etc/services", "-o", "/dev/null", NULL};
+  int st = run(argv, "stats_print:true,stats_format:json", out, sizeof out);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", out);
+  char path[] = "/tmp/tamalloc-exit-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert_eq(write(fd, out, strlen(out)), (ssize_t)strlen(out));
+  close(fd);
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd,
+           "python3 -c 'import json,sys; d=json.load(open(sys.argv[1]));"
+           "assert d[\"mallocs\"]>0 and d[\"requested_bytes\"]<=d[\"usable_bytes\"];"
+           "assert d[\"requested_tracked\"] is True;"
+           "assert d[\"blocks\"]==d[\"mallocs\"]-d[\"frees\"], (d[\"blocks\"],d[\"mallocs\"],d[\"frees\"]);"
+           "assert 0<=d[\"internal_fragmentation_pct\"]<=100 and 0<=d[\"external_fragmentation_pct\"]<=100' %s",
+           path);
+  int rc = system(cmd);
+  unlink(path);
+  cr_assert_eq(rc, 0, "report at exit did not parse as expected:\n%.2000s", out);
+}
+
+Test(memory, bad_setting_warns_once_and_the_program_runs, .timeout = 30) {
+  static char out[65536];
+  const char *argv[] = {"/bin/echo", "still running", NULL};
+  int st = run(argv, "decay_ms:soon,nonsense:1", out, sizeof out);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  cr_assert(strstr(out, "still running"), "%s", out);
+  cr_assert(strstr(out, "tamalloc: TAMALLOC_CONF: bad value 'decay_ms:soon' ignored\n"), "%s", out);
+  cr_assert(strstr(out, "tamalloc: TAMALLOC_CONF: unknown key 'nonsense:1' ignored\n"), "%s", out);
+}
+
+Test(memory, stats_log_over_time, .timeout = 60) {
+  static char out[65536];
+  char log[] = "/tmp/tamalloc-log-XXXXXX";
+  int fd = mkstemp(log);
+  close(fd);
+  char conf[256];
+  snprintf(conf, sizeof conf, "stats_log:%s,stats_interval_ms:20", log);
+  const char *argv[] = {TATEST_MEM_DECAY, NULL};
+  int st = run(argv, conf, out, sizeof out);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", out);
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "python3 -c 'import json,sys; rows=[json.loads(l) for l in open(sys.argv[1])];"
+           "assert len(rows)>=3, len(rows);"
+           "assert all(r[\"t_ms\"]<=s[\"t_ms\"] for r,s in zip(rows,rows[1:]));"
+           "assert max(r[\"heap_bytes\"] for r in rows)>100<<20' %s",
+           log);
+  int rc = system(cmd);
+  unlink(log);
+  cr_assert_eq(rc, 0);
+}
