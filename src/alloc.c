@@ -89,8 +89,8 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   return p;
 }
 
-/* ta_fast_limit is 1024, or 0 while statistics are on (every call then records its
- * requested size on the generic path): the test costs what `size <= 1024` would. */
+/* ta_fast_limit is 8 KiB (every small size), or 0 while statistics are on (every call then
+ * records its requested size on the generic path): the test costs what a constant would. */
 void *ta_malloc(size_t size) {
   if (TA_LIKELY(size <= ta_fast_limit)) {
     ta_arena_t *a = ta_tl_arena;

@@ -22,9 +22,10 @@
  * CAS; the owner drains that list in its slow paths.
  *
  * Invariants (checked by the tests in test/unit):
- *   run:    (used & ~RUN_FULL_BIT) + |run.free| + |its blocks on owner.remote| == limit / bsize <= cap
+ *   run:    RUN_USED(r) + |run.free| + |its blocks on owner.remote| == limit / bsize <= cap
  *   run:    state == RUN_FULL <=> RUN_FULL_BIT set in used <=> in no list (and free was NULL
  *           when it was set; remote frees may refill it before the owner notices)
+ *   run:    state == RUN_ACTIVE <=> RUN_ACTIVE_BIAS added to used <=> it is owner.cur[cls]
  *   run:    state == RUN_PARTIAL <=> run is on owner.partial[cls]
  *   run:    owner == NULL <=> the run slot is free in its chunk
  *   block:  a small block on a free list has word[1] == ta_secret; malloc clears it
@@ -90,9 +91,13 @@ TA_HIDDEN extern uintptr_t ta_secret; /* random, nonzero once the allocator is i
 
 /* ------------------------------------------------------------------ runs */
 enum { RUN_UNUSED = 0, RUN_ACTIVE, RUN_PARTIAL, RUN_FULL };
-/* Set in run.used while the run is FULL: free's single test `(int32_t)--used <= 0` then
- * catches both "the run was full" and "the run is now empty". */
+/* run.used carries the state too, so that free needs one test, `--used <= 0`:
+ *   FULL:   the sign bit is set (the test fires: the run must go back on a list);
+ *   ACTIVE: RUN_ACTIVE_BIAS is added (the test never fires for the run malloc uses);
+ *   PARTIAL: the plain count (the test fires when the last block comes back). */
 #define RUN_FULL_BIT INT32_MIN
+#define RUN_ACTIVE_BIAS (1 << 30)
+#define RUN_USED(r) ((r)->used & ~(RUN_FULL_BIT | RUN_ACTIVE_BIAS))
 
 struct ta_arena;
 typedef struct ta_run {
@@ -211,12 +216,13 @@ extern __thread ta_arena_t *ta_tl_arena __attribute__((tls_model("initial-exec")
 TA_INLINE size_t ta_align_up(size_t n, size_t a) { return (n + a - 1) & ~(a - 1); }
 TA_INLINE bool ta_is_pow2(size_t a) { return a != 0 && (a & (a - 1)) == 0; }
 
-TA_HIDDEN extern const uint8_t ta_class_lut[65]; /* (size + 15) >> 4 -> class, size <= 1024 */
+#define TA_LUT_ENTRIES 513 /* (size + 15) >> 4 for every small size */
+TA_HIDDEN extern const uint8_t ta_class_lut[TA_LUT_ENTRIES];
 TA_HIDDEN extern const uint64_t ta_class_size[TA_NUM_BINS + 1];
 
 /* Smallest class whose size is >= size (size >= 1). */
 TA_INLINE unsigned ta_size_class(size_t size) {
-  if (size <= 1024) return ta_class_lut[(size + 15) >> 4];
+  if (size <= TA_SMALL_MAX) return ta_class_lut[(size + 15) >> 4];
   unsigned k = 63u - (unsigned)__builtin_clzll(size - 1); /* size in (2^k, 2^(k+1)] */
   return 8u + (k - 7u) * 8u + (unsigned)((size - 1) >> (k - 3)) - 8u + 1u;
 }

@@ -86,7 +86,7 @@ static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
   ta_run_t *r = &c->runs[slot];
   uint32_t bs = (uint32_t)ta_class_size[cls];
   r->free = NULL;
-  r->used = 0;
+  r->used = RUN_ACTIVE_BIAS;
   r->bsize = bs;
   r->recip = (uint32_t)((((uint64_t)1 << 32) + bs - 1) / bs);
   r->limit = 0;
@@ -149,13 +149,14 @@ void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls) {
     if (r->free == NULL && run_can_carve(r)) run_carve(r);
     if (r->free) goto pop;
     r->state = RUN_FULL;
-    r->used |= RUN_FULL_BIT;
+    r->used = (r->used - RUN_ACTIVE_BIAS) | RUN_FULL_BIT;
     a->cur[cls] = &ta_empty_run;
   }
   r = a->partial[cls];
   if (r) {
     partial_remove(a, r);
     r->state = RUN_ACTIVE;
+    r->used += RUN_ACTIVE_BIAS;
   } else {
     r = run_new(a, cls);
     if (r == NULL) {
@@ -225,8 +226,9 @@ void ta_small_retire_idle(ta_arena_t *a) {
   ta_slow_enter(a);
   for (unsigned cls = 1; cls <= TA_NUM_SMALL; cls++) {
     ta_run_t *r = a->cur[cls];
-    if (r == &ta_empty_run || r->used != 0) continue;
+    if (r == &ta_empty_run || RUN_USED(r) != 0) continue;
     a->cur[cls] = &ta_empty_run;
+    r->used = 0;
     run_retire(a, r);
   }
   ta_slow_leave(a);

@@ -35,7 +35,7 @@
 #include "tamalloc.h"
 
 bool ta_stats_on;
-size_t ta_fast_limit = 1024;
+size_t ta_fast_limit = TA_SMALL_MAX;
 static bool stats_from_start; /* on before the first block: requested figures are exact */
 _Atomic uint64_t ta_orphan_frees; /* huge frees by threads without an arena */
 
@@ -52,7 +52,7 @@ int ta_stats_enable(int on) {
   int was = ta_stats_on;
   if (on && !ta_stats_on && ta_arena_first() == NULL) stats_from_start = true;
   ta_stats_on = on != 0;
-  ta_fast_limit = on ? 0 : 1024;
+  ta_fast_limit = on ? 0 : TA_SMALL_MAX;
   return was;
 }
 
@@ -126,7 +126,7 @@ static void walk_small(struct walk *w, ta_chunk_t *c) {
     free_slots = 0;
     struct ta_class_stats *cs = &s->classes[cls];
     uint64_t bs = r->bsize, cap = r->cap, carved = r->limit / r->bsize;
-    uint64_t used = (uint32_t)(r->used & ~RUN_FULL_BIT);
+    uint64_t used = (uint32_t)RUN_USED(r);
     if (carved > cap) carved = cap;
     if (used > carved) used = carved;
     cs->runs++;
@@ -543,7 +543,7 @@ static void map_granule(uintptr_t base, uint8_t kind, void *arg) {
           continue;
         }
         put(o, "run 0x%lx %u %u %u %u %u\n", (unsigned long)rb, (unsigned)TA_RUN_SIZE, r->bsize,
-            (unsigned)(r->used & ~RUN_FULL_BIT), r->limit / r->bsize, r->cap);
+            (unsigned)RUN_USED(r), r->limit / r->bsize, r->cap);
       }
     } else {
       char *end = (char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t);

@@ -42,7 +42,7 @@ Test(conf, good_values_take_effect) {
   cr_assert_eq(ta_fast_limit, 0, "statistics take every malloc through the tracked path");
   apply_captured("stats:false,stats_format:json");
   cr_assert_not(ta_stats_on);
-  cr_assert_eq(ta_fast_limit, 1024);
+  cr_assert_eq(ta_fast_limit, TA_SMALL_MAX);
   cr_assert_eq(ta_conf_stats_format, 1);
 }
 

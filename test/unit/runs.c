@@ -16,7 +16,7 @@ static size_t list_len(const ta_block_t *b) {
 
 /* used + |free| == carved blocks (single thread: nothing on the remote list). */
 static void check_run(const ta_run_t *r) {
-  int32_t used = r->used & ~RUN_FULL_BIT;
+  int32_t used = RUN_USED(r);
   cr_assert_eq((size_t)used + list_len(r->free), r->limit / r->bsize,
                "run invariant: used %d free %zu carved %u", used, list_len(r->free),
                r->limit / r->bsize);
@@ -32,6 +32,7 @@ Test(runs, first_block_makes_an_arena_and_a_run) {
   cr_assert_eq(r->owner, ta_tl_arena);
   cr_assert_eq(r->bsize, 32);
   cr_assert_eq(ta_tl_arena->cur[2], r);
+  cr_assert_eq(r->used, RUN_ACTIVE_BIAS + 1, "the active run's count carries the bias");
   cr_assert_eq((uintptr_t)p % 16, 0);
   check_run(r);
   ta_free(p);

@@ -25,7 +25,7 @@ Test(sizeclass, smallest_class_that_fits) {
 }
 
 Test(sizeclass, lookup_table_agrees_with_formula) {
-  for (size_t s = 0; s <= 1024; s++) {
+  for (size_t s = 0; s <= TA_SMALL_MAX; s++) {
     unsigned by_table = ta_class_lut[(s + 15) >> 4];
     size_t want = s == 0 ? 1 : s;
     unsigned c = 1;
