@@ -309,8 +309,14 @@ void *ta_realloc(void *p, size_t size) {
         in_place = p;
       }
     }
-  } else if (size > TA_MEDIUM_MAX) {
-    in_place = ta_huge_realloc(ta_huge_hdr_checked(p, kind, "realloc(): invalid pointer"), size);
+  } else {
+    ta_huge_t *h = ta_huge_hdr_checked(p, kind, "realloc(): invalid pointer");
+    if (size <= usable && size >= usable / 2) {
+      h->requested = size; /* usable follows the request, page-rounded */
+      in_place = p;
+    } else if (size > TA_MEDIUM_MAX) {
+      in_place = ta_huge_realloc(h, size);
+    }
   }
   if (in_place) {
     if (ta_stats_on) ta_stats_record(in_place, size);
