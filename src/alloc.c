@@ -241,7 +241,7 @@ void ta_free(void *p) {
   b->key = key;
   r->free = b;
   me->cnt.frees++;
-  if (TA_UNLIKELY((int32_t)--r->used <= 0)) return ta_small_free_slow(me, r);
+  if (TA_UNLIKELY(ta_dec_le_zero(&r->used))) return ta_small_free_slow(me, r);
 }
 
 void ta_free_sized(void *p, size_t size) {

@@ -90,10 +90,10 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   c->next = c->prev = NULL;
   c->kind = kind;
   c->from_brk = from_brk;
-  c->free_slots = 0;
+  c->not_a_run = NULL;
+  c->free_slots = 0; /* shares its word with empty_since */
   c->dirty_slots = 0;
   c->decommitted = 0;
-  c->empty_since = 0;
   ta_map_set((uintptr_t)c, kind);
   return c;
 }

@@ -119,21 +119,35 @@ _Static_assert(sizeof(ta_run_t) == 64, "run meta block: one cache line");
 /* ------------------------------------------------------------------ chunks */
 #define TA_CHUNK_MAGIC 0x7461636875636b31ULL /* checked together with the map entry */
 
+/* The chunk header is slot 0's run meta block: runs[i] is at chunk + 64 * i, so free finds
+ * a block's run with a shift and two masks. The header keeps NULL where a run keeps its
+ * owner, so a pointer into slot 0 never passes free's owner test. */
 typedef struct ta_chunk {
-  uint64_t check;          /* (address ^ ta_secret): a chunk of ours, not a stray pointer */
-  struct ta_arena *owner;
-  struct ta_chunk *next;   /* owner's list of chunks of this kind */
-  struct ta_chunk *prev;
-  uint64_t free_slots;     /* small: bit i set <=> run slot i is free (bit 0 never) */
-  uint8_t kind;            /* TA_MAP_SMALL or TA_MAP_MEDIUM */
-  uint8_t from_brk;        /* came from the program break */
-  uint8_t decommitted;     /* empty chunk whose pages were given back */
-  uint8_t pad[5];
-  uint64_t empty_since;    /* empty chunk: when it became empty (ms) */
-  uint64_t dirty_slots;    /* small: free run slots whose pages are still resident */
-  ta_run_t runs[TA_RUNS_PER_CHUNK]; /* small chunks only */
+  union {
+    struct {
+      uint64_t check;        /* (address ^ ta_secret): a chunk of ours, not a stray pointer */
+      void *not_a_run;       /* always NULL: runs[0].owner */
+      struct ta_arena *owner;
+      struct ta_chunk *next; /* owner's list of chunks of this kind */
+      struct ta_chunk *prev;
+      union {
+        uint64_t free_slots; /* small, in use: bit i set <=> run slot i is free (bit 0 never) */
+        uint64_t empty_since; /* empty chunk: when it became empty (ms) */
+      };
+      uint64_t dirty_slots;  /* small: free run slots whose pages are still resident */
+      uint8_t kind;          /* TA_MAP_SMALL or TA_MAP_MEDIUM (kept while empty: what it was) */
+      uint8_t from_brk;      /* came from the program break */
+      uint8_t decommitted;   /* empty chunk whose pages were given back */
+      uint8_t pad[5];
+    };
+    ta_run_t runs[TA_RUNS_PER_CHUNK]; /* small chunks: runs[1..63]; runs[0] is this header */
+  };
 } ta_chunk_t;
-_Static_assert(sizeof(ta_chunk_t) <= TA_RUN_SIZE, "small chunk header fits slot 0");
+_Static_assert(offsetof(ta_chunk_t, runs) == 0 && offsetof(ta_chunk_t, not_a_run) ==
+               offsetof(ta_run_t, owner), "slot 0's owner is NULL");
+_Static_assert(offsetof(ta_chunk_t, pad) + 5 <= sizeof(ta_run_t), "header fits slot 0's meta");
+/* A small chunk's shadow array pointer (statistics) follows the run meta blocks. */
+#define TA_SHADOW_OFFSET (TA_RUNS_PER_CHUNK * sizeof(ta_run_t))
 #define TA_MEDIUM_HDR 64 /* medium chunk: data starts here; runs[] is not used */
 
 /* ------------------------------------------------------------------ medium blocks */
@@ -269,11 +283,25 @@ TA_INLINE ta_chunk_t *ta_chunk_of(const void *p) {
   return (ta_chunk_t *)((uintptr_t)p & ~(uintptr_t)TA_CHUNK_MASK);
 }
 TA_INLINE ta_run_t *ta_run_of(const void *p) {
-  /* runs[] starts at offset 64 and each run meta block is 64 bytes: slot i is at 64 (i + 1). */
-  _Static_assert(offsetof(ta_chunk_t, runs) == 64 && sizeof(ta_run_t) == 64, "run lookup");
+  /* Run meta blocks are 64 bytes from the chunk's start: slot i's is at chunk + 64 i. */
+  _Static_assert(sizeof(ta_run_t) == 64, "run lookup");
   uintptr_t u = (uintptr_t)p;
-  return (ta_run_t *)((u & ~(uintptr_t)TA_CHUNK_MASK) + 64 +
+  return (ta_run_t *)((u & ~(uintptr_t)TA_CHUNK_MASK) |
                       ((u >> (TA_RUN_SHIFT - 6)) & ((TA_RUNS_PER_CHUNK - 1) << 6)));
+}
+
+/* --used, true when it drops to 0 or below: on x86-64 one `subl $1, mem; jle`, which GCC
+ * does not produce from the C below. */
+TA_INLINE bool ta_dec_le_zero(int32_t *used) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 &&        \
+    !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
+  __asm__ goto("subl $1, %0\n\tjle %l[reached]" : "+m"(*used) : : "cc" : reached);
+  return false;
+reached:
+  return true;
+#else
+  return --*used <= 0;
+#endif
 }
 TA_INLINE char *ta_run_base(const ta_run_t *r) {
   return (char *)((uintptr_t)r & ~(uintptr_t)TA_CHUNK_MASK) + ((size_t)r->slot << TA_RUN_SHIFT);
@@ -359,15 +387,15 @@ TA_HIDDEN extern size_t ta_fast_limit;  /* 1024, or 0 while statistics are on */
 TA_HIDDEN void ta_stats_record(void *p, size_t requested);
 TA_HIDDEN uint16_t *ta_shadow_new(void);
 TA_HIDDEN void ta_shadow_free(uint16_t *s);
-/* Small chunks keep their shadow array (usable - requested per block) in the meta block of
- * slot 0, which is never a run. */
+/* Small chunks keep a pointer to their shadow array (usable - requested per block) right
+ * after the run meta blocks, in slot 0, which is never a run. */
 TA_INLINE uint16_t *ta_shadow_get(const ta_chunk_t *c) {
   uint16_t *s;
-  __builtin_memcpy(&s, &c->runs[0].free, sizeof s);
+  __builtin_memcpy(&s, (const char *)c + TA_SHADOW_OFFSET, sizeof s);
   return s;
 }
 TA_INLINE void ta_shadow_set(ta_chunk_t *c, uint16_t *s) {
-  __builtin_memcpy(&c->runs[0].free, &s, sizeof s);
+  __builtin_memcpy((char *)c + TA_SHADOW_OFFSET, &s, sizeof s);
 }
 #define TA_SHADOW_RUN_ENTRIES 4096 /* 64 KiB / 16 B: the most blocks a run holds */
 

@@ -53,7 +53,7 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
   if (c == NULL) return NULL;
   uint16_t *shadow = ta_shadow_get(c); /* kept across reuse of the chunk */
   c->free_slots = ALL_SLOTS;
-  for (unsigned i = 0; i < TA_RUNS_PER_CHUNK; i++) {
+  for (unsigned i = 1; i < TA_RUNS_PER_CHUNK; i++) { /* runs[0] is the header */
     ta_run_t *r = &c->runs[i];
     r->free = NULL;
     r->owner = NULL;
@@ -193,7 +193,7 @@ void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
   b->next = r->free;
   b->key = ta_secret;
   r->free = b;
-  if (--r->used <= 0) ta_small_free_slow(a, r);
+  if (ta_dec_le_zero(&r->used)) ta_small_free_slow(a, r);
 }
 
 bool ta_small_valid(const ta_run_t *r, const void *p) {
