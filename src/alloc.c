@@ -365,7 +365,7 @@ int ta_malloc_trim(size_t pad) {
   if (a != &ta_sentinel_arena) {
     ta_slow_enter(a);
     if (atomic_load_explicit(&a->remote, memory_order_relaxed)) ta_remote_drain(a);
-    freed += ta_arena_purge(a, now, true);
+    freed += ta_arena_purge(a, now, true, false);
     ta_slow_leave(a);
   }
   freed += ta_purge_orphans(now, true);

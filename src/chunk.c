@@ -77,6 +77,7 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
     a->n_empty_chunks--;
     from_brk = c->from_brk;
     prev = c->kind;
+    if (!c->decommitted) ta_dirty_add(a, -(intptr_t)TA_CHUNK_SIZE);
   } else {
     c = chunk_fresh(&from_brk);
     if (c == NULL) return NULL;
@@ -109,6 +110,7 @@ void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c) {
   a->empty_chunks = c;
   a->n_empty_chunks++;
   ta_purge_note(a, c->empty_since);
+  ta_dirty_add(a, (intptr_t)TA_CHUNK_SIZE);
 }
 
 /* Moves the break down by one chunk if c is the top of the heap. */

@@ -7,6 +7,7 @@
  *   stats_print:BOOL    print the statistics report to stderr at exit (turns stats on)
  *   stats_format:FMT    text (default) or json
  *   decay_ms:N          how long free memory stays resident before it goes back (0..600000)
+ *   dirty_max_kb:N      free chunks and run slots an arena keeps resident at most (0..4194304)
  *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
  *   huge_pages:BOOL     ask for transparent huge pages on huge blocks
  *   stats_log:PATH      append one JSON line of totals to PATH every stats_interval_ms
@@ -114,6 +115,9 @@ static void apply(const char *e, size_t n) {
     ta_stats_enable(1);
   } else if (eq(e, kn, "stats_interval_ms")) {
     if (parse_uint(v, vn, 3600000, &x) && x > 0) ta_conf_stats_interval_ms = x;
+    else warn("bad value", e, n);
+  } else if (eq(e, kn, "dirty_max_kb")) {
+    if (parse_uint(v, vn, 4u << 20, &x)) ta_dirty_max = (size_t)x << 10;
     else warn("bad value", e, n);
   } else if (eq(e, kn, "huge_cache_mb")) {
     if (parse_uint(v, vn, 1u << 20, &x)) ta_huge_cache_limit = (size_t)x << 20;

@@ -209,10 +209,12 @@ typedef struct ta_arena {
   uint64_t bin_map[TA_BIN_WORDS];
   ta_mhdr_t *bins[TA_NUM_BINS];
   volatile int in_slow; /* set while the owner rearranges lists (fork safety) */
+  bool purging;         /* inside ta_arena_purge (no re-entry from what it releases) */
   uint32_t id;
   uint64_t purge_due;          /* earliest time something of this arena may be purged; 0: none */
   uint64_t medium_dirty_since; /* a large medium free block may hold resident pages since */
   uint64_t released_ms;        /* when the arena was last given up (thread exit) */
+  size_t dirty_bytes;          /* empty chunks and retired run slots still resident */
 
   /* --- shared with other threads --- */
   _Alignas(64) _Atomic(ta_block_t *) remote; /* blocks freed by other threads */
@@ -371,11 +373,13 @@ TA_INLINE void ta_slow_leave(ta_arena_t *a) {
 /* ------------------------------------------------------------------ purge.c */
 /* Free memory goes back to the kernel decay_ms after it became free (see purge.c). */
 TA_HIDDEN extern uint64_t ta_decay_ms;
+TA_HIDDEN extern size_t ta_dirty_max; /* per arena: beyond it, free memory goes back at once */
+TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
 TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerless arenas */
 TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
 TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
 TA_HIDDEN void ta_maybe_purge(ta_arena_t *a);
-TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all);
+TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over);
 TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);
 TA_HIDDEN void ta_note_orphan_work(void);
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);

@@ -13,6 +13,10 @@
  * MADV_DONTNEED rather than MADV_FREE: resident memory falls at once, which is what users
  * measure (see docs/design.md).
  *
+ * Besides the time, a budget: an arena holding more than ta_dirty_max (4 MiB) of empty
+ * chunks and retired run slots gives them back at once. Without it, each of many
+ * short-lived threads' arenas would keep its free memory resident for the decay time.
+ *
  * There is no background thread: the owner checks in its slow paths whether something is
  * due (ta_maybe_purge: two loads when nothing is pending, one clock read otherwise).
  * Arenas whose thread has exited have no owner to do this: any thread that finds
@@ -22,6 +26,7 @@
 #include "internal.h"
 
 uint64_t ta_decay_ms = 200;
+size_t ta_dirty_max = (size_t)4 << 20;
 _Atomic uint64_t ta_orphan_due;
 
 #define TA_MEDIUM_PURGE_MIN ((size_t)32 << 10)
@@ -41,6 +46,13 @@ void ta_purge_note(ta_arena_t *a, uint64_t since) {
 
 void ta_note_orphan_work(void) { ta_purge_note_global(&ta_orphan_due, ta_os_now_ms() + ta_decay_ms); }
 
+/* Counts free-but-resident memory of an arena; over the budget, it goes back now. */
+void ta_dirty_add(ta_arena_t *a, intptr_t bytes) {
+  a->dirty_bytes += (size_t)bytes;
+  if (bytes > 0 && a->dirty_bytes > ta_dirty_max && !a->purging)
+    ta_arena_purge(a, ta_os_now_ms(), false, true);
+}
+
 void ta_maybe_purge(ta_arena_t *a) {
   if (TA_UNLIKELY(ta_conf_stats_log != NULL)) ta_stats_log_tick();
   uint64_t due = a->purge_due;
@@ -48,7 +60,7 @@ void ta_maybe_purge(ta_arena_t *a) {
   uint64_t hdue = atomic_load_explicit(&ta_huge_due, memory_order_relaxed);
   if (TA_LIKELY(due == 0 && odue == 0 && hdue == 0)) return;
   uint64_t now = ta_os_now_ms();
-  if (due && now >= due) ta_arena_purge(a, now, false);
+  if (due && now >= due) ta_arena_purge(a, now, false, false);
   if (odue && now >= odue) ta_purge_orphans(now, false);
   if (hdue && now >= hdue) ta_huge_purge(now, false);
 }
@@ -63,15 +75,18 @@ static size_t medium_decommit(ta_mhdr_t *h) {
   return hi - lo;
 }
 
-size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all) {
+/* all: everything, now (trim, ownerless arena); over: the dirty chunks and run slots now,
+ * the rest when due; else what is due. */
+size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over) {
   size_t freed = 0;
   uint64_t next = 0;
+  a->purging = true;
 #define PENDING(since)                                                                     \
   do {                                                                                     \
     uint64_t d_ = (since) + ta_decay_ms;                                                   \
     if (next == 0 || d_ < next) next = d_;                                                 \
   } while (0)
-#define DUE(since) (all || now >= (since) + ta_decay_ms)
+#define DUE(since) (all || over || now >= (since) + ta_decay_ms)
 
   ta_slow_enter(a);
   if (all) ta_small_retire_idle(a);
@@ -133,9 +148,17 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all) {
     }
   }
 
+  /* What stays resident of empty chunks and run slots, counted again from the lists. */
+  size_t dirty = 0;
+  for (ta_chunk_t *c = a->empty_chunks; c; c = c->next)
+    if (!c->decommitted) dirty += TA_CHUNK_SIZE;
+  for (ta_chunk_t *c = a->small_avail; c; c = c->next)
+    dirty += (size_t)__builtin_popcountll(c->dirty_slots) << TA_RUN_SHIFT;
+  a->dirty_bytes = dirty;
+
   /* Large free medium blocks. */
   if (a->medium_dirty_since) {
-    if (DUE(a->medium_dirty_since)) {
+    if (all || now >= a->medium_dirty_since + ta_decay_ms) {
       for (unsigned b = ta_size_class(TA_MEDIUM_PURGE_MIN); b < TA_NUM_BINS; b++)
         for (ta_mhdr_t *h = a->bins[b]; h; h = ((ta_mhdr_t **)(h + 1))[0])
           if (!(h->size_flags & TA_M_DECOMMITTED)) freed += medium_decommit(h);
@@ -148,6 +171,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all) {
 #undef PENDING
 #undef DUE
   a->purge_due = next;
+  a->purging = false;
   ta_slow_leave(a);
   return freed;
 }
@@ -167,7 +191,7 @@ size_t ta_purge_orphans(uint64_t now, bool all) {
       ta_remote_drain(a);
       ta_slow_leave(a);
     }
-    freed += ta_arena_purge(a, now, true);
+    freed += ta_arena_purge(a, now, true, false);
     atomic_store_explicit(&a->state, ARENA_FREE, memory_order_release);
   }
   return freed;

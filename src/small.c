@@ -79,6 +79,7 @@ static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
   unsigned slot = (unsigned)__builtin_ctzll(warm ? warm : c->free_slots);
   c->free_slots &= ~((uint64_t)1 << slot);
   c->dirty_slots &= ~((uint64_t)1 << slot);
+  if (warm) ta_dirty_add(a, -(intptr_t)TA_RUN_SIZE);
   if (c->free_slots == 0) {
     chunk_list_remove(&a->small_avail, c);
     chunk_list_push(&a->small_full, c);
@@ -111,6 +112,7 @@ static void run_retire(ta_arena_t *a, ta_run_t *r) {
   }
   c->free_slots |= (uint64_t)1 << r->slot;
   if (c->free_slots == ALL_SLOTS) {
+    ta_dirty_add(a, -((intptr_t)__builtin_popcountll(c->dirty_slots) << TA_RUN_SHIFT));
     c->dirty_slots = 0; /* the whole chunk is purged as one */
     chunk_list_remove(&a->small_avail, c);
     ta_chunk_release(a, c);
@@ -119,6 +121,7 @@ static void run_retire(ta_arena_t *a, ta_run_t *r) {
   c->dirty_slots |= (uint64_t)1 << r->slot;
   r->empty_since = ta_os_now_ms();
   ta_purge_note(a, r->empty_since);
+  ta_dirty_add(a, (intptr_t)TA_RUN_SIZE);
 }
 
 /* Threads up to a page of never-used blocks onto the free list (at least one block). */
