@@ -47,16 +47,23 @@ static int run(const char *const *argv, const char *conf, char *out, size_t cap)
   return st;
 }
 
-static void expect_clean(const char *prog) {
+static void expect_clean_with(const char *prog, const char *arg, const char *conf) {
   static char out[65536];
-  const char *argv[] = {prog, NULL};
-  int st = run(argv, NULL, out, sizeof out);
+  const char *argv[] = {prog, arg, NULL};
+  int st = run(argv, conf, out, sizeof out);
   cr_log_info("%s", out);
   cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: status %d\n%s", prog, st, out);
 }
 
+static void expect_clean(const char *prog) { expect_clean_with(prog, NULL, NULL); }
+
 Test(memory, rss_back_after_idle_and_after_trim, .timeout = 120) { expect_clean(TATEST_MEM_GIVEBACK); }
-Test(memory, free_memory_goes_back_after_the_decay, .timeout = 60) { expect_clean(TATEST_MEM_DECAY); }
+Test(memory, free_memory_goes_back_after_the_decay, .timeout = 60) {
+  expect_clean_with(TATEST_MEM_DECAY, NULL, "dirty_max_kb:4194304");
+}
+Test(memory, beyond_the_budget_memory_goes_back_at_once, .timeout = 60) {
+  expect_clean_with(TATEST_MEM_DECAY, "budget", NULL);
+}
 Test(memory, break_moves_back_down, .timeout = 60) { expect_clean(TATEST_MEM_BRK); }
 Test(memory, exited_threads_memory_goes_back, .timeout = 120) { expect_clean(TATEST_MEM_THREADS); }
 
@@ -98,7 +105,7 @@ Test(memory, stats_log_over_time, .timeout = 60) {
   int fd = mkstemp(log);
   close(fd);
   char conf[256];
-  snprintf(conf, sizeof conf, "stats_log:%s,stats_interval_ms:20", log);
+  snprintf(conf, sizeof conf, "stats_log:%s,stats_interval_ms:20,dirty_max_kb:4194304", log);
   const char *argv[] = {TATEST_MEM_DECAY, NULL};
   int st = run(argv, conf, out, sizeof out);
   cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", out);
