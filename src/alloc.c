@@ -75,7 +75,6 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
       uint32_t off = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1));
       uint32_t idx = (uint32_t)(((uint64_t)off * r->recip) >> 32);
       if (sh) sh[(size_t)r->slot * TA_SHADOW_RUN_ENTRIES + idx] = (uint16_t)(r->bsize - size);
-      a->cnt.mallocs++;
       a->cnt.callocs += zero;
       if (borrowed) ta_arena_borrow_done(a);
       if (zero) memset(p, 0, size);
@@ -89,7 +88,6 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
     zeroed = true;
   }
   if (TA_LIKELY(p != NULL)) {
-    a->cnt.mallocs++;
     a->cnt.callocs += zero;
     if (ta_stats_on) ta_stats_record(p, size);
   }
@@ -107,13 +105,12 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
 void *ta_malloc(size_t size) {
   if (TA_LIKELY(size <= ta_fast_limit)) {
     ta_arena_t *a = ta_tl_arena;
-    ta_run_t *r = a->cur[ta_class_lut[(size + 15) >> 4]];
+    ta_run_t *r = a->cur[ta_class_lut[size]];
     ta_block_t *b = r->free;
     if (TA_LIKELY(b != NULL)) {
       r->free = b->next;
       b->key = 0;
       r->used++;
-      a->cnt.mallocs++; /* the sentinel's runs are empty: a is a real arena here */
       return b;
     }
   }

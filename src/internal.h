@@ -183,7 +183,7 @@ enum { ARENA_FREE = 0, ARENA_CLAIMED = 1, ARENA_ZOMBIE = 2 };
 
 /* Per-arena event counters: plain increments by the owner, summed when read. */
 typedef struct ta_counters {
-  uint64_t mallocs;      /* every allocation, whatever the entry point */
+  /* mallocs are not counted: they are frees + live blocks, and the walk counts live blocks */
   uint64_t frees;        /* frees taken in by this arena (its own and drained remote ones) */
   uint64_t remote_frees; /* of those, freed by another thread */
   uint64_t callocs, reallocs;
@@ -232,13 +232,13 @@ extern __thread ta_arena_t *ta_tl_arena __attribute__((tls_model("initial-exec")
 TA_INLINE size_t ta_align_up(size_t n, size_t a) { return (n + a - 1) & ~(a - 1); }
 TA_INLINE bool ta_is_pow2(size_t a) { return a != 0 && (a & (a - 1)) == 0; }
 
-#define TA_LUT_ENTRIES 513 /* (size + 15) >> 4 for every small size */
+#define TA_LUT_ENTRIES 8193 /* class of every small size, indexed by the size itself */
 TA_HIDDEN extern const uint8_t ta_class_lut[TA_LUT_ENTRIES];
 TA_HIDDEN extern const uint64_t ta_class_size[TA_NUM_BINS + 1];
 
 /* Smallest class whose size is >= size (size >= 1). */
 TA_INLINE unsigned ta_size_class(size_t size) {
-  if (size <= TA_SMALL_MAX) return ta_class_lut[(size + 15) >> 4];
+  if (size <= TA_SMALL_MAX) return ta_class_lut[size];
   unsigned k = 63u - (unsigned)__builtin_clzll(size - 1); /* size in (2^k, 2^(k+1)] */
   return 8u + (k - 7u) * 8u + (unsigned)((size - 1) >> (k - 3)) - 8u + 1u;
 }

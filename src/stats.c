@@ -237,7 +237,6 @@ static void visit_granule(uintptr_t base, uint8_t kind, void *arg) {
 }
 
 static void add_counters(struct ta_stats *s, const ta_counters_t *c) {
-  s->mallocs += c->mallocs;
   s->frees += c->frees;
   s->remote_frees += c->remote_frees;
   s->callocs += c->callocs;
@@ -295,8 +294,6 @@ int ta_stats_get(struct ta_stats *out, int arena) {
   }
   reader_leave();
   if (only == NULL) out->frees += atomic_load(&ta_orphan_frees);
-  first_uses = out->reuses;
-  out->reuses = out->mallocs > first_uses ? out->mallocs - first_uses : 0;
 
   for (unsigned c = 0; c < TA_STATS_CLASSES; c++) {
     struct ta_class_stats *cs = &out->classes[c];
@@ -309,6 +306,10 @@ int ta_stats_get(struct ta_stats *out, int arena) {
     out->free_blocks += cs->free_blocks;
   }
   out->huge_blocks = out->classes[0].live_blocks;
+  /* Every block ever handed out is either freed (counted) or live (walked). */
+  out->mallocs = out->frees + out->blocks;
+  first_uses = out->reuses;
+  out->reuses = out->mallocs > first_uses ? out->mallocs - first_uses : 0;
   out->mapped_bytes = atomic_load(&ta_os_mapped_bytes);
   out->returned_bytes = atomic_load(&ta_os_returned_bytes);
   if (out->usable_bytes)

@@ -26,7 +26,7 @@ Test(sizeclass, smallest_class_that_fits) {
 
 Test(sizeclass, lookup_table_agrees_with_formula) {
   for (size_t s = 0; s <= TA_SMALL_MAX; s++) {
-    unsigned by_table = ta_class_lut[(s + 15) >> 4];
+    unsigned by_table = ta_class_lut[s];
     size_t want = s == 0 ? 1 : s;
     unsigned c = 1;
     while (ta_class_size[c] < want) c++;
