@@ -632,19 +632,22 @@ void ta_stats_log_tick(void) {
     atomic_store(&log_fd, fd);
     log_start_ms = now;
   }
-  atomic_store_explicit(&log_next_ms, now + ta_conf_stats_interval_ms, memory_order_relaxed);
   struct ta_stats st = {.version = TA_STATS_VERSION, .size = sizeof st};
   if (ta_stats_get(&st, -1) == 0) {
     struct out o = {.fd = atomic_load(&log_fd)};
     put(&o,
-        "{\"t_ms\":%llu,\"rss_bytes\":%zu,\"resident_bytes\":%llu,\"heap_bytes\":%llu,"
+        "{\"pid\":%d,\"t_ms\":%llu,\"rss_bytes\":%zu,\"resident_bytes\":%llu,\"heap_bytes\":%llu,"
         "\"usable_bytes\":%llu,\"requested_bytes\":%llu,\"free_bytes\":%llu,"
         "\"internal_fragmentation_pct\":%.4f,\"external_fragmentation_pct\":%.4f,"
         "\"stranded_pct\":%.4f,\"mallocs\":%llu,\"frees\":%llu}\n",
-        (unsigned long long)(now - log_start_ms), process_rss(), st.resident_bytes, st.heap_bytes,
+        (int)getpid(), (unsigned long long)(now - log_start_ms), process_rss(), st.resident_bytes, st.heap_bytes,
         st.usable_bytes, st.requested_bytes, st.free_bytes, st.internal_fragmentation_pct,
         st.external_fragmentation_pct, st.stranded_pct, st.mallocs, st.frees);
     flush(&o);
   }
+  /* The next sample is due an interval after this one ended: however long a walk of a
+   * large heap takes, the program gets at least the interval to itself. */
+  atomic_store_explicit(&log_next_ms, ta_os_now_ms() + ta_conf_stats_interval_ms,
+                        memory_order_relaxed);
   atomic_store(&log_busy, 0);
 }

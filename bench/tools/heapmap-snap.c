@@ -12,8 +12,9 @@
  *
  * The heap it leaves behind: small blocks of many size classes, medium blocks from 8 KiB
  * to 1 MiB, a few huge blocks (some only partly touched, one freed), a random half of the
- * small and medium blocks freed again, one batch freed entirely so whole runs and maybe a
- * chunk go empty, and a second thread's arena left behind when that thread exits.
+ * small and medium blocks freed again, one batch of 1000-byte blocks freed entirely so
+ * whole runs and a chunk go empty, and a second thread's arena left behind when that
+ * thread exits.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -90,14 +91,15 @@ int main(int argc, char **argv) {
   if (pthread_create(&th, NULL, other_thread, NULL) == 0) pthread_join(th, NULL);
 
   /* Small blocks: mostly tiny, some up to the largest small class (8 KiB). */
-  enum { N_SMALL = 40000, N_MEDIUM = 90, N_BATCH = 3500, N_HUGE = 4 };
+  enum { N_SMALL = 40000, N_MEDIUM = 90, N_BATCH = 9000, N_HUGE = 4 };
   static void *small[N_SMALL], *medium[N_MEDIUM], *batch[N_BATCH], *huge[N_HUGE];
   for (size_t i = 0; i < N_SMALL; i++) {
     unsigned pick = (unsigned)(rnd() % 100);
     size_t n = pick < 70 ? log_uniform(8, 256) : pick < 92 ? log_uniform(257, 2048)
                                                            : log_uniform(2049, 8192);
     small[i] = take(n);
-    /* One batch of 1 KiB blocks in between, all freed below: runs go empty. */
+    /* One batch of 1000-byte blocks in between (more than two chunks), all freed below:
+     * whole runs and at least one whole chunk go empty. */
     if (i == N_SMALL / 2)
       for (size_t k = 0; k < N_BATCH; k++) batch[k] = take(1000);
   }
