@@ -195,7 +195,7 @@ static void free_medium(void *p) {
   ta_chunk_t *c = ta_chunk_of(p);
   ta_arena_t *me = ta_tl_arena;
   if (c->owner == me) {
-    if (!(h->size_flags & TA_M_INUSE)) ta_fatal("free(): double free of pointer", p);
+    if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal("free(): double free of pointer", p);
     ta_slow_enter(me);
     if (b->key == ta_secret && atomic_load_explicit(&me->remote, memory_order_relaxed)) {
       /* Maybe freed before by another thread and not yet drained. */
@@ -207,7 +207,7 @@ static void free_medium(void *p) {
     ta_slow_leave(me);
     return;
   }
-  if (!(h->size_flags & TA_M_INUSE) || b->key == ta_secret)
+  if (!(ta_mh_load(h) & TA_M_INUSE) || b->key == ta_secret)
     ta_fatal("free(): double free of pointer", p);
   b->key = ta_secret;
   ta_remote_push(c->owner, b);
@@ -278,7 +278,7 @@ static size_t usable_checked(void *p, const char *op) {
   }
   case TA_MAP_MEDIUM: {
     ta_mhdr_t *h = ta_medium_hdr_checked(p, op);
-    if (!(h->size_flags & TA_M_INUSE)) ta_fatal(op, p);
+    if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal(op, p);
     return ta_medium_usable(h);
   }
   case TA_MAP_HUGE:

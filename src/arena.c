@@ -53,7 +53,7 @@ static _Atomic int atfork_state;
 static void fork_child(void);
 
 void ta_init(void) {
-  if (TA_LIKELY(ta_initialized)) return;
+  if (TA_LIKELY(__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE))) return;
   ta_conf_init();
   uintptr_t expected = 0;
   __atomic_compare_exchange_n(&ta_secret, &expected, ta_os_random(), false, __ATOMIC_ACQ_REL,

@@ -30,17 +30,11 @@ void ta_map_set(uintptr_t addr, uint8_t kind) {
 static void *chunk_from_brk(bool *ok) {
   *ok = false;
   ta_brk_lock();
-  char *cur = ta_os_sbrk(0);
+  char *cur = ta_os_brk_get();
   void *res = NULL;
-  if (cur != (void *)-1) {
-    uintptr_t aligned = ta_align_up((uintptr_t)cur, TA_CHUNK_SIZE);
-    size_t incr = aligned - (uintptr_t)cur + TA_CHUNK_SIZE;
-    char *old = ta_os_sbrk((intptr_t)incr);
-    if (old != (void *)-1) {
-      /* Someone may have moved the break without our lock between the two calls. */
-      uintptr_t a2 = ta_align_up((uintptr_t)old, TA_CHUNK_SIZE);
-      if (a2 + TA_CHUNK_SIZE <= (uintptr_t)old + incr) res = (void *)a2;
-    }
+  if (cur != (void *)-1 && cur != NULL) {
+    char *aligned = (char *)ta_align_up((uintptr_t)cur, TA_CHUNK_SIZE);
+    if (ta_os_brk_set(cur, aligned + TA_CHUNK_SIZE) == 0) res = aligned;
   }
   ta_brk_unlock();
   *ok = res != NULL;
@@ -113,13 +107,13 @@ void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c) {
   ta_dirty_add(a, (intptr_t)TA_CHUNK_SIZE);
 }
 
-/* Moves the break down by one chunk if c is the top of the heap. */
+/* Moves the break down by one chunk if c is the top of the heap (the kernel's break, not a
+ * cached copy: see ta_os_brk_get). */
 bool ta_brk_shrink_top(ta_chunk_t *c) {
   bool ok = false;
   ta_brk_lock();
-  char *cur = ta_os_sbrk(0);
-  if (cur == (char *)c + TA_CHUNK_SIZE && ta_os_sbrk(-(intptr_t)TA_CHUNK_SIZE) != (void *)-1)
-    ok = true;
+  char *cur = ta_os_brk_get();
+  if (cur == (char *)c + TA_CHUNK_SIZE && ta_os_brk_set(cur, c) == 0) ok = true;
   ta_brk_unlock();
   return ok;
 }

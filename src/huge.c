@@ -94,10 +94,12 @@ static int slot_pick(size_t need, ta_huge_t **out) {
 }
 
 static bool cache_put(ta_huge_t *h) {
-  if (h->map_size > ta_huge_cache_limit) return false;
+  /* Read what we need of h now: once it is in a slot, another thread may own it. */
+  size_t size = h->map_size;
+  uint64_t freed = h->freed_ms;
+  if (size > ta_huge_cache_limit) return false;
   /* Over the limit: the largest cached spans go first. */
-  while (atomic_load_explicit(&cache_bytes, memory_order_relaxed) + h->map_size >
-         ta_huge_cache_limit) {
+  while (atomic_load_explicit(&cache_bytes, memory_order_relaxed) + size > ta_huge_cache_limit) {
     ta_huge_t *v = NULL;
     int i = slot_pick(0, &v);
     if (i < 0) break;
@@ -105,12 +107,12 @@ static bool cache_put(ta_huge_t *h) {
   }
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL) continue;
-    atomic_store_explicit(&cache_size_hint[i], h->map_size, memory_order_relaxed);
-    atomic_store_explicit(&cache_time_hint[i], h->freed_ms, memory_order_relaxed);
+    atomic_store_explicit(&cache_size_hint[i], size, memory_order_relaxed);
+    atomic_store_explicit(&cache_time_hint[i], freed, memory_order_relaxed);
     ta_huge_t *expected = NULL;
     if (atomic_compare_exchange_strong_explicit(&cache_slot[i], &expected, h,
                                                 memory_order_release, memory_order_relaxed)) {
-      atomic_fetch_add_explicit(&cache_bytes, h->map_size, memory_order_relaxed);
+      atomic_fetch_add_explicit(&cache_bytes, size, memory_order_relaxed);
       atomic_fetch_add_explicit(&cache_count, 1, memory_order_relaxed);
       return true;
     }
@@ -260,12 +262,13 @@ void ta_huge_free(ta_huge_t *h) {
     huge_unmap(h);
     return;
   }
-  h->freed_ms = ta_os_now_ms();
+  uint64_t due = (h->freed_ms = ta_os_now_ms()) + ta_decay_ms;
   if (!cache_put(h)) {
     huge_unmap(h);
     return;
   }
-  ta_purge_note_global(&ta_huge_due, h->freed_ms + ta_decay_ms);
+  /* h is published: another thread may take it, or unmap it, from here on. */
+  ta_purge_note_global(&ta_huge_due, due);
 }
 
 /* Resizes in place or moves the pages with mremap; NULL when neither works (the caller

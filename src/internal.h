@@ -162,6 +162,15 @@ typedef struct ta_mhdr {
   uintptr_t check;   /* (address ^ ta_secret) */
 } ta_mhdr_t;
 #define TA_MIN_MBLOCK ((size_t)48) /* header + two links + footer */
+/* A live block's size word can be read by a thread freeing it while its owner flips the
+ * PREV_FREE bit because a neighbour changed: both sides use relaxed atomics for that word
+ * (plain moves on x86-64). The owner's other accesses are its own. */
+TA_INLINE size_t ta_mh_load(const ta_mhdr_t *h) {
+  return __atomic_load_n(&h->size_flags, __ATOMIC_RELAXED);
+}
+TA_INLINE void ta_mh_store(ta_mhdr_t *h, size_t v) {
+  __atomic_store_n(&h->size_flags, v, __ATOMIC_RELAXED);
+}
 
 /* ------------------------------------------------------------------ huge blocks */
 typedef struct ta_huge {
@@ -213,7 +222,7 @@ typedef struct ta_arena {
   uint32_t id;
   uint64_t purge_due;          /* earliest time something of this arena may be purged; 0: none */
   uint64_t medium_dirty_since; /* a large medium free block may hold resident pages since */
-  uint64_t released_ms;        /* when the arena was last given up (thread exit) */
+  _Atomic uint64_t released_ms; /* when the arena was last given up (read by orphan purges) */
   size_t dirty_bytes;          /* empty chunks and retired run slots still resident */
 
   /* --- shared with other threads --- */
@@ -246,7 +255,8 @@ TA_INLINE unsigned ta_size_class(size_t size) {
 /* ------------------------------------------------------------------ os.c */
 /* The only file that talks to the kernel. Each call can be made to fail by a test hook. */
 enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16 };
-TA_HIDDEN void *ta_os_sbrk(intptr_t incr);       /* (void *)-1 on failure */
+TA_HIDDEN void *ta_os_brk_get(void);             /* the kernel's break; (void *)-1 on failure */
+TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
 TA_HIDDEN void *ta_os_mmap(size_t size);         /* NULL on failure; zeroed, read-write */
 TA_HIDDEN void *ta_os_mmap_aligned(size_t size, size_t align); /* NULL on failure */
 TA_HIDDEN int ta_os_munmap(void *p, size_t size);
@@ -261,8 +271,13 @@ TA_HIDDEN extern _Atomic size_t ta_os_returned_bytes; /* given back since start 
  * unmapped under it: callers check ta_unmap_allowed() after clearing the map entry. */
 TA_HIDDEN extern _Atomic int ta_stats_readers;
 TA_INLINE bool ta_unmap_allowed(void) {
+  /* Pairs with the reader's seq_cst increment: either the reader sees the cleared map
+   * entry, or we see the reader. The store before must not pass the load: a full fence
+   * (ThreadSanitizer models no fences; its build relies on the seq_cst load alone). */
+#if !defined(__SANITIZE_THREAD__)
   atomic_thread_fence(memory_order_seq_cst);
-  return atomic_load_explicit(&ta_stats_readers, memory_order_relaxed) == 0;
+#endif
+  return atomic_load_explicit(&ta_stats_readers, memory_order_seq_cst) == 0;
 }
 /* Test hooks: fail the next `count` calls of the operations in `mask` after `skip` successes. */
 void ta_os_fail(unsigned mask, unsigned skip, unsigned count);
@@ -323,7 +338,7 @@ TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
 TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
 TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
 TA_INLINE size_t ta_medium_usable(const ta_mhdr_t *h) {
-  return (h->size_flags & TA_M_SIZE_MASK) - sizeof(ta_mhdr_t);
+  return (ta_mh_load(h) & TA_M_SIZE_MASK) - sizeof(ta_mhdr_t);
 }
 
 /* ------------------------------------------------------------------ huge.c */
@@ -361,12 +376,17 @@ TA_HIDDEN extern bool ta_initialized;
 /* in_slow brackets every multi-step change of an arena's lists, so that a fork child can
  * tell whether the snapshot it got is consistent. The release fences keep the flag's
  * store ordered before and after the changes (free on x86: a compiler barrier). */
+#if defined(__SANITIZE_THREAD__)
+#define TA_STORE_FENCE() atomic_signal_fence(memory_order_seq_cst) /* TSan models no fences */
+#else
+#define TA_STORE_FENCE() atomic_thread_fence(memory_order_release)
+#endif
 TA_INLINE void ta_slow_enter(ta_arena_t *a) {
   a->in_slow++;
-  atomic_thread_fence(memory_order_release);
+  TA_STORE_FENCE();
 }
 TA_INLINE void ta_slow_leave(ta_arena_t *a) {
-  atomic_thread_fence(memory_order_release);
+  TA_STORE_FENCE();
   a->in_slow--;
 }
 

@@ -98,7 +98,7 @@ static void make_free(ta_arena_t *a, ta_mhdr_t *h, size_t s) {
   set_hdr(h, s);
   bin_insert(a, h);
   ta_mhdr_t *n = (ta_mhdr_t *)((char *)h + s);
-  n->size_flags |= TA_M_PREV_FREE;
+  ta_mh_store(n, n->size_flags | TA_M_PREV_FREE); /* n may be live, read by its freer */
 }
 
 /* Gives the tail of in-use block h beyond `keep` bytes back, merging it with a free next. */
@@ -157,7 +157,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
     }
   }
   set_hdr(h, s | prev_flag | TA_M_INUSE);
-  M_NEXT(h)->size_flags &= ~TA_M_PREV_FREE;
+  ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
   split_tail(a, h, need);
   ((ta_block_t *)(h + 1))->key = 0;
   ta_slow_leave(a);
@@ -225,7 +225,7 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       size_t total = s + M_SIZE(n);
       n->check = 0;
       h->size_flags = total | (h->size_flags & TA_M_FLAGS);
-      M_NEXT(h)->size_flags &= ~TA_M_PREV_FREE;
+      ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
       split_tail(a, h, need);
     } else {
       ok = false;

@@ -3,8 +3,9 @@
  * mappings, giving pages back, time and randomness. Nothing else includes <sys/mman.h>.
  *
  * Contract:
- *   ta_os_sbrk(n)           moves the break by n bytes; (void *)-1 on failure. Callers hold
- *                           the break lock (ta_brk_lock), which guards the break and nothing else.
+ *   ta_os_brk_get()         the kernel's break ((void *)-1 on failure); ta_os_brk_set(from, to)
+ *                           moves it, 0 on success. Callers hold the break lock (ta_brk_lock),
+ *                           which guards the break and nothing else.
  *   ta_os_mmap(n)           n bytes, page aligned, zeroed, read-write; NULL on failure.
  *   ta_os_mmap_aligned(n,a) the same, aligned to a (a power of two >= page size).
  *   ta_os_munmap/decommit   0 on success. decommit drops the pages (they read back as zero).
@@ -20,6 +21,7 @@
 #include <sched.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -63,16 +65,27 @@ static bool should_fail(unsigned op) {
   return false;
 }
 
-void *ta_os_sbrk(intptr_t incr) {
+/* The kernel's break, read with the system call itself: glibc's sbrk(0) answers from a
+ * copy that a fork can leave stale (a fork between another thread's brk system call and
+ * its update of that copy gives the child the new break and the old copy). */
+void *ta_os_brk_get(void) {
   if (should_fail(TA_OS_SBRK)) return (void *)-1;
+  return (void *)syscall(SYS_brk, 0);
+}
+
+/* Moves the break to `to` with glibc's brk(), which keeps glibc's copy in step for any
+ * other user of sbrk. 0 on success. */
+int ta_os_brk_set(void *from, void *to) {
+  if (should_fail(TA_OS_SBRK)) return -1;
   int saved = errno;
-  void *p = sbrk(incr);
+  int r = brk(to);
   errno = saved;
-  if (p != (void *)-1 && incr != 0) {
-    count_mapped(incr);
-    if (incr < 0) count_returned((size_t)-incr);
+  if (r == 0) {
+    intptr_t delta = (char *)to - (char *)from;
+    count_mapped(delta);
+    if (delta < 0) count_returned((size_t)-delta);
   }
-  return p;
+  return r;
 }
 
 void *ta_os_mmap(size_t size) {

@@ -180,7 +180,8 @@ size_t ta_purge_orphans(uint64_t now, bool all) {
   atomic_store_explicit(&ta_orphan_due, 0, memory_order_relaxed);
   size_t freed = 0;
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
-    if (atomic_load_explicit(&a->state, memory_order_relaxed) != ARENA_FREE) continue;
+    /* Acquire: released_ms was written before the release store of FREE. */
+    if (atomic_load_explicit(&a->state, memory_order_acquire) != ARENA_FREE) continue;
     if (!all && now < a->released_ms + ta_decay_ms) {
       ta_purge_note_global(&ta_orphan_due, a->released_ms + ta_decay_ms);
       continue;

@@ -96,8 +96,8 @@ static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
   r->state = RUN_ACTIVE;
   r->next = r->prev = NULL;
   r->empty_since = 0;
-  atomic_thread_fence(memory_order_release);
-  r->owner = a; /* last: a racing invalid free must not see a half-made run as ours */
+  /* Last, and published: a racing invalid free must not see a half-made run as ours. */
+  __atomic_store_n(&r->owner, a, __ATOMIC_RELEASE);
   return r;
 }
 
@@ -140,7 +140,8 @@ static void run_carve(ta_run_t *r) {
     head = b;
   }
   r->free = head;
-  r->limit += n * r->bsize;
+  /* Other threads read limit to validate their frees into this run. */
+  __atomic_store_n(&r->limit, r->limit + n * r->bsize, __ATOMIC_RELAXED);
   r->owner->cnt.first_uses += n;
 }
 
@@ -202,7 +203,8 @@ void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
 bool ta_small_valid(const ta_run_t *r, const void *p) {
   if (r->owner == NULL) return false;
   uint32_t off = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1));
-  return (uint32_t)(off * r->recip) < r->recip && off < r->limit;
+  return (uint32_t)(off * r->recip) < r->recip &&
+         off < __atomic_load_n(&r->limit, __ATOMIC_RELAXED);
 }
 
 /* The block's key word says "free": find out whether it really is (it might be user data

@@ -570,7 +570,7 @@ int ta_heap_map(int fd) {
   int saved = errno;
   struct out o = {.fd = fd};
   put(&o, "# tamalloc heap map 1\n");
-  void *brk_now = ta_os_sbrk(0);
+  void *brk_now = ta_os_brk_get();
   put(&o, "break 0x%lx\n", (unsigned long)(uintptr_t)brk_now);
   reader_enter();
   scan_map(map_granule, &o);

@@ -1,0 +1,380 @@
+/*
+ * Invalid frees that can be seen cheaply abort the process with exactly one line on
+ * stderr naming the pointer (as printed by %p) and what was wrong:
+ *   - pointers the allocator never handed out: stack, global, system-malloc and mmap
+ *     addresses, interior pointers of live blocks, pointers into the middle of a block;
+ *   - blocks already free: double frees, locally and across threads.
+ * Every case is run twice: once as a Criterion test expecting SIGABRT, once in a child
+ * process whose stderr is captured and checked.
+ */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <criterion/redirect.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <tamalloc.h>
+
+#include "tatest.h"
+
+enum scenario {
+    S_STACK,
+    S_STACK_FIRST_CALL,
+    S_GLOBAL,
+    S_SYSTEM_MALLOC,
+    S_MMAP_PAGE,
+    S_MMAP_PAGE_INTERIOR,
+    S_INTERIOR_SMALL,
+    S_INTERIOR_MEDIUM,
+    S_INTERIOR_MEDIUM_PAGE,
+    S_INTERIOR_HUGE,
+    S_INTERIOR_HUGE_PAGE,
+    S_INTERIOR_ALIGNED,
+    S_MIDDLE_SMALL_1,
+    S_MIDDLE_SMALL_8,
+    S_MIDDLE_SMALL_LAST,
+    S_DOUBLE_SMALL,
+    S_DOUBLE_MEDIUM,
+    S_DOUBLE_HUGE,
+    S_DOUBLE_ALIGNED,
+    S_DOUBLE_SMALL_AFTER_OTHER_WORK,
+    S_DOUBLE_REMOTE_THEN_LOCAL,
+    S_DOUBLE_LOCAL_THEN_REMOTE,
+    S_DOUBLE_REMOTE_TWICE,
+    S_DOUBLE_MEDIUM_REMOTE_THEN_LOCAL,
+    S_FREE_SIZED_STACK,
+    S_FREE_SIZED_DOUBLE,
+    S_FREE_ALIGNED_SIZED_DOUBLE,
+    S_REALLOC_STACK,
+    S_REALLOC_FREED,
+    S_COUNT
+};
+
+static const char *scenario_name(enum scenario s)
+{
+    static const char *const names[] = {
+        "stack address",
+        "stack address as the first call",
+        "global",
+        "system malloc block",
+        "mmap page",
+        "inside an mmap page",
+        "interior of a small block",
+        "interior of a medium block",
+        "page-aligned interior of a medium block",
+        "interior of a huge block",
+        "page-aligned interior of a huge block",
+        "interior of an aligned block",
+        "small block + 1",
+        "small block + 8",
+        "last byte of a small block",
+        "double free (small)",
+        "double free (medium)",
+        "double free (huge)",
+        "double free (aligned)",
+        "double free (small) after other work",
+        "double free: another thread, then this one",
+        "double free: this thread, then another",
+        "double free: two other threads",
+        "double free (medium): another thread, then this one",
+        "free_sized of a stack address",
+        "free_sized twice",
+        "free_aligned_sized twice",
+        "realloc of a stack address",
+        "realloc of a freed block",
+    };
+    return names[s];
+}
+
+static _Alignas(64) char global_area[4096];
+
+struct ctx {
+    _Alignas(64) char stack_area[256];
+    unsigned char *block;
+    void *system_block;
+    void *map;
+};
+
+/* Allocations made before the invalid operation; returns the pointer to be reported. */
+static void *prepare(enum scenario s, struct ctx *c)
+{
+    switch (s) {
+    case S_STACK:
+        c->block = ta_malloc(64); /* the allocator is running */
+        return c->stack_area + 64;
+    case S_STACK_FIRST_CALL: return c->stack_area + 128;
+    case S_FREE_SIZED_STACK:
+    case S_REALLOC_STACK: c->block = ta_malloc(64); return c->stack_area + 64;
+    case S_GLOBAL: c->block = ta_malloc(64); return global_area + 1024;
+    case S_SYSTEM_MALLOC:
+        c->block = ta_malloc(100);
+        c->system_block = malloc(100);
+        return c->system_block;
+    case S_MMAP_PAGE:
+    case S_MMAP_PAGE_INTERIOR:
+        c->block = ta_malloc(100);
+        c->map = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        cr_assert(c->map != MAP_FAILED);
+        return s == S_MMAP_PAGE ? c->map : (char *)c->map + 4096 + 64;
+    case S_INTERIOR_SMALL: c->block = ta_malloc(64); return c->block + 16;
+    case S_INTERIOR_MEDIUM: c->block = ta_malloc(100000); return c->block + 48;
+    case S_INTERIOR_MEDIUM_PAGE: c->block = ta_malloc(100000); return c->block + 16384;
+    case S_INTERIOR_HUGE: c->block = ta_malloc(4 * TT_MIB); return c->block + 16;
+    case S_INTERIOR_HUGE_PAGE: c->block = ta_malloc(4 * TT_MIB); return c->block + TT_MIB;
+    case S_INTERIOR_ALIGNED: c->block = ta_memalign(4096, 200); return c->block + 64;
+    case S_MIDDLE_SMALL_1: c->block = ta_malloc(100); return c->block + 1;
+    case S_MIDDLE_SMALL_8: c->block = ta_malloc(24); return c->block + 8;
+    case S_MIDDLE_SMALL_LAST: c->block = ta_malloc(40); return c->block + 39;
+    case S_DOUBLE_SMALL:
+    case S_DOUBLE_SMALL_AFTER_OTHER_WORK:
+    case S_DOUBLE_REMOTE_THEN_LOCAL:
+    case S_DOUBLE_LOCAL_THEN_REMOTE:
+    case S_DOUBLE_REMOTE_TWICE:
+    case S_FREE_SIZED_DOUBLE:
+    case S_REALLOC_FREED: c->block = ta_malloc(32); return c->block;
+    case S_DOUBLE_MEDIUM:
+    case S_DOUBLE_MEDIUM_REMOTE_THEN_LOCAL: c->block = ta_malloc(50000); return c->block;
+    case S_DOUBLE_HUGE: c->block = ta_malloc(3 * TT_MIB); return c->block;
+    case S_DOUBLE_ALIGNED:
+    case S_FREE_ALIGNED_SIZED_DOUBLE: c->block = ta_aligned_alloc(256, 300); return c->block;
+    default: return NULL;
+    }
+}
+
+static void *thread_free(void *p)
+{
+    ta_free(p);
+    return NULL;
+}
+
+static void free_in_thread(void *p)
+{
+    pthread_t t;
+    if (pthread_create(&t, NULL, thread_free, p) != 0)
+        abort();
+    pthread_join(t, NULL);
+}
+
+/* The invalid operation itself (and the valid ones leading to it). */
+static void perform(enum scenario s, struct ctx *c, void *bad)
+{
+    bad = tt_opaque_ptr(bad);
+    switch (s) {
+    case S_DOUBLE_SMALL:
+    case S_DOUBLE_MEDIUM:
+    case S_DOUBLE_HUGE:
+    case S_DOUBLE_ALIGNED:
+        ta_free(c->block);
+        ta_free(bad);
+        break;
+    case S_DOUBLE_SMALL_AFTER_OTHER_WORK: {
+        ta_free(c->block);
+        /* Other size classes only, so the block cannot legitimately come back. */
+        void *keep[64];
+        for (int i = 0; i < 64; i++)
+            keep[i] = ta_malloc(200 + (size_t)i % 3 * 1000);
+        for (int i = 0; i < 64; i += 2)
+            ta_free(keep[i]);
+        ta_free(bad);
+        break;
+    }
+    case S_DOUBLE_REMOTE_THEN_LOCAL:
+    case S_DOUBLE_MEDIUM_REMOTE_THEN_LOCAL:
+        free_in_thread(c->block);
+        ta_free(bad);
+        break;
+    case S_DOUBLE_LOCAL_THEN_REMOTE:
+        ta_free(c->block);
+        free_in_thread(bad);
+        break;
+    case S_DOUBLE_REMOTE_TWICE:
+        free_in_thread(c->block);
+        free_in_thread(bad);
+        break;
+    case S_FREE_SIZED_STACK: ta_free_sized(bad, 64); break;
+    case S_FREE_SIZED_DOUBLE:
+        ta_free_sized(c->block, 32);
+        ta_free_sized(bad, 32);
+        break;
+    case S_FREE_ALIGNED_SIZED_DOUBLE:
+        ta_free_aligned_sized(c->block, 256, 300);
+        ta_free_aligned_sized(bad, 256, 300);
+        break;
+    case S_REALLOC_STACK: (void)!ta_realloc(bad, 100); break;
+    case S_REALLOC_FREED:
+        ta_free(c->block);
+        (void)!ta_realloc(bad, 100);
+        break;
+    default: ta_free(bad); break;
+    }
+}
+
+static enum scenario all_scenarios[S_COUNT];
+
+static void quiet_abort(void)
+{
+    tt_no_core();
+    cr_redirect_stderr();
+}
+
+ParameterizedTestParameters(invalid_free, aborts)
+{
+    for (int i = 0; i < S_COUNT; i++)
+        all_scenarios[i] = (enum scenario)i;
+    return cr_make_param_array(enum scenario, all_scenarios, S_COUNT);
+}
+
+ParameterizedTest(enum scenario *s, invalid_free, aborts, .signal = SIGABRT,
+                  .init = quiet_abort, .timeout = 30)
+{
+    struct ctx c;
+    memset(&c, 0, sizeof c);
+    void *bad = prepare(*s, &c);
+    perform(*s, &c, bad);
+    /* Still running: the invalid operation was not caught. */
+    cr_log_error("%s (%p) did not abort", scenario_name(*s), bad);
+}
+
+/* ---- the message ------------------------------------------------------------------- */
+
+struct report {
+    int status;
+    char text[4096];
+    size_t len;
+    char ptr[64];
+};
+
+/* Runs scenario s in a child process and captures what it writes to stderr. */
+static void run_in_child(enum scenario s, struct report *r)
+{
+    struct ctx c;
+    memset(&c, 0, sizeof c);
+    memset(r, 0, sizeof *r);
+    void *bad = prepare(s, &c);
+    tt_format_ptr(bad, r->ptr, sizeof r->ptr);
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        tt_no_core();
+        close(fds[0]);
+        dup2(fds[1], 2);
+        close(fds[1]);
+        alarm(20);
+        perform(s, &c, bad);
+        _exit(0);
+    }
+    close(fds[1]);
+    ssize_t n;
+    while (r->len < sizeof r->text - 1 &&
+           (n = read(fds[0], r->text + r->len, sizeof r->text - 1 - r->len)) != 0) {
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        r->len += (size_t)n;
+    }
+    r->text[r->len] = 0;
+    close(fds[0]);
+    r->status = tt_wait_timeout(pid, 30);
+}
+
+ParameterizedTestParameters(invalid_free, reports_pointer)
+{
+    for (int i = 0; i < S_COUNT; i++)
+        all_scenarios[i] = (enum scenario)i;
+    return cr_make_param_array(enum scenario, all_scenarios, S_COUNT);
+}
+
+ParameterizedTest(enum scenario *s, invalid_free, reports_pointer, .timeout = 40)
+{
+    struct report r;
+    run_in_child(*s, &r);
+    char how[128];
+    cr_assert(r.status != -1 && WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGABRT,
+              "%s (%s): the process %s instead of aborting; stderr: \"%s\"", scenario_name(*s),
+              r.ptr, tt_describe_status(r.status, how, sizeof how), r.text);
+    cr_assert(r.len > 0, "%s: aborted without a message", scenario_name(*s));
+    char *nl = strchr(r.text, '\n');
+    cr_assert(nl != NULL && nl == r.text + r.len - 1,
+              "%s: expected exactly one line on stderr, got \"%s\"", scenario_name(*s), r.text);
+    cr_assert(strstr(r.text, r.ptr) != NULL, "%s: the message \"%.*s\" does not name %s",
+              scenario_name(*s), (int)(r.len - 1), r.text, r.ptr);
+    cr_assert(r.len - 1 >= strlen(r.ptr) + 8,
+              "%s: the message \"%.*s\" does not say what was wrong", scenario_name(*s),
+              (int)(r.len - 1), r.text);
+}
+
+/* The description part of a message, with the pointer removed. */
+static void description(const struct report *r, char *out, size_t n)
+{
+    const char *at = strstr(r->text, r->ptr);
+    if (!at) {
+        snprintf(out, n, "%s", r->text);
+        return;
+    }
+    snprintf(out, n, "%.*s%s", (int)(at - r->text), r->text, at + strlen(r->ptr));
+}
+
+Test(invalid_free, double_free_told_apart_from_bad_pointer, .timeout = 60)
+{
+    struct report a, b;
+    char da[4096], db[4096];
+    run_in_child(S_DOUBLE_SMALL, &a);
+    run_in_child(S_STACK, &b);
+    cr_assert(a.len > 0 && b.len > 0, "no messages");
+    description(&a, da, sizeof da);
+    description(&b, db, sizeof db);
+    cr_assert(strcmp(da, db) != 0,
+              "a double free and a stack pointer are described the same way: \"%s\"", da);
+}
+
+/* Valid frees never print anything. */
+Test(invalid_free, valid_frees_are_silent, .timeout = 60)
+{
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], 2);
+        tt_rng g;
+        tt_rng_seed(&g, 1);
+        for (int i = 0; i < 20000; i++) {
+            enum tt_range rr = i % 500 == 0 ? TT_RANGE_HUGE : i % 20 == 0 ? TT_RANGE_MEDIUM
+                                                                          : TT_RANGE_SMALL;
+            void *p = tt_alloc((enum tt_entry)(i % TT_ENTRY_COUNT), tt_range_random(rr, &g),
+                               64);
+            if (!p)
+                _exit(3);
+            if (i % 3 == 0)
+                free_in_thread(p);
+            else
+                ta_free(p);
+        }
+        _exit(0);
+    }
+    close(fds[1]);
+    char buf[1024];
+    ssize_t n = read(fds[0], buf, sizeof buf - 1);
+    close(fds[0]);
+    int st = tt_wait_timeout(pid, 50);
+    char how[128];
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child %s",
+              tt_describe_status(st, how, sizeof how));
+    buf[n > 0 ? n : 0] = 0;
+    cr_assert(n <= 0, "valid frees wrote to stderr: \"%s\"", buf);
+}
