@@ -1,7 +1,7 @@
 /*
  * alloc.c — the public API (ta_malloc, ta_free, ...) and its fast paths.
  *
- * Fast path of malloc (sizes up to 1 KiB, about 16 instructions): class from a table, the
+ * Fast path of malloc (every small size, 15 instructions): class from a table, the
  * thread's arena from TLS, the class's current run, pop its free list. Anything else —
  * empty list, no arena yet, larger sizes — goes to alloc_generic.
  *
@@ -31,15 +31,8 @@ const bool ta_brk_default = false;
 
 /* Small block of class cls from arena a (real arena). */
 TA_INLINE void *small_alloc(ta_arena_t *a, unsigned cls) {
-  ta_run_t *r = a->cur[cls];
-  ta_block_t *b = r->free;
-  if (TA_LIKELY(b != NULL)) {
-    r->free = b->next;
-    b->key = 0;
-    r->used++;
-    return b;
-  }
-  return ta_small_alloc_slow(a, cls);
+  ta_block_t *b = ta_run_pop(a->cur[cls]);
+  return TA_LIKELY(b != NULL) ? b : ta_small_alloc_slow(a, cls);
 }
 
 /* Any size, alignment <= 16 or a power of two; zero: the caller needs zeroed memory. */
@@ -104,15 +97,8 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
  * records its requested size on the generic path): the test costs what a constant would. */
 void *ta_malloc(size_t size) {
   if (TA_LIKELY(size <= ta_fast_limit)) {
-    ta_arena_t *a = ta_tl_arena;
-    ta_run_t *r = a->cur[ta_class_lut[size]];
-    ta_block_t *b = r->free;
-    if (TA_LIKELY(b != NULL)) {
-      r->free = b->next;
-      b->key = 0;
-      r->used++;
-      return b;
-    }
+    ta_block_t *b = ta_run_pop(ta_tl_arena->cur[ta_class_lut[size]]);
+    if (TA_LIKELY(b != NULL)) return b;
   }
   return alloc_generic(size, TA_ALIGNMENT, false);
 }
@@ -198,9 +184,12 @@ static void free_medium(void *p) {
     if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal("free(): double free of pointer", p);
     ta_slow_enter(me);
     if (b->key == ta_secret && atomic_load_explicit(&me->remote, memory_order_relaxed)) {
-      /* Maybe freed before by another thread and not yet drained. */
+      /* Maybe freed before by another thread and not yet drained: after the drain the
+       * block may have been merged away, or its whole chunk released. */
       ta_remote_drain(me);
-      if (!(h->size_flags & TA_M_INUSE)) ta_fatal("free(): double free of pointer", p);
+      if (ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || h->check != ((uintptr_t)h ^ ta_secret) ||
+          !(h->size_flags & TA_M_INUSE))
+        ta_fatal("free(): double free of pointer", p);
     }
     ta_medium_free_local(me, h);
     me->cnt.frees++;
@@ -282,8 +271,11 @@ static size_t usable_checked(void *p, const char *op) {
     return ta_medium_usable(h);
   }
   case TA_MAP_HUGE:
-  case TA_MAP_HUGE_AL:
-    return ta_huge_usable(ta_huge_hdr_checked(p, kind, op));
+  case TA_MAP_HUGE_AL: {
+    ta_huge_t *h = ta_huge_hdr_checked(p, kind, op);
+    if (atomic_load_explicit(&h->state, memory_order_relaxed) != HUGE_LIVE) ta_fatal(op, p);
+    return ta_huge_usable(h);
+  }
   default:
     ta_fatal(op, p);
   }
@@ -315,8 +307,8 @@ void *ta_realloc(void *p, size_t size) {
     if (size > TA_SMALL_MAX / 2 && size <= TA_MEDIUM_MAX) {
       if (ta_chunk_of(p)->owner == me) {
         if (ta_medium_resize(me, (ta_mhdr_t *)p - 1, size)) in_place = p;
-      } else if (size <= usable && size >= usable / 2) {
-        in_place = p;
+      } else if (size <= usable && size >= usable / 2 && !ta_stats_on) {
+        in_place = p; /* (with statistics on, the size word is the owner's to rewrite) */
       }
     }
   } else {

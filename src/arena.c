@@ -112,7 +112,8 @@ static void thread_exit(void *p) {
   ta_arena_t *a = p;
   if (ta_tl_arena == a) ta_tl_arena = &ta_sentinel_arena;
   tl_state = TL_EXITED;
-  ta_arena_release(a);
+  /* Only an arena this thread still owns (not one a fork child made a zombie). */
+  if (atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED) ta_arena_release(a);
 }
 
 /* Registration that may itself call malloc: done once the thread has its arena, so a
@@ -183,7 +184,8 @@ void ta_remote_drain(ta_arena_t *a) {
       ta_small_free_local(a, ta_run_of(b), b);
     } else {
       ta_mhdr_t *h = (ta_mhdr_t *)b - 1;
-      if (!(h->size_flags & TA_M_INUSE)) ta_fatal("free(): double free of pointer", b);
+      if (h->check != ((uintptr_t)h ^ ta_secret) || !(h->size_flags & TA_M_INUSE))
+        ta_fatal("free(): double free of pointer", b);
       ta_medium_free_local(a, h);
     }
     b = next;
@@ -192,6 +194,8 @@ void ta_remote_drain(ta_arena_t *a) {
 
 static void fork_child(void) {
   ta_brk_reset_after_fork();
+  ta_stats_reset_after_fork(); /* readers, the log, and the huge cache's tallies */
+  if (atomic_load(&exit_key_state) == 1) atomic_store(&exit_key_state, 0);
   ta_arena_t *mine = ta_tl_arena;
   for (ta_arena_t *a = atomic_load(&all_arenas); a; a = a->next_all) {
     if (a == mine) {
@@ -199,6 +203,7 @@ static void fork_child(void) {
         atomic_store(&a->state, ARENA_ZOMBIE);
         ta_tl_arena = &ta_sentinel_arena;
         tl_state = TL_NEW;
+        if (atomic_load(&exit_key_state) == 2) pthread_setspecific(exit_key, NULL);
       }
       continue;
     }

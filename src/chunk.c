@@ -89,7 +89,8 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   c->free_slots = 0; /* shares its word with empty_since */
   c->dirty_slots = 0;
   c->decommitted = 0;
-  ta_map_set((uintptr_t)c, kind);
+  /* Not in the map yet: the caller publishes the chunk (ta_map_set) once its runs or
+   * blocks are set up, so a stray free never meets half-made metadata. */
   return c;
 }
 

@@ -45,6 +45,8 @@ static void huge_unmap(ta_huge_t *h) {
       h->next = head;
     } while (!atomic_compare_exchange_weak_explicit(&deferred, &head, h, memory_order_release,
                                                     memory_order_relaxed));
+    /* The last reader may have left between our look and our push: then nobody would. */
+    if (ta_unmap_allowed()) ta_huge_unmap_deferred();
     return;
   }
   h->check = 0;
@@ -145,6 +147,7 @@ static ta_huge_t *cache_take(size_t need) {
   ta_huge_t *h = NULL;
   int i = slot_pick(0, &h);
   if (i >= 0 && slot_take((unsigned)i, h)) {
+    if (ta_huge_pages && h->map_size < need) ta_os_hugepage(h, h->map_size); /* one mapping */
     if (h->map_size < need && ta_os_mremap(h, h->map_size, need, NULL) != NULL) {
       h->map_size = need;
       return h;
@@ -177,6 +180,19 @@ size_t ta_huge_purge(uint64_t now, bool all) {
 }
 
 size_t ta_huge_cached_bytes(void) { return atomic_load(&cache_bytes); }
+
+/* Fork child: a thread that was between a slot and the tallies is gone; count again. */
+void ta_huge_recount_after_fork(void) {
+  size_t bytes = 0, count = 0;
+  for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
+    ta_huge_t *h = atomic_load(&cache_slot[i]);
+    if (h == NULL) continue;
+    bytes += h->map_size;
+    count++;
+  }
+  atomic_store(&cache_bytes, bytes);
+  atomic_store(&cache_count, count);
+}
 size_t ta_huge_cached_count(void) { return atomic_load(&cache_count); }
 
 void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
@@ -203,8 +219,8 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
       char *data = (char *)ta_align_up((uintptr_t)m + TA_CHUNK_SIZE, align);
       char *start = data - TA_CHUNK_SIZE;
       char *end = m + need + align;
-      if (start > m) ta_os_munmap(m, (size_t)(start - m));
-      if (end > start + need) ta_os_munmap(start + need, (size_t)(end - (start + need)));
+      if (start > m) ta_os_trim(m, (size_t)(start - m));
+      if (end > start + need) ta_os_trim(start + need, (size_t)(end - (start + need)));
       h = (ta_huge_t *)start;
     } else {
       h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
@@ -283,6 +299,9 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
     h->requested = size;
     return old_data;
   }
+  /* Huge pages were asked for on part of the span, which splits it into two mappings,
+   * and mremap works on one: ask for the whole span, which makes it one again. */
+  if (ta_huge_pages) ta_os_hugepage(h, h->map_size);
   if (ta_os_mremap(h, h->map_size, need, NULL) != NULL) {
     h->map_size = need;
     h->requested = size;

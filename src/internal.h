@@ -14,7 +14,7 @@
  *                 check word). Free blocks are linked in segregated free lists (bins), split
  *                 on reuse and merged with free neighbours (boundary tags).
  *   HUGE mapping: one block mapped on its own, with its meta block at the start of the
- *                 mapping. Freed mappings are cached per arena and reused.
+ *                 mapping. Freed mappings wait in a process-wide cache for reuse.
  *
  * Each chunk belongs to one arena; each thread owns one arena (ta_arena_t), reached
  * through an initial-exec TLS pointer. Only the owner touches an arena's lists. A free
@@ -56,8 +56,8 @@
 #define TA_RUN_SIZE ((size_t)1 << TA_RUN_SHIFT) /* 64 KiB */
 #define TA_RUNS_PER_CHUNK (TA_CHUNK_SIZE / TA_RUN_SIZE) /* 64; slot 0 is the header */
 #define TA_PAGE_SIZE ((size_t)4096)
-#define TA_HUGEPAGE_SIZE ((size_t)2 << 20) /* transparent huge page (x86-64, arm64 4K) */
-#define TA_ADDR_BITS 47 /* user space on x86-64 and arm64 without 5-level hints */
+#define TA_HUGEPAGE_SIZE ((size_t)2 << 20) /* transparent huge page on x86-64 */
+#define TA_ADDR_BITS 47 /* user space on x86-64 (mappings above are refused: os.c) */
 #define TA_MAP_ENTRIES ((size_t)1 << (TA_ADDR_BITS - TA_CHUNK_SHIFT))
 #define TA_ALIGNMENT 16 /* every block */
 
@@ -180,7 +180,7 @@ typedef struct ta_huge {
   size_t requested;     /* last requested size */
   _Atomic uint32_t state; /* HUGE_LIVE or HUGE_CACHED */
   uint32_t pad;
-  struct ta_huge *next; /* owner's cache list while cached */
+  struct ta_huge *next; /* the list of unmaps put off for statistics readers */
   uint64_t freed_ms;    /* when it entered the cache */
 } ta_huge_t;
 _Static_assert(sizeof(ta_huge_t) <= 64, "huge meta block fits before the data");
@@ -260,6 +260,9 @@ TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
 TA_HIDDEN void *ta_os_mmap(size_t size);         /* NULL on failure; zeroed, read-write */
 TA_HIDDEN void *ta_os_mmap_aligned(size_t size, size_t align); /* NULL on failure */
 TA_HIDDEN int ta_os_munmap(void *p, size_t size);
+TA_HIDDEN void ta_os_trim(void *p, size_t size); /* part of a fresh mapping, never used */
+TA_HIDDEN size_t ta_os_resident(const void *p, size_t size); /* bytes in memory (mincore) */
+TA_HIDDEN int ta_os_mincore(const void *p, size_t size, unsigned char *vec);
 TA_HIDDEN int ta_os_decommit(void *p, size_t size); /* MADV_DONTNEED */
 TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
 TA_HIDDEN void ta_os_hugepage(void *p, size_t size); /* MADV_HUGEPAGE hint */
@@ -324,6 +327,17 @@ TA_INLINE char *ta_run_base(const ta_run_t *r) {
   return (char *)((uintptr_t)r & ~(uintptr_t)TA_CHUNK_MASK) + ((size_t)r->slot << TA_RUN_SHIFT);
 }
 
+/* Pops a block off a run's free list, or NULL: the heart of every small allocation. */
+TA_INLINE ta_block_t *ta_run_pop(ta_run_t *r) {
+  ta_block_t *b = r->free;
+  if (TA_LIKELY(b != NULL)) {
+    r->free = b->next;
+    b->key = 0; /* no longer "free" */
+    r->used++;
+  }
+  return b;
+}
+
 /* ------------------------------------------------------------------ small.c */
 TA_HIDDEN void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls);
 TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
@@ -356,6 +370,7 @@ TA_HIDDEN extern bool ta_huge_pages;
 TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
 TA_HIDDEN extern _Atomic size_t ta_huge_live_count;
 TA_HIDDEN void ta_huge_unmap_deferred(void);
+TA_HIDDEN void ta_huge_recount_after_fork(void);
 TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
 size_t ta_huge_cached_bytes(void); /* for tests and statistics */
 size_t ta_huge_cached_count(void);
@@ -407,8 +422,9 @@ TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 /* ------------------------------------------------------------------ stats.c */
 TA_HIDDEN extern bool ta_stats_on;      /* requested sizes are tracked */
 TA_HIDDEN extern _Atomic uint64_t ta_orphan_frees;
-TA_HIDDEN extern size_t ta_fast_limit;  /* 1024, or 0 while statistics are on */
+TA_HIDDEN extern size_t ta_fast_limit;  /* TA_SMALL_MAX, or 0 while statistics are on */
 TA_HIDDEN void ta_stats_record(void *p, size_t requested);
+TA_HIDDEN void ta_stats_reset_after_fork(void);
 TA_HIDDEN uint16_t *ta_shadow_new(void);
 TA_HIDDEN void ta_shadow_free(uint16_t *s);
 /* Small chunks keep a pointer to their shadow array (usable - requested per block) right

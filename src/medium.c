@@ -71,6 +71,13 @@ static void set_hdr(ta_mhdr_t *h, size_t size_flags) {
   h->check = (uintptr_t)h ^ ta_secret;
 }
 
+/* A meta block swallowed by a merge: nothing may take it for a block again (a second
+ * free of its pointer must fail the check word, not find a stale INUSE bit). */
+static void forget_hdr(ta_mhdr_t *h) {
+  h->check = 0;
+  ta_mh_store(h, 0);
+}
+
 static bool medium_chunk_new(ta_arena_t *a) {
   ta_chunk_t *c = ta_chunk_alloc(a, TA_MAP_MEDIUM);
   if (c == NULL) return false;
@@ -79,6 +86,7 @@ static bool medium_chunk_new(ta_arena_t *a) {
   set_hdr(h, (size_t)((char *)end - (char *)h));
   set_hdr(end, TA_M_INUSE | TA_M_PREV_FREE);
   bin_insert(a, h);
+  ta_map_set((uintptr_t)c, TA_MAP_MEDIUM);
   c->prev = NULL;
   c->next = a->medium_chunks;
   if (a->medium_chunks) a->medium_chunks->prev = c;
@@ -111,7 +119,7 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep) {
   if (!(n->size_flags & TA_M_INUSE)) {
     bin_remove(a, n);
     ts += M_SIZE(n);
-    n->check = 0;
+    forget_hdr(n);
   }
   h->size_flags = keep | (h->size_flags & TA_M_FLAGS);
   a->cnt.splits++;
@@ -170,14 +178,14 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   if (!(n->size_flags & TA_M_INUSE)) {
     bin_remove(a, n);
     s += M_SIZE(n);
-    n->check = 0;
+    forget_hdr(n);
     a->cnt.merges++;
   }
   if (h->size_flags & TA_M_PREV_FREE) {
     size_t ps = *((size_t *)h - 1);
     ta_mhdr_t *p = (ta_mhdr_t *)((char *)h - ps);
     bin_remove(a, p);
-    h->check = 0;
+    forget_hdr(h);
     h = p;
     s += ps;
     a->cnt.merges++;
@@ -187,7 +195,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
       (char *)h + s == (char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t) &&
       (a->medium_chunks != c || c->next != NULL)) {
     /* The whole chunk is free and the arena has another: let the chunk go. */
-    h->check = 0;
+    forget_hdr(h);
     medium_chunk_free(a, c);
     return;
   }
@@ -223,7 +231,7 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
     if (!(n->size_flags & TA_M_INUSE) && s + M_SIZE(n) >= need) {
       bin_remove(a, n);
       size_t total = s + M_SIZE(n);
-      n->check = 0;
+      forget_hdr(n);
       h->size_flags = total | (h->size_flags & TA_M_FLAGS);
       ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
       split_tail(a, h, need);

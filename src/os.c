@@ -94,15 +94,50 @@ void *ta_os_mmap(size_t size) {
   void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   errno = saved;
   if (p == MAP_FAILED) return NULL;
+  if ((uintptr_t)p + size > ((uintptr_t)1 << TA_ADDR_BITS)) {
+    /* Beyond what the granule map covers (5-level paging hints): not usable. */
+    munmap(p, size);
+    errno = saved;
+    return NULL;
+  }
   count_mapped((intptr_t)size);
   return p;
 }
 
 /* Unmaps part of a mapping just made (alignment trimming): not memory given back. */
-static void trim(void *p, size_t size) {
+void ta_os_trim(void *p, size_t size) {
   if (size == 0) return;
+  int saved = errno;
   munmap(p, size);
+  errno = saved;
   count_mapped(-(intptr_t)size);
+}
+#define trim ta_os_trim
+
+/* Which pages of [p, p + size) are in memory: vec[i] & 1 for page i. 0 on success. */
+int ta_os_mincore(const void *p, size_t size, unsigned char *vec) {
+  int saved = errno;
+  int r = mincore((void *)p, size, vec);
+  errno = saved;
+  return r;
+}
+
+/* Bytes of [p, p + size) in memory, page by page, without allocating (0 if unknown). */
+size_t ta_os_resident(const void *p, size_t size) {
+  unsigned char vec[1024];
+  size_t total = 0;
+  const char *c = p;
+  int saved = errno;
+  while (size > 0) {
+    size_t part = size < sizeof vec * TA_PAGE_SIZE ? size : sizeof vec * TA_PAGE_SIZE;
+    size_t pages = (part + TA_PAGE_SIZE - 1) / TA_PAGE_SIZE;
+    if (mincore((void *)c, part, vec) == 0)
+      for (size_t i = 0; i < pages; i++) total += (vec[i] & 1) ? TA_PAGE_SIZE : 0;
+    c += part;
+    size -= part;
+  }
+  errno = saved;
+  return total;
 }
 
 void *ta_os_mmap_aligned(size_t size, size_t align) {

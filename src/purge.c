@@ -102,9 +102,12 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over) {
         pp = &c->next;
         continue;
       }
-      /* Read the header before the chunk may vanish. */
+      /* Unlink first, then look for statistics readers (which walk this list): a reader
+       * that came before the unlink is seen and the chunk stays; one that comes after
+       * cannot reach it. */
       ta_chunk_t *next_c = c->next;
       bool from_brk = c->from_brk, resident = !c->decommitted;
+      *pp = next_c;
       bool may_unmap = ta_unmap_allowed();
       if (may_unmap && c->kind == TA_MAP_SMALL && ta_shadow_get(c) != NULL) {
         ta_shadow_free(ta_shadow_get(c));
@@ -112,17 +115,18 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over) {
       }
       if (may_unmap &&
           (from_brk ? ta_brk_shrink_top(c) : ta_os_munmap(c, TA_CHUNK_SIZE) == 0)) {
-        *pp = next_c;
         a->n_empty_chunks--;
         a->cnt.shrinks++;
         if (resident) freed += TA_CHUNK_SIZE;
         moved = moved || from_brk;
         continue;
       }
-      if (!c->decommitted && ta_os_decommit((char *)c + TA_PAGE_SIZE,
-                                            TA_CHUNK_SIZE - TA_PAGE_SIZE) == 0) {
+      *pp = c; /* stays: decommitted, kept for reuse */
+      /* The first two pages stay: the run meta blocks and the shadow pointer. */
+      if (!c->decommitted && ta_os_decommit((char *)c + 2 * TA_PAGE_SIZE,
+                                            TA_CHUNK_SIZE - 2 * TA_PAGE_SIZE) == 0) {
         c->decommitted = 1;
-        freed += TA_CHUNK_SIZE - TA_PAGE_SIZE;
+        freed += TA_CHUNK_SIZE - 2 * TA_PAGE_SIZE;
       }
       pp = &c->next;
     }

@@ -66,6 +66,7 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
   }
   if (shadow == NULL && ta_stats_on) shadow = ta_shadow_new();
   ta_shadow_set(c, shadow);
+  ta_map_set((uintptr_t)c, TA_MAP_SMALL);
   chunk_list_push(&a->small_avail, c);
   return c;
 }
@@ -171,10 +172,7 @@ void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls) {
   a->cur[cls] = r;
   if (r->free == NULL) run_carve(r);
 pop:;
-  ta_block_t *b = r->free;
-  r->free = b->next;
-  b->key = 0;
-  r->used++;
+  ta_block_t *b = ta_run_pop(r); /* the list is not empty here */
   ta_slow_leave(a);
   return b;
 }
@@ -214,9 +212,11 @@ void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
     ta_slow_enter(a);
     ta_remote_drain(a);
     ta_slow_leave(a);
-    /* Draining may have freed b itself (an earlier free from another thread) and with it
-     * retired the run: either way b is already free. */
-    if (r->owner != a) ta_fatal("free(): double free of pointer", b);
+    /* Draining may have freed b itself (an earlier free from another thread), retired its
+     * run and even given its chunk back: either way b is already free. The map first: the
+     * chunk may be gone. */
+    if (ta_map_get((uintptr_t)b) != TA_MAP_SMALL || r->owner != a)
+      ta_fatal("free(): double free of pointer", b);
   }
   uint32_t n = 0;
   for (ta_block_t *f = r->free; f && n <= r->cap; f = f->next, n++) {

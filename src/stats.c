@@ -28,7 +28,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -87,21 +86,7 @@ static void take_largest(struct ta_stats *s, unsigned long long n) {
   if (n > s->largest_free_block) s->largest_free_block = n;
 }
 
-/* Resident bytes of [p, p + n), page by page, without allocating. */
-static size_t resident(const void *p, size_t n) {
-  unsigned char vec[1024];
-  size_t total = 0;
-  const char *c = p;
-  while (n > 0) {
-    size_t part = n < sizeof vec * TA_PAGE_SIZE ? n : sizeof vec * TA_PAGE_SIZE;
-    size_t pages = (part + TA_PAGE_SIZE - 1) / TA_PAGE_SIZE;
-    if (mincore((void *)c, part, vec) == 0)
-      for (size_t i = 0; i < pages; i++) total += (vec[i] & 1) ? TA_PAGE_SIZE : 0;
-    c += part;
-    n -= part;
-  }
-  return total;
-}
+#define resident ta_os_resident
 
 static bool block_of_run(const ta_run_t *r, const ta_block_t *b, uint32_t *idx) {
   uintptr_t base = (uintptr_t)ta_run_base(r), u = (uintptr_t)b;
@@ -208,7 +193,7 @@ static void scan_map(void (*fn)(uintptr_t base, uint8_t kind, void *arg), void *
   uintptr_t map = (uintptr_t)ta_chunk_map & ~(uintptr_t)(TA_PAGE_SIZE - 1);
   for (size_t first = 0; first < map_pages; first += sizeof vec) {
     size_t n = map_pages - first < sizeof vec ? map_pages - first : sizeof vec;
-    bool known = mincore((void *)(map + first * TA_PAGE_SIZE), n * TA_PAGE_SIZE, vec) == 0;
+    bool known = ta_os_mincore((void *)(map + first * TA_PAGE_SIZE), n * TA_PAGE_SIZE, vec) == 0;
     for (size_t pg = 0; pg < n; pg++) {
       if (known && !(vec[pg] & 1)) continue;
       size_t g0 = ((map + (first + pg) * TA_PAGE_SIZE) - (uintptr_t)ta_chunk_map);
@@ -368,6 +353,15 @@ __attribute__((format(printf, 2, 3))) static void put(struct out *o, const char 
   X(returned_bytes) X(remote_frees) X(arenas_live) X(arenas_abandoned) X(arenas_adopted)   \
   X(huge_blocks) X(huge_cached_bytes)
 
+static double class_internal_pct(const struct ta_class_stats *cs) {
+  if (cs->usable_bytes == 0) return 0.0;
+  return 100.0 * (double)(cs->usable_bytes - cs->requested_bytes) / (double)cs->usable_bytes;
+}
+
+static bool class_active(const struct ta_class_stats *cs) {
+  return cs->live_blocks || cs->free_blocks || cs->runs || cs->free_bytes;
+}
+
 static void print_json(struct out *o, const struct ta_stats *s) {
   put(o, "{\"version\":%u,\"requested_tracked\":%s", TA_STATS_VERSION,
       s->requested_tracked ? "true" : "false");
@@ -381,10 +375,8 @@ static void print_json(struct out *o, const struct ta_stats *s) {
   bool first = true;
   for (unsigned c = 0; c < TA_STATS_CLASSES; c++) {
     const struct ta_class_stats *cs = &s->classes[c];
-    if (!cs->live_blocks && !cs->free_blocks && !cs->runs && !cs->free_bytes) continue;
-    double frag = cs->usable_bytes ? 100.0 * (double)(cs->usable_bytes - cs->requested_bytes) /
-                                         (double)cs->usable_bytes
-                                   : 0.0;
+    if (!class_active(cs)) continue;
+    double frag = class_internal_pct(cs);
     put(o,
         "%s{\"class\":%u,\"block_size\":%llu,\"live_blocks\":%llu,\"usable_bytes\":%llu,"
         "\"requested_bytes\":%llu,\"internal_fragmentation_pct\":%.4f,\"free_blocks\":%llu,"
@@ -448,10 +440,8 @@ int ta_stats_print(int fd, int format) {
         "requested B", "int.frag", "free blks", "free B", "stranded B");
     for (unsigned c = 0; c < TA_STATS_CLASSES; c++) {
       const struct ta_class_stats *cs = &s->classes[c];
-      if (!cs->live_blocks && !cs->free_blocks && !cs->runs && !cs->free_bytes) continue;
-      double frag = cs->usable_bytes ? 100.0 * (double)(cs->usable_bytes - cs->requested_bytes) /
-                                           (double)cs->usable_bytes
-                                     : 0.0;
+      if (!class_active(cs)) continue;
+      double frag = class_internal_pct(cs);
       char name[24];
       if (c == 0) snprintf(name, sizeof name, "huge");
       else snprintf(name, sizeof name, "%llu", cs->block_size);
@@ -650,4 +640,13 @@ void ta_stats_log_tick(void) {
   atomic_store_explicit(&log_next_ms, ta_os_now_ms() + ta_conf_stats_interval_ms,
                         memory_order_relaxed);
   atomic_store(&log_busy, 0);
+}
+
+/* In a fork child only the forking thread exists: a reader or a log writer that was
+ * running in another thread never finishes there. */
+void ta_stats_reset_after_fork(void) {
+  atomic_store(&ta_stats_readers, 0);
+  atomic_store(&log_busy, 0);
+  ta_huge_unmap_deferred();
+  ta_huge_recount_after_fork();
 }

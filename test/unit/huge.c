@@ -130,3 +130,27 @@ Test(huge, interior_pointer_aborts, .signal = SIGABRT) {
   char *p = ta_malloc(2 * MiB);
   ta_free(p + 4096);
 }
+
+Test(huge, realloc_of_a_freed_block_aborts, .signal = SIGABRT) {
+  char *p = ta_malloc(3 * MiB);
+  ta_free(p); /* cached, still mapped */
+  ta_realloc(p, 5 * MiB);
+}
+
+Test(huge, usable_size_of_a_freed_block_aborts, .signal = SIGABRT) {
+  char *p = ta_malloc(3 * MiB);
+  ta_free(p);
+  ta_malloc_usable_size(p);
+}
+
+Test(huge, growth_after_huge_pages_is_not_a_copy) {
+  /* Huge pages are asked for on part of a span, which splits its mapping; growing it must
+   * still be done by the kernel (in place or moved), and keep every byte. */
+  size_t n = 6 * MiB;
+  unsigned char *p = ta_malloc(n);
+  for (size_t i = 0; i < n; i += 4096) p[i] = (unsigned char)(i >> 12);
+  unsigned char *q = ta_realloc(p, 40 * MiB);
+  cr_assert_not_null(q);
+  for (size_t i = 0; i < n; i += 4096) cr_assert_eq(q[i], (unsigned char)(i >> 12));
+  ta_free(q);
+}

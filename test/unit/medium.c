@@ -1,6 +1,7 @@
 /* Unit tests: medium blocks — boundary tags, split on reuse, merge with neighbours, bins. */
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "internal.h"
@@ -112,4 +113,34 @@ Test(medium, empty_chunk_goes_back_when_another_exists) {
   size_t n = 0;
   for (ta_chunk_t *c = ta_tl_arena->medium_chunks; c; c = c->next) n++;
   cr_assert_eq(n, 1, "one medium chunk kept, %zu found", n);
+}
+
+static void *free_in_thread(void *p) {
+  ta_free(p);
+  return NULL;
+}
+
+/* The first free comes from another thread and is still on the owner's list; the owner's
+ * second free drains it, which merges the block with its free neighbours. The second free
+ * must still be caught, not run on the swallowed meta block. */
+Test(medium, double_free_after_remote_free_and_merge_aborts, .signal = SIGABRT) {
+  char *a = ta_malloc(100000), *m = ta_malloc(100000), *n = ta_malloc(100000);
+  char *keep = ta_malloc(100000);
+  ta_free(a);
+  ta_free(n);
+  pthread_t t;
+  pthread_create(&t, NULL, free_in_thread, m);
+  pthread_join(t, NULL);
+  ta_free(m);
+  (void)keep;
+}
+
+Test(medium, merged_meta_blocks_are_forgotten) {
+  char *a = ta_malloc(20000), *b = ta_malloc(20000), *keep = ta_malloc(20000);
+  ta_mhdr_t *hb = (ta_mhdr_t *)((uintptr_t)b - sizeof(ta_mhdr_t)); /* its meta block */
+  ta_free(b);
+  ta_free(a); /* b's meta block is swallowed into a's */
+  cr_assert_eq(hb->check, 0);
+  cr_assert_eq(hb->size_flags, 0, "no stale INUSE bit left for a second free to find");
+  ta_free(keep);
 }
