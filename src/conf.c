@@ -7,7 +7,7 @@
  *   stats_print:BOOL    print the statistics report to stderr at exit (turns stats on)
  *   stats_format:FMT    text (default) or json
  *   decay_ms:N          how long free memory stays resident before it goes back (0..600000)
- *   dirty_max_kb:N      free chunks and run slots an arena keeps resident at most (0..4194304)
+ *   dirty_max_kb:N      free chunks and run slots all arenas keep resident at most (0..4194304)
  *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
  *   huge_pages:BOOL     ask for transparent huge pages on huge blocks
  *   stats_log:PATH      append one JSON line of totals to PATH every stats_interval_ms

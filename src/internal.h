@@ -408,7 +408,7 @@ TA_INLINE void ta_slow_leave(ta_arena_t *a) {
 /* ------------------------------------------------------------------ purge.c */
 /* Free memory goes back to the kernel decay_ms after it became free (see purge.c). */
 TA_HIDDEN extern uint64_t ta_decay_ms;
-TA_HIDDEN extern size_t ta_dirty_max; /* per arena: beyond it, free memory goes back at once */
+TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
 TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerless arenas */
 TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);

@@ -13,9 +13,10 @@
  * MADV_DONTNEED rather than MADV_FREE: resident memory falls at once, which is what users
  * measure (see docs/design.md).
  *
- * Besides the time, a budget: an arena holding more than ta_dirty_max (4 MiB) of empty
- * chunks and retired run slots gives them back at once. Without it, each of many
- * short-lived threads' arenas would keep its free memory resident for the decay time.
+ * Besides the time, a budget: when all arenas together hold more than ta_dirty_max
+ * (32 MiB) of empty chunks and retired run slots, the arena that adds more gives its own
+ * back at once. Without it, each of many short-lived threads' arenas would keep its free
+ * memory resident for the decay time; with it, one busy thread keeps enough to reuse.
  *
  * There is no background thread: the owner checks in its slow paths whether something is
  * due (ta_maybe_purge: two loads when nothing is pending, one clock read otherwise).
@@ -26,7 +27,8 @@
 #include "internal.h"
 
 uint64_t ta_decay_ms = 200;
-size_t ta_dirty_max = (size_t)4 << 20;
+size_t ta_dirty_max = (size_t)32 << 20;
+static _Atomic size_t dirty_total; /* Σ arena.dirty_bytes */
 _Atomic uint64_t ta_orphan_due;
 
 #define TA_MEDIUM_PURGE_MIN ((size_t)32 << 10)
@@ -46,10 +48,13 @@ void ta_purge_note(ta_arena_t *a, uint64_t since) {
 
 void ta_note_orphan_work(void) { ta_purge_note_global(&ta_orphan_due, ta_os_now_ms() + ta_decay_ms); }
 
-/* Counts free-but-resident memory of an arena; over the budget, it goes back now. */
+/* Counts free-but-resident memory of an arena. When all arenas together hold more than the
+ * budget, the arena that adds gives its own back now. */
 void ta_dirty_add(ta_arena_t *a, intptr_t bytes) {
   a->dirty_bytes += (size_t)bytes;
-  if (bytes > 0 && a->dirty_bytes > ta_dirty_max && !a->purging)
+  size_t total = atomic_fetch_add_explicit(&dirty_total, (size_t)bytes, memory_order_relaxed) +
+                 (size_t)bytes;
+  if (bytes > 0 && total > ta_dirty_max && !a->purging)
     ta_arena_purge(a, ta_os_now_ms(), false, true);
 }
 
@@ -158,6 +163,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over) {
     if (!c->decommitted) dirty += TA_CHUNK_SIZE;
   for (ta_chunk_t *c = a->small_avail; c; c = c->next)
     dirty += (size_t)__builtin_popcountll(c->dirty_slots) << TA_RUN_SHIFT;
+  atomic_fetch_add_explicit(&dirty_total, dirty - a->dirty_bytes, memory_order_relaxed);
   a->dirty_bytes = dirty;
 
   /* Large free medium blocks. */
