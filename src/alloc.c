@@ -61,18 +61,6 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   }
   if (cls != 0 && cls <= TA_NUM_SMALL) {
     p = small_alloc(a, cls);
-    if (ta_stats_on && p != NULL) {
-      /* The waste of a small block, in its chunk's shadow array (statistics.md). */
-      uint16_t *sh = ta_shadow_get(ta_chunk_of(p));
-      ta_run_t *r = ta_run_of(p);
-      uint32_t off = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1));
-      uint32_t idx = (uint32_t)(((uint64_t)off * r->recip) >> 32);
-      if (sh) sh[(size_t)r->slot * TA_SHADOW_RUN_ENTRIES + idx] = (uint16_t)(r->bsize - size);
-      a->cnt.callocs += zero;
-      if (borrowed) ta_arena_borrow_done(a);
-      if (zero) memset(p, 0, size);
-      return p;
-    }
   } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 &&
              size + align <= TA_MEDIUM_MAX) {
     p = ta_medium_alloc(a, size, align);

@@ -68,7 +68,6 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   uint8_t prev = TA_MAP_NONE; /* what the chunk was before: a small chunk keeps its shadow */
   if (c) {
     a->empty_chunks = c->next;
-    a->n_empty_chunks--;
     from_brk = c->from_brk;
     prev = c->kind;
     if (!c->decommitted) ta_dirty_add(a, -(intptr_t)TA_CHUNK_SIZE);
@@ -103,7 +102,6 @@ void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c) {
   c->decommitted = 0;
   c->next = a->empty_chunks;
   a->empty_chunks = c;
-  a->n_empty_chunks++;
   ta_purge_note(a, c->empty_since);
   ta_dirty_add(a, (intptr_t)TA_CHUNK_SIZE);
 }

@@ -117,7 +117,6 @@ typedef struct ta_run {
 _Static_assert(sizeof(ta_run_t) == 64, "run meta block: one cache line");
 
 /* ------------------------------------------------------------------ chunks */
-#define TA_CHUNK_MAGIC 0x7461636875636b31ULL /* checked together with the map entry */
 
 /* The chunk header is slot 0's run meta block: runs[i] is at chunk + 64 * i, so free finds
  * a block's run with a shift and two masks. The header keeps NULL where a run keeps its
@@ -214,7 +213,6 @@ typedef struct ta_arena {
   ta_chunk_t *small_full;   /* small chunks without one */
   ta_chunk_t *medium_chunks;
   ta_chunk_t *empty_chunks; /* whole chunks kept for reuse */
-  size_t n_empty_chunks;
   uint64_t bin_map[TA_BIN_WORDS];
   ta_mhdr_t *bins[TA_NUM_BINS];
   volatile int in_slow; /* set while the owner rearranges lists (fork safety) */

@@ -243,15 +243,19 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
   return ok;
 }
 
-/* Exposed for tests and statistics: walks a medium chunk's blocks in address order. */
+/* Walks a medium chunk's blocks in address order (statistics, the heap map, tests). Other
+ * threads' chunks change under a statistics reader: a size that does not make sense ends
+ * the walk rather than leading it astray. Returns the blocks visited. */
 size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, void *arg), void *arg) {
   size_t n = 0;
+  const char *end = (const char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t);
   const ta_mhdr_t *h = (const ta_mhdr_t *)((const char *)c + TA_MEDIUM_HDR);
-  while (M_SIZE(h) != 0) {
+  while ((const char *)h < end) {
+    size_t sz = ta_mh_load(h) & TA_M_SIZE_MASK;
+    if (sz < TA_MIN_MBLOCK || (const char *)h + sz > end) break;
     if (fn) fn(h, arg);
     n++;
-    h = M_NEXT(h);
+    h = (const ta_mhdr_t *)((const char *)h + sz);
   }
   return n;
 }
-

@@ -120,8 +120,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over) {
       }
       if (may_unmap &&
           (from_brk ? ta_brk_shrink_top(c) : ta_os_munmap(c, TA_CHUNK_SIZE) == 0)) {
-        a->n_empty_chunks--;
-        a->cnt.shrinks++;
+            a->cnt.shrinks++;
         if (resident) freed += TA_CHUNK_SIZE;
         moved = moved || from_brk;
         continue;

@@ -61,7 +61,8 @@ void ta_stats_record(void *p, size_t requested) {
     uint16_t *sh = ta_shadow_get(ta_chunk_of(p));
     if (sh == NULL) return;
     ta_run_t *r = ta_run_of(p);
-    uint32_t idx = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1)) / r->bsize;
+    uint32_t off = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1));
+    uint32_t idx = (uint32_t)(((uint64_t)off * r->recip) >> 32); /* off / bsize, exactly */
     sh[(size_t)r->slot * TA_SHADOW_RUN_ENTRIES + idx] = (uint16_t)(r->bsize - requested);
   } else if (kind == TA_MAP_MEDIUM) {
     ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
@@ -138,31 +139,29 @@ static void walk_small(struct walk *w, ta_chunk_t *c) {
   s->heap_bytes += TA_CHUNK_SIZE;
 }
 
-static void walk_medium(struct walk *w, ta_chunk_t *c) {
+static void visit_medium(const ta_mhdr_t *h, void *arg) {
+  struct walk *w = arg;
   struct ta_stats *s = w->s;
-  char *end = (char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t);
-  ta_mhdr_t *h = (ta_mhdr_t *)((char *)c + TA_MEDIUM_HDR);
-  while ((char *)h < end) {
-    size_t sz = h->size_flags & TA_M_SIZE_MASK;
-    if (sz < TA_MIN_MBLOCK || (char *)h + sz > end) break; /* changing under us */
-    size_t usable = sz - sizeof(ta_mhdr_t);
-    if (h->size_flags & TA_M_INUSE) {
-      struct ta_class_stats *cs = &s->classes[ta_size_class(usable)];
-      size_t waste = w->tracked ? (size_t)(h->size_flags >> TA_M_WASTE_SHIFT) : 0;
-      if (waste > usable) waste = usable;
-      cs->live_blocks++;
-      cs->usable_bytes += usable;
-      cs->requested_bytes += usable - waste;
-    } else {
-      unsigned b = ta_size_class(sz);
-      if (ta_class_size[b] > sz) b--;
-      s->classes[b].free_blocks++;
-      s->classes[b].free_bytes += usable;
-      take_largest(s, usable);
-    }
-    h = (ta_mhdr_t *)((char *)h + sz);
+  size_t sz = h->size_flags & TA_M_SIZE_MASK, usable = sz - sizeof(ta_mhdr_t);
+  if (h->size_flags & TA_M_INUSE) {
+    struct ta_class_stats *cs = &s->classes[ta_size_class(usable)];
+    size_t waste = w->tracked ? (size_t)(h->size_flags >> TA_M_WASTE_SHIFT) : 0;
+    if (waste > usable) waste = usable;
+    cs->live_blocks++;
+    cs->usable_bytes += usable;
+    cs->requested_bytes += usable - waste;
+  } else {
+    unsigned b = ta_size_class(sz);
+    if (ta_class_size[b] > sz) b--;
+    s->classes[b].free_blocks++;
+    s->classes[b].free_bytes += usable;
+    take_largest(s, usable);
   }
-  s->heap_bytes += TA_CHUNK_SIZE;
+}
+
+static void walk_medium(struct walk *w, ta_chunk_t *c) {
+  ta_medium_walk(c, visit_medium, w);
+  w->s->heap_bytes += TA_CHUNK_SIZE;
 }
 
 static void walk_huge(struct walk *w, ta_huge_t *h) {
@@ -517,6 +516,11 @@ int ta_malloc_info(int options, FILE *fp) {
 
 /* ------------------------------------------------------------------ the heap map */
 
+static void map_block(const ta_mhdr_t *h, void *arg) {
+  put(arg, "block 0x%lx %zu %s\n", (unsigned long)h, (size_t)(h->size_flags & TA_M_SIZE_MASK),
+      (h->size_flags & TA_M_INUSE) ? "used" : "free");
+}
+
 static void map_granule(uintptr_t base, uint8_t kind, void *arg) {
   struct out *o = arg;
   if (kind == TA_MAP_SMALL || kind == TA_MAP_MEDIUM) {
@@ -537,15 +541,7 @@ static void map_granule(uintptr_t base, uint8_t kind, void *arg) {
             (unsigned)RUN_USED(r), r->limit / r->bsize, r->cap);
       }
     } else {
-      char *end = (char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t);
-      ta_mhdr_t *h = (ta_mhdr_t *)((char *)c + TA_MEDIUM_HDR);
-      while ((char *)h < end) {
-        size_t sz = h->size_flags & TA_M_SIZE_MASK;
-        if (sz < TA_MIN_MBLOCK || (char *)h + sz > end) break;
-        put(o, "block 0x%lx %zu %s\n", (unsigned long)h, sz,
-            (h->size_flags & TA_M_INUSE) ? "used" : "free");
-        h = (ta_mhdr_t *)((char *)h + sz);
-      }
+      ta_medium_walk(c, map_block, o);
     }
   } else {
     ta_huge_t *h = (ta_huge_t *)(kind == TA_MAP_HUGE ? base : base - TA_CHUNK_SIZE);
