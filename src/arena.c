@@ -25,6 +25,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 
 #include "internal.h"
 
@@ -52,13 +53,19 @@ static _Atomic int atfork_state;
 
 static void fork_child(void);
 
+/* One thread initialises: it writes the secret once, then publishes with a release store;
+ * any other thread arriving meanwhile waits the few microseconds that takes. */
 void ta_init(void) {
   if (TA_LIKELY(__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE))) return;
-  ta_conf_init();
-  uintptr_t expected = 0;
-  __atomic_compare_exchange_n(&ta_secret, &expected, ta_os_random(), false, __ATOMIC_ACQ_REL,
-                              __ATOMIC_ACQUIRE);
-  __atomic_store_n(&ta_initialized, true, __ATOMIC_RELEASE);
+  static _Atomic int claimed;
+  int expected = 0;
+  if (atomic_compare_exchange_strong(&claimed, &expected, 1)) {
+    ta_conf_init();
+    ta_secret = ta_os_random();
+    __atomic_store_n(&ta_initialized, true, __ATOMIC_RELEASE);
+    return;
+  }
+  while (!__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE)) sched_yield();
 }
 
 static void arena_init(ta_arena_t *a) {
