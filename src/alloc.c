@@ -23,8 +23,10 @@
 
 #ifdef TA_OVERRIDE
 const bool ta_brk_default = true;
+const bool ta_bg_default = true;
 #else
 const bool ta_brk_default = false;
+const bool ta_bg_default = false; /* the ta_ API's tests drive purging themselves */
 #endif
 
 /* ------------------------------------------------------------------ allocation */
@@ -155,12 +157,21 @@ void *ta_pvalloc(size_t size) {
 
 /* ------------------------------------------------------------------ free */
 
-static TA_NOINLINE void free_small_remote(ta_run_t *r, ta_block_t *b) {
-  ta_arena_t *owner = r->owner;
-  if (!ta_small_valid(r, b)) ta_fatal("free(): invalid pointer", b);
-  if (b->key == ta_secret) ta_fatal("free(): double free of pointer", b);
-  b->key = ta_secret;
+/* A block of another arena goes to its owner. Its mark decides nothing here: a block that
+ * looks free is handed to the owner as a suspect, for the owner to confirm. */
+static void free_to_owner(ta_arena_t *owner, ta_block_t *b) {
+  uintptr_t mark = ta_mark(b);
+  if (TA_UNLIKELY(b->key == mark)) {
+    ta_remote_suspect(owner, b);
+    return;
+  }
+  b->key = mark;
   ta_remote_push(owner, b);
+}
+
+static TA_NOINLINE void free_small_remote(ta_run_t *r, ta_block_t *b) {
+  if (!ta_small_valid(r, b)) ta_fatal("free(): invalid pointer", b);
+  free_to_owner(r->owner, b);
 }
 
 static void free_medium(void *p) {
@@ -168,26 +179,24 @@ static void free_medium(void *p) {
   ta_block_t *b = p;
   ta_chunk_t *c = ta_chunk_of(p);
   ta_arena_t *me = ta_tl_arena;
-  if (c->owner == me) {
-    if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal("free(): double free of pointer", p);
-    ta_slow_enter(me);
-    if (b->key == ta_secret && atomic_load_explicit(&me->remote, memory_order_relaxed)) {
-      /* Maybe freed before by another thread and not yet drained: after the drain the
-       * block may have been merged away, or its whole chunk released. */
-      ta_remote_drain(me);
-      if (ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || h->check != ((uintptr_t)h ^ ta_secret) ||
-          !(h->size_flags & TA_M_INUSE))
-        ta_fatal("free(): double free of pointer", p);
-    }
-    ta_medium_free_local(me, h);
-    me->cnt.frees++;
-    ta_slow_leave(me);
+  /* INUSE is cleared by the owner alone, when the block is free: a sure double free. */
+  if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal("free(): double free of pointer", p);
+  if (c->owner != me) {
+    free_to_owner(c->owner, b);
     return;
   }
-  if (!(ta_mh_load(h) & TA_M_INUSE) || b->key == ta_secret)
-    ta_fatal("free(): double free of pointer", p);
-  b->key = ta_secret;
-  ta_remote_push(c->owner, b);
+  ta_slow_enter(me);
+  if (b->key == ta_mark(b)) {
+    /* Maybe freed before by another thread and not yet taken in: after that the block
+     * may have been merged away, or its whole chunk released. */
+    ta_remote_collect(me);
+    if (ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || !ta_medium_check_ok(h) ||
+        !(h->size_flags & TA_M_INUSE))
+      ta_fatal("free(): double free of pointer", p);
+  }
+  ta_medium_free_local(me, h);
+  me->cnt.frees++;
+  ta_slow_leave(me);
 }
 
 static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
@@ -222,10 +231,10 @@ void ta_free(void *p) {
   /* off is a multiple of bsize exactly when off * ceil(2^32 / bsize) wraps below it. */
   if (TA_UNLIKELY((uint32_t)(off * r->recip) >= r->recip || off >= r->limit))
     return free_invalid(p);
-  uintptr_t key = ta_secret;
-  if (TA_UNLIKELY(b->key == key)) return ta_small_free_suspect(me, r, b);
-  b->next = r->free;
-  b->key = key;
+  uintptr_t mark = ta_mark(b);
+  if (TA_UNLIKELY(b->key == mark)) return ta_small_free_suspect(me, r, b);
+  b->link = ta_link_enc(r->free);
+  b->key = mark;
   r->free = b;
   me->cnt.frees++;
   if (TA_UNLIKELY(ta_dec_le_zero(&r->used))) return ta_small_free_slow(me, r);
@@ -341,7 +350,7 @@ int ta_malloc_trim(size_t pad) {
   ta_arena_t *a = ta_tl_arena;
   if (a != &ta_sentinel_arena) {
     ta_slow_enter(a);
-    if (atomic_load_explicit(&a->remote, memory_order_relaxed)) ta_remote_drain(a);
+    ta_remote_collect(a);
     freed += ta_arena_purge(a, now, true, false);
     ta_slow_leave(a);
   }

@@ -44,6 +44,7 @@ ta_arena_t ta_sentinel_arena = {
 _Static_assert(TA_NUM_SMALL + 1 == 57, "sentinel initialiser covers every class");
 
 uintptr_t ta_secret;
+_Alignas(64) ta_keys_t ta_keys;
 bool ta_initialized;
 static _Atomic(ta_arena_t *) all_arenas;
 static _Atomic uint32_t arena_count;
@@ -52,6 +53,21 @@ static _Atomic int exit_key_state; /* 0 none, 1 creating, 2 ready, 3 failed */
 static _Atomic int atfork_state;
 
 static void fork_child(void);
+
+/* The free-list keys: independent of the secret of the check words, so that a check word
+ * read past the end of a block tells nothing about them. */
+static void draw_keys(void) {
+  uintptr_t x = ta_secret;
+  x ^= x >> 31;
+  x *= 0xd6e8feb86659fd93ULL;
+  x ^= ta_os_random();
+  ta_keys.mark = x;
+  x = ta_os_random() ^ (x >> 17);
+  uintptr_t k = x | 1, inv = k; /* Newton: each step doubles the correct low bits */
+  for (int i = 0; i < 5; i++) inv *= 2 - k * inv;
+  ta_keys.link = k;
+  ta_keys.unlink = inv;
+}
 
 /* One thread initialises: it writes the secret once, then publishes with a release store;
  * any other thread arriving meanwhile waits the few microseconds that takes. */
@@ -62,6 +78,7 @@ void ta_init(void) {
   if (atomic_compare_exchange_strong(&claimed, &expected, 1)) {
     ta_conf_init();
     ta_secret = ta_os_random();
+    draw_keys();
     __atomic_store_n(&ta_initialized, true, __ATOMIC_RELEASE);
     return;
   }
@@ -105,14 +122,21 @@ ta_arena_t *ta_arena_first(void) { return atomic_load_explicit(&all_arenas, memo
 /* Gives the arena up (thread exit, or the end of a borrowed call): what is free in it goes
  * back to the kernel once it has been ownerless for the decay time (purge.c). */
 void ta_arena_release(ta_arena_t *a) {
-  if (atomic_load_explicit(&a->remote, memory_order_relaxed)) {
-    ta_slow_enter(a);
-    ta_remote_drain(a);
-    ta_slow_leave(a);
-  }
+  ta_remote_collect(a);
   a->released_ms = ta_os_now_ms();
-  atomic_store_explicit(&a->state, ARENA_FREE, memory_order_release);
+  ta_arena_give_back(a);
   ta_note_orphan_work();
+}
+
+/* Makes a claimed arena FREE again. A block freed into it while it was claimed was left for
+ * the claimer (the freer saw CLAIMED and told nobody): look once more after the store, so
+ * that work is noticed either here or by the freer (seq_cst on both sides: the freer's CAS
+ * then its load of the state, our store then our load of the lists). */
+void ta_arena_give_back(ta_arena_t *a) {
+  atomic_store_explicit(&a->state, ARENA_FREE, memory_order_seq_cst);
+  if (atomic_load_explicit(&a->remote, memory_order_seq_cst) != NULL ||
+      atomic_load_explicit(&a->suspected, memory_order_seq_cst) != 0)
+    ta_note_orphan_work();
 }
 
 static void thread_exit(void *p) {
@@ -121,6 +145,7 @@ static void thread_exit(void *p) {
   tl_state = TL_EXITED;
   /* Only an arena this thread still owns (not one a fork child made a zombie). */
   if (atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED) ta_arena_release(a);
+  ta_bg_maybe_start(); /* the arena's free memory goes back on time, no caller needed */
 }
 
 /* Registration that may itself call malloc: done once the thread has its arena, so a
@@ -151,12 +176,7 @@ ta_arena_t *ta_arena_get_slow(bool *borrowed) {
   if (a != &ta_sentinel_arena) return a;
   a = arena_claim();
   if (a == NULL) return NULL;
-  if (atomic_load_explicit(&a->remote, memory_order_relaxed)) {
-    /* An adopted arena: take in what other threads freed while it had no owner. */
-    ta_slow_enter(a);
-    ta_remote_drain(a);
-    ta_slow_leave(a);
-  }
+  ta_remote_collect(a); /* an adopted arena: what others freed while it had no owner */
   if (tl_state == TL_EXITED) {
     *borrowed = true; /* past this thread's clean-up: use it for one call only */
     return a;
@@ -169,38 +189,114 @@ ta_arena_t *ta_arena_get_slow(bool *borrowed) {
 
 void ta_arena_borrow_done(ta_arena_t *a) { ta_arena_release(a); }
 
-void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
-  ta_block_t *head = atomic_load_explicit(&owner->remote, memory_order_relaxed);
-  do {
-    b->next = head;
-  } while (!atomic_compare_exchange_weak_explicit(&owner->remote, &head, b, memory_order_release,
-                                                  memory_order_relaxed));
-  /* An ownerless arena drains only when someone notices (purge.c). The state shares the
-   * cache line the CAS just took. */
-  if (TA_UNLIKELY(atomic_load_explicit(&owner->state, memory_order_relaxed) != ARENA_CLAIMED))
+/* An ownerless arena drains only when someone notices (purge.c). The state shares the cache
+ * line the caller's CAS just took. */
+static void notice_if_ownerless(ta_arena_t *owner) {
+  if (TA_UNLIKELY(atomic_load_explicit(&owner->state, memory_order_seq_cst) != ARENA_CLAIMED))
     ta_note_orphan_work();
 }
 
-void ta_remote_drain(ta_arena_t *a) {
-  ta_block_t *b = atomic_exchange_explicit(&a->remote, NULL, memory_order_acquire);
-  while (b) {
-    ta_block_t *next = b->next;
+void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
+  ta_block_t *head = atomic_load_explicit(&owner->remote, memory_order_relaxed);
+  do {
+    b->link = ta_link_enc(head);
+  } while (!atomic_compare_exchange_weak_explicit(&owner->remote, &head, b, memory_order_seq_cst,
+                                                  memory_order_relaxed));
+  notice_if_ownerless(owner);
+}
+
+/* A free by another thread of a block whose mark says "already free". Only the owner can
+ * tell (it alone reads its lists), so the pointer waits in one of the owner's suspect
+ * slots, untouched, until the owner's next slow path confirms it: a double free is then
+ * reported, and a block that only held bytes equal to its mark is freed. A program that
+ * is correct never writes its block's mark (it cannot read the key), so the slots are
+ * almost always empty; should all be taken, the freeing thread waits for the owner. */
+void ta_remote_suspect(ta_arena_t *owner, void *p) {
+  for (unsigned spins = 0;; spins++) {
+    for (unsigned i = 0; i < TA_SUSPECTS; i++) {
+      void *expected = NULL;
+      if (atomic_load_explicit(&owner->suspects[i], memory_order_relaxed) == NULL &&
+          atomic_compare_exchange_strong_explicit(&owner->suspects[i], &expected, p,
+                                                  memory_order_release, memory_order_relaxed)) {
+        atomic_fetch_add_explicit(&owner->suspected, 1, memory_order_seq_cst);
+        notice_if_ownerless(owner);
+        return;
+      }
+    }
+    /* Every slot is taken: with the owner gone or a fork child's zombie, nobody may
+     * confirm soon; a bounded wait, then the verdict of the mark. */
+    if (spins > 1000) ta_fatal("free(): double free of pointer", p);
+    sched_yield();
+  }
+}
+
+/* Takes in one remote free and returns the next on the list. Every block on the list was
+ * checked by its freer, but the list lives in freed memory: each entry is checked again,
+ * through the map first, before anything is read from it. */
+static ta_block_t *remote_take(ta_arena_t *a, ta_block_t *b) {
+  a->cnt.frees++;
+  a->cnt.remote_frees++;
+  uint8_t kind = ta_map_get((uintptr_t)b);
+  if (kind == TA_MAP_SMALL) {
+    ta_run_t *r = ta_run_of(b);
+    if (r->owner != a || !ta_small_valid(r, b) || b->key != ta_mark(b))
+      ta_fatal("free(): corrupted list of remote frees at", b);
+    ta_block_t *next = ta_block_next(b); /* before the free rewrites the link */
+    ta_small_free_local(a, r, b);
+    return next;
+  }
+  if (kind == TA_MAP_MEDIUM && ta_chunk_of(b)->owner == a) {
+    ta_mhdr_t *h = (ta_mhdr_t *)b - 1;
+    if ((uintptr_t)b & (TA_ALIGNMENT - 1) || !ta_medium_check_ok(h) ||
+        !(ta_mh_load(h) & TA_M_INUSE))
+      ta_fatal("free(): corrupted list of remote frees at", b);
+    ta_block_t *next = ta_block_next(b);
+    ta_medium_free_local(a, h);
+    return next;
+  }
+  ta_fatal("free(): corrupted list of remote frees at", b);
+}
+
+/* A suspected double free, after the remote list was drained: a block still in use is
+ * freed; one already free (on its run's list, merged, or its memory gone) is reported. */
+static void confirm_suspect(ta_arena_t *a, void *p) {
+  uint8_t kind = ta_map_get((uintptr_t)p);
+  if (kind == TA_MAP_SMALL) {
+    ta_run_t *r = ta_run_of(p);
+    if (r->owner != a || !ta_small_valid(r, p) || ta_small_on_free_list(r, p))
+      ta_fatal("free(): double free of pointer", p);
     a->cnt.frees++;
     a->cnt.remote_frees++;
-    if (ta_map_get((uintptr_t)b) == TA_MAP_SMALL) {
-      ta_small_free_local(a, ta_run_of(b), b);
-    } else {
-      ta_mhdr_t *h = (ta_mhdr_t *)b - 1;
-      if (h->check != ((uintptr_t)h ^ ta_secret) || !(h->size_flags & TA_M_INUSE))
-        ta_fatal("free(): double free of pointer", b);
-      ta_medium_free_local(a, h);
-    }
-    b = next;
+    ta_small_free_local(a, r, p);
+    return;
   }
+  ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
+  if (kind != TA_MAP_MEDIUM || ta_chunk_of(p)->owner != a || !ta_medium_check_ok(h) ||
+      !(ta_mh_load(h) & TA_M_INUSE))
+    ta_fatal("free(): double free of pointer", p);
+  a->cnt.frees++;
+  a->cnt.remote_frees++;
+  ta_medium_free_local(a, h);
+}
+
+void ta_remote_collect_slow(ta_arena_t *a) {
+  ta_slow_enter(a);
+  ta_block_t *b = atomic_exchange_explicit(&a->remote, NULL, memory_order_acquire);
+  while (b) b = remote_take(a, b);
+  /* Suspects after the drain: a block freed once remotely and once more is on its run's
+   * list by now. */
+  if (atomic_exchange_explicit(&a->suspected, 0, memory_order_acquire) != 0) {
+    for (unsigned i = 0; i < TA_SUSPECTS; i++) {
+      void *p = atomic_exchange_explicit(&a->suspects[i], NULL, memory_order_acquire);
+      if (p) confirm_suspect(a, p);
+    }
+  }
+  ta_slow_leave(a);
 }
 
 static void fork_child(void) {
   ta_brk_reset_after_fork();
+  ta_bg_reset_after_fork();
   ta_stats_reset_after_fork(); /* readers, the log, and the huge cache's tallies */
   if (atomic_load(&exit_key_state) == 1) atomic_store(&exit_key_state, 0);
   ta_arena_t *mine = ta_tl_arena;

@@ -10,6 +10,8 @@
  *   dirty_max_kb:N      free chunks and run slots all arenas keep resident at most (0..4194304)
  *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
  *   huge_pages:BOOL     ask for transparent huge pages on huge blocks
+ *   background_thread:BOOL  a thread returns free memory on time once threads have exited
+ *                       (default true in the replacement library; see background.c)
  *   stats_log:PATH      append one JSON line of totals to PATH every stats_interval_ms
  *                       (turns stats on; the line is written from a slow path)
  *   stats_interval_ms:N sampling interval of stats_log (1..3600000, default 100)
@@ -85,7 +87,8 @@ static void apply(const char *e, size_t n) {
   const char *v = colon + 1;
   int b;
   uint64_t x;
-  if (eq(e, kn, "stats") || eq(e, kn, "stats_print") || eq(e, kn, "huge_pages")) {
+  if (eq(e, kn, "stats") || eq(e, kn, "stats_print") || eq(e, kn, "huge_pages") ||
+      eq(e, kn, "background_thread")) {
     if ((b = parse_bool(v, vn)) < 0) {
       warn("bad value", e, n);
       return;
@@ -97,6 +100,8 @@ static void apply(const char *e, size_t n) {
         ta_stats_enable(1);
         if (report_fd < 0) report_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 100);
       }
+    } else if (eq(e, kn, "background_thread")) {
+      ta_bg_setting = b;
     } else ta_huge_pages = b;
   } else if (eq(e, kn, "stats_format")) {
     if (eq(v, vn, "text")) ta_conf_stats_format = 0;

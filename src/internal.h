@@ -28,7 +28,8 @@
  *   run:    state == RUN_ACTIVE <=> RUN_ACTIVE_BIAS added to used <=> it is owner.cur[cls]
  *   run:    state == RUN_PARTIAL <=> run is on owner.partial[cls]
  *   run:    owner == NULL <=> the run slot is free in its chunk
- *   block:  a small block on a free list has word[1] == ta_secret; malloc clears it
+ *   block:  a block on a free or remote list has word[1] == ta_mark(b); malloc clears it,
+ *           and a run that retires wipes every mark and link it held
  *   medium: INUSE clear <=> the block is on exactly one bin list; no two adjacent free
  *           blocks; PREV_FREE of a block == !INUSE of its predecessor
  *   map:    ta_chunk_map[g] != 0 => granule g is mapped and its header check word is valid
@@ -81,13 +82,36 @@ enum {
 TA_HIDDEN extern _Atomic uint8_t ta_chunk_map[TA_MAP_ENTRIES];
 
 /* ------------------------------------------------------------------ blocks */
-/* A free small block: word 0 links the free list, word 1 holds ta_secret. */
+/* A free block (small, or medium on its way to its owner): word 0 links it into a list,
+ * encoded (ta_link_enc); word 1 holds its mark, ta_mark(b). Neither is stored plainly:
+ *   - the link is the next block's address times an odd secret, so a link overwritten
+ *     after free (in whole or in part) decodes to a random address, which malloc rejects
+ *     (it must lie in the run's own chunk) instead of returning it;
+ *   - the mark is keyed by the block's own address, so bytes a program copies from one
+ *     block into another never make the second look free, and the key cannot be read
+ *     back: every mark is cleared where its memory is handed out or changes size class.
+ * A matching mark only raises a suspicion; it is confirmed before anything aborts. */
 typedef struct ta_block {
-  struct ta_block *next;
+  uintptr_t link;
   uintptr_t key;
 } ta_block_t;
 
 TA_HIDDEN extern uintptr_t ta_secret; /* random, nonzero once the allocator is initialised */
+/* The free-list keys, drawn with the secret: one cache line read by both fast paths. */
+typedef struct ta_keys {
+  uintptr_t mark;   /* ta_mark(b) == b ^ mark */
+  uintptr_t link;   /* odd: a link is stored as address * link */
+  uintptr_t unlink; /* link's inverse modulo 2^64: address == stored * unlink */
+} ta_keys_t;
+TA_HIDDEN extern ta_keys_t ta_keys;
+TA_INLINE uintptr_t ta_mark(const void *b) { return (uintptr_t)b ^ ta_keys.mark; }
+TA_INLINE uintptr_t ta_link_enc(const ta_block_t *next) { return (uintptr_t)next * ta_keys.link; }
+TA_INLINE ta_block_t *ta_link_dec(uintptr_t w) { return (ta_block_t *)(w * ta_keys.unlink); }
+TA_INLINE ta_block_t *ta_block_next(const ta_block_t *b) { return ta_link_dec(b->link); }
+/* Whether b lies in the same 4 MiB chunk as the run meta block r (false for NULL). */
+TA_INLINE bool ta_same_chunk(const void *b, const void *r) {
+  return (((uintptr_t)b ^ (uintptr_t)r) >> 22) == 0;
+}
 
 /* ------------------------------------------------------------------ runs */
 enum { RUN_UNUSED = 0, RUN_ACTIVE, RUN_PARTIAL, RUN_FULL };
@@ -187,6 +211,7 @@ enum { HUGE_LIVE = 1, HUGE_CACHED = 2 };
 #define TA_HUGE_HDR 64
 
 /* ------------------------------------------------------------------ arenas */
+#define TA_SUSPECTS 4 /* suspected double frees an arena holds for its owner to confirm */
 enum { ARENA_FREE = 0, ARENA_CLAIMED = 1, ARENA_ZOMBIE = 2 };
 
 /* Per-arena event counters: plain increments by the owner, summed when read. */
@@ -224,9 +249,14 @@ typedef struct ta_arena {
   size_t dirty_bytes;          /* empty chunks and retired run slots still resident */
 
   /* --- shared with other threads --- */
-  _Alignas(64) _Atomic(ta_block_t *) remote; /* blocks freed by other threads */
+  _Alignas(64) _Atomic(ta_block_t *) remote; /* blocks freed by other threads (links encoded) */
   _Atomic int state;                         /* ARENA_*; read by remote freers */
+  _Atomic uint32_t suspected;                /* nonzero: look at suspects[] */
   struct ta_arena *next_all;                 /* global list, push-only */
+  /* Frees by other threads of blocks whose mark says "already free": the owner confirms
+   * each (it alone can read its lists) and either frees the block or reports the double
+   * free. The freeing thread never aborts on the mark alone. */
+  _Atomic(void *) suspects[TA_SUSPECTS];
 } ta_arena_t;
 
 /* The placeholder every thread starts with: all its runs are empty, so the first malloc
@@ -252,7 +282,8 @@ TA_INLINE unsigned ta_size_class(size_t size) {
 
 /* ------------------------------------------------------------------ os.c */
 /* The only file that talks to the kernel. Each call can be made to fail by a test hook. */
-enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16 };
+enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16,
+       TA_OS_THREAD = 32 };
 TA_HIDDEN void *ta_os_brk_get(void);             /* the kernel's break; (void *)-1 on failure */
 TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
 TA_HIDDEN void *ta_os_mmap(size_t size);         /* NULL on failure; zeroed, read-write */
@@ -265,6 +296,11 @@ TA_HIDDEN int ta_os_decommit(void *p, size_t size); /* MADV_DONTNEED */
 TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
 TA_HIDDEN void ta_os_hugepage(void *p, size_t size); /* MADV_HUGEPAGE hint */
 TA_HIDDEN uint64_t ta_os_now_ms(void);
+/* A detached thread with every signal blocked and a small stack; 0 on success. */
+TA_HIDDEN int ta_os_thread_start(void *(*fn)(void *));
+/* Sleeps while *word == val, at most timeout_ms (0: no limit); wakes one sleeper. */
+TA_HIDDEN void ta_os_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ms);
+TA_HIDDEN void ta_os_futex_wake(_Atomic uint32_t *word);
 TA_HIDDEN uintptr_t ta_os_random(void);
 TA_HIDDEN extern _Atomic size_t ta_os_mapped_bytes;   /* mapped or taken from the break, now */
 TA_HIDDEN extern _Atomic size_t ta_os_returned_bytes; /* given back since start */
@@ -325,15 +361,18 @@ TA_INLINE char *ta_run_base(const ta_run_t *r) {
   return (char *)((uintptr_t)r & ~(uintptr_t)TA_CHUNK_MASK) + ((size_t)r->slot << TA_RUN_SHIFT);
 }
 
-/* Pops a block off a run's free list, or NULL: the heart of every small allocation. */
+/* Pops a block off a run's free list, or NULL: the heart of every small allocation. The
+ * head must lie in the run's chunk: one test turns away both the empty list (NULL) and a
+ * link forged after free; the slow path tells them apart. */
 TA_INLINE ta_block_t *ta_run_pop(ta_run_t *r) {
   ta_block_t *b = r->free;
-  if (TA_LIKELY(b != NULL)) {
-    r->free = b->next;
+  if (TA_LIKELY(ta_same_chunk(b, r))) {
+    r->free = ta_block_next(b);
     b->key = 0; /* no longer "free" */
     r->used++;
+    return b;
   }
-  return b;
+  return NULL;
 }
 
 /* ------------------------------------------------------------------ small.c */
@@ -342,6 +381,7 @@ TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
 TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
 TA_HIDDEN void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
 TA_HIDDEN bool ta_small_valid(const ta_run_t *r, const void *p);
+TA_HIDDEN bool ta_small_on_free_list(const ta_run_t *r, const void *p);
 TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
 
 /* ------------------------------------------------------------------ medium.c */
@@ -349,6 +389,16 @@ TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align);
 TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
 TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
 TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
+/* A meta block's check word covers its address, its size and INUSE: a byte written past
+ * the end of the block before it (an overflow into this header) is seen. PREV_FREE is left
+ * out, since the owner flips it while another thread may be checking a live block. */
+#define TA_M_CHECKED (TA_M_SIZE_MASK | TA_M_INUSE)
+TA_INLINE uintptr_t ta_medium_check(const ta_mhdr_t *h, size_t size_flags) {
+  return (uintptr_t)h ^ ta_secret ^ (size_flags & TA_M_CHECKED);
+}
+TA_INLINE bool ta_medium_check_ok(const ta_mhdr_t *h) {
+  return h->check == ta_medium_check(h, ta_mh_load(h));
+}
 TA_INLINE size_t ta_medium_usable(const ta_mhdr_t *h) {
   return (ta_mh_load(h) & TA_M_SIZE_MASK) - sizeof(ta_mhdr_t);
 }
@@ -381,8 +431,17 @@ TA_HIDDEN void ta_arena_borrow_done(ta_arena_t *a);
 TA_HIDDEN bool ta_arena_try_claim(ta_arena_t *a);
 TA_HIDDEN ta_arena_t *ta_arena_first(void);
 TA_HIDDEN void ta_arena_release(ta_arena_t *a);
+TA_HIDDEN void ta_arena_give_back(ta_arena_t *a);
 TA_HIDDEN void ta_remote_push(ta_arena_t *owner, ta_block_t *b);
-TA_HIDDEN void ta_remote_drain(ta_arena_t *a);
+TA_HIDDEN void ta_remote_suspect(ta_arena_t *owner, void *p);
+TA_HIDDEN void ta_remote_collect_slow(ta_arena_t *a);
+/* The owner takes in what other threads left for it: the blocks they freed, and the frees
+ * they suspected of being double frees. Two loads of one cache line when there is none. */
+TA_INLINE void ta_remote_collect(ta_arena_t *a) {
+  if (atomic_load_explicit(&a->remote, memory_order_relaxed) != NULL ||
+      atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0)
+    ta_remote_collect_slow(a);
+}
 TA_HIDDEN void ta_init(void);
 TA_HIDDEN extern bool ta_initialized;
 
@@ -416,6 +475,15 @@ TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over
 TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);
 TA_HIDDEN void ta_note_orphan_work(void);
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
+
+/* ------------------------------------------------------------------ background.c */
+TA_HIDDEN extern int ta_bg_setting; /* background_thread: -1 default, 0 off, 1 on */
+TA_HIDDEN void ta_bg_maybe_start(void); /* from thread exit only */
+TA_HIDDEN void ta_bg_wake(void);
+TA_HIDDEN void ta_bg_reset_after_fork(void);
+bool ta_bg_running(void);   /* for tests */
+uint64_t ta_bg_rounds(void);
+void ta_bg_enable(bool on);
 
 /* ------------------------------------------------------------------ stats.c */
 TA_HIDDEN extern bool ta_stats_on;      /* requested sizes are tracked */

@@ -41,11 +41,20 @@ static void bin_insert(ta_arena_t *a, ta_mhdr_t *h) {
   M_FOOTER(h, s) = s;
 }
 
+static TA_COLD void corrupted(const char *what, const void *p) { ta_fatal(what, p); }
+
+/* Unlinks a free block after checking it and both its neighbours in the bin: each must
+ * point back at it. Links live in freed memory; a forged one is reported, never followed
+ * into a write. */
 static void bin_remove(ta_arena_t *a, ta_mhdr_t *h) {
   ta_mhdr_t *next = M_LINK(h)[0], *prev = M_LINK(h)[1];
+  unsigned b = bin_of(M_SIZE(h));
+  if (!ta_medium_check_ok(h) || (h->size_flags & TA_M_INUSE) ||
+      M_FOOTER(h, M_SIZE(h)) != M_SIZE(h) || (next && M_LINK(next)[1] != h) ||
+      (prev ? M_LINK(prev)[0] != h : a->bins[b] != h))
+    corrupted("malloc(): corrupted free block", h + 1);
   if (prev) M_LINK(prev)[0] = next;
   else {
-    unsigned b = bin_of(M_SIZE(h));
     a->bins[b] = next;
     if (next == NULL) a->bin_map[b >> 6] &= ~((uint64_t)1 << (b & 63));
   }
@@ -68,7 +77,7 @@ static ta_mhdr_t *bin_first_fit(ta_arena_t *a, size_t need) {
 
 static void set_hdr(ta_mhdr_t *h, size_t size_flags) {
   h->size_flags = size_flags;
-  h->check = (uintptr_t)h ^ ta_secret;
+  h->check = ta_medium_check(h, size_flags);
 }
 
 /* A meta block swallowed by a merge: nothing may take it for a block again (a second
@@ -95,6 +104,8 @@ static bool medium_chunk_new(ta_arena_t *a) {
 }
 
 static void medium_chunk_free(ta_arena_t *a, ta_chunk_t *c) {
+  /* The end marker lies where a small chunk keeps blocks: leave no check word there. */
+  forget_hdr((ta_mhdr_t *)((char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t)));
   if (c->prev) c->prev->next = c->next;
   else a->medium_chunks = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -121,7 +132,7 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep) {
     ts += M_SIZE(n);
     forget_hdr(n);
   }
-  h->size_flags = keep | (h->size_flags & TA_M_FLAGS);
+  set_hdr(h, keep | (h->size_flags & TA_M_FLAGS));
   a->cnt.splits++;
   make_free(a, t, ts);
 }
@@ -133,7 +144,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
   if (search > TA_CHUNK_SIZE - TA_MEDIUM_HDR - 2 * sizeof(ta_mhdr_t)) return NULL;
 
   ta_slow_enter(a);
-  if (atomic_load_explicit(&a->remote, memory_order_relaxed)) ta_remote_drain(a);
+  ta_remote_collect(a);
   ta_maybe_purge(a);
   ta_mhdr_t *h = bin_first_fit(a, search);
   if (h == NULL) {
@@ -172,9 +183,28 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
   return h + 1;
 }
 
+/* The block after h, checked: an overflow out of h into its header is reported here. */
+static ta_mhdr_t *next_checked(ta_mhdr_t *h) {
+  ta_mhdr_t *n = M_NEXT(h);
+  if (!ta_medium_check_ok(n)) corrupted("free(): corrupted heap after pointer", h + 1);
+  return n;
+}
+
+/* The free block before h, found through its footer, checked against its own header. */
+static ta_mhdr_t *prev_checked(ta_mhdr_t *h) {
+  size_t ps = *((size_t *)h - 1);
+  ta_mhdr_t *p = (ta_mhdr_t *)((char *)h - ps);
+  uintptr_t first = (uintptr_t)ta_chunk_of(h) + TA_MEDIUM_HDR;
+  if (ps < TA_MIN_MBLOCK || (ps & (TA_ALIGNMENT - 1)) || (uintptr_t)h - first < ps ||
+      !ta_medium_check_ok(p) || (p->size_flags & TA_M_INUSE) || M_SIZE(p) != ps)
+    corrupted("free(): corrupted heap before pointer", h + 1);
+  return p;
+}
+
 void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   size_t s = M_SIZE(h);
-  ta_mhdr_t *n = M_NEXT(h);
+  ((ta_block_t *)(h + 1))->key = 0; /* a mark left by a remote free would outlive a merge */
+  ta_mhdr_t *n = next_checked(h);
   if (!(n->size_flags & TA_M_INUSE)) {
     bin_remove(a, n);
     s += M_SIZE(n);
@@ -182,8 +212,8 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
     a->cnt.merges++;
   }
   if (h->size_flags & TA_M_PREV_FREE) {
-    size_t ps = *((size_t *)h - 1);
-    ta_mhdr_t *p = (ta_mhdr_t *)((char *)h - ps);
+    ta_mhdr_t *p = prev_checked(h);
+    size_t ps = M_SIZE(p);
     bin_remove(a, p);
     forget_hdr(h);
     h = p;
@@ -213,7 +243,7 @@ ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {
       u >= (uintptr_t)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t))
     ta_fatal(op, p);
   ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
-  if (h->check != ((uintptr_t)h ^ ta_secret)) ta_fatal(op, p);
+  if (!ta_medium_check_ok(h)) ta_fatal(op, p);
   return h;
 }
 
@@ -232,7 +262,7 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       bin_remove(a, n);
       size_t total = s + M_SIZE(n);
       forget_hdr(n);
-      h->size_flags = total | (h->size_flags & TA_M_FLAGS);
+      set_hdr(h, total | (h->size_flags & TA_M_FLAGS));
       ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
       split_tail(a, h, need);
     } else {

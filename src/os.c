@@ -18,7 +18,10 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -228,6 +231,38 @@ uintptr_t ta_os_random(void) {
   x *= 0xff51afd7ed558ccdULL;
   x ^= x >> 29;
   return (uintptr_t)(x | 1u); /* never zero */
+}
+
+/* ------------------------------------------------------------------ threads */
+int ta_os_thread_start(void *(*fn)(void *)) {
+  if (should_fail(TA_OS_THREAD)) return -1;
+  int saved = errno;
+  pthread_attr_t attr;
+  if (pthread_attr_init(&attr) != 0) return -1;
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, (size_t)256 << 10);
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old); /* the new thread inherits: no signal for it */
+  pthread_t t;
+  int r = pthread_create(&t, &attr, fn, NULL);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  errno = saved;
+  return r == 0 ? 0 : -1;
+}
+
+void ta_os_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ms) {
+  int saved = errno;
+  struct timespec ts = {(time_t)(timeout_ms / 1000), (long)(timeout_ms % 1000) * 1000000L};
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, val, timeout_ms ? &ts : NULL, NULL, 0);
+  errno = saved;
+}
+
+void ta_os_futex_wake(_Atomic uint32_t *word) {
+  int saved = errno;
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+  errno = saved;
 }
 
 /* ------------------------------------------------------------------ the break lock */

@@ -35,9 +35,12 @@ _Atomic uint64_t ta_orphan_due;
 
 void ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
   uint64_t cur = atomic_load_explicit(v, memory_order_relaxed);
-  while ((cur == 0 || t < cur) &&
-         !atomic_compare_exchange_weak_explicit(v, &cur, t, memory_order_relaxed,
-                                                memory_order_relaxed)) {
+  while (cur == 0 || t < cur) {
+    if (atomic_compare_exchange_weak_explicit(v, &cur, t, memory_order_seq_cst,
+                                              memory_order_relaxed)) {
+      if (cur == 0) ta_bg_wake(); /* from nothing pending to something */
+      return;
+    }
   }
 }
 
@@ -196,13 +199,9 @@ size_t ta_purge_orphans(uint64_t now, bool all) {
       continue;
     }
     if (!ta_arena_try_claim(a)) continue;
-    if (atomic_load_explicit(&a->remote, memory_order_relaxed)) {
-      ta_slow_enter(a);
-      ta_remote_drain(a);
-      ta_slow_leave(a);
-    }
+    ta_remote_collect(a);
     freed += ta_arena_purge(a, now, true, false);
-    atomic_store_explicit(&a->state, ARENA_FREE, memory_order_release);
+    ta_arena_give_back(a);
   }
   return freed;
 }

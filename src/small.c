@@ -102,8 +102,21 @@ static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
   return r;
 }
 
+/* The slot is about to serve any class: wipe the link and mark of every block carved, so
+ * that no later block of another size, whose bytes overlap them, can read a key back or
+ * hold a mark that fits its own address. Every carved block is free here (used is 0). */
+static void run_wipe(const ta_run_t *r) {
+  char *base = ta_run_base(r);
+  for (uint32_t off = 0; off < r->limit; off += r->bsize) {
+    ta_block_t *b = (ta_block_t *)(base + off);
+    b->link = 0;
+    b->key = 0;
+  }
+}
+
 static void run_retire(ta_arena_t *a, ta_run_t *r) {
   ta_chunk_t *c = ta_chunk_of(r);
+  run_wipe(r);
   r->owner = NULL;
   r->state = RUN_UNUSED;
   r->free = NULL;
@@ -137,7 +150,7 @@ static void run_carve(ta_run_t *r) {
   ta_block_t *head = r->free;
   for (uint32_t i = n; i-- > 0;) {
     ta_block_t *b = (ta_block_t *)(base + (size_t)i * r->bsize);
-    b->next = head;
+    b->link = ta_link_enc(head);
     head = b;
   }
   r->free = head;
@@ -146,9 +159,17 @@ static void run_carve(ta_run_t *r) {
   r->owner->cnt.first_uses += n;
 }
 
+/* The fast path turned away a head outside the run's chunk: fine if it is NULL (the list
+ * is empty); anything else is a link overwritten after free. */
+static void check_head(const ta_run_t *r) {
+  if (r->free != NULL && !(ta_same_chunk(r->free, r) && ta_small_valid(r, r->free)))
+    ta_fatal("malloc(): corrupted free list, next block", r->free);
+}
+
 void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls) {
   ta_slow_enter(a);
-  if (atomic_load_explicit(&a->remote, memory_order_relaxed)) ta_remote_drain(a);
+  check_head(a->cur[cls]);
+  ta_remote_collect(a);
   ta_run_t *r = a->cur[cls];
   if (r != &ta_empty_run) {
     if (r->free == NULL && run_can_carve(r)) run_carve(r);
@@ -159,6 +180,7 @@ void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls) {
   }
   r = a->partial[cls];
   if (r) {
+    check_head(r);
     partial_remove(a, r);
     r->state = RUN_ACTIVE;
     r->used += RUN_ACTIVE_BIAS;
@@ -192,8 +214,8 @@ void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
 }
 
 void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
-  b->next = r->free;
-  b->key = ta_secret;
+  b->link = ta_link_enc(r->free);
+  b->key = ta_mark(b);
   r->free = b;
   if (ta_dec_le_zero(&r->used)) ta_small_free_slow(a, r);
 }
@@ -207,21 +229,29 @@ bool ta_small_valid(const ta_run_t *r, const void *p) {
 
 /* The block's key word says "free": find out whether it really is (it might be user data
  * that happens to match), then free it. Runs only on the owner's thread. */
+/* Whether p is on its run's free list (the owner's view; a bounded walk). */
+bool ta_small_on_free_list(const ta_run_t *r, const void *p) {
+  uint32_t n = 0;
+  for (const ta_block_t *f = r->free; f && n <= r->cap; f = ta_block_next(f), n++) {
+    if (f == p) return true;
+    if (!ta_same_chunk(f, r)) ta_fatal("free(): corrupted free list, next block", f);
+  }
+  return false;
+}
+
+/* The block's mark says "free": find out whether it really is (the program may have
+ * written those bytes), then free it. Runs only on the owner's thread. */
 void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
-  if (atomic_load_explicit(&a->remote, memory_order_relaxed)) {
-    ta_slow_enter(a);
-    ta_remote_drain(a);
-    ta_slow_leave(a);
-    /* Draining may have freed b itself (an earlier free from another thread), retired its
-     * run and even given its chunk back: either way b is already free. The map first: the
-     * chunk may be gone. */
+  if (atomic_load_explicit(&a->remote, memory_order_relaxed) != NULL ||
+      atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0) {
+    ta_remote_collect_slow(a);
+    /* Collecting may have freed b itself (an earlier free from another thread), retired
+     * its run and even given its chunk back: either way b is already free. The map
+     * first: the chunk may be gone. */
     if (ta_map_get((uintptr_t)b) != TA_MAP_SMALL || r->owner != a)
       ta_fatal("free(): double free of pointer", b);
   }
-  uint32_t n = 0;
-  for (ta_block_t *f = r->free; f && n <= r->cap; f = f->next, n++) {
-    if (f == b) ta_fatal("free(): double free of pointer", b);
-  }
+  if (ta_small_on_free_list(r, b)) ta_fatal("free(): double free of pointer", b);
   ta_small_free_local(a, r, b);
 }
 

@@ -127,7 +127,7 @@ static void walk_small(struct walk *w, ta_chunk_t *c) {
       const uint16_t *row = sh + (size_t)i * TA_SHADOW_RUN_ENTRIES;
       for (uint64_t k = 0; k < carved; k++) waste += row[k];
       uint64_t n = 0;
-      for (ta_block_t *b = r->free; b && n < carved; b = b->next, n++) {
+      for (ta_block_t *b = r->free; b && n < carved; b = ta_block_next(b), n++) {
         uint32_t idx;
         if (!block_of_run(r, b, &idx)) break; /* changing under us: keep what we have */
         waste -= row[idx];

@@ -66,6 +66,13 @@ Test(memory, beyond_the_budget_memory_goes_back_at_once, .timeout = 60) {
 }
 Test(memory, break_moves_back_down, .timeout = 60) { expect_clean(TATEST_MEM_BRK); }
 Test(memory, exited_threads_memory_goes_back, .timeout = 120) { expect_clean(TATEST_MEM_THREADS); }
+/* The background thread returns it with no allocator call at all; without it, it stays. */
+Test(memory, memory_goes_back_with_no_allocator_call, .timeout = 60) {
+  expect_clean(TATEST_MEM_BACKGROUND);
+}
+Test(memory, without_the_background_thread_it_waits_for_a_caller, .timeout = 60) {
+  expect_clean_with(TATEST_MEM_BACKGROUND, "keeps", "background_thread:false");
+}
 
 Test(memory, stats_json_at_exit_of_a_program_that_knows_nothing, .timeout = 60) {
   static char out[1 << 20];

@@ -15,7 +15,7 @@ static void *free_it(void *p) {
 
 static size_t remote_len(ta_arena_t *a) {
   size_t n = 0;
-  for (ta_block_t *b = atomic_load(&a->remote); b; b = b->next) n++;
+  for (ta_block_t *b = atomic_load(&a->remote); b; b = ta_block_next(b)) n++;
   return n;
 }
 
@@ -49,6 +49,9 @@ Test(remote, double_free_from_another_thread_aborts, .signal = SIGABRT) {
   pthread_t t;
   pthread_create(&t, NULL, double_free_remote, p);
   pthread_join(t, NULL);
+  /* The freeing thread handed its suspicion to the owner, which confirms it here. */
+  cr_assert_neq(atomic_load(&ta_tl_arena->suspected), 0);
+  ta_free(ta_malloc(100000));
 }
 
 Test(remote, local_free_after_remote_free_aborts, .signal = SIGABRT) {

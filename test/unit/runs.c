@@ -10,7 +10,7 @@
 
 static size_t list_len(const ta_block_t *b) {
   size_t n = 0;
-  for (; b; b = b->next) n++;
+  for (; b; b = ta_block_next(b)) n++;
   return n;
 }
 
@@ -89,7 +89,7 @@ Test(runs, freed_block_is_reused_first) {
 Test(runs, key_word_marks_free_blocks_and_malloc_clears_it) {
   ta_block_t *b = ta_malloc(16);
   ta_free(b);
-  cr_assert_eq(b->key, ta_secret);
+  cr_assert_eq(b->key, ta_mark(b));
   ta_block_t *c = ta_malloc(16);
   cr_assert_eq(c, b);
   cr_assert_eq(c->key, 0);
@@ -97,9 +97,9 @@ Test(runs, key_word_marks_free_blocks_and_malloc_clears_it) {
 }
 
 Test(runs, user_data_equal_to_the_key_is_not_a_double_free) {
-  /* A live block whose second word happens to hold the secret is freed normally. */
+  /* A live block whose second word happens to hold its mark is freed normally. */
   ta_block_t *b = ta_malloc(32);
-  b->key = ta_secret;
+  b->key = ta_mark(b);
   ta_free(b);
   void *c = ta_malloc(32);
   cr_assert_eq(c, b);

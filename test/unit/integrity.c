@@ -1,0 +1,261 @@
+/*
+ * Unit tests: heap integrity. A correct program is never stopped as a "double free", and
+ * the free-list metadata cannot be read back by the program or steer malloc.
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "tamalloc.h"
+#include "tatest.h"
+
+struct batch {
+  void **v;
+  size_t n;
+};
+
+static void *free_batch(void *arg) {
+  struct batch *b = arg;
+  for (size_t i = 0; i < b->n; i++) ta_free(b->v[i]);
+  return NULL;
+}
+
+/* Frees the blocks from a new thread: every free is a remote one. */
+static void free_remotely(void **v, size_t n) {
+  struct batch b = {v, n};
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, free_batch, &b), 0);
+  pthread_join(t, NULL);
+}
+
+/* Fills whole runs (or medium space) of `size`, then frees it all, locally or remotely,
+ * so that later blocks of other sizes reuse memory that held free blocks of this one. */
+static void churn_size(size_t size, size_t count, bool remote) {
+  void **v = malloc(count * sizeof *v);
+  for (size_t i = 0; i < count; i++) v[i] = ta_malloc(size);
+  if (remote) {
+    free_remotely(v, count);
+    void *drain = ta_malloc(TA_SMALL_MAX + 1); /* the owner takes in the remote frees */
+    ta_free(drain);
+  } else {
+    for (size_t i = 0; i < count; i++) ta_free(v[i]);
+  }
+  free(v);
+}
+
+static const size_t sizes[] = {16, 32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 512, 1024,
+                               2048, 8192, 10000, 20000};
+#define NSIZES (sizeof sizes / sizeof sizes[0])
+
+/* The reported case and all like it: a fresh block's uninitialised bytes copied (a struct
+ * copy with its padding: legal C) over the head of another live block, which another
+ * thread then frees. Memory changes size class in between, every way round. */
+Test(integrity, copies_of_fresh_bytes_freed_remotely_are_not_double_frees, .timeout = 300) {
+  enum { BATCH = 8192 };
+  void **victims = malloc(BATCH * sizeof *victims);
+  for (size_t a = 0; a < NSIZES; a++) {
+    for (size_t b = 0; b < NSIZES; b++) {
+      if (b == a) continue;
+      churn_size(sizes[a], 2 * TA_RUN_SIZE / sizes[a] + 4, (a + b) & 1);
+      size_t n = TA_RUN_SIZE / sizes[b] + 2;
+      char **fresh = malloc(n * sizeof *fresh);
+      for (size_t i = 0; i < n; i++) fresh[i] = ta_malloc(sizes[b]);
+      size_t nv = 0;
+      for (size_t i = 0; i < n; i++) {
+        size_t step = sizes[b] > 512 ? 40 : 8; /* every word of small blocks */
+        for (size_t off = 0; off + 16 <= sizes[b]; off += step) {
+          void *v = ta_malloc(sizes[b]);
+          memcpy(v, fresh[i] + off, 16);
+          victims[nv++] = v;
+          if (nv == BATCH) {
+            free_remotely(victims, nv);
+            nv = 0;
+          }
+        }
+      }
+      free_remotely(victims, nv);
+      for (size_t i = 0; i < n; i++) ta_free(fresh[i]);
+      free(fresh);
+      void *drain = ta_malloc(TA_SMALL_MAX + 1);
+      ta_free(drain);
+    }
+  }
+  free(victims);
+}
+
+/* The secret never sits in memory a program can read: no word of a fresh block, after
+ * memory changed class every way round, holds it. */
+Test(integrity, fresh_blocks_never_hold_the_secret, .timeout = 120) {
+  for (size_t a = 0; a < NSIZES; a++) {
+    for (size_t b = 0; b < NSIZES; b++) {
+      if (b == a) continue;
+      churn_size(sizes[a], 2 * TA_RUN_SIZE / sizes[a] + 4, (a + b) & 1);
+      size_t n = TA_RUN_SIZE / sizes[b] + 2;
+      uintptr_t **fresh = malloc(n * sizeof *fresh);
+      for (size_t i = 0; i < n; i++) {
+        fresh[i] = ta_malloc(sizes[b]);
+        for (size_t w = 0; w < sizes[b] / sizeof(uintptr_t); w++)
+          cr_assert_neq(fresh[i][w], ta_secret, "block of %zu after %zu: word %zu", sizes[b],
+                        sizes[a], w);
+      }
+      for (size_t i = 0; i < n; i++) ta_free(fresh[i]);
+      free(fresh);
+    }
+  }
+}
+
+/* A block whose own mark the program wrote into it (it cannot know the key, but say it
+ * did) is a suspect, not a double free: freed by another thread, it is confirmed by the
+ * owner and freed like any other. */
+Test(integrity, remote_free_of_a_block_holding_its_mark_is_confirmed_and_freed) {
+  ta_block_t *small = ta_malloc(48);
+  ta_block_t *medium = ta_malloc(20000);
+  small->key = ta_mark(small);
+  medium->key = ta_mark(medium);
+  void *v[2] = {small, medium};
+  free_remotely(v, 2);
+  ta_arena_t *me = ta_tl_arena;
+  cr_assert_neq(atomic_load(&me->suspected), 0, "both were handed over as suspects");
+  void *drain = ta_malloc(TA_SMALL_MAX + 1); /* the owner confirms: both are live */
+  cr_assert_eq(atomic_load(&me->suspected), 0);
+  for (unsigned i = 0; i < TA_SUSPECTS; i++) cr_assert_null(atomic_load(&me->suspects[i]));
+  cr_assert_eq(ta_malloc(48), small, "the small block is back on its run's list");
+  ta_free(small);
+  ta_free(drain);
+}
+
+/* ---- free-list links overwritten after free ------------------------------------------ */
+
+static char target[256] __attribute__((aligned(64)));
+
+static void quiet(void) { tt_no_core(); }
+
+Test(integrity, forged_small_link_aborts_instead_of_returning_the_address, .signal = SIGABRT,
+     .init = quiet) {
+  void *keep = ta_malloc(64);
+  uintptr_t *a = ta_malloc(64), *b = ta_malloc(64);
+  ta_free(b);
+  ta_free(a); /* list: a, b, ... */
+  a[0] = (uintptr_t)target; /* use after free: the link of a */
+  void *x = ta_malloc(64);
+  cr_assert_eq(x, a);
+  void *y = ta_malloc(64);
+  cr_assert_neq(y, (void *)target, "malloc returned the attacker's address");
+  cr_log_error("the forged link was followed to %p", y);
+  (void)keep;
+}
+
+Test(integrity, partly_overwritten_small_link_aborts, .signal = SIGABRT, .init = quiet) {
+  uint8_t *a = ta_malloc(64), *b = ta_malloc(64);
+  ta_free(b);
+  ta_free(a);
+  a[0] ^= 0x40; /* one byte of the link: the next block would be 64 bytes off */
+  cr_assert_eq(ta_malloc(64), (void *)a);
+  void *y = ta_malloc(64);
+  cr_log_error("the damaged link was followed to %p (b was %p)", y, (void *)b);
+}
+
+Test(integrity, forged_remote_link_aborts, .signal = SIGABRT, .init = quiet) {
+  uintptr_t *a = ta_malloc(64), *b = ta_malloc(64);
+  void *v[2] = {b, a};
+  free_remotely(v, 2); /* remote list: a, b */
+  a[0] = (uintptr_t)target;
+  ta_free(ta_malloc(TA_SMALL_MAX + 1)); /* the owner drains */
+  cr_log_error("the forged remote link was followed");
+}
+
+Test(integrity, forged_medium_bin_link_aborts, .signal = SIGABRT, .init = quiet) {
+  void *m1 = ta_malloc(20000), *g1 = ta_malloc(20000), *m2 = ta_malloc(20000);
+  void *g2 = ta_malloc(20000);
+  ta_free(m1);
+  ta_free(m2); /* one bin: m2, m1 */
+  ((void **)m1)[0] = target; /* m1's next link */
+  void *x = ta_malloc(20000), *y = ta_malloc(20000);
+  cr_log_error("the forged bin link was followed (%p %p %p %p)", x, y, g1, g2);
+}
+
+Test(integrity, one_byte_overflow_into_medium_header_is_seen_by_free_of_either_block,
+     .signal = SIGABRT, .init = quiet) {
+  char *p = ta_malloc(20000), *q = ta_malloc(20000);
+  (void)q;
+  size_t us = ta_malloc_usable_size(p);
+  p[us] ^= 0x20; /* the low byte of the next block's size */
+  ta_free(p);
+  cr_log_error("the overflow went unseen");
+}
+
+Test(integrity, one_byte_overflow_is_seen_when_the_next_block_is_freed, .signal = SIGABRT,
+     .init = quiet) {
+  char *p = ta_malloc(20000), *q = ta_malloc(20000);
+  p[ta_malloc_usable_size(p)] ^= 0x20;
+  ta_free(q);
+  cr_log_error("the overflow went unseen");
+}
+
+/* ---- frees into an arena while an orphan purge holds it ----------------------------- */
+
+static void *alloc_and_exit(void *arg) {
+  void **out = arg;
+  for (int i = 0; i < 64; i++) out[i] = ta_malloc(32 + (size_t)i * 8);
+  return NULL;
+}
+
+static _Atomic int purging;
+
+static void *purge_loop(void *arg) {
+  (void)arg;
+  while (atomic_load(&purging)) ta_purge_orphans(ta_os_now_ms(), true);
+  return NULL;
+}
+
+static void check_no_stranded(ta_arena_t *a, void *arg) {
+  (void)arg;
+  if (atomic_load(&a->state) != ARENA_FREE) return;
+  if (atomic_load(&a->remote) == NULL && atomic_load(&a->suspected) == 0) return;
+  cr_assert_neq(atomic_load(&ta_orphan_due), 0,
+                "arena %u has frees waiting and nobody was told to take them in", a->id);
+}
+
+static ta_arena_t *arena_of_exited_thread(void **blocks) {
+  pthread_t t;
+  pthread_create(&t, NULL, alloc_and_exit, blocks);
+  pthread_join(t, NULL);
+  return ta_run_of(blocks[0])->owner;
+}
+
+/* The race, step by step: an orphan purge has claimed the arena; a block is freed into it
+ * (the freer sees CLAIMED and tells nobody); the purge gives the arena back. */
+Test(integrity, free_into_an_arena_held_by_an_orphan_purge_is_noted) {
+  void *blocks[64];
+  ta_arena_t *a = arena_of_exited_thread(blocks);
+  ta_purge_orphans(ta_os_now_ms(), true);
+  cr_assert_eq(atomic_load(&ta_orphan_due), 0, "nothing pending to begin with");
+  cr_assert(ta_arena_try_claim(a), "the purge holds the arena");
+  ta_free(blocks[0]);
+  cr_assert_eq(atomic_load(&ta_orphan_due), 0, "the freer saw an owner");
+  ta_arena_give_back(a); /* what the purge does when it is done */
+  cr_assert_neq(atomic_load(&ta_orphan_due), 0, "the free is stranded: nobody will take it in");
+  ta_purge_orphans(ta_os_now_ms(), true);
+  cr_assert_null(atomic_load(&a->remote), "the next orphan purge took it in");
+  for (int i = 1; i < 64; i++) ta_free(blocks[i]);
+}
+
+/* The same under real races: whatever the interleaving, no free is stranded. */
+Test(integrity, frees_racing_an_orphan_purge_are_never_stranded, .timeout = 120) {
+  for (int round = 0; round < 100; round++) {
+    void *blocks[64];
+    pthread_t t;
+    pthread_create(&t, NULL, alloc_and_exit, blocks);
+    pthread_join(t, NULL); /* its arena is ownerless now */
+    atomic_store(&purging, 1);
+    pthread_create(&t, NULL, purge_loop, NULL);
+    for (int i = 0; i < 64; i++) ta_free(blocks[i]);
+    atomic_store(&purging, 0);
+    pthread_join(t, NULL);
+    ta_arena_foreach(check_no_stranded, NULL);
+    ta_purge_orphans(ta_os_now_ms(), true); /* clean slate for the next round */
+  }
+}
