@@ -8,7 +8,8 @@
  *     when it is the top of the heap, and is otherwise decommitted (MADV_DONTNEED) and
  *     kept for reuse;
  *   - the pages of a retired run slot (64 KiB) are decommitted;
- *   - free medium blocks of 32 KiB and more have their inner pages decommitted;
+ *   - free medium blocks of 32 KiB and more have their inner pages decommitted (with
+ *     malloc_trim, or for an ownerless arena, every free block that holds a whole page);
  *   - cached huge spans are unmapped (huge.c: the cache is process-wide).
  * MADV_DONTNEED rather than MADV_FREE: resident memory falls at once, which is what users
  * measure (see docs/design.md).
@@ -168,10 +169,12 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over) {
   atomic_fetch_add_explicit(&dirty_total, dirty - a->dirty_bytes, memory_order_relaxed);
   a->dirty_bytes = dirty;
 
-  /* Large free medium blocks. */
-  if (a->medium_dirty_since) {
+  /* Large free medium blocks after the decay; with `all` (malloc_trim, an ownerless arena)
+   * every free block that holds a whole page. */
+  if (a->medium_dirty_since || all) {
     if (all || now >= a->medium_dirty_since + ta_decay_ms) {
-      for (unsigned b = ta_size_class(TA_MEDIUM_PURGE_MIN); b < TA_NUM_BINS; b++)
+      unsigned first = all ? ta_size_class(2 * TA_PAGE_SIZE) - 1 : ta_size_class(TA_MEDIUM_PURGE_MIN);
+      for (unsigned b = first; b < TA_NUM_BINS; b++)
         for (ta_mhdr_t *h = a->bins[b]; h; h = ((ta_mhdr_t **)(h + 1))[0])
           if (!(h->size_flags & TA_M_DECOMMITTED)) freed += medium_decommit(h);
       a->medium_dirty_since = 0;
