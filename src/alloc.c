@@ -44,6 +44,8 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
     return NULL;
   }
   if (size == 0) size = 1;
+  /* A safe point to start the background purger: no lock of ours is held here. */
+  if (TA_UNLIKELY(atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed))) ta_bg_maybe_start();
   bool borrowed = false;
   ta_arena_t *a = ta_tl_arena;
   if (TA_UNLIKELY(a == &ta_sentinel_arena)) {
@@ -351,7 +353,7 @@ int ta_malloc_trim(size_t pad) {
   if (a != &ta_sentinel_arena) {
     ta_slow_enter(a);
     ta_remote_collect(a);
-    freed += ta_arena_purge(a, now, true, false);
+    freed += ta_arena_purge(a, now, true, 0);
     ta_slow_leave(a);
   }
   freed += ta_purge_orphans(now, true);

@@ -32,6 +32,15 @@
 __thread ta_arena_t *ta_tl_arena __attribute__((tls_model("initial-exec"))) = &ta_sentinel_arena;
 enum { TL_NEW = 0, TL_OWNER = 1, TL_EXITED = 2 };
 static __thread uint8_t tl_state __attribute__((tls_model("initial-exec")));
+__thread char ta_tl_tag __attribute__((tls_model("initial-exec"))); /* its address: who holds */
+
+/* The owner waits for the purger, which holds the lock for one purge at most. */
+void ta_slow_wait(ta_arena_t *a) {
+  for (unsigned spins = 0; !ta_slow_try_enter(a); spins++) {
+    if (spins > 64) sched_yield();
+    else atomic_signal_fence(memory_order_seq_cst);
+  }
+}
 
 ta_run_t ta_empty_run; /* free == NULL, owner == NULL: never matches a block */
 
@@ -302,7 +311,7 @@ static void fork_child(void) {
   ta_arena_t *mine = ta_tl_arena;
   for (ta_arena_t *a = atomic_load(&all_arenas); a; a = a->next_all) {
     if (a == mine) {
-      if (a->in_slow) {
+      if (ta_slow_held(a)) {
         atomic_store(&a->state, ARENA_ZOMBIE);
         ta_tl_arena = &ta_sentinel_arena;
         tl_state = TL_NEW;
@@ -311,7 +320,7 @@ static void fork_child(void) {
       continue;
     }
     if (atomic_load(&a->state) == ARENA_CLAIMED)
-      atomic_store(&a->state, a->in_slow ? ARENA_ZOMBIE : ARENA_FREE);
+      atomic_store(&a->state, ta_slow_held(a) ? ARENA_ZOMBIE : ARENA_FREE);
   }
 }
 

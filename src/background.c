@@ -5,15 +5,22 @@
  * Without it, purging runs on the slow paths of threads that allocate: the arenas of
  * exited threads and the spans in the huge cache stay resident until some thread happens
  * to take a slow path after their decay time. This thread does that work on time:
- *   - it is started lazily, by a thread that exits (so the process has had at least two
- *     threads) and leaves something to purge: a single-threaded program never has one, and
- *     keeps glibc's single-thread shortcuts;
- *   - it is started from the thread-exit destructor only, where no arena is half changed
- *     and no allocator or libc lock is held, never from inside malloc or free;
+ *   - it is started lazily, once the process has had two arenas (two threads that
+ *     allocated) and something is waiting to be purged: a single-threaded program never
+ *     has one, and keeps glibc's single-thread shortcuts;
+ *   - it is started at a point where this thread holds no lock of ours and no arena is
+ *     half changed: the thread-exit destructor, or the entry of alloc_generic after a slow
+ *     path asked for it (ta_bg_request), never from inside a slow path;
  *   - it sleeps on a futex until the earliest due time, and with nothing pending until a
  *     thread notes new work (ta_bg_wake, called when a due time goes from none to some);
- *   - it touches only memory that no thread owns: arenas without an owner (claimed one at
- *     a time, as any thread's orphan purge does) and the huge cache. It allocates nothing;
+ *   - it purges what has waited for the decay time: arenas without an owner (claimed one
+ *     at a time, as any thread's orphan purge does), the huge cache, and the arenas of
+ *     live threads that are idle: it only tries their slow-path lock, never waits for it,
+ *     and touches only what that lock guards (empty chunks, retired run slots, free medium
+ *     blocks), never the runs' lists the owner's fast paths use. It allocates nothing;
+ *   - beyond the budget of free resident memory (ta_dirty_max), it returns the oldest
+ *     excess across all arenas, so that one thread's idle memory never makes a busy thread
+ *     give back, and fault in again, what it has just freed;
  *   - a fork child has no such thread: its state is reset and it starts again lazily;
  *   - TAMALLOC_CONF=background_thread:false turns it off. It is on by default in the
  *     replacement library and off in the ta_ API library (tests drive purges themselves).
@@ -30,25 +37,66 @@ static _Atomic int bg_state;
 static _Atomic uint32_t bg_seq;     /* futex word: bumped by every wake */
 static _Atomic int bg_sleeping;     /* 1 while waiting without a due time */
 static _Atomic uint64_t bg_rounds;  /* purge rounds done (tests and statistics) */
+static _Atomic int bg_over;         /* 1: over the budget, return the oldest excess */
+_Atomic int ta_bg_wanted;
+
+static uint64_t earlier(uint64_t a, uint64_t b) { return a == 0 ? b : b == 0 ? a : a < b ? a : b; }
 
 /* The earliest due time of work the thread may do, or 0. */
 static uint64_t next_due(void) {
-  uint64_t o = atomic_load_explicit(&ta_orphan_due, memory_order_seq_cst);
-  uint64_t h = atomic_load_explicit(&ta_huge_due, memory_order_seq_cst);
-  if (o == 0) return h;
-  if (h == 0) return o;
-  return o < h ? o : h;
+  return earlier(earlier(atomic_load_explicit(&ta_orphan_due, memory_order_seq_cst),
+                         atomic_load_explicit(&ta_huge_due, memory_order_seq_cst)),
+                 atomic_load_explicit(&ta_arenas_due, memory_order_seq_cst));
+}
+
+/* Purges, in every arena with an owner, what became free at least `age` ms ago; an arena
+ * whose owner is in a slow path is left to the owner (it purges there itself) and looked
+ * at again a little later. */
+static void purge_owned(uint64_t now, uint64_t age) {
+  for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
+    if (atomic_load_explicit(&a->state, memory_order_acquire) != ARENA_CLAIMED) continue;
+    uint64_t due = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
+    if (due == 0) continue;
+    if (age == ta_decay_ms && now < due) {
+      ta_purge_note_global(&ta_arenas_due, due);
+      continue;
+    }
+    if (!ta_slow_try_enter(a)) {
+      ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms / 4 + 1);
+      continue;
+    }
+    ta_arena_purge(a, now, false, age); /* notes its next due time itself */
+    ta_slow_leave(a);
+  }
+}
+
+/* Over the budget: what has no owner goes first, then the oldest memory of every arena:
+ * what became free half a decay time ago, then an eighth, then the rest. */
+static void purge_over_budget(uint64_t now) {
+  ta_purge_orphans(now, true);
+  const uint64_t ages[] = {ta_decay_ms / 2, ta_decay_ms / 8, 0};
+  for (unsigned i = 0; i < 3 && ta_over_budget(); i++) purge_owned(now, ages[i]);
 }
 
 static void *bg_main(void *arg) {
   (void)arg;
   for (;;) {
     uint64_t now = ta_os_now_ms(), due = next_due();
+    if (atomic_exchange_explicit(&bg_over, 0, memory_order_acquire)) {
+      purge_over_budget(now);
+      atomic_fetch_add_explicit(&bg_rounds, 1, memory_order_relaxed);
+      continue;
+    }
     if (due != 0 && now >= due) {
       uint64_t odue = atomic_load_explicit(&ta_orphan_due, memory_order_relaxed);
       uint64_t hdue = atomic_load_explicit(&ta_huge_due, memory_order_relaxed);
+      uint64_t adue = atomic_load_explicit(&ta_arenas_due, memory_order_relaxed);
       if (odue && now >= odue) ta_purge_orphans(now, false);
       if (hdue && now >= hdue) ta_huge_purge(now, false);
+      if (adue && now >= adue) {
+        atomic_store_explicit(&ta_arenas_due, 0, memory_order_relaxed);
+        purge_owned(now, ta_decay_ms);
+      }
       atomic_fetch_add_explicit(&bg_rounds, 1, memory_order_relaxed);
       continue;
     }
@@ -66,8 +114,9 @@ static void *bg_main(void *arg) {
   return NULL;
 }
 
-/* At thread exit: start the thread if there is work and it is not running yet. */
+/* At a safe point: start the thread if there is work and it is not running yet. */
 void ta_bg_maybe_start(void) {
+  atomic_store_explicit(&ta_bg_wanted, 0, memory_order_relaxed);
   if (atomic_load_explicit(&bg_state, memory_order_relaxed) != BG_NONE) return;
   if (ta_bg_setting < 0 ? !ta_bg_default : ta_bg_setting == 0) return;
   if (next_due() == 0) return;
@@ -83,10 +132,20 @@ void ta_bg_wake(void) {
   ta_os_futex_wake(&bg_seq);
 }
 
+/* Over the budget: hand the work to the thread (one wake per episode). */
+void ta_bg_over_budget(void) {
+  if (atomic_load_explicit(&bg_over, memory_order_relaxed) ||
+      atomic_exchange_explicit(&bg_over, 1, memory_order_seq_cst))
+    return;
+  atomic_fetch_add_explicit(&bg_seq, 1, memory_order_seq_cst);
+  ta_os_futex_wake(&bg_seq);
+}
+
 /* Fork child: the thread did not survive the fork. */
 void ta_bg_reset_after_fork(void) {
   atomic_store(&bg_state, BG_NONE);
   atomic_store(&bg_sleeping, 0);
+  atomic_store(&bg_over, 0);
 }
 
 bool ta_bg_running(void) { return atomic_load(&bg_state) == BG_RUNNING; }

@@ -240,10 +240,17 @@ typedef struct ta_arena {
   ta_chunk_t *empty_chunks; /* whole chunks kept for reuse */
   uint64_t bin_map[TA_BIN_WORDS];
   ta_mhdr_t *bins[TA_NUM_BINS];
-  volatile int in_slow; /* set while the owner rearranges lists (fork safety) */
+  /* The slow-path lock: held around every multi-step change of the arena's lists, by its
+   * owner (or the thread that claimed an ownerless arena), or by the background purger,
+   * which only ever tries it. Fast paths never take it: they touch the runs' lists, which
+   * the purger leaves alone. A fork child reads it to tell whether its snapshot of the
+   * arena is consistent. */
+  _Atomic int slow;                 /* 1 while held */
+  const void *_Atomic slow_holder;  /* the holder's ta_tl_tag address: it may nest */
+  int slow_depth;                   /* the holder's nesting */
   bool purging;         /* inside ta_arena_purge (no re-entry from what it releases) */
   uint32_t id;
-  uint64_t purge_due;          /* earliest time something of this arena may be purged; 0: none */
+  _Atomic uint64_t purge_due;  /* earliest time something of this arena may be purged; 0: none */
   uint64_t medium_dirty_since; /* a large medium free block may hold resident pages since */
   _Atomic uint64_t released_ms; /* when the arena was last given up (read by orphan purges) */
   size_t dirty_bytes;          /* empty chunks and retired run slots still resident */
@@ -445,21 +452,37 @@ TA_INLINE void ta_remote_collect(ta_arena_t *a) {
 TA_HIDDEN void ta_init(void);
 TA_HIDDEN extern bool ta_initialized;
 
-/* in_slow brackets every multi-step change of an arena's lists, so that a fork child can
- * tell whether the snapshot it got is consistent. The release fences keep the flag's
- * store ordered before and after the changes (free on x86: a compiler barrier). */
-#if defined(__SANITIZE_THREAD__)
-#define TA_STORE_FENCE() atomic_signal_fence(memory_order_seq_cst) /* TSan models no fences */
-#else
-#define TA_STORE_FENCE() atomic_thread_fence(memory_order_release)
-#endif
+/* The slow-path lock (see ta_arena_t.slow). A thread knows it holds the lock when the
+ * holder is its own tag (only the holder writes the tag, and clears it before letting go),
+ * and then only counts. The owner waits for a purger, which holds the lock for one purge
+ * and never waits itself: no cycle of waits can form. The acquire keeps the list changes
+ * after the lock word's store, the release keeps them before its clearing, so a fork
+ * child that sees the word clear sees whole changes. */
+extern __thread char ta_tl_tag __attribute__((tls_model("initial-exec")));
+TA_HIDDEN void ta_slow_wait(ta_arena_t *a);
+TA_INLINE bool ta_slow_try_enter(ta_arena_t *a) {
+  if (atomic_load_explicit(&a->slow_holder, memory_order_relaxed) == &ta_tl_tag) {
+    a->slow_depth++;
+    return true;
+  }
+  int free_ = 0;
+  if (!atomic_compare_exchange_strong_explicit(&a->slow, &free_, 1, memory_order_acquire,
+                                               memory_order_relaxed))
+    return false;
+  atomic_store_explicit(&a->slow_holder, &ta_tl_tag, memory_order_relaxed);
+  a->slow_depth = 1;
+  return true;
+}
 TA_INLINE void ta_slow_enter(ta_arena_t *a) {
-  a->in_slow++;
-  TA_STORE_FENCE();
+  if (TA_UNLIKELY(!ta_slow_try_enter(a))) ta_slow_wait(a);
 }
 TA_INLINE void ta_slow_leave(ta_arena_t *a) {
-  TA_STORE_FENCE();
-  a->in_slow--;
+  if (--a->slow_depth > 0) return;
+  atomic_store_explicit(&a->slow_holder, NULL, memory_order_relaxed);
+  atomic_store_explicit(&a->slow, 0, memory_order_release);
+}
+TA_INLINE bool ta_slow_held(const ta_arena_t *a) {
+  return atomic_load_explicit(&a->slow, memory_order_relaxed) != 0;
 }
 
 /* ------------------------------------------------------------------ purge.c */
@@ -471,14 +494,23 @@ TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerle
 TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
 TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
 TA_HIDDEN void ta_maybe_purge(ta_arena_t *a);
-TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over);
+TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age);
+TA_HIDDEN void ta_purge_excess(ta_arena_t *a, uint64_t now);
+TA_HIDDEN bool ta_over_budget(void);
+TA_HIDDEN extern _Atomic uint64_t ta_arenas_due; /* earliest due time of owned arenas */
 TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);
 TA_HIDDEN void ta_note_orphan_work(void);
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 
 /* ------------------------------------------------------------------ background.c */
 TA_HIDDEN extern int ta_bg_setting; /* background_thread: -1 default, 0 off, 1 on */
-TA_HIDDEN void ta_bg_maybe_start(void); /* from thread exit only */
+TA_HIDDEN void ta_bg_maybe_start(void); /* at a safe point: thread exit, alloc_generic */
+TA_HIDDEN extern _Atomic int ta_bg_wanted; /* a slow path asked for the thread */
+TA_INLINE void ta_bg_request(void) {
+  if (atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed) == 0)
+    atomic_store_explicit(&ta_bg_wanted, 1, memory_order_relaxed);
+}
+TA_HIDDEN void ta_bg_over_budget(void);
 TA_HIDDEN void ta_bg_wake(void);
 TA_HIDDEN void ta_bg_reset_after_fork(void);
 bool ta_bg_running(void);   /* for tests */

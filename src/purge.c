@@ -45,31 +45,55 @@ void ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
   }
 }
 
+_Atomic uint64_t ta_arenas_due; /* earliest due time of arenas with an owner (background.c) */
+
+/* Something of arena a became free at `since`. Also noted process-wide, for the background
+ * thread, which purges idle arenas whose owners make no slow call; the second arena of a
+ * process asks for that thread (see background.c for where it starts). */
 void ta_purge_note(ta_arena_t *a, uint64_t since) {
   uint64_t due = since + ta_decay_ms;
-  if (a->purge_due == 0 || due < a->purge_due) a->purge_due = due;
+  uint64_t cur = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
+  if (cur == 0 || due < cur) atomic_store_explicit(&a->purge_due, due, memory_order_relaxed);
+  ta_purge_note_global(&ta_arenas_due, due);
+  if (TA_UNLIKELY(a->id > 0)) ta_bg_request();
 }
 
 void ta_note_orphan_work(void) { ta_purge_note_global(&ta_orphan_due, ta_os_now_ms() + ta_decay_ms); }
 
-/* Counts free-but-resident memory of an arena. When all arenas together hold more than the
- * budget, the arena that adds gives its own back now. */
+bool ta_over_budget(void) {
+  return atomic_load_explicit(&dirty_total, memory_order_relaxed) > ta_dirty_max;
+}
+
+/* Gives back arena a's oldest free memory first, until all arenas are within the budget:
+ * what became free half a decay time ago, then an eighth, then the rest. Memory just freed
+ * is the likeliest to be used again; returning it only to fault it in again is the thrash
+ * the budget must not cause. */
+void ta_purge_excess(ta_arena_t *a, uint64_t now) {
+  const uint64_t ages[] = {ta_decay_ms / 2, ta_decay_ms / 8, 0};
+  for (unsigned i = 0; i < 3 && ta_over_budget(); i++) ta_arena_purge(a, now, false, ages[i]);
+}
+
+/* Counts free-but-resident memory of an arena. Beyond the budget of all arenas together,
+ * the oldest excess goes back: the background thread's job when it runs (it can reach idle
+ * arenas, whose memory is the oldest), else this arena's own. */
 void ta_dirty_add(ta_arena_t *a, intptr_t bytes) {
   a->dirty_bytes += (size_t)bytes;
   size_t total = atomic_fetch_add_explicit(&dirty_total, (size_t)bytes, memory_order_relaxed) +
                  (size_t)bytes;
-  if (bytes > 0 && total > ta_dirty_max && !a->purging)
-    ta_arena_purge(a, ta_os_now_ms(), false, true);
+  if (bytes > 0 && total > ta_dirty_max && !a->purging) {
+    if (ta_bg_running()) ta_bg_over_budget();
+    else ta_purge_excess(a, ta_os_now_ms());
+  }
 }
 
 void ta_maybe_purge(ta_arena_t *a) {
   if (TA_UNLIKELY(ta_conf_stats_log != NULL)) ta_stats_log_tick();
-  uint64_t due = a->purge_due;
+  uint64_t due = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
   uint64_t odue = atomic_load_explicit(&ta_orphan_due, memory_order_relaxed);
   uint64_t hdue = atomic_load_explicit(&ta_huge_due, memory_order_relaxed);
   if (TA_LIKELY(due == 0 && odue == 0 && hdue == 0)) return;
   uint64_t now = ta_os_now_ms();
-  if (due && now >= due) ta_arena_purge(a, now, false, false);
+  if (due && now >= due) ta_arena_purge(a, now, false, ta_decay_ms);
   if (odue && now >= odue) ta_purge_orphans(now, false);
   if (hdue && now >= hdue) ta_huge_purge(now, false);
 }
@@ -84,9 +108,11 @@ static size_t medium_decommit(ta_mhdr_t *h) {
   return hi - lo;
 }
 
-/* all: everything, now (trim, ownerless arena); over: the dirty chunks and run slots now,
- * the rest when due; else what is due. */
-size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over) {
+/* all: everything, now (trim, ownerless arena: the caller owns the arena's fast-path state
+ * too); else what became free at least `age` ms ago (the decay time, or less when over the
+ * budget). The background thread calls it on arenas it does not own, with all false: only
+ * state under the slow-path lock is touched then. */
+size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   size_t freed = 0;
   uint64_t next = 0;
   a->purging = true;
@@ -95,7 +121,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over) {
     uint64_t d_ = (since) + ta_decay_ms;                                                   \
     if (next == 0 || d_ < next) next = d_;                                                 \
   } while (0)
-#define DUE(since) (all || over || now >= (since) + ta_decay_ms)
+#define DUE(since) (all || now >= (since) + age)
 
   ta_slow_enter(a);
   if (all) ta_small_retire_idle(a);
@@ -172,7 +198,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over) {
   /* Large free medium blocks after the decay; with `all` (malloc_trim, an ownerless arena)
    * every free block that holds a whole page. */
   if (a->medium_dirty_since || all) {
-    if (all || now >= a->medium_dirty_since + ta_decay_ms) {
+    if (all || now >= a->medium_dirty_since + age) {
       unsigned first = all ? ta_size_class(2 * TA_PAGE_SIZE) - 1 : ta_size_class(TA_MEDIUM_PURGE_MIN);
       for (unsigned b = first; b < TA_NUM_BINS; b++)
         for (ta_mhdr_t *h = a->bins[b]; h; h = ((ta_mhdr_t **)(h + 1))[0])
@@ -185,7 +211,8 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, bool over) {
 
 #undef PENDING
 #undef DUE
-  a->purge_due = next;
+  atomic_store_explicit(&a->purge_due, next, memory_order_relaxed);
+  if (next) ta_purge_note_global(&ta_arenas_due, next);
   a->purging = false;
   ta_slow_leave(a);
   return freed;
@@ -203,7 +230,7 @@ size_t ta_purge_orphans(uint64_t now, bool all) {
     }
     if (!ta_arena_try_claim(a)) continue;
     ta_remote_collect(a);
-    freed += ta_arena_purge(a, now, true, false);
+    freed += ta_arena_purge(a, now, true, 0);
     ta_arena_give_back(a);
   }
   return freed;

@@ -73,6 +73,15 @@ Test(memory, memory_goes_back_with_no_allocator_call, .timeout = 60) {
 Test(memory, without_the_background_thread_it_waits_for_a_caller, .timeout = 60) {
   expect_clean_with(TATEST_MEM_BACKGROUND, "keeps", "background_thread:false");
 }
+Test(memory, idle_threads_memory_goes_back_while_they_live, .timeout = 60) {
+  expect_clean(TATEST_MEM_IDLE);
+}
+Test(memory, without_the_background_thread_idle_memory_stays, .timeout = 60) {
+  expect_clean_with(TATEST_MEM_IDLE, "keeps", "background_thread:false");
+}
+Test(memory, idle_threads_memory_never_makes_a_busy_thread_refault, .timeout = 60) {
+  expect_clean_with(TATEST_MEM_IDLE, "refault", NULL);
+}
 
 Test(memory, stats_json_at_exit_of_a_program_that_knows_nothing, .timeout = 60) {
   static char out[1 << 20];

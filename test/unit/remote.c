@@ -172,7 +172,7 @@ Test(remote, fork_child_gets_working_allocator_and_owned_arena) {
 Test(remote, fork_child_zombies_arena_caught_mid_operation) {
   void *p = ta_malloc(64);
   ta_arena_t *a = ta_tl_arena;
-  a->in_slow++; /* as if a signal handler forked inside a slow path */
+  ta_slow_enter(a); /* as if a signal handler forked inside a slow path */
   pid_t pid = fork();
   if (pid == 0) {
     int zombie = atomic_load(&a->state) == ARENA_ZOMBIE && ta_tl_arena == &ta_sentinel_arena;
@@ -182,7 +182,7 @@ Test(remote, fork_child_zombies_arena_caught_mid_operation) {
     ta_free(p); /* goes to the zombie's remote list, never reused */
     _exit(zombie && fresh ? 0 : 4);
   }
-  a->in_slow--;
+  ta_slow_leave(a);
   int st;
   waitpid(pid, &st, 0);
   cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
