@@ -10,7 +10,10 @@
  * the next thread that needs an arena adopts it with its blocks and lists as they are.
  * Blocks of the arena still live in other threads keep arriving through `remote`. A
  * thread that allocates after its destructor ran (another library's TLS destructor)
- * borrows an arena for that one call and gives it back at once.
+ * borrows an arena for that one call and gives it back at once. When no key can be had
+ * (all taken), each new thread tries again; a thread registered without one tags its arena
+ * with its kernel thread id, and a thread in need of an arena takes such an arena over once
+ * the kernel says its owner has exited.
  *
  * Remote frees: another thread pushes the block onto owner.remote with a CAS; only the
  * owner takes blocks off, all at once with an exchange, so there is no ABA problem.
@@ -48,8 +51,9 @@ bool ta_initialized;
 static _Atomic(ta_arena_t *) all_arenas;
 static _Atomic uint32_t arena_count;
 static pthread_key_t exit_key;
-static _Atomic int exit_key_state; /* 0 none, 1 creating, 2 ready, 3 failed */
+static _Atomic int exit_key_state; /* 0 none, 1 creating, 2 ready, 3 failed (tried again) */
 static _Atomic int atfork_state;
+static _Atomic bool unhooked; /* some thread was registered without an exit hook */
 
 static void fork_child(void);
 
@@ -73,6 +77,45 @@ static void arena_init(ta_arena_t *a) {
   /* Everything else starts zeroed (fresh mapping). */
 }
 
+/* Arenas of threads without an exit hook are never given back by their thread; they carry
+ * their owner's identity in owner_tag instead: bits 0-21 its kernel thread id, 22-43 the
+ * process id (pid_max is at most 2^22), 44-63 a count of changes, so that a compare-exchange
+ * never takes a new owner that was given a recycled thread id for the old one. Thread id 0:
+ * not to be taken over (the owner has an exit hook, or the arena is not claimed). Only the
+ * owner sets its id (register_thread); a taker replaces a dead owner's with 0. */
+#define TAG_ID_BITS 22
+#define TAG_ID_MASK (((uint64_t)1 << TAG_ID_BITS) - 1)
+
+static uint64_t tag_next(uint64_t prev, uint32_t pid, uint32_t tid) {
+  if (tid > TAG_ID_MASK || pid > TAG_ID_MASK) pid = tid = 0; /* cannot be told apart: keep */
+  return (((prev >> (2 * TAG_ID_BITS)) + 1) << (2 * TAG_ID_BITS)) |
+         ((uint64_t)pid << TAG_ID_BITS) | tid;
+}
+
+/* tid 0: nobody is to take the arena over; else the owner's thread id in this process. */
+static void arena_set_owner(ta_arena_t *a, uint32_t tid) {
+  uint64_t t = atomic_load_explicit(&a->owner_tag, memory_order_relaxed);
+  atomic_store_explicit(&a->owner_tag, tag_next(t, tid ? ta_os_getpid() : 0, tid),
+                        memory_order_release);
+}
+
+/* Takes over a claimed arena whose owner had no exit hook and has exited. An owner that is
+ * alive, still exiting, or of unknown fate keeps it; so does one that died inside the
+ * allocator (its lists cannot be trusted), and one tagged in another process (a fork child
+ * whose repair has not run yet). */
+static bool arena_take_from_dead(ta_arena_t *a, uint32_t pid) {
+  uint64_t tag = atomic_load_explicit(&a->owner_tag, memory_order_acquire);
+  uint32_t tid = (uint32_t)(tag & TAG_ID_MASK);
+  if (tid == 0 || ((tag >> TAG_ID_BITS) & TAG_ID_MASK) != pid) return false;
+  if (atomic_load_explicit(&a->state, memory_order_relaxed) != ARENA_CLAIMED) return false;
+  /* The owner's last writes came before its exit, and the system call that sees it gone
+   * orders what we read next (the kernel's exit path and the call are full barriers). */
+  if (!ta_os_thread_gone(tid)) return false;
+  if (a->in_slow) return false;
+  return atomic_compare_exchange_strong_explicit(&a->owner_tag, &tag, tag_next(tag, 0, 0),
+                                                 memory_order_acq_rel, memory_order_relaxed);
+}
+
 static ta_arena_t *arena_claim(void) {
   for (ta_arena_t *a = atomic_load_explicit(&all_arenas, memory_order_acquire); a;
        a = a->next_all)
@@ -80,6 +123,15 @@ static ta_arena_t *arena_claim(void) {
       a->cnt.adopted++;
       return a;
     }
+  if (atomic_load_explicit(&unhooked, memory_order_relaxed)) {
+    uint32_t pid = ta_os_getpid();
+    for (ta_arena_t *a = atomic_load_explicit(&all_arenas, memory_order_acquire); a;
+         a = a->next_all)
+      if (arena_take_from_dead(a, pid)) {
+        a->cnt.adopted++;
+        return a;
+      }
+  }
   ta_arena_t *a = ta_os_mmap(ta_align_up(sizeof(ta_arena_t), TA_PAGE_SIZE));
   if (a == NULL) return NULL;
   arena_init(a);
@@ -128,16 +180,21 @@ static void thread_exit(void *p) {
  * not allocate for the first 32 keys in glibc; pthread_atfork may. */
 static void register_thread(ta_arena_t *a) {
   int st = atomic_load_explicit(&exit_key_state, memory_order_acquire);
-  if (st == 0) {
-    int expected = 0;
+  if (st == 0 || st == 3) {
+    /* Created once; after a failure (every key taken), each new thread tries again. */
+    int expected = st;
     if (atomic_compare_exchange_strong(&exit_key_state, &expected, 1)) {
-      st = pthread_key_create(&exit_key, thread_exit) == 0 ? 2 : 3;
+      st = ta_os_key_create(&exit_key, thread_exit) == 0 ? 2 : 3;
       atomic_store_explicit(&exit_key_state, st, memory_order_release);
     }
   }
   while ((st = atomic_load_explicit(&exit_key_state, memory_order_acquire)) == 1) {
   }
-  if (st == 2) pthread_setspecific(exit_key, a);
+  bool hooked = st == 2 && pthread_setspecific(exit_key, a) == 0;
+  /* Without an exit hook the arena carries its owner's thread id, so that it can be taken
+   * over once the owner has exited (arena_claim). */
+  if (!hooked) atomic_store_explicit(&unhooked, true, memory_order_relaxed);
+  arena_set_owner(a, hooked ? 0 : ta_os_gettid());
   int expected = 0;
   if (atomic_load_explicit(&atfork_state, memory_order_relaxed) == 0 &&
       atomic_compare_exchange_strong(&atfork_state, &expected, 1))
@@ -211,11 +268,16 @@ static void fork_child(void) {
         ta_tl_arena = &ta_sentinel_arena;
         tl_state = TL_NEW;
         if (atomic_load(&exit_key_state) == 2) pthread_setspecific(exit_key, NULL);
+      } else if ((atomic_load(&a->owner_tag) & TAG_ID_MASK) != 0) {
+        arena_set_owner(a, ta_os_gettid()); /* our thread id in the child */
       }
       continue;
     }
-    if (atomic_load(&a->state) == ARENA_CLAIMED)
+    if (atomic_load(&a->state) == ARENA_CLAIMED) {
+      /* Its thread does not exist here. */
+      atomic_store(&a->owner_tag, tag_next(atomic_load(&a->owner_tag), 0, 0));
       atomic_store(&a->state, a->in_slow ? ARENA_ZOMBIE : ARENA_FREE);
+    }
   }
 }
 

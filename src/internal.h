@@ -36,6 +36,7 @@
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -221,6 +222,7 @@ typedef struct ta_arena {
   uint64_t purge_due;          /* earliest time something of this arena may be purged; 0: none */
   uint64_t medium_dirty_since; /* a large medium free block may hold resident pages since */
   _Atomic uint64_t released_ms; /* when the arena was last given up (read by orphan purges) */
+  _Atomic uint64_t owner_tag;   /* owner without exit hook: its thread id, for takeover (arena.c) */
   size_t dirty_bytes;          /* empty chunks and retired run slots still resident */
 
   /* --- shared with other threads --- */
@@ -252,7 +254,8 @@ TA_INLINE unsigned ta_size_class(size_t size) {
 
 /* ------------------------------------------------------------------ os.c */
 /* The only file that talks to the kernel. Each call can be made to fail by a test hook. */
-enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16 };
+enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16,
+       TA_OS_KEY = 32 };
 TA_HIDDEN void *ta_os_brk_get(void);             /* the kernel's break; (void *)-1 on failure */
 TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
 TA_HIDDEN void *ta_os_mmap(size_t size);         /* NULL on failure; zeroed, read-write */
@@ -265,6 +268,12 @@ TA_HIDDEN int ta_os_decommit(void *p, size_t size); /* MADV_DONTNEED */
 TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
 TA_HIDDEN void ta_os_hugepage(void *p, size_t size); /* MADV_HUGEPAGE hint */
 TA_HIDDEN uint64_t ta_os_now_ms(void);
+/* Threads: the exit hook (pthread_key_create: 0 or an errno), the kernel's ids, and whether
+ * a thread of this process has exited (the kernel no longer knows its id). */
+TA_HIDDEN int ta_os_key_create(pthread_key_t *key, void (*destructor)(void *));
+TA_HIDDEN uint32_t ta_os_gettid(void);
+TA_HIDDEN uint32_t ta_os_getpid(void);
+TA_HIDDEN bool ta_os_thread_gone(uint32_t tid);
 TA_HIDDEN uintptr_t ta_os_random(void);
 TA_HIDDEN extern _Atomic size_t ta_os_mapped_bytes;   /* mapped or taken from the break, now */
 TA_HIDDEN extern _Atomic size_t ta_os_returned_bytes; /* given back since start */

@@ -1,0 +1,181 @@
+/*
+ * Unit tests: the life of arenas around thread exit and fork.
+ *
+ *   - without a thread-exit hook (pthread_key_create failed), arenas of exited threads are
+ *     still taken over, never those of live threads.
+ *
+ * Every test that forks checks the child's exit status; each exit code names one check.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "tamalloc.h"
+#include "tatest.h"
+
+/* ---- helpers ------------------------------------------------------------------------- */
+
+/* A thread that does some work, then waits until the test lets it go. */
+struct holder {
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  int ready, release;
+  ta_arena_t *arena;
+  char *run; /* a run the thread filled and emptied */
+};
+
+static void holder_wait(struct holder *h) {
+  pthread_mutex_lock(&h->lock);
+  h->ready = 1;
+  pthread_cond_broadcast(&h->cond);
+  while (!h->release) pthread_cond_wait(&h->cond, &h->lock);
+  pthread_mutex_unlock(&h->lock);
+}
+
+static void holder_start(struct holder *h, void *(*fn)(void *)) {
+  memset(h, 0, sizeof *h);
+  pthread_mutex_init(&h->lock, NULL);
+  pthread_cond_init(&h->cond, NULL);
+  cr_assert_eq(pthread_create(&h->thread, NULL, fn, h), 0);
+  pthread_mutex_lock(&h->lock);
+  while (!h->ready) pthread_cond_wait(&h->cond, &h->lock);
+  pthread_mutex_unlock(&h->lock);
+}
+
+static void holder_finish(struct holder *h) {
+  pthread_mutex_lock(&h->lock);
+  h->release = 1;
+  pthread_cond_broadcast(&h->cond);
+  pthread_mutex_unlock(&h->lock);
+  pthread_join(h->thread, NULL);
+}
+
+static void expect_child(pid_t pid, const char *what) {
+  cr_assert(pid >= 0, "fork failed: %s", strerror(errno));
+  int st = tt_wait_timeout(pid, 60);
+  char how[128];
+  cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: the child %s", what,
+            tt_describe_status(st, how, sizeof how));
+}
+
+static void count_arena(ta_arena_t *a, void *arg) {
+  (void)a;
+  (*(size_t *)arg)++;
+}
+
+static size_t arena_count(void) {
+  size_t n = 0;
+  ta_arena_foreach(count_arena, &n);
+  return n;
+}
+
+/* Allocates, records its arena and the block, exits. */
+static void *alloc_and_exit(void *arg) {
+  void **out = arg;
+  out[0] = ta_malloc(128);
+  out[1] = ta_tl_arena;
+  return NULL;
+}
+
+static ta_arena_t *thread_arena(void **out) {
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, alloc_and_exit, out), 0);
+  pthread_join(t, NULL);
+  return out[1];
+}
+
+/* ---- no thread-exit hook -------------------------------------------------------------- */
+
+Test(lifecycle, arenas_come_back_without_a_thread_exit_hook) {
+  ta_os_fail(TA_OS_KEY, 0, 1000000); /* the key can never be created */
+  ta_free(ta_malloc(1));
+  for (int i = 0; i < 300; i++) {
+    void *out[2];
+    thread_arena(out);
+    ta_free(out[0]);
+  }
+  ta_os_fail(0, 0, 0);
+  size_t n = arena_count();
+  cr_assert_leq(n, 3, "%zu arenas for one live thread at a time", n);
+}
+
+Test(lifecycle, arena_of_a_thread_gone_without_hook_is_adopted_with_its_blocks) {
+  ta_os_fail(TA_OS_KEY, 0, 1000000);
+  void *out[2], *out2[2];
+  ta_arena_t *dead = thread_arena(out);
+  cr_assert_eq(atomic_load(&dead->state), ARENA_CLAIMED, "nobody told it its thread exited");
+  ta_free(out[0]); /* a remote free to the arena of a thread that is gone */
+  ta_arena_t *next = thread_arena(out2);
+  ta_os_fail(0, 0, 0);
+  cr_assert_eq(next, dead, "taken over, not a new arena");
+  cr_assert_eq(out2[0], out[0], "and the block freed into it reused");
+  ta_free(out2[0]);
+}
+
+static void *allocate_and_hold(void *arg) {
+  struct holder *h = arg;
+  ta_free(ta_malloc(64));
+  h->arena = ta_tl_arena;
+  holder_wait(h);
+  ta_free(ta_malloc(64)); /* still its own */
+  h->arena = ta_tl_arena;
+  return NULL;
+}
+
+Test(lifecycle, arena_of_a_live_thread_without_hook_is_never_taken) {
+  ta_os_fail(TA_OS_KEY, 0, 1000000);
+  struct holder h;
+  holder_start(&h, allocate_and_hold);
+  ta_arena_t *held = h.arena;
+  for (int i = 0; i < 50; i++) {
+    void *out[2];
+    cr_assert_neq(thread_arena(out), held, "a live thread's arena was handed out");
+    ta_free(out[0]);
+  }
+  holder_finish(&h);
+  cr_assert_eq(h.arena, held);
+  void *out[2];
+  ta_arena_t *after = thread_arena(out);
+  ta_free(out[0]);
+  ta_os_fail(0, 0, 0);
+  size_t n = arena_count();
+  cr_assert_leq(n, 3, "%zu arenas (%p after the holder exited)", n, (void *)after);
+}
+
+Test(lifecycle, key_creation_is_tried_again_by_the_next_thread) {
+  ta_os_fail(TA_OS_KEY, 0, 1); /* only the first attempt fails */
+  ta_free(ta_malloc(1));
+  void *out[2];
+  ta_arena_t *a = thread_arena(out);
+  cr_assert_eq(atomic_load(&a->state), ARENA_FREE, "given back by the exit hook");
+  ta_free(out[0]);
+}
+
+Test(lifecycle, fork_child_takes_over_arenas_of_its_own_exited_threads) {
+  ta_os_fail(TA_OS_KEY, 0, 1000000);
+  ta_free(ta_malloc(1));
+  ta_arena_t *mine = ta_tl_arena;
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    void *out[2], *out2[2];
+    ta_arena_t *x = thread_arena(out);
+    if (x == mine) _exit(10); /* the forking thread lives on in the child */
+    ta_free(out[0]);
+    ta_arena_t *y = thread_arena(out2);
+    if (y != x) _exit(11); /* x's thread is gone: its arena is taken over */
+    if (out2[0] != out[0]) _exit(12);
+    if (ta_tl_arena != mine) _exit(13);
+    _exit(0);
+  }
+  expect_child(pid, "threads of a fork child without exit hook");
+  ta_os_fail(0, 0, 0);
+}
