@@ -19,11 +19,13 @@
  * owner takes blocks off, all at once with an exchange, so there is no ABA problem.
  *
  * fork: no allocator lock is held across fork (there is no prepare handler), so fork can
- * never deadlock against glibc's own locks. In the child, the break lock is reset and
- * every arena owned by another thread becomes adoptable — unless its owner was inside a
- * slow path (in_slow), whose half-done list surgery the child must not trust: such an
- * arena becomes a ZOMBIE, never used again. The forking thread keeps its own arena on the
- * same condition (a fork from a signal handler may have interrupted it).
+ * never deadlock against glibc's own locks. The child handler is registered when the
+ * library is loaded, so that it runs before the child handlers of the program. In the
+ * child, the break lock is reset and every arena owned by another thread becomes
+ * adoptable — unless its owner was inside a slow path (in_slow), whose half-done list
+ * surgery the child must not trust: such an arena becomes a ZOMBIE, never used again. The
+ * forking thread keeps its own arena on the same condition (a fork from a signal handler
+ * may have interrupted it).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -175,6 +177,21 @@ static void thread_exit(void *p) {
   if (atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED) ta_arena_release(a);
 }
 
+/* glibc runs the child handlers of pthread_atfork in the order they were registered, so
+ * ours is registered as early as possible: when the library is loaded (before the program's
+ * constructors and main), or by the first slow path if an earlier constructor allocates.
+ * pthread_atfork may allocate (glibc's handler array grows past 48 entries, under glibc's
+ * lock): the flag is set before the call, so that the nested malloc, which takes the
+ * ordinary path, does not register again. */
+static void atfork_register(void) {
+  int expected = 0;
+  if (atomic_load_explicit(&atfork_state, memory_order_relaxed) == 0 &&
+      atomic_compare_exchange_strong(&atfork_state, &expected, 1))
+    pthread_atfork(NULL, NULL, fork_child);
+}
+
+__attribute__((constructor)) static void atfork_at_load(void) { atfork_register(); }
+
 /* Registration that may itself call malloc: done once the thread has its arena, so a
  * nested malloc simply takes the fast path. pthread_key_create and pthread_setspecific do
  * not allocate for the first 32 keys in glibc; pthread_atfork may. */
@@ -195,10 +212,7 @@ static void register_thread(ta_arena_t *a) {
    * over once the owner has exited (arena_claim). */
   if (!hooked) atomic_store_explicit(&unhooked, true, memory_order_relaxed);
   arena_set_owner(a, hooked ? 0 : ta_os_gettid());
-  int expected = 0;
-  if (atomic_load_explicit(&atfork_state, memory_order_relaxed) == 0 &&
-      atomic_compare_exchange_strong(&atfork_state, &expected, 1))
-    pthread_atfork(NULL, NULL, fork_child);
+  atfork_register();
 }
 
 ta_arena_t *ta_arena_get_slow(bool *borrowed) {

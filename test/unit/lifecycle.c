@@ -2,7 +2,8 @@
  * Unit tests: the life of arenas around thread exit and fork.
  *
  *   - without a thread-exit hook (pthread_key_create failed), arenas of exited threads are
- *     still taken over, never those of live threads.
+ *     still taken over, never those of live threads;
+ *   - the fork child's repair runs before the child handlers the program registered.
  *
  * Every test that forks checks the child's exit status; each exit code names one check.
  */
@@ -178,4 +179,25 @@ Test(lifecycle, fork_child_takes_over_arenas_of_its_own_exited_threads) {
   }
   expect_child(pid, "threads of a fork child without exit hook");
   ta_os_fail(0, 0, 0);
+}
+
+/* ---- the fork child's repair comes first ---------------------------------------------- */
+
+static ta_arena_t *watched;
+static volatile int state_in_child_handler = -1;
+static void program_child_handler(void) {
+  if (watched) state_in_child_handler = atomic_load(&watched->state);
+}
+
+Test(lifecycle, fork_repair_runs_before_the_programs_child_handlers) {
+  /* Registered before this process allocates anything: a program's atfork handler. */
+  pthread_atfork(NULL, NULL, program_child_handler);
+  struct holder h;
+  holder_start(&h, allocate_and_hold);
+  watched = h.arena;
+  pid_t pid = fork();
+  if (pid == 0) _exit(state_in_child_handler == ARENA_FREE ? 0 : 10 + state_in_child_handler);
+  expect_child(pid, "the program's child handler saw the holder's arena unrepaired "
+                    "(11: still CLAIMED)");
+  holder_finish(&h);
 }
