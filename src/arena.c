@@ -22,10 +22,10 @@
  * never deadlock against glibc's own locks. The child handler is registered when the
  * library is loaded, so that it runs before the child handlers of the program. In the
  * child, the break lock is reset and every arena owned by another thread becomes
- * adoptable — unless its owner was inside a slow path (in_slow), whose half-done list
- * surgery the child must not trust: such an arena becomes a ZOMBIE, never used again. The
- * forking thread keeps its own arena on the same condition (a fork from a signal handler
- * may have interrupted it).
+ * adoptable (and due for purging) — unless its owner was inside a slow path (in_slow),
+ * whose half-done list surgery the child must not trust: such an arena becomes a ZOMBIE,
+ * never used again. The forking thread keeps its own arena on the same condition (a fork
+ * from a signal handler may have interrupted it).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -275,6 +275,8 @@ static void fork_child(void) {
   ta_stats_reset_after_fork(); /* readers, the log, and the huge cache's tallies */
   if (atomic_load(&exit_key_state) == 1) atomic_store(&exit_key_state, 0);
   ta_arena_t *mine = ta_tl_arena;
+  uint64_t now = ta_os_now_ms();
+  bool orphans = false;
   for (ta_arena_t *a = atomic_load(&all_arenas); a; a = a->next_all) {
     if (a == mine) {
       if (a->in_slow) {
@@ -287,12 +289,19 @@ static void fork_child(void) {
       }
       continue;
     }
-    if (atomic_load(&a->state) == ARENA_CLAIMED) {
-      /* Its thread does not exist here. */
-      atomic_store(&a->owner_tag, tag_next(atomic_load(&a->owner_tag), 0, 0));
-      atomic_store(&a->state, a->in_slow ? ARENA_ZOMBIE : ARENA_FREE);
+    if (atomic_load(&a->state) != ARENA_CLAIMED) continue; /* FREE or ZOMBIE already */
+    /* Its thread does not exist here. */
+    atomic_store(&a->owner_tag, tag_next(atomic_load(&a->owner_tag), 0, 0));
+    if (a->in_slow) {
+      atomic_store(&a->state, ARENA_ZOMBIE);
+      continue;
     }
+    a->released_ms = now;
+    atomic_store(&a->state, ARENA_FREE);
+    orphans = true;
   }
+  /* Ownerless arenas are purged after the decay time (purge.c). */
+  if (orphans) ta_note_orphan_work();
 }
 
 /* For statistics and tests: calls fn on every arena ever made. */

@@ -3,7 +3,8 @@
  *
  *   - without a thread-exit hook (pthread_key_create failed), arenas of exited threads are
  *     still taken over, never those of live threads;
- *   - the fork child's repair runs before the child handlers the program registered.
+ *   - the fork child's repair runs before the child handlers the program registered;
+ *   - arenas the child gives up (their threads do not exist in it) are purged after decay.
  *
  * Every test that forks checks the child's exit status; each exit code names one check.
  */
@@ -199,5 +200,45 @@ Test(lifecycle, fork_repair_runs_before_the_programs_child_handlers) {
   if (pid == 0) _exit(state_in_child_handler == ARENA_FREE ? 0 : 10 + state_in_child_handler);
   expect_child(pid, "the program's child handler saw the holder's arena unrepaired "
                     "(11: still CLAIMED)");
+  holder_finish(&h);
+}
+
+/* ---- arenas given up by the fork child are purged ------------------------------------- */
+
+static void *fill_and_empty_runs(void *arg) {
+  struct holder *h = arg;
+  enum { N = 64 * 6 }; /* six runs of 1 KiB blocks */
+  static void *b[N];
+  for (int i = 0; i < N; i++) {
+    b[i] = ta_malloc(1024);
+    memset(b[i], 1, 1024);
+  }
+  h->run = ta_run_base(ta_run_of(b[0])); /* full, then retired when its last block is freed */
+  for (int i = 0; i < N; i++) ta_free(b[i]);
+  h->arena = ta_tl_arena;
+  holder_wait(h);
+  return NULL;
+}
+
+Test(lifecycle, fork_child_purges_arenas_of_threads_it_does_not_have) {
+  ta_decay_ms = 50;
+  ta_free(ta_malloc(16)); /* the forking thread has an arena: it adopts nothing in the child */
+  struct holder h;
+  holder_start(&h, fill_and_empty_runs);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    if (atomic_load(&h.arena->state) != ARENA_FREE) _exit(10);
+    if (ta_os_resident(h.run, TA_RUN_SIZE) == 0) _exit(11); /* still resident at the fork */
+    /* Slow paths, each of which may find ownerless arenas due for purging. */
+    for (int i = 0; i < 400 && ta_os_resident(h.run, TA_RUN_SIZE) != 0; i++) {
+      struct timespec ts = {0, 10 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+      ta_free(ta_malloc(20000 + (size_t)i * 16));
+    }
+    if (ta_tl_arena == h.arena) _exit(13);
+    _exit(ta_os_resident(h.run, TA_RUN_SIZE) == 0 ? 0 : 12);
+  }
+  expect_child(pid, "the free memory of a thread absent in the child (12: never purged)");
   holder_finish(&h);
 }
