@@ -24,8 +24,10 @@
  * child, the break lock is reset and every arena owned by another thread becomes
  * adoptable (and due for purging) — unless its owner was inside a slow path (in_slow),
  * whose half-done list surgery the child must not trust: such an arena becomes a ZOMBIE,
- * never used again. The forking thread keeps its own arena on the same condition (a fork
- * from a signal handler may have interrupted it).
+ * never used again (purge.c counts and drops what is freed into it). The forking thread
+ * keeps its own arena on the same condition; when a fork from a signal handler interrupted
+ * one of its calls, the arena is SUSPENDED instead: that call is on this thread's stack and
+ * may yet run to its end in the child, after which the thread takes the arena back.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -37,6 +39,8 @@
 __thread ta_arena_t *ta_tl_arena __attribute__((tls_model("initial-exec"))) = &ta_sentinel_arena;
 enum { TL_NEW = 0, TL_OWNER = 1, TL_EXITED = 2 };
 static __thread uint8_t tl_state __attribute__((tls_model("initial-exec")));
+/* This thread's arena, set aside by a fork that interrupted one of its calls (fork_child). */
+static __thread ta_arena_t *tl_suspended __attribute__((tls_model("initial-exec")));
 
 ta_run_t ta_empty_run; /* free == NULL, owner == NULL: never matches a block */
 
@@ -119,6 +123,14 @@ static bool arena_take_from_dead(ta_arena_t *a, uint32_t pid) {
 }
 
 static ta_arena_t *arena_claim(void) {
+  /* Our own arena, set aside by a fork that interrupted one of our calls: ours again once
+   * that call has ended (then its lists are whole). */
+  ta_arena_t *s = tl_suspended;
+  if (s != NULL && s->in_slow == 0) {
+    tl_suspended = NULL;
+    atomic_store_explicit(&s->state, ARENA_CLAIMED, memory_order_relaxed);
+    return s;
+  }
   for (ta_arena_t *a = atomic_load_explicit(&all_arenas, memory_order_acquire); a;
        a = a->next_all)
     if (ta_arena_try_claim(a)) {
@@ -173,6 +185,12 @@ static void thread_exit(void *p) {
   ta_arena_t *a = p;
   if (ta_tl_arena == a) ta_tl_arena = &ta_sentinel_arena;
   tl_state = TL_EXITED;
+  /* An arena a fork set aside whose interrupted call has ended goes back too. */
+  ta_arena_t *s = tl_suspended;
+  if (s != NULL && s->in_slow == 0) {
+    tl_suspended = NULL;
+    ta_arena_release(s);
+  }
   /* Only an arena this thread still owns (not one a fork child made a zombie). */
   if (atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED) ta_arena_release(a);
 }
@@ -280,7 +298,10 @@ static void fork_child(void) {
   for (ta_arena_t *a = atomic_load(&all_arenas); a; a = a->next_all) {
     if (a == mine) {
       if (a->in_slow) {
-        atomic_store(&a->state, ARENA_ZOMBIE);
+        /* A signal handler forked inside one of our calls: the arena is set aside until
+         * that call ends (arena_claim, thread_exit); meanwhile this thread gets another. */
+        atomic_store(&a->state, ARENA_SUSPENDED);
+        tl_suspended = a;
         ta_tl_arena = &ta_sentinel_arena;
         tl_state = TL_NEW;
         if (atomic_load(&exit_key_state) == 2) pthread_setspecific(exit_key, NULL);
@@ -289,18 +310,21 @@ static void fork_child(void) {
       }
       continue;
     }
-    if (atomic_load(&a->state) != ARENA_CLAIMED) continue; /* FREE or ZOMBIE already */
+    if (a == tl_suspended) continue; /* still ours: the interrupted call may yet end */
+    int st = atomic_load(&a->state);
+    if (st != ARENA_CLAIMED && st != ARENA_SUSPENDED) continue; /* FREE or ZOMBIE already */
     /* Its thread does not exist here. */
     atomic_store(&a->owner_tag, tag_next(atomic_load(&a->owner_tag), 0, 0));
     if (a->in_slow) {
       atomic_store(&a->state, ARENA_ZOMBIE);
-      continue;
+    } else {
+      a->released_ms = now;
+      atomic_store(&a->state, ARENA_FREE);
     }
-    a->released_ms = now;
-    atomic_store(&a->state, ARENA_FREE);
     orphans = true;
   }
-  /* Ownerless arenas are purged after the decay time (purge.c). */
+  /* Ownerless arenas are purged after the decay time, and what is freed into zombies is
+   * counted (purge.c). */
   if (orphans) ta_note_orphan_work();
 }
 

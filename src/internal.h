@@ -188,7 +188,11 @@ enum { HUGE_LIVE = 1, HUGE_CACHED = 2 };
 #define TA_HUGE_HDR 64
 
 /* ------------------------------------------------------------------ arenas */
-enum { ARENA_FREE = 0, ARENA_CLAIMED = 1, ARENA_ZOMBIE = 2 };
+/* FREE: no owner, adoptable. CLAIMED: owned by a thread. ZOMBIE: in a fork child, its owner
+ * (absent there) was inside a slow path: never used again. SUSPENDED: in a fork child, the
+ * forking thread's own arena, caught inside one of its calls (fork from a signal handler):
+ * that thread takes it back once the call has ended. */
+enum { ARENA_FREE = 0, ARENA_CLAIMED = 1, ARENA_ZOMBIE = 2, ARENA_SUSPENDED = 3 };
 
 /* Per-arena event counters: plain increments by the owner, summed when read. */
 typedef struct ta_counters {
@@ -418,6 +422,8 @@ TA_HIDDEN extern uint64_t ta_decay_ms;
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
 TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerless arenas */
+/* Blocks freed into zombie arenas (never reused: see purge.c) and their usable bytes. */
+TA_HIDDEN extern _Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;
 TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
 TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
 TA_HIDDEN void ta_maybe_purge(ta_arena_t *a);

@@ -4,7 +4,10 @@
  *   - without a thread-exit hook (pthread_key_create failed), arenas of exited threads are
  *     still taken over, never those of live threads;
  *   - the fork child's repair runs before the child handlers the program registered;
- *   - arenas the child gives up (their threads do not exist in it) are purged after decay.
+ *   - arenas the child gives up (their threads do not exist in it) are purged after decay;
+ *   - frees into a zombie arena (owner caught inside the allocator by the fork) corrupt
+ *     nothing, are counted, and do not pile up;
+ *   - the forking thread takes its own arena back once the call the fork interrupted ends.
  *
  * Every test that forks checks the child's exit status; each exit code names one check.
  */
@@ -13,7 +16,9 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -241,4 +246,100 @@ Test(lifecycle, fork_child_purges_arenas_of_threads_it_does_not_have) {
   }
   expect_child(pid, "the free memory of a thread absent in the child (12: never purged)");
   holder_finish(&h);
+}
+
+/* ---- zombies: arenas whose owner the fork caught inside the allocator ------------------ */
+
+enum { ZSMALL = 3000, ZMEDIUM = 40 };
+static void *zblocks[ZSMALL + ZMEDIUM];
+
+static void *allocate_then_stop_mid_slow_path(void *arg) {
+  struct holder *h = arg;
+  for (int i = 0; i < ZSMALL; i++) zblocks[i] = ta_malloc(48);
+  for (int i = 0; i < ZMEDIUM; i++) zblocks[ZSMALL + i] = ta_malloc(20000);
+  h->arena = ta_tl_arena;
+  ta_slow_enter(h->arena); /* as if the fork came while it rearranged its lists */
+  holder_wait(h);
+  ta_slow_leave(h->arena);
+  for (int i = 0; i < ZSMALL + ZMEDIUM; i++) ta_free(zblocks[i]);
+  return NULL;
+}
+
+Test(lifecycle, frees_into_a_zombie_are_safe_counted_and_do_not_pile_up) {
+  tt_no_core();
+  struct holder h;
+  holder_start(&h, allocate_then_stop_mid_slow_path);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    ta_arena_t *z = h.arena;
+    if (atomic_load(&z->state) != ARENA_ZOMBIE) _exit(10);
+    static ta_arena_t before;
+    memcpy(&before, z, sizeof before);
+    size_t usable = 0;
+    for (int i = 0; i < ZSMALL + ZMEDIUM; i++) {
+      usable += ta_malloc_usable_size(zblocks[i]);
+      ta_free(zblocks[i]);
+    }
+    /* Nothing of the zombie is touched but its remote list. */
+    if (memcmp(&before, z, offsetof(ta_arena_t, remote)) != 0) _exit(11);
+    /* Nothing freed into it is handed out again. */
+    for (int i = 0; i < 2 * ZSMALL; i++) {
+      void *q = ta_malloc(48);
+      if (ta_run_of(q)->owner == z) _exit(12);
+    }
+    for (int i = 0; i < 2 * ZMEDIUM; i++) {
+      void *q = ta_malloc(20000);
+      if (ta_chunk_of(q)->owner == z) _exit(12);
+    }
+    /* The remote list is emptied and what it held counted. */
+    ta_malloc_trim(0);
+    if (atomic_load(&z->remote) != NULL) _exit(13);
+    if (atomic_load(&ta_zombie_frees) != ZSMALL + ZMEDIUM) _exit(14);
+    if (atomic_load(&ta_zombie_bytes) != usable) _exit(15);
+    /* And shown in the text statistics. */
+    int fd = memfd_create("stats", 0);
+    if (fd < 0 || ta_stats_print(fd, 0) != 0) _exit(18);
+    static char report[1 << 20];
+    ssize_t len = pread(fd, report, sizeof report - 1, 0);
+    char want[128];
+    snprintf(want, sizeof want, "freed into zombie arenas, never reused: %d blocks, %zu B",
+             ZSMALL + ZMEDIUM, usable);
+    if (len <= 0 || strstr(report, want) == NULL) _exit(19);
+    if (memcmp(&before, z, offsetof(ta_arena_t, remote)) != 0) _exit(16);
+    /* A second free of one of those blocks is still caught. */
+    pid_t g = fork();
+    if (g == 0) {
+      ta_free(zblocks[7]);
+      _exit(0);
+    }
+    int st;
+    waitpid(g, &st, 0);
+    if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGABRT) _exit(17);
+    _exit(0);
+  }
+  expect_child(pid, "frees into a zombie arena");
+  holder_finish(&h);
+}
+
+Test(lifecycle, forking_thread_takes_its_arena_back_once_the_interrupted_call_ends) {
+  void *p = ta_malloc(64);
+  ta_arena_t *a = ta_tl_arena;
+  ta_slow_enter(a); /* as if a signal handler forked inside a slow path */
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    int st = atomic_load(&a->state);
+    if (ta_tl_arena != &ta_sentinel_arena || st == ARENA_CLAIMED || st == ARENA_FREE) _exit(10);
+    ta_free(p); /* meanwhile freed into it */
+    ta_slow_leave(a); /* the handler returned, the interrupted call ran to its end */
+    void *q = ta_malloc(64);
+    if (ta_tl_arena != a || atomic_load(&a->state) != ARENA_CLAIMED) _exit(11);
+    if (q != p) _exit(12);
+    ta_free(q);
+    _exit(0);
+  }
+  ta_slow_leave(a);
+  expect_child(pid, "the forking thread's own arena after the interrupted call");
+  ta_free(p);
 }
