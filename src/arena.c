@@ -292,16 +292,21 @@ static void fork_child(void) {
   ta_brk_reset_after_fork();
   ta_stats_reset_after_fork(); /* readers, the log, and the huge cache's tallies */
   if (atomic_load(&exit_key_state) == 1) atomic_store(&exit_key_state, 0);
-  ta_arena_t *mine = ta_tl_arena;
+  ta_arena_t *mine = ta_tl_arena, *aside = tl_suspended;
   uint64_t now = ta_os_now_ms();
   bool orphans = false;
   for (ta_arena_t *a = atomic_load(&all_arenas); a; a = a->next_all) {
     if (a == mine) {
       if (a->in_slow) {
         /* A signal handler forked inside one of our calls: the arena is set aside until
-         * that call ends (arena_claim, thread_exit); meanwhile this thread gets another. */
-        atomic_store(&a->state, ARENA_SUSPENDED);
-        tl_suspended = a;
+         * that call ends (arena_claim, thread_exit); meanwhile this thread gets another.
+         * One set aside already (its call not ended yet) stays so; this one is given up. */
+        if (aside == NULL) {
+          atomic_store(&a->state, ARENA_SUSPENDED);
+          tl_suspended = a;
+        } else {
+          atomic_store(&a->state, ARENA_ZOMBIE);
+        }
         ta_tl_arena = &ta_sentinel_arena;
         tl_state = TL_NEW;
         if (atomic_load(&exit_key_state) == 2) pthread_setspecific(exit_key, NULL);
@@ -310,7 +315,7 @@ static void fork_child(void) {
       }
       continue;
     }
-    if (a == tl_suspended) continue; /* still ours: the interrupted call may yet end */
+    if (a == aside) continue; /* still ours: the interrupted call may yet end */
     int st = atomic_load(&a->state);
     if (st != ARENA_CLAIMED && st != ARENA_SUSPENDED) continue; /* FREE or ZOMBIE already */
     /* Its thread does not exist here. */

@@ -343,3 +343,37 @@ Test(lifecycle, forking_thread_takes_its_arena_back_once_the_interrupted_call_en
   expect_child(pid, "the forking thread's own arena after the interrupted call");
   ta_free(p);
 }
+
+/* A second fork inside a call, in a child whose thread already has an arena set aside: the
+ * first stays set aside (its call may still end), the second is given up as a zombie. */
+Test(lifecycle, second_interrupted_fork_keeps_the_first_arena_set_aside) {
+  void *p = ta_malloc(64);
+  ta_arena_t *a = ta_tl_arena;
+  ta_slow_enter(a);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    void *q = ta_malloc(64); /* another arena meanwhile */
+    ta_arena_t *b = ta_tl_arena;
+    if (b == a) _exit(10);
+    ta_slow_enter(b); /* and a fork inside a call again */
+    pid_t g = fork();
+    if (g == 0) {
+      if (atomic_load(&a->state) != ARENA_SUSPENDED) _exit(11);
+      if (atomic_load(&b->state) != ARENA_ZOMBIE) _exit(12);
+      ta_slow_leave(a); /* the first call ends */
+      void *r = ta_malloc(64);
+      if (ta_tl_arena != a) _exit(13);
+      ta_free(r);
+      _exit(0);
+    }
+    ta_slow_leave(b);
+    int st;
+    waitpid(g, &st, 0);
+    ta_free(q);
+    _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 20);
+  }
+  ta_slow_leave(a);
+  expect_child(pid, "a second fork inside a call");
+  ta_free(p);
+}
