@@ -10,17 +10,25 @@
  * the next thread that needs an arena adopts it with its blocks and lists as they are.
  * Blocks of the arena still live in other threads keep arriving through `remote`. A
  * thread that allocates after its destructor ran (another library's TLS destructor)
- * borrows an arena for that one call and gives it back at once.
+ * borrows an arena for that one call and gives it back at once. When no key can be had
+ * (all taken), each new thread tries again; a thread registered without one tags its arena
+ * with its kernel thread id, and a thread in need of an arena takes such an arena over once
+ * the kernel says its owner has exited.
  *
  * Remote frees: another thread pushes the block onto owner.remote with a CAS; only the
  * owner takes blocks off, all at once with an exchange, so there is no ABA problem.
  *
  * fork: no allocator lock is held across fork (there is no prepare handler), so fork can
- * never deadlock against glibc's own locks. In the child, the break lock is reset and
- * every arena owned by another thread becomes adoptable — unless its owner was inside a
- * slow path (in_slow), whose half-done list surgery the child must not trust: such an
- * arena becomes a ZOMBIE, never used again. The forking thread keeps its own arena on the
- * same condition (a fork from a signal handler may have interrupted it).
+ * never deadlock against glibc's own locks. The child handler is registered when the
+ * library is loaded, so that it runs before the child handlers of the program. In the
+ * child, the break lock is reset and every arena owned by another thread becomes
+ * adoptable (and due for purging) — unless its slow-path lock was held (its owner was inside
+ * a slow path, or the purger inside a purge), whose half-done list surgery the child must
+ * not trust: such an arena becomes a ZOMBIE,
+ * never used again (purge.c counts and drops what is freed into it). The forking thread
+ * keeps its own arena on the same condition; when a fork from a signal handler interrupted
+ * one of its calls, the arena is SUSPENDED instead: that call is on this thread's stack and
+ * may yet run to its end in the child, after which the thread takes the arena back.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -41,6 +49,8 @@ void ta_slow_wait(ta_arena_t *a) {
     else atomic_signal_fence(memory_order_seq_cst);
   }
 }
+/* This thread's arena, set aside by a fork that interrupted one of its calls (fork_child). */
+static __thread ta_arena_t *tl_suspended __attribute__((tls_model("initial-exec")));
 
 ta_run_t ta_empty_run; /* free == NULL, owner == NULL: never matches a block */
 
@@ -58,8 +68,9 @@ bool ta_initialized;
 static _Atomic(ta_arena_t *) all_arenas;
 static _Atomic uint32_t arena_count;
 static pthread_key_t exit_key;
-static _Atomic int exit_key_state; /* 0 none, 1 creating, 2 ready, 3 failed */
+static _Atomic int exit_key_state; /* 0 none, 1 creating, 2 ready, 3 failed (tried again) */
 static _Atomic int atfork_state;
+static _Atomic bool unhooked; /* some thread was registered without an exit hook */
 
 static void fork_child(void);
 
@@ -99,13 +110,69 @@ static void arena_init(ta_arena_t *a) {
   /* Everything else starts zeroed (fresh mapping). */
 }
 
+/* Arenas of threads without an exit hook are never given back by their thread; they carry
+ * their owner's identity in owner_tag instead: bits 0-21 its kernel thread id, 22-43 the
+ * process id (pid_max is at most 2^22), 44-63 a count of changes, so that a compare-exchange
+ * never takes a new owner that was given a recycled thread id for the old one. Thread id 0:
+ * not to be taken over (the owner has an exit hook, or the arena is not claimed). Only the
+ * owner sets its id (register_thread); a taker replaces a dead owner's with 0. */
+#define TAG_ID_BITS 22
+#define TAG_ID_MASK (((uint64_t)1 << TAG_ID_BITS) - 1)
+
+static uint64_t tag_next(uint64_t prev, uint32_t pid, uint32_t tid) {
+  if (tid > TAG_ID_MASK || pid > TAG_ID_MASK) pid = tid = 0; /* cannot be told apart: keep */
+  return (((prev >> (2 * TAG_ID_BITS)) + 1) << (2 * TAG_ID_BITS)) |
+         ((uint64_t)pid << TAG_ID_BITS) | tid;
+}
+
+/* tid 0: nobody is to take the arena over; else the owner's thread id in this process. */
+static void arena_set_owner(ta_arena_t *a, uint32_t tid) {
+  uint64_t t = atomic_load_explicit(&a->owner_tag, memory_order_relaxed);
+  atomic_store_explicit(&a->owner_tag, tag_next(t, tid ? ta_os_getpid() : 0, tid),
+                        memory_order_release);
+}
+
+/* Takes over a claimed arena whose owner had no exit hook and has exited. An owner that is
+ * alive, still exiting, or of unknown fate keeps it; so does one that died inside the
+ * allocator (its lists cannot be trusted), and one tagged in another process (a fork child
+ * whose repair has not run yet). */
+static bool arena_take_from_dead(ta_arena_t *a, uint32_t pid) {
+  uint64_t tag = atomic_load_explicit(&a->owner_tag, memory_order_acquire);
+  uint32_t tid = (uint32_t)(tag & TAG_ID_MASK);
+  if (tid == 0 || ((tag >> TAG_ID_BITS) & TAG_ID_MASK) != pid) return false;
+  if (atomic_load_explicit(&a->state, memory_order_relaxed) != ARENA_CLAIMED) return false;
+  /* The owner's last writes came before its exit, and the system call that sees it gone
+   * orders what we read next (the kernel's exit path and the call are full barriers). */
+  if (!ta_os_thread_gone(tid)) return false;
+  if (ta_slow_held(a)) return false;
+  return atomic_compare_exchange_strong_explicit(&a->owner_tag, &tag, tag_next(tag, 0, 0),
+                                                 memory_order_acq_rel, memory_order_relaxed);
+}
+
 static ta_arena_t *arena_claim(void) {
+  /* Our own arena, set aside by a fork that interrupted one of our calls: ours again once
+   * that call has ended (then its lists are whole). */
+  ta_arena_t *s = tl_suspended;
+  if (s != NULL && !ta_slow_held(s)) {
+    tl_suspended = NULL;
+    atomic_store_explicit(&s->state, ARENA_CLAIMED, memory_order_relaxed);
+    return s;
+  }
   for (ta_arena_t *a = atomic_load_explicit(&all_arenas, memory_order_acquire); a;
        a = a->next_all)
     if (ta_arena_try_claim(a)) {
       a->cnt.adopted++;
       return a;
     }
+  if (atomic_load_explicit(&unhooked, memory_order_relaxed)) {
+    uint32_t pid = ta_os_getpid();
+    for (ta_arena_t *a = atomic_load_explicit(&all_arenas, memory_order_acquire); a;
+         a = a->next_all)
+      if (arena_take_from_dead(a, pid)) {
+        a->cnt.adopted++;
+        return a;
+      }
+  }
   ta_arena_t *a = ta_os_mmap(ta_align_up(sizeof(ta_arena_t), TA_PAGE_SIZE));
   if (a == NULL) return NULL;
   arena_init(a);
@@ -152,30 +219,53 @@ static void thread_exit(void *p) {
   ta_arena_t *a = p;
   if (ta_tl_arena == a) ta_tl_arena = &ta_sentinel_arena;
   tl_state = TL_EXITED;
+  /* An arena a fork set aside whose interrupted call has ended goes back too. */
+  ta_arena_t *s = tl_suspended;
+  if (s != NULL && !ta_slow_held(s)) {
+    tl_suspended = NULL;
+    ta_arena_release(s);
+  }
   /* Only an arena this thread still owns (not one a fork child made a zombie). */
   if (atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED) ta_arena_release(a);
   ta_bg_maybe_start(); /* the arena's free memory goes back on time, no caller needed */
 }
+
+/* glibc runs the child handlers of pthread_atfork in the order they were registered, so
+ * ours is registered as early as possible: when the library is loaded (before the program's
+ * constructors and main), or by the first slow path if an earlier constructor allocates.
+ * pthread_atfork may allocate (glibc's handler array grows past 48 entries, under glibc's
+ * lock): the flag is set before the call, so that the nested malloc, which takes the
+ * ordinary path, does not register again. */
+static void atfork_register(void) {
+  int expected = 0;
+  if (atomic_load_explicit(&atfork_state, memory_order_relaxed) == 0 &&
+      atomic_compare_exchange_strong(&atfork_state, &expected, 1))
+    pthread_atfork(NULL, NULL, fork_child);
+}
+
+__attribute__((constructor)) static void atfork_at_load(void) { atfork_register(); }
 
 /* Registration that may itself call malloc: done once the thread has its arena, so a
  * nested malloc simply takes the fast path. pthread_key_create and pthread_setspecific do
  * not allocate for the first 32 keys in glibc; pthread_atfork may. */
 static void register_thread(ta_arena_t *a) {
   int st = atomic_load_explicit(&exit_key_state, memory_order_acquire);
-  if (st == 0) {
-    int expected = 0;
+  if (st == 0 || st == 3) {
+    /* Created once; after a failure (every key taken), each new thread tries again. */
+    int expected = st;
     if (atomic_compare_exchange_strong(&exit_key_state, &expected, 1)) {
-      st = pthread_key_create(&exit_key, thread_exit) == 0 ? 2 : 3;
+      st = ta_os_key_create(&exit_key, thread_exit) == 0 ? 2 : 3;
       atomic_store_explicit(&exit_key_state, st, memory_order_release);
     }
   }
   while ((st = atomic_load_explicit(&exit_key_state, memory_order_acquire)) == 1) {
   }
-  if (st == 2) pthread_setspecific(exit_key, a);
-  int expected = 0;
-  if (atomic_load_explicit(&atfork_state, memory_order_relaxed) == 0 &&
-      atomic_compare_exchange_strong(&atfork_state, &expected, 1))
-    pthread_atfork(NULL, NULL, fork_child);
+  bool hooked = st == 2 && pthread_setspecific(exit_key, a) == 0;
+  /* Without an exit hook the arena carries its owner's thread id, so that it can be taken
+   * over once the owner has exited (arena_claim). */
+  if (!hooked) atomic_store_explicit(&unhooked, true, memory_order_relaxed);
+  arena_set_owner(a, hooked ? 0 : ta_os_gettid());
+  atfork_register();
 }
 
 ta_arena_t *ta_arena_get_slow(bool *borrowed) {
@@ -221,6 +311,10 @@ void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
  * is correct never writes its block's mark (it cannot read the key), so the slots are
  * almost always empty; should all be taken, the freeing thread waits for the owner. */
 void ta_remote_suspect(ta_arena_t *owner, void *p) {
+  /* A zombie (fork child) never confirms, and its blocks keep their marks for good: one
+   * that looks free there was freed into it before. */
+  if (atomic_load_explicit(&owner->state, memory_order_relaxed) == ARENA_ZOMBIE)
+    ta_fatal("free(): double free of pointer", p);
   for (unsigned spins = 0;; spins++) {
     for (unsigned i = 0; i < TA_SUSPECTS; i++) {
       void *expected = NULL;
@@ -308,20 +402,46 @@ static void fork_child(void) {
   ta_bg_reset_after_fork();
   ta_stats_reset_after_fork(); /* readers, the log, and the huge cache's tallies */
   if (atomic_load(&exit_key_state) == 1) atomic_store(&exit_key_state, 0);
-  ta_arena_t *mine = ta_tl_arena;
+  ta_arena_t *mine = ta_tl_arena, *aside = tl_suspended;
+  uint64_t now = ta_os_now_ms();
+  bool orphans = false;
   for (ta_arena_t *a = atomic_load(&all_arenas); a; a = a->next_all) {
     if (a == mine) {
       if (ta_slow_held(a)) {
-        atomic_store(&a->state, ARENA_ZOMBIE);
+        /* A signal handler forked inside one of our calls: the arena is set aside until
+         * that call ends (arena_claim, thread_exit); meanwhile this thread gets another.
+         * One set aside already (its call not ended yet) stays so; this one is given up,
+         * and so is one the background purger held (it does not exist here). */
+        if (aside == NULL && ta_slow_held_by_me(a)) {
+          atomic_store(&a->state, ARENA_SUSPENDED);
+          tl_suspended = a;
+        } else {
+          atomic_store(&a->state, ARENA_ZOMBIE);
+        }
         ta_tl_arena = &ta_sentinel_arena;
         tl_state = TL_NEW;
         if (atomic_load(&exit_key_state) == 2) pthread_setspecific(exit_key, NULL);
+      } else if ((atomic_load(&a->owner_tag) & TAG_ID_MASK) != 0) {
+        arena_set_owner(a, ta_os_gettid()); /* our thread id in the child */
       }
       continue;
     }
-    if (atomic_load(&a->state) == ARENA_CLAIMED)
-      atomic_store(&a->state, ta_slow_held(a) ? ARENA_ZOMBIE : ARENA_FREE);
+    if (a == aside) continue; /* still ours: the interrupted call may yet end */
+    int st = atomic_load(&a->state);
+    if (st != ARENA_CLAIMED && st != ARENA_SUSPENDED) continue; /* FREE or ZOMBIE already */
+    /* Its thread does not exist here. */
+    atomic_store(&a->owner_tag, tag_next(atomic_load(&a->owner_tag), 0, 0));
+    if (ta_slow_held(a)) {
+      atomic_store(&a->state, ARENA_ZOMBIE);
+    } else {
+      a->released_ms = now;
+      atomic_store(&a->state, ARENA_FREE);
+    }
+    orphans = true;
   }
+  /* Ownerless arenas are purged after the decay time, and what is freed into zombies is
+   * counted (purge.c). */
+  if (orphans) ta_note_orphan_work();
 }
 
 /* For statistics and tests: calls fn on every arena ever made. */

@@ -37,6 +37,7 @@
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -212,7 +213,11 @@ enum { HUGE_LIVE = 1, HUGE_CACHED = 2 };
 
 /* ------------------------------------------------------------------ arenas */
 #define TA_SUSPECTS 4 /* suspected double frees an arena holds for its owner to confirm */
-enum { ARENA_FREE = 0, ARENA_CLAIMED = 1, ARENA_ZOMBIE = 2 };
+/* FREE: no owner, adoptable. CLAIMED: owned by a thread. ZOMBIE: in a fork child, its owner
+ * (absent there) was inside a slow path: never used again. SUSPENDED: in a fork child, the
+ * forking thread's own arena, caught inside one of its calls (fork from a signal handler):
+ * that thread takes it back once the call has ended. */
+enum { ARENA_FREE = 0, ARENA_CLAIMED = 1, ARENA_ZOMBIE = 2, ARENA_SUSPENDED = 3 };
 
 /* Per-arena event counters: plain increments by the owner, summed when read. */
 typedef struct ta_counters {
@@ -253,6 +258,7 @@ typedef struct ta_arena {
   _Atomic uint64_t purge_due;  /* earliest time something of this arena may be purged; 0: none */
   uint64_t medium_dirty_since; /* a large medium free block may hold resident pages since */
   _Atomic uint64_t released_ms; /* when the arena was last given up (read by orphan purges) */
+  _Atomic uint64_t owner_tag;   /* owner without exit hook: its thread id, for takeover (arena.c) */
   size_t dirty_bytes;          /* empty chunks and retired run slots still resident */
 
   /* --- shared with other threads --- */
@@ -290,7 +296,7 @@ TA_INLINE unsigned ta_size_class(size_t size) {
 /* ------------------------------------------------------------------ os.c */
 /* The only file that talks to the kernel. Each call can be made to fail by a test hook. */
 enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16,
-       TA_OS_THREAD = 32 };
+       TA_OS_KEY = 32, TA_OS_THREAD = 64 };
 TA_HIDDEN void *ta_os_brk_get(void);             /* the kernel's break; (void *)-1 on failure */
 TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
 TA_HIDDEN void *ta_os_mmap(size_t size);         /* NULL on failure; zeroed, read-write */
@@ -308,6 +314,12 @@ TA_HIDDEN int ta_os_thread_start(void *(*fn)(void *));
 /* Sleeps while *word == val, at most timeout_ms (0: no limit); wakes one sleeper. */
 TA_HIDDEN void ta_os_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ms);
 TA_HIDDEN void ta_os_futex_wake(_Atomic uint32_t *word);
+/* Threads: the exit hook (pthread_key_create: 0 or an errno), the kernel's ids, and whether
+ * a thread of this process has exited (the kernel no longer knows its id). */
+TA_HIDDEN int ta_os_key_create(pthread_key_t *key, void (*destructor)(void *));
+TA_HIDDEN uint32_t ta_os_gettid(void);
+TA_HIDDEN uint32_t ta_os_getpid(void);
+TA_HIDDEN bool ta_os_thread_gone(uint32_t tid);
 TA_HIDDEN uintptr_t ta_os_random(void);
 TA_HIDDEN extern _Atomic size_t ta_os_mapped_bytes;   /* mapped or taken from the break, now */
 TA_HIDDEN extern _Atomic size_t ta_os_returned_bytes; /* given back since start */
@@ -484,6 +496,10 @@ TA_INLINE void ta_slow_leave(ta_arena_t *a) {
 TA_INLINE bool ta_slow_held(const ta_arena_t *a) {
   return atomic_load_explicit(&a->slow, memory_order_relaxed) != 0;
 }
+/* Held by this very thread: a fork from a signal handler interrupted one of its calls. */
+TA_INLINE bool ta_slow_held_by_me(const ta_arena_t *a) {
+  return ta_slow_held(a) && atomic_load_explicit(&a->slow_holder, memory_order_relaxed) == &ta_tl_tag;
+}
 
 /* ------------------------------------------------------------------ purge.c */
 /* Free memory goes back to the kernel decay_ms after it became free (see purge.c). */
@@ -491,6 +507,8 @@ TA_HIDDEN extern uint64_t ta_decay_ms;
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
 TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerless arenas */
+/* Blocks freed into zombie arenas (never reused: see purge.c) and their usable bytes. */
+TA_HIDDEN extern _Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;
 TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
 TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
 TA_HIDDEN void ta_maybe_purge(ta_arena_t *a);

@@ -11,6 +11,9 @@
  *   ta_os_munmap/decommit   0 on success. decommit drops the pages (they read back as zero).
  *   ta_os_mremap(p,o,n,f)   resizes a mapping in place (f == NULL) or moves it to the fixed
  *                           address f; NULL on failure.
+ *   ta_os_key_create(k,d)   the thread-exit hook (a pthread key); 0 or an errno.
+ *   ta_os_thread_gone(tid)  true when the kernel no longer knows thread tid of this process
+ *                           (it has exited); false when it lives or when in doubt.
  * None of these allocate, print or take any lock but the break lock. errno is preserved.
  *
  * Test hooks: ta_os_fail(mask, skip, count) makes the next `count` calls of the operations
@@ -208,6 +211,25 @@ void ta_os_hugepage(void *p, size_t size) {
   (void)p;
   (void)size;
 #endif
+}
+
+int ta_os_key_create(pthread_key_t *key, void (*destructor)(void *)) {
+  if (should_fail(TA_OS_KEY)) return EAGAIN;
+  return pthread_key_create(key, destructor);
+}
+
+uint32_t ta_os_gettid(void) { return (uint32_t)syscall(SYS_gettid); }
+uint32_t ta_os_getpid(void) { return (uint32_t)syscall(SYS_getpid); }
+
+/* Signal 0 checks that the thread exists without sending anything. Only ESRCH means gone:
+ * a thread that is still exiting, or a denied call, counts as alive. A new thread of this
+ * process that was given the same id also counts as alive, so the answer errs on the safe
+ * side; a thread of another process never matches (tgkill names our thread group). */
+bool ta_os_thread_gone(uint32_t tid) {
+  int saved = errno;
+  bool gone = syscall(SYS_tgkill, (pid_t)ta_os_getpid(), (pid_t)tid, 0) == -1 && errno == ESRCH;
+  errno = saved;
+  return gone;
 }
 
 uint64_t ta_os_now_ms(void) {

@@ -24,6 +24,12 @@
  * Arenas whose thread has exited have no owner to do this: any thread that finds
  * ta_orphan_due passed claims such arenas one by one, drains what other threads freed
  * into them, purges everything, and gives them back. malloc_trim does all of it at once.
+ *
+ * Zombie arenas (a fork child's arenas whose owner was inside a slow path) can never be
+ * drained: freeing into them would touch lists the vanished owner left half-changed. The
+ * same pass takes what was freed into them off their remote list, counts it
+ * (ta_zombie_frees, ta_zombie_bytes) and leaves it: those blocks are lost to the child, but
+ * they are accounted for and the list does not grow without end.
  */
 #include "internal.h"
 
@@ -31,6 +37,7 @@ uint64_t ta_decay_ms = 200;
 size_t ta_dirty_max = (size_t)32 << 20;
 static _Atomic size_t dirty_total; /* Σ arena.dirty_bytes */
 _Atomic uint64_t ta_orphan_due;
+_Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;
 
 #define TA_MEDIUM_PURGE_MIN ((size_t)32 << 10)
 
@@ -218,12 +225,36 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   return freed;
 }
 
+/* Takes the blocks freed into a zombie arena off its remote list and counts them. The list
+ * is taken whole with an exchange, so each block is counted once; the blocks keep their
+ * "free" mark, so a second free of one of them is still caught. Their sizes are read from
+ * the run meta block or the medium header, which no one changes any more. */
+static void zombie_sweep(ta_arena_t *a) {
+  ta_block_t *b = atomic_exchange_explicit(&a->remote, NULL, memory_order_acquire);
+  uint64_t n = 0, bytes = 0;
+  for (; b != NULL; b = ta_block_next(b)) {
+    /* The list lives in freed memory: an entry the map does not know ends the walk. */
+    uint8_t kind = ta_map_get((uintptr_t)b);
+    if (kind == TA_MAP_SMALL) bytes += ta_run_of(b)->bsize;
+    else if (kind == TA_MAP_MEDIUM) bytes += ta_medium_usable((ta_mhdr_t *)b - 1);
+    else break;
+    n++;
+  }
+  atomic_fetch_add_explicit(&ta_zombie_frees, n, memory_order_relaxed);
+  atomic_fetch_add_explicit(&ta_zombie_bytes, bytes, memory_order_relaxed);
+}
+
 size_t ta_purge_orphans(uint64_t now, bool all) {
   atomic_store_explicit(&ta_orphan_due, 0, memory_order_relaxed);
   size_t freed = 0;
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
     /* Acquire: released_ms was written before the release store of FREE. */
-    if (atomic_load_explicit(&a->state, memory_order_acquire) != ARENA_FREE) continue;
+    int st = atomic_load_explicit(&a->state, memory_order_acquire);
+    if (st == ARENA_ZOMBIE && atomic_load_explicit(&a->remote, memory_order_relaxed)) {
+      zombie_sweep(a);
+      continue;
+    }
+    if (st != ARENA_FREE) continue;
     if (!all && now < a->released_ms + ta_decay_ms) {
       ta_purge_note_global(&ta_orphan_due, a->released_ms + ta_decay_ms);
       continue;

@@ -387,6 +387,15 @@ static void print_json(struct out *o, const struct ta_stats *s) {
   put(o, "]");
 }
 
+static const char *state_name(int st) {
+  switch (st) {
+  case ARENA_CLAIMED: return "live";
+  case ARENA_FREE: return "abandoned";
+  case ARENA_SUSPENDED: return "suspended"; /* a fork child's, until its thread takes it back */
+  default: return "zombie";
+  }
+}
+
 static void print_text(struct out *o, const struct ta_stats *s, const char *title) {
   put(o, "%s\n", title);
   put(o, "  requested %llu B, usable %llu B, heap %llu B; internal fragmentation %.2f%%%s\n",
@@ -427,7 +436,7 @@ int ta_stats_print(int fd, int format) {
               "\"internal_fragmentation_pct\":%.4f,\"external_fragmentation_pct\":%.4f,"
               "\"stranded_pct\":%.4f}",
           first ? "" : ",", a->id,
-          st == ARENA_CLAIMED ? "live" : st == ARENA_FREE ? "abandoned" : "zombie", as.mallocs,
+          state_name(st), as.mallocs,
           as.frees, as.usable_bytes, as.requested_bytes, as.heap_bytes,
           as.internal_fragmentation_pct, as.external_fragmentation_pct, as.stranded_pct);
       first = false;
@@ -435,6 +444,10 @@ int ta_stats_print(int fd, int format) {
     put(&o, "]}\n");
   } else {
     print_text(&o, s, "tamalloc statistics (whole process)");
+    uint64_t zn = atomic_load(&ta_zombie_frees);
+    if (zn)
+      put(&o, "  freed into zombie arenas, never reused: %llu blocks, %llu B\n",
+          (unsigned long long)zn, (unsigned long long)atomic_load(&ta_zombie_bytes));
     put(&o, "  %-10s %10s %14s %14s %8s %10s %14s %14s\n", "class", "live", "usable B",
         "requested B", "int.frag", "free blks", "free B", "stranded B");
     for (unsigned c = 0; c < TA_STATS_CLASSES; c++) {
@@ -454,7 +467,7 @@ int ta_stats_print(int fd, int format) {
       char title[64];
       int st = atomic_load(&a->state);
       snprintf(title, sizeof title, "arena %u (%s)", a->id,
-               st == ARENA_CLAIMED ? "live" : st == ARENA_FREE ? "abandoned" : "zombie");
+               state_name(st));
       print_text(&o, &as, title);
     }
   }
@@ -563,7 +576,7 @@ int ta_heap_map(int fd) {
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
     int st = atomic_load(&a->state);
     put(&o, "arena %u %s\n", a->id,
-        st == ARENA_CLAIMED ? "live" : st == ARENA_FREE ? "abandoned" : "zombie");
+        state_name(st));
     size_t n = 0;
     for (ta_chunk_t *c = a->empty_chunks; c && n < 1u << 20; c = c->next, n++) {
       if (((uintptr_t)c & TA_CHUNK_MASK) != 0) break;

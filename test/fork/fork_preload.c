@@ -13,7 +13,7 @@
 
 #include "tatest.h"
 
-enum program { P_CHILD, P_THREADS, P_STDIO, P_SIGNAL };
+enum program { P_CHILD, P_THREADS, P_STDIO, P_SIGNAL, P_ATFORK };
 
 static const char *program_path(enum program p)
 {
@@ -21,6 +21,7 @@ static const char *program_path(enum program p)
     case P_CHILD: return TATEST_FORK_CHILD;
     case P_THREADS: return TATEST_FORK_THREADS;
     case P_STDIO: return TATEST_FORK_STDIO;
+    case P_ATFORK: return TATEST_FORK_ATFORK;
     default: return TATEST_FORK_SIGNAL;
     }
 }
@@ -117,6 +118,22 @@ ParameterizedTestParameters(fork_preloaded, fork_in_signal_handler)
 }
 
 ParameterizedTest(struct variant *v, fork_preloaded, fork_in_signal_handler, .timeout = 120)
+{
+    run_preloaded(v);
+}
+
+/* forks: the program's own atfork child handler allocates after a fork that stopped
+ * another thread anywhere in the allocator, the break lock included */
+ParameterizedTestParameters(fork_preloaded, program_child_handler_allocates)
+{
+    static struct variant params[] = {
+        {P_ATFORK, {"600"}, 240},
+    };
+    return cr_make_param_array(struct variant, params, sizeof params / sizeof *params);
+}
+
+ParameterizedTest(struct variant *v, fork_preloaded, program_child_handler_allocates,
+                  .timeout = 270)
 {
     run_preloaded(v);
 }

@@ -26,9 +26,11 @@
 #include "criterion/redirect.h"
 
 /* ThreadSanitizer's defaults for these tests: a child of fork has only the thread that
- * forked, but ThreadSanitizer still counts its parent's threads and would report them as
- * leaked when the child exits. */
-const char *__tsan_default_options(void);
+ * forked, but ThreadSanitizer still counts its parent's threads and would report those that
+ * had finished, unjoined, as leaked when the child exits (exit status 66). The runtime finds
+ * this function through the dynamic symbol table, so it must be exported: the build hides
+ * every symbol by default. TSAN_OPTIONS from the environment still override it. */
+const char *__tsan_default_options(void) __attribute__((visibility("default"), used));
 const char *__tsan_default_options(void)
 {
     return "report_thread_leaks=0";

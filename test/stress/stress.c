@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -268,7 +269,15 @@ struct worker_config {
     int only_entry; /* -1: all entry points */
     size_t live_bytes_cap;
     bool ring;       /* pass blocks only to the next thread */
+    atomic_int *stop; /* if set, the workers run until it is non-zero, not until the deadline */
 };
+
+static bool keep_working(const struct worker_config *cfg)
+{
+    if (atomic_load(&failures) != 0)
+        return false;
+    return cfg->stop ? atomic_load(cfg->stop) == 0 : tt_now() < cfg->deadline;
+}
 
 struct worker {
     int id;
@@ -350,7 +359,7 @@ static void *worker_main(void *arg)
     tt_rng g;
     tt_rng_seed(&g, tt_mix((uint64_t)w->id + 1, w->wave));
     struct block inbox[32];
-    while (tt_now() < w->cfg->deadline && atomic_load(&failures) == 0) {
+    while (keep_working(w->cfg)) {
         for (int i = 0; i < 64; i++) {
             worker_step(w, &g);
             w->ops++;
@@ -414,7 +423,7 @@ Test(stress, all_entry_points_cross_thread, .timeout = 120)
 {
     mailboxes_init();
     struct worker_config cfg = {4, tt_now() + stress_seconds(), -1,
-                                TT_SANITIZER ? 16 * TT_MIB : 64 * TT_MIB, false};
+                                TT_SANITIZER ? 16 * TT_MIB : 64 * TT_MIB, false, NULL};
     run_workers(&cfg, 0, NULL, NULL, 0);
     drain_mailboxes(cfg.nthreads);
     assert_no_failures();
@@ -427,7 +436,7 @@ Test(stress, many_threads_oversubscribed, .timeout = 120)
 {
     mailboxes_init();
     struct worker_config cfg = {MAX_THREADS, tt_now() + stress_seconds(), -1,
-                                TT_SANITIZER ? 4 * TT_MIB : 16 * TT_MIB, false};
+                                TT_SANITIZER ? 4 * TT_MIB : 16 * TT_MIB, false, NULL};
     run_workers(&cfg, 0, NULL, NULL, 0);
     drain_mailboxes(cfg.nthreads);
     assert_no_failures();
@@ -437,7 +446,7 @@ Test(stress, ring_every_block_visits_every_thread, .timeout = 120)
 {
     mailboxes_init();
     struct worker_config cfg = {6, tt_now() + stress_seconds(), -1,
-                                TT_SANITIZER ? 8 * TT_MIB : 32 * TT_MIB, true};
+                                TT_SANITIZER ? 8 * TT_MIB : 32 * TT_MIB, true, NULL};
     run_workers(&cfg, 0, NULL, NULL, 0);
     drain_mailboxes(cfg.nthreads);
     assert_no_failures();
@@ -470,7 +479,7 @@ Test(stress, waves_of_threads, .timeout = 180)
             nleave[i] = 0;
         }
         struct worker_config cfg = {PER_WAVE, tt_now() + slice, -1,
-                                    TT_SANITIZER ? 4 * TT_MIB : 24 * TT_MIB, false};
+                                    TT_SANITIZER ? 4 * TT_MIB : 24 * TT_MIB, false, NULL};
         run_workers(&cfg, (uint64_t)wave + 1, leave, nleave, LEAVE);
         drain_mailboxes(PER_WAVE);
     }
@@ -494,7 +503,7 @@ ParameterizedTest(int *entry, stress, single_entry_point, .timeout = 120)
 {
     mailboxes_init();
     struct worker_config cfg = {3, tt_now() + stress_seconds() / 4, *entry,
-                                TT_SANITIZER ? 8 * TT_MIB : 32 * TT_MIB, false};
+                                TT_SANITIZER ? 8 * TT_MIB : 32 * TT_MIB, false, NULL};
     run_workers(&cfg, (uint64_t)*entry, NULL, NULL, 0);
     drain_mailboxes(cfg.nthreads);
     assert_no_failures();
@@ -589,8 +598,12 @@ Test(stress, fork_while_allocating, .timeout = 180)
 {
     mailboxes_init();
     double seconds = stress_seconds();
+    /* The workers run until the last fork is done, however slow a loaded machine makes the
+     * forks: every fork happens while they allocate, and none after they exited. */
+    static atomic_int stop;
+    atomic_store(&stop, 0);
     struct worker_config cfg = {3, tt_now() + seconds, -1,
-                                TT_SANITIZER ? 8 * TT_MIB : 32 * TT_MIB, false};
+                                TT_SANITIZER ? 8 * TT_MIB : 32 * TT_MIB, false, &stop};
     for (int i = 0; i < cfg.nthreads; i++) {
         struct worker *w = &workers[i];
         memset(w, 0, sizeof *w);
@@ -628,12 +641,15 @@ Test(stress, fork_while_allocating, .timeout = 180)
         }
         int st = tt_wait_timeout(pid, 30);
         char how[96];
+        if (atomic_load(&failures) != 0)
+            break; /* a worker's failure, reported below, comes first */
         cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
                   "fork #%d: the child %s (1: it found corrupted blocks or a failed "
-                  "allocation; SIGALRM or a time-out: it hung)",
+                  "allocation; 66: a sanitizer report; SIGALRM or a time-out: it hung)",
                   forks, tt_describe_status(st, how, sizeof how));
         forks++;
     }
+    atomic_store(&stop, 1);
     for (int i = 0; i < cfg.nthreads; i++)
         pthread_join(workers[i].thread, NULL);
     for (int i = 0; i < nown; i++)
@@ -643,4 +659,69 @@ Test(stress, fork_while_allocating, .timeout = 180)
     assert_no_failures();
     cr_log_info("%d forks", forks);
     cr_assert(forks >= 2, "only %d forks", forks);
+}
+
+/* ---- fork after the workers exited, before anyone joined them ------------------------ */
+
+enum { LEAVERS = 3, LEFT = 64 };
+static struct block left_behind[LEAVERS * LEFT];
+static atomic_int leaver_tid[LEAVERS];
+
+/* Allocates blocks that outlive the thread, records its kernel thread id, and exits. */
+static void *leave_blocks(void *arg)
+{
+    int id = (int)(uintptr_t)arg;
+    tt_rng g;
+    tt_rng_seed(&g, 4242 + (uint64_t)id);
+    for (int i = 0; i < LEFT; i++)
+        if (!make_block(&left_behind[id * LEFT + i], (enum tt_entry)(tt_rand(&g) % TT_ENTRY_COUNT),
+                        random_size(&g), tt_mix(31, (uint64_t)(id * LEFT + i)), &g))
+            break;
+    atomic_store(&leaver_tid[id], (int)syscall(SYS_gettid));
+    return NULL;
+}
+
+/* True once the kernel no longer knows the thread: it has run all of its exit. */
+static bool thread_gone(int tid)
+{
+    return syscall(SYS_tgkill, getpid(), tid, 0) == -1 && errno == ESRCH;
+}
+
+/* A child forked while threads that allocated have exited but are not joined yet: it frees
+ * what they left and allocates on its own. Its exit status is the allocator's verdict alone
+ * (sanitizer runtimes count the parent's unjoined threads as leaked in the child, and must
+ * not turn that into a failure: see the test runner's sanitizer options). */
+Test(stress, fork_after_workers_exited, .timeout = 120)
+{
+    pthread_t t[LEAVERS];
+    for (int i = 0; i < LEAVERS; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, leave_blocks, (void *)(uintptr_t)i), 0);
+    for (int i = 0; i < LEAVERS; i++) {
+        while (atomic_load(&leaver_tid[i]) == 0 || !thread_gone(atomic_load(&leaver_tid[i]))) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    assert_no_failures();
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert(pid >= 0, "fork failed: %s", strerror(errno));
+    if (pid == 0) {
+        alarm(60);
+        child_work(left_behind, LEAVERS * LEFT); /* checks, frees, allocates; _exit */
+    }
+    int st = tt_wait_timeout(pid, 90);
+    char how[96];
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "the child %s (1: it found corrupted blocks or a failed allocation; 66: a "
+              "sanitizer report; SIGALRM or a time-out: it hung)",
+              tt_describe_status(st, how, sizeof how));
+    for (int i = 0; i < LEAVERS; i++)
+        pthread_join(t[i], NULL);
+    tt_rng g;
+    tt_rng_seed(&g, 5);
+    for (int i = 0; i < LEAVERS * LEFT; i++)
+        if (verify(&left_behind[i], "left by an exited thread"))
+            release_block(&left_behind[i], &g);
+    assert_no_failures();
 }

@@ -169,18 +169,18 @@ Test(remote, fork_child_gets_working_allocator_and_owned_arena) {
   ta_free(p);
 }
 
-Test(remote, fork_child_zombies_arena_caught_mid_operation) {
+Test(remote, fork_child_sets_aside_arena_caught_mid_operation) {
   void *p = ta_malloc(64);
   ta_arena_t *a = ta_tl_arena;
   ta_slow_enter(a); /* as if a signal handler forked inside a slow path */
   pid_t pid = fork();
   if (pid == 0) {
-    int zombie = atomic_load(&a->state) == ARENA_ZOMBIE && ta_tl_arena == &ta_sentinel_arena;
-    void *q = ta_malloc(64); /* a fresh arena */
+    int aside = atomic_load(&a->state) == ARENA_SUSPENDED && ta_tl_arena == &ta_sentinel_arena;
+    void *q = ta_malloc(64); /* a fresh arena: the interrupted call has not ended */
     int fresh = ta_tl_arena != a && q != NULL;
     ta_free(q);
-    ta_free(p); /* goes to the zombie's remote list, never reused */
-    _exit(zombie && fresh ? 0 : 4);
+    ta_free(p); /* goes to the set-aside arena's remote list, not reused meanwhile */
+    _exit(aside && fresh ? 0 : 4);
   }
   ta_slow_leave(a);
   int st;

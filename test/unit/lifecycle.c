@@ -1,0 +1,379 @@
+/*
+ * Unit tests: the life of arenas around thread exit and fork.
+ *
+ *   - without a thread-exit hook (pthread_key_create failed), arenas of exited threads are
+ *     still taken over, never those of live threads;
+ *   - the fork child's repair runs before the child handlers the program registered;
+ *   - arenas the child gives up (their threads do not exist in it) are purged after decay;
+ *   - frees into a zombie arena (owner caught inside the allocator by the fork) corrupt
+ *     nothing, are counted, and do not pile up;
+ *   - the forking thread takes its own arena back once the call the fork interrupted ends.
+ *
+ * Every test that forks checks the child's exit status; each exit code names one check.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "tamalloc.h"
+#include "tatest.h"
+
+/* ---- helpers ------------------------------------------------------------------------- */
+
+/* A thread that does some work, then waits until the test lets it go. */
+struct holder {
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  int ready, release;
+  ta_arena_t *arena;
+  char *run; /* a run the thread filled and emptied */
+};
+
+static void holder_wait(struct holder *h) {
+  pthread_mutex_lock(&h->lock);
+  h->ready = 1;
+  pthread_cond_broadcast(&h->cond);
+  while (!h->release) pthread_cond_wait(&h->cond, &h->lock);
+  pthread_mutex_unlock(&h->lock);
+}
+
+static void holder_start(struct holder *h, void *(*fn)(void *)) {
+  memset(h, 0, sizeof *h);
+  pthread_mutex_init(&h->lock, NULL);
+  pthread_cond_init(&h->cond, NULL);
+  cr_assert_eq(pthread_create(&h->thread, NULL, fn, h), 0);
+  pthread_mutex_lock(&h->lock);
+  while (!h->ready) pthread_cond_wait(&h->cond, &h->lock);
+  pthread_mutex_unlock(&h->lock);
+}
+
+static void holder_finish(struct holder *h) {
+  pthread_mutex_lock(&h->lock);
+  h->release = 1;
+  pthread_cond_broadcast(&h->cond);
+  pthread_mutex_unlock(&h->lock);
+  pthread_join(h->thread, NULL);
+}
+
+static void expect_child(pid_t pid, const char *what) {
+  cr_assert(pid >= 0, "fork failed: %s", strerror(errno));
+  int st = tt_wait_timeout(pid, 60);
+  char how[128];
+  cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: the child %s", what,
+            tt_describe_status(st, how, sizeof how));
+}
+
+static void count_arena(ta_arena_t *a, void *arg) {
+  (void)a;
+  (*(size_t *)arg)++;
+}
+
+static size_t arena_count(void) {
+  size_t n = 0;
+  ta_arena_foreach(count_arena, &n);
+  return n;
+}
+
+/* Allocates, records its arena and the block, exits. */
+static void *alloc_and_exit(void *arg) {
+  void **out = arg;
+  out[0] = ta_malloc(128);
+  out[1] = ta_tl_arena;
+  return NULL;
+}
+
+static ta_arena_t *thread_arena(void **out) {
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, alloc_and_exit, out), 0);
+  pthread_join(t, NULL);
+  return out[1];
+}
+
+/* ---- no thread-exit hook -------------------------------------------------------------- */
+
+Test(lifecycle, arenas_come_back_without_a_thread_exit_hook) {
+  ta_os_fail(TA_OS_KEY, 0, 1000000); /* the key can never be created */
+  ta_free(ta_malloc(1));
+  for (int i = 0; i < 300; i++) {
+    void *out[2];
+    thread_arena(out);
+    ta_free(out[0]);
+  }
+  ta_os_fail(0, 0, 0);
+  size_t n = arena_count();
+  cr_assert_leq(n, 3, "%zu arenas for one live thread at a time", n);
+}
+
+Test(lifecycle, arena_of_a_thread_gone_without_hook_is_adopted_with_its_blocks) {
+  ta_os_fail(TA_OS_KEY, 0, 1000000);
+  void *out[2], *out2[2];
+  ta_arena_t *dead = thread_arena(out);
+  cr_assert_eq(atomic_load(&dead->state), ARENA_CLAIMED, "nobody told it its thread exited");
+  ta_free(out[0]); /* a remote free to the arena of a thread that is gone */
+  ta_arena_t *next = thread_arena(out2);
+  ta_os_fail(0, 0, 0);
+  cr_assert_eq(next, dead, "taken over, not a new arena");
+  cr_assert_eq(out2[0], out[0], "and the block freed into it reused");
+  ta_free(out2[0]);
+}
+
+static void *allocate_and_hold(void *arg) {
+  struct holder *h = arg;
+  ta_free(ta_malloc(64));
+  h->arena = ta_tl_arena;
+  holder_wait(h);
+  ta_free(ta_malloc(64)); /* still its own */
+  h->arena = ta_tl_arena;
+  return NULL;
+}
+
+Test(lifecycle, arena_of_a_live_thread_without_hook_is_never_taken) {
+  ta_os_fail(TA_OS_KEY, 0, 1000000);
+  struct holder h;
+  holder_start(&h, allocate_and_hold);
+  ta_arena_t *held = h.arena;
+  for (int i = 0; i < 50; i++) {
+    void *out[2];
+    cr_assert_neq(thread_arena(out), held, "a live thread's arena was handed out");
+    ta_free(out[0]);
+  }
+  holder_finish(&h);
+  cr_assert_eq(h.arena, held);
+  void *out[2];
+  ta_arena_t *after = thread_arena(out);
+  ta_free(out[0]);
+  ta_os_fail(0, 0, 0);
+  size_t n = arena_count();
+  cr_assert_leq(n, 3, "%zu arenas (%p after the holder exited)", n, (void *)after);
+}
+
+Test(lifecycle, key_creation_is_tried_again_by_the_next_thread) {
+  ta_os_fail(TA_OS_KEY, 0, 1); /* only the first attempt fails */
+  ta_free(ta_malloc(1));
+  void *out[2];
+  ta_arena_t *a = thread_arena(out);
+  cr_assert_eq(atomic_load(&a->state), ARENA_FREE, "given back by the exit hook");
+  ta_free(out[0]);
+}
+
+Test(lifecycle, fork_child_takes_over_arenas_of_its_own_exited_threads) {
+  ta_os_fail(TA_OS_KEY, 0, 1000000);
+  ta_free(ta_malloc(1));
+  ta_arena_t *mine = ta_tl_arena;
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    void *out[2], *out2[2];
+    ta_arena_t *x = thread_arena(out);
+    if (x == mine) _exit(10); /* the forking thread lives on in the child */
+    ta_free(out[0]);
+    ta_arena_t *y = thread_arena(out2);
+    if (y != x) _exit(11); /* x's thread is gone: its arena is taken over */
+    if (out2[0] != out[0]) _exit(12);
+    if (ta_tl_arena != mine) _exit(13);
+    _exit(0);
+  }
+  expect_child(pid, "threads of a fork child without exit hook");
+  ta_os_fail(0, 0, 0);
+}
+
+/* ---- the fork child's repair comes first ---------------------------------------------- */
+
+static ta_arena_t *watched;
+static volatile int state_in_child_handler = -1;
+static void program_child_handler(void) {
+  if (watched) state_in_child_handler = atomic_load(&watched->state);
+}
+
+Test(lifecycle, fork_repair_runs_before_the_programs_child_handlers) {
+  /* Registered before this process allocates anything: a program's atfork handler. */
+  pthread_atfork(NULL, NULL, program_child_handler);
+  struct holder h;
+  holder_start(&h, allocate_and_hold);
+  watched = h.arena;
+  pid_t pid = fork();
+  if (pid == 0) _exit(state_in_child_handler == ARENA_FREE ? 0 : 10 + state_in_child_handler);
+  expect_child(pid, "the program's child handler saw the holder's arena unrepaired "
+                    "(11: still CLAIMED)");
+  holder_finish(&h);
+}
+
+/* ---- arenas given up by the fork child are purged ------------------------------------- */
+
+static void *fill_and_empty_runs(void *arg) {
+  struct holder *h = arg;
+  enum { N = 64 * 6 }; /* six runs of 1 KiB blocks */
+  static void *b[N];
+  for (int i = 0; i < N; i++) {
+    b[i] = ta_malloc(1024);
+    memset(b[i], 1, 1024);
+  }
+  h->run = ta_run_base(ta_run_of(b[0])); /* full, then retired when its last block is freed */
+  for (int i = 0; i < N; i++) ta_free(b[i]);
+  h->arena = ta_tl_arena;
+  holder_wait(h);
+  return NULL;
+}
+
+Test(lifecycle, fork_child_purges_arenas_of_threads_it_does_not_have) {
+  ta_decay_ms = 50;
+  ta_free(ta_malloc(16)); /* the forking thread has an arena: it adopts nothing in the child */
+  struct holder h;
+  holder_start(&h, fill_and_empty_runs);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    if (atomic_load(&h.arena->state) != ARENA_FREE) _exit(10);
+    if (ta_os_resident(h.run, TA_RUN_SIZE) == 0) _exit(11); /* still resident at the fork */
+    /* Slow paths, each of which may find ownerless arenas due for purging. */
+    for (int i = 0; i < 400 && ta_os_resident(h.run, TA_RUN_SIZE) != 0; i++) {
+      struct timespec ts = {0, 10 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+      ta_free(ta_malloc(20000 + (size_t)i * 16));
+    }
+    if (ta_tl_arena == h.arena) _exit(13);
+    _exit(ta_os_resident(h.run, TA_RUN_SIZE) == 0 ? 0 : 12);
+  }
+  expect_child(pid, "the free memory of a thread absent in the child (12: never purged)");
+  holder_finish(&h);
+}
+
+/* ---- zombies: arenas whose owner the fork caught inside the allocator ------------------ */
+
+enum { ZSMALL = 3000, ZMEDIUM = 40 };
+static void *zblocks[ZSMALL + ZMEDIUM];
+
+static void *allocate_then_stop_mid_slow_path(void *arg) {
+  struct holder *h = arg;
+  for (int i = 0; i < ZSMALL; i++) zblocks[i] = ta_malloc(48);
+  for (int i = 0; i < ZMEDIUM; i++) zblocks[ZSMALL + i] = ta_malloc(20000);
+  h->arena = ta_tl_arena;
+  ta_slow_enter(h->arena); /* as if the fork came while it rearranged its lists */
+  holder_wait(h);
+  ta_slow_leave(h->arena);
+  for (int i = 0; i < ZSMALL + ZMEDIUM; i++) ta_free(zblocks[i]);
+  return NULL;
+}
+
+Test(lifecycle, frees_into_a_zombie_are_safe_counted_and_do_not_pile_up) {
+  tt_no_core();
+  struct holder h;
+  holder_start(&h, allocate_then_stop_mid_slow_path);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    ta_arena_t *z = h.arena;
+    if (atomic_load(&z->state) != ARENA_ZOMBIE) _exit(10);
+    static ta_arena_t before;
+    memcpy(&before, z, sizeof before);
+    size_t usable = 0;
+    for (int i = 0; i < ZSMALL + ZMEDIUM; i++) {
+      usable += ta_malloc_usable_size(zblocks[i]);
+      ta_free(zblocks[i]);
+    }
+    /* Nothing of the zombie is touched but its remote list. */
+    if (memcmp(&before, z, offsetof(ta_arena_t, remote)) != 0) _exit(11);
+    /* Nothing freed into it is handed out again. */
+    for (int i = 0; i < 2 * ZSMALL; i++) {
+      void *q = ta_malloc(48);
+      if (ta_run_of(q)->owner == z) _exit(12);
+    }
+    for (int i = 0; i < 2 * ZMEDIUM; i++) {
+      void *q = ta_malloc(20000);
+      if (ta_chunk_of(q)->owner == z) _exit(12);
+    }
+    /* The remote list is emptied and what it held counted. */
+    ta_malloc_trim(0);
+    if (atomic_load(&z->remote) != NULL) _exit(13);
+    if (atomic_load(&ta_zombie_frees) != ZSMALL + ZMEDIUM) _exit(14);
+    if (atomic_load(&ta_zombie_bytes) != usable) _exit(15);
+    /* And shown in the text statistics. */
+    int fd = memfd_create("stats", 0);
+    if (fd < 0 || ta_stats_print(fd, 0) != 0) _exit(18);
+    static char report[1 << 20];
+    ssize_t len = pread(fd, report, sizeof report - 1, 0);
+    char want[128];
+    snprintf(want, sizeof want, "freed into zombie arenas, never reused: %d blocks, %zu B",
+             ZSMALL + ZMEDIUM, usable);
+    if (len <= 0 || strstr(report, want) == NULL) _exit(19);
+    if (memcmp(&before, z, offsetof(ta_arena_t, remote)) != 0) _exit(16);
+    /* A second free of one of those blocks is still caught. */
+    pid_t g = fork();
+    if (g == 0) {
+      ta_free(zblocks[7]);
+      _exit(0);
+    }
+    int st;
+    waitpid(g, &st, 0);
+    if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGABRT) _exit(17);
+    _exit(0);
+  }
+  expect_child(pid, "frees into a zombie arena");
+  holder_finish(&h);
+}
+
+Test(lifecycle, forking_thread_takes_its_arena_back_once_the_interrupted_call_ends) {
+  void *p = ta_malloc(64);
+  ta_arena_t *a = ta_tl_arena;
+  ta_slow_enter(a); /* as if a signal handler forked inside a slow path */
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    int st = atomic_load(&a->state);
+    if (ta_tl_arena != &ta_sentinel_arena || st == ARENA_CLAIMED || st == ARENA_FREE) _exit(10);
+    ta_free(p); /* meanwhile freed into it */
+    ta_slow_leave(a); /* the handler returned, the interrupted call ran to its end */
+    void *q = ta_malloc(64);
+    if (ta_tl_arena != a || atomic_load(&a->state) != ARENA_CLAIMED) _exit(11);
+    if (q != p) _exit(12);
+    ta_free(q);
+    _exit(0);
+  }
+  ta_slow_leave(a);
+  expect_child(pid, "the forking thread's own arena after the interrupted call");
+  ta_free(p);
+}
+
+/* A second fork inside a call, in a child whose thread already has an arena set aside: the
+ * first stays set aside (its call may still end), the second is given up as a zombie. */
+Test(lifecycle, second_interrupted_fork_keeps_the_first_arena_set_aside) {
+  void *p = ta_malloc(64);
+  ta_arena_t *a = ta_tl_arena;
+  ta_slow_enter(a);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    void *q = ta_malloc(64); /* another arena meanwhile */
+    ta_arena_t *b = ta_tl_arena;
+    if (b == a) _exit(10);
+    ta_slow_enter(b); /* and a fork inside a call again */
+    pid_t g = fork();
+    if (g == 0) {
+      if (atomic_load(&a->state) != ARENA_SUSPENDED) _exit(11);
+      if (atomic_load(&b->state) != ARENA_ZOMBIE) _exit(12);
+      ta_slow_leave(a); /* the first call ends */
+      void *r = ta_malloc(64);
+      if (ta_tl_arena != a) _exit(13);
+      ta_free(r);
+      _exit(0);
+    }
+    ta_slow_leave(b);
+    int st;
+    waitpid(g, &st, 0);
+    ta_free(q);
+    _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 20);
+  }
+  ta_slow_leave(a);
+  expect_child(pid, "a second fork inside a call");
+  ta_free(p);
+}
