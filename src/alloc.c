@@ -159,11 +159,24 @@ void *ta_pvalloc(size_t size) {
 
 /* ------------------------------------------------------------------ free */
 
-/* A block of another arena goes to its owner. Its mark decides nothing here: a block that
- * looks free is handed to the owner as a suspect, for the owner to confirm. */
+/* Whether a decoded link is one a free block can hold: the end of a list, or a block of
+ * ours (in a small or medium chunk, 16-byte aligned). */
+static bool link_plausible(const ta_block_t *next) {
+  if (next == NULL) return true;
+  uint8_t kind = ta_map_get((uintptr_t)next);
+  return ((uintptr_t)next & (TA_ALIGNMENT - 1)) == 0 &&
+         (kind == TA_MAP_SMALL || kind == TA_MAP_MEDIUM);
+}
+
+/* A block of another arena goes to its owner. A block that looks free — its mark, and a
+ * link word that decodes to a list's end or a block of ours: two words, one of them keyed
+ * by a secret no correct program can know — was freed before: reported at once, before
+ * its owner can hand it out again. A mark without such a link is only a suspicion, for the
+ * owner to confirm (it alone can read its lists). */
 static void free_to_owner(ta_arena_t *owner, ta_block_t *b) {
   uintptr_t mark = ta_mark(b);
   if (TA_UNLIKELY(b->key == mark)) {
+    if (link_plausible(ta_block_next(b))) ta_fatal("free(): double free of pointer", b);
     ta_remote_suspect(owner, b);
     return;
   }

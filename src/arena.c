@@ -77,13 +77,8 @@ static void fork_child(void);
 /* The free-list keys: independent of the secret of the check words, so that a check word
  * read past the end of a block tells nothing about them. */
 static void draw_keys(void) {
-  uintptr_t x = ta_secret;
-  x ^= x >> 31;
-  x *= 0xd6e8feb86659fd93ULL;
-  x ^= ta_os_random();
-  ta_keys.mark = x;
-  x = ta_os_random() ^ (x >> 17);
-  uintptr_t k = x | 1, inv = k; /* Newton: each step doubles the correct low bits */
+  ta_keys.mark = ta_os_random_fresh();
+  uintptr_t k = ta_os_random_fresh() | 1, inv = k; /* Newton: each step doubles the low bits */
   for (int i = 0; i < 5; i++) inv *= 2 - k * inv;
   ta_keys.link = k;
   ta_keys.unlink = inv;
@@ -93,6 +88,10 @@ static void draw_keys(void) {
  * any other thread arriving meanwhile waits the few microseconds that takes. */
 void ta_init(void) {
   if (TA_LIKELY(__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE))) return;
+  /* malloc's fast path finds the sentinel run's list empty because NULL is not in the
+   * sentinel's 4 MiB granule: true unless the library itself lies in the first 4 MiB. */
+  if (((uintptr_t)&ta_empty_run >> TA_CHUNK_SHIFT) == 0)
+    ta_fatal("init: the library lies below 4 MiB, which is not supported, at", &ta_empty_run);
   static _Atomic int claimed;
   int expected = 0;
   if (atomic_compare_exchange_strong(&claimed, &expected, 1)) {
@@ -350,8 +349,9 @@ static ta_block_t *remote_take(ta_arena_t *a, ta_block_t *b) {
   }
   if (kind == TA_MAP_MEDIUM && ta_chunk_of(b)->owner == a) {
     ta_mhdr_t *h = (ta_mhdr_t *)b - 1;
-    if ((uintptr_t)b & (TA_ALIGNMENT - 1) || !ta_medium_check_ok(h) ||
-        !(ta_mh_load(h) & TA_M_INUSE))
+    uintptr_t off = (uintptr_t)b & TA_CHUNK_MASK; /* its header must lie in the chunk */
+    if (((uintptr_t)b & (TA_ALIGNMENT - 1)) || off < TA_MEDIUM_HDR + sizeof(ta_mhdr_t) ||
+        !ta_medium_check_ok(h) || !(ta_mh_load(h) & TA_M_INUSE))
       ta_fatal("free(): corrupted list of remote frees at", b);
     ta_block_t *next = ta_block_next(b);
     ta_medium_free_local(a, h);

@@ -21,6 +21,9 @@
  *   - beyond the budget of free resident memory (ta_dirty_max), it returns the oldest
  *     excess across all arenas, so that one thread's idle memory never makes a busy thread
  *     give back, and fault in again, what it has just freed;
+ *   - it leaves when no other thread owns an arena, or only one does and what exited
+ *     threads left is purged (should_leave): it never keeps a process alive or
+ *     multithreaded on its own; a later thread exit starts it again;
  *   - a fork child has no such thread: its state is reset and it starts again lazily;
  *   - TAMALLOC_CONF=background_thread:false turns it off. It is on by default in the
  *     replacement library and off in the ta_ API library (tests drive purges themselves).
@@ -78,9 +81,35 @@ static void purge_over_budget(uint64_t now) {
   for (unsigned i = 0; i < 3 && ta_over_budget(); i++) purge_owned(now, ages[i]);
 }
 
+/* Arenas that threads own now. */
+static unsigned owned_arenas(void) {
+  unsigned n = 0;
+  for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all)
+    n += atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED;
+  return n;
+}
+
+/* The thread stays only while the process has several threads of its own: with none left
+ * it must not keep the process alive (a main thread that called pthread_exit waits for the
+ * last thread), and with one left it must not keep the process multithreaded (unshare,
+ * glibc's single-thread shortcuts) once what exited threads left is purged; that thread's
+ * own slow paths purge its memory. A later thread exit starts it again. */
+static bool should_leave(void) {
+  unsigned owned = owned_arenas();
+  return owned == 0 ||
+         (owned == 1 && atomic_load_explicit(&ta_orphan_due, memory_order_seq_cst) == 0 &&
+          !atomic_load_explicit(&bg_over, memory_order_relaxed));
+}
+
 static void *bg_main(void *arg) {
   (void)arg;
+  ta_os_thread_name("tamalloc-purge");
   for (;;) {
+    if (should_leave()) {
+      atomic_store_explicit(&bg_sleeping, 0, memory_order_relaxed);
+      atomic_store_explicit(&bg_state, BG_NONE, memory_order_release);
+      return NULL;
+    }
     uint64_t now = ta_os_now_ms(), due = next_due();
     if (atomic_exchange_explicit(&bg_over, 0, memory_order_acquire)) {
       purge_over_budget(now);
@@ -94,7 +123,7 @@ static void *bg_main(void *arg) {
       if (odue && now >= odue) ta_purge_orphans(now, false);
       if (hdue && now >= hdue) ta_huge_purge(now, false);
       if (adue && now >= adue) {
-        atomic_store_explicit(&ta_arenas_due, 0, memory_order_relaxed);
+        atomic_exchange_explicit(&ta_arenas_due, 0, memory_order_seq_cst);
         purge_owned(now, ta_decay_ms);
       }
       atomic_fetch_add_explicit(&bg_rounds, 1, memory_order_relaxed);
@@ -119,7 +148,7 @@ void ta_bg_maybe_start(void) {
   atomic_store_explicit(&ta_bg_wanted, 0, memory_order_relaxed);
   if (atomic_load_explicit(&bg_state, memory_order_relaxed) != BG_NONE) return;
   if (ta_bg_setting < 0 ? !ta_bg_default : ta_bg_setting == 0) return;
-  if (next_due() == 0) return;
+  if (next_due() == 0 || should_leave()) return; /* nothing to do, or no one to do it for */
   int expected = BG_NONE;
   if (!atomic_compare_exchange_strong(&bg_state, &expected, BG_STARTING)) return;
   atomic_store(&bg_state, ta_os_thread_start(bg_main) == 0 ? BG_RUNNING : BG_FAILED);

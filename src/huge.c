@@ -162,7 +162,7 @@ static ta_huge_t *cache_take(size_t need) {
 size_t ta_huge_purge(uint64_t now, bool all) {
   size_t freed = 0;
   uint64_t next = 0;
-  atomic_store_explicit(&ta_huge_due, 0, memory_order_relaxed);
+  atomic_exchange_explicit(&ta_huge_due, 0, memory_order_seq_cst); /* RMW: see ta_purge_orphans */
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     ta_huge_t *h = atomic_load_explicit(&cache_slot[i], memory_order_relaxed);
     if (h == NULL) continue;

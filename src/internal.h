@@ -311,6 +311,7 @@ TA_HIDDEN void ta_os_hugepage(void *p, size_t size); /* MADV_HUGEPAGE hint */
 TA_HIDDEN uint64_t ta_os_now_ms(void);
 /* A detached thread with every signal blocked and a small stack; 0 on success. */
 TA_HIDDEN int ta_os_thread_start(void *(*fn)(void *));
+TA_HIDDEN void ta_os_thread_name(const char *name);
 /* Sleeps while *word == val, at most timeout_ms (0: no limit); wakes one sleeper. */
 TA_HIDDEN void ta_os_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ms);
 TA_HIDDEN void ta_os_futex_wake(_Atomic uint32_t *word);
@@ -321,6 +322,7 @@ TA_HIDDEN uint32_t ta_os_gettid(void);
 TA_HIDDEN uint32_t ta_os_getpid(void);
 TA_HIDDEN bool ta_os_thread_gone(uint32_t tid);
 TA_HIDDEN uintptr_t ta_os_random(void);
+TA_HIDDEN uintptr_t ta_os_random_fresh(void);
 TA_HIDDEN extern _Atomic size_t ta_os_mapped_bytes;   /* mapped or taken from the break, now */
 TA_HIDDEN extern _Atomic size_t ta_os_returned_bytes; /* given back since start */
 /* Readers of statistics walk memory other threads own. While one is active, nothing may be
@@ -387,7 +389,8 @@ TA_INLINE ta_block_t *ta_run_pop(ta_run_t *r) {
   ta_block_t *b = r->free;
   if (TA_LIKELY(ta_same_chunk(b, r))) {
     r->free = ta_block_next(b);
-    b->key = 0; /* no longer "free" */
+    b->link = 0; /* the encoded link would let the program work out the key */
+    b->key = 0;  /* no longer "free" */
     r->used++;
     return b;
   }

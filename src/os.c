@@ -27,6 +27,7 @@
 #include <signal.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -263,6 +264,11 @@ int ta_os_thread_start(void *(*fn)(void *)) {
   if (pthread_attr_init(&attr) != 0) return -1;
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   pthread_attr_setstacksize(&attr, (size_t)256 << 10);
+  /* Not the policy and priority of whichever thread starts it (a real-time thread may). */
+  struct sched_param sp = {0};
+  pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
+  pthread_attr_setschedpolicy(&attr, SCHED_OTHER);
+  pthread_attr_setschedparam(&attr, &sp);
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old); /* the new thread inherits: no signal for it */
@@ -272,6 +278,12 @@ int ta_os_thread_start(void *(*fn)(void *)) {
   pthread_attr_destroy(&attr);
   errno = saved;
   return r == 0 ? 0 : -1;
+}
+
+void ta_os_thread_name(const char *name) {
+  int saved = errno;
+  prctl(PR_SET_NAME, name, 0, 0, 0);
+  errno = saved;
 }
 
 void ta_os_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ms) {
@@ -285,6 +297,17 @@ void ta_os_futex_wake(_Atomic uint32_t *word) {
   int saved = errno;
   syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
   errno = saved;
+}
+
+/* 64 bits from the kernel's generator (getrandom, which does not allocate), independent of
+ * what ta_os_random drew; ta_os_random's mix if the call is refused. */
+uintptr_t ta_os_random_fresh(void) {
+  uint64_t x;
+  int saved = errno;
+  long n = syscall(SYS_getrandom, &x, sizeof x, 1 /* GRND_NONBLOCK */);
+  errno = saved;
+  if (n != (long)sizeof x) x = ta_os_random() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)(uintptr_t)&x;
+  return (uintptr_t)x;
 }
 
 /* ------------------------------------------------------------------ the break lock */

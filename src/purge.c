@@ -19,8 +19,9 @@
  * back at once. Without it, each of many short-lived threads' arenas would keep its free
  * memory resident for the decay time; with it, one busy thread keeps enough to reuse.
  *
- * There is no background thread: the owner checks in its slow paths whether something is
- * due (ta_maybe_purge: two loads when nothing is pending, one clock read otherwise).
+ * The owner checks in its slow paths whether something is due (ta_maybe_purge: a few
+ * loads when nothing is pending, one clock read otherwise); the background thread
+ * (background.c) does the same work for arenas whose threads make no slow call.
  * Arenas whose thread has exited have no owner to do this: any thread that finds
  * ta_orphan_due passed claims such arenas one by one, drains what other threads freed
  * into them, purges everything, and gives them back. malloc_trim does all of it at once.
@@ -245,7 +246,10 @@ static void zombie_sweep(ta_arena_t *a) {
 }
 
 size_t ta_purge_orphans(uint64_t now, bool all) {
-  atomic_store_explicit(&ta_orphan_due, 0, memory_order_relaxed);
+  /* An exchange, not a store: a due time noted by a thread that just gave an arena up must
+   * not be overwritten after our scan has passed that arena (the RMW orders the reset
+   * before the loads of the scan). */
+  atomic_exchange_explicit(&ta_orphan_due, 0, memory_order_seq_cst);
   size_t freed = 0;
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
     /* Acquire: released_ms was written before the release store of FREE. */

@@ -82,6 +82,12 @@ Test(memory, without_the_background_thread_idle_memory_stays, .timeout = 60) {
 Test(memory, idle_threads_memory_never_makes_a_busy_thread_refault, .timeout = 60) {
   expect_clean_with(TATEST_MEM_IDLE, "refault", NULL);
 }
+Test(memory, the_purger_leaves_when_the_threads_are_gone, .timeout = 60) {
+  expect_clean(TATEST_MEM_LONELY);
+}
+Test(memory, a_main_thread_that_calls_pthread_exit_ends_the_process, .timeout = 30) {
+  expect_clean_with(TATEST_MEM_LONELY, "pexit", NULL);
+}
 
 Test(memory, stats_json_at_exit_of_a_program_that_knows_nothing, .timeout = 60) {
   static char out[1 << 20];

@@ -39,8 +39,12 @@ static bool orphans_settle_within(long ms) {
   return false;
 }
 
-/* A thread exits leaving blocks that this thread then frees into its ownerless arena. */
+/* A thread exits leaving blocks that this thread then frees into its ownerless arena. This
+ * thread has an arena of its own, as a program's main thread does: the purger runs for a
+ * process with threads, never for no thread at all. */
 static void exit_and_free_remotely(void) {
+  static void *mine;
+  if (mine == NULL) mine = ta_malloc(16);
   static void *blocks[BLOCKS];
   pthread_t t;
   pthread_create(&t, NULL, alloc_and_exit, blocks);

@@ -86,9 +86,10 @@ Test(integrity, copies_of_fresh_bytes_freed_remotely_are_not_double_frees, .time
   free(victims);
 }
 
-/* The secret never sits in memory a program can read: no word of a fresh block, after
- * memory changed class every way round, holds it. */
-Test(integrity, fresh_blocks_never_hold_the_secret, .timeout = 120) {
+/* No key can be read back: no fresh block, after memory changed class every way round,
+ * holds the check-word secret, a mark of any address within it (a free block's word 1 left
+ * behind), or a nonzero link in its first word (which would give away the link key). */
+Test(integrity, fresh_blocks_never_hold_a_mark_a_link_or_the_secret, .timeout = 120) {
   for (size_t a = 0; a < NSIZES; a++) {
     for (size_t b = 0; b < NSIZES; b++) {
       if (b == a) continue;
@@ -96,10 +97,15 @@ Test(integrity, fresh_blocks_never_hold_the_secret, .timeout = 120) {
       size_t n = TA_RUN_SIZE / sizes[b] + 2;
       uintptr_t **fresh = malloc(n * sizeof *fresh);
       for (size_t i = 0; i < n; i++) {
-        fresh[i] = ta_malloc(sizes[b]);
-        for (size_t w = 0; w < sizes[b] / sizeof(uintptr_t); w++)
-          cr_assert_neq(fresh[i][w], ta_secret, "block of %zu after %zu: word %zu", sizes[b],
-                        sizes[a], w);
+        uintptr_t *f = fresh[i] = ta_malloc(sizes[b]);
+        size_t words = sizes[b] / sizeof(uintptr_t);
+        if (sizes[b] <= TA_SMALL_MAX) cr_assert_eq(f[0], 0, "a small block's link was left");
+        for (size_t w = 0; w < words; w++) {
+          cr_assert_neq(f[w], ta_secret, "block of %zu after %zu: word %zu", sizes[b], sizes[a], w);
+          if (w > 0)
+            cr_assert_neq(f[w], ta_mark(&f[w - 1]), "block of %zu after %zu: a mark at word %zu",
+                          sizes[b], sizes[a], w);
+        }
       }
       for (size_t i = 0; i < n; i++) ta_free(fresh[i]);
       free(fresh);
@@ -108,11 +114,12 @@ Test(integrity, fresh_blocks_never_hold_the_secret, .timeout = 120) {
 }
 
 /* A block whose own mark the program wrote into it (it cannot know the key, but say it
- * did) is a suspect, not a double free: freed by another thread, it is confirmed by the
- * owner and freed like any other. */
+ * did), beside data that is no link, is a suspect, not a double free: freed by another
+ * thread, it is confirmed by the owner and freed like any other. */
 Test(integrity, remote_free_of_a_block_holding_its_mark_is_confirmed_and_freed) {
   ta_block_t *small = ta_malloc(48);
   ta_block_t *medium = ta_malloc(20000);
+  small->link = medium->link = 0x5eed; /* user data: decodes to no block of ours */
   small->key = ta_mark(small);
   medium->key = ta_mark(medium);
   void *v[2] = {small, medium};
@@ -258,4 +265,25 @@ Test(integrity, frees_racing_an_orphan_purge_are_never_stranded, .timeout = 120)
     ta_arena_foreach(check_no_stranded, NULL);
     ta_purge_orphans(ta_os_now_ms(), true); /* clean slate for the next round */
   }
+}
+
+/* A block freed by its owner, then freed again by another thread, is reported at that
+ * second free: before the owner can hand it out again (deferring the verdict would let the
+ * owner reuse the block and a later confirmation free the new allocation). */
+Test(integrity, remote_double_free_of_a_free_block_aborts_at_once, .signal = SIGABRT,
+     .init = quiet) {
+  void *keep = ta_malloc(64);
+  void *b = ta_malloc(64);
+  ta_free(b);
+  void *v[1] = {b};
+  free_remotely(v, 1);
+  cr_log_error("the second free was not reported (%p)", keep);
+}
+
+Test(integrity, remote_double_free_of_a_medium_block_pending_remotely_aborts_at_once,
+     .signal = SIGABRT, .init = quiet) {
+  void *b = ta_malloc(20000);
+  void *v[2] = {b, b};
+  free_remotely(v, 2);
+  cr_log_error("the second free was not reported");
 }

@@ -1,0 +1,56 @@
+/* The background purger never keeps a process alive or multithreaded on its own.
+ *
+ *   mem_lonely          threads come and go; a second after the last one exits the process
+ *                       has one thread again (the purger left once its work was done)
+ *   mem_lonely pexit    the main thread calls pthread_exit while a worker still runs: the
+ *                       process must end when the worker does, with status 0 */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <pthread.h>
+#include <time.h>
+
+#include "mem_common.h"
+
+static void nap_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static void *worker(void *arg) {
+  char *p = malloc(100000);
+  memset(p, 1, 100000);
+  free(p);
+  if (arg) nap_ms(200);
+  return NULL;
+}
+
+static int tasks(void) {
+  int n = 0;
+  DIR *d = opendir("/proc/self/task");
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n;
+}
+
+int main(int argc, char **argv) {
+  char *mine = malloc(64); /* the main thread has an arena of its own */
+  mine[0] = 1;
+  pthread_t t;
+  for (int i = 0; i < 8; i++) {
+    pthread_create(&t, NULL, worker, NULL);
+    pthread_join(t, NULL);
+  }
+  if (argc > 1 && strcmp(argv[1], "pexit") == 0) {
+    pthread_create(&t, NULL, worker, (void *)1);
+    pthread_detach(t);
+    pthread_exit(NULL); /* the process ends when the worker does */
+  }
+  int n = 0;
+  for (int waited = 0; waited < 3000 && (n = tasks()) > 1; waited += 50) nap_ms(50);
+  printf("threads a while after the last worker exited: %d\n", n);
+  EXPECT(n == 1, "%d threads: the purger stayed", n);
+  free(mine);
+  return 0;
+}
