@@ -117,25 +117,27 @@ void *ta_aligned_alloc(size_t align, size_t size) {
   return alloc_aligned(align, size);
 }
 
+/* As glibc's: an alignment no power of two reaches (above SIZE_MAX / 2 + 1) is EINVAL; any
+ * other is rounded up to a power of two, and one beyond the address space is ENOMEM. */
 void *ta_memalign(size_t align, size_t size) {
+  if (TA_UNLIKELY(align > SIZE_MAX / 2 + 1)) {
+    errno = EINVAL;
+    return NULL;
+  }
   if (!ta_is_pow2(align)) {
-    if (align > ((size_t)1 << 62)) {
-      errno = ENOMEM;
-      return NULL;
-    }
     size_t a = 1;
-    while (a < align) a <<= 1;
+    while (a < align) a <<= 1; /* stops at 2^63 at the latest */
     align = a;
   }
   return alloc_aligned(align, size);
 }
 
+/* As glibc's: EINVAL leaves errno alone; ENOMEM leaves it ENOMEM too (programs check it). */
 int ta_posix_memalign(void **out, size_t align, size_t size) {
   if (!ta_is_pow2(align) || align < sizeof(void *)) return EINVAL;
-  int saved = errno;
   void *p = alloc_aligned(align, size);
   if (p == NULL) {
-    errno = saved;
+    errno = ENOMEM;
     return ENOMEM;
   }
   *out = p;
