@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -405,7 +406,17 @@ static void print_text(struct out *o, const struct ta_stats *s, const char *titl
       s->mapped_bytes, s->resident_bytes, s->returned_bytes, s->huge_blocks, s->huge_cached_bytes);
 }
 
-int ta_stats_print(int fd, int format) {
+/* Reports are written with write(2), a cancellation point: a thread with a cancel pending
+ * would be cancelled in the middle of one (or, from a slow path, inside malloc). As glibc's
+ * malloc_stats does, cancellation waits until the report is written. */
+static int cancel_hold(void) {
+  int old = PTHREAD_CANCEL_ENABLE;
+  pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+  return old;
+}
+static void cancel_release(int old) { pthread_setcancelstate(old, NULL); }
+
+static int print_report(int fd, int format) {
   struct ta_stats *s, storage;
   s = &storage;
   s->version = TA_STATS_VERSION;
@@ -461,6 +472,13 @@ int ta_stats_print(int fd, int format) {
   flush(&o);
   errno = saved;
   return o.err;
+}
+
+int ta_stats_print(int fd, int format) {
+  int cancel = cancel_hold();
+  int r = print_report(fd, format);
+  cancel_release(cancel);
+  return r;
 }
 
 /* ------------------------------------------------------------------ glibc's interfaces */
@@ -553,6 +571,7 @@ static void map_granule(uintptr_t base, uint8_t kind, void *arg) {
 }
 
 int ta_heap_map(int fd) {
+  int cancel = cancel_hold();
   int saved = errno;
   struct out o = {.fd = fd};
   put(&o, "# tamalloc heap map 1\n");
@@ -574,6 +593,7 @@ int ta_heap_map(int fd) {
   reader_leave();
   flush(&o);
   errno = saved;
+  cancel_release(cancel);
   return o.err;
 }
 
@@ -605,6 +625,7 @@ void ta_stats_log_tick(void) {
   uint64_t next = atomic_load_explicit(&log_next_ms, memory_order_relaxed);
   uint64_t now = ta_os_now_ms();
   if (now < next || atomic_exchange(&log_busy, 1)) return;
+  int cancel = cancel_hold(); /* malloc is no cancellation point */
   if (atomic_load(&log_fd) < 0) {
     char path[1024];
     memcpy(path, ta_conf_stats_log, ta_conf_stats_log_len);
@@ -613,6 +634,7 @@ void ta_stats_log_tick(void) {
     if (fd < 0) {
       ta_conf_stats_log = NULL; /* cannot log: stop trying */
       atomic_store(&log_busy, 0);
+      cancel_release(cancel);
       return;
     }
     atomic_store(&log_fd, fd);
@@ -636,6 +658,7 @@ void ta_stats_log_tick(void) {
   atomic_store_explicit(&log_next_ms, ta_os_now_ms() + ta_conf_stats_interval_ms,
                         memory_order_relaxed);
   atomic_store(&log_busy, 0);
+  cancel_release(cancel);
 }
 
 /* In a fork child only the forking thread exists: a reader or a log writer that was

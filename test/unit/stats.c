@@ -261,3 +261,46 @@ Test(stats, text_report_and_heap_map_name_what_is_there) {
   ta_free(m);
   ta_free(h);
 }
+
+/* A report is written whole by a thread with a cancellation pending (glibc's malloc_stats
+ * disables cancellation while it prints); the cancellation acts afterwards. */
+struct cancel_report {
+  int fd;
+  _Atomic int go, returned;
+};
+
+static void *report_then_test_cancel(void *arg) {
+  struct cancel_report *c = arg;
+  while (!atomic_load(&c->go)) /* no cancellation point before the report */
+    ;
+  ta_stats_print(c->fd, 0);
+  atomic_store(&c->returned, 1);
+  pthread_testcancel();
+  return NULL;
+}
+
+Test(stats, report_written_with_a_cancel_pending) {
+  void *p = ta_malloc(100);
+  int fds[2];
+  cr_assert_eq(pipe(fds), 0);
+  struct cancel_report c = {.fd = fds[1]};
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, report_then_test_cancel, &c), 0);
+  cr_assert_eq(pthread_cancel(t), 0);
+  atomic_store(&c.go, 1);
+  void *result;
+  cr_assert_eq(pthread_join(t, &result), 0);
+  close(fds[1]);
+  static char text[65536];
+  size_t len = 0;
+  ssize_t n;
+  while (len < sizeof text - 1 && (n = read(fds[0], text + len, sizeof text - 1 - len)) > 0)
+    len += (size_t)n;
+  text[len] = 0;
+  close(fds[0]);
+  cr_assert(atomic_load(&c.returned), "the thread was cancelled inside ta_stats_print");
+  cr_assert_eq(result, PTHREAD_CANCELED, "the pending cancellation was lost");
+  cr_assert(strstr(text, "tamalloc statistics") && strstr(text, "arena 0 (live)"),
+            "the report is missing or cut short: \"%s\"", text);
+  ta_free(p);
+}
