@@ -502,6 +502,27 @@ struct mallinfo2 ta_mallinfo2(void) {
   return m;
 }
 
+/* glibc's older interface: mallinfo2's figures, each converted to int as glibc 2.36 converts
+ * them (modulo 2^32, not clamped: a figure of 2 GiB or more wraps, as it does with glibc). */
+struct mallinfo ta_mallinfo(void);
+struct mallinfo ta_mallinfo(void) {
+  struct mallinfo2 m2 = ta_mallinfo2();
+  struct mallinfo m;
+#define TRUNCATE(f) m.f = (int)(unsigned)m2.f
+  TRUNCATE(arena);
+  TRUNCATE(ordblks);
+  TRUNCATE(smblks);
+  TRUNCATE(hblks);
+  TRUNCATE(hblkhd);
+  TRUNCATE(usmblks);
+  TRUNCATE(fsmblks);
+  TRUNCATE(uordblks);
+  TRUNCATE(fordblks);
+  TRUNCATE(keepcost);
+#undef TRUNCATE
+  return m;
+}
+
 int ta_malloc_info(int options, FILE *fp);
 int ta_malloc_info(int options, FILE *fp) {
   if (options != 0 || fp == NULL) {

@@ -49,3 +49,19 @@ Test(glibc_api, malloc_stats_prints_with_a_cancel_pending, .timeout = 120)
     cr_assert(strstr(r.err, "arena 0") != NULL, "the report was cut short: \"%s\"", r.err);
     tt_run_release(&r);
 }
+
+/* mallinfo, glibc's older interface, reports what the library holds: the figures of
+ * mallinfo2 converted to int as glibc converts them, nonzero after allocating. */
+Test(glibc_api, mallinfo_agrees_with_mallinfo2, .timeout = 120)
+{
+    library_exists();
+    static const char expected[] = "mallinfo agrees with mallinfo2\n";
+    struct tt_run r;
+    run(&r, TATEST_MALLINFO, false);
+    cr_assert_str_eq(r.out, expected, "without the library: %s", r.out);
+    tt_run_release(&r);
+
+    run(&r, TATEST_MALLINFO, true);
+    cr_assert_str_eq(r.out, expected, "with the library preloaded: %s", r.out);
+    tt_run_release(&r);
+}

@@ -2,6 +2,7 @@
  * process, so the heap holds exactly what the test made. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -303,4 +304,25 @@ Test(stats, report_written_with_a_cancel_pending) {
   cr_assert(strstr(text, "tamalloc statistics") && strstr(text, "arena 0 (live)"),
             "the report is missing or cut short: \"%s\"", text);
   ta_free(p);
+}
+
+/* glibc's mallinfo and mallinfo2, as the replacement library exports them. */
+struct mallinfo ta_mallinfo(void);
+struct mallinfo2 ta_mallinfo2(void);
+
+Test(stats, mallinfo_is_mallinfo2_in_ints) {
+  void *p = ta_malloc(100), *m = ta_malloc(50000), *h = ta_malloc(5 * MiB);
+  struct mallinfo2 m2 = ta_mallinfo2();
+  struct mallinfo m1 = ta_mallinfo();
+  cr_assert(m2.uordblks >= 100 + 50000 + 5 * MiB && m2.hblks == 1 && m2.hblkhd >= 5 * MiB);
+  cr_assert_eq(m1.arena, (int)m2.arena);
+  cr_assert_eq(m1.ordblks, (int)m2.ordblks);
+  cr_assert_eq(m1.hblks, (int)m2.hblks);
+  cr_assert_eq(m1.hblkhd, (int)m2.hblkhd);
+  cr_assert_eq(m1.uordblks, (int)m2.uordblks);
+  cr_assert_eq(m1.fordblks, (int)m2.fordblks);
+  cr_assert_eq(m1.keepcost, (int)m2.keepcost);
+  ta_free(p);
+  ta_free(m);
+  ta_free(h);
 }
