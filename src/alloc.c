@@ -246,18 +246,67 @@ void ta_free_aligned_sized(void *p, size_t align, size_t size) {
 
 /* ------------------------------------------------------------------ sizes and realloc */
 
-/* Usable size of a block we handed out; aborts naming `op` if p is not one. */
+/* Whether the block's mark word says "free". The word may also be the program's data: only
+ * the block's owner can confirm (below). */
+static inline bool small_is_free_marked(const ta_run_t *r, const void *p) {
+  (void)r;
+  return ((const ta_block_t *)p)->key == ta_secret;
+}
+static inline bool medium_is_free_marked(const void *p) {
+  return ((const ta_block_t *)p)->key == ta_secret;
+}
+
+/* Takes in the blocks other threads freed into arena me (its owner's call). */
+static void drain_remote(ta_arena_t *me) {
+  if (!atomic_load_explicit(&me->remote, memory_order_relaxed)) return;
+  ta_slow_enter(me);
+  ta_remote_drain(me);
+  ta_slow_leave(me);
+}
+
+/* The owner's verdict on a small block marked free: on its run's free list (walked at most
+ * cap steps), or freed by another thread, which the drain shows — it may even retire the run
+ * or release the chunk, so the map is read first. */
+static TA_NOINLINE bool small_freed(ta_arena_t *me, ta_run_t *r, const void *p) {
+  drain_remote(me);
+  if (ta_map_get((uintptr_t)p) != TA_MAP_SMALL || r->owner != me) return true;
+  uint32_t n = 0;
+  for (const ta_block_t *f = r->free; f && n <= r->cap; f = f->next, n++)
+    if (f == p) return true;
+  return false;
+}
+
+/* The owner's verdict on a medium block marked free: it keeps INUSE while it waits on the
+ * remote list, so drain, then look again (it may have merged away, its chunk gone). */
+static TA_NOINLINE bool medium_freed(ta_arena_t *me, const void *p) {
+  if (!atomic_load_explicit(&me->remote, memory_order_relaxed)) return false;
+  drain_remote(me);
+  const ta_mhdr_t *h = (const ta_mhdr_t *)p - 1;
+  return ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || h->check != ((uintptr_t)h ^ ta_secret) ||
+         !(ta_mh_load(h) & TA_M_INUSE);
+}
+
+/* Usable size of a block we handed out; aborts naming `op` if p is not one, or is one already
+ * freed. A freed block passes the boundary checks; its mark word tells, and the owner confirms
+ * before aborting. Another thread cannot confirm (the word may be the program's data) and goes
+ * on: its verdict is free's, which that thread applies if it frees the block. */
 static size_t usable_checked(void *p, const char *op) {
   uint8_t kind = ta_map_get((uintptr_t)p);
   switch (kind) {
   case TA_MAP_SMALL: {
     ta_run_t *r = ta_run_of(p);
     if (!ta_small_valid(r, p)) ta_fatal(op, p);
+    if (TA_UNLIKELY(small_is_free_marked(r, p)) && r->owner == ta_tl_arena &&
+        small_freed(ta_tl_arena, r, p))
+      ta_fatal(op, p);
     return r->bsize;
   }
   case TA_MAP_MEDIUM: {
     ta_mhdr_t *h = ta_medium_hdr_checked(p, op);
     if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal(op, p);
+    if (TA_UNLIKELY(medium_is_free_marked(p)) && ta_chunk_of(p)->owner == ta_tl_arena &&
+        medium_freed(ta_tl_arena, p))
+      ta_fatal(op, p);
     return ta_medium_usable(h);
   }
   case TA_MAP_HUGE:
@@ -278,11 +327,11 @@ size_t ta_malloc_usable_size(void *p) {
 
 void *ta_realloc(void *p, size_t size) {
   if (p == NULL) return ta_malloc(size);
+  size_t usable = usable_checked(p, "realloc(): invalid pointer");
   if (size == 0) {
     ta_free(p);
     return NULL;
   }
-  size_t usable = usable_checked(p, "realloc(): invalid pointer");
   if (TA_UNLIKELY(size > TA_MAX_REQUEST)) {
     errno = ENOMEM;
     return NULL;

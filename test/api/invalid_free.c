@@ -55,6 +55,14 @@ enum scenario {
     S_FREE_ALIGNED_SIZED_DOUBLE,
     S_REALLOC_STACK,
     S_REALLOC_FREED,
+    S_REALLOC_FREED_SHRINK,
+    S_REALLOC_FREED_ZERO,
+    S_REALLOC_FREED_MEDIUM,
+    S_REALLOC_FREED_REMOTE,
+    S_REALLOC_FREED_REMOTE_MEDIUM,
+    S_USABLE_SIZE_FREED,
+    S_USABLE_SIZE_FREED_MEDIUM,
+    S_USABLE_SIZE_FREED_REMOTE,
     S_COUNT
 };
 
@@ -90,6 +98,14 @@ static const char *scenario_name(enum scenario s)
         "free_aligned_sized twice",
         "realloc of a stack address",
         "realloc of a freed block",
+        "realloc of a freed block to a smaller size",
+        "realloc of a freed block to size 0",
+        "realloc of a freed medium block",
+        "realloc of a block another thread freed",
+        "realloc of a medium block another thread freed",
+        "malloc_usable_size of a freed block",
+        "malloc_usable_size of a freed medium block",
+        "malloc_usable_size of a block another thread freed",
     };
     return names[s];
 }
@@ -139,7 +155,15 @@ static void *prepare(enum scenario s, struct ctx *c)
     case S_DOUBLE_LOCAL_THEN_REMOTE:
     case S_DOUBLE_REMOTE_TWICE:
     case S_FREE_SIZED_DOUBLE:
-    case S_REALLOC_FREED: c->block = ta_malloc(32); return c->block;
+    case S_REALLOC_FREED:
+    case S_REALLOC_FREED_SHRINK:
+    case S_REALLOC_FREED_ZERO:
+    case S_REALLOC_FREED_REMOTE:
+    case S_USABLE_SIZE_FREED:
+    case S_USABLE_SIZE_FREED_REMOTE: c->block = ta_malloc(32); return c->block;
+    case S_REALLOC_FREED_MEDIUM:
+    case S_REALLOC_FREED_REMOTE_MEDIUM:
+    case S_USABLE_SIZE_FREED_MEDIUM: c->block = ta_malloc(50000); return c->block;
     case S_DOUBLE_MEDIUM:
     case S_DOUBLE_MEDIUM_REMOTE_THEN_LOCAL: c->block = ta_malloc(50000); return c->block;
     case S_DOUBLE_HUGE: c->block = ta_malloc(3 * TT_MIB); return c->block;
@@ -212,6 +236,35 @@ static void perform(enum scenario s, struct ctx *c, void *bad)
     case S_REALLOC_FREED:
         ta_free(c->block);
         (void)!ta_realloc(bad, 100);
+        break;
+    case S_REALLOC_FREED_SHRINK:
+        ta_free(c->block);
+        (void)!ta_realloc(bad, 20);
+        break;
+    case S_REALLOC_FREED_ZERO:
+        ta_free(c->block);
+        (void)!ta_realloc(bad, 0);
+        break;
+    case S_REALLOC_FREED_MEDIUM:
+        ta_free(c->block);
+        (void)!ta_realloc(bad, 60000);
+        break;
+    case S_REALLOC_FREED_REMOTE:
+        free_in_thread(c->block);
+        (void)!ta_realloc(bad, 100);
+        break;
+    case S_REALLOC_FREED_REMOTE_MEDIUM:
+        free_in_thread(c->block);
+        (void)!ta_realloc(bad, 60000);
+        break;
+    case S_USABLE_SIZE_FREED:
+    case S_USABLE_SIZE_FREED_MEDIUM:
+        ta_free(c->block);
+        (void)!ta_malloc_usable_size(bad);
+        break;
+    case S_USABLE_SIZE_FREED_REMOTE:
+        free_in_thread(c->block);
+        (void)!ta_malloc_usable_size(bad);
         break;
     default: ta_free(bad); break;
     }
@@ -338,6 +391,46 @@ Test(invalid_free, double_free_told_apart_from_bad_pointer, .timeout = 60)
     description(&b, db, sizeof db);
     cr_assert(strcmp(da, db) != 0,
               "a double free and a stack pointer are described the same way: \"%s\"", da);
+}
+
+/* realloc and malloc_usable_size of a block already freed abort naming the function that
+ * was called, not free. */
+struct named {
+    enum scenario s;
+    char function[32];
+};
+
+ParameterizedTestParameters(invalid_free, message_names_the_function_called)
+{
+    static struct named params[] = {
+        {S_REALLOC_STACK, "realloc()"},
+        {S_REALLOC_FREED, "realloc()"},
+        {S_REALLOC_FREED_SHRINK, "realloc()"},
+        {S_REALLOC_FREED_ZERO, "realloc()"},
+        {S_REALLOC_FREED_MEDIUM, "realloc()"},
+        {S_REALLOC_FREED_REMOTE, "realloc()"},
+        {S_REALLOC_FREED_REMOTE_MEDIUM, "realloc()"},
+        {S_USABLE_SIZE_FREED, "malloc_usable_size()"},
+        {S_USABLE_SIZE_FREED_MEDIUM, "malloc_usable_size()"},
+        {S_USABLE_SIZE_FREED_REMOTE, "malloc_usable_size()"},
+        {S_DOUBLE_SMALL, "free()"},
+    };
+    return cr_make_param_array(struct named, params, sizeof params / sizeof *params);
+}
+
+ParameterizedTest(struct named *n, invalid_free, message_names_the_function_called, .timeout = 40)
+{
+    struct report r;
+    run_in_child(n->s, &r);
+    char how[128];
+    cr_assert(r.status != -1 && WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGABRT,
+              "%s (%s): the process %s instead of aborting; stderr: \"%s\"", scenario_name(n->s),
+              r.ptr, tt_describe_status(r.status, how, sizeof how), r.text);
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "tamalloc: %s: ", n->function);
+    cr_assert(strncmp(r.text, prefix, strlen(prefix)) == 0,
+              "%s: the message \"%.*s\" does not begin with \"%s\"", scenario_name(n->s),
+              r.len > 0 ? (int)(r.len - 1) : 0, r.text, prefix);
 }
 
 /* Valid frees never print anything. */
