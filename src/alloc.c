@@ -35,6 +35,16 @@ TA_INLINE void *small_alloc(ta_arena_t *a, unsigned cls) {
   return TA_LIKELY(b != NULL) ? b : ta_small_alloc_slow(a, cls);
 }
 
+/* The small class that serves (size >= 1, align), or 0 if none does: the size's class or,
+ * for an alignment above 16, the first class whose size is a multiple of the alignment. */
+TA_INLINE unsigned small_class_for(size_t size, size_t align) {
+  if (size > TA_SMALL_MAX) return 0;
+  unsigned cls = ta_size_class(size > align ? size : align);
+  if (align > TA_ALIGNMENT)
+    while (cls <= TA_NUM_SMALL && (ta_class_size[cls] & (align - 1)) != 0) cls++;
+  return cls <= TA_NUM_SMALL ? cls : 0;
+}
+
 /* Any size, alignment <= 16 or a power of two; zero: the caller needs zeroed memory. */
 static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   if (TA_UNLIKELY(size > TA_MAX_REQUEST)) {
@@ -53,13 +63,8 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   }
   void *p = NULL;
   bool zeroed = false;
-  unsigned cls = 0;
-  if (size <= TA_SMALL_MAX) {
-    cls = ta_size_class(size > align ? size : align);
-    if (align > TA_ALIGNMENT)
-      while (cls <= TA_NUM_SMALL && (ta_class_size[cls] & (align - 1)) != 0) cls++;
-  }
-  if (cls != 0 && cls <= TA_NUM_SMALL) {
+  unsigned cls = small_class_for(size, align);
+  if (cls != 0) {
     p = small_alloc(a, cls);
   } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 &&
              size + align <= TA_MEDIUM_MAX) {
@@ -233,17 +238,6 @@ void ta_free(void *p) {
   if (TA_UNLIKELY(ta_dec_le_zero(&r->used))) return ta_small_free_slow(me, r);
 }
 
-void ta_free_sized(void *p, size_t size) {
-  (void)size;
-  ta_free(p);
-}
-
-void ta_free_aligned_sized(void *p, size_t align, size_t size) {
-  (void)align;
-  (void)size;
-  ta_free(p);
-}
-
 /* ------------------------------------------------------------------ sizes and realloc */
 
 /* Whether the block's mark word says "free". The word may also be the program's data: only
@@ -318,6 +312,63 @@ static size_t usable_checked(void *p, const char *op) {
   default:
     ta_fatal(op, p);
   }
+}
+
+/* ------------------------------------------------------------------ sized frees */
+
+/* A medium block holds at most this much beyond its request: the request rounded to 16 (15),
+ * a tail too small to split off (47), and the smallest block for the tiniest requests. */
+#define MEDIUM_SLACK (TA_MIN_MBLOCK + 2 * TA_ALIGNMENT - 1)
+
+/* Whether `size` can be what was asked for block p, of `usable` bytes: C23 wants the size
+ * given to malloc, calloc or realloc (free_sized), or to aligned_alloc with `align`
+ * (free_aligned_sized; 0 for free_sized). Where several requests lead to the same block, any
+ * of them passes. */
+static bool size_fits(const void *p, size_t usable, size_t size, size_t align) {
+  size_t n = size ? size : 1; /* a request of 0 is served as 1 */
+  if (n > usable) return false;
+  switch (ta_map_get((uintptr_t)p)) {
+  case TA_MAP_SMALL:
+    /* Without the alignment, any smaller size may be right: realloc keeps a block in place
+     * for down to half its size (any size up to 64 bytes), memalign takes a bigger class. */
+    return align == 0 || small_class_for(n, align) == ta_run_of(p)->cls;
+  case TA_MAP_MEDIUM:
+    /* Down to half: another thread's realloc keeps a block in place that far. */
+    return usable - n <= MEDIUM_SLACK || n >= usable / 2;
+  default:
+    return usable - n < TA_PAGE_SIZE; /* a huge block is its request rounded to a page */
+  }
+}
+
+/* free_sized and free_aligned_sized beyond the fast path: the pointer first (an invalid one
+ * is reported as such), then the alignment and the size; then the block is freed as free
+ * frees it. */
+static TA_NOINLINE void free_sized_checked(void *p, size_t size, size_t align, bool aligned) {
+  if (p == NULL) return;
+  const char *bad_ptr = aligned ? "free_aligned_sized(): invalid pointer"
+                                : "free_sized(): invalid pointer";
+  size_t usable = usable_checked(p, bad_ptr);
+  if (aligned && (!ta_is_pow2(align) || ((uintptr_t)p & (align - 1)) != 0))
+    ta_fatal("free_aligned_sized(): invalid alignment for pointer", p);
+  if (!size_fits(p, usable, size, align))
+    ta_fatal(aligned ? "free_aligned_sized(): invalid size for pointer"
+                     : "free_sized(): invalid size for pointer",
+             p);
+  ta_free(p);
+}
+
+/* The fast path: a small block whose class holds the size goes straight to free. */
+void ta_free_sized(void *p, size_t size) {
+  uintptr_t g = (uintptr_t)p >> TA_CHUNK_SHIFT;
+  if (TA_LIKELY(g < TA_MAP_ENTRIES) &&
+      atomic_load_explicit(&ta_chunk_map[g], memory_order_relaxed) == TA_MAP_SMALL &&
+      TA_LIKELY(size <= ta_run_of(p)->bsize))
+    return ta_free(p);
+  free_sized_checked(p, size, 0, false);
+}
+
+void ta_free_aligned_sized(void *p, size_t align, size_t size) {
+  free_sized_checked(p, size, align, true);
 }
 
 size_t ta_malloc_usable_size(void *p) {
