@@ -74,7 +74,7 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
     zeroed = true;
   }
   if (TA_LIKELY(p != NULL)) {
-    a->cnt.callocs += zero;
+    TA_ADD(a->cnt.callocs, zero);
     if (ta_stats_on) ta_stats_record(p, size);
   }
   if (borrowed) ta_arena_borrow_done(a);
@@ -187,7 +187,7 @@ static void free_medium(void *p) {
         ta_fatal("free(): double free of pointer", p);
     }
     ta_medium_free_local(me, h);
-    me->cnt.frees++;
+    TA_ADD(me->cnt.frees, 1);
     ta_slow_leave(me);
     return;
   }
@@ -234,7 +234,7 @@ void ta_free(void *p) {
   b->next = r->free;
   b->key = key;
   r->free = b;
-  me->cnt.frees++;
+  TA_ADD_FAST(me->cnt.frees, 1);
   if (TA_UNLIKELY(ta_dec_le_zero(&r->used))) return ta_small_free_slow(me, r);
 }
 
@@ -388,7 +388,7 @@ void *ta_realloc(void *p, size_t size) {
     return NULL;
   }
   ta_arena_t *me = ta_tl_arena;
-  if (me != &ta_sentinel_arena) me->cnt.reallocs++;
+  if (me != &ta_sentinel_arena) TA_ADD(me->cnt.reallocs, 1);
   uint8_t kind = ta_map_get((uintptr_t)p);
   void *in_place = NULL;
   if (kind == TA_MAP_SMALL) {
@@ -404,7 +404,7 @@ void *ta_realloc(void *p, size_t size) {
   } else {
     ta_huge_t *h = ta_huge_hdr_checked(p, kind, "realloc(): invalid pointer");
     if (size <= usable && size >= usable / 2) {
-      h->requested = size; /* usable follows the request, page-rounded */
+      TA_STORE(h->requested, size); /* usable follows the request, page-rounded */
       in_place = p;
     } else if (size > TA_MEDIUM_MAX) {
       in_place = ta_huge_realloc(h, size);

@@ -77,7 +77,7 @@ static ta_arena_t *arena_claim(void) {
   for (ta_arena_t *a = atomic_load_explicit(&all_arenas, memory_order_acquire); a;
        a = a->next_all)
     if (ta_arena_try_claim(a)) {
-      a->cnt.adopted++;
+      TA_ADD(a->cnt.adopted, 1);
       return a;
     }
   ta_arena_t *a = ta_os_mmap(ta_align_up(sizeof(ta_arena_t), TA_PAGE_SIZE));
@@ -185,8 +185,8 @@ void ta_remote_drain(ta_arena_t *a) {
   ta_block_t *b = atomic_exchange_explicit(&a->remote, NULL, memory_order_acquire);
   while (b) {
     ta_block_t *next = b->next;
-    a->cnt.frees++;
-    a->cnt.remote_frees++;
+    TA_ADD(a->cnt.frees, 1);
+    TA_ADD(a->cnt.remote_frees, 1);
     if (ta_map_get((uintptr_t)b) == TA_MAP_SMALL) {
       ta_small_free_local(a, ta_run_of(b), b);
     } else {
