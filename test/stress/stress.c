@@ -270,6 +270,20 @@ struct worker_config {
     bool ring;       /* pass blocks only to the next thread */
 };
 
+/* Workers stop at the deadline, unless the test needs more of them whatever the load: until
+ * they made ops_wanted operations together, and while workers_held is set (a main thread
+ * still forking). Each test runs in a process of its own: these start at 0. */
+static _Atomic long ops_made, ops_wanted;
+static _Atomic bool workers_held;
+
+static bool keep_going(const struct worker_config *cfg)
+{
+    if (atomic_load(&failures) != 0)
+        return false;
+    return tt_now() < cfg->deadline || atomic_load(&ops_made) < atomic_load(&ops_wanted) ||
+           atomic_load(&workers_held);
+}
+
 struct worker {
     int id;
     uint64_t wave;
@@ -350,11 +364,12 @@ static void *worker_main(void *arg)
     tt_rng g;
     tt_rng_seed(&g, tt_mix((uint64_t)w->id + 1, w->wave));
     struct block inbox[32];
-    while (tt_now() < w->cfg->deadline && atomic_load(&failures) == 0) {
+    while (keep_going(w->cfg)) {
         for (int i = 0; i < 64; i++) {
             worker_step(w, &g);
             w->ops++;
         }
+        atomic_fetch_add(&ops_made, 64);
         int n = collect(w->id, inbox, 32);
         for (int i = 0; i < n; i++)
             adopt(w, &inbox[i], &g);
@@ -377,6 +392,7 @@ static struct worker workers[MAX_THREADS];
 static void run_workers(struct worker_config *cfg, uint64_t wave, struct block **leave,
                         int *nleave, int leave_cap)
 {
+    atomic_store(&ops_made, 0);
     for (int i = 0; i < cfg->nthreads; i++) {
         struct worker *w = &workers[i];
         memset(w, 0, sizeof *w);
@@ -415,6 +431,7 @@ Test(stress, all_entry_points_cross_thread, .timeout = 120)
     mailboxes_init();
     struct worker_config cfg = {4, tt_now() + stress_seconds(), -1,
                                 TT_SANITIZER ? 16 * TT_MIB : 64 * TT_MIB, false};
+    atomic_store(&ops_wanted, 1001); /* however loaded the machine is */
     run_workers(&cfg, 0, NULL, NULL, 0);
     drain_mailboxes(cfg.nthreads);
     assert_no_failures();
@@ -591,6 +608,9 @@ Test(stress, fork_while_allocating, .timeout = 180)
     double seconds = stress_seconds();
     struct worker_config cfg = {3, tt_now() + seconds, -1,
                                 TT_SANITIZER ? 8 * TT_MIB : 32 * TT_MIB, false};
+    /* The workers run until the last fork: a child forked after a worker finished would see
+     * a thread nobody joined (ThreadSanitizer reports it as a leak when the child exits). */
+    atomic_store(&workers_held, true);
     for (int i = 0; i < cfg.nthreads; i++) {
         struct worker *w = &workers[i];
         memset(w, 0, sizeof *w);
@@ -634,6 +654,7 @@ Test(stress, fork_while_allocating, .timeout = 180)
                   forks, tt_describe_status(st, how, sizeof how));
         forks++;
     }
+    atomic_store(&workers_held, false);
     for (int i = 0; i < cfg.nthreads; i++)
         pthread_join(workers[i].thread, NULL);
     for (int i = 0; i < nown; i++)
