@@ -37,6 +37,16 @@ TA_INLINE void *small_alloc(ta_arena_t *a, unsigned cls) {
   return TA_LIKELY(b != NULL) ? b : ta_small_alloc_slow(a, cls);
 }
 
+/* The small class that serves (size >= 1, align), or 0 if none does: the size's class or,
+ * for an alignment above 16, the first class whose size is a multiple of the alignment. */
+TA_INLINE unsigned small_class_for(size_t size, size_t align) {
+  if (size > TA_SMALL_MAX) return 0;
+  unsigned cls = ta_size_class(size > align ? size : align);
+  if (align > TA_ALIGNMENT)
+    while (cls <= TA_NUM_SMALL && (ta_class_size[cls] & (align - 1)) != 0) cls++;
+  return cls <= TA_NUM_SMALL ? cls : 0;
+}
+
 /* Any size, alignment <= 16 or a power of two; zero: the caller needs zeroed memory. */
 static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   if (TA_UNLIKELY(size > TA_MAX_REQUEST)) {
@@ -57,13 +67,8 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   }
   void *p = NULL;
   bool zeroed = false;
-  unsigned cls = 0;
-  if (size <= TA_SMALL_MAX) {
-    cls = ta_size_class(size > align ? size : align);
-    if (align > TA_ALIGNMENT)
-      while (cls <= TA_NUM_SMALL && (ta_class_size[cls] & (align - 1)) != 0) cls++;
-  }
-  if (cls != 0 && cls <= TA_NUM_SMALL) {
+  unsigned cls = small_class_for(size, align);
+  if (cls != 0) {
     p = small_alloc(a, cls);
   } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 &&
              size + align <= TA_MEDIUM_MAX) {
@@ -73,7 +78,7 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
     zeroed = true;
   }
   if (TA_LIKELY(p != NULL)) {
-    a->cnt.callocs += zero;
+    TA_ADD(a->cnt.callocs, zero);
     if (ta_stats_on) ta_stats_record(p, size);
   }
   if (borrowed) ta_arena_borrow_done(a);
@@ -121,25 +126,27 @@ void *ta_aligned_alloc(size_t align, size_t size) {
   return alloc_aligned(align, size);
 }
 
+/* As glibc's: an alignment no power of two reaches (above SIZE_MAX / 2 + 1) is EINVAL; any
+ * other is rounded up to a power of two, and one beyond the address space is ENOMEM. */
 void *ta_memalign(size_t align, size_t size) {
+  if (TA_UNLIKELY(align > SIZE_MAX / 2 + 1)) {
+    errno = EINVAL;
+    return NULL;
+  }
   if (!ta_is_pow2(align)) {
-    if (align > ((size_t)1 << 62)) {
-      errno = ENOMEM;
-      return NULL;
-    }
     size_t a = 1;
-    while (a < align) a <<= 1;
+    while (a < align) a <<= 1; /* stops at 2^63 at the latest */
     align = a;
   }
   return alloc_aligned(align, size);
 }
 
+/* As glibc's: EINVAL leaves errno alone; ENOMEM leaves it ENOMEM too (programs check it). */
 int ta_posix_memalign(void **out, size_t align, size_t size) {
   if (!ta_is_pow2(align) || align < sizeof(void *)) return EINVAL;
-  int saved = errno;
   void *p = alloc_aligned(align, size);
   if (p == NULL) {
-    errno = saved;
+    errno = ENOMEM;
     return ENOMEM;
   }
   *out = p;
@@ -210,7 +217,7 @@ static void free_medium(void *p) {
       ta_fatal("free(): double free of pointer", p);
   }
   ta_medium_free_local(me, h);
-  me->cnt.frees++;
+  TA_ADD(me->cnt.frees, 1);
   ta_slow_leave(me);
 }
 
@@ -251,35 +258,64 @@ void ta_free(void *p) {
   b->link = ta_link_enc(r->free);
   b->key = mark;
   r->free = b;
-  me->cnt.frees++;
+  TA_ADD_FAST(me->cnt.frees, 1);
   if (TA_UNLIKELY(ta_dec_le_zero(&r->used))) return ta_small_free_slow(me, r);
-}
-
-void ta_free_sized(void *p, size_t size) {
-  (void)size;
-  ta_free(p);
-}
-
-void ta_free_aligned_sized(void *p, size_t align, size_t size) {
-  (void)align;
-  (void)size;
-  ta_free(p);
 }
 
 /* ------------------------------------------------------------------ sizes and realloc */
 
-/* Usable size of a block we handed out; aborts naming `op` if p is not one. */
+/* Whether the block's mark word says "free". The word may also be the program's data (in
+ * principle: it is keyed by a secret): the owner confirms on its lists, another thread also
+ * asks for a link word a list could hold (free_to_owner's rule). */
+static inline bool is_free_marked(const void *p) {
+  return ((const ta_block_t *)p)->key == ta_mark(p);
+}
+
+/* The owner's verdict on a small block marked free: on its run's free list (walked at most
+ * cap steps), or freed by another thread, which taking in the remote frees shows — that may
+ * even retire the run or release the chunk, so the map is read first. */
+static TA_NOINLINE bool small_freed(ta_arena_t *me, ta_run_t *r, const void *p) {
+  ta_remote_collect(me);
+  if (ta_map_get((uintptr_t)p) != TA_MAP_SMALL || r->owner != me) return true;
+  return ta_small_on_free_list(r, p);
+}
+
+/* The owner's verdict on a medium block marked free: it keeps INUSE while it waits on the
+ * remote list, so take the remote frees in, then look again (it may have merged away, its
+ * chunk gone). */
+static TA_NOINLINE bool medium_freed(ta_arena_t *me, const void *p) {
+  ta_remote_collect(me);
+  const ta_mhdr_t *h = (const ta_mhdr_t *)p - 1;
+  return ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || !ta_medium_check_ok(h) ||
+         !(ta_mh_load(h) & TA_M_INUSE);
+}
+
+/* Another thread's verdict: the mark and a link a list could hold. */
+static bool looks_free_remotely(const void *p) {
+  return link_plausible(ta_block_next((const ta_block_t *)p));
+}
+
+/* Usable size of a block we handed out; aborts naming `op` if p is not one, or is one already
+ * freed. A freed block passes the boundary checks; its mark word tells, and the owner confirms
+ * on its lists before aborting; another thread applies free's rule (mark and link). */
 static size_t usable_checked(void *p, const char *op) {
   uint8_t kind = ta_map_get((uintptr_t)p);
   switch (kind) {
   case TA_MAP_SMALL: {
     ta_run_t *r = ta_run_of(p);
     if (!ta_small_valid(r, p)) ta_fatal(op, p);
+    if (TA_UNLIKELY(is_free_marked(p)) &&
+        (r->owner == ta_tl_arena ? small_freed(ta_tl_arena, r, p) : looks_free_remotely(p)))
+      ta_fatal(op, p);
     return r->bsize;
   }
   case TA_MAP_MEDIUM: {
     ta_mhdr_t *h = ta_medium_hdr_checked(p, op);
     if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal(op, p);
+    if (TA_UNLIKELY(is_free_marked(p)) &&
+        (ta_chunk_of(p)->owner == ta_tl_arena ? medium_freed(ta_tl_arena, p)
+                                              : looks_free_remotely(p)))
+      ta_fatal(op, p);
     return ta_medium_usable(h);
   }
   case TA_MAP_HUGE:
@@ -293,6 +329,63 @@ static size_t usable_checked(void *p, const char *op) {
   }
 }
 
+/* ------------------------------------------------------------------ sized frees */
+
+/* A medium block holds at most this much beyond its request: the request rounded to 16 (15),
+ * a tail too small to split off (47), and the smallest block for the tiniest requests. */
+#define MEDIUM_SLACK (TA_MIN_MBLOCK + 2 * TA_ALIGNMENT - 1)
+
+/* Whether `size` can be what was asked for block p, of `usable` bytes: C23 wants the size
+ * given to malloc, calloc or realloc (free_sized), or to aligned_alloc with `align`
+ * (free_aligned_sized; 0 for free_sized). Where several requests lead to the same block, any
+ * of them passes. */
+static bool size_fits(const void *p, size_t usable, size_t size, size_t align) {
+  size_t n = size ? size : 1; /* a request of 0 is served as 1 */
+  if (n > usable) return false;
+  switch (ta_map_get((uintptr_t)p)) {
+  case TA_MAP_SMALL:
+    /* Without the alignment, any smaller size may be right: realloc keeps a block in place
+     * for down to half its size (any size up to 64 bytes), memalign takes a bigger class. */
+    return align == 0 || small_class_for(n, align) == ta_run_of(p)->cls;
+  case TA_MAP_MEDIUM:
+    /* Down to half: another thread's realloc keeps a block in place that far. */
+    return usable - n <= MEDIUM_SLACK || n >= usable / 2;
+  default:
+    return usable - n < TA_PAGE_SIZE; /* a huge block is its request rounded to a page */
+  }
+}
+
+/* free_sized and free_aligned_sized beyond the fast path: the pointer first (an invalid one
+ * is reported as such), then the alignment and the size; then the block is freed as free
+ * frees it. */
+static TA_NOINLINE void free_sized_checked(void *p, size_t size, size_t align, bool aligned) {
+  if (p == NULL) return;
+  const char *bad_ptr = aligned ? "free_aligned_sized(): invalid pointer"
+                                : "free_sized(): invalid pointer";
+  size_t usable = usable_checked(p, bad_ptr);
+  if (aligned && (!ta_is_pow2(align) || ((uintptr_t)p & (align - 1)) != 0))
+    ta_fatal("free_aligned_sized(): invalid alignment for pointer", p);
+  if (!size_fits(p, usable, size, align))
+    ta_fatal(aligned ? "free_aligned_sized(): invalid size for pointer"
+                     : "free_sized(): invalid size for pointer",
+             p);
+  ta_free(p);
+}
+
+/* The fast path: a small block whose class holds the size goes straight to free. */
+void ta_free_sized(void *p, size_t size) {
+  uintptr_t g = (uintptr_t)p >> TA_CHUNK_SHIFT;
+  if (TA_LIKELY(g < TA_MAP_ENTRIES) &&
+      atomic_load_explicit(&ta_chunk_map[g], memory_order_relaxed) == TA_MAP_SMALL &&
+      TA_LIKELY(size <= ta_run_of(p)->bsize))
+    return ta_free(p);
+  free_sized_checked(p, size, 0, false);
+}
+
+void ta_free_aligned_sized(void *p, size_t align, size_t size) {
+  free_sized_checked(p, size, align, true);
+}
+
 size_t ta_malloc_usable_size(void *p) {
   if (p == NULL) return 0;
   return usable_checked(p, "malloc_usable_size(): invalid pointer");
@@ -300,17 +393,17 @@ size_t ta_malloc_usable_size(void *p) {
 
 void *ta_realloc(void *p, size_t size) {
   if (p == NULL) return ta_malloc(size);
+  size_t usable = usable_checked(p, "realloc(): invalid pointer");
   if (size == 0) {
     ta_free(p);
     return NULL;
   }
-  size_t usable = usable_checked(p, "realloc(): invalid pointer");
   if (TA_UNLIKELY(size > TA_MAX_REQUEST)) {
     errno = ENOMEM;
     return NULL;
   }
   ta_arena_t *me = ta_tl_arena;
-  if (me != &ta_sentinel_arena) me->cnt.reallocs++;
+  if (me != &ta_sentinel_arena) TA_ADD(me->cnt.reallocs, 1);
   uint8_t kind = ta_map_get((uintptr_t)p);
   void *in_place = NULL;
   if (kind == TA_MAP_SMALL) {
@@ -326,7 +419,7 @@ void *ta_realloc(void *p, size_t size) {
   } else {
     ta_huge_t *h = ta_huge_hdr_checked(p, kind, "realloc(): invalid pointer");
     if (size <= usable && size >= usable / 2) {
-      h->requested = size; /* usable follows the request, page-rounded */
+      TA_STORE(h->requested, size); /* usable follows the request, page-rounded */
       in_place = p;
     } else if (size > TA_MEDIUM_MAX) {
       in_place = ta_huge_realloc(h, size);

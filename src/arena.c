@@ -160,7 +160,7 @@ static ta_arena_t *arena_claim(void) {
   for (ta_arena_t *a = atomic_load_explicit(&all_arenas, memory_order_acquire); a;
        a = a->next_all)
     if (ta_arena_try_claim(a)) {
-      a->cnt.adopted++;
+      TA_ADD(a->cnt.adopted, 1);
       return a;
     }
   if (atomic_load_explicit(&unhooked, memory_order_relaxed)) {
@@ -168,7 +168,7 @@ static ta_arena_t *arena_claim(void) {
     for (ta_arena_t *a = atomic_load_explicit(&all_arenas, memory_order_acquire); a;
          a = a->next_all)
       if (arena_take_from_dead(a, pid)) {
-        a->cnt.adopted++;
+        TA_ADD(a->cnt.adopted, 1);
         return a;
       }
   }
@@ -336,8 +336,8 @@ void ta_remote_suspect(ta_arena_t *owner, void *p) {
  * checked by its freer, but the list lives in freed memory: each entry is checked again,
  * through the map first, before anything is read from it. */
 static ta_block_t *remote_take(ta_arena_t *a, ta_block_t *b) {
-  a->cnt.frees++;
-  a->cnt.remote_frees++;
+  TA_ADD(a->cnt.frees, 1);
+  TA_ADD(a->cnt.remote_frees, 1);
   uint8_t kind = ta_map_get((uintptr_t)b);
   if (kind == TA_MAP_SMALL) {
     ta_run_t *r = ta_run_of(b);
@@ -368,8 +368,8 @@ static void confirm_suspect(ta_arena_t *a, void *p) {
     ta_run_t *r = ta_run_of(p);
     if (r->owner != a || !ta_small_valid(r, p) || ta_small_on_free_list(r, p))
       ta_fatal("free(): double free of pointer", p);
-    a->cnt.frees++;
-    a->cnt.remote_frees++;
+    TA_ADD(a->cnt.frees, 1);
+    TA_ADD(a->cnt.remote_frees, 1);
     ta_small_free_local(a, r, p);
     return;
   }
@@ -377,8 +377,8 @@ static void confirm_suspect(ta_arena_t *a, void *p) {
   if (kind != TA_MAP_MEDIUM || ta_chunk_of(p)->owner != a || !ta_medium_check_ok(h) ||
       !(ta_mh_load(h) & TA_M_INUSE))
     ta_fatal("free(): double free of pointer", p);
-  a->cnt.frees++;
-  a->cnt.remote_frees++;
+  TA_ADD(a->cnt.frees, 1);
+  TA_ADD(a->cnt.remote_frees, 1);
   ta_medium_free_local(a, h);
 }
 

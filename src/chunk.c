@@ -62,32 +62,48 @@ static ta_chunk_t *chunk_fresh(bool *from_brk) {
   return ta_os_mmap_aligned(TA_CHUNK_SIZE, TA_CHUNK_SIZE);
 }
 
+/* Whether a statistics reader is still walking empty chunk c, whose blocks or runs reuse
+ * would rewrite under it. Its map entry was cleared when it was released; a reader
+ * announces itself in c->readers, then reads the entry again (stats.c): either it sees the
+ * entry cleared and leaves the chunk alone, or we see it here. */
+static bool chunk_being_read(ta_chunk_t *c) {
+#if !defined(__SANITIZE_THREAD__)
+  atomic_thread_fence(memory_order_seq_cst); /* see ta_unmap_allowed */
+#endif
+  return atomic_load_explicit(&c->readers, memory_order_seq_cst) != 0;
+}
+
 ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
-  ta_chunk_t *c = a->empty_chunks;
+  ta_chunk_t **pp = &a->empty_chunks;
+  while (*pp && chunk_being_read(*pp)) pp = &(*pp)->next; /* a reader holds one at most */
+  ta_chunk_t *c = *pp;
   bool from_brk;
   uint8_t prev = TA_MAP_NONE; /* what the chunk was before: a small chunk keeps its shadow */
   if (c) {
-    a->empty_chunks = c->next;
+    TA_PUBLISH(*pp, c->next); /* the list statistics readers walk */
     from_brk = c->from_brk;
     prev = c->kind;
     if (!c->decommitted) ta_dirty_add(a, -(intptr_t)TA_CHUNK_SIZE);
   } else {
     c = chunk_fresh(&from_brk);
     if (c == NULL) return NULL;
-    a->cnt.grows++;
+    TA_ADD(a->cnt.grows, 1);
   }
   if (prev == TA_MAP_SMALL && kind != TA_MAP_SMALL && ta_shadow_get(c) != NULL)
     ta_shadow_free(ta_shadow_get(c)); /* medium blocks will overwrite slot 0's meta block */
   if (prev != TA_MAP_SMALL || kind != TA_MAP_SMALL) ta_shadow_set(c, NULL);
-  c->check = (uintptr_t)c ^ ta_secret;
-  c->owner = a;
-  c->next = c->prev = NULL;
+  /* A statistics reader may still be reading this chunk (from the map, or from the list of
+   * empty chunks): what it reads is stored. */
+  TA_STORE(c->check, (uintptr_t)c ^ ta_secret);
+  TA_STORE(c->owner, a);
+  TA_PUBLISH(c->next, NULL);
+  c->prev = NULL;
   c->kind = kind;
-  c->from_brk = from_brk;
+  TA_STORE(c->from_brk, from_brk);
   c->not_a_run = NULL;
   c->free_slots = 0; /* shares its word with empty_since */
   c->dirty_slots = 0;
-  c->decommitted = 0;
+  TA_STORE(c->decommitted, 0);
   /* Not in the map yet: the caller publishes the chunk (ta_map_set) once its runs or
    * blocks are set up, so a stray free never meets half-made metadata. */
   return c;
@@ -99,9 +115,9 @@ void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c) {
   /* c->kind stays: it says what slot 0 holds (a small chunk's shadow pointer). */
   ta_map_set((uintptr_t)c, TA_MAP_NONE);
   c->empty_since = ta_os_now_ms();
-  c->decommitted = 0;
-  c->next = a->empty_chunks;
-  a->empty_chunks = c;
+  TA_STORE(c->decommitted, 0); /* all three read by statistics readers */
+  TA_PUBLISH(c->next, a->empty_chunks);
+  TA_PUBLISH(a->empty_chunks, c);
   ta_purge_note(a, c->empty_since);
   ta_dirty_add(a, (intptr_t)TA_CHUNK_SIZE);
 }

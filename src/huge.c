@@ -49,7 +49,7 @@ static void huge_unmap(ta_huge_t *h) {
     if (ta_unmap_allowed()) ta_huge_unmap_deferred();
     return;
   }
-  h->check = 0;
+  TA_STORE(h->check, 0);
   if (ta_os_munmap(h, h->map_size) != 0) {
     /* Cannot give it back: drop the pages at least; the mapping stays ours forever. */
     ta_os_decommit(h, h->map_size);
@@ -61,7 +61,7 @@ void ta_huge_unmap_deferred(void) {
   ta_huge_t *h = atomic_exchange_explicit(&deferred, NULL, memory_order_acquire);
   while (h) {
     ta_huge_t *next = h->next;
-    h->check = 0;
+    TA_STORE(h->check, 0);
     if (ta_os_munmap(h, h->map_size) != 0) ta_os_decommit(h, h->map_size);
     h = next;
   }
@@ -135,7 +135,7 @@ static ta_huge_t *cache_take(size_t need) {
     }
     if (h->map_size > 2 * need) {
       /* Far too big: give the tail back rather than hold it resident. */
-      if (ta_os_munmap((char *)h + need, h->map_size - need) == 0) h->map_size = need;
+      if (ta_os_munmap((char *)h + need, h->map_size - need) == 0) TA_STORE(h->map_size, need);
     } else if (h->map_size - need >= TA_CHUNK_SIZE) {
       /* Somewhat too big: keep the address space (the block may grow into it), drop the
        * pages, so that the block holds no more memory than it asked for. */
@@ -149,7 +149,7 @@ static ta_huge_t *cache_take(size_t need) {
   if (i >= 0 && slot_take((unsigned)i, h)) {
     if (ta_huge_pages && h->map_size < need) ta_os_hugepage(h, h->map_size); /* one mapping */
     if (h->map_size < need && ta_os_mremap(h, h->map_size, need, NULL) != NULL) {
-      h->map_size = need;
+      TA_STORE(h->map_size, need);
       return h;
     }
     if (h->map_size >= need) return h;
@@ -235,18 +235,19 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
     uintptr_t end = ((uintptr_t)h + data_off + size) & ~(uintptr_t)(TA_HUGEPAGE_SIZE - 1);
     if (end > (uintptr_t)h) ta_os_hugepage(h, end - (uintptr_t)h);
   }
-  h->check = (uintptr_t)h ^ ta_secret;
-  if (fresh) h->map_size = need; /* a cached span keeps its own size (>= need) */
-  h->data_off = data_off;
-  h->requested = size;
+  /* A cached span is in the map: statistics readers read these words (TA_STORE). */
+  TA_STORE(h->check, (uintptr_t)h ^ ta_secret);
+  if (fresh) TA_STORE(h->map_size, need); /* a cached span keeps its own size (>= need) */
+  TA_STORE(h->data_off, data_off);
+  TA_STORE(h->requested, size);
   h->next = NULL;
   atomic_store_explicit(&h->state, HUGE_LIVE, memory_order_relaxed);
   char *data = (char *)h + data_off;
   ta_map_set((uintptr_t)data, beyond ? TA_MAP_HUGE_AL : TA_MAP_HUGE);
   atomic_fetch_add_explicit(&ta_huge_live_count, 1, memory_order_relaxed);
   if (a != NULL) {
-    a->cnt.grows += fresh;
-    a->cnt.first_uses += fresh;
+    TA_ADD(a->cnt.grows, fresh);
+    TA_ADD(a->cnt.first_uses, fresh);
   }
   if (zero && !fresh) memset(data, 0, size);
   return data;
@@ -272,7 +273,7 @@ void ta_huge_free(ta_huge_t *h) {
     ta_fatal("free(): double free of pointer", (char *)h + h->data_off);
   atomic_fetch_sub_explicit(&ta_huge_live_count, 1, memory_order_relaxed);
   ta_arena_t *me = ta_tl_arena;
-  if (me != &ta_sentinel_arena) me->cnt.frees++;
+  if (me != &ta_sentinel_arena) TA_ADD(me->cnt.frees, 1);
   else atomic_fetch_add_explicit(&ta_orphan_frees, 1, memory_order_relaxed);
   if (h->data_off == TA_CHUNK_SIZE) { /* over-aligned: not reusable as it is */
     huge_unmap(h);
@@ -295,16 +296,16 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   char *old_data = (char *)h + h->data_off;
   if (need <= h->map_size) {
     if (need < h->map_size / 2 && ta_os_munmap((char *)h + need, h->map_size - need) == 0)
-      h->map_size = need;
-    h->requested = size;
+      TA_STORE(h->map_size, need);
+    TA_STORE(h->requested, size);
     return old_data;
   }
   /* Huge pages were asked for on part of the span, which splits it into two mappings,
    * and mremap works on one: ask for the whole span, which makes it one again. */
   if (ta_huge_pages) ta_os_hugepage(h, h->map_size);
   if (ta_os_mremap(h, h->map_size, need, NULL) != NULL) {
-    h->map_size = need;
-    h->requested = size;
+    TA_STORE(h->map_size, need);
+    TA_STORE(h->requested, size);
     return old_data;
   }
   /* Move: reserve an aligned range, then let the kernel move the pages onto it. Grow

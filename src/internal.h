@@ -50,6 +50,28 @@
 #define TA_COLD __attribute__((cold, noinline))
 #define TA_INLINE static inline __attribute__((always_inline))
 
+/* Words statistics readers (stats.c) read while their owner changes them — run meta blocks,
+ * chunk headers, medium size words, huge meta blocks, counters: the owner, their only writer,
+ * stores them with TA_STORE wherever a reader can see them and reads them plainly; readers
+ * load them with TA_LOAD. Relaxed atomics: plain moves on x86-64. */
+#define TA_STORE(field, v) __atomic_store_n(&(field), (v), __ATOMIC_RELAXED)
+#define TA_LOAD(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+/* Chunk links readers follow (an arena's empty chunks, a chunk's next): release and
+ * acquire, so that a reader that reaches a chunk finds it set up. Plain moves too. */
+#define TA_PUBLISH(field, v) __atomic_store_n(&(field), (v), __ATOMIC_RELEASE)
+#define TA_FOLLOW(field) __atomic_load_n(&(field), __ATOMIC_ACQUIRE)
+/* The owner's increment of such a word: a load and a store, not a locked add. */
+#define TA_ADD(field, n) TA_STORE(field, (field) + (n))
+/* The same on the fast paths of malloc and free, which keep their one add to memory, as
+ * ta_dec_le_zero keeps its one subtract: C has no unlocked atomic add, and the load and store
+ * would cost two more instructions there. ThreadSanitizer builds use TA_ADD, so that they
+ * check every other access to the word. */
+#if defined(__SANITIZE_THREAD__)
+#define TA_ADD_FAST(field, n) TA_ADD(field, n)
+#else
+#define TA_ADD_FAST(field, n) ((void)((field) += (n)))
+#endif
+
 /* ------------------------------------------------------------------ geometry */
 #define TA_CHUNK_SHIFT 22
 #define TA_CHUNK_SIZE ((size_t)1 << TA_CHUNK_SHIFT) /* 4 MiB */
@@ -162,14 +184,16 @@ typedef struct ta_chunk {
       uint8_t kind;          /* TA_MAP_SMALL or TA_MAP_MEDIUM (kept while empty: what it was) */
       uint8_t from_brk;      /* came from the program break */
       uint8_t decommitted;   /* empty chunk whose pages were given back */
-      uint8_t pad[5];
+      uint8_t pad;
+      _Atomic uint32_t readers; /* statistics readers walking it: not reused meanwhile */
     };
     ta_run_t runs[TA_RUNS_PER_CHUNK]; /* small chunks: runs[1..63]; runs[0] is this header */
   };
 } ta_chunk_t;
 _Static_assert(offsetof(ta_chunk_t, runs) == 0 && offsetof(ta_chunk_t, not_a_run) ==
                offsetof(ta_run_t, owner), "slot 0's owner is NULL");
-_Static_assert(offsetof(ta_chunk_t, pad) + 5 <= sizeof(ta_run_t), "header fits slot 0's meta");
+_Static_assert(offsetof(ta_chunk_t, readers) + sizeof(uint32_t) <= sizeof(ta_run_t),
+               "header fits slot 0's meta");
 /* A small chunk's shadow array pointer (statistics) follows the run meta blocks. */
 #define TA_SHADOW_OFFSET (TA_RUNS_PER_CHUNK * sizeof(ta_run_t))
 #define TA_MEDIUM_HDR 64 /* medium chunk: data starts here; runs[] is not used */
@@ -195,6 +219,8 @@ TA_INLINE size_t ta_mh_load(const ta_mhdr_t *h) {
 TA_INLINE void ta_mh_store(ta_mhdr_t *h, size_t v) {
   __atomic_store_n(&h->size_flags, v, __ATOMIC_RELAXED);
 }
+/* The same load by a walker of chunks it does not own (see ta_medium_walk). */
+TA_HIDDEN size_t ta_mh_peek(const ta_mhdr_t *h);
 
 /* ------------------------------------------------------------------ huge blocks */
 typedef struct ta_huge {
@@ -375,7 +401,9 @@ TA_INLINE bool ta_dec_le_zero(int32_t *used) {
 reached:
   return true;
 #else
-  return --*used <= 0;
+  int32_t left = *used - 1;
+  TA_STORE(*used, left); /* statistics readers load it */
+  return left <= 0;
 #endif
 }
 TA_INLINE char *ta_run_base(const ta_run_t *r) {
@@ -391,7 +419,7 @@ TA_INLINE ta_block_t *ta_run_pop(ta_run_t *r) {
     r->free = ta_block_next(b);
     b->link = 0; /* the encoded link would let the program work out the key */
     b->key = 0;  /* no longer "free" */
-    r->used++;
+    TA_ADD_FAST(r->used, 1);
     return b;
   }
   return NULL;

@@ -76,7 +76,7 @@ static ta_mhdr_t *bin_first_fit(ta_arena_t *a, size_t need) {
 }
 
 static void set_hdr(ta_mhdr_t *h, size_t size_flags) {
-  h->size_flags = size_flags;
+  ta_mh_store(h, size_flags); /* statistics readers walk the chunk by these words */
   h->check = ta_medium_check(h, size_flags);
 }
 
@@ -97,7 +97,7 @@ static bool medium_chunk_new(ta_arena_t *a) {
   bin_insert(a, h);
   ta_map_set((uintptr_t)c, TA_MAP_MEDIUM);
   c->prev = NULL;
-  c->next = a->medium_chunks;
+  TA_PUBLISH(c->next, a->medium_chunks); /* see chunk_list_push (small.c) */
   if (a->medium_chunks) a->medium_chunks->prev = c;
   a->medium_chunks = c;
   return true;
@@ -106,7 +106,7 @@ static bool medium_chunk_new(ta_arena_t *a) {
 static void medium_chunk_free(ta_arena_t *a, ta_chunk_t *c) {
   /* The end marker lies where a small chunk keeps blocks: leave no check word there. */
   forget_hdr((ta_mhdr_t *)((char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t)));
-  if (c->prev) c->prev->next = c->next;
+  if (c->prev) TA_PUBLISH(c->prev->next, c->next);
   else a->medium_chunks = c->next;
   if (c->next) c->next->prev = c->prev;
   ta_chunk_release(a, c);
@@ -133,7 +133,7 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep) {
     forget_hdr(n);
   }
   set_hdr(h, keep | (h->size_flags & TA_M_FLAGS));
-  a->cnt.splits++;
+  TA_ADD(a->cnt.splits, 1);
   make_free(a, t, ts);
 }
 
@@ -152,7 +152,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
       ta_slow_leave(a);
       return NULL;
     }
-    a->cnt.first_uses++;
+    TA_ADD(a->cnt.first_uses, 1);
     h = bin_first_fit(a, search);
   }
   bin_remove(a, h);
@@ -167,7 +167,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
     size_t front = data - sizeof(ta_mhdr_t) - (uintptr_t)h;
     if (front) {
       /* The front becomes a free block of its own; its successor is the aligned block. */
-      a->cnt.splits++;
+      TA_ADD(a->cnt.splits, 1);
       set_hdr(h, front | prev_flag);
       bin_insert(a, h);
       h = (ta_mhdr_t *)(data - sizeof(ta_mhdr_t));
@@ -209,7 +209,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
     bin_remove(a, n);
     s += M_SIZE(n);
     forget_hdr(n);
-    a->cnt.merges++;
+    TA_ADD(a->cnt.merges, 1);
   }
   if (h->size_flags & TA_M_PREV_FREE) {
     ta_mhdr_t *p = prev_checked(h);
@@ -218,7 +218,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
     forget_hdr(h);
     h = p;
     s += ps;
-    a->cnt.merges++;
+    TA_ADD(a->cnt.merges, 1);
   }
   ta_chunk_t *c = ta_chunk_of(h);
   if ((char *)h == (char *)c + TA_MEDIUM_HDR &&
@@ -273,6 +273,19 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
   return ok;
 }
 
+/* A walker of another thread's chunk follows block sizes while the owner splits and merges
+ * blocks and the program writes into its own: a size read just before a merge leads to a
+ * word that may by then be a free block's link or the program's data. A size that makes no
+ * sense ends the walk, but the load itself meets the program's plain store, which nothing
+ * on our side can order. ThreadSanitizer is told not to watch this one load; the stores to
+ * size words, and everything else a reader reads, stay watched. */
+#if defined(__SANITIZE_THREAD__)
+__attribute__((no_sanitize_thread, noinline))
+#endif
+size_t ta_mh_peek(const ta_mhdr_t *h) {
+  return __atomic_load_n(&h->size_flags, __ATOMIC_RELAXED);
+}
+
 /* Walks a medium chunk's blocks in address order (statistics, the heap map, tests). Other
  * threads' chunks change under a statistics reader: a size that does not make sense ends
  * the walk rather than leading it astray. Returns the blocks visited. */
@@ -281,7 +294,7 @@ size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, void *
   const char *end = (const char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t);
   const ta_mhdr_t *h = (const ta_mhdr_t *)((const char *)c + TA_MEDIUM_HDR);
   while ((const char *)h < end) {
-    size_t sz = ta_mh_load(h) & TA_M_SIZE_MASK;
+    size_t sz = ta_mh_peek(h) & TA_M_SIZE_MASK;
     if (sz < TA_MIN_MBLOCK || (const char *)h + sz > end) break;
     if (fn) fn(h, arg);
     n++;

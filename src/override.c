@@ -4,7 +4,7 @@
  * The whole family is replaced together (a family only half replaced sends blocks to the
  * system allocator's heap): malloc, free, calloc, realloc, reallocarray, posix_memalign,
  * aligned_alloc, memalign, valloc, pvalloc, malloc_usable_size, C23's free_sized and
- * free_aligned_sized, malloc_trim, glibc's malloc_stats, mallinfo2 and malloc_info, and
+ * free_aligned_sized, malloc_trim, glibc's malloc_stats, mallinfo2, mallinfo and malloc_info, and
  * glibc's __libc_* entry points that some programs call directly. Aliases cost nothing: malloc *is* ta_malloc.
  */
 #define TA_OVERRIDE 1
@@ -16,6 +16,7 @@
 /* In stats.c, which is shared with the ta_ API library. */
 void ta_malloc_stats(void);
 struct mallinfo2 ta_mallinfo2(void);
+struct mallinfo ta_mallinfo(void);
 int ta_malloc_info(int options, FILE *fp);
 
 #pragma GCC diagnostic ignored "-Wmissing-attributes" /* the aliases need not repeat them */
@@ -41,6 +42,7 @@ int malloc_trim(size_t pad) TA_ALIAS(ta_malloc_trim);
 #define TA_EXPORT __attribute__((visibility("default")))
 TA_EXPORT void malloc_stats(void) { ta_malloc_stats(); }
 TA_EXPORT struct mallinfo2 mallinfo2(void) { return ta_mallinfo2(); }
+TA_EXPORT struct mallinfo mallinfo(void) { return ta_mallinfo(); }
 TA_EXPORT int malloc_info(int options, FILE *fp) { return ta_malloc_info(options, fp); }
 
 void *__libc_malloc(size_t size) TA_ALIAS(ta_malloc);

@@ -111,7 +111,7 @@ static size_t medium_decommit(ta_mhdr_t *h) {
   size_t s = h->size_flags & TA_M_SIZE_MASK;
   uintptr_t lo = ta_align_up((uintptr_t)h + sizeof(ta_mhdr_t) + 2 * sizeof(void *), TA_PAGE_SIZE);
   uintptr_t hi = ((uintptr_t)h + s - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
-  h->size_flags |= TA_M_DECOMMITTED;
+  ta_mh_store(h, h->size_flags | TA_M_DECOMMITTED);
   if (hi <= lo || ta_os_decommit((void *)lo, hi - lo) != 0) return 0;
   return hi - lo;
 }
@@ -150,7 +150,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
        * cannot reach it. */
       ta_chunk_t *next_c = c->next;
       bool from_brk = c->from_brk, resident = !c->decommitted;
-      *pp = next_c;
+      TA_PUBLISH(*pp, next_c);
       bool may_unmap = ta_unmap_allowed();
       if (may_unmap && c->kind == TA_MAP_SMALL && ta_shadow_get(c) != NULL) {
         ta_shadow_free(ta_shadow_get(c));
@@ -158,16 +158,16 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
       }
       if (may_unmap &&
           (from_brk ? ta_brk_shrink_top(c) : ta_os_munmap(c, TA_CHUNK_SIZE) == 0)) {
-            a->cnt.shrinks++;
+        TA_ADD(a->cnt.shrinks, 1);
         if (resident) freed += TA_CHUNK_SIZE;
         moved = moved || from_brk;
         continue;
       }
-      *pp = c; /* stays: decommitted, kept for reuse */
+      TA_PUBLISH(*pp, c); /* stays: decommitted, kept for reuse */
       /* The first two pages stay: the run meta blocks and the shadow pointer. */
       if (!c->decommitted && ta_os_decommit((char *)c + 2 * TA_PAGE_SIZE,
                                             TA_CHUNK_SIZE - 2 * TA_PAGE_SIZE) == 0) {
-        c->decommitted = 1;
+        TA_STORE(c->decommitted, 1);
         freed += TA_CHUNK_SIZE - 2 * TA_PAGE_SIZE;
       }
       pp = &c->next;

@@ -31,19 +31,22 @@ static void partial_remove(ta_arena_t *a, ta_run_t *r) {
   r->next = r->prev = NULL;
 }
 
-/* Chunk lists: small_avail holds chunks with a free run slot, small_full the others. */
+/* Chunk lists: small_avail holds chunks with a free run slot, small_full the others. A
+ * statistics reader that walked an arena's empty chunks may still follow a chunk's next after
+ * the chunk came back into use: next is published for it. */
 static void chunk_list_push(ta_chunk_t **head, ta_chunk_t *c) {
   c->prev = NULL;
-  c->next = *head;
+  TA_PUBLISH(c->next, *head);
   if (*head) (*head)->prev = c;
   *head = c;
 }
 
 static void chunk_list_remove(ta_chunk_t **head, ta_chunk_t *c) {
-  if (c->prev) c->prev->next = c->next;
+  if (c->prev) TA_PUBLISH(c->prev->next, c->next);
   else *head = c->next;
   if (c->next) c->next->prev = c->prev;
-  c->next = c->prev = NULL;
+  TA_PUBLISH(c->next, NULL);
+  c->prev = NULL;
 }
 
 #define ALL_SLOTS (~(uint64_t)1) /* slot 0 holds the chunk header */
@@ -56,9 +59,12 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
   for (unsigned i = 1; i < TA_RUNS_PER_CHUNK; i++) { /* runs[0] is the header */
     ta_run_t *r = &c->runs[i];
     r->free = NULL;
-    r->owner = NULL;
-    r->used = r->limit = r->cap = 0;
-    r->bsize = 0;
+    /* A statistics reader may be reading this reused chunk's runs: what it reads is stored. */
+    TA_STORE(r->owner, NULL);
+    TA_STORE(r->used, 0);
+    TA_STORE(r->limit, 0);
+    TA_STORE(r->cap, 0);
+    TA_STORE(r->bsize, 0);
     r->recip = 0;
     r->state = RUN_UNUSED;
     r->slot = (uint16_t)i;
@@ -88,12 +94,12 @@ static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
   ta_run_t *r = &c->runs[slot];
   uint32_t bs = (uint32_t)ta_class_size[cls];
   r->free = NULL;
-  r->used = RUN_ACTIVE_BIAS;
-  r->bsize = bs;
+  TA_STORE(r->used, RUN_ACTIVE_BIAS); /* read by statistics readers, as are the others stored */
+  TA_STORE(r->bsize, bs);
   r->recip = (uint32_t)((((uint64_t)1 << 32) + bs - 1) / bs);
-  r->limit = 0;
-  r->cap = (uint32_t)(TA_RUN_SIZE / bs);
-  r->cls = (uint8_t)cls;
+  TA_STORE(r->limit, 0);
+  TA_STORE(r->cap, (uint32_t)(TA_RUN_SIZE / bs));
+  TA_STORE(r->cls, (uint8_t)cls);
   r->state = RUN_ACTIVE;
   r->next = r->prev = NULL;
   r->empty_since = 0;
@@ -117,7 +123,7 @@ static void run_wipe(const ta_run_t *r) {
 static void run_retire(ta_arena_t *a, ta_run_t *r) {
   ta_chunk_t *c = ta_chunk_of(r);
   run_wipe(r);
-  r->owner = NULL;
+  TA_STORE(r->owner, NULL);
   r->state = RUN_UNUSED;
   r->free = NULL;
   if (c->free_slots == 0) {
@@ -156,7 +162,7 @@ static void run_carve(ta_run_t *r) {
   r->free = head;
   /* Other threads read limit to validate their frees into this run. */
   __atomic_store_n(&r->limit, r->limit + n * r->bsize, __ATOMIC_RELAXED);
-  r->owner->cnt.first_uses += n;
+  TA_ADD(r->owner->cnt.first_uses, n);
 }
 
 /* The fast path turned away a head outside the run's chunk: fine if it is NULL (the list
@@ -175,7 +181,7 @@ void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls) {
     if (r->free == NULL && run_can_carve(r)) run_carve(r);
     if (r->free) goto pop;
     r->state = RUN_FULL;
-    r->used = (r->used - RUN_ACTIVE_BIAS) | RUN_FULL_BIT;
+    TA_STORE(r->used, (r->used - RUN_ACTIVE_BIAS) | RUN_FULL_BIT);
     a->cur[cls] = &ta_empty_run;
   }
   r = a->partial[cls];
@@ -183,7 +189,7 @@ void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls) {
     check_head(r);
     partial_remove(a, r);
     r->state = RUN_ACTIVE;
-    r->used += RUN_ACTIVE_BIAS;
+    TA_ADD(r->used, RUN_ACTIVE_BIAS);
   } else {
     r = run_new(a, cls);
     if (r == NULL) {
@@ -203,7 +209,7 @@ pop:;
 void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
   ta_slow_enter(a);
   if (r->used & RUN_FULL_BIT) {
-    r->used &= ~RUN_FULL_BIT;
+    TA_STORE(r->used, r->used & ~RUN_FULL_BIT);
     partial_push(a, r);
   }
   if (r->used == 0 && r->state == RUN_PARTIAL) {
@@ -263,7 +269,7 @@ void ta_small_retire_idle(ta_arena_t *a) {
     ta_run_t *r = a->cur[cls];
     if (r == &ta_empty_run || RUN_USED(r) != 0) continue;
     a->cur[cls] = &ta_empty_run;
-    r->used = 0;
+    TA_STORE(r->used, 0);
     run_retire(a, r);
   }
   ta_slow_leave(a);

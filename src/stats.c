@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -67,11 +68,11 @@ void ta_stats_record(void *p, size_t requested) {
   } else if (kind == TA_MAP_MEDIUM) {
     ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
     size_t waste = ta_medium_usable(h) - requested;
-    h->size_flags = (h->size_flags & 0xffffffffu) | (waste << TA_M_WASTE_SHIFT);
+    ta_mh_store(h, (h->size_flags & 0xffffffffu) | (waste << TA_M_WASTE_SHIFT));
   } else if (kind == TA_MAP_HUGE || kind == TA_MAP_HUGE_AL) {
     ta_huge_t *h = kind == TA_MAP_HUGE ? (ta_huge_t *)ta_chunk_of(p)
                                        : (ta_huge_t *)((uintptr_t)p - TA_CHUNK_SIZE);
-    h->requested = requested;
+    TA_STORE(h->requested, requested);
   }
 }
 
@@ -89,10 +90,12 @@ static void take_largest(struct ta_stats *s, unsigned long long n) {
 
 #define resident ta_os_resident
 
-static bool block_of_run(const ta_run_t *r, const ta_block_t *b, uint32_t *idx) {
+/* bs and limit as read once by the caller (bs != 0). */
+static bool block_of_run(const ta_run_t *r, uint64_t bs, uint64_t limit, const ta_block_t *b,
+                         uint32_t *idx) {
   uintptr_t base = (uintptr_t)ta_run_base(r), u = (uintptr_t)b;
-  if (u < base || u >= base + r->limit || (u - base) % r->bsize) return false;
-  *idx = (uint32_t)((u - base) / r->bsize);
+  if (u < base || u >= base + limit || (u - base) % bs) return false;
+  *idx = (uint32_t)((u - base) / bs);
   return true;
 }
 
@@ -102,8 +105,12 @@ static void walk_small(struct walk *w, ta_chunk_t *c) {
   size_t free_slots = 0;
   for (unsigned i = 1; i < TA_RUNS_PER_CHUNK; i++) {
     ta_run_t *r = &c->runs[i];
-    unsigned cls = r->cls;
-    if (r->owner == NULL || cls == 0 || cls > TA_NUM_SMALL || r->bsize == 0) {
+    /* The owner may be setting the run up or tearing it down as we read (a reused chunk's
+     * runs read block size 0 for a while): each word is read once, and a run whose class
+     * and block size disagree counts as a free slot. */
+    unsigned cls = TA_LOAD(r->cls);
+    uint64_t bs = TA_LOAD(r->bsize);
+    if (TA_LOAD(r->owner) == NULL || cls == 0 || cls > TA_NUM_SMALL || bs != ta_class_size[cls]) {
       s->free_bytes += TA_RUN_SIZE;
       free_slots++;
       take_largest(s, free_slots * TA_RUN_SIZE);
@@ -111,8 +118,8 @@ static void walk_small(struct walk *w, ta_chunk_t *c) {
     }
     free_slots = 0;
     struct ta_class_stats *cs = &s->classes[cls];
-    uint64_t bs = r->bsize, cap = r->cap, carved = r->limit / r->bsize;
-    uint64_t used = (uint32_t)RUN_USED(r);
+    uint64_t cap = TA_LOAD(r->cap), limit = TA_LOAD(r->limit), carved = limit / bs;
+    uint64_t used = (uint32_t)(TA_LOAD(r->used) & ~(RUN_FULL_BIT | RUN_ACTIVE_BIAS));
     if (carved > cap) carved = cap;
     if (used > carved) used = carved;
     cs->runs++;
@@ -129,7 +136,7 @@ static void walk_small(struct walk *w, ta_chunk_t *c) {
       uint64_t n = 0;
       for (ta_block_t *b = r->free; b && n < carved; b = ta_block_next(b), n++) {
         uint32_t idx;
-        if (!block_of_run(r, b, &idx)) break; /* changing under us: keep what we have */
+        if (!block_of_run(r, bs, limit, b, &idx)) break; /* changing: keep what we have */
         waste -= row[idx];
       }
       if (waste > used * bs) waste = used * bs;
@@ -142,10 +149,11 @@ static void walk_small(struct walk *w, ta_chunk_t *c) {
 static void visit_medium(const ta_mhdr_t *h, void *arg) {
   struct walk *w = arg;
   struct ta_stats *s = w->s;
-  size_t sz = h->size_flags & TA_M_SIZE_MASK, usable = sz - sizeof(ta_mhdr_t);
-  if (h->size_flags & TA_M_INUSE) {
+  size_t word = ta_mh_peek(h); /* once: the owner may be changing it */
+  size_t sz = word & TA_M_SIZE_MASK, usable = sz - sizeof(ta_mhdr_t);
+  if (word & TA_M_INUSE) {
     struct ta_class_stats *cs = &s->classes[ta_size_class(usable)];
-    size_t waste = w->tracked ? (size_t)(h->size_flags >> TA_M_WASTE_SHIFT) : 0;
+    size_t waste = w->tracked ? (size_t)(word >> TA_M_WASTE_SHIFT) : 0;
     if (waste > usable) waste = usable;
     cs->live_blocks++;
     cs->usable_bytes += usable;
@@ -164,25 +172,30 @@ static void walk_medium(struct walk *w, ta_chunk_t *c) {
   w->s->heap_bytes += TA_CHUNK_SIZE;
 }
 
+/* The words of a huge meta block change under a reader when the span is taken from the
+ * cache or resized: each is read once. */
 static void walk_huge(struct walk *w, ta_huge_t *h) {
   struct ta_stats *s = w->s;
-  if (h->check != ((uintptr_t)h ^ ta_secret)) return;
-  size_t usable = ta_huge_usable(h);
+  if (TA_LOAD(h->check) != ((uintptr_t)h ^ ta_secret)) return;
+  size_t off = TA_LOAD(h->data_off), requested = TA_LOAD(h->requested);
+  size_t map_size = TA_LOAD(h->map_size);
+  size_t usable = ta_align_up(off + requested, TA_PAGE_SIZE) - off; /* ta_huge_usable */
   uint32_t st = atomic_load_explicit(&h->state, memory_order_relaxed);
   if (st == HUGE_LIVE) {
     struct ta_class_stats *cs = &s->classes[0];
     cs->live_blocks++;
     cs->usable_bytes += usable;
-    cs->requested_bytes += w->tracked ? (h->requested < usable ? h->requested : usable) : usable;
+    cs->requested_bytes += w->tracked ? (requested < usable ? requested : usable) : usable;
   } else if (st == HUGE_CACHED) {
-    size_t span = h->map_size - TA_HUGE_HDR;
-    s->huge_cached_bytes += h->map_size;
+    size_t span = map_size - TA_HUGE_HDR;
+    s->huge_cached_bytes += map_size;
     s->classes[0].free_blocks++;
     s->classes[0].free_bytes += span;
     s->free_bytes += span;
     take_largest(s, span);
   }
-  s->heap_bytes += h->map_size;
+  s->heap_bytes += map_size;
+  s->resident_bytes += resident(h, map_size);
 }
 
 /* Calls fn on every granule whose map entry is set, reading only touched map pages. */
@@ -204,33 +217,49 @@ static void scan_map(void (*fn)(uintptr_t base, uint8_t kind, void *arg), void *
   }
 }
 
+/* A chunk the walk reads block by block must not be released and reused as something else
+ * meanwhile (its runs or blocks rewritten under the reader): the reader announces itself in
+ * the chunk, then reads its map entry again; the owner does not reuse a chunk with readers
+ * (ta_chunk_alloc). False when the chunk is no longer what the map said. */
+static bool chunk_enter(ta_chunk_t *c, uintptr_t base, uint8_t kind) {
+  atomic_fetch_add_explicit(&c->readers, 1, memory_order_seq_cst);
+  if (atomic_load_explicit(&ta_chunk_map[base >> TA_CHUNK_SHIFT], memory_order_seq_cst) == kind &&
+      TA_LOAD(c->check) == (base ^ ta_secret))
+    return true;
+  atomic_fetch_sub_explicit(&c->readers, 1, memory_order_release);
+  return false;
+}
+static void chunk_leave(ta_chunk_t *c) {
+  atomic_fetch_sub_explicit(&c->readers, 1, memory_order_release);
+}
+
 static void visit_granule(uintptr_t base, uint8_t kind, void *arg) {
   struct walk *w = arg;
   if (kind == TA_MAP_SMALL || kind == TA_MAP_MEDIUM) {
     ta_chunk_t *c = (ta_chunk_t *)base;
-    if (c->check != (base ^ ta_secret)) return;
-    if (w->only && c->owner != w->only) return;
+    if (TA_LOAD(c->check) != (base ^ ta_secret)) return;
+    if (w->only && TA_LOAD(c->owner) != w->only) return;
+    if (!chunk_enter(c, base, kind)) return;
     if (kind == TA_MAP_SMALL) walk_small(w, c);
     else walk_medium(w, c);
+    chunk_leave(c);
     w->s->resident_bytes += resident(c, TA_CHUNK_SIZE);
   } else if (w->only == NULL) {
-    ta_huge_t *h = (ta_huge_t *)(kind == TA_MAP_HUGE ? base : base - TA_CHUNK_SIZE);
-    walk_huge(w, h);
-    if (h->check == ((uintptr_t)h ^ ta_secret)) w->s->resident_bytes += resident(h, h->map_size);
+    walk_huge(w, (ta_huge_t *)(kind == TA_MAP_HUGE ? base : base - TA_CHUNK_SIZE));
   }
 }
 
 static void add_counters(struct ta_stats *s, const ta_counters_t *c) {
-  s->frees += c->frees;
-  s->remote_frees += c->remote_frees;
-  s->callocs += c->callocs;
-  s->reallocs += c->reallocs;
-  s->reuses += c->first_uses; /* turned into reuses at the end */
-  s->grows += c->grows;
-  s->shrinks += c->shrinks;
-  s->splits += c->splits;
-  s->merges += c->merges;
-  s->arenas_adopted += c->adopted;
+  s->frees += TA_LOAD(c->frees);
+  s->remote_frees += TA_LOAD(c->remote_frees);
+  s->callocs += TA_LOAD(c->callocs);
+  s->reallocs += TA_LOAD(c->reallocs);
+  s->reuses += TA_LOAD(c->first_uses); /* turned into reuses at the end */
+  s->grows += TA_LOAD(c->grows);
+  s->shrinks += TA_LOAD(c->shrinks);
+  s->splits += TA_LOAD(c->splits);
+  s->merges += TA_LOAD(c->merges);
+  s->arenas_adopted += TA_LOAD(c->adopted);
 }
 
 static void reader_enter(void) {
@@ -267,9 +296,9 @@ int ta_stats_get(struct ta_stats *out, int arena) {
     add_counters(out, &a->cnt);
     /* Empty chunks: free memory still held (unless its pages went back already). */
     size_t n = 0;
-    for (ta_chunk_t *c = a->empty_chunks; c && n < 1u << 20; c = c->next, n++) {
+    for (ta_chunk_t *c = TA_FOLLOW(a->empty_chunks); c && n < 1u << 20; c = TA_FOLLOW(c->next), n++) {
       if (((uintptr_t)c & TA_CHUNK_MASK) != 0) break;
-      if (c->decommitted) continue;
+      if (TA_LOAD(c->decommitted)) continue;
       out->heap_bytes += TA_CHUNK_SIZE;
       out->free_bytes += TA_CHUNK_SIZE;
       take_largest(out, TA_CHUNK_SIZE);
@@ -414,7 +443,17 @@ static void print_text(struct out *o, const struct ta_stats *s, const char *titl
       s->mapped_bytes, s->resident_bytes, s->returned_bytes, s->huge_blocks, s->huge_cached_bytes);
 }
 
-int ta_stats_print(int fd, int format) {
+/* Reports are written with write(2), a cancellation point: a thread with a cancel pending
+ * would be cancelled in the middle of one (or, from a slow path, inside malloc). As glibc's
+ * malloc_stats does, cancellation waits until the report is written. */
+static int cancel_hold(void) {
+  int old = PTHREAD_CANCEL_ENABLE;
+  pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+  return old;
+}
+static void cancel_release(int old) { pthread_setcancelstate(old, NULL); }
+
+static int print_report(int fd, int format) {
   struct ta_stats *s, storage;
   s = &storage;
   s->version = TA_STATS_VERSION;
@@ -476,6 +515,13 @@ int ta_stats_print(int fd, int format) {
   return o.err;
 }
 
+int ta_stats_print(int fd, int format) {
+  int cancel = cancel_hold();
+  int r = print_report(fd, format);
+  cancel_release(cancel);
+  return r;
+}
+
 /* ------------------------------------------------------------------ glibc's interfaces */
 
 void ta_malloc_stats(void);
@@ -494,6 +540,27 @@ struct mallinfo2 ta_mallinfo2(void) {
   m.uordblks = s.usable_bytes;
   m.fordblks = s.free_bytes;
   m.keepcost = s.largest_free_block;
+  return m;
+}
+
+/* glibc's older interface: mallinfo2's figures, each converted to int as glibc 2.36 converts
+ * them (modulo 2^32, not clamped: a figure of 2 GiB or more wraps, as it does with glibc). */
+struct mallinfo ta_mallinfo(void);
+struct mallinfo ta_mallinfo(void) {
+  struct mallinfo2 m2 = ta_mallinfo2();
+  struct mallinfo m;
+#define TRUNCATE(f) m.f = (int)(unsigned)m2.f
+  TRUNCATE(arena);
+  TRUNCATE(ordblks);
+  TRUNCATE(smblks);
+  TRUNCATE(hblks);
+  TRUNCATE(hblkhd);
+  TRUNCATE(usmblks);
+  TRUNCATE(fsmblks);
+  TRUNCATE(uordblks);
+  TRUNCATE(fordblks);
+  TRUNCATE(keepcost);
+#undef TRUNCATE
   return m;
 }
 
@@ -530,42 +597,49 @@ int ta_malloc_info(int options, FILE *fp) {
 /* ------------------------------------------------------------------ the heap map */
 
 static void map_block(const ta_mhdr_t *h, void *arg) {
-  put(arg, "block 0x%lx %zu %s\n", (unsigned long)h, (size_t)(h->size_flags & TA_M_SIZE_MASK),
-      (h->size_flags & TA_M_INUSE) ? "used" : "free");
+  size_t word = ta_mh_peek(h);
+  put(arg, "block 0x%lx %zu %s\n", (unsigned long)h, (size_t)(word & TA_M_SIZE_MASK),
+      (word & TA_M_INUSE) ? "used" : "free");
 }
 
 static void map_granule(uintptr_t base, uint8_t kind, void *arg) {
   struct out *o = arg;
   if (kind == TA_MAP_SMALL || kind == TA_MAP_MEDIUM) {
     ta_chunk_t *c = (ta_chunk_t *)base;
-    if (c->check != (base ^ ta_secret)) return;
+    if (TA_LOAD(c->check) != (base ^ ta_secret) || !chunk_enter(c, base, kind)) return;
+    ta_arena_t *owner = TA_LOAD(c->owner);
     put(o, "chunk 0x%lx %u %s %s %u %zu\n", (unsigned long)base, (unsigned)TA_CHUNK_SIZE,
-        kind == TA_MAP_SMALL ? "small" : "medium", c->from_brk ? "brk" : "mmap",
-        c->owner ? c->owner->id : 0, resident(c, TA_CHUNK_SIZE));
+        kind == TA_MAP_SMALL ? "small" : "medium", TA_LOAD(c->from_brk) ? "brk" : "mmap",
+        owner ? owner->id : 0, resident(c, TA_CHUNK_SIZE));
     if (kind == TA_MAP_SMALL) {
       for (unsigned i = 1; i < TA_RUNS_PER_CHUNK; i++) {
         ta_run_t *r = &c->runs[i];
         uintptr_t rb = base + ((uintptr_t)i << TA_RUN_SHIFT);
-        if (r->owner == NULL || r->bsize == 0) {
+        uint32_t bs = TA_LOAD(r->bsize); /* once: the divisor (see walk_small) */
+        if (TA_LOAD(r->owner) == NULL || bs == 0) {
           put(o, "slot 0x%lx %u free\n", (unsigned long)rb, (unsigned)TA_RUN_SIZE);
           continue;
         }
-        put(o, "run 0x%lx %u %u %u %u %u\n", (unsigned long)rb, (unsigned)TA_RUN_SIZE, r->bsize,
-            (unsigned)RUN_USED(r), r->limit / r->bsize, r->cap);
+        put(o, "run 0x%lx %u %u %u %u %u\n", (unsigned long)rb, (unsigned)TA_RUN_SIZE, bs,
+            (unsigned)(TA_LOAD(r->used) & ~(RUN_FULL_BIT | RUN_ACTIVE_BIAS)),
+            TA_LOAD(r->limit) / bs, TA_LOAD(r->cap));
       }
     } else {
       ta_medium_walk(c, map_block, o);
     }
+    chunk_leave(c);
   } else {
     ta_huge_t *h = (ta_huge_t *)(kind == TA_MAP_HUGE ? base : base - TA_CHUNK_SIZE);
-    if (h->check != ((uintptr_t)h ^ ta_secret)) return;
+    if (TA_LOAD(h->check) != ((uintptr_t)h ^ ta_secret)) return;
     uint32_t st = atomic_load(&h->state);
-    put(o, "huge 0x%lx %zu %s %zu %zu\n", (unsigned long)h, h->map_size,
-        st == HUGE_LIVE ? "live" : "cached", h->requested, resident(h, h->map_size));
+    size_t map_size = TA_LOAD(h->map_size);
+    put(o, "huge 0x%lx %zu %s %zu %zu\n", (unsigned long)h, map_size,
+        st == HUGE_LIVE ? "live" : "cached", TA_LOAD(h->requested), resident(h, map_size));
   }
 }
 
 int ta_heap_map(int fd) {
+  int cancel = cancel_hold();
   int saved = errno;
   struct out o = {.fd = fd};
   put(&o, "# tamalloc heap map 1\n");
@@ -578,15 +652,17 @@ int ta_heap_map(int fd) {
     put(&o, "arena %u %s\n", a->id,
         state_name(st));
     size_t n = 0;
-    for (ta_chunk_t *c = a->empty_chunks; c && n < 1u << 20; c = c->next, n++) {
+    for (ta_chunk_t *c = TA_FOLLOW(a->empty_chunks); c && n < 1u << 20; c = TA_FOLLOW(c->next), n++) {
       if (((uintptr_t)c & TA_CHUNK_MASK) != 0) break;
       put(&o, "empty 0x%lx %u %s %u %s\n", (unsigned long)c, (unsigned)TA_CHUNK_SIZE,
-          c->from_brk ? "brk" : "mmap", a->id, c->decommitted ? "returned" : "resident");
+          TA_LOAD(c->from_brk) ? "brk" : "mmap", a->id,
+          TA_LOAD(c->decommitted) ? "returned" : "resident");
     }
   }
   reader_leave();
   flush(&o);
   errno = saved;
+  cancel_release(cancel);
   return o.err;
 }
 
@@ -618,6 +694,7 @@ void ta_stats_log_tick(void) {
   uint64_t next = atomic_load_explicit(&log_next_ms, memory_order_relaxed);
   uint64_t now = ta_os_now_ms();
   if (now < next || atomic_exchange(&log_busy, 1)) return;
+  int cancel = cancel_hold(); /* malloc is no cancellation point */
   if (atomic_load(&log_fd) < 0) {
     char path[1024];
     memcpy(path, ta_conf_stats_log, ta_conf_stats_log_len);
@@ -626,6 +703,7 @@ void ta_stats_log_tick(void) {
     if (fd < 0) {
       ta_conf_stats_log = NULL; /* cannot log: stop trying */
       atomic_store(&log_busy, 0);
+      cancel_release(cancel);
       return;
     }
     atomic_store(&log_fd, fd);
@@ -649,6 +727,7 @@ void ta_stats_log_tick(void) {
   atomic_store_explicit(&log_next_ms, ta_os_now_ms() + ta_conf_stats_interval_ms,
                         memory_order_relaxed);
   atomic_store(&log_busy, 0);
+  cancel_release(cancel);
 }
 
 /* In a fork child only the forking thread exists: a reader or a log writer that was

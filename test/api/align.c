@@ -80,7 +80,44 @@ Test(align, posix_memalign_does_not_touch_errno_on_success)
     cr_assert_eq(rc, 0);
     cr_assert_not_null(out);
     cr_assert_eq((uintptr_t)out % 64, 0);
+    cr_assert_eq(errno, 777, "a successful posix_memalign changed errno to %d", errno);
     ta_free(out);
+}
+
+/* As glibc's: a failed posix_memalign returns ENOMEM and leaves errno ENOMEM as well (glibc's
+ * own tests check errno after it). */
+Test(align, posix_memalign_enomem_sets_errno)
+{
+    static const size_t cases[][2] = {{64, SIZE_MAX},
+                                      {16, PTRDIFF_MAX},
+                                      {4096, (size_t)1 << 62},
+                                      {(size_t)1 << 63, 1},
+                                      {(size_t)1 << 62, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        void *out = SENTINEL;
+        errno = EEXIST;
+        int rc = ta_posix_memalign(&out, tt_opaque(cases[i][0]), tt_opaque(cases[i][1]));
+        int err = errno;
+        cr_assert_eq(rc, ENOMEM, "posix_memalign(%#zx, %#zx) returned %d, not ENOMEM",
+                     cases[i][0], cases[i][1], rc);
+        cr_assert_eq(err, ENOMEM, "posix_memalign(%#zx, %#zx) failed with ENOMEM but left errno %d",
+                     cases[i][0], cases[i][1], err);
+        cr_assert_eq(out, SENTINEL);
+    }
+}
+
+/* EINVAL, on the other hand, is only returned: errno keeps its value, as with glibc. */
+Test(align, posix_memalign_einval_leaves_errno)
+{
+    static const size_t aligns[] = {0, 3, 24, SIZE_MAX / 2, SIZE_MAX};
+    for (size_t i = 0; i < sizeof aligns / sizeof *aligns; i++) {
+        void *out = SENTINEL;
+        errno = EEXIST;
+        int rc = ta_posix_memalign(&out, tt_opaque(aligns[i]), 100);
+        cr_assert_eq(rc, EINVAL);
+        cr_assert_eq(errno, EEXIST, "posix_memalign(%#zx, 100) changed errno to %d", aligns[i],
+                     errno);
+    }
 }
 
 /* ---- aligned_alloc: EINVAL --------------------------------------------------------- */
@@ -162,6 +199,41 @@ ParameterizedTest(struct rounding *r, align, memalign_rounds_up, .timeout = 60)
         cr_assert_eq(tt_check(p, u, sizes[i]), SIZE_MAX);
         ta_free(p);
     }
+}
+
+/* glibc's memalign rounds an alignment up to a power of two only when there is one: above
+ * SIZE_MAX / 2 + 1 it fails with EINVAL, whatever the size. */
+Test(align, memalign_beyond_the_largest_power_of_two_is_einval)
+{
+    static const size_t aligns[] = {((size_t)1 << 63) + 1, ((size_t)1 << 63) + 16,
+                                    (size_t)3 << 62, SIZE_MAX - 4095, SIZE_MAX};
+    static const size_t sizes[] = {0, 1, 100, 4096, 3 * TT_MIB, SIZE_MAX};
+    for (size_t i = 0; i < sizeof aligns / sizeof *aligns; i++)
+        for (size_t j = 0; j < sizeof sizes / sizeof *sizes; j++) {
+            errno = 0;
+            void *p = ta_memalign(tt_opaque(aligns[i]), tt_opaque(sizes[j]));
+            int err = errno;
+            cr_assert_null(p, "memalign(%#zx, %#zx) returned %p", aligns[i], sizes[j], p);
+            cr_assert_eq(err, EINVAL, "memalign(%#zx, %#zx) set errno %d, not EINVAL", aligns[i],
+                         sizes[j], err);
+        }
+}
+
+/* Up to SIZE_MAX / 2 + 1 the alignment is rounded up, and 2^63 cannot be met: ENOMEM. */
+Test(align, memalign_rounded_to_2_63_is_enomem)
+{
+    static const size_t aligns[] = {((size_t)1 << 62) + 1, ((size_t)1 << 63) - 1,
+                                    (size_t)1 << 63};
+    static const size_t sizes[] = {0, 1, 4096, SIZE_MAX};
+    for (size_t i = 0; i < sizeof aligns / sizeof *aligns; i++)
+        for (size_t j = 0; j < sizeof sizes / sizeof *sizes; j++) {
+            errno = 0;
+            void *p = ta_memalign(tt_opaque(aligns[i]), tt_opaque(sizes[j]));
+            int err = errno;
+            cr_assert_null(p, "memalign(%#zx, %#zx) returned %p", aligns[i], sizes[j], p);
+            cr_assert_eq(err, ENOMEM, "memalign(%#zx, %#zx) set errno %d, not ENOMEM", aligns[i],
+                         sizes[j], err);
+        }
 }
 
 /* ---- every power of two up to 64 MiB ----------------------------------------------- */

@@ -56,6 +56,23 @@ enum scenario {
     S_FREE_ALIGNED_SIZED_DOUBLE,
     S_REALLOC_STACK,
     S_REALLOC_FREED,
+    S_REALLOC_FREED_SHRINK,
+    S_REALLOC_FREED_ZERO,
+    S_REALLOC_FREED_MEDIUM,
+    S_REALLOC_FREED_REMOTE,
+    S_REALLOC_FREED_REMOTE_MEDIUM,
+    S_USABLE_SIZE_FREED,
+    S_USABLE_SIZE_FREED_MEDIUM,
+    S_USABLE_SIZE_FREED_REMOTE,
+    S_FREE_SIZED_LARGER_SMALL,
+    S_FREE_SIZED_LARGER_MEDIUM,
+    S_FREE_SIZED_SMALLER_MEDIUM,
+    S_FREE_SIZED_LARGER_HUGE,
+    S_FREE_SIZED_SMALLER_HUGE,
+    S_FREE_ALIGNED_SIZED_SMALLER_CLASS,
+    S_FREE_ALIGNED_SIZED_LARGER,
+    S_FREE_ALIGNED_SIZED_MISALIGNED,
+    S_FREE_ALIGNED_SIZED_NOT_POW2,
     S_COUNT
 };
 
@@ -91,6 +108,23 @@ static const char *scenario_name(enum scenario s)
         "free_aligned_sized twice",
         "realloc of a stack address",
         "realloc of a freed block",
+        "realloc of a freed block to a smaller size",
+        "realloc of a freed block to size 0",
+        "realloc of a freed medium block",
+        "realloc of a block another thread freed",
+        "realloc of a medium block another thread freed",
+        "malloc_usable_size of a freed block",
+        "malloc_usable_size of a freed medium block",
+        "malloc_usable_size of a block another thread freed",
+        "free_sized (small) with a size beyond the block",
+        "free_sized (medium) with a size beyond the block",
+        "free_sized (medium) with a far smaller size",
+        "free_sized (huge) with a size beyond the block",
+        "free_sized (huge) with a far smaller size",
+        "free_aligned_sized with a size of a smaller class",
+        "free_aligned_sized with a size beyond the block",
+        "free_aligned_sized with an alignment the block does not have",
+        "free_aligned_sized with an alignment that is not a power of two",
     };
     return names[s];
 }
@@ -140,10 +174,34 @@ static void *prepare(enum scenario s, struct ctx *c)
     case S_DOUBLE_LOCAL_THEN_REMOTE:
     case S_DOUBLE_REMOTE_TWICE:
     case S_FREE_SIZED_DOUBLE:
-    case S_REALLOC_FREED: c->block = ta_malloc(32); return c->block;
+    case S_REALLOC_FREED:
+    case S_REALLOC_FREED_SHRINK:
+    case S_REALLOC_FREED_ZERO:
+    case S_REALLOC_FREED_REMOTE:
+    case S_USABLE_SIZE_FREED:
+    case S_USABLE_SIZE_FREED_REMOTE: c->block = ta_malloc(32); return c->block;
+    case S_REALLOC_FREED_MEDIUM:
+    case S_REALLOC_FREED_REMOTE_MEDIUM:
+    case S_USABLE_SIZE_FREED_MEDIUM: c->block = ta_malloc(50000); return c->block;
     case S_DOUBLE_MEDIUM:
     case S_DOUBLE_MEDIUM_REMOTE_THEN_LOCAL: c->block = ta_malloc(50000); return c->block;
     case S_DOUBLE_HUGE: c->block = ta_malloc(3 * TT_MIB); return c->block;
+    case S_FREE_SIZED_LARGER_SMALL: c->block = ta_malloc(100); return c->block;
+    case S_FREE_SIZED_LARGER_MEDIUM:
+    case S_FREE_SIZED_SMALLER_MEDIUM: c->block = ta_malloc(50000); return c->block;
+    case S_FREE_SIZED_LARGER_HUGE:
+    case S_FREE_SIZED_SMALLER_HUGE: c->block = ta_malloc(3 * TT_MIB); return c->block;
+    case S_FREE_ALIGNED_SIZED_SMALLER_CLASS:
+    case S_FREE_ALIGNED_SIZED_LARGER:
+    case S_FREE_ALIGNED_SIZED_NOT_POW2: c->block = ta_aligned_alloc(256, 300); return c->block;
+    case S_FREE_ALIGNED_SIZED_MISALIGNED:
+        /* A block aligned to 64 but not to 128 (blocks of 64 bytes, one run: every other). */
+        for (int i = 0; i < 4; i++) {
+            c->block = ta_aligned_alloc(64, 64);
+            if ((uintptr_t)c->block % 128 != 0)
+                break;
+        }
+        return c->block;
     case S_DOUBLE_ALIGNED:
     case S_FREE_ALIGNED_SIZED_DOUBLE: c->block = ta_aligned_alloc(256, 300); return c->block;
     default: return NULL;
@@ -219,6 +277,44 @@ static void perform(enum scenario s, struct ctx *c, void *bad)
         ta_free(c->block);
         (void)!ta_realloc(bad, 100);
         break;
+    case S_REALLOC_FREED_SHRINK:
+        ta_free(c->block);
+        (void)!ta_realloc(bad, 20);
+        break;
+    case S_REALLOC_FREED_ZERO:
+        ta_free(c->block);
+        (void)!ta_realloc(bad, 0);
+        break;
+    case S_REALLOC_FREED_MEDIUM:
+        ta_free(c->block);
+        (void)!ta_realloc(bad, 60000);
+        break;
+    case S_REALLOC_FREED_REMOTE:
+        free_in_thread(c->block);
+        (void)!ta_realloc(bad, 100);
+        break;
+    case S_REALLOC_FREED_REMOTE_MEDIUM:
+        free_in_thread(c->block);
+        (void)!ta_realloc(bad, 60000);
+        break;
+    case S_USABLE_SIZE_FREED:
+    case S_USABLE_SIZE_FREED_MEDIUM:
+        ta_free(c->block);
+        (void)!ta_malloc_usable_size(bad);
+        break;
+    case S_USABLE_SIZE_FREED_REMOTE:
+        free_in_thread(c->block);
+        (void)!ta_malloc_usable_size(bad);
+        break;
+    case S_FREE_SIZED_LARGER_SMALL: ta_free_sized(bad, 200); break;
+    case S_FREE_SIZED_LARGER_MEDIUM: ta_free_sized(bad, 60000); break;
+    case S_FREE_SIZED_SMALLER_MEDIUM: ta_free_sized(bad, 100); break;
+    case S_FREE_SIZED_LARGER_HUGE: ta_free_sized(bad, 4 * TT_MIB); break;
+    case S_FREE_SIZED_SMALLER_HUGE: ta_free_sized(bad, 2 * TT_MIB); break;
+    case S_FREE_ALIGNED_SIZED_SMALLER_CLASS: ta_free_aligned_sized(bad, 256, 100); break;
+    case S_FREE_ALIGNED_SIZED_LARGER: ta_free_aligned_sized(bad, 256, 600); break;
+    case S_FREE_ALIGNED_SIZED_MISALIGNED: ta_free_aligned_sized(bad, 128, 64); break;
+    case S_FREE_ALIGNED_SIZED_NOT_POW2: ta_free_aligned_sized(bad, 48, 300); break;
     default: ta_free(bad); break;
     }
 }
@@ -344,6 +440,83 @@ Test(invalid_free, double_free_told_apart_from_bad_pointer, .timeout = 60)
     description(&b, db, sizeof db);
     cr_assert(strcmp(da, db) != 0,
               "a double free and a stack pointer are described the same way: \"%s\"", da);
+}
+
+/* realloc and malloc_usable_size of a block already freed abort naming the function that
+ * was called, not free. */
+struct named {
+    enum scenario s;
+    char function[32];
+};
+
+ParameterizedTestParameters(invalid_free, message_names_the_function_called)
+{
+    static struct named params[] = {
+        {S_REALLOC_STACK, "realloc()"},
+        {S_REALLOC_FREED, "realloc()"},
+        {S_REALLOC_FREED_SHRINK, "realloc()"},
+        {S_REALLOC_FREED_ZERO, "realloc()"},
+        {S_REALLOC_FREED_MEDIUM, "realloc()"},
+        {S_REALLOC_FREED_REMOTE, "realloc()"},
+        {S_REALLOC_FREED_REMOTE_MEDIUM, "realloc()"},
+        {S_USABLE_SIZE_FREED, "malloc_usable_size()"},
+        {S_USABLE_SIZE_FREED_MEDIUM, "malloc_usable_size()"},
+        {S_USABLE_SIZE_FREED_REMOTE, "malloc_usable_size()"},
+        {S_DOUBLE_SMALL, "free()"},
+        {S_FREE_SIZED_STACK, "free_sized()"},
+        {S_FREE_SIZED_LARGER_SMALL, "free_sized()"},
+        {S_FREE_SIZED_SMALLER_HUGE, "free_sized()"},
+        {S_FREE_ALIGNED_SIZED_SMALLER_CLASS, "free_aligned_sized()"},
+        {S_FREE_ALIGNED_SIZED_MISALIGNED, "free_aligned_sized()"},
+    };
+    return cr_make_param_array(struct named, params, sizeof params / sizeof *params);
+}
+
+ParameterizedTest(struct named *n, invalid_free, message_names_the_function_called, .timeout = 40)
+{
+    struct report r;
+    run_in_child(n->s, &r);
+    char how[128];
+    cr_assert(r.status != -1 && WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGABRT,
+              "%s (%s): the process %s instead of aborting; stderr: \"%s\"", scenario_name(n->s),
+              r.ptr, tt_describe_status(r.status, how, sizeof how), r.text);
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "tamalloc: %s: ", n->function);
+    cr_assert(strncmp(r.text, prefix, strlen(prefix)) == 0,
+              "%s: the message \"%.*s\" does not begin with \"%s\"", scenario_name(n->s),
+              r.len > 0 ? (int)(r.len - 1) : 0, r.text, prefix);
+}
+
+/* A wrong size or alignment is told apart from a bad pointer: "invalid size for pointer",
+ * "invalid alignment for pointer". */
+struct worded {
+    enum scenario s;
+    char words[64];
+};
+
+ParameterizedTestParameters(invalid_free, sized_free_says_what_is_wrong)
+{
+    static struct worded params[] = {
+        {S_FREE_SIZED_LARGER_SMALL, "free_sized(): invalid size for pointer "},
+        {S_FREE_SIZED_LARGER_MEDIUM, "free_sized(): invalid size for pointer "},
+        {S_FREE_SIZED_SMALLER_MEDIUM, "free_sized(): invalid size for pointer "},
+        {S_FREE_SIZED_LARGER_HUGE, "free_sized(): invalid size for pointer "},
+        {S_FREE_SIZED_SMALLER_HUGE, "free_sized(): invalid size for pointer "},
+        {S_FREE_ALIGNED_SIZED_SMALLER_CLASS, "free_aligned_sized(): invalid size for pointer "},
+        {S_FREE_ALIGNED_SIZED_LARGER, "free_aligned_sized(): invalid size for pointer "},
+        {S_FREE_ALIGNED_SIZED_MISALIGNED, "free_aligned_sized(): invalid alignment for pointer "},
+        {S_FREE_ALIGNED_SIZED_NOT_POW2, "free_aligned_sized(): invalid alignment for pointer "},
+    };
+    return cr_make_param_array(struct worded, params, sizeof params / sizeof *params);
+}
+
+ParameterizedTest(struct worded *w, invalid_free, sized_free_says_what_is_wrong, .timeout = 40)
+{
+    struct report r;
+    run_in_child(w->s, &r);
+    char expected[160];
+    snprintf(expected, sizeof expected, "tamalloc: %s%s\n", w->words, r.ptr);
+    cr_assert_str_eq(r.text, expected, "%s", scenario_name(w->s));
 }
 
 /* Valid frees never print anything. */

@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -401,6 +402,68 @@ ParameterizedTest(enum tt_range *r, sizes, free_aligned_sized_each_range, .timeo
         errno = 4321;
         ta_free_aligned_sized(p, a, sizes[i]);
         cr_assert_eq(errno, 4321, "free_aligned_sized changed errno");
+    }
+}
+
+/* Every size C23 allows passes the size check: what was asked of malloc, calloc, realloc
+ * (growing, shrinking, in place by the owner or by another thread) and aligned_alloc, 0
+ * included. */
+struct resize {
+    void *p;
+    size_t size;
+};
+
+static void *resize_in_thread(void *arg)
+{
+    struct resize *r = arg;
+    r->p = ta_realloc(r->p, r->size);
+    return NULL;
+}
+
+Test(sizes, free_sized_accepts_every_requested_size, .timeout = 60)
+{
+    static const size_t firsts[] = {1, 16, 17, 100, 1000, 8192, 8193, 50000, 600000,
+                                    TT_MIB + 1, 3 * TT_MIB};
+    for (size_t i = 0; i < sizeof firsts / sizeof *firsts; i++) {
+        size_t n = firsts[i];
+        size_t seconds[] = {n / 2 + 1, n - n / 8, n, n + 1, 2 * n};
+        for (size_t j = 0; j < sizeof seconds / sizeof *seconds; j++) {
+            void *p = ta_malloc(n);
+            cr_assert_not_null(p);
+            memset(p, 1, n);
+            void *q = ta_realloc(p, seconds[j]);
+            cr_assert_not_null(q);
+            ta_free_sized(q, seconds[j]);
+
+            /* Another thread's realloc keeps the block in place when it can. */
+            struct resize r = {ta_malloc(n), seconds[j]};
+            cr_assert_not_null(r.p);
+            pthread_t t;
+            cr_assert_eq(pthread_create(&t, NULL, resize_in_thread, &r), 0);
+            cr_assert_eq(pthread_join(t, NULL), 0);
+            cr_assert_not_null(r.p);
+            ta_free_sized(r.p, seconds[j]);
+        }
+    }
+    ta_free_sized(ta_malloc(0), 0);
+    ta_free_sized(ta_calloc(0, 8), 0);
+    ta_free_sized(ta_calloc(3, 33), 99);
+}
+
+Test(sizes, free_aligned_sized_accepts_every_requested_size, .timeout = 120)
+{
+    unsigned top = TT_SANITIZER ? 21 : 23; /* alignments up to 2 or 8 MiB */
+    for (unsigned shift = 0; shift <= top; shift++) {
+        size_t a = (size_t)1 << shift;
+        size_t sizes[] = {0, 1, a / 2 + 1, a - 1, a, a + 1, 3 * a + 5, 5000, 70000, 1500000};
+        for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+            void *p = ta_aligned_alloc(a, sizes[i]);
+            cr_assert_not_null(p, "aligned_alloc(%zu, %zu)", a, sizes[i]);
+            ta_free_aligned_sized(p, a, sizes[i]);
+            p = ta_memalign(a, sizes[i]);
+            cr_assert_not_null(p, "memalign(%zu, %zu)", a, sizes[i]);
+            ta_free_aligned_sized(p, a, sizes[i]);
+        }
     }
 }
 

@@ -272,10 +272,17 @@ struct worker_config {
     atomic_int *stop; /* if set, the workers run until it is non-zero, not until the deadline */
 };
 
+/* Tests that need a number of operations whatever the load ask for it here: the workers then
+ * go on past the deadline until they made ops_wanted operations together. Each test runs in a
+ * process of its own: these start at 0. */
+static _Atomic long ops_made, ops_wanted;
+
 static bool keep_working(const struct worker_config *cfg)
 {
     if (atomic_load(&failures) != 0)
         return false;
+    if (atomic_load(&ops_made) < atomic_load(&ops_wanted))
+        return true;
     return cfg->stop ? atomic_load(cfg->stop) == 0 : tt_now() < cfg->deadline;
 }
 
@@ -360,6 +367,7 @@ static void *worker_main(void *arg)
     tt_rng_seed(&g, tt_mix((uint64_t)w->id + 1, w->wave));
     struct block inbox[32];
     while (keep_working(w->cfg)) {
+        atomic_fetch_add(&ops_made, 64);
         for (int i = 0; i < 64; i++) {
             worker_step(w, &g);
             w->ops++;
@@ -386,6 +394,7 @@ static struct worker workers[MAX_THREADS];
 static void run_workers(struct worker_config *cfg, uint64_t wave, struct block **leave,
                         int *nleave, int leave_cap)
 {
+    atomic_store(&ops_made, 0);
     for (int i = 0; i < cfg->nthreads; i++) {
         struct worker *w = &workers[i];
         memset(w, 0, sizeof *w);
@@ -421,6 +430,7 @@ static long total_ops(int n)
 
 Test(stress, all_entry_points_cross_thread, .timeout = 120)
 {
+    atomic_store(&ops_wanted, 1001); /* however loaded the machine is */
     mailboxes_init();
     struct worker_config cfg = {4, tt_now() + stress_seconds(), -1,
                                 TT_SANITIZER ? 16 * TT_MIB : 64 * TT_MIB, false, NULL};

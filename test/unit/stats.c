@@ -2,6 +2,7 @@
  * process, so the heap holds exactly what the test made. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -257,6 +258,70 @@ Test(stats, text_report_and_heap_map_name_what_is_there) {
   cr_assert(strstr(map, run_line), "%s not in\n%s", run_line, map);
   free(text);
   free(map);
+  ta_free(p);
+  ta_free(m);
+  ta_free(h);
+}
+
+/* A report is written whole by a thread with a cancellation pending (glibc's malloc_stats
+ * disables cancellation while it prints); the cancellation acts afterwards. */
+struct cancel_report {
+  int fd;
+  _Atomic int go, returned;
+};
+
+static void *report_then_test_cancel(void *arg) {
+  struct cancel_report *c = arg;
+  while (!atomic_load(&c->go)) /* no cancellation point before the report */
+    ;
+  ta_stats_print(c->fd, 0);
+  atomic_store(&c->returned, 1);
+  pthread_testcancel();
+  return NULL;
+}
+
+Test(stats, report_written_with_a_cancel_pending) {
+  void *p = ta_malloc(100);
+  int fds[2];
+  cr_assert_eq(pipe(fds), 0);
+  struct cancel_report c = {.fd = fds[1]};
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, report_then_test_cancel, &c), 0);
+  cr_assert_eq(pthread_cancel(t), 0);
+  atomic_store(&c.go, 1);
+  void *result;
+  cr_assert_eq(pthread_join(t, &result), 0);
+  close(fds[1]);
+  static char text[65536];
+  size_t len = 0;
+  ssize_t n;
+  while (len < sizeof text - 1 && (n = read(fds[0], text + len, sizeof text - 1 - len)) > 0)
+    len += (size_t)n;
+  text[len] = 0;
+  close(fds[0]);
+  cr_assert(atomic_load(&c.returned), "the thread was cancelled inside ta_stats_print");
+  cr_assert_eq(result, PTHREAD_CANCELED, "the pending cancellation was lost");
+  cr_assert(strstr(text, "tamalloc statistics") && strstr(text, "arena 0 (live)"),
+            "the report is missing or cut short: \"%s\"", text);
+  ta_free(p);
+}
+
+/* glibc's mallinfo and mallinfo2, as the replacement library exports them. */
+struct mallinfo ta_mallinfo(void);
+struct mallinfo2 ta_mallinfo2(void);
+
+Test(stats, mallinfo_is_mallinfo2_in_ints) {
+  void *p = ta_malloc(100), *m = ta_malloc(50000), *h = ta_malloc(5 * MiB);
+  struct mallinfo2 m2 = ta_mallinfo2();
+  struct mallinfo m1 = ta_mallinfo();
+  cr_assert(m2.uordblks >= 100 + 50000 + 5 * MiB && m2.hblks == 1 && m2.hblkhd >= 5 * MiB);
+  cr_assert_eq(m1.arena, (int)m2.arena);
+  cr_assert_eq(m1.ordblks, (int)m2.ordblks);
+  cr_assert_eq(m1.hblks, (int)m2.hblks);
+  cr_assert_eq(m1.hblkhd, (int)m2.hblkhd);
+  cr_assert_eq(m1.uordblks, (int)m2.uordblks);
+  cr_assert_eq(m1.fordblks, (int)m2.fordblks);
+  cr_assert_eq(m1.keepcost, (int)m2.keepcost);
   ta_free(p);
   ta_free(m);
   ta_free(h);
