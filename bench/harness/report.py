@@ -213,6 +213,45 @@ def targets(results, subject="tamalloc"):
     return out
 
 
+# ---- the thread pool's memory over its life ------------------------------------------------------
+
+POOL = "pool"
+
+
+def pool_table(results, failed=lambda word: word):
+    """Rows for the pool workload, four per thread count, one column per allocator:
+    peak RSS and idle RSS over peak live bytes, RSS kept after the threads exit (less
+    the RSS at start), and the busy phase's wall time. None when pool did not run."""
+    names = allocator_names(results)
+    threads = sorted({t for w, t in configs(results) if w == POOL})
+    if not threads:
+        return None
+    rows = []
+    for t in threads:
+        cs = [cell(results, POOL, t, n) for n in names]
+        lives = [c["figures"]["live_peak"] for c in cs
+                 if c and c["status"] == "ok" and "live_peak" in c.get("figures", {})]
+        live = " (%s live)" % fmt_mib(sorted(lives)[len(lives) // 2]) if lives else ""
+        measures = [
+            ("peak RSS / live peak" + live, "pool_peak_over_live", fmt_ratio),
+            ("idle RSS / live peak", "pool_idle_over_live", fmt_ratio),
+            ("exit RSS - start RSS", "pool_exit_growth_mib", lambda v: fmt_mib(v * 1024)),
+            ("busy phase", None, fmt_time),
+        ]
+        for what, key, fmt in measures:
+            row = ["%d: %s" % (t, what)]
+            for c in cs:
+                if c is None:
+                    row.append("-")
+                elif c["status"] != "ok":
+                    row.append(failed(FAIL_WORDS.get(c["status"], c["status"])))
+                else:
+                    v = c.get(key) if key else c.get("figures", {}).get("busy_s")
+                    row.append("-" if v is None else fmt(v))
+            rows.append(row)
+    return ["threads: measure"] + names, rows
+
+
 # ---- plain-text table for the terminal ---------------------------------------------------------
 
 def _text_table(header, rows):
@@ -259,6 +298,12 @@ def terminal(results):
                                   for n in names])
         out.append("Median peak RSS, then its ratio to jemalloc / to mimalloc (lower is better)")
         out.append(_text_table(["workload", "thr"] + names, rows))
+        out.append("")
+    pool = pool_table(results)
+    if pool:
+        out.append("Thread pool: RSS over peak live bytes at the peak and when idle, RSS kept "
+                   "after the threads exit, busy time (medians; lower is better)")
+        out.append(_text_table(*pool))
         out.append("")
     if results["instructions"]:
         rows = []
@@ -328,9 +373,13 @@ def markdown(results, link_prefix="", title="Benchmark results"):
     names = allocator_names(results)
     cfgs = configs(results)
     L = ["# " + title, ""]
-    L.append("%s run started %s, %d round(s) per workload, threads %s; it took %.1f minutes%s." % (
+    more = ["%s also %s" % (w["name"], ", ".join(map(str, extra)))
+            for w in results["workloads"]
+            for extra in [sorted(set(w.get("threads", [])) - set(results["threads"]))] if extra]
+    L.append("%s run started %s, %d round(s) per workload, threads %s%s; it took %.1f minutes%s." % (
         results["mode"].capitalize(), results["started"], results["rounds"],
-        ", ".join(map(str, results["threads"])), results.get("duration_s", 0) / 60,
+        ", ".join(map(str, results["threads"])), "".join(" (%s)" % m for m in more),
+        results.get("duration_s", 0) / 60,
         "" if results.get("complete") else " (interrupted: incomplete)"))
     loads = sorted(r["loadavg_before"] for r in results["runs"] if r.get("loadavg_before") is not None)
     if loads:
@@ -400,6 +449,23 @@ def markdown(results, link_prefix="", title="Benchmark results"):
                 ("%.2f" % c["rss_over_live"]) if c and c.get("rss_over_live") else
                 ("**%s**" % c["status"] if c and c["status"] != "ok" else "-") for _, c in frag]]))
             L.append("")
+    pool = pool_table(results, failed=lambda word: "**%s**" % word)
+    if pool:
+        L.append("## Thread pool over its life")
+        L.append("")
+        L.append("The pool workload counts the bytes it has requested and not yet freed and "
+                 "reads its own resident set at each stage. *Peak RSS / live peak*: VmHWM over "
+                 "the peak of live bytes (the peak's size is in parentheses). *Idle RSS / live "
+                 "peak*: VmRSS after 1.5 s with every thread alive and blocked, still holding "
+                 "its cache of responses, over the same peak. *Exit RSS - start RSS*: what the "
+                 "process still holds 1.5 s after the last thread was joined, less what it "
+                 "held at start (the program's own bookkeeping and thread stacks are unmapped "
+                 "by then). *Busy phase*: wall time of the requests alone; the Time table's "
+                 "figure for pool also includes the two 1.5 s pauses. Each figure is the "
+                 "median over the rounds; lower is better.")
+        L.append("")
+        L.append(_md_table(*pool))
+        L.append("")
     if results["instructions"]:
         L.append("## Instructions per malloc+free pair")
         L.append("")

@@ -47,7 +47,7 @@ def rel(path):
 
 class Workload:
     def __init__(self, name, kind, what, *, threaded=False, quick=1.0, full=1.0,
-                 timeout=(60, 150), cpu_check=False):
+                 timeout=(60, 150), cpu_check=False, more_threads=None):
         self.name = name
         self.kind = kind            # prog, redis, sqlite, python, build, instr
         self.what = what            # one line: what it stresses
@@ -55,10 +55,24 @@ class Workload:
         self.scale = {"quick": quick, "full": full}
         self.timeout = {"quick": timeout[0], "full": timeout[1]}
         self.cpu_check = cpu_check  # a 2-thread run should keep both cores busy
+        # Thread counts run on top of the suite's own (THREADS), per mode.
+        self.more_threads = more_threads or {"quick": [], "full": []}
 
-    def describe(self):
-        return {"name": self.name, "kind": self.kind, "stresses": self.what,
-                "threaded": self.threaded, "scale": self.scale}
+    def thread_counts(self, mode, chosen=None):
+        """The thread counts of this workload: the --threads list when one was given,
+        otherwise the suite's list for the mode and this workload's additions."""
+        if not self.threaded:
+            return [1]
+        if chosen:
+            return list(chosen)
+        return sorted(set(THREADS[mode]) | set(self.more_threads[mode]))
+
+    def describe(self, mode=None, chosen=None):
+        d = {"name": self.name, "kind": self.kind, "stresses": self.what,
+             "threaded": self.threaded, "scale": self.scale}
+        if mode:
+            d["threads"] = self.thread_counts(mode, chosen)
+        return d
 
 
 # Scales: 1.0 is each program's own full size; quick runs use less. The figures are
@@ -106,6 +120,12 @@ WORKLOADS = [
              "fill to 128 MiB live, free a random half, refill with other sizes, repeat: "
              "peak RSS against peak live bytes (Johnstone and Wilson)",
              quick=0.5, full=1.0),
+    Workload("pool", "prog",
+             "a pool of threads serving requests (16 B to 256 KiB, a quarter freed by another "
+             "thread, a FIFO cache of responses per thread), then idle, then gone: peak, idle "
+             "and after-exit RSS against peak live bytes",
+             threaded=True, quick=0.5, full=1.0,   # no cpu_check: it pauses by design
+             more_threads={"quick": [64, 256], "full": [256, 1024]}),
     Workload("redis", "redis",
              "redis-server driven by redis-benchmark: pipelined strings, lists, sets, hashes "
              "and sorted sets (time is the benchmark's, CPU the server's)",
@@ -915,6 +935,7 @@ def summarize(wl, threads, allocs, runs):
                 if "peak_live_kib" in figs and cell.get("median_rss_kib"):
                     base = figs.get("bookkeeping_kib", 0) + figs.get("baseline_kib", 0)
                     cell["rss_over_live"] = round((cell["median_rss_kib"] - base) / figs["peak_live_kib"], 3)
+                cell.update(pool_summary(mine))
         cells.append(cell)
     for ref in ("jemalloc", "mimalloc"):
         base = next((c for c in cells if c["allocator"] == ref and c["status"] == "ok"), None)
@@ -926,6 +947,25 @@ def summarize(wl, threads, allocs, runs):
             if c.get("median_rss_kib") and base.get("median_rss_kib"):
                 c["rss_vs_" + ref] = round(c["median_rss_kib"] / base["median_rss_kib"], 4)
     return cells
+
+
+POOL_FIGURES = ("live_peak", "rss_start", "rss_peak", "rss_idle", "rss_exit")
+
+
+def pool_summary(runs):
+    """The pool workload's memory figures, each a median over the rounds of one ratio per
+    run: peak RSS / peak live bytes, idle RSS / peak live bytes, and what the process
+    still holds after its threads are gone (exit RSS - start RSS, MiB)."""
+    per = [r["figures"] for r in runs
+           if all(k in r["figures"] for k in POOL_FIGURES) and r["figures"]["live_peak"] > 0]
+    if not per:
+        return {}
+    med = lambda vals: round(statistics.median(vals), 3)
+    return {
+        "pool_peak_over_live": med([f["rss_peak"] / f["live_peak"] for f in per]),
+        "pool_idle_over_live": med([f["rss_idle"] / f["live_peak"] for f in per]),
+        "pool_exit_growth_mib": med([(f["rss_exit"] - f["rss_start"]) / 1024 for f in per]),
+    }
 
 
 def cross_check(runs):
@@ -975,7 +1015,8 @@ def main():
 
     mode = "quick" if args.quick else "full"
     rounds = args.rounds or ROUNDS[mode]
-    thread_list = [int(t) for t in args.threads.split(",") if t.strip()] or THREADS[mode]
+    chosen = [int(t) for t in args.threads.split(",") if t.strip()]
+    thread_list = chosen or THREADS[mode]
     selected = WORKLOADS
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -994,7 +1035,10 @@ def main():
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     env = base_env()
     allocs = discover(args)
-    print("bench: %s run, %d round(s), threads %s" % (mode, rounds, ",".join(map(str, thread_list))))
+    more = ["%s also at %s" % (w.name, ",".join(map(str, sorted(set(w.thread_counts(mode)) - set(thread_list)))))
+            for w in selected if not chosen and set(w.thread_counts(mode)) - set(thread_list)]
+    print("bench: %s run, %d round(s), threads %s%s" % (mode, rounds, ",".join(map(str, thread_list)),
+                                                       "".join(" (%s)" % m for m in more)))
     for a in allocs:
         if a.status == "ok":
             probe(a, env, logroot)
@@ -1020,14 +1064,14 @@ def main():
         "rerun_budget": "at most as many reruns per configuration as there are allocators",
         "machine": machine(),
         "allocators": [a.describe() for a in allocs],
-        "workloads": [w.describe() for w in selected],
+        "workloads": [w.describe(mode, chosen) for w in selected],
         "runs": [], "summary": [], "instructions": [], "complete": False,
     }
     configs = []
     for w in selected:
         if w.kind == "instr":
             continue
-        for t in (thread_list if w.threaded else [1]):
+        for t in w.thread_counts(mode, chosen):
             configs.append((w, t))
 
     interrupted = False
