@@ -95,30 +95,46 @@ static int slot_pick(size_t need, ta_huge_t **out) {
   return best;
 }
 
+/* Counts `size` more bytes in the tallies if that keeps them within the limit, unmapping the
+ * largest cached spans while it would not. False when no room can be made (what is counted
+ * then belongs to puts in flight). The bytes are counted before the span is published, so a
+ * thread that takes it subtracts what was added already: the tally never wraps, and it
+ * never passes the limit, even for a moment. */
+static bool cache_reserve(size_t size) {
+  size_t cur = atomic_load_explicit(&cache_bytes, memory_order_relaxed);
+  for (;;) {
+    if (cur <= ta_huge_cache_limit - size) {
+      if (atomic_compare_exchange_weak_explicit(&cache_bytes, &cur, cur + size,
+                                                memory_order_relaxed, memory_order_relaxed))
+        return true;
+      continue;
+    }
+    ta_huge_t *v = NULL;
+    int i = slot_pick(0, &v);
+    if (i < 0) return false;
+    if (slot_take((unsigned)i, v)) huge_unmap(v);
+    cur = atomic_load_explicit(&cache_bytes, memory_order_relaxed);
+  }
+}
+
 static bool cache_put(ta_huge_t *h) {
   /* Read what we need of h now: once it is in a slot, another thread may own it. */
   size_t size = h->map_size;
   uint64_t freed = h->freed_ms;
-  if (size > ta_huge_cache_limit) return false;
-  /* Over the limit: the largest cached spans go first. */
-  while (atomic_load_explicit(&cache_bytes, memory_order_relaxed) + size > ta_huge_cache_limit) {
-    ta_huge_t *v = NULL;
-    int i = slot_pick(0, &v);
-    if (i < 0) break;
-    if (slot_take((unsigned)i, v)) huge_unmap(v);
-  }
+  if (size > ta_huge_cache_limit || !cache_reserve(size)) return false;
+  atomic_fetch_add_explicit(&cache_count, 1, memory_order_relaxed);
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL) continue;
     atomic_store_explicit(&cache_size_hint[i], size, memory_order_relaxed);
     atomic_store_explicit(&cache_time_hint[i], freed, memory_order_relaxed);
     ta_huge_t *expected = NULL;
     if (atomic_compare_exchange_strong_explicit(&cache_slot[i], &expected, h,
-                                                memory_order_release, memory_order_relaxed)) {
-      atomic_fetch_add_explicit(&cache_bytes, size, memory_order_relaxed);
-      atomic_fetch_add_explicit(&cache_count, 1, memory_order_relaxed);
+                                                memory_order_release, memory_order_relaxed))
       return true;
-    }
   }
+  /* Every slot is taken: give back what was counted. */
+  atomic_fetch_sub_explicit(&cache_count, 1, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&cache_bytes, size, memory_order_relaxed);
   return false;
 }
 
@@ -181,15 +197,23 @@ size_t ta_huge_purge(uint64_t now, bool all) {
 
 size_t ta_huge_cached_bytes(void) { return atomic_load(&cache_bytes); }
 
-/* Fork child: a thread that was between a slot and the tallies is gone; count again. */
-void ta_huge_recount_after_fork(void) {
-  size_t bytes = 0, count = 0;
+/* The bytes of the spans in the slots, counted one by one (for tests: the tallies must
+ * agree with it whenever no thread is between a slot and the tallies). */
+size_t ta_huge_cache_sum(size_t *count) {
+  size_t bytes = 0, n = 0;
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     ta_huge_t *h = atomic_load(&cache_slot[i]);
     if (h == NULL) continue;
     bytes += h->map_size;
-    count++;
+    n++;
   }
+  if (count) *count = n;
+  return bytes;
+}
+
+/* Fork child: a thread that was between a slot and the tallies is gone; count again. */
+void ta_huge_recount_after_fork(void) {
+  size_t count = 0, bytes = ta_huge_cache_sum(&count);
   atomic_store(&cache_bytes, bytes);
   atomic_store(&cache_count, count);
 }

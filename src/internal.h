@@ -372,6 +372,7 @@ TA_HIDDEN void ta_huge_recount_after_fork(void);
 TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
 size_t ta_huge_cached_bytes(void); /* for tests and statistics */
 size_t ta_huge_cached_count(void);
+size_t ta_huge_cache_sum(size_t *count); /* the slots counted one by one (tests) */
 
 
 /* ------------------------------------------------------------------ arena.c */

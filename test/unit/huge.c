@@ -1,12 +1,14 @@
 /* Unit tests: huge blocks — own mappings, the cache of freed spans, mremap growth. */
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "internal.h"
 #include "tamalloc.h"
+#include "tatest.h"
 
 #define MiB ((size_t)1 << 20)
 
@@ -153,4 +155,58 @@ Test(huge, growth_after_huge_pages_is_not_a_copy) {
   cr_assert_not_null(q);
   for (size_t i = 0; i < n; i += 4096) cr_assert_eq(q[i], (unsigned char)(i >> 12));
   ta_free(q);
+}
+
+/* ---- the cache's tallies under concurrent puts and takes ---------------------------- */
+
+static _Atomic int tally_stop;
+
+static void *cycle_spans(void *arg) {
+  unsigned seed = (unsigned)(uintptr_t)arg;
+  int rounds = TT_SANITIZER ? 3000 : 30000;
+  void *held = NULL;
+  for (int i = 0; i < rounds; i++) {
+    seed = seed * 1103515245u + 12345u;
+    /* Spans of one to three granules, so that puts over the limit evict. */
+    size_t size = (size_t)((seed >> 16) % 3) * TA_CHUNK_SIZE + 2 * MiB;
+    void *p = ta_malloc(size);
+    if (p == NULL) abort(); /* not an assertion: this is not the test's thread */
+    if ((seed >> 24) & 1) {
+      ta_free(held); /* keep one block across rounds now and then: takes meet puts */
+      held = p;
+    } else {
+      ta_free(p);
+    }
+  }
+  ta_free(held);
+  return NULL;
+}
+
+static void *sample_tally(void *arg) {
+  size_t *worst = arg;
+  while (!atomic_load_explicit(&tally_stop, memory_order_relaxed)) {
+    size_t b = ta_huge_cached_bytes();
+    if (b > *worst) *worst = b;
+  }
+  return NULL;
+}
+
+Test(huge, tallies_never_wrap_or_pass_the_limit_under_concurrent_puts_and_takes) {
+  ta_huge_cache_limit = 6 * TA_CHUNK_SIZE; /* room for a few spans only: puts evict */
+  enum { T = 6 };
+  pthread_t w[T], s;
+  size_t worst = 0;
+  pthread_create(&s, NULL, sample_tally, &worst);
+  for (int i = 0; i < T; i++) pthread_create(&w[i], NULL, cycle_spans, (void *)(uintptr_t)(i + 1));
+  for (int i = 0; i < T; i++) pthread_join(w[i], NULL);
+  atomic_store(&tally_stop, 1);
+  pthread_join(s, NULL);
+  cr_assert_leq(worst, ta_huge_cache_limit,
+                "the cached-bytes tally reached %zu (limit %zu): it wrapped below zero or "
+                "passed the limit",
+                worst, ta_huge_cache_limit);
+  size_t n = 0, sum = ta_huge_cache_sum(&n);
+  cr_assert_eq(ta_huge_cached_bytes(), sum, "tally %zu, spans in the slots %zu",
+               ta_huge_cached_bytes(), sum);
+  cr_assert_eq(ta_huge_cached_count(), n);
 }
