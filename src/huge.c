@@ -219,6 +219,27 @@ void ta_huge_recount_after_fork(void) {
 }
 size_t ta_huge_cached_count(void) { return atomic_load(&cache_count); }
 
+/* The kernel refused a mapping of `need` bytes: could unmapping the cached spans make room?
+ * Only if what is short is at most what the cache holds. A request the kernel refuses
+ * whatever is mapped (a size beyond its overcommit heuristic, a limit far below it; a
+ * program probing with malloc(2^46)) must not cost the cache: if the request less the
+ * cached bytes is refused as well, unmapping them cannot help, unless the kernel refuses
+ * every mapping (the count of mappings at its limit), which unmapping does cure. */
+static bool purge_may_help(size_t need) {
+  size_t cached = ta_huge_cached_bytes();
+  if (cached == 0) return false;
+  if (need <= cached) return true;
+  void *p = ta_os_mmap(need - cached);
+  if (p != NULL) {
+    ta_os_trim(p, need - cached);
+    return true;
+  }
+  p = ta_os_mmap(TA_PAGE_SIZE);
+  if (p == NULL) return true;
+  ta_os_trim(p, TA_PAGE_SIZE);
+  return false;
+}
+
 void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   bool beyond = align >= TA_CHUNK_SIZE;
   size_t data_off = beyond ? TA_CHUNK_SIZE : (align > TA_HUGE_HDR ? align : TA_HUGE_HDR);
@@ -248,7 +269,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
       h = (ta_huge_t *)start;
     } else {
       h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
-      if (h == NULL && ta_huge_purge(0, true) > 0) /* address space may be what is short */
+      if (h == NULL && purge_may_help(need) && ta_huge_purge(0, true) > 0)
         h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
       if (h == NULL) return NULL;
     }
