@@ -163,7 +163,7 @@ static ta_huge_t *cache_take(size_t need) {
   ta_huge_t *h = NULL;
   int i = slot_pick(0, &h);
   if (i >= 0 && slot_take((unsigned)i, h)) {
-    if (ta_huge_pages && h->map_size < need) ta_os_hugepage(h, h->map_size); /* one mapping */
+    if (ta_huge_pages && h->map_size < need) ta_os_hugepage(h, h->map_size, true); /* one mapping */
     if (h->map_size < need && ta_os_mremap(h, h->map_size, need, NULL) != NULL) {
       h->map_size = need;
       return h;
@@ -278,7 +278,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
     /* Huge pages only where the request covers them whole: no block holds more than a
      * few KiB beyond what it asked for. */
     uintptr_t end = ((uintptr_t)h + data_off + size) & ~(uintptr_t)(TA_HUGEPAGE_SIZE - 1);
-    if (end > (uintptr_t)h) ta_os_hugepage(h, end - (uintptr_t)h);
+    if (end > (uintptr_t)h) ta_os_hugepage(h, end - (uintptr_t)h, true);
   }
   h->check = (uintptr_t)h ^ ta_secret;
   if (fresh) h->map_size = need; /* a cached span keeps its own size (>= need) */
@@ -346,7 +346,7 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   }
   /* Huge pages were asked for on part of the span, which splits it into two mappings,
    * and mremap works on one: ask for the whole span, which makes it one again. */
-  if (ta_huge_pages) ta_os_hugepage(h, h->map_size);
+  if (ta_huge_pages) ta_os_hugepage(h, h->map_size, true);
   if (ta_os_mremap(h, h->map_size, need, NULL) != NULL) {
     h->map_size = need;
     h->requested = size;

@@ -252,7 +252,9 @@ TA_INLINE unsigned ta_size_class(size_t size) {
 
 /* ------------------------------------------------------------------ os.c */
 /* The only file that talks to the kernel. Each call can be made to fail by a test hook. */
-enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16 };
+enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16,
+       TA_OS_MINCORE = 32 /* counted only: never made to fail */ };
+enum { TA_THP_NEVER = 0, TA_THP_MADVISE = 1, TA_THP_ALWAYS = 2 };
 TA_HIDDEN void *ta_os_brk_get(void);             /* the kernel's break; (void *)-1 on failure */
 TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
 TA_HIDDEN void *ta_os_mmap(size_t size);         /* NULL on failure; zeroed, read-write */
@@ -263,7 +265,9 @@ TA_HIDDEN size_t ta_os_resident(const void *p, size_t size); /* bytes in memory 
 TA_HIDDEN int ta_os_mincore(const void *p, size_t size, unsigned char *vec);
 TA_HIDDEN int ta_os_decommit(void *p, size_t size); /* MADV_DONTNEED */
 TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
-TA_HIDDEN void ta_os_hugepage(void *p, size_t size); /* MADV_HUGEPAGE hint */
+TA_HIDDEN void *ta_os_mremap_move(void *p, size_t old, size_t size); /* in place or moved */
+TA_HIDDEN int ta_os_hugepage(void *p, size_t size, bool on); /* MADV_(NO)HUGEPAGE hint */
+TA_HIDDEN int ta_os_thp_mode(void); /* TA_THP_*: the kernel's setting, read once */
 TA_HIDDEN uint64_t ta_os_now_ms(void);
 TA_HIDDEN uintptr_t ta_os_random(void);
 TA_HIDDEN extern _Atomic size_t ta_os_mapped_bytes;   /* mapped or taken from the break, now */
@@ -280,8 +284,11 @@ TA_INLINE bool ta_unmap_allowed(void) {
 #endif
   return atomic_load_explicit(&ta_stats_readers, memory_order_seq_cst) == 0;
 }
-/* Test hooks: fail the next `count` calls of the operations in `mask` after `skip` successes. */
+/* Test hooks: fail the next `count` calls of the operations in `mask` after `skip` successes;
+ * system calls made so far for the operations in `mask`; the THP mode to believe in. */
 void ta_os_fail(unsigned mask, unsigned skip, unsigned count);
+uint64_t ta_os_calls(unsigned mask);
+void ta_os_thp_mode_force(int mode);
 TA_HIDDEN void ta_brk_lock(void);
 TA_HIDDEN void ta_brk_unlock(void);
 TA_HIDDEN void ta_brk_reset_after_fork(void);
