@@ -178,12 +178,17 @@ typedef struct ta_huge {
   size_t data_off;      /* data = (char *)this + data_off */
   size_t requested;     /* last requested size */
   _Atomic uint32_t state; /* HUGE_LIVE or HUGE_CACHED */
-  uint32_t pad;
+  uint8_t thp;          /* HUGE_ADVISED | HUGE_JUDGED (huge.c: huge pages only where they pay) */
+  uint8_t sparse_seen;  /* times it was found sparse (up to 6) */
+  uint16_t look_in;     /* frees to wait before looking at its residency again */
   struct ta_huge *next; /* the list of unmaps put off for statistics readers */
   uint64_t freed_ms;    /* when it entered the cache */
+  size_t dirty_end;     /* no page at or beyond this offset is resident */
 } ta_huge_t;
 _Static_assert(sizeof(ta_huge_t) <= 64, "huge meta block fits before the data");
 enum { HUGE_LIVE = 1, HUGE_CACHED = 2 };
+enum { HUGE_ADVISED = 1, /* MADV_HUGEPAGE is on the whole mapping */
+       HUGE_JUDGED = 2   /* found dense once: its residency is not looked at again */ };
 #define TA_HUGE_HDR 64
 
 /* ------------------------------------------------------------------ arenas */

@@ -66,6 +66,9 @@ Test(memory, beyond_the_budget_memory_goes_back_at_once, .timeout = 60) {
 }
 Test(memory, break_moves_back_down, .timeout = 60) { expect_clean(TATEST_MEM_BRK); }
 Test(memory, exited_threads_memory_goes_back, .timeout = 120) { expect_clean(TATEST_MEM_THREADS); }
+Test(memory, sparsely_used_big_blocks_hold_only_touched_pages, .timeout = 120) {
+  expect_clean(TATEST_MEM_SPARSE);
+}
 
 Test(memory, stats_json_at_exit_of_a_program_that_knows_nothing, .timeout = 60) {
   static char out[1 << 20];
