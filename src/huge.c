@@ -129,13 +129,10 @@ static void look_at_previous_fresh(void) {
   if (v >= 0) atomic_store_explicit(&last_verdict, (int8_t)(v ? 1 : -1), memory_order_relaxed);
 }
 
-/* Huge pages for the whole span. A fresh mapping needs no advice where the kernel gives
- * them everywhere. True if the span has them. */
-static bool advise(ta_huge_t *h, bool fresh) {
-  if (!(fresh && thp_mode() == TA_THP_ALWAYS) && ta_os_hugepage(h, h->map_size, true) != 0)
-    return false;
-  h->thp |= HUGE_ADVISED;
-  return true;
+/* Huge pages for the whole span of `size` bytes. A fresh mapping needs no advice where the
+ * kernel gives them everywhere. True if the span has them. */
+static bool advise(ta_huge_t *h, size_t size, bool fresh) {
+  return (fresh && thp_mode() == TA_THP_ALWAYS) || ta_os_hugepage(h, size, true) == 0;
 }
 
 /* Where the pages a block may touch end: with huge pages, at the end of the 2 MiB page that
@@ -148,28 +145,36 @@ static size_t touch_end(const ta_huge_t *h, size_t end) {
 
 /* A fresh mapping of `size` bytes for a block that ends at `end`: huge pages up front if
  * blocks of its size are written through, told not to have them if the kernel would give
- * them anyway. */
+ * them anyway. Called before anything is written in the mapping: a page touched before the
+ * advice would keep its 2 MiB on small pages. Sets h->thp. */
 static void advise_fresh(ta_huge_t *h, size_t size, size_t end) {
-  h->thp = 0;
+  uint8_t thp = 0;
+  int mode = thp_mode();
+  if (mode != TA_THP_NEVER) {
+    unsigned cls = class_of(size);
+    int score = atomic_load_explicit(&class_score[cls], memory_order_relaxed);
+    if (score == 0) {
+      if (atomic_load_explicit(&last_verdict, memory_order_relaxed) == 0)
+        look_at_previous_fresh();
+      score = atomic_load_explicit(&last_verdict, memory_order_relaxed);
+    }
+    if (score > 0 && atomic_load_explicit(&class_doubt[cls], memory_order_relaxed) &&
+        atomic_exchange_explicit(&class_doubt[cls], 0, memory_order_relaxed))
+      score = -1; /* this one tells */
+    if (score > 0 && advise(h, size, true)) {
+      thp = HUGE_ADVISED;
+    } else {
+      if (mode == TA_THP_ALWAYS) ta_os_hugepage(h, size, false);
+      if (score == 0) {
+        size_t len = end < TA_HUGE_LOOK_MAX ? end : TA_HUGE_LOOK_MAX;
+        atomic_store_explicit(&unjudged, (uintptr_t)h | (len / TA_PAGE_SIZE),
+                              memory_order_relaxed);
+      }
+    }
+  }
+  h->thp = thp; /* the first write to the mapping */
   h->sparse_seen = 0;
   h->look_in = 0;
-  int mode = thp_mode();
-  if (mode == TA_THP_NEVER) return;
-  unsigned cls = class_of(size);
-  int score = atomic_load_explicit(&class_score[cls], memory_order_relaxed);
-  if (score == 0) {
-    if (atomic_load_explicit(&last_verdict, memory_order_relaxed) == 0) look_at_previous_fresh();
-    score = atomic_load_explicit(&last_verdict, memory_order_relaxed);
-  }
-  if (score > 0 && atomic_load_explicit(&class_doubt[cls], memory_order_relaxed) &&
-      atomic_exchange_explicit(&class_doubt[cls], 0, memory_order_relaxed))
-    score = -1; /* this one tells */
-  if (score > 0 && advise(h, true)) return;
-  if (mode == TA_THP_ALWAYS) ta_os_hugepage(h, size, false);
-  if (score == 0) {
-    size_t len = end < TA_HUGE_LOOK_MAX ? end : TA_HUGE_LOOK_MAX;
-    atomic_store_explicit(&unjudged, (uintptr_t)h | (len / TA_PAGE_SIZE), memory_order_relaxed);
-  }
 }
 
 /* On its way out of the program's hands: was the block's memory written through? Huge
@@ -192,7 +197,7 @@ static void judge(ta_huge_t *h) {
   unsigned cls = class_of(ta_align_up(end, TA_CHUNK_SIZE));
   if (dense) {
     note_verdict(cls, true);
-    if (!advised) advise(h, false);
+    if (!advised && advise(h, h->map_size, false)) h->thp |= HUGE_ADVISED;
     h->thp |= HUGE_JUDGED;
     return;
   }
@@ -491,8 +496,8 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   }
   size_t end = ta_align_up(data_off + size, TA_PAGE_SIZE); /* what the block may touch */
   if (fresh) {
-    h->map_size = need; /* a cached span keeps its own size (>= need) */
     advise_fresh(h, need, end);
+    h->map_size = need; /* a cached span keeps its own size (>= need) */
   }
   if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
   h->check = (uintptr_t)h ^ ta_secret;

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <pthread.h>
 #include <string.h>
 #include <unistd.h>
@@ -457,4 +458,37 @@ Test(huge, block_with_huge_pages_grows_by_remapping) {
   cr_assert_gt(ta_os_calls(TA_OS_MREMAP), remaps, "grown by the kernel, not copied");
   for (size_t i = 0; i < n; i += 4096) cr_assert_eq(q[i], (unsigned char)(i >> 12));
   ta_free(q);
+}
+
+static long minor_faults(void) {
+  struct rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+static long thp_fallbacks(void) {
+  FILE *f = fopen("/proc/vmstat", "r");
+  char key[64];
+  long v, n = 0;
+  while (f && fscanf(f, "%63s %ld", key, &v) == 2)
+    if (strcmp(key, "thp_fault_fallback") == 0) n = v;
+  if (f) fclose(f);
+  return n;
+}
+
+Test(huge, fresh_block_with_huge_pages_faults_in_2_mib_steps_from_its_first_byte) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  size_t n = 14 * MiB;
+  char *a = ta_malloc(n); /* written through: the next fresh blocks get huge pages */
+  write_all(a, n);
+  char *b = ta_malloc(n);
+  cr_assert(has_flag(b, "hg"));
+  long fallbacks = thp_fallbacks(), before = minor_faults();
+  write_all(b, n);
+  long faults = minor_faults() - before;
+  if (thp_fallbacks() == fallbacks) /* the kernel had huge pages to give */
+    cr_assert_leq(faults, 32, "%ld faults for %zu MiB: the advice came after a page was "
+                  "touched, or not at all", faults, n / MiB);
+  ta_free(a);
+  ta_free(b);
 }
