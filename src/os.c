@@ -34,6 +34,20 @@
 
 #include "internal.h"
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+/* ThreadSanitizer does not see mremap take the pages away from the range it moves them
+ * from: what threads did there would look, to it, unordered with what a thread does once
+ * the kernel hands the range out again (mmap, or mremap growing a mapping into it). The
+ * kernel orders the two; these annotations say so. */
+static char range_handover;
+#define HANDOVER_RELEASE() __tsan_release(&range_handover)
+#define HANDOVER_ACQUIRE() __tsan_acquire(&range_handover)
+#else
+#define HANDOVER_RELEASE() ((void)0)
+#define HANDOVER_ACQUIRE() ((void)0)
+#endif
+
 _Atomic size_t ta_os_mapped_bytes;
 _Atomic size_t ta_os_returned_bytes;
 _Atomic int ta_stats_readers;
@@ -126,6 +140,7 @@ void *ta_os_mmap(size_t size) {
     return NULL;
   }
   count_mapped((intptr_t)size);
+  HANDOVER_ACQUIRE();
   return p;
 }
 
@@ -216,12 +231,14 @@ void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed) {
   if (should_fail(TA_OS_MREMAP)) return NULL;
   count_call(TA_OS_MREMAP);
   int saved = errno;
+  HANDOVER_RELEASE(); /* before: the range it may leave is someone else's at once */
   void *r = fixed ? mremap(p, old, size, MREMAP_MAYMOVE | MREMAP_FIXED, fixed)
                   : mremap(p, old, size, 0);
   errno = saved;
   if (r == MAP_FAILED) return NULL;
   /* A move onto `fixed` replaces a mapping of `size` the caller made there. */
   count_mapped((intptr_t)size - (intptr_t)old - (fixed ? (intptr_t)size : 0));
+  HANDOVER_ACQUIRE();
   return r;
 }
 
@@ -231,10 +248,12 @@ void *ta_os_mremap_move(void *p, size_t old, size_t size) {
   if (should_fail(TA_OS_MREMAP)) return NULL;
   count_call(TA_OS_MREMAP);
   int saved = errno;
+  HANDOVER_RELEASE();
   void *r = mremap(p, old, size, MREMAP_MAYMOVE);
   errno = saved;
   if (r == MAP_FAILED) return NULL;
   count_mapped((intptr_t)size - (intptr_t)old);
+  HANDOVER_ACQUIRE();
   return r;
 }
 
