@@ -9,10 +9,37 @@
  *
  * Freed mappings are not unmapped at once: a process-wide, lock-free cache keeps up to
  * ta_huge_cache_limit bytes of them, and the next huge request, from any thread, takes the
- * best fit, trims a much larger one, or grows a smaller one in place with mremap. Their pages stay
- * resident, so a program that cycles through multi-megabyte buffers neither maps nor
- * faults them in again. realloc grows a huge block with mremap, in place when it can and
- * otherwise by moving the pages to a new aligned address: never by copying.
+ * best fit, trims a much larger one, or grows a smaller one with mremap (in place, or its
+ * pages moved to a new address). Their pages stay resident, so a program that cycles
+ * through multi-megabyte buffers neither maps nor faults them in again, and makes no system
+ * call at all once every span has been judged (below). realloc grows a huge block with
+ * mremap, in place when it can and otherwise by moving the pages to a new aligned address:
+ * never by copying.
+ *
+ * Huge pages only where they pay. With transparent huge pages a fault fills 2 MiB at once:
+ * one fault instead of 512 for a block written through, but 2 MiB committed for one byte
+ * written in a block used sparsely. So they are asked for (MADV_HUGEPAGE, on the whole
+ * mapping: advice on part of it makes two mappings for the kernel, and mremap works on one)
+ * only on memory known to be written through, and once per mapping:
+ *   - a freed block is judged: dense if 3/4 of its pages (of its first TA_HUGE_LOOK_MAX)
+ *     were written. Without huge pages, written pages are the resident ones (mincore); with
+ *     them, a resident page counts only if it is not all zero (the block is free: its
+ *     contents are ours to read). A span judged dense gets huge pages then, if it has none,
+ *     and is never judged again: the blocks it serves next fault what it does not hold in
+ *     2 MiB pages. A span judged sparse is judged again after 1, 3, 7 ... 63 more frees;
+ *   - verdicts are kept per class of size (a power of two) and for the process: a fresh
+ *     mapping gets huge pages up front when the last verdicts on its class were dense (or,
+ *     for a class without any, the last verdict on any). Before the first verdict of all, the
+ *     previous fresh block, still in use, is looked at instead (mincore). A dense verdict
+ *     moves a class up by one, a sparse one turns it off at once;
+ *   - a block with huge pages that comes back with untouched pages loses them (advice and
+ *     pages), and the next fresh block of its class goes without, so that its residency
+ *     gives a real verdict: a class whose use turns sparse stops getting huge pages after
+ *     one or two blocks.
+ * So cycling blocks through the cache makes no system call once each span is judged dense.
+ * A kernel that uses huge pages everywhere ('always') is told not to on fresh mappings not
+ * known to be dense (MADV_NOHUGEPAGE); on one without them ('never'), or with
+ * huge_pages:false, nothing is asked and nothing looked at.
  */
 #include <string.h>
 
@@ -33,6 +60,163 @@ _Atomic uint64_t ta_huge_due; /* earliest time a cached span may be purged; 0: n
 
 _Atomic size_t ta_huge_live_count; /* for statistics: huge blocks handed out, not freed */
 static _Atomic(ta_huge_t *) deferred; /* unmaps put off while statistics are read */
+
+/* ---- huge pages only where they pay (see the top of the file) ---- */
+#define TA_HUGE_LOOK_MAX ((size_t)8 << 20) /* a block is looked at over this much at most */
+#define TA_HUGE_CLASSES 26 /* spans of 2^22 .. 2^47 bytes: one class per power of two */
+#define TA_HUGE_SCORE_MAX 4
+/* Per class, > 0 when its recent verdicts were dense; and the latest verdict on any class,
+ * for classes without one (relaxed: a lost update costs nothing). */
+static _Atomic int8_t class_score[TA_HUGE_CLASSES];
+static _Atomic int8_t last_verdict;
+/* Per class: an advised block came back with untouched pages (or pages written with zeros
+ * only, which look the same): the next fresh mapping of the class goes without advice, so
+ * that its residency gives a real verdict. */
+static _Atomic uint8_t class_doubt[TA_HUGE_CLASSES];
+/* The last fresh mapping made with no verdict on anything yet, to look at when the next one
+ * is made: its address | the pages to look at. */
+static _Atomic uintptr_t unjudged;
+
+/* The mode that applies: the kernel's, unless huge pages are switched off. */
+static int thp_mode(void) { return ta_huge_pages ? ta_os_thp_mode() : TA_THP_NEVER; }
+
+static unsigned class_of(size_t bytes) {
+  unsigned k = 63u - (unsigned)__builtin_clzll(bytes | 1);
+  if (k < TA_CHUNK_SHIFT) return 0;
+  k -= TA_CHUNK_SHIFT;
+  return k < TA_HUGE_CLASSES ? k : TA_HUGE_CLASSES - 1;
+}
+
+static void note_verdict(unsigned cls, bool dense) {
+  int s = atomic_load_explicit(&class_score[cls], memory_order_relaxed);
+  if (dense) s = s < TA_HUGE_SCORE_MAX ? s + 1 : s;
+  else s = s > 0 ? -1 : (s > -TA_HUGE_SCORE_MAX ? s - 1 : s);
+  atomic_store_explicit(&class_score[cls], (int8_t)s, memory_order_relaxed);
+  atomic_store_explicit(&last_verdict, (int8_t)(dense ? 1 : -1), memory_order_relaxed);
+}
+
+/* Is [p, p + len) (page aligned, len <= TA_HUGE_LOOK_MAX) mostly written? 1 if so, 0 if
+ * not, -1 if the kernel cannot say. Resident pages are written ones, unless the range has
+ * huge pages (`read`, for a freed block only): a page then counts if some word of it is not
+ * zero. The scan of a page stops at its first nonzero word, and the whole scan as soon as
+ * the answer is known. */
+static int mostly_written(const char *p, size_t len, bool read) {
+  unsigned char vec[TA_HUGE_LOOK_MAX / TA_PAGE_SIZE]; /* one call */
+  size_t pages = len / TA_PAGE_SIZE;
+  size_t unwritten_max = pages / 4, unwritten = 0;
+  if (ta_os_mincore(p, len, vec) != 0) return -1;
+  for (size_t i = 0; i < pages; i++) {
+    bool written = vec[i] & 1;
+    if (written && read) {
+      const uint64_t *w = (const uint64_t *)(p + i * TA_PAGE_SIZE);
+      size_t j = 0;
+      while (j < TA_PAGE_SIZE / 8 && w[j] == 0) j++;
+      written = j < TA_PAGE_SIZE / 8;
+    }
+    if (!written && ++unwritten > unwritten_max) return 0;
+  }
+  return 1;
+}
+
+/* Before the first verdict of the process: the previous fresh block, if it is still there,
+ * is looked at now (it may still be being written: it then looks sparse, the cautious
+ * answer). */
+static void look_at_previous_fresh(void) {
+  uintptr_t w = atomic_exchange_explicit(&unjudged, 0, memory_order_relaxed);
+  if (w == 0) return;
+  const char *p = (const char *)(w & ~(uintptr_t)TA_CHUNK_MASK);
+  int v = mostly_written(p, (w & TA_CHUNK_MASK) * TA_PAGE_SIZE, false);
+  if (v >= 0) atomic_store_explicit(&last_verdict, (int8_t)(v ? 1 : -1), memory_order_relaxed);
+}
+
+/* Huge pages for the whole span of `size` bytes. A fresh mapping needs no advice where the
+ * kernel gives them everywhere. True if the span has them. */
+static bool advise(ta_huge_t *h, size_t size, bool fresh) {
+  return (fresh && thp_mode() == TA_THP_ALWAYS) || ta_os_hugepage(h, size, true) == 0;
+}
+
+/* Where the pages a block may touch end: with huge pages, at the end of the 2 MiB page that
+ * holds its last byte. */
+static size_t touch_end(const ta_huge_t *h, size_t end) {
+  if (!(h->thp & HUGE_ADVISED)) return end;
+  end = ta_align_up(end, TA_HUGEPAGE_SIZE);
+  return end < h->map_size ? end : h->map_size;
+}
+
+/* A fresh mapping of `size` bytes for a block that ends at `end`: huge pages up front if
+ * blocks of its size are written through, told not to have them if the kernel would give
+ * them anyway. Called before anything is written in the mapping: a page touched before the
+ * advice would keep its 2 MiB on small pages. Sets h->thp. */
+static void advise_fresh(ta_huge_t *h, size_t size, size_t end) {
+  uint8_t thp = 0;
+  int mode = thp_mode();
+  if (mode != TA_THP_NEVER) {
+    unsigned cls = class_of(size);
+    int score = atomic_load_explicit(&class_score[cls], memory_order_relaxed);
+    if (score == 0) {
+      if (atomic_load_explicit(&last_verdict, memory_order_relaxed) == 0)
+        look_at_previous_fresh();
+      score = atomic_load_explicit(&last_verdict, memory_order_relaxed);
+    }
+    if (score > 0 && atomic_load_explicit(&class_doubt[cls], memory_order_relaxed) &&
+        atomic_exchange_explicit(&class_doubt[cls], 0, memory_order_relaxed))
+      score = -1; /* this one tells */
+    if (score > 0 && advise(h, size, true)) {
+      thp = HUGE_ADVISED;
+    } else {
+      if (mode == TA_THP_ALWAYS) ta_os_hugepage(h, size, false);
+      if (score == 0) {
+        size_t len = end < TA_HUGE_LOOK_MAX ? end : TA_HUGE_LOOK_MAX;
+        atomic_store_explicit(&unjudged, (uintptr_t)h | (len / TA_PAGE_SIZE),
+                              memory_order_relaxed);
+      }
+    }
+  }
+  h->thp = thp; /* the first write to the mapping */
+  h->sparse_seen = 0;
+  h->look_in = 0;
+}
+
+/* On its way out of the program's hands: was the block's memory written through? Huge
+ * pages for the span if so (once per mapping), a later look if not. No system call for a
+ * span judged dense before, nor for a sparse one until its next look is due. */
+static void judge(ta_huge_t *h) {
+  if ((h->thp & HUGE_JUDGED) || thp_mode() == TA_THP_NEVER) return;
+  if (atomic_load_explicit(&unjudged, memory_order_relaxed) >> TA_CHUNK_SHIFT ==
+      (uintptr_t)h >> TA_CHUNK_SHIFT)
+    atomic_store_explicit(&unjudged, 0, memory_order_relaxed); /* judged here instead */
+  if (h->look_in > 0) {
+    h->look_in--;
+    return;
+  }
+  size_t from = h->data_off & ~(TA_PAGE_SIZE - 1);
+  size_t end = ta_align_up(h->data_off + h->requested, TA_PAGE_SIZE);
+  size_t len = end - from < TA_HUGE_LOOK_MAX ? end - from : TA_HUGE_LOOK_MAX;
+  bool advised = h->thp & HUGE_ADVISED;
+  bool dense = mostly_written((char *)h + from, len, advised) > 0;
+  unsigned cls = class_of(ta_align_up(end, TA_CHUNK_SIZE));
+  if (dense) {
+    note_verdict(cls, true);
+    if (!advised && advise(h, h->map_size, false)) h->thp |= HUGE_ADVISED;
+    h->thp |= HUGE_JUDGED;
+    return;
+  }
+  if (!advised) {
+    note_verdict(cls, false);
+  } else {
+    /* Advised up front and found with untouched pages: no more huge pages for it, and the
+     * ones it holds go (the block is free: its contents do not matter; the header's page
+     * stays). Whether its class is used sparsely, the next fresh block of it will tell. */
+    atomic_store_explicit(&class_doubt[cls], 1, memory_order_relaxed);
+    ta_os_hugepage(h, h->map_size, false);
+    if (h->dirty_end > TA_PAGE_SIZE &&
+        ta_os_decommit((char *)h + TA_PAGE_SIZE, h->dirty_end - TA_PAGE_SIZE) == 0)
+      h->dirty_end = TA_PAGE_SIZE;
+    h->thp = 0;
+  }
+  if (h->sparse_seen < 6) h->sparse_seen++;
+  h->look_in = (uint16_t)((1u << h->sparse_seen) - 1);
+}
 
 static void huge_unmap(ta_huge_t *h) {
   uintptr_t data = (uintptr_t)h + h->data_off;
@@ -95,31 +279,80 @@ static int slot_pick(size_t need, ta_huge_t **out) {
   return best;
 }
 
+/* Counts `size` more bytes in the tallies if that keeps them within the limit, unmapping the
+ * largest cached spans while it would not. False when no room can be made (what is counted
+ * then belongs to puts in flight). The bytes are counted before the span is published, so a
+ * thread that takes it subtracts what was added already: the tally never wraps, and it
+ * never passes the limit, even for a moment. */
+static bool cache_reserve(size_t size) {
+  size_t cur = atomic_load_explicit(&cache_bytes, memory_order_relaxed);
+  for (;;) {
+    if (cur <= ta_huge_cache_limit - size) {
+      if (atomic_compare_exchange_weak_explicit(&cache_bytes, &cur, cur + size,
+                                                memory_order_relaxed, memory_order_relaxed))
+        return true;
+      continue;
+    }
+    ta_huge_t *v = NULL;
+    int i = slot_pick(0, &v);
+    if (i < 0) return false;
+    if (slot_take((unsigned)i, v)) huge_unmap(v);
+    cur = atomic_load_explicit(&cache_bytes, memory_order_relaxed);
+  }
+}
+
 static bool cache_put(ta_huge_t *h) {
   /* Read what we need of h now: once it is in a slot, another thread may own it. */
   size_t size = h->map_size;
   uint64_t freed = h->freed_ms;
-  if (size > ta_huge_cache_limit) return false;
-  /* Over the limit: the largest cached spans go first. */
-  while (atomic_load_explicit(&cache_bytes, memory_order_relaxed) + size > ta_huge_cache_limit) {
-    ta_huge_t *v = NULL;
-    int i = slot_pick(0, &v);
-    if (i < 0) break;
-    if (slot_take((unsigned)i, v)) huge_unmap(v);
-  }
+  if (size > ta_huge_cache_limit || !cache_reserve(size)) return false;
+  atomic_fetch_add_explicit(&cache_count, 1, memory_order_relaxed);
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL) continue;
     atomic_store_explicit(&cache_size_hint[i], size, memory_order_relaxed);
     atomic_store_explicit(&cache_time_hint[i], freed, memory_order_relaxed);
     ta_huge_t *expected = NULL;
     if (atomic_compare_exchange_strong_explicit(&cache_slot[i], &expected, h,
-                                                memory_order_release, memory_order_relaxed)) {
-      atomic_fetch_add_explicit(&cache_bytes, size, memory_order_relaxed);
-      atomic_fetch_add_explicit(&cache_count, 1, memory_order_relaxed);
+                                                memory_order_release, memory_order_relaxed))
       return true;
-    }
   }
+  /* Every slot is taken: give back what was counted. */
+  atomic_fetch_sub_explicit(&cache_count, 1, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&cache_bytes, size, memory_order_relaxed);
   return false;
+}
+
+/* Grows a span the caller took from the cache to `need` bytes, keeping its pages: in place
+ * where the kernel can, else moved (page tables, not bytes) to a new address. Returns the
+ * span, or NULL: then *kept says whether h is still there, unchanged, or was lost. */
+static ta_huge_t *span_grow(ta_huge_t *h, size_t need, bool *kept) {
+  *kept = true;
+  uintptr_t data = (uintptr_t)h + h->data_off;
+  /* It may move: its granule leaves the map first, as for an unmap (statistics readers). */
+  ta_map_set(data, TA_MAP_NONE);
+  if (!ta_unmap_allowed()) {
+    ta_map_set(data, TA_MAP_HUGE);
+    return NULL;
+  }
+  ta_huge_t *g = ta_os_mremap_move(h, h->map_size, need);
+  if (g == NULL) {
+    ta_map_set(data, TA_MAP_HUGE);
+    return NULL;
+  }
+  if ((uintptr_t)g & TA_CHUNK_MASK) {
+    /* The kernel's address is not on a granule: move once more, onto one. */
+    void *dst = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
+    ta_huge_t *a = dst ? ta_os_mremap(g, need, need, dst) : NULL;
+    if (a == NULL) {
+      if (dst) ta_os_munmap(dst, need);
+      ta_os_munmap(g, need);
+      *kept = false;
+      return NULL;
+    }
+    g = a;
+  }
+  g->map_size = need;
+  return g;
 }
 
 /* A cached span with at least `need` bytes, owned by the caller, or NULL. */
@@ -135,27 +368,30 @@ static ta_huge_t *cache_take(size_t need) {
     }
     if (h->map_size > 2 * need) {
       /* Far too big: give the tail back rather than hold it resident. */
-      if (ta_os_munmap((char *)h + need, h->map_size - need) == 0) TA_STORE(h->map_size, need);
-    } else if (h->map_size - need >= TA_CHUNK_SIZE) {
-      /* Somewhat too big: keep the address space (the block may grow into it), drop the
-       * pages, so that the block holds no more memory than it asked for. */
-      ta_os_decommit((char *)h + need, h->map_size - need);
+      if (ta_os_munmap((char *)h + need, h->map_size - need) == 0) {
+        TA_STORE(h->map_size, need);
+        if (h->dirty_end > need) h->dirty_end = need;
+      }
+    } else if (h->dirty_end > need) {
+      /* Somewhat too big, and the excess may hold pages: keep the address space (the block
+       * may grow into it), drop the pages, so that the block holds no more memory than it
+       * asked for. Once: the excess then holds none until a block reaches into it. */
+      if (ta_os_decommit((char *)h + need, h->dirty_end - need) == 0) h->dirty_end = need;
     }
     return h;
   }
-  /* Nothing big enough: grow the largest in place, keeping its resident pages. */
+  /* Nothing big enough: the largest grows into the request, keeping its resident pages, if
+   * it is at least half of it (a smaller one is left for requests it fits). */
   ta_huge_t *h = NULL;
   int i = slot_pick(0, &h);
-  if (i >= 0 && slot_take((unsigned)i, h)) {
-    if (ta_huge_pages && h->map_size < need) ta_os_hugepage(h, h->map_size); /* one mapping */
-    if (h->map_size < need && ta_os_mremap(h, h->map_size, need, NULL) != NULL) {
-      TA_STORE(h->map_size, need);
-      return h;
-    }
-    if (h->map_size >= need) return h;
-    if (!cache_put(h)) huge_unmap(h);
-  }
-  return NULL;
+  if (i < 0 || atomic_load_explicit(&cache_size_hint[i], memory_order_relaxed) < need / 2 ||
+      !slot_take((unsigned)i, h))
+    return NULL;
+  if (h->map_size >= need) return h;
+  bool kept;
+  ta_huge_t *g = span_grow(h, need, &kept);
+  if (g == NULL && kept && !cache_put(h)) huge_unmap(h);
+  return g;
 }
 
 /* Unmaps the cached spans freed at least decay_ms before `now` (all of them if `all`). */
@@ -181,19 +417,48 @@ size_t ta_huge_purge(uint64_t now, bool all) {
 
 size_t ta_huge_cached_bytes(void) { return atomic_load(&cache_bytes); }
 
-/* Fork child: a thread that was between a slot and the tallies is gone; count again. */
-void ta_huge_recount_after_fork(void) {
-  size_t bytes = 0, count = 0;
+/* The bytes of the spans in the slots, counted one by one (for tests: the tallies must
+ * agree with it whenever no thread is between a slot and the tallies). */
+size_t ta_huge_cache_sum(size_t *count) {
+  size_t bytes = 0, n = 0;
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     ta_huge_t *h = atomic_load(&cache_slot[i]);
     if (h == NULL) continue;
     bytes += h->map_size;
-    count++;
+    n++;
   }
+  if (count) *count = n;
+  return bytes;
+}
+
+/* Fork child: a thread that was between a slot and the tallies is gone; count again. */
+void ta_huge_recount_after_fork(void) {
+  size_t count = 0, bytes = ta_huge_cache_sum(&count);
   atomic_store(&cache_bytes, bytes);
   atomic_store(&cache_count, count);
 }
 size_t ta_huge_cached_count(void) { return atomic_load(&cache_count); }
+
+/* The kernel refused a mapping of `need` bytes: could unmapping the cached spans make room?
+ * Only if what is short is at most what the cache holds. A request the kernel refuses
+ * whatever is mapped (a size beyond its overcommit heuristic, a limit far below it; a
+ * program probing with malloc(2^46)) must not cost the cache: if the request less the
+ * cached bytes is refused as well, unmapping them cannot help, unless the kernel refuses
+ * every mapping (the count of mappings at its limit), which unmapping does cure. */
+static bool purge_may_help(size_t need) {
+  size_t cached = ta_huge_cached_bytes();
+  if (cached == 0) return false;
+  if (need <= cached) return true;
+  void *p = ta_os_mmap(need - cached);
+  if (p != NULL) {
+    ta_os_trim(p, need - cached);
+    return true;
+  }
+  p = ta_os_mmap(TA_PAGE_SIZE);
+  if (p == NULL) return true;
+  ta_os_trim(p, TA_PAGE_SIZE);
+  return false;
+}
 
 void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   bool beyond = align >= TA_CHUNK_SIZE;
@@ -224,20 +489,19 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
       h = (ta_huge_t *)start;
     } else {
       h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
-      if (h == NULL && ta_huge_purge(0, true) > 0) /* address space may be what is short */
+      if (h == NULL && purge_may_help(need) && ta_huge_purge(0, true) > 0)
         h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
       if (h == NULL) return NULL;
     }
   }
-  if (ta_huge_pages && !beyond) {
-    /* Huge pages only where the request covers them whole: no block holds more than a
-     * few KiB beyond what it asked for. */
-    uintptr_t end = ((uintptr_t)h + data_off + size) & ~(uintptr_t)(TA_HUGEPAGE_SIZE - 1);
-    if (end > (uintptr_t)h) ta_os_hugepage(h, end - (uintptr_t)h);
+  size_t end = ta_align_up(data_off + size, TA_PAGE_SIZE); /* what the block may touch */
+  if (fresh) {
+    advise_fresh(h, need, end);
+    h->map_size = need; /* a cached span keeps its own size (>= need) */
   }
+  if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
   /* A cached span is in the map: statistics readers read these words (TA_STORE). */
   TA_STORE(h->check, (uintptr_t)h ^ ta_secret);
-  if (fresh) TA_STORE(h->map_size, need); /* a cached span keeps its own size (>= need) */
   TA_STORE(h->data_off, data_off);
   TA_STORE(h->requested, size);
   h->next = NULL;
@@ -275,6 +539,7 @@ void ta_huge_free(ta_huge_t *h) {
   ta_arena_t *me = ta_tl_arena;
   if (me != &ta_sentinel_arena) TA_ADD(me->cnt.frees, 1);
   else atomic_fetch_add_explicit(&ta_orphan_frees, 1, memory_order_relaxed);
+  judge(h);
   if (h->data_off == TA_CHUNK_SIZE) { /* over-aligned: not reusable as it is */
     huge_unmap(h);
     return;
@@ -294,18 +559,20 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   if (h->data_off == TA_CHUNK_SIZE || size > TA_MAX_REQUEST - h->data_off) return NULL;
   size_t need = ta_align_up(h->data_off + size, TA_CHUNK_SIZE);
   char *old_data = (char *)h + h->data_off;
+  size_t end = ta_align_up(h->data_off + size, TA_PAGE_SIZE); /* what the block may touch */
   if (need <= h->map_size) {
-    if (need < h->map_size / 2 && ta_os_munmap((char *)h + need, h->map_size - need) == 0)
+    if (need < h->map_size / 2 && ta_os_munmap((char *)h + need, h->map_size - need) == 0) {
       TA_STORE(h->map_size, need);
+      if (h->dirty_end > need) h->dirty_end = need;
+    }
     TA_STORE(h->requested, size);
+    if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
     return old_data;
   }
-  /* Huge pages were asked for on part of the span, which splits it into two mappings,
-   * and mremap works on one: ask for the whole span, which makes it one again. */
-  if (ta_huge_pages) ta_os_hugepage(h, h->map_size);
   if (ta_os_mremap(h, h->map_size, need, NULL) != NULL) {
     TA_STORE(h->map_size, need);
     TA_STORE(h->requested, size);
+    if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
     return old_data;
   }
   /* Move: reserve an aligned range, then let the kernel move the pages onto it. Grow
@@ -333,6 +600,7 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   n->check = (uintptr_t)n ^ ta_secret;
   n->map_size = target;
   n->requested = size;
+  if (n->dirty_end < touch_end(n, end)) n->dirty_end = touch_end(n, end);
   char *data = (char *)n + n->data_off;
   ta_map_set((uintptr_t)data, TA_MAP_HUGE);
   return data;

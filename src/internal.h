@@ -229,12 +229,17 @@ typedef struct ta_huge {
   size_t data_off;      /* data = (char *)this + data_off */
   size_t requested;     /* last requested size */
   _Atomic uint32_t state; /* HUGE_LIVE or HUGE_CACHED */
-  uint32_t pad;
+  uint8_t thp;          /* HUGE_ADVISED | HUGE_JUDGED (huge.c: huge pages only where they pay) */
+  uint8_t sparse_seen;  /* times it was found sparse (up to 6) */
+  uint16_t look_in;     /* frees to wait before looking at its residency again */
   struct ta_huge *next; /* the list of unmaps put off for statistics readers */
   uint64_t freed_ms;    /* when it entered the cache */
+  size_t dirty_end;     /* no page at or beyond this offset is resident */
 } ta_huge_t;
 _Static_assert(sizeof(ta_huge_t) <= 64, "huge meta block fits before the data");
 enum { HUGE_LIVE = 1, HUGE_CACHED = 2 };
+enum { HUGE_ADVISED = 1, /* MADV_HUGEPAGE is on the whole mapping */
+       HUGE_JUDGED = 2   /* found dense once: its residency is not looked at again */ };
 #define TA_HUGE_HDR 64
 
 /* ------------------------------------------------------------------ arenas */
@@ -322,7 +327,10 @@ TA_INLINE unsigned ta_size_class(size_t size) {
 /* ------------------------------------------------------------------ os.c */
 /* The only file that talks to the kernel. Each call can be made to fail by a test hook. */
 enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16,
-       TA_OS_KEY = 32, TA_OS_THREAD = 64 };
+       TA_OS_KEY = 32, TA_OS_THREAD = 64,
+       TA_OS_MINCORE = 128 /* counted only: never made to fail */ };
+_Static_assert(TA_OS_MINCORE == 1 << 7, "os.c counts calls of bits 0..7");
+enum { TA_THP_NEVER = 0, TA_THP_MADVISE = 1, TA_THP_ALWAYS = 2 };
 TA_HIDDEN void *ta_os_brk_get(void);             /* the kernel's break; (void *)-1 on failure */
 TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
 TA_HIDDEN void *ta_os_mmap(size_t size);         /* NULL on failure; zeroed, read-write */
@@ -333,7 +341,9 @@ TA_HIDDEN size_t ta_os_resident(const void *p, size_t size); /* bytes in memory 
 TA_HIDDEN int ta_os_mincore(const void *p, size_t size, unsigned char *vec);
 TA_HIDDEN int ta_os_decommit(void *p, size_t size); /* MADV_DONTNEED */
 TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
-TA_HIDDEN void ta_os_hugepage(void *p, size_t size); /* MADV_HUGEPAGE hint */
+TA_HIDDEN void *ta_os_mremap_move(void *p, size_t old, size_t size); /* in place or moved */
+TA_HIDDEN int ta_os_hugepage(void *p, size_t size, bool on); /* MADV_(NO)HUGEPAGE hint */
+TA_HIDDEN int ta_os_thp_mode(void); /* TA_THP_*: the kernel's setting, read once */
 TA_HIDDEN uint64_t ta_os_now_ms(void);
 /* A detached thread with every signal blocked and a small stack; 0 on success. */
 TA_HIDDEN int ta_os_thread_start(void *(*fn)(void *));
@@ -363,8 +373,11 @@ TA_INLINE bool ta_unmap_allowed(void) {
 #endif
   return atomic_load_explicit(&ta_stats_readers, memory_order_seq_cst) == 0;
 }
-/* Test hooks: fail the next `count` calls of the operations in `mask` after `skip` successes. */
+/* Test hooks: fail the next `count` calls of the operations in `mask` after `skip` successes;
+ * system calls made so far for the operations in `mask`; the THP mode to believe in. */
 void ta_os_fail(unsigned mask, unsigned skip, unsigned count);
+uint64_t ta_os_calls(unsigned mask);
+void ta_os_thp_mode_force(int mode);
 TA_HIDDEN void ta_brk_lock(void);
 TA_HIDDEN void ta_brk_unlock(void);
 TA_HIDDEN void ta_brk_reset_after_fork(void);
@@ -472,6 +485,7 @@ TA_HIDDEN void ta_huge_recount_after_fork(void);
 TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
 size_t ta_huge_cached_bytes(void); /* for tests and statistics */
 size_t ta_huge_cached_count(void);
+size_t ta_huge_cache_sum(size_t *count); /* the slots counted one by one (tests) */
 
 
 /* ------------------------------------------------------------------ arena.c */

@@ -10,17 +10,26 @@
  *   ta_os_mmap_aligned(n,a) the same, aligned to a (a power of two >= page size).
  *   ta_os_munmap/decommit   0 on success. decommit drops the pages (they read back as zero).
  *   ta_os_mremap(p,o,n,f)   resizes a mapping in place (f == NULL) or moves it to the fixed
- *                           address f; NULL on failure.
+ *                           address f; NULL on failure. ta_os_mremap_move lets the kernel
+ *                           choose: in place if it can, elsewhere if not.
+ *   ta_os_hugepage(p,n,on)  transparent huge pages wanted (on) or not on a range: a hint.
+ *   ta_os_thp_mode()        the kernel's transparent-huge-page mode (read once).
  *   ta_os_key_create(k,d)   the thread-exit hook (a pthread key); 0 or an errno.
  *   ta_os_thread_gone(tid)  true when the kernel no longer knows thread tid of this process
  *                           (it has exited); false when it lives or when in doubt.
+ *   ta_os_thread_start(fn)  a detached thread, every signal blocked (the purger).
+ *   ta_os_futex_wait/wake   sleep on a word with a time limit; wake a sleeper.
  * None of these allocate, print or take any lock but the break lock. errno is preserved.
  *
  * Test hooks: ta_os_fail(mask, skip, count) makes the next `count` calls of the operations
- * in mask fail after `skip` more successes (used by test/unit to inject ENOMEM).
+ * in mask fail after `skip` more successes (used by test/unit to inject ENOMEM);
+ * ta_os_calls(mask) counts the system calls made for the operations in mask (relaxed
+ * increments, so that tests can assert how many a path makes); ta_os_thp_mode_force sets
+ * the mode the allocator believes in.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
@@ -34,6 +43,20 @@
 
 #include "internal.h"
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+/* ThreadSanitizer does not see mremap take the pages away from the range it moves them
+ * from: what threads did there would look, to it, unordered with what a thread does once
+ * the kernel hands the range out again (mmap, or mremap growing a mapping into it). The
+ * kernel orders the two; these annotations say so. */
+static char range_handover;
+#define HANDOVER_RELEASE() __tsan_release(&range_handover)
+#define HANDOVER_ACQUIRE() __tsan_acquire(&range_handover)
+#else
+#define HANDOVER_RELEASE() ((void)0)
+#define HANDOVER_ACQUIRE() ((void)0)
+#endif
+
 _Atomic size_t ta_os_mapped_bytes;
 _Atomic size_t ta_os_returned_bytes;
 _Atomic int ta_stats_readers;
@@ -43,6 +66,20 @@ static void count_mapped(intptr_t delta) {
 }
 static void count_returned(size_t n) {
   atomic_fetch_add_explicit(&ta_os_returned_bytes, n, memory_order_relaxed);
+}
+
+/* System calls made, per operation (bit i of the TA_OS_* mask counts in calls[i]). */
+static _Atomic uint64_t calls[8]; /* up to TA_OS_MINCORE (bit 7) */
+
+static void count_call(unsigned op) {
+  atomic_fetch_add_explicit(&calls[__builtin_ctz(op)], 1, memory_order_relaxed);
+}
+
+uint64_t ta_os_calls(unsigned mask) {
+  uint64_t n = 0;
+  for (unsigned i = 0; i < sizeof calls / sizeof calls[0]; i++)
+    if (mask & (1u << i)) n += atomic_load_explicit(&calls[i], memory_order_relaxed);
+  return n;
 }
 
 static _Atomic unsigned fail_mask;
@@ -77,6 +114,7 @@ static bool should_fail(unsigned op) {
  * its update of that copy gives the child the new break and the old copy). */
 void *ta_os_brk_get(void) {
   if (should_fail(TA_OS_SBRK)) return (void *)-1;
+  count_call(TA_OS_SBRK);
   return (void *)syscall(SYS_brk, 0);
 }
 
@@ -84,6 +122,7 @@ void *ta_os_brk_get(void) {
  * other user of sbrk. 0 on success. */
 int ta_os_brk_set(void *from, void *to) {
   if (should_fail(TA_OS_SBRK)) return -1;
+  count_call(TA_OS_SBRK);
   int saved = errno;
   int r = brk(to);
   errno = saved;
@@ -97,23 +136,27 @@ int ta_os_brk_set(void *from, void *to) {
 
 void *ta_os_mmap(size_t size) {
   if (should_fail(TA_OS_MMAP)) return NULL;
+  count_call(TA_OS_MMAP);
   int saved = errno;
   void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   errno = saved;
   if (p == MAP_FAILED) return NULL;
   if ((uintptr_t)p + size > ((uintptr_t)1 << TA_ADDR_BITS)) {
     /* Beyond what the granule map covers (5-level paging hints): not usable. */
+    count_call(TA_OS_MUNMAP);
     munmap(p, size);
     errno = saved;
     return NULL;
   }
   count_mapped((intptr_t)size);
+  HANDOVER_ACQUIRE();
   return p;
 }
 
 /* Unmaps part of a mapping just made (alignment trimming): not memory given back. */
 void ta_os_trim(void *p, size_t size) {
   if (size == 0) return;
+  count_call(TA_OS_MUNMAP);
   int saved = errno;
   munmap(p, size);
   errno = saved;
@@ -123,6 +166,7 @@ void ta_os_trim(void *p, size_t size) {
 
 /* Which pages of [p, p + size) are in memory: vec[i] & 1 for page i. 0 on success. */
 int ta_os_mincore(const void *p, size_t size, unsigned char *vec) {
+  count_call(TA_OS_MINCORE);
   int saved = errno;
   int r = mincore((void *)p, size, vec);
   errno = saved;
@@ -138,6 +182,7 @@ size_t ta_os_resident(const void *p, size_t size) {
   while (size > 0) {
     size_t part = size < sizeof vec * TA_PAGE_SIZE ? size : sizeof vec * TA_PAGE_SIZE;
     size_t pages = (part + TA_PAGE_SIZE - 1) / TA_PAGE_SIZE;
+    count_call(TA_OS_MINCORE);
     if (mincore((void *)c, part, vec) == 0)
       for (size_t i = 0; i < pages; i++) total += (vec[i] & 1) ? TA_PAGE_SIZE : 0;
     c += part;
@@ -170,6 +215,7 @@ void *ta_os_mmap_aligned(size_t size, size_t align) {
 
 int ta_os_munmap(void *p, size_t size) {
   if (should_fail(TA_OS_MUNMAP)) return -1;
+  count_call(TA_OS_MUNMAP);
   int saved = errno;
   int r = munmap(p, size);
   errno = saved;
@@ -182,6 +228,7 @@ int ta_os_munmap(void *p, size_t size) {
 
 int ta_os_decommit(void *p, size_t size) {
   if (should_fail(TA_OS_MADVISE)) return -1;
+  count_call(TA_OS_MADVISE);
   int saved = errno;
   int r = madvise(p, size, MADV_DONTNEED);
   errno = saved;
@@ -191,26 +238,51 @@ int ta_os_decommit(void *p, size_t size) {
 
 void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed) {
   if (should_fail(TA_OS_MREMAP)) return NULL;
+  count_call(TA_OS_MREMAP);
   int saved = errno;
+  HANDOVER_RELEASE(); /* before: the range it may leave is someone else's at once */
   void *r = fixed ? mremap(p, old, size, MREMAP_MAYMOVE | MREMAP_FIXED, fixed)
                   : mremap(p, old, size, 0);
   errno = saved;
   if (r == MAP_FAILED) return NULL;
   /* A move onto `fixed` replaces a mapping of `size` the caller made there. */
   count_mapped((intptr_t)size - (intptr_t)old - (fixed ? (intptr_t)size : 0));
+  HANDOVER_ACQUIRE();
   return r;
 }
 
-/* Asks for transparent huge pages (2 MiB on x86-64) on a large aligned range: a fault
- * then fills 2 MiB at once. A hint: failure changes nothing. */
-void ta_os_hugepage(void *p, size_t size) {
-#ifdef MADV_HUGEPAGE
+/* Resizes a mapping where the kernel can: in place, or moved to an address it chooses (its
+ * alignment is the caller's to check). NULL on failure, the mapping unchanged. */
+void *ta_os_mremap_move(void *p, size_t old, size_t size) {
+  if (should_fail(TA_OS_MREMAP)) return NULL;
+  count_call(TA_OS_MREMAP);
   int saved = errno;
-  madvise(p, size, MADV_HUGEPAGE);
+  HANDOVER_RELEASE();
+  void *r = mremap(p, old, size, MREMAP_MAYMOVE);
   errno = saved;
+  if (r == MAP_FAILED) return NULL;
+  count_mapped((intptr_t)size - (intptr_t)old);
+  HANDOVER_ACQUIRE();
+  return r;
+}
+
+/* Transparent huge pages (2 MiB on x86-64) wanted, or not, on a range: with them a fault
+ * fills 2 MiB at once, so they are for memory that is written through. A hint: failure
+ * changes nothing but the page size. 0 on success. The advice covers whole mappings only:
+ * advising part of one would split it in two, and mremap works on one. */
+int ta_os_hugepage(void *p, size_t size, bool on) {
+#if defined(MADV_HUGEPAGE) && defined(MADV_NOHUGEPAGE)
+  if (should_fail(TA_OS_MADVISE)) return -1;
+  count_call(TA_OS_MADVISE);
+  int saved = errno;
+  int r = madvise(p, size, on ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  errno = saved;
+  return r;
 #else
   (void)p;
   (void)size;
+  (void)on;
+  return -1;
 #endif
 }
 
@@ -232,6 +304,36 @@ bool ta_os_thread_gone(uint32_t tid) {
   errno = saved;
   return gone;
 }
+
+/* The kernel's transparent-huge-page mode, from the bracketed word of
+ * /sys/kernel/mm/transparent_hugepage/enabled ("always [madvise] never"), read once. Read
+ * with plain system calls: nothing here allocates. Unknown (no such file): never. */
+static _Atomic int thp_mode = -1;
+
+int ta_os_thp_mode(void) {
+  int m = atomic_load_explicit(&thp_mode, memory_order_relaxed);
+  if (TA_LIKELY(m >= 0)) return m;
+  m = TA_THP_NEVER;
+  int saved = errno;
+  int fd = open("/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    char buf[128];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = 0;
+    for (char *c = buf; *c; c++) {
+      if (*c != '[') continue;
+      if (c[1] == 'a') m = TA_THP_ALWAYS;
+      else if (c[1] == 'm') m = TA_THP_MADVISE;
+      break;
+    }
+  }
+  errno = saved;
+  atomic_store_explicit(&thp_mode, m, memory_order_relaxed);
+  return m;
+}
+
+void ta_os_thp_mode_force(int mode) { atomic_store(&thp_mode, mode); }
 
 uint64_t ta_os_now_ms(void) {
   struct timespec ts;

@@ -110,6 +110,10 @@ WORKLOADS = [
              "blocks of 5 to 25 MiB with up to 20 live, every page written "
              "(malloc-large kind)",
              quick=0.3, full=1.0),
+    Workload("sparse", "prog",
+             "threads replace blocks of 1 to 12 MiB, 128 live, touching only the first "
+             "8 KiB and a byte every 256 KiB: peak RSS against the pages touched",
+             threaded=True, quick=0.3, full=1.0),
     Workload("realloc", "prog",
              "vectors and string builders grown with realloc to tens of MiB",
              quick=0.3, full=1.0),

@@ -88,6 +88,9 @@ Test(memory, the_purger_leaves_when_the_threads_are_gone, .timeout = 60) {
 Test(memory, a_main_thread_that_calls_pthread_exit_ends_the_process, .timeout = 30) {
   expect_clean_with(TATEST_MEM_LONELY, "pexit", NULL);
 }
+Test(memory, sparsely_used_big_blocks_hold_only_touched_pages, .timeout = 120) {
+  expect_clean(TATEST_MEM_SPARSE);
+}
 
 Test(memory, stats_json_at_exit_of_a_program_that_knows_nothing, .timeout = 60) {
   static char out[1 << 20];

@@ -1,12 +1,16 @@
 /* Unit tests: huge blocks — own mappings, the cache of freed spans, mremap growth. */
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
 #include <pthread.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "internal.h"
 #include "tamalloc.h"
+#include "tatest.h"
 
 #define MiB ((size_t)1 << 20)
 
@@ -153,4 +157,339 @@ Test(huge, growth_after_huge_pages_is_not_a_copy) {
   cr_assert_not_null(q);
   for (size_t i = 0; i < n; i += 4096) cr_assert_eq(q[i], (unsigned char)(i >> 12));
   ta_free(q);
+}
+
+/* ---- the cache's tallies under concurrent puts and takes ---------------------------- */
+
+static _Atomic int tally_stop;
+
+static void *cycle_spans(void *arg) {
+  unsigned seed = (unsigned)(uintptr_t)arg;
+  int rounds = TT_SANITIZER ? 3000 : 30000;
+  void *held = NULL;
+  for (int i = 0; i < rounds; i++) {
+    seed = seed * 1103515245u + 12345u;
+    /* Spans of one to three granules, so that puts over the limit evict. */
+    size_t size = (size_t)((seed >> 16) % 3) * TA_CHUNK_SIZE + 2 * MiB;
+    void *p = ta_malloc(size);
+    if (p == NULL) abort(); /* not an assertion: this is not the test's thread */
+    if ((seed >> 24) & 1) {
+      ta_free(held); /* keep one block across rounds now and then: takes meet puts */
+      held = p;
+    } else {
+      ta_free(p);
+    }
+  }
+  ta_free(held);
+  return NULL;
+}
+
+static void *sample_tally(void *arg) {
+  size_t *worst = arg;
+  while (!atomic_load_explicit(&tally_stop, memory_order_relaxed)) {
+    size_t b = ta_huge_cached_bytes();
+    if (b > *worst) *worst = b;
+  }
+  return NULL;
+}
+
+Test(huge, tallies_never_wrap_or_pass_the_limit_under_concurrent_puts_and_takes) {
+  ta_huge_cache_limit = 6 * TA_CHUNK_SIZE; /* room for a few spans only: puts evict */
+  enum { T = 6 };
+  pthread_t w[T], s;
+  size_t worst = 0;
+  pthread_create(&s, NULL, sample_tally, &worst);
+  for (int i = 0; i < T; i++) pthread_create(&w[i], NULL, cycle_spans, (void *)(uintptr_t)(i + 1));
+  for (int i = 0; i < T; i++) pthread_join(w[i], NULL);
+  atomic_store(&tally_stop, 1);
+  pthread_join(s, NULL);
+  cr_assert_leq(worst, ta_huge_cache_limit,
+                "the cached-bytes tally reached %zu (limit %zu): it wrapped below zero or "
+                "passed the limit",
+                worst, ta_huge_cache_limit);
+  size_t n = 0, sum = ta_huge_cache_sum(&n);
+  cr_assert_eq(ta_huge_cached_bytes(), sum, "tally %zu, spans in the slots %zu",
+               ta_huge_cached_bytes(), sum);
+  cr_assert_eq(ta_huge_cached_count(), n);
+}
+
+/* ---- huge pages only where they pay; no system call in steady state ------------------ */
+
+#define ALL_OS_CALLS (TA_OS_SBRK | TA_OS_MMAP | TA_OS_MUNMAP | TA_OS_MADVISE | TA_OS_MREMAP | TA_OS_MINCORE)
+
+/* The VmFlags of the mapping that holds p, from /proc/self/smaps ("" if none). */
+static const char *vm_flags(const void *p) {
+  static char flags[256];
+  flags[0] = 0;
+  FILE *f = fopen("/proc/self/smaps", "r");
+  cr_assert_not_null(f);
+  char line[512];
+  bool inside = false;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+      inside = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+      continue;
+    }
+    if (inside && strncmp(line, "VmFlags:", 8) == 0) {
+      snprintf(flags, sizeof flags, "%.200s", line + 8);
+      break;
+    }
+  }
+  fclose(f);
+  return flags;
+}
+static bool has_flag(const void *p, const char *flag) {
+  const char *f = vm_flags(p);
+  size_t n = strlen(flag);
+  for (const char *c = f; (c = strstr(c, flag)) != NULL; c += n)
+    if ((c == f || c[-1] == ' ') && (c[n] == ' ' || c[n] == '\n' || c[n] == 0)) return true;
+  return false;
+}
+
+static void write_all(char *p, size_t n) {
+  for (size_t i = 0; i < n; i += 4096) p[i] = (char)(i >> 12 | 1);
+  p[n - 1] = 1;
+}
+static void write_sparse(char *p, size_t n) {
+  memset(p, 7, 8192);
+  for (size_t i = 256 * 1024; i < n; i += 256 * 1024) p[i] = 7;
+}
+
+Test(huge, cycling_same_size_blocks_makes_no_system_call_after_warm_up) {
+  ta_decay_ms = 600000; /* nothing becomes due for purging while the test runs */
+  enum { LIVE = 3 };
+  size_t n = 12 * MiB;
+  char *p[LIVE] = {0};
+  for (int round = 0; round < 4; round++) /* warm-up: map, write, judge */
+    for (int k = 0; k < LIVE; k++) {
+      ta_free(p[k]);
+      p[k] = ta_malloc(n);
+      write_all(p[k], n);
+    }
+  uint64_t before = ta_os_calls(ALL_OS_CALLS);
+  for (int round = 0; round < 50; round++)
+    for (int k = 0; k < LIVE; k++) {
+      ta_free(p[k]);
+      p[k] = ta_malloc(n);
+      write_all(p[k], n);
+    }
+  uint64_t made = ta_os_calls(ALL_OS_CALLS) - before;
+  cr_assert_eq(made, 0, "%llu system calls for 150 frees and mallocs of cached spans",
+               (unsigned long long)made);
+  for (int k = 0; k < LIVE; k++) ta_free(p[k]);
+}
+
+Test(huge, fresh_mapping_without_history_gets_no_huge_pages) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return; /* nothing to ask for on this kernel */
+  char *p = ta_malloc(12 * MiB);
+  write_sparse(p, 12 * MiB);
+  cr_assert_not(has_flag(p, "hg"), "a block nobody knows the use of: no huge pages (%s)",
+                vm_flags(p));
+  ta_free(p);
+}
+
+Test(huge, written_through_span_gets_huge_pages_once_when_freed) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  ta_decay_ms = 600000;
+  size_t n = 12 * MiB;
+  char *p = ta_malloc(n);
+  write_all(p, n);
+  ta_free(p);
+  cr_assert(has_flag(p, "hg"), "dense span advised on its way into the cache (%s)", vm_flags(p));
+  uint64_t before = ta_os_calls(TA_OS_MADVISE | TA_OS_MINCORE);
+  for (int i = 0; i < 20; i++) {
+    char *q = ta_malloc(n);
+    cr_assert_eq(q, p);
+    write_all(q, n);
+    ta_free(q);
+  }
+  cr_assert_eq(ta_os_calls(TA_OS_MADVISE | TA_OS_MINCORE), before, "advised once per mapping");
+}
+
+Test(huge, sparsely_used_span_gets_no_huge_pages) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  size_t n = 12 * MiB;
+  char *p = ta_malloc(n);
+  write_sparse(p, n);
+  ta_free(p);
+  cr_assert_not(has_flag(p, "hg"), "%s", vm_flags(p));
+  char *q = ta_malloc(n); /* the same span: still a fault per page touched */
+  cr_assert_eq(q, p);
+  cr_assert_not(has_flag(q, "hg"), "%s", vm_flags(q));
+  ta_free(q);
+}
+
+Test(huge, sparse_blocks_hold_only_the_pages_they_touch) {
+  /* 16 blocks of 1 to 12 MiB, each written in its first 8 KiB and a byte every 256 KiB. */
+  char *p[16];
+  size_t touched = 0;
+  size_t start = ((size_t)tt_rss_kib() * 1024);
+  for (int i = 0; i < 16; i++) {
+    size_t n = MiB + (size_t)i * 11 * MiB / 15 + 4096 * (size_t)i;
+    p[i] = ta_malloc(n);
+    write_sparse(p[i], n);
+    touched += 8192 + (n - 1) / (256 * 1024) * 4096;
+  }
+  size_t grown = ((size_t)tt_rss_kib() * 1024) - start;
+  cr_assert_leq(grown, 3 * touched + 8 * MiB, "resident set grew %zu KiB for %zu KiB touched",
+                grown / 1024, touched / 1024);
+  for (int i = 0; i < 16; i++) ta_free(p[i]);
+}
+
+Test(huge, excess_of_a_larger_span_is_decommitted_once) {
+  ta_decay_ms = 600000;
+  char *p = ta_malloc(20 * MiB); /* a span of 24 MiB */
+  write_all(p, 20 * MiB);
+  ta_free(p);
+  char *q = ta_malloc(12 * MiB); /* needs 16: the span serves, 8 MiB of it are excess */
+  cr_assert_eq(q, p);
+  cr_assert_leq(ta_os_resident((char *)q + 12 * MiB, 12 * MiB), 4 * MiB, "excess dropped");
+  ta_free(q);
+  uint64_t before = ta_os_calls(ALL_OS_CALLS);
+  for (int i = 0; i < 10; i++) {
+    char *r = ta_malloc(12 * MiB);
+    cr_assert_eq(r, p);
+    write_all(r, 12 * MiB);
+    ta_free(r);
+  }
+  cr_assert_eq(ta_os_calls(ALL_OS_CALLS) - before, 0, "the excess holds no pages any more: "
+               "nothing to drop again");
+}
+
+Test(huge, cached_span_grows_into_a_larger_request_with_its_pages) {
+  size_t n = 10 * MiB; /* a span of 12 MiB */
+  char *p = ta_malloc(n);
+  write_all(p, n);
+  ta_free(p);
+  size_t mapped = atomic_load(&ta_os_mapped_bytes);
+  char *q = ta_malloc(15 * MiB); /* needs 16 MiB: more than the span, less than twice */
+  size_t now = atomic_load(&ta_os_mapped_bytes);
+  cr_assert_eq(ta_huge_cached_count(), 0, "the span was taken and grown");
+  cr_assert_eq(now, mapped + 4 * MiB, "only the growth is new: %zu KiB more mapped",
+               (now - mapped) / 1024);
+  cr_assert_geq(ta_os_resident(q - 64, n), n - 64 * 1024, "its pages came along");
+  cr_assert_eq(ta_map_get((uintptr_t)q), TA_MAP_HUGE);
+  ta_free(q);
+}
+
+Test(huge, no_advice_and_no_look_when_the_kernel_has_no_huge_pages) {
+  ta_os_thp_mode_force(TA_THP_NEVER);
+  uint64_t before = ta_os_calls(TA_OS_MADVISE | TA_OS_MINCORE);
+  for (int i = 0; i < 4; i++) {
+    char *p = ta_malloc(12 * MiB);
+    write_all(p, 12 * MiB);
+    ta_free(p);
+  }
+  cr_assert_eq(ta_os_calls(TA_OS_MADVISE | TA_OS_MINCORE), before);
+}
+
+Test(huge, kernel_that_always_uses_huge_pages_is_told_not_to_on_a_fresh_block) {
+  ta_os_thp_mode_force(TA_THP_ALWAYS);
+  char *p = ta_malloc(12 * MiB);
+  write_sparse(p, 12 * MiB);
+  cr_assert(has_flag(p, "nh"), "a fresh block is not known to be dense (%s)", vm_flags(p));
+  ta_free(p);
+}
+
+Test(huge, sparse_use_after_dense_history_soon_stops_huge_pages) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  ta_huge_cache_limit = 0; /* every block a fresh mapping, every free judged */
+  size_t n = 12 * MiB;
+  for (int i = 0; i < 8; i++) {
+    char *p = ta_malloc(n);
+    write_all(p, n);
+    ta_free(p);
+  }
+  int dense_advised = 0;
+  for (int i = 0; i < 16; i++) {
+    char *p = ta_malloc(n);
+    dense_advised += has_flag(p, "hg");
+    write_all(p, n);
+    ta_free(p);
+  }
+  cr_assert_eq(dense_advised, 16, "blocks of this size are written through: huge pages up "
+               "front, but %d of 16 had them", dense_advised);
+  int advised = 0;
+  for (int i = 0; i < 40; i++) {
+    char *q = ta_malloc(n);
+    write_sparse(q, n);
+    advised += has_flag(q, "hg");
+    ta_free(q);
+  }
+  /* The first is found with untouched pages when freed; the next goes without huge pages
+   * and its residency tells: the class is used sparsely now. */
+  cr_assert_leq(advised, 2, "%d of 40 sparse blocks had huge pages", advised);
+}
+
+Test(huge, first_verdict_comes_from_the_previous_fresh_block) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  char *a = ta_malloc(20 * MiB); /* nothing known yet: small pages */
+  cr_assert_not(has_flag(a, "hg"));
+  write_all(a, 20 * MiB);
+  char *b = ta_malloc(6 * MiB); /* a looks written through: huge pages for the next */
+  cr_assert(has_flag(b, "hg"), "%s", vm_flags(b));
+  ta_free(a);
+  ta_free(b);
+}
+
+Test(huge, previous_fresh_block_used_sparsely_keeps_the_next_on_small_pages) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  char *a = ta_malloc(20 * MiB);
+  write_sparse(a, 20 * MiB);
+  char *b = ta_malloc(6 * MiB);
+  cr_assert_not(has_flag(b, "hg"), "%s", vm_flags(b));
+  ta_free(a);
+  ta_free(b);
+}
+
+Test(huge, block_with_huge_pages_grows_by_remapping) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  size_t n = 6 * MiB;
+  unsigned char *p = ta_malloc(n);
+  write_all((char *)p, n);
+  ta_free(p);
+  p = ta_malloc(n); /* the same span, now with huge pages */
+  cr_assert(has_flag(p, "hg"));
+  for (size_t i = 0; i < n; i += 4096) p[i] = (unsigned char)(i >> 12);
+  uint64_t remaps = ta_os_calls(TA_OS_MREMAP);
+  unsigned char *q = ta_realloc(p, 40 * MiB);
+  cr_assert_not_null(q);
+  cr_assert_gt(ta_os_calls(TA_OS_MREMAP), remaps, "grown by the kernel, not copied");
+  for (size_t i = 0; i < n; i += 4096) cr_assert_eq(q[i], (unsigned char)(i >> 12));
+  ta_free(q);
+}
+
+static long minor_faults(void) {
+  struct rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+static long thp_fallbacks(void) {
+  FILE *f = fopen("/proc/vmstat", "r");
+  char key[64];
+  long v, n = 0;
+  while (f && fscanf(f, "%63s %ld", key, &v) == 2)
+    if (strcmp(key, "thp_fault_fallback") == 0) n = v;
+  if (f) fclose(f);
+  return n;
+}
+
+Test(huge, fresh_block_with_huge_pages_faults_in_2_mib_steps_from_its_first_byte) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  size_t n = 14 * MiB;
+  char *a = ta_malloc(n); /* written through: the next fresh blocks get huge pages */
+  write_all(a, n);
+  char *b = ta_malloc(n);
+  cr_assert(has_flag(b, "hg"));
+  long fallbacks = thp_fallbacks(), before = minor_faults();
+  write_all(b, n);
+  long faults = minor_faults() - before;
+  /* (Not under a sanitizer: its shadow memory faults beside the block's pages.) */
+  if (thp_fallbacks() == fallbacks && !TT_SANITIZER) /* the kernel had huge pages to give */
+    cr_assert_leq(faults, 32, "%ld faults for %zu MiB: the advice came after a page was "
+                  "touched, or not at all", faults, n / MiB);
+  ta_free(a);
+  ta_free(b);
 }

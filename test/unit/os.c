@@ -2,6 +2,7 @@
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -128,3 +129,74 @@ Test(os, errno_preserved_by_free_of_huge) {
 }
 
 Test(os, random_is_nonzero) { cr_assert_neq(ta_os_random(), 0); }
+
+/* ---- a failed huge mapping and the cache of freed spans ------------------------------ */
+
+/* Four spans of two granules in the cache. */
+static size_t fill_huge_cache(void) {
+  void *p[4];
+  for (int i = 0; i < 4; i++) p[i] = ta_malloc(6 * MiB);
+  for (int i = 0; i < 4; i++) ta_free(p[i]);
+  cr_assert_eq(ta_huge_cached_count(), 4);
+  return ta_huge_cached_bytes();
+}
+
+static bool overcommit_always(void) {
+  FILE *f = fopen("/proc/sys/vm/overcommit_memory", "r");
+  int mode = 0;
+  if (f) {
+    if (fscanf(f, "%d", &mode) != 1) mode = 0;
+    fclose(f);
+  }
+  return mode == 1;
+}
+
+Test(os, refused_probe_of_an_impossible_size_leaves_the_cache) {
+  size_t cached = fill_huge_cache();
+  errno = 0;
+  void *p = ta_malloc((size_t)1 << 46); /* 64 TiB: the kernel refuses it (unless overcommit is 1) */
+  if (!overcommit_always()) {
+    cr_assert_null(p);
+    cr_assert_eq(errno, ENOMEM);
+  }
+  ta_free(p);
+  cr_assert_eq(ta_huge_cached_bytes(), cached, "the cache was emptied for nothing");
+  cr_assert_eq(ta_huge_cached_count(), 4);
+}
+
+Test(os, mapping_failure_that_unmapping_the_cache_can_cure_purges_it) {
+  fill_huge_cache();
+  /* The kernel refuses the request once, as it would if the address space were short by
+   * less than the cache holds: the rest of the request can be mapped, so the cache goes. */
+  ta_os_fail(TA_OS_MMAP, 0, 1);
+  void *p = ta_malloc(100 * MiB);
+  ta_os_fail(0, 0, 0);
+  cr_assert_not_null(p, "the cache was given back and the mapping tried again");
+  cr_assert_eq(ta_huge_cached_bytes(), 0);
+  ta_free(p);
+}
+
+Test(os, mapping_failure_too_large_for_the_cache_to_cure_keeps_it) {
+  size_t cached = fill_huge_cache();
+  /* Refused, and what would be left to map after unmapping the cache is refused too:
+   * unmapping the cache could not help. */
+  ta_os_fail(TA_OS_MMAP, 0, 2);
+  errno = 0;
+  void *p = ta_malloc(100 * MiB);
+  ta_os_fail(0, 0, 0);
+  cr_assert_null(p);
+  cr_assert_eq(errno, ENOMEM);
+  cr_assert_eq(ta_huge_cached_bytes(), cached);
+}
+
+Test(os, mapping_failure_of_every_size_purges_the_cache) {
+  fill_huge_cache();
+  /* Not even a page can be mapped (the count of mappings is at its limit, say): unmapping
+   * the cached spans is what can help. */
+  ta_os_fail(TA_OS_MMAP, 0, 3);
+  void *p = ta_malloc(100 * MiB);
+  ta_os_fail(0, 0, 0);
+  cr_assert_not_null(p);
+  cr_assert_eq(ta_huge_cached_bytes(), 0);
+  ta_free(p);
+}
