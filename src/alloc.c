@@ -420,6 +420,7 @@ void *ta_realloc(void *p, size_t size) {
     ta_huge_t *h = ta_huge_hdr_checked(p, kind, "realloc(): invalid pointer");
     if (size <= usable && size >= usable / 2) {
       TA_STORE(h->requested, size); /* usable follows the request, page-rounded */
+      ta_huge_seal(h);
       in_place = p;
     } else if (size > TA_MEDIUM_MAX) {
       in_place = ta_huge_realloc(h, size);

@@ -366,6 +366,7 @@ static ta_huge_t *cache_take(size_t need) {
       if (!cache_put(h)) huge_unmap(h);
       continue;
     }
+    if (h->dirty_end > h->map_size) h->dirty_end = h->map_size; /* never beyond the span */
     if (h->map_size > 2 * need) {
       /* Far too big: give the tail back rather than hold it resident. */
       if (ta_os_munmap((char *)h + need, h->map_size - need) == 0) {
@@ -501,9 +502,9 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   }
   if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
   /* A cached span is in the map: statistics readers read these words (TA_STORE). */
-  TA_STORE(h->check, (uintptr_t)h ^ ta_secret);
   TA_STORE(h->data_off, data_off);
   TA_STORE(h->requested, size);
+  ta_huge_seal(h);
   h->next = NULL;
   atomic_store_explicit(&h->state, HUGE_LIVE, memory_order_relaxed);
   char *data = (char *)h + data_off;
@@ -526,12 +527,15 @@ ta_huge_t *ta_huge_hdr_checked(void *p, uint8_t kind, const char *op) {
   } else {
     h = (ta_huge_t *)(u & ~(uintptr_t)TA_CHUNK_MASK);
   }
-  if (h->check != ((uintptr_t)h ^ ta_secret) || (char *)h + h->data_off != (char *)p)
-    ta_fatal(op, p);
+  if (!ta_huge_check_ok(h) || (char *)h + h->data_off != (char *)p) ta_fatal(op, p);
   return h;
 }
 
 void ta_huge_free(ta_huge_t *h) {
+  /* dirty_end sits in the header's last word, just before the data: a write before the
+   * block that changed it could make a later decommit reach past the mapping. */
+  if (h->dirty_end > h->map_size || (h->dirty_end & (TA_PAGE_SIZE - 1)))
+    ta_fatal("free(): corrupted header before pointer", (char *)h + h->data_off);
   uint32_t live = HUGE_LIVE;
   if (!atomic_compare_exchange_strong(&h->state, &live, HUGE_CACHED))
     ta_fatal("free(): double free of pointer", (char *)h + h->data_off);
@@ -566,12 +570,14 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
       if (h->dirty_end > need) h->dirty_end = need;
     }
     TA_STORE(h->requested, size);
+    ta_huge_seal(h);
     if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
     return old_data;
   }
   if (ta_os_mremap(h, h->map_size, need, NULL) != NULL) {
     TA_STORE(h->map_size, need);
     TA_STORE(h->requested, size);
+    ta_huge_seal(h);
     if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
     return old_data;
   }
@@ -597,9 +603,9 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
     ta_os_munmap(dst, target);
     return NULL;
   }
-  n->check = (uintptr_t)n ^ ta_secret;
-  n->map_size = target;
-  n->requested = size;
+  TA_STORE(n->map_size, target);
+  TA_STORE(n->requested, size);
+  ta_huge_seal(n);
   if (n->dirty_end < touch_end(n, end)) n->dirty_end = touch_end(n, end);
   char *data = (char *)n + n->data_off;
   ta_map_set((uintptr_t)data, TA_MAP_HUGE);

@@ -238,6 +238,24 @@ typedef struct ta_huge {
 } ta_huge_t;
 _Static_assert(sizeof(ta_huge_t) <= 64, "huge meta block fits before the data");
 enum { HUGE_LIVE = 1, HUGE_CACHED = 2 };
+/* A huge meta block's check word covers its address and the fields free and malloc act on:
+ * the mapping's size, the data offset and the request (forging map_size made free unmap
+ * memory that was not the block's). Mixed by a secret odd multiplier, so that no field can
+ * be changed and the check fixed up by a known difference. Every writer of those fields
+ * seals the header again (ta_huge_seal). */
+TA_INLINE uintptr_t ta_huge_check(const ta_huge_t *h) {
+  uintptr_t mix = (uintptr_t)__atomic_load_n(&h->map_size, __ATOMIC_RELAXED) ^
+                  ((uintptr_t)__atomic_load_n(&h->requested, __ATOMIC_RELAXED) *
+                   0x9e3779b97f4a7c15ULL) ^
+                  ((uintptr_t)__atomic_load_n(&h->data_off, __ATOMIC_RELAXED) << 17);
+  return (uintptr_t)h ^ ta_secret ^ (mix * ta_keys.link);
+}
+TA_INLINE void ta_huge_seal(ta_huge_t *h) {
+  __atomic_store_n(&h->check, ta_huge_check(h), __ATOMIC_RELAXED);
+}
+TA_INLINE bool ta_huge_check_ok(const ta_huge_t *h) {
+  return __atomic_load_n(&h->check, __ATOMIC_RELAXED) == ta_huge_check(h);
+}
 enum { HUGE_ADVISED = 1, /* MADV_HUGEPAGE is on the whole mapping */
        HUGE_JUDGED = 2   /* found dense once: its residency is not looked at again */ };
 #define TA_HUGE_HDR 64
@@ -454,10 +472,12 @@ TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
 TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
 /* A meta block's check word covers its address, its size and INUSE: a byte written past
  * the end of the block before it (an overflow into this header) is seen. PREV_FREE is left
- * out, since the owner flips it while another thread may be checking a live block. */
+ * out, since the owner flips it while another thread may be checking a live block. The size
+ * enters multiplied by a secret odd key: with a plain XOR, one who overwrites the whole
+ * header could change the size and fix the check word up by the same known difference. */
 #define TA_M_CHECKED (TA_M_SIZE_MASK | TA_M_INUSE)
 TA_INLINE uintptr_t ta_medium_check(const ta_mhdr_t *h, size_t size_flags) {
-  return (uintptr_t)h ^ ta_secret ^ (size_flags & TA_M_CHECKED);
+  return (uintptr_t)h ^ ta_secret ^ ((size_flags & TA_M_CHECKED) * ta_keys.link);
 }
 TA_INLINE bool ta_medium_check_ok(const ta_mhdr_t *h) {
   return h->check == ta_medium_check(h, ta_mh_load(h));

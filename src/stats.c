@@ -73,6 +73,7 @@ void ta_stats_record(void *p, size_t requested) {
     ta_huge_t *h = kind == TA_MAP_HUGE ? (ta_huge_t *)ta_chunk_of(p)
                                        : (ta_huge_t *)((uintptr_t)p - TA_CHUNK_SIZE);
     TA_STORE(h->requested, requested);
+    ta_huge_seal(h);
   }
 }
 
@@ -176,7 +177,7 @@ static void walk_medium(struct walk *w, ta_chunk_t *c) {
  * cache or resized: each is read once. */
 static void walk_huge(struct walk *w, ta_huge_t *h) {
   struct ta_stats *s = w->s;
-  if (TA_LOAD(h->check) != ((uintptr_t)h ^ ta_secret)) return;
+  if (!ta_huge_check_ok(h)) return;
   size_t off = TA_LOAD(h->data_off), requested = TA_LOAD(h->requested);
   size_t map_size = TA_LOAD(h->map_size);
   size_t usable = ta_align_up(off + requested, TA_PAGE_SIZE) - off; /* ta_huge_usable */
@@ -630,7 +631,7 @@ static void map_granule(uintptr_t base, uint8_t kind, void *arg) {
     chunk_leave(c);
   } else {
     ta_huge_t *h = (ta_huge_t *)(kind == TA_MAP_HUGE ? base : base - TA_CHUNK_SIZE);
-    if (TA_LOAD(h->check) != ((uintptr_t)h ^ ta_secret)) return;
+    if (!ta_huge_check_ok(h)) return;
     uint32_t st = atomic_load(&h->state);
     size_t map_size = TA_LOAD(h->map_size);
     put(o, "huge 0x%lx %zu %s %zu %zu\n", (unsigned long)h, map_size,

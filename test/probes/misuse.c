@@ -70,9 +70,9 @@ static const struct probe {
     {"underflow_16_byte_small_free_neighbour", DETECTED, false,
      "the bytes overwrite the free neighbour's link and mark"},
     {"underflow_16_byte_medium", DETECTED, true, "the block's own header and check word"},
-    {"underflow_16_byte_huge", GAP, false,
-     "the last 16 bytes of the huge meta block (the cache's time stamp and residency hint) "
-     "are covered by no check; their readers bound them by the mapping size"},
+    {"underflow_16_byte_huge", DETECTED, true,
+     "the header's last word, the residency hint, must lie within the mapping on a page "
+     "boundary: free checks it"},
     {"realloc_freed_small", DETECTED, true, "the owner confirms the block is on its list"},
     {"realloc_freed_medium", DETECTED, true, "INUSE clear"},
     {"realloc_freed_huge", DETECTED, true, "the meta block's state is CACHED"},

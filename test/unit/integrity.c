@@ -287,3 +287,53 @@ Test(integrity, remote_double_free_of_a_medium_block_pending_remotely_aborts_at_
   free_remotely(v, 2);
   cr_log_error("the second free was not reported");
 }
+
+/* ---- meta blocks overwritten as a whole ---------------------------------------------- */
+
+/* A 16-byte underflow can rewrite a medium header whole, size and check word. With the
+ * size XORed into the check, the check could be fixed up by the known difference of two
+ * sizes; with the secret multiplier, that difference is unknown. */
+Test(integrity, medium_check_cannot_be_fixed_up_by_a_known_difference) {
+  char *p = ta_malloc(20000);
+  ta_mhdr_t *h = (ta_mhdr_t *)tt_opaque_ptr(p) - 1;
+  size_t sf = ta_mh_load(h);
+  for (size_t delta = 16; delta < ((size_t)1 << 20); delta <<= 1) {
+    size_t forged = sf ^ delta;
+    cr_assert_neq(ta_medium_check(h, sf) ^ ta_medium_check(h, forged), delta,
+                  "the check word changes by the known difference %zu", delta);
+  }
+  ta_free(p);
+}
+
+/* A huge block whose mapping size is forged: free must not unmap (or cache) memory that is
+ * not the block's. */
+Test(integrity, forged_huge_mapping_size_is_seen, .signal = SIGABRT, .init = quiet) {
+  char *a = ta_malloc(4 << 20);
+  ta_huge_t *h = (ta_huge_t *)((uintptr_t)tt_opaque_ptr(a) & ~(uintptr_t)TA_CHUNK_MASK);
+  h->map_size = (size_t)128 << 20;
+  ta_free(a);
+  cr_log_error("the forged mapping size was accepted");
+}
+
+Test(integrity, forged_huge_request_is_seen_by_malloc_usable_size, .signal = SIGABRT,
+     .init = quiet) {
+  char *a = ta_malloc(4 << 20);
+  ta_huge_t *h = (ta_huge_t *)((uintptr_t)tt_opaque_ptr(a) & ~(uintptr_t)TA_CHUNK_MASK);
+  h->requested = (size_t)64 << 20;
+  size_t n = ta_malloc_usable_size(a);
+  cr_log_error("usable size %zu accepted", n);
+}
+
+/* Every legitimate change of a huge header seals it again: realloc in place, growth,
+ * moves, and a span taken from the cache and trimmed. */
+Test(integrity, huge_headers_stay_sealed_through_realloc_and_the_cache) {
+  char *a = ta_malloc(3 << 20);
+  a = ta_realloc(a, (3 << 20) - 100000); /* in place, smaller */
+  a = ta_realloc(a, 9 << 20);            /* grows */
+  a = ta_realloc(a, 40 << 20);           /* grows, may move */
+  cr_assert_eq(ta_malloc_usable_size(a) >= (40 << 20), 1);
+  ta_free(a);
+  char *b = ta_malloc(5 << 20); /* from the cache, trimmed */
+  cr_assert_geq(ta_malloc_usable_size(b), 5 << 20);
+  ta_free(b);
+}
