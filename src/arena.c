@@ -428,6 +428,12 @@ static void fork_child(void) {
     }
     if (a == aside) continue; /* still ours: the interrupted call may yet end */
     int st = atomic_load(&a->state);
+    if (st == ARENA_FREE && ta_slow_held(a)) {
+      /* Its owner gave it up while the purger held it, and the purger does not exist
+       * here: the lock would never be released, and the lists may be half changed. */
+      atomic_store(&a->state, ARENA_ZOMBIE);
+      continue;
+    }
     if (st != ARENA_CLAIMED && st != ARENA_SUSPENDED) continue; /* FREE or ZOMBIE already */
     /* Its thread does not exist here. */
     atomic_store(&a->owner_tag, tag_next(atomic_load(&a->owner_tag), 0, 0));
@@ -442,6 +448,12 @@ static void fork_child(void) {
   /* Ownerless arenas are purged after the decay time, and what is freed into zombies is
    * counted (purge.c). */
   if (orphans) ta_note_orphan_work();
+}
+
+/* Whether the arena's owner has an exit hook, so that its exit is seen (the background
+ * thread counts only such owners: one without a hook may have exited long ago). */
+bool ta_arena_owner_hooked(const ta_arena_t *a) {
+  return (atomic_load_explicit(&a->owner_tag, memory_order_relaxed) & TAG_ID_MASK) == 0;
 }
 
 /* For statistics and tests: calls fn on every arena ever made. */

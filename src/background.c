@@ -35,7 +35,7 @@
 TA_HIDDEN extern const bool ta_bg_default; /* alloc.c: true in the replacement library */
 int ta_bg_setting = -1;                     /* background_thread: -1 unset, 0 off, 1 on */
 
-enum { BG_NONE = 0, BG_STARTING = 1, BG_RUNNING = 2, BG_FAILED = 3 };
+enum { BG_NONE = 0, BG_STARTING = 1, BG_RUNNING = 2 };
 static _Atomic int bg_state;
 static _Atomic uint32_t bg_seq;     /* futex word: bumped by every wake */
 static _Atomic int bg_sleeping;     /* 1 while waiting without a due time */
@@ -68,7 +68,10 @@ static void purge_owned(uint64_t now, uint64_t age) {
       ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms / 4 + 1);
       continue;
     }
-    ta_arena_purge(a, now, false, age); /* notes its next due time itself */
+    /* Still owned now that we hold it (its owner may have given it up meanwhile: then an
+     * orphan purge will see to it). */
+    if (atomic_load_explicit(&a->state, memory_order_acquire) == ARENA_CLAIMED)
+      ta_arena_purge(a, now, false, age); /* notes its next due time itself */
     ta_slow_leave(a);
   }
 }
@@ -81,11 +84,13 @@ static void purge_over_budget(uint64_t now) {
   for (unsigned i = 0; i < 3 && ta_over_budget(); i++) purge_owned(now, ages[i]);
 }
 
-/* Arenas that threads own now. */
+/* Arenas that live threads own now, as far as can be known: an owner without an exit hook
+ * (pthread_key_create failed) is not counted, since it may have exited long ago. */
 static unsigned owned_arenas(void) {
   unsigned n = 0;
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all)
-    n += atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED;
+    n += atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED &&
+         ta_arena_owner_hooked(a);
   return n;
 }
 
@@ -104,6 +109,9 @@ static bool should_leave(void) {
 static void *bg_main(void *arg) {
   (void)arg;
   ta_os_thread_name("tamalloc-purge");
+  /* The thread itself says it runs, and that it has left: the starter only moves the state
+   * from NONE to STARTING, so RUNNING always means a thread exists. */
+  atomic_store_explicit(&bg_state, BG_RUNNING, memory_order_release);
   for (;;) {
     if (should_leave()) {
       atomic_store_explicit(&bg_sleeping, 0, memory_order_relaxed);
@@ -151,7 +159,8 @@ void ta_bg_maybe_start(void) {
   if (next_due() == 0 || should_leave()) return; /* nothing to do, or no one to do it for */
   int expected = BG_NONE;
   if (!atomic_compare_exchange_strong(&bg_state, &expected, BG_STARTING)) return;
-  atomic_store(&bg_state, ta_os_thread_start(bg_main) == 0 ? BG_RUNNING : BG_FAILED);
+  /* Failed: back to NONE, for the next thread exit to try again. */
+  if (ta_os_thread_start(bg_main) != 0) atomic_store(&bg_state, BG_NONE);
 }
 
 /* A due time went from none to some: wake the thread if it sleeps without one. */
@@ -177,6 +186,7 @@ void ta_bg_reset_after_fork(void) {
   atomic_store(&bg_over, 0);
 }
 
-bool ta_bg_running(void) { return atomic_load(&bg_state) == BG_RUNNING; }
+/* Started or running: STARTING means the thread was created and is about to run. */
+bool ta_bg_running(void) { return atomic_load(&bg_state) != BG_NONE; }
 uint64_t ta_bg_rounds(void) { return atomic_load(&bg_rounds); }
 void ta_bg_enable(bool on) { ta_bg_setting = on; }

@@ -113,7 +113,9 @@ TA_HIDDEN extern _Atomic uint8_t ta_chunk_map[TA_MAP_ENTRIES];
  *   - the mark is keyed by the block's own address, so bytes a program copies from one
  *     block into another never make the second look free, and the key cannot be read
  *     back: every mark is cleared where its memory is handed out or changes size class.
- * A matching mark only raises a suspicion; it is confirmed before anything aborts. */
+ * A matching mark is never decided on alone: the owner confirms on its lists; another
+ * thread also asks for a link word that decodes to a list's end or a block of ours, and
+ * otherwise hands the pointer to the owner as a suspect. */
 typedef struct ta_block {
   uintptr_t link;
   uintptr_t key;
@@ -516,6 +518,7 @@ TA_HIDDEN bool ta_arena_try_claim(ta_arena_t *a);
 TA_HIDDEN ta_arena_t *ta_arena_first(void);
 TA_HIDDEN void ta_arena_release(ta_arena_t *a);
 TA_HIDDEN void ta_arena_give_back(ta_arena_t *a);
+TA_HIDDEN bool ta_arena_owner_hooked(const ta_arena_t *a);
 TA_HIDDEN void ta_remote_push(ta_arena_t *owner, ta_block_t *b);
 TA_HIDDEN void ta_remote_suspect(ta_arena_t *owner, void *p);
 TA_HIDDEN void ta_remote_collect_slow(ta_arena_t *a);

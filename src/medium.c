@@ -203,7 +203,10 @@ static ta_mhdr_t *prev_checked(ta_mhdr_t *h) {
 
 void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   size_t s = M_SIZE(h);
-  ((ta_block_t *)(h + 1))->key = 0; /* a mark left by a remote free would outlive a merge */
+  /* A remote free left a mark and an encoded link: both would outlive a merge, inside a
+   * larger free block that is later handed out, and give the keys away. */
+  ((ta_block_t *)(h + 1))->key = 0;
+  ((ta_block_t *)(h + 1))->link = 0;
   ta_mhdr_t *n = next_checked(h);
   if (!(n->size_flags & TA_M_INUSE)) {
     bin_remove(a, n);

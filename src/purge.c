@@ -15,9 +15,10 @@
  * measure (see docs/design.md).
  *
  * Besides the time, a budget: when all arenas together hold more than ta_dirty_max
- * (32 MiB) of empty chunks and retired run slots, the arena that adds more gives its own
- * back at once. Without it, each of many short-lived threads' arenas would keep its free
- * memory resident for the decay time; with it, one busy thread keeps enough to reuse.
+ * (32 MiB) of empty chunks and retired run slots, the oldest excess goes back at once: the
+ * background thread's job across arenas when it runs, else the adding arena's own
+ * (ta_purge_excess). Memory just freed is given back last: returning it only to fault it
+ * in again is the thrash the budget must not cause.
  *
  * The owner checks in its slow paths whether something is due (ta_maybe_purge: a few
  * loads when nothing is pending, one clock read otherwise); the background thread
@@ -123,7 +124,6 @@ static size_t medium_decommit(ta_mhdr_t *h) {
 size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   size_t freed = 0;
   uint64_t next = 0;
-  a->purging = true;
 #define PENDING(since)                                                                     \
   do {                                                                                     \
     uint64_t d_ = (since) + ta_decay_ms;                                                   \
@@ -132,6 +132,8 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
 #define DUE(since) (all || now >= (since) + age)
 
   ta_slow_enter(a);
+  bool was_purging = a->purging; /* under the lock: the purger may purge it too */
+  a->purging = true;
   if (all) ta_small_retire_idle(a);
 
   /* Empty chunks. A break chunk can only go when it is the top of the heap, so repeat
@@ -221,7 +223,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
 #undef DUE
   atomic_store_explicit(&a->purge_due, next, memory_order_relaxed);
   if (next) ta_purge_note_global(&ta_arenas_due, next);
-  a->purging = false;
+  a->purging = was_purging;
   ta_slow_leave(a);
   return freed;
 }

@@ -181,3 +181,45 @@ Test(background, idle_owned_arena_is_purged, .timeout = 30) {
   pthread_join(t, NULL);
   cr_assert(purged, "an idle thread's free memory was not purged in 10 s");
 }
+
+/* ---- fork while an arena's lock is held ---------------------------------------------- */
+
+static _Atomic int worker_go;
+
+static void *alloc_then_wait(void *arg) {
+  void **out = arg;
+  out[0] = ta_malloc(20000);
+  ta_free(out[0]);
+  atomic_store((_Atomic(ta_arena_t *) *)&out[1], ta_tl_arena);
+  while (!atomic_load(&worker_go)) nap_ms(1);
+  return NULL;
+}
+
+/* The purger holds an arena's lock, its owner exits meanwhile (the arena turns FREE under
+ * the lock), and the process forks: in the child the lock would never be released, so the
+ * arena must be a zombie there, never claimed (an orphan purge would wait for ever). */
+Test(background, arena_given_up_under_the_purgers_lock_is_a_zombie_in_a_fork_child,
+     .timeout = 30) {
+  void *slots[2] = {NULL, NULL};
+  pthread_t t;
+  pthread_create(&t, NULL, alloc_then_wait, slots);
+  while (atomic_load((_Atomic(ta_arena_t *) *)&slots[1]) == NULL) nap_ms(1);
+  ta_arena_t *a = atomic_load((_Atomic(ta_arena_t *) *)&slots[1]);
+  cr_assert(ta_slow_try_enter(a), "this thread stands for the purger");
+  atomic_store(&worker_go, 1);
+  pthread_join(t, NULL);
+  cr_assert_eq(atomic_load(&a->state), ARENA_FREE, "given up while the lock was held");
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(10);
+    if (atomic_load(&a->state) != ARENA_ZOMBIE) _exit(2);
+    ta_purge_orphans(ta_os_now_ms(), true); /* must not wait for the lock */
+    void *p = ta_malloc(30000);               /* nor must a new arena's claim */
+    ta_free(p);
+    _exit(0);
+  }
+  ta_slow_leave(a);
+  int st;
+  waitpid(pid, &st, 0);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d", st);
+}
