@@ -44,7 +44,7 @@
 #define MAX_LIVE 128
 #define MAX_LIVE_BYTES (48 * MiB)
 #define MAX_REAL_SIZE (8 * MiB)          /* largest block the harness writes to */
-#define FULL_PATTERN_MAX (64 * KiB)      /* larger blocks get the pattern on three regions */
+#define FULL_PATTERN_MAX (16 * KiB)      /* larger blocks get the pattern on three regions */
 #define REGION (4 * KiB)
 
 /* ---- failure report --------------------------------------------------------------- */
@@ -140,7 +140,7 @@ static void verify(const void *p, size_t n, uint64_t id, size_t limit, const cha
 
 static void verify_zero(const void *p, size_t n, const char *what) {
   const unsigned char *c = p;
-  size_t whole = n <= MiB ? n : 0;
+  size_t whole = n <= 64 * KiB ? n : 0;
   for (size_t i = 0; i < whole; i++)
     CHECK(c[i] == 0, "%s: calloc block %p (%zu bytes) byte %zu is 0x%02x", what, p, n, i, c[i]);
   if (whole == 0) {
