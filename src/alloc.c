@@ -409,12 +409,13 @@ void *ta_realloc(void *p, size_t size) {
   if (kind == TA_MAP_SMALL) {
     if (size <= usable && (size >= usable / 2 || usable <= 64)) in_place = p;
   } else if (kind == TA_MAP_MEDIUM) {
-    if (size > TA_SMALL_MAX / 2 && size <= TA_MEDIUM_MAX) {
-      if (ta_chunk_of(p)->owner == me) {
-        if (ta_medium_resize(me, (ta_mhdr_t *)p - 1, size)) in_place = p;
-      } else if (size <= usable && size >= usable / 2 && !ta_stats_on) {
-        in_place = p; /* (with statistics on, the size word is the owner's to rewrite) */
-      }
+    bool owner = ta_chunk_of(p)->owner == me;
+    if (owner && size > TA_SMALL_MAX / 2 && size <= TA_MEDIUM_MAX) {
+      if (ta_medium_resize(me, (ta_mhdr_t *)p - 1, size)) in_place = p;
+    } else if (size <= usable && size >= usable / 2 && (owner || !ta_stats_on)) {
+      /* Kept as it is, whatever its size (an over-aligned medium block may hold less than
+       * a small one). With statistics on, the size word is the owner's to rewrite. */
+      in_place = p;
     }
   } else {
     ta_huge_t *h = ta_huge_hdr_checked(p, kind, "realloc(): invalid pointer");

@@ -340,3 +340,17 @@ Test(realloc, shrink_then_grow_keeps_prefix, .timeout = 60)
         ta_free(r);
     }
 }
+
+/* An over-aligned block is a medium one however small: realloc to its usable size, or a
+ * little below, keeps it where it is (found by the fuzzer). */
+Test(realloc, over_aligned_small_medium_block_stays_at_its_usable_size)
+{
+    for (size_t align = 16 * TT_KIB; align <= 128 * TT_KIB; align *= 2) {
+        void *p = ta_memalign(align, 200);
+        cr_assert_not_null(p);
+        size_t usable = ta_malloc_usable_size(p);
+        cr_assert_eq(ta_realloc(p, usable), p, "alignment %zu, usable %zu", align, usable);
+        cr_assert_eq(ta_realloc(p, usable - 8), p, "alignment %zu", align);
+        ta_free(p);
+    }
+}
