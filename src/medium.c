@@ -236,6 +236,8 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   }
 }
 
+void ta_medium_next_check(ta_mhdr_t *h) { (void)next_checked(h); }
+
 ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {
   uintptr_t u = (uintptr_t)p;
   ta_chunk_t *c = ta_chunk_of(p);
