@@ -585,7 +585,11 @@ static TA_NOINLINE void secure_free(void *p) {
     ta_fatal("free(): invalid pointer", p);
   }
   ta_arena_t *me = ta_tl_arena;
-  if (me == &ta_sentinel_arena) { /* a thread without an arena has no quarantine */
+  bool borrowed = false;
+  /* A thread whose first call is a free takes an arena, for its quarantine; one past its
+   * exit destructor (a borrowed arena) frees at once. */
+  if (me == &ta_sentinel_arena && ((me = ta_arena_get_slow(&borrowed)) == NULL || borrowed)) {
+    if (borrowed) ta_arena_borrow_done(me);
     secure_releasing = true;
     ta_free(p);
     secure_releasing = false;
