@@ -210,6 +210,10 @@ _Static_assert(offsetof(ta_chunk_t, readers) + sizeof(uint32_t) <= sizeof(ta_run
 /* A small chunk's shadow array pointer (statistics) follows the run meta blocks. */
 #define TA_SHADOW_OFFSET (TA_RUNS_PER_CHUNK * sizeof(ta_run_t))
 #define TA_MEDIUM_HDR 64 /* medium chunk: data starts here; runs[] is not used */
+/* A medium chunk's end marker: its last 16 bytes, or, in the hardened build, the last 16
+ * before its last page, which is a guard page (inaccessible while the chunk is medium). */
+#define TA_MEDIUM_GUARD (ta_secure ? TA_PAGE_SIZE : 0)
+#define TA_MEDIUM_END (TA_CHUNK_SIZE - TA_MEDIUM_GUARD - sizeof(ta_mhdr_t))
 
 /* ------------------------------------------------------------------ medium blocks */
 #define TA_M_INUSE ((size_t)1)

@@ -234,6 +234,16 @@ Test(secure_medium, unaligned_pointer, .signal = SIGABRT)
     ta_free(p + 8);
 }
 
+Test(secure_medium, overflow_off_the_chunk_end_faults, .signal = SIGSEGV)
+{
+    /* A medium chunk (4 MiB, aligned) ends with a guard page: an overflow that runs off
+     * the chunk's last block, past its end marker, faults there. */
+    char *p = ta_malloc(MEDIUM);
+    uintptr_t chunk_end = ((uintptr_t)p | (4 * TT_MIB - 1)) + 1;
+    poke(p, (ptrdiff_t)(chunk_end - 4096 - 16 - (uintptr_t)p) - 1, 1); /* the last block's last byte */
+    poke(p, (ptrdiff_t)(chunk_end - 4096 - (uintptr_t)p), 1);
+}
+
 /* ---- huge blocks ------------------------------------------------------------------ */
 
 Test(secure_huge, overflow_hits_the_guard_page, .signal = SIGSEGV)
