@@ -47,6 +47,39 @@ TA_INLINE unsigned small_class_for(size_t size, size_t align) {
   return cls <= TA_NUM_SMALL ? cls : 0;
 }
 
+/* The size a small request takes from its class: the hardened build keeps the last 8 bytes
+ * of the block for the canary and serves nothing from the 16-byte class, whose second word
+ * (the mark of a free block) would be the canary. */
+TA_INLINE size_t small_request(size_t n) {
+  if (!ta_secure) return n;
+  return n + TA_CANARY_SIZE < 17 ? 17 : n + TA_CANARY_SIZE;
+}
+
+/* Hardened build: a small block popped from one of the first two blocks of the active run's
+ * list, chosen at random, so that consecutive mallocs do not return predictable neighbours.
+ * The block's canary, written when the run was carved, must be intact. */
+static void *secure_small_alloc(ta_arena_t *a, unsigned cls) {
+  ta_run_t *r = a->cur[cls];
+  ta_block_t *b = r->free;
+  if (ta_same_chunk(b, r) && (ta_secure_random() & 1)) {
+    ta_block_t *n = ta_block_next(b);
+    if (ta_same_chunk(n, r) && ta_small_valid(r, n)) {
+      b->link = n->link; /* n leaves the list: b now links where n did */
+      n->link = 0;
+      n->key = 0;
+      TA_ADD(r->used, 1);
+      b = n;
+      goto got;
+    }
+  }
+  b = small_alloc(a, cls);
+  if (b == NULL) return NULL;
+got:
+  if (*ta_canary_at(b, ta_run_of(b)->bsize) != ta_canary(b))
+    ta_fatal("malloc(): canary overwritten after pointer", b);
+  return b;
+}
+
 /* Any size, alignment <= 16 or a power of two; zero: the caller needs zeroed memory. */
 static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   if (TA_UNLIKELY(size > TA_MAX_REQUEST)) {
@@ -67,9 +100,9 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   }
   void *p = NULL;
   bool zeroed = false;
-  unsigned cls = small_class_for(size, align);
+  unsigned cls = small_class_for(small_request(size), align);
   if (cls != 0) {
-    p = small_alloc(a, cls);
+    p = ta_secure ? secure_small_alloc(a, cls) : small_alloc(a, cls);
   } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 &&
              size + align <= TA_MEDIUM_MAX) {
     p = ta_medium_alloc(a, size, align);
@@ -93,6 +126,7 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
 /* ta_fast_limit is 8 KiB (every small size), or 0 while statistics are on (every call then
  * records its requested size on the generic path): the test costs what a constant would. */
 void *ta_malloc(size_t size) {
+  if (ta_secure) return alloc_generic(size, TA_ALIGNMENT, false);
   if (TA_LIKELY(size <= ta_fast_limit)) {
     ta_block_t *b = ta_run_pop(ta_tl_arena->cur[ta_class_lut[size]]);
     if (TA_LIKELY(b != NULL)) return b;
@@ -238,8 +272,13 @@ static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
 
 static TA_COLD void free_invalid(void *p) { ta_fatal("free(): invalid pointer", p); }
 
+static void secure_free(void *p);
+/* Hardened build: set while a block leaving the quarantine is really freed. */
+static __thread bool secure_releasing __attribute__((tls_model("initial-exec")));
+
 /* Every exit from the fast path is a tail call, so the fast path saves no registers. */
 void ta_free(void *p) {
+  if (ta_secure && !secure_releasing) return secure_free(p);
   uintptr_t u = (uintptr_t)p;
   uintptr_t g = u >> TA_CHUNK_SHIFT;
   if (TA_UNLIKELY(g >= TA_MAP_ENTRIES)) return free_generic(p, TA_MAP_NONE);
@@ -305,16 +344,17 @@ static size_t usable_checked(void *p, const char *op) {
     ta_run_t *r = ta_run_of(p);
     if (!ta_small_valid(r, p)) ta_fatal(op, p);
     if (TA_UNLIKELY(is_free_marked(p)) &&
-        (r->owner == ta_tl_arena ? small_freed(ta_tl_arena, r, p) : looks_free_remotely(p)))
+        (ta_secure || (r->owner == ta_tl_arena ? small_freed(ta_tl_arena, r, p)
+                                               : looks_free_remotely(p))))
       ta_fatal(op, p);
-    return r->bsize;
+    return r->bsize - (ta_secure ? TA_CANARY_SIZE : 0);
   }
   case TA_MAP_MEDIUM: {
     ta_mhdr_t *h = ta_medium_hdr_checked(p, op);
     if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal(op, p);
     if (TA_UNLIKELY(is_free_marked(p)) &&
-        (ta_chunk_of(p)->owner == ta_tl_arena ? medium_freed(ta_tl_arena, p)
-                                              : looks_free_remotely(p)))
+        (ta_secure || (ta_chunk_of(p)->owner == ta_tl_arena ? medium_freed(ta_tl_arena, p)
+                                                            : looks_free_remotely(p))))
       ta_fatal(op, p);
     return ta_medium_usable(h);
   }
@@ -346,7 +386,7 @@ static bool size_fits(const void *p, size_t usable, size_t size, size_t align) {
   case TA_MAP_SMALL:
     /* Without the alignment, any smaller size may be right: realloc keeps a block in place
      * for down to half its size (any size up to 64 bytes), memalign takes a bigger class. */
-    return align == 0 || small_class_for(n, align) == ta_run_of(p)->cls;
+    return align == 0 || small_class_for(small_request(n), align) == ta_run_of(p)->cls;
   case TA_MAP_MEDIUM:
     /* Down to half: another thread's realloc keeps a block in place that far. */
     return usable - n <= MEDIUM_SLACK || n >= usable / 2;
@@ -375,7 +415,7 @@ static TA_NOINLINE void free_sized_checked(void *p, size_t size, size_t align, b
 /* The fast path: a small block whose class holds the size goes straight to free. */
 void ta_free_sized(void *p, size_t size) {
   uintptr_t g = (uintptr_t)p >> TA_CHUNK_SHIFT;
-  if (TA_LIKELY(g < TA_MAP_ENTRIES) &&
+  if (!ta_secure && TA_LIKELY(g < TA_MAP_ENTRIES) &&
       atomic_load_explicit(&ta_chunk_map[g], memory_order_relaxed) == TA_MAP_SMALL &&
       TA_LIKELY(size <= ta_run_of(p)->bsize))
     return ta_free(p);
@@ -394,6 +434,9 @@ size_t ta_malloc_usable_size(void *p) {
 void *ta_realloc(void *p, size_t size) {
   if (p == NULL) return ta_malloc(size);
   size_t usable = usable_checked(p, "realloc(): invalid pointer");
+  if (ta_secure && ta_map_get((uintptr_t)p) == TA_MAP_SMALL &&
+      *ta_canary_at(p, ta_run_of(p)->bsize) != ta_canary(p))
+    ta_fatal("realloc(): canary overwritten after pointer", p);
   if (size == 0) {
     ta_free(p);
     return NULL;
@@ -420,10 +463,14 @@ void *ta_realloc(void *p, size_t size) {
   } else {
     ta_huge_t *h = ta_huge_hdr_checked(p, kind, "realloc(): invalid pointer");
     if (size <= usable && size >= usable / 2) {
+      /* Hardened: the guard page follows the data's last page: open it, move it. */
+      if (ta_secure && !ta_huge_secure_arm(h, false))
+        ta_fatal("realloc(): canary overwritten before pointer", p);
       TA_STORE(h->requested, size); /* usable follows the request, page-rounded */
       ta_huge_seal(h);
+      if (ta_secure) (void)ta_huge_secure_arm(h, true); /* without a guard if mprotect fails */
       in_place = p;
-    } else if (size > TA_MEDIUM_MAX) {
+    } else if (size > TA_MEDIUM_MAX && !ta_secure) { /* hardened: moved by a copy */
       in_place = ta_huge_realloc(h, size);
     }
   }
@@ -448,6 +495,120 @@ void *ta_reallocarray(void *p, size_t count, size_t size) {
   return ta_realloc(p, total);
 }
 
+/* ------------------------------------------------------------------ hardened build */
+
+/* A free in the hardened build checks the block whole — its boundary, its mark, its canary
+ * and its neighbour's (small), its header and the next one (medium), the canaries before
+ * and the guard page after it (huge) — then zeroes it and puts it in the quarantine of the
+ * freeing thread's arena: a ring of recently freed blocks that are really freed only when
+ * they leave it, oldest first, after a check that nothing was written to them meanwhile.
+ * A block in quarantine says "free" in its first two words (a link that decodes to NULL,
+ * its mark), so a second free of it is reported at once. */
+
+static bool all_zero(const void *p, size_t n) {
+  const uint64_t *w = p;
+  uint64_t acc = 0;
+  for (size_t i = 0; i < n / 8; i++) acc |= w[i];
+  return acc == 0;
+}
+
+/* The bytes the quarantine zeroes and checks, beyond the first two words: the usable size
+ * (a small block's canary is not part of it). */
+static size_t quarantine_usable(void *p) {
+  if (ta_map_get((uintptr_t)p) == TA_MAP_SMALL) return ta_run_of(p)->bsize - TA_CANARY_SIZE;
+  return ta_medium_usable(ta_medium_hdr_checked(p, "malloc(): write after free at pointer"));
+}
+
+static void quarantine_evict(ta_arena_t *me) {
+  void *q = me->quarantine[me->q_head];
+  me->q_head = (me->q_head + 1) % TA_QUARANTINE;
+  me->q_count--;
+  size_t usable = quarantine_usable(q);
+  me->q_bytes -= usable;
+  ta_block_t *b = q;
+  if (b->link != 0 || b->key != ta_mark(q) ||
+      !all_zero((char *)q + sizeof(ta_block_t), usable - sizeof(ta_block_t)) ||
+      (ta_map_get((uintptr_t)q) == TA_MAP_SMALL &&
+       *ta_canary_at(q, ta_run_of(q)->bsize) != ta_canary(q)))
+    ta_fatal("malloc(): write after free at pointer", q);
+  b->key = 0; /* not "free" any more: free takes it as the live block it still is */
+  secure_releasing = true;
+  ta_free(q);
+  secure_releasing = false;
+}
+
+static void quarantine_flush(ta_arena_t *me) {
+  while (me->q_count > 0) quarantine_evict(me);
+}
+
+static TA_NOINLINE void secure_free(void *p) {
+  if (p == NULL) return;
+  uint8_t kind = ta_map_get((uintptr_t)p);
+  size_t usable;
+  switch (kind) {
+  case TA_MAP_SMALL: {
+    ta_run_t *r = ta_run_of(p);
+    if (!ta_small_valid(r, p)) ta_fatal("free(): invalid pointer", p);
+    /* The mark alone: a block freed before, on a list or in a quarantine. */
+    if (is_free_marked(p)) ta_fatal("free(): double free of pointer", p);
+    uint32_t bs = r->bsize;
+    if (*ta_canary_at(p, bs) != ta_canary(p)) ta_fatal("free(): canary overwritten after pointer", p);
+    /* The block below: its canary is what a write below this block reaches first. */
+    char *below = (char *)p - bs;
+    if (((uintptr_t)p & (TA_RUN_SIZE - 1)) >= bs && *ta_canary_at(below, bs) != ta_canary(below))
+      ta_fatal("free(): canary overwritten before pointer", p);
+    usable = bs - TA_CANARY_SIZE;
+    break;
+  }
+  case TA_MAP_MEDIUM: {
+    /* A write below the block reaches its header first: the check word catches it. */
+    ta_mhdr_t *h = ta_medium_hdr_checked(p, "free(): invalid pointer");
+    if (!(ta_mh_load(h) & TA_M_INUSE) || is_free_marked(p))
+      ta_fatal("free(): double free of pointer", p);
+    ta_arena_t *owner = ta_chunk_of(p)->owner;
+    if (owner == ta_tl_arena) { /* the next header is the owner's to read */
+      ta_slow_enter(owner);
+      ta_medium_next_check(h);
+      ta_slow_leave(owner);
+    }
+    usable = ta_medium_usable(h);
+    break;
+  }
+  case TA_MAP_HUGE:
+  case TA_MAP_HUGE_AL: {
+    ta_huge_t *h = ta_huge_hdr_checked(p, kind, "free(): invalid pointer");
+    if (atomic_load_explicit(&h->state, memory_order_relaxed) != HUGE_LIVE)
+      ta_fatal("free(): double free of pointer", p);
+    if (!ta_huge_secure_arm(h, false)) ta_fatal("free(): canary overwritten before pointer", p);
+    ta_huge_free(h); /* unmapped: no span is cached, a write after free faults */
+    return;
+  }
+  default:
+    ta_fatal("free(): invalid pointer", p);
+  }
+  ta_arena_t *me = ta_tl_arena;
+  bool borrowed = false;
+  /* A thread whose first call is a free takes an arena, for its quarantine; one past its
+   * exit destructor (a borrowed arena) frees at once. */
+  if (me == &ta_sentinel_arena && ((me = ta_arena_get_slow(&borrowed)) == NULL || borrowed)) {
+    if (borrowed) ta_arena_borrow_done(me);
+    secure_releasing = true;
+    ta_free(p);
+    secure_releasing = false;
+    return;
+  }
+  memset((char *)p + sizeof(ta_block_t), 0, usable - sizeof(ta_block_t));
+  ta_block_t *b = p;
+  b->link = 0; /* decodes to NULL: what a list's last block holds */
+  b->key = ta_mark(p);
+  while (me->q_count > 0 &&
+         (me->q_count == TA_QUARANTINE || me->q_bytes + usable > TA_QUARANTINE_BYTES))
+    quarantine_evict(me);
+  me->quarantine[(me->q_head + me->q_count) % TA_QUARANTINE] = p;
+  me->q_count++;
+  me->q_bytes += usable;
+}
+
 /* ------------------------------------------------------------------ trim */
 
 /* Gives back at once everything purge.c would give back later: this thread's free memory
@@ -458,6 +619,7 @@ int ta_malloc_trim(size_t pad) {
   uint64_t now = ta_os_now_ms();
   size_t freed = 0;
   ta_arena_t *a = ta_tl_arena;
+  if (ta_secure && a != &ta_sentinel_arena) quarantine_flush(a);
   if (a != &ta_sentinel_arena) {
     ta_slow_enter(a);
     ta_remote_collect(a);

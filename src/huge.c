@@ -49,7 +49,8 @@
  * exchanging its slot for NULL, so whoever takes it owns it; the sizes and times beside the
  * slots are hints written before a span is published, checked once it is owned. */
 #define TA_HUGE_SLOTS 32
-size_t ta_huge_cache_limit = (size_t)64 << 20; /* bytes kept resident at most */
+/* The hardened build keeps no freed span: a write after free faults. */
+size_t ta_huge_cache_limit = TA_SECURE ? 0 : (size_t)64 << 20; /* bytes kept resident at most */
 bool ta_huge_pages = true; /* ask for transparent huge pages on huge spans */
 static _Atomic(ta_huge_t *) cache_slot[TA_HUGE_SLOTS];
 static _Atomic size_t cache_size_hint[TA_HUGE_SLOTS];
@@ -463,11 +464,15 @@ static bool purge_may_help(size_t need) {
 
 void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   bool beyond = align >= TA_CHUNK_SIZE;
-  size_t data_off = beyond ? TA_CHUNK_SIZE : (align > TA_HUGE_HDR ? align : TA_HUGE_HDR);
-  if (size > TA_MAX_REQUEST - data_off) return NULL;
+  /* Hardened: 64 bytes of canary between the meta block and the data, and a guard page
+   * after the data's last page (see ta_huge_secure_arm). */
+  size_t hdr = ta_secure ? TA_HUGE_HDR + TA_HUGE_CANARY : TA_HUGE_HDR;
+  size_t guard = ta_secure ? TA_PAGE_SIZE : 0;
+  size_t data_off = beyond ? TA_CHUNK_SIZE : (align > hdr ? align : hdr);
+  if (size > TA_MAX_REQUEST - data_off - guard) return NULL;
   /* Whole granules: the next mapping then lands aligned by itself (see ta_os_mmap_aligned);
    * the slack is address space, never touched unless the block grows into it. */
-  size_t need = ta_align_up(data_off + size, beyond ? TA_PAGE_SIZE : TA_CHUNK_SIZE);
+  size_t need = ta_align_up(data_off + size + guard, beyond ? TA_PAGE_SIZE : TA_CHUNK_SIZE);
   ta_huge_t *h = NULL;
   bool fresh = true;
 
@@ -515,7 +520,28 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
     TA_ADD(a->cnt.first_uses, fresh);
   }
   if (zero && !fresh) memset(data, 0, size);
+  if (ta_secure && !ta_huge_secure_arm(h, true)) {
+    ta_huge_free(h);
+    return NULL;
+  }
   return data;
+}
+
+/* Hardened build: the 64 bytes before the data hold canaries (a write below the data is
+ * seen when the block is freed), and the page after the data's last page is made
+ * inaccessible (a write past the end faults). arm: set both up; otherwise check the canaries
+ * and open the guard page again, before the span is unmapped or cached. False when the
+ * guard page cannot be set up (arm) or a canary was overwritten. */
+bool ta_huge_secure_arm(ta_huge_t *h, bool arm) {
+  uint64_t *c = (uint64_t *)((char *)h + h->data_off) - TA_HUGE_CANARY / 8;
+  char *guard = (char *)h + ta_align_up(h->data_off + h->requested, TA_PAGE_SIZE);
+  bool ok = true;
+  for (unsigned i = 0; i < TA_HUGE_CANARY / 8; i++) {
+    if (arm) c[i] = ta_canary(&c[i]);
+    else ok &= c[i] == ta_canary(&c[i]);
+  }
+  if (ta_os_protect(guard, TA_PAGE_SIZE, !arm) != 0 && arm) return false;
+  return ok;
 }
 
 ta_huge_t *ta_huge_hdr_checked(void *p, uint8_t kind, const char *op) {

@@ -50,6 +50,19 @@
 #define TA_COLD __attribute__((cold, noinline))
 #define TA_INLINE static inline __attribute__((always_inline))
 
+/* The hardened build (libtamalloc-secure.so, libtamalloc_api_secure.a) is these sources
+ * compiled with TA_SECURE=1. Every difference is a test of this constant, so the code of
+ * both builds is compiled (and warned about) in each, and the default build's optimiser
+ * removes the hardened code entirely: its fast paths are not touched. */
+#ifndef TA_SECURE
+#define TA_SECURE 0
+#endif
+static const bool ta_secure = TA_SECURE;
+/* Hardened build: free blocks wait in a per-arena quarantine of this many entries and this
+ * many bytes before they are really freed. */
+#define TA_QUARANTINE 64
+#define TA_QUARANTINE_BYTES ((size_t)1 << 20)
+
 /* Words statistics readers (stats.c) read while their owner changes them — run meta blocks,
  * chunk headers, medium size words, huge meta blocks, counters: the owner, their only writer,
  * stores them with TA_STORE wherever a reader can see them and reads them plainly; readers
@@ -199,6 +212,10 @@ _Static_assert(offsetof(ta_chunk_t, readers) + sizeof(uint32_t) <= sizeof(ta_run
 /* A small chunk's shadow array pointer (statistics) follows the run meta blocks. */
 #define TA_SHADOW_OFFSET (TA_RUNS_PER_CHUNK * sizeof(ta_run_t))
 #define TA_MEDIUM_HDR 64 /* medium chunk: data starts here; runs[] is not used */
+/* A medium chunk's end marker: its last 16 bytes, or, in the hardened build, the last 16
+ * before its last page, which is a guard page (inaccessible while the chunk is medium). */
+#define TA_MEDIUM_GUARD (ta_secure ? TA_PAGE_SIZE : 0)
+#define TA_MEDIUM_END (TA_CHUNK_SIZE - TA_MEDIUM_GUARD - sizeof(ta_mhdr_t))
 
 /* ------------------------------------------------------------------ medium blocks */
 #define TA_M_INUSE ((size_t)1)
@@ -321,6 +338,13 @@ typedef struct ta_arena {
    * each (it alone can read its lists) and either frees the block or reports the double
    * free. The freeing thread never aborts on the mark alone. */
   _Atomic(void *) suspects[TA_SUSPECTS];
+
+  /* --- hardened build only (one unused entry otherwise): owner-only --- */
+  /* Blocks freed by this arena's owner, zeroed, waiting to be really freed, oldest first
+   * at q_head; their usable bytes in q_bytes (alloc.c). */
+  void *quarantine[TA_SECURE ? TA_QUARANTINE : 1];
+  uint32_t q_head, q_count;
+  size_t q_bytes;
 } ta_arena_t;
 
 /* The placeholder every thread starts with: all its runs are empty, so the first malloc
@@ -360,6 +384,7 @@ TA_HIDDEN void ta_os_trim(void *p, size_t size); /* part of a fresh mapping, nev
 TA_HIDDEN size_t ta_os_resident(const void *p, size_t size); /* bytes in memory (mincore) */
 TA_HIDDEN int ta_os_mincore(const void *p, size_t size, unsigned char *vec);
 TA_HIDDEN int ta_os_decommit(void *p, size_t size); /* MADV_DONTNEED */
+TA_HIDDEN int ta_os_protect(void *p, size_t size, bool access); /* guard pages: mprotect */
 TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
 TA_HIDDEN void *ta_os_mremap_move(void *p, size_t old, size_t size); /* in place or moved */
 TA_HIDDEN int ta_os_hugepage(void *p, size_t size, bool on); /* MADV_(NO)HUGEPAGE hint */
@@ -458,6 +483,19 @@ TA_INLINE ta_block_t *ta_run_pop(ta_run_t *r) {
   return NULL;
 }
 
+/* Hardened build: the last 8 bytes of every carved small block hold a canary keyed by a
+ * secret and the block's address; the usable size is 8 bytes less than the class. */
+#define TA_CANARY_SIZE 8
+TA_INLINE uint64_t ta_canary(const void *b) {
+  return ((uintptr_t)b ^ ta_keys.mark ^ ta_secret) * 0x9e3779b97f4a7c15ull;
+}
+TA_INLINE uint64_t *ta_canary_at(void *b, uint32_t bsize) {
+  return (uint64_t *)((char *)b + bsize - TA_CANARY_SIZE);
+}
+
+/* Hardened build: a cheap per-thread generator (xorshift), seeded from the secret. */
+TA_HIDDEN uint64_t ta_secure_random(void);
+
 /* ------------------------------------------------------------------ small.c */
 TA_HIDDEN void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls);
 TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
@@ -471,6 +509,7 @@ TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
 TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align);
 TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
 TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
+TA_HIDDEN void ta_medium_next_check(ta_mhdr_t *h); /* the header after h; aborts if forged */
 TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
 /* A meta block's check word covers its address, its size and INUSE: a byte written past
  * the end of the block before it (an overflow into this header) is seen. PREV_FREE is left
@@ -493,6 +532,8 @@ TA_HIDDEN void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zer
 TA_HIDDEN void ta_huge_free(ta_huge_t *h);
 TA_HIDDEN ta_huge_t *ta_huge_hdr_checked(void *p, uint8_t kind, const char *op);
 TA_HIDDEN void *ta_huge_realloc(ta_huge_t *h, size_t size);
+#define TA_HUGE_CANARY 64 /* hardened build: canary bytes before a huge block's data */
+TA_HIDDEN bool ta_huge_secure_arm(ta_huge_t *h, bool arm);
 /* The request rounded to a page: the span's granule rounding beyond it is address space
  * kept for growth, not memory the block holds. */
 TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) {

@@ -91,9 +91,12 @@ static bool medium_chunk_new(ta_arena_t *a) {
   ta_chunk_t *c = ta_chunk_alloc(a, TA_MAP_MEDIUM);
   if (c == NULL) return false;
   ta_mhdr_t *h = (ta_mhdr_t *)((char *)c + TA_MEDIUM_HDR);
-  ta_mhdr_t *end = (ta_mhdr_t *)((char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t));
+  ta_mhdr_t *end = (ta_mhdr_t *)((char *)c + TA_MEDIUM_END);
   set_hdr(h, (size_t)((char *)end - (char *)h));
   set_hdr(end, TA_M_INUSE | TA_M_PREV_FREE);
+  /* Hardened: a write running off the chunk's last block faults (without the guard if the
+   * kernel refuses). */
+  if (ta_secure) (void)ta_os_protect((char *)c + TA_CHUNK_SIZE - TA_MEDIUM_GUARD, TA_MEDIUM_GUARD, false);
   bin_insert(a, h);
   ta_map_set((uintptr_t)c, TA_MAP_MEDIUM);
   c->prev = NULL;
@@ -105,7 +108,9 @@ static bool medium_chunk_new(ta_arena_t *a) {
 
 static void medium_chunk_free(ta_arena_t *a, ta_chunk_t *c) {
   /* The end marker lies where a small chunk keeps blocks: leave no check word there. */
-  forget_hdr((ta_mhdr_t *)((char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t)));
+  forget_hdr((ta_mhdr_t *)((char *)c + TA_MEDIUM_END));
+  /* The chunk may next serve small blocks: its guard page opens again. */
+  if (ta_secure) (void)ta_os_protect((char *)c + TA_CHUNK_SIZE - TA_MEDIUM_GUARD, TA_MEDIUM_GUARD, true);
   if (c->prev) TA_PUBLISH(c->prev->next, c->next);
   else a->medium_chunks = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -141,7 +146,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
   size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
   if (need < TA_MIN_MBLOCK) need = TA_MIN_MBLOCK;
   size_t search = align > TA_ALIGNMENT ? need + align + TA_MIN_MBLOCK : need;
-  if (search > TA_CHUNK_SIZE - TA_MEDIUM_HDR - 2 * sizeof(ta_mhdr_t)) return NULL;
+  if (search > TA_MEDIUM_END - TA_MEDIUM_HDR - sizeof(ta_mhdr_t)) return NULL;
 
   ta_slow_enter(a);
   ta_remote_collect(a);
@@ -225,7 +230,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   }
   ta_chunk_t *c = ta_chunk_of(h);
   if ((char *)h == (char *)c + TA_MEDIUM_HDR &&
-      (char *)h + s == (char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t) &&
+      (char *)h + s == (char *)c + TA_MEDIUM_END &&
       (a->medium_chunks != c || c->next != NULL)) {
     /* The whole chunk is free and the arena has another: let the chunk go. */
     forget_hdr(h);
@@ -239,11 +244,13 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   }
 }
 
+void ta_medium_next_check(ta_mhdr_t *h) { (void)next_checked(h); }
+
 ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {
   uintptr_t u = (uintptr_t)p;
   ta_chunk_t *c = ta_chunk_of(p);
   if ((u & (TA_ALIGNMENT - 1)) != 0 || u < (uintptr_t)c + TA_MEDIUM_HDR + sizeof(ta_mhdr_t) ||
-      u >= (uintptr_t)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t))
+      u >= (uintptr_t)c + TA_MEDIUM_END)
     ta_fatal(op, p);
   ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
   if (!ta_medium_check_ok(h)) ta_fatal(op, p);
@@ -294,7 +301,7 @@ size_t ta_mh_peek(const ta_mhdr_t *h) {
  * the walk rather than leading it astray. Returns the blocks visited. */
 size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, void *arg), void *arg) {
   size_t n = 0;
-  const char *end = (const char *)c + TA_CHUNK_SIZE - sizeof(ta_mhdr_t);
+  const char *end = (const char *)c + TA_MEDIUM_END;
   const ta_mhdr_t *h = (const ta_mhdr_t *)((const char *)c + TA_MEDIUM_HDR);
   while ((const char *)h < end) {
     size_t sz = ta_mh_peek(h) & TA_M_SIZE_MASK;

@@ -236,6 +236,13 @@ int ta_os_decommit(void *p, size_t size) {
   return r;
 }
 
+int ta_os_protect(void *p, size_t size, bool access) {
+  int saved = errno;
+  int r = mprotect(p, size, access ? PROT_READ | PROT_WRITE : PROT_NONE);
+  errno = saved;
+  return r;
+}
+
 void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed) {
   if (should_fail(TA_OS_MREMAP)) return NULL;
   count_call(TA_OS_MREMAP);

@@ -144,6 +144,28 @@ static void run_retire(ta_arena_t *a, ta_run_t *r) {
   ta_dirty_add(a, (intptr_t)TA_RUN_SIZE);
 }
 
+static uint32_t gcd(uint32_t a, uint32_t b) {
+  while (b) {
+    uint32_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+/* Hardened build: a per-thread xorshift generator, seeded from the free-list key and the
+ * thread's own address on first use. Not a secret source: it only makes layouts vary. */
+static __thread uint64_t secure_rng __attribute__((tls_model("initial-exec")));
+uint64_t ta_secure_random(void) {
+  uint64_t x = secure_rng;
+  if (TA_UNLIKELY(x == 0)) x = (ta_keys.link ^ (uintptr_t)&secure_rng) | 1;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  secure_rng = x;
+  return x * 0x2545f4914f6cdd1dull;
+}
+
 /* Threads up to a page of never-used blocks onto the free list (at least one block). */
 static bool run_can_carve(const ta_run_t *r) { return r->limit + r->bsize <= r->cap * r->bsize; }
 
@@ -154,10 +176,28 @@ static void run_carve(ta_run_t *r) {
   if (n > left) n = left;
   char *base = ta_run_base(r) + r->limit;
   ta_block_t *head = r->free;
-  for (uint32_t i = n; i-- > 0;) {
-    ta_block_t *b = (ta_block_t *)(base + (size_t)i * r->bsize);
-    b->link = ta_link_enc(head);
-    head = b;
+  if (ta_secure) {
+    /* Hardened: every block gets its canary, and the page's blocks go onto the list in an
+     * order drawn at random: a random start and a random stride prime to n visit each
+     * block once, so the next address malloc returns cannot be told from the last one. */
+    uint64_t x = ta_secure_random();
+    uint32_t start = (uint32_t)(x % n), stride = 1;
+    if (n > 2) {
+      stride = 1 + (uint32_t)((x >> 32) % (n - 1));
+      while (gcd(stride, n) != 1) stride++;
+    }
+    for (uint32_t i = 0, k = start; i < n; i++, k = (k + stride) % n) {
+      ta_block_t *b = (ta_block_t *)(base + (size_t)k * r->bsize);
+      *ta_canary_at(b, r->bsize) = ta_canary(b);
+      b->link = ta_link_enc(head);
+      head = b;
+    }
+  } else {
+    for (uint32_t i = n; i-- > 0;) {
+      ta_block_t *b = (ta_block_t *)(base + (size_t)i * r->bsize);
+      b->link = ta_link_enc(head);
+      head = b;
+    }
   }
   r->free = head;
   /* Other threads read limit to validate their frees into this run. */

@@ -26,6 +26,14 @@
 #define TT_SANITIZER 0
 #endif
 
+/* Linked to the hardened library (libtamalloc_api_secure.a): small blocks keep their last
+ * 8 bytes for a canary, so a request takes the class of its size + 8. */
+#ifdef TATEST_SECURE
+#define TT_SECURE 1
+#else
+#define TT_SECURE 0
+#endif
+
 /* Hides a value from the optimiser (no folding, no warnings on impossible sizes). */
 size_t tt_opaque(size_t v);
 void *tt_opaque_ptr(void *p);
