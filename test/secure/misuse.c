@@ -107,6 +107,23 @@ Test(secure_small, write_after_free, .signal = SIGABRT)
     flush_quarantine();
 }
 
+/* Seen at the very next malloc, not when the block leaves the quarantine. */
+Test(secure_small, write_after_free_seen_by_the_next_malloc, .signal = SIGABRT)
+{
+    unsigned char *p = ta_malloc(SMALL);
+    ta_free(p);
+    poke(p, 20, 1);
+    (void)!ta_malloc(SMALL);
+}
+
+Test(secure_medium, write_after_free_seen_by_the_next_malloc, .signal = SIGABRT)
+{
+    unsigned char *p = ta_malloc(20000);
+    ta_free(p);
+    poke(p, 100, 1);
+    (void)!ta_malloc(64);
+}
+
 Test(secure_small, write_after_free_in_the_first_word, .signal = SIGABRT)
 {
     unsigned char *p = ta_malloc(SMALL);
