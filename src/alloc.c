@@ -557,6 +557,11 @@ static void quarantine_flush(ta_arena_t *me) {
   while (me->q_count > 0) quarantine_evict(me);
 }
 
+/* At thread exit (arena.c): the quarantine goes with its thread. */
+void ta_secure_flush(ta_arena_t *a) {
+  if (ta_secure) quarantine_flush(a);
+}
+
 static TA_NOINLINE void secure_free(void *p) {
   if (p == NULL) return;
   uint8_t kind = ta_map_get((uintptr_t)p);

@@ -216,6 +216,9 @@ void ta_arena_give_back(ta_arena_t *a) {
 
 static void thread_exit(void *p) {
   ta_arena_t *a = p;
+  /* Hardened build: the blocks in this thread's quarantine are checked and freed now, not
+   * left until some thread adopts the arena. */
+  if (ta_secure && ta_tl_arena == a) ta_secure_flush(a);
   if (ta_tl_arena == a) ta_tl_arena = &ta_sentinel_arena;
   tl_state = TL_EXITED;
   /* An arena a fork set aside whose interrupted call has ended goes back too. */

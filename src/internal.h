@@ -560,6 +560,7 @@ TA_HIDDEN ta_arena_t *ta_arena_first(void);
 TA_HIDDEN void ta_arena_release(ta_arena_t *a);
 TA_HIDDEN void ta_arena_give_back(ta_arena_t *a);
 TA_HIDDEN bool ta_arena_owner_hooked(const ta_arena_t *a);
+TA_HIDDEN void ta_secure_flush(ta_arena_t *a); /* alloc.c: hardened build's quarantine */
 TA_HIDDEN void ta_remote_push(ta_arena_t *owner, ta_block_t *b);
 TA_HIDDEN void ta_remote_suspect(ta_arena_t *owner, void *p);
 TA_HIDDEN void ta_remote_collect_slow(ta_arena_t *a);

@@ -153,12 +153,14 @@ static uint32_t gcd(uint32_t a, uint32_t b) {
   return a;
 }
 
-/* Hardened build: a per-thread xorshift generator, seeded from the free-list key and the
- * thread's own address on first use. Not a secret source: it only makes layouts vary. */
+/* Hardened build: a per-thread xorshift generator, seeded on first use from the kernel's
+ * generator, independent of every key: its outputs can be observed (they choose which
+ * block malloc returns) and it is linear, so a seed derived from a key would give the key
+ * away. Not a secret source: it only makes layouts vary. */
 static __thread uint64_t secure_rng __attribute__((tls_model("initial-exec")));
 uint64_t ta_secure_random(void) {
   uint64_t x = secure_rng;
-  if (TA_UNLIKELY(x == 0)) x = (ta_keys.link ^ (uintptr_t)&secure_rng) | 1;
+  if (TA_UNLIKELY(x == 0)) x = ta_os_random_fresh() | 1;
   x ^= x << 13;
   x ^= x >> 7;
   x ^= x << 17;

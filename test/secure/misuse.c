@@ -505,3 +505,22 @@ Test(secure_messages, one_line_naming_the_pointer)
         cr_assert_str_eq(s.text, want);
     }
 }
+
+/* A thread's quarantine is checked and emptied when the thread exits, not left behind. */
+static void *free_then_write_then_exit(void *arg)
+{
+    (void)arg;
+    unsigned char *p = ta_malloc(SMALL);
+    ta_free(p);
+    unsigned char *q = ta_malloc(SMALL); /* the newest entry checked now is p: intact */
+    ta_free(q);
+    poke(p, 20, 1); /* p is no longer the newest: only the exit's check can see it */
+    return NULL;
+}
+
+Test(secure_owner, quarantine_checked_at_thread_exit, .signal = SIGABRT)
+{
+    pthread_t t;
+    pthread_create(&t, NULL, free_then_write_then_exit, NULL);
+    pthread_join(t, NULL);
+}
