@@ -203,9 +203,11 @@ void *ta_pvalloc(size_t size) {
 
 /* ------------------------------------------------------------------ free */
 
-/* Whether a decoded link is one a free block can hold: the end of a list, or a block of
- * ours (in a small or medium chunk, 16-byte aligned). */
-static bool link_plausible(const ta_block_t *next) {
+/* Whether block b's link word is one a free block can hold: it decodes to the end of a list,
+ * or to a block of ours (in a small or medium chunk, 16-byte aligned). Another thread's
+ * verdict on a block whose mark says "free" (it cannot read the owner's lists). */
+static bool link_plausible(const void *b) {
+  const ta_block_t *next = ta_block_next((const ta_block_t *)b);
   if (next == NULL) return true;
   uint8_t kind = ta_map_get((uintptr_t)next);
   return ((uintptr_t)next & (TA_ALIGNMENT - 1)) == 0 &&
@@ -220,7 +222,7 @@ static bool link_plausible(const ta_block_t *next) {
 static void free_to_owner(ta_arena_t *owner, ta_block_t *b) {
   uintptr_t mark = ta_mark(b);
   if (TA_UNLIKELY(b->key == mark)) {
-    if (link_plausible(ta_block_next(b))) ta_fatal("free(): double free of pointer", b);
+    if (link_plausible(b)) ta_fatal("free(): double free of pointer", b);
     ta_remote_suspect(owner, b);
     return;
   }
@@ -245,14 +247,9 @@ static void free_medium(void *p) {
     return;
   }
   ta_slow_enter(me);
-  if (b->key == ta_mark(b)) {
-    /* Maybe freed before by another thread and not yet taken in: after that the block
-     * may have been merged away, or its whole chunk released. */
-    ta_remote_collect(me);
-    if (ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || !ta_medium_check_ok(h) ||
-        !(h->size_flags & TA_M_INUSE))
-      ta_fatal("free(): double free of pointer", p);
-  }
+  /* Maybe freed before by another thread and not yet taken in. */
+  if (b->key == ta_mark(b) && ta_medium_freed(me, p))
+    ta_fatal("free(): double free of pointer", p);
   ta_medium_free_local(me, h);
   TA_ADD(me->cnt.frees, 1);
   ta_slow_leave(me);
@@ -313,30 +310,6 @@ static inline bool is_free_marked(const void *p) {
   return ((const ta_block_t *)p)->key == ta_mark(p);
 }
 
-/* The owner's verdict on a small block marked free: on its run's free list (walked at most
- * cap steps), or freed by another thread, which taking in the remote frees shows — that may
- * even retire the run or release the chunk, so the map is read first. */
-static TA_NOINLINE bool small_freed(ta_arena_t *me, ta_run_t *r, const void *p) {
-  ta_remote_collect(me);
-  if (ta_map_get((uintptr_t)p) != TA_MAP_SMALL || r->owner != me) return true;
-  return ta_small_on_free_list(r, p);
-}
-
-/* The owner's verdict on a medium block marked free: it keeps INUSE while it waits on the
- * remote list, so take the remote frees in, then look again (it may have merged away, its
- * chunk gone). */
-static TA_NOINLINE bool medium_freed(ta_arena_t *me, const void *p) {
-  ta_remote_collect(me);
-  const ta_mhdr_t *h = (const ta_mhdr_t *)p - 1;
-  return ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || !ta_medium_check_ok(h) ||
-         !(ta_mh_load(h) & TA_M_INUSE);
-}
-
-/* Another thread's verdict: the mark and a link a list could hold. */
-static bool looks_free_remotely(const void *p) {
-  return link_plausible(ta_block_next((const ta_block_t *)p));
-}
-
 /* Usable size of a block we handed out; aborts naming `op` if p is not one, or is one already
  * freed. A freed block passes the boundary checks; its mark word tells, and the owner confirms
  * on its lists before aborting; another thread applies free's rule (mark and link). */
@@ -347,8 +320,8 @@ static size_t usable_checked(void *p, const char *op) {
     ta_run_t *r = ta_run_of(p);
     if (!ta_small_valid(r, p)) ta_fatal(op, p);
     if (TA_UNLIKELY(is_free_marked(p)) &&
-        (ta_secure || (r->owner == ta_tl_arena ? small_freed(ta_tl_arena, r, p)
-                                               : looks_free_remotely(p))))
+        (ta_secure || (r->owner == ta_tl_arena ? ta_small_freed(ta_tl_arena, r, p)
+                                               : link_plausible(p))))
       ta_fatal(op, p);
     return r->bsize - (ta_secure ? TA_CANARY_SIZE : 0);
   }
@@ -356,8 +329,8 @@ static size_t usable_checked(void *p, const char *op) {
     ta_mhdr_t *h = ta_medium_hdr_checked(p, op);
     if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal(op, p);
     if (TA_UNLIKELY(is_free_marked(p)) &&
-        (ta_secure || (ta_chunk_of(p)->owner == ta_tl_arena ? medium_freed(ta_tl_arena, p)
-                                                            : looks_free_remotely(p))))
+        (ta_secure || (ta_chunk_of(p)->owner == ta_tl_arena ? ta_medium_freed(ta_tl_arena, p)
+                                                            : link_plausible(p))))
       ta_fatal(op, p);
     return ta_medium_usable(h);
   }

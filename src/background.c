@@ -80,8 +80,8 @@ static void purge_owned(uint64_t now, uint64_t age) {
  * what became free half a decay time ago, then an eighth, then the rest. */
 static void purge_over_budget(uint64_t now) {
   ta_purge_orphans(now, true);
-  const uint64_t ages[] = {ta_decay_ms / 2, ta_decay_ms / 8, 0};
-  for (unsigned i = 0; i < 3 && ta_over_budget(); i++) purge_owned(now, ages[i]);
+  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
+    purge_owned(now, ta_excess_age(i));
 }
 
 /* Arenas that live threads own now, as far as can be known: an owner without an exit hook

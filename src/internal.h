@@ -503,12 +503,14 @@ TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
 TA_HIDDEN void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
 TA_HIDDEN bool ta_small_valid(const ta_run_t *r, const void *p);
 TA_HIDDEN bool ta_small_on_free_list(const ta_run_t *r, const void *p);
+TA_HIDDEN bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p);
 TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
 
 /* ------------------------------------------------------------------ medium.c */
 TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align);
 TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
 TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
+TA_HIDDEN bool ta_medium_freed(ta_arena_t *a, const void *p);
 TA_HIDDEN void ta_medium_next_check(ta_mhdr_t *h); /* the header after h; aborts if forged */
 TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
 /* A meta block's check word covers its address, its size and INUSE: a byte written past
@@ -624,6 +626,13 @@ TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
 TA_HIDDEN void ta_maybe_purge(ta_arena_t *a);
 TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age);
 TA_HIDDEN void ta_purge_excess(ta_arena_t *a, uint64_t now);
+/* Over the budget, the oldest excess goes first: what became free half a decay time ago,
+ * then an eighth, then the rest (one arena's in ta_purge_excess, all arenas' in the
+ * background thread). */
+#define TA_EXCESS_STEPS 3
+TA_INLINE uint64_t ta_excess_age(unsigned step) {
+  return step == 0 ? ta_decay_ms / 2 : step == 1 ? ta_decay_ms / 8 : 0;
+}
 TA_HIDDEN bool ta_over_budget(void);
 TA_HIDDEN extern _Atomic uint64_t ta_arenas_due; /* earliest due time of owned arenas */
 TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);

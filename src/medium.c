@@ -246,6 +246,16 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
 
 void ta_medium_next_check(ta_mhdr_t *h) { (void)next_checked(h); }
 
+/* The owner's verdict on its block p, whose mark says "free": a block another thread freed
+ * keeps INUSE while it waits on the remote list, so take the remote frees in, then look
+ * again (it may have merged away, its chunk gone). */
+bool ta_medium_freed(ta_arena_t *a, const void *p) {
+  ta_remote_collect(a);
+  const ta_mhdr_t *h = (const ta_mhdr_t *)p - 1;
+  return ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || !ta_medium_check_ok(h) ||
+         !(ta_mh_load(h) & TA_M_INUSE);
+}
+
 ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {
   uintptr_t u = (uintptr_t)p;
   ta_chunk_t *c = ta_chunk_of(p);

@@ -78,8 +78,8 @@ bool ta_over_budget(void) {
  * is the likeliest to be used again; returning it only to fault it in again is the thrash
  * the budget must not cause. */
 void ta_purge_excess(ta_arena_t *a, uint64_t now) {
-  const uint64_t ages[] = {ta_decay_ms / 2, ta_decay_ms / 8, 0};
-  for (unsigned i = 0; i < 3 && ta_over_budget(); i++) ta_arena_purge(a, now, false, ages[i]);
+  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
+    ta_arena_purge(a, now, false, ta_excess_age(i));
 }
 
 /* Counts free-but-resident memory of an arena. Beyond the budget of all arenas together,

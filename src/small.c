@@ -290,17 +290,17 @@ bool ta_small_on_free_list(const ta_run_t *r, const void *p) {
 /* The block's mark says "free": find out whether it really is (the program may have
  * written those bytes), then free it. Runs only on the owner's thread. */
 void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
-  if (atomic_load_explicit(&a->remote, memory_order_relaxed) != NULL ||
-      atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0) {
-    ta_remote_collect_slow(a);
-    /* Collecting may have freed b itself (an earlier free from another thread), retired
-     * its run and even given its chunk back: either way b is already free. The map
-     * first: the chunk may be gone. */
-    if (ta_map_get((uintptr_t)b) != TA_MAP_SMALL || r->owner != a)
-      ta_fatal("free(): double free of pointer", b);
-  }
-  if (ta_small_on_free_list(r, b)) ta_fatal("free(): double free of pointer", b);
+  if (ta_small_freed(a, r, b)) ta_fatal("free(): double free of pointer", b);
   ta_small_free_local(a, r, b);
+}
+
+/* The owner's verdict on its block p, whose mark says "free": on its run's free list, or
+ * freed by another thread, which taking in the remote frees shows. That may even retire
+ * the run or give its chunk back, so the map is read first. */
+bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p) {
+  ta_remote_collect(a);
+  if (ta_map_get((uintptr_t)p) != TA_MAP_SMALL || r->owner != a) return true;
+  return ta_small_on_free_list(r, p);
 }
 
 /* Retires the active runs that hold no block (a full purge: malloc_trim, an ownerless
