@@ -66,7 +66,7 @@ uintptr_t ta_secret;
 _Alignas(64) ta_keys_t ta_keys;
 bool ta_initialized;
 static _Atomic(ta_arena_t *) all_arenas;
-static _Atomic uint32_t arena_count;
+_Atomic uint32_t ta_arena_count; /* arenas ever made: as many as threads were ever alive at once */
 static pthread_key_t exit_key;
 static _Atomic int exit_key_state; /* 0 none, 1 creating, 2 ready, 3 failed (tried again) */
 static _Atomic int atfork_state;
@@ -175,7 +175,7 @@ static ta_arena_t *arena_claim(void) {
   ta_arena_t *a = ta_os_mmap(ta_align_up(sizeof(ta_arena_t), TA_PAGE_SIZE));
   if (a == NULL) return NULL;
   arena_init(a);
-  a->id = atomic_fetch_add(&arena_count, 1);
+  a->id = atomic_fetch_add(&ta_arena_count, 1);
   atomic_store_explicit(&a->state, ARENA_CLAIMED, memory_order_relaxed);
   ta_arena_t *head = atomic_load_explicit(&all_arenas, memory_order_relaxed);
   do {

@@ -77,7 +77,7 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   ta_chunk_t **pp = &a->empty_chunks;
   while (*pp && chunk_being_read(*pp)) pp = &(*pp)->next; /* a reader holds one at most */
   ta_chunk_t *c = *pp;
-  bool from_brk;
+  bool from_brk, fresh = c == NULL;
   uint8_t prev = TA_MAP_NONE; /* what the chunk was before: a small chunk keeps its shadow */
   if (c) {
     TA_PUBLISH(*pp, c->next); /* the list statistics readers walk */
@@ -103,7 +103,9 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   c->not_a_run = NULL;
   c->free_slots = 0; /* shares its word with empty_since */
   c->dirty_slots = 0;
-  TA_STORE(c->decommitted, 0);
+  /* Kept for the caller (medium.c starts its top as not resident): a reused chunk says
+   * whether it was given back, a fresh one has never been touched. */
+  TA_STORE(c->decommitted, fresh ? 1 : c->decommitted);
   /* Not in the map yet: the caller publishes the chunk (ta_map_set) once its runs or
    * blocks are set up, so a stray free never meets half-made metadata. */
   return c;

@@ -195,10 +195,14 @@ typedef struct ta_chunk {
         uint64_t free_slots; /* small, in use: bit i set <=> run slot i is free (bit 0 never) */
         uint64_t empty_since; /* empty chunk: when it became empty (ms) */
       };
-      uint64_t dirty_slots;  /* small: free run slots whose pages are still resident */
+      union {
+    uint64_t dirty_slots; /* small: free run slots whose pages are still resident */
+    uintptr_t touched;    /* medium: no page from here up may be resident but the last */
+  };
       uint8_t kind;          /* TA_MAP_SMALL or TA_MAP_MEDIUM (kept while empty: what it was) */
       uint8_t from_brk;      /* came from the program break */
-      uint8_t decommitted;   /* empty chunk whose pages were given back */
+      uint8_t decommitted;   /* no page past the first two is resident: an empty chunk whose
+                            pages were given back, or a fresh one until its user sets it up */
       uint8_t pad;
       _Atomic uint32_t readers; /* statistics readers walking it: not reused meanwhile */
     };
@@ -368,6 +372,13 @@ TA_INLINE unsigned ta_size_class(size_t size) {
   return 8u + (k - 7u) * 8u + (unsigned)((size - 1) >> (k - 3)) - 8u + 1u;
 }
 
+/* Bin of a free medium block of s bytes: the largest class <= s, so that every block in
+ * bin ta_size_class(n) or above holds n. */
+TA_INLINE unsigned ta_bin_of(size_t s) {
+  unsigned c = ta_size_class(s);
+  return ta_class_size[c] > s ? c - 1 : c;
+}
+
 /* ------------------------------------------------------------------ os.c */
 /* The only file that talks to the kernel. Each call can be made to fail by a test hook. */
 enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16,
@@ -512,6 +523,7 @@ TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
 TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
 TA_HIDDEN bool ta_medium_freed(ta_arena_t *a, const void *p);
 TA_HIDDEN void ta_medium_next_check(ta_mhdr_t *h); /* the header after h; aborts if forged */
+TA_HIDDEN size_t ta_medium_decommit(ta_mhdr_t *h);
 TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
 /* A meta block's check word covers its address, its size and INUSE: a byte written past
  * the end of the block before it (an overflow into this header) is seen. PREV_FREE is left
@@ -616,6 +628,7 @@ TA_INLINE bool ta_slow_held_by_me(const ta_arena_t *a) {
 /* ------------------------------------------------------------------ purge.c */
 /* Free memory goes back to the kernel decay_ms after it became free (see purge.c). */
 TA_HIDDEN extern uint64_t ta_decay_ms;
+TA_HIDDEN extern _Atomic uint32_t ta_arena_count;
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
 TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerless arenas */

@@ -23,15 +23,9 @@
 #define M_LINK(h) ((ta_mhdr_t **)((h) + 1)) /* [0] next, [1] prev in the bin */
 #define M_FOOTER(h, s) (*(size_t *)((char *)(h) + (s) - sizeof(size_t)))
 
-static unsigned bin_of(size_t s) {
-  unsigned c = ta_size_class(s);
-  if (ta_class_size[c] > s) c--;
-  return c;
-}
-
 static void bin_insert(ta_arena_t *a, ta_mhdr_t *h) {
   size_t s = M_SIZE(h);
-  unsigned b = bin_of(s);
+  unsigned b = ta_bin_of(s);
   ta_mhdr_t *first = a->bins[b];
   M_LINK(h)[0] = first;
   M_LINK(h)[1] = NULL;
@@ -48,7 +42,7 @@ static TA_COLD void corrupted(const char *what, const void *p) { ta_fatal(what, 
  * into a write. */
 static void bin_remove(ta_arena_t *a, ta_mhdr_t *h) {
   ta_mhdr_t *next = M_LINK(h)[0], *prev = M_LINK(h)[1];
-  unsigned b = bin_of(M_SIZE(h));
+  unsigned b = ta_bin_of(M_SIZE(h));
   if (!ta_medium_check_ok(h) || (h->size_flags & TA_M_INUSE) ||
       M_FOOTER(h, M_SIZE(h)) != M_SIZE(h) || (next && M_LINK(next)[1] != h) ||
       (prev ? M_LINK(prev)[0] != h : a->bins[b] != h))
@@ -94,6 +88,8 @@ static bool medium_chunk_new(ta_arena_t *a) {
   ta_mhdr_t *end = (ta_mhdr_t *)((char *)c + TA_MEDIUM_END);
   set_hdr(h, (size_t)((char *)end - (char *)h));
   set_hdr(end, TA_M_INUSE | TA_M_PREV_FREE);
+  /* The whole chunk is one free block, the top: resident only where it was touched. */
+  c->touched = c->decommitted ? (uintptr_t)(h + 1) + 2 * sizeof(void *) : (uintptr_t)end;
   /* Hardened: a write running off the chunk's last block faults (without the guard if the
    * kernel refuses). */
   if (ta_secure) (void)ta_os_protect((char *)c + TA_CHUNK_SIZE - TA_MEDIUM_GUARD, TA_MEDIUM_GUARD, false);
@@ -123,6 +119,59 @@ static void make_free(ta_arena_t *a, ta_mhdr_t *h, size_t s) {
   bin_insert(a, h);
   ta_mhdr_t *n = (ta_mhdr_t *)((char *)h + s);
   ta_mh_store(n, n->size_flags | TA_M_PREV_FREE); /* n may be live, read by its freer */
+}
+
+/* The top of a chunk is its free block that ends at the end marker: what is left of the
+ * chunk's never-used space, grown again by what merges into it from below. Allocation
+ * takes it last (it sits in the highest bin), so its pages above the last block handed out
+ * serve only a later peak: a thread whose medium blocks rise and fall would keep its
+ * highest peak resident for the decay time, and with many threads those peaks add up,
+ * though they do not come at once. So, as the break of a heap is trimmed, a top whose
+ * touched part exceeds its allowance gives back all but the first quarter of it, at once:
+ * one madvise for at least three quarters of the allowance, faulted in since the last.
+ * The allowance shares half of the dirty budget among the arenas (threads alive at once),
+ * within [64 KiB, 1 MiB]: few threads keep enough not to fault again on every cycle, many
+ * threads keep little each, since another thread cannot reuse those pages but through the
+ * kernel. c->touched bounds what may be resident above the top's start. */
+#define TA_TOP_MIN ((uintptr_t)64 << 10)
+#define TA_TOP_MAX ((uintptr_t)1 << 20)
+
+static uintptr_t top_allowance(void) {
+  uint32_t n = atomic_load_explicit(&ta_arena_count, memory_order_relaxed);
+  uintptr_t allow = ta_dirty_max / 2 / (n ? n : 1);
+  return allow < TA_TOP_MIN ? TA_TOP_MIN : allow > TA_TOP_MAX ? TA_TOP_MAX : allow;
+}
+
+/* A block was handed out or grown up to `end`, with its successor's header there. */
+static void top_touch(ta_chunk_t *c, const void *end) {
+  uintptr_t e = (uintptr_t)end + sizeof(ta_mhdr_t) + 2 * sizeof(void *);
+  if (e > c->touched) c->touched = e;
+}
+
+/* The free block top ends at the end marker: trim it. */
+static void top_trim(ta_chunk_t *c, ta_mhdr_t *top) {
+  uintptr_t allow = top_allowance();
+  uintptr_t lo = ta_align_up((uintptr_t)(top + 1) + 2 * sizeof(void *) + allow / 4, TA_PAGE_SIZE);
+  if (c->touched < lo + allow / 4 * 3) return;
+  /* The last page holds the top's footer and the end marker: it stays. */
+  uintptr_t last = ((uintptr_t)c + TA_MEDIUM_END - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
+  uintptr_t hi = ta_align_up(c->touched, TA_PAGE_SIZE);
+  if (hi > last) hi = last;
+  if (hi > lo && ta_os_decommit((void *)lo, hi - lo) != 0) return;
+  c->touched = lo;
+}
+
+/* Gives back the pages of free block h that hold neither its links nor its footer; its
+ * DECOMMITTED bit says so until it merges or is handed out. Returns the bytes given back. */
+size_t ta_medium_decommit(ta_mhdr_t *h) {
+  size_t s = M_SIZE(h);
+  uintptr_t lo = ta_align_up((uintptr_t)(h + 1) + 2 * sizeof(void *), TA_PAGE_SIZE);
+  uintptr_t hi = ((uintptr_t)h + s - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
+  ta_mh_store(h, h->size_flags | TA_M_DECOMMITTED);
+  if (hi <= lo || ta_os_decommit((void *)lo, hi - lo) != 0) return 0;
+  ta_chunk_t *c = ta_chunk_of(h);
+  if ((uintptr_t)h + s == (uintptr_t)c + TA_MEDIUM_END && c->touched > lo) c->touched = lo; /* the top */
+  return hi - lo;
 }
 
 /* Gives the tail of in-use block h beyond `keep` bytes back, merging it with a free next. */
@@ -183,6 +232,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
   set_hdr(h, s | prev_flag | TA_M_INUSE);
   ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
   split_tail(a, h, need);
+  top_touch(ta_chunk_of(h), M_NEXT(h));
   ((ta_block_t *)(h + 1))->key = 0;
   ta_slow_leave(a);
   return h + 1;
@@ -238,6 +288,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
     return;
   }
   make_free(a, h, s);
+  if ((char *)h + s == (char *)c + TA_MEDIUM_END) top_trim(c, h);
   if (s >= ((size_t)32 << 10) && a->medium_dirty_since == 0) {
     a->medium_dirty_since = ta_os_now_ms();
     ta_purge_note(a, a->medium_dirty_since);
@@ -285,6 +336,7 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       set_hdr(h, total | (h->size_flags & TA_M_FLAGS));
       ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
       split_tail(a, h, need);
+      top_touch(ta_chunk_of(h), M_NEXT(h));
     } else {
       ok = false;
     }

@@ -107,16 +107,6 @@ void ta_maybe_purge(ta_arena_t *a) {
   if (hdue && now >= hdue) ta_huge_purge(now, false);
 }
 
-/* The pages of a free medium block that hold neither its links nor its footer. */
-static size_t medium_decommit(ta_mhdr_t *h) {
-  size_t s = h->size_flags & TA_M_SIZE_MASK;
-  uintptr_t lo = ta_align_up((uintptr_t)h + sizeof(ta_mhdr_t) + 2 * sizeof(void *), TA_PAGE_SIZE);
-  uintptr_t hi = ((uintptr_t)h + s - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
-  ta_mh_store(h, h->size_flags | TA_M_DECOMMITTED);
-  if (hi <= lo || ta_os_decommit((void *)lo, hi - lo) != 0) return 0;
-  return hi - lo;
-}
-
 /* all: everything, now (trim, ownerless arena: the caller owns the arena's fast-path state
  * too); else what became free at least `age` ms ago (the decay time, or less when over the
  * budget). The background thread calls it on arenas it does not own, with all false: only
@@ -212,7 +202,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
       unsigned first = all ? ta_size_class(2 * TA_PAGE_SIZE) - 1 : ta_size_class(TA_MEDIUM_PURGE_MIN);
       for (unsigned b = first; b < TA_NUM_BINS; b++)
         for (ta_mhdr_t *h = a->bins[b]; h; h = ((ta_mhdr_t **)(h + 1))[0])
-          if (!(h->size_flags & TA_M_DECOMMITTED)) freed += medium_decommit(h);
+          if (!(h->size_flags & TA_M_DECOMMITTED)) freed += ta_medium_decommit(h);
       a->medium_dirty_since = 0;
     } else {
       PENDING(a->medium_dirty_since);

@@ -152,6 +152,9 @@ static void visit_medium(const ta_mhdr_t *h, void *arg) {
   struct ta_stats *s = w->s;
   size_t word = ta_mh_peek(h); /* once: the owner may be changing it */
   size_t sz = word & TA_M_SIZE_MASK, usable = sz - sizeof(ta_mhdr_t);
+  /* Read again after the walk's own read: a merge may have cleared it since (the walk
+   * stops at such a word; this block, already reached, is skipped). */
+  if (sz < TA_MIN_MBLOCK) return;
   if (word & TA_M_INUSE) {
     struct ta_class_stats *cs = &s->classes[ta_size_class(usable)];
     size_t waste = w->tracked ? (size_t)(word >> TA_M_WASTE_SHIFT) : 0;
@@ -160,8 +163,7 @@ static void visit_medium(const ta_mhdr_t *h, void *arg) {
     cs->usable_bytes += usable;
     cs->requested_bytes += usable - waste;
   } else {
-    unsigned b = ta_size_class(sz);
-    if (ta_class_size[b] > sz) b--;
+    unsigned b = ta_bin_of(sz);
     s->classes[b].free_blocks++;
     s->classes[b].free_bytes += usable;
     take_largest(s, usable);

@@ -84,6 +84,16 @@ static void *worker(void *arg)
 /* What every read must satisfy, however the heap changes under it. */
 static void check(const struct ta_stats *s)
 {
+    /* A size word cleared by a merge between two reads of it once made a free block's
+     * usable size wrap: a "largest free block" of nearly 2^64 bytes, and an external
+     * fragmentation of minus trillions of percent. */
+    if (s->largest_free_block > s->free_bytes)
+        report("the largest free block is larger than all free bytes", s->largest_free_block,
+               s->free_bytes);
+    if (s->external_fragmentation_pct < 0.0 || s->external_fragmentation_pct > 100.0)
+        report("external fragmentation out of [0, 100] %", 0, 0);
+    if (s->usable_bytes > s->heap_bytes + s->mapped_bytes)
+        report("more usable bytes than heap and mappings", s->usable_bytes, s->heap_bytes);
     for (unsigned c = 1; c < TA_STATS_CLASSES; c++) {
         const struct ta_class_stats *cs = &s->classes[c];
         if (cs->block_size && cs->block_size <= TT_SMALL_MAX &&

@@ -144,3 +144,66 @@ Test(medium, merged_meta_blocks_are_forgotten) {
   cr_assert_eq(hb->size_flags, 0, "no stale INUSE bit left for a second free to find");
   ta_free(keep);
 }
+
+/* The top of a chunk (its free block at the end marker) gives back what it holds beyond its
+ * allowance as soon as blocks merge into it, without waiting for the decay: a thread whose
+ * medium blocks rose to 3 MiB and fell keeps at most the allowance of that peak. */
+static void *rise_and_fall(void *arg) {
+  (void)arg;
+  enum { N = 30, SIZE = 100 << 10 };
+  char *base = ta_malloc(SIZE); /* the lowest block stays: the chunk stays */
+  char *p[N];
+  for (int i = 0; i < N; i++) {
+    p[i] = ta_malloc(SIZE);
+    memset(p[i], 9, SIZE);
+  }
+  ta_chunk_t *c = ta_chunk_of(base);
+  size_t before = ta_os_resident(c, TA_CHUNK_SIZE);
+  for (int i = N; i-- > 0;) ta_free(p[i]); /* from the top down: each merges into the top */
+  size_t after = ta_os_resident(c, TA_CHUNK_SIZE);
+  cr_assert_geq(before, (size_t)N * SIZE, "the blocks were written");
+  /* the header page, the kept block, the allowance (64 KiB with no dirty budget), the
+   * last page, and a page of rounding on each side */
+  size_t bound = SIZE + (64 << 10) + 5 * TA_PAGE_SIZE;
+  cr_assert_leq(after, bound, "%zu bytes of the chunk still resident (bound %zu)", after, bound);
+  /* A block carved again from the trimmed top is whole. */
+  char *q = ta_malloc(900 << 10);
+  cr_assert_eq(ta_chunk_of(q), c, "reuses the trimmed top");
+  memset(q, 3, 900 << 10);
+  for (size_t k = 0; k < (900 << 10); k += 4096) cr_assert_eq(q[k], 3);
+  ta_free(q);
+  ta_free(base);
+  return NULL;
+}
+
+Test(medium, top_gives_back_beyond_its_allowance_at_once) {
+  ta_decay_ms = 600000; /* nothing is purged on time here */
+  ta_dirty_max = 0;     /* the smallest allowance */
+  pthread_t t;
+  pthread_create(&t, NULL, rise_and_fall, NULL);
+  pthread_join(t, NULL);
+}
+
+/* A top that stays within its allowance is left alone: no system call on every free. */
+static void *small_rises(void *arg) {
+  char *base = ta_malloc(100 << 10);
+  for (int round = 0; round < 100; round++) {
+    char *p = ta_malloc(40 << 10);
+    memset(p, 1, 40 << 10);
+    ta_free(p);
+  }
+  *(uint64_t *)arg = ta_os_calls(TA_OS_MADVISE);
+  ta_free(base);
+  return NULL;
+}
+
+Test(medium, top_within_its_allowance_makes_no_call) {
+  ta_decay_ms = 600000;
+  ta_dirty_max = 0;
+  uint64_t before = ta_os_calls(TA_OS_MADVISE), after = 0;
+  pthread_t t;
+  pthread_create(&t, NULL, small_rises, &after);
+  pthread_join(t, NULL);
+  cr_assert_leq(after - before, 2, "%llu madvise calls for 100 cycles within the allowance",
+                (unsigned long long)(after - before));
+}
