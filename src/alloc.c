@@ -244,6 +244,10 @@ static void free_medium(void *p) {
   if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal("free(): double free of pointer", p);
   if (c->owner != me) {
     free_to_owner(c->owner, b);
+    /* Should the owner be idle for good, the background purger takes it in (its next
+     * visit to owned arenas is due within the decay time, or is made so here). */
+    if (atomic_load_explicit(&ta_arenas_due, memory_order_relaxed) == 0)
+      ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + ta_decay_ms);
     return;
   }
   ta_slow_enter(me);

@@ -335,32 +335,63 @@ void ta_remote_suspect(ta_arena_t *owner, void *p) {
   }
 }
 
-/* Takes in one remote free and returns the next on the list. Every block on the list was
- * checked by its freer, but the list lives in freed memory: each entry is checked again,
- * through the map first, before anything is read from it. */
-static ta_block_t *remote_take(ta_arena_t *a, ta_block_t *b) {
-  TA_ADD(a->cnt.frees, 1);
-  TA_ADD(a->cnt.remote_frees, 1);
+/* Every block on a remote list was checked by its freer, but the list lives in freed
+ * memory: each entry is checked again, through the map first, before anything is read from
+ * it. Returns its kind (SMALL or MEDIUM), having checked it is a block of a's. */
+static uint8_t remote_check(ta_arena_t *a, ta_block_t *b) {
   uint8_t kind = ta_map_get((uintptr_t)b);
   if (kind == TA_MAP_SMALL) {
     ta_run_t *r = ta_run_of(b);
-    if (r->owner != a || !ta_small_valid(r, b) || b->key != ta_mark(b))
-      ta_fatal("free(): corrupted list of remote frees at", b);
-    ta_block_t *next = ta_block_next(b); /* before the free rewrites the link */
-    ta_small_free_local(a, r, b);
-    return next;
-  }
-  if (kind == TA_MAP_MEDIUM && ta_chunk_of(b)->owner == a) {
+    if (r->owner == a && ta_small_valid(r, b) && b->key == ta_mark(b)) return kind;
+  } else if (kind == TA_MAP_MEDIUM && ta_chunk_of(b)->owner == a) {
     ta_mhdr_t *h = (ta_mhdr_t *)b - 1;
     uintptr_t off = (uintptr_t)b & TA_CHUNK_MASK; /* its header must lie in the chunk */
-    if (((uintptr_t)b & (TA_ALIGNMENT - 1)) || off < TA_MEDIUM_HDR + sizeof(ta_mhdr_t) ||
-        !ta_medium_check_ok(h) || !(ta_mh_load(h) & TA_M_INUSE))
-      ta_fatal("free(): corrupted list of remote frees at", b);
-    ta_block_t *next = ta_block_next(b);
-    ta_medium_free_local(a, h);
-    return next;
+    if (!((uintptr_t)b & (TA_ALIGNMENT - 1)) && off >= TA_MEDIUM_HDR + sizeof(ta_mhdr_t) &&
+        ta_medium_check_ok(h) && (ta_mh_load(h) & TA_M_INUSE))
+      return kind;
   }
   ta_fatal("free(): corrupted list of remote frees at", b);
+}
+
+/* Takes in one remote free and returns the next on the list. */
+static ta_block_t *remote_take(ta_arena_t *a, ta_block_t *b) {
+  TA_ADD(a->cnt.frees, 1);
+  TA_ADD(a->cnt.remote_frees, 1);
+  uint8_t kind = remote_check(a, b);
+  ta_block_t *next = ta_block_next(b); /* before the free rewrites the link */
+  if (kind == TA_MAP_SMALL) ta_small_free_local(a, ta_run_of(b), b);
+  else ta_medium_free_local(a, (ta_mhdr_t *)b - 1);
+  return next;
+}
+
+/* The background purger, holding the slow-path lock of an arena whose owner lives (and may
+ * be idle for good): takes in the medium blocks other threads freed into it, so that their
+ * memory merges and can go back, and puts the small ones back on the list, since their
+ * runs' lists are the owner's fast paths' alone. The owner's free counter is its own too:
+ * these frees are counted apart (drained). */
+void ta_remote_collect_medium(ta_arena_t *a) {
+  ta_block_t *b = atomic_exchange_explicit(&a->remote, NULL, memory_order_acquire);
+  ta_block_t *small = NULL, *last = NULL;
+  while (b) {
+    uint8_t kind = remote_check(a, b);
+    ta_block_t *next = ta_block_next(b);
+    if (kind == TA_MAP_SMALL) {
+      b->link = ta_link_enc(small);
+      if (small == NULL) last = b;
+      small = b;
+    } else {
+      TA_ADD(a->cnt.drained, 1);
+      TA_ADD(a->cnt.remote_frees, 1);
+      ta_medium_free_local(a, (ta_mhdr_t *)b - 1);
+    }
+    b = next;
+  }
+  if (small == NULL) return;
+  ta_block_t *head = atomic_load_explicit(&a->remote, memory_order_relaxed);
+  do {
+    last->link = ta_link_enc(head);
+  } while (!atomic_compare_exchange_weak_explicit(&a->remote, &head, small, memory_order_seq_cst,
+                                                  memory_order_relaxed));
 }
 
 /* A suspected double free, after the remote list was drained: a block still in use is

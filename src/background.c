@@ -17,7 +17,9 @@
  *     at a time, as any thread's orphan purge does), the huge cache, and the arenas of
  *     live threads that are idle: it only tries their slow-path lock, never waits for it,
  *     and touches only what that lock guards (empty chunks, retired run slots, free medium
- *     blocks), never the runs' lists the owner's fast paths use. It allocates nothing;
+ *     blocks), never the runs' lists the owner's fast paths use. It takes in the medium
+ *     blocks other threads freed into such an arena (an idle owner never would) and puts
+ *     the small ones back on the list. It allocates nothing;
  *   - beyond the budget of free resident memory (ta_dirty_max), it returns the oldest
  *     excess across all arenas, so that one thread's idle memory never makes a busy thread
  *     give back, and fault in again, what it has just freed;
@@ -59,9 +61,12 @@ static void purge_owned(uint64_t now, uint64_t age) {
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
     if (atomic_load_explicit(&a->state, memory_order_acquire) != ARENA_CLAIMED) continue;
     uint64_t due = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
-    if (due == 0) continue;
-    if (age == ta_decay_ms && now < due) {
-      ta_purge_note_global(&ta_arenas_due, due);
+    /* Medium blocks other threads freed into it: an owner that has gone idle would never
+     * take them in (see ta_remote_collect_medium). */
+    bool mail = atomic_load_explicit(&a->remote, memory_order_relaxed) != NULL;
+    bool purge = due != 0 && (age != ta_decay_ms || now >= due);
+    if (!purge && !mail) {
+      if (due != 0) ta_purge_note_global(&ta_arenas_due, due);
       continue;
     }
     if (!ta_slow_try_enter(a)) {
@@ -70,8 +75,11 @@ static void purge_owned(uint64_t now, uint64_t age) {
     }
     /* Still owned now that we hold it (its owner may have given it up meanwhile: then an
      * orphan purge will see to it). */
-    if (atomic_load_explicit(&a->state, memory_order_acquire) == ARENA_CLAIMED)
-      ta_arena_purge(a, now, false, age); /* notes its next due time itself */
+    if (atomic_load_explicit(&a->state, memory_order_acquire) == ARENA_CLAIMED) {
+      if (mail) ta_remote_collect_medium(a);
+      if (purge) ta_arena_purge(a, now, false, age); /* notes its next due time itself */
+      else if (due != 0) ta_purge_note_global(&ta_arenas_due, due);
+    }
     ta_slow_leave(a);
   }
 }

@@ -302,6 +302,7 @@ typedef struct ta_counters {
   uint64_t shrinks;      /* chunks given back (unmapped, or the break moved down) */
   uint64_t splits, merges; /* medium blocks */
   uint64_t adopted;      /* times a thread took this arena over from an exited one */
+  uint64_t drained;      /* remote frees the background purger took in (under the lock) */
 } ta_counters_t;
 
 typedef struct ta_arena {
@@ -578,6 +579,7 @@ TA_HIDDEN void ta_secure_flush(ta_arena_t *a); /* alloc.c: hardened build's quar
 TA_HIDDEN void ta_remote_push(ta_arena_t *owner, ta_block_t *b);
 TA_HIDDEN void ta_remote_suspect(ta_arena_t *owner, void *p);
 TA_HIDDEN void ta_remote_collect_slow(ta_arena_t *a);
+TA_HIDDEN void ta_remote_collect_medium(ta_arena_t *a);
 /* The owner takes in what other threads left for it: the blocks they freed, and the frees
  * they suspected of being double frees. Two loads of one cache line when there is none. */
 TA_INLINE void ta_remote_collect(ta_arena_t *a) {

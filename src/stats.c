@@ -253,7 +253,7 @@ static void visit_granule(uintptr_t base, uint8_t kind, void *arg) {
 }
 
 static void add_counters(struct ta_stats *s, const ta_counters_t *c) {
-  s->frees += TA_LOAD(c->frees);
+  s->frees += TA_LOAD(c->frees) + TA_LOAD(c->drained);
   s->remote_frees += TA_LOAD(c->remote_frees);
   s->callocs += TA_LOAD(c->callocs);
   s->reallocs += TA_LOAD(c->reallocs);

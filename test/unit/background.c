@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <sys/wait.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -190,6 +191,70 @@ Test(background, idle_owned_arena_is_purged, .timeout = 30) {
   atomic_store(&churning, 0);
   pthread_join(t, NULL);
   cr_assert(purged, "an idle thread's free memory was not purged in 10 s");
+}
+
+/* A thread allocates medium and small blocks, hands them to this thread, and goes idle for
+ * good (alive, blocked): the frees land on its remote list, which it never takes in. The
+ * purger takes in the medium ones, whose memory then merges and goes back, and leaves the
+ * small ones on the list for the owner (their runs' lists are its fast paths' alone). */
+enum { MAILED = 64, MAIL_SIZE = 60000 };
+static void *mail[MAILED + 1];
+static _Atomic int small_mail_ok;
+
+static void *allocate_hand_over_and_wait(void *arg) {
+  (void)arg;
+  for (int i = 0; i < MAILED; i++) {
+    mail[i] = ta_malloc(i % 2 ? MAIL_SIZE : 100);
+    memset(mail[i], 0x33, i % 2 ? MAIL_SIZE : 100);
+  }
+  atomic_store((_Atomic(ta_arena_t *) *)&mail[MAILED], ta_tl_arena);
+  while (atomic_load(&churning)) nap_ms(10); /* alive and idle */
+  /* Back at work: each small block was put back on the list once, and comes in now. */
+  ta_arena_t *a = ta_tl_arena;
+  ta_remote_collect(a);
+  int ok = 1;
+  for (int i = 0; i < MAILED; i += 2) {
+    ta_run_t *r = ta_run_of(mail[i]);
+    ok &= r->owner == a && ta_small_on_free_list(r, mail[i]);
+  }
+  atomic_store(&small_mail_ok, ok);
+  return NULL;
+}
+
+static void count_in_use(const ta_mhdr_t *h, void *arg) {
+  if (ta_mh_peek(h) & TA_M_INUSE) ++*(size_t *)arg;
+}
+
+Test(background, idle_owners_remote_medium_frees_are_taken_in, .timeout = 30) {
+  ta_bg_enable(true);
+  ta_decay_ms = 50;
+  exit_and_free_remotely();
+  cr_assert(ta_bg_running());
+  atomic_store(&churning, 1);
+  pthread_t t;
+  pthread_create(&t, NULL, allocate_hand_over_and_wait, NULL);
+  while (atomic_load((_Atomic(ta_arena_t *) *)&mail[MAILED]) == NULL) nap_ms(5);
+  ta_chunk_t *c = ta_chunk_of(mail[1]);
+  size_t before = ta_os_resident(c, TA_CHUNK_SIZE), in_use = 0;
+  for (int i = 0; i < MAILED; i++) ta_free(mail[i]);
+  ta_medium_walk(c, count_in_use, &in_use);
+  cr_assert_geq(in_use, MAILED / 2, "the medium frees wait for the owner");
+  for (int i = 0; i < 500 && in_use > 0; i++) {
+    nap_ms(20);
+    in_use = 0;
+    ta_medium_walk(c, count_in_use, &in_use);
+  }
+  cr_assert_eq(in_use, 0, "the idle owner's medium remote frees were not taken in within 10 s");
+  /* The medium blocks merged into free space, which goes back after the decay. */
+  size_t after = before;
+  for (int i = 0; i < 500 && after > before / 4; i++) {
+    nap_ms(20);
+    after = ta_os_resident(c, TA_CHUNK_SIZE);
+  }
+  cr_assert_leq(after, before / 4, "%zu of %zu resident bytes still there", after, before);
+  atomic_store(&churning, 0);
+  pthread_join(t, NULL);
+  cr_assert(atomic_load(&small_mail_ok), "a small block was lost or moved off the list");
 }
 
 /* ---- fork while an arena's lock is held ---------------------------------------------- */
