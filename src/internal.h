@@ -201,8 +201,9 @@ typedef struct ta_chunk {
   };
       uint8_t kind;          /* TA_MAP_SMALL or TA_MAP_MEDIUM (kept while empty: what it was) */
       uint8_t from_brk;      /* came from the program break */
-      uint8_t decommitted;   /* no page past the first two is resident: an empty chunk whose
-                            pages were given back, or a fresh one until its user sets it up */
+      uint8_t decommitted;   /* no page past the first two is resident (past the first unless
+                            it keeps a shadow): an empty chunk whose pages were given back,
+                            or a fresh one until its user sets it up */
       uint8_t pad;
       _Atomic uint32_t readers; /* statistics readers walking it: not reused meanwhile */
     };
@@ -517,6 +518,7 @@ TA_HIDDEN bool ta_small_valid(const ta_run_t *r, const void *p);
 TA_HIDDEN bool ta_small_on_free_list(const ta_run_t *r, const void *p);
 TA_HIDDEN bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p);
 TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
+TA_HIDDEN void ta_medium_release_empty(ta_arena_t *a);
 
 /* ------------------------------------------------------------------ medium.c */
 TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align);

@@ -295,6 +295,22 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   }
 }
 
+/* Lets go of the chunks that hold no block at all, the arena's last one included (a full
+ * purge: malloc_trim, an ownerless arena), so that their pages can go back whole. */
+void ta_medium_release_empty(ta_arena_t *a) {
+  ta_slow_enter(a);
+  for (ta_chunk_t *c = a->medium_chunks, *next; c; c = next) {
+    next = c->next;
+    ta_mhdr_t *h = (ta_mhdr_t *)((char *)c + TA_MEDIUM_HDR);
+    if ((h->size_flags & TA_M_INUSE) || (char *)h + M_SIZE(h) != (char *)c + TA_MEDIUM_END)
+      continue;
+    bin_remove(a, h);
+    forget_hdr(h);
+    medium_chunk_free(a, c);
+  }
+  ta_slow_leave(a);
+}
+
 void ta_medium_next_check(ta_mhdr_t *h) { (void)next_checked(h); }
 
 /* The owner's verdict on its block p, whose mark says "free": a block another thread freed

@@ -124,7 +124,10 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   ta_slow_enter(a);
   bool was_purging = a->purging; /* under the lock: the purger may purge it too */
   a->purging = true;
-  if (all) ta_small_retire_idle(a);
+  if (all) {
+    ta_small_retire_idle(a);
+    ta_medium_release_empty(a);
+  }
 
   /* Empty chunks. A break chunk can only go when it is the top of the heap, so repeat
    * while the break moves down. */
@@ -156,11 +159,13 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
         continue;
       }
       TA_PUBLISH(*pp, c); /* stays: decommitted, kept for reuse */
-      /* The first two pages stay: the run meta blocks and the shadow pointer. */
-      if (!c->decommitted && ta_os_decommit((char *)c + 2 * TA_PAGE_SIZE,
-                                            TA_CHUNK_SIZE - 2 * TA_PAGE_SIZE) == 0) {
+      /* The first page stays: the header, which keeps the chunk on the list; and the
+       * second too while it holds a small chunk's shadow pointer (a statistics reader
+       * kept the chunk from being unmapped). Zero pages read as no shadow. */
+      size_t keep = (c->kind == TA_MAP_SMALL && ta_shadow_get(c) != NULL ? 2 : 1) * TA_PAGE_SIZE;
+      if (!c->decommitted && ta_os_decommit((char *)c + keep, TA_CHUNK_SIZE - keep) == 0) {
         TA_STORE(c->decommitted, 1);
-        freed += TA_CHUNK_SIZE - 2 * TA_PAGE_SIZE;
+        freed += TA_CHUNK_SIZE - keep;
       }
       pp = &c->next;
     }

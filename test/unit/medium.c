@@ -207,3 +207,28 @@ Test(medium, top_within_its_allowance_makes_no_call) {
   cr_assert_leq(after - before, 2, "%llu madvise calls for 100 cycles within the allowance",
                 (unsigned long long)(after - before));
 }
+
+/* malloc_trim lets go of a medium chunk that holds no block, even the arena's last: what
+ * exited threads leave behind must not keep a chunk each. */
+static void *last_chunk_goes(void *arg) {
+  char *p = ta_malloc(200 << 10);
+  memset(p, 4, 200 << 10);
+  ta_chunk_t *c = ta_chunk_of(p);
+  ta_free(p);
+  cr_assert_eq(ta_map_get((uintptr_t)c), TA_MAP_MEDIUM, "the arena's only medium chunk stays");
+  ta_malloc_trim(0);
+  *(int *)arg = ta_map_get((uintptr_t)c) == TA_MAP_NONE;
+  /* and the next medium block is served as before */
+  p = ta_malloc(300 << 10);
+  memset(p, 5, 300 << 10);
+  ta_free(p);
+  return NULL;
+}
+
+Test(medium, trim_lets_go_of_the_last_empty_chunk) {
+  int gone = 0;
+  pthread_t t;
+  pthread_create(&t, NULL, last_chunk_goes, &gone);
+  pthread_join(t, NULL);
+  cr_assert(gone, "the empty medium chunk is still the arena's after malloc_trim");
+}
