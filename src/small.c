@@ -168,7 +168,8 @@ uint64_t ta_secure_random(void) {
   return x * 0x2545f4914f6cdd1dull;
 }
 
-/* Threads up to a page of never-used blocks onto the free list (at least one block). */
+/* Threads up to a page of never-used blocks onto the free list (at least one block), each
+ * marked free as a freed block is: every block on a free list holds its mark. */
 static bool run_can_carve(const ta_run_t *r) { return r->limit + r->bsize <= r->cap * r->bsize; }
 
 static void run_carve(ta_run_t *r) {
@@ -192,12 +193,14 @@ static void run_carve(ta_run_t *r) {
       ta_block_t *b = (ta_block_t *)(base + (size_t)k * r->bsize);
       *ta_canary_at(b, r->bsize) = ta_canary(b);
       b->link = ta_link_enc(head);
+      b->key = ta_mark(b);
       head = b;
     }
   } else {
     for (uint32_t i = n; i-- > 0;) {
       ta_block_t *b = (ta_block_t *)(base + (size_t)i * r->bsize);
       b->link = ta_link_enc(head);
+      b->key = ta_mark(b);
       head = b;
     }
   }

@@ -15,13 +15,16 @@ static size_t list_len(const ta_block_t *b) {
   return n;
 }
 
-/* used + |free| == carved blocks (single thread: nothing on the remote list). */
+/* used + |free| == carved blocks (single thread: nothing on the remote list); every block on
+ * the list, carved or freed, holds its mark. */
 static void check_run(const ta_run_t *r) {
   int32_t used = RUN_USED(r);
   cr_assert_eq((size_t)used + list_len(r->free), r->limit / r->bsize,
                "run invariant: used %d free %zu carved %u", used, list_len(r->free),
                r->limit / r->bsize);
   cr_assert_leq(r->limit / r->bsize, r->cap);
+  for (const ta_block_t *b = r->free; b; b = ta_block_next(b))
+    cr_assert_eq(b->key, ta_mark(b), "free block %p unmarked", (void *)b);
 }
 
 Test(runs, first_block_makes_an_arena_and_a_run) {
@@ -143,6 +146,11 @@ Test(runs, pointer_past_carved_blocks_aborts, .signal = SIGABRT) {
   char *p = ta_malloc(128);
   ta_run_t *r = ta_run_of(p);
   ta_free(ta_run_base(r) + r->limit); /* a block boundary never handed out */
+}
+
+Test(runs, block_carved_but_never_handed_out_aborts, .signal = SIGABRT) {
+  char *p = ta_malloc(128);
+  ta_free(p + 128); /* on the list, marked: freeing it would put it there twice */
 }
 
 Test(runs, pointer_into_unused_run_slot_aborts, .signal = SIGABRT) {
