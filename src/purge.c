@@ -8,6 +8,8 @@
  *     when it is the top of the heap, and is otherwise decommitted (MADV_DONTNEED) and
  *     kept for reuse;
  *   - the pages of a retired run slot (64 KiB) are decommitted;
+ *   - with malloc_trim, or for an ownerless arena, the whole free pages above the highest
+ *     block in use of runs in use are decommitted (small.c, ta_small_shrink);
  *   - free medium blocks of 32 KiB and more have their inner pages decommitted (with
  *     malloc_trim, or for an ownerless arena, every free block that holds a whole page);
  *   - cached huge spans are unmapped (huge.c: the cache is process-wide).
@@ -135,6 +137,10 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   bool was_purging = a->purging; /* under the lock: the purger may purge it too */
   a->purging = true;
   if (all) ta_small_retire_idle(a);
+  /* The free pages of runs in use, whose lists only the owner may rewrite: with `all` (the
+   * caller owns the arena), never the background thread's. Before the passes below: taking
+   * in remote frees may retire runs and empty chunks. */
+  if (all) freed += ta_small_shrink(a);
 
   /* Empty chunks. A break chunk can only go when it is the top of the heap, so repeat
    * while the break moves down. */
