@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 #include "tamalloc.h"
@@ -378,6 +379,55 @@ Test(runs, double_free_above_the_lowered_limit_from_another_thread_aborts, .sign
   pthread_create(&t, NULL, free_it, blocks[2]); /* in the page kept: its mark is wiped */
   pthread_join(t, NULL);
   ta_free(ta_malloc(100000)); /* the owner's slow path, should the free have been queued */
+}
+
+static void nap_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* All blocks of a run but the lowest freed, and a purge due after the decay time (a large
+ * free medium block): shrinking rides on a purge that is due anyway. */
+static ta_run_t *run_to_shrink_when_due(void) {
+  ta_decay_ms = 20;
+  ta_run_t *r = fill_run(64);
+  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  ta_free(ta_malloc(40 << 10));
+  cr_assert_neq(atomic_load(&ta_tl_arena->purge_due), 0, "a purge is due");
+  nap_ms((long)ta_decay_ms + 30);
+  return r;
+}
+
+Test(runs, the_owners_purge_after_the_decay_gives_back_free_pages) {
+  ta_run_t *r = run_to_shrink_when_due();
+  cr_assert_eq(r->limit, r->cap * r->bsize, "not before the purge");
+  ta_free(ta_malloc(20000)); /* a slow path: the purge is due */
+  cr_assert_eq(r->limit, r->bsize);
+  check_run(r);
+  cr_assert_leq(run_resident(r), 2 * TA_PAGE_SIZE);
+  check_block(0, 64);
+  refill_and_check(r, 64, 1);
+}
+
+/* The background purger's call: it holds the arena's lock, not its fast paths. */
+static void *purge_as_the_background_thread(void *arg) {
+  ta_arena_t *a = arg;
+  cr_assert(ta_slow_try_enter(a));
+  ta_arena_purge(a, ta_os_now_ms(), false, ta_decay_ms);
+  ta_slow_leave(a);
+  return NULL;
+}
+
+Test(runs, another_threads_purge_leaves_the_runs_lists_alone) {
+  ta_run_t *r = run_to_shrink_when_due();
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, purge_as_the_background_thread, ta_tl_arena), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_eq(atomic_load(&ta_tl_arena->purge_due), 0, "the purge ran");
+  cr_assert_eq(r->limit, r->cap * r->bsize);
+  cr_assert_eq(list_len(r->free), r->cap - 1);
+  cr_assert_eq(run_resident(r), TA_RUN_SIZE);
+  check_run(r);
 }
 
 /* Statistics over a shrunk run: its live block and free blocks, and the requested sizes of
