@@ -28,8 +28,11 @@
  *   run:    state == RUN_ACTIVE <=> RUN_ACTIVE_BIAS added to used <=> it is owner.cur[cls]
  *   run:    state == RUN_PARTIAL <=> run is on owner.partial[cls]
  *   run:    owner == NULL <=> the run slot is free in its chunk
+ *   run:    no block at or above limit is handed out or on a list; only the owner lowers
+ *           limit (ta_small_shrink), and never below a block that is not on its free list
  *   block:  a block on a free or remote list has word[1] == ta_mark(b); malloc clears it,
- *           and a run that retires wipes every mark and link it held
+ *           a run that retires wipes every mark and link it held, and a run that shrinks
+ *           those of the blocks it drops from the page it keeps
  *   medium: INUSE clear <=> the block is on exactly one bin list; no two adjacent free
  *           blocks; PREV_FREE of a block == !INUSE of its predecessor
  *   map:    ta_chunk_map[g] != 0 => granule g is mapped and its header check word is valid
@@ -168,7 +171,8 @@ typedef struct ta_run {
   int32_t used;           /* blocks handed out and not yet freed here, | RUN_FULL_BIT */
   uint32_t bsize;         /* block size of the class */
   uint32_t recip;         /* ceil(2^32 / bsize): offset -> index without a divide */
-  uint32_t limit;         /* bytes of the run threaded so far: blocks are carved lazily */
+  uint32_t limit;         /* bytes of the run threaded: blocks are carved lazily, and the
+                           * owner lowers it when it gives free pages back (ta_small_shrink) */
   uint32_t cap;           /* blocks that fit in the run */
   uint8_t cls;            /* size class */
   uint8_t state;          /* RUN_* */
@@ -312,7 +316,8 @@ typedef struct ta_arena {
   ta_counters_t cnt;
 
   /* --- owner-only slow-path state --- */
-  ta_run_t *partial[TA_NUM_SMALL + 1]; /* runs with free blocks, not current */
+  ta_run_t *partial[TA_NUM_SMALL + 1]; /* runs with free blocks (or, shrunk, room to thread
+                                        * them again), not current */
   ta_chunk_t *small_avail;  /* small chunks with a free run slot */
   ta_chunk_t *small_full;   /* small chunks without one */
   ta_chunk_t *medium_chunks;
@@ -519,6 +524,9 @@ TA_HIDDEN bool ta_small_on_free_list(const ta_run_t *r, const void *p);
 TA_HIDDEN bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p);
 TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
 TA_HIDDEN void ta_medium_release_empty(ta_arena_t *a);
+/* The owner's alone (it rewrites runs' free lists): the whole free pages of its runs in use
+ * go back; returns the bytes given back. */
+TA_HIDDEN size_t ta_small_shrink(ta_arena_t *a);
 
 /* ------------------------------------------------------------------ medium.c */
 TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align);

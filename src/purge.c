@@ -8,6 +8,8 @@
  *     when it is the top of the heap, and is otherwise decommitted (MADV_DONTNEED) and
  *     kept for reuse;
  *   - the pages of a retired run slot (64 KiB) are decommitted;
+ *   - the whole free pages above the highest block in use of runs in use are decommitted,
+ *     by the owner only (small.c, ta_small_shrink), when its purge is due anyway;
  *   - free medium blocks of 32 KiB and more have their inner pages decommitted (with
  *     malloc_trim, or for an ownerless arena, every free block that holds a whole page);
  *   - cached huge spans are unmapped (huge.c: the cache is process-wide).
@@ -110,7 +112,9 @@ void ta_maybe_purge(ta_arena_t *a) {
 /* all: everything, now (trim, ownerless arena: the caller owns the arena's fast-path state
  * too); else what became free at least `age` ms ago (the decay time, or less when over the
  * budget). The background thread calls it on arenas it does not own, with all false: only
- * state under the slow-path lock is touched then. */
+ * state under the slow-path lock is touched then. The owner's own purge after the decay also
+ * gives back the free pages of runs in use (without ages of their own: the purge is due
+ * anyway). */
 size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   size_t freed = 0;
   uint64_t next = 0;
@@ -124,10 +128,13 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   ta_slow_enter(a);
   bool was_purging = a->purging; /* under the lock: the purger may purge it too */
   a->purging = true;
-  if (all) {
-    ta_small_retire_idle(a);
-    ta_medium_release_empty(a);
-  }
+  if (all) ta_small_retire_idle(a);
+  /* The free pages of runs in use, whose lists only the owner may rewrite: with `all` (the
+   * caller owns the arena) or in the owner's own purge after the decay — not the budget's
+   * (those pages are not counted in it), nor the background thread's. Before the passes
+   * below: taking in remote frees may retire runs and empty chunks. */
+  if (all || (ta_tl_arena == a && age == ta_decay_ms)) freed += ta_small_shrink(a);
+  if (all) ta_medium_release_empty(a);
 
   /* Empty chunks. A break chunk can only go when it is the top of the heap, so repeat
    * while the break moves down. */

@@ -12,6 +12,10 @@
  * free into it makes it PARTIAL again; a PARTIAL run whose last block comes back is
  * retired, its slot returned to the chunk, and a chunk with no run left goes back to the
  * arena's reserve of empty chunks.
+ *
+ * A run still in use gives back the whole free pages above its highest block in use when
+ * its owner purges (ta_small_shrink): its list is threaded again with the blocks below, and
+ * `limit` falls, so that the next carve threads those pages again.
  */
 #include "internal.h"
 
@@ -108,17 +112,20 @@ static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
   return r;
 }
 
-/* The slot is about to serve any class: wipe the link and mark of every block carved, so
- * that no later block of another size, whose bytes overlap them, can read a key back or
- * hold a mark that fits its own address. Every carved block is free here (used is 0). */
-static void run_wipe(const ta_run_t *r) {
+/* Clears the link and mark of the blocks of r that start in [from, to) (block offsets). */
+static void blocks_wipe(const ta_run_t *r, uint32_t from, uint32_t to) {
   char *base = ta_run_base(r);
-  for (uint32_t off = 0; off < r->limit; off += r->bsize) {
+  for (uint32_t off = from; off < to; off += r->bsize) {
     ta_block_t *b = (ta_block_t *)(base + off);
     b->link = 0;
     b->key = 0;
   }
 }
+
+/* The slot is about to serve any class: wipe the link and mark of every block carved, so
+ * that no later block of another size, whose bytes overlap them, can read a key back or
+ * hold a mark that fits its own address. Every carved block is free here (used is 0). */
+static void run_wipe(const ta_run_t *r) { blocks_wipe(r, 0, r->limit); }
 
 static void run_retire(ta_arena_t *a, ta_run_t *r) {
   ta_chunk_t *c = ta_chunk_of(r);
@@ -168,7 +175,9 @@ uint64_t ta_secure_random(void) {
   return x * 0x2545f4914f6cdd1dull;
 }
 
-/* Threads up to a page of never-used blocks onto the free list (at least one block). */
+/* Threads up to a page of never-used blocks onto the free list (at least one block), each
+ * marked free as a freed block is: every block on a free list holds its mark, which is how
+ * a purge tells that a run's top page is free without walking its list (run_shrink). */
 static bool run_can_carve(const ta_run_t *r) { return r->limit + r->bsize <= r->cap * r->bsize; }
 
 static void run_carve(ta_run_t *r) {
@@ -192,12 +201,14 @@ static void run_carve(ta_run_t *r) {
       ta_block_t *b = (ta_block_t *)(base + (size_t)k * r->bsize);
       *ta_canary_at(b, r->bsize) = ta_canary(b);
       b->link = ta_link_enc(head);
+      b->key = ta_mark(b);
       head = b;
     }
   } else {
     for (uint32_t i = n; i-- > 0;) {
       ta_block_t *b = (ta_block_t *)(base + (size_t)i * r->bsize);
       b->link = ta_link_enc(head);
+      b->key = ta_mark(b);
       head = b;
     }
   }
@@ -315,4 +326,130 @@ void ta_small_retire_idle(ta_arena_t *a) {
     run_retire(a, r);
   }
   ta_slow_leave(a);
+}
+
+/* ------------------------------------------------------------------ free pages of runs in use */
+
+/* A run keeps the pages it has threaded until it empties, however few blocks it still holds:
+ * its free blocks are on its owner's list, which the fast paths use without a lock. So only
+ * the owner gives such pages back (ta_small_shrink, from its purge): the whole pages above
+ * the run's highest block in use leave the free list, `limit` falls to just above that
+ * block, and a later carve threads them again (as zero pages from the kernel). */
+
+#define RUN_MAX_BLOCKS (TA_RUN_SIZE / TA_ALIGNMENT)
+
+static bool bit_get(const uint64_t *bits, uint32_t k) { return (bits[k / 64] >> (k % 64)) & 1; }
+
+/* Sets the bit of every block on r's free list. Each entry must be a block of this run below
+ * its limit, and none may come twice (which bounds the walk by the run's blocks): anything
+ * else is a link overwritten after free. */
+static void run_free_bits(const ta_run_t *r, uint64_t *bits) {
+  char *base = ta_run_base(r);
+  for (ta_block_t *b = r->free; b; b = ta_block_next(b)) {
+    if (ta_run_of(b) != r || !ta_small_valid(r, b))
+      ta_fatal("malloc(): corrupted free list, next block", b);
+    uint32_t k = (uint32_t)((char *)b - base) / r->bsize;
+    if (bit_get(bits, k)) ta_fatal("malloc(): corrupted free list, next block", b);
+    bits[k / 64] |= (uint64_t)1 << (k % 64);
+  }
+}
+
+/* Threads r's free list again with its free blocks below index `keep`: in address order, so
+ * that malloc favours the low end and the next shrink finds more; the hardened build keeps
+ * the list's own order, which its random reuse order made. */
+static void run_rethread(ta_run_t *r, const uint64_t *bits, uint32_t keep) {
+  char *base = ta_run_base(r);
+  ta_block_t *head = NULL;
+  if (ta_secure) {
+    ta_block_t *last = NULL;
+    for (ta_block_t *b = r->free, *next; b; b = next) {
+      next = ta_block_next(b); /* before b's link is rewritten */
+      if ((uint32_t)((char *)b - base) >= keep * r->bsize) continue;
+      if (last) last->link = ta_link_enc(b);
+      else head = b;
+      last = b;
+    }
+    if (last) last->link = ta_link_enc(NULL);
+  } else {
+    for (uint32_t k = keep; k-- > 0;) {
+      if (!bit_get(bits, k)) continue;
+      ta_block_t *b = (ta_block_t *)(base + (size_t)k * r->bsize);
+      b->link = ta_link_enc(head);
+      head = b;
+    }
+  }
+  r->free = head;
+}
+
+/* The mark word of a block that may be in use: the program, or a thread freeing the block,
+ * may be writing it as it is read, with plain stores nothing on our side can order. Any
+ * value will do (the walk decides, never this word), so ThreadSanitizer is told not to watch
+ * this one load, as it is not told to watch ta_mh_peek's. */
+#if defined(__SANITIZE_THREAD__)
+__attribute__((no_sanitize_thread, noinline))
+#endif
+static uintptr_t mark_peek(const ta_block_t *b) {
+  return __atomic_load_n(&b->key, __ATOMIC_RELAXED);
+}
+
+/* Whether every block reaching into r's top threaded page is marked free. Every block on a
+ * free list is, so without that no page can go back: a purge that finds the top block in
+ * use reads one word, where the walk would read the whole list — every purge, for as long
+ * as the block lives. A marked block may still be on the remote list or in a quarantine:
+ * the walk decides, never the marks. */
+static bool top_page_marked(const ta_run_t *r) {
+  const char *base = ta_run_base(r);
+  uint32_t top = (uint32_t)ta_align_up(r->limit, TA_PAGE_SIZE) - (uint32_t)TA_PAGE_SIZE;
+  for (uint32_t k = r->limit / r->bsize; k-- > 0 && (k + 1) * r->bsize > top;) {
+    const ta_block_t *b = (const ta_block_t *)(base + (size_t)k * r->bsize);
+    if (mark_peek(b) != ta_mark(b)) return false;
+  }
+  return true;
+}
+
+/* Gives back the whole pages of run r above its highest block in use; returns the bytes
+ * given back. Blocks on the remote list, in suspect slots or in a quarantine are on no
+ * free list: they count as in use, and stay below the new limit. */
+static size_t run_shrink(ta_run_t *r) {
+  uint32_t bs = r->bsize, limit = r->limit;
+  if (limit - (uint32_t)RUN_USED(r) * bs < TA_PAGE_SIZE || !top_page_marked(r)) return 0;
+  uint64_t bits[RUN_MAX_BLOCKS / 64] = {0};
+  run_free_bits(r, bits);
+  uint32_t keep = limit / bs;
+  while (keep > 0 && bit_get(bits, keep - 1)) keep--;
+  uintptr_t base = (uintptr_t)ta_run_base(r);
+  uintptr_t from = ta_align_up(base + (size_t)keep * bs, TA_PAGE_SIZE);
+  uintptr_t to = ta_align_up(base + limit, TA_PAGE_SIZE);
+  if (from >= to) return 0;
+  run_rethread(r, bits, keep);
+  /* Other threads read limit to validate their frees: every block at or above the new
+   * limit is free, so no correct free names one. */
+  __atomic_store_n(&r->limit, keep * bs, __ATOMIC_RELAXED);
+  /* The blocks dropped from the page kept below `from` keep their link and mark. A carve
+   * of this class would rewrite the link and find the block's own mark, but the run may
+   * retire first, and run_wipe stops at limit: a block of another class overlapping them
+   * could read a key back or look free. So they go now; the pages given back read zero. */
+  blocks_wipe(r, keep * bs, (uint32_t)(from - base));
+  if (ta_os_decommit((void *)from, to - from) != 0) {
+    blocks_wipe(r, keep * bs, limit); /* the pages stay: nothing of the blocks may */
+    return 0;
+  }
+  return to - from;
+}
+
+/* The owner's purge of the free pages of its runs in use: the ACTIVE and PARTIAL ones (a
+ * FULL run has no free block). What other threads freed is taken in first, so that their
+ * blocks are found free. Only for the arena's owner (or the thread that claimed an ownerless
+ * arena): its fast paths use these lists without the lock, so the background purger, which
+ * holds only the lock, must not call it. */
+size_t ta_small_shrink(ta_arena_t *a) {
+  size_t freed = 0;
+  ta_slow_enter(a);
+  ta_remote_collect(a);
+  for (unsigned cls = 1; cls <= TA_NUM_SMALL; cls++) {
+    if (a->cur[cls] != &ta_empty_run) freed += run_shrink(a->cur[cls]);
+    for (ta_run_t *r = a->partial[cls]; r; r = r->next) freed += run_shrink(r);
+  }
+  ta_slow_leave(a);
+  return freed;
 }

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -196,6 +197,108 @@ Test(secure_small, reuse_order_is_random)
     cr_assert_eq(pthread_create(&t, NULL, reuse_order, &ascending), 0);
     pthread_join(t, NULL);
     cr_assert_lt(ascending, 100, "%zu of 199 neighbours in address order", ascending);
+}
+
+/* ---- free pages of a run in use (malloc_trim) ------------------------------------- */
+
+#define RUN_BYTES ((uintptr_t)65536)
+#define RUN_BLOCKS (RUN_BYTES / 48) /* SMALL blocks: 48 bytes */
+
+static char *run_block[RUN_BLOCKS]; /* by index in the run */
+static uintptr_t run_base;
+
+/* The first run of the SMALL class, filled: its blocks come in random order, but all of them
+ * before any other run's. Every usable byte written. */
+static void fill_one_run(void)
+{
+    for (size_t i = 0; i < RUN_BLOCKS; i++) {
+        char *p = ta_malloc(SMALL);
+        if (i == 0)
+            run_base = (uintptr_t)p & ~(RUN_BYTES - 1);
+        cr_assert_eq((uintptr_t)p & ~(RUN_BYTES - 1), run_base, "the first run fills first");
+        size_t k = ((uintptr_t)p - run_base) / 48;
+        cr_assert_null(run_block[k]);
+        run_block[k] = p;
+        tt_fill(p, SMALL, k);
+    }
+}
+
+/* Frees every block but those flagged in keep[], in an order drawn at random, then trims. */
+static void free_all_but(const bool *keep)
+{
+    size_t order[RUN_BLOCKS];
+    for (size_t i = 0; i < RUN_BLOCKS; i++)
+        order[i] = i;
+    tt_rng g;
+    tt_rng_seed(&g, 42);
+    for (size_t i = RUN_BLOCKS - 1; i > 0; i--) {
+        size_t j = tt_rand_between(&g, 0, i), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    for (size_t i = 0; i < RUN_BLOCKS; i++)
+        if (!keep[order[i]])
+            ta_free(run_block[order[i]]);
+    ta_malloc_trim(0);
+}
+
+static size_t run_resident_pages(void)
+{
+    unsigned char vec[RUN_BYTES / 4096];
+    cr_assert_eq(mincore((void *)run_base, RUN_BYTES, vec), 0);
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof vec; i++)
+        n += vec[i] & 1;
+    return n;
+}
+
+Test(secure_small, trim_gives_back_the_free_pages_of_a_run_in_use)
+{
+    static bool keep[RUN_BLOCKS] = {[0] = true};
+    fill_one_run();
+    cr_assert_eq(run_resident_pages(), RUN_BYTES / 4096);
+    free_all_but(keep);
+    cr_assert_leq(run_resident_pages(), 2, "the pages above the block in use went back");
+    cr_assert_eq(tt_check(run_block[0], SMALL, 0), SIZE_MAX, "the block in use is intact");
+    /* The run serves its class again: carved anew, each block once, canaries and all. */
+    for (size_t i = 1; i < RUN_BLOCKS; i++) {
+        char *p = ta_malloc(SMALL);
+        cr_assert_eq((uintptr_t)p & ~(RUN_BYTES - 1), run_base);
+        size_t k = ((uintptr_t)p - run_base) / 48;
+        cr_assert(k > 0 && (uintptr_t)p == run_base + k * 48);
+        run_block[k] = p;
+        tt_fill(p, SMALL, k);
+    }
+    for (size_t k = 0; k < RUN_BLOCKS; k++) {
+        cr_assert_eq(tt_check(run_block[k], SMALL, k), SIZE_MAX, "block %zu", k);
+        ta_free(run_block[k]);
+    }
+    flush_quarantine();
+}
+
+Test(secure_small, double_free_above_a_trimmed_run_limit, .signal = SIGABRT)
+{
+    static bool keep[RUN_BLOCKS] = {[0] = true};
+    fill_one_run();
+    free_all_but(keep);
+    ta_free(run_block[RUN_BLOCKS - 1]);
+}
+
+/* The free blocks left below the block in use keep their random order. */
+Test(secure_small, reuse_order_stays_random_after_a_trim)
+{
+    static bool keep[RUN_BLOCKS] = {[0] = true, [RUN_BLOCKS / 2] = true};
+    fill_one_run();
+    free_all_but(keep);
+    size_t ascending = 0, n = RUN_BLOCKS / 2 - 1;
+    char *prev = ta_malloc(SMALL);
+    for (size_t i = 1; i < n; i++) {
+        char *p = ta_malloc(SMALL);
+        cr_assert_lt((uintptr_t)p, run_base + RUN_BLOCKS / 2 * 48, "below the block in use");
+        ascending += p == prev + 48;
+        prev = p;
+    }
+    cr_assert_lt(ascending, n / 4, "%zu of %zu neighbours in address order", ascending, n);
 }
 
 /* ---- medium blocks ---------------------------------------------------------------- */

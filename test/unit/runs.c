@@ -1,10 +1,12 @@
-/* Unit tests: runs of small blocks — carving, FULL/PARTIAL transitions, retirement,
+/* Unit tests: runs of small blocks — carving, FULL/PARTIAL transitions, retirement, the
+ * free pages of runs in use given back by their owner (ta_small_shrink),
  * the chunk map, and the invariants written in internal.h. */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 #include "tamalloc.h"
@@ -15,13 +17,16 @@ static size_t list_len(const ta_block_t *b) {
   return n;
 }
 
-/* used + |free| == carved blocks (single thread: nothing on the remote list). */
+/* used + |free| == carved blocks (single thread: nothing on the remote list); every block on
+ * the list, carved or freed, holds its mark. */
 static void check_run(const ta_run_t *r) {
   int32_t used = RUN_USED(r);
   cr_assert_eq((size_t)used + list_len(r->free), r->limit / r->bsize,
                "run invariant: used %d free %zu carved %u", used, list_len(r->free),
                r->limit / r->bsize);
   cr_assert_leq(r->limit / r->bsize, r->cap);
+  for (const ta_block_t *b = r->free; b; b = ta_block_next(b))
+    cr_assert_eq(b->key, ta_mark(b), "free block %p unmarked", (void *)b);
 }
 
 Test(runs, first_block_makes_an_arena_and_a_run) {
@@ -145,6 +150,11 @@ Test(runs, pointer_past_carved_blocks_aborts, .signal = SIGABRT) {
   ta_free(ta_run_base(r) + r->limit); /* a block boundary never handed out */
 }
 
+Test(runs, block_carved_but_never_handed_out_aborts, .signal = SIGABRT) {
+  char *p = ta_malloc(128);
+  ta_free(p + 128); /* on the list, marked: freeing it would put it there twice */
+}
+
 Test(runs, pointer_into_unused_run_slot_aborts, .signal = SIGABRT) {
   char *p = ta_malloc(128);
   ta_chunk_t *c = ta_chunk_of(p);
@@ -171,4 +181,270 @@ Test(runs, many_classes_share_a_chunk) {
     check_run(r);
   }
   for (unsigned c = 1; c <= TA_NUM_SMALL; c++) ta_free(p[c - 1]);
+}
+
+/* ---- the free pages of runs in use (ta_small_shrink) ---------------------------------- */
+
+static void *blocks[TA_RUN_SIZE / 16]; /* a run's blocks, by index */
+
+static unsigned char pattern(size_t k, size_t i) { return (unsigned char)(k * 7 + i + 1); }
+
+static void write_block(size_t k, size_t size) {
+  for (size_t i = 0; i < size; i++) ((unsigned char *)blocks[k])[i] = pattern(k, i);
+}
+
+static void check_block(size_t k, size_t size) {
+  for (size_t i = 0; i < size; i++)
+    cr_assert_eq(((unsigned char *)blocks[k])[i], pattern(k, i), "block %zu byte %zu", k, i);
+}
+
+static size_t run_index(const ta_run_t *r, const void *p) {
+  return (size_t)((const char *)p - ta_run_base(r)) / r->bsize;
+}
+
+static size_t run_resident(const ta_run_t *r) { return ta_os_resident(ta_run_base(r), TA_RUN_SIZE); }
+
+/* Fills the active run of the class of `size` with blocks (blocks[] by index, every byte
+ * written; the first run of the class in this test's process): the run's every page is
+ * resident. */
+static ta_run_t *fill_run(size_t size) {
+  void *first = ta_malloc(size);
+  ta_run_t *r = ta_run_of(first);
+  blocks[run_index(r, first)] = first;
+  for (uint32_t i = 1; i < r->cap; i++) {
+    void *p = ta_malloc(size);
+    cr_assert_eq(ta_run_of(p), r, "the active run fills first");
+    blocks[run_index(r, p)] = p;
+  }
+  for (uint32_t k = 0; k < r->cap; k++) write_block(k, size);
+  cr_assert_eq(r->limit, r->cap * r->bsize);
+  cr_assert_geq(run_resident(r), (size_t)r->cap * r->bsize / TA_PAGE_SIZE * TA_PAGE_SIZE);
+  return r;
+}
+
+/* Allocates blocks[k] again for every k from `from` (the run takes them back by carving)
+ * and checks every byte of the whole run. */
+static void refill_and_check(ta_run_t *r, size_t size, uint32_t from) {
+  for (uint32_t i = from; i < r->cap; i++) {
+    void *p = ta_malloc(size);
+    cr_assert_eq(ta_run_of(p), r, "the shrunk run serves its class again");
+    size_t k = run_index(r, p);
+    cr_assert((char *)p == ta_run_base(r) + k * r->bsize, "a block boundary");
+    cr_assert(k >= from && k < r->cap, "block %zu was in use", k);
+    cr_assert_lt((uintptr_t)p - (uintptr_t)ta_run_base(r), r->limit);
+    blocks[k] = p;
+    write_block(k, size);
+  }
+  check_run(r);
+  cr_assert_eq(r->limit, r->cap * r->bsize);
+  for (uint32_t k = 0; k < r->cap; k++) check_block(k, size);
+  for (uint32_t k = 0; k < r->cap; k++) ta_free(blocks[k]);
+}
+
+/* All blocks but the lowest freed: malloc_trim gives back every page but the first. With
+ * `partial`, the run is PARTIAL (it was FULL) and ends with an empty list, so the next malloc
+ * takes it up and carves; else it is the active run. The blocks dropped from the page kept
+ * hold no link or mark any more. */
+static void trim_keeps_the_lowest(size_t size, bool partial) {
+  ta_run_t *r = fill_run(size);
+  void *extra = partial ? ta_malloc(size) : NULL; /* finds the run exhausted: FULL */
+  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  cr_assert_eq(r->state, partial ? RUN_PARTIAL : RUN_ACTIVE);
+  ta_free(extra); /* its run is active and empty: trim retires it */
+  ta_malloc_trim(0);
+  cr_assert_eq(r->owner, ta_tl_arena);
+  cr_assert_eq(r->limit, r->bsize, "only the block in use stays threaded");
+  cr_assert_null(r->free);
+  check_run(r);
+  cr_assert_leq(run_resident(r), 2 * TA_PAGE_SIZE, "%zu bytes resident", run_resident(r));
+  check_block(0, size);
+  for (uint32_t k = 1; k < r->cap && (size_t)k * r->bsize < TA_PAGE_SIZE; k++) {
+    const ta_block_t *b = blocks[k];
+    cr_assert(b->link == 0 && b->key == 0, "block %u keeps a link or a mark", k);
+  }
+  refill_and_check(r, size, 1);
+}
+
+Test(runs, trim_gives_back_the_free_pages_of_the_active_run) { trim_keeps_the_lowest(64, false); }
+Test(runs, trim_gives_back_the_free_pages_of_a_partial_run) { trim_keeps_the_lowest(64, true); }
+Test(runs, trim_gives_back_pages_of_blocks_across_page_ends) { trim_keeps_the_lowest(48, false); }
+Test(runs, trim_gives_back_pages_of_blocks_over_a_page) { trim_keeps_the_lowest(5120, true); }
+
+Test(runs, nothing_goes_back_above_the_highest_block_in_use) {
+  ta_run_t *r = fill_run(64);
+  for (uint32_t k = 0; k + 1 < r->cap; k++) ta_free(blocks[k]);
+  uint32_t limit = r->limit;
+  ta_malloc_trim(0);
+  cr_assert_eq(r->limit, limit);
+  cr_assert_eq(list_len(r->free), r->cap - 1);
+  check_run(r);
+  cr_assert_eq(run_resident(r), TA_RUN_SIZE);
+  check_block(r->cap - 1, 64);
+  ta_free(blocks[r->cap - 1]);
+}
+
+/* Blocks in use at 0 and in the middle: the pages above the middle one go, and the free
+ * blocks below it are threaded again in address order. */
+Test(runs, the_list_below_the_highest_block_in_use_is_threaded_in_address_order) {
+  ta_run_t *r = fill_run(64);
+  uint32_t mid = r->cap / 2;
+  for (uint32_t k = r->cap; k-- > 1;)
+    if (k != mid) ta_free(blocks[k]);
+  cr_assert_gt(ta_small_shrink(ta_tl_arena), 0);
+  cr_assert_eq(r->limit, (mid + 1) * r->bsize);
+  check_run(r);
+  cr_assert_eq(list_len(r->free), mid - 1);
+  size_t k = 1;
+  for (ta_block_t *b = r->free; b; b = ta_block_next(b), k++) {
+    cr_assert_eq(b, blocks[k], "free block %zu in address order", k);
+    cr_assert_eq(b->key, ta_mark(b), "still marked free");
+  }
+  cr_assert_leq(run_resident(r), (size_t)(mid + 1) * r->bsize + TA_PAGE_SIZE);
+  check_block(0, 64);
+  check_block(mid, 64);
+  for (k = 1; k < mid; k++) cr_assert_eq(ta_malloc(64), blocks[k], "low addresses first");
+  for (k = 1; k < mid; k++) write_block(k, 64);
+  refill_and_check(r, 64, mid + 1);
+}
+
+static void *free_all_but_the_first(void *arg) {
+  const ta_run_t *r = arg;
+  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  return NULL;
+}
+
+/* Blocks another thread freed wait on the owner's remote list: taken in, then given back. */
+Test(runs, remote_frees_are_taken_in_before_the_run_shrinks) {
+  ta_run_t *r = fill_run(64);
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, free_all_but_the_first, r), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_not_null(atomic_load(&ta_tl_arena->remote));
+  cr_assert_eq(RUN_USED(r), (int32_t)r->cap, "blocks on the remote list count as used");
+  cr_assert_geq(ta_small_shrink(ta_tl_arena), TA_RUN_SIZE - TA_PAGE_SIZE);
+  cr_assert_null(atomic_load(&ta_tl_arena->remote));
+  cr_assert_eq(r->limit, r->bsize);
+  check_run(r);
+  cr_assert_leq(run_resident(r), 2 * TA_PAGE_SIZE);
+  check_block(0, 64);
+  refill_and_check(r, 64, 1);
+}
+
+/* The pages stay when the kernel refuses: the list and the limit are still cut, and no
+ * dropped block keeps a link or a mark. */
+Test(runs, a_refused_decommit_leaves_no_link_or_mark_above_the_limit) {
+  ta_run_t *r = fill_run(64);
+  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  ta_os_fail(TA_OS_MADVISE, 0, 1);
+  cr_assert_eq(ta_small_shrink(ta_tl_arena), 0);
+  cr_assert_eq(r->limit, r->bsize);
+  check_run(r);
+  for (uint32_t k = 1; k < r->cap; k++) {
+    const ta_block_t *b = blocks[k];
+    cr_assert(b->link == 0 && b->key == 0, "block %u keeps a link or a mark", k);
+  }
+  refill_and_check(r, 64, 1);
+}
+
+/* The walk checks every entry of the list it rethreads. */
+Test(runs, a_free_list_overwritten_after_free_aborts_the_shrink, .signal = SIGABRT) {
+  ta_run_t *r = fill_run(64);
+  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  ((ta_block_t *)blocks[r->cap / 2])->link ^= 0x40; /* a write after free */
+  ta_malloc_trim(0);
+}
+
+static void shrink_to_the_first_block(ta_run_t *r) {
+  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  ta_malloc_trim(0);
+  cr_assert_eq(r->limit, r->bsize);
+}
+
+/* Above the new limit a block is no block of the run: a second free of it is invalid. */
+Test(runs, double_free_above_the_lowered_limit_aborts, .signal = SIGABRT) {
+  ta_run_t *r = fill_run(64);
+  shrink_to_the_first_block(r);
+  ta_free(blocks[r->cap - 1]);
+}
+
+static void *free_it(void *p) {
+  ta_free(p);
+  return NULL;
+}
+
+Test(runs, double_free_above_the_lowered_limit_from_another_thread_aborts, .signal = SIGABRT) {
+  ta_run_t *r = fill_run(64);
+  shrink_to_the_first_block(r);
+  pthread_t t;
+  pthread_create(&t, NULL, free_it, blocks[2]); /* in the page kept: its mark is wiped */
+  pthread_join(t, NULL);
+  ta_free(ta_malloc(100000)); /* the owner's slow path, should the free have been queued */
+}
+
+static void nap_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* All blocks of a run but the lowest freed, and a purge due after the decay time (a large
+ * free medium block): shrinking rides on a purge that is due anyway. */
+static ta_run_t *run_to_shrink_when_due(void) {
+  ta_decay_ms = 20;
+  ta_run_t *r = fill_run(64);
+  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  ta_free(ta_malloc(40 << 10));
+  cr_assert_neq(atomic_load(&ta_tl_arena->purge_due), 0, "a purge is due");
+  nap_ms((long)ta_decay_ms + 30);
+  return r;
+}
+
+Test(runs, the_owners_purge_after_the_decay_gives_back_free_pages) {
+  ta_run_t *r = run_to_shrink_when_due();
+  cr_assert_eq(r->limit, r->cap * r->bsize, "not before the purge");
+  ta_free(ta_malloc(20000)); /* a slow path: the purge is due */
+  cr_assert_eq(r->limit, r->bsize);
+  check_run(r);
+  cr_assert_leq(run_resident(r), 2 * TA_PAGE_SIZE);
+  check_block(0, 64);
+  refill_and_check(r, 64, 1);
+}
+
+/* The background purger's call: it holds the arena's lock, not its fast paths. */
+static void *purge_as_the_background_thread(void *arg) {
+  ta_arena_t *a = arg;
+  cr_assert(ta_slow_try_enter(a));
+  ta_arena_purge(a, ta_os_now_ms(), false, ta_decay_ms);
+  ta_slow_leave(a);
+  return NULL;
+}
+
+Test(runs, another_threads_purge_leaves_the_runs_lists_alone) {
+  ta_run_t *r = run_to_shrink_when_due();
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, purge_as_the_background_thread, ta_tl_arena), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_eq(atomic_load(&ta_tl_arena->purge_due), 0, "the purge ran");
+  cr_assert_eq(r->limit, r->cap * r->bsize);
+  cr_assert_eq(list_len(r->free), r->cap - 1);
+  cr_assert_eq(run_resident(r), TA_RUN_SIZE);
+  check_run(r);
+}
+
+/* Statistics over a shrunk run: its live block and free blocks, and the requested sizes of
+ * the blocks carved again. */
+Test(runs, statistics_follow_a_shrunk_run) {
+  ta_stats_enable(1);
+  ta_run_t *r = fill_run(40); /* 48-byte blocks */
+  shrink_to_the_first_block(r);
+  unsigned cls = r->cls;
+  struct ta_stats s = {.version = TA_STATS_VERSION, .size = sizeof s};
+  cr_assert_eq(ta_stats_get(&s, -1), 0);
+  cr_assert_eq(s.classes[cls].live_blocks, 1);
+  cr_assert_eq(s.classes[cls].free_blocks, 0, "no block threaded but the one in use");
+  cr_assert_eq(s.classes[cls].requested_bytes, 40);
+  for (uint32_t i = 1; i < r->cap; i++) blocks[i] = ta_malloc(44);
+  cr_assert_eq(ta_stats_get(&s, -1), 0);
+  cr_assert_eq(s.classes[cls].live_blocks, r->cap);
+  cr_assert_eq(s.classes[cls].requested_bytes, 40 + (r->cap - 1) * 44);
+  for (uint32_t k = 0; k < r->cap; k++) ta_free(blocks[k]);
 }
