@@ -707,10 +707,15 @@ set multiplot layout %d,%d title %s
 
 # ---- writing everything -------------------------------------------------------------------------------
 
+CHARTS = ("time-ratio.png", "rss-ratio.png", "scaling.png", "instructions.png")
+
+
 def write_all(results, out_dir, root, publish=False):
+    """Writes latest.json, latest.md and the charts to out_dir (bench/out/ by default, which
+    git ignores); with publish, also the published run (publish_all). Returns the paths."""
     workdir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".work", "charts")
     os.makedirs(workdir, exist_ok=True)
-    for old in ("time-ratio.png", "rss-ratio.png", "scaling.png", "instructions.png"):
+    for old in CHARTS:
         p = os.path.join(out_dir, old)
         if os.path.exists(p):
             os.unlink(p)
@@ -728,13 +733,31 @@ def write_all(results, out_dir, root, publish=False):
     paths.append(mpath)
     paths.extend(os.path.join(out_dir, c) for c in results["charts"])
     if publish:
-        docs = os.path.join(root, "docs")
-        os.makedirs(docs, exist_ok=True)
-        prefix = os.path.relpath(out_dir, docs).replace(os.sep, "/") + "/"
-        dpath = os.path.join(docs, "benchmarks.md")
-        with open(dpath, "w") as f:
-            f.write(publish_doc(results, prefix))
-        paths.append(dpath)
+        paths.extend(publish_all(results, out_dir, root))
+    return paths
+
+
+def publish_all(results, out_dir, root):
+    """The published run, the only benchmark output under version control:
+    docs/benchmarks.md, and beside it docs/benchmarks/ with the charts and latest.json
+    (copied from out_dir, where write_all has just written them). Returns the paths."""
+    docs = os.path.join(root, "docs")
+    pub = os.path.join(docs, "benchmarks")
+    os.makedirs(pub, exist_ok=True)
+    same = os.path.abspath(pub) == os.path.abspath(out_dir)
+    paths = []
+    if not same:
+        for old in CHARTS:
+            p = os.path.join(pub, old)
+            if os.path.exists(p):
+                os.unlink(p)
+        for name in list(results["charts"]) + ["latest.json"]:
+            shutil.copyfile(os.path.join(out_dir, name), os.path.join(pub, name))
+            paths.append(os.path.join(pub, name))
+    dpath = os.path.join(docs, "benchmarks.md")
+    with open(dpath, "w") as f:
+        f.write(publish_doc(results, "benchmarks/"))
+    paths.append(dpath)
     return paths
 
 
@@ -746,7 +769,8 @@ def publish_doc(results, prefix):
         "its method are described in [bench/README.md](../bench/README.md). To answer the "
         "question for your own machine, run `bench/run` (about an hour) or `bench/run --quick` "
         "(under ten minutes): it installs what it lacks, builds tamalloc in Release and writes "
-        "bench/results/latest.md.",
+        "its report to bench/out/ (latest.md, latest.json and the charts), which git ignores. "
+        "The charts and the full data of the run below are in [benchmarks/](benchmarks/).",
         "",
         "The figures below come from one machine and one run. Allocators are compared with "
         "each other on that machine, never by absolute times.",

@@ -999,14 +999,16 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated workload names")
     ap.add_argument("--allocators", default="", help="comma-separated allocator names")
     ap.add_argument("--lib", action="append", default=[], help="another allocator's shared library")
-    ap.add_argument("--publish", action="store_true", help="also write docs/benchmarks.md")
+    ap.add_argument("--publish", action="store_true",
+                    help="also publish the run: docs/benchmarks.md and docs/benchmarks/ (charts, latest.json)")
     ap.add_argument("--rounds", type=int, help="rounds per workload (default 5, quick 3)")
     ap.add_argument("--threads", default="", help="thread counts, e.g. 1,2,16")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every workload's size")
     ap.add_argument("--min-cores", type=float, default=1.8,
                     help="a 2-thread round using fewer cores than this is rerun")
     ap.add_argument("--retries", type=int, default=2, help="reruns of a starved 2-thread round")
-    ap.add_argument("--out", default=os.path.join(BENCH, "results"), help="results directory")
+    ap.add_argument("--out", default=os.path.join(BENCH, "out"),
+                    help="where the report goes (default bench/out, ignored by git)")
     ap.add_argument("--tamalloc-lib", default="", help=argparse.SUPPRESS)
     ap.add_argument("--tamalloc-note", default="", help=argparse.SUPPRESS)
     ap.add_argument("--list", action="store_true", help="list the workloads and exit")
