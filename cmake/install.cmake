@@ -11,10 +11,12 @@
 #   lib/pkgconfig/tamalloc-api.pc            pkg-config: the ta_ functions alone
 #   lib/cmake/tamalloc/                      find_package(tamalloc): tamalloc::tamalloc,
 #                                            tamalloc::api, tamalloc::static, tamalloc::secure
+#   share/man/man3/tamalloc.3                the library, its settings and statistics
+#   share/man/man1/tamalloc.1, bin/tamalloc  the launcher (tools/tamalloc.in)
 #
 # lib is CMAKE_INSTALL_LIBDIR (GNUInstallDirs: lib/<multiarch> when the prefix is /usr).
-# The CMake package finds the files relative to its own location, so an installed tree can
-# be moved; the .pc files name the prefix given at install time.
+# The launcher and the CMake package find the files relative to their own location, so an
+# installed tree can be moved; the .pc files name the prefix given at install time.
 
 include(CMakePackageConfigHelpers)
 
@@ -82,3 +84,27 @@ install(FILES
   ${PROJECT_BINARY_DIR}/install/tamalloc-config.cmake
   ${PROJECT_BINARY_DIR}/install/tamalloc-config-version.cmake
   DESTINATION ${TAMALLOC_CMAKE_DIR})
+
+# ---- manual pages --------------------------------------------------------------------------
+install(FILES ${PROJECT_SOURCE_DIR}/docs/man/tamalloc.3 DESTINATION ${CMAKE_INSTALL_MANDIR}/man3)
+install(FILES ${PROJECT_SOURCE_DIR}/docs/man/tamalloc.1 DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
+
+# ---- the launcher --------------------------------------------------------------------------
+# bin/tamalloc finds the library through the path from its own directory to the library
+# directory (absolute only when CMAKE_INSTALL_LIBDIR is).
+if(IS_ABSOLUTE "${CMAKE_INSTALL_LIBDIR}")
+  set(TAMALLOC_LAUNCHER_LIBDIR "${CMAKE_INSTALL_LIBDIR}")
+else()
+  file(RELATIVE_PATH TAMALLOC_LAUNCHER_LIBDIR
+    "/prefix/${CMAKE_INSTALL_BINDIR}" "/prefix/${CMAKE_INSTALL_LIBDIR}")
+endif()
+set(TAMALLOC_LAUNCHER_LIBRARY "$<TARGET_SONAME_FILE_NAME:tamalloc>")
+if(TARGET tamalloc_secure)
+  set(TAMALLOC_LAUNCHER_SECURE "$<TARGET_SONAME_FILE_NAME:tamalloc_secure>")
+else()
+  set(TAMALLOC_LAUNCHER_SECURE "libtamalloc-secure.so")
+endif()
+configure_file(${PROJECT_SOURCE_DIR}/tools/tamalloc.in ${PROJECT_BINARY_DIR}/install/tamalloc.in @ONLY)
+file(GENERATE OUTPUT ${PROJECT_BINARY_DIR}/install/tamalloc
+  INPUT ${PROJECT_BINARY_DIR}/install/tamalloc.in)
+install(PROGRAMS ${PROJECT_BINARY_DIR}/install/tamalloc DESTINATION ${CMAKE_INSTALL_BINDIR})
