@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "cxx.h"
 #include "internal.h"
 #include "tamalloc.h"
 
@@ -375,35 +376,68 @@ static bool size_fits(const void *p, size_t usable, size_t size, size_t align) {
   }
 }
 
-/* free_sized and free_aligned_sized beyond the fast path: the pointer first (an invalid one
- * is reported as such), then the alignment and the size; then the block is freed as free
- * frees it. */
-static TA_NOINLINE void free_sized_checked(void *p, size_t size, size_t align, bool aligned) {
+/* The frees that are told more than the pointer, and the names their messages give. */
+enum freer { FREE_SIZED, FREE_ALIGNED_SIZED, OPERATOR_DELETE, SDALLOCX };
+static const struct {
+  const char *bad_ptr, *bad_align, *bad_size;
+} freer_msg[] = {
+    [FREE_SIZED] = {"free_sized(): invalid pointer", "free_sized(): invalid alignment for pointer",
+                    "free_sized(): invalid size for pointer"},
+    [FREE_ALIGNED_SIZED] = {"free_aligned_sized(): invalid pointer",
+                            "free_aligned_sized(): invalid alignment for pointer",
+                            "free_aligned_sized(): invalid size for pointer"},
+    [OPERATOR_DELETE] = {"operator delete(): invalid pointer",
+                         "operator delete(): invalid alignment for pointer",
+                         "operator delete(): invalid size for pointer"},
+    [SDALLOCX] = {"sdallocx(): invalid pointer", "sdallocx(): invalid alignment for pointer",
+                  "sdallocx(): invalid size for pointer"},
+};
+enum { CHECK_ALIGN = 1, CHECK_SIZE = 2, SIZE_ALIGNED = 4 };
+
+/* The sized and aligned frees beyond their fast paths (free_sized, free_aligned_sized, C++'s
+ * sized and aligned operator delete, jemalloc's sdallocx): the pointer first (an invalid one
+ * is reported as such), then the alignment `align` it must have (CHECK_ALIGN), then the size
+ * (CHECK_SIZE; with SIZE_ALIGNED, as the request of an allocation aligned to `align`); then
+ * the block is freed as free frees it. */
+static TA_NOINLINE void free_checked(void *p, size_t size, size_t align, enum freer who,
+                                     unsigned checks) {
   if (p == NULL) return;
-  const char *bad_ptr = aligned ? "free_aligned_sized(): invalid pointer"
-                                : "free_sized(): invalid pointer";
-  size_t usable = usable_checked(p, bad_ptr);
-  if (aligned && (!ta_is_pow2(align) || ((uintptr_t)p & (align - 1)) != 0))
-    ta_fatal("free_aligned_sized(): invalid alignment for pointer", p);
-  if (!size_fits(p, usable, size, align))
-    ta_fatal(aligned ? "free_aligned_sized(): invalid size for pointer"
-                     : "free_sized(): invalid size for pointer",
-             p);
+  size_t usable = usable_checked(p, freer_msg[who].bad_ptr);
+  if ((checks & CHECK_ALIGN) && (!ta_is_pow2(align) || ((uintptr_t)p & (align - 1)) != 0))
+    ta_fatal(freer_msg[who].bad_align, p);
+  if ((checks & CHECK_SIZE) && !size_fits(p, usable, size, (checks & SIZE_ALIGNED) ? align : 0))
+    ta_fatal(freer_msg[who].bad_size, p);
   ta_free(p);
 }
 
-/* The fast path: a small block whose class holds the size goes straight to free. */
-void ta_free_sized(void *p, size_t size) {
+/* The fast path of a sized free: a small block whose class holds the size. */
+TA_INLINE bool sized_fast(const void *p, size_t size) {
   uintptr_t g = (uintptr_t)p >> TA_CHUNK_SHIFT;
-  if (!ta_secure && TA_LIKELY(g < TA_MAP_ENTRIES) &&
-      atomic_load_explicit(&ta_chunk_map[g], memory_order_relaxed) == TA_MAP_SMALL &&
-      TA_LIKELY(size <= ta_run_of(p)->bsize))
-    return ta_free(p);
-  free_sized_checked(p, size, 0, false);
+  return !ta_secure && TA_LIKELY(g < TA_MAP_ENTRIES) &&
+         atomic_load_explicit(&ta_chunk_map[g], memory_order_relaxed) == TA_MAP_SMALL &&
+         TA_LIKELY(size <= ta_run_of(p)->bsize);
+}
+
+void ta_free_sized(void *p, size_t size) {
+  if (sized_fast(p, size)) return ta_free(p);
+  free_checked(p, size, 0, FREE_SIZED, CHECK_SIZE);
 }
 
 void ta_free_aligned_sized(void *p, size_t align, size_t size) {
-  free_sized_checked(p, size, align, true);
+  free_checked(p, size, align, FREE_ALIGNED_SIZED, CHECK_ALIGN | CHECK_SIZE | SIZE_ALIGNED);
+}
+
+/* C++'s sized operator delete (cxx.cc): free_sized's rule, under its own name. */
+void ta_delete_sized(void *p, size_t size) {
+  if (sized_fast(p, size)) return ta_free(p);
+  free_checked(p, size, 0, OPERATOR_DELETE, CHECK_SIZE);
+}
+
+/* C++'s aligned operator delete: the alignment, and with `sized` the size as
+ * free_aligned_sized checks it. */
+void ta_delete_aligned(void *p, size_t size, size_t align, bool sized) {
+  free_checked(p, size, align, OPERATOR_DELETE,
+               CHECK_ALIGN | (sized ? CHECK_SIZE | SIZE_ALIGNED : 0));
 }
 
 size_t ta_malloc_usable_size(void *p) {
