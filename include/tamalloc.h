@@ -115,6 +115,53 @@ TA_API int ta_stats_enable(int on);
 /* Writes the heap's layout to fd, one line per region (see docs/statistics.md). */
 TA_API int ta_heap_map(int fd);
 
+/* ------------------------------------------------------------------ jemalloc's API
+ * jemalloc's non-standard functions, as far as they map onto tamalloc (docs/jemalloc-api.md
+ * has the table). The replacement libraries also export them under jemalloc's own names
+ * (mallocx, ..., mallctl, malloc_stats_print), so that a program built against jemalloc runs
+ * on tamalloc preloaded; the ta_ names are in every build.
+ *
+ * Flags have jemalloc's values: an alignment (TA_MALLOCX_ALIGN, TA_MALLOCX_LG_ALIGN) and
+ * TA_MALLOCX_ZERO act; the tcache and arena fields are accepted and ignored. Size 0 is
+ * taken as 1 (jemalloc leaves it undefined). */
+#define TA_MALLOCX_LG_ALIGN(la) ((int)(la))
+#define TA_MALLOCX_ALIGN(a) ((int)__builtin_ctzll((unsigned long long)(a))) /* a: a power of two */
+#define TA_MALLOCX_ZERO ((int)0x40)
+#define TA_MALLOCX_TCACHE(tc) ((int)(((tc) + 2) << 8))
+#define TA_MALLOCX_TCACHE_NONE TA_MALLOCX_TCACHE(-1)
+#define TA_MALLOCX_ARENA(a) ((int)(((unsigned)(a) + 1) << 20))
+#define TA_MALLCTL_ARENAS_ALL 4096 /* arena.<i>.purge and .decay: every arena */
+
+/* mallocx: malloc with flags; NULL (errno ENOMEM) when impossible. */
+TA_API void *ta_mallocx(size_t size, int flags) TA_MALLOC_ATTR TA_ALLOC_SIZE(1);
+/* rallocx: realloc with flags (the alignment kept or moved to; MALLOCX_ZERO zeroes the bytes
+ * beyond the old usable size). NULL leaves ptr as it was. */
+TA_API void *ta_rallocx(void *ptr, size_t size, int flags) TA_ALLOC_SIZE(2);
+/* xallocx: resizes in place where tamalloc can (a medium block owned by the calling thread)
+ * to size + extra or at least size; returns the usable size, below size on failure. */
+TA_API size_t ta_xallocx(void *ptr, size_t size, size_t extra, int flags);
+/* sallocx: the usable size, as malloc_usable_size. */
+TA_API size_t ta_sallocx(const void *ptr, int flags);
+/* dallocx: free. sdallocx: free_sized's check of the size (any size from the request to the
+ * usable size passes), and of the alignment the flags give. */
+TA_API void ta_dallocx(void *ptr, int flags);
+TA_API void ta_sdallocx(void *ptr, size_t size, int flags);
+/* nallocx: the usable size mallocx(size, flags) would give, without allocating (a medium
+ * block may get up to 32 bytes more); 0 when no allocation can succeed. */
+TA_API size_t ta_nallocx(size_t size, int flags);
+/* mallctl and its MIB forms: jemalloc's names that map onto tamalloc (version, epoch,
+ * stats.*, arenas.*, arena.<i>.purge and .decay, thread.tcache.flush, opt.*, config.*,
+ * background_thread). 0, or ENOENT for a name it does not answer, EINVAL for a wrong
+ * *oldlenp or newlen, EPERM for a write to a read-only name or a read of an action. */
+TA_API int ta_mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
+TA_API int ta_mallctlnametomib(const char *name, size_t *mibp, size_t *miblenp);
+TA_API int ta_mallctlbymib(const size_t *mib, size_t miblen, void *oldp, size_t *oldlenp,
+                           void *newp, size_t newlen);
+/* tamalloc's report (text, or JSON when opts contains 'J') through write_cb, or on stderr
+ * when write_cb is NULL. */
+TA_API void ta_malloc_stats_print(void (*write_cb)(void *cbopaque, const char *s), void *cbopaque,
+                                  const char *opts);
+
 #ifdef __cplusplus
 }
 #endif

@@ -663,3 +663,135 @@ int ta_malloc_trim(size_t pad) {
   errno = saved;
   return freed > 0;
 }
+
+/* ------------------------------------------------------------------ jemalloc's allocation functions */
+
+/* jemalloc's flags (same values as its MALLOCX_* macros, tamalloc.h's TA_MALLOCX_*): the low
+ * six bits are log2 of the alignment (0: none), 0x40 asks for zeroed memory; the tcache
+ * (bits 8-19) and arena (bits 20-31) fields are accepted and ignored (tamalloc has one arena
+ * per thread and no cache in front of it). See docs/jemalloc-api.md. */
+static size_t flags_align(int flags) {
+  unsigned lg = (unsigned)flags & 0x3f;
+  return lg ? (size_t)1 << lg : 0;
+}
+TA_INLINE bool flags_zero(int flags) { return (flags & TA_MALLOCX_ZERO) != 0; }
+
+/* An allocation with an alignment (0 or a power of two) and maybe zeroed. */
+static void *alloc_flags(size_t size, size_t align, bool zero) {
+  if (align <= TA_ALIGNMENT) {
+    if (!zero) return ta_malloc(size);
+    align = TA_ALIGNMENT;
+  } else if (TA_UNLIKELY(align > TA_MAX_REQUEST / 2)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return alloc_generic(size, align, zero);
+}
+
+/* The usable size alloc_generic gives a request (same dispatch; the medium and huge
+ * formulas are medium.c's and huge.c's): nallocx. A medium block may hold up to
+ * TA_MIN_MBLOCK - 16 bytes more than this, when what was left of the free block it was cut
+ * from was too small to stand alone. 0 when no allocation can succeed. */
+static size_t usable_for(size_t size, size_t align) {
+  if (size > TA_MAX_REQUEST || align > TA_MAX_REQUEST / 2) return 0;
+  if (size == 0) size = 1;
+  if (align < TA_ALIGNMENT) align = TA_ALIGNMENT;
+  unsigned cls = small_class_for(small_request(size), align);
+  if (cls != 0) return ta_class_size[cls] - (ta_secure ? TA_CANARY_SIZE : 0);
+  if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 && size + align <= TA_MEDIUM_MAX) {
+    size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
+    return (need < TA_MIN_MBLOCK ? TA_MIN_MBLOCK : need) - sizeof(ta_mhdr_t);
+  }
+  size_t hdr = ta_secure ? TA_HUGE_HDR + TA_HUGE_CANARY : TA_HUGE_HDR;
+  size_t off = align >= TA_CHUNK_SIZE ? TA_CHUNK_SIZE : (align > hdr ? align : hdr);
+  if (size > TA_MAX_REQUEST - off - (ta_secure ? TA_PAGE_SIZE : 0)) return 0;
+  return ta_align_up(off + size, TA_PAGE_SIZE) - off;
+}
+
+/* MALLOCX_ZERO zeroes the whole block, to its usable size (calloc zeroes what was asked). */
+void *ta_mallocx(size_t size, int flags) {
+  bool zero = flags_zero(flags);
+  void *p = alloc_flags(size, flags_align(flags), zero);
+  if (zero && p != NULL) {
+    size_t u = usable_checked(p, "mallocx(): invalid pointer");
+    if (u > size) memset((char *)p + size, 0, u - size);
+  }
+  return p;
+}
+
+/* realloc with jemalloc's flags. Size 0 is taken as 1 (realloc would free); NULL allocates.
+ * With MALLOCX_ZERO the bytes from the old usable size to the new one are zeroed. */
+void *ta_rallocx(void *p, size_t size, int flags) {
+  if (p == NULL) return ta_mallocx(size, flags);
+  if (size == 0) size = 1;
+  size_t align = flags_align(flags);
+  size_t old = usable_checked(p, "rallocx(): invalid pointer");
+  void *q;
+  if (align <= TA_ALIGNMENT) {
+    q = ta_realloc(p, size);
+    if (q == NULL) return NULL;
+  } else if (((uintptr_t)p & (align - 1)) == 0 && size <= old && size >= old / 2 &&
+             ta_map_get((uintptr_t)p) != TA_MAP_HUGE && !ta_stats_on) {
+    /* Aligned already and large enough: kept, as realloc keeps a small or medium block down
+     * to half its size (a huge block's size is its request: it moves; statistics on, the
+     * recorded request would be stale: it moves too). */
+    q = p;
+  } else {
+    q = alloc_flags(size, align, false);
+    if (q == NULL) return NULL;
+    memcpy(q, p, size < old ? size : old);
+    ta_free(p);
+  }
+  if (flags_zero(flags)) {
+    size_t now = usable_checked(q, "rallocx(): invalid pointer");
+    if (now > old) memset((char *)q + old, 0, now - old);
+  }
+  return q;
+}
+
+/* In place only: a medium block owned by the calling thread grows into a free successor or
+ * shrinks (to size + extra, or at least to size); any other block keeps its size. Returns
+ * the usable size, less than size when the block could not grow. */
+size_t ta_xallocx(void *p, size_t size, size_t extra, int flags) {
+  size_t old = usable_checked(p, "xallocx(): invalid pointer");
+  if (size == 0) size = 1;
+  size_t want = size + extra < size ? SIZE_MAX : size + extra;
+  if (want > TA_MEDIUM_MAX) want = TA_MEDIUM_MAX;
+  ta_arena_t *me = ta_tl_arena;
+  if (ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || ta_chunk_of(p)->owner != me ||
+      want <= TA_SMALL_MAX / 2 || want == old)
+    return old;
+  ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
+  size_t got = 0;
+  if (ta_medium_resize(me, h, want)) got = want;
+  else if (size < want && size > old && size > TA_SMALL_MAX / 2 && ta_medium_resize(me, h, size))
+    got = size;
+  if (got == 0) return old;
+  if (ta_stats_on) ta_stats_record(p, got);
+  size_t now = ta_medium_usable(h);
+  if (flags_zero(flags) && now > old) memset((char *)p + old, 0, now - old);
+  return now;
+}
+
+size_t ta_sallocx(const void *p, int flags) {
+  (void)flags;
+  return usable_checked((void *)p, "sallocx(): invalid pointer");
+}
+
+void ta_dallocx(void *p, int flags) {
+  (void)flags;
+  ta_free(p);
+}
+
+/* free_sized's rule for the size (jemalloc allows any size from the request to the usable
+ * size), and with MALLOCX_ALIGN the block's alignment. */
+void ta_sdallocx(void *p, size_t size, int flags) {
+  size_t align = flags_align(flags);
+  if (align <= TA_ALIGNMENT) {
+    if (sized_fast(p, size)) return ta_free(p);
+    return free_checked(p, size, 0, SDALLOCX, CHECK_SIZE);
+  }
+  free_checked(p, size, align, SDALLOCX, CHECK_SIZE | CHECK_ALIGN);
+}
+
+size_t ta_nallocx(size_t size, int flags) { return usable_for(size, flags_align(flags)); }
