@@ -11,7 +11,8 @@
  * provides the three functions as "not available" instead, which is how redis
  * behaves when built without jemalloc: statistics read as zero and every shrink goes
  * through realloc. A preloaded library that exports these names itself (tcmalloc has
- * nallocx, for instance) still takes precedence over the stub.
+ * nallocx, for instance; tamalloc has all three) still takes precedence over the stub,
+ * which then only keeps the set of loaded objects the same in every column.
  */
 #include <errno.h>
 #include <stddef.h>
