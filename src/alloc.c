@@ -427,6 +427,12 @@ void ta_free_aligned_sized(void *p, size_t align, size_t size) {
   free_checked(p, size, align, FREE_ALIGNED_SIZED, CHECK_ALIGN | CHECK_SIZE | SIZE_ALIGNED);
 }
 
+/* The calls of cxx.cc, direct within the library (cxx.h). */
+void *ta_cxx_malloc(size_t size) TA_MALLOC_ATTR TA_ALLOC_SIZE(1) __attribute__((alias("ta_malloc")));
+void *ta_cxx_aligned_alloc(size_t align, size_t size) TA_MALLOC_ATTR TA_ALLOC_ALIGN(1)
+    TA_ALLOC_SIZE(2) __attribute__((alias("ta_aligned_alloc")));
+void ta_cxx_free(void *p) __attribute__((alias("ta_free")));
+
 /* C++'s sized operator delete (cxx.cc): free_sized's rule, under its own name. */
 void ta_delete_sized(void *p, size_t size) {
   if (sized_fast(p, size)) return ta_free(p);

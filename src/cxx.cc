@@ -43,7 +43,7 @@ bool is_pow2(std::size_t a) { return a != 0 && (a & (a - 1)) == 0; }
 
 /* One try: align 0 for the unaligned forms. */
 void *try_alloc(std::size_t n, std::size_t align) noexcept {
-  return align == 0 ? ta_malloc(n) : ta_aligned_alloc(align, n);
+  return align == 0 ? ta_cxx_malloc(n) : ta_cxx_aligned_alloc(align, n);
 }
 
 #ifdef TA_CXX_LOOKUP
@@ -129,14 +129,14 @@ void *nothrow_failed(std::size_t n, std::size_t align, const char *runtime_form)
 
 void *new_aligned(std::size_t n, std::size_t align) {
   if (!is_pow2(align)) throw_bad_alloc(n);
-  void *p = ta_aligned_alloc(align, n);
+  void *p = ta_cxx_aligned_alloc(align, n);
   if (TA_LIKELY(p != nullptr)) return p;
   return alloc_failed(n, align);
 }
 
 void *new_aligned_nothrow(std::size_t n, std::size_t align, const char *runtime_form) noexcept {
   if (!is_pow2(align)) return nullptr;
-  void *p = ta_aligned_alloc(align, n);
+  void *p = ta_cxx_aligned_alloc(align, n);
   if (TA_LIKELY(p != nullptr)) return p;
   return nothrow_failed(n, align, runtime_form);
 }
@@ -148,25 +148,25 @@ void *new_aligned_nothrow(std::size_t n, std::size_t align, const char *runtime_
 /* ------------------------------------------------------------------ new */
 
 TA_OPERATOR void *operator new(std::size_t n) {
-  void *p = ta_malloc(n);
+  void *p = ta_cxx_malloc(n);
   if (TA_LIKELY(p != nullptr)) return p;
   return alloc_failed(n, 0);
 }
 
 TA_OPERATOR void *operator new[](std::size_t n) {
-  void *p = ta_malloc(n);
+  void *p = ta_cxx_malloc(n);
   if (TA_LIKELY(p != nullptr)) return p;
   return alloc_failed(n, 0);
 }
 
 TA_OPERATOR void *operator new(std::size_t n, const std::nothrow_t &) noexcept {
-  void *p = ta_malloc(n);
+  void *p = ta_cxx_malloc(n);
   if (TA_LIKELY(p != nullptr)) return p;
   return nothrow_failed(n, 0, "_ZnwmRKSt9nothrow_t");
 }
 
 TA_OPERATOR void *operator new[](std::size_t n, const std::nothrow_t &) noexcept {
-  void *p = ta_malloc(n);
+  void *p = ta_cxx_malloc(n);
   if (TA_LIKELY(p != nullptr)) return p;
   return nothrow_failed(n, 0, "_ZnamRKSt9nothrow_t");
 }
@@ -190,10 +190,10 @@ TA_OPERATOR void *operator new[](std::size_t n, std::align_val_t al,
 
 /* ------------------------------------------------------------------ delete */
 
-TA_OPERATOR void operator delete(void *p) noexcept { ta_free(p); }
-TA_OPERATOR void operator delete[](void *p) noexcept { ta_free(p); }
-TA_OPERATOR void operator delete(void *p, const std::nothrow_t &) noexcept { ta_free(p); }
-TA_OPERATOR void operator delete[](void *p, const std::nothrow_t &) noexcept { ta_free(p); }
+TA_OPERATOR void operator delete(void *p) noexcept { ta_cxx_free(p); }
+TA_OPERATOR void operator delete[](void *p) noexcept { ta_cxx_free(p); }
+TA_OPERATOR void operator delete(void *p, const std::nothrow_t &) noexcept { ta_cxx_free(p); }
+TA_OPERATOR void operator delete[](void *p, const std::nothrow_t &) noexcept { ta_cxx_free(p); }
 
 TA_OPERATOR void operator delete(void *p, std::size_t n) noexcept { ta_delete_sized(p, n); }
 TA_OPERATOR void operator delete[](void *p, std::size_t n) noexcept { ta_delete_sized(p, n); }

@@ -13,18 +13,21 @@
 
 #ifdef __cplusplus
 extern "C" {
-/* The public functions cxx.cc calls (tamalloc.h), declared noexcept: C functions never
- * throw, and a noexcept operator calling a function that may would keep a path to
- * std::terminate. */
-void *ta_malloc(size_t size) noexcept;
-void *ta_aligned_alloc(size_t alignment, size_t size) noexcept;
-void ta_free(void *ptr) noexcept;
 /* error.c: the one-line abort message. */
 __attribute__((visibility("hidden"), noreturn)) void ta_fatal(const char *what, const void *p) noexcept;
 #define TA_CXX_NOEXCEPT noexcept
 #else
 #define TA_CXX_NOEXCEPT
 #endif
+
+/* ta_malloc, ta_aligned_alloc and ta_free under hidden names (aliases in alloc.c), so that
+ * the operators call them directly rather than through the GOT; declared noexcept to C++: C
+ * functions never throw, and a noexcept operator calling a function that may would keep a
+ * path to std::terminate. */
+__attribute__((visibility("hidden"))) void *ta_cxx_malloc(size_t size) TA_CXX_NOEXCEPT;
+__attribute__((visibility("hidden"))) void *ta_cxx_aligned_alloc(size_t alignment,
+                                                                 size_t size) TA_CXX_NOEXCEPT;
+__attribute__((visibility("hidden"))) void ta_cxx_free(void *ptr) TA_CXX_NOEXCEPT;
 
 /* Sized operator delete: free_sized's checks, reported as "operator delete(): ...". */
 __attribute__((visibility("hidden"))) void ta_delete_sized(void *p, size_t size) TA_CXX_NOEXCEPT;
