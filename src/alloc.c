@@ -220,15 +220,16 @@ static bool link_plausible(const void *b) {
  * by a secret no correct program can know — was freed before: reported at once, before
  * its owner can hand it out again. A mark without such a link is only a suspicion, for the
  * owner to confirm (it alone can read its lists). */
-static void free_to_owner(ta_arena_t *owner, ta_block_t *b) {
+static bool free_to_owner(ta_arena_t *owner, ta_block_t *b) {
   uintptr_t mark = ta_mark(b);
   if (TA_UNLIKELY(b->key == mark)) {
     if (link_plausible(b)) ta_fatal("free(): double free of pointer", b);
     ta_remote_suspect(owner, b);
-    return;
+    return false;
   }
   b->key = mark;
   ta_remote_push(owner, b);
+  return true;
 }
 
 static TA_NOINLINE void free_small_remote(ta_run_t *r, ta_block_t *b) {
@@ -244,11 +245,19 @@ static void free_medium(void *p) {
   /* INUSE is cleared by the owner alone, when the block is free: a sure double free. */
   if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal("free(): double free of pointer", p);
   if (c->owner != me) {
-    free_to_owner(c->owner, b);
-    /* Should the owner be idle for good, the background purger takes it in (its next
-     * visit to owned arenas is due within the decay time, or is made so here). */
-    if (atomic_load_explicit(&ta_arenas_due, memory_order_relaxed) == 0)
-      ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + ta_decay_ms);
+    ta_arena_t *owner = c->owner;
+    /* Should the owner be idle for good, the background purger takes it in: it is told
+     * a medium block waits, and its next visit to owned arenas is due within the decay
+     * time, or is made so here — and started if it has left (this free holds no lock of
+     * ours: a safe point, as alloc_generic's entry is). */
+    if (free_to_owner(owner, b)) {
+      atomic_fetch_add_explicit(&owner->remote_medium, 1, memory_order_relaxed);
+      if (atomic_load_explicit(&ta_arenas_due, memory_order_relaxed) == 0 &&
+          atomic_load_explicit(&owner->state, memory_order_relaxed) == ARENA_CLAIMED) {
+        ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + ta_decay_ms);
+        ta_bg_maybe_start();
+      }
+    }
     return;
   }
   ta_slow_enter(me);

@@ -354,24 +354,32 @@ static uint8_t remote_check(ta_arena_t *a, ta_block_t *b) {
 }
 
 /* Takes in one remote free and returns the next on the list. */
-static ta_block_t *remote_take(ta_arena_t *a, ta_block_t *b) {
+static ta_block_t *remote_take(ta_arena_t *a, ta_block_t *b, int64_t *medium) {
   TA_ADD(a->cnt.frees, 1);
   TA_ADD(a->cnt.remote_frees, 1);
   uint8_t kind = remote_check(a, b);
   ta_block_t *next = ta_block_next(b); /* before the free rewrites the link */
-  if (kind == TA_MAP_SMALL) ta_small_free_local(a, ta_run_of(b), b);
-  else ta_medium_free_local(a, (ta_mhdr_t *)b - 1);
+  if (kind == TA_MAP_SMALL) {
+    ta_small_free_local(a, ta_run_of(b), b);
+  } else {
+    ta_medium_free_local(a, (ta_mhdr_t *)b - 1);
+    ++*medium;
+  }
   return next;
 }
 
 /* The background purger, holding the slow-path lock of an arena whose owner lives (and may
- * be idle for good): takes in the medium blocks other threads freed into it, so that their
- * memory merges and can go back, and puts the small ones back on the list, since their
- * runs' lists are the owner's fast paths' alone. The owner's free counter is its own too:
+ * be idle for good), when remote_medium says medium blocks wait: takes in the medium blocks
+ * other threads freed into it, so that their memory merges and can go back, and puts the
+ * small ones back on the list, since their runs' lists are the owner's fast paths' alone.
+ * The owner's verdicts on a block whose mark says "free" (ta_small_freed, ta_medium_freed)
+ * take the lock, so they wait while the list is held here. The owner's free counter is its own too:
  * these frees are counted apart (drained). */
 void ta_remote_collect_medium(ta_arena_t *a) {
+  int64_t hint = atomic_load_explicit(&a->remote_medium, memory_order_relaxed);
   ta_block_t *b = atomic_exchange_explicit(&a->remote, NULL, memory_order_acquire);
   ta_block_t *small = NULL, *last = NULL;
+  int64_t medium = 0;
   while (b) {
     uint8_t kind = remote_check(a, b);
     ta_block_t *next = ta_block_next(b);
@@ -383,15 +391,23 @@ void ta_remote_collect_medium(ta_arena_t *a) {
       TA_ADD(a->cnt.drained, 1);
       TA_ADD(a->cnt.remote_frees, 1);
       ta_medium_free_local(a, (ta_mhdr_t *)b - 1);
+      medium++;
     }
     b = next;
   }
+  if (medium) atomic_fetch_sub_explicit(&a->remote_medium, medium, memory_order_relaxed);
+  /* None there (another taker did not count, or a free went to a suspect slot): clear the
+   * hint, unless a free has raised it meanwhile. */
+  else atomic_compare_exchange_strong_explicit(&a->remote_medium, &hint, 0, memory_order_relaxed,
+                                               memory_order_relaxed);
   if (small == NULL) return;
   ta_block_t *head = atomic_load_explicit(&a->remote, memory_order_relaxed);
   do {
     last->link = ta_link_enc(head);
   } while (!atomic_compare_exchange_weak_explicit(&a->remote, &head, small, memory_order_seq_cst,
                                                   memory_order_relaxed));
+  /* An orphan purge may have given the arena back meanwhile, having seen the list empty. */
+  notice_if_ownerless(a);
 }
 
 /* A suspected double free, after the remote list was drained: a block still in use is
@@ -419,7 +435,9 @@ static void confirm_suspect(ta_arena_t *a, void *p) {
 void ta_remote_collect_slow(ta_arena_t *a) {
   ta_slow_enter(a);
   ta_block_t *b = atomic_exchange_explicit(&a->remote, NULL, memory_order_acquire);
-  while (b) b = remote_take(a, b);
+  int64_t medium = 0;
+  while (b) b = remote_take(a, b, &medium);
+  if (medium) atomic_fetch_sub_explicit(&a->remote_medium, medium, memory_order_relaxed);
   /* Suspects after the drain: a block freed once remotely and once more is on its run's
    * list by now. */
   if (atomic_exchange_explicit(&a->suspected, 0, memory_order_acquire) != 0) {

@@ -63,7 +63,7 @@ static void purge_owned(uint64_t now, uint64_t age) {
     uint64_t due = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
     /* Medium blocks other threads freed into it: an owner that has gone idle would never
      * take them in (see ta_remote_collect_medium). */
-    bool mail = atomic_load_explicit(&a->remote, memory_order_relaxed) != NULL;
+    bool mail = atomic_load_explicit(&a->remote_medium, memory_order_relaxed) > 0;
     bool purge = due != 0 && (age != ta_decay_ms || now >= due);
     if (!purge && !mail) {
       if (due != 0) ta_purge_note_global(&ta_arenas_due, due);

@@ -198,6 +198,11 @@ typedef struct ta_chunk {
       union {
         uint64_t free_slots; /* small, in use: bit i set <=> run slot i is free (bit 0 never) */
         uint64_t empty_since; /* empty chunk: when it became empty (ms) */
+        struct {                /* medium, in use, its top (medium.c, top_trim): */
+          uint32_t trim_ms;     /* the last trim (ms, low 32 bits; 0: none yet) */
+          uint16_t trim_keep;   /* pages it keeps, since trimmed pages came back soon */
+          uint16_t trim_lo;     /* page where the last trim began */
+        };
       };
       union {
     uint64_t dirty_slots; /* small: free run slots whose pages are still resident */
@@ -205,9 +210,9 @@ typedef struct ta_chunk {
   };
       uint8_t kind;          /* TA_MAP_SMALL or TA_MAP_MEDIUM (kept while empty: what it was) */
       uint8_t from_brk;      /* came from the program break */
-      uint8_t decommitted;   /* no page past the first two is resident (past the first unless
-                            it keeps a shadow): an empty chunk whose pages were given back,
-                            or a fresh one until its user sets it up */
+      uint8_t decommitted;   /* empty chunk: no page past the first (the second too while it
+                            keeps a shadow) is resident. Left set in a chunk fresh from the
+                            kernel, for its user to read once; meaningless in a chunk in use */
       uint8_t pad;
       _Atomic uint32_t readers; /* statistics readers walking it: not reused meanwhile */
     };
@@ -344,6 +349,8 @@ typedef struct ta_arena {
   _Alignas(64) _Atomic(ta_block_t *) remote; /* blocks freed by other threads (links encoded) */
   _Atomic int state;                         /* ARENA_*; read by remote freers */
   _Atomic uint32_t suspected;                /* nonzero: look at suspects[] */
+  _Atomic int64_t remote_medium; /* about how many of remote's blocks are medium (a hint for
+                                    the background purger: see ta_remote_collect_medium) */
   struct ta_arena *next_all;                 /* global list, push-only */
   /* Frees by other threads of blocks whose mark says "already free": the owner confirms
    * each (it alone can read its lists) and either frees the block or reports the double

@@ -150,15 +150,35 @@ static void top_touch(ta_chunk_t *c, const void *end) {
 
 /* The free block top ends at the end marker: trim it. */
 static void top_trim(ta_chunk_t *c, ta_mhdr_t *top) {
-  uintptr_t allow = top_allowance();
-  uintptr_t lo = ta_align_up((uintptr_t)(top + 1) + 2 * sizeof(void *) + allow / 4, TA_PAGE_SIZE);
-  if (c->touched < lo + allow / 4 * 3) return;
+  uintptr_t allow = top_allowance(), keep = allow / 4, base = (uintptr_t)c;
+  uintptr_t start = (uintptr_t)(top + 1) + 2 * sizeof(void *);
+  if ((uintptr_t)c->trim_keep * TA_PAGE_SIZE > keep) keep = (uintptr_t)c->trim_keep * TA_PAGE_SIZE;
+  if (c->touched < ta_align_up(start + keep, TA_PAGE_SIZE) + allow / 4 * 3) return;
+  /* Over. If pages the last trim gave back were touched again within a decay time, the
+   * top is in use up to there (a thread cycles a block larger than the allowance): from
+   * now on it keeps twice as much, so that such a thread pays a few trims, not one a
+   * cycle. A top that falls step by step, its pages never touched again, is trimmed at
+   * each step; after a decay time without trims it starts again from a quarter of the
+   * allowance. */
+  uint32_t now = (uint32_t)ta_os_now_ms();
+  bool recent = c->trim_ms != 0 && now - c->trim_ms < ta_decay_ms;
+  if (recent && c->touched > base + (uintptr_t)c->trim_lo * TA_PAGE_SIZE) {
+    keep = keep * 2 < TA_CHUNK_SIZE / 2 ? keep * 2 : TA_CHUNK_SIZE / 2;
+    c->trim_keep = (uint16_t)(keep / TA_PAGE_SIZE);
+    if (c->touched < ta_align_up(start + keep, TA_PAGE_SIZE) + allow / 4 * 3) return;
+  } else if (!recent) {
+    keep = allow / 4;
+    c->trim_keep = 0;
+  }
+  uintptr_t lo = ta_align_up(start + keep, TA_PAGE_SIZE);
   /* The last page holds the top's footer and the end marker: it stays. */
-  uintptr_t last = ((uintptr_t)c + TA_MEDIUM_END - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
+  uintptr_t last = (base + TA_MEDIUM_END - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
   uintptr_t hi = ta_align_up(c->touched, TA_PAGE_SIZE);
   if (hi > last) hi = last;
   if (hi > lo && ta_os_decommit((void *)lo, hi - lo) != 0) return;
   c->touched = lo;
+  c->trim_ms = now ? now : 1;
+  c->trim_lo = (uint16_t)((lo - base) / TA_PAGE_SIZE);
 }
 
 /* Gives back the pages of free block h that hold neither its links nor its footer; its
@@ -168,9 +188,12 @@ size_t ta_medium_decommit(ta_mhdr_t *h) {
   uintptr_t lo = ta_align_up((uintptr_t)(h + 1) + 2 * sizeof(void *), TA_PAGE_SIZE);
   uintptr_t hi = ((uintptr_t)h + s - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
   ta_mh_store(h, h->size_flags | TA_M_DECOMMITTED);
-  if (hi <= lo || ta_os_decommit((void *)lo, hi - lo) != 0) return 0;
   ta_chunk_t *c = ta_chunk_of(h);
-  if ((uintptr_t)h + s == (uintptr_t)c + TA_MEDIUM_END && c->touched > lo) c->touched = lo; /* the top */
+  if ((uintptr_t)h + s == (uintptr_t)c + TA_MEDIUM_END) { /* the top: nothing past touched */
+    if (hi > ta_align_up(c->touched, TA_PAGE_SIZE)) hi = ta_align_up(c->touched, TA_PAGE_SIZE);
+    if (c->touched > lo) c->touched = lo;
+  }
+  if (hi <= lo || ta_os_decommit((void *)lo, hi - lo) != 0) return 0;
   return hi - lo;
 }
 
@@ -317,10 +340,13 @@ void ta_medium_next_check(ta_mhdr_t *h) { (void)next_checked(h); }
  * keeps INUSE while it waits on the remote list, so take the remote frees in, then look
  * again (it may have merged away, its chunk gone). */
 bool ta_medium_freed(ta_arena_t *a, const void *p) {
+  ta_slow_enter(a); /* the purger may hold the remote list: wait for it (see ta_small_freed) */
   ta_remote_collect(a);
   const ta_mhdr_t *h = (const ta_mhdr_t *)p - 1;
-  return ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || !ta_medium_check_ok(h) ||
-         !(ta_mh_load(h) & TA_M_INUSE);
+  bool freed = ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || !ta_medium_check_ok(h) ||
+               !(ta_mh_load(h) & TA_M_INUSE);
+  ta_slow_leave(a);
+  return freed;
 }
 
 ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {

@@ -309,9 +309,14 @@ void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
  * freed by another thread, which taking in the remote frees shows. That may even retire
  * the run or give its chunk back, so the map is read first. */
 bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p) {
+  /* Under the lock: the background purger may hold the remote list (the block perhaps on
+   * it) while it takes the medium blocks off; the lock waits for it to put it back. */
+  ta_slow_enter(a);
   ta_remote_collect(a);
-  if (ta_map_get((uintptr_t)p) != TA_MAP_SMALL || r->owner != a) return true;
-  return ta_small_on_free_list(r, p);
+  bool freed = ta_map_get((uintptr_t)p) != TA_MAP_SMALL || r->owner != a ||
+               ta_small_on_free_list(r, p);
+  ta_slow_leave(a);
+  return freed;
 }
 
 /* Retires the active runs that hold no block (a full purge: malloc_trim, an ownerless

@@ -66,9 +66,14 @@ void ta_stats_record(void *p, size_t requested) {
     uint32_t idx = (uint32_t)(((uint64_t)off * r->recip) >> 32); /* off / bsize, exactly */
     sh[(size_t)r->slot * TA_SHADOW_RUN_ENTRIES + idx] = (uint16_t)(r->bsize - requested);
   } else if (kind == TA_MAP_MEDIUM) {
+    /* Under the owner's lock (the caller owns the block): the background purger may be
+     * freeing the block below into the arena, which sets PREV_FREE in this very word. */
+    ta_arena_t *owner = ta_chunk_of(p)->owner;
     ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
     size_t waste = ta_medium_usable(h) - requested;
+    ta_slow_enter(owner);
     ta_mh_store(h, (h->size_flags & 0xffffffffu) | (waste << TA_M_WASTE_SHIFT));
+    ta_slow_leave(owner);
   } else if (kind == TA_MAP_HUGE || kind == TA_MAP_HUGE_AL) {
     ta_huge_t *h = kind == TA_MAP_HUGE ? (ta_huge_t *)ta_chunk_of(p)
                                        : (ta_huge_t *)((uintptr_t)p - TA_CHUNK_SIZE);
@@ -152,9 +157,10 @@ static void visit_medium(const ta_mhdr_t *h, void *arg) {
   struct ta_stats *s = w->s;
   size_t word = ta_mh_peek(h); /* once: the owner may be changing it */
   size_t sz = word & TA_M_SIZE_MASK, usable = sz - sizeof(ta_mhdr_t);
-  /* Read again after the walk's own read: a merge may have cleared it since (the walk
-   * stops at such a word; this block, already reached, is skipped). */
-  if (sz < TA_MIN_MBLOCK) return;
+  /* Read again after the walk's own read: a merge may have cleared it since, or the
+   * program written it (the walk stops at such a word; this block, already reached, is
+   * skipped rather than counted in a class no size can have). */
+  if (sz < TA_MIN_MBLOCK || sz > (uintptr_t)ta_chunk_of(h) + TA_MEDIUM_END - (uintptr_t)h) return;
   if (word & TA_M_INUSE) {
     struct ta_class_stats *cs = &s->classes[ta_size_class(usable)];
     size_t waste = w->tracked ? (size_t)(word >> TA_M_WASTE_SHIFT) : 0;

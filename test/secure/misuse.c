@@ -40,10 +40,12 @@ static void flush_quarantine(void)
 }
 
 /* A writer the compiler cannot see through: the tests write where C says they may not. */
+/* Writes v at p + off, or ~v where the byte already holds v (a canary byte does, one time in
+ * 256): the write must change the byte for the misuse to be there at all. */
 static void poke(void *p, ptrdiff_t off, unsigned char v)
 {
     volatile unsigned char *b = tt_opaque_ptr(p);
-    b[off] = v;
+    b[off] = b[off] == v ? (unsigned char)~v : v;
 }
 
 static void poke_range(void *p, ptrdiff_t off, size_t n, unsigned char v)

@@ -2,6 +2,7 @@
  * where it is off unless a test turns it on. */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <string.h>
 #include <time.h>
@@ -297,4 +298,38 @@ Test(background, arena_given_up_under_the_purgers_lock_is_a_zombie_in_a_fork_chi
   int st;
   waitpid(pid, &st, 0);
   cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d", st);
+}
+
+/* The purger holds an owner's remote list (taken with an exchange, to take the medium
+ * blocks off) when the owner frees, a second time, a block that is on it: the owner's
+ * verdict waits for the list to come back, finds the block freed, and reports it — rather
+ * than seeing an empty list and putting the block on its run's list a second time. */
+static _Atomic int second_free_go;
+static void *free_twice_after_go(void *arg) {
+  void **slots = arg;
+  slots[0] = ta_malloc(48);
+  atomic_store((_Atomic(ta_arena_t *) *)&slots[1], ta_tl_arena);
+  while (!atomic_load(&second_free_go)) nap_ms(1);
+  ta_free(slots[0]); /* the second free: must abort */
+  atomic_store((_Atomic int *)&slots[2], 1);
+  return NULL;
+}
+
+Test(background, double_free_while_the_purger_holds_the_remote_list_aborts,
+     .signal = SIGABRT, .timeout = 30) {
+  static void *slots[3];
+  pthread_t t;
+  pthread_create(&t, NULL, free_twice_after_go, slots);
+  while (atomic_load((_Atomic(ta_arena_t *) *)&slots[1]) == NULL) nap_ms(1);
+  ta_arena_t *owner = slots[1];
+  ta_free(slots[0]); /* first free, remote: onto the owner's list */
+  cr_assert(ta_slow_try_enter(owner), "this thread stands for the purger");
+  ta_block_t *held = atomic_exchange(&owner->remote, NULL);
+  cr_assert_eq((void *)held, slots[0]);
+  atomic_store(&second_free_go, 1);
+  nap_ms(200); /* the owner is in its verdict now, waiting for the lock */
+  cr_assert_eq(atomic_load((_Atomic int *)&slots[2]), 0, "the second free did not wait");
+  atomic_store(&owner->remote, held); /* as the purger puts the small blocks back */
+  ta_slow_leave(owner);
+  pthread_join(t, NULL); /* the owner aborts the process before this returns */
 }

@@ -232,3 +232,30 @@ Test(medium, trim_lets_go_of_the_last_empty_chunk) {
   pthread_join(t, NULL);
   cr_assert(gone, "the empty medium chunk is still the arena's after malloc_trim");
 }
+
+/* A thread that cycles a block larger than the allowance gets its top's pages back soon
+ * after each trim: the top learns to keep them, so the cycle settles to no system call
+ * (not a madvise and 64 page faults a cycle). */
+static void *cycles_above_the_allowance(void *arg) {
+  char *base = ta_malloc(100 << 10);
+  uint64_t before = ta_os_calls(TA_OS_MADVISE);
+  for (int round = 0; round < 300; round++) {
+    char *p = ta_malloc(256 << 10);
+    memset(p, round, 256 << 10);
+    ta_free(p);
+  }
+  *(uint64_t *)arg = ta_os_calls(TA_OS_MADVISE) - before;
+  ta_free(base);
+  return NULL;
+}
+
+Test(medium, top_that_comes_back_at_once_stops_being_trimmed) {
+  ta_decay_ms = 600000; /* every trim is "recent" */
+  ta_dirty_max = 0;     /* the smallest allowance: 64 KiB */
+  uint64_t calls = 0;
+  pthread_t t;
+  pthread_create(&t, NULL, cycles_above_the_allowance, &calls);
+  pthread_join(t, NULL);
+  cr_assert_leq(calls, 8, "%llu madvise calls for 300 cycles of a 256 KiB block",
+                (unsigned long long)calls);
+}
