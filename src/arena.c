@@ -436,6 +436,7 @@ void ta_remote_collect_slow(ta_arena_t *a) {
   ta_slow_enter(a);
   ta_block_t *b = atomic_exchange_explicit(&a->remote, NULL, memory_order_acquire);
   int64_t medium = 0;
+  if (b) a->collects++;
   while (b) b = remote_take(a, b, &medium);
   if (medium) atomic_fetch_sub_explicit(&a->remote_medium, medium, memory_order_relaxed);
   /* Suspects after the drain: a block freed once remotely and once more is on its run's

@@ -34,6 +34,10 @@
  */
 #include "internal.h"
 
+#ifndef TA_MAIL_BACKLOG
+#define TA_MAIL_BACKLOG 32 /* medium blocks waiting on a busy owner's list: take them */
+#endif
+
 TA_HIDDEN extern const bool ta_bg_default; /* alloc.c: true in the replacement library */
 int ta_bg_setting = -1;                     /* background_thread: -1 unset, 0 off, 1 on */
 
@@ -76,7 +80,14 @@ static void purge_owned(uint64_t now, uint64_t age) {
     /* Still owned now that we hold it (its owner may have given it up meanwhile: then an
      * orphan purge will see to it). */
     if (atomic_load_explicit(&a->state, memory_order_acquire) == ARENA_CLAIMED) {
-      if (mail) ta_remote_collect_medium(a);
+      /* From an owner that has not taken its list in since the last visit, or that lets
+       * many wait: a busy owner keeping up does it itself, and should not wait here for its
+       * lock. */
+      if (mail && (a->collects == a->collects_seen ||
+                   atomic_load_explicit(&a->remote_medium, memory_order_relaxed) >= TA_MAIL_BACKLOG))
+        ta_remote_collect_medium(a);
+      else if (mail) ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms);
+      a->collects_seen = a->collects;
       if (purge) ta_arena_purge(a, now, false, age); /* notes its next due time itself */
       else if (due != 0) ta_purge_note_global(&ta_arenas_due, due);
     }

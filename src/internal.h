@@ -351,6 +351,8 @@ typedef struct ta_arena {
   _Atomic uint32_t suspected;                /* nonzero: look at suspects[] */
   _Atomic int64_t remote_medium; /* about how many of remote's blocks are medium (a hint for
                                     the background purger: see ta_remote_collect_medium) */
+  uint32_t collects;      /* the owner's drains of remote (under the lock) */
+  uint32_t collects_seen; /* collects at the purger's last visit with medium mail waiting */
   struct ta_arena *next_all;                 /* global list, push-only */
   /* Frees by other threads of blocks whose mark says "already free": the owner confirms
    * each (it alone can read its lists) and either frees the block or reports the double
