@@ -39,7 +39,6 @@
 #endif
 
 TA_HIDDEN extern const bool ta_bg_default; /* alloc.c: true in the replacement library */
-int ta_bg_setting = -1;                     /* background_thread: -1 unset, 0 off, 1 on */
 
 enum { BG_NONE = 0, BG_STARTING = 1, BG_RUNNING = 2 };
 static _Atomic int bg_state;

@@ -19,25 +19,51 @@
  * BOOL is true/false/1/0/yes/no/on/off. The variable is read once, on the first slow path,
  * by walking environ: no getenv, no allocation. An unknown key or a bad value prints one
  * line to stderr and is ignored; nothing else changes.
+ *
+ * Bottom layer (docs/design.md, "Layers"): every setting is a plain variable defined here,
+ * which the modules it concerns read; parsing one calls no other file. The statistics
+ * switch is one of them (ta_stats_switch: ta_stats_on and the fast path's limit);
+ * stats.c prints the report at exit.
  */
 #include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "internal.h"
-#include "tamalloc.h"
 
 extern char **environ;
 
+/* ------------------------------------------------------------------ the settings */
+uint64_t ta_decay_ms = 200;                  /* decay_ms (purge.c, huge.c, background.c) */
+size_t ta_dirty_max = (size_t)32 << 20;      /* dirty_max_kb (dirty.c) */
+/* huge_cache_mb (huge.c). The hardened build keeps no freed span: a write after free faults. */
+size_t ta_huge_cache_limit = TA_SECURE ? 0 : (size_t)64 << 20;
+bool ta_huge_pages = true;                   /* huge_pages (huge.c) */
+int ta_bg_setting = -1;                      /* background_thread: -1 unset, 0 off, 1 on */
+bool ta_stats_on;                            /* stats (ta_stats_switch) */
+size_t ta_fast_limit = TA_SMALL_MAX;
+bool ta_stats_from_start;
 bool ta_conf_stats_print;
 int ta_conf_stats_format; /* 0 text, 1 json */
 /* The report's own copy of stderr: programs that close stderr in their exit handlers
  * (coreutils do) still get their report. */
-static int report_fd = -1;
+int ta_conf_report_fd = -1;
 const char *ta_conf_stats_log;       /* points into environ: never copied */
 size_t ta_conf_stats_log_len;
 uint64_t ta_conf_stats_interval_ms = 100;
 static _Atomic int conf_state;
+
+/* Statistics on or off: ta_stats_enable (stats.c) and the settings below. from_start: no
+ * block has been handed out yet, so that the requested sizes will be exact. */
+int ta_stats_switch(int on, bool from_start) {
+  int was = ta_stats_on;
+  if (on && !ta_stats_on && from_start) ta_stats_from_start = true;
+  ta_stats_on = on != 0;
+  ta_fast_limit = on ? 0 : TA_SMALL_MAX;
+  return was;
+}
+
+/* ------------------------------------------------------------------ parsing */
 
 static void warn(const char *what, const char *s, size_t n) {
   char line[256];
@@ -93,12 +119,12 @@ static void apply(const char *e, size_t n) {
       warn("bad value", e, n);
       return;
     }
-    if (eq(e, kn, "stats")) ta_stats_enable(b);
+    if (eq(e, kn, "stats")) ta_stats_switch(b, true);
     else if (eq(e, kn, "stats_print")) {
       ta_conf_stats_print = b;
       if (b) {
-        ta_stats_enable(1);
-        if (report_fd < 0) report_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 100);
+        ta_stats_switch(1, true);
+        if (ta_conf_report_fd < 0) ta_conf_report_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 100);
       }
     } else if (eq(e, kn, "background_thread")) {
       ta_bg_setting = b;
@@ -117,7 +143,7 @@ static void apply(const char *e, size_t n) {
     }
     ta_conf_stats_log = v;
     ta_conf_stats_log_len = vn;
-    ta_stats_enable(1);
+    ta_stats_switch(1, true);
   } else if (eq(e, kn, "stats_interval_ms")) {
     if (parse_uint(v, vn, 3600000, &x) && x > 0) ta_conf_stats_interval_ms = x;
     else warn("bad value", e, n);
@@ -151,7 +177,9 @@ void ta_conf_init(void) {
   atomic_store(&conf_state, 2);
 }
 
-/* For tests: parse a setting string as if it came from the environment. */
+/* For tests: parse a setting string as if it came from the environment (statistics
+ * switched on count as on from the start, as the environment's are: it is read before the
+ * first arena exists). */
 void ta_conf_apply(const char *settings);
 void ta_conf_apply(const char *settings) {
   for (const char *s = settings; *s;) {
@@ -161,11 +189,6 @@ void ta_conf_apply(const char *settings) {
     s += n;
     if (*s == ',') s++;
   }
-}
-
-__attribute__((destructor)) static void report_at_exit(void) {
-  if (ta_conf_stats_print)
-    ta_stats_print(report_fd >= 0 ? report_fd : STDERR_FILENO, ta_conf_stats_format);
 }
 
 /* Settings are read at load time too, so that a bad one is reported even by a program

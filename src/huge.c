@@ -49,9 +49,6 @@
  * exchanging its slot for NULL, so whoever takes it owns it; the sizes and times beside the
  * slots are hints written before a span is published, checked once it is owned. */
 #define TA_HUGE_SLOTS 32
-/* The hardened build keeps no freed span: a write after free faults. */
-size_t ta_huge_cache_limit = TA_SECURE ? 0 : (size_t)64 << 20; /* bytes kept resident at most */
-bool ta_huge_pages = true; /* ask for transparent huge pages on huge spans */
 static _Atomic(ta_huge_t *) cache_slot[TA_HUGE_SLOTS];
 static _Atomic size_t cache_size_hint[TA_HUGE_SLOTS];
 static _Atomic uint64_t cache_time_hint[TA_HUGE_SLOTS];

@@ -457,6 +457,27 @@ TA_HIDDEN void ta_brk_reset_after_fork(void);
 /* ------------------------------------------------------------------ error.c */
 __attribute__((noreturn)) TA_COLD TA_HIDDEN void ta_fatal(const char *what, const void *p);
 
+/* ------------------------------------------------------------------ conf.c */
+/* The settings (TAMALLOC_CONF), plain variables read by the modules they concern. */
+TA_HIDDEN void ta_conf_init(void);
+void ta_conf_apply(const char *settings); /* for tests */
+/* Free memory goes back to the kernel decay_ms after it became free (see purge.c). */
+TA_HIDDEN extern uint64_t ta_decay_ms;
+TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
+TA_HIDDEN extern size_t ta_huge_cache_limit; /* bytes of freed huge spans kept resident */
+TA_HIDDEN extern bool ta_huge_pages;  /* ask for transparent huge pages on huge spans */
+TA_HIDDEN extern int ta_bg_setting;   /* background_thread: -1 default, 0 off, 1 on */
+TA_HIDDEN extern bool ta_stats_on;    /* requested sizes are tracked */
+TA_HIDDEN extern size_t ta_fast_limit; /* TA_SMALL_MAX, or 0 while statistics are on */
+TA_HIDDEN extern bool ta_stats_from_start; /* on before the first block: requested sizes exact */
+TA_HIDDEN int ta_stats_switch(int on, bool from_start); /* sets the three above */
+TA_HIDDEN extern bool ta_conf_stats_print;
+TA_HIDDEN extern int ta_conf_stats_format;
+TA_HIDDEN extern int ta_conf_report_fd; /* stats_print's copy of stderr, or -1 */
+TA_HIDDEN extern const char *ta_conf_stats_log;
+TA_HIDDEN extern size_t ta_conf_stats_log_len;
+TA_HIDDEN extern uint64_t ta_conf_stats_interval_ms;
+
 /* ------------------------------------------------------------------ chunk.c */
 TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
@@ -573,8 +594,6 @@ TA_HIDDEN bool ta_huge_secure_arm(ta_huge_t *h, bool arm);
 TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) {
   return ta_align_up(h->data_off + h->requested, TA_PAGE_SIZE) - h->data_off;
 }
-TA_HIDDEN extern size_t ta_huge_cache_limit;
-TA_HIDDEN extern bool ta_huge_pages;
 TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
 TA_HIDDEN extern _Atomic size_t ta_huge_live_count;
 TA_HIDDEN void ta_huge_unmap_deferred(void);
@@ -647,10 +666,7 @@ TA_INLINE bool ta_slow_held_by_me(const ta_arena_t *a) {
 }
 
 /* ------------------------------------------------------------------ purge.c */
-/* Free memory goes back to the kernel decay_ms after it became free (see purge.c). */
-TA_HIDDEN extern uint64_t ta_decay_ms;
 TA_HIDDEN extern _Atomic uint32_t ta_arena_count;
-TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
 TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerless arenas */
 /* Blocks freed into zombie arenas (never reused: see purge.c) and their usable bytes. */
@@ -674,7 +690,6 @@ TA_HIDDEN void ta_note_orphan_work(void);
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 
 /* ------------------------------------------------------------------ background.c */
-TA_HIDDEN extern int ta_bg_setting; /* background_thread: -1 default, 0 off, 1 on */
 TA_HIDDEN void ta_bg_maybe_start(void); /* at a safe point: thread exit, alloc_generic */
 TA_HIDDEN extern _Atomic int ta_bg_wanted; /* a slow path asked for the thread */
 TA_INLINE void ta_bg_request(void) {
@@ -689,10 +704,9 @@ uint64_t ta_bg_rounds(void);
 void ta_bg_enable(bool on);
 
 /* ------------------------------------------------------------------ stats.c */
-TA_HIDDEN extern bool ta_stats_on;      /* requested sizes are tracked */
 TA_HIDDEN extern _Atomic uint64_t ta_orphan_frees;
-TA_HIDDEN extern size_t ta_fast_limit;  /* TA_SMALL_MAX, or 0 while statistics are on */
 TA_HIDDEN void ta_stats_record(void *p, size_t requested);
+TA_HIDDEN void ta_stats_log_tick(void); /* stats_log: a line when the interval has passed */
 TA_HIDDEN void ta_stats_reset_after_fork(void);
 TA_HIDDEN uint16_t *ta_shadow_new(void);
 TA_HIDDEN void ta_shadow_free(uint16_t *s);
@@ -707,16 +721,6 @@ TA_INLINE void ta_shadow_set(ta_chunk_t *c, uint16_t *s) {
   __builtin_memcpy((char *)c + TA_SHADOW_OFFSET, &s, sizeof s);
 }
 #define TA_SHADOW_RUN_ENTRIES 4096 /* 64 KiB / 16 B: the most blocks a run holds */
-
-/* ------------------------------------------------------------------ conf.c */
-TA_HIDDEN void ta_conf_init(void);
-TA_HIDDEN extern bool ta_conf_stats_print;
-TA_HIDDEN extern int ta_conf_stats_format;
-void ta_conf_apply(const char *settings); /* for tests */
-TA_HIDDEN extern const char *ta_conf_stats_log;
-TA_HIDDEN extern size_t ta_conf_stats_log_len;
-TA_HIDDEN extern uint64_t ta_conf_stats_interval_ms;
-TA_HIDDEN void ta_stats_log_tick(void);
 
 /* ------------------------------------------------------------------ for tests and statistics */
 void ta_chunk_use_brk(bool on); /* chunk.c: allow or forbid the program break */

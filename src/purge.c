@@ -37,8 +37,6 @@
  */
 #include "internal.h"
 
-uint64_t ta_decay_ms = 200;
-size_t ta_dirty_max = (size_t)32 << 20;
 static _Atomic size_t dirty_total; /* Σ arena.dirty_bytes */
 _Atomic uint64_t ta_orphan_due;
 _Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;

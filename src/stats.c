@@ -34,9 +34,6 @@
 #include "internal.h"
 #include "tamalloc.h"
 
-bool ta_stats_on;
-size_t ta_fast_limit = TA_SMALL_MAX;
-static bool stats_from_start; /* on before the first block: requested figures are exact */
 _Atomic uint64_t ta_orphan_frees; /* huge frees by threads without an arena */
 
 #define SHADOW_BYTES ((size_t)TA_RUNS_PER_CHUNK * TA_SHADOW_RUN_ENTRIES * sizeof(uint16_t))
@@ -48,13 +45,8 @@ void ta_shadow_free(uint16_t *s) {
   else ta_os_decommit(s, SHADOW_BYTES);
 }
 
-int ta_stats_enable(int on) {
-  int was = ta_stats_on;
-  if (on && !ta_stats_on && ta_arena_first() == NULL) stats_from_start = true;
-  ta_stats_on = on != 0;
-  ta_fast_limit = on ? 0 : TA_SMALL_MAX;
-  return was;
-}
+/* The switch is a setting (conf.c); on before the first arena, the requested sizes are exact. */
+int ta_stats_enable(int on) { return ta_stats_switch(on, ta_arena_first() == NULL); }
 
 void ta_stats_record(void *p, size_t requested) {
   uint8_t kind = ta_map_get((uintptr_t)p);
@@ -290,7 +282,7 @@ int ta_stats_get(struct ta_stats *out, int arena) {
   int saved = errno;
   memset((char *)out + 2 * sizeof(unsigned), 0, sizeof *out - 2 * sizeof(unsigned));
   out->arena = arena < 0 ? -1 : arena;
-  struct walk w = {out, only, ta_stats_on && stats_from_start};
+  struct walk w = {out, only, ta_stats_on && ta_stats_from_start};
   out->requested_tracked = w.tracked;
   reader_enter();
   scan_map(visit_granule, &w);
@@ -529,6 +521,13 @@ int ta_stats_print(int fd, int format) {
   int r = print_report(fd, format);
   cancel_release(cancel);
   return r;
+}
+
+/* stats_print:true (conf.c): the report at exit, on the settings' own copy of stderr. */
+__attribute__((destructor)) static void report_at_exit(void) {
+  if (ta_conf_stats_print)
+    ta_stats_print(ta_conf_report_fd >= 0 ? ta_conf_report_fd : STDERR_FILENO,
+                   ta_conf_stats_format);
 }
 
 /* ------------------------------------------------------------------ glibc's interfaces */
