@@ -40,19 +40,8 @@
 __thread ta_arena_t *ta_tl_arena __attribute__((tls_model("initial-exec"))) = &ta_sentinel_arena;
 enum { TL_NEW = 0, TL_OWNER = 1, TL_EXITED = 2 };
 static __thread uint8_t tl_state __attribute__((tls_model("initial-exec")));
-__thread char ta_tl_tag __attribute__((tls_model("initial-exec"))); /* its address: who holds */
-
-/* The owner waits for the purger, which holds the lock for one purge at most. */
-void ta_slow_wait(ta_arena_t *a) {
-  for (unsigned spins = 0; !ta_slow_try_enter(a); spins++) {
-    if (spins > 64) sched_yield();
-    else atomic_signal_fence(memory_order_seq_cst);
-  }
-}
 /* This thread's arena, set aside by a fork that interrupted one of its calls (fork_child). */
 static __thread ta_arena_t *tl_suspended __attribute__((tls_model("initial-exec")));
-
-ta_run_t ta_empty_run; /* free == NULL, owner == NULL: never matches a block */
 
 #define EMPTY4 &ta_empty_run, &ta_empty_run, &ta_empty_run, &ta_empty_run
 ta_arena_t ta_sentinel_arena = {
@@ -62,8 +51,6 @@ ta_arena_t ta_sentinel_arena = {
 };
 _Static_assert(TA_NUM_SMALL + 1 == 57, "sentinel initialiser covers every class");
 
-uintptr_t ta_secret;
-_Alignas(64) ta_keys_t ta_keys;
 bool ta_initialized;
 static _Atomic(ta_arena_t *) all_arenas;
 _Atomic uint32_t ta_arena_count; /* arenas ever made: as many as threads were ever alive at once */
@@ -74,8 +61,8 @@ static _Atomic bool unhooked; /* some thread was registered without an exit hook
 
 static void fork_child(void);
 
-/* The free-list keys: independent of the secret of the check words, so that a check word
- * read past the end of a block tells nothing about them. */
+/* The free-list keys (defined in chunk.c, with the secret): independent of the secret of the
+ * check words, so that a check word read past the end of a block tells nothing about them. */
 static void draw_keys(void) {
   ta_keys.mark = ta_os_random_fresh();
   uintptr_t k = ta_os_random_fresh() | 1, inv = k; /* Newton: each step doubles the low bits */

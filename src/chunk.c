@@ -13,10 +13,18 @@
  * one 4 KiB page of the map covers 16 GiB).
  *
  * Empty chunks stay with their arena for reuse; purge.c gives their pages back later.
+ *
+ * Also here, as they are what the fast paths read besides the thread's own arena: the secret
+ * of the check words and the keys of the free lists (drawn once by ta_init, arena.c), and
+ * the empty run every class of a thread without an arena points at. And the shadow arrays
+ * of requested sizes a small chunk may carry (statistics: stats.c reads them).
  */
 #include "internal.h"
 
 _Alignas(4096) _Atomic uint8_t ta_chunk_map[TA_MAP_ENTRIES];
+uintptr_t ta_secret;
+_Alignas(64) ta_keys_t ta_keys;
+ta_run_t ta_empty_run; /* free == NULL, owner == NULL: never matches a block */
 
 /* Whether chunks may come from the break. The replacement library sets it; the ta_ API
  * library must not, because the process's own malloc moves the break without our lock. */
@@ -39,6 +47,15 @@ static void *chunk_from_brk(bool *ok) {
   ta_brk_unlock();
   *ok = res != NULL;
   return res;
+}
+
+#define SHADOW_BYTES ((size_t)TA_RUNS_PER_CHUNK * TA_SHADOW_RUN_ENTRIES * sizeof(uint16_t))
+
+uint16_t *ta_shadow_new(void) { return ta_os_mmap(SHADOW_BYTES); }
+
+void ta_shadow_free(uint16_t *s) {
+  if (ta_unmap_allowed()) ta_os_munmap(s, SHADOW_BYTES);
+  else ta_os_decommit(s, SHADOW_BYTES);
 }
 
 /* Turns brk use on or off (unit tests exercise the break path in their own process). */

@@ -482,6 +482,21 @@ TA_HIDDEN extern uint64_t ta_conf_stats_interval_ms;
 TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
 TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
+/* Statistics' arrays of requested sizes, one per small chunk while statistics are on (stats.c
+ * reads them): made and dropped here, as the chunk is. */
+TA_HIDDEN uint16_t *ta_shadow_new(void);
+TA_HIDDEN void ta_shadow_free(uint16_t *s);
+/* Small chunks keep a pointer to their shadow array (usable - requested per block) right
+ * after the run meta blocks, in slot 0, which is never a run. */
+TA_INLINE uint16_t *ta_shadow_get(const ta_chunk_t *c) {
+  uint16_t *s;
+  __builtin_memcpy(&s, (const char *)c + TA_SHADOW_OFFSET, sizeof s);
+  return s;
+}
+TA_INLINE void ta_shadow_set(ta_chunk_t *c, uint16_t *s) {
+  __builtin_memcpy((char *)c + TA_SHADOW_OFFSET, &s, sizeof s);
+}
+#define TA_SHADOW_RUN_ENTRIES 4096 /* 64 KiB / 16 B: the most blocks a run holds */
 TA_INLINE uint8_t ta_map_get(uintptr_t addr) {
   if (TA_UNLIKELY(addr >> TA_ADDR_BITS)) return TA_MAP_NONE;
   return atomic_load_explicit(&ta_chunk_map[addr >> TA_CHUNK_SHIFT], memory_order_relaxed);
@@ -628,7 +643,8 @@ TA_INLINE void ta_remote_collect(ta_arena_t *a) {
 TA_HIDDEN void ta_init(void);
 TA_HIDDEN extern bool ta_initialized;
 
-/* The slow-path lock (see ta_arena_t.slow). A thread knows it holds the lock when the
+/* The slow-path lock (see ta_arena_t.slow; its tag and wait are in os.c, as small.c and
+ * medium.c take it). A thread knows it holds the lock when the
  * holder is its own tag (only the holder writes the tag, and clears it before letting go),
  * and then only counts. The owner waits for a purger, which holds the lock for one purge
  * and never waits itself: no cycle of waits can form. The acquire keeps the list changes
@@ -708,19 +724,6 @@ TA_HIDDEN extern _Atomic uint64_t ta_orphan_frees;
 TA_HIDDEN void ta_stats_record(void *p, size_t requested);
 TA_HIDDEN void ta_stats_log_tick(void); /* stats_log: a line when the interval has passed */
 TA_HIDDEN void ta_stats_reset_after_fork(void);
-TA_HIDDEN uint16_t *ta_shadow_new(void);
-TA_HIDDEN void ta_shadow_free(uint16_t *s);
-/* Small chunks keep a pointer to their shadow array (usable - requested per block) right
- * after the run meta blocks, in slot 0, which is never a run. */
-TA_INLINE uint16_t *ta_shadow_get(const ta_chunk_t *c) {
-  uint16_t *s;
-  __builtin_memcpy(&s, (const char *)c + TA_SHADOW_OFFSET, sizeof s);
-  return s;
-}
-TA_INLINE void ta_shadow_set(ta_chunk_t *c, uint16_t *s) {
-  __builtin_memcpy((char *)c + TA_SHADOW_OFFSET, &s, sizeof s);
-}
-#define TA_SHADOW_RUN_ENTRIES 4096 /* 64 KiB / 16 B: the most blocks a run holds */
 
 /* ------------------------------------------------------------------ for tests and statistics */
 void ta_chunk_use_brk(bool on); /* chunk.c: allow or forbid the program break */

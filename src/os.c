@@ -448,3 +448,16 @@ void ta_brk_unlock(void) { atomic_store_explicit(&brk_lock_word, 0, memory_order
 
 /* In a fork child only the forking thread exists; a holder that vanished cannot release. */
 void ta_brk_reset_after_fork(void) { atomic_store(&brk_lock_word, 0); }
+
+/* ------------------------------------------------------------------ the slow-path lock */
+/* Each arena's lock of its slow paths (ta_slow_enter, internal.h): a thread holds it when the
+ * holder is its own tag's address; the owner waits for the purger, which holds it for one
+ * purge at most. */
+__thread char ta_tl_tag __attribute__((tls_model("initial-exec")));
+
+void ta_slow_wait(ta_arena_t *a) {
+  for (unsigned spins = 0; !ta_slow_try_enter(a); spins++) {
+    if (spins > 64) sched_yield();
+    else atomic_signal_fence(memory_order_seq_cst);
+  }
+}

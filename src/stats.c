@@ -36,15 +36,6 @@
 
 _Atomic uint64_t ta_orphan_frees; /* huge frees by threads without an arena */
 
-#define SHADOW_BYTES ((size_t)TA_RUNS_PER_CHUNK * TA_SHADOW_RUN_ENTRIES * sizeof(uint16_t))
-
-uint16_t *ta_shadow_new(void) { return ta_os_mmap(SHADOW_BYTES); }
-
-void ta_shadow_free(uint16_t *s) {
-  if (ta_unmap_allowed()) ta_os_munmap(s, SHADOW_BYTES);
-  else ta_os_decommit(s, SHADOW_BYTES);
-}
-
 /* The switch is a setting (conf.c); on before the first arena, the requested sizes are exact. */
 int ta_stats_enable(int on) { return ta_stats_switch(on, ta_arena_first() == NULL); }
 
