@@ -12,7 +12,12 @@
  *
  * This file is compiled twice: into libtamalloc_api.a as is, and into the replacement
  * library through override.c, with TA_OVERRIDE defined, which adds the standard names as
- * aliases of these functions.
+ * aliases of these functions. What differs between the two libraries goes down from here
+ * (ta_library_t): chunks from the break or not, the purger thread on by default or not.
+ *
+ * The top layer (docs/design.md, "Layers"): it calls every other, and no other calls it.
+ * The allocator's other entry points are here too, since they reach every layer as malloc
+ * does: the thread-exit hook, fork's child handler, the constructor that registers it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,13 +27,20 @@
 #include "internal.h"
 #include "tamalloc.h"
 
+static void thread_exit(void *arena);
+static void fork_child(void);
+static const ta_library_t library = {
 #ifdef TA_OVERRIDE
-const bool ta_brk_default = true;
-const bool ta_bg_default = true;
+    .brk = true,
+    .background = true,
 #else
-const bool ta_brk_default = false;
-const bool ta_bg_default = false; /* the ta_ API's tests drive purging themselves */
+    .brk = false,
+    .background = false, /* the ta_ API's tests drive purging themselves */
 #endif
+    .thread_exit = thread_exit,
+    .fork_child = fork_child,
+};
+const ta_library_t *const ta_library = &library; /* for mallctl.c (opt.dss, background_thread) */
 
 /* ------------------------------------------------------------------ allocation */
 
@@ -91,11 +103,12 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   }
   if (size == 0) size = 1;
   /* A safe point to start the background purger: no lock of ours is held here. */
-  if (TA_UNLIKELY(atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed))) ta_bg_maybe_start();
+  if (TA_UNLIKELY(atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed)))
+    ta_bg_maybe_start(library.background);
   bool borrowed = false;
   ta_arena_t *a = ta_tl_arena;
   if (TA_UNLIKELY(a == &ta_sentinel_arena)) {
-    a = ta_arena_get_slow(&borrowed);
+    a = ta_arena_get_slow(&library, &borrowed);
     if (a == NULL) {
       errno = ENOMEM;
       return NULL;
@@ -255,7 +268,7 @@ static void free_medium(void *p) {
       if (atomic_load_explicit(&ta_arenas_due, memory_order_relaxed) == 0 &&
           atomic_load_explicit(&owner->state, memory_order_relaxed) == ARENA_CLAIMED) {
         ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + ta_decay_ms);
-        ta_bg_maybe_start();
+        ta_bg_maybe_start(library.background);
       }
     }
     return;
@@ -583,11 +596,6 @@ static void quarantine_flush(ta_arena_t *me) {
   while (me->q_count > 0) quarantine_evict(me);
 }
 
-/* At thread exit (arena.c): the quarantine goes with its thread. */
-void ta_secure_flush(ta_arena_t *a) {
-  if (ta_secure) quarantine_flush(a);
-}
-
 static TA_NOINLINE void secure_free(void *p) {
   if (p == NULL) return;
   uint8_t kind = ta_map_get((uintptr_t)p);
@@ -637,7 +645,8 @@ static TA_NOINLINE void secure_free(void *p) {
   bool borrowed = false;
   /* A thread whose first call is a free takes an arena, for its quarantine; one past its
    * exit destructor (a borrowed arena) frees at once. */
-  if (me == &ta_sentinel_arena && ((me = ta_arena_get_slow(&borrowed)) == NULL || borrowed)) {
+  if (me == &ta_sentinel_arena &&
+      ((me = ta_arena_get_slow(&library, &borrowed)) == NULL || borrowed)) {
     if (borrowed) ta_arena_borrow_done(me);
     secure_releasing = true;
     ta_free(p);
@@ -810,3 +819,28 @@ void ta_sdallocx(void *p, size_t size, int flags) {
 }
 
 size_t ta_nallocx(size_t size, int flags) { return usable_for(size, flags_align(flags)); }
+
+/* ------------------------------------------------------------------ thread exit and fork */
+
+/* The exit hook of a thread that had an arena (arena.c registers it): the hardened build's
+ * quarantine is checked and emptied now, not left until some thread adopts the arena; the
+ * thread gives its arenas up; and the purger thread starts if that left work, so that their
+ * free memory goes back on time, with no caller needed. */
+static void thread_exit(void *arena) {
+  ta_arena_t *a = arena;
+  if (ta_secure && ta_tl_arena == a) quarantine_flush(a);
+  ta_arena_thread_exit(a);
+  ta_bg_maybe_start(library.background);
+}
+
+/* fork's child handler: the lock of the break, the purger thread (it did not survive the
+ * fork), the statistics readers and the log, then the arenas (arena.c says how). */
+static void fork_child(void) {
+  ta_brk_reset_after_fork();
+  ta_bg_reset_after_fork();
+  ta_stats_reset_after_fork(); /* readers, the log, and the huge cache's tallies */
+  ta_arena_fork_child();
+}
+
+/* The child handler is registered when the library is loaded (see ta_atfork_register). */
+__attribute__((constructor)) static void atfork_at_load(void) { ta_atfork_register(&library); }

@@ -6,8 +6,9 @@
  * arena, whose runs are all empty, so its first malloc lands in the slow path, which
  * claims a FREE arena with one CAS or maps a new one. No global lock is involved.
  *
- * Thread exit: a pthread key destructor drains the arena's remote list and sets it FREE;
- * the next thread that needs an arena adopts it with its blocks and lists as they are.
+ * Thread exit: a pthread key destructor (the API layer's hook, alloc.c, which arena.c
+ * registers) drains the arena's remote list and sets it FREE; the next thread that needs
+ * an arena adopts it with its blocks and lists as they are.
  * Blocks of the arena still live in other threads keep arriving through `remote`. A
  * thread that allocates after its destructor ran (another library's TLS destructor)
  * borrows an arena for that one call and gives it back at once. When no key can be had
@@ -19,9 +20,10 @@
  * owner takes blocks off, all at once with an exchange, so there is no ABA problem.
  *
  * fork: no allocator lock is held across fork (there is no prepare handler), so fork can
- * never deadlock against glibc's own locks. The child handler is registered when the
- * library is loaded, so that it runs before the child handlers of the program. In the
- * child, the break lock is reset and every arena owned by another thread becomes
+ * never deadlock against glibc's own locks. The child handler (alloc.c's, which repairs
+ * every layer and ends here) is registered when the library is loaded, so that it runs
+ * before the child handlers of the program. In the child, the break lock is reset and
+ * every arena owned by another thread becomes
  * adoptable (and due for purging) — unless its slow-path lock was held (its owner was inside
  * a slow path, or the purger inside a purge), whose half-done list surgery the child must
  * not trust: such an arena becomes a ZOMBIE,
@@ -59,8 +61,6 @@ static _Atomic int exit_key_state; /* 0 none, 1 creating, 2 ready, 3 failed (tri
 static _Atomic int atfork_state;
 static _Atomic bool unhooked; /* some thread was registered without an exit hook */
 
-static void fork_child(void);
-
 /* The free-list keys (defined in chunk.c, with the secret): independent of the secret of the
  * check words, so that a check word read past the end of a block tells nothing about them. */
 static void draw_keys(void) {
@@ -71,9 +71,10 @@ static void draw_keys(void) {
   ta_keys.unlink = inv;
 }
 
-/* One thread initialises: it writes the secret once, then publishes with a release store;
+/* One thread initialises: it writes the secret once, and what differs between the
+ * libraries (chunks from the break or not: chunk.c), then publishes with a release store;
  * any other thread arriving meanwhile waits the few microseconds that takes. */
-void ta_init(void) {
+void ta_init(const ta_library_t *lib) {
   if (TA_LIKELY(__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE))) return;
   /* malloc's fast path finds the sentinel run's list empty because NULL is not in the
    * sentinel's 4 MiB granule: true unless the library itself lies in the first 4 MiB. */
@@ -83,6 +84,7 @@ void ta_init(void) {
   int expected = 0;
   if (atomic_compare_exchange_strong(&claimed, &expected, 1)) {
     ta_conf_init();
+    ta_chunk_brk_default(lib->brk);
     ta_secret = ta_os_random();
     draw_keys();
     __atomic_store_n(&ta_initialized, true, __ATOMIC_RELEASE);
@@ -201,11 +203,9 @@ void ta_arena_give_back(ta_arena_t *a) {
     ta_note_orphan_work();
 }
 
-static void thread_exit(void *p) {
-  ta_arena_t *a = p;
-  /* Hardened build: the blocks in this thread's quarantine are checked and freed now, not
-   * left until some thread adopts the arena. */
-  if (ta_secure && ta_tl_arena == a) ta_secure_flush(a);
+/* The thread of arena a exits (the API layer's exit hook, alloc.c, calls this after what is
+ * its own to do). */
+void ta_arena_thread_exit(ta_arena_t *a) {
   if (ta_tl_arena == a) ta_tl_arena = &ta_sentinel_arena;
   tl_state = TL_EXITED;
   /* An arena a fork set aside whose interrupted call has ended goes back too. */
@@ -216,34 +216,31 @@ static void thread_exit(void *p) {
   }
   /* Only an arena this thread still owns (not one a fork child made a zombie). */
   if (atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED) ta_arena_release(a);
-  ta_bg_maybe_start(); /* the arena's free memory goes back on time, no caller needed */
 }
 
 /* glibc runs the child handlers of pthread_atfork in the order they were registered, so
- * ours is registered as early as possible: when the library is loaded (before the program's
- * constructors and main), or by the first slow path if an earlier constructor allocates.
- * pthread_atfork may allocate (glibc's handler array grows past 48 entries, under glibc's
- * lock): the flag is set before the call, so that the nested malloc, which takes the
- * ordinary path, does not register again. */
-static void atfork_register(void) {
+ * ours (the API layer's: alloc.c) is registered as early as possible: when the library is
+ * loaded (before the program's constructors and main: alloc.c's constructor), or by the
+ * first slow path if an earlier constructor allocates. pthread_atfork may allocate (glibc's
+ * handler array grows past 48 entries, under glibc's lock): the flag is set before the
+ * call, so that the nested malloc, which takes the ordinary path, does not register again. */
+void ta_atfork_register(const ta_library_t *lib) {
   int expected = 0;
   if (atomic_load_explicit(&atfork_state, memory_order_relaxed) == 0 &&
       atomic_compare_exchange_strong(&atfork_state, &expected, 1))
-    pthread_atfork(NULL, NULL, fork_child);
+    pthread_atfork(NULL, NULL, lib->fork_child);
 }
-
-__attribute__((constructor)) static void atfork_at_load(void) { atfork_register(); }
 
 /* Registration that may itself call malloc: done once the thread has its arena, so a
  * nested malloc simply takes the fast path. pthread_key_create and pthread_setspecific do
  * not allocate for the first 32 keys in glibc; pthread_atfork may. */
-static void register_thread(ta_arena_t *a) {
+static void register_thread(ta_arena_t *a, const ta_library_t *lib) {
   int st = atomic_load_explicit(&exit_key_state, memory_order_acquire);
   if (st == 0 || st == 3) {
     /* Created once; after a failure (every key taken), each new thread tries again. */
     int expected = st;
     if (atomic_compare_exchange_strong(&exit_key_state, &expected, 1)) {
-      st = ta_os_key_create(&exit_key, thread_exit) == 0 ? 2 : 3;
+      st = ta_os_key_create(&exit_key, lib->thread_exit) == 0 ? 2 : 3;
       atomic_store_explicit(&exit_key_state, st, memory_order_release);
     }
   }
@@ -254,11 +251,11 @@ static void register_thread(ta_arena_t *a) {
    * over once the owner has exited (arena_claim). */
   if (!hooked) atomic_store_explicit(&unhooked, true, memory_order_relaxed);
   arena_set_owner(a, hooked ? 0 : ta_os_gettid());
-  atfork_register();
+  ta_atfork_register(lib);
 }
 
-ta_arena_t *ta_arena_get_slow(bool *borrowed) {
-  ta_init();
+ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
+  ta_init(lib);
   *borrowed = false;
   ta_arena_t *a = ta_tl_arena;
   if (a != &ta_sentinel_arena) return a;
@@ -271,7 +268,7 @@ ta_arena_t *ta_arena_get_slow(bool *borrowed) {
   }
   ta_tl_arena = a;
   tl_state = TL_OWNER;
-  register_thread(a);
+  register_thread(a, lib);
   return a;
 }
 
@@ -437,10 +434,9 @@ void ta_remote_collect_slow(ta_arena_t *a) {
   ta_slow_leave(a);
 }
 
-static void fork_child(void) {
-  ta_brk_reset_after_fork();
-  ta_bg_reset_after_fork();
-  ta_stats_reset_after_fork(); /* readers, the log, and the huge cache's tallies */
+/* The arenas in a fork child (the API layer's child handler, alloc.c, calls this once every
+ * other layer is repaired). */
+void ta_arena_fork_child(void) {
   if (atomic_load(&exit_key_state) == 1) atomic_store(&exit_key_state, 0);
   ta_arena_t *mine = ta_tl_arena, *aside = tl_suspended;
   uint64_t now = ta_os_now_ms();

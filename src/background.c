@@ -38,8 +38,6 @@
 #define TA_MAIL_BACKLOG 32 /* medium blocks waiting on a busy owner's list: take them */
 #endif
 
-TA_HIDDEN extern const bool ta_bg_default; /* alloc.c: true in the replacement library */
-
 enum { BG_NONE = 0, BG_STARTING = 1, BG_RUNNING = 2 };
 static _Atomic int bg_state;
 static _Atomic uint32_t bg_seq;     /* futex word: bumped by every wake */
@@ -169,11 +167,13 @@ static void *bg_main(void *arg) {
   return NULL;
 }
 
-/* At a safe point: start the thread if there is work and it is not running yet. */
-void ta_bg_maybe_start(void) {
+/* At a safe point: start the thread if there is work and it is not running yet. by_default:
+ * the library runs it unless background_thread says otherwise (the API layer, alloc.c,
+ * which is compiled into each library, says which: ta_library_t). */
+void ta_bg_maybe_start(bool by_default) {
   atomic_store_explicit(&ta_bg_wanted, 0, memory_order_relaxed);
   if (atomic_load_explicit(&bg_state, memory_order_relaxed) != BG_NONE) return;
-  if (ta_bg_setting < 0 ? !ta_bg_default : ta_bg_setting == 0) return;
+  if (ta_bg_setting < 0 ? !by_default : ta_bg_setting == 0) return;
   if (next_due() == 0 || should_leave()) return; /* nothing to do, or no one to do it for */
   int expected = BG_NONE;
   if (!atomic_compare_exchange_strong(&bg_state, &expected, BG_STARTING)) return;

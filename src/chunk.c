@@ -26,9 +26,9 @@ uintptr_t ta_secret;
 _Alignas(64) ta_keys_t ta_keys;
 ta_run_t ta_empty_run; /* free == NULL, owner == NULL: never matches a block */
 
-/* Whether chunks may come from the break. The replacement library sets it; the ta_ API
- * library must not, because the process's own malloc moves the break without our lock. */
-TA_HIDDEN extern const bool ta_brk_default;
+/* Whether chunks may come from the break. The replacement library's ta_init says yes; the
+ * ta_ API library's must not, because the process's own malloc moves the break without our
+ * lock. A test may have decided before (ta_chunk_use_brk). */
 static _Atomic int brk_state; /* 0: not yet decided, 1: use the break, 2: do not */
 
 void ta_map_set(uintptr_t addr, uint8_t kind) {
@@ -61,12 +61,14 @@ void ta_shadow_free(uint16_t *s) {
 /* Turns brk use on or off (unit tests exercise the break path in their own process). */
 void ta_chunk_use_brk(bool on) { atomic_store(&brk_state, on ? 1 : 2); }
 
+/* The library's default, at initialisation (ta_init), unless a test decided already. */
+void ta_chunk_brk_default(bool on) {
+  int undecided = 0;
+  atomic_compare_exchange_strong(&brk_state, &undecided, on ? 1 : 2);
+}
+
 static ta_chunk_t *chunk_fresh(bool *from_brk) {
-  int st = atomic_load_explicit(&brk_state, memory_order_relaxed);
-  if (st == 0) {
-    st = ta_brk_default ? 1 : 2;
-    atomic_store(&brk_state, st);
-  }
+  int st = atomic_load_explicit(&brk_state, memory_order_relaxed); /* decided by ta_init */
   *from_brk = false;
   if (st == 1) {
     bool ok;

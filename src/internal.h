@@ -620,15 +620,28 @@ size_t ta_huge_cache_sum(size_t *count); /* the slots counted one by one (tests)
 
 
 /* ------------------------------------------------------------------ arena.c */
+/* What differs between the libraries: the API layer (alloc.c), compiled into each of them,
+ * passes it down. The replacement library takes chunks from the program break and runs the
+ * purger thread unless told not to; the ta_ API library does neither. The hooks the system
+ * calls are the API layer's too (they reach every layer): arena.c registers them. */
+typedef struct ta_library {
+  bool brk;                         /* chunks may come from the program break (chunk.c) */
+  bool background;                  /* the purger thread runs by default (background.c) */
+  void (*thread_exit)(void *arena); /* the exit hook of a thread that has an arena */
+  void (*fork_child)(void);         /* pthread_atfork's child handler */
+} ta_library_t;
+TA_HIDDEN extern const ta_library_t *const ta_library; /* alloc.c: its library's */
 /* Gives the thread a real arena, or NULL. *borrowed: only for this call (thread has exited). */
-TA_HIDDEN ta_arena_t *ta_arena_get_slow(bool *borrowed);
+TA_HIDDEN ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed);
 TA_HIDDEN void ta_arena_borrow_done(ta_arena_t *a);
+TA_HIDDEN void ta_atfork_register(const ta_library_t *lib);
+TA_HIDDEN void ta_arena_thread_exit(ta_arena_t *a); /* from the exit hook */
+TA_HIDDEN void ta_arena_fork_child(void);            /* from the child handler */
 TA_HIDDEN bool ta_arena_try_claim(ta_arena_t *a);
 TA_HIDDEN ta_arena_t *ta_arena_first(void);
 TA_HIDDEN void ta_arena_release(ta_arena_t *a);
 TA_HIDDEN void ta_arena_give_back(ta_arena_t *a);
 TA_HIDDEN bool ta_arena_owner_hooked(const ta_arena_t *a);
-TA_HIDDEN void ta_secure_flush(ta_arena_t *a); /* alloc.c: hardened build's quarantine */
 TA_HIDDEN void ta_remote_push(ta_arena_t *owner, ta_block_t *b);
 TA_HIDDEN void ta_remote_suspect(ta_arena_t *owner, void *p);
 TA_HIDDEN void ta_remote_collect_slow(ta_arena_t *a);
@@ -640,7 +653,7 @@ TA_INLINE void ta_remote_collect(ta_arena_t *a) {
       atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0)
     ta_remote_collect_slow(a);
 }
-TA_HIDDEN void ta_init(void);
+TA_HIDDEN void ta_init(const ta_library_t *lib);
 TA_HIDDEN extern bool ta_initialized;
 
 /* The slow-path lock (see ta_arena_t.slow; its tag and wait are in os.c, as small.c and
@@ -706,7 +719,7 @@ TA_HIDDEN void ta_note_orphan_work(void);
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 
 /* ------------------------------------------------------------------ background.c */
-TA_HIDDEN void ta_bg_maybe_start(void); /* at a safe point: thread exit, alloc_generic */
+TA_HIDDEN void ta_bg_maybe_start(bool by_default); /* at a safe point: thread exit, alloc_generic */
 TA_HIDDEN extern _Atomic int ta_bg_wanted; /* a slow path asked for the thread */
 TA_INLINE void ta_bg_request(void) {
   if (atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed) == 0)
@@ -727,6 +740,7 @@ TA_HIDDEN void ta_stats_reset_after_fork(void);
 
 /* ------------------------------------------------------------------ for tests and statistics */
 void ta_chunk_use_brk(bool on); /* chunk.c: allow or forbid the program break */
+TA_HIDDEN void ta_chunk_brk_default(bool on); /* the library's choice, unless a test made one */
 size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, void *arg), void *arg);
 void ta_arena_foreach(void (*fn)(ta_arena_t *a, void *arg), void *arg);
 

@@ -30,8 +30,6 @@
 #include "internal.h"
 #include "tamalloc.h"
 
-TA_HIDDEN extern const bool ta_brk_default; /* alloc.c: the break is used (replacement library) */
-TA_HIDDEN extern const bool ta_bg_default;  /* alloc.c: the purger thread is on by default */
 
 #define TA_VERSION_STRING "tamalloc 0.1.0 (jemalloc 5.3.0 API)"
 
@@ -155,7 +153,9 @@ static int thread_tcache_flush(struct req *r) { return no_value(r); }
 
 /* ------------------------------------------------------------------ settings */
 
-static int bg_effective(void) { return ta_bg_setting < 0 ? ta_bg_default : ta_bg_setting; }
+static int bg_effective(void) {
+  return ta_bg_setting < 0 ? ta_library->background : ta_bg_setting;
+}
 static int bg_at_start = -2; /* the setting before the first write through mallctl */
 
 /* background_thread: tamalloc's background purger. A write sets whether it may start (as
@@ -184,7 +184,7 @@ RO(opt_background_thread, bool, bg_at_start == -2 ? bg_effective() : bg_at_start
 RO(opt_decay_ms, ssize_t, (ssize_t)ta_decay_ms)
 RO(opt_zero_ms, ssize_t, 0)
 RO(opt_narenas, unsigned, narenas())
-RO(opt_dss, const char *, ta_brk_default ? "primary" : "disabled")
+RO(opt_dss, const char *, ta_library->brk ? "primary" : "disabled")
 RO(opt_stats_print, bool, ta_conf_stats_print)
 RO(opt_false, bool, false)
 RO(opt_junk, const char *, "false")
