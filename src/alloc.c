@@ -42,12 +42,42 @@ static const ta_library_t library = {
 };
 const ta_library_t *const ta_library = &library; /* for mallctl.c (opt.dss, background_thread) */
 
+/* Exits of the fast paths, compiled as calls into another file are (no inlining, no
+ * cloning, nothing assumed about them), so that moving them here left the fast paths as
+ * they were. */
+#if defined(__clang__)
+#define TA_EXIT_PATH __attribute__((noinline))
+#else
+#define TA_EXIT_PATH __attribute__((noipa))
+#endif
+
 /* ------------------------------------------------------------------ allocation */
+
+/* What the slow paths do before the arena takes more memory, or hands out medium or huge
+ * memory: the statistics log's line when its interval has passed (stats.c), and giving back
+ * what is due (purge.c). */
+static void slow_path_chores(ta_arena_t *a) {
+  if (TA_UNLIKELY(ta_conf_stats_log != NULL)) ta_stats_log_tick();
+  ta_maybe_purge(a);
+}
+
+/* The current run of the class has no block left: what other threads freed is taken in
+ * (arena.c; it may refill the run), then small.c finds a block in the arena's runs; when
+ * the arena has to take a new run, what is due goes back first. */
+static TA_NOINLINE void *small_alloc_slow(ta_arena_t *a, unsigned cls) {
+  ta_remote_collect(a);
+  void *b = ta_small_alloc_slow(a, cls, false);
+  if (b == NULL) {
+    slow_path_chores(a);
+    b = ta_small_alloc_slow(a, cls, true);
+  }
+  return b;
+}
 
 /* Small block of class cls from arena a (real arena). */
 TA_INLINE void *small_alloc(ta_arena_t *a, unsigned cls) {
   ta_block_t *b = ta_run_pop(a->cur[cls]);
-  return TA_LIKELY(b != NULL) ? b : ta_small_alloc_slow(a, cls);
+  return TA_LIKELY(b != NULL) ? b : small_alloc_slow(a, cls);
 }
 
 /* The small class that serves (size >= 1, align), or 0 if none does: the size's class or,
@@ -122,8 +152,11 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
     p = ta_secure ? secure_small_alloc(a, cls) : small_alloc(a, cls);
   } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 &&
              size + align <= TA_MEDIUM_MAX) {
+    ta_remote_collect(a);
+    slow_path_chores(a);
     p = ta_medium_alloc(a, size, align);
   } else {
+    if (align < TA_CHUNK_SIZE) slow_path_chores(a); /* else never from the cache */
     p = ta_huge_alloc(a, size, align, zero);
     zeroed = true;
   }
@@ -250,6 +283,32 @@ static TA_NOINLINE void free_small_remote(ta_run_t *r, ta_block_t *b) {
   free_to_owner(r->owner, b);
 }
 
+/* The owner's verdicts on its block p whose mark says "free" (small.c, medium.c), once
+ * what other threads freed is taken in: they may have freed it. Under the lock, taken
+ * first: the background purger may hold the remote list (see ta_small_freed). */
+static TA_EXIT_PATH bool small_freed(ta_arena_t *me, ta_run_t *r, const void *p) {
+  ta_slow_enter(me);
+  ta_remote_collect(me);
+  bool freed = ta_small_freed(me, r, p);
+  ta_slow_leave(me);
+  return freed;
+}
+static TA_EXIT_PATH bool medium_freed(ta_arena_t *me, const void *p) {
+  ta_slow_enter(me);
+  ta_remote_collect(me);
+  bool freed = ta_medium_freed(me, p);
+  ta_slow_leave(me);
+  return freed;
+}
+
+/* The owner frees a block whose mark says "free": a double free, or data that looks so. */
+static TA_EXIT_PATH void free_small_suspect(ta_arena_t *me, ta_run_t *r, ta_block_t *b) {
+  ta_slow_enter(me); /* as small_freed */
+  ta_remote_collect(me);
+  ta_small_free_suspect(me, r, b);
+  ta_slow_leave(me);
+}
+
 static void free_medium(void *p) {
   ta_mhdr_t *h = ta_medium_hdr_checked(p, "free(): invalid pointer");
   ta_block_t *b = p;
@@ -275,7 +334,7 @@ static void free_medium(void *p) {
   }
   ta_slow_enter(me);
   /* Maybe freed before by another thread and not yet taken in. */
-  if (b->key == ta_mark(b) && ta_medium_freed(me, p))
+  if (b->key == ta_mark(b) && medium_freed(me, p))
     ta_fatal("free(): double free of pointer", p);
   ta_medium_free_local(me, h);
   TA_ADD(me->cnt.frees, 1);
@@ -320,7 +379,7 @@ void ta_free(void *p) {
   if (TA_UNLIKELY((uint32_t)(off * r->recip) >= r->recip || off >= r->limit))
     return free_invalid(p);
   uintptr_t mark = ta_mark(b);
-  if (TA_UNLIKELY(b->key == mark)) return ta_small_free_suspect(me, r, b);
+  if (TA_UNLIKELY(b->key == mark)) return free_small_suspect(me, r, b);
   b->link = ta_link_enc(r->free);
   b->key = mark;
   r->free = b;
@@ -347,7 +406,7 @@ static size_t usable_checked(void *p, const char *op) {
     ta_run_t *r = ta_run_of(p);
     if (!ta_small_valid(r, p)) ta_fatal(op, p);
     if (TA_UNLIKELY(is_free_marked(p)) &&
-        (ta_secure || (r->owner == ta_tl_arena ? ta_small_freed(ta_tl_arena, r, p)
+        (ta_secure || (r->owner == ta_tl_arena ? small_freed(ta_tl_arena, r, p)
                                                : link_plausible(p))))
       ta_fatal(op, p);
     return r->bsize - (ta_secure ? TA_CANARY_SIZE : 0);
@@ -356,7 +415,7 @@ static size_t usable_checked(void *p, const char *op) {
     ta_mhdr_t *h = ta_medium_hdr_checked(p, op);
     if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal(op, p);
     if (TA_UNLIKELY(is_free_marked(p)) &&
-        (ta_secure || (ta_chunk_of(p)->owner == ta_tl_arena ? ta_medium_freed(ta_tl_arena, p)
+        (ta_secure || (ta_chunk_of(p)->owner == ta_tl_arena ? medium_freed(ta_tl_arena, p)
                                                             : link_plausible(p))))
       ta_fatal(op, p);
     return ta_medium_usable(h);

@@ -474,8 +474,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   bool fresh = true;
 
   if (!beyond) {
-    if (a != NULL) ta_maybe_purge(a);
-    h = cache_take(need);
+    h = cache_take(need); /* the caller let what was due go back first */
     if (h) fresh = false;
   }
   if (h == NULL) {

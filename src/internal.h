@@ -560,7 +560,7 @@ TA_INLINE uint64_t *ta_canary_at(void *b, uint32_t bsize) {
 TA_HIDDEN uint64_t ta_secure_random(void);
 
 /* ------------------------------------------------------------------ small.c */
-TA_HIDDEN void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls);
+TA_HIDDEN void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow);
 TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
 TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
 TA_HIDDEN void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b);

@@ -14,7 +14,8 @@
  * free blocks are ever adjacent.
  *
  * All of this runs on the owning thread; other threads' frees arrive through the arena's
- * remote list (alloc.c) and are merged here when the owner drains it.
+ * remote list (alloc.c) and are merged here when the owner drains it (arena.c), which the
+ * callers above do before they allocate, as they let what is due go back (purge.c).
  */
 #include "internal.h"
 
@@ -221,8 +222,6 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
   if (search > TA_MEDIUM_END - TA_MEDIUM_HDR - sizeof(ta_mhdr_t)) return NULL;
 
   ta_slow_enter(a);
-  ta_remote_collect(a);
-  ta_maybe_purge(a);
   ta_mhdr_t *h = bin_first_fit(a, search);
   if (h == NULL) {
     if (!medium_chunk_new(a)) {
@@ -337,11 +336,11 @@ void ta_medium_release_empty(ta_arena_t *a) {
 void ta_medium_next_check(ta_mhdr_t *h) { (void)next_checked(h); }
 
 /* The owner's verdict on its block p, whose mark says "free": a block another thread freed
- * keeps INUSE while it waits on the remote list, so take the remote frees in, then look
- * again (it may have merged away, its chunk gone). */
+ * keeps INUSE while it waits on the remote list, so the caller takes the remote frees in
+ * first, under the lock (see ta_small_freed); then look again (it may have merged away, its
+ * chunk gone). */
 bool ta_medium_freed(ta_arena_t *a, const void *p) {
   ta_slow_enter(a); /* the purger may hold the remote list: wait for it (see ta_small_freed) */
-  ta_remote_collect(a);
   const ta_mhdr_t *h = (const ta_mhdr_t *)p - 1;
   bool freed = ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || !ta_medium_check_ok(h) ||
                !(ta_mh_load(h) & TA_M_INUSE);

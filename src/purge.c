@@ -22,7 +22,8 @@
  * (ta_purge_excess). Memory just freed is given back last: returning it only to fault it
  * in again is the thrash the budget must not cause.
  *
- * The owner checks in its slow paths whether something is due (ta_maybe_purge: a few
+ * The owner checks in its slow paths whether something is due (ta_maybe_purge, which alloc.c
+ * calls before a medium or huge allocation and before the arena takes a new run: a few
  * loads when nothing is pending, one clock read otherwise); the background thread
  * (background.c) does the same work for arenas whose threads make no slow call.
  * Arenas whose thread has exited have no owner to do this: any thread that finds
@@ -96,7 +97,6 @@ void ta_dirty_add(ta_arena_t *a, intptr_t bytes) {
 }
 
 void ta_maybe_purge(ta_arena_t *a) {
-  if (TA_UNLIKELY(ta_conf_stats_log != NULL)) ta_stats_log_tick();
   uint64_t due = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
   uint64_t odue = atomic_load_explicit(&ta_orphan_due, memory_order_relaxed);
   uint64_t hdue = atomic_load_explicit(&ta_huge_due, memory_order_relaxed);
@@ -131,7 +131,10 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
    * caller owns the arena) or in the owner's own purge after the decay — not the budget's
    * (those pages are not counted in it), nor the background thread's. Before the passes
    * below: taking in remote frees may retire runs and empty chunks. */
-  if (all || (ta_tl_arena == a && age == ta_decay_ms)) freed += ta_small_shrink(a);
+  if (all || (ta_tl_arena == a && age == ta_decay_ms)) {
+    ta_remote_collect(a); /* their blocks are found free (see ta_small_shrink) */
+    freed += ta_small_shrink(a);
+  }
   if (all) ta_medium_release_empty(a);
 
   /* Empty chunks. A break chunk can only go when it is the top of the heap, so repeat

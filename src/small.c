@@ -16,6 +16,11 @@
  * A run still in use gives back the whole free pages above its highest block in use when
  * its owner purges (ta_small_shrink): its list is threaded again with the blocks below, and
  * `limit` falls, so that the next carve threads those pages again.
+ *
+ * A block layer (docs/design.md, "Layers"): what other threads freed is taken in, and what
+ * is due goes back, by the callers above (alloc.c, purge.c) before they call in here;
+ * retiring a run only records the memory it leaves free and since when (ta_dirty_add,
+ * ta_purge_note).
  */
 #include "internal.h"
 
@@ -82,7 +87,6 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
 }
 
 static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
-  ta_maybe_purge(a);
   ta_chunk_t *c = a->small_avail;
   if (c == NULL && (c = small_chunk_new(a)) == NULL) return NULL;
   /* Prefer a slot whose pages are still resident. */
@@ -225,10 +229,11 @@ static void check_head(const ta_run_t *r) {
     ta_fatal("malloc(): corrupted free list, next block", r->free);
 }
 
-void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls) {
+/* grow: may take a new run; without it, NULL when no run of the arena has a block left (the
+ * caller then lets what is due go back first). The caller took the remote frees in. */
+void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow) {
   ta_slow_enter(a);
   check_head(a->cur[cls]);
-  ta_remote_collect(a);
   ta_run_t *r = a->cur[cls];
   if (r != &ta_empty_run) {
     if (r->free == NULL && run_can_carve(r)) run_carve(r);
@@ -244,7 +249,7 @@ void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls) {
     r->state = RUN_ACTIVE;
     TA_ADD(r->used, RUN_ACTIVE_BIAS);
   } else {
-    r = run_new(a, cls);
+    r = grow ? run_new(a, cls) : NULL;
     if (r == NULL) {
       ta_slow_leave(a);
       return NULL;
@@ -306,13 +311,14 @@ void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
 }
 
 /* The owner's verdict on its block p, whose mark says "free": on its run's free list, or
- * freed by another thread, which taking in the remote frees shows. That may even retire
- * the run or give its chunk back, so the map is read first. */
+ * freed by another thread, which taking in the remote frees shows: the caller took them in
+ * just before. That may even have retired the run or given its chunk back, so the map is
+ * read first. */
 bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p) {
   /* Under the lock: the background purger may hold the remote list (the block perhaps on
-   * it) while it takes the medium blocks off; the lock waits for it to put it back. */
+   * it) while it takes the medium blocks off; the lock waits for it to put it back. The
+   * caller took it before it took the remote frees in, for the same reason. */
   ta_slow_enter(a);
-  ta_remote_collect(a);
   bool freed = ta_map_get((uintptr_t)p) != TA_MAP_SMALL || r->owner != a ||
                ta_small_on_free_list(r, p);
   ta_slow_leave(a);
@@ -443,14 +449,13 @@ static size_t run_shrink(ta_run_t *r) {
 }
 
 /* The owner's purge of the free pages of its runs in use: the ACTIVE and PARTIAL ones (a
- * FULL run has no free block). What other threads freed is taken in first, so that their
- * blocks are found free. Only for the arena's owner (or the thread that claimed an ownerless
- * arena): its fast paths use these lists without the lock, so the background purger, which
- * holds only the lock, must not call it. */
+ * FULL run has no free block). What other threads freed is taken in first, by the caller
+ * (purge.c), so that their blocks are found free. Only for the arena's owner (or the thread
+ * that claimed an ownerless arena): its fast paths use these lists without the lock, so the
+ * background purger, which holds only the lock, must not call it. */
 size_t ta_small_shrink(ta_arena_t *a) {
   size_t freed = 0;
   ta_slow_enter(a);
-  ta_remote_collect(a);
   for (unsigned cls = 1; cls <= TA_NUM_SMALL; cls++) {
     if (a->cur[cls] != &ta_empty_run) freed += run_shrink(a->cur[cls]);
     for (ta_run_t *r = a->partial[cls]; r; r = r->next) freed += run_shrink(r);
