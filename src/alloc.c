@@ -61,11 +61,34 @@ static void slow_path_chores(ta_arena_t *a) {
   ta_maybe_purge(a);
 }
 
-/* The current run of the class has no block left: what other threads freed is taken in
- * (arena.c; it may refill the run), then small.c finds a block in the arena's runs; when
- * the arena has to take a new run, what is due goes back first. */
-static TA_NOINLINE void *small_alloc_slow(ta_arena_t *a, unsigned cls) {
+/* Takes in what other threads freed into arena a (arena.c), which the caller holds; if that
+ * took all arenas over the budget of free resident memory, the arena's oldest excess goes
+ * back now (purge.c; ta_dirty_add marks it, as lower layers do not purge). */
+static void collect(ta_arena_t *a) {
   ta_remote_collect(a);
+  ta_purge_if_over(a);
+}
+
+/* The thread's arena: a new one, an adopted one (what others freed into it was taken in:
+ * the budget is kept), or, past the thread's exit, one borrowed for this call (*borrowed). */
+static ta_arena_t *arena_get_slow(bool *borrowed) {
+  ta_arena_t *a = ta_arena_get_slow(&library, borrowed);
+  if (a != NULL) ta_purge_if_over(a);
+  return a;
+}
+
+/* Gives an arena up (thread exit, the end of a borrowed call), once what others freed into
+ * it is taken in, and the budget kept, while it is still this thread's. */
+static void arena_release(ta_arena_t *a) {
+  collect(a);
+  ta_arena_release(a);
+}
+
+/* The current run of the class has no block left: what other threads freed is taken in
+ * (it may refill the run), then small.c finds a block in the arena's runs; when the arena
+ * has to take a new run, what is due goes back first. */
+static TA_NOINLINE void *small_alloc_slow(ta_arena_t *a, unsigned cls) {
+  collect(a);
   void *b = ta_small_alloc_slow(a, cls, false);
   if (b == NULL) {
     slow_path_chores(a);
@@ -138,7 +161,7 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   bool borrowed = false;
   ta_arena_t *a = ta_tl_arena;
   if (TA_UNLIKELY(a == &ta_sentinel_arena)) {
-    a = ta_arena_get_slow(&library, &borrowed);
+    a = arena_get_slow(&borrowed);
     if (a == NULL) {
       errno = ENOMEM;
       return NULL;
@@ -152,7 +175,7 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
     p = ta_secure ? secure_small_alloc(a, cls) : small_alloc(a, cls);
   } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 &&
              size + align <= TA_MEDIUM_MAX) {
-    ta_remote_collect(a);
+    collect(a);
     slow_path_chores(a);
     p = ta_medium_alloc(a, size, align);
   } else {
@@ -164,7 +187,7 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
     TA_ADD(a->cnt.callocs, zero);
     if (ta_stats_on) ta_stats_record(p, size);
   }
-  if (borrowed) ta_arena_borrow_done(a);
+  if (borrowed) arena_release(a);
   if (TA_UNLIKELY(p == NULL)) {
     errno = ENOMEM;
     return NULL;
@@ -288,14 +311,14 @@ static TA_NOINLINE void free_small_remote(ta_run_t *r, ta_block_t *b) {
  * first: the background purger may hold the remote list (see ta_small_freed). */
 static TA_EXIT_PATH bool small_freed(ta_arena_t *me, ta_run_t *r, const void *p) {
   ta_slow_enter(me);
-  ta_remote_collect(me);
+  collect(me);
   bool freed = ta_small_freed(me, r, p);
   ta_slow_leave(me);
   return freed;
 }
 static TA_EXIT_PATH bool medium_freed(ta_arena_t *me, const void *p) {
   ta_slow_enter(me);
-  ta_remote_collect(me);
+  collect(me);
   bool freed = ta_medium_freed(me, p);
   ta_slow_leave(me);
   return freed;
@@ -304,9 +327,17 @@ static TA_EXIT_PATH bool medium_freed(ta_arena_t *me, const void *p) {
 /* The owner frees a block whose mark says "free": a double free, or data that looks so. */
 static TA_EXIT_PATH void free_small_suspect(ta_arena_t *me, ta_run_t *r, ta_block_t *b) {
   ta_slow_enter(me); /* as small_freed */
-  ta_remote_collect(me);
+  collect(me);
   ta_small_free_suspect(me, r, b);
   ta_slow_leave(me);
+  ta_purge_if_over(me);
+}
+
+/* The free made the run's list non-empty again or emptied the run (small.c); a retired
+ * run may take all arenas over the budget. */
+static TA_EXIT_PATH void free_small_slow(ta_arena_t *me, ta_run_t *r) {
+  ta_small_free_slow(me, r);
+  ta_purge_if_over(me);
 }
 
 static void free_medium(void *p) {
@@ -337,6 +368,7 @@ static void free_medium(void *p) {
   if (b->key == ta_mark(b) && medium_freed(me, p))
     ta_fatal("free(): double free of pointer", p);
   ta_medium_free_local(me, h);
+  ta_purge_if_over(me); /* a chunk given back may take all arenas over the budget */
   TA_ADD(me->cnt.frees, 1);
   ta_slow_leave(me);
 }
@@ -384,7 +416,7 @@ void ta_free(void *p) {
   b->key = mark;
   r->free = b;
   TA_ADD_FAST(me->cnt.frees, 1);
-  if (TA_UNLIKELY(ta_dec_le_zero(&r->used))) return ta_small_free_slow(me, r);
+  if (TA_UNLIKELY(ta_dec_le_zero(&r->used))) return free_small_slow(me, r);
 }
 
 /* ------------------------------------------------------------------ sizes and realloc */
@@ -704,9 +736,8 @@ static TA_NOINLINE void secure_free(void *p) {
   bool borrowed = false;
   /* A thread whose first call is a free takes an arena, for its quarantine; one past its
    * exit destructor (a borrowed arena) frees at once. */
-  if (me == &ta_sentinel_arena &&
-      ((me = ta_arena_get_slow(&library, &borrowed)) == NULL || borrowed)) {
-    if (borrowed) ta_arena_borrow_done(me);
+  if (me == &ta_sentinel_arena && ((me = arena_get_slow(&borrowed)) == NULL || borrowed)) {
+    if (borrowed) arena_release(me);
     secure_releasing = true;
     ta_free(p);
     secure_releasing = false;
@@ -737,7 +768,7 @@ int ta_malloc_trim(size_t pad) {
   if (ta_secure && a != &ta_sentinel_arena) quarantine_flush(a);
   if (a != &ta_sentinel_arena) {
     ta_slow_enter(a);
-    ta_remote_collect(a);
+    collect(a);
     freed += ta_arena_purge(a, now, true, 0);
     ta_slow_leave(a);
   }
@@ -886,9 +917,10 @@ size_t ta_nallocx(size_t size, int flags) { return usable_for(size, flags_align(
  * thread gives its arenas up; and the purger thread starts if that left work, so that their
  * free memory goes back on time, with no caller needed. */
 static void thread_exit(void *arena) {
-  ta_arena_t *a = arena;
+  ta_arena_t *a = arena, *give_up[2];
   if (ta_secure && ta_tl_arena == a) quarantine_flush(a);
-  ta_arena_thread_exit(a);
+  unsigned n = ta_arena_thread_exit(a, give_up);
+  for (unsigned i = 0; i < n; i++) arena_release(give_up[i]);
   ta_bg_maybe_start(library.background);
 }
 

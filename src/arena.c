@@ -55,7 +55,6 @@ _Static_assert(TA_NUM_SMALL + 1 == 57, "sentinel initialiser covers every class"
 
 bool ta_initialized;
 static _Atomic(ta_arena_t *) all_arenas;
-_Atomic uint32_t ta_arena_count; /* arenas ever made: as many as threads were ever alive at once */
 static pthread_key_t exit_key;
 static _Atomic int exit_key_state; /* 0 none, 1 creating, 2 ready, 3 failed (tried again) */
 static _Atomic int atfork_state;
@@ -184,9 +183,9 @@ bool ta_arena_try_claim(ta_arena_t *a) {
 ta_arena_t *ta_arena_first(void) { return atomic_load_explicit(&all_arenas, memory_order_acquire); }
 
 /* Gives the arena up (thread exit, or the end of a borrowed call): what is free in it goes
- * back to the kernel once it has been ownerless for the decay time (purge.c). */
+ * back to the kernel once it has been ownerless for the decay time (purge.c). The caller
+ * (alloc.c) took in its remote frees just before, and kept the budget, while it was its own. */
 void ta_arena_release(ta_arena_t *a) {
-  ta_remote_collect(a);
   a->released_ms = ta_os_now_ms();
   ta_arena_give_back(a);
   ta_note_orphan_work();
@@ -203,19 +202,22 @@ void ta_arena_give_back(ta_arena_t *a) {
     ta_note_orphan_work();
 }
 
-/* The thread of arena a exits (the API layer's exit hook, alloc.c, calls this after what is
- * its own to do). */
-void ta_arena_thread_exit(ta_arena_t *a) {
+/* The thread of arena a exits (from the API layer's exit hook, alloc.c): from now on it has
+ * no arena. Returns how many arenas it gives up, in give_up[] in the order they are to be
+ * released (ta_arena_release, by the hook). */
+unsigned ta_arena_thread_exit(ta_arena_t *a, ta_arena_t *give_up[2]) {
+  unsigned n = 0;
   if (ta_tl_arena == a) ta_tl_arena = &ta_sentinel_arena;
   tl_state = TL_EXITED;
   /* An arena a fork set aside whose interrupted call has ended goes back too. */
   ta_arena_t *s = tl_suspended;
   if (s != NULL && !ta_slow_held(s)) {
     tl_suspended = NULL;
-    ta_arena_release(s);
+    give_up[n++] = s;
   }
   /* Only an arena this thread still owns (not one a fork child made a zombie). */
-  if (atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED) ta_arena_release(a);
+  if (atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED) give_up[n++] = a;
+  return n;
 }
 
 /* glibc runs the child handlers of pthread_atfork in the order they were registered, so
@@ -271,8 +273,6 @@ ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
   register_thread(a, lib);
   return a;
 }
-
-void ta_arena_borrow_done(ta_arena_t *a) { ta_arena_release(a); }
 
 /* An ownerless arena drains only when someone notices (purge.c). The state shares the cache
  * line the caller's CAS just took. */

@@ -12,7 +12,7 @@
  *     half changed: the thread-exit destructor, or the entry of alloc_generic after a slow
  *     path asked for it (ta_bg_request), never from inside a slow path;
  *   - it sleeps on a futex until the earliest due time, and with nothing pending until a
- *     thread notes new work (ta_bg_wake, called when a due time goes from none to some);
+ *     thread notes new work (ta_bg_wake, dirty.c: a due time went from none to some);
  *   - it purges what has waited for the decay time: arenas without an owner (claimed one
  *     at a time, as any thread's orphan purge does), the huge cache, and the arenas of
  *     live threads that are idle: it only tries their slow-path lock, never waits for it,
@@ -30,7 +30,8 @@
  *   - TAMALLOC_CONF=background_thread:false turns it off. It is on by default in the
  *     replacement library and off in the ta_ API library (tests drive purges themselves).
  *
- * Calls down only: purge.c and huge.c for the work, os.c for the thread and the futex.
+ * Calls down only: purge.c and huge.c for the work, os.c for the thread and the futex. What
+ * is due, and the futex word the lower layers ring, are in dirty.c's book.
  */
 #include "internal.h"
 
@@ -38,13 +39,9 @@
 #define TA_MAIL_BACKLOG 32 /* medium blocks waiting on a busy owner's list: take them */
 #endif
 
-enum { BG_NONE = 0, BG_STARTING = 1, BG_RUNNING = 2 };
-static _Atomic int bg_state;
-static _Atomic uint32_t bg_seq;     /* futex word: bumped by every wake */
-static _Atomic int bg_sleeping;     /* 1 while waiting without a due time */
+/* The thread's state, its futex word, whether it sleeps without a due time and whether it
+ * is over the budget are in dirty.c's book, where the lower layers wake it. */
 static _Atomic uint64_t bg_rounds;  /* purge rounds done (tests and statistics) */
-static _Atomic int bg_over;         /* 1: over the budget, return the oldest excess */
-_Atomic int ta_bg_wanted;
 
 static uint64_t earlier(uint64_t a, uint64_t b) { return a == 0 ? b : b == 0 ? a : a < b ? a : b; }
 
@@ -119,7 +116,7 @@ static bool should_leave(void) {
   unsigned owned = owned_arenas();
   return owned == 0 ||
          (owned == 1 && atomic_load_explicit(&ta_orphan_due, memory_order_seq_cst) == 0 &&
-          !atomic_load_explicit(&bg_over, memory_order_relaxed));
+          !atomic_load_explicit(&ta_bg_over, memory_order_relaxed));
 }
 
 static void *bg_main(void *arg) {
@@ -127,15 +124,15 @@ static void *bg_main(void *arg) {
   ta_os_thread_name("tamalloc-purge");
   /* The thread itself says it runs, and that it has left: the starter only moves the state
    * from NONE to STARTING, so RUNNING always means a thread exists. */
-  atomic_store_explicit(&bg_state, BG_RUNNING, memory_order_release);
+  atomic_store_explicit(&ta_bg_state, BG_RUNNING, memory_order_release);
   for (;;) {
     if (should_leave()) {
-      atomic_store_explicit(&bg_sleeping, 0, memory_order_relaxed);
-      atomic_store_explicit(&bg_state, BG_NONE, memory_order_release);
+      atomic_store_explicit(&ta_bg_sleeping, 0, memory_order_relaxed);
+      atomic_store_explicit(&ta_bg_state, BG_NONE, memory_order_release);
       return NULL;
     }
     uint64_t now = ta_os_now_ms(), due = next_due();
-    if (atomic_exchange_explicit(&bg_over, 0, memory_order_acquire)) {
+    if (atomic_exchange_explicit(&ta_bg_over, 0, memory_order_acquire)) {
       purge_over_budget(now);
       atomic_fetch_add_explicit(&bg_rounds, 1, memory_order_relaxed);
       continue;
@@ -153,15 +150,15 @@ static void *bg_main(void *arg) {
       atomic_fetch_add_explicit(&bg_rounds, 1, memory_order_relaxed);
       continue;
     }
-    uint32_t seq = atomic_load_explicit(&bg_seq, memory_order_seq_cst);
+    uint32_t seq = atomic_load_explicit(&ta_bg_seq, memory_order_seq_cst);
     if (due == 0) {
       /* Announce the sleep, then look once more: a thread that notes work after this
-       * sees bg_sleeping and wakes us; one that noted it before is seen here. */
-      atomic_store_explicit(&bg_sleeping, 1, memory_order_seq_cst);
-      if (next_due() == 0) ta_os_futex_wait(&bg_seq, seq, 0);
-      atomic_store_explicit(&bg_sleeping, 0, memory_order_relaxed);
+       * sees ta_bg_sleeping and wakes us; one that noted it before is seen here. */
+      atomic_store_explicit(&ta_bg_sleeping, 1, memory_order_seq_cst);
+      if (next_due() == 0) ta_os_futex_wait(&ta_bg_seq, seq, 0);
+      atomic_store_explicit(&ta_bg_sleeping, 0, memory_order_relaxed);
     } else {
-      ta_os_futex_wait(&bg_seq, seq, due - now);
+      ta_os_futex_wait(&ta_bg_seq, seq, due - now);
     }
   }
   return NULL;
@@ -172,39 +169,21 @@ static void *bg_main(void *arg) {
  * which is compiled into each library, says which: ta_library_t). */
 void ta_bg_maybe_start(bool by_default) {
   atomic_store_explicit(&ta_bg_wanted, 0, memory_order_relaxed);
-  if (atomic_load_explicit(&bg_state, memory_order_relaxed) != BG_NONE) return;
+  if (atomic_load_explicit(&ta_bg_state, memory_order_relaxed) != BG_NONE) return;
   if (ta_bg_setting < 0 ? !by_default : ta_bg_setting == 0) return;
   if (next_due() == 0 || should_leave()) return; /* nothing to do, or no one to do it for */
   int expected = BG_NONE;
-  if (!atomic_compare_exchange_strong(&bg_state, &expected, BG_STARTING)) return;
+  if (!atomic_compare_exchange_strong(&ta_bg_state, &expected, BG_STARTING)) return;
   /* Failed: back to NONE, for the next thread exit to try again. */
-  if (ta_os_thread_start(bg_main) != 0) atomic_store(&bg_state, BG_NONE);
-}
-
-/* A due time went from none to some: wake the thread if it sleeps without one. */
-void ta_bg_wake(void) {
-  if (atomic_load_explicit(&bg_sleeping, memory_order_seq_cst) == 0) return;
-  atomic_fetch_add_explicit(&bg_seq, 1, memory_order_seq_cst);
-  ta_os_futex_wake(&bg_seq);
-}
-
-/* Over the budget: hand the work to the thread (one wake per episode). */
-void ta_bg_over_budget(void) {
-  if (atomic_load_explicit(&bg_over, memory_order_relaxed) ||
-      atomic_exchange_explicit(&bg_over, 1, memory_order_seq_cst))
-    return;
-  atomic_fetch_add_explicit(&bg_seq, 1, memory_order_seq_cst);
-  ta_os_futex_wake(&bg_seq);
+  if (ta_os_thread_start(bg_main) != 0) atomic_store(&ta_bg_state, BG_NONE);
 }
 
 /* Fork child: the thread did not survive the fork. */
 void ta_bg_reset_after_fork(void) {
-  atomic_store(&bg_state, BG_NONE);
-  atomic_store(&bg_sleeping, 0);
-  atomic_store(&bg_over, 0);
+  atomic_store(&ta_bg_state, BG_NONE);
+  atomic_store(&ta_bg_sleeping, 0);
+  atomic_store(&ta_bg_over, 0);
 }
 
-/* Started or running: STARTING means the thread was created and is about to run. */
-bool ta_bg_running(void) { return atomic_load(&bg_state) != BG_NONE; }
 uint64_t ta_bg_rounds(void) { return atomic_load(&bg_rounds); }
 void ta_bg_enable(bool on) { ta_bg_setting = on; }

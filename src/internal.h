@@ -338,6 +338,7 @@ typedef struct ta_arena {
   const void *_Atomic slow_holder;  /* the holder's ta_tl_tag address: it may nest */
   int slow_depth;                   /* the holder's nesting */
   bool purging;         /* inside ta_arena_purge (no re-entry from what it releases) */
+  bool over_budget;     /* its frees went over the budget: ta_purge_if_over (dirty.c) */
   uint32_t id;
   _Atomic uint64_t purge_due;  /* earliest time something of this arena may be purged; 0: none */
   uint64_t medium_dirty_since; /* a large medium free block may hold resident pages since */
@@ -478,10 +479,38 @@ TA_HIDDEN extern const char *ta_conf_stats_log;
 TA_HIDDEN extern size_t ta_conf_stats_log_len;
 TA_HIDDEN extern uint64_t ta_conf_stats_interval_ms;
 
+/* ------------------------------------------------------------------ dirty.c */
+/* The book of free resident memory, written by the layers that free memory, read by the
+ * purgers above (see dirty.c). */
+TA_HIDDEN extern _Atomic size_t ta_dirty_total; /* Σ arena.dirty_bytes */
+/* Arenas ever made (arena.c counts them): as many as threads were ever alive at once, among
+ * whom the budget is shared (medium.c's allowance for a chunk's top). */
+TA_HIDDEN extern _Atomic uint32_t ta_arena_count;
+TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
+TA_HIDDEN bool ta_over_budget(void);
+TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
+TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
+TA_HIDDEN void ta_note_orphan_work(void);
+TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerless arenas */
+TA_HIDDEN extern _Atomic uint64_t ta_arenas_due; /* earliest due time of owned arenas */
+/* What the purger thread (background.c) is told, and says. */
+enum { BG_NONE = 0, BG_STARTING = 1, BG_RUNNING = 2 };
+TA_HIDDEN extern _Atomic int ta_bg_state, ta_bg_sleeping, ta_bg_over;
+TA_HIDDEN extern _Atomic uint32_t ta_bg_seq;
+TA_HIDDEN extern _Atomic int ta_bg_wanted; /* a slow path asked for the thread */
+TA_INLINE void ta_bg_request(void) {
+  if (atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed) == 0)
+    atomic_store_explicit(&ta_bg_wanted, 1, memory_order_relaxed);
+}
+TA_HIDDEN void ta_bg_over_budget(void);
+TA_HIDDEN void ta_bg_wake(void);
+bool ta_bg_running(void); /* for tests */
+
 /* ------------------------------------------------------------------ chunk.c */
 TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
 TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
+TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 /* Statistics' arrays of requested sizes, one per small chunk while statistics are on (stats.c
  * reads them): made and dropped here, as the chunk is. */
 TA_HIDDEN uint16_t *ta_shadow_new(void);
@@ -633,9 +662,8 @@ typedef struct ta_library {
 TA_HIDDEN extern const ta_library_t *const ta_library; /* alloc.c: its library's */
 /* Gives the thread a real arena, or NULL. *borrowed: only for this call (thread has exited). */
 TA_HIDDEN ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed);
-TA_HIDDEN void ta_arena_borrow_done(ta_arena_t *a);
 TA_HIDDEN void ta_atfork_register(const ta_library_t *lib);
-TA_HIDDEN void ta_arena_thread_exit(ta_arena_t *a); /* from the exit hook */
+TA_HIDDEN unsigned ta_arena_thread_exit(ta_arena_t *a, ta_arena_t *give_up[2]); /* exit hook */
 TA_HIDDEN void ta_arena_fork_child(void);            /* from the child handler */
 TA_HIDDEN bool ta_arena_try_claim(ta_arena_t *a);
 TA_HIDDEN ta_arena_t *ta_arena_first(void);
@@ -695,16 +723,20 @@ TA_INLINE bool ta_slow_held_by_me(const ta_arena_t *a) {
 }
 
 /* ------------------------------------------------------------------ purge.c */
-TA_HIDDEN extern _Atomic uint32_t ta_arena_count;
-TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
-TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerless arenas */
 /* Blocks freed into zombie arenas (never reused: see purge.c) and their usable bytes. */
 TA_HIDDEN extern _Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;
-TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
-TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
 TA_HIDDEN void ta_maybe_purge(ta_arena_t *a);
 TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age);
 TA_HIDDEN void ta_purge_excess(ta_arena_t *a, uint64_t now);
+/* An arena whose frees took all arenas over the budget while the purger thread was not
+ * running (ta_dirty_add marks it) gives its own oldest excess back: whoever holds it calls
+ * this once the lower layers have returned (alloc.c, ta_purge_orphans). */
+TA_INLINE void ta_purge_if_over(ta_arena_t *a) {
+  if (TA_UNLIKELY(a->over_budget)) {
+    a->over_budget = false;
+    ta_purge_excess(a, ta_os_now_ms());
+  }
+}
 /* Over the budget, the oldest excess goes first: what became free half a decay time ago,
  * then an eighth, then the rest (one arena's in ta_purge_excess, all arenas' in the
  * background thread). */
@@ -712,23 +744,11 @@ TA_HIDDEN void ta_purge_excess(ta_arena_t *a, uint64_t now);
 TA_INLINE uint64_t ta_excess_age(unsigned step) {
   return step == 0 ? ta_decay_ms / 2 : step == 1 ? ta_decay_ms / 8 : 0;
 }
-TA_HIDDEN bool ta_over_budget(void);
-TA_HIDDEN extern _Atomic uint64_t ta_arenas_due; /* earliest due time of owned arenas */
 TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);
-TA_HIDDEN void ta_note_orphan_work(void);
-TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 
 /* ------------------------------------------------------------------ background.c */
 TA_HIDDEN void ta_bg_maybe_start(bool by_default); /* at a safe point: thread exit, alloc_generic */
-TA_HIDDEN extern _Atomic int ta_bg_wanted; /* a slow path asked for the thread */
-TA_INLINE void ta_bg_request(void) {
-  if (atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed) == 0)
-    atomic_store_explicit(&ta_bg_wanted, 1, memory_order_relaxed);
-}
-TA_HIDDEN void ta_bg_over_budget(void);
-TA_HIDDEN void ta_bg_wake(void);
 TA_HIDDEN void ta_bg_reset_after_fork(void);
-bool ta_bg_running(void);   /* for tests */
 uint64_t ta_bg_rounds(void);
 void ta_bg_enable(bool on);
 

@@ -19,8 +19,10 @@
  * Besides the time, a budget: when all arenas together hold more than ta_dirty_max
  * (32 MiB) of empty chunks and retired run slots, the oldest excess goes back at once: the
  * background thread's job across arenas when it runs, else the adding arena's own
- * (ta_purge_excess). Memory just freed is given back last: returning it only to fault it
- * in again is the thrash the budget must not cause.
+ * (ta_purge_excess, by its holder once the free that went over has returned:
+ * ta_purge_if_over). Memory just freed is given back last: returning it only to fault it
+ * in again is the thrash the budget must not cause. What is free, since when and how much
+ * is written in dirty.c's book by the layers below, which never call in here.
  *
  * The owner checks in its slow paths whether something is due (ta_maybe_purge, which alloc.c
  * calls before a medium or huge allocation and before the arena takes a new run: a few
@@ -38,41 +40,9 @@
  */
 #include "internal.h"
 
-static _Atomic size_t dirty_total; /* Σ arena.dirty_bytes */
-_Atomic uint64_t ta_orphan_due;
 _Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;
 
 #define TA_MEDIUM_PURGE_MIN ((size_t)32 << 10)
-
-void ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
-  uint64_t cur = atomic_load_explicit(v, memory_order_relaxed);
-  while (cur == 0 || t < cur) {
-    if (atomic_compare_exchange_weak_explicit(v, &cur, t, memory_order_seq_cst,
-                                              memory_order_relaxed)) {
-      if (cur == 0) ta_bg_wake(); /* from nothing pending to something */
-      return;
-    }
-  }
-}
-
-_Atomic uint64_t ta_arenas_due; /* earliest due time of arenas with an owner (background.c) */
-
-/* Something of arena a became free at `since`. Also noted process-wide, for the background
- * thread, which purges idle arenas whose owners make no slow call; the second arena of a
- * process asks for that thread (see background.c for where it starts). */
-void ta_purge_note(ta_arena_t *a, uint64_t since) {
-  uint64_t due = since + ta_decay_ms;
-  uint64_t cur = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
-  if (cur == 0 || due < cur) atomic_store_explicit(&a->purge_due, due, memory_order_relaxed);
-  ta_purge_note_global(&ta_arenas_due, due);
-  if (TA_UNLIKELY(a->id > 0)) ta_bg_request();
-}
-
-void ta_note_orphan_work(void) { ta_purge_note_global(&ta_orphan_due, ta_os_now_ms() + ta_decay_ms); }
-
-bool ta_over_budget(void) {
-  return atomic_load_explicit(&dirty_total, memory_order_relaxed) > ta_dirty_max;
-}
 
 /* Gives back arena a's oldest free memory first, until all arenas are within the budget:
  * what became free half a decay time ago, then an eighth, then the rest. Memory just freed
@@ -81,19 +51,6 @@ bool ta_over_budget(void) {
 void ta_purge_excess(ta_arena_t *a, uint64_t now) {
   for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
     ta_arena_purge(a, now, false, ta_excess_age(i));
-}
-
-/* Counts free-but-resident memory of an arena. Beyond the budget of all arenas together,
- * the oldest excess goes back: the background thread's job when it runs (it can reach idle
- * arenas, whose memory is the oldest), else this arena's own. */
-void ta_dirty_add(ta_arena_t *a, intptr_t bytes) {
-  a->dirty_bytes += (size_t)bytes;
-  size_t total = atomic_fetch_add_explicit(&dirty_total, (size_t)bytes, memory_order_relaxed) +
-                 (size_t)bytes;
-  if (bytes > 0 && total > ta_dirty_max && !a->purging) {
-    if (ta_bg_running()) ta_bg_over_budget();
-    else ta_purge_excess(a, ta_os_now_ms());
-  }
 }
 
 void ta_maybe_purge(ta_arena_t *a) {
@@ -205,7 +162,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
     if (!c->decommitted) dirty += TA_CHUNK_SIZE;
   for (ta_chunk_t *c = a->small_avail; c; c = c->next)
     dirty += (size_t)__builtin_popcountll(c->dirty_slots) << TA_RUN_SHIFT;
-  atomic_fetch_add_explicit(&dirty_total, dirty - a->dirty_bytes, memory_order_relaxed);
+  atomic_fetch_add_explicit(&ta_dirty_total, dirty - a->dirty_bytes, memory_order_relaxed);
   a->dirty_bytes = dirty;
 
   /* Large free medium blocks after the decay; with `all` (malloc_trim, an ownerless arena)
@@ -270,6 +227,7 @@ size_t ta_purge_orphans(uint64_t now, bool all) {
     }
     if (!ta_arena_try_claim(a)) continue;
     ta_remote_collect(a);
+    ta_purge_if_over(a);
     freed += ta_arena_purge(a, now, true, 0);
     ta_arena_give_back(a);
   }

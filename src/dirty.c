@@ -1,0 +1,101 @@
+/*
+ * dirty.c — the book of free memory still resident ("dirty"): how much each arena and all
+ * of them hold, when it is due to go back to the kernel, and what the purger thread is told.
+ *
+ * The layers that free memory (chunk.c, small.c, medium.c, huge.c, arena.c) write here and
+ * never purge: the purgers above (purge.c, background.c) read the book and act. Written:
+ *   - ta_dirty_add: bytes of empty chunks and retired run slots an arena keeps resident,
+ *     counted per arena and for all of them (ta_dirty_total);
+ *   - ta_purge_note: something of an arena became free at a time, so the arena is due for
+ *     purging decay_ms later (arena.purge_due), and so are the owned arenas taken together
+ *     (ta_arenas_due); ta_note_orphan_work: ownerless arenas have work (ta_orphan_due);
+ *     ta_purge_note_global: any such due time (huge.c's cache too: ta_huge_due);
+ *   - how many arenas were ever made (ta_arena_count, counted by arena.c), among which
+ *     medium.c shares the budget for the tops of its chunks;
+ *   - over the budget (ta_dirty_max), the arena that went over it is marked
+ *     (arena.over_budget): whoever holds the arena, above, gives its oldest excess back once
+ *     the lower layers have returned (ta_purge_if_over: alloc.c, purge.c). While the purger
+ *     thread runs, it is told instead, as it can reach the idle arenas, whose memory is older.
+ *
+ * The purger thread (background.c) sleeps on this book: a due time going from none to some
+ * wakes it (ta_bg_wake), and so does going over the budget while it runs
+ * (ta_bg_over_budget). Waking it is a futex wake (os.c): a lower layer rings, and the
+ * thread, above, does the work. The thread says here whether it runs (ta_bg_state), and a
+ * slow path asks here for it to be started (ta_bg_request); it is started from above, at a
+ * safe point (alloc.c).
+ */
+#include "internal.h"
+
+_Atomic size_t ta_dirty_total; /* Σ arena.dirty_bytes */
+_Atomic uint32_t ta_arena_count; /* arenas ever made: as many as threads were ever alive at once */
+_Atomic uint64_t ta_orphan_due;
+_Atomic uint64_t ta_arenas_due; /* earliest due time of arenas with an owner (background.c) */
+
+/* The purger thread's side (background.c reads and writes these). */
+_Atomic int ta_bg_state;     /* BG_NONE, BG_STARTING, BG_RUNNING */
+_Atomic uint32_t ta_bg_seq;  /* futex word: bumped by every wake */
+_Atomic int ta_bg_sleeping;  /* 1 while it waits without a due time */
+_Atomic int ta_bg_over;      /* 1: over the budget, return the oldest excess */
+_Atomic int ta_bg_wanted;    /* a slow path asked for the thread */
+
+/* Started or running: STARTING means the thread was created and is about to run. */
+bool ta_bg_running(void) { return atomic_load(&ta_bg_state) != BG_NONE; }
+
+/* A due time went from none to some: wake the thread if it sleeps without one. */
+void ta_bg_wake(void) {
+  if (atomic_load_explicit(&ta_bg_sleeping, memory_order_seq_cst) == 0) return;
+  atomic_fetch_add_explicit(&ta_bg_seq, 1, memory_order_seq_cst);
+  ta_os_futex_wake(&ta_bg_seq);
+}
+
+/* Over the budget: hand the work to the thread (one wake per episode). */
+void ta_bg_over_budget(void) {
+  if (atomic_load_explicit(&ta_bg_over, memory_order_relaxed) ||
+      atomic_exchange_explicit(&ta_bg_over, 1, memory_order_seq_cst))
+    return;
+  atomic_fetch_add_explicit(&ta_bg_seq, 1, memory_order_seq_cst);
+  ta_os_futex_wake(&ta_bg_seq);
+}
+
+void ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
+  uint64_t cur = atomic_load_explicit(v, memory_order_relaxed);
+  while (cur == 0 || t < cur) {
+    if (atomic_compare_exchange_weak_explicit(v, &cur, t, memory_order_seq_cst,
+                                              memory_order_relaxed)) {
+      if (cur == 0) ta_bg_wake(); /* from nothing pending to something */
+      return;
+    }
+  }
+}
+
+/* Something of arena a became free at `since`. Also noted process-wide, for the background
+ * thread, which purges idle arenas whose owners make no slow call; the second arena of a
+ * process asks for that thread (see background.c for where it starts). */
+void ta_purge_note(ta_arena_t *a, uint64_t since) {
+  uint64_t due = since + ta_decay_ms;
+  uint64_t cur = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
+  if (cur == 0 || due < cur) atomic_store_explicit(&a->purge_due, due, memory_order_relaxed);
+  ta_purge_note_global(&ta_arenas_due, due);
+  if (TA_UNLIKELY(a->id > 0)) ta_bg_request();
+}
+
+void ta_note_orphan_work(void) { ta_purge_note_global(&ta_orphan_due, ta_os_now_ms() + ta_decay_ms); }
+
+bool ta_over_budget(void) {
+  return atomic_load_explicit(&ta_dirty_total, memory_order_relaxed) > ta_dirty_max;
+}
+
+/* Counts free-but-resident memory of an arena. Beyond the budget of all arenas together,
+ * the oldest excess goes back: the background thread's job when it runs (it can reach idle
+ * arenas, whose memory is the oldest), else this arena's own, given back by its holder as
+ * soon as the lower layers have returned (ta_purge_if_over). Not while the arena is being
+ * purged: the purge counts again at its end. */
+void ta_dirty_add(ta_arena_t *a, intptr_t bytes) {
+  a->dirty_bytes += (size_t)bytes;
+  size_t total = atomic_fetch_add_explicit(&ta_dirty_total, (size_t)bytes, memory_order_relaxed) +
+                 (size_t)bytes;
+  if (bytes > 0 && total > ta_dirty_max && !a->purging) {
+    if (ta_bg_running()) ta_bg_over_budget();
+    else a->over_budget = true;
+  }
+}
