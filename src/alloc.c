@@ -373,6 +373,15 @@ static void free_medium(void *p) {
   ta_slow_leave(me);
 }
 
+/* A huge block's free (huge.c), counted in the freeing thread's arena, or for a thread
+ * without one in the process-wide count of such frees (stats.c). */
+static void free_huge(ta_huge_t *h) {
+  ta_huge_free(h);
+  ta_arena_t *me = ta_tl_arena;
+  if (me != &ta_sentinel_arena) TA_ADD(me->cnt.frees, 1);
+  else atomic_fetch_add_explicit(&ta_orphan_frees, 1, memory_order_relaxed);
+}
+
 static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
   if (p == NULL) return;
   switch (kind) {
@@ -381,7 +390,7 @@ static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
     return;
   case TA_MAP_HUGE:
   case TA_MAP_HUGE_AL:
-    ta_huge_free(ta_huge_hdr_checked(p, kind, "free(): invalid pointer"));
+    free_huge(ta_huge_hdr_checked(p, kind, "free(): invalid pointer"));
     return;
   default:
     ta_fatal("free(): invalid pointer", p);
@@ -726,7 +735,7 @@ static TA_NOINLINE void secure_free(void *p) {
     if (atomic_load_explicit(&h->state, memory_order_relaxed) != HUGE_LIVE)
       ta_fatal("free(): double free of pointer", p);
     if (!ta_huge_secure_arm(h, false)) ta_fatal("free(): canary overwritten before pointer", p);
-    ta_huge_free(h); /* unmapped: no span is cached, a write after free faults */
+    free_huge(h); /* unmapped: no span is cached, a write after free faults */
     return;
   }
   default:

@@ -518,6 +518,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   if (zero && !fresh) memset(data, 0, size);
   if (ta_secure && !ta_huge_secure_arm(h, true)) {
     ta_huge_free(h);
+    if (a != NULL) TA_ADD(a->cnt.frees, 1); /* counted as a malloc too: mallocs - frees is live */
     return NULL;
   }
   return data;
@@ -562,10 +563,7 @@ void ta_huge_free(ta_huge_t *h) {
   if (!atomic_compare_exchange_strong(&h->state, &live, HUGE_CACHED))
     ta_fatal("free(): double free of pointer", (char *)h + h->data_off);
   atomic_fetch_sub_explicit(&ta_huge_live_count, 1, memory_order_relaxed);
-  ta_arena_t *me = ta_tl_arena;
-  if (me != &ta_sentinel_arena) TA_ADD(me->cnt.frees, 1);
-  else atomic_fetch_add_explicit(&ta_orphan_frees, 1, memory_order_relaxed);
-  judge(h);
+  judge(h); /* the free is counted by the caller, in its arena (alloc.c) */
   if (h->data_off == TA_CHUNK_SIZE) { /* over-aligned: not reusable as it is */
     huge_unmap(h);
     return;

@@ -628,7 +628,7 @@ TA_INLINE size_t ta_medium_usable(const ta_mhdr_t *h) {
 
 /* ------------------------------------------------------------------ huge.c */
 TA_HIDDEN void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero);
-TA_HIDDEN void ta_huge_free(ta_huge_t *h);
+TA_HIDDEN void ta_huge_free(ta_huge_t *h); /* the caller counts the free in its arena */
 TA_HIDDEN ta_huge_t *ta_huge_hdr_checked(void *p, uint8_t kind, const char *op);
 TA_HIDDEN void *ta_huge_realloc(ta_huge_t *h, size_t size);
 #define TA_HUGE_CANARY 64 /* hardened build: canary bytes before a huge block's data */
