@@ -16,7 +16,11 @@
  * The stats.* figures are a snapshot taken when "epoch" is written (and at the first read),
  * as jemalloc refreshes its own: they come from ta_stats_get, one walk of the heap.
  *
- * Calls: the public ta_ API (statistics, trim) and the settings of conf.c and background.c.
+ * Calls: the public ta_ API (statistics, trim) and the settings of conf.c and background.c;
+ * reads what differs between the libraries (ta_library, alloc.c). So it is in the top layer
+ * with alloc.c (docs/design.md, "Layers"), compiled with it into each library: beside it in
+ * the ta_ API library, included with it by override.c in the replacement libraries, whose
+ * standard names (mallctl, ...) call it.
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -8,9 +8,14 @@
  * glibc's __libc_* entry points that some programs call directly. Aliases cost nothing: malloc *is* ta_malloc.
  * Also jemalloc's non-standard API (mallocx, ..., mallctl, malloc_stats_print) and, from
  * cxx.cc, C++'s operator new and operator delete.
+ *
+ * mallctl.c is compiled here too, as it is beside alloc.c in the ta_ API library: it calls
+ * the public API and reads what differs between the libraries, and the standard names
+ * below call it, so the top layer is one object (docs/design.md, "Layers").
  */
 #define TA_OVERRIDE 1
 #include "alloc.c"
+#include "mallctl.c"
 
 #include <malloc.h>
 #include <stdio.h>
