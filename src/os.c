@@ -21,6 +21,9 @@
  *   ta_os_futex_wait/wake   sleep on a word with a time limit; wake a sleeper.
  * None of these allocate, print or take any lock but the break lock. errno is preserved.
  *
+ * Also here, as every layer above waits on them: the break lock, and the wait of an
+ * arena's slow-path lock (ta_slow_wait; the lock itself is inline, internal.h).
+ *
  * Test hooks: ta_os_fail(mask, skip, count) makes the next `count` calls of the operations
  * in mask fail after `skip` more successes (used by test/unit to inject ENOMEM);
  * ta_os_calls(mask) counts the system calls made for the operations in mask (relaxed

@@ -14,7 +14,12 @@
  * usable - requested for each block (2 bytes per block), a medium block keeps it in the
  * high bits of its size word, a huge block in its meta block. The waste of the live blocks
  * of a run is the waste recorded for every block it handed out minus that of the blocks
- * on its free list, so free needs to record nothing.
+ * on its free list, so free needs to record nothing. The arrays are made and dropped with
+ * their chunks (chunk.c); the switch is a setting (conf.c, ta_stats_switch).
+ *
+ * An observer (docs/design.md, "Layers"): it reads what the layers below hold and calls
+ * nothing above. The statistics log's line is written from alloc.c's slow paths, the report
+ * at exit from this file's destructor.
  *
  * Formulas (docs/statistics.md):
  *   internal fragmentation = 100 * (usable - requested) / usable, over live blocks
