@@ -281,14 +281,18 @@ static void notice_if_ownerless(ta_arena_t *owner) {
     ta_note_orphan_work();
 }
 
-void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
+/* Pushes the chain first..last (linked through their encoded links) onto owner's remote
+ * list with one compare-exchange, then tells the orphan purge if the owner is gone. */
+static void remote_push_chain(ta_arena_t *owner, ta_block_t *first, ta_block_t *last) {
   ta_block_t *head = atomic_load_explicit(&owner->remote, memory_order_relaxed);
   do {
-    b->link = ta_link_enc(head);
-  } while (!atomic_compare_exchange_weak_explicit(&owner->remote, &head, b, memory_order_seq_cst,
-                                                  memory_order_relaxed));
+    last->link = ta_link_enc(head);
+  } while (!atomic_compare_exchange_weak_explicit(&owner->remote, &head, first,
+                                                  memory_order_seq_cst, memory_order_relaxed));
   notice_if_ownerless(owner);
 }
+
+void ta_remote_push(ta_arena_t *owner, ta_block_t *b) { remote_push_chain(owner, b, b); }
 
 /* A free by another thread of a block whose mark says "already free". Only the owner can
  * tell (it alone reads its lists), so the pointer waits in one of the owner's suspect
@@ -384,14 +388,9 @@ void ta_remote_collect_medium(ta_arena_t *a) {
    * hint, unless a free has raised it meanwhile. */
   else atomic_compare_exchange_strong_explicit(&a->remote_medium, &hint, 0, memory_order_relaxed,
                                                memory_order_relaxed);
-  if (small == NULL) return;
-  ta_block_t *head = atomic_load_explicit(&a->remote, memory_order_relaxed);
-  do {
-    last->link = ta_link_enc(head);
-  } while (!atomic_compare_exchange_weak_explicit(&a->remote, &head, small, memory_order_seq_cst,
-                                                  memory_order_relaxed));
-  /* An orphan purge may have given the arena back meanwhile, having seen the list empty. */
-  notice_if_ownerless(a);
+  /* Back as one chain; an orphan purge may have given the arena back meanwhile, having
+   * seen the list empty: it is told. */
+  if (small) remote_push_chain(a, small, last);
 }
 
 /* A suspected double free, after the remote list was drained: a block still in use is

@@ -154,23 +154,26 @@ static void top_trim(ta_chunk_t *c, ta_mhdr_t *top) {
   uintptr_t allow = top_allowance(), keep = allow / 4, base = (uintptr_t)c;
   uintptr_t start = (uintptr_t)(top + 1) + 2 * sizeof(void *);
   if ((uintptr_t)c->trim_keep * TA_PAGE_SIZE > keep) keep = (uintptr_t)c->trim_keep * TA_PAGE_SIZE;
-  if (c->touched < ta_align_up(start + keep, TA_PAGE_SIZE) + allow / 4 * 3) return;
-  /* Over. If pages the last trim gave back were touched again within a decay time, the
-   * top is in use up to there (a thread cycles a block larger than the allowance): from
-   * now on it keeps twice as much, so that such a thread pays a few trims, not one a
-   * cycle. A top that falls step by step, its pages never touched again, is trimmed at
-   * each step; after a decay time without trims it starts again from a quarter of the
-   * allowance. */
+  /* Over: touched beyond what the top keeps by three quarters of the allowance. */
+#define TOP_OVER(keep_) (c->touched >= ta_align_up(start + (keep_), TA_PAGE_SIZE) + allow / 4 * 3)
+  if (!TOP_OVER(keep)) return;
+  /* If pages the last trim gave back were touched again within a decay time, the top is in
+   * use up to there (a thread cycles a block larger than the allowance): from now on it
+   * keeps twice as much, so that such a thread pays a few trims, not one a cycle. A top
+   * that falls step by step, its pages never touched again, is trimmed at each step; after
+   * a decay time without trims it starts again from a quarter of the allowance. */
   uint32_t now = (uint32_t)ta_os_now_ms();
   bool recent = c->trim_ms != 0 && now - c->trim_ms < ta_decay_ms;
   if (recent && c->touched > base + (uintptr_t)c->trim_lo * TA_PAGE_SIZE) {
     keep = keep * 2 < TA_CHUNK_SIZE / 2 ? keep * 2 : TA_CHUNK_SIZE / 2;
     c->trim_keep = (uint16_t)(keep / TA_PAGE_SIZE);
-    if (c->touched < ta_align_up(start + keep, TA_PAGE_SIZE) + allow / 4 * 3) return;
   } else if (!recent) {
     keep = allow / 4;
     c->trim_keep = 0;
   }
+  bool over = TOP_OVER(keep);
+#undef TOP_OVER
+  if (!over) return;
   uintptr_t lo = ta_align_up(start + keep, TA_PAGE_SIZE);
   /* The last page holds the top's footer and the end marker: it stays. */
   uintptr_t last = (base + TA_MEDIUM_END - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
