@@ -243,6 +243,11 @@ typedef struct ta_mhdr {
   uintptr_t check;   /* (address ^ ta_secret) */
 } ta_mhdr_t;
 #define TA_MIN_MBLOCK ((size_t)48) /* header + two links + footer */
+/* A free medium block of TA_MEDIUM_PURGE_MIN bytes or more keeps, after its two links, the
+ * time (ms) at which the newest of its pages became free: the decay purge gives back only
+ * the blocks free for the decay time, not the ones the owner is cycling through. */
+#define TA_MEDIUM_PURGE_MIN ((size_t)32 << 10)
+TA_INLINE uint64_t *ta_medium_stamp(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 2; }
 /* A live block's size word can be read by a thread freeing it while its owner flips the
  * PREV_FREE bit because a neighbour changed: both sides use relaxed atomics for that word
  * (plain moves on x86-64). The owner's other accesses are its own. */
@@ -600,7 +605,7 @@ TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
 TA_HIDDEN void ta_medium_release_empty(ta_arena_t *a);
 /* The owner's alone (it rewrites runs' free lists): the whole free pages of its runs in use
  * go back; returns the bytes given back. */
-TA_HIDDEN size_t ta_small_shrink(ta_arena_t *a);
+TA_HIDDEN size_t ta_small_shrink(ta_arena_t *a, size_t min);
 
 /* ------------------------------------------------------------------ medium.c */
 TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align);
@@ -609,6 +614,7 @@ TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
 TA_HIDDEN bool ta_medium_freed(ta_arena_t *a, const void *p);
 TA_HIDDEN void ta_medium_next_check(ta_mhdr_t *h); /* the header after h; aborts if forged */
 TA_HIDDEN size_t ta_medium_decommit(ta_mhdr_t *h);
+TA_HIDDEN size_t ta_medium_resident_max(const ta_mhdr_t *h);
 TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
 /* A meta block's check word covers its address, its size and INUSE: a byte written past
  * the end of the block before it (an overflow into this header) is seen. PREV_FREE is left

@@ -24,9 +24,24 @@
 #define M_LINK(h) ((ta_mhdr_t **)((h) + 1)) /* [0] next, [1] prev in the bin */
 #define M_FOOTER(h, s) (*(size_t *)((char *)(h) + (s) - sizeof(size_t)))
 
+/* The top of a chunk (its free block that ends at the end marker) sits in a bin of its own,
+ * above every class a block can have: it is cut only when no other free block fits, so
+ * that the blocks in use stay low in the chunk and the top stays whole, where it can be
+ * trimmed (wilderness preservation). Were it binned by its size, a top smaller than a hole
+ * below it would be cut first, and the blocks in use would creep up through the whole
+ * chunk, each pass touching every page of it. A free block is the top or not for as long
+ * as it is free. */
+#define TOP_BIN (TA_NUM_BINS - 1)
+_Static_assert(TA_CHUNK_SIZE < (size_t)7 << 20, "no block reaches the top bin's class");
+
+static unsigned bin_for(const ta_mhdr_t *h, size_t s) {
+  if ((uintptr_t)h + s == (uintptr_t)ta_chunk_of(h) + TA_MEDIUM_END) return TOP_BIN;
+  return ta_bin_of(s);
+}
+
 static void bin_insert(ta_arena_t *a, ta_mhdr_t *h) {
   size_t s = M_SIZE(h);
-  unsigned b = ta_bin_of(s);
+  unsigned b = bin_for(h, s);
   ta_mhdr_t *first = a->bins[b];
   M_LINK(h)[0] = first;
   M_LINK(h)[1] = NULL;
@@ -43,7 +58,7 @@ static TA_COLD void corrupted(const char *what, const void *p) { ta_fatal(what, 
  * into a write. */
 static void bin_remove(ta_arena_t *a, ta_mhdr_t *h) {
   ta_mhdr_t *next = M_LINK(h)[0], *prev = M_LINK(h)[1];
-  unsigned b = ta_bin_of(M_SIZE(h));
+  unsigned b = bin_for(h, M_SIZE(h));
   if (!ta_medium_check_ok(h) || (h->size_flags & TA_M_INUSE) ||
       M_FOOTER(h, M_SIZE(h)) != M_SIZE(h) || (next && M_LINK(next)[1] != h) ||
       (prev ? M_LINK(prev)[0] != h : a->bins[b] != h))
@@ -65,8 +80,11 @@ static ta_mhdr_t *bin_first_fit(ta_arena_t *a, size_t need) {
   for (unsigned w = b >> 6; w < TA_BIN_WORDS; w++) {
     uint64_t bits = a->bin_map[w];
     if (w == b >> 6) bits &= ~(uint64_t)0 << (b & 63);
+    if (w == TOP_BIN >> 6) bits &= ~((uint64_t)1 << (TOP_BIN & 63));
     if (bits) return a->bins[w * 64 + (unsigned)__builtin_ctzll(bits)];
   }
+  for (ta_mhdr_t *h = a->bins[TOP_BIN]; h; h = M_LINK(h)[0]) /* one per chunk */
+    if (M_SIZE(h) >= need) return h;
   return NULL;
 }
 
@@ -89,8 +107,9 @@ static bool medium_chunk_new(ta_arena_t *a) {
   ta_mhdr_t *end = (ta_mhdr_t *)((char *)c + TA_MEDIUM_END);
   set_hdr(h, (size_t)((char *)end - (char *)h));
   set_hdr(end, TA_M_INUSE | TA_M_PREV_FREE);
+  *ta_medium_stamp(h) = ta_os_now_ms();
   /* The whole chunk is one free block, the top: resident only where it was touched. */
-  c->touched = c->decommitted ? (uintptr_t)(h + 1) + 2 * sizeof(void *) : (uintptr_t)end;
+  c->touched = c->decommitted ? (uintptr_t)(ta_medium_stamp(h) + 1) : (uintptr_t)end;
   /* Hardened: a write running off the chunk's last block faults (without the guard if the
    * kernel refuses). */
   if (ta_secure) (void)ta_os_protect((char *)c + TA_CHUNK_SIZE - TA_MEDIUM_GUARD, TA_MEDIUM_GUARD, false);
@@ -114,17 +133,27 @@ static void medium_chunk_free(ta_arena_t *a, ta_chunk_t *c) {
   ta_chunk_release(a, c);
 }
 
-/* Makes [h, h + s) a free block: header, bin, footer, and the PREV_FREE bit after it. */
-static void make_free(ta_arena_t *a, ta_mhdr_t *h, size_t s) {
+/* Makes [h, h + s) a free block: header, bin, footer, and the PREV_FREE bit after it; a
+ * large one also its time, `since` its newest pages became free (the decay purge's). Pages
+ * freed now make the arena due for a purge (a block cut from a free one was counted when
+ * that one was freed). */
+static void make_free(ta_arena_t *a, ta_mhdr_t *h, size_t s, uint64_t since, bool fresh) {
   set_hdr(h, s);
   bin_insert(a, h);
+  if (s >= TA_MEDIUM_PURGE_MIN) {
+    *ta_medium_stamp(h) = since;
+    if (fresh && a->medium_dirty_since == 0) {
+      a->medium_dirty_since = since;
+      ta_purge_note(a, since);
+    }
+  }
   ta_mhdr_t *n = (ta_mhdr_t *)((char *)h + s);
   ta_mh_store(n, n->size_flags | TA_M_PREV_FREE); /* n may be live, read by its freer */
 }
 
 /* The top of a chunk is its free block that ends at the end marker: what is left of the
  * chunk's never-used space, grown again by what merges into it from below. Allocation
- * takes it last (it sits in the highest bin), so its pages above the last block handed out
+ * takes it last (it sits in a bin of its own), so its pages above the last block handed out
  * serve only a later peak: a thread whose medium blocks rise and fall would keep its
  * highest peak resident for the decay time, and with many threads those peaks add up,
  * though they do not come at once. So, as the break of a heap is trimmed, a top whose
@@ -152,20 +181,21 @@ static void top_touch(ta_chunk_t *c, const void *end) {
 /* The free block top ends at the end marker: trim it. */
 static void top_trim(ta_chunk_t *c, ta_mhdr_t *top) {
   uintptr_t allow = top_allowance(), keep = allow / 4, base = (uintptr_t)c;
-  uintptr_t start = (uintptr_t)(top + 1) + 2 * sizeof(void *);
+  uintptr_t start = (uintptr_t)(ta_medium_stamp(top) + 1);
   if ((uintptr_t)c->trim_keep * TA_PAGE_SIZE > keep) keep = (uintptr_t)c->trim_keep * TA_PAGE_SIZE;
   /* Over: touched beyond what the top keeps by three quarters of the allowance. */
 #define TOP_OVER(keep_) (c->touched >= ta_align_up(start + (keep_), TA_PAGE_SIZE) + allow / 4 * 3)
   if (!TOP_OVER(keep)) return;
   /* If pages the last trim gave back were touched again within a decay time, the top is in
    * use up to there (a thread cycles a block larger than the allowance): from now on it
-   * keeps twice as much, so that such a thread pays a few trims, not one a cycle. A top
-   * that falls step by step, its pages never touched again, is trimmed at each step; after
-   * a decay time without trims it starts again from a quarter of the allowance. */
+   * keeps twice as much, up to four allowances, so that such a thread pays a few trims,
+   * not one a cycle. A top that falls step by step, its pages never touched again, is
+   * trimmed at each step; after a decay time without trims it starts again from a quarter
+   * of the allowance. */
   uint32_t now = (uint32_t)ta_os_now_ms();
   bool recent = c->trim_ms != 0 && now - c->trim_ms < ta_decay_ms;
   if (recent && c->touched > base + (uintptr_t)c->trim_lo * TA_PAGE_SIZE) {
-    keep = keep * 2 < TA_CHUNK_SIZE / 2 ? keep * 2 : TA_CHUNK_SIZE / 2;
+    keep = keep * 2 < allow * 4 ? keep * 2 : allow * 4;
     c->trim_keep = (uint16_t)(keep / TA_PAGE_SIZE);
   } else if (!recent) {
     keep = allow / 4;
@@ -185,11 +215,11 @@ static void top_trim(ta_chunk_t *c, ta_mhdr_t *top) {
   c->trim_lo = (uint16_t)((lo - base) / TA_PAGE_SIZE);
 }
 
-/* Gives back the pages of free block h that hold neither its links nor its footer; its
+/* Gives back the pages of free block h that hold neither its links, nor its time, nor its footer; its
  * DECOMMITTED bit says so until it merges or is handed out. Returns the bytes given back. */
 size_t ta_medium_decommit(ta_mhdr_t *h) {
   size_t s = M_SIZE(h);
-  uintptr_t lo = ta_align_up((uintptr_t)(h + 1) + 2 * sizeof(void *), TA_PAGE_SIZE);
+  uintptr_t lo = ta_align_up((uintptr_t)(ta_medium_stamp(h) + 1), TA_PAGE_SIZE);
   uintptr_t hi = ((uintptr_t)h + s - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
   ta_mh_store(h, h->size_flags | TA_M_DECOMMITTED);
   ta_chunk_t *c = ta_chunk_of(h);
@@ -201,8 +231,10 @@ size_t ta_medium_decommit(ta_mhdr_t *h) {
   return hi - lo;
 }
 
-/* Gives the tail of in-use block h beyond `keep` bytes back, merging it with a free next. */
-static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep) {
+/* Gives the tail of in-use block h beyond `keep` bytes back, merging it with a free next;
+ * its pages became free at `since` (a shrink: now; a block cut from a free one, never next
+ * to another free block: when that one did). */
+static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep, uint64_t since, bool fresh) {
   size_t s = M_SIZE(h);
   if (s - keep < TA_MIN_MBLOCK) return;
   ta_mhdr_t *t = (ta_mhdr_t *)((char *)h + keep);
@@ -215,7 +247,7 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep) {
   }
   set_hdr(h, keep | (h->size_flags & TA_M_FLAGS));
   TA_ADD(a->cnt.splits, 1);
-  make_free(a, t, ts);
+  make_free(a, t, ts, since, fresh);
 }
 
 void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
@@ -236,6 +268,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
   }
   bin_remove(a, h);
   size_t s = M_SIZE(h);
+  uint64_t since = s >= TA_MEDIUM_PURGE_MIN ? *ta_medium_stamp(h) : 0;
   size_t prev_flag = h->size_flags & TA_M_PREV_FREE; /* always 0: neighbours are merged */
 
   if (align > TA_ALIGNMENT) {
@@ -256,7 +289,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
   }
   set_hdr(h, s | prev_flag | TA_M_INUSE);
   ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
-  split_tail(a, h, need);
+  split_tail(a, h, need, since, false);
   top_touch(ta_chunk_of(h), M_NEXT(h));
   ((ta_block_t *)(h + 1))->key = 0;
   ta_slow_leave(a);
@@ -281,14 +314,40 @@ static ta_mhdr_t *prev_checked(ta_mhdr_t *h) {
   return p;
 }
 
+/* How many bytes of free block h may be resident: all of them, but for a top, only what
+ * was touched. */
+size_t ta_medium_resident_max(const ta_mhdr_t *h) {
+  size_t s = M_SIZE(h);
+  const ta_chunk_t *c = ta_chunk_of(h);
+  if ((uintptr_t)h + s != (uintptr_t)c + TA_MEDIUM_END) return s;
+  return c->touched <= (uintptr_t)h ? 0 : c->touched - (uintptr_t)h < s ? c->touched - (uintptr_t)h : s;
+}
+
+/* A free neighbour that a freed block merges with: how many of its bytes are resident, at
+ * most (none once given back), and for how long they have been free (a block too small to
+ * keep its time counts as just freed). */
+static void merge_age(const ta_mhdr_t *h, uint64_t now, uint64_t *weight, uint64_t *weighted) {
+  if (h->size_flags & TA_M_DECOMMITTED) return;
+  size_t w = ta_medium_resident_max(h);
+  *weight += w;
+  if (M_SIZE(h) < TA_MEDIUM_PURGE_MIN) return;
+  uint64_t since = *ta_medium_stamp((ta_mhdr_t *)h);
+  *weighted += (uint64_t)w * (now > since ? now - since : 0);
+}
+
 void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   size_t s = M_SIZE(h);
+  /* The merged block's time: the age of its resident bytes, averaged by size, so that a
+   * large hole that a small block joins keeps (most of) its age, and a freshly freed block
+   * that joins a given-back hole counts as fresh. */
+  uint64_t now = ta_os_now_ms(), weight = s, weighted = 0;
   /* A remote free left a mark and an encoded link: both would outlive a merge, inside a
    * larger free block that is later handed out, and give the keys away. */
   ((ta_block_t *)(h + 1))->key = 0;
   ((ta_block_t *)(h + 1))->link = 0;
   ta_mhdr_t *n = next_checked(h);
   if (!(n->size_flags & TA_M_INUSE)) {
+    merge_age(n, now, &weight, &weighted);
     bin_remove(a, n);
     s += M_SIZE(n);
     forget_hdr(n);
@@ -297,6 +356,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   if (h->size_flags & TA_M_PREV_FREE) {
     ta_mhdr_t *p = prev_checked(h);
     size_t ps = M_SIZE(p);
+    merge_age(p, now, &weight, &weighted);
     bin_remove(a, p);
     forget_hdr(h);
     h = p;
@@ -312,12 +372,8 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
     medium_chunk_free(a, c);
     return;
   }
-  make_free(a, h, s);
+  make_free(a, h, s, now - weighted / weight, true);
   if ((char *)h + s == (char *)c + TA_MEDIUM_END) top_trim(c, h);
-  if (s >= ((size_t)32 << 10) && a->medium_dirty_since == 0) {
-    a->medium_dirty_since = ta_os_now_ms();
-    ta_purge_note(a, a->medium_dirty_since);
-  }
 }
 
 /* Lets go of the chunks that hold no block at all, the arena's last one included (a full
@@ -370,7 +426,7 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
   bool ok = true;
   ta_slow_enter(a);
   if (need <= s) {
-    split_tail(a, h, need);
+    split_tail(a, h, need, ta_os_now_ms(), true);
   } else {
     ta_mhdr_t *n = M_NEXT(h);
     if (!(n->size_flags & TA_M_INUSE) && s + M_SIZE(n) >= need) {
@@ -379,7 +435,7 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       forget_hdr(n);
       set_hdr(h, total | (h->size_flags & TA_M_FLAGS));
       ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
-      split_tail(a, h, need);
+      split_tail(a, h, need, ta_os_now_ms(), true);
       top_touch(ta_chunk_of(h), M_NEXT(h));
     } else {
       ok = false;

@@ -9,9 +9,12 @@
  *     kept for reuse;
  *   - the pages of a retired run slot (64 KiB) are decommitted;
  *   - the whole free pages above the highest block in use of runs in use are decommitted,
- *     by the owner only (small.c, ta_small_shrink), when its purge is due anyway;
- *   - free medium blocks of 32 KiB and more have their inner pages decommitted (with
- *     malloc_trim, or for an ownerless arena, every free block that holds a whole page);
+ *     by the owner only (small.c, ta_small_shrink), when its purge is due anyway, four
+ *     pages at least at a time;
+ *   - free medium blocks of 32 KiB and more free for the decay time (each keeps its time)
+ *     have their inner pages decommitted, and younger ones too while those that stay hold
+ *     more than the arena's share (with malloc_trim, or for an ownerless arena, every free
+ *     block that holds a whole page);
  *   - cached huge spans are unmapped (huge.c: the cache is process-wide).
  * MADV_DONTNEED rather than MADV_FREE: resident memory falls at once, which is what users
  * measure (see docs/design.md).
@@ -42,8 +45,6 @@
 
 _Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;
 
-#define TA_MEDIUM_PURGE_MIN ((size_t)32 << 10)
-
 /* Gives back arena a's oldest free memory first, until all arenas are within the budget:
  * what became free half a decay time ago, then an eighth, then the rest. Memory just freed
  * is the likeliest to be used again; returning it only to fault it in again is the thrash
@@ -62,6 +63,43 @@ void ta_maybe_purge(ta_arena_t *a) {
   if (due && now >= due) ta_arena_purge(a, now, false, ta_decay_ms);
   if (odue && now >= odue) ta_purge_orphans(now, false);
   if (hdue && now >= hdue) ta_huge_purge(now, false);
+}
+
+/* An arena's large free medium blocks that stay resident after a purge: at most its share
+ * of half the budget of free memory (the other half is the tops', medium.c), within
+ * [64 KiB, 1 MiB]. Past it, younger blocks go too, the oldest first. */
+static size_t medium_keep_share(void) {
+  uint32_t n = atomic_load_explicit(&ta_arena_count, memory_order_relaxed);
+  size_t share = ta_dirty_max / 2 / (n ? n : 1);
+  return share < ((size_t)64 << 10) ? (size_t)64 << 10 : share > ((size_t)1 << 20) ? (size_t)1 << 20 : share;
+}
+
+/* Gives back the inner pages of arena a's free medium blocks free for `age` ms, or, while
+ * those that stay would hold more than the arena's share, for half and an eighth of it, then
+ * all; with `all`, of every free block that holds a whole page. *oldest: the time of the
+ * oldest block that stays resident (0: none). Under the arena's lock. */
+static size_t medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, uint64_t *oldest) {
+  unsigned first = all ? ta_size_class(2 * TA_PAGE_SIZE) - 1 : ta_size_class(TA_MEDIUM_PURGE_MIN);
+  size_t freed = 0, share = medium_keep_share();
+  const uint64_t ages[] = {age, age / 2, age / 8, 0};
+  for (unsigned i = 0; i < sizeof ages / sizeof ages[0]; i++) {
+    size_t kept = 0;
+    *oldest = 0;
+    for (unsigned b = first; b < TA_NUM_BINS; b++)
+      for (ta_mhdr_t *h = a->bins[b]; h; h = ((ta_mhdr_t **)(h + 1))[0]) {
+        if (h->size_flags & TA_M_DECOMMITTED) continue;
+        size_t s = h->size_flags & TA_M_SIZE_MASK;
+        uint64_t since = s >= TA_MEDIUM_PURGE_MIN ? *ta_medium_stamp(h) : 0;
+        if (!all && now < since + ages[i]) {
+          kept += ta_medium_resident_max(h);
+          if (*oldest == 0 || since < *oldest) *oldest = since;
+          continue;
+        }
+        freed += ta_medium_decommit(h);
+      }
+    if (all || kept <= share) break;
+  }
+  return freed;
 }
 
 /* all: everything, now (trim, ownerless arena: the caller owns the arena's fast-path state
@@ -90,7 +128,9 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
    * below: taking in remote frees may retire runs and empty chunks. */
   if (all || (ta_tl_arena == a && age == ta_decay_ms)) {
     ta_remote_collect(a); /* their blocks are found free (see ta_small_shrink) */
-    freed += ta_small_shrink(a);
+    /* Each madvise costs every other core a TLB shootdown: the periodic purge lets a run
+     * go down only by four pages at least; a full one takes every page. */
+    freed += ta_small_shrink(a, all ? TA_PAGE_SIZE : 4 * TA_PAGE_SIZE);
   }
   if (all) ta_medium_release_empty(a);
 
@@ -165,15 +205,15 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   atomic_fetch_add_explicit(&ta_dirty_total, dirty - a->dirty_bytes, memory_order_relaxed);
   a->dirty_bytes = dirty;
 
-  /* Large free medium blocks after the decay; with `all` (malloc_trim, an ownerless arena)
-   * every free block that holds a whole page. */
+  /* Large free medium blocks free for the decay time (each keeps its time: the ones the
+   * owner cycles through stay); with `all` (malloc_trim, an ownerless arena) every free
+   * block that holds a whole page. */
   if (a->medium_dirty_since || all) {
     if (all || now >= a->medium_dirty_since + age) {
-      unsigned first = all ? ta_size_class(2 * TA_PAGE_SIZE) - 1 : ta_size_class(TA_MEDIUM_PURGE_MIN);
-      for (unsigned b = first; b < TA_NUM_BINS; b++)
-        for (ta_mhdr_t *h = a->bins[b]; h; h = ((ta_mhdr_t **)(h + 1))[0])
-          if (!(h->size_flags & TA_M_DECOMMITTED)) freed += ta_medium_decommit(h);
-      a->medium_dirty_since = 0;
+      uint64_t oldest = 0;
+      freed += medium_purge(a, now, all, age, &oldest);
+      a->medium_dirty_since = oldest;
+      if (oldest) PENDING(oldest);
     } else {
       PENDING(a->medium_dirty_since);
     }

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <pthread.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 #include "tamalloc.h"
@@ -258,4 +259,97 @@ Test(medium, top_that_comes_back_at_once_stops_being_trimmed) {
   pthread_join(t, NULL);
   cr_assert_leq(calls, 8, "%llu madvise calls for 300 cycles of a 256 KiB block",
                 (unsigned long long)calls);
+}
+
+/* ---- free blocks' ages, the purge's share, the top cut last ------------------------- */
+
+static void nap_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static bool given_back(const void *p) { return (((const ta_mhdr_t *)p - 1)->size_flags & TA_M_DECOMMITTED) != 0; }
+
+/* Two holes of 100 KiB with blocks in use around them, one freed a decay time before the
+ * purge and one just before it; *old_out, *fresh_out: their addresses. */
+static void two_holes(char **old_out, char **fresh_out) {
+  char *old = ta_malloc(100 << 10), *g1 = ta_malloc(10000);
+  char *fresh = ta_malloc(100 << 10), *g2 = ta_malloc(10000);
+  cr_assert(ta_chunk_of(old) == ta_chunk_of(g2), "one chunk");
+  memset(old, 1, 100 << 10);
+  memset(fresh, 2, 100 << 10);
+  ta_free(old);
+  nap_ms((long)ta_decay_ms + 40);
+  ta_free(fresh);
+  uint64_t now = ta_os_now_ms();
+  cr_assert_leq(now - *ta_medium_stamp((ta_mhdr_t *)fresh - 1), 100, "the fresh hole's time");
+  cr_assert_geq(now - *ta_medium_stamp((ta_mhdr_t *)old - 1), ta_decay_ms, "the old hole's time");
+  (void)g1;
+  *old_out = old;
+  *fresh_out = fresh;
+}
+
+Test(medium, the_purge_gives_back_old_holes_and_keeps_fresh_ones) {
+  ta_decay_ms = 300; /* the fresh hole must not come due on a slow machine */
+  ta_dirty_max = (size_t)64 << 20; /* a share of 1 MiB: the fresh hole fits */
+  char *old, *fresh;
+  two_holes(&old, &fresh);
+  size_t resident_before = ta_os_resident(fresh, 100 << 10);
+  cr_assert_gt(ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms), 0);
+  cr_assert(given_back(old), "the hole free for the decay time went back");
+  cr_assert_leq(ta_os_resident(old, 100 << 10), 2 * TA_PAGE_SIZE);
+  cr_assert_not(given_back(fresh), "the hole freed just now stays");
+  cr_assert_eq(ta_os_resident(fresh, 100 << 10), resident_before);
+  cr_assert_neq(ta_tl_arena->medium_dirty_since, 0, "the fresh hole is pending");
+  cr_assert_neq(atomic_load(&ta_tl_arena->purge_due), 0, "a purge is due for it");
+}
+
+Test(medium, past_its_share_the_purge_gives_back_fresh_holes_too) {
+  ta_decay_ms = 300;
+  ta_dirty_max = 0; /* the smallest share: 64 KiB, less than the fresh hole */
+  char *old, *fresh;
+  two_holes(&old, &fresh);
+  ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms);
+  cr_assert(given_back(old));
+  cr_assert(given_back(fresh), "over the share, the younger hole went back too");
+}
+
+/* A block freed next to a hole free for long: the merged hole's time is the age of its
+ * bytes, averaged by size, so that a small fresh neighbour does not keep a large old hole
+ * resident. */
+Test(medium, a_small_block_joining_an_old_hole_leaves_it_old) {
+  ta_decay_ms = 1000;
+  char *hole = ta_malloc(300 << 10), *small = ta_malloc(10000), *guard = ta_malloc(10000);
+  memset(hole, 1, 300 << 10);
+  ta_free(hole);
+  uint64_t t0 = ta_os_now_ms();
+  nap_ms(200);
+  ta_free(small);
+  uint64_t now = ta_os_now_ms(), age = now - *ta_medium_stamp((ta_mhdr_t *)hole - 1);
+  /* 300 KiB aged ~200 ms and 10 KiB aged 0: about 97% of the hole's own age. */
+  cr_assert_geq(age * 100, (now - t0 - 5) * 90, "merged age %llu ms", (unsigned long long)age);
+  cr_assert_leq(age, now - t0 + 5, "merged age %llu ms", (unsigned long long)age);
+  ta_free(guard);
+}
+
+/* The top is cut only when no hole fits: a request that a large hole below the top can
+ * serve is cut from the hole, though the top is the smaller of the two. */
+Test(medium, a_hole_serves_before_the_top) {
+  enum { BIG = 900 << 10 };
+  char *a = ta_malloc(BIG), *g1 = ta_malloc(10000), *b = ta_malloc(BIG), *g2 = ta_malloc(10000);
+  char *c = ta_malloc(BIG), *g3 = ta_malloc(10000), *d = ta_malloc(BIG);
+  cr_assert(ta_chunk_of(a) == ta_chunk_of(d), "one chunk");
+  struct walk w = walk_chunk(a);
+  cr_assert_eq(w.free_blocks, 1, "the top alone is free");
+  cr_assert_lt(w.free_bytes, (size_t)BIG, "the top is smaller than the hole to come");
+  ta_free(a);
+  char *p = ta_malloc(100 << 10);
+  cr_assert_eq(p, a, "cut from the front of the hole, not from the top");
+  ta_free(p);
+  ta_free(b);
+  ta_free(c);
+  ta_free(d);
+  ta_free(g1);
+  ta_free(g2);
+  ta_free(g3);
 }
