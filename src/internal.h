@@ -244,10 +244,12 @@ typedef struct ta_mhdr {
 } ta_mhdr_t;
 #define TA_MIN_MBLOCK ((size_t)48) /* header + two links + footer */
 /* A free medium block of TA_MEDIUM_PURGE_MIN bytes or more keeps, after its two links, the
- * time (ms) at which the newest of its pages became free: the decay purge gives back only
- * the blocks free for the decay time, not the ones the owner is cycling through. */
+ * time (ms) at which its bytes became free (their age averaged by size: medium.c) and how
+ * many of them may be resident: the decay purge gives back the blocks free for the decay
+ * time, not the ones the owner is cycling through, and counts what stays. */
 #define TA_MEDIUM_PURGE_MIN ((size_t)32 << 10)
 TA_INLINE uint64_t *ta_medium_stamp(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 2; }
+TA_INLINE uint64_t *ta_medium_res(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 3; }
 /* A live block's size word can be read by a thread freeing it while its owner flips the
  * PREV_FREE bit because a neighbour changed: both sides use relaxed atomics for that word
  * (plain moves on x86-64). The owner's other accesses are its own. */
@@ -614,7 +616,9 @@ TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
 TA_HIDDEN bool ta_medium_freed(ta_arena_t *a, const void *p);
 TA_HIDDEN void ta_medium_next_check(ta_mhdr_t *h); /* the header after h; aborts if forged */
 TA_HIDDEN size_t ta_medium_decommit(ta_mhdr_t *h);
-TA_HIDDEN size_t ta_medium_resident_max(const ta_mhdr_t *h);
+/* The decay purge's medium part (purge.c holds the lock): see medium.c. */
+TA_HIDDEN size_t ta_medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, size_t share,
+                                 uint64_t *oldest);
 TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
 /* A meta block's check word covers its address, its size and INUSE: a byte written past
  * the end of the block before it (an overflow into this header) is seen. PREV_FREE is left

@@ -108,8 +108,9 @@ static bool medium_chunk_new(ta_arena_t *a) {
   set_hdr(h, (size_t)((char *)end - (char *)h));
   set_hdr(end, TA_M_INUSE | TA_M_PREV_FREE);
   *ta_medium_stamp(h) = ta_os_now_ms();
+  *ta_medium_res(h) = (size_t)((char *)end - (char *)h);
   /* The whole chunk is one free block, the top: resident only where it was touched. */
-  c->touched = c->decommitted ? (uintptr_t)(ta_medium_stamp(h) + 1) : (uintptr_t)end;
+  c->touched = c->decommitted ? (uintptr_t)(ta_medium_res(h) + 1) : (uintptr_t)end;
   /* Hardened: a write running off the chunk's last block faults (without the guard if the
    * kernel refuses). */
   if (ta_secure) (void)ta_os_protect((char *)c + TA_CHUNK_SIZE - TA_MEDIUM_GUARD, TA_MEDIUM_GUARD, false);
@@ -133,18 +134,64 @@ static void medium_chunk_free(ta_arena_t *a, ta_chunk_t *c) {
   ta_chunk_release(a, c);
 }
 
+/* What a free block knows of its past: when its bytes became free, how many of them may be
+ * resident, and whether its inner pages were given back (TA_M_DECOMMITTED or 0). */
+typedef struct {
+  uint64_t since;
+  size_t resident;
+  size_t gone;
+} mage_t;
+
+/* How many bytes of free block h may be resident: none once given back; a large block's own
+ * count; and a top only as far as it was touched. */
+static size_t resident_max(const ta_mhdr_t *h) {
+  if (h->size_flags & TA_M_DECOMMITTED) return 0;
+  size_t s = M_SIZE(h), r = s;
+  if (s >= TA_MEDIUM_PURGE_MIN && *ta_medium_res((ta_mhdr_t *)h) < s) r = *ta_medium_res((ta_mhdr_t *)h);
+  const ta_chunk_t *c = ta_chunk_of(h);
+  if ((uintptr_t)h + s == (uintptr_t)c + TA_MEDIUM_END) {
+    uintptr_t t = c->touched > (uintptr_t)h ? c->touched - (uintptr_t)h : 0;
+    if (t < r) r = t;
+  }
+  return r;
+}
+
+/* Free block h's past (a block too small to keep its time: free since `now`). */
+static mage_t age_of(const ta_mhdr_t *h, uint64_t now) {
+  mage_t g = {now, resident_max(h), h->size_flags & TA_M_DECOMMITTED};
+  if (M_SIZE(h) >= TA_MEDIUM_PURGE_MIN) g.since = *ta_medium_stamp((ta_mhdr_t *)h);
+  return g;
+}
+
+/* Blocks merged into one: the age of their resident bytes, averaged by size, so that a large
+ * hole that a small fresh block joins stays (mostly) old, and a fresh block that joins a
+ * given-back hole counts as fresh. */
+typedef struct {
+  uint64_t now, weight, weighted;
+} mix_t;
+
+static void mix_add(mix_t *m, mage_t g) {
+  m->weight += g.resident;
+  m->weighted += (uint64_t)g.resident * (m->now > g.since ? m->now - g.since : 0);
+}
+
+static mage_t mix_age(const mix_t *m) {
+  mage_t g = {m->weight ? m->now - m->weighted / m->weight : m->now, m->weight, 0};
+  return g;
+}
+
 /* Makes [h, h + s) a free block: header, bin, footer, and the PREV_FREE bit after it; a
- * large one also its time, `since` its newest pages became free (the decay purge's). Pages
- * freed now make the arena due for a purge (a block cut from a free one was counted when
- * that one was freed). */
-static void make_free(ta_arena_t *a, ta_mhdr_t *h, size_t s, uint64_t since, bool fresh) {
-  set_hdr(h, s);
+ * large one also its past (the decay purge's). Pages freed now make the arena due for a
+ * purge (a block cut from a free one was counted when that one was freed). */
+static void make_free(ta_arena_t *a, ta_mhdr_t *h, size_t s, mage_t g, bool fresh) {
+  set_hdr(h, s | g.gone);
   bin_insert(a, h);
   if (s >= TA_MEDIUM_PURGE_MIN) {
-    *ta_medium_stamp(h) = since;
-    if (fresh && a->medium_dirty_since == 0) {
-      a->medium_dirty_since = since;
-      ta_purge_note(a, since);
+    *ta_medium_stamp(h) = g.since;
+    *ta_medium_res(h) = g.resident < s ? g.resident : s;
+    if (fresh && (a->medium_dirty_since == 0 || g.since < a->medium_dirty_since)) {
+      a->medium_dirty_since = g.since;
+      ta_purge_note(a, g.since);
     }
   }
   ta_mhdr_t *n = (ta_mhdr_t *)((char *)h + s);
@@ -172,34 +219,34 @@ static uintptr_t top_allowance(void) {
   return allow < TA_TOP_MIN ? TA_TOP_MIN : allow > TA_TOP_MAX ? TA_TOP_MAX : allow;
 }
 
-/* A block was handed out or grown up to `end`, with its successor's header there. */
+/* A block was handed out or grown up to `end`, with its successor's header there (and the
+ * successor's links, time and count, if it is free). */
 static void top_touch(ta_chunk_t *c, const void *end) {
-  uintptr_t e = (uintptr_t)end + sizeof(ta_mhdr_t) + 2 * sizeof(void *);
+  uintptr_t e = (uintptr_t)end + sizeof(ta_mhdr_t) + 4 * sizeof(uint64_t);
   if (e > c->touched) c->touched = e;
 }
 
 /* The free block top ends at the end marker: trim it. */
-static void top_trim(ta_chunk_t *c, ta_mhdr_t *top) {
+static void top_trim(ta_chunk_t *c, ta_mhdr_t *top, uint64_t now_ms) {
   uintptr_t allow = top_allowance(), keep = allow / 4, base = (uintptr_t)c;
-  uintptr_t start = (uintptr_t)(ta_medium_stamp(top) + 1);
+  uintptr_t start = (uintptr_t)(ta_medium_res(top) + 1);
+  /* If pages the last trim gave back are touched again within a decay time, the top is in
+   * use up to there (a thread cycles a block larger than the allowance): from then on it
+   * keeps twice as much, up to four allowances (and half the chunk), so that such a thread
+   * pays a few trims, not one a cycle. A top that falls step by step, its pages never
+   * touched again, is trimmed at each step; after a decay time without trims it starts
+   * again from a quarter of the allowance. */
+  uint32_t now = (uint32_t)now_ms;
+  bool recent = c->trim_ms != 0 && now - c->trim_ms < ta_decay_ms;
+  if (!recent) c->trim_keep = 0;
   if ((uintptr_t)c->trim_keep * TA_PAGE_SIZE > keep) keep = (uintptr_t)c->trim_keep * TA_PAGE_SIZE;
   /* Over: touched beyond what the top keeps by three quarters of the allowance. */
 #define TOP_OVER(keep_) (c->touched >= ta_align_up(start + (keep_), TA_PAGE_SIZE) + allow / 4 * 3)
   if (!TOP_OVER(keep)) return;
-  /* If pages the last trim gave back were touched again within a decay time, the top is in
-   * use up to there (a thread cycles a block larger than the allowance): from now on it
-   * keeps twice as much, up to four allowances, so that such a thread pays a few trims,
-   * not one a cycle. A top that falls step by step, its pages never touched again, is
-   * trimmed at each step; after a decay time without trims it starts again from a quarter
-   * of the allowance. */
-  uint32_t now = (uint32_t)ta_os_now_ms();
-  bool recent = c->trim_ms != 0 && now - c->trim_ms < ta_decay_ms;
   if (recent && c->touched > base + (uintptr_t)c->trim_lo * TA_PAGE_SIZE) {
-    keep = keep * 2 < allow * 4 ? keep * 2 : allow * 4;
+    uintptr_t cap = allow * 4 < TA_CHUNK_SIZE / 2 ? allow * 4 : TA_CHUNK_SIZE / 2;
+    keep = keep * 2 < cap ? keep * 2 : cap;
     c->trim_keep = (uint16_t)(keep / TA_PAGE_SIZE);
-  } else if (!recent) {
-    keep = allow / 4;
-    c->trim_keep = 0;
   }
   bool over = TOP_OVER(keep);
 #undef TOP_OVER
@@ -215,11 +262,12 @@ static void top_trim(ta_chunk_t *c, ta_mhdr_t *top) {
   c->trim_lo = (uint16_t)((lo - base) / TA_PAGE_SIZE);
 }
 
-/* Gives back the pages of free block h that hold neither its links, nor its time, nor its footer; its
- * DECOMMITTED bit says so until it merges or is handed out. Returns the bytes given back. */
+/* Gives back the pages of free block h that hold neither its header and the words after
+ * it (links, time, count) nor its footer; its DECOMMITTED bit says so until it merges or is
+ * handed out (what is cut from it keeps the bit). Returns the bytes given back. */
 size_t ta_medium_decommit(ta_mhdr_t *h) {
   size_t s = M_SIZE(h);
-  uintptr_t lo = ta_align_up((uintptr_t)(ta_medium_stamp(h) + 1), TA_PAGE_SIZE);
+  uintptr_t lo = ta_align_up((uintptr_t)(ta_medium_res(h) + 1), TA_PAGE_SIZE);
   uintptr_t hi = ((uintptr_t)h + s - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
   ta_mh_store(h, h->size_flags | TA_M_DECOMMITTED);
   ta_chunk_t *c = ta_chunk_of(h);
@@ -231,23 +279,62 @@ size_t ta_medium_decommit(ta_mhdr_t *h) {
   return hi - lo;
 }
 
+/* The decay purge's part here, under the arena's lock (the owner's or the background
+ * thread's): gives back the inner pages of the free blocks of 32 KiB or more free for `age`
+ * ms; while those that stay may hold more than `share` bytes, of those free for half and an
+ * eighth of it, then of all. A top (whose trims keep it within its allowance, top_trim)
+ * goes only by its age and does not count against the share. With `all` (malloc_trim, an
+ * ownerless arena), every free block that holds a whole page goes. *oldest: the time of the
+ * oldest block that stays resident (0: none). Returns the bytes given back. */
+size_t ta_medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, size_t share,
+                       uint64_t *oldest) {
+  unsigned first = all ? ta_size_class(2 * TA_PAGE_SIZE) - 1 : ta_size_class(TA_MEDIUM_PURGE_MIN);
+  size_t freed = 0;
+  const uint64_t ages[] = {age, age / 2, age / 8, 0};
+  for (unsigned i = 0; i < sizeof ages / sizeof ages[0]; i++) {
+    size_t kept = 0;
+    *oldest = 0;
+    for (unsigned b = first; b < TA_NUM_BINS; b++)
+      for (ta_mhdr_t *h = a->bins[b]; h; h = M_LINK(h)[0]) {
+        if (h->size_flags & TA_M_DECOMMITTED) continue;
+        if (!all) {
+          if (M_SIZE(h) < TA_MEDIUM_PURGE_MIN) continue; /* a small top: no time of its own */
+          uint64_t since = *ta_medium_stamp(h);
+          if (now < since + (b == TOP_BIN ? age : ages[i])) {
+            if (b != TOP_BIN) kept += resident_max(h);
+            if (*oldest == 0 || since < *oldest) *oldest = since;
+            continue;
+          }
+        }
+        freed += ta_medium_decommit(h);
+      }
+    if (all || kept <= share) break;
+  }
+  return freed;
+}
+
 /* Gives the tail of in-use block h beyond `keep` bytes back, merging it with a free next;
- * its pages became free at `since` (a shrink: now; a block cut from a free one, never next
- * to another free block: when that one did). */
-static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep, uint64_t since, bool fresh) {
+ * g: the tail's past (a shrink: just freed, all resident; a block cut from a free one: that
+ * one's). */
+static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep, mage_t g, bool fresh) {
   size_t s = M_SIZE(h);
   if (s - keep < TA_MIN_MBLOCK) return;
   ta_mhdr_t *t = (ta_mhdr_t *)((char *)h + keep);
   size_t ts = s - keep;
   ta_mhdr_t *n = M_NEXT(h);
   if (!(n->size_flags & TA_M_INUSE)) {
+    mix_t m = {g.since, 0, 0}; /* fresh: `since` is now */
+    mix_add(&m, g);
+    mix_add(&m, age_of(n, m.now));
+    g = mix_age(&m);
     bin_remove(a, n);
     ts += M_SIZE(n);
     forget_hdr(n);
   }
   set_hdr(h, keep | (h->size_flags & TA_M_FLAGS));
   TA_ADD(a->cnt.splits, 1);
-  make_free(a, t, ts, since, fresh);
+  if (g.resident > ts) g.resident = ts;
+  make_free(a, t, ts, g, fresh);
 }
 
 void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
@@ -266,9 +353,9 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
     TA_ADD(a->cnt.first_uses, 1);
     h = bin_first_fit(a, search);
   }
+  mage_t past = age_of(h, 0); /* its tail's (a tail under 32 KiB keeps no time) */
   bin_remove(a, h);
   size_t s = M_SIZE(h);
-  uint64_t since = s >= TA_MEDIUM_PURGE_MIN ? *ta_medium_stamp(h) : 0;
   size_t prev_flag = h->size_flags & TA_M_PREV_FREE; /* always 0: neighbours are merged */
 
   if (align > TA_ALIGNMENT) {
@@ -280,7 +367,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
     if (front) {
       /* The front becomes a free block of its own; its successor is the aligned block. */
       TA_ADD(a->cnt.splits, 1);
-      set_hdr(h, front | prev_flag);
+      set_hdr(h, front | prev_flag | past.gone); /* its time and count stay where they were */
       bin_insert(a, h);
       h = (ta_mhdr_t *)(data - sizeof(ta_mhdr_t));
       s -= front;
@@ -289,7 +376,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
   }
   set_hdr(h, s | prev_flag | TA_M_INUSE);
   ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
-  split_tail(a, h, need, since, false);
+  split_tail(a, h, need, past, false);
   top_touch(ta_chunk_of(h), M_NEXT(h));
   ((ta_block_t *)(h + 1))->key = 0;
   ta_slow_leave(a);
@@ -314,40 +401,17 @@ static ta_mhdr_t *prev_checked(ta_mhdr_t *h) {
   return p;
 }
 
-/* How many bytes of free block h may be resident: all of them, but for a top, only what
- * was touched. */
-size_t ta_medium_resident_max(const ta_mhdr_t *h) {
-  size_t s = M_SIZE(h);
-  const ta_chunk_t *c = ta_chunk_of(h);
-  if ((uintptr_t)h + s != (uintptr_t)c + TA_MEDIUM_END) return s;
-  return c->touched <= (uintptr_t)h ? 0 : c->touched - (uintptr_t)h < s ? c->touched - (uintptr_t)h : s;
-}
-
-/* A free neighbour that a freed block merges with: how many of its bytes are resident, at
- * most (none once given back), and for how long they have been free (a block too small to
- * keep its time counts as just freed). */
-static void merge_age(const ta_mhdr_t *h, uint64_t now, uint64_t *weight, uint64_t *weighted) {
-  if (h->size_flags & TA_M_DECOMMITTED) return;
-  size_t w = ta_medium_resident_max(h);
-  *weight += w;
-  if (M_SIZE(h) < TA_MEDIUM_PURGE_MIN) return;
-  uint64_t since = *ta_medium_stamp((ta_mhdr_t *)h);
-  *weighted += (uint64_t)w * (now > since ? now - since : 0);
-}
-
 void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   size_t s = M_SIZE(h);
-  /* The merged block's time: the age of its resident bytes, averaged by size, so that a
-   * large hole that a small block joins keeps (most of) its age, and a freshly freed block
-   * that joins a given-back hole counts as fresh. */
-  uint64_t now = ta_os_now_ms(), weight = s, weighted = 0;
+  mix_t m = {ta_os_now_ms(), 0, 0}; /* the merged block's past (mix_t) */
+  mix_add(&m, (mage_t){m.now, s, 0});
   /* A remote free left a mark and an encoded link: both would outlive a merge, inside a
    * larger free block that is later handed out, and give the keys away. */
   ((ta_block_t *)(h + 1))->key = 0;
   ((ta_block_t *)(h + 1))->link = 0;
   ta_mhdr_t *n = next_checked(h);
   if (!(n->size_flags & TA_M_INUSE)) {
-    merge_age(n, now, &weight, &weighted);
+    mix_add(&m, age_of(n, m.now));
     bin_remove(a, n);
     s += M_SIZE(n);
     forget_hdr(n);
@@ -356,7 +420,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   if (h->size_flags & TA_M_PREV_FREE) {
     ta_mhdr_t *p = prev_checked(h);
     size_t ps = M_SIZE(p);
-    merge_age(p, now, &weight, &weighted);
+    mix_add(&m, age_of(p, m.now));
     bin_remove(a, p);
     forget_hdr(h);
     h = p;
@@ -372,8 +436,8 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
     medium_chunk_free(a, c);
     return;
   }
-  make_free(a, h, s, now - weighted / weight, true);
-  if ((char *)h + s == (char *)c + TA_MEDIUM_END) top_trim(c, h);
+  make_free(a, h, s, mix_age(&m), true);
+  if ((char *)h + s == (char *)c + TA_MEDIUM_END) top_trim(c, h, m.now);
 }
 
 /* Lets go of the chunks that hold no block at all, the arena's last one included (a full
@@ -426,16 +490,18 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
   bool ok = true;
   ta_slow_enter(a);
   if (need <= s) {
-    split_tail(a, h, need, ta_os_now_ms(), true);
+    if (s - need >= TA_MIN_MBLOCK)
+      split_tail(a, h, need, (mage_t){ta_os_now_ms(), s - need, 0}, true);
   } else {
     ta_mhdr_t *n = M_NEXT(h);
     if (!(n->size_flags & TA_M_INUSE) && s + M_SIZE(n) >= need) {
+      mage_t past = age_of(n, 0); /* what is left of n keeps its past */
       bin_remove(a, n);
       size_t total = s + M_SIZE(n);
       forget_hdr(n);
       set_hdr(h, total | (h->size_flags & TA_M_FLAGS));
       ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
-      split_tail(a, h, need, ta_os_now_ms(), true);
+      split_tail(a, h, need, past, false);
       top_touch(ta_chunk_of(h), M_NEXT(h));
     } else {
       ok = false;

@@ -74,34 +74,6 @@ static size_t medium_keep_share(void) {
   return share < ((size_t)64 << 10) ? (size_t)64 << 10 : share > ((size_t)1 << 20) ? (size_t)1 << 20 : share;
 }
 
-/* Gives back the inner pages of arena a's free medium blocks free for `age` ms, or, while
- * those that stay would hold more than the arena's share, for half and an eighth of it, then
- * all; with `all`, of every free block that holds a whole page. *oldest: the time of the
- * oldest block that stays resident (0: none). Under the arena's lock. */
-static size_t medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, uint64_t *oldest) {
-  unsigned first = all ? ta_size_class(2 * TA_PAGE_SIZE) - 1 : ta_size_class(TA_MEDIUM_PURGE_MIN);
-  size_t freed = 0, share = medium_keep_share();
-  const uint64_t ages[] = {age, age / 2, age / 8, 0};
-  for (unsigned i = 0; i < sizeof ages / sizeof ages[0]; i++) {
-    size_t kept = 0;
-    *oldest = 0;
-    for (unsigned b = first; b < TA_NUM_BINS; b++)
-      for (ta_mhdr_t *h = a->bins[b]; h; h = ((ta_mhdr_t **)(h + 1))[0]) {
-        if (h->size_flags & TA_M_DECOMMITTED) continue;
-        size_t s = h->size_flags & TA_M_SIZE_MASK;
-        uint64_t since = s >= TA_MEDIUM_PURGE_MIN ? *ta_medium_stamp(h) : 0;
-        if (!all && now < since + ages[i]) {
-          kept += ta_medium_resident_max(h);
-          if (*oldest == 0 || since < *oldest) *oldest = since;
-          continue;
-        }
-        freed += ta_medium_decommit(h);
-      }
-    if (all || kept <= share) break;
-  }
-  return freed;
-}
-
 /* all: everything, now (trim, ownerless arena: the caller owns the arena's fast-path state
  * too); else what became free at least `age` ms ago (the decay time, or less when over the
  * budget). The background thread calls it on arenas it does not own, with all false: only
@@ -211,7 +183,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   if (a->medium_dirty_since || all) {
     if (all || now >= a->medium_dirty_since + age) {
       uint64_t oldest = 0;
-      freed += medium_purge(a, now, all, age, &oldest);
+      freed += ta_medium_purge(a, now, all, age, medium_keep_share(), &oldest);
       a->medium_dirty_since = oldest;
       if (oldest) PENDING(oldest);
     } else {
