@@ -247,7 +247,7 @@ typedef struct ta_mhdr {
  * time (ms) at which its bytes became free (their age averaged by size: medium.c) and how
  * many of them may be resident: the decay purge gives back the blocks free for the decay
  * time, not the ones the owner is cycling through, and counts what stays. */
-#define TA_MEDIUM_PURGE_MIN ((size_t)32 << 10)
+#define TA_MEDIUM_PURGE_MIN ((size_t)16 << 10)
 TA_INLINE uint64_t *ta_medium_stamp(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 2; }
 TA_INLINE uint64_t *ta_medium_res(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 3; }
 /* A live block's size word can be read by a thread freeing it while its owner flips the
@@ -607,7 +607,7 @@ TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
 TA_HIDDEN void ta_medium_release_empty(ta_arena_t *a);
 /* The owner's alone (it rewrites runs' free lists): the whole free pages of its runs in use
  * go back; returns the bytes given back. */
-TA_HIDDEN size_t ta_small_shrink(ta_arena_t *a, size_t min);
+TA_HIDDEN size_t ta_small_shrink(ta_arena_t *a);
 
 /* ------------------------------------------------------------------ medium.c */
 TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align);

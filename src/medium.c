@@ -280,7 +280,7 @@ size_t ta_medium_decommit(ta_mhdr_t *h) {
 }
 
 /* The decay purge's part here, under the arena's lock (the owner's or the background
- * thread's): gives back the inner pages of the free blocks of 32 KiB or more free for `age`
+ * thread's): gives back the inner pages of the free blocks of 16 KiB or more free for `age`
  * ms; while those that stay may hold more than `share` bytes, of those free for half and an
  * eighth of it, then of all. A top (whose trims keep it within its allowance, top_trim)
  * goes only by its age and does not count against the share. With `all` (malloc_trim, an
@@ -353,7 +353,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
     TA_ADD(a->cnt.first_uses, 1);
     h = bin_first_fit(a, search);
   }
-  mage_t past = age_of(h, 0); /* its tail's (a tail under 32 KiB keeps no time) */
+  mage_t past = age_of(h, 0); /* its tail's (a tail under 16 KiB keeps no time) */
   bin_remove(a, h);
   size_t s = M_SIZE(h);
   size_t prev_flag = h->size_flags & TA_M_PREV_FREE; /* always 0: neighbours are merged */

@@ -9,9 +9,8 @@
  *     kept for reuse;
  *   - the pages of a retired run slot (64 KiB) are decommitted;
  *   - the whole free pages above the highest block in use of runs in use are decommitted,
- *     by the owner only (small.c, ta_small_shrink), when its purge is due anyway, four
- *     pages at least at a time;
- *   - free medium blocks of 32 KiB and more free for the decay time (each keeps its time)
+ *     by the owner only (small.c, ta_small_shrink), when its purge is due anyway;
+ *   - free medium blocks of 16 KiB and more free for the decay time (each keeps its time)
  *     have their inner pages decommitted, and younger ones too while those that stay hold
  *     more than the arena's share (with malloc_trim, or for an ownerless arena, every free
  *     block that holds a whole page);
@@ -100,9 +99,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
    * below: taking in remote frees may retire runs and empty chunks. */
   if (all || (ta_tl_arena == a && age == ta_decay_ms)) {
     ta_remote_collect(a); /* their blocks are found free (see ta_small_shrink) */
-    /* Each madvise costs every other core a TLB shootdown: the periodic purge lets a run
-     * go down only by four pages at least; a full one takes every page. */
-    freed += ta_small_shrink(a, all ? TA_PAGE_SIZE : 4 * TA_PAGE_SIZE);
+    freed += ta_small_shrink(a);
   }
   if (all) ta_medium_release_empty(a);
 

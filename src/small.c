@@ -418,13 +418,12 @@ static bool top_page_marked(const ta_run_t *r) {
   return true;
 }
 
-/* Gives back the whole pages of run r above its highest block in use, if they make `min`
- * bytes at least; returns the bytes given back. Blocks on the remote list, in suspect slots
- * or in a quarantine are on no free list: they count as in use, and stay below the new
- * limit. */
-static size_t run_shrink(ta_run_t *r, size_t min) {
+/* Gives back the whole pages of run r above its highest block in use; returns the bytes
+ * given back. Blocks on the remote list, in suspect slots or in a quarantine are on no
+ * free list: they count as in use, and stay below the new limit. */
+static size_t run_shrink(ta_run_t *r) {
   uint32_t bs = r->bsize, limit = r->limit;
-  if (limit - (uint32_t)RUN_USED(r) * bs < min || !top_page_marked(r)) return 0;
+  if (limit - (uint32_t)RUN_USED(r) * bs < TA_PAGE_SIZE || !top_page_marked(r)) return 0;
   uint64_t bits[RUN_MAX_BLOCKS / 64] = {0};
   run_free_bits(r, bits);
   uint32_t keep = limit / bs;
@@ -432,7 +431,7 @@ static size_t run_shrink(ta_run_t *r, size_t min) {
   uintptr_t base = (uintptr_t)ta_run_base(r);
   uintptr_t from = ta_align_up(base + (size_t)keep * bs, TA_PAGE_SIZE);
   uintptr_t to = ta_align_up(base + limit, TA_PAGE_SIZE);
-  if (from >= to || to - from < min) return 0;
+  if (from >= to) return 0;
   run_rethread(r, bits, keep);
   /* Other threads read limit to validate their frees: every block at or above the new
    * limit is free, so no correct free names one. */
@@ -454,13 +453,12 @@ static size_t run_shrink(ta_run_t *r, size_t min) {
  * (purge.c), so that their blocks are found free. Only for the arena's owner (or the thread
  * that claimed an ownerless arena): its fast paths use these lists without the lock, so the
  * background purger, which holds only the lock, must not call it. */
-size_t ta_small_shrink(ta_arena_t *a, size_t min) {
+size_t ta_small_shrink(ta_arena_t *a) {
   size_t freed = 0;
-  if (min < TA_PAGE_SIZE) min = TA_PAGE_SIZE;
   ta_slow_enter(a);
   for (unsigned cls = 1; cls <= TA_NUM_SMALL; cls++) {
-    if (a->cur[cls] != &ta_empty_run) freed += run_shrink(a->cur[cls], min);
-    for (ta_run_t *r = a->partial[cls]; r; r = r->next) freed += run_shrink(r, min);
+    if (a->cur[cls] != &ta_empty_run) freed += run_shrink(a->cur[cls]);
+    for (ta_run_t *r = a->partial[cls]; r; r = r->next) freed += run_shrink(r);
   }
   ta_slow_leave(a);
   return freed;

@@ -283,25 +283,6 @@ Test(runs, nothing_goes_back_above_the_highest_block_in_use) {
   ta_free(blocks[r->cap - 1]);
 }
 
-/* The periodic purge lets a run go down by four pages at least (each madvise is a TLB
- * shootdown on every other core); malloc_trim's takes every page. 64-byte blocks: the top
- * three pages free, then the top five. */
-Test(runs, the_periodic_shrink_takes_four_pages_at_least) {
-  ta_run_t *r = fill_run(64);
-  uint32_t per_page = TA_PAGE_SIZE / 64;
-  uint32_t keep3 = r->cap - 3 * per_page;
-  for (uint32_t k = r->cap; k-- > keep3;) ta_free(blocks[k]);
-  cr_assert_eq(ta_small_shrink(ta_tl_arena, 4 * TA_PAGE_SIZE), 0, "three pages stay");
-  cr_assert_eq(r->limit, r->cap * r->bsize);
-  uint32_t keep5 = r->cap - 5 * per_page;
-  for (uint32_t k = keep3; k-- > keep5;) ta_free(blocks[k]);
-  cr_assert_eq(ta_small_shrink(ta_tl_arena, 4 * TA_PAGE_SIZE), 5 * TA_PAGE_SIZE);
-  cr_assert_eq(r->limit, keep5 * r->bsize);
-  check_run(r);
-  for (uint32_t k = 0; k < keep5; k++) check_block(k, 64);
-  refill_and_check(r, 64, keep5);
-}
-
 /* Blocks in use at 0 and in the middle: the pages above the middle one go, and the free
  * blocks below it are threaded again in address order. */
 Test(runs, the_list_below_the_highest_block_in_use_is_threaded_in_address_order) {
@@ -309,7 +290,7 @@ Test(runs, the_list_below_the_highest_block_in_use_is_threaded_in_address_order)
   uint32_t mid = r->cap / 2;
   for (uint32_t k = r->cap; k-- > 1;)
     if (k != mid) ta_free(blocks[k]);
-  cr_assert_gt(ta_small_shrink(ta_tl_arena, TA_PAGE_SIZE), 0);
+  cr_assert_gt(ta_small_shrink(ta_tl_arena), 0);
   cr_assert_eq(r->limit, (mid + 1) * r->bsize);
   check_run(r);
   cr_assert_eq(list_len(r->free), mid - 1);
@@ -357,7 +338,7 @@ Test(runs, a_refused_decommit_leaves_no_link_or_mark_above_the_limit) {
   ta_run_t *r = fill_run(64);
   for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
   ta_os_fail(TA_OS_MADVISE, 0, 1);
-  cr_assert_eq(ta_small_shrink(ta_tl_arena, TA_PAGE_SIZE), 0);
+  cr_assert_eq(ta_small_shrink(ta_tl_arena), 0);
   cr_assert_eq(r->limit, r->bsize);
   check_run(r);
   for (uint32_t k = 1; k < r->cap; k++) {
