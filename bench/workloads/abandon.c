@@ -16,12 +16,11 @@ typedef struct {
 } leftovers;
 
 typedef struct {
+    wl_result res;
     leftovers *inherit;  /* blocks a dead thread left behind, freed by this one */
     leftovers *leave;    /* blocks this thread leaves behind */
     uint64_t blocks;
     uint64_t seed;
-    uint64_t sum;
-    int bad;
 } job;
 
 static size_t pick_size(wl_rng *r)
@@ -41,7 +40,7 @@ static void *worker(void *v)
     /* Free half of the inheritance first, then allocate, then the other half. */
     uint64_t half = in->count / 2;
     for (uint64_t i = 0; i < half; i++) {
-        j->sum += wl_check(in->p[i], in->size[i], in->tag[i], &j->bad);
+        j->res.sum += wl_check(in->p[i], in->size[i], in->tag[i], &j->res.bad);
         free(in->p[i]);
     }
     void **mine = malloc(j->blocks * sizeof *mine);
@@ -62,7 +61,7 @@ static void *worker(void *v)
         wl_stamp(mine[i], msize[i], mtag[i]);
     }
     for (uint64_t i = half; i < in->count; i++) {
-        j->sum += wl_check(in->p[i], in->size[i], in->tag[i], &j->bad);
+        j->res.sum += wl_check(in->p[i], in->size[i], in->tag[i], &j->res.bad);
         free(in->p[i]);
     }
     in->count = 0;
@@ -76,7 +75,7 @@ static void *worker(void *v)
             out->tag[out->count] = mtag[i];
             out->count++;
         } else {
-            j->sum += wl_check(mine[i], msize[i], mtag[i], &j->bad);
+            j->res.sum += wl_check(mine[i], msize[i], mtag[i], &j->res.bad);
             free(mine[i]);
         }
     }
@@ -118,24 +117,19 @@ int main(int argc, char **argv)
             bank[b][i] = leftovers_new(blocks / 2 + 1);
     }
     job *jobs = calloc((size_t)T, sizeof *jobs);
-    pthread_t *tids = calloc((size_t)T, sizeof *tids);
-    if (!jobs || !tids)
+    if (!jobs)
         return 4;
 
     uint64_t sum = 0;
     int bad = 0;
     for (int g = 0; g < GENERATIONS; g++) {
         leftovers **from = bank[g % 2], **to = bank[(g + 1) % 2];
-        for (int i = 0; i < T; i++) {
-            jobs[i] = (job){ from[(i + 1) % T], to[i], blocks,
-                             a.seed * 1000003 + (uint64_t)g * 131 + (uint64_t)i, 0, 0 };
-            wl_spawn(&tids[i], worker, &jobs[i]);
-        }
-        for (int i = 0; i < T; i++) {
-            wl_join(tids[i]);
-            sum += jobs[i].sum;
-            bad |= jobs[i].bad;
-        }
+        for (int i = 0; i < T; i++)
+            jobs[i] = (job){ {0, 0}, from[(i + 1) % T], to[i], blocks,
+                             a.seed * 1000003 + (uint64_t)g * 131 + (uint64_t)i };
+        wl_result r = wl_run(jobs, sizeof *jobs, T, worker);
+        sum += r.sum;
+        bad |= r.bad;
     }
     /* The last generation's leftovers are freed by the main thread. */
     leftovers **last = bank[GENERATIONS % 2];
@@ -156,6 +150,5 @@ int main(int argc, char **argv)
         free(bank[b]);
     }
     free(jobs);
-    free(tids);
     return wl_report(sum, bad);
 }

@@ -10,11 +10,10 @@
 enum { OBJ = 8, WRITES = 64 };
 
 typedef struct {
+    wl_result res;
     void *start;         /* the object from the main thread, freed first */
     uint64_t pairs;
     uint64_t id;
-    uint64_t sum;
-    int bad;
 } job;
 
 static void *worker(void *v)
@@ -27,19 +26,7 @@ static void *worker(void *v)
             fprintf(stderr, "false-passive: out of memory\n");
             exit(4);
         }
-        unsigned char shadow[OBJ];
-        for (int b = 0; b < OBJ; b++)
-            p[b] = shadow[b] = (unsigned char)(i + (uint64_t)b);
-        for (int w = 0; w < WRITES; w++) {
-            int b = w % OBJ;
-            p[b] = (unsigned char)(p[b] * 3u + (unsigned)w + (unsigned)j->id);
-            shadow[b] = (unsigned char)(shadow[b] * 3u + (unsigned)w + (unsigned)j->id);
-        }
-        for (int b = 0; b < OBJ; b++) {
-            if (p[b] != shadow[b])
-                j->bad = 1;
-            j->sum += shadow[b];
-        }
+        wl_hammer(p, OBJ, WRITES, i, j->id, &j->res);
         free((void *)p);
     }
     return NULL;
@@ -51,8 +38,7 @@ int main(int argc, char **argv)
     int T = a.threads;
     uint64_t total = wl_count(a.scale, 20e6, 1000);
     job *jobs = calloc((size_t)T, sizeof *jobs);
-    pthread_t *tids = calloc((size_t)T, sizeof *tids);
-    if (!jobs || !tids)
+    if (!jobs)
         return 4;
     /* Allocate the hand-outs back to back so they share cache lines. */
     for (int i = 0; i < T; i++) {
@@ -64,16 +50,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < T; i++) {
         jobs[i].pairs = total / (uint64_t)T;
         jobs[i].id = (uint64_t)i;
-        wl_spawn(&tids[i], worker, &jobs[i]);
     }
-    uint64_t sum = 0;
-    int bad = 0;
-    for (int i = 0; i < T; i++) {
-        wl_join(tids[i]);
-        sum += jobs[i].sum;
-        bad |= jobs[i].bad;
-    }
+    wl_result all = wl_run(jobs, sizeof *jobs, T, worker);
     free(jobs);
-    free(tids);
-    return wl_report(sum, bad);
+    return wl_report(all.sum, all.bad);
 }

@@ -16,11 +16,10 @@ typedef struct {
 } slots;
 
 typedef struct {
+    wl_result res;
     slots *arr;
     uint64_t seed;
     uint64_t ops;
-    uint64_t sum;
-    int bad;
 } job;
 
 /* Sizes 16..1024 bytes, three quarters of them at most 128. */
@@ -37,7 +36,7 @@ static void *worker(void *v)
     for (uint64_t i = 0; i < j->ops; i++) {
         uint32_t k = wl_below(&r, SLOTS);
         if (s->p[k]) {
-            j->sum += wl_check(s->p[k], s->size[k], s->tag[k], &j->bad);
+            j->res.sum += wl_check(s->p[k], s->size[k], s->tag[k], &j->res.bad);
             free(s->p[k]);
         }
         size_t n = pick_size(&r);
@@ -66,8 +65,7 @@ int main(int argc, char **argv)
 
     slots **arrs = calloc((size_t)T, sizeof *arrs);
     job *jobs = calloc((size_t)T, sizeof *jobs);
-    pthread_t *tids = calloc((size_t)T, sizeof *tids);
-    if (!arrs || !jobs || !tids)
+    if (!arrs || !jobs)
         return 4;
     for (int i = 0; i < T; i++) {
         arrs[i] = calloc(1, sizeof(slots));
@@ -78,15 +76,12 @@ int main(int argc, char **argv)
     uint64_t sum = 0;
     int bad = 0;
     for (int round = 0; round < ROUNDS; round++) {
-        for (int i = 0; i < T; i++) {
-            jobs[i] = (job){ arrs[(i + round) % T], a.seed * 1000003 + (uint64_t)round * 4099 + (uint64_t)i, per, 0, 0 };
-            wl_spawn(&tids[i], worker, &jobs[i]);
-        }
-        for (int i = 0; i < T; i++) {
-            wl_join(tids[i]);
-            sum += jobs[i].sum;
-            bad |= jobs[i].bad;
-        }
+        for (int i = 0; i < T; i++)
+            jobs[i] = (job){ {0, 0}, arrs[(i + round) % T],
+                             a.seed * 1000003 + (uint64_t)round * 4099 + (uint64_t)i, per };
+        wl_result r = wl_run(jobs, sizeof *jobs, T, worker);
+        sum += r.sum;
+        bad |= r.bad;
     }
 
     /* The main thread frees what the last round left: remote frees once more. */
@@ -101,6 +96,5 @@ int main(int argc, char **argv)
     }
     free(arrs);
     free(jobs);
-    free(tids);
     return wl_report(sum, bad);
 }

@@ -14,11 +14,10 @@ enum { LIVE = 128, PAGE = 4096, HEAD = 8192, STRIDE = 256 * 1024 };
 #define MIB ((size_t)1 << 20)
 
 typedef struct {
+    wl_result res;
     uint64_t ops;
     uint64_t seed;
     int slots;
-    uint64_t sum;
-    int bad;
 } job;
 
 static _Atomic uint64_t touched_now, touched_peak;
@@ -65,10 +64,10 @@ static void *worker(void *v)
         if (p[k]) {
             for (size_t off = STRIDE; off + 8 < size[k]; off += STRIDE)
                 if (p[k][off] != (unsigned char)(tag[k] + off / STRIDE))
-                    j->bad = 1;
+                    j->res.bad = 1;
             if (p[k][HEAD - 1] != (unsigned char)tag[k])
-                j->bad = 1;
-            j->sum += wl_check(p[k], size[k], tag[k], &j->bad);
+                j->res.bad = 1;
+            j->res.sum += wl_check(p[k], size[k], tag[k], &j->res.bad);
             free(p[k]);
             note_touched(-(int64_t)touched_bytes(size[k]));
         }
@@ -87,7 +86,7 @@ static void *worker(void *v)
     }
     for (int k = 0; k < j->slots; k++)
         if (p[k]) {
-            j->sum += wl_check(p[k], size[k], tag[k], &j->bad);
+            j->res.sum += wl_check(p[k], size[k], tag[k], &j->res.bad);
             free(p[k]);
         }
     free(p);
@@ -102,24 +101,15 @@ int main(int argc, char **argv)
     int T = a.threads;
     uint64_t total = wl_count(a.scale, 40000, 400);
     job *jobs = calloc((size_t)T, sizeof *jobs);
-    pthread_t *tids = calloc((size_t)T, sizeof *tids);
-    if (!jobs || !tids)
+    if (!jobs)
         return 4;
     for (int i = 0; i < T; i++) {
         jobs[i].ops = total / (uint64_t)T;
         jobs[i].seed = a.seed * 11 + (uint64_t)i;
         jobs[i].slots = LIVE / T > 0 ? LIVE / T : 1;
-        wl_spawn(&tids[i], worker, &jobs[i]);
     }
-    uint64_t sum = 0;
-    int bad = 0;
-    for (int i = 0; i < T; i++) {
-        wl_join(tids[i]);
-        sum += jobs[i].sum;
-        bad |= jobs[i].bad;
-    }
+    wl_result all = wl_run(jobs, sizeof *jobs, T, worker);
     free(jobs);
-    free(tids);
     wl_figure("touched_peak_kib", atomic_load(&touched_peak) / 1024);
-    return wl_report(sum, bad);
+    return wl_report(all.sum, all.bad);
 }

@@ -8,10 +8,9 @@
 enum { SLOTS = 256 };
 
 typedef struct {
+    wl_result res;
     uint64_t ops;
     uint64_t seed;
-    uint64_t sum;
-    int bad;
 } job;
 
 /* Log-uniform from 8 bytes to 32 KiB: as many 8-16 byte blocks as 16-32 KiB ones. */
@@ -32,7 +31,7 @@ static void *worker(void *v)
     for (uint64_t i = 0; i < j->ops; i++) {
         uint32_t k = wl_below(&r, SLOTS);
         if (p[k]) {
-            j->sum += wl_check(p[k], size[k], tag[k], &j->bad);
+            j->res.sum += wl_check(p[k], size[k], tag[k], &j->res.bad);
             free(p[k]);
         }
         size[k] = pick_size(&r);
@@ -48,7 +47,7 @@ static void *worker(void *v)
     }
     for (int k = 0; k < SLOTS; k++)
         if (p[k]) {
-            j->sum += wl_check(p[k], size[k], tag[k], &j->bad);
+            j->res.sum += wl_check(p[k], size[k], tag[k], &j->res.bad);
             free(p[k]);
         }
     return NULL;
@@ -60,22 +59,13 @@ int main(int argc, char **argv)
     int T = a.threads;
     uint64_t total = wl_count(a.scale, 24e6, 1000);
     job *jobs = calloc((size_t)T, sizeof *jobs);
-    pthread_t *tids = calloc((size_t)T, sizeof *tids);
-    if (!jobs || !tids)
+    if (!jobs)
         return 4;
     for (int i = 0; i < T; i++) {
         jobs[i].ops = total / (uint64_t)T;
         jobs[i].seed = a.seed * 7 + (uint64_t)i;
-        wl_spawn(&tids[i], worker, &jobs[i]);
     }
-    uint64_t sum = 0;
-    int bad = 0;
-    for (int i = 0; i < T; i++) {
-        wl_join(tids[i]);
-        sum += jobs[i].sum;
-        bad |= jobs[i].bad;
-    }
+    wl_result all = wl_run(jobs, sizeof *jobs, T, worker);
     free(jobs);
-    free(tids);
-    return wl_report(sum, bad);
+    return wl_report(all.sum, all.bad);
 }

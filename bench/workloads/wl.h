@@ -178,6 +178,59 @@ static inline void wl_join(pthread_t t)
     }
 }
 
+/* What a worker leaves behind: a checksum of the data it saw and whether any of it was
+ * wrong. The job structs of the threaded workloads begin with one, so that wl_run can start,
+ * wait for and add up any of them. */
+typedef struct {
+    uint64_t sum;
+    int bad;
+} wl_result;
+
+/* Runs fn on each of n jobs (each `size` bytes, beginning with a wl_result) in a thread of
+ * its own, waits for them all, and returns their checksums added up and their flags. */
+static inline wl_result wl_run(void *jobs, size_t size, int n, void *(*fn)(void *))
+{
+    pthread_t *tids = calloc((size_t)n, sizeof *tids);
+    if (!tids) {
+        fprintf(stderr, "wl_run: out of memory\n");
+        exit(4);
+    }
+    for (int i = 0; i < n; i++)
+        wl_spawn(&tids[i], fn, (char *)jobs + (size_t)i * size);
+    wl_result all = {0, 0};
+    for (int i = 0; i < n; i++) {
+        wl_join(tids[i]);
+        const wl_result *r = (const wl_result *)((const char *)jobs + (size_t)i * size);
+        all.sum += r->sum;
+        all.bad |= r->bad;
+    }
+    free(tids);
+    return all;
+}
+
+/* The false-sharing workloads' work on one small object: fills its `obj` bytes and a copy
+ * on the stack, writes both `writes` times (the object's cache line must stay with this
+ * core), then checks the object against the copy and adds the copy to the checksum. */
+static inline void wl_hammer(volatile unsigned char *p, int obj, int writes, uint64_t i,
+                             uint64_t id, wl_result *res)
+{
+    unsigned char shadow[256];
+    if (obj > (int)sizeof shadow)
+        obj = (int)sizeof shadow;
+    for (int b = 0; b < obj; b++)
+        p[b] = shadow[b] = (unsigned char)(i + (uint64_t)b);
+    for (int w = 0; w < writes; w++) {
+        int b = w % obj;
+        p[b] = (unsigned char)(p[b] * 3u + (unsigned)w + (unsigned)id);
+        shadow[b] = (unsigned char)(shadow[b] * 3u + (unsigned)w + (unsigned)id);
+    }
+    for (int b = 0; b < obj; b++) {
+        if (p[b] != shadow[b])
+            res->bad = 1;
+        res->sum += shadow[b];
+    }
+}
+
 /* ---- the closing report -------------------------------------------------------------- */
 
 static inline long wl_vmhwm_kib(void)

@@ -3,30 +3,14 @@
  * tamalloc::api): ta_malloc is tamalloc's, malloc stays the system's. Exits 0 when so;
  * test/install/run.sh runs it.
  */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include <tamalloc.h>
-
-static unsigned long long mallocs(void) {
-  static struct ta_stats s;
-  memset(&s, 0, sizeof s);
-  s.version = TA_STATS_VERSION;
-  s.size = sizeof s;
-  if (ta_stats_get(&s, -1) != 0) {
-    fprintf(stderr, "api: ta_stats_get failed\n");
-    exit(1);
-  }
-  return s.mallocs;
-}
+#include "mallocs.h"
 
 int main(void) {
-  unsigned long long start = mallocs();
+  unsigned long long start = mallocs("api");
   char *volatile q = malloc(1000);
-  unsigned long long mid = mallocs();
+  unsigned long long mid = mallocs("api");
   char *volatile p = ta_malloc(1000);
-  unsigned long long end = mallocs();
+  unsigned long long end = mallocs("api");
   if (p == NULL || q == NULL) {
     fprintf(stderr, "api: an allocation failed\n");
     return 1;

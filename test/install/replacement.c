@@ -3,28 +3,12 @@
  * tamalloc::tamalloc, tamalloc::static, tamalloc::secure): malloc must be tamalloc's.
  * Exits 0 when tamalloc counted the malloc below; test/install/run.sh runs it.
  */
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include <tamalloc.h>
-
-static unsigned long long mallocs(void) {
-  static struct ta_stats s;
-  memset(&s, 0, sizeof s);
-  s.version = TA_STATS_VERSION;
-  s.size = sizeof s;
-  if (ta_stats_get(&s, -1) != 0) {
-    fprintf(stderr, "replacement: ta_stats_get failed\n");
-    exit(1);
-  }
-  return s.mallocs;
-}
+#include "mallocs.h"
 
 int main(void) {
-  unsigned long long before = mallocs();
+  unsigned long long before = mallocs("replacement");
   char *volatile p = malloc(1000);
-  unsigned long long after = mallocs();
+  unsigned long long after = mallocs("replacement");
   if (p == NULL) {
     fprintf(stderr, "replacement: malloc failed\n");
     return 1;
