@@ -771,7 +771,8 @@ TA_HIDDEN void ta_stats_reset_after_fork(void);
 /* ------------------------------------------------------------------ for tests and statistics */
 void ta_chunk_use_brk(bool on); /* chunk.c: allow or forbid the program break */
 TA_HIDDEN void ta_chunk_brk_default(bool on); /* the library's choice, unless a test made one */
-size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, void *arg), void *arg);
+size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, size_t word, void *arg),
+                                void *arg);
 void ta_arena_foreach(void (*fn)(ta_arena_t *a, void *arg), void *arg);
 
 #endif /* TA_INTERNAL_H */

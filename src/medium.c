@@ -524,17 +524,21 @@ size_t ta_mh_peek(const ta_mhdr_t *h) {
   return __atomic_load_n(&h->size_flags, __ATOMIC_RELAXED);
 }
 
-/* Walks a medium chunk's blocks in address order (statistics, the heap map, tests). Other
- * threads' chunks change under a statistics reader: a size that does not make sense ends
- * the walk rather than leading it astray. Returns the blocks visited. */
-size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, void *arg), void *arg) {
+/* Walks a medium chunk's blocks in address order (statistics, the heap map, tests), giving
+ * fn each block's size word as the walk read it. Other threads' chunks change under a
+ * statistics reader: a size that does not make sense ends the walk rather than leading it
+ * astray, and the visitor judges the block by the very word that led the walk there (a
+ * second read could find it merged away or written by the program). Returns the blocks
+ * visited. */
+size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, size_t word, void *arg),
+                      void *arg) {
   size_t n = 0;
   const char *end = (const char *)c + TA_MEDIUM_END;
   const ta_mhdr_t *h = (const ta_mhdr_t *)((const char *)c + TA_MEDIUM_HDR);
   while ((const char *)h < end) {
-    size_t sz = ta_mh_peek(h) & TA_M_SIZE_MASK;
+    size_t word = ta_mh_peek(h), sz = word & TA_M_SIZE_MASK;
     if (sz < TA_MIN_MBLOCK || (const char *)h + sz > end) break;
-    if (fn) fn(h, arg);
+    if (fn) fn(h, word, arg);
     n++;
     h = (const ta_mhdr_t *)((const char *)h + sz);
   }

@@ -140,15 +140,11 @@ static void walk_small(struct walk *w, ta_chunk_t *c) {
   s->heap_bytes += TA_CHUNK_SIZE;
 }
 
-static void visit_medium(const ta_mhdr_t *h, void *arg) {
+static void visit_medium(const ta_mhdr_t *h, size_t word, void *arg) {
   struct walk *w = arg;
   struct ta_stats *s = w->s;
-  size_t word = ta_mh_peek(h); /* once: the owner may be changing it */
+  (void)h; /* the walk's own read of its word, whose size it checked: one size, one INUSE bit */
   size_t sz = word & TA_M_SIZE_MASK, usable = sz - sizeof(ta_mhdr_t);
-  /* Read again after the walk's own read: a merge may have cleared it since, or the
-   * program written it (the walk stops at such a word; this block, already reached, is
-   * skipped rather than counted in a class no size can have). */
-  if (sz < TA_MIN_MBLOCK || sz > (uintptr_t)ta_chunk_of(h) + TA_MEDIUM_END - (uintptr_t)h) return;
   if (word & TA_M_INUSE) {
     struct ta_class_stats *cs = &s->classes[ta_size_class(usable)];
     size_t waste = w->tracked ? (size_t)(word >> TA_M_WASTE_SHIFT) : 0;
@@ -600,8 +596,7 @@ int ta_malloc_info(int options, FILE *fp) {
 
 /* ------------------------------------------------------------------ the heap map */
 
-static void map_block(const ta_mhdr_t *h, void *arg) {
-  size_t word = ta_mh_peek(h);
+static void map_block(const ta_mhdr_t *h, size_t word, void *arg) {
   put(arg, "block 0x%lx %zu %s\n", (unsigned long)h, (size_t)(word & TA_M_SIZE_MASK),
       (word & TA_M_INUSE) ? "used" : "free");
 }

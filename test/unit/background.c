@@ -222,8 +222,9 @@ static void *allocate_hand_over_and_wait(void *arg) {
   return NULL;
 }
 
-static void count_in_use(const ta_mhdr_t *h, void *arg) {
-  if (ta_mh_peek(h) & TA_M_INUSE) ++*(size_t *)arg;
+static void count_in_use(const ta_mhdr_t *h, size_t word, void *arg) {
+  (void)h;
+  if (word & TA_M_INUSE) ++*(size_t *)arg;
 }
 
 Test(background, idle_owners_remote_medium_frees_are_taken_in, .timeout = 30) {

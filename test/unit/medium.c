@@ -14,8 +14,9 @@ struct walk {
   int last_free;
 };
 
-static void visit(const ta_mhdr_t *h, void *arg) {
+static void visit(const ta_mhdr_t *h, size_t word, void *arg) {
   struct walk *w = arg;
+  cr_assert_eq(word, h->size_flags, "the walk's word is the block's");
   size_t s = h->size_flags & TA_M_SIZE_MASK;
   int is_free = !(h->size_flags & TA_M_INUSE);
   w->blocks++;
