@@ -203,6 +203,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
  * the run meta block or the medium header, which no one changes any more. */
 static void zombie_sweep(ta_arena_t *a) {
   ta_block_t *b = atomic_exchange_explicit(&a->remote, NULL, memory_order_acquire);
+  atomic_store_explicit(&a->remote_medium, 0, memory_order_relaxed); /* none wait now */
   uint64_t n = 0, bytes = 0;
   for (; b != NULL; b = ta_block_next(b)) {
     /* The list lives in freed memory: an entry the map does not know ends the walk. */
