@@ -87,9 +87,15 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
 }
 
 static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
+  /* Prefer a slot whose pages are still resident, in any chunk with room (an arena has
+   * few): a cold slot is faulted in page by page, while the warm one goes back later. */
   ta_chunk_t *c = a->small_avail;
+  for (ta_chunk_t *w = c; w; w = w->next)
+    if (w->free_slots & w->dirty_slots) {
+      c = w;
+      break;
+    }
   if (c == NULL && (c = small_chunk_new(a)) == NULL) return NULL;
-  /* Prefer a slot whose pages are still resident. */
   uint64_t warm = c->free_slots & c->dirty_slots;
   unsigned slot = (unsigned)__builtin_ctzll(warm ? warm : c->free_slots);
   c->free_slots &= ~((uint64_t)1 << slot);
