@@ -252,7 +252,9 @@ static void register_thread(ta_arena_t *a, const ta_library_t *lib) {
   /* Without an exit hook the arena carries its owner's thread id, so that it can be taken
    * over once the owner has exited (arena_claim). */
   if (!hooked) atomic_store_explicit(&unhooked, true, memory_order_relaxed);
-  arena_set_owner(a, hooked ? 0 : ta_os_gettid());
+  uint32_t tid = ta_os_gettid();
+  atomic_store_explicit(&a->owner_tid, tid, memory_order_relaxed);
+  arena_set_owner(a, hooked ? 0 : tid);
   ta_atfork_register(lib);
 }
 

@@ -82,7 +82,12 @@ static void purge_owned(uint64_t now, uint64_t age) {
         ta_remote_collect_medium(a);
       else if (mail) ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms);
       a->collects_seen = a->collects;
-      if (purge) ta_arena_purge(a, now, false, age); /* notes its next due time itself */
+      /* An owner that runs, or waits for a CPU, purges in its own time (ta_owner_decay); the
+       * memory of one blocked in the kernel goes back by the wall time. */
+      uint32_t tid = atomic_load_explicit(&a->owner_tid, memory_order_relaxed);
+      if (purge && age == ta_decay_ms && tid != 0 && ta_os_thread_runs(tid))
+        ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms);
+      else if (purge) ta_arena_purge(a, now, false, age); /* notes its next due time itself */
       else if (due != 0) ta_purge_note_global(&ta_arenas_due, due);
     }
     ta_slow_leave(a);

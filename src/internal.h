@@ -347,7 +347,9 @@ typedef struct ta_arena {
   bool purging;         /* inside ta_arena_purge (no re-entry from what it releases) */
   bool over_budget;     /* its frees went over the budget: ta_purge_if_over (dirty.c) */
   uint32_t id;
+  _Atomic uint32_t owner_tid;   /* the owner's kernel thread id (0: none known) */
   _Atomic uint64_t purge_due;  /* earliest time something of this arena may be purged; 0: none */
+  _Atomic uint64_t owner_due;  /* the same in its owner's time (ta_owner_decay): its next purge */
   uint64_t medium_dirty_since; /* a large medium free block may hold resident pages since */
   _Atomic uint64_t released_ms; /* when the arena was last given up (read by orphan purges) */
   _Atomic uint64_t owner_tag;   /* owner without exit hook: its thread id, for takeover (arena.c) */
@@ -425,6 +427,9 @@ TA_HIDDEN void *ta_os_mremap_move(void *p, size_t old, size_t size); /* in place
 TA_HIDDEN int ta_os_hugepage(void *p, size_t size, bool on); /* MADV_(NO)HUGEPAGE hint */
 TA_HIDDEN int ta_os_thp_mode(void); /* TA_THP_*: the kernel's setting, read once */
 TA_HIDDEN uint64_t ta_os_now_ms(void);
+TA_HIDDEN unsigned ta_os_ncpu(void);
+TA_HIDDEN bool ta_os_thread_runs(uint32_t tid);
+TA_HIDDEN unsigned ta_os_runnable(void);
 /* A detached thread with every signal blocked and a small stack; 0 on success. */
 TA_HIDDEN int ta_os_thread_start(void *(*fn)(void *));
 TA_HIDDEN void ta_os_thread_name(const char *name);
@@ -496,6 +501,7 @@ TA_HIDDEN extern _Atomic uint32_t ta_arena_count;
 TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
 TA_HIDDEN bool ta_over_budget(void);
 TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
+TA_HIDDEN uint64_t ta_owner_decay(void);
 TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
 TA_HIDDEN void ta_note_orphan_work(void);
 TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerless arenas */

@@ -41,6 +41,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -344,6 +345,66 @@ int ta_os_thp_mode(void) {
 }
 
 void ta_os_thp_mode_force(int mode) { atomic_store(&thp_mode, mode); }
+
+/* CPUs this process may run on (sched_getaffinity into a set on the stack; 1 if it
+ * fails), read once and kept. */
+unsigned ta_os_ncpu(void) {
+  static _Atomic unsigned cached;
+  unsigned n = atomic_load_explicit(&cached, memory_order_relaxed);
+  if (n != 0) return n;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  n = sched_getaffinity(0, sizeof set, &set) == 0 ? (unsigned)CPU_COUNT(&set) : 1;
+  if (n == 0) n = 1;
+  atomic_store_explicit(&cached, n, memory_order_relaxed);
+  return n;
+}
+
+/* Threads of the whole system running or waiting for a CPU now (the fourth field of
+ * /proc/loadavg, "running/all"), read into a buffer on the stack; 0 when it cannot be read. */
+unsigned ta_os_runnable(void) {
+  int saved = errno, fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    errno = saved;
+    return 0;
+  }
+  char buf[128];
+  ssize_t got = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  errno = saved;
+  if (got <= 0) return 0;
+  buf[got] = 0;
+  const char *p = buf;
+  for (int field = 0; field < 3 && *p; p++)
+    if (*p == ' ') field++;
+  unsigned n = 0;
+  for (; *p >= '0' && *p <= '9'; p++) n = n * 10 + (unsigned)(*p - '0');
+  return *p == '/' ? n : 0;
+}
+
+/* Whether thread tid of this process is running or waiting for a CPU (its state in
+ * /proc/self/task/TID/stat is R), as opposed to blocked in the kernel: read into a buffer on
+ * the stack, no allocation. True when it cannot be told. */
+bool ta_os_thread_runs(uint32_t tid) {
+  char path[48] = "/proc/self/task/", *p = path + 16, digits[12];
+  int n = 0;
+  do digits[n++] = (char)('0' + tid % 10); while ((tid /= 10) != 0);
+  while (n > 0) *p++ = digits[--n];
+  memcpy(p, "/stat", 6);
+  int saved = errno, fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    errno = saved;
+    return true;
+  }
+  char buf[256];
+  ssize_t got = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  errno = saved;
+  if (got <= 0) return true;
+  buf[got] = 0;
+  const char *end = strrchr(buf, ')'); /* the name may hold spaces and parentheses */
+  return end == NULL || end[1] != ' ' || end[2] == 'R';
+}
 
 uint64_t ta_os_now_ms(void) {
   struct timespec ts;

@@ -53,13 +53,41 @@ void ta_purge_excess(ta_arena_t *a, uint64_t now) {
     ta_arena_purge(a, now, false, ta_excess_age(i));
 }
 
+/* The age at which an owner's own purge gives its free memory back. Ages are wall time, but
+ * a thread that shares its CPU with many others runs a slice now and then: with 256 threads
+ * on 2 CPUs each waits hundreds of milliseconds for its turn, and what it freed in its last
+ * slice looks a decay time old when it comes back to use it again, so it went back and was
+ * faulted in again at every turn (half the page faults of the 256-thread pool workload). So
+ * the owner counts in about its own time: the wall time divided by the threads waiting for
+ * each CPU (read from the kernel at most once a second; no more than this process has
+ * arenas per CPU, and at most 8, counted). Blocked threads
+ * wait for no CPU: in a server whose threads mostly wait for work, the factor stays near 1,
+ * and the background thread purges the arenas of blocked threads by the wall time
+ * (background.c). */
+uint64_t ta_owner_decay(void) {
+  static _Atomic uint32_t per_cpu = 1;
+  static _Atomic uint64_t read_ms;
+  uint64_t now = ta_os_now_ms(), last = atomic_load_explicit(&read_ms, memory_order_relaxed);
+  if (now - last >= 1000 &&
+      atomic_compare_exchange_strong_explicit(&read_ms, &last, now, memory_order_relaxed,
+                                              memory_order_relaxed)) {
+    unsigned cpus = ta_os_ncpu(), n = ta_os_runnable() / cpus;
+    /* Only as far as this process has threads of its own to wait behind. */
+    unsigned own = atomic_load_explicit(&ta_arena_count, memory_order_relaxed) / cpus;
+    if (n > own) n = own;
+    atomic_store_explicit(&per_cpu, n < 1 ? 1 : n > 8 ? 8 : n, memory_order_relaxed);
+  }
+  return ta_decay_ms * atomic_load_explicit(&per_cpu, memory_order_relaxed);
+}
+
 void ta_maybe_purge(ta_arena_t *a) {
   uint64_t due = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
   uint64_t odue = atomic_load_explicit(&ta_orphan_due, memory_order_relaxed);
   uint64_t hdue = atomic_load_explicit(&ta_huge_due, memory_order_relaxed);
   if (TA_LIKELY(due == 0 && odue == 0 && hdue == 0)) return;
   uint64_t now = ta_os_now_ms();
-  if (due && now >= due) ta_arena_purge(a, now, false, ta_decay_ms);
+  if (due && now >= due && now >= atomic_load_explicit(&a->owner_due, memory_order_relaxed))
+    ta_arena_purge(a, now, false, ta_owner_decay());
   if (odue && now >= odue) ta_purge_orphans(now, false);
   if (hdue && now >= hdue) ta_huge_purge(now, false);
 }
@@ -80,12 +108,14 @@ static size_t medium_keep_share(void) {
  * gives back the free pages of runs in use (without ages of their own: the purge is due
  * anyway). */
 size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
+  uint64_t horizon = age > ta_decay_ms ? age : ta_decay_ms; /* when what stays comes due */
   size_t freed = 0;
-  uint64_t next = 0;
+  uint64_t next = 0, next_own = 0; /* by the wall time; by the owner's */
 #define PENDING(since)                                                                     \
   do {                                                                                     \
-    uint64_t d_ = (since) + ta_decay_ms;                                                   \
+    uint64_t d_ = (since) + ta_decay_ms, o_ = (since) + horizon;                           \
     if (next == 0 || d_ < next) next = d_;                                                 \
+    if (next_own == 0 || o_ < next_own) next_own = o_;                                     \
   } while (0)
 #define DUE(since) (all || now >= (since) + age)
 
@@ -97,7 +127,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
    * caller owns the arena) or in the owner's own purge after the decay — not the budget's
    * (those pages are not counted in it), nor the background thread's. Before the passes
    * below: taking in remote frees may retire runs and empty chunks. */
-  if (all || (ta_tl_arena == a && age == ta_decay_ms)) {
+  if (all || (ta_tl_arena == a && age >= ta_decay_ms)) {
     ta_remote_collect(a); /* their blocks are found free (see ta_small_shrink) */
     freed += ta_small_shrink(a);
   }
@@ -191,6 +221,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
 #undef PENDING
 #undef DUE
   atomic_store_explicit(&a->purge_due, next, memory_order_relaxed);
+  atomic_store_explicit(&a->owner_due, next_own, memory_order_relaxed);
   if (next) ta_purge_note_global(&ta_arenas_due, next);
   a->purging = was_purging;
   ta_slow_leave(a);

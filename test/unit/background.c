@@ -334,3 +334,78 @@ Test(background, double_free_while_the_purger_holds_the_remote_list_aborts,
   ta_slow_leave(owner);
   pthread_join(t, NULL); /* the owner aborts the process before this returns */
 }
+
+/* ---- running owners purge in their own time ------------------------------------------ */
+
+static _Atomic int spin_state; /* 1: spin, 2: block, 0: leave */
+
+/* Leaves a free hole of 100 KiB between two blocks in use, then spins (runs, without a
+ * call to the allocator) or blocks (sleeps) as told. */
+static void *hole_then_spin_or_block(void *arg) {
+  char *a = ta_malloc(100 << 10), *b = ta_malloc(100 << 10), *c = ta_malloc(20000);
+  memset(b, 1, 100 << 10);
+  ta_free(b);
+  *(void *volatile *)arg = b;
+  int s;
+  while ((s = atomic_load(&spin_state)) != 0)
+    if (s == 2) nap_ms(5);
+  ta_free(a);
+  ta_free(c);
+  return NULL;
+}
+
+static bool hole_given_back(const void *p) {
+  return (((const ta_mhdr_t *)((uintptr_t)p - sizeof(ta_mhdr_t)))->size_flags & TA_M_DECOMMITTED) != 0;
+}
+
+Test(background, a_thread_that_runs_and_one_that_sleeps_are_told_apart) {
+  cr_assert(ta_os_thread_runs(ta_os_gettid()), "this thread runs");
+  cr_assert_geq(ta_os_runnable(), 1, "at least this thread runs");
+  atomic_store(&spin_state, 2);
+  void *volatile hole = NULL;
+  pthread_t t;
+  pthread_create(&t, NULL, hole_then_spin_or_block, (void *)&hole);
+  while (hole == NULL) nap_ms(1);
+  ta_arena_t *a = NULL;
+  for (ta_arena_t *x = ta_arena_first(); x; x = x->next_all)
+    if (ta_chunk_of(hole)->owner == x) a = x;
+  cr_assert_not_null(a);
+  bool asleep = false;
+  for (int i = 0; i < 200 && !asleep; i++) {
+    nap_ms(5);
+    asleep = !ta_os_thread_runs(atomic_load(&a->owner_tid));
+  }
+  atomic_store(&spin_state, 0);
+  pthread_join(t, NULL);
+  cr_assert(asleep, "a thread that sleeps was never seen blocked");
+}
+
+/* The background thread leaves the free memory of an owner that runs (it will use it again
+ * in its own time) and gives back that of an owner blocked in the kernel. */
+Test(background, a_running_owners_memory_waits_for_it, .timeout = 30) {
+  if (ta_os_ncpu() < 2) cr_skip_test("a spinning thread and the purger need two CPUs");
+  ta_bg_enable(true);
+  ta_decay_ms = 50;
+  exit_and_free_remotely();
+  cr_assert(ta_bg_running());
+  atomic_store(&spin_state, 1);
+  void *volatile hole = NULL;
+  pthread_t t;
+  pthread_create(&t, NULL, hole_then_spin_or_block, (void *)&hole);
+  while (hole == NULL) nap_ms(1);
+  uint64_t rounds = ta_bg_rounds();
+  nap_ms(10 * (long)ta_decay_ms);
+  bool kept = !hole_given_back(hole);
+  bool ran = ta_bg_rounds() > rounds;
+  atomic_store(&spin_state, 2); /* now blocked: its memory goes back by the wall time */
+  bool gone = false;
+  for (int i = 0; i < 500 && !gone; i++) {
+    nap_ms(10);
+    gone = hole_given_back(hole);
+  }
+  atomic_store(&spin_state, 0);
+  pthread_join(t, NULL);
+  cr_assert(ran, "the purger made no round");
+  cr_assert(kept, "the running owner's hole went back under it");
+  cr_assert(gone, "the blocked owner's hole did not go back in 5 s");
+}
