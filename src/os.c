@@ -384,7 +384,8 @@ unsigned ta_os_runnable(void) {
 
 /* Whether thread tid of this process is running or waiting for a CPU (its state in
  * /proc/self/task/TID/stat is R), as opposed to blocked in the kernel: read into a buffer on
- * the stack, no allocation. True when it cannot be told. */
+ * the stack, no allocation. False when it cannot be told (without /proc, idle threads' memory
+ * still goes back by the wall time). */
 bool ta_os_thread_runs(uint32_t tid) {
   char path[48] = "/proc/self/task/", *p = path + 16, digits[12];
   int n = 0;
@@ -394,16 +395,16 @@ bool ta_os_thread_runs(uint32_t tid) {
   int saved = errno, fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     errno = saved;
-    return true;
+    return false;
   }
   char buf[256];
   ssize_t got = read(fd, buf, sizeof buf - 1);
   close(fd);
   errno = saved;
-  if (got <= 0) return true;
+  if (got <= 0) return false;
   buf[got] = 0;
   const char *end = strrchr(buf, ')'); /* the name may hold spaces and parentheses */
-  return end == NULL || end[1] != ' ' || end[2] == 'R';
+  return end != NULL && end[1] == ' ' && end[2] == 'R';
 }
 
 uint64_t ta_os_now_ms(void) {
