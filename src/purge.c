@@ -53,33 +53,6 @@ void ta_purge_excess(ta_arena_t *a, uint64_t now) {
     ta_arena_purge(a, now, false, ta_excess_age(i));
 }
 
-/* The age at which an owner's own purge gives its free memory back. Ages are wall time, but
- * a thread that shares its CPU with many others runs a slice now and then: with 256 threads
- * on 2 CPUs each waits hundreds of milliseconds for its turn, and what it freed in its last
- * slice looks a decay time old when it comes back to use it again, so it went back and was
- * faulted in again at every turn (half the page faults of the 256-thread pool workload). So
- * the owner counts in about its own time: the wall time divided by the threads waiting for
- * each CPU (read from the kernel at most once a second; no more than this process has
- * arenas per CPU, and at most 8, counted). Blocked threads
- * wait for no CPU: in a server whose threads mostly wait for work, the factor stays near 1,
- * and the background thread purges the arenas of blocked threads by the wall time
- * (background.c). */
-uint64_t ta_owner_decay(void) {
-  static _Atomic uint32_t per_cpu = 1;
-  static _Atomic uint64_t read_ms;
-  uint64_t now = ta_os_now_ms(), last = atomic_load_explicit(&read_ms, memory_order_relaxed);
-  if (now - last >= 1000 &&
-      atomic_compare_exchange_strong_explicit(&read_ms, &last, now, memory_order_relaxed,
-                                              memory_order_relaxed)) {
-    unsigned cpus = ta_os_ncpu(), n = ta_os_runnable() / cpus;
-    /* Only as far as this process has threads of its own to wait behind. */
-    unsigned own = atomic_load_explicit(&ta_arena_count, memory_order_relaxed) / cpus;
-    if (n > own) n = own;
-    atomic_store_explicit(&per_cpu, n < 1 ? 1 : n > 8 ? 8 : n, memory_order_relaxed);
-  }
-  return ta_decay_ms * atomic_load_explicit(&per_cpu, memory_order_relaxed);
-}
-
 void ta_maybe_purge(ta_arena_t *a) {
   uint64_t due = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
   uint64_t odue = atomic_load_explicit(&ta_orphan_due, memory_order_relaxed);
