@@ -458,8 +458,9 @@ void ta_arena_fork_child(void) {
         ta_tl_arena = &ta_sentinel_arena;
         tl_state = TL_NEW;
         if (atomic_load(&exit_key_state) == 2) pthread_setspecific(exit_key, NULL);
-      } else if ((atomic_load(&a->owner_tag) & TAG_ID_MASK) != 0) {
-        arena_set_owner(a, ta_os_gettid()); /* our thread id in the child */
+      } else {
+        atomic_store(&a->owner_tid, ta_os_gettid()); /* our thread id in the child */
+        if ((atomic_load(&a->owner_tag) & TAG_ID_MASK) != 0) arena_set_owner(a, ta_os_gettid());
       }
       continue;
     }
