@@ -55,17 +55,26 @@ static uint64_t next_due(void) {
 /* Purges, in every arena with an owner, what became free at least `age` ms ago; an arena
  * whose owner is in a slow path is left to the owner (it purges there itself) and looked
  * at again a little later. */
-static void purge_owned(uint64_t now, uint64_t age) {
+static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
     if (atomic_load_explicit(&a->state, memory_order_acquire) != ARENA_CLAIMED) continue;
     uint64_t due = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
     /* Medium blocks other threads freed into it: an owner that has gone idle would never
      * take them in (see ta_remote_collect_medium). */
     bool mail = atomic_load_explicit(&a->remote_medium, memory_order_relaxed) > 0;
-    bool purge = due != 0 && (age != ta_decay_ms || now >= due);
+    bool purge = due != 0 && (!periodic || now >= due);
     if (!purge && !mail) {
       if (due != 0) ta_purge_note_global(&ta_arenas_due, due);
       continue;
+    }
+    /* An owner that runs, or waits for a CPU, will use its memory in its own time: its
+     * arena goes by the owner's age (ta_owner_decay); the memory of one blocked in the
+     * kernel goes back by the wall time. Read before taking the lock, which the owner may
+     * want meanwhile. The budget's purges take the oldest excess from every arena. */
+    uint64_t own_age = age;
+    if (purge && periodic) {
+      uint32_t tid = atomic_load_explicit(&a->owner_tid, memory_order_relaxed);
+      if (tid != 0 && ta_os_thread_runs(tid)) own_age = ta_owner_decay();
     }
     if (!ta_slow_try_enter(a)) {
       ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms / 4 + 1);
@@ -82,12 +91,7 @@ static void purge_owned(uint64_t now, uint64_t age) {
         ta_remote_collect_medium(a);
       else if (mail) ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms);
       a->collects_seen = a->collects;
-      /* An owner that runs, or waits for a CPU, purges in its own time (ta_owner_decay); the
-       * memory of one blocked in the kernel goes back by the wall time. */
-      uint32_t tid = atomic_load_explicit(&a->owner_tid, memory_order_relaxed);
-      if (purge && age == ta_decay_ms && tid != 0 && ta_os_thread_runs(tid))
-        ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms);
-      else if (purge) ta_arena_purge(a, now, false, age); /* notes its next due time itself */
+      if (purge) ta_arena_purge(a, now, false, own_age); /* notes its next due time itself */
       else if (due != 0) ta_purge_note_global(&ta_arenas_due, due);
     }
     ta_slow_leave(a);
@@ -99,7 +103,7 @@ static void purge_owned(uint64_t now, uint64_t age) {
 static void purge_over_budget(uint64_t now) {
   ta_purge_orphans(now, true);
   for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
-    purge_owned(now, ta_excess_age(i));
+    purge_owned(now, ta_excess_age(i), false);
 }
 
 /* Arenas that live threads own now, as far as can be known: an owner without an exit hook
@@ -150,7 +154,7 @@ static void *bg_main(void *arg) {
       if (hdue && now >= hdue) ta_huge_purge(now, false);
       if (adue && now >= adue) {
         atomic_exchange_explicit(&ta_arenas_due, 0, memory_order_seq_cst);
-        purge_owned(now, ta_decay_ms);
+        purge_owned(now, ta_decay_ms, true);
       }
       atomic_fetch_add_explicit(&bg_rounds, 1, memory_order_relaxed);
       continue;

@@ -92,8 +92,12 @@ void ta_note_orphan_work(void) { ta_purge_note_global(&ta_orphan_due, ta_os_now_
  * wait for no CPU: in a server whose threads mostly wait for work, the factor stays near 1,
  * and the background thread purges the arenas of blocked threads by the wall time
  * (background.c). */
+_Atomic uint32_t ta_owner_scale_force; /* tests: the factor itself, when not 0 */
+
 uint64_t ta_owner_decay(void) {
   static _Atomic uint32_t per_cpu = 1;
+  uint32_t forced = atomic_load_explicit(&ta_owner_scale_force, memory_order_relaxed);
+  if (forced != 0) return ta_decay_ms * forced;
   static _Atomic uint64_t read_ms;
   uint64_t now = ta_os_now_ms(), last = atomic_load_explicit(&read_ms, memory_order_relaxed);
   if (now - last >= 1000 &&

@@ -360,20 +360,28 @@ unsigned ta_os_ncpu(void) {
   return n;
 }
 
-/* Threads of the whole system running or waiting for a CPU now (the fourth field of
- * /proc/loadavg, "running/all"), read into a buffer on the stack; 0 when it cannot be read. */
-unsigned ta_os_runnable(void) {
-  int saved = errno, fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    errno = saved;
-    return 0;
+/* Reads up to n - 1 bytes of a small kernel file into buf (terminated); the length, or -1.
+ * Raw system calls: the library's open and read are cancellation points, and these reads
+ * happen on slow paths of malloc. errno is left as it was. */
+static long read_kernel_file(const char *path, char *buf, size_t n) {
+  int saved = errno;
+  long fd = syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+  long got = -1;
+  if (fd >= 0) {
+    got = syscall(SYS_read, (int)fd, buf, n - 1);
+    syscall(SYS_close, (int)fd);
   }
-  char buf[128];
-  ssize_t got = read(fd, buf, sizeof buf - 1);
-  close(fd);
   errno = saved;
-  if (got <= 0) return 0;
+  if (got < 0) return -1;
   buf[got] = 0;
+  return got;
+}
+
+/* Threads of the whole system running or waiting for a CPU now (the fourth field of
+ * /proc/loadavg, "running/all"); 0 when it cannot be read. */
+unsigned ta_os_runnable(void) {
+  char buf[128];
+  if (read_kernel_file("/proc/loadavg", buf, sizeof buf) <= 0) return 0;
   const char *p = buf;
   for (int field = 0; field < 3 && *p; p++)
     if (*p == ' ') field++;
@@ -383,26 +391,17 @@ unsigned ta_os_runnable(void) {
 }
 
 /* Whether thread tid of this process is running or waiting for a CPU (its state in
- * /proc/self/task/TID/stat is R), as opposed to blocked in the kernel: read into a buffer on
- * the stack, no allocation. False when it cannot be told (without /proc, idle threads' memory
- * still goes back by the wall time). */
+ * /proc/self/task/TID/stat is R), as opposed to blocked in the kernel (or stopped). False
+ * when it cannot be told: without /proc, idle threads' memory still goes back by the wall
+ * time. */
 bool ta_os_thread_runs(uint32_t tid) {
   char path[48] = "/proc/self/task/", *p = path + 16, digits[12];
   int n = 0;
   do digits[n++] = (char)('0' + tid % 10); while ((tid /= 10) != 0);
   while (n > 0) *p++ = digits[--n];
   memcpy(p, "/stat", 6);
-  int saved = errno, fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    errno = saved;
-    return false;
-  }
   char buf[256];
-  ssize_t got = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  errno = saved;
-  if (got <= 0) return false;
-  buf[got] = 0;
+  if (read_kernel_file(path, buf, sizeof buf) <= 0) return false;
   const char *end = strrchr(buf, ')'); /* the name may hold spaces and parentheses */
   return end != NULL && end[1] == ' ' && end[2] == 'R';
 }

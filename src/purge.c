@@ -195,7 +195,9 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
 #undef DUE
   atomic_store_explicit(&a->purge_due, next, memory_order_relaxed);
   atomic_store_explicit(&a->owner_due, next_own, memory_order_relaxed);
-  if (next) ta_purge_note_global(&ta_arenas_due, next);
+  /* A purge by its owner's age leaves memory due by the wall time: the background thread
+   * looks again a decay time later (is the owner blocked by then?), not at once. */
+  if (next) ta_purge_note_global(&ta_arenas_due, next > now ? next : now + (ta_decay_ms ? ta_decay_ms : 1));
   a->purging = was_purging;
   ta_slow_leave(a);
   return freed;

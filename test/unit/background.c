@@ -153,6 +153,7 @@ static void *churn(void *arg) {
 Test(background, purges_live_arenas_while_their_owners_work, .timeout = 60) {
   ta_bg_enable(true);
   ta_decay_ms = 2; /* purge all the time (set before the purger exists, as settings are) */
+  atomic_store(&ta_owner_scale_force, 1); /* owners that run are purged by the wall time too */
   exit_and_free_remotely(); /* starts the thread (it may leave again at once: one owner) */
   uint64_t rounds = ta_bg_rounds();
   atomic_store(&churning, 1);
@@ -337,15 +338,17 @@ Test(background, double_free_while_the_purger_holds_the_remote_list_aborts,
 
 /* ---- running owners purge in their own time ------------------------------------------ */
 
-static _Atomic int spin_state; /* 1: spin, 2: block, 0: leave */
+static _Atomic int spin_state;        /* 1: spin, 2: block, 0: leave */
+static _Atomic(char *) spin_hole;     /* the hole the thread left */
 
 /* Leaves a free hole of 100 KiB between two blocks in use, then spins (runs, without a
  * call to the allocator) or blocks (sleeps) as told. */
 static void *hole_then_spin_or_block(void *arg) {
+  (void)arg;
   char *a = ta_malloc(100 << 10), *b = ta_malloc(100 << 10), *c = ta_malloc(20000);
   memset(b, 1, 100 << 10);
   ta_free(b);
-  *(void *volatile *)arg = b;
+  atomic_store(&spin_hole, b);
   int s;
   while ((s = atomic_load(&spin_state)) != 0)
     if (s == 2) nap_ms(5);
@@ -354,22 +357,25 @@ static void *hole_then_spin_or_block(void *arg) {
   return NULL;
 }
 
-static bool hole_given_back(const void *p) {
-  return (((const ta_mhdr_t *)((uintptr_t)p - sizeof(ta_mhdr_t)))->size_flags & TA_M_DECOMMITTED) != 0;
+static bool hole_given_back(const char *p) {
+  return (ta_mh_peek((const ta_mhdr_t *)((uintptr_t)p - sizeof(ta_mhdr_t))) & TA_M_DECOMMITTED) != 0;
+}
+
+static char *start_hole_thread(pthread_t *t, int state) {
+  atomic_store(&spin_hole, NULL);
+  atomic_store(&spin_state, state);
+  pthread_create(t, NULL, hole_then_spin_or_block, NULL);
+  char *hole;
+  while ((hole = atomic_load(&spin_hole)) == NULL) nap_ms(1);
+  return hole;
 }
 
 Test(background, a_thread_that_runs_and_one_that_sleeps_are_told_apart) {
   cr_assert(ta_os_thread_runs(ta_os_gettid()), "this thread runs");
   cr_assert_geq(ta_os_runnable(), 1, "at least this thread runs");
-  atomic_store(&spin_state, 2);
-  void *volatile hole = NULL;
   pthread_t t;
-  pthread_create(&t, NULL, hole_then_spin_or_block, (void *)&hole);
-  while (hole == NULL) nap_ms(1);
-  ta_arena_t *a = NULL;
-  for (ta_arena_t *x = ta_arena_first(); x; x = x->next_all)
-    if (ta_chunk_of(hole)->owner == x) a = x;
-  cr_assert_not_null(a);
+  char *hole = start_hole_thread(&t, 2);
+  ta_arena_t *a = ta_chunk_of(hole)->owner;
   bool asleep = false;
   for (int i = 0; i < 200 && !asleep; i++) {
     nap_ms(5);
@@ -378,25 +384,24 @@ Test(background, a_thread_that_runs_and_one_that_sleeps_are_told_apart) {
   atomic_store(&spin_state, 0);
   pthread_join(t, NULL);
   cr_assert(asleep, "a thread that sleeps was never seen blocked");
+  cr_assert_not(ta_os_thread_runs(0x3fffffff), "no such thread: not running");
 }
 
-/* The background thread leaves the free memory of an owner that runs (it will use it again
- * in its own time) and gives back that of an owner blocked in the kernel. */
-Test(background, a_running_owners_memory_waits_for_it, .timeout = 30) {
+/* The background thread gives a running owner's free memory back by the owner's own age
+ * (here forced to 40 decay times), and a blocked owner's by the wall time. */
+Test(background, a_running_owners_memory_goes_by_its_own_time, .timeout = 30) {
   if (ta_os_ncpu() < 2) cr_skip_test("a spinning thread and the purger need two CPUs");
   ta_bg_enable(true);
   ta_decay_ms = 50;
+  atomic_store(&ta_owner_scale_force, 40);
   exit_and_free_remotely();
   cr_assert(ta_bg_running());
-  atomic_store(&spin_state, 1);
-  void *volatile hole = NULL;
   pthread_t t;
-  pthread_create(&t, NULL, hole_then_spin_or_block, (void *)&hole);
-  while (hole == NULL) nap_ms(1);
+  char *hole = start_hole_thread(&t, 1);
   uint64_t rounds = ta_bg_rounds();
-  nap_ms(10 * (long)ta_decay_ms);
+  bool ran = rounds_pass_within(rounds, 5000);
+  nap_ms(6 * (long)ta_decay_ms);
   bool kept = !hole_given_back(hole);
-  bool ran = ta_bg_rounds() > rounds;
   atomic_store(&spin_state, 2); /* now blocked: its memory goes back by the wall time */
   bool gone = false;
   for (int i = 0; i < 500 && !gone; i++) {
@@ -406,6 +411,6 @@ Test(background, a_running_owners_memory_waits_for_it, .timeout = 30) {
   atomic_store(&spin_state, 0);
   pthread_join(t, NULL);
   cr_assert(ran, "the purger made no round");
-  cr_assert(kept, "the running owner's hole went back under it");
+  cr_assert(kept, "the running owner's hole went back before its own time");
   cr_assert(gone, "the blocked owner's hole did not go back in 5 s");
 }
