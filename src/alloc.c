@@ -408,8 +408,8 @@ void ta_free(void *p) {
   if (ta_secure && !secure_releasing) return secure_free(p);
   uintptr_t u = (uintptr_t)p;
   uintptr_t g = u >> TA_CHUNK_SHIFT;
-  if (TA_UNLIKELY(g >= TA_MAP_ENTRIES)) return free_generic(p, TA_MAP_NONE);
-  uint8_t kind = atomic_load_explicit(&ta_chunk_map[g], memory_order_relaxed);
+  if (TA_UNLIKELY(!ta_map_covers(g))) return free_generic(p, TA_MAP_NONE);
+  uint8_t kind = ta_map_at(g);
   if (TA_UNLIKELY(kind != TA_MAP_SMALL)) return free_generic(p, kind);
   ta_run_t *r = ta_run_of(p);
   ta_arena_t *me = ta_tl_arena;
@@ -535,8 +535,7 @@ static TA_NOINLINE void free_checked(void *p, size_t size, size_t align, enum fr
 /* The fast path of a sized free: a small block whose class holds the size. */
 TA_INLINE bool sized_fast(const void *p, size_t size) {
   uintptr_t g = (uintptr_t)p >> TA_CHUNK_SHIFT;
-  return !ta_secure && TA_LIKELY(g < TA_MAP_ENTRIES) &&
-         atomic_load_explicit(&ta_chunk_map[g], memory_order_relaxed) == TA_MAP_SMALL &&
+  return !ta_secure && TA_LIKELY(ta_map_covers(g)) && ta_map_at(g) == TA_MAP_SMALL &&
          TA_LIKELY(size <= ta_run_of(p)->bsize);
 }
 

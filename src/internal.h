@@ -3,7 +3,7 @@
  *
  * Memory is carved into CHUNKs of 4 MiB, aligned to their size, that come from the program
  * break (sbrk) or, when the break cannot move, from mmap. A byte map with one entry per
- * 4 MiB granule of the address space (ta_chunk_map) says what each granule is, so free(p)
+ * 4 MiB granule of the address space (ta_keys.map) says what each granule is, so free(p)
  * finds p's metadata from the address alone, and a pointer we never handed out is caught
  * before anything is written.
  *
@@ -35,7 +35,7 @@
  *           those of the blocks it drops from the page it keeps
  *   medium: INUSE clear <=> the block is on exactly one bin list; no two adjacent free
  *           blocks; PREV_FREE of a block == !INUSE of its predecessor
- *   map:    ta_chunk_map[g] != 0 => granule g is mapped and its header check word is valid
+ *   map:    ta_map_at(g) != 0 => granule g is mapped and its header check word is valid
  */
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
@@ -97,8 +97,11 @@ static const bool ta_secure = TA_SECURE;
 #define TA_RUNS_PER_CHUNK (TA_CHUNK_SIZE / TA_RUN_SIZE) /* 64; slot 0 is the header */
 #define TA_PAGE_SIZE ((size_t)4096)
 #define TA_HUGEPAGE_SIZE ((size_t)2 << 20) /* transparent huge page on x86-64 */
-#define TA_ADDR_BITS 47 /* user space on x86-64 (mappings above are refused: os.c) */
-#define TA_MAP_ENTRIES ((size_t)1 << (TA_ADDR_BITS - TA_CHUNK_SHIFT))
+/* The granule map covers the user address space the kernel hands out without being asked
+ * for more (os.c, ta_os_addr_bits): 47 bits on x86-64, 48 on arm64, fewer on some arm64
+ * kernels. It is sized for at least the first and at most the second of these. */
+#define TA_ADDR_BITS_MIN 47
+#define TA_ADDR_BITS_MAX 52
 #define TA_ALIGNMENT 16 /* every block */
 
 /* Size classes: 16..128 step 16, then 8 classes per doubling (at most 12.5% waste). */
@@ -118,7 +121,6 @@ enum {
   TA_MAP_HUGE = 3,    /* huge block whose data starts in this granule, header at its start */
   TA_MAP_HUGE_AL = 4, /* huge block with data at this granule start, header one granule down */
 };
-TA_HIDDEN extern _Atomic uint8_t ta_chunk_map[TA_MAP_ENTRIES];
 
 /* ------------------------------------------------------------------ blocks */
 /* A free block (small, or medium on its way to its owner): word 0 links it into a list,
@@ -138,11 +140,14 @@ typedef struct ta_block {
 } ta_block_t;
 
 TA_HIDDEN extern uintptr_t ta_secret; /* random, nonzero once the allocator is initialised */
-/* The free-list keys, drawn with the secret: one cache line read by both fast paths. */
+/* What both fast paths read besides the thread's arena, in one cache line: the free-list keys,
+ * drawn with the secret, and the granule map, mapped by ta_init (chunk.c, ta_map_init). */
 typedef struct ta_keys {
   uintptr_t mark;   /* ta_mark(b) == b ^ mark */
   uintptr_t link;   /* odd: a link is stored as address * link */
   uintptr_t unlink; /* link's inverse modulo 2^64: address == stored * unlink */
+  _Atomic uint8_t *map; /* one byte per 4 MiB granule: TA_MAP_* (ta_map_get) */
+  size_t granules;      /* entries of map: 0 until it is mapped, then set once (release) */
 } ta_keys_t;
 TA_HIDDEN extern ta_keys_t ta_keys;
 TA_INLINE uintptr_t ta_mark(const void *b) { return (uintptr_t)b ^ ta_keys.mark; }
@@ -413,6 +418,12 @@ enum { TA_THP_NEVER = 0, TA_THP_MADVISE = 1, TA_THP_ALWAYS = 2 };
 TA_HIDDEN void *ta_os_brk_get(void);             /* the kernel's break; (void *)-1 on failure */
 TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
 TA_HIDDEN void *ta_os_mmap(size_t size);         /* NULL on failure; zeroed, read-write */
+/* Bits of the user address space the kernel hands out unasked (TA_ADDR_BITS_MIN..MAX); no
+ * mapping of ta_os_mmap lies above. Read once. */
+TA_HIDDEN unsigned ta_os_addr_bits(void);
+/* Zeroed read-write memory for the allocator's own tables, charged as it is touched
+ * (MAP_NORESERVE), not counted as mapped; NULL on failure. */
+TA_HIDDEN void *ta_os_reserve(size_t size);
 TA_HIDDEN void *ta_os_mmap_aligned(size_t size, size_t align); /* NULL on failure */
 TA_HIDDEN int ta_os_munmap(void *p, size_t size);
 TA_HIDDEN void ta_os_trim(void *p, size_t size); /* part of a fresh mapping, never used */
@@ -517,6 +528,7 @@ bool ta_bg_running(void); /* for tests */
 TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
 TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
+TA_HIDDEN bool ta_map_init(void); /* ta_init: maps the granule map; false if it cannot */
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 /* Statistics' arrays of requested sizes, one per small chunk while statistics are on (stats.c
  * reads them): made and dropped here, as the chunk is. */
@@ -533,9 +545,33 @@ TA_INLINE void ta_shadow_set(ta_chunk_t *c, uint16_t *s) {
   __builtin_memcpy((char *)c + TA_SHADOW_OFFSET, &s, sizeof s);
 }
 #define TA_SHADOW_RUN_ENTRIES 4096 /* 64 KiB / 16 B: the most blocks a run holds */
+/* Granules the map covers; 0 before initialisation. An acquire, paired with ta_map_init's
+ * release: a thread that sees the count sees the map's address. */
+TA_INLINE size_t ta_map_granules(void) {
+  return __atomic_load_n(&ta_keys.granules, __ATOMIC_ACQUIRE);
+}
+/* The fast paths' lookup: ta_map_covers(g), then ta_map_at(g) for granule g. The same
+ * acquire, in two halves: x86-64 keeps loads in order, so there a plain load of the count is
+ * an acquire once the compiler may not move the map's address above it (the signal fence, in
+ * ta_map_at, after free's compare, into which the load then folds as the constant it replaced
+ * did). ThreadSanitizer builds, which check every access, use the atomic load. */
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define TA_MAP_TSO 1
+#else
+#define TA_MAP_TSO 0
+#endif
+TA_INLINE bool ta_map_covers(uintptr_t g) {
+  return g < (TA_MAP_TSO ? ta_keys.granules : ta_map_granules());
+}
+/* What granule g holds, once ta_map_covers(g) said yes. */
+TA_INLINE uint8_t ta_map_at(uintptr_t g) {
+  if (TA_MAP_TSO) atomic_signal_fence(memory_order_acquire);
+  return atomic_load_explicit(&ta_keys.map[g], memory_order_relaxed);
+}
 TA_INLINE uint8_t ta_map_get(uintptr_t addr) {
-  if (TA_UNLIKELY(addr >> TA_ADDR_BITS)) return TA_MAP_NONE;
-  return atomic_load_explicit(&ta_chunk_map[addr >> TA_CHUNK_SHIFT], memory_order_relaxed);
+  uintptr_t g = addr >> TA_CHUNK_SHIFT;
+  if (TA_UNLIKELY(!ta_map_covers(g))) return TA_MAP_NONE;
+  return ta_map_at(g);
 }
 TA_INLINE ta_chunk_t *ta_chunk_of(const void *p) {
   return (ta_chunk_t *)((uintptr_t)p & ~(uintptr_t)TA_CHUNK_MASK);
@@ -691,7 +727,7 @@ TA_INLINE void ta_remote_collect(ta_arena_t *a) {
       atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0)
     ta_remote_collect_slow(a);
 }
-TA_HIDDEN void ta_init(const ta_library_t *lib);
+TA_HIDDEN bool ta_init(const ta_library_t *lib); /* false: no memory for the map */
 TA_HIDDEN extern bool ta_initialized;
 
 /* The slow-path lock (see ta_arena_t.slow; its tag and wait are in os.c, as small.c and

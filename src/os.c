@@ -7,6 +7,10 @@
  *                           moves it, 0 on success. Callers hold the break lock (ta_brk_lock),
  *                           which guards the break and nothing else.
  *   ta_os_mmap(n)           n bytes, page aligned, zeroed, read-write; NULL on failure.
+ *                           Never above 2^ta_os_addr_bits(), what the granule map covers.
+ *   ta_os_addr_bits()       the width of the user address space the kernel hands out when
+ *                           not asked for more: where the main thread's stack starts.
+ *   ta_os_reserve(n)        zeroed memory for the allocator's tables, charged as touched.
  *   ta_os_mmap_aligned(n,a) the same, aligned to a (a power of two >= page size).
  *   ta_os_munmap/decommit   0 on success. decommit drops the pages (they read back as zero).
  *   ta_os_mremap(p,o,n,f)   resizes a mapping in place (f == NULL) or moves it to the fixed
@@ -144,8 +148,9 @@ void *ta_os_mmap(size_t size) {
   void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   errno = saved;
   if (p == MAP_FAILED) return NULL;
-  if ((uintptr_t)p + size > ((uintptr_t)1 << TA_ADDR_BITS)) {
-    /* Beyond what the granule map covers (5-level paging hints): not usable. */
+  if ((uintptr_t)p + size > ((uintptr_t)1 << ta_os_addr_bits())) {
+    /* Beyond what the granule map covers (the kernel goes there only when a program asks
+     * with an address hint, for 5-level paging or arm64's 52 bits): not usable. */
     count_call(TA_OS_MUNMAP);
     munmap(p, size);
     errno = saved;
@@ -154,6 +159,41 @@ void *ta_os_mmap(size_t size) {
   count_mapped((intptr_t)size);
   HANDOVER_ACQUIRE();
   return p;
+}
+
+/* The kernel hands out addresses above its default window (2^47 on x86-64, 2^48 on arm64,
+ * less with fewer translation levels) only to a program that asks with a hint beyond it, and
+ * puts the main thread's stack at the top of that window. So the width is the bit length of
+ * an address in that stack: AT_EXECFN's string lies there (getauxval does not allocate), and
+ * does wherever this runs first. Clamped to [TA_ADDR_BITS_MIN, TA_ADDR_BITS_MAX]: the floor
+ * leaves room should a loader or an emulator put that stack lower than its mappings. */
+static _Atomic unsigned addr_bits;
+
+unsigned ta_os_addr_bits(void) {
+  unsigned bits = atomic_load_explicit(&addr_bits, memory_order_relaxed);
+  if (TA_LIKELY(bits != 0)) return bits;
+  int saved = errno;
+  uintptr_t top = (uintptr_t)getauxval(AT_EXECFN);
+  if (top == 0) top = (uintptr_t)getauxval(AT_RANDOM);
+  if (top == 0) top = (uintptr_t)&bits;
+  errno = saved;
+  bits = 64u - (unsigned)__builtin_clzll((unsigned long long)top | 1);
+  if (bits < TA_ADDR_BITS_MIN) bits = TA_ADDR_BITS_MIN;
+  if (bits > TA_ADDR_BITS_MAX) bits = TA_ADDR_BITS_MAX;
+  atomic_store_explicit(&addr_bits, bits, memory_order_relaxed);
+  return bits;
+}
+
+/* Memory for the allocator's own tables (the granule map): touched pages only are charged,
+ * and it is not counted among the mapped bytes, which are the heap's. */
+void *ta_os_reserve(size_t size) {
+  if (should_fail(TA_OS_MMAP)) return NULL;
+  count_call(TA_OS_MMAP);
+  int saved = errno;
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+  errno = saved;
+  return p == MAP_FAILED ? NULL : p;
 }
 
 /* Unmaps part of a mapping just made (alignment trimming): not memory given back. */

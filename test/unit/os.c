@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -198,5 +199,43 @@ Test(os, mapping_failure_of_every_size_purges_the_cache) {
   ta_os_fail(0, 0, 0);
   cr_assert_not_null(p);
   cr_assert_eq(ta_huge_cached_bytes(), 0);
+  ta_free(p);
+}
+
+/* The granule map covers the address space the kernel hands out: where the main thread's
+ * stack lies (AT_EXECFN's string), 47 bits at least; every block of every kind is in it. */
+Test(os, granule_map_covers_the_address_space) {
+  cr_assert_eq(ta_map_granules(), 0, "nothing is mapped before the first call");
+  cr_assert_eq(ta_map_get((uintptr_t)&errno), TA_MAP_NONE);
+  void *p[3] = {ta_malloc(16), ta_malloc(100000), ta_malloc(3 * MiB)};
+  unsigned bits = ta_os_addr_bits();
+  cr_assert_geq(bits, TA_ADDR_BITS_MIN);
+  cr_assert_leq(bits, TA_ADDR_BITS_MAX);
+  uintptr_t stack = (uintptr_t)getauxval(AT_EXECFN);
+  cr_assert_eq(stack >> bits, 0, "the stack's top lies below 2^%u", bits);
+  cr_assert_eq(ta_map_granules(), (size_t)1 << (bits - TA_CHUNK_SHIFT));
+  static const uint8_t kinds[3] = {TA_MAP_SMALL, TA_MAP_MEDIUM, TA_MAP_HUGE};
+  for (int i = 0; i < 3; i++) {
+    cr_assert_not_null(p[i]);
+    cr_assert_eq((uintptr_t)p[i] >> bits, 0);
+    cr_assert_eq(ta_map_get((uintptr_t)p[i]), kinds[i]);
+    ta_free(p[i]);
+  }
+  /* Beyond the map: not ours, and no read past its end. */
+  cr_assert_eq(ta_map_get((uintptr_t)1 << bits), TA_MAP_NONE);
+  cr_assert_eq(ta_map_get(UINTPTR_MAX), TA_MAP_NONE);
+}
+
+/* The map is mapped by the first call; when it cannot be, that call fails as running out of
+ * memory does, and the next one succeeds. */
+Test(os, granule_map_failure_is_enomem_and_recovers) {
+  ta_os_fail(TA_OS_MMAP, 0, 1);
+  errno = 0;
+  cr_assert_null(ta_malloc(16));
+  cr_assert_eq(errno, ENOMEM);
+  cr_assert_eq(ta_map_granules(), 0);
+  void *p = ta_malloc(16);
+  cr_assert_not_null(p);
+  cr_assert_neq(ta_map_granules(), 0);
   ta_free(p);
 }
