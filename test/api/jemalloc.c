@@ -224,6 +224,7 @@ static void run_child(void (*fn)(char *ptr, size_t n), struct aborted *out, char
            (k = read(fds[0], out->text + len, sizeof out->text - 1 - len)) > 0)
         len += (size_t)k;
     out->text[len] = 0;
+    tt_strip_emulator_lines(out->text, len);
     close(fds[0]);
     out->status = tt_wait_timeout(pid, 30);
 }

@@ -378,6 +378,23 @@ double tt_env_seconds(const char *name, double def)
     return def;
 }
 
+size_t tt_strip_emulator_lines(char *text, size_t len)
+{
+    static const char mark[] = "qemu: uncaught target signal ";
+    char *line = text;
+    while (line < text + len) {
+        char *nl = memchr(line, '\n', (size_t)(text + len - line));
+        char *next = nl ? nl + 1 : text + len;
+        if ((size_t)(next - line) >= sizeof mark - 1 && memcmp(line, mark, sizeof mark - 1) == 0) {
+            memmove(line, next, (size_t)(text + len - next) + 1);
+            len -= (size_t)(next - line);
+        } else {
+            line = next;
+        }
+    }
+    return len;
+}
+
 void tt_no_core(void)
 {
     struct rlimit rl = {0, 0};
