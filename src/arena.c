@@ -89,6 +89,7 @@ bool ta_init(const ta_library_t *lib) {
         return false;
       }
       ta_conf_init();
+      ta_pages_init(); /* after the settings: a test may ask for larger pages */
       ta_chunk_brk_default(lib->brk);
       ta_secret = ta_os_random();
       draw_keys();
@@ -169,7 +170,7 @@ static ta_arena_t *arena_claim(void) {
         return a;
       }
   }
-  ta_arena_t *a = ta_os_mmap(ta_align_up(sizeof(ta_arena_t), TA_PAGE_SIZE));
+  ta_arena_t *a = ta_os_mmap(ta_align_up(sizeof(ta_arena_t), ta_page_size));
   if (a == NULL) return NULL;
   arena_init(a);
   a->id = atomic_fetch_add(&ta_arena_count, 1);

@@ -36,6 +36,22 @@ void ta_map_set(uintptr_t addr, uint8_t kind) {
   atomic_store_explicit(&ta_keys.map[addr >> TA_CHUNK_SHIFT], kind, memory_order_release);
 }
 
+size_t ta_page_size = TA_PAGE_MIN;
+size_t ta_hugepage_size = (size_t)2 << 20;
+
+/* The page every page-sized step uses: the kernel's, or a larger one a test asked for
+ * (page_kb, conf.c: a machine with 4 KiB pages then behaves as one with 16 or 64 KiB pages
+ * would). Runs hold whole pages of the largest size, so larger ones are not supported. Set
+ * by ta_init before the first chunk; the huge page is the kernel's. */
+void ta_pages_init(void) {
+  size_t page = ta_os_page_size();
+  if (ta_conf_page_size > page && ta_conf_page_size <= TA_PAGE_MAX) page = ta_conf_page_size;
+  if (page > TA_PAGE_MAX) ta_fatal("init: pages larger than 64 KiB are not supported, size", (void *)page);
+  size_t huge = ta_os_hugepage_size();
+  TA_STORE(ta_page_size, page);
+  TA_STORE(ta_hugepage_size, huge > page ? huge : page);
+}
+
 /* Maps the granule map, once, before any chunk exists (ta_init). Its address is stored before
  * its size is published with a release store: a reader that sees the size (ta_map_granules,
  * acquire) sees the address too; one that sees 0 treats every pointer as not ours. */

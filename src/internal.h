@@ -95,8 +95,12 @@ static const bool ta_secure = TA_SECURE;
 #define TA_RUN_SHIFT 16
 #define TA_RUN_SIZE ((size_t)1 << TA_RUN_SHIFT) /* 64 KiB */
 #define TA_RUNS_PER_CHUNK (TA_CHUNK_SIZE / TA_RUN_SIZE) /* 64; slot 0 is the header */
-#define TA_PAGE_SIZE ((size_t)4096)
-#define TA_HUGEPAGE_SIZE ((size_t)2 << 20) /* transparent huge page on x86-64 */
+/* Pages are the kernel's, read at initialisation (ta_page_size, chunk.c): 4 KiB on x86-64,
+ * 4, 16 or 64 KiB on arm64. Arrays indexed by page are sized for the smallest and runs hold
+ * one of the largest. */
+#define TA_PAGE_MIN ((size_t)4 << 10)
+#define TA_PAGE_MAX ((size_t)64 << 10)
+_Static_assert(TA_RUN_SIZE >= TA_PAGE_MAX, "a run is a whole number of pages");
 /* The granule map covers the user address space the kernel hands out without being asked
  * for more (os.c, ta_os_addr_bits): 47 bits on x86-64, 48 on arm64, fewer on some arm64
  * kernels. It is sized for at least the first and at most the second of these. */
@@ -112,6 +116,13 @@ static const bool ta_secure = TA_SECURE;
 #define TA_BIN_WORDS ((TA_NUM_BINS + 63) / 64)
 /* Sizes beyond this are impossible (PTRDIFF_MAX less room for rounding). */
 #define TA_MAX_REQUEST ((size_t)PTRDIFF_MAX - 2 * TA_CHUNK_SIZE)
+
+/* The page every page-sized step uses: carving runs, giving pages back, trims, guard pages,
+ * huge spans (the kernel's, or a larger one a test asked for: chunk.c, ta_pages_init); and
+ * the transparent huge page. Set once by ta_init, before the first chunk; until then the
+ * smallest page and 2 MiB. */
+TA_HIDDEN extern size_t ta_page_size;
+TA_HIDDEN extern size_t ta_hugepage_size;
 
 /* ------------------------------------------------------------------ map kinds */
 enum {
@@ -233,7 +244,7 @@ _Static_assert(offsetof(ta_chunk_t, readers) + sizeof(uint32_t) <= sizeof(ta_run
 #define TA_MEDIUM_HDR 64 /* medium chunk: data starts here; runs[] is not used */
 /* A medium chunk's end marker: its last 16 bytes, or, in the hardened build, the last 16
  * before its last page, which is a guard page (inaccessible while the chunk is medium). */
-#define TA_MEDIUM_GUARD (ta_secure ? TA_PAGE_SIZE : 0)
+#define TA_MEDIUM_GUARD (ta_secure ? ta_page_size : 0)
 #define TA_MEDIUM_END (TA_CHUNK_SIZE - TA_MEDIUM_GUARD - sizeof(ta_mhdr_t))
 
 /* ------------------------------------------------------------------ medium blocks */
@@ -424,6 +435,10 @@ TA_HIDDEN unsigned ta_os_addr_bits(void);
 /* Zeroed read-write memory for the allocator's own tables, charged as it is touched
  * (MAP_NORESERVE), not counted as mapped; NULL on failure. */
 TA_HIDDEN void *ta_os_reserve(size_t size);
+/* The kernel's page size (getauxval(AT_PAGESZ)), and its transparent huge page's (sysfs's
+ * hpage_pmd_size; what a page table page maps if the kernel does not say). Read once. */
+TA_HIDDEN size_t ta_os_page_size(void);
+TA_HIDDEN size_t ta_os_hugepage_size(void);
 TA_HIDDEN void *ta_os_mmap_aligned(size_t size, size_t align); /* NULL on failure */
 TA_HIDDEN int ta_os_munmap(void *p, size_t size);
 TA_HIDDEN void ta_os_trim(void *p, size_t size); /* part of a fresh mapping, never used */
@@ -496,6 +511,7 @@ TA_HIDDEN extern int ta_conf_report_fd; /* stats_print's copy of stderr, or -1 *
 TA_HIDDEN extern const char *ta_conf_stats_log;
 TA_HIDDEN extern size_t ta_conf_stats_log_len;
 TA_HIDDEN extern uint64_t ta_conf_stats_interval_ms;
+TA_HIDDEN extern size_t ta_conf_page_size; /* page_kb (tests): a page larger than the kernel's */
 
 /* ------------------------------------------------------------------ dirty.c */
 /* The book of free resident memory, written by the layers that free memory, read by the
@@ -529,6 +545,7 @@ TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
 TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
 TA_HIDDEN bool ta_map_init(void); /* ta_init: maps the granule map; false if it cannot */
+TA_HIDDEN void ta_pages_init(void); /* ta_init: ta_page_size and ta_hugepage_size */
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 /* Statistics' arrays of requested sizes, one per small chunk while statistics are on (stats.c
  * reads them): made and dropped here, as the chunk is. */
@@ -682,7 +699,7 @@ TA_HIDDEN bool ta_huge_secure_arm(ta_huge_t *h, bool arm);
 /* The request rounded to a page: the span's granule rounding beyond it is address space
  * kept for growth, not memory the block holds. */
 TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) {
-  return ta_align_up(h->data_off + h->requested, TA_PAGE_SIZE) - h->data_off;
+  return ta_align_up(h->data_off + h->requested, ta_page_size) - h->data_off;
 }
 TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
 TA_HIDDEN extern _Atomic size_t ta_huge_live_count;
@@ -706,6 +723,8 @@ typedef struct ta_library {
   void (*fork_child)(void);         /* pthread_atfork's child handler */
 } ta_library_t;
 TA_HIDDEN extern const ta_library_t *const ta_library; /* alloc.c: its library's */
+/* alloc.c: ta_page_size once the allocator has started (it starts it); 0 if it cannot. */
+TA_HIDDEN size_t ta_page(void);
 /* Gives the thread a real arena, or NULL. *borrowed: only for this call (thread has exited). */
 TA_HIDDEN ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed);
 TA_HIDDEN void ta_atfork_register(const ta_library_t *lib);

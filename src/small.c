@@ -186,7 +186,7 @@ static bool run_can_carve(const ta_run_t *r) { return r->limit + r->bsize <= r->
 
 static void run_carve(ta_run_t *r) {
   uint32_t left = r->cap - r->limit / r->bsize;
-  uint32_t n = (uint32_t)(TA_PAGE_SIZE / r->bsize);
+  uint32_t n = (uint32_t)(ta_page_size / r->bsize);
   if (n == 0) n = 1;
   if (n > left) n = left;
   char *base = ta_run_base(r) + r->limit;
@@ -410,7 +410,7 @@ static uintptr_t mark_peek(const ta_block_t *b) {
  * the walk decides, never the marks. */
 static bool top_page_marked(const ta_run_t *r) {
   const char *base = ta_run_base(r);
-  uint32_t top = (uint32_t)ta_align_up(r->limit, TA_PAGE_SIZE) - (uint32_t)TA_PAGE_SIZE;
+  uint32_t top = (uint32_t)ta_align_up(r->limit, ta_page_size) - (uint32_t)ta_page_size;
   for (uint32_t k = r->limit / r->bsize; k-- > 0 && (k + 1) * r->bsize > top;) {
     const ta_block_t *b = (const ta_block_t *)(base + (size_t)k * r->bsize);
     if (mark_peek(b) != ta_mark(b)) return false;
@@ -430,8 +430,8 @@ static size_t run_shrink(ta_run_t *r, size_t min) {
   uint32_t keep = limit / bs;
   while (keep > 0 && bit_get(bits, keep - 1)) keep--;
   uintptr_t base = (uintptr_t)ta_run_base(r);
-  uintptr_t from = ta_align_up(base + (size_t)keep * bs, TA_PAGE_SIZE);
-  uintptr_t to = ta_align_up(base + limit, TA_PAGE_SIZE);
+  uintptr_t from = ta_align_up(base + (size_t)keep * bs, ta_page_size);
+  uintptr_t to = ta_align_up(base + limit, ta_page_size);
   if (from >= to || to - from < min) return 0;
   run_rethread(r, bits, keep);
   /* Other threads read limit to validate their frees: every block at or above the new
@@ -456,7 +456,7 @@ static size_t run_shrink(ta_run_t *r, size_t min) {
  * background purger, which holds only the lock, must not call it. */
 size_t ta_small_shrink(ta_arena_t *a, size_t min) {
   size_t freed = 0;
-  if (min < TA_PAGE_SIZE) min = TA_PAGE_SIZE;
+  if (min < ta_page_size) min = ta_page_size;
   ta_slow_enter(a);
   for (unsigned cls = 1; cls <= TA_NUM_SMALL; cls++) {
     if (a->cur[cls] != &ta_empty_run) freed += run_shrink(a->cur[cls], min);

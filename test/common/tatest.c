@@ -339,7 +339,11 @@ size_t tt_page_size(void)
     static size_t pg;
     size_t v = __atomic_load_n(&pg, __ATOMIC_RELAXED);
     if (!v) {
-        v = (size_t)sysconf(_SC_PAGESIZE);
+        /* The allocator's page: the kernel's, or a larger one TAMALLOC_CONF's page_kb asks
+         * for (the api tier is run so as well). */
+        size_t len = sizeof v;
+        if (ta_mallctl("arenas.page", &v, &len, NULL, 0) != 0 || v == 0)
+            v = (size_t)sysconf(_SC_PAGESIZE);
         __atomic_store_n(&pg, v, __ATOMIC_RELAXED);
     }
     return v;

@@ -109,6 +109,7 @@ size_t tt_required_usable(enum tt_entry e, size_t size);
 
 /* ---- process ----------------------------------------------------------------------- */
 
+/* The allocator's page size (mallctl's arenas.page): the kernel's unless a test asks for more. */
 size_t tt_page_size(void);
 /* VmRSS of this process in KiB, or -1. */
 long tt_rss_kib(void);

@@ -239,3 +239,42 @@ Test(os, granule_map_failure_is_enomem_and_recovers) {
   cr_assert_neq(ta_map_granules(), 0);
   ta_free(p);
 }
+
+/* Pages are the kernel's, read at start-up: AT_PAGESZ, and sysfs's transparent huge page. */
+Test(os, page_sizes_are_the_kernels) {
+  void *p = ta_malloc(16);
+  cr_assert_eq(ta_page_size, (size_t)getauxval(AT_PAGESZ));
+  cr_assert_eq(ta_os_page_size(), (size_t)getauxval(AT_PAGESZ));
+  cr_assert(ta_hugepage_size > ta_page_size && ta_is_pow2(ta_hugepage_size));
+  FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
+  size_t sys = 0;
+  if (f != NULL) {
+    if (fscanf(f, "%zu", &sys) != 1) sys = 0;
+    fclose(f);
+  }
+  if (sys != 0) cr_assert_eq(ta_hugepage_size, sys);
+  ta_run_t *r = ta_run_of(p);
+  cr_assert_eq(r->limit, (uint32_t)(ta_page_size / r->bsize * r->bsize), "a run carves a page");
+  ta_free(p);
+}
+
+/* A test may ask for larger pages (page_kb, before the first call): every page-sized step
+ * uses them. Checked here on runs (a page carved at a time) and huge blocks (a page's
+ * rounding, the page given back by the kernel in whole pages of that size). */
+Test(os, a_larger_page_is_used_throughout) {
+  ta_conf_apply("page_kb:64");
+  void *p = ta_malloc(16);
+  cr_assert_eq(ta_page_size, 64 << 10);
+  ta_run_t *r = ta_run_of(p);
+  cr_assert_eq(r->limit, (uint32_t)((64 << 10) / r->bsize * r->bsize), "a run carves 64 KiB");
+  size_t n;
+  cr_assert_eq(ta_mallctl("arenas.page", &n, &(size_t){sizeof n}, NULL, 0), 0);
+  cr_assert_eq(n, 64 << 10);
+  void *v = ta_valloc(100);
+  cr_assert_eq((uintptr_t)v % (64 << 10), 0, "valloc aligns to the page");
+  char *h = ta_malloc(3 * MiB + 1);
+  cr_assert_eq(ta_malloc_usable_size(h) + 64, ta_align_up(64 + 3 * MiB + 1, 64 << 10));
+  ta_free(h);
+  ta_free(v);
+  ta_free(p);
+}
