@@ -260,15 +260,27 @@ int ta_posix_memalign(void **out, size_t align, size_t size) {
   return 0;
 }
 
-void *ta_valloc(size_t size) { return alloc_aligned(TA_PAGE_SIZE, size); }
+/* The page size, which the first slow path reads (ta_init): valloc, pvalloc and nallocx may
+ * come first. 0 when the allocator cannot start (no memory for its map). */
+size_t ta_page(void) { return TA_LIKELY(ta_init(ta_library)) ? ta_page_size : 0; }
 
-void *ta_pvalloc(size_t size) {
-  if (size > TA_MAX_REQUEST) {
+void *ta_valloc(size_t size) {
+  size_t page = ta_page();
+  if (page == 0) {
     errno = ENOMEM;
     return NULL;
   }
-  size_t rounded = ta_align_up(size ? size : 1, TA_PAGE_SIZE);
-  return alloc_aligned(TA_PAGE_SIZE, rounded);
+  return alloc_aligned(page, size);
+}
+
+void *ta_pvalloc(size_t size) {
+  size_t page = ta_page();
+  if (size > TA_MAX_REQUEST || page == 0) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  size_t rounded = ta_align_up(size ? size : 1, page);
+  return alloc_aligned(page, rounded);
 }
 
 /* ------------------------------------------------------------------ free */
@@ -408,8 +420,8 @@ void ta_free(void *p) {
   if (ta_secure && !secure_releasing) return secure_free(p);
   uintptr_t u = (uintptr_t)p;
   uintptr_t g = u >> TA_CHUNK_SHIFT;
-  if (TA_UNLIKELY(g >= TA_MAP_ENTRIES)) return free_generic(p, TA_MAP_NONE);
-  uint8_t kind = atomic_load_explicit(&ta_chunk_map[g], memory_order_relaxed);
+  if (TA_UNLIKELY(!ta_map_covers(g))) return free_generic(p, TA_MAP_NONE);
+  uint8_t kind = ta_map_at(g);
   if (TA_UNLIKELY(kind != TA_MAP_SMALL)) return free_generic(p, kind);
   ta_run_t *r = ta_run_of(p);
   ta_arena_t *me = ta_tl_arena;
@@ -494,7 +506,7 @@ static bool size_fits(const void *p, size_t usable, size_t size, size_t align) {
     /* Down to half: another thread's realloc keeps a block in place that far. */
     return usable - n <= MEDIUM_SLACK || n >= usable / 2;
   default:
-    return usable - n < TA_PAGE_SIZE; /* a huge block is its request rounded to a page */
+    return usable - n < ta_page_size; /* a huge block is its request rounded to a page */
   }
 }
 
@@ -535,8 +547,7 @@ static TA_NOINLINE void free_checked(void *p, size_t size, size_t align, enum fr
 /* The fast path of a sized free: a small block whose class holds the size. */
 TA_INLINE bool sized_fast(const void *p, size_t size) {
   uintptr_t g = (uintptr_t)p >> TA_CHUNK_SHIFT;
-  return !ta_secure && TA_LIKELY(g < TA_MAP_ENTRIES) &&
-         atomic_load_explicit(&ta_chunk_map[g], memory_order_relaxed) == TA_MAP_SMALL &&
+  return !ta_secure && TA_LIKELY(ta_map_covers(g)) && ta_map_at(g) == TA_MAP_SMALL &&
          TA_LIKELY(size <= ta_run_of(p)->bsize);
 }
 
@@ -827,8 +838,9 @@ static size_t usable_for(size_t size, size_t align) {
   }
   size_t hdr = ta_secure ? TA_HUGE_HDR + TA_HUGE_CANARY : TA_HUGE_HDR;
   size_t off = align >= TA_CHUNK_SIZE ? TA_CHUNK_SIZE : (align > hdr ? align : hdr);
-  if (size > TA_MAX_REQUEST - off - (ta_secure ? TA_PAGE_SIZE : 0)) return 0;
-  return ta_align_up(off + size, TA_PAGE_SIZE) - off;
+  size_t page = ta_page();
+  if (page == 0 || size > TA_MAX_REQUEST - off - (ta_secure ? page : 0)) return 0;
+  return ta_align_up(off + size, page) - off;
 }
 
 /* MALLOCX_ZERO zeroes the whole block, to its usable size (calloc zeroes what was asked). */

@@ -70,26 +70,36 @@ static void draw_keys(void) {
   ta_keys.unlink = inv;
 }
 
-/* One thread initialises: it writes the secret once, and what differs between the
- * libraries (chunks from the break or not: chunk.c), then publishes with a release store;
- * any other thread arriving meanwhile waits the few microseconds that takes. */
-void ta_init(const ta_library_t *lib) {
-  if (TA_LIKELY(__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE))) return;
+/* One thread initialises: it maps the granule map, writes the secret once, and what differs
+ * between the libraries (chunks from the break or not: chunk.c), then publishes with a
+ * release store; any other thread arriving meanwhile waits the few microseconds that takes.
+ * False when the map cannot be mapped (no memory): the next call tries again. */
+bool ta_init(const ta_library_t *lib) {
+  if (TA_LIKELY(__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE))) return true;
   /* malloc's fast path finds the sentinel run's list empty because NULL is not in the
    * sentinel's 4 MiB granule: true unless the library itself lies in the first 4 MiB. */
   if (((uintptr_t)&ta_empty_run >> TA_CHUNK_SHIFT) == 0)
     ta_fatal("init: the library lies below 4 MiB, which is not supported, at", &ta_empty_run);
-  static _Atomic int claimed;
-  int expected = 0;
-  if (atomic_compare_exchange_strong(&claimed, &expected, 1)) {
-    ta_conf_init();
-    ta_chunk_brk_default(lib->brk);
-    ta_secret = ta_os_random();
-    draw_keys();
-    __atomic_store_n(&ta_initialized, true, __ATOMIC_RELEASE);
-    return;
+  static _Atomic int claimed; /* 0: nobody, 1: a thread is initialising */
+  for (;;) {
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&claimed, &expected, 1)) {
+      if (!ta_map_init()) {
+        atomic_store(&claimed, 0);
+        return false;
+      }
+      ta_conf_init();
+      ta_pages_init(); /* after the settings: a test may ask for larger pages */
+      ta_chunk_brk_default(lib->brk);
+      ta_secret = ta_os_random();
+      draw_keys();
+      __atomic_store_n(&ta_initialized, true, __ATOMIC_RELEASE);
+      return true;
+    }
+    while (atomic_load(&claimed) == 1 && !__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE))
+      sched_yield();
+    if (__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE)) return true;
   }
-  while (!__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE)) sched_yield();
 }
 
 static void arena_init(ta_arena_t *a) {
@@ -160,7 +170,7 @@ static ta_arena_t *arena_claim(void) {
         return a;
       }
   }
-  ta_arena_t *a = ta_os_mmap(ta_align_up(sizeof(ta_arena_t), TA_PAGE_SIZE));
+  ta_arena_t *a = ta_os_mmap(ta_align_up(sizeof(ta_arena_t), ta_page_size));
   if (a == NULL) return NULL;
   arena_init(a);
   a->id = atomic_fetch_add(&ta_arena_count, 1);
@@ -259,8 +269,8 @@ static void register_thread(ta_arena_t *a, const ta_library_t *lib) {
 }
 
 ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
-  ta_init(lib);
   *borrowed = false;
+  if (TA_UNLIKELY(!ta_init(lib))) return NULL;
   ta_arena_t *a = ta_tl_arena;
   if (a != &ta_sentinel_arena) return a;
   a = arena_claim();

@@ -8,9 +8,10 @@
  * share the break with another allocator) the chunk is mapped instead, over-allocated and
  * trimmed to alignment.
  *
- * ta_chunk_map holds one byte per 4 MiB granule of the 47-bit address space (32 MiB of
- * zero-filled address space in .bss, of which only the touched pages become resident:
- * one 4 KiB page of the map covers 16 GiB).
+ * The granule map (ta_keys.map) holds one byte per 4 MiB granule of the user address space
+ * the kernel hands out (os.c, ta_os_addr_bits: 47 bits on x86-64, 48 on arm64): 32 or 64 MiB
+ * of zero-filled address space mapped once by ta_init, of which only the touched pages
+ * become resident (one 4 KiB page of the map covers 16 GiB).
  *
  * Empty chunks stay with their arena for reuse; purge.c gives their pages back later.
  *
@@ -21,9 +22,9 @@
  */
 #include "internal.h"
 
-_Alignas(4096) _Atomic uint8_t ta_chunk_map[TA_MAP_ENTRIES];
 uintptr_t ta_secret;
 _Alignas(64) ta_keys_t ta_keys;
+_Static_assert(sizeof(ta_keys_t) <= 64, "the fast paths' keys and map: one cache line");
 ta_run_t ta_empty_run; /* free == NULL, owner == NULL: never matches a block */
 
 /* Whether chunks may come from the break. The replacement library's ta_init says yes; the
@@ -32,7 +33,36 @@ ta_run_t ta_empty_run; /* free == NULL, owner == NULL: never matches a block */
 static _Atomic int brk_state; /* 0: not yet decided, 1: use the break, 2: do not */
 
 void ta_map_set(uintptr_t addr, uint8_t kind) {
-  atomic_store_explicit(&ta_chunk_map[addr >> TA_CHUNK_SHIFT], kind, memory_order_release);
+  atomic_store_explicit(&ta_keys.map[addr >> TA_CHUNK_SHIFT], kind, memory_order_release);
+}
+
+size_t ta_page_size = TA_PAGE_MIN;
+size_t ta_hugepage_size = (size_t)2 << 20;
+
+/* The page every page-sized step uses: the kernel's, or a larger one a test asked for
+ * (page_kb, conf.c: a machine with 4 KiB pages then behaves as one with 16 or 64 KiB pages
+ * would). Runs hold whole pages of the largest size, so larger ones are not supported. Set
+ * by ta_init before the first chunk; the huge page is the kernel's. */
+void ta_pages_init(void) {
+  size_t page = ta_os_page_size();
+  if (ta_conf_page_size > page && ta_conf_page_size <= TA_PAGE_MAX) page = ta_conf_page_size;
+  if (page > TA_PAGE_MAX) ta_fatal("init: pages larger than 64 KiB are not supported, size", (void *)page);
+  size_t huge = ta_os_hugepage_size();
+  TA_STORE(ta_page_size, page);
+  TA_STORE(ta_hugepage_size, huge > page ? huge : page);
+}
+
+/* Maps the granule map, once, before any chunk exists (ta_init). Its address is stored before
+ * its size is published with a release store: a reader that sees the size (ta_map_granules,
+ * acquire) sees the address too; one that sees 0 treats every pointer as not ours. */
+bool ta_map_init(void) {
+  if (ta_map_granules() != 0) return true;
+  size_t granules = (size_t)1 << (ta_os_addr_bits() - TA_CHUNK_SHIFT);
+  _Atomic uint8_t *map = ta_os_reserve(granules);
+  if (map == NULL) return false;
+  ta_keys.map = map;
+  __atomic_store_n(&ta_keys.granules, granules, __ATOMIC_RELEASE);
+  return true;
 }
 
 static void *chunk_from_brk(bool *ok) {

@@ -16,6 +16,10 @@
  *                       (turns stats on; the line is written from a slow path)
  *   stats_interval_ms:N sampling interval of stats_log (1..3600000, default 100)
  *
+ * For tests, not a user setting:
+ *   page_kb:N           work as if pages were N KiB (8, 16, 32 or 64; at least the kernel's),
+ *                       so that a machine with 4 KiB pages behaves as one with larger pages
+ *
  * BOOL is true/false/1/0/yes/no/on/off. The variable is read once, on the first slow path,
  * by walking environ: no getenv, no allocation. An unknown key or a bad value prints one
  * line to stderr and is ignored; nothing else changes.
@@ -51,6 +55,7 @@ int ta_conf_report_fd = -1;
 const char *ta_conf_stats_log;       /* points into environ: never copied */
 size_t ta_conf_stats_log_len;
 uint64_t ta_conf_stats_interval_ms = 100;
+size_t ta_conf_page_size; /* page_kb (chunk.c, ta_pages_init); 0: the kernel's */
 static _Atomic int conf_state;
 
 /* Statistics on or off: ta_stats_enable (stats.c) and the settings below. from_start: no
@@ -152,6 +157,9 @@ static void apply(const char *e, size_t n) {
     else warn("bad value", e, n);
   } else if (eq(e, kn, "huge_cache_mb")) {
     if (parse_uint(v, vn, 1u << 20, &x)) ta_huge_cache_limit = (size_t)x << 20;
+    else warn("bad value", e, n);
+  } else if (eq(e, kn, "page_kb")) {
+    if (parse_uint(v, vn, 64, &x) && x >= 8 && ta_is_pow2((size_t)x)) ta_conf_page_size = (size_t)x << 10;
     else warn("bad value", e, n);
   } else {
     warn("unknown key", e, n);

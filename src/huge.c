@@ -99,17 +99,18 @@ static void note_verdict(unsigned cls, bool dense) {
  * zero. The scan of a page stops at its first nonzero word, and the whole scan as soon as
  * the answer is known. */
 static int mostly_written(const char *p, size_t len, bool read) {
-  unsigned char vec[TA_HUGE_LOOK_MAX / TA_PAGE_SIZE]; /* one call */
-  size_t pages = len / TA_PAGE_SIZE;
+  unsigned char vec[TA_HUGE_LOOK_MAX / TA_PAGE_MIN]; /* one call; in the kernel's pages */
+  size_t page = ta_os_page_size();
+  size_t pages = len / page;
   size_t unwritten_max = pages / 4, unwritten = 0;
   if (ta_os_mincore(p, len, vec) != 0) return -1;
   for (size_t i = 0; i < pages; i++) {
     bool written = vec[i] & 1;
     if (written && read) {
-      const uint64_t *w = (const uint64_t *)(p + i * TA_PAGE_SIZE);
+      const uint64_t *w = (const uint64_t *)(p + i * page);
       size_t j = 0;
-      while (j < TA_PAGE_SIZE / 8 && w[j] == 0) j++;
-      written = j < TA_PAGE_SIZE / 8;
+      while (j < page / 8 && w[j] == 0) j++;
+      written = j < page / 8;
     }
     if (!written && ++unwritten > unwritten_max) return 0;
   }
@@ -123,7 +124,7 @@ static void look_at_previous_fresh(void) {
   uintptr_t w = atomic_exchange_explicit(&unjudged, 0, memory_order_relaxed);
   if (w == 0) return;
   const char *p = (const char *)(w & ~(uintptr_t)TA_CHUNK_MASK);
-  int v = mostly_written(p, (w & TA_CHUNK_MASK) * TA_PAGE_SIZE, false);
+  int v = mostly_written(p, (w & TA_CHUNK_MASK) * ta_page_size, false);
   if (v >= 0) atomic_store_explicit(&last_verdict, (int8_t)(v ? 1 : -1), memory_order_relaxed);
 }
 
@@ -137,7 +138,7 @@ static bool advise(ta_huge_t *h, size_t size, bool fresh) {
  * holds its last byte. */
 static size_t touch_end(const ta_huge_t *h, size_t end) {
   if (!(h->thp & HUGE_ADVISED)) return end;
-  end = ta_align_up(end, TA_HUGEPAGE_SIZE);
+  end = ta_align_up(end, ta_hugepage_size);
   return end < h->map_size ? end : h->map_size;
 }
 
@@ -165,7 +166,7 @@ static void advise_fresh(ta_huge_t *h, size_t size, size_t end) {
       if (mode == TA_THP_ALWAYS) ta_os_hugepage(h, size, false);
       if (score == 0) {
         size_t len = end < TA_HUGE_LOOK_MAX ? end : TA_HUGE_LOOK_MAX;
-        atomic_store_explicit(&unjudged, (uintptr_t)h | (len / TA_PAGE_SIZE),
+        atomic_store_explicit(&unjudged, (uintptr_t)h | (len / ta_page_size),
                               memory_order_relaxed);
       }
     }
@@ -187,8 +188,8 @@ static void judge(ta_huge_t *h) {
     h->look_in--;
     return;
   }
-  size_t from = h->data_off & ~(TA_PAGE_SIZE - 1);
-  size_t end = ta_align_up(h->data_off + h->requested, TA_PAGE_SIZE);
+  size_t from = h->data_off & ~(ta_page_size - 1);
+  size_t end = ta_align_up(h->data_off + h->requested, ta_page_size);
   size_t len = end - from < TA_HUGE_LOOK_MAX ? end - from : TA_HUGE_LOOK_MAX;
   bool advised = h->thp & HUGE_ADVISED;
   bool dense = mostly_written((char *)h + from, len, advised) > 0;
@@ -207,9 +208,9 @@ static void judge(ta_huge_t *h) {
      * stays). Whether its class is used sparsely, the next fresh block of it will tell. */
     atomic_store_explicit(&class_doubt[cls], 1, memory_order_relaxed);
     ta_os_hugepage(h, h->map_size, false);
-    if (h->dirty_end > TA_PAGE_SIZE &&
-        ta_os_decommit((char *)h + TA_PAGE_SIZE, h->dirty_end - TA_PAGE_SIZE) == 0)
-      h->dirty_end = TA_PAGE_SIZE;
+    if (h->dirty_end > ta_page_size &&
+        ta_os_decommit((char *)h + ta_page_size, h->dirty_end - ta_page_size) == 0)
+      h->dirty_end = ta_page_size;
     h->thp = 0;
   }
   if (h->sparse_seen < 6) h->sparse_seen++;
@@ -453,9 +454,9 @@ static bool purge_may_help(size_t need) {
     ta_os_trim(p, need - cached);
     return true;
   }
-  p = ta_os_mmap(TA_PAGE_SIZE);
+  p = ta_os_mmap(ta_page_size);
   if (p == NULL) return true;
-  ta_os_trim(p, TA_PAGE_SIZE);
+  ta_os_trim(p, ta_page_size);
   return false;
 }
 
@@ -464,12 +465,12 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   /* Hardened: 64 bytes of canary between the meta block and the data, and a guard page
    * after the data's last page (see ta_huge_secure_arm). */
   size_t hdr = ta_secure ? TA_HUGE_HDR + TA_HUGE_CANARY : TA_HUGE_HDR;
-  size_t guard = ta_secure ? TA_PAGE_SIZE : 0;
+  size_t guard = ta_secure ? ta_page_size : 0;
   size_t data_off = beyond ? TA_CHUNK_SIZE : (align > hdr ? align : hdr);
   if (size > TA_MAX_REQUEST - data_off - guard) return NULL;
   /* Whole granules: the next mapping then lands aligned by itself (see ta_os_mmap_aligned);
    * the slack is address space, never touched unless the block grows into it. */
-  size_t need = ta_align_up(data_off + size + guard, beyond ? TA_PAGE_SIZE : TA_CHUNK_SIZE);
+  size_t need = ta_align_up(data_off + size + guard, beyond ? ta_page_size : TA_CHUNK_SIZE);
   ta_huge_t *h = NULL;
   bool fresh = true;
 
@@ -496,7 +497,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
       if (h == NULL) return NULL;
     }
   }
-  size_t end = ta_align_up(data_off + size, TA_PAGE_SIZE); /* what the block may touch */
+  size_t end = ta_align_up(data_off + size, ta_page_size); /* what the block may touch */
   if (fresh) {
     advise_fresh(h, need, end);
     h->map_size = need; /* a cached span keeps its own size (>= need) */
@@ -531,13 +532,13 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
  * guard page cannot be set up (arm) or a canary was overwritten. */
 bool ta_huge_secure_arm(ta_huge_t *h, bool arm) {
   uint64_t *c = (uint64_t *)((char *)h + h->data_off) - TA_HUGE_CANARY / 8;
-  char *guard = (char *)h + ta_align_up(h->data_off + h->requested, TA_PAGE_SIZE);
+  char *guard = (char *)h + ta_align_up(h->data_off + h->requested, ta_page_size);
   bool ok = true;
   for (unsigned i = 0; i < TA_HUGE_CANARY / 8; i++) {
     if (arm) c[i] = ta_canary(&c[i]);
     else ok &= c[i] == ta_canary(&c[i]);
   }
-  if (ta_os_protect(guard, TA_PAGE_SIZE, !arm) != 0 && arm) return false;
+  if (ta_os_protect(guard, ta_page_size, !arm) != 0 && arm) return false;
   return ok;
 }
 
@@ -557,7 +558,7 @@ ta_huge_t *ta_huge_hdr_checked(void *p, uint8_t kind, const char *op) {
 void ta_huge_free(ta_huge_t *h) {
   /* dirty_end sits in the header's last word, just before the data: a write before the
    * block that changed it could make a later decommit reach past the mapping. */
-  if (h->dirty_end > h->map_size || (h->dirty_end & (TA_PAGE_SIZE - 1)))
+  if (h->dirty_end > h->map_size || (h->dirty_end & (ta_page_size - 1)))
     ta_fatal("free(): corrupted header before pointer", (char *)h + h->data_off);
   uint32_t live = HUGE_LIVE;
   if (!atomic_compare_exchange_strong(&h->state, &live, HUGE_CACHED))
@@ -583,7 +584,7 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   if (h->data_off == TA_CHUNK_SIZE || size > TA_MAX_REQUEST - h->data_off) return NULL;
   size_t need = ta_align_up(h->data_off + size, TA_CHUNK_SIZE);
   char *old_data = (char *)h + h->data_off;
-  size_t end = ta_align_up(h->data_off + size, TA_PAGE_SIZE); /* what the block may touch */
+  size_t end = ta_align_up(h->data_off + size, ta_page_size); /* what the block may touch */
   if (need <= h->map_size) {
     if (need < h->map_size / 2 && ta_os_munmap((char *)h + need, h->map_size - need) == 0) {
       TA_STORE(h->map_size, need);

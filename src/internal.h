@@ -3,7 +3,7 @@
  *
  * Memory is carved into CHUNKs of 4 MiB, aligned to their size, that come from the program
  * break (sbrk) or, when the break cannot move, from mmap. A byte map with one entry per
- * 4 MiB granule of the address space (ta_chunk_map) says what each granule is, so free(p)
+ * 4 MiB granule of the address space (ta_keys.map) says what each granule is, so free(p)
  * finds p's metadata from the address alone, and a pointer we never handed out is caught
  * before anything is written.
  *
@@ -35,7 +35,7 @@
  *           those of the blocks it drops from the page it keeps
  *   medium: INUSE clear <=> the block is on exactly one bin list; no two adjacent free
  *           blocks; PREV_FREE of a block == !INUSE of its predecessor
- *   map:    ta_chunk_map[g] != 0 => granule g is mapped and its header check word is valid
+ *   map:    ta_map_at(g) != 0 => granule g is mapped and its header check word is valid
  */
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
@@ -95,10 +95,17 @@ static const bool ta_secure = TA_SECURE;
 #define TA_RUN_SHIFT 16
 #define TA_RUN_SIZE ((size_t)1 << TA_RUN_SHIFT) /* 64 KiB */
 #define TA_RUNS_PER_CHUNK (TA_CHUNK_SIZE / TA_RUN_SIZE) /* 64; slot 0 is the header */
-#define TA_PAGE_SIZE ((size_t)4096)
-#define TA_HUGEPAGE_SIZE ((size_t)2 << 20) /* transparent huge page on x86-64 */
-#define TA_ADDR_BITS 47 /* user space on x86-64 (mappings above are refused: os.c) */
-#define TA_MAP_ENTRIES ((size_t)1 << (TA_ADDR_BITS - TA_CHUNK_SHIFT))
+/* Pages are the kernel's, read at initialisation (ta_page_size, chunk.c): 4 KiB on x86-64,
+ * 4, 16 or 64 KiB on arm64. Arrays indexed by page are sized for the smallest and runs hold
+ * one of the largest. */
+#define TA_PAGE_MIN ((size_t)4 << 10)
+#define TA_PAGE_MAX ((size_t)64 << 10)
+_Static_assert(TA_RUN_SIZE >= TA_PAGE_MAX, "a run is a whole number of pages");
+/* The granule map covers the user address space the kernel hands out without being asked
+ * for more (os.c, ta_os_addr_bits): 47 bits on x86-64, 48 on arm64, fewer on some arm64
+ * kernels. It is sized for at least the first and at most the second of these. */
+#define TA_ADDR_BITS_MIN 47
+#define TA_ADDR_BITS_MAX 52
 #define TA_ALIGNMENT 16 /* every block */
 
 /* Size classes: 16..128 step 16, then 8 classes per doubling (at most 12.5% waste). */
@@ -110,6 +117,13 @@ static const bool ta_secure = TA_SECURE;
 /* Sizes beyond this are impossible (PTRDIFF_MAX less room for rounding). */
 #define TA_MAX_REQUEST ((size_t)PTRDIFF_MAX - 2 * TA_CHUNK_SIZE)
 
+/* The page every page-sized step uses: carving runs, giving pages back, trims, guard pages,
+ * huge spans (the kernel's, or a larger one a test asked for: chunk.c, ta_pages_init); and
+ * the transparent huge page. Set once by ta_init, before the first chunk; until then the
+ * smallest page and 2 MiB. */
+TA_HIDDEN extern size_t ta_page_size;
+TA_HIDDEN extern size_t ta_hugepage_size;
+
 /* ------------------------------------------------------------------ map kinds */
 enum {
   TA_MAP_NONE = 0,
@@ -118,7 +132,6 @@ enum {
   TA_MAP_HUGE = 3,    /* huge block whose data starts in this granule, header at its start */
   TA_MAP_HUGE_AL = 4, /* huge block with data at this granule start, header one granule down */
 };
-TA_HIDDEN extern _Atomic uint8_t ta_chunk_map[TA_MAP_ENTRIES];
 
 /* ------------------------------------------------------------------ blocks */
 /* A free block (small, or medium on its way to its owner): word 0 links it into a list,
@@ -138,11 +151,14 @@ typedef struct ta_block {
 } ta_block_t;
 
 TA_HIDDEN extern uintptr_t ta_secret; /* random, nonzero once the allocator is initialised */
-/* The free-list keys, drawn with the secret: one cache line read by both fast paths. */
+/* What both fast paths read besides the thread's arena, in one cache line: the free-list keys,
+ * drawn with the secret, and the granule map, mapped by ta_init (chunk.c, ta_map_init). */
 typedef struct ta_keys {
   uintptr_t mark;   /* ta_mark(b) == b ^ mark */
   uintptr_t link;   /* odd: a link is stored as address * link */
   uintptr_t unlink; /* link's inverse modulo 2^64: address == stored * unlink */
+  _Atomic uint8_t *map; /* one byte per 4 MiB granule: TA_MAP_* (ta_map_get) */
+  size_t granules;      /* entries of map: 0 until it is mapped, then set once (release) */
 } ta_keys_t;
 TA_HIDDEN extern ta_keys_t ta_keys;
 TA_INLINE uintptr_t ta_mark(const void *b) { return (uintptr_t)b ^ ta_keys.mark; }
@@ -228,7 +244,7 @@ _Static_assert(offsetof(ta_chunk_t, readers) + sizeof(uint32_t) <= sizeof(ta_run
 #define TA_MEDIUM_HDR 64 /* medium chunk: data starts here; runs[] is not used */
 /* A medium chunk's end marker: its last 16 bytes, or, in the hardened build, the last 16
  * before its last page, which is a guard page (inaccessible while the chunk is medium). */
-#define TA_MEDIUM_GUARD (ta_secure ? TA_PAGE_SIZE : 0)
+#define TA_MEDIUM_GUARD (ta_secure ? ta_page_size : 0)
 #define TA_MEDIUM_END (TA_CHUNK_SIZE - TA_MEDIUM_GUARD - sizeof(ta_mhdr_t))
 
 /* ------------------------------------------------------------------ medium blocks */
@@ -415,6 +431,16 @@ enum { TA_THP_NEVER = 0, TA_THP_MADVISE = 1, TA_THP_ALWAYS = 2 };
 TA_HIDDEN void *ta_os_brk_get(void);             /* the kernel's break; (void *)-1 on failure */
 TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
 TA_HIDDEN void *ta_os_mmap(size_t size);         /* NULL on failure; zeroed, read-write */
+/* Bits of the user address space the kernel hands out unasked (TA_ADDR_BITS_MIN..MAX); no
+ * mapping of ta_os_mmap lies above. Read once. */
+TA_HIDDEN unsigned ta_os_addr_bits(void);
+/* Zeroed read-write memory for the allocator's own tables, charged as it is touched
+ * (MAP_NORESERVE), not counted as mapped; NULL on failure. */
+TA_HIDDEN void *ta_os_reserve(size_t size);
+/* The kernel's page size (getauxval(AT_PAGESZ)), and its transparent huge page's (sysfs's
+ * hpage_pmd_size; what a page table page maps if the kernel does not say). Read once. */
+TA_HIDDEN size_t ta_os_page_size(void);
+TA_HIDDEN size_t ta_os_hugepage_size(void);
 TA_HIDDEN void *ta_os_mmap_aligned(size_t size, size_t align); /* NULL on failure */
 TA_HIDDEN int ta_os_munmap(void *p, size_t size);
 TA_HIDDEN void ta_os_trim(void *p, size_t size); /* part of a fresh mapping, never used */
@@ -490,6 +516,7 @@ TA_HIDDEN extern int ta_conf_report_fd; /* stats_print's copy of stderr, or -1 *
 TA_HIDDEN extern const char *ta_conf_stats_log;
 TA_HIDDEN extern size_t ta_conf_stats_log_len;
 TA_HIDDEN extern uint64_t ta_conf_stats_interval_ms;
+TA_HIDDEN extern size_t ta_conf_page_size; /* page_kb (tests): a page larger than the kernel's */
 
 /* ------------------------------------------------------------------ dirty.c */
 /* The book of free resident memory, written by the layers that free memory, read by the
@@ -524,6 +551,8 @@ bool ta_bg_running(void); /* for tests */
 TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
 TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
+TA_HIDDEN bool ta_map_init(void); /* ta_init: maps the granule map; false if it cannot */
+TA_HIDDEN void ta_pages_init(void); /* ta_init: ta_page_size and ta_hugepage_size */
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 /* Statistics' arrays of requested sizes, one per small chunk while statistics are on (stats.c
  * reads them): made and dropped here, as the chunk is. */
@@ -540,9 +569,33 @@ TA_INLINE void ta_shadow_set(ta_chunk_t *c, uint16_t *s) {
   __builtin_memcpy((char *)c + TA_SHADOW_OFFSET, &s, sizeof s);
 }
 #define TA_SHADOW_RUN_ENTRIES 4096 /* 64 KiB / 16 B: the most blocks a run holds */
+/* Granules the map covers; 0 before initialisation. An acquire, paired with ta_map_init's
+ * release: a thread that sees the count sees the map's address. */
+TA_INLINE size_t ta_map_granules(void) {
+  return __atomic_load_n(&ta_keys.granules, __ATOMIC_ACQUIRE);
+}
+/* The fast paths' lookup: ta_map_covers(g), then ta_map_at(g) for granule g. The same
+ * acquire, in two halves: x86-64 keeps loads in order, so there a plain load of the count is
+ * an acquire once the compiler may not move the map's address above it (the signal fence, in
+ * ta_map_at, after free's compare, into which the load then folds as the constant it replaced
+ * did). ThreadSanitizer builds, which check every access, use the atomic load. */
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define TA_MAP_TSO 1
+#else
+#define TA_MAP_TSO 0
+#endif
+TA_INLINE bool ta_map_covers(uintptr_t g) {
+  return g < (TA_MAP_TSO ? ta_keys.granules : ta_map_granules());
+}
+/* What granule g holds, once ta_map_covers(g) said yes. */
+TA_INLINE uint8_t ta_map_at(uintptr_t g) {
+  if (TA_MAP_TSO) atomic_signal_fence(memory_order_acquire);
+  return atomic_load_explicit(&ta_keys.map[g], memory_order_relaxed);
+}
 TA_INLINE uint8_t ta_map_get(uintptr_t addr) {
-  if (TA_UNLIKELY(addr >> TA_ADDR_BITS)) return TA_MAP_NONE;
-  return atomic_load_explicit(&ta_chunk_map[addr >> TA_CHUNK_SHIFT], memory_order_relaxed);
+  uintptr_t g = addr >> TA_CHUNK_SHIFT;
+  if (TA_UNLIKELY(!ta_map_covers(g))) return TA_MAP_NONE;
+  return ta_map_at(g);
 }
 TA_INLINE ta_chunk_t *ta_chunk_of(const void *p) {
   return (ta_chunk_t *)((uintptr_t)p & ~(uintptr_t)TA_CHUNK_MASK);
@@ -653,7 +706,7 @@ TA_HIDDEN bool ta_huge_secure_arm(ta_huge_t *h, bool arm);
 /* The request rounded to a page: the span's granule rounding beyond it is address space
  * kept for growth, not memory the block holds. */
 TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) {
-  return ta_align_up(h->data_off + h->requested, TA_PAGE_SIZE) - h->data_off;
+  return ta_align_up(h->data_off + h->requested, ta_page_size) - h->data_off;
 }
 TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
 TA_HIDDEN extern _Atomic size_t ta_huge_live_count;
@@ -677,6 +730,8 @@ typedef struct ta_library {
   void (*fork_child)(void);         /* pthread_atfork's child handler */
 } ta_library_t;
 TA_HIDDEN extern const ta_library_t *const ta_library; /* alloc.c: its library's */
+/* alloc.c: ta_page_size once the allocator has started (it starts it); 0 if it cannot. */
+TA_HIDDEN size_t ta_page(void);
 /* Gives the thread a real arena, or NULL. *borrowed: only for this call (thread has exited). */
 TA_HIDDEN ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed);
 TA_HIDDEN void ta_atfork_register(const ta_library_t *lib);
@@ -698,7 +753,7 @@ TA_INLINE void ta_remote_collect(ta_arena_t *a) {
       atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0)
     ta_remote_collect_slow(a);
 }
-TA_HIDDEN void ta_init(const ta_library_t *lib);
+TA_HIDDEN bool ta_init(const ta_library_t *lib); /* false: no memory for the map */
 TA_HIDDEN extern bool ta_initialized;
 
 /* The slow-path lock (see ta_arena_t.slow; its tag and wait are in os.c, as small.c and

@@ -97,7 +97,7 @@ static void refresh(void) {
   unsigned long long carved_free = 0; /* free small blocks threaded onto runs' lists */
   for (unsigned c = 1; c <= TA_NUM_SMALL; c++)
     carved_free += s.classes[c].free_blocks * s.classes[c].block_size;
-  atomic_store_explicit(&snap.active, ta_align_up(s.usable_bytes + carved_free, TA_PAGE_SIZE),
+  atomic_store_explicit(&snap.active, ta_align_up(s.usable_bytes + carved_free, ta_page_size),
                         memory_order_relaxed);
   atomic_store_explicit(&snap.metadata, minus(s.heap_bytes, s.usable_bytes + s.free_bytes),
                         memory_order_relaxed);
@@ -201,7 +201,7 @@ RO(config_malloc_conf, const char *, "")
 RO(ctl_version, const char *, TA_VERSION_STRING)
 
 RO(arenas_narenas, unsigned, narenas())
-RO(arenas_page, size_t, TA_PAGE_SIZE)
+RO(arenas_page, size_t, ta_page())
 RO(arenas_quantum, size_t, TA_ALIGNMENT)
 
 /* arenas.bin.<i>: the small size classes, i from 0; a class's runs are 64 KiB. The

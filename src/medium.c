@@ -239,27 +239,27 @@ static void top_trim(ta_chunk_t *c, ta_mhdr_t *top, uint64_t now_ms) {
   uint32_t now = (uint32_t)now_ms;
   bool recent = c->trim_ms != 0 && now - c->trim_ms < ta_decay_ms;
   if (!recent) c->trim_keep = 0;
-  if ((uintptr_t)c->trim_keep * TA_PAGE_SIZE > keep) keep = (uintptr_t)c->trim_keep * TA_PAGE_SIZE;
+  if ((uintptr_t)c->trim_keep * ta_page_size > keep) keep = (uintptr_t)c->trim_keep * ta_page_size;
   /* Over: touched beyond what the top keeps by three quarters of the allowance. */
-#define TOP_OVER(keep_) (c->touched >= ta_align_up(start + (keep_), TA_PAGE_SIZE) + allow / 4 * 3)
+#define TOP_OVER(keep_) (c->touched >= ta_align_up(start + (keep_), ta_page_size) + allow / 4 * 3)
   if (!TOP_OVER(keep)) return;
-  if (recent && c->touched > base + (uintptr_t)c->trim_lo * TA_PAGE_SIZE) {
+  if (recent && c->touched > base + (uintptr_t)c->trim_lo * ta_page_size) {
     uintptr_t cap = allow * 4 < TA_CHUNK_SIZE / 2 ? allow * 4 : TA_CHUNK_SIZE / 2;
     keep = keep * 2 < cap ? keep * 2 : cap;
-    c->trim_keep = (uint16_t)(keep / TA_PAGE_SIZE);
+    c->trim_keep = (uint16_t)(keep / ta_page_size);
   }
   bool over = TOP_OVER(keep);
 #undef TOP_OVER
   if (!over) return;
-  uintptr_t lo = ta_align_up(start + keep, TA_PAGE_SIZE);
+  uintptr_t lo = ta_align_up(start + keep, ta_page_size);
   /* The last page holds the top's footer and the end marker: it stays. */
-  uintptr_t last = (base + TA_MEDIUM_END - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
-  uintptr_t hi = ta_align_up(c->touched, TA_PAGE_SIZE);
+  uintptr_t last = (base + TA_MEDIUM_END - sizeof(size_t)) & ~(uintptr_t)(ta_page_size - 1);
+  uintptr_t hi = ta_align_up(c->touched, ta_page_size);
   if (hi > last) hi = last;
   if (hi > lo && ta_os_decommit((void *)lo, hi - lo) != 0) return;
   c->touched = lo;
   c->trim_ms = now ? now : 1;
-  c->trim_lo = (uint16_t)((lo - base) / TA_PAGE_SIZE);
+  c->trim_lo = (uint16_t)((lo - base) / ta_page_size);
 }
 
 /* Gives back the pages of free block h that hold neither its header and the words after
@@ -267,12 +267,12 @@ static void top_trim(ta_chunk_t *c, ta_mhdr_t *top, uint64_t now_ms) {
  * handed out (what is cut from it keeps the bit). Returns the bytes given back. */
 size_t ta_medium_decommit(ta_mhdr_t *h) {
   size_t s = M_SIZE(h);
-  uintptr_t lo = ta_align_up((uintptr_t)(ta_medium_res(h) + 1), TA_PAGE_SIZE);
-  uintptr_t hi = ((uintptr_t)h + s - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
+  uintptr_t lo = ta_align_up((uintptr_t)(ta_medium_res(h) + 1), ta_page_size);
+  uintptr_t hi = ((uintptr_t)h + s - sizeof(size_t)) & ~(uintptr_t)(ta_page_size - 1);
   ta_mh_store(h, h->size_flags | TA_M_DECOMMITTED);
   ta_chunk_t *c = ta_chunk_of(h);
   if ((uintptr_t)h + s == (uintptr_t)c + TA_MEDIUM_END) { /* the top: nothing past touched */
-    if (hi > ta_align_up(c->touched, TA_PAGE_SIZE)) hi = ta_align_up(c->touched, TA_PAGE_SIZE);
+    if (hi > ta_align_up(c->touched, ta_page_size)) hi = ta_align_up(c->touched, ta_page_size);
     if (c->touched > lo) c->touched = lo;
   }
   if (hi <= lo || ta_os_decommit((void *)lo, hi - lo) != 0) return 0;
@@ -288,7 +288,7 @@ size_t ta_medium_decommit(ta_mhdr_t *h) {
  * oldest block that stays resident (0: none). Returns the bytes given back. */
 size_t ta_medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, size_t share,
                        uint64_t *oldest) {
-  unsigned first = all ? ta_size_class(2 * TA_PAGE_SIZE) - 1 : ta_size_class(TA_MEDIUM_PURGE_MIN);
+  unsigned first = all ? ta_size_class(2 * ta_page_size) - 1 : ta_size_class(TA_MEDIUM_PURGE_MIN);
   size_t freed = 0;
   const uint64_t ages[] = {age, age / 2, age / 8, 0};
   for (unsigned i = 0; i < sizeof ages / sizeof ages[0]; i++) {

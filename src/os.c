@@ -7,6 +7,12 @@
  *                           moves it, 0 on success. Callers hold the break lock (ta_brk_lock),
  *                           which guards the break and nothing else.
  *   ta_os_mmap(n)           n bytes, page aligned, zeroed, read-write; NULL on failure.
+ *                           Never above 2^ta_os_addr_bits(), what the granule map covers.
+ *   ta_os_addr_bits()       the width of the user address space the kernel hands out when
+ *                           not asked for more: where the main thread's stack starts.
+ *   ta_os_reserve(n)        zeroed memory for the allocator's tables, charged as touched.
+ *   ta_os_page_size()       the kernel's page (AT_PAGESZ); ta_os_hugepage_size() its
+ *                           transparent huge page (sysfs), both read once without allocating.
  *   ta_os_mmap_aligned(n,a) the same, aligned to a (a power of two >= page size).
  *   ta_os_munmap/decommit   0 on success. decommit drops the pages (they read back as zero).
  *   ta_os_mremap(p,o,n,f)   resizes a mapping in place (f == NULL) or moves it to the fixed
@@ -145,8 +151,9 @@ void *ta_os_mmap(size_t size) {
   void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   errno = saved;
   if (p == MAP_FAILED) return NULL;
-  if ((uintptr_t)p + size > ((uintptr_t)1 << TA_ADDR_BITS)) {
-    /* Beyond what the granule map covers (5-level paging hints): not usable. */
+  if ((uintptr_t)p + size > ((uintptr_t)1 << ta_os_addr_bits())) {
+    /* Beyond what the granule map covers (the kernel goes there only when a program asks
+     * with an address hint, for 5-level paging or arm64's 52 bits): not usable. */
     count_call(TA_OS_MUNMAP);
     munmap(p, size);
     errno = saved;
@@ -155,6 +162,80 @@ void *ta_os_mmap(size_t size) {
   count_mapped((intptr_t)size);
   HANDOVER_ACQUIRE();
   return p;
+}
+
+/* The kernel hands out addresses above its default window (2^47 on x86-64, 2^48 on arm64,
+ * less with fewer translation levels) only to a program that asks with a hint beyond it, and
+ * puts the main thread's stack at the top of that window. So the width is the bit length of
+ * an address in that stack: AT_EXECFN's string lies there (getauxval does not allocate), and
+ * does wherever this runs first. Clamped to [TA_ADDR_BITS_MIN, TA_ADDR_BITS_MAX]: the floor
+ * leaves room should a loader or an emulator put that stack lower than its mappings. */
+static _Atomic unsigned addr_bits;
+
+unsigned ta_os_addr_bits(void) {
+  unsigned bits = atomic_load_explicit(&addr_bits, memory_order_relaxed);
+  if (TA_LIKELY(bits != 0)) return bits;
+  int saved = errno;
+  uintptr_t top = (uintptr_t)getauxval(AT_EXECFN);
+  if (top == 0) top = (uintptr_t)getauxval(AT_RANDOM);
+  if (top == 0) top = (uintptr_t)&bits;
+  errno = saved;
+  bits = 64u - (unsigned)__builtin_clzll((unsigned long long)top | 1);
+  if (bits < TA_ADDR_BITS_MIN) bits = TA_ADDR_BITS_MIN;
+  if (bits > TA_ADDR_BITS_MAX) bits = TA_ADDR_BITS_MAX;
+  atomic_store_explicit(&addr_bits, bits, memory_order_relaxed);
+  return bits;
+}
+
+/* The kernel's page: AT_PAGESZ from the auxiliary vector (getauxval does not allocate). */
+static _Atomic size_t page_size;
+
+size_t ta_os_page_size(void) {
+  size_t p = atomic_load_explicit(&page_size, memory_order_relaxed);
+  if (TA_LIKELY(p != 0)) return p;
+  int saved = errno;
+  p = (size_t)getauxval(AT_PAGESZ);
+  errno = saved;
+  if (p < TA_PAGE_MIN || !ta_is_pow2(p)) p = TA_PAGE_MIN;
+  atomic_store_explicit(&page_size, p, memory_order_relaxed);
+  return p;
+}
+
+/* The transparent huge page: /sys/kernel/mm/transparent_hugepage/hpage_pmd_size, read with
+ * plain system calls into a buffer on the stack. Without it, what one page of page table
+ * maps: a page of 8-byte entries, each mapping a page (2 MiB for 4 KiB pages, 32 MiB for 16
+ * KiB, 512 MiB for 64 KiB). */
+static _Atomic size_t hugepage_size;
+
+size_t ta_os_hugepage_size(void) {
+  size_t h = atomic_load_explicit(&hugepage_size, memory_order_relaxed);
+  if (TA_LIKELY(h != 0)) return h;
+  size_t page = ta_os_page_size();
+  int saved = errno;
+  int fd = open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    char buf[32];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9' && h < ((size_t)1 << 40); i++)
+      h = h * 10 + (size_t)(buf[i] - '0');
+  }
+  errno = saved;
+  if (h <= page || !ta_is_pow2(h)) h = page / 8 * page;
+  atomic_store_explicit(&hugepage_size, h, memory_order_relaxed);
+  return h;
+}
+
+/* Memory for the allocator's own tables (the granule map): touched pages only are charged,
+ * and it is not counted among the mapped bytes, which are the heap's. */
+void *ta_os_reserve(size_t size) {
+  if (should_fail(TA_OS_MMAP)) return NULL;
+  count_call(TA_OS_MMAP);
+  int saved = errno;
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+  errno = saved;
+  return p == MAP_FAILED ? NULL : p;
 }
 
 /* Unmaps part of a mapping just made (alignment trimming): not memory given back. */
@@ -168,7 +249,8 @@ void ta_os_trim(void *p, size_t size) {
 }
 #define trim ta_os_trim
 
-/* Which pages of [p, p + size) are in memory: vec[i] & 1 for page i. 0 on success. */
+/* Which pages of [p, p + size) are in memory: vec[i] & 1 for page i, in the kernel's pages
+ * (ta_os_page_size). 0 on success. */
 int ta_os_mincore(const void *p, size_t size, unsigned char *vec) {
   count_call(TA_OS_MINCORE);
   int saved = errno;
@@ -180,15 +262,15 @@ int ta_os_mincore(const void *p, size_t size, unsigned char *vec) {
 /* Bytes of [p, p + size) in memory, page by page, without allocating (0 if unknown). */
 size_t ta_os_resident(const void *p, size_t size) {
   unsigned char vec[1024];
-  size_t total = 0;
+  size_t total = 0, page = ta_os_page_size(); /* mincore's unit: the kernel's page */
   const char *c = p;
   int saved = errno;
   while (size > 0) {
-    size_t part = size < sizeof vec * TA_PAGE_SIZE ? size : sizeof vec * TA_PAGE_SIZE;
-    size_t pages = (part + TA_PAGE_SIZE - 1) / TA_PAGE_SIZE;
+    size_t part = size < sizeof vec * page ? size : sizeof vec * page;
+    size_t pages = (part + page - 1) / page;
     count_call(TA_OS_MINCORE);
     if (mincore((void *)c, part, vec) == 0)
-      for (size_t i = 0; i < pages; i++) total += (vec[i] & 1) ? TA_PAGE_SIZE : 0;
+      for (size_t i = 0; i < pages; i++) total += (vec[i] & 1) ? page : 0;
     c += part;
     size -= part;
   }
@@ -197,7 +279,7 @@ size_t ta_os_resident(const void *p, size_t size) {
 }
 
 void *ta_os_mmap_aligned(size_t size, size_t align) {
-  if (align <= TA_PAGE_SIZE) return ta_os_mmap(size);
+  if (align <= ta_os_page_size()) return ta_os_mmap(size);
   if (size > SIZE_MAX - align) return NULL;
   /* The kernel places mappings top-down, next to the previous one: when sizes are
    * multiples of the alignment, the plain call is usually aligned already (one syscall). */
@@ -277,7 +359,7 @@ void *ta_os_mremap_move(void *p, size_t old, size_t size) {
   return r;
 }
 
-/* Transparent huge pages (2 MiB on x86-64) wanted, or not, on a range: with them a fault
+/* Transparent huge pages (ta_os_hugepage_size: 2 MiB on x86-64) wanted, or not, on a range: with them a fault
  * fills 2 MiB at once, so they are for memory that is written through. A hint: failure
  * changes nothing but the page size. 0 on success. The advice covers whole mappings only:
  * advising part of one would split it in two, and mremap works on one. */

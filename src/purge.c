@@ -137,9 +137,12 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
       }
       TA_PUBLISH(*pp, c); /* stays: decommitted, kept for reuse */
       /* The first page stays: the header, which keeps the chunk on the list; and the
-       * second too while it holds a small chunk's shadow pointer (a statistics reader
+       * next too (with 4 KiB pages) while it holds a small chunk's shadow pointer (a statistics reader
        * kept the chunk from being unmapped). Zero pages read as no shadow. */
-      size_t keep = (c->kind == TA_MAP_SMALL && ta_shadow_get(c) != NULL ? 2 : 1) * TA_PAGE_SIZE;
+      size_t keep = ta_align_up(c->kind == TA_MAP_SMALL && ta_shadow_get(c) != NULL
+                                    ? TA_SHADOW_OFFSET + sizeof(uint16_t *)
+                                    : sizeof(ta_run_t[TA_RUNS_PER_CHUNK]),
+                                ta_page_size);
       if (!c->decommitted && ta_os_decommit((char *)c + keep, TA_CHUNK_SIZE - keep) == 0) {
         TA_STORE(c->decommitted, 1);
         freed += TA_CHUNK_SIZE - keep;

@@ -192,7 +192,7 @@ static bool run_can_carve(const ta_run_t *r) { return r->limit + r->bsize <= r->
 
 static void run_carve(ta_run_t *r) {
   uint32_t left = r->cap - r->limit / r->bsize;
-  uint32_t n = (uint32_t)(TA_PAGE_SIZE / r->bsize);
+  uint32_t n = (uint32_t)(ta_page_size / r->bsize);
   if (n == 0) n = 1;
   if (n > left) n = left;
   char *base = ta_run_base(r) + r->limit;
@@ -416,7 +416,7 @@ static uintptr_t mark_peek(const ta_block_t *b) {
  * the walk decides, never the marks. */
 static bool top_page_marked(const ta_run_t *r) {
   const char *base = ta_run_base(r);
-  uint32_t top = (uint32_t)ta_align_up(r->limit, TA_PAGE_SIZE) - (uint32_t)TA_PAGE_SIZE;
+  uint32_t top = (uint32_t)ta_align_up(r->limit, ta_page_size) - (uint32_t)ta_page_size;
   for (uint32_t k = r->limit / r->bsize; k-- > 0 && (k + 1) * r->bsize > top;) {
     const ta_block_t *b = (const ta_block_t *)(base + (size_t)k * r->bsize);
     if (mark_peek(b) != ta_mark(b)) return false;
@@ -429,14 +429,14 @@ static bool top_page_marked(const ta_run_t *r) {
  * free list: they count as in use, and stay below the new limit. */
 static size_t run_shrink(ta_run_t *r) {
   uint32_t bs = r->bsize, limit = r->limit;
-  if (limit - (uint32_t)RUN_USED(r) * bs < TA_PAGE_SIZE || !top_page_marked(r)) return 0;
+  if (limit - (uint32_t)RUN_USED(r) * bs < ta_page_size || !top_page_marked(r)) return 0;
   uint64_t bits[RUN_MAX_BLOCKS / 64] = {0};
   run_free_bits(r, bits);
   uint32_t keep = limit / bs;
   while (keep > 0 && bit_get(bits, keep - 1)) keep--;
   uintptr_t base = (uintptr_t)ta_run_base(r);
-  uintptr_t from = ta_align_up(base + (size_t)keep * bs, TA_PAGE_SIZE);
-  uintptr_t to = ta_align_up(base + limit, TA_PAGE_SIZE);
+  uintptr_t from = ta_align_up(base + (size_t)keep * bs, ta_page_size);
+  uintptr_t to = ta_align_up(base + limit, ta_page_size);
   if (from >= to) return 0;
   run_rethread(r, bits, keep);
   /* Other threads read limit to validate their frees: every block at or above the new

@@ -172,7 +172,7 @@ static void walk_huge(struct walk *w, ta_huge_t *h) {
   if (!ta_huge_check_ok(h)) return;
   size_t off = TA_LOAD(h->data_off), requested = TA_LOAD(h->requested);
   size_t map_size = TA_LOAD(h->map_size);
-  size_t usable = ta_align_up(off + requested, TA_PAGE_SIZE) - off; /* ta_huge_usable */
+  size_t usable = ta_align_up(off + requested, ta_page_size) - off; /* ta_huge_usable */
   uint32_t st = atomic_load_explicit(&h->state, memory_order_relaxed);
   if (st == HUGE_LIVE) {
     struct ta_class_stats *cs = &s->classes[0];
@@ -193,17 +193,19 @@ static void walk_huge(struct walk *w, ta_huge_t *h) {
 
 /* Calls fn on every granule whose map entry is set, reading only touched map pages. */
 static void scan_map(void (*fn)(uintptr_t base, uint8_t kind, void *arg), void *arg) {
-  static const size_t map_pages = sizeof ta_chunk_map / TA_PAGE_SIZE;
+  size_t granules = ta_map_granules(); /* 0 before initialisation: nothing to scan */
+  const size_t page = ta_os_page_size(); /* mincore's unit */
+  const size_t map_pages = (granules + page - 1) / page;
   unsigned char vec[2048];
-  uintptr_t map = (uintptr_t)ta_chunk_map & ~(uintptr_t)(TA_PAGE_SIZE - 1);
+  uintptr_t map = (uintptr_t)ta_keys.map; /* page aligned (mmap) */
   for (size_t first = 0; first < map_pages; first += sizeof vec) {
     size_t n = map_pages - first < sizeof vec ? map_pages - first : sizeof vec;
-    bool known = ta_os_mincore((void *)(map + first * TA_PAGE_SIZE), n * TA_PAGE_SIZE, vec) == 0;
+    bool known = ta_os_mincore((void *)(map + first * page), n * page, vec) == 0;
     for (size_t pg = 0; pg < n; pg++) {
       if (known && !(vec[pg] & 1)) continue;
-      size_t g0 = ((map + (first + pg) * TA_PAGE_SIZE) - (uintptr_t)ta_chunk_map);
-      for (size_t g = g0; g < g0 + TA_PAGE_SIZE && g < TA_MAP_ENTRIES; g++) {
-        uint8_t k = atomic_load_explicit(&ta_chunk_map[g], memory_order_acquire);
+      size_t g0 = (first + pg) * page;
+      for (size_t g = g0; g < g0 + page && g < granules; g++) {
+        uint8_t k = atomic_load_explicit(&ta_keys.map[g], memory_order_acquire);
         if (k) fn((uintptr_t)g << TA_CHUNK_SHIFT, k, arg);
       }
     }
@@ -216,7 +218,7 @@ static void scan_map(void (*fn)(uintptr_t base, uint8_t kind, void *arg), void *
  * (ta_chunk_alloc). False when the chunk is no longer what the map said. */
 static bool chunk_enter(ta_chunk_t *c, uintptr_t base, uint8_t kind) {
   atomic_fetch_add_explicit(&c->readers, 1, memory_order_seq_cst);
-  if (atomic_load_explicit(&ta_chunk_map[base >> TA_CHUNK_SHIFT], memory_order_seq_cst) == kind &&
+  if (atomic_load_explicit(&ta_keys.map[base >> TA_CHUNK_SHIFT], memory_order_seq_cst) == kind &&
       TA_LOAD(c->check) == (base ^ ta_secret))
     return true;
   atomic_fetch_sub_explicit(&c->readers, 1, memory_order_release);
@@ -685,7 +687,7 @@ static size_t process_rss(void) {
   size_t pages = 0;
   while (*p == ' ') p++;
   while (*p >= '0' && *p <= '9') pages = pages * 10 + (size_t)(*p++ - '0');
-  return pages * TA_PAGE_SIZE;
+  return pages * ta_os_page_size(); /* statm counts the kernel's pages */
 }
 
 /* From slow paths: one line of totals when the interval has passed. */

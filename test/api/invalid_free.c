@@ -389,6 +389,7 @@ static void run_in_child(enum scenario s, struct report *r)
         r->len += (size_t)n;
     }
     r->text[r->len] = 0;
+    r->len = tt_strip_emulator_lines(r->text, r->len);
     close(fds[0]);
     r->status = tt_wait_timeout(pid, 30);
 }

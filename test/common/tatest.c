@@ -339,7 +339,11 @@ size_t tt_page_size(void)
     static size_t pg;
     size_t v = __atomic_load_n(&pg, __ATOMIC_RELAXED);
     if (!v) {
-        v = (size_t)sysconf(_SC_PAGESIZE);
+        /* The allocator's page: the kernel's, or a larger one TAMALLOC_CONF's page_kb asks
+         * for (the api tier is run so as well). */
+        size_t len = sizeof v;
+        if (ta_mallctl("arenas.page", &v, &len, NULL, 0) != 0 || v == 0)
+            v = (size_t)sysconf(_SC_PAGESIZE);
         __atomic_store_n(&pg, v, __ATOMIC_RELAXED);
     }
     return v;
@@ -376,6 +380,23 @@ double tt_env_seconds(const char *name, double def)
             return d;
     }
     return def;
+}
+
+size_t tt_strip_emulator_lines(char *text, size_t len)
+{
+    static const char mark[] = "qemu: uncaught target signal ";
+    char *line = text;
+    while (line < text + len) {
+        char *nl = memchr(line, '\n', (size_t)(text + len - line));
+        char *next = nl ? nl + 1 : text + len;
+        if ((size_t)(next - line) >= sizeof mark - 1 && memcmp(line, mark, sizeof mark - 1) == 0) {
+            memmove(line, next, (size_t)(text + len - next) + 1);
+            len -= (size_t)(next - line);
+        } else {
+            line = next;
+        }
+    }
+    return len;
 }
 
 void tt_no_core(void)

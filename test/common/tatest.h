@@ -20,7 +20,11 @@
 #define TT_SMALL_MAX (8 * TT_KIB)
 #define TT_MEDIUM_MAX (1 * TT_MIB)
 
-#ifdef TATEST_SANITIZER
+/* Sanitizer builds, and tests run by an emulator (the cross build's, under qemu-user), run
+ * slower and hold memory that is not the allocator's (shadow memory; the emulator's own
+ * per-thread state and code cache): tests that count resident memory or make tens of
+ * thousands of threads scale down and leave those counts out. */
+#if defined(TATEST_SANITIZER) || defined(TATEST_EMULATED)
 #define TT_SANITIZER 1
 #else
 #define TT_SANITIZER 0
@@ -105,6 +109,7 @@ size_t tt_required_usable(enum tt_entry e, size_t size);
 
 /* ---- process ----------------------------------------------------------------------- */
 
+/* The allocator's page size (mallctl's arenas.page): the kernel's unless a test asks for more. */
 size_t tt_page_size(void);
 /* VmRSS of this process in KiB, or -1. */
 long tt_rss_kib(void);
@@ -112,6 +117,10 @@ long tt_rss_kib(void);
 double tt_now(void);
 /* Seconds from the environment variable `name` if set and positive, else `def`. */
 double tt_env_seconds(const char *name, double def);
+/* Removes from text (len bytes, NUL-terminated) the line an emulator adds to stderr when the
+ * program it runs dies of a signal ("qemu: uncaught target signal 6 (Aborted) - core
+ * dumped"), so that tests read what the allocator wrote. Returns the new length. */
+size_t tt_strip_emulator_lines(char *text, size_t len);
 /* Disables core files for this process (tests that abort on purpose). */
 void tt_no_core(void);
 /* Formats a pointer exactly like printf's %p. */

@@ -572,6 +572,7 @@ static void run_child(void (*fn)(void *), void *arg, struct said *s)
         len += (size_t)n;
     }
     s->text[len] = 0;
+    tt_strip_emulator_lines(s->text, len);
     close(fds[0]);
     s->status = tt_wait_timeout(pid, 30);
 }

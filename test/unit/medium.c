@@ -166,7 +166,7 @@ static void *rise_and_fall(void *arg) {
   cr_assert_geq(before, (size_t)N * SIZE, "the blocks were written");
   /* the header page, the kept block, the allowance (64 KiB with no dirty budget), the
    * last page, and a page of rounding on each side */
-  size_t bound = SIZE + (64 << 10) + 5 * TA_PAGE_SIZE;
+  size_t bound = SIZE + (64 << 10) + 5 * ta_page_size;
   cr_assert_leq(after, bound, "%zu bytes of the chunk still resident (bound %zu)", after, bound);
   /* A block carved again from the trimmed top is whole. */
   char *q = ta_malloc(900 << 10);
@@ -301,7 +301,7 @@ Test(medium, the_purge_gives_back_old_holes_and_keeps_fresh_ones) {
   size_t resident_before = ta_os_resident(fresh, 100 << 10);
   cr_assert_gt(ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms), 0);
   cr_assert(given_back(old), "the hole free for the decay time went back");
-  cr_assert_leq(ta_os_resident(old, 100 << 10), 2 * TA_PAGE_SIZE);
+  cr_assert_leq(ta_os_resident(old, 100 << 10), 2 * ta_page_size);
   cr_assert_not(given_back(fresh), "the hole freed just now stays");
   cr_assert_eq(ta_os_resident(fresh, 100 << 10), resident_before);
   cr_assert_neq(ta_tl_arena->medium_dirty_since, 0, "the fresh hole is pending");

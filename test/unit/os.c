@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -198,5 +199,82 @@ Test(os, mapping_failure_of_every_size_purges_the_cache) {
   ta_os_fail(0, 0, 0);
   cr_assert_not_null(p);
   cr_assert_eq(ta_huge_cached_bytes(), 0);
+  ta_free(p);
+}
+
+/* The granule map covers the address space the kernel hands out: where the main thread's
+ * stack lies (AT_EXECFN's string), 47 bits at least; every block of every kind is in it. */
+Test(os, granule_map_covers_the_address_space) {
+  cr_assert_eq(ta_map_granules(), 0, "nothing is mapped before the first call");
+  cr_assert_eq(ta_map_get((uintptr_t)&errno), TA_MAP_NONE);
+  void *p[3] = {ta_malloc(16), ta_malloc(100000), ta_malloc(3 * MiB)};
+  unsigned bits = ta_os_addr_bits();
+  cr_assert_geq(bits, TA_ADDR_BITS_MIN);
+  cr_assert_leq(bits, TA_ADDR_BITS_MAX);
+  uintptr_t stack = (uintptr_t)getauxval(AT_EXECFN);
+  cr_assert_eq(stack >> bits, 0, "the stack's top lies below 2^%u", bits);
+  cr_assert_eq(ta_map_granules(), (size_t)1 << (bits - TA_CHUNK_SHIFT));
+  static const uint8_t kinds[3] = {TA_MAP_SMALL, TA_MAP_MEDIUM, TA_MAP_HUGE};
+  for (int i = 0; i < 3; i++) {
+    cr_assert_not_null(p[i]);
+    cr_assert_eq((uintptr_t)p[i] >> bits, 0);
+    cr_assert_eq(ta_map_get((uintptr_t)p[i]), kinds[i]);
+    ta_free(p[i]);
+  }
+  /* Beyond the map: not ours, and no read past its end. */
+  cr_assert_eq(ta_map_get((uintptr_t)1 << bits), TA_MAP_NONE);
+  cr_assert_eq(ta_map_get(UINTPTR_MAX), TA_MAP_NONE);
+}
+
+/* The map is mapped by the first call; when it cannot be, that call fails as running out of
+ * memory does, and the next one succeeds. */
+Test(os, granule_map_failure_is_enomem_and_recovers) {
+  ta_os_fail(TA_OS_MMAP, 0, 1);
+  errno = 0;
+  cr_assert_null(ta_malloc(16));
+  cr_assert_eq(errno, ENOMEM);
+  cr_assert_eq(ta_map_granules(), 0);
+  void *p = ta_malloc(16);
+  cr_assert_not_null(p);
+  cr_assert_neq(ta_map_granules(), 0);
+  ta_free(p);
+}
+
+/* Pages are the kernel's, read at start-up: AT_PAGESZ, and sysfs's transparent huge page. */
+Test(os, page_sizes_are_the_kernels) {
+  void *p = ta_malloc(16);
+  cr_assert_eq(ta_page_size, (size_t)getauxval(AT_PAGESZ));
+  cr_assert_eq(ta_os_page_size(), (size_t)getauxval(AT_PAGESZ));
+  cr_assert(ta_hugepage_size > ta_page_size && ta_is_pow2(ta_hugepage_size));
+  FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
+  size_t sys = 0;
+  if (f != NULL) {
+    if (fscanf(f, "%zu", &sys) != 1) sys = 0;
+    fclose(f);
+  }
+  if (sys != 0) cr_assert_eq(ta_hugepage_size, sys);
+  ta_run_t *r = ta_run_of(p);
+  cr_assert_eq(r->limit, (uint32_t)(ta_page_size / r->bsize * r->bsize), "a run carves a page");
+  ta_free(p);
+}
+
+/* A test may ask for larger pages (page_kb, before the first call): every page-sized step
+ * uses them. Checked here on runs (a page carved at a time) and huge blocks (a page's
+ * rounding, the page given back by the kernel in whole pages of that size). */
+Test(os, a_larger_page_is_used_throughout) {
+  ta_conf_apply("page_kb:64");
+  void *p = ta_malloc(16);
+  cr_assert_eq(ta_page_size, 64 << 10);
+  ta_run_t *r = ta_run_of(p);
+  cr_assert_eq(r->limit, (uint32_t)((64 << 10) / r->bsize * r->bsize), "a run carves 64 KiB");
+  size_t n;
+  cr_assert_eq(ta_mallctl("arenas.page", &n, &(size_t){sizeof n}, NULL, 0), 0);
+  cr_assert_eq(n, 64 << 10);
+  void *v = ta_valloc(100);
+  cr_assert_eq((uintptr_t)v % (64 << 10), 0, "valloc aligns to the page");
+  char *h = ta_malloc(3 * MiB + 1);
+  cr_assert_eq(ta_malloc_usable_size(h) + 64, ta_align_up(64 + 3 * MiB + 1, 64 << 10));
+  ta_free(h);
+  ta_free(v);
   ta_free(p);
 }

@@ -48,7 +48,7 @@ Test(runs, first_block_makes_an_arena_and_a_run) {
 Test(runs, blocks_are_carved_a_page_at_a_time) {
   void *p = ta_malloc(64);
   ta_run_t *r = ta_run_of(p);
-  cr_assert_eq(r->limit, TA_PAGE_SIZE, "one page threaded, not the whole run");
+  cr_assert_eq(r->limit, ta_page_size, "one page threaded, not the whole run");
   ta_free(p);
 }
 
@@ -218,7 +218,7 @@ static ta_run_t *fill_run(size_t size) {
   }
   for (uint32_t k = 0; k < r->cap; k++) write_block(k, size);
   cr_assert_eq(r->limit, r->cap * r->bsize);
-  cr_assert_geq(run_resident(r), (size_t)r->cap * r->bsize / TA_PAGE_SIZE * TA_PAGE_SIZE);
+  cr_assert_geq(run_resident(r), (size_t)r->cap * r->bsize / ta_page_size * ta_page_size);
   return r;
 }
 
@@ -256,9 +256,9 @@ static void trim_keeps_the_lowest(size_t size, bool partial) {
   cr_assert_eq(r->limit, r->bsize, "only the block in use stays threaded");
   cr_assert_null(r->free);
   check_run(r);
-  cr_assert_leq(run_resident(r), 2 * TA_PAGE_SIZE, "%zu bytes resident", run_resident(r));
+  cr_assert_leq(run_resident(r), 2 * ta_page_size, "%zu bytes resident", run_resident(r));
   check_block(0, size);
-  for (uint32_t k = 1; k < r->cap && (size_t)k * r->bsize < TA_PAGE_SIZE; k++) {
+  for (uint32_t k = 1; k < r->cap && (size_t)k * r->bsize < ta_page_size; k++) {
     const ta_block_t *b = blocks[k];
     cr_assert(b->link == 0 && b->key == 0, "block %u keeps a link or a mark", k);
   }
@@ -299,7 +299,7 @@ Test(runs, the_list_below_the_highest_block_in_use_is_threaded_in_address_order)
     cr_assert_eq(b, blocks[k], "free block %zu in address order", k);
     cr_assert_eq(b->key, ta_mark(b), "still marked free");
   }
-  cr_assert_leq(run_resident(r), (size_t)(mid + 1) * r->bsize + TA_PAGE_SIZE);
+  cr_assert_leq(run_resident(r), (size_t)(mid + 1) * r->bsize + ta_page_size);
   check_block(0, 64);
   check_block(mid, 64);
   for (k = 1; k < mid; k++) cr_assert_eq(ta_malloc(64), blocks[k], "low addresses first");
@@ -323,11 +323,11 @@ Test(runs, remote_frees_are_taken_in_before_the_run_shrinks) {
   cr_assert_not_null(atomic_load(&ta_tl_arena->remote));
   cr_assert_eq(RUN_USED(r), (int32_t)r->cap, "blocks on the remote list count as used");
   cr_assert_geq(ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms),
-                TA_RUN_SIZE - TA_PAGE_SIZE);
+                TA_RUN_SIZE - ta_page_size);
   cr_assert_null(atomic_load(&ta_tl_arena->remote));
   cr_assert_eq(r->limit, r->bsize);
   check_run(r);
-  cr_assert_leq(run_resident(r), 2 * TA_PAGE_SIZE);
+  cr_assert_leq(run_resident(r), 2 * ta_page_size);
   check_block(0, 64);
   refill_and_check(r, 64, 1);
 }
@@ -406,7 +406,7 @@ Test(runs, the_owners_purge_after_the_decay_gives_back_free_pages) {
   ta_free(ta_malloc(20000)); /* a slow path: the purge is due */
   cr_assert_eq(r->limit, r->bsize);
   check_run(r);
-  cr_assert_leq(run_resident(r), 2 * TA_PAGE_SIZE);
+  cr_assert_leq(run_resident(r), 2 * ta_page_size);
   check_block(0, 64);
   refill_and_check(r, 64, 1);
 }

@@ -21,11 +21,11 @@ static void holes_go_back(size_t size) {
   size_t resident = 0, pages = 0;
   for (int i = 0; i < N; i++) {
     /* the pages strictly inside the hole, past its links and before its footer */
-    uintptr_t lo = ta_align_up((uintptr_t)hole[i] + 2 * sizeof(void *), TA_PAGE_SIZE);
-    uintptr_t hi = ((uintptr_t)hole[i] + size - sizeof(size_t)) & ~(uintptr_t)(TA_PAGE_SIZE - 1);
+    uintptr_t lo = ta_align_up((uintptr_t)hole[i] + 2 * sizeof(void *), ta_page_size);
+    uintptr_t hi = ((uintptr_t)hole[i] + size - sizeof(size_t)) & ~(uintptr_t)(ta_page_size - 1);
     if (hi <= lo) continue;
-    pages += (hi - lo) / TA_PAGE_SIZE;
-    resident += ta_os_resident((void *)lo, hi - lo) / TA_PAGE_SIZE;
+    pages += (hi - lo) / ta_page_size;
+    resident += ta_os_resident((void *)lo, hi - lo) / ta_page_size;
   }
   cr_assert_gt(pages, 0);
   cr_assert_eq(resident, 0, "%zu of %zu pages of %zu-byte holes still resident", resident, pages,
