@@ -31,6 +31,9 @@ set(ENV{PKG_CONFIG_LIBDIR} /usr/lib/aarch64-linux-gnu/pkgconfig:/usr/aarch64-lin
 find_program(TAMALLOC_QEMU_AARCH64 NAMES qemu-aarch64 qemu-aarch64-static)
 if(TAMALLOC_QEMU_AARCH64)
   set(CMAKE_CROSSCOMPILING_EMULATOR ${TAMALLOC_QEMU_AARCH64} -L /usr/aarch64-linux-gnu)
+else()
+  message(WARNING "qemu-aarch64 not found (Debian: qemu-user): the library builds, but the "
+                  "tests cannot run on this machine")
 endif()
 
 set(TATEST_SHIM ON CACHE BOOL "")

@@ -129,8 +129,11 @@ static void look_at_previous_fresh(void) {
 }
 
 /* Huge pages for the whole span of `size` bytes. A fresh mapping needs no advice where the
- * kernel gives them everywhere. True if the span has them. */
+ * kernel gives them everywhere. True if the span has them. Never where a huge page is larger
+ * than the stretch a verdict looks at (512 MiB with 64 KiB pages): one byte written would
+ * commit more than was ever judged dense. */
 static bool advise(ta_huge_t *h, size_t size, bool fresh) {
+  if (ta_hugepage_size > TA_HUGE_LOOK_MAX) return false;
   return (fresh && thp_mode() == TA_THP_ALWAYS) || ta_os_hugepage(h, size, true) == 0;
 }
 

@@ -269,13 +269,18 @@ size_t ta_medium_decommit(ta_mhdr_t *h) {
   size_t s = M_SIZE(h);
   uintptr_t lo = ta_align_up((uintptr_t)(ta_medium_res(h) + 1), ta_page_size);
   uintptr_t hi = ((uintptr_t)h + s - sizeof(size_t)) & ~(uintptr_t)(ta_page_size - 1);
-  ta_mh_store(h, h->size_flags | TA_M_DECOMMITTED);
   ta_chunk_t *c = ta_chunk_of(h);
-  if ((uintptr_t)h + s == (uintptr_t)c + TA_MEDIUM_END) { /* the top: nothing past touched */
-    if (hi > ta_align_up(c->touched, ta_page_size)) hi = ta_align_up(c->touched, ta_page_size);
-    if (c->touched > lo) c->touched = lo;
+  bool top = (uintptr_t)h + s == (uintptr_t)c + TA_MEDIUM_END;
+  if (top && hi > ta_align_up(c->touched, ta_page_size)) /* nothing past touched is resident */
+    hi = ta_align_up(c->touched, ta_page_size);
+  /* A block without a whole inner page (large pages) keeps its pages, and says so. */
+  if (hi <= lo) {
+    if (top) ta_mh_store(h, h->size_flags | TA_M_DECOMMITTED);
+    return 0;
   }
-  if (hi <= lo || ta_os_decommit((void *)lo, hi - lo) != 0) return 0;
+  if (ta_os_decommit((void *)lo, hi - lo) != 0) return 0;
+  ta_mh_store(h, h->size_flags | TA_M_DECOMMITTED);
+  if (top && c->touched > lo) c->touched = lo;
   return hi - lo;
 }
 

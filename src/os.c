@@ -201,6 +201,24 @@ size_t ta_os_page_size(void) {
   return p;
 }
 
+/* Reads up to n - 1 bytes of a small kernel file into buf (terminated); the length, or -1.
+ * Raw system calls: the library's open and read are cancellation points (and may be
+ * wrapped by another preloaded library), and these reads happen in malloc: at start-up and
+ * on slow paths. errno is left as it was. */
+static long read_kernel_file(const char *path, char *buf, size_t n) {
+  int saved = errno;
+  long fd = syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+  long got = -1;
+  if (fd >= 0) {
+    got = syscall(SYS_read, (int)fd, buf, n - 1);
+    syscall(SYS_close, (int)fd);
+  }
+  errno = saved;
+  if (got < 0) return -1;
+  buf[got] = 0;
+  return got;
+}
+
 /* The transparent huge page: /sys/kernel/mm/transparent_hugepage/hpage_pmd_size, read with
  * plain system calls into a buffer on the stack. Without it, what one page of page table
  * maps: a page of 8-byte entries, each mapping a page (2 MiB for 4 KiB pages, 32 MiB for 16
@@ -211,16 +229,10 @@ size_t ta_os_hugepage_size(void) {
   size_t h = atomic_load_explicit(&hugepage_size, memory_order_relaxed);
   if (TA_LIKELY(h != 0)) return h;
   size_t page = ta_os_page_size();
-  int saved = errno;
-  int fd = open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", O_RDONLY | O_CLOEXEC);
-  if (fd >= 0) {
-    char buf[32];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9' && h < ((size_t)1 << 40); i++)
-      h = h * 10 + (size_t)(buf[i] - '0');
-  }
-  errno = saved;
+  char buf[32];
+  long n = read_kernel_file("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", buf, sizeof buf);
+  for (long i = 0; i < n && buf[i] >= '0' && buf[i] <= '9' && h < ((size_t)1 << 40); i++)
+    h = h * 10 + (size_t)(buf[i] - '0');
   if (h <= page || !ta_is_pow2(h)) h = page / 8 * page;
   atomic_store_explicit(&hugepage_size, h, memory_order_relaxed);
   return h;
@@ -407,21 +419,14 @@ int ta_os_thp_mode(void) {
   int m = atomic_load_explicit(&thp_mode, memory_order_relaxed);
   if (TA_LIKELY(m >= 0)) return m;
   m = TA_THP_NEVER;
-  int saved = errno;
-  int fd = open("/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY | O_CLOEXEC);
-  if (fd >= 0) {
-    char buf[128];
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = 0;
+  char buf[128];
+  if (read_kernel_file("/sys/kernel/mm/transparent_hugepage/enabled", buf, sizeof buf) > 0)
     for (char *c = buf; *c; c++) {
       if (*c != '[') continue;
       if (c[1] == 'a') m = TA_THP_ALWAYS;
       else if (c[1] == 'm') m = TA_THP_MADVISE;
       break;
     }
-  }
-  errno = saved;
   atomic_store_explicit(&thp_mode, m, memory_order_relaxed);
   return m;
 }
@@ -440,23 +445,6 @@ unsigned ta_os_ncpu(void) {
   if (n == 0) n = 1;
   atomic_store_explicit(&cached, n, memory_order_relaxed);
   return n;
-}
-
-/* Reads up to n - 1 bytes of a small kernel file into buf (terminated); the length, or -1.
- * Raw system calls: the library's open and read are cancellation points, and these reads
- * happen on slow paths of malloc. errno is left as it was. */
-static long read_kernel_file(const char *path, char *buf, size_t n) {
-  int saved = errno;
-  long fd = syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
-  long got = -1;
-  if (fd >= 0) {
-    got = syscall(SYS_read, (int)fd, buf, n - 1);
-    syscall(SYS_close, (int)fd);
-  }
-  errno = saved;
-  if (got < 0) return -1;
-  buf[got] = 0;
-  return got;
 }
 
 /* Threads of the whole system running or waiting for a CPU now (the fourth field of
