@@ -112,6 +112,17 @@ uint64_t ta_owner_decay(void) {
   return ta_decay_ms * atomic_load_explicit(&per_cpu, memory_order_relaxed);
 }
 
+/* One arena's share of half the budget of free memory: the allowance of each medium chunk's
+ * top (medium.c), and again what its large free medium blocks may keep resident past a purge
+ * (the other half). Within [64 KiB, 1 MiB]: few threads keep enough not to fault again on
+ * each cycle, many threads keep little each, since another thread can reuse those pages only
+ * through the kernel. */
+size_t ta_arena_share(void) {
+  uint32_t n = atomic_load_explicit(&ta_arena_count, memory_order_relaxed);
+  size_t share = ta_dirty_max / 2 / (n ? n : 1), lo = (size_t)64 << 10, hi = (size_t)1 << 20;
+  return share < lo ? lo : share > hi ? hi : share;
+}
+
 bool ta_over_budget(void) {
   return atomic_load_explicit(&ta_dirty_total, memory_order_relaxed) > ta_dirty_max;
 }

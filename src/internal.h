@@ -529,6 +529,7 @@ TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
 TA_HIDDEN bool ta_over_budget(void);
 TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
 TA_HIDDEN uint64_t ta_owner_decay(void);
+TA_HIDDEN size_t ta_arena_share(void); /* dirty.c: the tops' allowance, the holes' share */
 TA_HIDDEN extern _Atomic uint32_t ta_owner_scale_force; /* tests */
 TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
 TA_HIDDEN void ta_note_orphan_work(void);

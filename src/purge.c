@@ -65,15 +65,6 @@ void ta_maybe_purge(ta_arena_t *a) {
   if (hdue && now >= hdue) ta_huge_purge(now, false);
 }
 
-/* An arena's large free medium blocks that stay resident after a purge: at most its share
- * of half the budget of free memory (the other half is the tops', medium.c), within
- * [64 KiB, 1 MiB]. Past it, younger blocks go too, the oldest first. */
-static size_t medium_keep_share(void) {
-  uint32_t n = atomic_load_explicit(&ta_arena_count, memory_order_relaxed);
-  size_t share = ta_dirty_max / 2 / (n ? n : 1);
-  return share < ((size_t)64 << 10) ? (size_t)64 << 10 : share > ((size_t)1 << 20) ? (size_t)1 << 20 : share;
-}
-
 /* all: everything, now (trim, ownerless arena: the caller owns the arena's fast-path state
  * too); else what became free at least `age` ms ago (the decay time, or less when over the
  * budget). The background thread calls it on arenas it does not own, with all false: only
@@ -186,7 +177,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   if (a->medium_dirty_since || all) {
     if (all || now >= a->medium_dirty_since + age) {
       uint64_t oldest = 0;
-      freed += ta_medium_purge(a, now, all, age, medium_keep_share(), &oldest);
+      freed += ta_medium_purge(a, now, all, age, ta_arena_share() /* the holes' */, &oldest);
       a->medium_dirty_since = oldest;
       if (oldest) PENDING(oldest);
     } else {
