@@ -346,6 +346,7 @@ typedef struct ta_arena {
   /* --- owner-only slow-path state --- */
   ta_run_t *partial[TA_NUM_SMALL + 1]; /* runs with free blocks (or, shrunk, room to thread
                                         * them again), not current */
+  ta_run_t *partial_tail[TA_NUM_SMALL + 1]; /* the oldest of each list (see small.c) */
   ta_chunk_t *small_avail;  /* small chunks with a free run slot */
   ta_chunk_t *small_full;   /* small chunks without one */
   ta_chunk_t *medium_chunks;

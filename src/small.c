@@ -24,11 +24,14 @@
  */
 #include "internal.h"
 
+/* A run joins its class's PARTIAL list at the head (newest first); the tail is the oldest
+ * (see ta_small_alloc_slow for which one becomes current). */
 static void partial_push(ta_arena_t *a, ta_run_t *r) {
   ta_run_t *h = a->partial[r->cls];
   r->prev = NULL;
   r->next = h;
   if (h) h->prev = r;
+  else a->partial_tail[r->cls] = r;
   a->partial[r->cls] = r;
   r->state = RUN_PARTIAL;
 }
@@ -37,6 +40,7 @@ static void partial_remove(ta_arena_t *a, ta_run_t *r) {
   if (r->prev) r->prev->next = r->next;
   else a->partial[r->cls] = r->next;
   if (r->next) r->next->prev = r->prev;
+  else a->partial_tail[r->cls] = r->prev;
   r->next = r->prev = NULL;
 }
 
@@ -235,6 +239,23 @@ static void check_head(const ta_run_t *r) {
     ta_fatal("malloc(): corrupted free list, next block", r->free);
 }
 
+/* Which PARTIAL run becomes current: the newest, whose blocks were freed last and are the
+ * likeliest to be in the cache, unless it has only a few free blocks; then the oldest, when
+ * it has more, as it has had the longest time to collect frees. The first free into a FULL
+ * run makes it PARTIAL with one free block: when frees land all over a class's runs (blocks
+ * that die in random order), the newest had one or two, and malloc left the fast path for
+ * another run on 27% of its calls (bench/run's `random` workload: 1,100,000 of 4,000,000;
+ * now 151,000, and the allocator's instructions per malloc+free fell from 127 to 69,
+ * callgrind). A run's blocks not in use are cap - used (PARTIAL: used is the plain count),
+ * the unthreaded ones included. */
+enum { PICK_FEW = 8 };
+static ta_run_t *partial_pick(ta_arena_t *a, ta_run_t *newest, unsigned cls) {
+  uint32_t free_new = newest->cap - (uint32_t)newest->used;
+  if (free_new >= PICK_FEW || free_new * 4 >= newest->cap) return newest;
+  ta_run_t *oldest = a->partial_tail[cls];
+  return oldest->cap - (uint32_t)oldest->used > free_new ? oldest : newest;
+}
+
 /* grow: may take a new run; without it, NULL when no run of the arena has a block left (the
  * caller then lets what is due go back first). The caller took the remote frees in. */
 void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow) {
@@ -250,6 +271,7 @@ void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow) {
   }
   r = a->partial[cls];
   if (r) {
+    r = partial_pick(a, r, cls);
     check_head(r);
     partial_remove(a, r);
     r->state = RUN_ACTIVE;

@@ -87,6 +87,10 @@ WORKLOADS = [
              "small nodes linked into search trees and expression terms, then torn down "
              "(lean, glibc-simple kind)",
              quick=0.4, full=0.8),
+    Workload("random", "prog",
+             "one thread replacing random blocks among 20,000 live ones of 8 B to 1 KiB: "
+             "frees scattered over every run, no locality (hash tables, caches)",
+             quick=0.4, full=1.0),
     Workload("server", "prog",
              "threads replace random blocks in slot arrays that pass to newly created threads "
              "every round: remote frees plus thread churn (larson kind)",

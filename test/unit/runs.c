@@ -83,6 +83,81 @@ Test(runs, full_run_leaves_lists_and_comes_back_as_partial) {
   free(blocks);
 }
 
+/* The class's PARTIAL list, newest first; its tail is the oldest. */
+static void check_partial_list(unsigned cls) {
+  ta_run_t *last = NULL;
+  for (ta_run_t *r = ta_tl_arena->partial[cls]; r; r = r->next) {
+    cr_assert_eq(r->prev, last);
+    cr_assert_eq(r->state, RUN_PARTIAL);
+    last = r;
+  }
+  cr_assert_eq(ta_tl_arena->partial_tail[cls], last, "the tail is the last run of the list");
+}
+
+/* Fills `n` runs of 4 KiB blocks (16 a run), then starts one more, which is current. */
+static void fill_runs(void *blocks[][16], size_t n, void **extra) {
+  for (size_t k = 0; k < n; k++)
+    for (size_t i = 0; i < 16; i++) {
+      blocks[k][i] = ta_malloc(4096);
+      cr_assert_eq(ta_run_of(blocks[k][i]), ta_run_of(blocks[k][0]));
+    }
+  *extra = ta_malloc(4096);
+  for (size_t k = 0; k < n; k++) cr_assert_eq(ta_run_of(blocks[k][0])->state, RUN_FULL);
+}
+
+/* Blocks that die in random order make many runs PARTIAL with one free block each; the run
+ * malloc moves to is then the oldest one, which has had more frees, not the newest. */
+Test(runs, malloc_moves_to_the_oldest_partial_run_when_the_newest_has_few_free_blocks) {
+  static void *blocks[3][16];
+  void *extra, *more[16];
+  unsigned cls = ta_size_class(4096);
+  fill_runs(blocks, 3, &extra);
+  ta_run_t *oldest = ta_run_of(blocks[0][0]), *newest = ta_run_of(blocks[2][0]);
+  for (size_t i = 0; i < 10; i++) ta_free(blocks[0][i]); /* 10 free, PARTIAL first */
+  ta_free(blocks[1][0]);                                  /* 1 free */
+  ta_free(blocks[2][0]);                                  /* 1 free, PARTIAL last */
+  check_partial_list(cls);
+  cr_assert_eq(ta_tl_arena->partial[cls], newest);
+  cr_assert_eq(ta_tl_arena->partial_tail[cls], oldest);
+  /* The current run has 15 blocks left; the 16th malloc needs another run. */
+  for (size_t i = 0; i < 15; i++) more[i] = ta_malloc(4096);
+  more[15] = ta_malloc(4096);
+  cr_assert_eq(ta_run_of(more[15]), oldest, "the oldest, with 10 free blocks, not the newest");
+  cr_assert_eq(ta_tl_arena->cur[cls], oldest);
+  cr_assert_eq(newest->state, RUN_PARTIAL);
+  check_partial_list(cls);
+  check_run(oldest);
+  for (size_t i = 0; i < 16; i++) ta_free(more[i]);
+  for (size_t i = 10; i < 16; i++) ta_free(blocks[0][i]);
+  for (size_t i = 1; i < 16; i++) ta_free(blocks[1][i]), ta_free(blocks[2][i]);
+  ta_free(extra);
+  check_partial_list(cls);
+}
+
+/* A newest PARTIAL run with a quarter of its blocks free is taken: its blocks were freed last
+ * and are the likeliest to be in the cache. */
+Test(runs, malloc_moves_to_the_newest_partial_run_when_it_has_enough_free_blocks) {
+  static void *blocks[2][16];
+  void *extra, *more[16];
+  unsigned cls = ta_size_class(4096);
+  fill_runs(blocks, 2, &extra);
+  ta_run_t *oldest = ta_run_of(blocks[0][0]), *newest = ta_run_of(blocks[1][0]);
+  for (size_t i = 0; i < 10; i++) ta_free(blocks[0][i]);
+  for (size_t i = 0; i < 4; i++) ta_free(blocks[1][i]); /* 4 of 16: a quarter */
+  cr_assert_eq(ta_tl_arena->partial_tail[cls], oldest);
+  for (size_t i = 0; i < 16; i++) more[i] = ta_malloc(4096);
+  cr_assert_eq(ta_run_of(more[15]), newest);
+  check_partial_list(cls);
+  /* Retiring runs keeps the list and its tail right. */
+  for (size_t i = 0; i < 16; i++) ta_free(more[i]);
+  for (size_t i = 10; i < 16; i++) ta_free(blocks[0][i]);
+  cr_assert_null(oldest->owner, "retired");
+  check_partial_list(cls);
+  for (size_t i = 4; i < 16; i++) ta_free(blocks[1][i]);
+  ta_free(extra);
+  check_partial_list(cls);
+}
+
 Test(runs, freed_block_is_reused_first) {
   void *a = ta_malloc(100), *b = ta_malloc(100);
   ta_free(a);
