@@ -22,7 +22,7 @@
  * CAS; the owner drains that list in its slow paths.
  *
  * Invariants (checked by the tests in test/unit):
- *   run:    RUN_USED(r) + |run.free| + |its blocks on owner.remote| == limit / bsize <= cap
+ *   run:    RUN_USED(r) + |run.free| + |its blocks on owner.remote[]| == limit / bsize <= cap
  *   run:    state == RUN_FULL <=> RUN_FULL_BIT set in used <=> in no list (and free was NULL
  *           when it was set; remote frees may refill it before the owner notices)
  *   run:    state == RUN_ACTIVE <=> RUN_ACTIVE_BIAS added to used <=> it is owner.cur[cls]
@@ -318,6 +318,7 @@ enum { HUGE_ADVISED = 1, /* MADV_HUGEPAGE is on the whole mapping */
 
 /* ------------------------------------------------------------------ arenas */
 #define TA_SUSPECTS 4 /* suspected double frees an arena holds for its owner to confirm */
+#define TA_REMOTE_LISTS 7 /* lists of remote frees per arena: with state and suspected, a line */
 /* FREE: no owner, adoptable. CLAIMED: owned by a thread. ZOMBIE: in a fork child, its owner
  * (absent there) was inside a slow path: never used again. SUSPENDED: in a fork child, the
  * forking thread's own arena, caught inside one of its calls (fork from a signal handler):
@@ -373,7 +374,10 @@ typedef struct ta_arena {
   size_t dirty_bytes;          /* empty chunks and retired run slots still resident */
 
   /* --- shared with other threads --- */
-  _Alignas(64) _Atomic(ta_block_t *) remote; /* blocks freed by other threads (links encoded) */
+  /* Blocks freed by other threads (links encoded), on TA_REMOTE_LISTS lists that a freer
+   * takes in turn: the owner walks them side by side (see arena.c). One cache line with
+   * the two words every freer and the owner's check read next to them. */
+  _Alignas(64) _Atomic(ta_block_t *) remote[TA_REMOTE_LISTS];
   _Atomic int state;                         /* ARENA_*; read by remote freers */
   _Atomic uint32_t suspected;                /* nonzero: look at suspects[] */
   _Atomic int64_t remote_medium; /* about how many of remote's blocks are medium (a hint for
@@ -393,6 +397,9 @@ typedef struct ta_arena {
   uint32_t q_head, q_count;
   size_t q_bytes;
 } ta_arena_t;
+_Static_assert(offsetof(ta_arena_t, suspected) + sizeof(uint32_t) -
+                       offsetof(ta_arena_t, remote) <= 64,
+               "the remote lists, state and suspected share a cache line");
 
 /* The placeholder every thread starts with: all its runs are empty, so the first malloc
  * takes the slow path, which gives the thread a real arena. */
@@ -748,10 +755,18 @@ TA_HIDDEN void ta_remote_push(ta_arena_t *owner, ta_block_t *b);
 TA_HIDDEN void ta_remote_suspect(ta_arena_t *owner, void *p);
 TA_HIDDEN void ta_remote_collect_slow(ta_arena_t *a);
 TA_HIDDEN void ta_remote_collect_medium(ta_arena_t *a);
+/* Whether blocks other threads freed wait on any of a's remote lists (`mo`: the order the
+ * caller needs for each load). */
+TA_INLINE bool ta_remote_waiting(ta_arena_t *a, memory_order mo) {
+  uintptr_t any = 0;
+  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
+    any |= (uintptr_t)atomic_load_explicit(&a->remote[i], mo);
+  return any != 0;
+}
 /* The owner takes in what other threads left for it: the blocks they freed, and the frees
- * they suspected of being double frees. Two loads of one cache line when there is none. */
+ * they suspected of being double frees. Loads of one cache line when there is none. */
 TA_INLINE void ta_remote_collect(ta_arena_t *a) {
-  if (atomic_load_explicit(&a->remote, memory_order_relaxed) != NULL ||
+  if (ta_remote_waiting(a, memory_order_relaxed) ||
       atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0)
     ta_remote_collect_slow(a);
 }

@@ -202,16 +202,18 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
  * "free" mark, so a second free of one of them is still caught. Their sizes are read from
  * the run meta block or the medium header, which no one changes any more. */
 static void zombie_sweep(ta_arena_t *a) {
-  ta_block_t *b = atomic_exchange_explicit(&a->remote, NULL, memory_order_acquire);
   atomic_store_explicit(&a->remote_medium, 0, memory_order_relaxed); /* none wait now */
   uint64_t n = 0, bytes = 0;
-  for (; b != NULL; b = ta_block_next(b)) {
-    /* The list lives in freed memory: an entry the map does not know ends the walk. */
-    uint8_t kind = ta_map_get((uintptr_t)b);
-    if (kind == TA_MAP_SMALL) bytes += ta_run_of(b)->bsize;
-    else if (kind == TA_MAP_MEDIUM) bytes += ta_medium_usable((ta_mhdr_t *)b - 1);
-    else break;
-    n++;
+  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++) {
+    ta_block_t *b = atomic_exchange_explicit(&a->remote[i], NULL, memory_order_acquire);
+    for (; b != NULL; b = ta_block_next(b)) {
+      /* The list lives in freed memory: an entry the map does not know ends the walk. */
+      uint8_t kind = ta_map_get((uintptr_t)b);
+      if (kind == TA_MAP_SMALL) bytes += ta_run_of(b)->bsize;
+      else if (kind == TA_MAP_MEDIUM) bytes += ta_medium_usable((ta_mhdr_t *)b - 1);
+      else break;
+      n++;
+    }
   }
   atomic_fetch_add_explicit(&ta_zombie_frees, n, memory_order_relaxed);
   atomic_fetch_add_explicit(&ta_zombie_bytes, bytes, memory_order_relaxed);
@@ -226,7 +228,7 @@ size_t ta_purge_orphans(uint64_t now, bool all) {
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
     /* Acquire: released_ms was written before the release store of FREE. */
     int st = atomic_load_explicit(&a->state, memory_order_acquire);
-    if (st == ARENA_ZOMBIE && atomic_load_explicit(&a->remote, memory_order_relaxed)) {
+    if (st == ARENA_ZOMBIE && ta_remote_waiting(a, memory_order_relaxed)) {
       zombie_sweep(a);
       continue;
     }

@@ -26,7 +26,7 @@ static void nap_ms(long ms) {
 }
 
 static void count_pending(ta_arena_t *a, void *arg) {
-  if (atomic_load(&a->state) == ARENA_FREE && (atomic_load(&a->remote) || a->dirty_bytes))
+  if (atomic_load(&a->state) == ARENA_FREE && (ta_remote_waiting(a, memory_order_relaxed) || a->dirty_bytes))
     ++*(int *)arg;
 }
 
@@ -326,12 +326,15 @@ Test(background, double_free_while_the_purger_holds_the_remote_list_aborts,
   ta_arena_t *owner = slots[1];
   ta_free(slots[0]); /* first free, remote: onto the owner's list */
   cr_assert(ta_slow_try_enter(owner), "this thread stands for the purger");
-  ta_block_t *held = atomic_exchange(&owner->remote, NULL);
-  cr_assert_eq((void *)held, slots[0]);
+  ta_block_t *held[TA_REMOTE_LISTS], *found = NULL;
+  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
+    if ((held[i] = atomic_exchange(&owner->remote[i], NULL)) != NULL) found = held[i];
+  cr_assert_eq((void *)found, slots[0]);
   atomic_store(&second_free_go, 1);
   nap_ms(200); /* the owner is in its verdict now, waiting for the lock */
   cr_assert_eq(atomic_load((_Atomic int *)&slots[2]), 0, "the second free did not wait");
-  atomic_store(&owner->remote, held); /* as the purger puts the small blocks back */
+  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++) /* as the purger puts the small blocks back */
+    atomic_store(&owner->remote[i], held[i]);
   ta_slow_leave(owner);
   pthread_join(t, NULL); /* the owner aborts the process before this returns */
 }

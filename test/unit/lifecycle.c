@@ -294,7 +294,7 @@ Test(lifecycle, frees_into_a_zombie_are_safe_counted_and_do_not_pile_up) {
     }
     /* The remote list is emptied and what it held counted. */
     ta_malloc_trim(0);
-    if (atomic_load(&z->remote) != NULL) _exit(13);
+    if (ta_remote_waiting(z, memory_order_relaxed)) _exit(13);
     if (atomic_load(&ta_zombie_frees) != ZSMALL + ZMEDIUM) _exit(14);
     if (atomic_load(&ta_zombie_bytes) != usable) _exit(15);
     /* And shown in the text statistics. */

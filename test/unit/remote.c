@@ -13,9 +13,15 @@ static void *free_it(void *p) {
   return NULL;
 }
 
+static size_t list_len(ta_arena_t *a, unsigned i) {
+  size_t n = 0;
+  for (ta_block_t *b = atomic_load(&a->remote[i]); b; b = ta_block_next(b)) n++;
+  return n;
+}
+
 static size_t remote_len(ta_arena_t *a) {
   size_t n = 0;
-  for (ta_block_t *b = atomic_load(&a->remote); b; b = ta_block_next(b)) n++;
+  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++) n += list_len(a, i);
   return n;
 }
 
@@ -28,7 +34,9 @@ Test(remote, free_from_another_thread_goes_to_owner_list) {
   pthread_create(&t, NULL, free_it, q);
   pthread_join(t, NULL);
   cr_assert_eq(remote_len(me), 2);
-  cr_assert_eq(atomic_load(&me->remote), (ta_block_t *)q, "last pushed first");
+  /* Each freer was a new thread, which starts with the first list. */
+  cr_assert_eq(list_len(me, 0), 2);
+  cr_assert_eq(atomic_load(&me->remote[0]), (ta_block_t *)q, "last pushed first");
   /* The owner's next slow path drains the list. */
   void *big = ta_malloc(100000);
   cr_assert_eq(remote_len(me), 0);
@@ -42,6 +50,50 @@ static void *double_free_remote(void *p) {
   ta_free(p);
   ta_free(p);
   return NULL;
+}
+
+typedef struct {
+  void **blocks;
+  size_t n;
+} batch_t;
+
+static void *free_batch(void *arg) {
+  batch_t *b = arg;
+  for (size_t i = 0; i < b->n; i++) ta_free(b->blocks[i]);
+  return NULL;
+}
+
+/* One thread's remote frees go to the owner's lists in turn, so that the owner's drain walks
+ * them side by side; lists of unequal lengths, small and medium blocks, all come back. */
+Test(remote, one_freer_spreads_over_the_lists_and_the_drain_takes_all) {
+  enum { N = 3 * TA_REMOTE_LISTS + 2 };
+  void *blocks[N];
+  ta_arena_t *me = ta_tl_arena;
+  for (size_t i = 0; i < N; i++) blocks[i] = ta_malloc(i % 5 == 0 ? 12000 : 48);
+  me = ta_tl_arena;
+  ta_run_t *r = ta_run_of(blocks[1]);
+  int32_t used = RUN_USED(r);
+  batch_t b = {blocks, N};
+  pthread_t t;
+  pthread_create(&t, NULL, free_batch, &b);
+  pthread_join(t, NULL);
+  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
+    cr_assert_eq(list_len(me, i), i < 2 ? 4u : 3u, "list %u holds %zu", i, list_len(me, i));
+  cr_assert_eq(RUN_USED(r), used, "blocks on the lists count as used");
+  uint64_t frees = me->cnt.remote_frees;
+  ta_remote_collect(me);
+  cr_assert_eq(remote_len(me), 0);
+  cr_assert_eq(me->cnt.remote_frees - frees, N);
+  size_t small = 0;
+  for (size_t i = 0; i < N; i++) small += i % 5 != 0;
+  cr_assert_eq(RUN_USED(r), used - (int32_t)small, "every small block is back on its run");
+  /* Every block can be had again, and none twice. */
+  void *again[N];
+  for (size_t i = 0; i < N; i++) {
+    again[i] = ta_malloc(i % 5 == 0 ? 12000 : 48);
+    for (size_t j = 0; j < i; j++) cr_assert_neq(again[i], again[j]);
+  }
+  for (size_t i = 0; i < N; i++) ta_free(again[i]);
 }
 
 Test(remote, double_free_from_another_thread_aborts, .signal = SIGABRT) {

@@ -395,11 +395,11 @@ Test(runs, remote_frees_are_taken_in_before_the_run_shrinks) {
   pthread_t t;
   cr_assert_eq(pthread_create(&t, NULL, free_all_but_the_first, r), 0);
   cr_assert_eq(pthread_join(t, NULL), 0);
-  cr_assert_not_null(atomic_load(&ta_tl_arena->remote));
+  cr_assert(ta_remote_waiting(ta_tl_arena, memory_order_relaxed));
   cr_assert_eq(RUN_USED(r), (int32_t)r->cap, "blocks on the remote list count as used");
   cr_assert_geq(ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms),
                 TA_RUN_SIZE - ta_page_size);
-  cr_assert_null(atomic_load(&ta_tl_arena->remote));
+  cr_assert(!ta_remote_waiting(ta_tl_arena, memory_order_relaxed));
   cr_assert_eq(r->limit, r->bsize);
   check_run(r);
   cr_assert_leq(run_resident(r), 2 * ta_page_size);
