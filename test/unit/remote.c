@@ -80,9 +80,11 @@ Test(remote, one_freer_spreads_over_the_lists_and_the_drain_takes_all) {
   for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
     cr_assert_eq(list_len(me, i), i < 2 ? 4u : 3u, "list %u holds %zu", i, list_len(me, i));
   cr_assert_eq(RUN_USED(r), used, "blocks on the lists count as used");
+  cr_assert_neq(atomic_load(&me->mail), 0, "the freer raised the owner's flag");
   uint64_t frees = me->cnt.remote_frees;
   ta_remote_collect(me);
   cr_assert_eq(remote_len(me), 0);
+  cr_assert_eq(atomic_load(&me->mail), 0, "the drain lowered it");
   cr_assert_eq(me->cnt.remote_frees - frees, N);
   size_t small = 0;
   for (size_t i = 0; i < N; i++) small += i % 5 != 0;
