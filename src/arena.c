@@ -7,7 +7,7 @@
  * claims a FREE arena with one CAS or maps a new one. No global lock is involved.
  *
  * Thread exit: a pthread key destructor (the API layer's hook, alloc.c, which arena.c
- * registers) drains the arena's remote list and sets it FREE; the next thread that needs
+ * registers) drains the arena's remote lists and sets it FREE; the next thread that needs
  * an arena adopts it with its blocks and lists as they are.
  * Blocks of the arena still live in other threads keep arriving through `remote`. A
  * thread that allocates after its destructor ran (another library's TLS destructor)
@@ -297,28 +297,26 @@ static void notice_if_ownerless(ta_arena_t *owner) {
     ta_note_orphan_work();
 }
 
-/* Pushes the chain first..last (linked through their encoded links) onto one of owner's
- * remote lists with one compare-exchange, then tells the orphan purge if the owner is gone.
- * Each thread takes the lists in turn, so that even the frees of a single thread spread
- * evenly over them (see ta_remote_collect_slow for why). Then it raises `mail`, which the
- * owner's check reads instead of every list: after the push (release), and read with
- * seq_cst, so that a push the owner's drain missed is never left with `mail` clear (the
- * drain clears it, seq_cst, before it takes the lists). */
-static void remote_push_chain(ta_arena_t *owner, ta_block_t *first, ta_block_t *last) {
-  unsigned i = tl_remote_list;
-  tl_remote_list = (uint8_t)(i + 1 == TA_REMOTE_LISTS ? 0 : i + 1);
+/* Pushes the chain first..last (linked through their encoded links) onto owner's remote list
+ * i with one compare-exchange, then tells the orphan purge if the owner is gone. */
+static void remote_push_chain(ta_arena_t *owner, unsigned i, ta_block_t *first,
+                              ta_block_t *last) {
   _Atomic(ta_block_t *) *list = &owner->remote[i];
   ta_block_t *head = atomic_load_explicit(list, memory_order_relaxed);
   do {
     last->link = ta_link_enc(head);
   } while (!atomic_compare_exchange_weak_explicit(list, &head, first, memory_order_seq_cst,
                                                   memory_order_relaxed));
-  if (atomic_load_explicit(&owner->mail, memory_order_seq_cst) == 0)
-    atomic_store_explicit(&owner->mail, 1, memory_order_release);
   notice_if_ownerless(owner);
 }
 
-void ta_remote_push(ta_arena_t *owner, ta_block_t *b) { remote_push_chain(owner, b, b); }
+/* Each thread takes the lists in turn, so that even the frees of a single thread spread
+ * evenly over them (see ta_remote_collect_slow for why). */
+void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
+  unsigned i = tl_remote_list;
+  tl_remote_list = (uint8_t)(i + 1 == TA_REMOTE_LISTS ? 0 : i + 1);
+  remote_push_chain(owner, i, b, b);
+}
 
 /* A free by another thread of a block whose mark says "already free". Only the owner can
  * tell (it alone reads its lists), so the pointer waits in one of the owner's suspect
@@ -391,7 +389,9 @@ static ta_block_t *remote_take(ta_arena_t *a, ta_block_t *b, int64_t *medium) {
  * these frees are counted apart (drained). */
 void ta_remote_collect_medium(ta_arena_t *a) {
   int64_t hint = atomic_load_explicit(&a->remote_medium, memory_order_relaxed);
-  ta_block_t *small = NULL, *last = NULL;
+  /* The small blocks go back as they came, a chain per list, so that the owner's drain
+   * still walks them side by side. */
+  ta_block_t *small[TA_REMOTE_LISTS] = {NULL}, *last[TA_REMOTE_LISTS] = {NULL};
   int64_t medium = 0;
   for (unsigned i = 0; i < TA_REMOTE_LISTS; i++) {
     ta_block_t *b = atomic_exchange_explicit(&a->remote[i], NULL, memory_order_acquire);
@@ -399,9 +399,9 @@ void ta_remote_collect_medium(ta_arena_t *a) {
       uint8_t kind = remote_check(a, b);
       ta_block_t *next = ta_block_next(b);
       if (kind == TA_MAP_SMALL) {
-        b->link = ta_link_enc(small);
-        if (small == NULL) last = b;
-        small = b;
+        b->link = ta_link_enc(small[i]);
+        if (small[i] == NULL) last[i] = b;
+        small[i] = b;
       } else {
         TA_ADD(a->cnt.drained, 1);
         TA_ADD(a->cnt.remote_frees, 1);
@@ -416,9 +416,10 @@ void ta_remote_collect_medium(ta_arena_t *a) {
    * hint, unless a free has raised it meanwhile. */
   else atomic_compare_exchange_strong_explicit(&a->remote_medium, &hint, 0, memory_order_relaxed,
                                                memory_order_relaxed);
-  /* Back as one chain; an orphan purge may have given the arena back meanwhile, having
-   * seen the list empty: it is told. */
-  if (small) remote_push_chain(a, small, last);
+  /* Back on their lists; an orphan purge may have given the arena back meanwhile, having
+   * seen the lists empty: it is told. */
+  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
+    if (small[i]) remote_push_chain(a, i, small[i], last[i]);
 }
 
 /* A suspected double free, after the remote list was drained: a block still in use is
@@ -448,10 +449,9 @@ static void confirm_suspect(ta_arena_t *a, void *p) {
  * before. With one list, the owner's drain spent 91% of its time waiting on each block's
  * first load (perf, producer/consumer with 64 threads); walked side by side, one block of
  * each list in turn, the lists keep as many misses in flight, and the whole workload took
- * 14-33% less wall time at 2 to 64 threads (bench/run's prodcons). */
+ * 13-30% less wall time at 2 to 64 threads (bench/run's prodcons). */
 void ta_remote_collect_slow(ta_arena_t *a) {
   ta_slow_enter(a);
-  atomic_exchange_explicit(&a->mail, 0, memory_order_seq_cst);
   ta_block_t *lists[TA_REMOTE_LISTS];
   unsigned n = 0;
   for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)

@@ -18,8 +18,8 @@
  *
  * Each chunk belongs to one arena; each thread owns one arena (ta_arena_t), reached
  * through an initial-exec TLS pointer. Only the owner touches an arena's lists. A free
- * from another thread pushes the block onto the owner's atomic `remote` list with one
- * CAS; the owner drains that list in its slow paths.
+ * from another thread pushes the block onto one of the owner's atomic `remote` lists with
+ * one CAS; the owner drains those lists in its slow paths.
  *
  * Invariants (checked by the tests in test/unit):
  *   run:    RUN_USED(r) + |run.free| + |its blocks on owner.remote[]| == limit / bsize <= cap
@@ -318,7 +318,7 @@ enum { HUGE_ADVISED = 1, /* MADV_HUGEPAGE is on the whole mapping */
 
 /* ------------------------------------------------------------------ arenas */
 #define TA_SUSPECTS 4 /* suspected double frees an arena holds for its owner to confirm */
-#define TA_REMOTE_LISTS 6 /* lists of remote frees per arena: with the words after, a line */
+#define TA_REMOTE_LISTS 7 /* lists of remote frees per arena: with state and suspected, a line */
 /* FREE: no owner, adoptable. CLAIMED: owned by a thread. ZOMBIE: in a fork child, its owner
  * (absent there) was inside a slow path: never used again. SUSPENDED: in a fork child, the
  * forking thread's own arena, caught inside one of its calls (fork from a signal handler):
@@ -376,11 +376,10 @@ typedef struct ta_arena {
   /* --- shared with other threads --- */
   /* Blocks freed by other threads (links encoded), on TA_REMOTE_LISTS lists that a freer
    * takes in turn: the owner walks them side by side (see arena.c). One cache line with
-   * the words every freer and the owner's check read next to them. */
+   * the two words every freer and the owner's check read next to them. */
   _Alignas(64) _Atomic(ta_block_t *) remote[TA_REMOTE_LISTS];
   _Atomic int state;                         /* ARENA_*; read by remote freers */
   _Atomic uint32_t suspected;                /* nonzero: look at suspects[] */
-  _Atomic uint32_t mail; /* nonzero: a remote list may hold blocks (set after each push) */
   _Atomic int64_t remote_medium; /* about how many of remote's blocks are medium (a hint for
                                     the background purger: see ta_remote_collect_medium) */
   uint32_t collects;      /* the owner's drains of remote (under the lock) */
@@ -398,8 +397,9 @@ typedef struct ta_arena {
   uint32_t q_head, q_count;
   size_t q_bytes;
 } ta_arena_t;
-_Static_assert(offsetof(ta_arena_t, mail) + sizeof(uint32_t) - offsetof(ta_arena_t, remote) <= 64,
-               "the remote lists, state, suspected and mail share a cache line");
+_Static_assert(offsetof(ta_arena_t, suspected) + sizeof(uint32_t) -
+                       offsetof(ta_arena_t, remote) <= 64,
+               "the remote lists, state and suspected share a cache line");
 
 /* The placeholder every thread starts with: all its runs are empty, so the first malloc
  * takes the slow path, which gives the thread a real arena. */
@@ -764,9 +764,11 @@ TA_INLINE bool ta_remote_waiting(ta_arena_t *a, memory_order mo) {
   return any != 0;
 }
 /* The owner takes in what other threads left for it: the blocks they freed, and the frees
- * they suspected of being double frees. Two loads of one cache line when there is none. */
+ * they suspected of being double frees. Loads of one cache line when there is none: every
+ * list is read, as the push itself (a CAS) is what publishes a remote free — the verdicts on
+ * a block whose mark says "free" (alloc.c) depend on seeing every push that has happened. */
 TA_INLINE void ta_remote_collect(ta_arena_t *a) {
-  if (atomic_load_explicit(&a->mail, memory_order_relaxed) != 0 ||
+  if (ta_remote_waiting(a, memory_order_relaxed) ||
       atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0)
     ta_remote_collect_slow(a);
 }
