@@ -262,6 +262,44 @@ Test(medium, top_that_comes_back_at_once_stops_being_trimmed) {
                 (unsigned long long)calls);
 }
 
+static void nap_ms(long ms);
+
+/* A top's back-off lasts for its owner's decay time, not the wall's: a thread that waits
+ * for a CPU between its cycles keeps what its top learnt. Returns the madvise calls of a few
+ * cycles made after a pause longer than the wall's decay time. */
+static uint64_t cycles_after_a_pause(uint32_t owner_factor) {
+  ta_decay_ms = 50;
+  ta_dirty_max = 0; /* the smallest allowance: 64 KiB */
+  atomic_store(&ta_owner_scale_force, owner_factor);
+  char *base = ta_malloc(100 << 10);
+  for (int round = 0; round < 40; round++) { /* the top learns to keep 256 KiB */
+    char *p = ta_malloc(256 << 10);
+    memset(p, round, 256 << 10);
+    ta_free(p);
+  }
+  nap_ms(150); /* three wall decay times; well within 100 of them */
+  uint64_t before = ta_os_calls(TA_OS_MADVISE);
+  for (int round = 0; round < 4; round++) {
+    char *p = ta_malloc(256 << 10);
+    memset(p, round, 256 << 10);
+    ta_free(p);
+  }
+  uint64_t calls = ta_os_calls(TA_OS_MADVISE) - before;
+  ta_free(base);
+  return calls;
+}
+
+Test(medium, a_tops_back_off_lasts_for_its_owners_decay_time) {
+  uint64_t calls = cycles_after_a_pause(100);
+  cr_assert_eq(calls, 0, "%llu madvise calls: the top forgot its back-off",
+               (unsigned long long)calls);
+}
+
+Test(medium, a_tops_back_off_ends_after_the_decay_time) {
+  uint64_t calls = cycles_after_a_pause(1);
+  cr_assert_geq(calls, 1, "the top kept its back-off past the decay time");
+}
+
 /* ---- free blocks' ages, the purge's share, the top cut last ------------------------- */
 
 static void nap_ms(long ms) {
