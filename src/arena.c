@@ -46,7 +46,7 @@ enum { TL_NEW = 0, TL_OWNER = 1, TL_EXITED = 2 };
 static __thread uint8_t tl_state __attribute__((tls_model("initial-exec")));
 /* This thread's arena, set aside by a fork that interrupted one of its calls (fork_child). */
 static __thread ta_arena_t *tl_suspended __attribute__((tls_model("initial-exec")));
-/* The remote list this thread pushes its next remote free onto (remote_push_chain). */
+/* The remote list this thread pushes its next remote free onto (ta_remote_push). */
 static __thread uint8_t tl_remote_list __attribute__((tls_model("initial-exec")));
 
 #define EMPTY4 &ta_empty_run, &ta_empty_run, &ta_empty_run, &ta_empty_run
@@ -422,7 +422,7 @@ void ta_remote_collect_medium(ta_arena_t *a) {
     if (small[i]) remote_push_chain(a, i, small[i], last[i]);
 }
 
-/* A suspected double free, after the remote list was drained: a block still in use is
+/* A suspected double free, after the remote lists were drained: a block still in use is
  * freed; one already free (on its run's list, merged, or its memory gone) is reported. */
 static void confirm_suspect(ta_arena_t *a, void *p) {
   uint8_t kind = ta_map_get((uintptr_t)p);
