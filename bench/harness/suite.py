@@ -114,6 +114,10 @@ WORKLOADS = [
              "blocks of 5 to 25 MiB with up to 20 live, every page written "
              "(malloc-large kind)",
              quick=0.3, full=1.0),
+    Workload("spans", "prog",
+             "blocks of 256 KiB to 4 MiB replaced at random, 8 live, written at both ends: "
+             "medium and huge blocks reused, or mapped and unmapped every cycle",
+             quick=0.4, full=1.0),
     Workload("sparse", "prog",
              "threads replace blocks of 1 to 12 MiB, 128 live, touching only the first "
              "8 KiB and a byte every 256 KiB: peak RSS against the pages touched",
