@@ -310,6 +310,19 @@ static void remote_push_chain(ta_arena_t *owner, unsigned i, ta_block_t *first,
   notice_if_ownerless(owner);
 }
 
+/* Takes each non-empty remote list of a whole, with an acquire exchange (an empty one is
+ * only read): lists[i] is list i's chain, or NULL. Returns how many were taken. */
+unsigned ta_remote_take_all(ta_arena_t *a, ta_block_t *lists[TA_REMOTE_LISTS]) {
+  unsigned n = 0;
+  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++) {
+    lists[i] = NULL;
+    if (atomic_load_explicit(&a->remote[i], memory_order_relaxed) != NULL &&
+        (lists[i] = atomic_exchange_explicit(&a->remote[i], NULL, memory_order_acquire)))
+      n++;
+  }
+  return n;
+}
+
 /* Each thread takes the lists in turn, so that even the frees of a single thread spread
  * evenly over them (see ta_remote_collect_slow for why). */
 void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
@@ -391,11 +404,12 @@ void ta_remote_collect_medium(ta_arena_t *a) {
   int64_t hint = atomic_load_explicit(&a->remote_medium, memory_order_relaxed);
   /* The small blocks go back as they came, a chain per list, so that the owner's drain
    * still walks them side by side. */
-  ta_block_t *small[TA_REMOTE_LISTS] = {NULL}, *last[TA_REMOTE_LISTS] = {NULL};
+  ta_block_t *lists[TA_REMOTE_LISTS], *small[TA_REMOTE_LISTS] = {NULL};
+  ta_block_t *last[TA_REMOTE_LISTS] = {NULL};
   int64_t medium = 0;
+  ta_remote_take_all(a, lists);
   for (unsigned i = 0; i < TA_REMOTE_LISTS; i++) {
-    ta_block_t *b = atomic_exchange_explicit(&a->remote[i], NULL, memory_order_acquire);
-    while (b) {
+    for (ta_block_t *b = lists[i]; b;) {
       uint8_t kind = remote_check(a, b);
       ta_block_t *next = ta_block_next(b);
       if (kind == TA_MAP_SMALL) {
@@ -453,17 +467,12 @@ static void confirm_suspect(ta_arena_t *a, void *p) {
 void ta_remote_collect_slow(ta_arena_t *a) {
   ta_slow_enter(a);
   ta_block_t *lists[TA_REMOTE_LISTS];
-  unsigned n = 0;
-  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
-    if (atomic_load_explicit(&a->remote[i], memory_order_relaxed) != NULL &&
-        (lists[n] = atomic_exchange_explicit(&a->remote[i], NULL, memory_order_acquire)))
-      n++;
+  unsigned n = ta_remote_take_all(a, lists);
   int64_t medium = 0;
   if (n) a->collects++;
   while (n > 0)
-    for (unsigned i = 0; i < n;)
-      if ((lists[i] = remote_take(a, lists[i], &medium)) != NULL) i++;
-      else lists[i] = lists[--n]; /* that list is done: the last takes its place */
+    for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
+      if (lists[i] && (lists[i] = remote_take(a, lists[i], &medium)) == NULL) n--;
   if (medium) atomic_fetch_sub_explicit(&a->remote_medium, medium, memory_order_relaxed);
   /* Suspects after the drain: a block freed once remotely and once more is on its run's
    * list by now. */

@@ -197,6 +197,11 @@ typedef struct ta_run {
   uint64_t empty_since;   /* time the run became empty (for delayed purging) */
 } ta_run_t;
 _Static_assert(sizeof(ta_run_t) == 64, "run meta block: one cache line");
+/* off / bsize, exactly, for a multiple of bsize within the run: off * ceil(2^32 / bsize)
+ * carries at most off * bsize / 2^32 < 1 of error above the index. */
+TA_INLINE uint32_t ta_run_index(const ta_run_t *r, uint32_t off) {
+  return (uint32_t)(((uint64_t)off * r->recip) >> 32);
+}
 
 /* ------------------------------------------------------------------ chunks */
 
@@ -754,6 +759,7 @@ TA_HIDDEN bool ta_arena_owner_hooked(const ta_arena_t *a);
 TA_HIDDEN void ta_remote_push(ta_arena_t *owner, ta_block_t *b);
 TA_HIDDEN void ta_remote_suspect(ta_arena_t *owner, void *p);
 TA_HIDDEN void ta_remote_collect_slow(ta_arena_t *a);
+TA_HIDDEN unsigned ta_remote_take_all(ta_arena_t *a, ta_block_t *lists[TA_REMOTE_LISTS]);
 TA_HIDDEN void ta_remote_collect_medium(ta_arena_t *a);
 /* Whether blocks other threads freed wait on any of a's remote lists (`mo`: the order the
  * caller needs for each load). */

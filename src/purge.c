@@ -197,16 +197,17 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   return freed;
 }
 
-/* Takes the blocks freed into a zombie arena off its remote list and counts them. The list
+/* Takes the blocks freed into a zombie arena off its remote lists and counts them. Each list
  * is taken whole with an exchange, so each block is counted once; the blocks keep their
  * "free" mark, so a second free of one of them is still caught. Their sizes are read from
  * the run meta block or the medium header, which no one changes any more. */
 static void zombie_sweep(ta_arena_t *a) {
   atomic_store_explicit(&a->remote_medium, 0, memory_order_relaxed); /* none wait now */
   uint64_t n = 0, bytes = 0;
+  ta_block_t *lists[TA_REMOTE_LISTS];
+  ta_remote_take_all(a, lists);
   for (unsigned i = 0; i < TA_REMOTE_LISTS; i++) {
-    ta_block_t *b = atomic_exchange_explicit(&a->remote[i], NULL, memory_order_acquire);
-    for (; b != NULL; b = ta_block_next(b)) {
+    for (ta_block_t *b = lists[i]; b != NULL; b = ta_block_next(b)) {
       /* The list lives in freed memory: an entry the map does not know ends the walk. */
       uint8_t kind = ta_map_get((uintptr_t)b);
       if (kind == TA_MAP_SMALL) bytes += ta_run_of(b)->bsize;

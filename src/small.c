@@ -251,8 +251,7 @@ static void check_head(const ta_run_t *r) {
  * gave pages back it would be faulted in again. */
 enum { PICK_FEW = 8 };
 static uint32_t run_free_blocks(const ta_run_t *r) {
-  uint32_t threaded = (uint32_t)(((uint64_t)r->limit * r->recip) >> 32); /* limit / bsize */
-  return threaded - (uint32_t)r->used;
+  return ta_run_index(r, r->limit) - (uint32_t)r->used; /* threaded, less those in use */
 }
 static ta_run_t *partial_pick(ta_arena_t *a, ta_run_t *newest, unsigned cls) {
   uint32_t free_new = run_free_blocks(newest);

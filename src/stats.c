@@ -51,8 +51,7 @@ void ta_stats_record(void *p, size_t requested) {
     if (sh == NULL) return;
     ta_run_t *r = ta_run_of(p);
     uint32_t off = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1));
-    uint32_t idx = (uint32_t)(((uint64_t)off * r->recip) >> 32); /* off / bsize, exactly */
-    sh[(size_t)r->slot * TA_SHADOW_RUN_ENTRIES + idx] = (uint16_t)(r->bsize - requested);
+    sh[(size_t)r->slot * TA_SHADOW_RUN_ENTRIES + ta_run_index(r, off)] = (uint16_t)(r->bsize - requested);
   } else if (kind == TA_MAP_MEDIUM) {
     /* Under the owner's lock (the caller owns the block): the background purger may be
      * freeing the block below into the arena, which sets PREV_FREE in this very word. */
