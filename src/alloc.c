@@ -84,11 +84,38 @@ static void arena_release(ta_arena_t *a) {
   ta_arena_release(a);
 }
 
-/* The current run of the class has no block left: what other threads freed is taken in
- * (it may refill the run), then small.c finds a block in the arena's runs; when the arena
- * has to take a new run, what is due goes back first. */
-static TA_NOINLINE void *small_alloc_slow(ta_arena_t *a, unsigned cls) {
+/* Whether class cls takes its blocks from runs in arena a. A run costs its class a page at
+ * least in every arena, resident until the run empties, however few blocks the thread keeps:
+ * a thread of a 256-thread pool held 1–6 pages in each of the 56 classes for under a block
+ * in each on average (docs/design.md, "Small classes from the medium heap"). So a class starts
+ * in the arena's medium heap, where blocks of every size share pages, and gets runs once the
+ * arena allocates ta_run_threshold blocks of it within a second; it keeps them from then on.
+ * The hardened build, whose small blocks carry canaries, always takes runs. */
+static bool class_has_runs(ta_arena_t *a, unsigned cls) {
+  uint64_t bit = (uint64_t)1 << cls;
+  if (TA_LIKELY(a->run_classes & bit) || ta_secure || cls < TA_COLD_CLASS_MIN) return true;
+  uint64_t now = ta_os_now_ms();
+  if (now - a->cold_since >= 1000) {
+    memset(a->cold_allocs, 0, sizeof a->cold_allocs);
+    a->cold_since = now;
+  }
+  if (++a->cold_allocs[cls] < ta_run_threshold) return false;
+  a->run_classes |= bit;
+  return true;
+}
+_Static_assert(TA_NUM_SMALL < 64, "a bit of run_classes per small class");
+
+/* The current run of the class has no block left, or the class has no runs: what other
+ * threads freed is taken in (it may refill the run); then, for a class with runs, small.c
+ * finds a block in the arena's runs (when the arena has to take a new run, what is due goes
+ * back first), for one without, the medium heap gives a block that reports the class's size
+ * and is aligned to `align` (a multiple of which the class's size is). */
+static TA_NOINLINE void *small_alloc_slow(ta_arena_t *a, unsigned cls, size_t align) {
   collect(a);
+  if (!class_has_runs(a, cls)) {
+    slow_path_chores(a);
+    return ta_medium_alloc(a, ta_class_size[cls], align, true);
+  }
   void *b = ta_small_alloc_slow(a, cls, false);
   if (b == NULL) {
     slow_path_chores(a);
@@ -97,10 +124,10 @@ static TA_NOINLINE void *small_alloc_slow(ta_arena_t *a, unsigned cls) {
   return b;
 }
 
-/* Small block of class cls from arena a (real arena). */
-TA_INLINE void *small_alloc(ta_arena_t *a, unsigned cls) {
+/* Small block of class cls from arena a (real arena), aligned to `align`. */
+TA_INLINE void *small_alloc(ta_arena_t *a, unsigned cls, size_t align) {
   ta_block_t *b = ta_run_pop(a->cur[cls]);
-  return TA_LIKELY(b != NULL) ? b : small_alloc_slow(a, cls);
+  return TA_LIKELY(b != NULL) ? b : small_alloc_slow(a, cls, align);
 }
 
 /* The small class that serves (size >= 1, align), or 0 if none does: the size's class or,
@@ -138,7 +165,7 @@ static void *secure_small_alloc(ta_arena_t *a, unsigned cls) {
       goto got;
     }
   }
-  b = small_alloc(a, cls);
+  b = small_alloc(a, cls, TA_ALIGNMENT); /* always from runs here: the alignment is theirs */
   if (b == NULL) return NULL;
 got:
   if (*ta_canary_at(b, ta_run_of(b)->bsize) != ta_canary(b))
@@ -172,12 +199,12 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   bool zeroed = false;
   unsigned cls = small_class_for(small_request(size), align);
   if (cls != 0) {
-    p = ta_secure ? secure_small_alloc(a, cls) : small_alloc(a, cls);
+    p = ta_secure ? secure_small_alloc(a, cls) : small_alloc(a, cls, align);
   } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 &&
              size + align <= TA_MEDIUM_MAX) {
     collect(a);
     slow_path_chores(a);
-    p = ta_medium_alloc(a, size, align);
+    p = ta_medium_alloc(a, size, align, false);
   } else {
     if (align < TA_CHUNK_SIZE) slow_path_chores(a); /* else never from the cache */
     p = ta_huge_alloc(a, size, align, zero);
@@ -503,6 +530,9 @@ static bool size_fits(const void *p, size_t usable, size_t size, size_t align) {
      * for down to half its size (any size up to 64 bytes), memalign takes a bigger class. */
     return align == 0 || small_class_for(small_request(n), align) == ta_run_of(p)->cls;
   case TA_MAP_MEDIUM:
+    /* A small class's block from the medium heap: as a run's block. */
+    if (ta_mh_load((const ta_mhdr_t *)p - 1) & TA_M_CLASS)
+      return align == 0 || ta_class_size[small_class_for(small_request(n), align)] == usable;
     /* Down to half: another thread's realloc keeps a block in place that far. */
     return usable - n <= MEDIUM_SLACK || n >= usable / 2;
   default:

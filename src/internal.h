@@ -111,6 +111,10 @@ _Static_assert(TA_RUN_SIZE >= TA_PAGE_MAX, "a run is a whole number of pages");
 /* Size classes: 16..128 step 16, then 8 classes per doubling (at most 12.5% waste). */
 #define TA_SMALL_MAX ((size_t)8192)
 #define TA_NUM_SMALL 56 /* classes 1..56; class 0 is unused */
+/* The first class (1 KiB) whose blocks come from the medium heap until it is used often
+ * (alloc.c, class_has_runs): below it, a page of a run holds 4 blocks or more, and blocks
+ * keep the checks of runs from the first. */
+#define TA_COLD_CLASS_MIN 32
 #define TA_MEDIUM_MAX ((size_t)1 << 20) /* larger requests are mapped on their own */
 #define TA_NUM_BINS 136 /* medium free-list bins, indexed by size class */
 #define TA_BIN_WORDS ((TA_NUM_BINS + 63) / 64)
@@ -256,9 +260,15 @@ _Static_assert(offsetof(ta_chunk_t, readers) + sizeof(uint32_t) <= sizeof(ta_run
 #define TA_M_INUSE ((size_t)1)
 #define TA_M_PREV_FREE ((size_t)2)
 #define TA_M_DECOMMITTED ((size_t)4) /* free block whose inner pages were given back */
+#define TA_M_CLASS ((size_t)8) /* live block serving a small class (alloc.c): reports its size */
 #define TA_M_FLAGS ((size_t)15)
-#define TA_M_SIZE_MASK ((size_t)0xfffffff0) /* bits 32..63: usable - requested (statistics) */
+#define TA_M_SIZE_MASK ((size_t)0xfffffff0)
+/* Bits 32..55 of a live block's size word: usable - requested (statistics, not in the check
+ * word); bits 56..63: its spare, the bytes a TA_M_CLASS block holds beyond the class's size it
+ * reports (a tail too small to split off), in the check word like TA_M_CLASS. */
 #define TA_M_WASTE_SHIFT 32
+#define TA_M_WASTE_MASK ((size_t)0xffffff)
+#define TA_M_SPARE_SHIFT 56
 typedef struct ta_mhdr {
   size_t size_flags; /* whole block size incl. this header, multiple of 16, plus flags */
   uintptr_t check;   /* (address ^ ta_secret) */
@@ -377,6 +387,11 @@ typedef struct ta_arena {
   _Atomic uint64_t released_ms; /* when the arena was last given up (read by orphan purges) */
   _Atomic uint64_t owner_tag;   /* owner without exit hook: its thread id, for takeover (arena.c) */
   size_t dirty_bytes;          /* empty chunks and retired run slots still resident */
+  /* Which small classes take their blocks from runs: the others come from the medium heap
+   * until the arena allocates ta_run_threshold of them within a second (alloc.c). */
+  uint64_t run_classes;        /* bit c: class c has runs */
+  uint64_t cold_since;         /* when the counts below began (ms) */
+  uint16_t cold_allocs[TA_NUM_SMALL + 1]; /* blocks of each class served from the medium heap */
 
   /* --- shared with other threads --- */
   /* Blocks freed by other threads (links encoded), on TA_REMOTE_LISTS lists that a freer
@@ -515,6 +530,7 @@ TA_HIDDEN void ta_conf_init(void);
 void ta_conf_apply(const char *settings); /* for tests */
 /* Free memory goes back to the kernel decay_ms after it became free (see purge.c). */
 TA_HIDDEN extern uint64_t ta_decay_ms;
+TA_HIDDEN extern uint32_t ta_run_threshold; /* run_threshold (alloc.c) */
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN extern size_t ta_huge_cache_limit; /* bytes of freed huge spans kept resident */
 TA_HIDDEN extern bool ta_huge_pages;  /* ask for transparent huge pages on huge spans */
@@ -684,7 +700,8 @@ TA_HIDDEN void ta_medium_release_empty(ta_arena_t *a);
 TA_HIDDEN size_t ta_small_shrink(ta_arena_t *a);
 
 /* ------------------------------------------------------------------ medium.c */
-TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align);
+/* exact: the block reports `size` usable bytes, not what it holds (a small class's block). */
+TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact);
 TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
 TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
 TA_HIDDEN bool ta_medium_freed(ta_arena_t *a, const void *p);
@@ -699,16 +716,21 @@ TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
  * out, since the owner flips it while another thread may be checking a live block. The size
  * enters multiplied by a secret odd key: with a plain XOR, one who overwrites the whole
  * header could change the size and fix the check word up by the same known difference. */
-#define TA_M_CHECKED (TA_M_SIZE_MASK | TA_M_INUSE)
+#define TA_M_CHECKED (TA_M_SIZE_MASK | TA_M_INUSE | TA_M_CLASS | (~(size_t)0 << TA_M_SPARE_SHIFT))
 TA_INLINE uintptr_t ta_medium_check(const ta_mhdr_t *h, size_t size_flags) {
   return (uintptr_t)h ^ ta_secret ^ ((size_flags & TA_M_CHECKED) * ta_keys.link);
 }
 TA_INLINE bool ta_medium_check_ok(const ta_mhdr_t *h) {
   return h->check == ta_medium_check(h, ta_mh_load(h));
 }
-TA_INLINE size_t ta_medium_usable(const ta_mhdr_t *h) {
-  return (ta_mh_load(h) & TA_M_SIZE_MASK) - sizeof(ta_mhdr_t);
+/* The usable size of a live block whose size word is w: its size less the header and its
+ * spare (see TA_M_SPARE_SHIFT; one larger than the block, which the check word makes
+ * unlikely, counts as none). */
+TA_INLINE size_t ta_medium_usable_of(size_t w) {
+  size_t usable = (w & TA_M_SIZE_MASK) - sizeof(ta_mhdr_t), spare = w >> TA_M_SPARE_SHIFT;
+  return spare < usable ? usable - spare : usable;
 }
+TA_INLINE size_t ta_medium_usable(const ta_mhdr_t *h) { return ta_medium_usable_of(ta_mh_load(h)); }
 
 /* ------------------------------------------------------------------ huge.c */
 TA_HIDDEN void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero);

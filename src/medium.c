@@ -1,5 +1,6 @@
 /*
- * medium.c — blocks of 8 KiB .. 1 MiB, each with its own meta block, in medium chunks.
+ * medium.c — blocks of 8 KiB .. 1 MiB, each with its own meta block, in medium chunks; and
+ * blocks of small classes of 1 KiB and more whose arena has no runs for them yet (alloc.c).
  *
  * Layout of a medium chunk:
  *   [chunk header 64 B][block][block]...[block][end marker: 16 B, INUSE, size 0]
@@ -336,7 +337,7 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep, mage_t g, bool 
   make_free(a, t, ts, g, fresh);
 }
 
-void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
+void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
   if (need < TA_MIN_MBLOCK) need = TA_MIN_MBLOCK;
   size_t search = align > TA_ALIGNMENT ? need + align + TA_MIN_MBLOCK : need;
@@ -376,7 +377,11 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align) {
   set_hdr(h, s | prev_flag | TA_M_INUSE);
   ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
   split_tail(a, h, need, past, false);
+  if (exact) /* one store: a statistics reader never sees the class without its spare */
+    set_hdr(h, h->size_flags | TA_M_CLASS |
+                   ((M_SIZE(h) - sizeof(ta_mhdr_t) - size) << TA_M_SPARE_SHIFT));
   top_touch(ta_chunk_of(h), M_NEXT(h));
+  ((ta_block_t *)(h + 1))->link = 0; /* no address of ours reaches the program */
   ((ta_block_t *)(h + 1))->key = 0;
   ta_slow_leave(a);
   return h + 1;
@@ -506,6 +511,9 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       ok = false;
     }
   }
+  /* Resized, it is a medium block like any: it reports all it holds. */
+  if (ok && (h->size_flags & TA_M_CLASS))
+    set_hdr(h, h->size_flags & ~(TA_M_CLASS | (~(size_t)0 << TA_M_SPARE_SHIFT)));
   ta_slow_leave(a);
   return ok;
 }

@@ -59,7 +59,8 @@ void ta_stats_record(void *p, size_t requested) {
     ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
     size_t waste = ta_medium_usable(h) - requested;
     ta_slow_enter(owner);
-    ta_mh_store(h, (h->size_flags & 0xffffffffu) | (waste << TA_M_WASTE_SHIFT));
+    ta_mh_store(h, (h->size_flags & ~(TA_M_WASTE_MASK << TA_M_WASTE_SHIFT)) |
+                       (waste << TA_M_WASTE_SHIFT));
     ta_slow_leave(owner);
   } else if (kind == TA_MAP_HUGE || kind == TA_MAP_HUGE_AL) {
     ta_huge_t *h = kind == TA_MAP_HUGE ? (ta_huge_t *)ta_chunk_of(p)
@@ -145,8 +146,14 @@ static void visit_medium(const ta_mhdr_t *h, size_t word, void *arg) {
   (void)h; /* the walk's own read of its word, whose size it checked: one size, one INUSE bit */
   size_t sz = word & TA_M_SIZE_MASK, usable = sz - sizeof(ta_mhdr_t);
   if (word & TA_M_INUSE) {
-    struct ta_class_stats *cs = &s->classes[ta_size_class(usable)];
-    size_t waste = w->tracked ? (size_t)(word >> TA_M_WASTE_SHIFT) : 0;
+    usable = ta_medium_usable_of(word);
+    /* A small class's row counts blocks of its size: a medium block of 8 KiB or less that
+     * serves no class (shrunk in place, over-aligned, or caught by this walk half made)
+     * counts in the first medium row. */
+    unsigned c = ta_size_class(usable);
+    if (c <= TA_NUM_SMALL && !(word & TA_M_CLASS)) c = TA_NUM_SMALL + 1;
+    struct ta_class_stats *cs = &s->classes[c];
+    size_t waste = w->tracked ? (size_t)(word >> TA_M_WASTE_SHIFT) & TA_M_WASTE_MASK : 0;
     if (waste > usable) waste = usable;
     cs->live_blocks++;
     cs->usable_bytes += usable;

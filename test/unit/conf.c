@@ -44,6 +44,8 @@ Test(conf, good_values_take_effect) {
   cr_assert_not(ta_stats_on);
   cr_assert_eq(ta_fast_limit, TA_SMALL_MAX);
   cr_assert_eq(ta_conf_stats_format, 1);
+  cr_assert_str_empty(apply_captured("run_threshold:77"));
+  cr_assert_eq(ta_run_threshold, 77);
 }
 
 Test(conf, unknown_key_warns_once_and_is_ignored) {
@@ -58,10 +60,11 @@ Test(conf, unknown_key_warns_once_and_is_ignored) {
 Test(conf, bad_values_warn_and_leave_the_setting_alone) {
   uint64_t decay = ta_decay_ms;
   size_t cache = ta_huge_cache_limit;
+  uint32_t threshold = ta_run_threshold;
   const char *bad[] = {"decay_ms:abc",   "decay_ms:-5",       "decay_ms:99999999999",
                        "decay_ms:",      "huge_cache_mb:1e3", "stats:maybe",
                        "huge_pages:2",   "stats_format:xml",  "decay_ms",
-                       "stats_interval_ms:0"};
+                       "stats_interval_ms:0", "run_threshold:65536", "run_threshold:x"};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     char *err = apply_captured(bad[i]);
     cr_assert_eq(lines(err), 1, "'%s' gave: %s", bad[i], err);
@@ -69,6 +72,7 @@ Test(conf, bad_values_warn_and_leave_the_setting_alone) {
   }
   cr_assert_eq(ta_decay_ms, decay);
   cr_assert_eq(ta_huge_cache_limit, cache);
+  cr_assert_eq(ta_run_threshold, threshold);
   cr_assert_not(ta_stats_on);
 }
 

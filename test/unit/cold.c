@@ -1,0 +1,251 @@
+/* Unit tests: small classes of 1 KiB and more served from the medium heap until the arena
+ * uses them often (run_threshold; alloc.c, class_has_runs) — where their blocks come from,
+ * when a class gets runs, the size such a block reports (its class's, spare or not), its
+ * alignment, realloc, frees from other threads, double frees and the statistics.
+ *
+ * The unit tier runs with run_threshold 0 (support/runs_first.c): each test here sets it. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+
+#include "internal.h"
+#include "tamalloc.h"
+
+#define CLS_2K 40 /* ta_class_size[40] == 2048 */
+
+/* Through an integer, as the block's pointer bounds only its data for the compiler. */
+static __attribute__((noinline)) ta_mhdr_t *hdr(void *p) {
+  return (ta_mhdr_t *)((uintptr_t)p - sizeof(ta_mhdr_t));
+}
+static bool has_runs(unsigned cls) { return (ta_tl_arena->run_classes >> cls) & 1; }
+
+Test(cold, the_constants_name_the_classes_they_mean) {
+  cr_assert_eq(ta_class_size[TA_COLD_CLASS_MIN], 1024);
+  cr_assert_eq(ta_class_size[CLS_2K], 2048);
+}
+
+Test(cold, a_class_starts_in_the_medium_heap_and_gets_runs_when_used_often) {
+  ta_run_threshold = 16; /* the 16 below fall within one second of the count */
+  void *p[16];
+  for (int i = 0; i < 15; i++) {
+    p[i] = ta_malloc(2000);
+    cr_assert_eq(ta_map_get((uintptr_t)p[i]), TA_MAP_MEDIUM, "block %d", i);
+    cr_assert_eq(ta_malloc_usable_size(p[i]), 2048, "a block of the class reports its size");
+    cr_assert_eq((uintptr_t)p[i] % 16, 0);
+    memset(p[i], 0xab, ta_malloc_usable_size(p[i]));
+  }
+  cr_assert_not(has_runs(CLS_2K));
+  cr_assert_eq(ta_tl_arena->cur[CLS_2K], &ta_empty_run, "no run was taken");
+  p[15] = ta_malloc(2048); /* the 16th within a second */
+  cr_assert(has_runs(CLS_2K));
+  cr_assert_eq(ta_map_get((uintptr_t)p[15]), TA_MAP_SMALL);
+  cr_assert_eq(ta_run_of(p[15])->bsize, 2048);
+  void *q = ta_malloc(2040); /* from then on, runs: the fast path */
+  cr_assert_eq(ta_map_get((uintptr_t)q), TA_MAP_SMALL);
+  for (int i = 0; i < 16; i++) ta_free(p[i]);
+  ta_free(q);
+  cr_assert(has_runs(CLS_2K), "a class keeps its runs");
+}
+
+Test(cold, classes_under_1k_take_runs_from_the_first_block) {
+  ta_run_threshold = 1000;
+  for (size_t n = 1; n <= 960; n += 7) { /* 960: the class below 1024 */
+    void *p = ta_malloc(n);
+    cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_SMALL, "malloc(%zu)", n);
+    ta_free(p);
+  }
+  void *p = ta_malloc(1009); /* class 1024 */
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM);
+  ta_free(p);
+}
+
+Test(cold, threshold_zero_or_one_means_runs_from_the_first_block) {
+  for (uint32_t t = 0; t <= 1; t++) {
+    ta_run_threshold = t;
+    void *p = ta_malloc(3000 + t * 1000);
+    cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_SMALL, "threshold %u", t);
+    ta_free(p);
+  }
+}
+
+Test(cold, the_count_starts_again_every_second) {
+  ta_run_threshold = 8;
+  for (int i = 0; i < 7; i++) ta_free(ta_malloc(5000));
+  cr_assert_eq(ta_tl_arena->cold_allocs[ta_size_class(5000)], 7);
+  ta_tl_arena->cold_since -= 1001; /* as if a second had passed since the count began */
+  void *p = ta_malloc(5000);
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM, "the 8th, but the first of a new second");
+  cr_assert_eq(ta_tl_arena->cold_allocs[ta_size_class(5000)], 1);
+  cr_assert_not(has_runs(ta_size_class(5000)));
+  ta_free(p);
+}
+
+/* A free hole 16 bytes larger than what the class needs: the block cut from it keeps the 16
+ * bytes (too few to stand alone) as its spare, and still reports the class's size. */
+Test(cold, a_block_with_a_spare_reports_its_class_size) {
+  ta_run_threshold = 1000;
+  void *before = ta_malloc(9000); /* medium blocks around a hole of 8224 bytes */
+  void *x = ta_malloc(8200);
+  void *after = ta_malloc(9000);
+  size_t hole = ta_mh_load(hdr(x)) & TA_M_SIZE_MASK;
+  cr_assert_eq(hole, 8224);
+  ta_free(x);
+  void *p = ta_malloc(8192); /* class 8192, served from the medium heap: needs 8208 */
+  cr_assert_eq(p, x, "the hole is the best fit");
+  cr_assert_eq(ta_mh_load(hdr(p)) >> TA_M_SPARE_SHIFT, 16);
+  cr_assert_eq(ta_malloc_usable_size(p), 8192);
+  cr_assert_eq(ta_sallocx(p, 0), ta_nallocx(8192, 0));
+  memset(p, 1, 8192);
+  /* Grown in place, it is a medium block like any: it reports all it holds. */
+  cr_assert_eq(ta_realloc(p, 8200), p);
+  cr_assert_eq(ta_mh_load(hdr(p)) >> TA_M_SPARE_SHIFT, 0);
+  cr_assert_eq(ta_malloc_usable_size(p), 8208);
+  ta_free_sized(p, 8200);
+  ta_free(before);
+  ta_free(after);
+}
+
+/* The spare and the class flag are in the check word: a header whose spare was rewritten
+ * (here by a one-byte overflow of the block before) is reported, never taken for a smaller
+ * block. */
+Test(cold, a_forged_spare_is_caught_by_the_check_word, .signal = SIGABRT) {
+  ta_run_threshold = 1000;
+  void *p = ta_malloc(2000);
+  ta_mhdr_t *h = hdr(p);
+  cr_assert_eq(ta_mh_load(h) & TA_M_CLASS, TA_M_CLASS);
+  ta_mh_store(h, ta_mh_load(h) | ((size_t)200 << TA_M_SPARE_SHIFT));
+  (void)ta_malloc_usable_size(p);
+}
+
+/* Nothing of the medium heap's lists reaches the program: the bin links are cleared. */
+Test(cold, a_block_taken_from_a_bin_holds_no_address) {
+  ta_run_threshold = 1000;
+  void *b[5];
+  for (int i = 0; i < 5; i++) b[i] = ta_malloc(2000);
+  ta_free(b[1]);
+  ta_free(b[3]); /* two holes in one bin, linked to each other */
+  uintptr_t *p = ta_malloc(2000);
+  cr_assert(p == (void *)b[1] || p == (void *)b[3]);
+  cr_assert_eq(p[0], 0);
+  cr_assert_eq(p[1], 0);
+  for (int i = 0; i < 5; i++)
+    if (i != 1 && i != 3) ta_free(b[i]);
+  ta_free(p);
+}
+
+Test(cold, aligned_requests_get_their_alignment) {
+  ta_run_threshold = 1000;
+  for (size_t align = 32; align <= 4096; align *= 2) {
+    void *p = ta_aligned_alloc(align, 1024 + 1);
+    cr_assert_not_null(p);
+    cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM, "align %zu", align);
+    cr_assert_eq((uintptr_t)p % align, 0, "align %zu", align);
+    size_t u = ta_malloc_usable_size(p);
+    cr_assert_eq(u, ta_nallocx(1025, TA_MALLOCX_ALIGN(align)), "align %zu", align);
+    ta_free_aligned_sized(p, align, 1025);
+  }
+}
+
+Test(cold, calloc_zeroes_a_reused_medium_block) {
+  ta_run_threshold = 1000;
+  void *a = ta_malloc(20000);
+  memset(a, 0x5a, 20000);
+  void *guard = ta_malloc(20000);
+  ta_free(a);
+  unsigned char *z = ta_calloc(1, 3000);
+  cr_assert_eq(ta_map_get((uintptr_t)z), TA_MAP_MEDIUM);
+  for (size_t i = 0; i < 3000; i++) cr_assert_eq(z[i], 0, "byte %zu", i);
+  ta_free(z);
+  ta_free(guard);
+}
+
+static void *free_it(void *p) {
+  ta_free(p);
+  return NULL;
+}
+
+Test(cold, another_threads_free_goes_to_the_owner) {
+  ta_run_threshold = 1000;
+  void *p = ta_malloc(4000);
+  void *guard = ta_malloc(4000); /* p's hole does not join the top */
+  memset(p, 7, 4000);
+  pthread_t t;
+  pthread_create(&t, NULL, free_it, p);
+  pthread_join(t, NULL);
+  cr_assert_eq(ta_mh_load(hdr(p)) & TA_M_INUSE, TA_M_INUSE, "still on the remote list");
+  void *q = ta_malloc(50000); /* a medium slow path takes the remote frees in */
+  cr_assert_neq(q, p);
+  cr_assert_eq(ta_mh_load(hdr(p)) & TA_M_INUSE, 0, "taken in and freed");
+  ta_free(q);
+  ta_free(guard);
+}
+
+Test(cold, double_free_aborts, .signal = SIGABRT) {
+  ta_run_threshold = 1000;
+  void *keep = ta_malloc(3000);
+  void *p = ta_malloc(3000);
+  void *guard = ta_malloc(3000);
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM);
+  ta_free(p);
+  ta_free(p);
+  (void)keep;
+  (void)guard;
+}
+
+Test(cold, statistics_count_the_block_in_its_class) {
+  ta_run_threshold = 1000;
+  ta_stats_enable(1);
+  void *p[10];
+  for (int i = 0; i < 10; i++) p[i] = ta_malloc(2000);
+  struct ta_stats s;
+  memset(&s, 0, sizeof s);
+  s.version = TA_STATS_VERSION;
+  s.size = sizeof s;
+  cr_assert_eq(ta_stats_get(&s, -1), 0);
+  cr_assert_eq(s.classes[CLS_2K].live_blocks, 10);
+  cr_assert_eq(s.classes[CLS_2K].usable_bytes, 10 * 2048);
+  cr_assert_eq(s.classes[CLS_2K].requested_bytes, 10 * 2000);
+  for (int i = 0; i < 10; i++) ta_free(p[i]);
+}
+
+/* Sized frees check a class's block from the medium heap as a run's: a size beyond its class,
+ * or, aligned, one of a smaller class, is reported. */
+Test(cold, free_sized_beyond_the_class_aborts, .signal = SIGABRT) {
+  ta_run_threshold = 1000;
+  void *p = ta_malloc(2000);
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM);
+  ta_free_sized(p, 2049);
+}
+
+Test(cold, free_aligned_sized_of_a_smaller_class_aborts, .signal = SIGABRT) {
+  ta_run_threshold = 1000;
+  void *p = ta_aligned_alloc(1024, 3000); /* class 3072 */
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM);
+  ta_free_aligned_sized(p, 1024, 3000); /* the right size passes */
+  p = ta_aligned_alloc(1024, 3000);
+  ta_free_aligned_sized(p, 1024, 2000); /* class 2048: not this block's */
+}
+
+Test(cold, sized_frees_with_the_request_or_the_usable_size_pass) {
+  ta_run_threshold = 1000;
+  for (size_t n = 961; n <= 8192; n += 97) {
+    void *p = ta_malloc(n);
+    cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM, "malloc(%zu)", n);
+    ta_free_sized(p, n);
+    p = ta_malloc(n);
+    ta_sdallocx(p, ta_sallocx(p, 0), 0);
+  }
+}
+
+/* A medium block shrunk in place to a small size serves no class: the medium rule holds
+ * (down to half its size), not a run's. */
+Test(cold, a_shrunk_medium_block_keeps_the_medium_rule, .signal = SIGABRT) {
+  ta_run_threshold = 1000;
+  void *p = ta_malloc(20000);
+  void *guard = ta_malloc(20000);
+  p = ta_realloc(p, 5000);
+  cr_assert_eq(ta_mh_load(hdr(p)) & TA_M_CLASS, 0);
+  (void)guard;
+  ta_free_sized(p, 100);
+}
