@@ -269,6 +269,7 @@ _Static_assert(offsetof(ta_chunk_t, readers) + sizeof(uint32_t) <= sizeof(ta_run
 #define TA_M_WASTE_SHIFT 32
 #define TA_M_WASTE_MASK ((size_t)0xffffff)
 #define TA_M_SPARE_SHIFT 56
+_Static_assert(sizeof(size_t) == 8, "a medium size word holds the waste and the spare");
 typedef struct ta_mhdr {
   size_t size_flags; /* whole block size incl. this header, multiple of 16, plus flags */
   uintptr_t check;   /* (address ^ ta_secret) */
@@ -711,7 +712,8 @@ TA_HIDDEN size_t ta_medium_decommit(ta_mhdr_t *h);
 TA_HIDDEN size_t ta_medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, size_t share,
                                  uint64_t *oldest);
 TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
-/* A meta block's check word covers its address, its size and INUSE: a byte written past
+/* A meta block's check word covers its address, its size, INUSE, and a small class's flag
+ * and spare (TA_M_CLASS, TA_M_SPARE_SHIFT): a byte written past
  * the end of the block before it (an overflow into this header) is seen. PREV_FREE is left
  * out, since the owner flips it while another thread may be checking a live block. The size
  * enters multiplied by a secret odd key: with a plain XOR, one who overwrites the whole

@@ -101,6 +101,13 @@ static void forget_hdr(ta_mhdr_t *h) {
   ta_mh_store(h, 0);
 }
 
+/* A free block swallowed by its neighbour: its header goes, and its bin links, so that no
+ * address of ours is left for a block cut from the merged one to hand out. */
+static void forget_merged(ta_mhdr_t *h) {
+  forget_hdr(h);
+  M_LINK(h)[0] = M_LINK(h)[1] = NULL;
+}
+
 static bool medium_chunk_new(ta_arena_t *a) {
   ta_chunk_t *c = ta_chunk_alloc(a, TA_MAP_MEDIUM);
   if (c == NULL) return false;
@@ -329,9 +336,10 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep, mage_t g, bool 
     g = mix_age(&m);
     bin_remove(a, n);
     ts += M_SIZE(n);
-    forget_hdr(n);
+    forget_merged(n);
   }
-  set_hdr(h, keep | (h->size_flags & TA_M_FLAGS));
+  /* A block cut shorter is no class's block (the allocation flags it after the split). */
+  set_hdr(h, keep | (h->size_flags & (TA_M_FLAGS & ~TA_M_CLASS)));
   TA_ADD(a->cnt.splits, 1);
   if (g.resident > ts) g.resident = ts;
   make_free(a, t, ts, g, fresh);
@@ -418,7 +426,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
     mix_add(&m, age_of(n, m.now));
     bin_remove(a, n);
     s += M_SIZE(n);
-    forget_hdr(n);
+    forget_merged(n);
     TA_ADD(a->cnt.merges, 1);
   }
   if (h->size_flags & TA_M_PREV_FREE) {
@@ -502,8 +510,8 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       mage_t past = age_of(n, 0); /* what is left of n keeps its past */
       bin_remove(a, n);
       size_t total = s + M_SIZE(n);
-      forget_hdr(n);
-      set_hdr(h, total | (h->size_flags & TA_M_FLAGS));
+      forget_merged(n);
+      set_hdr(h, total | (h->size_flags & (TA_M_FLAGS & ~TA_M_CLASS)));
       ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
       split_tail(a, h, need, past, false);
       top_touch(ta_chunk_of(h), M_NEXT(h));
@@ -511,7 +519,8 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       ok = false;
     }
   }
-  /* Resized, it is a medium block like any: it reports all it holds. */
+  /* Resized, it is a medium block like any: it reports all it holds (a shrink too small to
+   * split leaves the header as it was until here). */
   if (ok && (h->size_flags & TA_M_CLASS))
     set_hdr(h, h->size_flags & ~(TA_M_CLASS | (~(size_t)0 << TA_M_SPARE_SHIFT)));
   ta_slow_leave(a);

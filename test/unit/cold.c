@@ -100,6 +100,7 @@ Test(cold, a_block_with_a_spare_reports_its_class_size) {
   /* Grown in place, it is a medium block like any: it reports all it holds. */
   cr_assert_eq(ta_realloc(p, 8200), p);
   cr_assert_eq(ta_mh_load(hdr(p)) >> TA_M_SPARE_SHIFT, 0);
+  cr_assert_eq(ta_mh_load(hdr(p)) & TA_M_CLASS, 0, "no class's block any more");
   cr_assert_eq(ta_malloc_usable_size(p), 8208);
   ta_free_sized(p, 8200);
   ta_free(before);
@@ -107,8 +108,8 @@ Test(cold, a_block_with_a_spare_reports_its_class_size) {
 }
 
 /* The spare and the class flag are in the check word: a header whose spare was rewritten
- * (here by a one-byte overflow of the block before) is reported, never taken for a smaller
- * block. */
+ * is reported, never taken for a smaller block; nor is a medium block whose flag was set
+ * taken for a class's block (whose sized frees are checked by a run's rule). */
 Test(cold, a_forged_spare_is_caught_by_the_check_word, .signal = SIGABRT) {
   ta_run_threshold = 1000;
   void *p = ta_malloc(2000);
@@ -116,6 +117,14 @@ Test(cold, a_forged_spare_is_caught_by_the_check_word, .signal = SIGABRT) {
   cr_assert_eq(ta_mh_load(h) & TA_M_CLASS, TA_M_CLASS);
   ta_mh_store(h, ta_mh_load(h) | ((size_t)200 << TA_M_SPARE_SHIFT));
   (void)ta_malloc_usable_size(p);
+}
+
+Test(cold, a_forged_class_flag_is_caught_by_the_check_word, .signal = SIGABRT) {
+  void *p = ta_malloc(20000);
+  ta_mhdr_t *h = hdr(p);
+  cr_assert_eq(ta_mh_load(h) & TA_M_CLASS, 0);
+  ta_mh_store(h, ta_mh_load(h) | TA_M_CLASS);
+  ta_free_sized(p, 20000);
 }
 
 /* Nothing of the medium heap's lists reaches the program: the bin links are cleared. */
@@ -132,6 +141,29 @@ Test(cold, a_block_taken_from_a_bin_holds_no_address) {
   for (int i = 0; i < 5; i++)
     if (i != 1 && i != 3) ta_free(b[i]);
   ta_free(p);
+}
+
+/* ... nor does a merge leave the swallowed block's links inside the merged one. */
+Test(cold, a_merge_leaves_no_address_inside_the_block) {
+  ta_run_threshold = 1000;
+  void *x = ta_malloc(2000), *guard = ta_malloc(2000);
+  char *a = ta_malloc(2000), *b = ta_malloc(2000), *c = ta_malloc(2000);
+  cr_assert_eq(b, a + 2064);
+  ta_free(x);
+  ta_free(b); /* a hole linked to x's in their bin */
+  uintptr_t l[2];
+  memcpy(l, b, sizeof l);
+  cr_assert(l[0] != 0 || l[1] != 0, "b is linked to x");
+  ta_free(a); /* merges with it */
+  char *m = ta_malloc(4000); /* class 4096: the merged hole, 4128 bytes */
+  cr_assert_eq(m, a);
+  uintptr_t w[2];
+  memcpy(w, b, sizeof w); /* where b's links were */
+  cr_assert_eq(w[0], 0);
+  cr_assert_eq(w[1], 0);
+  ta_free(m);
+  ta_free(c);
+  ta_free(guard);
 }
 
 Test(cold, aligned_requests_get_their_alignment) {
@@ -169,6 +201,7 @@ Test(cold, another_threads_free_goes_to_the_owner) {
   ta_run_threshold = 1000;
   void *p = ta_malloc(4000);
   void *guard = ta_malloc(4000); /* p's hole does not join the top */
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM);
   memset(p, 7, 4000);
   pthread_t t;
   pthread_create(&t, NULL, free_it, p);
@@ -193,11 +226,20 @@ Test(cold, double_free_aborts, .signal = SIGABRT) {
   (void)guard;
 }
 
+/* With statistics on: a block with a spare counts in its class's row at its class's size,
+ * and recording its request leaves its checked bits alone (it frees cleanly). */
 Test(cold, statistics_count_the_block_in_its_class) {
   ta_run_threshold = 1000;
   ta_stats_enable(1);
-  void *p[10];
-  for (int i = 0; i < 10; i++) p[i] = ta_malloc(2000);
+  void *before = ta_malloc(9000);
+  void *x = ta_malloc(8200);
+  void *after = ta_malloc(9000);
+  ta_free(x);
+  void *p = ta_malloc(8000); /* class 8192 in x's hole of 8224: a spare of 16 */
+  cr_assert_eq(p, x);
+  cr_assert_eq(ta_mh_load(hdr(p)) >> TA_M_SPARE_SHIFT, 16);
+  void *q[10];
+  for (int i = 0; i < 10; i++) q[i] = ta_malloc(2000);
   struct ta_stats s;
   memset(&s, 0, sizeof s);
   s.version = TA_STATS_VERSION;
@@ -206,7 +248,23 @@ Test(cold, statistics_count_the_block_in_its_class) {
   cr_assert_eq(s.classes[CLS_2K].live_blocks, 10);
   cr_assert_eq(s.classes[CLS_2K].usable_bytes, 10 * 2048);
   cr_assert_eq(s.classes[CLS_2K].requested_bytes, 10 * 2000);
-  for (int i = 0; i < 10; i++) ta_free(p[i]);
+  cr_assert_eq(s.classes[TA_NUM_SMALL].live_blocks, 1);
+  cr_assert_eq(s.classes[TA_NUM_SMALL].usable_bytes, 8192);
+  cr_assert_eq(s.classes[TA_NUM_SMALL].requested_bytes, 8000);
+  for (int i = 0; i < 10; i++) ta_free(q[i]);
+  ta_free(p);
+  ta_free(before);
+  ta_free(after);
+}
+
+/* realloc keeps a class's block in place down to half its size: still the class's block. */
+Test(cold, realloc_in_place_keeps_the_class) {
+  ta_run_threshold = 1000;
+  void *p = ta_malloc(2000);
+  cr_assert_eq(ta_realloc(p, 1500), p);
+  cr_assert_eq(ta_mh_load(hdr(p)) & TA_M_CLASS, TA_M_CLASS);
+  cr_assert_eq(ta_malloc_usable_size(p), 2048);
+  ta_free(p);
 }
 
 /* Sized frees check a class's block from the medium heap as a run's: a size beyond its class,
@@ -227,8 +285,13 @@ Test(cold, free_aligned_sized_of_a_smaller_class_aborts, .signal = SIGABRT) {
   ta_free_aligned_sized(p, 1024, 2000); /* class 2048: not this block's */
 }
 
+/* A run's rule: any size up to the class's passes free_sized (memalign and realloc serve
+ * smaller requests from it), where a medium block's rule (within 79 bytes, or down to half)
+ * would abort. */
 Test(cold, sized_frees_with_the_request_or_the_usable_size_pass) {
   ta_run_threshold = 1000;
+  void *s = ta_malloc(2000);
+  ta_free_sized(s, 100);
   for (size_t n = 961; n <= 8192; n += 97) {
     void *p = ta_malloc(n);
     cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM, "malloc(%zu)", n);
