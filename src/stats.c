@@ -159,7 +159,8 @@ static void visit_medium(const ta_mhdr_t *h, size_t word, void *arg) {
     cs->usable_bytes += usable;
     cs->requested_bytes += usable - waste;
   } else {
-    unsigned b = ta_bin_of(sz);
+    unsigned b = ta_bin_of(sz); /* a small class's row counts its free blocks on runs */
+    if (b <= TA_NUM_SMALL) b = TA_NUM_SMALL + 1;
     s->classes[b].free_blocks++;
     s->classes[b].free_bytes += usable;
     take_largest(s, usable);

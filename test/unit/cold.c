@@ -251,6 +251,14 @@ Test(cold, statistics_count_the_block_in_its_class) {
   cr_assert_eq(s.classes[TA_NUM_SMALL].live_blocks, 1);
   cr_assert_eq(s.classes[TA_NUM_SMALL].usable_bytes, 8192);
   cr_assert_eq(s.classes[TA_NUM_SMALL].requested_bytes, 8000);
+  /* A free hole of a class's size is a medium block, not a free block of the class's runs. */
+  uint64_t medium_free = s.classes[TA_NUM_SMALL + 1].free_blocks;
+  ta_free(q[3]);
+  q[3] = NULL;
+  cr_assert_eq(ta_stats_get(&s, -1), 0);
+  cr_assert_eq(s.classes[CLS_2K].free_blocks, 0);
+  cr_assert_eq(s.classes[CLS_2K].live_blocks, 9);
+  cr_assert_eq(s.classes[TA_NUM_SMALL + 1].free_blocks, medium_free + 1);
   for (int i = 0; i < 10; i++) ta_free(q[i]);
   ta_free(p);
   ta_free(before);
