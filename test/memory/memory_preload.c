@@ -79,6 +79,9 @@ Test(memory, idle_threads_memory_goes_back_while_they_live, .timeout = 60) {
 Test(memory, without_the_background_thread_idle_memory_stays, .timeout = 60) {
   expect_clean_with(TATEST_MEM_IDLE, "keeps", "background_thread:false");
 }
+Test(memory, idle_threads_keep_no_page_for_classes_they_used_once, .timeout = 60) {
+  expect_clean_with(TATEST_MEM_IDLE, "classes", NULL);
+}
 Test(memory, idle_threads_memory_never_makes_a_busy_thread_refault, .timeout = 60) {
   expect_clean_with(TATEST_MEM_IDLE, "refault", NULL);
 }

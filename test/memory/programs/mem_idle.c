@@ -7,6 +7,11 @@
  *                      purges the idle arenas; free pages inside runs that still hold live
  *                      blocks stay resident: only their owner can rethread those runs).
  *   mem_idle keeps     the same with background_thread:false: the memory stays.
+ *   mem_idle classes   128 threads each allocate and free one block of every size class of
+ *                      1 KiB to 8 KiB, then block: the pages they touched go back (those
+ *                      classes come from the medium heap until a thread uses them often:
+ *                      run_threshold), where runs would keep a page or two of each class in
+ *                      each thread, which only the thread itself could give back.
  *   mem_idle refault   24 idle threads each hold 2 MiB of free memory (over the 32 MiB
  *                      budget together); then one thread frees and reallocates 4 MiB of small
  *                      blocks 60 times: its minor faults per cycle stay far below the 1,024
@@ -102,8 +107,61 @@ static int refault(void) {
   return 0;
 }
 
+/* Two steps, the threads blocked after each: first each thread takes its arena (a 16-byte
+ * block), then it allocates and frees one block of each class from 1 KiB to 8 KiB; the
+ * resident memory between the two is what idle threads keep for those classes. */
+static pthread_barrier_t step_done, step_go;
+
+static void *classes_work(void *arg) {
+  (void)arg;
+  free(malloc(16));
+  pthread_barrier_wait(&step_done);
+  pthread_barrier_wait(&step_go);
+  for (size_t z = 1024; z <= 8192; z += z >= 4096 ? 512 : z >= 2048 ? 256 : 128) { /* the 25 classes */
+    char *b = malloc(z);
+    memset(b, 3, z);
+    free(b);
+  }
+  pthread_barrier_wait(&step_done);
+  pthread_mutex_lock(&mu);
+  while (!release_all) pthread_cond_wait(&cv, &mu);
+  pthread_mutex_unlock(&mu);
+  return NULL;
+}
+
+static int classes(void) {
+  enum { T = 128 };
+  static pthread_t t[T];
+  pthread_barrier_init(&step_done, NULL, T + 1);
+  pthread_barrier_init(&step_go, NULL, T + 1);
+  for (int i = 0; i < T; i++) pthread_create(&t[i], NULL, classes_work, NULL);
+  pthread_barrier_wait(&step_done);
+  nap_ms(300);
+  size_t before = rss_bytes();
+  pthread_barrier_wait(&step_go);
+  pthread_barrier_wait(&step_done);
+  size_t now = rss_bytes(), bound = before + 6 * MiB; /* runs would keep about 17 */
+  int waited = 0;
+  while (now > bound && waited < 3000) {
+    nap_ms(50);
+    waited += 50;
+    now = rss_bytes();
+  }
+  printf("%d idle threads that used each class of 1-8 KiB once: %zu KiB before, %zu KiB %d ms "
+         "after\n", T, before / 1024, now / 1024, waited);
+  pthread_mutex_lock(&mu);
+  release_all = 1;
+  pthread_cond_broadcast(&cv);
+  pthread_mutex_unlock(&mu);
+  for (int i = 0; i < T; i++) pthread_join(t[i], NULL);
+  EXPECT(now <= bound, "idle threads keep %zu KiB for classes they used once",
+         (now - before) / 1024);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "refault") == 0) return refault();
+  if (argc > 1 && strcmp(argv[1], "classes") == 0) return classes();
   int keeps = argc > 1 && strcmp(argv[1], "keeps") == 0;
   enum { T = 8 };
   pthread_t t[T];
