@@ -524,20 +524,25 @@ static size_t usable_checked(void *p, const char *op) {
 static bool size_fits(const void *p, size_t usable, size_t size, size_t align) {
   size_t n = size ? size : 1; /* a request of 0 is served as 1 */
   if (n > usable) return false;
+  unsigned cls; /* the small class the block serves */
   switch (ta_map_get((uintptr_t)p)) {
   case TA_MAP_SMALL:
-    /* Without the alignment, any smaller size may be right: realloc keeps a block in place
-     * for down to half its size (any size up to 64 bytes), memalign takes a bigger class. */
-    return align == 0 || small_class_for(small_request(n), align) == ta_run_of(p)->cls;
+    cls = ta_run_of(p)->cls;
+    break;
   case TA_MAP_MEDIUM:
-    /* A small class's block from the medium heap: as a run's block. */
-    if (ta_mh_load((const ta_mhdr_t *)p - 1) & TA_M_CLASS)
-      return align == 0 || ta_class_size[small_class_for(small_request(n), align)] == usable;
+    /* A small class's block from the medium heap reports its class's size: a run's rule. */
+    if (ta_mh_load((const ta_mhdr_t *)p - 1) & TA_M_CLASS) {
+      cls = ta_size_class(usable);
+      break;
+    }
     /* Down to half: another thread's realloc keeps a block in place that far. */
     return usable - n <= MEDIUM_SLACK || n >= usable / 2;
   default:
     return usable - n < ta_page_size; /* a huge block is its request rounded to a page */
   }
+  /* Without the alignment, any smaller size may be right: realloc keeps a block in place for
+   * down to half its size (any size up to 64 bytes), memalign takes a bigger class. */
+  return align == 0 || small_class_for(small_request(n), align) == cls;
 }
 
 /* The frees that are told more than the pointer, and the names their messages give. */
