@@ -176,7 +176,9 @@ got:
 /* Any size, alignment <= 16 or a power of two; zero: the caller needs zeroed memory. */
 static void quarantine_check_newest(ta_arena_t *me);
 
-static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
+/* spans: whether a span may serve the request (not for a realloc that grows a medium block or
+ * a span: it goes to the medium heap, where it can grow again in place). */
+static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool spans) {
   if (TA_UNLIKELY(size > TA_MAX_REQUEST)) {
     errno = ENOMEM;
     return NULL;
@@ -200,6 +202,9 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   unsigned cls = small_class_for(small_request(size), align);
   if (cls != 0) {
     p = ta_secure ? secure_small_alloc(a, cls) : small_alloc(a, cls, align);
+  } else if (spans && ta_span_serves(size, align)) {
+    slow_path_chores(a);
+    p = ta_span_alloc(size, &zeroed);
   } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 &&
              size + align <= TA_MEDIUM_MAX) {
     collect(a);
@@ -221,6 +226,10 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   }
   if (zero && !zeroed) memset(p, 0, size);
   return p;
+}
+
+static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
+  return alloc_from(size, align, zero, true);
 }
 
 /* ta_fast_limit is 8 KiB (every small size), or 0 while statistics are on (every call then
@@ -412,10 +421,9 @@ static void free_medium(void *p) {
   ta_slow_leave(me);
 }
 
-/* A huge block's free (huge.c), counted in the freeing thread's arena, or for a thread
- * without one in the process-wide count of such frees (stats.c). */
-static void free_huge(ta_huge_t *h) {
-  ta_huge_free(h);
+/* A huge block's or a span's free (huge.c, span.c), counted in the freeing thread's arena,
+ * or for a thread without one in the process-wide count of such frees (stats.c). */
+static void count_free_ownerless(void) {
   ta_arena_t *me = ta_tl_arena;
   if (me != &ta_sentinel_arena) TA_ADD(me->cnt.frees, 1);
   else atomic_fetch_add_explicit(&ta_orphan_frees, 1, memory_order_relaxed);
@@ -427,9 +435,23 @@ static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
   case TA_MAP_MEDIUM:
     free_medium(p);
     return;
+  case TA_MAP_SPAN: {
+    bool noted = ta_span_free(p);
+    count_free_ownerless();
+    /* Its pages go back after the decay whoever calls: the purger, once the process has had
+     * threads, started when a due time first appears (this free holds no lock of ours: a
+     * safe point). Beyond the budget without it, the oldest excess goes back now. */
+    if (!ta_bg_running()) {
+      if (noted && atomic_load_explicit(&ta_arena_count, memory_order_relaxed) > 1)
+        ta_bg_maybe_start(library.background);
+      if (TA_UNLIKELY(ta_over_budget()) && !ta_bg_running()) ta_purge_spans_excess(ta_os_now_ms());
+    }
+    return;
+  }
   case TA_MAP_HUGE:
   case TA_MAP_HUGE_AL:
-    free_huge(ta_huge_hdr_checked(p, kind, "free(): invalid pointer"));
+    ta_huge_free(ta_huge_hdr_checked(p, kind, "free(): invalid pointer"));
+    count_free_ownerless();
     return;
   default:
     ta_fatal("free(): invalid pointer", p);
@@ -500,6 +522,8 @@ static size_t usable_checked(void *p, const char *op) {
       ta_fatal(op, p);
     return ta_medium_usable(h);
   }
+  case TA_MAP_SPAN:
+    return ta_span_usable(p, op);
   case TA_MAP_HUGE:
   case TA_MAP_HUGE_AL: {
     ta_huge_t *h = ta_huge_hdr_checked(p, kind, op);
@@ -537,6 +561,10 @@ static bool size_fits(const void *p, size_t usable, size_t size, size_t align) {
     }
     /* Down to half: another thread's realloc keeps a block in place that far. */
     return usable - n <= MEDIUM_SLACK || n >= usable / 2;
+  case TA_MAP_SPAN:
+    /* Its request rounded to a page; down to half: realloc keeps a span in place that far
+     * (under the smallest span, or when the pages it would free are fewer than a span). */
+    return usable - n < ta_page_size || n >= usable / 2;
   default:
     return usable - n < ta_page_size; /* a huge block is its request rounded to a page */
   }
@@ -648,6 +676,14 @@ void *ta_realloc(void *p, size_t size) {
        * a small one). With statistics on, the size word is the owner's to rewrite. */
       in_place = p;
     }
+  } else if (kind == TA_MAP_SPAN) {
+    /* Fewer pages: the rest is freed; under the smallest span's size, down to half. */
+    if (size <= usable && ta_span_serves(size, TA_ALIGNMENT)) {
+      ta_span_shrink(p, size);
+      in_place = p;
+    } else if (size <= usable && size >= usable / 2) {
+      in_place = p;
+    }
   } else {
     ta_huge_t *h = ta_huge_hdr_checked(p, kind, "realloc(): invalid pointer");
     if (size <= usable && size >= usable / 2) {
@@ -666,8 +702,12 @@ void *ta_realloc(void *p, size_t size) {
     if (ta_stats_on) ta_stats_record(in_place, size);
     return in_place;
   }
-  /* A move counts as a malloc and a free too: mallocs - frees stays the live count. */
-  void *q = alloc_generic(size, TA_ALIGNMENT, false);
+  /* A move counts as a malloc and a free too: mallocs - frees stays the live count. A
+   * medium block or a span that grows moves to the medium heap, where its owner's next
+   * realloc can grow it in place (a span never grows in place: a string builder appending a
+   * few bytes at a time would be copied at every page). */
+  bool grows = (kind == TA_MAP_MEDIUM || kind == TA_MAP_SPAN) && size > usable;
+  void *q = alloc_from(size, TA_ALIGNMENT, false, !grows);
   if (q == NULL) return NULL; /* errno is ENOMEM; p is untouched */
   memcpy(q, p, size < usable ? size : usable);
   ta_free(p);
@@ -781,7 +821,8 @@ static TA_NOINLINE void secure_free(void *p) {
     if (atomic_load_explicit(&h->state, memory_order_relaxed) != HUGE_LIVE)
       ta_fatal("free(): double free of pointer", p);
     if (!ta_huge_secure_arm(h, false)) ta_fatal("free(): canary overwritten before pointer", p);
-    free_huge(h); /* unmapped: no span is cached, a write after free faults */
+    ta_huge_free(h); /* unmapped: no span is cached, a write after free faults */
+    count_free_ownerless();
     return;
   }
   default:
@@ -829,6 +870,7 @@ int ta_malloc_trim(size_t pad) {
   }
   freed += ta_purge_orphans(now, true);
   freed += ta_huge_purge(now, true);
+  freed += ta_span_purge(now, 0);
   errno = saved;
   return freed > 0;
 }
@@ -867,6 +909,9 @@ static size_t usable_for(size_t size, size_t align) {
   if (align < TA_ALIGNMENT) align = TA_ALIGNMENT;
   unsigned cls = small_class_for(small_request(size), align);
   if (cls != 0) return ta_class_size[cls] - (ta_secure ? TA_CANARY_SIZE : 0);
+  /* ta_page: the smallest span follows the page, known once the allocator has started. */
+  if (size <= TA_MEDIUM_MAX && ta_page() != 0 && ta_span_serves(size, align))
+    return ta_span_usable_for(size);
   if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 && size + align <= TA_MEDIUM_MAX) {
     size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
     return (need < TA_MIN_MBLOCK ? TA_MIN_MBLOCK : need) - sizeof(ta_mhdr_t);
@@ -920,14 +965,22 @@ void *ta_rallocx(void *p, size_t size, int flags) {
 }
 
 /* In place only: a medium block owned by the calling thread grows into a free successor or
- * shrinks (to size + extra, or at least to size); any other block keeps its size. Returns
- * the usable size, less than size when the block could not grow. */
+ * shrinks (to size + extra, or at least to size), a span shrinks to fewer pages; any other
+ * block keeps its size. Returns the usable size, less than size when the block could not
+ * grow. */
 size_t ta_xallocx(void *p, size_t size, size_t extra, int flags) {
   size_t old = usable_checked(p, "xallocx(): invalid pointer");
   if (size == 0) size = 1;
   size_t want = size + extra < size ? SIZE_MAX : size + extra;
   if (want > TA_MEDIUM_MAX) want = TA_MEDIUM_MAX;
   ta_arena_t *me = ta_tl_arena;
+  if (ta_map_get((uintptr_t)p) == TA_MAP_SPAN) {
+    /* A span shrinks to fewer pages (any thread: it has no owner); it never grows. */
+    if (want >= old || !ta_span_serves(want, TA_ALIGNMENT)) return old;
+    ta_span_shrink(p, want);
+    if (ta_stats_on) ta_stats_record(p, want);
+    return ta_span_usable(p, "xallocx(): invalid pointer");
+  }
   if (ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || ta_chunk_of(p)->owner != me ||
       want <= TA_SMALL_MAX / 2 || want == old)
     return old;

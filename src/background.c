@@ -47,9 +47,10 @@ static uint64_t earlier(uint64_t a, uint64_t b) { return a == 0 ? b : b == 0 ? a
 
 /* The earliest due time of work the thread may do, or 0. */
 static uint64_t next_due(void) {
-  return earlier(earlier(atomic_load_explicit(&ta_orphan_due, memory_order_seq_cst),
-                         atomic_load_explicit(&ta_huge_due, memory_order_seq_cst)),
-                 atomic_load_explicit(&ta_arenas_due, memory_order_seq_cst));
+  return earlier(earlier(earlier(atomic_load_explicit(&ta_orphan_due, memory_order_seq_cst),
+                                 atomic_load_explicit(&ta_huge_due, memory_order_seq_cst)),
+                         atomic_load_explicit(&ta_arenas_due, memory_order_seq_cst)),
+                 atomic_load_explicit(&ta_span_due, memory_order_seq_cst));
 }
 
 /* Purges, in every arena with an owner, what became free at least `age` ms ago; an arena
@@ -102,8 +103,10 @@ static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
  * what became free half a decay time ago, then an eighth, then the rest. */
 static void purge_over_budget(uint64_t now) {
   ta_purge_orphans(now, true);
-  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
-    purge_owned(now, ta_excess_age(i), false);
+  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++) {
+    ta_span_purge(now, ta_excess_age(i)); /* no thread's: before what owners keep */
+    if (ta_over_budget()) purge_owned(now, ta_excess_age(i), false);
+  }
 }
 
 /* Arenas that live threads own now, as far as can be known: an owner without an exit hook
@@ -136,6 +139,9 @@ static void *bg_main(void *arg) {
   atomic_store_explicit(&ta_bg_state, BG_RUNNING, memory_order_release);
   for (;;) {
     if (should_leave()) {
+      /* Free spans belong to no thread: what has been free for the decay time (what exited
+       * threads freed, say) goes now; the rest waits for the last thread's slow paths. */
+      ta_span_purge(ta_os_now_ms(), ta_decay_ms);
       atomic_store_explicit(&ta_bg_sleeping, 0, memory_order_relaxed);
       atomic_store_explicit(&ta_bg_state, BG_NONE, memory_order_release);
       return NULL;
@@ -151,7 +157,9 @@ static void *bg_main(void *arg) {
       uint64_t hdue = atomic_load_explicit(&ta_huge_due, memory_order_relaxed);
       uint64_t adue = atomic_load_explicit(&ta_arenas_due, memory_order_relaxed);
       if (odue && now >= odue) ta_purge_orphans(now, false);
+      uint64_t sdue = atomic_load_explicit(&ta_span_due, memory_order_relaxed);
       if (hdue && now >= hdue) ta_huge_purge(now, false);
+      if (sdue && now >= sdue) ta_span_purge(now, ta_owner_decay());
       if (adue && now >= adue) {
         atomic_exchange_explicit(&ta_arenas_due, 0, memory_order_seq_cst);
         purge_owned(now, ta_decay_ms, true);

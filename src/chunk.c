@@ -97,7 +97,8 @@ void ta_chunk_brk_default(bool on) {
   atomic_compare_exchange_strong(&brk_state, &undecided, on ? 1 : 2);
 }
 
-static ta_chunk_t *chunk_fresh(bool *from_brk) {
+/* A chunk fresh from the kernel (zero-filled): from the break when it may move, else mapped. */
+void *ta_chunk_fresh(bool *from_brk) {
   int st = atomic_load_explicit(&brk_state, memory_order_relaxed); /* decided by ta_init */
   *from_brk = false;
   if (st == 1) {
@@ -134,7 +135,7 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
     prev = c->kind;
     if (!c->decommitted) ta_dirty_add(a, -(intptr_t)TA_CHUNK_SIZE);
   } else {
-    c = chunk_fresh(&from_brk);
+    c = ta_chunk_fresh(&from_brk);
     if (c == NULL) return NULL;
     TA_ADD(a->cnt.grows, 1);
   }

@@ -27,6 +27,7 @@
 #include "internal.h"
 
 _Atomic size_t ta_dirty_total; /* Σ arena.dirty_bytes */
+_Atomic size_t ta_span_dirty;  /* free spans still resident (span.c): no arena's */
 _Atomic uint32_t ta_arena_count; /* arenas ever made: as many as threads were ever alive at once */
 _Atomic uint64_t ta_orphan_due;
 _Atomic uint64_t ta_arenas_due; /* earliest due time of arenas with an owner (background.c) */
@@ -124,7 +125,19 @@ size_t ta_arena_share(void) {
 }
 
 bool ta_over_budget(void) {
-  return atomic_load_explicit(&ta_dirty_total, memory_order_relaxed) > ta_dirty_max;
+  return atomic_load_explicit(&ta_dirty_total, memory_order_relaxed) +
+             atomic_load_explicit(&ta_span_dirty, memory_order_relaxed) > ta_dirty_max;
+}
+
+/* Counts free-but-resident spans (span.c), which no arena owns. Beyond the budget, with the
+ * purger thread running, it is told; without it, the thread that freed gives the oldest
+ * excess back once the free has returned to the API layer (ta_purge_spans_if_over). */
+void ta_dirty_add_spans(intptr_t bytes) {
+  size_t total = atomic_fetch_add_explicit(&ta_span_dirty, (size_t)bytes, memory_order_relaxed) +
+                 (size_t)bytes;
+  if (bytes > 0 && total + atomic_load_explicit(&ta_dirty_total, memory_order_relaxed) > ta_dirty_max &&
+      ta_bg_running())
+    ta_bg_over_budget();
 }
 
 /* Counts free-but-resident memory of an arena. Beyond the budget of all arenas together,

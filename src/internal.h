@@ -135,6 +135,7 @@ enum {
   TA_MAP_MEDIUM = 2,  /* medium chunk: header at granule start */
   TA_MAP_HUGE = 3,    /* huge block whose data starts in this granule, header at its start */
   TA_MAP_HUGE_AL = 4, /* huge block with data at this granule start, header one granule down */
+  TA_MAP_SPAN = 5,    /* span chunk (span.c): header at granule start */
 };
 
 /* ------------------------------------------------------------------ blocks */
@@ -532,6 +533,7 @@ void ta_conf_apply(const char *settings); /* for tests */
 /* Free memory goes back to the kernel decay_ms after it became free (see purge.c). */
 TA_HIDDEN extern uint64_t ta_decay_ms;
 TA_HIDDEN extern uint32_t ta_run_threshold; /* run_threshold (alloc.c) */
+TA_HIDDEN extern uint32_t ta_conf_span_min_kb; /* span_min_kb (span.c): 0, no spans */
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN extern size_t ta_huge_cache_limit; /* bytes of freed huge spans kept resident */
 TA_HIDDEN extern bool ta_huge_pages;  /* ask for transparent huge pages on huge spans */
@@ -552,6 +554,8 @@ TA_HIDDEN extern size_t ta_conf_page_size; /* page_kb (tests): a page larger tha
 /* The book of free resident memory, written by the layers that free memory, read by the
  * purgers above (see dirty.c). */
 TA_HIDDEN extern _Atomic size_t ta_dirty_total; /* Σ arena.dirty_bytes */
+TA_HIDDEN extern _Atomic size_t ta_span_dirty;  /* free resident spans (span.c) */
+TA_HIDDEN void ta_dirty_add_spans(intptr_t bytes);
 /* Arenas ever made (arena.c counts them): as many as threads were ever alive at once, among
  * whom the budget is shared (medium.c's allowance for a chunk's top). */
 TA_HIDDEN extern _Atomic uint32_t ta_arena_count;
@@ -580,6 +584,7 @@ bool ta_bg_running(void); /* for tests */
 
 /* ------------------------------------------------------------------ chunk.c */
 TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
+TA_HIDDEN void *ta_chunk_fresh(bool *from_brk);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
 TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
 TA_HIDDEN bool ta_map_init(void); /* ta_init: maps the granule map; false if it cannot */
@@ -756,6 +761,42 @@ size_t ta_huge_cached_count(void);
 size_t ta_huge_cache_sum(size_t *count); /* the slots counted one by one (tests) */
 
 
+/* ------------------------------------------------------------------ span.c */
+/* Blocks of 16 KiB to 256 KiB as whole pages in process-wide span chunks (span.c): at most
+ * 64 pages (and 1 MiB: with 16 KiB pages up to 1 MiB, with 64 KiB pages 256 KiB to 1 MiB). */
+#define TA_SPAN_MAX_PAGES 64
+typedef struct {
+  _Atomic uint32_t info;  /* a span's first page: its pages | state << 16; else 0 */
+  uint32_t word;          /* free: when it became free (ms, low 32 bits); live: the request */
+  _Atomic uintptr_t next; /* free: the next span in its bin */
+} ta_spage_t;
+typedef struct ta_span_chunk {
+  uintptr_t check; /* address ^ ta_secret */
+  struct ta_span_chunk *next_all;
+  uint32_t first;  /* the first page after this table */
+  uint8_t from_brk;
+  uint8_t pad[64 - 2 * sizeof(uintptr_t) - sizeof(uint32_t) - 1];
+  ta_spage_t page[TA_CHUNK_SIZE / TA_PAGE_MIN]; /* one per page (the first chunk_size/page) */
+} ta_span_chunk_t;
+TA_HIDDEN extern size_t ta_span_min, ta_span_max;
+TA_HIDDEN extern uint32_t ta_span_threads; /* threads at once before spans serve (tests: 0) */
+TA_HIDDEN extern _Atomic size_t ta_span_chunks;
+TA_HIDDEN extern _Atomic uint64_t ta_span_due;
+TA_HIDDEN void ta_span_init(void);
+TA_HIDDEN bool ta_span_serves(size_t size, size_t align);
+TA_HIDDEN size_t ta_span_usable_for(size_t size);
+TA_HIDDEN void *ta_span_alloc(size_t size, bool *zeroed);
+TA_HIDDEN size_t ta_span_usable(const void *p, const char *op);
+TA_HIDDEN bool ta_span_free(void *p);
+TA_HIDDEN void ta_span_shrink(void *p, size_t size);
+TA_HIDDEN void ta_span_set_requested(void *p, size_t requested);
+TA_HIDDEN size_t ta_span_purge(uint64_t now, uint64_t age);
+TA_HIDDEN void ta_span_walk(void (*fn)(const void *p, size_t bytes, unsigned state, uint32_t word,
+                                       void *arg),
+                            ta_span_chunk_t *c, void *arg);
+TA_HIDDEN ta_span_chunk_t *ta_span_chunks_first(void);
+enum { TA_SPAN_LIVE = 1, TA_SPAN_DIRTY = 2, TA_SPAN_CLEAN = 3 };
+
 /* ------------------------------------------------------------------ arena.c */
 /* What differs between the libraries: the API layer (alloc.c), compiled into each of them,
  * passes it down. The replacement library takes chunks from the program break and runs the
@@ -849,6 +890,7 @@ TA_HIDDEN extern _Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;
 TA_HIDDEN void ta_maybe_purge(ta_arena_t *a);
 TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age);
 TA_HIDDEN void ta_purge_excess(ta_arena_t *a, uint64_t now);
+TA_HIDDEN void ta_purge_spans_excess(uint64_t now);
 /* An arena whose frees took all arenas over the budget while the purger thread was not
  * running (ta_dirty_add marks it) gives its own oldest excess back: whoever holds it calls
  * this once the lower layers have returned (alloc.c, ta_purge_orphans). */

@@ -49,20 +49,35 @@ _Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;
  * is the likeliest to be used again; returning it only to fault it in again is the thrash
  * the budget must not cause. */
 void ta_purge_excess(ta_arena_t *a, uint64_t now) {
-  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
+  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++) {
+    if (atomic_load_explicit(&ta_span_dirty, memory_order_relaxed) > 0) {
+      ta_span_purge(now, ta_excess_age(i)); /* no arena's: the free spans go first */
+      if (!ta_over_budget()) break;
+    }
     ta_arena_purge(a, now, false, ta_excess_age(i));
+  }
+}
+
+/* The same for the free spans alone, after a span's free took all arenas over the budget. */
+void ta_purge_spans_excess(uint64_t now) {
+  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget() &&
+                       atomic_load_explicit(&ta_span_dirty, memory_order_relaxed) > 0;
+       i++)
+    ta_span_purge(now, ta_excess_age(i));
 }
 
 void ta_maybe_purge(ta_arena_t *a) {
   uint64_t due = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
   uint64_t odue = atomic_load_explicit(&ta_orphan_due, memory_order_relaxed);
   uint64_t hdue = atomic_load_explicit(&ta_huge_due, memory_order_relaxed);
-  if (TA_LIKELY(due == 0 && odue == 0 && hdue == 0)) return;
+  uint64_t sdue = atomic_load_explicit(&ta_span_due, memory_order_relaxed);
+  if (TA_LIKELY(due == 0 && odue == 0 && hdue == 0 && sdue == 0)) return;
   uint64_t now = ta_os_now_ms();
   if (due && now >= due && now >= atomic_load_explicit(&a->owner_due, memory_order_relaxed))
     ta_arena_purge(a, now, false, ta_owner_decay());
   if (odue && now >= odue) ta_purge_orphans(now, false);
   if (hdue && now >= hdue) ta_huge_purge(now, false);
+  if (sdue && now >= sdue) ta_span_purge(now, ta_owner_decay());
 }
 
 /* all: everything, now (trim, ownerless arena: the caller owns the arena's fast-path state

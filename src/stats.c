@@ -62,6 +62,8 @@ void ta_stats_record(void *p, size_t requested) {
     ta_mh_store(h, (h->size_flags & ~(TA_M_WASTE_MASK << TA_M_WASTE_SHIFT)) |
                        (waste << TA_M_WASTE_SHIFT));
     ta_slow_leave(owner);
+  } else if (kind == TA_MAP_SPAN) {
+    ta_span_set_requested(p, requested); /* the caller holds the live span */
   } else if (kind == TA_MAP_HUGE || kind == TA_MAP_HUGE_AL) {
     ta_huge_t *h = kind == TA_MAP_HUGE ? (ta_huge_t *)ta_chunk_of(p)
                                        : (ta_huge_t *)((uintptr_t)p - TA_CHUNK_SIZE);
@@ -198,6 +200,26 @@ static void walk_huge(struct walk *w, ta_huge_t *h) {
   s->resident_bytes += resident(h, map_size);
 }
 
+/* Spans (span.c): a live one counts in the row of its size's class, a free one (resident or
+ * given back) in its bin's row, as a medium block would. */
+static void visit_span(const void *p, size_t bytes, unsigned state, uint32_t word, void *arg) {
+  struct walk *w = arg;
+  struct ta_stats *s = w->s;
+  (void)p;
+  if (state == TA_SPAN_LIVE) {
+    struct ta_class_stats *cs = &s->classes[ta_size_class(bytes)];
+    size_t requested = w->tracked && word != 0 && word <= bytes ? word : bytes;
+    cs->live_blocks++;
+    cs->usable_bytes += bytes;
+    cs->requested_bytes += requested;
+  } else {
+    struct ta_class_stats *cs = &s->classes[ta_bin_of(bytes)];
+    cs->free_blocks++;
+    cs->free_bytes += bytes;
+    take_largest(s, bytes);
+  }
+}
+
 /* Calls fn on every granule whose map entry is set, reading only touched map pages. */
 static void scan_map(void (*fn)(uintptr_t base, uint8_t kind, void *arg), void *arg) {
   size_t granules = ta_map_granules(); /* 0 before initialisation: nothing to scan */
@@ -246,6 +268,12 @@ static void visit_granule(uintptr_t base, uint8_t kind, void *arg) {
     else walk_medium(w, c);
     chunk_leave(c);
     w->s->resident_bytes += resident(c, TA_CHUNK_SIZE);
+  } else if (kind == TA_MAP_SPAN) {
+    /* Shared by every thread: counted in the process's figures, not an arena's. */
+    if (w->only != NULL) return;
+    ta_span_walk(visit_span, (ta_span_chunk_t *)base, w);
+    w->s->heap_bytes += TA_CHUNK_SIZE;
+    w->s->resident_bytes += resident((void *)base, TA_CHUNK_SIZE);
   } else if (w->only == NULL) {
     walk_huge(w, (ta_huge_t *)(kind == TA_MAP_HUGE ? base : base - TA_CHUNK_SIZE));
   }
@@ -610,8 +638,21 @@ static void map_block(const ta_mhdr_t *h, size_t word, void *arg) {
       (word & TA_M_INUSE) ? "used" : "free");
 }
 
+static void map_span(const void *p, size_t bytes, unsigned state, uint32_t word, void *arg) {
+  static const char *const name[] = {"?", "live", "free", "returned"};
+  put(arg, "span 0x%lx %zu %s %u\n", (unsigned long)(uintptr_t)p, bytes, name[state & 3],
+      state == TA_SPAN_LIVE ? word : 0);
+}
+
 static void map_granule(uintptr_t base, uint8_t kind, void *arg) {
   struct out *o = arg;
+  if (kind == TA_MAP_SPAN) {
+    ta_span_chunk_t *c = (ta_span_chunk_t *)base;
+    put(o, "chunk 0x%lx %u spans %s 0 %zu\n", (unsigned long)base, (unsigned)TA_CHUNK_SIZE,
+        TA_LOAD(c->from_brk) ? "brk" : "mmap", resident(c, TA_CHUNK_SIZE));
+    ta_span_walk(map_span, c, o);
+    return;
+  }
   if (kind == TA_MAP_SMALL || kind == TA_MAP_MEDIUM) {
     ta_chunk_t *c = (ta_chunk_t *)base;
     if (TA_LOAD(c->check) != (base ^ ta_secret) || !chunk_enter(c, base, kind)) return;

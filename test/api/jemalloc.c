@@ -160,25 +160,42 @@ Test(jemalloc, xallocx_resizes_in_place_or_says_it_cannot, .timeout = 60)
     cr_assert_eq(ta_xallocx(s, 5000, 0, 0), su, "a small block grew in place");
     ta_dallocx(s, 0);
 
-    /* Medium, owned by this thread, with free space after it: grows, then shrinks. */
-    char *m = ta_mallocx(20000, 0);
-    tt_fill(m, 20000, 3);
-    size_t grown = ta_xallocx(m, 30000, 10000, TA_MALLOCX_ZERO);
-    cr_assert_geq(grown, 30000, "the medium block did not grow in place");
+    /* Medium (under the smallest span), owned by this thread, with free space after it:
+     * grows, then shrinks. */
+    char *m = ta_mallocx(9000, 0);
+    tt_fill(m, 9000, 3);
+    size_t grown = ta_xallocx(m, 12000, 3000, TA_MALLOCX_ZERO);
+    cr_assert_geq(grown, 12000, "the medium block did not grow in place");
     cr_assert_eq(ta_sallocx(m, 0), grown);
-    cr_assert_eq(tt_check(m, 20000, 3), SIZE_MAX);
-    cr_assert_eq(tt_check_zero(m + 20000 + 32, grown - 20000 - 32), SIZE_MAX,
+    cr_assert_eq(tt_check(m, 9000, 3), SIZE_MAX);
+    cr_assert_eq(tt_check_zero(m + 9000 + 32, grown - 9000 - 32), SIZE_MAX,
                  "xallocx(ZERO) left the new bytes");
-    size_t shrunk = ta_xallocx(m, 12000, 0, 0);
-    cr_assert(shrunk >= 12000 && shrunk < grown, "shrinking in place gave %zu", shrunk);
-    cr_assert_eq(tt_check(m, 12000, 3), SIZE_MAX);
-    ta_sdallocx(m, 12000, 0);
+    size_t shrunk = ta_xallocx(m, 10000, 0, 0);
+    cr_assert(shrunk >= 10000 && shrunk < grown, "shrinking in place gave %zu", shrunk);
+    cr_assert_eq(tt_check(m, 9000, 3), SIZE_MAX);
+    ta_sdallocx(m, 10000, 0);
 
     /* Huge: kept as it is. */
     void *h = ta_mallocx(3 * MiB, 0);
     size_t hu = ta_sallocx(h, 0);
     cr_assert_eq(ta_xallocx(h, 5 * MiB, 0, 0), hu);
     ta_sdallocx(h, 3 * MiB, 0);
+
+    /* A span (whole pages; with 64 KiB pages spans start at 256 KiB, and the hardened build
+     * has none: a medium block's usable size is then the request): shrinks in place to fewer
+     * pages, never grows. */
+    if (ta_nallocx(200000, 0) == 200000)
+        return;
+    char *sp = ta_mallocx(200000, 0);
+    size_t spu = ta_sallocx(sp, 0);
+    cr_assert_eq(spu % 4096, 0, "a span is whole pages: %zu", spu);
+    tt_fill(sp, 200000, 4);
+    cr_assert_eq(ta_xallocx(sp, 250000, 0, 0), spu, "a span grew in place");
+    size_t cut = ta_xallocx(sp, 100000, 0, 0);
+    cr_assert(cut >= 100000 && cut < spu, "a span shrunk in place to %zu of %zu", cut, spu);
+    cr_assert_eq(ta_sallocx(sp, 0), cut);
+    cr_assert_eq(tt_check(sp, 100000, 4), SIZE_MAX);
+    ta_sdallocx(sp, 100000, 0);
 }
 
 Test(jemalloc, sdallocx_accepts_any_size_from_request_to_usable, .timeout = 60)
@@ -250,9 +267,11 @@ Test(jemalloc, sdallocx_of_a_wrong_size_or_alignment_aborts, .timeout = 60)
     expect_abort(sdallocx_wrong_size, small, 5000, "sdallocx(): invalid size for pointer");
     char *huge = ta_mallocx(5 * MiB, 0);
     expect_abort(sdallocx_wrong_size, huge, 2 * MiB, "sdallocx(): invalid size for pointer");
-    char *medium = ta_mallocx(20000, 0);
-    char *odd = ((uintptr_t)medium & 4095) ? medium : ta_mallocx(20000, 0);
-    expect_abort(sdallocx_wrong_align, odd, 20000, "sdallocx(): invalid alignment for pointer");
+    char *medium = ta_mallocx(12000, 0);
+    char *odd = ((uintptr_t)medium & 4095) ? medium : ta_mallocx(12000, 0);
+    expect_abort(sdallocx_wrong_align, odd, 12000, "sdallocx(): invalid alignment for pointer");
+    char *span = ta_mallocx(200000, 0); /* a span; a medium block in the hardened build */
+    expect_abort(sdallocx_wrong_size, span, 90000, "sdallocx(): invalid size for pointer");
 }
 
 /* ------------------------------------------------------------------ mallctl */

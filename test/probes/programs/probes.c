@@ -37,9 +37,10 @@
 #define MIB (1024 * KIB)
 
 /* One size of each kind of block of the allocator: small (no header), medium (boundary
- * tags), huge (a mapping of its own). */
+ * tags), span (whole pages, described in its chunk's table), huge (a mapping of its own). */
 #define SMALL 48
-#define MEDIUM (64 * KIB)
+#define MEDIUM (12 * KIB)
+#define SPAN (64 * KIB)
 #define HUGE (4 * MIB)
 
 /* Calls through volatile pointers, so that the compiler sees no misuse to fold away. */
@@ -66,6 +67,27 @@ static void announce(void *a, void *b)
     else
         snprintf(line, sizeof line, "pointer %p\n", a);
     say(line);
+}
+
+/* Spans serve blocks of SPAN's size once the process has had 8 threads with arenas at once. */
+static pthread_barrier_t all_in;
+static void *take_an_arena(void *arg)
+{
+    (void)arg;
+    free(do_malloc(16));
+    pthread_barrier_wait(&all_in);
+    return NULL;
+}
+static size_t span_size(void)
+{
+    enum { T = 8 };
+    pthread_t t[T];
+    pthread_barrier_init(&all_in, NULL, T);
+    for (int i = 0; i < T; i++)
+        pthread_create(&t[i], NULL, take_an_arena, NULL);
+    for (int i = 0; i < T; i++)
+        pthread_join(t[i], NULL);
+    return SPAN;
 }
 
 static int undetected(void)
@@ -97,6 +119,7 @@ static int double_free(size_t n)
 }
 static int double_free_small(void) { return double_free(SMALL); }
 static int double_free_medium(void) { return double_free(MEDIUM); }
+static int double_free_span(void) { return double_free(span_size()); }
 static int double_free_huge(void) { return double_free(HUGE); }
 
 /* Other blocks come and go between the two frees (none of the freed block's class). */
@@ -201,9 +224,11 @@ static int offset_free(size_t n, size_t off)
 }
 static int interior_free_small(void) { return offset_free(SMALL, 32); }
 static int interior_free_medium(void) { return offset_free(MEDIUM, 4096); }
+static int interior_free_span(void) { return offset_free(span_size(), 4096); }
 static int interior_free_huge(void) { return offset_free(HUGE, 4096); }
 static int unaligned_free_small(void) { return offset_free(SMALL, 1); }
 static int unaligned_free_medium(void) { return offset_free(MEDIUM, 8); }
+static int unaligned_free_span(void) { return offset_free(span_size(), 8); }
 static int unaligned_free_huge(void) { return offset_free(HUGE, 8); }
 
 /* ---- blocks of an exited thread ---------------------------------------------------- */
@@ -229,6 +254,7 @@ static int exited_thread(size_t n)
 }
 static int exited_thread_double_free_small(void) { return exited_thread(SMALL); }
 static int exited_thread_double_free_medium(void) { return exited_thread(MEDIUM); }
+static int exited_thread_double_free_span(void) { return exited_thread(span_size()); }
 static int exited_thread_double_free_huge(void) { return exited_thread(HUGE); }
 
 /* ---- fork: the child frees a block of the parent twice ----------------------------- */
@@ -256,6 +282,7 @@ static int fork_double_free(size_t n)
 }
 static int fork_double_free_small(void) { return fork_double_free(SMALL); }
 static int fork_double_free_medium(void) { return fork_double_free(MEDIUM); }
+static int fork_double_free_span(void) { return fork_double_free(span_size()); }
 static int fork_double_free_huge(void) { return fork_double_free(HUGE); }
 
 /* ---- writes after free: malloc must never return an address the program chose -------- */
@@ -296,6 +323,7 @@ static int write_after_free(size_t n, size_t written)
 }
 static int write_after_free_small(void) { return write_after_free(SMALL, SMALL); }
 static int write_after_free_medium(void) { return write_after_free(MEDIUM, MEDIUM); }
+static int write_after_free_span(void) { return write_after_free(span_size(), SPAN); }
 static int write_after_free_huge(void) { return write_after_free(HUGE, 64 * KIB); }
 
 /* The link of a freed block pointed at a live block of the same class (an address the
@@ -365,6 +393,18 @@ static int overflow_1_byte_medium(void)
     return undetected();
 }
 
+/* The same past a span: the next span's first byte (spans have no header). */
+static int overflow_1_byte_span(void)
+{
+    char *a = must_malloc(span_size());
+    char *b = must_malloc(SPAN);
+    announce(a, b);
+    a[do_usable(a)] ^= 0x40;
+    do_free(b);
+    do_free(a);
+    return undetected();
+}
+
 /* 16 bytes before a block: its own header where it has one. */
 static int underflow(size_t n)
 {
@@ -378,6 +418,7 @@ static int underflow(size_t n)
 }
 static int underflow_16_byte_small(void) { return underflow(SMALL); }
 static int underflow_16_byte_medium(void) { return underflow(MEDIUM); }
+static int underflow_16_byte_span(void) { return underflow(span_size()); }
 static int underflow_16_byte_huge(void) { return underflow(HUGE); }
 
 /* 16 bytes before a block of 16 bytes whose predecessor is free: they are its whole
@@ -412,6 +453,7 @@ static int realloc_freed(size_t n)
 }
 static int realloc_freed_small(void) { return realloc_freed(SMALL); }
 static int realloc_freed_medium(void) { return realloc_freed(MEDIUM); }
+static int realloc_freed_span(void) { return realloc_freed(span_size()); }
 static int realloc_freed_huge(void) { return realloc_freed(HUGE); }
 
 static int usable_size_freed(size_t n)
@@ -425,6 +467,7 @@ static int usable_size_freed(size_t n)
 }
 static int usable_size_freed_small(void) { return usable_size_freed(SMALL); }
 static int usable_size_freed_medium(void) { return usable_size_freed(MEDIUM); }
+static int usable_size_freed_span(void) { return usable_size_freed(span_size()); }
 static int usable_size_freed_huge(void) { return usable_size_freed(HUGE); }
 
 /* ---- free_sized with a size the block was not allocated with ----------------------- */
@@ -443,6 +486,7 @@ static int free_sized_wrong(size_t n, size_t claimed)
 }
 static int free_sized_small(void) { return free_sized_wrong(SMALL, 4096); }
 static int free_sized_medium(void) { return free_sized_wrong(MEDIUM, MEDIUM / 4); }
+static int free_sized_span(void) { return free_sized_wrong(span_size(), SPAN / 4); }
 static int free_sized_huge(void) { return free_sized_wrong(HUGE, HUGE / 4); }
 
 /* ---- the table --------------------------------------------------------------------- */
@@ -454,6 +498,7 @@ static const struct {
 } cases[] = {
     CASE(double_free_small),
     CASE(double_free_medium),
+    CASE(double_free_span),
     CASE(double_free_huge),
     CASE(double_free_small_delayed),
     CASE(double_free_small_remote),
@@ -464,35 +509,45 @@ static const struct {
     CASE(invalid_free_never_allocated),
     CASE(interior_free_small),
     CASE(interior_free_medium),
+    CASE(interior_free_span),
     CASE(interior_free_huge),
     CASE(unaligned_free_small),
     CASE(unaligned_free_medium),
+    CASE(unaligned_free_span),
     CASE(unaligned_free_huge),
     CASE(exited_thread_double_free_small),
     CASE(exited_thread_double_free_medium),
+    CASE(exited_thread_double_free_span),
     CASE(exited_thread_double_free_huge),
     CASE(fork_double_free_small),
     CASE(fork_double_free_medium),
+    CASE(fork_double_free_span),
     CASE(fork_double_free_huge),
     CASE(write_after_free_small),
     CASE(write_after_free_medium),
+    CASE(write_after_free_span),
     CASE(write_after_free_huge),
     CASE(write_after_free_small_live),
     CASE(overflow_1_byte_small_free_neighbour),
     CASE(overflow_1_byte_small_live_neighbour),
     CASE(overflow_1_byte_medium),
+    CASE(overflow_1_byte_span),
     CASE(underflow_16_byte_small),
     CASE(underflow_16_byte_small_free_neighbour),
     CASE(underflow_16_byte_medium),
+    CASE(underflow_16_byte_span),
     CASE(underflow_16_byte_huge),
     CASE(realloc_freed_small),
     CASE(realloc_freed_medium),
+    CASE(realloc_freed_span),
     CASE(realloc_freed_huge),
     CASE(usable_size_freed_small),
     CASE(usable_size_freed_medium),
+    CASE(usable_size_freed_span),
     CASE(usable_size_freed_huge),
     CASE(free_sized_small),
     CASE(free_sized_medium),
+    CASE(free_sized_span),
     CASE(free_sized_huge),
 };
 

@@ -1,0 +1,420 @@
+/*
+ * span.c — blocks of 16 KiB to 256 KiB as whole pages, in a heap the whole process shares.
+ *
+ * (64 pages at most, within 1 MiB; at least 4 pages and span_min_kb.)
+ *
+ * A span is a run of pages holding one block. Span chunks (4 MiB, aligned, TA_MAP_SPAN in
+ * the granule map) begin with a table of one 16-byte entry per page (ta_spage_t); the entry
+ * of a span's first page says how many pages it has and whether it is live or free, and, free,
+ * when it became free and which span follows it in its bin. Blocks have no header: the data
+ * starts on the span's first page, and a pointer that is not the first page of a live span
+ * is refused.
+ *
+ * No arena owns a span. A free from any thread puts it into the process-wide bin of its page
+ * count (a lock-free stack), from which any thread's next request of that many pages takes
+ * it. So memory freed by one thread is reused by another instead of waiting in the freer's
+ * heap; with 256 threads on 2 CPUs the busy phase of the pool workload peaked at 1.8 times
+ * its live bytes with spans, against 3.0 with these sizes in each thread's medium heap.
+ *
+ * Bins come in two sets: DIRTY spans were freed and are resident, CLEAN spans are not (given
+ * back after the decay time, or fresh from the kernel). A request is rounded to its size
+ * class (8 per doubling) and that to pages, and takes, in order: a dirty span of that page
+ * count, a clean one, a larger clean span cut to size (the rest goes back to its bin, and is
+ * never less than the smallest span, which no request could take), fresh pages from the
+ * current chunk. Spans never merge: a free span is reused whole or
+ * cut; clean spans cost address space, not memory.
+ *
+ * A bin's head is the address of its first span with a 24-bit tag in bits the address never
+ * uses (the 12 below a page, the 12 above 52 bits), bumped by every change: a pop that read
+ * a head and its successor fails its compare-exchange if the head was taken and put back in
+ * between (ABA). The links are in the chunk's table, which is never given back or unmapped,
+ * so a pop may read a stale link but never faults.
+ *
+ * Purging (ta_span_purge) takes a bin's whole stack with one exchange, gives back the pages
+ * of the spans free for the decay time and moves them to the clean bin, and puts the others
+ * back: no lock, no wait for any thread. A fork child keeps what the bins held; a span a
+ * thread of the parent was carrying between two bins is lost to the child, never corrupt.
+ *
+ * Calls down only: chunk.c for fresh chunks, os.c, dirty.c's due times.
+ */
+#include "internal.h"
+
+#define STATE_SHIFT 16
+#define PAGES_MASK ((uint32_t)0xffff)
+enum { S_NONE = 0, S_LIVE = TA_SPAN_LIVE, S_DIRTY = TA_SPAN_DIRTY, S_CLEAN = TA_SPAN_CLEAN };
+enum { DIRTY = 0, CLEAN = 1 };
+
+#define BINS (TA_SPAN_MAX_PAGES + 1)
+#define HINT_WORDS ((BINS + 63) / 64)
+#define TAG_LOW ((uintptr_t)0xfff)
+#define ADDR_MASK ((((uintptr_t)1 << 52) - 1) & ~TAG_LOW)
+
+typedef struct {
+  _Alignas(64) _Atomic uintptr_t head;
+} bin_t;
+
+static bin_t bins[2][BINS];
+static _Atomic uint64_t hint[2][HINT_WORDS]; /* bins that may hold a span (set on a push) */
+static _Atomic uintptr_t bump;  /* current chunk | its first page not yet handed out */
+static ta_span_chunk_t *_Atomic chunks; /* every span chunk, newest first (push only) */
+
+_Atomic size_t ta_span_chunks; /* span chunks made */
+_Atomic uint64_t ta_span_due;  /* earliest time a dirty span may be given back; 0: none */
+size_t ta_span_min = SIZE_MAX; /* none before ta_span_init */
+size_t ta_span_max;
+/* Spans serve requests once the process has had this many threads with arenas at once. A
+ * class's spans serve only that class, so the free spans a process holds are the sum of
+ * each class's peak; a thread's medium heap merges what it frees, but holds its own peak
+ * alone. With few threads the medium heap holds less (pool workload, peak resident over live
+ * bytes: 2.5 against 7.2 with one thread, 2.9 against 4.4 with 4, about even at 8), with many
+ * far less (3.2 against 4.3 at 32, 1.9 against 3.0 at 256). */
+uint32_t ta_span_threads = 8;
+static unsigned page_shift = 12;
+static size_t min_pages = 4; /* the smallest span: no free span is ever cut below it */
+
+
+/* The smallest span: the setting, at least 4 pages (a 64 KiB page would otherwise make a
+ * 16 KiB block cost 64); none when the setting is 0 or the build is hardened (whose medium
+ * blocks carry headers and guards a span has not). */
+void ta_span_init(void) {
+  size_t min = (size_t)ta_conf_span_min_kb << 10;
+  if (min < 4 * ta_page_size) min = 4 * ta_page_size;
+  size_t max = TA_SPAN_MAX_PAGES * ta_page_size;
+  if (max > TA_MEDIUM_MAX) max = TA_MEDIUM_MAX;
+  if (ta_conf_span_min_kb == 0 || ta_secure || min > max) min = SIZE_MAX;
+  TA_STORE(ta_span_min, min);
+  TA_STORE(ta_span_max, max);
+  TA_STORE(page_shift, (unsigned)__builtin_ctzl(ta_page_size));
+  if (min != SIZE_MAX) TA_STORE(min_pages, min >> page_shift);
+}
+
+static unsigned header_pages(void) {
+  size_t bytes = offsetof(ta_span_chunk_t, page) + (TA_CHUNK_SIZE >> page_shift) * sizeof(ta_spage_t);
+  return (unsigned)(ta_align_up(bytes, ta_page_size) >> page_shift);
+}
+
+static inline ta_span_chunk_t *chunk_of(const void *p) {
+  return (ta_span_chunk_t *)((uintptr_t)p & ~TA_CHUNK_MASK);
+}
+static inline ta_spage_t *entry_of(const void *p) {
+  return &chunk_of(p)->page[((uintptr_t)p & TA_CHUNK_MASK) >> page_shift];
+}
+static inline uint32_t info(unsigned state, size_t pages) {
+  return (uint32_t)state << STATE_SHIFT | (uint32_t)pages;
+}
+static inline size_t pages_of(size_t size) {
+  return (size + ta_page_size - 1) >> page_shift;
+}
+/* A request's span: its size class (8 per doubling), rounded up to a page. Spans of one class
+ * serve each other's requests: with a span for every page count, blocks of random sizes left
+ * free spans no request fitted (a single-threaded pool held 15 times its live bytes). */
+static inline size_t span_pages(size_t size) { return pages_of(ta_class_size[ta_size_class(size)]); }
+
+/* ---------------------------------------------------------------- the bins */
+
+static inline uintptr_t head_make(uintptr_t addr, uintptr_t old) {
+  uintptr_t tag = ((old & TAG_LOW) | (old >> 52) << 12) + 1;
+  return addr | (tag & TAG_LOW) | ((tag >> 12) & TAG_LOW) << 52;
+}
+static inline void *head_addr(uintptr_t h) { return (void *)(h & ADDR_MASK); }
+
+static void hint_set(unsigned set, size_t n) {
+  uint64_t bit = (uint64_t)1 << (n & 63);
+  if (!(atomic_load_explicit(&hint[set][n >> 6], memory_order_relaxed) & bit))
+    atomic_fetch_or_explicit(&hint[set][n >> 6], bit, memory_order_relaxed);
+}
+
+/* Pushes the chain first..last (linked through their entries) onto bin n of `set`. */
+static void push_chain(unsigned set, size_t n, void *first, void *last) {
+  _Atomic uintptr_t *head = &bins[set][n].head;
+  uintptr_t h = atomic_load_explicit(head, memory_order_relaxed);
+  do {
+    atomic_store_explicit(&entry_of(last)->next, (uintptr_t)head_addr(h), memory_order_relaxed);
+  } while (!atomic_compare_exchange_weak_explicit(head, &h, head_make((uintptr_t)first, h),
+                                                  memory_order_release, memory_order_relaxed));
+  hint_set(set, n);
+}
+
+static void *pop(unsigned set, size_t n) {
+  _Atomic uintptr_t *head = &bins[set][n].head;
+  uintptr_t h = atomic_load_explicit(head, memory_order_acquire);
+  for (;;) {
+    void *p = head_addr(h);
+    if (p == NULL) return NULL;
+    /* p may be taken and reused meanwhile: its link may be stale, the tag then differs. */
+    uintptr_t next = atomic_load_explicit(&entry_of(p)->next, memory_order_relaxed);
+    if (atomic_compare_exchange_weak_explicit(head, &h, head_make(next, h), memory_order_acquire,
+                                              memory_order_acquire))
+      return p;
+  }
+}
+
+/* Takes the whole stack of a bin. */
+static void *take_all(unsigned set, size_t n) {
+  _Atomic uintptr_t *head = &bins[set][n].head;
+  uintptr_t h = atomic_load_explicit(head, memory_order_acquire);
+  while (head_addr(h) != NULL &&
+         !atomic_compare_exchange_weak_explicit(head, &h, head_make(0, h), memory_order_acquire,
+                                                memory_order_acquire))
+    ;
+  return head_addr(h);
+}
+
+/* Frees span p of n pages (its entry already says so) into its bin. */
+static void put(unsigned set, void *p, size_t n) {
+  if (set == DIRTY) ta_dirty_add_spans((intptr_t)(n << page_shift));
+  push_chain(set, n, p, p);
+}
+
+/* ---------------------------------------------------------------- fresh pages */
+
+/* Hands out pages [at, units) of chunk c as clean spans (never touched: not resident), none
+ * smaller than the smallest span (a tail below it is never handed out). */
+static void give_rest(ta_span_chunk_t *c, size_t at) {
+  size_t units = TA_CHUNK_SIZE >> page_shift;
+  while (units - at >= min_pages) {
+    size_t max_pages = ta_span_max >> page_shift;
+    size_t left = units - at, n = left < max_pages ? left : max_pages;
+    if (left - n != 0 && left - n < min_pages) n = left - min_pages; /* the last one too */
+    void *p = (char *)c + (at << page_shift);
+    atomic_store_explicit(&c->page[at].info, info(S_CLEAN, n), memory_order_relaxed);
+    TA_STORE(c->page[at].word, 0);
+    put(CLEAN, p, n);
+    at += n;
+  }
+}
+
+static ta_span_chunk_t *chunk_new(void) {
+  bool from_brk;
+  ta_span_chunk_t *c = (ta_span_chunk_t *)ta_chunk_fresh(&from_brk);
+  if (c == NULL) return NULL;
+  /* Fresh from the kernel: the table reads zero (no span starts anywhere). */
+  c->check = (uintptr_t)c ^ ta_secret;
+  c->from_brk = from_brk;
+  c->first = header_pages();
+  ta_span_chunk_t *old = atomic_load_explicit(&chunks, memory_order_relaxed);
+  do c->next_all = old;
+  while (!atomic_compare_exchange_weak_explicit(&chunks, &old, c, memory_order_release,
+                                                memory_order_relaxed));
+  atomic_fetch_add_explicit(&ta_span_chunks, 1, memory_order_relaxed);
+  ta_map_set((uintptr_t)c, TA_MAP_SPAN);
+  return c;
+}
+
+/* n pages never handed out, from the current chunk or a new one. */
+static void *carve(size_t n) {
+  size_t units = TA_CHUNK_SIZE >> page_shift;
+  uintptr_t b = atomic_load_explicit(&bump, memory_order_acquire);
+  for (;;) {
+    ta_span_chunk_t *c = (ta_span_chunk_t *)(b & ~TA_CHUNK_MASK);
+    size_t at = b & TA_CHUNK_MASK;
+    if (c != NULL && at + n <= units) {
+      if (atomic_compare_exchange_weak_explicit(&bump, &b, b + n, memory_order_acquire,
+                                                memory_order_acquire))
+        return (char *)c + (at << page_shift);
+      continue;
+    }
+    ta_span_chunk_t *fresh = chunk_new(); /* outside any lock: a system call */
+    if (fresh == NULL) return NULL;
+    size_t first = fresh->first;
+    if (atomic_compare_exchange_strong_explicit(&bump, &b, (uintptr_t)fresh | (first + n),
+                                                memory_order_acq_rel, memory_order_acquire)) {
+      if (c != NULL) give_rest(c, at); /* the old chunk's tail: nobody can take it now */
+    } else {
+      give_rest(fresh, first + n); /* another thread installed its chunk first */
+    }
+    return (char *)fresh + (first << page_shift);
+  }
+}
+
+/* ---------------------------------------------------------------- allocation */
+
+static int first_set(unsigned set, size_t from) {
+  for (size_t w = from >> 6; w < HINT_WORDS; w++) {
+    uint64_t bits = atomic_load_explicit(&hint[set][w], memory_order_relaxed);
+    if (w == from >> 6) bits &= ~(uint64_t)0 << (from & 63);
+    if (bits) return (int)(w * 64 + (size_t)__builtin_ctzll(bits));
+  }
+  return -1;
+}
+
+/* A span of more than n pages from a bin of `set`, cut to n (the rest goes back: at least the
+ * smallest span, as no request could take less). Only clean spans are cut: cutting resident
+ * spans into pieces no class asks for kept them resident and unused. */
+static void *take_larger(unsigned set, size_t n, bool *zeroed) {
+  for (int m = first_set(set, n + min_pages); m > 0; m = first_set(set, (size_t)m + 1)) {
+    void *p = pop(set, (size_t)m);
+    if (p == NULL) {
+      /* Empty: clear the hint, then look again in case a push came in between. */
+      atomic_fetch_and_explicit(&hint[set][m >> 6], ~((uint64_t)1 << (m & 63)), memory_order_relaxed);
+      if (head_addr(atomic_load_explicit(&bins[set][m].head, memory_order_acquire)) != NULL)
+        hint_set(set, (size_t)m);
+      continue;
+    }
+    if (set == DIRTY) ta_dirty_add_spans(-(intptr_t)((size_t)m << page_shift));
+    void *rest = (char *)p + (n << page_shift);
+    ta_spage_t *e = entry_of(p), *r = entry_of(rest);
+    TA_STORE(r->word, TA_LOAD(e->word));
+    atomic_store_explicit(&r->info, info(set == DIRTY ? S_DIRTY : S_CLEAN, (size_t)m - n),
+                          memory_order_relaxed);
+    put(set, rest, (size_t)m - n);
+    *zeroed = set == CLEAN;
+    return p;
+  }
+  return NULL;
+}
+
+bool ta_span_serves(size_t size, size_t align) {
+  return size >= ta_span_min && size <= ta_span_max && align <= ta_page_size &&
+         atomic_load_explicit(&ta_arena_count, memory_order_relaxed) >= ta_span_threads;
+}
+
+size_t ta_span_usable_for(size_t size) { return span_pages(size) << page_shift; }
+
+void *ta_span_alloc(size_t size, bool *zeroed) {
+  size_t n = span_pages(size);
+  void *p = pop(DIRTY, n);
+  *zeroed = false;
+  if (p != NULL) {
+    ta_dirty_add_spans(-(intptr_t)(n << page_shift));
+  } else if ((p = pop(CLEAN, n)) != NULL) {
+    *zeroed = true;
+  } else if ((p = take_larger(CLEAN, n, zeroed)) == NULL) {
+    p = carve(n);
+    if (p == NULL) return NULL;
+    *zeroed = true;
+  }
+  ta_spage_t *e = entry_of(p);
+  TA_STORE(e->word, 0); /* live: the requested size, for the statistics */
+  atomic_store_explicit(&e->info, info(S_LIVE, n), memory_order_relaxed);
+  return p;
+}
+
+/* ---------------------------------------------------------------- checks and free */
+
+/* The entry of live span p, or NULL if p is not the start of one (0 in *state), or the
+ * state it is in. */
+static ta_spage_t *entry_checked(const void *p, unsigned *state) {
+  ta_span_chunk_t *c = chunk_of(p);
+  uintptr_t off = (uintptr_t)p & TA_CHUNK_MASK;
+  *state = S_NONE;
+  if (TA_LOAD(c->check) != ((uintptr_t)c ^ ta_secret) || (off & (ta_page_size - 1)) != 0 ||
+      (off >> page_shift) < c->first)
+    return NULL;
+  ta_spage_t *e = &c->page[off >> page_shift];
+  *state = atomic_load_explicit(&e->info, memory_order_relaxed) >> STATE_SHIFT;
+  return e;
+}
+
+size_t ta_span_usable(const void *p, const char *op) {
+  unsigned state;
+  ta_spage_t *e = entry_checked(p, &state);
+  if (e == NULL || state != S_LIVE) ta_fatal(op, (void *)p);
+  return (size_t)(atomic_load_explicit(&e->info, memory_order_relaxed) & PAGES_MASK) << page_shift;
+}
+
+/* Returns whether it noted a due time where there was none (the purger may be wanted). */
+bool ta_span_free(void *p) {
+  unsigned state;
+  ta_spage_t *e = entry_checked(p, &state);
+  if (e == NULL || state == S_NONE) ta_fatal("free(): invalid pointer", p);
+  uint32_t v = atomic_load_explicit(&e->info, memory_order_relaxed);
+  /* The exchange decides between two frees of one block racing in two threads. */
+  if ((v >> STATE_SHIFT) != S_LIVE ||
+      !atomic_compare_exchange_strong_explicit(&e->info, &v, info(S_DIRTY, v & PAGES_MASK),
+                                               memory_order_relaxed, memory_order_relaxed))
+    ta_fatal("free(): double free of pointer", p);
+  uint64_t now = ta_os_now_ms();
+  TA_STORE(e->word, (uint32_t)now);
+  put(DIRTY, p, v & PAGES_MASK);
+  if (atomic_load_explicit(&ta_span_due, memory_order_relaxed) != 0) return false;
+  ta_purge_note_global(&ta_span_due, now + ta_decay_ms);
+  return true;
+}
+
+/* Live span p keeps its first `size` bytes' pages; the rest becomes a free span, when it is at
+ * least the smallest span (else p keeps it). */
+void ta_span_shrink(void *p, size_t size) {
+  ta_spage_t *e = entry_of(p);
+  size_t n = atomic_load_explicit(&e->info, memory_order_relaxed) & PAGES_MASK, keep = span_pages(size);
+  if (keep + min_pages > n) return;
+  void *rest = (char *)p + (keep << page_shift);
+  ta_spage_t *r = entry_of(rest);
+  uint64_t now = ta_os_now_ms();
+  TA_STORE(r->word, (uint32_t)now);
+  atomic_store_explicit(&r->info, info(S_DIRTY, n - keep), memory_order_relaxed);
+  atomic_store_explicit(&e->info, info(S_LIVE, keep), memory_order_relaxed);
+  put(DIRTY, rest, n - keep);
+  if (atomic_load_explicit(&ta_span_due, memory_order_relaxed) == 0)
+    ta_purge_note_global(&ta_span_due, now + ta_decay_ms);
+}
+
+void ta_span_set_requested(void *p, size_t requested) { TA_STORE(entry_of(p)->word, (uint32_t)requested); }
+
+/* ---------------------------------------------------------------- purging */
+
+/* Gives back the pages of the dirty spans free for at least `age` ms (all of them if 0: the
+ * decay time when due, less when over the budget, 0 for malloc_trim) and moves them to the
+ * clean bins. Returns the bytes given back. */
+size_t ta_span_purge(uint64_t now, uint64_t age) {
+  size_t freed = 0;
+  uint64_t next = 0;
+  uint32_t t = (uint32_t)now;
+  uint64_t horizon = age > ta_decay_ms ? age : ta_decay_ms; /* when what stays comes due */
+  atomic_exchange_explicit(&ta_span_due, 0, memory_order_seq_cst);
+  for (int n = first_set(DIRTY, 1); n > 0; n = first_set(DIRTY, (size_t)n + 1)) {
+    void *p = take_all(DIRTY, (size_t)n);
+    void *keep = NULL, *keep_last = NULL, *gone = NULL, *gone_last = NULL;
+    size_t bytes = (size_t)n << page_shift;
+    while (p != NULL) {
+      ta_spage_t *e = entry_of(p);
+      void *following = (void *)atomic_load_explicit(&e->next, memory_order_relaxed);
+      uint32_t span_age = t - TA_LOAD(e->word);
+      if (span_age >= age) {
+        if (ta_os_decommit(p, bytes) == 0) {
+          atomic_store_explicit(&e->info, info(S_CLEAN, (size_t)n), memory_order_relaxed);
+          ta_dirty_add_spans(-(intptr_t)bytes);
+          freed += bytes;
+          atomic_store_explicit(&e->next, (uintptr_t)gone, memory_order_relaxed);
+          if (gone == NULL) gone_last = p;
+          gone = p;
+          p = following;
+          continue;
+        }
+      } else {
+        uint64_t due = now + (horizon > span_age ? horizon - span_age : 0);
+        if (next == 0 || due < next) next = due;
+      }
+      atomic_store_explicit(&e->next, (uintptr_t)keep, memory_order_relaxed);
+      if (keep == NULL) keep_last = p;
+      keep = p;
+      p = following;
+    }
+    if (keep) push_chain(DIRTY, (size_t)n, keep, keep_last);
+    if (gone) push_chain(CLEAN, (size_t)n, gone, gone_last);
+  }
+  if (next) ta_purge_note_global(&ta_span_due, next);
+  return freed;
+}
+
+/* ---------------------------------------------------------------- walking (statistics) */
+
+void ta_span_walk(void (*fn)(const void *p, size_t bytes, unsigned state, uint32_t word, void *arg),
+                  ta_span_chunk_t *c, void *arg) {
+  size_t units = TA_CHUNK_SIZE >> page_shift;
+  for (size_t i = c->first; i < units;) {
+    uint32_t v = atomic_load_explicit(&c->page[i].info, memory_order_relaxed);
+    size_t n = v & PAGES_MASK;
+    unsigned st = v >> STATE_SHIFT;
+    if (st == S_NONE || n == 0 || i + n > units) {
+      i++; /* not handed out yet, or changing under us */
+      continue;
+    }
+    fn((char *)c + (i << page_shift), n << page_shift, st, TA_LOAD(c->page[i].word), arg);
+    i += n;
+  }
+}
+
+ta_span_chunk_t *ta_span_chunks_first(void) {
+  return atomic_load_explicit(&chunks, memory_order_acquire);
+}
