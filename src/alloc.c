@@ -202,9 +202,9 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool s
   unsigned cls = small_class_for(small_request(size), align);
   if (cls != 0) {
     p = ta_secure ? secure_small_alloc(a, cls) : small_alloc(a, cls, align);
-  } else if (spans && ta_span_serves(size, align)) {
-    slow_path_chores(a);
-    p = ta_span_alloc(size, &zeroed);
+  } else if (spans && ta_span_serves(size, align) &&
+             (slow_path_chores(a), (p = ta_span_alloc(size, &zeroed)) != NULL)) {
+    /* a span; without one (no new chunk could be had), the medium heap may still serve */
   } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 &&
              size + align <= TA_MEDIUM_MAX) {
     collect(a);
@@ -444,7 +444,8 @@ static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
     if (!ta_bg_running()) {
       if (noted && atomic_load_explicit(&ta_arena_count, memory_order_relaxed) > 1)
         ta_bg_maybe_start(library.background);
-      if (TA_UNLIKELY(ta_over_budget()) && !ta_bg_running()) ta_purge_spans_excess(ta_os_now_ms());
+      if (TA_UNLIKELY(ta_spans_over_budget()) && !ta_bg_running())
+        ta_purge_spans_excess(ta_os_now_ms());
     }
     return;
   }
@@ -1039,6 +1040,7 @@ static void fork_child(void) {
   ta_brk_reset_after_fork();
   ta_bg_reset_after_fork();
   ta_stats_reset_after_fork(); /* readers, the log, and the huge cache's tallies */
+  ta_span_after_fork();       /* the free spans' count, should a purge have been cut off */
   ta_arena_fork_child();
 }
 

@@ -24,7 +24,7 @@
  *     excess across all arenas, so that one thread's idle memory never makes a busy thread
  *     give back, and fault in again, what it has just freed;
  *   - it leaves when no other thread owns an arena, or only one does and what exited
- *     threads left is purged (should_leave): it never keeps a process alive or
+ *     threads left is purged (leave_with): it never keeps a process alive or
  *     multithreaded on its own; a later thread exit starts it again;
  *   - a fork child has no such thread: its state is reset and it starts again lazily;
  *   - TAMALLOC_CONF=background_thread:false turns it off. It is on by default in the
@@ -103,10 +103,9 @@ static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
  * what became free half a decay time ago, then an eighth, then the rest. */
 static void purge_over_budget(uint64_t now) {
   ta_purge_orphans(now, true);
-  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++) {
-    ta_span_purge(now, ta_excess_age(i)); /* no thread's: before what owners keep */
-    if (ta_over_budget()) purge_owned(now, ta_excess_age(i), false);
-  }
+  ta_purge_spans_excess(now); /* spans have their own budget */
+  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
+    purge_owned(now, ta_excess_age(i), false);
 }
 
 /* Arenas that live threads own now, as far as can be known: an owner without an exit hook
@@ -124,8 +123,7 @@ static unsigned owned_arenas(void) {
  * last thread), and with one left it must not keep the process multithreaded (unshare,
  * glibc's single-thread shortcuts) once what exited threads left is purged; that thread's
  * own slow paths purge its memory. A later thread exit starts it again. */
-static bool should_leave(void) {
-  unsigned owned = owned_arenas();
+static bool leave_with(unsigned owned) {
   return owned == 0 ||
          (owned == 1 && atomic_load_explicit(&ta_orphan_due, memory_order_seq_cst) == 0 &&
           !atomic_load_explicit(&ta_bg_over, memory_order_relaxed));
@@ -137,15 +135,28 @@ static void *bg_main(void *arg) {
   /* The thread itself says it runs, and that it has left: the starter only moves the state
    * from NONE to STARTING, so RUNNING always means a thread exists. */
   atomic_store_explicit(&ta_bg_state, BG_RUNNING, memory_order_release);
+  uint64_t linger_end = 0; /* while leaving: how long it may wait for free spans to age */
   for (;;) {
-    if (should_leave()) {
-      /* Free spans belong to no thread: what has been free for the decay time (what exited
-       * threads freed, say) goes now; the rest waits for the last thread's slow paths. */
-      ta_span_purge(ta_os_now_ms(), ta_decay_ms);
+    unsigned owned = owned_arenas();
+    if (leave_with(owned)) {
+      /* Free spans belong to no thread: what the last thread or exited ones freed last is
+       * not a decay time old yet. With a thread left, give back what is, and wait for the
+       * rest to age, for two decay times at most; what is left then waits for that thread's
+       * slow paths. With none left, the process must not wait for us. */
+      uint64_t now = ta_os_now_ms();
+      if (linger_end == 0) linger_end = now + 2 * ta_decay_ms;
+      if (owned > 0) ta_span_purge(now, ta_decay_ms);
+      uint64_t sdue = atomic_load_explicit(&ta_span_due, memory_order_seq_cst);
+      if (owned > 0 && sdue != 0 && sdue <= linger_end) {
+        uint32_t seq = atomic_load_explicit(&ta_bg_seq, memory_order_seq_cst);
+        if (sdue > now) ta_os_futex_wait(&ta_bg_seq, seq, sdue - now);
+        continue;
+      }
       atomic_store_explicit(&ta_bg_sleeping, 0, memory_order_relaxed);
       atomic_store_explicit(&ta_bg_state, BG_NONE, memory_order_release);
       return NULL;
     }
+    linger_end = 0;
     uint64_t now = ta_os_now_ms(), due = next_due();
     if (atomic_exchange_explicit(&ta_bg_over, 0, memory_order_acquire)) {
       purge_over_budget(now);
@@ -188,7 +199,12 @@ void ta_bg_maybe_start(bool by_default) {
   atomic_store_explicit(&ta_bg_wanted, 0, memory_order_relaxed);
   if (atomic_load_explicit(&ta_bg_state, memory_order_relaxed) != BG_NONE) return;
   if (ta_bg_setting < 0 ? !by_default : ta_bg_setting == 0) return;
-  if (next_due() == 0 || should_leave()) return; /* nothing to do, or no one to do it for */
+  if (next_due() == 0) return; /* nothing to do */
+  /* No one to do it for — unless free spans wait, which no thread owns: it then gives them
+   * back and leaves (bg_main). */
+  unsigned owned = owned_arenas();
+  if (leave_with(owned) && (owned == 0 || atomic_load_explicit(&ta_span_due, memory_order_relaxed) == 0))
+    return;
   int expected = BG_NONE;
   if (!atomic_compare_exchange_strong(&ta_bg_state, &expected, BG_STARTING)) return;
   /* Failed: back to NONE, for the next thread exit to try again. */

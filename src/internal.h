@@ -556,6 +556,8 @@ TA_HIDDEN extern size_t ta_conf_page_size; /* page_kb (tests): a page larger tha
 TA_HIDDEN extern _Atomic size_t ta_dirty_total; /* Σ arena.dirty_bytes */
 TA_HIDDEN extern _Atomic size_t ta_span_dirty;  /* free resident spans (span.c) */
 TA_HIDDEN void ta_dirty_add_spans(intptr_t bytes);
+TA_HIDDEN bool ta_spans_over_budget(void);
+TA_HIDDEN void ta_span_after_fork(void);
 /* Arenas ever made (arena.c counts them): as many as threads were ever alive at once, among
  * whom the budget is shared (medium.c's allowance for a chunk's top). */
 TA_HIDDEN extern _Atomic uint32_t ta_arena_count;

@@ -49,21 +49,16 @@ _Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;
  * is the likeliest to be used again; returning it only to fault it in again is the thrash
  * the budget must not cause. */
 void ta_purge_excess(ta_arena_t *a, uint64_t now) {
-  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++) {
-    if (atomic_load_explicit(&ta_span_dirty, memory_order_relaxed) > 0) {
-      ta_span_purge(now, ta_excess_age(i)); /* no arena's: the free spans go first */
-      if (!ta_over_budget()) break;
-    }
+  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
     ta_arena_purge(a, now, false, ta_excess_age(i));
-  }
 }
 
-/* The same for the free spans alone, after a span's free took all arenas over the budget. */
+/* The same for the free spans, beyond their own budget (ta_spans_over_budget): what became
+ * free half a decay time ago, then an eighth, then a 32nd — never what was freed just now,
+ * which the next request of its class is the likeliest to take. */
 void ta_purge_spans_excess(uint64_t now) {
-  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget() &&
-                       atomic_load_explicit(&ta_span_dirty, memory_order_relaxed) > 0;
-       i++)
-    ta_span_purge(now, ta_excess_age(i));
+  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_spans_over_budget(); i++)
+    ta_span_purge(now, i + 1 < TA_EXCESS_STEPS ? ta_excess_age(i) : ta_decay_ms / 32);
 }
 
 void ta_maybe_purge(ta_arena_t *a) {

@@ -47,7 +47,6 @@ enum { DIRTY = 0, CLEAN = 1 };
 #define BINS (TA_SPAN_MAX_PAGES + 1)
 #define HINT_WORDS ((BINS + 63) / 64)
 #define TAG_LOW ((uintptr_t)0xfff)
-#define ADDR_MASK ((((uintptr_t)1 << 52) - 1) & ~TAG_LOW)
 
 typedef struct {
   _Alignas(64) _Atomic uintptr_t head;
@@ -70,6 +69,10 @@ size_t ta_span_max;
  * far less (3.2 against 4.3 at 32, 1.9 against 3.0 at 256). */
 uint32_t ta_span_threads = 8;
 static unsigned page_shift = 12;
+/* A bin head's tag: the 12 bits below a page and those above the user address space
+ * (ta_os_addr_bits: 47 on x86-64, up to 52 on arm64): 29 to 24 bits. */
+static unsigned addr_bits = 47;
+static uintptr_t addr_mask = (((uintptr_t)1 << 47) - 1) & ~TAG_LOW;
 static size_t min_pages = 4; /* the smallest span: no free span is ever cut below it */
 
 
@@ -85,7 +88,10 @@ void ta_span_init(void) {
   TA_STORE(ta_span_min, min);
   TA_STORE(ta_span_max, max);
   TA_STORE(page_shift, (unsigned)__builtin_ctzl(ta_page_size));
-  if (min != SIZE_MAX) TA_STORE(min_pages, min >> page_shift);
+  if (min != SIZE_MAX) TA_STORE(min_pages, (min + ta_page_size - 1) >> page_shift);
+  unsigned bits = ta_os_addr_bits();
+  TA_STORE(addr_bits, bits);
+  TA_STORE(addr_mask, (((uintptr_t)1 << bits) - 1) & ~TAG_LOW);
 }
 
 static unsigned header_pages(void) {
@@ -113,15 +119,18 @@ static inline size_t span_pages(size_t size) { return pages_of(ta_class_size[ta_
 /* ---------------------------------------------------------------- the bins */
 
 static inline uintptr_t head_make(uintptr_t addr, uintptr_t old) {
-  uintptr_t tag = ((old & TAG_LOW) | (old >> 52) << 12) + 1;
-  return addr | (tag & TAG_LOW) | ((tag >> 12) & TAG_LOW) << 52;
+  uintptr_t tag = ((old & TAG_LOW) | (old >> addr_bits) << 12) + 1; /* wraps at 2^(76 - bits) */
+  return addr | (tag & TAG_LOW) | (tag >> 12) << addr_bits;
 }
-static inline void *head_addr(uintptr_t h) { return (void *)(h & ADDR_MASK); }
+static inline void *head_addr(uintptr_t h) { return (void *)(h & addr_mask); }
 
+/* Hint bits: a push sets its bin's after the push, a taker that found the bin empty clears
+ * it and then looks at the bin again. All four accesses are sequentially consistent, so that
+ * one of the two sees the other (on arm64 too): a bin never holds spans with its bit clear. */
 static void hint_set(unsigned set, size_t n) {
   uint64_t bit = (uint64_t)1 << (n & 63);
-  if (!(atomic_load_explicit(&hint[set][n >> 6], memory_order_relaxed) & bit))
-    atomic_fetch_or_explicit(&hint[set][n >> 6], bit, memory_order_relaxed);
+  if (!(atomic_load_explicit(&hint[set][n >> 6], memory_order_seq_cst) & bit))
+    atomic_fetch_or_explicit(&hint[set][n >> 6], bit, memory_order_seq_cst);
 }
 
 /* Pushes the chain first..last (linked through their entries) onto bin n of `set`. */
@@ -131,7 +140,7 @@ static void push_chain(unsigned set, size_t n, void *first, void *last) {
   do {
     atomic_store_explicit(&entry_of(last)->next, (uintptr_t)head_addr(h), memory_order_relaxed);
   } while (!atomic_compare_exchange_weak_explicit(head, &h, head_make((uintptr_t)first, h),
-                                                  memory_order_release, memory_order_relaxed));
+                                                  memory_order_seq_cst, memory_order_relaxed));
   hint_set(set, n);
 }
 
@@ -172,10 +181,11 @@ static void put(unsigned set, void *p, size_t n) {
  * smaller than the smallest span (a tail below it is never handed out). */
 static void give_rest(ta_span_chunk_t *c, size_t at) {
   size_t units = TA_CHUNK_SIZE >> page_shift;
+  size_t max_pages = ta_span_max >> page_shift;
   while (units - at >= min_pages) {
-    size_t max_pages = ta_span_max >> page_shift;
     size_t left = units - at, n = left < max_pages ? left : max_pages;
-    if (left - n != 0 && left - n < min_pages) n = left - min_pages; /* the last one too */
+    /* The last piece a span too, when the one before can give it pages. */
+    if (left - n != 0 && left - n < min_pages && left - min_pages >= min_pages) n = left - min_pages;
     void *p = (char *)c + (at << page_shift);
     atomic_store_explicit(&c->page[at].info, info(S_CLEAN, n), memory_order_relaxed);
     TA_STORE(c->page[at].word, 0);
@@ -191,6 +201,8 @@ static ta_span_chunk_t *chunk_new(void) {
   /* Fresh from the kernel: the table reads zero (no span starts anywhere). */
   c->check = (uintptr_t)c ^ ta_secret;
   c->from_brk = from_brk;
+  /* Clean spans must stay out of memory where transparent huge pages are always on. */
+  (void)ta_os_hugepage(c, TA_CHUNK_SIZE, false);
   c->first = header_pages();
   ta_span_chunk_t *old = atomic_load_explicit(&chunks, memory_order_relaxed);
   do c->next_all = old;
@@ -246,14 +258,16 @@ static void *take_larger(unsigned set, size_t n, bool *zeroed) {
     void *p = pop(set, (size_t)m);
     if (p == NULL) {
       /* Empty: clear the hint, then look again in case a push came in between. */
-      atomic_fetch_and_explicit(&hint[set][m >> 6], ~((uint64_t)1 << (m & 63)), memory_order_relaxed);
-      if (head_addr(atomic_load_explicit(&bins[set][m].head, memory_order_acquire)) != NULL)
+      atomic_fetch_and_explicit(&hint[set][m >> 6], ~((uint64_t)1 << (m & 63)), memory_order_seq_cst);
+      if (head_addr(atomic_load_explicit(&bins[set][m].head, memory_order_seq_cst)) != NULL)
         hint_set(set, (size_t)m);
       continue;
     }
     if (set == DIRTY) ta_dirty_add_spans(-(intptr_t)((size_t)m << page_shift));
     void *rest = (char *)p + (n << page_shift);
     ta_spage_t *e = entry_of(p), *r = entry_of(rest);
+    /* p's entry first: a statistics walk never sees two spans over the same pages. */
+    atomic_store_explicit(&e->info, info(S_LIVE, n), memory_order_relaxed);
     TA_STORE(r->word, TA_LOAD(e->word));
     atomic_store_explicit(&r->info, info(set == DIRTY ? S_DIRTY : S_CLEAN, (size_t)m - n),
                           memory_order_relaxed);
@@ -281,8 +295,9 @@ void *ta_span_alloc(size_t size, bool *zeroed) {
     *zeroed = true;
   } else if ((p = take_larger(CLEAN, n, zeroed)) == NULL) {
     p = carve(n);
-    if (p == NULL) return NULL;
-    *zeroed = true;
+    if (p != NULL) *zeroed = true;
+    /* No new chunk (ENOMEM): a resident span of a larger class, cut, rather than fail. */
+    else if ((p = take_larger(DIRTY, n, zeroed)) == NULL) return NULL;
   }
   ta_spage_t *e = entry_of(p);
   TA_STORE(e->word, 0); /* live: the requested size, for the statistics */
@@ -327,7 +342,9 @@ bool ta_span_free(void *p) {
   uint64_t now = ta_os_now_ms();
   TA_STORE(e->word, (uint32_t)now);
   put(DIRTY, p, v & PAGES_MASK);
-  if (atomic_load_explicit(&ta_span_due, memory_order_relaxed) != 0) return false;
+  /* After the push (seq_cst), as a purge takes the bins after clearing the due time: one of
+   * the two sees the other. */
+  if (atomic_load_explicit(&ta_span_due, memory_order_seq_cst) != 0) return false;
   ta_purge_note_global(&ta_span_due, now + ta_decay_ms);
   return true;
 }
@@ -341,11 +358,11 @@ void ta_span_shrink(void *p, size_t size) {
   void *rest = (char *)p + (keep << page_shift);
   ta_spage_t *r = entry_of(rest);
   uint64_t now = ta_os_now_ms();
+  atomic_store_explicit(&e->info, info(S_LIVE, keep), memory_order_relaxed); /* p's first */
   TA_STORE(r->word, (uint32_t)now);
   atomic_store_explicit(&r->info, info(S_DIRTY, n - keep), memory_order_relaxed);
-  atomic_store_explicit(&e->info, info(S_LIVE, keep), memory_order_relaxed);
   put(DIRTY, rest, n - keep);
-  if (atomic_load_explicit(&ta_span_due, memory_order_relaxed) == 0)
+  if (atomic_load_explicit(&ta_span_due, memory_order_seq_cst) == 0)
     ta_purge_note_global(&ta_span_due, now + ta_decay_ms);
 }
 
@@ -355,46 +372,79 @@ void ta_span_set_requested(void *p, size_t requested) { TA_STORE(entry_of(p)->wo
 
 /* Gives back the pages of the dirty spans free for at least `age` ms (all of them if 0: the
  * decay time when due, less when over the budget, 0 for malloc_trim) and moves them to the
- * clean bins. Returns the bytes given back. */
+ * clean bins. A bin is taken whole with one exchange and what stays is put back at once,
+ * before any system call, so allocation misses it for a few loads only. Returns the bytes
+ * given back. */
 size_t ta_span_purge(uint64_t now, uint64_t age) {
   size_t freed = 0;
   uint64_t next = 0;
-  uint32_t t = (uint32_t)now;
   uint64_t horizon = age > ta_decay_ms ? age : ta_decay_ms; /* when what stays comes due */
   atomic_exchange_explicit(&ta_span_due, 0, memory_order_seq_cst);
   for (int n = first_set(DIRTY, 1); n > 0; n = first_set(DIRTY, (size_t)n + 1)) {
     void *p = take_all(DIRTY, (size_t)n);
-    void *keep = NULL, *keep_last = NULL, *gone = NULL, *gone_last = NULL;
-    size_t bytes = (size_t)n << page_shift;
+    if (p == NULL) continue;
+    void *keep = NULL, *keep_last = NULL, *gone = NULL;
+    size_t bytes = (size_t)n << page_shift, count = 0;
+    /* The clock once per bin, after the take: a span freed after it is never older than 0
+     * (its stamp may still pass a clock read before; the difference is then negative). */
+    uint32_t t = (uint32_t)ta_os_now_ms();
     while (p != NULL) {
       ta_spage_t *e = entry_of(p);
       void *following = (void *)atomic_load_explicit(&e->next, memory_order_relaxed);
-      uint32_t span_age = t - TA_LOAD(e->word);
+      int32_t d = (int32_t)(t - TA_LOAD(e->word));
+      uint64_t span_age = d > 0 ? (uint64_t)d : 0;
       if (span_age >= age) {
-        if (ta_os_decommit(p, bytes) == 0) {
-          atomic_store_explicit(&e->info, info(S_CLEAN, (size_t)n), memory_order_relaxed);
-          ta_dirty_add_spans(-(intptr_t)bytes);
-          freed += bytes;
-          atomic_store_explicit(&e->next, (uintptr_t)gone, memory_order_relaxed);
-          if (gone == NULL) gone_last = p;
-          gone = p;
-          p = following;
-          continue;
-        }
-      } else {
+        atomic_store_explicit(&e->next, (uintptr_t)gone, memory_order_relaxed);
+        gone = p;
+      } else { /* kept in order: the warmest first */
+        atomic_store_explicit(&e->next, 0, memory_order_relaxed);
+        if (keep_last) atomic_store_explicit(&entry_of(keep_last)->next, (uintptr_t)p, memory_order_relaxed);
+        else keep = p;
+        keep_last = p;
         uint64_t due = now + (horizon > span_age ? horizon - span_age : 0);
         if (next == 0 || due < next) next = due;
       }
-      atomic_store_explicit(&e->next, (uintptr_t)keep, memory_order_relaxed);
-      if (keep == NULL) keep_last = p;
-      keep = p;
       p = following;
     }
     if (keep) push_chain(DIRTY, (size_t)n, keep, keep_last);
-    if (gone) push_chain(CLEAN, (size_t)n, gone, gone_last);
+    /* Then the system calls, on spans no other thread can reach. */
+    void *clean = NULL, *clean_last = NULL;
+    for (p = gone; p != NULL;) {
+      ta_spage_t *e = entry_of(p);
+      void *following = (void *)atomic_load_explicit(&e->next, memory_order_relaxed);
+      bool ok = ta_os_decommit(p, bytes) == 0;
+      atomic_store_explicit(&e->info, info(ok ? S_CLEAN : S_DIRTY, (size_t)n), memory_order_relaxed);
+      if (ok) {
+        count++;
+        atomic_store_explicit(&e->next, (uintptr_t)clean, memory_order_relaxed);
+        if (clean == NULL) clean_last = p;
+        clean = p;
+      } else {
+        push_chain(DIRTY, (size_t)n, p, p); /* the kernel refused: resident, counted still */
+        next = next == 0 || now + horizon < next ? now + horizon : next;
+      }
+      p = following;
+    }
+    if (count) {
+      ta_dirty_add_spans(-(intptr_t)(count * bytes));
+      freed += count * bytes;
+      push_chain(CLEAN, (size_t)n, clean, clean_last);
+    }
   }
   if (next) ta_purge_note_global(&ta_span_due, next);
   return freed;
+}
+
+/* Fork child: a bin the parent's purger had taken is lost to the child; the count of free
+ * resident spans is made again from what the bins hold, and their due time noted. */
+void ta_span_after_fork(void) {
+  size_t bytes = 0;
+  for (int n = first_set(DIRTY, 1); n > 0; n = first_set(DIRTY, (size_t)n + 1))
+    for (void *p = head_addr(atomic_load(&bins[DIRTY][n].head)); p;
+         p = (void *)atomic_load_explicit(&entry_of(p)->next, memory_order_relaxed))
+      bytes += (size_t)n << page_shift;
+  atomic_store(&ta_span_dirty, bytes);
+  atomic_store(&ta_span_due, bytes ? ta_os_now_ms() + ta_decay_ms : 0);
 }
 
 /* ---------------------------------------------------------------- walking (statistics) */

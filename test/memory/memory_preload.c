@@ -70,6 +70,10 @@ Test(memory, exited_threads_memory_goes_back, .timeout = 120) { expect_clean(TAT
 Test(memory, memory_goes_back_with_no_allocator_call, .timeout = 60) {
   expect_clean(TATEST_MEM_BACKGROUND);
 }
+/* The same with spans, which no thread owns, freed by the last thread left. */
+Test(memory, spans_go_back_with_no_allocator_call, .timeout = 60) {
+  expect_clean_with(TATEST_MEM_BACKGROUND, "spans", NULL);
+}
 Test(memory, without_the_background_thread_it_waits_for_a_caller, .timeout = 60) {
   expect_clean_with(TATEST_MEM_BACKGROUND, "keeps", "background_thread:false");
 }

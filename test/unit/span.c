@@ -262,19 +262,76 @@ Test(span, malloc_trim_gives_every_free_span_back_at_once) {
   cr_assert_eq(atomic_load(&ta_span_dirty), 0);
 }
 
-Test(span, beyond_the_budget_the_oldest_go_back_at_once) {
+/* Free spans have a budget of their own, dirty_max_kb; beyond it, what was freed half, an
+ * eighth, a 32nd of a decay time ago goes back at once — never what was freed just now. */
+Test(span, beyond_their_budget_the_oldest_spans_go_back_at_once) {
   ta_dirty_max = 1 << 20;
-  enum { N = 64 };
-  char *p[N];
+  ta_decay_ms = 64;
+  enum { N = 32 };
+  char *old[N], *young[N];
   for (int i = 0; i < N; i++) {
-    p[i] = ta_malloc(64 * KIB);
-    memset(p[i], 7, 64 * KIB);
+    old[i] = ta_malloc(64 * KIB);
+    young[i] = ta_malloc(64 * KIB);
+    memset(old[i], 7, 64 * KIB);
+    memset(young[i], 7, 64 * KIB);
   }
-  for (int i = 0; i < N; i++) ta_free(p[i]); /* 4 MiB freed, the budget is 1 */
-  cr_assert_leq(atomic_load(&ta_span_dirty), (size_t)1 << 20);
-  size_t resident = 0;
-  for (int i = 0; i < N; i++) resident += resident_pages(p[i], 64 * KIB);
-  cr_assert_leq(resident * 4096, (size_t)1 << 20, "%zu pages still resident", resident);
+  for (int i = 0; i < N; i++) ta_free(old[i]); /* 2 MiB, all just freed: they stay */
+  cr_assert_eq(atomic_load(&ta_span_dirty), (size_t)N * 64 * KIB);
+  nap_ms(12);
+  for (int i = 0; i < N; i++) ta_free(young[i]);
+  size_t gone = 0, kept = 0;
+  for (int i = 0; i < N; i++) {
+    gone += resident_pages(old[i], 64 * KIB) == 0;
+    kept += resident_pages(young[i], 64 * KIB) == 16;
+  }
+  cr_assert_eq(gone, N, "%zu of the spans freed 12 ms before went back", gone);
+  cr_assert_eq(kept, N, "%zu of the spans just freed stayed", kept);
+  cr_assert_eq(atomic_load(&ta_span_dirty), (size_t)N * 64 * KIB);
+}
+
+/* Idle arenas over their budget do not make a span's free give spans back. */
+Test(span, arenas_over_their_budget_leave_spans_alone) {
+  ta_dirty_max = 1 << 20;
+  atomic_fetch_add(&ta_dirty_total, (size_t)64 << 20); /* as if arenas held 64 MiB */
+  char *p = ta_malloc(64 * KIB);
+  memset(p, 7, 64 * KIB);
+  uint64_t calls = ta_os_calls(TA_OS_MADVISE);
+  for (int i = 0; i < 1000; i++) {
+    ta_free(p);
+    p = ta_malloc(64 * KIB);
+    cr_assert_eq(resident_pages(p, 64 * KIB), 16, "round %d: the span went back", i);
+  }
+  cr_assert_eq(ta_os_calls(TA_OS_MADVISE), calls, "no span was given back");
+  atomic_fetch_sub(&ta_dirty_total, (size_t)64 << 20);
+  ta_free(p);
+}
+
+/* A purge whose clock was read before a span's free does not take that span for an old one. */
+Test(span, a_span_freed_after_the_purge_read_its_clock_is_young) {
+  uint64_t before = ta_os_now_ms();
+  void *p = ta_malloc(20000);
+  memset(p, 1, 20000);
+  nap_ms(20);
+  ta_free(p);
+  cr_assert_eq(ta_span_purge(before, 200), 0);
+  cr_assert_eq(resident_pages(p, 20480), 5);
+}
+
+/* No chunk to be had: a free resident span of a larger class is cut rather than fail. */
+Test(span, without_new_chunks_a_larger_free_span_serves) {
+  enum { N = 15 }; /* 3.75 MiB: the first chunk, nearly */
+  void *big[N];
+  for (int i = 0; i < N; i++) big[i] = ta_malloc(256 * KIB);
+  for (int i = 0; i < N; i++) ta_free(big[i]);
+  ta_os_fail(TA_OS_MMAP | TA_OS_SBRK, 0, 1000);
+  void *small[32];
+  for (int i = 0; i < 32; i++) {
+    small[i] = ta_malloc(20000);
+    cr_assert_not_null(small[i], "malloc %d failed with %zu bytes of free spans", i,
+                       (size_t)atomic_load(&ta_span_dirty));
+  }
+  ta_os_fail(0, 0, 0);
+  for (int i = 0; i < 32; i++) ta_free(small[i]);
 }
 
 Test(span, statistics_count_live_and_free_spans) {

@@ -3,6 +3,9 @@
  * into arenas without an owner), then only sleeps and watches its resident set.
  *
  *   mem_background          expects the memory back within 3 s
+ *   mem_background spans    the same with 20000-byte blocks instead of 12000: spans, which no
+ *                           thread owns (16 threads ran at once), and which the main thread
+ *                           frees last, as the only thread left
  *   mem_background keeps    expects it kept (run with background_thread:false) */
 #include <pthread.h>
 #include <stdint.h>
@@ -13,10 +16,12 @@
 enum { THREADS = 16, BLOCKS = 6000 };
 static char *kept[THREADS][BLOCKS];
 
+static size_t big = 12000;
+
 static void *work(void *arg) {
   char **mine = arg;
   for (int i = 0; i < BLOCKS; i++) {
-    size_t z = i % 8 ? 1000 : 12000; /* about 14 MiB per thread */
+    size_t z = i % 8 ? 1000 : big; /* about 14 MiB per thread (17 with spans) */
     char *p = malloc(z);
     memset(p, 5, z);
     if (i & 1) free(p);
@@ -32,6 +37,7 @@ static void nap_ms(long ms) {
 
 int main(int argc, char **argv) {
   int keeps = argc > 1 && strcmp(argv[1], "keeps") == 0;
+  if (argc > 1 && strcmp(argv[1], "spans") == 0) big = 20000;
   size_t start = rss_bytes();
   pthread_t t[THREADS];
   for (int i = 0; i < THREADS; i++) pthread_create(&t[i], NULL, work, kept[i]);
