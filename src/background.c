@@ -24,8 +24,9 @@
  *     excess across all arenas, so that one thread's idle memory never makes a busy thread
  *     give back, and fault in again, what it has just freed;
  *   - it leaves when no other thread owns an arena, or only one does and what exited
- *     threads left is purged (leave_with): it never keeps a process alive or
- *     multithreaded on its own; a later thread exit starts it again;
+ *     threads left is purged (leave_with), after waiting, two decay times at most, for the
+ *     free spans to age (span.c: no thread owns them): it never keeps a process alive, nor
+ *     multithreaded for long, on its own; a later thread exit starts it again;
  *   - a fork child has no such thread: its state is reset and it starts again lazily;
  *   - TAMALLOC_CONF=background_thread:false turns it off. It is on by default in the
  *     replacement library and off in the ta_ API library (tests drive purges themselves).
@@ -199,12 +200,7 @@ void ta_bg_maybe_start(bool by_default) {
   atomic_store_explicit(&ta_bg_wanted, 0, memory_order_relaxed);
   if (atomic_load_explicit(&ta_bg_state, memory_order_relaxed) != BG_NONE) return;
   if (ta_bg_setting < 0 ? !by_default : ta_bg_setting == 0) return;
-  if (next_due() == 0) return; /* nothing to do */
-  /* No one to do it for — unless free spans wait, which no thread owns: it then gives them
-   * back and leaves (bg_main). */
-  unsigned owned = owned_arenas();
-  if (leave_with(owned) && (owned == 0 || atomic_load_explicit(&ta_span_due, memory_order_relaxed) == 0))
-    return;
+  if (next_due() == 0 || leave_with(owned_arenas())) return; /* nothing, or no one, to do it for */
   int expected = BG_NONE;
   if (!atomic_compare_exchange_strong(&ta_bg_state, &expected, BG_STARTING)) return;
   /* Failed: back to NONE, for the next thread exit to try again. */

@@ -28,6 +28,7 @@
 
 _Atomic size_t ta_dirty_total; /* Σ arena.dirty_bytes */
 _Atomic size_t ta_span_dirty;  /* free spans still resident (span.c): no arena's */
+_Atomic uint64_t ta_span_excess_after; /* no purge of the spans' excess before (ms) */
 _Atomic uint32_t ta_arena_count; /* arenas ever made: as many as threads were ever alive at once */
 _Atomic uint64_t ta_orphan_due;
 _Atomic uint64_t ta_arenas_due; /* earliest due time of arenas with an owner (background.c) */
@@ -142,7 +143,9 @@ bool ta_spans_over_budget(void) {
 void ta_dirty_add_spans(intptr_t bytes) {
   size_t total = atomic_fetch_add_explicit(&ta_span_dirty, (size_t)bytes, memory_order_relaxed) +
                  (size_t)bytes;
-  if (bytes > 0 && total > ta_dirty_max && ta_bg_running()) ta_bg_over_budget();
+  if (bytes > 0 && total > ta_dirty_max && ta_bg_running() &&
+      ta_os_now_ms() >= atomic_load_explicit(&ta_span_excess_after, memory_order_relaxed))
+    ta_bg_over_budget();
 }
 
 /* Counts free-but-resident memory of an arena. Beyond the budget of all arenas together,

@@ -557,6 +557,7 @@ TA_HIDDEN extern _Atomic size_t ta_dirty_total; /* Σ arena.dirty_bytes */
 TA_HIDDEN extern _Atomic size_t ta_span_dirty;  /* free resident spans (span.c) */
 TA_HIDDEN void ta_dirty_add_spans(intptr_t bytes);
 TA_HIDDEN bool ta_spans_over_budget(void);
+TA_HIDDEN extern _Atomic uint64_t ta_span_excess_after;
 TA_HIDDEN void ta_span_after_fork(void);
 /* Arenas ever made (arena.c counts them): as many as threads were ever alive at once, among
  * whom the budget is shared (medium.c's allowance for a chunk's top). */
@@ -785,7 +786,12 @@ TA_HIDDEN extern uint32_t ta_span_threads; /* threads at once before spans serve
 TA_HIDDEN extern _Atomic size_t ta_span_chunks;
 TA_HIDDEN extern _Atomic uint64_t ta_span_due;
 TA_HIDDEN void ta_span_init(void);
-TA_HIDDEN bool ta_span_serves(size_t size, size_t align);
+TA_HIDDEN void ta_span_arenas(uint32_t count);
+/* Whether a span serves the request: ta_span_min is SIZE_MAX until the process has had
+ * ta_span_threads arenas at once, and with spans off. */
+TA_INLINE bool ta_span_serves(size_t size, size_t align) {
+  return size >= TA_LOAD(ta_span_min) && size <= ta_span_max && align <= ta_page_size;
+}
 TA_HIDDEN size_t ta_span_usable_for(size_t size);
 TA_HIDDEN void *ta_span_alloc(size_t size, bool *zeroed);
 TA_HIDDEN size_t ta_span_usable(const void *p, const char *op);

@@ -24,8 +24,8 @@
  * current chunk. Spans never merge: a free span is reused whole or
  * cut; clean spans cost address space, not memory.
  *
- * A bin's head is the address of its first span with a 24-bit tag in bits the address never
- * uses (the 12 below a page, the 12 above 52 bits), bumped by every change: a pop that read
+ * A bin's head is the address of its first span with a tag in bits the address never uses
+ * (the 12 below a page, those above the user address space: 24 to 29), bumped by every change: a pop that read
  * a head and its successor fails its compare-exchange if the head was taken and put back in
  * between (ABA). The links are in the chunk's table, which is never given back or unmapped,
  * so a pop may read a stale link but never faults.
@@ -59,8 +59,9 @@ static ta_span_chunk_t *_Atomic chunks; /* every span chunk, newest first (push 
 
 _Atomic size_t ta_span_chunks; /* span chunks made */
 _Atomic uint64_t ta_span_due;  /* earliest time a dirty span may be given back; 0: none */
-size_t ta_span_min = SIZE_MAX; /* none before ta_span_init */
+size_t ta_span_min = SIZE_MAX; /* the smallest span serving now; none before ta_span_arenas */
 size_t ta_span_max;
+static size_t span_min_set = SIZE_MAX; /* the smallest span the settings ask for */
 /* Spans serve requests once the process has had this many threads with arenas at once. A
  * class's spans serve only that class, so the free spans a process holds are the sum of
  * each class's peak; a thread's medium heap merges what it frees, but holds its own peak
@@ -85,13 +86,22 @@ void ta_span_init(void) {
   size_t max = TA_SPAN_MAX_PAGES * ta_page_size;
   if (max > TA_MEDIUM_MAX) max = TA_MEDIUM_MAX;
   if (ta_conf_span_min_kb == 0 || ta_secure || min > max) min = SIZE_MAX;
-  TA_STORE(ta_span_min, min);
+  TA_STORE(span_min_set, min);
   TA_STORE(ta_span_max, max);
   TA_STORE(page_shift, (unsigned)__builtin_ctzl(ta_page_size));
   if (min != SIZE_MAX) TA_STORE(min_pages, (min + ta_page_size - 1) >> page_shift);
   unsigned bits = ta_os_addr_bits();
   TA_STORE(addr_bits, bits);
   TA_STORE(addr_mask, (((uintptr_t)1 << bits) - 1) & ~TAG_LOW);
+  ta_span_arenas(atomic_load_explicit(&ta_arena_count, memory_order_relaxed));
+}
+
+/* The process has had `count` arenas at once (arena.c, at each new arena): from
+ * ta_span_threads on, spans serve (ta_span_min, which ta_span_serves reads: one load and
+ * compare on a medium request before, as with spans off). */
+void ta_span_arenas(uint32_t count) {
+  if (count >= ta_span_threads && TA_LOAD(ta_span_min) != TA_LOAD(span_min_set))
+    TA_STORE(ta_span_min, TA_LOAD(span_min_set));
 }
 
 static unsigned header_pages(void) {
@@ -198,11 +208,12 @@ static ta_span_chunk_t *chunk_new(void) {
   bool from_brk;
   ta_span_chunk_t *c = (ta_span_chunk_t *)ta_chunk_fresh(&from_brk);
   if (c == NULL) return NULL;
+  /* Where transparent huge pages are always on, before the first write: clean spans must
+   * stay out of memory. */
+  if (ta_os_thp_mode() == TA_THP_ALWAYS) (void)ta_os_hugepage(c, TA_CHUNK_SIZE, false);
   /* Fresh from the kernel: the table reads zero (no span starts anywhere). */
   c->check = (uintptr_t)c ^ ta_secret;
   c->from_brk = from_brk;
-  /* Clean spans must stay out of memory where transparent huge pages are always on. */
-  (void)ta_os_hugepage(c, TA_CHUNK_SIZE, false);
   c->first = header_pages();
   ta_span_chunk_t *old = atomic_load_explicit(&chunks, memory_order_relaxed);
   do c->next_all = old;
@@ -268,19 +279,17 @@ static void *take_larger(unsigned set, size_t n, bool *zeroed) {
     ta_spage_t *e = entry_of(p), *r = entry_of(rest);
     /* p's entry first: a statistics walk never sees two spans over the same pages. */
     atomic_store_explicit(&e->info, info(S_LIVE, n), memory_order_relaxed);
-    TA_STORE(r->word, TA_LOAD(e->word));
+    uint32_t stamp = TA_LOAD(e->word);
+    TA_STORE(r->word, stamp);
     atomic_store_explicit(&r->info, info(set == DIRTY ? S_DIRTY : S_CLEAN, (size_t)m - n),
                           memory_order_relaxed);
     put(set, rest, (size_t)m - n);
+    if (set == DIRTY) /* a purge may have passed its bin already: its due time, again */
+      ta_purge_note_global(&ta_span_due, ta_os_now_ms() + ta_decay_ms);
     *zeroed = set == CLEAN;
     return p;
   }
   return NULL;
-}
-
-bool ta_span_serves(size_t size, size_t align) {
-  return size >= ta_span_min && size <= ta_span_max && align <= ta_page_size &&
-         atomic_load_explicit(&ta_arena_count, memory_order_relaxed) >= ta_span_threads;
 }
 
 size_t ta_span_usable_for(size_t size) { return span_pages(size) << page_shift; }
@@ -380,8 +389,13 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
   uint64_t next = 0;
   uint64_t horizon = age > ta_decay_ms ? age : ta_decay_ms; /* when what stays comes due */
   atomic_exchange_explicit(&ta_span_due, 0, memory_order_seq_cst);
-  for (int n = first_set(DIRTY, 1); n > 0; n = first_set(DIRTY, (size_t)n + 1)) {
-    void *p = take_all(DIRTY, (size_t)n);
+  /* Against a free that pushed and then found a due time (seq_cst on both sides): a full
+   * fence between the exchange and the loads of the bins. Every bin is looked at, not only
+   * those whose hint is set: a bin may hold spans while a taker clears and rechecks it. */
+  atomic_thread_fence(memory_order_seq_cst);
+  for (size_t n = 1; n <= TA_SPAN_MAX_PAGES; n++) {
+    if (head_addr(atomic_load_explicit(&bins[DIRTY][n].head, memory_order_relaxed)) == NULL) continue;
+    void *p = take_all(DIRTY, n);
     if (p == NULL) continue;
     void *keep = NULL, *keep_last = NULL, *gone = NULL;
     size_t bytes = (size_t)n << page_shift, count = 0;
@@ -439,10 +453,13 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
  * resident spans is made again from what the bins hold, and their due time noted. */
 void ta_span_after_fork(void) {
   size_t bytes = 0;
-  for (int n = first_set(DIRTY, 1); n > 0; n = first_set(DIRTY, (size_t)n + 1))
-    for (void *p = head_addr(atomic_load(&bins[DIRTY][n].head)); p;
-         p = (void *)atomic_load_explicit(&entry_of(p)->next, memory_order_relaxed))
-      bytes += (size_t)n << page_shift;
+  for (unsigned set = DIRTY; set <= CLEAN; set++)
+    for (size_t n = 1; n <= TA_SPAN_MAX_PAGES; n++) {
+      void *p = head_addr(atomic_load(&bins[set][n].head));
+      if (p != NULL) hint_set(set, n); /* a parent's thread may have been before setting it */
+      for (; set == DIRTY && p; p = (void *)atomic_load_explicit(&entry_of(p)->next, memory_order_relaxed))
+        bytes += n << page_shift;
+    }
   atomic_store(&ta_span_dirty, bytes);
   atomic_store(&ta_span_due, bytes ? ta_os_now_ms() + ta_decay_ms : 0);
 }

@@ -289,6 +289,26 @@ Test(span, beyond_their_budget_the_oldest_spans_go_back_at_once) {
   cr_assert_eq(atomic_load(&ta_span_dirty), (size_t)N * 64 * KIB);
 }
 
+/* Over the budget with only spans younger than a 32nd of the decay, frees do not walk the
+ * bins again until that much time has passed. */
+Test(span, young_spans_over_the_budget_are_not_looked_at_again_and_again) {
+  ta_dirty_max = 1 << 20;
+  ta_decay_ms = 3200; /* a 32nd: 100 ms */
+  enum { N = 32 };
+  char *p[N];
+  for (int i = 0; i < N; i++) {
+    p[i] = ta_malloc(64 * KIB);
+    memset(p[i], 5, 64 * KIB);
+  }
+  uint64_t before = ta_os_now_ms();
+  for (int i = 0; i < N; i++) ta_free(p[i]);
+  ta_purge_spans_excess(ta_os_now_ms());
+  cr_assert(ta_spans_over_budget(), "2 MiB of spans just freed stay");
+  uint64_t after = atomic_load(&ta_span_excess_after);
+  cr_assert_geq(after, before + 100, "no purge of the excess before %llu", (unsigned long long)after);
+  for (int i = 0; i < N; i++) cr_assert_eq(resident_pages(p[i], 64 * KIB), 16, "span %d went back", i);
+}
+
 /* Idle arenas over their budget do not make a span's free give spans back. */
 Test(span, arenas_over_their_budget_leave_spans_alone) {
   ta_dirty_max = 1 << 20;

@@ -3,7 +3,10 @@
  *   mem_lonely          threads come and go; a second after the last one exits the process
  *                       has one thread again (the purger left once its work was done)
  *   mem_lonely pexit    the main thread calls pthread_exit while a worker still runs: the
- *                       process must end when the worker does, with status 0 */
+ *                       process must end when the worker does, with status 0
+ *   mem_lonely spans    16 threads run at once (so blocks of 16-256 KiB are spans, which no
+ *                       thread owns) and exit; the main thread then frees a span every 300 ms:
+ *                       the purger leaves and is not started again by those frees */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <pthread.h>
@@ -34,7 +37,39 @@ static int tasks(void) {
   return n;
 }
 
+static pthread_barrier_t all_in;
+static void *together(void *arg) {
+  (void)arg;
+  char *p = malloc(100000);
+  memset(p, 1, 100000);
+  pthread_barrier_wait(&all_in);
+  free(p);
+  return NULL;
+}
+
+static int spans(void) {
+  enum { T = 16 };
+  pthread_t t[T];
+  pthread_barrier_init(&all_in, NULL, T);
+  for (int i = 0; i < T; i++) pthread_create(&t[i], NULL, together, NULL);
+  for (int i = 0; i < T; i++) pthread_join(t[i], NULL);
+  int n = 0, later = 0;
+  for (int waited = 0; waited < 3000; waited += 300) { /* longer than the decay, 200 ms */
+    char *p = malloc(64 * 1024);
+    memset(p, 2, 64 * 1024);
+    free(p);
+    nap_ms(20);
+    n = tasks();
+    if (waited >= 1500) later = n > later ? n : later; /* the purger's time to leave is over */
+    nap_ms(280);
+  }
+  printf("threads while the last one frees spans, after 1.5 s: at most %d\n", later);
+  EXPECT(later == 1, "%d threads: the purger was started again for spans", later);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "spans") == 0) return spans();
   char *mine = malloc(64); /* the main thread has an arena of its own */
   mine[0] = 1;
   pthread_t t;
