@@ -445,6 +445,9 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
       push_chain(CLEAN, (size_t)n, clean, clean_last);
     }
   }
+  /* Not again for an eighth of the decay time: each purge takes and puts back every bin, and
+   * with spans freed all the time the oldest one kept is due within milliseconds. */
+  if (next && next < now + ta_decay_ms / 8) next = now + ta_decay_ms / 8;
   if (next) ta_purge_note_global(&ta_span_due, next);
   return freed;
 }
