@@ -50,7 +50,15 @@ enum { DIRTY = 0, CLEAN = 1 };
 
 typedef struct {
   _Alignas(64) _Atomic uintptr_t head;
+  _Atomic int32_t pending; /* DIRTY: pages freed (+) or taken (-) not yet in ta_span_dirty */
 } bin_t;
+
+/* A dirty bin's pages go into the count of free resident spans (dirty.c's ta_span_dirty) 16
+ * at a time: one read-modify-write of the bin's own cache line, which its push or pop has
+ * just written, instead of one of a line every CPU writes (that shared counter took 8% of
+ * the wall time of 16 threads replacing blocks of up to 32 KiB). The count is off by at most
+ * 15 pages a bin, 3.9 MiB with 4 KiB pages: the budget's precision. */
+#define PENDING_BATCH 16
 
 static bin_t bins[2][BINS];
 static _Atomic uint64_t hint[2][HINT_WORDS]; /* bins that may hold a span (set on a push) */
@@ -179,10 +187,21 @@ static void *take_all(unsigned set, size_t n) {
   return head_addr(h);
 }
 
+static void count_dirty(size_t bin, intptr_t pages) {
+  _Atomic int32_t *pending = &bins[DIRTY][bin].pending;
+  int32_t now = atomic_fetch_add_explicit(pending, (int32_t)pages, memory_order_relaxed) + (int32_t)pages;
+  /* Whoever moves the batch takes it out of the bin first: the bins' pending pages and the
+   * count add up to the true figure, but for a moment. */
+  if ((now >= PENDING_BATCH || now <= -PENDING_BATCH) &&
+      atomic_compare_exchange_strong_explicit(pending, &now, 0, memory_order_relaxed,
+                                              memory_order_relaxed))
+    ta_dirty_add_spans((intptr_t)now << page_shift);
+}
+
 /* Frees span p of n pages (its entry already says so) into its bin. */
 static void put(unsigned set, void *p, size_t n) {
-  if (set == DIRTY) ta_dirty_add_spans((intptr_t)(n << page_shift));
   push_chain(set, n, p, p);
+  if (set == DIRTY) count_dirty(n, (intptr_t)n);
 }
 
 /* ---------------------------------------------------------------- fresh pages */
@@ -274,7 +293,7 @@ static void *take_larger(unsigned set, size_t n, bool *zeroed) {
         hint_set(set, (size_t)m);
       continue;
     }
-    if (set == DIRTY) ta_dirty_add_spans(-(intptr_t)((size_t)m << page_shift));
+    if (set == DIRTY) count_dirty((size_t)m, -(intptr_t)m);
     void *rest = (char *)p + (n << page_shift);
     ta_spage_t *e = entry_of(p), *r = entry_of(rest);
     /* p's entry first: a statistics walk never sees two spans over the same pages. */
@@ -299,7 +318,7 @@ void *ta_span_alloc(size_t size, bool *zeroed) {
   void *p = pop(DIRTY, n);
   *zeroed = false;
   if (p != NULL) {
-    ta_dirty_add_spans(-(intptr_t)(n << page_shift));
+    count_dirty(n, -(intptr_t)n);
   } else if ((p = pop(CLEAN, n)) != NULL) {
     *zeroed = true;
   } else if ((p = take_larger(CLEAN, n, zeroed)) == NULL) {
@@ -440,7 +459,7 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
       p = following;
     }
     if (count) {
-      ta_dirty_add_spans(-(intptr_t)(count * bytes));
+      count_dirty(n, -(intptr_t)(count * n));
       freed += count * bytes;
       push_chain(CLEAN, (size_t)n, clean, clean_last);
     }
@@ -463,6 +482,7 @@ void ta_span_after_fork(void) {
       for (; set == DIRTY && p; p = (void *)atomic_load_explicit(&entry_of(p)->next, memory_order_relaxed))
         bytes += n << page_shift;
     }
+  for (size_t n = 1; n <= TA_SPAN_MAX_PAGES; n++) atomic_store(&bins[DIRTY][n].pending, 0);
   atomic_store(&ta_span_dirty, bytes);
   atomic_store(&ta_span_due, bytes ? ta_os_now_ms() + ta_decay_ms : 0);
 }
