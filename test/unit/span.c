@@ -217,7 +217,7 @@ Test(span, free_sized_accepts_the_request_to_the_usable_size) {
 }
 
 Test(span, pages_go_back_after_the_decay_and_the_span_is_reused_clean) {
-  ta_decay_ms = 30;
+  ta_decay_ms = 300;
   enum { N = 32 };
   char *p[N];
   for (int i = 0; i < N; i++) {
@@ -229,7 +229,7 @@ Test(span, pages_go_back_after_the_decay_and_the_span_is_reused_clean) {
   cr_assert_neq(atomic_load(&ta_span_due), 0, "a due time was noted");
   cr_assert_eq(ta_span_purge(ta_os_now_ms(), ta_decay_ms), 0, "nothing is due yet");
   cr_assert_eq(resident_pages(p[0], 64 * KIB), 16);
-  nap_ms(40);
+  nap_ms(320);
   cr_assert_eq(ta_span_purge(ta_os_now_ms(), ta_decay_ms), (size_t)N * 64 * KIB);
   cr_assert_eq(atomic_load(&ta_span_dirty), 0);
   cr_assert_eq(atomic_load(&ta_span_due), 0, "nothing is left to purge");
@@ -266,7 +266,7 @@ Test(span, malloc_trim_gives_every_free_span_back_at_once) {
  * eighth, a 32nd of a decay time ago goes back at once — never what was freed just now. */
 Test(span, beyond_their_budget_the_oldest_spans_go_back_at_once) {
   ta_dirty_max = 1 << 20;
-  ta_decay_ms = 64;
+  ta_decay_ms = 3200; /* the steps: 1600, 400 and 100 ms (room for a slow sanitized build) */
   enum { N = 32 };
   char *old[N], *young[N];
   for (int i = 0; i < N; i++) {
@@ -277,14 +277,14 @@ Test(span, beyond_their_budget_the_oldest_spans_go_back_at_once) {
   }
   for (int i = 0; i < N; i++) ta_free(old[i]); /* 2 MiB, all just freed: they stay */
   cr_assert_eq(atomic_load(&ta_span_dirty), (size_t)N * 64 * KIB);
-  nap_ms(12);
+  nap_ms(450);
   for (int i = 0; i < N; i++) ta_free(young[i]);
   size_t gone = 0, kept = 0;
   for (int i = 0; i < N; i++) {
     gone += resident_pages(old[i], 64 * KIB) == 0;
     kept += resident_pages(young[i], 64 * KIB) == 16;
   }
-  cr_assert_eq(gone, N, "%zu of the spans freed 12 ms before went back", gone);
+  cr_assert_eq(gone, N, "%zu of the spans freed 450 ms before went back", gone);
   cr_assert_eq(kept, N, "%zu of the spans just freed stayed", kept);
   cr_assert_eq(atomic_load(&ta_span_dirty), (size_t)N * 64 * KIB);
 }
