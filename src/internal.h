@@ -774,16 +774,15 @@ typedef struct {
   _Atomic uintptr_t next; /* free: the next span in its bin */
 } ta_spage_t;
 typedef struct ta_span_chunk {
-  uintptr_t check; /* address ^ ta_secret */
-  struct ta_span_chunk *next_all;
+  uintptr_t check; /* address ^ ta_secret; the granule map finds every span chunk */
   uint32_t first;  /* the first page after this table */
   uint8_t from_brk;
-  uint8_t pad[64 - 2 * sizeof(uintptr_t) - sizeof(uint32_t) - 1];
+  uint8_t pad[64 - sizeof(uintptr_t) - sizeof(uint32_t) - 1];
   ta_spage_t page[TA_CHUNK_SIZE / TA_PAGE_MIN]; /* one per page (the first chunk_size/page) */
 } ta_span_chunk_t;
 TA_HIDDEN extern size_t ta_span_min, ta_span_max;
 TA_HIDDEN extern uint32_t ta_span_threads; /* threads at once before spans serve (tests: 0) */
-TA_HIDDEN extern _Atomic size_t ta_span_chunks;
+TA_HIDDEN extern _Atomic size_t ta_span_chunks; /* span chunks taken from the kernel */
 TA_HIDDEN extern _Atomic uint64_t ta_span_due;
 TA_HIDDEN void ta_span_init(void);
 TA_HIDDEN void ta_span_arenas(uint32_t count);
@@ -802,7 +801,6 @@ TA_HIDDEN size_t ta_span_purge(uint64_t now, uint64_t age);
 TA_HIDDEN void ta_span_walk(void (*fn)(const void *p, size_t bytes, unsigned state, uint32_t word,
                                        void *arg),
                             ta_span_chunk_t *c, void *arg);
-TA_HIDDEN ta_span_chunk_t *ta_span_chunks_first(void);
 enum { TA_SPAN_LIVE = 1, TA_SPAN_DIRTY = 2, TA_SPAN_CLEAN = 3 };
 
 /* ------------------------------------------------------------------ arena.c */

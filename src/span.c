@@ -63,7 +63,6 @@ typedef struct {
 static bin_t bins[2][BINS];
 static _Atomic uint64_t hint[2][HINT_WORDS]; /* bins that may hold a span (set on a push) */
 static _Atomic uintptr_t bump;  /* current chunk | its first page not yet handed out */
-static ta_span_chunk_t *_Atomic chunks; /* every span chunk, newest first (push only) */
 
 _Atomic size_t ta_span_chunks; /* span chunks made */
 _Atomic uint64_t ta_span_due;  /* earliest time a dirty span may be given back; 0: none */
@@ -234,10 +233,6 @@ static ta_span_chunk_t *chunk_new(void) {
   c->check = (uintptr_t)c ^ ta_secret;
   c->from_brk = from_brk;
   c->first = header_pages();
-  ta_span_chunk_t *old = atomic_load_explicit(&chunks, memory_order_relaxed);
-  do c->next_all = old;
-  while (!atomic_compare_exchange_weak_explicit(&chunks, &old, c, memory_order_release,
-                                                memory_order_relaxed));
   atomic_fetch_add_explicit(&ta_span_chunks, 1, memory_order_relaxed);
   ta_map_set((uintptr_t)c, TA_MAP_SPAN);
   return c;
@@ -503,8 +498,4 @@ void ta_span_walk(void (*fn)(const void *p, size_t bytes, unsigned state, uint32
     fn((char *)c + (i << page_shift), n << page_shift, st, TA_LOAD(c->page[i].word), arg);
     i += n;
   }
-}
-
-ta_span_chunk_t *ta_span_chunks_first(void) {
-  return atomic_load_explicit(&chunks, memory_order_acquire);
 }

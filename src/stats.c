@@ -336,7 +336,10 @@ int ta_stats_get(struct ta_stats *out, int arena) {
     }
   }
   reader_leave();
-  if (only == NULL) out->frees += atomic_load(&ta_orphan_frees);
+  if (only == NULL) {
+    out->frees += atomic_load(&ta_orphan_frees);
+    out->grows += atomic_load(&ta_span_chunks); /* no arena's: the process's figure only */
+  }
 
   for (unsigned c = 0; c < TA_STATS_CLASSES; c++) {
     struct ta_class_stats *cs = &out->classes[c];
