@@ -13,7 +13,9 @@
  * of zero-filled address space mapped once by ta_init, of which only the touched pages
  * become resident (one 4 KiB page of the map covers 16 GiB).
  *
- * Empty chunks stay with their arena for reuse; purge.c gives their pages back later.
+ * Empty chunks stay with their arena for reuse; purge.c gives their pages back later. A break
+ * chunk given back whole (its header too) goes to the process-wide pool below, which any
+ * arena takes from before it asks the kernel for more.
  *
  * Also here, as they are what the fast paths read besides the thread's own arena: the secret
  * of the check words and the keys of the free lists (drawn once by ta_init, arena.c), and
@@ -97,8 +99,17 @@ void ta_chunk_brk_default(bool on) {
   atomic_compare_exchange_strong(&brk_state, &undecided, on ? 1 : 2);
 }
 
-/* A chunk fresh from the kernel (zero-filled): from the break when it may move, else mapped. */
-void *ta_chunk_fresh(bool *from_brk) {
+static void *pool_take(uintptr_t want, bool release);
+
+/* A chunk as the kernel gives it (zero-filled): from the pool of returned break chunks (below;
+ * *pooled says so), else from the break when it may move, else mapped. */
+void *ta_chunk_fresh(bool *from_brk, bool *pooled) {
+  void *c = pool_take(0, true);
+  *pooled = c != NULL;
+  if (c != NULL) {
+    *from_brk = true;
+    return c;
+  }
   int st = atomic_load_explicit(&brk_state, memory_order_relaxed); /* decided by ta_init */
   *from_brk = false;
   if (st == 1) {
@@ -123,11 +134,101 @@ static bool chunk_being_read(ta_chunk_t *c) {
   return atomic_load_explicit(&c->readers, memory_order_seq_cst) != 0;
 }
 
+/* ---- the pool of returned break chunks
+ *
+ * A break chunk in the middle of the heap cannot go back to the kernel whole: the break moves
+ * only from the top. Kept on its arena's list, it kept its first page resident, the header
+ * that links it (1,024 exited threads left 2,045 of them: 8 MiB), and only its own arena
+ * could reuse it. Given back whole, it goes here: its address in a slot, no link in the
+ * chunk. Any arena takes one before it grows the heap; when the break comes down to one, it
+ * goes back to the kernel. Slots are exchanged whole (a taker owns what it swapped out), so
+ * no lock, nothing held across fork: a chunk a parent's thread was moving is lost to the
+ * child, never handed out twice. */
+#define POOL_SLOTS 4096 /* 16 GiB of chunks; past that, chunks stay on their arena's list */
+static _Atomic uintptr_t pool[POOL_SLOTS];
+static _Atomic uint32_t pool_count; /* chunks in slots and places reserved (at most one per
+                                       thread in transit between the two) */
+
+/* A place in the pool for one chunk, taken before the chunk is given back (its header then
+ * reads as zero: it could not stay on its arena's list); false when the pool is full. */
+bool ta_chunk_pool_reserve(void) {
+  uint32_t n = atomic_load_explicit(&pool_count, memory_order_relaxed);
+  do {
+    if (n >= POOL_SLOTS) return false;
+  } while (!atomic_compare_exchange_weak_explicit(&pool_count, &n, n + 1, memory_order_relaxed,
+                                                  memory_order_relaxed));
+  return true;
+}
+
+void ta_chunk_pool_unreserve(void) { atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed); }
+
+/* Puts chunk c (given back whole: its pages read as zero) into the place reserved for it. The
+ * count holds the chunks in slots and the places reserved, so a free slot exists. */
+void ta_chunk_pool_put(void *c) {
+  for (size_t i = 0;; i = (i + 1) % POOL_SLOTS) {
+    uintptr_t empty = 0;
+    if (atomic_load_explicit(&pool[i], memory_order_relaxed) == 0 &&
+        atomic_compare_exchange_strong_explicit(&pool[i], &empty, (uintptr_t)c,
+                                                memory_order_release, memory_order_relaxed))
+      return;
+  }
+}
+
+/* Takes a chunk from the pool: `want` itself (0: any); NULL if none. With `release` its place
+ * goes too; without, the caller keeps it, to put the chunk back. */
+static void *pool_take(uintptr_t want, bool release) {
+  if (atomic_load_explicit(&pool_count, memory_order_relaxed) == 0) return NULL;
+  for (size_t i = 0; i < POOL_SLOTS; i++) {
+    uintptr_t v = atomic_load_explicit(&pool[i], memory_order_relaxed);
+    if (v == 0 || (want != 0 && v != want)) continue;
+    if (atomic_compare_exchange_strong_explicit(&pool[i], &v, 0, memory_order_acquire,
+                                                memory_order_relaxed)) {
+      if (release) ta_chunk_pool_unreserve();
+      return (void *)v;
+    }
+  }
+  return NULL;
+}
+
+/* Moves the break down past the pooled chunks at its top; how many went. */
+size_t ta_chunk_pool_trim_brk(void) {
+  size_t n = 0;
+  while (atomic_load_explicit(&pool_count, memory_order_relaxed) != 0) {
+    char *cur = ta_os_brk_get();
+    if (cur == (void *)-1 || cur == NULL || ((uintptr_t)cur & TA_CHUNK_MASK) != 0) break;
+    ta_chunk_t *top = (ta_chunk_t *)(cur - TA_CHUNK_SIZE);
+    if (pool_take((uintptr_t)top, false) == NULL) break;
+    if (!ta_brk_shrink_top(top)) { /* the break moved meanwhile: back, into its own place */
+      ta_chunk_pool_put(top);
+      break;
+    }
+    ta_chunk_pool_unreserve();
+    n++;
+  }
+  return n;
+}
+
+/* A fork child: a parent's thread may have been between a reservation and its slot, or a slot
+ * and its release; the child counts the chunks in slots again (nothing else runs yet). */
+void ta_chunk_pool_after_fork(void) {
+  uint32_t n = 0;
+  for (size_t i = 0; i < POOL_SLOTS; i++) n += atomic_load_explicit(&pool[i], memory_order_relaxed) != 0;
+  atomic_store_explicit(&pool_count, n, memory_order_relaxed);
+}
+
+/* Calls fn for each chunk in the pool (statistics, heap map: a racy snapshot). */
+void ta_chunk_pool_each(void (*fn)(void *ctx, uintptr_t c), void *ctx) {
+  for (size_t i = 0; i < POOL_SLOTS && atomic_load_explicit(&pool_count, memory_order_relaxed); i++) {
+    uintptr_t v = atomic_load_explicit(&pool[i], memory_order_relaxed);
+    if (v) fn(ctx, v);
+  }
+}
+
 ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   ta_chunk_t **pp = &a->empty_chunks;
   while (*pp && chunk_being_read(*pp)) pp = &(*pp)->next; /* a reader holds one at most */
   ta_chunk_t *c = *pp;
-  bool from_brk, fresh = c == NULL;
+  bool from_brk, fresh = c == NULL; /* from the kernel, or the pool: as the kernel gave it */
   uint8_t prev = TA_MAP_NONE; /* what the chunk was before: a small chunk keeps its shadow */
   if (c) {
     TA_PUBLISH(*pp, c->next); /* the list statistics readers walk */
@@ -135,9 +236,10 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
     prev = c->kind;
     if (!c->decommitted) ta_dirty_add(a, -(intptr_t)TA_CHUNK_SIZE);
   } else {
-    c = ta_chunk_fresh(&from_brk);
+    bool pooled;
+    c = ta_chunk_fresh(&from_brk, &pooled); /* reads as zero: no kind, no shadow */
     if (c == NULL) return NULL;
-    TA_ADD(a->cnt.grows, 1);
+    if (!pooled) TA_ADD(a->cnt.grows, 1);
   }
   if (prev == TA_MAP_SMALL && kind != TA_MAP_SMALL && ta_shadow_get(c) != NULL)
     ta_shadow_free(ta_shadow_get(c)); /* medium blocks will overwrite slot 0's meta block */

@@ -13,7 +13,7 @@
  *                       from the arena's medium heap; 0 or 1: runs from the first block)
  *   span_min_kb:N       once the process has had 8 threads at once, requests from N KiB to
  *                       64 pages (256 KiB) are spans of whole pages in a heap all threads
- *                       share (span.c; 16..1024, default 16, at least 4 pages; 0: none, the
+ *                       share (span.c; 8..1024, default 8, at least 2 pages; 0: none, the
  *                       thread's medium heap serves them)
  *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
  *   huge_pages:BOOL     ask for transparent huge pages on huge blocks
@@ -48,7 +48,7 @@ extern char **environ;
 uint64_t ta_decay_ms = 200;                  /* decay_ms (purge.c, huge.c, background.c) */
 size_t ta_dirty_max = (size_t)32 << 20;      /* dirty_max_kb (dirty.c) */
 uint32_t ta_run_threshold = 256;             /* run_threshold (alloc.c) */
-uint32_t ta_conf_span_min_kb = 16;           /* span_min_kb (span.c, ta_span_init) */
+uint32_t ta_conf_span_min_kb = 8;            /* span_min_kb (span.c, ta_span_init) */
 /* huge_cache_mb (huge.c). The hardened build keeps no freed span: a write after free faults. */
 size_t ta_huge_cache_limit = TA_SECURE ? 0 : (size_t)64 << 20;
 bool ta_huge_pages = true;                   /* huge_pages (huge.c) */
@@ -168,7 +168,7 @@ static void apply(const char *e, size_t n) {
     if (parse_uint(v, vn, 65535, &x)) ta_run_threshold = (uint32_t)x;
     else warn("bad value", e, n);
   } else if (eq(e, kn, "span_min_kb")) {
-    if (parse_uint(v, vn, 1024, &x) && (x == 0 || x >= 16)) ta_conf_span_min_kb = (uint32_t)x;
+    if (parse_uint(v, vn, 1024, &x) && (x == 0 || x >= 8)) ta_conf_span_min_kb = (uint32_t)x;
     else warn("bad value", e, n);
   } else if (eq(e, kn, "huge_cache_mb")) {
     if (parse_uint(v, vn, 1u << 20, &x)) ta_huge_cache_limit = (size_t)x << 20;

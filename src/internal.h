@@ -566,7 +566,8 @@ TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
 TA_HIDDEN bool ta_over_budget(void);
 TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
 TA_HIDDEN uint64_t ta_owner_decay(void);
-TA_HIDDEN size_t ta_arena_share(void); /* dirty.c: the tops' allowance, the holes' share */
+TA_HIDDEN size_t ta_arena_share(void);    /* dirty.c: the holes' share */
+TA_HIDDEN size_t ta_top_allowance(void); /* dirty.c: each medium top's allowance */
 TA_HIDDEN extern _Atomic uint32_t ta_owner_scale_force; /* tests */
 TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
 TA_HIDDEN void ta_note_orphan_work(void);
@@ -587,12 +588,19 @@ bool ta_bg_running(void); /* for tests */
 
 /* ------------------------------------------------------------------ chunk.c */
 TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
-TA_HIDDEN void *ta_chunk_fresh(bool *from_brk);
+TA_HIDDEN void *ta_chunk_fresh(bool *from_brk, bool *pooled);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
 TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
 TA_HIDDEN bool ta_map_init(void); /* ta_init: maps the granule map; false if it cannot */
 TA_HIDDEN void ta_pages_init(void); /* ta_init: ta_page_size and ta_hugepage_size */
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
+/* The process-wide pool of break chunks given back whole (chunk.c). */
+TA_HIDDEN bool ta_chunk_pool_reserve(void);
+TA_HIDDEN void ta_chunk_pool_unreserve(void);
+TA_HIDDEN void ta_chunk_pool_put(void *c);
+TA_HIDDEN size_t ta_chunk_pool_trim_brk(void);
+TA_HIDDEN void ta_chunk_pool_after_fork(void);
+TA_HIDDEN void ta_chunk_pool_each(void (*fn)(void *ctx, uintptr_t c), void *ctx);
 /* Statistics' arrays of requested sizes, one per small chunk while statistics are on (stats.c
  * reads them): made and dropped here, as the chunk is. */
 TA_HIDDEN uint16_t *ta_shadow_new(void);
@@ -765,7 +773,7 @@ size_t ta_huge_cache_sum(size_t *count); /* the slots counted one by one (tests)
 
 
 /* ------------------------------------------------------------------ span.c */
-/* Blocks of 16 KiB to 256 KiB as whole pages in process-wide span chunks (span.c): at most
+/* Blocks over 8 KiB to 256 KiB as whole pages in process-wide span chunks (span.c): at most
  * 64 pages (and 1 MiB: with 16 KiB pages up to 1 MiB, with 64 KiB pages 256 KiB to 1 MiB). */
 #define TA_SPAN_MAX_PAGES 64
 typedef struct {

@@ -214,7 +214,7 @@ static void make_free(ta_arena_t *a, ta_mhdr_t *h, size_t s, mage_t g, bool fres
  * though they do not come at once. So, as the break of a heap is trimmed, a top whose
  * touched part exceeds its allowance gives back all but the first quarter of it, at once:
  * one madvise for at least three quarters of the allowance, faulted in since the last.
- * The allowance is the arena's share of half the dirty budget (ta_arena_share, dirty.c).
+ * The allowance is the arena's share of half the dirty budget (ta_top_allowance, dirty.c).
  * c->touched bounds what may be resident above the top's start. */
 
 /* A block was handed out or grown up to `end`, with its successor's header there (and the
@@ -226,7 +226,7 @@ static void top_touch(ta_chunk_t *c, const void *end) {
 
 /* The free block top ends at the end marker: trim it. */
 static void top_trim(ta_chunk_t *c, ta_mhdr_t *top, uint64_t now_ms) {
-  uintptr_t allow = ta_arena_share(), keep = allow / 4, base = (uintptr_t)c;
+  uintptr_t allow = ta_top_allowance(), keep = allow / 4, base = (uintptr_t)c;
   uintptr_t start = (uintptr_t)(ta_medium_res(top) + 1);
   /* If pages the last trim gave back are touched again within a decay time, the top is in
    * use up to there (a thread cycles a block larger than the allowance): from then on it

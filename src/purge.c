@@ -5,8 +5,8 @@
  * stays resident for ta_decay_ms (200 ms by default), so a program that frees and
  * allocates again at once pays no system call and no page fault. After that:
  *   - an empty chunk from mmap is unmapped; one from the break moves the break back down
- *     when it is the top of the heap, and is otherwise decommitted (MADV_DONTNEED) and
- *     kept for reuse;
+ *     when it is the top of the heap, and is otherwise given back whole (MADV_DONTNEED)
+ *     into the process-wide pool any arena takes from (chunk.c);
  *   - the pages of a retired run slot (64 KiB) are decommitted;
  *   - the whole free pages above the highest block in use of runs in use are decommitted,
  *     by the owner only (small.c, ta_small_shrink), when its purge is due anyway;
@@ -138,17 +138,32 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
           (from_brk ? ta_brk_shrink_top(c) : ta_os_munmap(c, TA_CHUNK_SIZE) == 0)) {
         TA_ADD(a->cnt.shrinks, 1);
         if (resident) freed += TA_CHUNK_SIZE;
+        if (from_brk) TA_ADD(a->cnt.shrinks, ta_chunk_pool_trim_brk()); /* pooled ones, now the top */
         moved = moved || from_brk;
         continue;
       }
-      TA_PUBLISH(*pp, c); /* stays: decommitted, kept for reuse */
-      /* The first page stays: the header, which keeps the chunk on the list; and the
-       * next too (with 4 KiB pages) while it holds a small chunk's shadow pointer (a statistics reader
-       * kept the chunk from being unmapped). Zero pages read as no shadow. */
+      /* A break chunk below the top: given back whole, header too, into the process-wide pool
+       * (chunk.c), which any arena takes from. (No statistics reader can reach it: unlinked,
+       * and none was walking.) */
+      /* The first page stays on the list: the header, which keeps the chunk there; and the
+       * next too (with 4 KiB pages) while it holds a small chunk's shadow pointer (a statistics
+       * reader kept the chunk from being unmapped). Zero pages read as no shadow. */
       size_t keep = ta_align_up(c->kind == TA_MAP_SMALL && ta_shadow_get(c) != NULL
                                     ? TA_SHADOW_OFFSET + sizeof(uint16_t *)
                                     : sizeof(ta_run_t[TA_RUNS_PER_CHUNK]),
                                 ta_page_size);
+      if (may_unmap && from_brk && ta_chunk_pool_reserve()) {
+        /* What is still resident: all of it, or the header's pages alone. */
+        if (ta_os_decommit(c, resident ? TA_CHUNK_SIZE : keep) == 0) {
+          ta_chunk_pool_put(c);
+          freed += resident ? TA_CHUNK_SIZE : keep;
+          /* Another purge may have taken the chunk above away before this one was in the pool. */
+          TA_ADD(a->cnt.shrinks, ta_chunk_pool_trim_brk());
+          continue;
+        }
+        ta_chunk_pool_unreserve();
+      }
+      TA_PUBLISH(*pp, c); /* stays: decommitted, kept for reuse */
       if (!c->decommitted && ta_os_decommit((char *)c + keep, TA_CHUNK_SIZE - keep) == 0) {
         TA_STORE(c->decommitted, 1);
         freed += TA_CHUNK_SIZE - keep;

@@ -1,7 +1,7 @@
 /*
- * span.c — blocks of 16 KiB to 256 KiB as whole pages, in a heap the whole process shares.
+ * span.c — blocks over 8 KiB to 256 KiB as whole pages, in a heap the whole process shares.
  *
- * (64 pages at most, within 1 MiB; at least 4 pages and span_min_kb.)
+ * (64 pages at most, within 1 MiB; from span_min_kb, past 8 KiB, at least 2 pages.)
  *
  * A span is a run of pages holding one block. Span chunks (4 MiB, aligned, TA_MAP_SPAN in
  * the granule map) begin with a table of one 16-byte entry per page (ta_spage_t); the entry
@@ -64,7 +64,7 @@ static bin_t bins[2][BINS];
 static _Atomic uint64_t hint[2][HINT_WORDS]; /* bins that may hold a span (set on a push) */
 static _Atomic uintptr_t bump;  /* current chunk | its first page not yet handed out */
 
-_Atomic size_t ta_span_chunks; /* span chunks made */
+_Atomic size_t ta_span_chunks; /* span chunks taken from the kernel (not the pool) */
 _Atomic uint64_t ta_span_due;  /* earliest time a dirty span may be given back; 0: none */
 size_t ta_span_min = SIZE_MAX; /* the smallest span serving now; none before ta_span_arenas */
 size_t ta_span_max;
@@ -81,22 +81,27 @@ static unsigned page_shift = 12;
  * (ta_os_addr_bits: 47 on x86-64, up to 52 on arm64): 29 to 24 bits. */
 static unsigned addr_bits = 47;
 static uintptr_t addr_mask = (((uintptr_t)1 << 47) - 1) & ~TAG_LOW;
-static size_t min_pages = 4; /* the smallest span: no free span is ever cut below it */
+static size_t min_pages = 3; /* the smallest span's pages: no free span is cut below it */
 
 
-/* The smallest span: the setting, at least 4 pages (a 64 KiB page would otherwise make a
- * 16 KiB block cost 64); none when the setting is 0 or the build is hardened (whose medium
- * blocks carry headers and guards a span has not). */
+static inline size_t span_pages(size_t size);
+
+/* The smallest span: the setting, past the small sizes (8 KiB is a run's block), at least 2
+ * pages (a 64 KiB page would otherwise make a 9 KiB block cost 64); none when the setting is 0
+ * or the build is hardened (whose medium blocks carry headers and guards a span has not). No
+ * free span is cut below the pages of the smallest request: a piece of fewer pages would
+ * never be taken again (spans never merge). */
 void ta_span_init(void) {
   size_t min = (size_t)ta_conf_span_min_kb << 10;
-  if (min < 4 * ta_page_size) min = 4 * ta_page_size;
+  if (min <= TA_SMALL_MAX) min = TA_SMALL_MAX + 1;
+  if (min < 2 * ta_page_size) min = 2 * ta_page_size;
   size_t max = TA_SPAN_MAX_PAGES * ta_page_size;
   if (max > TA_MEDIUM_MAX) max = TA_MEDIUM_MAX;
   if (ta_conf_span_min_kb == 0 || ta_secure || min > max) min = SIZE_MAX;
   TA_STORE(span_min_set, min);
   TA_STORE(ta_span_max, max);
   TA_STORE(page_shift, (unsigned)__builtin_ctzl(ta_page_size));
-  if (min != SIZE_MAX) TA_STORE(min_pages, (min + ta_page_size - 1) >> page_shift);
+  if (min != SIZE_MAX) TA_STORE(min_pages, span_pages(min));
   unsigned bits = ta_os_addr_bits();
   TA_STORE(addr_bits, bits);
   TA_STORE(addr_mask, (((uintptr_t)1 << bits) - 1) & ~TAG_LOW);
@@ -223,17 +228,17 @@ static void give_rest(ta_span_chunk_t *c, size_t at) {
 }
 
 static ta_span_chunk_t *chunk_new(void) {
-  bool from_brk;
-  ta_span_chunk_t *c = (ta_span_chunk_t *)ta_chunk_fresh(&from_brk);
+  bool from_brk, pooled;
+  ta_span_chunk_t *c = (ta_span_chunk_t *)ta_chunk_fresh(&from_brk, &pooled);
   if (c == NULL) return NULL;
   /* Where transparent huge pages are always on, before the first write: clean spans must
    * stay out of memory. */
   if (ta_os_thp_mode() == TA_THP_ALWAYS) (void)ta_os_hugepage(c, TA_CHUNK_SIZE, false);
-  /* Fresh from the kernel: the table reads zero (no span starts anywhere). */
+  /* Fresh from the kernel, or given back whole: the table reads zero (no span starts). */
   c->check = (uintptr_t)c ^ ta_secret;
   c->from_brk = from_brk;
   c->first = header_pages();
-  atomic_fetch_add_explicit(&ta_span_chunks, 1, memory_order_relaxed);
+  if (!pooled) atomic_fetch_add_explicit(&ta_span_chunks, 1, memory_order_relaxed);
   ta_map_set((uintptr_t)c, TA_MAP_SPAN);
   return c;
 }

@@ -690,6 +690,11 @@ static void map_granule(uintptr_t base, uint8_t kind, void *arg) {
   }
 }
 
+/* A break chunk given back whole, in the process-wide pool (chunk.c): no arena's. */
+static void map_pooled(void *ctx, uintptr_t c) {
+  put((struct out *)ctx, "pooled 0x%lx %u\n", (unsigned long)c, (unsigned)TA_CHUNK_SIZE);
+}
+
 int ta_heap_map(int fd) {
   int cancel = cancel_hold();
   int saved = errno;
@@ -699,6 +704,7 @@ int ta_heap_map(int fd) {
   put(&o, "break 0x%lx\n", (unsigned long)(uintptr_t)brk_now);
   reader_enter();
   scan_map(map_granule, &o);
+  ta_chunk_pool_each(map_pooled, &o);
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
     int st = atomic_load(&a->state);
     put(&o, "arena %u %s\n", a->id,

@@ -400,7 +400,7 @@ Test(medium, a_hole_serves_before_the_top) {
  * the holes' share, so a fresh hole stays though the top is larger than the share. */
 Test(medium, the_top_does_not_count_against_the_holes_share) {
   ta_decay_ms = 1000;
-  ta_dirty_max = (size_t)8 << 20; /* one arena: a share of 1 MiB, a top allowance of 1 MiB */
+  ta_dirty_max = (size_t)8 << 20; /* one arena: a share of 1 MiB, a top allowance of 4 MiB */
   char *big = ta_malloc(900 << 10), *hole = ta_malloc(100 << 10), *guard = ta_malloc(10000);
   memset(big, 1, 900 << 10);
   memset(hole, 2, 100 << 10);

@@ -1,4 +1,4 @@
-/* Unit tests: spans (span.c) — requests of 16 KiB to 256 KiB as whole pages from bins the
+/* Unit tests: spans (span.c) — requests of span_min_kb (16 KiB here) to 256 KiB as whole pages from bins the
  * whole process shares: which requests they serve, their sizes, reuse by any thread, cuts and
  * realloc, misuse, the decay, the budget, malloc_trim, statistics, and many threads at once.
  *
@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "support/heap_map_text.h"
 #include "tamalloc.h"
 
 #define KIB ((size_t)1024)
@@ -369,16 +370,7 @@ Test(span, statistics_count_live_and_free_spans) {
   cr_assert_geq(s.classes[b].free_bytes, 73728, "the free span counts as free");
   cr_assert_geq(s.heap_bytes, TA_CHUNK_SIZE, "the span chunk is held");
   /* And the heap map names both. */
-  char path[] = "/tmp/tamalloc-span-map-XXXXXX";
-  int fd = mkstemp(path);
-  cr_assert_geq(fd, 0);
-  unlink(path);
-  cr_assert_eq(ta_heap_map(fd), 0);
-  static char text[1 << 20];
-  ssize_t n = pread(fd, text, sizeof text - 1, 0);
-  close(fd);
-  cr_assert_gt(n, 0);
-  text[n] = 0;
+  const char *text = heap_map_text();
   char want[128];
   snprintf(want, sizeof want, "span 0x%lx 53248 live 50000\n", (unsigned long)(uintptr_t)live);
   cr_assert(strstr(text, want), "no \"%s\" in the map", want);
@@ -526,6 +518,54 @@ Test(span, the_setting_chooses_the_smallest_span) {
   cr_assert_eq(ta_map_get((uintptr_t)b), TA_MAP_SPAN);
   ta_free(a);
   ta_free(b);
+}
+
+Test(span, the_default_starts_past_8_kib) {
+  ta_conf_apply("span_min_kb:8");
+  void *small = ta_malloc(8192);
+  cr_assert_neq(ta_map_get((uintptr_t)small), TA_MAP_SPAN, "8 KiB is a small class");
+  for (size_t n = 8193; n < 16 * KIB; n += 1024) {
+    char *p = ta_malloc(n);
+    cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_SPAN, "malloc(%zu)", n);
+    size_t want = (ta_class_size[ta_size_class(n)] + 4095) / 4096 * 4096;
+    cr_assert_eq(ta_malloc_usable_size(p), want, "malloc(%zu)", n);
+    cr_assert_geq(want, 3 * 4096, "over 8 KiB: at least 3 pages");
+    memset(p, 1, n);
+    ta_free(p);
+  }
+  ta_free(small);
+}
+
+/* No span of 2 pages, which no request takes (8 KiB is a small block, 8 KiB + 1 takes 3
+ * pages), ever appears: not from a shrink, nor a cut, nor a chunk's tail. */
+Test(span, no_span_smaller_than_the_smallest_request) {
+  ta_conf_apply("span_min_kb:8");
+  enum { N = 400 };
+  static char *p[N];
+  unsigned seed = 12345;
+  for (int round = 0; round < 4; round++) {
+    for (int i = 0; i < N; i++) {
+      seed = seed * 1103515245u + 12345u;
+      size_t n = 8193 + (seed >> 8) % (64 * KIB);
+      p[i] = ta_malloc(n);
+      cr_assert_not_null(p[i]);
+      if (i % 3 == 0) p[i] = ta_realloc(p[i], 8192 + (seed >> 20) % 2); /* 8 KiB, or one more */
+      if (i % 5 == 0) (void)ta_xallocx(p[i], 8193, 0, 0);
+    }
+    for (int i = 0; i < N; i += 2) ta_free(p[i]);
+    ta_malloc_trim(0); /* dirty spans go clean, and clean ones are cut */
+    for (int i = 0; i < N; i += 2) p[i] = ta_malloc(8193 + (size_t)i * 97);
+    for (int i = 0; i < N; i++) ta_free(p[i]);
+  }
+  const char *text = heap_map_text();
+  size_t spans = 0;
+  for (const char *line = strstr(text, "\nspan "); line; line = strstr(line + 1, "\nspan ")) {
+    unsigned long addr, size;
+    cr_assert_eq(sscanf(line + 6, "%lx %lu", &addr, &size), 2);
+    cr_assert_geq(size, 3 * 4096, "a span of %lu bytes at 0x%lx", size, addr);
+    spans++;
+  }
+  cr_assert_gt(spans, 0, "the map lists spans");
 }
 
 Test(span, span_min_kb_0_turns_spans_off) {

@@ -1,5 +1,6 @@
 /* Memory goes back with no allocator call: 16 threads each allocate 14 MiB in small and
- * medium blocks (under the smallest span: spans beyond the budget go back at once) and exit, keeping half of them; the main thread frees those (remote frees
+ * medium blocks (of 12000 bytes, run with span_min_kb:16 so that they are not spans: spans
+ * beyond the budget go back at once) and exit, keeping half of them; the main thread frees those (remote frees
  * into arenas without an owner), then only sleeps and watches its resident set.
  *
  *   mem_background          expects the memory back within 3 s

@@ -1,6 +1,7 @@
 /* Memory of idle threads goes back while they stay alive.
  *
- *   mem_idle           8 threads each allocate about 13 MiB in small and medium blocks, free
+ *   mem_idle           8 threads each allocate about 13 MiB in small and medium blocks (run
+ *                      with span_min_kb:16: blocks of 12000 bytes are not spans), free
  *                      all but 1 MiB of it (scattered: every run keeps a few live blocks),
  *                      and block; the main thread calls no allocator function and expects at
  *                      least 60% of the free memory back within 3 s (the background thread
@@ -165,7 +166,7 @@ int main(int argc, char **argv) {
   int keeps = argc > 1 && strcmp(argv[1], "keeps") == 0;
   enum { T = 8 };
   pthread_t t[T];
-  struct job j = {4000, 1000, 12000, 1 * MiB}; /* medium: under the smallest span */
+  struct job j = {4000, 1000, 12000, 1 * MiB}; /* medium: run with span_min_kb:16 */
   size_t start = rss_bytes();
   start_idle(t, T, &j);
   size_t peak = rss_bytes();

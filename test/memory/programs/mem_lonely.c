@@ -4,7 +4,7 @@
  *                       has one thread again (the purger left once its work was done)
  *   mem_lonely pexit    the main thread calls pthread_exit while a worker still runs: the
  *                       process must end when the worker does, with status 0
- *   mem_lonely spans    16 threads run at once (so blocks of 16-256 KiB are spans, which no
+ *   mem_lonely spans    16 threads run at once (so blocks over 8 KiB to 256 KiB are spans, which no
  *                       thread owns) and exit; the main thread then frees a span every 300 ms:
  *                       the purger leaves and is not started again by those frees */
 #define _GNU_SOURCE

@@ -2,7 +2,7 @@
  *  - small classes take runs from their first block (run_threshold 0), as the tests of runs,
  *    remote frees, integrity and statistics expect a small request to land in a run (the
  *    tests of classes served from the medium heap set ta_run_threshold themselves);
- *  - requests of 16–256 KiB come from the medium heap (span_min_kb 0), as the tests of
+ *  - requests over 8 KiB to 256 KiB come from the medium heap (span_min_kb 0), as the tests of
  *    medium blocks, purging and statistics expect (test/unit/span.c turns spans on).
  * The other tiers run with the defaults. */
 #include "internal.h"
