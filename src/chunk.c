@@ -99,12 +99,12 @@ void ta_chunk_brk_default(bool on) {
   atomic_compare_exchange_strong(&brk_state, &undecided, on ? 1 : 2);
 }
 
-static void *pool_take(uintptr_t want, bool release);
+static void *pool_take(uintptr_t want, bool hold, int *slot);
 
 /* A chunk as the kernel gives it (zero-filled): from the pool of returned break chunks (below;
  * *pooled says so), else from the break when it may move, else mapped. */
 void *ta_chunk_fresh(bool *from_brk, bool *pooled) {
-  void *c = pool_take(0, true);
+  void *c = pool_take(0, false, NULL);
   *pooled = c != NULL;
   if (c != NULL) {
     *from_brk = true;
@@ -141,49 +141,56 @@ static bool chunk_being_read(ta_chunk_t *c) {
  * that links it (1,024 exited threads left 2,045 of them: 8 MiB), and only its own arena
  * could reuse it. Given back whole, it goes here: its address in a slot, no link in the
  * chunk. Any arena takes one before it grows the heap; when the break comes down to one, it
- * goes back to the kernel. Slots are exchanged whole (a taker owns what it swapped out), so
- * no lock, nothing held across fork: a chunk a parent's thread was moving is lost to the
- * child, never handed out twice. */
+ * goes back to the kernel. A slot is reserved (HELD) before the chunk is given back, whose
+ * header then reads as zero, and filled after; every change of a slot is one compare-exchange
+ * or a store by the thread that holds it. So no lock, nothing held across fork, no chunk
+ * handed out twice: a chunk a parent's thread was moving is lost to the child (its slot stays
+ * held), never corrupt. */
 #define POOL_SLOTS 4096 /* 16 GiB of chunks; past that, chunks stay on their arena's list */
+#define SLOT_HELD ((uintptr_t)1)
 static _Atomic uintptr_t pool[POOL_SLOTS];
-static _Atomic uint32_t pool_count; /* chunks in slots and places reserved (at most one per
-                                       thread in transit between the two) */
+/* Chunks in slots: a hint that lets an empty pool cost one load. Exact but after a fork that
+ * cut a change short; wrong, it costs scans or leaves a chunk unused, never more. */
+static _Atomic uint32_t pool_count;
 
-/* A place in the pool for one chunk, taken before the chunk is given back (its header then
- * reads as zero: it could not stay on its arena's list); false when the pool is full. */
-bool ta_chunk_pool_reserve(void) {
-  uint32_t n = atomic_load_explicit(&pool_count, memory_order_relaxed);
-  do {
-    if (n >= POOL_SLOTS) return false;
-  } while (!atomic_compare_exchange_weak_explicit(&pool_count, &n, n + 1, memory_order_relaxed,
-                                                  memory_order_relaxed));
-  return true;
-}
-
-void ta_chunk_pool_unreserve(void) { atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed); }
-
-/* Puts chunk c (given back whole: its pages read as zero) into the place reserved for it. The
- * count holds the chunks in slots and the places reserved, so a free slot exists. */
-void ta_chunk_pool_put(void *c) {
-  for (size_t i = 0;; i = (i + 1) % POOL_SLOTS) {
+/* Holds a free slot for a chunk about to be given back; its index, or -1 if the pool is full. */
+int ta_chunk_pool_reserve(void) {
+  for (size_t i = 0; i < POOL_SLOTS; i++) {
     uintptr_t empty = 0;
     if (atomic_load_explicit(&pool[i], memory_order_relaxed) == 0 &&
-        atomic_compare_exchange_strong_explicit(&pool[i], &empty, (uintptr_t)c,
-                                                memory_order_release, memory_order_relaxed))
-      return;
+        atomic_compare_exchange_strong_explicit(&pool[i], &empty, SLOT_HELD, memory_order_relaxed,
+                                                memory_order_relaxed))
+      return (int)i;
   }
+  return -1;
 }
 
-/* Takes a chunk from the pool: `want` itself (0: any); NULL if none. With `release` its place
- * goes too; without, the caller keeps it, to put the chunk back. */
-static void *pool_take(uintptr_t want, bool release) {
+void ta_chunk_pool_unreserve(int slot) { atomic_store_explicit(&pool[slot], 0, memory_order_relaxed); }
+
+/* Puts chunk c (given back whole: its pages read as zero) into the slot held for it. */
+void ta_chunk_pool_put(int slot, void *c) {
+  atomic_store_explicit(&pool[slot], (uintptr_t)c, memory_order_release);
+  atomic_fetch_add_explicit(&pool_count, 1, memory_order_relaxed);
+}
+
+static void count_taken(void) {
+  uint32_t n = atomic_load_explicit(&pool_count, memory_order_relaxed);
+  while (n != 0 && !atomic_compare_exchange_weak_explicit(&pool_count, &n, n - 1,
+                                                          memory_order_relaxed, memory_order_relaxed))
+    ;
+}
+
+/* Takes a chunk from the pool: `want` itself (0: any); NULL if none. With `hold`, its slot
+ * stays held (*slot), for the chunk to be put back. */
+static void *pool_take(uintptr_t want, bool hold, int *slot) {
   if (atomic_load_explicit(&pool_count, memory_order_relaxed) == 0) return NULL;
   for (size_t i = 0; i < POOL_SLOTS; i++) {
     uintptr_t v = atomic_load_explicit(&pool[i], memory_order_relaxed);
-    if (v == 0 || (want != 0 && v != want)) continue;
-    if (atomic_compare_exchange_strong_explicit(&pool[i], &v, 0, memory_order_acquire,
-                                                memory_order_relaxed)) {
-      if (release) ta_chunk_pool_unreserve();
+    if (v == 0 || v == SLOT_HELD || (want != 0 && v != want)) continue;
+    if (atomic_compare_exchange_strong_explicit(&pool[i], &v, hold ? SLOT_HELD : 0,
+                                                memory_order_acquire, memory_order_relaxed)) {
+      count_taken();
+      if (slot) *slot = (int)i;
       return (void *)v;
     }
   }
@@ -197,22 +204,25 @@ size_t ta_chunk_pool_trim_brk(void) {
     char *cur = ta_os_brk_get();
     if (cur == (void *)-1 || cur == NULL || ((uintptr_t)cur & TA_CHUNK_MASK) != 0) break;
     ta_chunk_t *top = (ta_chunk_t *)(cur - TA_CHUNK_SIZE);
-    if (pool_take((uintptr_t)top, false) == NULL) break;
-    if (!ta_brk_shrink_top(top)) { /* the break moved meanwhile: back, into its own place */
-      ta_chunk_pool_put(top);
+    int slot;
+    if (pool_take((uintptr_t)top, true, &slot) == NULL) break;
+    if (!ta_brk_shrink_top(top)) { /* the break moved meanwhile: back into its slot */
+      ta_chunk_pool_put(slot, top);
       break;
     }
-    ta_chunk_pool_unreserve();
+    ta_chunk_pool_unreserve(slot);
     n++;
   }
   return n;
 }
 
-/* A fork child: a parent's thread may have been between a reservation and its slot, or a slot
- * and its release; the child counts the chunks in slots again (nothing else runs yet). */
+/* A fork child counts the chunks in slots again (no other thread runs yet). */
 void ta_chunk_pool_after_fork(void) {
   uint32_t n = 0;
-  for (size_t i = 0; i < POOL_SLOTS; i++) n += atomic_load_explicit(&pool[i], memory_order_relaxed) != 0;
+  for (size_t i = 0; i < POOL_SLOTS; i++) {
+    uintptr_t v = atomic_load_explicit(&pool[i], memory_order_relaxed);
+    n += v != 0 && v != SLOT_HELD;
+  }
   atomic_store_explicit(&pool_count, n, memory_order_relaxed);
 }
 
@@ -220,7 +230,7 @@ void ta_chunk_pool_after_fork(void) {
 void ta_chunk_pool_each(void (*fn)(void *ctx, uintptr_t c), void *ctx) {
   for (size_t i = 0; i < POOL_SLOTS && atomic_load_explicit(&pool_count, memory_order_relaxed); i++) {
     uintptr_t v = atomic_load_explicit(&pool[i], memory_order_relaxed);
-    if (v) fn(ctx, v);
+    if (v != 0 && v != SLOT_HELD) fn(ctx, v);
   }
 }
 

@@ -595,9 +595,9 @@ TA_HIDDEN bool ta_map_init(void); /* ta_init: maps the granule map; false if it 
 TA_HIDDEN void ta_pages_init(void); /* ta_init: ta_page_size and ta_hugepage_size */
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 /* The process-wide pool of break chunks given back whole (chunk.c). */
-TA_HIDDEN bool ta_chunk_pool_reserve(void);
-TA_HIDDEN void ta_chunk_pool_unreserve(void);
-TA_HIDDEN void ta_chunk_pool_put(void *c);
+TA_HIDDEN int ta_chunk_pool_reserve(void); /* a slot's index, or -1: full */
+TA_HIDDEN void ta_chunk_pool_unreserve(int slot);
+TA_HIDDEN void ta_chunk_pool_put(int slot, void *c);
 TA_HIDDEN size_t ta_chunk_pool_trim_brk(void);
 TA_HIDDEN void ta_chunk_pool_after_fork(void);
 TA_HIDDEN void ta_chunk_pool_each(void (*fn)(void *ctx, uintptr_t c), void *ctx);

@@ -144,7 +144,21 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
       }
       /* A break chunk below the top: given back whole, header too, into the process-wide pool
        * (chunk.c), which any arena takes from. (No statistics reader can reach it: unlinked,
-       * and none was walking.) */
+       * and none was walking.) What may still be resident: all of it, or, decommitted before,
+       * the header's page and the shadow pointer's (kept then, had it a shadow). */
+      int slot = may_unmap && from_brk ? ta_chunk_pool_reserve() : -1;
+      if (slot >= 0) {
+        size_t left = resident ? TA_CHUNK_SIZE
+                               : ta_align_up(TA_SHADOW_OFFSET + sizeof(uint16_t *), ta_page_size);
+        if (ta_os_decommit(c, left) == 0) {
+          ta_chunk_pool_put(slot, c);
+          if (resident) freed += TA_CHUNK_SIZE;
+          /* Another purge may have taken the chunk above away before this one was in the pool. */
+          TA_ADD(a->cnt.shrinks, ta_chunk_pool_trim_brk());
+          continue;
+        }
+        ta_chunk_pool_unreserve(slot);
+      }
       /* The first page stays on the list: the header, which keeps the chunk there; and the
        * next too (with 4 KiB pages) while it holds a small chunk's shadow pointer (a statistics
        * reader kept the chunk from being unmapped). Zero pages read as no shadow. */
@@ -152,17 +166,6 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
                                     ? TA_SHADOW_OFFSET + sizeof(uint16_t *)
                                     : sizeof(ta_run_t[TA_RUNS_PER_CHUNK]),
                                 ta_page_size);
-      if (may_unmap && from_brk && ta_chunk_pool_reserve()) {
-        /* What is still resident: all of it, or the header's pages alone. */
-        if (ta_os_decommit(c, resident ? TA_CHUNK_SIZE : keep) == 0) {
-          ta_chunk_pool_put(c);
-          freed += resident ? TA_CHUNK_SIZE : keep;
-          /* Another purge may have taken the chunk above away before this one was in the pool. */
-          TA_ADD(a->cnt.shrinks, ta_chunk_pool_trim_brk());
-          continue;
-        }
-        ta_chunk_pool_unreserve();
-      }
       TA_PUBLISH(*pp, c); /* stays: decommitted, kept for reuse */
       if (!c->decommitted && ta_os_decommit((char *)c + keep, TA_CHUNK_SIZE - keep) == 0) {
         TA_STORE(c->decommitted, 1);

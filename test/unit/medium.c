@@ -186,6 +186,39 @@ Test(medium, top_gives_back_beyond_its_allowance_at_once) {
   pthread_join(t, NULL);
 }
 
+/* A single thread's top is its own: with one arena and the default budget, a top that falls
+ * keeps its pages (they go by their age); once the process has a second arena, it is trimmed. */
+static size_t fall_keeps(void) {
+  enum { N = 30, SIZE = 100 << 10 };
+  char *base = ta_malloc(SIZE), *p[N];
+  for (int i = 0; i < N; i++) {
+    p[i] = ta_malloc(SIZE);
+    memset(p[i], 9, SIZE);
+  }
+  ta_chunk_t *c = ta_chunk_of(base);
+  for (int i = N; i-- > 0;) ta_free(p[i]);
+  size_t after = ta_os_resident(c, TA_CHUNK_SIZE);
+  ta_free(base);
+  return after;
+}
+
+static void *one_block(void *arg) {
+  ta_free(ta_malloc(16));
+  return arg;
+}
+
+Test(medium, a_single_threads_top_goes_by_its_age_alone) {
+  ta_decay_ms = 600000;
+  ta_dirty_max = (size_t)32 << 20; /* the default */
+  size_t alone = fall_keeps();
+  cr_assert_geq(alone, (size_t)30 * (100 << 10), "one arena: %zu bytes resident", alone);
+  pthread_t t;
+  pthread_create(&t, NULL, one_block, NULL);
+  pthread_join(t, NULL); /* a second arena, ever */
+  size_t shared = fall_keeps();
+  cr_assert_leq(shared, (size_t)2 << 20, "two arenas: %zu bytes resident", shared);
+}
+
 /* A top that stays within its allowance is left alone: no system call on every free. */
 static void *small_rises(void *arg) {
   char *base = ta_malloc(100 << 10);
@@ -400,7 +433,7 @@ Test(medium, a_hole_serves_before_the_top) {
  * the holes' share, so a fresh hole stays though the top is larger than the share. */
 Test(medium, the_top_does_not_count_against_the_holes_share) {
   ta_decay_ms = 1000;
-  ta_dirty_max = (size_t)8 << 20; /* one arena: a share of 1 MiB, a top allowance of 4 MiB */
+  ta_dirty_max = (size_t)8 << 20; /* one arena: a share of 1 MiB, a top allowance of a chunk */
   char *big = ta_malloc(900 << 10), *hole = ta_malloc(100 << 10), *guard = ta_malloc(10000);
   memset(big, 1, 900 << 10);
   memset(hole, 2, 100 << 10);
