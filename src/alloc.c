@@ -564,8 +564,9 @@ static bool size_fits(const void *p, size_t usable, size_t size, size_t align) {
     return usable - n <= MEDIUM_SLACK || n >= usable / 2;
   case TA_MAP_SPAN:
     /* Its request rounded to a page; down to half: realloc keeps a span in place that far
-     * (under the smallest span, or when the pages it would free are fewer than a span). */
-    return usable - n < ta_page_size || n >= usable / 2;
+     * (under the smallest span); and any span size a shrink would leave it for, as the pages
+     * it would free are fewer than the smallest span's (a 5-page span shrunk to 8 KiB + 1). */
+    return usable - n < ta_page_size || n >= usable / 2 || ta_span_kept_for(usable, n);
   default:
     return usable - n < ta_page_size; /* a huge block is its request rounded to a page */
   }

@@ -804,6 +804,7 @@ TA_HIDDEN void *ta_span_alloc(size_t size, bool *zeroed);
 TA_HIDDEN size_t ta_span_usable(const void *p, const char *op);
 TA_HIDDEN bool ta_span_free(void *p);
 TA_HIDDEN void ta_span_shrink(void *p, size_t size);
+TA_HIDDEN bool ta_span_kept_for(size_t usable, size_t size); /* a shrink may leave it so */
 TA_HIDDEN void ta_span_set_requested(void *p, size_t requested);
 TA_HIDDEN size_t ta_span_purge(uint64_t now, uint64_t age);
 TA_HIDDEN void ta_span_walk(void (*fn)(const void *p, size_t bytes, unsigned state, uint32_t word,

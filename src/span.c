@@ -394,6 +394,13 @@ void ta_span_shrink(void *p, size_t size) {
     ta_purge_note_global(&ta_span_due, now + ta_decay_ms);
 }
 
+/* Whether a span of `usable` bytes may be what a shrink to `size` left (ta_span_shrink keeps a
+ * span whole when the rest would be under the smallest span). */
+bool ta_span_kept_for(size_t usable, size_t size) {
+  if (size < TA_LOAD(ta_span_min) || size > usable) return false;
+  return (usable >> page_shift) < span_pages(size) + min_pages;
+}
+
 void ta_span_set_requested(void *p, size_t requested) { TA_STORE(entry_of(p)->word, (uint32_t)requested); }
 
 /* ---------------------------------------------------------------- purging */

@@ -536,6 +536,21 @@ Test(span, the_default_starts_past_8_kib) {
   ta_free(small);
 }
 
+/* A shrink that would free fewer pages than the smallest span keeps the span whole: a sized
+ * free of the size it was shrunk to is right, however far under half the usable size. */
+Test(span, a_span_kept_whole_by_a_shrink_takes_the_shrunk_size) {
+  ta_conf_apply("span_min_kb:8");
+  char *p = ta_malloc(20000); /* 5 pages */
+  cr_assert_eq(ta_malloc_usable_size(p), 20480);
+  char *q = ta_realloc(p, 8193); /* 3 pages; the 2 left would be no span */
+  cr_assert_eq(q, p, "kept in place");
+  cr_assert_eq(ta_malloc_usable_size(q), 20480, "kept whole");
+  ta_free_sized(q, 8193);
+  p = ta_malloc(20000);
+  cr_assert_eq(ta_xallocx(p, 8193, 0, 0), 20480, "xallocx keeps it whole too");
+  ta_sdallocx(p, 8193, 0);
+}
+
 /* No span of 2 pages, which no request takes (8 KiB is a small block, 8 KiB + 1 takes 3
  * pages), ever appears: not from a shrink, nor a cut, nor a chunk's tail. */
 Test(span, no_span_smaller_than_the_smallest_request) {
