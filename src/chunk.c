@@ -201,7 +201,9 @@ static void *pool_take(uintptr_t want, bool hold, int *slot) {
 size_t ta_chunk_pool_trim_brk(void) {
   size_t n = 0;
   while (atomic_load_explicit(&pool_count, memory_order_relaxed) != 0) {
+    ta_brk_lock(); /* a look only: ta_brk_shrink_top moves it, under the lock again */
     char *cur = ta_os_brk_get();
+    ta_brk_unlock();
     if (cur == (void *)-1 || cur == NULL || ((uintptr_t)cur & TA_CHUNK_MASK) != 0) break;
     ta_chunk_t *top = (ta_chunk_t *)(cur - TA_CHUNK_SIZE);
     int slot;
