@@ -13,7 +13,7 @@
  *                       from the arena's medium heap; 0 or 1: runs from the first block)
  *   span_min_kb:N       once the process has had 8 threads at once, requests from N KiB to
  *                       64 pages (256 KiB) are spans of whole pages in a heap all threads
- *                       share (span.c; 8..1024, default 8, at least 2 pages; 0: none, the
+ *                       share (span.c; 8..32, default 8, at least 2 pages; 0: none, the
  *                       thread's medium heap serves them)
  *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
  *   huge_pages:BOOL     ask for transparent huge pages on huge blocks
@@ -168,7 +168,9 @@ static void apply(const char *e, size_t n) {
     if (parse_uint(v, vn, 65535, &x)) ta_run_threshold = (uint32_t)x;
     else warn("bad value", e, n);
   } else if (eq(e, kn, "span_min_kb")) {
-    if (parse_uint(v, vn, 1024, &x) && (x == 0 || x >= 8)) ta_conf_span_min_kb = (uint32_t)x;
+    /* At most 32: from 33 KiB (9 pages of 4 KiB) some page count under twice the smallest
+     * span is no class's, and a free span of it could be neither taken nor cut (span.c). */
+    if (parse_uint(v, vn, 32, &x) && (x == 0 || x >= 8)) ta_conf_span_min_kb = (uint32_t)x;
     else warn("bad value", e, n);
   } else if (eq(e, kn, "huge_cache_mb")) {
     if (parse_uint(v, vn, 1u << 20, &x)) ta_huge_cache_limit = (size_t)x << 20;

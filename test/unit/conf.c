@@ -71,7 +71,7 @@ Test(conf, bad_values_warn_and_leave_the_setting_alone) {
                        "decay_ms:",      "huge_cache_mb:1e3", "stats:maybe",
                        "huge_pages:2",   "stats_format:xml",  "decay_ms",
                        "stats_interval_ms:0", "run_threshold:65536", "run_threshold:x",
-                       "span_min_kb:7",  "span_min_kb:1025", "span_min_kb:"};
+                       "span_min_kb:7",  "span_min_kb:33", "span_min_kb:1025", "span_min_kb:"};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     char *err = apply_captured(bad[i]);
     cr_assert_eq(lines(err), 1, "'%s' gave: %s", bad[i], err);

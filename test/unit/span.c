@@ -511,9 +511,9 @@ Test(span, no_new_chunk_gives_null_and_enomem_and_loses_nothing) {
 }
 
 Test(span, the_setting_chooses_the_smallest_span) {
-  ta_conf_apply("span_min_kb:64");
-  void *a = ta_malloc(60000);
-  void *b = ta_malloc(65536);
+  ta_conf_apply("span_min_kb:32");
+  void *a = ta_malloc(30000);
+  void *b = ta_malloc(32768);
   cr_assert_eq(ta_map_get((uintptr_t)a), TA_MAP_MEDIUM);
   cr_assert_eq(ta_map_get((uintptr_t)b), TA_MAP_SPAN);
   ta_free(a);
