@@ -146,11 +146,10 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
        * (chunk.c), which any arena takes from. (No statistics reader can reach it: unlinked,
        * and none was walking.) What may still be resident: all of it, or, decommitted before,
        * the header's page and the shadow pointer's (kept then, had it a shadow). */
+      size_t shadow_end = ta_align_up(TA_SHADOW_OFFSET + sizeof(uint16_t *), ta_page_size);
       int slot = may_unmap && from_brk ? ta_chunk_pool_reserve() : -1;
       if (slot >= 0) {
-        size_t left = resident ? TA_CHUNK_SIZE
-                               : ta_align_up(TA_SHADOW_OFFSET + sizeof(uint16_t *), ta_page_size);
-        if (ta_os_decommit(c, left) == 0) {
+        if (ta_os_decommit(c, resident ? TA_CHUNK_SIZE : shadow_end) == 0) {
           ta_chunk_pool_put(slot, c);
           if (resident) freed += TA_CHUNK_SIZE;
           /* Another purge may have taken the chunk above away before this one was in the pool. */
@@ -162,10 +161,9 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
       /* The first page stays on the list: the header, which keeps the chunk there; and the
        * next too (with 4 KiB pages) while it holds a small chunk's shadow pointer (a statistics
        * reader kept the chunk from being unmapped). Zero pages read as no shadow. */
-      size_t keep = ta_align_up(c->kind == TA_MAP_SMALL && ta_shadow_get(c) != NULL
-                                    ? TA_SHADOW_OFFSET + sizeof(uint16_t *)
-                                    : sizeof(ta_run_t[TA_RUNS_PER_CHUNK]),
-                                ta_page_size);
+      size_t keep = c->kind == TA_MAP_SMALL && ta_shadow_get(c) != NULL
+                        ? shadow_end
+                        : ta_align_up(sizeof(ta_run_t[TA_RUNS_PER_CHUNK]), ta_page_size);
       TA_PUBLISH(*pp, c); /* stays: decommitted, kept for reuse */
       if (!c->decommitted && ta_os_decommit((char *)c + keep, TA_CHUNK_SIZE - keep) == 0) {
         TA_STORE(c->decommitted, 1);
