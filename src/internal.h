@@ -484,6 +484,7 @@ TA_HIDDEN int ta_os_hugepage(void *p, size_t size, bool on); /* MADV_(NO)HUGEPAG
 TA_HIDDEN int ta_os_thp_mode(void); /* TA_THP_*: the kernel's setting, read once */
 TA_HIDDEN uint64_t ta_os_now_ms(void);
 TA_HIDDEN unsigned ta_os_ncpu(void);
+TA_HIDDEN unsigned ta_os_cpu(void); /* the CPU running the thread now: a hint, 0 if unknown */
 TA_HIDDEN bool ta_os_thread_runs(uint32_t tid);
 TA_HIDDEN unsigned ta_os_runnable(void);
 /* A detached thread with every signal blocked and a small stack; 0 on success. */
@@ -519,6 +520,7 @@ TA_INLINE bool ta_unmap_allowed(void) {
 void ta_os_fail(unsigned mask, unsigned skip, unsigned count);
 uint64_t ta_os_calls(unsigned mask);
 void ta_os_thp_mode_force(int mode);
+void ta_os_cpu_force(int cpu); /* -1: the real CPU again */
 TA_HIDDEN void ta_brk_lock(void);
 TA_HIDDEN void ta_brk_unlock(void);
 TA_HIDDEN void ta_brk_reset_after_fork(void);

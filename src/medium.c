@@ -184,7 +184,8 @@ static void mix_add(mix_t *m, mage_t g) {
 }
 
 static mage_t mix_age(const mix_t *m) {
-  mage_t g = {m->weight ? m->now - m->weighted / m->weight : m->now, m->weight, 0};
+  /* weighted is 0 when every part is fresh (or given back): no division then */
+  mage_t g = {m->weighted ? m->now - m->weighted / m->weight : m->now, m->weight, 0};
   return g;
 }
 
@@ -414,16 +415,20 @@ static ta_mhdr_t *prev_checked(ta_mhdr_t *h) {
 }
 
 void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
-  size_t s = M_SIZE(h);
-  mix_t m = {ta_os_now_ms(), 0, 0}; /* the merged block's past (mix_t) */
-  mix_add(&m, (mage_t){m.now, s, 0});
+  size_t s = M_SIZE(h), freed = s;
+  /* The free neighbours' pasts, taken before they merge; since 0 is "now" (a block under
+   * 16 KiB keeps no time, age_of). They are mixed, and the clock read, only for a merged
+   * block that keeps a time of its own or is a top (make_free, top_trim): most frees of
+   * small and mid-sized blocks need neither. */
+  mage_t near[2];
+  unsigned nn = 0;
   /* A remote free left a mark and an encoded link: both would outlive a merge, inside a
    * larger free block that is later handed out, and give the keys away. */
   ((ta_block_t *)(h + 1))->key = 0;
   ((ta_block_t *)(h + 1))->link = 0;
   ta_mhdr_t *n = next_checked(h);
   if (!(n->size_flags & TA_M_INUSE)) {
-    mix_add(&m, age_of(n, m.now));
+    near[nn++] = age_of(n, 0);
     bin_remove(a, n);
     s += M_SIZE(n);
     forget_merged(n);
@@ -432,7 +437,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   if (h->size_flags & TA_M_PREV_FREE) {
     ta_mhdr_t *p = prev_checked(h);
     size_t ps = M_SIZE(p);
-    mix_add(&m, age_of(p, m.now));
+    near[nn++] = age_of(p, 0);
     bin_remove(a, p);
     forget_hdr(h);
     h = p;
@@ -440,16 +445,28 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
     TA_ADD(a->cnt.merges, 1);
   }
   ta_chunk_t *c = ta_chunk_of(h);
-  if ((char *)h == (char *)c + TA_MEDIUM_HDR &&
-      (char *)h + s == (char *)c + TA_MEDIUM_END &&
+  bool top = (char *)h + s == (char *)c + TA_MEDIUM_END;
+  if ((char *)h == (char *)c + TA_MEDIUM_HDR && top &&
       (a->medium_chunks != c || c->next != NULL)) {
     /* The whole chunk is free and the arena has another: let the chunk go. */
     forget_hdr(h);
     medium_chunk_free(a, c);
     return;
   }
-  make_free(a, h, s, mix_age(&m), true);
-  if ((char *)h + s == (char *)c + TA_MEDIUM_END) top_trim(c, h, m.now);
+  mage_t g = {0, s, 0}; /* a block under 16 KiB: make_free keeps no past */
+  uint64_t now = 0;
+  if (s >= TA_MEDIUM_PURGE_MIN || top) {
+    now = ta_os_now_ms();
+    mix_t m = {now, 0, 0}; /* the merged block's past (mix_t) */
+    mix_add(&m, (mage_t){now, freed, 0});
+    for (unsigned i = 0; i < nn; i++) {
+      if (near[i].since == 0) near[i].since = now;
+      mix_add(&m, near[i]);
+    }
+    g = mix_age(&m);
+  }
+  make_free(a, h, s, g, true);
+  if (top) top_trim(c, h, now);
 }
 
 /* Lets go of the chunks that hold no block at all, the arena's last one included (a full

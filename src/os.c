@@ -25,6 +25,7 @@
  *                           (it has exited); false when it lives or when in doubt.
  *   ta_os_thread_start(fn)  a detached thread, every signal blocked (the purger).
  *   ta_os_futex_wait/wake   sleep on a word with a time limit; wake a sleeper.
+ *   ta_os_cpu()             the CPU the thread runs on now, a hint (0 when unknown).
  * None of these allocate, print or take any lock but the break lock. errno is preserved.
  *
  * Also here, as every layer above waits on them: the break lock, and the wait of an
@@ -34,7 +35,8 @@
  * in mask fail after `skip` more successes (used by test/unit to inject ENOMEM);
  * ta_os_calls(mask) counts the system calls made for the operations in mask (relaxed
  * increments, so that tests can assert how many a path makes); ta_os_thp_mode_force sets
- * the mode the allocator believes in.
+ * the mode the allocator believes in; ta_os_cpu_force(cpu) the CPU it believes it runs on
+ * (-1: the real one again).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -474,6 +476,16 @@ bool ta_os_thread_runs(uint32_t tid) {
   if (read_kernel_file(path, buf, sizeof buf) <= 0) return false;
   const char *end = strrchr(buf, ')'); /* the name may hold spaces and parentheses */
   return end != NULL && end[1] == ' ' && end[2] == 'R';
+}
+
+/* The CPU the thread runs on (it may move at once: a hint), 0 when unknown. glibc reads it
+ * from the thread's restartable-sequence area: a few nanoseconds, no system call. */
+static _Atomic int cpu_forced = -1; /* a test's CPU, or -1 */
+void ta_os_cpu_force(int cpu) { atomic_store(&cpu_forced, cpu); }
+unsigned ta_os_cpu(void) {
+  int c = atomic_load_explicit(&cpu_forced, memory_order_relaxed);
+  if (c < 0) c = sched_getcpu();
+  return c < 0 ? 0 : (unsigned)c;
 }
 
 uint64_t ta_os_now_ms(void) {

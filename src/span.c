@@ -16,13 +16,15 @@
  * heap; with 256 threads on 2 CPUs the busy phase of the pool workload peaked at 1.8 times
  * its live bytes with spans, against 3.0 with these sizes in each thread's medium heap.
  *
- * Bins come in two sets: DIRTY spans were freed and are resident, CLEAN spans are not (given
- * back after the decay time, or fresh from the kernel). A request is rounded to its size
- * class (8 per doubling) and that to pages, and takes, in order: a dirty span of that page
- * count, a clean one, a larger clean span cut to size (the rest goes back to its bin, and is
- * never less than the smallest span, which no request could take), fresh pages from the
- * current chunk. Spans never merge: a free span is reused whole or
- * cut; clean spans cost address space, not memory.
+ * Bins come in sets: DIRTY spans were freed and are resident, CLEAN spans are not (given
+ * back after the decay time, or fresh from the kernel). Each CPU group (the CPU a thread runs
+ * on, modulo SHARDS) has a dirty set of its own, so that a span freed on a CPU is taken again
+ * there, its lines still in that CPU's cache; the clean set is one. A request is rounded to
+ * its size class (8 per doubling) and that to pages, and takes, in order: a dirty span of
+ * that page count from its CPU's set, then from another's, a clean one, a larger clean span
+ * cut to size (the rest goes back to its bin, and is never less than the smallest span, which
+ * no request could take), fresh pages from the current chunk. Spans never merge: a free span
+ * is reused whole or cut; clean spans cost address space, not memory.
  *
  * A bin's head is the address of its first span with a tag in bits the address never uses
  * (the 12 below a page, those above the user address space: 24 to 29), bumped by every change: a pop that read
@@ -42,7 +44,11 @@
 #define STATE_SHIFT 16
 #define PAGES_MASK ((uint32_t)0xffff)
 enum { S_NONE = 0, S_LIVE = TA_SPAN_LIVE, S_DIRTY = TA_SPAN_DIRTY, S_CLEAN = TA_SPAN_CLEAN };
-enum { DIRTY = 0, CLEAN = 1 };
+/* Sets of bins: the dirty ones of each CPU group, then the one clean set (see "Bins"). */
+#define SHARDS 8
+#define CLEAN SHARDS
+#define SETS (SHARDS + 1)
+_Static_assert((SHARDS & (SHARDS - 1)) == 0, "a power of two");
 
 #define BINS (TA_SPAN_MAX_PAGES + 1)
 #define HINT_WORDS ((BINS + 63) / 64)
@@ -57,11 +63,12 @@ typedef struct {
  * at a time: one read-modify-write of the bin's own cache line, which its push or pop has
  * just written, instead of one of a line every CPU writes (that shared counter took 8% of
  * the wall time of 16 threads replacing blocks of up to 32 KiB). The count is off by at most
- * 15 pages a bin, 3.9 MiB with 4 KiB pages: the budget's precision. */
+ * 15 pages a bin, 3.9 MiB a set with 4 KiB pages, times the sets in use: the budget's
+ * precision. */
 #define PENDING_BATCH 16
 
-static bin_t bins[2][BINS];
-static _Atomic uint64_t hint[2][HINT_WORDS]; /* bins that may hold a span (set on a push) */
+static bin_t bins[SETS][BINS];
+static _Atomic uint64_t hint[SETS][HINT_WORDS]; /* bins that may hold a span (set on a push) */
 static _Atomic uintptr_t bump;  /* current chunk | its first page not yet handed out */
 
 _Atomic size_t ta_span_chunks; /* span chunks taken from the kernel (not the pool) */
@@ -191,8 +198,8 @@ static void *take_all(unsigned set, size_t n) {
   return head_addr(h);
 }
 
-static void count_dirty(size_t bin, intptr_t pages) {
-  _Atomic int32_t *pending = &bins[DIRTY][bin].pending;
+static void count_dirty(unsigned set, size_t bin, intptr_t pages) {
+  _Atomic int32_t *pending = &bins[set][bin].pending;
   int32_t now = atomic_fetch_add_explicit(pending, (int32_t)pages, memory_order_relaxed) + (int32_t)pages;
   /* Whoever moves the batch takes it out of the bin first: the bins' pending pages and the
    * count add up to the true figure, but for a moment. */
@@ -205,7 +212,7 @@ static void count_dirty(size_t bin, intptr_t pages) {
 /* Frees span p of n pages (its entry already says so) into its bin. */
 static void put(unsigned set, void *p, size_t n) {
   push_chain(set, n, p, p);
-  if (set == DIRTY) count_dirty(n, (intptr_t)n);
+  if (set != CLEAN) count_dirty(set, n, (intptr_t)n);
 }
 
 /* ---------------------------------------------------------------- fresh pages */
@@ -293,17 +300,17 @@ static void *take_larger(unsigned set, size_t n, bool *zeroed) {
         hint_set(set, (size_t)m);
       continue;
     }
-    if (set == DIRTY) count_dirty((size_t)m, -(intptr_t)m);
+    if (set != CLEAN) count_dirty(set, (size_t)m, -(intptr_t)m);
     void *rest = (char *)p + (n << page_shift);
     ta_spage_t *e = entry_of(p), *r = entry_of(rest);
     /* p's entry first: a statistics walk never sees two spans over the same pages. */
     atomic_store_explicit(&e->info, info(S_LIVE, n), memory_order_relaxed);
     uint32_t stamp = TA_LOAD(e->word);
     TA_STORE(r->word, stamp);
-    atomic_store_explicit(&r->info, info(set == DIRTY ? S_DIRTY : S_CLEAN, (size_t)m - n),
+    atomic_store_explicit(&r->info, info(set != CLEAN ? S_DIRTY : S_CLEAN, (size_t)m - n),
                           memory_order_relaxed);
     put(set, rest, (size_t)m - n);
-    if (set == DIRTY) /* a purge may have passed its bin already: its due time, again */
+    if (set != CLEAN) /* a purge may have passed its bin already: its due time, again */
       ta_purge_note_global(&ta_span_due, ta_os_now_ms() + ta_decay_ms);
     *zeroed = set == CLEAN;
     return p;
@@ -313,19 +320,39 @@ static void *take_larger(unsigned set, size_t n, bool *zeroed) {
 
 size_t ta_span_usable_for(size_t size) { return span_pages(size) << page_shift; }
 
+/* The dirty set of the CPU the thread runs on. */
+static unsigned here(void) { return ta_os_cpu() & (SHARDS - 1); }
+
+/* A dirty span of n pages: from the set `at`, else from another CPU group's whose hint says
+ * it may hold one (most sets are never used where there are few CPUs). */
+static void *pop_dirty(unsigned at, size_t n) {
+  uint64_t bit = (uint64_t)1 << (n & 63);
+  for (unsigned i = 0; i < SHARDS; i++) {
+    unsigned set = (at + i) & (SHARDS - 1);
+    if (i != 0 && !(atomic_load_explicit(&hint[set][n >> 6], memory_order_relaxed) & bit)) continue;
+    void *p = pop(set, n);
+    if (p != NULL) {
+      count_dirty(set, n, -(intptr_t)n);
+      return p;
+    }
+  }
+  return NULL;
+}
+
 void *ta_span_alloc(size_t size, bool *zeroed) {
   size_t n = span_pages(size);
-  void *p = pop(DIRTY, n);
+  unsigned at = here();
+  void *p = pop_dirty(at, n);
   *zeroed = false;
   if (p != NULL) {
-    count_dirty(n, -(intptr_t)n);
   } else if ((p = pop(CLEAN, n)) != NULL) {
     *zeroed = true;
   } else if ((p = take_larger(CLEAN, n, zeroed)) == NULL) {
     p = carve(n);
     if (p != NULL) *zeroed = true;
     /* No new chunk (ENOMEM): a resident span of a larger class, cut, rather than fail. */
-    else if ((p = take_larger(DIRTY, n, zeroed)) == NULL) return NULL;
+    for (unsigned i = 0; p == NULL && i < SHARDS; i++) p = take_larger((at + i) & (SHARDS - 1), n, zeroed);
+    if (p == NULL) return NULL;
   }
   ta_spage_t *e = entry_of(p);
   TA_STORE(e->word, 0); /* live: the requested size, for the statistics */
@@ -369,7 +396,7 @@ bool ta_span_free(void *p) {
     ta_fatal("free(): double free of pointer", p);
   uint64_t now = ta_os_now_ms();
   TA_STORE(e->word, (uint32_t)now);
-  put(DIRTY, p, v & PAGES_MASK);
+  put(here(), p, v & PAGES_MASK);
   /* After the push (seq_cst), as a purge takes the bins after clearing the due time: one of
    * the two sees the other. */
   if (atomic_load_explicit(&ta_span_due, memory_order_seq_cst) != 0) return false;
@@ -389,7 +416,7 @@ void ta_span_shrink(void *p, size_t size) {
   atomic_store_explicit(&e->info, info(S_LIVE, keep), memory_order_relaxed); /* p's first */
   TA_STORE(r->word, (uint32_t)now);
   atomic_store_explicit(&r->info, info(S_DIRTY, n - keep), memory_order_relaxed);
-  put(DIRTY, rest, n - keep);
+  put(here(), rest, n - keep);
   if (atomic_load_explicit(&ta_span_due, memory_order_seq_cst) == 0)
     ta_purge_note_global(&ta_span_due, now + ta_decay_ms);
 }
@@ -419,9 +446,12 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
    * fence between the exchange and the loads of the bins. Every bin is looked at, not only
    * those whose hint is set: a bin may hold spans while a taker clears and rechecks it. */
   atomic_thread_fence(memory_order_seq_cst);
-  for (size_t n = 1; n <= TA_SPAN_MAX_PAGES; n++) {
-    if (head_addr(atomic_load_explicit(&bins[DIRTY][n].head, memory_order_relaxed)) == NULL) continue;
-    void *p = take_all(DIRTY, n);
+  for (unsigned k = 0; k < SHARDS * BINS; k++) { /* every dirty set's bins */
+    unsigned set = k / BINS;
+    size_t n = k % BINS;
+    if (n == 0 || head_addr(atomic_load_explicit(&bins[set][n].head, memory_order_relaxed)) == NULL)
+      continue;
+    void *p = take_all(set, n);
     if (p == NULL) continue;
     void *keep = NULL, *keep_last = NULL, *gone = NULL;
     size_t bytes = (size_t)n << page_shift, count = 0;
@@ -446,7 +476,7 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
       }
       p = following;
     }
-    if (keep) push_chain(DIRTY, (size_t)n, keep, keep_last);
+    if (keep) push_chain(set, (size_t)n, keep, keep_last);
     /* Then the system calls, on spans no other thread can reach. */
     void *clean = NULL, *clean_last = NULL;
     for (p = gone; p != NULL;) {
@@ -460,13 +490,13 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
         if (clean == NULL) clean_last = p;
         clean = p;
       } else {
-        push_chain(DIRTY, (size_t)n, p, p); /* the kernel refused: resident, counted still */
+        push_chain(set, (size_t)n, p, p); /* the kernel refused: resident, counted still */
         next = next == 0 || now + horizon < next ? now + horizon : next;
       }
       p = following;
     }
     if (count) {
-      count_dirty(n, -(intptr_t)(count * n));
+      count_dirty(set, n, -(intptr_t)(count * n));
       freed += count * bytes;
       push_chain(CLEAN, (size_t)n, clean, clean_last);
     }
@@ -482,14 +512,14 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
  * resident spans is made again from what the bins hold, and their due time noted. */
 void ta_span_after_fork(void) {
   size_t bytes = 0;
-  for (unsigned set = DIRTY; set <= CLEAN; set++)
+  for (unsigned set = 0; set < SETS; set++)
     for (size_t n = 1; n <= TA_SPAN_MAX_PAGES; n++) {
       void *p = head_addr(atomic_load(&bins[set][n].head));
       if (p != NULL) hint_set(set, n); /* a parent's thread may have been before setting it */
-      for (; set == DIRTY && p; p = (void *)atomic_load_explicit(&entry_of(p)->next, memory_order_relaxed))
+      for (; set != CLEAN && p; p = (void *)atomic_load_explicit(&entry_of(p)->next, memory_order_relaxed))
         bytes += n << page_shift;
+      atomic_store(&bins[set][n].pending, 0);
     }
-  for (size_t n = 1; n <= TA_SPAN_MAX_PAGES; n++) atomic_store(&bins[DIRTY][n].pending, 0);
   atomic_store(&ta_span_dirty, bytes);
   atomic_store(&ta_span_due, bytes ? ta_os_now_ms() + ta_decay_ms : 0);
 }

@@ -263,6 +263,37 @@ Test(span, malloc_trim_gives_every_free_span_back_at_once) {
   cr_assert_eq(atomic_load(&ta_span_dirty), 0);
 }
 
+/* A freed span waits in the bins of the CPU group its freer ran on: a thread takes from its
+ * own CPU's bins first, then from another's, before a clean span or new pages. */
+Test(span, a_thread_takes_its_own_cpus_spans_first_then_another_cpus) {
+  char *p = ta_malloc(64 * KIB), *q = ta_malloc(64 * KIB);
+  memset(p, 7, 64 * KIB);
+  memset(q, 9, 64 * KIB);
+  size_t chunks = atomic_load(&ta_span_chunks);
+  ta_os_cpu_force(2);
+  ta_free(q);
+  ta_os_cpu_force(1);
+  ta_free(p); /* the last freed: one stack for all would hand it out first */
+  cr_assert_eq(atomic_load(&ta_span_dirty), 2 * 64 * KIB);
+  ta_os_cpu_force(2);
+  char *a = ta_malloc(64 * KIB);
+  cr_assert_eq(a, q, "CPU 2 takes the span it freed, not CPU 1's");
+  char *b = ta_malloc(64 * KIB);
+  cr_assert_eq(b, p, "then CPU 1's, before new pages");
+  cr_assert_eq(b[100], 7, "resident as it was left");
+  cr_assert_eq(atomic_load(&ta_span_dirty), 0);
+  cr_assert_eq(atomic_load(&ta_span_chunks), chunks, "no new chunk");
+  ta_free(a);
+  ta_os_cpu_force(6);
+  ta_free(b);
+  /* A purge and malloc_trim see every CPU's bins. */
+  cr_assert_eq(ta_malloc_trim(0), 1);
+  cr_assert_eq(resident_pages(a, 64 * KIB), 0);
+  cr_assert_eq(resident_pages(b, 64 * KIB), 0);
+  cr_assert_eq(atomic_load(&ta_span_dirty), 0);
+  ta_os_cpu_force(-1);
+}
+
 /* Free spans have a budget of their own, dirty_max_kb; beyond it, what was freed half, an
  * eighth, a 32nd of a decay time ago goes back at once — never what was freed just now. */
 Test(span, beyond_their_budget_the_oldest_spans_go_back_at_once) {
