@@ -74,22 +74,29 @@ static void draw_keys(void) {
   ta_keys.unlink = inv;
 }
 
+/* 0: nobody initialises; else the process id of the thread that does (ta_init). */
+_Atomic uint32_t ta_init_claimed;
+
 /* One thread initialises: it maps the granule map, writes the secret once, and what differs
  * between the libraries (chunks from the break or not: chunk.c), then publishes with a
- * release store; any other thread arriving meanwhile waits the few microseconds that takes.
- * False when the map cannot be mapped (no memory): the next call tries again. */
+ * release store; any other thread arriving meanwhile waits the few microseconds that takes
+ * (reading the huge page size from sysfs among them). A fork child whose parent had a thread
+ * at it when the process forked would wait for ever for a thread it does not have: the claim
+ * names its process, and a thread of another process's claim takes it over (nothing was
+ * published: every step is done again, and each can be). False when the map cannot be mapped
+ * (no memory): the next call tries again. */
 bool ta_init(const ta_library_t *lib) {
   if (TA_LIKELY(__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE))) return true;
   /* malloc's fast path finds the sentinel run's list empty because NULL is not in the
    * sentinel's 4 MiB granule: true unless the library itself lies in the first 4 MiB. */
   if (((uintptr_t)&ta_empty_run >> TA_CHUNK_SHIFT) == 0)
     ta_fatal("init: the library lies below 4 MiB, which is not supported, at", &ta_empty_run);
-  static _Atomic int claimed; /* 0: nobody, 1: a thread is initialising */
+  uint32_t me = ta_os_getpid();
   for (;;) {
-    int expected = 0;
-    if (atomic_compare_exchange_strong(&claimed, &expected, 1)) {
+    uint32_t expected = 0;
+    if (atomic_compare_exchange_strong(&ta_init_claimed, &expected, me)) {
       if (!ta_map_init()) {
-        atomic_store(&claimed, 0);
+        atomic_store(&ta_init_claimed, 0);
         return false;
       }
       ta_conf_init();
@@ -101,8 +108,14 @@ bool ta_init(const ta_library_t *lib) {
       __atomic_store_n(&ta_initialized, true, __ATOMIC_RELEASE);
       return true;
     }
-    while (atomic_load(&claimed) == 1 && !__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE))
+    while ((expected = atomic_load(&ta_init_claimed)) != 0 &&
+           !__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE)) {
+      if (expected != me) { /* the parent's: released, then claimed above */
+        atomic_compare_exchange_strong(&ta_init_claimed, &expected, 0);
+        break;
+      }
       sched_yield();
+    }
     if (__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE)) return true;
   }
 }

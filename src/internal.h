@@ -484,7 +484,9 @@ TA_HIDDEN int ta_os_hugepage(void *p, size_t size, bool on); /* MADV_(NO)HUGEPAG
 TA_HIDDEN int ta_os_thp_mode(void); /* TA_THP_*: the kernel's setting, read once */
 TA_HIDDEN uint64_t ta_os_now_ms(void);
 TA_HIDDEN unsigned ta_os_ncpu(void);
-TA_HIDDEN unsigned ta_os_cpu(void); /* the CPU running the thread now: a hint, 0 if unknown */
+/* The CPU running the thread, as its rank among those the process may run on (below
+ * ta_os_ncpu()): a hint, 0 if unknown. */
+TA_HIDDEN unsigned ta_os_cpu(void);
 TA_HIDDEN bool ta_os_thread_runs(uint32_t tid);
 TA_HIDDEN unsigned ta_os_runnable(void);
 /* A detached thread with every signal blocked and a small stack; 0 on success. */
@@ -861,6 +863,7 @@ TA_INLINE void ta_remote_collect(ta_arena_t *a) {
     ta_remote_collect_slow(a);
 }
 TA_HIDDEN bool ta_init(const ta_library_t *lib); /* false: no memory for the map */
+TA_HIDDEN extern _Atomic uint32_t ta_init_claimed; /* the initialising thread's process id */
 TA_HIDDEN extern bool ta_initialized;
 
 /* The slow-path lock (see ta_arena_t.slow; its tag and wait are in os.c, as small.c and

@@ -25,7 +25,8 @@
  *                           (it has exited); false when it lives or when in doubt.
  *   ta_os_thread_start(fn)  a detached thread, every signal blocked (the purger).
  *   ta_os_futex_wait/wake   sleep on a word with a time limit; wake a sleeper.
- *   ta_os_cpu()             the CPU the thread runs on now, a hint (0 when unknown).
+ *   ta_os_cpu()             the CPU the thread runs on, as a rank among those the process may
+ *                           run on (below ta_os_ncpu()); a hint, 0 when unknown.
  * None of these allocate, print or take any lock but the break lock. errno is preserved.
  *
  * Also here, as every layer above waits on them: the break lock, and the wait of an
@@ -35,7 +36,7 @@
  * in mask fail after `skip` more successes (used by test/unit to inject ENOMEM);
  * ta_os_calls(mask) counts the system calls made for the operations in mask (relaxed
  * increments, so that tests can assert how many a path makes); ta_os_thp_mode_force sets
- * the mode the allocator believes in; ta_os_cpu_force(cpu) the CPU it believes it runs on
+ * the mode the allocator believes in; ta_os_cpu_force(rank) the CPU it believes it runs on
  * (-1: the real one again).
  */
 #define _GNU_SOURCE
@@ -478,14 +479,53 @@ bool ta_os_thread_runs(uint32_t tid) {
   return end != NULL && end[1] == ' ' && end[2] == 'R';
 }
 
-/* The CPU the thread runs on (it may move at once: a hint), 0 when unknown. glibc reads it
- * from the thread's restartable-sequence area: a few nanoseconds, no system call. */
-static _Atomic int cpu_forced = -1; /* a test's CPU, or -1 */
+/* The CPU the thread runs on, as its rank among the CPUs the process may run on (0 ..
+ * ta_os_ncpu() - 1), so that CPUs numbered close together get close ranks whatever ids a
+ * cpuset leaves. A hint: the thread may move at once. It is read again every 16 calls:
+ * sched_getcpu reads the thread's restartable-sequence area where glibc registered one (a few
+ * nanoseconds), but is a system call on arm64 without it. errno is kept; a failure makes it 0
+ * from then on. */
+#define CPU_IDS 1024 /* ranks kept for CPU ids below this; above, the id modulo the count */
+static _Atomic uint16_t cpu_rank[CPU_IDS];
+static _Atomic bool cpu_ranked, cpu_unknown;
+static _Atomic int cpu_forced = -1; /* a test's CPU (its rank), or -1 */
+static __thread uint32_t tl_cpu __attribute__((tls_model("initial-exec")));
+static __thread uint8_t tl_cpu_uses __attribute__((tls_model("initial-exec")));
+
 void ta_os_cpu_force(int cpu) { atomic_store(&cpu_forced, cpu); }
+
+static void rank_cpus(void) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return; /* ids modulo the count, then */
+  unsigned rank = 0;
+  for (unsigned id = 0; id < CPU_IDS && id < CPU_SETSIZE; id++)
+    if (CPU_ISSET(id, &set)) atomic_store_explicit(&cpu_rank[id], (uint16_t)rank++, memory_order_relaxed);
+  atomic_store_explicit(&cpu_ranked, true, memory_order_release);
+}
+
 unsigned ta_os_cpu(void) {
-  int c = atomic_load_explicit(&cpu_forced, memory_order_relaxed);
-  if (c < 0) c = sched_getcpu();
-  return c < 0 ? 0 : (unsigned)c;
+  int f = atomic_load_explicit(&cpu_forced, memory_order_relaxed);
+  if (TA_UNLIKELY(f >= 0)) return (unsigned)f;
+  if (tl_cpu_uses-- != 0) return tl_cpu;
+  tl_cpu_uses = 15;
+  unsigned rank = 0;
+  if (!atomic_load_explicit(&cpu_unknown, memory_order_relaxed)) {
+    int saved = errno, id = sched_getcpu();
+    errno = saved;
+    unsigned n = ta_os_ncpu();
+    if (id < 0) {
+      atomic_store_explicit(&cpu_unknown, true, memory_order_relaxed);
+    } else {
+      if (!atomic_load_explicit(&cpu_ranked, memory_order_acquire)) rank_cpus();
+      rank = (unsigned)id < CPU_IDS && atomic_load_explicit(&cpu_ranked, memory_order_acquire)
+                 ? atomic_load_explicit(&cpu_rank[id], memory_order_relaxed)
+                 : (unsigned)id % n;
+      if (rank >= n) rank %= n; /* the affinity changed since */
+    }
+  }
+  tl_cpu = rank;
+  return rank;
 }
 
 uint64_t ta_os_now_ms(void) {

@@ -17,9 +17,9 @@
  * its live bytes with spans, against 3.0 with these sizes in each thread's medium heap.
  *
  * Bins come in sets: DIRTY spans were freed and are resident, CLEAN spans are not (given
- * back after the decay time, or fresh from the kernel). Each CPU group (the CPU a thread runs
- * on, modulo SHARDS) has a dirty set of its own, so that a span freed on a CPU is taken again
- * there, its lines still in that CPU's cache; the clean set is one. A request is rounded to
+ * back after the decay time, or fresh from the kernel). Each group of CPUs (here()) has a
+ * dirty set of its own, so that a span freed on a CPU is taken again there, its lines still in
+ * that CPU's cache; the clean set is one. A request is rounded to
  * its size class (8 per doubling) and that to pages, and takes, in order: a dirty span of
  * that page count from its CPU's set, then from another's, a clean one, a larger clean span
  * cut to size (the rest goes back to its bin, and is never less than the smallest span, which
@@ -63,12 +63,16 @@ typedef struct {
  * at a time: one read-modify-write of the bin's own cache line, which its push or pop has
  * just written, instead of one of a line every CPU writes (that shared counter took 8% of
  * the wall time of 16 threads replacing blocks of up to 32 KiB). The count is off by at most
- * 15 pages a bin, 3.9 MiB a set with 4 KiB pages, times the sets in use: the budget's
- * precision. */
+ * 15 pages a bin and set; only bins of under 16 pages keep a remainder: under 1 MiB a set with
+ * 4 KiB pages, times the sets in use, between two purges, each of which moves every bin's
+ * batch into the count. */
 #define PENDING_BATCH 16
 
 static bin_t bins[SETS][BINS];
-static _Atomic uint64_t hint[SETS][HINT_WORDS]; /* bins that may hold a span (set on a push) */
+/* Bins that may hold a span (set on a push), a cache line a set: a set's bits change as its
+ * bins empty and fill, on its own CPUs. */
+static _Alignas(64) _Atomic uint64_t hint[SETS][64 / sizeof(uint64_t)];
+_Static_assert(HINT_WORDS <= 64 / sizeof(uint64_t), "a set's hint bits in one line");
 static _Atomic uintptr_t bump;  /* current chunk | its first page not yet handed out */
 
 _Atomic size_t ta_span_chunks; /* span chunks taken from the kernel (not the pool) */
@@ -160,6 +164,16 @@ static void hint_set(unsigned set, size_t n) {
   uint64_t bit = (uint64_t)1 << (n & 63);
   if (!(atomic_load_explicit(&hint[set][n >> 6], memory_order_seq_cst) & bit))
     atomic_fetch_or_explicit(&hint[set][n >> 6], bit, memory_order_seq_cst);
+}
+
+/* Bin n of `set` was found empty: its bit is cleared, then the bin looked at again, in case a
+ * push came in between (its hint_set may have come before the clear). */
+static void hint_clear(unsigned set, size_t n) {
+  uint64_t bit = (uint64_t)1 << (n & 63);
+  if (!(atomic_load_explicit(&hint[set][n >> 6], memory_order_relaxed) & bit)) return;
+  atomic_fetch_and_explicit(&hint[set][n >> 6], ~bit, memory_order_seq_cst);
+  if (head_addr(atomic_load_explicit(&bins[set][n].head, memory_order_seq_cst)) != NULL)
+    hint_set(set, n);
 }
 
 /* Pushes the chain first..last (linked through their entries) onto bin n of `set`. */
@@ -294,10 +308,7 @@ static void *take_larger(unsigned set, size_t n, bool *zeroed) {
   for (int m = first_set(set, n + min_pages); m > 0; m = first_set(set, (size_t)m + 1)) {
     void *p = pop(set, (size_t)m);
     if (p == NULL) {
-      /* Empty: clear the hint, then look again in case a push came in between. */
-      atomic_fetch_and_explicit(&hint[set][m >> 6], ~((uint64_t)1 << (m & 63)), memory_order_seq_cst);
-      if (head_addr(atomic_load_explicit(&bins[set][m].head, memory_order_seq_cst)) != NULL)
-        hint_set(set, (size_t)m);
+      hint_clear(set, (size_t)m);
       continue;
     }
     if (set != CLEAN) count_dirty(set, (size_t)m, -(intptr_t)m);
@@ -320,8 +331,13 @@ static void *take_larger(unsigned set, size_t n, bool *zeroed) {
 
 size_t ta_span_usable_for(size_t size) { return span_pages(size) << page_shift; }
 
-/* The dirty set of the CPU the thread runs on. */
-static unsigned here(void) { return ta_os_cpu() & (SHARDS - 1); }
+/* The dirty set of the CPU the thread runs on: its rank among the process's CPUs, with up to
+ * SHARDS of them; beyond, CPUs of neighbouring ranks share a set (mostly a socket's, as CPUs
+ * are numbered), never CPUs that are SHARDS apart. */
+static unsigned here(void) {
+  unsigned n = ta_os_ncpu(), r = ta_os_cpu();
+  return (n <= SHARDS ? r : r * SHARDS / n) & (SHARDS - 1);
+}
 
 /* A dirty span of n pages: from the set `at`, else from another CPU group's whose hint says
  * it may hold one (most sets are never used where there are few CPUs). */
@@ -335,6 +351,7 @@ static void *pop_dirty(unsigned at, size_t n) {
       count_dirty(set, n, -(intptr_t)n);
       return p;
     }
+    hint_clear(set, n); /* or every miss would look at every set that ever held the class */
   }
   return NULL;
 }
@@ -449,8 +466,14 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
   for (unsigned k = 0; k < SHARDS * BINS; k++) { /* every dirty set's bins */
     unsigned set = k / BINS;
     size_t n = k % BINS;
-    if (n == 0 || head_addr(atomic_load_explicit(&bins[set][n].head, memory_order_relaxed)) == NULL)
-      continue;
+    if (n == 0) continue;
+    /* The bin's batch goes into the count now, and what this purge gives back goes there
+     * directly (below), so that the budget's check after a purge reads the true figure. */
+    _Atomic int32_t *pending = &bins[set][n].pending;
+    int32_t pend = atomic_load_explicit(pending, memory_order_relaxed);
+    if (pend != 0 && (pend = atomic_exchange_explicit(pending, 0, memory_order_relaxed)) != 0)
+      ta_dirty_add_spans((intptr_t)pend << page_shift);
+    if (head_addr(atomic_load_explicit(&bins[set][n].head, memory_order_relaxed)) == NULL) continue;
     void *p = take_all(set, n);
     if (p == NULL) continue;
     void *keep = NULL, *keep_last = NULL, *gone = NULL;
@@ -496,7 +519,7 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
       p = following;
     }
     if (count) {
-      count_dirty(set, n, -(intptr_t)(count * n));
+      ta_dirty_add_spans(-(intptr_t)(count * n) << page_shift);
       freed += count * bytes;
       push_chain(CLEAN, (size_t)n, clean, clean_last);
     }

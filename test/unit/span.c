@@ -25,6 +25,13 @@ static void spans_on(void) {
   ta_conf_span_min_kb = 16;
   ta_span_threads = 0; /* spans from the first thread on */
   ta_bg_setting = 0; /* the tests purge themselves */
+  ta_os_cpu_force(0); /* one set of dirty bins, whatever CPU the test runs on */
+}
+
+/* Makes the thread believe it runs on a CPU of dirty set s (span.c's here()). */
+static void force_set(unsigned s) {
+  unsigned n = ta_os_ncpu();
+  ta_os_cpu_force((int)(n <= 8 ? s : (s * n + 7) / 8));
 }
 
 static void nap_ms(long ms) {
@@ -270,12 +277,12 @@ Test(span, a_thread_takes_its_own_cpus_spans_first_then_another_cpus) {
   memset(p, 7, 64 * KIB);
   memset(q, 9, 64 * KIB);
   size_t chunks = atomic_load(&ta_span_chunks);
-  ta_os_cpu_force(2);
+  force_set(2);
   ta_free(q);
-  ta_os_cpu_force(1);
+  force_set(1);
   ta_free(p); /* the last freed: one stack for all would hand it out first */
   cr_assert_eq(atomic_load(&ta_span_dirty), 2 * 64 * KIB);
-  ta_os_cpu_force(2);
+  force_set(2);
   char *a = ta_malloc(64 * KIB);
   cr_assert_eq(a, q, "CPU 2 takes the span it freed, not CPU 1's");
   char *b = ta_malloc(64 * KIB);
@@ -284,7 +291,7 @@ Test(span, a_thread_takes_its_own_cpus_spans_first_then_another_cpus) {
   cr_assert_eq(atomic_load(&ta_span_dirty), 0);
   cr_assert_eq(atomic_load(&ta_span_chunks), chunks, "no new chunk");
   ta_free(a);
-  ta_os_cpu_force(6);
+  force_set(6);
   ta_free(b);
   /* A purge and malloc_trim see every CPU's bins. */
   cr_assert_eq(ta_malloc_trim(0), 1);
@@ -485,6 +492,7 @@ static size_t live_spans(void) {
 }
 
 Test(span, many_threads_share_the_bins_without_handing_a_span_out_twice, .timeout = 120) {
+  ta_os_cpu_force(-1); /* each thread the sets of the CPUs it runs on */
   ta_decay_ms = 1;
   pthread_t t[WORKERS];
   for (unsigned i = 0; i < WORKERS; i++)
