@@ -74,28 +74,31 @@ static void draw_keys(void) {
   ta_keys.unlink = inv;
 }
 
-/* 0: nobody initialises; else the process id of the thread that does (ta_init). */
-_Atomic uint32_t ta_init_claimed;
+/* 1 while a thread initialises (ta_init); that thread's own flag, for the fork child. */
+_Atomic int ta_init_claimed;
+static __thread bool tl_initialising __attribute__((tls_model("initial-exec")));
 
 /* One thread initialises: it maps the granule map, writes the secret once, and what differs
  * between the libraries (chunks from the break or not: chunk.c), then publishes with a
  * release store; any other thread arriving meanwhile waits the few microseconds that takes
- * (reading the huge page size from sysfs among them). A fork child whose parent had a thread
- * at it when the process forked would wait for ever for a thread it does not have: the claim
- * names its process, and a thread of another process's claim takes it over (nothing was
- * published: every step is done again, and each can be). False when the map cannot be mapped
- * (no memory): the next call tries again. */
+ * (reading the huge page size from sysfs among them). A fork child whose parent had another
+ * thread at it when the process forked would wait for ever for a thread it does not have: the
+ * child handler lets the claim go (ta_arena_fork_child), and the child starts again. False
+ * when the map cannot be mapped (no memory): the next call tries again. */
 bool ta_init(const ta_library_t *lib) {
   if (TA_LIKELY(__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE))) return true;
   /* malloc's fast path finds the sentinel run's list empty because NULL is not in the
    * sentinel's 4 MiB granule: true unless the library itself lies in the first 4 MiB. */
   if (((uintptr_t)&ta_empty_run >> TA_CHUNK_SHIFT) == 0)
     ta_fatal("init: the library lies below 4 MiB, which is not supported, at", &ta_empty_run);
-  uint32_t me = ta_os_getpid();
   for (;;) {
-    uint32_t expected = 0;
-    if (atomic_compare_exchange_strong(&ta_init_claimed, &expected, me)) {
+    int expected = 0;
+    /* Raised before the claim: a fork from a signal handler between the two finds it up, and
+     * the child keeps the claim (a hang at worst, never two starts at once). */
+    tl_initialising = true;
+    if (atomic_compare_exchange_strong(&ta_init_claimed, &expected, 1)) {
       if (!ta_map_init()) {
+        tl_initialising = false;
         atomic_store(&ta_init_claimed, 0);
         return false;
       }
@@ -106,16 +109,12 @@ bool ta_init(const ta_library_t *lib) {
       ta_secret = ta_os_random();
       draw_keys();
       __atomic_store_n(&ta_initialized, true, __ATOMIC_RELEASE);
+      tl_initialising = false;
       return true;
     }
-    while ((expected = atomic_load(&ta_init_claimed)) != 0 &&
-           !__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE)) {
-      if (expected != me) { /* the parent's: released, then claimed above */
-        atomic_compare_exchange_strong(&ta_init_claimed, &expected, 0);
-        break;
-      }
+    tl_initialising = false;
+    while (atomic_load(&ta_init_claimed) == 1 && !__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE))
       sched_yield();
-    }
     if (__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE)) return true;
   }
 }
@@ -504,6 +503,11 @@ void ta_remote_collect_slow(ta_arena_t *a) {
  * other layer is repaired). */
 void ta_arena_fork_child(void) {
   if (atomic_load(&exit_key_state) == 1) atomic_store(&exit_key_state, 0);
+  /* Another thread of the parent was starting the allocator: it does not exist here, and the
+   * child starts it again (nothing was published; each step can be done twice). This
+   * thread's own start, cut by a fork from a signal handler, is its own to finish. */
+  if (!__atomic_load_n(&ta_initialized, __ATOMIC_ACQUIRE) && !tl_initialising)
+    atomic_store(&ta_init_claimed, 0);
   ta_arena_t *mine = ta_tl_arena, *aside = tl_suspended;
   uint64_t now = ta_os_now_ms();
   bool orphans = false;

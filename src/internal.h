@@ -485,7 +485,7 @@ TA_HIDDEN int ta_os_thp_mode(void); /* TA_THP_*: the kernel's setting, read once
 TA_HIDDEN uint64_t ta_os_now_ms(void);
 TA_HIDDEN unsigned ta_os_ncpu(void);
 /* The CPU running the thread, as its rank among those the process may run on (below
- * ta_os_ncpu()): a hint, 0 if unknown. */
+ * ta_os_ncpu(), unless a test forces another): a hint, 0 if unknown. */
 TA_HIDDEN unsigned ta_os_cpu(void);
 TA_HIDDEN bool ta_os_thread_runs(uint32_t tid);
 TA_HIDDEN unsigned ta_os_runnable(void);
@@ -863,7 +863,7 @@ TA_INLINE void ta_remote_collect(ta_arena_t *a) {
     ta_remote_collect_slow(a);
 }
 TA_HIDDEN bool ta_init(const ta_library_t *lib); /* false: no memory for the map */
-TA_HIDDEN extern _Atomic uint32_t ta_init_claimed; /* the initialising thread's process id */
+TA_HIDDEN extern _Atomic int ta_init_claimed; /* 1 while a thread initialises */
 TA_HIDDEN extern bool ta_initialized;
 
 /* The slow-path lock (see ta_arena_t.slow; its tag and wait are in os.c, as small.c and

@@ -436,15 +436,27 @@ int ta_os_thp_mode(void) {
 
 void ta_os_thp_mode_force(int mode) { atomic_store(&thp_mode, mode); }
 
-/* CPUs this process may run on (sched_getaffinity into a set on the stack; 1 if it
- * fails), read once and kept. */
+/* The CPUs the process may run on: the main thread's affinity mask (its id is the process's),
+ * or this thread's if that cannot be read, in up to 8,192 CPUs, on the caller's stack. Its
+ * size in bytes, 0 on failure. errno is kept. */
+#define CPU_MASK_BYTES 1024
+static size_t affinity(unsigned long *mask) {
+  int saved = errno;
+  long got = syscall(SYS_sched_getaffinity, (pid_t)ta_os_getpid(), CPU_MASK_BYTES, mask);
+  if (got <= 0) got = syscall(SYS_sched_getaffinity, 0, CPU_MASK_BYTES, mask);
+  errno = saved;
+  return got > 0 ? (size_t)got : 0;
+}
+#define MASK_BIT(mask, i) (((mask)[(i) / (8 * sizeof(long))] >> ((i) % (8 * sizeof(long)))) & 1)
+
+/* CPUs this process may run on (1 if that cannot be read), read once and kept. */
 unsigned ta_os_ncpu(void) {
   static _Atomic unsigned cached;
   unsigned n = atomic_load_explicit(&cached, memory_order_relaxed);
   if (n != 0) return n;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  n = sched_getaffinity(0, sizeof set, &set) == 0 ? (unsigned)CPU_COUNT(&set) : 1;
+  unsigned long mask[CPU_MASK_BYTES / sizeof(long)] = {0};
+  size_t bytes = affinity(mask);
+  for (size_t i = 0; i < 8 * bytes; i++) n += (unsigned)MASK_BIT(mask, i);
   if (n == 0) n = 1;
   atomic_store_explicit(&cached, n, memory_order_relaxed);
   return n;
@@ -480,14 +492,18 @@ bool ta_os_thread_runs(uint32_t tid) {
 }
 
 /* The CPU the thread runs on, as its rank among the CPUs the process may run on (0 ..
- * ta_os_ncpu() - 1), so that CPUs numbered close together get close ranks whatever ids a
- * cpuset leaves. A hint: the thread may move at once. It is read again every 16 calls:
+ * ta_os_ncpu() - 1, ranked once from the mask ta_os_ncpu counts), so that CPUs numbered close
+ * together get close ranks whatever ids a cpuset leaves; a CPU the mask did not have, or of
+ * an id past the table, its id modulo the count. A hint: the thread may move at once.
  * sched_getcpu reads the thread's restartable-sequence area where glibc registered one (a few
- * nanoseconds), but is a system call on arm64 without it. errno is kept; a failure makes it 0
- * from then on. */
-#define CPU_IDS 1024 /* ranks kept for CPU ids below this; above, the id modulo the count */
-static _Atomic uint16_t cpu_rank[CPU_IDS];
-static _Atomic bool cpu_ranked, cpu_unknown;
+ * nanoseconds); without one (older C libraries; arm64 has no vDSO getcpu either) it may be a
+ * system call, and the CPU is read again only every 16 calls. errno is kept; a failure makes
+ * it 0 from then on. */
+extern const unsigned int __rseq_size __attribute__((weak)); /* glibc 2.35+: 0 if none */
+#define CPU_IDS 1024
+static _Atomic uint16_t cpu_rank[CPU_IDS]; /* rank + 1; 0: not in the mask */
+static _Atomic int cpu_ranked;             /* 0 not yet, 1 ranked, 2 no mask */
+static _Atomic bool cpu_unknown;
 static _Atomic int cpu_forced = -1; /* a test's CPU (its rank), or -1 */
 static __thread uint32_t tl_cpu __attribute__((tls_model("initial-exec")));
 static __thread uint8_t tl_cpu_uses __attribute__((tls_model("initial-exec")));
@@ -495,33 +511,31 @@ static __thread uint8_t tl_cpu_uses __attribute__((tls_model("initial-exec")));
 void ta_os_cpu_force(int cpu) { atomic_store(&cpu_forced, cpu); }
 
 static void rank_cpus(void) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return; /* ids modulo the count, then */
+  unsigned long mask[CPU_MASK_BYTES / sizeof(long)] = {0};
+  size_t bytes = affinity(mask);
   unsigned rank = 0;
-  for (unsigned id = 0; id < CPU_IDS && id < CPU_SETSIZE; id++)
-    if (CPU_ISSET(id, &set)) atomic_store_explicit(&cpu_rank[id], (uint16_t)rank++, memory_order_relaxed);
-  atomic_store_explicit(&cpu_ranked, true, memory_order_release);
+  for (unsigned id = 0; id < CPU_IDS && id < 8 * bytes; id++)
+    if (MASK_BIT(mask, id)) atomic_store_explicit(&cpu_rank[id], (uint16_t)++rank, memory_order_relaxed);
+  atomic_store_explicit(&cpu_ranked, bytes ? 1 : 2, memory_order_release);
 }
 
 unsigned ta_os_cpu(void) {
   int f = atomic_load_explicit(&cpu_forced, memory_order_relaxed);
   if (TA_UNLIKELY(f >= 0)) return (unsigned)f;
-  if (tl_cpu_uses-- != 0) return tl_cpu;
+  bool cheap = &__rseq_size != NULL && __rseq_size != 0;
+  if (!cheap && tl_cpu_uses-- != 0) return tl_cpu;
   tl_cpu_uses = 15;
   unsigned rank = 0;
   if (!atomic_load_explicit(&cpu_unknown, memory_order_relaxed)) {
     int saved = errno, id = sched_getcpu();
     errno = saved;
-    unsigned n = ta_os_ncpu();
     if (id < 0) {
       atomic_store_explicit(&cpu_unknown, true, memory_order_relaxed);
     } else {
-      if (!atomic_load_explicit(&cpu_ranked, memory_order_acquire)) rank_cpus();
-      rank = (unsigned)id < CPU_IDS && atomic_load_explicit(&cpu_ranked, memory_order_acquire)
-                 ? atomic_load_explicit(&cpu_rank[id], memory_order_relaxed)
-                 : (unsigned)id % n;
-      if (rank >= n) rank %= n; /* the affinity changed since */
+      unsigned n = ta_os_ncpu();
+      if (atomic_load_explicit(&cpu_ranked, memory_order_acquire) == 0) rank_cpus();
+      unsigned r = (unsigned)id < CPU_IDS ? atomic_load_explicit(&cpu_rank[id], memory_order_relaxed) : 0;
+      rank = r != 0 && r <= n ? r - 1 : (unsigned)id % n;
     }
   }
   tl_cpu = rank;

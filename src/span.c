@@ -167,7 +167,8 @@ static void hint_set(unsigned set, size_t n) {
 }
 
 /* Bin n of `set` was found empty: its bit is cleared, then the bin looked at again, in case a
- * push came in between (its hint_set may have come before the clear). */
+ * push came in between (its hint_set may have come before the clear). The first, relaxed look
+ * at the bit only skips a clear: a bit left set costs a look, never a span. */
 static void hint_clear(unsigned set, size_t n) {
   uint64_t bit = (uint64_t)1 << (n & 63);
   if (!(atomic_load_explicit(&hint[set][n >> 6], memory_order_relaxed) & bit)) return;
@@ -333,7 +334,7 @@ size_t ta_span_usable_for(size_t size) { return span_pages(size) << page_shift; 
 
 /* The dirty set of the CPU the thread runs on: its rank among the process's CPUs, with up to
  * SHARDS of them; beyond, CPUs of neighbouring ranks share a set (mostly a socket's, as CPUs
- * are numbered), never CPUs that are SHARDS apart. */
+ * are usually numbered; the two threads of a core, numbered apart, may not). */
 static unsigned here(void) {
   unsigned n = ta_os_ncpu(), r = ta_os_cpu();
   return (n <= SHARDS ? r : r * SHARDS / n) & (SHARDS - 1);

@@ -1,7 +1,9 @@
 /* Unit tests: the OS layer and how the allocator survives its failures (injected). */
 #include <criterion/criterion.h>
-#include <signal.h>
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/auxv.h>
@@ -277,4 +279,43 @@ Test(os, a_larger_page_is_used_throughout) {
   ta_free(h);
   ta_free(v);
   ta_free(p);
+}
+
+/* The CPU is a rank among the CPUs the process may run on, whatever ids they have, even when
+ * the first thread to ask is pinned to its last CPU (the rank of the highest id is the count
+ * less one: the ranks come from the process's mask, not that thread's), and errno comes back
+ * as it was. */
+static void *cpu_of_pinned(void *arg) {
+  unsigned *out = arg;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return NULL;
+  int last = -1;
+  for (int i = 0; i < CPU_SETSIZE; i++)
+    if (CPU_ISSET(i, &set)) last = i;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(last, &one);
+  if (pthread_setaffinity_np(pthread_self(), sizeof one, &one) != 0) return NULL;
+  for (int i = 0; i < 64; i++) out[0] = ta_os_cpu(); /* past any per-thread cache */
+  out[1] = 1;
+  return NULL;
+}
+
+Test(os, the_cpu_is_a_rank_among_the_processs_cpus) {
+  ta_os_cpu_force(-1);
+  unsigned out[2] = {0, 0};
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, cpu_of_pinned, out), 0); /* the first to ask */
+  pthread_join(t, NULL);
+  unsigned n = ta_os_ncpu();
+  cpu_set_t all;
+  CPU_ZERO(&all);
+  cr_assert_eq(sched_getaffinity(0, sizeof all, &all), 0);
+  cr_assert_eq(n, (unsigned)CPU_COUNT(&all), "the process's CPUs, not the pinned thread's");
+  cr_assert_eq(out[1], 1, "the thread could not be pinned");
+  cr_assert_eq(out[0], n - 1, "pinned to its last CPU, a thread has the last rank");
+  errno = 4321;
+  for (int i = 0; i < 64; i++) cr_assert_lt(ta_os_cpu(), n);
+  cr_assert_eq(errno, 4321, "errno kept");
 }

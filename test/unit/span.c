@@ -301,6 +301,22 @@ Test(span, a_thread_takes_its_own_cpus_spans_first_then_another_cpus) {
   ta_os_cpu_force(-1);
 }
 
+/* A bin's pages go into the count 16 at a time; a purge moves what a bin holds back into it,
+ * so that the check of the budget after a purge reads the true figure. */
+Test(span, a_purge_counts_what_small_bins_hold_back) {
+  char *p = ta_malloc(16 * KIB); /* 4 pages: under a batch */
+  memset(p, 7, 16 * KIB);
+  size_t before = atomic_load(&ta_span_dirty);
+  ta_free(p);
+  cr_assert_eq(atomic_load(&ta_span_dirty), before, "4 pages wait in their bin's batch");
+  cr_assert_eq(ta_span_purge(ta_os_now_ms(), 1000000), 0, "nothing is due");
+  cr_assert_eq(atomic_load(&ta_span_dirty), before + 16 * KIB, "the purge counted them");
+  cr_assert_eq(ta_malloc(16 * KIB), p);
+  cr_assert_eq(ta_span_purge(ta_os_now_ms(), 1000000), 0);
+  cr_assert_eq(atomic_load(&ta_span_dirty), before, "taken again: out of the count");
+  ta_free(p);
+}
+
 /* Free spans have a budget of their own, dirty_max_kb; beyond it, what was freed half, an
  * eighth, a 32nd of a decay time ago goes back at once — never what was freed just now. */
 Test(span, beyond_their_budget_the_oldest_spans_go_back_at_once) {
