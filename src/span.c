@@ -221,7 +221,7 @@ static void count_dirty(unsigned set, size_t bin, intptr_t pages) {
   if ((now >= PENDING_BATCH || now <= -PENDING_BATCH) &&
       atomic_compare_exchange_strong_explicit(pending, &now, 0, memory_order_relaxed,
                                               memory_order_relaxed))
-    ta_dirty_add_spans((intptr_t)now << page_shift);
+    ta_dirty_add_spans((intptr_t)now * ((intptr_t)1 << page_shift)); /* now may be < 0 */
 }
 
 /* Frees span p of n pages (its entry already says so) into its bin. */
@@ -362,15 +362,17 @@ void *ta_span_alloc(size_t size, bool *zeroed) {
   unsigned at = here();
   void *p = pop_dirty(at, n);
   *zeroed = false;
-  if (p != NULL) {
-  } else if ((p = pop(CLEAN, n)) != NULL) {
-    *zeroed = true;
-  } else if ((p = take_larger(CLEAN, n, zeroed)) == NULL) {
-    p = carve(n);
-    if (p != NULL) *zeroed = true;
-    /* No new chunk (ENOMEM): a resident span of a larger class, cut, rather than fail. */
-    for (unsigned i = 0; p == NULL && i < SHARDS; i++) p = take_larger((at + i) & (SHARDS - 1), n, zeroed);
-    if (p == NULL) return NULL;
+  if (p == NULL) {
+    if ((p = pop(CLEAN, n)) != NULL) {
+      *zeroed = true;
+    } else if ((p = take_larger(CLEAN, n, zeroed)) == NULL) {
+      p = carve(n);
+      if (p != NULL) *zeroed = true;
+      /* No new chunk (ENOMEM): a resident span of a larger class, cut, rather than fail. */
+      for (unsigned i = 0; p == NULL && i < SHARDS; i++)
+        p = take_larger((at + i) & (SHARDS - 1), n, zeroed);
+      if (p == NULL) return NULL;
+    }
   }
   ta_spage_t *e = entry_of(p);
   TA_STORE(e->word, 0); /* live: the requested size, for the statistics */
@@ -473,7 +475,7 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
     _Atomic int32_t *pending = &bins[set][n].pending;
     int32_t pend = atomic_load_explicit(pending, memory_order_relaxed);
     if (pend != 0 && (pend = atomic_exchange_explicit(pending, 0, memory_order_relaxed)) != 0)
-      ta_dirty_add_spans((intptr_t)pend << page_shift);
+      ta_dirty_add_spans((intptr_t)pend * ((intptr_t)1 << page_shift)); /* pend may be < 0 */
     if (head_addr(atomic_load_explicit(&bins[set][n].head, memory_order_relaxed)) == NULL) continue;
     void *p = take_all(set, n);
     if (p == NULL) continue;
@@ -520,7 +522,7 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
       p = following;
     }
     if (count) {
-      ta_dirty_add_spans(-(intptr_t)(count * n) << page_shift);
+      ta_dirty_add_spans(-(intptr_t)((count * n) << page_shift));
       freed += count * bytes;
       push_chain(CLEAN, (size_t)n, clean, clean_last);
     }
