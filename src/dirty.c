@@ -148,8 +148,10 @@ bool ta_over_budget(void) {
  * of it, the 64-thread pool workload took 50% more page faults. */
 /* Signed: a purge counts what it gives back at once, while the free of a span it took may
  * not have added its batch yet, so the count can be below zero for a moment (span.c). */
+static bool spans_over(size_t total) { return (intptr_t)total > (intptr_t)ta_dirty_max; }
+
 bool ta_spans_over_budget(void) {
-  return (intptr_t)atomic_load_explicit(&ta_span_dirty, memory_order_relaxed) > (intptr_t)ta_dirty_max;
+  return spans_over(atomic_load_explicit(&ta_span_dirty, memory_order_relaxed));
 }
 
 /* Counts free-but-resident spans. Beyond their budget, with the purger thread running, it is
@@ -158,7 +160,7 @@ bool ta_spans_over_budget(void) {
 void ta_dirty_add_spans(intptr_t bytes) {
   size_t total = atomic_fetch_add_explicit(&ta_span_dirty, (size_t)bytes, memory_order_relaxed) +
                  (size_t)bytes;
-  if (bytes > 0 && (intptr_t)total > (intptr_t)ta_dirty_max && ta_bg_running() &&
+  if (bytes > 0 && spans_over(total) && ta_bg_running() &&
       ta_os_now_ms() >= atomic_load_explicit(&ta_span_excess_after, memory_order_relaxed))
     ta_bg_over_budget();
 }
