@@ -209,7 +209,7 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool s
              size + align <= TA_MEDIUM_MAX) {
     collect(a);
     slow_path_chores(a);
-    p = ta_medium_alloc(a, size, align, false);
+    p = ta_medium_alloc(a, size, align, false); /* its cache first (medium.c) */
   } else {
     if (align < TA_CHUNK_SIZE) slow_path_chores(a); /* else never from the cache */
     p = ta_huge_alloc(a, size, align, zero);
@@ -393,8 +393,9 @@ static void free_medium(void *p) {
   ta_block_t *b = p;
   ta_chunk_t *c = ta_chunk_of(p);
   ta_arena_t *me = ta_tl_arena;
-  /* INUSE is cleared by the owner alone, when the block is free: a sure double free. */
-  if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal("free(): double free of pointer", p);
+  /* INUSE is cleared, and CACHED set, by the owner alone, when the block is free: a sure
+   * double free. */
+  if (!ta_medium_live(ta_mh_load(h))) ta_fatal("free(): double free of pointer", p);
   if (c->owner != me) {
     ta_arena_t *owner = c->owner;
     /* Should the owner be idle for good, the background purger takes it in: it is told
@@ -415,8 +416,10 @@ static void free_medium(void *p) {
   /* Maybe freed before by another thread and not yet taken in. */
   if (b->key == ta_mark(b) && medium_freed(me, p))
     ta_fatal("free(): double free of pointer", p);
-  ta_medium_free_local(me, h);
-  ta_purge_if_over(me); /* a chunk given back may take all arenas over the budget */
+  if (!ta_medium_cache_put(me, h)) {
+    ta_medium_free_local(me, h);
+    ta_purge_if_over(me); /* a chunk given back may take all arenas over the budget */
+  }
   TA_ADD(me->cnt.frees, 1);
   ta_slow_leave(me);
 }
@@ -516,7 +519,7 @@ static size_t usable_checked(void *p, const char *op) {
   }
   case TA_MAP_MEDIUM: {
     ta_mhdr_t *h = ta_medium_hdr_checked(p, op);
-    if (!(ta_mh_load(h) & TA_M_INUSE)) ta_fatal(op, p);
+    if (!ta_medium_live(ta_mh_load(h))) ta_fatal(op, p);
     if (TA_UNLIKELY(is_free_marked(p)) &&
         (ta_secure || (ta_chunk_of(p)->owner == ta_tl_arena ? medium_freed(ta_tl_arena, p)
                                                             : link_plausible(p))))
@@ -806,7 +809,7 @@ static TA_NOINLINE void secure_free(void *p) {
   case TA_MAP_MEDIUM: {
     /* A write below the block reaches its header first: the check word catches it. */
     ta_mhdr_t *h = ta_medium_hdr_checked(p, "free(): invalid pointer");
-    if (!(ta_mh_load(h) & TA_M_INUSE) || is_free_marked(p))
+    if (!ta_medium_live(ta_mh_load(h)) || is_free_marked(p))
       ta_fatal("free(): double free of pointer", p);
     ta_arena_t *owner = ta_chunk_of(p)->owner;
     if (owner == ta_tl_arena) { /* the next header is the owner's to read */

@@ -386,7 +386,7 @@ static uint8_t remote_check(ta_arena_t *a, ta_block_t *b) {
     ta_mhdr_t *h = (ta_mhdr_t *)b - 1;
     uintptr_t off = (uintptr_t)b & TA_CHUNK_MASK; /* its header must lie in the chunk */
     if (!((uintptr_t)b & (TA_ALIGNMENT - 1)) && off >= TA_MEDIUM_HDR + sizeof(ta_mhdr_t) &&
-        ta_medium_check_ok(h) && (ta_mh_load(h) & TA_M_INUSE))
+        ta_medium_check_ok(h) && ta_medium_live(ta_mh_load(h)))
       return kind;
   }
   ta_fatal("free(): corrupted list of remote frees at", b);
@@ -465,7 +465,7 @@ static void confirm_suspect(ta_arena_t *a, void *p) {
   }
   ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
   if (kind != TA_MAP_MEDIUM || ta_chunk_of(p)->owner != a || !ta_medium_check_ok(h) ||
-      !(ta_mh_load(h) & TA_M_INUSE))
+      !ta_medium_live(ta_mh_load(h)))
     ta_fatal("free(): double free of pointer", p);
   TA_ADD(a->cnt.frees, 1);
   TA_ADD(a->cnt.remote_frees, 1);

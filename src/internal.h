@@ -264,13 +264,19 @@ _Static_assert(offsetof(ta_chunk_t, readers) + sizeof(uint32_t) <= sizeof(ta_run
 #define TA_M_CLASS ((size_t)8) /* live block serving a small class (alloc.c): reports its size */
 #define TA_M_FLAGS ((size_t)15)
 #define TA_M_SIZE_MASK ((size_t)0xfffffff0)
-/* Bits 32..55 of a live block's size word: usable - requested (statistics, not in the check
+/* Bits 32..54 of a live block's size word: usable - requested (statistics, not in the check
  * word); bits 56..63: its spare, the bytes a TA_M_CLASS block holds beyond the class's size it
  * reports (a tail too small to split off), in the check word like TA_M_CLASS. */
 #define TA_M_WASTE_SHIFT 32
-#define TA_M_WASTE_MASK ((size_t)0xffffff)
+#define TA_M_WASTE_MASK ((size_t)0x7fffff)
 #define TA_M_SPARE_SHIFT 56
+/* Bit 55: a block its owner freed that waits in the arena's cache of medium blocks (medium.c,
+ * "The cache"). INUSE stays set, so that no neighbour merges with it; to every reader but the
+ * cache it is free (a second free of it is a double free; statistics count it free). In the
+ * check word. */
+#define TA_M_CACHED ((size_t)1 << 55)
 _Static_assert(sizeof(size_t) == 8, "a medium size word holds the waste and the spare");
+_Static_assert(TA_CHUNK_SIZE <= TA_M_WASTE_MASK, "a block's waste fits its bits");
 typedef struct ta_mhdr {
   size_t size_flags; /* whole block size incl. this header, multiple of 16, plus flags */
   uintptr_t check;   /* (address ^ ta_secret) */
@@ -281,6 +287,12 @@ typedef struct ta_mhdr {
  * many of them may be resident: the decay purge gives back the blocks free for the decay
  * time, not the ones the owner is cycling through, and counts what stays. */
 #define TA_MEDIUM_PURGE_MIN ((size_t)16 << 10)
+/* The cache of freed medium blocks (medium.c): the bins of blocks of 8 KiB to 64 KiB, four
+ * blocks each, 256 KiB in all. */
+#define TA_MCACHE_FIRST TA_NUM_SMALL /* the bin of 8 KiB */
+#define TA_MCACHE_CLASSES 24
+#define TA_MCACHE_SLOTS 4
+#define TA_MCACHE_BYTES ((uint32_t)256 << 10)
 TA_INLINE uint64_t *ta_medium_stamp(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 2; }
 TA_INLINE uint64_t *ta_medium_res(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 3; }
 /* A live block's size word can be read by a thread freeing it while its owner flips the
@@ -371,6 +383,12 @@ typedef struct ta_arena {
   ta_chunk_t *empty_chunks; /* whole chunks kept for reuse */
   uint64_t bin_map[TA_BIN_WORDS];
   ta_mhdr_t *bins[TA_NUM_BINS];
+  /* Medium blocks its owner freed, kept whole for the next request of their class (medium.c,
+   * "The cache"); under the slow-path lock, like the bins. */
+  ta_mhdr_t *mcache[TA_MCACHE_CLASSES][TA_MCACHE_SLOTS];
+  uint8_t mcache_n[TA_MCACHE_CLASSES];
+  uint32_t mcache_bytes;   /* the cached blocks' sizes, at most TA_MCACHE_BYTES */
+  uint64_t mcache_since;   /* the first put since the cache was last flushed (ms; 0: none) */
   /* The slow-path lock: held around every multi-step change of the arena's lists, by its
    * owner (or the thread that claimed an ownerless arena), or by the background purger,
    * which only ever tries it. Fast paths never take it: they touch the runs' lists, which
@@ -724,6 +742,14 @@ TA_HIDDEN size_t ta_small_shrink(ta_arena_t *a);
 /* exact: the block reports `size` usable bytes, not what it holds (a small class's block). */
 TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact);
 TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
+/* The arena's cache of medium blocks its owner freed (medium.c, "The cache"); under the
+ * arena's lock (ta_medium_alloc looks there first). put: whether h went into the cache (else
+ * the caller frees it); flush: every cached block freed into the heap. */
+TA_HIDDEN extern uint32_t ta_mcache_max; /* its bytes per arena: TA_MCACHE_BYTES (tests: 0, none) */
+TA_HIDDEN bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h);
+TA_HIDDEN void ta_medium_cache_flush(ta_arena_t *a);
+/* A live block's size word says "in use" (not free, not cached). */
+TA_INLINE bool ta_medium_live(size_t w) { return (w & (TA_M_INUSE | TA_M_CACHED)) == TA_M_INUSE; }
 TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
 TA_HIDDEN bool ta_medium_freed(ta_arena_t *a, const void *p);
 TA_HIDDEN void ta_medium_next_check(ta_mhdr_t *h); /* the header after h; aborts if forged */
@@ -733,12 +759,13 @@ TA_HIDDEN size_t ta_medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t
                                  uint64_t *oldest);
 TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
 /* A meta block's check word covers its address, its size, INUSE, and a small class's flag
- * and spare (TA_M_CLASS, TA_M_SPARE_SHIFT): a byte written past
+ * and spare (TA_M_CLASS, TA_M_SPARE_SHIFT), and the cache's flag (TA_M_CACHED): a byte written past
  * the end of the block before it (an overflow into this header) is seen. PREV_FREE is left
  * out, since the owner flips it while another thread may be checking a live block. The size
  * enters multiplied by a secret odd key: with a plain XOR, one who overwrites the whole
  * header could change the size and fix the check word up by the same known difference. */
-#define TA_M_CHECKED (TA_M_SIZE_MASK | TA_M_INUSE | TA_M_CLASS | (~(size_t)0 << TA_M_SPARE_SHIFT))
+#define TA_M_CHECKED \
+  (TA_M_SIZE_MASK | TA_M_INUSE | TA_M_CLASS | TA_M_CACHED | (~(size_t)0 << TA_M_SPARE_SHIFT))
 TA_INLINE uintptr_t ta_medium_check(const ta_mhdr_t *h, size_t size_flags) {
   return (uintptr_t)h ^ ta_secret ^ ((size_flags & TA_M_CHECKED) * ta_keys.link);
 }

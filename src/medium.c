@@ -346,6 +346,8 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep, mage_t g, bool 
   make_free(a, t, ts, g, fresh);
 }
 
+static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need);
+
 void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
   if (need < TA_MIN_MBLOCK) need = TA_MIN_MBLOCK;
@@ -353,7 +355,14 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   if (search > TA_MEDIUM_END - TA_MEDIUM_HDR - sizeof(ta_mhdr_t)) return NULL;
 
   ta_slow_enter(a);
-  ta_mhdr_t *h = bin_first_fit(a, search);
+  /* A block of the request's bin that the owner freed (see "The cache"), handed out whole: not
+   * a small class's (its header would need the class and spare), nor an aligned one. */
+  ta_mhdr_t *h = !exact && align <= TA_ALIGNMENT && a->mcache_bytes ? cache_get(a, need) : NULL;
+  if (h != NULL) {
+    ta_slow_leave(a);
+    return h + 1;
+  }
+  h = bin_first_fit(a, search);
   if (h == NULL) {
     if (!medium_chunk_new(a)) {
       ta_slow_leave(a);
@@ -469,6 +478,82 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   if (top) top_trim(c, h, now);
 }
 
+/* The cache. A thread that replaces medium blocks pays, per block, a split, a merge or two,
+ * four bin updates and the decay bookkeeping of the merged block: about 600 instructions a
+ * malloc and free, against a dozen for a small block. Most of that work undoes itself: the
+ * block merged at the free is cut again at the next request of a like size. So the owner's
+ * free of a block of 8 to 64 KiB puts it, whole, in one of the arena's slots for its bin
+ * (four a bin, 256 KiB in all), and ta_medium_alloc takes it back as it is for a request of
+ * that bin. A cached block keeps INUSE, so no neighbour merges with it, and carries
+ * TA_M_CACHED, so that a second free of it is a double free and statistics count it free. It
+ * holds no link: the slots are the arena's, and a block leaves them only once its header has
+ * been checked, so an overflow into a cached block's header is reported, never signed anew.
+ *
+ * What the cache costs: a request may get more than it asked for, less than an eighth more
+ * from the slots of its own bin, less than a quarter from the bin above (taken when its own
+ * holds only smaller blocks), and a block is not cut to the request; a cached block keeps
+ * its neighbours from merging with it or growing into it. Up to 256 KiB per arena stay out
+ * of the heap until the arena's purge (purge.c) flushes the cache into it, due a decay time
+ * after the first put since the last flush. */
+#define MC_LAST (TA_MCACHE_FIRST + TA_MCACHE_CLASSES - 1)
+uint32_t ta_mcache_max = TA_MCACHE_BYTES;
+
+bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
+  size_t w = h->size_flags, s = w & TA_M_SIZE_MASK;
+  if (ta_secure || (w & TA_M_CLASS)) return false; /* hardened: every free really frees */
+  unsigned b = ta_bin_of(s);
+  if (b < TA_MCACHE_FIRST || b > MC_LAST) return false;
+  unsigned i = b - TA_MCACHE_FIRST;
+  if (a->mcache_n[i] == TA_MCACHE_SLOTS || a->mcache_bytes + s > ta_mcache_max) return false;
+  /* The neighbours' headers, as a free checks them: an overflow is reported now. */
+  (void)next_checked(h);
+  if (w & TA_M_PREV_FREE) (void)prev_checked(h);
+  /* A remote free's mark and encoded link would give the keys away once handed out again. */
+  ((ta_block_t *)(h + 1))->key = 0;
+  ((ta_block_t *)(h + 1))->link = 0;
+  set_hdr(h, (w & ~(TA_M_WASTE_MASK << TA_M_WASTE_SHIFT)) | TA_M_CACHED);
+  if (a->mcache_since == 0) { /* the flush comes due a decay time from now */
+    a->mcache_since = ta_os_now_ms();
+    ta_purge_note(a, a->mcache_since);
+  }
+  a->mcache[i][a->mcache_n[i]++] = h;
+  a->mcache_bytes += (uint32_t)s;
+  return true;
+}
+
+/* Slot k of bin i's, out of the cache: a live block again, once its header is found whole
+ * (signed, so its size is the one the put filed it by). */
+static ta_mhdr_t *cache_take(ta_arena_t *a, unsigned i, unsigned k) {
+  ta_mhdr_t *h = a->mcache[i][k];
+  size_t w = h->size_flags;
+  if ((w & (TA_M_INUSE | TA_M_CACHED)) != (TA_M_INUSE | TA_M_CACHED) || !ta_medium_check_ok(h))
+    corrupted("malloc(): corrupted cached block", h + 1);
+  a->mcache[i][k] = a->mcache[i][--a->mcache_n[i]];
+  a->mcache_bytes -= (uint32_t)(w & TA_M_SIZE_MASK);
+  set_hdr(h, w & ~TA_M_CACHED);
+  /* A remote free that raced the owner's may have marked it since the put. */
+  ((ta_block_t *)(h + 1))->key = 0;
+  ((ta_block_t *)(h + 1))->link = 0;
+  return h;
+}
+
+static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
+  unsigned b = ta_bin_of(need); /* its blocks may be smaller than need; the next bin's are not */
+  if (b < TA_MCACHE_FIRST || b > MC_LAST) return NULL;
+  unsigned i = b - TA_MCACHE_FIRST;
+  for (unsigned k = 0; k < a->mcache_n[i]; k++)
+    if (M_SIZE(a->mcache[i][k]) >= need) return cache_take(a, i, k);
+  if (i + 1 < TA_MCACHE_CLASSES && a->mcache_n[i + 1])
+    return cache_take(a, i + 1, a->mcache_n[i + 1] - 1u);
+  return NULL;
+}
+
+void ta_medium_cache_flush(ta_arena_t *a) {
+  for (unsigned i = 0; i < TA_MCACHE_CLASSES; i++)
+    while (a->mcache_n[i]) ta_medium_free_local(a, cache_take(a, i, a->mcache_n[i] - 1u));
+  a->mcache_since = 0;
+}
+
 /* Lets go of the chunks that hold no block at all, the arena's last one included (a full
  * purge: malloc_trim, an ownerless arena), so that their pages can go back whole. */
 void ta_medium_release_empty(ta_arena_t *a) {
@@ -495,7 +580,7 @@ bool ta_medium_freed(ta_arena_t *a, const void *p) {
   ta_slow_enter(a); /* the purger may hold the remote list: wait for it (see ta_small_freed) */
   const ta_mhdr_t *h = (const ta_mhdr_t *)p - 1;
   bool freed = ta_map_get((uintptr_t)p) != TA_MAP_MEDIUM || !ta_medium_check_ok(h) ||
-               !(ta_mh_load(h) & TA_M_INUSE);
+               !ta_medium_live(ta_mh_load(h));
   ta_slow_leave(a);
   return freed;
 }

@@ -101,6 +101,14 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   ta_slow_enter(a);
   bool was_purging = a->purging; /* under the lock: the purger may purge it too */
   a->purging = true;
+  /* The cache of freed medium blocks (medium.c) goes into the heap once the first block put
+   * there since the last flush has waited `age`; from there its blocks' pages go back as any
+   * free block's. */
+  if (a->mcache_since) {
+    if (a->mcache_bytes == 0) a->mcache_since = 0; /* emptied by requests: the next put notes */
+    else if (DUE(a->mcache_since)) ta_medium_cache_flush(a);
+    else PENDING(a->mcache_since);
+  }
   if (all) ta_small_retire_idle(a);
   /* The free pages of runs in use, whose lists only the owner may rewrite: with `all` (the
    * caller owns the arena) or in the owner's own purge after the decay — not the budget's

@@ -60,7 +60,7 @@ void ta_stats_record(void *p, size_t requested) {
     size_t waste = ta_medium_usable(h) - requested;
     ta_slow_enter(owner);
     ta_mh_store(h, (h->size_flags & ~(TA_M_WASTE_MASK << TA_M_WASTE_SHIFT)) |
-                       (waste << TA_M_WASTE_SHIFT));
+                       ((waste & TA_M_WASTE_MASK) << TA_M_WASTE_SHIFT));
     ta_slow_leave(owner);
   } else if (kind == TA_MAP_SPAN) {
     ta_span_set_requested(p, requested); /* the caller holds the live span */
@@ -147,7 +147,7 @@ static void visit_medium(const ta_mhdr_t *h, size_t word, void *arg) {
   struct ta_stats *s = w->s;
   (void)h; /* the walk's own read of its word, whose size it checked: one size, one INUSE bit */
   size_t sz = word & TA_M_SIZE_MASK, usable = sz - sizeof(ta_mhdr_t);
-  if (word & TA_M_INUSE) {
+  if (ta_medium_live(word)) {
     usable = ta_medium_usable_of(word);
     /* A small class's row counts blocks of its size: a medium block of 8 KiB or less that
      * serves no class (shrunk in place, over-aligned, or caught by this walk half made)
@@ -638,7 +638,7 @@ int ta_malloc_info(int options, FILE *fp) {
 
 static void map_block(const ta_mhdr_t *h, size_t word, void *arg) {
   put(arg, "block 0x%lx %zu %s\n", (unsigned long)h, (size_t)(word & TA_M_SIZE_MASK),
-      (word & TA_M_INUSE) ? "used" : "free");
+      ta_medium_live(word) ? "used" : (word & TA_M_CACHED) ? "cached" : "free");
 }
 
 static void map_span(const void *p, size_t bytes, unsigned state, uint32_t word, void *arg) {

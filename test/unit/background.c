@@ -225,7 +225,7 @@ static void *allocate_hand_over_and_wait(void *arg) {
 
 static void count_in_use(const ta_mhdr_t *h, size_t word, void *arg) {
   (void)h;
-  if (word & TA_M_INUSE) ++*(size_t *)arg;
+  if (ta_medium_live(word)) ++*(size_t *)arg;
 }
 
 Test(background, idle_owners_remote_medium_frees_are_taken_in, .timeout = 30) {

@@ -85,6 +85,7 @@ Test(cold, the_count_starts_again_every_second) {
  * bytes (too few to stand alone) as its spare, and still reports the class's size. */
 Test(cold, a_block_with_a_spare_reports_its_class_size) {
   ta_run_threshold = 1000;
+  ta_mcache_max = 0; /* x's block goes back to the heap, where a class's request cuts it */
   void *before = ta_malloc(9000); /* medium blocks around a hole of 8224 bytes */
   void *x = ta_malloc(8200);
   void *after = ta_malloc(9000);
@@ -181,6 +182,7 @@ Test(cold, aligned_requests_get_their_alignment) {
 
 Test(cold, calloc_zeroes_a_reused_medium_block) {
   ta_run_threshold = 1000;
+  ta_mcache_max = 0; /* a's block goes back to the heap, to be cut (the cache's: mcache suite) */
   void *a = ta_malloc(20000);
   memset(a, 0x5a, 20000);
   void *guard = ta_malloc(20000);
@@ -230,6 +232,7 @@ Test(cold, double_free_aborts, .signal = SIGABRT) {
  * and recording its request leaves its checked bits alone (it frees cleanly). */
 Test(cold, statistics_count_the_block_in_its_class) {
   ta_run_threshold = 1000;
+  ta_mcache_max = 0; /* as above */
   ta_stats_enable(1);
   void *before = ta_malloc(9000);
   void *x = ta_malloc(8200);

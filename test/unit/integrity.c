@@ -175,12 +175,13 @@ Test(integrity, forged_remote_link_aborts, .signal = SIGABRT, .init = quiet) {
 }
 
 Test(integrity, forged_medium_bin_link_aborts, .signal = SIGABRT, .init = quiet) {
-  void *m1 = ta_malloc(20000), *g1 = ta_malloc(20000), *m2 = ta_malloc(20000);
-  void *g2 = ta_malloc(20000);
+  /* Past 64 KiB: freed into the heap's bins, not the cache in front of them. */
+  void *m1 = ta_malloc(100000), *g1 = ta_malloc(100000), *m2 = ta_malloc(100000);
+  void *g2 = ta_malloc(100000);
   ta_free(m1);
   ta_free(m2); /* one bin: m2, m1 */
   ((void **)m1)[0] = target; /* m1's next link */
-  void *x = ta_malloc(20000), *y = ta_malloc(20000);
+  void *x = ta_malloc(100000), *y = ta_malloc(100000);
   cr_log_error("the forged bin link was followed (%p %p %p %p)", x, y, g1, g2);
 }
 

@@ -469,7 +469,7 @@ static ta_run_t *run_to_shrink_when_due(void) {
   ta_decay_ms = 20;
   ta_run_t *r = fill_run(64);
   for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
-  ta_free(ta_malloc(40 << 10));
+  ta_free(ta_malloc(100 << 10)); /* past 64 KiB: into the heap, not the cache */
   cr_assert_neq(atomic_load(&ta_tl_arena->purge_due), 0, "a purge is due");
   nap_ms((long)ta_decay_ms + 30);
   return r;
