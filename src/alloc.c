@@ -885,7 +885,7 @@ int ta_malloc_trim(size_t pad) {
 /* jemalloc's flags (same values as its MALLOCX_* macros, tamalloc.h's TA_MALLOCX_*): the low
  * six bits are log2 of the alignment (0: none), 0x40 asks for zeroed memory; the tcache
  * (bits 8-19) and arena (bits 20-31) fields are accepted and ignored (tamalloc has one arena
- * per thread and no cache in front of it). See docs/jemalloc-api.md. */
+ * per thread and no thread cache in front of it to choose). See docs/jemalloc-api.md. */
 static size_t flags_align(int flags) {
   unsigned lg = (unsigned)flags & 0x3f;
   return lg ? (size_t)1 << lg : 0;
@@ -907,7 +907,8 @@ static void *alloc_flags(size_t size, size_t align, bool zero) {
 /* The usable size alloc_generic gives a request (same dispatch; the medium and huge
  * formulas are medium.c's and huge.c's): nallocx. A medium block may hold up to
  * TA_MIN_MBLOCK - 16 bytes more than this, when what was left of the free block it was cut
- * from was too small to stand alone. 0 when no allocation can succeed. */
+ * from was too small to stand alone, and up to a quarter more when it comes from the arena's
+ * cache of freed blocks, whole (medium.c). 0 when no allocation can succeed. */
 static size_t usable_for(size_t size, size_t align) {
   if (size > TA_MAX_REQUEST || align > TA_MAX_REQUEST / 2) return 0;
   if (size == 0) size = 1;

@@ -17,7 +17,7 @@
  *     at a time, as any thread's orphan purge does), the huge cache, and the arenas of
  *     live threads that are idle: it only tries their slow-path lock, never waits for it,
  *     and touches only what that lock guards (empty chunks, retired run slots, free medium
- *     blocks), never the runs' lists the owner's fast paths use. It takes in the medium
+ *     blocks and the cache of freed ones), never the runs' lists the owner's fast paths use. It takes in the medium
  *     blocks other threads freed into such an arena (an idle owner never would) and puts
  *     the small ones back on the list. It allocates nothing;
  *   - beyond the budget of free resident memory (ta_dirty_max), it returns the oldest

@@ -363,6 +363,12 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
     return h + 1;
   }
   h = bin_first_fit(a, search);
+  if (h == NULL && a->mcache_bytes) {
+    /* The cached blocks, merged into the heap, may hold what no bin does: they go back to
+     * it before a new chunk is mapped (or the request fails). */
+    ta_medium_cache_flush(a);
+    h = bin_first_fit(a, search);
+  }
   if (h == NULL) {
     if (!medium_chunk_new(a)) {
       ta_slow_leave(a);
@@ -528,12 +534,15 @@ static ta_mhdr_t *cache_take(ta_arena_t *a, unsigned i, unsigned k) {
   size_t w = h->size_flags;
   if ((w & (TA_M_INUSE | TA_M_CACHED)) != (TA_M_INUSE | TA_M_CACHED) || !ta_medium_check_ok(h))
     corrupted("malloc(): corrupted cached block", h + 1);
+  /* The put cleared its first two words. A free mark there is another thread's free of it
+   * that checked it while it was live and pushed it onto the remote list after the owner had
+   * cached it: a double free, which must not leave the block both handed out and on the
+   * list. Anything else there is the program's, written after its free. */
+  ta_block_t *b = (ta_block_t *)(h + 1);
+  if (b->key == ta_mark(b)) ta_fatal("free(): double free of pointer", b);
   a->mcache[i][k] = a->mcache[i][--a->mcache_n[i]];
   a->mcache_bytes -= (uint32_t)(w & TA_M_SIZE_MASK);
   set_hdr(h, w & ~TA_M_CACHED);
-  /* A remote free that raced the owner's may have marked it since the put. */
-  ((ta_block_t *)(h + 1))->key = 0;
-  ((ta_block_t *)(h + 1))->link = 0;
   return h;
 }
 

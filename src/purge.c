@@ -103,10 +103,11 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   a->purging = true;
   /* The cache of freed medium blocks (medium.c) goes into the heap once the first block put
    * there since the last flush has waited `age`; from there its blocks' pages go back as any
-   * free block's. */
+   * free block's. Not for the budget's shorter ages: cached blocks are not counted in it, and
+   * flushing them would give nothing back now. */
   if (a->mcache_since) {
     if (a->mcache_bytes == 0) a->mcache_since = 0; /* emptied by requests: the next put notes */
-    else if (DUE(a->mcache_since)) ta_medium_cache_flush(a);
+    else if (DUE(a->mcache_since) && (all || age >= ta_decay_ms)) ta_medium_cache_flush(a);
     else PENDING(a->mcache_since);
   }
   if (all) ta_small_retire_idle(a);

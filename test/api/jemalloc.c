@@ -100,7 +100,8 @@ Test(jemalloc, size_zero_is_unique, .timeout = 60)
 }
 
 /* nallocx says what mallocx gives: exactly for small and huge blocks; a medium block may
- * keep up to 32 bytes more (a remainder too small to split off). */
+ * keep up to 32 bytes more (a remainder too small to split off). (One from the arena's cache
+ * of freed blocks may hold more; this sweep's sizes only grow, so none is taken here.) */
 Test(jemalloc, nallocx_predicts_sallocx, .timeout = 120)
 {
     for (size_t n = 1; n < 3 * MiB; n += n < 9000 ? 1 : n < 70000 ? 61 : 4093) {

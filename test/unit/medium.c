@@ -730,3 +730,53 @@ Test(mcache, trim_empties_the_cache) {
   cr_assert_eq(hdr_of(a)->size_flags & TA_M_INUSE, 0);
   ta_free(keep);
 }
+
+/* Another thread's free that checked the block while it was live and pushed it after the owner
+ * had cached it and taken in its remote frees: the request that would hand it out again finds
+ * the free mark and reports it. */
+Test(mcache, a_cached_block_marked_by_a_racing_free_is_not_handed_out, .signal = SIGABRT) {
+  char *a = ta_malloc(20000), *keep = ta_malloc(20000);
+  ta_free(a);
+  cr_assert(cached(a));
+  ((ta_block_t *)a)->key = ta_mark(a); /* what the racing free wrote */
+  char *b = ta_malloc(20000);
+  cr_log_error("handed out a block another thread freed (%p)", b);
+  (void)keep;
+}
+
+Test(mcache, a_purge_for_the_budget_leaves_the_cache) {
+  char *a = ta_malloc(20000), *keep = ta_malloc(20000);
+  ta_free(a);
+  ta_arena_t *me = ta_tl_arena;
+  ta_arena_purge(me, me->mcache_since + 1, false, 0); /* ta_purge_excess's last age */
+  cr_assert(cached(a), "the budget does not count it: flushing it gives nothing back");
+  ta_arena_purge(me, me->mcache_since + 1, true, 0);
+  cr_assert(!cached(a), "a full purge flushes it");
+  ta_free(keep);
+}
+
+/* A request that no bin can serve takes the cached blocks back into the heap, merged, before
+ * it maps a new chunk. */
+Test(mcache, a_request_the_heap_cannot_serve_flushes_the_cache_first) {
+  char *b[4];
+  for (int i = 0; i < 4; i++) b[i] = ta_malloc(40000);
+  char *g = guard();
+  cr_assert_eq(walk_chunk(g).free_blocks, 1, "the top alone");
+  char *rest[8];
+  int nrest = 0;
+  for (struct walk w; (w = walk_chunk(g)).free_blocks > 0;) { /* the whole top, in medium blocks */
+    cr_assert_lt(nrest, 8);
+    size_t take = w.free_bytes - sizeof(ta_mhdr_t);
+    rest[nrest] = ta_malloc(take > 900000 ? 900000 : take);
+    cr_assert_eq(ta_chunk_of(rest[nrest]), ta_chunk_of(g));
+    nrest++;
+  }
+  for (int i = 0; i < 4; i++) ta_free(b[i]);
+  cr_assert(cached(b[0]) && cached(b[3]));
+  char *p = ta_malloc(150000); /* past the cache's sizes; fits the four merged */
+  cr_assert_eq(p, b[0], "served from the flushed blocks, not from a new chunk");
+  cr_assert_eq(ta_tl_arena->mcache_bytes, 0);
+  ta_free(p);
+  ta_free(g);
+  for (int i = 0; i < nrest; i++) ta_free(rest[i]);
+}
