@@ -498,7 +498,8 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
  * What the cache costs: a request may get more than it asked for, less than an eighth more
  * from the slots of its own bin, less than a quarter from the bin above (taken when its own
  * holds only smaller blocks), and a block is not cut to the request; a cached block keeps
- * its neighbours from merging with it or growing into it. Up to 256 KiB per arena stay out
+ * its neighbours from merging with it (a realloc growing into it takes it out first). Up to
+ * 256 KiB per arena stay out
  * of the heap until the arena's purge (purge.c) flushes the cache into it, due a decay time
  * after the first put since the last flush. */
 #define MC_LAST (TA_MCACHE_FIRST + TA_MCACHE_CLASSES - 1)
@@ -555,6 +556,17 @@ static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
   if (i + 1 < TA_MCACHE_CLASSES && a->mcache_n[i + 1])
     return cache_take(a, i + 1, a->mcache_n[i + 1] - 1u);
   return NULL;
+}
+
+/* Cached block h (its flag says so), out of the cache and into the heap. */
+static void cache_evict(ta_arena_t *a, ta_mhdr_t *h) {
+  unsigned i = ta_bin_of(M_SIZE(h)) - TA_MCACHE_FIRST;
+  for (unsigned k = 0; i < TA_MCACHE_CLASSES && k < a->mcache_n[i]; k++)
+    if (a->mcache[i][k] == h) {
+      ta_medium_free_local(a, cache_take(a, i, k));
+      return;
+    }
+  corrupted("realloc(): corrupted cached block", h + 1); /* flagged, in no slot */
 }
 
 void ta_medium_cache_flush(ta_arena_t *a) {
@@ -617,6 +629,13 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       split_tail(a, h, need, (mage_t){ta_os_now_ms(), s - need, 0}, true);
   } else {
     ta_mhdr_t *n = M_NEXT(h);
+    /* A cached successor is free memory too: it goes back to the heap, merged with what
+     * follows it, for the block to grow into (a vector grown by realloc would otherwise be
+     * moved whenever the block after it waits in the cache). */
+    if (n->size_flags & TA_M_CACHED) {
+      cache_evict(a, n);
+      n = M_NEXT(h);
+    }
     if (!(n->size_flags & TA_M_INUSE) && s + M_SIZE(n) >= need) {
       mage_t past = age_of(n, 0); /* what is left of n keeps its past */
       bin_remove(a, n);

@@ -780,3 +780,19 @@ Test(mcache, a_request_the_heap_cannot_serve_flushes_the_cache_first) {
   ta_free(g);
   for (int i = 0; i < nrest; i++) ta_free(rest[i]);
 }
+
+/* A vector grown by realloc grows in place into a successor that waits in the cache. */
+Test(mcache, realloc_grows_in_place_into_a_cached_successor) {
+  char *a = ta_malloc(20000), *b = ta_malloc(20000), *keep = guard();
+  memset(a, 7, 20000);
+  ta_free(b);
+  cr_assert(cached(b));
+  char *g = ta_realloc(a, 36000);
+  cr_assert_eq(g, a, "grown in place");
+  cr_assert_eq(ta_tl_arena->mcache_bytes, 0, "b left the cache");
+  for (size_t i = 0; i < 20000; i++) cr_assert_eq(g[i], 7);
+  check_cache(g);
+  walk_chunk(g);
+  ta_free(g);
+  ta_free(keep);
+}
