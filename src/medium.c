@@ -498,10 +498,9 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
  * What the cache costs: a request may get more than it asked for, less than an eighth more
  * from the slots of its own bin, less than a quarter from the bin above (taken when its own
  * holds only smaller blocks), and a block is not cut to the request; a cached block keeps
- * its neighbours from merging with it (a realloc growing into it takes it out first). Up to
- * 256 KiB per arena stay out
- * of the heap until the arena's purge (purge.c) flushes the cache into it, due a decay time
- * after the first put since the last flush. */
+ * its neighbours from merging with it (a realloc growing into it takes it out first). Up
+ * to 256 KiB per arena stay out of the heap until the arena's purge (purge.c) flushes the
+ * cache into it, due a decay time after the first put since the last flush. */
 #define MC_LAST (TA_MCACHE_FIRST + TA_MCACHE_CLASSES - 1)
 uint32_t ta_mcache_max = TA_MCACHE_BYTES;
 
@@ -566,7 +565,7 @@ static void cache_evict(ta_arena_t *a, ta_mhdr_t *h) {
       ta_medium_free_local(a, cache_take(a, i, k));
       return;
     }
-  corrupted("realloc(): corrupted cached block", h + 1); /* flagged, in no slot */
+  corrupted("realloc(): corrupted cached block", h + 1); /* signed as cached, in no slot */
 }
 
 void ta_medium_cache_flush(ta_arena_t *a) {
@@ -617,7 +616,8 @@ ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {
   return h;
 }
 
-/* In-place resize by the owner: shrink by splitting, grow into a free successor. */
+/* In-place resize by the owner: shrink by splitting, grow into a free successor (or a cached
+ * one, taken out of the cache). */
 bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
   size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
   if (need < TA_MIN_MBLOCK) need = TA_MIN_MBLOCK;
@@ -629,12 +629,14 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       split_tail(a, h, need, (mage_t){ta_os_now_ms(), s - need, 0}, true);
   } else {
     ta_mhdr_t *n = M_NEXT(h);
-    /* A cached successor is free memory too: it goes back to the heap, merged with what
-     * follows it, for the block to grow into (a vector grown by realloc would otherwise be
-     * moved whenever the block after it waits in the cache). */
-    if (n->size_flags & TA_M_CACHED) {
-      cache_evict(a, n);
-      n = M_NEXT(h);
+    /* A cached successor is free memory too: when it, with a free block after it, makes
+     * room enough, it goes back to the heap, merged with that block, for this one to grow
+     * into (a vector grown by realloc would otherwise be moved whenever the block after it
+     * waits in the cache). Its header is checked first: the flag and the size are signed. */
+    if ((n->size_flags & TA_M_CACHED) && ta_medium_check_ok(n)) {
+      ta_mhdr_t *after = M_NEXT(n);
+      size_t room = s + M_SIZE(n) + (after->size_flags & TA_M_INUSE ? 0 : M_SIZE(after));
+      if (room >= need) cache_evict(a, n); /* n is still M_NEXT(h), free now */
     }
     if (!(n->size_flags & TA_M_INUSE) && s + M_SIZE(n) >= need) {
       mage_t past = age_of(n, 0); /* what is left of n keeps its past */

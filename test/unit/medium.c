@@ -796,3 +796,32 @@ Test(mcache, realloc_grows_in_place_into_a_cached_successor) {
   ta_free(g);
   ta_free(keep);
 }
+
+/* ... with the free block after it too; and not when the two would not make room enough. */
+Test(mcache, realloc_grows_into_a_cached_successor_and_the_free_block_after_it) {
+  char *a = ta_malloc(20000), *b = ta_malloc(20000), *c = ta_malloc(100000), *keep = guard();
+  ta_free(c); /* past 64 KiB: into the heap */
+  ta_free(b);
+  cr_assert(cached(b));
+  char *g = ta_realloc(a, 130000);
+  cr_assert_eq(g, a, "grown in place over b and c");
+  cr_assert_eq(hdr_of(b)->size_flags, 0, "b's meta block swallowed");
+  cr_assert_eq(ta_tl_arena->mcache_bytes, 0);
+  walk_chunk(g);
+  ta_free(g);
+  ta_free(keep);
+}
+
+Test(mcache, a_cached_successor_that_makes_no_room_stays_cached) {
+  char *a = ta_malloc(20000), *b = ta_malloc(20000), *keep = guard();
+  ta_free(b);
+  cr_assert(cached(b));
+  cr_assert_eq(ta_xallocx(a, 60000, 0, 0), ta_malloc_usable_size(a), "xallocx: not in place");
+  cr_assert(cached(b), "left in the cache");
+  char *g = ta_realloc(a, 60000);
+  cr_assert_neq(g, a, "moved");
+  cr_assert(cached(b));
+  check_cache(g);
+  ta_free(g);
+  ta_free(keep);
+}
