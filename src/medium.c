@@ -94,6 +94,14 @@ static void set_hdr(ta_mhdr_t *h, size_t size_flags) {
   h->check = ta_medium_check(h, size_flags);
 }
 
+/* Clears block h's first two data words, which a free block's links, a remote free's mark and
+ * encoded link, or a free list's link may have held: no address or key of ours may reach the
+ * program in a block handed out, nor outlive a merge inside a larger free block. */
+static void wipe_words(ta_mhdr_t *h) {
+  ((ta_block_t *)(h + 1))->link = 0;
+  ((ta_block_t *)(h + 1))->key = 0;
+}
+
 /* A meta block swallowed by a merge: nothing may take it for a block again (a second
  * free of its pointer must fail the check word, not find a stale INUSE bit). */
 static void forget_hdr(ta_mhdr_t *h) {
@@ -405,8 +413,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
     set_hdr(h, h->size_flags | TA_M_CLASS |
                    ((M_SIZE(h) - sizeof(ta_mhdr_t) - size) << TA_M_SPARE_SHIFT));
   top_touch(ta_chunk_of(h), M_NEXT(h));
-  ((ta_block_t *)(h + 1))->link = 0; /* no address of ours reaches the program */
-  ((ta_block_t *)(h + 1))->key = 0;
+  wipe_words(h); /* no address of ours reaches the program */
   ta_slow_leave(a);
   return h + 1;
 }
@@ -437,10 +444,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
    * small and mid-sized blocks need neither. */
   mage_t near[2];
   unsigned nn = 0;
-  /* A remote free left a mark and an encoded link: both would outlive a merge, inside a
-   * larger free block that is later handed out, and give the keys away. */
-  ((ta_block_t *)(h + 1))->key = 0;
-  ((ta_block_t *)(h + 1))->link = 0;
+  wipe_words(h); /* a remote free's mark and link would outlive the merge */
   ta_mhdr_t *n = next_checked(h);
   if (!(n->size_flags & TA_M_INUSE)) {
     near[nn++] = age_of(n, 0);
@@ -514,9 +518,7 @@ bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
   /* The neighbours' headers, as a free checks them: an overflow is reported now. */
   (void)next_checked(h);
   if (w & TA_M_PREV_FREE) (void)prev_checked(h);
-  /* A remote free's mark and encoded link would give the keys away once handed out again. */
-  ((ta_block_t *)(h + 1))->key = 0;
-  ((ta_block_t *)(h + 1))->link = 0;
+  wipe_words(h); /* a remote free's mark and link, handed out again, would give keys away */
   set_hdr(h, (w & ~(TA_M_WASTE_MASK << TA_M_WASTE_SHIFT)) | TA_M_CACHED);
   if (a->mcache_since == 0) { /* the flush comes due a decay time from now */
     a->mcache_since = ta_os_now_ms();

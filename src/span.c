@@ -213,6 +213,10 @@ static void *take_all(unsigned set, size_t n) {
   return head_addr(h);
 }
 
+/* Free resident pages counted in the spans' budget (dirty.c); fewer when pages < 0 (a purge, a
+ * batch of takes): multiplied, as a negative count must not be shifted. */
+static void add_pages(intptr_t pages) { ta_dirty_add_spans(pages * ((intptr_t)1 << page_shift)); }
+
 static void count_dirty(unsigned set, size_t bin, intptr_t pages) {
   _Atomic int32_t *pending = &bins[set][bin].pending;
   int32_t now = atomic_fetch_add_explicit(pending, (int32_t)pages, memory_order_relaxed) + (int32_t)pages;
@@ -221,7 +225,7 @@ static void count_dirty(unsigned set, size_t bin, intptr_t pages) {
   if ((now >= PENDING_BATCH || now <= -PENDING_BATCH) &&
       atomic_compare_exchange_strong_explicit(pending, &now, 0, memory_order_relaxed,
                                               memory_order_relaxed))
-    ta_dirty_add_spans((intptr_t)now * ((intptr_t)1 << page_shift)); /* now may be < 0 */
+    add_pages(now);
 }
 
 /* Frees span p of n pages (its entry already says so) into its bin. */
@@ -475,7 +479,7 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
     _Atomic int32_t *pending = &bins[set][n].pending;
     int32_t pend = atomic_load_explicit(pending, memory_order_relaxed);
     if (pend != 0 && (pend = atomic_exchange_explicit(pending, 0, memory_order_relaxed)) != 0)
-      ta_dirty_add_spans((intptr_t)pend * ((intptr_t)1 << page_shift)); /* pend may be < 0 */
+      add_pages(pend);
     if (head_addr(atomic_load_explicit(&bins[set][n].head, memory_order_relaxed)) == NULL) continue;
     void *p = take_all(set, n);
     if (p == NULL) continue;
@@ -522,7 +526,7 @@ size_t ta_span_purge(uint64_t now, uint64_t age) {
       p = following;
     }
     if (count) {
-      ta_dirty_add_spans(-(intptr_t)((count * n) << page_shift));
+      add_pages(-(intptr_t)(count * n));
       freed += count * bytes;
       push_chain(CLEAN, (size_t)n, clean, clean_last);
     }

@@ -490,6 +490,14 @@ static bool cached(const void *p) { return (hdr_of(p)->size_flags & TA_M_CACHED)
 /* A medium block past 64 KiB: never cached, it keeps the blocks around it from merging. */
 static void *guard(void) { return ta_malloc(100000); }
 
+/* n blocks of size, size + step, ..., each followed by a guard. */
+static void guarded(char **p, char **g, int n, size_t size, size_t step) {
+  for (int i = 0; i < n; i++) {
+    p[i] = ta_malloc(size + (size_t)i * step);
+    g[i] = guard();
+  }
+}
+
 struct cache_walk {
   size_t cached_seen, cached_in_slots;
 };
@@ -585,10 +593,7 @@ Test(mcache, a_request_takes_a_block_of_the_bin_above_when_its_own_are_too_small
 Test(mcache, only_blocks_of_8_to_64_kib_and_at_most_four_a_bin) {
   enum { N = 12 };
   char *p[N], *g[N];
-  for (int i = 0; i < N; i++) {
-    p[i] = ta_malloc(40000);
-    g[i] = guard();
-  }
+  guarded(p, g, N, 40000, 0);
   char *past = ta_malloc(66000), *g0 = guard();
   ta_free(past);
   cr_assert(!cached(past), "past 64 KiB: the heap");
@@ -611,10 +616,7 @@ Test(mcache, only_blocks_of_8_to_64_kib_and_at_most_four_a_bin) {
 Test(mcache, the_bytes_cached_stay_within_the_bound) {
   enum { N = 40 };
   char *p[N], *g[N];
-  for (int i = 0; i < N; i++) {
-    p[i] = ta_malloc(9000 + (size_t)i * 1400); /* 9 KiB .. 64 KiB, across the bins */
-    g[i] = guard();
-  }
+  guarded(p, g, N, 9000, 1400); /* 9 KiB .. 64 KiB, across the bins */
   for (int i = 0; i < N; i++) {
     ta_free(p[i]);
     cr_assert_leq(ta_tl_arena->mcache_bytes, TA_MCACHE_BYTES);
@@ -624,44 +626,42 @@ Test(mcache, the_bytes_cached_stay_within_the_bound) {
   for (int i = 0; i < N; i++) ta_free(g[i]);
 }
 
-Test(mcache, a_second_free_of_a_cached_block_aborts, .signal = SIGABRT) {
-  char *a = ta_malloc(20000), *keep = ta_malloc(20000);
+/* A freed block of 20,000 bytes in the cache, a live one after it (never freed: the tests
+ * that use this end in an abort). */
+static char *a_cached_block(void) {
+  char *a = ta_malloc(20000), *live = ta_malloc(20000);
+  (void)live;
   ta_free(a);
   cr_assert(cached(a));
+  return a;
+}
+
+Test(mcache, a_second_free_of_a_cached_block_aborts, .signal = SIGABRT) {
+  char *a = a_cached_block();
   ta_free(a);
-  (void)keep;
 }
 
 Test(mcache, another_threads_free_of_a_cached_block_aborts, .signal = SIGABRT) {
-  char *a = ta_malloc(20000), *keep = ta_malloc(20000);
-  ta_free(a);
-  cr_assert(cached(a));
+  char *a = a_cached_block();
   pthread_t t;
   pthread_create(&t, NULL, free_in_thread, a);
   pthread_join(t, NULL);
-  (void)keep;
 }
 
 /* Another thread's free that checked the block while it was live and pushed it after the
  * owner had cached it: taking it in is a double free, not a second copy in a bin. */
 Test(mcache, a_remote_free_that_raced_the_cache_is_a_double_free, .signal = SIGABRT) {
-  char *a = ta_malloc(20000), *keep = ta_malloc(20000);
-  ta_free(a);
-  cr_assert(cached(a));
+  char *a = a_cached_block();
   ta_block_t *b = (ta_block_t *)a;
   b->key = ta_mark(b); /* what the racing free wrote */
   ta_remote_push(ta_tl_arena, b);
   ta_remote_collect(ta_tl_arena);
-  (void)keep;
 }
 
 Test(mcache, realloc_of_a_cached_block_aborts, .signal = SIGABRT) {
-  char *a = ta_malloc(20000), *keep = ta_malloc(20000);
-  ta_free(a);
-  cr_assert(cached(a));
+  char *a = a_cached_block();
   char *b = ta_realloc(a, 30000);
   (void)b;
-  (void)keep;
 }
 
 /* An overflow of a live block into the header of the cached block after it is reported when
@@ -735,13 +735,10 @@ Test(mcache, trim_empties_the_cache) {
  * had cached it and taken in its remote frees: the request that would hand it out again finds
  * the free mark and reports it. */
 Test(mcache, a_cached_block_marked_by_a_racing_free_is_not_handed_out, .signal = SIGABRT) {
-  char *a = ta_malloc(20000), *keep = ta_malloc(20000);
-  ta_free(a);
-  cr_assert(cached(a));
+  char *a = a_cached_block();
   ((ta_block_t *)a)->key = ta_mark(a); /* what the racing free wrote */
   char *b = ta_malloc(20000);
   cr_log_error("handed out a block another thread freed (%p)", b);
-  (void)keep;
 }
 
 Test(mcache, a_purge_for_the_budget_leaves_the_cache) {
