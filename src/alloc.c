@@ -80,6 +80,7 @@ static ta_arena_t *arena_get_slow(bool *borrowed) {
 /* Gives an arena up (thread exit, the end of a borrowed call), once what others freed into
  * it is taken in, and the budget kept, while it is still this thread's. */
 static void arena_release(ta_arena_t *a) {
+  ta_dirty_forget_demand(a); /* nothing it keeps will be used by this thread again */
   collect(a);
   ta_arena_release(a);
 }
@@ -870,7 +871,7 @@ int ta_malloc_trim(size_t pad) {
   if (a != &ta_sentinel_arena) {
     ta_slow_enter(a);
     collect(a);
-    freed += ta_arena_purge(a, now, true, 0);
+    freed += ta_arena_purge(a, now, true, 0, true);
     ta_slow_leave(a);
   }
   freed += ta_purge_orphans(now, true);

@@ -72,11 +72,14 @@ static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
     /* An owner that runs, or waits for a CPU, will use its memory in its own time: its
      * arena goes by the owner's age (ta_owner_decay); the memory of one blocked in the
      * kernel goes back by the wall time. Read before taking the lock, which the owner may
-     * want meanwhile. The budget's purges take the oldest excess from every arena. */
+     * want meanwhile. The budget's purges take the oldest excess from every arena, past
+     * what a running owner's demand holds. */
     uint64_t own_age = age;
-    if (purge && periodic) {
+    bool idle = true; /* (a blocked owner's demand holds nothing back: see ta_arena_purge) */
+    if (purge && (periodic || ta_arena_demand(a, now) > 0)) {
       uint32_t tid = atomic_load_explicit(&a->owner_tid, memory_order_relaxed);
-      if (tid != 0 && ta_os_thread_runs(tid)) own_age = ta_owner_decay();
+      idle = tid == 0 || !ta_os_thread_runs(tid);
+      if (!idle && periodic) own_age = ta_owner_decay();
     }
     if (!ta_slow_try_enter(a)) {
       ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms / 4 + 1);
@@ -93,7 +96,7 @@ static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
         ta_remote_collect_medium(a);
       else if (mail) ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms);
       a->collects_seen = a->collects;
-      if (purge) ta_arena_purge(a, now, false, own_age); /* notes its next due time itself */
+      if (purge) ta_arena_purge(a, now, false, own_age, idle); /* notes its next due time */
       else if (due != 0) ta_purge_note_global(&ta_arenas_due, due);
     }
     ta_slow_leave(a);

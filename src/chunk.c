@@ -237,8 +237,15 @@ void ta_chunk_pool_each(void (*fn)(void *ctx, uintptr_t c), void *ctx) {
 }
 
 ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
-  ta_chunk_t **pp = &a->empty_chunks;
-  while (*pp && chunk_being_read(*pp)) pp = &(*pp)->next; /* a reader holds one at most */
+  /* A resident one first: one given back is faulted in again. Not one a statistics reader
+   * holds (one at most). */
+  ta_chunk_t **pp = &a->empty_chunks, **gone = NULL;
+  for (; *pp; pp = &(*pp)->next) {
+    if (chunk_being_read(*pp)) continue;
+    if (!(*pp)->decommitted) break;
+    if (gone == NULL) gone = pp;
+  }
+  if (*pp == NULL && gone != NULL) pp = gone;
   ta_chunk_t *c = *pp;
   bool from_brk, fresh = c == NULL; /* from the kernel, or the pool: as the kernel gave it */
   uint8_t prev = TA_MAP_NONE; /* what the chunk was before: a small chunk keeps its shadow */
@@ -268,8 +275,10 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   c->free_slots = 0; /* shares its word with empty_since */
   c->dirty_slots = 0;
   /* Kept for the caller (medium.c starts its top as not resident): a reused chunk says
-   * whether it was given back, a fresh one has never been touched. */
+   * whether it was given back, a fresh one has never been touched. Either counts whole in
+   * the arena's demand (dirty.c), as an empty chunk counts whole in its dirty bytes. */
   TA_STORE(c->decommitted, fresh ? 1 : c->decommitted);
+  if (c->decommitted) ta_dirty_fresh(a, TA_CHUNK_SIZE);
   /* Not in the map yet: the caller publishes the chunk (ta_map_set) once its runs or
    * blocks are set up, so a stray free never meets half-made metadata. */
   return c;

@@ -12,6 +12,8 @@
  *     ta_purge_note_global: any such due time (huge.c's cache too: ta_huge_due);
  *   - how many arenas were ever made (ta_arena_count, counted by arena.c), among which
  *     medium.c shares the budget for the tops of its chunks;
+ *   - ta_dirty_fresh: pages an arena takes that are not resident, its demand: as much free
+ *     memory it may keep past the decay and the budget (ta_arena_demand);
  *   - over the budget (ta_dirty_max), the arena that went over it is marked
  *     (arena.over_budget): whoever holds the arena, above, gives its oldest excess back once
  *     the lower layers have returned (ta_purge_if_over: alloc.c, purge.c). While the purger
@@ -27,6 +29,7 @@
 #include "internal.h"
 
 _Atomic size_t ta_dirty_total; /* Σ arena.dirty_bytes */
+_Atomic size_t ta_dirty_held;  /* Σ arena.held */
 _Atomic size_t ta_span_dirty;  /* free spans still resident (span.c): no arena's */
 _Atomic uint64_t ta_span_excess_after; /* no purge of the spans' excess before (ms) */
 _Atomic uint32_t ta_arena_count; /* arenas ever made: as many as threads were ever alive at once */
@@ -138,8 +141,90 @@ size_t ta_top_allowance(void) {
   return ta_arena_share();
 }
 
+/* Arena a takes `bytes` of pages that are not resident: a chunk from the kernel, the pool
+ * or given back whole (chunk.c), a run slot given back on its own (small.c), a medium block
+ * whose pages were given back (medium.c). Counted in windows of ta_demand_window(). */
+void ta_dirty_fresh(ta_arena_t *a, size_t bytes) {
+  uint64_t now = ta_os_now_ms(), w = ta_demand_window();
+  uint64_t start = atomic_load_explicit(&a->demand_ms, memory_order_relaxed);
+  size_t cur = atomic_load_explicit(&a->demand, memory_order_relaxed);
+  if (now - start >= w) {
+    atomic_store_explicit(&a->demand_prev, now - start < 2 * w ? cur : 0, memory_order_relaxed);
+    atomic_store_explicit(&a->demand_ms, now, memory_order_relaxed);
+    cur = 0;
+  }
+  atomic_store_explicit(&a->demand, cur + bytes, memory_order_relaxed);
+  ta_dirty_hold(a, ta_arena_demand(a, now));
+}
+
+/* The pages arena a drew from the kernel over the last one to two windows: as much free
+ * memory it may keep resident past the decay and outside the budget (purge.c), since it is
+ * drawing that much anyway. A program that frees half its blocks and allocates as much
+ * again in other sizes gave back, with the decay and the budget alone, the memory it was
+ * about to fault in again (the frag workload: 205,000 page faults against jemalloc's
+ * 157,000, which keeps its free memory for 10 s). `now` may be older than the window's
+ * start (a purger's reading): that is no time at all. */
+size_t ta_arena_demand(const ta_arena_t *a, uint64_t now) {
+  uint64_t start = atomic_load_explicit(&a->demand_ms, memory_order_relaxed);
+  uint64_t d = now > start ? now - start : 0, w = ta_demand_window();
+  size_t cur = atomic_load_explicit(&a->demand, memory_order_relaxed);
+  size_t prev = atomic_load_explicit(&a->demand_prev, memory_order_relaxed);
+  size_t demand = d < w ? (cur > prev ? cur : prev) : d < 2 * w ? cur : 0;
+  size_t most = ta_dirty_max * 8; /* an arena keeps at most eight budgets for it */
+  return demand < most ? demand : most;
+}
+
+/* When arena a's demand falls next, unless it draws more meanwhile (ms). */
+uint64_t ta_demand_until(const ta_arena_t *a, uint64_t now) {
+  uint64_t start = atomic_load_explicit(&a->demand_ms, memory_order_relaxed);
+  uint64_t d = now > start ? now - start : 0, w = ta_demand_window();
+  if (d < w && atomic_load_explicit(&a->demand_prev, memory_order_relaxed) >
+                   atomic_load_explicit(&a->demand, memory_order_relaxed))
+    return start + w;
+  return d < 2 * w ? start + 2 * w : now;
+}
+
+/* Arena a's demand is `demand`: the part of its empty chunks and run slots that it covers is
+ * held, outside the budget, so that an arena drawing pages keeps what it holds without
+ * making the others give theirs back. Under the arena's lock. */
+void ta_dirty_hold(ta_arena_t *a, size_t demand) {
+  atomic_store_explicit(&a->demand_seen, demand, memory_order_relaxed);
+  size_t h = a->dirty_bytes < demand ? a->dirty_bytes : demand;
+  if (atomic_load_explicit(&a->held, memory_order_relaxed) == h) return;
+  size_t old = atomic_exchange_explicit(&a->held, h, memory_order_relaxed);
+  atomic_fetch_add_explicit(&ta_dirty_held, h - old, memory_order_relaxed);
+}
+
+/* Arena a took all arenas over the budget: the background thread gives the oldest excess
+ * back when it runs, else the arena's holder (ta_purge_if_over). */
+static void went_over(ta_arena_t *a) {
+  if (ta_bg_running()) ta_bg_over_budget();
+  else a->over_budget = true;
+}
+
+/* Arena a has a new owner, or none (the exit hook, or a claim: neither holds its lock): it
+ * has drawn nothing yet, and what its old demand held back past the budget is excess now,
+ * for its holder to give back (ta_purge_if_over). */
+void ta_dirty_forget_demand(ta_arena_t *a) {
+  atomic_store_explicit(&a->demand, 0, memory_order_relaxed);
+  atomic_store_explicit(&a->demand_prev, 0, memory_order_relaxed);
+  atomic_store_explicit(&a->demand_seen, 0, memory_order_relaxed);
+  size_t old = atomic_exchange_explicit(&a->held, 0, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&ta_dirty_held, old, memory_order_relaxed);
+  if (old > 0 && ta_over_budget()) went_over(a);
+}
+
+/* All arenas are over the budget, and arena a holds more than its demand. */
+bool ta_arena_over_budget(const ta_arena_t *a, uint64_t now) {
+  return ta_over_budget() && a->dirty_bytes > ta_arena_demand(a, now);
+}
+
+/* Beyond the budget: what all arenas hold past their demands (the two sums are read apart:
+ * a moment's skew is harmless). */
 bool ta_over_budget(void) {
-  return atomic_load_explicit(&ta_dirty_total, memory_order_relaxed) > ta_dirty_max;
+  size_t total = atomic_load_explicit(&ta_dirty_total, memory_order_relaxed);
+  size_t held = atomic_load_explicit(&ta_dirty_held, memory_order_relaxed);
+  return total > held && total - held > ta_dirty_max;
 }
 
 /* Free spans (span.c) belong to no arena and have a budget of their own, dirty_max_kb as
@@ -172,10 +257,11 @@ void ta_dirty_add_spans(intptr_t bytes) {
  * purged: the purge counts again at its end. */
 void ta_dirty_add(ta_arena_t *a, intptr_t bytes) {
   a->dirty_bytes += (size_t)bytes;
-  size_t total = atomic_fetch_add_explicit(&ta_dirty_total, (size_t)bytes, memory_order_relaxed) +
-                 (size_t)bytes;
-  if (bytes > 0 && total > ta_dirty_max && !a->purging) {
-    if (ta_bg_running()) ta_bg_over_budget();
-    else a->over_budget = true;
-  }
+  atomic_fetch_add_explicit(&ta_dirty_total, (size_t)bytes, memory_order_relaxed);
+  size_t demand = bytes > 0 ? ta_arena_demand(a, ta_os_now_ms())
+                            : atomic_load_explicit(&a->demand_seen, memory_order_relaxed);
+  ta_dirty_hold(a, demand);
+  if (bytes > 0 && !a->purging && a->dirty_bytes > demand && ta_over_budget()) went_over(a);
 }
+
+

@@ -399,6 +399,7 @@ typedef struct ta_arena {
   int slow_depth;                   /* the holder's nesting */
   bool purging;         /* inside ta_arena_purge (no re-entry from what it releases) */
   bool over_budget;     /* its frees went over the budget: ta_purge_if_over (dirty.c) */
+  bool shrink_wait;     /* its runs keep their free pages for its demand (purge.c) */
   uint32_t id;
   _Atomic uint32_t owner_tid;   /* the owner's kernel thread id (0: none known) */
   _Atomic uint64_t purge_due;  /* earliest time something of this arena may be purged; 0: none */
@@ -407,6 +408,14 @@ typedef struct ta_arena {
   _Atomic uint64_t released_ms; /* when the arena was last given up (read by orphan purges) */
   _Atomic uint64_t owner_tag;   /* owner without exit hook: its thread id, for takeover (arena.c) */
   size_t dirty_bytes;          /* empty chunks and retired run slots still resident */
+  /* Its demand (dirty.c, ta_dirty_fresh): bytes of pages it took that were not resident, in
+   * the window that began at demand_ms and in the one before; held: the part of dirty_bytes
+   * that demand covers, counted in ta_dirty_held. Written under the slow-path lock (the exit
+   * hook and a new owner's claim too, without it), read by the purger: relaxed atomics. */
+  _Atomic uint64_t demand_ms;
+  _Atomic size_t demand, demand_prev;
+  _Atomic size_t demand_seen;   /* ta_arena_demand at its last reading */
+  _Atomic size_t held;
   /* Which small classes take their blocks from runs: the others come from the medium heap
    * until the arena allocates ta_run_threshold of them within a second (alloc.c). */
   uint64_t run_classes;        /* bit c: class c has runs */
@@ -576,6 +585,7 @@ TA_HIDDEN extern size_t ta_conf_page_size; /* page_kb (tests): a page larger tha
 /* The book of free resident memory, written by the layers that free memory, read by the
  * purgers above (see dirty.c). */
 TA_HIDDEN extern _Atomic size_t ta_dirty_total; /* Σ arena.dirty_bytes */
+TA_HIDDEN extern _Atomic size_t ta_dirty_held;  /* Σ arena.held: outside the budget */
 TA_HIDDEN extern _Atomic size_t ta_span_dirty;  /* free resident spans (span.c) */
 TA_HIDDEN void ta_dirty_add_spans(intptr_t bytes);
 TA_HIDDEN bool ta_spans_over_budget(void);
@@ -588,6 +598,20 @@ TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
 TA_HIDDEN bool ta_over_budget(void);
 TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
 TA_HIDDEN uint64_t ta_owner_decay(void);
+/* An arena's demand: pages it faulted in lately (dirty.c). ta_dirty_fresh and ta_dirty_hold
+ * under the arena's slow-path lock; the rest reads relaxed atomics, or (forget) is the exit
+ * hook's or a new owner's. */
+TA_HIDDEN void ta_dirty_fresh(ta_arena_t *a, size_t bytes);
+TA_HIDDEN size_t ta_arena_demand(const ta_arena_t *a, uint64_t now);
+TA_HIDDEN void ta_dirty_forget_demand(ta_arena_t *a);
+TA_HIDDEN bool ta_arena_over_budget(const ta_arena_t *a, uint64_t now);
+TA_HIDDEN void ta_dirty_hold(ta_arena_t *a, size_t demand);
+TA_HIDDEN uint64_t ta_demand_until(const ta_arena_t *a, uint64_t now);
+/* Four decay times, at most 2 s: beyond that the decay itself keeps the memory longer. */
+TA_INLINE uint64_t ta_demand_window(void) {
+  return 4 * ta_decay_ms < 2000 ? 4 * ta_decay_ms : 2000;
+}
+#define TA_SLOT_GIVEN_BACK UINT64_MAX /* run.empty_since of a retired slot decommitted (purge.c) */
 TA_HIDDEN size_t ta_arena_share(void);    /* dirty.c: the holes' share */
 TA_HIDDEN size_t ta_top_allowance(void); /* dirty.c: each medium top's allowance */
 TA_HIDDEN extern _Atomic uint32_t ta_owner_scale_force; /* tests */
@@ -756,7 +780,7 @@ TA_HIDDEN void ta_medium_next_check(ta_mhdr_t *h); /* the header after h; aborts
 TA_HIDDEN size_t ta_medium_decommit(ta_mhdr_t *h);
 /* The decay purge's medium part (purge.c holds the lock): see medium.c. */
 TA_HIDDEN size_t ta_medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, size_t share,
-                                 uint64_t *oldest);
+                                 size_t hold, bool *held, uint64_t *oldest);
 TA_HIDDEN bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size);
 /* A meta block's check word covers its address, its size, INUSE, and a small class's flag
  * and spare (TA_M_CLASS, TA_M_SPARE_SHIFT), and the cache's flag (TA_M_CACHED): a byte written past
@@ -935,7 +959,7 @@ TA_INLINE bool ta_slow_held_by_me(const ta_arena_t *a) {
 /* Blocks freed into zombie arenas (never reused: see purge.c) and their usable bytes. */
 TA_HIDDEN extern _Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;
 TA_HIDDEN void ta_maybe_purge(ta_arena_t *a);
-TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age);
+TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, bool idle);
 TA_HIDDEN void ta_purge_excess(ta_arena_t *a, uint64_t now);
 TA_HIDDEN void ta_purge_spans_excess(uint64_t now);
 /* An arena whose frees took all arenas over the budget while the purger thread was not

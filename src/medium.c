@@ -35,9 +35,15 @@
 #define TOP_BIN (TA_NUM_BINS - 1)
 _Static_assert(TA_CHUNK_SIZE < (size_t)7 << 20, "no block reaches the top bin's class");
 
+/* Whether a block of s bytes at h ends at its chunk's end marker. */
+static bool ends_chunk(const ta_mhdr_t *h, size_t s) {
+  return (uintptr_t)h + s == (uintptr_t)ta_chunk_of(h) + TA_MEDIUM_END;
+}
+
+static bool is_top(const ta_mhdr_t *h) { return ends_chunk(h, M_SIZE(h)); }
+
 static unsigned bin_for(const ta_mhdr_t *h, size_t s) {
-  if ((uintptr_t)h + s == (uintptr_t)ta_chunk_of(h) + TA_MEDIUM_END) return TOP_BIN;
-  return ta_bin_of(s);
+  return ends_chunk(h, s) ? TOP_BIN : ta_bin_of(s);
 }
 
 static void bin_insert(ta_arena_t *a, ta_mhdr_t *h) {
@@ -165,7 +171,7 @@ static size_t resident_max(const ta_mhdr_t *h) {
   size_t s = M_SIZE(h), r = s;
   if (s >= TA_MEDIUM_PURGE_MIN && *ta_medium_res((ta_mhdr_t *)h) < s) r = *ta_medium_res((ta_mhdr_t *)h);
   const ta_chunk_t *c = ta_chunk_of(h);
-  if ((uintptr_t)h + s == (uintptr_t)c + TA_MEDIUM_END) {
+  if (ends_chunk(h, s)) {
     uintptr_t t = c->touched > (uintptr_t)h ? c->touched - (uintptr_t)h : 0;
     if (t < r) r = t;
   }
@@ -300,12 +306,30 @@ size_t ta_medium_decommit(ta_mhdr_t *h) {
  * ms; while those that stay may hold more than `share` bytes, of those free for half and an
  * eighth of it, then of all. A top (whose trims keep it within its allowance, top_trim)
  * goes only by its age and does not count against the share. With `all` (malloc_trim, an
- * ownerless arena), every free block that holds a whole page goes. *oldest: the time of the
- * oldest block that stays resident (0: none). Returns the bytes given back. */
+ * ownerless arena), every free block that holds a whole page goes. While all those blocks,
+ * tops included, hold no more than `hold` bytes (what the arena's demand leaves them,
+ * purge.c), none goes, and *held says so.
+ * *oldest: the time of the oldest block that stays resident (0: none). Returns the bytes
+ * given back. */
 size_t ta_medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, size_t share,
-                       uint64_t *oldest) {
+                       size_t hold, bool *held, uint64_t *oldest) {
   unsigned first = all ? ta_size_class(2 * ta_page_size) - 1 : ta_size_class(TA_MEDIUM_PURGE_MIN);
   size_t freed = 0;
+  if (!all && hold) {
+    size_t resident = 0;
+    *oldest = 0;
+    for (unsigned b = first; b < TA_NUM_BINS; b++)
+      for (ta_mhdr_t *h = a->bins[b]; h; h = M_LINK(h)[0]) {
+        if ((h->size_flags & TA_M_DECOMMITTED) || M_SIZE(h) < TA_MEDIUM_PURGE_MIN) continue;
+        uint64_t since = *ta_medium_stamp(h);
+        resident += resident_max(h);
+        if (*oldest == 0 || since < *oldest) *oldest = since;
+      }
+    if (resident <= hold) {
+      *held = true;
+      return 0;
+    }
+  }
   const uint64_t ages[] = {age, age / 2, age / 8, 0};
   for (unsigned i = 0; i < sizeof ages / sizeof ages[0]; i++) {
     size_t kept = 0;
@@ -386,6 +410,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
     h = bin_first_fit(a, search);
   }
   mage_t past = age_of(h, 0); /* its tail's (a tail under 16 KiB keeps no time) */
+  bool top = is_top(h);
   bin_remove(a, h);
   size_t s = M_SIZE(h);
   size_t prev_flag = h->size_flags & TA_M_PREV_FREE; /* always 0: neighbours are merged */
@@ -414,6 +439,9 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
                    ((M_SIZE(h) - sizeof(ta_mhdr_t) - size) << TA_M_SPARE_SHIFT));
   top_touch(ta_chunk_of(h), M_NEXT(h));
   wipe_words(h); /* no address of ours reaches the program */
+  /* Pages given back by a purge, faulted in again on use (a top's untouched pages are the
+   * chunk's, counted when it was taken: chunk.c). */
+  if (!top && need >= past.resident + ta_page_size) ta_dirty_fresh(a, need - past.resident);
   ta_slow_leave(a);
   return h + 1;
 }
@@ -642,6 +670,7 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
     }
     if (!(n->size_flags & TA_M_INUSE) && s + M_SIZE(n) >= need) {
       mage_t past = age_of(n, 0); /* what is left of n keeps its past */
+      bool top = is_top(n);
       bin_remove(a, n);
       size_t total = s + M_SIZE(n);
       forget_merged(n);
@@ -649,6 +678,8 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
       split_tail(a, h, need, past, false);
       top_touch(ta_chunk_of(h), M_NEXT(h));
+      if (!top && need - s >= past.resident + ta_page_size)
+        ta_dirty_fresh(a, need - s - past.resident);
     } else {
       ok = false;
     }

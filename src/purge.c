@@ -16,10 +16,13 @@
  *     block that holds a whole page);
  *   - cached huge spans are unmapped (huge.c: the cache is process-wide).
  * MADV_DONTNEED rather than MADV_FREE: resident memory falls at once, which is what users
- * measure (see docs/design.md).
+ * measure (see docs/design.md). An arena whose owner is drawing pages from the kernel keeps
+ * as much free memory as it drew lately (its demand, dirty.c), however old: see
+ * ta_arena_purge.
  *
  * Besides the time, a budget: when all arenas together hold more than ta_dirty_max
- * (32 MiB) of empty chunks and retired run slots, the oldest excess goes back at once: the
+ * (32 MiB) of empty chunks and retired run slots past what their demands hold (dirty.c,
+ * ta_dirty_held), the oldest excess goes back at once: the
  * background thread's job across arenas when it runs, else the adding arena's own
  * (ta_purge_excess, by its holder once the free that went over has returned:
  * ta_purge_if_over). Memory just freed is given back last: returning it only to fault it
@@ -49,8 +52,11 @@ _Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;
  * is the likeliest to be used again; returning it only to fault it in again is the thrash
  * the budget must not cause. */
 void ta_purge_excess(ta_arena_t *a, uint64_t now) {
-  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
-    ta_arena_purge(a, now, false, ta_excess_age(i));
+  ta_slow_enter(a); /* its count and demand are read under the lock */
+  ta_dirty_hold(a, ta_arena_demand(a, now)); /* what it holds out of the budget, now */
+  for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_arena_over_budget(a, now); i++)
+    ta_arena_purge(a, now, false, ta_excess_age(i), false);
+  ta_slow_leave(a);
 }
 
 /* The same for the free spans, beyond their own budget (ta_spans_over_budget): what became
@@ -74,7 +80,7 @@ void ta_maybe_purge(ta_arena_t *a) {
   if (TA_LIKELY(due == 0 && odue == 0 && hdue == 0 && sdue == 0)) return;
   uint64_t now = ta_os_now_ms();
   if (due && now >= due && now >= atomic_load_explicit(&a->owner_due, memory_order_relaxed))
-    ta_arena_purge(a, now, false, ta_owner_decay());
+    ta_arena_purge(a, now, false, ta_owner_decay(), false);
   if (odue && now >= odue) ta_purge_orphans(now, false);
   if (hdue && now >= hdue) ta_huge_purge(now, false);
   if (sdue && now >= sdue) ta_span_purge(now, ta_owner_decay());
@@ -85,8 +91,9 @@ void ta_maybe_purge(ta_arena_t *a) {
  * budget). The background thread calls it on arenas it does not own, with all false: only
  * state under the slow-path lock is touched then. The owner's own purge after the decay also
  * gives back the free pages of runs in use (without ages of their own: the purge is due
- * anyway). */
-size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
+ * anyway). Unless `idle` (its owner is blocked, or gone), the arena keeps what its demand
+ * covers (dirty.c). */
+size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, bool idle) {
   uint64_t horizon = age > ta_decay_ms ? age : ta_decay_ms; /* when what stays comes due */
   size_t freed = 0;
   uint64_t next = 0, next_own = 0; /* by the wall time; by the owner's */
@@ -97,8 +104,16 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
     if (next_own == 0 || o_ < next_own) next_own = o_;                                     \
   } while (0)
 #define DUE(since) (all || now >= (since) + age)
-
+  /* What the arena drew from the kernel lately (its demand, dirty.c) it may keep, however
+   * old: of its empty chunks and retired run slots only what they hold past it goes
+   * (`give`), oldest chunks first, then slots; what is left of the demand keeps the free
+   * pages of its runs, and its large free medium blocks while they hold no more. What is
+   * held back is looked at again when the demand falls (`until`), not at every slow path. */
   ta_slow_enter(a);
+  size_t hold = all || idle ? 0 : ta_arena_demand(a, now);
+  uint64_t until = hold ? ta_demand_until(a, now) : now;
+  size_t give = !hold ? SIZE_MAX : a->dirty_bytes > hold ? a->dirty_bytes - hold : 0;
+#define LATER(since) ((since) + ta_decay_ms >= until ? (since) : until - ta_decay_ms)
   bool was_purging = a->purging; /* under the lock: the purger may purge it too */
   a->purging = true;
   /* The cache of freed medium blocks (medium.c) goes into the heap once the first block put
@@ -113,13 +128,36 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   if (all) ta_small_retire_idle(a);
   /* The free pages of runs in use, whose lists only the owner may rewrite: with `all` (the
    * caller owns the arena) or in the owner's own purge after the decay — not the budget's
-   * (those pages are not counted in it), nor the background thread's. Before the passes
-   * below: taking in remote frees may retire runs and empty chunks. */
+   * (those pages are not counted in it), nor the background thread's, nor while the demand
+   * holds. Before the passes below: taking in remote frees may retire runs and empty chunks. */
   if (all || (ta_tl_arena == a && age >= ta_decay_ms)) {
-    ta_remote_collect(a); /* their blocks are found free (see ta_small_shrink) */
-    freed += ta_small_shrink(a);
+    a->shrink_wait = hold > a->dirty_bytes; /* part of the demand is the runs' to keep */
+    if (!a->shrink_wait) {
+      ta_remote_collect(a); /* their blocks are found free (see ta_small_shrink) */
+      freed += ta_small_shrink(a);
+    }
   }
+  /* Shrinking waits for the demand to fall: the owner's purge comes back then (the runs'
+   * pages have no age of their own; a blocked owner's wait for its next slow path). */
+  if (a->shrink_wait && !idle) PENDING(LATER(now - ta_decay_ms));
   if (all) ta_medium_release_empty(a);
+
+  /* Of the empty chunks past the demand, the oldest go, whole chunks while `give` holds
+   * one: those that became empty at `cut` or before. */
+  uint64_t cut = 0;
+  if (give != SIZE_MAX && give >= TA_CHUNK_SIZE) {
+    uint64_t t[32];
+    unsigned n = 0;
+    for (ta_chunk_t *c = a->empty_chunks; c; c = c->next) {
+      uint64_t e = c->empty_since;
+      if (c->decommitted || !DUE(e) || (n == 32 && t[31] <= e)) continue;
+      unsigned i = n < 32 ? n++ : 31; /* the 32 oldest, in order */
+      for (; i > 0 && t[i - 1] > e; i--) t[i] = t[i - 1];
+      t[i] = e;
+    }
+    size_t k = give / TA_CHUNK_SIZE;
+    if (n) cut = t[(k < n ? k : n) - 1];
+  }
 
   /* Empty chunks. A break chunk can only go when it is the top of the heap, so repeat
    * while the break moves down. */
@@ -127,11 +165,14 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
     moved = false;
     for (ta_chunk_t **pp = &a->empty_chunks; *pp;) {
       ta_chunk_t *c = *pp;
-      if (!DUE(c->empty_since)) {
-        if (!c->decommitted) PENDING(c->empty_since);
+      bool due = DUE(c->empty_since);
+      if (!due || (!c->decommitted && give != SIZE_MAX &&
+                   (give < TA_CHUNK_SIZE || c->empty_since > cut))) {
+        if (!c->decommitted) PENDING(due ? LATER(c->empty_since) : c->empty_since);
         pp = &c->next;
         continue;
       }
+      if (!c->decommitted && give != SIZE_MAX) give -= TA_CHUNK_SIZE;
       /* Unlink first, then look for statistics readers (which walk this list): a reader
        * that came before the unlink is seen and the chunk stays; one that comes after
        * cannot reach it. */
@@ -187,8 +228,13 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
     uint64_t due_slots = 0;
     for (uint64_t d = c->dirty_slots; d; d &= d - 1) {
       unsigned slot = (unsigned)__builtin_ctzll(d);
-      if (DUE(c->runs[slot].empty_since)) due_slots |= (uint64_t)1 << slot;
-      else PENDING(c->runs[slot].empty_since);
+      uint64_t since = c->runs[slot].empty_since;
+      if (DUE(since) && give >= TA_RUN_SIZE) {
+        due_slots |= (uint64_t)1 << slot;
+        if (give != SIZE_MAX) give -= TA_RUN_SIZE;
+      } else {
+        PENDING(DUE(since) ? LATER(since) : since);
+      }
     }
     c->dirty_slots &= ~due_slots;
     while (due_slots) {
@@ -196,8 +242,11 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
       uint64_t rest = ~(due_slots >> first);
       unsigned n = rest ? (unsigned)__builtin_ctzll(rest) : 64 - first;
       if (ta_os_decommit((char *)c + ((size_t)first << TA_RUN_SHIFT),
-                         (size_t)n << TA_RUN_SHIFT) == 0)
+                         (size_t)n << TA_RUN_SHIFT) == 0) {
         freed += (size_t)n << TA_RUN_SHIFT;
+        for (unsigned k = first; k < first + n; k++) /* taken again, they are faulted in */
+          c->runs[k].empty_since = TA_SLOT_GIVEN_BACK;
+      }
       due_slots &= ~((((uint64_t)1 << n) - 1) << first);
     }
   }
@@ -210,6 +259,8 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
     dirty += (size_t)__builtin_popcountll(c->dirty_slots) << TA_RUN_SHIFT;
   atomic_fetch_add_explicit(&ta_dirty_total, dirty - a->dirty_bytes, memory_order_relaxed);
   a->dirty_bytes = dirty;
+  ta_dirty_hold(a, hold);
+  size_t hold_medium = hold > dirty ? hold - dirty : 0;
 
   /* Large free medium blocks free for the decay time (each keeps its time: the ones the
    * owner cycles through stay); with `all` (malloc_trim, an ownerless arena) every free
@@ -217,9 +268,11 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
   if (a->medium_dirty_since || all) {
     if (all || now >= a->medium_dirty_since + age) {
       uint64_t oldest = 0;
-      freed += ta_medium_purge(a, now, all, age, ta_arena_share() /* the holes' */, &oldest);
+      bool held = false;
+      freed += ta_medium_purge(a, now, all, age, ta_arena_share() /* the holes' */,
+                               hold_medium, &held, &oldest);
       a->medium_dirty_since = oldest;
-      if (oldest) PENDING(oldest);
+      if (oldest) PENDING(held ? LATER(oldest) : oldest);
     } else {
       PENDING(a->medium_dirty_since);
     }
@@ -227,6 +280,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age) {
 
 #undef PENDING
 #undef DUE
+#undef LATER
   atomic_store_explicit(&a->purge_due, next, memory_order_relaxed);
   atomic_store_explicit(&a->owner_due, next_own, memory_order_relaxed);
   /* A purge by its owner's age leaves memory due by the wall time: the background thread
@@ -281,7 +335,7 @@ size_t ta_purge_orphans(uint64_t now, bool all) {
     if (!ta_arena_try_claim(a)) continue;
     ta_remote_collect(a);
     ta_purge_if_over(a);
-    freed += ta_arena_purge(a, now, true, 0);
+    freed += ta_arena_purge(a, now, true, 0, true);
     ta_arena_give_back(a);
   }
   return freed;

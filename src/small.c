@@ -82,6 +82,7 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
     r->state = RUN_UNUSED;
     r->slot = (uint16_t)i;
     r->next = r->prev = NULL;
+    r->empty_since = 0; /* not given back on its own (the chunk's demand is counted whole) */
   }
   if (shadow == NULL && ta_stats_on) shadow = ta_shadow_new();
   ta_shadow_set(c, shadow);
@@ -105,6 +106,7 @@ static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
   c->free_slots &= ~((uint64_t)1 << slot);
   c->dirty_slots &= ~((uint64_t)1 << slot);
   if (warm) ta_dirty_add(a, -(intptr_t)TA_RUN_SIZE);
+  else if (c->runs[slot].empty_since == TA_SLOT_GIVEN_BACK) ta_dirty_fresh(a, TA_RUN_SIZE);
   if (c->free_slots == 0) {
     chunk_list_remove(&a->small_avail, c);
     chunk_list_push(&a->small_full, c);

@@ -87,6 +87,9 @@ Test(memory, without_the_background_thread_idle_memory_stays, .timeout = 60) {
 Test(memory, idle_threads_keep_no_page_for_classes_they_used_once, .timeout = 60) {
   expect_clean_with(TATEST_MEM_IDLE, "classes", NULL);
 }
+Test(memory, a_program_that_frees_and_allocates_again_does_not_refault, .timeout = 60) {
+  expect_clean(TATEST_MEM_CYCLES);
+}
 Test(memory, idle_threads_memory_never_makes_a_busy_thread_refault, .timeout = 60) {
   expect_clean_with(TATEST_MEM_IDLE, "refault", NULL);
 }

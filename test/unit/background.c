@@ -403,7 +403,8 @@ Test(background, a_running_owners_memory_goes_by_its_own_time, .timeout = 30) {
   char *hole = start_hole_thread(&t, 1);
   uint64_t rounds = ta_bg_rounds();
   bool ran = rounds_pass_within(rounds, 5000);
-  nap_ms(6 * (long)ta_decay_ms);
+  /* Past two demand windows: what the owner drew holds nothing back any more (dirty.c). */
+  nap_ms(2 * (long)ta_demand_window() + 6 * (long)ta_decay_ms);
   bool kept = !hole_given_back(hole);
   atomic_store(&spin_state, 2); /* now blocked: its memory goes back by the wall time */
   bool gone = false;

@@ -10,8 +10,8 @@
 #include "internal.h"
 #include "tamalloc.h"
 
-#define BLOCK ((size_t)1000 << 10) /* medium: three to a chunk */
-#define BLOCKS 18                  /* six chunks, 24 MiB */
+#define BLOCK ((size_t)1000 << 10) /* medium: four to a chunk */
+#define BLOCKS 18                  /* five chunks, 17.6 MiB */
 
 static size_t dirty(void) { return atomic_load(&ta_dirty_total); }
 
@@ -30,10 +30,18 @@ static void fill(void **b, size_t n, size_t size) {
   }
 }
 
+/* An arena keeps as much free memory as it drew from the kernel lately (its demand, see
+ * below); these tests are about the budget beyond it: the pages were drawn long ago. */
+static void drawn_long_ago(void) {
+  ta_tl_arena->demand_ms -= 2 * ta_demand_window();
+  ta_dirty_hold(ta_tl_arena, 0); /* as the next purge reads it */
+}
+
 Test(budget, medium_frees_stay_within_it) {
   settings();
   void *b[BLOCKS];
   fill(b, BLOCKS, BLOCK);
+  drawn_long_ago();
   for (int i = 0; i < BLOCKS; i++) {
     ta_free(b[i]);
     cr_assert_leq(dirty(), ta_dirty_max, "after free %d: %zu bytes free and resident", i, dirty());
@@ -45,6 +53,7 @@ Test(budget, small_frees_stay_within_it) {
   enum { N = 5 * 63 * 8 }; /* five chunks of 8 KiB blocks */
   static void *b[N];
   fill(b, N, 8192);
+  drawn_long_ago();
   for (int i = 0; i < N; i++) {
     ta_free(b[i]);
     cr_assert_leq(dirty(), ta_dirty_max, "after free %d: %zu bytes free and resident", i, dirty());
@@ -61,6 +70,7 @@ Test(budget, remote_frees_taken_in_stay_within_it) {
   settings();
   void *b[BLOCKS];
   fill(b, BLOCKS, BLOCK);
+  drawn_long_ago();
   pthread_t t;
   pthread_create(&t, NULL, free_all, b); /* onto this thread's remote list */
   pthread_join(t, NULL);
@@ -96,4 +106,123 @@ Test(budget, a_thread_exit_stays_within_it) {
   pthread_barrier_wait(&h.freed);
   pthread_join(t, NULL);
   cr_assert_leq(dirty(), ta_dirty_max, "%zu bytes free and resident", dirty());
+}
+
+/* Its demand: an arena that draws pages from the kernel keeps as much free memory as it
+ * drew over the last one to two demand windows (4 decay times each), past the budget: a
+ * program that frees a batch and allocates as much again in other sizes does not give back
+ * what it would fault in again at once. */
+Test(budget, an_arena_keeps_what_it_drew_and_draws_no_more) {
+  settings();
+  void *b[BLOCKS];
+  fill(b, BLOCKS, BLOCK);
+  size_t drawn = ta_arena_demand(ta_tl_arena, ta_os_now_ms());
+  cr_assert_geq(drawn, (size_t)BLOCKS * (BLOCK - ta_page_size), "drawn: %zu", drawn);
+  for (int i = 0; i < BLOCKS; i++) ta_free(b[i]);
+  size_t kept = dirty();
+  cr_assert_gt(kept, ta_dirty_max, "more than the budget stays: %zu bytes", kept);
+  fill(b, BLOCKS, BLOCK); /* the same again: from what stayed */
+  size_t again = ta_arena_demand(ta_tl_arena, ta_os_now_ms()) - drawn;
+  cr_assert_lt(again, drawn / 4, "drew %zu bytes again", again); /* (a top's trim: 2 MiB) */
+  for (int i = 0; i < BLOCKS; i++) ta_free(b[i]);
+}
+
+/* Two windows later it holds nothing back: the next purge for the budget gives the excess. */
+Test(budget, what_it_drew_two_windows_ago_holds_nothing) {
+  settings();
+  void *b[BLOCKS];
+  fill(b, BLOCKS, BLOCK);
+  for (int i = 0; i < BLOCKS; i++) ta_free(b[i]);
+  cr_assert_gt(dirty(), ta_dirty_max);
+  uint64_t later = ta_os_now_ms() + 2 * ta_demand_window();
+  cr_assert_eq(ta_arena_demand(ta_tl_arena, later), 0);
+  ta_purge_excess(ta_tl_arena, later);
+  cr_assert_leq(dirty(), ta_dirty_max, "%zu bytes free and resident", dirty());
+}
+
+/* The background thread's purge of an arena whose owner is blocked holds nothing back. */
+Test(budget, an_idle_owners_demand_holds_nothing) {
+  settings();
+  void *b[BLOCKS];
+  fill(b, BLOCKS, BLOCK);
+  for (int i = 0; i < BLOCKS; i++) ta_free(b[i]);
+  ta_decay_ms = 50;
+  ta_tl_arena->demand_ms = ta_os_now_ms(); /* drawn just now, however slow the machine */
+  size_t before = dirty();
+  uint64_t later = ta_os_now_ms() + ta_decay_ms; /* all of it due, the demand still held */
+  cr_assert_geq(ta_arena_demand(ta_tl_arena, later), before);
+  ta_arena_purge(ta_tl_arena, later, false, ta_decay_ms, false);
+  cr_assert_eq(dirty(), before, "the owner's own purge keeps it");
+  ta_arena_purge(ta_tl_arena, later, false, ta_decay_ms, true);
+  cr_assert_eq(dirty(), 0, "an idle owner's purge does not");
+}
+
+/* What an arena holds for its demand is outside the budget: another arena's frees, within
+ * the budget by themselves, stay too. */
+static void *fill_then_free_long_after(void *arg) {
+  size_t *kept = arg;
+  void *b[6];
+  fill(b, 6, BLOCK);
+  drawn_long_ago();
+  for (int i = 0; i < 6; i++) ta_free(b[i]);
+  *kept = ta_tl_arena->dirty_bytes;
+  return NULL;
+}
+
+Test(budget, what_one_arena_holds_for_its_demand_costs_the_others_nothing) {
+  settings();
+  void *b[BLOCKS];
+  fill(b, BLOCKS, BLOCK);
+  for (int i = 0; i < BLOCKS; i++) ta_free(b[i]);
+  cr_assert_gt(dirty(), ta_dirty_max, "held for its demand");
+  size_t kept = 0;
+  pthread_t t;
+  pthread_create(&t, NULL, fill_then_free_long_after, &kept);
+  pthread_join(t, NULL);
+  cr_assert_geq(kept, (size_t)4 << 20, "the other thread kept %zu bytes", kept);
+}
+
+/* Past its demand, an arena's purge gives back the excess alone, in whole chunks within it
+ * (the oldest first), and no chunk for less. */
+static void excess_goes(size_t hold) {
+  settings();
+  void *b[BLOCKS];
+  fill(b, BLOCKS, BLOCK);
+  for (int i = 0; i < BLOCKS; i++) ta_free(b[i]);
+  size_t before = ta_tl_arena->dirty_bytes;
+  cr_assert_gt(before, hold + TA_CHUNK_SIZE);
+  ta_tl_arena->demand_ms = ta_os_now_ms();
+  ta_tl_arena->demand = hold; /* as if it had drawn that much */
+  ta_tl_arena->demand_prev = 0;
+  ta_arena_purge(ta_tl_arena, ta_os_now_ms() + 1, false, 0, false);
+  size_t after = ta_tl_arena->dirty_bytes;
+  cr_assert_geq(after, hold, "kept %zu of %zu", after, before);
+  cr_assert_lt(after, hold + TA_CHUNK_SIZE, "kept %zu of %zu", after, before);
+}
+
+Test(budget, past_its_demand_only_the_excess_goes) { excess_goes((size_t)8 << 20); }
+Test(budget, no_chunk_goes_for_less_than_a_chunk_of_excess) {
+  excess_goes(((size_t)8 << 20) + TA_RUN_SIZE);
+}
+
+/* The oldest empty chunks go first. */
+Test(budget, past_its_demand_the_oldest_chunks_go) {
+  settings();
+  void *b[BLOCKS];
+  fill(b, BLOCKS, BLOCK);
+  for (int i = 0; i < BLOCKS; i++) ta_free(b[i]);
+  ta_arena_t *a = ta_tl_arena;
+  uint64_t now = ta_os_now_ms(), newest = now - 1, t = newest;
+  for (ta_chunk_t *c = a->empty_chunks; c; c = c->next) c->empty_since = t--; /* as released */
+  a->demand_ms = now;
+  a->demand = (size_t)4 << 20; /* all but one chunk go */
+  a->demand_prev = 0;
+  ta_arena_purge(a, now, false, 0, false);
+  unsigned left = 0;
+  for (ta_chunk_t *c = a->empty_chunks; c; c = c->next)
+    if (!c->decommitted) {
+      left++;
+      cr_assert_eq(c->empty_since, newest, "the chunk emptied last stays");
+    }
+  cr_assert_eq(left, 1);
 }

@@ -377,7 +377,7 @@ Test(medium, the_purge_gives_back_old_holes_and_keeps_fresh_ones) {
   char *old, *fresh;
   two_holes(&old, &fresh);
   size_t resident_before = ta_os_resident(fresh, 100 << 10);
-  cr_assert_gt(ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms), 0);
+  cr_assert_gt(ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms, true), 0);
   cr_assert(given_back(old), "the hole free for the decay time went back");
   cr_assert_leq(ta_os_resident(old, 100 << 10), 2 * ta_page_size);
   cr_assert_not(given_back(fresh), "the hole freed just now stays");
@@ -391,7 +391,7 @@ Test(medium, past_its_share_the_purge_gives_back_fresh_holes_too) {
   ta_dirty_max = 0; /* the smallest share: 64 KiB, less than the fresh hole */
   char *old, *fresh;
   two_holes(&old, &fresh);
-  ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms);
+  ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms, true);
   cr_assert(given_back(old));
   cr_assert(given_back(fresh), "over the share, the younger hole went back too");
 }
@@ -451,13 +451,43 @@ Test(medium, the_top_does_not_count_against_the_holes_share) {
   cr_assert_not(top->size_flags & TA_M_INUSE, "merged into the top");
   ta_free(hole);
   uint64_t oldest = 0;
+  bool held = false;
   ta_slow_enter(ta_tl_arena);
-  size_t freed = ta_medium_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms, 1 << 20, &oldest);
+  size_t freed = ta_medium_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms, 1 << 20, 0,
+                                 &held, &oldest);
   ta_slow_leave(ta_tl_arena);
   cr_assert_eq(freed, 0, "nothing is due: %zu bytes given back", freed);
   cr_assert_not(given_back(hole), "the fresh hole stays");
   cr_assert_neq(oldest, 0);
   ta_free(big);
+  ta_free(guard);
+}
+
+/* Large holes free for the decay time stay while they, the top included, hold no more than
+ * what the arena's demand leaves them (purge.c); past it they go as ever. */
+static size_t purge_holding(size_t hold, bool *held) {
+  uint64_t oldest = 0;
+  *held = false;
+  ta_slow_enter(ta_tl_arena);
+  size_t freed = ta_medium_purge(ta_tl_arena, ta_os_now_ms() + ta_decay_ms, false, ta_decay_ms,
+                                 0, hold, held, &oldest);
+  ta_slow_leave(ta_tl_arena);
+  if (*held) cr_assert_neq(oldest, 0, "held: looked at again");
+  return freed;
+}
+
+Test(medium, large_holes_stay_while_the_demand_covers_them) {
+  ta_decay_ms = 50;
+  char *hole = ta_malloc(300 << 10), *guard = ta_malloc(10000);
+  memset(hole, 1, 300 << 10);
+  ta_free(hole);
+  bool held;
+  cr_assert_eq(purge_holding(TA_CHUNK_SIZE, &held), 0);
+  cr_assert(held);
+  cr_assert_not(given_back(hole), "within the demand: it stays");
+  cr_assert_gt(purge_holding(64 << 10, &held), 0);
+  cr_assert_not(held);
+  cr_assert(given_back(hole), "past the demand: it goes");
   ta_free(guard);
 }
 
@@ -469,7 +499,7 @@ Test(medium, what_is_cut_from_a_given_back_hole_stays_given_back) {
   memset(hole, 1, 300 << 10);
   ta_free(hole);
   nap_ms(100);
-  ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms);
+  ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms, true);
   cr_assert(given_back(hole));
   char *p = ta_malloc(40 << 10);
   cr_assert_eq(p, hole, "cut from the front of the hole");
@@ -477,7 +507,7 @@ Test(medium, what_is_cut_from_a_given_back_hole_stays_given_back) {
   cr_assert(given_back(rest), "the rest keeps the bit");
   nap_ms(100);
   uint64_t calls = ta_os_calls(TA_OS_MADVISE);
-  ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms);
+  ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms, true);
   cr_assert_eq(ta_os_calls(TA_OS_MADVISE), calls, "no madvise for the rest again");
   ta_free(p);
   ta_free(guard);
@@ -706,10 +736,10 @@ Test(mcache, the_purge_flushes_the_cache_a_decay_time_after_its_first_block) {
   cr_assert_leq(atomic_load(&me->purge_due), since + ta_decay_ms, "the flush is due");
   ta_free(b);
   cr_assert_eq(me->mcache_since, since, "the first block's time");
-  ta_arena_purge(me, since + ta_decay_ms - 1, false, ta_decay_ms);
+  ta_arena_purge(me, since + ta_decay_ms - 1, false, ta_decay_ms, true);
   cr_assert(cached(a) && cached(b), "not yet");
   cr_assert_eq(atomic_load(&me->purge_due), since + ta_decay_ms, "still due then");
-  ta_arena_purge(me, since + ta_decay_ms, false, ta_decay_ms);
+  ta_arena_purge(me, since + ta_decay_ms, false, ta_decay_ms, true);
   cr_assert_eq(me->mcache_bytes, 0);
   cr_assert_eq(me->mcache_since, 0, "the next put notes its own time");
   check_cache(keep);
@@ -745,9 +775,9 @@ Test(mcache, a_purge_for_the_budget_leaves_the_cache) {
   char *a = ta_malloc(20000), *keep = ta_malloc(20000);
   ta_free(a);
   ta_arena_t *me = ta_tl_arena;
-  ta_arena_purge(me, me->mcache_since + 1, false, 0); /* ta_purge_excess's last age */
+  ta_arena_purge(me, me->mcache_since + 1, false, 0, true); /* ta_purge_excess's last age */
   cr_assert(cached(a), "the budget does not count it: flushing it gives nothing back");
-  ta_arena_purge(me, me->mcache_since + 1, true, 0);
+  ta_arena_purge(me, me->mcache_since + 1, true, 0, true);
   cr_assert(!cached(a), "a full purge flushes it");
   ta_free(keep);
 }

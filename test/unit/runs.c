@@ -397,7 +397,7 @@ Test(runs, remote_frees_are_taken_in_before_the_run_shrinks) {
   cr_assert_eq(pthread_join(t, NULL), 0);
   cr_assert(ta_remote_waiting(ta_tl_arena, memory_order_relaxed));
   cr_assert_eq(RUN_USED(r), (int32_t)r->cap, "blocks on the remote list count as used");
-  cr_assert_geq(ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms),
+  cr_assert_geq(ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms, true),
                 TA_RUN_SIZE - ta_page_size);
   cr_assert(!ta_remote_waiting(ta_tl_arena, memory_order_relaxed));
   cr_assert_eq(r->limit, r->bsize);
@@ -464,14 +464,16 @@ static void nap_ms(long ms) {
 }
 
 /* All blocks of a run but the lowest freed, and a purge due after the decay time (a large
- * free medium block): shrinking rides on a purge that is due anyway. */
+ * free medium block): shrinking rides on a purge that is due anyway. The nap is longer than
+ * two demand windows: an arena still drawing pages keeps the free ones of its runs (see
+ * runs_keep_their_pages_while_the_arena_draws_and_shrink_after). */
 static ta_run_t *run_to_shrink_when_due(void) {
   ta_decay_ms = 20;
   ta_run_t *r = fill_run(64);
   for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
   ta_free(ta_malloc(100 << 10)); /* past 64 KiB: into the heap, not the cache */
   cr_assert_neq(atomic_load(&ta_tl_arena->purge_due), 0, "a purge is due");
-  nap_ms((long)ta_decay_ms + 30);
+  nap_ms((long)(2 * ta_demand_window()) + 30);
   return r;
 }
 
@@ -486,11 +488,36 @@ Test(runs, the_owners_purge_after_the_decay_gives_back_free_pages) {
   refill_and_check(r, 64, 1);
 }
 
+/* While the arena is drawing pages from the kernel (its demand), its runs keep their free
+ * pages; the purge comes back when the demand falls, and shrinks them then. */
+Test(runs, runs_keep_their_pages_while_the_arena_draws_and_shrink_after) {
+  ta_decay_ms = 20;
+  ta_run_t *r = fill_run(64);
+  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  ta_free(ta_malloc(100 << 10));
+  nap_ms((long)ta_decay_ms + 30);
+  ta_arena_t *a = ta_tl_arena;
+  a->demand_ms = ta_os_now_ms(); /* what it drew, it drew just now (a slow CI) */
+  uint64_t now = ta_os_now_ms();
+  cr_assert_gt(ta_arena_demand(a, now), 0, "the run's chunk");
+  ta_free(ta_malloc(20000)); /* a slow path: the purge is due */
+  cr_assert_eq(r->limit, r->cap * r->bsize, "its free pages stay");
+  cr_assert(a->shrink_wait);
+  uint64_t until = ta_demand_until(a, ta_os_now_ms());
+  uint64_t due = atomic_load(&a->owner_due);
+  cr_assert(due > ta_os_now_ms() && due <= until,
+            "the owner comes back when the demand falls (%lu, %lu)", (unsigned long)due,
+            (unsigned long)until);
+  ta_arena_purge(a, until, false, ta_decay_ms, false); /* then */
+  cr_assert_eq(r->limit, r->bsize, "shrunk once the demand fell");
+  check_run(r);
+}
+
 /* The background purger's call: it holds the arena's lock, not its fast paths. */
 static void *purge_as_the_background_thread(void *arg) {
   ta_arena_t *a = arg;
   cr_assert(ta_slow_try_enter(a));
-  ta_arena_purge(a, ta_os_now_ms(), false, ta_decay_ms);
+  ta_arena_purge(a, ta_os_now_ms(), false, ta_decay_ms, true);
   ta_slow_leave(a);
   return NULL;
 }

@@ -2,9 +2,13 @@
  * the decay, one more allocation, and the resident set is back near its start, without
  * malloc_trim.
  *   mem_decay          (run with a large dirty_max_kb) memory is kept for the decay time,
- *                      so that a program that frees and allocates again pays no fault;
- *   mem_decay budget   (default settings) an arena keeps at most its budget: beyond it,
- *                      freed memory goes back at once (the huge cache, 64 MiB, stays). */
+ *                      so that a program that frees and allocates again pays no fault, and
+ *                      as long as the program drew as much from the kernel lately (two
+ *                      demand windows of 4 decay times at most, 1.6 s by default);
+ *   mem_decay budget   (default settings) beyond what it drew lately, an arena keeps at
+ *                      most its budget: the blocks were allocated long before they are
+ *                      freed, and what is freed beyond the budget goes back at once (the
+ *                      huge cache, 64 MiB, stays). */
 #include "mem_common.h"
 
 int main(int argc, char **argv) {
@@ -21,10 +25,12 @@ int main(int argc, char **argv) {
   char *big = malloc(64 * MiB);
   memset(big, 7, 64 * MiB);
   size_t full = rss_bytes();
+  if (budget) usleep(1800 * 1000); /* two demand windows: drawn long ago */
   for (int i = 0; i < N; i++) free(p[i]);
   free(big);
   size_t right_after = rss_bytes();
-  usleep(400 * 1000); /* the default decay is 200 ms */
+  /* The default decay is 200 ms; drawn just now, the memory stays two demand windows. */
+  usleep((budget ? 400 : 1800) * 1000);
   char *volatile q = malloc(300000);
   q[0] = 1;
   free(q);
