@@ -1,8 +1,9 @@
 /* Unit tests: the budget of free resident memory without the purger thread. A call whose
- * frees take all arenas over dirty_max_kb gives the arena's oldest excess back before it
- * returns, wherever in the call the memory became free: a free (small or medium), the remote
- * frees a slow path takes in, a thread's exit. (The lower layers only mark the arena,
- * dirty.c; its holder gives the excess back: alloc.c, purge.c.) */
+ * frees take all arenas over dirty_max_kb, past what their demands hold (the pages each
+ * drew from the kernel lately: the tests at the end), gives the arena's oldest excess back
+ * before it returns, wherever in the call the memory became free: a free (small or medium),
+ * the remote frees a slow path takes in, a thread's exit. (The lower layers only mark the
+ * arena, dirty.c; its holder gives the excess back: alloc.c, purge.c.) */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <string.h>
