@@ -190,8 +190,7 @@ class Allocator:
         return os.path.realpath(self.path) if self.path else None
 
     def describe(self):
-        return {"name": self.name, "library": rel(self.path) if self.path and
-                os.path.abspath(self.path).startswith(ROOT + os.sep) else self.path,
+        return {"name": self.name, "library": display_path(self.path) if self.path else None,
                 "package": self.package, "version": self.version, "status": self.status,
                 "detail": self.detail, "probe_problems": self.problems,
                 "symbols": self.symbols,
@@ -263,8 +262,15 @@ def discover(args):
 
 
 def display_path(path):
+    """A path as a report shows it: relative inside the repository, whole for the system's
+    libraries, and only the file's name elsewhere (a library built by hand: where it lies on
+    the machine that ran the suite says nothing about it and does not belong in a report)."""
     ap = os.path.abspath(path)
-    return rel(ap) if ap.startswith(ROOT + os.sep) else ap
+    if ap.startswith(ROOT + os.sep):
+        return rel(ap)
+    if ap.startswith(("/usr/", "/lib/", "/lib64/")):
+        return ap
+    return os.path.basename(ap)
 
 
 def dpkg_version(package):
