@@ -116,7 +116,8 @@ static TA_NOINLINE void *small_alloc_slow(ta_arena_t *a, unsigned cls, size_t al
   collect(a);
   if (!class_has_runs(a, cls)) {
     slow_path_chores(a);
-    return ta_medium_alloc(a, ta_class_size[cls], align, true);
+    /* On a cache line at least, as a run's block of the class would be (see ta_medium_alloc). */
+    return ta_medium_alloc(a, ta_class_size[cls], align < TA_LINE ? TA_LINE : align, true);
   }
   void *b = ta_small_alloc_slow(a, cls, false);
   if (b == NULL) {

@@ -115,6 +115,7 @@ _Static_assert(TA_RUN_SIZE >= TA_PAGE_MAX, "a run is a whole number of pages");
  * (alloc.c, class_has_runs): below it, a page of a run holds 4 blocks or more, and blocks
  * keep the checks of runs from the first. */
 #define TA_COLD_CLASS_MIN 32
+#define TA_LINE ((size_t)64) /* a cache line: where a cold class's block starts (alloc.c) */
 #define TA_MEDIUM_MAX ((size_t)1 << 20) /* larger requests are mapped on their own */
 #define TA_NUM_BINS 136 /* medium free-list bins, indexed by size class */
 #define TA_BIN_WORDS ((TA_NUM_BINS + 63) / 64)

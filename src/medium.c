@@ -380,8 +380,20 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep, mage_t g, bool 
 
 static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need);
 
+/* The bytes free block h gives up in front for its data to lie on `align`: none, or a free
+ * block of its own (TA_MIN_MBLOCK at least). */
+static size_t aligned_front(const ta_mhdr_t *h, size_t align) {
+  uintptr_t data = ta_align_up((uintptr_t)(h + 1), align);
+  while (data - sizeof(ta_mhdr_t) != (uintptr_t)h &&
+         data - sizeof(ta_mhdr_t) - (uintptr_t)h < TA_MIN_MBLOCK)
+    data += align;
+  return data - sizeof(ta_mhdr_t) - (uintptr_t)h;
+}
+
 void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
-  size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
+  /* A small class's block (exact) spans whole cache lines, header included, so that the next
+   * one carved after it on a line starts on a line too, with no gap cut in front of it. */
+  size_t need = ta_align_up(size + sizeof(ta_mhdr_t), exact ? TA_LINE : TA_ALIGNMENT);
   if (need < TA_MIN_MBLOCK) need = TA_MIN_MBLOCK;
   size_t search = align > TA_ALIGNMENT ? need + align + TA_MIN_MBLOCK : need;
   if (search > TA_MEDIUM_END - TA_MEDIUM_HDR - sizeof(ta_mhdr_t)) return NULL;
@@ -394,7 +406,15 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
     ta_slow_leave(a);
     return h + 1;
   }
-  h = bin_first_fit(a, search);
+  h = NULL;
+  if (align > TA_ALIGNMENT) {
+    /* First the block a request without alignment would take, if it is big enough once
+     * aligned (a freed block of a small class lies on a line already): the search below asks
+     * for room for any alignment, which no hole of just the right size has. */
+    ta_mhdr_t *t = bin_first_fit(a, need);
+    if (t != NULL && M_SIZE(t) >= aligned_front(t, align) + need) h = t;
+  }
+  if (h == NULL) h = bin_first_fit(a, search);
   if (h == NULL && a->mcache_bytes) {
     /* The cached blocks, merged into the heap, may hold what no bin does: they go back to
      * it before a new chunk is mapped (or the request fails). */
@@ -416,11 +436,8 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   size_t prev_flag = h->size_flags & TA_M_PREV_FREE; /* always 0: neighbours are merged */
 
   if (align > TA_ALIGNMENT) {
-    uintptr_t data = ta_align_up((uintptr_t)(h + 1), align);
-    while (data - sizeof(ta_mhdr_t) != (uintptr_t)h &&
-           data - sizeof(ta_mhdr_t) - (uintptr_t)h < TA_MIN_MBLOCK)
-      data += align;
-    size_t front = data - sizeof(ta_mhdr_t) - (uintptr_t)h;
+    size_t front = aligned_front(h, align);
+    uintptr_t data = (uintptr_t)h + front + sizeof(ta_mhdr_t);
     if (front) {
       /* The front becomes a free block of its own; its successor is the aligned block. */
       TA_ADD(a->cnt.splits, 1);

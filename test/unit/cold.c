@@ -32,7 +32,7 @@ Test(cold, a_class_starts_in_the_medium_heap_and_gets_runs_when_used_often) {
     p[i] = ta_malloc(2000);
     cr_assert_eq(ta_map_get((uintptr_t)p[i]), TA_MAP_MEDIUM, "block %d", i);
     cr_assert_eq(ta_malloc_usable_size(p[i]), 2048, "a block of the class reports its size");
-    cr_assert_eq((uintptr_t)p[i] % 16, 0);
+    cr_assert_eq((uintptr_t)p[i] % 64, 0, "on a cache line, as a run's block would be");
     memset(p[i], 0xab, ta_malloc_usable_size(p[i]));
   }
   cr_assert_not(has_runs(CLS_2K));
@@ -46,6 +46,25 @@ Test(cold, a_class_starts_in_the_medium_heap_and_gets_runs_when_used_often) {
   for (int i = 0; i < 16; i++) ta_free(p[i]);
   ta_free(q);
   cr_assert(has_runs(CLS_2K), "a class keeps its runs");
+}
+
+/* An array of per-thread records (64 threads' 32-byte records: 2 KiB) shares no more lines
+ * than it would in a run: it starts on a line, whatever the class and the blocks before it. */
+Test(cold, every_cold_class_block_starts_on_a_cache_line) {
+  ta_run_threshold = 1000; /* all from the medium heap */
+  void *p[2 * (TA_NUM_SMALL + 1)];
+  unsigned n = 0;
+  for (unsigned c = TA_COLD_CLASS_MIN; c <= TA_NUM_SMALL; c++) {
+    for (int k = 0; k < 2; k++) {
+      void *q = ta_malloc(ta_class_size[c] - (size_t)k * 15);
+      cr_assert_eq(ta_map_get((uintptr_t)q), TA_MAP_MEDIUM, "class %u", c);
+      cr_assert_eq((uintptr_t)q % 64, 0, "class %u (%zu B): %p", c, ta_class_size[c], q);
+      cr_assert_eq(ta_malloc_usable_size(q), ta_class_size[c]);
+      memset(q, 0x5a, ta_class_size[c]);
+      p[n++] = q;
+    }
+  }
+  for (unsigned i = 0; i < n; i++) ta_free(p[i]);
 }
 
 Test(cold, classes_under_1k_take_runs_from_the_first_block) {
@@ -81,20 +100,16 @@ Test(cold, the_count_starts_again_every_second) {
   ta_free(p);
 }
 
-/* A free hole 16 bytes larger than what the class needs: the block cut from it keeps the 16
- * bytes (too few to stand alone) as its spare, and still reports the class's size. */
+/* A class's block spans whole cache lines, header included, so that the next one starts on a
+ * line too: what it holds beyond the class's size is its spare, and it still reports the
+ * class's size. */
 Test(cold, a_block_with_a_spare_reports_its_class_size) {
   ta_run_threshold = 1000;
-  ta_mcache_max = 0; /* x's block goes back to the heap, where a class's request cuts it */
-  void *before = ta_malloc(9000); /* medium blocks around a hole of 8224 bytes */
-  void *x = ta_malloc(8200);
-  void *after = ta_malloc(9000);
-  size_t hole = ta_mh_load(hdr(x)) & TA_M_SIZE_MASK;
-  cr_assert_eq(hole, 8224);
-  ta_free(x);
-  void *p = ta_malloc(8192); /* class 8192, served from the medium heap: needs 8208 */
-  cr_assert_eq(p, x, "the hole is the best fit");
-  cr_assert_eq(ta_mh_load(hdr(p)) >> TA_M_SPARE_SHIFT, 16);
+  void *p = ta_malloc(8192); /* class 8192 from the medium heap: 8192 + 16 in lines, 8256 */
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM);
+  cr_assert_eq((uintptr_t)p % 64, 0);
+  cr_assert_eq(ta_mh_load(hdr(p)) & TA_M_SIZE_MASK, 8256);
+  cr_assert_eq(ta_mh_load(hdr(p)) >> TA_M_SPARE_SHIFT, 48);
   cr_assert_eq(ta_malloc_usable_size(p), 8192);
   cr_assert_eq(ta_sallocx(p, 0), ta_nallocx(8192, 0));
   memset(p, 1, 8192);
@@ -102,10 +117,8 @@ Test(cold, a_block_with_a_spare_reports_its_class_size) {
   cr_assert_eq(ta_realloc(p, 8200), p);
   cr_assert_eq(ta_mh_load(hdr(p)) >> TA_M_SPARE_SHIFT, 0);
   cr_assert_eq(ta_mh_load(hdr(p)) & TA_M_CLASS, 0, "no class's block any more");
-  cr_assert_eq(ta_malloc_usable_size(p), 8208);
+  cr_assert_eq(ta_malloc_usable_size(p), 8240);
   ta_free_sized(p, 8200);
-  ta_free(before);
-  ta_free(after);
 }
 
 /* The spare and the class flag are in the check word: a header whose spare was rewritten
@@ -149,14 +162,14 @@ Test(cold, a_merge_leaves_no_address_inside_the_block) {
   ta_run_threshold = 1000;
   void *x = ta_malloc(2000), *guard = ta_malloc(2000);
   char *a = ta_malloc(2000), *b = ta_malloc(2000), *c = ta_malloc(2000);
-  cr_assert_eq(b, a + 2064);
+  cr_assert_eq(b, a + 2112, "2048 + 16 in whole lines");
   ta_free(x);
   ta_free(b); /* a hole linked to x's in their bin */
   uintptr_t l[2];
   memcpy(l, b, sizeof l);
   cr_assert(l[0] != 0 || l[1] != 0, "b is linked to x");
   ta_free(a); /* merges with it */
-  char *m = ta_malloc(4000); /* class 4096: the merged hole, 4128 bytes */
+  char *m = ta_malloc(4000); /* class 4096 (4160 bytes): the merged hole, 4224 bytes */
   cr_assert_eq(m, a);
   uintptr_t w[2];
   memcpy(w, b, sizeof w); /* where b's links were */
@@ -232,15 +245,10 @@ Test(cold, double_free_aborts, .signal = SIGABRT) {
  * and recording its request leaves its checked bits alone (it frees cleanly). */
 Test(cold, statistics_count_the_block_in_its_class) {
   ta_run_threshold = 1000;
-  ta_mcache_max = 0; /* as above */
+  ta_mcache_max = 0; /* a freed block goes back to the heap, not to the cache */
   ta_stats_enable(1);
-  void *before = ta_malloc(9000);
-  void *x = ta_malloc(8200);
-  void *after = ta_malloc(9000);
-  ta_free(x);
-  void *p = ta_malloc(8000); /* class 8192 in x's hole of 8224: a spare of 16 */
-  cr_assert_eq(p, x);
-  cr_assert_eq(ta_mh_load(hdr(p)) >> TA_M_SPARE_SHIFT, 16);
+  void *p = ta_malloc(8000); /* class 8192: 8256 bytes, a spare of 48 */
+  cr_assert_eq(ta_mh_load(hdr(p)) >> TA_M_SPARE_SHIFT, 48);
   void *q[10];
   for (int i = 0; i < 10; i++) q[i] = ta_malloc(2000);
   struct ta_stats s;
@@ -264,8 +272,6 @@ Test(cold, statistics_count_the_block_in_its_class) {
   cr_assert_eq(s.classes[TA_NUM_SMALL + 1].free_blocks, medium_free + 1);
   for (int i = 0; i < 10; i++) ta_free(q[i]);
   ta_free(p);
-  ta_free(before);
-  ta_free(after);
 }
 
 /* realloc keeps a class's block in place down to half its size: still the class's block. */
