@@ -111,7 +111,8 @@ _Static_assert(TA_NUM_SMALL < 64, "a bit of run_classes per small class");
  * threads freed is taken in (it may refill the run); then, for a class with runs, small.c
  * finds a block in the arena's runs (when the arena has to take a new run, what is due goes
  * back first), for one without, the medium heap gives a block that reports the class's size
- * and is aligned to `align` (a multiple of which the class's size is). */
+ * and is aligned to `align` (a multiple of which the class's size is), and to a cache line at
+ * least. */
 static TA_NOINLINE void *small_alloc_slow(ta_arena_t *a, unsigned cls, size_t align) {
   collect(a);
   if (!class_has_runs(a, cls)) {

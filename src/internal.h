@@ -267,7 +267,8 @@ _Static_assert(offsetof(ta_chunk_t, readers) + sizeof(uint32_t) <= sizeof(ta_run
 #define TA_M_SIZE_MASK ((size_t)0xfffffff0)
 /* Bits 32..54 of a live block's size word: usable - requested (statistics, not in the check
  * word); bits 56..63: its spare, the bytes a TA_M_CLASS block holds beyond the class's size it
- * reports (a tail too small to split off), in the check word like TA_M_CLASS. */
+ * reports (the rounding to whole cache lines, 48 bytes, and a tail too small to split off, up
+ * to 32 more), in the check word like TA_M_CLASS. */
 #define TA_M_WASTE_SHIFT 32
 #define TA_M_WASTE_MASK ((size_t)0x7fffff)
 #define TA_M_SPARE_SHIFT 56
@@ -283,6 +284,7 @@ typedef struct ta_mhdr {
   uintptr_t check;   /* (address ^ ta_secret) */
 } ta_mhdr_t;
 #define TA_MIN_MBLOCK ((size_t)48) /* header + two links + footer */
+_Static_assert(TA_LINE - 16 + TA_MIN_MBLOCK - 16 < 256, "a class block's spare fits its byte");
 /* A free medium block of TA_MEDIUM_PURGE_MIN bytes or more keeps, after its two links, the
  * time (ms) at which its bytes became free (their age averaged by size: medium.c) and how
  * many of them may be resident: the decay purge gives back the blocks free for the decay

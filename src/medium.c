@@ -390,6 +390,35 @@ static size_t aligned_front(const ta_mhdr_t *h, size_t align) {
   return data - sizeof(ta_mhdr_t) - (uintptr_t)h;
 }
 
+/* Whether free block h holds `need` bytes with its data on `align`. */
+static bool fits_aligned(const ta_mhdr_t *h, size_t need, size_t align) {
+  return M_SIZE(h) >= aligned_front(h, align) + need;
+}
+
+/* The free block a request of `need` bytes with its data on `align` takes. Aligned: the first
+ * that fits once aligned among the first few blocks of each bin from need's up, and the tops
+ * (a freed block of a small class lies on a line already, and fits just so); else, and
+ * unaligned, the first fit for `search` (bin_first_fit), which has room for any alignment. */
+static ta_mhdr_t *find_block(ta_arena_t *a, size_t need, size_t align, size_t search) {
+  if (align > TA_ALIGNMENT) {
+    unsigned b = ta_size_class(need) - 1; /* the bin below may hold blocks that fit */
+    for (unsigned w = b >> 6; w < TA_BIN_WORDS; w++) {
+      uint64_t bits = a->bin_map[w];
+      if (w == b >> 6) bits &= ~(uint64_t)0 << (b & 63);
+      if (w == TOP_BIN >> 6) bits &= ~((uint64_t)1 << (TOP_BIN & 63));
+      for (; bits; bits &= bits - 1) {
+        unsigned looked = 0;
+        for (ta_mhdr_t *h = a->bins[w * 64 + (unsigned)__builtin_ctzll(bits)]; h && looked < 4;
+             h = M_LINK(h)[0], looked++)
+          if (fits_aligned(h, need, align)) return h;
+      }
+    }
+    for (ta_mhdr_t *h = a->bins[TOP_BIN]; h; h = M_LINK(h)[0])
+      if (fits_aligned(h, need, align)) return h;
+  }
+  return bin_first_fit(a, search);
+}
+
 void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   /* A small class's block (exact) spans whole cache lines, header included, so that the next
    * one carved after it on a line starts on a line too, with no gap cut in front of it. */
@@ -406,20 +435,12 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
     ta_slow_leave(a);
     return h + 1;
   }
-  h = NULL;
-  if (align > TA_ALIGNMENT) {
-    /* First the block a request without alignment would take, if it is big enough once
-     * aligned (a freed block of a small class lies on a line already): the search below asks
-     * for room for any alignment, which no hole of just the right size has. */
-    ta_mhdr_t *t = bin_first_fit(a, need);
-    if (t != NULL && M_SIZE(t) >= aligned_front(t, align) + need) h = t;
-  }
-  if (h == NULL) h = bin_first_fit(a, search);
+  h = find_block(a, need, align, search);
   if (h == NULL && a->mcache_bytes) {
     /* The cached blocks, merged into the heap, may hold what no bin does: they go back to
      * it before a new chunk is mapped (or the request fails). */
     ta_medium_cache_flush(a);
-    h = bin_first_fit(a, search);
+    h = find_block(a, need, align, search);
   }
   if (h == NULL) {
     if (!medium_chunk_new(a)) {

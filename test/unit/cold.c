@@ -49,10 +49,10 @@ Test(cold, a_class_starts_in_the_medium_heap_and_gets_runs_when_used_often) {
 }
 
 /* An array of per-thread records (64 threads' 32-byte records: 2 KiB) shares no more lines
- * than it would in a run: it starts on a line, whatever the class and the blocks before it. */
+ * than it would in a run: it starts on a line, wherever the medium blocks before it ended. */
 Test(cold, every_cold_class_block_starts_on_a_cache_line) {
   ta_run_threshold = 1000; /* all from the medium heap */
-  void *p[2 * (TA_NUM_SMALL + 1)];
+  void *p[2 * (TA_NUM_SMALL + 1)], *m[2 * (TA_NUM_SMALL + 1)];
   unsigned n = 0;
   for (unsigned c = TA_COLD_CLASS_MIN; c <= TA_NUM_SMALL; c++) {
     for (int k = 0; k < 2; k++) {
@@ -61,10 +61,55 @@ Test(cold, every_cold_class_block_starts_on_a_cache_line) {
       cr_assert_eq((uintptr_t)q % 64, 0, "class %u (%zu B): %p", c, ta_class_size[c], q);
       cr_assert_eq(ta_malloc_usable_size(q), ta_class_size[c]);
       memset(q, 0x5a, ta_class_size[c]);
+      /* A plain medium block after it, ending 16, 32, 48 or 64 bytes past a line. */
+      m[n] = ta_malloc(9000 + 16 * (size_t)((c + (unsigned)k) % 4));
       p[n++] = q;
     }
   }
-  for (unsigned i = 0; i < n; i++) ta_free(p[i]);
+  for (unsigned i = 0; i < n; i++) {
+    ta_free(p[i]);
+    ta_free(m[i]);
+  }
+}
+
+/* A hole of just the class's need that is off a line is not taken: once aligned it would
+ * be too small. */
+Test(cold, a_hole_of_the_right_size_off_a_line_is_left_alone) {
+  ta_run_threshold = 1000;
+  ta_mcache_max = 0; /* x's block goes back to the heap's bins, where the request looks */
+  void *a = ta_malloc(9000);
+  char *x = ta_malloc(8240); /* a block of 8256 bytes: what class 8192 needs */
+  void *guard = ta_malloc(9000);
+  cr_assert_eq(ta_mh_load(hdr(x)) & TA_M_SIZE_MASK, 8256);
+  cr_assert_neq((uintptr_t)x % 64, 0, "the hole must be off a line for this test: %p", x);
+  ta_free(x);
+  char *p = ta_malloc(8192);
+  cr_assert_eq((uintptr_t)p % 64, 0);
+  cr_assert(p < x || p >= x + 8240, "not cut from the hole: %p in %p", p, x);
+  memset(p, 1, 8192);
+  ta_free(p);
+  ta_free(a);
+  ta_free(guard);
+}
+
+/* A hole on a line 16 bytes larger than the class needs: the block cut from it keeps the 16
+ * bytes (too few to stand alone) with its spare, and still reports the class's size. */
+Test(cold, a_tail_too_small_to_split_off_goes_to_the_spare) {
+  ta_run_threshold = 1000;
+  ta_mcache_max = 0; /* x's block goes back to the heap, where the class's request cuts it */
+  void *c0 = ta_malloc(1024); /* a cold block, on a line, 1088 bytes: x starts on a line */
+  char *x = ta_malloc(8256);  /* a block of 8272 bytes */
+  void *guard = ta_malloc(9000);
+  cr_assert_eq((uintptr_t)x % 64, 0, "%p", x);
+  cr_assert_eq(ta_mh_load(hdr(x)) & TA_M_SIZE_MASK, 8272);
+  ta_free(x);
+  void *p = ta_malloc(8192); /* needs 8256; 16 left over */
+  cr_assert_eq(p, x, "the hole fits");
+  cr_assert_eq(ta_mh_load(hdr(p)) >> TA_M_SPARE_SHIFT, 64);
+  cr_assert_eq(ta_malloc_usable_size(p), 8192);
+  ta_free_sized(p, 8192);
+  ta_free(c0);
+  ta_free(guard);
 }
 
 Test(cold, classes_under_1k_take_runs_from_the_first_block) {
@@ -245,7 +290,6 @@ Test(cold, double_free_aborts, .signal = SIGABRT) {
  * and recording its request leaves its checked bits alone (it frees cleanly). */
 Test(cold, statistics_count_the_block_in_its_class) {
   ta_run_threshold = 1000;
-  ta_mcache_max = 0; /* a freed block goes back to the heap, not to the cache */
   ta_stats_enable(1);
   void *p = ta_malloc(8000); /* class 8192: 8256 bytes, a spare of 48 */
   cr_assert_eq(ta_mh_load(hdr(p)) >> TA_M_SPARE_SHIFT, 48);
