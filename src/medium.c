@@ -78,20 +78,36 @@ static void bin_remove(ta_arena_t *a, ta_mhdr_t *h) {
   if (next) M_LINK(next)[1] = prev;
 }
 
-static ta_mhdr_t *bin_first_fit(ta_arena_t *a, size_t need) {
-  unsigned b = ta_size_class(need);
-  /* The bin below holds blocks up to one class smaller than b's: a few may fit exactly. */
-  unsigned looked = 0;
-  for (ta_mhdr_t *h = a->bins[b - 1]; h && looked < 4; h = M_LINK(h)[0], looked++)
-    if (M_SIZE(h) >= need) return h;
+/* The bytes free block h gives up in front for its data to lie on `align`: none, or a free
+ * block of its own (TA_MIN_MBLOCK at least). None for TA_ALIGNMENT: every block is on it. */
+static size_t aligned_front(const ta_mhdr_t *h, size_t align) {
+  uintptr_t data = ta_align_up((uintptr_t)(h + 1), align);
+  while (data - sizeof(ta_mhdr_t) != (uintptr_t)h &&
+         data - sizeof(ta_mhdr_t) - (uintptr_t)h < TA_MIN_MBLOCK)
+    data += align;
+  return data - sizeof(ta_mhdr_t) - (uintptr_t)h;
+}
+
+/* The free block that holds `need` bytes with its data on `align`: the first that does among
+ * the first few blocks of each bin, from the bin below need's class (it holds blocks up to one
+ * class smaller, a few of which may fit exactly) up, then the tops. Unaligned, the first block
+ * of any bin from need's class up fits. Aligned, a block fits just so when it lies on `align`
+ * already, as a freed block of a small class does on its cache line. */
+static ta_mhdr_t *bin_first_fit(ta_arena_t *a, size_t need, size_t align) {
+  unsigned b = ta_size_class(need) - 1;
   for (unsigned w = b >> 6; w < TA_BIN_WORDS; w++) {
     uint64_t bits = a->bin_map[w];
     if (w == b >> 6) bits &= ~(uint64_t)0 << (b & 63);
     if (w == TOP_BIN >> 6) bits &= ~((uint64_t)1 << (TOP_BIN & 63));
-    if (bits) return a->bins[w * 64 + (unsigned)__builtin_ctzll(bits)];
+    for (; bits; bits &= bits - 1) {
+      unsigned looked = 0;
+      for (ta_mhdr_t *h = a->bins[w * 64 + (unsigned)__builtin_ctzll(bits)]; h && looked < 4;
+           h = M_LINK(h)[0], looked++)
+        if (M_SIZE(h) >= aligned_front(h, align) + need) return h;
+    }
   }
   for (ta_mhdr_t *h = a->bins[TOP_BIN]; h; h = M_LINK(h)[0]) /* one per chunk */
-    if (M_SIZE(h) >= need) return h;
+    if (M_SIZE(h) >= aligned_front(h, align) + need) return h;
   return NULL;
 }
 
@@ -380,52 +396,14 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep, mage_t g, bool 
 
 static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need);
 
-/* The bytes free block h gives up in front for its data to lie on `align`: none, or a free
- * block of its own (TA_MIN_MBLOCK at least). */
-static size_t aligned_front(const ta_mhdr_t *h, size_t align) {
-  uintptr_t data = ta_align_up((uintptr_t)(h + 1), align);
-  while (data - sizeof(ta_mhdr_t) != (uintptr_t)h &&
-         data - sizeof(ta_mhdr_t) - (uintptr_t)h < TA_MIN_MBLOCK)
-    data += align;
-  return data - sizeof(ta_mhdr_t) - (uintptr_t)h;
-}
-
-/* Whether free block h holds `need` bytes with its data on `align`. */
-static bool fits_aligned(const ta_mhdr_t *h, size_t need, size_t align) {
-  return M_SIZE(h) >= aligned_front(h, align) + need;
-}
-
-/* The free block a request of `need` bytes with its data on `align` takes. Aligned: the first
- * that fits once aligned among the first few blocks of each bin from need's up, and the tops
- * (a freed block of a small class lies on a line already, and fits just so); else, and
- * unaligned, the first fit for `search` (bin_first_fit), which has room for any alignment. */
-static ta_mhdr_t *find_block(ta_arena_t *a, size_t need, size_t align, size_t search) {
-  if (align > TA_ALIGNMENT) {
-    unsigned b = ta_size_class(need) - 1; /* the bin below may hold blocks that fit */
-    for (unsigned w = b >> 6; w < TA_BIN_WORDS; w++) {
-      uint64_t bits = a->bin_map[w];
-      if (w == b >> 6) bits &= ~(uint64_t)0 << (b & 63);
-      if (w == TOP_BIN >> 6) bits &= ~((uint64_t)1 << (TOP_BIN & 63));
-      for (; bits; bits &= bits - 1) {
-        unsigned looked = 0;
-        for (ta_mhdr_t *h = a->bins[w * 64 + (unsigned)__builtin_ctzll(bits)]; h && looked < 4;
-             h = M_LINK(h)[0], looked++)
-          if (fits_aligned(h, need, align)) return h;
-      }
-    }
-    for (ta_mhdr_t *h = a->bins[TOP_BIN]; h; h = M_LINK(h)[0])
-      if (fits_aligned(h, need, align)) return h;
-  }
-  return bin_first_fit(a, search);
-}
-
 void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   /* A small class's block (exact) spans whole cache lines, header included, so that the next
    * one carved after it on a line starts on a line too, with no gap cut in front of it. */
   size_t need = ta_align_up(size + sizeof(ta_mhdr_t), exact ? TA_LINE : TA_ALIGNMENT);
   if (need < TA_MIN_MBLOCK) need = TA_MIN_MBLOCK;
-  size_t search = align > TA_ALIGNMENT ? need + align + TA_MIN_MBLOCK : need;
-  if (search > TA_MEDIUM_END - TA_MEDIUM_HDR - sizeof(ta_mhdr_t)) return NULL;
+  /* The most an aligned block may take of a free one: more than a chunk holds, no block can. */
+  size_t most = align > TA_ALIGNMENT ? need + align + TA_MIN_MBLOCK : need;
+  if (most > TA_MEDIUM_END - TA_MEDIUM_HDR - sizeof(ta_mhdr_t)) return NULL;
 
   ta_slow_enter(a);
   /* A block of the request's bin that the owner freed (see "The cache"), handed out whole: not
@@ -435,12 +413,12 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
     ta_slow_leave(a);
     return h + 1;
   }
-  h = find_block(a, need, align, search);
+  h = bin_first_fit(a, need, align);
   if (h == NULL && a->mcache_bytes) {
     /* The cached blocks, merged into the heap, may hold what no bin does: they go back to
      * it before a new chunk is mapped (or the request fails). */
     ta_medium_cache_flush(a);
-    h = find_block(a, need, align, search);
+    h = bin_first_fit(a, need, align);
   }
   if (h == NULL) {
     if (!medium_chunk_new(a)) {
@@ -448,7 +426,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
       return NULL;
     }
     TA_ADD(a->cnt.first_uses, 1);
-    h = bin_first_fit(a, search);
+    h = bin_first_fit(a, need, align);
   }
   mage_t past = age_of(h, 0); /* its tail's (a tail under 16 KiB keeps no time) */
   bool top = is_top(h);
