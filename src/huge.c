@@ -37,6 +37,11 @@
  *     gives a real verdict: a class whose use turns sparse stops getting huge pages after
  *     one or two blocks.
  * So cycling blocks through the cache makes no system call once each span is judged dense.
+ *
+ * A span found sparse (at its last look) is reused whole, its pages kept: the stride its
+ * blocks wrote is there for the next, larger or smaller. It counts in the cache by the share
+ * of its pages its look found resident, and the spans found sparse together keep at most half
+ * the cache's limit (see sparse_kept).
  * A kernel that uses huge pages everywhere ('always') is told not to on fresh mappings not
  * known to be dense (MADV_NOHUGEPAGE); on one without them ('never'), or with
  * huge_pages:false, nothing is asked and nothing looked at.
@@ -96,9 +101,11 @@ static void note_verdict(unsigned cls, bool dense) {
 /* Is [p, p + len) (page aligned, len <= TA_HUGE_LOOK_MAX) mostly written? 1 if so, 0 if
  * not, -1 if the kernel cannot say. Resident pages are written ones, unless the range has
  * huge pages (`read`, for a freed block only): a page then counts if some word of it is not
- * zero. The scan of a page stops at its first nonzero word, and the whole scan as soon as
- * the answer is known. */
-static int mostly_written(const char *p, size_t len, bool read) {
+ * zero. The scan of a page stops at its first nonzero word; with `read`, the whole scan stops
+ * as soon as the answer is known. Without it, every page is counted (the kernel's answer is
+ * one byte a page), and for an answer of 0 *share64 says how many 64ths of the pages were
+ * resident, rounded up. */
+static int mostly_written(const char *p, size_t len, bool read, unsigned *share64) {
   unsigned char vec[TA_HUGE_LOOK_MAX / TA_PAGE_MIN]; /* one call; in the kernel's pages */
   size_t page = ta_os_page_size();
   size_t pages = len / page;
@@ -112,9 +119,11 @@ static int mostly_written(const char *p, size_t len, bool read) {
       while (j < page / 8 && w[j] == 0) j++;
       written = j < page / 8;
     }
-    if (!written && ++unwritten > unwritten_max) return 0;
+    if (!written && ++unwritten > unwritten_max && read) return 0;
   }
-  return 1;
+  if (unwritten <= unwritten_max) return 1;
+  *share64 = (unsigned)(((pages - unwritten) * 64 + pages - 1) / pages);
+  return 0;
 }
 
 /* Before the first verdict of the process: the previous fresh block, if it is still there,
@@ -124,7 +133,8 @@ static void look_at_previous_fresh(void) {
   uintptr_t w = atomic_exchange_explicit(&unjudged, 0, memory_order_relaxed);
   if (w == 0) return;
   const char *p = (const char *)(w & ~(uintptr_t)TA_CHUNK_MASK);
-  int v = mostly_written(p, (w & TA_CHUNK_MASK) * ta_page_size, false);
+  unsigned share;
+  int v = mostly_written(p, (w & TA_CHUNK_MASK) * ta_page_size, false, &share);
   if (v >= 0) atomic_store_explicit(&last_verdict, (int8_t)(v ? 1 : -1), memory_order_relaxed);
 }
 
@@ -177,8 +187,41 @@ static void advise_fresh(ta_huge_t *h, size_t size, size_t end) {
   h->thp = thp; /* the first write to the mapping */
   h->sparse_seen = 0;
   h->look_in = 0;
+  h->resident64 = 64;
 }
 
+/* Whether the span's last look found it sparse (and it has no huge pages): its residency
+ * is then known, roughly, from that look. */
+static bool found_sparse(const ta_huge_t *h) {
+  return h->sparse_seen > 0 && !(h->thp & (HUGE_ADVISED | HUGE_JUDGED));
+}
+
+/* What the spans found sparse hold, as their last looks found it: each counts the share of
+ * its pages then resident, times its size. A span found sparse is not emptied when a smaller
+ * block reuses it (cache_take), so that the pages its blocks wrote at a stride are there for
+ * the next; but its blocks may each write elsewhere (a stamp at their end), and the pages
+ * pile up. Beyond half the cache's limit, a span found holding more than a stride's share is
+ * emptied at its look. Every change of what a span counts (its verdict, its share, its size,
+ * its unmapping) is made between kept_note(h, -1) and kept_note(h, +1). Signed: a fork child
+ * may lose a thread's update in flight; the figure only gates emptying. */
+static _Atomic intptr_t sparse_kept;
+static size_t kept_of(const ta_huge_t *h) {
+  return found_sparse(h) ? h->map_size / 64 * h->resident64 : 0;
+}
+static void kept_note(const ta_huge_t *h, intptr_t sign) {
+  size_t n = kept_of(h);
+  if (n) atomic_fetch_add_explicit(&sparse_kept, sign * (intptr_t)n, memory_order_relaxed);
+}
+/* Whether the spans found sparse would hold more than half the cache's limit with `more`
+ * bytes. (Half: the spans workload of bench/ keeps about 40 MiB of its pages so, and finds
+ * them again; a quarter already costs it faults.) */
+static bool kept_over(size_t more) {
+  intptr_t k = atomic_load_explicit(&sparse_kept, memory_order_relaxed);
+  return (size_t)(k > 0 ? k : 0) + more > ta_huge_cache_limit / 2;
+}
+#define TA_HUGE_STRIDE64 2 /* a share of 2/64 or less is a block's stride: nothing to empty */
+
+static void look(ta_huge_t *h);
 /* On its way out of the program's hands: was the block's memory written through? Huge
  * pages for the span if so (once per mapping), a later look if not. No system call for a
  * span judged dense before, nor for a sparse one until its next look is due. */
@@ -191,11 +234,18 @@ static void judge(ta_huge_t *h) {
     h->look_in--;
     return;
   }
+  kept_note(h, -1);
+  look(h);
+  kept_note(h, +1);
+}
+
+static void look(ta_huge_t *h) {
   size_t from = h->data_off & ~(ta_page_size - 1);
   size_t end = ta_align_up(h->data_off + h->requested, ta_page_size);
   size_t len = end - from < TA_HUGE_LOOK_MAX ? end - from : TA_HUGE_LOOK_MAX;
   bool advised = h->thp & HUGE_ADVISED;
-  bool dense = mostly_written((char *)h + from, len, advised) > 0;
+  unsigned share = 64;
+  bool dense = mostly_written((char *)h + from, len, advised, &share) > 0;
   unsigned cls = class_of(ta_align_up(end, TA_CHUNK_SIZE));
   if (dense) {
     note_verdict(cls, true);
@@ -205,6 +255,14 @@ static void judge(ta_huge_t *h) {
   }
   if (!advised) {
     note_verdict(cls, false);
+    h->resident64 = (uint8_t)share;
+    /* Emptied (but its header's page) if the spans found sparse hold too much with it. */
+    if (share > TA_HUGE_STRIDE64 && kept_over(h->map_size / 64 * share) &&
+        h->dirty_end > ta_page_size &&
+        ta_os_decommit((char *)h + ta_page_size, h->dirty_end - ta_page_size) == 0) {
+      h->dirty_end = ta_page_size;
+      h->resident64 = 1;
+    }
   } else {
     /* Advised up front and found with untouched pages: no more huge pages for it, and the
      * ones it holds go (the block is free: its contents do not matter; the header's page
@@ -215,12 +273,14 @@ static void judge(ta_huge_t *h) {
         ta_os_decommit((char *)h + ta_page_size, h->dirty_end - ta_page_size) == 0)
       h->dirty_end = ta_page_size;
     h->thp = 0;
+    h->resident64 = 1;
   }
   if (h->sparse_seen < 6) h->sparse_seen++;
-  h->look_in = (uint16_t)((1u << h->sparse_seen) - 1);
+  h->look_in = (uint8_t)((1u << h->sparse_seen) - 1);
 }
 
 static void huge_unmap(ta_huge_t *h) {
+  kept_note(h, -1);
   uintptr_t data = (uintptr_t)h + h->data_off;
   ta_map_set(data, TA_MAP_NONE);
   atomic_store_explicit(&h->state, 0, memory_order_relaxed);
@@ -253,12 +313,24 @@ void ta_huge_unmap_deferred(void) {
   }
 }
 
+/* What a cached span counts against the cache's limit: the memory it holds resident, as far
+ * as it is known without a system call. A span whose last look found it sparse counts the
+ * share of the pages then resident, and an eighth of its size at least: it is looked at
+ * again only after up to 63 more frees, and may have been written more since (beyond that,
+ * the decay gives it back). Any other counts its whole size. Read from fields that do not
+ * change while the span is in the cache, so that its put and its take count the same. */
+static size_t cache_weight(const ta_huge_t *h) {
+  if (!found_sparse(h)) return h->map_size;
+  unsigned share = h->resident64 > 8 ? h->resident64 : 8;
+  return share >= 64 ? h->map_size : h->map_size / 64 * share;
+}
+
 /* Takes the span of slot i if it is still `h`; the caller then owns it. */
 static bool slot_take(unsigned i, ta_huge_t *h) {
   if (!atomic_compare_exchange_strong_explicit(&cache_slot[i], &h, NULL, memory_order_acquire,
                                                memory_order_relaxed))
     return false;
-  atomic_fetch_sub_explicit(&cache_bytes, h->map_size, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&cache_bytes, cache_weight(h), memory_order_relaxed);
   atomic_fetch_sub_explicit(&cache_count, 1, memory_order_relaxed);
   return true;
 }
@@ -281,8 +353,8 @@ static int slot_pick(size_t need, ta_huge_t **out) {
   return best;
 }
 
-/* Counts `size` more bytes in the tallies if that keeps them within the limit, unmapping the
- * largest cached spans while it would not. False when no room can be made (what is counted
+/* Counts `size` more bytes (a span's weight) in the tallies if that keeps them within the
+ * limit, unmapping the largest cached spans while it would not. False when no room can be made (what is counted
  * then belongs to puts in flight). The bytes are counted before the span is published, so a
  * thread that takes it subtracts what was added already: the tally never wraps, and it
  * never passes the limit, even for a moment. */
@@ -305,9 +377,9 @@ static bool cache_reserve(size_t size) {
 
 static bool cache_put(ta_huge_t *h) {
   /* Read what we need of h now: once it is in a slot, another thread may own it. */
-  size_t size = h->map_size;
+  size_t size = h->map_size, weight = cache_weight(h);
   uint64_t freed = h->freed_ms;
-  if (size > ta_huge_cache_limit || !cache_reserve(size)) return false;
+  if (weight > ta_huge_cache_limit || !cache_reserve(weight)) return false;
   atomic_fetch_add_explicit(&cache_count, 1, memory_order_relaxed);
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL) continue;
@@ -320,7 +392,7 @@ static bool cache_put(ta_huge_t *h) {
   }
   /* Every slot is taken: give back what was counted. */
   atomic_fetch_sub_explicit(&cache_count, 1, memory_order_relaxed);
-  atomic_fetch_sub_explicit(&cache_bytes, size, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&cache_bytes, weight, memory_order_relaxed);
   return false;
 }
 
@@ -341,6 +413,7 @@ static ta_huge_t *span_grow(ta_huge_t *h, size_t need, bool *kept) {
     ta_map_set(data, TA_MAP_HUGE);
     return NULL;
   }
+  kept_note(g, -1); /* its header moved with it: what it counted at its old size */
   if ((uintptr_t)g & TA_CHUNK_MASK) {
     /* The kernel's address is not on a granule: move once more, onto one. */
     void *dst = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
@@ -354,6 +427,7 @@ static ta_huge_t *span_grow(ta_huge_t *h, size_t need, bool *kept) {
     g = a;
   }
   g->map_size = need;
+  kept_note(g, +1);
   return g;
 }
 
@@ -369,7 +443,11 @@ static ta_huge_t *cache_take(size_t need) {
       continue;
     }
     if (h->dirty_end > h->map_size) h->dirty_end = h->map_size; /* never beyond the span */
-    if (h->map_size > 2 * need) {
+    if (found_sparse(h)) {
+      /* Found sparse: kept whole, address space and pages. Its blocks wrote a few pages of
+       * it, at a stride or at their ends; the next block, larger or smaller, finds those it
+       * writes again. What such spans hold is bounded at their looks (sparse_kept). */
+    } else if (h->map_size > 2 * need) {
       /* Far too big: give the tail back rather than hold it resident. */
       if (ta_os_munmap((char *)h + need, h->map_size - need) == 0) {
         TA_STORE(h->map_size, need);
@@ -420,19 +498,23 @@ size_t ta_huge_purge(uint64_t now, bool all) {
 
 size_t ta_huge_cached_bytes(void) { return atomic_load(&cache_bytes); }
 
-/* The bytes of the spans in the slots, counted one by one (for tests: the tallies must
- * agree with it whenever no thread is between a slot and the tallies). */
-size_t ta_huge_cache_sum(size_t *count) {
-  size_t bytes = 0, n = 0;
+/* The spans in the slots, counted one by one: their weights (tests: the tally must agree
+ * with it whenever no thread is between a slot and the tallies), and in *mapped their
+ * sizes. */
+static size_t cache_sum(size_t *count, size_t *mapped) {
+  size_t bytes = 0, n = 0, map = 0;
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     ta_huge_t *h = atomic_load(&cache_slot[i]);
     if (h == NULL) continue;
-    bytes += h->map_size;
+    bytes += cache_weight(h);
+    map += h->map_size;
     n++;
   }
   if (count) *count = n;
+  if (mapped) *mapped = map;
   return bytes;
 }
+size_t ta_huge_cache_sum(size_t *count) { return cache_sum(count, NULL); }
 
 /* Fork child: a thread that was between a slot and the tallies is gone; count again. */
 void ta_huge_recount_after_fork(void) {
@@ -449,7 +531,8 @@ size_t ta_huge_cached_count(void) { return atomic_load(&cache_count); }
  * cached bytes is refused as well, unmapping them cannot help, unless the kernel refuses
  * every mapping (the count of mappings at its limit), which unmapping does cure. */
 static bool purge_may_help(size_t need) {
-  size_t cached = ta_huge_cached_bytes();
+  size_t cached;
+  cache_sum(NULL, &cached); /* in address space */
   if (cached == 0) return false;
   if (need <= cached) return true;
   void *p = ta_os_mmap(need - cached);
@@ -590,7 +673,9 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   size_t end = ta_align_up(h->data_off + size, ta_page_size); /* what the block may touch */
   if (need <= h->map_size) {
     if (need < h->map_size / 2 && ta_os_munmap((char *)h + need, h->map_size - need) == 0) {
+      kept_note(h, -1);
       TA_STORE(h->map_size, need);
+      kept_note(h, +1);
       if (h->dirty_end > need) h->dirty_end = need;
     }
     TA_STORE(h->requested, size);
@@ -599,7 +684,9 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
     return old_data;
   }
   if (ta_os_mremap(h, h->map_size, need, NULL) != NULL) {
+    kept_note(h, -1);
     TA_STORE(h->map_size, need);
+    kept_note(h, +1);
     TA_STORE(h->requested, size);
     ta_huge_seal(h);
     if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
@@ -627,7 +714,9 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
     ta_os_munmap(dst, target);
     return NULL;
   }
+  kept_note(n, -1); /* its header moved with it */
   TA_STORE(n->map_size, target);
+  kept_note(n, +1);
   TA_STORE(n->requested, size);
   ta_huge_seal(n);
   if (n->dirty_end < touch_end(n, end)) n->dirty_end = touch_end(n, end);

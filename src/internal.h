@@ -319,7 +319,8 @@ typedef struct ta_huge {
   _Atomic uint32_t state; /* HUGE_LIVE or HUGE_CACHED */
   uint8_t thp;          /* HUGE_ADVISED | HUGE_JUDGED (huge.c: huge pages only where they pay) */
   uint8_t sparse_seen;  /* times it was found sparse (up to 6) */
-  uint16_t look_in;     /* frees to wait before looking at its residency again */
+  uint8_t look_in;      /* frees to wait before looking at its residency again (< 64) */
+  uint8_t resident64;   /* found sparse: 64ths of the pages looked at that were resident */
   struct ta_huge *next; /* the list of unmaps put off for statistics readers */
   uint64_t freed_ms;    /* when it entered the cache */
   size_t dirty_end;     /* no page at or beyond this offset is resident */
