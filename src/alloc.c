@@ -39,6 +39,8 @@ static const ta_library_t library = {
     .background = false, /* the ta_ API's tests drive purging themselves */
 #endif
     .thread_exit = thread_exit,
+    .fork_prepare = ta_bg_fork_prepare,
+    .fork_parent = ta_bg_fork_parent,
     .fork_child = fork_child,
 };
 const ta_library_t *const ta_library = &library; /* for mallctl.c (opt.dss, background_thread) */
@@ -862,8 +864,11 @@ static TA_NOINLINE void secure_free(void *p) {
 
 /* ------------------------------------------------------------------ trim */
 
-/* Gives back at once everything purge.c would give back later: this thread's free memory
- * and that of every arena without an owner. Returns 1 if anything went back. */
+/* Gives back at once everything purge.c would give back later: this thread's free memory,
+ * that of every arena without an owner, and, in the arenas of other live threads, everything
+ * their slow-path locks guard (empty chunks, retired run slots, free medium blocks and the
+ * cache of them; not the free pages of their runs in use, whose lists only their owners may
+ * rewrite). Returns 1 if anything went back. */
 int ta_malloc_trim(size_t pad) {
   (void)pad;
   int saved = errno;
@@ -874,9 +879,12 @@ int ta_malloc_trim(size_t pad) {
   if (a != &ta_sentinel_arena) {
     ta_slow_enter(a);
     collect(a);
-    freed += ta_arena_purge(a, now, true, 0, true);
+    freed += ta_arena_purge(a, now, TA_PURGE_ALL, 0, true);
     ta_slow_leave(a);
   }
+  for (ta_arena_t *o = ta_arena_first(); o; o = o->next_all)
+    if (o != a && atomic_load_explicit(&o->state, memory_order_relaxed) == ARENA_CLAIMED)
+      freed += ta_purge_owned_now(o, now);
   freed += ta_purge_orphans(now, true);
   freed += ta_huge_purge(now, true);
   freed += ta_span_purge(now, 0);

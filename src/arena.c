@@ -21,8 +21,10 @@
  * once with an exchange, so there is no ABA problem. The owner walks the lists side by
  * side: see ta_remote_collect_slow.
  *
- * fork: no allocator lock is held across fork (there is no prepare handler), so fork can
- * never deadlock against glibc's own locks. The child handler (alloc.c's, which repairs
+ * fork: no allocator lock is held across fork, so fork can never deadlock against glibc's own
+ * locks. The prepare handler only waits, a bounded time, for the background purger to let go
+ * of the lock it may hold (background.c), so that the forking thread's arena is whole in the
+ * child. The child handler (alloc.c's, which repairs
  * every layer and ends here) is registered when the library is loaded, so that it runs
  * before the child handlers of the program. In the child, the break lock is reset and
  * every arena owned by another thread becomes
@@ -248,8 +250,9 @@ unsigned ta_arena_thread_exit(ta_arena_t *a, ta_arena_t *give_up[2]) {
   return n;
 }
 
-/* glibc runs the child handlers of pthread_atfork in the order they were registered, so
- * ours (the API layer's: alloc.c) is registered as early as possible: when the library is
+/* glibc runs the child handlers of pthread_atfork in the order they were registered (and the
+ * prepare handlers in the reverse order: ours last, after the program's, which may allocate),
+ * so ours (the API layer's: alloc.c) are registered as early as possible: when the library is
  * loaded (before the program's constructors and main: alloc.c's constructor), or by the
  * first slow path if an earlier constructor allocates. pthread_atfork may allocate (glibc's
  * handler array grows past 48 entries, under glibc's lock): the flag is set before the
@@ -258,7 +261,7 @@ void ta_atfork_register(const ta_library_t *lib) {
   int expected = 0;
   if (atomic_load_explicit(&atfork_state, memory_order_relaxed) == 0 &&
       atomic_compare_exchange_strong(&atfork_state, &expected, 1))
-    pthread_atfork(NULL, NULL, lib->fork_child);
+    pthread_atfork(lib->fork_prepare, lib->fork_parent, lib->fork_child);
 }
 
 /* Registration that may itself call malloc: done once the thread has its arena, so a

@@ -27,7 +27,10 @@
  *     threads left is purged (leave_with), after waiting, two decay times at most, for the
  *     free spans to age (span.c: no thread owns them): it never keeps a process alive, nor
  *     multithreaded for long, on its own; a later thread exit starts it again;
- *   - a fork child has no such thread: its state is reset and it starts again lazily;
+ *   - a fork child has no such thread: its state is reset and it starts again lazily. fork's
+ *     prepare handler waits (a bounded time) for the thread to let go of the lock it may
+ *     hold, and the thread takes none until the fork is done, so that no arena is left
+ *     half purged in the child (see "fork" below);
  *   - TAMALLOC_CONF=background_thread:false turns it off. It is on by default in the
  *     replacement library and off in the ta_ API library (tests drive purges themselves).
  *
@@ -45,6 +48,38 @@
 static _Atomic uint64_t bg_rounds;  /* purge rounds done (tests and statistics) */
 
 static uint64_t earlier(uint64_t a, uint64_t b) { return a == 0 ? b : b == 0 ? a : a < b ? a : b; }
+
+/* ---- fork ----
+ * The thread holds an arena's slow-path lock while it purges that arena, and owns what it
+ * has taken off shared lists (an ownerless arena it claimed, cached huge spans, free spans)
+ * while it works on them. A fork that caught it there would leave the child an arena whose
+ * lists it cannot trust (a zombie, arena.c: the forking thread's own arena among them, with
+ * every block it holds), or memory nobody owns. So each such step runs between hold() and
+ * unhold(), and fork's prepare handler announces the fork and waits for the current step to
+ * end; a step announced after that is skipped until the parent handler (the child has no
+ * thread). Both sides write, then read the other's word (sequentially consistent): either
+ * the step sees the fork, or the fork sees the step. The thread allocates nothing and takes
+ * no lock of glibc's, so the wait ends; it is bounded all the same (a fork from a signal
+ * handler that interrupted the break lock's holder would otherwise wait for a purge that
+ * waits for that lock): past it the child is left to cope, as it always could. */
+static _Atomic int fork_pending, step_running;
+#define TA_FORK_WAIT_MS 100
+
+static bool hold(void) {
+  atomic_store(&step_running, 1);
+  if (atomic_load(&fork_pending) == 0) return true;
+  atomic_store(&step_running, 0);
+  return false;
+}
+static void unhold(void) { atomic_store(&step_running, 0); }
+
+void ta_bg_fork_prepare(void) {
+  atomic_fetch_add(&fork_pending, 1);
+  if (atomic_load(&step_running) == 0) return;
+  uint64_t until = ta_os_now_ms() + TA_FORK_WAIT_MS;
+  while (atomic_load(&step_running) && ta_os_now_ms() < until) ta_os_yield();
+}
+void ta_bg_fork_parent(void) { atomic_fetch_sub(&fork_pending, 1); }
 
 /* The earliest due time of work the thread may do, or 0. */
 static uint64_t next_due(void) {
@@ -81,7 +116,12 @@ static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
       idle = tid == 0 || !ta_os_thread_runs(tid);
       if (!idle && periodic) own_age = ta_owner_decay();
     }
+    if (!hold()) { /* a fork is under way: after it */
+      ta_purge_note_global(&ta_arenas_due, now + 1);
+      continue;
+    }
     if (!ta_slow_try_enter(a)) {
+      unhold();
       ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms / 4 + 1);
       continue;
     }
@@ -96,18 +136,21 @@ static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
         ta_remote_collect_medium(a);
       else if (mail) ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms);
       a->collects_seen = a->collects;
-      if (purge) ta_arena_purge(a, now, false, own_age, idle); /* notes its next due time */
+      if (purge) ta_arena_purge(a, now, TA_PURGE_AGED, own_age, idle); /* notes its next due time */
       else if (due != 0) ta_purge_note_global(&ta_arenas_due, due);
     }
     ta_slow_leave(a);
+    unhold();
   }
 }
 
 /* Over the budget: what has no owner goes first, then the oldest memory of every arena:
  * what became free half a decay time ago, then an eighth, then the rest. */
 static void purge_over_budget(uint64_t now) {
+  if (!hold()) return; /* a fork is under way: the loop comes back */
   ta_purge_orphans(now, true);
   ta_purge_spans_excess(now); /* spans have their own budget */
+  unhold();
   for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
     purge_owned(now, ta_excess_age(i), false);
 }
@@ -149,7 +192,10 @@ static void *bg_main(void *arg) {
        * slow paths. With none left, the process must not wait for us. */
       uint64_t now = ta_os_now_ms();
       if (linger_end == 0) linger_end = now + 2 * ta_decay_ms;
-      if (owned > 0) ta_span_purge(now, ta_decay_ms);
+      if (owned > 0 && hold()) {
+        ta_span_purge(now, ta_decay_ms);
+        unhold();
+      }
       uint64_t sdue = atomic_load_explicit(&ta_span_due, memory_order_seq_cst);
       if (owned > 0 && sdue != 0 && sdue <= linger_end) {
         uint32_t seq = atomic_load_explicit(&ta_bg_seq, memory_order_seq_cst);
@@ -157,10 +203,22 @@ static void *bg_main(void *arg) {
         continue;
       }
       atomic_store_explicit(&ta_bg_sleeping, 0, memory_order_relaxed);
-      atomic_store_explicit(&ta_bg_state, BG_NONE, memory_order_release);
+      atomic_store_explicit(&ta_bg_state, BG_NONE, memory_order_seq_cst);
+      /* A thread that exited (or went over the budget) between our look and that store saw
+       * us running and started nobody: look again, and stay if it left work. If someone
+       * started a new thread meanwhile, the state is no longer NONE: that one does it. */
+      int none = BG_NONE;
+      if (next_due() != 0 && !leave_with(owned_arenas()) &&
+          atomic_compare_exchange_strong(&ta_bg_state, &none, BG_RUNNING))
+        continue;
       return NULL;
     }
     linger_end = 0;
+    if (atomic_load(&fork_pending)) { /* every step would be skipped: wait for the fork */
+      uint32_t seq = atomic_load_explicit(&ta_bg_seq, memory_order_seq_cst);
+      ta_os_futex_wait(&ta_bg_seq, seq, 1);
+      continue;
+    }
     uint64_t now = ta_os_now_ms(), due = next_due();
     if (atomic_exchange_explicit(&ta_bg_over, 0, memory_order_acquire)) {
       purge_over_budget(now);
@@ -171,10 +229,12 @@ static void *bg_main(void *arg) {
       uint64_t odue = atomic_load_explicit(&ta_orphan_due, memory_order_relaxed);
       uint64_t hdue = atomic_load_explicit(&ta_huge_due, memory_order_relaxed);
       uint64_t adue = atomic_load_explicit(&ta_arenas_due, memory_order_relaxed);
-      if (odue && now >= odue) ta_purge_orphans(now, false);
       uint64_t sdue = atomic_load_explicit(&ta_span_due, memory_order_relaxed);
+      if (!hold()) continue; /* a fork is under way */
+      if (odue && now >= odue) ta_purge_orphans(now, false);
       if (hdue && now >= hdue) ta_huge_purge(now, false);
       if (sdue && now >= sdue) ta_span_purge(now, ta_owner_decay());
+      unhold();
       if (adue && now >= adue) {
         atomic_exchange_explicit(&ta_arenas_due, 0, memory_order_seq_cst);
         purge_owned(now, ta_decay_ms, true);
@@ -201,7 +261,7 @@ static void *bg_main(void *arg) {
  * which is compiled into each library, says which: ta_library_t). */
 void ta_bg_maybe_start(bool by_default) {
   atomic_store_explicit(&ta_bg_wanted, 0, memory_order_relaxed);
-  if (atomic_load_explicit(&ta_bg_state, memory_order_relaxed) != BG_NONE) return;
+  if (atomic_load_explicit(&ta_bg_state, memory_order_seq_cst) != BG_NONE) return;
   if (ta_bg_setting < 0 ? !by_default : ta_bg_setting == 0) return;
   if (next_due() == 0 || leave_with(owned_arenas())) return; /* nothing, or no one, to do it for */
   int expected = BG_NONE;
@@ -212,6 +272,8 @@ void ta_bg_maybe_start(bool by_default) {
 
 /* Fork child: the thread did not survive the fork. */
 void ta_bg_reset_after_fork(void) {
+  atomic_store(&fork_pending, 0); /* the forks of other threads of the parent are not ours */
+  atomic_store(&step_running, 0);
   atomic_store(&ta_bg_state, BG_NONE);
   atomic_store(&ta_bg_sleeping, 0);
   atomic_store(&ta_bg_over, 0);

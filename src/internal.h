@@ -525,6 +525,7 @@ TA_HIDDEN int ta_os_thread_start(void *(*fn)(void *));
 TA_HIDDEN void ta_os_thread_name(const char *name);
 /* Sleeps while *word == val, at most timeout_ms (0: no limit); wakes one sleeper. */
 TA_HIDDEN void ta_os_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ms);
+TA_HIDDEN void ta_os_yield(void); /* sched_yield */
 TA_HIDDEN void ta_os_futex_wake(_Atomic uint32_t *word);
 /* Threads: the exit hook (pthread_key_create: 0 or an errno), the kernel's ids, and whether
  * a thread of this process has exited (the kernel no longer knows its id). */
@@ -885,7 +886,9 @@ typedef struct ta_library {
   bool brk;                         /* chunks may come from the program break (chunk.c) */
   bool background;                  /* the purger thread runs by default (background.c) */
   void (*thread_exit)(void *arena); /* the exit hook of a thread that has an arena */
-  void (*fork_child)(void);         /* pthread_atfork's child handler */
+  void (*fork_prepare)(void);       /* pthread_atfork's handlers */
+  void (*fork_parent)(void);
+  void (*fork_child)(void);
 } ta_library_t;
 TA_HIDDEN extern const ta_library_t *const ta_library; /* alloc.c: its library's */
 /* alloc.c: ta_page_size once the allocator has started (it starts it); 0 if it cannot. */
@@ -968,7 +971,15 @@ TA_INLINE bool ta_slow_held_by_me(const ta_arena_t *a) {
 /* Blocks freed into zombie arenas (never reused: see purge.c) and their usable bytes. */
 TA_HIDDEN extern _Atomic uint64_t ta_zombie_frees, ta_zombie_bytes;
 TA_HIDDEN void ta_maybe_purge(ta_arena_t *a);
-TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, bool idle);
+/* How much ta_arena_purge gives back: what became free `age` ms ago (AGED); everything, now,
+ * the free pages of runs in use included (ALL: the caller owns the arena's fast-path state too:
+ * malloc_trim on its own arena, an ownerless arena); everything the slow-path lock guards,
+ * now (LOCKED: malloc_trim on an arena another thread owns). */
+enum { TA_PURGE_AGED = 0, TA_PURGE_ALL = 1, TA_PURGE_LOCKED = 2 };
+TA_HIDDEN size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age,
+                                bool idle);
+/* malloc_trim on an arena a live thread other than the caller owns (see TA_PURGE_LOCKED). */
+TA_HIDDEN size_t ta_purge_owned_now(ta_arena_t *a, uint64_t now);
 TA_HIDDEN void ta_purge_excess(ta_arena_t *a, uint64_t now);
 TA_HIDDEN void ta_purge_spans_excess(uint64_t now);
 /* An arena whose frees took all arenas over the budget while the purger thread was not
@@ -992,6 +1003,10 @@ TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);
 /* ------------------------------------------------------------------ background.c */
 TA_HIDDEN void ta_bg_maybe_start(bool by_default); /* at a safe point: thread exit, alloc_generic */
 TA_HIDDEN void ta_bg_reset_after_fork(void);
+/* fork's prepare and parent handlers: the purger lets go of every lock and takes none until
+ * the fork is done (background.c). */
+TA_HIDDEN void ta_bg_fork_prepare(void);
+TA_HIDDEN void ta_bg_fork_parent(void);
 uint64_t ta_bg_rounds(void);
 void ta_bg_enable(bool on);
 

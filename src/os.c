@@ -644,6 +644,8 @@ void ta_brk_lock(void) {
   }
 }
 
+void ta_os_yield(void) { sched_yield(); }
+
 void ta_brk_unlock(void) { atomic_store_explicit(&brk_lock_word, 0, memory_order_release); }
 
 /* In a fork child only the forking thread exists; a holder that vanished cannot release. */

@@ -55,7 +55,7 @@ void ta_purge_excess(ta_arena_t *a, uint64_t now) {
   ta_slow_enter(a); /* its count and demand are read under the lock */
   ta_dirty_hold(a, ta_arena_demand(a, now)); /* what it holds out of the budget, now */
   for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_arena_over_budget(a, now); i++)
-    ta_arena_purge(a, now, false, ta_excess_age(i), false);
+    ta_arena_purge(a, now, TA_PURGE_AGED, ta_excess_age(i), false);
   ta_slow_leave(a);
 }
 
@@ -80,20 +80,23 @@ void ta_maybe_purge(ta_arena_t *a) {
   if (TA_LIKELY(due == 0 && odue == 0 && hdue == 0 && sdue == 0)) return;
   uint64_t now = ta_os_now_ms();
   if (due && now >= due && now >= atomic_load_explicit(&a->owner_due, memory_order_relaxed))
-    ta_arena_purge(a, now, false, ta_owner_decay(), false);
+    ta_arena_purge(a, now, TA_PURGE_AGED, ta_owner_decay(), false);
   if (odue && now >= odue) ta_purge_orphans(now, false);
   if (hdue && now >= hdue) ta_huge_purge(now, false);
   if (sdue && now >= sdue) ta_span_purge(now, ta_owner_decay());
 }
 
-/* all: everything, now (trim, ownerless arena: the caller owns the arena's fast-path state
- * too); else what became free at least `age` ms ago (the decay time, or less when over the
- * budget). The background thread calls it on arenas it does not own, with all false: only
- * state under the slow-path lock is touched then. The owner's own purge after the decay also
+/* mode (internal.h): ALL, everything, now (trim, ownerless arena: the caller owns the
+ * arena's fast-path state too); LOCKED, everything the slow-path lock guards, now (trim of an
+ * arena another thread owns); AGED, what became free at least `age` ms ago (the decay time,
+ * or less when over the budget). The background thread calls it on arenas it does not own,
+ * AGED: only state under the slow-path lock is touched then, as with LOCKED. The owner's own purge after the decay also
  * gives back the free pages of runs in use (without ages of their own: the purge is due
  * anyway). Unless `idle` (its owner is blocked, or gone), the arena keeps what its demand
  * covers (dirty.c). */
-size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, bool idle) {
+size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, bool idle) {
+  bool all = mode != TA_PURGE_AGED;  /* everything, now */
+  bool mine = mode == TA_PURGE_ALL;  /* and what only the arena's own thread may touch */
   uint64_t horizon = age > ta_decay_ms ? age : ta_decay_ms; /* when what stays comes due */
   size_t freed = 0;
   uint64_t next = 0, next_own = 0; /* by the wall time; by the owner's */
@@ -125,12 +128,12 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, bool 
     else if (DUE(a->mcache_since) && (all || age >= ta_decay_ms)) ta_medium_cache_flush(a);
     else PENDING(a->mcache_since);
   }
-  if (all) ta_small_retire_idle(a);
+  if (mine) ta_small_retire_idle(a);
   /* The free pages of runs in use, whose lists only the owner may rewrite: with `all` (the
    * caller owns the arena) or in the owner's own purge after the decay — not the budget's
    * (those pages are not counted in it), nor the background thread's, nor while the demand
    * holds. Before the passes below: taking in remote frees may retire runs and empty chunks. */
-  if (all || (ta_tl_arena == a && age >= ta_decay_ms)) {
+  if (mine || (ta_tl_arena == a && mode == TA_PURGE_AGED && age >= ta_decay_ms)) {
     a->shrink_wait = hold > a->dirty_bytes; /* part of the demand is the runs' to keep */
     if (!a->shrink_wait) {
       ta_remote_collect(a); /* their blocks are found free (see ta_small_shrink) */
@@ -291,6 +294,18 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, bool 
   return freed;
 }
 
+size_t ta_purge_owned_now(ta_arena_t *a, uint64_t now) {
+  size_t freed = 0;
+  ta_slow_enter(a); /* the owner may be in a slow path: a short wait */
+  /* Still owned, and not by us, now that we hold it (its owner may have given it up). */
+  if (atomic_load_explicit(&a->state, memory_order_acquire) == ARENA_CLAIMED && a != ta_tl_arena) {
+    ta_remote_collect_medium(a); /* what others freed into it: an idle owner would not */
+    freed = ta_arena_purge(a, now, TA_PURGE_LOCKED, 0, true);
+  }
+  ta_slow_leave(a);
+  return freed;
+}
+
 /* Takes the blocks freed into a zombie arena off its remote lists and counts them. Each list
  * is taken whole with an exchange, so each block is counted once; the blocks keep their
  * "free" mark, so a second free of one of them is still caught. Their sizes are read from
@@ -335,7 +350,7 @@ size_t ta_purge_orphans(uint64_t now, bool all) {
     if (!ta_arena_try_claim(a)) continue;
     ta_remote_collect(a);
     ta_purge_if_over(a);
-    freed += ta_arena_purge(a, now, true, 0, true);
+    freed += ta_arena_purge(a, now, TA_PURGE_ALL, 0, true);
     ta_arena_give_back(a);
   }
   return freed;

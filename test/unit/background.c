@@ -120,6 +120,53 @@ Test(background, a_fork_child_starts_its_own, .timeout = 30) {
   cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %d", st);
 }
 
+/* The purger works on this thread's arena (its memory becomes due every few milliseconds)
+ * while this thread forks, over and over: fork's prepare handler waits for the purger to let
+ * go of the arena, so in every child the arena is still this thread's, whole. (Without the
+ * wait, about one child in twenty found it half purged and had to give it up as a zombie,
+ * with every block it held.) */
+static void *idle_owner(void *arg) {
+  ta_free(ta_malloc(16));
+  while (!atomic_load((_Atomic int *)arg)) nap_ms(20);
+  return NULL;
+}
+
+Test(background, fork_waits_for_the_purger_to_let_go_of_the_forking_threads_arena,
+     .timeout = 60) {
+  ta_bg_enable(true);
+  ta_decay_ms = 2;
+  static _Atomic int stop;
+  pthread_t t[4];
+  for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, idle_owner, (void *)&stop);
+  nap_ms(50);
+  int lost = 0, forks = 300;
+  unsigned s = 1;
+  for (int f = 0; f < forks; f++) {
+    enum { N = 128 };
+    char *p[N];
+    for (int i = 0; i < N; i++) {
+      s = s * 1103515245u + 12345u;
+      size_t z = 20000 + (s >> 12) % 200000;
+      p[i] = ta_malloc(z);
+      memset(p[i], 1, z);
+    }
+    for (int i = 0; i < N; i++) ta_free(p[i]);
+    nap_ms((s >> 8) % 4);
+    ta_arena_t *mine = ta_tl_arena;
+    pid_t pid = fork();
+    if (pid == 0) _exit(atomic_load(&mine->state) == ARENA_CLAIMED && ta_tl_arena == mine ? 0 : 1);
+    int st;
+    waitpid(pid, &st, 0);
+    cr_assert(WIFEXITED(st), "child status %d", st);
+    lost += WEXITSTATUS(st) != 0;
+  }
+  atomic_store(&stop, 1);
+  for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+  cr_assert_gt(ta_bg_rounds(), 100, "the purger was at work: %llu rounds",
+               (unsigned long long)ta_bg_rounds());
+  cr_assert_eq(lost, 0, "in %d of %d children the forking thread lost its arena", lost, forks);
+}
+
 /* ---- purging arenas whose owners are alive ------------------------------------------ */
 
 static _Atomic int churning;

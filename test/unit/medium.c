@@ -777,7 +777,7 @@ Test(mcache, a_purge_for_the_budget_leaves_the_cache) {
   ta_arena_t *me = ta_tl_arena;
   ta_arena_purge(me, me->mcache_since + 1, false, 0, true); /* ta_purge_excess's last age */
   cr_assert(cached(a), "the budget does not count it: flushing it gives nothing back");
-  ta_arena_purge(me, me->mcache_since + 1, true, 0, true);
+  ta_arena_purge(me, me->mcache_since + 1, TA_PURGE_ALL, 0, true);
   cr_assert(!cached(a), "a full purge flushes it");
   ta_free(keep);
 }
