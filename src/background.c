@@ -17,9 +17,9 @@
  *     at a time, as any thread's orphan purge does), the huge cache, and the arenas of
  *     live threads that are idle: it only tries their slow-path lock, never waits for it,
  *     and touches only what that lock guards (empty chunks, retired run slots, free medium
- *     blocks and the cache of freed ones), never the runs' lists the owner's fast paths use. It takes in the medium
- *     blocks other threads freed into such an arena (an idle owner never would) and puts
- *     the small ones back on the list. It allocates nothing;
+ *     blocks and the cache of freed ones), never the runs' lists the owner's fast paths
+ *     use. It takes in the medium blocks other threads freed into such an arena (an idle
+ *     owner never would) and puts the small ones back on the list. It allocates nothing;
  *   - beyond the budget of free resident memory (ta_dirty_max), it returns the oldest
  *     excess across all arenas, so that one thread's idle memory never makes a busy thread
  *     give back, and fault in again, what it has just freed;
@@ -91,9 +91,11 @@ static uint64_t next_due(void) {
 
 /* Purges, in every arena with an owner, what became free at least `age` ms ago; an arena
  * whose owner is in a slow path is left to the owner (it purges there itself) and looked
- * at again a little later. */
+ * at again a little later. For the budget (not periodic), it stops as soon as all arenas are
+ * within it: the arenas after that keep what they hold. */
 static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
+    if (!periodic && !ta_over_budget()) return;
     if (atomic_load_explicit(&a->state, memory_order_acquire) != ARENA_CLAIMED) continue;
     uint64_t due = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
     /* Medium blocks other threads freed into it: an owner that has gone idle would never
@@ -136,7 +138,7 @@ static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
         ta_remote_collect_medium(a);
       else if (mail) ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms);
       a->collects_seen = a->collects;
-      if (purge) ta_arena_purge(a, now, TA_PURGE_AGED, own_age, idle); /* notes its next due time */
+      if (purge) ta_arena_purge(a, now, TA_PURGE_AGED, own_age, idle); /* its next due time */
       else if (due != 0) ta_purge_note_global(&ta_arenas_due, due);
     }
     ta_slow_leave(a);

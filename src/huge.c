@@ -354,10 +354,10 @@ static int slot_pick(size_t need, ta_huge_t **out) {
 }
 
 /* Counts `size` more bytes (a span's weight) in the tallies if that keeps them within the
- * limit, unmapping the largest cached spans while it would not. False when no room can be made (what is counted
- * then belongs to puts in flight). The bytes are counted before the span is published, so a
- * thread that takes it subtracts what was added already: the tally never wraps, and it
- * never passes the limit, even for a moment. */
+ * limit, unmapping the largest cached spans while it would not. False when no room can be made
+ * (what is counted then belongs to puts in flight). The bytes are counted before the span is
+ * published, so a thread that takes it subtracts what was added already: the tally never wraps, and
+ * it never passes the limit, even for a moment. */
 static bool cache_reserve(size_t size) {
   size_t cur = atomic_load_explicit(&cache_bytes, memory_order_relaxed);
   for (;;) {

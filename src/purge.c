@@ -90,13 +90,13 @@ void ta_maybe_purge(ta_arena_t *a) {
  * arena's fast-path state too); LOCKED, everything the slow-path lock guards, now (trim of an
  * arena another thread owns); AGED, what became free at least `age` ms ago (the decay time,
  * or less when over the budget). The background thread calls it on arenas it does not own,
- * AGED: only state under the slow-path lock is touched then, as with LOCKED. The owner's own purge after the decay also
- * gives back the free pages of runs in use (without ages of their own: the purge is due
- * anyway). Unless `idle` (its owner is blocked, or gone), the arena keeps what its demand
- * covers (dirty.c). */
+ * AGED: only state under the slow-path lock is touched then, as with LOCKED. The owner's own purge
+ * after the decay also gives back the free pages of runs in use (without ages of their own: the
+ * purge is due anyway). Unless `idle` (its owner is blocked, or gone), the arena keeps what its
+ * demand covers (dirty.c). */
 size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, bool idle) {
-  bool all = mode != TA_PURGE_AGED;  /* everything, now */
-  bool mine = mode == TA_PURGE_ALL;  /* and what only the arena's own thread may touch */
+  bool all = mode != TA_PURGE_AGED; /* everything, now */
+  bool mine = mode == TA_PURGE_ALL; /* and what only the arena's own thread may touch */
   uint64_t horizon = age > ta_decay_ms ? age : ta_decay_ms; /* when what stays comes due */
   size_t freed = 0;
   uint64_t next = 0, next_own = 0; /* by the wall time; by the owner's */

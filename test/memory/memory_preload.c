@@ -91,13 +91,16 @@ Test(memory, a_program_that_frees_and_allocates_again_does_not_refault, .timeout
   expect_clean(TATEST_MEM_CYCLES);
 }
 Test(memory, idle_threads_memory_never_makes_a_busy_thread_refault, .timeout = 60) {
-  expect_clean_with(TATEST_MEM_IDLE, "refault", NULL);
+  expect_clean_with(TATEST_MEM_IDLE, "refault", "dirty_max_kb:16384");
 }
 Test(memory, the_purger_leaves_when_the_threads_are_gone, .timeout = 60) {
   expect_clean(TATEST_MEM_LONELY);
 }
 Test(memory, spans_freed_by_the_last_thread_do_not_start_the_purger, .timeout = 60) {
   expect_clean_with(TATEST_MEM_LONELY, "spans", NULL);
+}
+Test(memory, a_single_threaded_program_never_has_the_purger, .timeout = 60) {
+  expect_clean_with(TATEST_MEM_LONELY, "single", NULL);
 }
 Test(memory, a_main_thread_that_calls_pthread_exit_ends_the_process, .timeout = 30) {
   expect_clean_with(TATEST_MEM_LONELY, "pexit", NULL);

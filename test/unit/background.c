@@ -1,8 +1,11 @@
 /* Unit tests: the background purger (background.c), driven through the ta_ API library,
  * where it is off unless a test turns it on. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <sys/wait.h>
 #include <string.h>
 #include <time.h>
@@ -86,6 +89,61 @@ Test(background, exited_threads_memory_is_purged_with_no_caller, .timeout = 30) 
   cr_assert(rounds_pass_within(rounds, 2000), "no round after the new work");
 }
 
+/* The purger's kernel thread id, found by its name, or 0. */
+static uint32_t purger_tid(void) {
+  uint32_t tid = 0;
+  DIR *d = opendir("/proc/self/task");
+  struct dirent *e;
+  while (tid == 0 && (e = readdir(d))) {
+    char path[300], name[32] = "";
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) continue;
+    if (fgets(name, sizeof name, f) && strncmp(name, "tamalloc-purge", 14) == 0)
+      tid = (uint32_t)atoi(e->d_name);
+    fclose(f);
+  }
+  closedir(d);
+  return tid;
+}
+
+static void count_owned_by(ta_arena_t *a, void *arg) {
+  uint32_t *tid_and_count = arg;
+  tid_and_count[1] += atomic_load(&a->owner_tid) == tid_and_count[0];
+}
+
+static void *wait_for_flag(void *arg) {
+  ta_free(ta_malloc(16)); /* an arena: a second thread, for whose sake the purger stays */
+  while (!atomic_load((_Atomic int *)arg)) nap_ms(5);
+  return NULL;
+}
+
+/* It allocates nothing: it never takes an arena, whatever it purges (ownerless arenas, idle
+ * ones, the huge cache). */
+Test(background, the_purger_allocates_nothing, .timeout = 30) {
+  ta_bg_enable(true);
+  ta_decay_ms = 20;
+  static _Atomic int done;
+  pthread_t other;
+  pthread_create(&other, NULL, wait_for_flag, (void *)&done);
+  exit_and_free_remotely();
+  uint32_t tid_and_count[2] = {purger_tid(), 0};
+  cr_assert_neq(tid_and_count[0], 0, "the purger runs, by its name");
+  for (int i = 0; i < 3; i++) {
+    exit_and_free_remotely();
+    void *big = ta_malloc(6 << 20);
+    memset(big, 1, 6 << 20);
+    ta_free(big); /* into the huge cache, which it purges */
+    cr_assert(orphans_settle_within(10000));
+  }
+  for (int waited = 0; waited < 2000 && ta_huge_cached_count() > 0; waited += 10) nap_ms(10);
+  cr_assert_eq(ta_huge_cached_count(), 0, "it purged the huge cache");
+  ta_arena_foreach(count_owned_by, tid_and_count);
+  cr_assert_eq(tid_and_count[1], 0, "the purger (thread %u) owns an arena", tid_and_count[0]);
+  atomic_store(&done, 1);
+  pthread_join(other, NULL);
+}
+
 Test(background, off_by_default_in_the_api_library, .timeout = 30) {
   exit_and_free_remotely();
   cr_assert_not(ta_bg_running());
@@ -165,6 +223,62 @@ Test(background, fork_waits_for_the_purger_to_let_go_of_the_forking_threads_aren
   cr_assert_gt(ta_bg_rounds(), 100, "the purger was at work: %llu rounds",
                (unsigned long long)ta_bg_rounds());
   cr_assert_eq(lost, 0, "in %d of %d children the forking thread lost its arena", lost, forks);
+}
+
+/* ---- the budget ---------------------------------------------------------------------- */
+
+/* Threads that each free a few chunks' worth of medium blocks, drawn long ago, and then
+ * wait: together they go over the budget, and the purger gives back the oldest excess, arena
+ * by arena, until all are within it, not everything every arena holds. */
+enum { KEEPERS = 8, KEEP_BLOCKS = 12 };
+static _Atomic int keepers_go;
+static _Atomic size_t keeper_dirty[KEEPERS];
+static void *fill_free_and_wait(void *arg) {
+  int k = (int)(intptr_t)arg;
+  void *b[KEEP_BLOCKS];
+  for (int i = 0; i < KEEP_BLOCKS; i++) {
+    b[i] = ta_malloc(1000 << 10);
+    memset(b[i], 1, 1000 << 10);
+  }
+  ta_tl_arena->demand_ms -= 2 * ta_demand_window(); /* drawn long ago: it holds nothing back */
+  for (int i = 0; i < KEEP_BLOCKS; i++) ta_free(b[i]);
+  ta_slow_enter(ta_tl_arena); /* the purger may be purging it */
+  atomic_store(&keeper_dirty[k], ta_tl_arena->dirty_bytes + 1);
+  ta_slow_leave(ta_tl_arena);
+  while (!atomic_load(&keepers_go)) nap_ms(5);
+  return NULL;
+}
+
+Test(background, over_the_budget_only_the_excess_goes, .timeout = 30) {
+  ta_bg_enable(true);
+  ta_decay_ms = 600000; /* nothing goes by its age while the test runs */
+  ta_dirty_max = (size_t)24 << 20;
+  ta_free(ta_malloc(16));
+  pthread_t t[KEEPERS];
+  size_t most = 0;
+  for (int k = 0; k < KEEPERS; k++) {
+    pthread_create(&t[k], NULL, fill_free_and_wait, (void *)(intptr_t)k);
+    while (atomic_load(&keeper_dirty[k]) == 0) nap_ms(1);
+    size_t d = atomic_load(&keeper_dirty[k]) - 1;
+    most = d > most ? d : most;
+    if (k == 0) ta_bg_maybe_start(true); /* two arenas, memory due some day: it may run */
+    cr_assert(ta_bg_running());
+  }
+  uint64_t total = 0;
+  for (int k = 0; k < KEEPERS; k++) total += atomic_load(&keeper_dirty[k]) - 1;
+  cr_assert_gt(total, ta_dirty_max + most, "the threads freed %zu bytes: over the budget",
+               (size_t)total);
+  size_t now = 0;
+  for (int waited = 0; waited < 2000; waited += 5) {
+    now = atomic_load(&ta_dirty_total);
+    if (now <= ta_dirty_max) break;
+    nap_ms(5);
+  }
+  cr_assert_leq(now, ta_dirty_max, "%zu bytes free and resident", now);
+  cr_assert_gt(now + most, ta_dirty_max, "%zu bytes left of %zu: more than the excess went",
+               now, (size_t)total);
+  atomic_store(&keepers_go, 1);
+  for (int k = 0; k < KEEPERS; k++) pthread_join(t[k], NULL);
 }
 
 /* ---- purging arenas whose owners are alive ------------------------------------------ */

@@ -31,7 +31,8 @@ static void assert_holes_gone(const holes_t *h) {
   for (int i = 0; i < N; i++) {
     /* the pages strictly inside the hole, past its links and before its footer */
     uintptr_t lo = ta_align_up((uintptr_t)h->hole[i] + 2 * sizeof(void *), ta_page_size);
-    uintptr_t hi = ((uintptr_t)h->hole[i] + h->size - sizeof(size_t)) & ~(uintptr_t)(ta_page_size - 1);
+    uintptr_t hi =
+        ((uintptr_t)h->hole[i] + h->size - sizeof(size_t)) & ~(uintptr_t)(ta_page_size - 1);
     if (hi <= lo) continue;
     pages += (hi - lo) / ta_page_size;
     resident += ta_os_resident((void *)lo, hi - lo) / ta_page_size;
@@ -80,5 +81,9 @@ static void holes_of_another_thread_go_back(size_t size) {
   pthread_join(t, NULL);
 }
 
-Test(trim, another_live_threads_holes_of_12_kib_go_back) { holes_of_another_thread_go_back(12 << 10); }
-Test(trim, another_live_threads_holes_of_100_kib_go_back) { holes_of_another_thread_go_back(100 << 10); }
+Test(trim, another_live_threads_holes_of_12_kib_go_back) {
+  holes_of_another_thread_go_back(12 << 10);
+}
+Test(trim, another_live_threads_holes_of_100_kib_go_back) {
+  holes_of_another_thread_go_back(100 << 10);
+}

@@ -6,7 +6,12 @@
  *                       process must end when the worker does, with status 0
  *   mem_lonely spans    16 threads run at once (so blocks over 8 KiB to 256 KiB are spans, which no
  *                       thread owns) and exit; the main thread then frees a span every 300 ms:
- *                       the purger leaves and is not started again by those frees */
+ *                       the purger leaves and is not started again by those frees
+ *   mem_lonely single   no thread at all: 300 MiB of blocks of every kind allocated and
+ *                       freed, three times, with pauses longer than the decay time between
+ *                       (memory due for purging each time): the process never has a second
+ *                       thread, and what it freed goes back from its own slow paths once
+ *                       no demand holds it */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <pthread.h>
@@ -68,8 +73,44 @@ static int spans(void) {
   return 0;
 }
 
+static int single(void) {
+  enum { N = 3000 };
+  static char *p[N];
+  size_t start = rss_bytes();
+  unsigned s = 7;
+  int most = 1;
+  for (int round = 0; round < 3; round++) {
+    for (int i = 0; i < N; i++) {
+      unsigned r = rnd(&s) % 100;
+      size_t z = r < 60   ? 16 + rnd(&s) % 2000
+                 : r < 95 ? 8192 + rnd(&s) % 200000
+                          : MiB + rnd(&s) % (4 * MiB);
+      p[i] = malloc(z);
+      memset(p[i], 1, z);
+    }
+    for (int i = 0; i < N; i++) free(p[i]);
+    for (int waited = 0; waited < 500; waited += 50) { /* past the decay time, 200 ms */
+      nap_ms(50);
+      int n = tasks();
+      most = n > most ? n : most;
+    }
+    free(malloc(300000)); /* a slow path: what is due goes back there */
+  }
+  /* What the thread drew lately it keeps for two demand windows (4 decay times each): then a
+   * slow path gives it back. */
+  nap_ms(2000);
+  free(malloc(300000));
+  size_t end = rss_bytes();
+  printf("single thread: at most %d task(s); %zu MiB resident at the start, %zu at the end\n",
+         most, start / MiB, end / MiB);
+  EXPECT(most == 1, "a single-threaded program had %d threads", most);
+  EXPECT(end <= start + 16 * MiB, "%zu MiB above the start", (end - start) / MiB);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "spans") == 0) return spans();
+  if (argc > 1 && strcmp(argv[1], "single") == 0) return single();
   char *mine = malloc(64); /* the main thread has an arena of its own */
   mine[0] = 1;
   pthread_t t;
