@@ -13,7 +13,10 @@
  * of zero-filled address space mapped once by ta_init, of which only the touched pages
  * become resident (one 4 KiB page of the map covers 16 GiB).
  *
- * Empty chunks stay with their arena for reuse; purge.c gives their pages back later. A break
+ * Empty chunks stay with their arena for reuse; purge.c gives their pages back later. An
+ * arena that needs a chunk and has none of its own takes, before any from the kernel, a
+ * resident empty chunk of another arena that does not need it (its thread is gone or
+ * blocked, or the arena holds more than its demand): see "Spare chunks" below. A break
  * chunk given back whole (its header too) goes to the process-wide pool below, which any
  * arena takes from before it asks the kernel for more.
  *
@@ -134,6 +137,89 @@ static bool chunk_being_read(ta_chunk_t *c) {
   return atomic_load_explicit(&c->readers, memory_order_seq_cst) != 0;
 }
 
+/* ---- Spare chunks
+ *
+ * A thread that frees a chunk's worth of blocks leaves its arena an empty chunk, resident,
+ * which it keeps for the decay time, and longer while its demand holds it (dirty.c). If
+ * the thread then blocks (a pool worker waiting for work) and another thread needs memory,
+ * that one took a new chunk from the kernel: 95 MiB freed by one thread and allocated again
+ * by another made a peak of 191 MiB. So an arena lists itself below when it gets an empty
+ * chunk, and an arena that needs one and has none resident of its own looks at the listed
+ * arenas first: it tries their locks (never waits: no cycle of waits), and takes a resident
+ * empty chunk from one that does not need it:
+ *   - its thread is gone (an ownerless arena) or is not running (blocked, asleep): a thread
+ *     that runs again and needs a chunk finds one the same way, or from the kernel;
+ *   - or it holds more free resident memory than its demand (the excess the budget would
+ *     give back in any case).
+ * The chunk counts as free memory of its new arena for the moment before it is used, not
+ * as demand: it was not drawn from the kernel. A listed arena found without a resident
+ * empty chunk leaves the list; a full list leaves arenas off it (their chunks are then
+ * found by nobody, as before). */
+#define SPARE_SLOTS 64
+static _Atomic(ta_arena_t *) spare[SPARE_SLOTS];
+_Atomic uint64_t ta_chunks_taken_over;
+
+/* Arena a (its lock held) has a resident empty chunk: listed, if there is room. */
+static void spare_list(ta_arena_t *a) {
+  if (a->spare_listed) return;
+  for (unsigned i = 0; i < SPARE_SLOTS; i++) {
+    ta_arena_t *none = NULL;
+    if (atomic_load_explicit(&spare[i], memory_order_relaxed) == NULL &&
+        atomic_compare_exchange_strong_explicit(&spare[i], &none, a, memory_order_relaxed,
+                                                memory_order_relaxed)) {
+      a->spare_listed = true;
+      return;
+    }
+  }
+}
+
+/* A resident empty chunk on o's list that no statistics reader holds, or NULL; its link. */
+static ta_chunk_t **resident_empty(ta_arena_t *o) {
+  for (ta_chunk_t **pp = &o->empty_chunks; *pp; pp = &(*pp)->next)
+    if (!(*pp)->decommitted && !chunk_being_read(*pp)) return pp;
+  return NULL;
+}
+
+/* Whether arena o (its lock held) can spare a chunk: see above. */
+static bool can_spare(ta_arena_t *o) {
+  int st = atomic_load_explicit(&o->state, memory_order_acquire);
+  if (st == ARENA_FREE) return true;
+  if (st != ARENA_CLAIMED) return false; /* a fork child's zombie or suspended arena */
+  if (o->dirty_bytes >= ta_arena_demand(o, ta_os_now_ms()) + TA_CHUNK_SIZE) return true;
+  uint32_t tid = atomic_load_explicit(&o->owner_tid, memory_order_relaxed);
+  return tid != 0 && !ta_os_thread_runs(tid);
+}
+
+/* A resident empty chunk of another listed arena that can spare one, unlinked and uncounted
+ * there; NULL if none. Arena a's lock is held. */
+static ta_chunk_t *spare_take(ta_arena_t *a) {
+  for (unsigned i = 0; i < SPARE_SLOTS; i++) {
+    ta_arena_t *o = atomic_load_explicit(&spare[i], memory_order_relaxed);
+    if (o == NULL || o == a || ta_slow_held_by_me(o) || !ta_slow_try_enter(o)) continue;
+    ta_chunk_t **pp = o->spare_listed ? resident_empty(o) : NULL;
+    ta_chunk_t *c = NULL;
+    if (pp == NULL) { /* nothing left to spare: off the list */
+      if (o->spare_listed) {
+        o->spare_listed = false;
+        ta_arena_t *me = o;
+        atomic_compare_exchange_strong_explicit(&spare[i], &me, NULL, memory_order_relaxed,
+                                                memory_order_relaxed);
+      }
+    } else if (can_spare(o)) {
+      c = *pp;
+      TA_PUBLISH(*pp, c->next); /* the list statistics readers walk */
+      ta_dirty_add(o, -(intptr_t)TA_CHUNK_SIZE);
+      ta_dirty_hold(o, atomic_load_explicit(&o->demand_seen, memory_order_relaxed));
+    }
+    ta_slow_leave(o);
+    if (c != NULL) {
+      atomic_fetch_add_explicit(&ta_chunks_taken_over, 1, memory_order_relaxed);
+      return c;
+    }
+  }
+  return NULL;
+}
+
 /* ---- the pool of returned break chunks
  *
  * A break chunk in the middle of the heap cannot go back to the kernel whole: the break moves
@@ -247,13 +333,16 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   }
   if (*pp == NULL && gone != NULL) pp = gone;
   ta_chunk_t *c = *pp;
+  /* None resident of its own: one another arena can spare (above), before one given back. */
+  ta_chunk_t *taken = c == NULL || c->decommitted ? spare_take(a) : NULL;
+  if (taken) c = taken;
   bool from_brk, fresh = c == NULL; /* from the kernel, or the pool: as the kernel gave it */
   uint8_t prev = TA_MAP_NONE; /* what the chunk was before: a small chunk keeps its shadow */
   if (c) {
-    TA_PUBLISH(*pp, c->next); /* the list statistics readers walk */
+    if (!taken) TA_PUBLISH(*pp, c->next); /* the list statistics readers walk */
     from_brk = c->from_brk;
     prev = c->kind;
-    if (!c->decommitted) ta_dirty_add(a, -(intptr_t)TA_CHUNK_SIZE);
+    if (!c->decommitted && !taken) ta_dirty_add(a, -(intptr_t)TA_CHUNK_SIZE);
   } else {
     bool pooled;
     c = ta_chunk_fresh(&from_brk, &pooled); /* reads as zero: no kind, no shadow */
@@ -295,6 +384,7 @@ void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c) {
   TA_PUBLISH(a->empty_chunks, c);
   ta_purge_note(a, c->empty_since);
   ta_dirty_add(a, (intptr_t)TA_CHUNK_SIZE);
+  spare_list(a);
 }
 
 /* Moves the break down by one chunk if c is the top of the heap (the kernel's break, not a

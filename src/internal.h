@@ -404,6 +404,7 @@ typedef struct ta_arena {
   bool purging;         /* inside ta_arena_purge (no re-entry from what it releases) */
   bool over_budget;     /* its frees went over the budget: ta_purge_if_over (dirty.c) */
   bool shrink_wait;     /* its runs keep their free pages for its demand (purge.c) */
+  bool spare_listed;    /* in chunk.c's list of arenas with empty chunks others may take */
   uint32_t id;
   _Atomic uint32_t owner_tid;   /* the owner's kernel thread id (0: none known) */
   _Atomic uint64_t purge_due;  /* earliest time something of this arena may be purged; 0: none */
@@ -641,6 +642,7 @@ bool ta_bg_running(void); /* for tests */
 TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
 TA_HIDDEN void *ta_chunk_fresh(bool *from_brk, bool *pooled);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
+TA_HIDDEN extern _Atomic uint64_t ta_chunks_taken_over; /* from other arenas (tests, stats) */
 TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
 TA_HIDDEN bool ta_map_init(void); /* ta_init: maps the granule map; false if it cannot */
 TA_HIDDEN void ta_pages_init(void); /* ta_init: ta_page_size and ta_hugepage_size */

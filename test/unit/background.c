@@ -127,7 +127,11 @@ Test(background, the_purger_allocates_nothing, .timeout = 30) {
   pthread_t other;
   pthread_create(&other, NULL, wait_for_flag, (void *)&done);
   exit_and_free_remotely();
-  uint32_t tid_and_count[2] = {purger_tid(), 0};
+  uint32_t tid_and_count[2] = {0, 0};
+  for (int waited = 0; waited < 2000 && tid_and_count[0] == 0; waited += 10) {
+    tid_and_count[0] = purger_tid(); /* once it has named itself */
+    if (tid_and_count[0] == 0) nap_ms(10);
+  }
   cr_assert_neq(tid_and_count[0], 0, "the purger runs, by its name");
   for (int i = 0; i < 3; i++) {
     exit_and_free_remotely();
@@ -233,6 +237,7 @@ Test(background, fork_waits_for_the_purger_to_let_go_of_the_forking_threads_aren
 enum { KEEPERS = 8, KEEP_BLOCKS = 12 };
 static _Atomic int keepers_go;
 static _Atomic size_t keeper_dirty[KEEPERS];
+static pthread_barrier_t keepers_filled;
 static void *fill_free_and_wait(void *arg) {
   int k = (int)(intptr_t)arg;
   void *b[KEEP_BLOCKS];
@@ -240,6 +245,10 @@ static void *fill_free_and_wait(void *arg) {
     b[i] = ta_malloc(1000 << 10);
     memset(b[i], 1, 1000 << 10);
   }
+  /* All fill before any frees: none takes another's empty chunks (chunk.c, spare chunks);
+   * and the purger runs before any frees. */
+  pthread_barrier_wait(&keepers_filled);
+  pthread_barrier_wait(&keepers_filled);
   ta_tl_arena->demand_ms -= 2 * ta_demand_window(); /* drawn long ago: it holds nothing back */
   for (int i = 0; i < KEEP_BLOCKS; i++) ta_free(b[i]);
   ta_slow_enter(ta_tl_arena); /* the purger may be purging it */
@@ -253,16 +262,20 @@ Test(background, over_the_budget_only_the_excess_goes, .timeout = 30) {
   ta_bg_enable(true);
   ta_decay_ms = 600000; /* nothing goes by its age while the test runs */
   ta_dirty_max = (size_t)24 << 20;
-  ta_free(ta_malloc(16));
+  ta_free(ta_malloc(200000)); /* memory due some day: the purger has work to wait for */
   pthread_t t[KEEPERS];
   size_t most = 0;
-  for (int k = 0; k < KEEPERS; k++) {
+  pthread_barrier_init(&keepers_filled, NULL, KEEPERS + 1);
+  for (int k = 0; k < KEEPERS; k++)
     pthread_create(&t[k], NULL, fill_free_and_wait, (void *)(intptr_t)k);
+  pthread_barrier_wait(&keepers_filled);
+  ta_bg_maybe_start(true);
+  cr_assert(ta_bg_running());
+  pthread_barrier_wait(&keepers_filled); /* now they free */
+  for (int k = 0; k < KEEPERS; k++) {
     while (atomic_load(&keeper_dirty[k]) == 0) nap_ms(1);
     size_t d = atomic_load(&keeper_dirty[k]) - 1;
     most = d > most ? d : most;
-    if (k == 0) ta_bg_maybe_start(true); /* two arenas, memory due some day: it may run */
-    cr_assert(ta_bg_running());
   }
   uint64_t total = 0;
   for (int k = 0; k < KEEPERS; k++) total += atomic_load(&keeper_dirty[k]) - 1;

@@ -98,3 +98,114 @@ Test(pool, the_break_comes_down_past_pooled_chunks) {
   ta_free(small);
   ta_chunk_use_brk(false);
 }
+
+/* ---- spare chunks: an arena without a resident empty chunk takes one another arena does not
+ * need (chunk.c, "Spare chunks") before it asks the kernel. */
+
+enum { SPARE_BLOCKS = 12, SPARE_BLOCK = 1000 << 10 }; /* four to a chunk: three chunks */
+
+typedef struct {
+  ta_chunk_t *chunks[SPARE_BLOCKS];
+  ta_arena_t *arena;
+  _Atomic int freed, go, spin;
+} spare_t;
+static pthread_mutex_t spare_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t spare_cv = PTHREAD_COND_INITIALIZER;
+
+/* Allocates and frees a few chunks' worth of medium blocks, then waits: blocked, or running
+ * (spinning) when asked to. */
+static void *free_then_wait(void *arg) {
+  spare_t *s = arg;
+  void *b[SPARE_BLOCKS];
+  for (int i = 0; i < SPARE_BLOCKS; i++) {
+    b[i] = ta_malloc(SPARE_BLOCK);
+    memset(b[i], 1, SPARE_BLOCK);
+    s->chunks[i] = ta_chunk_of(b[i]);
+  }
+  for (int i = 0; i < SPARE_BLOCKS; i++) ta_free(b[i]);
+  s->arena = ta_tl_arena;
+  atomic_store(&s->freed, 1);
+  if (atomic_load(&s->spin)) {
+    while (!atomic_load(&s->go)) {
+    }
+    return NULL;
+  }
+  pthread_mutex_lock(&spare_mu);
+  while (!atomic_load(&s->go)) pthread_cond_wait(&spare_cv, &spare_mu);
+  pthread_mutex_unlock(&spare_mu);
+  return NULL;
+}
+
+static void spare_go(spare_t *s) {
+  pthread_mutex_lock(&spare_mu);
+  atomic_store(&s->go, 1);
+  pthread_cond_broadcast(&spare_cv);
+  pthread_mutex_unlock(&spare_mu);
+}
+
+static bool one_of(const spare_t *s, ta_chunk_t *c) {
+  for (int i = 0; i < SPARE_BLOCKS; i++)
+    if (s->chunks[i] == c) return true;
+  return false;
+}
+
+/* A blocked thread's empty chunks serve another thread's new blocks, kept resident, and no
+ * chunk comes from the kernel for them. */
+Test(pool, a_blocked_threads_empty_chunks_serve_another_thread) {
+  main_arena();
+  static spare_t s;
+  pthread_t t;
+  pthread_create(&t, NULL, free_then_wait, &s);
+  while (!atomic_load(&s.freed)) usleep(1000);
+  /* Until it is blocked (it may still be on its way to the wait on a loaded machine). */
+  while (ta_os_thread_runs(atomic_load(&s.arena->owner_tid))) usleep(1000);
+  size_t before = s.arena->dirty_bytes;
+  cr_assert_geq(before, 2 * TA_CHUNK_SIZE, "the thread kept its empty chunks: %zu", before);
+  uint64_t taken = atomic_load(&ta_chunks_taken_over);
+  void *b[SPARE_BLOCKS];
+  int reused = 0;
+  for (int i = 0; i < SPARE_BLOCKS; i++) {
+    b[i] = ta_malloc(SPARE_BLOCK);
+    memset(b[i], 2, SPARE_BLOCK);
+    reused += one_of(&s, ta_chunk_of(b[i]));
+  }
+  cr_assert_geq(atomic_load(&ta_chunks_taken_over) - taken, 2);
+  cr_assert_geq(reused, 8, "%d of %d blocks in the other thread's chunks", reused, SPARE_BLOCKS);
+  ta_chunk_t *fresh[SPARE_BLOCKS];
+  int nfresh = 0;
+  for (int i = 0; i < SPARE_BLOCKS; i++) {
+    ta_chunk_t *c = ta_chunk_of(b[i]);
+    bool seen = one_of(&s, c);
+    for (int k = 0; k < nfresh && !seen; k++) seen = fresh[k] == c;
+    if (!seen) fresh[nfresh++] = c;
+  }
+  cr_assert_leq(nfresh, 1, "%d chunks new to this test", nfresh);
+  ta_slow_enter(s.arena);
+  cr_assert_lt(s.arena->dirty_bytes, before, "counted out of the arena that gave them");
+  ta_slow_leave(s.arena);
+  for (int i = 0; i < SPARE_BLOCKS; i++) ta_free(b[i]);
+  spare_go(&s);
+  pthread_join(t, NULL);
+}
+
+/* A thread that runs keeps what it drew lately: its chunks are not taken. */
+Test(pool, a_running_threads_empty_chunks_stay_with_it) {
+  main_arena();
+  static spare_t s;
+  atomic_store(&s.spin, 1);
+  pthread_t t;
+  pthread_create(&t, NULL, free_then_wait, &s);
+  while (!atomic_load(&s.freed)) usleep(1000);
+  uint64_t taken = atomic_load(&ta_chunks_taken_over);
+  void *b[SPARE_BLOCKS];
+  int reused = 0;
+  for (int i = 0; i < SPARE_BLOCKS; i++) {
+    b[i] = ta_malloc(SPARE_BLOCK);
+    reused += one_of(&s, ta_chunk_of(b[i]));
+  }
+  spare_go(&s);
+  pthread_join(t, NULL);
+  cr_assert_eq(atomic_load(&ta_chunks_taken_over) - taken, 0);
+  cr_assert_eq(reused, 0, "%d blocks in the running thread's chunks", reused);
+  for (int i = 0; i < SPARE_BLOCKS; i++) ta_free(b[i]);
+}
