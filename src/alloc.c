@@ -39,8 +39,8 @@ static const ta_library_t library = {
     .background = false, /* the ta_ API's tests drive purging themselves */
 #endif
     .thread_exit = thread_exit,
-    .fork_prepare = ta_bg_fork_prepare,
-    .fork_parent = ta_bg_fork_parent,
+    .fork_prepare = ta_fork_prepare,
+    .fork_parent = ta_fork_parent,
     .fork_child = fork_child,
 };
 const ta_library_t *const ta_library = &library; /* for mallctl.c (opt.dss, background_thread) */
@@ -1054,6 +1054,7 @@ static void thread_exit(void *arena) {
 /* fork's child handler: the lock of the break, the purger thread (it did not survive the
  * fork), the statistics readers and the log, then the arenas (arena.c says how). */
 static void fork_child(void) {
+  ta_fork_reset_after_fork();
   ta_brk_reset_after_fork();
   ta_bg_reset_after_fork();
   ta_stats_reset_after_fork(); /* readers, the log, and the huge cache's tallies */

@@ -49,37 +49,14 @@ static _Atomic uint64_t bg_rounds;  /* purge rounds done (tests and statistics) 
 
 static uint64_t earlier(uint64_t a, uint64_t b) { return a == 0 ? b : b == 0 ? a : a < b ? a : b; }
 
-/* ---- fork ----
- * The thread holds an arena's slow-path lock while it purges that arena, and owns what it
- * has taken off shared lists (an ownerless arena it claimed, cached huge spans, free spans)
- * while it works on them. A fork that caught it there would leave the child an arena whose
- * lists it cannot trust (a zombie, arena.c: the forking thread's own arena among them, with
- * every block it holds), or memory nobody owns. So each such step runs between hold() and
- * unhold(), and fork's prepare handler announces the fork and waits for the current step to
- * end; a step announced after that is skipped until the parent handler (the child has no
- * thread). Both sides write, then read the other's word (sequentially consistent): either
- * the step sees the fork, or the fork sees the step. The thread allocates nothing and takes
- * no lock of glibc's, so the wait ends; it is bounded all the same (a fork from a signal
- * handler that interrupted the break lock's holder would otherwise wait for a purge that
- * waits for that lock): past it the child is left to cope, as it always could. */
-static _Atomic int fork_pending, step_running;
-#define TA_FORK_WAIT_MS 100
-
-static bool hold(void) {
-  atomic_store(&step_running, 1);
-  if (atomic_load(&fork_pending) == 0) return true;
-  atomic_store(&step_running, 0);
-  return false;
-}
-static void unhold(void) { atomic_store(&step_running, 0); }
-
-void ta_bg_fork_prepare(void) {
-  atomic_fetch_add(&fork_pending, 1);
-  if (atomic_load(&step_running) == 0) return;
-  uint64_t until = ta_os_now_ms() + TA_FORK_WAIT_MS;
-  while (atomic_load(&step_running) && ta_os_now_ms() < until) ta_os_yield();
-}
-void ta_bg_fork_parent(void) { atomic_fetch_sub(&fork_pending, 1); }
+/* fork: the thread holds an arena's slow-path lock while it purges that arena, and owns
+ * what it has taken off shared lists (an ownerless arena it claimed, cached huge spans, free
+ * spans) while it works on them. A fork that caught it there would leave the child an arena
+ * whose lists it cannot trust (a zombie, arena.c: the forking thread's own arena among them,
+ * with every block it holds), or memory nobody owns. So each such step runs between hold()
+ * and unhold(), which fork's prepare handler waits for (dirty.c, ta_fork_hold). */
+static bool hold(void) { return ta_fork_hold(); }
+static void unhold(void) { ta_fork_unhold(); }
 
 /* The earliest due time of work the thread may do, or 0. */
 static uint64_t next_due(void) {
@@ -188,17 +165,21 @@ static void *bg_main(void *arg) {
   for (;;) {
     unsigned owned = owned_arenas();
     if (leave_with(owned)) {
-      /* Free spans belong to no thread: what the last thread or exited ones freed last is
-       * not a decay time old yet. With a thread left, give back what is, and wait for the
-       * rest to age, for two decay times at most; what is left then waits for that thread's
-       * slow paths. With none left, the process must not wait for us. */
+      /* Free spans and cached huge spans belong to no thread: what the last thread or
+       * exited ones freed last is not a decay time old yet. With a thread left, give back
+       * what is, and wait for the rest to age, for two decay times at most; what is left
+       * then waits for that thread's slow paths (a thread that makes only small allocations
+       * takes none: the huge spans 800 MiB of blocks left cached, 64 MiB, stayed). With none
+       * left, the process must not wait for us. */
       uint64_t now = ta_os_now_ms();
       if (linger_end == 0) linger_end = now + 2 * ta_decay_ms;
       if (owned > 0 && hold()) {
         ta_span_purge(now, ta_decay_ms);
+        ta_huge_purge(now, false);
         unhold();
       }
-      uint64_t sdue = atomic_load_explicit(&ta_span_due, memory_order_seq_cst);
+      uint64_t sdue = earlier(atomic_load_explicit(&ta_span_due, memory_order_seq_cst),
+                              atomic_load_explicit(&ta_huge_due, memory_order_seq_cst));
       if (owned > 0 && sdue != 0 && sdue <= linger_end) {
         uint32_t seq = atomic_load_explicit(&ta_bg_seq, memory_order_seq_cst);
         if (sdue > now) ta_os_futex_wait(&ta_bg_seq, seq, sdue - now);
@@ -216,7 +197,7 @@ static void *bg_main(void *arg) {
       return NULL;
     }
     linger_end = 0;
-    if (atomic_load(&fork_pending)) { /* every step would be skipped: wait for the fork */
+    if (ta_fork_pending()) { /* every step would be skipped: wait for the fork */
       uint32_t seq = atomic_load_explicit(&ta_bg_seq, memory_order_seq_cst);
       ta_os_futex_wait(&ta_bg_seq, seq, 1);
       continue;
@@ -274,8 +255,6 @@ void ta_bg_maybe_start(bool by_default) {
 
 /* Fork child: the thread did not survive the fork. */
 void ta_bg_reset_after_fork(void) {
-  atomic_store(&fork_pending, 0); /* the forks of other threads of the parent are not ours */
-  atomic_store(&step_running, 0);
   atomic_store(&ta_bg_state, BG_NONE);
   atomic_store(&ta_bg_sleeping, 0);
   atomic_store(&ta_bg_over, 0);

@@ -180,22 +180,37 @@ static ta_chunk_t **resident_empty(ta_arena_t *o) {
   return NULL;
 }
 
-/* Whether arena o (its lock held) can spare a chunk: see above. */
-static bool can_spare(ta_arena_t *o) {
+/* Whether arena o can spare a chunk (see above), once its lock is held; `idle` was found
+ * before it was taken (reading the thread's state is a system call: not under two locks). */
+static bool can_spare(ta_arena_t *o, bool idle) {
   int st = atomic_load_explicit(&o->state, memory_order_acquire);
   if (st == ARENA_FREE) return true;
   if (st != ARENA_CLAIMED) return false; /* a fork child's zombie or suspended arena */
-  if (o->dirty_bytes >= ta_arena_demand(o, ta_os_now_ms()) + TA_CHUNK_SIZE) return true;
+  return idle || o->dirty_bytes >= ta_arena_demand(o, ta_os_now_ms()) + TA_CHUNK_SIZE;
+}
+
+/* Before o's lock is taken: whether it may have an empty chunk, and whether its owner is
+ * gone or not running. */
+static bool may_spare(ta_arena_t *o, bool *idle) {
+  if (__atomic_load_n(&o->empty_chunks, __ATOMIC_ACQUIRE) == NULL) return false;
+  int st = atomic_load_explicit(&o->state, memory_order_acquire);
+  if (st != ARENA_CLAIMED) return *idle = st == ARENA_FREE;
   uint32_t tid = atomic_load_explicit(&o->owner_tid, memory_order_relaxed);
-  return tid != 0 && !ta_os_thread_runs(tid);
+  *idle = tid != 0 && !ta_os_thread_runs(tid);
+  return true;
 }
 
 /* A resident empty chunk of another listed arena that can spare one, unlinked and uncounted
  * there; NULL if none. Arena a's lock is held. */
 static ta_chunk_t *spare_take(ta_arena_t *a) {
-  for (unsigned i = 0; i < SPARE_SLOTS; i++) {
+  if (!ta_fork_hold()) return NULL; /* a fork is under way: from the kernel, this once */
+  ta_chunk_t *got = NULL;
+  for (unsigned i = 0; i < SPARE_SLOTS && got == NULL; i++) {
     ta_arena_t *o = atomic_load_explicit(&spare[i], memory_order_relaxed);
-    if (o == NULL || o == a || ta_slow_held_by_me(o) || !ta_slow_try_enter(o)) continue;
+    bool idle = false;
+    if (o == NULL || o == a || ta_slow_held_by_me(o)) continue;
+    bool maybe = may_spare(o, &idle);
+    if (!ta_slow_try_enter(o)) continue;
     ta_chunk_t **pp = o->spare_listed ? resident_empty(o) : NULL;
     ta_chunk_t *c = NULL;
     if (pp == NULL) { /* nothing left to spare: off the list */
@@ -205,19 +220,18 @@ static ta_chunk_t *spare_take(ta_arena_t *a) {
         atomic_compare_exchange_strong_explicit(&spare[i], &me, NULL, memory_order_relaxed,
                                                 memory_order_relaxed);
       }
-    } else if (can_spare(o)) {
+    } else if (maybe && can_spare(o, idle)) {
       c = *pp;
       TA_PUBLISH(*pp, c->next); /* the list statistics readers walk */
       ta_dirty_add(o, -(intptr_t)TA_CHUNK_SIZE);
       ta_dirty_hold(o, atomic_load_explicit(&o->demand_seen, memory_order_relaxed));
     }
     ta_slow_leave(o);
-    if (c != NULL) {
-      atomic_fetch_add_explicit(&ta_chunks_taken_over, 1, memory_order_relaxed);
-      return c;
-    }
+    got = c;
   }
-  return NULL;
+  ta_fork_unhold();
+  if (got != NULL) atomic_fetch_add_explicit(&ta_chunks_taken_over, 1, memory_order_relaxed);
+  return got;
 }
 
 /* ---- the pool of returned break chunks

@@ -62,6 +62,44 @@ void ta_bg_over_budget(void) {
   ta_os_futex_wake(&ta_bg_seq);
 }
 
+/* ---- fork ----
+ * A thread that holds the slow-path lock of an arena not its own (the purger purging it,
+ * another thread taking a spare chunk from it: chunk.c), or owns what it took off a shared
+ * list (the purger's orphan, huge-cache and spans passes), would leave a fork child an arena
+ * it cannot trust (a zombie, arena.c: the forking thread's own among them, with every block it
+ * holds) or memory nobody owns. So such a step runs between ta_fork_hold and ta_fork_unhold,
+ * and fork's prepare handler announces the fork, then waits for the steps in flight to end;
+ * a step that sees the fork announced does not start, until the parent handler. Both sides
+ * write their word, then read the other's (sequentially consistent): either the step sees the
+ * fork or the fork sees the step. No lock is held across fork. The steps allocate nothing
+ * and take no lock of glibc's, so the wait ends; it is bounded all the same (a fork from a
+ * signal handler that interrupted the break lock's holder would otherwise wait for a purge
+ * that waits for that lock): past it, the child copes as it always could. */
+static _Atomic int fork_announced, fork_steps;
+#define TA_FORK_WAIT_MS 100
+
+bool ta_fork_hold(void) {
+  atomic_fetch_add(&fork_steps, 1);
+  if (atomic_load(&fork_announced) == 0) return true;
+  atomic_fetch_sub(&fork_steps, 1);
+  return false;
+}
+void ta_fork_unhold(void) { atomic_fetch_sub(&fork_steps, 1); }
+bool ta_fork_pending(void) { return atomic_load_explicit(&fork_announced, memory_order_relaxed); }
+
+void ta_fork_prepare(void) {
+  atomic_fetch_add(&fork_announced, 1);
+  if (atomic_load(&fork_steps) == 0) return;
+  uint64_t until = ta_os_now_ms() + TA_FORK_WAIT_MS;
+  while (atomic_load(&fork_steps) && ta_os_now_ms() < until) ta_os_yield();
+}
+void ta_fork_parent(void) { atomic_fetch_sub(&fork_announced, 1); }
+/* The child's only thread is the forking one: the other threads' steps and forks are not. */
+void ta_fork_reset_after_fork(void) {
+  atomic_store(&fork_announced, 0);
+  atomic_store(&fork_steps, 0);
+}
+
 void ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
   uint64_t cur = atomic_load_explicit(v, memory_order_relaxed);
   while (cur == 0 || t < cur) {

@@ -102,16 +102,18 @@ static void note_verdict(unsigned cls, bool dense) {
  * not, -1 if the kernel cannot say. Resident pages are written ones, unless the range has
  * huge pages (`read`, for a freed block only): a page then counts if some word of it is not
  * zero. The scan of a page stops at its first nonzero word; with `read`, the whole scan stops
- * as soon as the answer is known. Without it, every page is counted (the kernel's answer is
- * one byte a page), and for an answer of 0 *share64 says how many 64ths of the pages were
- * resident, rounded up. */
-static int mostly_written(const char *p, size_t len, bool read, unsigned *share64) {
-  unsigned char vec[TA_HUGE_LOOK_MAX / TA_PAGE_MIN]; /* one call; in the kernel's pages */
+ * as soon as the answer is known. Without it (share64 not NULL), one call looks at
+ * [p, p + all) (all >= len, at most TA_HUGE_SHARE_MAX), and for an answer of 0 *share64 says
+ * how many 64ths of those pages were resident, rounded up. */
+#define TA_HUGE_SHARE_MAX ((size_t)32 << 20)
+static int mostly_written(const char *p, size_t len, size_t all, bool read, unsigned *share64) {
+  unsigned char vec[TA_HUGE_SHARE_MAX / TA_PAGE_MIN]; /* one call; in the kernel's pages */
   size_t page = ta_os_page_size();
-  size_t pages = len / page;
-  size_t unwritten_max = pages / 4, unwritten = 0;
-  if (ta_os_mincore(p, len, vec) != 0) return -1;
-  for (size_t i = 0; i < pages; i++) {
+  if (read || share64 == NULL) all = len;
+  size_t pages = len / page, all_pages = all / page;
+  size_t unwritten_max = pages / 4, unwritten = 0, resident = 0;
+  if (ta_os_mincore(p, all, vec) != 0) return -1;
+  for (size_t i = 0; i < all_pages; i++) {
     bool written = vec[i] & 1;
     if (written && read) {
       const uint64_t *w = (const uint64_t *)(p + i * page);
@@ -119,10 +121,11 @@ static int mostly_written(const char *p, size_t len, bool read, unsigned *share6
       while (j < page / 8 && w[j] == 0) j++;
       written = j < page / 8;
     }
-    if (!written && ++unwritten > unwritten_max && read) return 0;
+    resident += written;
+    if (i < pages && !written && ++unwritten > unwritten_max && read) return 0;
   }
   if (unwritten <= unwritten_max) return 1;
-  *share64 = (unsigned)(((pages - unwritten) * 64 + pages - 1) / pages);
+  if (share64) *share64 = (unsigned)((resident * 64 + all_pages - 1) / all_pages);
   return 0;
 }
 
@@ -133,8 +136,8 @@ static void look_at_previous_fresh(void) {
   uintptr_t w = atomic_exchange_explicit(&unjudged, 0, memory_order_relaxed);
   if (w == 0) return;
   const char *p = (const char *)(w & ~(uintptr_t)TA_CHUNK_MASK);
-  unsigned share;
-  int v = mostly_written(p, (w & TA_CHUNK_MASK) * ta_page_size, false, &share);
+  size_t len = (w & TA_CHUNK_MASK) * ta_page_size;
+  int v = mostly_written(p, len, len, false, NULL);
   if (v >= 0) atomic_store_explicit(&last_verdict, (int8_t)(v ? 1 : -1), memory_order_relaxed);
 }
 
@@ -243,9 +246,13 @@ static void look(ta_huge_t *h) {
   size_t from = h->data_off & ~(ta_page_size - 1);
   size_t end = ta_align_up(h->data_off + h->requested, ta_page_size);
   size_t len = end - from < TA_HUGE_LOOK_MAX ? end - from : TA_HUGE_LOOK_MAX;
+  /* The share resident is looked at over every page that may hold one (up to dirty_end: the
+   * span's excess, kept when a smaller block reused it, too), 32 MiB at most. */
+  size_t all = h->dirty_end > from + len ? h->dirty_end - from : len;
+  if (all > TA_HUGE_SHARE_MAX) all = TA_HUGE_SHARE_MAX;
   bool advised = h->thp & HUGE_ADVISED;
   unsigned share = 64;
-  bool dense = mostly_written((char *)h + from, len, advised, &share) > 0;
+  bool dense = mostly_written((char *)h + from, len, all, advised, &share) > 0;
   unsigned cls = class_of(ta_align_up(end, TA_CHUNK_SIZE));
   if (dense) {
     note_verdict(cls, true);
@@ -256,9 +263,11 @@ static void look(ta_huge_t *h) {
   if (!advised) {
     note_verdict(cls, false);
     h->resident64 = (uint8_t)share;
-    /* Emptied (but its header's page) if the spans found sparse hold too much with it. */
-    if (share > TA_HUGE_STRIDE64 && kept_over(h->map_size / 64 * share) &&
-        h->dirty_end > ta_page_size &&
+    h->thp |= HUGE_LOOKED;
+    /* Emptied (but its header's page) if the spans found sparse hold too much with it; not
+     * when it is not to be kept (no cache, or over-aligned): it is unmapped next. */
+    if (share > TA_HUGE_STRIDE64 && ta_huge_cache_limit > 0 && h->data_off != TA_CHUNK_SIZE &&
+        kept_over(h->map_size / 64 * share) && h->dirty_end > ta_page_size &&
         ta_os_decommit((char *)h + ta_page_size, h->dirty_end - ta_page_size) == 0) {
       h->dirty_end = ta_page_size;
       h->resident64 = 1;
@@ -272,7 +281,7 @@ static void look(ta_huge_t *h) {
     if (h->dirty_end > ta_page_size &&
         ta_os_decommit((char *)h + ta_page_size, h->dirty_end - ta_page_size) == 0)
       h->dirty_end = ta_page_size;
-    h->thp = 0;
+    h->thp = HUGE_LOOKED;
     h->resident64 = 1;
   }
   if (h->sparse_seen < 6) h->sparse_seen++;
@@ -320,9 +329,16 @@ void ta_huge_unmap_deferred(void) {
  * the decay gives it back). Any other counts its whole size. Read from fields that do not
  * change while the span is in the cache, so that its put and its take count the same. */
 static size_t cache_weight(const ta_huge_t *h) {
-  if (!found_sparse(h)) return h->map_size;
-  unsigned share = h->resident64 > 8 ? h->resident64 : 8;
-  return share >= 64 ? h->map_size : h->map_size / 64 * share;
+  if (!found_sparse(h) || !(h->thp & HUGE_LOOKED)) return h->map_size;
+  /* What the look saw (its share of [from, from + all)), and every page past it that may
+   * be resident (up to dirty_end); an eighth of the span at least. */
+  size_t from = h->data_off & ~(ta_page_size - 1);
+  size_t end = h->dirty_end > from ? h->dirty_end : from;
+  size_t all = end - from < TA_HUGE_SHARE_MAX ? end - from : TA_HUGE_SHARE_MAX;
+  size_t w = from + all / 64 * h->resident64 + (end - from - all);
+  size_t least = h->map_size / 8;
+  w = w > least ? w : least;
+  return w < h->map_size ? w : h->map_size;
 }
 
 /* Takes the span of slot i if it is still `h`; the caller then owns it. */
@@ -498,23 +514,19 @@ size_t ta_huge_purge(uint64_t now, bool all) {
 
 size_t ta_huge_cached_bytes(void) { return atomic_load(&cache_bytes); }
 
-/* The spans in the slots, counted one by one: their weights (tests: the tally must agree
- * with it whenever no thread is between a slot and the tallies), and in *mapped their
- * sizes. */
-static size_t cache_sum(size_t *count, size_t *mapped) {
-  size_t bytes = 0, n = 0, map = 0;
+/* The weights of the spans in the slots, counted one by one (for tests: the tally must agree
+ * with it whenever no thread is between a slot and the tallies; and the fork child). */
+size_t ta_huge_cache_sum(size_t *count) {
+  size_t bytes = 0, n = 0;
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     ta_huge_t *h = atomic_load(&cache_slot[i]);
     if (h == NULL) continue;
     bytes += cache_weight(h);
-    map += h->map_size;
     n++;
   }
   if (count) *count = n;
-  if (mapped) *mapped = map;
   return bytes;
 }
-size_t ta_huge_cache_sum(size_t *count) { return cache_sum(count, NULL); }
 
 /* Fork child: a thread that was between a slot and the tallies is gone; count again. */
 void ta_huge_recount_after_fork(void) {
@@ -531,8 +543,10 @@ size_t ta_huge_cached_count(void) { return atomic_load(&cache_count); }
  * cached bytes is refused as well, unmapping them cannot help, unless the kernel refuses
  * every mapping (the count of mappings at its limit), which unmapping does cure. */
 static bool purge_may_help(size_t need) {
-  size_t cached;
-  cache_sum(NULL, &cached); /* in address space */
+  size_t cached = 0; /* in address space: the slots' hints (their spans are not ours to read) */
+  for (unsigned i = 0; i < TA_HUGE_SLOTS; i++)
+    if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL)
+      cached += atomic_load_explicit(&cache_size_hint[i], memory_order_relaxed);
   if (cached == 0) return false;
   if (need <= cached) return true;
   void *p = ta_os_mmap(need - cached);
@@ -594,6 +608,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
   TA_STORE(h->requested, size);
   ta_huge_seal(h);
   h->next = NULL;
+  h->thp &= (uint8_t)~HUGE_LOOKED; /* in use again: its next free looks, or it counts whole */
   atomic_store_explicit(&h->state, HUGE_LIVE, memory_order_relaxed);
   char *data = (char *)h + data_off;
   ta_map_set((uintptr_t)data, beyond ? TA_MAP_HUGE_AL : TA_MAP_HUGE);

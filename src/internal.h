@@ -346,7 +346,8 @@ TA_INLINE bool ta_huge_check_ok(const ta_huge_t *h) {
   return __atomic_load_n(&h->check, __ATOMIC_RELAXED) == ta_huge_check(h);
 }
 enum { HUGE_ADVISED = 1, /* MADV_HUGEPAGE is on the whole mapping */
-       HUGE_JUDGED = 2   /* found dense once: its residency is not looked at again */ };
+       HUGE_JUDGED = 2,  /* found dense once: its residency is not looked at again */
+       HUGE_LOOKED = 4   /* looked at on its last free: resident64 is of now (huge.c) */ };
 #define TA_HUGE_HDR 64
 
 /* ------------------------------------------------------------------ arenas */
@@ -622,6 +623,15 @@ TA_HIDDEN size_t ta_arena_share(void);    /* dirty.c: the holes' share */
 TA_HIDDEN size_t ta_top_allowance(void); /* dirty.c: each medium top's allowance */
 TA_HIDDEN extern _Atomic uint32_t ta_owner_scale_force; /* tests */
 TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
+/* fork (dirty.c): a thread that holds another thread's arena lock, or owns what it took off a
+ * shared list, does so between ta_fork_hold (false: a fork is under way, do not start) and
+ * ta_fork_unhold; fork's prepare handler waits for those in flight, a bounded time. */
+TA_HIDDEN bool ta_fork_hold(void);
+TA_HIDDEN void ta_fork_unhold(void);
+TA_HIDDEN bool ta_fork_pending(void);
+TA_HIDDEN void ta_fork_prepare(void);
+TA_HIDDEN void ta_fork_parent(void);
+TA_HIDDEN void ta_fork_reset_after_fork(void);
 TA_HIDDEN void ta_note_orphan_work(void);
 TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerless arenas */
 TA_HIDDEN extern _Atomic uint64_t ta_arenas_due; /* earliest due time of owned arenas */
@@ -1005,10 +1015,7 @@ TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);
 /* ------------------------------------------------------------------ background.c */
 TA_HIDDEN void ta_bg_maybe_start(bool by_default); /* at a safe point: thread exit, alloc_generic */
 TA_HIDDEN void ta_bg_reset_after_fork(void);
-/* fork's prepare and parent handlers: the purger lets go of every lock and takes none until
- * the fork is done (background.c). */
-TA_HIDDEN void ta_bg_fork_prepare(void);
-TA_HIDDEN void ta_bg_fork_parent(void);
+
 uint64_t ta_bg_rounds(void);
 void ta_bg_enable(bool on);
 

@@ -262,7 +262,9 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
     dirty += (size_t)__builtin_popcountll(c->dirty_slots) << TA_RUN_SHIFT;
   atomic_fetch_add_explicit(&ta_dirty_total, dirty - a->dirty_bytes, memory_order_relaxed);
   a->dirty_bytes = dirty;
-  ta_dirty_hold(a, hold);
+  /* What the demand holds from now on; a trim of another thread's arena (LOCKED) gave back
+   * everything but leaves its owner's demand as it was. */
+  ta_dirty_hold(a, mode == TA_PURGE_LOCKED ? ta_arena_demand(a, now) : hold);
   size_t hold_medium = hold > dirty ? hold - dirty : 0;
 
   /* Large free medium blocks free for the decay time (each keeps its time: the ones the
@@ -296,6 +298,8 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
 
 size_t ta_purge_owned_now(ta_arena_t *a, uint64_t now) {
   size_t freed = 0;
+  /* Another thread's lock: not while a fork is under way (dirty.c, ta_fork_hold). */
+  if (!ta_fork_hold()) return 0;
   ta_slow_enter(a); /* the owner may be in a slow path: a short wait */
   /* Still owned, and not by us, now that we hold it (its owner may have given it up). */
   if (atomic_load_explicit(&a->state, memory_order_acquire) == ARENA_CLAIMED && a != ta_tl_arena) {
@@ -303,6 +307,7 @@ size_t ta_purge_owned_now(ta_arena_t *a, uint64_t now) {
     freed = ta_arena_purge(a, now, TA_PURGE_LOCKED, 0, true);
   }
   ta_slow_leave(a);
+  ta_fork_unhold();
   return freed;
 }
 

@@ -252,6 +252,31 @@ def pool_table(results, failed=lambda word: word):
     return ["threads: measure"] + names, rows
 
 
+# ---- memory given back on its own ---------------------------------------------------------------
+
+def giveback_table(results, failed=lambda word: word):
+    """Rows for the giveback workload, one column per allocator: RSS above the start once
+    everything is freed, and after the idle second. None when it did not run."""
+    names = allocator_names(results)
+    if ("giveback", 1) not in set(configs(results)):
+        return None
+    cs = [cell(results, "giveback", 1, n) for n in names]
+    rows = []
+    for what, key in (("all freed: RSS - start RSS", "giveback_freed_mib"),
+                      ("idle second later: RSS - start RSS", "giveback_idle_mib")):
+        row = [what]
+        for c in cs:
+            if c is None:
+                row.append("-")
+            elif c["status"] != "ok":
+                row.append(failed(FAIL_WORDS.get(c["status"], c["status"])))
+            else:
+                v = c.get(key)
+                row.append("-" if v is None else fmt_mib(v * 1024))
+        rows.append(row)
+    return ["measure"] + names, rows
+
+
 # ---- plain-text table for the terminal ---------------------------------------------------------
 
 def _text_table(header, rows):
@@ -304,6 +329,12 @@ def terminal(results):
         out.append("Thread pool: RSS over peak live bytes at the peak and when idle, RSS kept "
                    "after the threads exit, busy time (medians; lower is better)")
         out.append(_text_table(*pool))
+        out.append("")
+    gb = giveback_table(results)
+    if gb:
+        out.append("Given back on its own: RSS above the start once 800 MiB are freed, and after "
+                   "an idle second of small allocations (medians; lower is better)")
+        out.append(_text_table(*gb))
         out.append("")
     if results["instructions"]:
         rows = []
@@ -465,6 +496,19 @@ def markdown(results, link_prefix="", title="Benchmark results"):
                  "median over the rounds; lower is better.")
         L.append("")
         L.append(_md_table(*pool))
+        L.append("")
+    gb = giveback_table(results, failed=lambda word: "**%s**" % word)
+    if gb:
+        L.append("## Memory given back on its own")
+        L.append("")
+        L.append("The giveback workload: four threads allocate 800 MiB in blocks of 16 B to "
+                 "8 MiB and exit; the main thread frees half, four new threads free the rest. "
+                 "Then the process idles a second, making only small allocations (16 to 128 B, "
+                 "which need no slow path). *All freed*: VmRSS above the start right after the "
+                 "frees; *idle second later*: after the idle second. Medians over the rounds; "
+                 "lower is better.")
+        L.append("")
+        L.append(_md_table(*gb))
         L.append("")
     if results["instructions"]:
         L.append("## Instructions per malloc+free pair")

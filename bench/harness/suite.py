@@ -138,6 +138,14 @@ WORKLOADS = [
              "and after-exit RSS against peak live bytes",
              threaded=True, quick=0.5, full=1.0,   # no cpu_check: it pauses by design
              more_threads={"quick": [64, 256], "full": [256, 1024]}),
+    Workload("handoff", "prog",
+             "one thread frees 96 MiB of 100 KB blocks and blocks, alive; another then "
+             "allocates as much: peak RSS against the 96 MiB live at any moment",
+             quick=0.5, full=1.0),
+    Workload("giveback", "prog",
+             "threads allocate 800 MiB (16 B to 8 MiB) and exit; all of it is freed, then an "
+             "idle second with small allocations only: RSS kept after it, above the start",
+             quick=0.5, full=1.0),   # no cpu_check: it pauses by design
     Workload("redis", "redis",
              "redis-server driven by redis-benchmark: pipelined strings, lists, sets, hashes "
              "and sorted sets (time is the benchmark's, CPU the server's)",
@@ -954,6 +962,7 @@ def summarize(wl, threads, allocs, runs):
                     base = figs.get("bookkeeping_kib", 0) + figs.get("baseline_kib", 0)
                     cell["rss_over_live"] = round((cell["median_rss_kib"] - base) / figs["peak_live_kib"], 3)
                 cell.update(pool_summary(mine))
+                cell.update(giveback_summary(mine))
         cells.append(cell)
     for ref in ("jemalloc", "mimalloc"):
         base = next((c for c in cells if c["allocator"] == ref and c["status"] == "ok"), None)
@@ -983,6 +992,20 @@ def pool_summary(runs):
         "pool_peak_over_live": med([f["rss_peak"] / f["live_peak"] for f in per]),
         "pool_idle_over_live": med([f["rss_idle"] / f["live_peak"] for f in per]),
         "pool_exit_growth_mib": med([(f["rss_exit"] - f["rss_start"]) / 1024 for f in per]),
+    }
+
+
+def giveback_summary(runs):
+    """The giveback workload's figures, medians over the rounds: what the process holds
+    above its start once everything is freed, and after the idle second (MiB)."""
+    per = [r["figures"] for r in runs
+           if all(k in r["figures"] for k in ("rss_start", "rss_freed", "rss_idle"))]
+    if not per:
+        return {}
+    med = lambda vals: round(statistics.median(vals), 3)
+    return {
+        "giveback_freed_mib": med([(f["rss_freed"] - f["rss_start"]) / 1024 for f in per]),
+        "giveback_idle_mib": med([(f["rss_idle"] - f["rss_start"]) / 1024 for f in per]),
     }
 
 

@@ -148,6 +148,37 @@ Test(background, the_purger_allocates_nothing, .timeout = 30) {
   pthread_join(other, NULL);
 }
 
+/* A thread makes huge blocks and exits; the thread left frees them (into the process-wide
+ * cache) after the exited thread's arena is due, and then makes no allocator call: the
+ * purger, before it leaves (one thread left), waits for the cached spans to age and gives
+ * them back. */
+static void *huge_then_exit(void *arg) {
+  void **p = arg;
+  for (int i = 0; i < 4; i++) {
+    p[i] = ta_malloc((size_t)(3 + i) << 20);
+    memset(p[i], 1, (size_t)(3 + i) << 20);
+  }
+  ta_free(ta_malloc(100000)); /* its arena has something to purge once it is gone */
+  return NULL;
+}
+
+Test(background, huge_spans_freed_by_the_last_thread_go_back_with_no_caller, .timeout = 30) {
+  ta_bg_enable(true);
+  ta_decay_ms = 100;
+  ta_free(ta_malloc(16)); /* this thread's arena: the one left */
+  static void *p[4];
+  pthread_t t;
+  pthread_create(&t, NULL, huge_then_exit, p);
+  pthread_join(t, NULL);
+  cr_assert(ta_bg_running(), "the exiting thread started it");
+  nap_ms(20);
+  for (int i = 0; i < 4; i++) ta_free(p[i]); /* due after the exited thread's arena */
+  cr_assert_eq(ta_huge_cached_count(), 4);
+  for (int waited = 0; waited < 3000 && ta_huge_cached_count() > 0; waited += 10) nap_ms(10);
+  cr_assert_eq(ta_huge_cached_count(), 0, "%zu spans still cached after 3 s",
+               ta_huge_cached_count());
+}
+
 Test(background, off_by_default_in_the_api_library, .timeout = 30) {
   exit_and_free_remotely();
   cr_assert_not(ta_bg_running());

@@ -1,0 +1,104 @@
+/*
+ * handoff - memory one thread frees, another uses: a thread allocates about 96 MiB of
+ * blocks (100 KB each by default scale), writes them, frees them all and blocks, alive;
+ * then a second thread allocates and writes as much. An allocator that keeps each thread's
+ * free memory for that thread alone takes the second 96 MiB from the kernel while the
+ * first still sits resident: peak RSS against the 96 MiB live at any moment.
+ *
+ *     live_kib    the most bytes live at once (KiB)
+ *     rss_freed   VmRSS when the first thread has freed everything and blocked (KiB)
+ */
+#include "wl.h"
+
+static size_t nblocks, block;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static int freed, done;
+
+static void fill(unsigned char **p, uint64_t tag, wl_result *res)
+{
+    for (size_t i = 0; i < nblocks; i++) {
+        p[i] = malloc(block);
+        if (!p[i]) {
+            fprintf(stderr, "handoff: out of memory\n");
+            exit(4);
+        }
+        memset(p[i], (int)(tag + i) & 0xff, block);
+        wl_stamp(p[i], block, tag + i);
+    }
+    for (size_t i = 0; i < nblocks; i++) {
+        res->sum += wl_check(p[i], block, tag + i, &res->bad);
+        if (p[i][block / 2] != (unsigned char)((tag + i) & 0xff))
+            res->bad = 1;
+        free(p[i]);
+    }
+}
+
+static void *first(void *arg)
+{
+    wl_result *res = arg;
+    unsigned char **p = calloc(nblocks, sizeof *p);
+    if (!p)
+        exit(4);
+    fill(p, 1, res);
+    free(p);
+    pthread_mutex_lock(&mu);
+    freed = 1;
+    pthread_cond_broadcast(&cv);
+    while (!done) /* blocked, alive, calling nothing */
+        pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+    return NULL;
+}
+
+static void *second(void *arg)
+{
+    wl_result *res = arg;
+    unsigned char **p = calloc(nblocks, sizeof *p);
+    if (!p)
+        exit(4);
+    fill(p, 2, res);
+    free(p);
+    return NULL;
+}
+
+static long vmrss_kib(void)
+{
+    char buf[8192];
+    ssize_t len = 0, n;
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    while (len < (ssize_t)sizeof(buf) - 1 &&
+           (n = read(fd, buf + len, sizeof(buf) - 1 - (size_t)len)) > 0)
+        len += n;
+    close(fd);
+    buf[len] = '\0';
+    const char *line = strstr(buf, "\nVmRSS:");
+    return line ? strtol(line + 7, NULL, 10) : -1;
+}
+
+int main(int argc, char **argv)
+{
+    wl_args a = wl_parse(argc, argv, "one thread frees 96 MiB and blocks; another allocates as much");
+    block = 100000;
+    nblocks = (size_t)wl_count(a.scale, 1000, 16);
+    wl_result r1 = {0, 0}, r2 = {0, 0};
+    pthread_t t1, t2;
+    wl_spawn(&t1, first, &r1);
+    pthread_mutex_lock(&mu);
+    while (!freed)
+        pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+    long rss_freed = vmrss_kib();
+    wl_spawn(&t2, second, &r2);
+    wl_join(t2);
+    pthread_mutex_lock(&mu);
+    done = 1;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+    wl_join(t1);
+    wl_figure("live_kib", (unsigned long long)(nblocks * block / 1024));
+    wl_figure("rss_freed", (unsigned long long)(rss_freed > 0 ? rss_freed : 0));
+    return wl_report(r1.sum + r2.sum, r1.bad | r2.bad);
+}
