@@ -39,9 +39,9 @@
  * So cycling blocks through the cache makes no system call once each span is judged dense.
  *
  * A span found sparse (at its last look) is reused whole, its pages kept: the stride its
- * blocks wrote is there for the next, larger or smaller. It counts in the cache by the share
- * of its pages its look found resident, and the spans found sparse together keep at most half
- * the cache's limit (see sparse_kept).
+ * blocks wrote is there for the next, larger or smaller. Put in the cache by a free that
+ * looked at it, it counts the share of its pages the look found resident (see cache_weight);
+ * and the spans found sparse together keep at most half the cache's limit (see sparse_kept).
  * A kernel that uses huge pages everywhere ('always') is told not to on fresh mappings not
  * known to be dense (MADV_NOHUGEPAGE); on one without them ('never'), or with
  * huge_pages:false, nothing is asked and nothing looked at.
