@@ -69,28 +69,12 @@ static void *free_second_half(void *arg)
     return NULL;
 }
 
-static long vmrss_kib(void)
-{
-    char buf[8192];
-    ssize_t len = 0, n;
-    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    while (len < (ssize_t)sizeof(buf) - 1 &&
-           (n = read(fd, buf + len, sizeof(buf) - 1 - (size_t)len)) > 0)
-        len += n;
-    close(fd);
-    buf[len] = '\0';
-    const char *line = strstr(buf, "\nVmRSS:");
-    return line ? strtol(line + 7, NULL, 10) : -1;
-}
-
 int main(int argc, char **argv)
 {
     wl_args a = wl_parse(argc, argv, "800 MiB freed, then an idle second of small allocations");
     seed = a.seed;
     per_thread = (size_t)wl_count(a.scale, 200.0 * (double)MIB, 4 * MIB);
-    long rss_start = vmrss_kib();
+    long rss_start = wl_vmrss_kib();
     pthread_t th[THREADS];
     for (long t = 0; t < THREADS; t++)
         wl_spawn(&th[t], allocate, (void *)t);
@@ -114,7 +98,7 @@ int main(int argc, char **argv)
         wl_join(th[t]);
     for (int t = 0; t < THREADS; t++)
         free(blocks[t]);
-    long rss_freed = vmrss_kib();
+    long rss_freed = wl_vmrss_kib();
     struct timespec step = {0, 10 * 1000 * 1000};
     for (int s = 0; s < 100; s++) {
         for (int i = 0; i < 100; i++) {
@@ -125,7 +109,7 @@ int main(int argc, char **argv)
         }
         nanosleep(&step, NULL);
     }
-    long rss_idle = vmrss_kib();
+    long rss_idle = wl_vmrss_kib();
     wl_figure("rss_start", (unsigned long long)(rss_start > 0 ? rss_start : 0));
     wl_figure("rss_freed", (unsigned long long)(rss_freed > 0 ? rss_freed : 0));
     wl_figure("rss_idle", (unsigned long long)(rss_idle > 0 ? rss_idle : 0));

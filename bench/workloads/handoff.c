@@ -62,22 +62,6 @@ static void *second(void *arg)
     return NULL;
 }
 
-static long vmrss_kib(void)
-{
-    char buf[8192];
-    ssize_t len = 0, n;
-    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    while (len < (ssize_t)sizeof(buf) - 1 &&
-           (n = read(fd, buf + len, sizeof(buf) - 1 - (size_t)len)) > 0)
-        len += n;
-    close(fd);
-    buf[len] = '\0';
-    const char *line = strstr(buf, "\nVmRSS:");
-    return line ? strtol(line + 7, NULL, 10) : -1;
-}
-
 int main(int argc, char **argv)
 {
     wl_args a = wl_parse(argc, argv, "one thread frees 96 MiB and blocks; another allocates as much");
@@ -90,7 +74,7 @@ int main(int argc, char **argv)
     while (!freed)
         pthread_cond_wait(&cv, &mu);
     pthread_mutex_unlock(&mu);
-    long rss_freed = vmrss_kib();
+    long rss_freed = wl_vmrss_kib();
     wl_spawn(&t2, second, &r2);
     wl_join(t2);
     pthread_mutex_lock(&mu);

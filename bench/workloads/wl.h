@@ -233,9 +233,11 @@ static inline void wl_hammer(volatile unsigned char *p, int obj, int writes, uin
 
 /* ---- the closing report -------------------------------------------------------------- */
 
-static inline long wl_vmhwm_kib(void)
+/* A line of /proc/self/status ("\nVmRSS:", "\nVmHWM:"), in KiB, or -1; read into a buffer on
+ * the stack, so that measuring never calls the allocator. */
+static inline long wl_status_kib(const char *key)
 {
-    static char buf[8192];
+    char buf[8192];
     int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
@@ -245,11 +247,14 @@ static inline long wl_vmhwm_kib(void)
         len += n;
     close(fd);
     buf[len < 0 ? 0 : len] = '\0';
-    const char *line = strstr(buf, "\nVmHWM:");
+    const char *line = strstr(buf, key);
     if (!line)
         return -1;
-    return strtol(line + 7, NULL, 10);
+    return strtol(line + strlen(key), NULL, 10);
 }
+
+static inline long wl_vmhwm_kib(void) { return wl_status_kib("\nVmHWM:"); }
+static inline long wl_vmrss_kib(void) { return wl_status_kib("\nVmRSS:"); }
 
 static inline void wl_put(const char *text)
 {
