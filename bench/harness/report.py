@@ -218,6 +218,17 @@ def targets(results, subject="tamalloc"):
 POOL = "pool"
 
 
+def _figure_text(c, value, fmt, failed):
+    """One cell of a figures table: '-' for no run or no value, the failure's word, or the
+    value formatted."""
+    if c is None:
+        return "-"
+    if c["status"] != "ok":
+        return failed(FAIL_WORDS.get(c["status"], c["status"]))
+    v = value(c)
+    return "-" if v is None else fmt(v)
+
+
 def pool_table(results, failed=lambda word: word):
     """Rows for the pool workload, four per thread count, one column per allocator:
     peak RSS and idle RSS over peak live bytes, RSS kept after the threads exit (less
@@ -239,16 +250,9 @@ def pool_table(results, failed=lambda word: word):
             ("busy phase", None, fmt_time),
         ]
         for what, key, fmt in measures:
-            row = ["%d: %s" % (t, what)]
-            for c in cs:
-                if c is None:
-                    row.append("-")
-                elif c["status"] != "ok":
-                    row.append(failed(FAIL_WORDS.get(c["status"], c["status"])))
-                else:
-                    v = c.get(key) if key else c.get("figures", {}).get("busy_s")
-                    row.append("-" if v is None else fmt(v))
-            rows.append(row)
+            value = (lambda c, k=key: c.get(k)) if key else \
+                (lambda c: c.get("figures", {}).get("busy_s"))
+            rows.append(["%d: %s" % (t, what)] + [_figure_text(c, value, fmt, failed) for c in cs])
     return ["threads: measure"] + names, rows
 
 
@@ -264,16 +268,8 @@ def giveback_table(results, failed=lambda word: word):
     rows = []
     for what, key in (("all freed: RSS - start RSS", "giveback_freed_mib"),
                       ("idle second later: RSS - start RSS", "giveback_idle_mib")):
-        row = [what]
-        for c in cs:
-            if c is None:
-                row.append("-")
-            elif c["status"] != "ok":
-                row.append(failed(FAIL_WORDS.get(c["status"], c["status"])))
-            else:
-                v = c.get(key)
-                row.append("-" if v is None else fmt_mib(v * 1024))
-        rows.append(row)
+        rows.append([what] + [_figure_text(c, lambda c, k=key: c.get(k),
+                                           lambda v: fmt_mib(v * 1024), failed) for c in cs])
     return ["measure"] + names, rows
 
 

@@ -15,8 +15,12 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int freed, done;
 
-static void fill(unsigned char **p, uint64_t tag, wl_result *res)
+/* Allocates, writes, checks and frees the blocks, tagged with `tag`. */
+static void fill(uint64_t tag, wl_result *res)
 {
+    unsigned char **p = calloc(nblocks, sizeof *p);
+    if (!p)
+        exit(4);
     for (size_t i = 0; i < nblocks; i++) {
         p[i] = malloc(block);
         if (!p[i]) {
@@ -32,16 +36,12 @@ static void fill(unsigned char **p, uint64_t tag, wl_result *res)
             res->bad = 1;
         free(p[i]);
     }
+    free(p);
 }
 
 static void *first(void *arg)
 {
-    wl_result *res = arg;
-    unsigned char **p = calloc(nblocks, sizeof *p);
-    if (!p)
-        exit(4);
-    fill(p, 1, res);
-    free(p);
+    fill(1, arg);
     pthread_mutex_lock(&mu);
     freed = 1;
     pthread_cond_broadcast(&cv);
@@ -53,12 +53,7 @@ static void *first(void *arg)
 
 static void *second(void *arg)
 {
-    wl_result *res = arg;
-    unsigned char **p = calloc(nblocks, sizeof *p);
-    if (!p)
-        exit(4);
-    fill(p, 2, res);
-    free(p);
+    fill(2, arg);
     return NULL;
 }
 
