@@ -53,10 +53,8 @@ static uint64_t earlier(uint64_t a, uint64_t b) { return a == 0 ? b : b == 0 ? a
  * what it has taken off shared lists (an ownerless arena it claimed, cached huge spans, free
  * spans) while it works on them. A fork that caught it there would leave the child an arena
  * whose lists it cannot trust (a zombie, arena.c: the forking thread's own arena among them,
- * with every block it holds), or memory nobody owns. So each such step runs between hold()
- * and unhold(), which fork's prepare handler waits for (dirty.c, ta_fork_hold). */
-static bool hold(void) { return ta_fork_hold(); }
-static void unhold(void) { ta_fork_unhold(); }
+ * with every block it holds), or memory nobody owns. So each such step runs between
+ * ta_fork_hold and ta_fork_unhold (dirty.c), which fork's prepare handler waits for. */
 
 /* The earliest due time of work the thread may do, or 0. */
 static uint64_t next_due(void) {
@@ -95,12 +93,12 @@ static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
       idle = tid == 0 || !ta_os_thread_runs(tid);
       if (!idle && periodic) own_age = ta_owner_decay();
     }
-    if (!hold()) { /* a fork is under way: after it */
+    if (!ta_fork_hold()) { /* a fork is under way: after it */
       ta_purge_note_global(&ta_arenas_due, now + 1);
       continue;
     }
     if (!ta_slow_try_enter(a)) {
-      unhold();
+      ta_fork_unhold();
       ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms / 4 + 1);
       continue;
     }
@@ -119,17 +117,17 @@ static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
       else if (due != 0) ta_purge_note_global(&ta_arenas_due, due);
     }
     ta_slow_leave(a);
-    unhold();
+    ta_fork_unhold();
   }
 }
 
 /* Over the budget: what has no owner goes first, then the oldest memory of every arena:
  * what became free half a decay time ago, then an eighth, then the rest. */
 static void purge_over_budget(uint64_t now) {
-  if (!hold()) return; /* a fork is under way: the loop comes back */
+  if (!ta_fork_hold()) return; /* a fork is under way: the loop comes back */
   ta_purge_orphans(now, true);
   ta_purge_spans_excess(now); /* spans have their own budget */
-  unhold();
+  ta_fork_unhold();
   for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
     purge_owned(now, ta_excess_age(i), false);
 }
@@ -173,10 +171,10 @@ static void *bg_main(void *arg) {
        * left, the process must not wait for us. */
       uint64_t now = ta_os_now_ms();
       if (linger_end == 0) linger_end = now + 2 * ta_decay_ms;
-      if (owned > 0 && hold()) {
+      if (owned > 0 && ta_fork_hold()) {
         ta_span_purge(now, ta_decay_ms);
         ta_huge_purge(now, false);
-        unhold();
+        ta_fork_unhold();
       }
       uint64_t sdue = earlier(atomic_load_explicit(&ta_span_due, memory_order_seq_cst),
                               atomic_load_explicit(&ta_huge_due, memory_order_seq_cst));
@@ -213,11 +211,11 @@ static void *bg_main(void *arg) {
       uint64_t hdue = atomic_load_explicit(&ta_huge_due, memory_order_relaxed);
       uint64_t adue = atomic_load_explicit(&ta_arenas_due, memory_order_relaxed);
       uint64_t sdue = atomic_load_explicit(&ta_span_due, memory_order_relaxed);
-      if (!hold()) continue; /* a fork is under way */
+      if (!ta_fork_hold()) continue; /* a fork is under way */
       if (odue && now >= odue) ta_purge_orphans(now, false);
       if (hdue && now >= hdue) ta_huge_purge(now, false);
       if (sdue && now >= sdue) ta_span_purge(now, ta_owner_decay());
-      unhold();
+      ta_fork_unhold();
       if (adue && now >= adue) {
         atomic_exchange_explicit(&ta_arenas_due, 0, memory_order_seq_cst);
         purge_owned(now, ta_decay_ms, true);
