@@ -99,12 +99,13 @@ bool ta_init(const ta_library_t *lib) {
      * the child keeps the claim (a hang at worst, never two starts at once). */
     tl_initialising = true;
     if (atomic_compare_exchange_strong(&ta_init_claimed, &expected, 1)) {
+      ta_conf_init();
+      ta_chunk_commit_default(); /* after the settings (lazy_commit), before the map */
       if (!ta_map_init()) {
         tl_initialising = false;
         atomic_store(&ta_init_claimed, 0);
         return false;
       }
-      ta_conf_init();
       ta_pages_init(); /* after the settings: a test may ask for larger pages */
       ta_span_init();  /* its smallest block and page table follow the page */
       ta_chunk_brk_default(lib->brk);

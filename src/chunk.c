@@ -13,6 +13,9 @@
  * of zero-filled address space mapped once by ta_init, of which only the touched pages
  * become resident (one 4 KiB page of the map covers 16 GiB).
  *
+ * Where the kernel does not overcommit, a chunk is address space whose pages are committed
+ * (charged against the commit limit) as its arena uses them: see "Commit charge" below.
+ *
  * Empty chunks stay with their arena for reuse; purge.c gives their pages back later. An
  * arena that needs a chunk and has none of its own takes, before any from the kernel, a
  * resident empty chunk of another arena that does not need it (its thread is gone or
@@ -57,16 +60,39 @@ void ta_pages_init(void) {
   TA_STORE(ta_hugepage_size, huge > page ? huge : page);
 }
 
+static bool lazy(void);
+
+/* With lazy commit (below, "Commit charge") the map is mapped read-only: a kernel that never
+ * overcommits would charge all of it (32 MiB at 47 bits) in every process, MAP_NORESERVE or
+ * not. Each of its pages, which covers 16 GiB of address space with 4 KiB pages, is made
+ * writable before its first entry is set (ta_map_ready): a process makes a few such calls in
+ * its life. Bit i of map_open: page i is writable. */
+#define MAP_PAGES_MAX (((size_t)1 << (TA_ADDR_BITS_MAX - TA_CHUNK_SHIFT)) / TA_PAGE_MIN)
+static bool map_read_only;
+static _Atomic uint64_t map_open[MAP_PAGES_MAX / 64];
+
 /* Maps the granule map, once, before any chunk exists (ta_init). Its address is stored before
  * its size is published with a release store: a reader that sees the size (ta_map_granules,
  * acquire) sees the address too; one that sees 0 treats every pointer as not ours. */
 bool ta_map_init(void) {
   if (ta_map_granules() != 0) return true;
   size_t granules = (size_t)1 << (ta_os_addr_bits() - TA_CHUNK_SHIFT);
-  _Atomic uint8_t *map = ta_os_reserve(granules);
+  map_read_only = lazy();
+  _Atomic uint8_t *map = ta_os_reserve(granules, !map_read_only);
   if (map == NULL) return false;
   ta_keys.map = map;
   __atomic_store_n(&ta_keys.granules, granules, __ATOMIC_RELEASE);
+  return true;
+}
+
+bool ta_map_ready(uintptr_t addr) {
+  if (!map_read_only) return true;
+  size_t page = ta_os_page_size(), i = (addr >> TA_CHUNK_SHIFT) / page;
+  uint64_t bit = (uint64_t)1 << (i % 64);
+  if (atomic_load_explicit(&map_open[i / 64], memory_order_acquire) & bit) return true;
+  /* Two threads may open the same page: both calls succeed alike. */
+  if (ta_os_commit((char *)ta_keys.map + i * page, page) != 0) return false;
+  atomic_fetch_or_explicit(&map_open[i / 64], bit, memory_order_release);
   return true;
 }
 
@@ -104,18 +130,118 @@ void ta_chunk_brk_default(bool on) {
 
 static void *pool_take(uintptr_t want, bool hold, int *slot);
 
-/* A chunk as the kernel gives it (zero-filled): from the pool of returned break chunks (below;
- * *pooled says so), else from the break when it may move, else mapped. */
-void *ta_chunk_fresh(bool *from_brk, bool *pooled) {
+/* ---- Commit charge
+ *
+ * Under vm.overcommit_memory=2 the kernel charges every writable private byte mapped
+ * against its commit limit when it is mapped, touched or not, and refuses what passes the
+ * limit. Each arena takes a chunk for its runs and one for its medium blocks: a thread that
+ * allocates one block of each was charged 8 MiB, 1,000 such threads 8 GiB. So when the
+ * kernel never overcommits (ta_os_overcommit_never), or the setting lazy_commit says so, a
+ * new chunk is a reservation (no access, no charge) whose first 64 KiB unit alone is
+ * committed (read-write, charged), and its arena commits more before it first writes
+ * there: a small chunk up to the end of each run slot it takes (slots are taken lowest
+ * first), a medium chunk its last unit (end marker) and up to the end of each block it
+ * cuts from its top (medium.c). Each commit at least doubles what the chunk had, so a chunk
+ * makes 7 calls at most and commits under twice what it used. A commit the kernel refuses
+ * is an allocation that fails (ENOMEM), as a refused mapping is. An empty chunk kept on its
+ * list gives its charge back with its pages but for the first unit, and commits again when
+ * it is used. Such chunks are mapped, never taken from the break: the break charges every
+ * byte it covers, the gap to the next 4 MiB boundary too. Span chunks, which all threads
+ * share, are committed whole; huge blocks are mappings of their own, charged as asked.
+ * c->commit says what is committed: units from the start, the last unit (TA_COMMIT_TAIL);
+ * TA_COMMIT_ALL for a chunk committed whole, as every chunk is without lazy commit. */
+static _Atomic int lazy_state; /* 0: not yet decided, 1: lazy commit, 2: every chunk whole */
+
+static bool lazy(void) { return atomic_load_explicit(&lazy_state, memory_order_relaxed) == 1; }
+
+/* Lazy commit on or off for the chunks mapped from now on (the setting lazy_commit, tests). */
+void ta_chunk_lazy_commit(bool on) { atomic_store(&lazy_state, on ? 1 : 2); }
+
+/* At initialisation (ta_init): the setting, else whether the kernel overcommits; unless a
+ * test decided already. */
+void ta_chunk_commit_default(void) {
+  int want = ta_conf_lazy_commit >= 0 ? ta_conf_lazy_commit : ta_os_overcommit_never();
+  int undecided = 0;
+  atomic_compare_exchange_strong(&lazy_state, &undecided, want ? 1 : 2);
+}
+
+/* Commits chunk c from its start up to `end` bytes at least (see above); false when the
+ * kernel refuses. Only the chunk's owner, under its lock, commits. */
+bool ta_chunk_commit(ta_chunk_t *c, size_t end) {
+  unsigned have = c->commit & TA_COMMIT_UNITS,
+           need = (unsigned)((end + TA_COMMIT_UNIT - 1) >> TA_COMMIT_SHIFT);
+  if (need <= have) return true;
+  unsigned top = c->commit & TA_COMMIT_TAIL ? TA_COMMIT_ALL - 1 : TA_COMMIT_ALL;
+  unsigned want = have * 2 > need ? have * 2 : need;
+  if (want > top) want = top;
+  if (need > top) need = top;
+  char *from = (char *)c + ((size_t)have << TA_COMMIT_SHIFT);
+  if (ta_os_commit(from, (size_t)(want - have) << TA_COMMIT_SHIFT) != 0) {
+    /* The doubling may be what passed the limit: what is needed, alone. */
+    if (want == need || ta_os_commit(from, (size_t)(need - have) << TA_COMMIT_SHIFT) != 0)
+      return false;
+    want = need;
+  }
+  c->commit = want == top ? TA_COMMIT_ALL : (uint8_t)(want | (c->commit & TA_COMMIT_TAIL));
+  return true;
+}
+
+/* Commits chunk c's last unit (a medium chunk's end marker lies there); false if refused. */
+bool ta_chunk_commit_tail(ta_chunk_t *c) {
+  unsigned have = c->commit & TA_COMMIT_UNITS;
+  if (have == TA_COMMIT_ALL || (c->commit & TA_COMMIT_TAIL)) return true;
+  if (ta_os_commit((char *)c + TA_CHUNK_SIZE - TA_COMMIT_UNIT, TA_COMMIT_UNIT) != 0) return false;
+  c->commit = have == TA_COMMIT_ALL - 1 ? TA_COMMIT_ALL : (uint8_t)(have | TA_COMMIT_TAIL);
+  return true;
+}
+
+/* Gives back the pages of empty chunk c past its first `keep` bytes (purge.c). A chunk that
+ * commits lazily gives its charge back too, but for its first unit, which holds the header.
+ * 0 on success. */
+int ta_chunk_decommit(ta_chunk_t *c, size_t keep) {
+  char *unit1 = (char *)c + TA_COMMIT_UNIT;
+  if (lazy() && !c->from_brk && keep <= TA_COMMIT_UNIT &&
+      ta_os_uncommit(unit1, TA_CHUNK_SIZE - TA_COMMIT_UNIT) == 0) {
+    c->commit = 1;
+    return keep == TA_COMMIT_UNIT ? 0 : ta_os_decommit((char *)c + keep, TA_COMMIT_UNIT - keep);
+  }
+  return ta_os_decommit((char *)c + keep, TA_CHUNK_SIZE - keep);
+}
+
+/* A fresh chunk whose map page could not be opened (ta_map_ready): unmapped, or, from the
+ * break, into the pool for a later try (the break cannot come down under other chunks). */
+static void fresh_unused(void *c, bool from_brk) {
+  if (!from_brk) {
+    ta_os_trim(c, TA_CHUNK_SIZE); /* never used */
+    return;
+  }
+  int slot = ta_chunk_pool_reserve();
+  if (slot >= 0) ta_chunk_pool_put(slot, c);
+}
+
+/* Where a fresh chunk comes from: the pool of returned break chunks (below; *pooled says
+ * so), else a reservation when commit is lazy, else the break when it may move, else a
+ * mapping. With lazy commit, a reservation is committed only for its first `first` bytes
+ * (rounded up to a unit): *commit says what is (TA_COMMIT_ALL: all of it). */
+static void *fresh_from(bool *from_brk, bool *pooled, size_t first, uint8_t *commit) {
+  *commit = TA_COMMIT_ALL;
   void *c = pool_take(0, false, NULL);
   *pooled = c != NULL;
-  if (c != NULL) {
-    *from_brk = true;
-    return c;
+  *from_brk = c != NULL;
+  if (c != NULL) return c;
+  if (lazy()) {
+    char *r = ta_os_reserve_aligned(TA_CHUNK_SIZE, TA_CHUNK_SIZE);
+    if (r == NULL) return NULL;
+    size_t units = (first + TA_COMMIT_UNIT - 1) >> TA_COMMIT_SHIFT;
+    if (units == 0) units = 1;
+    if (ta_os_commit(r, units << TA_COMMIT_SHIFT) != 0) {
+      ta_os_trim(r, TA_CHUNK_SIZE); /* never used */
+      return NULL;
+    }
+    if (units < TA_COMMIT_ALL) *commit = (uint8_t)units;
+    return r;
   }
-  int st = atomic_load_explicit(&brk_state, memory_order_relaxed); /* decided by ta_init */
-  *from_brk = false;
-  if (st == 1) {
+  if (atomic_load_explicit(&brk_state, memory_order_relaxed) == 1) { /* decided by ta_init */
     bool ok;
     void *p = chunk_from_brk(&ok);
     if (ok) {
@@ -124,6 +250,17 @@ void *ta_chunk_fresh(bool *from_brk, bool *pooled) {
     }
   }
   return ta_os_mmap_aligned(TA_CHUNK_SIZE, TA_CHUNK_SIZE);
+}
+
+/* A chunk as the kernel gives it (zero-filled: no kind, no shadow; see fresh_from), its
+ * granule's page of the map writable; NULL if none can be had. */
+void *ta_chunk_fresh(bool *from_brk, bool *pooled, size_t first, uint8_t *commit) {
+  void *c = fresh_from(from_brk, pooled, first, commit);
+  if (c != NULL && !ta_map_ready((uintptr_t)c)) {
+    fresh_unused(c, *from_brk);
+    return NULL;
+  }
+  return c;
 }
 
 /* Whether a statistics reader is still walking empty chunk c, whose blocks or runs reuse
@@ -351,6 +488,7 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   ta_chunk_t *taken = c == NULL || c->decommitted ? spare_take(a) : NULL;
   if (taken) c = taken;
   bool from_brk, fresh = c == NULL; /* from the kernel, or the pool: as the kernel gave it */
+  uint8_t commit = c ? c->commit : TA_COMMIT_ALL;
   uint8_t prev = TA_MAP_NONE; /* what the chunk was before: a small chunk keeps its shadow */
   if (c) {
     if (!taken) TA_PUBLISH(*pp, c->next); /* the list statistics readers walk */
@@ -359,7 +497,8 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
     if (!c->decommitted && !taken) ta_dirty_add(a, -(intptr_t)TA_CHUNK_SIZE);
   } else {
     bool pooled;
-    c = ta_chunk_fresh(&from_brk, &pooled); /* reads as zero: no kind, no shadow */
+    /* As the kernel gave it: it reads as zero, no kind, no shadow. */
+    c = ta_chunk_fresh(&from_brk, &pooled, TA_COMMIT_UNIT, &commit);
     if (c == NULL) return NULL;
     if (!pooled) TA_ADD(a->cnt.grows, 1);
   }
@@ -373,6 +512,7 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   TA_PUBLISH(c->next, NULL);
   c->prev = NULL;
   c->kind = kind;
+  c->commit = commit;
   TA_STORE(c->from_brk, from_brk);
   c->not_a_run = NULL;
   c->free_slots = 0; /* shares its word with empty_since */

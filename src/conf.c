@@ -19,6 +19,8 @@
  *   huge_pages:BOOL     ask for transparent huge pages on huge blocks
  *   background_thread:BOOL  a thread returns free memory on time once threads have exited
  *                       (default true in the replacement library; see background.c)
+ *   lazy_commit:BOOL    chunks commit their pages as they are used, not whole when mapped
+ *                       (default: when the kernel never overcommits; see chunk.c)
  *   stats_log:PATH      append one JSON line of totals to PATH every stats_interval_ms
  *                       (turns stats on; the line is written from a slow path)
  *   stats_interval_ms:N sampling interval of stats_log (1..3600000, default 100)
@@ -53,6 +55,7 @@ uint32_t ta_conf_span_min_kb = 8;            /* span_min_kb (span.c, ta_span_ini
 size_t ta_huge_cache_limit = TA_SECURE ? 0 : (size_t)64 << 20;
 bool ta_huge_pages = true;                   /* huge_pages (huge.c) */
 int ta_bg_setting = -1;                      /* background_thread: -1 unset, 0 off, 1 on */
+int ta_conf_lazy_commit = -1;                /* lazy_commit: -1 unset, 0 off, 1 on (chunk.c) */
 bool ta_stats_on;                            /* stats (ta_stats_switch) */
 size_t ta_fast_limit = TA_SMALL_MAX;
 bool ta_stats_from_start;
@@ -128,7 +131,7 @@ static void apply(const char *e, size_t n) {
   int b;
   uint64_t x;
   if (eq(e, kn, "stats") || eq(e, kn, "stats_print") || eq(e, kn, "huge_pages") ||
-      eq(e, kn, "background_thread")) {
+      eq(e, kn, "background_thread") || eq(e, kn, "lazy_commit")) {
     if ((b = parse_bool(v, vn)) < 0) {
       warn("bad value", e, n);
       return;
@@ -142,6 +145,8 @@ static void apply(const char *e, size_t n) {
       }
     } else if (eq(e, kn, "background_thread")) {
       ta_bg_setting = b;
+    } else if (eq(e, kn, "lazy_commit")) {
+      ta_conf_lazy_commit = b;
     } else ta_huge_pages = b;
   } else if (eq(e, kn, "stats_format")) {
     if (eq(v, vn, "text")) ta_conf_stats_format = 0;

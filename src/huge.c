@@ -442,6 +442,11 @@ static ta_huge_t *span_grow(ta_huge_t *h, size_t need, bool *kept) {
     }
     g = a;
   }
+  if (!ta_map_ready((uintptr_t)g + g->data_off)) { /* its map page refused: the span goes */
+    ta_os_munmap(g, need);
+    *kept = false;
+    return NULL;
+  }
   g->map_size = need;
   kept_note(g, +1);
   return g;
@@ -596,6 +601,10 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
         h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
       if (h == NULL) return NULL;
     }
+    if (!ta_map_ready((uintptr_t)h + data_off)) { /* its map page refused (lazy commit) */
+      ta_os_munmap(h, need);
+      return NULL;
+    }
   }
   size_t end = ta_align_up(data_off + size, ta_page_size); /* what the block may touch */
   if (fresh) {
@@ -717,6 +726,10 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
     if (dst == NULL) return NULL;
   }
   size_t old_size = h->map_size;
+  if (!ta_map_ready((uintptr_t)dst + h->data_off)) { /* its map page refused: copy instead */
+    ta_os_munmap(dst, target);
+    return NULL;
+  }
   ta_map_set((uintptr_t)old_data, TA_MAP_NONE);
   if (!ta_unmap_allowed()) { /* a statistics reader may be reading the header: copy instead */
     ta_map_set((uintptr_t)old_data, TA_MAP_HUGE);

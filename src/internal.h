@@ -240,7 +240,8 @@ typedef struct ta_chunk {
       uint8_t decommitted;   /* empty chunk: no page past the first (the second too while it
                             keeps a shadow) is resident. Left set in a chunk fresh from the
                             kernel, for its user to read once; meaningless in a chunk in use */
-      uint8_t pad;
+      uint8_t commit;        /* what is committed (chunk.c, "Commit charge"): 64 KiB units from
+                                the start, TA_COMMIT_TAIL the last; TA_COMMIT_ALL: all of it */
       _Atomic uint32_t readers; /* statistics readers walking it: not reused meanwhile */
     };
     ta_run_t runs[TA_RUNS_PER_CHUNK]; /* small chunks: runs[1..63]; runs[0] is this header */
@@ -488,8 +489,9 @@ TA_INLINE unsigned ta_bin_of(size_t s) {
 /* The only file that talks to the kernel. Each call can be made to fail by a test hook. */
 enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16,
        TA_OS_KEY = 32, TA_OS_THREAD = 64,
-       TA_OS_MINCORE = 128 /* counted only: never made to fail */ };
-_Static_assert(TA_OS_MINCORE == 1 << 7, "os.c counts calls of bits 0..7");
+       TA_OS_MINCORE = 128, /* counted only: never made to fail */
+       TA_OS_COMMIT = 256, TA_OS_UNCOMMIT = 512 /* lazy commit: mprotect; a mapping over */ };
+_Static_assert(TA_OS_UNCOMMIT == 1 << 9, "os.c counts calls of bits 0..9");
 enum { TA_THP_NEVER = 0, TA_THP_MADVISE = 1, TA_THP_ALWAYS = 2 };
 TA_HIDDEN void *ta_os_brk_get(void);             /* the kernel's break; (void *)-1 on failure */
 TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
@@ -497,14 +499,22 @@ TA_HIDDEN void *ta_os_mmap(size_t size);         /* NULL on failure; zeroed, rea
 /* Bits of the user address space the kernel hands out unasked (TA_ADDR_BITS_MIN..MAX); no
  * mapping of ta_os_mmap lies above. Read once. */
 TA_HIDDEN unsigned ta_os_addr_bits(void);
-/* Zeroed read-write memory for the allocator's own tables, charged as it is touched
- * (MAP_NORESERVE), not counted as mapped; NULL on failure. */
-TA_HIDDEN void *ta_os_reserve(size_t size);
+/* Zeroed memory for the allocator's own tables, not counted as mapped; NULL on failure.
+ * Writable: charged as it is touched (MAP_NORESERVE), where the kernel overcommits; else
+ * read-only, uncharged, for ta_os_commit to open page by page. */
+TA_HIDDEN void *ta_os_reserve(size_t size, bool writable);
 /* The kernel's page size (getauxval(AT_PAGESZ)), and its transparent huge page's (sysfs's
  * hpage_pmd_size; what a page table page maps if the kernel does not say). Read once. */
 TA_HIDDEN size_t ta_os_page_size(void);
 TA_HIDDEN size_t ta_os_hugepage_size(void);
 TA_HIDDEN void *ta_os_mmap_aligned(size_t size, size_t align); /* NULL on failure */
+/* Lazy commit (chunk.c): address space with no access and no charge, parts of it made
+ * read-write (charged) and given back (pages and charge); 0 on success. Whether the kernel
+ * never overcommits (vm.overcommit_memory = 2), read once. */
+TA_HIDDEN void *ta_os_reserve_aligned(size_t size, size_t align); /* NULL on failure */
+TA_HIDDEN int ta_os_commit(void *p, size_t size);
+TA_HIDDEN int ta_os_uncommit(void *p, size_t size);
+TA_HIDDEN bool ta_os_overcommit_never(void);
 TA_HIDDEN int ta_os_munmap(void *p, size_t size);
 TA_HIDDEN void ta_os_trim(void *p, size_t size); /* part of a fresh mapping, never used */
 TA_HIDDEN size_t ta_os_resident(const void *p, size_t size); /* bytes in memory (mincore) */
@@ -576,6 +586,7 @@ TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes
 TA_HIDDEN extern size_t ta_huge_cache_limit; /* bytes of freed huge spans kept resident */
 TA_HIDDEN extern bool ta_huge_pages;  /* ask for transparent huge pages on huge spans */
 TA_HIDDEN extern int ta_bg_setting;   /* background_thread: -1 default, 0 off, 1 on */
+TA_HIDDEN extern int ta_conf_lazy_commit; /* lazy_commit: -1 the kernel's mode, 0 off, 1 on */
 TA_HIDDEN extern bool ta_stats_on;    /* requested sizes are tracked */
 TA_HIDDEN extern size_t ta_fast_limit; /* TA_SMALL_MAX, or 0 while statistics are on */
 TA_HIDDEN extern bool ta_stats_from_start; /* on before the first block: requested sizes exact */
@@ -650,11 +661,30 @@ bool ta_bg_running(void); /* for tests */
 
 /* ------------------------------------------------------------------ chunk.c */
 TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
-TA_HIDDEN void *ta_chunk_fresh(bool *from_brk, bool *pooled);
+TA_HIDDEN void *ta_chunk_fresh(bool *from_brk, bool *pooled, size_t first, uint8_t *commit);
+/* Lazy commit (chunk.c, "Commit charge"): a chunk's pages are committed in 64 KiB units from
+ * its start, and its last unit on its own; TA_COMMIT_ALL units is the whole chunk. */
+#define TA_COMMIT_SHIFT 16
+#define TA_COMMIT_UNIT ((size_t)1 << TA_COMMIT_SHIFT)
+#define TA_COMMIT_ALL ((unsigned)(TA_CHUNK_SIZE >> TA_COMMIT_SHIFT))
+#define TA_COMMIT_UNITS 0x7fu
+#define TA_COMMIT_TAIL 0x80u
+_Static_assert(TA_COMMIT_ALL <= TA_COMMIT_UNITS, "a chunk's units fit c->commit");
+/* Whether chunk c is committed from its start up to `end` bytes. */
+TA_INLINE bool ta_chunk_committed(const ta_chunk_t *c, size_t end) {
+  return ((size_t)(c->commit & TA_COMMIT_UNITS) << TA_COMMIT_SHIFT) >= end;
+}
+TA_HIDDEN bool ta_chunk_commit(ta_chunk_t *c, size_t end);
+TA_HIDDEN bool ta_chunk_commit_tail(ta_chunk_t *c);
+TA_HIDDEN int ta_chunk_decommit(ta_chunk_t *c, size_t keep);
+TA_HIDDEN void ta_chunk_commit_default(void);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
 TA_HIDDEN extern _Atomic uint64_t ta_chunks_taken_over; /* from other arenas (tests, stats) */
 TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
 TA_HIDDEN bool ta_map_init(void); /* ta_init: maps the granule map; false if it cannot */
+/* Before the first entry for a new chunk or huge block at addr is set: the map's page for it
+ * is writable (lazy commit maps the map read-only); false if the kernel refuses. */
+TA_HIDDEN bool ta_map_ready(uintptr_t addr);
 TA_HIDDEN void ta_pages_init(void); /* ta_init: ta_page_size and ta_hugepage_size */
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 /* The process-wide pool of break chunks given back whole (chunk.c). */
@@ -1027,6 +1057,7 @@ TA_HIDDEN void ta_stats_reset_after_fork(void);
 
 /* ------------------------------------------------------------------ for tests and statistics */
 void ta_chunk_use_brk(bool on); /* chunk.c: allow or forbid the program break */
+void ta_chunk_lazy_commit(bool on);           /* chunk.c: lazy commit on or off for new chunks */
 TA_HIDDEN void ta_chunk_brk_default(bool on); /* the library's choice, unless a test made one */
 size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, size_t word, void *arg),
                                 void *arg);

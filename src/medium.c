@@ -141,6 +141,10 @@ static void forget_merged(ta_mhdr_t *h) {
 static bool medium_chunk_new(ta_arena_t *a) {
   ta_chunk_t *c = ta_chunk_alloc(a, TA_MAP_MEDIUM);
   if (c == NULL) return false;
+  if (!ta_chunk_commit_tail(c)) { /* lazy commit refused: the end marker's page (chunk.c) */
+    ta_chunk_release(a, c);
+    return false;
+  }
   ta_mhdr_t *h = (ta_mhdr_t *)((char *)c + TA_MEDIUM_HDR);
   ta_mhdr_t *end = (ta_mhdr_t *)((char *)c + TA_MEDIUM_END);
   set_hdr(h, (size_t)((char *)end - (char *)h));
@@ -253,6 +257,18 @@ static void make_free(ta_arena_t *a, ta_mhdr_t *h, size_t s, mage_t g, bool fres
 static void top_touch(ta_chunk_t *c, const void *end) {
   uintptr_t e = (uintptr_t)end + sizeof(ta_mhdr_t) + 4 * sizeof(uint64_t);
   if (e > c->touched) c->touched = e;
+}
+
+/* Before a block of up to `size` bytes is cut at h from the top, or grown from h into it:
+ * the pages it and the top's new header and words will take are committed (lazy commit,
+ * chunk.c: a chunk's pages are committed from its start, each time at least twice as far).
+ * False if the kernel refuses. */
+static bool top_commit(const ta_mhdr_t *h, size_t size) {
+  ta_chunk_t *c = ta_chunk_of(h);
+  size_t end =
+      (size_t)((uintptr_t)h - (uintptr_t)c) + size + sizeof(ta_mhdr_t) + 4 * sizeof(uint64_t);
+  if (end > TA_CHUNK_SIZE) end = TA_CHUNK_SIZE;
+  return ta_chunk_committed(c, end) || ta_chunk_commit(c, end);
 }
 
 /* The free block top ends at the end marker: trim it. */
@@ -430,6 +446,10 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   }
   mage_t past = age_of(h, 0); /* its tail's (a tail under 16 KiB keeps no time) */
   bool top = is_top(h);
+  if (top && !top_commit(h, most)) { /* lazy commit refused (chunk.c): ENOMEM */
+    ta_slow_leave(a);
+    return NULL;
+  }
   bin_remove(a, h);
   size_t s = M_SIZE(h);
   size_t prev_flag = h->size_flags & TA_M_PREV_FREE; /* always 0: neighbours are merged */
@@ -684,7 +704,8 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       size_t room = s + M_SIZE(n) + (after->size_flags & TA_M_INUSE ? 0 : M_SIZE(after));
       if (room >= need) cache_evict(a, n); /* n is still M_NEXT(h), free now */
     }
-    if (!(n->size_flags & TA_M_INUSE) && s + M_SIZE(n) >= need) {
+    if (!(n->size_flags & TA_M_INUSE) && s + M_SIZE(n) >= need &&
+        (!is_top(n) || top_commit(h, need))) {
       mage_t past = age_of(n, 0); /* what is left of n keeps its past */
       bool top = is_top(n);
       bin_remove(a, n);

@@ -15,6 +15,11 @@
  *                           transparent huge page (sysfs), both read once without allocating.
  *   ta_os_mmap_aligned(n,a) the same, aligned to a (a power of two >= page size).
  *   ta_os_munmap/decommit   0 on success. decommit drops the pages (they read back as zero).
+ *   ta_os_reserve_aligned(n,a)  address space only: no access, nothing charged against the
+ *                           commit limit, until ta_os_commit(p,n) makes part of it read-write
+ *                           (charged then); ta_os_uncommit(p,n) drops pages and charge alike.
+ *   ta_os_overcommit_never() whether the kernel refuses to overcommit (vm.overcommit_memory
+ *                           is 2): every writable private byte mapped counts then (read once).
  *   ta_os_mremap(p,o,n,f)   resizes a mapping in place (f == NULL) or moves it to the fixed
  *                           address f; NULL on failure. ta_os_mremap_move lets the kernel
  *                           choose: in place if it can, elsewhere if not.
@@ -82,7 +87,7 @@ static void count_returned(size_t n) {
 }
 
 /* System calls made, per operation (bit i of the TA_OS_* mask counts in calls[i]). */
-static _Atomic uint64_t calls[8]; /* up to TA_OS_MINCORE (bit 7) */
+static _Atomic uint64_t calls[10]; /* up to TA_OS_UNCOMMIT (bit 9) */
 
 static void count_call(unsigned op) {
   atomic_fetch_add_explicit(&calls[__builtin_ctz(op)], 1, memory_order_relaxed);
@@ -147,11 +152,12 @@ int ta_os_brk_set(void *from, void *to) {
   return r;
 }
 
-void *ta_os_mmap(size_t size) {
+/* n bytes mapped with protection `prot` (read-write, or none: a reservation). */
+static void *map_prot(size_t size, int prot) {
   if (should_fail(TA_OS_MMAP)) return NULL;
   count_call(TA_OS_MMAP);
   int saved = errno;
-  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void *p = mmap(NULL, size, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   errno = saved;
   if (p == MAP_FAILED) return NULL;
   if ((uintptr_t)p + size > ((uintptr_t)1 << ta_os_addr_bits())) {
@@ -166,6 +172,8 @@ void *ta_os_mmap(size_t size) {
   HANDOVER_ACQUIRE();
   return p;
 }
+
+void *ta_os_mmap(size_t size) { return map_prot(size, PROT_READ | PROT_WRITE); }
 
 /* The kernel hands out addresses above its default window (2^47 on x86-64, 2^48 on arm64,
  * less with fewer translation levels) only to a program that asks with a hint beyond it, and
@@ -241,14 +249,17 @@ size_t ta_os_hugepage_size(void) {
   return h;
 }
 
-/* Memory for the allocator's own tables (the granule map): touched pages only are charged,
- * and it is not counted among the mapped bytes, which are the heap's. */
-void *ta_os_reserve(size_t size) {
+/* Memory for the allocator's own tables (the granule map): touched pages only are charged
+ * (MAP_NORESERVE, which a kernel that never overcommits ignores: there a table mapped
+ * read-only, whose pages the caller makes writable with ta_os_commit as it needs them, is
+ * charged for those alone), and it is not counted among the mapped bytes, which are the
+ * heap's. */
+void *ta_os_reserve(size_t size, bool writable) {
   if (should_fail(TA_OS_MMAP)) return NULL;
   count_call(TA_OS_MMAP);
   int saved = errno;
-  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                 -1, 0);
+  void *p = mmap(NULL, size, writable ? PROT_READ | PROT_WRITE : PROT_READ,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   errno = saved;
   return p == MAP_FAILED ? NULL : p;
 }
@@ -293,17 +304,17 @@ size_t ta_os_resident(const void *p, size_t size) {
   return total;
 }
 
-void *ta_os_mmap_aligned(size_t size, size_t align) {
-  if (align <= ta_os_page_size()) return ta_os_mmap(size);
+static void *map_aligned(size_t size, size_t align, int prot) {
+  if (align <= ta_os_page_size()) return map_prot(size, prot);
   if (size > SIZE_MAX - align) return NULL;
   /* The kernel places mappings top-down, next to the previous one: when sizes are
    * multiples of the alignment, the plain call is usually aligned already (one syscall). */
-  char *p = ta_os_mmap(size);
+  char *p = map_prot(size, prot);
   if (p == NULL) return NULL;
   if (((uintptr_t)p & (align - 1)) == 0) return p;
   int saved = errno;
   trim(p, size);
-  p = ta_os_mmap(size + align);
+  p = map_prot(size + align, prot);
   if (p == NULL) return NULL;
   uintptr_t start = (uintptr_t)p;
   uintptr_t aligned = ta_align_up(start, align);
@@ -312,6 +323,58 @@ void *ta_os_mmap_aligned(size_t size, size_t align) {
   trim((char *)aligned + size, align - lead);
   errno = saved;
   return (void *)aligned;
+}
+
+void *ta_os_mmap_aligned(size_t size, size_t align) {
+  return map_aligned(size, align, PROT_READ | PROT_WRITE);
+}
+
+/* Address space alone: no page may be touched, and none counts against the commit limit
+ * (a mapping that is not writable is not charged), until ta_os_commit. */
+void *ta_os_reserve_aligned(size_t size, size_t align) {
+  return map_aligned(size, align, PROT_NONE);
+}
+
+/* Part of a reservation made usable: read-write, charged against the commit limit (which
+ * may refuse: ENOMEM under vm.overcommit_memory=2). 0 on success. */
+int ta_os_commit(void *p, size_t size) {
+  if (should_fail(TA_OS_COMMIT)) return -1;
+  count_call(TA_OS_COMMIT);
+  int saved = errno;
+  int r = mprotect(p, size, PROT_READ | PROT_WRITE);
+  errno = saved;
+  return r;
+}
+
+/* Committed pages back to a reservation: their contents and their charge go (mprotect
+ * would keep the charge; a new mapping over them does not). Not MAP_NORESERVE: where the
+ * kernel overcommits, that flag would stay with the range, and committing it again would
+ * charge nothing. 0 on success. */
+int ta_os_uncommit(void *p, size_t size) {
+  if (should_fail(TA_OS_UNCOMMIT)) return -1;
+  count_call(TA_OS_UNCOMMIT);
+  int saved = errno;
+  void *r = mmap(p, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  errno = saved;
+  if (r == MAP_FAILED) return -1;
+  count_returned(size);
+  return 0;
+}
+
+/* Whether the kernel refuses to overcommit: /proc/sys/vm/overcommit_memory reads 2. Then
+ * every writable private mapping is charged in full when it is made, touched or not, and a
+ * process that maps more than the commit limit allows is refused memory it never uses.
+ * Read once, with plain system calls (no allocation). */
+static _Atomic int overcommit_never; /* 0: not read yet, 1: it overcommits, 2: it never does */
+
+bool ta_os_overcommit_never(void) {
+  int v = atomic_load_explicit(&overcommit_never, memory_order_relaxed);
+  if (TA_LIKELY(v != 0)) return v == 2;
+  char buf[16];
+  long n = read_kernel_file("/proc/sys/vm/overcommit_memory", buf, sizeof buf);
+  v = n > 0 && buf[0] == '2' ? 2 : 1;
+  atomic_store_explicit(&overcommit_never, v, memory_order_relaxed);
+  return v == 2;
 }
 
 int ta_os_munmap(void *p, size_t size) {

@@ -103,6 +103,10 @@ static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
   if (c == NULL && (c = small_chunk_new(a)) == NULL) return NULL;
   uint64_t warm = c->free_slots & c->dirty_slots;
   unsigned slot = (unsigned)__builtin_ctzll(warm ? warm : c->free_slots);
+  /* With lazy commit, the slot's pages may not be committed yet (chunk.c): a refusal is
+   * the allocation's (ENOMEM). */
+  size_t slot_end = (size_t)(slot + 1) << TA_RUN_SHIFT;
+  if (!ta_chunk_committed(c, slot_end) && !ta_chunk_commit(c, slot_end)) return NULL;
   c->free_slots &= ~((uint64_t)1 << slot);
   c->dirty_slots &= ~((uint64_t)1 << slot);
   if (warm) ta_dirty_add(a, -(intptr_t)TA_RUN_SIZE);

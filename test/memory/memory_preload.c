@@ -108,6 +108,12 @@ Test(memory, a_main_thread_that_calls_pthread_exit_ends_the_process, .timeout = 
 Test(memory, sparsely_used_big_blocks_hold_only_touched_pages, .timeout = 120) {
   expect_clean(TATEST_MEM_SPARSE);
 }
+Test(memory, with_lazy_commit_many_threads_are_charged_for_what_they_use, .timeout = 60) {
+  expect_clean_with(TATEST_MEM_COMMIT, "lazy", "lazy_commit:true");
+}
+Test(memory, without_lazy_commit_each_arena_is_charged_its_chunks, .timeout = 60) {
+  expect_clean_with(TATEST_MEM_COMMIT, "eager", "lazy_commit:false");
+}
 
 Test(memory, stats_json_at_exit_of_a_program_that_knows_nothing, .timeout = 60) {
   static char out[1 << 20];

@@ -52,6 +52,11 @@ Test(conf, good_values_take_effect) {
   cr_assert_eq(ta_conf_span_min_kb, 8);
   cr_assert_str_empty(apply_captured("span_min_kb:0"));
   cr_assert_eq(ta_conf_span_min_kb, 0);
+  cr_assert_eq(ta_conf_lazy_commit, -1, "unset: the kernel's mode decides");
+  cr_assert_str_empty(apply_captured("lazy_commit:yes"));
+  cr_assert_eq(ta_conf_lazy_commit, 1);
+  cr_assert_str_empty(apply_captured("lazy_commit:off"));
+  cr_assert_eq(ta_conf_lazy_commit, 0);
 }
 
 Test(conf, unknown_key_warns_once_and_is_ignored) {
@@ -71,7 +76,8 @@ Test(conf, bad_values_warn_and_leave_the_setting_alone) {
                        "decay_ms:",      "huge_cache_mb:1e3", "stats:maybe",
                        "huge_pages:2",   "stats_format:xml",  "decay_ms",
                        "stats_interval_ms:0", "run_threshold:65536", "run_threshold:x",
-                       "span_min_kb:7",  "span_min_kb:33", "span_min_kb:1025", "span_min_kb:"};
+                       "span_min_kb:7",  "span_min_kb:33", "span_min_kb:1025", "span_min_kb:",
+                       "lazy_commit:2",  "lazy_commit:"};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     char *err = apply_captured(bad[i]);
     cr_assert_eq(lines(err), 1, "'%s' gave: %s", bad[i], err);
@@ -81,6 +87,7 @@ Test(conf, bad_values_warn_and_leave_the_setting_alone) {
   cr_assert_eq(ta_huge_cache_limit, cache);
   cr_assert_eq(ta_run_threshold, threshold);
   cr_assert_eq(ta_conf_span_min_kb, span_min);
+  cr_assert_eq(ta_conf_lazy_commit, -1);
   cr_assert_not(ta_stats_on);
 }
 

@@ -1,0 +1,227 @@
+/* Unit tests: lazy commit (chunk.c, "Commit charge"). Where the kernel never overcommits
+ * (vm.overcommit_memory=2), a chunk is charged against the commit limit only as far as its
+ * arena has used it; these tests turn it on (ta_chunk_lazy_commit) and read the charge the
+ * kernel keeps for each mapping (VmFlags "ac" in /proc/self/smaps). */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "charged.h"
+#include "internal.h"
+#include "tamalloc.h"
+#include "tatest.h"
+
+#define KiB ((size_t)1 << 10)
+enum { MEDIUM = 300000, SMALL = 64, COLD = 2048 };
+
+static size_t charged(const void *chunk) { return charged_bytes((uintptr_t)chunk, TA_CHUNK_SIZE); }
+
+struct one_of_each {
+  void *small, *cold, *medium;
+};
+
+/* A new thread's arena: one block of a run, one of a cold class (its medium heap) and one
+ * medium block, written through and kept (the thread exits; its arena keeps them). */
+static void *one_of_each(void *arg) {
+  struct one_of_each *o = arg;
+  o->small = ta_malloc(SMALL);
+  o->cold = ta_malloc(COLD);
+  o->medium = ta_malloc(MEDIUM);
+  cr_assert(o->small && o->cold && o->medium);
+  memset(o->small, 1, SMALL);
+  memset(o->cold, 2, COLD);
+  memset(o->medium, 3, MEDIUM);
+  return NULL;
+}
+
+static struct one_of_each in_new_thread(void) {
+  struct one_of_each o = {0};
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, one_of_each, &o), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  return o;
+}
+
+Test(commit, a_thread_with_a_block_of_each_kind_is_charged_for_what_it_uses) {
+  ta_chunk_lazy_commit(true);
+  ta_run_threshold = 256; /* the default: a 2 KiB class starts cold (this tier starts at 0) */
+  struct one_of_each o = in_new_thread();
+  ta_chunk_t *runs = ta_chunk_of(o.small), *heap = ta_chunk_of(o.medium);
+  cr_assert_neq(runs, heap);
+  cr_assert_eq(ta_chunk_of(o.cold), heap, "a cold class's block comes from the medium heap");
+  /* The small chunk: its header's unit and its first run slot's. */
+  cr_assert_eq(charged(runs), 2 * TA_COMMIT_UNIT, "small chunk: %zu KiB charged",
+               charged(runs) / KiB);
+  /* The medium chunk: its start up to the end of the medium block (5 units), and its last. */
+  size_t used = (size_t)((char *)o.medium + MEDIUM - (char *)heap);
+  size_t units = (used + TA_COMMIT_UNIT - 1) / TA_COMMIT_UNIT;
+  cr_assert_eq(charged(heap), (units + 1) * TA_COMMIT_UNIT,
+               "medium chunk: %zu KiB charged for %zu used", charged(heap) / KiB, used / KiB);
+  cr_assert(charged(heap) + charged(runs) <= 512 * KiB);
+  ta_free(o.small);
+  ta_free(o.cold);
+  ta_free(o.medium);
+  ta_chunk_lazy_commit(false);
+}
+
+/* The counterpart, which says the measure sees the charge: without lazy commit, both chunks
+ * are charged whole. */
+Test(commit, without_lazy_commit_each_chunk_is_charged_whole) {
+  ta_chunk_lazy_commit(false);
+  struct one_of_each o = in_new_thread();
+  cr_assert_eq(charged(ta_chunk_of(o.small)), TA_CHUNK_SIZE);
+  cr_assert_eq(charged(ta_chunk_of(o.medium)), TA_CHUNK_SIZE);
+  ta_free(o.small);
+  ta_free(o.cold);
+  ta_free(o.medium);
+}
+
+/* Every run slot of a chunk taken in turn: each is usable, the chunk ends up committed whole,
+ * and it took a few calls (each at least doubles what the chunk had), not one a slot. */
+Test(commit, a_small_chunk_commits_as_its_slots_are_taken) {
+  ta_chunk_lazy_commit(true);
+  enum { N = 70000 }; /* 64-byte blocks: 1,024 a run, 63 runs a chunk, and some */
+  static char *b[N];
+  uint64_t calls = ta_os_calls(TA_OS_COMMIT);
+  for (int i = 0; i < N; i++) {
+    b[i] = ta_malloc(SMALL);
+    cr_assert_not_null(b[i]);
+    memset(b[i], (int)(i & 0xff), SMALL);
+  }
+  ta_chunk_t *first = ta_chunk_of(b[0]), *last = ta_chunk_of(b[N - 1]);
+  cr_assert_neq(first, last);
+  cr_assert_eq(charged(first), TA_CHUNK_SIZE);
+  size_t in_last = (size_t)((char *)b[N - 1] + SMALL - (char *)last);
+  cr_assert_leq(charged(last), 2 * ta_align_up(in_last, TA_COMMIT_UNIT), "%zu KiB charged for %zu",
+                charged(last) / KiB, in_last / KiB);
+  uint64_t made = ta_os_calls(TA_OS_COMMIT) - calls;
+  cr_assert_leq(made, 2 * 7, "%llu commits for two chunks", (unsigned long long)made);
+  for (int i = 0; i < N; i++) {
+    cr_assert_eq(tt_check_byte(b[i], SMALL, (uint8_t)(i & 0xff)), SIZE_MAX);
+    ta_free(b[i]);
+  }
+  ta_chunk_lazy_commit(false);
+}
+
+/* Medium blocks cut from the top one after another: each usable, the charge under twice what
+ * the blocks take, and a few calls. */
+Test(commit, a_medium_chunk_commits_as_its_top_is_cut) {
+  ta_chunk_lazy_commit(true);
+  enum { N = 12, SIZE = 100000 };
+  char *b[N];
+  uint64_t calls = ta_os_calls(TA_OS_COMMIT);
+  for (int i = 0; i < N; i++) {
+    b[i] = ta_malloc(SIZE);
+    cr_assert_not_null(b[i]);
+    memset(b[i], i + 1, SIZE);
+    ta_chunk_t *c = ta_chunk_of(b[i]);
+    cr_assert_eq(c, ta_chunk_of(b[0]));
+    size_t used = (size_t)(b[i] + SIZE - (char *)c);
+    cr_assert_leq(charged(c), 2 * used + 2 * TA_COMMIT_UNIT, "block %d: %zu KiB charged for %zu", i,
+                  charged(c) / KiB, used / KiB);
+  }
+  uint64_t made = ta_os_calls(TA_OS_COMMIT) - calls;
+  cr_assert_leq(made, 8, "%llu commits (7 for the chunk, one for the granule map's page)",
+                (unsigned long long)made);
+  for (int i = 0; i < N; i++) {
+    cr_assert_eq(tt_check_byte(b[i], SIZE, (uint8_t)(i + 1)), SIZE_MAX);
+    ta_free(b[i]);
+  }
+  ta_chunk_lazy_commit(false);
+}
+
+/* realloc that grows a block into the top commits what it grows into. */
+Test(commit, a_block_grown_into_the_top_is_committed) {
+  ta_chunk_lazy_commit(true);
+  char *p = ta_malloc(20000);
+  cr_assert_not_null(p);
+  memset(p, 7, 20000);
+  ta_chunk_t *c = ta_chunk_of(p);
+  for (size_t size = 40000; size <= 1000000; size += 40000) {
+    char *q = ta_realloc(p, size);
+    cr_assert_not_null(q);
+    cr_assert_eq(q, p, "grown in place at %zu", size);
+    memset(q + size - 40000, 7, 40000);
+  }
+  cr_assert_eq(tt_check_byte(p, 1000000, 7), SIZE_MAX);
+  cr_assert_geq(charged(c), 1000000);
+  ta_free(p);
+  ta_chunk_lazy_commit(false);
+}
+
+/* The kernel refuses a commit (the commit limit): that allocation fails with ENOMEM, nothing
+ * else changes, and the next one, allowed, succeeds. */
+static void *refused(void *arg) {
+  (void)arg;
+  char *small = ta_malloc(SMALL); /* run slot 1 */
+  char *medium = ta_malloc(100000);
+  cr_assert(small && medium);
+  memset(small, 5, SMALL);
+  memset(medium, 6, 100000);
+  ta_os_fail(TA_OS_COMMIT, 0, 2); /* the doubling, then what is needed alone */
+  errno = 0;
+  cr_assert_null(ta_malloc(48), "a new class's run needs slot 2, not committed");
+  cr_assert_eq(errno, ENOMEM);
+  ta_os_fail(TA_OS_COMMIT, 0, 2);
+  errno = 0;
+  cr_assert_null(ta_malloc(400000), "the top beyond what is committed");
+  cr_assert_eq(errno, ENOMEM);
+  ta_os_fail(0, 0, 0);
+  char *again = ta_malloc(48), *big = ta_malloc(400000);
+  cr_assert(again && big);
+  memset(again, 8, 48);
+  memset(big, 9, 400000);
+  cr_assert_eq(tt_check_byte(small, SMALL, 5), SIZE_MAX);
+  cr_assert_eq(tt_check_byte(medium, 100000, 6), SIZE_MAX);
+  ta_free(small);
+  ta_free(medium);
+  ta_free(again);
+  ta_free(big);
+  return NULL;
+}
+
+Test(commit, a_refused_commit_fails_that_allocation_alone) {
+  ta_chunk_lazy_commit(true);
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, refused, NULL), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  ta_chunk_lazy_commit(false);
+}
+
+/* An empty chunk kept on its list (here because a statistics reader is walking: it cannot be
+ * unmapped) gives its charge back but for its first unit, and commits again when reused. */
+Test(commit, an_empty_chunk_kept_gives_its_charge_back) {
+  ta_chunk_lazy_commit(true);
+  ta_decay_ms = 600000; /* no purge but malloc_trim's */
+  enum { N = 4, SIZE = 900000 };
+  char *b[N];
+  for (int i = 0; i < N; i++) {
+    b[i] = ta_malloc(SIZE);
+    cr_assert_not_null(b[i]);
+    memset(b[i], 1, SIZE);
+  }
+  ta_chunk_t *c = ta_chunk_of(b[0]);
+  for (int i = 0; i < N; i++)
+    cr_assert_eq(ta_chunk_of(b[i]), c);
+  cr_assert_geq(charged(c), (size_t)N * SIZE, "%zu KiB charged", charged(c) / KiB);
+  for (int i = 0; i < N; i++)
+    ta_free(b[i]);
+  atomic_fetch_add(&ta_stats_readers, 1);
+  ta_malloc_trim(0);
+  atomic_fetch_sub(&ta_stats_readers, 1);
+  cr_assert_eq(charged(c), TA_COMMIT_UNIT, "%zu KiB charged", charged(c) / KiB);
+  for (int i = 0; i < N; i++) {
+    b[i] = ta_malloc(SIZE);
+    cr_assert_not_null(b[i]);
+    cr_assert_eq(ta_chunk_of(b[i]), c, "the kept chunk is reused");
+    memset(b[i], 2, SIZE);
+  }
+  cr_assert_geq(charged(c), (size_t)N * SIZE);
+  for (int i = 0; i < N; i++) {
+    cr_assert_eq(tt_check_byte(b[i], SIZE, 2), SIZE_MAX);
+    ta_free(b[i]);
+  }
+  ta_chunk_lazy_commit(false);
+}
