@@ -137,18 +137,20 @@ static void *pool_take(uintptr_t want, bool hold, int *slot);
  * limit. Each arena takes a chunk for its runs and one for its medium blocks: a thread that
  * allocates one block of each was charged 8 MiB, 1,000 such threads 8 GiB. So when the
  * kernel never overcommits (ta_os_overcommit_never), or the setting lazy_commit says so, a
- * new chunk is a reservation (no access, no charge) whose first 64 KiB unit alone is
- * committed (read-write, charged), and its arena commits more before it first writes
- * there: a small chunk up to the end of each run slot it takes (slots are taken lowest
- * first), a medium chunk its last unit (end marker) and up to the end of each block it
- * cuts from its top (medium.c). Each commit at least doubles what the chunk had, so a chunk
- * makes 7 calls at most and commits under twice what it used. A commit the kernel refuses
- * is an allocation that fails (ENOMEM), as a refused mapping is. An empty chunk kept on its
- * list gives its charge back with its pages but for the first unit, and commits again when
- * it is used. Such chunks are mapped, never taken from the break: the break charges every
- * byte it covers, the gap to the next 4 MiB boundary too. Span chunks, which all threads
- * share, are committed whole; huge blocks are mappings of their own, charged as asked.
- * c->commit says what is committed: units from the start, the last unit (TA_COMMIT_TAIL);
+ * new chunk is a reservation (no access, no charge) of which only what its first use needs
+ * is committed (read-write, charged): a small chunk's header and first run slot, a medium
+ * chunk's header and its tail (the units that hold its end marker and its top's footer).
+ * Its arena commits more, under its lock, before it first writes there: a small chunk up
+ * to the end of each run slot it takes (slots are taken lowest first), a medium chunk up to
+ * the end of each block it cuts from its top or grows into it (medium.c, top_commit). Each
+ * commit at least doubles what the chunk had. A commit the kernel refuses fails that
+ * allocation (ENOMEM), as a refused mapping does. What is committed stays so while the
+ * chunk is mapped (free pages go back with MADV_DONTNEED, which keeps the charge; the
+ * charge goes when the chunk is unmapped): statistics readers, which walk chunks they do
+ * not own, rely on that (ta_chunk_holds). Such chunks are mapped, never taken from the
+ * break: the break charges every byte it covers, the gap to the next 4 MiB boundary too.
+ * Span chunks, which all threads share, are committed whole.
+ * c->commit says what is committed: units from the start, the tail (TA_COMMIT_TAIL);
  * TA_COMMIT_ALL for a chunk committed whole, as every chunk is without lazy commit. */
 static _Atomic int lazy_state; /* 0: not yet decided, 1: lazy commit, 2: every chunk whole */
 
@@ -165,13 +167,19 @@ void ta_chunk_commit_default(void) {
   atomic_compare_exchange_strong(&lazy_state, &undecided, want ? 1 : 2);
 }
 
+/* The record of `units` committed from a chunk's start, and of its tail if `tail`. */
+static uint8_t commit_word(unsigned units, bool tail) {
+  if (units >= TA_COMMIT_ALL || (tail && units >= ta_commit_tail_unit())) return TA_COMMIT_ALL;
+  return (uint8_t)(tail ? units | TA_COMMIT_TAIL : units);
+}
+
 /* Commits chunk c from its start up to `end` bytes at least (see above); false when the
  * kernel refuses. Only the chunk's owner, under its lock, commits. */
 bool ta_chunk_commit(ta_chunk_t *c, size_t end) {
-  unsigned have = c->commit & TA_COMMIT_UNITS,
-           need = (unsigned)((end + TA_COMMIT_UNIT - 1) >> TA_COMMIT_SHIFT);
+  unsigned have = c->commit & TA_COMMIT_UNITS, tail = c->commit & TA_COMMIT_TAIL;
+  unsigned need = (unsigned)((end + TA_COMMIT_UNIT - 1) >> TA_COMMIT_SHIFT);
   if (need <= have) return true;
-  unsigned top = c->commit & TA_COMMIT_TAIL ? TA_COMMIT_ALL - 1 : TA_COMMIT_ALL;
+  unsigned top = tail ? ta_commit_tail_unit() : TA_COMMIT_ALL;
   unsigned want = have * 2 > need ? have * 2 : need;
   if (want > top) want = top;
   if (need > top) need = top;
@@ -182,30 +190,24 @@ bool ta_chunk_commit(ta_chunk_t *c, size_t end) {
       return false;
     want = need;
   }
-  c->commit = want == top ? TA_COMMIT_ALL : (uint8_t)(want | (c->commit & TA_COMMIT_TAIL));
+  TA_STORE(c->commit, commit_word(want, tail));
   return true;
 }
 
-/* Commits chunk c's last unit (a medium chunk's end marker lies there); false if refused. */
-bool ta_chunk_commit_tail(ta_chunk_t *c) {
+/* Commits the tail of chunk c, of which `have` units from the start are committed. */
+static bool commit_tail_units(void *c, unsigned have) {
+  unsigned first = ta_commit_tail_unit(), from = have > first ? have : first;
+  size_t at = (size_t)from << TA_COMMIT_SHIFT;
+  return from >= TA_COMMIT_ALL || ta_os_commit((char *)c + at, TA_CHUNK_SIZE - at) == 0;
+}
+
+/* Commits chunk c's tail, which a medium chunk needs; false if the kernel refuses. */
+static bool commit_tail(ta_chunk_t *c) {
   unsigned have = c->commit & TA_COMMIT_UNITS;
-  if (have == TA_COMMIT_ALL || (c->commit & TA_COMMIT_TAIL)) return true;
-  if (ta_os_commit((char *)c + TA_CHUNK_SIZE - TA_COMMIT_UNIT, TA_COMMIT_UNIT) != 0) return false;
-  c->commit = have == TA_COMMIT_ALL - 1 ? TA_COMMIT_ALL : (uint8_t)(have | TA_COMMIT_TAIL);
+  if (c->commit & TA_COMMIT_TAIL || have >= TA_COMMIT_ALL) return true;
+  if (!commit_tail_units(c, have)) return false;
+  TA_STORE(c->commit, commit_word(have, true));
   return true;
-}
-
-/* Gives back the pages of empty chunk c past its first `keep` bytes (purge.c). A chunk that
- * commits lazily gives its charge back too, but for its first unit, which holds the header.
- * 0 on success. */
-int ta_chunk_decommit(ta_chunk_t *c, size_t keep) {
-  char *unit1 = (char *)c + TA_COMMIT_UNIT;
-  if (lazy() && !c->from_brk && keep <= TA_COMMIT_UNIT &&
-      ta_os_uncommit(unit1, TA_CHUNK_SIZE - TA_COMMIT_UNIT) == 0) {
-    c->commit = 1;
-    return keep == TA_COMMIT_UNIT ? 0 : ta_os_decommit((char *)c + keep, TA_COMMIT_UNIT - keep);
-  }
-  return ta_os_decommit((char *)c + keep, TA_CHUNK_SIZE - keep);
 }
 
 /* A fresh chunk whose map page could not be opened (ta_map_ready): unmapped, or, from the
@@ -221,9 +223,9 @@ static void fresh_unused(void *c, bool from_brk) {
 
 /* Where a fresh chunk comes from: the pool of returned break chunks (below; *pooled says
  * so), else a reservation when commit is lazy, else the break when it may move, else a
- * mapping. With lazy commit, a reservation is committed only for its first `first` bytes
- * (rounded up to a unit): *commit says what is (TA_COMMIT_ALL: all of it). */
-static void *fresh_from(bool *from_brk, bool *pooled, size_t first, uint8_t *commit) {
+ * mapping. A reservation is committed for its first `first` bytes (rounded up to a unit),
+ * and its tail too with `tail`: *commit says what is (TA_COMMIT_ALL: all of it). */
+static void *fresh_from(bool *from_brk, bool *pooled, size_t first, bool tail, uint8_t *commit) {
   *commit = TA_COMMIT_ALL;
   void *c = pool_take(0, false, NULL);
   *pooled = c != NULL;
@@ -232,13 +234,15 @@ static void *fresh_from(bool *from_brk, bool *pooled, size_t first, uint8_t *com
   if (lazy()) {
     char *r = ta_os_reserve_aligned(TA_CHUNK_SIZE, TA_CHUNK_SIZE);
     if (r == NULL) return NULL;
-    size_t units = (first + TA_COMMIT_UNIT - 1) >> TA_COMMIT_SHIFT;
+    unsigned units = (unsigned)((first + TA_COMMIT_UNIT - 1) >> TA_COMMIT_SHIFT);
     if (units == 0) units = 1;
-    if (ta_os_commit(r, units << TA_COMMIT_SHIFT) != 0) {
+    if (units > TA_COMMIT_ALL) units = TA_COMMIT_ALL;
+    if (ta_os_commit(r, (size_t)units << TA_COMMIT_SHIFT) != 0 ||
+        (tail && !commit_tail_units(r, units))) {
       ta_os_trim(r, TA_CHUNK_SIZE); /* never used */
       return NULL;
     }
-    if (units < TA_COMMIT_ALL) *commit = (uint8_t)units;
+    *commit = commit_word(units, tail); /* not written: a span chunk's header differs */
     return r;
   }
   if (atomic_load_explicit(&brk_state, memory_order_relaxed) == 1) { /* decided by ta_init */
@@ -254,8 +258,8 @@ static void *fresh_from(bool *from_brk, bool *pooled, size_t first, uint8_t *com
 
 /* A chunk as the kernel gives it (zero-filled: no kind, no shadow; see fresh_from), its
  * granule's page of the map writable; NULL if none can be had. */
-void *ta_chunk_fresh(bool *from_brk, bool *pooled, size_t first, uint8_t *commit) {
-  void *c = fresh_from(from_brk, pooled, first, commit);
+void *ta_chunk_fresh(bool *from_brk, bool *pooled, size_t first, bool tail, uint8_t *commit) {
+  void *c = fresh_from(from_brk, pooled, first, tail, commit);
   if (c != NULL && !ta_map_ready((uintptr_t)c)) {
     fresh_unused(c, *from_brk);
     return NULL;
@@ -484,8 +488,15 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   }
   if (*pp == NULL && gone != NULL) pp = gone;
   ta_chunk_t *c = *pp;
+  bool medium = kind == TA_MAP_MEDIUM;
+  /* A medium chunk's tail committed (lazy commit, above) before the chunk leaves its list. */
+  if (c != NULL && medium && !commit_tail(c)) return NULL;
   /* None resident of its own: one another arena can spare (above), before one given back. */
   ta_chunk_t *taken = c == NULL || c->decommitted ? spare_take(a) : NULL;
+  if (taken != NULL && medium && !commit_tail(taken)) {
+    ta_chunk_release(a, taken); /* resident and empty: this arena's now */
+    return NULL;
+  }
   if (taken) c = taken;
   bool from_brk, fresh = c == NULL; /* from the kernel, or the pool: as the kernel gave it */
   uint8_t commit = c ? c->commit : TA_COMMIT_ALL;
@@ -497,8 +508,11 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
     if (!c->decommitted && !taken) ta_dirty_add(a, -(intptr_t)TA_CHUNK_SIZE);
   } else {
     bool pooled;
-    /* As the kernel gave it: it reads as zero, no kind, no shadow. */
-    c = ta_chunk_fresh(&from_brk, &pooled, TA_COMMIT_UNIT, &commit);
+    /* As the kernel gave it: it reads as zero, no kind, no shadow. Committed (lazy commit)
+     * for its first use: a small chunk's header and first run slot, a medium chunk's first
+     * unit and tail. */
+    c = ta_chunk_fresh(&from_brk, &pooled, medium ? TA_COMMIT_UNIT : 2 * TA_RUN_SIZE, medium,
+                       &commit);
     if (c == NULL) return NULL;
     if (!pooled) TA_ADD(a->cnt.grows, 1);
   }
@@ -512,7 +526,7 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   TA_PUBLISH(c->next, NULL);
   c->prev = NULL;
   c->kind = kind;
-  c->commit = commit;
+  TA_STORE(c->commit, commit); /* read by statistics readers (ta_chunk_holds) */
   TA_STORE(c->from_brk, from_brk);
   c->not_a_run = NULL;
   c->free_slots = 0; /* shares its word with empty_since */

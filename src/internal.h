@@ -487,11 +487,18 @@ TA_INLINE unsigned ta_bin_of(size_t s) {
 
 /* ------------------------------------------------------------------ os.c */
 /* The only file that talks to the kernel. Each call can be made to fail by a test hook. */
-enum { TA_OS_SBRK = 1, TA_OS_MMAP = 2, TA_OS_MUNMAP = 4, TA_OS_MADVISE = 8, TA_OS_MREMAP = 16,
-       TA_OS_KEY = 32, TA_OS_THREAD = 64,
-       TA_OS_MINCORE = 128, /* counted only: never made to fail */
-       TA_OS_COMMIT = 256, TA_OS_UNCOMMIT = 512 /* lazy commit: mprotect; a mapping over */ };
-_Static_assert(TA_OS_UNCOMMIT == 1 << 9, "os.c counts calls of bits 0..9");
+enum {
+  TA_OS_SBRK = 1,
+  TA_OS_MMAP = 2,
+  TA_OS_MUNMAP = 4,
+  TA_OS_MADVISE = 8,
+  TA_OS_MREMAP = 16,
+  TA_OS_KEY = 32,
+  TA_OS_THREAD = 64,
+  TA_OS_MINCORE = 128, /* counted only: never made to fail */
+  TA_OS_COMMIT = 256   /* lazy commit: mprotect */
+};
+_Static_assert(TA_OS_COMMIT == 1 << 8, "os.c counts calls of bits 0..8");
 enum { TA_THP_NEVER = 0, TA_THP_MADVISE = 1, TA_THP_ALWAYS = 2 };
 TA_HIDDEN void *ta_os_brk_get(void);             /* the kernel's break; (void *)-1 on failure */
 TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
@@ -509,11 +516,10 @@ TA_HIDDEN size_t ta_os_page_size(void);
 TA_HIDDEN size_t ta_os_hugepage_size(void);
 TA_HIDDEN void *ta_os_mmap_aligned(size_t size, size_t align); /* NULL on failure */
 /* Lazy commit (chunk.c): address space with no access and no charge, parts of it made
- * read-write (charged) and given back (pages and charge); 0 on success. Whether the kernel
- * never overcommits (vm.overcommit_memory = 2), read once. */
+ * read-write (charged); 0 on success. Whether the kernel never overcommits
+ * (vm.overcommit_memory = 2), read once. */
 TA_HIDDEN void *ta_os_reserve_aligned(size_t size, size_t align); /* NULL on failure */
 TA_HIDDEN int ta_os_commit(void *p, size_t size);
-TA_HIDDEN int ta_os_uncommit(void *p, size_t size);
 TA_HIDDEN bool ta_os_overcommit_never(void);
 TA_HIDDEN int ta_os_munmap(void *p, size_t size);
 TA_HIDDEN void ta_os_trim(void *p, size_t size); /* part of a fresh mapping, never used */
@@ -661,22 +667,33 @@ bool ta_bg_running(void); /* for tests */
 
 /* ------------------------------------------------------------------ chunk.c */
 TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
-TA_HIDDEN void *ta_chunk_fresh(bool *from_brk, bool *pooled, size_t first, uint8_t *commit);
+TA_HIDDEN void *ta_chunk_fresh(bool *from_brk, bool *pooled, size_t first, bool tail,
+                               uint8_t *commit);
 /* Lazy commit (chunk.c, "Commit charge"): a chunk's pages are committed in 64 KiB units from
- * its start, and its last unit on its own; TA_COMMIT_ALL units is the whole chunk. */
+ * its start, and its tail (the units from ta_commit_tail_unit(), which hold a medium chunk's
+ * end marker and its top's footer) on its own; TA_COMMIT_ALL units is the whole chunk. */
 #define TA_COMMIT_SHIFT 16
 #define TA_COMMIT_UNIT ((size_t)1 << TA_COMMIT_SHIFT)
 #define TA_COMMIT_ALL ((unsigned)(TA_CHUNK_SIZE >> TA_COMMIT_SHIFT))
 #define TA_COMMIT_UNITS 0x7fu
 #define TA_COMMIT_TAIL 0x80u
 _Static_assert(TA_COMMIT_ALL <= TA_COMMIT_UNITS, "a chunk's units fit c->commit");
-/* Whether chunk c is committed from its start up to `end` bytes. */
+TA_INLINE unsigned ta_commit_tail_unit(void) {
+  return (unsigned)((TA_MEDIUM_END - sizeof(size_t)) >> TA_COMMIT_SHIFT);
+}
+/* Whether chunk c is committed from its start up to `end` bytes (its owner asks). */
 TA_INLINE bool ta_chunk_committed(const ta_chunk_t *c, size_t end) {
   return ((size_t)(c->commit & TA_COMMIT_UNITS) << TA_COMMIT_SHIFT) >= end;
 }
+/* Whether bytes [from, to) of chunk c are committed, for a reader that does not own it (a
+ * statistics walk, a check of a pointer that may be wild): what is committed stays so while
+ * the chunk is mapped, so a stale answer is only too cautious. */
+TA_INLINE bool ta_chunk_holds(const ta_chunk_t *c, size_t from, size_t to) {
+  unsigned k = TA_LOAD(c->commit);
+  if (to <= (size_t)(k & TA_COMMIT_UNITS) << TA_COMMIT_SHIFT) return true;
+  return (k & TA_COMMIT_TAIL) && from >= (size_t)ta_commit_tail_unit() << TA_COMMIT_SHIFT;
+}
 TA_HIDDEN bool ta_chunk_commit(ta_chunk_t *c, size_t end);
-TA_HIDDEN bool ta_chunk_commit_tail(ta_chunk_t *c);
-TA_HIDDEN int ta_chunk_decommit(ta_chunk_t *c, size_t keep);
 TA_HIDDEN void ta_chunk_commit_default(void);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
 TA_HIDDEN extern _Atomic uint64_t ta_chunks_taken_over; /* from other arenas (tests, stats) */

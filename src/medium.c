@@ -141,10 +141,8 @@ static void forget_merged(ta_mhdr_t *h) {
 static bool medium_chunk_new(ta_arena_t *a) {
   ta_chunk_t *c = ta_chunk_alloc(a, TA_MAP_MEDIUM);
   if (c == NULL) return false;
-  if (!ta_chunk_commit_tail(c)) { /* lazy commit refused: the end marker's page (chunk.c) */
-    ta_chunk_release(a, c);
-    return false;
-  }
+  /* With lazy commit (chunk.c), its first unit and its tail are committed: the top's
+   * header and words, and the top's footer and the end marker. */
   ta_mhdr_t *h = (ta_mhdr_t *)((char *)c + TA_MEDIUM_HDR);
   ta_mhdr_t *end = (ta_mhdr_t *)((char *)c + TA_MEDIUM_END);
   set_hdr(h, (size_t)((char *)end - (char *)h));
@@ -674,8 +672,11 @@ bool ta_medium_freed(ta_arena_t *a, const void *p) {
 ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {
   uintptr_t u = (uintptr_t)p;
   ta_chunk_t *c = ta_chunk_of(p);
-  if ((u & (TA_ALIGNMENT - 1)) != 0 || u < (uintptr_t)c + TA_MEDIUM_HDR + sizeof(ta_mhdr_t) ||
-      u >= (uintptr_t)c + TA_MEDIUM_END)
+  size_t off = u - (uintptr_t)c;
+  /* A wild pointer into pages not committed yet (lazy commit) is refused before its header
+   * is read: reading there would fault. */
+  if ((u & (TA_ALIGNMENT - 1)) != 0 || off < TA_MEDIUM_HDR + sizeof(ta_mhdr_t) ||
+      off >= TA_MEDIUM_END || !ta_chunk_holds(c, off - sizeof(ta_mhdr_t), off))
     ta_fatal(op, p);
   ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
   if (!ta_medium_check_ok(h)) ta_fatal(op, p);
@@ -687,9 +688,11 @@ ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {
 bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
   size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
   if (need < TA_MIN_MBLOCK) need = TA_MIN_MBLOCK;
-  size_t s = M_SIZE(h);
   bool ok = true;
   ta_slow_enter(a);
+  /* Under the lock: a trim of this arena from another thread (malloc_trim) may be setting
+   * the PREV_FREE bit of this very header meanwhile (make_free of the block before it). */
+  size_t s = M_SIZE(h);
   if (need <= s) {
     if (s - need >= TA_MIN_MBLOCK)
       split_tail(a, h, need, (mage_t){ta_os_now_ms(), s - need, 0}, true);
@@ -754,6 +757,9 @@ size_t ta_medium_walk(const ta_chunk_t *c, void (*fn)(const ta_mhdr_t *h, size_t
   const char *end = (const char *)c + TA_MEDIUM_END;
   const ta_mhdr_t *h = (const ta_mhdr_t *)((const char *)c + TA_MEDIUM_HDR);
   while ((const char *)h < end) {
+    /* A stale size may lead a racing walk anywhere: never into pages not committed. */
+    size_t off = (size_t)((const char *)h - (const char *)c);
+    if (!ta_chunk_holds(c, off, off + sizeof(ta_mhdr_t))) break;
     size_t word = ta_mh_peek(h), sz = word & TA_M_SIZE_MASK;
     if (sz < TA_MIN_MBLOCK || (const char *)h + sz > end) break;
     if (fn) fn(h, word, arg);

@@ -17,7 +17,7 @@
  *   ta_os_munmap/decommit   0 on success. decommit drops the pages (they read back as zero).
  *   ta_os_reserve_aligned(n,a)  address space only: no access, nothing charged against the
  *                           commit limit, until ta_os_commit(p,n) makes part of it read-write
- *                           (charged then); ta_os_uncommit(p,n) drops pages and charge alike.
+ *                           (charged then, until it is unmapped).
  *   ta_os_overcommit_never() whether the kernel refuses to overcommit (vm.overcommit_memory
  *                           is 2): every writable private byte mapped counts then (read once).
  *   ta_os_mremap(p,o,n,f)   resizes a mapping in place (f == NULL) or moves it to the fixed
@@ -87,7 +87,7 @@ static void count_returned(size_t n) {
 }
 
 /* System calls made, per operation (bit i of the TA_OS_* mask counts in calls[i]). */
-static _Atomic uint64_t calls[10]; /* up to TA_OS_UNCOMMIT (bit 9) */
+static _Atomic uint64_t calls[9]; /* up to TA_OS_COMMIT (bit 8) */
 
 static void count_call(unsigned op) {
   atomic_fetch_add_explicit(&calls[__builtin_ctz(op)], 1, memory_order_relaxed);
@@ -344,21 +344,6 @@ int ta_os_commit(void *p, size_t size) {
   int r = mprotect(p, size, PROT_READ | PROT_WRITE);
   errno = saved;
   return r;
-}
-
-/* Committed pages back to a reservation: their contents and their charge go (mprotect
- * would keep the charge; a new mapping over them does not). Not MAP_NORESERVE: where the
- * kernel overcommits, that flag would stay with the range, and committing it again would
- * charge nothing. 0 on success. */
-int ta_os_uncommit(void *p, size_t size) {
-  if (should_fail(TA_OS_UNCOMMIT)) return -1;
-  count_call(TA_OS_UNCOMMIT);
-  int saved = errno;
-  void *r = mmap(p, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-  errno = saved;
-  if (r == MAP_FAILED) return -1;
-  count_returned(size);
-  return 0;
 }
 
 /* Whether the kernel refuses to overcommit: /proc/sys/vm/overcommit_memory reads 2. Then

@@ -218,7 +218,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
                         ? shadow_end
                         : ta_align_up(sizeof(ta_run_t[TA_RUNS_PER_CHUNK]), ta_page_size);
       TA_PUBLISH(*pp, c); /* stays: decommitted, kept for reuse */
-      if (!c->decommitted && ta_chunk_decommit(c, keep) == 0) {
+      if (!c->decommitted && ta_os_decommit((char *)c + keep, TA_CHUNK_SIZE - keep) == 0) {
         TA_STORE(c->decommitted, 1);
         freed += TA_CHUNK_SIZE - keep;
       }

@@ -257,7 +257,7 @@ static ta_span_chunk_t *chunk_new(void) {
   bool from_brk, pooled;
   uint8_t commit; /* shared by every thread: committed whole (chunk.c, "Commit charge") */
   ta_span_chunk_t *c =
-      (ta_span_chunk_t *)ta_chunk_fresh(&from_brk, &pooled, TA_CHUNK_SIZE, &commit);
+      (ta_span_chunk_t *)ta_chunk_fresh(&from_brk, &pooled, TA_CHUNK_SIZE, false, &commit);
   if (c == NULL) return NULL;
   /* Where transparent huge pages are always on, before the first write: clean spans must
    * stay out of memory. */

@@ -6,6 +6,7 @@
 
 #include "internal.h"
 #include "tamalloc.h"
+#include "tatest.h"
 
 /* Free medium blocks of `size` between live ones (so they cannot merge), all written. */
 enum { N = 64 };
@@ -86,4 +87,94 @@ Test(trim, another_live_threads_holes_of_12_kib_go_back) {
 }
 Test(trim, another_live_threads_holes_of_100_kib_go_back) {
   holes_of_another_thread_go_back(100 << 10);
+}
+
+/* malloc_trim(0) over and over in one thread while two others allocate, write, check and free
+ * blocks of every kind their arenas serve (runs, cold classes, medium blocks with holes
+ * between them, realloc in place and moved), and hand some to each other to free: trim takes
+ * each busy arena's lock and gives back its holes, cache, empty chunks and run slots under the
+ * owner's feet. Nothing may be lost or overwritten: every block keeps its pattern to its free,
+ * and a block handed out twice would fail its check. */
+enum { LIVE = 256 };
+typedef struct {
+  unsigned id;
+  _Atomic(char *) *mailbox; /* blocks the other thread is to free */
+  _Atomic int *stop;
+} churner_t;
+
+static size_t churn_size(tt_rng *r) {
+  switch (tt_rand(r) % 4) {
+  case 0:
+    return tt_rand_between(r, 16, 512); /* runs */
+  case 1:
+    return tt_rand_between(r, 1024, 8192); /* cold classes: the medium heap */
+  case 2:
+    return tt_rand_between(r, 9000, 64000); /* medium, the cache's sizes */
+  default:
+    return tt_rand_between(r, 64000, 300000); /* medium, holes the trim gives back */
+  }
+}
+
+static void *churner(void *arg) {
+  churner_t *c = arg;
+  tt_rng r;
+  tt_rng_seed(&r, 77 + c->id);
+  char *block[LIVE] = {0};
+  size_t size[LIVE] = {0};
+  uint64_t seed[LIVE] = {0};
+  while (!atomic_load(c->stop)) {
+    unsigned k = (unsigned)(tt_rand(&r) % LIVE);
+    if (block[k] != NULL) {
+      cr_assert_eq(tt_check(block[k], size[k], seed[k]), SIZE_MAX, "thread %u, block %p of %zu",
+                   c->id, (void *)block[k], size[k]);
+      if (tt_rand(&r) % 8 == 0) { /* grown or shrunk: in place or moved, the pattern kept */
+        size_t to = churn_size(&r), keep = to < size[k] ? to : size[k];
+        char *p = ta_realloc(block[k], to);
+        cr_assert_not_null(p);
+        cr_assert_eq(tt_check(p, keep, seed[k]), SIZE_MAX);
+        tt_fill_range(p, keep, to - keep, seed[k]);
+        block[k] = p;
+        size[k] = to;
+        continue;
+      }
+      /* one in four to the other thread, which frees it (a remote free); it frees ours */
+      char *mine = tt_rand(&r) % 4 == 0 ? atomic_exchange(&c->mailbox[c->id], block[k]) : block[k];
+      if (mine) ta_free(mine);
+      block[k] = NULL;
+    }
+    char *theirs = atomic_exchange(&c->mailbox[1 - c->id], NULL);
+    if (theirs) ta_free(theirs);
+    size[k] = churn_size(&r);
+    seed[k] = tt_rand(&r);
+    block[k] = ta_malloc(size[k]);
+    cr_assert_not_null(block[k]);
+    tt_fill(block[k], size[k], seed[k]);
+  }
+  for (unsigned k = 0; k < LIVE; k++)
+    if (block[k]) {
+      cr_assert_eq(tt_check(block[k], size[k], seed[k]), SIZE_MAX);
+      ta_free(block[k]);
+    }
+  return NULL;
+}
+
+Test(trim, trimming_busy_threads_arenas_loses_nothing, .timeout = 120) {
+  ta_free(ta_malloc(16)); /* this thread's own arena, as a program's main thread has */
+  static _Atomic(char *) mailbox[2];
+  static _Atomic int stop;
+  churner_t c[2] = {{0, mailbox, &stop}, {1, mailbox, &stop}};
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++)
+    cr_assert_eq(pthread_create(&t[i], NULL, churner, &c[i]), 0);
+  unsigned trims = 0;
+  for (double end = tt_now() + 2.0; tt_now() < end; trims++)
+    ta_malloc_trim(0);
+  atomic_store(&stop, 1);
+  for (int i = 0; i < 2; i++)
+    pthread_join(t[i], NULL);
+  for (int i = 0; i < 2; i++) {
+    char *p = atomic_exchange(&mailbox[i], NULL);
+    if (p) ta_free(p);
+  }
+  cr_assert_gt(trims, 10, "%u trims", trims);
 }
