@@ -381,20 +381,29 @@ void ta_remote_suspect(ta_arena_t *owner, void *p) {
 
 /* Every block on a remote list was checked by its freer, but the list lives in freed
  * memory: each entry is checked again, through the map first, before anything is read from
- * it. Returns its kind (SMALL or MEDIUM), having checked it is a block of a's. */
-static uint8_t remote_check(ta_arena_t *a, ta_block_t *b) {
+ * it. Its kind (SMALL or MEDIUM) if it is a block of a's, else TA_MAP_NONE. */
+uint8_t ta_remote_entry(ta_arena_t *a, ta_block_t *b) {
   uint8_t kind = ta_map_get((uintptr_t)b);
   if (kind == TA_MAP_SMALL) {
     ta_run_t *r = ta_run_of(b);
     if (r->owner == a && ta_small_valid(r, b) && b->key == ta_mark(b)) return kind;
   } else if (kind == TA_MAP_MEDIUM && ta_chunk_of(b)->owner == a) {
     ta_mhdr_t *h = (ta_mhdr_t *)b - 1;
-    uintptr_t off = (uintptr_t)b & TA_CHUNK_MASK; /* its header must lie in the chunk */
+    /* Its header and link must lie in the chunk, in pages committed (lazy commit). */
+    uintptr_t off = (uintptr_t)b & TA_CHUNK_MASK;
     if (!((uintptr_t)b & (TA_ALIGNMENT - 1)) && off >= TA_MEDIUM_HDR + sizeof(ta_mhdr_t) &&
+        off < TA_MEDIUM_END &&
+        ta_chunk_holds(ta_chunk_of(b), off - sizeof(ta_mhdr_t), off + sizeof(ta_mhdr_t)) &&
         ta_medium_check_ok(h) && ta_medium_live(ta_mh_load(h)))
       return kind;
   }
-  ta_fatal("free(): corrupted list of remote frees at", b);
+  return TA_MAP_NONE;
+}
+
+static uint8_t remote_check(ta_arena_t *a, ta_block_t *b) {
+  uint8_t kind = ta_remote_entry(a, b);
+  if (kind == TA_MAP_NONE) ta_fatal("free(): corrupted list of remote frees at", b);
+  return kind;
 }
 
 /* Takes in one remote free and returns the next on the list. */

@@ -231,7 +231,7 @@ static void *fresh_from(bool *from_brk, bool *pooled, size_t first, bool tail, u
   *pooled = c != NULL;
   *from_brk = c != NULL;
   if (c != NULL) return c;
-  if (lazy()) {
+  if (lazy() && first < TA_CHUNK_SIZE) { /* (all of it: one mapping, read-write) */
     char *r = ta_os_reserve_aligned(TA_CHUNK_SIZE, TA_CHUNK_SIZE);
     if (r == NULL) return NULL;
     unsigned units = (unsigned)((first + TA_COMMIT_UNIT - 1) >> TA_COMMIT_SHIFT);
@@ -245,7 +245,7 @@ static void *fresh_from(bool *from_brk, bool *pooled, size_t first, bool tail, u
     *commit = commit_word(units, tail); /* not written: a span chunk's header differs */
     return r;
   }
-  if (atomic_load_explicit(&brk_state, memory_order_relaxed) == 1) { /* decided by ta_init */
+  if (!lazy() && atomic_load_explicit(&brk_state, memory_order_relaxed) == 1) { /* by ta_init */
     bool ok;
     void *p = chunk_from_brk(&ok);
     if (ok) {
@@ -371,7 +371,6 @@ static ta_chunk_t *spare_take(ta_arena_t *a) {
     got = c;
   }
   ta_fork_unhold();
-  if (got != NULL) atomic_fetch_add_explicit(&ta_chunks_taken_over, 1, memory_order_relaxed);
   return got;
 }
 
@@ -489,15 +488,19 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   if (*pp == NULL && gone != NULL) pp = gone;
   ta_chunk_t *c = *pp;
   bool medium = kind == TA_MAP_MEDIUM;
-  /* A medium chunk's tail committed (lazy commit, above) before the chunk leaves its list. */
-  if (c != NULL && medium && !commit_tail(c)) return NULL;
   /* None resident of its own: one another arena can spare (above), before one given back. */
   ta_chunk_t *taken = c == NULL || c->decommitted ? spare_take(a) : NULL;
-  if (taken != NULL && medium && !commit_tail(taken)) {
-    ta_chunk_release(a, taken); /* resident and empty: this arena's now */
+  if (taken) c = taken;
+  /* What the chunk's first use needs committed (lazy commit, above), before it leaves its
+   * list: a chunk taken from another arena, refused, stays with this one. */
+  if (c != NULL && !(medium ? commit_tail(c) : ta_chunk_commit(c, 2 * TA_RUN_SIZE))) {
+    if (taken) {
+      TA_STORE(taken->owner, a);
+      ta_chunk_release(a, taken); /* resident and empty: this arena's now */
+    }
     return NULL;
   }
-  if (taken) c = taken;
+  if (taken) atomic_fetch_add_explicit(&ta_chunks_taken_over, 1, memory_order_relaxed);
   bool from_brk, fresh = c == NULL; /* from the kernel, or the pool: as the kernel gave it */
   uint8_t commit = c ? c->commit : TA_COMMIT_ALL;
   uint8_t prev = TA_MAP_NONE; /* what the chunk was before: a small chunk keeps its shadow */

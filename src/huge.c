@@ -602,7 +602,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
       if (h == NULL) return NULL;
     }
     if (!ta_map_ready((uintptr_t)h + data_off)) { /* its map page refused (lazy commit) */
-      ta_os_munmap(h, need);
+      ta_os_trim(h, need);                        /* never used */
       return NULL;
     }
   }
@@ -727,7 +727,7 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   }
   size_t old_size = h->map_size;
   if (!ta_map_ready((uintptr_t)dst + h->data_off)) { /* its map page refused: copy instead */
-    ta_os_munmap(dst, target);
+    ta_os_trim(dst, target);                         /* never used */
     return NULL;
   }
   ta_map_set((uintptr_t)old_data, TA_MAP_NONE);

@@ -966,6 +966,9 @@ TA_HIDDEN void ta_remote_push(ta_arena_t *owner, ta_block_t *b);
 TA_HIDDEN void ta_remote_suspect(ta_arena_t *owner, void *p);
 TA_HIDDEN void ta_remote_collect_slow(ta_arena_t *a);
 TA_HIDDEN unsigned ta_remote_take_all(ta_arena_t *a, ta_block_t *lists[TA_REMOTE_LISTS]);
+/* An entry of a remote list, checked before anything is read from it: its kind (SMALL or
+ * MEDIUM) if it is a block of a's, else TA_MAP_NONE. */
+TA_HIDDEN uint8_t ta_remote_entry(ta_arena_t *a, ta_block_t *b);
 TA_HIDDEN void ta_remote_collect_medium(ta_arena_t *a);
 /* Whether blocks other threads freed wait on any of a's remote lists (`mo`: the order the
  * caller needs for each load). */

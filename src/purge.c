@@ -322,8 +322,9 @@ static void zombie_sweep(ta_arena_t *a) {
   ta_remote_take_all(a, lists);
   for (unsigned i = 0; i < TA_REMOTE_LISTS; i++) {
     for (ta_block_t *b = lists[i]; b != NULL; b = ta_block_next(b)) {
-      /* The list lives in freed memory: an entry the map does not know ends the walk. */
-      uint8_t kind = ta_map_get((uintptr_t)b);
+      /* The list lives in freed memory: an entry that is not a block of a's ends the walk
+       * (checked before anything is read from it). */
+      uint8_t kind = ta_remote_entry(a, b);
       if (kind == TA_MAP_SMALL) bytes += ta_run_of(b)->bsize;
       else if (kind == TA_MAP_MEDIUM) bytes += ta_medium_usable((ta_mhdr_t *)b - 1);
       else break;

@@ -323,7 +323,8 @@ void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
 }
 
 bool ta_small_valid(const ta_run_t *r, const void *p) {
-  if (r->owner == NULL) return false;
+  /* In r's own slot: another slot of the chunk may never have been committed (lazy commit). */
+  if (r->owner == NULL || ta_run_of(p) != r) return false;
   uint32_t off = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1));
   return (uint32_t)(off * r->recip) < r->recip &&
          off < __atomic_load_n(&r->limit, __ATOMIC_RELAXED);

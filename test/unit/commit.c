@@ -289,3 +289,50 @@ Test(commit, a_walk_never_reads_pages_not_committed) {
   ta_free(q);
   ta_chunk_lazy_commit(false);
 }
+
+/* An empty small chunk taken for medium blocks commits its tail (the end marker's units)
+ * before the medium heap writes there, and keeps what it had committed. Here the chunk is
+ * kept on its list, not unmapped, because a statistics reader is (said to be) walking. */
+Test(commit, a_small_chunk_reused_for_medium_blocks_commits_its_tail) {
+  ta_chunk_lazy_commit(true);
+  ta_decay_ms = 600000; /* no purge but malloc_trim's */
+  char *p = ta_malloc(SMALL);
+  cr_assert_not_null(p);
+  ta_chunk_t *c = ta_chunk_of(p);
+  cr_assert_eq(charged(c), 2 * TA_COMMIT_UNIT, "a small chunk: its header and first slot");
+  ta_free(p);
+  atomic_fetch_add(&ta_stats_readers, 1);
+  ta_malloc_trim(0); /* the empty run retires, the empty chunk stays on the list */
+  atomic_fetch_sub(&ta_stats_readers, 1);
+  char *q = ta_malloc(MEDIUM);
+  cr_assert_not_null(q);
+  cr_assert_eq(ta_chunk_of(q), c, "the kept chunk serves the medium heap");
+  memset(q, 4, MEDIUM);
+  size_t used = (size_t)(q + MEDIUM - (char *)c);
+  cr_assert_eq(charged(c), (ta_align_up(used + 64, TA_COMMIT_UNIT) + TA_COMMIT_UNIT),
+               "%zu KiB charged for %zu used and the tail", charged(c) / KiB, used / KiB);
+  cr_assert_eq(ta_medium_walk(c, NULL, NULL), 2, "the block and the top, up to the end marker");
+  ta_free(q);
+  ta_chunk_lazy_commit(false);
+}
+
+/* Checks of pointers read from freed memory (a free list's link, a remote list's entry)
+ * reject one that lies in another run's slot or in a medium chunk's pages not committed,
+ * before anything is read from it: with lazy commit those pages may fault. */
+Test(commit, list_entries_in_pages_not_committed_are_rejected) {
+  ta_chunk_lazy_commit(true);
+  char *s = ta_malloc(SMALL), *m = ta_malloc(20000);
+  cr_assert(s && m);
+  ta_run_t *r = ta_run_of(s);
+  cr_assert(ta_small_valid(r, s));
+  /* The same offset in a slot no run has taken (not committed) is not a block of r. */
+  char *other = s + 40 * TA_RUN_SIZE;
+  cr_assert_eq(ta_chunk_of(other), ta_chunk_of(s));
+  cr_assert_not(ta_small_valid(r, other));
+  ta_chunk_t *c = ta_chunk_of(m);
+  ta_block_t *wild = (ta_block_t *)((char *)c + TA_CHUNK_SIZE / 2 + 64);
+  cr_assert_eq(ta_remote_entry(ta_chunk_of(s)->runs[r->slot].owner, wild), TA_MAP_NONE);
+  ta_free(s);
+  ta_free(m);
+  ta_chunk_lazy_commit(false);
+}
