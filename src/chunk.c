@@ -149,7 +149,7 @@ static void *pool_take(uintptr_t want, bool hold, int *slot);
  * charge goes when the chunk is unmapped): statistics readers, which walk chunks they do
  * not own, rely on that (ta_chunk_holds). Such chunks are mapped, never taken from the
  * break: the break charges every byte it covers, the gap to the next 4 MiB boundary too.
- * Span chunks, which all threads share, are committed whole.
+ * Span chunks, which all threads share, are mapped read-write whole.
  * c->commit says what is committed: units from the start, the tail (TA_COMMIT_TAIL);
  * TA_COMMIT_ALL for a chunk committed whole, as every chunk is without lazy commit. */
 static _Atomic int lazy_state; /* 0: not yet decided, 1: lazy commit, 2: every chunk whole */
@@ -231,7 +231,9 @@ static void *fresh_from(bool *from_brk, bool *pooled, size_t first, bool tail, u
   *pooled = c != NULL;
   *from_brk = c != NULL;
   if (c != NULL) return c;
-  if (lazy() && first < TA_CHUNK_SIZE) { /* (all of it: one mapping, read-write) */
+  /* A reservation, for a chunk committed in part; one wanted whole (a span chunk) is mapped
+   * read-write at once, below. */
+  if (lazy() && first < TA_CHUNK_SIZE) {
     char *r = ta_os_reserve_aligned(TA_CHUNK_SIZE, TA_CHUNK_SIZE);
     if (r == NULL) return NULL;
     unsigned units = (unsigned)((first + TA_COMMIT_UNIT - 1) >> TA_COMMIT_SHIFT);
