@@ -241,7 +241,7 @@ typedef struct ta_chunk {
                             keeps a shadow) is resident. Left set in a chunk fresh from the
                             kernel, for its user to read once; meaningless in a chunk in use */
       uint8_t commit;        /* what is committed (chunk.c, "Commit charge"): 64 KiB units from
-                                the start, TA_COMMIT_TAIL the last; TA_COMMIT_ALL: all of it */
+                                the start, TA_COMMIT_TAIL the tail; TA_COMMIT_ALL: all of it */
       _Atomic uint32_t readers; /* statistics readers walking it: not reused meanwhile */
     };
     ta_run_t runs[TA_RUNS_PER_CHUNK]; /* small chunks: runs[1..63]; runs[0] is this header */
@@ -681,10 +681,6 @@ _Static_assert(TA_COMMIT_ALL <= TA_COMMIT_UNITS, "a chunk's units fit c->commit"
 TA_INLINE unsigned ta_commit_tail_unit(void) {
   return (unsigned)((TA_MEDIUM_END - sizeof(size_t)) >> TA_COMMIT_SHIFT);
 }
-/* Whether chunk c is committed from its start up to `end` bytes (its owner asks). */
-TA_INLINE bool ta_chunk_committed(const ta_chunk_t *c, size_t end) {
-  return ((size_t)(c->commit & TA_COMMIT_UNITS) << TA_COMMIT_SHIFT) >= end;
-}
 /* Whether bytes [from, to) of chunk c are committed, for a reader that does not own it (a
  * statistics walk, a check of a pointer that may be wild): what is committed stays so while
  * the chunk is mapped, so a stale answer is only too cautious. */
@@ -693,6 +689,8 @@ TA_INLINE bool ta_chunk_holds(const ta_chunk_t *c, size_t from, size_t to) {
   if (to <= (size_t)(k & TA_COMMIT_UNITS) << TA_COMMIT_SHIFT) return true;
   return (k & TA_COMMIT_TAIL) && from >= (size_t)ta_commit_tail_unit() << TA_COMMIT_SHIFT;
 }
+/* The owner's: chunk c committed from its start up to `end` bytes at least (a load and a
+ * compare when it is already); false if the kernel refuses. */
 TA_HIDDEN bool ta_chunk_commit(ta_chunk_t *c, size_t end);
 TA_HIDDEN void ta_chunk_commit_default(void);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);

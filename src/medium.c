@@ -266,7 +266,7 @@ static bool top_commit(const ta_mhdr_t *h, size_t size) {
   size_t end =
       (size_t)((uintptr_t)h - (uintptr_t)c) + size + sizeof(ta_mhdr_t) + 4 * sizeof(uint64_t);
   if (end > TA_CHUNK_SIZE) end = TA_CHUNK_SIZE;
-  return ta_chunk_committed(c, end) || ta_chunk_commit(c, end);
+  return ta_chunk_commit(c, end);
 }
 
 /* The free block top ends at the end marker: trim it. */

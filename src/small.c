@@ -106,7 +106,7 @@ static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
   /* With lazy commit, the slot's pages may not be committed yet (chunk.c): a refusal is
    * the allocation's (ENOMEM). */
   size_t slot_end = (size_t)(slot + 1) << TA_RUN_SHIFT;
-  if (!ta_chunk_committed(c, slot_end) && !ta_chunk_commit(c, slot_end)) return NULL;
+  if (!ta_chunk_commit(c, slot_end)) return NULL;
   c->free_slots &= ~((uint64_t)1 << slot);
   c->dirty_slots &= ~((uint64_t)1 << slot);
   if (warm) ta_dirty_add(a, -(intptr_t)TA_RUN_SIZE);

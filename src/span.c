@@ -255,7 +255,7 @@ static void give_rest(ta_span_chunk_t *c, size_t at) {
 
 static ta_span_chunk_t *chunk_new(void) {
   bool from_brk, pooled;
-  uint8_t commit; /* shared by every thread: committed whole (chunk.c, "Commit charge") */
+  uint8_t commit; /* shared by every thread: mapped read-write whole (chunk.c, "Commit charge") */
   ta_span_chunk_t *c =
       (ta_span_chunk_t *)ta_chunk_fresh(&from_brk, &pooled, TA_CHUNK_SIZE, false, &commit);
   if (c == NULL) return NULL;
