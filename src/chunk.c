@@ -535,6 +535,8 @@ ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind) {
   TA_STORE(c->from_brk, from_brk);
   c->not_a_run = NULL;
   c->free_slots = 0; /* shares its word with empty_since */
+  /* Its halves' huge pages (small.c) last while it stays resident and small. */
+  if (fresh || c->decommitted || prev != TA_MAP_SMALL || kind != TA_MAP_SMALL) c->thp = 0;
   c->dirty_slots = 0;
   /* Kept for the caller (medium.c starts its top as not resident): a reused chunk says
    * whether it was given back, a fresh one has never been touched. Either counts whole in

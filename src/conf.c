@@ -16,7 +16,8 @@
  *                       share (span.c; 8..32, default 8, at least 2 pages; 0: none, the
  *                       thread's medium heap serves them)
  *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
- *   huge_pages:BOOL     ask for transparent huge pages on huge blocks
+ *   huge_pages:BOOL     transparent huge pages for memory written through: huge blocks,
+ *                       and halves of small chunks once dense (huge.c, small.c)
  *   background_thread:BOOL  a thread returns free memory on time once threads have exited
  *                       (default true in the replacement library; see background.c)
  *   lazy_commit:BOOL    chunks commit their pages as they are used, not whole when mapped

@@ -242,15 +242,29 @@ typedef struct ta_chunk {
                             kernel, for its user to read once; meaningless in a chunk in use */
       uint8_t commit;        /* what is committed (chunk.c, "Commit charge"): 64 KiB units from
                                 the start, TA_COMMIT_TAIL the tail; TA_COMMIT_ALL: all of it */
-      _Atomic uint32_t readers; /* statistics readers walking it: not reused meanwhile */
+      uint8_t thp;           /* small: TA_THP_TRIED(h) of its halves (small.c), cleared when
+                                pages of the half go back */
+      _Atomic uint16_t readers; /* statistics readers walking it (threads inside a walk of
+                                   it at once, far below 65,536): not reused meanwhile */
     };
     ta_run_t runs[TA_RUNS_PER_CHUNK]; /* small chunks: runs[1..63]; runs[0] is this header */
   };
 } ta_chunk_t;
 _Static_assert(offsetof(ta_chunk_t, runs) == 0 && offsetof(ta_chunk_t, not_a_run) ==
                offsetof(ta_run_t, owner), "slot 0's owner is NULL");
-_Static_assert(offsetof(ta_chunk_t, readers) + sizeof(uint32_t) <= sizeof(ta_run_t),
+_Static_assert(offsetof(ta_chunk_t, readers) + sizeof(uint16_t) <= sizeof(ta_run_t),
                "header fits slot 0's meta");
+/* A small chunk's halves and transparent huge pages (small.c, half_collapse_maybe): bit h set,
+ * half h (0: run slots 0..31, 1: 32..63) was found dense and asked to be one huge page. Read
+ * and written under the arena's slow-path lock. */
+#define TA_THP_TRIED(h) (1u << (h))
+/* Run slots [first, first + n) of small chunk c give their pages back: a huge page over
+ * either half they touch is split, and the half may be asked again once dense again. */
+TA_INLINE void ta_chunk_thp_lost(ta_chunk_t *c, unsigned first, unsigned n) {
+  unsigned half = TA_RUNS_PER_CHUNK / 2;
+  for (unsigned h = first / half; h <= (first + n - 1) / half && h < 2; h++)
+    c->thp &= (uint8_t)~TA_THP_TRIED(h);
+}
 /* A small chunk's shadow array pointer (statistics) follows the run meta blocks. */
 #define TA_SHADOW_OFFSET (TA_RUNS_PER_CHUNK * sizeof(ta_run_t))
 #define TA_MEDIUM_HDR 64 /* medium chunk: data starts here; runs[] is not used */
@@ -426,6 +440,8 @@ typedef struct ta_arena {
   /* Which small classes take their blocks from runs: the others come from the medium heap
    * until the arena allocates ta_run_threshold of them within a second (alloc.c). */
   uint64_t run_classes;        /* bit c: class c has runs */
+  uintptr_t collapse_pending;  /* a small chunk | its half, to be made a huge page once the
+                                  slow-path lock is let go (small.c, ta_small_collapse) */
   uint64_t cold_since;         /* when the counts below began (ms) */
   uint16_t cold_allocs[TA_NUM_SMALL + 1]; /* blocks of each class served from the medium heap */
 
@@ -496,9 +512,10 @@ enum {
   TA_OS_KEY = 32,
   TA_OS_THREAD = 64,
   TA_OS_MINCORE = 128, /* counted only: never made to fail */
-  TA_OS_COMMIT = 256   /* lazy commit: mprotect */
+  TA_OS_COMMIT = 256,  /* lazy commit: mprotect */
+  TA_OS_COLLAPSE = 512 /* a range made huge pages now (MADV_COLLAPSE) */
 };
-_Static_assert(TA_OS_COMMIT == 1 << 8, "os.c counts calls of bits 0..8");
+_Static_assert(TA_OS_COLLAPSE == 1 << 9, "os.c counts calls of bits 0..9");
 enum { TA_THP_NEVER = 0, TA_THP_MADVISE = 1, TA_THP_ALWAYS = 2 };
 TA_HIDDEN void *ta_os_brk_get(void);             /* the kernel's break; (void *)-1 on failure */
 TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
@@ -530,8 +547,10 @@ TA_HIDDEN int ta_os_protect(void *p, size_t size, bool access); /* guard pages: 
 TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
 TA_HIDDEN void *ta_os_mremap_move(void *p, size_t old, size_t size); /* in place or moved */
 TA_HIDDEN int ta_os_hugepage(void *p, size_t size, bool on); /* MADV_(NO)HUGEPAGE hint */
+TA_HIDDEN int ta_os_collapse(void *p, size_t size);          /* MADV_COLLAPSE: huge pages now */
 TA_HIDDEN int ta_os_thp_mode(void); /* TA_THP_*: the kernel's setting, read once */
 TA_HIDDEN uint64_t ta_os_now_ms(void);
+TA_HIDDEN uint64_t ta_os_now_us(void); /* CLOCK_MONOTONIC, for timing a call */
 TA_HIDDEN unsigned ta_os_ncpu(void);
 /* The CPU running the thread, as its rank among those the process may run on (below
  * ta_os_ncpu(), unless a test forces another): a hint, 0 if unknown. */
@@ -572,6 +591,7 @@ TA_INLINE bool ta_unmap_allowed(void) {
 void ta_os_fail(unsigned mask, unsigned skip, unsigned count);
 uint64_t ta_os_calls(unsigned mask);
 void ta_os_thp_mode_force(int mode);
+void ta_os_collapse_fake(bool on); /* collapses counted and taken as done, not made */
 void ta_os_cpu_force(int cpu); /* -1: the real CPU again */
 TA_HIDDEN void ta_brk_lock(void);
 TA_HIDDEN void ta_brk_unlock(void);
@@ -816,6 +836,8 @@ TA_INLINE uint64_t *ta_canary_at(void *b, uint32_t bsize) {
 TA_HIDDEN uint64_t ta_secure_random(void);
 
 /* ------------------------------------------------------------------ small.c */
+TA_HIDDEN void ta_small_collapse(ta_arena_t *a); /* a dense half made a huge page (lock let go) */
+TA_HIDDEN extern _Atomic uint64_t ta_collapse_spent_us; /* what collapses took (small.c) */
 TA_HIDDEN void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow);
 TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
 TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);

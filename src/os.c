@@ -24,6 +24,8 @@
  *                           address f; NULL on failure. ta_os_mremap_move lets the kernel
  *                           choose: in place if it can, elsewhere if not.
  *   ta_os_hugepage(p,n,on)  transparent huge pages wanted (on) or not on a range: a hint.
+ *   ta_os_collapse(p,n)     the range made transparent huge pages now (MADV_COLLAPSE).
+ *   ta_os_now_us()          the monotonic clock in microseconds (timing a call).
  *   ta_os_thp_mode()        the kernel's transparent-huge-page mode (read once).
  *   ta_os_key_create(k,d)   the thread-exit hook (a pthread key); 0 or an errno.
  *   ta_os_thread_gone(tid)  true when the kernel no longer knows thread tid of this process
@@ -42,7 +44,8 @@
  * ta_os_calls(mask) counts the system calls made for the operations in mask (relaxed
  * increments, so that tests can assert how many a path makes); ta_os_thp_mode_force sets
  * the mode the allocator believes in; ta_os_cpu_force(rank) the CPU it believes it runs on
- * (-1: the real one again).
+ * (-1: the real one again); ta_os_collapse_fake(true) makes collapses succeed without the
+ * kernel (what follows a collapse is then tested whatever the kernel would do).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -87,7 +90,7 @@ static void count_returned(size_t n) {
 }
 
 /* System calls made, per operation (bit i of the TA_OS_* mask counts in calls[i]). */
-static _Atomic uint64_t calls[9]; /* up to TA_OS_COMMIT (bit 8) */
+static _Atomic uint64_t calls[10]; /* up to TA_OS_COLLAPSE (bit 9) */
 
 static void count_call(unsigned op) {
   atomic_fetch_add_explicit(&calls[__builtin_ctz(op)], 1, memory_order_relaxed);
@@ -442,6 +445,26 @@ int ta_os_hugepage(void *p, size_t size, bool on) {
 #endif
 }
 
+/* Makes the range's pages one transparent huge page each now, copying what is there into
+ * them (MADV_COLLAPSE, Linux 6.1; elsewhere it fails and nothing changes): for memory known
+ * to be dense already, where advice would act only on pages not yet touched. The kernel
+ * fills the pages never touched with zeros. A hint, as ta_os_hugepage: 0 on success. */
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+static _Atomic bool collapse_faked;
+void ta_os_collapse_fake(bool on) { atomic_store(&collapse_faked, on); }
+
+int ta_os_collapse(void *p, size_t size) {
+  if (should_fail(TA_OS_COLLAPSE)) return -1;
+  count_call(TA_OS_COLLAPSE);
+  if (atomic_load_explicit(&collapse_faked, memory_order_relaxed)) return 0;
+  int saved = errno;
+  int r = madvise(p, size, MADV_COLLAPSE);
+  errno = saved;
+  return r;
+}
+
 int ta_os_key_create(pthread_key_t *key, void (*destructor)(void *)) {
   if (should_fail(TA_OS_KEY)) return EAGAIN;
   return pthread_key_create(key, destructor);
@@ -594,6 +617,13 @@ uint64_t ta_os_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The fine clock, in microseconds: what a system call took. */
+uint64_t ta_os_now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
 /* 64 random bits without allocating: the kernel's AT_RANDOM bytes, mixed with addresses

@@ -226,7 +226,8 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
     }
   }
 
-  /* Retired run slots of chunks still in use; neighbouring slots in one call. */
+  /* Retired run slots of chunks still in use; neighbouring slots in one call. Giving back part
+   * of a half that is one huge page splits it (small.c, half_collapse_maybe; ta_chunk_thp_lost). */
   for (ta_chunk_t *c = a->small_avail; c; c = c->next) {
     uint64_t due_slots = 0;
     for (uint64_t d = c->dirty_slots; d; d &= d - 1) {
@@ -247,6 +248,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
       if (ta_os_decommit((char *)c + ((size_t)first << TA_RUN_SHIFT),
                          (size_t)n << TA_RUN_SHIFT) == 0) {
         freed += (size_t)n << TA_RUN_SHIFT;
+        ta_chunk_thp_lost(c, first, n);
         for (unsigned k = first; k < first + n; k++) /* taken again, they are faulted in */
           c->runs[k].empty_since = TA_SLOT_GIVEN_BACK;
       }

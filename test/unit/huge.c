@@ -222,7 +222,7 @@ Test(huge, tallies_never_wrap_or_pass_the_limit_under_concurrent_puts_and_takes)
 
 #define ALL_OS_CALLS                                                                               \
   (TA_OS_SBRK | TA_OS_MMAP | TA_OS_MUNMAP | TA_OS_MADVISE | TA_OS_MREMAP | TA_OS_MINCORE |         \
-   TA_OS_COMMIT)
+   TA_OS_COMMIT | TA_OS_COLLAPSE)
 
 /* The VmFlags of the mapping that holds p, from /proc/self/smaps ("" if none). */
 static const char *vm_flags(const void *p) {

@@ -552,3 +552,290 @@ Test(runs, statistics_follow_a_shrunk_run) {
   cr_assert_eq(s.classes[cls].requested_bytes, 40 + (r->cap - 1) * 44);
   for (uint32_t k = 0; k < r->cap; k++) ta_free(blocks[k]);
 }
+
+/* ---- huge pages for dense halves of small chunks (small.c, half_collapse_maybe) ---- */
+
+/* Allocates `n` blocks of `size` bytes into out[from..from+n), each written through. */
+static void alloc_blocks(void **out, size_t from, size_t n, size_t size) {
+  for (size_t i = from; i < from + n; i++) {
+    out[i] = ta_malloc(size);
+    cr_assert_not_null(out[i]);
+    memset(out[i], 0x5a, size);
+  }
+}
+
+static void free_blocks(void **b, size_t from, size_t n) {
+  for (size_t i = from; i < from + n; i++) {
+    unsigned char *p = b[i];
+    cr_assert(p[0] == 0x5a && p[ta_malloc_usable_size(p) - 1] == 0x5a, "block %zu intact", i);
+    ta_free(p);
+  }
+}
+
+/* 512-byte blocks (a class under 1 KiB: runs from its first block), 8 to a page, 128 to a
+ * run; the arena's first chunk fills its slots from 1 up. */
+#define A_SIZE 512
+#define A_CAP 128
+#define LOWER_HUGE TA_THP_TRIED(0)
+#define UPPER_HUGE TA_THP_TRIED(1)
+
+/* The bar, pinned to a page: the lower half's slots all in use, and its runs threaded to
+ * all of it but one slot (the header's slot counts whole). */
+Test(runs, a_half_becomes_one_huge_page_once_threaded_to_the_bar) {
+  if (ta_page_size != 4096) cr_skip_test("pages of 4 KiB");
+  ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_collapse_fake(true);
+  void **a = calloc(64 * A_CAP, sizeof *a), **b = calloc(256, sizeof *b);
+  alloc_blocks(a, 0, 29 * A_CAP, A_SIZE); /* slots 1..29, threaded through */
+  ta_chunk_t *c = ta_chunk_of(a[0]);
+  cr_assert_eq(ta_run_of(a[29 * A_CAP - 1])->slot, 29);
+  alloc_blocks(b, 0, 14 * 16, 256); /* slot 30: 14 of its 16 pages */
+  cr_assert_eq(ta_run_of(b[0])->slot, 30);
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  /* Slot 31 taken, a page threaded: 64 + 29 * 64 + 56 + 4 = 1980 KiB, under the bar. */
+  alloc_blocks(a, 29 * A_CAP, 1, A_SIZE);
+  cr_assert_eq(ta_run_of(a[29 * A_CAP])->slot, 31);
+  cr_assert_eq(c->free_slots & 0xfffffffeu, 0, "every slot of the lower half in use");
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "one page short of the bar");
+  cr_assert_eq(c->thp, 0);
+  /* Its second page: 1984 KiB, the bar (%d KiB less one slot). */
+  alloc_blocks(a, 29 * A_CAP + 1, 8, A_SIZE);
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 1, "the lower half, at the bar");
+  cr_assert_eq(c->thp, LOWER_HUGE);
+  cr_assert_eq(ta_tl_arena->collapse_pending, 0, "made once the lock was let go");
+  /* More pages of the same half: not asked again. */
+  alloc_blocks(a, 29 * A_CAP + 9, A_CAP - 9, A_SIZE);
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 1);
+  /* The upper half, slots 32..63, threaded through: asked for it too. */
+  alloc_blocks(a, 30 * A_CAP, 32 * A_CAP, A_SIZE);
+  cr_assert_eq(ta_chunk_of(a[62 * A_CAP - 1]), c);
+  cr_assert_eq(c->free_slots, 0, "the chunk is full");
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 2, "and the upper half");
+  cr_assert_eq(c->thp, LOWER_HUGE | UPPER_HUGE);
+  free_blocks(a, 0, 62 * A_CAP);
+  free_blocks(b, 0, 14 * 16);
+  free(a);
+  free(b);
+}
+
+Test(runs, a_half_in_use_but_not_written_through_is_left_alone) {
+  ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_collapse_fake(true);
+  /* A run in each of the 31 classes under 1 KiB, one block each: slots 1..31 in use, a
+   * page threaded in each. */
+  void *one[32];
+  for (unsigned k = 1; k <= 31; k++)
+    alloc_blocks(one, k, 1, ta_class_size[k]);
+  ta_chunk_t *c = ta_chunk_of(one[1]);
+  cr_assert_eq(c->free_slots & 0xfffffffeu, 0, "every slot of the lower half in use");
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  /* One of them threaded to its end: the half is still far from dense. */
+  void **b = calloc(A_CAP, sizeof *b);
+  size_t cap = ta_run_of(one[31])->cap;
+  alloc_blocks(b, 0, cap - 1, ta_class_size[31]);
+  cr_assert_eq(ta_run_of(one[31])->limit, cap * ta_run_of(one[31])->bsize, "threaded through");
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before);
+  cr_assert_eq(c->thp, 0);
+  free_blocks(b, 0, cap - 1);
+  free_blocks(one, 1, 31);
+  free(b);
+}
+
+/* Fills the lower half of a fresh arena's first chunk densely (slots 1..31). */
+static void **fill_lower_half(void) {
+  void **b = calloc(64 * A_CAP, sizeof *b);
+  alloc_blocks(b, 0, 31 * A_CAP, A_SIZE);
+  cr_assert_eq(ta_run_of(b[31 * A_CAP - 1])->slot, 31);
+  return b;
+}
+
+Test(runs, no_collapse_without_huge_pages) {
+  ta_os_thp_mode_force(TA_THP_NEVER);
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  void **b = fill_lower_half();
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "the kernel gives none");
+  free_blocks(b, 0, 31 * A_CAP);
+  free(b);
+}
+
+Test(runs, no_collapse_where_the_kernel_gives_huge_pages_anyway) {
+  ta_os_thp_mode_force(TA_THP_ALWAYS);
+  ta_os_collapse_fake(true);
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  void **b = fill_lower_half();
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "its faults and khugepaged do it");
+  free_blocks(b, 0, 31 * A_CAP);
+  free(b);
+}
+
+Test(runs, no_collapse_with_the_setting_off) {
+  ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_collapse_fake(true);
+  ta_huge_pages = false; /* huge_pages:false */
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  void **b = fill_lower_half();
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before);
+  free_blocks(b, 0, 31 * A_CAP);
+  free(b);
+}
+
+/* A run of the half retiring leaves the huge page whole: not asked again. Pages of the half
+ * going back split it (here a trim): asked again once the half is dense again. */
+Test(runs, a_half_is_asked_again_only_after_pages_of_it_went_back) {
+  ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_collapse_fake(true);
+  void **b = fill_lower_half();
+  ta_chunk_t *c = ta_chunk_of(b[0]);
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  cr_assert_eq(c->thp, LOWER_HUGE);
+  free_blocks(b, 0, A_CAP); /* slot 1's run retires */
+  cr_assert(c->free_slots & 2);
+  alloc_blocks(b, 0, A_CAP, A_SIZE); /* slot 1 again, still resident */
+  cr_assert_eq(ta_run_of(b[0])->slot, 1);
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "the huge page was never split");
+  free_blocks(b, 0, A_CAP);
+  ta_malloc_trim(0); /* its pages go back: the huge page is split */
+  cr_assert_eq(c->thp, 0);
+  alloc_blocks(b, 0, A_CAP, A_SIZE);
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 1, "dense again");
+  cr_assert_eq(c->thp, LOWER_HUGE);
+  free_blocks(b, 0, 31 * A_CAP);
+  free(b);
+}
+
+/* The decay purge gives a retired slot of a half made one huge page back like any other: the
+ * huge page is split, and the half may be asked again once dense again. */
+Test(runs, a_purged_slot_of_a_huge_half_splits_it) {
+  ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_collapse_fake(true);
+  void **b = fill_lower_half();
+  ta_arena_t *a = ta_tl_arena;
+  ta_chunk_t *c = ta_chunk_of(b[0]);
+  cr_assert_eq(c->thp, LOWER_HUGE);
+  free_blocks(b, 0, A_CAP); /* slot 1's run retires */
+  cr_assert(c->dirty_slots & 2);
+  cr_assert_eq(c->thp, LOWER_HUGE, "a retire alone leaves the huge page whole");
+  ta_dirty_forget_demand(a); /* nothing held back for the demand */
+  ta_arena_purge(a, ta_os_now_ms() + 10 * ta_decay_ms + 1000, TA_PURGE_AGED, ta_decay_ms, false);
+  cr_assert_eq(c->dirty_slots & 2, 0, "given back");
+  cr_assert_eq(c->thp, 0, "split");
+  free_blocks(b, A_CAP, 30 * A_CAP);
+  free(b);
+}
+
+/* The owner's shrink of a run's free pages splits its half too. */
+Test(runs, a_run_shrunk_in_a_huge_half_splits_it) {
+  ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_collapse_fake(true);
+  void **b = fill_lower_half();
+  ta_chunk_t *c = ta_chunk_of(b[0]);
+  ta_run_t *r = ta_run_of(b[0]);
+  cr_assert_eq(c->thp, LOWER_HUGE);
+  free_blocks(b, 1, A_CAP - 1); /* slot 1's run keeps its first block */
+  cr_assert_gt(ta_small_shrink(ta_tl_arena), 0);
+  cr_assert_lt(r->limit, A_CAP * r->bsize);
+  cr_assert_eq(c->thp, 0, "split");
+  free_blocks(b, 0, 1);
+  free_blocks(b, A_CAP, 30 * A_CAP);
+  free(b);
+}
+
+Test(runs, a_refused_collapse_is_not_asked_again_and_loses_nothing) {
+  ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_collapse_fake(true);
+  ta_os_fail(TA_OS_COLLAPSE, 0, 1);
+  void **b = fill_lower_half();
+  ta_chunk_t *c = ta_chunk_of(b[0]);
+  cr_assert_eq(c->thp, TA_THP_TRIED(0), "tried, not made");
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  /* A run of the half threaded through again after a retire: not asked again. */
+  free_blocks(b, 0, A_CAP);
+  alloc_blocks(b, 0, A_CAP, A_SIZE);
+  cr_assert_eq(ta_run_of(b[0])->slot, 1);
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before);
+  /* Not a huge page: a busy arena's decay purge gives a retired slot of it back. */
+  free_blocks(b, 0, A_CAP);
+  ta_dirty_forget_demand(ta_tl_arena);
+  ta_arena_purge(ta_tl_arena, ta_os_now_ms() + 10 * ta_decay_ms + 1000, TA_PURGE_AGED, ta_decay_ms,
+                 false);
+  cr_assert_eq(c->dirty_slots & 2, 0, "given back");
+  free_blocks(b, A_CAP, 30 * A_CAP);
+  free(b);
+}
+
+/* Past what collapses may cost, a half found dense is left as it is, and not asked again. */
+Test(runs, past_the_collapse_budget_a_dense_half_stays_as_it_is) {
+  ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_collapse_fake(true);
+  ta_collapse_spent_us = (uint64_t)1 << 40; /* far beyond 20 ms and 1% of any run */
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  void **b = fill_lower_half();
+  ta_chunk_t *c = ta_chunk_of(b[0]);
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "no call");
+  cr_assert_eq(c->thp, TA_THP_TRIED(0), "found dense, not made one");
+  cr_assert_eq(ta_tl_arena->collapse_pending, 0);
+  free_blocks(b, 0, 31 * A_CAP);
+  free(b);
+}
+
+Test(runs, a_half_with_a_free_slot_is_not_collapsed) {
+  ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_collapse_fake(true);
+  void **a = calloc(31 * A_CAP, sizeof *a), **b = calloc(256, sizeof *b);
+  alloc_blocks(a, 0, 29 * A_CAP, A_SIZE); /* slots 1..29, threaded through */
+  ta_chunk_t *c = ta_chunk_of(a[0]);
+  alloc_blocks(b, 0, 1, 256);             /* slot 30: a page */
+  alloc_blocks(a, 29 * A_CAP, 1, A_SIZE); /* slot 31: a page */
+  cr_assert_eq(ta_run_of(b[0])->slot, 30);
+  cr_assert_eq(ta_run_of(a[29 * A_CAP])->slot, 31);
+  cr_assert_eq(c->thp, 0, "full, not dense");
+  free_blocks(a, 0, A_CAP); /* slot 1's run retires */
+  cr_assert(c->free_slots & 2, "slot 1 is free");
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  /* Slot 30's run threaded through: with slot 1's, the pages threaded would reach the bar. */
+  alloc_blocks(b, 1, 255, 256);
+  cr_assert_eq(ta_run_of(b[255])->slot, 30);
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "a slot of the half holds nothing");
+  cr_assert_eq(c->thp, 0);
+  free_blocks(a, A_CAP, 28 * A_CAP + 1);
+  free_blocks(b, 0, 256);
+  free(a);
+  free(b);
+}
+
+/* An empty chunk reused while resident keeps its halves' huge pages (they are still there);
+ * reused for medium blocks, it starts without. */
+static ta_chunk_t *empty_resident_chunk_with_a_huge_half(void) {
+  void **b = fill_lower_half();
+  alloc_blocks(b, 31 * A_CAP, 1, 256); /* slot 32 */
+  ta_chunk_t *c = ta_chunk_of(b[0]);
+  cr_assert_eq(c->thp, LOWER_HUGE);
+  alloc_blocks(b, 31 * A_CAP + 1, 1, A_SIZE);
+  free_blocks(b, 0, 31 * A_CAP + 2); /* every run retires but the current ones */
+  ta_small_retire_idle(ta_tl_arena); /* the current runs too */
+  cr_assert_eq(ta_map_get((uintptr_t)c), TA_MAP_NONE, "empty");
+  cr_assert_eq(c->decommitted, 0, "kept resident");
+  cr_assert_eq(c->thp, LOWER_HUGE);
+  free(b);
+  return c;
+}
+
+Test(runs, a_resident_chunk_reused_for_runs_keeps_its_huge_halves) {
+  ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_collapse_fake(true);
+  ta_chunk_t *c = empty_resident_chunk_with_a_huge_half();
+  void *p = ta_malloc(A_SIZE);
+  cr_assert_eq(ta_chunk_of(p), c, "reused");
+  cr_assert_eq(c->thp, LOWER_HUGE, "still one huge page");
+  ta_free(p);
+}
+
+Test(runs, a_resident_chunk_reused_for_medium_blocks_has_no_huge_halves) {
+  ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_collapse_fake(true);
+  ta_chunk_t *c = empty_resident_chunk_with_a_huge_half();
+  void *p = ta_malloc(20000);
+  cr_assert_eq(ta_chunk_of(p), c, "reused");
+  cr_assert_eq(c->thp, 0);
+  ta_free(p);
+}
