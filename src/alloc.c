@@ -128,7 +128,7 @@ static TA_NOINLINE void *small_alloc_slow(ta_arena_t *a, unsigned cls, size_t al
     b = ta_small_alloc_slow(a, cls, true);
   }
   /* A half of a chunk the carve found dense: made one huge page now, the lock let go. */
-  if (TA_UNLIKELY(a->collapse_pending != 0)) ta_small_collapse(a);
+  if (TA_UNLIKELY(ta_collapse_pending != 0)) ta_small_collapse();
   return b;
 }
 

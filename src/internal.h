@@ -440,8 +440,6 @@ typedef struct ta_arena {
   /* Which small classes take their blocks from runs: the others come from the medium heap
    * until the arena allocates ta_run_threshold of them within a second (alloc.c). */
   uint64_t run_classes;        /* bit c: class c has runs */
-  uintptr_t collapse_pending;  /* a small chunk | its half, to be made a huge page once the
-                                  slow-path lock is let go (small.c, ta_small_collapse) */
   uint64_t cold_since;         /* when the counts below began (ms) */
   uint16_t cold_allocs[TA_NUM_SMALL + 1]; /* blocks of each class served from the medium heap */
 
@@ -547,7 +545,7 @@ TA_HIDDEN int ta_os_protect(void *p, size_t size, bool access); /* guard pages: 
 TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
 TA_HIDDEN void *ta_os_mremap_move(void *p, size_t old, size_t size); /* in place or moved */
 TA_HIDDEN int ta_os_hugepage(void *p, size_t size, bool on); /* MADV_(NO)HUGEPAGE hint */
-TA_HIDDEN int ta_os_collapse(void *p, size_t size);          /* MADV_COLLAPSE: huge pages now */
+TA_HIDDEN int ta_os_collapse(void *p, size_t size); /* MADV_COLLAPSE: huge pages now; 0 or errno */
 TA_HIDDEN int ta_os_thp_mode(void); /* TA_THP_*: the kernel's setting, read once */
 TA_HIDDEN uint64_t ta_os_now_ms(void);
 TA_HIDDEN uint64_t ta_os_now_us(void); /* CLOCK_MONOTONIC, for timing a call */
@@ -591,7 +589,8 @@ TA_INLINE bool ta_unmap_allowed(void) {
 void ta_os_fail(unsigned mask, unsigned skip, unsigned count);
 uint64_t ta_os_calls(unsigned mask);
 void ta_os_thp_mode_force(int mode);
-void ta_os_collapse_fake(bool on); /* collapses counted and taken as done, not made */
+void ta_os_collapse_fake(int result);             /* collapses counted, return result (-1: real) */
+void ta_os_collapse_last(void **p, size_t *size); /* the last faked collapse's range */
 void ta_os_cpu_force(int cpu); /* -1: the real CPU again */
 TA_HIDDEN void ta_brk_lock(void);
 TA_HIDDEN void ta_brk_unlock(void);
@@ -610,7 +609,8 @@ TA_HIDDEN extern uint32_t ta_run_threshold; /* run_threshold (alloc.c) */
 TA_HIDDEN extern uint32_t ta_conf_span_min_kb; /* span_min_kb (span.c): 0, no spans */
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN extern size_t ta_huge_cache_limit; /* bytes of freed huge spans kept resident */
-TA_HIDDEN extern bool ta_huge_pages;  /* ask for transparent huge pages on huge spans */
+TA_HIDDEN extern bool
+    ta_huge_pages; /* huge_pages: THP for dense huge blocks and small-chunk halves */
 TA_HIDDEN extern int ta_bg_setting;   /* background_thread: -1 default, 0 off, 1 on */
 TA_HIDDEN extern int ta_conf_lazy_commit; /* lazy_commit: -1 the kernel's mode, 0 off, 1 on */
 TA_HIDDEN extern bool ta_stats_on;    /* requested sizes are tracked */
@@ -836,8 +836,9 @@ TA_INLINE uint64_t *ta_canary_at(void *b, uint32_t bsize) {
 TA_HIDDEN uint64_t ta_secure_random(void);
 
 /* ------------------------------------------------------------------ small.c */
-TA_HIDDEN void ta_small_collapse(ta_arena_t *a); /* a dense half made a huge page (lock let go) */
-TA_HIDDEN extern _Atomic uint64_t ta_collapse_spent_us; /* what collapses took (small.c) */
+TA_HIDDEN void ta_small_collapse(void); /* the dense half this thread found, made a huge page */
+extern __thread uintptr_t ta_collapse_pending __attribute__((tls_model("initial-exec")));
+TA_HIDDEN extern _Atomic uint64_t ta_collapse_spent_us, ta_collapse_first_us; /* the budget */
 TA_HIDDEN void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow);
 TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
 TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);

@@ -44,8 +44,8 @@
  * ta_os_calls(mask) counts the system calls made for the operations in mask (relaxed
  * increments, so that tests can assert how many a path makes); ta_os_thp_mode_force sets
  * the mode the allocator believes in; ta_os_cpu_force(rank) the CPU it believes it runs on
- * (-1: the real one again); ta_os_collapse_fake(true) makes collapses succeed without the
- * kernel (what follows a collapse is then tested whatever the kernel would do).
+ * (-1: the real one again); ta_os_collapse_fake(r) makes collapses return r (0: done) without
+ * the kernel, noting the range (ta_os_collapse_last), and -1 makes them real again.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -446,21 +446,33 @@ int ta_os_hugepage(void *p, size_t size, bool on) {
 }
 
 /* Makes the range's pages one transparent huge page each now, copying what is there into
- * them (MADV_COLLAPSE, Linux 6.1; elsewhere it fails and nothing changes): for memory known
- * to be dense already, where advice would act only on pages not yet touched. The kernel
- * fills the pages never touched with zeros. A hint, as ta_os_hugepage: 0 on success. */
+ * them (MADV_COLLAPSE, Linux 6.1): for memory known to be dense already, where advice would
+ * act only on pages not yet touched. The kernel fills the pages never touched with zeros.
+ * 0 on success, else the errno (EINVAL: no such advice, or huge pages disabled for the
+ * process; EAGAIN, ENOMEM: none to be had now). A hint: a failure changes nothing. */
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25
 #endif
-static _Atomic bool collapse_faked;
-void ta_os_collapse_fake(bool on) { atomic_store(&collapse_faked, on); }
+static _Atomic int collapse_fake = -1;
+static void *_Atomic collapse_last_p;
+static _Atomic size_t collapse_last_size;
+void ta_os_collapse_fake(int result) { atomic_store(&collapse_fake, result); }
+void ta_os_collapse_last(void **p, size_t *size) {
+  *p = atomic_load(&collapse_last_p);
+  *size = atomic_load(&collapse_last_size);
+}
 
 int ta_os_collapse(void *p, size_t size) {
-  if (should_fail(TA_OS_COLLAPSE)) return -1;
+  if (should_fail(TA_OS_COLLAPSE)) return EAGAIN;
   count_call(TA_OS_COLLAPSE);
-  if (atomic_load_explicit(&collapse_faked, memory_order_relaxed)) return 0;
+  int fake = atomic_load_explicit(&collapse_fake, memory_order_relaxed);
+  if (fake >= 0) {
+    atomic_store(&collapse_last_p, p);
+    atomic_store(&collapse_last_size, size);
+    return fake;
+  }
   int saved = errno;
-  int r = madvise(p, size, MADV_COLLAPSE);
+  int r = madvise(p, size, MADV_COLLAPSE) == 0 ? 0 : errno;
   errno = saved;
   return r;
 }

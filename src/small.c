@@ -25,6 +25,8 @@
  * retiring a run only records the memory it leaves free and since when (ta_dirty_add,
  * ta_purge_note).
  */
+#include <errno.h>
+
 #include "internal.h"
 
 /* A run joins its class's PARTIAL list at the head (newest first); the tail is the oldest
@@ -208,55 +210,81 @@ static bool run_can_carve(const ta_run_t *r) { return r->limit + r->bsize <= r->
  * chunks"). A transparent huge page maps 2 MiB of blocks with one TLB entry instead of 512,
  * but a fault in a range advised for them fills all 2 MiB, touched or not. So nothing is
  * advised ahead: a half of a small chunk (2 MiB, aligned) is made one huge page, its pages
- * copied into it (ta_os_collapse), once it is dense: every run slot of it in use, and its runs
- * threaded through but for one slot's worth (the header's slot counts whole). Looked at as a
- * run of a full half threads a page (the only moments the figure grows), at most once per
- * half until pages of it go back (ta_chunk_thp_lost: a purge that splits the huge page). The
- * call itself waits for the slow-path lock to be let go: it may take milliseconds (the kernel
- * finds a free huge page, copies 2 MiB, and holds the process's mappings meanwhile), and the
- * purger and fork must not wait on this arena for it. Only with `huge_pages` on, a kernel mode
- * other than `never`, and huge pages of half a chunk. */
-static void half_collapse_maybe(ta_arena_t *a, ta_chunk_t *c, unsigned slot) {
+ * copied into it (ta_os_collapse), once it is dense: every run slot of it in use, and the
+ * pages its runs touched by threading blocks (every page threaded, for blocks of a page or
+ * less; the page of each block's start, for larger ones) all of it but one slot's worth (the
+ * header's slot counts whole). Looked at as a run of a full half threads blocks (the only
+ * moments the figure grows); asked at most once until pages of the half go back
+ * (ta_chunk_thp_lost). The call waits for the slow-path lock to be let go (ta_small_collapse):
+ * it may take milliseconds. Only where the kernel gives huge pages on advice (`madvise`), of
+ * half a chunk, with `huge_pages` on, and within the budget below. */
+
+/* What collapses may cost the process: 1% of the time since the first, never more than 40 ms
+ * ahead of that pace (20 ms at start, and 20 ms of credit saved at most). A collapse takes
+ * 0.5–1 ms where the kernel has a huge page at hand, 4–6 ms on a virtual machine whose host
+ * backs a fresh 2 MiB page by page, more under memory pressure (the kernel reclaims and
+ * compacts for it): a heap made dense at speed (bench/'s `frag`, 171 halves in a second)
+ * spent 0.9 s of its 1 s there. A half found dense beyond it is looked at again at its next
+ * carve. Process-wide and relaxed: threads checking at once may all pass, by a call each. */
+#define TA_COLLAPSE_FREE_US 20000
+#define TA_COLLAPSE_SHARE 100
+_Atomic uint64_t ta_collapse_spent_us, ta_collapse_first_us;
+static _Atomic bool collapse_off; /* the kernel refused for good (no such advice, not allowed) */
+
+static bool collapse_budget_left(void) {
+  uint64_t now = ta_os_now_us();
+  uint64_t first = atomic_load_explicit(&ta_collapse_first_us, memory_order_relaxed);
+  if (first == 0 &&
+      atomic_compare_exchange_strong_explicit(&ta_collapse_first_us, &first, now,
+                                              memory_order_relaxed, memory_order_relaxed))
+    first = now;
+  uint64_t pace = (now > first ? now - first : 0) / TA_COLLAPSE_SHARE;
+  uint64_t spent = atomic_load_explicit(&ta_collapse_spent_us, memory_order_relaxed);
+  if (spent + TA_COLLAPSE_FREE_US < pace) { /* credit saved beyond the cap is lost */
+    atomic_compare_exchange_strong_explicit(&ta_collapse_spent_us, &spent,
+                                            pace - TA_COLLAPSE_FREE_US, memory_order_relaxed,
+                                            memory_order_relaxed);
+    spent = pace - TA_COLLAPSE_FREE_US;
+  }
+  return spent < pace + TA_COLLAPSE_FREE_US;
+}
+
+/* The half found dense, to be made one huge page once the lock is let go: the chunk's
+ * address | the half. Per thread, not per arena: a fork by another thread meanwhile leaves
+ * nothing behind in the child's arenas. */
+__thread uintptr_t ta_collapse_pending __attribute__((tls_model("initial-exec")));
+
+static void half_collapse_maybe(ta_chunk_t *c, unsigned slot) {
   unsigned half = slot / HALF_SLOTS;
   uint64_t mask = (((uint64_t)1 << HALF_SLOTS) - 1) << (half * HALF_SLOTS);
   if ((c->thp & TA_THP_TRIED(half)) || (c->free_slots & mask) || !ta_huge_pages ||
-      ta_hugepage_size != TA_CHUNK_SIZE / 2 || ta_os_thp_mode() != TA_THP_MADVISE)
+      ta_hugepage_size != TA_CHUNK_SIZE / 2 || ta_os_thp_mode() != TA_THP_MADVISE ||
+      atomic_load_explicit(&collapse_off, memory_order_relaxed))
     return;
-  size_t threaded = 0;
-  for (unsigned i = half * HALF_SLOTS; i < (half + 1) * HALF_SLOTS; i++)
-    threaded += i == 0 ? TA_RUN_SIZE : ta_align_up(c->runs[i].limit, ta_page_size);
-  if (threaded < TA_CHUNK_SIZE / 2 - TA_RUN_SIZE) return;
+  size_t touched = 0;
+  for (unsigned i = half * HALF_SLOTS; i < (half + 1) * HALF_SLOTS; i++) {
+    const ta_run_t *r = &c->runs[i];
+    touched += i == 0                    ? TA_RUN_SIZE
+               : r->bsize > ta_page_size ? (size_t)(r->limit / r->bsize) * ta_page_size
+                                         : ta_align_up(r->limit, ta_page_size);
+  }
+  if (touched < TA_CHUNK_SIZE / 2 - TA_RUN_SIZE || !collapse_budget_left()) return;
   c->thp |= (uint8_t)TA_THP_TRIED(half); /* once: a refusal is not asked again */
-  a->collapse_pending = (uintptr_t)c | half;
+  ta_collapse_pending = (uintptr_t)c | half;
 }
 
-/* What collapses may cost the process: 20 ms, plus 1% of the time since the first one. A
- * collapse takes 0.3–1 ms where the kernel has a huge page at hand, and 4–6 ms on a virtual
- * machine whose host backs the fresh 2 MiB page by page: a heap made dense at speed (bench/'s
- * `frag`, 171 halves in a second) spent 0.9 s of its 1 s there. Beyond the budget a half found
- * dense stays as it is, until pages of it go back and it is dense again. Process-wide and
- * relaxed: a bound to stay near, not a lock. Tests set ta_collapse_spent_us. */
-#define TA_COLLAPSE_FREE_US 20000
-#define TA_COLLAPSE_SHARE 100
-_Atomic uint64_t ta_collapse_spent_us;
-static _Atomic uint64_t collapse_first_us;
-
 /* The half half_collapse_maybe found dense, made one huge page: by the owner, its slow-path
- * lock let go. The chunk stays the arena's meanwhile, and the half full: only the owner
- * retires runs, so no slot of it can be given back by a purge meanwhile. */
-void ta_small_collapse(ta_arena_t *a) {
-  uintptr_t p = a->collapse_pending;
-  a->collapse_pending = 0;
-  ta_chunk_t *c = (ta_chunk_t *)(p & ~(uintptr_t)TA_CHUNK_MASK);
-  unsigned half = (unsigned)(p & 1);
-  uint64_t t0 = ta_os_now_us(), first = 0; /* the first collapse's time, set once */
-  if (atomic_compare_exchange_strong_explicit(&collapse_first_us, &first, t0, memory_order_relaxed,
-                                              memory_order_relaxed))
-    first = t0;
-  uint64_t allowed = TA_COLLAPSE_FREE_US + (t0 > first ? t0 - first : 0) / TA_COLLAPSE_SHARE;
-  if (atomic_load_explicit(&ta_collapse_spent_us, memory_order_relaxed) >= allowed) return;
-  ta_os_collapse((char *)c + half * (TA_CHUNK_SIZE / 2), TA_CHUNK_SIZE / 2);
+ * lock let go, in the same slow path. The chunk stays the arena's meanwhile, and the half
+ * full: only the owner retires runs, so no slot of it can be given back by a purge. */
+void ta_small_collapse(void) {
+  uintptr_t p = ta_collapse_pending;
+  ta_collapse_pending = 0;
+  uint64_t t0 = ta_os_now_us();
+  char *half = (char *)(p & ~(uintptr_t)TA_CHUNK_MASK) + (p & 1) * (TA_CHUNK_SIZE / 2);
+  int r = ta_os_collapse(half, TA_CHUNK_SIZE / 2);
   atomic_fetch_add_explicit(&ta_collapse_spent_us, ta_os_now_us() - t0, memory_order_relaxed);
+  if (r == EINVAL || r == EPERM || r == ENOSYS)
+    atomic_store_explicit(&collapse_off, true, memory_order_relaxed);
 }
 
 static void run_carve(ta_run_t *r) {
@@ -295,7 +323,7 @@ static void run_carve(ta_run_t *r) {
   /* Other threads read limit to validate their frees into this run. */
   __atomic_store_n(&r->limit, r->limit + n * r->bsize, __ATOMIC_RELAXED);
   TA_ADD(r->owner->cnt.first_uses, n);
-  half_collapse_maybe(r->owner, ta_chunk_of(r), r->slot);
+  half_collapse_maybe(ta_chunk_of(r), r->slot);
 }
 
 /* The fast path turned away a head outside the run's chunk: fine if it is NULL (the list

@@ -2,6 +2,7 @@
  * free pages of runs in use given back by their owner (ta_small_shrink),
  * the chunk map, and the invariants written in internal.h. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -572,19 +573,28 @@ static void free_blocks(void **b, size_t from, size_t n) {
   }
 }
 
+/* The kernel's mode as `madvise`, collapses counted and answered `result` without the kernel
+ * (what follows is then the same whatever this machine's kernel would do); skipped where a
+ * huge page is not half a chunk, or pages are not 4 KiB (the figures below count them). */
+static void huge_halves(int result) {
+  cr_assert_neq(ta_page(), 0); /* started: the page sizes are the kernel's */
+  if (ta_page_size != 4096 || ta_hugepage_size != TA_CHUNK_SIZE / 2)
+    cr_skip_test("4 KiB pages and 2 MiB huge pages");
+  ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_collapse_fake(result);
+}
+
 /* 512-byte blocks (a class under 1 KiB: runs from its first block), 8 to a page, 128 to a
  * run; the arena's first chunk fills its slots from 1 up. */
 #define A_SIZE 512
 #define A_CAP 128
-#define LOWER_HUGE TA_THP_TRIED(0)
-#define UPPER_HUGE TA_THP_TRIED(1)
+#define LOWER TA_THP_TRIED(0)
+#define UPPER TA_THP_TRIED(1)
 
 /* The bar, pinned to a page: the lower half's slots all in use, and its runs threaded to
  * all of it but one slot (the header's slot counts whole). */
 Test(runs, a_half_becomes_one_huge_page_once_threaded_to_the_bar) {
-  if (ta_page_size != 4096) cr_skip_test("pages of 4 KiB");
-  ta_os_thp_mode_force(TA_THP_MADVISE);
-  ta_os_collapse_fake(true);
+  huge_halves(0);
   void **a = calloc(64 * A_CAP, sizeof *a), **b = calloc(256, sizeof *b);
   alloc_blocks(a, 0, 29 * A_CAP, A_SIZE); /* slots 1..29, threaded through */
   ta_chunk_t *c = ta_chunk_of(a[0]);
@@ -598,11 +608,15 @@ Test(runs, a_half_becomes_one_huge_page_once_threaded_to_the_bar) {
   cr_assert_eq(c->free_slots & 0xfffffffeu, 0, "every slot of the lower half in use");
   cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "one page short of the bar");
   cr_assert_eq(c->thp, 0);
-  /* Its second page: 1984 KiB, the bar (%d KiB less one slot). */
+  /* Its second page: 1984 KiB, the bar. */
   alloc_blocks(a, 29 * A_CAP + 1, 8, A_SIZE);
   cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 1, "the lower half, at the bar");
-  cr_assert_eq(c->thp, LOWER_HUGE);
-  cr_assert_eq(ta_tl_arena->collapse_pending, 0, "made once the lock was let go");
+  void *p;
+  size_t n;
+  ta_os_collapse_last(&p, &n);
+  cr_assert(p == (void *)c && n == TA_CHUNK_SIZE / 2, "the lower half: %p %zu", p, n);
+  cr_assert_eq(c->thp, LOWER);
+  cr_assert_eq(ta_collapse_pending, 0, "made in the same call");
   /* More pages of the same half: not asked again. */
   alloc_blocks(a, 29 * A_CAP + 9, A_CAP - 9, A_SIZE);
   cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 1);
@@ -611,16 +625,17 @@ Test(runs, a_half_becomes_one_huge_page_once_threaded_to_the_bar) {
   cr_assert_eq(ta_chunk_of(a[62 * A_CAP - 1]), c);
   cr_assert_eq(c->free_slots, 0, "the chunk is full");
   cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 2, "and the upper half");
-  cr_assert_eq(c->thp, LOWER_HUGE | UPPER_HUGE);
+  ta_os_collapse_last(&p, &n);
+  cr_assert(p == (char *)c + TA_CHUNK_SIZE / 2 && n == TA_CHUNK_SIZE / 2);
+  cr_assert_eq(c->thp, LOWER | UPPER);
   free_blocks(a, 0, 62 * A_CAP);
   free_blocks(b, 0, 14 * 16);
   free(a);
   free(b);
 }
 
-Test(runs, a_half_in_use_but_not_written_through_is_left_alone) {
-  ta_os_thp_mode_force(TA_THP_MADVISE);
-  ta_os_collapse_fake(true);
+Test(runs, a_half_in_use_but_not_threaded_through_is_left_alone) {
+  huge_halves(0);
   /* A run in each of the 31 classes under 1 KiB, one block each: slots 1..31 in use, a
    * page threaded in each. */
   void *one[32];
@@ -641,6 +656,27 @@ Test(runs, a_half_in_use_but_not_written_through_is_left_alone) {
   free(b);
 }
 
+/* Blocks over a page: threading one touches the page of its start only (its link and mark),
+ * so a half of 8 KiB blocks threaded through has touched half its pages. */
+Test(runs, a_half_of_blocks_over_a_page_counts_the_pages_their_starts_touched) {
+  huge_halves(0);
+  ta_run_threshold = 0; /* runs from the first block, for classes of 1 KiB and more too */
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  void **b = calloc(31 * 8, sizeof *b);
+  for (size_t i = 0; i < 31 * 8; i++) {
+    b[i] = ta_malloc(8192);
+    cr_assert_not_null(b[i]);
+    memset(b[i], 0x5a, 16); /* a buffer written a little */
+  }
+  ta_chunk_t *c = ta_chunk_of(b[0]);
+  cr_assert_eq(ta_run_of(b[31 * 8 - 1])->slot, 31);
+  cr_assert_eq(c->free_slots & 0xfffffffeu, 0, "every slot of the lower half in use");
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "1 MiB of 2 touched");
+  for (size_t i = 0; i < 31 * 8; i++)
+    ta_free(b[i]);
+  free(b);
+}
+
 /* Fills the lower half of a fresh arena's first chunk densely (slots 1..31). */
 static void **fill_lower_half(void) {
   void **b = calloc(64 * A_CAP, sizeof *b);
@@ -650,6 +686,7 @@ static void **fill_lower_half(void) {
 }
 
 Test(runs, no_collapse_without_huge_pages) {
+  huge_halves(0);
   ta_os_thp_mode_force(TA_THP_NEVER);
   uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
   void **b = fill_lower_half();
@@ -659,8 +696,8 @@ Test(runs, no_collapse_without_huge_pages) {
 }
 
 Test(runs, no_collapse_where_the_kernel_gives_huge_pages_anyway) {
+  huge_halves(0);
   ta_os_thp_mode_force(TA_THP_ALWAYS);
-  ta_os_collapse_fake(true);
   uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
   void **b = fill_lower_half();
   cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "its faults and khugepaged do it");
@@ -669,8 +706,7 @@ Test(runs, no_collapse_where_the_kernel_gives_huge_pages_anyway) {
 }
 
 Test(runs, no_collapse_with_the_setting_off) {
-  ta_os_thp_mode_force(TA_THP_MADVISE);
-  ta_os_collapse_fake(true);
+  huge_halves(0);
   ta_huge_pages = false; /* huge_pages:false */
   uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
   void **b = fill_lower_half();
@@ -682,12 +718,11 @@ Test(runs, no_collapse_with_the_setting_off) {
 /* A run of the half retiring leaves the huge page whole: not asked again. Pages of the half
  * going back split it (here a trim): asked again once the half is dense again. */
 Test(runs, a_half_is_asked_again_only_after_pages_of_it_went_back) {
-  ta_os_thp_mode_force(TA_THP_MADVISE);
-  ta_os_collapse_fake(true);
+  huge_halves(0);
   void **b = fill_lower_half();
   ta_chunk_t *c = ta_chunk_of(b[0]);
   uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
-  cr_assert_eq(c->thp, LOWER_HUGE);
+  cr_assert_eq(c->thp, LOWER);
   free_blocks(b, 0, A_CAP); /* slot 1's run retires */
   cr_assert(c->free_slots & 2);
   alloc_blocks(b, 0, A_CAP, A_SIZE); /* slot 1 again, still resident */
@@ -698,7 +733,7 @@ Test(runs, a_half_is_asked_again_only_after_pages_of_it_went_back) {
   cr_assert_eq(c->thp, 0);
   alloc_blocks(b, 0, A_CAP, A_SIZE);
   cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 1, "dense again");
-  cr_assert_eq(c->thp, LOWER_HUGE);
+  cr_assert_eq(c->thp, LOWER);
   free_blocks(b, 0, 31 * A_CAP);
   free(b);
 }
@@ -706,15 +741,14 @@ Test(runs, a_half_is_asked_again_only_after_pages_of_it_went_back) {
 /* The decay purge gives a retired slot of a half made one huge page back like any other: the
  * huge page is split, and the half may be asked again once dense again. */
 Test(runs, a_purged_slot_of_a_huge_half_splits_it) {
-  ta_os_thp_mode_force(TA_THP_MADVISE);
-  ta_os_collapse_fake(true);
+  huge_halves(0);
   void **b = fill_lower_half();
   ta_arena_t *a = ta_tl_arena;
   ta_chunk_t *c = ta_chunk_of(b[0]);
-  cr_assert_eq(c->thp, LOWER_HUGE);
+  cr_assert_eq(c->thp, LOWER);
   free_blocks(b, 0, A_CAP); /* slot 1's run retires */
   cr_assert(c->dirty_slots & 2);
-  cr_assert_eq(c->thp, LOWER_HUGE, "a retire alone leaves the huge page whole");
+  cr_assert_eq(c->thp, LOWER, "a retire alone leaves the huge page whole");
   ta_dirty_forget_demand(a); /* nothing held back for the demand */
   ta_arena_purge(a, ta_os_now_ms() + 10 * ta_decay_ms + 1000, TA_PURGE_AGED, ta_decay_ms, false);
   cr_assert_eq(c->dirty_slots & 2, 0, "given back");
@@ -725,12 +759,11 @@ Test(runs, a_purged_slot_of_a_huge_half_splits_it) {
 
 /* The owner's shrink of a run's free pages splits its half too. */
 Test(runs, a_run_shrunk_in_a_huge_half_splits_it) {
-  ta_os_thp_mode_force(TA_THP_MADVISE);
-  ta_os_collapse_fake(true);
+  huge_halves(0);
   void **b = fill_lower_half();
   ta_chunk_t *c = ta_chunk_of(b[0]);
   ta_run_t *r = ta_run_of(b[0]);
-  cr_assert_eq(c->thp, LOWER_HUGE);
+  cr_assert_eq(c->thp, LOWER);
   free_blocks(b, 1, A_CAP - 1); /* slot 1's run keeps its first block */
   cr_assert_gt(ta_small_shrink(ta_tl_arena), 0);
   cr_assert_lt(r->limit, A_CAP * r->bsize);
@@ -740,47 +773,88 @@ Test(runs, a_run_shrunk_in_a_huge_half_splits_it) {
   free(b);
 }
 
+/* Slots given back across the middle of a chunk split both halves. */
+Test(runs, pages_going_back_across_the_middle_split_both_halves) {
+  ta_chunk_t *c = calloc(1, sizeof *c);
+  c->thp = LOWER | UPPER;
+  ta_chunk_thp_lost(c, 31, 2);
+  cr_assert_eq(c->thp, 0);
+  c->thp = LOWER | UPPER;
+  ta_chunk_thp_lost(c, 30, 2);
+  cr_assert_eq(c->thp, UPPER);
+  c->thp = LOWER | UPPER;
+  ta_chunk_thp_lost(c, 32, 32);
+  cr_assert_eq(c->thp, LOWER);
+  free(c);
+}
+
 Test(runs, a_refused_collapse_is_not_asked_again_and_loses_nothing) {
-  ta_os_thp_mode_force(TA_THP_MADVISE);
-  ta_os_collapse_fake(true);
-  ta_os_fail(TA_OS_COLLAPSE, 0, 1);
+  huge_halves(EAGAIN); /* none to be had now */
   void **b = fill_lower_half();
   ta_chunk_t *c = ta_chunk_of(b[0]);
-  cr_assert_eq(c->thp, TA_THP_TRIED(0), "tried, not made");
+  cr_assert_eq(c->thp, LOWER, "asked");
   uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
   /* A run of the half threaded through again after a retire: not asked again. */
   free_blocks(b, 0, A_CAP);
   alloc_blocks(b, 0, A_CAP, A_SIZE);
   cr_assert_eq(ta_run_of(b[0])->slot, 1);
   cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before);
-  /* Not a huge page: a busy arena's decay purge gives a retired slot of it back. */
-  free_blocks(b, 0, A_CAP);
-  ta_dirty_forget_demand(ta_tl_arena);
-  ta_arena_purge(ta_tl_arena, ta_os_now_ms() + 10 * ta_decay_ms + 1000, TA_PURGE_AGED, ta_decay_ms,
-                 false);
-  cr_assert_eq(c->dirty_slots & 2, 0, "given back");
-  free_blocks(b, A_CAP, 30 * A_CAP);
+  /* The upper half is asked all the same: a refusal for now is not for good. */
+  alloc_blocks(b, 31 * A_CAP, 32 * A_CAP, A_SIZE);
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 1);
+  free_blocks(b, 0, 63 * A_CAP);
   free(b);
 }
 
-/* Past what collapses may cost, a half found dense is left as it is, and not asked again. */
-Test(runs, past_the_collapse_budget_a_dense_half_stays_as_it_is) {
-  ta_os_thp_mode_force(TA_THP_MADVISE);
-  ta_os_collapse_fake(true);
-  ta_collapse_spent_us = (uint64_t)1 << 40; /* far beyond 20 ms and 1% of any run */
+/* A kernel without the advice, or a process not allowed huge pages, refuses for good: nothing
+ * is asked again. */
+Test(runs, a_refusal_for_good_turns_collapses_off) {
+  huge_halves(EINVAL);
+  void **b = fill_lower_half();
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  alloc_blocks(b, 31 * A_CAP, 32 * A_CAP, A_SIZE); /* the upper half, dense */
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "not asked");
+  cr_assert_eq(ta_chunk_of(b[0])->thp, LOWER);
+  free_blocks(b, 0, 63 * A_CAP);
+  free(b);
+}
+
+/* The budget: 20 ms ahead of 1% of the time since the first collapse. */
+Test(runs, past_the_collapse_budget_a_dense_half_waits) {
+  huge_halves(0);
+  ta_collapse_first_us = (uint64_t)1 << 62; /* the pace stays 0 */
+  ta_collapse_spent_us = 20000;             /* all of the 20 ms spent */
   uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
   void **b = fill_lower_half();
   ta_chunk_t *c = ta_chunk_of(b[0]);
   cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "no call");
-  cr_assert_eq(c->thp, TA_THP_TRIED(0), "found dense, not made one");
-  cr_assert_eq(ta_tl_arena->collapse_pending, 0);
+  cr_assert_eq(c->thp, 0, "looked at again at the next carve");
+  ta_collapse_spent_us = 19999; /* a microsecond left */
+  free_blocks(b, 0, A_CAP);     /* slot 1 retires, and is taken again: a carve in the half */
+  alloc_blocks(b, 0, 8, A_SIZE);
+  cr_assert_eq(ta_run_of(b[0])->slot, 1);
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 1, "asked once there is budget");
+  cr_assert_eq(c->thp, LOWER);
+  free_blocks(b, 0, 8);
+  free_blocks(b, A_CAP, 30 * A_CAP);
+  free(b);
+}
+
+/* Saved credit is capped: after 10 s with nothing spent, spending starts 20 ms short of the
+ * pace, not 10 s * 1% = 100 ms short. */
+Test(runs, the_collapse_budget_saves_20_ms_at_most) {
+  huge_halves(0);
+  ta_collapse_first_us = ta_os_now_us() - 10000000; /* 10 s ago: a pace of 100 ms */
+  ta_collapse_spent_us = 0;
+  void **b = fill_lower_half();
+  cr_assert_eq(ta_chunk_of(b[0])->thp, LOWER);
+  cr_assert_geq(ta_collapse_spent_us, 80000, "raised to the pace less 20 ms");
   free_blocks(b, 0, 31 * A_CAP);
   free(b);
 }
 
 Test(runs, a_half_with_a_free_slot_is_not_collapsed) {
-  ta_os_thp_mode_force(TA_THP_MADVISE);
-  ta_os_collapse_fake(true);
+  huge_halves(0);
   void **a = calloc(31 * A_CAP, sizeof *a), **b = calloc(256, sizeof *b);
   alloc_blocks(a, 0, 29 * A_CAP, A_SIZE); /* slots 1..29, threaded through */
   ta_chunk_t *c = ta_chunk_of(a[0]);
@@ -803,38 +877,51 @@ Test(runs, a_half_with_a_free_slot_is_not_collapsed) {
   free(b);
 }
 
-/* An empty chunk reused while resident keeps its halves' huge pages (they are still there);
- * reused for medium blocks, it starts without. */
+/* An empty chunk reused while resident keeps its halves' bits (the huge pages are still
+ * there); reused for medium blocks, or after its pages went back, it starts without. */
 static ta_chunk_t *empty_resident_chunk_with_a_huge_half(void) {
   void **b = fill_lower_half();
   alloc_blocks(b, 31 * A_CAP, 1, 256); /* slot 32 */
   ta_chunk_t *c = ta_chunk_of(b[0]);
-  cr_assert_eq(c->thp, LOWER_HUGE);
+  cr_assert_eq(c->thp, LOWER);
   alloc_blocks(b, 31 * A_CAP + 1, 1, A_SIZE);
   free_blocks(b, 0, 31 * A_CAP + 2); /* every run retires but the current ones */
   ta_small_retire_idle(ta_tl_arena); /* the current runs too */
   cr_assert_eq(ta_map_get((uintptr_t)c), TA_MAP_NONE, "empty");
   cr_assert_eq(c->decommitted, 0, "kept resident");
-  cr_assert_eq(c->thp, LOWER_HUGE);
+  cr_assert_eq(c->thp, LOWER);
   free(b);
   return c;
 }
 
 Test(runs, a_resident_chunk_reused_for_runs_keeps_its_huge_halves) {
-  ta_os_thp_mode_force(TA_THP_MADVISE);
-  ta_os_collapse_fake(true);
+  huge_halves(0);
   ta_chunk_t *c = empty_resident_chunk_with_a_huge_half();
   void *p = ta_malloc(A_SIZE);
   cr_assert_eq(ta_chunk_of(p), c, "reused");
-  cr_assert_eq(c->thp, LOWER_HUGE, "still one huge page");
+  cr_assert_eq(c->thp, LOWER, "still one huge page");
   ta_free(p);
 }
 
 Test(runs, a_resident_chunk_reused_for_medium_blocks_has_no_huge_halves) {
-  ta_os_thp_mode_force(TA_THP_MADVISE);
-  ta_os_collapse_fake(true);
+  huge_halves(0);
   ta_chunk_t *c = empty_resident_chunk_with_a_huge_half();
   void *p = ta_malloc(20000);
+  cr_assert_eq(ta_chunk_of(p), c, "reused");
+  cr_assert_eq(c->thp, 0);
+  ta_free(p);
+}
+
+Test(runs, a_chunk_whose_pages_went_back_has_no_huge_halves) {
+  huge_halves(0);
+  ta_chunk_t *c = empty_resident_chunk_with_a_huge_half();
+  ta_arena_t *a = ta_tl_arena;
+  ta_dirty_forget_demand(a);
+  atomic_fetch_add(&ta_stats_readers, 1); /* as while statistics are read: no unmapping */
+  ta_arena_purge(a, ta_os_now_ms() + 10 * ta_decay_ms + 1000, TA_PURGE_AGED, ta_decay_ms, true);
+  atomic_fetch_sub(&ta_stats_readers, 1);
+  cr_assert(c->decommitted, "given back, kept");
+  void *p = ta_malloc(A_SIZE);
   cr_assert_eq(ta_chunk_of(p), c, "reused");
   cr_assert_eq(c->thp, 0);
   ta_free(p);
