@@ -685,34 +685,31 @@ static void **fill_lower_half(void) {
   return b;
 }
 
+/* A dense lower half is not asked to be a huge page (`why`). */
+static void assert_no_collapse(const char *why) {
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  void **b = fill_lower_half();
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "%s", why);
+  free_blocks(b, 0, 31 * A_CAP);
+  free(b);
+}
+
 Test(runs, no_collapse_without_huge_pages) {
   huge_halves(0);
   ta_os_thp_mode_force(TA_THP_NEVER);
-  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
-  void **b = fill_lower_half();
-  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "the kernel gives none");
-  free_blocks(b, 0, 31 * A_CAP);
-  free(b);
+  assert_no_collapse("the kernel gives none");
 }
 
 Test(runs, no_collapse_where_the_kernel_gives_huge_pages_anyway) {
   huge_halves(0);
   ta_os_thp_mode_force(TA_THP_ALWAYS);
-  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
-  void **b = fill_lower_half();
-  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "its faults and khugepaged do it");
-  free_blocks(b, 0, 31 * A_CAP);
-  free(b);
+  assert_no_collapse("its faults and khugepaged do it");
 }
 
 Test(runs, no_collapse_with_the_setting_off) {
   huge_halves(0);
   ta_huge_pages = false; /* huge_pages:false */
-  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
-  void **b = fill_lower_half();
-  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before);
-  free_blocks(b, 0, 31 * A_CAP);
-  free(b);
+  assert_no_collapse("huge_pages:false");
 }
 
 /* A run of the half retiring leaves the huge page whole: not asked again. Pages of the half
