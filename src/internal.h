@@ -258,11 +258,11 @@ _Static_assert(offsetof(ta_chunk_t, readers) + sizeof(uint16_t) <= sizeof(ta_run
  * half h (0: run slots 0..31, 1: 32..63) was found dense and asked to be one huge page. Read
  * and written under the arena's slow-path lock. */
 #define TA_THP_TRIED(h) (1u << (h))
+#define TA_HALF_SLOTS (TA_RUNS_PER_CHUNK / 2) /* the run slots of half a chunk */
 /* Run slots [first, first + n) of small chunk c give their pages back: a huge page over
  * either half they touch is split, and the half may be asked again once dense again. */
 TA_INLINE void ta_chunk_thp_lost(ta_chunk_t *c, unsigned first, unsigned n) {
-  unsigned half = TA_RUNS_PER_CHUNK / 2;
-  for (unsigned h = first / half; h <= (first + n - 1) / half && h < 2; h++)
+  for (unsigned h = first / TA_HALF_SLOTS; h <= (first + n - 1) / TA_HALF_SLOTS && h < 2; h++)
     c->thp &= (uint8_t)~TA_THP_TRIED(h);
 }
 /* A small chunk's shadow array pointer (statistics) follows the run meta blocks. */

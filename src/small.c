@@ -68,7 +68,6 @@ static void chunk_list_remove(ta_chunk_t **head, ta_chunk_t *c) {
 }
 
 #define ALL_SLOTS (~(uint64_t)1) /* slot 0 holds the chunk header */
-#define HALF_SLOTS (TA_RUNS_PER_CHUNK / 2) /* the run slots of half a chunk */
 
 static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
   ta_chunk_t *c = ta_chunk_alloc(a, TA_MAP_SMALL);
@@ -255,14 +254,14 @@ static bool collapse_budget_left(void) {
 __thread uintptr_t ta_collapse_pending __attribute__((tls_model("initial-exec")));
 
 static void half_collapse_maybe(ta_chunk_t *c, unsigned slot) {
-  unsigned half = slot / HALF_SLOTS;
-  uint64_t mask = (((uint64_t)1 << HALF_SLOTS) - 1) << (half * HALF_SLOTS);
+  unsigned half = slot / TA_HALF_SLOTS;
+  uint64_t mask = (((uint64_t)1 << TA_HALF_SLOTS) - 1) << (half * TA_HALF_SLOTS);
   if ((c->thp & TA_THP_TRIED(half)) || (c->free_slots & mask) || !ta_huge_pages ||
       ta_hugepage_size != TA_CHUNK_SIZE / 2 || ta_os_thp_mode() != TA_THP_MADVISE ||
       atomic_load_explicit(&collapse_off, memory_order_relaxed))
     return;
   size_t touched = 0;
-  for (unsigned i = half * HALF_SLOTS; i < (half + 1) * HALF_SLOTS; i++) {
+  for (unsigned i = half * TA_HALF_SLOTS; i < (half + 1) * TA_HALF_SLOTS; i++) {
     const ta_run_t *r = &c->runs[i];
     touched += i == 0                    ? TA_RUN_SIZE
                : r->bsize > ta_page_size ? (size_t)(r->limit / r->bsize) * ta_page_size
