@@ -195,6 +195,7 @@ static ta_arena_t *arena_claim(void) {
   arena_init(a);
   a->id = atomic_fetch_add(&ta_arena_count, 1);
   ta_span_arenas(a->id + 1); /* spans serve once the process has had enough threads */
+  ta_medium_arenas(a->id + 1); /* and the medium caches shrink */
   atomic_store_explicit(&a->state, ARENA_CLAIMED, memory_order_relaxed);
   ta_arena_t *head = atomic_load_explicit(&all_arenas, memory_order_relaxed);
   do {

@@ -305,12 +305,16 @@ _Static_assert(TA_LINE - 16 + TA_MIN_MBLOCK - 16 < 256, "a class block's spare f
  * many of them may be resident: the decay purge gives back the blocks free for the decay
  * time, not the ones the owner is cycling through, and counts what stays. */
 #define TA_MEDIUM_PURGE_MIN ((size_t)16 << 10)
-/* The cache of freed medium blocks (medium.c): the bins of blocks of 8 KiB to 64 KiB, four
- * blocks each, 256 KiB in all. */
+/* The cache of freed medium blocks (medium.c): the bins of blocks of 8 KiB to 64 KiB, eight
+ * blocks each, 1 MiB in all. */
 #define TA_MCACHE_FIRST TA_NUM_SMALL /* the bin of 8 KiB */
 #define TA_MCACHE_CLASSES 24
-#define TA_MCACHE_SLOTS 4
-#define TA_MCACHE_BYTES ((uint32_t)256 << 10)
+#define TA_MCACHE_SLOTS 8
+#define TA_MCACHE_BYTES ((uint32_t)1024 << 10)
+/* From this many arenas ever made on (ta_arena_count), a quarter of it (ta_medium_arenas):
+ * spans serve most of its sizes then, and each thread's cache is memory no other can use. */
+#define TA_MCACHE_FEW_ARENAS 8
+#define TA_CHORES_EVERY 16 /* slow paths that reuse held memory, per round of chores (alloc.c) */
 TA_INLINE uint64_t *ta_medium_stamp(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 2; }
 TA_INLINE uint64_t *ta_medium_res(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 3; }
 /* A live block's size word can be read by a thread freeing it while its owner flips the
@@ -442,6 +446,9 @@ typedef struct ta_arena {
   uint64_t run_classes;        /* bit c: class c has runs */
   uint64_t cold_since;         /* when the counts below began (ms) */
   uint16_t cold_allocs[TA_NUM_SMALL + 1]; /* blocks of each class served from the medium heap */
+  /* Slow paths that handed out memory already held (a cached medium block, a span) before
+   * the next one does the chores (alloc.c, chores_sometimes). */
+  uint8_t chores_skip;
 
   /* --- shared with other threads --- */
   /* Blocks freed by other threads (links encoded), on TA_REMOTE_LISTS lists that a freer
@@ -854,11 +861,15 @@ TA_HIDDEN size_t ta_small_shrink(ta_arena_t *a);
 /* ------------------------------------------------------------------ medium.c */
 /* exact: the block reports `size` usable bytes, not what it holds (a small class's block). */
 TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact);
+/* A block of `size` (alignment 16, not a small class's) from the arena's cache of freed
+ * medium blocks, or NULL; takes the arena's lock. */
+TA_HIDDEN void *ta_medium_cache_alloc(ta_arena_t *a, size_t size);
 TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
 /* The arena's cache of medium blocks its owner freed (medium.c, "The cache"); under the
- * arena's lock (ta_medium_alloc looks there first). put: whether h went into the cache (else
+ * arena's lock (ta_medium_cache_alloc takes from it). put: whether h went into the cache (else
  * the caller frees it); flush: every cached block freed into the heap. */
 TA_HIDDEN extern uint32_t ta_mcache_max; /* its bytes per arena: TA_MCACHE_BYTES (tests: 0, none) */
+TA_HIDDEN void ta_medium_arenas(uint32_t count); /* a quarter of it from TA_MCACHE_FEW_ARENAS on */
 TA_HIDDEN bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h);
 TA_HIDDEN void ta_medium_cache_flush(ta_arena_t *a);
 /* A live block's size word says "in use" (not free, not cached). */
@@ -907,6 +918,12 @@ TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) {
   return ta_align_up(h->data_off + h->requested, ta_page_size) - h->data_off;
 }
 TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
+/* Whether the arenas of exited threads or the huge cache wait for a purge (two relaxed loads):
+ * work no owner's slow path but some thread's will do (alloc.c, chores_sometimes). */
+TA_INLINE bool ta_shared_purge_waits(void) {
+  return (atomic_load_explicit(&ta_orphan_due, memory_order_relaxed) |
+          atomic_load_explicit(&ta_huge_due, memory_order_relaxed)) != 0;
+}
 TA_HIDDEN extern _Atomic size_t ta_huge_live_count;
 TA_HIDDEN void ta_huge_unmap_deferred(void);
 TA_HIDDEN void ta_huge_recount_after_fork(void);

@@ -420,14 +420,8 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   if (most > TA_MEDIUM_END - TA_MEDIUM_HDR - sizeof(ta_mhdr_t)) return NULL;
 
   ta_slow_enter(a);
-  /* A block of the request's bin that the owner freed (see "The cache"), handed out whole: not
-   * a small class's (its header would need the class and spare), nor an aligned one. */
-  ta_mhdr_t *h = !exact && align <= TA_ALIGNMENT && a->mcache_bytes ? cache_get(a, need) : NULL;
-  if (h != NULL) {
-    ta_slow_leave(a);
-    return h + 1;
-  }
-  h = bin_first_fit(a, need, align);
+  /* The cache was looked at first (ta_medium_cache_alloc), for a request it may serve. */
+  ta_mhdr_t *h = bin_first_fit(a, need, align);
   if (h == NULL && a->mcache_bytes) {
     /* The cached blocks, merged into the heap, may hold what no bin does: they go back to
      * it before a new chunk is mapped (or the request fails). */
@@ -555,7 +549,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
  * malloc and free, against a dozen for a small block. Most of that work undoes itself: the
  * block merged at the free is cut again at the next request of a like size. So the owner's
  * free of a block of 8 to 64 KiB puts it, whole, in one of the arena's slots for its bin
- * (four a bin, 256 KiB in all), and ta_medium_alloc takes it back as it is for a request of
+ * (eight a bin, 1 MiB in all), and ta_medium_cache_alloc takes it back as it is for a request of
  * that bin. A cached block keeps INUSE, so no neighbour merges with it, and carries
  * TA_M_CACHED, so that a second free of it is a double free and statistics count it free. It
  * holds no link: the slots are the arena's, and a block leaves them only once its header has
@@ -565,10 +559,18 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
  * from the slots of its own bin, less than a quarter from the bin above (taken when its own
  * holds only smaller blocks), and a block is not cut to the request; a cached block keeps
  * its neighbours from merging with it (a realloc growing into it takes it out first). Up
- * to 256 KiB per arena stay out of the heap until the arena's purge (purge.c) flushes the
+ * to 1 MiB per arena stays out of the heap until the arena's purge (purge.c) flushes the
  * cache into it, due a decay time after the first put since the last flush. */
 #define MC_LAST (TA_MCACHE_FIRST + TA_MCACHE_CLASSES - 1)
 uint32_t ta_mcache_max = TA_MCACHE_BYTES;
+
+/* The process has had `count` arenas at once (arena.c, at each new arena): from
+ * TA_MCACHE_FEW_ARENAS on, each cache holds a quarter as much (spans serve most of its sizes
+ * then, and each thread's cache is memory no other thread can use). */
+void ta_medium_arenas(uint32_t count) {
+  if (count >= TA_MCACHE_FEW_ARENAS && TA_LOAD(ta_mcache_max) > TA_MCACHE_BYTES / 4)
+    TA_STORE(ta_mcache_max, TA_MCACHE_BYTES / 4);
+}
 
 bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
   size_t w = h->size_flags, s = w & TA_M_SIZE_MASK;
@@ -576,7 +578,8 @@ bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
   unsigned b = ta_bin_of(s);
   if (b < TA_MCACHE_FIRST || b > MC_LAST) return false;
   unsigned i = b - TA_MCACHE_FIRST;
-  if (a->mcache_n[i] == TA_MCACHE_SLOTS || a->mcache_bytes + s > ta_mcache_max) return false;
+  if (a->mcache_n[i] == TA_MCACHE_SLOTS || a->mcache_bytes + s > TA_LOAD(ta_mcache_max))
+    return false;
   /* The neighbours' headers, as a free checks them: an overflow is reported now. */
   (void)next_checked(h);
   if (w & TA_M_PREV_FREE) (void)prev_checked(h);
@@ -587,7 +590,7 @@ bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
     ta_purge_note(a, a->mcache_since);
   }
   a->mcache[i][a->mcache_n[i]++] = h;
-  a->mcache_bytes += (uint32_t)s;
+  TA_STORE(a->mcache_bytes, a->mcache_bytes + (uint32_t)s); /* read unlocked (below) */
   return true;
 }
 
@@ -605,7 +608,7 @@ static ta_mhdr_t *cache_take(ta_arena_t *a, unsigned i, unsigned k) {
   ta_block_t *b = (ta_block_t *)(h + 1);
   if (b->key == ta_mark(b)) ta_fatal("free(): double free of pointer", b);
   a->mcache[i][k] = a->mcache[i][--a->mcache_n[i]];
-  a->mcache_bytes -= (uint32_t)(w & TA_M_SIZE_MASK);
+  TA_STORE(a->mcache_bytes, a->mcache_bytes - (uint32_t)(w & TA_M_SIZE_MASK));
   set_hdr(h, w & ~TA_M_CACHED);
   return h;
 }
@@ -619,6 +622,18 @@ static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
   if (i + 1 < TA_MCACHE_CLASSES && a->mcache_n[i + 1])
     return cache_take(a, i + 1, a->mcache_n[i + 1] - 1u);
   return NULL;
+}
+
+/* A block of the request's bin that the owner freed, handed out whole: for a request of
+ * alignment 16 that is not a small class's (its header would need the class and spare). */
+void *ta_medium_cache_alloc(ta_arena_t *a, size_t size) {
+  /* Only the owner, the caller, puts blocks there: found empty without the lock, it is. */
+  if (TA_LOAD(a->mcache_bytes) == 0) return NULL;
+  size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
+  ta_slow_enter(a);
+  ta_mhdr_t *h = a->mcache_bytes ? cache_get(a, need) : NULL;
+  ta_slow_leave(a);
+  return h != NULL ? h + 1 : NULL;
 }
 
 /* Cached block h (its flag says so), out of the cache and into the heap. */

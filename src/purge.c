@@ -30,8 +30,9 @@
  * is written in dirty.c's book by the layers below, which never call in here.
  *
  * The owner checks in its slow paths whether something is due (ta_maybe_purge, which alloc.c
- * calls before a medium or huge allocation and before the arena takes a new run: a few
- * loads when nothing is pending, one clock read otherwise); the background thread
+ * calls before a medium or huge allocation and before the arena takes a new run, and on
+ * every 16th request served from what is held already, a cached medium block or a span: a
+ * few loads when nothing is pending, one clock read otherwise); the background thread
  * (background.c) does the same work for arenas whose threads make no slow call.
  * Arenas whose thread has exited have no owner to do this: any thread that finds
  * ta_orphan_due passed claims such arenas one by one, drains what other threads freed

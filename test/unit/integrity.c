@@ -113,6 +113,28 @@ Test(integrity, fresh_blocks_never_hold_a_mark_a_link_or_the_secret, .timeout = 
   }
 }
 
+/* A suspect waits for its owner, whose slow paths confirm it: a request its cache of medium
+ * blocks serves too, in the middle of a round of chores (alloc.c, chores_sometimes). */
+Test(integrity, a_medium_cache_hit_confirms_a_suspect_at_once) {
+  ta_block_t *medium = ta_malloc(20000);
+  char *c = ta_malloc(20000), *guard = ta_malloc(100000);
+  ta_free(c);
+  ta_free(ta_malloc(20000)); /* a hit (c, cached again): this round's chores, nothing waits */
+  medium->link = 0x5eed;     /* user data: decodes to no block of ours */
+  medium->key = ta_mark(medium);
+  void *v[1] = {medium};
+  free_remotely(v, 1);
+  ta_arena_t *me = ta_tl_arena;
+  cr_assert_neq(atomic_load(&me->suspected), 0, "handed over as a suspect");
+  char *hit = ta_malloc(20000);
+  cr_assert_eq(hit, c, "the cached block");
+  cr_assert_eq(atomic_load(&me->suspected), 0, "confirmed by that very request");
+  const ta_mhdr_t *mh = (const ta_mhdr_t *)((uintptr_t)medium - sizeof(ta_mhdr_t));
+  cr_assert_eq(mh->size_flags & TA_M_INUSE, 0, "and freed: it was live");
+  ta_free(hit);
+  ta_free(guard);
+}
+
 /* A block whose own mark the program wrote into it (it cannot know the key, but say it
  * did), beside data that is no link, is a suspect, not a double free: freed by another
  * thread, it is confirmed by the owner and freed like any other. */

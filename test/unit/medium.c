@@ -620,7 +620,7 @@ Test(mcache, a_request_takes_a_block_of_the_bin_above_when_its_own_are_too_small
   ta_free(g2);
 }
 
-Test(mcache, only_blocks_of_8_to_64_kib_and_at_most_four_a_bin) {
+Test(mcache, only_blocks_of_8_to_64_kib_and_at_most_its_slots_a_bin) {
   enum { N = 12 };
   char *p[N], *g[N];
   guarded(p, g, N, 40000, 0);
@@ -806,6 +806,143 @@ Test(mcache, a_request_the_heap_cannot_serve_flushes_the_cache_first) {
   ta_free(p);
   ta_free(g);
   for (int i = 0; i < nrest; i++) ta_free(rest[i]);
+}
+
+/* A request the cache serves does the slow path's chores once every TA_CHORES_EVERY such
+ * requests (alloc.c, chores_sometimes): what is due goes back within that many, though none of
+ * them takes new memory. */
+Test(mcache, cache_hits_give_back_what_is_due_within_a_round_of_chores) {
+  ta_decay_ms = 50;
+  char *a = ta_malloc(20000), *c = ta_malloc(40000), *keep = guard();
+  ta_arena_t *me = ta_tl_arena;
+  ta_free(a);
+  ta_free(ta_malloc(20000)); /* a hit: this round's chores, with nothing due yet */
+  ta_free(c);                /* cached, in a bin of its own */
+  cr_assert(cached(a) && cached(c));
+  nap_ms(300); /* the flush is due: past the owner's decay time, many times over */
+  int hits = 0;
+  while (me->mcache_n[ta_bin_of(block_size(c)) - TA_MCACHE_FIRST] != 0 && hits < TA_CHORES_EVERY) {
+    char *b = ta_malloc(20000);
+    cr_assert_eq(b, a, "the cached block, whole");
+    ta_free(b);
+    hits++;
+  }
+  cr_assert_eq(me->mcache_n[ta_bin_of(block_size(a)) - TA_MCACHE_FIRST], 1, "a is cached again");
+  cr_assert(!cached(c), "c not back in the heap after %d cache hits", hits);
+  check_cache(keep);
+  walk_chunk(keep);
+  ta_free(keep);
+}
+
+/* ... and takes in what other threads freed into the arena. */
+Test(mcache, cache_hits_take_in_other_threads_frees_within_a_round_of_chores) {
+  char *a = ta_malloc(20000), *r = ta_malloc(30000), *keep = guard();
+  ta_arena_t *me = ta_tl_arena;
+  ta_free(a);
+  ta_free(ta_malloc(20000)); /* a hit: this round's chores, with nothing to take in yet */
+  pthread_t t;
+  pthread_create(&t, NULL, free_in_thread, r);
+  pthread_join(t, NULL);
+  cr_assert(ta_remote_waiting(me, memory_order_relaxed), "r waits on the owner's list");
+  uint64_t taken = me->cnt.remote_frees;
+  int hits = 0;
+  while (me->cnt.remote_frees == taken && hits < TA_CHORES_EVERY) {
+    char *b = ta_malloc(20000);
+    cr_assert_eq(b, a, "the cached block, whole");
+    ta_free(b);
+    hits++;
+  }
+  cr_assert_eq(me->cnt.remote_frees, taken + 1, "r not taken in after %d cache hits", hits);
+  cr_assert(!ta_remote_waiting(me, memory_order_relaxed));
+  cr_assert_eq(hdr_of(r)->size_flags & TA_M_INUSE, 0, "r is a free block of the heap");
+  walk_chunk(keep);
+  ta_free(keep);
+}
+
+/* What no owner gives back, the huge cache and exited threads' arenas, is looked at on every
+ * such request: the next call may be a long way off. */
+Test(mcache, a_cache_hit_gives_back_the_huge_cache_when_due) {
+  ta_decay_ms = 20;
+  char *a = ta_malloc(20000), *keep = guard();
+  ta_free(a);
+  ta_free(ta_malloc(20000)); /* a hit: this round's chores, with nothing due yet */
+  char *h = ta_malloc((size_t)6 << 20);
+  memset(h, 1, (size_t)6 << 20);
+  ta_free(h);
+  cr_assert_eq(ta_huge_cached_count(), 1);
+  nap_ms(150);
+  char *b = ta_malloc(20000); /* the second hit of the round */
+  cr_assert_eq(b, a, "the cached block");
+  cr_assert_eq(ta_huge_cached_count(), 0, "the huge span was not given back by the hit");
+  ta_free(b);
+  ta_free(keep);
+}
+
+static void *small_blocks_and_exit(void *arg) {
+  void **out = arg;
+  for (int i = 0; i < 8; i++)
+    out[i] = ta_malloc(64);
+  return NULL;
+}
+
+Test(mcache, a_cache_hit_takes_in_what_was_freed_into_an_exited_threads_arena_when_due) {
+  ta_decay_ms = 20;
+  char *a = ta_malloc(20000), *keep = guard();
+  ta_free(a);
+  ta_free(ta_malloc(20000)); /* a hit: this round's chores, with nothing due yet */
+  void *blocks[8];
+  pthread_t t;
+  pthread_create(&t, NULL, small_blocks_and_exit, blocks);
+  pthread_join(t, NULL);
+  ta_arena_t *orphan = ta_run_of(blocks[0])->owner;
+  ta_free(blocks[0]); /* onto the list of an arena nobody owns */
+  cr_assert(ta_remote_waiting(orphan, memory_order_relaxed));
+  cr_assert_neq(atomic_load(&ta_orphan_due), 0, "an orphan purge is due");
+  nap_ms(150);
+  char *b = ta_malloc(20000); /* the second hit of the round */
+  cr_assert_eq(b, a, "the cached block");
+  cr_assert(!ta_remote_waiting(orphan, memory_order_relaxed),
+            "the free was not taken in by the hit");
+  for (int i = 1; i < 8; i++)
+    ta_free(blocks[i]);
+  ta_free(b);
+  ta_free(keep);
+}
+
+/* Once the process has had 8 threads at once, spans serve most of the cache's sizes and each
+ * thread's cache is memory no other can use: it holds a quarter as much. */
+static pthread_barrier_t all_in;
+
+static void *hold_an_arena(void *arg) {
+  (void)arg;
+  void *p = ta_malloc(64);
+  pthread_barrier_wait(&all_in);
+  ta_free(p);
+  return NULL;
+}
+
+Test(mcache, from_8_arenas_on_the_cache_holds_a_quarter) {
+  ta_free(ta_malloc(64)); /* this thread's arena */
+  pthread_t t[TA_MCACHE_FEW_ARENAS - 1];
+  pthread_barrier_init(&all_in, NULL, TA_MCACHE_FEW_ARENAS);
+  for (int i = 0; i < TA_MCACHE_FEW_ARENAS - 1; i++)
+    pthread_create(&t[i], NULL, hold_an_arena, NULL);
+  pthread_barrier_wait(&all_in); /* 8 arenas at once */
+  for (int i = 0; i < TA_MCACHE_FEW_ARENAS - 1; i++)
+    pthread_join(t[i], NULL);
+  cr_assert_geq(atomic_load(&ta_arena_count), TA_MCACHE_FEW_ARENAS);
+  enum { N = 40 };
+  char *p[N], *g[N];
+  guarded(p, g, N, 9000, 1400); /* 9 KiB .. 64 KiB, across the bins */
+  for (int i = 0; i < N; i++) {
+    ta_free(p[i]);
+    cr_assert_leq(ta_tl_arena->mcache_bytes, TA_MCACHE_BYTES / 4);
+  }
+  cr_assert_gt(ta_tl_arena->mcache_bytes, TA_MCACHE_BYTES / 8, "the cache was used");
+  for (int i = 0; i < N; i++)
+    check_cache(g[i]);
+  for (int i = 0; i < N; i++)
+    ta_free(g[i]);
 }
 
 /* A vector grown by realloc grows in place into a successor that waits in the cache. */

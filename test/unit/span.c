@@ -259,6 +259,24 @@ Test(span, a_slow_path_purges_what_is_due) {
   cr_assert_eq(resident_pages(p, 128 * KIB), 0);
 }
 
+/* A span handed out does the chores once every TA_CHORES_EVERY spans (alloc.c,
+ * chores_sometimes): what is due goes back within that many. */
+Test(span, span_requests_give_back_what_is_due_within_a_round_of_chores) {
+  ta_decay_ms = 20;
+  char *p = ta_malloc(128 * KIB);
+  memset(p, 7, 128 * KIB);
+  ta_free(p);
+  nap_ms(30);
+  char *q[TA_CHORES_EVERY];
+  int n = 0;
+  while (atomic_load(&ta_span_dirty) != 0 && n < TA_CHORES_EVERY)
+    q[n++] = ta_malloc(32 * KIB); /* kept: no other span is freed */
+  cr_assert_eq(atomic_load(&ta_span_dirty), 0, "not given back after %d span requests", n);
+  cr_assert_eq(resident_pages(p, 128 * KIB), 0);
+  while (n > 0)
+    ta_free(q[--n]);
+}
+
 Test(span, malloc_trim_gives_every_free_span_back_at_once) {
   char *p = ta_malloc(256 * KIB);
   cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_SPAN);
