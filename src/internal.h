@@ -849,7 +849,15 @@ TA_HIDDEN void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow);
 TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
 TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
 TA_HIDDEN void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
-TA_HIDDEN bool ta_small_valid(const ta_run_t *r, const void *p);
+/* Whether p is a block r handed out or threaded: in r's own slot (another slot of the chunk
+ * may never have been committed, lazy commit), on a block boundary below limit. Inline: a
+ * remote free checks it at the free and again when the owner takes the block in. */
+TA_INLINE bool ta_small_valid(const ta_run_t *r, const void *p) {
+  if (r->owner == NULL || ta_run_of(p) != r) return false;
+  uint32_t off = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1));
+  return (uint32_t)(off * r->recip) < r->recip &&
+         off < __atomic_load_n(&r->limit, __ATOMIC_RELAXED);
+}
 TA_HIDDEN bool ta_small_on_free_list(const ta_run_t *r, const void *p);
 TA_HIDDEN bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p);
 TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);

@@ -409,14 +409,6 @@ void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
   if (ta_dec_le_zero(&r->used)) ta_small_free_slow(a, r);
 }
 
-bool ta_small_valid(const ta_run_t *r, const void *p) {
-  /* In r's own slot: another slot of the chunk may never have been committed (lazy commit). */
-  if (r->owner == NULL || ta_run_of(p) != r) return false;
-  uint32_t off = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1));
-  return (uint32_t)(off * r->recip) < r->recip &&
-         off < __atomic_load_n(&r->limit, __ATOMIC_RELAXED);
-}
-
 /* The block's key word says "free": find out whether it really is (it might be user data
  * that happens to match), then free it. Runs only on the owner's thread. */
 /* Whether p is on its run's free list (the owner's view; a bounded walk). */
