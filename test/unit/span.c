@@ -248,12 +248,18 @@ Test(span, pages_go_back_after_the_decay_and_the_span_is_reused_clean) {
   ta_free(q);
 }
 
-Test(span, a_slow_path_purges_what_is_due) {
+/* A freed span of 128 KiB, written through, due for its purge (decay 20 ms, 30 ms ago). */
+static char *a_due_span(void) {
   ta_decay_ms = 20;
   char *p = ta_malloc(128 * KIB);
   memset(p, 7, 128 * KIB);
   ta_free(p);
   nap_ms(30);
+  return p;
+}
+
+Test(span, a_slow_path_purges_what_is_due) {
+  char *p = a_due_span();
   ta_free(ta_malloc(9000)); /* a medium request: its slow path gives back what is due */
   cr_assert_eq(atomic_load(&ta_span_dirty), 0);
   cr_assert_eq(resident_pages(p, 128 * KIB), 0);
@@ -262,11 +268,7 @@ Test(span, a_slow_path_purges_what_is_due) {
 /* A span handed out does the chores once every TA_CHORES_EVERY spans (alloc.c,
  * chores_sometimes): what is due goes back within that many. */
 Test(span, span_requests_give_back_what_is_due_within_a_round_of_chores) {
-  ta_decay_ms = 20;
-  char *p = ta_malloc(128 * KIB);
-  memset(p, 7, 128 * KIB);
-  ta_free(p);
-  nap_ms(30);
+  char *p = a_due_span(); /* its malloc did this round's chores */
   char *q[TA_CHORES_EVERY];
   int n = 0;
   while (atomic_load(&ta_span_dirty) != 0 && n < TA_CHORES_EVERY)
