@@ -77,18 +77,21 @@ static void collect(ta_arena_t *a) {
  * threads freed into the arena, and what slow_path_chores does. Nothing grew, and once
  * anything is due the chores read the clock, which cached blocks and free spans make always
  * the case (with the walk of the remote lists, about 130 of the 529 instructions of a cached
- * 16 KiB malloc and free, by callgrind). The arena's own purge and the spans' then wait that
- * many such calls more at most; what other arenas left, the exited threads' and the huge
- * cache, is seen at once (two loads, 0 but while it waits), as no other call may come, and
- * so is a free another thread suspects of being a double free: it waits for the owner. */
+ * 16 KiB malloc and free, by callgrind). What is due then waits that many such calls more
+ * at most, and the purger thread does it on time where it runs. Two things are seen at once:
+ * a free another thread suspects of being a double free (it waits for the owner), and the
+ * huge cache due where no purger thread runs (a single thread's: no other call may come).
+ * The arenas of exited threads are not: where threads come and go, one is due most of the
+ * time, and the purger thread, started by their exit, gives them back. */
 static TA_NOINLINE void chores_round(ta_arena_t *a) {
   a->chores_skip = TA_CHORES_EVERY - 1;
   collect(a);
   slow_path_chores(a);
 }
 TA_INLINE void chores_sometimes(ta_arena_t *a) {
-  if (TA_LIKELY(a->chores_skip-- != 0) && !ta_shared_purge_waits() &&
-      atomic_load_explicit(&a->suspected, memory_order_relaxed) == 0)
+  if (TA_LIKELY(a->chores_skip-- != 0) &&
+      atomic_load_explicit(&a->suspected, memory_order_relaxed) == 0 &&
+      (atomic_load_explicit(&ta_huge_due, memory_order_relaxed) == 0 || ta_bg_running()))
     return;
   chores_round(a);
 }

@@ -926,12 +926,6 @@ TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) {
   return ta_align_up(h->data_off + h->requested, ta_page_size) - h->data_off;
 }
 TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
-/* Whether the arenas of exited threads or the huge cache wait for a purge (two relaxed loads):
- * work no owner's slow path but some thread's will do (alloc.c, chores_sometimes). */
-TA_INLINE bool ta_shared_purge_waits(void) {
-  return (atomic_load_explicit(&ta_orphan_due, memory_order_relaxed) |
-          atomic_load_explicit(&ta_huge_due, memory_order_relaxed)) != 0;
-}
 TA_HIDDEN extern _Atomic size_t ta_huge_live_count;
 TA_HIDDEN void ta_huge_unmap_deferred(void);
 TA_HIDDEN void ta_huge_recount_after_fork(void);
