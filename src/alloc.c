@@ -78,11 +78,12 @@ static void collect(ta_arena_t *a) {
  * anything is due the chores read the clock, which cached blocks and free spans make always
  * the case (with the walk of the remote lists, about 130 of the 529 instructions of a cached
  * 16 KiB malloc and free, by callgrind). What is due then waits that many such calls more
- * at most, and the purger thread does it on time where it runs. Two things are seen at once:
- * a free another thread suspects of being a double free (it waits for the owner), and the
- * huge cache due where no purger thread runs (a single thread's: no other call may come).
- * The arenas of exited threads are not: where threads come and go, one is due most of the
- * time, and the purger thread, started by their exit, gives them back. */
+ * at most (calls, not time: without the purger thread a program that makes them rarely
+ * keeps it that much longer), and the purger thread does it on time where it runs. Two
+ * things are seen at once: a free another thread suspects of being a double free (it waits
+ * for the owner), and a huge cache that holds anything while no purger thread runs (a
+ * single thread's: no other call may come). The arenas of exited threads are not: where
+ * threads come and go, one is due most of the time; the purger thread gives them back. */
 static TA_NOINLINE void chores_round(ta_arena_t *a) {
   a->chores_skip = TA_CHORES_EVERY - 1;
   collect(a);

@@ -312,7 +312,8 @@ _Static_assert(TA_LINE - 16 + TA_MIN_MBLOCK - 16 < 256, "a class block's spare f
 #define TA_MCACHE_SLOTS 8
 #define TA_MCACHE_BYTES ((uint32_t)1024 << 10)
 /* From this many arenas ever made on (ta_arena_count), a quarter of it (ta_medium_arenas):
- * spans serve most of its sizes then, and each thread's cache is memory no other can use. */
+ * spans serve most of its sizes then, and each thread's cache is memory no other can use
+ * (with span_min_kb:0 too, where no span serves: the second reason holds alone). */
 #define TA_MCACHE_FEW_ARENAS 8
 #define TA_CHORES_EVERY 16 /* slow paths that reuse held memory, per round of chores (alloc.c) */
 TA_INLINE uint64_t *ta_medium_stamp(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 2; }
@@ -407,12 +408,6 @@ typedef struct ta_arena {
   ta_chunk_t *empty_chunks; /* whole chunks kept for reuse */
   uint64_t bin_map[TA_BIN_WORDS];
   ta_mhdr_t *bins[TA_NUM_BINS];
-  /* Medium blocks its owner freed, kept whole for the next request of their class (medium.c,
-   * "The cache"); under the slow-path lock, like the bins. */
-  ta_mhdr_t *mcache[TA_MCACHE_CLASSES][TA_MCACHE_SLOTS];
-  uint8_t mcache_n[TA_MCACHE_CLASSES];
-  uint32_t mcache_bytes;   /* the cached blocks' sizes, at most TA_MCACHE_BYTES */
-  uint64_t mcache_since;   /* the first put since the cache was last flushed (ms; 0: none) */
   /* The slow-path lock: held around every multi-step change of the arena's lists, by its
    * owner (or the thread that claimed an ownerless arena), or by the background purger,
    * which only ever tries it. Fast paths never take it: they touch the runs' lists, which
@@ -473,7 +468,18 @@ typedef struct ta_arena {
   void *quarantine[TA_SECURE ? TA_QUARANTINE : 1];
   uint32_t q_head, q_count;
   size_t q_bytes;
+
+  /* --- last: the page after the first, touched by threads that free medium blocks only ---
+   * Medium blocks its owner freed, kept whole for the next request of their class (medium.c,
+   * "The cache"); under the slow-path lock, like the bins. */
+  _Alignas(64) uint32_t mcache_bytes; /* the cached blocks' sizes, at most ta_mcache_max */
+  uint8_t mcache_n[TA_MCACHE_CLASSES];
+  uint64_t mcache_since; /* the first put since the cache was last flushed (ms; 0: none) */
+  ta_mhdr_t *mcache[TA_MCACHE_CLASSES][TA_MCACHE_SLOTS];
 } ta_arena_t;
+/* An arena is mapped in whole pages: all but its cache fit in the first (4 KiB), so that a
+ * thread that never frees a medium block keeps one page of it resident, not two. */
+_Static_assert(offsetof(ta_arena_t, mcache_bytes) <= 4096, "an arena but its cache: one page");
 _Static_assert(offsetof(ta_arena_t, suspected) + sizeof(uint32_t) -
                        offsetof(ta_arena_t, remote) <= 64,
                "the remote lists, state and suspected share a cache line");

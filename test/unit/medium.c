@@ -829,6 +829,7 @@ Test(mcache, cache_hits_give_back_what_is_due_within_a_round_of_chores) {
   }
   cr_assert_eq(me->mcache_n[ta_bin_of(block_size(a)) - TA_MCACHE_FIRST], 1, "a is cached again");
   cr_assert(!cached(c), "c not back in the heap after %d cache hits", hits);
+  cr_assert_gt(hits, 1, "not at the first: the round's chores were done");
   check_cache(keep);
   walk_chunk(keep);
   ta_free(keep);
@@ -853,6 +854,7 @@ Test(mcache, cache_hits_take_in_other_threads_frees_within_a_round_of_chores) {
     hits++;
   }
   cr_assert_eq(me->cnt.remote_frees, taken + 1, "r not taken in after %d cache hits", hits);
+  cr_assert_gt(hits, 1, "not at the first: the round's chores were done");
   cr_assert(!ta_remote_waiting(me, memory_order_relaxed));
   cr_assert_eq(hdr_of(r)->size_flags & TA_M_INUSE, 0, "r is a free block of the heap");
   walk_chunk(keep);
