@@ -257,6 +257,13 @@ static void top_touch(ta_chunk_t *c, const void *end) {
   if (e > c->touched) c->touched = e;
 }
 
+/* Whether a block of up to `size` bytes cut from free block h would reach pages of the top
+ * never touched (or given back by a trim): the heap's footprint would grow. */
+static bool top_grows(const ta_mhdr_t *h, size_t size) {
+  return is_top(h) &&
+         (uintptr_t)h + size + sizeof(ta_mhdr_t) + 4 * sizeof(uint64_t) > ta_chunk_of(h)->touched;
+}
+
 /* Before a block of up to `size` bytes is cut at h from the top, or grown from h into it:
  * the pages it and the top's new header and words will take are committed (lazy commit,
  * chunk.c: a chunk's pages are committed from its start, each time at least twice as far).
@@ -422,9 +429,10 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   ta_slow_enter(a);
   /* The cache was looked at first (ta_medium_cache_alloc), for a request it may serve. */
   ta_mhdr_t *h = bin_first_fit(a, need, align);
-  if (h == NULL && a->mcache_bytes) {
+  if ((h == NULL || top_grows(h, most)) && a->mcache_bytes) {
     /* The cached blocks, merged into the heap, may hold what no bin does: they go back to
-     * it before a new chunk is mapped (or the request fails). */
+     * it before the heap takes pages it never touched, from its top or a new chunk (or the
+     * request fails), so that the cache does not add to the heap's peak. */
     ta_medium_cache_flush(a);
     h = bin_first_fit(a, need, align);
   }

@@ -953,6 +953,33 @@ Test(mcache, from_8_arenas_on_the_cache_holds_a_quarter) {
     ta_free(g[i]);
 }
 
+/* A request the cache cannot serve that would take pages the heap never touched, from its
+ * top, takes the cached blocks back into the heap first: the cache never adds to the
+ * heap's peak. Within pages the top touched before, the cache stays. */
+Test(mcache, a_request_that_grows_the_heap_flushes_the_cache_first) {
+  char *a = ta_malloc(20000), *g = guard();
+  ta_free(a);
+  cr_assert(cached(a));
+  char *p = ta_malloc(30000); /* another bin, and only the top's fresh pages fit it */
+  cr_assert(!cached(a), "the cache was kept while the heap grew");
+  cr_assert_eq(ta_tl_arena->mcache_bytes, 0);
+  walk_chunk(g);
+  ta_free(p);
+  ta_free(g);
+}
+
+Test(mcache, a_request_within_pages_the_top_touched_keeps_the_cache) {
+  char *a = ta_malloc(20000), *g = guard(), *y = ta_malloc(90000); /* past the cache's sizes */
+  ta_free(y); /* into the top, whose pages it touched */
+  ta_free(a);
+  cr_assert(cached(a));
+  char *p = ta_malloc(30000); /* from the top, within what y touched */
+  cr_assert(cached(a), "the cache was flushed though the heap did not grow");
+  check_cache(g);
+  ta_free(p);
+  ta_free(g);
+}
+
 /* A vector grown by realloc grows in place into a successor that waits in the cache. */
 Test(mcache, realloc_grows_in_place_into_a_cached_successor) {
   char *a = ta_malloc(20000), *b = ta_malloc(20000), *keep = guard();
@@ -986,6 +1013,7 @@ Test(mcache, realloc_grows_into_a_cached_successor_and_the_free_block_after_it) 
 
 Test(mcache, a_cached_successor_that_makes_no_room_stays_cached) {
   char *a = ta_malloc(20000), *b = ta_malloc(20000), *keep = guard();
+  ta_free(guard()); /* the top has touched pages for the move below: the heap does not grow */
   ta_free(b);
   cr_assert(cached(b));
   cr_assert_eq(ta_xallocx(a, 60000, 0, 0), ta_malloc_usable_size(a), "xallocx: not in place");
