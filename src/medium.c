@@ -432,7 +432,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   if ((h == NULL || top_grows(h, most)) && a->mcache_bytes) {
     /* The cached blocks, merged into the heap, may hold what no bin does: they go back to
      * it before the heap takes pages it never touched, from its top or a new chunk (or the
-     * request fails), so that the cache does not add to the heap's peak. */
+     * request fails): the heap does not grow around what the cache holds. */
     ta_medium_cache_flush(a);
     h = bin_first_fit(a, need, align);
   }
