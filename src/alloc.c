@@ -84,6 +84,8 @@ static void collect(ta_arena_t *a) {
  * for the owner), and a huge cache that holds anything while no purger thread runs (a
  * single thread's: no other call may come). The arenas of exited threads are not: where
  * threads come and go, one is due most of the time; the purger thread gives them back. */
+/* The chores, now; the next round begins (a medium request the cache cannot serve does them
+ * too, before the heap is cut). */
 static TA_NOINLINE void chores_round(ta_arena_t *a) {
   a->chores_skip = TA_CHORES_EVERY - 1;
   collect(a);
@@ -243,8 +245,7 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool s
     if (!ta_secure && align <= TA_ALIGNMENT && (p = ta_medium_cache_alloc(a, size)) != NULL) {
       chores_sometimes(a); /* a block the thread freed, whole (medium.c, "The cache") */
     } else {
-      collect(a);
-      slow_path_chores(a);
+      chores_round(a);
       p = ta_medium_alloc(a, size, align, false);
     }
   } else {

@@ -250,18 +250,20 @@ static void make_free(ta_arena_t *a, ta_mhdr_t *h, size_t s, mage_t g, bool fres
  * The allowance is the arena's share of half the dirty budget (ta_top_allowance, dirty.c).
  * c->touched bounds what may be resident above the top's start. */
 
-/* A block was handed out or grown up to `end`, with its successor's header there (and the
- * successor's links, time and count, if it is free). */
+/* What a block's successor writes past the block's end: its header, and its links, time and
+ * count if it is free (the top's, after a cut). */
+#define TOP_WORDS (sizeof(ta_mhdr_t) + 4 * sizeof(uint64_t))
+
+/* A block was handed out or grown up to `end`, with its successor's words there. */
 static void top_touch(ta_chunk_t *c, const void *end) {
-  uintptr_t e = (uintptr_t)end + sizeof(ta_mhdr_t) + 4 * sizeof(uint64_t);
+  uintptr_t e = (uintptr_t)end + TOP_WORDS;
   if (e > c->touched) c->touched = e;
 }
 
 /* Whether a block of up to `size` bytes cut from free block h would reach pages of the top
  * never touched (or given back by a trim): the heap's footprint would grow. */
 static bool top_grows(const ta_mhdr_t *h, size_t size) {
-  return is_top(h) &&
-         (uintptr_t)h + size + sizeof(ta_mhdr_t) + 4 * sizeof(uint64_t) > ta_chunk_of(h)->touched;
+  return is_top(h) && (uintptr_t)h + size + TOP_WORDS > ta_chunk_of(h)->touched;
 }
 
 /* Before a block of up to `size` bytes is cut at h from the top, or grown from h into it:
@@ -270,8 +272,7 @@ static bool top_grows(const ta_mhdr_t *h, size_t size) {
  * False if the kernel refuses. */
 static bool top_commit(const ta_mhdr_t *h, size_t size) {
   ta_chunk_t *c = ta_chunk_of(h);
-  size_t end =
-      (size_t)((uintptr_t)h - (uintptr_t)c) + size + sizeof(ta_mhdr_t) + 4 * sizeof(uint64_t);
+  size_t end = (size_t)((uintptr_t)h - (uintptr_t)c) + size + TOP_WORDS;
   if (end > TA_CHUNK_SIZE) end = TA_CHUNK_SIZE;
   return ta_chunk_commit(c, end);
 }

@@ -119,7 +119,7 @@ Test(integrity, a_medium_cache_hit_confirms_a_suspect_at_once) {
   ta_block_t *medium = ta_malloc(20000);
   char *c = ta_malloc(20000), *guard = ta_malloc(100000);
   ta_free(c);
-  ta_free(ta_malloc(20000)); /* a hit (c, cached again): this round's chores, nothing waits */
+  /* the mallocs above missed the cache: each did the chores, and a round begins */
   medium->link = 0x5eed;     /* user data: decodes to no block of ours */
   medium->key = ta_mark(medium);
   void *v[1] = {medium};

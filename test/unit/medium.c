@@ -816,7 +816,7 @@ Test(mcache, cache_hits_give_back_what_is_due_within_a_round_of_chores) {
   char *a = ta_malloc(20000), *c = ta_malloc(40000), *keep = guard();
   ta_arena_t *me = ta_tl_arena;
   ta_free(a);
-  ta_free(ta_malloc(20000)); /* a hit: this round's chores, with nothing due yet */
+  /* the mallocs above missed the cache: each did the chores, and a round begins */
   ta_free(c);                /* cached, in a bin of its own */
   cr_assert(cached(a) && cached(c));
   nap_ms(300); /* the flush is due: past the owner's decay time, many times over */
@@ -840,7 +840,7 @@ Test(mcache, cache_hits_take_in_other_threads_frees_within_a_round_of_chores) {
   char *a = ta_malloc(20000), *r = ta_malloc(30000), *keep = guard();
   ta_arena_t *me = ta_tl_arena;
   ta_free(a);
-  ta_free(ta_malloc(20000)); /* a hit: this round's chores, with nothing to take in yet */
+  /* the mallocs above missed the cache: each did the chores, and a round begins */
   pthread_t t;
   pthread_create(&t, NULL, free_in_thread, r);
   pthread_join(t, NULL);
@@ -868,13 +868,13 @@ Test(mcache, a_cache_hit_gives_back_the_huge_cache_when_due) {
   ta_decay_ms = 20;
   char *a = ta_malloc(20000), *keep = guard();
   ta_free(a);
-  ta_free(ta_malloc(20000)); /* a hit: this round's chores, with nothing due yet */
+  /* the mallocs above missed the cache: each did the chores, and a round begins */
   char *h = ta_malloc((size_t)6 << 20);
   memset(h, 1, (size_t)6 << 20);
   ta_free(h);
   cr_assert_eq(ta_huge_cached_count(), 1);
   nap_ms(150);
-  char *b = ta_malloc(20000); /* the second hit of the round */
+  char *b = ta_malloc(20000); /* the first hit of the round */
   cr_assert_eq(b, a, "the cached block");
   cr_assert_eq(ta_huge_cached_count(), 0, "the huge span was not given back by the hit");
   ta_free(b);
@@ -892,7 +892,7 @@ Test(mcache, cache_hits_take_in_what_was_freed_into_an_exited_threads_arena_with
   ta_decay_ms = 20;
   char *a = ta_malloc(20000), *keep = guard();
   ta_free(a);
-  ta_free(ta_malloc(20000)); /* a hit: this round's chores, with nothing due yet */
+  /* the mallocs above missed the cache: each did the chores, and a round begins */
   void *blocks[8];
   pthread_t t;
   pthread_create(&t, NULL, small_blocks_and_exit, blocks);
