@@ -34,13 +34,14 @@ static size_t pick_size(wl_rng *r)
 static void *worker(void *v)
 {
     job *j = v;
+    wl_result res = {0, 0}; /* into the job at the end (wl.h, wl_result) */
     wl_rng r = wl_rng_make(j->seed, 8);
     leftovers *in = j->inherit, *out = j->leave;
 
     /* Free half of the inheritance first, then allocate, then the other half. */
     uint64_t half = in->count / 2;
     for (uint64_t i = 0; i < half; i++) {
-        j->res.sum += wl_check(in->p[i], in->size[i], in->tag[i], &j->res.bad);
+        res.sum += wl_check(in->p[i], in->size[i], in->tag[i], &res.bad);
         free(in->p[i]);
     }
     void **mine = malloc(j->blocks * sizeof *mine);
@@ -61,7 +62,7 @@ static void *worker(void *v)
         wl_stamp(mine[i], msize[i], mtag[i]);
     }
     for (uint64_t i = half; i < in->count; i++) {
-        j->res.sum += wl_check(in->p[i], in->size[i], in->tag[i], &j->res.bad);
+        res.sum += wl_check(in->p[i], in->size[i], in->tag[i], &res.bad);
         free(in->p[i]);
     }
     in->count = 0;
@@ -75,13 +76,14 @@ static void *worker(void *v)
             out->tag[out->count] = mtag[i];
             out->count++;
         } else {
-            j->res.sum += wl_check(mine[i], msize[i], mtag[i], &j->res.bad);
+            res.sum += wl_check(mine[i], msize[i], mtag[i], &res.bad);
             free(mine[i]);
         }
     }
     free(mine);
     free(msize);
     free(mtag);
+    j->res = res;
     return NULL;
 }
 

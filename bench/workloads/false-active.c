@@ -17,15 +17,17 @@ typedef struct {
 static void *worker(void *v)
 {
     job *j = v;
+    wl_result res = {0, 0}; /* into the job at the end (wl.h, wl_result) */
     for (uint64_t i = 0; i < j->pairs; i++) {
         volatile unsigned char *p = malloc(OBJ);
         if (!p) {
             fprintf(stderr, "false-active: out of memory\n");
             exit(4);
         }
-        wl_hammer(p, OBJ, WRITES, i, j->id, &j->res);
+        wl_hammer(p, OBJ, WRITES, i, j->id, &res);
         free((void *)p);
     }
+    j->res = res;
     return NULL;
 }
 

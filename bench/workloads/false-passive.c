@@ -19,6 +19,7 @@ typedef struct {
 static void *worker(void *v)
 {
     job *j = v;
+    wl_result res = {0, 0}; /* into the job at the end (wl.h, wl_result) */
     free(j->start);
     for (uint64_t i = 0; i < j->pairs; i++) {
         volatile unsigned char *p = malloc(OBJ);
@@ -26,9 +27,10 @@ static void *worker(void *v)
             fprintf(stderr, "false-passive: out of memory\n");
             exit(4);
         }
-        wl_hammer(p, OBJ, WRITES, i, j->id, &j->res);
+        wl_hammer(p, OBJ, WRITES, i, j->id, &res);
         free((void *)p);
     }
+    j->res = res;
     return NULL;
 }
 

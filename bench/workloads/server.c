@@ -31,12 +31,13 @@ static size_t pick_size(wl_rng *r)
 static void *worker(void *v)
 {
     job *j = v;
+    wl_result res = {0, 0}; /* into the job at the end (wl.h, wl_result) */
     wl_rng r = wl_rng_make(j->seed, 3);
     slots *s = j->arr;
     for (uint64_t i = 0; i < j->ops; i++) {
         uint32_t k = wl_below(&r, SLOTS);
         if (s->p[k]) {
-            j->res.sum += wl_check(s->p[k], s->size[k], s->tag[k], &j->res.bad);
+            res.sum += wl_check(s->p[k], s->size[k], s->tag[k], &res.bad);
             free(s->p[k]);
         }
         size_t n = pick_size(&r);
@@ -51,6 +52,7 @@ static void *worker(void *v)
         s->size[k] = (uint32_t)n;
         s->tag[k] = tag;
     }
+    j->res = res;
     return NULL;
 }
 

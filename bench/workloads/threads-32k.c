@@ -24,6 +24,7 @@ static size_t pick_size(wl_rng *r)
 static void *worker(void *v)
 {
     job *j = v;
+    wl_result res = {0, 0}; /* into the job at the end (wl.h, wl_result) */
     wl_rng r = wl_rng_make(j->seed, 5);
     void *p[SLOTS] = {0};
     size_t size[SLOTS] = {0};
@@ -31,7 +32,7 @@ static void *worker(void *v)
     for (uint64_t i = 0; i < j->ops; i++) {
         uint32_t k = wl_below(&r, SLOTS);
         if (p[k]) {
-            j->res.sum += wl_check(p[k], size[k], tag[k], &j->res.bad);
+            res.sum += wl_check(p[k], size[k], tag[k], &res.bad);
             free(p[k]);
         }
         size[k] = pick_size(&r);
@@ -47,9 +48,10 @@ static void *worker(void *v)
     }
     for (int k = 0; k < SLOTS; k++)
         if (p[k]) {
-            j->res.sum += wl_check(p[k], size[k], tag[k], &j->res.bad);
+            res.sum += wl_check(p[k], size[k], tag[k], &res.bad);
             free(p[k]);
         }
+    j->res = res;
     return NULL;
 }
 
