@@ -305,16 +305,20 @@ _Static_assert(TA_LINE - 16 + TA_MIN_MBLOCK - 16 < 256, "a class block's spare f
  * many of them may be resident: the decay purge gives back the blocks free for the decay
  * time, not the ones the owner is cycling through, and counts what stays. */
 #define TA_MEDIUM_PURGE_MIN ((size_t)16 << 10)
+/* Once the process has had this many arenas at once (ta_arena_count: as many threads were
+ * alive together), spans serve 8-256 KiB (ta_span_threads, span.c) and each medium cache
+ * holds a quarter (ta_medium_arenas, medium.c): each thread's cache is then memory no other
+ * can use, and spans serve most of its sizes (with span_min_kb:0 too, where no span serves:
+ * the first reason holds alone). One threshold for both: the switch to memory every thread
+ * shares. */
+#define TA_FEW_ARENAS 8
 /* The cache of freed medium blocks (medium.c): the bins of blocks of 8 KiB to 64 KiB, eight
- * blocks each, 1 MiB in all. */
+ * blocks each, 1 MiB in all (why not less: docs/design.md, "The cache of freed medium
+ * blocks"). */
 #define TA_MCACHE_FIRST TA_NUM_SMALL /* the bin of 8 KiB */
 #define TA_MCACHE_CLASSES 24
 #define TA_MCACHE_SLOTS 8
 #define TA_MCACHE_BYTES ((uint32_t)1024 << 10)
-/* From this many arenas ever made on (ta_arena_count), a quarter of it (ta_medium_arenas):
- * spans serve most of its sizes then, and each thread's cache is memory no other can use
- * (with span_min_kb:0 too, where no span serves: the second reason holds alone). */
-#define TA_MCACHE_FEW_ARENAS 8
 #define TA_CHORES_EVERY 16 /* slow paths that reuse held memory, per round of chores (alloc.c) */
 TA_INLINE uint64_t *ta_medium_stamp(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 2; }
 TA_INLINE uint64_t *ta_medium_res(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 3; }
@@ -883,7 +887,7 @@ TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
  * arena's lock (ta_medium_cache_alloc takes from it). put: whether h went into the cache (else
  * the caller frees it); flush: every cached block freed into the heap. */
 TA_HIDDEN extern uint32_t ta_mcache_max; /* its bytes per arena: TA_MCACHE_BYTES (tests: 0, none) */
-TA_HIDDEN void ta_medium_arenas(uint32_t count); /* a quarter of it from TA_MCACHE_FEW_ARENAS on */
+TA_HIDDEN void ta_medium_arenas(uint32_t count); /* a quarter of it from TA_FEW_ARENAS on */
 TA_HIDDEN bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h);
 TA_HIDDEN void ta_medium_cache_flush(ta_arena_t *a);
 /* A live block's size word says "in use" (not free, not cached). */

@@ -574,10 +574,10 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
 uint32_t ta_mcache_max = TA_MCACHE_BYTES;
 
 /* The process has had `count` arenas at once (arena.c, at each new arena): from
- * TA_MCACHE_FEW_ARENAS on, each cache holds a quarter as much (spans serve most of its sizes
+ * TA_FEW_ARENAS on, each cache holds a quarter as much (spans serve most of its sizes
  * then, and each thread's cache is memory no other thread can use). */
 void ta_medium_arenas(uint32_t count) {
-  if (count >= TA_MCACHE_FEW_ARENAS && TA_LOAD(ta_mcache_max) > TA_MCACHE_BYTES / 4)
+  if (count >= TA_FEW_ARENAS && TA_LOAD(ta_mcache_max) > TA_MCACHE_BYTES / 4)
     TA_STORE(ta_mcache_max, TA_MCACHE_BYTES / 4);
 }
 

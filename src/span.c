@@ -86,7 +86,7 @@ static size_t span_min_set = SIZE_MAX; /* the smallest span the settings ask for
  * alone. With few threads the medium heap holds less (pool workload, peak resident over live
  * bytes: 2.5 against 7.2 with one thread, 2.9 against 4.4 with 4, about even at 8), with many
  * far less (3.2 against 4.3 at 32, 1.9 against 3.0 at 256). */
-uint32_t ta_span_threads = 8;
+uint32_t ta_span_threads = TA_FEW_ARENAS;
 static unsigned page_shift = 12;
 /* A bin head's tag: the 12 bits below a page and those above the user address space
  * (ta_os_addr_bits: 47 on x86-64, up to 52 on arm64): 29 to 24 bits. */

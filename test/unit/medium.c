@@ -931,14 +931,14 @@ static void *hold_an_arena(void *arg) {
 
 Test(mcache, from_8_arenas_on_the_cache_holds_a_quarter) {
   ta_free(ta_malloc(64)); /* this thread's arena */
-  pthread_t t[TA_MCACHE_FEW_ARENAS - 1];
-  pthread_barrier_init(&all_in, NULL, TA_MCACHE_FEW_ARENAS);
-  for (int i = 0; i < TA_MCACHE_FEW_ARENAS - 1; i++)
+  pthread_t t[TA_FEW_ARENAS - 1];
+  pthread_barrier_init(&all_in, NULL, TA_FEW_ARENAS);
+  for (int i = 0; i < TA_FEW_ARENAS - 1; i++)
     pthread_create(&t[i], NULL, hold_an_arena, NULL);
   pthread_barrier_wait(&all_in); /* 8 arenas at once */
-  for (int i = 0; i < TA_MCACHE_FEW_ARENAS - 1; i++)
+  for (int i = 0; i < TA_FEW_ARENAS - 1; i++)
     pthread_join(t[i], NULL);
-  cr_assert_geq(atomic_load(&ta_arena_count), TA_MCACHE_FEW_ARENAS);
+  cr_assert_geq(atomic_load(&ta_arena_count), TA_FEW_ARENAS);
   enum { N = 40 };
   char *p[N], *g[N];
   guarded(p, g, N, 9000, 1400); /* 9 KiB .. 64 KiB, across the bins */

@@ -92,7 +92,7 @@ static void *take_an_arena(void *arg) {
 }
 
 Test(span, spans_serve_once_the_process_has_had_8_threads) {
-  ta_span_threads = 8;
+  ta_span_threads = TA_FEW_ARENAS;
   void *before = ta_malloc(40000);
   cr_assert_eq(ta_map_get((uintptr_t)before), TA_MAP_MEDIUM, "one thread: the medium heap");
   enum { T = 7 };
