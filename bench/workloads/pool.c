@@ -125,7 +125,9 @@ typedef struct {
     void *mailbox;          /* blocks to free, linked through their second word */
     int waiting;            /* how many, under mu */
     int asleep;             /* the owner waits on cv, under mu */
-    uint64_t requests;
+    /* The owner's alone from here, on lines of their own: the lines above are other
+     * threads' to write too (wl.h, wl_result). */
+    _Alignas(64) uint64_t requests;
     uint64_t seed;
     uint64_t sum;
     uint64_t handed;        /* blocks this thread gave to another one */

@@ -124,16 +124,20 @@ static void *consumer(void *v)
 {
     role *me = v;
     inbox *mine = &boxes[me->id];
+    uint64_t sum = 0; /* into the role at the end (wl.h, wl_result) */
+    int bad = 0;
     for (;;) {
         batch *x = box_get(mine);
         if (x) {
-            me->sum += drain(x, &me->bad);
+            sum += drain(x, &bad);
             continue;
         }
         if (atomic_load(&producers_left) == 0) {
             /* Producers are done: take what is left, then stop. */
             while ((x = box_get(mine)) != NULL)
-                me->sum += drain(x, &me->bad);
+                sum += drain(x, &bad);
+            me->sum = sum;
+            me->bad = bad;
             return NULL;
         }
         sched_yield();

@@ -181,10 +181,11 @@ static inline void wl_join(pthread_t t)
 /* What a worker leaves behind: a checksum of the data it saw and whether any of it was
  * wrong. The job structs of the threaded workloads begin with one, so that wl_run can start,
  * wait for and add up any of them. A worker adds up into a wl_result of its own and stores
- * it into its job when it ends: the jobs lie side by side in one block, so a field each
- * thread wrote in its loop shared a cache line with its neighbour's, at a cost that depended
- * on where the allocator had put that block (server -t 2 took 2.1 to 2.7 times as long so
- * as with the jobs padded apart, under jemalloc, mimalloc and tamalloc alike). */
+ * it into its job when it ends (and so for any count of its own): the jobs lie side by side
+ * in one block, so a field each thread wrote in its loop shared a cache line with its
+ * neighbour's, at a cost that depended on where the allocator had put that block (server
+ * -t 2 took 2.1 to 2.7 times as long so as with the counts in locals, under jemalloc,
+ * mimalloc and tamalloc). */
 typedef struct {
     uint64_t sum;
     int bad;

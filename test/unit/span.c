@@ -95,13 +95,13 @@ Test(span, spans_serve_once_the_process_has_had_8_threads) {
   ta_span_threads = TA_FEW_ARENAS;
   void *before = ta_malloc(40000);
   cr_assert_eq(ta_map_get((uintptr_t)before), TA_MAP_MEDIUM, "one thread: the medium heap");
-  enum { T = 7 };
+  enum { T = TA_FEW_ARENAS - 1 };
   pthread_t t[T];
   pthread_barrier_init(&all_in, NULL, T);
   for (int i = 0; i < T; i++) cr_assert_eq(pthread_create(&t[i], NULL, take_an_arena, NULL), 0);
   for (int i = 0; i < T; i++) pthread_join(t[i], NULL);
-  void *after = ta_malloc(40000); /* this thread and 7 others had arenas at once */
-  cr_assert_eq(ta_map_get((uintptr_t)after), TA_MAP_SPAN, "8 threads: spans");
+  void *after = ta_malloc(40000); /* this thread and T others had arenas at once */
+  cr_assert_eq(ta_map_get((uintptr_t)after), TA_MAP_SPAN, "TA_FEW_ARENAS threads: spans");
   cr_assert_eq(ta_nallocx(40000, 0), 40960);
   ta_free(before);
   ta_free(after);
