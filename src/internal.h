@@ -306,7 +306,7 @@ _Static_assert(TA_LINE - 16 + TA_MIN_MBLOCK - 16 < 256, "a class block's spare f
  * time, not the ones the owner is cycling through, and counts what stays. */
 #define TA_MEDIUM_PURGE_MIN ((size_t)16 << 10)
 /* Once the process has had this many arenas at once (ta_arena_count: as many threads were
- * alive together), spans serve (span_min_kb to 256 KiB: ta_span_threads, span.c, which tests
+ * alive together), spans serve (span_min_kb to span_max: ta_span_threads, span.c, which tests
  * may set apart) and each medium cache holds a quarter (ta_medium_arenas, medium.c): each
  * thread's cache is then memory no other can use, and spans serve most of its sizes (with
  * span_min_kb:0 too, where no span serves: the first reason holds alone). One threshold for

@@ -184,7 +184,7 @@ static inline void wl_join(pthread_t t)
  * it into its job when it ends (and so for any count of its own): the jobs lie side by side
  * in one block, so a field each thread wrote in its loop shared a cache line with its
  * neighbour's, at a cost that depended on where the allocator had put that block (server
- * -t 2 took 2.1 to 2.7 times as long so as with the counts in locals, under jemalloc,
+ * -t 2 took 2.1 to 2.7 times as long as with the counts in locals, under jemalloc,
  * mimalloc and tamalloc). */
 typedef struct {
     uint64_t sum;
