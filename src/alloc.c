@@ -72,6 +72,14 @@ static void collect(ta_arena_t *a) {
   ta_purge_if_over(a);
 }
 
+/* The chores, now; the next round begins (a medium request the cache cannot serve does them
+ * too, before the heap is cut). */
+static TA_NOINLINE void chores_round(ta_arena_t *a) {
+  a->chores_skip = TA_CHORES_EVERY - 1;
+  collect(a);
+  slow_path_chores(a);
+}
+
 /* The chores of a slow path that handed out memory the arena or the spans already held (a
  * cached medium block, a span), on every TA_CHORES_EVERY-th such call: taking in what other
  * threads freed into the arena, and what slow_path_chores does. Nothing grew, and once
@@ -84,13 +92,6 @@ static void collect(ta_arena_t *a) {
  * for the owner), and a huge cache that holds anything while no purger thread runs (a
  * single thread's: no other call may come). The arenas of exited threads are not: where
  * threads come and go, one is due most of the time; the purger thread gives them back. */
-/* The chores, now; the next round begins (a medium request the cache cannot serve does them
- * too, before the heap is cut). */
-static TA_NOINLINE void chores_round(ta_arena_t *a) {
-  a->chores_skip = TA_CHORES_EVERY - 1;
-  collect(a);
-  slow_path_chores(a);
-}
 TA_INLINE void chores_sometimes(ta_arena_t *a) {
   if (TA_LIKELY(a->chores_skip-- != 0) &&
       atomic_load_explicit(&a->suspected, memory_order_relaxed) == 0 &&
