@@ -108,6 +108,9 @@ Test(memory, a_main_thread_that_calls_pthread_exit_ends_the_process, .timeout = 
 Test(memory, sparsely_used_big_blocks_hold_only_touched_pages, .timeout = 120) {
   expect_clean(TATEST_MEM_SPARSE);
 }
+Test(memory, big_blocks_written_through_hold_no_huge_page_past_their_end, .timeout = 60) {
+  expect_clean(TATEST_MEM_DENSE);
+}
 Test(memory, with_lazy_commit_many_threads_are_charged_for_what_they_use, .timeout = 60) {
   expect_clean_with(TATEST_MEM_COMMIT, "lazy", "lazy_commit:true");
 }
