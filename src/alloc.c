@@ -213,9 +213,10 @@ got:
 /* Any size, alignment <= 16 or a power of two; zero: the caller needs zeroed memory. */
 static void quarantine_check_newest(ta_arena_t *me);
 
-/* spans: whether a span may serve the request (not for a realloc that grows a medium block or
- * a span: it goes to the medium heap, where it can grow again in place). */
-static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool spans) {
+/* grows: a realloc that grows a medium block or a span, and may grow again: no span serves
+ * it (it goes to the medium heap, where it can grow again in place), and a huge block keeps
+ * whole granules to grow into (huge.c, span_keep). */
+static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool grows) {
   if (TA_UNLIKELY(size > TA_MAX_REQUEST)) {
     errno = ENOMEM;
     return NULL;
@@ -239,7 +240,7 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool s
   unsigned cls = small_class_for(small_request(size), align);
   if (cls != 0) {
     p = ta_secure ? secure_small_alloc(a, cls) : small_alloc(a, cls, align);
-  } else if (spans && ta_span_serves(size, align) &&
+  } else if (!grows && ta_span_serves(size, align) &&
              (chores_sometimes(a), (p = ta_span_alloc(size, &zeroed)) != NULL)) {
     /* a span; without one (no new chunk could be had), the medium heap may still serve */
   } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 && size + align <= TA_MEDIUM_MAX) {
@@ -251,7 +252,7 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool s
     }
   } else {
     if (align < TA_CHUNK_SIZE) slow_path_chores(a); /* else never from the cache */
-    p = ta_huge_alloc(a, size, align, zero);
+    p = ta_huge_alloc(a, size, align, zero, grows);
     zeroed = true;
   }
   if (TA_LIKELY(p != NULL)) {
@@ -268,7 +269,7 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool s
 }
 
 static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
-  return alloc_from(size, align, zero, true);
+  return alloc_from(size, align, zero, false);
 }
 
 /* ta_fast_limit is 8 KiB (every small size), or 0 while statistics are on (every call then
@@ -751,7 +752,7 @@ void *ta_realloc(void *p, size_t size) {
    * realloc can grow it in place (a span never grows in place: a string builder appending a
    * few bytes at a time would be copied at every page). */
   bool grows = (kind == TA_MAP_MEDIUM || kind == TA_MAP_SPAN) && size > usable;
-  void *q = alloc_from(size, TA_ALIGNMENT, false, !grows);
+  void *q = alloc_from(size, TA_ALIGNMENT, false, grows);
   if (q == NULL) return NULL; /* errno is ENOMEM; p is untouched */
   memcpy(q, p, size < usable ? size : usable);
   ta_free(p);

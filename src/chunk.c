@@ -155,6 +155,7 @@ static void *pool_take(uintptr_t want, bool hold, int *slot);
 static _Atomic int lazy_state; /* 0: not yet decided, 1: lazy commit, 2: every chunk whole */
 
 static bool lazy(void) { return atomic_load_explicit(&lazy_state, memory_order_relaxed) == 1; }
+bool ta_commit_lazy(void) { return lazy(); }
 
 /* Lazy commit on or off for the chunks mapped from now on (the setting lazy_commit, tests). */
 void ta_chunk_lazy_commit(bool on) { atomic_store(&lazy_state, on ? 1 : 2); }

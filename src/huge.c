@@ -227,26 +227,39 @@ static bool kept_over(size_t more) {
 #define TA_HUGE_STRIDE64 2 /* a share of 2/64 or less is a block's stride: nothing to empty */
 
 /* How much of a span of `size` bytes a block whose pages end at `end` (its guard page
- * included) keeps mapped. With huge pages, the first touch of a 2 MiB page that holds nothing
- * commits all of it: past the block's end, for the one that holds the block's last byte (a
- * block of 2.1 MiB written through held 4 MiB, one of 4 MiB 6). Where that would commit more
- * than an eighth of the block, the mapping ends at the block's last page instead: the kernel
- * gives a huge page only where the whole of it is mapped. That 2 MiB page then faults in
- * small pages, so a block that spills into it by little keeps it (large's blocks of 5-25
- * MiB: 9% more time when every one was cut). A 2 MiB page that may hold pages already
- * (below dirty_end: an earlier block touched it) commits nothing new, and is kept. */
+ * included) keeps mapped.
+ * - With huge pages, the first touch of a 2 MiB page that holds nothing commits all of it:
+ *   past the block's end, for the one that holds the block's last byte (a block of 2.1 MiB
+ *   written through held 4 MiB, one of 4 MiB 6). Where that would commit more than an
+ *   eighth of the block, the mapping ends at the block's last page instead: the kernel gives
+ *   a huge page only where the whole of it is mapped. That 2 MiB page then faults in small
+ *   pages, so a block that spills into it by little keeps it (large's blocks of 5-25 MiB: 9%
+ *   more time when every one was cut). The page is cut whenever nothing past the block's end
+ *   in it may be resident (dirty_end), its part below the end holding small pages or not:
+ *   the kernel's collapsing (khugepaged) fills a page that holds any. A page that holds pages
+ *   past the end already (an earlier, larger block wrote them) is kept: nothing is committed
+ *   anew, and the cut would make the next larger block fault them in again.
+ * - With lazy commit the kernel charges the whole mapping, touched or not: it ends at the
+ *   block's last page (a 1 MiB block was charged 4 MiB). */
 static size_t span_keep(const ta_huge_t *h, size_t end, size_t size) {
-  if (!(h->thp & HUGE_ADVISED) || end >= size) return size;
+  if (end >= size) return size;
+  if (ta_commit_lazy()) return end;
+  if (!(h->thp & HUGE_ADVISED)) return size;
   size_t r = ta_align_up(end, ta_hugepage_size);
-  bool cut = r > end && r <= size && r - ta_hugepage_size >= h->dirty_end && r - end > end / 8;
-  return cut ? end : size;
+  return r <= size && h->dirty_end <= end && r - end > end / 8 ? end : size;
 }
 
 /* Cuts the span down to what span_keep says a block ending at `end` keeps (one munmap, only
- * where huge pages would commit past it); its header is sealed again. */
+ * where huge pages or the commit charge would count what the block does not use); its
+ * header is sealed again. Nothing the tail holds is counted as returned: no page past the
+ * block's end is resident where it is cut, but with lazy commit, where it may be. */
 static void span_trim(ta_huge_t *h, size_t end) {
   size_t keep = span_keep(h, end, h->map_size);
-  if (keep == h->map_size || ta_os_munmap((char *)h + keep, h->map_size - keep) != 0) return;
+  if (keep == h->map_size) return;
+  if (h->dirty_end <= keep)
+    ta_os_trim((char *)h + keep, h->map_size - keep); /* untouched */
+  else if (ta_os_munmap((char *)h + keep, h->map_size - keep) != 0)
+    return;
   kept_note(h, -1);
   TA_STORE(h->map_size, keep);
   kept_note(h, +1);
@@ -518,7 +531,7 @@ static ta_huge_t *cache_take(size_t least, size_t need) {
    * it is at least half of it (a smaller one is left for requests it fits). */
   ta_huge_t *h = NULL;
   int i = slot_pick(0, &h);
-  if (i < 0 || atomic_load_explicit(&cache_size_hint[i], memory_order_relaxed) < need / 2 ||
+  if (i < 0 || atomic_load_explicit(&cache_size_hint[i], memory_order_relaxed) < least / 2 ||
       !slot_take((unsigned)i, h))
     return NULL;
   if (h->map_size >= least) return h;
@@ -597,7 +610,7 @@ static bool purge_may_help(size_t need) {
   return false;
 }
 
-void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
+void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool grows) {
   bool beyond = align >= TA_CHUNK_SIZE;
   /* Hardened: 64 bytes of canary between the meta block and the data, and a guard page
    * after the data's last page (see ta_huge_secure_arm). */
@@ -643,7 +656,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero) {
     advise_fresh(h, need, end);
     h->map_size = need; /* a cached span keeps its own size (>= end + guard) */
   }
-  span_trim(h, end + guard);
+  if (!grows) span_trim(h, end + guard); /* a realloc keeps room to grow: ta_huge_realloc */
   if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
   /* A cached span is in the map: statistics readers read these words (TA_STORE). */
   TA_STORE(h->data_off, data_off);

@@ -729,6 +729,9 @@ TA_INLINE bool ta_chunk_holds(const ta_chunk_t *c, size_t from, size_t to) {
  * compare when it is already); false if the kernel refuses. */
 TA_HIDDEN bool ta_chunk_commit(ta_chunk_t *c, size_t end);
 TA_HIDDEN void ta_chunk_commit_default(void);
+/* Whether mappings are charged as they are made, not as they are touched, so that what is
+ * mapped writable should follow use (lazy commit: chunk.c, "Commit charge"; huge.c). */
+TA_HIDDEN bool ta_commit_lazy(void);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
 TA_HIDDEN extern _Atomic uint64_t ta_chunks_taken_over; /* from other arenas (tests, stats) */
 TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
@@ -924,7 +927,8 @@ TA_INLINE size_t ta_medium_usable_of(size_t w) {
 TA_INLINE size_t ta_medium_usable(const ta_mhdr_t *h) { return ta_medium_usable_of(ta_mh_load(h)); }
 
 /* ------------------------------------------------------------------ huge.c */
-TA_HIDDEN void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero);
+/* grows: for a realloc that grows a block, which keeps whole granules to grow into. */
+TA_HIDDEN void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool grows);
 TA_HIDDEN void ta_huge_free(ta_huge_t *h); /* the caller counts the free in its arena */
 TA_HIDDEN ta_huge_t *ta_huge_hdr_checked(void *p, uint8_t kind, const char *op);
 TA_HIDDEN void *ta_huge_realloc(ta_huge_t *h, size_t size);
