@@ -107,6 +107,7 @@ static void *chunk_from_brk(bool *ok) {
   }
   ta_brk_unlock();
   *ok = res != NULL;
+  if (res != NULL) ta_os_thp_off(res, TA_CHUNK_SIZE); /* as every mapping (os.c) */
   return res;
 }
 

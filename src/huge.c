@@ -45,8 +45,8 @@
  * looked at it, it counts the share of its pages the look found resident (see cache_weight);
  * and the spans found sparse together keep at most half the cache's limit (see sparse_kept).
  * A kernel that uses huge pages everywhere ('always') is told not to on fresh mappings not
- * known to be dense (MADV_NOHUGEPAGE); on one without them ('never'), or with
- * huge_pages:false, nothing is asked and nothing looked at.
+ * known to be dense (MADV_NOHUGEPAGE, as every mapping is: os.c, ta_os_thp_off); on one without
+ * them ('never'), or with huge_pages:false, nothing is asked and nothing looked at.
  */
 #include <string.h>
 
@@ -143,13 +143,13 @@ static void look_at_previous_fresh(void) {
   if (v >= 0) atomic_store_explicit(&last_verdict, (int8_t)(v ? 1 : -1), memory_order_relaxed);
 }
 
-/* Huge pages for the whole span of `size` bytes. A fresh mapping needs no advice where the
- * kernel gives them everywhere. True if the span has them. Never where a huge page is larger
- * than the stretch a verdict looks at (512 MiB with 64 KiB pages): one byte written would
- * commit more than was ever judged dense. */
-static bool advise(ta_huge_t *h, size_t size, bool fresh) {
+/* Huge pages for the whole span of `size` bytes (asked for where the kernel gives them
+ * everywhere too: every mapping is made told to have none, os.c). True if the span has them.
+ * Never where a huge page is larger than the stretch a verdict looks at (512 MiB with 64 KiB
+ * pages): one byte written would commit more than was ever judged dense. */
+static bool advise(ta_huge_t *h, size_t size) {
   if (ta_hugepage_size > TA_HUGE_LOOK_MAX) return false;
-  return (fresh && thp_mode() == TA_THP_ALWAYS) || ta_os_hugepage(h, size, true) == 0;
+  return ta_os_hugepage(h, size, true) == 0;
 }
 
 /* Where the pages a block may touch end: with huge pages, at the end of the 2 MiB page that
@@ -160,11 +160,21 @@ static size_t touch_end(const ta_huge_t *h, size_t end) {
   return end < h->map_size ? end : h->map_size;
 }
 
+/* Whether huge pages would commit too much of what an aligned block leaves untouched before
+ * its data: its first 2 MiB page holds the meta block, then data_off - 64 bytes of padding
+ * (all of the page with an alignment of 2 MiB or more, a whole granule's worth above it). Where
+ * that is more than an eighth of the block, it gets none (posix_memalign of 2 MiB for 4 MiB
+ * blocks written through held 1.4 times their bytes). */
+static bool padded(size_t data_off, size_t request) {
+  size_t pad = data_off < ta_hugepage_size ? data_off : ta_hugepage_size;
+  return pad > request / 8;
+}
+
 /* A fresh mapping of `size` bytes for a block that ends at `end`: huge pages up front if
  * blocks of its size are written through, told not to have them if the kernel would give
  * them anyway. Called before anything is written in the mapping: a page touched before the
  * advice would keep its 2 MiB on small pages. Sets h->thp. */
-static void advise_fresh(ta_huge_t *h, size_t size, size_t end) {
+static void advise_fresh(ta_huge_t *h, size_t size, size_t end, bool pad) {
   uint8_t thp = 0;
   int mode = thp_mode();
   if (mode != TA_THP_NEVER) {
@@ -178,10 +188,9 @@ static void advise_fresh(ta_huge_t *h, size_t size, size_t end) {
     if (score > 0 && atomic_load_explicit(&class_doubt[cls], memory_order_relaxed) &&
         atomic_exchange_explicit(&class_doubt[cls], 0, memory_order_relaxed))
       score = -1; /* this one tells */
-    if (score > 0 && advise(h, size, true)) {
+    if (score > 0 && !pad && advise(h, size)) {
       thp = HUGE_ADVISED;
-    } else {
-      if (mode == TA_THP_ALWAYS) ta_os_hugepage(h, size, false);
+    } else { /* with `always`, the mapping came told to have none (os.c) */
       if (score == 0) {
         size_t len = end < TA_HUGE_LOOK_MAX ? end : TA_HUGE_LOOK_MAX;
         atomic_store_explicit(&unjudged, (uintptr_t)h | (len / ta_page_size),
@@ -299,7 +308,8 @@ static void look(ta_huge_t *h) {
   unsigned cls = class_of(ta_align_up(end, TA_CHUNK_SIZE));
   if (dense) {
     note_verdict(cls, true);
-    if (!advised && advise(h, h->map_size, false)) h->thp |= HUGE_ADVISED;
+    if (!advised && !padded(h->data_off, h->requested) && advise(h, h->map_size))
+      h->thp |= HUGE_ADVISED;
     h->thp |= HUGE_JUDGED;
     return;
   }
@@ -653,10 +663,20 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool gr
     }
   }
   if (fresh) {
-    advise_fresh(h, need, end);
+    advise_fresh(h, need, end, padded(data_off, size));
     h->map_size = need; /* a cached span keeps its own size (>= end + guard) */
   }
   if (!grows) span_trim(h, end + guard); /* a realloc keeps room to grow: ta_huge_realloc */
+  if ((h->thp & HUGE_ADVISED) && padded(data_off, size)) {
+    /* A span with huge pages, for a block whose padding they would commit: none from now on
+     * (what it holds stays: nothing new is committed), and it is judged afresh at its free. */
+    kept_note(h, -1);
+    ta_os_hugepage(h, h->map_size, false);
+    h->thp = 0;
+    h->sparse_seen = 0;
+    h->look_in = 0;
+    kept_note(h, +1);
+  }
   if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
   /* A cached span is in the map: statistics readers read these words (TA_STORE). */
   TA_STORE(h->data_off, data_off);

@@ -562,6 +562,8 @@ TA_HIDDEN int ta_os_protect(void *p, size_t size, bool access); /* guard pages: 
 TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
 TA_HIDDEN void *ta_os_mremap_move(void *p, size_t old, size_t size); /* in place or moved */
 TA_HIDDEN int ta_os_hugepage(void *p, size_t size, bool on); /* MADV_(NO)HUGEPAGE hint */
+/* No transparent huge pages on a range where the kernel would give them unasked (`always`). */
+TA_HIDDEN void ta_os_thp_off(void *p, size_t size);
 TA_HIDDEN int ta_os_collapse(void *p, size_t size); /* MADV_COLLAPSE: huge pages now; 0 or errno */
 TA_HIDDEN int ta_os_thp_mode(void); /* TA_THP_*: the kernel's setting, read once */
 TA_HIDDEN uint64_t ta_os_now_ms(void);

@@ -24,6 +24,8 @@
  *                           address f; NULL on failure. ta_os_mremap_move lets the kernel
  *                           choose: in place if it can, elsewhere if not.
  *   ta_os_hugepage(p,n,on)  transparent huge pages wanted (on) or not on a range: a hint.
+ *   ta_os_thp_off(p,n)      none on a range where the kernel would give them unasked; every
+ *                           mapping made here is told so.
  *   ta_os_collapse(p,n)     the range made transparent huge pages now (MADV_COLLAPSE).
  *   ta_os_now_us()          the monotonic clock in microseconds (timing a call).
  *   ta_os_thp_mode()        the kernel's transparent-huge-page mode (read once).
@@ -155,8 +157,20 @@ int ta_os_brk_set(void *from, void *to) {
   return r;
 }
 
+/* Where the kernel gives transparent huge pages to every mapping (`always`), the first touch
+ * of any 2 MiB of one fills all of it: a thread's first small block committed 2 MiB of its
+ * chunk, its medium chunk 4 (its header's and its end marker's), the granule map 2 MiB for
+ * each place written in it (200 threads with a block of 64 B, 2 KiB and 300 KB each: 6,156
+ * KiB a thread, glibc 307). So every mapping made here, and each chunk the break gives
+ * (ta_os_thp_off), is told not to have them, one call a mapping; what is dense asks for
+ * them itself (huge blocks, dense halves of small chunks). Nothing where the kernel gives
+ * them on advice only, or never. */
+void ta_os_thp_off(void *p, size_t size) {
+  if (ta_os_thp_mode() == TA_THP_ALWAYS) (void)ta_os_hugepage(p, size, false);
+}
+
 /* n bytes mapped with protection `prot` (read-write, or none: a reservation). */
-static void *map_prot(size_t size, int prot) {
+static void *map_raw(size_t size, int prot) {
   if (should_fail(TA_OS_MMAP)) return NULL;
   count_call(TA_OS_MMAP);
   int saved = errno;
@@ -173,6 +187,13 @@ static void *map_prot(size_t size, int prot) {
   }
   count_mapped((intptr_t)size);
   HANDOVER_ACQUIRE();
+  return p;
+}
+
+/* The same, told to have no huge pages where the kernel would give them to it unasked. */
+static void *map_prot(size_t size, int prot) {
+  void *p = map_raw(size, prot);
+  if (p != NULL) ta_os_thp_off(p, size);
   return p;
 }
 
@@ -264,7 +285,9 @@ void *ta_os_reserve(size_t size, bool writable) {
   void *p = mmap(NULL, size, writable ? PROT_READ | PROT_WRITE : PROT_READ,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   errno = saved;
-  return p == MAP_FAILED ? NULL : p;
+  if (p == MAP_FAILED) return NULL;
+  ta_os_thp_off(p, size);
+  return p;
 }
 
 /* Unmaps part of a mapping just made (alignment trimming): not memory given back. */
@@ -312,12 +335,15 @@ static void *map_aligned(size_t size, size_t align, int prot) {
   if (size > SIZE_MAX - align) return NULL;
   /* The kernel places mappings top-down, next to the previous one: when sizes are
    * multiples of the alignment, the plain call is usually aligned already (one syscall). */
-  char *p = map_prot(size, prot);
+  char *p = map_raw(size, prot);
   if (p == NULL) return NULL;
-  if (((uintptr_t)p & (align - 1)) == 0) return p;
+  if (((uintptr_t)p & (align - 1)) == 0) {
+    ta_os_thp_off(p, size);
+    return p;
+  }
   int saved = errno;
   trim(p, size);
-  p = map_prot(size + align, prot);
+  p = map_raw(size + align, prot);
   if (p == NULL) return NULL;
   uintptr_t start = (uintptr_t)p;
   uintptr_t aligned = ta_align_up(start, align);
@@ -325,6 +351,7 @@ static void *map_aligned(size_t size, size_t align, int prot) {
   trim(p, lead);
   trim((char *)aligned + size, align - lead);
   errno = saved;
+  ta_os_thp_off((void *)aligned, size);
   return (void *)aligned;
 }
 

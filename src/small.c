@@ -215,8 +215,9 @@ static bool run_can_carve(const ta_run_t *r) { return r->limit + r->bsize <= r->
  * header's slot counts whole). Looked at as a run of a full half threads blocks (the only
  * moments the figure grows); asked at most once until pages of the half go back
  * (ta_chunk_thp_lost). The call waits for the slow-path lock to be let go (ta_small_collapse):
- * it may take milliseconds. Only where the kernel gives huge pages on advice (`madvise`), of
- * half a chunk, with `huge_pages` on, and within the budget below. */
+ * it may take milliseconds. Only where the kernel gives huge pages (on advice, or `always`:
+ * there every chunk is told to have none, os.c), of half a chunk, with `huge_pages` on, and
+ * within the budget below. */
 
 /* What collapses may cost the process: 1% of the time since the first, never more than 40 ms
  * ahead of that pace (20 ms at start, and 20 ms of credit saved at most). A collapse takes
@@ -257,7 +258,7 @@ static void half_collapse_maybe(ta_chunk_t *c, unsigned slot) {
   unsigned half = slot / TA_HALF_SLOTS;
   uint64_t mask = (((uint64_t)1 << TA_HALF_SLOTS) - 1) << (half * TA_HALF_SLOTS);
   if ((c->thp & TA_THP_TRIED(half)) || (c->free_slots & mask) || !ta_huge_pages ||
-      ta_hugepage_size != TA_CHUNK_SIZE / 2 || ta_os_thp_mode() != TA_THP_MADVISE ||
+      ta_hugepage_size != TA_CHUNK_SIZE / 2 || ta_os_thp_mode() == TA_THP_NEVER ||
       atomic_load_explicit(&collapse_off, memory_order_relaxed))
     return;
   size_t touched = 0;
@@ -280,7 +281,13 @@ void ta_small_collapse(void) {
   ta_collapse_pending = 0;
   uint64_t t0 = ta_os_now_us();
   char *half = (char *)(p & ~(uintptr_t)TA_CHUNK_MASK) + (p & 1) * (TA_CHUNK_SIZE / 2);
+  /* With `always`, the chunk was told to have no huge pages (os.c, ta_os_thp_off), which the
+   * collapse respects: the half is let have them for the call, and told not to again, so
+   * that its pages, once given back, fault in small ones as any chunk's. */
+  bool always = ta_os_thp_mode() == TA_THP_ALWAYS;
+  if (always) (void)ta_os_hugepage(half, TA_CHUNK_SIZE / 2, true);
   int r = ta_os_collapse(half, TA_CHUNK_SIZE / 2);
+  if (always) (void)ta_os_hugepage(half, TA_CHUNK_SIZE / 2, false);
   atomic_fetch_add_explicit(&ta_collapse_spent_us, ta_os_now_us() - t0, memory_order_relaxed);
   if (r == EINVAL || r == EPERM || r == ENOSYS)
     atomic_store_explicit(&collapse_off, true, memory_order_relaxed);

@@ -259,9 +259,8 @@ static ta_span_chunk_t *chunk_new(void) {
   ta_span_chunk_t *c =
       (ta_span_chunk_t *)ta_chunk_fresh(&from_brk, &pooled, TA_CHUNK_SIZE, false, &commit);
   if (c == NULL) return NULL;
-  /* Where transparent huge pages are always on, before the first write: clean spans must
-   * stay out of memory. */
-  if (ta_os_thp_mode() == TA_THP_ALWAYS) (void)ta_os_hugepage(c, TA_CHUNK_SIZE, false);
+  /* Where transparent huge pages are always on, the chunk came told to have none (os.c,
+   * ta_os_thp_off): clean spans stay out of memory. */
   /* Fresh from the kernel, or given back whole: the table reads zero (no span starts). */
   c->check = (uintptr_t)c ^ ta_secret;
   c->from_brk = from_brk;

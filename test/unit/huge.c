@@ -11,6 +11,7 @@
 #include "internal.h"
 #include "tamalloc.h"
 #include "tatest.h"
+#include "vmflags.h"
 
 #define MiB ((size_t)1 << 20)
 
@@ -223,36 +224,6 @@ Test(huge, tallies_never_wrap_or_pass_the_limit_under_concurrent_puts_and_takes)
 #define ALL_OS_CALLS                                                                               \
   (TA_OS_SBRK | TA_OS_MMAP | TA_OS_MUNMAP | TA_OS_MADVISE | TA_OS_MREMAP | TA_OS_MINCORE |         \
    TA_OS_COMMIT | TA_OS_COLLAPSE)
-
-/* The VmFlags of the mapping that holds p, from /proc/self/smaps ("" if none). */
-static const char *vm_flags(const void *p) {
-  static char flags[256];
-  flags[0] = 0;
-  FILE *f = fopen("/proc/self/smaps", "r");
-  cr_assert_not_null(f);
-  char line[512];
-  bool inside = false;
-  while (fgets(line, sizeof line, f)) {
-    unsigned long lo, hi;
-    if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
-      inside = (uintptr_t)p >= lo && (uintptr_t)p < hi;
-      continue;
-    }
-    if (inside && strncmp(line, "VmFlags:", 8) == 0) {
-      snprintf(flags, sizeof flags, "%.200s", line + 8);
-      break;
-    }
-  }
-  fclose(f);
-  return flags;
-}
-static bool has_flag(const void *p, const char *flag) {
-  const char *f = vm_flags(p);
-  size_t n = strlen(flag);
-  for (const char *c = f; (c = strstr(c, flag)) != NULL; c += n)
-    if ((c == f || c[-1] == ' ') && (c[n] == ' ' || c[n] == '\n' || c[n] == 0)) return true;
-  return false;
-}
 
 static void write_all(char *p, size_t n) {
   for (size_t i = 0; i < n; i += 4096) p[i] = (char)(i >> 12 | 1);
@@ -739,4 +710,38 @@ Test(huge, block_a_realloc_grows_into_keeps_room_to_grow) {
   cr_assert_eq(hc->map_size, ta_align_up(64 + n, 4096));
   ta_free(b);
   ta_free(c);
+}
+
+/* An aligned block whose padding before its data (the first 2 MiB page holds the meta block
+ * and the padding) is more than an eighth of it gets no huge pages: fresh, or taken from a
+ * span that had them. posix_memalign of 2 MiB for blocks of 4 MiB written through held 1.4
+ * times their bytes. */
+Test(huge, aligned_block_whose_padding_huge_pages_would_commit_gets_none) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  ta_decay_ms = 600000;
+  size_t n = 4 * MiB;
+  char *a = ta_malloc(n);
+  write_all(a, n);
+  ta_free(a); /* blocks of this class are dense: fresh ones get huge pages */
+  ta_malloc_trim(0);
+  void *b = NULL;
+  cr_assert_eq(ta_posix_memalign(&b, 2 * MiB, n), 0);
+  cr_assert_eq((uintptr_t)b % (2 * MiB), 0);
+  ta_huge_t *hb = ta_huge_hdr_checked(b, TA_MAP_HUGE, "test");
+  cr_assert_not(hb->thp & HUGE_ADVISED, "2 MiB of padding: no huge pages");
+  cr_assert_not(has_flag(b, "hg"), "(%s)", vm_flags(b));
+  write_all(b, n);
+  size_t resident = ta_os_resident(hb, hb->map_size);
+  cr_assert_leq(resident, n + 64 * 1024, "%zu KiB resident for %zu KiB", resident >> 10, n >> 10);
+  char *c = ta_malloc(n); /* unpadded: huge pages */
+  cr_assert(ta_huge_hdr_checked(c, TA_MAP_HUGE, "test")->thp & HUGE_ADVISED);
+  write_all(c, n);
+  ta_free(c); /* cached, with huge pages */
+  void *d = NULL;
+  cr_assert_eq(ta_posix_memalign(&d, 2 * MiB, n), 0);
+  cr_assert_eq((char *)d - 2 * MiB, c - 64, "the cached span, taken");
+  cr_assert_not(ta_huge_hdr_checked(d, TA_MAP_HUGE, "test")->thp & HUGE_ADVISED);
+  cr_assert_not(has_flag(d, "hg"), "(%s)", vm_flags(d));
+  ta_free(b);
+  ta_free(d);
 }

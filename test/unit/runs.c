@@ -11,6 +11,7 @@
 
 #include "internal.h"
 #include "tamalloc.h"
+#include "vmflags.h"
 
 static size_t list_len(const ta_block_t *b) {
   size_t n = 0;
@@ -700,10 +701,26 @@ Test(runs, no_collapse_without_huge_pages) {
   assert_no_collapse("the kernel gives none");
 }
 
-Test(runs, no_collapse_where_the_kernel_gives_huge_pages_anyway) {
+/* Where the kernel gives huge pages to everything (`always`), a chunk is told to have none
+ * (it would commit 2 MiB at its first block); a dense half is made one all the same, allowed
+ * them for the call and told not to have them again after it. */
+Test(runs, with_huge_pages_always_on_chunks_refuse_them_but_dense_halves) {
+  ta_os_thp_mode_force(TA_THP_ALWAYS); /* before the allocator starts: its map too */
   huge_halves(0);
   ta_os_thp_mode_force(TA_THP_ALWAYS);
-  assert_no_collapse("its faults and khugepaged do it");
+  uint64_t collapses = ta_os_calls(TA_OS_COLLAPSE), advices = ta_os_calls(TA_OS_MADVISE);
+  void **b = fill_lower_half();
+  ta_chunk_t *c = ta_chunk_of(b[0]);
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), collapses + 1, "the dense half, made one");
+  cr_assert_geq(ta_os_calls(TA_OS_MADVISE), advices + 3, "refused, allowed, refused again");
+  cr_assert(has_flag(c, "nh"), "the chunk refuses them, the half again (%s)", vm_flags(c));
+  char *m = ta_malloc(300 * 1024); /* a medium chunk, fresh */
+  cr_assert_eq(ta_map_get((uintptr_t)m), TA_MAP_MEDIUM);
+  cr_assert(has_flag(m, "nh"), "a fresh chunk refuses huge pages (%s)", vm_flags(m));
+  cr_assert(has_flag(ta_keys.map, "nh"), "so does the granule map");
+  ta_free(m);
+  free_blocks(b, 0, 31 * A_CAP);
+  free(b);
 }
 
 Test(runs, no_collapse_with_the_setting_off) {
