@@ -46,7 +46,7 @@
  * and the spans found sparse together keep at most half the cache's limit (see sparse_kept).
  * A kernel that uses huge pages everywhere ('always') is told not to on fresh mappings not
  * known to be dense (MADV_NOHUGEPAGE, as every mapping is: os.c, ta_os_thp_off); on one without
- * them ('never'), or with huge_pages:false, nothing is asked and nothing looked at.
+ * them ('never'), or with huge_pages:false, nothing is asked for and nothing looked at.
  */
 #include <string.h>
 
@@ -308,7 +308,9 @@ static void look(ta_huge_t *h) {
   unsigned cls = class_of(ta_align_up(end, TA_CHUNK_SIZE));
   if (dense) {
     note_verdict(cls, true);
-    if (!advised && !padded(h->data_off, h->requested) && advise(h, h->map_size))
+    if (!advised && padded(h->data_off, h->requested))
+      h->thp |= HUGE_PADDED;
+    else if (!advised && advise(h, h->map_size))
       h->thp |= HUGE_ADVISED;
     h->thp |= HUGE_JUDGED;
     return;
@@ -666,17 +668,21 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool gr
     advise_fresh(h, need, end, padded(data_off, size));
     h->map_size = need; /* a cached span keeps its own size (>= end + guard) */
   }
-  if (!grows) span_trim(h, end + guard); /* a realloc keeps room to grow: ta_huge_realloc */
-  if ((h->thp & HUGE_ADVISED) && padded(data_off, size)) {
+  bool pad = padded(data_off, size);
+  if ((h->thp & HUGE_ADVISED) && pad && ta_os_hugepage(h, h->map_size, false) == 0) {
     /* A span with huge pages, for a block whose padding they would commit: none from now on
-     * (what it holds stays: nothing new is committed), and it is judged afresh at its free. */
+     * (what it holds stays: nothing new is committed), and it is judged afresh at its free.
+     * (Should the kernel refuse, the span keeps them, and all that goes with them.) */
     kept_note(h, -1);
-    ta_os_hugepage(h, h->map_size, false);
     h->thp = 0;
     h->sparse_seen = 0;
     h->look_in = 0;
     kept_note(h, +1);
+  } else if ((h->thp & HUGE_PADDED) && !pad) {
+    /* Found dense while it served a padded block: judged again, advised then. */
+    h->thp &= (uint8_t) ~(HUGE_PADDED | HUGE_JUDGED);
   }
+  if (!grows) span_trim(h, end + guard); /* a realloc keeps room to grow: ta_huge_realloc */
   if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
   /* A cached span is in the map: statistics readers read these words (TA_STORE). */
   TA_STORE(h->data_off, data_off);

@@ -369,9 +369,12 @@ TA_INLINE void ta_huge_seal(ta_huge_t *h) {
 TA_INLINE bool ta_huge_check_ok(const ta_huge_t *h) {
   return __atomic_load_n(&h->check, __ATOMIC_RELAXED) == ta_huge_check(h);
 }
-enum { HUGE_ADVISED = 1, /* MADV_HUGEPAGE is on the whole mapping */
-       HUGE_JUDGED = 2,  /* found dense once: its residency is not looked at again */
-       HUGE_LOOKED = 4   /* looked at on its last free: resident64 is of now (huge.c) */ };
+enum {
+  HUGE_ADVISED = 1, /* MADV_HUGEPAGE is on the whole mapping */
+  HUGE_JUDGED = 2,  /* found dense once: its residency is not looked at again */
+  HUGE_LOOKED = 4,  /* looked at on its last free: resident64 is of now (huge.c) */
+  HUGE_PADDED = 8   /* found dense, kept without advice for its block's padding (huge.c) */
+};
 #define TA_HUGE_HDR 64
 
 /* ------------------------------------------------------------------ arenas */

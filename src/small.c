@@ -285,7 +285,9 @@ void ta_small_collapse(void) {
    * collapse respects: the half is let have them for the call, and told not to again, so
    * that its pages, once given back, fault in small ones as any chunk's. */
   bool always = ta_os_thp_mode() == TA_THP_ALWAYS;
-  if (always) (void)ta_os_hugepage(half, TA_CHUNK_SIZE / 2, true);
+  /* Refused (the kernel's count of mappings at its limit, say): not this time, and the
+   * collapse is not taken for impossible, as its EINVAL would make it. */
+  if (always && ta_os_hugepage(half, TA_CHUNK_SIZE / 2, true) != 0) return;
   int r = ta_os_collapse(half, TA_CHUNK_SIZE / 2);
   if (always) (void)ta_os_hugepage(half, TA_CHUNK_SIZE / 2, false);
   atomic_fetch_add_explicit(&ta_collapse_spent_us, ta_os_now_us() - t0, memory_order_relaxed);

@@ -196,8 +196,11 @@ static void *prepare(enum scenario s, struct ctx *c)
     case S_FREE_ALIGNED_SIZED_NOT_POW2: c->block = ta_aligned_alloc(256, 300); return c->block;
     case S_FREE_ALIGNED_SIZED_MISALIGNED:
         /* A block aligned to 64 but not to 128 (blocks of 64 bytes, one run: every other;
-         * the hardened build serves 184 bytes from blocks of 192, and in random order). */
-        for (int i = 0; i < 32; i++) {
+         * the hardened build serves 184 bytes from blocks of 192, in random order: a run's
+         * blocks are threaded at a random start and stride, so with an even stride the next
+         * many blocks may all be aligned to 128, and 32 tries failed now and then; 1,024
+         * cover whole runs, half of whose blocks are not). */
+        for (int i = 0; i < 1024; i++) {
             c->block = ta_aligned_alloc(64, TT_SECURE ? 184 : 64);
             if ((uintptr_t)c->block % 128 != 0)
                 break;

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The VmFlags of the mapping that holds p ("" if none, or smaps cannot be read). */
@@ -28,6 +29,30 @@ static inline const char *vm_flags(const void *p) {
   }
   fclose(f);
   return flags;
+}
+
+/* A field of the mapping that holds p in /proc/self/smaps, in KiB ("AnonHugePages:", ...);
+ * -1 if there is none. */
+static inline long vm_field_kb(const void *p, const char *field) {
+  FILE *f = fopen("/proc/self/smaps", "r");
+  if (f == NULL) return -1;
+  char line[512];
+  bool inside = false;
+  long kb = -1;
+  size_t n = strlen(field);
+  while (fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+      inside = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+      continue;
+    }
+    if (inside && strncmp(line, field, n) == 0) {
+      kb = strtol(line + n, NULL, 10);
+      break;
+    }
+  }
+  fclose(f);
+  return kb;
 }
 
 /* Whether the mapping that holds p has the flag (a whole word of VmFlags). */

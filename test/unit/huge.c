@@ -621,15 +621,22 @@ Test(huge, block_with_huge_pages_commits_nothing_past_its_last_page) {
   ta_free(f);
 }
 
+/* Blocks of n bytes known to be dense: one written through and freed (judged at its free),
+ * then what is free given back, so that the next block of n bytes is a fresh mapping, with
+ * huge pages where the kernel has them. */
+static void dense_class(size_t n) {
+  char *a = ta_malloc(n);
+  write_all(a, n);
+  ta_free(a);
+  ta_malloc_trim(0);
+}
+
 /* A block that spills into its last 2 MiB page by little keeps the whole page mapped (the
  * huge page commits less than an eighth of the block past its end): whole granules. */
 Test(huge, block_that_spills_by_little_keeps_its_granules) {
   if (ta_os_thp_mode() == TA_THP_NEVER) return;
   size_t n = 15 * MiB; /* ends a page into [14, 16) MiB: 1 MiB less a page past it */
-  char *a = ta_malloc(n);
-  write_all(a, n);
-  ta_free(a);        /* judged dense: fresh blocks of its class get huge pages */
-  ta_malloc_trim(0); /* the span goes back: the next block is a fresh mapping */
+  dense_class(n);
   char *b = ta_malloc(n);
   ta_huge_t *hb = ta_huge_hdr_checked(b, TA_MAP_HUGE, "test");
   cr_assert(hb->thp & HUGE_ADVISED);
@@ -641,10 +648,7 @@ Test(huge, block_that_spills_by_little_keeps_its_granules) {
  * past the block, and the room is kept for growth. */
 Test(huge, block_that_fills_its_last_2_mib_page_keeps_the_granule) {
   size_t n = 6 * MiB - 64; /* ends exactly at 6 MiB, in a span of 8 */
-  char *a = ta_malloc(n);
-  write_all(a, n);
-  ta_free(a);
-  ta_malloc_trim(0);
+  dense_class(n);
   char *b = ta_malloc(n); /* fresh, with huge pages where the kernel has them */
   ta_huge_t *h = ta_huge_hdr_checked(b, TA_MAP_HUGE, "test");
   if (ta_os_thp_mode() != TA_THP_NEVER) cr_assert(h->thp & HUGE_ADVISED);
@@ -694,10 +698,7 @@ Test(huge, with_lazy_commit_a_mapping_ends_at_the_block_s_last_page) {
 Test(huge, block_a_realloc_grows_into_keeps_room_to_grow) {
   if (ta_os_thp_mode() == TA_THP_NEVER) return;
   size_t n = 2 * MiB + 100 * 1024;
-  char *a = ta_malloc(n);
-  write_all(a, n);
-  ta_free(a); /* judged dense: fresh blocks of its class get huge pages */
-  ta_malloc_trim(0);
+  dense_class(n);
   char *m = ta_malloc(600 * 1024);
   memset(m, 3, 600 * 1024);
   char *b = ta_realloc(m, n);
@@ -720,10 +721,7 @@ Test(huge, aligned_block_whose_padding_huge_pages_would_commit_gets_none) {
   if (ta_os_thp_mode() == TA_THP_NEVER) return;
   ta_decay_ms = 600000;
   size_t n = 4 * MiB;
-  char *a = ta_malloc(n);
-  write_all(a, n);
-  ta_free(a); /* blocks of this class are dense: fresh ones get huge pages */
-  ta_malloc_trim(0);
+  dense_class(n);
   void *b = NULL;
   cr_assert_eq(ta_posix_memalign(&b, 2 * MiB, n), 0);
   cr_assert_eq((uintptr_t)b % (2 * MiB), 0);
@@ -733,15 +731,23 @@ Test(huge, aligned_block_whose_padding_huge_pages_would_commit_gets_none) {
   write_all(b, n);
   size_t resident = ta_os_resident(hb, hb->map_size);
   cr_assert_leq(resident, n + 64 * 1024, "%zu KiB resident for %zu KiB", resident >> 10, n >> 10);
-  char *c = ta_malloc(n); /* unpadded: huge pages */
-  cr_assert(ta_huge_hdr_checked(c, TA_MAP_HUGE, "test")->thp & HUGE_ADVISED);
-  write_all(c, n);
-  ta_free(c); /* cached, with huge pages */
+  ta_free(b); /* found dense, not advised: its padding */
+  cr_assert_not(hb->thp & HUGE_ADVISED);
+  cr_assert(hb->thp & HUGE_PADDED);
+  /* An unpadded block takes the span (8 MiB, best fit for 6 MiB less 64 bytes): judged
+   * again at its free, and advised then. */
+  size_t m = 6 * MiB - 64;
+  char *c = ta_malloc(m);
+  cr_assert_eq(c, (char *)hb + 64, "the span, taken");
+  write_all(c, m);
+  ta_free(c);
+  cr_assert(hb->thp & HUGE_ADVISED, "dense, unpadded: advised at its free");
+  cr_assert(has_flag(c, "hg"), "(%s)", vm_flags(c));
+  /* And a padded block taking it, advised, has the advice taken back. */
   void *d = NULL;
   cr_assert_eq(ta_posix_memalign(&d, 2 * MiB, n), 0);
-  cr_assert_eq((char *)d - 2 * MiB, c - 64, "the cached span, taken");
-  cr_assert_not(ta_huge_hdr_checked(d, TA_MAP_HUGE, "test")->thp & HUGE_ADVISED);
+  cr_assert_eq(d, (char *)hb + 2 * MiB, "the cached span, taken");
+  cr_assert_not(hb->thp & HUGE_ADVISED);
   cr_assert_not(has_flag(d, "hg"), "(%s)", vm_flags(d));
-  ta_free(b);
   ta_free(d);
 }
