@@ -664,11 +664,11 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool gr
       return NULL;
     }
   }
+  bool pad = padded(data_off, size);
   if (fresh) {
-    advise_fresh(h, need, end, padded(data_off, size));
+    advise_fresh(h, need, end, pad);
     h->map_size = need; /* a cached span keeps its own size (>= end + guard) */
   }
-  bool pad = padded(data_off, size);
   if ((h->thp & HUGE_ADVISED) && pad && ta_os_hugepage(h, h->map_size, false) == 0) {
     /* A span with huge pages, for a block whose padding they would commit: none from now on
      * (what it holds stays: nothing new is committed), and it is judged afresh at its free.
@@ -680,7 +680,9 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool gr
     kept_note(h, +1);
   } else if ((h->thp & HUGE_PADDED) && !pad) {
     /* Found dense while it served a padded block: judged again, advised then. */
+    kept_note(h, -1);
     h->thp &= (uint8_t) ~(HUGE_PADDED | HUGE_JUDGED);
+    kept_note(h, +1);
   }
   if (!grows) span_trim(h, end + guard); /* a realloc keeps room to grow: ta_huge_realloc */
   if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
