@@ -110,9 +110,10 @@ static ta_arena_t *arena_get_slow(bool *borrowed) {
 }
 
 /* Gives an arena up (thread exit, the end of a borrowed call), once what others freed into
- * it is taken in, and the budget kept, while it is still this thread's. */
+ * it is taken in, and the budget kept, while it is still this thread's (its demand: see
+ * ta_dirty_owner_change). */
 static void arena_release(ta_arena_t *a) {
-  ta_dirty_forget_demand(a); /* nothing it keeps will be used by this thread again */
+  ta_dirty_owner_change(a);
   collect(a);
   ta_arena_release(a);
 }

@@ -298,7 +298,7 @@ ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
   if (a != &ta_sentinel_arena) return a;
   a = arena_claim();
   if (a == NULL) return NULL;
-  ta_dirty_forget_demand(a); /* an adopted arena: its last owner's demand is not ours */
+  ta_dirty_owner_change(a); /* an adopted arena: its last owner's demand, or none (dirty.c) */
   ta_remote_collect(a); /* an adopted arena: what others freed while it had no owner */
   if (tl_state == TL_EXITED) {
     *borrowed = true; /* past this thread's clean-up: use it for one call only */

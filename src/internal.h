@@ -664,10 +664,11 @@ TA_HIDDEN bool ta_over_budget(void);
 TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
 TA_HIDDEN uint64_t ta_owner_decay(void);
 /* An arena's demand: pages it faulted in lately (dirty.c). ta_dirty_fresh and ta_dirty_hold
- * under the arena's slow-path lock; the rest reads relaxed atomics, or (forget) is the exit
- * hook's or a new owner's. */
+ * under the arena's slow-path lock; the rest reads relaxed atomics, or (owner_change) is the
+ * exit hook's or a new owner's. */
 TA_HIDDEN void ta_dirty_fresh(ta_arena_t *a, size_t bytes);
 TA_HIDDEN size_t ta_arena_demand(const ta_arena_t *a, uint64_t now);
+TA_HIDDEN void ta_dirty_owner_change(ta_arena_t *a);
 TA_HIDDEN void ta_dirty_forget_demand(ta_arena_t *a);
 TA_HIDDEN bool ta_arena_over_budget(const ta_arena_t *a, uint64_t now);
 TA_HIDDEN void ta_dirty_hold(ta_arena_t *a, size_t demand);
