@@ -110,10 +110,11 @@ static ta_arena_t *arena_get_slow(bool *borrowed) {
 }
 
 /* Gives an arena up (thread exit, the end of a borrowed call), once what others freed into
- * it is taken in, and the budget kept, while it is still this thread's (its demand: see
- * ta_dirty_owner_change). */
-static void arena_release(ta_arena_t *a) {
-  ta_dirty_owner_change(a);
+ * it is taken in, and the budget kept, while it is still this thread's. Its demand may stay
+ * past a thread's exit for the next thread, where the purger thread runs to give it back on
+ * time (ta_dirty_owner_change); a borrowed call's never does. */
+static void arena_release(ta_arena_t *a, bool exiting) {
+  ta_dirty_owner_change(a, exiting && ta_bg_running());
   collect(a);
   ta_arena_release(a);
 }
@@ -260,7 +261,7 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
     TA_ADD(a->cnt.callocs, zero);
     if (ta_stats_on) ta_stats_record(p, size);
   }
-  if (borrowed) arena_release(a);
+  if (borrowed) arena_release(a, false);
   if (TA_UNLIKELY(p == NULL)) {
     errno = ENOMEM;
     return NULL;
@@ -879,7 +880,7 @@ static TA_NOINLINE void secure_free(void *p) {
   /* A thread whose first call is a free takes an arena, for its quarantine; one past its
    * exit destructor (a borrowed arena) frees at once. */
   if (me == &ta_sentinel_arena && ((me = arena_get_slow(&borrowed)) == NULL || borrowed)) {
-    if (borrowed) arena_release(me);
+    if (borrowed) arena_release(me, false);
     secure_releasing = true;
     ta_free(p);
     secure_releasing = false;
@@ -1082,7 +1083,8 @@ static void thread_exit(void *arena) {
   ta_arena_t *a = arena, *give_up[2];
   if (ta_secure && ta_tl_arena == a) quarantine_flush(a);
   unsigned n = ta_arena_thread_exit(a, give_up);
-  for (unsigned i = 0; i < n; i++) arena_release(give_up[i]);
+  for (unsigned i = 0; i < n; i++)
+    arena_release(give_up[i], true);
   ta_bg_maybe_start(library.background);
 }
 

@@ -298,7 +298,7 @@ ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
   if (a != &ta_sentinel_arena) return a;
   a = arena_claim();
   if (a == NULL) return NULL;
-  ta_dirty_owner_change(a); /* an adopted arena: its last owner's demand, or none (dirty.c) */
+  ta_dirty_owner_change(a, true); /* an adopted arena: its last owner's demand, or none */
   ta_remote_collect(a); /* an adopted arena: what others freed while it had no owner */
   if (tl_state == TL_EXITED) {
     *borrowed = true; /* past this thread's clean-up: use it for one call only */
@@ -556,12 +556,14 @@ void ta_arena_fork_child(void) {
       atomic_store(&a->state, ARENA_ZOMBIE);
       continue;
     }
+    if (st == ARENA_FREE) ta_dirty_forget_demand(a); /* its threads' next is not in here */
     if (st != ARENA_CLAIMED && st != ARENA_SUSPENDED) continue; /* FREE or ZOMBIE already */
     /* Its thread does not exist here. */
     atomic_store(&a->owner_tag, tag_next(atomic_load(&a->owner_tag), 0, 0));
     if (ta_slow_held(a)) {
       atomic_store(&a->state, ARENA_ZOMBIE);
     } else {
+      ta_dirty_forget_demand(a);
       a->released_ms = now;
       atomic_store(&a->state, ARENA_FREE);
     }

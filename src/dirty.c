@@ -241,16 +241,18 @@ static void went_over(ta_arena_t *a) {
 }
 
 /* Arena a has a new owner, or none (the exit hook, or a claim: neither holds its lock).
- * While the process has had fewer than TA_FEW_ARENAS threads at once, it keeps its demand:
- * the next thread to adopt it is likely to draw as much (threads that come and go: the
- * abandon workload at 2 threads took 190,000 page faults, 36,000 so, and half the time),
- * and the orphan purge gives back what nobody adopts a decay time after the exit, demand or
- * not. With more, what exited threads hold is memory the running ones cannot use (abandon at
- * 64 threads peaked 9% higher, no faster): the demand is forgotten, it has drawn nothing
- * yet, and what its old demand held back past the budget is excess now, for its holder to
- * give back (ta_purge_if_over). */
-void ta_dirty_owner_change(ta_arena_t *a) {
-  if (atomic_load_explicit(&ta_arena_count, memory_order_relaxed) >= TA_FEW_ARENAS)
+ * `keep`: its demand may stay (a new owner's claim; a thread's exit while the purger thread
+ * runs, which gives back what nobody adopts a decay time after the exit, demand or not:
+ * without it, what the demand held would wait for another thread's call). While the process
+ * has had fewer than TA_FEW_ARENAS threads at once, it then stays: the next thread to adopt
+ * the arena is likely to draw as much (threads that come and go: the abandon workload at 2
+ * threads took 182,000-199,000 page faults, 36,000 so, and half the time). With more, what exited
+ * threads hold is memory the running ones cannot use (abandon at 64 threads peaked 9%
+ * higher, no faster). Else the demand is forgotten: the arena has drawn nothing yet, and
+ * what its old demand held back past the budget is excess now, for its holder to give back
+ * (ta_purge_if_over). */
+void ta_dirty_owner_change(ta_arena_t *a, bool keep) {
+  if (!keep || atomic_load_explicit(&ta_arena_count, memory_order_relaxed) >= TA_FEW_ARENAS)
     ta_dirty_forget_demand(a);
 }
 

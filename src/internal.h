@@ -668,7 +668,7 @@ TA_HIDDEN uint64_t ta_owner_decay(void);
  * exit hook's or a new owner's. */
 TA_HIDDEN void ta_dirty_fresh(ta_arena_t *a, size_t bytes);
 TA_HIDDEN size_t ta_arena_demand(const ta_arena_t *a, uint64_t now);
-TA_HIDDEN void ta_dirty_owner_change(ta_arena_t *a);
+TA_HIDDEN void ta_dirty_owner_change(ta_arena_t *a, bool keep);
 TA_HIDDEN void ta_dirty_forget_demand(ta_arena_t *a);
 TA_HIDDEN bool ta_arena_over_budget(const ta_arena_t *a, uint64_t now);
 TA_HIDDEN void ta_dirty_hold(ta_arena_t *a, size_t demand);
@@ -705,7 +705,7 @@ TA_INLINE void ta_bg_request(void) {
 }
 TA_HIDDEN void ta_bg_over_budget(void);
 TA_HIDDEN void ta_bg_wake(void);
-bool ta_bg_running(void); /* for tests */
+bool ta_bg_running(void); /* whether the purger thread runs */
 
 /* ------------------------------------------------------------------ chunk.c */
 TA_HIDDEN ta_chunk_t *ta_chunk_alloc(ta_arena_t *a, uint8_t kind);
