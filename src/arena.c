@@ -556,7 +556,7 @@ void ta_arena_fork_child(void) {
       atomic_store(&a->state, ARENA_ZOMBIE);
       continue;
     }
-    if (st == ARENA_FREE) ta_dirty_forget_demand(a); /* its threads' next is not in here */
+    if (st == ARENA_FREE) ta_dirty_forget_demand(a); /* kept for a parent thread: none here */
     if (st != ARENA_CLAIMED && st != ARENA_SUSPENDED) continue; /* FREE or ZOMBIE already */
     /* Its thread does not exist here. */
     atomic_store(&a->owner_tag, tag_next(atomic_load(&a->owner_tag), 0, 0));
