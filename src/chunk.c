@@ -60,8 +60,6 @@ void ta_pages_init(void) {
   TA_STORE(ta_hugepage_size, huge > page ? huge : page);
 }
 
-static bool lazy(void);
-
 /* With lazy commit (below, "Commit charge") the map is mapped read-only: a kernel that never
  * overcommits would charge all of it (32 MiB at 47 bits) in every process, MAP_NORESERVE or
  * not. Each of its pages, which covers 16 GiB of address space with 4 KiB pages, is made
@@ -77,7 +75,7 @@ static _Atomic uint64_t map_open[MAP_PAGES_MAX / 64];
 bool ta_map_init(void) {
   if (ta_map_granules() != 0) return true;
   size_t granules = (size_t)1 << (ta_os_addr_bits() - TA_CHUNK_SHIFT);
-  map_read_only = lazy();
+  map_read_only = ta_commit_lazy();
   _Atomic uint8_t *map = ta_os_reserve(granules, !map_read_only);
   if (map == NULL) return false;
   ta_keys.map = map;
@@ -155,8 +153,7 @@ static void *pool_take(uintptr_t want, bool hold, int *slot);
  * TA_COMMIT_ALL for a chunk committed whole, as every chunk is without lazy commit. */
 static _Atomic int lazy_state; /* 0: not yet decided, 1: lazy commit, 2: every chunk whole */
 
-static bool lazy(void) { return atomic_load_explicit(&lazy_state, memory_order_relaxed) == 1; }
-bool ta_commit_lazy(void) { return lazy(); }
+bool ta_commit_lazy(void) { return atomic_load_explicit(&lazy_state, memory_order_relaxed) == 1; }
 
 /* Lazy commit on or off for the chunks mapped from now on (the setting lazy_commit, tests). */
 void ta_chunk_lazy_commit(bool on) { atomic_store(&lazy_state, on ? 1 : 2); }
@@ -235,7 +232,7 @@ static void *fresh_from(bool *from_brk, bool *pooled, size_t first, bool tail, u
   if (c != NULL) return c;
   /* A reservation, for a chunk committed in part; one wanted whole (a span chunk) is mapped
    * read-write at once, below. */
-  if (lazy() && first < TA_CHUNK_SIZE) {
+  if (ta_commit_lazy() && first < TA_CHUNK_SIZE) {
     char *r = ta_os_reserve_aligned(TA_CHUNK_SIZE, TA_CHUNK_SIZE);
     if (r == NULL) return NULL;
     unsigned units = (unsigned)((first + TA_COMMIT_UNIT - 1) >> TA_COMMIT_SHIFT);
@@ -249,7 +246,8 @@ static void *fresh_from(bool *from_brk, bool *pooled, size_t first, bool tail, u
     *commit = commit_word(units, tail); /* not written: a span chunk's header differs */
     return r;
   }
-  if (!lazy() && atomic_load_explicit(&brk_state, memory_order_relaxed) == 1) { /* by ta_init */
+  if (!ta_commit_lazy() &&
+      atomic_load_explicit(&brk_state, memory_order_relaxed) == 1) { /* by ta_init */
     bool ok;
     void *p = chunk_from_brk(&ok);
     if (ok) {

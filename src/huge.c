@@ -258,13 +258,11 @@ static size_t span_keep(const ta_huge_t *h, size_t end, size_t size) {
   return r <= size && h->dirty_end <= end && r - end > end / 8 ? end : size;
 }
 
-/* Cuts the span down to what span_keep says a block ending at `end` keeps (one munmap, only
- * where huge pages or the commit charge would count what the block does not use); its
- * header is sealed again. Nothing the tail holds is counted as returned: no page past the
- * block's end is resident where it is cut, but with lazy commit, where it may be. */
-static void span_trim(ta_huge_t *h, size_t end) {
-  size_t keep = span_keep(h, end, h->map_size);
-  if (keep == h->map_size) return;
+/* Cuts the span, which the caller owns, down to its first `keep` bytes (page aligned, at
+ * most its size): one munmap of the tail. A tail with no page resident (past dirty_end) is
+ * not counted as memory given back. The caller seals the header again. */
+static void span_cut(ta_huge_t *h, size_t keep) {
+  if (keep >= h->map_size) return;
   if (h->dirty_end <= keep)
     ta_os_trim((char *)h + keep, h->map_size - keep); /* untouched */
   else if (ta_os_munmap((char *)h + keep, h->map_size - keep) != 0)
@@ -272,7 +270,6 @@ static void span_trim(ta_huge_t *h, size_t end) {
   kept_note(h, -1);
   TA_STORE(h->map_size, keep);
   kept_note(h, +1);
-  ta_huge_seal(h);
   if (h->dirty_end > keep) h->dirty_end = keep;
 }
 
@@ -526,11 +523,7 @@ static ta_huge_t *cache_take(size_t least, size_t need) {
        * it, at a stride or at their ends; the next block, larger or smaller, finds those it
        * writes again. What such spans hold is bounded at their looks (sparse_kept). */
     } else if (h->map_size > 2 * need) {
-      /* Far too big: give the tail back rather than hold it resident. */
-      if (ta_os_munmap((char *)h + need, h->map_size - need) == 0) {
-        TA_STORE(h->map_size, need);
-        if (h->dirty_end > need) h->dirty_end = need;
-      }
+      span_cut(h, need); /* far too big: give the tail back rather than hold it resident */
     } else if (h->dirty_end > need) {
       /* Somewhat too big, and the excess may hold pages: keep the address space (the block
        * may grow into it), drop the pages, so that the block holds no more memory than it
@@ -672,19 +665,19 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool gr
   if ((h->thp & HUGE_ADVISED) && pad && ta_os_hugepage(h, h->map_size, false) == 0) {
     /* A span with huge pages, for a block whose padding they would commit: none from now on
      * (what it holds stays: nothing new is committed), and it is judged afresh at its free.
-     * (Should the kernel refuse, the span keeps them, and all that goes with them.) */
-    kept_note(h, -1);
+     * (Should the kernel refuse, the span keeps them, and all that goes with them.) Neither
+     * before nor after is it found sparse: it counts nothing in sparse_kept. */
     h->thp = 0;
     h->sparse_seen = 0;
     h->look_in = 0;
-    kept_note(h, +1);
   } else if ((h->thp & HUGE_PADDED) && !pad) {
     /* Found dense while it served a padded block: judged again, advised then. */
     kept_note(h, -1);
     h->thp &= (uint8_t) ~(HUGE_PADDED | HUGE_JUDGED);
     kept_note(h, +1);
   }
-  if (!grows) span_trim(h, end + guard); /* a realloc keeps room to grow: ta_huge_realloc */
+  /* A realloc keeps room to grow (ta_huge_realloc); the header is sealed below. */
+  if (!grows) span_cut(h, span_keep(h, end + guard, h->map_size));
   if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
   /* A cached span is in the map: statistics readers read these words (TA_STORE). */
   TA_STORE(h->data_off, data_off);
@@ -770,12 +763,7 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   char *old_data = (char *)h + h->data_off;
   size_t end = ta_align_up(h->data_off + size, ta_page_size); /* what the block may touch */
   if (end <= h->map_size) {
-    if (need < h->map_size / 2 && ta_os_munmap((char *)h + need, h->map_size - need) == 0) {
-      kept_note(h, -1);
-      TA_STORE(h->map_size, need);
-      kept_note(h, +1);
-      if (h->dirty_end > need) h->dirty_end = need;
-    }
+    if (need < h->map_size / 2) span_cut(h, need);
     TA_STORE(h->requested, size);
     ta_huge_seal(h);
     if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
