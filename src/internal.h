@@ -427,6 +427,7 @@ typedef struct ta_arena {
   bool over_budget;     /* its frees went over the budget: ta_purge_if_over (dirty.c) */
   bool shrink_wait;     /* its runs keep their free pages for its demand (purge.c) */
   bool spare_listed;    /* in chunk.c's list of arenas with empty chunks others may take */
+  bool lender_listed;   /* in small.c's list of arenas whose chunks have run slots to lend */
   uint32_t id;
   _Atomic uint32_t owner_tid;   /* the owner's kernel thread id (0: none known) */
   _Atomic uint64_t purge_due;  /* earliest time something of this arena may be purged; 0: none */
@@ -435,6 +436,12 @@ typedef struct ta_arena {
   _Atomic uint64_t released_ms; /* when the arena was last given up (read by orphan purges) */
   _Atomic uint64_t owner_tag;   /* owner without exit hook: its thread id, for takeover (arena.c) */
   size_t dirty_bytes;          /* empty chunks and retired run slots still resident */
+  /* Free run slots of its small chunks, and of them those still resident: written under the
+   * lock, read by other arenas before they try it (small.c, "Slots lent between arenas"). */
+  _Atomic uint32_t slots_free, slots_warm;
+  /* Runs of slots another arena keeps, emptied, waiting for that keeper's lock to go back
+   * (linked by next; resident, counted in dirty_bytes). Under the lock. */
+  struct ta_run *lent_back;
   /* Its demand (dirty.c, ta_dirty_fresh): bytes of pages it took that were not resident, in
    * the window that began at demand_ms and in the one before; held: the part of dirty_bytes
    * that demand covers, counted in ta_dirty_held. Written under the slow-path lock (the exit
@@ -739,6 +746,10 @@ TA_HIDDEN void ta_chunk_commit_default(void);
  * mapped writable should follow use (lazy commit: chunk.c, "Commit charge"; huge.c). */
 TA_HIDDEN bool ta_commit_lazy(void);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
+/* Lists of arenas with something to give others (chunk.c): add a, in the first empty entry of
+ * list[0..n) (false: full); drop entry i if it still names a. */
+TA_HIDDEN bool ta_arena_list_add(_Atomic(ta_arena_t *) *list, unsigned n, ta_arena_t *a);
+TA_HIDDEN void ta_arena_list_drop(_Atomic(ta_arena_t *) *list, unsigned i, ta_arena_t *a);
 TA_HIDDEN extern _Atomic uint64_t ta_chunks_taken_over; /* from other arenas (tests, stats) */
 TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
 TA_HIDDEN bool ta_map_init(void); /* ta_init: maps the granule map; false if it cannot */
@@ -880,6 +891,15 @@ TA_INLINE bool ta_small_valid(const ta_run_t *r, const void *p) {
 TA_HIDDEN bool ta_small_on_free_list(const ta_run_t *r, const void *p);
 TA_HIDDEN bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p);
 TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
+/* Gives the emptied runs of slots other arenas keep back to their keepers, those whose lock
+ * can be had now; of the others, those freed at `cut` or before give their pages back to the
+ * kernel (returned: their bytes). *waiting: the bytes still resident; *oldest: when the
+ * oldest of them was freed (0: none). Under a's lock (purge.c). */
+TA_HIDDEN size_t ta_small_lent_return(ta_arena_t *a, uint64_t cut, size_t *waiting,
+                                      uint64_t *oldest);
+/* Free run slots of small chunk c left resident, n of them (+n) or no longer (-n): the
+ * arena's counts that borrowers read (purge.c, after it gives slots back). */
+TA_HIDDEN void ta_small_slots_note(ta_arena_t *a, int free, int warm);
 TA_HIDDEN void ta_medium_release_empty(ta_arena_t *a);
 /* The owner's alone (it rewrites runs' free lists): the whole free pages of its runs in use
  * go back; returns the bytes given back. */

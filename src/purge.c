@@ -242,6 +242,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
       }
     }
     c->dirty_slots &= ~due_slots;
+    ta_small_slots_note(a, 0, -__builtin_popcountll(due_slots));
     while (due_slots) {
       unsigned first = (unsigned)__builtin_ctzll(due_slots); /* >= 1: slot 0 is the header */
       uint64_t rest = ~(due_slots >> first);
@@ -257,8 +258,17 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
     }
   }
 
-  /* What stays resident of empty chunks and run slots, counted again from the lists. */
+  /* What stays resident of empty chunks and run slots, counted again from the lists; with
+   * the emptied runs of slots other arenas lent it, which go back to them now, or wait for
+   * their lock (small.c). */
   size_t dirty = 0;
+  uint64_t lent_oldest = 0;
+  freed += ta_small_lent_return(a,
+                                all         ? UINT64_MAX
+                                : now > age ? now - age
+                                            : 0,
+                                &dirty, &lent_oldest);
+  if (lent_oldest) PENDING(lent_oldest);
   for (ta_chunk_t *c = a->empty_chunks; c; c = c->next)
     if (!c->decommitted) dirty += TA_CHUNK_SIZE;
   for (ta_chunk_t *c = a->small_avail; c; c = c->next)

@@ -93,33 +93,115 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
   ta_shadow_set(c, shadow);
   ta_map_set((uintptr_t)c, TA_MAP_SMALL);
   chunk_list_push(&a->small_avail, c);
+  ta_small_slots_note(a, TA_RUNS_PER_CHUNK - 1, 0);
   return c;
 }
 
-static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
-  /* Prefer a slot whose pages are still resident, in any chunk with room (an arena has
-   * few): a cold slot is faulted in page by page, while the warm one goes back later. */
-  ta_chunk_t *c = a->small_avail;
-  for (ta_chunk_t *w = c; w; w = w->next)
-    if (w->free_slots & w->dirty_slots) {
-      c = w;
-      break;
-    }
-  if (c == NULL && (c = small_chunk_new(a)) == NULL) return NULL;
-  uint64_t warm = c->free_slots & c->dirty_slots;
-  unsigned slot = (unsigned)__builtin_ctzll(warm ? warm : c->free_slots);
-  /* With lazy commit, the slot's pages may not be committed yet (chunk.c): a refusal is
-   * the allocation's (ENOMEM). */
-  size_t slot_end = (size_t)(slot + 1) << TA_RUN_SHIFT;
-  if (!ta_chunk_commit(c, slot_end)) return NULL;
-  c->free_slots &= ~((uint64_t)1 << slot);
-  c->dirty_slots &= ~((uint64_t)1 << slot);
-  if (warm) ta_dirty_add(a, -(intptr_t)TA_RUN_SIZE);
-  else if (c->runs[slot].empty_since == TA_SLOT_GIVEN_BACK) ta_dirty_fresh(a, TA_RUN_SIZE);
-  if (c->free_slots == 0) {
-    chunk_list_remove(&a->small_avail, c);
-    chunk_list_push(&a->small_full, c);
+/* ------------------------------------------------------------------ slots lent between arenas
+ *
+ * A small chunk's keeper is its arena (c->owner): its lists hold the chunk, and it alone
+ * changes the chunk's slot masks, under its lock. A run's owner (r->owner) is the arena that
+ * allocates from it, frees into it and takes other threads' frees of it in, as for any run;
+ * it may be another arena than the keeper, which lent it the free slot. So a thread that
+ * needs a run takes a slot another arena has left free before it faults in a slot of its own
+ * or maps a chunk: a resident one (a run some thread emptied: producers whose blocks other
+ * threads free retire runs by the hundred, and each kept them for its own next turns), or,
+ * for an arena with no chunk of its own with room, one not yet used (a thousand threads
+ * with a few small blocks each share chunks, not a chunk each). docs/design.md, "Run slots
+ * lent between arenas".
+ *
+ * Taking and giving back go through the keeper's lock, only ever tried while the taker holds
+ * its own (never waited for: no cycle of waits), and as a step fork waits for (dirty.c). An
+ * emptied run whose keeper's lock is busy waits on its owner's lent_back list, resident and
+ * counted in the owner's free memory, and goes back at the owner's next run or purge; its
+ * owner takes it again first when it needs a run. */
+#define LENDER_SLOTS 64
+static _Atomic(ta_arena_t *) lenders[LENDER_SLOTS];
+/* Resident free slots of every arena: none, and no arena looks at the others' (a hint:
+ * updated with each arena's count, never a reason to read a list without its lock). */
+static _Atomic uint32_t warm_total;
+
+void ta_small_slots_note(ta_arena_t *a, int free, int warm) {
+  uint32_t f = atomic_load_explicit(&a->slots_free, memory_order_relaxed) + (uint32_t)free;
+  atomic_store_explicit(&a->slots_free, f, memory_order_relaxed);
+  if (warm != 0) {
+    uint32_t w = atomic_load_explicit(&a->slots_warm, memory_order_relaxed) + (uint32_t)warm;
+    atomic_store_explicit(&a->slots_warm, w, memory_order_relaxed);
+    atomic_fetch_add_explicit(&warm_total, (uint32_t)warm, memory_order_relaxed);
   }
+  if (f > 0 && !a->lender_listed) a->lender_listed = ta_arena_list_add(lenders, LENDER_SLOTS, a);
+}
+
+/* A free slot of keeper k's chunks (k's lock held): a resident one of any chunk with room (an
+ * arena has few), else, with `cold`, the lowest of the first. 0 if none (slot 0 is the
+ * header's). */
+static unsigned slot_find(ta_arena_t *k, bool cold, ta_chunk_t **chunk) {
+  for (ta_chunk_t *w = k->small_avail; w; w = w->next)
+    if (w->free_slots & w->dirty_slots) {
+      *chunk = w;
+      return (unsigned)__builtin_ctzll(w->free_slots & w->dirty_slots);
+    }
+  ta_chunk_t *c = k->small_avail;
+  if (!cold || c == NULL) return 0;
+  *chunk = c;
+  return (unsigned)__builtin_ctzll(c->free_slots);
+}
+
+/* Takes free slot `slot` of keeper k's chunk c for arena a (k's lock held; a may be k): out
+ * of the masks and k's counts, committed (lazy commit: a refusal is the allocation's,
+ * ENOMEM), counted in a's demand if its pages are not resident. */
+static bool slot_take(ta_arena_t *k, ta_chunk_t *c, unsigned slot, ta_arena_t *a) {
+  size_t slot_end = (size_t)(slot + 1) << TA_RUN_SHIFT;
+  if (!ta_chunk_commit(c, slot_end)) return false;
+  uint64_t bit = (uint64_t)1 << slot;
+  bool warm = (c->dirty_slots & bit) != 0;
+  c->free_slots &= ~bit;
+  c->dirty_slots &= ~bit;
+  ta_small_slots_note(k, -1, warm ? -1 : 0);
+  if (warm)
+    ta_dirty_add(k, -(intptr_t)TA_RUN_SIZE);
+  else if (c->runs[slot].empty_since == TA_SLOT_GIVEN_BACK) ta_dirty_fresh(a, TA_RUN_SIZE);
+  else if (k != a)
+    ta_dirty_fresh(a, TA_RUN_SIZE); /* never used: its keeper's chunk was */
+  if (c->free_slots == 0) {
+    chunk_list_remove(&k->small_avail, c);
+    chunk_list_push(&k->small_full, c);
+  }
+  return true;
+}
+
+/* A free slot another arena keeps, taken for arena a (a's lock held): resident, or with
+ * `cold`, any. The chunk, and its slot in *slot; NULL if none could be had. */
+static ta_chunk_t *slot_borrow(ta_arena_t *a, bool cold, unsigned *slot) {
+  if (!cold && atomic_load_explicit(&warm_total, memory_order_relaxed) == 0) return NULL;
+  if (!ta_fork_hold()) return NULL; /* a fork is under way: not another arena's lock */
+  ta_chunk_t *got = NULL;
+  for (unsigned i = 0; i < LENDER_SLOTS && got == NULL; i++) {
+    ta_arena_t *k = atomic_load_explicit(&lenders[i], memory_order_relaxed);
+    if (k == NULL || k == a || ta_slow_held_by_me(k)) continue;
+    int st = atomic_load_explicit(&k->state, memory_order_acquire);
+    if (st != ARENA_FREE && st != ARENA_CLAIMED) continue; /* a fork child's leftovers */
+    if (atomic_load_explicit(cold ? &k->slots_free : &k->slots_warm, memory_order_relaxed) == 0 &&
+        atomic_load_explicit(&k->slots_free, memory_order_relaxed) != 0)
+      continue;
+    if (!ta_slow_try_enter(k)) continue;
+    ta_chunk_t *c = NULL;
+    unsigned s = slot_find(k, cold, &c);
+    if (s != 0 && slot_take(k, c, s, a)) {
+      got = c;
+      *slot = s;
+    } else if (k->lender_listed && k->small_avail == NULL) { /* nothing to lend: unlisted */
+      k->lender_listed = false;
+      ta_arena_list_drop(lenders, i, k);
+    }
+    ta_slow_leave(k);
+  }
+  ta_fork_unhold();
+  return got;
+}
+
+/* Slot `slot` of chunk c, set up as a run of class cls for arena a. */
+static ta_run_t *run_init(ta_arena_t *a, ta_chunk_t *c, unsigned slot, unsigned cls) {
   ta_run_t *r = &c->runs[slot];
   uint32_t bs = (uint32_t)ta_class_size[cls];
   r->free = NULL;
@@ -137,6 +219,36 @@ static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
   return r;
 }
 
+/* A new run for class cls, from the cheapest free slot: an emptied run of a slot another
+ * arena keeps that waits to go back (resident, no lock), a resident slot of its own, a
+ * resident one another arena lends, a slot of its own not resident, its own empty chunk, a
+ * slot never used that another arena lends (with no chunk of its own with room), a new
+ * chunk. */
+static ta_run_t *run_new(ta_arena_t *a, unsigned cls) {
+  ta_run_t *back = a->lent_back;
+  if (back != NULL) {
+    a->lent_back = back->next;
+    if (back->empty_since == TA_SLOT_GIVEN_BACK)
+      ta_dirty_fresh(a, TA_RUN_SIZE);
+    else
+      ta_dirty_add(a, -(intptr_t)TA_RUN_SIZE);
+    return run_init(a, ta_chunk_of(back), back->slot, cls);
+  }
+  ta_chunk_t *c = NULL;
+  unsigned slot = slot_find(a, false, &c);
+  if (slot == 0 && (c = slot_borrow(a, false, &slot)) != NULL) return run_init(a, c, slot, cls);
+  if (slot == 0) slot = slot_find(a, true, &c);
+  if (slot == 0 && a->empty_chunks == NULL && a->small_full == NULL &&
+      (c = slot_borrow(a, true, &slot)) != NULL)
+    return run_init(a, c, slot, cls);
+  if (slot == 0) {
+    if ((c = small_chunk_new(a)) == NULL) return NULL;
+    slot = 1;
+  }
+  if (!slot_take(a, c, slot, a)) return NULL;
+  return run_init(a, c, slot, cls);
+}
+
 /* Clears the link and mark of the blocks of r that start in [from, to) (block offsets). */
 static void blocks_wipe(const ta_run_t *r, uint32_t from, uint32_t to) {
   char *base = ta_run_base(r);
@@ -152,26 +264,100 @@ static void blocks_wipe(const ta_run_t *r, uint32_t from, uint32_t to) {
  * hold a mark that fits its own address. Every carved block is free here (used is 0). */
 static void run_wipe(const ta_run_t *r) { blocks_wipe(r, 0, r->limit); }
 
-static void run_retire(ta_arena_t *a, ta_run_t *r) {
+/* Free slot r, emptied, back into its keeper k's masks (k's lock held): resident, freed at
+ * r->empty_since, unless its pages went back (TA_SLOT_GIVEN_BACK). A chunk with no run left
+ * goes back to k's reserve of empty chunks. */
+static void slot_give_back(ta_arena_t *k, ta_run_t *r) {
   ta_chunk_t *c = ta_chunk_of(r);
+  if (c->free_slots == 0) {
+    chunk_list_remove(&k->small_full, c);
+    chunk_list_push(&k->small_avail, c);
+  }
+  c->free_slots |= (uint64_t)1 << r->slot;
+  if (c->free_slots == ALL_SLOTS) {
+    int warm = __builtin_popcountll(c->dirty_slots);
+    ta_small_slots_note(k, -(int)(TA_RUNS_PER_CHUNK - 2), -warm);
+    ta_dirty_add(k, -((intptr_t)warm << TA_RUN_SHIFT));
+    c->dirty_slots = 0; /* the whole chunk is purged as one */
+    chunk_list_remove(&k->small_avail, c);
+    ta_chunk_release(k, c);
+    return;
+  }
+  if (r->empty_since == TA_SLOT_GIVEN_BACK) {
+    ta_small_slots_note(k, 1, 0);
+    return;
+  }
+  c->dirty_slots |= (uint64_t)1 << r->slot;
+  ta_small_slots_note(k, 1, 1);
+  ta_purge_note(k, r->empty_since);
+  ta_dirty_add(k, (intptr_t)TA_RUN_SIZE);
+}
+
+/* Whether arena a's emptied run r of a slot keeper k keeps went back to k: k's lock could be
+ * had (tried: a's is held). A fork child's arena left without its thread (ZOMBIE) keeps its
+ * chunks for good: the slot's pages go back and the slot stays out of use. */
+static bool lent_give_back(ta_run_t *r) {
+  ta_arena_t *k = TA_LOAD(ta_chunk_of(r)->owner); /* stays the keeper while a slot is out */
+  int st = atomic_load_explicit(&k->state, memory_order_acquire);
+  if (st == ARENA_ZOMBIE) {
+    if (r->empty_since != TA_SLOT_GIVEN_BACK) (void)ta_os_decommit(ta_run_base(r), TA_RUN_SIZE);
+    return true;
+  }
+  if (ta_slow_held_by_me(k) || !ta_fork_hold()) return false;
+  bool ok = ta_slow_try_enter(k);
+  if (ok) {
+    slot_give_back(k, r);
+    ta_slow_leave(k);
+  }
+  ta_fork_unhold();
+  return ok;
+}
+
+size_t ta_small_lent_return(ta_arena_t *a, uint64_t cut, size_t *waiting, uint64_t *oldest) {
+  size_t freed = 0;
+  *waiting = 0;
+  *oldest = 0;
+  ta_slow_enter(a);
+  for (ta_run_t **pp = &a->lent_back; *pp;) {
+    ta_run_t *r = *pp;
+    bool resident = r->empty_since != TA_SLOT_GIVEN_BACK;
+    if (lent_give_back(r)) {
+      *pp = r->next;
+      r->next = NULL;
+      if (resident) ta_dirty_add(a, -(intptr_t)TA_RUN_SIZE);
+      continue;
+    }
+    pp = &r->next;
+    if (!resident) continue;
+    /* Its keeper busy: what is due goes back to the kernel from here, the slot still waits. */
+    if (r->empty_since <= cut && ta_os_decommit(ta_run_base(r), TA_RUN_SIZE) == 0) {
+      r->empty_since = TA_SLOT_GIVEN_BACK;
+      ta_dirty_add(a, -(intptr_t)TA_RUN_SIZE);
+      freed += TA_RUN_SIZE;
+      continue;
+    }
+    *waiting += TA_RUN_SIZE;
+    if (*oldest == 0 || r->empty_since < *oldest) *oldest = r->empty_since;
+  }
+  ta_slow_leave(a);
+  return freed;
+}
+
+static void run_retire(ta_arena_t *a, ta_run_t *r) {
   run_wipe(r);
   TA_STORE(r->owner, NULL);
   r->state = RUN_UNUSED;
   r->free = NULL;
-  if (c->free_slots == 0) {
-    chunk_list_remove(&a->small_full, c);
-    chunk_list_push(&a->small_avail, c);
-  }
-  c->free_slots |= (uint64_t)1 << r->slot;
-  if (c->free_slots == ALL_SLOTS) {
-    ta_dirty_add(a, -((intptr_t)__builtin_popcountll(c->dirty_slots) << TA_RUN_SHIFT));
-    c->dirty_slots = 0; /* the whole chunk is purged as one */
-    chunk_list_remove(&a->small_avail, c);
-    ta_chunk_release(a, c);
+  r->empty_since = ta_os_now_ms();
+  ta_arena_t *k = TA_LOAD(ta_chunk_of(r)->owner);
+  if (k == a) {
+    slot_give_back(a, r);
     return;
   }
-  c->dirty_slots |= (uint64_t)1 << r->slot;
-  r->empty_since = ta_os_now_ms();
+  /* Lent by another arena: back to it now if its lock can be had, else it waits here. */
+  if (lent_give_back(r)) return;
+  r->next = a->lent_back;
+  a->lent_back = r;
   ta_purge_note(a, r->empty_since);
   ta_dirty_add(a, (intptr_t)TA_RUN_SIZE);
 }
@@ -264,18 +450,24 @@ static void half_collapse_maybe(ta_chunk_t *c, unsigned slot) {
   size_t touched = 0;
   for (unsigned i = half * TA_HALF_SLOTS; i < (half + 1) * TA_HALF_SLOTS; i++) {
     const ta_run_t *r = &c->runs[i];
-    touched += i == 0                    ? TA_RUN_SIZE
-               : r->bsize > ta_page_size ? (size_t)(r->limit / r->bsize) * ta_page_size
-                                         : ta_align_up(r->limit, ta_page_size);
+    /* A slot lent to another arena is that arena's run: read as it changes. */
+    uint32_t bs = TA_LOAD(r->bsize), limit = __atomic_load_n(&r->limit, __ATOMIC_RELAXED);
+    touched += i == 0              ? TA_RUN_SIZE
+               : bs == 0           ? 0
+               : bs > ta_page_size ? (size_t)(limit / bs) * ta_page_size
+                                   : ta_align_up(limit, ta_page_size);
   }
   if (touched < TA_CHUNK_SIZE / 2 - TA_RUN_SIZE || !collapse_budget_left()) return;
   c->thp |= (uint8_t)TA_THP_TRIED(half); /* once: a refusal is not asked again */
   ta_collapse_pending = (uintptr_t)c | half;
 }
 
-/* The half half_collapse_maybe found dense, made one huge page: by the owner, its slow-path
- * lock let go, in the same slow path. The chunk stays the arena's meanwhile, and the half
- * full: only the owner retires runs, so no slot of it can be given back by a purge. */
+/* The half half_collapse_maybe found dense, made one huge page: by the keeper, its slow-path
+ * lock let go, in the same slow path. The chunk stays the arena's meanwhile (a chunk with a
+ * run in use never leaves its keeper). A slot of the half may empty and be given back by a
+ * purge as the call runs (a lent run's owner, emptying it, hands it back under the keeper's
+ * lock): the kernel's collapse keeps every page's contents, and a page given back meanwhile
+ * reads zero as any page given back, so nothing of the blocks changes. */
 void ta_small_collapse(void) {
   uintptr_t p = ta_collapse_pending;
   ta_collapse_pending = 0;
@@ -331,7 +523,10 @@ static void run_carve(ta_run_t *r) {
   /* Other threads read limit to validate their frees into this run. */
   __atomic_store_n(&r->limit, r->limit + n * r->bsize, __ATOMIC_RELAXED);
   TA_ADD(r->owner->cnt.first_uses, n);
-  half_collapse_maybe(ta_chunk_of(r), r->slot);
+  /* The keeper's call: its lock guards the chunk's masks (a lent slot's owner does not hold
+   * it), and a half of several arenas' runs is dense as much for it. */
+  ta_chunk_t *c = ta_chunk_of(r);
+  if (TA_LOAD(c->owner) == r->owner) half_collapse_maybe(c, r->slot);
 }
 
 /* The fast path turned away a head outside the run's chunk: fine if it is NULL (the list
@@ -572,7 +767,10 @@ static size_t run_shrink(ta_run_t *r) {
     blocks_wipe(r, keep * bs, limit); /* the pages stay: nothing of the blocks may */
     return 0;
   }
-  ta_chunk_thp_lost(ta_chunk_of(r), r->slot, 1);
+  /* The chunk's huge-page marks are its keeper's (under its lock): a lent slot's owner
+   * leaves them, and the keeper asks again only once pages of its own go back. */
+  ta_chunk_t *c = ta_chunk_of(r);
+  if (TA_LOAD(c->owner) == r->owner) ta_chunk_thp_lost(c, r->slot, 1);
   return to - from;
 }
 

@@ -95,7 +95,10 @@ static bool block_of_run(const ta_run_t *r, uint64_t bs, uint64_t limit, const t
   return true;
 }
 
-static void walk_small(struct walk *w, ta_chunk_t *c) {
+/* An arena's own figures (w->only) count the runs it owns wherever they are, and the chunks
+ * it keeps, with their free slots: a slot lent to another arena is that arena's run (small.c,
+ * "Slots lent between arenas"). `keeper`: w->only keeps c (or every arena is counted). */
+static void walk_small(struct walk *w, ta_chunk_t *c, bool keeper) {
   struct ta_stats *s = w->s;
   uint16_t *sh = w->tracked ? ta_shadow_get(c) : NULL;
   size_t free_slots = 0;
@@ -106,13 +109,16 @@ static void walk_small(struct walk *w, ta_chunk_t *c) {
      * and block size disagree counts as a free slot. */
     unsigned cls = TA_LOAD(r->cls);
     uint64_t bs = TA_LOAD(r->bsize);
-    if (TA_LOAD(r->owner) == NULL || cls == 0 || cls > TA_NUM_SMALL || bs != ta_class_size[cls]) {
+    ta_arena_t *owner = TA_LOAD(r->owner);
+    if (owner == NULL || cls == 0 || cls > TA_NUM_SMALL || bs != ta_class_size[cls]) {
+      if (!keeper) continue;
       s->free_bytes += TA_RUN_SIZE;
       free_slots++;
       take_largest(s, free_slots * TA_RUN_SIZE);
       continue;
     }
     free_slots = 0;
+    if (w->only && owner != w->only) continue;
     struct ta_class_stats *cs = &s->classes[cls];
     uint64_t cap = TA_LOAD(r->cap), limit = TA_LOAD(r->limit), carved = limit / bs;
     uint64_t used = (uint32_t)(TA_LOAD(r->used) & ~(RUN_FULL_BIT | RUN_ACTIVE_BIAS));
@@ -139,7 +145,7 @@ static void walk_small(struct walk *w, ta_chunk_t *c) {
     }
     cs->requested_bytes += used * bs - waste;
   }
-  s->heap_bytes += TA_CHUNK_SIZE;
+  if (keeper) s->heap_bytes += TA_CHUNK_SIZE;
 }
 
 static void visit_medium(const ta_mhdr_t *h, size_t word, void *arg) {
@@ -262,12 +268,14 @@ static void visit_granule(uintptr_t base, uint8_t kind, void *arg) {
   if (kind == TA_MAP_SMALL || kind == TA_MAP_MEDIUM) {
     ta_chunk_t *c = (ta_chunk_t *)base;
     if (TA_LOAD(c->check) != (base ^ ta_secret)) return;
-    if (w->only && TA_LOAD(c->owner) != w->only) return;
+    bool keeper = w->only == NULL || TA_LOAD(c->owner) == w->only;
+    if (!keeper && kind == TA_MAP_MEDIUM) return;
     if (!chunk_enter(c, base, kind)) return;
-    if (kind == TA_MAP_SMALL) walk_small(w, c);
+    if (kind == TA_MAP_SMALL)
+      walk_small(w, c, keeper);
     else walk_medium(w, c);
     chunk_leave(c);
-    w->s->resident_bytes += resident(c, TA_CHUNK_SIZE);
+    if (keeper) w->s->resident_bytes += resident(c, TA_CHUNK_SIZE);
   } else if (kind == TA_MAP_SPAN) {
     /* Shared by every thread: counted in the process's figures, not an arena's. */
     if (w->only != NULL) return;
@@ -668,13 +676,15 @@ static void map_granule(uintptr_t base, uint8_t kind, void *arg) {
         ta_run_t *r = &c->runs[i];
         uintptr_t rb = base + ((uintptr_t)i << TA_RUN_SHIFT);
         uint32_t bs = TA_LOAD(r->bsize); /* once: the divisor (see walk_small) */
-        if (TA_LOAD(r->owner) == NULL || bs == 0) {
+        ta_arena_t *run_owner = TA_LOAD(r->owner);
+        if (run_owner == NULL || bs == 0) {
           put(o, "slot 0x%lx %u free\n", (unsigned long)rb, (unsigned)TA_RUN_SIZE);
           continue;
         }
-        put(o, "run 0x%lx %u %u %u %u %u\n", (unsigned long)rb, (unsigned)TA_RUN_SIZE, bs,
+        /* Its owner: the chunk's arena, or another one the slot is lent to (small.c). */
+        put(o, "run 0x%lx %u %u %u %u %u %u\n", (unsigned long)rb, (unsigned)TA_RUN_SIZE, bs,
             (unsigned)(TA_LOAD(r->used) & ~(RUN_FULL_BIT | RUN_ACTIVE_BIAS)),
-            TA_LOAD(r->limit) / bs, TA_LOAD(r->cap));
+            TA_LOAD(r->limit) / bs, TA_LOAD(r->cap), run_owner->id);
       }
     } else {
       ta_medium_walk(c, map_block, o);

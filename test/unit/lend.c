@@ -1,0 +1,266 @@
+/* Unit tests: run slots lent between arenas (small.c, docs/design.md "Run slots lent between
+ * arenas"). A thread that needs a run takes a resident slot another arena has left free
+ * before it faults in one of its own, and a thread with no chunk of its own with room takes
+ * a slot never used from another arena's chunk instead of a chunk of its own. The run is its
+ * owner's in every way (its frees, its remote frees, its checks, its statistics); emptied, its
+ * slot goes back to the chunk's keeper, or waits for the keeper's lock. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+
+#include "internal.h"
+#include "tamalloc.h"
+
+/* Nothing becomes due by time while a test runs. */
+static void settings(void) { ta_decay_ms = 600000; }
+
+static ta_arena_t *keeper; /* the main thread's arena */
+static ta_run_t *retired;  /* a run of the keeper's that emptied */
+
+/* The main thread fills a run of 64-byte blocks and the start of the next, then frees the
+ * first run's blocks: the run retires, its slot free and resident in the keeper's chunk. */
+static void keeper_retires_a_run(void) {
+  settings();
+  enum { PER_RUN = TA_RUN_SIZE / 64 };
+  static void *b[PER_RUN + 1];
+  for (int i = 0; i < PER_RUN + 1; i++)
+    cr_assert_not_null(b[i] = ta_malloc(64));
+  keeper = ta_tl_arena;
+  retired = ta_run_of(b[0]);
+  cr_assert_neq(ta_run_of(b[PER_RUN]), retired, "the last block opened the next run");
+  for (int i = 0; i < PER_RUN; i++)
+    ta_free(b[i]);
+  cr_assert_eq(retired->state, RUN_UNUSED);
+  ta_chunk_t *c = ta_chunk_of(retired);
+  uint64_t bit = (uint64_t)1 << retired->slot;
+  cr_assert(c->free_slots & bit);
+  cr_assert(c->dirty_slots & bit, "free and resident");
+  cr_assert_eq(atomic_load(&keeper->slots_warm), 1);
+}
+
+static void *run_in_thread(void *(*fn)(void *), void *arg) {
+  pthread_t t;
+  void *out;
+  cr_assert_eq(pthread_create(&t, NULL, fn, arg), 0);
+  cr_assert_eq(pthread_join(t, &out), 0);
+  return out;
+}
+
+static bool owns_a_chunk(const ta_arena_t *a) {
+  return a->small_avail != NULL || a->small_full != NULL || a->empty_chunks != NULL;
+}
+
+struct borrower {
+  void *block;
+  ta_arena_t *arena;
+  bool had_chunk;
+};
+
+static void *borrow_one(void *arg) {
+  struct borrower *b = arg;
+  b->block = ta_malloc(64);
+  b->arena = ta_tl_arena;
+  b->had_chunk = owns_a_chunk(ta_tl_arena);
+  return NULL;
+}
+
+/* A thread with a chunk of its own, with room: the keeper's lock held while it takes its first
+ * run makes it map one. Its next run is of another class. */
+struct own_chunk {
+  pthread_barrier_t step;
+  void *first, *second;
+  ta_arena_t *arena;
+};
+
+static void *first_run_then_second(void *arg) {
+  struct own_chunk *o = arg;
+  pthread_barrier_wait(&o->step); /* the main thread holds its arena's lock */
+  o->first = ta_malloc(1024);
+  o->arena = ta_tl_arena;
+  pthread_barrier_wait(&o->step); /* and lets it go */
+  pthread_barrier_wait(&o->step);
+  o->second = ta_malloc(64); /* another class: another run */
+  return NULL;
+}
+
+static void own_chunk_then_second_run(struct own_chunk *o, ta_arena_t *lender) {
+  pthread_barrier_init(&o->step, NULL, 2);
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, first_run_then_second, o), 0);
+  ta_slow_enter(lender);
+  pthread_barrier_wait(&o->step);
+  pthread_barrier_wait(&o->step);
+  ta_slow_leave(lender);
+  cr_assert_eq(ta_chunk_of(o->first)->owner, o->arena, "the lender was busy: a chunk of its own");
+  pthread_barrier_wait(&o->step);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+}
+
+Test(lend, a_resident_slot_another_arena_emptied_is_taken_before_a_new_one) {
+  keeper_retires_a_run();
+  size_t keeper_dirty = keeper->dirty_bytes;
+  struct own_chunk o;
+  own_chunk_then_second_run(&o, keeper);
+  cr_assert_eq(ta_run_of(o.second), retired,
+               "the keeper's emptied slot, resident, before a slot of its own chunk");
+  cr_assert_eq(ta_run_of(o.second)->owner, o.arena, "owned by the thread that took it");
+  cr_assert_eq(atomic_load(&keeper->slots_warm), 0);
+  cr_assert_eq(keeper->dirty_bytes, keeper_dirty - TA_RUN_SIZE,
+               "no longer the keeper's free memory");
+  cr_assert_not(ta_chunk_of(retired)->free_slots & ((uint64_t)1 << retired->slot));
+}
+
+Test(lend, a_thread_with_no_chunk_takes_a_slot_never_used_from_another_arena) {
+  settings();
+  void *mine = ta_malloc(64);
+  cr_assert_not_null(mine);
+  ta_chunk_t *c = ta_chunk_of(mine);
+  cr_assert_eq(atomic_load(&ta_tl_arena->slots_warm), 0, "nothing resident to lend");
+  uint32_t free_before = atomic_load(&ta_tl_arena->slots_free);
+  struct borrower b = {0};
+  run_in_thread(borrow_one, &b);
+  cr_assert_not_null(b.block);
+  cr_assert_eq(ta_chunk_of(b.block), c, "a slot of the first thread's chunk");
+  cr_assert_neq(ta_run_of(b.block), ta_run_of(mine));
+  cr_assert_eq(ta_run_of(b.block)->owner, b.arena);
+  cr_assert_not(b.had_chunk, "no chunk of its own: no 4 MiB of address space for one block");
+  cr_assert_eq(atomic_load(&ta_tl_arena->slots_free), free_before - 1);
+}
+
+/* A thread that owns a chunk with room takes its own slots before the unused slots of another
+ * arena's: only an arena without room of its own borrows those. */
+Test(lend, an_arena_with_room_of_its_own_uses_it_before_another_s_unused_slots) {
+  settings();
+  void *mine = ta_malloc(64);
+  cr_assert_not_null(mine);
+  struct own_chunk o;
+  own_chunk_then_second_run(&o, ta_tl_arena);
+  cr_assert_eq(ta_chunk_of(o.second), ta_chunk_of(o.first), "its own room first");
+  cr_assert_eq(atomic_load(&ta_tl_arena->slots_free), TA_RUNS_PER_CHUNK - 2, "nothing lent");
+}
+
+/* The owner's frees, another thread's frees and the checks of a lent run are its owner's. */
+struct lent_run {
+  pthread_barrier_t step;
+  void *blocks[2];
+  ta_arena_t *arena;
+};
+
+static void *borrow_and_wait(void *arg) {
+  struct lent_run *l = arg;
+  l->blocks[0] = ta_malloc(64);
+  l->blocks[1] = ta_malloc(64);
+  l->arena = ta_tl_arena;
+  pthread_barrier_wait(&l->step); /* the main thread frees blocks[1] */
+  pthread_barrier_wait(&l->step);
+  ta_free(l->blocks[0]);
+  ta_free(l->blocks[0]); /* a double free */
+  return NULL;
+}
+
+Test(lend, a_lent_run_s_frees_go_to_its_owner_and_a_double_free_is_caught, .signal = SIGABRT) {
+  keeper_retires_a_run();
+  struct lent_run l;
+  pthread_barrier_init(&l.step, NULL, 2);
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, borrow_and_wait, &l), 0);
+  pthread_barrier_wait(&l.step);
+  cr_assert_eq(ta_run_of(l.blocks[0]), retired);
+  ta_free(l.blocks[1]); /* the keeper's thread, not the owner: a remote free */
+  cr_assert(ta_remote_waiting(l.arena, memory_order_relaxed), "on the owner's remote list");
+  cr_assert_not(ta_remote_waiting(keeper, memory_order_relaxed), "not the keeper's");
+  pthread_barrier_wait(&l.step);
+  pthread_join(t, NULL); /* the thread aborts the process first */
+}
+
+/* Emptied, a lent run goes back to its keeper: at once, or when the keeper's lock is busy,
+ * at the owner's next purge; with the keeper still busy, a purge that gives everything back
+ * gives the slot's pages back and leaves the slot waiting. */
+struct waiter {
+  pthread_barrier_t step;
+  ta_arena_t *arena;
+  ta_run_t *run;
+  size_t dirty_waiting;
+  size_t resident_after_trim;
+  bool waited, back_after_trim;
+};
+
+static void *borrow_empty_and_purge(void *arg) {
+  struct waiter *w = arg;
+  void *p = ta_malloc(64);
+  w->arena = ta_tl_arena;
+  w->run = ta_run_of(p);
+  memset(p, 1, 64);
+  ta_free(p);
+  pthread_barrier_wait(&w->step); /* the main thread takes the keeper's lock */
+  pthread_barrier_wait(&w->step);
+  ta_small_retire_idle(ta_tl_arena); /* the run is emptied and retired */
+  w->waited = ta_tl_arena->lent_back == w->run;
+  w->dirty_waiting = ta_tl_arena->dirty_bytes;
+  ta_arena_purge(ta_tl_arena, ta_os_now_ms(), TA_PURGE_ALL, 0, true); /* keeper still busy */
+  w->back_after_trim = ta_tl_arena->lent_back == NULL;
+  w->resident_after_trim = ta_os_resident(ta_run_base(w->run), TA_RUN_SIZE);
+  pthread_barrier_wait(&w->step); /* the main thread looks, then lets the lock go */
+  pthread_barrier_wait(&w->step);
+  ta_arena_purge(ta_tl_arena, ta_os_now_ms(), TA_PURGE_AGED, ta_decay_ms, false);
+  return NULL;
+}
+
+Test(lend, an_emptied_lent_run_waits_for_its_busy_keeper_then_goes_back) {
+  keeper_retires_a_run();
+  struct waiter w = {0};
+  pthread_barrier_init(&w.step, NULL, 2);
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, borrow_empty_and_purge, &w), 0);
+  pthread_barrier_wait(&w.step);
+  cr_assert_eq(w.run, retired);
+  ta_slow_enter(keeper);
+  pthread_barrier_wait(&w.step);
+  pthread_barrier_wait(&w.step);
+  cr_assert(w.waited, "the keeper's lock was busy: the run waits with its owner");
+  cr_assert_eq(w.dirty_waiting, TA_RUN_SIZE, "counted in the owner's free memory");
+  cr_assert_not(w.back_after_trim, "still waiting");
+  cr_assert_eq(w.resident_after_trim, 0, "but its pages went back");
+  cr_assert_eq(w.arena->dirty_bytes, 0);
+  ta_chunk_t *c = ta_chunk_of(retired);
+  uint64_t bit = (uint64_t)1 << retired->slot;
+  cr_assert_not(c->free_slots & bit);
+  ta_slow_leave(keeper);
+  pthread_barrier_wait(&w.step);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_null(w.arena->lent_back, "given back at the owner's purge");
+  cr_assert(c->free_slots & bit, "free in its keeper's chunk again");
+  cr_assert_not(c->dirty_slots & bit, "and known not to be resident");
+  cr_assert_eq(retired->owner, NULL);
+}
+
+/* An arena's statistics count the runs it owns, wherever their slots are; the keeper's count
+ * its chunk and its free slots. */
+static void *borrow_and_stay(void *arg) {
+  struct borrower *b = arg;
+  b->block = ta_malloc(64);
+  b->arena = ta_tl_arena;
+  return NULL;
+}
+
+Test(lend, a_lent_run_counts_in_its_owner_s_statistics) {
+  keeper_retires_a_run();
+  struct ta_stats before = {.version = TA_STATS_VERSION, .size = sizeof before};
+  cr_assert_eq(ta_stats_get(&before, (int)keeper->id), 0);
+  struct borrower b = {0};
+  run_in_thread(borrow_and_stay, &b);
+  struct ta_stats k = {.version = TA_STATS_VERSION, .size = sizeof k};
+  struct ta_stats o = {.version = TA_STATS_VERSION, .size = sizeof o};
+  cr_assert_eq(ta_stats_get(&k, (int)keeper->id), 0);
+  cr_assert_eq(ta_stats_get(&o, (int)b.arena->id), 0);
+  unsigned cls = ta_size_class(64);
+  cr_assert_eq(o.classes[cls].live_blocks, 1, "the borrower's block");
+  cr_assert_eq(o.classes[cls].runs, 1);
+  cr_assert_eq(o.heap_bytes, 0, "it keeps no chunk");
+  cr_assert_eq(k.classes[cls].live_blocks, before.classes[cls].live_blocks);
+  cr_assert_eq(k.classes[cls].runs, before.classes[cls].runs);
+  cr_assert_eq(k.heap_bytes, before.heap_bytes, "the keeper still counts its chunk");
+  cr_assert_eq(k.free_bytes + TA_RUN_SIZE, before.free_bytes, "less the slot it lent");
+  ta_free(b.block);
+}
