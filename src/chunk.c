@@ -302,18 +302,19 @@ static bool chunk_being_read(ta_chunk_t *c) {
 static _Atomic(ta_arena_t *) spare[SPARE_SLOTS];
 _Atomic uint64_t ta_chunks_taken_over;
 
-/* Lists arena a in the first empty entry of list[0..n): whether there was one. The lists of
- * arenas that have something to give other arenas (spare chunks here, run slots in small.c):
- * an entry is taken or let go with one compare-exchange, nothing held across fork. */
-bool ta_arena_list_add(_Atomic(ta_arena_t *) *list, unsigned n, ta_arena_t *a) {
+/* Lists arena a in the first empty entry of list[0..n): that entry + 1, or 0 if there was
+ * none. The lists of arenas that have something to give other arenas (spare chunks here, run
+ * slots in small.c): an entry is taken or let go with one compare-exchange, nothing held
+ * across fork. */
+unsigned ta_arena_list_add(_Atomic(ta_arena_t *) *list, unsigned n, ta_arena_t *a) {
   for (unsigned i = 0; i < n; i++) {
     ta_arena_t *none = NULL;
     if (atomic_load_explicit(&list[i], memory_order_relaxed) == NULL &&
         atomic_compare_exchange_strong_explicit(&list[i], &none, a, memory_order_relaxed,
                                                 memory_order_relaxed))
-      return true;
+      return i + 1;
   }
-  return false;
+  return 0;
 }
 
 /* Entry i of a list, if it still names arena a, let go. */
@@ -324,7 +325,7 @@ void ta_arena_list_drop(_Atomic(ta_arena_t *) *list, unsigned i, ta_arena_t *a) 
 
 /* Arena a (its lock held) has a resident empty chunk: listed, if there is room. */
 static void spare_list(ta_arena_t *a) {
-  if (!a->spare_listed) a->spare_listed = ta_arena_list_add(spare, SPARE_SLOTS, a);
+  if (!a->spare_listed) a->spare_listed = ta_arena_list_add(spare, SPARE_SLOTS, a) != 0;
 }
 
 /* A resident empty chunk on o's list that no statistics reader holds, or NULL; its link. */

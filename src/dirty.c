@@ -237,7 +237,8 @@ void ta_dirty_hold(ta_arena_t *a, size_t demand) {
  * back when it runs, else the arena's holder (ta_purge_if_over). */
 static void went_over(ta_arena_t *a) {
   if (ta_bg_running()) ta_bg_over_budget();
-  else a->over_budget = true;
+  else
+    atomic_store_explicit(&a->over_budget, true, memory_order_relaxed);
 }
 
 /* Arena a has a new owner, or none (the exit hook, or a claim: neither holds its lock).

@@ -27,7 +27,9 @@
  *           when it was set; remote frees may refill it before the owner notices)
  *   run:    state == RUN_ACTIVE <=> RUN_ACTIVE_BIAS added to used <=> it is owner.cur[cls]
  *   run:    state == RUN_PARTIAL <=> run is on owner.partial[cls]
- *   run:    owner == NULL <=> the run slot is free in its chunk
+ *   run:    owner == NULL <=> the run slot is free in its chunk, or its emptied run waits to
+ *           go back to the chunk's keeper (small.c, lent_back), or a fork's zombie keeper
+ *           will never take it back; owner != the chunk's owner: the slot is lent
  *   run:    no block at or above limit is handed out or on a list; only the owner lowers
  *           limit (ta_small_shrink), and never below a block that is not on its free list
  *   block:  a block on a free or remote list has word[1] == ta_mark(b); malloc clears it,
@@ -424,10 +426,13 @@ typedef struct ta_arena {
   const void *_Atomic slow_holder;  /* the holder's ta_tl_tag address: it may nest */
   int slow_depth;                   /* the holder's nesting */
   bool purging;         /* inside ta_arena_purge (no re-entry from what it releases) */
-  bool over_budget;     /* its frees went over the budget: ta_purge_if_over (dirty.c) */
+  /* Its frees went over the budget: ta_purge_if_over (dirty.c). Set by another thread too,
+   * one that gives a lent run slot back under this arena's lock (small.c). */
+  _Atomic bool over_budget;
   bool shrink_wait;     /* its runs keep their free pages for its demand (purge.c) */
   bool spare_listed;    /* in chunk.c's list of arenas with empty chunks others may take */
-  bool lender_listed;   /* in small.c's list of arenas whose chunks have run slots to lend */
+  uint8_t lender_at[2]; /* its entry + 1 in small.c's lists of arenas with run slots to lend
+                           (0: not listed): [0] any free slot, [1] a resident one */
   uint32_t id;
   _Atomic uint32_t owner_tid;   /* the owner's kernel thread id (0: none known) */
   _Atomic uint64_t purge_due;  /* earliest time something of this arena may be purged; 0: none */
@@ -440,7 +445,8 @@ typedef struct ta_arena {
    * lock, read by other arenas before they try it (small.c, "Slots lent between arenas"). */
   _Atomic uint32_t slots_free, slots_warm;
   /* Runs of slots another arena keeps, emptied, waiting for that keeper's lock to go back
-   * (linked by next; resident, counted in dirty_bytes). Under the lock. */
+   * (linked by next; resident and counted in dirty_bytes, or given back: empty_since is
+   * TA_SLOT_GIVEN_BACK). Under the lock. */
   struct ta_run *lent_back;
   /* Its demand (dirty.c, ta_dirty_fresh): bytes of pages it took that were not resident, in
    * the window that began at demand_ms and in the one before; held: the part of dirty_bytes
@@ -747,8 +753,8 @@ TA_HIDDEN void ta_chunk_commit_default(void);
 TA_HIDDEN bool ta_commit_lazy(void);
 TA_HIDDEN void ta_chunk_release(ta_arena_t *a, ta_chunk_t *c);
 /* Lists of arenas with something to give others (chunk.c): add a, in the first empty entry of
- * list[0..n) (false: full); drop entry i if it still names a. */
-TA_HIDDEN bool ta_arena_list_add(_Atomic(ta_arena_t *) *list, unsigned n, ta_arena_t *a);
+ * list[0..n) (its index + 1; 0: full); drop entry i if it still names a. */
+TA_HIDDEN unsigned ta_arena_list_add(_Atomic(ta_arena_t *) *list, unsigned n, ta_arena_t *a);
 TA_HIDDEN void ta_arena_list_drop(_Atomic(ta_arena_t *) *list, unsigned i, ta_arena_t *a);
 TA_HIDDEN extern _Atomic uint64_t ta_chunks_taken_over; /* from other arenas (tests, stats) */
 TA_HIDDEN void ta_map_set(uintptr_t addr, uint8_t kind);
@@ -893,10 +899,13 @@ TA_HIDDEN bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p);
 TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
 /* Gives the emptied runs of slots other arenas keep back to their keepers, those whose lock
  * can be had now; of the others, those freed at `cut` or before give their pages back to the
- * kernel (returned: their bytes). *waiting: the bytes still resident; *oldest: when the
- * oldest of them was freed (0: none). Under a's lock (purge.c). */
-TA_HIDDEN size_t ta_small_lent_return(ta_arena_t *a, uint64_t cut, size_t *waiting,
+ * kernel (returned: their bytes). *waiting: the bytes still resident; *oldest: the time the
+ * next try is due a decay time after (the oldest resident one's, `now` for one given back;
+ * 0: none waits). Under a's lock (purge.c). */
+TA_HIDDEN size_t ta_small_lent_return(ta_arena_t *a, uint64_t now, uint64_t cut, size_t *waiting,
                                       uint64_t *oldest);
+/* A fork child: the lists of lenders lose the arenas the fork left without a thread. */
+TA_HIDDEN void ta_small_after_fork(void);
 /* Free run slots of small chunk c left resident, n of them (+n) or no longer (-n): the
  * arena's counts that borrowers read (purge.c, after it gives slots back). */
 TA_HIDDEN void ta_small_slots_note(ta_arena_t *a, int free, int warm);
@@ -1127,8 +1136,8 @@ TA_HIDDEN void ta_purge_spans_excess(uint64_t now);
  * running (ta_dirty_add marks it) gives its own oldest excess back: whoever holds it calls
  * this once the lower layers have returned (alloc.c, ta_purge_orphans). */
 TA_INLINE void ta_purge_if_over(ta_arena_t *a) {
-  if (TA_UNLIKELY(a->over_budget)) {
-    a->over_budget = false;
+  if (TA_UNLIKELY(atomic_load_explicit(&a->over_budget, memory_order_relaxed)) &&
+      atomic_exchange_explicit(&a->over_budget, false, memory_order_relaxed)) {
     ta_purge_excess(a, ta_os_now_ms());
   }
 }

@@ -263,11 +263,8 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
    * their lock (small.c). */
   size_t dirty = 0;
   uint64_t lent_oldest = 0;
-  freed += ta_small_lent_return(a,
-                                all         ? UINT64_MAX
-                                : now > age ? now - age
-                                            : 0,
-                                &dirty, &lent_oldest);
+  uint64_t lent_cut = all ? UINT64_MAX : now > age ? now - age : 0; /* DUE(t): t <= lent_cut */
+  freed += ta_small_lent_return(a, now, lent_cut, &dirty, &lent_oldest);
   if (lent_oldest) PENDING(lent_oldest);
   for (ta_chunk_t *c = a->empty_chunks; c; c = c->next)
     if (!c->decommitted) dirty += TA_CHUNK_SIZE;

@@ -113,23 +113,49 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
  * Taking and giving back go through the keeper's lock, only ever tried while the taker holds
  * its own (never waited for: no cycle of waits), and as a step fork waits for (dirty.c). An
  * emptied run whose keeper's lock is busy waits on its owner's lent_back list, resident and
- * counted in the owner's free memory, and goes back at the owner's next run or purge; its
+ * counted in the owner's free memory (or, due while the keeper stays busy, its pages given
+ * back), and goes back at the owner's next purge, which comes due again while one waits; its
  * owner takes it again first when it needs a run. */
 #define LENDER_SLOTS 64
-static _Atomic(ta_arena_t *) lenders[LENDER_SLOTS];
+/* [0]: arenas with a free slot; [1]: with a resident one. An arena lists and unlists itself as
+ * its counts change, under its lock (its entry + 1 in lender_at); a full list leaves it off. */
+static _Atomic(ta_arena_t *) lenders[2][LENDER_SLOTS];
 /* Resident free slots of every arena: none, and no arena looks at the others' (a hint:
  * updated with each arena's count, never a reason to read a list without its lock). */
 static _Atomic uint32_t warm_total;
 
+static void lender_set(ta_arena_t *a, unsigned list, bool has) {
+  unsigned at = a->lender_at[list];
+  if (has && at == 0) {
+    a->lender_at[list] = (uint8_t)ta_arena_list_add(lenders[list], LENDER_SLOTS, a);
+  } else if (!has && at != 0) {
+    ta_arena_list_drop(lenders[list], at - 1, a);
+    a->lender_at[list] = 0;
+  }
+}
+
 void ta_small_slots_note(ta_arena_t *a, int free, int warm) {
   uint32_t f = atomic_load_explicit(&a->slots_free, memory_order_relaxed) + (uint32_t)free;
+  uint32_t w = atomic_load_explicit(&a->slots_warm, memory_order_relaxed) + (uint32_t)warm;
   atomic_store_explicit(&a->slots_free, f, memory_order_relaxed);
-  if (warm != 0) {
-    uint32_t w = atomic_load_explicit(&a->slots_warm, memory_order_relaxed) + (uint32_t)warm;
-    atomic_store_explicit(&a->slots_warm, w, memory_order_relaxed);
-    atomic_fetch_add_explicit(&warm_total, (uint32_t)warm, memory_order_relaxed);
-  }
-  if (f > 0 && !a->lender_listed) a->lender_listed = ta_arena_list_add(lenders, LENDER_SLOTS, a);
+  atomic_store_explicit(&a->slots_warm, w, memory_order_relaxed);
+  if (warm != 0) atomic_fetch_add_explicit(&warm_total, (uint32_t)warm, memory_order_relaxed);
+  lender_set(a, 0, f > 0);
+  lender_set(a, 1, w > 0);
+}
+
+void ta_small_after_fork(void) {
+  for (unsigned list = 0; list < 2; list++)
+    for (unsigned i = 0; i < LENDER_SLOTS; i++) {
+      ta_arena_t *k = atomic_load_explicit(&lenders[list][i], memory_order_relaxed);
+      if (k == NULL) continue;
+      int st = atomic_load_explicit(&k->state, memory_order_relaxed);
+      if (st == ARENA_FREE || st == ARENA_CLAIMED) continue;
+      /* Left without its thread: never lends again (its resident slots stay in warm_total, a
+       * hint that costs a search of these lists at most). */
+      atomic_store_explicit(&lenders[list][i], NULL, memory_order_relaxed);
+      k->lender_at[list] = 0;
+    }
 }
 
 /* A free slot of keeper k's chunks (k's lock held): a resident one of any chunk with room (an
@@ -149,7 +175,8 @@ static unsigned slot_find(ta_arena_t *k, bool cold, ta_chunk_t **chunk) {
 
 /* Takes free slot `slot` of keeper k's chunk c for arena a (k's lock held; a may be k): out
  * of the masks and k's counts, committed (lazy commit: a refusal is the allocation's,
- * ENOMEM), counted in a's demand if its pages are not resident. */
+ * ENOMEM), counted in a's demand if its pages went back (a slot never used was counted
+ * whole with its chunk, in its keeper's). */
 static bool slot_take(ta_arena_t *k, ta_chunk_t *c, unsigned slot, ta_arena_t *a) {
   size_t slot_end = (size_t)(slot + 1) << TA_RUN_SHIFT;
   if (!ta_chunk_commit(c, slot_end)) return false;
@@ -160,9 +187,8 @@ static bool slot_take(ta_arena_t *k, ta_chunk_t *c, unsigned slot, ta_arena_t *a
   ta_small_slots_note(k, -1, warm ? -1 : 0);
   if (warm)
     ta_dirty_add(k, -(intptr_t)TA_RUN_SIZE);
-  else if (c->runs[slot].empty_since == TA_SLOT_GIVEN_BACK) ta_dirty_fresh(a, TA_RUN_SIZE);
-  else if (k != a)
-    ta_dirty_fresh(a, TA_RUN_SIZE); /* never used: its keeper's chunk was */
+  else if (c->runs[slot].empty_since == TA_SLOT_GIVEN_BACK)
+    ta_dirty_fresh(a, TA_RUN_SIZE);
   if (c->free_slots == 0) {
     chunk_list_remove(&k->small_avail, c);
     chunk_list_push(&k->small_full, c);
@@ -177,12 +203,11 @@ static ta_chunk_t *slot_borrow(ta_arena_t *a, bool cold, unsigned *slot) {
   if (!ta_fork_hold()) return NULL; /* a fork is under way: not another arena's lock */
   ta_chunk_t *got = NULL;
   for (unsigned i = 0; i < LENDER_SLOTS && got == NULL; i++) {
-    ta_arena_t *k = atomic_load_explicit(&lenders[i], memory_order_relaxed);
+    ta_arena_t *k = atomic_load_explicit(&lenders[!cold][i], memory_order_relaxed);
     if (k == NULL || k == a || ta_slow_held_by_me(k)) continue;
     int st = atomic_load_explicit(&k->state, memory_order_acquire);
     if (st != ARENA_FREE && st != ARENA_CLAIMED) continue; /* a fork child's leftovers */
-    if (atomic_load_explicit(cold ? &k->slots_free : &k->slots_warm, memory_order_relaxed) == 0 &&
-        atomic_load_explicit(&k->slots_free, memory_order_relaxed) != 0)
+    if (atomic_load_explicit(cold ? &k->slots_free : &k->slots_warm, memory_order_relaxed) == 0)
       continue;
     if (!ta_slow_try_enter(k)) continue;
     ta_chunk_t *c = NULL;
@@ -190,9 +215,6 @@ static ta_chunk_t *slot_borrow(ta_arena_t *a, bool cold, unsigned *slot) {
     if (s != 0 && slot_take(k, c, s, a)) {
       got = c;
       *slot = s;
-    } else if (k->lender_listed && k->small_avail == NULL) { /* nothing to lend: unlisted */
-      k->lender_listed = false;
-      ta_arena_list_drop(lenders, i, k);
     }
     ta_slow_leave(k);
   }
@@ -307,37 +329,46 @@ static bool lent_give_back(ta_run_t *r) {
   bool ok = ta_slow_try_enter(k);
   if (ok) {
     slot_give_back(k, r);
+    /* An ownerless keeper's free memory goes back with the orphan purge: told, as a remote
+     * free into it tells it. */
+    if (atomic_load_explicit(&k->state, memory_order_relaxed) != ARENA_CLAIMED)
+      ta_note_orphan_work();
     ta_slow_leave(k);
   }
   ta_fork_unhold();
   return ok;
 }
 
-size_t ta_small_lent_return(ta_arena_t *a, uint64_t cut, size_t *waiting, uint64_t *oldest) {
+size_t ta_small_lent_return(ta_arena_t *a, uint64_t now, uint64_t cut, size_t *waiting,
+                            uint64_t *oldest) {
   size_t freed = 0;
   *waiting = 0;
   *oldest = 0;
   ta_slow_enter(a);
   for (ta_run_t **pp = &a->lent_back; *pp;) {
-    ta_run_t *r = *pp;
+    ta_run_t *r = *pp, *next = r->next;
     bool resident = r->empty_since != TA_SLOT_GIVEN_BACK;
+    /* Off the list first: once back, the slot is its keeper's, and may be anyone's run. */
+    *pp = next;
+    r->next = NULL;
     if (lent_give_back(r)) {
-      *pp = r->next;
-      r->next = NULL;
       if (resident) ta_dirty_add(a, -(intptr_t)TA_RUN_SIZE);
       continue;
     }
+    r->next = next;
+    *pp = r;
     pp = &r->next;
-    if (!resident) continue;
-    /* Its keeper busy: what is due goes back to the kernel from here, the slot still waits. */
-    if (r->empty_since <= cut && ta_os_decommit(ta_run_base(r), TA_RUN_SIZE) == 0) {
+    /* Its keeper busy: what is due goes back to the kernel from here, the slot still waits;
+     * the next try comes a decay time on (or its own decay time, resident). */
+    if (resident && r->empty_since <= cut && ta_os_decommit(ta_run_base(r), TA_RUN_SIZE) == 0) {
       r->empty_since = TA_SLOT_GIVEN_BACK;
       ta_dirty_add(a, -(intptr_t)TA_RUN_SIZE);
       freed += TA_RUN_SIZE;
-      continue;
+      resident = false;
     }
-    *waiting += TA_RUN_SIZE;
-    if (*oldest == 0 || r->empty_since < *oldest) *oldest = r->empty_since;
+    uint64_t since = resident ? r->empty_since : now;
+    if (resident) *waiting += TA_RUN_SIZE;
+    if (*oldest == 0 || since < *oldest) *oldest = since;
   }
   ta_slow_leave(a);
   return freed;
@@ -452,10 +483,10 @@ static void half_collapse_maybe(ta_chunk_t *c, unsigned slot) {
     const ta_run_t *r = &c->runs[i];
     /* A slot lent to another arena is that arena's run: read as it changes. */
     uint32_t bs = TA_LOAD(r->bsize), limit = __atomic_load_n(&r->limit, __ATOMIC_RELAXED);
-    touched += i == 0              ? TA_RUN_SIZE
-               : bs == 0           ? 0
-               : bs > ta_page_size ? (size_t)(limit / bs) * ta_page_size
-                                   : ta_align_up(limit, ta_page_size);
+    touched += i == 0                                 ? TA_RUN_SIZE
+               : bs == 0 || TA_LOAD(r->owner) == NULL ? 0 /* an emptied run waiting to go back */
+               : bs > ta_page_size                    ? (size_t)(limit / bs) * ta_page_size
+                                                      : ta_align_up(limit, ta_page_size);
   }
   if (touched < TA_CHUNK_SIZE / 2 - TA_RUN_SIZE || !collapse_budget_left()) return;
   c->thp |= (uint8_t)TA_THP_TRIED(half); /* once: a refusal is not asked again */

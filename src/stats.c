@@ -97,11 +97,12 @@ static bool block_of_run(const ta_run_t *r, uint64_t bs, uint64_t limit, const t
 
 /* An arena's own figures (w->only) count the runs it owns wherever they are, and the chunks
  * it keeps, with their free slots: a slot lent to another arena is that arena's run (small.c,
- * "Slots lent between arenas"). `keeper`: w->only keeps c (or every arena is counted). */
-static void walk_small(struct walk *w, ta_chunk_t *c, bool keeper) {
+ * "Slots lent between arenas"), in its heap and resident bytes, not its keeper's.
+ * `keeper`: w->only keeps c (or every arena is counted). */
+static size_t walk_small(struct walk *w, ta_chunk_t *c, bool keeper) {
   struct ta_stats *s = w->s;
   uint16_t *sh = w->tracked ? ta_shadow_get(c) : NULL;
-  size_t free_slots = 0;
+  size_t free_slots = 0, lent = 0, lent_resident = 0;
   for (unsigned i = 1; i < TA_RUNS_PER_CHUNK; i++) {
     ta_run_t *r = &c->runs[i];
     /* The owner may be setting the run up or tearing it down as we read (a reused chunk's
@@ -118,7 +119,15 @@ static void walk_small(struct walk *w, ta_chunk_t *c, bool keeper) {
       continue;
     }
     free_slots = 0;
-    if (w->only && owner != w->only) continue;
+    if (w->only && owner != w->only) { /* lent to another arena */
+      lent++;
+      lent_resident += resident(ta_run_base(r), TA_RUN_SIZE);
+      continue;
+    }
+    if (!keeper) { /* a slot lent to w->only */
+      s->heap_bytes += TA_RUN_SIZE;
+      s->resident_bytes += resident(ta_run_base(r), TA_RUN_SIZE);
+    }
     struct ta_class_stats *cs = &s->classes[cls];
     uint64_t cap = TA_LOAD(r->cap), limit = TA_LOAD(r->limit), carved = limit / bs;
     uint64_t used = (uint32_t)(TA_LOAD(r->used) & ~(RUN_FULL_BIT | RUN_ACTIVE_BIAS));
@@ -145,7 +154,8 @@ static void walk_small(struct walk *w, ta_chunk_t *c, bool keeper) {
     }
     cs->requested_bytes += used * bs - waste;
   }
-  if (keeper) s->heap_bytes += TA_CHUNK_SIZE;
+  if (keeper) s->heap_bytes += TA_CHUNK_SIZE - lent * TA_RUN_SIZE;
+  return lent_resident; /* for the keeper's resident bytes (visit_granule) */
 }
 
 static void visit_medium(const ta_mhdr_t *h, size_t word, void *arg) {
@@ -271,11 +281,13 @@ static void visit_granule(uintptr_t base, uint8_t kind, void *arg) {
     bool keeper = w->only == NULL || TA_LOAD(c->owner) == w->only;
     if (!keeper && kind == TA_MAP_MEDIUM) return;
     if (!chunk_enter(c, base, kind)) return;
+    size_t lent_resident = 0;
     if (kind == TA_MAP_SMALL)
-      walk_small(w, c, keeper);
+      lent_resident = walk_small(w, c, keeper);
     else walk_medium(w, c);
     chunk_leave(c);
-    if (keeper) w->s->resident_bytes += resident(c, TA_CHUNK_SIZE);
+    size_t here = resident(c, TA_CHUNK_SIZE); /* read after: it may have changed meanwhile */
+    if (keeper) w->s->resident_bytes += here > lent_resident ? here - lent_resident : 0;
   } else if (kind == TA_MAP_SPAN) {
     /* Shared by every thread: counted in the process's figures, not an arena's. */
     if (w->only != NULL) return;

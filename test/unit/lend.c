@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 #include "tamalloc.h"
@@ -45,6 +46,14 @@ static void *run_in_thread(void *(*fn)(void *), void *arg) {
   cr_assert_eq(pthread_create(&t, NULL, fn, arg), 0);
   cr_assert_eq(pthread_join(t, &out), 0);
   return out;
+}
+
+/* Starts fn(arg) on a thread that moves in step with this one through `step` (two parties). */
+static pthread_t start_in_step(pthread_barrier_t *step, void *(*fn)(void *), void *arg) {
+  pthread_barrier_init(step, NULL, 2);
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, fn, arg), 0);
+  return t;
 }
 
 static bool owns_a_chunk(const ta_arena_t *a) {
@@ -85,9 +94,7 @@ static void *first_run_then_second(void *arg) {
 }
 
 static void own_chunk_then_second_run(struct own_chunk *o, ta_arena_t *lender) {
-  pthread_barrier_init(&o->step, NULL, 2);
-  pthread_t t;
-  cr_assert_eq(pthread_create(&t, NULL, first_run_then_second, o), 0);
+  pthread_t t = start_in_step(&o->step, first_run_then_second, o);
   ta_slow_enter(lender);
   pthread_barrier_wait(&o->step);
   pthread_barrier_wait(&o->step);
@@ -140,7 +147,8 @@ Test(lend, an_arena_with_room_of_its_own_uses_it_before_another_s_unused_slots) 
   cr_assert_eq(atomic_load(&ta_tl_arena->slots_free), TA_RUNS_PER_CHUNK - 2, "nothing lent");
 }
 
-/* The owner's frees, another thread's frees and the checks of a lent run are its owner's. */
+/* The owner's frees, another thread's frees and the checks of a lent run are its owner's: a
+ * block of it freed twice by another thread is caught when its owner takes the frees in. */
 struct lent_run {
   pthread_barrier_t step;
   void *blocks[2];
@@ -152,26 +160,62 @@ static void *borrow_and_wait(void *arg) {
   l->blocks[0] = ta_malloc(64);
   l->blocks[1] = ta_malloc(64);
   l->arena = ta_tl_arena;
-  pthread_barrier_wait(&l->step); /* the main thread frees blocks[1] */
+  pthread_barrier_wait(&l->step); /* the main thread frees blocks[1], twice */
   pthread_barrier_wait(&l->step);
-  ta_free(l->blocks[0]);
-  ta_free(l->blocks[0]); /* a double free */
+  ta_remote_collect(ta_tl_arena); /* the owner's verdict: a double free */
   return NULL;
 }
 
-Test(lend, a_lent_run_s_frees_go_to_its_owner_and_a_double_free_is_caught, .signal = SIGABRT) {
+Test(lend, a_lent_run_s_remote_frees_go_to_its_owner_and_a_double_free_is_caught,
+     .signal = SIGABRT) {
   keeper_retires_a_run();
-  struct lent_run l;
-  pthread_barrier_init(&l.step, NULL, 2);
-  pthread_t t;
-  cr_assert_eq(pthread_create(&t, NULL, borrow_and_wait, &l), 0);
+  static struct lent_run l;
+  pthread_t t = start_in_step(&l.step, borrow_and_wait, &l);
   pthread_barrier_wait(&l.step);
   cr_assert_eq(ta_run_of(l.blocks[0]), retired);
   ta_free(l.blocks[1]); /* the keeper's thread, not the owner: a remote free */
   cr_assert(ta_remote_waiting(l.arena, memory_order_relaxed), "on the owner's remote list");
   cr_assert_not(ta_remote_waiting(keeper, memory_order_relaxed), "not the keeper's");
+  ta_free(l.blocks[1]); /* again: handed to the owner, which confirms */
   pthread_barrier_wait(&l.step);
-  pthread_join(t, NULL); /* the thread aborts the process first */
+  pthread_join(t, NULL); /* the owner aborts the process first */
+}
+
+/* Emptied, a lent run goes back to an ownerless keeper, whose orphan purge is told: the
+ * slot's pages go back a decay time on, with no call of the keeper's (it has no thread). */
+struct gone_keeper {
+  pthread_barrier_t step;
+  ta_arena_t *arena;
+};
+
+static void *keep_a_chunk_then_exit(void *arg) {
+  struct gone_keeper *g = arg;
+  cr_assert_not_null(ta_malloc(64)); /* its chunk; the block stays */
+  g->arena = ta_tl_arena;
+  pthread_barrier_wait(&g->step); /* the main thread borrows a slot of it */
+  pthread_barrier_wait(&g->step);
+  return NULL;
+}
+
+Test(lend, a_slot_given_back_to_an_ownerless_keeper_goes_back_with_the_orphan_purge) {
+  settings();
+  static struct gone_keeper g;
+  pthread_t t = start_in_step(&g.step, keep_a_chunk_then_exit, &g);
+  pthread_barrier_wait(&g.step);
+  void *p = ta_malloc(64); /* no chunk of its own: a slot of the other thread's chunk */
+  cr_assert_eq(ta_chunk_of(p)->owner, g.arena);
+  pthread_barrier_wait(&g.step);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_eq(atomic_load(&g.arena->state), ARENA_FREE);
+  ta_free(p);
+  atomic_store(&ta_orphan_due, 0);
+  ta_small_retire_idle(ta_tl_arena); /* the run retires: its slot back to the ownerless keeper */
+  cr_assert_null(ta_tl_arena->lent_back);
+  cr_assert_eq(g.arena->dirty_bytes, TA_RUN_SIZE, "resident, the keeper's");
+  uint64_t due = atomic_load(&ta_orphan_due);
+  cr_assert(due != 0 && due <= ta_os_now_ms() + ta_decay_ms, "the orphan purge is told");
+  ta_purge_orphans(due, false);
+  cr_assert_eq(g.arena->dirty_bytes, 0, "given back");
 }
 
 /* Emptied, a lent run goes back to its keeper: at once, or when the keeper's lock is busy,
@@ -184,6 +228,7 @@ struct waiter {
   size_t dirty_waiting;
   size_t resident_after_trim;
   bool waited, back_after_trim;
+  uint64_t retry_due;
 };
 
 static void *borrow_empty_and_purge(void *arg) {
@@ -200,6 +245,7 @@ static void *borrow_empty_and_purge(void *arg) {
   w->dirty_waiting = ta_tl_arena->dirty_bytes;
   ta_arena_purge(ta_tl_arena, ta_os_now_ms(), TA_PURGE_ALL, 0, true); /* keeper still busy */
   w->back_after_trim = ta_tl_arena->lent_back == NULL;
+  w->retry_due = atomic_load(&ta_tl_arena->purge_due);
   w->resident_after_trim = ta_os_resident(ta_run_base(w->run), TA_RUN_SIZE);
   pthread_barrier_wait(&w->step); /* the main thread looks, then lets the lock go */
   pthread_barrier_wait(&w->step);
@@ -210,9 +256,7 @@ static void *borrow_empty_and_purge(void *arg) {
 Test(lend, an_emptied_lent_run_waits_for_its_busy_keeper_then_goes_back) {
   keeper_retires_a_run();
   struct waiter w = {0};
-  pthread_barrier_init(&w.step, NULL, 2);
-  pthread_t t;
-  cr_assert_eq(pthread_create(&t, NULL, borrow_empty_and_purge, &w), 0);
+  pthread_t t = start_in_step(&w.step, borrow_empty_and_purge, &w);
   pthread_barrier_wait(&w.step);
   cr_assert_eq(w.run, retired);
   ta_slow_enter(keeper);
@@ -222,6 +266,7 @@ Test(lend, an_emptied_lent_run_waits_for_its_busy_keeper_then_goes_back) {
   cr_assert_eq(w.dirty_waiting, TA_RUN_SIZE, "counted in the owner's free memory");
   cr_assert_not(w.back_after_trim, "still waiting");
   cr_assert_eq(w.resident_after_trim, 0, "but its pages went back");
+  cr_assert_neq(w.retry_due, 0, "and its owner's purge comes back to try again");
   cr_assert_eq(w.arena->dirty_bytes, 0);
   ta_chunk_t *c = ta_chunk_of(retired);
   uint64_t bit = (uint64_t)1 << retired->slot;
@@ -257,10 +302,115 @@ Test(lend, a_lent_run_counts_in_its_owner_s_statistics) {
   unsigned cls = ta_size_class(64);
   cr_assert_eq(o.classes[cls].live_blocks, 1, "the borrower's block");
   cr_assert_eq(o.classes[cls].runs, 1);
-  cr_assert_eq(o.heap_bytes, 0, "it keeps no chunk");
+  cr_assert_eq(o.heap_bytes, TA_RUN_SIZE, "it keeps no chunk: its heap is the slot it took");
+  cr_assert_geq(o.heap_bytes, o.classes[cls].usable_bytes + o.free_bytes);
   cr_assert_eq(k.classes[cls].live_blocks, before.classes[cls].live_blocks);
   cr_assert_eq(k.classes[cls].runs, before.classes[cls].runs);
-  cr_assert_eq(k.heap_bytes, before.heap_bytes, "the keeper still counts its chunk");
-  cr_assert_eq(k.free_bytes + TA_RUN_SIZE, before.free_bytes, "less the slot it lent");
+  cr_assert_eq(k.heap_bytes, before.heap_bytes - TA_RUN_SIZE, "the keeper's chunk less the slot");
+  cr_assert_eq(k.free_bytes + TA_RUN_SIZE, before.free_bytes, "the slot is no longer free");
+  struct ta_stats all = {.version = TA_STATS_VERSION, .size = sizeof all};
+  cr_assert_eq(ta_stats_get(&all, -1), 0);
+  cr_assert_eq(all.heap_bytes, k.heap_bytes + o.heap_bytes, "each byte counted once");
   ta_free(b.block);
+}
+
+/* Many threads borrowing, giving back and purging at once (a run for ThreadSanitizer as much
+ * as for the checks): keepers that fill and empty runs of their own classes, borrowers of
+ * other classes that purge their arenas at every round, a statistics reader. Once all have
+ * stopped, every slot is in exactly one place: free in its keeper's masks with no owner, a
+ * run with an owner, or an emptied run waiting on one arena's list; and the counts the
+ * borrowers read agree with the masks. */
+static _Atomic bool stop;
+
+static void fill_and_empty(size_t size) {
+  enum { N = 1100 }; /* more than a run of 64-byte blocks: runs retire */
+  static __thread void *b[N];
+  for (int i = 0; i < N; i++)
+    b[i] = ta_malloc(size);
+  for (int i = 0; i < N; i++)
+    ta_free(b[i]);
+}
+
+static void *churn_keeper(void *arg) {
+  (void)arg;
+  while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
+    fill_and_empty(64);
+    fill_and_empty(128);
+  }
+  return NULL;
+}
+
+static void *churn_borrower(void *arg) {
+  size_t size = (size_t)(uintptr_t)arg;
+  while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
+    fill_and_empty(size);
+    ta_arena_purge(ta_tl_arena, ta_os_now_ms(), TA_PURGE_AGED, 0, false);
+  }
+  return NULL;
+}
+
+static void *read_statistics(void *arg) {
+  (void)arg;
+  while (!atomic_load_explicit(&stop, memory_order_relaxed))
+    for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
+      struct ta_stats s = {.version = TA_STATS_VERSION, .size = sizeof s};
+      ta_stats_get(&s, (int)a->id);
+    }
+  return NULL;
+}
+
+static bool waits_to_go_back(const ta_run_t *r) {
+  unsigned n = 0;
+  for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all)
+    for (const ta_run_t *w = a->lent_back; w; w = w->next)
+      n += w == r;
+  cr_assert_leq(n, 1, "a run on two lists");
+  return n == 1;
+}
+
+static void check_slots(void) {
+  size_t dirty = 0;
+  for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
+    unsigned free = 0, warm = 0;
+    for (int full = 0; full < 2; full++)
+      for (ta_chunk_t *c = full ? a->small_full : a->small_avail; c; c = c->next) {
+        cr_assert_eq(c->owner, a);
+        cr_assert_eq(c->dirty_slots & ~c->free_slots, 0, "resident free slots are free");
+        free += (unsigned)__builtin_popcountll(c->free_slots);
+        warm += (unsigned)__builtin_popcountll(c->dirty_slots);
+        for (unsigned i = 1; i < TA_RUNS_PER_CHUNK; i++) {
+          ta_run_t *r = &c->runs[i];
+          if (c->free_slots & ((uint64_t)1 << i)) {
+            cr_assert_null(r->owner, "a free slot has no owner");
+            cr_assert_not(waits_to_go_back(r), "a free slot waits to go back");
+          } else if (r->owner == NULL) {
+            cr_assert(waits_to_go_back(r), "slot %u out of use and on no list", i);
+          }
+        }
+      }
+    cr_assert_eq(atomic_load(&a->slots_free), free, "arena %u: free slots", a->id);
+    cr_assert_eq(atomic_load(&a->slots_warm), warm, "arena %u: resident free slots", a->id);
+    dirty += a->dirty_bytes;
+  }
+  cr_assert_eq(atomic_load(&ta_dirty_total), dirty, "the book agrees with the arenas");
+}
+
+Test(lend, slots_lent_and_given_back_by_many_threads_stay_in_one_place_each) {
+  ta_decay_ms = 1;
+  ta_dirty_max = 64 << 10; /* over the budget often: keepers marked by borrowers' give-backs */
+  pthread_t k[2], b[3], r;
+  for (int i = 0; i < 2; i++)
+    cr_assert_eq(pthread_create(&k[i], NULL, churn_keeper, NULL), 0);
+  for (int i = 0; i < 3; i++)
+    cr_assert_eq(pthread_create(&b[i], NULL, churn_borrower, (void *)(uintptr_t)(48 + 16 * i)), 0);
+  cr_assert_eq(pthread_create(&r, NULL, read_statistics, NULL), 0);
+  struct timespec t = {0, 700 * 1000 * 1000};
+  nanosleep(&t, NULL);
+  atomic_store(&stop, true);
+  for (int i = 0; i < 2; i++)
+    pthread_join(k[i], NULL);
+  for (int i = 0; i < 3; i++)
+    pthread_join(b[i], NULL);
+  pthread_join(r, NULL);
+  check_slots();
 }
