@@ -226,11 +226,13 @@ void ta_arena_release(ta_arena_t *a) {
 /* Makes a claimed arena FREE again. A block freed into it while it was claimed was left for
  * the claimer (the freer saw CLAIMED and told nobody): look once more after the store, so
  * that work is noticed either here or by the freer (seq_cst on both sides: the freer's CAS
- * then its load of the state, our store then our load of the lists). */
+ * then its load of the state, our store then our load of the lists). The same for a run slot
+ * another arena gave back to it (small.c, lent_give_back: its flag, then its load). */
 void ta_arena_give_back(ta_arena_t *a) {
   atomic_store_explicit(&a->state, ARENA_FREE, memory_order_seq_cst);
   if (ta_remote_waiting(a, memory_order_seq_cst) ||
-      atomic_load_explicit(&a->suspected, memory_order_seq_cst) != 0)
+      atomic_load_explicit(&a->suspected, memory_order_seq_cst) != 0 ||
+      atomic_exchange_explicit(&a->slot_came_back, false, memory_order_seq_cst))
     ta_note_orphan_work();
 }
 

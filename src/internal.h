@@ -448,6 +448,10 @@ typedef struct ta_arena {
    * (linked by next; resident and counted in dirty_bytes, or given back: empty_since is
    * TA_SLOT_GIVEN_BACK). Under the lock. */
   struct ta_run *lent_back;
+  /* A borrower gave a slot back while this arena was claimed: whoever makes it FREE tells the
+   * orphan purge (arena.c, ta_arena_give_back; seq_cst against the borrower's read of the
+   * state, as a remote free's push is). */
+  _Atomic bool slot_came_back;
   /* Its demand (dirty.c, ta_dirty_fresh): bytes of pages it took that were not resident, in
    * the window that began at demand_ms and in the one before; held: the part of dirty_bytes
    * that demand covers, counted in ta_dirty_held. Written under the slow-path lock (the exit

@@ -367,6 +367,12 @@ size_t ta_purge_orphans(uint64_t now, bool all) {
     ta_remote_collect(a);
     ta_purge_if_over(a);
     freed += ta_arena_purge(a, now, TA_PURGE_ALL, 0, true);
+    /* A run of a slot another arena keeps, waiting for that keeper's busy lock: this pass
+     * comes back for it (an ownerless arena's own due times wake nobody). */
+    ta_slow_enter(a);
+    bool waits = a->lent_back != NULL;
+    ta_slow_leave(a);
+    if (waits) ta_note_orphan_work();
     ta_arena_give_back(a);
   }
   return freed;

@@ -124,8 +124,14 @@ static _Atomic(ta_arena_t *) lenders[2][LENDER_SLOTS];
  * updated with each arena's count, never a reason to read a list without its lock). */
 static _Atomic uint32_t warm_total;
 
+_Static_assert(LENDER_SLOTS < 256, "an entry + 1 fits lender_at");
+
 static void lender_set(ta_arena_t *a, unsigned list, bool has) {
   unsigned at = a->lender_at[list];
+  /* (Not where it was: a fork child cleared the entry of an arena a signal handler's fork
+   * caught between the two stores.) */
+  if (has && at != 0 && atomic_load_explicit(&lenders[list][at - 1], memory_order_relaxed) != a)
+    at = 0;
   if (has && at == 0) {
     a->lender_at[list] = (uint8_t)ta_arena_list_add(lenders[list], LENDER_SLOTS, a);
   } else if (!has && at != 0) {
@@ -149,8 +155,8 @@ void ta_small_after_fork(void) {
     for (unsigned i = 0; i < LENDER_SLOTS; i++) {
       ta_arena_t *k = atomic_load_explicit(&lenders[list][i], memory_order_relaxed);
       if (k == NULL) continue;
-      int st = atomic_load_explicit(&k->state, memory_order_relaxed);
-      if (st == ARENA_FREE || st == ARENA_CLAIMED) continue;
+      /* SUSPENDED: the forking thread's own, back once its interrupted call ends. */
+      if (atomic_load_explicit(&k->state, memory_order_relaxed) != ARENA_ZOMBIE) continue;
       /* Left without its thread: never lends again (its resident slots stay in warm_total, a
        * hint that costs a search of these lists at most). */
       atomic_store_explicit(&lenders[list][i], NULL, memory_order_relaxed);
@@ -329,11 +335,13 @@ static bool lent_give_back(ta_run_t *r) {
   bool ok = ta_slow_try_enter(k);
   if (ok) {
     slot_give_back(k, r);
-    /* An ownerless keeper's free memory goes back with the orphan purge: told, as a remote
-     * free into it tells it. */
-    if (atomic_load_explicit(&k->state, memory_order_relaxed) != ARENA_CLAIMED)
-      ta_note_orphan_work();
     ta_slow_leave(k);
+    /* An ownerless keeper's free memory goes back with the orphan purge: told, as a remote
+     * free into it tells it. Claimed, perhaps by an orphan purge about to let it go: the flag
+     * first, then the state (ta_arena_give_back stores the state, then takes the flag). */
+    atomic_store_explicit(&k->slot_came_back, true, memory_order_seq_cst);
+    if (atomic_load_explicit(&k->state, memory_order_seq_cst) != ARENA_CLAIMED)
+      ta_note_orphan_work();
   }
   ta_fork_unhold();
   return ok;
@@ -366,7 +374,10 @@ size_t ta_small_lent_return(ta_arena_t *a, uint64_t now, uint64_t cut, size_t *w
       freed += TA_RUN_SIZE;
       resident = false;
     }
-    uint64_t since = resident ? r->empty_since : now;
+    /* Not due yet: at its own decay time; else (its pages gone, or refused) a decay time on,
+     * and 10 ms at least (decay_ms may be 0: a purge would come due at every call). */
+    uint64_t retry = now + (ta_decay_ms < 10 ? 10 - ta_decay_ms : 0);
+    uint64_t since = resident && r->empty_since > cut ? r->empty_since : retry;
     if (resident) *waiting += TA_RUN_SIZE;
     if (*oldest == 0 || since < *oldest) *oldest = since;
   }

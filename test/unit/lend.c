@@ -186,27 +186,36 @@ Test(lend, a_lent_run_s_remote_frees_go_to_its_owner_and_a_double_free_is_caught
 struct gone_keeper {
   pthread_barrier_t step;
   ta_arena_t *arena;
+  void *block;
 };
 
 static void *keep_a_chunk_then_exit(void *arg) {
   struct gone_keeper *g = arg;
-  cr_assert_not_null(ta_malloc(64)); /* its chunk; the block stays */
+  g->block = ta_malloc(64); /* its chunk; the block stays */
   g->arena = ta_tl_arena;
   pthread_barrier_wait(&g->step); /* the main thread borrows a slot of it */
   pthread_barrier_wait(&g->step);
   return NULL;
 }
 
+/* This thread borrows a slot of a chunk another thread keeps, then that thread exits: its
+ * arena is ownerless. The block returned lies in the slot. */
+static void *borrow_from_a_keeper_that_exits(struct gone_keeper *g) {
+  pthread_t t = start_in_step(&g->step, keep_a_chunk_then_exit, g);
+  pthread_barrier_wait(&g->step);
+  cr_assert_not_null(g->block);
+  void *p = ta_malloc(64); /* no chunk of its own: a slot of the other thread's chunk */
+  cr_assert_eq(ta_chunk_of(p)->owner, g->arena);
+  pthread_barrier_wait(&g->step);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_eq(atomic_load(&g->arena->state), ARENA_FREE);
+  return p;
+}
+
 Test(lend, a_slot_given_back_to_an_ownerless_keeper_goes_back_with_the_orphan_purge) {
   settings();
   static struct gone_keeper g;
-  pthread_t t = start_in_step(&g.step, keep_a_chunk_then_exit, &g);
-  pthread_barrier_wait(&g.step);
-  void *p = ta_malloc(64); /* no chunk of its own: a slot of the other thread's chunk */
-  cr_assert_eq(ta_chunk_of(p)->owner, g.arena);
-  pthread_barrier_wait(&g.step);
-  cr_assert_eq(pthread_join(t, NULL), 0);
-  cr_assert_eq(atomic_load(&g.arena->state), ARENA_FREE);
+  void *p = borrow_from_a_keeper_that_exits(&g);
   ta_free(p);
   atomic_store(&ta_orphan_due, 0);
   ta_small_retire_idle(ta_tl_arena); /* the run retires: its slot back to the ownerless keeper */
@@ -312,6 +321,51 @@ Test(lend, a_lent_run_counts_in_its_owner_s_statistics) {
   cr_assert_eq(ta_stats_get(&all, -1), 0);
   cr_assert_eq(all.heap_bytes, k.heap_bytes + o.heap_bytes, "each byte counted once");
   ta_free(b.block);
+}
+
+/* The same while an orphan purge holds the keeper (claimed, about to let it go): the slot
+ * comes back in that window, and letting the keeper go tells the orphan purge. */
+Test(lend, a_slot_given_back_while_an_orphan_purge_holds_its_keeper_is_not_forgotten) {
+  settings();
+  static struct gone_keeper g;
+  void *p = borrow_from_a_keeper_that_exits(&g);
+  ta_free(p);
+  cr_assert(ta_arena_try_claim(g.arena), "held, as an orphan purge holds it");
+  atomic_store(&ta_orphan_due, 0);
+  ta_small_retire_idle(ta_tl_arena); /* back to the claimed keeper */
+  cr_assert_eq(g.arena->dirty_bytes, TA_RUN_SIZE);
+  cr_assert_eq(atomic_load(&ta_orphan_due), 0, "claimed: nobody told yet");
+  ta_arena_give_back(g.arena); /* the orphan purge lets it go */
+  cr_assert_neq(atomic_load(&ta_orphan_due), 0, "told when it goes");
+}
+
+/* A thread that exits with a lent run, whose keeper is busy when the orphan purge retires the
+ * run: the run waits, its pages go back, and the orphan purge comes back for it. */
+static void *borrow_free_and_exit(void *arg) {
+  void *p = ta_malloc(64);
+  *(ta_arena_t **)arg = ta_tl_arena;
+  ta_free(p); /* its run stays, active and empty */
+  return NULL;
+}
+
+Test(lend, an_exited_thread_s_waiting_run_goes_back_with_a_later_orphan_purge) {
+  settings();
+  void *mine = ta_malloc(64);
+  cr_assert_not_null(mine);
+  ta_arena_t *borrower = NULL;
+  run_in_thread(borrow_free_and_exit, &borrower);
+  ta_run_t *r = borrower->cur[ta_size_class(64)];
+  cr_assert_eq(ta_chunk_of(r), ta_chunk_of(mine), "a slot of this thread's chunk");
+  ta_slow_enter(ta_tl_arena); /* the keeper busy */
+  ta_purge_orphans(ta_os_now_ms() + ta_decay_ms, false);
+  ta_slow_leave(ta_tl_arena);
+  cr_assert_eq(borrower->lent_back, r, "waits");
+  cr_assert_eq(ta_os_resident(ta_run_base(r), TA_RUN_SIZE), 0, "its pages went back");
+  uint64_t due = atomic_load(&ta_orphan_due);
+  cr_assert_neq(due, 0, "the orphan purge comes back");
+  ta_purge_orphans(due, false);
+  cr_assert_null(borrower->lent_back);
+  cr_assert(ta_chunk_of(r)->free_slots & ((uint64_t)1 << r->slot), "free in its keeper's chunk");
 }
 
 /* Many threads borrowing, giving back and purging at once (a run for ThreadSanitizer as much
