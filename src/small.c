@@ -106,7 +106,7 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
  * needs a run takes a slot another arena has left free before it faults in a slot of its own
  * or maps a chunk: a resident one (a run some thread emptied: producers whose blocks other
  * threads free retire runs by the hundred, and each kept them for its own next turns), or,
- * for an arena with no chunk of its own with room, one not yet used (a thousand threads
+ * for an arena with no small chunk of its own at all, one not resident (a thousand threads
  * with a few small blocks each share chunks, not a chunk each). docs/design.md, "Run slots
  * lent between arenas".
  *
