@@ -286,8 +286,10 @@ static void visit_granule(uintptr_t base, uint8_t kind, void *arg) {
       lent_resident = walk_small(w, c, keeper);
     else walk_medium(w, c);
     chunk_leave(c);
-    size_t here = resident(c, TA_CHUNK_SIZE); /* read after: it may have changed meanwhile */
-    if (keeper) w->s->resident_bytes += here > lent_resident ? here - lent_resident : 0;
+    if (keeper) { /* read after the lent slots': it may have changed meanwhile */
+      size_t here = resident(c, TA_CHUNK_SIZE);
+      w->s->resident_bytes += here > lent_resident ? here - lent_resident : 0;
+    }
   } else if (kind == TA_MAP_SPAN) {
     /* Shared by every thread: counted in the process's figures, not an arena's. */
     if (w->only != NULL) return;
