@@ -955,8 +955,8 @@ static void *alloc_flags(size_t size, size_t align, bool zero) {
 /* The usable size alloc_generic gives a request (same dispatch; the medium and huge
  * formulas are medium.c's and huge.c's): nallocx. A medium block may hold up to
  * TA_MIN_MBLOCK - 16 bytes more than this, when what was left of the free block it was cut
- * from was too small to stand alone, and up to a quarter more when it comes from the arena's
- * cache of freed blocks, whole (medium.c). 0 when no allocation can succeed. */
+ * from was too small to stand alone, and more when it comes from the arena's cache of freed
+ * blocks, whole (one of the bin above: medium.c). 0 when no allocation can succeed. */
 static size_t usable_for(size_t size, size_t align) {
   if (size > TA_MAX_REQUEST || align > TA_MAX_REQUEST / 2) return 0;
   if (size == 0) size = 1;
@@ -966,10 +966,8 @@ static size_t usable_for(size_t size, size_t align) {
   /* ta_page: the smallest span follows the page, known once the allocator has started. */
   if (size <= TA_MEDIUM_MAX && ta_page() != 0 && ta_span_serves(size, align))
     return ta_span_usable_for(size);
-  if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 && size + align <= TA_MEDIUM_MAX) {
-    size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
-    return (need < TA_MIN_MBLOCK ? TA_MIN_MBLOCK : need) - sizeof(ta_mhdr_t);
-  }
+  if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 && size + align <= TA_MEDIUM_MAX)
+    return ta_medium_block_for(size, align, false) - sizeof(ta_mhdr_t);
   size_t hdr = ta_secure ? TA_HUGE_HDR + TA_HUGE_CANARY : TA_HUGE_HDR;
   size_t off = align >= TA_CHUNK_SIZE ? TA_CHUNK_SIZE : (align > hdr ? align : hdr);
   size_t page = ta_page();

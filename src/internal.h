@@ -921,6 +921,9 @@ TA_HIDDEN size_t ta_small_shrink(ta_arena_t *a);
 /* ------------------------------------------------------------------ medium.c */
 /* exact: the block reports `size` usable bytes, not what it holds (a small class's block). */
 TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact);
+/* The size of the block, header included, that ta_medium_alloc cuts for such a request when
+ * the free block it is cut from leaves a rest that can stand alone. */
+TA_HIDDEN size_t ta_medium_block_for(size_t size, size_t align, bool exact);
 /* A block of `size` (alignment 16, not a small class's) from the arena's cache of freed
  * medium blocks, or NULL; takes the arena's lock. */
 TA_HIDDEN void *ta_medium_cache_alloc(ta_arena_t *a, size_t size);

@@ -417,12 +417,13 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep, mage_t g, bool 
 }
 
 static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need);
+static bool cache_release_one(ta_arena_t *a, size_t most);
+static size_t cache_fit(size_t need, size_t align, bool exact);
 
 void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   /* A small class's block (exact) spans whole cache lines, header included, so that the next
    * one carved after it on a line starts on a line too, with no gap cut in front of it. */
-  size_t need = ta_align_up(size + sizeof(ta_mhdr_t), exact ? TA_LINE : TA_ALIGNMENT);
-  if (need < TA_MIN_MBLOCK) need = TA_MIN_MBLOCK;
+  size_t need = ta_medium_block_for(size, align, exact);
   /* The most an aligned block may take of a free one: more than a chunk holds, no block can. */
   size_t most = align > TA_ALIGNMENT ? need + align + TA_MIN_MBLOCK : need;
   if (most > TA_MEDIUM_END - TA_MEDIUM_HDR - sizeof(ta_mhdr_t)) return NULL;
@@ -433,8 +434,11 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   if ((h == NULL || top_grows(h, most)) && a->mcache_bytes) {
     /* The cached blocks, merged into the heap, may hold what no bin does: they go back to
      * it before the heap takes pages it never touched, from its top or a new chunk (or the
-     * request fails): the heap does not grow around what the cache holds. */
-    ta_medium_cache_flush(a);
+     * request fails): the heap does not grow around what the cache holds. One cached block
+     * that holds the request alone goes back first, the rest only if none does: a whole
+     * flush sends every cached block through the heap and the next requests of those bins
+     * through it again. */
+    if (!cache_release_one(a, most)) ta_medium_cache_flush(a);
     h = bin_first_fit(a, need, align);
   }
   if (h == NULL) {
@@ -556,20 +560,22 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
 /* The cache. A thread that replaces medium blocks pays, per block, a split, a merge or two,
  * four bin updates and the decay bookkeeping of the merged block: about 600 instructions a
  * malloc and free, against a dozen for a small block. Most of that work undoes itself: the
- * block merged at the free is cut again at the next request of a like size. So the owner's
- * free of a block of 8 to 64 KiB puts it, whole, in one of the arena's slots for its bin
- * (eight a bin, 1 MiB in all), and ta_medium_cache_alloc takes it back as it is for a request of
- * that bin. A cached block keeps INUSE, so no neighbour merges with it, and carries
- * TA_M_CACHED, so that a second free of it is a double free and statistics count it free. It
- * holds no link: the slots are the arena's, and a block leaves them only once its header has
- * been checked, so an overflow into a cached block's header is reported, never signed anew.
+ * block merged at the free is cut again at the next request of a like size. So a request of
+ * 8 to 64 KiB gets a block of the largest size of its bin (cache_fit), and the owner's free
+ * of such a block puts it, whole, in one of the arena's slots for its bin (eight a bin, 1 MiB
+ * in all); ta_medium_cache_alloc takes the newest block of the request's bin back as it is,
+ * or of the bin above when its own has none: every one fits, so the first looked at is taken.
+ * A cached block keeps INUSE, so no neighbour merges with it, and carries TA_M_CACHED, so
+ * that a second free of it is a double free and statistics count it free. It holds no link:
+ * the slots are the arena's, and a block leaves them only once its header has been checked,
+ * so an overflow into a cached block's header is reported, never signed anew.
  *
- * What the cache costs: a request may get more than it asked for, less than an eighth more
- * from the slots of its own bin, less than a quarter from the bin above (taken when its own
- * holds only smaller blocks), and a block is not cut to the request; a cached block keeps
- * its neighbours from merging with it (a realloc growing into it takes it out first). Up
- * to 1 MiB per arena stays out of the heap until the arena's purge (purge.c) flushes the
- * cache into it, due a decay time after the first put since the last flush. */
+ * What the cache costs: a block holds up to an eighth more than its request (the top of its
+ * bin), up to a quarter more from the bin above; a cached block keeps its neighbours from
+ * merging with it (a realloc growing into it takes it out first). Up to 1 MiB per arena stays
+ * out of the heap until the arena's purge (purge.c) flushes the cache into it, due a decay
+ * time after the first put since the last flush, or until the heap would grow for a request
+ * (ta_medium_alloc: one block that holds it goes back, else all of them). */
 #define MC_LAST (TA_MCACHE_FIRST + TA_MCACHE_CLASSES - 1)
 uint32_t ta_mcache_max = TA_MCACHE_BYTES;
 
@@ -585,7 +591,8 @@ bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
   size_t w = h->size_flags, s = w & TA_M_SIZE_MASK;
   if (ta_secure || (w & TA_M_CLASS)) return false; /* hardened: every free really frees */
   unsigned b = ta_bin_of(s);
-  if (b < TA_MCACHE_FIRST || b > MC_LAST) return false;
+  /* Only a block of its bin's largest size (cache_fit): it fits every request of its bin. */
+  if (b < TA_MCACHE_FIRST || b > MC_LAST || s != ta_class_size[b + 1] - TA_ALIGNMENT) return false;
   unsigned i = b - TA_MCACHE_FIRST;
   if (a->mcache_n[i] == TA_MCACHE_SLOTS || a->mcache_bytes + s > TA_LOAD(ta_mcache_max))
     return false;
@@ -601,6 +608,24 @@ bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
   a->mcache[i][a->mcache_n[i]++] = h;
   TA_STORE(a->mcache_bytes, a->mcache_bytes + (uint32_t)s); /* read unlocked (below) */
   return true;
+}
+
+/* The size to cut for a request of `need` bytes (header included): a request the cache may
+ * serve gets the largest size of its bin, so that its block, once cached, fits every later
+ * request of that bin and the cache takes the first block it looks at. At most an eighth
+ * more than asked for (a bin spans an eighth of its sizes), which the cache already hands
+ * out (a request takes any block of its bin that fits, or one of the bin above), and which
+ * the block's usable size and the statistics' internal fragmentation report. */
+static size_t cache_fit(size_t need, size_t align, bool exact) {
+  /* never cached (ta_medium_cache_put), or no cache at all */
+  if (exact || align > TA_ALIGNMENT || ta_secure || TA_LOAD(ta_mcache_max) == 0) return need;
+  unsigned b = ta_bin_of(need);
+  return b >= TA_MCACHE_FIRST && b <= MC_LAST ? ta_class_size[b + 1] - TA_ALIGNMENT : need;
+}
+
+size_t ta_medium_block_for(size_t size, size_t align, bool exact) {
+  size_t need = ta_align_up(size + sizeof(ta_mhdr_t), exact ? TA_LINE : TA_ALIGNMENT);
+  return cache_fit(need < TA_MIN_MBLOCK ? TA_MIN_MBLOCK : need, align, exact);
 }
 
 /* Slot k of bin i's, out of the cache: a live block again, once its header is found whole
@@ -626,8 +651,9 @@ static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
   unsigned b = ta_bin_of(need); /* its blocks may be smaller than need; the next bin's are not */
   if (b < TA_MCACHE_FIRST || b > MC_LAST) return NULL;
   unsigned i = b - TA_MCACHE_FIRST;
-  for (unsigned k = 0; k < a->mcache_n[i]; k++)
-    if (M_SIZE(a->mcache[i][k]) >= need) return cache_take(a, i, k);
+  /* Every cached block fits every request of its bin (ta_medium_cache_put): the newest,
+   * whose lines are the likeliest to be in the processor's cache still. */
+  if (a->mcache_n[i]) return cache_take(a, i, a->mcache_n[i] - 1u);
   if (i + 1 < TA_MCACHE_CLASSES && a->mcache_n[i + 1])
     return cache_take(a, i + 1, a->mcache_n[i + 1] - 1u);
   return NULL;
@@ -654,6 +680,19 @@ static void cache_evict(ta_arena_t *a, ta_mhdr_t *h) {
       return;
     }
   corrupted("realloc(): corrupted cached block", h + 1); /* signed as cached, in no slot */
+}
+
+/* The heap would grow for a block of `most` bytes: the newest cached block of the smallest
+ * bin that holds it goes back to the heap (merged with its free neighbours), alone. False if
+ * no cached block is that large. */
+static bool cache_release_one(ta_arena_t *a, size_t most) {
+  unsigned b = ta_bin_of(most);
+  for (unsigned i = b > TA_MCACHE_FIRST ? b - TA_MCACHE_FIRST : 0; i < TA_MCACHE_CLASSES; i++)
+    if (a->mcache_n[i] && M_SIZE(a->mcache[i][a->mcache_n[i] - 1u]) >= most) {
+      ta_medium_free_local(a, cache_take(a, i, a->mcache_n[i] - 1u));
+      return true;
+    }
+  return false;
 }
 
 void ta_medium_cache_flush(ta_arena_t *a) {

@@ -555,6 +555,8 @@ static void check_cache(const void *p) {
       cr_assert_eq(w & (TA_M_INUSE | TA_M_CACHED), TA_M_INUSE | TA_M_CACHED);
       cr_assert(ta_medium_check_ok(h));
       cr_assert_eq(ta_bin_of(w & TA_M_SIZE_MASK), TA_MCACHE_FIRST + i, "in its bin's slots");
+      cr_assert_eq(w & TA_M_SIZE_MASK, ta_class_size[TA_MCACHE_FIRST + i + 1] - 16,
+                   "of its bin's largest size");
       bytes += w & TA_M_SIZE_MASK;
       slots++;
     }
@@ -602,20 +604,73 @@ Test(mcache, calloc_zeroes_a_cached_block) {
   ta_free(keep);
 }
 
-Test(mcache, a_request_takes_a_block_of_the_bin_above_when_its_own_are_too_small) {
-  char *small = ta_malloc(20000), *g1 = guard(), *big = ta_malloc(21500), *g2 = guard();
-  ta_free(small); /* 20,016 bytes: the bin of 18 KiB */
-  ta_free(big);   /* 21,520 bytes: the bin of 20 KiB */
-  cr_assert(cached(small) && cached(big));
-  check_cache(small);
-  char *p = ta_malloc(20400); /* needs 20,416: too much for small's block */
+/* A block is cut to the largest size of its bin when the cache may keep it (medium.c,
+ * cache_fit): any later request of the bin fits it, the largest as well as the smallest. */
+Test(mcache, a_block_cut_for_a_bin_fits_every_request_of_that_bin) {
+  char *a = ta_malloc(18500), *keep = ta_malloc(18500); /* 18,516 bytes: the bin of 18 KiB */
+  unsigned bin = ta_bin_of(18500 + sizeof(ta_mhdr_t));
+  cr_assert_eq(block_size(a), ta_class_size[bin + 1] - 16, "cut to its bin's largest size");
+  ta_free(a);
+  cr_assert(cached(a));
+  size_t largest = ta_class_size[bin + 1] - 16 - sizeof(ta_mhdr_t); /* still the same bin */
+  char *b = ta_malloc(largest);
+  cr_assert_eq(b, a, "the cached block, whole");
+  cr_assert_geq(ta_malloc_usable_size(b), largest);
+  memset(b, 7, largest);
+  check_cache(b);
+  ta_free(b);
+  ta_free(keep);
+}
+
+/* An aligned block is cut to its request: it would not fit every request of its bin, so its
+ * free gives it to the heap, and a request of its bin never gets less than it asked for. */
+Test(mcache, a_block_not_of_its_bins_largest_size_goes_to_the_heap) {
+  char *a = ta_aligned_alloc(256, 18500), *g = guard();
+  cr_assert_lt(block_size(a), ta_class_size[ta_bin_of(block_size(a)) + 1] - 16);
+  ta_free(a);
+  cr_assert_not(cached(a));
+  cr_assert_eq(ta_tl_arena->mcache_bytes, 0);
+  size_t largest = ta_class_size[ta_bin_of(18500 + sizeof(ta_mhdr_t)) + 1] - 32;
+  char *b = ta_malloc(largest);
+  cr_assert_geq(ta_malloc_usable_size(b), largest);
+  check_cache(b);
+  ta_free(b);
+  ta_free(g);
+}
+
+Test(mcache, a_request_takes_a_block_of_the_bin_above_when_its_own_has_none) {
+  char *big = ta_malloc(21500), *g = guard(); /* 21,516 bytes: the bin of 20 KiB */
+  ta_free(big);
+  cr_assert(cached(big));
+  uint64_t splits = ta_tl_arena->cnt.splits;
+  char *p = ta_malloc(19000); /* the bin of 18 KiB, empty */
   cr_assert_eq(p, big);
-  cr_assert(cached(small), "the smaller block waits for a request it fits");
-  char *q = ta_malloc(18500);
-  cr_assert_eq(q, small);
-  check_cache(q);
+  cr_assert_eq(ta_tl_arena->cnt.splits, splits, "handed out whole, from the cache");
+  cr_assert_eq(ta_tl_arena->mcache_bytes, 0);
+  check_cache(p);
   ta_free(p);
-  ta_free(q);
+  ta_free(g);
+}
+
+/* A request the heap can serve only from pages it never touched, while the cache holds a
+ * block that holds the request: that block goes back to the heap and serves it, and the
+ * other cached blocks stay cached (a whole flush would send them through the heap too). */
+Test(mcache, before_the_heap_grows_one_cached_block_that_fits_goes_back_alone) {
+  char *x = ta_malloc(50000), *g1 = guard(), *y = ta_malloc(9000), *g2 = guard();
+  ta_free(x);
+  ta_free(y);
+  cr_assert(cached(x) && cached(y));
+  ta_arena_t *me = ta_tl_arena;
+  uint64_t merges = me->cnt.merges;
+  /* The bin of 32 KiB: neither its own nor the bin above holds a block for it, and the heap
+   * holds none but its top, which would grow. */
+  char *p = ta_malloc(36000);
+  cr_assert_eq(p, x, "cut from x's block");
+  cr_assert(cached(y), "the rest of the cache stays");
+  cr_assert_eq(me->mcache_bytes, block_size(y));
+  cr_assert_eq(me->cnt.merges, merges, "x's neighbours are live: nothing merged");
+  check_cache(p);
+  ta_free(p);
   ta_free(g1);
   ta_free(g2);
 }

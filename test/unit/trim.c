@@ -30,8 +30,10 @@ static void make_holes(holes_t *h) {
 static void assert_holes_gone(const holes_t *h) {
   size_t resident = 0, pages = 0;
   for (int i = 0; i < N; i++) {
-    /* the pages strictly inside the hole, past its links and before its footer */
-    uintptr_t lo = ta_align_up((uintptr_t)h->hole[i] + 2 * sizeof(void *), ta_page_size);
+    /* the pages strictly inside the hole, past the four words a free block keeps at its
+     * start (its links, its time and its resident bytes: medium.c) and before its footer */
+    uintptr_t lo =
+        ta_align_up((uintptr_t)(ta_medium_res((ta_mhdr_t *)h->hole[i] - 1) + 1), ta_page_size);
     uintptr_t hi =
         ((uintptr_t)h->hole[i] + h->size - sizeof(size_t)) & ~(uintptr_t)(ta_page_size - 1);
     if (hi <= lo) continue;
