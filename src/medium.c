@@ -570,8 +570,8 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
  * the slots are the arena's, and a block leaves them only once its header has been checked,
  * so an overflow into a cached block's header is reported, never signed anew.
  *
- * What the cache costs: a block holds up to an eighth more than its request (the top of its
- * bin), up to a quarter more from the bin above; a cached block keeps its neighbours from
+ * What the cache costs: a block holds up to a bin's width more than its request (the top of
+ * its bin), up to two from the bin above; a cached block keeps its neighbours from
  * merging with it (a realloc growing into it takes it out first). Up to 1 MiB per arena stays
  * out of the heap until the arena's purge (purge.c) flushes the cache into it, due a decay
  * time after the first put since the last flush, or until the heap would grow for a request
@@ -612,15 +612,17 @@ bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
 
 /* The size to cut for a request of `need` bytes (header included): a request the cache may
  * serve gets the largest size of its bin, so that its block, once cached, fits every later
- * request of that bin and the cache takes the first block it looks at. At most an eighth
- * more than asked for (a bin spans an eighth of its sizes), which the cache already hands
- * out (a request takes any block of its bin that fits, or one of the bin above), and which
- * the block's usable size and the statistics' internal fragmentation report. */
+ * request of that bin and the cache takes the first block it looks at. Less than a bin's
+ * width more than asked for (an eighth of the bin's smallest size: 1 KiB from 8 KiB, 2 KiB
+ * from 16, 4 KiB from 32), which the block's usable size, nallocx and the statistics'
+ * internal fragmentation report. Every block of 8 to 64 KiB pays it, cached or not. */
 static size_t cache_fit(size_t need, size_t align, bool exact) {
   /* never cached (ta_medium_cache_put), or no cache at all */
-  if (exact || align > TA_ALIGNMENT || ta_secure || TA_LOAD(ta_mcache_max) == 0) return need;
+  if (exact || align > TA_ALIGNMENT || ta_secure) return need;
   unsigned b = ta_bin_of(need);
-  return b >= TA_MCACHE_FIRST && b <= MC_LAST ? ta_class_size[b + 1] - TA_ALIGNMENT : need;
+  if (b < TA_MCACHE_FIRST || b > MC_LAST) return need;
+  size_t largest = ta_class_size[b + 1] - TA_ALIGNMENT;
+  return largest <= TA_LOAD(ta_mcache_max) ? largest : need;
 }
 
 size_t ta_medium_block_for(size_t size, size_t align, bool exact) {
@@ -653,7 +655,8 @@ static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
   unsigned i = b - TA_MCACHE_FIRST;
   /* Every cached block fits every request of its bin (ta_medium_cache_put): the newest,
    * whose lines are the likeliest to be in the processor's cache still. */
-  if (a->mcache_n[i]) return cache_take(a, i, a->mcache_n[i] - 1u);
+  if (a->mcache_n[i] && M_SIZE(a->mcache[i][a->mcache_n[i] - 1u]) >= need)
+    return cache_take(a, i, a->mcache_n[i] - 1u);
   if (i + 1 < TA_MCACHE_CLASSES && a->mcache_n[i + 1])
     return cache_take(a, i + 1, a->mcache_n[i + 1] - 1u);
   return NULL;
@@ -751,14 +754,18 @@ ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {
 bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
   size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
   if (need < TA_MIN_MBLOCK) need = TA_MIN_MBLOCK;
+  /* What a new block for `size` would be (cache_fit): a block resized to it may be cached
+   * when freed. It is what a shrink keeps, and what a growth takes where there is room. */
+  size_t want = cache_fit(need, TA_ALIGNMENT, false);
   bool ok = true;
   ta_slow_enter(a);
   /* Under the lock: a trim of this arena from another thread (malloc_trim) may be setting
    * the PREV_FREE bit of this very header meanwhile (make_free of the block before it). */
   size_t s = M_SIZE(h);
   if (need <= s) {
-    if (s - need >= TA_MIN_MBLOCK)
-      split_tail(a, h, need, (mage_t){ta_os_now_ms(), s - need, 0}, true);
+    size_t keep = want <= s ? want : need;
+    if (s - keep >= TA_MIN_MBLOCK)
+      split_tail(a, h, keep, (mage_t){ta_os_now_ms(), s - keep, 0}, true);
   } else {
     ta_mhdr_t *n = M_NEXT(h);
     /* A cached successor is free memory too: when it, with a free block after it, makes
@@ -770,8 +777,9 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       size_t room = s + M_SIZE(n) + (after->size_flags & TA_M_INUSE ? 0 : M_SIZE(after));
       if (room >= need) cache_evict(a, n); /* n is still M_NEXT(h), free now */
     }
+    size_t keep = s + M_SIZE(n) >= want ? want : need;
     if (!(n->size_flags & TA_M_INUSE) && s + M_SIZE(n) >= need &&
-        (!is_top(n) || top_commit(h, need))) {
+        (!is_top(n) || top_commit(h, keep))) {
       mage_t past = age_of(n, 0); /* what is left of n keeps its past */
       bool top = is_top(n);
       bin_remove(a, n);
@@ -779,10 +787,10 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       forget_merged(n);
       set_hdr(h, total | (h->size_flags & (TA_M_FLAGS & ~TA_M_CLASS)));
       ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
-      split_tail(a, h, need, past, false);
+      split_tail(a, h, keep, past, false);
       top_touch(ta_chunk_of(h), M_NEXT(h));
-      if (!top && need - s >= past.resident + ta_page_size)
-        ta_dirty_fresh(a, need - s - past.resident);
+      if (!top && keep - s >= past.resident + ta_page_size)
+        ta_dirty_fresh(a, keep - s - past.resident);
     } else {
       ok = false;
     }

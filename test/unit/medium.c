@@ -675,6 +675,62 @@ Test(mcache, before_the_heap_grows_one_cached_block_that_fits_goes_back_alone) {
   ta_free(g2);
 }
 
+/* The largest size of the bin of n bytes' request (cache_fit). */
+static size_t bin_top(size_t n) { return ta_class_size[ta_bin_of(n + sizeof(ta_mhdr_t)) + 1] - 16; }
+
+/* A realloc in place keeps or takes the size a new block for its request would have, so the
+ * block stays one the cache takes: to the same size, grown, shrunk. */
+Test(mcache, a_realloc_in_place_resizes_to_the_size_the_cache_takes) {
+  char *a = ta_malloc(8193); /* the top follows: room to grow in place */
+  cr_assert_eq(block_size(a), bin_top(8193));
+  char *b = ta_realloc(a, 8193);
+  cr_assert_eq(b, a);
+  cr_assert_eq(block_size(b), bin_top(8193), "not cut to the request");
+  char *c = ta_realloc(b, 20000);
+  cr_assert_eq(c, a, "grown in place");
+  cr_assert_eq(block_size(c), bin_top(20000));
+  char *d = ta_realloc(c, 9000);
+  cr_assert_eq(d, a, "shrunk in place");
+  cr_assert_eq(block_size(d), bin_top(9000));
+  char *g = guard();
+  ta_free(d);
+  cr_assert(cached(d));
+  check_cache(g);
+  ta_free(g);
+}
+
+/* The heap would grow and two cached blocks hold the request: the one of the smaller bin goes
+ * back, the larger stays. */
+Test(mcache, before_the_heap_grows_the_smallest_cached_block_that_fits_goes_back) {
+  char *x = ta_malloc(50000), *g1 = guard(), *z = ta_malloc(60000), *g2 = guard();
+  ta_free(z);
+  ta_free(x);
+  cr_assert(cached(x) && cached(z));
+  char *p = ta_malloc(36000);
+  cr_assert_eq(p, x);
+  cr_assert(cached(z));
+  check_cache(p);
+  ta_free(p);
+  ta_free(g1);
+  ta_free(g2);
+}
+
+/* The heap would grow and no cached block holds the request alone: the whole cache goes back
+ * to the heap first. */
+Test(mcache, before_the_heap_grows_the_cache_is_flushed_when_no_block_holds_the_request) {
+  char *y = ta_malloc(9000), *g1 = guard(), *w = ta_malloc(10000), *g2 = guard();
+  ta_free(y);
+  ta_free(w);
+  cr_assert(cached(y) && cached(w));
+  char *p = ta_malloc(36000);
+  cr_assert_not(cached(y) || cached(w), "both back in the heap");
+  cr_assert_eq(ta_tl_arena->mcache_bytes, 0);
+  check_cache(p);
+  ta_free(p);
+  ta_free(g1);
+  ta_free(g2);
+}
+
 Test(mcache, only_blocks_of_8_to_64_kib_and_at_most_its_slots_a_bin) {
   enum { N = 12 };
   char *p[N], *g[N];
