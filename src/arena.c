@@ -385,7 +385,7 @@ void ta_remote_suspect(ta_arena_t *owner, void *p) {
 /* Every block on a remote list was checked by its freer, but the list lives in freed
  * memory: each entry is checked again, through the map first, before anything is read from
  * it. Its kind (SMALL or MEDIUM) if it is a block of a's, else TA_MAP_NONE. */
-uint8_t ta_remote_entry(ta_arena_t *a, ta_block_t *b) {
+static inline uint8_t remote_entry(ta_arena_t *a, ta_block_t *b) {
   uint8_t kind = ta_map_get((uintptr_t)b);
   if (kind == TA_MAP_SMALL) {
     ta_run_t *r = ta_run_of(b);
@@ -402,21 +402,20 @@ uint8_t ta_remote_entry(ta_arena_t *a, ta_block_t *b) {
   }
   return TA_MAP_NONE;
 }
+uint8_t ta_remote_entry(ta_arena_t *a, ta_block_t *b) { return remote_entry(a, b); }
 
 static uint8_t remote_check(ta_arena_t *a, ta_block_t *b) {
-  uint8_t kind = ta_remote_entry(a, b);
+  uint8_t kind = remote_entry(a, b); /* inline: the drain's loop runs it for every block */
   if (kind == TA_MAP_NONE) ta_fatal("free(): corrupted list of remote frees at", b);
   return kind;
 }
 
-/* Takes in one remote free and returns the next on the list. */
+/* Takes in one remote free and returns the next on the list (the caller counts it). */
 static ta_block_t *remote_take(ta_arena_t *a, ta_block_t *b, int64_t *medium) {
-  TA_ADD(a->cnt.frees, 1);
-  TA_ADD(a->cnt.remote_frees, 1);
   uint8_t kind = remote_check(a, b);
   ta_block_t *next = ta_block_next(b); /* before the free rewrites the link */
   if (kind == TA_MAP_SMALL) {
-    ta_small_free_local(a, ta_run_of(b), b);
+    ta_run_push(a, ta_run_of(b), b); /* its mark, checked, stays */
   } else {
     ta_medium_free_local(a, (ta_mhdr_t *)b - 1);
     ++*medium;
@@ -500,10 +499,16 @@ void ta_remote_collect_slow(ta_arena_t *a) {
   ta_block_t *lists[TA_REMOTE_LISTS];
   unsigned n = ta_remote_take_all(a, lists);
   int64_t medium = 0;
+  uint64_t taken = 0;
   if (n) a->collects++;
   while (n > 0)
     for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
-      if (lists[i] && (lists[i] = remote_take(a, lists[i], &medium)) == NULL) n--;
+      if (lists[i]) {
+        taken++;
+        if ((lists[i] = remote_take(a, lists[i], &medium)) == NULL) n--;
+      }
+  TA_ADD(a->cnt.frees, taken);
+  TA_ADD(a->cnt.remote_frees, taken);
   if (medium) atomic_fetch_sub_explicit(&a->remote_medium, medium, memory_order_relaxed);
   /* Suspects after the drain: a block freed once remotely and once more is on its run's
    * list by now. */

@@ -888,6 +888,13 @@ TA_HIDDEN extern _Atomic uint64_t ta_collapse_spent_us, ta_collapse_first_us; /*
 TA_HIDDEN void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow);
 TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
 TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
+/* The owner puts block b, marked already, on its run r's list: what free's fast path does
+ * after its checks. */
+TA_INLINE void ta_run_push(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
+  b->link = ta_link_enc(r->free);
+  r->free = b;
+  if (ta_dec_le_zero(&r->used)) ta_small_free_slow(a, r);
+}
 TA_HIDDEN void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
 /* Whether p is a block r handed out or threaded: in r's own slot (another slot of the chunk
  * may never have been committed, lazy commit), on a block boundary below limit. Inline: a

@@ -649,10 +649,8 @@ void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
 }
 
 void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
-  b->link = ta_link_enc(r->free);
   b->key = ta_mark(b);
-  r->free = b;
-  if (ta_dec_le_zero(&r->used)) ta_small_free_slow(a, r);
+  ta_run_push(a, r, b);
 }
 
 /* The block's key word says "free": find out whether it really is (it might be user data

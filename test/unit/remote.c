@@ -80,10 +80,11 @@ Test(remote, one_freer_spreads_over_the_lists_and_the_drain_takes_all) {
   for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
     cr_assert_eq(list_len(me, i), i < 2 ? 4u : 3u, "list %u holds %zu", i, list_len(me, i));
   cr_assert_eq(RUN_USED(r), used, "blocks on the lists count as used");
-  uint64_t frees = me->cnt.remote_frees;
+  uint64_t frees = me->cnt.remote_frees, all = me->cnt.frees;
   ta_remote_collect(me);
   cr_assert_eq(remote_len(me), 0);
   cr_assert_eq(me->cnt.remote_frees - frees, N);
+  cr_assert_eq(me->cnt.frees - all, N, "each counted once among the arena's frees");
   size_t small = 0;
   for (size_t i = 0; i < N; i++) small += i % 5 != 0;
   cr_assert_eq(RUN_USED(r), used - (int32_t)small, "every small block is back on its run");
