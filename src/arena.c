@@ -499,16 +499,16 @@ void ta_remote_collect_slow(ta_arena_t *a) {
   ta_block_t *lists[TA_REMOTE_LISTS];
   unsigned n = ta_remote_take_all(a, lists);
   int64_t medium = 0;
-  uint64_t taken = 0;
   if (n) a->collects++;
-  while (n > 0)
+  while (n > 0) {
+    /* A pass takes one block of each of the n lists left. Counted before they are pushed:
+     * a statistics reader, which derives mallocs from frees and the blocks in use, reads
+     * them at most n high during a drain, never low. */
+    TA_ADD(a->cnt.frees, n);
+    TA_ADD(a->cnt.remote_frees, n);
     for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
-      if (lists[i]) {
-        taken++;
-        if ((lists[i] = remote_take(a, lists[i], &medium)) == NULL) n--;
-      }
-  TA_ADD(a->cnt.frees, taken);
-  TA_ADD(a->cnt.remote_frees, taken);
+      if (lists[i] && (lists[i] = remote_take(a, lists[i], &medium)) == NULL) n--;
+  }
   if (medium) atomic_fetch_sub_explicit(&a->remote_medium, medium, memory_order_relaxed);
   /* Suspects after the drain: a block freed once remotely and once more is on its run's
    * list by now. */

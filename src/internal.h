@@ -888,8 +888,8 @@ TA_HIDDEN extern _Atomic uint64_t ta_collapse_spent_us, ta_collapse_first_us; /*
 TA_HIDDEN void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow);
 TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
 TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
-/* The owner puts block b, marked already, on its run r's list: what free's fast path does
- * after its checks. */
+/* The owner puts block b, marked already, on its run r's list: the push free's fast path
+ * (alloc.c) writes out in place, after its checks. */
 TA_INLINE void ta_run_push(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
   b->link = ta_link_enc(r->free);
   r->free = b;

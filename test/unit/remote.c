@@ -85,6 +85,9 @@ Test(remote, one_freer_spreads_over_the_lists_and_the_drain_takes_all) {
   cr_assert_eq(remote_len(me), 0);
   cr_assert_eq(me->cnt.remote_frees - frees, N);
   cr_assert_eq(me->cnt.frees - all, N, "each counted once among the arena's frees");
+  for (size_t i = 0; i < N; i++)
+    if (i % 5 != 0)
+      cr_assert_eq(((ta_block_t *)blocks[i])->key, ta_mark(blocks[i]), "block %zu marked free", i);
   size_t small = 0;
   for (size_t i = 0; i < N; i++) small += i % 5 != 0;
   cr_assert_eq(RUN_USED(r), used - (int32_t)small, "every small block is back on its run");
@@ -130,6 +133,18 @@ Test(remote, double_free_from_another_thread_aborts, .signal = SIGABRT) {
   pthread_t t;
   pthread_create(&t, NULL, double_free_remote, p);
   pthread_join(t, NULL); /* the second free sees a block on a list: it aborts there */
+}
+
+/* The drain took the block in and kept its mark: the owner's second free finds it. */
+Test(remote, local_free_after_the_drain_took_a_remote_free_in_aborts, .signal = SIGABRT) {
+  void *p = ta_malloc(64), *keep = ta_malloc(64);
+  (void)keep;
+  pthread_t t;
+  pthread_create(&t, NULL, free_it, p);
+  pthread_join(t, NULL);
+  ta_remote_collect(ta_tl_arena);
+  cr_assert_eq(remote_len(ta_tl_arena), 0, "taken in");
+  ta_free(p);
 }
 
 Test(remote, local_free_after_remote_free_aborts, .signal = SIGABRT) {

@@ -4,7 +4,9 @@
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -328,4 +330,48 @@ Test(stats, mallinfo_is_mallinfo2_in_ints) {
   ta_free(p);
   ta_free(m);
   ta_free(h);
+}
+
+/* The owner's drain of blocks other threads freed: a reader meanwhile derives mallocs from
+ * the frees counted and the blocks it finds in use, and never reads fewer mallocs than were
+ * made (arena.c counts each pass's blocks before it pushes them). */
+enum { DRAINED = 100000 };
+static _Atomic int drain_done;
+static void *free_all(void *arg) {
+  void **p = arg;
+  for (int i = 0; i < DRAINED; i++)
+    ta_free(p[i]);
+  return NULL;
+}
+static void *lowest_mallocs(void *arg) {
+  _Atomic unsigned long long *low = arg;
+  while (!atomic_load(&drain_done)) {
+    struct ta_stats s;
+    memset(&s, 0, sizeof s);
+    s.version = TA_STATS_VERSION;
+    s.size = sizeof s;
+    if (ta_stats_get(&s, -1) == 0 && s.mallocs < atomic_load(low)) atomic_store(low, s.mallocs);
+  }
+  return NULL;
+}
+Test(stats, a_drain_of_remote_frees_never_reads_mallocs_low) {
+  void **p = ta_malloc(DRAINED * sizeof *p);
+  for (int i = 0; i < DRAINED; i++)
+    p[i] = ta_malloc(64);
+  pthread_t t;
+  pthread_create(&t, NULL, free_all, p);
+  pthread_join(t, NULL);
+  unsigned long long made = get(-1).mallocs;
+  _Atomic unsigned long long low = ~0ull;
+  cr_assert_geq(made, DRAINED + 1);
+  pthread_create(&t, NULL, lowest_mallocs, &low);
+  while (low == ~0ull)
+    sched_yield(); /* the reader is under way */
+  ta_remote_collect(ta_tl_arena);
+  atomic_store(&drain_done, 1);
+  pthread_join(t, NULL);
+  unsigned long long lowest = atomic_load(&low);
+  cr_assert_geq(lowest, made, "mallocs read %llu during the drain, %llu before", lowest, made);
+  cr_assert_eq(get(-1).mallocs, made);
+  ta_free(p);
 }
