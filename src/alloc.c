@@ -585,8 +585,8 @@ static size_t usable_checked(void *p, const char *op) {
 
 /* A medium block holds at most this much beyond its request: the request rounded to 16 (15),
  * a tail too small to split off (47), and the smallest block for the tiniest requests; a
- * block of 8 to 64 KiB cut for the cache (medium.c, cache_fit) holds up to an eighth more,
- * which size_fits' rule of half covers. */
+ * block of 8 to 64 KiB cut for the cache (medium.c, cache_fit) holds up to a bin's width
+ * more (about an eighth), which size_fits' rule of half covers. */
 #define MEDIUM_SLACK (TA_MIN_MBLOCK + 2 * TA_ALIGNMENT - 1)
 
 /* Whether `size` can be what was asked for block p, of `usable` bytes: C23 wants the size
