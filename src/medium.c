@@ -587,12 +587,18 @@ void ta_medium_arenas(uint32_t count) {
     TA_STORE(ta_mcache_max, TA_MCACHE_BYTES / 4);
 }
 
+/* The largest size of bin b, the one size the cache keeps of it; 0 for a bin it has no
+ * slots for. */
+static size_t cache_bin_top(unsigned b) {
+  return b >= TA_MCACHE_FIRST && b <= MC_LAST ? ta_class_size[b + 1] - TA_ALIGNMENT : 0;
+}
+
 bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
   size_t w = h->size_flags, s = w & TA_M_SIZE_MASK;
   if (ta_secure || (w & TA_M_CLASS)) return false; /* hardened: every free really frees */
   unsigned b = ta_bin_of(s);
   /* Only a block of its bin's largest size (cache_fit): it fits every request of its bin. */
-  if (b < TA_MCACHE_FIRST || b > MC_LAST || s != ta_class_size[b + 1] - TA_ALIGNMENT) return false;
+  if (s != cache_bin_top(b)) return false;
   unsigned i = b - TA_MCACHE_FIRST;
   if (a->mcache_n[i] == TA_MCACHE_SLOTS || a->mcache_bytes + s > TA_LOAD(ta_mcache_max))
     return false;
@@ -619,10 +625,8 @@ bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
 static size_t cache_fit(size_t need, size_t align, bool exact) {
   /* never cached (ta_medium_cache_put), or no cache at all */
   if (exact || align > TA_ALIGNMENT || ta_secure) return need;
-  unsigned b = ta_bin_of(need);
-  if (b < TA_MCACHE_FIRST || b > MC_LAST) return need;
-  size_t largest = ta_class_size[b + 1] - TA_ALIGNMENT;
-  return largest <= TA_LOAD(ta_mcache_max) ? largest : need;
+  size_t top = cache_bin_top(ta_bin_of(need));
+  return top != 0 && top <= TA_LOAD(ta_mcache_max) ? top : need;
 }
 
 size_t ta_medium_block_for(size_t size, size_t align, bool exact) {
@@ -649,16 +653,23 @@ static ta_mhdr_t *cache_take(ta_arena_t *a, unsigned i, unsigned k) {
   return h;
 }
 
+/* Bin i's newest cached block, out of the cache (there is one). */
+static ta_mhdr_t *cache_take_newest(ta_arena_t *a, unsigned i) {
+  return cache_take(a, i, a->mcache_n[i] - 1u);
+}
+/* Whether bin i's newest cached block holds n bytes (false with none). */
+static bool cache_newest_holds(const ta_arena_t *a, unsigned i, size_t n) {
+  return a->mcache_n[i] && M_SIZE(a->mcache[i][a->mcache_n[i] - 1u]) >= n;
+}
+
 static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
   unsigned b = ta_bin_of(need); /* its blocks may be smaller than need; the next bin's are not */
   if (b < TA_MCACHE_FIRST || b > MC_LAST) return NULL;
   unsigned i = b - TA_MCACHE_FIRST;
   /* Every cached block fits every request of its bin (ta_medium_cache_put): the newest,
    * whose lines are the likeliest to be in the processor's cache still. */
-  if (a->mcache_n[i] && M_SIZE(a->mcache[i][a->mcache_n[i] - 1u]) >= need)
-    return cache_take(a, i, a->mcache_n[i] - 1u);
-  if (i + 1 < TA_MCACHE_CLASSES && a->mcache_n[i + 1])
-    return cache_take(a, i + 1, a->mcache_n[i + 1] - 1u);
+  if (cache_newest_holds(a, i, need)) return cache_take_newest(a, i);
+  if (i + 1 < TA_MCACHE_CLASSES && a->mcache_n[i + 1]) return cache_take_newest(a, i + 1);
   return NULL;
 }
 
@@ -691,8 +702,8 @@ static void cache_evict(ta_arena_t *a, ta_mhdr_t *h) {
 static bool cache_release_one(ta_arena_t *a, size_t most) {
   unsigned b = ta_bin_of(most);
   for (unsigned i = b > TA_MCACHE_FIRST ? b - TA_MCACHE_FIRST : 0; i < TA_MCACHE_CLASSES; i++)
-    if (a->mcache_n[i] && M_SIZE(a->mcache[i][a->mcache_n[i] - 1u]) >= most) {
-      ta_medium_free_local(a, cache_take(a, i, a->mcache_n[i] - 1u));
+    if (cache_newest_holds(a, i, most)) {
+      ta_medium_free_local(a, cache_take_newest(a, i));
       return true;
     }
   return false;
@@ -700,7 +711,8 @@ static bool cache_release_one(ta_arena_t *a, size_t most) {
 
 void ta_medium_cache_flush(ta_arena_t *a) {
   for (unsigned i = 0; i < TA_MCACHE_CLASSES; i++)
-    while (a->mcache_n[i]) ta_medium_free_local(a, cache_take(a, i, a->mcache_n[i] - 1u));
+    while (a->mcache_n[i])
+      ta_medium_free_local(a, cache_take_newest(a, i));
   a->mcache_since = 0;
 }
 
@@ -754,9 +766,9 @@ ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {
 bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
   size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
   if (need < TA_MIN_MBLOCK) need = TA_MIN_MBLOCK;
-  /* What a new block for `size` would be (cache_fit): a block resized to it may be cached
-   * when freed. It is what a shrink keeps, and what a growth takes where there is room. */
-  size_t want = cache_fit(need, TA_ALIGNMENT, false);
+  /* What a new block for `size` would be: a block resized to it may be cached when freed.
+   * It is what a shrink keeps, and what a growth takes where there is room. */
+  size_t want = ta_medium_block_for(size, TA_ALIGNMENT, false);
   bool ok = true;
   ta_slow_enter(a);
   /* Under the lock: a trim of this arena from another thread (malloc_trim) may be setting
