@@ -1097,8 +1097,7 @@ static void fork_child(void) {
   ta_stats_reset_after_fork(); /* readers, the log, and the huge cache's tallies */
   ta_span_after_fork();       /* the free spans' count, should a purge have been cut off */
   ta_chunk_pool_after_fork(); /* the pool's count, should a chunk have been in transit */
-  ta_arena_fork_child();
-  ta_small_after_fork(); /* the lenders of run slots: not the arenas left without a thread */
+  ta_arena_fork_child(); /* and the lenders of run slots: not the arenas left without a thread */
 }
 
 /* The child handler is registered when the library is loaded (see ta_atfork_register). */

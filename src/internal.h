@@ -915,8 +915,12 @@ TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
  * 0: none waits). Under a's lock (purge.c). */
 TA_HIDDEN size_t ta_small_lent_return(ta_arena_t *a, uint64_t now, uint64_t cut, size_t *waiting,
                                       uint64_t *oldest);
-/* A fork child: the lists of lenders lose the arenas the fork left without a thread. */
-TA_HIDDEN void ta_small_after_fork(void);
+/* A fork child: the lists of lenders lose the arenas the fork left without a thread, and the
+ * count of resident free slots any arena may take is `warm`, what the arenas that keep a
+ * thread or may get one hold (arena.c adds it up: the zombies' slots are never lent). */
+TA_HIDDEN void ta_small_after_fork(uint32_t warm);
+/* Resident free slots that borrowers may look for (tests). */
+TA_HIDDEN uint32_t ta_small_warm_total(void);
 /* Free run slots of small chunk c left resident, n of them (+n) or no longer (-n): the
  * arena's counts that borrowers read (purge.c, after it gives slots back). */
 TA_HIDDEN void ta_small_slots_note(ta_arena_t *a, int free, int warm);

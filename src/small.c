@@ -140,28 +140,51 @@ static void lender_set(ta_arena_t *a, unsigned list, bool has) {
   }
 }
 
+/* warm_total += n, never below zero: a fork child sums it again from the arenas' counts
+ * (ta_small_after_fork), and a note a signal handler's fork cut off between its arena's store
+ * and this add is then applied twice when the interrupted call goes on. A hint off by a slot
+ * costs a search at most; wrapped, it would cost one at every new run. */
+static void warm_total_add(int n) {
+  if (n >= 0) {
+    atomic_fetch_add_explicit(&warm_total, (uint32_t)n, memory_order_relaxed);
+    return;
+  }
+  uint32_t v = atomic_load_explicit(&warm_total, memory_order_relaxed), less = (uint32_t)-n;
+  while (!atomic_compare_exchange_weak_explicit(&warm_total, &v, v > less ? v - less : 0,
+                                                memory_order_relaxed, memory_order_relaxed)) {
+  }
+}
+
 void ta_small_slots_note(ta_arena_t *a, int free, int warm) {
   uint32_t f = atomic_load_explicit(&a->slots_free, memory_order_relaxed) + (uint32_t)free;
   uint32_t w = atomic_load_explicit(&a->slots_warm, memory_order_relaxed) + (uint32_t)warm;
   atomic_store_explicit(&a->slots_free, f, memory_order_relaxed);
   atomic_store_explicit(&a->slots_warm, w, memory_order_relaxed);
-  if (warm != 0) atomic_fetch_add_explicit(&warm_total, (uint32_t)warm, memory_order_relaxed);
+  /* A zombie (a fork child's arena whose lock a thread of the parent held) never lends again:
+   * the child left its slots out of warm_total and its entries off the lists. Only a call a
+   * signal handler's fork interrupted, going on in the child, notes one here. */
+  if (atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_ZOMBIE) return;
+  if (warm != 0) warm_total_add(warm);
   lender_set(a, 0, f > 0);
   lender_set(a, 1, w > 0);
 }
 
-void ta_small_after_fork(void) {
+void ta_small_after_fork(uint32_t warm) {
+  atomic_store_explicit(&warm_total, warm, memory_order_relaxed);
   for (unsigned list = 0; list < 2; list++)
     for (unsigned i = 0; i < LENDER_SLOTS; i++) {
       ta_arena_t *k = atomic_load_explicit(&lenders[list][i], memory_order_relaxed);
       if (k == NULL) continue;
       /* SUSPENDED: the forking thread's own, back once its interrupted call ends. */
       if (atomic_load_explicit(&k->state, memory_order_relaxed) != ARENA_ZOMBIE) continue;
-      /* Left without its thread: never lends again (its resident slots stay in warm_total, a
-       * hint that costs a search of these lists at most). */
+      /* Left without its thread: never lends again (nor counts in warm_total). */
       atomic_store_explicit(&lenders[list][i], NULL, memory_order_relaxed);
       k->lender_at[list] = 0;
     }
+}
+
+uint32_t ta_small_warm_total(void) {
+  return atomic_load_explicit(&warm_total, memory_order_relaxed);
 }
 
 /* A free slot of keeper k's chunks (k's lock held): a resident one of any chunk with room (an

@@ -8,7 +8,9 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "tamalloc.h"
@@ -447,6 +449,10 @@ static void check_slots(void) {
     dirty += a->dirty_bytes;
   }
   cr_assert_eq(atomic_load(&ta_dirty_total), dirty, "the book agrees with the arenas");
+  uint32_t warm_all = 0; /* (no fork here: no arena is a zombie) */
+  for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all)
+    warm_all += atomic_load(&a->slots_warm);
+  cr_assert_eq(ta_small_warm_total(), warm_all, "the borrowers' hint agrees with the arenas");
 }
 
 Test(lend, slots_lent_and_given_back_by_many_threads_stay_in_one_place_each) {
@@ -467,4 +473,83 @@ Test(lend, slots_lent_and_given_back_by_many_threads_stay_in_one_place_each) {
     pthread_join(b[i], NULL);
   pthread_join(r, NULL);
   check_slots();
+}
+
+/* A fork child: an arena the fork caught inside the allocator (its lock held by a thread that
+ * does not exist there) is a zombie and never lends again; the count of resident free slots
+ * borrowers look for leaves its slots out. */
+struct holds_its_lock {
+  pthread_barrier_t step;
+  ta_arena_t *arena;
+};
+
+static void *retire_a_run_then_hold_the_lock(void *arg) {
+  struct holds_its_lock *h = arg;
+  pthread_barrier_wait(&h->step); /* the main thread holds its arena's lock: a chunk of our own */
+  enum { PER_RUN = TA_RUN_SIZE / 64 };
+  static void *b[PER_RUN + 1];
+  for (int i = 0; i < PER_RUN + 1; i++)
+    b[i] = ta_malloc(64);
+  h->arena = ta_tl_arena;
+  pthread_barrier_wait(&h->step);
+  for (int i = 0; i < PER_RUN; i++)
+    ta_free(b[i]);
+  ta_slow_enter(h->arena); /* as if the fork came while it rearranged its lists */
+  pthread_barrier_wait(&h->step);
+  pthread_barrier_wait(&h->step); /* the fork is done */
+  ta_slow_leave(h->arena);
+  return NULL;
+}
+
+Test(lend, in_a_fork_child_a_zombie_s_resident_slots_are_not_counted_as_lendable) {
+  keeper_retires_a_run(); /* one resident free slot of the main thread's */
+  struct holds_its_lock h;
+  pthread_t t = start_in_step(&h.step, retire_a_run_then_hold_the_lock, &h);
+  ta_slow_enter(keeper);
+  pthread_barrier_wait(&h.step);
+  pthread_barrier_wait(&h.step);
+  ta_slow_leave(keeper);
+  pthread_barrier_wait(&h.step);
+  cr_assert_neq(h.arena, keeper);
+  cr_assert(owns_a_chunk(h.arena), "the thread's run was of a chunk of its own");
+  cr_assert_eq(atomic_load(&h.arena->slots_warm), 1, "its emptied run's slot, resident");
+  cr_assert_eq(ta_small_warm_total(), 2);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    if (atomic_load(&h.arena->state) != ARENA_ZOMBIE) _exit(10);
+    if (ta_small_warm_total() != 1) _exit(11); /* the main thread's alone */
+    /* A call the fork interrupted, going on here, changes the zombie's counts: nor the
+     * process-wide count nor the lists of lenders change with them. */
+    uint8_t listed = h.arena->lender_at[1];
+    ta_small_slots_note(h.arena, 1, 1);
+    if (ta_small_warm_total() != 1) _exit(12);
+    if (h.arena->lender_at[1] != listed) _exit(13);
+    ta_small_slots_note(h.arena, -2, -2);
+    if (ta_small_warm_total() != 1) _exit(14);
+    /* The main thread's next run, of another class, takes its own resident slot. */
+    void *p = ta_malloc(32);
+    if (ta_run_of(p) != retired) _exit(15);
+    if (ta_small_warm_total() != 0) _exit(16);
+    _exit(0);
+  }
+  int st;
+  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  pthread_barrier_wait(&h.step);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child: %d",
+            WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
+/* The count of resident free slots never wraps below zero: a fork from a signal handler may
+ * cut an arena's note between its own count and this one, and the child, which sums this one
+ * again from the arenas', then has the note's change applied twice. */
+Test(lend, the_count_of_resident_free_slots_never_falls_below_zero) {
+  keeper_retires_a_run();
+  cr_assert_eq(ta_small_warm_total(), 1);
+  ta_small_after_fork(0);  /* as a child whose sum already had the slot taken */
+  void *p = ta_malloc(32); /* takes the resident slot: a note of -1 */
+  cr_assert_eq(ta_run_of(p), retired);
+  cr_assert_eq(atomic_load(&keeper->slots_warm), 0);
+  cr_assert_eq(ta_small_warm_total(), 0, "not %u", ta_small_warm_total());
 }
