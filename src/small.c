@@ -740,14 +740,16 @@ void ta_small_retire_idle(ta_arena_t *a) {
 static bool bit_get(const uint64_t *bits, uint32_t k) { return (bits[k / 64] >> (k % 64)) & 1; }
 
 /* Sets the bit of every block on r's free list. Each entry must be a block of this run below
- * its limit, and none may come twice (which bounds the walk by the run's blocks): anything
- * else is a link overwritten after free. */
+ * its limit that holds its free mark, and none may come twice (which bounds the walk by the
+ * run's blocks): anything else is a link overwritten after free. (The mark is checked so
+ * that a forged link to a live block is reported, not rethreaded: the rewrite would store a
+ * link into the program's data.) */
 static void run_free_bits(const ta_run_t *r, uint64_t *bits) {
   char *base = ta_run_base(r);
   for (ta_block_t *b = r->free; b; b = ta_block_next(b)) {
-    if (ta_run_of(b) != r || !ta_small_valid(r, b))
+    if (ta_run_of(b) != r || !ta_small_valid(r, b) || b->key != ta_mark(b))
       ta_fatal("malloc(): corrupted free list, next block", b);
-    uint32_t k = (uint32_t)((char *)b - base) / r->bsize;
+    uint32_t k = ta_run_index(r, (uint32_t)((char *)b - base));
     if (bit_get(bits, k)) ta_fatal("malloc(): corrupted free list, next block", b);
     bits[k / 64] |= (uint64_t)1 << (k % 64);
   }
@@ -770,11 +772,16 @@ static void run_rethread(ta_run_t *r, const uint64_t *bits, uint32_t keep) {
     }
     if (last) last->link = ta_link_enc(NULL);
   } else {
-    for (uint32_t k = keep; k-- > 0;) {
-      if (!bit_get(bits, k)) continue;
-      ta_block_t *b = (ta_block_t *)(base + (size_t)k * r->bsize);
-      b->link = ta_link_enc(head);
-      head = b;
+    for (uint32_t w = (keep + 63) / 64; w-- > 0;) { /* highest first: the list ascends */
+      uint64_t m = bits[w];
+      if (keep % 64 != 0 && w == keep / 64) m &= ((uint64_t)1 << (keep % 64)) - 1;
+      while (m != 0) {
+        unsigned top = 63 - (unsigned)__builtin_clzll(m);
+        m &= ~((uint64_t)1 << top);
+        ta_block_t *b = (ta_block_t *)(base + ((size_t)w * 64 + top) * r->bsize);
+        b->link = ta_link_enc(head);
+        head = b;
+      }
     }
   }
   r->free = head;
@@ -785,9 +792,11 @@ static void run_rethread(ta_run_t *r, const uint64_t *bits, uint32_t keep) {
  * wave of frees malloc would hand out addresses in no order, and a program then walks what it
  * allocated together all over the run (python: 1.03-1.3 times jemalloc's time, whose slabs
  * hand addresses out in order, at fewer instructions and as many simulated cache misses). The
- * walk costs a cache miss a free block, paid only where malloc will take most of them before
- * the run is full again; the hardened build keeps its random order. docs/design.md, "Which
- * PARTIAL run becomes active". */
+ * walk costs a cache miss a free block, and the run stays active until malloc has taken every
+ * one of them, so a run is walked again only after as many pops. Counted against the run's
+ * capacity, not what is threaded: a run a shrink cut below three quarters does not qualify, but
+ * the shrink left its list in address order. The hardened build keeps its random order.
+ * docs/design.md, "Small blocks: runs", "Address order". */
 static void run_order_maybe(ta_run_t *r) {
   if (ta_secure || run_free_blocks(r) * 4 < r->cap * 3) return;
   uint64_t bits[RUN_MAX_BLOCKS / 64] = {0};

@@ -160,69 +160,99 @@ Test(runs, malloc_moves_to_the_newest_partial_run_when_it_has_enough_free_blocks
   check_partial_list(cls);
 }
 
-/* A run of 64-byte blocks filled, then `nfree` of its blocks freed in scrambled order (a
+/* A run of `size`-byte blocks filled, then `nfree` of its blocks freed in scrambled order (a
  * stride prime to the run's count); the next run is current, filled through. Returns the run,
- * now PARTIAL; its blocks, by index, in `all`. */
-enum { ORDER_CAP = TA_RUN_SIZE / 64 };
-static void *all[ORDER_CAP], *next_run[ORDER_CAP];
-static ta_run_t *scramble_a_run(size_t nfree, size_t *freed) {
-  for (size_t i = 0; i < ORDER_CAP; i++)
-    cr_assert_not_null(all[i] = ta_malloc(64));
+ * now PARTIAL; its blocks, by index, in `all`, the order they were freed in `freed`. */
+enum { MOST = TA_RUN_SIZE / 16 };
+static void *all[MOST], *next_run[MOST];
+static size_t freed[MOST];
+static ta_run_t *scramble_a_run(size_t size, size_t nfree) {
+  size_t cap = TA_RUN_SIZE / size;
+  for (size_t i = 0; i < cap; i++)
+    cr_assert_not_null(all[i] = ta_malloc(size));
   ta_run_t *r = ta_run_of(all[0]);
-  for (size_t i = 0; i < ORDER_CAP; i++)
+  cr_assert_eq(r->cap, cap);
+  for (size_t i = 0; i < cap; i++)
     cr_assert_eq(ta_run_of(all[i]), r);
-  cr_assert_eq((size_t)(((char *)all[ORDER_CAP - 1] - ta_run_base(r)) / 64), ORDER_CAP - 1);
-  next_run[0] = ta_malloc(64);
+  cr_assert_eq((size_t)(((char *)all[cap - 1] - ta_run_base(r)) / size), cap - 1);
+  next_run[0] = ta_malloc(size);
   cr_assert_eq(r->state, RUN_FULL);
-  for (size_t n = 0, k = 0; n < nfree; n++, k = (k + 389) % ORDER_CAP) {
+  for (size_t n = 0, k = 0; n < nfree; n++, k = (k + 389) % cap) {
     freed[n] = k;
     ta_free(all[k]);
   }
   cr_assert_eq(r->state, RUN_PARTIAL);
   /* The current run's other blocks, so that the next malloc leaves it. */
-  for (size_t i = 1; i < ORDER_CAP; i++)
-    next_run[i] = ta_malloc(64);
-  cr_assert_eq(ta_run_of(next_run[ORDER_CAP - 1]), ta_run_of(next_run[0]));
+  for (size_t i = 1; i < cap; i++)
+    next_run[i] = ta_malloc(size);
+  cr_assert_eq(ta_run_of(next_run[cap - 1]), ta_run_of(next_run[0]));
   return r;
 }
 
 /* A PARTIAL run that becomes active with three quarters of its blocks or more free hands them
- * out in address order, not in the order they were freed. */
-Test(runs, a_run_mostly_free_hands_its_blocks_out_in_address_order) {
-  enum { NFREE = ORDER_CAP * 3 / 4 };
-  static size_t freed[NFREE];
-  ta_run_t *r = scramble_a_run(NFREE, freed);
+ * out in address order, not in the order they were freed, each still marked free until it is
+ * handed out. */
+static void hands_out_in_address_order(size_t size) {
+  size_t nfree = TA_RUN_SIZE / size * 3 / 4;
+  ta_run_t *r = scramble_a_run(size, nfree);
   char *last = NULL;
-  for (size_t n = 0; n < NFREE; n++) {
-    char *p = ta_malloc(64);
+  for (size_t n = 0; n < nfree; n++) {
+    char *p = ta_malloc(size);
     cr_assert_eq(ta_run_of(p), r, "block %zu from the PARTIAL run", n);
     cr_assert_gt(p, last, "block %zu: %p after %p", n, (void *)p, (void *)last);
     last = p;
+    if (n == 0) check_run(r); /* the rest, rethreaded: every one on the list, marked */
   }
   cr_assert_eq(r->free, NULL, "every freed block, once");
   check_run(r);
 }
+Test(runs, a_run_mostly_free_hands_its_blocks_out_in_address_order) {
+  hands_out_in_address_order(64);
+}
+Test(runs, a_run_of_the_smallest_class_mostly_free_hands_its_blocks_out_in_address_order) {
+  hands_out_in_address_order(16); /* 4,096 blocks: every word of the walk's bitmap */
+}
 
 /* One with fewer free keeps the order they were freed in: the list is not walked (a walk is a
- * cache miss a block for blocks malloc may never reach). */
+ * cache miss a block). */
 Test(runs, a_run_with_fewer_free_hands_its_blocks_out_last_freed_first) {
-  enum { NFREE = ORDER_CAP * 3 / 4 - 1 };
-  static size_t freed[NFREE];
-  ta_run_t *r = scramble_a_run(NFREE, freed);
-  for (size_t n = NFREE; n-- > 0;)
+  size_t nfree = TA_RUN_SIZE / 64 * 3 / 4 - 1;
+  ta_run_t *r = scramble_a_run(64, nfree);
+  for (size_t n = nfree; n-- > 0;)
     cr_assert_eq(ta_malloc(64), all[freed[n]]);
   cr_assert_eq(r->free, NULL);
   check_run(r);
 }
 
-/* The walk checks every link: one overwritten after free is reported, never followed. */
+/* The walk checks every link: one overwritten after free is reported, never followed; nor is
+ * one forged to point at a live block, which the rewrite would write a link into. */
 Test(runs, a_free_list_overwritten_after_free_aborts_the_reordering, .signal = SIGABRT) {
-  enum { NFREE = ORDER_CAP * 3 / 4 };
-  static size_t freed[NFREE];
-  scramble_a_run(NFREE, freed);
-  ((ta_block_t *)all[freed[NFREE / 2]])->link = ta_link_enc((ta_block_t *)(uintptr_t)0x1000);
+  size_t nfree = TA_RUN_SIZE / 64 * 3 / 4;
+  scramble_a_run(64, nfree);
+  ((ta_block_t *)all[freed[nfree / 2]])->link = ta_link_enc((ta_block_t *)(uintptr_t)0x1000);
   void *p = ta_malloc(64); /* the run becomes active */
   cr_assert_fail("the reordering followed a forged link: %p", p);
+}
+Test(runs, a_free_link_forged_to_a_live_block_aborts_the_reordering, .signal = SIGABRT) {
+  size_t nfree = TA_RUN_SIZE / 64 * 3 / 4;
+  scramble_a_run(64, nfree);
+  ta_block_t *live = all[(freed[nfree - 1] + 389) % (TA_RUN_SIZE / 64)]; /* never freed */
+  memset(live, 0, 64);
+  ((ta_block_t *)all[freed[nfree / 2]])->link = ta_link_enc(live);
+  void *p = ta_malloc(64);
+  cr_assert_fail("the reordering took a live block for a free one: %p", p);
+}
+
+/* A block of a rethreaded run freed twice is still caught. */
+Test(runs, a_double_free_of_a_block_of_a_rethreaded_run_aborts, .signal = SIGABRT) {
+  size_t nfree = TA_RUN_SIZE / 64 * 3 / 4;
+  ta_run_t *r = scramble_a_run(64, nfree);
+  void *p = ta_malloc(64); /* the lowest free block; the run is rethreaded */
+  cr_assert_eq(ta_run_of(p), r);
+  void *q = all[freed[nfree - 1]]; /* freed, and still on the list */
+  cr_assert_neq(q, p);
+  ta_free(q);
+  cr_assert_fail("the second free of %p went unnoticed", q);
 }
 
 Test(runs, freed_block_is_reused_first) {
