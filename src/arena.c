@@ -578,8 +578,9 @@ void ta_arena_fork_child(void) {
   }
   /* The lenders of run slots: the resident free slots of the arenas that can still lend them
    * (a zombie keeps its chunks for good). warm_total summed them before the fork, those of
-   * the arenas this child has just made zombies included, and a count that never falls to
-   * zero makes every new run search the lists of lenders in vain. */
+   * the arenas this child has just made zombies included, and with a count that never falls
+   * to zero each new run that finds no resident slot of its own would search the list of
+   * arenas with resident slots for slots no arena lends. */
   uint32_t warm = 0;
   for (ta_arena_t *a = atomic_load(&all_arenas); a; a = a->next_all)
     if (atomic_load(&a->state) != ARENA_ZOMBIE) warm += atomic_load(&a->slots_warm);
