@@ -16,8 +16,9 @@
  *                       share (span.c; 8..32, default 8, at least 2 pages; 0: none, the
  *                       thread's medium heap serves them)
  *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
- *   huge_pages:BOOL     transparent huge pages for memory written through: huge blocks,
- *                       and halves of small chunks once dense (huge.c, small.c)
+ *   huge_pages:BOOL     transparent huge pages for huge blocks written through (huge.c)
+ *   huge_halves:BOOL    with huge_pages, each 2 MiB half of a small chunk made one huge
+ *                       page once dense (small.c; default false, docs/design.md says why)
  *   background_thread:BOOL  a thread returns free memory on time once threads have exited
  *                       (default true in the replacement library; see background.c)
  *   lazy_commit:BOOL    chunks commit their pages as they are used, not whole when mapped
@@ -54,7 +55,8 @@ uint32_t ta_run_threshold = 256;             /* run_threshold (alloc.c) */
 uint32_t ta_conf_span_min_kb = 8;            /* span_min_kb (span.c, ta_span_init) */
 /* huge_cache_mb (huge.c). The hardened build keeps no freed span: a write after free faults. */
 size_t ta_huge_cache_limit = TA_SECURE ? 0 : (size_t)64 << 20;
-bool ta_huge_pages = true;                   /* huge_pages (huge.c) */
+bool ta_huge_pages = true;                   /* huge_pages (huge.c, small.c) */
+bool ta_huge_halves = false;                 /* huge_halves (small.c) */
 int ta_bg_setting = -1;                      /* background_thread: -1 unset, 0 off, 1 on */
 int ta_conf_lazy_commit = -1;                /* lazy_commit: -1 unset, 0 off, 1 on (chunk.c) */
 bool ta_stats_on;                            /* stats (ta_stats_switch) */
@@ -132,7 +134,7 @@ static void apply(const char *e, size_t n) {
   int b;
   uint64_t x;
   if (eq(e, kn, "stats") || eq(e, kn, "stats_print") || eq(e, kn, "huge_pages") ||
-      eq(e, kn, "background_thread") || eq(e, kn, "lazy_commit")) {
+      eq(e, kn, "huge_halves") || eq(e, kn, "background_thread") || eq(e, kn, "lazy_commit")) {
     if ((b = parse_bool(v, vn)) < 0) {
       warn("bad value", e, n);
       return;
@@ -148,7 +150,11 @@ static void apply(const char *e, size_t n) {
       ta_bg_setting = b;
     } else if (eq(e, kn, "lazy_commit")) {
       ta_conf_lazy_commit = b;
-    } else ta_huge_pages = b;
+    } else if (eq(e, kn, "huge_halves")) {
+      ta_huge_halves = b;
+    } else {
+      ta_huge_pages = b;
+    }
   } else if (eq(e, kn, "stats_format")) {
     if (eq(v, vn, "text")) ta_conf_stats_format = 0;
     else if (eq(v, vn, "json")) ta_conf_stats_format = 1;

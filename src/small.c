@@ -466,7 +466,9 @@ static bool run_can_carve(const ta_run_t *r) { return r->limit + r->bsize <= r->
  * header's slot counts whole). Looked at as a run of a full half threads blocks (the only
  * moments the figure grows); asked at most once until pages of the half go back
  * (ta_chunk_thp_lost). The call waits for the slow-path lock to be let go (ta_small_collapse):
- * it may take milliseconds. Only where the kernel gives huge pages (on advice, or `always`:
+ * it may take milliseconds. Only where asked (`huge_halves`, off by default: on a host whose
+ * huge pages come slowly a collapsed half made the whole program slower, design.md), where
+ * the kernel gives huge pages (on advice, or `always`:
  * there every chunk is told to have none, os.c), of half a chunk, with `huge_pages` on, and
  * within the budget below. */
 
@@ -508,8 +510,8 @@ __thread uintptr_t ta_collapse_pending __attribute__((tls_model("initial-exec"))
 static void half_collapse_maybe(ta_chunk_t *c, unsigned slot) {
   unsigned half = slot / TA_HALF_SLOTS;
   uint64_t mask = (((uint64_t)1 << TA_HALF_SLOTS) - 1) << (half * TA_HALF_SLOTS);
-  if ((c->thp & TA_THP_TRIED(half)) || (c->free_slots & mask) || !ta_huge_pages ||
-      ta_hugepage_size != TA_CHUNK_SIZE / 2 || ta_os_thp_mode() == TA_THP_NEVER ||
+  if ((c->thp & TA_THP_TRIED(half)) || (c->free_slots & mask) || !ta_huge_halves ||
+      !ta_huge_pages || ta_hugepage_size != TA_CHUNK_SIZE / 2 || ta_os_thp_mode() == TA_THP_NEVER ||
       atomic_load_explicit(&collapse_off, memory_order_relaxed))
     return;
   size_t touched = 0;

@@ -57,6 +57,12 @@ Test(conf, good_values_take_effect) {
   cr_assert_eq(ta_conf_lazy_commit, 1);
   cr_assert_str_empty(apply_captured("lazy_commit:off"));
   cr_assert_eq(ta_conf_lazy_commit, 0);
+  cr_assert_not(ta_huge_halves, "off unless asked");
+  cr_assert_str_empty(apply_captured("huge_halves:on"));
+  cr_assert(ta_huge_halves);
+  cr_assert_eq(ta_huge_pages, false, "a setting of its own: huge_pages stays as it was");
+  cr_assert_str_empty(apply_captured("huge_halves:0"));
+  cr_assert_not(ta_huge_halves);
 }
 
 Test(conf, unknown_key_warns_once_and_is_ignored) {
@@ -72,12 +78,13 @@ Test(conf, bad_values_warn_and_leave_the_setting_alone) {
   uint64_t decay = ta_decay_ms;
   size_t cache = ta_huge_cache_limit;
   uint32_t threshold = ta_run_threshold, span_min = ta_conf_span_min_kb;
-  const char *bad[] = {"decay_ms:abc",   "decay_ms:-5",       "decay_ms:99999999999",
-                       "decay_ms:",      "huge_cache_mb:1e3", "stats:maybe",
-                       "huge_pages:2",   "stats_format:xml",  "decay_ms",
+  const char *bad[] = {"decay_ms:abc",        "decay_ms:-5",         "decay_ms:99999999999",
+                       "decay_ms:",           "huge_cache_mb:1e3",   "stats:maybe",
+                       "huge_pages:2",        "stats_format:xml",    "decay_ms",
                        "stats_interval_ms:0", "run_threshold:65536", "run_threshold:x",
-                       "span_min_kb:7",  "span_min_kb:33", "span_min_kb:1025", "span_min_kb:",
-                       "lazy_commit:2",  "lazy_commit:"};
+                       "span_min_kb:7",       "span_min_kb:33",      "span_min_kb:1025",
+                       "span_min_kb:",        "lazy_commit:2",       "lazy_commit:",
+                       "huge_halves:always"};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     char *err = apply_captured(bad[i]);
     cr_assert_eq(lines(err), 1, "'%s' gave: %s", bad[i], err);
@@ -88,6 +95,7 @@ Test(conf, bad_values_warn_and_leave_the_setting_alone) {
   cr_assert_eq(ta_run_threshold, threshold);
   cr_assert_eq(ta_conf_span_min_kb, span_min);
   cr_assert_eq(ta_conf_lazy_commit, -1);
+  cr_assert_not(ta_huge_halves);
   cr_assert_not(ta_stats_on);
 }
 

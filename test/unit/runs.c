@@ -678,6 +678,7 @@ static void huge_halves(int result) {
     cr_skip_test("4 KiB pages and 2 MiB huge pages");
   ta_os_thp_mode_force(TA_THP_MADVISE);
   ta_os_collapse_fake(result);
+  ta_huge_halves = true; /* huge_halves:true */
 }
 
 /* 512-byte blocks (a class under 1 KiB: runs from its first block), 8 to a page, 128 to a
@@ -822,6 +823,16 @@ Test(runs, no_collapse_with_the_setting_off) {
   huge_halves(0);
   ta_huge_pages = false; /* huge_pages:false */
   assert_no_collapse("huge_pages:false");
+}
+
+/* Dense halves are made huge pages only when asked: not by default, huge pages on. */
+Test(runs, no_collapse_by_default) {
+  bool start = ta_huge_halves;
+  cr_assert_not(start, "off as the library starts");
+  huge_halves(0);
+  ta_huge_halves = start;
+  cr_assert(ta_huge_pages);
+  assert_no_collapse("huge_halves is off by default");
 }
 
 /* Whether the kernel makes a dense 2 MiB of a fresh mapping one huge page now. */
