@@ -18,7 +18,8 @@
  *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
  *   huge_pages:BOOL     transparent huge pages for huge blocks written through (huge.c)
  *   huge_halves:BOOL    with huge_pages, each 2 MiB half of a small chunk made one huge
- *                       page once dense (small.c; default false, docs/design.md says why)
+ *                       page once dense (small.c; unset: only where the kernel's mode is
+ *                       `always`; docs/design.md says why)
  *   background_thread:BOOL  a thread returns free memory on time once threads have exited
  *                       (default true in the replacement library; see background.c)
  *   lazy_commit:BOOL    chunks commit their pages as they are used, not whole when mapped
@@ -56,7 +57,7 @@ uint32_t ta_conf_span_min_kb = 8;            /* span_min_kb (span.c, ta_span_ini
 /* huge_cache_mb (huge.c). The hardened build keeps no freed span: a write after free faults. */
 size_t ta_huge_cache_limit = TA_SECURE ? 0 : (size_t)64 << 20;
 bool ta_huge_pages = true;                   /* huge_pages (huge.c, small.c) */
-bool ta_huge_halves = false;                 /* huge_halves (small.c) */
+int ta_huge_halves = -1;                     /* huge_halves: -1 unset, 0 off, 1 on (small.c) */
 int ta_bg_setting = -1;                      /* background_thread: -1 unset, 0 off, 1 on */
 int ta_conf_lazy_commit = -1;                /* lazy_commit: -1 unset, 0 off, 1 on (chunk.c) */
 bool ta_stats_on;                            /* stats (ta_stats_switch) */

@@ -649,7 +649,7 @@ TA_HIDDEN extern uint32_t ta_conf_span_min_kb; /* span_min_kb (span.c): 0, no sp
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN extern size_t ta_huge_cache_limit; /* bytes of freed huge spans kept resident */
 TA_HIDDEN extern bool ta_huge_pages;         /* huge_pages: THP where memory is dense */
-TA_HIDDEN extern bool ta_huge_halves;        /* huge_halves: dense halves of small chunks too */
+TA_HIDDEN extern int ta_huge_halves;         /* huge_halves: -1 the kernel's mode, 0 off, 1 on */
 TA_HIDDEN extern int ta_bg_setting;   /* background_thread: -1 default, 0 off, 1 on */
 TA_HIDDEN extern int ta_conf_lazy_commit; /* lazy_commit: -1 the kernel's mode, 0 off, 1 on */
 TA_HIDDEN extern bool ta_stats_on;    /* requested sizes are tracked */

@@ -163,7 +163,8 @@ int ta_os_brk_set(void *from, void *to) {
  * each place written in it (200 threads with a block of 64 B, 2 KiB and 300 KB each: 6,156
  * KiB a thread, glibc 307). So every mapping made here, and each chunk the break gives
  * (ta_os_thp_off), is told not to have them, one call a mapping; what is dense asks for
- * them itself (huge blocks, dense halves of small chunks). Nothing where the kernel gives
+ * them itself (huge blocks, dense halves of small chunks: small.c, `huge_halves`, by default
+ * under `always`). Nothing where the kernel gives
  * them on advice only, or never. */
 void ta_os_thp_off(void *p, size_t size) {
 #ifdef MADV_NOHUGEPAGE

@@ -18,7 +18,8 @@
  * `limit` falls, so that the next carve threads those pages again.
  *
  * A half of a chunk whose runs have threaded nearly all of it is made one transparent huge
- * page (half_collapse_maybe): dense memory, one TLB entry instead of 512.
+ * page (half_collapse_maybe), when `huge_halves` asks for it: dense memory, one TLB entry
+ * instead of 512.
  *
  * A block layer (docs/design.md, "Layers"): what other threads freed is taken in, and what
  * is due goes back, by the callers above (alloc.c, purge.c) before they call in here;
@@ -466,19 +467,24 @@ static bool run_can_carve(const ta_run_t *r) { return r->limit + r->bsize <= r->
  * header's slot counts whole). Looked at as a run of a full half threads blocks (the only
  * moments the figure grows); asked at most once until pages of the half go back
  * (ta_chunk_thp_lost). The call waits for the slow-path lock to be let go (ta_small_collapse):
- * it may take milliseconds. Only where asked (`huge_halves`, off by default: on a host whose
- * huge pages come slowly a collapsed half made the whole program slower, design.md), where
- * the kernel gives huge pages (on advice, or `always`:
- * there every chunk is told to have none, os.c), of half a chunk, with `huge_pages` on, and
- * within the budget below. */
+ * it may take milliseconds. Only where asked (`huge_halves`; unset, only where the kernel
+ * gives huge pages to everything, `always`: on a virtual machine a collapsed half made the
+ * program's own loads slower long after the call, design.md), where the kernel gives huge
+ * pages (on advice, or `always`: there every chunk is told to have none, os.c), of half a
+ * chunk, with `huge_pages` on, and within the budget below. */
+static bool halves_wanted(void) {
+  return ta_huge_halves > 0 || (ta_huge_halves < 0 && ta_os_thp_mode() == TA_THP_ALWAYS);
+}
 
-/* What collapses may cost the process: 1% of the time since the first, never more than 40 ms
- * ahead of that pace (20 ms at start, and 20 ms of credit saved at most). A collapse takes
- * 0.5–1 ms where the kernel has a huge page at hand, 4–6 ms on a virtual machine whose host
- * backs a fresh 2 MiB page by page, more under memory pressure (the kernel reclaims and
+/* What the calls may take of the process's time: 1% of the time since the first, never more
+ * than 40 ms ahead of that pace (20 ms at start, and 20 ms of credit saved at most). A call
+ * takes 0.4–1 ms where the kernel has a huge page at hand, 4–6 ms on a virtual machine whose
+ * host backs a fresh 2 MiB page by page, more under memory pressure (the kernel reclaims and
  * compacts for it): a heap made dense at speed (bench/'s `frag`, 171 halves in a second)
- * spent 0.9 s of its 1 s there. A half found dense beyond it is looked at again at its next
- * carve. Process-wide and relaxed: threads checking at once may all pass, by a call each. */
+ * spent 0.9 s of its 1 s in them. The budget bounds the calls only, not what a collapsed half
+ * costs the program's loads after it (design.md). A half found dense beyond it is looked at
+ * again at its next carve. Process-wide and relaxed: threads checking at once may all pass,
+ * by a call each. */
 #define TA_COLLAPSE_FREE_US 20000
 #define TA_COLLAPSE_SHARE 100
 _Atomic uint64_t ta_collapse_spent_us, ta_collapse_first_us;
@@ -510,9 +516,9 @@ __thread uintptr_t ta_collapse_pending __attribute__((tls_model("initial-exec"))
 static void half_collapse_maybe(ta_chunk_t *c, unsigned slot) {
   unsigned half = slot / TA_HALF_SLOTS;
   uint64_t mask = (((uint64_t)1 << TA_HALF_SLOTS) - 1) << (half * TA_HALF_SLOTS);
-  if ((c->thp & TA_THP_TRIED(half)) || (c->free_slots & mask) || !ta_huge_halves ||
-      !ta_huge_pages || ta_hugepage_size != TA_CHUNK_SIZE / 2 || ta_os_thp_mode() == TA_THP_NEVER ||
-      atomic_load_explicit(&collapse_off, memory_order_relaxed))
+  if (!ta_huge_pages || !halves_wanted() || (c->thp & TA_THP_TRIED(half)) ||
+      (c->free_slots & mask) || ta_hugepage_size != TA_CHUNK_SIZE / 2 ||
+      ta_os_thp_mode() == TA_THP_NEVER || atomic_load_explicit(&collapse_off, memory_order_relaxed))
     return;
   size_t touched = 0;
   for (unsigned i = half * TA_HALF_SLOTS; i < (half + 1) * TA_HALF_SLOTS; i++) {

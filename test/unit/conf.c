@@ -57,12 +57,12 @@ Test(conf, good_values_take_effect) {
   cr_assert_eq(ta_conf_lazy_commit, 1);
   cr_assert_str_empty(apply_captured("lazy_commit:off"));
   cr_assert_eq(ta_conf_lazy_commit, 0);
-  cr_assert_not(ta_huge_halves, "off unless asked");
+  cr_assert_eq(ta_huge_halves, -1, "unset: the kernel's mode decides");
   cr_assert_str_empty(apply_captured("huge_halves:on"));
-  cr_assert(ta_huge_halves);
+  cr_assert_eq(ta_huge_halves, 1);
   cr_assert_eq(ta_huge_pages, false, "a setting of its own: huge_pages stays as it was");
   cr_assert_str_empty(apply_captured("huge_halves:0"));
-  cr_assert_not(ta_huge_halves);
+  cr_assert_eq(ta_huge_halves, 0);
 }
 
 Test(conf, unknown_key_warns_once_and_is_ignored) {
@@ -95,7 +95,7 @@ Test(conf, bad_values_warn_and_leave_the_setting_alone) {
   cr_assert_eq(ta_run_threshold, threshold);
   cr_assert_eq(ta_conf_span_min_kb, span_min);
   cr_assert_eq(ta_conf_lazy_commit, -1);
-  cr_assert_not(ta_huge_halves);
+  cr_assert_eq(ta_huge_halves, -1);
   cr_assert_not(ta_stats_on);
 }
 

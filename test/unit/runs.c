@@ -678,7 +678,7 @@ static void huge_halves(int result) {
     cr_skip_test("4 KiB pages and 2 MiB huge pages");
   ta_os_thp_mode_force(TA_THP_MADVISE);
   ta_os_collapse_fake(result);
-  ta_huge_halves = true; /* huge_halves:true */
+  ta_huge_halves = 1; /* huge_halves:true */
 }
 
 /* 512-byte blocks (a class under 1 KiB: runs from its first block), 8 to a page, 128 to a
@@ -825,14 +825,47 @@ Test(runs, no_collapse_with_the_setting_off) {
   assert_no_collapse("huge_pages:false");
 }
 
-/* Dense halves are made huge pages only when asked: not by default, huge pages on. */
-Test(runs, no_collapse_by_default) {
-  bool start = ta_huge_halves;
-  cr_assert_not(start, "off as the library starts");
-  huge_halves(0);
+/* Dense halves are made huge pages only when asked, or where the kernel gives huge pages to
+ * everything: not by default under `madvise`; asked for, the next carve of a dense half
+ * makes it one. */
+Test(runs, no_collapse_by_default_under_madvise) {
+  int start = ta_huge_halves;
+  cr_assert_eq(start, -1, "unset as the library starts: the kernel's mode decides");
+  huge_halves(0); /* `madvise` */
   ta_huge_halves = start;
   cr_assert(ta_huge_pages);
-  assert_no_collapse("huge_halves is off by default");
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  void **b = calloc(64 * A_CAP, sizeof *b);
+  alloc_blocks(b, 0, 31 * A_CAP - 8, A_SIZE); /* slots 1..31, all but slot 31's last page */
+  ta_chunk_t *c = ta_chunk_of(b[0]);
+  cr_assert_eq(ta_run_of(b[31 * A_CAP - 9])->slot, 31);
+  cr_assert_eq(c->free_slots & 0xfffffffeu, 0, "every slot of the lower half in use");
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before, "dense, but huge_halves is unset");
+  cr_assert_eq(c->thp, 0);
+  ta_huge_halves = 1;                         /* huge_halves:true */
+  alloc_blocks(b, 31 * A_CAP - 8, 8, A_SIZE); /* slot 31's last page: a carve */
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 1, "asked for: the dense half, made one");
+  cr_assert_eq(c->thp, LOWER);
+  free_blocks(b, 0, 31 * A_CAP);
+  free(b);
+}
+
+Test(runs, under_always_dense_halves_are_collapsed_by_default) {
+  int start = ta_huge_halves;
+  ta_os_thp_mode_force(TA_THP_ALWAYS); /* before the allocator starts: its map too */
+  huge_halves(0);
+  ta_os_thp_mode_force(TA_THP_ALWAYS);
+  ta_huge_halves = start;
+  cr_assert_eq(start, -1);
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  void **b = fill_lower_half();
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 1, "huge_halves unset, mode `always`");
+  ta_huge_halves = 0;                              /* huge_halves:false: not even there */
+  alloc_blocks(b, 31 * A_CAP, 32 * A_CAP, A_SIZE); /* the upper half, threaded through */
+  cr_assert_eq(ta_chunk_of(b[62 * A_CAP - 1]), ta_chunk_of(b[0]));
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 1, "huge_halves:false");
+  free_blocks(b, 0, 63 * A_CAP);
+  free(b);
 }
 
 /* Whether the kernel makes a dense 2 MiB of a fresh mapping one huge page now. */
@@ -844,6 +877,87 @@ static bool kernel_collapses(void) {
   bool can = ta_os_collapse(probe, TA_CHUNK_SIZE / 2) == 0;
   ta_os_munmap(probe, TA_CHUNK_SIZE);
   return can;
+}
+
+/* Real collapses while another thread frees blocks of the halves and trims: every block kept
+ * keeps its bytes, and none is handed out twice (the kernel copies the pages; the halves'
+ * marks, the pending collapse and the purges are the allocator's). */
+enum { DENSE_N = 62 * A_CAP };
+struct dense_job {
+  void *b[DENSE_N];
+  _Atomic size_t made; /* b[0..made) published */
+  unsigned char tag;
+};
+
+static void *dense_fill(void *arg) {
+  struct dense_job *j = arg;
+  for (size_t i = 0; i < DENSE_N; i++) {
+    unsigned char *p = ta_malloc(A_SIZE);
+    if (p == NULL) return (void *)1;
+    memset(p, j->tag, A_SIZE);
+    j->b[i] = p;
+    atomic_store_explicit(&j->made, i + 1, memory_order_release);
+  }
+  return NULL;
+}
+
+static void *dense_free_thirds(void *arg) {
+  struct dense_job *jobs = arg;
+  size_t next[2] = {0, 0}, frees = 0;
+  while (next[0] < DENSE_N || next[1] < DENSE_N) {
+    for (int k = 0; k < 2; k++) {
+      size_t made = atomic_load_explicit(&jobs[k].made, memory_order_acquire);
+      for (; next[k] < made; next[k]++)
+        if (next[k] % 3 == 0) {
+          ta_free(jobs[k].b[next[k]]);
+          if (++frees % 512 == 0) ta_malloc_trim(0);
+        }
+    }
+  }
+  return NULL;
+}
+
+Test(runs, real_collapses_beside_remote_frees_and_trims_keep_every_block, .timeout = 60) {
+  huge_halves(-1); /* the kernel's answer */
+  if (!kernel_collapses()) cr_skip_test("the kernel collapses no range here");
+  uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
+  struct dense_job *jobs = calloc(2, sizeof *jobs);
+  cr_assert_not_null(jobs);
+  jobs[0].tag = 0xa1;
+  jobs[1].tag = 0xb2;
+  pthread_t t[3];
+  cr_assert_eq(pthread_create(&t[0], NULL, dense_fill, &jobs[0]), 0);
+  cr_assert_eq(pthread_create(&t[1], NULL, dense_fill, &jobs[1]), 0);
+  cr_assert_eq(pthread_create(&t[2], NULL, dense_free_thirds, jobs), 0);
+  for (int k = 0; k < 3; k++) {
+    void *ret;
+    cr_assert_eq(pthread_join(t[k], &ret), 0);
+    cr_assert_null(ret, "thread %d: out of memory", k);
+  }
+  cr_assert_geq(ta_os_calls(TA_OS_COLLAPSE), before + 1, "dense halves were collapsed");
+  for (int k = 0; k < 2; k++)
+    for (size_t i = 0; i < DENSE_N; i++) {
+      if (i % 3 == 0) continue;
+      const unsigned char *p = jobs[k].b[i];
+      for (size_t x = 0; x < A_SIZE; x++)
+        cr_assert_eq(p[x], jobs[k].tag, "thread %d's block %zu, byte %zu", k, i, x);
+    }
+  /* None handed out twice: a new block of the class overlaps no block kept. */
+  void *extra[256];
+  for (size_t e = 0; e < 256; e++) {
+    extra[e] = ta_malloc(A_SIZE);
+    cr_assert_not_null(extra[e]);
+    memset(extra[e], 0, A_SIZE);
+  }
+  for (int k = 0; k < 2; k++)
+    for (size_t i = 1; i < DENSE_N; i += 3) {
+      cr_assert_eq(((unsigned char *)jobs[k].b[i])[0], jobs[k].tag, "block %zu untouched", i);
+      ta_free(jobs[k].b[i]);
+      if (i + 1 < DENSE_N) ta_free(jobs[k].b[i + 1]);
+    }
+  for (size_t e = 0; e < 256; e++)
+    ta_free(extra[e]);
+  free(jobs);
 }
 
 /* The same with the kernel's collapse (Linux 6.1): a chunk told to have no huge pages could
