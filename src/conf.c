@@ -16,7 +16,8 @@
  *                       share (span.c; 8..32, default 8, at least 2 pages; 0: none, the
  *                       thread's medium heap serves them)
  *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
- *   huge_pages:BOOL     transparent huge pages for huge blocks written through (huge.c)
+ *   huge_pages:BOOL     transparent huge pages for memory written through: huge blocks
+ *                       (huge.c), and the halves huge_halves allows (small.c)
  *   huge_halves:BOOL    with huge_pages, each 2 MiB half of a small chunk made one huge
  *                       page once dense (small.c; unset: only where the kernel's mode is
  *                       `always`; docs/design.md says why)

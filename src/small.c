@@ -18,8 +18,8 @@
  * `limit` falls, so that the next carve threads those pages again.
  *
  * A half of a chunk whose runs have threaded nearly all of it is made one transparent huge
- * page (half_collapse_maybe), when `huge_halves` asks for it: dense memory, one TLB entry
- * instead of 512.
+ * page (half_collapse_maybe), when `huge_halves` asks for it (unset: only where the
+ * kernel's mode is `always`): dense memory, one TLB entry instead of 512.
  *
  * A block layer (docs/design.md, "Layers"): what other threads freed is taken in, and what
  * is due goes back, by the callers above (alloc.c, purge.c) before they call in here;
