@@ -809,7 +809,7 @@ static void run_order_maybe(ta_run_t *r) {
   if (ta_secure || run_free_blocks(r) * 4 < r->cap * 3) return;
   uint64_t bits[RUN_MAX_BLOCKS / 64] = {0};
   run_free_bits(r, bits);
-  run_rethread(r, bits, r->limit / r->bsize);
+  run_rethread(r, bits, ta_run_index(r, r->limit)); /* every block threaded */
 }
 
 /* The mark word of a block that may be in use: the program, or a thread freeing the block,
