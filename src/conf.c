@@ -35,7 +35,8 @@
  *
  * BOOL is true/false/1/0/yes/no/on/off. The variable is read once, on the first slow path,
  * by walking environ: no getenv, no allocation. An unknown key or a bad value prints one
- * line to stderr and is ignored; nothing else changes.
+ * line to stderr and is ignored; nothing else changes. So is huge_halves:true together with
+ * huge_pages:false, which would do nothing.
  *
  * Bottom layer (docs/design.md, "Layers"): every setting is a plain variable defined here,
  * which the modules it concerns read; parsing one calls no other file. The statistics
@@ -124,6 +125,12 @@ static bool parse_uint(const char *v, size_t n, uint64_t max, uint64_t *out) {
   return true;
 }
 
+/* The last entry that turned huge_halves on in the string being read, and the value it
+ * turned it on from: huge_halves needs huge_pages, which may come after it (together_checked). */
+static const char *halves_on;
+static size_t halves_on_len;
+static int halves_off;
+
 /* One "key:value" entry. */
 static void apply(const char *e, size_t n) {
   const char *colon = memchr(e, ':', n);
@@ -153,6 +160,11 @@ static void apply(const char *e, size_t n) {
     } else if (eq(e, kn, "lazy_commit")) {
       ta_conf_lazy_commit = b;
     } else if (eq(e, kn, "huge_halves")) {
+      if (b) {
+        if (ta_huge_halves <= 0) halves_off = ta_huge_halves; /* the value it turned on from */
+        halves_on = e;
+        halves_on_len = n;
+      }
       ta_huge_halves = b;
     } else {
       ta_huge_pages = b;
@@ -197,20 +209,36 @@ static void apply(const char *e, size_t n) {
   }
 }
 
+/* After a whole string: an entry that another makes void is one warning, and is ignored.
+ * huge_halves:true with huge_pages:false (in the same string, in either order, or from
+ * before) would make no collapse: huge_halves gets back the value it had before that entry. */
+static void together_checked(void) {
+  if (halves_on && ta_huge_halves > 0 && !ta_huge_pages) {
+    warn("with huge_pages:false,", halves_on, halves_on_len);
+    ta_huge_halves = halves_off;
+  }
+  halves_on = NULL;
+}
+
+/* A whole string of entries, separated by commas. */
+static void apply_all(const char *s) {
+  while (*s) {
+    const char *end = strchr(s, ',');
+    size_t n = end ? (size_t)(end - s) : strlen(s);
+    if (n > 0) apply(s, n);
+    s += n;
+    if (*s == ',') s++;
+  }
+  together_checked();
+}
+
 void ta_conf_init(void) {
   int expected = 0;
   if (!atomic_compare_exchange_strong(&conf_state, &expected, 1)) return;
   static const char name[] = "TAMALLOC_CONF=";
   for (char **env = environ; env && *env; env++) {
     if (strncmp(*env, name, sizeof name - 1) != 0) continue;
-    const char *s = *env + sizeof name - 1;
-    while (*s) {
-      const char *end = strchr(s, ',');
-      size_t n = end ? (size_t)(end - s) : strlen(s);
-      if (n > 0) apply(s, n);
-      s += n;
-      if (*s == ',') s++;
-    }
+    apply_all(*env + sizeof name - 1);
     break;
   }
   atomic_store(&conf_state, 2);
@@ -220,15 +248,7 @@ void ta_conf_init(void) {
  * switched on count as on from the start, as the environment's are: it is read before the
  * first arena exists). */
 void ta_conf_apply(const char *settings);
-void ta_conf_apply(const char *settings) {
-  for (const char *s = settings; *s;) {
-    const char *end = strchr(s, ',');
-    size_t n = end ? (size_t)(end - s) : strlen(s);
-    if (n > 0) apply(s, n);
-    s += n;
-    if (*s == ',') s++;
-  }
-}
+void ta_conf_apply(const char *settings) { apply_all(settings); }
 
 /* Settings are read at load time too, so that a bad one is reported even by a program
  * that never allocates; ta_conf_init runs once, whichever comes first. */

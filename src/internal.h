@@ -886,6 +886,8 @@ TA_HIDDEN uint64_t ta_secure_random(void);
 TA_HIDDEN void ta_small_collapse(void); /* the dense half this thread found, made a huge page */
 extern __thread uintptr_t ta_collapse_pending __attribute__((tls_model("initial-exec")));
 TA_HIDDEN extern _Atomic uint64_t ta_collapse_spent_us, ta_collapse_first_us; /* the budget */
+/* For the report: halves collapsed, refused, and the calls' time */
+TA_HIDDEN extern _Atomic uint64_t ta_collapse_made, ta_collapse_refused, ta_collapse_call_us;
 TA_HIDDEN void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow);
 TA_HIDDEN void ta_small_free_slow(ta_arena_t *a, ta_run_t *r);
 TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);

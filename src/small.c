@@ -488,6 +488,9 @@ static bool halves_wanted(void) {
 #define TA_COLLAPSE_FREE_US 20000
 #define TA_COLLAPSE_SHARE 100
 _Atomic uint64_t ta_collapse_spent_us, ta_collapse_first_us;
+/* For the statistics report: halves the kernel made one huge page, those it refused, and the
+ * time the calls took (spent_us above is that time raised to the pace's floor). */
+_Atomic uint64_t ta_collapse_made, ta_collapse_refused, ta_collapse_call_us;
 static _Atomic bool collapse_off; /* the kernel refused for good (no such advice, not allowed) */
 
 static bool collapse_budget_left(void) {
@@ -552,10 +555,17 @@ void ta_small_collapse(void) {
   bool always = ta_os_thp_mode() == TA_THP_ALWAYS;
   /* Refused (the kernel's count of mappings at its limit, say): not this time, and the
    * collapse is not taken for impossible, as its EINVAL would make it. */
-  if (always && ta_os_hugepage(half, TA_CHUNK_SIZE / 2, true) != 0) return;
+  if (always && ta_os_hugepage(half, TA_CHUNK_SIZE / 2, true) != 0) {
+    atomic_fetch_add_explicit(&ta_collapse_refused, 1, memory_order_relaxed);
+    return;
+  }
   int r = ta_os_collapse(half, TA_CHUNK_SIZE / 2);
   if (always) (void)ta_os_hugepage(half, TA_CHUNK_SIZE / 2, false);
-  atomic_fetch_add_explicit(&ta_collapse_spent_us, ta_os_now_us() - t0, memory_order_relaxed);
+  uint64_t took = ta_os_now_us() - t0;
+  atomic_fetch_add_explicit(&ta_collapse_spent_us, took, memory_order_relaxed);
+  atomic_fetch_add_explicit(&ta_collapse_call_us, took, memory_order_relaxed);
+  atomic_fetch_add_explicit(r == 0 ? &ta_collapse_made : &ta_collapse_refused, 1,
+                            memory_order_relaxed);
   if (r == EINVAL || r == EPERM || r == ENOSYS)
     atomic_store_explicit(&collapse_off, true, memory_order_relaxed);
 }

@@ -454,6 +454,10 @@ static void print_json(struct out *o, const struct ta_stats *s) {
   put(o, ",\"internal_fragmentation_pct\":%.4f,\"external_fragmentation_pct\":%.4f"
          ",\"stranded_pct\":%.4f",
       s->internal_fragmentation_pct, s->external_fragmentation_pct, s->stranded_pct);
+  put(o, ",\"halves_collapsed\":%llu,\"halves_refused\":%llu,\"collapse_us\":%llu",
+      (unsigned long long)atomic_load(&ta_collapse_made),
+      (unsigned long long)atomic_load(&ta_collapse_refused),
+      (unsigned long long)atomic_load(&ta_collapse_call_us));
   put(o, ",\"classes\":[");
   bool first = true;
   for (unsigned c = 0; c < TA_STATS_CLASSES; c++) {
@@ -538,6 +542,14 @@ static int print_report(int fd, int format) {
     put(&o, "]}\n");
   } else {
     print_text(&o, s, "tamalloc statistics (whole process)");
+    /* Whether huge_halves did anything: said only once a half was asked for. */
+    uint64_t made = atomic_load(&ta_collapse_made), refused = atomic_load(&ta_collapse_refused);
+    if (made + refused)
+      put(&o,
+          "  huge pages: halves of small chunks collapsed %llu, refused %llu; %llu us in the "
+          "calls\n",
+          (unsigned long long)made, (unsigned long long)refused,
+          (unsigned long long)atomic_load(&ta_collapse_call_us));
     uint64_t zn = atomic_load(&ta_zombie_frees);
     if (zn)
       put(&o, "  freed into zombie arenas, never reused: %llu blocks, %llu B\n",

@@ -58,9 +58,10 @@ Test(conf, good_values_take_effect) {
   cr_assert_str_empty(apply_captured("lazy_commit:off"));
   cr_assert_eq(ta_conf_lazy_commit, 0);
   cr_assert_eq(ta_huge_halves, -1, "unset: the kernel's mode decides");
+  cr_assert_str_empty(apply_captured("huge_pages:on"));
   cr_assert_str_empty(apply_captured("huge_halves:on"));
   cr_assert_eq(ta_huge_halves, 1);
-  cr_assert_eq(ta_huge_pages, false, "a setting of its own: huge_pages stays as it was");
+  cr_assert_eq(ta_huge_pages, true, "a setting of its own: huge_pages stays as it was");
   cr_assert_str_empty(apply_captured("huge_halves:0"));
   cr_assert_eq(ta_huge_halves, 0);
 }
@@ -97,6 +98,36 @@ Test(conf, bad_values_warn_and_leave_the_setting_alone) {
   cr_assert_eq(ta_conf_lazy_commit, -1);
   cr_assert_eq(ta_huge_halves, -1);
   cr_assert_not(ta_stats_on);
+}
+
+/* huge_halves acts only with huge_pages: asked for without them, in either order, it is one
+ * warning naming the entry, and is ignored; the other entries apply. */
+Test(conf, huge_halves_without_huge_pages_warns_once_and_is_ignored) {
+  char *err = apply_captured("huge_halves:yes,decay_ms:9,huge_pages:false");
+  cr_assert_eq(lines(err), 1, "%s", err);
+  cr_assert(
+      strstr(err, "tamalloc: TAMALLOC_CONF: with huge_pages:false, 'huge_halves:yes' ignored"),
+      "%s", err);
+  cr_assert_eq(ta_huge_halves, -1, "as it was");
+  cr_assert_not(ta_huge_pages);
+  cr_assert_eq(ta_decay_ms, 9);
+  err = apply_captured("huge_halves:0,huge_halves:on");
+  cr_assert_eq(lines(err), 1, "huge_pages off from before: %s", err);
+  cr_assert(strstr(err, "'huge_halves:on' ignored"), "%s", err);
+  cr_assert_eq(ta_huge_halves, 0, "the value it was turned on from");
+  cr_assert_str_empty(apply_captured("huge_halves:off"), "off asks for nothing");
+  cr_assert_eq(ta_huge_halves, 0);
+  cr_assert_not(ta_huge_pages, "huge_halves leaves huge_pages as it is");
+  /* Ignored, it gets back the value it was turned on from, set by the string before. */
+  err = apply_captured("huge_halves:on,huge_pages:off");
+  cr_assert_eq(lines(err), 1, "%s", err);
+  cr_assert_eq(ta_huge_halves, 0);
+  /* huge_pages turned on again in the same string: no warning. */
+  cr_assert_str_empty(apply_captured("huge_pages:false,huge_halves:on,huge_pages:true"));
+  cr_assert_eq(ta_huge_halves, 1);
+  cr_assert(ta_huge_pages);
+  cr_assert_str_empty(apply_captured("huge_halves:on,huge_pages:on"));
+  cr_assert_eq(ta_huge_halves, 1);
 }
 
 Test(conf, empty_entries_are_harmless) {

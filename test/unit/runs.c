@@ -8,8 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
+#include "support/fd_text.h"
 #include "tamalloc.h"
 #include "vmflags.h"
 
@@ -1069,6 +1071,57 @@ Test(runs, a_refused_collapse_is_not_asked_again_and_loses_nothing) {
   alloc_blocks(b, 31 * A_CAP, 32 * A_CAP, A_SIZE);
   cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before + 1);
   free_blocks(b, 0, 63 * A_CAP);
+  free(b);
+}
+
+/* The report says what huge_halves did: the halves made huge pages and those refused (a
+ * user cannot tell otherwise), in the text once any was asked, in the JSON always. */
+
+Test(runs, the_report_counts_halves_collapsed_and_refused) {
+  huge_halves(0);
+  char *text = captured(ta_stats_print, 0), *json = captured(ta_stats_print, 1);
+  cr_assert_null(strstr(text, "halves of small chunks"), "none asked yet: no line\n%s", text);
+  cr_assert(strstr(json, "\"halves_collapsed\":0,\"halves_refused\":0,"), "%s", json);
+  free(text);
+  free(json);
+  void **b = fill_lower_half(); /* the lower half, made one */
+  ta_os_collapse_fake(EAGAIN);  /* none to be had for the upper */
+  alloc_blocks(b, 31 * A_CAP, 32 * A_CAP, A_SIZE);
+  cr_assert_eq(ta_chunk_of(b[0])->thp, LOWER | UPPER, "both halves asked");
+  text = captured(ta_stats_print, 0);
+  json = captured(ta_stats_print, 1);
+  cr_assert(strstr(text, "huge pages: halves of small chunks collapsed 1, refused 1; "), "%s",
+            text);
+  cr_assert(strstr(json, "\"halves_collapsed\":1,\"halves_refused\":1,\"collapse_us\":"), "%s",
+            json);
+  free(text);
+  free(json);
+  free_blocks(b, 0, 63 * A_CAP);
+  free(b);
+}
+
+/* Under `always` the half is first allowed huge pages (the chunk refuses them): that advice
+ * refused, the half is left as it is, and the report counts a refusal, with no collapse. */
+Test(runs, under_always_a_refused_advice_counts_as_a_refusal) {
+  ta_os_thp_mode_force(TA_THP_ALWAYS); /* before the allocator starts: its map too */
+  huge_halves(0);
+  ta_os_thp_mode_force(TA_THP_ALWAYS);
+  void **b = calloc(64 * A_CAP, sizeof *b);
+  alloc_blocks(b, 0, 30 * A_CAP, A_SIZE); /* slots 1..30 threaded through, slot 31 free */
+  uint64_t collapses = ta_os_calls(TA_OS_COLLAPSE);
+  ta_os_fail(TA_OS_MADVISE, 0, 1);
+  alloc_blocks(b, 30 * A_CAP, 1, A_SIZE); /* slot 31's first carve: the half is dense */
+  ta_os_fail(0, 0, 0);
+  cr_assert_eq(ta_run_of(b[30 * A_CAP])->slot, 31);
+  alloc_blocks(b, 30 * A_CAP + 1, A_CAP - 1, A_SIZE);
+  cr_assert_eq(ta_chunk_of(b[0])->thp, LOWER, "asked");
+  cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), collapses, "no collapse without the advice");
+  cr_assert_eq(atomic_load(&ta_collapse_refused), 1);
+  cr_assert_eq(atomic_load(&ta_collapse_made), 0);
+  char *json = captured(ta_stats_print, 1);
+  cr_assert(strstr(json, "\"halves_collapsed\":0,\"halves_refused\":1,"), "%s", json);
+  free(json);
+  free_blocks(b, 0, 31 * A_CAP);
   free(b);
 }
 

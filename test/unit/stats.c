@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "support/fd_text.h"
 #include "tamalloc.h"
 
 #define MiB ((size_t)1 << 20)
@@ -196,25 +197,12 @@ Test(stats, resident_and_returned_bytes) {
   cr_assert_geq(s.returned_bytes, 8 * MiB);
 }
 
-static char *capture(int (*fn)(int fd, int fmt), int fmt) {
-  char path[] = "/tmp/tamalloc-stats-XXXXXX";
-  int fd = mkstemp(path);
-  cr_assert_geq(fd, 0);
-  cr_assert_eq(fn(fd, fmt), 0);
-  off_t n = lseek(fd, 0, SEEK_END);
-  char *buf = calloc(1, (size_t)n + 1);
-  cr_assert_eq(pread(fd, buf, (size_t)n, 0), n);
-  close(fd);
-  unlink(path);
-  return buf;
-}
-
 Test(stats, json_report_parses_back_with_the_same_figures) {
   ta_stats_enable(1);
   void *p[50];
   for (int i = 0; i < 50; i++) p[i] = ta_malloc(40);
   void *m = ta_malloc(30000);
-  char *json = capture(ta_stats_print, 1);
+  char *json = captured(ta_stats_print, 1);
   struct ta_stats s = get(-1);
   char path[] = "/tmp/tamalloc-json-XXXXXX";
   int fd = mkstemp(path);
@@ -249,10 +237,10 @@ static int heap_map(int fd, int unused) {
 
 Test(stats, text_report_and_heap_map_name_what_is_there) {
   void *p = ta_malloc(100), *m = ta_malloc(50000), *h = ta_malloc(5 * MiB);
-  char *text = capture(ta_stats_print, 0);
+  char *text = captured(ta_stats_print, 0);
   cr_assert(strstr(text, "internal fragmentation") && strstr(text, "external fragmentation"));
   cr_assert(strstr(text, "arena 0 (live)"));
-  char *map = capture(heap_map, 0);
+  char *map = captured(heap_map, 0);
   cr_assert(strstr(map, "# tamalloc heap map 1"));
   cr_assert(strstr(map, " small mmap ") || strstr(map, " small brk "));
   cr_assert(strstr(map, " medium "));
