@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "internal.h"
 #include "support/fd_text.h"
@@ -1076,7 +1075,6 @@ Test(runs, a_refused_collapse_is_not_asked_again_and_loses_nothing) {
 
 /* The report says what huge_halves did: the halves made huge pages and those refused (a
  * user cannot tell otherwise), in the text once any was asked, in the JSON always. */
-
 Test(runs, the_report_counts_halves_collapsed_and_refused) {
   huge_halves(0);
   char *text = captured(ta_stats_print, 0), *json = captured(ta_stats_print, 1);
