@@ -108,8 +108,9 @@ static void note_verdict(unsigned cls, bool dense) {
  * [p, p + all) (all >= len, at most TA_HUGE_SHARE_MAX), and for an answer of 0 *share64 says
  * how many 64ths of those pages were resident, rounded up. */
 #define TA_HUGE_SHARE_MAX ((size_t)32 << 20)
-static int mostly_written(const char *p, size_t len, size_t all, bool read, unsigned *share64) {
-  unsigned char vec[TA_HUGE_SHARE_MAX / TA_PAGE_MIN]; /* one call; in the kernel's pages */
+#define TA_HUGE_VEC (TA_HUGE_SHARE_MAX / TA_PAGE_MIN) /* mincore's answer: a byte a page */
+static int mostly_written(const char *p, size_t len, size_t all, bool read, unsigned *share64,
+                          unsigned char vec[TA_HUGE_VEC]) {
   size_t page = ta_os_page_size();
   if (read || share64 == NULL) all = len;
   size_t pages = len / page, all_pages = all / page;
@@ -139,7 +140,8 @@ static void look_at_previous_fresh(void) {
   if (w == 0) return;
   const char *p = (const char *)(w & ~(uintptr_t)TA_CHUNK_MASK);
   size_t len = (w & TA_CHUNK_MASK) * ta_page_size;
-  int v = mostly_written(p, len, len, false, NULL);
+  unsigned char vec[TA_HUGE_VEC];
+  int v = mostly_written(p, len, len, false, NULL, vec);
   if (v >= 0) atomic_store_explicit(&last_verdict, (int8_t)(v ? 1 : -1), memory_order_relaxed);
 }
 
@@ -273,6 +275,48 @@ static void span_cut(ta_huge_t *h, size_t keep) {
   if (h->dirty_end > keep) h->dirty_end = keep;
 }
 
+/* Empties the span, which the caller owns, of its pages but one in each stretch that one
+ * page table maps (ta_os_hugepage_size(): 2 MiB with 4 KiB pages): the first page of it that
+ * vec says is resident. vec is mincore's answer for [from, from + all), in the kernel's pages;
+ * a page before `from` counts as resident. What lies past from + all (a span larger than the
+ * look's 32 MiB) goes in one call. The kernel (CONFIG_PT_RECLAIM) frees the page table of a
+ * stretch that one decommit empties whole, and the next write faults in a new one; where page
+ * tables are shadowed (a virtual machine without nested paging) freeing one costs every
+ * translation of the process: after such a decommit a read of 4,000 pages elsewhere took 23
+ * times as long, and the sparse workload of bench/, whose spans this empties, took 1.8 times
+ * as long as it does keeping a page a table. So no call covers a stretch whole, and one page of
+ * each (1/512 of what was held) stays, which any reclaimer of empty tables respects; a stretch
+ * with no other resident page costs no call. The header's page is the first stretch's. On
+ * success dirty_end ends past the last page kept and the share is 1/64; a call that fails
+ * leaves both as they were, still true of what is resident. */
+static void empty_but_tables(ta_huge_t *h, const unsigned char *vec, size_t from, size_t all) {
+  size_t kpage = ta_os_page_size(), table = ta_os_hugepage_size();
+  size_t seen = from + all; /* vec[i] is of the page at from + i * kpage */
+  size_t end = h->dirty_end < seen ? h->dirty_end : seen;
+  if (h->dirty_end > seen && ta_os_decommit((char *)h + seen, h->dirty_end - seen) != 0) return;
+  size_t last_kept = ta_page_size; /* the header's page */
+  for (size_t r = 0, stop; r < end; r = stop) {
+    stop = ta_align_up((uintptr_t)h + r + 1, table) - (uintptr_t)h; /* where its table ends */
+    if (stop > end) stop = end;
+    size_t keep = r == 0 ? ta_page_size : SIZE_MAX; /* the offset past the page kept */
+    size_t zap = SIZE_MAX;                          /* the first resident page past it */
+    for (size_t o = r ? r : ta_page_size; o < stop; o += kpage) {
+      if (o >= from && !(vec[(o - from) / kpage] & 1)) continue;
+      if (keep == SIZE_MAX) {
+        keep = o + kpage;
+      } else {
+        zap = o;
+        break;
+      }
+    }
+    if (keep != SIZE_MAX) last_kept = keep;
+    if (zap == SIZE_MAX) continue; /* nothing past the page kept */
+    if (ta_os_decommit((char *)h + zap, stop - zap) != 0) return;
+  }
+  h->dirty_end = ta_align_up(last_kept, ta_page_size);
+  h->resident64 = 1;
+}
+
 static void look(ta_huge_t *h);
 /* On its way out of the program's hands: was the block's memory written through? Huge
  * pages for the span if so (once per mapping), a later look if not. No system call for a
@@ -301,7 +345,9 @@ static void look(ta_huge_t *h) {
   if (all > TA_HUGE_SHARE_MAX) all = TA_HUGE_SHARE_MAX;
   bool advised = h->thp & HUGE_ADVISED;
   unsigned share = 64;
-  bool dense = mostly_written((char *)h + from, len, all, advised, &share) > 0;
+  unsigned char vec[TA_HUGE_VEC]; /* which pages of [from, from + all) are resident */
+  int written = mostly_written((char *)h + from, len, all, advised, &share, vec);
+  bool dense = written > 0;
   unsigned cls = class_of(ta_align_up(end, TA_CHUNK_SIZE));
   if (dense) {
     note_verdict(cls, true);
@@ -316,14 +362,11 @@ static void look(ta_huge_t *h) {
     note_verdict(cls, false);
     h->resident64 = (uint8_t)share;
     h->thp |= HUGE_LOOKED;
-    /* Emptied (but its header's page) if the spans found sparse hold too much with it; not
-     * when it is not to be kept (no cache, or over-aligned): it is unmapped next. */
+    /* Emptied if the spans found sparse hold too much with it; not when it is not to be
+     * kept (no cache, or over-aligned): it is unmapped next. */
     if (share > TA_HUGE_STRIDE64 && ta_huge_cache_limit > 0 && h->data_off != TA_CHUNK_SIZE &&
-        kept_over(h->map_size / 64 * share) && h->dirty_end > ta_page_size &&
-        ta_os_decommit((char *)h + ta_page_size, h->dirty_end - ta_page_size) == 0) {
-      h->dirty_end = ta_page_size;
-      h->resident64 = 1;
-    }
+        kept_over(h->map_size / 64 * share) && h->dirty_end > ta_page_size)
+      empty_but_tables(h, vec, from, written < 0 ? 0 : all); /* no answer: one call */
   } else {
     /* Advised up front and found with untouched pages: no more huge pages for it, and the
      * ones it holds go (the block is free: its contents do not matter; the header's page

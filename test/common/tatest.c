@@ -351,6 +351,11 @@ size_t tt_page_size(void)
 
 long tt_rss_kib(void)
 {
+    return tt_status_kib("VmRSS:");
+}
+
+long tt_status_kib(const char *field)
+{
     int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
@@ -360,8 +365,8 @@ long tt_rss_kib(void)
     if (n <= 0)
         return -1;
     buf[n] = 0;
-    const char *l = strstr(buf, "VmRSS:");
-    return l ? strtol(l + 6, NULL, 10) : -1;
+    const char *l = strstr(buf, field);
+    return l ? strtol(l + strlen(field), NULL, 10) : -1;
 }
 
 double tt_now(void)

@@ -113,6 +113,8 @@ size_t tt_required_usable(enum tt_entry e, size_t size);
 size_t tt_page_size(void);
 /* VmRSS of this process in KiB, or -1. */
 long tt_rss_kib(void);
+/* A figure in KiB from /proc/self/status, by its field ("VmPTE:"); -1 if absent. */
+long tt_status_kib(const char *field);
 /* Monotonic seconds. */
 double tt_now(void);
 /* Seconds from the environment variable `name` if set and positive, else `def`. */

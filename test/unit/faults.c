@@ -235,15 +235,7 @@ Test(faults, everything_at_once) { run_faults(TA_OS_SBRK | TA_OS_MMAP | TA_OS_MU
 
 #if !TT_SANITIZER
 /* A figure of /proc/self/status in bytes ("VmData:", "VmSize:"). */
-static size_t status_bytes(const char *key) {
-  FILE *f = fopen("/proc/self/status", "r");
-  char line[256];
-  size_t kib = 0;
-  while (f && fgets(line, sizeof line, f))
-    if (strncmp(line, key, strlen(key)) == 0) sscanf(line + strlen(key), "%zu", &kib);
-  if (f) fclose(f);
-  return kib * KiB;
-}
+static size_t status_bytes(const char *key) { return (size_t)tt_status_kib(key) * KiB; }
 
 /* In a child: the limit set 24 MiB above what the process uses now, then the workload
  * over and over. Exits 0 when every failure was graceful and some happened. */
