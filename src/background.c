@@ -67,10 +67,12 @@ static uint64_t next_due(void) {
 /* Purges, in every arena with an owner, what became free at least `age` ms ago; an arena
  * whose owner is in a slow path is left to the owner (it purges there itself) and looked
  * at again a little later. For the budget (not periodic), it stops as soon as all arenas are
- * within it: the arenas after that keep what they hold. */
-static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
+ * within it: the arenas after that keep what they hold; and it says whether it left an
+ * arena for its owner's lock (the caller looks again shortly: see bg_main). */
+static bool purge_owned(uint64_t now, uint64_t age, bool periodic) {
+  bool busy = false;
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all) {
-    if (!periodic && !ta_over_budget()) return;
+    if (!periodic && !ta_over_budget()) return busy;
     if (atomic_load_explicit(&a->state, memory_order_acquire) != ARENA_CLAIMED) continue;
     uint64_t due = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
     /* Medium blocks other threads freed into it: an owner that has gone idle would never
@@ -100,6 +102,7 @@ static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
     if (!ta_slow_try_enter(a)) {
       ta_fork_unhold();
       ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms / 4 + 1);
+      busy = true;
       continue;
     }
     /* Still owned now that we hold it (its owner may have given it up meanwhile: then an
@@ -119,17 +122,21 @@ static void purge_owned(uint64_t now, uint64_t age, bool periodic) {
     ta_slow_leave(a);
     ta_fork_unhold();
   }
+  return busy;
 }
 
 /* Over the budget: what has no owner goes first, then the oldest memory of every arena:
- * what became free half a decay time ago, then an eighth, then the rest. */
-static void purge_over_budget(uint64_t now) {
-  if (!ta_fork_hold()) return; /* a fork is under way: the loop comes back */
+ * what became free half a decay time ago, then an eighth, then the rest. True when it is
+ * still over and an arena was left because its owner held its lock. */
+static bool purge_over_budget(uint64_t now) {
+  if (!ta_fork_hold()) return false; /* a fork is under way: the loop comes back */
   ta_purge_orphans(now, true);
   ta_purge_spans_excess(now); /* spans have their own budget */
   ta_fork_unhold();
+  bool busy = false;
   for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
-    purge_owned(now, ta_excess_age(i), false);
+    busy |= purge_owned(now, ta_excess_age(i), false);
+  return busy && ta_over_budget();
 }
 
 /* Arenas that live threads own now, as far as can be known: an owner without an exit hook
@@ -160,6 +167,7 @@ static void *bg_main(void *arg) {
    * from NONE to STARTING, so RUNNING always means a thread exists. */
   atomic_store_explicit(&ta_bg_state, BG_RUNNING, memory_order_release);
   uint64_t linger_end = 0; /* while leaving: how long it may wait for free spans to age */
+  uint32_t over_wait_ms = 1; /* over the budget, an owner holding its lock: the next look */
   for (;;) {
     unsigned owned = owned_arenas();
     if (leave_with(owned)) {
@@ -202,7 +210,18 @@ static void *bg_main(void *arg) {
     }
     uint64_t now = ta_os_now_ms(), due = next_due();
     if (atomic_exchange_explicit(&ta_bg_over, 0, memory_order_acquire)) {
-      purge_over_budget(now);
+      if (purge_over_budget(now)) {
+        /* Still over, with an arena left to its owner's lock: the budget does not wait a
+         * quarter of the decay time for its next periodic visit. Looked at again in 1 ms,
+         * then 2, 4 ... 64 while the owner keeps it (a frees' burst that ended while the
+         * owner held its lock rings no more). */
+        uint32_t seq = atomic_load_explicit(&ta_bg_seq, memory_order_seq_cst);
+        ta_os_futex_wait(&ta_bg_seq, seq, over_wait_ms);
+        if (over_wait_ms < 64) over_wait_ms *= 2;
+        atomic_store_explicit(&ta_bg_over, 1, memory_order_relaxed);
+      } else {
+        over_wait_ms = 1;
+      }
       atomic_fetch_add_explicit(&bg_rounds, 1, memory_order_relaxed);
       continue;
     }

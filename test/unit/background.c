@@ -334,6 +334,57 @@ Test(background, over_the_budget_only_the_excess_goes, .timeout = 30) {
   for (int k = 0; k < KEEPERS; k++) pthread_join(t[k], NULL);
 }
 
+/* An owner that holds its lock when the purger comes for the budget, and frees nothing more
+ * after: the purger looks at its arena again within milliseconds, not at its next periodic
+ * visit, a quarter of the decay time (here 150 s) later. */
+static _Atomic int holder_freed;
+static pthread_barrier_t holder_filled;
+static void *free_while_holding(void *arg) {
+  (void)arg;
+  void *b[KEEP_BLOCKS];
+  for (int i = 0; i < KEEP_BLOCKS; i++) {
+    b[i] = ta_malloc(1000 << 10);
+    memset(b[i], 1, 1000 << 10);
+  }
+  pthread_barrier_wait(&holder_filled); /* the purger starts */
+  pthread_barrier_wait(&holder_filled);
+  ta_tl_arena->demand_ms -= 2 * ta_demand_window(); /* drawn long ago: it holds nothing back */
+  ta_slow_enter(ta_tl_arena);                       /* the frees below nest in it */
+  for (int i = 0; i < KEEP_BLOCKS; i++)
+    ta_free(b[i]);
+  atomic_store(&holder_freed, 1);
+  nap_ms(200); /* the purger, rung by the frees, finds the lock held */
+  ta_slow_leave(ta_tl_arena);
+  while (!atomic_load(&keepers_go))
+    nap_ms(5);
+  return NULL;
+}
+
+Test(background, over_the_budget_an_owner_holding_its_lock_is_looked_at_again_soon, .timeout = 30) {
+  ta_bg_enable(true);
+  ta_decay_ms = 600000; /* nothing goes by its age, nor by a periodic visit, meanwhile */
+  ta_dirty_max = (size_t)4 << 20;
+  ta_free(ta_malloc(200000)); /* memory due some day: the purger has work to wait for */
+  pthread_t t;
+  pthread_barrier_init(&holder_filled, NULL, 2);
+  pthread_create(&t, NULL, free_while_holding, NULL);
+  pthread_barrier_wait(&holder_filled);
+  ta_bg_maybe_start(true);
+  cr_assert(ta_bg_running());
+  pthread_barrier_wait(&holder_filled); /* now it frees, holding its lock */
+  while (!atomic_load(&holder_freed))
+    nap_ms(1);
+  size_t first = atomic_load(&ta_dirty_total), now = first;
+  cr_assert_gt(first, ta_dirty_max, "the frees went over the budget: %zu bytes", first);
+  for (int waited = 0; waited < 3000 && now > ta_dirty_max; waited += 5) {
+    nap_ms(5);
+    now = atomic_load(&ta_dirty_total);
+  }
+  cr_assert_leq(now, ta_dirty_max, "%zu bytes free and resident, of %zu", now, first);
+  atomic_store(&keepers_go, 1);
+  pthread_join(t, NULL);
+}
+
 /* ---- purging arenas whose owners are alive ------------------------------------------ */
 
 static _Atomic int churning;
