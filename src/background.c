@@ -12,7 +12,8 @@
  *     half changed: the thread-exit destructor, or the entry of alloc_generic after a slow
  *     path asked for it (ta_bg_request), never from inside a slow path;
  *   - it sleeps on a futex until the earliest due time, and with nothing pending until a
- *     thread notes new work (ta_bg_wake, dirty.c: a due time went from none to some);
+ *     thread notes new work (ta_bg_wake, dirty.c: a due time went from none to some), or
+ *     until a round for the budget that left an arena to its owner's lock comes again;
  *   - it purges what has waited for the decay time: arenas without an owner (claimed one
  *     at a time, as any thread's orphan purge does), the huge cache, and the arenas of
  *     live threads that are idle: it only tries their slow-path lock, never waits for it,
@@ -97,12 +98,13 @@ static bool purge_owned(uint64_t now, uint64_t age, bool periodic) {
     }
     if (!ta_fork_hold()) { /* a fork is under way: after it */
       ta_purge_note_global(&ta_arenas_due, now + 1);
+      busy = busy || purge;
       continue;
     }
     if (!ta_slow_try_enter(a)) {
       ta_fork_unhold();
       ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms / 4 + 1);
-      busy = true;
+      busy = busy || purge;
       continue;
     }
     /* Still owned now that we hold it (its owner may have given it up meanwhile: then an
@@ -129,13 +131,13 @@ static bool purge_owned(uint64_t now, uint64_t age, bool periodic) {
  * what became free half a decay time ago, then an eighth, then the rest. True when it is
  * still over and an arena was left because its owner held its lock. */
 static bool purge_over_budget(uint64_t now) {
-  if (!ta_fork_hold()) return false; /* a fork is under way: the loop comes back */
+  if (!ta_fork_hold()) return true; /* a fork is under way: again after it */
   ta_purge_orphans(now, true);
   ta_purge_spans_excess(now); /* spans have their own budget */
   ta_fork_unhold();
   bool busy = false;
   for (unsigned i = 0; i < TA_EXCESS_STEPS && ta_over_budget(); i++)
-    busy |= purge_owned(now, ta_excess_age(i), false);
+    busy = purge_owned(now, ta_excess_age(i), false); /* the last pass's arenas */
   return busy && ta_over_budget();
 }
 
@@ -167,7 +169,10 @@ static void *bg_main(void *arg) {
    * from NONE to STARTING, so RUNNING always means a thread exists. */
   atomic_store_explicit(&ta_bg_state, BG_RUNNING, memory_order_release);
   uint64_t linger_end = 0; /* while leaving: how long it may wait for free spans to age */
-  uint32_t over_wait_ms = 1; /* over the budget, an owner holding its lock: the next look */
+  /* Over the budget with an arena left to its owner's lock: when the budget's round comes
+   * again (0: not pending), and how long the wait after it will be. */
+  uint64_t over_again = 0;
+  uint32_t over_wait_ms = 1;
   for (;;) {
     unsigned owned = owned_arenas();
     if (leave_with(owned)) {
@@ -208,23 +213,26 @@ static void *bg_main(void *arg) {
       ta_os_futex_wait(&ta_bg_seq, seq, 1);
       continue;
     }
+    /* Read before anything is looked at: a ring from here on cuts the sleep below short. */
+    uint32_t seq = atomic_load_explicit(&ta_bg_seq, memory_order_seq_cst);
     uint64_t now = ta_os_now_ms(), due = next_due();
-    if (atomic_exchange_explicit(&ta_bg_over, 0, memory_order_acquire)) {
+    bool over = atomic_exchange_explicit(&ta_bg_over, 0, memory_order_acquire);
+    if (over || (over_again != 0 && now >= over_again)) {
+      /* Still over afterwards, with an arena left to its owner's lock (or to a fork): the
+       * frees that rang may all have been made under that lock, and none rings again. The
+       * round comes again in 1 ms, then 2, 4 ... 64 while that lasts; the periodic work
+       * goes on meanwhile. */
+      over_again = 0;
       if (purge_over_budget(now)) {
-        /* Still over, with an arena left to its owner's lock: the budget does not wait a
-         * quarter of the decay time for its next periodic visit. Looked at again in 1 ms,
-         * then 2, 4 ... 64 while the owner keeps it (a frees' burst that ended while the
-         * owner held its lock rings no more). */
-        uint32_t seq = atomic_load_explicit(&ta_bg_seq, memory_order_seq_cst);
-        ta_os_futex_wait(&ta_bg_seq, seq, over_wait_ms);
+        over_again = now + over_wait_ms;
         if (over_wait_ms < 64) over_wait_ms *= 2;
-        atomic_store_explicit(&ta_bg_over, 1, memory_order_relaxed);
       } else {
         over_wait_ms = 1;
       }
       atomic_fetch_add_explicit(&bg_rounds, 1, memory_order_relaxed);
       continue;
     }
+    if (over_again != 0 && (due == 0 || over_again < due)) due = over_again;
     if (due != 0 && now >= due) {
       uint64_t odue = atomic_load_explicit(&ta_orphan_due, memory_order_relaxed);
       uint64_t hdue = atomic_load_explicit(&ta_huge_due, memory_order_relaxed);
@@ -242,7 +250,6 @@ static void *bg_main(void *arg) {
       atomic_fetch_add_explicit(&bg_rounds, 1, memory_order_relaxed);
       continue;
     }
-    uint32_t seq = atomic_load_explicit(&ta_bg_seq, memory_order_seq_cst);
     if (due == 0) {
       /* Announce the sleep, then look once more: a thread that notes work after this
        * sees ta_bg_sleeping and wakes us; one that noted it before is seen here. */

@@ -335,9 +335,9 @@ Test(background, over_the_budget_only_the_excess_goes, .timeout = 30) {
 }
 
 /* An owner that holds its lock when the purger comes for the budget, and frees nothing more
- * after: the purger looks at its arena again within milliseconds, not at its next periodic
- * visit, a quarter of the decay time (here 150 s) later. */
-static _Atomic int holder_freed;
+ * after: the purger looks at its arena again within milliseconds. Before, nothing rang it
+ * again, and the excess stayed until it was a decay time old (here 600 s). */
+static _Atomic size_t holder_over; /* the free bytes counted once its frees are done, + 1 */
 static pthread_barrier_t holder_filled;
 static void *free_while_holding(void *arg) {
   (void)arg;
@@ -349,11 +349,15 @@ static void *free_while_holding(void *arg) {
   pthread_barrier_wait(&holder_filled); /* the purger starts */
   pthread_barrier_wait(&holder_filled);
   ta_tl_arena->demand_ms -= 2 * ta_demand_window(); /* drawn long ago: it holds nothing back */
-  ta_slow_enter(ta_tl_arena);                       /* the frees below nest in it */
+  uint64_t rounds = ta_bg_rounds();
+  ta_slow_enter(ta_tl_arena); /* the frees below nest in it */
   for (int i = 0; i < KEEP_BLOCKS; i++)
     ta_free(b[i]);
-  atomic_store(&holder_freed, 1);
-  nap_ms(200); /* the purger, rung by the frees, finds the lock held */
+  atomic_store(&holder_over, atomic_load(&ta_dirty_total) + 1);
+  /* The purger, rung by the frees, finds the lock held: a round ends meanwhile. */
+  for (int waited = 0; waited < 5000 && ta_bg_rounds() == rounds; waited++)
+    nap_ms(1);
+  nap_ms(20);
   ta_slow_leave(ta_tl_arena);
   while (!atomic_load(&keepers_go))
     nap_ms(5);
@@ -372,17 +376,19 @@ Test(background, over_the_budget_an_owner_holding_its_lock_is_looked_at_again_so
   ta_bg_maybe_start(true);
   cr_assert(ta_bg_running());
   pthread_barrier_wait(&holder_filled); /* now it frees, holding its lock */
-  while (!atomic_load(&holder_freed))
+  while (atomic_load(&holder_over) == 0)
     nap_ms(1);
-  size_t first = atomic_load(&ta_dirty_total), now = first;
+  size_t first = atomic_load(&holder_over) - 1, now = first;
   cr_assert_gt(first, ta_dirty_max, "the frees went over the budget: %zu bytes", first);
-  for (int waited = 0; waited < 3000 && now > ta_dirty_max; waited += 5) {
-    nap_ms(5);
+  for (int waited = 0; waited < 3000; waited += 5) {
     now = atomic_load(&ta_dirty_total);
+    if (now <= ta_dirty_max) break;
+    nap_ms(5);
   }
   cr_assert_leq(now, ta_dirty_max, "%zu bytes free and resident, of %zu", now, first);
   atomic_store(&keepers_go, 1);
   pthread_join(t, NULL);
+  pthread_barrier_destroy(&holder_filled);
 }
 
 /* ---- purging arenas whose owners are alive ------------------------------------------ */
