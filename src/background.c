@@ -175,7 +175,9 @@ static void *bg_main(void *arg) {
   uint32_t over_wait_ms = 1;
   for (;;) {
     unsigned owned = owned_arenas();
-    if (leave_with(owned)) {
+    /* (Not with a round for the budget to come again: the owner does not give its excess
+     * back itself while this thread runs, dirty.c.) */
+    if (leave_with(owned) && (owned == 0 || over_again == 0)) {
       /* Free spans and cached huge spans belong to no thread: what the last thread or
        * exited ones freed last is not a decay time old yet. With a thread left, give back
        * what is, and wait for the rest to age, for two decay times at most; what is left
@@ -224,7 +226,7 @@ static void *bg_main(void *arg) {
        * goes on meanwhile. */
       over_again = 0;
       if (purge_over_budget(now)) {
-        over_again = now + over_wait_ms;
+        over_again = ta_os_now_ms() + over_wait_ms; /* after the round, however long */
         if (over_wait_ms < 64) over_wait_ms *= 2;
       } else {
         over_wait_ms = 1;
