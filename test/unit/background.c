@@ -329,13 +329,18 @@ Test(background, over_the_budget_only_the_excess_goes, .timeout = 30) {
   for (int k = 0; k < KEEPERS; k++) total += atomic_load(&keeper_dirty[k]) - 1;
   cr_assert_gt(total, ta_dirty_max + most, "the threads freed %zu bytes: over the budget",
                (size_t)total);
+  /* 10 s: under ThreadSanitizer beside other tests, 2 s were twice too short (the cause is
+   * not known: the message says how many rounds the purger made). */
   size_t now = 0;
-  for (int waited = 0; waited < 2000; waited += 5) {
+  uint64_t rounds = ta_bg_rounds();
+  for (int waited = 0; waited < 10000; waited += 5) {
     now = atomic_load(&ta_dirty_total);
     if (now <= ta_dirty_max) break;
     nap_ms(5);
   }
-  cr_assert_leq(now, ta_dirty_max, "%zu bytes free and resident", now);
+  cr_assert_leq(now, ta_dirty_max, "%zu bytes free and resident; the purger %s, %llu rounds", now,
+                ta_bg_running() ? "runs" : "has left",
+                (unsigned long long)(ta_bg_rounds() - rounds));
   cr_assert_gt(now + most, ta_dirty_max, "%zu bytes left of %zu: more than the excess went",
                now, (size_t)total);
   atomic_store(&keepers_go, 1);
