@@ -200,10 +200,10 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
        * (chunk.c), which any arena takes from. (No statistics reader can reach it: unlinked,
        * and none was walking.) What may still be resident: all of it, or, decommitted before,
        * the header's page and the shadow pointer's (kept then, had it a shadow). */
-      size_t shadow_end = ta_align_up(TA_SHADOW_OFFSET + sizeof(uint16_t *), ta_page_size);
+      size_t head_end = ta_align_up(sizeof(ta_run_pair_t), ta_page_size);
       int slot = may_unmap && from_brk ? ta_chunk_pool_reserve() : -1;
       if (slot >= 0) {
-        if (ta_os_decommit(c, resident ? TA_CHUNK_SIZE : shadow_end) == 0) {
+        if (ta_os_decommit(c, resident ? TA_CHUNK_SIZE : head_end) == 0) {
           ta_chunk_pool_put(slot, c);
           if (resident) freed += TA_CHUNK_SIZE;
           /* Another purge may have taken the chunk above away before this one was in the pool. */
@@ -212,12 +212,10 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
         }
         ta_chunk_pool_unreserve(slot);
       }
-      /* The first page stays on the list: the header, which keeps the chunk there; and the
-       * next too (with 4 KiB pages) while it holds a small chunk's shadow pointer (a statistics
-       * reader kept the chunk from being unmapped). Zero pages read as no shadow. */
-      size_t keep = c->kind == TA_MAP_SMALL && ta_shadow_get(c) != NULL
-                        ? shadow_end
-                        : ta_align_up(sizeof(ta_run_t[TA_RUNS_PER_CHUNK]), ta_page_size);
+      /* The first page stays on the list: the header, which keeps the chunk there, and beside
+       * it a small chunk's shadow pointer (a statistics reader kept the chunk from being
+       * unmapped). The other run meta blocks may go: a chunk taken again sets them up anew. */
+      size_t keep = head_end;
       TA_PUBLISH(*pp, c); /* stays: decommitted, kept for reuse */
       if (!c->decommitted && ta_os_decommit((char *)c + keep, TA_CHUNK_SIZE - keep) == 0) {
         TA_STORE(c->decommitted, 1);
@@ -233,7 +231,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
     uint64_t due_slots = 0;
     for (uint64_t d = c->dirty_slots; d; d &= d - 1) {
       unsigned slot = (unsigned)__builtin_ctzll(d);
-      uint64_t since = c->runs[slot].empty_since;
+      uint64_t since = ta_chunk_run(c, slot)->empty_since;
       if (DUE(since) && give >= TA_RUN_SIZE) {
         due_slots |= (uint64_t)1 << slot;
         if (give != SIZE_MAX) give -= TA_RUN_SIZE;
@@ -252,7 +250,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
         freed += (size_t)n << TA_RUN_SHIFT;
         ta_chunk_thp_lost(c, first, n);
         for (unsigned k = first; k < first + n; k++) /* taken again, they are faulted in */
-          c->runs[k].empty_since = TA_SLOT_GIVEN_BACK;
+          ta_chunk_run(c, k)->empty_since = TA_SLOT_GIVEN_BACK;
       }
       due_slots &= ~((((uint64_t)1 << n) - 1) << first);
     }

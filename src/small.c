@@ -76,7 +76,7 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
   uint16_t *shadow = ta_shadow_get(c); /* kept across reuse of the chunk */
   c->free_slots = ALL_SLOTS;
   for (unsigned i = 1; i < TA_RUNS_PER_CHUNK; i++) { /* runs[0] is the header */
-    ta_run_t *r = &c->runs[i];
+    ta_run_t *r = ta_chunk_run(c, i);
     r->free = NULL;
     /* A statistics reader may be reading this reused chunk's runs: what it reads is stored. */
     TA_STORE(r->owner, NULL);
@@ -217,7 +217,7 @@ static bool slot_take(ta_arena_t *k, ta_chunk_t *c, unsigned slot, ta_arena_t *a
   ta_small_slots_note(k, -1, warm ? -1 : 0);
   if (warm)
     ta_dirty_add(k, -(intptr_t)TA_RUN_SIZE);
-  else if (c->runs[slot].empty_since == TA_SLOT_GIVEN_BACK)
+  else if (ta_chunk_run(c, slot)->empty_since == TA_SLOT_GIVEN_BACK)
     ta_dirty_fresh(a, TA_RUN_SIZE);
   if (c->free_slots == 0) {
     chunk_list_remove(&k->small_avail, c);
@@ -254,7 +254,7 @@ static ta_chunk_t *slot_borrow(ta_arena_t *a, bool cold, unsigned *slot) {
 
 /* Slot `slot` of chunk c, set up as a run of class cls for arena a. */
 static ta_run_t *run_init(ta_arena_t *a, ta_chunk_t *c, unsigned slot, unsigned cls) {
-  ta_run_t *r = &c->runs[slot];
+  ta_run_t *r = ta_chunk_run(c, slot);
   uint32_t bs = (uint32_t)ta_class_size[cls];
   r->free = NULL;
   TA_STORE(r->used, RUN_ACTIVE_BIAS); /* read by statistics readers, as are the others stored */
@@ -525,7 +525,7 @@ static void half_collapse_maybe(ta_chunk_t *c, unsigned slot) {
     return;
   size_t touched = 0;
   for (unsigned i = half * TA_HALF_SLOTS; i < (half + 1) * TA_HALF_SLOTS; i++) {
-    const ta_run_t *r = &c->runs[i];
+    const ta_run_t *r = ta_chunk_run(c, i);
     /* A slot lent to another arena is that arena's run: read as it changes. */
     uint32_t bs = TA_LOAD(r->bsize), limit = __atomic_load_n(&r->limit, __ATOMIC_RELAXED);
     touched += i == 0                                 ? TA_RUN_SIZE

@@ -104,7 +104,7 @@ static size_t walk_small(struct walk *w, ta_chunk_t *c, bool keeper) {
   uint16_t *sh = w->tracked ? ta_shadow_get(c) : NULL;
   size_t free_slots = 0, lent = 0, lent_resident = 0;
   for (unsigned i = 1; i < TA_RUNS_PER_CHUNK; i++) {
-    ta_run_t *r = &c->runs[i];
+    ta_run_t *r = ta_chunk_run(c, i);
     /* The owner may be setting the run up or tearing it down as we read (a reused chunk's
      * runs read block size 0 for a while): each word is read once, and a run whose class
      * and block size disagree counts as a free slot. */
@@ -699,7 +699,7 @@ static void map_granule(uintptr_t base, uint8_t kind, void *arg) {
         owner ? owner->id : 0, resident(c, TA_CHUNK_SIZE));
     if (kind == TA_MAP_SMALL) {
       for (unsigned i = 1; i < TA_RUNS_PER_CHUNK; i++) {
-        ta_run_t *r = &c->runs[i];
+        ta_run_t *r = ta_chunk_run(c, i);
         uintptr_t rb = base + ((uintptr_t)i << TA_RUN_SHIFT);
         uint32_t bs = TA_LOAD(r->bsize); /* once: the divisor (see walk_small) */
         ta_arena_t *run_owner = TA_LOAD(r->owner);

@@ -331,7 +331,7 @@ Test(commit, list_entries_in_pages_not_committed_are_rejected) {
   cr_assert_not(ta_small_valid(r, other));
   ta_chunk_t *c = ta_chunk_of(m);
   ta_block_t *wild = (ta_block_t *)((char *)c + TA_CHUNK_SIZE / 2 + 64);
-  cr_assert_eq(ta_remote_entry(ta_chunk_of(s)->runs[r->slot].owner, wild), TA_MAP_NONE);
+  cr_assert_eq(ta_remote_entry(ta_chunk_run(ta_chunk_of(s), r->slot)->owner, wild), TA_MAP_NONE);
   ta_free(s);
   ta_free(m);
   ta_chunk_lazy_commit(false);

@@ -137,6 +137,61 @@ Test(lend, a_thread_with_no_chunk_takes_a_slot_never_used_from_another_arena) {
   cr_assert_eq(atomic_load(&ta_tl_arena->slots_free), free_before - 1);
 }
 
+/* Two threads whose runs alternate in one chunk (the second has none of its own): no run's
+ * meta block shares a 128-byte pair of cache lines with another thread's run, nor with the
+ * chunk header. Cores fetch lines in such pairs; meta blocks side by side made every malloc
+ * and free of one thread take the line of the other's (internal.h, ta_run_pair_t). */
+enum { TURNS = 6 };
+struct turns {
+  pthread_barrier_t step;
+  ta_run_t *runs[TURNS];
+};
+
+static void *take_runs_in_turns(void *arg) {
+  struct turns *t = arg;
+  for (int i = 0; i < TURNS; i++) {
+    pthread_barrier_wait(&t->step); /* the main thread took its run of this class */
+    void *p = ta_malloc(16 * (size_t)(i + 1));
+    cr_assert_not_null(p);
+    t->runs[i] = ta_run_of(p);
+    pthread_barrier_wait(&t->step);
+  }
+  return NULL;
+}
+
+Test(lend, runs_of_two_threads_side_by_side_share_no_pair_of_cache_lines) {
+  settings();
+  struct turns t;
+  ta_run_t *mine[TURNS];
+  pthread_t th = start_in_step(&t.step, take_runs_in_turns, &t);
+  for (int i = 0; i < TURNS; i++) {
+    void *p = ta_malloc(16 * (size_t)(i + 1));
+    cr_assert_not_null(p);
+    mine[i] = ta_run_of(p);
+    pthread_barrier_wait(&t.step);
+    pthread_barrier_wait(&t.step);
+  }
+  cr_assert_eq(pthread_join(th, NULL), 0);
+  ta_chunk_t *c = ta_chunk_of(mine[0]);
+  unsigned used = 0;
+  for (int i = 0; i < TURNS; i++) {
+    cr_assert_eq(ta_chunk_of(t.runs[i]), c, "the second thread borrows in the first's chunk");
+    cr_assert_eq(ta_chunk_of(mine[i]), c);
+    cr_assert_neq(t.runs[i]->owner, mine[i]->owner);
+    used |= 1u << mine[i]->slot | 1u << t.runs[i]->slot;
+  }
+  cr_assert_eq(used, ((1u << (2 * TURNS)) - 1) << 1, "slots 1..12, taken in turns");
+  uintptr_t header = (uintptr_t)c >> 7;
+  for (int i = 0; i < TURNS; i++) {
+    uintptr_t a = (uintptr_t)mine[i] >> 7;
+    cr_assert_neq(a, header, "slot %u beside the header", mine[i]->slot);
+    cr_assert_neq((uintptr_t)t.runs[i] >> 7, header, "slot %u beside the header", t.runs[i]->slot);
+    for (int j = 0; j < TURNS; j++)
+      cr_assert_neq(a, (uintptr_t)t.runs[j] >> 7, "slots %u and %u: one pair of lines",
+                    mine[i]->slot, t.runs[j]->slot);
+  }
+}
+
 /* A thread that owns a chunk with room takes its own slots before the unused slots of another
  * arena's: only an arena without room of its own borrows those. */
 Test(lend, an_arena_with_room_of_its_own_uses_it_before_another_s_unused_slots) {
@@ -435,7 +490,7 @@ static void check_slots(void) {
         free += (unsigned)__builtin_popcountll(c->free_slots);
         warm += (unsigned)__builtin_popcountll(c->dirty_slots);
         for (unsigned i = 1; i < TA_RUNS_PER_CHUNK; i++) {
-          ta_run_t *r = &c->runs[i];
+          ta_run_t *r = ta_chunk_run(c, i);
           if (c->free_slots & ((uint64_t)1 << i)) {
             cr_assert_null(r->owner, "a free slot has no owner");
             cr_assert_not(waits_to_go_back(r), "a free slot waits to go back");
