@@ -199,7 +199,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
       /* A break chunk below the top: given back whole, header too, into the process-wide pool
        * (chunk.c), which any arena takes from. (No statistics reader can reach it: unlinked,
        * and none was walking.) What may still be resident: all of it, or, decommitted before,
-       * the header's page and the shadow pointer's (kept then, had it a shadow). */
+       * the header's page (kept then, with the shadow pointer beside the header). */
       size_t head_end = ta_align_up(sizeof(ta_run_pair_t), ta_page_size);
       int slot = may_unmap && from_brk ? ta_chunk_pool_reserve() : -1;
       if (slot >= 0) {

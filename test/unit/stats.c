@@ -64,6 +64,54 @@ Test(stats, internal_fragmentation_of_small_blocks) {
   cr_assert_float_eq(s.internal_fragmentation_pct, 100.0 * 600 / 3200, 1e-9);
 }
 
+/* An emptied small chunk whose pages went back while a statistics reader kept it mapped
+ * keeps its first page: the header and, beside it, the pointer to its shadow array. Reused,
+ * it records the new requests there, and its runs' meta blocks past the first page (slots
+ * 32 and up with 4 KiB pages, which went back with the rest) are set up anew. */
+Test(stats, a_chunk_given_back_in_place_keeps_its_shadow_for_its_next_runs) {
+  ta_stats_enable(1);
+  void *first = ta_malloc(40);
+  ta_run_t *r = ta_run_of(first);
+  size_t n = 40 * (size_t)r->cap; /* 40 runs of its class: slots 1..40 of one chunk */
+  void **b = calloc(n, sizeof *b);
+  cr_assert_not_null(b);
+  b[0] = first;
+  for (size_t i = 1; i < n; i++)
+    cr_assert_not_null(b[i] = ta_malloc(40));
+  ta_chunk_t *c = ta_chunk_of(first);
+  cr_assert_eq(ta_chunk_of(b[n - 1]), c);
+  cr_assert_eq(ta_run_of(b[n - 1])->slot, 40);
+  uint16_t *sh = ta_shadow_get(c);
+  cr_assert_not_null(sh);
+  for (size_t i = 0; i < n; i++)
+    ta_free(b[i]);
+  ta_arena_t *a = ta_tl_arena;
+  ta_small_retire_idle(a);
+  cr_assert_eq(ta_map_get((uintptr_t)c), TA_MAP_NONE, "empty");
+  ta_dirty_forget_demand(a);
+  atomic_fetch_add(&ta_stats_readers, 1); /* as while statistics are read: no unmapping */
+  ta_arena_purge(a, ta_os_now_ms() + 10 * ta_decay_ms + 1000, TA_PURGE_AGED, ta_decay_ms, true);
+  atomic_fetch_sub(&ta_stats_readers, 1);
+  cr_assert(c->decommitted, "given back, kept");
+  cr_assert_eq(ta_shadow_get(c), sh, "the shadow pointer stays with the header");
+  for (size_t i = 0; i < n; i++)
+    cr_assert_not_null(b[i] = ta_malloc(33));
+  cr_assert_eq(ta_chunk_of(b[0]), c, "reused");
+  cr_assert_eq(ta_chunk_of(b[n - 1]), c);
+  for (unsigned k = 1; k <= 40; k++) {
+    ta_run_t *rk = ta_chunk_run(c, k);
+    cr_assert_eq(rk->owner, a, "slot %u", k);
+    cr_assert_eq(rk->slot, k);
+    cr_assert_eq(rk->bsize, r->bsize);
+  }
+  struct ta_stats s = get(-1);
+  cr_assert_eq(s.requested_bytes, 33 * n, "every request recorded in the shadow");
+  cr_assert_eq(s.usable_bytes, r->bsize * n);
+  for (size_t i = 0; i < n; i++)
+    ta_free(b[i]);
+  free(b);
+}
+
 Test(stats, requested_sizes_of_medium_huge_and_realloc) {
   ta_stats_enable(1);
   /* 10,032 bytes with its header, cut to the largest size of its bin, 10,224 bytes (a block
