@@ -284,15 +284,30 @@ Test(background, fork_waits_for_the_purger_to_let_go_of_the_forking_threads_aren
  * by arena, until all are within it, not everything every arena holds. */
 enum { KEEPERS = 8, KEEP_BLOCKS = 12 };
 static _Atomic int keepers_go;
+
+/* Medium blocks of 1000 KiB, written through: resident. */
+static void fill_blocks(void *b[KEEP_BLOCKS]) {
+  for (int i = 0; i < KEEP_BLOCKS; i++) {
+    b[i] = ta_malloc(1000 << 10);
+    memset(b[i], 1, 1000 << 10);
+  }
+}
+
+/* The process's free and resident bytes once within the budget, or after ms. */
+static size_t dirty_within_budget(long ms) {
+  size_t now = atomic_load(&ta_dirty_total);
+  for (long waited = 0; waited < ms && now > ta_dirty_max; waited += 5) {
+    nap_ms(5);
+    now = atomic_load(&ta_dirty_total);
+  }
+  return now;
+}
 static _Atomic size_t keeper_dirty[KEEPERS];
 static pthread_barrier_t keepers_filled;
 static void *fill_free_and_wait(void *arg) {
   int k = (int)(intptr_t)arg;
   void *b[KEEP_BLOCKS];
-  for (int i = 0; i < KEEP_BLOCKS; i++) {
-    b[i] = ta_malloc(1000 << 10);
-    memset(b[i], 1, 1000 << 10);
-  }
+  fill_blocks(b);
   /* All fill before any frees: none takes another's empty chunks (chunk.c, spare chunks);
    * and the purger runs before any frees. */
   pthread_barrier_wait(&keepers_filled);
@@ -331,13 +346,8 @@ Test(background, over_the_budget_only_the_excess_goes, .timeout = 30) {
                (size_t)total);
   /* 10 s: under ThreadSanitizer beside other tests, 2 s were twice too short (the cause is
    * not known: the message says how many rounds the purger made). */
-  size_t now = 0;
   uint64_t rounds = ta_bg_rounds();
-  for (int waited = 0; waited < 10000; waited += 5) {
-    now = atomic_load(&ta_dirty_total);
-    if (now <= ta_dirty_max) break;
-    nap_ms(5);
-  }
+  size_t now = dirty_within_budget(10000);
   cr_assert_leq(now, ta_dirty_max, "%zu bytes free and resident; the purger %s, %llu rounds", now,
                 ta_bg_running() ? "runs" : "has left",
                 (unsigned long long)(ta_bg_rounds() - rounds));
@@ -356,10 +366,7 @@ static pthread_barrier_t holder_filled;
 static void *free_while_holding(void *arg) {
   (void)arg;
   void *b[KEEP_BLOCKS];
-  for (int i = 0; i < KEEP_BLOCKS; i++) {
-    b[i] = ta_malloc(1000 << 10);
-    memset(b[i], 1, 1000 << 10);
-  }
+  fill_blocks(b);
   pthread_barrier_wait(&holder_filled); /* the purger starts */
   pthread_barrier_wait(&holder_filled);
   ta_tl_arena->demand_ms -= 2 * ta_demand_window(); /* drawn long ago: it holds nothing back */
@@ -393,15 +400,11 @@ Test(background, over_the_budget_an_owner_holding_its_lock_is_looked_at_again_so
   pthread_barrier_wait(&holder_filled); /* now it frees, holding its lock */
   while (atomic_load(&holder_over) == 0)
     nap_ms(1);
-  size_t first = atomic_load(&holder_over) - 1, now = first;
+  size_t first = atomic_load(&holder_over) - 1;
   cr_assert_gt(first, ta_dirty_max, "the frees went over the budget: %zu bytes", first);
   while (!atomic_load(&holder_released))
     nap_ms(1);
-  for (int waited = 0; waited < 3000; waited += 5) {
-    now = atomic_load(&ta_dirty_total);
-    if (now <= ta_dirty_max) break;
-    nap_ms(5);
-  }
+  size_t now = dirty_within_budget(3000);
   cr_assert_leq(now, ta_dirty_max, "%zu bytes free and resident, of %zu", now, first);
   atomic_store(&keepers_go, 1);
   pthread_join(t, NULL);
@@ -649,7 +652,8 @@ static void *hole_then_spin_or_block(void *arg) {
 }
 
 static bool hole_given_back(const char *p) {
-  return (ta_mh_peek((const ta_mhdr_t *)((uintptr_t)p - sizeof(ta_mhdr_t))) & TA_M_DECOMMITTED) != 0;
+  const ta_mhdr_t *h = (const ta_mhdr_t *)((uintptr_t)p - sizeof(ta_mhdr_t));
+  return (ta_mh_peek(h) & TA_M_DECOMMITTED) != 0;
 }
 
 static char *start_hole_thread(pthread_t *t, int state) {
