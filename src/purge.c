@@ -215,11 +215,10 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
       /* The first page stays on the list: the header, which keeps the chunk there, and beside
        * it a small chunk's shadow pointer (a statistics reader kept the chunk from being
        * unmapped). The other run meta blocks may go: a chunk taken again sets them up anew. */
-      size_t keep = head_end;
       TA_PUBLISH(*pp, c); /* stays: decommitted, kept for reuse */
-      if (!c->decommitted && ta_os_decommit((char *)c + keep, TA_CHUNK_SIZE - keep) == 0) {
+      if (!c->decommitted && ta_os_decommit((char *)c + head_end, TA_CHUNK_SIZE - head_end) == 0) {
         TA_STORE(c->decommitted, 1);
-        freed += TA_CHUNK_SIZE - keep;
+        freed += TA_CHUNK_SIZE - head_end;
       }
       pp = &c->next;
     }

@@ -284,6 +284,8 @@ Test(background, fork_waits_for_the_purger_to_let_go_of_the_forking_threads_aren
  * by arena, until all are within it, not everything every arena holds. */
 enum { KEEPERS = 8, KEEP_BLOCKS = 12 };
 static _Atomic int keepers_go;
+static _Atomic size_t keeper_dirty[KEEPERS];
+static pthread_barrier_t keepers_filled;
 
 /* Medium blocks of 1000 KiB, written through: resident. */
 static void fill_blocks(void *b[KEEP_BLOCKS]) {
@@ -302,8 +304,7 @@ static size_t dirty_within_budget(long ms) {
   }
   return now;
 }
-static _Atomic size_t keeper_dirty[KEEPERS];
-static pthread_barrier_t keepers_filled;
+
 static void *fill_free_and_wait(void *arg) {
   int k = (int)(intptr_t)arg;
   void *b[KEEP_BLOCKS];
