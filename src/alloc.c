@@ -114,6 +114,7 @@ static ta_arena_t *arena_get_slow(bool *borrowed) {
  * past a thread's exit for the next thread, where the purger thread runs to give it back on
  * time (ta_dirty_owner_change); a borrowed call's never does. */
 static void arena_release(ta_arena_t *a, bool exiting) {
+  ta_light_forbid(a); /* the lock takers below and the orphan purge do not wait then */
   ta_dirty_owner_change(a, exiting && ta_bg_running());
   collect(a);
   ta_arena_release(a);
@@ -454,11 +455,21 @@ static void free_medium(void *p) {
     }
     return;
   }
+  /* Into the cache in a light section (internal.h) if it goes there; a free mark, which may
+   * be another thread's free not taken in yet, and a full cache take the lock. */
+  uintptr_t mark = ta_mark(b);
+  if (ta_light_enter(me)) {
+    bool cached = b->key != mark && ta_medium_cache_put(me, h);
+    if (cached) TA_ADD(me->cnt.frees, 1);
+    ta_light_leave(me);
+    if (cached) return;
+  }
   ta_slow_enter(me);
   /* Maybe freed before by another thread and not yet taken in. */
-  if (b->key == ta_mark(b) && medium_freed(me, p))
-    ta_fatal("free(): double free of pointer", p);
-  if (!ta_medium_cache_put(me, h)) {
+  if (b->key == mark && medium_freed(me, p)) ta_fatal("free(): double free of pointer", p);
+  if (ta_medium_cache_put(me, h)) {
+    ta_light_allow(me);
+  } else {
     ta_medium_free_local(me, h);
     ta_purge_if_over(me); /* a chunk given back may take all arenas over the budget */
   }

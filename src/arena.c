@@ -111,6 +111,11 @@ bool ta_init(const ta_library_t *lib) {
       ta_chunk_brk_default(lib->brk);
       ta_secret = ta_os_random();
       draw_keys();
+#if !defined(__SANITIZE_THREAD__)
+      /* The owners' light sections (internal.h): registered while the process has one
+       * thread, as a rule, where registering is cheapest. */
+      ta_light_ok = ta_os_barrier_register();
+#endif
       __atomic_store_n(&ta_initialized, true, __ATOMIC_RELEASE);
       tl_initialising = false;
       return true;
@@ -162,8 +167,11 @@ static bool arena_take_from_dead(ta_arena_t *a, uint32_t pid) {
    * orders what we read next (the kernel's exit path and the call are full barriers). */
   if (!ta_os_thread_gone(tid)) return false;
   if (ta_slow_held(a)) return false;
-  return atomic_compare_exchange_strong_explicit(&a->owner_tag, &tag, tag_next(tag, 0, 0),
-                                                 memory_order_acq_rel, memory_order_relaxed);
+  if (!atomic_compare_exchange_strong_explicit(&a->owner_tag, &tag, tag_next(tag, 0, 0),
+                                               memory_order_acq_rel, memory_order_relaxed))
+    return false;
+  ta_light_forbid(a); /* its owner ran its last light section before it died */
+  return true;
 }
 
 static ta_arena_t *arena_claim(void) {
@@ -207,9 +215,12 @@ static ta_arena_t *arena_claim(void) {
 
 bool ta_arena_try_claim(ta_arena_t *a) {
   int expected = ARENA_FREE;
-  return atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_FREE &&
-         atomic_compare_exchange_strong_explicit(&a->state, &expected, ARENA_CLAIMED,
-                                                 memory_order_acquire, memory_order_relaxed);
+  if (atomic_load_explicit(&a->state, memory_order_relaxed) != ARENA_FREE ||
+      !atomic_compare_exchange_strong_explicit(&a->state, &expected, ARENA_CLAIMED,
+                                               memory_order_acquire, memory_order_relaxed))
+    return false;
+  ta_light_forbid(a); /* nobody runs one now; the claimer allows its own (internal.h) */
+  return true;
 }
 
 ta_arena_t *ta_arena_first(void) { return atomic_load_explicit(&all_arenas, memory_order_acquire); }
@@ -563,7 +574,10 @@ void ta_arena_fork_child(void) {
       atomic_store(&a->state, ARENA_ZOMBIE);
       continue;
     }
-    if (st == ARENA_FREE) ta_dirty_forget_demand(a); /* kept for a parent thread: none here */
+    if (st == ARENA_FREE) {
+      ta_dirty_forget_demand(a); /* kept for a parent thread: none here */
+      ta_light_forbid(a);        /* which ran its last light section in the parent */
+    }
     if (st != ARENA_CLAIMED && st != ARENA_SUSPENDED) continue; /* FREE or ZOMBIE already */
     /* Its thread does not exist here. */
     atomic_store(&a->owner_tag, tag_next(atomic_load(&a->owner_tag), 0, 0));
@@ -571,6 +585,7 @@ void ta_arena_fork_child(void) {
       atomic_store(&a->state, ARENA_ZOMBIE);
     } else {
       ta_dirty_forget_demand(a);
+      ta_light_forbid(a);
       a->released_ms = now;
       atomic_store(&a->state, ARENA_FREE);
     }

@@ -365,7 +365,7 @@ static ta_chunk_t *spare_take(ta_arena_t *a) {
     bool idle = false;
     if (o == NULL || o == a || ta_slow_held_by_me(o)) continue;
     bool maybe = may_spare(o, &idle);
-    if (!ta_slow_try_enter(o)) continue;
+    if (!ta_slow_try_enter_beside(o)) continue; /* its empty chunks: no light section's */
     ta_chunk_t **pp = o->spare_listed ? resident_empty(o) : NULL;
     ta_chunk_t *c = NULL;
     if (pp == NULL) { /* nothing left to spare: off the list */

@@ -116,8 +116,13 @@ void ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
  * process asks for that thread (see background.c for where it starts). */
 void ta_purge_note(ta_arena_t *a, uint64_t since) {
   uint64_t due = since + ta_decay_ms;
+  /* The owner's light section (a block into the cache) may note while a run slot's keeper
+   * notes under the lock (internal.h): the earlier time wins either way. */
   uint64_t cur = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
-  if (cur == 0 || due < cur) atomic_store_explicit(&a->purge_due, due, memory_order_relaxed);
+  while ((cur == 0 || due < cur) &&
+         !atomic_compare_exchange_weak_explicit(&a->purge_due, &cur, due, memory_order_relaxed,
+                                                memory_order_relaxed)) {
+  }
   ta_purge_note_global(&ta_arenas_due, due);
   if (TA_UNLIKELY(a->id > 0)) ta_bg_request();
 }

@@ -443,6 +443,13 @@ typedef struct ta_arena {
   _Atomic int slow;                 /* 1 while held */
   const void *_Atomic slow_holder;  /* the holder's ta_tl_tag address: it may nest */
   int slow_depth;                   /* the holder's nesting */
+  bool slow_synced;                 /* the holder waited for the owner's light section */
+  /* The owner's light sections (ta_light_enter, below): its depth of them, which only the
+   * owner writes; whether they are allowed, and the ta_tl_tag of the thread allowed to run
+   * them, both set under the lock. */
+  _Atomic int light;
+  _Atomic bool light_on;
+  const void *_Atomic light_owner;
   bool purging;         /* inside ta_arena_purge (no re-entry from what it releases) */
   /* Its frees went over the budget: ta_purge_if_over (dirty.c). Set by another thread too,
    * one that gives a lent run slot back under this arena's lock (small.c). */
@@ -564,11 +571,12 @@ enum {
   TA_OS_MREMAP = 16,
   TA_OS_KEY = 32,
   TA_OS_THREAD = 64,
-  TA_OS_MINCORE = 128, /* counted only: never made to fail */
-  TA_OS_COMMIT = 256,  /* lazy commit: mprotect */
-  TA_OS_COLLAPSE = 512 /* a range made huge pages now (MADV_COLLAPSE) */
+  TA_OS_MINCORE = 128,  /* counted only: never made to fail */
+  TA_OS_COMMIT = 256,   /* lazy commit: mprotect */
+  TA_OS_COLLAPSE = 512, /* a range made huge pages now (MADV_COLLAPSE) */
+  TA_OS_BARRIER = 1024  /* membarrier: its registration fails when made to */
 };
-_Static_assert(TA_OS_COLLAPSE == 1 << 9, "os.c counts calls of bits 0..9");
+_Static_assert(TA_OS_BARRIER == 1 << 10, "os.c counts calls of bits 0..10");
 enum { TA_THP_NEVER = 0, TA_THP_MADVISE = 1, TA_THP_ALWAYS = 2 };
 TA_HIDDEN void *ta_os_brk_get(void);             /* the kernel's break; (void *)-1 on failure */
 TA_HIDDEN int ta_os_brk_set(void *from, void *to); /* 0 on success */
@@ -619,6 +627,10 @@ TA_HIDDEN void ta_os_thread_name(const char *name);
 TA_HIDDEN void ta_os_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ms);
 TA_HIDDEN void ta_os_yield(void); /* sched_yield */
 TA_HIDDEN void ta_os_futex_wake(_Atomic uint32_t *word);
+/* The process's threads made to pass a memory barrier each (membarrier, private expedited):
+ * ta_os_barrier_register once, true when the kernel will; then ta_os_barrier, 0 on success. */
+TA_HIDDEN bool ta_os_barrier_register(void);
+TA_HIDDEN int ta_os_barrier(void);
 /* Threads: the exit hook (pthread_key_create: 0 or an errno), the kernel's ids, and whether
  * a thread of this process has exited (the kernel no longer knows its id). */
 TA_HIDDEN int ta_os_key_create(pthread_key_t *key, void (*destructor)(void *));
@@ -1127,7 +1139,11 @@ TA_HIDDEN extern bool ta_initialized;
  * child that sees the word clear sees whole changes. */
 extern __thread char ta_tl_tag __attribute__((tls_model("initial-exec")));
 TA_HIDDEN void ta_slow_wait(ta_arena_t *a);
-TA_INLINE bool ta_slow_try_enter(ta_arena_t *a) {
+TA_HIDDEN bool ta_light_sync(ta_arena_t *a);
+/* The lock alone, without waiting for the owner to leave a light section (below): for a
+ * change of what no light section touches (a run slot lent or given back, an empty chunk
+ * taken: small.c, chunk.c). */
+TA_INLINE bool ta_slow_try_enter_beside(ta_arena_t *a) {
   if (atomic_load_explicit(&a->slow_holder, memory_order_relaxed) == &ta_tl_tag) {
     a->slow_depth++;
     return true;
@@ -1138,6 +1154,23 @@ TA_INLINE bool ta_slow_try_enter(ta_arena_t *a) {
     return false;
   atomic_store_explicit(&a->slow_holder, &ta_tl_tag, memory_order_relaxed);
   a->slow_depth = 1;
+  a->slow_synced = false;
+  return true;
+}
+TA_INLINE void ta_slow_leave(ta_arena_t *a);
+TA_INLINE bool ta_slow_try_enter(ta_arena_t *a) {
+  if (!ta_slow_try_enter_beside(a)) return false;
+  /* Another thread than the one allowed light sections: it may be inside one. One that does
+   * not leave it soon (a signal handler of its may be waiting for this very lock) makes the
+   * lock busy: the caller tries again later or waits (ta_slow_wait). */
+  if (TA_UNLIKELY(atomic_load_explicit(&a->light_on, memory_order_acquire)) && !a->slow_synced &&
+      atomic_load_explicit(&a->light_owner, memory_order_relaxed) != &ta_tl_tag) {
+    if (!ta_light_sync(a)) {
+      ta_slow_leave(a);
+      return false;
+    }
+    a->slow_synced = true;
+  }
   return true;
 }
 TA_INLINE void ta_slow_enter(ta_arena_t *a) {
@@ -1148,12 +1181,71 @@ TA_INLINE void ta_slow_leave(ta_arena_t *a) {
   atomic_store_explicit(&a->slow_holder, NULL, memory_order_relaxed);
   atomic_store_explicit(&a->slow, 0, memory_order_release);
 }
+/* Held, or its owner inside a light section: what a fork child asks of its snapshot. */
 TA_INLINE bool ta_slow_held(const ta_arena_t *a) {
-  return atomic_load_explicit(&a->slow, memory_order_relaxed) != 0;
+  return atomic_load_explicit(&a->slow, memory_order_relaxed) != 0 ||
+         atomic_load_explicit(&a->light, memory_order_relaxed) != 0;
 }
-/* Held by this very thread: a fork from a signal handler interrupted one of its calls. */
+/* Held by this very thread: a fork from a signal handler interrupted one of its calls (a
+ * light section counts only with the lock free: else another thread holds it). */
 TA_INLINE bool ta_slow_held_by_me(const ta_arena_t *a) {
-  return ta_slow_held(a) && atomic_load_explicit(&a->slow_holder, memory_order_relaxed) == &ta_tl_tag;
+  if (atomic_load_explicit(&a->slow, memory_order_relaxed) != 0)
+    return atomic_load_explicit(&a->slow_holder, memory_order_relaxed) == &ta_tl_tag;
+  return atomic_load_explicit(&a->light, memory_order_relaxed) != 0 &&
+         atomic_load_explicit(&a->light_owner, memory_order_relaxed) == &ta_tl_tag;
+}
+
+/* Light sections. The owner's free of a medium block into its cache, and its malloc from it,
+ * are a few loads and stores: the lock's compare-and-swap cost more than the rest, as it
+ * waits for every store the program made before the call to reach the cache (threads-32k: 9%
+ * of its time at the two). So the owner marks itself inside with a plain store instead, and
+ * goes in if the lock is free; a thread that takes the lock of an arena not its own makes
+ * every thread of the process pass a memory barrier (membarrier), after which it sees the
+ * mark if the owner went in, and waits for the owner to leave (ta_light_sync, os.c). Either
+ * the owner sees the lock taken, or the taker sees the mark: the barrier orders the owner's
+ * store before its load of the lock word, which it would otherwise not. Never from a
+ * thread sanitizer build (it cannot see the barrier) nor without the kernel's barrier
+ * (ta_light_ok); an arena allows them (light_on) only under the lock, so that every taker
+ * of the lock after that knows to wait. A light section takes no lock and waits for
+ * nothing: the taker never waits on a thread that waits on it. The depth lets a signal
+ * handler's call nest in one. False: the caller takes the lock instead. */
+TA_HIDDEN extern _Atomic bool ta_light_ok;
+TA_INLINE bool ta_light_enter(ta_arena_t *a) {
+#if defined(__SANITIZE_THREAD__)
+  (void)a;
+  return false;
+#else
+  if (!atomic_load_explicit(&a->light_on, memory_order_relaxed) ||
+      atomic_load_explicit(&a->light_owner, memory_order_relaxed) != &ta_tl_tag)
+    return false;
+  int d = atomic_load_explicit(&a->light, memory_order_relaxed);
+  atomic_store_explicit(&a->light, d + 1, memory_order_relaxed);
+  atomic_signal_fence(memory_order_seq_cst); /* the store before the load: see above */
+  if (TA_LIKELY(atomic_load_explicit(&a->slow, memory_order_acquire) == 0)) return true;
+  atomic_store_explicit(&a->light, d, memory_order_release);
+  return false;
+#endif
+}
+TA_INLINE void ta_light_leave(ta_arena_t *a) {
+  atomic_store_explicit(&a->light, atomic_load_explicit(&a->light, memory_order_relaxed) - 1,
+                        memory_order_release);
+}
+/* Under the lock, by the thread that has the arena: its light sections may start. */
+TA_INLINE void ta_light_allow(ta_arena_t *a) {
+  if (!atomic_load_explicit(&ta_light_ok, memory_order_relaxed)) return;
+  if (atomic_load_explicit(&a->light_on, memory_order_relaxed) &&
+      atomic_load_explicit(&a->light_owner, memory_order_relaxed) == &ta_tl_tag)
+    return;
+  atomic_store_explicit(&a->light_owner, &ta_tl_tag, memory_order_relaxed);
+  atomic_store_explicit(&a->light_on, true, memory_order_relaxed);
+}
+/* No light section of the arena from now on: by the thread that gives it up, which runs no
+ * more, or that claims it, when none can run. The threads that take its lock need not wait
+ * then. A release: one that sees it (acquire, ta_slow_try_enter) sees the last section's
+ * changes. The lock is not needed: one that still sees them allowed waits for nothing. */
+TA_INLINE void ta_light_forbid(ta_arena_t *a) {
+  if (atomic_load_explicit(&a->light_on, memory_order_relaxed))
+    atomic_store_explicit(&a->light_on, false, memory_order_release);
 }
 
 /* ------------------------------------------------------------------ purge.c */

@@ -679,9 +679,13 @@ void *ta_medium_cache_alloc(ta_arena_t *a, size_t size) {
   /* Only the owner, the caller, puts blocks there: found empty without the lock, it is. */
   if (TA_LOAD(a->mcache_bytes) == 0) return NULL;
   size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
-  ta_slow_enter(a);
+  bool light = ta_light_enter(a); /* else the lock (internal.h, "Light sections") */
+  if (!light) ta_slow_enter(a);
   ta_mhdr_t *h = a->mcache_bytes ? cache_get(a, need) : NULL;
-  ta_slow_leave(a);
+  if (light)
+    ta_light_leave(a);
+  else
+    ta_slow_leave(a);
   return h != NULL ? h + 1 : NULL;
 }
 

@@ -36,6 +36,8 @@
  *   ta_os_futex_wait/wake   sleep on a word with a time limit; wake a sleeper.
  *   ta_os_cpu()             the CPU the thread runs on, as a rank among those the process may
  *                           run on (below ta_os_ncpu()); a hint, 0 when unknown.
+ *   ta_os_barrier_register() whether the kernel will make every thread of the process pass a
+ *                           memory barrier on request (membarrier); ta_os_barrier() asks it.
  * None of these allocate, print or take any lock but the break lock. errno is preserved.
  *
  * Also here, as every layer above waits on them: the break lock, and the wait of an
@@ -53,14 +55,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
-#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -92,7 +95,7 @@ static void count_returned(size_t n) {
 }
 
 /* System calls made, per operation (bit i of the TA_OS_* mask counts in calls[i]). */
-static _Atomic uint64_t calls[10]; /* up to TA_OS_COLLAPSE (bit 9) */
+static _Atomic uint64_t calls[11]; /* up to TA_OS_BARRIER (bit 10) */
 
 static void count_call(unsigned op) {
   atomic_fetch_add_explicit(&calls[__builtin_ctz(op)], 1, memory_order_relaxed);
@@ -789,5 +792,72 @@ void ta_slow_wait(ta_arena_t *a) {
   for (unsigned spins = 0; !ta_slow_try_enter(a); spins++) {
     if (spins > 64) sched_yield();
     else atomic_signal_fence(memory_order_seq_cst);
+    /* Left busy for a light section that did not end (ta_light_sync): its end first, the
+     * lock let go meanwhile, rather than a barrier a try. */
+    while (atomic_load_explicit(&a->light, memory_order_relaxed) != 0)
+      sched_yield();
   }
+}
+
+/* ------------------------------------------------------------------ light sections */
+/* The other side of ta_light_enter (internal.h): the lock of an arena not the caller's is
+ * held; after the barrier the owner's mark is seen if it went in, and the owner, which goes
+ * in only while the lock is free, leaves without waiting on anything, in a few hundred
+ * instructions, unless the kernel stops it there (a signal handler's call that waits for
+ * this lock, a debugger, preemption). */
+_Atomic bool ta_light_ok;
+enum { LIGHT_SPINS = 64, LIGHT_YIELDS = 64, BARRIER_TRIES = 4 };
+
+bool ta_os_barrier_register(void) {
+#if defined(SYS_membarrier)
+  if (should_fail(TA_OS_BARRIER)) return false;
+  int saved = errno;
+  long cmds = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+  bool ok = cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
+            syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+  errno = saved;
+  return ok;
+#else
+  return false;
+#endif
+}
+
+int ta_os_barrier(void) {
+#if defined(SYS_membarrier)
+  count_call(TA_OS_BARRIER);
+  int saved = errno;
+  int r = (int)syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+  errno = saved;
+  return r;
+#else
+  return -1;
+#endif
+}
+
+/* False: the owner is still inside after a while; the caller lets go of the lock. */
+bool ta_light_sync(ta_arena_t *a) {
+  /* Registered before any arena allowed light sections (ta_init). The kernel may still fail
+   * it, short of memory for a moment, or for good under a filter of system calls installed
+   * since: then no arena allows them any more (ta_light_allow), this one at once, and its
+   * owner's mark is waited for over a thousand yields, which leave its store in no store
+   * buffer: sound in practice, not by the memory model (docs/design.md says so). */
+  bool barrier = false;
+  for (unsigned i = 0; i < BARRIER_TRIES && !barrier; i++) {
+    barrier = ta_os_barrier() == 0;
+    if (!barrier) sched_yield();
+  }
+  if (!barrier) {
+    atomic_store_explicit(&ta_light_ok, false, memory_order_relaxed);
+    ta_light_forbid(a);
+    for (unsigned i = 0; i < 16 * LIGHT_YIELDS; i++)
+      sched_yield();
+  }
+  for (unsigned spins = 0; atomic_load_explicit(&a->light, memory_order_acquire) != 0; spins++) {
+    if (spins >= LIGHT_SPINS + LIGHT_YIELDS) return false;
+    if (spins >= LIGHT_SPINS)
+      sched_yield();
+    else
+      atomic_signal_fence(memory_order_seq_cst);
+  }
+  return true;
 }

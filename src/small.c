@@ -239,7 +239,7 @@ static ta_chunk_t *slot_borrow(ta_arena_t *a, bool cold, unsigned *slot) {
     if (st != ARENA_FREE && st != ARENA_CLAIMED) continue; /* a fork child's leftovers */
     if (atomic_load_explicit(cold ? &k->slots_free : &k->slots_warm, memory_order_relaxed) == 0)
       continue;
-    if (!ta_slow_try_enter(k)) continue;
+    if (!ta_slow_try_enter_beside(k)) continue; /* its run slots: no light section's */
     ta_chunk_t *c = NULL;
     unsigned s = slot_find(k, cold, &c);
     if (s != 0 && slot_take(k, c, s, a)) {
@@ -356,7 +356,7 @@ static bool lent_give_back(ta_run_t *r) {
     return true;
   }
   if (ta_slow_held_by_me(k) || !ta_fork_hold()) return false;
-  bool ok = ta_slow_try_enter(k);
+  bool ok = ta_slow_try_enter_beside(k); /* its run slots: no light section's */
   if (ok) {
     slot_give_back(k, r);
     ta_slow_leave(k);

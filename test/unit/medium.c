@@ -1,10 +1,12 @@
 /* Unit tests: medium blocks — boundary tags, split on reuse, merge with neighbours, bins. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
-#include <pthread.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "tamalloc.h"
@@ -1134,5 +1136,261 @@ Test(mcache, a_cached_successor_that_makes_no_room_stays_cached) {
   cr_assert(cached(b));
   check_cache(g);
   ta_free(g);
+  ta_free(keep);
+}
+
+/* ---- light sections: the owner's cache puts and takes without the lock's CAS -------- */
+
+static _Atomic int lock_taken;
+
+static void *take_the_lock(void *arg) {
+  ta_arena_t *a = arg;
+  ta_slow_enter(a);
+  atomic_store(&lock_taken, 1);
+  ta_slow_leave(a);
+  return NULL;
+}
+
+/* A thread sanitizer build never runs light sections (it cannot see the barrier): it has only
+ * the test of the lock taken instead, at the end. */
+#if !defined(__SANITIZE_THREAD__)
+static _Atomic int lock_let_go;
+
+/* A block into the cache under the lock: the arena allows light sections from then on. */
+static ta_arena_t *light_arena(void) {
+  ta_free(ta_malloc(20000));
+  ta_arena_t *me = ta_tl_arena;
+  cr_assert(ta_light_ok, "the kernel makes every thread pass a barrier (membarrier)");
+  cr_assert(atomic_load(&me->light_on), "allowed by a put under the lock");
+  return me;
+}
+
+/* It waits for the section to end, not holding the lock meanwhile: a signal handler's call
+ * on the owner's thread, which waits for the lock, would otherwise never let the section end. */
+Test(light, another_thread_that_takes_the_lock_waits_for_the_owner_to_leave) {
+  ta_arena_t *me = light_arena();
+  uint64_t barriers = ta_os_calls(TA_OS_BARRIER);
+  cr_assert(ta_light_enter(me));
+  pthread_t t;
+  pthread_create(&t, NULL, take_the_lock, me);
+  nap_ms(100);
+  cr_assert_eq(atomic_load(&lock_taken), 0, "it waits for the light section to end");
+  cr_assert_geq(ta_os_calls(TA_OS_BARRIER), barriers + 1, "after a barrier");
+  cr_assert(ta_slow_held_by_me(me), "a fork would find the owner inside");
+  cr_assert(ta_slow_try_enter(me), "the lock is free meanwhile");
+  cr_assert_eq(me->slow_depth, 1);
+  ta_slow_leave(me);
+  uint64_t before_end = ta_os_calls(TA_OS_BARRIER);
+  ta_light_leave(me);
+  pthread_join(t, NULL);
+  cr_assert_eq(atomic_load(&lock_taken), 1);
+  cr_assert_eq(ta_os_calls(TA_OS_BARRIER), before_end + 1, "one barrier once it has ended");
+  cr_assert_eq(atomic_load(&me->light), 0);
+}
+
+static _Atomic int try_result = -1;
+
+static void *try_the_lock(void *arg) {
+  ta_arena_t *a = arg;
+  bool got = ta_slow_try_enter(a);
+  atomic_store(&try_result, got);
+  if (got) ta_slow_leave(a);
+  return NULL;
+}
+
+/* The purger only tries: an owner that stays inside makes the lock busy for it. */
+Test(light, a_try_gives_up_on_an_owner_that_stays_inside_and_lets_the_lock_go) {
+  ta_arena_t *me = light_arena();
+  cr_assert(ta_light_enter(me));
+  pthread_t t;
+  pthread_create(&t, NULL, try_the_lock, me);
+  pthread_join(t, NULL);
+  cr_assert_eq(atomic_load(&try_result), 0, "busy");
+  cr_assert_eq(atomic_load(&me->slow), 0, "let go");
+  ta_light_leave(me);
+  pthread_create(&t, NULL, try_the_lock, me);
+  pthread_join(t, NULL);
+  cr_assert_eq(atomic_load(&try_result), 1, "had once the section ended");
+}
+
+static void *hold_beside(void *arg) {
+  ta_arena_t *a = arg;
+  if (!ta_slow_try_enter_beside(a)) return NULL; /* the test waits, and times out */
+  atomic_store(&lock_taken, 1);
+  while (!atomic_load(&lock_let_go))
+    sched_yield();
+  ta_slow_leave(a);
+  return NULL;
+}
+
+/* A run slot's lender takes the lock without waiting: the owner inside is then not the
+ * holder, and a fork would make the arena a zombie, not set it aside for the owner. */
+Test(light, the_lock_taken_beside_a_light_section_is_not_the_owners) {
+  ta_arena_t *me = light_arena();
+  uint64_t barriers = ta_os_calls(TA_OS_BARRIER);
+  cr_assert(ta_light_enter(me));
+  cr_assert(ta_slow_held_by_me(me));
+  pthread_t t;
+  pthread_create(&t, NULL, hold_beside, me);
+  while (!atomic_load(&lock_taken))
+    sched_yield();
+  cr_assert(ta_slow_held(me));
+  cr_assert(!ta_slow_held_by_me(me), "another thread holds the lock");
+  cr_assert_eq(ta_os_calls(TA_OS_BARRIER), barriers, "no barrier beside");
+  atomic_store(&lock_let_go, 1);
+  pthread_join(t, NULL);
+  ta_light_leave(me);
+}
+
+static _Atomic int allowed_while_had;
+
+static void *cache_and_exit(void *arg) {
+  ta_arena_t **out = arg;
+  ta_free(ta_malloc(20000));
+  *out = ta_tl_arena;
+  atomic_store(&allowed_while_had, atomic_load(&(*out)->light_on));
+  return NULL;
+}
+
+/* The thread that had the arena gives it up: none runs a light section of it any more, and
+ * those who take its lock do not wait (the orphan purge, the next thread to claim it). */
+Test(light, an_arena_given_up_allows_none_until_its_next_thread_allows_its_own) {
+  ta_free(ta_malloc(64));
+  ta_arena_t *a = NULL;
+  pthread_t t;
+  pthread_create(&t, NULL, cache_and_exit, &a);
+  pthread_join(t, NULL);
+  cr_assert_neq(a, ta_tl_arena);
+  cr_assert(atomic_load(&allowed_while_had));
+  cr_assert(!atomic_load(&a->light_on), "forbidden when its thread left");
+  uint64_t barriers = ta_os_calls(TA_OS_BARRIER);
+  ta_slow_enter(a);
+  ta_slow_leave(a);
+  cr_assert_eq(ta_os_calls(TA_OS_BARRIER), barriers, "its lock taken without a barrier");
+  ta_arena_t *b = NULL;
+  atomic_store(&allowed_while_had, 0);
+  pthread_create(&t, NULL, cache_and_exit, &b);
+  pthread_join(t, NULL);
+  cr_assert_eq(b, a, "the next thread claimed it");
+  cr_assert(atomic_load(&allowed_while_had), "and allowed its own");
+}
+
+static void *hold_the_lock(void *arg) {
+  ta_arena_t *a = arg;
+  ta_slow_enter(a);
+  atomic_store(&lock_taken, 1);
+  nap_ms(100);
+  atomic_store(&lock_let_go, 1);
+  ta_slow_leave(a);
+  return NULL;
+}
+
+Test(light, the_owner_takes_the_lock_while_another_thread_holds_it) {
+  ta_arena_t *me = light_arena();
+  char *p = ta_malloc(20000), *keep = guard();
+  pthread_t t;
+  pthread_create(&t, NULL, hold_the_lock, me);
+  while (!atomic_load(&lock_taken))
+    sched_yield();
+  cr_assert(!ta_light_enter(me), "no light section while the lock is held");
+  cr_assert_eq(atomic_load(&me->light), 0, "and no mark left");
+  ta_free(p); /* into the cache, under the lock: it waits */
+  cr_assert_eq(atomic_load(&lock_let_go), 1, "the free waited for the lock");
+  pthread_join(t, NULL);
+  cr_assert(cached(p));
+  check_cache(keep);
+  ta_free(keep);
+}
+
+static _Atomic int light_stop;
+static _Atomic unsigned long light_flushes;
+
+/* Another thread's purges of the owner's arena, each flushing its cache (as the background
+ * purger's visit does once the flush is due). */
+static void *flush_again_and_again(void *arg) {
+  ta_arena_t *a = arg;
+  while (!atomic_load(&light_stop)) {
+    ta_purge_owned_now(a, ta_os_now_ms() + 3600 * 1000);
+    atomic_fetch_add(&light_flushes, 1);
+  }
+  return NULL;
+}
+
+Test(light, the_cache_stays_whole_while_another_thread_flushes_it) {
+  ta_arena_t *me = light_arena();
+  char *keep = guard(), *live[8] = {0};
+  pthread_t t;
+  pthread_create(&t, NULL, flush_again_and_again, me);
+  uint64_t barriers = ta_os_calls(TA_OS_BARRIER);
+  for (unsigned i = 0; i < 400000 || atomic_load(&light_flushes) < 200; i++) {
+    unsigned k = i % 8;
+    if (live[k] != NULL) {
+      cr_assert_eq(((unsigned char *)live[k])[100], (unsigned char)k, "the block kept its data");
+      ta_free(live[k]);
+    }
+    live[k] = ta_malloc(9000 + (i * 2654435761u) % 40000); /* cached sizes of 8 bins */
+    memset(live[k] + 64, (int)k, 64);
+  }
+  atomic_store(&light_stop, 1);
+  pthread_join(t, NULL);
+  cr_assert_geq(ta_os_calls(TA_OS_BARRIER) - barriers, 200, "a barrier for each purge");
+  check_cache(keep);
+  walk_chunk(keep);
+  for (unsigned k = 0; k < 8; k++)
+    ta_free(live[k]);
+  ta_free(keep);
+}
+
+static _Atomic int light_inside, light_go;
+
+static void *wait_in_a_light_section(void *arg) {
+  ta_arena_t **out = arg;
+  ta_free(ta_malloc(20000)); /* allows them (light_arena) */
+  ta_arena_t *a = *out = ta_tl_arena;
+  atomic_store(&light_inside, ta_light_enter(a) ? 1 : 2);
+  while (!atomic_load(&light_go))
+    sched_yield();
+  ta_light_leave(a);
+  return NULL;
+}
+
+/* The child has no thread inside the section to end it: the arena is never used there. */
+Test(light, a_fork_child_never_uses_an_arena_caught_in_a_light_section) {
+  ta_free(ta_malloc(64));
+  ta_arena_t *a = NULL;
+  pthread_t t;
+  pthread_create(&t, NULL, wait_in_a_light_section, &a);
+  while (!atomic_load(&light_inside))
+    sched_yield();
+  cr_assert_eq(atomic_load(&light_inside), 1, "the thread is inside");
+  pid_t pid = fork();
+  if (pid == 0) _exit(atomic_load(&a->state) == ARENA_ZOMBIE ? 0 : 4);
+  atomic_store(&light_go, 1);
+  pthread_join(t, NULL);
+  int st;
+  waitpid(pid, &st, 0);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
+}
+#endif
+
+Test(light, without_the_kernels_barrier_the_owner_always_takes_the_lock) {
+  ta_free(ta_malloc(64)); /* started: the barrier registered or not */
+  ta_os_fail(TA_OS_BARRIER, 0, 1);
+  cr_assert(!ta_os_barrier_register(), "registering fails when made to");
+  ta_light_ok = false; /* as a start where it failed */
+  char *p = ta_malloc(20000), *keep = guard();
+  ta_free(p);
+  ta_arena_t *me = ta_tl_arena;
+  cr_assert(cached(p));
+  cr_assert(!atomic_load(&me->light_on), "not allowed");
+  cr_assert(!ta_light_enter(me));
+  uint64_t barriers = ta_os_calls(TA_OS_BARRIER);
+  pthread_t t;
+  pthread_create(&t, NULL, take_the_lock, me);
+  pthread_join(t, NULL);
+  cr_assert_eq(ta_os_calls(TA_OS_BARRIER), barriers, "no barrier asked for");
+  cr_assert_eq(ta_malloc(20000), p, "the cache serves as before");
+  check_cache(keep);
+  ta_free(p);
   ta_free(keep);
 }
