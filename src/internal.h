@@ -1134,7 +1134,8 @@ TA_HIDDEN extern bool ta_initialized;
  * medium.c take it). A thread knows it holds the lock when the
  * holder is its own tag (only the holder writes the tag, and clears it before letting go),
  * and then only counts. The owner waits for a purger, which holds the lock for one purge
- * and never waits itself: no cycle of waits can form. The acquire keeps the list changes
+ * and waits for nothing but the end of the owner's light section (below), a bounded while,
+ * after which it lets go: no cycle of waits can form. The acquire keeps the list changes
  * after the lock word's store, the release keeps them before its clearing, so a fork
  * child that sees the word clear sees whole changes. */
 extern __thread char ta_tl_tag __attribute__((tls_model("initial-exec")));
@@ -1162,7 +1163,8 @@ TA_INLINE bool ta_slow_try_enter(ta_arena_t *a) {
   if (!ta_slow_try_enter_beside(a)) return false;
   /* Another thread than the one allowed light sections: it may be inside one. One that does
    * not leave it soon (a signal handler of its may be waiting for this very lock) makes the
-   * lock busy: the caller tries again later or waits (ta_slow_wait). */
+   * lock busy: the caller tries again later or waits (ta_slow_wait). Nested in a taking
+   * beside, the wait is made with the lock still held: no caller does that. */
   if (TA_UNLIKELY(atomic_load_explicit(&a->light_on, memory_order_acquire)) && !a->slow_synced &&
       atomic_load_explicit(&a->light_owner, memory_order_relaxed) != &ta_tl_tag) {
     if (!ta_light_sync(a)) {
@@ -1216,12 +1218,17 @@ TA_INLINE bool ta_light_enter(ta_arena_t *a) {
   return false;
 #else
   if (!atomic_load_explicit(&a->light_on, memory_order_relaxed) ||
-      atomic_load_explicit(&a->light_owner, memory_order_relaxed) != &ta_tl_tag)
+      atomic_load_explicit(&a->light_owner, memory_order_relaxed) != &ta_tl_tag ||
+      !atomic_load_explicit(&ta_light_ok, memory_order_relaxed))
     return false;
   int d = atomic_load_explicit(&a->light, memory_order_relaxed);
   atomic_store_explicit(&a->light, d + 1, memory_order_relaxed);
   atomic_signal_fence(memory_order_seq_cst); /* the store before the load: see above */
-  if (TA_LIKELY(atomic_load_explicit(&a->slow, memory_order_acquire) == 0)) return true;
+  /* Free, and still allowed: a taker that found the barrier refused may have forbidden them
+   * since the first look (ta_light_sync). */
+  if (TA_LIKELY(atomic_load_explicit(&a->slow, memory_order_acquire) == 0 &&
+                atomic_load_explicit(&a->light_on, memory_order_relaxed)))
+    return true;
   atomic_store_explicit(&a->light, d, memory_order_release);
   return false;
 #endif

@@ -789,13 +789,18 @@ void ta_brk_reset_after_fork(void) { atomic_store(&brk_lock_word, 0); }
 __thread char ta_tl_tag __attribute__((tls_model("initial-exec")));
 
 void ta_slow_wait(ta_arena_t *a) {
-  for (unsigned spins = 0; !ta_slow_try_enter(a); spins++) {
-    if (spins > 64) sched_yield();
-    else atomic_signal_fence(memory_order_seq_cst);
-    /* Left busy for a light section that did not end (ta_light_sync): its end first, the
-     * lock let go meanwhile, rather than a barrier a try. */
-    while (atomic_load_explicit(&a->light, memory_order_relaxed) != 0)
+  for (unsigned spins = 0;; spins++) {
+    /* Another thread's light section that did not end while a taking waited for it
+     * (ta_light_sync): its end first, the lock free meanwhile, rather than a barrier a try.
+     * Not the caller's own: a signal handler's call cut into it, which must take the lock. */
+    while (atomic_load_explicit(&a->light, memory_order_relaxed) != 0 &&
+           atomic_load_explicit(&a->light_owner, memory_order_relaxed) != &ta_tl_tag)
       sched_yield();
+    if (ta_slow_try_enter(a)) return;
+    if (spins > 64)
+      sched_yield();
+    else
+      cpu_relax();
   }
 }
 
@@ -824,6 +829,7 @@ bool ta_os_barrier_register(void) {
 
 int ta_os_barrier(void) {
 #if defined(SYS_membarrier)
+  if (should_fail(TA_OS_BARRIER)) return -1;
   count_call(TA_OS_BARRIER);
   int saved = errno;
   int r = (int)syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
@@ -838,18 +844,22 @@ int ta_os_barrier(void) {
 bool ta_light_sync(ta_arena_t *a) {
   /* Registered before any arena allowed light sections (ta_init). The kernel may still fail
    * it, short of memory for a moment, or for good under a filter of system calls installed
-   * since: then no arena allows them any more (ta_light_allow), this one at once, and its
-   * owner's mark is waited for over a thousand yields, which leave its store in no store
-   * buffer: sound in practice, not by the memory model (docs/design.md says so). */
+   * since: then light sections stop in every arena (ta_light_ok, read as they start), and
+   * the owner's mark is looked for a millisecond later, when any store made before this
+   * taking has left its CPU's store buffer: sound in practice, not by the memory model
+   * (docs/design.md says so). Seen clear then, with the lock held, the arena forbids them
+   * too: none is inside, and an owner that read the permission before sees it gone once
+   * in (ta_light_enter reads it again). */
   bool barrier = false;
-  for (unsigned i = 0; i < BARRIER_TRIES && !barrier; i++) {
+  for (unsigned i = 0;
+       i < BARRIER_TRIES && !barrier && atomic_load_explicit(&ta_light_ok, memory_order_relaxed);
+       i++) {
     barrier = ta_os_barrier() == 0;
     if (!barrier) sched_yield();
   }
   if (!barrier) {
     atomic_store_explicit(&ta_light_ok, false, memory_order_relaxed);
-    ta_light_forbid(a);
-    for (unsigned i = 0; i < 16 * LIGHT_YIELDS; i++)
+    for (uint64_t until = ta_os_now_us() + 1000; ta_os_now_us() < until;)
       sched_yield();
   }
   for (unsigned spins = 0; atomic_load_explicit(&a->light, memory_order_acquire) != 0; spins++) {
@@ -857,7 +867,8 @@ bool ta_light_sync(ta_arena_t *a) {
     if (spins >= LIGHT_SPINS)
       sched_yield();
     else
-      atomic_signal_fence(memory_order_seq_cst);
+      cpu_relax();
   }
+  if (!barrier) ta_light_forbid(a);
   return true;
 }

@@ -1158,6 +1158,8 @@ static _Atomic int lock_let_go;
 
 /* A block into the cache under the lock: the arena allows light sections from then on. */
 static ta_arena_t *light_arena(void) {
+  atomic_store(&lock_taken, 0);
+  atomic_store(&lock_let_go, 0);
   ta_free(ta_malloc(20000));
   ta_arena_t *me = ta_tl_arena;
   cr_assert(ta_light_ok, "the kernel makes every thread pass a barrier (membarrier)");
@@ -1244,6 +1246,55 @@ Test(light, the_lock_taken_beside_a_light_section_is_not_the_owners) {
 
 static _Atomic int allowed_while_had;
 
+static void *hold_beside_50_ms(void *arg) {
+  ta_arena_t *a = arg;
+  if (!ta_slow_try_enter_beside(a)) return NULL;
+  atomic_store(&lock_taken, 1);
+  nap_ms(50);
+  atomic_store(&lock_let_go, 1);
+  ta_slow_leave(a);
+  return NULL;
+}
+
+/* A signal handler's call cuts into the owner's light section and needs the lock another
+ * thread holds: it takes it once that thread lets go, though its own section has not ended. */
+Test(light, the_owners_own_call_inside_its_section_takes_the_lock_once_free, .timeout = 10) {
+  ta_arena_t *me = light_arena();
+  cr_assert(ta_light_enter(me));
+  pthread_t t;
+  pthread_create(&t, NULL, hold_beside_50_ms, me);
+  while (!atomic_load(&lock_taken))
+    sched_yield();
+  ta_slow_enter(me); /* as the handler's free would, the section cut into */
+  cr_assert_eq(atomic_load(&lock_let_go), 1);
+  cr_assert_eq(me->slow_depth, 1);
+  ta_slow_leave(me);
+  ta_light_leave(me);
+  pthread_join(t, NULL);
+}
+
+/* The kernel refuses the barrier after start: light sections stop everywhere, the taker
+ * goes on once the owner's mark is clear, and the arena forbids them. */
+Test(light, a_barrier_refused_later_stops_light_sections) {
+  ta_arena_t *me = light_arena();
+  char *p = ta_malloc(20000), *keep = guard();
+  ta_os_fail(TA_OS_BARRIER, 0, 1000);
+  pthread_t t;
+  pthread_create(&t, NULL, take_the_lock, me);
+  pthread_join(t, NULL);
+  ta_os_fail(TA_OS_BARRIER, 0, 0);
+  cr_assert_eq(atomic_load(&lock_taken), 1, "taken");
+  cr_assert(!atomic_load(&ta_light_ok), "stopped for every arena");
+  cr_assert(!atomic_load(&me->light_on), "and forbidden in this one");
+  cr_assert(!ta_light_enter(me));
+  ta_free(p);
+  cr_assert(cached(p), "the cache works under the lock");
+  cr_assert_eq(ta_malloc(20000), p);
+  check_cache(keep);
+  ta_free(p);
+  ta_free(keep);
+}
+
 static void *cache_and_exit(void *arg) {
   ta_arena_t **out = arg;
   ta_free(ta_malloc(20000));
@@ -1319,6 +1370,8 @@ static void *flush_again_and_again(void *arg) {
 Test(light, the_cache_stays_whole_while_another_thread_flushes_it) {
   ta_arena_t *me = light_arena();
   char *keep = guard(), *live[8] = {0};
+  cr_assert(ta_light_enter(me), "the owner's steps are light sections");
+  ta_light_leave(me);
   pthread_t t;
   pthread_create(&t, NULL, flush_again_and_again, me);
   uint64_t barriers = ta_os_calls(TA_OS_BARRIER);
