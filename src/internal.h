@@ -574,7 +574,7 @@ enum {
   TA_OS_MINCORE = 128,  /* counted only: never made to fail */
   TA_OS_COMMIT = 256,   /* lazy commit: mprotect */
   TA_OS_COLLAPSE = 512, /* a range made huge pages now (MADV_COLLAPSE) */
-  TA_OS_BARRIER = 1024  /* membarrier: its registration fails when made to */
+  TA_OS_BARRIER = 1024  /* membarrier: registering or asking for a barrier */
 };
 _Static_assert(TA_OS_BARRIER == 1 << 10, "os.c counts calls of bits 0..10");
 enum { TA_THP_NEVER = 0, TA_THP_MADVISE = 1, TA_THP_ALWAYS = 2 };
@@ -1201,16 +1201,18 @@ TA_INLINE bool ta_slow_held_by_me(const ta_arena_t *a) {
  * are a few loads and stores: the lock's compare-and-swap cost more than the rest, as it
  * waits for every store the program made before the call to reach the cache (threads-32k: 9%
  * of its time at the two). So the owner marks itself inside with a plain store instead, and
- * goes in if the lock is free; a thread that takes the lock of an arena not its own makes
- * every thread of the process pass a memory barrier (membarrier), after which it sees the
- * mark if the owner went in, and waits for the owner to leave (ta_light_sync, os.c). Either
+ * goes in if the lock is free; another thread that takes the lock for what a section touches
+ * (ta_slow_try_enter; not ta_slow_try_enter_beside) makes every thread of the process pass a
+ * memory barrier (membarrier), after which it sees the mark if the owner went in, and waits
+ * for the owner to leave (ta_light_sync, os.c). Either
  * the owner sees the lock taken, or the taker sees the mark: the barrier orders the owner's
  * store before its load of the lock word, which it would otherwise not. Never from a
  * thread sanitizer build (it cannot see the barrier) nor without the kernel's barrier
  * (ta_light_ok); an arena allows them (light_on) only under the lock, so that every taker
  * of the lock after that knows to wait. A light section takes no lock and waits for
- * nothing: the taker never waits on a thread that waits on it. The depth lets a signal
- * handler's call nest in one. False: the caller takes the lock instead. */
+ * nothing; the taker waits a bounded while, then lets the lock go (a signal handler's call
+ * cut into the section may want it), so no cycle of waits forms. The depth lets such a call
+ * nest in one. False: the caller takes the lock instead. */
 TA_HIDDEN extern _Atomic bool ta_light_ok;
 TA_INLINE bool ta_light_enter(ta_arena_t *a) {
 #if defined(__SANITIZE_THREAD__)
