@@ -458,8 +458,13 @@ static void free_medium(void *p) {
   /* Into the cache in a light section (internal.h) if it goes there; a free mark, which may
    * be another thread's free not taken in yet, and a full cache take the lock. */
   uintptr_t mark = ta_mark(b);
+  bool refused = false; /* the cache was asked in the light section and said no */
   if (ta_light_enter(me)) {
-    bool cached = b->key != mark && ta_medium_cache_put(me, h);
+    bool cached = false;
+    if (b->key != mark) {
+      cached = ta_medium_cache_put(me, h);
+      refused = !cached;
+    }
     if (cached) TA_ADD(me->cnt.frees, 1);
     ta_light_leave(me);
     if (cached) return;
@@ -467,7 +472,9 @@ static void free_medium(void *p) {
   ta_slow_enter(me);
   /* Maybe freed before by another thread and not yet taken in. */
   if (b->key == mark && medium_freed(me, p)) ta_fatal("free(): double free of pointer", p);
-  if (ta_medium_cache_put(me, h)) {
+  /* Asked once already: only the owner fills the cache, so it would refuse again (a foreign
+   * flush may have made room since; the block then goes to the heap, as with a full cache). */
+  if (!refused && ta_medium_cache_put(me, h)) {
     ta_light_allow(me);
   } else {
     ta_medium_free_local(me, h);
