@@ -275,6 +275,25 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   return alloc_from(size, align, zero, false);
 }
 
+/* malloc past the small sizes: a block of the thread's medium cache (medium.c, "The cache")
+ * without alloc_from's frame. The same tests first that alloc_from makes before it looks
+ * there, and the same chores after: a span where spans serve the size, statistics recorded,
+ * the background purger started. Anything else, and a cache without a block of the request's
+ * bin (the sentinel arena's among them), goes to alloc_from. */
+static TA_NOINLINE void *alloc_big(size_t size) {
+  ta_arena_t *a = ta_tl_arena;
+  if (size > TA_SMALL_MAX && size <= TA_MEDIUM_MAX && !ta_stats_on &&
+      !ta_span_serves(size, TA_ALIGNMENT) &&
+      !atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed)) {
+    void *p = ta_medium_cache_alloc(a, size);
+    if (p != NULL) {
+      chores_sometimes(a);
+      return p;
+    }
+  }
+  return alloc_from(size, TA_ALIGNMENT, false, false);
+}
+
 /* ta_fast_limit is 8 KiB (every small size), or 0 while statistics are on (every call then
  * records its requested size on the generic path): the test costs what a constant would. */
 void *ta_malloc(size_t size) {
@@ -283,7 +302,7 @@ void *ta_malloc(size_t size) {
     ta_block_t *b = ta_run_pop(ta_tl_arena->cur[ta_class_lut[size]]);
     if (TA_LIKELY(b != NULL)) return b;
   }
-  return alloc_generic(size, TA_ALIGNMENT, false);
+  return alloc_big(size);
 }
 
 void *ta_calloc(size_t count, size_t size) {
@@ -432,7 +451,7 @@ static TA_EXIT_PATH void free_small_slow(ta_arena_t *me, ta_run_t *r) {
 }
 
 static void free_medium(void *p) {
-  ta_mhdr_t *h = ta_medium_hdr_checked(p, "free(): invalid pointer");
+  ta_mhdr_t *h = ta_medium_hdr_at(p, "free(): invalid pointer");
   ta_block_t *b = p;
   ta_chunk_t *c = ta_chunk_of(p);
   ta_arena_t *me = ta_tl_arena;

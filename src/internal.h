@@ -1003,6 +1003,21 @@ TA_INLINE uintptr_t ta_medium_check(const ta_mhdr_t *h, size_t size_flags) {
 TA_INLINE bool ta_medium_check_ok(const ta_mhdr_t *h) {
   return h->check == ta_medium_check(h, ta_mh_load(h));
 }
+/* The header of medium block p, checked: p on a block boundary where a block may start, in
+ * pages committed (a wild pointer into pages not committed yet is refused before its header
+ * is read: reading there would fault), with a valid check word; else `op` names p and the
+ * process aborts. Inline for free's path; ta_medium_hdr_checked for the others. */
+TA_INLINE ta_mhdr_t *ta_medium_hdr_at(void *p, const char *op) {
+  uintptr_t u = (uintptr_t)p;
+  ta_chunk_t *c = ta_chunk_of(p);
+  size_t off = u - (uintptr_t)c;
+  if ((u & (TA_ALIGNMENT - 1)) != 0 || off < TA_MEDIUM_HDR + sizeof(ta_mhdr_t) ||
+      off >= TA_MEDIUM_END || !ta_chunk_holds(c, off - sizeof(ta_mhdr_t), off))
+    ta_fatal(op, p);
+  ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
+  if (!ta_medium_check_ok(h)) ta_fatal(op, p);
+  return h;
+}
 /* The usable size of a live block whose size word is w: its size less the header and its
  * spare (see TA_M_SPARE_SHIFT; one larger than the block, which the check word makes
  * unlikely, counts as none). */

@@ -751,19 +751,7 @@ bool ta_medium_freed(ta_arena_t *a, const void *p) {
   return freed;
 }
 
-ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) {
-  uintptr_t u = (uintptr_t)p;
-  ta_chunk_t *c = ta_chunk_of(p);
-  size_t off = u - (uintptr_t)c;
-  /* A wild pointer into pages not committed yet (lazy commit) is refused before its header
-   * is read: reading there would fault. */
-  if ((u & (TA_ALIGNMENT - 1)) != 0 || off < TA_MEDIUM_HDR + sizeof(ta_mhdr_t) ||
-      off >= TA_MEDIUM_END || !ta_chunk_holds(c, off - sizeof(ta_mhdr_t), off))
-    ta_fatal(op, p);
-  ta_mhdr_t *h = (ta_mhdr_t *)p - 1;
-  if (!ta_medium_check_ok(h)) ta_fatal(op, p);
-  return h;
-}
+ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op) { return ta_medium_hdr_at(p, op); }
 
 /* In-place resize by the owner: shrink by splitting, grow into a free successor (or a cached
  * one, taken out of the cache). */

@@ -839,6 +839,51 @@ Test(mcache, statistics_and_the_heap_map_count_a_cached_block_free) {
   ta_free(keep);
 }
 
+/* malloc takes a cached block without alloc_from's frame (alloc.c, alloc_big), after the same
+ * tests: with statistics on, the request is recorded; where spans serve the size, a span
+ * comes first; a purger thread asked for is started (the request taken) first. */
+Test(mcache, a_cache_hit_records_the_request_while_statistics_are_on) {
+  cr_assert_eq(ta_stats_enable(1), 0);
+  char *a = ta_malloc(20000), *keep = guard();
+  ta_free(a);
+  cr_assert(cached(a));
+  char *b = ta_malloc(19000);
+  cr_assert_eq(b, a, "the cached block, whole");
+  struct ta_stats s = {.version = TA_STATS_VERSION, .size = sizeof s};
+  cr_assert_eq(ta_stats_get(&s, -1), 0);
+  cr_assert(s.requested_tracked);
+  cr_assert_eq(s.requested_bytes, 100000 + 19000, "the guard's request and the new one");
+  ta_free(b);
+  ta_free(keep);
+}
+
+Test(mcache, where_spans_serve_the_size_a_span_comes_before_the_cache) {
+  char *a = ta_malloc(20000), *keep = guard();
+  ta_free(a);
+  cr_assert(cached(a));
+  size_t min = ta_span_min;
+  TA_STORE(ta_span_min, (size_t)16 << 10); /* as ta_span_arenas sets it with 8 threads */
+  char *b = ta_malloc(20000);
+  TA_STORE(ta_span_min, min);
+  cr_assert_eq(ta_map_get((uintptr_t)b), TA_MAP_SPAN, "a span, as alloc_from gives");
+  cr_assert(cached(a), "the cached block stays");
+  ta_free(b);
+  ta_free(keep);
+}
+
+Test(mcache, a_cache_hit_takes_the_request_for_the_purger_thread) {
+  ta_bg_enable(false); /* taken, not started: the test makes no thread */
+  char *a = ta_malloc(20000), *keep = guard();
+  ta_free(a);
+  cr_assert(cached(a));
+  ta_bg_request();
+  char *b = ta_malloc(20000);
+  cr_assert_eq(atomic_load(&ta_bg_wanted), 0, "the request reached ta_bg_maybe_start");
+  cr_assert_eq(b, a, "then the cached block");
+  ta_free(b);
+  ta_free(keep);
+}
+
 Test(mcache, the_purge_flushes_the_cache_a_decay_time_after_its_first_block) {
   ta_decay_ms = 1000;
   char *a = ta_malloc(20000), *b = ta_malloc(20000), *keep = ta_malloc(20000);
