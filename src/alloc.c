@@ -4,12 +4,14 @@
  * Fast path of malloc (every small size, 21 instructions): class from a table, the
  * thread's arena from TLS, the class's current run, pop its free list (and prefetch the
  * block that becomes its head: the next malloc of the class reads it). Anything else —
- * empty list, no arena yet, larger sizes — goes to alloc_generic.
+ * empty list, no arena yet, larger sizes — goes to alloc_big, which takes a block of the
+ * thread's medium cache or goes on to alloc_from.
  *
  * Fast path of free (small block owned by this thread, 39 instructions): the map
  * byte of p's granule says "small chunk"; the run follows from p's address; the run's
  * owner is this thread's arena; p is a block boundary below what the run has handed out;
- * its key word does not say "already free"; push it. Everything else is free_generic.
+ * its key word does not say "already free"; push it. A medium block goes to free_medium,
+ * everything else to free_generic.
  *
  * This file is compiled twice: into libtamalloc_api.a as is, and into the replacement
  * library through override.c, with TA_OVERRIDE defined, which adds the standard names as
@@ -218,8 +220,9 @@ static void quarantine_check_newest(ta_arena_t *me);
 
 /* grows: a realloc that grows a medium block or a span, and may grow again: no span serves
  * it (it goes to the medium heap, where it can grow again in place), and a huge block keeps
- * whole granules to grow into (huge.c, span_keep). */
-static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool grows) {
+ * whole granules to grow into (huge.c, span_keep). looked: the thread's medium cache was
+ * looked at for this request just before, in this arena (alloc_cached), and had nothing. */
+static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool grows, bool looked) {
   if (TA_UNLIKELY(size > TA_MAX_REQUEST)) {
     errno = ENOMEM;
     return NULL;
@@ -247,7 +250,8 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
              (chores_sometimes(a), (p = ta_span_alloc(size, &zeroed)) != NULL)) {
     /* a span; without one (no new chunk could be had), the medium heap may still serve */
   } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 && size + align <= TA_MEDIUM_MAX) {
-    if (!ta_secure && align <= TA_ALIGNMENT && (p = ta_medium_cache_alloc(a, size)) != NULL) {
+    if (!ta_secure && align <= TA_ALIGNMENT && !looked &&
+        (p = ta_medium_cache_alloc(a, size)) != NULL) {
       chores_sometimes(a); /* a block the thread freed, whole (medium.c, "The cache") */
     } else {
       chores_round(a);
@@ -272,26 +276,32 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
 }
 
 static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
-  return alloc_from(size, align, zero, false);
+  return alloc_from(size, align, zero, false, false);
 }
 
-/* malloc past the small sizes: a block of the thread's medium cache (medium.c, "The cache")
- * without alloc_from's frame. The same tests first that alloc_from makes before it looks
- * there, and the same chores after: a span where spans serve the size, statistics recorded,
- * the background purger started. Anything else, and a cache without a block of the request's
- * bin (the sentinel arena's among them), goes to alloc_from. */
-static TA_NOINLINE void *alloc_big(size_t size) {
+/* A request the thread's medium cache may serve (alloc_big): its block, and the chores of a
+ * hit; else alloc_from, told that the cache was looked at, unless the arena was the sentinel
+ * (alloc_from then gets the thread one, which may be an adopted arena holding cached blocks). */
+static TA_NOINLINE void *alloc_cached(size_t size) {
   ta_arena_t *a = ta_tl_arena;
-  if (size > TA_SMALL_MAX && size <= TA_MEDIUM_MAX && !ta_stats_on &&
-      !ta_span_serves(size, TA_ALIGNMENT) &&
-      !atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed)) {
-    void *p = ta_medium_cache_alloc(a, size);
-    if (p != NULL) {
-      chores_sometimes(a);
-      return p;
-    }
+  void *p = ta_medium_cache_alloc(a, size);
+  if (p != NULL) {
+    chores_sometimes(a);
+    return p;
   }
-  return alloc_from(size, TA_ALIGNMENT, false, false);
+  return alloc_from(size, TA_ALIGNMENT, false, false, a != &ta_sentinel_arena);
+}
+
+/* malloc past the small sizes, without alloc_from's frame (six registers saved and restored)
+ * for a block of the thread's medium cache (medium.c, "The cache"): the tests alloc_from makes
+ * before its own look there (a size the cache may serve, no statistics to record, no span
+ * serving the size, no purger thread asked for), in a function with no frame; the rest goes
+ * to alloc_from as it would have. */
+static TA_NOINLINE void *alloc_big(size_t size) {
+  if (ta_medium_cache_may_serve(size) && !ta_stats_on && !ta_span_serves(size, TA_ALIGNMENT) &&
+      !atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed))
+    return alloc_cached(size);
+  return alloc_from(size, TA_ALIGNMENT, false, false, false);
 }
 
 /* ta_fast_limit is 8 KiB (every small size), or 0 while statistics are on (every call then
@@ -450,49 +460,29 @@ static TA_EXIT_PATH void free_small_slow(ta_arena_t *me, ta_run_t *r) {
   ta_purge_if_over(me);
 }
 
-static void free_medium(void *p) {
-  ta_mhdr_t *h = ta_medium_hdr_at(p, "free(): invalid pointer");
-  ta_block_t *b = p;
-  ta_chunk_t *c = ta_chunk_of(p);
-  ta_arena_t *me = ta_tl_arena;
-  /* INUSE is cleared, and CACHED set, by the owner alone, when the block is free: a sure
-   * double free. */
-  if (!ta_medium_live(ta_mh_load(h))) ta_fatal("free(): double free of pointer", p);
-  if (c->owner != me) {
-    ta_arena_t *owner = c->owner;
-    /* Should the owner be idle for good, the background purger takes it in: it is told
-     * a medium block waits, and its next visit to owned arenas is due within the decay
-     * time, or is made so here — and started if it has left (this free holds no lock of
-     * ours: a safe point, as alloc_generic's entry is). */
-    if (free_to_owner(owner, b)) {
-      atomic_fetch_add_explicit(&owner->remote_medium, 1, memory_order_relaxed);
-      if (atomic_load_explicit(&ta_arenas_due, memory_order_relaxed) == 0 &&
-          atomic_load_explicit(&owner->state, memory_order_relaxed) == ARENA_CLAIMED) {
-        ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + ta_decay_ms);
-        ta_bg_maybe_start(library.background);
-      }
+/* Another thread's medium block: to its owner. Should the owner be idle for good, the
+ * background purger takes it in: it is told a medium block waits, and its next visit to
+ * owned arenas is due within the decay time, or is made so here — and started if it has left
+ * (this free holds no lock of ours: a safe point, as alloc_from's entry is). */
+static TA_NOINLINE void free_medium_remote(ta_arena_t *owner, ta_block_t *b) {
+  if (free_to_owner(owner, b)) {
+    atomic_fetch_add_explicit(&owner->remote_medium, 1, memory_order_relaxed);
+    if (atomic_load_explicit(&ta_arenas_due, memory_order_relaxed) == 0 &&
+        atomic_load_explicit(&owner->state, memory_order_relaxed) == ARENA_CLAIMED) {
+      ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + ta_decay_ms);
+      ta_bg_maybe_start(library.background);
     }
-    return;
   }
-  /* Into the cache in a light section (internal.h) if it goes there; a free mark, which may
-   * be another thread's free not taken in yet, and a full cache take the lock. */
-  uintptr_t mark = ta_mark(b);
-  bool refused = false; /* the cache was asked in the light section and said no */
-  if (ta_light_enter(me)) {
-    bool cached = false;
-    if (b->key != mark) {
-      cached = ta_medium_cache_put(me, h);
-      refused = !cached;
-    }
-    if (cached) TA_ADD(me->cnt.frees, 1);
-    ta_light_leave(me);
-    if (cached) return;
-  }
+}
+
+/* The owner's free under the lock: a block whose mark says free (maybe another thread's free
+ * not taken in yet), a light section refused, or a cache that refused the block in one
+ * (`refused`: only the owner fills the cache, so it would refuse again; a foreign flush may
+ * have made room since, and the block then goes to the heap, as with a full cache). */
+static TA_NOINLINE void free_medium_locked(ta_arena_t *me, ta_mhdr_t *h, bool refused) {
+  ta_block_t *b = (ta_block_t *)(h + 1);
   ta_slow_enter(me);
-  /* Maybe freed before by another thread and not yet taken in. */
-  if (b->key == mark && medium_freed(me, p)) ta_fatal("free(): double free of pointer", p);
-  /* Asked once already: only the owner fills the cache, so it would refuse again (a foreign
-   * flush may have made room since; the block then goes to the heap, as with a full cache). */
+  if (b->key == ta_mark(b) && medium_freed(me, b)) ta_fatal("free(): double free of pointer", b);
   if (!refused && ta_medium_cache_put(me, h)) {
     ta_light_allow(me);
   } else {
@@ -501,6 +491,30 @@ static void free_medium(void *p) {
   }
   TA_ADD(me->cnt.frees, 1);
   ta_slow_leave(me);
+}
+
+/* Reached from free's entry: the owner's put into its cache in a light section (internal.h)
+ * is the path kept short; the others are calls of their own. */
+static TA_NOINLINE void free_medium(void *p) {
+  ta_mhdr_t *h = ta_medium_hdr_at(p, "free(): invalid pointer");
+  ta_block_t *b = p;
+  ta_arena_t *me = ta_tl_arena, *owner = ta_chunk_of(p)->owner;
+  /* INUSE is cleared, and CACHED set, by the owner alone, when the block is free: a sure
+   * double free. */
+  if (!ta_medium_live(ta_mh_load(h))) ta_fatal("free(): double free of pointer", p);
+  if (owner != me) return free_medium_remote(owner, b);
+  bool refused = false; /* the cache was asked in the light section and said no */
+  if (ta_light_enter(me)) {
+    bool cached = false;
+    if (b->key != ta_mark(b)) {
+      cached = ta_medium_cache_put(me, h);
+      refused = !cached;
+    }
+    if (cached) TA_ADD(me->cnt.frees, 1);
+    ta_light_leave(me);
+    if (cached) return;
+  }
+  free_medium_locked(me, h, refused);
 }
 
 /* A huge block's or a span's free (huge.c, span.c), counted in the freeing thread's arena,
@@ -554,7 +568,8 @@ void ta_free(void *p) {
   uintptr_t g = u >> TA_CHUNK_SHIFT;
   if (TA_UNLIKELY(!ta_map_covers(g))) return free_generic(p, TA_MAP_NONE);
   uint8_t kind = ta_map_at(g);
-  if (TA_UNLIKELY(kind != TA_MAP_SMALL)) return free_generic(p, kind);
+  if (TA_UNLIKELY(kind != TA_MAP_SMALL))
+    return kind == TA_MAP_MEDIUM ? free_medium(p) : free_generic(p, kind);
   ta_run_t *r = ta_run_of(p);
   ta_arena_t *me = ta_tl_arena;
   ta_block_t *b = p;
@@ -793,7 +808,7 @@ void *ta_realloc(void *p, size_t size) {
    * realloc can grow it in place (a span never grows in place: a string builder appending a
    * few bytes at a time would be copied at every page). */
   bool grows = (kind == TA_MAP_MEDIUM || kind == TA_MAP_SPAN) && size > usable;
-  void *q = alloc_from(size, TA_ALIGNMENT, false, grows);
+  void *q = alloc_from(size, TA_ALIGNMENT, false, grows, false);
   if (q == NULL) return NULL; /* errno is ENOMEM; p is untouched */
   memcpy(q, p, size < usable ? size : usable);
   ta_free(p);

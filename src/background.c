@@ -9,7 +9,7 @@
  *     allocated) and something is waiting to be purged: a single-threaded program never
  *     has one, and keeps glibc's single-thread shortcuts;
  *   - it is started at a point where this thread holds no lock of ours and no arena is
- *     half changed: the thread-exit destructor, or the entry of alloc_generic after a slow
+ *     half changed: the thread-exit destructor, or the entry of alloc_from after a slow
  *     path asked for it (ta_bg_request), never from inside a slow path;
  *   - it sleeps on a futex until the earliest due time, and with nothing pending until a
  *     thread notes new work (ta_bg_wake, dirty.c: a due time went from none to some), or

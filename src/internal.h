@@ -969,8 +969,15 @@ TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool e
  * the free block it is cut from leaves a rest that can stand alone. */
 TA_HIDDEN size_t ta_medium_block_for(size_t size, size_t align, bool exact);
 /* A block of `size` (alignment 16, not a small class's) from the arena's cache of freed
- * medium blocks, or NULL; takes the arena's lock. */
+ * medium blocks, or NULL; in a light section, or under the arena's lock. */
 TA_HIDDEN void *ta_medium_cache_alloc(ta_arena_t *a, size_t size);
+/* Whether a request of `size` (alignment 16) is one the cache may serve: past the small
+ * classes, and its block (header included, rounded to 16) below the last cached bin's end,
+ * the size a block of that bin never reaches. */
+TA_INLINE bool ta_medium_cache_may_serve(size_t size) {
+  return size > TA_SMALL_MAX &&
+         size <= ta_class_size[TA_MCACHE_FIRST + TA_MCACHE_CLASSES] - 2 * sizeof(ta_mhdr_t);
+}
 TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
 /* The arena's cache of medium blocks its owner freed (medium.c, "The cache"); under the
  * arena's lock (ta_medium_cache_alloc takes from it). put: whether h went into the cache (else
@@ -1306,7 +1313,7 @@ TA_INLINE uint64_t ta_excess_age(unsigned step) {
 TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);
 
 /* ------------------------------------------------------------------ background.c */
-TA_HIDDEN void ta_bg_maybe_start(bool by_default); /* at a safe point: thread exit, alloc_generic */
+TA_HIDDEN void ta_bg_maybe_start(bool by_default); /* at a safe point: thread exit, alloc_from */
 TA_HIDDEN void ta_bg_reset_after_fork(void);
 
 uint64_t ta_bg_rounds(void);

@@ -857,6 +857,64 @@ Test(mcache, a_cache_hit_records_the_request_while_statistics_are_on) {
   ta_free(keep);
 }
 
+/* The sizes malloc looks for in the cache (ta_medium_cache_may_serve) are those it can serve:
+ * the largest request a block of the last cached bin holds is served from the cache, and the
+ * next size up never is (its block would be of no cached bin). */
+Test(mcache, the_largest_request_of_the_last_cached_bin_is_served_from_the_cache) {
+  size_t end = ta_class_size[TA_MCACHE_FIRST + TA_MCACHE_CLASSES];
+  size_t largest = end - 2 * sizeof(ta_mhdr_t);
+  cr_assert(ta_medium_cache_may_serve(largest));
+  cr_assert_not(ta_medium_cache_may_serve(largest + 1));
+  cr_assert_not(ta_medium_cache_may_serve(TA_SMALL_MAX));
+  cr_assert(ta_medium_cache_may_serve(TA_SMALL_MAX + 1));
+  char *a = ta_malloc(largest), *keep = guard(), *b = ta_malloc(largest + 1), *keep2 = guard();
+  cr_assert_eq(ta_bin_of(block_size(a)), TA_MCACHE_FIRST + TA_MCACHE_CLASSES - 1, "last bin");
+  ta_free(a);
+  ta_free(b);
+  cr_assert(cached(a));
+  cr_assert_not(cached(b), "of no cached bin: into the heap");
+  char *c = ta_malloc(largest + 1);
+  cr_assert_eq(c, b, "from the heap's free block");
+  cr_assert(cached(a));
+  char *d = ta_malloc(largest);
+  cr_assert_eq(d, a, "the cached block, whole");
+  ta_free(d);
+  ta_free(c);
+  ta_free(keep);
+  ta_free(keep2);
+}
+
+/* A thread's first malloc has no arena yet: the cache it looked at was the sentinel's, and the
+ * arena it then adopts may hold cached blocks, which alloc_from still looks for. */
+struct adopt_job {
+  char *cached, *heap_free, *got;
+};
+static void *cache_then_exit(void *arg) {
+  struct adopt_job *j = arg;
+  j->heap_free = ta_malloc(100000); /* past the cache's sizes: a free block of the heap */
+  j->cached = ta_malloc(20000);
+  (void)guard(); /* left live: keeps the two from merging into the top */
+  ta_free(j->cached);
+  ta_free(j->heap_free);
+  return NULL;
+}
+static void *first_malloc(void *arg) {
+  struct adopt_job *j = arg;
+  j->got = ta_malloc(20000);
+  return NULL;
+}
+Test(mcache, a_threads_first_malloc_takes_from_the_cache_of_the_arena_it_adopts) {
+  ta_bg_enable(false); /* nothing flushes the cache of the arena left behind */
+  struct adopt_job j = {0};
+  pthread_t t;
+  pthread_create(&t, NULL, cache_then_exit, &j);
+  pthread_join(t, NULL);
+  cr_assert(cached(j.cached));
+  pthread_create(&t, NULL, first_malloc, &j);
+  pthread_join(t, NULL);
+  cr_assert_eq(j.got, j.cached, "the cached block, not one cut from the heap's free block");
+}
+
 Test(mcache, where_spans_serve_the_size_a_span_comes_before_the_cache) {
   char *a = ta_malloc(20000), *keep = guard();
   ta_free(a);
