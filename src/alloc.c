@@ -220,9 +220,12 @@ static void quarantine_check_newest(ta_arena_t *me);
 
 /* grows: a realloc that grows a medium block or a span, and may grow again: no span serves
  * it (it goes to the medium heap, where it can grow again in place), and a huge block keeps
- * whole granules to grow into (huge.c, span_keep). looked: the thread's medium cache was
- * looked at for this request just before, in this arena (alloc_cached), and had nothing. */
-static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool grows, bool looked) {
+ * whole granules to grow into (huge.c, span_keep). looked: the arena whose medium cache was
+ * looked at for this request just before and had nothing (alloc_cached), or NULL: the cache
+ * of another arena (the sentinel's of a thread without one, which may now adopt an arena
+ * holding cached blocks; one a fork set aside) is looked at. */
+static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool grows,
+                                    const ta_arena_t *looked) {
   if (TA_UNLIKELY(size > TA_MAX_REQUEST)) {
     errno = ENOMEM;
     return NULL;
@@ -250,7 +253,7 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
              (chores_sometimes(a), (p = ta_span_alloc(size, &zeroed)) != NULL)) {
     /* a span; without one (no new chunk could be had), the medium heap may still serve */
   } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 && size + align <= TA_MEDIUM_MAX) {
-    if (!ta_secure && align <= TA_ALIGNMENT && !looked &&
+    if (!ta_secure && align <= TA_ALIGNMENT && a != looked && ta_medium_cache_may_serve(size) &&
         (p = ta_medium_cache_alloc(a, size)) != NULL) {
       chores_sometimes(a); /* a block the thread freed, whole (medium.c, "The cache") */
     } else {
@@ -276,12 +279,11 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
 }
 
 static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
-  return alloc_from(size, align, zero, false, false);
+  return alloc_from(size, align, zero, false, NULL);
 }
 
 /* A request the thread's medium cache may serve (alloc_big): its block, and the chores of a
- * hit; else alloc_from, told that the cache was looked at, unless the arena was the sentinel
- * (alloc_from then gets the thread one, which may be an adopted arena holding cached blocks). */
+ * hit; else alloc_from, told which arena's cache was looked at. */
 static TA_NOINLINE void *alloc_cached(size_t size) {
   ta_arena_t *a = ta_tl_arena;
   void *p = ta_medium_cache_alloc(a, size);
@@ -289,7 +291,7 @@ static TA_NOINLINE void *alloc_cached(size_t size) {
     chores_sometimes(a);
     return p;
   }
-  return alloc_from(size, TA_ALIGNMENT, false, false, a != &ta_sentinel_arena);
+  return alloc_from(size, TA_ALIGNMENT, false, false, a);
 }
 
 /* malloc past the small sizes, without alloc_from's frame (six registers saved and restored)
@@ -301,7 +303,7 @@ static TA_NOINLINE void *alloc_big(size_t size) {
   if (ta_medium_cache_may_serve(size) && !ta_stats_on && !ta_span_serves(size, TA_ALIGNMENT) &&
       !atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed))
     return alloc_cached(size);
-  return alloc_from(size, TA_ALIGNMENT, false, false, false);
+  return alloc_from(size, TA_ALIGNMENT, false, false, NULL);
 }
 
 /* ta_fast_limit is 8 KiB (every small size), or 0 while statistics are on (every call then
@@ -528,7 +530,7 @@ static void count_free_ownerless(void) {
 static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
   if (p == NULL) return;
   switch (kind) {
-  case TA_MAP_MEDIUM:
+  case TA_MAP_MEDIUM: /* ta_free sends these to free_medium itself: any other caller's */
     free_medium(p);
     return;
   case TA_MAP_SPAN: {
@@ -808,7 +810,7 @@ void *ta_realloc(void *p, size_t size) {
    * realloc can grow it in place (a span never grows in place: a string builder appending a
    * few bytes at a time would be copied at every page). */
   bool grows = (kind == TA_MAP_MEDIUM || kind == TA_MAP_SPAN) && size > usable;
-  void *q = alloc_from(size, TA_ALIGNMENT, false, grows, false);
+  void *q = alloc_from(size, TA_ALIGNMENT, false, grows, NULL);
   if (q == NULL) return NULL; /* errno is ENOMEM; p is untouched */
   memcpy(q, p, size < usable ? size : usable);
   ta_free(p);

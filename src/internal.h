@@ -339,6 +339,9 @@ _Static_assert(TA_LINE - 16 + TA_MIN_MBLOCK - 16 < 256, "a class block's spare f
 #define TA_MCACHE_CLASSES 24
 #define TA_MCACHE_SLOTS 8
 #define TA_MCACHE_BYTES ((uint32_t)1024 << 10)
+/* Where the last cached bin ends (ta_class_size[TA_MCACHE_FIRST + TA_MCACHE_CLASSES], which a
+ * test checks): no block of a cached bin is this large. */
+#define TA_MCACHE_END ((size_t)64 << 10)
 #define TA_CHORES_EVERY 16 /* slow paths that reuse held memory, per round of chores (alloc.c) */
 TA_INLINE uint64_t *ta_medium_stamp(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 2; }
 TA_INLINE uint64_t *ta_medium_res(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 3; }
@@ -968,15 +971,14 @@ TA_HIDDEN void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool e
 /* The size of the block, header included, that ta_medium_alloc cuts for such a request when
  * the free block it is cut from leaves a rest that can stand alone. */
 TA_HIDDEN size_t ta_medium_block_for(size_t size, size_t align, bool exact);
-/* A block of `size` (alignment 16, not a small class's) from the arena's cache of freed
- * medium blocks, or NULL; in a light section, or under the arena's lock. */
+/* A block of `size` (alignment 16, not a small class's, one the cache may serve: below) from
+ * the arena's cache of freed medium blocks, or NULL; in a light section, or under the lock. */
 TA_HIDDEN void *ta_medium_cache_alloc(ta_arena_t *a, size_t size);
 /* Whether a request of `size` (alignment 16) is one the cache may serve: past the small
- * classes, and its block (header included, rounded to 16) below the last cached bin's end,
- * the size a block of that bin never reaches. */
+ * classes, and its block (header included, rounded up to 16) below the last cached bin's end.
+ * The callers test it before ta_medium_cache_alloc, which does not. */
 TA_INLINE bool ta_medium_cache_may_serve(size_t size) {
-  return size > TA_SMALL_MAX &&
-         size <= ta_class_size[TA_MCACHE_FIRST + TA_MCACHE_CLASSES] - 2 * sizeof(ta_mhdr_t);
+  return size > TA_SMALL_MAX && size <= TA_MCACHE_END - TA_ALIGNMENT - sizeof(ta_mhdr_t);
 }
 TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
 /* The arena's cache of medium blocks its owner freed (medium.c, "The cache"); under the

@@ -676,9 +676,8 @@ static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
 /* A block of the request's bin that the owner freed, handed out whole: for a request of
  * alignment 16 that is not a small class's (its header would need the class and spare). */
 void *ta_medium_cache_alloc(ta_arena_t *a, size_t size) {
-  /* Only the owner, the caller, puts blocks there: found empty without the lock, it is. A
-   * size past its bins is not looked for in the section. */
-  if (TA_LOAD(a->mcache_bytes) == 0 || !ta_medium_cache_may_serve(size)) return NULL;
+  /* Only the owner, the caller, puts blocks there: found empty without the lock, it is. */
+  if (TA_LOAD(a->mcache_bytes) == 0) return NULL;
   size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
   bool light = ta_light_enter(a); /* else the lock (internal.h, "Light sections") */
   if (!light) ta_slow_enter(a);

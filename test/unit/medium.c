@@ -861,8 +861,9 @@ Test(mcache, a_cache_hit_records_the_request_while_statistics_are_on) {
  * the largest request a block of the last cached bin holds is served from the cache, and the
  * next size up never is (its block would be of no cached bin). */
 Test(mcache, the_largest_request_of_the_last_cached_bin_is_served_from_the_cache) {
-  size_t end = ta_class_size[TA_MCACHE_FIRST + TA_MCACHE_CLASSES];
-  size_t largest = end - 2 * sizeof(ta_mhdr_t);
+  cr_assert_eq(TA_MCACHE_END, ta_class_size[TA_MCACHE_FIRST + TA_MCACHE_CLASSES],
+               "the constant is where the last cached bin ends");
+  size_t largest = TA_MCACHE_END - TA_ALIGNMENT - sizeof(ta_mhdr_t);
   cr_assert(ta_medium_cache_may_serve(largest));
   cr_assert_not(ta_medium_cache_may_serve(largest + 1));
   cr_assert_not(ta_medium_cache_may_serve(TA_SMALL_MAX));
