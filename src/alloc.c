@@ -220,10 +220,10 @@ static void quarantine_check_newest(ta_arena_t *me);
 
 /* grows: a realloc that grows a medium block or a span, and may grow again: no span serves
  * it (it goes to the medium heap, where it can grow again in place), and a huge block keeps
- * whole granules to grow into (huge.c, span_keep). looked: the arena whose medium cache was
- * looked at for this request just before and had nothing (alloc_cached), or NULL: the cache
- * of another arena (the sentinel's of a thread without one, which may now adopt an arena
- * holding cached blocks; one a fork set aside) is looked at. */
+ * whole granules to grow into (huge.c, span_keep). looked: an arena whose medium cache had
+ * nothing for this request a moment ago (alloc_cached), or NULL. The request looks at its
+ * arena's cache unless it is that one: a thread without an arena looked at the sentinel's,
+ * and the arena it gets here may be an adopted one holding cached blocks. */
 static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool grows,
                                     const ta_arena_t *looked) {
   if (TA_UNLIKELY(size > TA_MAX_REQUEST)) {
