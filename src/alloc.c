@@ -527,12 +527,11 @@ static void count_free_ownerless(void) {
   else atomic_fetch_add_explicit(&ta_orphan_frees, 1, memory_order_relaxed);
 }
 
+/* free of a span, a huge block, NULL or a pointer of no kind of ours (ta_free sends small
+ * and medium blocks elsewhere). */
 static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
   if (p == NULL) return;
   switch (kind) {
-  case TA_MAP_MEDIUM: /* ta_free sends these to free_medium itself: any other caller's */
-    free_medium(p);
-    return;
   case TA_MAP_SPAN: {
     bool noted = ta_span_free(p);
     count_free_ownerless();
