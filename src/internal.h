@@ -22,7 +22,8 @@
  * one CAS; the owner drains those lists in its slow paths.
  *
  * Invariants (checked by the tests in test/unit):
- *   run:    RUN_USED(r) + |run.free| + |its blocks on owner.remote[]| == limit / bsize <= cap
+ *   run:    RUN_USED(r) + |run.free| == limit / bsize <= cap; RUN_USED counts the blocks on
+ *           owner.remote[] (freed by other threads, not yet taken in)
  *   run:    state == RUN_FULL <=> RUN_FULL_BIT set in used <=> in no list (and free was NULL
  *           when it was set; remote frees may refill it before the owner notices)
  *   run:    state == RUN_ACTIVE <=> RUN_ACTIVE_BIAS added to used <=> it is owner.cur[cls]

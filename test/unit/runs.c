@@ -9,6 +9,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <sys/mman.h>
+
 #include "internal.h"
 #include "support/fd_text.h"
 #include "tamalloc.h"
@@ -242,6 +244,68 @@ Test(runs, a_free_link_forged_to_a_live_block_aborts_the_reordering, .signal = S
   ((ta_block_t *)all[freed[nfree / 2]])->link = ta_link_enc(live);
   void *p = ta_malloc(64);
   cr_assert_fail("the reordering took a live block for a free one: %p", p);
+}
+
+/* The reordering reads the marks of the run's blocks in address order when it can tell from
+ * them alone. A live block whose data equals its mark makes one marked block too many: the
+ * list decides, and the live block stays the program's. */
+Test(runs, a_live_block_holding_its_mark_is_not_taken_for_a_free_one) {
+  size_t nfree = TA_RUN_SIZE / 64 * 3 / 4;
+  ta_run_t *r = scramble_a_run(64, nfree);
+  ta_block_t *live = all[(freed[nfree - 1] + 389) % (TA_RUN_SIZE / 64)]; /* never freed */
+  live->key = ta_mark(live);
+  live->link = ta_link_enc(live); /* a list of its own beside the run's: its links hold */
+  char *last = NULL;
+  for (size_t n = 0; n < nfree; n++) {
+    char *p = ta_malloc(64);
+    cr_assert_eq(ta_run_of(p), r, "block %zu from the PARTIAL run", n);
+    cr_assert_neq(p, (char *)live, "the live block handed out again as block %zu", n);
+    cr_assert_gt(p, last, "block %zu: %p after %p", n, (void *)p, (void *)last);
+    last = p;
+  }
+  cr_assert_eq(r->free, NULL, "every freed block, once, and nothing else");
+  cr_assert_eq(live->key, ta_mark(live), "the live block's data untouched");
+}
+
+/* As many marked blocks as free ones, but not the same: a live block holds its mark and a free
+ * block lost its own to a write after free. The links give it away, and the walk reports. */
+Test(runs, a_free_mark_overwritten_beside_a_live_block_holding_its_mark_aborts_the_reordering,
+     .signal = SIGABRT) {
+  size_t nfree = TA_RUN_SIZE / 64 * 3 / 4;
+  scramble_a_run(64, nfree);
+  ta_block_t *live = all[(freed[nfree - 1] + 389) % (TA_RUN_SIZE / 64)]; /* never freed */
+  live->key = ta_mark(live);
+  ((ta_block_t *)all[freed[nfree / 2]])->key = 0; /* a write after free */
+  void *p = ta_malloc(64);
+  cr_assert_fail("the reordering took a live block for a free one: %p", p);
+}
+
+/* A free block's link zeroed by a write after free cuts the list in two, where a walk would
+ * end and lose the blocks behind it: the marks tell, and the cut is reported. */
+Test(runs, a_link_zeroed_after_free_aborts_the_reordering, .signal = SIGABRT) {
+  size_t nfree = TA_RUN_SIZE / 64 * 3 / 4;
+  scramble_a_run(64, nfree);
+  ((ta_block_t *)all[freed[nfree / 2]])->link = 0;
+  void *p = ta_malloc(64);
+  cr_assert_fail("the reordering lost the blocks behind a zeroed link: %p", p);
+}
+
+/* A list whose head a forged (keyed) link names again is a cycle: the walk reports it. */
+Test(runs, a_link_forged_back_to_the_head_aborts_the_reordering, .signal = SIGABRT) {
+  size_t nfree = TA_RUN_SIZE / 64 * 3 / 4;
+  scramble_a_run(64, nfree);
+  ((ta_block_t *)all[freed[nfree - 2]])->link = ta_link_enc(all[freed[nfree - 1]]);
+  void *p = ta_malloc(64);
+  cr_assert_fail("the reordering took a cycle for a list: %p", p);
+}
+
+/* And one whose forged link names a block of the list again, behind the head. */
+Test(runs, a_link_forged_back_into_the_list_aborts_the_reordering, .signal = SIGABRT) {
+  size_t nfree = TA_RUN_SIZE / 64 * 3 / 4;
+  scramble_a_run(64, nfree);
+  ((ta_block_t *)all[freed[1]])->link = ta_link_enc(all[freed[nfree - 3]]);
+  void *p = ta_malloc(64);
+  cr_assert_fail("the reordering took a cycle for a list: %p", p);
 }
 
 /* A block of a rethreaded run freed twice is still caught. */
@@ -527,6 +591,88 @@ Test(runs, a_free_list_overwritten_after_free_aborts_the_shrink, .signal = SIGAB
   for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
   ((ta_block_t *)blocks[r->cap / 2])->link ^= 0x40; /* a write after free */
   ta_malloc_trim(0);
+}
+
+/* The shrink reads the free blocks from their marks as the reordering does: a live top block
+ * holding its mark (and a link to itself, a list of its own) is one marked block too many,
+ * and keeps its page. */
+Test(runs, a_live_top_block_holding_its_mark_keeps_its_page_through_a_shrink) {
+  ta_run_t *r = fill_run(64);
+  if (ta_page_size * 2 > TA_RUN_SIZE) cr_skip_test("a run is one page here: no shrink");
+  for (uint32_t k = 0; k + 1 < r->cap; k++)
+    ta_free(blocks[k]);
+  ta_block_t *top = blocks[r->cap - 1];
+  top->key = ta_mark(top);
+  top->link = ta_link_enc(top);
+  uint32_t limit = r->limit;
+  ta_malloc_trim(0);
+  cr_assert_eq(r->limit, limit, "nothing given back above a block in use");
+  cr_assert_eq(list_len(r->free), r->cap - 1);
+  cr_assert_eq(run_resident(r), TA_RUN_SIZE);
+  for (size_t i = sizeof(ta_block_t); i < 64; i++)
+    cr_assert_eq(((unsigned char *)top)[i], pattern(r->cap - 1, i), "byte %zu", i);
+  top->key = 0;
+  top->link = 0;
+  ta_free(top);
+}
+
+/* And a link zeroed after free is reported there too. */
+Test(runs, a_link_zeroed_after_free_aborts_the_shrink, .signal = SIGABRT) {
+  ta_run_t *r = fill_run(64);
+  if (ta_page_size * 2 > TA_RUN_SIZE) cr_skip_test("a run is one page here: no shrink");
+  for (uint32_t k = 1; k < r->cap; k++)
+    ta_free(blocks[k]);
+  ((ta_block_t *)blocks[r->cap / 2])->link = 0;
+  ta_malloc_trim(0);
+}
+
+/* A block of a page or more may be the program's to protect (mprotect): the shrink reads no
+ * block of such a class that is not on its list, the top one (its first test) or any other
+ * (the scan of the marks). */
+Test(runs, a_shrink_reads_no_page_sized_block_in_use) {
+  ta_run_t *r = fill_run(4096);
+  if (ta_page_size != 4096) cr_skip_test("blocks of 4 KiB are no pages here");
+  uint32_t mid = r->cap / 2, top = r->cap - 1;
+  for (uint32_t k = 0; k < r->cap; k++)
+    if (k != mid && k != top) ta_free(blocks[k]);
+  cr_assert_eq(mprotect(blocks[mid], 4096, PROT_NONE), 0);
+  cr_assert_eq(mprotect(blocks[top], 4096, PROT_NONE), 0);
+  ta_malloc_trim(0);
+  cr_assert_eq(r->limit, r->cap * r->bsize, "nothing given back above a block in use");
+  cr_assert_eq(mprotect(blocks[mid], 4096, PROT_READ | PROT_WRITE), 0);
+  cr_assert_eq(mprotect(blocks[top], 4096, PROT_READ | PROT_WRITE), 0);
+  check_block(mid, 4096);
+  check_block(top, 4096);
+  ta_free(blocks[mid]);
+  ta_free(blocks[top]);
+}
+
+/* A block another thread freed is marked and counted in use until the owner takes it in: a
+ * shrink that runs before (the owner's purge takes them in first; this calls the shrink
+ * alone) finds one marked block too many, and walks: nothing is reported, nothing above it
+ * goes back. */
+static void *free_the_top_block(void *arg) {
+  const ta_run_t *r = arg;
+  ta_free(blocks[r->cap - 1]);
+  return NULL;
+}
+Test(runs, a_block_waiting_on_the_remote_list_is_not_taken_for_a_cut_in_the_list) {
+  ta_run_t *r = fill_run(64);
+  for (uint32_t k = 1; k + 1 < r->cap; k++)
+    ta_free(blocks[k]);
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, free_the_top_block, r), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert(ta_remote_waiting(ta_tl_arena, memory_order_relaxed));
+  uint32_t limit = r->limit;
+  cr_assert_eq(ta_small_shrink(ta_tl_arena), 0);
+  cr_assert_eq(r->limit, limit);
+  cr_assert_eq(list_len(r->free), r->cap - 2);
+  ta_malloc_trim(0); /* takes it in, then gives back all above block 0 */
+  cr_assert(!ta_remote_waiting(ta_tl_arena, memory_order_relaxed));
+  if (ta_page_size * 2 <= TA_RUN_SIZE) cr_assert_eq(r->limit, r->bsize);
+  check_block(0, 64);
+  ta_free(blocks[0]);
 }
 
 static void shrink_to_the_first_block(ta_run_t *r) {
