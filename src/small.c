@@ -628,11 +628,11 @@ static void check_head(const ta_run_t *r) {
  * another run on 27% of its calls (bench/run's `random` workload: 1,100,000 of 4,000,000;
  * now 151,000, and the allocator's instructions per malloc+free fell from 127 to 71,
  * callgrind). What counts is a run's free blocks on its list: threaded blocks not in use
- * (PARTIAL: used is the plain count); room above `limit` is not counted, as in a run that
- * gave pages back it would be faulted in again. */
+ * (RUN_USED, in any state; blocks on remote lists count as in use); room above `limit` is
+ * not counted, as in a run that gave pages back it would be faulted in again. */
 enum { PICK_FEW = 8 };
 static uint32_t run_free_blocks(const ta_run_t *r) {
-  return ta_run_index(r, r->limit) - (uint32_t)r->used; /* threaded, less those in use */
+  return ta_run_index(r, r->limit) - (uint32_t)RUN_USED(r); /* threaded, less those in use */
 }
 static ta_run_t *partial_pick(ta_arena_t *a, ta_run_t *newest, unsigned cls) {
   uint32_t free_new = run_free_blocks(newest);
@@ -757,6 +757,15 @@ void ta_small_retire_idle(ta_arena_t *a) {
 #define RUN_MAX_BLOCKS (TA_RUN_SIZE / TA_ALIGNMENT)
 
 static bool bit_get(const uint64_t *bits, uint32_t k) { return (bits[k / 64] >> (k % 64)) & 1; }
+static void bit_set(uint64_t *bits, uint32_t k) { bits[k / 64] |= (uint64_t)1 << (k % 64); }
+
+/* Block k of run r, and the index of r's block b. */
+static const ta_block_t *block_at(const ta_run_t *r, uint32_t k) {
+  return (const ta_block_t *)(ta_run_base(r) + (size_t)k * r->bsize);
+}
+static uint32_t block_index(const ta_run_t *r, const void *b) {
+  return ta_run_index(r, (uint32_t)((uintptr_t)b & (TA_RUN_SIZE - 1)));
+}
 
 /* The mark word of a block that may be in use: the program, or a thread freeing the block,
  * may be writing it as it is read, with plain stores nothing on our side can order. Any
@@ -789,18 +798,13 @@ link_peek(const ta_block_t *b) {
  * checked so that a forged link to a live block is reported, not rethreaded: the rewrite
  * would store a link into the program's data.) */
 static void run_free_bits_walk(const ta_run_t *r, uint64_t *bits) {
-  char *base = ta_run_base(r);
   for (ta_block_t *b = r->free; b; b = ta_block_next(b)) {
     if (ta_run_of(b) != r || !ta_small_valid(r, b) || b->key != ta_mark(b))
       ta_fatal("malloc(): corrupted free list, next block", b);
-    uint32_t k = ta_run_index(r, (uint32_t)((char *)b - base));
+    uint32_t k = block_index(r, b);
     if (bit_get(bits, k)) ta_fatal("malloc(): corrupted free list, next block", b);
-    bits[k / 64] |= (uint64_t)1 << (k % 64);
+    bit_set(bits, k);
   }
-}
-
-static const ta_block_t *block_at(const ta_run_t *r, uint32_t k) {
-  return (const ta_block_t *)(ta_run_base(r) + (size_t)k * r->bsize);
 }
 
 /* The scan: the same bits from every threaded block's mark, read in address order. The walk
@@ -825,7 +829,7 @@ static const ta_block_t *block_at(const ta_run_t *r, uint32_t k) {
  * of its blocks free (a shrink of a run in use), where the walk reads less. Returns whether
  * the bits are set. */
 static bool run_free_bits_scan(const ta_run_t *r, uint64_t *bits) {
-  uint32_t n = ta_run_index(r, r->limit), want = n - (uint32_t)RUN_USED(r), found = 0;
+  uint32_t n = ta_run_index(r, r->limit), want = run_free_blocks(r), found = 0;
   if (r->bsize >= ta_page_size || want > n || want * 2 < n) return false;
   for (uint32_t k = 0; k < n; k++) {
     const ta_block_t *b = block_at(r, k);
@@ -834,7 +838,6 @@ static bool run_free_bits_scan(const ta_run_t *r, uint64_t *bits) {
     found += (uint32_t)m;
   }
   if (found != want || r->free == NULL || !ta_small_valid(r, r->free)) return false;
-  const char *base = ta_run_base(r);
   uint64_t named[RUN_MAX_BLOCKS / 64] = {0};
   uint32_t names = 0;
   for (uint32_t w = 0; w < (n + 63) / 64; w++) {
@@ -842,13 +845,13 @@ static bool run_free_bits_scan(const ta_run_t *r, uint64_t *bits) {
       const ta_block_t *next = link_peek(block_at(r, w * 64 + (uint32_t)__builtin_ctzll(m)));
       if (next == NULL) continue;
       if (!ta_small_valid(r, next)) return false;
-      uint32_t j = ta_run_index(r, (uint32_t)((const char *)next - base));
+      uint32_t j = block_index(r, next);
       if (!bit_get(bits, j) || bit_get(named, j)) return false;
-      named[j / 64] |= (uint64_t)1 << (j % 64);
+      bit_set(named, j);
       names++;
     }
   }
-  uint32_t h = ta_run_index(r, (uint32_t)((const char *)r->free - base));
+  uint32_t h = block_index(r, r->free);
   if (!bit_get(bits, h) || bit_get(named, h)) return false;
   if (names + 1 == found) return true;
   for (uint32_t w = 0; w < (n + 63) / 64; w++) { /* another block no link names: the cut */
@@ -929,10 +932,9 @@ static void run_order_maybe(ta_run_t *r) {
  * at most, a short walk. */
 static bool top_page_marked(const ta_run_t *r) {
   if (r->bsize >= ta_page_size) return true; /* the program's to protect: the walk decides */
-  const char *base = ta_run_base(r);
   uint32_t top = (uint32_t)ta_align_up(r->limit, ta_page_size) - (uint32_t)ta_page_size;
   for (uint32_t k = r->limit / r->bsize; k-- > 0 && (k + 1) * r->bsize > top;) {
-    const ta_block_t *b = (const ta_block_t *)(base + (size_t)k * r->bsize);
+    const ta_block_t *b = block_at(r, k);
     if (mark_peek(b) != ta_mark(b)) return false;
   }
   return true;
