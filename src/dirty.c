@@ -12,8 +12,9 @@
  *     ta_purge_note_global: any such due time (huge.c's cache too: ta_huge_due);
  *   - how many arenas were ever made (ta_arena_count, counted by arena.c), among which
  *     medium.c shares the budget for the tops of its chunks;
- *   - ta_dirty_fresh: pages an arena takes that are not resident, its demand: as much free
- *     memory it may keep past the decay and the budget (ta_arena_demand);
+ *   - ta_dirty_fresh: pages an arena takes that are not resident, and ta_dirty_drawdown: the
+ *     most of its free medium memory it takes at once; its demand: as much free memory it
+ *     may keep past the decay and the budget (ta_arena_demand);
  *   - over the budget (ta_dirty_max), the arena that went over it is marked
  *     (arena.over_budget): whoever holds the arena, above, gives its oldest excess back once
  *     the lower layers have returned (ta_purge_if_over: alloc.c, purge.c). While the purger
@@ -184,28 +185,53 @@ size_t ta_top_allowance(void) {
   return ta_arena_share();
 }
 
-/* Arena a takes `bytes` of pages that are not resident: a chunk from the kernel, the pool
- * or given back whole (chunk.c), a run slot given back on its own (small.c), a medium block
- * whose pages were given back (medium.c). Counted in windows of ta_demand_window(). */
-void ta_dirty_fresh(ta_arena_t *a, size_t bytes) {
+/* Arena a's demand window: a new one begins if the current one is over. Returns the time. */
+static uint64_t demand_window_now(ta_arena_t *a) {
   uint64_t now = ta_os_now_ms(), w = ta_demand_window();
   uint64_t start = atomic_load_explicit(&a->demand_ms, memory_order_relaxed);
-  size_t cur = atomic_load_explicit(&a->demand, memory_order_relaxed);
   if (now - start >= w) {
+    size_t cur = atomic_load_explicit(&a->demand, memory_order_relaxed);
     atomic_store_explicit(&a->demand_prev, now - start < 2 * w ? cur : 0, memory_order_relaxed);
     atomic_store_explicit(&a->demand_ms, now, memory_order_relaxed);
-    cur = 0;
+    atomic_store_explicit(&a->demand, 0, memory_order_relaxed);
+    atomic_store_explicit(&a->demand_top, 0, memory_order_relaxed);
+    a->hole_rise = 0;
   }
+  return now;
+}
+
+static void demand_add(ta_arena_t *a, size_t bytes, uint64_t now) {
+  size_t cur = atomic_load_explicit(&a->demand, memory_order_relaxed);
   atomic_store_explicit(&a->demand, cur + bytes, memory_order_relaxed);
   ta_dirty_hold(a, ta_arena_demand(a, now));
 }
 
-/* The pages arena a drew from the kernel over the last one to two windows: as much free
- * memory it may keep resident past the decay and outside the budget (purge.c), since it is
- * drawing that much anyway. A program that frees half its blocks and allocates as much
- * again in other sizes gave back, with the decay and the budget alone, the memory it was
- * about to fault in again (the frag workload: 205,000 page faults against jemalloc's
- * 157,000, which keeps its free memory for 10 s). `now` may be older than the window's
+/* Arena a takes `bytes` of pages that are not resident: a chunk from the kernel, the pool
+ * or given back whole (chunk.c), a run slot given back on its own (small.c), a medium block
+ * whose pages were given back (medium.c). Counted in windows of ta_demand_window(). */
+void ta_dirty_fresh(ta_arena_t *a, size_t bytes) { demand_add(a, bytes, demand_window_now(a)); }
+
+/* Arena a takes `taken` bytes of its large free medium blocks' resident pages (medium.c).
+ * What it takes in a window less what it frees into its medium heap meanwhile (hole_rise,
+ * never below 0: ta_dirty_hole_freed) is resident memory it needed at once, which a purge
+ * would have made it fault in: the most it reaches in the window (demand_top) counts in the
+ * window's demand. The same bytes taken and freed again and again count once; blocks taken
+ * and kept count in the window that took them. */
+void ta_dirty_drawdown(ta_arena_t *a, size_t taken) {
+  uint64_t now = demand_window_now(a); /* a new window begins from 0 */
+  a->hole_rise += taken;
+  size_t top = atomic_load_explicit(&a->demand_top, memory_order_relaxed);
+  if (a->hole_rise <= top) return;
+  atomic_store_explicit(&a->demand_top, a->hole_rise, memory_order_relaxed);
+  demand_add(a, a->hole_rise - top, now);
+}
+
+/* The pages arena a drew from the kernel over the last one to two windows, and the free
+ * medium memory it took at once: as much free memory it may keep resident past the decay and
+ * outside the budget (purge.c), since it is drawing that much anyway. A program that frees half its
+ * blocks and allocates as much again in other sizes gave back, with the decay and the budget alone,
+ * the memory it was about to fault in again (the frag workload: 205,000 page faults against
+ * jemalloc's 157,000, which keeps its free memory for 10 s). `now` may be older than the window's
  * start (a purger's reading): that is no time at all. */
 size_t ta_arena_demand(const ta_arena_t *a, uint64_t now) {
   uint64_t start = atomic_load_explicit(&a->demand_ms, memory_order_relaxed);
@@ -267,6 +293,8 @@ void ta_dirty_owner_change(ta_arena_t *a, bool keep) {
 void ta_dirty_forget_demand(ta_arena_t *a) {
   atomic_store_explicit(&a->demand, 0, memory_order_relaxed);
   atomic_store_explicit(&a->demand_prev, 0, memory_order_relaxed);
+  atomic_store_explicit(&a->demand_top, 0, memory_order_relaxed);
+  atomic_store_explicit(&a->demand_ms, 0, memory_order_relaxed); /* the next count begins anew */
   atomic_store_explicit(&a->demand_seen, 0, memory_order_relaxed);
   size_t old = atomic_exchange_explicit(&a->held, 0, memory_order_relaxed);
   atomic_fetch_sub_explicit(&ta_dirty_held, old, memory_order_relaxed);

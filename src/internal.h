@@ -467,6 +467,8 @@ typedef struct ta_arena {
   _Atomic uint64_t purge_due;  /* earliest time something of this arena may be purged; 0: none */
   _Atomic uint64_t owner_due;  /* the same in its owner's time (ta_owner_decay): its next purge */
   uint64_t medium_dirty_since; /* a large medium free block may hold resident pages since */
+  size_t hole_rise; /* bytes taken of large free medium blocks in this demand window, less
+                     * bytes freed into the medium heap since, never below 0 (dirty.c) */
   _Atomic uint64_t released_ms; /* when the arena was last given up (read by orphan purges) */
   _Atomic uint64_t owner_tag;   /* owner without exit hook: its thread id, for takeover (arena.c) */
   size_t dirty_bytes;          /* empty chunks and retired run slots still resident */
@@ -481,12 +483,14 @@ typedef struct ta_arena {
    * orphan purge (arena.c, ta_arena_give_back; seq_cst against the borrower's read of the
    * state, as a remote free's push is). */
   _Atomic bool slot_came_back;
-  /* Its demand (dirty.c, ta_dirty_fresh): bytes of pages it took that were not resident, in
+  /* Its demand (dirty.c, ta_dirty_fresh): bytes of pages it took that were not resident, and
+   * the most of its free medium memory it took at once (ta_dirty_drawdown; demand_top: that
+   * most, so far in the window), in
    * the window that began at demand_ms and in the one before; held: the part of dirty_bytes
    * that demand covers, counted in ta_dirty_held. Written under the slow-path lock (the exit
    * hook and a new owner's claim too, without it), read by the purger: relaxed atomics. */
   _Atomic uint64_t demand_ms;
-  _Atomic size_t demand, demand_prev;
+  _Atomic size_t demand, demand_prev, demand_top;
   _Atomic size_t demand_seen;   /* ta_arena_demand at its last reading */
   _Atomic size_t held;
   /* Which small classes take their blocks from runs: the others come from the medium heap
@@ -715,10 +719,15 @@ TA_HIDDEN void ta_dirty_add(ta_arena_t *a, intptr_t bytes);
 TA_HIDDEN bool ta_over_budget(void);
 TA_HIDDEN void ta_purge_note(ta_arena_t *a, uint64_t since);
 TA_HIDDEN uint64_t ta_owner_decay(void);
-/* An arena's demand: pages it faulted in lately (dirty.c). ta_dirty_fresh and ta_dirty_hold
- * under the arena's slow-path lock; the rest reads relaxed atomics, or (owner_change) is the
- * exit hook's or a new owner's. */
+/* An arena's demand: pages it faulted in lately, and the most free memory it took at once
+ * (dirty.c). ta_dirty_fresh, ta_dirty_drawdown and ta_dirty_hold under the arena's
+ * slow-path lock; the rest reads relaxed atomics, or (owner_change) is the exit hook's or a
+ * new owner's. */
 TA_HIDDEN void ta_dirty_fresh(ta_arena_t *a, size_t bytes);
+TA_HIDDEN void ta_dirty_drawdown(ta_arena_t *a, size_t taken);
+TA_INLINE void ta_dirty_hole_freed(ta_arena_t *a, size_t bytes) {
+  a->hole_rise = a->hole_rise > bytes ? a->hole_rise - bytes : 0;
+}
 TA_HIDDEN size_t ta_arena_demand(const ta_arena_t *a, uint64_t now);
 TA_HIDDEN void ta_dirty_owner_change(ta_arena_t *a, bool keep);
 TA_HIDDEN void ta_dirty_forget_demand(ta_arena_t *a);

@@ -339,55 +339,100 @@ size_t ta_medium_decommit(ta_mhdr_t *h) {
   return hi - lo;
 }
 
+/* The bit length of a free block's age (now - since): the buckets in which the purge below
+ * finds its oldest blocks, each twice as old as the one before. */
+#define AGE_BUCKETS 40
+static unsigned age_bucket(uint64_t now, uint64_t since) {
+  uint64_t d = now > since ? now - since : 0;
+  unsigned b = d ? 64 - (unsigned)__builtin_clzll(d) : 0;
+  return b < AGE_BUCKETS ? b : AGE_BUCKETS - 1;
+}
+
 /* The decay purge's part here, under the arena's lock (the owner's or the background
  * thread's): gives back the inner pages of the free blocks of 16 KiB or more free for `age`
  * ms; while those that stay may hold more than `share` bytes, of those free for half and an
  * eighth of it, then of all. A top (whose trims keep it within its allowance, top_trim)
  * goes only by its age and does not count against the share. With `all` (malloc_trim, an
- * ownerless arena), every free block that holds a whole page goes. While all those blocks,
- * tops included, hold no more than `hold` bytes (what the arena's demand leaves them,
- * purge.c), none goes, and *held says so.
- * *oldest: the time of the oldest block that stays resident (0: none). Returns the bytes
- * given back. */
+ * ownerless arena), every free block that holds a whole page goes.
+ * `hold` is what the arena's demand leaves these blocks, tops included (purge.c): while they
+ * hold no more, none goes; past it, only the excess goes, the oldest first by the bit
+ * length of their ages (those of older lengths, then of the length where the excess is
+ * reached, in bin order, as far as it is, by whole blocks, none of more than twice what is
+ * left of it). *held: blocks were kept for the hold and none stays only until it is due (the
+ * caller looks again when the demand falls, not at their time). *oldest: the time of the
+ * oldest block that waits for its time, else of the oldest that stays resident (0: none).
+ * Returns the bytes given back. */
 size_t ta_medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, size_t share,
                        size_t hold, bool *held, uint64_t *oldest) {
   unsigned first = all ? ta_size_class(2 * ta_page_size) - 1 : ta_size_class(TA_MEDIUM_PURGE_MIN);
   size_t freed = 0;
+  unsigned cut = 0;  /* with a hold: blocks of ages of a shorter length stay */
+  size_t excess = 0; /* and of that length, those past this many bytes */
+  bool limited = false;
   if (!all && hold) {
-    size_t resident = 0;
+    size_t resident = 0, by_age[AGE_BUCKETS] = {0};
     *oldest = 0;
     for (unsigned b = first; b < TA_NUM_BINS; b++)
       for (ta_mhdr_t *h = a->bins[b]; h; h = M_LINK(h)[0]) {
         if ((h->size_flags & TA_M_DECOMMITTED) || M_SIZE(h) < TA_MEDIUM_PURGE_MIN) continue;
         uint64_t since = *ta_medium_stamp(h);
-        resident += resident_max(h);
+        size_t r = resident_max(h);
+        resident += r;
+        by_age[age_bucket(now, since)] += r;
         if (*oldest == 0 || since < *oldest) *oldest = since;
       }
     if (resident <= hold) {
       *held = true;
       return 0;
     }
+    excess = resident - hold;
+    for (cut = AGE_BUCKETS - 1; cut > 0 && by_age[cut] < excess; cut--)
+      excess -= by_age[cut];
+    limited = true;
   }
+  size_t held_bytes = 0; /* kept for the hold */
+  uint64_t waiting = 0;  /* the oldest block past the hold that stays only until it is due */
   const uint64_t ages[] = {age, age / 2, age / 8, 0};
   for (unsigned i = 0; i < sizeof ages / sizeof ages[0]; i++) {
     size_t kept = 0;
     *oldest = 0;
+    held_bytes = 0;
+    waiting = 0;
     for (unsigned b = first; b < TA_NUM_BINS; b++)
       for (ta_mhdr_t *h = a->bins[b]; h; h = M_LINK(h)[0]) {
         if (h->size_flags & TA_M_DECOMMITTED) continue;
         if (!all) {
           if (M_SIZE(h) < TA_MEDIUM_PURGE_MIN) continue; /* a small top: no time of its own */
           uint64_t since = *ta_medium_stamp(h);
-          if (now < since + (b == TOP_BIN ? age : ages[i])) {
-            if (b != TOP_BIN) kept += resident_max(h);
+          size_t r = resident_max(h);
+          unsigned k = limited ? age_bucket(now, since) : 0;
+          /* The demand keeps it: younger than the cut's length; or of that length, once its
+           * part of the excess has gone, or so large that it would give back more than
+           * twice what is left of that part. */
+          if (limited && (k < cut || (k == cut && (excess == 0 || r / 2 > excess)))) {
+            held_bytes += r;
             if (*oldest == 0 || since < *oldest) *oldest = since;
             continue;
           }
+          if (now < since + (b == TOP_BIN ? age : ages[i])) {
+            if (b != TOP_BIN) kept += r;
+            if (waiting == 0 || since < waiting) waiting = since;
+            if (*oldest == 0 || since < *oldest) *oldest = since;
+            continue;
+          }
+          if (limited && k == cut) excess = excess > r ? excess - r : 0;
         }
         freed += ta_medium_decommit(h);
       }
     if (all || kept <= share) break;
   }
+  /* Blocks that wait for their time are looked at then, those held with them too: a block
+   * held may be older than one that waits (of the cut's length), and looked at by its own
+   * time, it would be due at once, at every slow path until the other comes due. */
+  if (waiting)
+    *oldest = waiting;
+  else if (held_bytes)
+    *held = true;
   return freed;
 }
 
@@ -414,6 +459,20 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep, mage_t g, bool 
   TA_ADD(a->cnt.splits, 1);
   if (g.resident > ts) g.resident = ts;
   make_free(a, t, ts, g, fresh);
+}
+
+/* The arena takes `taken` bytes of a free block whose past was `past`. Its demand (dirty.c)
+ * counts what the decay purge took from it, faulted in again now, and the most of its large
+ * free blocks' resident bytes it takes at once in a window (ta_dirty_drawdown). Counting only
+ * the first, a demand that kept the holes an arena cycled through lapsed two windows later,
+ * since nothing was faulted in meanwhile, and the next purge gave them all back:
+ * redis-server's LRANGE test gave back about 15 MiB of reply buffers' holes and faulted them
+ * in again at once, a 40 ms stall, every second or two. */
+static void demand_note(ta_arena_t *a, size_t taken, mage_t past) {
+  size_t gone = taken > past.resident ? taken - past.resident : 0;
+  if (gone >= ta_page_size) ta_dirty_fresh(a, gone);
+  /* (a block under 16 KiB keeps no time: since 0) */
+  if (past.since && taken > gone) ta_dirty_drawdown(a, taken - gone);
 }
 
 static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need);
@@ -480,9 +539,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
                    ((M_SIZE(h) - sizeof(ta_mhdr_t) - size) << TA_M_SPARE_SHIFT));
   top_touch(ta_chunk_of(h), M_NEXT(h));
   wipe_words(h); /* no address of ours reaches the program */
-  /* Pages given back by a purge, faulted in again on use (a top's untouched pages are the
-   * chunk's, counted when it was taken: chunk.c). */
-  if (!top && need >= past.resident + ta_page_size) ta_dirty_fresh(a, need - past.resident);
+  if (!top) demand_note(a, need, past); /* (a top's untouched pages are its chunk's: chunk.c) */
   ta_slow_leave(a);
   return h + 1;
 }
@@ -507,6 +564,7 @@ static ta_mhdr_t *prev_checked(ta_mhdr_t *h) {
 
 void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   size_t s = M_SIZE(h), freed = s;
+  ta_dirty_hole_freed(a, freed); /* (demand_note) */
   /* The free neighbours' pasts, taken before they merge; since 0 is "now" (a block under
    * 16 KiB keeps no time, age_of). They are mixed, and the clock read, only for a merged
    * block that keeps a time of its own or is a top (make_free, top_trim): most frees of
@@ -768,8 +826,10 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
   size_t s = M_SIZE(h);
   if (need <= s) {
     size_t keep = want <= s ? want : need;
-    if (s - keep >= TA_MIN_MBLOCK)
+    if (s - keep >= TA_MIN_MBLOCK) {
+      ta_dirty_hole_freed(a, s - keep);
       split_tail(a, h, keep, (mage_t){ta_os_now_ms(), s - keep, 0}, true);
+    }
   } else {
     ta_mhdr_t *n = M_NEXT(h);
     /* A cached successor is free memory too: when it, with a free block after it, makes
@@ -793,8 +853,7 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
       split_tail(a, h, keep, past, false);
       top_touch(ta_chunk_of(h), M_NEXT(h));
-      if (!top && keep - s >= past.resident + ta_page_size)
-        ta_dirty_fresh(a, keep - s - past.resident);
+      if (!top) demand_note(a, keep - s, past);
     } else {
       ok = false;
     }

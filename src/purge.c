@@ -16,9 +16,9 @@
  *     block that holds a whole page);
  *   - cached huge spans are unmapped (huge.c: the cache is process-wide).
  * MADV_DONTNEED rather than MADV_FREE: resident memory falls at once, which is what users
- * measure (see docs/design.md). An arena whose owner is drawing pages from the kernel keeps
- * as much free memory as it drew lately (its demand, dirty.c), however old: see
- * ta_arena_purge.
+ * measure (see docs/design.md). An arena whose owner is drawing pages from the kernel, or
+ * taking its free medium memory again, keeps as much free memory as it drew lately, or took
+ * at once (its demand, dirty.c), however old: see ta_arena_purge.
  *
  * Besides the time, a budget: when all arenas together hold more than ta_dirty_max
  * (32 MiB) of empty chunks and retired run slots past what their demands hold (dirty.c,
@@ -111,8 +111,9 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
   /* What the arena drew from the kernel lately (its demand, dirty.c) it may keep, however
    * old: of its empty chunks and retired run slots only what they hold past it goes
    * (`give`), oldest chunks first, then slots; what is left of the demand keeps the free
-   * pages of its runs, and its large free medium blocks while they hold no more. What is
-   * held back is looked at again when the demand falls (`until`), not at every slow path. */
+   * pages of its runs, and as much of its large free medium blocks, the youngest (what they
+   * hold past it goes, ta_medium_purge). What is held back is looked at again when the
+   * demand falls (`until`), not at every slow path. */
   ta_slow_enter(a);
   size_t hold = all || idle ? 0 : ta_arena_demand(a, now);
   uint64_t until = hold ? ta_demand_until(a, now) : now;

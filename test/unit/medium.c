@@ -466,7 +466,7 @@ Test(medium, the_top_does_not_count_against_the_holes_share) {
 }
 
 /* Large holes free for the decay time stay while they, the top included, hold no more than
- * what the arena's demand leaves them (purge.c); past it they go as ever. */
+ * what the arena's demand leaves them (purge.c); past it they go (the oldest excess, below). */
 static size_t purge_holding(size_t hold, bool *held) {
   uint64_t oldest = 0;
   *held = false;
@@ -488,9 +488,246 @@ Test(medium, large_holes_stay_while_the_demand_covers_them) {
   cr_assert(held);
   cr_assert_not(given_back(hole), "within the demand: it stays");
   cr_assert_gt(purge_holding(64 << 10, &held), 0);
-  cr_assert_not(held);
-  cr_assert(given_back(hole), "past the demand: it goes");
+  cr_assert(given_back(hole), "past the demand: it goes (the oldest excess, all of it here)");
   ta_free(guard);
+}
+
+/* Three holes of 300 KiB, each between blocks in use, with the given ages (ms before `now`)
+ * written into their times. */
+static void aged_holes(char *h[3], const uint64_t ages[3], uint64_t now) {
+  for (int i = 0; i < 3; i++) {
+    h[i] = ta_malloc(300 << 10);
+    memset(h[i], 1, 300 << 10);
+    void *guard = ta_malloc(10000); /* in use: the holes stay apart */
+    cr_assert_not_null(guard);
+  }
+  for (int i = 0; i < 3; i++) {
+    ta_free(h[i]);
+    *ta_medium_stamp(hdr_of(h[i])) = now - ages[i];
+  }
+}
+
+/* A purge at `now` of what is due by the decay time, with a share of `share` bytes. */
+static size_t purge_shared(uint64_t now, size_t share, size_t hold, bool *held) {
+  uint64_t oldest = 0;
+  *held = false;
+  ta_slow_enter(ta_tl_arena);
+  size_t freed = ta_medium_purge(ta_tl_arena, now, false, ta_decay_ms, share, hold, held, &oldest);
+  ta_slow_leave(ta_tl_arena);
+  return freed;
+}
+
+static size_t purge_at(uint64_t now, size_t hold, bool *held) {
+  return purge_shared(now, 0, hold, held);
+}
+
+/* Past the demand, only the excess goes, the oldest first: a purge that gave back every due
+ * hole made an arena cycling through them fault them all in again at once. */
+Test(medium, past_the_demand_only_the_oldest_excess_goes) {
+  ta_decay_ms = 50;
+  uint64_t now = ta_os_now_ms() + 10000;
+  char *h[3];
+  aged_holes(h, (const uint64_t[3]){100, 3000, 1000}, now); /* all due, ages of 3 lengths */
+  bool held;
+  /* 900 KiB resident, 350 KiB held: 550 KiB go, the two oldest holes (3 s, then 1 s). */
+  cr_assert_gt(purge_at(now, 350 << 10, &held), 500 << 10);
+  cr_assert(given_back(h[1]), "the oldest hole goes");
+  cr_assert(given_back(h[2]), "the next oldest goes for the rest of the excess");
+  cr_assert_not(given_back(h[0]), "the youngest stays: the demand holds it");
+  cr_assert(held, "what stays is held: looked at again when the demand falls");
+}
+
+/* A hole past the hold that is not due yet stays until it is: the purge does not report
+ * what it kept as held, which would have it looked at only when the demand falls. */
+Test(medium, an_excess_hole_not_yet_due_is_not_reported_held) {
+  ta_decay_ms = 2000;
+  uint64_t now = ta_os_now_ms() + 10000;
+  char *h[3];
+  aged_holes(h, (const uint64_t[3]){100, 3000, 1500}, now);
+  bool held;
+  /* a share of 1 MiB: the hole not due is not given back for the share either */
+  cr_assert_gt(purge_shared(now, 1 << 20, 350 << 10, &held), 250 << 10);
+  cr_assert(given_back(h[1]), "the oldest, due, goes");
+  cr_assert_not(given_back(h[2]), "past the hold but not due: it stays for now");
+  cr_assert_not(given_back(h[0]));
+  cr_assert_not(held, "looked at again when it comes due, not when the demand falls");
+}
+
+/* Holes of one age length: as many go as the excess needs, the rest stay. */
+Test(medium, of_holes_of_one_age_only_the_excess_goes) {
+  ta_decay_ms = 50;
+  uint64_t now = ta_os_now_ms() + 10000;
+  char *h[3];
+  aged_holes(h, (const uint64_t[3]){1100, 1200, 1300}, now);
+  bool held;
+  size_t freed = purge_at(now, 700 << 10, &held); /* an excess of 200 KiB: one hole */
+  cr_assert_gt(freed, 200 << 10);
+  cr_assert_lt(freed, 300 << 10);
+  int gone = given_back(h[0]) + given_back(h[1]) + given_back(h[2]);
+  cr_assert_eq(gone, 1, "one hole of the three goes, not %d", gone);
+  cr_assert(held);
+}
+
+/* A hole of one age length more than twice the excess left stays: giving back much more
+ * than the excess is the burst the excess rule avoids. */
+Test(medium, a_hole_more_than_twice_the_excess_stays) {
+  ta_decay_ms = 50;
+  uint64_t now = ta_os_now_ms() + 10000;
+  char *h[3];
+  aged_holes(h, (const uint64_t[3]){1100, 1200, 1300}, now);
+  bool held;
+  cr_assert_eq(purge_at(now, 800 << 10, &held), 0, "an excess of 100 KiB: no hole of 300");
+  cr_assert_not(given_back(h[0]) || given_back(h[1]) || given_back(h[2]));
+  cr_assert(held, "all three kept for the demand");
+}
+
+/* The demand counts the most of its large holes' resident bytes the arena took at once (less
+ * what it freed into the heap meanwhile): memory it needed, which a purge would have made it
+ * fault in. A hole of 300 KiB, and a window begun with nothing counted. */
+static char *resident_hole(char **guard) {
+  ta_decay_ms = 1000; /* one window for the whole test */
+  char *hole = ta_malloc(300 << 10);
+  *guard = ta_malloc(10000);
+  memset(hole, 1, 300 << 10);
+  ta_free(hole);
+  ta_arena_t *a = ta_tl_arena;
+  a->hole_rise = 0;
+  atomic_store(&a->demand_ms, ta_os_now_ms());
+  atomic_store(&a->demand, 0);
+  atomic_store(&a->demand_prev, 0);
+  atomic_store(&a->demand_top, 0);
+  return hole;
+}
+
+static size_t demand_now(void) { return ta_arena_demand(ta_tl_arena, ta_os_now_ms()); }
+
+Test(medium, what_is_taken_of_a_resident_hole_counts_as_demand) {
+  char *guard, *hole = resident_hole(&guard);
+  char *p = ta_malloc(40 << 10);
+  cr_assert_eq(p, hole, "cut from the front of the hole");
+  size_t d = demand_now();
+  cr_assert_geq(d, (size_t)40 << 10, "demand %zu", d);
+  cr_assert_lt(d, (size_t)44 << 10, "demand %zu: the block taken, no more", d);
+  ta_free(p);
+  ta_free(guard);
+}
+
+/* The same bytes taken and freed again and again count once: a block freed into an old hole
+ * leaves it old, and each cut would otherwise count again (a demand that never lapses). */
+Test(medium, the_same_bytes_taken_again_and_again_count_once) {
+  char *guard, *hole = resident_hole(&guard);
+  for (int i = 0; i < 100; i++) {
+    char *p = ta_malloc(100 << 10);
+    cr_assert_eq(p, hole);
+    ta_free(p);
+  }
+  size_t d = demand_now();
+  cr_assert_geq(d, (size_t)100 << 10, "demand %zu", d);
+  cr_assert_lt(d, (size_t)104 << 10, "demand %zu: 100 cuts of 100 KiB counted as more", d);
+  ta_free(guard);
+}
+
+/* Taken at once, blocks add up; freed and taken again, no more than the most at once. */
+Test(medium, the_most_taken_at_once_counts) {
+  char *guard, *hole = resident_hole(&guard);
+  char *p[3];
+  for (int i = 0; i < 3; i++)
+    p[i] = ta_malloc(60 << 10);
+  cr_assert_eq(p[0], hole);
+  size_t d = demand_now();
+  cr_assert_geq(d, (size_t)180 << 10, "demand %zu", d);
+  cr_assert_lt(d, (size_t)186 << 10, "demand %zu", d);
+  for (int i = 0; i < 3; i++)
+    ta_free(p[i]);
+  char *q = ta_malloc(60 << 10);
+  cr_assert_eq(demand_now(), d, "less than the most at once: no more demand");
+  ta_free(q);
+  ta_free(guard);
+}
+
+/* A new window counts from nothing: what the arena takes then counts again, so that a demand
+ * lasts while the arena keeps taking as much. */
+Test(medium, a_new_window_counts_what_is_taken_in_it) {
+  char *guard, *hole = resident_hole(&guard);
+  char *p = ta_malloc(100 << 10);
+  cr_assert_eq(p, hole);
+  ta_free(p);
+  atomic_fetch_sub(&ta_tl_arena->demand_ms, 3 * ta_demand_window()); /* long ago */
+  cr_assert_eq(demand_now(), 0, "two windows after it was counted, the demand lapsed");
+  p = ta_malloc(100 << 10);
+  size_t d = demand_now();
+  cr_assert_geq(d, (size_t)100 << 10, "taken again in a new window: demand %zu", d);
+  cr_assert_lt(d, (size_t)104 << 10, "demand %zu", d);
+  ta_free(p);
+  ta_free(guard);
+}
+
+/* Blocks taken and kept count in the window that took them, not again in every window
+ * after: a demand for memory in use would never lapse. */
+Test(medium, blocks_taken_and_kept_count_in_their_window_only) {
+  char *guard, *hole = resident_hole(&guard);
+  char *kept = ta_malloc(200 << 10);
+  cr_assert_eq(kept, hole);
+  cr_assert_geq(demand_now(), (size_t)200 << 10);
+  atomic_fetch_sub(&ta_tl_arena->demand_ms, 3 * ta_demand_window()); /* long ago */
+  char *p = ta_malloc(20 << 10);
+  size_t d = demand_now();
+  cr_assert_geq(d, (size_t)20 << 10, "demand %zu", d);
+  cr_assert_lt(d, (size_t)24 << 10, "demand %zu: the block kept counted again", d);
+  ta_free(p);
+  ta_free(kept);
+  ta_free(guard);
+}
+
+/* A forgotten demand (an arena that changed owner) counts anew from its next take. */
+Test(medium, a_forgotten_demand_counts_anew) {
+  char *guard, *hole = resident_hole(&guard);
+  char *kept = ta_malloc(200 << 10);
+  cr_assert_eq(kept, hole);
+  ta_dirty_forget_demand(ta_tl_arena);
+  cr_assert_eq(demand_now(), 0);
+  char *p = ta_malloc(20 << 10);
+  size_t d = demand_now();
+  cr_assert_geq(d, (size_t)20 << 10, "demand %zu", d);
+  cr_assert_lt(d, (size_t)24 << 10, "demand %zu: the old owner's take counted again", d);
+  ta_free(p);
+  ta_free(kept);
+  ta_free(guard);
+}
+
+/* A hole held for the demand may be older than a smaller one past it that waits for its
+ * time, both of the cut's age length: the purge is looked at again when the one that waits
+ * comes due (*oldest), not by the older one's time, which is past: the purge would run again
+ * at every slow path until then. */
+Test(medium, a_purge_with_a_block_waiting_comes_back_by_its_time) {
+  ta_decay_ms = 200;
+  uint64_t now = ta_os_now_ms() + 10000;
+  char *a = ta_malloc(300 << 10), *g1 = ta_malloc(10000);
+  char *b = ta_malloc(40 << 10), *g2 = ta_malloc(10000);
+  char *c = ta_malloc(300 << 10), *g3 = ta_malloc(10000);
+  memset(a, 1, 300 << 10);
+  memset(b, 1, 40 << 10);
+  memset(c, 1, 300 << 10);
+  ta_free(a);
+  ta_free(b);
+  ta_free(c);
+  *ta_medium_stamp(hdr_of(a)) = now - 250; /* due, kept: more than twice the excess */
+  *ta_medium_stamp(hdr_of(b)) = now - 150; /* of the same length, past the hold, not due */
+  *ta_medium_stamp(hdr_of(c)) = now - 20;  /* young: held */
+  uint64_t oldest = 0;
+  bool held = false;
+  ta_slow_enter(ta_tl_arena);
+  size_t freed =
+      ta_medium_purge(ta_tl_arena, now, false, ta_decay_ms, 1 << 20, 600 << 10, &held, &oldest);
+  ta_slow_leave(ta_tl_arena);
+  cr_assert_eq(freed, 0, "nothing of the three is given back: %zu", freed);
+  cr_assert_not(given_back(a) || given_back(b) || given_back(c));
+  cr_assert_not(held);
+  cr_assert_eq(oldest, now - 150, "looked at again by the waiting block's time, not %lld",
+               (long long)(oldest - now));
+  ta_free(g1);
+  ta_free(g2);
+  ta_free(g3);
 }
 
 /* A block cut from a hole whose pages went back leaves a rest that knows it: the next purge
