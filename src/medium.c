@@ -368,8 +368,8 @@ size_t ta_medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, size
   size_t freed = 0;
   unsigned cut = 0;  /* with a hold: blocks of ages of a shorter length stay */
   size_t excess = 0; /* and of that length, those past this many bytes */
-  bool limited = false;
-  if (!all && hold) {
+  const bool limited = !all && hold; /* only the excess past the hold goes */
+  if (limited) {
     size_t resident = 0, by_age[AGE_BUCKETS] = {0};
     *oldest = 0;
     for (unsigned b = first; b < TA_NUM_BINS; b++)
@@ -388,7 +388,6 @@ size_t ta_medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, size
     excess = resident - hold;
     for (cut = AGE_BUCKETS - 1; cut > 0 && by_age[cut] < excess; cut--)
       excess -= by_age[cut];
-    limited = true;
   }
   size_t held_bytes = 0; /* kept for the hold */
   uint64_t waiting = 0;  /* the oldest block past the hold that stays only until it is due */
