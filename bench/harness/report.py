@@ -273,6 +273,35 @@ def giveback_table(results, failed=lambda word: word):
     return ["measure"] + names, rows
 
 
+# ---- redis: the slowest requests ---------------------------------------------------------------
+
+REDIS_P99 = "p99_ms_"
+
+
+def redis_table(results, failed=lambda word: word):
+    """Rows for the redis workload, one per redis-benchmark test, one column per allocator:
+    the 99th percentile latency of its requests (ms, median over the rounds): where a
+    server stalls (a purge, a burst of page faults), its wall time barely shows it. None
+    when redis did not run."""
+    names = allocator_names(results)
+    if ("redis", 1) not in set(configs(results)):
+        return None
+    cs = [cell(results, "redis", 1, n) for n in names]
+    tests = []
+    for c in cs:
+        for k in (c or {}).get("figures", {}):
+            if k.startswith(REDIS_P99) and k not in tests:
+                tests.append(k)
+    if not tests:
+        return None
+    rows = []
+    for k in tests:
+        rows.append([k[len(REDIS_P99):]] + [
+            _figure_text(c, lambda c, k=k: c.get("figures", {}).get(k),
+                         lambda v: "%.1f ms" % v, failed) for c in cs])
+    return ["test (p99 latency)"] + names, rows
+
+
 # ---- plain-text table for the terminal ---------------------------------------------------------
 
 def _text_table(header, rows):
@@ -331,6 +360,12 @@ def terminal(results):
         out.append("Given back on its own: RSS above the start once 800 MiB are freed, and after "
                    "an idle second of small allocations (medians; lower is better)")
         out.append(_text_table(*gb))
+        out.append("")
+    rd = redis_table(results)
+    if rd:
+        out.append("redis: 99th percentile latency of each redis-benchmark test (medians; lower "
+                   "is better)")
+        out.append(_text_table(*rd))
         out.append("")
     if results["instructions"]:
         rows = []
@@ -505,6 +540,18 @@ def markdown(results, link_prefix="", title="Benchmark results"):
                  "lower is better.")
         L.append("")
         L.append(_md_table(*gb))
+        L.append("")
+    rd = redis_table(results, failed=lambda word: "**%s**" % word)
+    if rd:
+        L.append("## redis: the slowest requests")
+        L.append("")
+        L.append("The 99th percentile latency of each redis-benchmark test (50 clients, 16 "
+                 "requests pipelined), as redis-benchmark reports it, in milliseconds: a "
+                 "server that stalls now and then (a purge giving back memory it faults in "
+                 "again at once) shows it here more than in the Time table. Medians over the "
+                 "rounds; lower is better.")
+        L.append("")
+        L.append(_md_table(*rd))
         L.append("")
     if results["instructions"]:
         L.append("## Instructions per malloc+free pair")

@@ -635,12 +635,17 @@ def run_redis(wl, alloc, threads, scale, timeout, log, env, ctx):
             return rec
         with open(log + ".out", errors="replace") as f:
             rows = list(f)
+        head = [c.strip('"') for c in rows[0].strip().split('","')] if rows else []
+        p99 = head.index("p99_latency_ms") if "p99_latency_ms" in head else None
         for row in rows[1:]:
             cells = [c.strip('"') for c in row.strip().split('","')]
             if len(cells) >= 2:
-                key = "rps_" + re.sub(r"[^a-z0-9]+", "_", cells[0].lower()).strip("_")[:40]
+                name = re.sub(r"[^a-z0-9]+", "_", cells[0].lower()).strip("_")[:40]
                 try:
-                    rec["figures"][key] = float(cells[1])
+                    rec["figures"]["rps_" + name] = float(cells[1])
+                    # the slowest 1% of its requests: a server's stalls (a purge, page faults)
+                    if p99 is not None and len(cells) > p99:
+                        rec["figures"]["p99_ms_" + name] = float(cells[p99])
                 except ValueError:
                     pass
         try:
