@@ -576,9 +576,8 @@ void ta_free(void *p) {
   ta_block_t *b = p;
   if (TA_UNLIKELY(r->owner != me)) return free_small_remote(r, b);
   uint32_t off = (uint32_t)(u & (TA_RUN_SIZE - 1));
-  /* off is a multiple of bsize exactly when off * ceil(2^32 / bsize) wraps below it. */
-  if (TA_UNLIKELY((uint32_t)(off * r->recip) >= r->recip || off >= r->limit))
-    return free_invalid(p);
+  /* A block's start below the run's limit, in one compare (ta_run_index). */
+  if (TA_UNLIKELY((uint32_t)(off * r->recip) >= r->accept)) return free_invalid(p);
   uintptr_t mark = ta_mark(b);
   if (TA_UNLIKELY(b->key == mark)) return free_small_suspect(me, r, b);
   b->link = ta_link_enc(r->free);

@@ -195,10 +195,10 @@ typedef struct ta_run {
   struct ta_arena *owner; /* NULL while the slot is unused */
   int32_t used;           /* blocks handed out and not yet freed here, | RUN_FULL_BIT */
   uint32_t bsize;         /* block size of the class */
-  uint32_t recip;         /* ceil(2^32 / bsize): offset -> index without a divide */
+  uint32_t recip;         /* floor(2^32 / bsize) + 1: offset -> index without a divide */
   uint32_t limit;         /* bytes of the run threaded: blocks are carved lazily, and the
                            * owner lowers it when it gives free pages back (ta_small_shrink) */
-  uint32_t cap;           /* blocks that fit in the run */
+  uint32_t accept;        /* (uint32_t)(off * recip) < accept: a block threaded (below) */
   uint8_t cls;            /* size class */
   uint8_t state;          /* RUN_* */
   uint16_t slot;          /* index in the chunk */
@@ -206,10 +206,30 @@ typedef struct ta_run {
   uint64_t empty_since;   /* time the run became empty (for delayed purging) */
 } ta_run_t;
 _Static_assert(sizeof(ta_run_t) == 64, "run meta block: one cache line");
-/* off / bsize, exactly, for a multiple of bsize within the run: off * ceil(2^32 / bsize)
- * carries at most off * bsize / 2^32 < 1 of error above the index. */
+/* floor(off / bsize) for any offset within the run: off * recip is off * 2^32 / bsize plus at
+ * most off < 2^16, less than 2^32 / bsize (>= 2^19), so the index is never carried over.
+ *
+ * The low half of that product tells a block's start, with e = bsize * recip - 2^32, in
+ * (0, bsize]: off = k * bsize leaves k * e (< 2^16, below recip); any other off leaves at
+ * least recip (j * recip for j in 1..bsize-1, plus k * e, never past 2^32). So a start below
+ * the n blocks threaded leaves less than min(recip, n * e), and nothing else does: `accept`.
+ * (Hence the + 1 for every size: a power of two's exact quotient would leave e = 0, every
+ * start the same 0, and the n blocks could not be told from the others.) */
 TA_INLINE uint32_t ta_run_index(const ta_run_t *r, uint32_t off) {
   return (uint32_t)(((uint64_t)off * r->recip) >> 32);
+}
+TA_INLINE uint32_t ta_run_recip(uint32_t bsize) {
+  return (uint32_t)(((uint64_t)1 << 32) / bsize + 1);
+}
+/* What r's `accept` is once the blocks below byte `limit` are threaded. */
+TA_INLINE uint32_t ta_run_accept(uint32_t bsize, uint32_t recip, uint32_t limit) {
+  uint64_t e = (uint64_t)bsize * recip - ((uint64_t)1 << 32);
+  uint64_t below = (uint64_t)(limit / bsize) * e;
+  return below < recip ? (uint32_t)below : recip;
+}
+/* Blocks that fit in run r: 2^16 / bsize (0 for an unused slot, whose recip is 0). */
+TA_INLINE uint32_t ta_run_cap(const ta_run_t *r) {
+  return (uint32_t)(((uint64_t)TA_RUN_SIZE * TA_LOAD(r->recip)) >> 32);
 }
 
 /* ------------------------------------------------------------------ chunks */
@@ -948,8 +968,7 @@ TA_HIDDEN void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
 TA_INLINE bool ta_small_valid(const ta_run_t *r, const void *p) {
   if (r->owner == NULL || ta_run_of(p) != r) return false;
   uint32_t off = (uint32_t)((uintptr_t)p & (TA_RUN_SIZE - 1));
-  return (uint32_t)(off * r->recip) < r->recip &&
-         off < __atomic_load_n(&r->limit, __ATOMIC_RELAXED);
+  return (uint32_t)(off * TA_LOAD(r->recip)) < TA_LOAD(r->accept); /* ta_run_index */
 }
 TA_HIDDEN bool ta_small_on_free_list(const ta_run_t *r, const void *p);
 TA_HIDDEN bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p);

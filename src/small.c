@@ -83,9 +83,9 @@ static ta_chunk_t *small_chunk_new(ta_arena_t *a) {
     TA_STORE(r->owner, NULL);
     TA_STORE(r->used, 0);
     TA_STORE(r->limit, 0);
-    TA_STORE(r->cap, 0);
+    TA_STORE(r->accept, 0);
     TA_STORE(r->bsize, 0);
-    r->recip = 0;
+    TA_STORE(r->recip, 0);
     r->state = RUN_UNUSED;
     r->slot = (uint16_t)i;
     r->next = r->prev = NULL;
@@ -253,6 +253,13 @@ static ta_chunk_t *slot_borrow(ta_arena_t *a, bool cold, unsigned *slot) {
   return got;
 }
 
+/* The run's blocks below byte `limit` are threaded, the others are not: other threads read
+ * `accept` to validate their frees into it (ta_small_valid), its owner's free too. */
+static void run_set_limit(ta_run_t *r, uint32_t limit) {
+  __atomic_store_n(&r->limit, limit, __ATOMIC_RELAXED);
+  __atomic_store_n(&r->accept, ta_run_accept(r->bsize, r->recip, limit), __ATOMIC_RELAXED);
+}
+
 /* Slot `slot` of chunk c, set up as a run of class cls for arena a. */
 static ta_run_t *run_init(ta_arena_t *a, ta_chunk_t *c, unsigned slot, unsigned cls) {
   ta_run_t *r = ta_chunk_run(c, slot);
@@ -260,9 +267,9 @@ static ta_run_t *run_init(ta_arena_t *a, ta_chunk_t *c, unsigned slot, unsigned 
   r->free = NULL;
   TA_STORE(r->used, RUN_ACTIVE_BIAS); /* read by statistics readers, as are the others stored */
   TA_STORE(r->bsize, bs);
-  r->recip = (uint32_t)((((uint64_t)1 << 32) + bs - 1) / bs);
+  TA_STORE(r->recip, ta_run_recip(bs));
   TA_STORE(r->limit, 0);
-  TA_STORE(r->cap, (uint32_t)(TA_RUN_SIZE / bs));
+  TA_STORE(r->accept, 0);
   TA_STORE(r->cls, (uint8_t)cls);
   r->state = RUN_ACTIVE;
   r->next = r->prev = NULL;
@@ -456,7 +463,9 @@ uint64_t ta_secure_random(void) {
 /* Threads up to a page of never-used blocks onto the free list (at least one block), each
  * marked free as a freed block is: every block on a free list holds its mark, which is how
  * a purge tells that a run's top page is free without walking its list (run_shrink). */
-static bool run_can_carve(const ta_run_t *r) { return r->limit + r->bsize <= r->cap * r->bsize; }
+static bool run_can_carve(const ta_run_t *r) {
+  return r->limit + r->bsize <= ta_run_cap(r) * r->bsize;
+}
 
 /* Huge pages only where they pay (docs/design.md, "Huge pages for dense halves of small
  * chunks"). A transparent huge page maps 2 MiB of blocks with one TLB entry instead of 512,
@@ -572,7 +581,7 @@ void ta_small_collapse(void) {
 }
 
 static void run_carve(ta_run_t *r) {
-  uint32_t left = r->cap - r->limit / r->bsize;
+  uint32_t left = ta_run_cap(r) - r->limit / r->bsize;
   uint32_t n = (uint32_t)(ta_page_size / r->bsize);
   if (n == 0) n = 1;
   if (n > left) n = left;
@@ -604,8 +613,7 @@ static void run_carve(ta_run_t *r) {
     }
   }
   r->free = head;
-  /* Other threads read limit to validate their frees into this run. */
-  __atomic_store_n(&r->limit, r->limit + n * r->bsize, __ATOMIC_RELAXED);
+  run_set_limit(r, r->limit + n * r->bsize);
   TA_ADD(r->owner->cnt.first_uses, n);
   /* The keeper's call: its lock guards the chunk's masks (a lent slot's owner does not hold
    * it), and a half of several arenas' runs is dense as much for it. */
@@ -636,7 +644,7 @@ static uint32_t run_free_blocks(const ta_run_t *r) {
 }
 static ta_run_t *partial_pick(ta_arena_t *a, ta_run_t *newest, unsigned cls) {
   uint32_t free_new = run_free_blocks(newest);
-  if (free_new >= PICK_FEW || free_new * 4 >= newest->cap) return newest;
+  if (free_new >= PICK_FEW || free_new * 4 >= ta_run_cap(newest)) return newest;
   ta_run_t *oldest = a->partial_tail[cls];
   return run_free_blocks(oldest) > free_new ? oldest : newest;
 }
@@ -702,8 +710,8 @@ void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
  * that happens to match), then free it. Runs only on the owner's thread. */
 /* Whether p is on its run's free list (the owner's view; a bounded walk). */
 bool ta_small_on_free_list(const ta_run_t *r, const void *p) {
-  uint32_t n = 0;
-  for (const ta_block_t *f = r->free; f && n <= r->cap; f = ta_block_next(f), n++) {
+  uint32_t n = 0, cap = ta_run_cap(r);
+  for (const ta_block_t *f = r->free; f && n <= cap; f = ta_block_next(f), n++) {
     if (f == p) return true;
     if (!ta_same_chunk(f, r)) ta_fatal("free(): corrupted free list, next block", f);
   }
@@ -917,7 +925,7 @@ static void run_rethread(ta_run_t *r, const uint64_t *bits, uint32_t keep) {
  * the shrink left its list in address order. The hardened build keeps its random order.
  * docs/design.md, "Small blocks: runs", "Address order". */
 static void run_order_maybe(ta_run_t *r) {
-  if (ta_secure || run_free_blocks(r) * 4 < r->cap * 3) return;
+  if (ta_secure || run_free_blocks(r) * 4 < ta_run_cap(r) * 3) return;
   uint64_t bits[RUN_MAX_BLOCKS / 64] = {0};
   run_free_bits(r, bits);
   run_rethread(r, bits, ta_run_index(r, r->limit)); /* every block threaded */
@@ -955,9 +963,8 @@ static size_t run_shrink(ta_run_t *r) {
   uintptr_t to = ta_align_up(base + limit, ta_page_size);
   if (from >= to) return 0;
   run_rethread(r, bits, keep);
-  /* Other threads read limit to validate their frees: every block at or above the new
-   * limit is free, so no correct free names one. */
-  __atomic_store_n(&r->limit, keep * bs, __ATOMIC_RELAXED);
+  /* Every block at or above the new limit is free, so no correct free names one. */
+  run_set_limit(r, keep * bs);
   /* The blocks dropped from the page kept below `from` keep their link and mark. A carve
    * of this class would rewrite the link and find the block's own mark, but the run may
    * retire first, and run_wipe stops at limit: a block of another class overlapping them

@@ -129,7 +129,7 @@ static size_t walk_small(struct walk *w, ta_chunk_t *c, bool keeper) {
       s->resident_bytes += resident(ta_run_base(r), TA_RUN_SIZE);
     }
     struct ta_class_stats *cs = &s->classes[cls];
-    uint64_t cap = TA_LOAD(r->cap), limit = TA_LOAD(r->limit), carved = limit / bs;
+    uint64_t cap = ta_run_cap(r), limit = TA_LOAD(r->limit), carved = limit / bs;
     uint64_t used = (uint32_t)(TA_LOAD(r->used) & ~(RUN_FULL_BIT | RUN_ACTIVE_BIAS));
     if (carved > cap) carved = cap;
     if (used > carved) used = carved;
@@ -710,7 +710,7 @@ static void map_granule(uintptr_t base, uint8_t kind, void *arg) {
         /* Its owner: the chunk's arena, or another one the slot is lent to (small.c). */
         put(o, "run 0x%lx %u %u %u %u %u %u\n", (unsigned long)rb, (unsigned)TA_RUN_SIZE, bs,
             (unsigned)(TA_LOAD(r->used) & ~(RUN_FULL_BIT | RUN_ACTIVE_BIAS)),
-            TA_LOAD(r->limit) / bs, TA_LOAD(r->cap), run_owner->id);
+            TA_LOAD(r->limit) / bs, ta_run_cap(r), run_owner->id);
       }
     } else {
       ta_medium_walk(c, map_block, o);

@@ -29,7 +29,7 @@ static void check_run(const ta_run_t *r) {
   cr_assert_eq((size_t)used + list_len(r->free), r->limit / r->bsize,
                "run invariant: used %d free %zu carved %u", used, list_len(r->free),
                r->limit / r->bsize);
-  cr_assert_leq(r->limit / r->bsize, r->cap);
+  cr_assert_leq(r->limit / r->bsize, ta_run_cap(r));
   for (const ta_block_t *b = r->free; b; b = ta_block_next(b))
     cr_assert_eq(b->key, ta_mark(b), "free block %p unmarked", (void *)b);
 }
@@ -61,7 +61,7 @@ Test(runs, full_run_leaves_lists_and_comes_back_as_partial) {
   size_t bs = 4096;
   void *first = ta_malloc(bs);
   ta_run_t *r = ta_run_of(first);
-  size_t cap = r->cap;
+  size_t cap = ta_run_cap(r);
   void **blocks = calloc(cap, sizeof *blocks);
   blocks[0] = first;
   for (size_t i = 1; i < cap; i++) {
@@ -174,7 +174,7 @@ static ta_run_t *scramble_a_run(size_t size, size_t nfree) {
   for (size_t i = 0; i < cap; i++)
     cr_assert_not_null(all[i] = ta_malloc(size));
   ta_run_t *r = ta_run_of(all[0]);
-  cr_assert_eq(r->cap, cap);
+  cr_assert_eq(ta_run_cap(r), cap);
   for (size_t i = 0; i < cap; i++)
     cr_assert_eq(ta_run_of(all[i]), r);
   cr_assert_eq((size_t)(((char *)all[cap - 1] - ta_run_base(r)) / size), cap - 1);
@@ -387,6 +387,39 @@ Test(runs, pointer_past_carved_blocks_aborts, .signal = SIGABRT) {
   ta_free(ta_run_base(r) + r->limit); /* a block boundary never handed out */
 }
 
+/* The same for a size that is no power of two, where the quotient of recip is not exact. */
+Test(runs, pointer_past_carved_blocks_aborts_odd_size, .signal = SIGABRT) {
+  char *p = ta_malloc(48);
+  ta_run_t *r = ta_run_of(p);
+  cr_assert_lt(r->limit, (uint32_t)TA_RUN_SIZE - r->bsize, "room above the carved blocks");
+  ta_free(ta_run_base(r) + r->limit);
+}
+
+/* The one compare of free and ta_small_valid, (uint32_t)(off * recip) < accept, against the
+ * division it replaces, for every offset of a run of every small class, with none, one, some
+ * and all of its blocks threaded; and the index every offset gives (ta_run_index). */
+Test(runs, block_start_test_matches_division) {
+  for (unsigned cls = 1; cls <= TA_NUM_SMALL; cls++) {
+    uint32_t bs = (uint32_t)ta_class_size[cls], recip = ta_run_recip(bs);
+    uint32_t cap = TA_RUN_SIZE / bs;
+    ta_run_t r = {.bsize = bs, .recip = recip};
+    cr_assert_eq(ta_run_cap(&r), cap, "class %u (%u bytes): capacity", cls, bs);
+    uint32_t ns[] = {0, 1, 2, cap / 3, cap / 2, cap - 1, cap};
+    for (unsigned i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+      uint32_t n = ns[i], accept = ta_run_accept(bs, recip, n * bs);
+      for (uint32_t off = 0; off < TA_RUN_SIZE; off++) {
+        bool start = off % bs == 0 && off / bs < n;
+        if (((uint32_t)(off * recip) < accept) != start)
+          cr_assert_fail("class %u (%u bytes), %u threaded: offset %u taken for %s", cls, bs, n,
+                         off, start ? "no block's start" : "a block's start");
+        if (i == 0 && ta_run_index(&r, off) != off / bs)
+          cr_assert_fail("class %u (%u bytes): offset %u gives index %u", cls, bs, off,
+                         ta_run_index(&r, off));
+      }
+    }
+  }
+}
+
 Test(runs, block_carved_but_never_handed_out_aborts, .signal = SIGABRT) {
   char *p = ta_malloc(128);
   ta_free(p + 128); /* on the list, marked: freeing it would put it there twice */
@@ -448,34 +481,37 @@ static ta_run_t *fill_run(size_t size) {
   void *first = ta_malloc(size);
   ta_run_t *r = ta_run_of(first);
   blocks[run_index(r, first)] = first;
-  for (uint32_t i = 1; i < r->cap; i++) {
+  for (uint32_t i = 1; i < ta_run_cap(r); i++) {
     void *p = ta_malloc(size);
     cr_assert_eq(ta_run_of(p), r, "the active run fills first");
     blocks[run_index(r, p)] = p;
   }
-  for (uint32_t k = 0; k < r->cap; k++) write_block(k, size);
-  cr_assert_eq(r->limit, r->cap * r->bsize);
-  cr_assert_geq(run_resident(r), (size_t)r->cap * r->bsize / ta_page_size * ta_page_size);
+  for (uint32_t k = 0; k < ta_run_cap(r); k++)
+    write_block(k, size);
+  cr_assert_eq(r->limit, ta_run_cap(r) * r->bsize);
+  cr_assert_geq(run_resident(r), (size_t)ta_run_cap(r) * r->bsize / ta_page_size * ta_page_size);
   return r;
 }
 
 /* Allocates blocks[k] again for every k from `from` (the run takes them back by carving)
  * and checks every byte of the whole run. */
 static void refill_and_check(ta_run_t *r, size_t size, uint32_t from) {
-  for (uint32_t i = from; i < r->cap; i++) {
+  for (uint32_t i = from; i < ta_run_cap(r); i++) {
     void *p = ta_malloc(size);
     cr_assert_eq(ta_run_of(p), r, "the shrunk run serves its class again");
     size_t k = run_index(r, p);
     cr_assert((char *)p == ta_run_base(r) + k * r->bsize, "a block boundary");
-    cr_assert(k >= from && k < r->cap, "block %zu was in use", k);
+    cr_assert(k >= from && k < ta_run_cap(r), "block %zu was in use", k);
     cr_assert_lt((uintptr_t)p - (uintptr_t)ta_run_base(r), r->limit);
     blocks[k] = p;
     write_block(k, size);
   }
   check_run(r);
-  cr_assert_eq(r->limit, r->cap * r->bsize);
-  for (uint32_t k = 0; k < r->cap; k++) check_block(k, size);
-  for (uint32_t k = 0; k < r->cap; k++) ta_free(blocks[k]);
+  cr_assert_eq(r->limit, ta_run_cap(r) * r->bsize);
+  for (uint32_t k = 0; k < ta_run_cap(r); k++)
+    check_block(k, size);
+  for (uint32_t k = 0; k < ta_run_cap(r); k++)
+    ta_free(blocks[k]);
 }
 
 /* All blocks but the lowest freed: malloc_trim gives back every page but the first. With
@@ -485,7 +521,8 @@ static void refill_and_check(ta_run_t *r, size_t size, uint32_t from) {
 static void trim_keeps_the_lowest(size_t size, bool partial) {
   ta_run_t *r = fill_run(size);
   void *extra = partial ? ta_malloc(size) : NULL; /* finds the run exhausted: FULL */
-  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  for (uint32_t k = 1; k < ta_run_cap(r); k++)
+    ta_free(blocks[k]);
   cr_assert_eq(r->state, partial ? RUN_PARTIAL : RUN_ACTIVE);
   ta_free(extra); /* its run is active and empty: trim retires it */
   ta_malloc_trim(0);
@@ -495,7 +532,7 @@ static void trim_keeps_the_lowest(size_t size, bool partial) {
   check_run(r);
   cr_assert_leq(run_resident(r), 2 * ta_page_size, "%zu bytes resident", run_resident(r));
   check_block(0, size);
-  for (uint32_t k = 1; k < r->cap && (size_t)k * r->bsize < ta_page_size; k++) {
+  for (uint32_t k = 1; k < ta_run_cap(r) && (size_t)k * r->bsize < ta_page_size; k++) {
     const ta_block_t *b = blocks[k];
     cr_assert(b->link == 0 && b->key == 0, "block %u keeps a link or a mark", k);
   }
@@ -509,23 +546,24 @@ Test(runs, trim_gives_back_pages_of_blocks_over_a_page) { trim_keeps_the_lowest(
 
 Test(runs, nothing_goes_back_above_the_highest_block_in_use) {
   ta_run_t *r = fill_run(64);
-  for (uint32_t k = 0; k + 1 < r->cap; k++) ta_free(blocks[k]);
+  for (uint32_t k = 0; k + 1 < ta_run_cap(r); k++)
+    ta_free(blocks[k]);
   uint32_t limit = r->limit;
   ta_malloc_trim(0);
   cr_assert_eq(r->limit, limit);
-  cr_assert_eq(list_len(r->free), r->cap - 1);
+  cr_assert_eq(list_len(r->free), ta_run_cap(r) - 1);
   check_run(r);
   cr_assert_eq(run_resident(r), TA_RUN_SIZE);
-  check_block(r->cap - 1, 64);
-  ta_free(blocks[r->cap - 1]);
+  check_block(ta_run_cap(r) - 1, 64);
+  ta_free(blocks[ta_run_cap(r) - 1]);
 }
 
 /* Blocks in use at 0 and in the middle: the pages above the middle one go, and the free
  * blocks below it are threaded again in address order. */
 Test(runs, the_list_below_the_highest_block_in_use_is_threaded_in_address_order) {
   ta_run_t *r = fill_run(64);
-  uint32_t mid = r->cap / 2;
-  for (uint32_t k = r->cap; k-- > 1;)
+  uint32_t mid = ta_run_cap(r) / 2;
+  for (uint32_t k = ta_run_cap(r); k-- > 1;)
     if (k != mid) ta_free(blocks[k]);
   cr_assert_gt(ta_small_shrink(ta_tl_arena), 0);
   cr_assert_eq(r->limit, (mid + 1) * r->bsize);
@@ -546,7 +584,8 @@ Test(runs, the_list_below_the_highest_block_in_use_is_threaded_in_address_order)
 
 static void *free_all_but_the_first(void *arg) {
   const ta_run_t *r = arg;
-  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  for (uint32_t k = 1; k < ta_run_cap(r); k++)
+    ta_free(blocks[k]);
   return NULL;
 }
 
@@ -558,7 +597,7 @@ Test(runs, remote_frees_are_taken_in_before_the_run_shrinks) {
   cr_assert_eq(pthread_create(&t, NULL, free_all_but_the_first, r), 0);
   cr_assert_eq(pthread_join(t, NULL), 0);
   cr_assert(ta_remote_waiting(ta_tl_arena, memory_order_relaxed));
-  cr_assert_eq(RUN_USED(r), (int32_t)r->cap, "blocks on the remote list count as used");
+  cr_assert_eq(RUN_USED(r), (int32_t)ta_run_cap(r), "blocks on the remote list count as used");
   cr_assert_geq(ta_arena_purge(ta_tl_arena, ta_os_now_ms(), false, ta_decay_ms, true),
                 TA_RUN_SIZE - ta_page_size);
   cr_assert(!ta_remote_waiting(ta_tl_arena, memory_order_relaxed));
@@ -573,12 +612,13 @@ Test(runs, remote_frees_are_taken_in_before_the_run_shrinks) {
  * dropped block keeps a link or a mark. */
 Test(runs, a_refused_decommit_leaves_no_link_or_mark_above_the_limit) {
   ta_run_t *r = fill_run(64);
-  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  for (uint32_t k = 1; k < ta_run_cap(r); k++)
+    ta_free(blocks[k]);
   ta_os_fail(TA_OS_MADVISE, 0, 1);
   cr_assert_eq(ta_small_shrink(ta_tl_arena), 0);
   cr_assert_eq(r->limit, r->bsize);
   check_run(r);
-  for (uint32_t k = 1; k < r->cap; k++) {
+  for (uint32_t k = 1; k < ta_run_cap(r); k++) {
     const ta_block_t *b = blocks[k];
     cr_assert(b->link == 0 && b->key == 0, "block %u keeps a link or a mark", k);
   }
@@ -588,8 +628,9 @@ Test(runs, a_refused_decommit_leaves_no_link_or_mark_above_the_limit) {
 /* The walk checks every entry of the list it rethreads. */
 Test(runs, a_free_list_overwritten_after_free_aborts_the_shrink, .signal = SIGABRT) {
   ta_run_t *r = fill_run(64);
-  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
-  ((ta_block_t *)blocks[r->cap / 2])->link ^= 0x40; /* a write after free */
+  for (uint32_t k = 1; k < ta_run_cap(r); k++)
+    ta_free(blocks[k]);
+  ((ta_block_t *)blocks[ta_run_cap(r) / 2])->link ^= 0x40; /* a write after free */
   ta_malloc_trim(0);
 }
 
@@ -599,18 +640,18 @@ Test(runs, a_free_list_overwritten_after_free_aborts_the_shrink, .signal = SIGAB
 Test(runs, a_live_top_block_holding_its_mark_keeps_its_page_through_a_shrink) {
   ta_run_t *r = fill_run(64);
   if (ta_page_size * 2 > TA_RUN_SIZE) cr_skip_test("a run is one page here: no shrink");
-  for (uint32_t k = 0; k + 1 < r->cap; k++)
+  for (uint32_t k = 0; k + 1 < ta_run_cap(r); k++)
     ta_free(blocks[k]);
-  ta_block_t *top = blocks[r->cap - 1];
+  ta_block_t *top = blocks[ta_run_cap(r) - 1];
   top->key = ta_mark(top);
   top->link = ta_link_enc(top);
   uint32_t limit = r->limit;
   ta_malloc_trim(0);
   cr_assert_eq(r->limit, limit, "nothing given back above a block in use");
-  cr_assert_eq(list_len(r->free), r->cap - 1);
+  cr_assert_eq(list_len(r->free), ta_run_cap(r) - 1);
   cr_assert_eq(run_resident(r), TA_RUN_SIZE);
   for (size_t i = sizeof(ta_block_t); i < 64; i++)
-    cr_assert_eq(((unsigned char *)top)[i], pattern(r->cap - 1, i), "byte %zu", i);
+    cr_assert_eq(((unsigned char *)top)[i], pattern(ta_run_cap(r) - 1, i), "byte %zu", i);
   top->key = 0;
   top->link = 0;
   ta_free(top);
@@ -620,9 +661,9 @@ Test(runs, a_live_top_block_holding_its_mark_keeps_its_page_through_a_shrink) {
 Test(runs, a_link_zeroed_after_free_aborts_the_shrink, .signal = SIGABRT) {
   ta_run_t *r = fill_run(64);
   if (ta_page_size * 2 > TA_RUN_SIZE) cr_skip_test("a run is one page here: no shrink");
-  for (uint32_t k = 1; k < r->cap; k++)
+  for (uint32_t k = 1; k < ta_run_cap(r); k++)
     ta_free(blocks[k]);
-  ((ta_block_t *)blocks[r->cap / 2])->link = 0;
+  ((ta_block_t *)blocks[ta_run_cap(r) / 2])->link = 0;
   ta_malloc_trim(0);
 }
 
@@ -632,13 +673,13 @@ Test(runs, a_link_zeroed_after_free_aborts_the_shrink, .signal = SIGABRT) {
 Test(runs, a_shrink_reads_no_page_sized_block_in_use) {
   ta_run_t *r = fill_run(4096);
   if (ta_page_size != 4096) cr_skip_test("blocks of 4 KiB are no pages here");
-  uint32_t mid = r->cap / 2, top = r->cap - 1;
-  for (uint32_t k = 0; k < r->cap; k++)
+  uint32_t mid = ta_run_cap(r) / 2, top = ta_run_cap(r) - 1;
+  for (uint32_t k = 0; k < ta_run_cap(r); k++)
     if (k != mid && k != top) ta_free(blocks[k]);
   cr_assert_eq(mprotect(blocks[mid], 4096, PROT_NONE), 0);
   cr_assert_eq(mprotect(blocks[top], 4096, PROT_NONE), 0);
   ta_malloc_trim(0);
-  cr_assert_eq(r->limit, r->cap * r->bsize, "nothing given back above a block in use");
+  cr_assert_eq(r->limit, ta_run_cap(r) * r->bsize, "nothing given back above a block in use");
   cr_assert_eq(mprotect(blocks[mid], 4096, PROT_READ | PROT_WRITE), 0);
   cr_assert_eq(mprotect(blocks[top], 4096, PROT_READ | PROT_WRITE), 0);
   check_block(mid, 4096);
@@ -653,12 +694,12 @@ Test(runs, a_shrink_reads_no_page_sized_block_in_use) {
  * goes back. */
 static void *free_the_top_block(void *arg) {
   const ta_run_t *r = arg;
-  ta_free(blocks[r->cap - 1]);
+  ta_free(blocks[ta_run_cap(r) - 1]);
   return NULL;
 }
 Test(runs, a_block_waiting_on_the_remote_list_is_not_taken_for_a_cut_in_the_list) {
   ta_run_t *r = fill_run(64);
-  for (uint32_t k = 1; k + 1 < r->cap; k++)
+  for (uint32_t k = 1; k + 1 < ta_run_cap(r); k++)
     ta_free(blocks[k]);
   pthread_t t;
   cr_assert_eq(pthread_create(&t, NULL, free_the_top_block, r), 0);
@@ -667,7 +708,7 @@ Test(runs, a_block_waiting_on_the_remote_list_is_not_taken_for_a_cut_in_the_list
   uint32_t limit = r->limit;
   cr_assert_eq(ta_small_shrink(ta_tl_arena), 0);
   cr_assert_eq(r->limit, limit);
-  cr_assert_eq(list_len(r->free), r->cap - 2);
+  cr_assert_eq(list_len(r->free), ta_run_cap(r) - 2);
   ta_malloc_trim(0); /* takes it in, then gives back all above block 0 */
   cr_assert(!ta_remote_waiting(ta_tl_arena, memory_order_relaxed));
   if (ta_page_size * 2 <= TA_RUN_SIZE) cr_assert_eq(r->limit, r->bsize);
@@ -676,7 +717,8 @@ Test(runs, a_block_waiting_on_the_remote_list_is_not_taken_for_a_cut_in_the_list
 }
 
 static void shrink_to_the_first_block(ta_run_t *r) {
-  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  for (uint32_t k = 1; k < ta_run_cap(r); k++)
+    ta_free(blocks[k]);
   ta_malloc_trim(0);
   cr_assert_eq(r->limit, r->bsize);
 }
@@ -685,7 +727,7 @@ static void shrink_to_the_first_block(ta_run_t *r) {
 Test(runs, double_free_above_the_lowered_limit_aborts, .signal = SIGABRT) {
   ta_run_t *r = fill_run(64);
   shrink_to_the_first_block(r);
-  ta_free(blocks[r->cap - 1]);
+  ta_free(blocks[ta_run_cap(r) - 1]);
 }
 
 static void *free_it(void *p) {
@@ -714,7 +756,8 @@ static void nap_ms(long ms) {
 static ta_run_t *run_to_shrink_when_due(void) {
   ta_decay_ms = 20;
   ta_run_t *r = fill_run(64);
-  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  for (uint32_t k = 1; k < ta_run_cap(r); k++)
+    ta_free(blocks[k]);
   ta_free(ta_malloc(100 << 10)); /* past 64 KiB: into the heap, not the cache */
   cr_assert_neq(atomic_load(&ta_tl_arena->purge_due), 0, "a purge is due");
   nap_ms((long)(2 * ta_demand_window()) + 30);
@@ -723,7 +766,7 @@ static ta_run_t *run_to_shrink_when_due(void) {
 
 Test(runs, the_owners_purge_after_the_decay_gives_back_free_pages) {
   ta_run_t *r = run_to_shrink_when_due();
-  cr_assert_eq(r->limit, r->cap * r->bsize, "not before the purge");
+  cr_assert_eq(r->limit, ta_run_cap(r) * r->bsize, "not before the purge");
   ta_free(ta_malloc(20000)); /* a slow path: the purge is due */
   cr_assert_eq(r->limit, r->bsize);
   check_run(r);
@@ -737,7 +780,8 @@ Test(runs, the_owners_purge_after_the_decay_gives_back_free_pages) {
 Test(runs, runs_keep_their_pages_while_the_arena_draws_and_shrink_after) {
   ta_decay_ms = 20;
   ta_run_t *r = fill_run(64);
-  for (uint32_t k = 1; k < r->cap; k++) ta_free(blocks[k]);
+  for (uint32_t k = 1; k < ta_run_cap(r); k++)
+    ta_free(blocks[k]);
   ta_free(ta_malloc(100 << 10));
   nap_ms((long)ta_decay_ms + 30);
   ta_arena_t *a = ta_tl_arena;
@@ -745,7 +789,7 @@ Test(runs, runs_keep_their_pages_while_the_arena_draws_and_shrink_after) {
   uint64_t now = ta_os_now_ms();
   cr_assert_gt(ta_arena_demand(a, now), 0, "the run's chunk");
   ta_free(ta_malloc(20000)); /* a slow path: the purge is due */
-  cr_assert_eq(r->limit, r->cap * r->bsize, "its free pages stay");
+  cr_assert_eq(r->limit, ta_run_cap(r) * r->bsize, "its free pages stay");
   cr_assert(a->shrink_wait);
   uint64_t until = ta_demand_until(a, ta_os_now_ms());
   uint64_t due = atomic_load(&a->owner_due);
@@ -772,8 +816,8 @@ Test(runs, another_threads_purge_leaves_the_runs_lists_alone) {
   cr_assert_eq(pthread_create(&t, NULL, purge_as_the_background_thread, ta_tl_arena), 0);
   cr_assert_eq(pthread_join(t, NULL), 0);
   cr_assert_eq(atomic_load(&ta_tl_arena->purge_due), 0, "the purge ran");
-  cr_assert_eq(r->limit, r->cap * r->bsize);
-  cr_assert_eq(list_len(r->free), r->cap - 1);
+  cr_assert_eq(r->limit, ta_run_cap(r) * r->bsize);
+  cr_assert_eq(list_len(r->free), ta_run_cap(r) - 1);
   cr_assert_eq(run_resident(r), TA_RUN_SIZE);
   check_run(r);
 }
@@ -790,11 +834,13 @@ Test(runs, statistics_follow_a_shrunk_run) {
   cr_assert_eq(s.classes[cls].live_blocks, 1);
   cr_assert_eq(s.classes[cls].free_blocks, 0, "no block threaded but the one in use");
   cr_assert_eq(s.classes[cls].requested_bytes, 40);
-  for (uint32_t i = 1; i < r->cap; i++) blocks[i] = ta_malloc(44);
+  for (uint32_t i = 1; i < ta_run_cap(r); i++)
+    blocks[i] = ta_malloc(44);
   cr_assert_eq(ta_stats_get(&s, -1), 0);
-  cr_assert_eq(s.classes[cls].live_blocks, r->cap);
-  cr_assert_eq(s.classes[cls].requested_bytes, 40 + (r->cap - 1) * 44);
-  for (uint32_t k = 0; k < r->cap; k++) ta_free(blocks[k]);
+  cr_assert_eq(s.classes[cls].live_blocks, ta_run_cap(r));
+  cr_assert_eq(s.classes[cls].requested_bytes, 40 + (ta_run_cap(r) - 1) * 44);
+  for (uint32_t k = 0; k < ta_run_cap(r); k++)
+    ta_free(blocks[k]);
 }
 
 /* ---- huge pages for dense halves of small chunks (small.c, half_collapse_maybe) ---- */
@@ -890,7 +936,7 @@ Test(runs, a_half_in_use_but_not_threaded_through_is_left_alone) {
   uint64_t before = ta_os_calls(TA_OS_COLLAPSE);
   /* One of them threaded to its end: the half is still far from dense. */
   void **b = calloc(A_CAP, sizeof *b);
-  size_t cap = ta_run_of(one[31])->cap;
+  size_t cap = ta_run_cap(ta_run_of(one[31]));
   alloc_blocks(b, 0, cap - 1, ta_class_size[31]);
   cr_assert_eq(ta_run_of(one[31])->limit, cap * ta_run_of(one[31])->bsize, "threaded through");
   cr_assert_eq(ta_os_calls(TA_OS_COLLAPSE), before);

@@ -72,7 +72,7 @@ Test(stats, a_chunk_given_back_in_place_keeps_its_shadow_for_its_next_runs) {
   ta_stats_enable(1);
   void *first = ta_malloc(40);
   ta_run_t *r = ta_run_of(first);
-  size_t n = 40 * (size_t)r->cap; /* 40 runs of its class: slots 1..40 of one chunk */
+  size_t n = 40 * (size_t)ta_run_cap(r); /* 40 runs of its class: slots 1..40 of one chunk */
   void **b = calloc(n, sizeof *b);
   cr_assert_not_null(b);
   b[0] = first;
