@@ -22,8 +22,9 @@
  * one CAS; the owner drains those lists in its slow paths.
  *
  * Invariants (checked by the tests in test/unit):
- *   run:    RUN_USED(r) + |run.free| == limit / bsize <= cap; RUN_USED counts the blocks on
- *           owner.remote[] (freed by other threads, not yet taken in)
+ *   run:    RUN_USED(r) + |run.free| == limit / bsize <= ta_run_cap(r) (2^16 / bsize);
+ *           RUN_USED counts the blocks on owner.remote[] (freed by other threads, not yet
+ *           taken in)
  *   run:    state == RUN_FULL <=> RUN_FULL_BIT set in used <=> in no list (and free was NULL
  *           when it was set; remote frees may refill it before the owner notices)
  *   run:    state == RUN_ACTIVE <=> RUN_ACTIVE_BIAS added to used <=> it is owner.cur[cls]
@@ -212,7 +213,8 @@ _Static_assert(sizeof(ta_run_t) == 64, "run meta block: one cache line");
  * The low half of that product tells a block's start, with e = bsize * recip - 2^32, in
  * (0, bsize]: off = k * bsize leaves k * e (< 2^16, below recip); any other off leaves at
  * least recip (j * recip for j in 1..bsize-1, plus k * e, never past 2^32). So a start below
- * the n blocks threaded leaves less than min(recip, n * e), and nothing else does: `accept`.
+ * the n blocks threaded leaves less than n * e (at most 2^16: below recip), and nothing else
+ * does: `accept`.
  * (Hence the + 1 for every size: a power of two's exact quotient would leave e = 0, every
  * start the same 0, and the n blocks could not be told from the others.) */
 TA_INLINE uint32_t ta_run_index(const ta_run_t *r, uint32_t off) {
@@ -223,9 +225,7 @@ TA_INLINE uint32_t ta_run_recip(uint32_t bsize) {
 }
 /* What r's `accept` is once the blocks below byte `limit` are threaded. */
 TA_INLINE uint32_t ta_run_accept(uint32_t bsize, uint32_t recip, uint32_t limit) {
-  uint64_t e = (uint64_t)bsize * recip - ((uint64_t)1 << 32);
-  uint64_t below = (uint64_t)(limit / bsize) * e;
-  return below < recip ? (uint32_t)below : recip;
+  return (limit / bsize) * (uint32_t)((uint64_t)bsize * recip - ((uint64_t)1 << 32));
 }
 /* Blocks that fit in run r: 2^16 / bsize (0 for an unused slot, whose recip is 0). */
 TA_INLINE uint32_t ta_run_cap(const ta_run_t *r) {

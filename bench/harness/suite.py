@@ -637,7 +637,8 @@ def run_redis(wl, alloc, threads, scale, timeout, log, env, ctx):
             rows = list(f)
         head = [c.strip('"') for c in rows[0].strip().split('","')] if rows else []
         p99 = head.index("p99_latency_ms") if "p99_latency_ms" in head else None
-        for row in rows[1:]:
+        # a redis-benchmark that prints no header row (before 7.0) starts with its first test
+        for row in rows[1:] if head[:1] == ["test"] else rows:
             cells = [c.strip('"') for c in row.strip().split('","')]
             if len(cells) >= 2:
                 name = re.sub(r"[^a-z0-9]+", "_", cells[0].lower()).strip("_")[:40]
@@ -957,7 +958,8 @@ def summarize(wl, threads, allocs, runs):
                     cell["median_rss_kib"] = int(statistics.median(rss))
                     cell["rss_source"] = mine[0]["rss_source"]
                 figs = {}
-                for k in mine[0]["figures"]:
+                # every round's names: a figure one round lacks (redis's p99) is not lost
+                for k in dict.fromkeys(k for r in mine for k in r["figures"]):
                     vals = [r["figures"][k] for r in mine if k in r["figures"]]
                     if vals:
                         figs[k] = statistics.median(vals)

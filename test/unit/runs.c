@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #include "internal.h"
 #include "support/fd_text.h"
@@ -30,6 +31,7 @@ static void check_run(const ta_run_t *r) {
                "run invariant: used %d free %zu carved %u", used, list_len(r->free),
                r->limit / r->bsize);
   cr_assert_leq(r->limit / r->bsize, ta_run_cap(r));
+  cr_assert_eq(r->accept, ta_run_accept(r->bsize, r->recip, r->limit), "accept stored with limit");
   for (const ta_block_t *b = r->free; b; b = ta_block_next(b))
     cr_assert_eq(b->key, ta_mark(b), "free block %p unmarked", (void *)b);
 }
@@ -381,18 +383,55 @@ Test(runs, interior_pointer_aborts, .signal = SIGABRT) {
   ta_free(p + 16);
 }
 
-Test(runs, pointer_past_carved_blocks_aborts, .signal = SIGABRT) {
-  char *p = ta_malloc(128);
-  ta_run_t *r = ta_run_of(p);
-  ta_free(ta_run_base(r) + r->limit); /* a block boundary never handed out */
+/* A block boundary never handed out, in run r: above its limit, or where a block would
+ * start past the blocks that fit (a run carved whole at once: pages of 64 KiB). */
+static void *past_the_carved_blocks(ta_run_t *r) {
+  uint32_t at = r->limit < TA_RUN_SIZE ? r->limit : ta_run_cap(r) * r->bsize;
+  cr_assert_lt(at, (uint32_t)TA_RUN_SIZE, "a boundary inside the run");
+  return ta_run_base(r) + at;
 }
 
-/* The same for a size that is no power of two, where the quotient of recip is not exact. */
-Test(runs, pointer_past_carved_blocks_aborts_odd_size, .signal = SIGABRT) {
+Test(runs, pointer_past_carved_blocks_aborts, .signal = SIGABRT) {
   char *p = ta_malloc(48);
+  ta_free(past_the_carved_blocks(ta_run_of(p)));
+}
+
+/* A power of two, whose quotient of recip is exact but for the + 1 (ta_run_recip), in a child
+ * process. A run of them carved whole (pages of 64 KiB) has no boundary past its blocks: the
+ * one above its limit is the next slot's, which this test is not about. */
+Test(runs, pointer_past_carved_blocks_aborts_power_of_two) {
+  char *p = ta_malloc(128);
   ta_run_t *r = ta_run_of(p);
-  cr_assert_lt(r->limit, (uint32_t)TA_RUN_SIZE - r->bsize, "room above the carved blocks");
-  ta_free(ta_run_base(r) + r->limit);
+  if (r->limit == TA_RUN_SIZE) cr_skip_test("the run was carved whole (pages of 64 KiB)");
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0, "fork");
+  if (pid == 0) {
+    ta_free(ta_run_base(r) + r->limit);
+    _exit(0);
+  }
+  int st = 0;
+  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "the free did not abort (status 0x%x)", st);
+}
+
+/* Another thread's free checks the same (ta_small_valid): no block's start, and a start past
+ * the carved blocks. */
+static void *free_it_elsewhere(void *p) {
+  ta_free(p);
+  return NULL;
+}
+static void free_from_another_thread(void *p) {
+  pthread_t t;
+  pthread_create(&t, NULL, free_it_elsewhere, p);
+  pthread_join(t, NULL);
+}
+Test(runs, interior_pointer_freed_by_another_thread_aborts, .signal = SIGABRT) {
+  char *p = ta_malloc(48);
+  free_from_another_thread(p + 16);
+}
+Test(runs, pointer_past_carved_blocks_freed_by_another_thread_aborts, .signal = SIGABRT) {
+  char *p = ta_malloc(48);
+  free_from_another_thread(past_the_carved_blocks(ta_run_of(p)));
 }
 
 /* The one compare of free and ta_small_valid, (uint32_t)(off * recip) < accept, against the
@@ -417,6 +456,8 @@ Test(runs, block_start_test_matches_division) {
                          ta_run_index(&r, off));
       }
     }
+    /* the limit of a run of a power of two carved whole, which the scan turns into an index */
+    cr_assert_eq(ta_run_index(&r, TA_RUN_SIZE), TA_RUN_SIZE / bs, "class %u: index of 2^16", cls);
   }
 }
 
