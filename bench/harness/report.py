@@ -349,24 +349,16 @@ def terminal(results):
         out.append("Median peak RSS, then its ratio to jemalloc / to mimalloc (lower is better)")
         out.append(_text_table(["workload", "thr"] + names, rows))
         out.append("")
-    pool = pool_table(results)
-    if pool:
-        out.append("Thread pool: RSS over peak live bytes at the peak and when idle, RSS kept "
-                   "after the threads exit, busy time (medians; lower is better)")
-        out.append(_text_table(*pool))
-        out.append("")
-    gb = giveback_table(results)
-    if gb:
-        out.append("Given back on its own: RSS above the start once 800 MiB are freed, and after "
-                   "an idle second of small allocations (medians; lower is better)")
-        out.append(_text_table(*gb))
-        out.append("")
-    rd = redis_table(results)
-    if rd:
-        out.append("redis: 99th percentile latency of each redis-benchmark test (medians; lower "
-                   "is better)")
-        out.append(_text_table(*rd))
-        out.append("")
+    for table, title in (
+            (pool_table, "Thread pool: RSS over peak live bytes at the peak and when idle, RSS kept "
+                         "after the threads exit, busy time (medians; lower is better)"),
+            (giveback_table, "Given back on its own: RSS above the start once 800 MiB are freed, "
+                             "and after an idle second of small allocations (medians; lower is better)"),
+            (redis_table, "redis: 99th percentile latency of each redis-benchmark test (medians; "
+                          "lower is better)")):
+        rows = table(results)
+        if rows:
+            out += [title, _text_table(*rows), ""]
     if results["instructions"]:
         rows = []
         for size in sorted({e["size"] for e in results["instructions"]}):
@@ -511,48 +503,34 @@ def markdown(results, link_prefix="", title="Benchmark results"):
                 ("%.2f" % c["rss_over_live"]) if c and c.get("rss_over_live") else
                 ("**%s**" % c["status"] if c and c["status"] != "ok" else "-") for _, c in frag]]))
             L.append("")
-    pool = pool_table(results, failed=lambda word: "**%s**" % word)
-    if pool:
-        L.append("## Thread pool over its life")
-        L.append("")
-        L.append("The pool workload counts the bytes it has requested and not yet freed and "
-                 "reads its own resident set at each stage. *Peak RSS / live peak*: VmHWM over "
-                 "the peak of live bytes (the peak's size is in parentheses). *Idle RSS / live "
-                 "peak*: VmRSS after 1.5 s with every thread alive and blocked, still holding "
-                 "its cache of responses, over the same peak. *Exit RSS - start RSS*: what the "
-                 "process still holds 1.5 s after the last thread was joined, less what it "
-                 "held at start (the program's own bookkeeping and thread stacks are unmapped "
-                 "by then). *Busy phase*: wall time of the requests alone; the Time table's "
-                 "figure for pool also includes the two 1.5 s pauses. Each figure is the "
-                 "median over the rounds; lower is better.")
-        L.append("")
-        L.append(_md_table(*pool))
-        L.append("")
-    gb = giveback_table(results, failed=lambda word: "**%s**" % word)
-    if gb:
-        L.append("## Memory given back on its own")
-        L.append("")
-        L.append("The giveback workload: four threads allocate 800 MiB in blocks of 16 B to "
-                 "8 MiB and exit; the main thread frees half, four new threads free the rest. "
-                 "Then the process idles a second, making only small allocations (16 to 128 B, "
-                 "which need no slow path). *All freed*: VmRSS above the start right after the "
-                 "frees; *idle second later*: after the idle second. Medians over the rounds; "
-                 "lower is better.")
-        L.append("")
-        L.append(_md_table(*gb))
-        L.append("")
-    rd = redis_table(results, failed=lambda word: "**%s**" % word)
-    if rd:
-        L.append("## redis: the slowest requests")
-        L.append("")
-        L.append("The 99th percentile latency of each redis-benchmark test (50 clients, 16 "
-                 "requests pipelined), as redis-benchmark reports it, in milliseconds: a "
-                 "server that stalls now and then (a purge giving back memory it faults in "
-                 "again at once) shows it here more than in the Time table. Medians over the "
-                 "rounds; lower is better.")
-        L.append("")
-        L.append(_md_table(*rd))
-        L.append("")
+    for table, heading, text in (
+            (pool_table, "Thread pool over its life",
+             "The pool workload counts the bytes it has requested and not yet freed and "
+             "reads its own resident set at each stage. *Peak RSS / live peak*: VmHWM over "
+             "the peak of live bytes (the peak's size is in parentheses). *Idle RSS / live "
+             "peak*: VmRSS after 1.5 s with every thread alive and blocked, still holding "
+             "its cache of responses, over the same peak. *Exit RSS - start RSS*: what the "
+             "process still holds 1.5 s after the last thread was joined, less what it "
+             "held at start (the program's own bookkeeping and thread stacks are unmapped "
+             "by then). *Busy phase*: wall time of the requests alone; the Time table's "
+             "figure for pool also includes the two 1.5 s pauses. Each figure is the "
+             "median over the rounds; lower is better."),
+            (giveback_table, "Memory given back on its own",
+             "The giveback workload: four threads allocate 800 MiB in blocks of 16 B to "
+             "8 MiB and exit; the main thread frees half, four new threads free the rest. "
+             "Then the process idles a second, making only small allocations (16 to 128 B, "
+             "which need no slow path). *All freed*: VmRSS above the start right after the "
+             "frees; *idle second later*: after the idle second. Medians over the rounds; "
+             "lower is better."),
+            (redis_table, "redis: the slowest requests",
+             "The 99th percentile latency of each redis-benchmark test (50 clients, 16 "
+             "requests pipelined), as redis-benchmark reports it, in milliseconds: a "
+             "server that stalls now and then (a purge giving back memory it faults in "
+             "again at once) shows it here more than in the Time table. Medians over the "
+             "rounds; lower is better.")):
+        rows = table(results, failed=lambda word: "**%s**" % word)
+        if rows:
+            L += ["## " + heading, "", text, "", _md_table(*rows), ""]
     if results["instructions"]:
         L.append("## Instructions per malloc+free pair")
         L.append("")

@@ -416,13 +416,13 @@ Test(runs, pointer_past_carved_blocks_aborts_power_of_two) {
 
 /* Another thread's free checks the same (ta_small_valid): no block's start, and a start past
  * the carved blocks. */
-static void *free_it_elsewhere(void *p) {
+static void *free_it(void *p) {
   ta_free(p);
   return NULL;
 }
 static void free_from_another_thread(void *p) {
   pthread_t t;
-  pthread_create(&t, NULL, free_it_elsewhere, p);
+  cr_assert_eq(pthread_create(&t, NULL, free_it, p), 0);
   pthread_join(t, NULL);
 }
 Test(runs, interior_pointer_freed_by_another_thread_aborts, .signal = SIGABRT) {
@@ -771,17 +771,10 @@ Test(runs, double_free_above_the_lowered_limit_aborts, .signal = SIGABRT) {
   ta_free(blocks[ta_run_cap(r) - 1]);
 }
 
-static void *free_it(void *p) {
-  ta_free(p);
-  return NULL;
-}
-
 Test(runs, double_free_above_the_lowered_limit_from_another_thread_aborts, .signal = SIGABRT) {
   ta_run_t *r = fill_run(64);
   shrink_to_the_first_block(r);
-  pthread_t t;
-  pthread_create(&t, NULL, free_it, blocks[2]); /* in the page kept: its mark is wiped */
-  pthread_join(t, NULL);
+  free_from_another_thread(blocks[2]); /* in the page kept: its mark is wiped */
   ta_free(ta_malloc(100000)); /* the owner's slow path, should the free have been queued */
 }
 
