@@ -960,9 +960,7 @@ def summarize(wl, threads, allocs, runs):
                 figs = {}
                 # every round's names: a figure one round lacks (redis's p99) is not lost
                 for k in dict.fromkeys(k for r in mine for k in r["figures"]):
-                    vals = [r["figures"][k] for r in mine if k in r["figures"]]
-                    if vals:
-                        figs[k] = statistics.median(vals)
+                    figs[k] = statistics.median(r["figures"][k] for r in mine if k in r["figures"])
                 if figs:
                     cell["figures"] = figs
                 if "peak_live_kib" in figs and cell.get("median_rss_kib"):
