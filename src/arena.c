@@ -586,6 +586,7 @@ void ta_arena_fork_child(void) {
     } else {
       ta_dirty_forget_demand(a);
       ta_light_forbid(a);
+      a->fork_cut = true;
       a->released_ms = now;
       atomic_store(&a->state, ARENA_FREE);
     }

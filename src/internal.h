@@ -480,6 +480,9 @@ typedef struct ta_arena {
   _Atomic bool over_budget;
   bool shrink_wait;     /* its runs keep their free pages for its demand (purge.c) */
   bool spare_listed;    /* in chunk.c's list of arenas with empty chunks others may take */
+  /* Left by a thread the fork child does not have: one of its fast paths may have been cut
+   * in two, leaving a popped block with its free mark off the list (small.c's scan). */
+  bool fork_cut;
   uint8_t lender_at[2]; /* its entry + 1 in small.c's lists of arenas with run slots to lend
                            (0: not listed): [0] any free slot, [1] a resident one */
   uint32_t id;

@@ -831,7 +831,11 @@ static void run_free_bits_walk(const ta_run_t *r, uint64_t *bits) {
  *     the same block, and the head is a marked block that none names.
  * Anything else, and the walk decides, with its report. Those hold, but more than the head
  * is named by no link: the list was cut in two by a link zeroed after free (the walk would
- * end at the cut, and lose the blocks behind it), reported naming the first block it lost.
+ * end at the cut, and lose the blocks behind it), reported naming the first block it lost,
+ * except in an arena a fork child took over from a thread it does not have (`fork_cut`):
+ * there a pop the fork stopped between its two stores left the block it took off the list
+ * still marked and not counted in use, linking to the end if it was the last, which has the
+ * same shape; the walk decides, and that block stays out of the list, leaked.
  * The marks of blocks the program may hold as whole pages (mprotect) are not read: classes
  * of a page or more, whose runs have few blocks, are walked; so is a run with fewer than half
  * of its blocks free (a shrink of a run in use), where the walk reads less. Returns whether
@@ -862,6 +866,7 @@ static bool run_free_bits_scan(const ta_run_t *r, uint64_t *bits) {
   uint32_t h = block_index(r, r->free);
   if (!bit_get(bits, h) || bit_get(named, h)) return false;
   if (names + 1 == found) return true;
+  if (r->owner->fork_cut) return false;
   for (uint32_t w = 0; w < (n + 63) / 64; w++) { /* another block no link names: the cut */
     uint64_t m = bits[w] & ~named[w];
     if (w == h / 64) m &= ~((uint64_t)1 << (h % 64));
