@@ -363,6 +363,18 @@ _Static_assert(TA_LINE - 16 + TA_MIN_MBLOCK - 16 < 256, "a class block's spare f
 /* Where the last cached bin ends (ta_class_size[TA_MCACHE_FIRST + TA_MCACHE_CLASSES], which a
  * test checks): no block of a cached bin is this large. */
 #define TA_MCACHE_END ((size_t)64 << 10)
+#define TA_MCACHE_MIN ((size_t)8 << 10) /* where the first cached bin starts */
+/* The cache's bins by KiB (medium.c): the index of the bin holding k KiB, and 1 + the index
+ * of the bin ending at k KiB (0: none). */
+TA_HIDDEN extern const uint8_t ta_mcache_bin[65], ta_mcache_ends[65];
+/* The cache's index of the bin whose top (its largest size, the one size the cache keeps) is
+ * s bytes; TA_MCACHE_CLASSES if s is no cached bin's top. */
+TA_INLINE unsigned ta_mcache_top_index(size_t s) {
+  size_t t = s + TA_ALIGNMENT; /* the start of the next bin: whole KiB */
+  if ((t & 1023) != 0 || t > TA_MCACHE_END) return TA_MCACHE_CLASSES;
+  unsigned v = ta_mcache_ends[t >> 10];
+  return v != 0 ? v - 1u : TA_MCACHE_CLASSES;
+}
 #define TA_CHORES_EVERY 16 /* slow paths that reuse held memory, per round of chores (alloc.c) */
 TA_INLINE uint64_t *ta_medium_stamp(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 2; }
 TA_INLINE uint64_t *ta_medium_res(ta_mhdr_t *h) { return (uint64_t *)(h + 1) + 3; }

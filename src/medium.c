@@ -650,13 +650,33 @@ static size_t cache_bin_top(unsigned b) {
   return b >= TA_MCACHE_FIRST && b <= MC_LAST ? ta_class_size[b + 1] - TA_ALIGNMENT : 0;
 }
 
+/* The cached bins by KiB, for the two questions the cache's paths ask of a size, each in a
+ * load instead of ta_bin_of's dozen instructions: the classes from 8 to 64 KiB start on whole
+ * KiB (1 KiB apart up to 16, 2 up to 32, 4 up to 64), so a size's bin is that of its whole
+ * KiB. ta_mcache_bin[k]: the cache's index of the bin that holds k KiB (8 <= k < 64);
+ * ta_mcache_ends[k]: 1 + the index of the bin that ends at k KiB (its top, the one size the
+ * cache keeps of it, is k KiB less 16 bytes), else 0. test/unit/medium.c checks both
+ * against ta_bin_of and cache_bin_top at every size. */
+#define MC_BIN(k) ((k) < 8 ? 0 : (k) < 16 ? (k)-8 : (k) < 32 ? 8 + ((k)-16) / 2 : 16 + ((k)-32) / 4)
+#define MC_ENDS(k)                                                                                 \
+  ((k) > 8 && ((k) <= 16 || ((k) <= 32 && (k) % 2 == 0) || ((k) <= 64 && (k) % 4 == 0))            \
+       ? MC_BIN((k)-1) + 1                                                                         \
+       : 0)
+#define MC_ROW(f, k) f(k), f(k + 1), f(k + 2), f(k + 3), f(k + 4), f(k + 5), f(k + 6), f(k + 7)
+#define MC_TABLE(f)                                                                                \
+  MC_ROW(f, 0), MC_ROW(f, 8), MC_ROW(f, 16), MC_ROW(f, 24), MC_ROW(f, 32), MC_ROW(f, 40),          \
+      MC_ROW(f, 48), MC_ROW(f, 56), f(64)
+const uint8_t ta_mcache_bin[65] = {MC_TABLE(MC_BIN)};
+const uint8_t ta_mcache_ends[65] = {MC_TABLE(MC_ENDS)};
+_Static_assert(TA_MCACHE_END == (size_t)64 << 10 && TA_MCACHE_CLASSES == 24,
+               "the tables above describe the bins of 8 to 64 KiB");
+
 bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
   size_t w = h->size_flags, s = w & TA_M_SIZE_MASK;
   if (ta_secure || (w & TA_M_CLASS)) return false; /* hardened: every free really frees */
-  unsigned b = ta_bin_of(s);
   /* Only a block of its bin's largest size (cache_fit): it fits every request of its bin. */
-  if (s != cache_bin_top(b)) return false;
-  unsigned i = b - TA_MCACHE_FIRST;
+  unsigned i = ta_mcache_top_index(s);
+  if (i == TA_MCACHE_CLASSES) return false;
   if (a->mcache_n[i] == TA_MCACHE_SLOTS || a->mcache_bytes + s > TA_LOAD(ta_mcache_max))
     return false;
   /* The neighbours' headers, as a free checks them: an overflow is reported now. */
@@ -720,12 +740,12 @@ static bool cache_newest_holds(const ta_arena_t *a, unsigned i, size_t n) {
 }
 
 static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
-  unsigned b = ta_bin_of(need); /* its blocks may be smaller than need; the next bin's are not */
-  if (b < TA_MCACHE_FIRST || b > MC_LAST) return NULL;
-  unsigned i = b - TA_MCACHE_FIRST;
-  /* Every cached block fits every request of its bin (ta_medium_cache_put): the newest,
-   * whose lines are the likeliest to be in the processor's cache still. */
-  if (cache_newest_holds(a, i, need)) return cache_take_newest(a, i);
+  if (need < TA_MCACHE_MIN || need >= TA_MCACHE_END) return NULL;
+  unsigned i = ta_mcache_bin[need >> 10];
+  /* Every cached block fits every request of its bin (ta_medium_cache_put), so its size is
+   * not read here (cache_take checks its header): the newest, whose lines are the likeliest
+   * to be in the processor's cache still. */
+  if (a->mcache_n[i]) return cache_take_newest(a, i);
   if (i + 1 < TA_MCACHE_CLASSES && a->mcache_n[i + 1]) return cache_take_newest(a, i + 1);
   return NULL;
 }

@@ -1094,6 +1094,24 @@ Test(mcache, a_cache_hit_records_the_request_while_statistics_are_on) {
   ta_free(keep);
 }
 
+/* The cache's tables by KiB answer as the class tables do, at every size a block may have:
+ * the bin a request falls in, and whether a block is its bin's largest size (the one the
+ * cache keeps), and of which bin. */
+Test(mcache, the_tables_by_kib_agree_with_the_classes_at_every_size) {
+  cr_assert_eq(TA_MCACHE_MIN, ta_class_size[TA_MCACHE_FIRST]);
+  for (size_t need = TA_MCACHE_MIN; need < TA_MCACHE_END; need += TA_ALIGNMENT)
+    cr_assert_eq(ta_mcache_bin[need >> 10] + TA_MCACHE_FIRST, ta_bin_of(need), "need %zu", need);
+  unsigned tops = 0;
+  for (size_t s = TA_ALIGNMENT; s <= 2 * TA_MCACHE_END; s += TA_ALIGNMENT) {
+    unsigned b = ta_bin_of(s), i = ta_mcache_top_index(s);
+    bool top = b >= TA_MCACHE_FIRST && b < TA_MCACHE_FIRST + TA_MCACHE_CLASSES &&
+               s == ta_class_size[b + 1] - TA_ALIGNMENT;
+    cr_assert_eq(i, top ? b - TA_MCACHE_FIRST : TA_MCACHE_CLASSES, "size %zu", s);
+    tops += top;
+  }
+  cr_assert_eq(tops, TA_MCACHE_CLASSES, "every cached bin has its top");
+}
+
 /* The sizes malloc looks for in the cache (ta_medium_cache_may_serve) are those it can serve:
  * the largest request a block of the last cached bin holds is served from the cache, and the
  * next size up never is (its block would be of no cached bin). */
