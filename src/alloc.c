@@ -582,6 +582,7 @@ void ta_free(void *p) {
   if (TA_UNLIKELY(b->key == mark)) return free_small_suspect(me, r, b);
   b->link = ta_link_enc(r->free);
   b->key = mark;
+  atomic_signal_fence(memory_order_seq_cst); /* the block before the head: as ta_run_pop */
   r->free = b;
   TA_ADD_FAST(me->cnt.frees, 1);
   if (TA_UNLIKELY(ta_dec_le_zero(&r->used))) return free_small_slow(me, r);

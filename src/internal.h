@@ -935,6 +935,10 @@ TA_INLINE ta_block_t *ta_run_pop(ta_run_t *r) {
   if (TA_LIKELY(ta_same_chunk(b, r))) {
     ta_block_t *next = ta_block_next(b);
     r->free = next;
+    /* The head first, then the block cleared, in that order (no instruction: the compiler's
+     * alone): a fork that stops the thread between them leaves a leaked block with its mark,
+     * never an unmarked one on the list (docs/design.md, "fork"). */
+    atomic_signal_fence(memory_order_seq_cst);
     /* The next pop reads next's link word, which the program has long left (freed blocks
      * go cold): fetched now, that miss overlaps the program's work instead of stalling the
      * next malloc. A prefetch never faults, whatever the link decoded to. */
@@ -973,6 +977,7 @@ TA_HIDDEN void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
  * (alloc.c) writes out in place, after its checks. */
 TA_INLINE void ta_run_push(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
   b->link = ta_link_enc(r->free);
+  atomic_signal_fence(memory_order_seq_cst); /* the link before the head: as ta_run_pop */
   r->free = b;
   if (ta_dec_le_zero(&r->used)) ta_small_free_slow(a, r);
 }

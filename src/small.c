@@ -835,7 +835,8 @@ static void run_free_bits_walk(const ta_run_t *r, uint64_t *bits) {
  * except in an arena a fork child took over from a thread it does not have (`fork_cut`):
  * there a pop the fork stopped between its two stores left the block it took off the list
  * still marked and not counted in use, linking to the end if it was the last, which has the
- * same shape; the walk decides, and that block stays out of the list, leaked.
+ * same shape; the walk decides, and that block stays out of the list, leaked (the flag is
+ * the arena's and stays: a real cut in such an arena goes unreported, see design.md, "fork").
  * The marks of blocks the program may hold as whole pages (mprotect) are not read: classes
  * of a page or more, whose runs have few blocks, are walked; so is a run with fewer than half
  * of its blocks free (a shrink of a run in use), where the walk reads less. Returns whether
