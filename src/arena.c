@@ -586,7 +586,9 @@ void ta_arena_fork_child(void) {
     } else {
       ta_dirty_forget_demand(a);
       ta_light_forbid(a);
-      a->fork_cut = true;
+      /* One of its thread's pops may have been cut in two: only in a current run. */
+      for (unsigned c = 0; c <= TA_NUM_SMALL; c++)
+        if (a->cur[c] != &ta_empty_run) ta_run_pair(a->cur[c])->fork_cut = true;
       a->released_ms = now;
       atomic_store(&a->state, ARENA_FREE);
     }

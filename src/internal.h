@@ -245,9 +245,17 @@ TA_INLINE uint32_t ta_run_cap(const ta_run_t *r) {
 #define TA_RUN_META_SHIFT 7
 typedef struct {
   ta_run_t run;
-  uint8_t beside[64];
+  uint8_t beside[56]; /* slot 0's, the header's: the shadow pointer (below) */
+  /* A run's: it was its arena's current run of its class when a fork child took the arena
+   * over from a thread the child does not have, so a pop the fork cut in two may have left a
+   * block of it off the list with its free mark (small.c's scan). Cleared when the slot is
+   * made a run again. */
+  bool fork_cut;
+  uint8_t spare[7];
 } ta_run_pair_t;
 _Static_assert(sizeof(ta_run_pair_t) == (size_t)1 << TA_RUN_META_SHIFT, "run meta stride");
+/* The pair of run r (never the sentinel ta_empty_run, which is no chunk's). */
+TA_INLINE ta_run_pair_t *ta_run_pair(const ta_run_t *r) { return (ta_run_pair_t *)(uintptr_t)r; }
 
 /* The chunk header is slot 0's run meta block: slot i's is at chunk + 128 * i, so free finds
  * a block's run with a shift and two masks. The header keeps NULL where a run keeps its
@@ -307,7 +315,8 @@ TA_INLINE void ta_chunk_thp_lost(ta_chunk_t *c, unsigned first, unsigned n) {
 TA_INLINE ta_run_t *ta_chunk_run(ta_chunk_t *c, unsigned s) { return &c->runs[s].run; }
 /* A small chunk's shadow array pointer (statistics) lies beside the header. */
 #define TA_SHADOW_OFFSET offsetof(ta_run_pair_t, beside)
-_Static_assert(TA_SHADOW_OFFSET + sizeof(uint16_t *) <= sizeof(ta_run_pair_t), "shadow beside");
+_Static_assert(TA_SHADOW_OFFSET + sizeof(uint16_t *) <= offsetof(ta_run_pair_t, fork_cut),
+               "shadow beside");
 #define TA_MEDIUM_HDR 64 /* medium chunk: data starts here; runs[] is not used */
 /* A medium chunk's end marker: its last 16 bytes, or, in the hardened build, the last 16
  * before its last page, which is a guard page (inaccessible while the chunk is medium). */
@@ -492,9 +501,6 @@ typedef struct ta_arena {
   _Atomic bool over_budget;
   bool shrink_wait;     /* its runs keep their free pages for its demand (purge.c) */
   bool spare_listed;    /* in chunk.c's list of arenas with empty chunks others may take */
-  /* Left by a thread the fork child does not have: one of its fast paths may have been cut
-   * in two, leaving a popped block with its free mark off the list (small.c's scan). */
-  bool fork_cut;
   uint8_t lender_at[2]; /* its entry + 1 in small.c's lists of arenas with run slots to lend
                            (0: not listed): [0] any free slot, [1] a resident one */
   uint32_t id;

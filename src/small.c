@@ -274,6 +274,7 @@ static ta_run_t *run_init(ta_arena_t *a, ta_chunk_t *c, unsigned slot, unsigned 
   r->state = RUN_ACTIVE;
   r->next = r->prev = NULL;
   r->empty_since = 0;
+  ta_run_pair(r)->fork_cut = false;
   /* Last, and published: a racing invalid free must not see a half-made run as ours. */
   __atomic_store_n(&r->owner, a, __ATOMIC_RELEASE);
   return r;
@@ -832,11 +833,12 @@ static void run_free_bits_walk(const ta_run_t *r, uint64_t *bits) {
  * Anything else, and the walk decides, with its report. Those hold, but more than the head
  * is named by no link: the list was cut in two by a link zeroed after free (the walk would
  * end at the cut, and lose the blocks behind it), reported naming the first block it lost,
- * except in an arena a fork child took over from a thread it does not have (`fork_cut`):
- * there a pop the fork stopped between its two stores left the block it took off the list
- * still marked and not counted in use, linking to the end if it was the last, which has the
- * same shape; the walk decides, and that block stays out of the list, leaked (the flag is
- * the arena's and stays: a real cut in such an arena goes unreported, see design.md, "fork").
+ * except in a run that was current in an arena a fork child took over from a thread it does
+ * not have (`fork_cut`, beside the run): there a pop the fork stopped between its two stores
+ * left the block it took off the list still marked and not counted in use, linking to the
+ * end if it was the last, which has the same shape; the walk decides, and that block stays
+ * out of the list, leaked, until the run is emptied (the flag goes with the slot's next run;
+ * a real cut in such a run goes unreported till then, see design.md, "fork").
  * The marks of blocks the program may hold as whole pages (mprotect) are not read: classes
  * of a page or more, whose runs have few blocks, are walked; so is a run with fewer than half
  * of its blocks free (a shrink of a run in use), where the walk reads less. Returns whether
@@ -867,7 +869,7 @@ static bool run_free_bits_scan(const ta_run_t *r, uint64_t *bits) {
   uint32_t h = block_index(r, r->free);
   if (!bit_get(bits, h) || bit_get(named, h)) return false;
   if (names + 1 == found) return true;
-  if (r->owner->fork_cut) return false;
+  if (ta_run_pair(r)->fork_cut) return false;
   for (uint32_t w = 0; w < (n + 63) / 64; w++) { /* another block no link names: the cut */
     uint64_t m = bits[w] & ~named[w];
     if (w == h / 64) m &= ~((uint64_t)1 << (h % 64));

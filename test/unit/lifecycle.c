@@ -9,7 +9,7 @@
  *     nothing, are counted, and do not pile up;
  *   - the forking thread takes its own arena back once the call the fork interrupted ends;
  *   - a pop the fork cut in two, in an arena the child takes over, is not reported as a
- *     corrupted list.
+ *     corrupted list; a list cut by a write after free in another run of that arena is.
  *
  * Every test that forks checks the child's exit status; each exit code names one check.
  */
@@ -469,5 +469,60 @@ Test(lifecycle, fork_child_adopts_an_arena_whose_pop_the_fork_cut_in_two) {
     _exit(0);
   }
   expect_child(pid, "an arena whose owner's pop the fork cut in two");
+  holder_finish(&h);
+}
+
+/* Only the runs current at the fork can hold a cut pop, and only they are spared the report:
+ * in the arena the child took over, a run of its own whose list a write after free cut (a
+ * link zeroed) is reported when its shrink scans it, with the pointer behind the cut. */
+Test(lifecycle, a_fork_child_still_reports_a_cut_list_outside_the_runs_the_fork_cut) {
+  tt_no_core();
+  if (ta_page_size * 2 > TA_RUN_SIZE) cr_skip_test("a run is one page here: no shrink");
+  struct holder h;
+  holder_start(&h, pop_cut_by_fork);
+  ta_run_t *cut_run = (ta_run_t *)h.run;
+  int err[2];
+  cr_assert_eq(pipe(err), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(30);
+    dup2(err[1], 2);
+    ta_free(ta_malloc(16)); /* adopts the arena left free */
+    if (ta_tl_arena != h.arena) _exit(10);
+    if (!ta_run_pair(cut_run)->fork_cut) _exit(11); /* current at the fork: spared */
+    /* Blocks of 64 bytes until the child holds a whole run of them: one it made. */
+    enum { N = 3 * TA_RUN_SIZE / 64 };
+    static void *got[N];
+    ta_run_t *r = NULL;
+    uint32_t held = 0;
+    for (size_t i = 0; i < N && r == NULL; i++) {
+      got[i] = ta_malloc(64);
+      ta_run_t *q = ta_run_of(got[i]);
+      held = (i > 0 && q == ta_run_of(got[i - 1])) ? held + 1 : 1;
+      if (held == ta_run_cap(q)) r = q;
+    }
+    if (r == NULL) _exit(12);
+    if (ta_run_pair(r)->fork_cut || r->limit != ta_run_cap(r) * r->bsize) _exit(13);
+    char *base = ta_run_base(r);
+    for (uint32_t k = 1; k < ta_run_cap(r); k++)
+      ta_free(base + k * r->bsize); /* all but the lowest block */
+    ta_block_t *victim = (ta_block_t *)(base + ta_run_cap(r) / 2 * r->bsize);
+    victim->link = 0; /* a write after free: the list ends here */
+    ta_malloc_trim(0);
+    _exit(14); /* not reached: the shrink's scan reports the cut */
+  }
+  close(err[1]);
+  cr_assert(pid >= 0, "fork failed: %s", strerror(errno));
+  char line[512] = {0};
+  size_t got = 0;
+  for (ssize_t n;
+       got + 1 < sizeof line && (n = read(err[0], line + got, sizeof line - 1 - got)) > 0;)
+    got += (size_t)n;
+  close(err[0]);
+  int st = tt_wait_timeout(pid, 60);
+  char how[128];
+  cr_assert(st != -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT,
+            "the cut went unreported: the child %s", tt_describe_status(st, how, sizeof how));
+  cr_assert(strstr(line, "corrupted free list") != NULL, "the report: %s", line);
   holder_finish(&h);
 }
