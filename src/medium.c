@@ -474,7 +474,6 @@ static void demand_note(ta_arena_t *a, size_t taken, mage_t past) {
   if (past.since && taken > gone) ta_dirty_drawdown(a, taken - gone);
 }
 
-static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need);
 static bool cache_release_one(ta_arena_t *a, size_t most);
 static size_t cache_fit(size_t need, size_t align, bool exact);
 
@@ -671,6 +670,13 @@ const uint8_t ta_mcache_ends[65] = {MC_TABLE(MC_ENDS)};
 _Static_assert(TA_MCACHE_END == (size_t)64 << 10 && TA_MCACHE_CLASSES == 24,
                "the tables above describe the bins of 8 to 64 KiB");
 
+/* The cache was empty of blocks since its last flush: that flush comes due a decay time from
+ * now. */
+static TA_NOINLINE void cache_clock_start(ta_arena_t *a) {
+  a->mcache_since = ta_os_now_ms();
+  ta_purge_note(a, a->mcache_since);
+}
+
 bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
   size_t w = h->size_flags, s = w & TA_M_SIZE_MASK;
   if (ta_secure || (w & TA_M_CLASS)) return false; /* hardened: every free really frees */
@@ -679,17 +685,15 @@ bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
   if (i == TA_MCACHE_CLASSES) return false;
   if (a->mcache_n[i] == TA_MCACHE_SLOTS || a->mcache_bytes + s > TA_LOAD(ta_mcache_max))
     return false;
-  /* The neighbours' headers, as a free checks them: an overflow is reported now. */
+  /* The neighbours' headers, as a free checks them: an overflow is reported now (the one
+   * before, a call, at the end, where nothing else is left to keep across it). */
   (void)next_checked(h);
-  if (w & TA_M_PREV_FREE) (void)prev_checked(h);
   wipe_words(h); /* a remote free's mark and link, handed out again, would give keys away */
   set_hdr(h, (w & ~(TA_M_WASTE_MASK << TA_M_WASTE_SHIFT)) | TA_M_CACHED);
-  if (a->mcache_since == 0) { /* the flush comes due a decay time from now */
-    a->mcache_since = ta_os_now_ms();
-    ta_purge_note(a, a->mcache_since);
-  }
   a->mcache[i][a->mcache_n[i]++] = h;
   TA_STORE(a->mcache_bytes, a->mcache_bytes + (uint32_t)s); /* read unlocked (below) */
+  if (w & TA_M_PREV_FREE) (void)prev_checked(h);
+  if (a->mcache_since == 0) cache_clock_start(a);
   return true;
 }
 
@@ -711,12 +715,12 @@ size_t ta_medium_block_for(size_t size, size_t align, bool exact) {
   return cache_fit(need < TA_MIN_MBLOCK ? TA_MIN_MBLOCK : need, align, exact);
 }
 
-/* Slot k of bin i's, out of the cache: a live block again, once its header is found whole
+/* Cached block h, just taken off its slot: a live block again, once its header is found whole
  * (signed, so its size is the one the put filed it by). */
-static ta_mhdr_t *cache_take(ta_arena_t *a, unsigned i, unsigned k) {
-  ta_mhdr_t *h = a->mcache[i][k];
-  size_t w = h->size_flags;
-  if ((w & (TA_M_INUSE | TA_M_CACHED)) != (TA_M_INUSE | TA_M_CACHED) || !ta_medium_check_ok(h))
+TA_INLINE ta_mhdr_t *cache_checkout(ta_arena_t *a, ta_mhdr_t *h) {
+  size_t w = ta_mh_load(h);
+  if ((w & (TA_M_INUSE | TA_M_CACHED)) != (TA_M_INUSE | TA_M_CACHED) ||
+      h->check != ta_medium_check(h, w))
     corrupted("malloc(): corrupted cached block", h + 1);
   /* The put cleared its first two words. A free mark there is another thread's free of it
    * that checked it while it was live and pushed it onto the remote list after the owner had
@@ -724,26 +728,35 @@ static ta_mhdr_t *cache_take(ta_arena_t *a, unsigned i, unsigned k) {
    * list. Anything else there is the program's, written after its free. */
   ta_block_t *b = (ta_block_t *)(h + 1);
   if (b->key == ta_mark(b)) ta_fatal("free(): double free of pointer", b);
-  a->mcache[i][k] = a->mcache[i][--a->mcache_n[i]];
   TA_STORE(a->mcache_bytes, a->mcache_bytes - (uint32_t)(w & TA_M_SIZE_MASK));
   set_hdr(h, w & ~TA_M_CACHED);
   return h;
 }
 
-/* Bin i's newest cached block, out of the cache (there is one). */
-static ta_mhdr_t *cache_take_newest(ta_arena_t *a, unsigned i) {
-  return cache_take(a, i, a->mcache_n[i] - 1u);
+/* Slot k of bin i's, out of the cache (the newest takes its place). */
+static ta_mhdr_t *cache_take(ta_arena_t *a, unsigned i, unsigned k) {
+  ta_mhdr_t *h = a->mcache[i][k];
+  a->mcache[i][k] = a->mcache[i][--a->mcache_n[i]];
+  return cache_checkout(a, h);
+}
+
+/* Bin i's newest cached block, out of the cache (there is one): the pop malloc's path makes. */
+TA_INLINE ta_mhdr_t *cache_take_newest(ta_arena_t *a, unsigned i) {
+  return cache_checkout(a, a->mcache[i][--a->mcache_n[i]]);
 }
 /* Whether bin i's newest cached block holds n bytes (false with none). */
 static bool cache_newest_holds(const ta_arena_t *a, unsigned i, size_t n) {
   return a->mcache_n[i] && M_SIZE(a->mcache[i][a->mcache_n[i] - 1u]) >= n;
 }
 
-static ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
-  if (need < TA_MCACHE_MIN || need >= TA_MCACHE_END) return NULL;
+/* `need` is a cached bin's: its callers asked ta_medium_cache_may_serve, which leaves a block
+ * size from TA_MCACHE_MIN up to TA_MCACHE_END less one granule. */
+_Static_assert(TA_SMALL_MAX + sizeof(ta_mhdr_t) >= TA_MCACHE_MIN && TA_MCACHE_MIN == 8 << 10,
+               "a request the cache may serve needs a block of a bin the tables hold");
+TA_INLINE ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
   unsigned i = ta_mcache_bin[need >> 10];
   /* Every cached block fits every request of its bin (ta_medium_cache_put), so its size is
-   * not read here (cache_take checks its header): the newest, whose lines are the likeliest
+   * not read here (cache_checkout checks its header): the newest, whose lines are the likeliest
    * to be in the processor's cache still. */
   if (a->mcache_n[i]) return cache_take_newest(a, i);
   if (i + 1 < TA_MCACHE_CLASSES && a->mcache_n[i + 1]) return cache_take_newest(a, i + 1);

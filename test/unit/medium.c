@@ -9,8 +9,9 @@
 #include <unistd.h>
 
 #include "internal.h"
-#include "tamalloc.h"
+#include "support/abort_text.h"
 #include "support/heap_map_text.h"
+#include "tamalloc.h"
 
 struct walk {
   size_t blocks, free_blocks, free_bytes, bytes;
@@ -1026,6 +1027,39 @@ Test(mcache, another_threads_free_of_a_cached_block_aborts, .signal = SIGABRT) {
   pthread_t t;
   pthread_create(&t, NULL, free_in_thread, a);
   pthread_join(t, NULL);
+}
+
+/* The put checks the headers beside the block as the heap's free does: an overflow out of the
+ * block into the header after it, or an underflow into the free block before it (its footer,
+ * the word before the block's header), is reported by that free, which names the block. */
+static void *free_it(void *p) {
+  ta_free(p);
+  return NULL;
+}
+static void the_free_reports(char *p, const char *what) {
+  char want[128];
+  snprintf(want, sizeof want, "%s %p\n", what, (void *)p);
+  char *text = abort_text(free_it, p);
+  cr_assert_not_null(strstr(text, want), "the report: %s (not: %s)", text, want);
+  free(text);
+}
+Test(mcache, an_overflow_into_the_next_header_is_reported_by_the_free_that_would_cache) {
+  char *p = ta_malloc(20000), *q = ta_malloc(20000);
+  ta_free(ta_malloc(20000));           /* the cache takes a block of that bin */
+  p[ta_malloc_usable_size(p)] ^= 0x20; /* the low byte of q's size */
+  the_free_reports(p, "free(): corrupted heap after pointer");
+  (void)q;
+}
+Test(mcache, an_underflow_into_the_free_block_before_is_reported_by_the_free_that_would_cache) {
+  char *a = ta_malloc(20000), *p = ta_malloc(20000), *keep = ta_malloc(20000);
+  uint32_t max = ta_mcache_max;
+  ta_mcache_max = 0; /* a goes to the heap: free, with p's PREV_FREE set */
+  ta_free(a);
+  ta_mcache_max = max;
+  cr_assert(hdr_of(p)->size_flags & TA_M_PREV_FREE);
+  ((size_t *)hdr_of(p))[-1] ^= 0x100; /* a's footer: its size, 256 bytes off */
+  the_free_reports(p, "free(): corrupted heap before pointer");
+  (void)keep;
 }
 
 /* Another thread's free that checked the block while it was live and pushed it after the

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 
 #include "internal.h"
+#include "support/abort_text.h"
 #include "support/fd_text.h"
 #include "tamalloc.h"
 #include "vmflags.h"
@@ -383,6 +384,27 @@ Test(runs, interior_pointer_aborts, .signal = SIGABRT) {
   ta_free(p + 16);
 }
 
+static void *free_it(void *p) {
+  ta_free(p);
+  return NULL;
+}
+
+/* fn(arg) aborts with a report that holds `what`, and the pointer p unless it is NULL. */
+static void aborts_saying(void *(*fn)(void *), void *arg, const char *what, const void *p) {
+  char want[160];
+  snprintf(want, sizeof want, p ? "%s %p\n" : "%s", what, p);
+  char *text = abort_text(fn, arg);
+  cr_assert_not_null(strstr(text, want), "the report: %s (not: %s)", text, want);
+  free(text);
+}
+
+/* A run of one page (pages of 64 KiB) gives nothing back unless it is empty: a test of the
+ * shrink of a run in use has nothing to look at there. Called once the test has allocated:
+ * the page size is read at the first call. */
+static void needs_runs_that_shrink(void) {
+  if (ta_page_size * 2 > TA_RUN_SIZE) cr_skip_test("a run is one page here: no shrink");
+}
+
 /* A block boundary never handed out, in run r: above its limit, or where a block would
  * start past the blocks that fit (a run carved whole at once: pages of 64 KiB). */
 static void *past_the_carved_blocks(ta_run_t *r) {
@@ -403,23 +425,12 @@ Test(runs, pointer_past_carved_blocks_aborts_power_of_two) {
   char *p = ta_malloc(128);
   ta_run_t *r = ta_run_of(p);
   if (r->limit == TA_RUN_SIZE) cr_skip_test("the run was carved whole (pages of 64 KiB)");
-  pid_t pid = fork();
-  cr_assert_geq(pid, 0, "fork");
-  if (pid == 0) {
-    ta_free(ta_run_base(r) + r->limit);
-    _exit(0);
-  }
-  int st = 0;
-  cr_assert_eq(waitpid(pid, &st, 0), pid);
-  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "the free did not abort (status 0x%x)", st);
+  aborts_saying(free_it, ta_run_base(r) + r->limit, "free(): invalid pointer",
+                ta_run_base(r) + r->limit);
 }
 
 /* Another thread's free checks the same (ta_small_valid): no block's start, and a start past
  * the carved blocks. */
-static void *free_it(void *p) {
-  ta_free(p);
-  return NULL;
-}
 static void free_from_another_thread(void *p) {
   pthread_t t;
   cr_assert_eq(pthread_create(&t, NULL, free_it, p), 0);
@@ -561,6 +572,7 @@ static void refill_and_check(ta_run_t *r, size_t size, uint32_t from) {
  * hold no link or mark any more. */
 static void trim_keeps_the_lowest(size_t size, bool partial) {
   ta_run_t *r = fill_run(size);
+  needs_runs_that_shrink();
   void *extra = partial ? ta_malloc(size) : NULL; /* finds the run exhausted: FULL */
   for (uint32_t k = 1; k < ta_run_cap(r); k++)
     ta_free(blocks[k]);
@@ -603,6 +615,7 @@ Test(runs, nothing_goes_back_above_the_highest_block_in_use) {
  * blocks below it are threaded again in address order. */
 Test(runs, the_list_below_the_highest_block_in_use_is_threaded_in_address_order) {
   ta_run_t *r = fill_run(64);
+  needs_runs_that_shrink();
   uint32_t mid = ta_run_cap(r) / 2;
   for (uint32_t k = ta_run_cap(r); k-- > 1;)
     if (k != mid) ta_free(blocks[k]);
@@ -634,6 +647,7 @@ static void *free_all_but_the_first(void *arg) {
  * owner's purge takes them in (ta_small_shrink leaves that to its caller, purge.c). */
 Test(runs, remote_frees_are_taken_in_before_the_run_shrinks) {
   ta_run_t *r = fill_run(64);
+  needs_runs_that_shrink();
   pthread_t t;
   cr_assert_eq(pthread_create(&t, NULL, free_all_but_the_first, r), 0);
   cr_assert_eq(pthread_join(t, NULL), 0);
@@ -653,6 +667,7 @@ Test(runs, remote_frees_are_taken_in_before_the_run_shrinks) {
  * dropped block keeps a link or a mark. */
 Test(runs, a_refused_decommit_leaves_no_link_or_mark_above_the_limit) {
   ta_run_t *r = fill_run(64);
+  needs_runs_that_shrink();
   for (uint32_t k = 1; k < ta_run_cap(r); k++)
     ta_free(blocks[k]);
   ta_os_fail(TA_OS_MADVISE, 0, 1);
@@ -667,12 +682,18 @@ Test(runs, a_refused_decommit_leaves_no_link_or_mark_above_the_limit) {
 }
 
 /* The walk checks every entry of the list it rethreads. */
-Test(runs, a_free_list_overwritten_after_free_aborts_the_shrink, .signal = SIGABRT) {
+static void *trim_here(void *unused) {
+  (void)unused;
+  ta_malloc_trim(0);
+  return NULL;
+}
+Test(runs, a_free_list_overwritten_after_free_aborts_the_shrink) {
   ta_run_t *r = fill_run(64);
+  needs_runs_that_shrink();
   for (uint32_t k = 1; k < ta_run_cap(r); k++)
     ta_free(blocks[k]);
   ((ta_block_t *)blocks[ta_run_cap(r) / 2])->link ^= 0x40; /* a write after free */
-  ta_malloc_trim(0);
+  aborts_saying(trim_here, NULL, "malloc(): corrupted free list, next block", NULL);
 }
 
 /* The shrink reads the free blocks from their marks as the reordering does: a live top block
@@ -680,7 +701,7 @@ Test(runs, a_free_list_overwritten_after_free_aborts_the_shrink, .signal = SIGAB
  * and keeps its page. */
 Test(runs, a_live_top_block_holding_its_mark_keeps_its_page_through_a_shrink) {
   ta_run_t *r = fill_run(64);
-  if (ta_page_size * 2 > TA_RUN_SIZE) cr_skip_test("a run is one page here: no shrink");
+  needs_runs_that_shrink();
   for (uint32_t k = 0; k + 1 < ta_run_cap(r); k++)
     ta_free(blocks[k]);
   ta_block_t *top = blocks[ta_run_cap(r) - 1];
@@ -699,13 +720,13 @@ Test(runs, a_live_top_block_holding_its_mark_keeps_its_page_through_a_shrink) {
 }
 
 /* And a link zeroed after free is reported there too. */
-Test(runs, a_link_zeroed_after_free_aborts_the_shrink, .signal = SIGABRT) {
+Test(runs, a_link_zeroed_after_free_aborts_the_shrink) {
   ta_run_t *r = fill_run(64);
-  if (ta_page_size * 2 > TA_RUN_SIZE) cr_skip_test("a run is one page here: no shrink");
+  needs_runs_that_shrink();
   for (uint32_t k = 1; k < ta_run_cap(r); k++)
     ta_free(blocks[k]);
   ((ta_block_t *)blocks[ta_run_cap(r) / 2])->link = 0;
-  ta_malloc_trim(0);
+  aborts_saying(trim_here, NULL, "malloc(): corrupted free list, next block", NULL);
 }
 
 /* A block of a page or more may be the program's to protect (mprotect): the shrink reads no
@@ -765,17 +786,26 @@ static void shrink_to_the_first_block(ta_run_t *r) {
 }
 
 /* Above the new limit a block is no block of the run: a second free of it is invalid. */
-Test(runs, double_free_above_the_lowered_limit_aborts, .signal = SIGABRT) {
+Test(runs, double_free_above_the_lowered_limit_aborts) {
   ta_run_t *r = fill_run(64);
+  needs_runs_that_shrink();
   shrink_to_the_first_block(r);
-  ta_free(blocks[ta_run_cap(r) - 1]);
+  void *top = blocks[ta_run_cap(r) - 1];
+  aborts_saying(free_it, top, "free(): invalid pointer", top);
 }
 
-Test(runs, double_free_above_the_lowered_limit_from_another_thread_aborts, .signal = SIGABRT) {
-  ta_run_t *r = fill_run(64);
-  shrink_to_the_first_block(r);
-  free_from_another_thread(blocks[2]); /* in the page kept: its mark is wiped */
+static void *free_from_another_thread_then_slow_path(void *p) {
+  free_from_another_thread(p);
   ta_free(ta_malloc(100000)); /* the owner's slow path, should the free have been queued */
+  return NULL;
+}
+Test(runs, double_free_above_the_lowered_limit_from_another_thread_aborts) {
+  ta_run_t *r = fill_run(64);
+  needs_runs_that_shrink();
+  shrink_to_the_first_block(r);
+  /* block 2 is in the page kept: its mark is wiped */
+  aborts_saying(free_from_another_thread_then_slow_path, blocks[2], "free(): invalid pointer",
+                blocks[2]);
 }
 
 static void nap_ms(long ms) {
@@ -800,6 +830,7 @@ static ta_run_t *run_to_shrink_when_due(void) {
 
 Test(runs, the_owners_purge_after_the_decay_gives_back_free_pages) {
   ta_run_t *r = run_to_shrink_when_due();
+  needs_runs_that_shrink();
   cr_assert_eq(r->limit, ta_run_cap(r) * r->bsize, "not before the purge");
   ta_free(ta_malloc(20000)); /* a slow path: the purge is due */
   cr_assert_eq(r->limit, r->bsize);
@@ -814,6 +845,7 @@ Test(runs, the_owners_purge_after_the_decay_gives_back_free_pages) {
 Test(runs, runs_keep_their_pages_while_the_arena_draws_and_shrink_after) {
   ta_decay_ms = 20;
   ta_run_t *r = fill_run(64);
+  needs_runs_that_shrink();
   for (uint32_t k = 1; k < ta_run_cap(r); k++)
     ta_free(blocks[k]);
   ta_free(ta_malloc(100 << 10));
@@ -861,6 +893,7 @@ Test(runs, another_threads_purge_leaves_the_runs_lists_alone) {
 Test(runs, statistics_follow_a_shrunk_run) {
   ta_stats_enable(1);
   ta_run_t *r = fill_run(40); /* 48-byte blocks */
+  needs_runs_that_shrink();
   shrink_to_the_first_block(r);
   unsigned cls = r->cls;
   struct ta_stats s = {.version = TA_STATS_VERSION, .size = sizeof s};

@@ -1,0 +1,36 @@
+/* What fn(arg) wrote to standard error in a child process that it must make abort (SIGABRT),
+ * as text in a buffer of its own, which the caller frees: for a test of what a report says,
+ * or one that may be skipped before (Criterion's .signal takes a skipped test for one that
+ * failed to abort). The child inherits what the parent set up. */
+#ifndef TA_TEST_ABORT_TEXT_H
+#define TA_TEST_ABORT_TEXT_H
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char *abort_text(void *(*fn)(void *), void *arg) {
+  char path[] = "/tmp/tamalloc-abort-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert_geq(fd, 0);
+  unlink(path);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0, "fork");
+  if (pid == 0) {
+    if (dup2(fd, 2) < 0) _exit(3);
+    fn(arg);
+    _exit(0);
+  }
+  int st = 0;
+  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "the child did not abort (status 0x%x)",
+            st);
+  off_t n = lseek(fd, 0, SEEK_END);
+  char *buf = calloc(1, (size_t)n + 1);
+  cr_assert_not_null(buf);
+  cr_assert_eq(pread(fd, buf, (size_t)n, 0), n);
+  close(fd);
+  return buf;
+}
+#endif
