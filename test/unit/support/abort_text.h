@@ -10,11 +10,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static char *abort_text(void *(*fn)(void *), void *arg) {
-  char path[] = "/tmp/tamalloc-abort-XXXXXX";
-  int fd = mkstemp(path);
-  cr_assert_geq(fd, 0);
-  unlink(path);
+#include "fd_text.h"
+
+static inline char *abort_text(void *(*fn)(void *), void *arg) {
+  int fd = text_file();
   pid_t pid = fork();
   cr_assert_geq(pid, 0, "fork");
   if (pid == 0) {
@@ -26,11 +25,6 @@ static char *abort_text(void *(*fn)(void *), void *arg) {
   cr_assert_eq(waitpid(pid, &st, 0), pid);
   cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "the child did not abort (status 0x%x)",
             st);
-  off_t n = lseek(fd, 0, SEEK_END);
-  char *buf = calloc(1, (size_t)n + 1);
-  cr_assert_not_null(buf);
-  cr_assert_eq(pread(fd, buf, (size_t)n, 0), n);
-  close(fd);
-  return buf;
+  return file_text(fd);
 }
 #endif
