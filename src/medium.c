@@ -685,15 +685,16 @@ bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
   if (i == TA_MCACHE_CLASSES) return false;
   if (a->mcache_n[i] == TA_MCACHE_SLOTS || a->mcache_bytes + s > TA_LOAD(ta_mcache_max))
     return false;
-  /* The neighbours' headers, as a free checks them: an overflow is reported now (the one
-   * before, a call, at the end, where nothing else is left to keep across it). */
+  /* The neighbours' headers, as a free checks them: an overflow is reported now. Both before
+   * the block is filed: a signal handler's call nested after the filing could take the block
+   * and merge it with the free one before it, whose footer would then be stale. */
   (void)next_checked(h);
+  if (w & TA_M_PREV_FREE) (void)prev_checked(h);
   wipe_words(h); /* a remote free's mark and link, handed out again, would give keys away */
   set_hdr(h, (w & ~(TA_M_WASTE_MASK << TA_M_WASTE_SHIFT)) | TA_M_CACHED);
   a->mcache[i][a->mcache_n[i]++] = h;
   TA_STORE(a->mcache_bytes, a->mcache_bytes + (uint32_t)s); /* read unlocked (below) */
-  if (w & TA_M_PREV_FREE) (void)prev_checked(h);
-  if (a->mcache_since == 0) cache_clock_start(a);
+  if (a->mcache_since == 0) cache_clock_start(a);           /* last: nothing else kept across it */
   return true;
 }
 
