@@ -623,8 +623,9 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
  * or of the bin above when its own has none: every one fits, so the first looked at is taken.
  * A cached block keeps INUSE, so no neighbour merges with it, and carries TA_M_CACHED, so
  * that a second free of it is a double free and statistics count it free. It holds no link:
- * the slots are the arena's, and a block leaves them only once its header has been checked,
- * so an overflow into a cached block's header is reported, never signed anew.
+ * the slots are the arena's, and a block taken off its slot is handed out only once its
+ * header has been checked, so an overflow into a cached block's header is reported, never
+ * signed anew.
  *
  * What the cache costs: a block holds up to a bin's width more than its request (the top of
  * its bin), up to two from the bin above; a cached block keeps its neighbours from
@@ -754,6 +755,10 @@ static bool cache_newest_holds(const ta_arena_t *a, unsigned i, size_t n) {
  * size from TA_MCACHE_MIN up to TA_MCACHE_END less one granule. */
 _Static_assert(TA_SMALL_MAX + sizeof(ta_mhdr_t) >= TA_MCACHE_MIN && TA_MCACHE_MIN == 8 << 10,
                "a request the cache may serve needs a block of a bin the tables hold");
+#define MC_MOST_NEED (TA_MCACHE_END - TA_ALIGNMENT - sizeof(ta_mhdr_t) + sizeof(ta_mhdr_t))
+_Static_assert(((MC_MOST_NEED + TA_ALIGNMENT - 1) & ~(size_t)(TA_ALIGNMENT - 1)) < TA_MCACHE_END,
+               "the largest request the cache may serve, header added and rounded up, has a "
+               "block below the last cached bin's end");
 TA_INLINE ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
   unsigned i = ta_mcache_bin[need >> 10];
   /* Every cached block fits every request of its bin (ta_medium_cache_put), so its size is

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "fd_text.h"
+#include "tatest.h"
 
 static inline char *abort_text(void *(*fn)(void *), void *arg) {
   int fd = text_file();
@@ -18,6 +19,8 @@ static inline char *abort_text(void *(*fn)(void *), void *arg) {
   cr_assert_geq(pid, 0, "fork");
   if (pid == 0) {
     if (dup2(fd, 2) < 0) _exit(3);
+    alarm(30);    /* a hang is a failure (SIGALRM), not a stuck run */
+    tt_no_core(); /* the abort it expects leaves no core file */
     fn(arg);
     _exit(0);
   }
