@@ -29,9 +29,9 @@
  */
 #include "internal.h"
 
-_Atomic size_t ta_dirty_total; /* Σ arena.dirty_bytes */
-_Atomic size_t ta_dirty_held;  /* Σ arena.held */
-_Atomic size_t ta_span_dirty;  /* free spans still resident (span.c): no arena's */
+ta_alone_count_t ta_dirty_total;       /* Σ arena.dirty_bytes */
+ta_alone_count_t ta_dirty_held;        /* Σ arena.held */
+ta_alone_count_t ta_span_dirty;        /* free spans still resident (span.c): no arena's */
 _Atomic uint64_t ta_span_excess_after; /* no purge of the spans' excess before (ms) */
 _Atomic uint32_t ta_arena_count; /* arenas ever made: as many as threads were ever alive at once */
 _Atomic uint64_t ta_orphan_due;
@@ -261,7 +261,7 @@ void ta_dirty_hold(ta_arena_t *a, size_t demand) {
   size_t h = a->dirty_bytes < demand ? a->dirty_bytes : demand;
   if (atomic_load_explicit(&a->held, memory_order_relaxed) == h) return;
   size_t old = atomic_exchange_explicit(&a->held, h, memory_order_relaxed);
-  atomic_fetch_add_explicit(&ta_dirty_held, h - old, memory_order_relaxed);
+  atomic_fetch_add_explicit(&ta_dirty_held.v, h - old, memory_order_relaxed);
 }
 
 /* Arena a took all arenas over the budget: the background thread gives the oldest excess
@@ -297,7 +297,7 @@ void ta_dirty_forget_demand(ta_arena_t *a) {
   atomic_store_explicit(&a->demand_ms, 0, memory_order_relaxed); /* the next count begins anew */
   atomic_store_explicit(&a->demand_seen, 0, memory_order_relaxed);
   size_t old = atomic_exchange_explicit(&a->held, 0, memory_order_relaxed);
-  atomic_fetch_sub_explicit(&ta_dirty_held, old, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&ta_dirty_held.v, old, memory_order_relaxed);
   if (old > 0 && ta_over_budget()) went_over(a);
 }
 
@@ -309,8 +309,8 @@ bool ta_arena_over_budget(const ta_arena_t *a, uint64_t now) {
 /* Beyond the budget: what all arenas hold past their demands (the two sums are read apart:
  * a moment's skew is harmless). */
 bool ta_over_budget(void) {
-  size_t total = atomic_load_explicit(&ta_dirty_total, memory_order_relaxed);
-  size_t held = atomic_load_explicit(&ta_dirty_held, memory_order_relaxed);
+  size_t total = atomic_load_explicit(&ta_dirty_total.v, memory_order_relaxed);
+  size_t held = atomic_load_explicit(&ta_dirty_held.v, memory_order_relaxed);
   return total > held && total - held > ta_dirty_max;
 }
 
@@ -323,14 +323,14 @@ bool ta_over_budget(void) {
 static bool spans_over(size_t total) { return (intptr_t)total > (intptr_t)ta_dirty_max; }
 
 bool ta_spans_over_budget(void) {
-  return spans_over(atomic_load_explicit(&ta_span_dirty, memory_order_relaxed));
+  return spans_over(atomic_load_explicit(&ta_span_dirty.v, memory_order_relaxed));
 }
 
 /* Counts free-but-resident spans. Beyond their budget, with the purger thread running, it is
  * told; without it, the thread that freed gives the oldest back once the free has returned
  * to the API layer (ta_purge_spans_excess). */
 void ta_dirty_add_spans(intptr_t bytes) {
-  size_t total = atomic_fetch_add_explicit(&ta_span_dirty, (size_t)bytes, memory_order_relaxed) +
+  size_t total = atomic_fetch_add_explicit(&ta_span_dirty.v, (size_t)bytes, memory_order_relaxed) +
                  (size_t)bytes;
   if (bytes > 0 && spans_over(total) && ta_bg_running() &&
       ta_os_now_ms() >= atomic_load_explicit(&ta_span_excess_after, memory_order_relaxed))
@@ -344,7 +344,7 @@ void ta_dirty_add_spans(intptr_t bytes) {
  * purged: the purge counts again at its end. */
 void ta_dirty_add(ta_arena_t *a, intptr_t bytes) {
   a->dirty_bytes += (size_t)bytes;
-  atomic_fetch_add_explicit(&ta_dirty_total, (size_t)bytes, memory_order_relaxed);
+  atomic_fetch_add_explicit(&ta_dirty_total.v, (size_t)bytes, memory_order_relaxed);
   size_t demand = bytes > 0 ? ta_arena_demand(a, ta_os_now_ms())
                             : atomic_load_explicit(&a->demand_seen, memory_order_relaxed);
   ta_dirty_hold(a, demand);

@@ -83,15 +83,15 @@ static char range_handover;
 #define HANDOVER_ACQUIRE() ((void)0)
 #endif
 
-_Atomic size_t ta_os_mapped_bytes;
-_Atomic size_t ta_os_returned_bytes;
+ta_alone_count_t ta_os_mapped_bytes;
+ta_alone_count_t ta_os_returned_bytes;
 _Atomic int ta_stats_readers;
 
 static void count_mapped(intptr_t delta) {
-  atomic_fetch_add_explicit(&ta_os_mapped_bytes, (size_t)delta, memory_order_relaxed);
+  atomic_fetch_add_explicit(&ta_os_mapped_bytes.v, (size_t)delta, memory_order_relaxed);
 }
 static void count_returned(size_t n) {
-  atomic_fetch_add_explicit(&ta_os_returned_bytes, n, memory_order_relaxed);
+  atomic_fetch_add_explicit(&ta_os_returned_bytes.v, n, memory_order_relaxed);
 }
 
 /* System calls made, per operation (bit i of the TA_OS_* mask counts in calls[i]). */

@@ -268,7 +268,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
     if (!c->decommitted) dirty += TA_CHUNK_SIZE;
   for (ta_chunk_t *c = a->small_avail; c; c = c->next)
     dirty += (size_t)__builtin_popcountll(c->dirty_slots) << TA_RUN_SHIFT;
-  atomic_fetch_add_explicit(&ta_dirty_total, dirty - a->dirty_bytes, memory_order_relaxed);
+  atomic_fetch_add_explicit(&ta_dirty_total.v, dirty - a->dirty_bytes, memory_order_relaxed);
   a->dirty_bytes = dirty;
   /* What the demand holds from now on; a trim of another thread's arena (LOCKED) gave back
    * everything but leaves its owner's demand as it was. */

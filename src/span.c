@@ -551,7 +551,7 @@ void ta_span_after_fork(void) {
         bytes += n << page_shift;
       atomic_store(&bins[set][n].pending, 0);
     }
-  atomic_store(&ta_span_dirty, bytes);
+  atomic_store(&ta_span_dirty.v, bytes);
   atomic_store(&ta_span_due, bytes ? ta_os_now_ms() + ta_decay_ms : 0);
 }
 

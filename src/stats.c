@@ -378,8 +378,8 @@ int ta_stats_get(struct ta_stats *out, int arena) {
   out->mallocs = out->frees + out->blocks;
   first_uses = out->reuses;
   out->reuses = out->mallocs > first_uses ? out->mallocs - first_uses : 0;
-  out->mapped_bytes = atomic_load(&ta_os_mapped_bytes);
-  out->returned_bytes = atomic_load(&ta_os_returned_bytes);
+  out->mapped_bytes = atomic_load(&ta_os_mapped_bytes.v);
+  out->returned_bytes = atomic_load(&ta_os_returned_bytes.v);
   if (out->usable_bytes)
     out->internal_fragmentation_pct =
         100.0 * (double)(out->usable_bytes - out->requested_bytes) / (double)out->usable_bytes;

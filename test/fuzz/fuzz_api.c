@@ -664,7 +664,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   ta_malloc_trim(0);
   /* Nothing live, everything trimmed: what stays mapped is the arena and a bounded reserve,
    * never what the input allocated. */
-  size_t mapped = atomic_load(&ta_os_mapped_bytes);
+  size_t mapped = atomic_load(&ta_os_mapped_bytes.v);
   if (munmap_failed) {
     /* A mapping whose munmap failed stays; the comparison starts again from here. */
     munmap_failed = false;

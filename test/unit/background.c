@@ -297,10 +297,10 @@ static void fill_blocks(void *b[KEEP_BLOCKS]) {
 
 /* The process's free and resident bytes once within the budget, or after ms. */
 static size_t dirty_within_budget(long ms) {
-  size_t now = atomic_load(&ta_dirty_total);
+  size_t now = atomic_load(&ta_dirty_total.v);
   for (long waited = 0; waited < ms && now > ta_dirty_max; waited += 5) {
     nap_ms(5);
-    now = atomic_load(&ta_dirty_total);
+    now = atomic_load(&ta_dirty_total.v);
   }
   return now;
 }
@@ -374,7 +374,7 @@ static void *free_while_holding(void *arg) {
   ta_slow_enter(ta_tl_arena); /* the frees below nest in it */
   for (int i = 0; i < KEEP_BLOCKS; i++)
     ta_free(b[i]);
-  atomic_store(&holder_over, atomic_load(&ta_dirty_total) + 1);
+  atomic_store(&holder_over, atomic_load(&ta_dirty_total.v) + 1);
   /* The purger, rung by the frees, finds the lock held. Two rounds from now every round
    * the frees rang has ended: what purges after the release is the budget's retry. */
   uint64_t rounds = ta_bg_rounds();

@@ -16,7 +16,7 @@
 #define BLOCK ((size_t)1000 << 10) /* medium: four to a chunk */
 #define BLOCKS 18                  /* five chunks, 17.6 MiB */
 
-static size_t dirty(void) { return atomic_load(&ta_dirty_total); }
+static size_t dirty(void) { return atomic_load(&ta_dirty_total.v); }
 
 /* Nothing becomes due by time while a test runs; two chunks of free memory at most. */
 static void settings(void) {
@@ -156,7 +156,7 @@ Test(budget, a_thread_exit_keeps_its_demand_for_the_next_thread) {
   handover(&h, false);
   size_t kept = dirty();
   cr_assert_gt(kept, ta_dirty_max, "%zu bytes kept for the next thread", kept);
-  cr_assert_gt(atomic_load(&ta_dirty_held), kept - ta_dirty_max, "held for the demand");
+  cr_assert_gt(atomic_load(&ta_dirty_held.v), kept - ta_dirty_max, "held for the demand");
   cr_assert_not(ta_over_budget());
   uint64_t due = atomic_load(&ta_orphan_due);
   cr_assert(due != 0 && due <= ta_os_now_ms() + ta_decay_ms, "given back a decay time on");

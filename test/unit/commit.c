@@ -228,7 +228,7 @@ Test(commit, a_refused_commit_fails_that_allocation_alone) {
  * thread of a forked child: the child would hang.) */
 static void *fresh_refused(void *arg) {
   unsigned skip = *(unsigned *)arg;
-  uint64_t mapped = atomic_load(&ta_os_mapped_bytes);
+  uint64_t mapped = atomic_load(&ta_os_mapped_bytes.v);
   ta_os_fail(TA_OS_COMMIT, skip, 1);
   errno = 0;
   void *p = ta_malloc(100000);
@@ -236,7 +236,8 @@ static void *fresh_refused(void *arg) {
   ta_os_fail(0, 0, 0);
   if (p != NULL) return "the allocation succeeded";
   if (err != ENOMEM) return "errno is not ENOMEM";
-  if (atomic_load(&ta_os_mapped_bytes) > mapped + 2 * ta_page_size) return "something stays mapped";
+  if (atomic_load(&ta_os_mapped_bytes.v) > mapped + 2 * ta_page_size)
+    return "something stays mapped";
   p = ta_malloc(100000);
   if (p == NULL) return "the next allocation failed";
   memset(p, 1, 100000);

@@ -158,7 +158,7 @@ static void free_set(set_t *s) {
   while (s->n > 0) drop(s, s->n - 1, 0);
 }
 
-static size_t mapped(void) { return atomic_load(&ta_os_mapped_bytes); }
+static size_t mapped(void) { return atomic_load(&ta_os_mapped_bytes.v); }
 
 /* Blocks made before any failure: they must come out of every run intact. */
 static set_t before;

@@ -493,9 +493,9 @@ Test(huge, cached_span_grows_into_a_larger_request_with_its_pages) {
   char *p = ta_malloc(n);
   write_all(p, n);
   ta_free(p);
-  size_t mapped = atomic_load(&ta_os_mapped_bytes);
+  size_t mapped = atomic_load(&ta_os_mapped_bytes.v);
   char *q = ta_malloc(15 * MiB); /* needs 16 MiB: more than the span, less than twice */
-  size_t now = atomic_load(&ta_os_mapped_bytes);
+  size_t now = atomic_load(&ta_os_mapped_bytes.v);
   cr_assert_eq(ta_huge_cached_count(), 0, "the span was taken and grown");
   cr_assert_eq(now, mapped + 4 * MiB, "only the growth is new: %zu KiB more mapped",
                (now - mapped) / 1024);

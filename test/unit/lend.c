@@ -503,7 +503,7 @@ static void check_slots(void) {
     cr_assert_eq(atomic_load(&a->slots_warm), warm, "arena %u: resident free slots", a->id);
     dirty += a->dirty_bytes;
   }
-  cr_assert_eq(atomic_load(&ta_dirty_total), dirty, "the book agrees with the arenas");
+  cr_assert_eq(atomic_load(&ta_dirty_total.v), dirty, "the book agrees with the arenas");
   uint32_t warm_all = 0; /* (no fork here: no arena is a zombie) */
   for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all)
     warm_all += atomic_load(&a->slots_warm);

@@ -233,13 +233,13 @@ Test(span, pages_go_back_after_the_decay_and_the_span_is_reused_clean) {
     memset(p[i], 7, 64 * KIB);
   }
   for (int i = 0; i < N; i++) ta_free(p[i]);
-  cr_assert_eq(atomic_load(&ta_span_dirty), (size_t)N * 64 * KIB);
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), (size_t)N * 64 * KIB);
   cr_assert_neq(atomic_load(&ta_span_due), 0, "a due time was noted");
   cr_assert_eq(ta_span_purge(ta_os_now_ms(), ta_decay_ms), 0, "nothing is due yet");
   cr_assert_eq(resident_pages(p[0], 64 * KIB), 16);
   nap_ms(320);
   cr_assert_eq(ta_span_purge(ta_os_now_ms(), ta_decay_ms), (size_t)N * 64 * KIB);
-  cr_assert_eq(atomic_load(&ta_span_dirty), 0);
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), 0);
   cr_assert_eq(atomic_load(&ta_span_due), 0, "nothing is left to purge");
   for (int i = 0; i < N; i++) cr_assert_eq(resident_pages(p[i], 64 * KIB), 0, "span %d", i);
   char *q = ta_malloc(64 * KIB);
@@ -261,7 +261,7 @@ static char *a_due_span(void) {
 Test(span, a_slow_path_purges_what_is_due) {
   char *p = a_due_span();
   ta_free(ta_malloc(9000)); /* a medium request: its slow path gives back what is due */
-  cr_assert_eq(atomic_load(&ta_span_dirty), 0);
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), 0);
   cr_assert_eq(resident_pages(p, 128 * KIB), 0);
 }
 
@@ -271,9 +271,9 @@ Test(span, span_requests_give_back_what_is_due_within_a_round_of_chores) {
   char *p = a_due_span(); /* its malloc did this round's chores */
   char *q[TA_CHORES_EVERY];
   int n = 0;
-  while (atomic_load(&ta_span_dirty) != 0 && n < TA_CHORES_EVERY)
+  while (atomic_load(&ta_span_dirty.v) != 0 && n < TA_CHORES_EVERY)
     q[n++] = ta_malloc(32 * KIB); /* kept: no other span is freed */
-  cr_assert_eq(atomic_load(&ta_span_dirty), 0, "not given back after %d span requests", n);
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), 0, "not given back after %d span requests", n);
   cr_assert_gt(n, 1, "not at the first: p's malloc did the round's chores");
   cr_assert_eq(resident_pages(p, 128 * KIB), 0);
   while (n > 0)
@@ -288,7 +288,7 @@ Test(span, malloc_trim_gives_every_free_span_back_at_once) {
   cr_assert_eq(resident_pages(p, 256 * KIB), 64);
   cr_assert_eq(ta_malloc_trim(0), 1);
   cr_assert_eq(resident_pages(p, 256 * KIB), 0);
-  cr_assert_eq(atomic_load(&ta_span_dirty), 0);
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), 0);
 }
 
 /* A freed span waits in the bins of the CPU group its freer ran on: a thread takes from its
@@ -302,14 +302,14 @@ Test(span, a_thread_takes_its_own_cpus_spans_first_then_another_cpus) {
   ta_free(q);
   force_set(1);
   ta_free(p); /* the last freed: one stack for all would hand it out first */
-  cr_assert_eq(atomic_load(&ta_span_dirty), 2 * 64 * KIB);
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), 2 * 64 * KIB);
   force_set(2);
   char *a = ta_malloc(64 * KIB);
   cr_assert_eq(a, q, "CPU 2 takes the span it freed, not CPU 1's");
   char *b = ta_malloc(64 * KIB);
   cr_assert_eq(b, p, "then CPU 1's, before new pages");
   cr_assert_eq(b[100], 7, "resident as it was left");
-  cr_assert_eq(atomic_load(&ta_span_dirty), 0);
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), 0);
   cr_assert_eq(atomic_load(&ta_span_chunks), chunks, "no new chunk");
   ta_free(a);
   force_set(6);
@@ -318,7 +318,7 @@ Test(span, a_thread_takes_its_own_cpus_spans_first_then_another_cpus) {
   cr_assert_eq(ta_malloc_trim(0), 1);
   cr_assert_eq(resident_pages(a, 64 * KIB), 0);
   cr_assert_eq(resident_pages(b, 64 * KIB), 0);
-  cr_assert_eq(atomic_load(&ta_span_dirty), 0);
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), 0);
   ta_os_cpu_force(-1);
 }
 
@@ -327,14 +327,14 @@ Test(span, a_thread_takes_its_own_cpus_spans_first_then_another_cpus) {
 Test(span, a_purge_counts_what_small_bins_hold_back) {
   char *p = ta_malloc(16 * KIB); /* 4 pages: under a batch */
   memset(p, 7, 16 * KIB);
-  size_t before = atomic_load(&ta_span_dirty);
+  size_t before = atomic_load(&ta_span_dirty.v);
   ta_free(p);
-  cr_assert_eq(atomic_load(&ta_span_dirty), before, "4 pages wait in their bin's batch");
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), before, "4 pages wait in their bin's batch");
   cr_assert_eq(ta_span_purge(ta_os_now_ms(), 1000000), 0, "nothing is due");
-  cr_assert_eq(atomic_load(&ta_span_dirty), before + 16 * KIB, "the purge counted them");
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), before + 16 * KIB, "the purge counted them");
   cr_assert_eq(ta_malloc(16 * KIB), p);
   cr_assert_eq(ta_span_purge(ta_os_now_ms(), 1000000), 0);
-  cr_assert_eq(atomic_load(&ta_span_dirty), before, "taken again: out of the count");
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), before, "taken again: out of the count");
   ta_free(p);
 }
 
@@ -352,7 +352,7 @@ Test(span, beyond_their_budget_the_oldest_spans_go_back_at_once) {
     memset(young[i], 7, 64 * KIB);
   }
   for (int i = 0; i < N; i++) ta_free(old[i]); /* 2 MiB, all just freed: they stay */
-  cr_assert_eq(atomic_load(&ta_span_dirty), (size_t)N * 64 * KIB);
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), (size_t)N * 64 * KIB);
   nap_ms(450);
   for (int i = 0; i < N; i++) ta_free(young[i]);
   size_t gone = 0, kept = 0;
@@ -362,7 +362,7 @@ Test(span, beyond_their_budget_the_oldest_spans_go_back_at_once) {
   }
   cr_assert_eq(gone, N, "%zu of the spans freed 450 ms before went back", gone);
   cr_assert_eq(kept, N, "%zu of the spans just freed stayed", kept);
-  cr_assert_eq(atomic_load(&ta_span_dirty), (size_t)N * 64 * KIB);
+  cr_assert_eq(atomic_load(&ta_span_dirty.v), (size_t)N * 64 * KIB);
 }
 
 /* Over the budget with only spans younger than a 32nd of the decay, frees do not walk the
@@ -388,7 +388,7 @@ Test(span, young_spans_over_the_budget_are_not_looked_at_again_and_again) {
 /* Idle arenas over their budget do not make a span's free give spans back. */
 Test(span, arenas_over_their_budget_leave_spans_alone) {
   ta_dirty_max = 1 << 20;
-  atomic_fetch_add(&ta_dirty_total, (size_t)64 << 20); /* as if arenas held 64 MiB */
+  atomic_fetch_add(&ta_dirty_total.v, (size_t)64 << 20); /* as if arenas held 64 MiB */
   char *p = ta_malloc(64 * KIB);
   memset(p, 7, 64 * KIB);
   uint64_t calls = ta_os_calls(TA_OS_MADVISE);
@@ -398,7 +398,7 @@ Test(span, arenas_over_their_budget_leave_spans_alone) {
     cr_assert_eq(resident_pages(p, 64 * KIB), 16, "round %d: the span went back", i);
   }
   cr_assert_eq(ta_os_calls(TA_OS_MADVISE), calls, "no span was given back");
-  atomic_fetch_sub(&ta_dirty_total, (size_t)64 << 20);
+  atomic_fetch_sub(&ta_dirty_total.v, (size_t)64 << 20);
   ta_free(p);
 }
 
@@ -424,7 +424,7 @@ Test(span, without_new_chunks_a_larger_free_span_serves) {
   for (int i = 0; i < 32; i++) {
     small[i] = ta_malloc(20000);
     cr_assert_not_null(small[i], "malloc %d failed with %zu bytes of free spans", i,
-                       (size_t)atomic_load(&ta_span_dirty));
+                       (size_t)atomic_load(&ta_span_dirty.v));
   }
   ta_os_fail(0, 0, 0);
   for (int i = 0; i < 32; i++) ta_free(small[i]);
