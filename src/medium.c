@@ -364,7 +364,9 @@ static unsigned age_bucket(uint64_t now, uint64_t since) {
  * Returns the bytes given back. */
 size_t ta_medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, size_t share,
                        size_t hold, bool *held, uint64_t *oldest) {
-  unsigned first = all ? ta_size_class(2 * ta_page_size) - 1 : ta_size_class(TA_MEDIUM_PURGE_MIN);
+  /* With `all`, from the bin of a page's size: a block of less than two pages may hold a
+   * whole one too, as it lies (a hole of 100 KiB, with pages of 64 KiB). */
+  unsigned first = all ? ta_size_class(ta_page_size) : ta_size_class(TA_MEDIUM_PURGE_MIN);
   size_t freed = 0;
   unsigned cut = 0;  /* with a hold: blocks of ages of a shorter length stay */
   size_t excess = 0; /* and of that length, those past this many bytes */

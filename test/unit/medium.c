@@ -11,6 +11,7 @@
 #include "internal.h"
 #include "support/abort_text.h"
 #include "support/heap_map_text.h"
+#include "support/page_in_force.h"
 #include "tamalloc.h"
 
 struct walk {
@@ -295,6 +296,7 @@ static void *cycles_above_the_allowance(void *arg) {
 }
 
 Test(medium, top_that_comes_back_at_once_stops_being_trimmed) {
+  needs_pages_up_to(16 << 10); /* the allowance of 64 KiB is one page of 64 KiB */
   ta_decay_ms = 600000; /* every trim is "recent" */
   ta_dirty_max = 0;     /* the smallest allowance: 64 KiB */
   uint64_t calls = 0;
@@ -333,6 +335,7 @@ static uint64_t cycles_after_a_pause(uint32_t owner_factor) {
 }
 
 Test(medium, a_tops_back_off_lasts_for_its_owners_decay_time) {
+  needs_pages_up_to(16 << 10); /* the allowance of 64 KiB is one page of 64 KiB */
   uint64_t calls = cycles_after_a_pause(100);
   cr_assert_eq(calls, 0, "%llu madvise calls: the top forgot its back-off",
                (unsigned long long)calls);
@@ -375,6 +378,7 @@ static void two_holes(char **old_out, char **fresh_out) {
 }
 
 Test(medium, the_purge_gives_back_old_holes_and_keeps_fresh_ones) {
+  needs_pages_up_to(16 << 10); /* a hole of 100 KiB holds one page of 64 KiB at most */
   ta_decay_ms = 1000; /* the fresh hole must not come due, even on a slow machine */
   ta_dirty_max = (size_t)64 << 20; /* a share of 1 MiB: the fresh hole fits */
   char *old, *fresh;
@@ -390,6 +394,7 @@ Test(medium, the_purge_gives_back_old_holes_and_keeps_fresh_ones) {
 }
 
 Test(medium, past_its_share_the_purge_gives_back_fresh_holes_too) {
+  needs_pages_up_to(16 << 10); /* a hole of 100 KiB holds one page of 64 KiB at most */
   ta_decay_ms = 1000;
   ta_dirty_max = 0; /* the smallest share: 64 KiB, less than the fresh hole */
   char *old, *fresh;

@@ -242,10 +242,12 @@ Test(os, granule_map_failure_is_enomem_and_recovers) {
   ta_free(p);
 }
 
-/* Pages are the kernel's, read at start-up: AT_PAGESZ, and sysfs's transparent huge page. */
+/* Pages are the kernel's, read at start-up: AT_PAGESZ, and sysfs's transparent huge page;
+ * the allocator's are the kernel's too unless page_kb asked for larger ones. */
 Test(os, page_sizes_are_the_kernels) {
   void *p = ta_malloc(16);
-  cr_assert_eq(ta_page_size, (size_t)getauxval(AT_PAGESZ));
+  size_t asked = ta_conf_page_size > (size_t)getauxval(AT_PAGESZ) ? ta_conf_page_size : 0;
+  cr_assert_eq(ta_page_size, asked ? asked : (size_t)getauxval(AT_PAGESZ));
   cr_assert_eq(ta_os_page_size(), (size_t)getauxval(AT_PAGESZ));
   cr_assert(ta_hugepage_size > ta_page_size && ta_is_pow2(ta_hugepage_size));
   FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");

@@ -17,6 +17,7 @@
 
 #include "internal.h"
 #include "support/heap_map_text.h"
+#include "support/page_in_force.h"
 #include "tamalloc.h"
 
 #define KIB ((size_t)1024)
@@ -52,6 +53,7 @@ static size_t resident_pages(void *p, size_t n) {
 TestSuite(span, .init = spans_on);
 
 Test(span, requests_of_16k_to_256k_are_whole_pages) {
+  needs_4k_pages();
   void *below = ta_malloc(16 * KIB - 1);
   cr_assert_eq(ta_map_get((uintptr_t)below), TA_MAP_MEDIUM, "under 16 KiB: the medium heap");
   cr_assert_eq(ta_span_max, 256 * KIB);
@@ -92,6 +94,7 @@ static void *take_an_arena(void *arg) {
 }
 
 Test(span, spans_serve_once_the_process_has_had_8_threads) {
+  needs_4k_pages();
   ta_span_threads = TA_FEW_ARENAS;
   void *before = ta_malloc(40000);
   cr_assert_eq(ta_map_get((uintptr_t)before), TA_MAP_MEDIUM, "one thread: the medium heap");
@@ -125,6 +128,7 @@ Test(span, a_span_freed_by_one_thread_is_reused_by_another) {
 }
 
 Test(span, a_free_span_serves_its_class_and_a_clean_one_is_cut) {
+  needs_4k_pages();
   char *big = ta_malloc(32 * KIB); /* 8 pages */
   ta_free(big);
   char *d = ta_malloc(16 * KIB);
@@ -146,6 +150,7 @@ Test(span, a_free_span_serves_its_class_and_a_clean_one_is_cut) {
 }
 
 Test(span, realloc_shrinks_in_place_and_frees_the_rest) {
+  needs_4k_pages();
   char *p = ta_malloc(100000); /* its class, 104 KiB: 26 pages */
   for (size_t i = 0; i < 100000; i++) p[i] = (char)i;
   cr_assert_eq(ta_malloc_usable_size(p), 106496);
@@ -225,6 +230,7 @@ Test(span, free_sized_accepts_the_request_to_the_usable_size) {
 }
 
 Test(span, pages_go_back_after_the_decay_and_the_span_is_reused_clean) {
+  needs_4k_pages();
   ta_decay_ms = 300;
   enum { N = 32 };
   char *p[N];
@@ -268,6 +274,7 @@ Test(span, a_slow_path_purges_what_is_due) {
 /* A span handed out does the chores once every TA_CHORES_EVERY spans (alloc.c,
  * chores_sometimes): what is due goes back within that many. */
 Test(span, span_requests_give_back_what_is_due_within_a_round_of_chores) {
+  needs_4k_pages();
   char *p = a_due_span(); /* its malloc did this round's chores */
   char *q[TA_CHORES_EVERY];
   int n = 0;
@@ -294,6 +301,7 @@ Test(span, malloc_trim_gives_every_free_span_back_at_once) {
 /* A freed span waits in the bins of the CPU group its freer ran on: a thread takes from its
  * own CPU's bins first, then from another's, before a clean span or new pages. */
 Test(span, a_thread_takes_its_own_cpus_spans_first_then_another_cpus) {
+  needs_4k_pages();
   char *p = ta_malloc(64 * KIB), *q = ta_malloc(64 * KIB);
   memset(p, 7, 64 * KIB);
   memset(q, 9, 64 * KIB);
@@ -325,6 +333,7 @@ Test(span, a_thread_takes_its_own_cpus_spans_first_then_another_cpus) {
 /* A bin's pages go into the count 16 at a time; a purge moves what a bin holds back into it,
  * so that the check of the budget after a purge reads the true figure. */
 Test(span, a_purge_counts_what_small_bins_hold_back) {
+  needs_4k_pages();
   char *p = ta_malloc(16 * KIB); /* 4 pages: under a batch */
   memset(p, 7, 16 * KIB);
   size_t before = atomic_load(&ta_span_dirty.v);
@@ -341,6 +350,7 @@ Test(span, a_purge_counts_what_small_bins_hold_back) {
 /* Free spans have a budget of their own, dirty_max_kb; beyond it, what was freed half, an
  * eighth, a 32nd of a decay time ago goes back at once — never what was freed just now. */
 Test(span, beyond_their_budget_the_oldest_spans_go_back_at_once) {
+  needs_4k_pages();
   ta_dirty_max = 1 << 20;
   ta_decay_ms = 3200; /* the steps: 1600, 400 and 100 ms (room for a slow sanitized build) */
   enum { N = 32 };
@@ -368,6 +378,7 @@ Test(span, beyond_their_budget_the_oldest_spans_go_back_at_once) {
 /* Over the budget with only spans younger than a 32nd of the decay, frees do not walk the
  * bins again until that much time has passed. */
 Test(span, young_spans_over_the_budget_are_not_looked_at_again_and_again) {
+  needs_4k_pages();
   ta_dirty_max = 1 << 20;
   ta_decay_ms = 3200; /* a 32nd: 100 ms */
   enum { N = 32 };
@@ -387,6 +398,7 @@ Test(span, young_spans_over_the_budget_are_not_looked_at_again_and_again) {
 
 /* Idle arenas over their budget do not make a span's free give spans back. */
 Test(span, arenas_over_their_budget_leave_spans_alone) {
+  needs_4k_pages();
   ta_dirty_max = 1 << 20;
   atomic_fetch_add(&ta_dirty_total.v, (size_t)64 << 20); /* as if arenas held 64 MiB */
   char *p = ta_malloc(64 * KIB);
@@ -404,6 +416,7 @@ Test(span, arenas_over_their_budget_leave_spans_alone) {
 
 /* A purge whose clock was read before a span's free does not take that span for an old one. */
 Test(span, a_span_freed_after_the_purge_read_its_clock_is_young) {
+  needs_4k_pages();
   uint64_t before = ta_os_now_ms();
   void *p = ta_malloc(20000);
   memset(p, 1, 20000);
@@ -415,6 +428,7 @@ Test(span, a_span_freed_after_the_purge_read_its_clock_is_young) {
 
 /* No chunk to be had: a free resident span of a larger class is cut rather than fail. */
 Test(span, without_new_chunks_a_larger_free_span_serves) {
+  needs_4k_pages();
   enum { N = 15 }; /* 3.75 MiB: the first chunk, nearly */
   void *big[N];
   for (int i = 0; i < N; i++) big[i] = ta_malloc(256 * KIB);
@@ -431,6 +445,7 @@ Test(span, without_new_chunks_a_larger_free_span_serves) {
 }
 
 Test(span, statistics_count_live_and_free_spans) {
+  needs_4k_pages();
   cr_assert_eq(ta_stats_enable(1), 0);
   char *live = ta_malloc(50000); /* 13 pages: 53248 */
   char *gone = ta_malloc(70000); /* 18 pages: 73728 */
@@ -587,6 +602,7 @@ Test(span, no_new_chunk_gives_null_and_enomem_and_loses_nothing) {
 }
 
 Test(span, the_setting_chooses_the_smallest_span) {
+  needs_4k_pages();
   ta_conf_apply("span_min_kb:32");
   void *a = ta_malloc(30000);
   void *b = ta_malloc(32768);
@@ -597,6 +613,7 @@ Test(span, the_setting_chooses_the_smallest_span) {
 }
 
 Test(span, the_default_starts_past_8_kib) {
+  needs_4k_pages();
   ta_conf_apply("span_min_kb:8");
   void *small = ta_malloc(8192);
   cr_assert_neq(ta_map_get((uintptr_t)small), TA_MAP_SPAN, "8 KiB is a small class");
@@ -615,6 +632,7 @@ Test(span, the_default_starts_past_8_kib) {
 /* A shrink that would free fewer pages than the smallest span keeps the span whole: a sized
  * free of the size it was shrunk to is right, however far under half the usable size. */
 Test(span, a_span_kept_whole_by_a_shrink_takes_the_shrunk_size) {
+  needs_4k_pages();
   ta_conf_apply("span_min_kb:8");
   char *p = ta_malloc(20000); /* 5 pages */
   cr_assert_eq(ta_malloc_usable_size(p), 20480);
@@ -630,6 +648,7 @@ Test(span, a_span_kept_whole_by_a_shrink_takes_the_shrunk_size) {
 /* No span of 2 pages, which no request takes (8 KiB is a small block, 8 KiB + 1 takes 3
  * pages), ever appears: not from a shrink, nor a cut, nor a chunk's tail. */
 Test(span, no_span_smaller_than_the_smallest_request) {
+  needs_4k_pages();
   ta_conf_apply("span_min_kb:8");
   enum { N = 400 };
   static char *p[N];

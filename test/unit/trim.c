@@ -40,7 +40,7 @@ static void assert_holes_gone(const holes_t *h) {
     pages += (hi - lo) / ta_page_size;
     resident += ta_os_resident((void *)lo, hi - lo) / ta_page_size;
   }
-  cr_assert_gt(pages, 0);
+  if (pages == 0) cr_skip_test("no page of %zu KiB lies wholly inside a hole", ta_page_size >> 10);
   cr_assert_eq(resident, 0, "%zu of %zu pages of %zu-byte holes still resident", resident, pages,
                h->size);
 }
