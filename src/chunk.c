@@ -309,8 +309,10 @@ _Atomic uint64_t ta_chunks_taken_over;
 unsigned ta_arena_list_add(_Atomic(ta_arena_t *) *list, unsigned n, ta_arena_t *a) {
   for (unsigned i = 0; i < n; i++) {
     ta_arena_t *none = NULL;
+    /* Release: a reader that finds a (acquire) reads its fields, written when it was made
+     * (ThreadSanitizer saw a borrower read a new arena's lock word unordered with its map). */
     if (atomic_load_explicit(&list[i], memory_order_relaxed) == NULL &&
-        atomic_compare_exchange_strong_explicit(&list[i], &none, a, memory_order_relaxed,
+        atomic_compare_exchange_strong_explicit(&list[i], &none, a, memory_order_release,
                                                 memory_order_relaxed))
       return i + 1;
   }
@@ -361,7 +363,7 @@ static ta_chunk_t *spare_take(ta_arena_t *a) {
   if (!ta_fork_hold()) return NULL; /* a fork is under way: from the kernel, this once */
   ta_chunk_t *got = NULL;
   for (unsigned i = 0; i < SPARE_SLOTS && got == NULL; i++) {
-    ta_arena_t *o = atomic_load_explicit(&spare[i], memory_order_relaxed);
+    ta_arena_t *o = atomic_load_explicit(&spare[i], memory_order_acquire);
     bool idle = false;
     if (o == NULL || o == a || ta_slow_held_by_me(o)) continue;
     bool maybe = may_spare(o, &idle);

@@ -175,7 +175,7 @@ void ta_small_after_fork(uint32_t warm) {
   atomic_store_explicit(&warm_total, warm, memory_order_relaxed);
   for (unsigned list = 0; list < 2; list++)
     for (unsigned i = 0; i < LENDER_SLOTS; i++) {
-      ta_arena_t *k = atomic_load_explicit(&lenders[list][i], memory_order_relaxed);
+      ta_arena_t *k = atomic_load_explicit(&lenders[list][i], memory_order_acquire);
       if (k == NULL) continue;
       /* SUSPENDED: the forking thread's own, back once its interrupted call ends. */
       if (atomic_load_explicit(&k->state, memory_order_relaxed) != ARENA_ZOMBIE) continue;
@@ -234,7 +234,7 @@ static ta_chunk_t *slot_borrow(ta_arena_t *a, bool cold, unsigned *slot) {
   if (!ta_fork_hold()) return NULL; /* a fork is under way: not another arena's lock */
   ta_chunk_t *got = NULL;
   for (unsigned i = 0; i < LENDER_SLOTS && got == NULL; i++) {
-    ta_arena_t *k = atomic_load_explicit(&lenders[!cold][i], memory_order_relaxed);
+    ta_arena_t *k = atomic_load_explicit(&lenders[!cold][i], memory_order_acquire);
     if (k == NULL || k == a || ta_slow_held_by_me(k)) continue;
     int st = atomic_load_explicit(&k->state, memory_order_acquire);
     if (st != ARENA_FREE && st != ARENA_CLAIMED) continue; /* a fork child's leftovers */
