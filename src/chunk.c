@@ -51,9 +51,14 @@ size_t ta_hugepage_size = (size_t)2 << 20;
  * (page_kb, conf.c: a machine with 4 KiB pages then behaves as one with 16 or 64 KiB pages
  * would). Runs hold whole pages of the largest size, so larger ones are not supported. Set
  * by ta_init before the first chunk; the huge page is the kernel's. */
-void ta_pages_init(void) {
+size_t ta_pages_wanted(void) {
   size_t page = ta_os_page_size();
   if (ta_conf_page_size > page && ta_conf_page_size <= TA_PAGE_MAX) page = ta_conf_page_size;
+  return page;
+}
+
+void ta_pages_init(void) {
+  size_t page = ta_pages_wanted();
   if (page > TA_PAGE_MAX) ta_fatal("init: pages larger than 64 KiB are not supported, size", (void *)page);
   size_t huge = ta_os_hugepage_size();
   TA_STORE(ta_page_size, page);

@@ -863,6 +863,9 @@ TA_HIDDEN bool ta_map_init(void); /* ta_init: maps the granule map; false if it 
  * is writable (lazy commit maps the map read-only); false if the kernel refuses. */
 TA_HIDDEN bool ta_map_ready(uintptr_t addr);
 TA_HIDDEN void ta_pages_init(void); /* ta_init: ta_page_size and ta_hugepage_size */
+/* The page ta_pages_init will choose (the kernel's, or page_kb's larger one), known before
+ * the allocator starts once the settings are read (at load): for tests. */
+TA_HIDDEN size_t ta_pages_wanted(void);
 TA_HIDDEN bool ta_brk_shrink_top(ta_chunk_t *c);
 /* The process-wide pool of break chunks given back whole (chunk.c). */
 TA_HIDDEN int ta_chunk_pool_reserve(void); /* a slot's index, or -1: full */
@@ -1043,8 +1046,9 @@ TA_HIDDEN void *ta_medium_cache_alloc(ta_arena_t *a, size_t size);
 /* Whether a request of `size` (alignment 16) is one the cache may serve: past the small
  * classes, and its block (header included, rounded up to 16) below the last cached bin's end.
  * The callers test it before ta_medium_cache_alloc, which does not. */
+#define TA_MCACHE_MOST_REQUEST (TA_MCACHE_END - TA_ALIGNMENT - sizeof(ta_mhdr_t))
 TA_INLINE bool ta_medium_cache_may_serve(size_t size) {
-  return size > TA_SMALL_MAX && size <= TA_MCACHE_END - TA_ALIGNMENT - sizeof(ta_mhdr_t);
+  return size > TA_SMALL_MAX && size <= TA_MCACHE_MOST_REQUEST;
 }
 TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
 /* The arena's cache of medium blocks its owner freed (medium.c, "The cache"); under the

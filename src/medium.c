@@ -757,10 +757,11 @@ static bool cache_newest_holds(const ta_arena_t *a, unsigned i, size_t n) {
  * size from TA_MCACHE_MIN up to TA_MCACHE_END less one granule. */
 _Static_assert(TA_SMALL_MAX + sizeof(ta_mhdr_t) >= TA_MCACHE_MIN && TA_MCACHE_MIN == 8 << 10,
                "a request the cache may serve needs a block of a bin the tables hold");
-#define MC_MOST_NEED (TA_MCACHE_END - TA_ALIGNMENT - sizeof(ta_mhdr_t) + sizeof(ta_mhdr_t))
-_Static_assert(((MC_MOST_NEED + TA_ALIGNMENT - 1) & ~(size_t)(TA_ALIGNMENT - 1)) < TA_MCACHE_END,
-               "the largest request the cache may serve, header added and rounded up, has a "
-               "block below the last cached bin's end");
+#define MC_MOST_NEED                                                                               \
+  ((TA_MCACHE_MOST_REQUEST + sizeof(ta_mhdr_t) + TA_ALIGNMENT - 1) & ~(size_t)(TA_ALIGNMENT - 1))
+_Static_assert((MC_MOST_NEED >> 10) <= 63 && MC_BIN(MC_MOST_NEED >> 10) < TA_MCACHE_CLASSES,
+               "the largest request the cache may serve, header added and rounded up, indexes "
+               "the tables below 64 KiB and a bin the cache has");
 TA_INLINE ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
   unsigned i = ta_mcache_bin[need >> 10];
   /* Every cached block fits every request of its bin (ta_medium_cache_put), so its size is

@@ -42,7 +42,7 @@ static void nap_ms(long ms) {
 
 /* Pages of [p, p + n) in memory. */
 static size_t resident_pages(void *p, size_t n) {
-  size_t pages = n / 4096, count = 0;
+  size_t pages = n / ta_os_page_size(), count = 0; /* mincore answers in the kernel's pages */
   unsigned char vec[1024];
   cr_assert_leq(pages, sizeof vec);
   cr_assert_eq(mincore(p, n, vec), 0);
