@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "support/page_in_force.h"
 #include "tamalloc.h"
 #include "tatest.h"
 
@@ -484,11 +485,8 @@ Test(lifecycle, fork_child_adopts_an_arena_whose_pop_the_fork_cut_in_two) {
 Test(lifecycle, a_fork_child_still_reports_a_cut_list_outside_the_runs_the_fork_cut) {
   tt_no_core();
   struct holder h;
-  holder_start(&h, pop_cut_by_fork); /* (the page size is known once the allocator has started) */
-  if (ta_page_size * 2 > TA_RUN_SIZE) {
-    holder_finish(&h); /* the holder's thread mends its run and ends, as below */
-    cr_skip_test("a run is one page here: no shrink");
-  }
+  needs_pages_up_to(TA_RUN_SIZE / 2); /* a run of one page does not shrink */
+  holder_start(&h, pop_cut_by_fork);
   ta_run_t *cut_run = (ta_run_t *)h.run;
   int err[2];
   cr_assert_eq(pipe(err), 0);

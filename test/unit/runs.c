@@ -15,6 +15,7 @@
 #include "internal.h"
 #include "support/abort_text.h"
 #include "support/fd_text.h"
+#include "support/page_in_force.h"
 #include "tamalloc.h"
 #include "vmflags.h"
 
@@ -398,12 +399,9 @@ static void aborts_saying(void *(*fn)(void *), void *arg, const char *what, cons
   free(text);
 }
 
-/* A run of one page (pages of 64 KiB) gives nothing back unless it is empty: a test of the
- * shrink of a run in use has nothing to look at there. Called once the test has allocated:
- * the page size is read at the first call. */
-static void needs_runs_that_shrink(void) {
-  if (ta_page_size * 2 > TA_RUN_SIZE) cr_skip_test("a run is one page here: no shrink");
-}
+/* Skips a test of a run's shrink where a run is one page (64 KiB): it gives nothing back
+ * until it is empty. Known before the allocator starts (page_in_force.h). */
+static void needs_runs_that_shrink(void) { needs_pages_up_to(TA_RUN_SIZE / 2); }
 
 /* A block boundary never handed out, in run r: above its limit, or where a block would
  * start past the blocks that fit (a run carved whole at once: pages of 64 KiB). */
@@ -817,10 +815,9 @@ static void nap_ms(long ms) {
  * free medium block): shrinking rides on a purge that is due anyway. The nap is longer than
  * two demand windows: an arena still drawing pages keeps the free ones of its runs (see
  * runs_keep_their_pages_while_the_arena_draws_and_shrink_after). */
-static ta_run_t *run_to_shrink_when_due(bool must_shrink) {
+static ta_run_t *run_to_shrink_when_due(void) {
   ta_decay_ms = 20;
   ta_run_t *r = fill_run(64);
-  if (must_shrink) needs_runs_that_shrink(); /* before the nap: a skip need not wait */
   for (uint32_t k = 1; k < ta_run_cap(r); k++)
     ta_free(blocks[k]);
   ta_free(ta_malloc(100 << 10)); /* past 64 KiB: into the heap, not the cache */
@@ -830,7 +827,8 @@ static ta_run_t *run_to_shrink_when_due(bool must_shrink) {
 }
 
 Test(runs, the_owners_purge_after_the_decay_gives_back_free_pages) {
-  ta_run_t *r = run_to_shrink_when_due(true);
+  needs_runs_that_shrink();
+  ta_run_t *r = run_to_shrink_when_due();
   cr_assert_eq(r->limit, ta_run_cap(r) * r->bsize, "not before the purge");
   ta_free(ta_malloc(20000)); /* a slow path: the purge is due */
   cr_assert_eq(r->limit, r->bsize);
@@ -877,7 +875,7 @@ static void *purge_as_the_background_thread(void *arg) {
 }
 
 Test(runs, another_threads_purge_leaves_the_runs_lists_alone) {
-  ta_run_t *r = run_to_shrink_when_due(false);
+  ta_run_t *r = run_to_shrink_when_due();
   pthread_t t;
   cr_assert_eq(pthread_create(&t, NULL, purge_as_the_background_thread, ta_tl_arena), 0);
   cr_assert_eq(pthread_join(t, NULL), 0);
