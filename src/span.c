@@ -69,11 +69,15 @@ typedef struct {
 #define PENDING_BATCH 16
 
 static bin_t bins[SETS][BINS];
-/* Bins that may hold a span (set on a push), a cache line a set: a set's bits change as its
- * bins empty and fill, on its own CPUs. */
-static _Alignas(64) _Atomic uint64_t hint[SETS][64 / sizeof(uint64_t)];
-_Static_assert(HINT_WORDS <= 64 / sizeof(uint64_t), "a set's hint bits in one line");
-static _Atomic uintptr_t bump;  /* current chunk | its first page not yet handed out */
+/* Bins that may hold a span (set on a push), 128 bytes a set (the two lines the adjacent-line
+ * prefetcher fetches together; the bits use the first): a set's bits change as its bins
+ * empty and fill, on its own CPUs, and no other set's writes take its line away. */
+static _Alignas(2 * TA_LINE) _Atomic uint64_t hint[SETS][2 * TA_LINE / sizeof(uint64_t)];
+_Static_assert(HINT_WORDS <= TA_LINE / sizeof(uint64_t), "a set's hint bits in one line");
+/* The current chunk | its first page not yet handed out: compare-exchanged at every cut of
+ * pages never handed out, by any thread, so alone in its 128 bytes. Beside it the linker had
+ * put ta_span_max and ta_span_due, which every span malloc and free read. */
+static struct { _Alignas(2 * TA_LINE) _Atomic uintptr_t v; } bump;
 
 _Atomic size_t ta_span_chunks; /* span chunks taken from the kernel (not the pool) */
 _Atomic uint64_t ta_span_due;  /* earliest time a dirty span may be given back; 0: none */
@@ -273,12 +277,12 @@ static ta_span_chunk_t *chunk_new(void) {
 /* n pages never handed out, from the current chunk or a new one. */
 static void *carve(size_t n) {
   size_t units = TA_CHUNK_SIZE >> page_shift;
-  uintptr_t b = atomic_load_explicit(&bump, memory_order_acquire);
+  uintptr_t b = atomic_load_explicit(&bump.v, memory_order_acquire);
   for (;;) {
     ta_span_chunk_t *c = (ta_span_chunk_t *)(b & ~TA_CHUNK_MASK);
     size_t at = b & TA_CHUNK_MASK;
     if (c != NULL && at + n <= units) {
-      if (atomic_compare_exchange_weak_explicit(&bump, &b, b + n, memory_order_acquire,
+      if (atomic_compare_exchange_weak_explicit(&bump.v, &b, b + n, memory_order_acquire,
                                                 memory_order_acquire))
         return (char *)c + (at << page_shift);
       continue;
@@ -286,7 +290,7 @@ static void *carve(size_t n) {
     ta_span_chunk_t *fresh = chunk_new(); /* outside any lock: a system call */
     if (fresh == NULL) return NULL;
     size_t first = fresh->first;
-    if (atomic_compare_exchange_strong_explicit(&bump, &b, (uintptr_t)fresh | (first + n),
+    if (atomic_compare_exchange_strong_explicit(&bump.v, &b, (uintptr_t)fresh | (first + n),
                                                 memory_order_acq_rel, memory_order_acquire)) {
       if (c != NULL) give_rest(c, at); /* the old chunk's tail: nobody can take it now */
     } else {
