@@ -54,10 +54,14 @@ _Static_assert((SHARDS & (SHARDS - 1)) == 0, "a power of two");
 #define HINT_WORDS ((BINS + 63) / 64)
 #define TAG_LOW ((uintptr_t)0xfff)
 
+/* A bin fills 128 bytes, the two lines the adjacent-line prefetcher fetches together: every
+ * span malloc and free compare-exchanges a head and adds to its pending count, and bins of
+ * neighbouring page counts serve different threads at once. */
 typedef struct {
-  _Alignas(64) _Atomic uintptr_t head;
+  _Alignas(2 * TA_LINE) _Atomic uintptr_t head;
   _Atomic int32_t pending; /* DIRTY: pages freed (+) or taken (-) not yet in ta_span_dirty */
 } bin_t;
+_Static_assert(sizeof(bin_t) == 2 * TA_LINE, "a bin alone in its 128 bytes");
 
 /* A dirty bin's pages go into the count of free resident spans (dirty.c's ta_span_dirty) 16
  * at a time: one read-modify-write of the bin's own cache line, which its push or pop has
@@ -75,14 +79,19 @@ static bin_t bins[SETS][BINS];
 static _Alignas(2 * TA_LINE) _Atomic uint64_t hint[SETS][2 * TA_LINE / sizeof(uint64_t)];
 _Static_assert(HINT_WORDS <= TA_LINE / sizeof(uint64_t), "a set's hint bits in one line");
 /* The current chunk | its first page not yet handed out: compare-exchanged at every cut of
- * pages never handed out, by any thread, so alone in its 128 bytes. Beside it the linker had
- * put ta_span_max and ta_span_due, which every span malloc and free read. */
+ * pages never handed out, by any thread, so alone in its 128 bytes (it shared a line with
+ * ta_span_max and ta_span_due, which every span malloc or free reads). */
 static struct { _Alignas(2 * TA_LINE) _Atomic uintptr_t v; } bump;
+_Static_assert(sizeof(bump) == 2 * TA_LINE, "nothing else is placed beside bump");
 
 _Atomic size_t ta_span_chunks; /* span chunks taken from the kernel (not the pool) */
 _Atomic uint64_t ta_span_due;  /* earliest time a dirty span may be given back; 0: none */
+/* Read by every span-sized request (ta_span_serves), written at init and when threads come:
+ * both initialised, so that both lie in .data, among words as rarely written, not beside the
+ * due time or the chunk count. ta_span_max's first value is never used: ta_span_min says no
+ * span serves until ta_span_init has set both. */
 size_t ta_span_min = SIZE_MAX; /* the smallest span serving now; none before ta_span_arenas */
-size_t ta_span_max;
+size_t ta_span_max = TA_MEDIUM_MAX;
 static size_t span_min_set = SIZE_MAX; /* the smallest span the settings ask for */
 /* Spans serve requests once the process has had this many threads with arenas at once. A
  * class's spans serve only that class, so the free spans a process holds are the sum of
