@@ -18,6 +18,9 @@ typedef struct {
 } holes_t;
 
 static void make_holes(holes_t *h) {
+  /* Classes of 1 KiB and more cold, as in a program (the unit tier gives every class runs at
+   * once): holes under 8 KiB are then the medium heap's ("Small classes from the medium heap") */
+  ta_run_threshold = 1000;
   for (int i = 0; i < N; i++) {
     h->hole[i] = ta_malloc(h->size);
     h->keep[i] = ta_malloc(h->size);
@@ -57,9 +60,11 @@ static void assert_holes_resident(const holes_t *h) {
                resident, pages, h->size);
 }
 
-/* After malloc_trim(0), no page wholly inside a hole is resident. False, with nothing
- * asserted, where no page of the size in force lies wholly inside a hole. */
-static bool assert_holes_gone(const holes_t *h) {
+/* malloc_trim(0), after which no page wholly inside a hole is resident. False, with nothing
+ * asserted of the trim, where no page of the size in force lies wholly inside a hole. */
+static bool trim_gives_holes_back(const holes_t *h) {
+  assert_holes_resident(h);
+  ta_malloc_trim(0);
   size_t resident, pages = inner_pages(h, &resident);
   if (pages == 0) return false;
   cr_assert_eq(resident, 0, "%zu of %zu pages of %zu-byte holes still resident", resident, pages,
@@ -75,21 +80,14 @@ static void holes_go_back(size_t size) {
   static holes_t h;
   h.size = size;
   make_holes(&h);
-  assert_holes_resident(&h);
-  ta_malloc_trim(0);
-  bool had_pages = assert_holes_gone(&h);
+  bool had_pages = trim_gives_holes_back(&h);
   for (int i = 0; i < N; i++) ta_free(h.keep[i]);
   skip_without_pages(had_pages);
 }
 
-/* 6 KiB: a class of 1 KiB or more is cold in an arena, its first blocks medium ones ("Small
- * classes from the medium heap"; the unit tier gives every class runs at once unless told),
- * so these holes are the medium heap's; about half of them hold a whole 4 KiB page, which
- * the trim gives back too (none at larger pages). */
-Test(trim, medium_holes_of_6_kib_go_back) {
-  ta_run_threshold = 1000;
-  holes_go_back(6 << 10);
-}
+/* 6 KiB: a cold class's blocks (make_holes); about half of the holes hold a whole 4 KiB
+ * page, which the trim gives back too (none at larger pages). */
+Test(trim, medium_holes_of_6_kib_go_back) { holes_go_back(6 << 10); }
 Test(trim, medium_holes_of_12_kib_go_back) { holes_go_back(12 << 10); }
 Test(trim, medium_holes_of_20_kib_go_back) { holes_go_back(20 << 10); }
 Test(trim, medium_holes_of_100_kib_go_back) { holes_go_back(100 << 10); }
@@ -114,16 +112,13 @@ static void holes_of_another_thread_go_back(size_t size) {
   pthread_t t;
   pthread_create(&t, NULL, hole_maker, &h);
   while (!atomic_load(&h.made)) usleep(1000);
-  assert_holes_resident(&h);
-  ta_malloc_trim(0);
-  bool had_pages = assert_holes_gone(&h);
+  bool had_pages = trim_gives_holes_back(&h);
   atomic_store(&h.done, 1);
   pthread_join(t, NULL); /* before a skip: the thread is done with its holes */
   skip_without_pages(had_pages);
 }
 
 Test(trim, another_live_threads_holes_of_6_kib_go_back) {
-  ta_run_threshold = 1000;
   holes_of_another_thread_go_back(6 << 10);
 }
 Test(trim, another_live_threads_holes_of_12_kib_go_back) {
