@@ -60,10 +60,8 @@ static _Atomic(ta_huge_t *) cache_slot[TA_HUGE_SLOTS];
 static _Atomic size_t cache_size_hint[TA_HUGE_SLOTS];
 static _Atomic uint64_t cache_time_hint[TA_HUGE_SLOTS];
 static _Atomic size_t cache_bytes;
-static _Atomic size_t cache_count;
 _Atomic uint64_t ta_huge_due; /* earliest time a cached span may be purged; 0: none */
 
-_Atomic size_t ta_huge_live_count; /* for statistics: huge blocks handed out, not freed */
 static _Atomic(ta_huge_t *) deferred; /* unmaps put off while statistics are read */
 
 /* ---- huge pages only where they pay (see the top of the file) ---- */
@@ -442,7 +440,6 @@ static bool slot_take(unsigned i, ta_huge_t *h) {
                                                memory_order_relaxed))
     return false;
   atomic_fetch_sub_explicit(&cache_bytes, cache_weight(h), memory_order_relaxed);
-  atomic_fetch_sub_explicit(&cache_count, 1, memory_order_relaxed);
   return true;
 }
 
@@ -464,7 +461,7 @@ static int slot_pick(size_t need, ta_huge_t **out) {
   return best;
 }
 
-/* Counts `size` more bytes (a span's weight) in the tallies if that keeps them within the
+/* Counts `size` more bytes (a span's weight) in the tally if that keeps it within the
  * limit, unmapping the largest cached spans while it would not. False when no room can be made
  * (what is counted then belongs to puts in flight). The bytes are counted before the span is
  * published, so a thread that takes it subtracts what was added already: the tally never wraps, and
@@ -491,7 +488,6 @@ static bool cache_put(ta_huge_t *h) {
   size_t size = h->map_size, weight = cache_weight(h);
   uint64_t freed = h->freed_ms;
   if (weight > ta_huge_cache_limit || !cache_reserve(weight)) return false;
-  atomic_fetch_add_explicit(&cache_count, 1, memory_order_relaxed);
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL) continue;
     atomic_store_explicit(&cache_size_hint[i], size, memory_order_relaxed);
@@ -502,7 +498,6 @@ static bool cache_put(ta_huge_t *h) {
       return true;
   }
   /* Every slot is taken: give back what was counted. */
-  atomic_fetch_sub_explicit(&cache_count, 1, memory_order_relaxed);
   atomic_fetch_sub_explicit(&cache_bytes, weight, memory_order_relaxed);
   return false;
 }
@@ -613,26 +608,27 @@ size_t ta_huge_purge(uint64_t now, bool all) {
 size_t ta_huge_cached_bytes(void) { return atomic_load(&cache_bytes); }
 
 /* The weights of the spans in the slots, counted one by one (for tests: the tally must agree
- * with it whenever no thread is between a slot and the tallies; and the fork child). */
-size_t ta_huge_cache_sum(size_t *count) {
-  size_t bytes = 0, n = 0;
+ * with it whenever no thread is between a slot and the tally; and the fork child). */
+size_t ta_huge_cache_sum(void) {
+  size_t bytes = 0;
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     ta_huge_t *h = atomic_load(&cache_slot[i]);
-    if (h == NULL) continue;
-    bytes += cache_weight(h);
-    n++;
+    if (h != NULL) bytes += cache_weight(h);
   }
-  if (count) *count = n;
   return bytes;
 }
 
-/* Fork child: a thread that was between a slot and the tallies is gone; count again. */
-void ta_huge_recount_after_fork(void) {
-  size_t count = 0, bytes = ta_huge_cache_sum(&count);
-  atomic_store(&cache_bytes, bytes);
-  atomic_store(&cache_count, count);
+/* Fork child: a thread that was between a slot and the tally is gone; count again. */
+void ta_huge_recount_after_fork(void) { atomic_store(&cache_bytes, ta_huge_cache_sum()); }
+
+/* The spans in the slots (for tests), counted from the slots, not kept beside them: each put
+ * and take would pay a locked read-modify-write more for it (see ta_huge_free). */
+size_t ta_huge_cached_count(void) {
+  size_t n = 0;
+  for (unsigned i = 0; i < TA_HUGE_SLOTS; i++)
+    n += atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL;
+  return n;
 }
-size_t ta_huge_cached_count(void) { return atomic_load(&cache_count); }
 
 /* The kernel refused a mapping of `need` bytes: could unmapping the cached spans make room?
  * Only if what is short is at most what the cache holds. A request the kernel refuses
@@ -731,7 +727,6 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool gr
   atomic_store_explicit(&h->state, HUGE_LIVE, memory_order_relaxed);
   char *data = (char *)h + data_off;
   ta_map_set((uintptr_t)data, beyond ? TA_MAP_HUGE_AL : TA_MAP_HUGE);
-  atomic_fetch_add_explicit(&ta_huge_live_count, 1, memory_order_relaxed);
   if (a != NULL) {
     TA_ADD(a->cnt.grows, fresh);
     TA_ADD(a->cnt.first_uses, fresh);
@@ -780,10 +775,12 @@ void ta_huge_free(ta_huge_t *h) {
    * block that changed it could make a later decommit reach past the mapping. */
   if (h->dirty_end > h->map_size || (h->dirty_end & (ta_page_size - 1)))
     ta_fatal("free(): corrupted header before pointer", (char *)h + h->data_off);
+  /* Each locked read-modify-write of a cycle waits for the program's earlier stores to reach
+   * the cache: this one lets only one of two racing frees of the block go on; the cache's put
+   * and take make two more each (the tally's, the slot's). No count is kept beside them. */
   uint32_t live = HUGE_LIVE;
   if (!atomic_compare_exchange_strong(&h->state, &live, HUGE_CACHED))
     ta_fatal("free(): double free of pointer", (char *)h + h->data_off);
-  atomic_fetch_sub_explicit(&ta_huge_live_count, 1, memory_order_relaxed);
   judge(h); /* the free is counted by the caller, in its arena (alloc.c) */
   if (h->data_off == TA_CHUNK_SIZE) { /* over-aligned: not reusable as it is */
     huge_unmap(h);

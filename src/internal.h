@@ -1120,14 +1120,12 @@ TA_INLINE size_t ta_huge_usable(const ta_huge_t *h) {
   return ta_align_up(h->data_off + h->requested, ta_page_size) - h->data_off;
 }
 TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
-TA_HIDDEN extern _Atomic size_t ta_huge_live_count;
 TA_HIDDEN void ta_huge_unmap_deferred(void);
 TA_HIDDEN void ta_huge_recount_after_fork(void);
 TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
 size_t ta_huge_cached_bytes(void); /* for tests and statistics */
 size_t ta_huge_cached_count(void);
-size_t ta_huge_cache_sum(size_t *count); /* the slots counted one by one (tests) */
-
+size_t ta_huge_cache_sum(void); /* the slots' weights counted one by one (tests) */
 
 /* ------------------------------------------------------------------ span.c */
 /* Blocks over 8 KiB to 256 KiB as whole pages in process-wide span chunks (span.c): at most
