@@ -1147,7 +1147,7 @@ static void fork_child(void) {
   ta_fork_reset_after_fork();
   ta_brk_reset_after_fork();
   ta_bg_reset_after_fork();
-  ta_stats_reset_after_fork(); /* readers, the log, and the huge cache's tallies */
+  ta_stats_reset_after_fork(); /* readers, the log, and the huge cache's tally */
   ta_span_after_fork();       /* the free spans' count, should a purge have been cut off */
   ta_chunk_pool_after_fork(); /* the pool's count, should a chunk have been in transit */
   ta_arena_fork_child(); /* and the lenders of run slots: not the arenas left without a thread */

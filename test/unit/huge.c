@@ -165,7 +165,7 @@ Test(huge, growth_after_huge_pages_is_not_a_copy) {
   ta_free(q);
 }
 
-/* ---- the cache's tallies under concurrent puts and takes ---------------------------- */
+/* ---- the cache's tally under concurrent puts and takes ------------------------------ */
 
 static _Atomic int tally_stop;
 
