@@ -199,7 +199,7 @@ static void *sample_tally(void *arg) {
   return NULL;
 }
 
-Test(huge, tallies_never_wrap_or_pass_the_limit_under_concurrent_puts_and_takes) {
+Test(huge, tally_never_wraps_or_passes_the_limit_under_concurrent_puts_and_takes) {
   ta_huge_cache_limit = 6 * TA_CHUNK_SIZE; /* room for a few spans only: puts evict */
   enum { T = 6 };
   pthread_t w[T], s;
