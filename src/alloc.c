@@ -423,9 +423,43 @@ static bool free_to_owner(ta_arena_t *owner, ta_block_t *b) {
   return true;
 }
 
+/* What is freed into an arena whose thread has exited waits on its remote lists until a thread
+ * adopts the arena or the orphan purge claims it, a decay time after the exit (purge.c): until
+ * then those blocks count as in use, their runs can neither serve nor retire, and the threads
+ * that go on allocate new memory meanwhile. Where threads exit while others still free what they
+ * allocated (bench/run's abandon and server), that raised the peak. So a thread that has freed
+ * TA_DRAIN_EVERY blocks into one such arena (counted since it last freed into another one)
+ * claims it, as an adoption or the orphan purge does, takes them in (with whatever others freed
+ * there), and gives it back: emptied runs retire and their slots can be lent to the arenas that
+ * allocate (small.c), and the free memory still goes back a decay time after the exit (the
+ * orphan purge is told again). A remote free into an arena with a thread pays one load and a
+ * compare. */
+static __thread ta_arena_t *tl_drain_arena __attribute__((tls_model("initial-exec")));
+static __thread uint8_t tl_drain_count __attribute__((tls_model("initial-exec")));
+
+static TA_NOINLINE void drain_ownerless(ta_arena_t *owner) {
+  if (tl_drain_arena != owner) {
+    tl_drain_arena = owner;
+    tl_drain_count = 0;
+  }
+  if (++tl_drain_count < TA_DRAIN_EVERY) return;
+  tl_drain_count = 0;
+  if (!ta_arena_try_claim(owner)) return; /* adopted, purged or drained by another thread */
+  collect(owner);
+  ta_arena_give_back(owner);
+  ta_note_orphan_work();
+}
+
+/* A remote free was pushed onto owner's list: its count, if owner has no thread. */
+TA_INLINE void remote_pushed(ta_arena_t *owner) {
+  if (TA_UNLIKELY(atomic_load_explicit(&owner->state, memory_order_relaxed) == ARENA_FREE))
+    drain_ownerless(owner);
+}
+
 static TA_NOINLINE void free_small_remote(ta_run_t *r, ta_block_t *b) {
   if (!ta_small_valid(r, b)) ta_fatal("free(): invalid pointer", b);
-  free_to_owner(r->owner, b);
+  ta_arena_t *owner = r->owner;
+  if (free_to_owner(owner, b)) remote_pushed(owner);
 }
 
 /* The owner's verdicts on its block p whose mark says "free" (small.c, medium.c), once
@@ -474,6 +508,7 @@ static TA_NOINLINE void free_medium_remote(ta_arena_t *owner, ta_block_t *b) {
       ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + ta_decay_ms);
       ta_bg_maybe_start(library.background);
     }
+    remote_pushed(owner);
   }
 }
 

@@ -181,6 +181,74 @@ Test(remote, exited_thread_arena_is_adopted) {
   ta_free(out2[0]);
 }
 
+typedef struct {
+  void *blocks[3 * TA_DRAIN_EVERY];
+  ta_arena_t *arena;
+} leftover_t;
+
+static void *leave_blocks(void *arg) {
+  leftover_t *l = arg;
+  for (size_t i = 0; i < sizeof l->blocks / sizeof l->blocks[0]; i++)
+    l->blocks[i] = ta_malloc(64);
+  l->arena = ta_tl_arena;
+  return NULL;
+}
+
+/* Blocks freed into an arena whose thread has exited: the freer takes them in itself every
+ * TA_DRAIN_EVERY blocks, so that they do not wait for an adoption or the orphan purge, and the
+ * arena stays without a thread, adoptable. A block taken in so is free on its run as any
+ * other: a second free of it is still reported (next test). */
+Test(remote, a_freer_takes_in_what_it_freed_into_an_ownerless_arena) {
+  void *mine = ta_malloc(64); /* this thread has an arena of its own */
+  leftover_t l;
+  pthread_t t;
+  pthread_create(&t, NULL, leave_blocks, &l);
+  pthread_join(t, NULL);
+  ta_arena_t *dead = l.arena;
+  cr_assert_neq(dead, ta_tl_arena);
+  cr_assert_eq(atomic_load(&dead->state), ARENA_FREE);
+  ta_run_t *r = ta_run_of(l.blocks[0]);
+  cr_assert_eq(ta_run_of(l.blocks[2 * TA_DRAIN_EVERY]), r, "one run holds them all");
+  int32_t used = RUN_USED(r);
+  uint64_t remote = dead->cnt.remote_frees;
+  for (size_t i = 0; i < TA_DRAIN_EVERY - 1; i++)
+    ta_free(l.blocks[i]);
+  cr_assert_eq(remote_len(dead), TA_DRAIN_EVERY - 1, "below the count they wait");
+  cr_assert_eq(RUN_USED(r), used, "and count as used");
+  ta_free(l.blocks[TA_DRAIN_EVERY - 1]);
+  cr_assert_eq(remote_len(dead), 0, "the count's last free took them in");
+  cr_assert_eq(RUN_USED(r), used - TA_DRAIN_EVERY, "back on their run");
+  cr_assert_eq(dead->cnt.remote_frees - remote, TA_DRAIN_EVERY);
+  cr_assert_eq(atomic_load(&dead->state), ARENA_FREE, "given back: still adoptable");
+  for (size_t i = 0; i < TA_DRAIN_EVERY; i++)
+    cr_assert(ta_small_on_free_list(r, l.blocks[i]), "block %zu on its run's list", i);
+  for (size_t i = TA_DRAIN_EVERY; i < 3 * TA_DRAIN_EVERY; i++)
+    ta_free(l.blocks[i]);
+  cr_assert_eq(remote_len(dead), 0);
+  cr_assert_eq(RUN_USED(r), used - 3 * TA_DRAIN_EVERY, "every block back");
+  /* The next thread that needs an arena still adopts it. */
+  void *out[2];
+  pthread_create(&t, NULL, alloc_and_exit, out);
+  pthread_join(t, NULL);
+  cr_assert_eq(out[1], dead, "adopted, not a new arena");
+  ta_free(out[0]);
+  ta_free(mine);
+}
+
+/* A block the freer took in is on its run's list, marked: its second free is reported. */
+Test(remote, a_second_free_of_a_block_taken_in_from_an_ownerless_arena_aborts, .signal = SIGABRT) {
+  void *mine = ta_malloc(64);
+  (void)mine;
+  leftover_t l;
+  pthread_t t;
+  pthread_create(&t, NULL, leave_blocks, &l);
+  pthread_join(t, NULL);
+  for (size_t i = 0; i < TA_DRAIN_EVERY; i++)
+    ta_free(l.blocks[i]);
+  cr_assert_eq(remote_len(l.arena), 0, "taken in");
+  ta_free(l.blocks[0]);
+}
+
 static void *first_call_is_free(void *p) {
   ta_free(p);
   cr_assert_eq(ta_tl_arena, &ta_sentinel_arena, "a free needs no arena");
