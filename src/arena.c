@@ -213,9 +213,14 @@ static ta_arena_t *arena_claim(void) {
   return a;
 }
 
+/* Not an arena whose lock this thread holds: a FREE arena's lock is taken beside one's own (a
+ * slot borrowed or given back, a spare chunk: small.c, chunk.c) and a signal handler's call
+ * nested in that must not change its lists under the interrupted one (alloc.c's drain, an
+ * orphan purge). */
 bool ta_arena_try_claim(ta_arena_t *a) {
   int expected = ARENA_FREE;
   if (atomic_load_explicit(&a->state, memory_order_relaxed) != ARENA_FREE ||
+      ta_slow_held_by_me(a) ||
       !atomic_compare_exchange_strong_explicit(&a->state, &expected, ARENA_CLAIMED,
                                                memory_order_acquire, memory_order_relaxed))
     return false;
@@ -323,8 +328,8 @@ ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
   return a;
 }
 
-/* An ownerless arena drains only when someone notices (purge.c). The state shares the cache
- * line the caller's CAS just took. */
+/* An ownerless arena drains only when someone notices (purge.c; alloc.c's drain_ownerless).
+ * The state shares the cache line the caller's CAS just took. */
 static void notice_if_ownerless(ta_arena_t *owner) {
   if (TA_UNLIKELY(atomic_load_explicit(&owner->state, memory_order_seq_cst) != ARENA_CLAIMED))
     ta_note_orphan_work();

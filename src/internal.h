@@ -456,8 +456,8 @@ enum {
 /* ------------------------------------------------------------------ arenas */
 #define TA_SUSPECTS 4 /* suspected double frees an arena holds for its owner to confirm */
 #define TA_REMOTE_LISTS 7 /* lists of remote frees per arena: with state and suspected, a line */
-/* A thread that has freed this many blocks into one arena without a thread (since it last
- * freed into another such arena) takes them in itself (alloc.c, drain_ownerless). */
+/* Every this many frees a thread makes into arenas without a thread, it takes in what waits
+ * on the last one's lists (alloc.c, drain_ownerless). */
 #define TA_DRAIN_EVERY 16
 /* FREE: no owner, adoptable. CLAIMED: owned by a thread. ZOMBIE: in a fork child, its owner
  * (absent there) was inside a slow path: never used again. SUSPENDED: in a fork child, the

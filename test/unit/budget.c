@@ -167,7 +167,7 @@ Test(budget, a_thread_exit_keeps_its_demand_for_the_next_thread) {
   pthread_join(t, NULL);
   cr_assert_eq(ta_os_calls(TA_OS_MADVISE | TA_OS_MMAP), calls,
                "nothing given back, nothing drawn from the kernel");
-  free_all(again);                                       /* onto the ownerless arena's lists */
+  free_all(again); /* into the ownerless arena: its lists, and every 16th takes them in */
   ta_purge_orphans(ta_os_now_ms() + ta_decay_ms, false); /* a decay time after the exit */
   cr_assert_leq(dirty(), ta_dirty_max, "%zu bytes still free and resident", dirty());
 }

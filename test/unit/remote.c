@@ -183,30 +183,38 @@ Test(remote, exited_thread_arena_is_adopted) {
 
 typedef struct {
   void *blocks[3 * TA_DRAIN_EVERY];
+  size_t size;
   ta_arena_t *arena;
+  pthread_barrier_t *together; /* when set: wait there before exiting */
 } leftover_t;
 
 static void *leave_blocks(void *arg) {
   leftover_t *l = arg;
   for (size_t i = 0; i < sizeof l->blocks / sizeof l->blocks[0]; i++)
-    l->blocks[i] = ta_malloc(64);
+    l->blocks[i] = ta_malloc(l->size);
   l->arena = ta_tl_arena;
+  if (l->together) pthread_barrier_wait(l->together);
   return NULL;
 }
 
-/* Blocks freed into an arena whose thread has exited: the freer takes them in itself every
- * TA_DRAIN_EVERY blocks, so that they do not wait for an adoption or the orphan purge, and the
- * arena stays without a thread, adoptable. A block taken in so is free on its run as any
- * other: a second free of it is still reported (next test). */
+/* A thread that allocates blocks of `size` and exits, leaving them to us. */
+static ta_arena_t *left_by_a_thread(leftover_t *l, size_t size) {
+  *l = (leftover_t){.size = size};
+  pthread_t t;
+  pthread_create(&t, NULL, leave_blocks, l);
+  pthread_join(t, NULL);
+  cr_assert_eq(atomic_load(&l->arena->state), ARENA_FREE);
+  return l->arena;
+}
+
+/* Blocks freed into an arena whose thread has exited: every TA_DRAIN_EVERY-th such free takes
+ * them in, so that they do not wait for an adoption or the orphan purge, and the arena stays
+ * without a thread, adoptable. */
 Test(remote, a_freer_takes_in_what_it_freed_into_an_ownerless_arena) {
   void *mine = ta_malloc(64); /* this thread has an arena of its own */
   leftover_t l;
-  pthread_t t;
-  pthread_create(&t, NULL, leave_blocks, &l);
-  pthread_join(t, NULL);
-  ta_arena_t *dead = l.arena;
+  ta_arena_t *dead = left_by_a_thread(&l, 64);
   cr_assert_neq(dead, ta_tl_arena);
-  cr_assert_eq(atomic_load(&dead->state), ARENA_FREE);
   ta_run_t *r = ta_run_of(l.blocks[0]);
   cr_assert_eq(ta_run_of(l.blocks[2 * TA_DRAIN_EVERY]), r, "one run holds them all");
   int32_t used = RUN_USED(r);
@@ -228,6 +236,7 @@ Test(remote, a_freer_takes_in_what_it_freed_into_an_ownerless_arena) {
   cr_assert_eq(RUN_USED(r), used - 3 * TA_DRAIN_EVERY, "every block back");
   /* The next thread that needs an arena still adopts it. */
   void *out[2];
+  pthread_t t;
   pthread_create(&t, NULL, alloc_and_exit, out);
   pthread_join(t, NULL);
   cr_assert_eq(out[1], dead, "adopted, not a new arena");
@@ -235,18 +244,69 @@ Test(remote, a_freer_takes_in_what_it_freed_into_an_ownerless_arena) {
   ta_free(mine);
 }
 
-/* A block the freer took in is on its run's list, marked: its second free is reported. */
-Test(remote, a_second_free_of_a_block_taken_in_from_an_ownerless_arena_aborts, .signal = SIGABRT) {
-  void *mine = ta_malloc(64);
-  (void)mine;
+/* Medium blocks count as small ones do, and are taken in as well. */
+Test(remote, medium_blocks_freed_into_an_ownerless_arena_are_taken_in_too) {
   leftover_t l;
-  pthread_t t;
-  pthread_create(&t, NULL, leave_blocks, &l);
-  pthread_join(t, NULL);
+  ta_arena_t *dead = left_by_a_thread(&l, 20000);
+  cr_assert_eq(ta_map_get((uintptr_t)l.blocks[0]), TA_MAP_MEDIUM);
+  for (size_t i = 0; i < TA_DRAIN_EVERY - 1; i++)
+    ta_free(l.blocks[i]);
+  cr_assert_eq(remote_len(dead), TA_DRAIN_EVERY - 1);
+  ta_free(l.blocks[TA_DRAIN_EVERY - 1]);
+  cr_assert_eq(remote_len(dead), 0);
+  cr_assert_eq(atomic_load(&dead->state), ARENA_FREE);
+  for (size_t i = TA_DRAIN_EVERY; i < 3 * TA_DRAIN_EVERY; i++)
+    ta_free(l.blocks[i]);
+}
+
+/* The count runs over every arena without a thread; its last free takes in the lists of the
+ * arena it went to, and no other's. */
+Test(remote, the_count_runs_over_every_ownerless_arena) {
+  pthread_barrier_t both;
+  pthread_barrier_init(&both, NULL, 2);
+  leftover_t a = {.size = 64, .together = &both}, b = {.size = 64, .together = &both};
+  pthread_t ta, tb;
+  pthread_create(&ta, NULL, leave_blocks, &a); /* both alive at once: two arenas */
+  pthread_create(&tb, NULL, leave_blocks, &b);
+  pthread_join(ta, NULL);
+  pthread_join(tb, NULL);
+  pthread_barrier_destroy(&both);
+  cr_assert_neq(a.arena, b.arena);
+  for (size_t i = 0; i < TA_DRAIN_EVERY / 2; i++) {
+    ta_free(a.blocks[i]);
+    ta_free(b.blocks[i]);
+  }
+  cr_assert_eq(remote_len(a.arena), TA_DRAIN_EVERY / 2, "the other arena's blocks wait");
+  cr_assert_eq(remote_len(b.arena), 0, "the last free's arena was drained");
+  for (size_t i = TA_DRAIN_EVERY / 2; i < 3 * TA_DRAIN_EVERY; i++) {
+    ta_free(a.blocks[i]);
+    ta_free(b.blocks[i]);
+  }
+}
+
+/* No drain of an arena that has a thread (here a claim of our own stands for an adoption),
+ * nor of one whose lock this thread holds: a signal handler's free nested in a taking of
+ * that lock beside one's own (a run slot borrowed from it) must not change its lists under
+ * the interrupted call. */
+Test(remote, no_drain_of_a_claimed_arena_nor_of_one_whose_lock_this_thread_holds) {
+  void *mine = ta_malloc(64);
+  leftover_t l;
+  ta_arena_t *dead = left_by_a_thread(&l, 64);
+  cr_assert(ta_arena_try_claim(dead));
   for (size_t i = 0; i < TA_DRAIN_EVERY; i++)
     ta_free(l.blocks[i]);
-  cr_assert_eq(remote_len(l.arena), 0, "taken in");
-  ta_free(l.blocks[0]);
+  cr_assert_eq(remote_len(dead), TA_DRAIN_EVERY, "claimed: its lists are left alone");
+  ta_arena_give_back(dead);
+  cr_assert(ta_slow_try_enter_beside(dead));
+  for (size_t i = TA_DRAIN_EVERY; i < 2 * TA_DRAIN_EVERY; i++)
+    ta_free(l.blocks[i]);
+  cr_assert_eq(remote_len(dead), 2 * TA_DRAIN_EVERY, "its lock held here: left alone");
+  cr_assert_eq(atomic_load(&dead->state), ARENA_FREE);
+  ta_slow_leave(dead);
+  for (size_t i = 2 * TA_DRAIN_EVERY; i < 3 * TA_DRAIN_EVERY; i++)
+    ta_free(l.blocks[i]);
+  cr_assert_eq(remote_len(dead), 0, "and taken in once the lock is let go");
+  ta_free(mine);
 }
 
 static void *first_call_is_free(void *p) {
