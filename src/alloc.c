@@ -431,12 +431,13 @@ static bool free_to_owner(ta_arena_t *owner, ta_block_t *b) {
  * free a thread makes into any arena without a thread claims that arena, as an adoption or the
  * orphan purge does, takes in what is on its lists (this thread's frees and anyone else's), and
  * gives it back: a run emptied so retires (unless it is the arena's current one) and its slot
- * can be lent to an arena that allocates (small.c). It gives nothing back to the kernel, so a
- * free makes no system call for it: what passes the budget is marked, for the purger thread or
- * the arena's next claimer (ta_dirty_add), and the rest goes back a decay time on (the orphan purge
- * is told again, as the pass that came at the decay after the exit may be over). A step taken on an
- * arena not its own: not while a fork is under way (dirty.c, ta_fork_hold). A remote free into an
- * arena with a thread pays one load of the state, on the line its push just wrote. */
+ * can be lent to an arena that allocates (small.c). It runs no purge inside the free: what
+ * passes the budget is marked, for the purger thread or, without one, the adoption or orphan
+ * purge that claims the arena next (ta_dirty_add), and the rest goes back a decay time on (the
+ * orphan purge is told again, as the pass that came at the decay after the exit may be over). A
+ * step taken on an arena not its own: not while a fork is under way (dirty.c, ta_fork_hold). A
+ * remote free into an arena with a thread pays one load of the state, on the line its push just
+ * wrote. */
 static __thread uint8_t tl_drain_count __attribute__((tls_model("initial-exec")));
 _Static_assert(TA_DRAIN_EVERY >= 1 && TA_DRAIN_EVERY <= 255, "the count is a byte");
 

@@ -8,7 +8,8 @@
  *
  * Thread exit: a pthread key destructor (the API layer's hook, alloc.c, which arena.c
  * registers) drains the arena's remote lists and sets it FREE; the next thread that needs
- * an arena adopts it with its blocks and lists as they are.
+ * an arena adopts it with its blocks and lists as they are (what other threads freed into it
+ * meanwhile taken in every 16 of their frees: alloc.c, drain_ownerless).
  * Blocks of the arena still live in other threads keep arriving through `remote`. A
  * thread that allocates after its destructor ran (another library's TLS destructor)
  * borrows an arena for that one call and gives it back at once. When no key can be had
@@ -17,9 +18,10 @@
  * the kernel says its owner has exited.
  *
  * Remote frees: another thread pushes the block onto one of owner.remote's lists with a
- * CAS, each freer taking the lists in turn; only the owner takes blocks off, a whole list at
- * once with an exchange, so there is no ABA problem. The owner walks the lists side by
- * side: see ta_remote_collect_slow.
+ * CAS, each freer taking the lists in turn; only the arena's holder takes blocks off (its
+ * owner; for an arena without a thread, whoever claimed it: an adoption, the orphan purge, a
+ * free's drain in alloc.c), a whole list at once with an exchange, so there is no ABA problem. The
+ * owner walks the lists side by side: see ta_remote_collect_slow.
  *
  * fork: no allocator lock is held across fork, so fork can never deadlock against glibc's own
  * locks. The prepare handler only waits, a bounded time, for the background purger to let go

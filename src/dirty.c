@@ -17,7 +17,8 @@
  *     may keep past the decay and the budget (ta_arena_demand);
  *   - over the budget (ta_dirty_max), the arena that went over it is marked
  *     (arena.over_budget): whoever holds the arena, above, gives its oldest excess back once
- *     the lower layers have returned (ta_purge_if_over: alloc.c, purge.c). While the purger
+ *     the lower layers have returned (ta_purge_if_over: alloc.c, purge.c), but for a free's
+ *     drain of an arena without a thread, which leaves it to the next claimer. While the purger
  *     thread runs, it is told instead, as it can reach the idle arenas, whose memory is older.
  *
  * The purger thread (background.c) sleeps on this book: a due time going from none to some

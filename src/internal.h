@@ -511,7 +511,8 @@ typedef struct ta_arena {
   const void *_Atomic light_owner;
   bool purging;         /* inside ta_arena_purge (no re-entry from what it releases) */
   /* Its frees went over the budget: ta_purge_if_over (dirty.c). Set by another thread too,
-   * one that gives a lent run slot back under this arena's lock (small.c). */
+   * one that gives a lent run slot back under this arena's lock (small.c), or that takes in
+   * what was freed into it while it has no thread (alloc.c, drain_ownerless). */
   _Atomic bool over_budget;
   bool shrink_wait;     /* its runs keep their free pages for its demand (purge.c) */
   bool spare_listed;    /* in chunk.c's list of arenas with empty chunks others may take */
