@@ -423,46 +423,9 @@ static bool free_to_owner(ta_arena_t *owner, ta_block_t *b) {
   return true;
 }
 
-/* What is freed into an arena whose thread has exited waits on its remote lists until a thread
- * adopts the arena or the orphan purge claims it, a decay time after the exit (purge.c): until
- * then those blocks count as in use, their runs can neither serve nor retire, and the threads
- * that go on allocate new memory meanwhile. Where threads exit while others still free what they
- * allocated (bench/run's abandon and server), that raised the peak. So every TA_DRAIN_EVERY-th
- * free a thread makes into any arena without a thread claims that arena, as an adoption or the
- * orphan purge does, takes in what is on its lists (this thread's frees and anyone else's), and
- * gives it back: a run emptied so retires (unless it is the arena's current one) and its slot
- * can be lent to an arena that allocates (small.c). It runs no purge inside the free: what
- * passes the budget is marked, for the purger thread or, without one, the adoption or orphan
- * purge that claims the arena next (ta_dirty_add), and the rest goes back a decay time on (the
- * orphan purge is told again, as the pass that came at the decay after the exit may be over). A
- * step taken on an arena not its own: not while a fork is under way (dirty.c, ta_fork_hold). A
- * remote free into an arena with a thread pays one load of the state, on the line its push just
- * wrote. */
-static __thread uint8_t tl_drain_count __attribute__((tls_model("initial-exec")));
-_Static_assert(TA_DRAIN_EVERY >= 1 && TA_DRAIN_EVERY <= 255, "the count is a byte");
-
-static TA_NOINLINE void drain_ownerless(ta_arena_t *owner) {
-  if (++tl_drain_count < TA_DRAIN_EVERY) return;
-  tl_drain_count = 0;
-  if (!ta_fork_hold()) return;
-  if (ta_arena_try_claim(owner)) { /* else adopted, or another thread's purge or drain */
-    ta_remote_collect(owner);
-    ta_arena_give_back(owner);
-    ta_note_orphan_work();
-  }
-  ta_fork_unhold();
-}
-
-/* A remote free was pushed onto owner's list: counted, if owner has no thread. */
-TA_INLINE void remote_pushed(ta_arena_t *owner) {
-  if (TA_UNLIKELY(atomic_load_explicit(&owner->state, memory_order_relaxed) == ARENA_FREE))
-    drain_ownerless(owner);
-}
-
 static TA_NOINLINE void free_small_remote(ta_run_t *r, ta_block_t *b) {
   if (!ta_small_valid(r, b)) ta_fatal("free(): invalid pointer", b);
-  ta_arena_t *owner = r->owner;
-  if (free_to_owner(owner, b)) remote_pushed(owner);
+  free_to_owner(r->owner, b);
 }
 
 /* The owner's verdicts on its block p whose mark says "free" (small.c, medium.c), once
@@ -511,7 +474,6 @@ static TA_NOINLINE void free_medium_remote(ta_arena_t *owner, ta_block_t *b) {
       ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + ta_decay_ms);
       ta_bg_maybe_start(library.background);
     }
-    remote_pushed(owner);
   }
 }
 

@@ -9,7 +9,7 @@
  * Thread exit: a pthread key destructor (the API layer's hook, alloc.c, which arena.c
  * registers) drains the arena's remote lists and sets it FREE; the next thread that needs
  * an arena adopts it with its blocks and lists as they are (what other threads freed into it
- * meanwhile taken in every 16 of their frees: alloc.c, drain_ownerless).
+ * meanwhile taken in every 16 of their frees: drain_ownerless, below).
  * Blocks of the arena still live in other threads keep arriving through `remote`. A
  * thread that allocates after its destructor ran (another library's TLS destructor)
  * borrows an arena for that one call and gives it back at once. When no key can be had
@@ -20,7 +20,7 @@
  * Remote frees: another thread pushes the block onto one of owner.remote's lists with a
  * CAS, each freer taking the lists in turn; only the arena's holder takes blocks off (its
  * owner; for an arena without a thread, whoever claimed it: an adoption, the orphan purge, a
- * free's drain in alloc.c), a whole list at once with an exchange, so there is no ABA problem. The
+ * free's drain, below), a whole list at once with an exchange, so there is no ABA problem. The
  * owner walks the lists side by side: see ta_remote_collect_slow.
  *
  * fork: no allocator lock is held across fork, so fork can never deadlock against glibc's own
@@ -217,7 +217,7 @@ static ta_arena_t *arena_claim(void) {
 
 /* Not an arena whose lock this thread holds: a FREE arena's lock is taken beside one's own (a
  * slot borrowed or given back, a spare chunk: small.c, chunk.c) and a signal handler's call
- * nested in that must not change its lists under the interrupted one (alloc.c's drain, an
+ * nested in that must not change its lists under the interrupted one (a free's drain, an
  * orphan purge). */
 bool ta_arena_try_claim(ta_arena_t *a) {
   int expected = ARENA_FREE;
@@ -330,11 +330,42 @@ ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
   return a;
 }
 
-/* An ownerless arena drains only when someone notices (purge.c; alloc.c's drain_ownerless).
- * The state shares the cache line the caller's CAS just took. */
+/* What is freed into an arena whose thread has exited waits on its remote lists until a thread
+ * adopts the arena or the orphan purge claims it, a decay time after the exit (purge.c): until
+ * then those blocks count as in use, their runs can neither serve nor retire, and the threads
+ * that go on allocate new memory meanwhile. Where threads exit while others still free what they
+ * allocated (bench/run's abandon and server), that raised the peak. So every TA_DRAIN_EVERY-th
+ * free a thread makes into any arena without a thread claims that arena, as an adoption or the
+ * orphan purge does, takes in what is on its lists (this thread's frees and anyone else's), and
+ * gives it back: a run emptied so retires (unless it is the arena's current one) and its slot
+ * can be lent to an arena that allocates (small.c). It runs no purge inside the free: what
+ * passes the budget is marked, for the purger thread or, without one, the adoption or orphan
+ * purge that claims the arena next (ta_dirty_add), and the rest goes back a decay time on (the
+ * push that counted told the orphan purge: notice_if_ownerless). A step taken on an arena not
+ * its own: not while a fork is under way (dirty.c, ta_fork_hold). */
+static __thread uint8_t tl_drain_count __attribute__((tls_model("initial-exec")));
+_Static_assert(TA_DRAIN_EVERY >= 1 && TA_DRAIN_EVERY <= 255, "the count is a byte");
+
+static TA_NOINLINE void drain_ownerless(ta_arena_t *a) {
+  if (++tl_drain_count < TA_DRAIN_EVERY) return;
+  tl_drain_count = 0;
+  if (!ta_fork_hold()) return;
+  if (ta_arena_try_claim(a)) { /* else adopted, or another thread's purge or drain */
+    ta_remote_collect(a);
+    ta_arena_give_back(a);
+  }
+  ta_fork_unhold();
+}
+
+/* An ownerless arena drains when someone notices: the orphan purge (purge.c), and every
+ * TA_DRAIN_EVERY-th push into a FREE one (drain_ownerless). The state shares the cache line
+ * the caller's CAS just took. */
 static void notice_if_ownerless(ta_arena_t *owner) {
-  if (TA_UNLIKELY(atomic_load_explicit(&owner->state, memory_order_seq_cst) != ARENA_CLAIMED))
+  int st = atomic_load_explicit(&owner->state, memory_order_seq_cst);
+  if (TA_UNLIKELY(st != ARENA_CLAIMED)) {
     ta_note_orphan_work();
+    if (st == ARENA_FREE) drain_ownerless(owner);
+  }
 }
 
 /* Pushes the chain first..last (linked through their encoded links) onto owner's remote list

@@ -67,7 +67,7 @@ void ta_bg_over_budget(void) {
 /* ---- fork ----
  * A thread that holds the slow-path lock of an arena not its own (the purger purging it,
  * another thread taking a spare chunk from it: chunk.c; a free taking in what waits on an
- * arena without a thread: alloc.c, drain_ownerless), or owns what it took off a shared
+ * arena without a thread: arena.c, drain_ownerless), or owns what it took off a shared
  * list (the purger's orphan, huge-cache and spans passes), would leave a fork child an arena
  * it cannot trust (a zombie, arena.c: the forking thread's own among them, with every block it
  * holds) or memory nobody owns. So such a step runs between ta_fork_hold and ta_fork_unhold,

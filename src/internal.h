@@ -457,7 +457,7 @@ enum {
 #define TA_SUSPECTS 4 /* suspected double frees an arena holds for its owner to confirm */
 #define TA_REMOTE_LISTS 7 /* lists of remote frees per arena: with state and suspected, a line */
 /* Every this many frees a thread makes into arenas without a thread, it takes in what waits
- * on the last one's lists (alloc.c, drain_ownerless). */
+ * on the last one's lists (arena.c, drain_ownerless). */
 #define TA_DRAIN_EVERY 16
 /* FREE: no owner, adoptable. CLAIMED: owned by a thread. ZOMBIE: in a fork child, its owner
  * (absent there) was inside a slow path: never used again. SUSPENDED: in a fork child, the
@@ -512,7 +512,7 @@ typedef struct ta_arena {
   bool purging;         /* inside ta_arena_purge (no re-entry from what it releases) */
   /* Its frees went over the budget: ta_purge_if_over (dirty.c). Set by another thread too,
    * one that gives a lent run slot back under this arena's lock (small.c), or that takes in
-   * what was freed into it while it has no thread (alloc.c, drain_ownerless). */
+   * what was freed into it while it has no thread (arena.c, drain_ownerless). */
   _Atomic bool over_budget;
   bool shrink_wait;     /* its runs keep their free pages for its demand (purge.c) */
   bool spare_listed;    /* in chunk.c's list of arenas with empty chunks others may take */
