@@ -499,10 +499,11 @@ typedef struct ta_arena {
    * which only ever tries it. Fast paths never take it: they touch the runs' lists, which
    * the purger leaves alone. A fork child reads it to tell whether its snapshot of the
    * arena is consistent. */
-  _Atomic int slow;                 /* 1 while held */
-  const void *_Atomic slow_holder;  /* the holder's ta_tl_tag address: it may nest */
-  int slow_depth;                   /* the holder's nesting */
-  bool slow_synced;                 /* the holder waited for the owner's light section */
+  /* 0 while free, else the holder's ta_tl_tag address, with TA_SLOW_SYNCED once the holder
+   * has waited for the owner's light section: taken and marked in one store, so a signal
+   * handler's call on the holder's thread never finds the lock taken by nobody it knows. */
+  _Atomic uintptr_t slow;
+  int slow_nest; /* the holder's takings beyond its first: 0 while free */
   /* The owner's light sections (ta_light_enter, below): its depth of them, which only the
    * owner writes; whether they are allowed, and the ta_tl_tag of the thread allowed to run
    * them, both set under the lock. */
@@ -1228,31 +1229,36 @@ TA_HIDDEN extern bool ta_initialized;
 
 /* The slow-path lock (see ta_arena_t.slow; its tag and wait are in os.c, as small.c and
  * medium.c take it). A thread knows it holds the lock when the
- * holder is its own tag (only the holder writes the tag, and clears it before letting go),
- * and then only counts. The owner waits for a purger, which holds the lock for one purge
- * and waits for nothing but the end of the owner's light section (below), a bounded while,
- * after which it lets go: no cycle of waits can form. The acquire keeps the list changes
- * after the lock word's store, the release keeps them before its clearing, so a fork
- * child that sees the word clear sees whole changes. */
-extern __thread char ta_tl_tag __attribute__((tls_model("initial-exec")));
+ * lock word is its own tag (ta_slow_mine), and then only counts. The owner waits for a purger,
+ * which holds the lock for one purge and waits for nothing but the end of the owner's light section
+ * (below), a bounded while, after which it lets go: no cycle of waits can form. The acquire keeps
+ * the list changes after the lock word's store, the release keeps them before its clearing, so a
+ * fork child that sees the word clear sees whole changes. */
+extern __thread char ta_tl_tag __attribute__((tls_model("initial-exec"), aligned(2)));
+enum { TA_SLOW_SYNCED = 1 }; /* the low bit of the lock word; the tag is even */
 TA_HIDDEN void ta_slow_wait(ta_arena_t *a);
 TA_HIDDEN bool ta_light_sync(ta_arena_t *a);
+/* Whether this thread holds a's lock: the word is its tag from the compare-and-swap that
+ * takes it to the store that lets it go, with no step between where a signal handler's call
+ * could find it held by nobody (and wait for itself forever), nor nested state to set. */
+TA_INLINE bool ta_slow_mine(const ta_arena_t *a) {
+  return (atomic_load_explicit(&a->slow, memory_order_relaxed) & ~(uintptr_t)TA_SLOW_SYNCED) ==
+         (uintptr_t)&ta_tl_tag;
+}
 /* The lock alone, without waiting for the owner to leave a light section (below): for a
  * change of what no light section touches (a run slot lent or given back, an empty chunk
- * taken: small.c, chunk.c). */
+ * taken: small.c, chunk.c). A nested taking only counts: slow_nest is 0 whenever the lock
+ * is free or taken once, so a handler's taking nested anywhere in the outer one's (even
+ * between its compare-and-swap and its return, or in its leave before the store) adds one
+ * and takes it off again. */
 TA_INLINE bool ta_slow_try_enter_beside(ta_arena_t *a) {
-  if (atomic_load_explicit(&a->slow_holder, memory_order_relaxed) == &ta_tl_tag) {
-    a->slow_depth++;
+  if (ta_slow_mine(a)) {
+    a->slow_nest++;
     return true;
   }
-  int free_ = 0;
-  if (!atomic_compare_exchange_strong_explicit(&a->slow, &free_, 1, memory_order_acquire,
-                                               memory_order_relaxed))
-    return false;
-  atomic_store_explicit(&a->slow_holder, &ta_tl_tag, memory_order_relaxed);
-  a->slow_depth = 1;
-  a->slow_synced = false;
-  return true;
+  uintptr_t free_ = 0;
+  return atomic_compare_exchange_strong_explicit(&a->slow, &free_, (uintptr_t)&ta_tl_tag,
+                                                 memory_order_acquire, memory_order_relaxed);
 }
 TA_INLINE void ta_slow_leave(ta_arena_t *a);
 TA_INLINE bool ta_slow_try_enter(ta_arena_t *a) {
@@ -1261,13 +1267,14 @@ TA_INLINE bool ta_slow_try_enter(ta_arena_t *a) {
    * not leave it soon (a signal handler of its may be waiting for this very lock) makes the
    * lock busy: the caller tries again later or waits (ta_slow_wait). Nested in a taking
    * beside, the wait is made with the lock still held: no caller does that. */
-  if (TA_UNLIKELY(atomic_load_explicit(&a->light_on, memory_order_acquire)) && !a->slow_synced &&
+  if (TA_UNLIKELY(atomic_load_explicit(&a->light_on, memory_order_acquire)) &&
+      !(atomic_load_explicit(&a->slow, memory_order_relaxed) & TA_SLOW_SYNCED) &&
       atomic_load_explicit(&a->light_owner, memory_order_relaxed) != &ta_tl_tag) {
     if (!ta_light_sync(a)) {
       ta_slow_leave(a);
       return false;
     }
-    a->slow_synced = true;
+    atomic_store_explicit(&a->slow, (uintptr_t)&ta_tl_tag | TA_SLOW_SYNCED, memory_order_relaxed);
   }
   return true;
 }
@@ -1275,8 +1282,10 @@ TA_INLINE void ta_slow_enter(ta_arena_t *a) {
   if (TA_UNLIKELY(!ta_slow_try_enter(a))) ta_slow_wait(a);
 }
 TA_INLINE void ta_slow_leave(ta_arena_t *a) {
-  if (--a->slow_depth > 0) return;
-  atomic_store_explicit(&a->slow_holder, NULL, memory_order_relaxed);
+  if (a->slow_nest > 0) {
+    a->slow_nest--;
+    return;
+  }
   atomic_store_explicit(&a->slow, 0, memory_order_release);
 }
 /* Held, or its owner inside a light section: what a fork child asks of its snapshot. */
@@ -1287,8 +1296,7 @@ TA_INLINE bool ta_slow_held(const ta_arena_t *a) {
 /* Held by this very thread: a fork from a signal handler interrupted one of its calls (a
  * light section counts only with the lock free: else another thread holds it). */
 TA_INLINE bool ta_slow_held_by_me(const ta_arena_t *a) {
-  if (atomic_load_explicit(&a->slow, memory_order_relaxed) != 0)
-    return atomic_load_explicit(&a->slow_holder, memory_order_relaxed) == &ta_tl_tag;
+  if (atomic_load_explicit(&a->slow, memory_order_relaxed) != 0) return ta_slow_mine(a);
   return atomic_load_explicit(&a->light, memory_order_relaxed) != 0 &&
          atomic_load_explicit(&a->light_owner, memory_order_relaxed) == &ta_tl_tag;
 }

@@ -786,7 +786,7 @@ void ta_brk_reset_after_fork(void) { atomic_store(&brk_lock_word, 0); }
 /* Each arena's lock of its slow paths (ta_slow_enter, internal.h): a thread holds it when the
  * holder is its own tag's address; the owner waits for the purger, which holds it for one
  * purge at most. */
-__thread char ta_tl_tag __attribute__((tls_model("initial-exec")));
+__thread char ta_tl_tag __attribute__((tls_model("initial-exec"), aligned(2)));
 
 void ta_slow_wait(ta_arena_t *a) {
   for (unsigned spins = 0;; spins++) {

@@ -309,6 +309,29 @@ Test(remote, no_drain_of_a_claimed_arena_nor_of_one_whose_lock_this_thread_holds
   ta_free(mine);
 }
 
+/* The lock word is the holder's tag from the compare-and-swap that takes it to the store that
+ * lets it go: a signal handler's call cut in anywhere between finds it this thread's, nests
+ * (no claim, no drain, no wait for itself), and leaves it held. */
+Test(remote, a_lock_this_thread_took_is_its_own_from_the_taking_on, .timeout = 10) {
+  leftover_t l;
+  ta_arena_t *dead = left_by_a_thread(&l, 64);
+  cr_assert(ta_slow_try_enter_beside(dead));
+  cr_assert_eq(atomic_load(&dead->slow), (uintptr_t)&ta_tl_tag, "the tag, in the taking itself");
+  cr_assert_eq(dead->slow_nest, 0);
+  cr_assert(ta_slow_held_by_me(dead));
+  cr_assert(!ta_arena_try_claim(dead), "no claim of it");
+  ta_slow_enter(dead); /* as a handler's slow path would: no wait */
+  cr_assert_eq(dead->slow_nest, 1);
+  ta_slow_leave(dead);
+  cr_assert_eq(atomic_load(&dead->slow), (uintptr_t)&ta_tl_tag, "the outer taking still holds it");
+  ta_slow_leave(dead);
+  cr_assert_eq(atomic_load(&dead->slow), 0, "let go by the outer one");
+  cr_assert_eq(dead->slow_nest, 0);
+  for (size_t i = 0; i < 3 * TA_DRAIN_EVERY; i++)
+    ta_free(l.blocks[i]);
+  cr_assert_eq(remote_len(dead), 0, "drained once let go");
+}
+
 static void *first_call_is_free(void *p) {
   ta_free(p);
   cr_assert_eq(ta_tl_arena, &ta_sentinel_arena, "a free needs no arena");
