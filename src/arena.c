@@ -339,8 +339,8 @@ ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
  * orphan purge does, takes in what is on its lists (this thread's frees and anyone else's), and
  * gives it back: a run emptied so retires (unless it is the arena's current one) and its slot
  * can be lent to an arena that allocates (small.c). It runs no purge inside the free: what
- * passes the budget is marked, for the purger thread or, without one, the adoption or orphan
- * purge that claims the arena next (ta_dirty_add), and the rest goes back a decay time on (the
+ * passes the budget is marked, for the purger thread or, without one, the orphan purge, made
+ * due at once (below), and the rest goes back a decay time on (the
  * push that counted told the orphan purge: notice_if_ownerless). A step taken on an arena not
  * its own: not while a fork is under way (dirty.c, ta_fork_hold). */
 static __thread uint8_t tl_drain_count __attribute__((tls_model("initial-exec")));
@@ -352,6 +352,13 @@ static TA_NOINLINE void drain_ownerless(ta_arena_t *a) {
   if (!ta_fork_hold()) return;
   if (ta_arena_try_claim(a)) { /* else adopted, or another thread's purge or drain */
     ta_remote_collect(a);
+    /* Over the budget without the purger thread (dirty.c, went_over): the orphan purge is due
+     * now, and gives this arena's oldest excess back at the next check for due purges in
+     * any thread (ta_maybe_purge: a slow path of malloc; ta_purge_orphans). Left for a decay time,
+     * the excess would keep every arena over the budget, and the live ones would give back their
+     * own memory, freed just now. */
+    if (atomic_load_explicit(&a->over_budget, memory_order_relaxed))
+      ta_purge_note_global(&ta_orphan_due, ta_os_now_ms());
     ta_arena_give_back(a);
   }
   ta_fork_unhold();

@@ -18,7 +18,8 @@
  *   - over the budget (ta_dirty_max), the arena that went over it is marked
  *     (arena.over_budget): whoever holds the arena, above, gives its oldest excess back once
  *     the lower layers have returned (ta_purge_if_over: alloc.c, purge.c), but for a free's
- *     drain of an arena without a thread, which leaves it to the next claimer. While the purger
+ *     drain of an arena without a thread, which makes the orphan purge due at once for it
+ *     (any thread's next check for due purges: purge.c, ta_purge_orphans). While the purger
  *     thread runs, it is told instead, as it can reach the idle arenas, whose memory is older.
  *
  * The purger thread (background.c) sleeps on this book: a due time going from none to some
@@ -68,7 +69,8 @@ void ta_bg_over_budget(void) {
  * A thread that holds the slow-path lock of an arena not its own (the purger purging it,
  * another thread taking a spare chunk from it: chunk.c; a free taking in what waits on an
  * arena without a thread: arena.c, drain_ownerless), or owns what it took off a shared
- * list (the purger's orphan, huge-cache and spans passes), would leave a fork child an arena
+ * list (the purger's huge-cache and spans passes; each arena of any thread's orphan pass,
+ * purge.c), would leave a fork child an arena
  * it cannot trust (a zombie, arena.c: the forking thread's own among them, with every block it
  * holds) or memory nobody owns. So such a step runs between ta_fork_hold and ta_fork_unhold,
  * and fork's prepare handler announces the fork, then waits for the steps in flight to end;

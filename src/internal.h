@@ -1234,8 +1234,8 @@ TA_HIDDEN extern bool ta_initialized;
  * (below), a bounded while, after which it lets go: no cycle of waits can form. The acquire keeps
  * the list changes after the lock word's store, the release keeps them before its clearing, so a
  * fork child that sees the word clear sees whole changes. */
-extern __thread char ta_tl_tag __attribute__((tls_model("initial-exec"), aligned(2)));
-enum { TA_SLOW_SYNCED = 1 }; /* the low bit of the lock word; the tag is even */
+extern __thread long ta_tl_tag __attribute__((tls_model("initial-exec")));
+enum { TA_SLOW_SYNCED = 1 }; /* the low bit of the lock word; the tag, a long, is even */
 TA_HIDDEN void ta_slow_wait(ta_arena_t *a);
 TA_HIDDEN bool ta_light_sync(ta_arena_t *a);
 /* Whether this thread holds a's lock: the word is its tag from the compare-and-swap that
@@ -1266,7 +1266,8 @@ TA_INLINE bool ta_slow_try_enter(ta_arena_t *a) {
   /* Another thread than the one allowed light sections: it may be inside one. One that does
    * not leave it soon (a signal handler of its may be waiting for this very lock) makes the
    * lock busy: the caller tries again later or waits (ta_slow_wait). Nested in a taking
-   * beside, the wait is made with the lock still held: no caller does that. */
+   * beside, the wait is made with the lock still held: only a signal handler's call does
+   * that (malloc_trim from a handler), and the owner's section ends all the same. */
   if (TA_UNLIKELY(atomic_load_explicit(&a->light_on, memory_order_acquire)) &&
       !(atomic_load_explicit(&a->slow, memory_order_relaxed) & TA_SLOW_SYNCED) &&
       atomic_load_explicit(&a->light_owner, memory_order_relaxed) != &ta_tl_tag) {

@@ -784,9 +784,9 @@ void ta_brk_reset_after_fork(void) { atomic_store(&brk_lock_word, 0); }
 
 /* ------------------------------------------------------------------ the slow-path lock */
 /* Each arena's lock of its slow paths (ta_slow_enter, internal.h): a thread holds it when the
- * holder is its own tag's address; the owner waits for the purger, which holds it for one
- * purge at most. */
-__thread char ta_tl_tag __attribute__((tls_model("initial-exec"), aligned(2)));
+ * lock word is its own tag's address (a long's: even, the low bit free for a mark); the owner waits
+ * for the purger, which holds it for one purge at most. */
+__thread long ta_tl_tag __attribute__((tls_model("initial-exec")));
 
 void ta_slow_wait(ta_arena_t *a) {
   for (unsigned spins = 0;; spins++) {

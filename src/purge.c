@@ -36,7 +36,9 @@
  * (background.c) does the same work for arenas whose threads make no slow call.
  * Arenas whose thread has exited have no owner to do this: any thread that finds
  * ta_orphan_due passed claims such arenas one by one, drains what other threads freed
- * into them, purges everything, and gives them back. malloc_trim does all of it at once.
+ * into them, purges everything, and gives them back; an arena exited less than a decay time
+ * ago gives back only its excess over the budget, if it is marked so (a free's drain,
+ * arena.c, makes this pass due at once then). malloc_trim does all of it at once.
  *
  * Zombie arenas (a fork child's arenas whose owner was inside a slow path) can never be
  * drained: freeing into them would touch lists the vanished owner left half-changed. The
@@ -357,21 +359,40 @@ size_t ta_purge_orphans(uint64_t now, bool all) {
       continue;
     }
     if (st != ARENA_FREE) continue;
-    if (!all && now < a->released_ms + ta_decay_ms) {
+    bool decayed = all || now >= a->released_ms + ta_decay_ms;
+    if (!decayed) {
       ta_purge_note_global(&ta_orphan_due, a->released_ms + ta_decay_ms);
-      continue;
+      if (!atomic_load_explicit(&a->over_budget, memory_order_relaxed)) continue;
     }
-    if (!ta_arena_try_claim(a)) continue;
-    ta_remote_collect(a);
-    ta_purge_if_over(a);
-    freed += ta_arena_purge(a, now, TA_PURGE_ALL, 0, true);
-    /* A run of a slot another arena keeps, waiting for that keeper's busy lock: this pass
-     * comes back for it (an ownerless arena's own due times wake nobody). */
-    ta_slow_enter(a);
-    bool waits = a->lent_back != NULL;
-    ta_slow_leave(a);
-    if (waits) ta_note_orphan_work();
-    ta_arena_give_back(a);
+    /* A step on an arena not the caller's: not while a fork is under way (dirty.c); this
+     * pass comes again once it is over. */
+    if (!ta_fork_hold()) {
+      ta_purge_note_global(&ta_orphan_due, now);
+      break;
+    }
+    if (!decayed) {
+      /* Marked over the budget (by a free's drain that took its lists in, arena.c, or a slot
+       * given back to it, small.c): its oldest excess goes now, the rest waits for the decay;
+       * its lists are left for that pass. Under its lock alone, as the purger thread purges
+       * an arena with an owner (no claim: a thread that starts meanwhile adopts it, rather
+       * than map an arena of its own, and waits for the lock at most). */
+      if (ta_slow_try_enter(a)) {
+        ta_purge_if_over(a);
+        ta_slow_leave(a);
+      }
+    } else if (ta_arena_try_claim(a)) {
+      ta_remote_collect(a);
+      ta_purge_if_over(a);
+      freed += ta_arena_purge(a, now, TA_PURGE_ALL, 0, true);
+      /* A run of a slot another arena keeps, waiting for that keeper's busy lock: this pass
+       * comes back for it (an ownerless arena's own due times wake nobody). */
+      ta_slow_enter(a);
+      bool waits = a->lent_back != NULL;
+      ta_slow_leave(a);
+      if (waits) ta_note_orphan_work();
+      ta_arena_give_back(a);
+    }
+    ta_fork_unhold();
   }
   return freed;
 }

@@ -120,6 +120,42 @@ Test(budget, a_thread_exit_stays_within_it) {
   cr_assert_leq(dirty(), ta_dirty_max, "%zu bytes free and resident", dirty());
 }
 
+static void *fill_and_leave(void *arg) {
+  fill(arg, BLOCKS, BLOCK);
+  drawn_long_ago();
+  return NULL;
+}
+
+/* Frees into an arena whose thread has exited are taken in by the freer's drain (arena.c,
+ * drain_ownerless), here past the budget: the orphan purge is due at once, and any thread's
+ * next slow path gives that arena's excess back, rather than it keeping every arena over the
+ * budget for a decay time (each live arena would give back its own memory meanwhile). */
+Test(budget, what_a_drain_takes_in_past_it_goes_at_the_next_slow_path) {
+  settings();
+  void *mine = ta_malloc(64); /* this thread has an arena of its own */
+  static void *b[BLOCKS];
+  pthread_t t;
+  pthread_create(&t, NULL, fill_and_leave, b);
+  pthread_join(t, NULL);
+  ta_arena_t *dead = ta_chunk_of(b[0])->owner;
+  cr_assert_eq(atomic_load(&dead->state), ARENA_FREE);
+  cr_assert_gt(atomic_load(&ta_orphan_due), ta_os_now_ms(), "its pass due a decay time on");
+  for (int i = 0; i < TA_DRAIN_EVERY; i++)
+    ta_free(b[i]); /* the last one drains */
+  cr_assert_gt(dirty(), ta_dirty_max, "taken in past the budget: %zu bytes", dirty());
+  cr_assert(atomic_load(&dead->over_budget), "its excess marked");
+  uint64_t due = atomic_load(&ta_orphan_due);
+  cr_assert(due != 0 && due <= ta_os_now_ms(), "the orphan purge due now, not a decay time on");
+  void *p = ta_malloc(BLOCK); /* a slow path of this thread */
+  cr_assert_leq(dirty(), ta_dirty_max, "%zu bytes free and resident", dirty());
+  cr_assert_not(atomic_load(&dead->over_budget));
+  cr_assert_eq(atomic_load(&dead->state), ARENA_FREE, "given back");
+  ta_free(p);
+  for (int i = TA_DRAIN_EVERY; i < BLOCKS; i++)
+    ta_free(b[i]);
+  ta_free(mine);
+}
+
 static void *fill_again(void *arg) {
   fill(arg, BLOCKS, BLOCK);
   return NULL;

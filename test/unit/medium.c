@@ -1541,9 +1541,17 @@ Test(mcache, a_cached_successor_that_makes_no_room_stays_cached) {
 
 static _Atomic int lock_taken;
 
+static _Atomic int lock_was_synced = -1;
+
+/* Takes the lock, and says whether it waited out a light section (the word's low bit); a
+ * taking nested in it (a signal handler's) finds the word its own with that bit set. */
 static void *take_the_lock(void *arg) {
   ta_arena_t *a = arg;
   ta_slow_enter(a);
+  atomic_store(&lock_was_synced, (atomic_load(&a->slow) & TA_SLOW_SYNCED) != 0);
+  bool nested = ta_slow_try_enter_beside(a) && a->slow_nest == 1;
+  ta_slow_leave(a);
+  if (!nested || atomic_load(&a->slow) == 0) atomic_store(&lock_was_synced, -1);
   atomic_store(&lock_taken, 1);
   ta_slow_leave(a);
   return NULL;
@@ -1584,6 +1592,7 @@ Test(light, another_thread_that_takes_the_lock_waits_for_the_owner_to_leave) {
   ta_light_leave(me);
   pthread_join(t, NULL);
   cr_assert_eq(atomic_load(&lock_taken), 1);
+  cr_assert_eq(atomic_load(&lock_was_synced), 1, "held, marked as having waited, and nestable");
   cr_assert_eq(ta_os_calls(TA_OS_BARRIER), before_end + 1, "one barrier once it has ended");
   cr_assert_eq(atomic_load(&me->light), 0);
 }
@@ -1840,6 +1849,7 @@ Test(light, without_the_kernels_barrier_the_owner_always_takes_the_lock) {
   pthread_create(&t, NULL, take_the_lock, me);
   pthread_join(t, NULL);
   cr_assert_eq(ta_os_calls(TA_OS_BARRIER), barriers, "no barrier asked for");
+  cr_assert_eq(atomic_load(&lock_was_synced), 0, "nor marked as waited for, yet nestable");
   cr_assert_eq(ta_malloc(20000), p, "the cache serves as before");
   check_cache(keep);
   ta_free(p);
