@@ -375,8 +375,9 @@ size_t ta_purge_orphans(uint64_t now, bool all) {
        * given back to it, small.c): its oldest excess goes now, the rest waits for the decay;
        * its lists are left for that pass. Under its lock alone, as the purger thread purges
        * an arena with an owner (no claim: a thread that starts meanwhile adopts it, rather
-       * than map an arena of its own, and waits for the lock at most). */
-      if (ta_slow_try_enter(a)) {
+       * than map an arena of its own, and waits for the lock at most). Not one whose lock this
+       * thread holds: a signal handler's call nested in a taking of it beside (small.c). */
+      if (!ta_slow_held_by_me(a) && ta_slow_try_enter(a)) {
         ta_purge_if_over(a);
         ta_slow_leave(a);
       }
