@@ -1167,6 +1167,8 @@ TA_HIDDEN void ta_span_shrink(void *p, size_t size);
 TA_HIDDEN bool ta_span_kept_for(size_t usable, size_t size); /* a shrink may leave it so */
 TA_HIDDEN void ta_span_set_requested(void *p, size_t requested);
 TA_HIDDEN size_t ta_span_purge(uint64_t now, uint64_t age);
+/* A bin head holding addr after head `old`: its tag one more (tests). */
+TA_HIDDEN uintptr_t ta_span_head_next(uintptr_t addr, uintptr_t old);
 TA_HIDDEN void ta_span_walk(void (*fn)(const void *p, size_t bytes, unsigned state, uint32_t word,
                                        void *arg),
                             ta_span_chunk_t *c, void *arg);

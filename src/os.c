@@ -619,11 +619,12 @@ bool ta_os_thread_runs(uint32_t tid) {
  * ta_os_ncpu() - 1, ranked once from the mask ta_os_ncpu counts), so that CPUs numbered close
  * together get close ranks whatever ids a cpuset leaves; a CPU the mask did not have, or of
  * an id past the table, its id modulo the count. A hint: the thread may move at once.
- * sched_getcpu reads the thread's restartable-sequence area where glibc registered one (a few
- * nanoseconds); without one (older C libraries; arm64 has no vDSO getcpu either) it may be a
- * system call, and the CPU is read again only every 16 calls. errno is kept; a failure makes
- * it 0 from then on. */
+ * Where glibc registered the thread's restartable-sequence area, the id is read from it (a
+ * load); without one (older C libraries, a kernel or emulator without rseq; arm64 has no vDSO
+ * getcpu either) sched_getcpu may be a system call, and the CPU is read again only every 16
+ * calls. errno is kept; a failure makes it 0 from then on. */
 extern const unsigned int __rseq_size __attribute__((weak)); /* glibc 2.35+: 0 if none */
+extern const ptrdiff_t __rseq_offset __attribute__((weak));  /* from the thread pointer */
 #define CPU_IDS 1024
 static _Atomic uint16_t cpu_rank[CPU_IDS]; /* rank + 1; 0: not in the mask */
 static _Atomic int cpu_ranked;             /* 0 not yet, 1 ranked, 2 no mask */
@@ -631,6 +632,8 @@ static _Atomic bool cpu_unknown;
 static _Atomic int cpu_forced = -1; /* a test's CPU (its rank), or -1 */
 static __thread uint32_t tl_cpu __attribute__((tls_model("initial-exec")));
 static __thread uint8_t tl_cpu_uses __attribute__((tls_model("initial-exec")));
+/* The CPU id tl_cpu is the rank of, read from the restartable-sequence area; -1 if none. */
+static __thread int32_t tl_cpu_id __attribute__((tls_model("initial-exec"))) = -1;
 
 void ta_os_cpu_force(int cpu) { atomic_store(&cpu_forced, cpu); }
 
@@ -643,24 +646,59 @@ static void rank_cpus(void) {
   atomic_store_explicit(&cpu_ranked, bytes ? 1 : 2, memory_order_release);
 }
 
+/* The rank of CPU id (>= 0), as ta_os_cpu says. */
+static unsigned rank_of(int id) {
+  unsigned n = ta_os_ncpu();
+  if (atomic_load_explicit(&cpu_ranked, memory_order_acquire) == 0) rank_cpus();
+  unsigned r =
+      (unsigned)id < CPU_IDS ? atomic_load_explicit(&cpu_rank[id], memory_order_relaxed) : 0;
+  return r != 0 && r <= n ? r - 1 : (unsigned)id % n;
+}
+
+/* The CPU id in the thread's restartable-sequence area, which the kernel rewrites whenever the
+ * thread moves (the cpu_id field, 4 bytes in; glibc says where the area is); negative where
+ * there is none (no registration, or this thread's failed). */
+#define RSEQ_UNKNOWN INTPTR_MIN /* rseq_id_at not looked for yet */
+#define RSEQ_NONE (INTPTR_MIN + 1)
+static _Atomic intptr_t rseq_id_at = RSEQ_UNKNOWN; /* the field from the thread pointer */
+static int32_t rseq_cpu_id(void) {
+  intptr_t at = atomic_load_explicit(&rseq_id_at, memory_order_relaxed);
+  if (TA_UNLIKELY(at == RSEQ_UNKNOWN)) {
+    at = &__rseq_size != NULL && &__rseq_offset != NULL && __rseq_size != 0
+             ? (intptr_t)__rseq_offset + 4
+             : RSEQ_NONE;
+    atomic_store_explicit(&rseq_id_at, at, memory_order_relaxed);
+  }
+  if (at == RSEQ_NONE) return -1;
+  const _Atomic int32_t *id = (const _Atomic int32_t *)((char *)__builtin_thread_pointer() + at);
+  return atomic_load_explicit(id, memory_order_relaxed);
+}
+
+/* Read from the area itself, the id costs a load, and the rank of the id the thread read last
+ * is kept: the spans' malloc and free ask twice a pair, and sched_getcpu, the errno kept around
+ * it and the ranking took 40 of their instructions. */
 unsigned ta_os_cpu(void) {
   int f = atomic_load_explicit(&cpu_forced, memory_order_relaxed);
   if (TA_UNLIKELY(f >= 0)) return (unsigned)f;
-  bool cheap = &__rseq_size != NULL && __rseq_size != 0;
-  if (!cheap && tl_cpu_uses-- != 0) return tl_cpu;
+  int32_t now = rseq_cpu_id();
+  if (TA_LIKELY(now >= 0)) {
+    if (now != tl_cpu_id) {
+      tl_cpu = rank_of(now);
+      tl_cpu_id = now;
+    }
+    return tl_cpu;
+  }
+  if (tl_cpu_uses-- != 0) return tl_cpu;
   tl_cpu_uses = 15;
+  tl_cpu_id = -1;
   unsigned rank = 0;
   if (!atomic_load_explicit(&cpu_unknown, memory_order_relaxed)) {
     int saved = errno, id = sched_getcpu();
     errno = saved;
-    if (id < 0) {
+    if (id < 0)
       atomic_store_explicit(&cpu_unknown, true, memory_order_relaxed);
-    } else {
-      unsigned n = ta_os_ncpu();
-      if (atomic_load_explicit(&cpu_ranked, memory_order_acquire) == 0) rank_cpus();
-      unsigned r = (unsigned)id < CPU_IDS ? atomic_load_explicit(&cpu_rank[id], memory_order_relaxed) : 0;
-      rank = r != 0 && r <= n ? r - 1 : (unsigned)id % n;
-    }
+    else
+      rank = rank_of(id);
   }
   tl_cpu = rank;
   return rank;

@@ -164,11 +164,13 @@ static inline size_t span_pages(size_t size) { return pages_of(ta_class_size[ta_
 
 /* ---------------------------------------------------------------- the bins */
 
+/* The tag's two parts count as one number (wrapping at 2^(76 - bits)): with the address bits
+ * between them set, the carry out of the low part runs through them into the high part. */
 static inline uintptr_t head_make(uintptr_t addr, uintptr_t old) {
-  uintptr_t tag = ((old & TAG_LOW) | (old >> addr_bits) << 12) + 1; /* wraps at 2^(76 - bits) */
-  return addr | (tag & TAG_LOW) | (tag >> 12) << addr_bits;
+  return addr | (((old | addr_mask) + 1) & ~addr_mask);
 }
 static inline void *head_addr(uintptr_t h) { return (void *)(h & addr_mask); }
+uintptr_t ta_span_head_next(uintptr_t addr, uintptr_t old) { return head_make(addr, old); }
 
 /* Hint bits: a push sets its bin's after the push, a taker that found the bin empty clears
  * it and then looks at the bin again. All four accesses are sequentially consistent, so that

@@ -304,6 +304,53 @@ static void *cpu_of_pinned(void *arg) {
   return NULL;
 }
 
+/* A thread moved to another CPU is seen there: at its next call where glibc registered a
+ * restartable-sequence area (the CPU id is read from it each time, and only the rank of the id
+ * read last is kept), within 16 calls without one. out: the ranks seen on the first CPU, the
+ * last, the first again; out[3] 1 once it could be pinned each time. */
+extern const unsigned int __rseq_size __attribute__((weak));
+static bool pin_to(int cpu) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  return pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0;
+}
+static void *cpu_of_moving(void *arg) {
+  unsigned *out = arg;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return NULL;
+  int first = -1, last = -1;
+  for (int i = 0; i < CPU_SETSIZE; i++)
+    if (CPU_ISSET(i, &set)) {
+      if (first < 0) first = i;
+      last = i;
+    }
+  bool rseq = &__rseq_size != NULL && __rseq_size != 0 && sched_getcpu() >= 0;
+  int calls = rseq ? 1 : 17, at[3] = {first, last, first};
+  for (int k = 0; k < 3; k++) {
+    if (!pin_to(at[k])) return NULL;
+    for (int i = 0; i < calls; i++)
+      out[k] = ta_os_cpu();
+  }
+  out[3] = 1;
+  return NULL;
+}
+
+Test(os, a_thread_that_moves_is_seen_on_its_new_cpu) {
+  ta_os_cpu_force(-1);
+  unsigned n = ta_os_ncpu();
+  if (n < 2) cr_skip_test("one CPU");
+  unsigned out[4] = {9, 9, 9, 0};
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, cpu_of_moving, out), 0);
+  pthread_join(t, NULL);
+  cr_assert_eq(out[3], 1, "the thread could not be pinned");
+  cr_assert_eq(out[0], 0, "on the first CPU");
+  cr_assert_eq(out[1], n - 1, "moved to the last");
+  cr_assert_eq(out[2], 0, "and back");
+}
+
 Test(os, the_cpu_is_a_rank_among_the_processs_cpus) {
   ta_os_cpu_force(-1);
   unsigned out[2] = {0, 0};

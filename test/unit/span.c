@@ -684,3 +684,26 @@ Test(span, span_min_kb_0_turns_spans_off) {
   cr_assert_eq(ta_map_get((uintptr_t)a), TA_MAP_MEDIUM);
   ta_free(a);
 }
+
+/* A bin head's tag is one number in two parts, the 12 bits below a page and the bits above
+ * the address space: each change adds one, the carry out of the low part goes into the high
+ * part, the whole wraps to 0, and the address comes out as given whatever the old head held. */
+Test(span, a_bin_heads_tag_counts_across_its_two_parts) {
+  ta_free(ta_malloc(1)); /* started: the address bits known */
+  unsigned bits = ta_os_addr_bits();
+  uintptr_t addr_mask = (((uintptr_t)1 << bits) - 1) & ~(uintptr_t)0xfff;
+  uintptr_t a = (uintptr_t)0x7f1234567000 & addr_mask, b = (uintptr_t)0x55aa00001000 & addr_mask;
+  uintptr_t h = ta_span_head_next(a, 0);
+  cr_assert_eq(h, a | 1, "the first change");
+  h = ta_span_head_next(b, h);
+  cr_assert_eq(h, b | 2, "another address, the tag on");
+  uintptr_t full_low = a | 0xfff;
+  cr_assert_eq(ta_span_head_next(b, full_low), b | ((uintptr_t)1 << bits),
+               "the low part's carry goes into the high part");
+  uintptr_t high = (uintptr_t)5 << bits;
+  cr_assert_eq(ta_span_head_next(a, b | high | 0xfff), a | ((uintptr_t)6 << bits),
+               "and adds to what it holds");
+  cr_assert_eq(ta_span_head_next(b, high | 7), b | high | 8);
+  cr_assert_eq(ta_span_head_next(a, ~addr_mask), a, "all ones wraps to 0");
+  cr_assert_eq(ta_span_head_next(0, UINTPTR_MAX), 0, "an empty bin's head");
+}
