@@ -683,6 +683,7 @@ TA_HIDDEN unsigned ta_os_ncpu(void);
 /* The CPU running the thread, as its rank among those the process may run on (below
  * ta_os_ncpu(), unless a test forces another): a hint, 0 if unknown. */
 TA_HIDDEN unsigned ta_os_cpu(void);
+TA_HIDDEN void ta_os_cpu_rseq(bool on); /* tests: false reads the CPU as without rseq */
 TA_HIDDEN bool ta_os_thread_runs(uint32_t tid);
 TA_HIDDEN unsigned ta_os_runnable(void);
 /* A detached thread with every signal blocked and a small stack; 0 on success. */

@@ -632,8 +632,9 @@ static _Atomic bool cpu_unknown;
 static _Atomic int cpu_forced = -1; /* a test's CPU (its rank), or -1 */
 static __thread uint32_t tl_cpu __attribute__((tls_model("initial-exec")));
 static __thread uint8_t tl_cpu_uses __attribute__((tls_model("initial-exec")));
-/* The CPU id tl_cpu is the rank of, read from the restartable-sequence area; -1 if none. */
-static __thread int32_t tl_cpu_id __attribute__((tls_model("initial-exec"))) = -1;
+/* The CPU id last read from the restartable-sequence area, plus one, in the high half; its
+ * rank in the low half; 0: none yet. */
+static __thread uint64_t tl_cpu_kept __attribute__((tls_model("initial-exec")));
 
 void ta_os_cpu_force(int cpu) { atomic_store(&cpu_forced, cpu); }
 
@@ -657,11 +658,21 @@ static unsigned rank_of(int id) {
 
 /* The CPU id in the thread's restartable-sequence area, which the kernel rewrites whenever the
  * thread moves (the cpu_id field, 4 bytes in; glibc says where the area is); negative where
- * there is none (no registration, or this thread's failed). */
+ * there is none (no registration, a compiler without the thread-pointer builtin, or a test
+ * that turned it off). Older compilers lack the builtin (clang before 14 fails on it on
+ * x86-64, GCC before 11 has none there): they take sched_getcpu's path. */
+#if (defined(__x86_64__) || defined(__aarch64__)) &&                                               \
+    ((defined(__clang__) && __clang_major__ >= 14) || (!defined(__clang__) && __GNUC__ >= 11))
+#define TA_RSEQ_READ 1
+#else
+#define TA_RSEQ_READ 0
+#endif
 #define RSEQ_UNKNOWN INTPTR_MIN /* rseq_id_at not looked for yet */
 #define RSEQ_NONE (INTPTR_MIN + 1)
 static _Atomic intptr_t rseq_id_at = RSEQ_UNKNOWN; /* the field from the thread pointer */
+void ta_os_cpu_rseq(bool on) { atomic_store(&rseq_id_at, on ? RSEQ_UNKNOWN : RSEQ_NONE); }
 static int32_t rseq_cpu_id(void) {
+#if TA_RSEQ_READ
   intptr_t at = atomic_load_explicit(&rseq_id_at, memory_order_relaxed);
   if (TA_UNLIKELY(at == RSEQ_UNKNOWN)) {
     at = &__rseq_size != NULL && &__rseq_offset != NULL && __rseq_size != 0
@@ -672,25 +683,27 @@ static int32_t rseq_cpu_id(void) {
   if (at == RSEQ_NONE) return -1;
   const _Atomic int32_t *id = (const _Atomic int32_t *)((char *)__builtin_thread_pointer() + at);
   return atomic_load_explicit(id, memory_order_relaxed);
+#else
+  return -1;
+#endif
 }
 
-/* Read from the area itself, the id costs a load, and the rank of the id the thread read last
- * is kept: the spans' malloc and free ask twice a pair, and sched_getcpu, the errno kept around
- * it and the ranking took 40 of their instructions. */
+/* Read from the area itself, the id costs a load past the thread pointer, and the rank of the
+ * id the thread read last is kept with it, in one word written by one store (a signal
+ * handler's call between two stores could leave a rank beside another CPU's id). */
 unsigned ta_os_cpu(void) {
   int f = atomic_load_explicit(&cpu_forced, memory_order_relaxed);
   if (TA_UNLIKELY(f >= 0)) return (unsigned)f;
   int32_t now = rseq_cpu_id();
   if (TA_LIKELY(now >= 0)) {
-    if (now != tl_cpu_id) {
-      tl_cpu = rank_of(now);
-      tl_cpu_id = now;
-    }
-    return tl_cpu;
+    uint64_t kept = tl_cpu_kept;
+    if ((uint32_t)(kept >> 32) == (uint32_t)now + 1) return (uint32_t)kept;
+    unsigned rank = rank_of(now);
+    tl_cpu_kept = ((uint64_t)((uint32_t)now + 1) << 32) | rank;
+    return rank;
   }
   if (tl_cpu_uses-- != 0) return tl_cpu;
   tl_cpu_uses = 15;
-  tl_cpu_id = -1;
   unsigned rank = 0;
   if (!atomic_load_explicit(&cpu_unknown, memory_order_relaxed)) {
     int saved = errno, id = sched_getcpu();

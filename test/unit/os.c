@@ -307,7 +307,8 @@ static void *cpu_of_pinned(void *arg) {
 /* A thread moved to another CPU is seen there: at its next call where glibc registered a
  * restartable-sequence area (the CPU id is read from it each time, and only the rank of the id
  * read last is kept), within 16 calls without one. out: the ranks seen on the first CPU, the
- * last, the first again; out[3] 1 once it could be pinned each time. */
+ * last, the first again; out[3] 1 once it could be pinned each time; out[4] whether the
+ * restartable-sequence area may be read. */
 extern const unsigned int __rseq_size __attribute__((weak));
 static bool pin_to(int cpu) {
   cpu_set_t one;
@@ -326,7 +327,7 @@ static void *cpu_of_moving(void *arg) {
       if (first < 0) first = i;
       last = i;
     }
-  bool rseq = &__rseq_size != NULL && __rseq_size != 0 && sched_getcpu() >= 0;
+  bool rseq = out[4] && &__rseq_size != NULL && __rseq_size != 0 && sched_getcpu() >= 0;
   int calls = rseq ? 1 : 17, at[3] = {first, last, first};
   for (int k = 0; k < 3; k++) {
     if (!pin_to(at[k])) return NULL;
@@ -341,14 +342,18 @@ Test(os, a_thread_that_moves_is_seen_on_its_new_cpu) {
   ta_os_cpu_force(-1);
   unsigned n = ta_os_ncpu();
   if (n < 2) cr_skip_test("one CPU");
-  unsigned out[4] = {9, 9, 9, 0};
-  pthread_t t;
-  cr_assert_eq(pthread_create(&t, NULL, cpu_of_moving, out), 0);
-  pthread_join(t, NULL);
-  cr_assert_eq(out[3], 1, "the thread could not be pinned");
-  cr_assert_eq(out[0], 0, "on the first CPU");
-  cr_assert_eq(out[1], n - 1, "moved to the last");
-  cr_assert_eq(out[2], 0, "and back");
+  for (int rseq = 1; rseq >= 0; rseq--) { /* and as without the area (sched_getcpu's path) */
+    ta_os_cpu_rseq(rseq);
+    unsigned out[5] = {9, 9, 9, 0, (unsigned)rseq};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, cpu_of_moving, out), 0);
+    pthread_join(t, NULL);
+    cr_assert_eq(out[3], 1, "the thread could not be pinned");
+    cr_assert_eq(out[0], 0, "on the first CPU (rseq %d)", rseq);
+    cr_assert_eq(out[1], n - 1, "moved to the last (rseq %d)", rseq);
+    cr_assert_eq(out[2], 0, "and back (rseq %d)", rseq);
+  }
+  ta_os_cpu_rseq(true);
 }
 
 Test(os, the_cpu_is_a_rank_among_the_processs_cpus) {
