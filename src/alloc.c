@@ -94,12 +94,21 @@ static TA_NOINLINE void chores_round(ta_arena_t *a) {
  * for the owner), and a huge cache that holds anything while no purger thread runs (a
  * single thread's: no other call may come). The arenas of exited threads are not: where
  * threads come and go, one is due most of the time; the purger thread gives them back. */
+TA_INLINE bool chores_maybe(ta_arena_t *a, bool *out) {
+  *out = a->chores_skip-- == 0; /* this call counted the round out */
+  return TA_UNLIKELY(*out || atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0 ||
+                     atomic_load_explicit(&ta_huge_due, memory_order_relaxed) != 0);
+}
+/* The rest of the test, which makes a call: a huge cache's due time counts only where no
+ * purger thread runs. */
+static TA_NOINLINE void chores_if_due(ta_arena_t *a, bool out) {
+  if (out || atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0 ||
+      (atomic_load_explicit(&ta_huge_due, memory_order_relaxed) != 0 && !ta_bg_running()))
+    chores_round(a);
+}
 TA_INLINE void chores_sometimes(ta_arena_t *a) {
-  if (TA_LIKELY(a->chores_skip-- != 0) &&
-      atomic_load_explicit(&a->suspected, memory_order_relaxed) == 0 &&
-      (atomic_load_explicit(&ta_huge_due, memory_order_relaxed) == 0 || ta_bg_running()))
-    return;
-  chores_round(a);
+  bool out;
+  if (chores_maybe(a, &out)) chores_if_due(a, out);
 }
 _Static_assert(TA_CHORES_EVERY >= 1 && TA_CHORES_EVERY <= 256, "the countdown is a byte");
 
@@ -282,16 +291,34 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   return alloc_from(size, align, zero, false, NULL);
 }
 
-/* A request the thread's medium cache may serve (alloc_big): its block, and the chores of a
- * hit; else alloc_from, told which arena's cache was looked at. */
+/* A request the thread's medium cache may serve (alloc_big): the chores of a hit, then its
+ * block; a miss goes on to alloc_from, told which arena's cache was looked at. A cache found
+ * empty (the sentinel's always is: a thread without an arena) goes there at once. The way to
+ * a cached block makes no call but tail calls, so that it saves no register: the look in the
+ * owner's light section inline (internal.h, ta_mcache_get), the round of chores when due and
+ * the look under the lock where no light section can be had in functions of their own. */
+static TA_NOINLINE void *alloc_cached_locked(ta_arena_t *a, size_t size) {
+  void *p = ta_medium_cache_alloc(a, size);
+  return p != NULL ? p : alloc_from(size, TA_ALIGNMENT, false, false, a);
+}
+TA_INLINE void *alloc_cached_look(ta_arena_t *a, size_t size) {
+  if (TA_UNLIKELY(!ta_light_enter(a))) return alloc_cached_locked(a, size);
+  ta_mhdr_t *h = ta_mcache_get(a, ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT));
+  ta_light_leave(a);
+  return TA_LIKELY(h != NULL) ? h + 1 : alloc_from(size, TA_ALIGNMENT, false, false, a);
+}
+static TA_NOINLINE void *alloc_cached_chores(size_t size, bool out) {
+  ta_arena_t *a = ta_tl_arena;
+  chores_if_due(a, out);
+  return alloc_cached_look(a, size);
+}
 static TA_NOINLINE void *alloc_cached(size_t size) {
   ta_arena_t *a = ta_tl_arena;
-  void *p = ta_medium_cache_alloc(a, size);
-  if (p != NULL) {
-    chores_sometimes(a);
-    return p;
-  }
-  return alloc_from(size, TA_ALIGNMENT, false, false, a);
+  /* Only the owner, this thread, fills it: found empty without the lock, it is. */
+  if (TA_LOAD(a->mcache_bytes) == 0) return alloc_from(size, TA_ALIGNMENT, false, false, a);
+  bool out;
+  if (chores_maybe(a, &out)) return alloc_cached_chores(size, out);
+  return alloc_cached_look(a, size);
 }
 
 /* A span (span.c) for malloc of a thread that has an arena: the chores of a span handed out
@@ -516,28 +543,47 @@ static TA_NOINLINE void free_medium_locked(ta_arena_t *me, ta_mhdr_t *h, bool re
   ta_slow_leave(me);
 }
 
+/* free_medium's way in its light section for what its path leaves out: a block whose mark
+ * says free (maybe another thread's free not taken in yet: the lock decides), one whose
+ * predecessor is free (its footer checked too, medium.c), and one the cache refuses (only the
+ * owner fills it, so it would refuse again: the lock's way frees it into the heap). Leaves the
+ * section. */
+static TA_NOINLINE void free_medium_light(ta_arena_t *me, ta_mhdr_t *h) {
+  ta_block_t *b = (ta_block_t *)(h + 1);
+  bool marked = b->key == ta_mark(b);
+  bool cached = !marked && ta_medium_cache_put(me, h);
+  if (cached) TA_ADD(me->cnt.frees, 1);
+  ta_light_leave(me);
+  if (!cached) free_medium_locked(me, h, !marked);
+}
+/* free_medium's, once it has filed the first block since the cache's last flush: the clock
+ * started in the section (no flush may run between the two), and out. */
+static TA_NOINLINE void free_medium_clock(ta_arena_t *me) {
+  ta_medium_cache_clock(me);
+  ta_light_leave(me);
+}
+
 /* Reached from free's entry: the owner's put into its cache in a light section (internal.h)
- * is the path kept short; the others are calls of their own. */
+ * is the path kept short, with no call but tail calls, so that it saves no register; the
+ * others are calls of their own. */
 static TA_NOINLINE void free_medium(void *p) {
   ta_mhdr_t *h = ta_medium_hdr_at(p, "free(): invalid pointer");
   ta_block_t *b = p;
   ta_arena_t *me = ta_tl_arena, *owner = ta_chunk_of(p)->owner;
+  size_t w = ta_mh_load(h);
   /* INUSE is cleared, and CACHED set, by the owner alone, when the block is free: a sure
    * double free. */
-  if (!ta_medium_live(ta_mh_load(h))) ta_fatal("free(): double free of pointer", p);
+  if (TA_UNLIKELY(!ta_medium_live(w))) ta_fatal("free(): double free of pointer", p);
   if (owner != me) return free_medium_remote(owner, b);
-  bool refused = false; /* the cache was asked in the light section and said no */
-  if (ta_light_enter(me)) {
-    bool cached = false;
-    if (b->key != ta_mark(b)) {
-      cached = ta_medium_cache_put(me, h);
-      refused = !cached;
-    }
-    if (cached) TA_ADD(me->cnt.frees, 1);
-    ta_light_leave(me);
-    if (cached) return;
-  }
-  free_medium_locked(me, h, refused);
+  if (TA_UNLIKELY(!ta_light_enter(me))) return free_medium_locked(me, h, false);
+  unsigned i = ta_mcache_room(me, w);
+  if (TA_UNLIKELY(b->key == ta_mark(b) || (w & TA_M_PREV_FREE) || i == TA_MCACHE_CLASSES))
+    return free_medium_light(me, h);
+  (void)ta_mh_next_checked(h); /* as a free checks it: an overflow is reported now */
+  ta_mcache_file(me, h, w, i);
+  TA_ADD(me->cnt.frees, 1);
+  if (TA_UNLIKELY(me->mcache_since == 0)) return free_medium_clock(me);
+  ta_light_leave(me);
 }
 
 /* A huge block's or a span's free (huge.c, span.c), counted in the freeing thread's arena,

@@ -1063,6 +1063,9 @@ TA_HIDDEN void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h);
 TA_HIDDEN extern uint32_t ta_mcache_max; /* its bytes per arena: TA_MCACHE_BYTES (tests: 0, none) */
 TA_HIDDEN void ta_medium_arenas(uint32_t count); /* a quarter of it from TA_FEW_ARENAS on */
 TA_HIDDEN bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h);
+/* The first put since the cache's last flush (it held nothing): the flush comes due a decay
+ * time from now. */
+TA_HIDDEN void ta_medium_cache_clock(ta_arena_t *a);
 TA_HIDDEN void ta_medium_cache_flush(ta_arena_t *a);
 /* A live block's size word says "in use" (not free, not cached). */
 TA_INLINE bool ta_medium_live(size_t w) { return (w & (TA_M_INUSE | TA_M_CACHED)) == TA_M_INUSE; }
@@ -1111,6 +1114,79 @@ TA_INLINE size_t ta_medium_usable_of(size_t w) {
   return spare < usable ? usable - spare : usable;
 }
 TA_INLINE size_t ta_medium_usable(const ta_mhdr_t *h) { return ta_medium_usable_of(ta_mh_load(h)); }
+
+/* The cache's steps that malloc's and free's paths make inline (alloc.c, alloc_cached and
+ * free_medium, in the owner's light section) and medium.c makes under the lock: see "The
+ * cache" in medium.c. A meta block's words: its size word and the check word signing it. */
+TA_INLINE void ta_mh_set(ta_mhdr_t *h, size_t size_flags) {
+  ta_mh_store(h, size_flags); /* statistics readers walk the chunk by these words */
+  h->check = ta_medium_check(h, size_flags);
+}
+/* Clears block h's first two data words, which a free block's links, a remote free's mark and
+ * encoded link, or a free list's link may have held: no address or key of ours may reach the
+ * program in a block handed out, nor outlive a merge inside a larger free block. */
+TA_INLINE void ta_mh_wipe(ta_mhdr_t *h) {
+  ((ta_block_t *)(h + 1))->link = 0;
+  ((ta_block_t *)(h + 1))->key = 0;
+}
+/* The block after h, checked: an overflow out of h into its header is reported here. */
+TA_INLINE ta_mhdr_t *ta_mh_next_checked(ta_mhdr_t *h) {
+  ta_mhdr_t *n = (ta_mhdr_t *)((char *)h + (h->size_flags & TA_M_SIZE_MASK));
+  if (TA_UNLIKELY(!ta_medium_check_ok(n))) ta_fatal("free(): corrupted heap after pointer", h + 1);
+  return n;
+}
+/* The index of the cache's bin that takes live block h of the owner (size word w), or
+ * TA_MCACHE_CLASSES when the cache refuses it: only a block of its bin's largest size
+ * (ta_medium_block_for cuts it so), which fits every request of its bin; not a small class's,
+ * nor in the hardened build (every free there really frees); a bin's slots and the cache's
+ * bytes bounded. */
+TA_INLINE unsigned ta_mcache_room(const ta_arena_t *a, size_t w) {
+  size_t s = w & TA_M_SIZE_MASK;
+  if (ta_secure || (w & TA_M_CLASS)) return TA_MCACHE_CLASSES;
+  unsigned i = ta_mcache_top_index(s);
+  if (i == TA_MCACHE_CLASSES || a->mcache_n[i] == TA_MCACHE_SLOTS ||
+      a->mcache_bytes + s > TA_LOAD(ta_mcache_max))
+    return TA_MCACHE_CLASSES;
+  return i;
+}
+/* h (size word w) filed in the newest slot of bin i, which has room: signed cached, its first
+ * two words wiped (a remote free's mark and link, handed out again, would give keys away).
+ * The caller checked its neighbours' headers first: a signal handler's call nested after the
+ * filing could take the block and merge it with the free one before it, whose footer would
+ * then be stale. */
+TA_INLINE void ta_mcache_file(ta_arena_t *a, ta_mhdr_t *h, size_t w, unsigned i) {
+  ta_mh_wipe(h);
+  ta_mh_set(h, (w & ~(TA_M_WASTE_MASK << TA_M_WASTE_SHIFT)) | TA_M_CACHED);
+  a->mcache[i][a->mcache_n[i]++] = h;
+  TA_STORE(a->mcache_bytes, a->mcache_bytes + (uint32_t)(w & TA_M_SIZE_MASK)); /* read unlocked */
+}
+/* Cached block h, just taken off its slot: a live block again, once its header is found whole
+ * (signed, so its size is the one the put filed it by). */
+TA_INLINE ta_mhdr_t *ta_mcache_checkout(ta_arena_t *a, ta_mhdr_t *h) {
+  size_t w = ta_mh_load(h);
+  if ((w & (TA_M_INUSE | TA_M_CACHED)) != (TA_M_INUSE | TA_M_CACHED) ||
+      h->check != ta_medium_check(h, w))
+    ta_fatal("malloc(): corrupted cached block", h + 1);
+  /* The put cleared its first two words. A free mark there is another thread's free of it
+   * that checked it while it was live and pushed it onto the remote list after the owner had
+   * cached it: a double free, which must not leave the block both handed out and on the
+   * list. Anything else there is the program's, written after its free. */
+  ta_block_t *b = (ta_block_t *)(h + 1);
+  if (b->key == ta_mark(b)) ta_fatal("free(): double free of pointer", b);
+  TA_STORE(a->mcache_bytes, a->mcache_bytes - (uint32_t)(w & TA_M_SIZE_MASK));
+  ta_mh_set(h, w & ~TA_M_CACHED);
+  return h;
+}
+/* The block for a request of `need` bytes (header included, rounded to 16; one the cache may
+ * serve): the newest of its bin, else of the bin above, out of the cache; NULL if both are
+ * empty. Every cached block fits every request of its bin (ta_mcache_room), so its size is
+ * not read here (the checkout checks its header): the newest, whose lines are the likeliest
+ * to be in the processor's cache still. */
+TA_INLINE ta_mhdr_t *ta_mcache_get(ta_arena_t *a, size_t need) {
+  unsigned i = ta_mcache_bin[need >> 10];
+  if (!a->mcache_n[i] && (++i == TA_MCACHE_CLASSES || !a->mcache_n[i])) return NULL;
+  return ta_mcache_checkout(a, a->mcache[i][--a->mcache_n[i]]);
+}
 
 /* ------------------------------------------------------------------ huge.c */
 /* grows: for a realloc that grows a block, which keeps whole granules to grow into. */

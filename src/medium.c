@@ -111,19 +111,6 @@ static ta_mhdr_t *bin_first_fit(ta_arena_t *a, size_t need, size_t align) {
   return NULL;
 }
 
-static void set_hdr(ta_mhdr_t *h, size_t size_flags) {
-  ta_mh_store(h, size_flags); /* statistics readers walk the chunk by these words */
-  h->check = ta_medium_check(h, size_flags);
-}
-
-/* Clears block h's first two data words, which a free block's links, a remote free's mark and
- * encoded link, or a free list's link may have held: no address or key of ours may reach the
- * program in a block handed out, nor outlive a merge inside a larger free block. */
-static void wipe_words(ta_mhdr_t *h) {
-  ((ta_block_t *)(h + 1))->link = 0;
-  ((ta_block_t *)(h + 1))->key = 0;
-}
-
 /* A meta block swallowed by a merge: nothing may take it for a block again (a second
  * free of its pointer must fail the check word, not find a stale INUSE bit). */
 static void forget_hdr(ta_mhdr_t *h) {
@@ -145,8 +132,8 @@ static bool medium_chunk_new(ta_arena_t *a) {
    * header and words, and the top's footer and the end marker. */
   ta_mhdr_t *h = (ta_mhdr_t *)((char *)c + TA_MEDIUM_HDR);
   ta_mhdr_t *end = (ta_mhdr_t *)((char *)c + TA_MEDIUM_END);
-  set_hdr(h, (size_t)((char *)end - (char *)h));
-  set_hdr(end, TA_M_INUSE | TA_M_PREV_FREE);
+  ta_mh_set(h, (size_t)((char *)end - (char *)h));
+  ta_mh_set(end, TA_M_INUSE | TA_M_PREV_FREE);
   *ta_medium_stamp(h) = ta_os_now_ms();
   *ta_medium_res(h) = (size_t)((char *)end - (char *)h);
   /* The whole chunk is one free block, the top: resident only where it was touched. */
@@ -225,7 +212,7 @@ static mage_t mix_age(const mix_t *m) {
  * large one also its past (the decay purge's). Pages freed now make the arena due for a
  * purge (a block cut from a free one was counted when that one was freed). */
 static void make_free(ta_arena_t *a, ta_mhdr_t *h, size_t s, mage_t g, bool fresh) {
-  set_hdr(h, s | g.gone);
+  ta_mh_set(h, s | g.gone);
   bin_insert(a, h);
   if (s >= TA_MEDIUM_PURGE_MIN) {
     *ta_medium_stamp(h) = g.since;
@@ -456,7 +443,7 @@ static void split_tail(ta_arena_t *a, ta_mhdr_t *h, size_t keep, mage_t g, bool 
     forget_merged(n);
   }
   /* A block cut shorter is no class's block (the allocation flags it after the split). */
-  set_hdr(h, keep | (h->size_flags & (TA_M_FLAGS & ~TA_M_CLASS)));
+  ta_mh_set(h, keep | (h->size_flags & (TA_M_FLAGS & ~TA_M_CLASS)));
   TA_ADD(a->cnt.splits, 1);
   if (g.resident > ts) g.resident = ts;
   make_free(a, t, ts, g, fresh);
@@ -524,31 +511,24 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
     if (front) {
       /* The front becomes a free block of its own; its successor is the aligned block. */
       TA_ADD(a->cnt.splits, 1);
-      set_hdr(h, front | prev_flag | past.gone); /* its time and count stay where they were */
+      ta_mh_set(h, front | prev_flag | past.gone); /* its time and count stay where they were */
       bin_insert(a, h);
       h = (ta_mhdr_t *)(data - sizeof(ta_mhdr_t));
       s -= front;
       prev_flag = TA_M_PREV_FREE;
     }
   }
-  set_hdr(h, s | prev_flag | TA_M_INUSE);
+  ta_mh_set(h, s | prev_flag | TA_M_INUSE);
   ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
   split_tail(a, h, need, past, false);
   if (exact) /* one store: a statistics reader never sees the class without its spare */
-    set_hdr(h, h->size_flags | TA_M_CLASS |
-                   ((M_SIZE(h) - sizeof(ta_mhdr_t) - size) << TA_M_SPARE_SHIFT));
+    ta_mh_set(h, h->size_flags | TA_M_CLASS |
+                     ((M_SIZE(h) - sizeof(ta_mhdr_t) - size) << TA_M_SPARE_SHIFT));
   top_touch(ta_chunk_of(h), M_NEXT(h));
-  wipe_words(h); /* no address of ours reaches the program */
+  ta_mh_wipe(h);                        /* no address of ours reaches the program */
   if (!top) demand_note(a, need, past); /* (a top's untouched pages are its chunk's: chunk.c) */
   ta_slow_leave(a);
   return h + 1;
-}
-
-/* The block after h, checked: an overflow out of h into its header is reported here. */
-static ta_mhdr_t *next_checked(ta_mhdr_t *h) {
-  ta_mhdr_t *n = M_NEXT(h);
-  if (!ta_medium_check_ok(n)) corrupted("free(): corrupted heap after pointer", h + 1);
-  return n;
 }
 
 /* The free block before h, found through its footer, checked against its own header. */
@@ -571,8 +551,8 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
    * small and mid-sized blocks need neither. */
   mage_t near[2];
   unsigned nn = 0;
-  wipe_words(h); /* a remote free's mark and link would outlive the merge */
-  ta_mhdr_t *n = next_checked(h);
+  ta_mh_wipe(h); /* a remote free's mark and link would outlive the merge */
+  ta_mhdr_t *n = ta_mh_next_checked(h);
   if (!(n->size_flags & TA_M_INUSE)) {
     near[nn++] = age_of(n, 0);
     bin_remove(a, n);
@@ -675,29 +655,21 @@ _Static_assert(TA_MCACHE_END == (size_t)64 << 10 && TA_MCACHE_CLASSES == 24,
 
 /* The cache was empty of blocks since its last flush: that flush comes due a decay time from
  * now. */
-static TA_NOINLINE void cache_clock_start(ta_arena_t *a) {
+void ta_medium_cache_clock(ta_arena_t *a) {
   a->mcache_since = ta_os_now_ms();
   ta_purge_note(a, a->mcache_since);
 }
 
 bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
-  size_t w = h->size_flags, s = w & TA_M_SIZE_MASK;
-  if (ta_secure || (w & TA_M_CLASS)) return false; /* hardened: every free really frees */
-  /* Only a block of its bin's largest size (cache_fit): it fits every request of its bin. */
-  unsigned i = ta_mcache_top_index(s);
+  size_t w = ta_mh_load(h);
+  unsigned i = ta_mcache_room(a, w);
   if (i == TA_MCACHE_CLASSES) return false;
-  if (a->mcache_n[i] == TA_MCACHE_SLOTS || a->mcache_bytes + s > TA_LOAD(ta_mcache_max))
-    return false;
   /* The neighbours' headers, as a free checks them: an overflow is reported now. Both before
-   * the block is filed: a signal handler's call nested after the filing could take the block
-   * and merge it with the free one before it, whose footer would then be stale. */
-  (void)next_checked(h);
+   * the block is filed (ta_mcache_file). */
+  (void)ta_mh_next_checked(h);
   if (w & TA_M_PREV_FREE) (void)prev_checked(h);
-  wipe_words(h); /* a remote free's mark and link, handed out again, would give keys away */
-  set_hdr(h, (w & ~(TA_M_WASTE_MASK << TA_M_WASTE_SHIFT)) | TA_M_CACHED);
-  a->mcache[i][a->mcache_n[i]++] = h;
-  TA_STORE(a->mcache_bytes, a->mcache_bytes + (uint32_t)s); /* read unlocked (below) */
-  if (a->mcache_since == 0) cache_clock_start(a);           /* last: nothing else kept across it */
+  ta_mcache_file(a, h, w, i);
+  if (a->mcache_since == 0) ta_medium_cache_clock(a); /* last: nothing else kept across it */
   return true;
 }
 
@@ -719,34 +691,16 @@ size_t ta_medium_block_for(size_t size, size_t align, bool exact) {
   return cache_fit(need < TA_MIN_MBLOCK ? TA_MIN_MBLOCK : need, align, exact);
 }
 
-/* Cached block h, just taken off its slot: a live block again, once its header is found whole
- * (signed, so its size is the one the put filed it by). */
-TA_INLINE ta_mhdr_t *cache_checkout(ta_arena_t *a, ta_mhdr_t *h) {
-  size_t w = ta_mh_load(h);
-  if ((w & (TA_M_INUSE | TA_M_CACHED)) != (TA_M_INUSE | TA_M_CACHED) ||
-      h->check != ta_medium_check(h, w))
-    corrupted("malloc(): corrupted cached block", h + 1);
-  /* The put cleared its first two words. A free mark there is another thread's free of it
-   * that checked it while it was live and pushed it onto the remote list after the owner had
-   * cached it: a double free, which must not leave the block both handed out and on the
-   * list. Anything else there is the program's, written after its free. */
-  ta_block_t *b = (ta_block_t *)(h + 1);
-  if (b->key == ta_mark(b)) ta_fatal("free(): double free of pointer", b);
-  TA_STORE(a->mcache_bytes, a->mcache_bytes - (uint32_t)(w & TA_M_SIZE_MASK));
-  set_hdr(h, w & ~TA_M_CACHED);
-  return h;
-}
-
 /* Slot k of bin i's, out of the cache (the newest takes its place). */
 static ta_mhdr_t *cache_take(ta_arena_t *a, unsigned i, unsigned k) {
   ta_mhdr_t *h = a->mcache[i][k];
   a->mcache[i][k] = a->mcache[i][--a->mcache_n[i]];
-  return cache_checkout(a, h);
+  return ta_mcache_checkout(a, h);
 }
 
 /* Bin i's newest cached block, out of the cache (there is one): the pop malloc's path makes. */
 TA_INLINE ta_mhdr_t *cache_take_newest(ta_arena_t *a, unsigned i) {
-  return cache_checkout(a, a->mcache[i][--a->mcache_n[i]]);
+  return ta_mcache_checkout(a, a->mcache[i][--a->mcache_n[i]]);
 }
 /* Whether bin i's newest cached block holds n bytes (false with none). */
 static bool cache_newest_holds(const ta_arena_t *a, unsigned i, size_t n) {
@@ -762,16 +716,6 @@ _Static_assert(TA_SMALL_MAX + sizeof(ta_mhdr_t) >= TA_MCACHE_MIN && TA_MCACHE_MI
 _Static_assert((MC_MOST_NEED >> 10) <= 63 && MC_BIN(MC_MOST_NEED >> 10) < TA_MCACHE_CLASSES,
                "the largest request the cache may serve, header added and rounded up, indexes "
                "the tables below 64 KiB and a bin the cache has");
-TA_INLINE ta_mhdr_t *cache_get(ta_arena_t *a, size_t need) {
-  unsigned i = ta_mcache_bin[need >> 10];
-  /* Every cached block fits every request of its bin (ta_medium_cache_put), so its size is
-   * not read here (cache_checkout checks its header): the newest, whose lines are the likeliest
-   * to be in the processor's cache still. */
-  if (a->mcache_n[i]) return cache_take_newest(a, i);
-  if (i + 1 < TA_MCACHE_CLASSES && a->mcache_n[i + 1]) return cache_take_newest(a, i + 1);
-  return NULL;
-}
-
 /* A block of the request's bin that the owner freed, handed out whole: for a request of
  * alignment 16 that is not a small class's (its header would need the class and spare). */
 void *ta_medium_cache_alloc(ta_arena_t *a, size_t size) {
@@ -780,7 +724,7 @@ void *ta_medium_cache_alloc(ta_arena_t *a, size_t size) {
   size_t need = ta_align_up(size + sizeof(ta_mhdr_t), TA_ALIGNMENT);
   bool light = ta_light_enter(a); /* else the lock (internal.h, "Light sections") */
   if (!light) ta_slow_enter(a);
-  ta_mhdr_t *h = a->mcache_bytes ? cache_get(a, need) : NULL;
+  ta_mhdr_t *h = a->mcache_bytes ? ta_mcache_get(a, need) : NULL;
   if (light)
     ta_light_leave(a);
   else
@@ -835,7 +779,7 @@ void ta_medium_release_empty(ta_arena_t *a) {
   ta_slow_leave(a);
 }
 
-void ta_medium_next_check(ta_mhdr_t *h) { (void)next_checked(h); }
+void ta_medium_next_check(ta_mhdr_t *h) { (void)ta_mh_next_checked(h); }
 
 /* The owner's verdict on its block p, whose mark says "free": a block another thread freed
  * keeps INUSE while it waits on the remote list, so the caller takes the remote frees in
@@ -890,7 +834,7 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
       bin_remove(a, n);
       size_t total = s + M_SIZE(n);
       forget_merged(n);
-      set_hdr(h, total | (h->size_flags & (TA_M_FLAGS & ~TA_M_CLASS)));
+      ta_mh_set(h, total | (h->size_flags & (TA_M_FLAGS & ~TA_M_CLASS)));
       ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
       split_tail(a, h, keep, past, false);
       top_touch(ta_chunk_of(h), M_NEXT(h));
@@ -902,7 +846,7 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
   /* Resized, it is a medium block like any: it reports all it holds (a shrink too small to
    * split leaves the header as it was until here). */
   if (ok && (h->size_flags & TA_M_CLASS))
-    set_hdr(h, h->size_flags & ~(TA_M_CLASS | (~(size_t)0 << TA_M_SPARE_SHIFT)));
+    ta_mh_set(h, h->size_flags & ~(TA_M_CLASS | (~(size_t)0 << TA_M_SPARE_SHIFT)));
   ta_slow_leave(a);
   return ok;
 }

@@ -1261,6 +1261,67 @@ Test(mcache, the_purge_flushes_the_cache_a_decay_time_after_its_first_block) {
   ta_free(keep);
 }
 
+/* free's rarer puts, made in its light section once the arena allows them (alloc.c,
+ * free_medium: tail calls of their own): a block after a free one, its footer checked, and the first block
+ * after a flush, which starts the flush clock; the section is left and the lock free after
+ * each. */
+Test(mcache, a_free_caches_a_block_after_a_free_one_and_starts_the_clock_after_a_flush) {
+  ta_decay_ms = 1000;
+  char *a = ta_malloc(20000), *p = ta_malloc(20000), *x = ta_malloc(20000);
+  char *q = ta_malloc(20000), *keep = guard();
+  ta_arena_t *me = ta_tl_arena;
+  uint32_t max = ta_mcache_max;
+  ta_mcache_max = 0; /* a goes to the heap: free, with p's PREV_FREE set */
+  ta_free(a);
+  ta_mcache_max = max;
+  ta_free(ta_malloc(40000)); /* a put under the lock: light sections allowed from now on */
+  if (ta_light_ok) cr_assert(atomic_load(&me->light_on), "allowed");
+  ta_arena_purge(me, ta_os_now_ms(), TA_PURGE_ALL, 0, true); /* the cache flushed */
+  cr_assert_eq(me->mcache_bytes, 0);
+  cr_assert_eq(me->mcache_since, 0, "no clock while it holds nothing");
+  cr_assert(hdr_of(p)->size_flags & TA_M_PREV_FREE, "a free block before p");
+  ta_free(p);
+  cr_assert(cached(p), "a block after a free one is cached too");
+  cr_assert_neq(me->mcache_since, 0, "the first put after the flush started the clock");
+  cr_assert_leq(atomic_load(&me->purge_due), me->mcache_since + ta_decay_ms, "the flush is due");
+  cr_assert_eq(atomic_load(&me->light), 0, "out of the section");
+  cr_assert_eq(atomic_load(&me->slow), 0, "the lock free");
+  ta_arena_purge(me, ta_os_now_ms(), TA_PURGE_ALL, 0, true);
+  cr_assert_eq(me->mcache_since, 0);
+  cr_assert_eq(hdr_of(q)->size_flags & TA_M_PREV_FREE, 0, "x, before q, is live");
+  ta_free(q);
+  cr_assert(cached(q));
+  cr_assert_neq(me->mcache_since, 0, "started by the put's own path too");
+  cr_assert_eq(atomic_load(&me->light), 0);
+  cr_assert_eq(atomic_load(&me->slow), 0);
+  check_cache(keep);
+  walk_chunk(keep);
+  ta_free(x);
+  ta_free(keep);
+}
+
+/* A malloc whose round of chores is due does them before it looks at the cache (alloc.c,
+ * alloc_cached): a flush they make leaves the cache empty, and the request is served from
+ * the heap all the same. */
+Test(mcache, a_request_whose_chores_flush_the_cache_is_served_from_the_heap) {
+  ta_decay_ms = 50;
+  char *a = ta_malloc(20000), *keep = guard();
+  ta_arena_t *me = ta_tl_arena;
+  ta_free(a);
+  cr_assert(cached(a));
+  nap_ms(300);         /* the flush is due */
+  me->chores_skip = 0; /* this request counts the round out */
+  char *b = ta_malloc(20000);
+  cr_assert_not_null(b);
+  cr_assert_geq(ta_malloc_usable_size(b), 20000);
+  cr_assert(!cached(a) || a != b, "not handed out while cached");
+  cr_assert_eq(me->mcache_bytes, 0, "the chores flushed the cache");
+  cr_assert_eq(me->chores_skip, TA_CHORES_EVERY - 1, "and a round began");
+  walk_chunk(keep);
+  ta_free(b);
+  ta_free(keep);
+}
+
 Test(mcache, trim_empties_the_cache) {
   char *a = ta_malloc(20000), *keep = ta_malloc(20000);
   ta_free(a);
