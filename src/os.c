@@ -802,9 +802,16 @@ uintptr_t ta_os_random_fresh(void) {
 }
 
 /* ------------------------------------------------------------------ the break lock */
-/* A test-and-test-and-set spin lock that yields: it is held only around sbrk, so it is
- * never held for long, and it never sleeps on anything that could need malloc. */
-static _Atomic int brk_lock_word;
+/* The break lock: held only around sbrk and the reads of the break beside it, never across
+ * anything that could need malloc. Yet the kernel's brk waits for the process's address-space
+ * lock, which every page fault of every thread holds for reading: a holder may sleep there
+ * while the waiters spin. So a waiter spins a little, then sleeps on a futex (0 free, 1 held,
+ * 2 held with sleepers, which the letting go wakes, one at a time). A spin lock that yielded
+ * instead made each waiter go round the scheduler's queue again and again: 1,772 yields in one
+ * run of `threads-32k -t 64` (perf, syscalls:sys_enter_sched_yield), every one of them a
+ * switch that took a CPU from a thread with work to do, and with threads of a real-time
+ * priority a yield never lets a holder of a lower one run at all. */
+static _Atomic uint32_t brk_lock_word;
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -816,19 +823,29 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+enum { BRK_SPINS = 64 };
+
 void ta_brk_lock(void) {
-  for (unsigned spins = 0;; spins++) {
+  for (unsigned spins = 0; spins < BRK_SPINS; spins++) {
+    uint32_t free_ = 0;
     if (atomic_load_explicit(&brk_lock_word, memory_order_relaxed) == 0 &&
-        !atomic_exchange_explicit(&brk_lock_word, 1, memory_order_acquire))
+        atomic_compare_exchange_weak_explicit(&brk_lock_word, &free_, 1, memory_order_acquire,
+                                              memory_order_relaxed))
       return;
-    if (spins > 64) sched_yield();
-    else cpu_relax();
+    cpu_relax();
   }
+  /* Taken as 2 from here on, whatever the holder took it as: its letting go wakes a sleeper,
+   * maybe one that has none behind it (one futex call too many, not a sleeper left behind). */
+  while (atomic_exchange_explicit(&brk_lock_word, 2, memory_order_acquire) != 0)
+    ta_os_futex_wait(&brk_lock_word, 2, 0);
 }
 
 void ta_os_yield(void) { sched_yield(); }
 
-void ta_brk_unlock(void) { atomic_store_explicit(&brk_lock_word, 0, memory_order_release); }
+void ta_brk_unlock(void) {
+  if (atomic_exchange_explicit(&brk_lock_word, 0, memory_order_release) == 2)
+    ta_os_futex_wake(&brk_lock_word);
+}
 
 /* In a fork child only the forking thread exists; a holder that vanished cannot release. */
 void ta_brk_reset_after_fork(void) { atomic_store(&brk_lock_word, 0); }

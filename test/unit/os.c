@@ -4,9 +4,12 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -372,4 +375,79 @@ Test(os, the_cpu_is_a_rank_among_the_processs_cpus) {
   errno = 4321;
   for (int i = 0; i < 64; i++) cr_assert_lt(ta_os_cpu(), n);
   cr_assert_eq(errno, 4321, "errno kept");
+}
+
+/* The break lock (os.c): mutual exclusion under contention, and a waiter that sleeps in the
+ * kernel (a futex) while the holder keeps it, rather than going round the scheduler. */
+static long brk_counted;
+static void *brk_lock_loop(void *arg) {
+  (void)arg;
+  for (int i = 0; i < 20000; i++) {
+    ta_brk_lock();
+    long v = brk_counted;              /* a plain read and write: lost updates if two were inside */
+    if ((i & 255) == 0) sched_yield(); /* the holder goes off the CPU now and then */
+    brk_counted = v + 1;
+    ta_brk_unlock();
+  }
+  return NULL;
+}
+
+Test(os, the_break_lock_lets_one_thread_in_at_a_time) {
+  pthread_t t[4];
+  brk_counted = 0;
+  for (int i = 0; i < 4; i++)
+    cr_assert_eq(pthread_create(&t[i], NULL, brk_lock_loop, NULL), 0);
+  for (int i = 0; i < 4; i++)
+    pthread_join(t[i], NULL);
+  cr_assert_eq(brk_counted, 4 * 20000);
+}
+
+static _Atomic uint32_t brk_waiter_tid;
+static _Atomic int brk_waiter_in;
+static void *brk_waiter(void *arg) {
+  (void)arg;
+  atomic_store(&brk_waiter_tid, ta_os_gettid());
+  ta_brk_lock();
+  atomic_store(&brk_waiter_in, 1);
+  ta_brk_unlock();
+  return NULL;
+}
+/* The system call thread tid is blocked in (the first field of /proc/self/task/TID/syscall),
+ * or -1 while it runs. */
+static long blocked_in(uint32_t tid) {
+  char path[64], text[128] = {0};
+  snprintf(path, sizeof path, "/proc/self/task/%u/syscall", tid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return -2;
+  size_t n = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  if (n == 0 || strncmp(text, "running", 7) == 0) return -1;
+  return strtol(text, NULL, 10);
+}
+
+Test(os, a_thread_waiting_for_the_break_lock_sleeps_until_it_is_let_go) {
+  atomic_store(&brk_waiter_tid, 0);
+  atomic_store(&brk_waiter_in, 0);
+  ta_brk_lock();
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, brk_waiter, NULL), 0);
+  while (atomic_load(&brk_waiter_tid) == 0)
+    sched_yield();
+  uint32_t tid = atomic_load(&brk_waiter_tid);
+  long in = -1;
+  for (int i = 0; i < 5000 && in != SYS_futex; i++) { /* 5 s at most */
+    in = blocked_in(tid);
+    if (in == -2) break;
+    usleep(1000);
+  }
+  if (in == -2) {
+    ta_brk_unlock();
+    pthread_join(t, NULL);
+    cr_skip_test("no /proc/self/task/TID/syscall here");
+  }
+  cr_assert_eq(atomic_load(&brk_waiter_in), 0, "not in while the lock is held");
+  cr_assert_eq(in, SYS_futex, "the waiter sleeps on a futex (blocked in system call %ld)", in);
+  ta_brk_unlock();
+  pthread_join(t, NULL);
+  cr_assert_eq(atomic_load(&brk_waiter_in), 1, "woken, it took the lock");
 }
