@@ -291,12 +291,14 @@ static TA_NOINLINE void *alloc_generic(size_t size, size_t align, bool zero) {
   return alloc_from(size, align, zero, false, NULL);
 }
 
-/* A request the thread's medium cache may serve (alloc_big): the chores of a hit, then its
- * block; a miss goes on to alloc_from, told which arena's cache was looked at. A cache found
- * empty (the sentinel's always is: a thread without an arena) goes there at once. The way to
- * a cached block makes no call but tail calls, so that it saves no register: the look in the
- * owner's light section inline (internal.h, ta_mcache_get), the round of chores when due and
- * the look under the lock where no light section can be had in functions of their own. */
+/* A request the thread's medium cache may serve (alloc_big): its block, and the chores of a
+ * hit; a miss goes on to alloc_from, told which arena's cache was looked at, which does a
+ * round of them. A cache found empty (the sentinel's always is: a thread without an arena)
+ * goes there at once. The way to a cached block makes no call but tail calls, so that it
+ * saves no register: the look in the owner's light section inline (internal.h,
+ * ta_mcache_get); the countdown to the next round tested first, and a hit whose round is due,
+ * and the look under the lock where no light section can be had, in functions of their own
+ * (each counted down once, as before: a miss's round starts a new count). */
 static TA_NOINLINE void *alloc_cached_locked(ta_arena_t *a, size_t size) {
   void *p = ta_medium_cache_alloc(a, size);
   return p != NULL ? p : alloc_from(size, TA_ALIGNMENT, false, false, a);
@@ -309,8 +311,10 @@ TA_INLINE void *alloc_cached_look(ta_arena_t *a, size_t size) {
 }
 static TA_NOINLINE void *alloc_cached_chores(size_t size, bool out) {
   ta_arena_t *a = ta_tl_arena;
+  void *p = ta_medium_cache_alloc(a, size); /* the look first, as on the way without chores */
+  if (p == NULL) return alloc_from(size, TA_ALIGNMENT, false, false, a); /* its own round */
   chores_if_due(a, out);
-  return alloc_cached_look(a, size);
+  return p;
 }
 static TA_NOINLINE void *alloc_cached(size_t size) {
   ta_arena_t *a = ta_tl_arena;
@@ -576,6 +580,9 @@ static TA_NOINLINE void free_medium(void *p) {
   if (TA_UNLIKELY(!ta_medium_live(w))) ta_fatal("free(): double free of pointer", p);
   if (owner != me) return free_medium_remote(owner, b);
   if (TA_UNLIKELY(!ta_light_enter(me))) return free_medium_locked(me, h, false);
+  /* Read again inside: before it, a purge under the lock (the purger's, a flush of the cache)
+   * may have freed the block before this one and set PREV_FREE, which the filing must keep. */
+  w = ta_mh_load(h);
   unsigned i = ta_mcache_room(me, w);
   if (TA_UNLIKELY(b->key == ta_mark(b) || (w & TA_M_PREV_FREE) || i == TA_MCACHE_CLASSES))
     return free_medium_light(me, h);
