@@ -803,14 +803,16 @@ uintptr_t ta_os_random_fresh(void) {
 
 /* ------------------------------------------------------------------ the break lock */
 /* The break lock: held only around sbrk and the reads of the break beside it, never across
- * anything that could need malloc. Yet the kernel's brk waits for the process's address-space
- * lock, which every page fault of every thread holds for reading: a holder may sleep there
- * while the waiters spin. So a waiter spins a little, then sleeps on a futex (0 free, 1 held,
- * 2 held with sleepers, which the letting go wakes, one at a time). A spin lock that yielded
- * instead made each waiter go round the scheduler's queue again and again: 1,772 yields in one
- * run of `threads-32k -t 64` (perf, syscalls:sys_enter_sched_yield), every one of them a
- * switch that took a CPU from a thread with work to do, and with threads of a real-time
- * priority a yield never lets a holder of a lower one run at all. */
+ * anything that could need malloc. Yet the kernel's brk takes the process's address-space
+ * lock for writing, and waits there for its readers (mmap, munmap, madvise, page faults that
+ * fall back to it): a holder may sleep in the kernel while the waiters spin. So a waiter
+ * spins a little, then sleeps on a futex (0 free, 1 held, 2 held and maybe with sleepers,
+ * which the letting go wakes, one at a time). A spin lock that yielded instead made each
+ * waiter go round the scheduler's queue again and again: 734 to 5,477 yields in runs of
+ * `threads-32k -t 64` on 2 CPUs (perf stat), all of them the break lock's where sampled with
+ * their call stacks, and that workload took 0.92-0.94 of its time with the futex
+ * (docs/design.md); with threads of a real-time priority a yield never lets a holder of a
+ * lower one run at all. */
 static _Atomic uint32_t brk_lock_word;
 
 static inline void cpu_relax(void) {
