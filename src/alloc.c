@@ -99,11 +99,11 @@ TA_INLINE bool chores_maybe(ta_arena_t *a, bool *out) {
   return TA_UNLIKELY(*out || atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0 ||
                      atomic_load_explicit(&ta_huge_due, memory_order_relaxed) != 0);
 }
-/* The rest of the test, which makes a call: a huge cache's due time counts only where no
- * purger thread runs. */
+/* The rest of the test, after chores_maybe said yes, which makes a call: a huge cache's due
+ * time (the one cause left when the round is not out and no free is suspected) counts only
+ * where no purger thread runs. */
 static TA_NOINLINE void chores_if_due(ta_arena_t *a, bool out) {
-  if (out || atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0 ||
-      (atomic_load_explicit(&ta_huge_due, memory_order_relaxed) != 0 && !ta_bg_running()))
+  if (out || atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0 || !ta_bg_running())
     chores_round(a);
 }
 TA_INLINE void chores_sometimes(ta_arena_t *a) {
@@ -985,7 +985,7 @@ static TA_NOINLINE void secure_free(void *p) {
     ta_arena_t *owner = ta_chunk_of(p)->owner;
     if (owner == ta_tl_arena) { /* the next header is the owner's to read */
       ta_slow_enter(owner);
-      ta_medium_next_check(h);
+      (void)ta_mh_next_checked(h);
       ta_slow_leave(owner);
     }
     usable = ta_medium_usable(h);

@@ -1071,7 +1071,6 @@ TA_HIDDEN void ta_medium_cache_flush(ta_arena_t *a);
 TA_INLINE bool ta_medium_live(size_t w) { return (w & (TA_M_INUSE | TA_M_CACHED)) == TA_M_INUSE; }
 TA_HIDDEN ta_mhdr_t *ta_medium_hdr_checked(void *p, const char *op);
 TA_HIDDEN bool ta_medium_freed(ta_arena_t *a, const void *p);
-TA_HIDDEN void ta_medium_next_check(ta_mhdr_t *h); /* the header after h; aborts if forged */
 TA_HIDDEN size_t ta_medium_decommit(ta_mhdr_t *h);
 /* The decay purge's medium part (purge.c holds the lock): see medium.c. */
 TA_HIDDEN size_t ta_medium_purge(ta_arena_t *a, uint64_t now, bool all, uint64_t age, size_t share,
@@ -1179,6 +1178,10 @@ TA_INLINE ta_mhdr_t *ta_mcache_checkout(ta_arena_t *a, ta_mhdr_t *h) {
   ta_mh_set(h, w & ~TA_M_CACHED);
   return h;
 }
+/* Bin i's newest cached block, out of the cache (there is one). */
+TA_INLINE ta_mhdr_t *ta_mcache_take_newest(ta_arena_t *a, unsigned i) {
+  return ta_mcache_checkout(a, a->mcache[i][--a->mcache_n[i]]);
+}
 /* The block for a request of `need` bytes (header included, rounded to 16; one the cache may
  * serve): the newest of its bin, else of the bin above, out of the cache; NULL if both are
  * empty. Every cached block fits every request of its bin (ta_mcache_room), so its size is
@@ -1187,7 +1190,7 @@ TA_INLINE ta_mhdr_t *ta_mcache_checkout(ta_arena_t *a, ta_mhdr_t *h) {
 TA_INLINE ta_mhdr_t *ta_mcache_get(ta_arena_t *a, size_t need) {
   unsigned i = ta_mcache_bin[need >> 10];
   if (!a->mcache_n[i] && (++i == TA_MCACHE_CLASSES || !a->mcache_n[i])) return NULL;
-  return ta_mcache_checkout(a, a->mcache[i][--a->mcache_n[i]]);
+  return ta_mcache_take_newest(a, i);
 }
 
 /* ------------------------------------------------------------------ huge.c */

@@ -698,10 +698,6 @@ static ta_mhdr_t *cache_take(ta_arena_t *a, unsigned i, unsigned k) {
   return ta_mcache_checkout(a, h);
 }
 
-/* Bin i's newest cached block, out of the cache (there is one): the pop malloc's path makes. */
-TA_INLINE ta_mhdr_t *cache_take_newest(ta_arena_t *a, unsigned i) {
-  return ta_mcache_checkout(a, a->mcache[i][--a->mcache_n[i]]);
-}
 /* Whether bin i's newest cached block holds n bytes (false with none). */
 static bool cache_newest_holds(const ta_arena_t *a, unsigned i, size_t n) {
   return a->mcache_n[i] && M_SIZE(a->mcache[i][a->mcache_n[i] - 1u]) >= n;
@@ -750,7 +746,7 @@ static bool cache_release_one(ta_arena_t *a, size_t most) {
   unsigned b = ta_bin_of(most);
   for (unsigned i = b > TA_MCACHE_FIRST ? b - TA_MCACHE_FIRST : 0; i < TA_MCACHE_CLASSES; i++)
     if (cache_newest_holds(a, i, most)) {
-      ta_medium_free_local(a, cache_take_newest(a, i));
+      ta_medium_free_local(a, ta_mcache_take_newest(a, i));
       return true;
     }
   return false;
@@ -759,7 +755,7 @@ static bool cache_release_one(ta_arena_t *a, size_t most) {
 void ta_medium_cache_flush(ta_arena_t *a) {
   for (unsigned i = 0; i < TA_MCACHE_CLASSES; i++)
     while (a->mcache_n[i])
-      ta_medium_free_local(a, cache_take_newest(a, i));
+      ta_medium_free_local(a, ta_mcache_take_newest(a, i));
   a->mcache_since = 0;
 }
 
@@ -778,8 +774,6 @@ void ta_medium_release_empty(ta_arena_t *a) {
   }
   ta_slow_leave(a);
 }
-
-void ta_medium_next_check(ta_mhdr_t *h) { (void)ta_mh_next_checked(h); }
 
 /* The owner's verdict on its block p, whose mark says "free": a block another thread freed
  * keeps INUSE while it waits on the remote list, so the caller takes the remote frees in
