@@ -1098,7 +1098,7 @@ static size_t usable_for(size_t size, size_t align) {
   if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 && size + align <= TA_MEDIUM_MAX)
     return ta_medium_block_for(size, align, false) - sizeof(ta_mhdr_t);
   size_t hdr = ta_secure ? TA_HUGE_HDR + TA_HUGE_CANARY : TA_HUGE_HDR;
-  size_t off = align >= TA_CHUNK_SIZE ? TA_CHUNK_SIZE : (align > hdr ? align : hdr);
+  size_t off = align >= TA_CHUNK_SIZE ? TA_CHUNK_SIZE : ta_align_up(hdr, align);
   size_t page = ta_page();
   if (page == 0 || size > TA_MAX_REQUEST - off - (ta_secure ? page : 0)) return 0;
   return ta_align_up(off + size, page) - off;

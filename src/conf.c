@@ -18,6 +18,8 @@
  *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
  *   huge_pages:BOOL     transparent huge pages for memory written through: huge blocks
  *                       (huge.c), and the halves huge_halves allows (small.c)
+ *   huge_batch:BOOL     drop the pages a sparse huge span gathered in one call for many ranges
+ *                       (process_madvise; default true: docs/design.md, "Over that share")
  *   huge_halves:BOOL    with huge_pages, each 2 MiB half of a small chunk made one huge
  *                       page once dense (small.c; unset: only where the kernel's mode is
  *                       `always`; docs/design.md says why)
@@ -59,6 +61,7 @@ uint32_t ta_conf_span_min_kb = 8;            /* span_min_kb (span.c, ta_span_ini
 /* huge_cache_mb (huge.c). The hardened build keeps no freed span: a write after free faults. */
 size_t ta_huge_cache_limit = TA_SECURE ? 0 : (size_t)64 << 20;
 bool ta_huge_pages = true;                   /* huge_pages (huge.c, small.c) */
+bool ta_huge_batch = true;                   /* huge_batch (huge.c) */
 int ta_huge_halves = -1;                     /* huge_halves: -1 unset, 0 off, 1 on (small.c) */
 int ta_bg_setting = -1;                      /* background_thread: -1 unset, 0 off, 1 on */
 int ta_conf_lazy_commit = -1;                /* lazy_commit: -1 unset, 0 off, 1 on (chunk.c) */
@@ -143,7 +146,8 @@ static void apply(const char *e, size_t n) {
   int b;
   uint64_t x;
   if (eq(e, kn, "stats") || eq(e, kn, "stats_print") || eq(e, kn, "huge_pages") ||
-      eq(e, kn, "huge_halves") || eq(e, kn, "background_thread") || eq(e, kn, "lazy_commit")) {
+      eq(e, kn, "huge_halves") || eq(e, kn, "background_thread") || eq(e, kn, "lazy_commit") ||
+      eq(e, kn, "huge_batch")) {
     if ((b = parse_bool(v, vn)) < 0) {
       warn("bad value", e, n);
       return;
@@ -159,6 +163,8 @@ static void apply(const char *e, size_t n) {
       ta_bg_setting = b;
     } else if (eq(e, kn, "lazy_commit")) {
       ta_conf_lazy_commit = b;
+    } else if (eq(e, kn, "huge_batch")) {
+      ta_huge_batch = b;
     } else if (eq(e, kn, "huge_halves")) {
       if (b) {
         if (ta_huge_halves <= 0) halves_off = ta_huge_halves; /* the value it turned on from */

@@ -411,6 +411,11 @@ TA_INLINE void ta_mh_store(ta_mhdr_t *h, size_t v) {
 TA_HIDDEN size_t ta_mh_peek(const ta_mhdr_t *h);
 
 /* ------------------------------------------------------------------ huge blocks */
+/* The meta block before a huge block's data: 1,088 bytes (a multiple of 64), most of them the
+ * residency history of a span found sparse, 127 words of bits: 8,128 pages, 31.75 MiB with
+ * 4 KiB pages, the 32 MiB a look covers at most. */
+#define TA_HUGE_HDR 1088
+#define TA_HUGE_HIST_WORDS 127
 typedef struct ta_huge {
   uintptr_t check;      /* (address ^ ta_secret) */
   size_t map_size;      /* bytes mapped, starting at this header */
@@ -423,9 +428,16 @@ typedef struct ta_huge {
   uint8_t resident64;   /* found sparse: 64ths of the pages looked at that were resident */
   struct ta_huge *next; /* the list of unmaps put off for statistics readers */
   uint64_t freed_ms;    /* when it entered the cache */
-  size_t dirty_end;     /* no page at or beyond this offset is resident */
+  /* Found sparse: which of its pages (the kernel's, from the span's start, hist_pages of them)
+   * were resident at its last look; hist_pages 0: not known (huge.c, drop_new). */
+  uint32_t hist_pages;
+  uint32_t hist_unused;
+  uint64_t hist[TA_HUGE_HIST_WORDS];
+  size_t dirty_end; /* no page at or beyond this offset is resident; the word before the data */
 } ta_huge_t;
-_Static_assert(sizeof(ta_huge_t) <= 64, "huge meta block fits before the data");
+_Static_assert(sizeof(ta_huge_t) == TA_HUGE_HDR, "huge meta block fits before the data");
+_Static_assert(offsetof(ta_huge_t, dirty_end) == TA_HUGE_HDR - sizeof(size_t),
+               "a write just before the data lands in the residency hint, which free checks");
 enum { HUGE_LIVE = 1, HUGE_CACHED = 2 };
 /* A huge meta block's check word covers its address and the fields free and malloc act on:
  * the mapping's size, the data offset and the request (forging map_size made free unmap
@@ -451,7 +463,6 @@ enum {
   HUGE_LOOKED = 4,  /* looked at on its last free: resident64 is of now (huge.c) */
   HUGE_PADDED = 8   /* found dense, kept without advice for its block's padding (huge.c) */
 };
-#define TA_HUGE_HDR 64
 
 /* ------------------------------------------------------------------ arenas */
 #define TA_SUSPECTS 4 /* suspected double frees an arena holds for its owner to confirm */
@@ -669,6 +680,12 @@ TA_HIDDEN void ta_os_trim(void *p, size_t size); /* part of a fresh mapping, nev
 TA_HIDDEN size_t ta_os_resident(const void *p, size_t size); /* bytes in memory (mincore) */
 TA_HIDDEN int ta_os_mincore(const void *p, size_t size, unsigned char *vec);
 TA_HIDDEN int ta_os_decommit(void *p, size_t size); /* MADV_DONTNEED */
+typedef struct {
+  void *p;
+  size_t size;
+} ta_os_range_t;
+#define TA_OS_BATCH_MAX 64
+TA_HIDDEN int ta_os_decommit_batch(const ta_os_range_t *r, int n);
 TA_HIDDEN int ta_os_protect(void *p, size_t size, bool access); /* guard pages: mprotect */
 TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
 TA_HIDDEN void *ta_os_mremap_move(void *p, size_t old, size_t size); /* in place or moved */
@@ -745,6 +762,7 @@ TA_HIDDEN extern uint32_t ta_conf_span_min_kb; /* span_min_kb (span.c): 0, no sp
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN extern size_t ta_huge_cache_limit; /* bytes of freed huge spans kept resident */
 TA_HIDDEN extern bool ta_huge_pages;         /* huge_pages: THP where memory is dense */
+TA_HIDDEN extern bool ta_huge_batch;         /* huge_batch: drop_new's batched decommit */
 TA_HIDDEN extern int ta_huge_halves;         /* huge_halves: -1 the kernel's mode, 0 off, 1 on */
 TA_HIDDEN extern int ta_bg_setting;   /* background_thread: -1 default, 0 off, 1 on */
 TA_HIDDEN extern int ta_conf_lazy_commit; /* lazy_commit: -1 the kernel's mode, 0 off, 1 on */

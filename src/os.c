@@ -15,6 +15,9 @@
  *                           transparent huge page (sysfs), both read once without allocating.
  *   ta_os_mmap_aligned(n,a) the same, aligned to a (a power of two >= page size).
  *   ta_os_munmap/decommit   0 on success. decommit drops the pages (they read back as zero).
+ *   ta_os_decommit_batch(r,n)  decommit of n ranges in one call (process_madvise on the
+ *                           process itself); -1 where the kernel cannot batch (never asked
+ *                           again) or the call failed: then nothing, or not all, was dropped.
  *   ta_os_reserve_aligned(n,a)  address space only: no access, nothing charged against the
  *                           commit limit, until ta_os_commit(p,n) makes part of it read-write
  *                           (charged then, until it is unmapped).
@@ -64,6 +67,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -427,6 +431,59 @@ int ta_os_decommit(void *p, size_t size) {
   errno = saved;
   if (r == 0) count_returned(size);
   return r;
+}
+
+/* process_madvise(2) with any advice on the calling process came with Linux 6.13, the
+ * sentinel that names the calling thread (so its process's memory) without a descriptor with
+ * 6.15: either missing, or a filter that refuses the call with an error, answers the first
+ * batch with ENOSYS, EBADF, EINVAL or EPERM, and no batch is tried again. (A filter that kills
+ * the process instead does so: the setting huge_batch:false keeps the call from being made.)
+ * A batch that fails otherwise, or drops only part, is dropped range by range. */
+#ifndef PIDFD_SELF_THREAD
+#define PIDFD_SELF_THREAD -10000 /* the calling thread: its process's memory is ours */
+#endif
+static _Atomic int batch_state; /* 0 not tried, 1 works, -1 refused */
+
+int ta_os_decommit_batch(const ta_os_range_t *r, int n) {
+  if (n <= 0) return 0;
+  if (should_fail(TA_OS_MADVISE)) return -1;
+#ifdef SYS_process_madvise
+  if (n > TA_OS_BATCH_MAX || atomic_load_explicit(&batch_state, memory_order_relaxed) < 0)
+    return -1;
+  struct iovec v[TA_OS_BATCH_MAX];
+  size_t total = 0;
+  for (int i = 0; i < n; i++) {
+    v[i].iov_base = r[i].p;
+    v[i].iov_len = r[i].size;
+    total += r[i].size;
+  }
+  count_call(TA_OS_MADVISE);
+  int saved = errno;
+  long done = syscall(SYS_process_madvise, PIDFD_SELF_THREAD, v, (size_t)n, MADV_DONTNEED, 0u);
+  if (done < 0 && (errno == ENOSYS || errno == EBADF || errno == EINVAL || errno == EPERM) &&
+      atomic_load_explicit(&batch_state, memory_order_relaxed) == 0) {
+    atomic_store_explicit(&batch_state, -1, memory_order_relaxed); /* not here: never again */
+    errno = saved;
+    return -1;
+  }
+  if (done == (long)total) {
+    atomic_store_explicit(&batch_state, 1, memory_order_relaxed);
+    count_returned(total);
+    errno = saved;
+    return 0;
+  }
+  int ret = 0; /* failed (ENOMEM copying the ranges, say), or dropped only part: one by one */
+  for (int i = 0; i < n && ret == 0; i++) {
+    count_call(TA_OS_MADVISE);
+    ret = madvise(r[i].p, r[i].size, MADV_DONTNEED);
+    if (ret == 0) count_returned(r[i].size);
+  }
+  errno = saved;
+  return ret;
+#else
+  (void)r;
+  return -1;
+#endif
 }
 
 int ta_os_protect(void *p, size_t size, bool access) {

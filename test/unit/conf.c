@@ -33,11 +33,13 @@ static int lines(const char *s) {
 }
 
 Test(conf, good_values_take_effect) {
-  char *err = apply_captured("decay_ms:1234,huge_cache_mb:16,huge_pages:off,stats:true");
+  char *err =
+      apply_captured("decay_ms:1234,huge_cache_mb:16,huge_pages:off,stats:true,huge_batch:no");
   cr_assert_str_empty(err);
   cr_assert_eq(ta_decay_ms, 1234);
   cr_assert_eq(ta_huge_cache_limit, 16u << 20);
   cr_assert_eq(ta_huge_pages, false);
+  cr_assert_eq(ta_huge_batch, false);
   cr_assert(ta_stats_on);
   cr_assert_eq(ta_fast_limit, 0, "statistics take every malloc through the tracked path");
   apply_captured("stats:false,stats_format:json");

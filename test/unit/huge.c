@@ -21,11 +21,13 @@ Test(huge, mapped_on_its_own_with_meta_block_at_granule_start) {
   ta_huge_t *h = ta_huge_hdr_checked(p, TA_MAP_HUGE, "test");
   cr_assert_eq((uintptr_t)h % TA_CHUNK_SIZE, 0);
   cr_assert_eq((char *)h + h->data_off, p);
-  cr_assert_eq(ta_malloc_usable_size(p), ta_align_up(64 + 3 * MiB, ta_page_size) - 64,
+  cr_assert_eq(ta_malloc_usable_size(p),
+               ta_align_up(TA_HUGE_HDR + 3 * MiB, ta_page_size) - TA_HUGE_HDR,
                "usable ends at the page that holds the request's end");
   memset(p, 1, ta_malloc_usable_size(p));
   char *odd = ta_malloc(3 * MiB + 4033);
-  cr_assert_eq(ta_malloc_usable_size(odd), ta_align_up(64 + 3 * MiB + 4033, ta_page_size) - 64);
+  cr_assert_eq(ta_malloc_usable_size(odd),
+               ta_align_up(TA_HUGE_HDR + 3 * MiB + 4033, ta_page_size) - TA_HUGE_HDR);
   ta_free(odd);
   ta_free(p);
 }
@@ -45,7 +47,8 @@ Test(huge, freed_span_is_cached_and_reused) {
   char *q = ta_malloc(5 * MiB);
   cr_assert_eq(q, p, "best fit reuses the cached span");
   cr_assert_eq(h->map_size, span, "the span keeps its size: nothing is forgotten");
-  cr_assert_eq(ta_malloc_usable_size(q), ta_align_up(64 + 5 * MiB, ta_page_size) - 64,
+  cr_assert_eq(ta_malloc_usable_size(q),
+               ta_align_up(TA_HUGE_HDR + 5 * MiB, ta_page_size) - TA_HUGE_HDR,
                "usable: the request rounded to a page, not the span");
   cr_assert_eq(ta_huge_cached_count(), 0);
   ta_free(q);
@@ -317,7 +320,7 @@ Test(huge, sparse_blocks_hold_only_the_pages_they_touch) {
 /* Spans found sparse: see huge.c, "sparse_kept". Their verdicts need a kernel with huge
  * pages; without them nothing is looked at and every span is treated as written through. */
 static size_t span_resident(const char *data, size_t n) {
-  return ta_os_resident(data - 64, n + 64);
+  return ta_os_resident(data - TA_HUGE_HDR, n + TA_HUGE_HDR);
 }
 
 Test(huge, span_found_sparse_counts_its_resident_share_in_the_cache) {
@@ -413,8 +416,8 @@ static void check_emptied_span_keeps_one_page_a_table(void) {
   /* The header's page, and every other page from the second stretch's third page on: about
    * 7 MiB kept by the look's estimate, over the 4 allowed. */
   p[0] = 1;
-  for (size_t o = table + 2 * kpage; o + 64 < n; o += 2 * kpage)
-    p[o - 64] = 1;
+  for (size_t o = table + 2 * kpage; o + TA_HUGE_HDR < n; o += 2 * kpage)
+    p[o - TA_HUGE_HDR] = 1;
   long pte = tt_status_kib("VmPTE:");
   ta_free(p);
   cr_assert_eq(ta_huge_cached_count(), 1, "kept in the cache");
@@ -444,6 +447,125 @@ Test(huge, an_emptied_span_keeps_one_page_a_page_table) {
 Test(huge, an_emptied_span_keeps_one_page_a_page_table_with_larger_pages) {
   ta_conf_apply("page_kb:16");
   check_emptied_span_keeps_one_page_a_table();
+}
+
+static long minor_faults(void) {
+  struct rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+/* Whether the kernel drops ranges in a batch (ta_os_decommit_batch), asked on a mapping of
+ * the test's own. */
+static bool batch_works(void) {
+  size_t kpage = ta_os_page_size();
+  char *m = ta_os_mmap(4 * kpage);
+  cr_assert_not_null(m);
+  m[0] = m[2 * kpage] = 1;
+  ta_os_range_t r[2] = {{m, kpage}, {m + 2 * kpage, kpage}};
+  bool ok = ta_os_decommit_batch(r, 2) == 0;
+  if (ok) cr_assert_eq(ta_os_resident(m, 4 * kpage), 0, "the batch dropped both pages");
+  ta_os_munmap(m, 4 * kpage);
+  return ok;
+}
+
+/* A span found sparse, reused by blocks of many sizes that each write every other page and
+ * their own last 24 pages, with the spans found sparse allowed just what its first look found:
+ * at each later look the pages new since the last one that took pages (the ends of the blocks
+ * between) go, the rest stays (no fault to have it again), and the span is not emptied whole.
+ * (Both fail if the history is ignored, or if every such look empties the span.)
+ * Without the history the span would be emptied of every page but one a page table, the
+ * stride with them; without the emptying either, the ends would stay. */
+static void check_new_pages_go_and_the_stride_stays(void) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) cr_skip_test("no huge pages: nothing is looked at");
+  if (!batch_works()) cr_skip_test("the kernel drops no batch of ranges");
+  size_t kpage = ta_os_page_size(), stride = 2 * kpage, tail = 24 * kpage, step = 33 * kpage;
+  ta_decay_ms = 600000;
+  ta_huge_cache_limit = 64 * MiB;
+  char *first = NULL;
+  ta_huge_t *h = NULL;
+  size_t pattern = 0;
+  for (int i = 0; i < 7; i++) {
+    size_t n = 6 * MiB - (size_t)i * step; /* in the same span of 8 MiB: best fit */
+    char *p = ta_malloc(n);
+    cr_assert_not_null(p);
+    if (i == 0) {
+      first = p;
+      h = ta_huge_hdr_checked(p, TA_MAP_HUGE, "test");
+    }
+    cr_assert_eq(p, first, "block %d reuses the span", i);
+    long faults = minor_faults();
+    for (size_t o = 0; o < n; o += stride)
+      p[o] = 1;
+    /* Blocks 3 and 6 follow looks that took pages (after blocks 2 and 6 would, as after 1). */
+    if (i == 3 || i == 6)
+      cr_assert_eq(minor_faults(), faults, "the stride was still there for block %d", i);
+    for (size_t o = n - tail; o < n; o += kpage)
+      p[o] = 2;
+    p[n - 1] = 2;
+    ta_free(p); /* looks at blocks 0, 2 and 6 (after 1, then 3 more frees) */
+    if (i == 0) {
+      cr_assert(h->hist_pages > 0, "the first look keeps a history");
+      pattern = ta_os_resident(h, h->map_size);
+      /* Room for what it holds now, and for it unlooked, whole (cache_weight). */
+      ta_huge_cache_limit = 2 * (h->map_size / 64 * h->resident64);
+      cr_assert_geq(ta_huge_cache_limit, h->map_size);
+    }
+  }
+  size_t now = ta_os_resident(h, h->map_size);
+  cr_assert_leq(now, pattern, "the ends of blocks 1 to 6 went: %zu KiB resident, %zu at first",
+                now / 1024, pattern / 1024);
+  cr_assert_gt(now, pattern / 2, "the stride stayed: %zu KiB resident", now / 1024);
+}
+
+/* The new pages a look drops never empty a stretch one page table maps: its first resident
+ * page stays, and so does the table (which a kernel with CONFIG_PT_RECLAIM frees with the last
+ * page a call drops, see "An emptied span keeps its page tables" in docs/design.md). */
+static void check_drop_keeps_a_page_a_table(void) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) cr_skip_test("no huge pages: nothing is looked at");
+  if (!batch_works()) cr_skip_test("the kernel drops no batch of ranges");
+  size_t kpage = ta_os_page_size(), table = ta_os_hugepage_size(), n = 12 * MiB - 8192;
+  if (table != 2 * MiB) cr_skip_test("the layout below is for 2 MiB tables");
+  ta_decay_ms = 600000;
+  ta_huge_cache_limit = 64 * MiB;
+  char *p = ta_malloc(n); /* a span of 12 MiB */
+  ta_huge_t *h = ta_huge_hdr_checked(p, TA_MAP_HUGE, "test");
+  char *base = (char *)h + 2048; /* each page is written 2 KiB in: data, past the header */
+  /* Its pattern: every page of 0-3, 6-8 and 10-12 MiB. Under 3/4 of what a look judges (the
+   * first 8 MiB), with 8-10 written too: sparse at every look. */
+  for (size_t o = 0; o < 3 * MiB; o += kpage)
+    base[o] = 1;
+  for (size_t o = 6 * MiB; o < 8 * MiB; o += kpage)
+    base[o] = 1;
+  for (size_t o = 10 * MiB; o + 2048 < n; o += kpage)
+    base[o] = 1;
+  ta_free(p); /* the first look: a history */
+  cr_assert(h->hist_pages > 0);
+  ta_huge_cache_limit = 2 * (h->map_size / 64 * (h->resident64 + 1u)); /* the pattern fits */
+  cr_assert_geq(ta_huge_cache_limit, h->map_size, "room for it in the cache, unlooked");
+  cr_assert_eq(ta_malloc(n), p);
+  for (size_t o = 8 * MiB; o < 10 * MiB; o += kpage)
+    base[o] = 2; /* a whole stretch, new */
+  ta_free(p);    /* no look (the next after one more free) */
+  cr_assert_eq(ta_malloc(n), p);
+  long pte = tt_status_kib("VmPTE:");
+  ta_free(p); /* a look over the share: the stretch's pages go, but its first */
+  size_t held = ta_os_resident((char *)h + 8 * MiB, 2 * MiB);
+  cr_assert_eq(held, kpage, "the stretch keeps one page: %zu KiB", held / 1024);
+  cr_assert_eq(ta_os_resident((char *)h, 3 * MiB), 3 * MiB, "the pattern stays");
+  cr_assert_geq(tt_status_kib("VmPTE:"), pte, "no page table freed (%ld KiB, were %ld)",
+                tt_status_kib("VmPTE:"), pte);
+}
+
+Test(huge, a_look_that_drops_new_pages_keeps_a_page_a_table) { check_drop_keeps_a_page_a_table(); }
+
+Test(huge, a_sparse_span_drops_the_pages_new_since_its_last_look) {
+  check_new_pages_go_and_the_stride_stays();
+}
+
+Test(huge, a_sparse_span_drops_the_pages_new_since_its_last_look_with_larger_pages) {
+  ta_conf_apply("page_kb:16");
+  check_new_pages_go_and_the_stride_stays();
 }
 
 /* A span larger than what a look sees (32 MiB from the block's first page): what lies past it
@@ -499,7 +621,7 @@ Test(huge, cached_span_grows_into_a_larger_request_with_its_pages) {
   cr_assert_eq(ta_huge_cached_count(), 0, "the span was taken and grown");
   cr_assert_eq(now, mapped + 4 * MiB, "only the growth is new: %zu KiB more mapped",
                (now - mapped) / 1024);
-  cr_assert_geq(ta_os_resident(q - 64, n), n - 64 * 1024, "its pages came along");
+  cr_assert_geq(ta_os_resident(q - TA_HUGE_HDR, n), n - 64 * 1024, "its pages came along");
   cr_assert_eq(ta_map_get((uintptr_t)q), TA_MAP_HUGE);
   ta_free(q);
 }
@@ -591,12 +713,6 @@ Test(huge, block_with_huge_pages_grows_by_remapping) {
   ta_free(q);
 }
 
-static long minor_faults(void) {
-  struct rusage u;
-  getrusage(RUSAGE_SELF, &u);
-  return u.ru_minflt;
-}
-
 static long thp_fallbacks(void) {
   FILE *f = fopen("/proc/vmstat", "r");
   char key[64];
@@ -660,11 +776,11 @@ Test(huge, block_with_huge_pages_commits_nothing_past_its_last_page) {
    * last 2 MiB page, which holds small pages below the block's end). */
   char *b = ta_malloc(n);
   cr_assert_eq(b, a);
-  cr_assert_eq(mapping_end(b), (uintptr_t)h + ta_align_up(64 + n, ta_page_size));
+  cr_assert_eq(mapping_end(b), (uintptr_t)h + ta_align_up(TA_HUGE_HDR + n, ta_page_size));
   char *c = ta_malloc(n); /* fresh */
   ta_huge_t *hc = ta_huge_hdr_checked(c, TA_MAP_HUGE, "test");
   cr_assert(hc->thp & HUGE_ADVISED, "a fresh block of a dense class gets huge pages");
-  uintptr_t last = (uintptr_t)hc + ta_align_up(64 + n, ta_page_size);
+  uintptr_t last = (uintptr_t)hc + ta_align_up(TA_HUGE_HDR + n, ta_page_size);
   cr_assert_eq(hc->map_size, last - (uintptr_t)hc, "mapped to its last page: %zu", hc->map_size);
   cr_assert_eq(mapping_end(c), last, "the kernel's mapping ends at the block's last page");
   write_all(c, n);
@@ -679,7 +795,8 @@ Test(huge, block_with_huge_pages_commits_nothing_past_its_last_page) {
   ta_free(d);
   char *e = ta_malloc(hi);
   cr_assert_eq(e, d, "best fit");
-  cr_assert_eq(mapping_end(e), (uintptr_t)e - 64 + ta_align_up(64 + hi, ta_page_size));
+  cr_assert_eq(mapping_end(e),
+               (uintptr_t)e - TA_HUGE_HDR + ta_align_up(TA_HUGE_HDR + hi, ta_page_size));
   /* Grown by realloc: whole granules again, which a growing block is likely to fill. */
   write_all(e, hi);
   char *f = ta_realloc(e, 14 * MiB + 100 * 1024);
@@ -715,7 +832,7 @@ Test(huge, block_that_spills_by_little_keeps_its_granules) {
 /* A block that fills its last 2 MiB page keeps its granules: nothing there can be committed
  * past the block, and the room is kept for growth. */
 Test(huge, block_that_fills_its_last_2_mib_page_keeps_the_granule) {
-  size_t n = 6 * MiB - 64; /* ends exactly at 6 MiB, in a span of 8 */
+  size_t n = 6 * MiB - TA_HUGE_HDR; /* ends exactly at 6 MiB, in a span of 8 */
   dense_class(n);
   char *b = ta_malloc(n); /* fresh, with huge pages where the kernel has them */
   ta_huge_t *h = ta_huge_hdr_checked(b, TA_MAP_HUGE, "test");
@@ -749,14 +866,14 @@ Test(huge, with_lazy_commit_a_mapping_ends_at_the_block_s_last_page) {
   size_t n = MiB + 100 * 1024;
   char *a = ta_malloc(n);
   ta_huge_t *h = ta_huge_hdr_checked(a, TA_MAP_HUGE, "test");
-  uintptr_t last = (uintptr_t)h + ta_align_up(64 + n, ta_page_size);
+  uintptr_t last = (uintptr_t)h + ta_align_up(TA_HUGE_HDR + n, ta_page_size);
   cr_assert_eq(h->map_size, last - (uintptr_t)h, "%zu bytes mapped", h->map_size);
   cr_assert_eq(mapping_end(a), last);
   write_all(a, n);
   ta_free(a);
   char *b = ta_malloc(n + 200 * 1024); /* the span, grown */
   ta_huge_t *hb = ta_huge_hdr_checked(b, TA_MAP_HUGE, "test");
-  cr_assert_eq(hb->map_size, ta_align_up(64 + n + 200 * 1024, ta_page_size));
+  cr_assert_eq(hb->map_size, ta_align_up(TA_HUGE_HDR + n + 200 * 1024, ta_page_size));
   cr_assert_eq(mapping_end(b), (uintptr_t)hb + hb->map_size);
   ta_free(b);
 }
@@ -776,7 +893,7 @@ Test(huge, block_a_realloc_grows_into_keeps_room_to_grow) {
   cr_assert_eq(b[600 * 1024 - 1], 3);
   char *c = ta_malloc(n);
   ta_huge_t *hc = ta_huge_hdr_checked(c, TA_MAP_HUGE, "test");
-  cr_assert_eq(hc->map_size, ta_align_up(64 + n, ta_page_size));
+  cr_assert_eq(hc->map_size, ta_align_up(TA_HUGE_HDR + n, ta_page_size));
   ta_free(b);
   ta_free(c);
 }
@@ -802,11 +919,11 @@ Test(huge, aligned_block_whose_padding_huge_pages_would_commit_gets_none) {
   ta_free(b); /* found dense, not advised: its padding */
   cr_assert_not(hb->thp & HUGE_ADVISED);
   cr_assert(hb->thp & HUGE_PADDED);
-  /* An unpadded block takes the span (8 MiB, best fit for 6 MiB less 64 bytes): judged
+  /* An unpadded block takes the span (8 MiB, best fit for 6 MiB less the meta block): judged
    * again at its free, and advised then. */
-  size_t m = 6 * MiB - 64;
+  size_t m = 6 * MiB - TA_HUGE_HDR;
   char *c = ta_malloc(m);
-  cr_assert_eq(c, (char *)hb + 64, "the span, taken");
+  cr_assert_eq(c, (char *)hb + TA_HUGE_HDR, "the span, taken");
   write_all(c, m);
   ta_free(c);
   cr_assert(hb->thp & HUGE_ADVISED, "dense, unpadded: advised at its free");

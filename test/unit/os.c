@@ -281,7 +281,8 @@ Test(os, a_larger_page_is_used_throughout) {
   void *v = ta_valloc(100);
   cr_assert_eq((uintptr_t)v % (64 << 10), 0, "valloc aligns to the page");
   char *h = ta_malloc(3 * MiB + 1);
-  cr_assert_eq(ta_malloc_usable_size(h) + 64, ta_align_up(64 + 3 * MiB + 1, 64 << 10));
+  cr_assert_eq(ta_malloc_usable_size(h) + TA_HUGE_HDR,
+               ta_align_up(TA_HUGE_HDR + 3 * MiB + 1, 64 << 10));
   ta_free(h);
   ta_free(v);
   ta_free(p);

@@ -119,7 +119,7 @@ Test(stats, requested_sizes_of_medium_huge_and_realloc) {
    * the cache may keep: medium.c, cache_fit): 10,208 usable. */
   void *m = ta_malloc(10001);
   void *h = ta_malloc(3 * MiB + 100);
-  size_t hu = ta_align_up(64 + 3 * MiB + 100, ta_page_size) - 64;
+  size_t hu = ta_align_up(TA_HUGE_HDR + 3 * MiB + 100, ta_page_size) - TA_HUGE_HDR;
   struct ta_stats s = get(-1);
   cr_assert_eq(s.usable_bytes, 10208 + hu);
   cr_assert_eq(s.requested_bytes, 10001 + 3 * MiB + 100);
