@@ -261,6 +261,12 @@ static size_t span_keep(const ta_huge_t *h, size_t end, size_t size) {
   return r <= size && h->dirty_end <= end && r - end > end / 8 ? end : size;
 }
 
+/* The history forgets the pages from byte `end` of the span on (decommitted or unmapped). */
+static void hist_cut(ta_huge_t *h, size_t end) {
+  size_t pages = end / ta_os_page_size();
+  if (h->hist_pages > pages) h->hist_pages = (uint32_t)pages;
+}
+
 /* Cuts the span, which the caller owns, down to its first `keep` bytes (page aligned, at
  * most its size): one munmap of the tail. A tail with no page resident (past dirty_end) is
  * not counted as memory given back. The caller seals the header again. */
@@ -272,8 +278,7 @@ static void span_cut(ta_huge_t *h, size_t keep) {
     return;
   kept_note(h, -1);
   TA_STORE(h->map_size, keep);
-  if (h->hist_pages > keep / ta_os_page_size())
-    h->hist_pages = (uint32_t)(keep / ta_os_page_size());
+  hist_cut(h, keep);
   kept_note(h, +1);
   if (h->dirty_end > keep) h->dirty_end = keep;
 }
@@ -361,15 +366,17 @@ static bool drop_new(ta_huge_t *h, const unsigned char *vec, size_t from, size_t
   if (!ta_huge_batch || h->hist_pages == 0 || n != all / kpage) return false;
   size_t table = ta_os_hugepage_size() / kpage; /* pages a page table maps */
   if (table == 0) table = ((size_t)2 << 20) / kpage;
+  size_t base = (uintptr_t)h / kpage; /* tables map aligned stretches of the address space */
   size_t kept = 0;
   ta_os_range_t r[TA_OS_BATCH_MAX];
   int k = 0;
   for (size_t a = first; a < first + n;) {
-    size_t b = (a / table + 1) * table; /* [a, b): one stretch a page table maps, or its part */
+    size_t b = ((base + a) / table + 1) * table - base; /* [a, b): a table's stretch, or part */
     if (b > first + n) b = first + n;
     /* Never a stretch emptied whole: its table would go too ("An emptied span keeps its page
      * tables"). One with no page to keep keeps its first resident one. */
-    bool held = a < table && first > 0; /* the header's page, resident, not looked at */
+    bool held = a == first && first > 0 && (base % table) + first < table; /* the header's page,
+                                          resident, not looked at, in this stretch */
     for (size_t pg = a; pg < b && !held; pg++)
       held = (vec[pg - first] & 1) && (hist_has(h, pg) || pg * kpage < ta_page_size);
     for (size_t pg = a; pg < b; pg++) {
@@ -452,7 +459,7 @@ static void look(ta_huge_t *h) {
     bool seen = written >= 0 && h->dirty_end <= from + all; /* all it holds, page by page */
     bool over = kept && share > TA_HUGE_STRIDE64 && kept_over(h->map_size / 64 * share) &&
                 h->dirty_end > ta_page_size;
-    bool emptied = over;
+    bool took = over; /* this look takes pages: its answer becomes the history */
     if (over && seen && drop_new(h, vec, from, all, &share))
       over = share > TA_HUGE_STRIDE64 && kept_over(h->map_size / 64 * share);
     h->resident64 = (uint8_t)share;
@@ -462,7 +469,7 @@ static void look(ta_huge_t *h) {
      * at the next. */
     if (!seen || !kept)
       h->hist_pages = 0; /* what it holds is not known page by page */
-    else if (emptied || h->hist_pages == 0)
+    else if (took || h->hist_pages == 0)
       note_history(h, vec, from, all);
   } else {
     /* Advised up front and found with untouched pages: no more huge pages for it, and the
@@ -668,8 +675,7 @@ static ta_huge_t *cache_take(size_t least, size_t need) {
        * asked for. Once: the excess then holds none until a block reaches into it. */
       if (ta_os_decommit((char *)h + need, h->dirty_end - need) == 0) {
         h->dirty_end = need;
-        if (h->hist_pages > need / ta_os_page_size())
-          h->hist_pages = (uint32_t)(need / ta_os_page_size()); /* past it: gone */
+        hist_cut(h, need);
       }
     }
     return h;

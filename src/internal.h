@@ -413,7 +413,8 @@ TA_HIDDEN size_t ta_mh_peek(const ta_mhdr_t *h);
 /* ------------------------------------------------------------------ huge blocks */
 /* The meta block before a huge block's data: 1,088 bytes (a multiple of 64), most of them the
  * residency history of a span found sparse, 127 words of bits: 8,128 pages, 31.75 MiB with
- * 4 KiB pages, the 32 MiB a look covers at most. */
+ * 4 KiB pages, from the span's start (a look covers up to 32 MiB from the block's first page:
+ * one that reaches past the history empties the span as before). */
 #define TA_HUGE_HDR 1088
 #define TA_HUGE_HIST_WORDS 127
 typedef struct ta_huge {

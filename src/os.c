@@ -435,8 +435,9 @@ int ta_os_decommit(void *p, size_t size) {
 
 /* process_madvise(2) with any advice on the calling process came with Linux 6.13, the
  * sentinel that names the calling thread (so its process's memory) without a descriptor with
- * 6.15: either missing, or a filter that refuses the call with an error, answers the first
- * batch with ENOSYS, EBADF, EINVAL or EPERM, and no batch is tried again. (A filter that kills
+ * 6.15: either missing, or a filter that refuses the call with an error (installed before or
+ * after the first batch), answers with ENOSYS, EBADF or EPERM (EINVAL too, on the first
+ * batch: later it may be an mlocked range), and no batch is tried again. (A filter that kills
  * the process instead does so: the setting huge_batch:false keeps the call from being made.)
  * A batch that fails otherwise, or drops only part, is dropped range by range. */
 #ifndef PIDFD_SELF_THREAD
@@ -460,8 +461,9 @@ int ta_os_decommit_batch(const ta_os_range_t *r, int n) {
   count_call(TA_OS_MADVISE);
   int saved = errno;
   long done = syscall(SYS_process_madvise, PIDFD_SELF_THREAD, v, (size_t)n, MADV_DONTNEED, 0u);
-  if (done < 0 && (errno == ENOSYS || errno == EBADF || errno == EINVAL || errno == EPERM) &&
-      atomic_load_explicit(&batch_state, memory_order_relaxed) == 0) {
+  if (done < 0 &&
+      (errno == ENOSYS || errno == EBADF || errno == EPERM ||
+       (errno == EINVAL && atomic_load_explicit(&batch_state, memory_order_relaxed) == 0))) {
     atomic_store_explicit(&batch_state, -1, memory_order_relaxed); /* not here: never again */
     errno = saved;
     return -1;
