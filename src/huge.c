@@ -117,7 +117,8 @@ static int mostly_written(const char *p, size_t len, size_t all, bool read, unsi
   size_t unwritten_max = pages / 4, unwritten = 0, resident = 0;
   if (ta_os_mincore(p, all, vec) != 0) return -1;
   for (size_t i = 0; i < all_pages; i++) {
-    bool written = vec[i] & 1;
+    vec[i] &= 1; /* mincore's other bits are reserved: drop_new marks with one (VEC_DROPPED) */
+    bool written = vec[i];
     if (written && read) {
       const uint64_t *w = (const uint64_t *)(p + i * page);
       size_t j = 0;
@@ -285,18 +286,18 @@ static void span_cut(ta_huge_t *h, size_t keep) {
 
 /* Empties the span, which the caller owns, of its pages but one in each stretch that one
  * page table maps (ta_os_hugepage_size(): 2 MiB with 4 KiB pages): the first page of it that
- * vec says is resident. vec is mincore's answer for [from, from + all), in the kernel's pages;
- * a page before `from` counts as resident. What lies past from + all (a span larger than the
- * look's 32 MiB) goes in one call. The kernel (CONFIG_PT_RECLAIM) frees the page table of a
- * stretch that one decommit empties whole, and the next write faults in a new one; where page
- * tables are shadowed (a virtual machine without nested paging) freeing one costs every
- * translation of the process: after such a decommit a read of 4,000 pages elsewhere took 23
- * times as long, and the sparse workload of bench/, whose spans this empties, took 1.8 times
- * as long as it does keeping a page a table. So no call covers a stretch whole, and one page of
- * each (1/512 of what was held) stays, which any reclaimer of empty tables respects; a stretch
- * with no other resident page costs no call. The header's page is the first stretch's. On
- * success dirty_end ends past the last page kept and the share is 1/64; a call that fails
- * leaves both as they were, still true of what is resident. */
+ * vec says is resident. vec is mincore's answer for [from, from + all), in the kernel's pages
+ * (a page drop_new marked VEC_DROPPED is not resident); a page before `from` counts as resident.
+ * What lies past from + all (a span larger than the look's 32 MiB) goes in one call. The kernel
+ * (CONFIG_PT_RECLAIM) frees the page table of a stretch that one decommit empties whole, and the
+ * next write faults in a new one; where page tables are shadowed (a virtual machine without nested
+ * paging) freeing one costs every translation of the process: after such a decommit a read of 4,000
+ * pages elsewhere took 23 times as long, and the sparse workload of bench/, whose spans this
+ * empties, took 1.8 times as long as it does keeping a page a table. So no call covers a stretch
+ * whole, and one page of each (1/512 of what was held) stays, which any reclaimer of empty tables
+ * respects; a stretch with no other resident page costs no call. The header's page is the first
+ * stretch's. On success dirty_end ends past the last page kept and the share is 1/64; a call that
+ * fails leaves both as they were, still true of what is resident. */
 static void empty_but_tables(ta_huge_t *h, const unsigned char *vec, size_t from, size_t all) {
   size_t kpage = ta_os_page_size(), table = ta_os_hugepage_size();
   size_t seen = from + all; /* vec[i] is of the page at from + i * kpage */
@@ -338,13 +339,14 @@ static bool hist_has(const ta_huge_t *h, size_t pg) {
   return pg < h->hist_pages && (h->hist[pg / 64] >> (pg % 64) & 1);
 }
 
-/* Records vec, the look's answer for [from, from + all), as the span's history. */
+/* Records vec, the look's answer for [from, from + all), as the span's history (the pages a
+ * drop took at the look included). */
 static void note_history(ta_huge_t *h, const unsigned char *vec, size_t from, size_t all) {
   size_t first, n = hist_count(from, all, &first);
   for (size_t w = first / 64; w < (first + n + 63) / 64; w++)
     h->hist[w] = 0;
   for (size_t i = 0; i < n; i++)
-    if (vec[i] & 1) h->hist[(first + i) / 64] |= (uint64_t)1 << ((first + i) % 64);
+    if (vec[i]) h->hist[(first + i) / 64] |= (uint64_t)1 << ((first + i) % 64);
   h->hist_pages = (uint32_t)(first + n);
 }
 
@@ -356,11 +358,28 @@ static void note_history(ta_huge_t *h, const unsigned char *vec, size_t from, si
  * So first the pages resident now (vec, for [from, from + all)) but not at the span's last look
  * go, in one call per TA_OS_BATCH_MAX ranges, and the others stay: the sparse workload of
  * bench/ faulted 1.66 times per block that way, 1.19 with this (mimalloc, which gives nothing
- * back, 1.07), and ran in 0.83 of the time. True if the pages went (or none had to); *share64
- * is then the share left. False without a history, where the look saw past what the history
- * covers, or where the kernel drops no batch (the ranges one by one would cost more calls than
- * the emptying saves): the caller empties the span instead. */
-static bool drop_new(ta_huge_t *h, const unsigned char *vec, size_t from, size_t all,
+ * back, 1.07), and ran in 0.83 of the time.
+ * With `go` false nothing is dropped: the share the drop would leave is only counted, so that
+ * a span the drop would leave over its share is emptied instead, not both. With `go`, each
+ * page sent to be dropped is marked VEC_DROPPED in vec (no longer resident to empty_but_tables,
+ * still resident at the look to note_history). True if the pages went (or none had to, or,
+ * without `go`, they could); *share64 is then the share left. False without a history, where
+ * the look saw past what the history covers, or where the kernel drops no batch (the ranges one
+ * by one would cost more calls than the emptying saves): the caller empties the span instead.
+ * A batch that failed (the kernel's answer, or a range of its one-by-one fallback) has its pages
+ * marked resident again: the emptying that follows decommits them with the rest, and its
+ * share of 1/64 stays true of what is resident. */
+#define VEC_DROPPED 2
+static bool drop_batch(const ta_huge_t *h, unsigned char *vec, size_t first, const ta_os_range_t *r,
+                       int k) {
+  if (ta_os_decommit_batch(r, k) == 0) return true;
+  size_t kpage = ta_os_page_size();
+  for (int i = 0; i < k; i++)
+    for (size_t o = 0; o < r[i].size; o += kpage)
+      vec[((size_t)((char *)r[i].p - (const char *)h) + o) / kpage - first] = 1;
+  return false;
+}
+static bool drop_new(ta_huge_t *h, unsigned char *vec, size_t from, size_t all, bool go,
                      unsigned *share64) {
   size_t kpage = ta_os_page_size(), first, n = hist_count(from, all, &first);
   if (!ta_huge_batch || h->hist_pages == 0 || n != all / kpage) return false;
@@ -386,22 +405,24 @@ static bool drop_new(ta_huge_t *h, const unsigned char *vec, size_t from, size_t
         kept++;
         continue;
       }
+      if (!go) continue;
       char *at = (char *)h + pg * kpage;
       if (k > 0 && (char *)r[k - 1].p + r[k - 1].size == at) {
         r[k - 1].size += kpage;
-        continue;
+      } else {
+        if (k == TA_OS_BATCH_MAX) {
+          if (!drop_batch(h, vec, first, r, k)) return false;
+          k = 0;
+        }
+        r[k].p = at;
+        r[k].size = kpage;
+        k++;
       }
-      if (k == TA_OS_BATCH_MAX) {
-        if (ta_os_decommit_batch(r, k) != 0) return false;
-        k = 0;
-      }
-      r[k].p = at;
-      r[k].size = kpage;
-      k++;
+      vec[pg - first] = VEC_DROPPED;
     }
     a = b;
   }
-  if (k > 0 && ta_os_decommit_batch(r, k) != 0) return false;
+  if (k > 0 && !drop_batch(h, vec, first, r, k)) return false;
   unsigned share = (unsigned)((kept * 64 + n - 1) / n);
   *share64 = share ? share : 1;
   return true;
@@ -460,8 +481,11 @@ static void look(ta_huge_t *h) {
     bool over = kept && share > TA_HUGE_STRIDE64 && kept_over(h->map_size / 64 * share) &&
                 h->dirty_end > ta_page_size;
     bool took = over; /* this look takes pages: its answer becomes the history */
-    if (over && seen && drop_new(h, vec, from, all, &share))
-      over = share > TA_HUGE_STRIDE64 && kept_over(h->map_size / 64 * share);
+    unsigned left = 64; /* the share the drop would leave: enough, or the span is emptied */
+    if (over && seen && drop_new(h, vec, from, all, false, &left) &&
+        !(left > TA_HUGE_STRIDE64 && kept_over(h->map_size / 64 * left)) &&
+        drop_new(h, vec, from, all, true, &share))
+      over = false;
     h->resident64 = (uint8_t)share;
     if (over) empty_but_tables(h, vec, from, written < 0 ? 0 : all); /* no answer: one call */
     /* The history is what was resident at the last look that took pages (what went included:

@@ -521,16 +521,21 @@ static void check_new_pages_go_and_the_stride_stays(void) {
   cr_assert_gt(now, pattern / 2, "the stride stayed: %zu KiB resident", now / 1024);
 }
 
+/* The drop tests below: laid out for 2 MiB page tables, on a kernel that drops batches. */
+static void drop_layout(void) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) cr_skip_test("no huge pages: nothing is looked at");
+  if (!batch_works()) cr_skip_test("the kernel drops no batch of ranges");
+  if (ta_os_hugepage_size() != 2 * MiB) cr_skip_test("the layout below is for 2 MiB tables");
+  ta_decay_ms = 600000;
+  ta_huge_cache_limit = 64 * MiB;
+}
+
 /* The new pages a look drops never empty a stretch one page table maps: its first resident
  * page stays, and so does the table (which a kernel with CONFIG_PT_RECLAIM frees with the last
  * page a call drops, see "An emptied span keeps its page tables" in docs/design.md). */
-static void check_drop_keeps_a_page_a_table(void) {
-  if (ta_os_thp_mode() == TA_THP_NEVER) cr_skip_test("no huge pages: nothing is looked at");
-  if (!batch_works()) cr_skip_test("the kernel drops no batch of ranges");
-  size_t kpage = ta_os_page_size(), table = ta_os_hugepage_size(), n = 12 * MiB - 8192;
-  if (table != 2 * MiB) cr_skip_test("the layout below is for 2 MiB tables");
-  ta_decay_ms = 600000;
-  ta_huge_cache_limit = 64 * MiB;
+static void check_drop_keeps_a_page_a_table(bool batch_fails) {
+  drop_layout();
+  size_t kpage = ta_os_page_size(), n = 12 * MiB - 8192;
   char *p = ta_malloc(n); /* a span of 12 MiB */
   ta_huge_t *h = ta_huge_hdr_checked(p, TA_MAP_HUGE, "test");
   char *base = (char *)h + 2048; /* each page is written 2 KiB in: data, past the header */
@@ -552,15 +557,111 @@ static void check_drop_keeps_a_page_a_table(void) {
   ta_free(p);    /* no look (the next after one more free) */
   cr_assert_eq(ta_malloc(n), p);
   long pte = tt_status_kib("VmPTE:");
+  if (batch_fails) ta_os_fail(TA_OS_MADVISE, 0, 1);
   ta_free(p); /* a look over the share: the stretch's pages go, but its first */
   size_t held = ta_os_resident((char *)h + 8 * MiB, 2 * MiB);
   cr_assert_eq(held, kpage, "the stretch keeps one page: %zu KiB", held / 1024);
-  cr_assert_eq(ta_os_resident((char *)h, 3 * MiB), 3 * MiB, "the pattern stays");
+  if (!batch_fails) {
+    cr_assert_eq(ta_os_resident((char *)h, 3 * MiB), 3 * MiB, "the pattern stays");
+  } else { /* the span is emptied instead, and holds what its share of 1/64 says */
+    cr_assert_eq(h->resident64, 1);
+    /* the first stretch keeps the allocator's first page, all of it written (page_kb) */
+    cr_assert_eq(ta_os_resident(h, h->map_size), ta_page_size + 4 * kpage,
+                 "a page a stretch (4-6 MiB: none): %zu KiB",
+                 ta_os_resident(h, h->map_size) / 1024);
+  }
   cr_assert_geq(tt_status_kib("VmPTE:"), pte, "no page table freed (%ld KiB, were %ld)",
                 tt_status_kib("VmPTE:"), pte);
 }
 
-Test(huge, a_look_that_drops_new_pages_keeps_a_page_a_table) { check_drop_keeps_a_page_a_table(); }
+Test(huge, a_look_that_drops_new_pages_keeps_a_page_a_table) {
+  check_drop_keeps_a_page_a_table(false);
+}
+
+/* A drop the kernel refuses (one failed batch: ranges it may have dropped in part) leaves the
+ * span to be emptied as without a history: the pages the batch held are emptied too. */
+Test(huge, a_look_whose_drop_fails_empties_the_span_to_a_page_a_table) {
+  check_drop_keeps_a_page_a_table(true);
+}
+
+/* A look where dropping the new pages would still leave the span over its share empties it
+ * instead, without dropping them first: one call a stretch, each keeping the first page it
+ * held at the look. (Dropping first, the emptying kept a page the drop had taken and dropped
+ * the rest: the stretches went empty, and their page tables with them.) */
+Test(huge, a_span_the_drop_would_leave_over_its_share_is_emptied_keeping_a_page_a_table) {
+  drop_layout();
+  size_t kpage = ta_os_page_size(), table = ta_os_hugepage_size(), n = 12 * MiB - 8192;
+  char *p = ta_malloc(n); /* a span of 12 MiB: 6 stretches */
+  ta_huge_t *h = ta_huge_hdr_checked(p, TA_MAP_HUGE, "test");
+  char *base = p - TA_HUGE_HDR;                /* base[o]: the byte at offset o of the span */
+  for (size_t s = 0; s < 12 * MiB; s += table) /* the pattern: each stretch's upper half */
+    for (size_t o = s + table / 2; o < s + table && o < n; o += kpage)
+      base[o] = 1;
+  ta_free(p); /* the first look: the history, a share of about 1/2 */
+  cr_assert(h->hist_pages > 0);
+  long pte = 0;
+  uint64_t before = 0;
+  for (int i = 0; i < 2; i++) { /* a look at the second free */
+    cr_assert_eq(ta_malloc(n), p);
+    for (size_t s = 0; s < 12 * MiB; s += table) /* new: the first 256 KiB of each stretch */
+      for (size_t o = s ? s : ta_page_size; o < s + table / 8; o += kpage)
+        base[o] = 2;
+    if (i == 1) {
+      ta_huge_cache_limit = 8 * MiB; /* may keep 4 MiB: over even with the pattern alone */
+      pte = tt_status_kib("VmPTE:");
+      before = ta_os_calls(TA_OS_MADVISE);
+    }
+    ta_free(p);
+  }
+  cr_assert_eq(ta_huge_cached_count(), 1, "kept in the cache");
+  cr_assert_eq(h->resident64, 1, "emptied");
+  cr_assert_eq(ta_os_calls(TA_OS_MADVISE) - before, 6, "one call a stretch, no drop first");
+  for (size_t s = 0; s < 12 * MiB; s += table) {
+    size_t held = ta_os_resident((char *)h + s, table);
+    cr_assert_eq(held, kpage, "the stretch at %zu MiB holds %zu KiB", s / MiB, held / 1024);
+    cr_assert_eq(ta_os_resident((char *)h + s, kpage), kpage,
+                 "the stretch at %zu MiB keeps its first page (the header's, in the first)",
+                 s / MiB);
+  }
+  cr_assert_geq(tt_status_kib("VmPTE:"), pte, "no page table freed (%ld KiB, were %ld)",
+                tt_status_kib("VmPTE:"), pte);
+}
+
+/* An aligned block's data starts pages into its span (TA_HUGE_HDR rounded up to 64 KiB): the
+ * header's page, not looked at, keeps the first stretch's table, so a drop takes every new page
+ * of that stretch. */
+Test(huge, a_drop_in_an_aligned_block_s_first_stretch_keeps_only_the_header_s_page) {
+  drop_layout();
+  size_t kpage = ta_os_page_size(), table = ta_os_hugepage_size(), align = 64 * 1024;
+  size_t n = 12 * MiB - 2 * align;
+  char *p = ta_memalign(align, n); /* a span of 12 MiB, its data 64 KiB in */
+  ta_huge_t *h = ta_huge_hdr_checked(p, TA_MAP_HUGE, "test");
+  cr_assert_eq((uintptr_t)p - (uintptr_t)h, align);
+  char *base = (char *)h; /* base[o]: the byte at offset o of the span, o >= align */
+  /* The pattern: every page of 2-3, 4-5, 6-8 and 10-12 MiB; nothing in the first stretch. */
+  for (size_t o = 2 * MiB; o < 5 * MiB; o += kpage)
+    if (o < 3 * MiB || o >= 4 * MiB) base[o] = 1;
+  for (size_t o = 6 * MiB; o < 8 * MiB; o += kpage)
+    base[o] = 1;
+  for (size_t o = 10 * MiB; o < align + n; o += kpage)
+    base[o] = 1;
+  ta_free(p); /* the first look: a history */
+  cr_assert(h->hist_pages > 0);
+  ta_huge_cache_limit = 2 * (h->map_size / 64 * (h->resident64 + 1u)); /* the pattern fits */
+  cr_assert_geq(ta_huge_cache_limit, h->map_size, "room for it in the cache, unlooked");
+  for (int i = 0; i < 2; i++) { /* a look at the second free */
+    cr_assert_eq(ta_memalign(align, n), p);
+    for (size_t o = align; o < MiB; o += kpage)
+      base[o] = 2; /* new: the first stretch, up to 1 MiB */
+    ta_free(p);
+  }
+  cr_assert_eq(ta_huge_cached_count(), 1, "kept in the cache");
+  cr_assert_gt(h->resident64, 1, "not emptied: the drop was enough");
+  size_t held = ta_os_resident(h, table);
+  cr_assert_eq(held, kpage, "the first stretch keeps only the header's page: %zu KiB", held / 1024);
+  cr_assert_eq(ta_os_resident((char *)h + 2 * MiB, MiB), MiB, "the pattern stays");
+  cr_assert_eq(ta_os_resident((char *)h + 6 * MiB, 2 * MiB), 2 * MiB, "the pattern stays");
+}
 
 Test(huge, a_sparse_span_drops_the_pages_new_since_its_last_look) {
   check_new_pages_go_and_the_stride_stays();
