@@ -202,7 +202,7 @@ static void advise_fresh(ta_huge_t *h, size_t size, size_t end, bool pad) {
     }
   }
   h->thp = thp; /* the first write to the mapping */
-  h->hist_pages = 0;
+  h->hist = 0;
   h->sparse_seen = 0;
   h->look_in = 0;
   h->resident64 = 64;
@@ -262,11 +262,87 @@ static size_t span_keep(const ta_huge_t *h, size_t end, size_t size) {
   return r <= size && h->dirty_end <= end && r - end > end / 8 ? end : size;
 }
 
-/* The history forgets the pages from byte `end` of the span on (decommitted or unmapped). */
-static void hist_cut(ta_huge_t *h, size_t end) {
-  size_t pages = end / ta_os_page_size();
-  if (h->hist_pages > pages) h->hist_pages = (uint32_t)pages;
+/* The residency histories of spans found sparse (drop_new): which of a span's pages, in the
+ * kernel's pages from its start, were resident at its last look that took pages, or at its
+ * first. A bit a page, as many as a look's answer holds: 8,192, 32 MiB with 4 KiB pages,
+ * the whole of a look at a block whose data starts in the span's first page (a look at an
+ * aligned block, further in, that reaches past the history empties the span as before).
+ * Kept in a process-wide table of HIST_RECORDS records, not in the meta block: there the
+ * kilobyte pushed the data that far into the mapping, and a request ending within it below a
+ * multiple of 4 MiB took one more granule (spans took 1.05 times as long). The meta block
+ * holds the record's number (hist, 0 for none), the record its span's address (hist_owner):
+ * a number that does not lead back to the span (a header overwritten) is no history. Only the
+ * span's owner, the one thread that holds it (its free, its reuse, its unmap), reads or
+ * writes its record; records are taken with a compare-and-swap of their owner. A span that
+ * finds every record taken has no history: emptied as before. A record is released when its
+ * span is unmapped or loses its history, and follows a span that moves (the meta block moves
+ * with it). 256 records: the sparse workload of bench/ keeps up to 160 spans (128 live, 32
+ * cached); 1,032 bytes each, address space until used (the lowest free is taken). */
+#define HIST_RECORDS 256
+#define HIST_WORDS (TA_HUGE_VEC / 64)
+typedef struct {
+  uint32_t pages; /* pages covered from the span's start: 0, none */
+  uint64_t bits[HIST_WORDS];
+} hist_t;
+static hist_t hist_tab[HIST_RECORDS];
+static _Atomic(const ta_huge_t *) hist_owner[HIST_RECORDS]; /* NULL: free */
+static _Atomic unsigned hist_taken;                         /* records owned (tests) */
+_Static_assert(HIST_RECORDS < UINT16_MAX, "a record's number fits the meta block's field");
+
+/* The record of span h, or NULL. */
+static hist_t *hist_of(const ta_huge_t *h) {
+  unsigned i = h->hist;
+  if (i == 0 || i > HIST_RECORDS ||
+      atomic_load_explicit(&hist_owner[i - 1], memory_order_acquire) != h)
+    return NULL;
+  return &hist_tab[i - 1];
 }
+/* The record of span h, a free one taken for it if it has none; NULL if none is free. */
+static hist_t *hist_take(ta_huge_t *h) {
+  hist_t *r = hist_of(h);
+  for (unsigned i = 0; r == NULL && i < HIST_RECORDS; i++) { /* the lowest free: few pages */
+    const ta_huge_t *none = NULL;
+    if (atomic_load_explicit(&hist_owner[i], memory_order_relaxed) == NULL &&
+        atomic_compare_exchange_strong_explicit(&hist_owner[i], &none, h, memory_order_acquire,
+                                                memory_order_relaxed)) {
+      atomic_fetch_add_explicit(&hist_taken, 1, memory_order_relaxed);
+      h->hist = (uint16_t)(i + 1);
+      r = &hist_tab[i];
+      r->pages = 0;
+    }
+  }
+  return r;
+}
+/* Span h has no history from now on (unmapped, or what it holds no longer known page by
+ * page). */
+static void hist_drop(ta_huge_t *h) {
+  hist_t *r = hist_of(h);
+  h->hist = 0;
+  if (r == NULL) return;
+  r->pages = 0;
+  atomic_store_explicit(&hist_owner[r - hist_tab], NULL, memory_order_release);
+  atomic_fetch_sub_explicit(&hist_taken, 1, memory_order_relaxed);
+}
+/* Span `from` moved to `to` with its pages and meta block: its history follows it. */
+static void hist_move(const ta_huge_t *from, const ta_huge_t *to) {
+  unsigned i = to->hist;
+  const ta_huge_t *was = from;
+  if (i != 0 && i <= HIST_RECORDS)
+    atomic_compare_exchange_strong_explicit(&hist_owner[i - 1], &was, to, memory_order_release,
+                                            memory_order_relaxed);
+}
+/* The history forgets the pages from byte `end` of the span on (decommitted or unmapped). */
+static void hist_cut(const ta_huge_t *h, size_t end) {
+  hist_t *r = hist_of(h);
+  size_t pages = end / ta_os_page_size();
+  if (r != NULL && r->pages > pages) r->pages = (uint32_t)pages;
+}
+/* For tests: the pages span h's history covers (0: none), the records taken. */
+size_t ta_huge_hist_pages(const ta_huge_t *h) {
+  const hist_t *r = hist_of(h);
+  return r ? r->pages : 0;
+}
+unsigned ta_huge_hist_taken(void) { return atomic_load(&hist_taken); }
 
 /* Cuts the span, which the caller owns, down to its first `keep` bytes (page aligned, at
  * most its size): one munmap of the tail. A tail with no page resident (past dirty_end) is
@@ -326,28 +402,29 @@ static void empty_but_tables(ta_huge_t *h, const unsigned char *vec, size_t from
   h->resident64 = 1;
 }
 
-/* The residency history of a span found sparse (ta_huge_t, hist): which of its pages were
- * resident at its last look, in the kernel's pages from the span's start, as far as the words
- * reach. hist_first/hist_count: the pages of a look at [from, from + all) the history covers. */
+/* The pages of a look at [from, from + all) a history covers: *first the first, in the
+ * kernel's pages from the span's start. */
 static size_t hist_count(size_t from, size_t all, size_t *first) {
-  size_t kpage = ta_os_page_size(), cover = (size_t)TA_HUGE_HIST_WORDS * 64;
+  size_t kpage = ta_os_page_size(), cover = (size_t)HIST_WORDS * 64;
   *first = from / kpage;
   size_t n = all / kpage;
   return *first + n <= cover ? n : cover > *first ? cover - *first : 0;
 }
-static bool hist_has(const ta_huge_t *h, size_t pg) {
-  return pg < h->hist_pages && (h->hist[pg / 64] >> (pg % 64) & 1);
+static bool hist_has(const hist_t *r, size_t pg) {
+  return pg < r->pages && (r->bits[pg / 64] >> (pg % 64) & 1);
 }
 
 /* Records vec, the look's answer for [from, from + all), as the span's history (the pages a
  * drop took at the look included). */
 static void note_history(ta_huge_t *h, const unsigned char *vec, size_t from, size_t all) {
+  hist_t *r = hist_take(h);
+  if (r == NULL) return; /* every record is taken: no history, emptied as before */
   size_t first, n = hist_count(from, all, &first);
   for (size_t w = first / 64; w < (first + n + 63) / 64; w++)
-    h->hist[w] = 0;
+    r->bits[w] = 0;
   for (size_t i = 0; i < n; i++)
-    if (vec[i]) h->hist[(first + i) / 64] |= (uint64_t)1 << ((first + i) % 64);
-  h->hist_pages = (uint32_t)(first + n);
+    if (vec[i]) r->bits[(first + i) / 64] |= (uint64_t)1 << ((first + i) % 64);
+  r->pages = (uint32_t)(first + n);
 }
 
 /* Over the share the spans found sparse may hold (kept_over), a span used to be emptied of all
@@ -382,7 +459,8 @@ static bool drop_batch(const ta_huge_t *h, unsigned char *vec, size_t first, con
 static bool drop_new(ta_huge_t *h, unsigned char *vec, size_t from, size_t all, bool go,
                      unsigned *share64) {
   size_t kpage = ta_os_page_size(), first, n = hist_count(from, all, &first);
-  if (!ta_huge_batch || h->hist_pages == 0 || n != all / kpage) return false;
+  const hist_t *hr = ta_huge_batch ? hist_of(h) : NULL;
+  if (hr == NULL || hr->pages == 0 || n != all / kpage) return false;
   size_t table = ta_os_hugepage_size() / kpage; /* pages a page table maps */
   if (table == 0) table = ((size_t)2 << 20) / kpage;
   size_t base = (uintptr_t)h / kpage; /* tables map aligned stretches of the address space */
@@ -397,10 +475,10 @@ static bool drop_new(ta_huge_t *h, unsigned char *vec, size_t from, size_t all, 
     bool held = a == first && first > 0 && (base % table) + first < table; /* the header's page,
                                           resident, not looked at, in this stretch */
     for (size_t pg = a; pg < b && !held; pg++)
-      held = (vec[pg - first] & 1) && (hist_has(h, pg) || pg * kpage < ta_page_size);
+      held = (vec[pg - first] & 1) && (hist_has(hr, pg) || pg * kpage < ta_page_size);
     for (size_t pg = a; pg < b; pg++) {
       if (!(vec[pg - first] & 1)) continue;
-      if (hist_has(h, pg) || pg * kpage < ta_page_size || !held) { /* the header's page stays */
+      if (hist_has(hr, pg) || pg * kpage < ta_page_size || !held) { /* the header's page stays */
         held = true;
         kept++;
         continue;
@@ -467,7 +545,7 @@ static void look(ta_huge_t *h) {
     else if (!advised && advise(h, h->map_size))
       h->thp |= HUGE_ADVISED;
     h->thp |= HUGE_JUDGED;
-    h->hist_pages = 0; /* not looked at again, unless a padded block sends it back: afresh */
+    hist_drop(h); /* not looked at again, unless a padded block sends it back: afresh */
     return;
   }
   if (!advised) {
@@ -491,9 +569,10 @@ static void look(ta_huge_t *h) {
     /* The history is what was resident at the last look that took pages (what went included:
      * written again, it stays), or at the first look: what piles up between such looks goes
      * at the next. */
+    const hist_t *hr = hist_of(h);
     if (!seen || !kept)
-      h->hist_pages = 0; /* what it holds is not known page by page */
-    else if (took || h->hist_pages == 0)
+      hist_drop(h); /* what it holds is not known page by page */
+    else if (took || hr == NULL || hr->pages == 0)
       note_history(h, vec, from, all);
   } else {
     /* Advised up front and found with untouched pages: no more huge pages for it, and the
@@ -501,7 +580,7 @@ static void look(ta_huge_t *h) {
      * stays). Whether its class is used sparsely, the next fresh block of it will tell. */
     atomic_store_explicit(&class_doubt[cls], 1, memory_order_relaxed);
     ta_os_hugepage(h, h->map_size, false);
-    h->hist_pages = 0;
+    hist_drop(h);
     if (h->dirty_end > ta_page_size &&
         ta_os_decommit((char *)h + ta_page_size, h->dirty_end - ta_page_size) == 0)
       h->dirty_end = ta_page_size;
@@ -514,6 +593,7 @@ static void look(ta_huge_t *h) {
 
 static void huge_unmap(ta_huge_t *h) {
   kept_note(h, -1);
+  hist_drop(h);
   uintptr_t data = (uintptr_t)h + h->data_off;
   ta_map_set(data, TA_MAP_NONE);
   atomic_store_explicit(&h->state, 0, memory_order_relaxed);
@@ -651,19 +731,23 @@ static ta_huge_t *span_grow(ta_huge_t *h, size_t need, bool *kept) {
     return NULL;
   }
   kept_note(g, -1); /* its header moved with it: what it counted at its old size */
+  hist_move(h, g);
   if ((uintptr_t)g & TA_CHUNK_MASK) {
     /* The kernel's address is not on a granule: move once more, onto one. */
     void *dst = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
     ta_huge_t *a = dst ? ta_os_mremap(g, need, need, dst) : NULL;
     if (a == NULL) {
       if (dst) ta_os_munmap(dst, need);
+      hist_drop(g);
       ta_os_munmap(g, need);
       *kept = false;
       return NULL;
     }
+    hist_move(g, a);
     g = a;
   }
   if (!ta_map_ready((uintptr_t)g + g->data_off)) { /* its map page refused: the span goes */
+    hist_drop(g);
     ta_os_munmap(g, need);
     *kept = false;
     return NULL;
@@ -841,14 +925,14 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool gr
      * (Should the kernel refuse, the span keeps them, and all that goes with them.) Neither
      * before nor after is it found sparse: it counts nothing in sparse_kept. */
     h->thp = 0;
-    h->hist_pages = 0;
+    hist_drop(h);
     h->sparse_seen = 0;
     h->look_in = 0;
   } else if ((h->thp & HUGE_PADDED) && !pad) {
     /* Found dense while it served a padded block: judged again, advised then. */
     kept_note(h, -1);
     h->thp &= (uint8_t) ~(HUGE_PADDED | HUGE_JUDGED);
-    h->hist_pages = 0;
+    hist_drop(h);
     kept_note(h, +1);
   }
   /* A realloc keeps room to grow (ta_huge_realloc); the header is sealed below. */
@@ -914,7 +998,7 @@ void ta_huge_free(ta_huge_t *h) {
   /* Each locked read-modify-write of a cycle waits for the program's earlier stores to reach
    * the cache: this one lets only one of two racing frees of the block go on; the cache's put
    * and take make two more each (the tally's, the slot's). No count is kept beside them. */
-  uint32_t live = HUGE_LIVE;
+  uint16_t live = HUGE_LIVE;
   if (!atomic_compare_exchange_strong(&h->state, &live, HUGE_CACHED))
     ta_fatal("free(): double free of pointer", (char *)h + h->data_off);
   judge(h); /* the free is counted by the caller, in its arena (alloc.c) */
@@ -984,6 +1068,7 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
     return NULL;
   }
   kept_note(n, -1); /* its header moved with it */
+  hist_move(h, n);
   TA_STORE(n->map_size, target);
   kept_note(n, +1);
   TA_STORE(n->requested, size);

@@ -411,29 +411,22 @@ TA_INLINE void ta_mh_store(ta_mhdr_t *h, size_t v) {
 TA_HIDDEN size_t ta_mh_peek(const ta_mhdr_t *h);
 
 /* ------------------------------------------------------------------ huge blocks */
-/* The meta block before a huge block's data: 1,088 bytes (a multiple of 64), most of them the
- * residency history of a span found sparse, 127 words of bits: 8,128 pages, 31.75 MiB with
- * 4 KiB pages, from the span's start (a look covers up to 32 MiB from the block's first page:
- * one that reaches past the history empties the span as before). */
-#define TA_HUGE_HDR 1088
-#define TA_HUGE_HIST_WORDS 127
+/* The meta block before a huge block's data: 64 bytes, its last word the residency hint
+ * dirty_end. (The residency history of a span found sparse is kept apart: hist, huge.c.) */
+#define TA_HUGE_HDR 64
 typedef struct ta_huge {
   uintptr_t check;      /* (address ^ ta_secret) */
   size_t map_size;      /* bytes mapped, starting at this header */
   size_t data_off;      /* data = (char *)this + data_off */
   size_t requested;     /* last requested size */
-  _Atomic uint32_t state; /* HUGE_LIVE or HUGE_CACHED */
+  _Atomic uint16_t state; /* HUGE_LIVE or HUGE_CACHED */
+  uint16_t hist;          /* found sparse: its residency history's record + 1, or 0 (huge.c) */
   uint8_t thp;          /* HUGE_ADVISED | HUGE_JUDGED (huge.c: huge pages only where they pay) */
   uint8_t sparse_seen;  /* times it was found sparse (up to 6) */
   uint8_t look_in;      /* frees to wait before looking at its residency again (< 64) */
   uint8_t resident64;   /* found sparse: 64ths of the pages looked at that were resident */
   struct ta_huge *next; /* the list of unmaps put off for statistics readers */
   uint64_t freed_ms;    /* when it entered the cache */
-  /* Found sparse: which of its pages (the kernel's, from the span's start, hist_pages of them)
-   * were resident at its last look; hist_pages 0: not known (huge.c, drop_new). */
-  uint32_t hist_pages;
-  uint32_t hist_unused;
-  uint64_t hist[TA_HUGE_HIST_WORDS];
   size_t dirty_end; /* no page at or beyond this offset is resident; the word before the data */
 } ta_huge_t;
 _Static_assert(sizeof(ta_huge_t) == TA_HUGE_HDR, "huge meta block fits before the data");
@@ -1232,6 +1225,8 @@ TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
 size_t ta_huge_cached_bytes(void); /* for tests and statistics */
 size_t ta_huge_cached_count(void);
 size_t ta_huge_cache_sum(void); /* the slots' weights counted one by one (tests) */
+size_t ta_huge_hist_pages(const ta_huge_t *h); /* its residency history's reach (tests) */
+unsigned ta_huge_hist_taken(void);             /* records of the histories taken (tests) */
 
 /* ------------------------------------------------------------------ span.c */
 /* Blocks over 8 KiB to 256 KiB as whole pages in process-wide span chunks (span.c): at most

@@ -1,11 +1,13 @@
 /* Unit tests: huge blocks — own mappings, the cache of freed spans, mremap growth. */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/resource.h>
-#include <pthread.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -508,7 +510,7 @@ static void check_new_pages_go_and_the_stride_stays(void) {
     p[n - 1] = 2;
     ta_free(p); /* looks at blocks 0, 2 and 6 (after 1, then 3 more frees) */
     if (i == 0) {
-      cr_assert(h->hist_pages > 0, "the first look keeps a history");
+      cr_assert(ta_huge_hist_pages(h) > 0, "the first look keeps a history");
       pattern = ta_os_resident(h, h->map_size);
       /* Room for what it holds now, and for it unlooked, whole (cache_weight). */
       ta_huge_cache_limit = 2 * (h->map_size / 64 * h->resident64);
@@ -548,7 +550,7 @@ static void check_drop_keeps_a_page_a_table(bool batch_fails) {
   for (size_t o = 10 * MiB; o + 2048 < n; o += kpage)
     base[o] = 1;
   ta_free(p); /* the first look: a history */
-  cr_assert(h->hist_pages > 0);
+  cr_assert(ta_huge_hist_pages(h) > 0);
   ta_huge_cache_limit = 2 * (h->map_size / 64 * (h->resident64 + 1u)); /* the pattern fits */
   cr_assert_geq(ta_huge_cache_limit, h->map_size, "room for it in the cache, unlooked");
   cr_assert_eq(ta_malloc(n), p);
@@ -598,7 +600,7 @@ Test(huge, a_span_the_drop_would_leave_over_its_share_is_emptied_keeping_a_page_
     for (size_t o = s + table / 2; o < s + table && o < n; o += kpage)
       base[o] = 1;
   ta_free(p); /* the first look: the history, a share of about 1/2 */
-  cr_assert(h->hist_pages > 0);
+  cr_assert(ta_huge_hist_pages(h) > 0);
   long pte = 0;
   uint64_t before = 0;
   for (int i = 0; i < 2; i++) { /* a look at the second free */
@@ -646,7 +648,7 @@ Test(huge, a_drop_in_an_aligned_block_s_first_stretch_keeps_only_the_header_s_pa
   for (size_t o = 10 * MiB; o < align + n; o += kpage)
     base[o] = 1;
   ta_free(p); /* the first look: a history */
-  cr_assert(h->hist_pages > 0);
+  cr_assert(ta_huge_hist_pages(h) > 0);
   ta_huge_cache_limit = 2 * (h->map_size / 64 * (h->resident64 + 1u)); /* the pattern fits */
   cr_assert_geq(ta_huge_cache_limit, h->map_size, "room for it in the cache, unlooked");
   for (int i = 0; i < 2; i++) { /* a look at the second free */
@@ -670,6 +672,53 @@ Test(huge, a_sparse_span_drops_the_pages_new_since_its_last_look) {
 Test(huge, a_sparse_span_drops_the_pages_new_since_its_last_look_with_larger_pages) {
   ta_conf_apply("page_kb:16");
   check_new_pages_go_and_the_stride_stays();
+}
+
+/* The histories are kept apart from the spans (huge.c, hist_t): a span's record goes with it
+ * when it is unmapped, and follows it when realloc moves it. */
+static ta_huge_t *span_with_history(char **p) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) cr_skip_test("no huge pages: nothing is looked at");
+  ta_decay_ms = 600000;
+  *p = ta_malloc(6 * MiB);
+  ta_huge_t *h = ta_huge_hdr_checked(*p, TA_MAP_HUGE, "test");
+  write_sparse(*p, 6 * MiB);
+  ta_free(*p); /* the first look: a history */
+  cr_assert_gt(ta_huge_hist_pages(h), 0);
+  cr_assert_eq(ta_huge_hist_taken(), 1);
+  return h;
+}
+
+Test(huge, a_span_s_history_is_released_when_the_span_is_unmapped) {
+  char *p;
+  ta_huge_t *h = span_with_history(&p);
+  uint16_t own = h->hist;
+  h->hist = (uint16_t)(own + 1); /* a number overwritten: a record not the span's */
+  cr_assert_eq(ta_huge_hist_pages(h), 0, "a record that is not the span's is no history");
+  h->hist = UINT16_MAX; /* and one past the table */
+  cr_assert_eq(ta_huge_hist_pages(h), 0);
+  h->hist = own;
+  ta_huge_purge(ta_os_now_ms(), true);
+  cr_assert_eq(ta_huge_cached_count(), 0, "unmapped");
+  cr_assert_eq(ta_huge_hist_taken(), 0, "its record released");
+}
+
+Test(huge, a_span_s_history_follows_it_when_realloc_moves_it) {
+  char *p;
+  ta_huge_t *h = span_with_history(&p);
+  size_t pages = ta_huge_hist_pages(h);
+  cr_assert_eq(ta_malloc(6 * MiB), p, "the span serves again, its history with it");
+  /* A mapping just past the span, ours if none is there yet: it cannot grow in place. */
+  char *wall = mmap((char *)h + h->map_size, 4096, PROT_NONE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  cr_assert(wall == (char *)h + h->map_size || (wall == MAP_FAILED && errno == EEXIST));
+  char *q = ta_realloc(p, 20 * MiB);
+  cr_assert_not_null(q);
+  ta_huge_t *g = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
+  cr_assert_neq(g, h, "moved");
+  cr_assert_eq(ta_huge_hist_pages(g), pages, "the history moved with it");
+  cr_assert_eq(ta_huge_hist_taken(), 1, "the same record");
+  if (wall != MAP_FAILED) munmap(wall, 4096);
+  ta_free(q);
 }
 
 /* A span larger than what a look sees (32 MiB from the block's first page): what lies past it
