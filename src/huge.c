@@ -117,8 +117,7 @@ static int mostly_written(const char *p, size_t len, size_t all, bool read, unsi
   size_t unwritten_max = pages / 4, unwritten = 0, resident = 0;
   if (ta_os_mincore(p, all, vec) != 0) return -1;
   for (size_t i = 0; i < all_pages; i++) {
-    vec[i] &= 1; /* mincore's other bits are reserved: drop_new marks with one (VEC_DROPPED) */
-    bool written = vec[i];
+    bool written = vec[i] & 1;
     if (written && read) {
       const uint64_t *w = (const uint64_t *)(p + i * page);
       size_t j = 0;
@@ -286,7 +285,6 @@ typedef struct {
 } hist_t;
 static hist_t hist_tab[HIST_RECORDS];
 static _Atomic(const ta_huge_t *) hist_owner[HIST_RECORDS]; /* NULL: free */
-static _Atomic unsigned hist_taken;                         /* records owned (tests) */
 _Static_assert(HIST_RECORDS < UINT16_MAX, "a record's number fits the meta block's field");
 
 /* The record of span h, or NULL. */
@@ -305,10 +303,11 @@ static hist_t *hist_take(ta_huge_t *h) {
     if (atomic_load_explicit(&hist_owner[i], memory_order_relaxed) == NULL &&
         atomic_compare_exchange_strong_explicit(&hist_owner[i], &none, h, memory_order_acquire,
                                                 memory_order_relaxed)) {
-      atomic_fetch_add_explicit(&hist_taken, 1, memory_order_relaxed);
       h->hist = (uint16_t)(i + 1);
       r = &hist_tab[i];
       r->pages = 0;
+      memset(r->bits, 0, sizeof r->bits); /* no bit of its last span's (note_history writes
+                                             from the look's first page on) */
     }
   }
   return r;
@@ -321,7 +320,6 @@ static void hist_drop(ta_huge_t *h) {
   if (r == NULL) return;
   r->pages = 0;
   atomic_store_explicit(&hist_owner[r - hist_tab], NULL, memory_order_release);
-  atomic_fetch_sub_explicit(&hist_taken, 1, memory_order_relaxed);
 }
 /* Span `from` moved to `to` with its pages and meta block: its history follows it. */
 static void hist_move(const ta_huge_t *from, const ta_huge_t *to) {
@@ -342,7 +340,12 @@ size_t ta_huge_hist_pages(const ta_huge_t *h) {
   const hist_t *r = hist_of(h);
   return r ? r->pages : 0;
 }
-unsigned ta_huge_hist_taken(void) { return atomic_load(&hist_taken); }
+unsigned ta_huge_hist_taken(void) {
+  unsigned n = 0;
+  for (unsigned i = 0; i < HIST_RECORDS; i++)
+    n += atomic_load_explicit(&hist_owner[i], memory_order_relaxed) != NULL;
+  return n;
+}
 
 /* Cuts the span, which the caller owns, down to its first `keep` bytes (page aligned, at
  * most its size): one munmap of the tail. A tail with no page resident (past dirty_end) is
@@ -362,8 +365,8 @@ static void span_cut(ta_huge_t *h, size_t keep) {
 
 /* Empties the span, which the caller owns, of its pages but one in each stretch that one
  * page table maps (ta_os_hugepage_size(): 2 MiB with 4 KiB pages): the first page of it that
- * vec says is resident. vec is mincore's answer for [from, from + all), in the kernel's pages
- * (a page drop_new marked VEC_DROPPED is not resident); a page before `from` counts as resident.
+ * vec says is resident. vec is mincore's answer for [from, from + all), in the kernel's pages;
+ * a page before `from` counts as resident.
  * What lies past from + all (a span larger than the look's 32 MiB) goes in one call. The kernel
  * (CONFIG_PT_RECLAIM) frees the page table of a stretch that one decommit empties whole, and the
  * next write faults in a new one; where page tables are shadowed (a virtual machine without nested
@@ -415,15 +418,15 @@ static bool hist_has(const hist_t *r, size_t pg) {
 }
 
 /* Records vec, the look's answer for [from, from + all), as the span's history (the pages a
- * drop took at the look included). */
+ * drop took at the look included). Not without the batch: drop_new would never read it. */
 static void note_history(ta_huge_t *h, const unsigned char *vec, size_t from, size_t all) {
-  hist_t *r = hist_take(h);
+  hist_t *r = ta_huge_batch ? hist_take(h) : NULL;
   if (r == NULL) return; /* every record is taken: no history, emptied as before */
   size_t first, n = hist_count(from, all, &first);
   for (size_t w = first / 64; w < (first + n + 63) / 64; w++)
     r->bits[w] = 0;
   for (size_t i = 0; i < n; i++)
-    if (vec[i]) r->bits[(first + i) / 64] |= (uint64_t)1 << ((first + i) % 64);
+    if (vec[i] & 1) r->bits[(first + i) / 64] |= (uint64_t)1 << ((first + i) % 64);
   r->pages = (uint32_t)(first + n);
 }
 
@@ -437,36 +440,26 @@ static void note_history(ta_huge_t *h, const unsigned char *vec, size_t from, si
  * bench/ faulted 1.66 times per block that way, 1.19 with this (mimalloc, which gives nothing
  * back, 1.07), and ran in 0.83 of the time.
  * With `go` false nothing is dropped: the share the drop would leave is only counted, so that
- * a span the drop would leave over its share is emptied instead, not both. With `go`, each
- * page sent to be dropped is marked VEC_DROPPED in vec (no longer resident to empty_but_tables,
- * still resident at the look to note_history). True if the pages went (or none had to, or,
- * without `go`, they could); *share64 is then the share left. False without a history, where
- * the look saw past what the history covers, or where the kernel drops no batch (the ranges one
- * by one would cost more calls than the emptying saves): the caller empties the span instead.
- * A batch that failed (the kernel's answer, or a range of its one-by-one fallback) has its pages
- * marked resident again: the emptying that follows decommits them with the rest, and its
- * share of 1/64 stays true of what is resident. */
-#define VEC_DROPPED 2
-static bool drop_batch(const ta_huge_t *h, unsigned char *vec, size_t first, const ta_os_range_t *r,
-                       int k) {
-  if (ta_os_decommit_batch(r, k) == 0) return true;
-  size_t kpage = ta_os_page_size();
-  for (int i = 0; i < k; i++)
-    for (size_t o = 0; o < r[i].size; o += kpage)
-      vec[((size_t)((char *)r[i].p - (const char *)h) + o) / kpage - first] = 1;
-  return false;
-}
-static bool drop_new(ta_huge_t *h, unsigned char *vec, size_t from, size_t all, bool go,
-                     unsigned *share64) {
+ * a span the drop would leave over its share is emptied instead, not both. 1 if the pages went
+ * (or none had to, or, without `go`, they could): *share64 is then the share left. 0 if
+ * nothing was dropped: without a history, where the look saw past what the history covers, or
+ * where the kernel drops no batch (the ranges one by one would cost more calls than the
+ * emptying saves): the caller empties the span instead. -1 if a batch failed after some pages
+ * may have gone (its ranges one by one failed too for some: an mlocked range, say): which
+ * are resident is not known page by page, so nothing is emptied (a page kept for a stretch
+ * could be one that went); the span is left as it is, counted at the look's share (no less
+ * than it holds), until its next look. */
+static int drop_new(ta_huge_t *h, const unsigned char *vec, size_t from, size_t all, bool go,
+                    unsigned *share64) {
   size_t kpage = ta_os_page_size(), first, n = hist_count(from, all, &first);
   const hist_t *hr = ta_huge_batch ? hist_of(h) : NULL;
-  if (hr == NULL || hr->pages == 0 || n != all / kpage) return false;
+  if (hr == NULL || hr->pages == 0 || n != all / kpage) return 0;
   size_t table = ta_os_hugepage_size() / kpage; /* pages a page table maps */
   if (table == 0) table = ((size_t)2 << 20) / kpage;
   size_t base = (uintptr_t)h / kpage; /* tables map aligned stretches of the address space */
   size_t kept = 0;
   ta_os_range_t r[TA_OS_BATCH_MAX];
-  int k = 0;
+  int k = 0, sent = 0; /* sent: batches dropped */
   for (size_t a = first; a < first + n;) {
     size_t b = ((base + a) / table + 1) * table - base; /* [a, b): a table's stretch, or part */
     if (b > first + n) b = first + n;
@@ -487,23 +480,25 @@ static bool drop_new(ta_huge_t *h, unsigned char *vec, size_t from, size_t all, 
       char *at = (char *)h + pg * kpage;
       if (k > 0 && (char *)r[k - 1].p + r[k - 1].size == at) {
         r[k - 1].size += kpage;
-      } else {
-        if (k == TA_OS_BATCH_MAX) {
-          if (!drop_batch(h, vec, first, r, k)) return false;
-          k = 0;
-        }
-        r[k].p = at;
-        r[k].size = kpage;
-        k++;
+        continue;
       }
-      vec[pg - first] = VEC_DROPPED;
+      if (k == TA_OS_BATCH_MAX) {
+        int got = ta_os_decommit_batch(r, k);
+        if (got != 0) return got < 0 && sent == 0 ? 0 : -1;
+        sent++;
+        k = 0;
+      }
+      r[k].p = at;
+      r[k].size = kpage;
+      k++;
     }
     a = b;
   }
-  if (k > 0 && !drop_batch(h, vec, first, r, k)) return false;
+  int got = k > 0 ? ta_os_decommit_batch(r, k) : 0;
+  if (got != 0) return got < 0 && sent == 0 ? 0 : -1;
   unsigned share = (unsigned)((kept * 64 + n - 1) / n);
   *share64 = share ? share : 1;
-  return true;
+  return 1;
 }
 
 static void look(ta_huge_t *h);
@@ -560,10 +555,10 @@ static void look(ta_huge_t *h) {
                 h->dirty_end > ta_page_size;
     bool took = over; /* this look takes pages: its answer becomes the history */
     unsigned left = 64; /* the share the drop would leave: enough, or the span is emptied */
-    if (over && seen && drop_new(h, vec, from, all, false, &left) &&
+    if (over && seen && drop_new(h, vec, from, all, false, &left) > 0 &&
         !(left > TA_HUGE_STRIDE64 && kept_over(h->map_size / 64 * left)) &&
-        drop_new(h, vec, from, all, true, &share))
-      over = false;
+        drop_new(h, vec, from, all, true, &share) != 0)
+      over = false; /* dropped; or a batch failed part way: left until the next look */
     h->resident64 = (uint8_t)share;
     if (over) empty_but_tables(h, vec, from, written < 0 ? 0 : all); /* no answer: one call */
     /* The history is what was resident at the last look that took pages (what went included:

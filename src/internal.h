@@ -679,7 +679,7 @@ typedef struct {
   size_t size;
 } ta_os_range_t;
 #define TA_OS_BATCH_MAX 64
-TA_HIDDEN int ta_os_decommit_batch(const ta_os_range_t *r, int n);
+TA_HIDDEN int ta_os_decommit_batch(const ta_os_range_t *r, int n); /* 0, -1 none, 1 some */
 TA_HIDDEN int ta_os_protect(void *p, size_t size, bool access); /* guard pages: mprotect */
 TA_HIDDEN void *ta_os_mremap(void *p, size_t old, size_t size, void *fixed); /* NULL on failure */
 TA_HIDDEN void *ta_os_mremap_move(void *p, size_t old, size_t size); /* in place or moved */

@@ -16,8 +16,9 @@
  *   ta_os_mmap_aligned(n,a) the same, aligned to a (a power of two >= page size).
  *   ta_os_munmap/decommit   0 on success. decommit drops the pages (they read back as zero).
  *   ta_os_decommit_batch(r,n)  decommit of n ranges in one call (process_madvise on the
- *                           process itself); -1 where the kernel cannot batch (never asked
- *                           again) or the call failed: then nothing, or not all, was dropped.
+ *                           process itself): 0 all dropped; -1 where the kernel cannot batch
+ *                           (never asked again): nothing dropped; 1 where the call failed and
+ *                           the ranges one by one did too for some: those may be resident.
  *   ta_os_reserve_aligned(n,a)  address space only: no access, nothing charged against the
  *                           commit limit, until ta_os_commit(p,n) makes part of it read-write
  *                           (charged then, until it is unmapped).
@@ -475,10 +476,12 @@ int ta_os_decommit_batch(const ta_os_range_t *r, int n) {
     return 0;
   }
   int ret = 0; /* failed (ENOMEM copying the ranges, say), or dropped only part: one by one */
-  for (int i = 0; i < n && ret == 0; i++) {
+  for (int i = 0; i < n; i++) {
     count_call(TA_OS_MADVISE);
-    ret = madvise(r[i].p, r[i].size, MADV_DONTNEED);
-    if (ret == 0) count_returned(r[i].size);
+    if (madvise(r[i].p, r[i].size, MADV_DONTNEED) == 0)
+      count_returned(r[i].size);
+    else
+      ret = 1;
   }
   errno = saved;
   return ret;

@@ -535,7 +535,8 @@ static void drop_layout(void) {
 /* The new pages a look drops never empty a stretch one page table maps: its first resident
  * page stays, and so does the table (which a kernel with CONFIG_PT_RECLAIM frees with the last
  * page a call drops, see "An emptied span keeps its page tables" in docs/design.md). */
-static void check_drop_keeps_a_page_a_table(bool batch_fails) {
+enum { DROP_WORKS, BATCH_REFUSED, RANGE_LOCKED };
+static void check_drop_keeps_a_page_a_table(int how) {
   drop_layout();
   size_t kpage = ta_os_page_size(), n = 12 * MiB - 8192;
   char *p = ta_malloc(n); /* a span of 12 MiB */
@@ -559,31 +560,46 @@ static void check_drop_keeps_a_page_a_table(bool batch_fails) {
   ta_free(p);    /* no look (the next after one more free) */
   cr_assert_eq(ta_malloc(n), p);
   long pte = tt_status_kib("VmPTE:");
-  if (batch_fails) ta_os_fail(TA_OS_MADVISE, 0, 1);
+  char *locked = (char *)h + 9 * MiB;
+  if (how == BATCH_REFUSED) ta_os_fail(TA_OS_MADVISE, 0, 1);
+  if (how == RANGE_LOCKED && mlock(locked, kpage) != 0) cr_skip_test("mlock refused");
   ta_free(p); /* a look over the share: the stretch's pages go, but its first */
   size_t held = ta_os_resident((char *)h + 8 * MiB, 2 * MiB);
-  cr_assert_eq(held, kpage, "the stretch keeps one page: %zu KiB", held / 1024);
-  if (!batch_fails) {
+  if (how == DROP_WORKS) {
+    cr_assert_eq(held, kpage, "the stretch keeps one page: %zu KiB", held / 1024);
     cr_assert_eq(ta_os_resident((char *)h, 3 * MiB), 3 * MiB, "the pattern stays");
-  } else { /* the span is emptied instead, and holds what its share of 1/64 says */
+  } else if (how == BATCH_REFUSED) { /* emptied instead: it holds what its share of 1/64 says */
+    cr_assert_eq(held, kpage, "the stretch keeps one page: %zu KiB", held / 1024);
     cr_assert_eq(h->resident64, 1);
     /* the first stretch keeps the allocator's first page, all of it written (page_kb) */
     cr_assert_eq(ta_os_resident(h, h->map_size), ta_page_size + 4 * kpage,
                  "a page a stretch (4-6 MiB: none): %zu KiB",
                  ta_os_resident(h, h->map_size) / 1024);
+  } else { /* a range the kernel would not drop: left as the look found it, not emptied */
+    munlock(locked, kpage);
+    cr_assert_gt(h->resident64, 1, "counted at the look's share");
+    cr_assert_eq(ta_os_resident(locked, kpage), kpage);
+    cr_assert_eq(ta_os_resident((char *)h, 3 * MiB), 3 * MiB, "the pattern stays");
   }
   cr_assert_geq(tt_status_kib("VmPTE:"), pte, "no page table freed (%ld KiB, were %ld)",
                 tt_status_kib("VmPTE:"), pte);
 }
 
 Test(huge, a_look_that_drops_new_pages_keeps_a_page_a_table) {
-  check_drop_keeps_a_page_a_table(false);
+  check_drop_keeps_a_page_a_table(DROP_WORKS);
 }
 
-/* A drop the kernel refuses (one failed batch: ranges it may have dropped in part) leaves the
- * span to be emptied as without a history: the pages the batch held are emptied too. */
-Test(huge, a_look_whose_drop_fails_empties_the_span_to_a_page_a_table) {
-  check_drop_keeps_a_page_a_table(true);
+/* A batch the kernel refuses (nothing dropped) leaves the span to be emptied as without a
+ * history. */
+Test(huge, a_look_whose_batch_is_refused_empties_the_span_to_a_page_a_table) {
+  check_drop_keeps_a_page_a_table(BATCH_REFUSED);
+}
+
+/* A batch that fails with a range the kernel will not drop (mlocked), one by one too: which
+ * pages went is not known, so the span is not emptied (a page kept for a stretch could be one
+ * that went, and the stretch would lose its table): left as the look found it. */
+Test(huge, a_look_whose_drop_fails_part_way_leaves_the_span_as_it_was) {
+  check_drop_keeps_a_page_a_table(RANGE_LOCKED);
 }
 
 /* A look where dropping the new pages would still leave the span over its share empties it
@@ -690,28 +706,47 @@ static ta_huge_t *span_with_history(char **p) {
 
 Test(huge, a_span_s_history_is_released_when_the_span_is_unmapped) {
   char *p;
-  ta_huge_t *h = span_with_history(&p);
-  uint16_t own = h->hist;
-  h->hist = (uint16_t)(own + 1); /* a number overwritten: a record not the span's */
-  cr_assert_eq(ta_huge_hist_pages(h), 0, "a record that is not the span's is no history");
-  h->hist = UINT16_MAX; /* and one past the table */
-  cr_assert_eq(ta_huge_hist_pages(h), 0);
-  h->hist = own;
+  (void)span_with_history(&p);
   ta_huge_purge(ta_os_now_ms(), true);
   cr_assert_eq(ta_huge_cached_count(), 0, "unmapped");
   cr_assert_eq(ta_huge_hist_taken(), 0, "its record released");
 }
 
-Test(huge, a_span_s_history_follows_it_when_realloc_moves_it) {
-  char *p;
-  ta_huge_t *h = span_with_history(&p);
-  size_t pages = ta_huge_hist_pages(h);
-  cr_assert_eq(ta_malloc(6 * MiB), p, "the span serves again, its history with it");
-  /* A mapping just past the span, ours if none is there yet: it cannot grow in place. */
+/* The meta block's record number leads to a history only if the record is the span's. */
+Test(huge, a_record_number_that_is_not_the_span_s_is_no_history) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) cr_skip_test("no huge pages: nothing is looked at");
+  ta_decay_ms = 600000;
+  char *a = ta_malloc(6 * MiB), *b = ta_malloc(6 * MiB);
+  ta_huge_t *ha = ta_huge_hdr_checked(a, TA_MAP_HUGE, "test");
+  ta_huge_t *hb = ta_huge_hdr_checked(b, TA_MAP_HUGE, "test");
+  write_sparse(a, 6 * MiB);
+  write_sparse(b, 6 * MiB);
+  ta_free(a);
+  ta_free(b);
+  size_t pages = ta_huge_hist_pages(ha);
+  cr_assert_gt(pages, 0);
+  cr_assert_gt(ta_huge_hist_pages(hb), 0);
+  cr_assert_eq(ta_huge_hist_taken(), 2);
+  uint16_t own = ha->hist;
+  ha->hist = hb->hist; /* overwritten with the other's number */
+  cr_assert_eq(ta_huge_hist_pages(ha), 0, "another span's record is no history of this one");
+  ha->hist = UINT16_MAX; /* and one past the table */
+  cr_assert_eq(ta_huge_hist_pages(ha), 0);
+  ha->hist = own;
+  cr_assert_eq(ta_huge_hist_pages(ha), pages);
+}
+
+/* A mapping just past span h, ours if none is there yet (then returned, to be unmapped): the
+ * span cannot grow in place. */
+static char *wall_after(const ta_huge_t *h) {
   char *wall = mmap((char *)h + h->map_size, 4096, PROT_NONE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   cr_assert(wall == (char *)h + h->map_size || (wall == MAP_FAILED && errno == EEXIST));
-  char *q = ta_realloc(p, 20 * MiB);
+  return wall;
+}
+
+/* Block q's span is span h moved, with h's history of `pages` pages, the same record. */
+static void moved_with_history(const ta_huge_t *h, char *q, size_t pages, char *wall) {
   cr_assert_not_null(q);
   ta_huge_t *g = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
   cr_assert_neq(g, h, "moved");
@@ -719,6 +754,26 @@ Test(huge, a_span_s_history_follows_it_when_realloc_moves_it) {
   cr_assert_eq(ta_huge_hist_taken(), 1, "the same record");
   if (wall != MAP_FAILED) munmap(wall, 4096);
   ta_free(q);
+}
+
+Test(huge, a_span_s_history_follows_it_when_a_larger_block_moves_it) {
+  char *p;
+  ta_huge_t *h = span_with_history(&p); /* cached: 8 MiB */
+  size_t pages = ta_huge_hist_pages(h);
+  char *wall = wall_after(h);
+  char *q = ta_malloc(12 * MiB); /* needs 16 MiB: the span, half of it, grows (span_grow) */
+  cr_assert_eq(ta_huge_cached_count(), 0, "the span was taken and grown");
+  moved_with_history(h, q, pages, wall);
+}
+
+Test(huge, a_span_s_history_follows_it_when_realloc_moves_it) {
+  char *p;
+  ta_huge_t *h = span_with_history(&p);
+  size_t pages = ta_huge_hist_pages(h);
+  cr_assert_eq(ta_malloc(6 * MiB), p, "the span serves again, its history with it");
+  char *wall = wall_after(h);
+  char *q = ta_realloc(p, 20 * MiB);
+  moved_with_history(h, q, pages, wall);
 }
 
 /* A span larger than what a look sees (32 MiB from the block's first page): what lies past it
