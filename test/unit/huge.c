@@ -563,6 +563,10 @@ static void check_drop_keeps_a_page_a_table(int how) {
   char *locked = (char *)h + 9 * MiB;
   if (how == BATCH_REFUSED) ta_os_fail(TA_OS_MADVISE, 0, 1);
   if (how == RANGE_LOCKED && mlock(locked, kpage) != 0) cr_skip_test("mlock refused");
+  if (how == RANGE_LOCKED && tt_status_kib("VmLck:") * 1024 < (long)kpage) {
+    munlock(locked, kpage); /* a sanitizer's runtime makes mlock do nothing */
+    cr_skip_test("mlock locked nothing");
+  }
   ta_free(p); /* a look over the share: the stretch's pages go, but its first */
   size_t held = ta_os_resident((char *)h + 8 * MiB, 2 * MiB);
   if (how == DROP_WORKS) {
