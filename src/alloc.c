@@ -516,15 +516,18 @@ static TA_EXIT_PATH void free_small_slow(ta_arena_t *me, ta_run_t *r) {
 
 /* Another thread's medium block: to its owner. Should the owner be idle for good, the
  * background purger takes it in: it is told a medium block waits, and its next visit to
- * owned arenas is due within the decay time, or is made so here — and started if it has left
- * (this free holds no lock of ours: a safe point, as alloc_from's entry is). */
+ * owned arenas is made due within the decay time by the first block of a batch (the count
+ * was none), or when no visit is due; and the purger is started then if it has left (this
+ * free holds no lock of ours: a safe point, as alloc_from's entry is). A due time that is
+ * there already is not enough: it may be far off (an arena's demand holds its memory), or
+ * be one the purger left behind when it last stopped, with one thread left. */
 static TA_NOINLINE void free_medium_remote(ta_arena_t *owner, ta_block_t *b) {
   if (free_to_owner(owner, b)) {
-    atomic_fetch_add_explicit(&owner->remote_medium, 1, memory_order_relaxed);
-    if (atomic_load_explicit(&ta_arenas_due, memory_order_relaxed) == 0 &&
-        atomic_load_explicit(&owner->state, memory_order_relaxed) == ARENA_CLAIMED) {
+    int64_t before = atomic_fetch_add_explicit(&owner->remote_medium, 1, memory_order_relaxed);
+    if (atomic_load_explicit(&owner->state, memory_order_relaxed) != ARENA_CLAIMED) return;
+    if (before <= 0 || atomic_load_explicit(&ta_arenas_due, memory_order_relaxed) == 0) {
       ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + ta_decay_ms);
-      ta_bg_maybe_start(library.background);
+      if (!ta_bg_running()) ta_bg_maybe_start(library.background);
     }
   }
 }

@@ -466,6 +466,14 @@ static uint8_t remote_check(ta_arena_t *a, ta_block_t *b) {
   return kind;
 }
 
+/* `medium` blocks counted in remote_medium were taken in. A block pushed after the lists
+ * were taken, and counted before this, keeps the count above none: its free saw blocks
+ * waiting and noted no visit (alloc.c, free_medium_remote), so the visit is noted here. */
+static void mail_taken(ta_arena_t *a, int64_t medium) {
+  if (atomic_fetch_sub_explicit(&a->remote_medium, medium, memory_order_relaxed) > medium)
+    ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + ta_decay_ms);
+}
+
 /* Takes in one remote free and returns the next on the list (the caller counts it). */
 static ta_block_t *remote_take(ta_arena_t *a, ta_block_t *b, int64_t *medium) {
   uint8_t kind = remote_check(a, b);
@@ -511,7 +519,7 @@ void ta_remote_collect_medium(ta_arena_t *a) {
       b = next;
     }
   }
-  if (medium) atomic_fetch_sub_explicit(&a->remote_medium, medium, memory_order_relaxed);
+  if (medium) mail_taken(a, medium);
   /* None there (another taker did not count, or a free went to a suspect slot): clear the
    * hint, unless a free has raised it meanwhile. */
   else atomic_compare_exchange_strong_explicit(&a->remote_medium, &hint, 0, memory_order_relaxed,
@@ -565,7 +573,7 @@ void ta_remote_collect_slow(ta_arena_t *a) {
     for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
       if (lists[i] && (lists[i] = remote_take(a, lists[i], &medium)) == NULL) n--;
   }
-  if (medium) atomic_fetch_sub_explicit(&a->remote_medium, medium, memory_order_relaxed);
+  if (medium) mail_taken(a, medium);
   /* Suspects after the drain: a block freed once remotely and once more is on its run's
    * list by now. */
   if (atomic_exchange_explicit(&a->suspected, 0, memory_order_acquire) != 0) {

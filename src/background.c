@@ -12,7 +12,7 @@
  *     half changed: the thread-exit destructor, or the entry of alloc_from after a slow
  *     path asked for it (ta_bg_request), never from inside a slow path;
  *   - it sleeps on a futex until the earliest due time, and with nothing pending until a
- *     thread notes new work (ta_bg_wake, dirty.c: a due time went from none to some), or
+ *     thread notes work due sooner than it would wake (ta_bg_wake, dirty.c), or
  *     until a round for the budget that left an arena to its owner's lock comes again;
  *   - it purges what has waited for the decay time: arenas without an owner (claimed one
  *     at a time, as any thread's orphan purge does), the huge cache, and the arenas of
@@ -198,7 +198,7 @@ static void *bg_main(void *arg) {
         if (sdue > now) ta_os_futex_wait(&ta_bg_seq, seq, sdue - now);
         continue;
       }
-      atomic_store_explicit(&ta_bg_sleeping, 0, memory_order_relaxed);
+      atomic_store_explicit(&ta_bg_wakes_at, 0, memory_order_relaxed);
       atomic_store_explicit(&ta_bg_state, BG_NONE, memory_order_seq_cst);
       /* A thread that exited (or went over the budget) between our look and that store saw
        * us running and started nobody: look again, and stay if it left work. If someone
@@ -252,15 +252,15 @@ static void *bg_main(void *arg) {
       atomic_fetch_add_explicit(&bg_rounds, 1, memory_order_relaxed);
       continue;
     }
-    if (due == 0) {
-      /* Announce the sleep, then look once more: a thread that notes work after this
-       * sees ta_bg_sleeping and wakes us; one that noted it before is seen here. */
-      atomic_store_explicit(&ta_bg_sleeping, 1, memory_order_seq_cst);
-      if (next_due() == 0) ta_os_futex_wait(&ta_bg_seq, seq, 0);
-      atomic_store_explicit(&ta_bg_sleeping, 0, memory_order_relaxed);
-    } else {
-      ta_os_futex_wait(&ta_bg_seq, seq, due - now);
-    }
+    /* Announce the sleep and its end, then look once more: a thread that notes work due
+     * sooner after this sees ta_bg_wakes_at and rings; one that noted it before is seen
+     * here. (A far due time, an arena's demand, must not hide a nearer one noted meanwhile:
+     * a medium block freed into an idle owner's arena waits for this thread.) */
+    uint64_t wake = due ? due : UINT64_MAX, again;
+    atomic_store_explicit(&ta_bg_wakes_at, wake, memory_order_seq_cst);
+    if ((again = next_due()) == 0 || again >= wake)
+      ta_os_futex_wait(&ta_bg_seq, seq, due ? due - now : 0);
+    atomic_store_explicit(&ta_bg_wakes_at, 0, memory_order_relaxed);
   }
   return NULL;
 }
@@ -282,7 +282,7 @@ void ta_bg_maybe_start(bool by_default) {
 /* Fork child: the thread did not survive the fork. */
 void ta_bg_reset_after_fork(void) {
   atomic_store(&ta_bg_state, BG_NONE);
-  atomic_store(&ta_bg_sleeping, 0);
+  atomic_store(&ta_bg_wakes_at, 0);
   atomic_store(&ta_bg_over, 0);
 }
 

@@ -42,16 +42,18 @@ _Atomic uint64_t ta_arenas_due; /* earliest due time of arenas with an owner (ba
 /* The purger thread's side (background.c reads and writes these). */
 _Atomic int ta_bg_state;     /* BG_NONE, BG_STARTING, BG_RUNNING */
 _Atomic uint32_t ta_bg_seq;  /* futex word: bumped by every wake */
-_Atomic int ta_bg_sleeping;  /* 1 while it waits without a due time */
+/* While it sleeps: the time it wakes by itself (UINT64_MAX: none, only when rung); 0 awake. */
+_Atomic uint64_t ta_bg_wakes_at;
 _Atomic int ta_bg_over;      /* 1: over the budget, return the oldest excess */
 _Atomic int ta_bg_wanted;    /* a slow path asked for the thread */
 
 /* Started or running: STARTING means the thread was created and is about to run. */
 bool ta_bg_running(void) { return atomic_load(&ta_bg_state) != BG_NONE; }
 
-/* A due time went from none to some: wake the thread if it sleeps without one. */
-void ta_bg_wake(void) {
-  if (atomic_load_explicit(&ta_bg_sleeping, memory_order_seq_cst) == 0) return;
+/* Work is due at `t`: wake the thread if it sleeps past that (without a due time, or until
+ * a later one: a far due time, such as an arena's demand sets, must not hide a near one). */
+void ta_bg_wake(uint64_t t) {
+  if (t >= atomic_load_explicit(&ta_bg_wakes_at, memory_order_seq_cst)) return;
   atomic_fetch_add_explicit(&ta_bg_seq, 1, memory_order_seq_cst);
   ta_os_futex_wake(&ta_bg_seq);
 }
@@ -110,7 +112,7 @@ void ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
   while (cur == 0 || t < cur) {
     if (atomic_compare_exchange_weak_explicit(v, &cur, t, memory_order_seq_cst,
                                               memory_order_relaxed)) {
-      if (cur == 0) ta_bg_wake(); /* from nothing pending to something */
+      ta_bg_wake(t); /* sooner than anything was due, or than the thread wakes */
       return;
     }
   }

@@ -827,7 +827,8 @@ TA_HIDDEN extern _Atomic uint64_t ta_orphan_due; /* earliest due time of ownerle
 TA_HIDDEN extern _Atomic uint64_t ta_arenas_due; /* earliest due time of owned arenas */
 /* What the purger thread (background.c) is told, and says. */
 enum { BG_NONE = 0, BG_STARTING = 1, BG_RUNNING = 2 };
-TA_HIDDEN extern _Atomic int ta_bg_state, ta_bg_sleeping, ta_bg_over;
+TA_HIDDEN extern _Atomic int ta_bg_state, ta_bg_over;
+TA_HIDDEN extern _Atomic uint64_t ta_bg_wakes_at; /* 0 awake; else when it wakes by itself */
 TA_HIDDEN extern _Atomic uint32_t ta_bg_seq;
 TA_HIDDEN extern _Atomic int ta_bg_wanted; /* a slow path asked for the thread */
 TA_INLINE void ta_bg_request(void) {
@@ -835,7 +836,7 @@ TA_INLINE void ta_bg_request(void) {
     atomic_store_explicit(&ta_bg_wanted, 1, memory_order_relaxed);
 }
 TA_HIDDEN void ta_bg_over_budget(void);
-TA_HIDDEN void ta_bg_wake(void);
+TA_HIDDEN void ta_bg_wake(uint64_t t); /* work due at t: rings a thread asleep past it */
 bool ta_bg_running(void); /* whether the purger thread runs */
 
 /* ------------------------------------------------------------------ chunk.c */

@@ -520,15 +520,15 @@ static void count_in_use(const ta_mhdr_t *h, size_t word, void *arg) {
   if (ta_medium_live(word)) ++*(size_t *)arg;
 }
 
-Test(background, idle_owners_remote_medium_frees_are_taken_in, .timeout = 30) {
-  ta_bg_enable(true);
-  ta_decay_ms = 50;
-  exit_and_free_remotely();
-  cr_assert(ta_bg_running());
+/* Starts the thread above, lets `before_frees` set the scene once it is idle, frees what it
+ * handed over, and sees the medium blocks taken in, merged and given back, and the small
+ * ones left on the list for the owner. */
+static void mail_is_taken_in(void (*before_frees)(void)) {
   atomic_store(&churning, 1);
   pthread_t t;
   pthread_create(&t, NULL, allocate_hand_over_and_wait, NULL);
   while (atomic_load((_Atomic(ta_arena_t *) *)&mail[MAILED]) == NULL) nap_ms(5);
+  if (before_frees) before_frees();
   ta_chunk_t *c = ta_chunk_of(mail[1]);
   size_t before = ta_os_resident(c, TA_CHUNK_SIZE), in_use = 0;
   for (int i = 0; i < MAILED; i++) ta_free(mail[i]);
@@ -539,7 +539,17 @@ Test(background, idle_owners_remote_medium_frees_are_taken_in, .timeout = 30) {
     in_use = 0;
     ta_medium_walk(c, count_in_use, &in_use);
   }
-  cr_assert_eq(in_use, 0, "the idle owner's medium remote frees were not taken in within 10 s");
+  ta_arena_t *owner = atomic_load((_Atomic(ta_arena_t *) *)&mail[MAILED]);
+  uint64_t now = ta_os_now_ms(), adue = atomic_load(&ta_arenas_due);
+  cr_assert_eq(in_use, 0,
+               "the idle owner's medium remote frees were not taken in within 10 s: %zu in use, "
+               "%lld counted waiting, lists %s, purger %s after %llu rounds, owned arenas due "
+               "in %lld ms, state %d, collects %llu (seen %llu)",
+               in_use, (long long)atomic_load(&owner->remote_medium),
+               ta_remote_waiting(owner, memory_order_relaxed) ? "not empty" : "empty",
+               ta_bg_running() ? "running" : "not running", (unsigned long long)ta_bg_rounds(),
+               adue ? (long long)adue - (long long)now : -1LL, (int)atomic_load(&owner->state),
+               (unsigned long long)owner->collects, (unsigned long long)owner->collects_seen);
   /* The medium blocks merged into free space, which goes back after the decay. */
   size_t after = before;
   for (int i = 0; i < 500 && after > before / 4; i++) {
@@ -550,6 +560,55 @@ Test(background, idle_owners_remote_medium_frees_are_taken_in, .timeout = 30) {
   atomic_store(&churning, 0);
   pthread_join(t, NULL);
   cr_assert(atomic_load(&small_mail_ok), "a small block was lost or moved off the list");
+}
+
+Test(background, idle_owners_remote_medium_frees_are_taken_in, .timeout = 30) {
+  ta_bg_enable(true);
+  ta_decay_ms = 50;
+  exit_and_free_remotely();
+  cr_assert(ta_bg_running());
+  mail_is_taken_in(NULL);
+}
+
+/* A due time of owned arenas ten minutes away: an arena's demand may hold its memory that
+ * long (purge.c), and the purger may leave one behind when it stops. */
+static void far_due(void) { ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + 600000); }
+
+/* The purger stopped (one thread left) with a due time of owned arenas left behind: a
+ * medium block freed into an idle owner's arena starts it again, due within the decay. */
+Test(background, mail_starts_a_purger_that_left_a_due_time_behind, .timeout = 40) {
+  ta_bg_enable(true);
+  ta_decay_ms = 50;
+  exit_and_free_remotely();
+  bool stopped = false;
+  for (int i = 0; i < 500 && !stopped; i++) {
+    nap_ms(20);
+    stopped = !ta_bg_running();
+  }
+  cr_assert(stopped, "with one thread left and the exited one's arena purged, it did not stop");
+  far_due();
+  mail_is_taken_in(NULL);
+}
+
+/* The purger asleep until a far due time: the first medium block of a batch freed into an
+ * idle owner's arena wakes it for a visit within the decay. */
+static void purger_asleep_until_far_due(void) {
+  bool asleep = false;
+  for (int i = 0; i < 500 && !asleep; i++) {
+    far_due(); /* again after each visit that took the due times in */
+    if (!ta_bg_running()) ta_bg_maybe_start(true); /* it may have stopped before the owner came */
+    nap_ms(10);
+    uint64_t wakes_at = atomic_load(&ta_bg_wakes_at);
+    asleep = wakes_at != UINT64_MAX && wakes_at > ta_os_now_ms() + 500000;
+  }
+  cr_assert(asleep, "the purger did not go to sleep until the far due time");
+}
+
+Test(background, mail_wakes_a_purger_asleep_until_a_far_due_time, .timeout = 40) {
+  ta_bg_enable(true);
+  ta_decay_ms = 50;
+  exit_and_free_remotely();
+  mail_is_taken_in(purger_asleep_until_far_due);
 }
 
 /* ---- fork while an arena's lock is held ---------------------------------------------- */
