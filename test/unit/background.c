@@ -611,6 +611,45 @@ Test(background, mail_wakes_a_purger_asleep_until_a_far_due_time, .timeout = 40)
   mail_is_taken_in(purger_asleep_until_far_due);
 }
 
+static void *take_an_arena_and_wait(void *arg) {
+  ta_free(ta_malloc(16));
+  atomic_store((_Atomic int *)arg, 1);
+  while (atomic_load((_Atomic int *)arg) != 2)
+    nap_ms(5);
+  return NULL;
+}
+
+/* The purger stopped (one thread left) with the free spans' due time left behind, past: a
+ * span freed once a second thread owns an arena starts it again. */
+Test(background, a_span_freed_past_a_due_time_left_behind_starts_the_purger, .timeout = 40) {
+  ta_conf_span_min_kb = 16;
+  ta_span_threads = 0; /* spans from the first thread on */
+  ta_bg_enable(true);
+  ta_decay_ms = 50;
+  exit_and_free_remotely();
+  cr_assert(ta_bg_running());
+  bool stopped = false;
+  for (int i = 0; i < 500 && !stopped; i++) {
+    nap_ms(20);
+    stopped = !ta_bg_running();
+  }
+  cr_assert(stopped, "with one thread left and the exited one's arena purged, it did not stop");
+  void *s = ta_malloc(ta_span_min);
+  cr_assert_eq(ta_map_get((uintptr_t)s), TA_MAP_SPAN, "a span");
+  static _Atomic int step;
+  pthread_t t;
+  pthread_create(&t, NULL, take_an_arena_and_wait, (void *)&step);
+  while (atomic_load(&step) != 1)
+    nap_ms(5);
+  cr_assert_not(ta_bg_running(), "nothing else started it");
+  /* (Once the second thread is idle: its slow paths give back what is due, and clear it.) */
+  ta_purge_note_global(&ta_span_due, ta_os_now_ms() - 1000);
+  ta_free(s);
+  cr_assert(ta_bg_running(), "the span's free did not start the purger");
+  atomic_store(&step, 2);
+  pthread_join(t, NULL);
+}
+
 /* ---- fork while an arena's lock is held ---------------------------------------------- */
 
 static _Atomic int worker_go;
