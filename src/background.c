@@ -44,8 +44,8 @@
 #define TA_MAIL_BACKLOG 32 /* medium blocks waiting on a busy owner's list: take them */
 #endif
 
-/* The thread's state, its futex word, whether it sleeps without a due time and whether it
- * is over the budget are in dirty.c's book, where the lower layers wake it. */
+/* The thread's state, its futex word, when it wakes by itself (ta_bg_wakes_at) and whether
+ * it is over the budget are in dirty.c's book, where the lower layers wake it. */
 static _Atomic uint64_t bg_rounds;  /* purge rounds done (tests and statistics) */
 
 static uint64_t earlier(uint64_t a, uint64_t b) { return a == 0 ? b : b == 0 ? a : a < b ? a : b; }

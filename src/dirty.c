@@ -22,9 +22,9 @@
  *     (any thread's next check for due purges: purge.c, ta_purge_orphans). While the purger
  *     thread runs, it is told instead, as it can reach the idle arenas, whose memory is older.
  *
- * The purger thread (background.c) sleeps on this book: a due time going from none to some
- * wakes it (ta_bg_wake), and so does going over the budget while it runs
- * (ta_bg_over_budget). Waking it is a futex wake (os.c): a lower layer rings, and the
+ * The purger thread (background.c) sleeps on this book: a due time noted sooner than it
+ * would wake wakes it (ta_bg_wake, against ta_bg_wakes_at), and so does going over the budget while
+ * it runs (ta_bg_over_budget). Waking it is a futex wake (os.c): a lower layer rings, and the
  * thread, above, does the work. The thread says here whether it runs (ta_bg_state), and a
  * slow path asks here for it to be started (ta_bg_request); it is started from above, at a
  * safe point (alloc.c).

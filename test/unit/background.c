@@ -570,6 +570,15 @@ Test(background, idle_owners_remote_medium_frees_are_taken_in, .timeout = 30) {
   mail_is_taken_in(NULL);
 }
 
+/* Whether, within ms, the purger has stopped (one thread left, nothing of exited ones to do). */
+static bool purger_stops_within(long ms) {
+  for (long waited = 0; waited <= ms; waited += 20) {
+    if (!ta_bg_running()) return true;
+    nap_ms(20);
+  }
+  return false;
+}
+
 /* A due time of owned arenas ten minutes away: an arena's demand may hold its memory that
  * long (purge.c), and the purger may leave one behind when it stops. */
 static void far_due(void) { ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + 600000); }
@@ -580,12 +589,8 @@ Test(background, mail_starts_a_purger_that_left_a_due_time_behind, .timeout = 40
   ta_bg_enable(true);
   ta_decay_ms = 50;
   exit_and_free_remotely();
-  bool stopped = false;
-  for (int i = 0; i < 500 && !stopped; i++) {
-    nap_ms(20);
-    stopped = !ta_bg_running();
-  }
-  cr_assert(stopped, "with one thread left and the exited one's arena purged, it did not stop");
+  cr_assert(purger_stops_within(10000),
+            "with one thread left and the exited one's arena purged, it did not stop");
   far_due();
   mail_is_taken_in(NULL);
 }
@@ -628,12 +633,8 @@ Test(background, a_span_freed_past_a_due_time_left_behind_starts_the_purger, .ti
   ta_decay_ms = 50;
   exit_and_free_remotely();
   cr_assert(ta_bg_running());
-  bool stopped = false;
-  for (int i = 0; i < 500 && !stopped; i++) {
-    nap_ms(20);
-    stopped = !ta_bg_running();
-  }
-  cr_assert(stopped, "with one thread left and the exited one's arena purged, it did not stop");
+  cr_assert(purger_stops_within(10000),
+            "with one thread left and the exited one's arena purged, it did not stop");
   void *s = ta_malloc(ta_span_min);
   cr_assert_eq(ta_map_get((uintptr_t)s), TA_MAP_SPAN, "a span");
   static _Atomic int step;
