@@ -113,10 +113,22 @@ TA_INLINE void chores_sometimes(ta_arena_t *a) {
 _Static_assert(TA_CHORES_EVERY >= 1 && TA_CHORES_EVERY <= 256, "the countdown is a byte");
 
 /* The thread's arena: a new one, an adopted one (what others freed into it was taken in:
- * the budget is kept), or, past the thread's exit, one borrowed for this call (*borrowed). */
+ * the budget is kept), or, past the thread's exit, one borrowed for this call (*borrowed).
+ * A thread that comes to own an arena may make the purger wanted again: it left, with one
+ * thread owning an arena, and may have left a due time behind (any of dirty.c's: an owner's
+ * demand, free spans aging), which no note will ring for, since the due time is there
+ * already. So it is started here (a safe point: no lock of ours is held) when something is
+ * due; with it stopped, every due time noted later goes from none to some, and whoever notes
+ * it starts it (ta_purge_note_global says so). The fence pairs with the purger's after it
+ * says it has left (background.c): either this sees it running, or it sees this owner. */
 static ta_arena_t *arena_get_slow(bool *borrowed) {
   ta_arena_t *a = ta_arena_get_slow(&library, borrowed);
-  if (a != NULL) ta_purge_if_over(a);
+  if (a == NULL) return NULL;
+  ta_purge_if_over(a);
+  if (!*borrowed) {
+    atomic_thread_fence(memory_order_seq_cst);
+    if (!ta_bg_running()) ta_bg_maybe_start(library.background);
+  }
   return a;
 }
 
@@ -516,19 +528,20 @@ static TA_EXIT_PATH void free_small_slow(ta_arena_t *me, ta_run_t *r) {
 
 /* Another thread's medium block: to its owner. Should the owner be idle for good, the
  * background purger takes it in: it is told a medium block waits, and its next visit to
- * owned arenas is made due within the decay time by the first block of a batch (the count
- * was none), or when no visit is due; and the purger is started then if it has left (this
- * free holds no lock of ours: a safe point, as alloc_from's entry is). A due time that is
- * there already is not enough: it may be far off (an arena's demand holds its memory), or
- * be one the purger left behind when it last stopped, with one thread left. */
+ * owned arenas is made due within the decay time (ta_mail_due) by the first block of a batch
+ * (the count was none), or when no visit is due. A due time that is there already is not
+ * enough: it may be far off (an arena's demand holds its memory). A note where nothing was
+ * due may find the purger stopped: it is started (this free holds no lock of ours: a safe
+ * point, as alloc_from's entry is). The increment, then the load of the due time, are seq_cst,
+ * as the purger's exchange of the due time, then its load of the count (background.c): one
+ * of the two sees the other, on arm64 too. */
 static TA_NOINLINE void free_medium_remote(ta_arena_t *owner, ta_block_t *b) {
   if (free_to_owner(owner, b)) {
-    int64_t before = atomic_fetch_add_explicit(&owner->remote_medium, 1, memory_order_relaxed);
+    int64_t before = atomic_fetch_add_explicit(&owner->remote_medium, 1, memory_order_seq_cst);
     if (atomic_load_explicit(&owner->state, memory_order_relaxed) != ARENA_CLAIMED) return;
-    if (before <= 0 || atomic_load_explicit(&ta_arenas_due, memory_order_relaxed) == 0) {
-      ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + ta_decay_ms);
-      if (!ta_bg_running()) ta_bg_maybe_start(library.background);
-    }
+    if ((before <= 0 || atomic_load_explicit(&ta_arenas_due, memory_order_seq_cst) == 0) &&
+        ta_purge_note_global(&ta_arenas_due, ta_mail_due(ta_os_now_ms())) && !ta_bg_running())
+      ta_bg_maybe_start(library.background);
   }
 }
 
@@ -614,7 +627,9 @@ static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
     count_free_ownerless();
     /* Its pages go back after the decay whoever calls: the purger, once the process has had
      * threads, started when a due time first appears (this free holds no lock of ours: a
-     * safe point). Beyond the budget without it, the oldest excess goes back now. */
+     * safe point; one left behind by a purger that stopped is seen to when a thread next
+     * comes to own an arena: arena_get_slow). Beyond the budget without it, the oldest
+     * excess goes back now. */
     if (!ta_bg_running()) {
       if (noted && atomic_load_explicit(&ta_arena_count, memory_order_relaxed) > 1)
         ta_bg_maybe_start(library.background);

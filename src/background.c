@@ -9,8 +9,10 @@
  *     allocated) and something is waiting to be purged: a single-threaded program never
  *     has one, and keeps glibc's single-thread shortcuts;
  *   - it is started at a point where this thread holds no lock of ours and no arena is
- *     half changed: the thread-exit destructor, or the entry of alloc_from after a slow
- *     path asked for it (ta_bg_request), never from inside a slow path;
+ *     half changed, never from inside a slow path: the thread-exit destructor; the entry of
+ *     alloc_from after a slow path asked for it (ta_bg_request); a thread's taking of an
+ *     arena, with something due (a due time it left behind when it stopped); a free that
+ *     notes a due time where none was (medium blocks into an idle owner's arena, a span);
  *   - it sleeps on a futex until the earliest due time, and with nothing pending until a
  *     thread notes work due sooner than it would wake (ta_bg_wake, dirty.c), or
  *     until a round for the budget that left an arena to its owner's lock comes again;
@@ -77,8 +79,10 @@ static bool purge_owned(uint64_t now, uint64_t age, bool periodic) {
     if (atomic_load_explicit(&a->state, memory_order_acquire) != ARENA_CLAIMED) continue;
     uint64_t due = atomic_load_explicit(&a->purge_due, memory_order_relaxed);
     /* Medium blocks other threads freed into it: an owner that has gone idle would never
-     * take them in (see ta_remote_collect_medium). */
-    bool mail = atomic_load_explicit(&a->remote_medium, memory_order_relaxed) > 0;
+     * take them in (see ta_remote_collect_medium). seq_cst: after this round's exchange of
+     * the due time, against a free's increment then its load of it (alloc.c,
+     * free_medium_remote): either this sees the block, or that free sees no visit due. */
+    bool mail = atomic_load_explicit(&a->remote_medium, memory_order_seq_cst) > 0;
     bool purge = due != 0 && (!periodic || now >= due);
     if (!purge && !mail) {
       if (due != 0) ta_purge_note_global(&ta_arenas_due, due);
@@ -116,7 +120,8 @@ static bool purge_owned(uint64_t now, uint64_t age, bool periodic) {
       if (mail && (a->collects == a->collects_seen ||
                    atomic_load_explicit(&a->remote_medium, memory_order_relaxed) >= TA_MAIL_BACKLOG))
         ta_remote_collect_medium(a);
-      else if (mail) ta_purge_note_global(&ta_arenas_due, now + ta_decay_ms);
+      else if (mail)
+        ta_purge_note_global(&ta_arenas_due, ta_mail_due(now));
       a->collects_seen = a->collects;
       if (purge) ta_arena_purge(a, now, TA_PURGE_AGED, own_age, idle); /* its next due time */
       else if (due != 0) ta_purge_note_global(&ta_arenas_due, due);
@@ -200,9 +205,11 @@ static void *bg_main(void *arg) {
       }
       atomic_store_explicit(&ta_bg_wakes_at, 0, memory_order_relaxed);
       atomic_store_explicit(&ta_bg_state, BG_NONE, memory_order_seq_cst);
-      /* A thread that exited (or went over the budget) between our look and that store saw
-       * us running and started nobody: look again, and stay if it left work. If someone
+      /* A thread that exited (or went over the budget), or came to own an arena (alloc.c,
+       * arena_get_slow: its fence pairs with this one), between our look and that store saw
+       * us running and started nobody: look again, and stay if there is work. If someone
        * started a new thread meanwhile, the state is no longer NONE: that one does it. */
+      atomic_thread_fence(memory_order_seq_cst);
       int none = BG_NONE;
       if (next_due() != 0 && !leave_with(owned_arenas()) &&
           atomic_compare_exchange_strong(&ta_bg_state, &none, BG_RUNNING))
@@ -269,9 +276,11 @@ static void *bg_main(void *arg) {
  * the library runs it unless background_thread says otherwise (the API layer, alloc.c,
  * which is compiled into each library, says which: ta_library_t). */
 void ta_bg_maybe_start(bool by_default) {
-  atomic_store_explicit(&ta_bg_wanted, 0, memory_order_relaxed);
-  if (atomic_load_explicit(&ta_bg_state, memory_order_seq_cst) != BG_NONE) return;
+  /* (Cleared only when set: callers on free paths must not write a shared line each.) */
+  if (atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed))
+    atomic_store_explicit(&ta_bg_wanted, 0, memory_order_relaxed);
   if (ta_bg_setting < 0 ? !by_default : ta_bg_setting == 0) return;
+  if (atomic_load_explicit(&ta_bg_state, memory_order_seq_cst) != BG_NONE) return;
   if (next_due() == 0 || leave_with(owned_arenas())) return; /* nothing, or no one, to do it for */
   int expected = BG_NONE;
   if (!atomic_compare_exchange_strong(&ta_bg_state, &expected, BG_STARTING)) return;

@@ -27,7 +27,9 @@
  * it runs (ta_bg_over_budget). Waking it is a futex wake (os.c): a lower layer rings, and the
  * thread, above, does the work. The thread says here whether it runs (ta_bg_state), and a
  * slow path asks here for it to be started (ta_bg_request); it is started from above, at a
- * safe point (alloc.c).
+ * safe point (alloc.c): a due time noted where none was (ta_purge_note_global says so) may
+ * find it stopped, and a thread that comes to own an arena starts it when a due time was
+ * left behind.
  */
 #include "internal.h"
 
@@ -51,9 +53,13 @@ _Atomic int ta_bg_wanted;    /* a slow path asked for the thread */
 bool ta_bg_running(void) { return atomic_load(&ta_bg_state) != BG_NONE; }
 
 /* Work is due at `t`: wake the thread if it sleeps past that (without a due time, or until
- * a later one: a far due time, such as an arena's demand sets, must not hide a near one). */
+ * a later one: a far due time, such as an arena's demand sets, must not hide a near one), by
+ * more than TA_BG_SLACK_MS: one that wakes by itself a moment later is left to (with
+ * decay_ms:0 every note is due at once, and rang a thread asleep until a visit 8 ms on, for a
+ * round each: thousands of rounds a second for a producer and a consumer of medium blocks). */
+#define TA_BG_SLACK_MS 8
 void ta_bg_wake(uint64_t t) {
-  if (t >= atomic_load_explicit(&ta_bg_wakes_at, memory_order_seq_cst)) return;
+  if (t + TA_BG_SLACK_MS >= atomic_load_explicit(&ta_bg_wakes_at, memory_order_seq_cst)) return;
   atomic_fetch_add_explicit(&ta_bg_seq, 1, memory_order_seq_cst);
   ta_os_futex_wake(&ta_bg_seq);
 }
@@ -107,15 +113,16 @@ void ta_fork_reset_after_fork(void) {
   atomic_store(&fork_steps, 0);
 }
 
-void ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
+bool ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
   uint64_t cur = atomic_load_explicit(v, memory_order_relaxed);
   while (cur == 0 || t < cur) {
     if (atomic_compare_exchange_weak_explicit(v, &cur, t, memory_order_seq_cst,
                                               memory_order_relaxed)) {
       ta_bg_wake(t); /* sooner than anything was due, or than the thread wakes */
-      return;
+      return cur == 0;
     }
   }
+  return false;
 }
 
 /* Something of arena a became free at `since`. Also noted process-wide, for the background

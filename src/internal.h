@@ -812,7 +812,16 @@ TA_INLINE uint64_t ta_demand_window(void) {
 TA_HIDDEN size_t ta_arena_share(void);    /* dirty.c: the holes' share */
 TA_HIDDEN size_t ta_top_allowance(void); /* dirty.c: each medium top's allowance */
 TA_HIDDEN extern _Atomic uint32_t ta_owner_scale_force; /* tests */
-TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
+/* Notes work due at t in *due, if sooner than what is there; true when nothing was due: the
+ * purger thread may have to be started for it (a running one is rung for it). */
+TA_HIDDEN bool ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
+/* When the purger visits owned arenas for medium blocks freed into them (their remote lists):
+ * within the decay time, but no sooner than TA_MAIL_MIN_MS, so that with decay_ms:0 a
+ * producer's frees do not ring it for a round each. */
+#define TA_MAIL_MIN_MS 8
+TA_INLINE uint64_t ta_mail_due(uint64_t now) {
+  return now + (ta_decay_ms > TA_MAIL_MIN_MS ? ta_decay_ms : TA_MAIL_MIN_MS);
+}
 /* fork (dirty.c): a thread that holds another thread's arena lock, or owns what it took off a
  * shared list, does so between ta_fork_hold (false: a fork is under way, do not start) and
  * ta_fork_unhold; fork's prepare handler waits for those in flight, a bounded time. */
@@ -1495,7 +1504,7 @@ TA_INLINE uint64_t ta_excess_age(unsigned step) {
 TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);
 
 /* ------------------------------------------------------------------ background.c */
-TA_HIDDEN void ta_bg_maybe_start(bool by_default); /* at a safe point: thread exit, alloc_from */
+TA_HIDDEN void ta_bg_maybe_start(bool by_default); /* at a safe point (background.c says which) */
 TA_HIDDEN void ta_bg_reset_after_fork(void);
 
 uint64_t ta_bg_rounds(void);

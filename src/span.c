@@ -423,9 +423,9 @@ size_t ta_span_usable(const void *p, const char *op) {
   return (size_t)(atomic_load_explicit(&e->info, memory_order_relaxed) & PAGES_MASK) << page_shift;
 }
 
-/* Returns whether the purger may be wanted: it noted a due time where there was none, or
- * found one past (left behind by a purger that stopped with one thread left: a due time
- * already there is no sign that a visit will come). */
+/* Returns whether the purger may be wanted: it noted a due time where there was none (one
+ * already there is the purger's, or one it left behind when it stopped: a thread that comes
+ * to own an arena next starts it for that, alloc.c). */
 bool ta_span_free(void *p) {
   unsigned state;
   ta_spage_t *e = entry_checked(p, &state);
@@ -441,10 +441,8 @@ bool ta_span_free(void *p) {
   put(here(), p, v & PAGES_MASK);
   /* After the push (seq_cst), as a purge takes the bins after clearing the due time: one of
    * the two sees the other. */
-  uint64_t due = atomic_load_explicit(&ta_span_due, memory_order_seq_cst);
-  if (due != 0) return due <= now;
-  ta_purge_note_global(&ta_span_due, now + ta_decay_ms);
-  return true;
+  if (atomic_load_explicit(&ta_span_due, memory_order_seq_cst) != 0) return false;
+  return ta_purge_note_global(&ta_span_due, now + ta_decay_ms);
 }
 
 /* Live span p keeps its first `size` bytes' pages; the rest becomes a free span, when it is at

@@ -624,9 +624,11 @@ static void *take_an_arena_and_wait(void *arg) {
   return NULL;
 }
 
-/* The purger stopped (one thread left) with the free spans' due time left behind, past: a
- * span freed once a second thread owns an arena starts it again. */
-Test(background, a_span_freed_past_a_due_time_left_behind_starts_the_purger, .timeout = 40) {
+/* The purger stopped (one thread left), and a span freed then leaves a due time behind (one
+ * thread: no purger is started for spans): a thread that comes to own an arena starts it
+ * again, and the span's pages go back with no call of the program's. */
+Test(background, a_thread_taking_an_arena_starts_a_purger_that_left_a_due_time_behind,
+     .timeout = 40) {
   ta_conf_span_min_kb = 16;
   ta_span_threads = 0; /* spans from the first thread on */
   ta_bg_enable(true);
@@ -635,20 +637,62 @@ Test(background, a_span_freed_past_a_due_time_left_behind_starts_the_purger, .ti
   cr_assert(ta_bg_running());
   cr_assert(purger_stops_within(10000),
             "with one thread left and the exited one's arena purged, it did not stop");
-  void *s = ta_malloc(ta_span_min);
+  size_t n = 16 * ta_span_min < ta_span_max ? 16 * ta_span_min : ta_span_max;
+  char *s = ta_malloc(n);
   cr_assert_eq(ta_map_get((uintptr_t)s), TA_MAP_SPAN, "a span");
+  memset(s, 0x5a, n);
+  ta_free(s);
+  cr_assert_neq(atomic_load(&ta_span_due), 0, "the span's free noted its due time");
+  cr_assert_not(ta_bg_running(), "one thread: no purger for spans");
   static _Atomic int step;
   pthread_t t;
   pthread_create(&t, NULL, take_an_arena_and_wait, (void *)&step);
   while (atomic_load(&step) != 1)
     nap_ms(5);
-  cr_assert_not(ta_bg_running(), "nothing else started it");
-  /* (Once the second thread is idle: its slow paths give back what is due, and clear it.) */
-  ta_purge_note_global(&ta_span_due, ta_os_now_ms() - 1000);
-  ta_free(s);
-  cr_assert(ta_bg_running(), "the span's free did not start the purger");
+  cr_assert(ta_bg_running(), "the second thread's arena did not start the purger");
+  size_t resident = n;
+  for (int i = 0; i < 250 && resident > n / 4; i++) {
+    nap_ms(20);
+    resident = ta_os_resident(s, n);
+  }
   atomic_store(&step, 2);
   pthread_join(t, NULL);
+  cr_assert_leq(resident, n / 4, "%zu of the free span's %zu bytes still resident", resident, n);
+}
+
+/* A block pushed after the remote lists were taken, and counted before the taker's
+ * subtraction, keeps the count above none; its free saw blocks waiting and noted no visit, so
+ * the taker notes it. Forced here: a block of this thread's is freed remotely (a visit is
+ * noted), the purger's exchange clears the visit, the racing free's count comes, and the
+ * purger's take finds one block of the two counted. */
+static void *free_it(void *p) {
+  ta_free(p);
+  return NULL;
+}
+
+Test(background, a_take_that_leaves_blocks_counted_notes_a_visit, .timeout = 30) {
+  ta_decay_ms = 50;
+  void *keep = ta_malloc(20000), *p = ta_malloc(20000);
+  ta_arena_t *a = ta_tl_arena;
+  pthread_t t;
+  pthread_create(&t, NULL, free_it, p);
+  pthread_join(t, NULL);
+  cr_assert_eq(atomic_load(&a->remote_medium), 1, "the remote free was counted");
+  cr_assert_neq(atomic_load(&ta_arenas_due), 0, "the first of a batch noted a visit");
+  atomic_store(&ta_arenas_due, 0);        /* the purger's round took the due time */
+  atomic_fetch_add(&a->remote_medium, 1); /* a free counts, and will push after the take */
+  ta_slow_enter(a);
+  /* (Free memory older than the block's is there: its free into the heap notes nothing.) */
+  a->medium_dirty_since = ta_os_now_ms() - 1;
+  ta_remote_collect_medium(a);
+  ta_slow_leave(a);
+  cr_assert_eq(atomic_load(&a->remote_medium), 1, "one block is still counted");
+  uint64_t due = atomic_load(&ta_arenas_due);
+  cr_assert_neq(due, 0, "the take left a block counted and noted no visit");
+  cr_assert_leq(due, ta_os_now_ms() + 50, "not within the decay time: in %lld ms",
+                (long long)due - (long long)ta_os_now_ms());
+  atomic_fetch_sub(&a->remote_medium, 1);
+  ta_free(keep);
 }
 
 /* ---- fork while an arena's lock is held ---------------------------------------------- */
