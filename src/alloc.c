@@ -112,15 +112,24 @@ TA_INLINE void chores_sometimes(ta_arena_t *a) {
 }
 _Static_assert(TA_CHORES_EVERY >= 1 && TA_CHORES_EVERY <= 256, "the countdown is a byte");
 
+/* A safe point (no lock of ours held, no arena half changed): the purger thread starts here
+ * if a note asked for it (dirty.c, ta_purge_note_global). Every way out of a slow path that
+ * may note is one, an allocation's or a free's: the thread that noted may never allocate
+ * again (a consumer that only frees, an owner blocked for good). */
+TA_INLINE void bg_safe_point(void) {
+  if (TA_UNLIKELY(atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed)))
+    ta_bg_maybe_start(library.background);
+}
+
 /* The thread's arena: a new one, an adopted one (what others freed into it was taken in:
  * the budget is kept), or, past the thread's exit, one borrowed for this call (*borrowed).
  * A thread that comes to own an arena may make the purger wanted again: it left, with one
  * thread owning an arena, and may have left a due time behind (any of dirty.c's: an owner's
- * demand, free spans aging), which no note will ring for, since the due time is there
+ * demand, free spans aging), which no note will ask for, since the due time is there
  * already. So it is started here (a safe point: no lock of ours is held) when something is
- * due; with it stopped, every due time noted later goes from none to some, and whoever notes
- * it starts it (ta_purge_note_global says so). The fence pairs with the purger's after it
- * says it has left (background.c): either this sees it running, or it sees this owner. */
+ * due; with it stopped, every due time noted later goes from none to some, which asks for it
+ * (ta_purge_note_global). The fence pairs with the purger's after it says it has left
+ * (background.c): either this sees it running, or it sees this owner. */
 static ta_arena_t *arena_get_slow(bool *borrowed) {
   ta_arena_t *a = ta_arena_get_slow(&library, borrowed);
   if (a == NULL) return NULL;
@@ -252,9 +261,7 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
     return NULL;
   }
   if (size == 0) size = 1;
-  /* A safe point to start the background purger: no lock of ours is held here. */
-  if (TA_UNLIKELY(atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed)))
-    ta_bg_maybe_start(library.background);
+  bg_safe_point();
   bool borrowed = false;
   ta_arena_t *a = ta_tl_arena;
   if (TA_UNLIKELY(a == &ta_sentinel_arena)) {
@@ -524,24 +531,26 @@ static TA_EXIT_PATH void free_small_suspect(ta_arena_t *me, ta_run_t *r, ta_bloc
 static TA_EXIT_PATH void free_small_slow(ta_arena_t *me, ta_run_t *r) {
   ta_small_free_slow(me, r);
   ta_purge_if_over(me);
+  bg_safe_point(); /* an emptied run's due time may have asked for the purger */
 }
 
 /* Another thread's medium block: to its owner. Should the owner be idle for good, the
  * background purger takes it in: it is told a medium block waits, and its next visit to
  * owned arenas is made due within the decay time (ta_mail_due) by the first block of a batch
  * (the count was none), or when no visit is due. A due time that is there already is not
- * enough: it may be far off (an arena's demand holds its memory). A note where nothing was
- * due may find the purger stopped: it is started (this free holds no lock of ours: a safe
- * point, as alloc_from's entry is). The increment, then the load of the due time, are seq_cst,
- * as the purger's exchange of the due time, then its load of the count (background.c): one
- * of the two sees the other, on arm64 too. */
+ * enough: it may be far off (an arena's demand holds its memory). The purger may be stopped,
+ * and asked for by this note, or by any before it that this thread's free may be the last
+ * call to see (the owner idle, the freeing thread allocating nothing more): this free, which
+ * holds no lock of ours, is a safe point. The increment, then the load of the due time, are
+ * seq_cst, as the purger's exchange of the due time, then its load of the count
+ * (background.c): one of the two sees the other, on arm64 too. */
 static TA_NOINLINE void free_medium_remote(ta_arena_t *owner, ta_block_t *b) {
   if (free_to_owner(owner, b)) {
     int64_t before = atomic_fetch_add_explicit(&owner->remote_medium, 1, memory_order_seq_cst);
     if (atomic_load_explicit(&owner->state, memory_order_relaxed) != ARENA_CLAIMED) return;
-    if ((before <= 0 || atomic_load_explicit(&ta_arenas_due, memory_order_seq_cst) == 0) &&
-        ta_purge_note_global(&ta_arenas_due, ta_mail_due(ta_os_now_ms())) && !ta_bg_running())
-      ta_bg_maybe_start(library.background);
+    if (before <= 0 || atomic_load_explicit(&ta_arenas_due, memory_order_seq_cst) == 0)
+      ta_purge_note_global(&ta_arenas_due, ta_mail_due(ta_os_now_ms()));
+    bg_safe_point();
   }
 }
 
@@ -561,6 +570,7 @@ static TA_NOINLINE void free_medium_locked(ta_arena_t *me, ta_mhdr_t *h, bool re
   }
   TA_ADD(me->cnt.frees, 1);
   ta_slow_leave(me);
+  bg_safe_point(); /* the free space's due time may have asked for the purger */
 }
 
 /* free_medium's way in its light section for what its path leaves out: a block whose mark
@@ -581,6 +591,7 @@ static TA_NOINLINE void free_medium_light(ta_arena_t *me, ta_mhdr_t *h) {
 static TA_NOINLINE void free_medium_clock(ta_arena_t *me) {
   ta_medium_cache_clock(me);
   ta_light_leave(me);
+  bg_safe_point(); /* the cache's due time may have asked for the purger */
 }
 
 /* Reached from free's entry: the owner's put into its cache in a light section (internal.h)
@@ -623,25 +634,22 @@ static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
   if (p == NULL) return;
   switch (kind) {
   case TA_MAP_SPAN: {
-    bool noted = ta_span_free(p);
+    ta_span_free(p);
     count_free_ownerless();
     /* Its pages go back after the decay whoever calls: the purger, once the process has had
-     * threads, started when a due time first appears (this free holds no lock of ours: a
-     * safe point; one left behind by a purger that stopped is seen to when a thread next
-     * comes to own an arena: arena_get_slow). Beyond the budget without it, the oldest
-     * excess goes back now. */
-    if (!ta_bg_running()) {
-      if (noted && atomic_load_explicit(&ta_arena_count, memory_order_relaxed) > 1)
-        ta_bg_maybe_start(library.background);
-      if (TA_UNLIKELY(ta_spans_over_budget()) && !ta_bg_running())
-        ta_purge_spans_excess(ta_os_now_ms());
-    }
+     * threads, asked for when a due time first appears, and started here (this free holds
+     * no lock of ours: a safe point). Beyond the budget without it, the oldest excess goes
+     * back now. */
+    bg_safe_point();
+    if (!ta_bg_running() && TA_UNLIKELY(ta_spans_over_budget()))
+      ta_purge_spans_excess(ta_os_now_ms());
     return;
   }
   case TA_MAP_HUGE:
   case TA_MAP_HUGE_AL:
     ta_huge_free(ta_huge_hdr_checked(p, kind, "free(): invalid pointer"));
     count_free_ownerless();
+    bg_safe_point(); /* the huge cache's due time may have asked for the purger */
     return;
   default:
     ta_fatal("free(): invalid pointer", p);
@@ -874,6 +882,7 @@ void *ta_realloc(void *p, size_t size) {
     /* Fewer pages: the rest is freed; under the smallest span's size, down to half. */
     if (size <= usable && ta_span_serves(size, TA_ALIGNMENT)) {
       ta_span_shrink(p, size);
+      bg_safe_point(); /* the rest's due time may have asked for the purger */
       in_place = p;
     } else if (size <= usable && size >= usable / 2) {
       in_place = p;
@@ -1017,6 +1026,7 @@ static TA_NOINLINE void secure_free(void *p) {
     if (!ta_huge_secure_arm(h, false)) ta_fatal("free(): canary overwritten before pointer", p);
     ta_huge_free(h); /* unmapped: no span is cached, a write after free faults */
     count_free_ownerless();
+    bg_safe_point();
     return;
   }
   default:
@@ -1177,6 +1187,7 @@ size_t ta_xallocx(void *p, size_t size, size_t extra, int flags) {
     /* A span shrinks to fewer pages (any thread: it has no owner); it never grows. */
     if (want >= old || !ta_span_serves(want, TA_ALIGNMENT)) return old;
     ta_span_shrink(p, want);
+    bg_safe_point(); /* the rest's due time may have asked for the purger */
     if (ta_stats_on) ta_stats_record(p, want);
     return ta_span_usable(p, "xallocx(): invalid pointer");
   }

@@ -470,9 +470,8 @@ static uint8_t remote_check(ta_arena_t *a, ta_block_t *b) {
  * were taken, and counted before this, keeps the count above none: its free saw blocks
  * waiting and noted no visit (alloc.c, free_medium_remote), so the visit is noted here. */
 static void mail_taken(ta_arena_t *a, int64_t medium) {
-  if (atomic_fetch_sub_explicit(&a->remote_medium, medium, memory_order_seq_cst) > medium &&
-      ta_purge_note_global(&ta_arenas_due, ta_mail_due(ta_os_now_ms())) && !ta_bg_running())
-    ta_bg_request(); /* the purger stopped (the next alloc_from starts it) */
+  if (atomic_fetch_sub_explicit(&a->remote_medium, medium, memory_order_seq_cst) > medium)
+    ta_purge_note_global(&ta_arenas_due, ta_mail_due(ta_os_now_ms()));
 }
 
 /* Takes in one remote free and returns the next on the list (the caller counts it). */

@@ -9,10 +9,12 @@
  *     allocated) and something is waiting to be purged: a single-threaded program never
  *     has one, and keeps glibc's single-thread shortcuts;
  *   - it is started at a point where this thread holds no lock of ours and no arena is
- *     half changed, never from inside a slow path: the thread-exit destructor; the entry of
- *     alloc_from after a slow path asked for it (ta_bg_request); a thread's taking of an
- *     arena, with something due (a due time it left behind when it stopped); a free that
- *     notes a due time where none was (medium blocks into an idle owner's arena, a span);
+ *     half changed, never from inside a slow path: the thread-exit destructor; a thread's
+ *     taking of an arena, with something due (a due time it left behind when it stopped);
+ *     and, once a due time noted where none was asked for it (ta_bg_request, from
+ *     ta_purge_note_global), the next safe point: the entry of alloc_from, or the way out of
+ *     a free that may have noted (a remote medium free, an emptied run, a span, a huge
+ *     block: alloc.c, bg_safe_point), since the thread that noted may never allocate again;
  *   - it sleeps on a futex until the earliest due time, and with nothing pending until a
  *     thread notes work due sooner than it would wake (ta_bg_wake, dirty.c), or
  *     until a round for the budget that left an arena to its owner's lock comes again;

@@ -25,11 +25,11 @@
  * The purger thread (background.c) sleeps on this book: a due time noted sooner than it
  * would wake wakes it (ta_bg_wake, against ta_bg_wakes_at), and so does going over the budget while
  * it runs (ta_bg_over_budget). Waking it is a futex wake (os.c): a lower layer rings, and the
- * thread, above, does the work. The thread says here whether it runs (ta_bg_state), and a
- * slow path asks here for it to be started (ta_bg_request); it is started from above, at a
- * safe point (alloc.c): a due time noted where none was (ta_purge_note_global says so) may
- * find it stopped, and a thread that comes to own an arena starts it when a due time was
- * left behind.
+ * thread, above, does the work. The thread says here whether it runs (ta_bg_state); a due
+ * time noted where none was, with it stopped, asks for it (ta_bg_request, in
+ * ta_purge_note_global, whichever layer notes); it is started from above, at the next safe
+ * point (alloc.c: an allocation's slow path, a free's), and a thread that comes to own an
+ * arena starts it when a due time was left behind.
  */
 #include "internal.h"
 
@@ -113,21 +113,29 @@ void ta_fork_reset_after_fork(void) {
   atomic_store(&fork_steps, 0);
 }
 
-bool ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
+/* Work is due at t in *v. A running purger is rung for it (ta_bg_wake); a stopped one, when
+ * nothing was due there, is asked for (ta_bg_request), once the process has had two arenas:
+ * its next safe point starts it (alloc.c), whatever it is, an allocation or a free. Every
+ * layer notes here, so no note can find the purger stopped and leave nobody to start it: with
+ * it stopped, a due time either was left behind (a thread that comes to own an arena starts
+ * it for that, alloc.c) or is noted from none, here. */
+void ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
   uint64_t cur = atomic_load_explicit(v, memory_order_relaxed);
   while (cur == 0 || t < cur) {
     if (atomic_compare_exchange_weak_explicit(v, &cur, t, memory_order_seq_cst,
                                               memory_order_relaxed)) {
       ta_bg_wake(t); /* sooner than anything was due, or than the thread wakes */
-      return cur == 0;
+      if (cur == 0 && atomic_load_explicit(&ta_arena_count, memory_order_relaxed) > 1 &&
+          !ta_bg_running())
+        ta_bg_request();
+      return;
     }
   }
-  return false;
 }
 
 /* Something of arena a became free at `since`. Also noted process-wide, for the background
- * thread, which purges idle arenas whose owners make no slow call; the second arena of a
- * process asks for that thread (see background.c for where it starts). */
+ * thread, which purges idle arenas whose owners make no slow call (a note from none asks
+ * for that thread when it is stopped: ta_purge_note_global). */
 void ta_purge_note(ta_arena_t *a, uint64_t since) {
   uint64_t due = since + ta_decay_ms;
   /* The owner's light section (a block into the cache) may note while a run slot's keeper
@@ -138,7 +146,6 @@ void ta_purge_note(ta_arena_t *a, uint64_t since) {
                                                 memory_order_relaxed)) {
   }
   ta_purge_note_global(&ta_arenas_due, due);
-  if (TA_UNLIKELY(a->id > 0)) ta_bg_request();
 }
 
 void ta_note_orphan_work(void) { ta_purge_note_global(&ta_orphan_due, ta_os_now_ms() + ta_decay_ms); }

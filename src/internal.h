@@ -812,9 +812,9 @@ TA_INLINE uint64_t ta_demand_window(void) {
 TA_HIDDEN size_t ta_arena_share(void);    /* dirty.c: the holes' share */
 TA_HIDDEN size_t ta_top_allowance(void); /* dirty.c: each medium top's allowance */
 TA_HIDDEN extern _Atomic uint32_t ta_owner_scale_force; /* tests */
-/* Notes work due at t in *due, if sooner than what is there; true when nothing was due: the
- * purger thread may have to be started for it (a running one is rung for it). */
-TA_HIDDEN bool ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
+/* Notes work due at t in *due, if sooner than what is there: a running purger thread is
+ * rung for it, a stopped one asked for when nothing was due (ta_bg_wanted). */
+TA_HIDDEN void ta_purge_note_global(_Atomic uint64_t *due, uint64_t t);
 /* When the purger visits owned arenas for medium blocks freed into them (their remote lists):
  * within the decay time, but no sooner than TA_MAIL_MIN_MS, so that with decay_ms:0 a
  * producer's frees do not ring it for a round each. */
@@ -1268,7 +1268,7 @@ TA_INLINE bool ta_span_serves(size_t size, size_t align) {
 TA_HIDDEN size_t ta_span_usable_for(size_t size);
 TA_HIDDEN void *ta_span_alloc(size_t size, bool *zeroed);
 TA_HIDDEN size_t ta_span_usable(const void *p, const char *op);
-TA_HIDDEN bool ta_span_free(void *p);
+TA_HIDDEN void ta_span_free(void *p);
 TA_HIDDEN void ta_span_shrink(void *p, size_t size);
 TA_HIDDEN bool ta_span_kept_for(size_t usable, size_t size); /* a shrink may leave it so */
 TA_HIDDEN void ta_span_set_requested(void *p, size_t requested);

@@ -423,10 +423,7 @@ size_t ta_span_usable(const void *p, const char *op) {
   return (size_t)(atomic_load_explicit(&e->info, memory_order_relaxed) & PAGES_MASK) << page_shift;
 }
 
-/* Returns whether the purger may be wanted: it noted a due time where there was none (one
- * already there is the purger's, or one it left behind when it stopped: a thread that comes
- * to own an arena next starts it for that, alloc.c). */
-bool ta_span_free(void *p) {
+void ta_span_free(void *p) {
   unsigned state;
   ta_spage_t *e = entry_checked(p, &state);
   if (e == NULL || state == S_NONE) ta_fatal("free(): invalid pointer", p);
@@ -441,8 +438,8 @@ bool ta_span_free(void *p) {
   put(here(), p, v & PAGES_MASK);
   /* After the push (seq_cst), as a purge takes the bins after clearing the due time: one of
    * the two sees the other. */
-  if (atomic_load_explicit(&ta_span_due, memory_order_seq_cst) != 0) return false;
-  return ta_purge_note_global(&ta_span_due, now + ta_decay_ms);
+  if (atomic_load_explicit(&ta_span_due, memory_order_seq_cst) == 0)
+    ta_purge_note_global(&ta_span_due, now + ta_decay_ms);
 }
 
 /* Live span p keeps its first `size` bytes' pages; the rest becomes a free span, when it is at

@@ -2,9 +2,17 @@
  * prodcons - producer/consumer: half of the threads allocate blocks and hand them over
  * in batches, the other half receive and free them. Every free is a remote free, and
  * memory flows one way between threads (the xmalloc pattern).
+ *
+ * -m 1: blocks of 12 to 20 KB instead of 8 B to 1 KiB (past most allocators' small
+ * classes), a tenth as many. It also reports `helper_switches` and `helper_switches_per_s`:
+ * the voluntary context switches of the threads the program did not start (an allocator's
+ * own, such as a background purger), over the run and per second of it. With
+ * TAMALLOC_CONF=decay_ms:0, every free of such a block makes memory due at once: how often
+ * that wakes the purger.
  */
 #include "wl.h"
 #include <sched.h>
+#include <time.h>
 #include <stdatomic.h>
 
 enum { BATCH = 64, RING = 32 };
@@ -28,10 +36,13 @@ static inbox *boxes;
 static int nprod, ncons;
 static uint64_t per_producer;
 static uint64_t seed;
+static int mix;
 static atomic_int producers_left;
 
 static size_t pick_size(wl_rng *r)
 {
+    if (mix == 1)
+        return wl_range(r, 12000, 20000);
     uint32_t u = wl_below(r, 10);
     if (u < 6) return wl_range(r, 8, 64);
     if (u < 9) return wl_range(r, 65, 256);
@@ -147,8 +158,11 @@ static void *consumer(void *v)
 int main(int argc, char **argv)
 {
     wl_args a = wl_parse(argc, argv, "producer threads allocate, consumer threads free");
-    uint64_t total = wl_count(a.scale, 36e6, 1000);
+    mix = a.mix;
+    uint64_t total = wl_count(a.scale, mix == 1 ? 3.6e6 : 36e6, 1000);
     seed = a.seed;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     uint64_t sum = 0;
     int bad = 0;
 
@@ -196,5 +210,12 @@ int main(int argc, char **argv)
     free(boxes);
     free(roles);
     free(tids);
+    if (mix == 1) {
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+        unsigned long long n = wl_other_threads_switches();
+        wl_figure("helper_switches", n);
+        wl_figure("helper_switches_per_s", s > 0 ? (unsigned long long)((double)n / s) : 0);
+    }
     return wl_report(sum, bad);
 }

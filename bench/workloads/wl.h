@@ -3,7 +3,7 @@
  *
  * Every workload calls only the plain C allocation functions, so any allocator can be
  * put underneath with LD_PRELOAD. This header gives them a common command line
- * (-t threads, -n scale, -s seed), a deterministic random generator, block stamps that
+ * (-t threads, -n scale, -s seed, -m size mix), a deterministic random generator, block stamps that
  * detect corruption, and the closing report the driver parses:
  *
  *     checksum <16 hex digits>     depends only on the parameters, never on the allocator
@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 /* ---- command line ---------------------------------------------------------------- */
@@ -35,17 +36,18 @@ typedef struct {
     int threads;      /* -t: worker threads (programs without threads ignore it)      */
     double scale;     /* -n: multiplies the amount of work; 1.0 is the full-run size */
     uint64_t seed;    /* -s: base seed for the random generators                      */
+    int mix;          /* -m: which size mix, for programs that have several; 0 the usual */
 } wl_args;
 
 static inline void wl_usage(const char *prog, const char *what)
 {
-    fprintf(stderr, "usage: %s [-t THREADS] [-n SCALE] [-s SEED]\n  %s\n", prog, what);
+    fprintf(stderr, "usage: %s [-t THREADS] [-n SCALE] [-s SEED] [-m MIX]\n  %s\n", prog, what);
     exit(2);
 }
 
 static inline wl_args wl_parse(int argc, char **argv, const char *what)
 {
-    wl_args a = {1, 1.0, 42};
+    wl_args a = {1, 1.0, 42, 0};
     for (int i = 1; i < argc; i++) {
         const char *opt = argv[i];
         if (i + 1 >= argc || opt[0] != '-' || opt[2] != '\0')
@@ -57,12 +59,14 @@ static inline wl_args wl_parse(int argc, char **argv, const char *what)
         case 't': a.threads = (int)strtol(val, &end, 10); break;
         case 'n': a.scale = strtod(val, &end); break;
         case 's': a.seed = strtoull(val, &end, 10); break;
+        case 'm': a.mix = (int)strtol(val, &end, 10); break;
         default: wl_usage(argv[0], what);
         }
         if (errno || end == val || *end != '\0')
             wl_usage(argv[0], what);
     }
-    if (a.threads < 1 || a.threads > 4096 || !(a.scale > 0.0) || a.scale > 1000.0)
+    if (a.threads < 1 || a.threads > 4096 || !(a.scale > 0.0) || a.scale > 1000.0 ||
+        a.mix < 0 || a.mix > 9)
         wl_usage(argv[0], what);
     return a;
 }
@@ -259,6 +263,43 @@ static inline long wl_status_kib(const char *key)
 }
 
 static inline long wl_vmhwm_kib(void) { return wl_status_kib("\nVmHWM:"); }
+
+/* The voluntary context switches (the times a thread blocked, and was woken) of this
+ * process's threads other than the calling one, summed: called once the program's own
+ * threads are joined, what the allocator's own threads did (a background purger's wakes).
+ * Read with getdents64 and read(2) into buffers on the stack: measuring never allocates. */
+static inline unsigned long long wl_other_threads_switches(void)
+{
+    char dents[4096], path[64], buf[4096];
+    unsigned long long total = 0;
+    int dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        return 0;
+    long me = (long)syscall(SYS_gettid), n;
+    while ((n = syscall(SYS_getdents64, dir, dents, sizeof dents)) > 0) {
+        for (long off = 0; off < n;) {
+            const char *name = dents + off + 19; /* d_ino, d_off, d_reclen, d_type */
+            unsigned short reclen;
+            memcpy(&reclen, dents + off + 16, sizeof reclen);
+            off += reclen;
+            long tid = strtol(name, NULL, 10);
+            if (tid <= 0 || tid == me)
+                continue;
+            snprintf(path, sizeof path, "/proc/self/task/%ld/status", tid);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0)
+                continue;
+            ssize_t len = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            buf[len < 0 ? 0 : len] = '\0';
+            const char *line = strstr(buf, "\nvoluntary_ctxt_switches:");
+            if (line)
+                total += strtoull(line + 26, NULL, 10);
+        }
+    }
+    close(dir);
+    return total;
+}
 static inline long wl_vmrss_kib(void) { return wl_status_kib("\nVmRSS:"); }
 
 static inline void wl_put(const char *text)

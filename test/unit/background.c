@@ -616,6 +616,33 @@ Test(background, mail_wakes_a_purger_asleep_until_a_far_due_time, .timeout = 40)
   mail_is_taken_in(purger_asleep_until_far_due);
 }
 
+/* The purger stopped with nothing due, so the owner's taking of its arena starts nothing;
+ * then a slow path of the main thread notes its free memory due, where nothing was, and asks
+ * for the purger; the owner goes idle for good and the main thread only frees. Its first
+ * remote medium free finds a visit due already (its note asks for nothing), and is the last
+ * call to see the request: it starts the purger, which takes the blocks in. */
+static void note_from_none(void) {
+  cr_assert_not(ta_bg_running(), "the owner's arena found nothing due: no purger yet");
+  cr_assert_not(atomic_load(&ta_bg_wanted), "nothing asked for the purger yet");
+  ta_purge_note(ta_tl_arena, ta_os_now_ms());
+  cr_assert(atomic_load(&ta_bg_wanted), "a due time noted from none asks for the purger");
+  cr_assert_not(ta_bg_running(), "asked for, not started, inside a slow path");
+}
+
+Test(background, a_free_starts_a_purger_a_note_from_none_asked_for, .timeout = 40) {
+  ta_bg_enable(true);
+  ta_decay_ms = 50;
+  exit_and_free_remotely();
+  cr_assert(purger_stops_within(10000),
+            "with one thread left and the exited one's arena purged, it did not stop");
+  /* Nothing due (what it left behind is not this test's: the claim would start it). */
+  atomic_store(&ta_arenas_due, 0);
+  atomic_store(&ta_span_due, 0);
+  atomic_store(&ta_huge_due, 0);
+  atomic_store(&ta_orphan_due, 0);
+  mail_is_taken_in(note_from_none);
+}
+
 static void *take_an_arena_and_wait(void *arg) {
   ta_free(ta_malloc(16));
   atomic_store((_Atomic int *)arg, 1);
@@ -644,6 +671,9 @@ Test(background, a_thread_taking_an_arena_starts_a_purger_that_left_a_due_time_b
   ta_free(s);
   cr_assert_neq(atomic_load(&ta_span_due), 0, "the span's free noted its due time");
   cr_assert_not(ta_bg_running(), "one thread: no purger for spans");
+  /* The note from none asked for it, and the free's safe point found one arena owned. */
+  cr_assert_not(atomic_load(&ta_bg_wanted),
+                "a request is pending: the claim is not what starts it");
   static _Atomic int step;
   pthread_t t;
   pthread_create(&t, NULL, take_an_arena_and_wait, (void *)&step);
