@@ -112,13 +112,21 @@ TA_INLINE void chores_sometimes(ta_arena_t *a) {
 }
 _Static_assert(TA_CHORES_EVERY >= 1 && TA_CHORES_EVERY <= 256, "the countdown is a byte");
 
-/* A safe point (no lock of ours held, no arena half changed): the purger thread starts here
- * if a note asked for it (dirty.c, ta_purge_note_global). Every way out of a slow path that
- * may note is one, an allocation's or a free's: the thread that noted may never allocate
- * again (a consumer that only frees, an owner blocked for good). */
+/* A safe point: the purger thread starts here if a note asked for it (dirty.c,
+ * ta_purge_note_global). Only an allocation's way in or out is one (and a thread's taking of
+ * an arena, and its exit): no lock of ours is held there, no arena is half changed, and no
+ * lock of the C library's either. A free is never one: glibc frees a joined thread's TLS
+ * while it holds the lock of its cache of thread stacks, which pthread_create takes (a
+ * thread started from that free would wait for itself). So a due time a free notes where
+ * none was waits for the next allocation of any thread, or a thread's taking of an arena or
+ * its exit. errno is kept: the start's system calls may set it on a malloc that succeeds. */
+static TA_NOINLINE TA_COLD void bg_start_wanted(void) {
+  int e = errno;
+  ta_bg_maybe_start(library.background);
+  errno = e;
+}
 TA_INLINE void bg_safe_point(void) {
-  if (TA_UNLIKELY(atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed)))
-    ta_bg_maybe_start(library.background);
+  if (TA_UNLIKELY(atomic_load_explicit(&ta_bg_wanted.v, memory_order_relaxed))) bg_start_wanted();
 }
 
 /* The thread's arena: a new one, an adopted one (what others freed into it was taken in:
@@ -302,6 +310,7 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
     errno = ENOMEM;
     return NULL;
   }
+  bg_safe_point(); /* what this call noted: the thread may never allocate again */
   if (zero && !zeroed) memset(p, 0, size);
   return p;
 }
@@ -333,6 +342,7 @@ static TA_NOINLINE void *alloc_cached_chores(size_t size, bool out) {
   void *p = ta_medium_cache_alloc(a, size); /* the look first, as on the way without chores */
   if (p == NULL) return alloc_from(size, TA_ALIGNMENT, false, false, a); /* its own round */
   chores_if_due(a, out);
+  bg_safe_point(); /* what the round noted */
   return p;
 }
 static TA_NOINLINE void *alloc_cached(size_t size) {
@@ -356,7 +366,10 @@ static TA_NOINLINE void *alloc_span(size_t size) {
     chores_sometimes(a);
     bool zeroed;
     void *p = ta_span_alloc(size, &zeroed);
-    if (TA_LIKELY(p != NULL)) return p;
+    if (TA_LIKELY(p != NULL)) {
+      bg_safe_point(); /* what the round, or the span's cut, noted */
+      return p;
+    }
     /* No span (no new chunk): the medium heap, without a second try (`grows` skips spans;
      * the size is a medium one, so nothing else changes). */
     return alloc_from(size, TA_ALIGNMENT, false, true, NULL);
@@ -370,7 +383,7 @@ static TA_NOINLINE void *alloc_span(size_t size) {
  * a span serves, else one the cache may serve), in a function with no frame; the rest goes to
  * alloc_from as it would have. */
 static TA_NOINLINE void *alloc_big(size_t size) {
-  if (!ta_stats_on && !atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed)) {
+  if (!ta_stats_on && !atomic_load_explicit(&ta_bg_wanted.v, memory_order_relaxed)) {
     if (ta_span_serves(size, TA_ALIGNMENT)) return alloc_span(size);
     if (ta_medium_cache_may_serve(size)) return alloc_cached(size);
   }
@@ -531,17 +544,15 @@ static TA_EXIT_PATH void free_small_suspect(ta_arena_t *me, ta_run_t *r, ta_bloc
 static TA_EXIT_PATH void free_small_slow(ta_arena_t *me, ta_run_t *r) {
   ta_small_free_slow(me, r);
   ta_purge_if_over(me);
-  bg_safe_point(); /* an emptied run's due time may have asked for the purger */
 }
 
 /* Another thread's medium block: to its owner. Should the owner be idle for good, the
  * background purger takes it in: it is told a medium block waits, and its next visit to
  * owned arenas is made due within the decay time (ta_mail_due) by the first block of a batch
  * (the count was none), or when no visit is due. A due time that is there already is not
- * enough: it may be far off (an arena's demand holds its memory). The purger may be stopped,
- * and asked for by this note, or by any before it that this thread's free may be the last
- * call to see (the owner idle, the freeing thread allocating nothing more): this free, which
- * holds no lock of ours, is a safe point. The increment, then the load of the due time, are
+ * enough: it may be far off (an arena's demand holds its memory). A stopped purger is asked
+ * for by a note from none, and started at the next allocation of any thread (a free is no
+ * safe point: bg_safe_point). The increment, then the load of the due time, are
  * seq_cst, as the purger's exchange of the due time, then its load of the count
  * (background.c): one of the two sees the other, on arm64 too. */
 static TA_NOINLINE void free_medium_remote(ta_arena_t *owner, ta_block_t *b) {
@@ -550,7 +561,6 @@ static TA_NOINLINE void free_medium_remote(ta_arena_t *owner, ta_block_t *b) {
     if (atomic_load_explicit(&owner->state, memory_order_relaxed) != ARENA_CLAIMED) return;
     if (before <= 0 || atomic_load_explicit(&ta_arenas_due, memory_order_seq_cst) == 0)
       ta_purge_note_global(&ta_arenas_due, ta_mail_due(ta_os_now_ms()));
-    bg_safe_point();
   }
 }
 
@@ -570,7 +580,6 @@ static TA_NOINLINE void free_medium_locked(ta_arena_t *me, ta_mhdr_t *h, bool re
   }
   TA_ADD(me->cnt.frees, 1);
   ta_slow_leave(me);
-  bg_safe_point(); /* the free space's due time may have asked for the purger */
 }
 
 /* free_medium's way in its light section for what its path leaves out: a block whose mark
@@ -591,7 +600,6 @@ static TA_NOINLINE void free_medium_light(ta_arena_t *me, ta_mhdr_t *h) {
 static TA_NOINLINE void free_medium_clock(ta_arena_t *me) {
   ta_medium_cache_clock(me);
   ta_light_leave(me);
-  bg_safe_point(); /* the cache's due time may have asked for the purger */
 }
 
 /* Reached from free's entry: the owner's put into its cache in a light section (internal.h)
@@ -637,10 +645,8 @@ static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
     ta_span_free(p);
     count_free_ownerless();
     /* Its pages go back after the decay whoever calls: the purger, once the process has had
-     * threads, asked for when a due time first appears, and started here (this free holds
-     * no lock of ours: a safe point). Beyond the budget without it, the oldest excess goes
-     * back now. */
-    bg_safe_point();
+     * threads (asked for when a due time first appears, started at the next safe point: an
+     * allocation). Beyond the budget without it, the oldest excess goes back now. */
     if (!ta_bg_running() && TA_UNLIKELY(ta_spans_over_budget()))
       ta_purge_spans_excess(ta_os_now_ms());
     return;
@@ -649,7 +655,6 @@ static TA_NOINLINE void free_generic(void *p, uint8_t kind) {
   case TA_MAP_HUGE_AL:
     ta_huge_free(ta_huge_hdr_checked(p, kind, "free(): invalid pointer"));
     count_free_ownerless();
-    bg_safe_point(); /* the huge cache's due time may have asked for the purger */
     return;
   default:
     ta_fatal("free(): invalid pointer", p);
@@ -882,7 +887,6 @@ void *ta_realloc(void *p, size_t size) {
     /* Fewer pages: the rest is freed; under the smallest span's size, down to half. */
     if (size <= usable && ta_span_serves(size, TA_ALIGNMENT)) {
       ta_span_shrink(p, size);
-      bg_safe_point(); /* the rest's due time may have asked for the purger */
       in_place = p;
     } else if (size <= usable && size >= usable / 2) {
       in_place = p;
@@ -903,6 +907,7 @@ void *ta_realloc(void *p, size_t size) {
   }
   if (in_place) {
     if (ta_stats_on) ta_stats_record(in_place, size);
+    bg_safe_point(); /* what a shrink's freed rest noted */
     return in_place;
   }
   /* A move counts as a malloc and a free too: mallocs - frees stays the live count. A
@@ -1026,7 +1031,6 @@ static TA_NOINLINE void secure_free(void *p) {
     if (!ta_huge_secure_arm(h, false)) ta_fatal("free(): canary overwritten before pointer", p);
     ta_huge_free(h); /* unmapped: no span is cached, a write after free faults */
     count_free_ownerless();
-    bg_safe_point();
     return;
   }
   default:
@@ -1187,7 +1191,7 @@ size_t ta_xallocx(void *p, size_t size, size_t extra, int flags) {
     /* A span shrinks to fewer pages (any thread: it has no owner); it never grows. */
     if (want >= old || !ta_span_serves(want, TA_ALIGNMENT)) return old;
     ta_span_shrink(p, want);
-    bg_safe_point(); /* the rest's due time may have asked for the purger */
+    bg_safe_point(); /* what the freed rest noted */
     if (ta_stats_on) ta_stats_record(p, want);
     return ta_span_usable(p, "xallocx(): invalid pointer");
   }
@@ -1200,6 +1204,7 @@ size_t ta_xallocx(void *p, size_t size, size_t extra, int flags) {
   else if (size < want && size > old && size > TA_SMALL_MAX / 2 && ta_medium_resize(me, h, size))
     got = size;
   if (got == 0) return old;
+  bg_safe_point(); /* what a shrink's freed rest noted */
   if (ta_stats_on) ta_stats_record(p, got);
   size_t now = ta_medium_usable(h);
   if (flags_zero(flags) && now > old) memset((char *)p + old, 0, now - old);

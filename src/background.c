@@ -12,9 +12,10 @@
  *     half changed, never from inside a slow path: the thread-exit destructor; a thread's
  *     taking of an arena, with something due (a due time it left behind when it stopped);
  *     and, once a due time noted where none was asked for it (ta_bg_request, from
- *     ta_purge_note_global), the next safe point: the entry of alloc_from, or the way out of
- *     a free that may have noted (a remote medium free, an emptied run, a span, a huge
- *     block: alloc.c, bg_safe_point), since the thread that noted may never allocate again;
+ *     ta_purge_note_global), the next allocation's way in or out of its slow path (alloc.c,
+ *     bg_safe_point). Never from a free: glibc frees a joined thread's TLS while holding the
+ *     lock pthread_create takes. A due time a free notes thus waits for some thread's next
+ *     allocation, taking of an arena or exit;
  *   - it sleeps on a futex until the earliest due time, and with nothing pending until a
  *     thread notes work due sooner than it would wake (ta_bg_wake, dirty.c), or
  *     until a round for the budget that left an arena to its owner's lock comes again;
@@ -278,9 +279,10 @@ static void *bg_main(void *arg) {
  * the library runs it unless background_thread says otherwise (the API layer, alloc.c,
  * which is compiled into each library, says which: ta_library_t). */
 void ta_bg_maybe_start(bool by_default) {
-  /* (Cleared only when set: callers on free paths must not write a shared line each.) */
-  if (atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed))
-    atomic_store_explicit(&ta_bg_wanted, 0, memory_order_relaxed);
+  /* Cleared only when set (its line stays shared among the readers), and seq_cst before the
+   * looks below (internal.h, ta_bg_request). */
+  if (atomic_load_explicit(&ta_bg_wanted.v, memory_order_relaxed))
+    atomic_exchange_explicit(&ta_bg_wanted.v, 0, memory_order_seq_cst);
   if (ta_bg_setting < 0 ? !by_default : ta_bg_setting == 0) return;
   if (atomic_load_explicit(&ta_bg_state, memory_order_seq_cst) != BG_NONE) return;
   if (next_due() == 0 || leave_with(owned_arenas())) return; /* nothing, or no one, to do it for */
@@ -293,6 +295,7 @@ void ta_bg_maybe_start(bool by_default) {
 /* Fork child: the thread did not survive the fork. */
 void ta_bg_reset_after_fork(void) {
   atomic_store(&ta_bg_state, BG_NONE);
+  atomic_store(&ta_bg_wanted.v, 0); /* the parent's request: the child asks anew */
   atomic_store(&ta_bg_wakes_at, 0);
   atomic_store(&ta_bg_over, 0);
 }

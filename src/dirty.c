@@ -28,8 +28,8 @@
  * thread, above, does the work. The thread says here whether it runs (ta_bg_state); a due
  * time noted where none was, with it stopped, asks for it (ta_bg_request, in
  * ta_purge_note_global, whichever layer notes); it is started from above, at the next safe
- * point (alloc.c: an allocation's slow path, a free's), and a thread that comes to own an
- * arena starts it when a due time was left behind.
+ * point (alloc.c: the way in or out of an allocation's slow path, never a free), and a
+ * thread that comes to own an arena starts it when a due time was left behind.
  */
 #include "internal.h"
 
@@ -47,7 +47,10 @@ _Atomic uint32_t ta_bg_seq;  /* futex word: bumped by every wake */
 /* While it sleeps: the time it wakes by itself (UINT64_MAX: none, only when rung); 0 awake. */
 _Atomic uint64_t ta_bg_wakes_at;
 _Atomic int ta_bg_over;      /* 1: over the budget, return the oldest excess */
-_Atomic int ta_bg_wanted;    /* a slow path asked for the thread */
+/* A note from none asked for the thread: read by every malloc past the small sizes
+ * (alloc_big), so alone in its 128 bytes, away from the words above, written by every note,
+ * ring and sleep. */
+ta_alone_flag_t ta_bg_wanted;
 
 /* Started or running: STARTING means the thread was created and is about to run. */
 bool ta_bg_running(void) { return atomic_load(&ta_bg_state) != BG_NONE; }
@@ -115,17 +118,19 @@ void ta_fork_reset_after_fork(void) {
 
 /* Work is due at t in *v. A running purger is rung for it (ta_bg_wake); a stopped one, when
  * nothing was due there, is asked for (ta_bg_request), once the process has had two arenas:
- * its next safe point starts it (alloc.c), whatever it is, an allocation or a free. Every
- * layer notes here, so no note can find the purger stopped and leave nobody to start it: with
- * it stopped, a due time either was left behind (a thread that comes to own an arena starts
- * it for that, alloc.c) or is noted from none, here. */
+ * the next safe point starts it (alloc.c: an allocation of any thread, a thread's taking of
+ * an arena, a thread's exit; never a free). Every layer notes here, so a due time noted while
+ * the purger is stopped either was left behind (a thread that comes to own an arena starts it
+ * for that, alloc.c) or is noted from none, here, and asks for it. The count's load is
+ * seq_cst, after the exchange: against a new owner's fence, then its look at the due times
+ * (arm64 too). */
 void ta_purge_note_global(_Atomic uint64_t *v, uint64_t t) {
   uint64_t cur = atomic_load_explicit(v, memory_order_relaxed);
   while (cur == 0 || t < cur) {
     if (atomic_compare_exchange_weak_explicit(v, &cur, t, memory_order_seq_cst,
                                               memory_order_relaxed)) {
       ta_bg_wake(t); /* sooner than anything was due, or than the thread wakes */
-      if (cur == 0 && atomic_load_explicit(&ta_arena_count, memory_order_relaxed) > 1 &&
+      if (cur == 0 && atomic_load_explicit(&ta_arena_count, memory_order_seq_cst) > 1 &&
           !ta_bg_running())
         ta_bg_request();
       return;

@@ -131,6 +131,12 @@ typedef struct {
 } ta_alone_count_t;
 _Static_assert(sizeof(ta_alone_count_t) == 2 * TA_LINE && _Alignof(ta_alone_count_t) == 2 * TA_LINE,
                "a count alone fills its 128 bytes: nothing else is placed there");
+/* A flag that threads all over the process read often and write rarely, alone for the same
+ * reason: words written often beside it would take its line away from every reader. */
+typedef struct {
+  _Alignas(2 * TA_LINE) _Atomic int v;
+} ta_alone_flag_t;
+_Static_assert(sizeof(ta_alone_flag_t) == 2 * TA_LINE, "a flag alone fills its 128 bytes");
 #define TA_MEDIUM_MAX ((size_t)1 << 20) /* larger requests are mapped on their own */
 #define TA_NUM_BINS 136 /* medium free-list bins, indexed by size class */
 #define TA_BIN_WORDS ((TA_NUM_BINS + 63) / 64)
@@ -839,10 +845,15 @@ enum { BG_NONE = 0, BG_STARTING = 1, BG_RUNNING = 2 };
 TA_HIDDEN extern _Atomic int ta_bg_state, ta_bg_over;
 TA_HIDDEN extern _Atomic uint64_t ta_bg_wakes_at; /* 0 awake; else when it wakes by itself */
 TA_HIDDEN extern _Atomic uint32_t ta_bg_seq;
-TA_HIDDEN extern _Atomic int ta_bg_wanted; /* a slow path asked for the thread */
+/* A note from none asked for the thread (ta_purge_note_global). Set and cleared
+ * sequentially consistent: a request is never lost between a safe point's clearing, then its
+ * look at the due times, and a note's setting of a due time, then its look at the request (a
+ * store buffer would hold the clear while the note saw the request still set). Only a note
+ * from none sets it, and only a safe point that finds it set clears it. */
+TA_HIDDEN extern ta_alone_flag_t ta_bg_wanted;
 TA_INLINE void ta_bg_request(void) {
-  if (atomic_load_explicit(&ta_bg_wanted, memory_order_relaxed) == 0)
-    atomic_store_explicit(&ta_bg_wanted, 1, memory_order_relaxed);
+  if (atomic_load_explicit(&ta_bg_wanted.v, memory_order_seq_cst) == 0)
+    atomic_store_explicit(&ta_bg_wanted.v, 1, memory_order_seq_cst);
 }
 TA_HIDDEN void ta_bg_over_budget(void);
 TA_HIDDEN void ta_bg_wake(uint64_t t); /* work due at t: rings a thread asleep past it */

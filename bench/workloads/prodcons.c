@@ -6,7 +6,8 @@
  * -m 1: blocks of 12 to 20 KB instead of 8 B to 1 KiB (past most allocators' small
  * classes), a tenth as many. It also reports `helper_switches` and `helper_switches_per_s`:
  * the voluntary context switches of the threads the program did not start (an allocator's
- * own, such as a background purger), over the run and per second of it. With
+ * own, such as a background purger, ended ones included), over the run and per second of it:
+ * the process's, less its own threads' (each taken at its end). With
  * TAMALLOC_CONF=decay_ms:0, every free of such a block makes memory due at once: how often
  * that wakes the purger.
  */
@@ -109,6 +110,7 @@ typedef struct {
     int id;
     uint64_t sum;
     int bad;
+    unsigned long long switches; /* its own voluntary context switches, at its end */
 } role;
 
 static void *producer(void *v)
@@ -128,6 +130,7 @@ static void *producer(void *v)
         }
     }
     atomic_fetch_sub(&producers_left, 1);
+    me->switches = wl_thread_switches();
     return NULL;
 }
 
@@ -149,6 +152,7 @@ static void *consumer(void *v)
                 sum += drain(x, &bad);
             me->sum = sum;
             me->bad = bad;
+            me->switches = wl_thread_switches();
             return NULL;
         }
         sched_yield();
@@ -202,10 +206,12 @@ int main(int argc, char **argv)
         roles[ncons + i].id = i;
         wl_spawn(&tids[ncons + i], producer, &roles[ncons + i]);
     }
+    unsigned long long own = 0; /* the program's threads' switches */
     for (int i = 0; i < a.threads; i++) {
         wl_join(tids[i]);
         sum += roles[i].sum;
         bad |= roles[i].bad;
+        own += roles[i].switches;
     }
     free(boxes);
     free(roles);
@@ -213,7 +219,8 @@ int main(int argc, char **argv)
     if (mix == 1) {
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-        unsigned long long n = wl_other_threads_switches();
+        own += wl_thread_switches();
+        unsigned long long all = wl_process_switches(), n = all > own ? all - own : 0;
         wl_figure("helper_switches", n);
         wl_figure("helper_switches_per_s", s > 0 ? (unsigned long long)((double)n / s) : 0);
     }

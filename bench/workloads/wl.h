@@ -27,7 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 /* ---- command line ---------------------------------------------------------------- */
@@ -264,41 +264,18 @@ static inline long wl_status_kib(const char *key)
 
 static inline long wl_vmhwm_kib(void) { return wl_status_kib("\nVmHWM:"); }
 
-/* The voluntary context switches (the times a thread blocked, and was woken) of this
- * process's threads other than the calling one, summed: called once the program's own
- * threads are joined, what the allocator's own threads did (a background purger's wakes).
- * Read with getdents64 and read(2) into buffers on the stack: measuring never allocates. */
-static inline unsigned long long wl_other_threads_switches(void)
-{
-    char dents[4096], path[64], buf[4096];
-    unsigned long long total = 0;
-    int dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir < 0)
-        return 0;
-    long me = (long)syscall(SYS_gettid), n;
-    while ((n = syscall(SYS_getdents64, dir, dents, sizeof dents)) > 0) {
-        for (long off = 0; off < n;) {
-            const char *name = dents + off + 19; /* d_ino, d_off, d_reclen, d_type */
-            unsigned short reclen;
-            memcpy(&reclen, dents + off + 16, sizeof reclen);
-            off += reclen;
-            long tid = strtol(name, NULL, 10);
-            if (tid <= 0 || tid == me)
-                continue;
-            snprintf(path, sizeof path, "/proc/self/task/%ld/status", tid);
-            int fd = open(path, O_RDONLY | O_CLOEXEC);
-            if (fd < 0)
-                continue;
-            ssize_t len = read(fd, buf, sizeof buf - 1);
-            close(fd);
-            buf[len < 0 ? 0 : len] = '\0';
-            const char *line = strstr(buf, "\nvoluntary_ctxt_switches:");
-            if (line)
-                total += strtoull(line + 26, NULL, 10);
-        }
-    }
-    close(dir);
-    return total;
+/* Voluntary context switches (the times a thread blocked, and was woken): the calling
+ * thread's own, and the whole process's, threads that have ended included. A program that
+ * takes its own threads' at their ends, and its main thread's, has the rest: what threads it
+ * did not start did (an allocator's own, such as a background purger, however many times it
+ * came and went). */
+static inline unsigned long long wl_thread_switches(void) {
+  struct rusage u;
+  return getrusage(RUSAGE_THREAD, &u) == 0 ? (unsigned long long)u.ru_nvcsw : 0;
+}
+static inline unsigned long long wl_process_switches(void) {
+  struct rusage u;
+  return getrusage(RUSAGE_SELF, &u) == 0 ? (unsigned long long)u.ru_nvcsw : 0;
 }
 static inline long wl_vmrss_kib(void) { return wl_status_kib("\nVmRSS:"); }
 

@@ -616,31 +616,124 @@ Test(background, mail_wakes_a_purger_asleep_until_a_far_due_time, .timeout = 40)
   mail_is_taken_in(purger_asleep_until_far_due);
 }
 
-/* The purger stopped with nothing due, so the owner's taking of its arena starts nothing;
- * then a slow path of the main thread notes its free memory due, where nothing was, and asks
- * for the purger; the owner goes idle for good and the main thread only frees. Its first
- * remote medium free finds a visit due already (its note asks for nothing), and is the last
- * call to see the request: it starts the purger, which takes the blocks in. */
-static void note_from_none(void) {
-  cr_assert_not(ta_bg_running(), "the owner's arena found nothing due: no purger yet");
-  cr_assert_not(atomic_load(&ta_bg_wanted), "nothing asked for the purger yet");
-  ta_purge_note(ta_tl_arena, ta_os_now_ms());
-  cr_assert(atomic_load(&ta_bg_wanted), "a due time noted from none asks for the purger");
-  cr_assert_not(ta_bg_running(), "asked for, not started, inside a slow path");
+/* Nothing due anywhere (what a stopped purger left behind is not these tests': a thread's
+ * taking of an arena would start it for that). */
+static void nothing_due(void) {
+  atomic_store(&ta_arenas_due, 0);
+  atomic_store(&ta_span_due, 0);
+  atomic_store(&ta_huge_due, 0);
+  atomic_store(&ta_orphan_due, 0);
 }
 
-Test(background, a_free_starts_a_purger_a_note_from_none_asked_for, .timeout = 40) {
+/* A request for the purger waits through frees, whatever they are: glibc frees a joined
+ * thread's TLS while it holds the lock that pthread_create takes, so a free must never start
+ * a thread. The next allocation starts it. Here: two owners (one idle, holding blocks this
+ * thread frees), the purger stopped, a note from none; then a span, a huge block, and the idle
+ * owner's small and medium blocks are freed. */
+Test(background, a_free_never_starts_the_purger_the_next_allocation_does, .timeout = 40) {
+  ta_conf_span_min_kb = 128; /* the idle owner's blocks of MAIL_SIZE stay medium ones */
+  ta_span_threads = 0;       /* spans from the first thread on */
   ta_bg_enable(true);
   ta_decay_ms = 50;
   exit_and_free_remotely();
   cr_assert(purger_stops_within(10000),
             "with one thread left and the exited one's arena purged, it did not stop");
-  /* Nothing due (what it left behind is not this test's: the claim would start it). */
-  atomic_store(&ta_arenas_due, 0);
-  atomic_store(&ta_span_due, 0);
-  atomic_store(&ta_huge_due, 0);
-  atomic_store(&ta_orphan_due, 0);
-  mail_is_taken_in(note_from_none);
+  char *span = ta_malloc(ta_span_min), *huge = ta_malloc((size_t)8 << 20);
+  cr_assert_eq(ta_map_get((uintptr_t)span), TA_MAP_SPAN, "a span");
+  memset(span, 1, ta_span_min);
+  memset(huge, 1, (size_t)8 << 20);
+  ta_bg_maybe_start(true); /* what this thread's next allocation does: one owner, no start */
+  nothing_due();
+  atomic_store(&churning, 1);
+  pthread_t t;
+  pthread_create(&t, NULL, allocate_hand_over_and_wait, NULL);
+  while (atomic_load((_Atomic(ta_arena_t *) *)&mail[MAILED]) == NULL)
+    nap_ms(5);
+  cr_assert_not(ta_bg_running(), "nothing was due: the second owner's arena started nothing");
+  cr_assert_eq(ta_map_get((uintptr_t)mail[1]), TA_MAP_MEDIUM, "the owner's blocks: medium");
+  ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + 600000);
+  cr_assert(atomic_load(&ta_bg_wanted.v), "a due time noted from none asks for the purger");
+  ta_free(span);
+  ta_free(huge);
+  for (int i = 0; i < MAILED; i++)
+    ta_free(mail[i]);
+  cr_assert_not(ta_bg_running(), "a free started the purger");
+  cr_assert(atomic_load(&ta_bg_wanted.v), "the request was dropped by a free");
+  void *m = ta_malloc(20000);
+  cr_assert(ta_bg_running(), "the next allocation did not start the purger");
+  ta_free(m);
+  atomic_store(&churning, 0);
+  pthread_join(t, NULL);
+  cr_assert(atomic_load(&small_mail_ok), "a small block was lost or moved off the list");
+}
+
+/* An allocation that notes a due time from none, with the purger stopped and two owners,
+ * starts it on its way out: the allocating thread may go idle for good right after, and the
+ * other thread only free. Here the second thread takes its arena with nothing due (no start),
+ * frees this thread's small blocks remotely and waits; this thread's next allocation takes
+ * them in, which empties their runs (a due time where none was), and goes idle: the runs'
+ * pages go back with no further call. */
+enum { REMOTE_BLOCKS = 4096, REMOTE_SIZE = 256 };
+static void *remote_blocks[REMOTE_BLOCKS];
+static void *claim_free_and_wait(void *arg) {
+  _Atomic int *step = arg;
+  ta_free(ta_malloc(16));
+  atomic_store(step, 1);
+  while (atomic_load(step) != 2)
+    nap_ms(5);
+  for (int i = 0; i < REMOTE_BLOCKS; i++)
+    ta_free(remote_blocks[i]);
+  atomic_store(step, 3);
+  while (atomic_load(step) != 4)
+    nap_ms(5);
+  return NULL;
+}
+
+static size_t runs_resident(void) {
+  size_t sum = 0;
+  uintptr_t last = 0;
+  for (int i = 0; i < REMOTE_BLOCKS; i++) {
+    uintptr_t run = (uintptr_t)remote_blocks[i] & ~(TA_RUN_SIZE - 1);
+    if (run == last) continue;
+    sum += ta_os_resident((void *)run, TA_RUN_SIZE);
+    last = run;
+  }
+  return sum;
+}
+
+Test(background, an_allocation_that_notes_from_none_starts_the_purger_on_its_way_out,
+     .timeout = 40) {
+  ta_bg_enable(true);
+  ta_decay_ms = 50;
+  for (int i = 0; i < REMOTE_BLOCKS; i++) {
+    remote_blocks[i] = ta_malloc(REMOTE_SIZE);
+    memset(remote_blocks[i], 0x44, REMOTE_SIZE);
+  }
+  static _Atomic int step;
+  pthread_t t;
+  pthread_create(&t, NULL, claim_free_and_wait, (void *)&step);
+  while (atomic_load(&step) != 1)
+    nap_ms(5);
+  cr_assert_not(ta_bg_running(), "nothing was due: the second owner's arena started nothing");
+  atomic_store(&step, 2);
+  while (atomic_load(&step) != 3)
+    nap_ms(5);
+  cr_assert_not(ta_bg_running(), "remote frees of small blocks note nothing");
+  cr_assert_not(atomic_load(&ta_bg_wanted.v), "nothing asked for the purger yet");
+  size_t before = runs_resident();
+  void *q = ta_malloc(48); /* a class not used yet: its slow path takes the frees in */
+  cr_assert_neq(atomic_load(&ta_arenas_due), 0, "taking the frees in noted the emptied runs");
+  cr_assert(ta_bg_running(), "the allocation that noted from none did not start the purger");
+  size_t after = before;
+  for (int i = 0; i < 250 && after > before / 4; i++) {
+    nap_ms(20);
+    after = runs_resident();
+  }
+  atomic_store(&step, 4);
+  pthread_join(t, NULL);
+  ta_free(q);
+  cr_assert_leq(after, before / 4, "%zu of the emptied runs' %zu resident bytes still there", after,
+                before);
 }
 
 static void *take_an_arena_and_wait(void *arg) {
@@ -671,8 +764,10 @@ Test(background, a_thread_taking_an_arena_starts_a_purger_that_left_a_due_time_b
   ta_free(s);
   cr_assert_neq(atomic_load(&ta_span_due), 0, "the span's free noted its due time");
   cr_assert_not(ta_bg_running(), "one thread: no purger for spans");
-  /* The note from none asked for it, and the free's safe point found one arena owned. */
-  cr_assert_not(atomic_load(&ta_bg_wanted),
+  /* The note from none asked for it; this thread's next allocation, with one owner, starts
+   * nothing and clears the request (so that the claim, not the request, is what starts it). */
+  ta_bg_maybe_start(true);
+  cr_assert_not(atomic_load(&ta_bg_wanted.v),
                 "a request is pending: the claim is not what starts it");
   static _Atomic int step;
   pthread_t t;

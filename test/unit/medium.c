@@ -1231,7 +1231,7 @@ Test(mcache, a_cache_hit_takes_the_request_for_the_purger_thread) {
   cr_assert(cached(a));
   ta_bg_request();
   char *b = ta_malloc(20000);
-  cr_assert_eq(atomic_load(&ta_bg_wanted), 0, "the request reached ta_bg_maybe_start");
+  cr_assert_eq(atomic_load(&ta_bg_wanted.v), 0, "the request reached ta_bg_maybe_start");
   cr_assert_eq(b, a, "then the cached block");
   ta_free(b);
   ta_free(keep);
