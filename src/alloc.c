@@ -114,17 +114,14 @@ _Static_assert(TA_CHORES_EVERY >= 1 && TA_CHORES_EVERY <= 256, "the countdown is
 
 /* A safe point: the purger thread starts here if a note asked for it (dirty.c,
  * ta_purge_note_global). Only an allocation's way in or out is one (and a thread's taking of
- * an arena, and its exit): no lock of ours is held there, no arena is half changed, and no
- * lock of the C library's either. A free is never one: glibc frees a joined thread's TLS
- * while it holds the lock of its cache of thread stacks, which pthread_create takes (a
- * thread started from that free would wait for itself). So a due time a free notes where
- * none was waits for the next allocation of any thread, or a thread's taking of an arena or
- * its exit. errno is kept: the start's system calls may set it on a malloc that succeeds. */
-static TA_NOINLINE TA_COLD void bg_start_wanted(void) {
-  int e = errno;
-  ta_bg_maybe_start(library.background);
-  errno = e;
-}
+ * an arena in an allocation, and its exit): no lock of ours is held there, no arena is half
+ * changed, and glibc 2.36 holds no lock that pthread_create takes around its calls of malloc
+ * (but for dlopen's window, docs/design.md, "When it runs"). A free is never one: glibc frees
+ * a joined thread's TLS while it holds the lock of its cache of thread stacks, which
+ * pthread_create takes (a thread started from that free would wait for itself). So a due time
+ * a free notes where none was waits for the next allocation of any thread, or a thread's
+ * taking of an arena or its exit. (ta_os_thread_start keeps errno.) */
+static TA_NOINLINE TA_COLD void bg_start_wanted(void) { ta_bg_maybe_start(library.background); }
 TA_INLINE void bg_safe_point(void) {
   if (TA_UNLIKELY(atomic_load_explicit(&ta_bg_wanted.v, memory_order_relaxed))) bg_start_wanted();
 }
@@ -134,17 +131,24 @@ TA_INLINE void bg_safe_point(void) {
  * A thread that comes to own an arena may make the purger wanted again: it left, with one
  * thread owning an arena, and may have left a due time behind (any of dirty.c's: an owner's
  * demand, free spans aging), which no note will ask for, since the due time is there
- * already. So it is started here (a safe point: no lock of ours is held) when something is
- * due; with it stopped, every due time noted later goes from none to some, which asks for it
- * (ta_purge_note_global). The fence pairs with the purger's after it says it has left
- * (background.c): either this sees it running, or it sees this owner. */
-static ta_arena_t *arena_get_slow(bool *borrowed) {
+ * already. So it is started here when something is due, in an allocation (a safe point); the
+ * hardened free of a thread whose first call is a free takes an arena too (`in_free`), and
+ * only asks for it (a free is no safe point: bg_safe_point). With it stopped, every due time
+ * noted later goes from none to some, which asks for it (ta_purge_note_global). The fence
+ * pairs with the purger's after it says it has left (background.c): either this sees it
+ * running, or it sees this owner. */
+static ta_arena_t *arena_get_slow(bool *borrowed, bool in_free) {
   ta_arena_t *a = ta_arena_get_slow(&library, borrowed);
   if (a == NULL) return NULL;
   ta_purge_if_over(a);
   if (!*borrowed) {
     atomic_thread_fence(memory_order_seq_cst);
-    if (!ta_bg_running()) ta_bg_maybe_start(library.background);
+    if (!ta_bg_running()) {
+      if (!in_free)
+        ta_bg_maybe_start(library.background);
+      else if (ta_bg_due())
+        ta_bg_request();
+    }
   }
   return a;
 }
@@ -273,7 +277,7 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
   bool borrowed = false;
   ta_arena_t *a = ta_tl_arena;
   if (TA_UNLIKELY(a == &ta_sentinel_arena)) {
-    a = arena_get_slow(&borrowed);
+    a = arena_get_slow(&borrowed, false);
     if (a == NULL) {
       errno = ENOMEM;
       return NULL;
@@ -919,6 +923,7 @@ void *ta_realloc(void *p, size_t size) {
   if (q == NULL) return NULL; /* errno is ENOMEM; p is untouched */
   memcpy(q, p, size < usable ? size : usable);
   ta_free(p);
+  bg_safe_point(); /* what the old block's free noted */
   return q;
 }
 
@@ -1040,7 +1045,7 @@ static TA_NOINLINE void secure_free(void *p) {
   bool borrowed = false;
   /* A thread whose first call is a free takes an arena, for its quarantine; one past its
    * exit destructor (a borrowed arena) frees at once. */
-  if (me == &ta_sentinel_arena && ((me = arena_get_slow(&borrowed)) == NULL || borrowed)) {
+  if (me == &ta_sentinel_arena && ((me = arena_get_slow(&borrowed, true)) == NULL || borrowed)) {
     if (borrowed) arena_release(me, false);
     secure_releasing = true;
     ta_free(p);
@@ -1169,6 +1174,7 @@ void *ta_rallocx(void *p, size_t size, int flags) {
     if (q == NULL) return NULL;
     memcpy(q, p, size < old ? size : old);
     ta_free(p);
+    bg_safe_point(); /* what the old block's free noted */
   }
   if (flags_zero(flags)) {
     size_t now = usable_checked(q, "rallocx(): invalid pointer");

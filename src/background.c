@@ -279,6 +279,15 @@ static void *bg_main(void *arg) {
  * the library runs it unless background_thread says otherwise (the API layer, alloc.c,
  * which is compiled into each library, says which: ta_library_t). */
 void ta_bg_maybe_start(bool by_default) {
+  /* Not while a fork is under way, in the parent (another atfork handler's malloc) or in the
+   * child before its handler reset the state (a library's own child handler, run before this
+   * library's: the parent's arenas still look owned there, and a purger started then would
+   * be forgotten by the reset). It is asked for instead, for the parent's next safe point
+   * after the fork (the child's reset clears it: the child asks anew). */
+  if (ta_fork_pending()) {
+    ta_bg_request();
+    return;
+  }
   /* Cleared only when set (its line stays shared among the readers), and seq_cst before the
    * looks below (internal.h, ta_bg_request). */
   if (atomic_load_explicit(&ta_bg_wanted.v, memory_order_relaxed))
@@ -291,6 +300,8 @@ void ta_bg_maybe_start(bool by_default) {
   /* Failed: back to NONE, for the next thread exit to try again. */
   if (ta_os_thread_start(bg_main) != 0) atomic_store(&ta_bg_state, BG_NONE);
 }
+
+bool ta_bg_due(void) { return next_due() != 0; }
 
 /* Fork child: the thread did not survive the fork. */
 void ta_bg_reset_after_fork(void) {

@@ -136,7 +136,8 @@ _Static_assert(sizeof(ta_alone_count_t) == 2 * TA_LINE && _Alignof(ta_alone_coun
 typedef struct {
   _Alignas(2 * TA_LINE) _Atomic int v;
 } ta_alone_flag_t;
-_Static_assert(sizeof(ta_alone_flag_t) == 2 * TA_LINE, "a flag alone fills its 128 bytes");
+_Static_assert(sizeof(ta_alone_flag_t) == 2 * TA_LINE && _Alignof(ta_alone_flag_t) == 2 * TA_LINE,
+               "a flag alone fills its 128 bytes");
 #define TA_MEDIUM_MAX ((size_t)1 << 20) /* larger requests are mapped on their own */
 #define TA_NUM_BINS 136 /* medium free-list bins, indexed by size class */
 #define TA_BIN_WORDS ((TA_NUM_BINS + 63) / 64)
@@ -1516,6 +1517,7 @@ TA_HIDDEN size_t ta_purge_orphans(uint64_t now, bool all);
 
 /* ------------------------------------------------------------------ background.c */
 TA_HIDDEN void ta_bg_maybe_start(bool by_default); /* at a safe point (background.c says which) */
+TA_HIDDEN bool ta_bg_due(void);                    /* whether the purger has anything due */
 TA_HIDDEN void ta_bg_reset_after_fork(void);
 
 uint64_t ta_bg_rounds(void);

@@ -816,6 +816,9 @@ int ta_os_thread_start(void *(*fn)(void *)) {
   pthread_attr_t attr;
   if (pthread_attr_init(&attr) != 0) return -1;
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  /* A stack size of its own: without one, pthread_create takes the lock of the default thread
+   * attributes, which glibc holds around its calloc in pthread_getattr_default_np (a start
+   * from that malloc would wait for itself). */
   pthread_attr_setstacksize(&attr, (size_t)256 << 10);
   /* Not the policy and priority of whichever thread starts it (a real-time thread may). */
   struct sched_param sp = {0};

@@ -628,21 +628,29 @@ static void nothing_due(void) {
 /* A request for the purger waits through frees, whatever they are: glibc frees a joined
  * thread's TLS while it holds the lock that pthread_create takes, so a free must never start
  * a thread. The next allocation starts it. Here: two owners (one idle, holding blocks this
- * thread frees), the purger stopped, a note from none; then a span, a huge block, and the idle
+ * thread frees), the purger not running, a note from none; then a span, a huge block, and the idle
  * owner's small and medium blocks are freed. */
 Test(background, a_free_never_starts_the_purger_the_next_allocation_does, .timeout = 40) {
   ta_conf_span_min_kb = 128; /* the idle owner's blocks of MAIL_SIZE stay medium ones */
   ta_span_threads = 0;       /* spans from the first thread on */
   ta_bg_enable(true);
   ta_decay_ms = 50;
-  exit_and_free_remotely();
-  cr_assert(purger_stops_within(10000),
-            "with one thread left and the exited one's arena purged, it did not stop");
+  /* One thread so far: nothing starts the purger, nor asks for it. */
+  ta_free(ta_malloc(16)); /* initialised: ta_span_min is set */
   char *span = ta_malloc(ta_span_min), *huge = ta_malloc((size_t)8 << 20);
   cr_assert_eq(ta_map_get((uintptr_t)span), TA_MAP_SPAN, "a span");
   memset(span, 1, ta_span_min);
   memset(huge, 1, (size_t)8 << 20);
-  ta_bg_maybe_start(true); /* what this thread's next allocation does: one owner, no start */
+  /* This thread's own: two runs of a class its frees empty (free_small_slow), and medium
+   * blocks for its cache (the first starts its clock). */
+  enum { OWN_SMALL = 2 * TA_RUN_SIZE / 512, OWN_MEDIUM = 4 };
+  static void *own_small[OWN_SMALL], *own_medium[OWN_MEDIUM];
+  for (int i = 0; i < OWN_SMALL; i++)
+    own_small[i] = ta_malloc(512);
+  for (int i = 0; i < OWN_MEDIUM; i++)
+    own_medium[i] = ta_malloc(20000);
+  cr_assert_eq(ta_map_get((uintptr_t)own_medium[0]), TA_MAP_MEDIUM, "a medium block");
+  cr_assert_not(atomic_load(&ta_bg_wanted.v), "one arena: nothing asks for the purger");
   nothing_due();
   atomic_store(&churning, 1);
   pthread_t t;
@@ -657,6 +665,10 @@ Test(background, a_free_never_starts_the_purger_the_next_allocation_does, .timeo
   ta_free(huge);
   for (int i = 0; i < MAILED; i++)
     ta_free(mail[i]);
+  for (int i = 0; i < OWN_SMALL; i++)
+    ta_free(own_small[i]);
+  for (int i = 0; i < OWN_MEDIUM; i++)
+    ta_free(own_medium[i]);
   cr_assert_not(ta_bg_running(), "a free started the purger");
   cr_assert(atomic_load(&ta_bg_wanted.v), "the request was dropped by a free");
   void *m = ta_malloc(20000);
@@ -734,6 +746,51 @@ Test(background, an_allocation_that_notes_from_none_starts_the_purger_on_its_way
   ta_free(q);
   cr_assert_leq(after, before / 4, "%zu of the emptied runs' %zu resident bytes still there", after,
                 before);
+}
+
+static void *take_an_arena_and_wait(void *arg);
+
+/* A realloc that moves a block frees the old one after its allocation: what that free notes
+ * from none starts the purger before the realloc returns. Here a span grows into the medium
+ * heap (a span never grows in place), and its free notes the spans' due time. */
+Test(background, a_moving_realloc_starts_the_purger_its_free_asked_for, .timeout = 40) {
+  ta_conf_span_min_kb = 16;
+  ta_span_threads = 0; /* spans from the first thread on */
+  ta_bg_enable(true);
+  ta_decay_ms = 50;
+  ta_free(ta_malloc(16)); /* initialised: ta_span_min is set */
+  char *p = ta_malloc(ta_span_min);
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_SPAN, "a span");
+  memset(p, 7, ta_span_min);
+  static _Atomic int step;
+  pthread_t t;
+  pthread_create(&t, NULL, take_an_arena_and_wait, (void *)&step);
+  while (atomic_load(&step) != 1)
+    nap_ms(5);
+  nothing_due();
+  atomic_store(&ta_bg_wanted.v, 0);
+  cr_assert_not(ta_bg_running(), "nothing was due: the second owner's arena started nothing");
+  p = ta_realloc(p, ta_span_min + 1);
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM, "the span moved to the medium heap");
+  cr_assert_neq(atomic_load(&ta_span_due), 0, "the old span's free noted its due time");
+  cr_assert(ta_bg_running(), "the realloc returned without starting the purger");
+  atomic_store(&step, 2);
+  pthread_join(t, NULL);
+  ta_free(p);
+}
+
+/* A fork child does not inherit the parent's request for the purger: it asks anew. */
+Test(background, a_fork_child_clears_the_parents_request, .timeout = 30) {
+  ta_bg_enable(false); /* nothing starts it: the request stays in the parent */
+  exit_and_free_remotely();
+  nothing_due();
+  ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + 600000);
+  cr_assert(atomic_load(&ta_bg_wanted.v), "a due time noted from none asks for the purger");
+  pid_t pid = fork();
+  if (pid == 0) _exit(atomic_load(&ta_bg_wanted.v) ? 1 : 0);
+  int st;
+  waitpid(pid, &st, 0);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child kept the request (status %d)", st);
 }
 
 static void *take_an_arena_and_wait(void *arg) {
