@@ -119,9 +119,13 @@ _Static_assert(TA_CHORES_EVERY >= 1 && TA_CHORES_EVERY <= 256, "the countdown is
  * (but for dlopen's window, docs/design.md, "When it runs"). A free is never one: glibc frees
  * a joined thread's TLS while it holds the lock of its cache of thread stacks, which
  * pthread_create takes (a thread started from that free would wait for itself). So a due time
- * a free notes where none was waits for the next allocation of any thread, or a thread's
- * taking of an arena or its exit. (ta_os_thread_start keeps errno.) */
-static TA_NOINLINE TA_COLD void bg_start_wanted(void) { ta_bg_maybe_start(library.background); }
+ * a free notes where none was waits for the next allocation of any thread that leaves the
+ * fast path, or a thread's taking of an arena or its exit. (ta_os_thread_start keeps
+ * errno.) */
+static __thread bool bg_in_free __attribute__((tls_model("initial-exec")));
+static TA_NOINLINE TA_COLD void bg_start_wanted(void) {
+  if (!bg_in_free) ta_bg_maybe_start(library.background);
+}
 TA_INLINE void bg_safe_point(void) {
   if (TA_UNLIKELY(atomic_load_explicit(&ta_bg_wanted.v, memory_order_relaxed))) bg_start_wanted();
 }
@@ -1045,7 +1049,14 @@ static TA_NOINLINE void secure_free(void *p) {
   bool borrowed = false;
   /* A thread whose first call is a free takes an arena, for its quarantine; one past its
    * exit destructor (a borrowed arena) frees at once. */
-  if (me == &ta_sentinel_arena && ((me = arena_get_slow(&borrowed, true)) == NULL || borrowed)) {
+  /* (The claim may allocate, pthread_setspecific's array past 32 keys: bg_in_free keeps that
+   * allocation's safe point from starting the purger inside this free.) */
+  if (me == &ta_sentinel_arena) {
+    bg_in_free = true;
+    me = arena_get_slow(&borrowed, true);
+    bg_in_free = false;
+  }
+  if (me == NULL || borrowed) {
     if (borrowed) arena_release(me, false);
     secure_releasing = true;
     ta_free(p);

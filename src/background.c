@@ -279,15 +279,12 @@ static void *bg_main(void *arg) {
  * the library runs it unless background_thread says otherwise (the API layer, alloc.c,
  * which is compiled into each library, says which: ta_library_t). */
 void ta_bg_maybe_start(bool by_default) {
-  /* Not while a fork is under way, in the parent (another atfork handler's malloc) or in the
-   * child before its handler reset the state (a library's own child handler, run before this
-   * library's: the parent's arenas still look owned there, and a purger started then would
-   * be forgotten by the reset). It is asked for instead, for the parent's next safe point
-   * after the fork (the child's reset clears it: the child asks anew). */
-  if (ta_fork_pending()) {
-    ta_bg_request();
-    return;
-  }
+  /* Not in a fork child before its handler reset the state (a library's own child handler,
+   * run before this library's, that allocates: the parent's arenas still look owned there,
+   * and a purger started then would be forgotten by the reset); the reset clears the request
+   * too. In the parent, a fork under way changes nothing here: a purger started meanwhile
+   * waits for the fork's end before any step (bg_main, ta_fork_hold). */
+  if (ta_fork_child_unreset()) return;
   /* Cleared only when set (its line stays shared among the readers), and seq_cst before the
    * looks below (internal.h, ta_bg_request). */
   if (atomic_load_explicit(&ta_bg_wanted.v, memory_order_relaxed))

@@ -103,13 +103,22 @@ bool ta_fork_hold(void) {
 void ta_fork_unhold(void) { atomic_fetch_sub(&fork_steps, 1); }
 bool ta_fork_pending(void) { return atomic_load_explicit(&fork_announced, memory_order_relaxed); }
 
+/* The process that forks: a child, until its handler resets the announcement, has another
+ * pid (ta_fork_child_unreset). */
+static _Atomic uint32_t fork_parent_pid;
+
 void ta_fork_prepare(void) {
+  atomic_store(&fork_parent_pid, ta_os_getpid());
   atomic_fetch_add(&fork_announced, 1);
   if (atomic_load(&fork_steps) == 0) return;
   uint64_t until = ta_os_now_ms() + TA_FORK_WAIT_MS;
   while (atomic_load(&fork_steps) && ta_os_now_ms() < until) ta_os_yield();
 }
 void ta_fork_parent(void) { atomic_fetch_sub(&fork_announced, 1); }
+bool ta_fork_child_unreset(void) {
+  return atomic_load_explicit(&fork_announced, memory_order_relaxed) &&
+         ta_os_getpid() != atomic_load_explicit(&fork_parent_pid, memory_order_relaxed);
+}
 /* The child's only thread is the forking one: the other threads' steps and forks are not. */
 void ta_fork_reset_after_fork(void) {
   atomic_store(&fork_announced, 0);

@@ -835,6 +835,7 @@ TA_INLINE uint64_t ta_mail_due(uint64_t now) {
 TA_HIDDEN bool ta_fork_hold(void);
 TA_HIDDEN void ta_fork_unhold(void);
 TA_HIDDEN bool ta_fork_pending(void);
+TA_HIDDEN bool ta_fork_child_unreset(void); /* a fork child before its handler ran */
 TA_HIDDEN void ta_fork_prepare(void);
 TA_HIDDEN void ta_fork_parent(void);
 TA_HIDDEN void ta_fork_reset_after_fork(void);
