@@ -136,19 +136,19 @@ TA_INLINE void bg_safe_point(void) {
  * thread owning an arena, and may have left a due time behind (any of dirty.c's: an owner's
  * demand, free spans aging), which no note will ask for, since the due time is there
  * already. So it is started here when something is due, in an allocation (a safe point); the
- * hardened free of a thread whose first call is a free takes an arena too (`in_free`), and
+ * hardened free of a thread whose first call is a free takes an arena too (bg_in_free), and
  * only asks for it (a free is no safe point: bg_safe_point). With it stopped, every due time
  * noted later goes from none to some, which asks for it (ta_purge_note_global). The fence
  * pairs with the purger's after it says it has left (background.c): either this sees it
  * running, or it sees this owner. */
-static ta_arena_t *arena_get_slow(bool *borrowed, bool in_free) {
+static ta_arena_t *arena_get_slow(bool *borrowed) {
   ta_arena_t *a = ta_arena_get_slow(&library, borrowed);
   if (a == NULL) return NULL;
   ta_purge_if_over(a);
   if (!*borrowed) {
     atomic_thread_fence(memory_order_seq_cst);
     if (!ta_bg_running()) {
-      if (!in_free)
+      if (!bg_in_free)
         ta_bg_maybe_start(library.background);
       else if (ta_bg_due())
         ta_bg_request();
@@ -281,7 +281,7 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
   bool borrowed = false;
   ta_arena_t *a = ta_tl_arena;
   if (TA_UNLIKELY(a == &ta_sentinel_arena)) {
-    a = arena_get_slow(&borrowed, false);
+    a = arena_get_slow(&borrowed);
     if (a == NULL) {
       errno = ENOMEM;
       return NULL;
@@ -1053,7 +1053,7 @@ static TA_NOINLINE void secure_free(void *p) {
    * allocation's safe point from starting the purger inside this free.) */
   if (me == &ta_sentinel_arena) {
     bg_in_free = true;
-    me = arena_get_slow(&borrowed, true);
+    me = arena_get_slow(&borrowed);
     bg_in_free = false;
   }
   if (me == NULL || borrowed) {

@@ -28,6 +28,12 @@ static void nap_ms(long ms) {
   nanosleep(&ts, NULL);
 }
 
+/* Waits until the other thread of a test has reached step n. */
+static void wait_for_step(_Atomic int *step, int n) {
+  while (atomic_load(step) != n)
+    nap_ms(5);
+}
+
 static void count_pending(ta_arena_t *a, void *arg) {
   if (atomic_load(&a->state) != ARENA_FREE) return;
   /* dirty_bytes is written under the arena's lock (an orphan purge): read it under the lock,
@@ -691,13 +697,11 @@ static void *claim_free_and_wait(void *arg) {
   _Atomic int *step = arg;
   ta_free(ta_malloc(16));
   atomic_store(step, 1);
-  while (atomic_load(step) != 2)
-    nap_ms(5);
+  wait_for_step(step, 2);
   for (int i = 0; i < REMOTE_BLOCKS; i++)
     ta_free(remote_blocks[i]);
   atomic_store(step, 3);
-  while (atomic_load(step) != 4)
-    nap_ms(5);
+  wait_for_step(step, 4);
   return NULL;
 }
 
@@ -724,12 +728,10 @@ Test(background, an_allocation_that_notes_from_none_starts_the_purger_on_its_way
   static _Atomic int step;
   pthread_t t;
   pthread_create(&t, NULL, claim_free_and_wait, (void *)&step);
-  while (atomic_load(&step) != 1)
-    nap_ms(5);
+  wait_for_step(&step, 1);
   cr_assert_not(ta_bg_running(), "nothing was due: the second owner's arena started nothing");
   atomic_store(&step, 2);
-  while (atomic_load(&step) != 3)
-    nap_ms(5);
+  wait_for_step(&step, 3);
   cr_assert_not(ta_bg_running(), "remote frees of small blocks note nothing");
   cr_assert_not(atomic_load(&ta_bg_wanted.v), "nothing asked for the purger yet");
   size_t before = runs_resident();
@@ -765,8 +767,7 @@ Test(background, a_moving_realloc_starts_the_purger_its_free_asked_for, .timeout
   static _Atomic int step;
   pthread_t t;
   pthread_create(&t, NULL, take_an_arena_and_wait, (void *)&step);
-  while (atomic_load(&step) != 1)
-    nap_ms(5);
+  wait_for_step(&step, 1);
   nothing_due();
   atomic_store(&ta_bg_wanted.v, 0);
   cr_assert_not(ta_bg_running(), "nothing was due: the second owner's arena started nothing");
@@ -799,8 +800,7 @@ Test(background, a_fork_child_clears_the_parents_request, .timeout = 30) {
 static void *take_an_arena_and_wait(void *arg) {
   ta_free(ta_malloc(16));
   atomic_store((_Atomic int *)arg, 1);
-  while (atomic_load((_Atomic int *)arg) != 2)
-    nap_ms(5);
+  wait_for_step(arg, 2);
   return NULL;
 }
 
@@ -832,8 +832,7 @@ Test(background, a_thread_taking_an_arena_starts_a_purger_that_left_a_due_time_b
   static _Atomic int step;
   pthread_t t;
   pthread_create(&t, NULL, take_an_arena_and_wait, (void *)&step);
-  while (atomic_load(&step) != 1)
-    nap_ms(5);
+  wait_for_step(&step, 1);
   cr_assert(ta_bg_running(), "the second thread's arena did not start the purger");
   size_t resident = n;
   for (int i = 0; i < 250 && resident > n / 4; i++) {
