@@ -113,7 +113,7 @@ bool ta_init(const ta_library_t *lib) {
       ta_chunk_brk_default(lib->brk);
       ta_secret = ta_os_random();
       draw_keys();
-#if !defined(__SANITIZE_THREAD__)
+#if !defined(TA_TSAN)
       /* The owners' light sections (internal.h): registered while the process has one
        * thread, as a rule, where registering is cheapest. */
       ta_light_ok = ta_os_barrier_register();

@@ -279,7 +279,7 @@ void *ta_chunk_fresh(bool *from_brk, bool *pooled, size_t first, bool tail, uint
  * announces itself in c->readers, then reads the entry again (stats.c): either it sees the
  * entry cleared and leaves the chunk alone, or we see it here. */
 static bool chunk_being_read(ta_chunk_t *c) {
-#if !defined(__SANITIZE_THREAD__)
+#if !defined(TA_TSAN)
   atomic_thread_fence(memory_order_seq_cst); /* see ta_unmap_allowed */
 #endif
   return atomic_load_explicit(&c->readers, memory_order_seq_cst) != 0;

@@ -70,6 +70,16 @@ static const bool ta_secure = TA_SECURE;
 #define TA_QUARANTINE 64
 #define TA_QUARANTINE_BYTES ((size_t)1 << 20)
 
+/* ThreadSanitizer's build: gcc says so with __SANITIZE_THREAD__, clang only through
+ * __has_feature. Every test for that build is a test of TA_TSAN. */
+#if defined(__SANITIZE_THREAD__)
+#define TA_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TA_TSAN 1
+#endif
+#endif
+
 /* Words statistics readers (stats.c) read while their owner changes them — run meta blocks,
  * chunk headers, medium size words, huge meta blocks, counters: the owner, their only writer,
  * stores them with TA_STORE wherever a reader can see them and reads them plainly; readers
@@ -80,13 +90,25 @@ static const bool ta_secure = TA_SECURE;
  * acquire, so that a reader that reaches a chunk finds it set up. Plain moves too. */
 #define TA_PUBLISH(field, v) __atomic_store_n(&(field), (v), __ATOMIC_RELEASE)
 #define TA_FOLLOW(field) __atomic_load_n(&(field), __ATOMIC_ACQUIRE)
+/* A word the program, or another thread, may be writing with plain stores nothing on our
+ * side can order, read by a reader for which any value will do (TA_PEEK_FN marks the one
+ * function that reads it: mark_peek, link_peek, ta_mh_peek). ThreadSanitizer is told not to
+ * watch that one load: clang still watches an atomic load in a function it is told not to
+ * watch, so its build reads the word with a volatile load there. */
+#if defined(TA_TSAN)
+#define TA_PEEK_FN __attribute__((no_sanitize_thread, noinline))
+#define TA_PEEK(field) (*(const volatile __typeof__(field) *)&(field))
+#else
+#define TA_PEEK_FN
+#define TA_PEEK(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+#endif
 /* The owner's increment of such a word: a load and a store, not a locked add. */
 #define TA_ADD(field, n) TA_STORE(field, (field) + (n))
 /* The same on the fast paths of malloc and free, which keep their one add to memory, as
  * ta_dec_le_zero keeps its one subtract: C has no unlocked atomic add, and the load and store
  * would cost two more instructions there. ThreadSanitizer builds use TA_ADD, so that they
  * check every other access to the word. */
-#if defined(__SANITIZE_THREAD__)
+#if defined(TA_TSAN)
 #define TA_ADD_FAST(field, n) TA_ADD(field, n)
 #else
 #define TA_ADD_FAST(field, n) ((void)((field) += (n)))
@@ -732,7 +754,7 @@ TA_INLINE bool ta_unmap_allowed(void) {
   /* Pairs with the reader's seq_cst increment: either the reader sees the cleared map
    * entry, or we see the reader. The store before must not pass the load: a full fence
    * (ThreadSanitizer models no fences; its build relies on the seq_cst load alone). */
-#if !defined(__SANITIZE_THREAD__)
+#if !defined(TA_TSAN)
   atomic_thread_fence(memory_order_seq_cst);
 #endif
   return atomic_load_explicit(&ta_stats_readers, memory_order_seq_cst) == 0;
@@ -940,7 +962,7 @@ TA_INLINE size_t ta_map_granules(void) {
  * an acquire once the compiler may not move the map's address above it (the signal fence, in
  * ta_map_at, after free's compare, into which the load then folds as the constant it replaced
  * did). ThreadSanitizer builds, which check every access, use the atomic load. */
-#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#if defined(__x86_64__) && !defined(TA_TSAN)
 #define TA_MAP_TSO 1
 #else
 #define TA_MAP_TSO 0
@@ -972,8 +994,8 @@ TA_INLINE ta_run_t *ta_run_of(const void *p) {
 /* --used, true when it drops to 0 or below: on x86-64 one `subl $1, mem; jle`, which GCC
  * does not produce from the C below. */
 TA_INLINE bool ta_dec_le_zero(int32_t *used) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 &&        \
-    !defined(__SANITIZE_THREAD__) && !defined(__SANITIZE_ADDRESS__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 &&           \
+    !defined(TA_TSAN) && !defined(__SANITIZE_ADDRESS__)
   __asm__ goto("subl $1, %0\n\tjle %l[reached]" : "+m"(*used) : : "cc" : reached);
   return false;
 reached:
@@ -1276,7 +1298,7 @@ TA_HIDDEN void ta_span_arenas(uint32_t count);
 /* Whether a span serves the request: ta_span_min is SIZE_MAX until the process has had
  * ta_span_threads arenas at once, and with spans off. */
 TA_INLINE bool ta_span_serves(size_t size, size_t align) {
-  return size >= TA_LOAD(ta_span_min) && size <= ta_span_max && align <= ta_page_size;
+  return size >= TA_LOAD(ta_span_min) && size <= TA_LOAD(ta_span_max) && align <= ta_page_size;
 }
 TA_HIDDEN size_t ta_span_usable_for(size_t size);
 TA_HIDDEN void *ta_span_alloc(size_t size, bool *zeroed);
@@ -1441,7 +1463,7 @@ TA_INLINE bool ta_slow_held_by_me(const ta_arena_t *a) {
  * nest in one. False: the caller takes the lock instead. */
 TA_HIDDEN extern _Atomic bool ta_light_ok;
 TA_INLINE bool ta_light_enter(ta_arena_t *a) {
-#if defined(__SANITIZE_THREAD__)
+#if defined(TA_TSAN)
   (void)a;
   return false;
 #else

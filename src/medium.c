@@ -849,14 +849,9 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
  * blocks and the program writes into its own: a size read just before a merge leads to a
  * word that may by then be a free block's link or the program's data. A size that makes no
  * sense ends the walk, but the load itself meets the program's plain store, which nothing
- * on our side can order. ThreadSanitizer is told not to watch this one load; the stores to
- * size words, and everything else a reader reads, stay watched. */
-#if defined(__SANITIZE_THREAD__)
-__attribute__((no_sanitize_thread, noinline))
-#endif
-size_t ta_mh_peek(const ta_mhdr_t *h) {
-  return __atomic_load_n(&h->size_flags, __ATOMIC_RELAXED);
-}
+ * on our side can order: a peek (internal.h, TA_PEEK); the stores to size words, and
+ * everything else a reader reads, stay watched. */
+TA_PEEK_FN size_t ta_mh_peek(const ta_mhdr_t *h) { return TA_PEEK(h->size_flags); }
 
 /* Walks a medium chunk's blocks in address order (statistics, the heap map, tests), giving
  * fn each block's size word as the walk read it. Other threads' chunks change under a

@@ -74,7 +74,7 @@
 
 #include "internal.h"
 
-#if defined(__SANITIZE_THREAD__)
+#if defined(TA_TSAN)
 #include <sanitizer/tsan_interface.h>
 /* ThreadSanitizer does not see mremap take the pages away from the range it moves them
  * from: what threads did there would look, to it, unordered with what a thread does once

@@ -778,27 +778,16 @@ static uint32_t block_index(const ta_run_t *r, const void *b) {
 
 /* The mark word of a block that may be in use: the program, or a thread freeing the block,
  * may be writing it as it is read, with plain stores nothing on our side can order. Any
- * value will do (a mark decides nothing alone: the walk, or the scan's count and links, do),
- * so ThreadSanitizer is told not to watch this one load, as it is not told to watch
- * ta_mh_peek's. */
-#if defined(__SANITIZE_THREAD__)
-__attribute__((no_sanitize_thread, noinline))
-#endif
-static uintptr_t
-mark_peek(const ta_block_t *b) {
-  return __atomic_load_n(&b->key, __ATOMIC_RELAXED);
-}
+ * value will do (a mark decides nothing alone: the walk, or the scan's count and links, do):
+ * a peek (internal.h, TA_PEEK). */
+TA_PEEK_FN static uintptr_t mark_peek(const ta_block_t *b) { return TA_PEEK(b->key); }
 
 /* The link word of a block the scan found marked, read as mark_peek reads its mark: the mark
  * may be the program's data, or the block may have just been freed by another thread, whose
  * push onto a remote list rewrites the link until its compare-and-swap succeeds. Any value
  * will do: such a block is one marked block too many, and the scan gives way. */
-#if defined(__SANITIZE_THREAD__)
-__attribute__((no_sanitize_thread, noinline))
-#endif
-static ta_block_t *
-link_peek(const ta_block_t *b) {
-  return ta_link_dec(__atomic_load_n(&b->link, __ATOMIC_RELAXED));
+TA_PEEK_FN static ta_block_t *link_peek(const ta_block_t *b) {
+  return ta_link_dec(TA_PEEK(b->link));
 }
 
 /* The walk: sets the bit of every block on r's free list. Each entry must be a block of this

@@ -255,7 +255,7 @@ static void put(unsigned set, void *p, size_t n) {
  * smaller than the smallest span (a tail below it is never handed out). */
 static void give_rest(ta_span_chunk_t *c, size_t at) {
   size_t units = TA_CHUNK_SIZE >> page_shift;
-  size_t max_pages = ta_span_max >> page_shift;
+  size_t max_pages = TA_LOAD(ta_span_max) >> page_shift;
   while (units - at >= min_pages) {
     size_t left = units - at, n = left < max_pages ? left : max_pages;
     /* The last piece a span too, when the one before can give it pages. */

@@ -240,7 +240,7 @@ static void *idle_owner(void *arg) {
 
 /* Under ThreadSanitizer a fork copies the tables of its shadow memory too: 300 forks took 27 s
  * alone and over 60 beside other tests on a virtual machine; 100 check the same thing there. */
-#if defined(__SANITIZE_THREAD__)
+#if defined(TA_TSAN)
 enum { FORKS = 100 };
 #else
 enum { FORKS = 300 };
@@ -781,6 +781,96 @@ Test(background, a_moving_realloc_starts_the_purger_its_free_asked_for, .timeout
   atomic_store(&step, 2);
   pthread_join(t, NULL);
   ta_free(p);
+}
+
+/* Two owners (this thread and one waiting), the purger stopped, nothing due and nothing
+ * asked for; spans from the first thread on, of 4 pages and more. */
+static void two_owners_nothing_due(pthread_t *t, _Atomic int *step) {
+  ta_conf_span_min_kb = 16;
+  ta_span_threads = 0;
+  ta_bg_enable(true);
+  ta_decay_ms = 50;
+  ta_free(ta_malloc(16)); /* initialised: ta_span_min is set */
+  pthread_create(t, NULL, take_an_arena_and_wait, (void *)step);
+  wait_for_step(step, 1);
+  cr_assert(purger_stops_within(10000), "the purger did not stop");
+  nothing_due();
+  atomic_store(&ta_bg_wanted.v, 0);
+}
+
+/* A round of chores on the way to a span or a cached medium block takes in what another
+ * thread freed into this one's arena (alloc.c, chores_sometimes), which here empties runs and
+ * notes a due time from none: the malloc starts the purger before it returns. */
+static void chores_note_from_none_then(size_t size, unsigned kind) {
+  ta_span_threads = 0;
+  ta_bg_enable(true);
+  ta_decay_ms = 50;
+  ta_free(ta_malloc(16));            /* initialised: ta_span_min is set */
+  if (size == 0) size = ta_span_min; /* the smallest span, whatever the page size */
+  if (kind == TA_MAP_MEDIUM) ta_free(ta_malloc(size)); /* into the cache (its clock noted) */
+  for (int i = 0; i < REMOTE_BLOCKS; i++)
+    remote_blocks[i] = ta_malloc(REMOTE_SIZE);
+  nothing_due(); /* so that the second thread's claim starts nothing */
+  static _Atomic int step;
+  pthread_t t;
+  pthread_create(&t, NULL, claim_free_and_wait, (void *)&step);
+  wait_for_step(&step, 1);
+  atomic_store(&step, 2);
+  wait_for_step(&step, 3);
+  cr_assert_not(ta_bg_running(), "nothing was due: the claim and the remote frees started it");
+  nothing_due();
+  atomic_store(&ta_bg_wanted.v, 0);
+  ta_tl_arena->chores_skip = 0; /* this call's round is out */
+  void *p = ta_malloc(size);
+  cr_assert_eq(ta_map_get((uintptr_t)p), kind, "not the kind of block the test is about");
+  cr_assert_neq(atomic_load(&ta_arenas_due), 0, "the round took nothing in");
+  cr_assert(ta_bg_running(), "the malloc returned without starting the purger");
+  atomic_store(&step, 4);
+  pthread_join(t, NULL);
+  ta_free(p);
+}
+
+Test(background, a_spans_round_of_chores_that_notes_starts_the_purger, .timeout = 40) {
+  ta_conf_span_min_kb = 16;
+  chores_note_from_none_then(0, TA_MAP_SPAN);
+}
+
+Test(background, a_cached_blocks_round_of_chores_that_notes_starts_the_purger, .timeout = 40) {
+  ta_conf_span_min_kb = 128; /* 20000 bytes: a medium block, from the cache */
+  chores_note_from_none_then(20000, TA_MAP_MEDIUM);
+}
+
+/* A span shrunk in place frees its last pages, which notes the spans' due time from none:
+ * realloc and xallocx start the purger before they return. */
+static void a_shrink_in_place_starts_the_purger(bool by_xallocx) {
+  static _Atomic int step;
+  atomic_store(&step, 0);
+  pthread_t t;
+  two_owners_nothing_due(&t, &step);
+  size_t n = 8 * ta_span_min;
+  char *p = ta_malloc(n);
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_SPAN, "a span");
+  memset(p, 9, n);
+  cr_assert_not(ta_bg_running(), "a span's malloc started the purger");
+  uint64_t rounds = ta_bg_rounds();
+  if (by_xallocx)
+    cr_assert_lt(ta_xallocx(p, ta_span_min, 0, 0), n, "xallocx did not shrink the span");
+  else
+    cr_assert_eq(ta_realloc(p, ta_span_min), p, "realloc moved the span");
+  cr_assert(ta_bg_running(), "the shrink returned without starting the purger");
+  cr_assert(atomic_load(&ta_span_due) != 0 || ta_bg_rounds() > rounds,
+            "the shrink's freed pages noted no due time");
+  atomic_store(&step, 2);
+  pthread_join(t, NULL);
+  ta_free(p);
+}
+
+Test(background, a_realloc_that_shrinks_a_span_in_place_starts_the_purger, .timeout = 40) {
+  a_shrink_in_place_starts_the_purger(false);
+}
+
+Test(background, an_xallocx_that_shrinks_a_span_starts_the_purger, .timeout = 40) {
+  a_shrink_in_place_starts_the_purger(true);
 }
 
 /* A fork child does not inherit the parent's request for the purger: it asks anew. */

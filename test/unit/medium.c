@@ -1630,7 +1630,7 @@ static void *take_the_lock(void *arg) {
 
 /* A thread sanitizer build never runs light sections (it cannot see the barrier): it has only
  * the test of the lock taken instead, at the end. */
-#if !defined(__SANITIZE_THREAD__)
+#if !defined(TA_TSAN)
 static _Atomic int lock_let_go;
 
 /* A block into the cache under the lock: the arena allows light sections from then on. */
