@@ -70,8 +70,8 @@ static const bool ta_secure = TA_SECURE;
 #define TA_QUARANTINE 64
 #define TA_QUARANTINE_BYTES ((size_t)1 << 20)
 
-/* ThreadSanitizer's build: gcc says so with __SANITIZE_THREAD__, clang only through
- * __has_feature. Every test for that build is a test of TA_TSAN. */
+/* ThreadSanitizer's build: gcc says so with __SANITIZE_THREAD__, clang before 22 only
+ * through __has_feature. Every test for that build is a test of TA_TSAN. */
 #if defined(__SANITIZE_THREAD__)
 #define TA_TSAN 1
 #elif defined(__has_feature)
@@ -1296,9 +1296,13 @@ TA_HIDDEN extern _Atomic uint64_t ta_span_due;
 TA_HIDDEN void ta_span_init(void);
 TA_HIDDEN void ta_span_arenas(uint32_t count);
 /* Whether a span serves the request: ta_span_min is SIZE_MAX until the process has had
- * ta_span_threads arenas at once, and with spans off. */
+ * ta_span_threads arenas at once, and with spans off. A thread's first malloc asks before
+ * it has an arena, while the first thread's initialisation may be writing the limits and the
+ * page size: atomic loads (an alignment up to the smallest page needs no look at the page
+ * size, so a constant one costs none). */
 TA_INLINE bool ta_span_serves(size_t size, size_t align) {
-  return size >= TA_LOAD(ta_span_min) && size <= TA_LOAD(ta_span_max) && align <= ta_page_size;
+  return size >= TA_LOAD(ta_span_min) && size <= TA_LOAD(ta_span_max) &&
+         (align <= TA_PAGE_MIN || align <= TA_LOAD(ta_page_size));
 }
 TA_HIDDEN size_t ta_span_usable_for(size_t size);
 TA_HIDDEN void *ta_span_alloc(size_t size, bool *zeroed);
