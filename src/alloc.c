@@ -135,9 +135,9 @@ TA_INLINE void bg_safe_point(void) {
  * A thread that comes to own an arena may make the purger wanted again: it left, with one
  * thread owning an arena, and may have left a due time behind (any of dirty.c's: an owner's
  * demand, free spans aging), which no note will ask for, since the due time is there
- * already. So it is started here when something is due, in an allocation (a safe point); the
- * hardened free of a thread whose first call is a free takes an arena too (bg_in_free), and
- * only asks for it (a free is no safe point: bg_safe_point). With it stopped, every due time
+ * already. So the claim asks for it when something is due, as a note from none does, and
+ * starts it at once through the safe point, but inside the hardened free of a thread whose
+ * first call is a free (bg_in_free: a free is no safe point). With it stopped, every due time
  * noted later goes from none to some, which asks for it (ta_purge_note_global). The fence
  * pairs with the purger's after it says it has left (background.c): either this sees it
  * running, or it sees this owner. */
@@ -147,12 +147,8 @@ static ta_arena_t *arena_get_slow(bool *borrowed) {
   ta_purge_if_over(a);
   if (!*borrowed) {
     atomic_thread_fence(memory_order_seq_cst);
-    if (!ta_bg_running()) {
-      if (!bg_in_free)
-        ta_bg_maybe_start(library.background);
-      else if (ta_bg_due())
-        ta_bg_request();
-    }
+    if (!ta_bg_running() && ta_bg_due()) ta_bg_request();
+    bg_safe_point(); /* none inside a free (bg_in_free): the request waits */
   }
   return a;
 }
