@@ -975,6 +975,19 @@ TA_INLINE uint8_t ta_map_at(uintptr_t g) {
   if (TA_MAP_TSO) atomic_signal_fence(memory_order_acquire);
   return atomic_load_explicit(&ta_keys.map[g], memory_order_relaxed);
 }
+/* Whether granule g holds small runs, once ta_map_covers(g) said yes: free's and the sized
+ * frees' one use of the byte, a compare. Under TA_MAP_TSO a plain load, as the count's is (a
+ * byte's load is atomic there, and the fence keeps it below the count's), which GCC folds
+ * into the compare (`cmpb $1, (map, g)`: one instruction fewer); it never folds an atomic
+ * load, even a relaxed one. Only here: a switch on a byte read plainly could be compiled to
+ * two loads, and a store between them would send it past its jump table. A live block's byte
+ * was written before the block was handed out; for any other pointer either value of a byte
+ * being written is one the callers handle. */
+TA_INLINE bool ta_map_small_at(uintptr_t g) {
+  if (!TA_MAP_TSO) return ta_map_at(g) == TA_MAP_SMALL;
+  atomic_signal_fence(memory_order_acquire);
+  return ((const uint8_t *)ta_keys.map)[g] == TA_MAP_SMALL;
+}
 TA_INLINE uint8_t ta_map_get(uintptr_t addr) {
   uintptr_t g = addr >> TA_CHUNK_SHIFT;
   if (TA_UNLIKELY(!ta_map_covers(g))) return TA_MAP_NONE;
@@ -982,6 +995,16 @@ TA_INLINE uint8_t ta_map_get(uintptr_t addr) {
 }
 TA_INLINE ta_chunk_t *ta_chunk_of(const void *p) {
   return (ta_chunk_t *)((uintptr_t)p & ~(uintptr_t)TA_CHUNK_MASK);
+}
+/* ta_run_of((void *)u) for free's fast path, which has u's granule g (it must be
+ * u >> TA_CHUNK_SHIFT) in a register already: the chunk's base is g shifted back, one
+ * instruction where GCC, seeing that it equals u's mask, copies u and masks it (two). The
+ * empty asm, which only says g may have changed in its register, hides that; it costs no
+ * instruction with any compiler. */
+TA_INLINE ta_run_t *ta_run_in(uintptr_t g, uintptr_t u) {
+  __asm__("" : "+r"(g));
+  return (ta_run_t *)((g << TA_CHUNK_SHIFT) | ((u >> (TA_RUN_SHIFT - TA_RUN_META_SHIFT)) &
+                                               ((TA_RUNS_PER_CHUNK - 1) << TA_RUN_META_SHIFT)));
 }
 TA_INLINE ta_run_t *ta_run_of(const void *p) {
   /* Run meta blocks are 128 bytes apart from the chunk's start: slot i's is at chunk + 128 i. */
