@@ -149,11 +149,13 @@ static bool purge_over_budget(uint64_t now) {
   return busy && ta_over_budget();
 }
 
-/* Arenas that live threads own now, as far as can be known: an owner without an exit hook
- * (pthread_key_create failed) is not counted, since it may have exited long ago. */
+/* Arenas that live threads own now, as far as can be known (an owner without an exit hook,
+ * pthread_key_create having failed, is not counted, since it may have exited long ago), up
+ * to 2: all that leave_with and bg_main tell apart (none, one, several). With threads
+ * running, the walk stops there instead of reading every arena the process ever made. */
 static unsigned owned_arenas(void) {
   unsigned n = 0;
-  for (ta_arena_t *a = ta_arena_first(); a; a = a->next_all)
+  for (ta_arena_t *a = ta_arena_first(); a && n < 2; a = a->next_all)
     n += atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED &&
          ta_arena_owner_hooked(a);
   return n;

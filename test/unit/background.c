@@ -851,37 +851,50 @@ Test(background, a_cached_blocks_round_of_chores_that_notes_starts_the_purger, .
   chores_note_from_none_then(20000, TA_MAP_MEDIUM);
 }
 
-/* A span shrunk in place frees its last pages, which notes the spans' due time from none:
- * realloc and xallocx start the purger before they return. */
-static void a_shrink_in_place_starts_the_purger(bool by_xallocx) {
+/* A block shrunk in place frees its end, which notes a due time from none: realloc and
+ * xallocx start the purger before they return. A span's last pages note the spans' due time;
+ * a medium block's tail, freed into the arena, the arenas'. */
+enum shrink { SPAN_BY_REALLOC, SPAN_BY_XALLOCX, MEDIUM_BY_XALLOCX };
+static void a_shrink_in_place_starts_the_purger(enum shrink how) {
   static _Atomic int step;
   atomic_store(&step, 0);
   pthread_t t;
   two_owners_nothing_due(&t, &step);
-  size_t n = 8 * ta_span_min < ta_span_max ? 8 * ta_span_min : ta_span_max;
+  size_t n = 8 * ta_span_min < ta_span_max ? 8 * ta_span_min : ta_span_max, to = ta_span_min;
+  uint8_t kind = TA_MAP_SPAN;
+  _Atomic uint64_t *due = &ta_span_due;
+  if (how == MEDIUM_BY_XALLOCX) {
+    ta_span_min = SIZE_MAX; /* no spans now (no thread claims an arena again here) */
+    n = TA_MEDIUM_MAX / 2, to = n / 4, kind = TA_MAP_MEDIUM, due = &ta_arenas_due;
+  }
   char *p = ta_malloc(n);
-  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_SPAN, "a span");
+  cr_assert_eq(ta_map_get((uintptr_t)p), kind, "a block of kind %u", kind);
   memset(p, 9, n);
-  cr_assert_not(ta_bg_running(), "a span's malloc started the purger");
+  cr_assert_not(ta_bg_running(), "the block's malloc started the purger");
+  nothing_due();
   uint64_t rounds = ta_bg_rounds();
-  if (by_xallocx)
-    cr_assert_lt(ta_xallocx(p, ta_span_min, 0, 0), n, "xallocx did not shrink the span");
+  if (how == SPAN_BY_REALLOC)
+    cr_assert_eq(ta_realloc(p, to), p, "realloc moved the block");
   else
-    cr_assert_eq(ta_realloc(p, ta_span_min), p, "realloc moved the span");
+    cr_assert_lt(ta_xallocx(p, to, 0, 0), n, "xallocx did not shrink the block");
   cr_assert(ta_bg_running(), "the shrink returned without starting the purger");
-  cr_assert(atomic_load(&ta_span_due) != 0 || rounds_pass_within(rounds, 10000),
-            "the shrink's freed pages noted no due time");
+  cr_assert(atomic_load(due) != 0 || rounds_pass_within(rounds, 10000),
+            "the shrink's freed end noted no due time");
   atomic_store(&step, 2);
   pthread_join(t, NULL);
   ta_free(p);
 }
 
 Test(background, a_realloc_that_shrinks_a_span_in_place_starts_the_purger, .timeout = 40) {
-  a_shrink_in_place_starts_the_purger(false);
+  a_shrink_in_place_starts_the_purger(SPAN_BY_REALLOC);
 }
 
 Test(background, an_xallocx_that_shrinks_a_span_starts_the_purger, .timeout = 40) {
-  a_shrink_in_place_starts_the_purger(true);
+  a_shrink_in_place_starts_the_purger(SPAN_BY_XALLOCX);
+}
+
+Test(background, an_xallocx_that_shrinks_a_medium_block_starts_the_purger, .timeout = 40) {
+  a_shrink_in_place_starts_the_purger(MEDIUM_BY_XALLOCX);
 }
 
 /* A fork child does not inherit the parent's request for the purger: it asks anew. */
