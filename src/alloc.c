@@ -587,10 +587,9 @@ static TA_NOINLINE void free_medium_locked(ta_arena_t *me, ta_mhdr_t *h, bool re
 }
 
 /* free_medium's way in its light section for what its path leaves out: a block whose mark
- * says free (maybe another thread's free not taken in yet: the lock decides), one whose
- * predecessor is free (its footer checked too, medium.c), and one the cache refuses (only the
- * owner fills it, so it would refuse again: the lock's way frees it into the heap). Leaves the
- * section. */
+ * says free (maybe another thread's free not taken in yet: the lock decides), and one the
+ * cache refuses (only the owner fills it, so it would refuse again: the lock's way frees it
+ * into the heap). Leaves the section. */
 static TA_NOINLINE void free_medium_light(ta_arena_t *me, ta_mhdr_t *h) {
   ta_block_t *b = (ta_block_t *)(h + 1);
   bool marked = b->key == ta_mark(b);
@@ -623,9 +622,11 @@ static TA_NOINLINE void free_medium(void *p) {
    * may have freed the block before this one and set PREV_FREE, which the filing must keep. */
   w = ta_mh_load(h);
   unsigned i = ta_mcache_room(me, w);
-  if (TA_UNLIKELY(b->key == ta_mark(b) || (w & TA_M_PREV_FREE) || i == TA_MCACHE_CLASSES))
-    return free_medium_light(me, h);
-  (void)ta_mh_next_checked(h); /* as a free checks it: an overflow is reported now */
+  if (TA_UNLIKELY(b->key == ta_mark(b) || i == TA_MCACHE_CLASSES)) return free_medium_light(me, h);
+  /* The neighbours' headers, as a free checks them (an overflow is reported now), before the
+   * filing (ta_mcache_file): the free one before it where PREV_FREE says there is one. */
+  (void)ta_mh_next_checked(h);
+  if (w & TA_M_PREV_FREE) (void)ta_mh_prev_checked(h);
   ta_mcache_file(me, h, w, i);
   TA_ADD(me->cnt.frees, 1);
   if (TA_UNLIKELY(me->mcache_since == 0)) return free_medium_clock(me);

@@ -1214,6 +1214,19 @@ TA_INLINE ta_mhdr_t *ta_mh_next_checked(ta_mhdr_t *h) {
   if (TA_UNLIKELY(!ta_medium_check_ok(n))) ta_fatal("free(): corrupted heap after pointer", h + 1);
   return n;
 }
+/* The free block before h (h's PREV_FREE is set), checked through h's footer word: a
+ * footer or header overwritten by the program is reported here, before a merge or a filing
+ * that would trust it. */
+TA_INLINE ta_mhdr_t *ta_mh_prev_checked(ta_mhdr_t *h) {
+  size_t ps = *((size_t *)h - 1);
+  ta_mhdr_t *p = (ta_mhdr_t *)((char *)h - ps);
+  uintptr_t first = (uintptr_t)ta_chunk_of(h) + TA_MEDIUM_HDR;
+  if (TA_UNLIKELY(ps < TA_MIN_MBLOCK || (ps & (TA_ALIGNMENT - 1)) || (uintptr_t)h - first < ps ||
+                  !ta_medium_check_ok(p) || (p->size_flags & TA_M_INUSE) ||
+                  (p->size_flags & TA_M_SIZE_MASK) != ps))
+    ta_fatal("free(): corrupted heap before pointer", h + 1);
+  return p;
+}
 /* The index of the cache's bin that takes live block h of the owner (size word w), or
  * TA_MCACHE_CLASSES when the cache refuses it: only a block of its bin's largest size
  * (ta_medium_block_for cuts it so), which fits every request of its bin; not a small class's,

@@ -531,17 +531,6 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   return h + 1;
 }
 
-/* The free block before h, found through its footer, checked against its own header. */
-static ta_mhdr_t *prev_checked(ta_mhdr_t *h) {
-  size_t ps = *((size_t *)h - 1);
-  ta_mhdr_t *p = (ta_mhdr_t *)((char *)h - ps);
-  uintptr_t first = (uintptr_t)ta_chunk_of(h) + TA_MEDIUM_HDR;
-  if (ps < TA_MIN_MBLOCK || (ps & (TA_ALIGNMENT - 1)) || (uintptr_t)h - first < ps ||
-      !ta_medium_check_ok(p) || (p->size_flags & TA_M_INUSE) || M_SIZE(p) != ps)
-    corrupted("free(): corrupted heap before pointer", h + 1);
-  return p;
-}
-
 void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   size_t s = M_SIZE(h), freed = s;
   ta_dirty_hole_freed(a, freed); /* (demand_note) */
@@ -561,7 +550,7 @@ void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
     TA_ADD(a->cnt.merges, 1);
   }
   if (h->size_flags & TA_M_PREV_FREE) {
-    ta_mhdr_t *p = prev_checked(h);
+    ta_mhdr_t *p = ta_mh_prev_checked(h);
     size_t ps = M_SIZE(p);
     near[nn++] = age_of(p, 0);
     bin_remove(a, p);
@@ -667,7 +656,7 @@ bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
   /* The neighbours' headers, as a free checks them: an overflow is reported now. Both before
    * the block is filed (ta_mcache_file). */
   (void)ta_mh_next_checked(h);
-  if (w & TA_M_PREV_FREE) (void)prev_checked(h);
+  if (w & TA_M_PREV_FREE) (void)ta_mh_prev_checked(h);
   ta_mcache_file(a, h, w, i);
   if (a->mcache_since == 0) ta_medium_cache_clock(a); /* last: nothing else kept across it */
   return true;

@@ -1041,13 +1041,18 @@ static void *put_it(void *p) {
   ta_medium_cache_put(ta_tl_arena, hdr_of(p)); /* the put alone: the heap's free checks too */
   return NULL;
 }
-static void the_put_reports(char *p, const char *what) {
+static void *free_it(void *p) {
+  ta_free(p); /* free's own way to the cache (alloc.c, free_medium) */
+  return NULL;
+}
+static void the_call_reports(void *(*call)(void *), char *p, const char *what) {
   char want[128];
   snprintf(want, sizeof want, "%s %p\n", what, (void *)p);
-  char *text = abort_text(put_it, p);
+  char *text = abort_text(call, p);
   cr_assert_not_null(strstr(text, want), "the report: %s (not: %s)", text, want);
   free(text);
 }
+static void the_put_reports(char *p, const char *what) { the_call_reports(put_it, p, what); }
 Test(mcache, an_overflow_into_the_next_header_is_reported_by_the_free_that_would_cache) {
   char *p = ta_malloc(20000), *q = ta_malloc(20000);
   ta_free(ta_malloc(20000));           /* the cache takes a block of that bin */
@@ -1055,16 +1060,28 @@ Test(mcache, an_overflow_into_the_next_header_is_reported_by_the_free_that_would
   the_put_reports(p, "free(): corrupted heap after pointer");
   (void)q;
 }
-Test(mcache, an_underflow_into_the_free_block_before_is_reported_by_the_free_that_would_cache) {
+/* p's PREV_FREE set, the footer of the free block before it 256 bytes off. */
+static char *after_a_bad_footer(void) {
   char *a = ta_malloc(20000), *p = ta_malloc(20000), *keep = ta_malloc(20000);
+  (void)keep; /* never freed: the chunk's top stays apart from p */
   uint32_t max = ta_mcache_max;
   ta_mcache_max = 0; /* a goes to the heap: free, with p's PREV_FREE set */
   ta_free(a);
   ta_mcache_max = max;
   cr_assert(hdr_of(p)->size_flags & TA_M_PREV_FREE);
-  ((size_t *)hdr_of(p))[-1] ^= 0x100; /* a's footer: its size, 256 bytes off */
-  the_put_reports(p, "free(): corrupted heap before pointer");
-  (void)keep;
+  ((size_t *)hdr_of(p))[-1] ^= 0x100; /* a's footer: its size */
+  return p;
+}
+Test(mcache, an_underflow_into_the_free_block_before_is_reported_by_the_free_that_would_cache) {
+  the_put_reports(after_a_bad_footer(), "free(): corrupted heap before pointer");
+}
+/* The same from free's own way to the cache, in the owner's light section (allowed from
+ * the first block the cache took under the lock), which checks the free block before a
+ * block with PREV_FREE inline. */
+Test(mcache, an_underflow_into_the_free_block_before_is_reported_by_free_on_its_way_to_the_cache) {
+  ta_free(ta_malloc(20000)); /* cached under the lock: light sections allowed from now */
+  cr_assert(atomic_load(&ta_tl_arena->light_on) || !atomic_load(&ta_light_ok));
+  the_call_reports(free_it, after_a_bad_footer(), "free(): corrupted heap before pointer");
 }
 
 /* Another thread's free that checked the block while it was live and pushed it after the
