@@ -593,10 +593,8 @@ static TA_NOINLINE void free_medium_locked(ta_arena_t *me, ta_mhdr_t *h, bool re
 static TA_NOINLINE void free_medium_light(ta_arena_t *me, ta_mhdr_t *h) {
   ta_block_t *b = (ta_block_t *)(h + 1);
   bool marked = b->key == ta_mark(b);
-  bool cached = !marked && ta_medium_cache_put(me, h);
-  if (cached) TA_ADD(me->cnt.frees, 1);
   ta_light_leave(me);
-  if (!cached) free_medium_locked(me, h, !marked);
+  free_medium_locked(me, h, !marked);
 }
 /* free_medium's, once it has filed the first block since the cache's last flush: the clock
  * started in the section (no flush may run between the two), and out. */

@@ -1244,8 +1244,8 @@ TA_INLINE unsigned ta_mcache_room(const ta_arena_t *a, size_t w) {
 /* h (size word w, read in the section or under the lock) filed in the newest slot of bin i,
  * which has room: signed cached, its first two words wiped (a remote free's mark and link,
  * handed out again, would give keys away). The caller checked the next block's header first,
- * and the free block's before it where PREV_FREE is set (free's path hands such a block to
- * ta_medium_cache_put, which does): a signal handler's call nested after the filing could
+ * and the free block's before it where PREV_FREE is set (ta_mh_prev_checked: free_medium and
+ * ta_medium_cache_put both do): a signal handler's call nested after the filing could
  * take the block and merge it with the free one before it, whose footer would then be
  * stale. */
 TA_INLINE void ta_mcache_file(ta_arena_t *a, ta_mhdr_t *h, size_t w, unsigned i) {

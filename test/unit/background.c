@@ -864,7 +864,7 @@ static void a_shrink_in_place_starts_the_purger(enum shrink how) {
   uint8_t kind = TA_MAP_SPAN;
   _Atomic uint64_t *due = &ta_span_due;
   if (how == MEDIUM_BY_XALLOCX) {
-    ta_span_min = SIZE_MAX; /* no spans now (no thread claims an arena again here) */
+    TA_STORE(ta_span_min, SIZE_MAX); /* no spans now (no thread claims an arena again here) */
     n = TA_MEDIUM_MAX / 2, to = n / 4, kind = TA_MAP_MEDIUM, due = &ta_arenas_due;
   }
   char *p = ta_malloc(n);
