@@ -586,16 +586,6 @@ static TA_NOINLINE void free_medium_locked(ta_arena_t *me, ta_mhdr_t *h, bool re
   ta_slow_leave(me);
 }
 
-/* free_medium's way in its light section for what its path leaves out: a block whose mark
- * says free (maybe another thread's free not taken in yet: the lock decides), and one the
- * cache refuses (only the owner fills it, so it would refuse again: the lock's way frees it
- * into the heap). Leaves the section. */
-static TA_NOINLINE void free_medium_light(ta_arena_t *me, ta_mhdr_t *h) {
-  ta_block_t *b = (ta_block_t *)(h + 1);
-  bool marked = b->key == ta_mark(b);
-  ta_light_leave(me);
-  free_medium_locked(me, h, !marked);
-}
 /* free_medium's, once it has filed the first block since the cache's last flush: the clock
  * started in the section (no flush may run between the two), and out. */
 static TA_NOINLINE void free_medium_clock(ta_arena_t *me) {
@@ -620,12 +610,15 @@ static TA_NOINLINE void free_medium(void *p) {
    * may have freed the block before this one and set PREV_FREE, which the filing must keep. */
   w = ta_mh_load(h);
   unsigned i = ta_mcache_room(me, w);
-  if (TA_UNLIKELY(b->key == ta_mark(b) || i == TA_MCACHE_CLASSES)) return free_medium_light(me, h);
-  /* The neighbours' headers, as a free checks them (an overflow is reported now), before the
-   * filing (ta_mcache_file): the free one before it where PREV_FREE says there is one. */
-  (void)ta_mh_next_checked(h);
-  if (w & TA_M_PREV_FREE) (void)ta_mh_prev_checked(h);
-  ta_mcache_file(me, h, w, i);
+  /* A block whose mark says free (maybe another thread's free not taken in yet: the lock
+   * decides), or one the cache refuses (only the owner fills it, so it would refuse again:
+   * the lock's way frees it into the heap), out of the section and to the lock. */
+  bool marked = b->key == ta_mark(b);
+  if (TA_UNLIKELY(marked || i == TA_MCACHE_CLASSES)) {
+    ta_light_leave(me);
+    return free_medium_locked(me, h, !marked);
+  }
+  ta_mcache_file_checked(me, h, w, i);
   TA_ADD(me->cnt.frees, 1);
   if (TA_UNLIKELY(me->mcache_since == 0)) return free_medium_clock(me);
   ta_light_leave(me);

@@ -1001,17 +1001,18 @@ TA_INLINE ta_chunk_t *ta_chunk_of(const void *p) {
  * instruction where GCC, seeing that it equals u's mask, copies u and masks it (two). The
  * empty asm, which only says g may have changed in its register, hides that; it costs no
  * instruction with any compiler. */
+/* Where the meta block of address u's run lies from its chunk's start: run meta blocks are
+ * 128 bytes apart from the chunk's start, slot i's at chunk + 128 i. */
+TA_INLINE uintptr_t ta_run_meta_off(uintptr_t u) {
+  return (u >> (TA_RUN_SHIFT - TA_RUN_META_SHIFT)) & ((TA_RUNS_PER_CHUNK - 1) << TA_RUN_META_SHIFT);
+}
 TA_INLINE ta_run_t *ta_run_in(uintptr_t g, uintptr_t u) {
   __asm__("" : "+r"(g));
-  return (ta_run_t *)((g << TA_CHUNK_SHIFT) | ((u >> (TA_RUN_SHIFT - TA_RUN_META_SHIFT)) &
-                                               ((TA_RUNS_PER_CHUNK - 1) << TA_RUN_META_SHIFT)));
+  return (ta_run_t *)((g << TA_CHUNK_SHIFT) | ta_run_meta_off(u));
 }
 TA_INLINE ta_run_t *ta_run_of(const void *p) {
-  /* Run meta blocks are 128 bytes apart from the chunk's start: slot i's is at chunk + 128 i. */
   uintptr_t u = (uintptr_t)p;
-  return (ta_run_t *)((u & ~(uintptr_t)TA_CHUNK_MASK) |
-                      ((u >> (TA_RUN_SHIFT - TA_RUN_META_SHIFT)) &
-                       ((TA_RUNS_PER_CHUNK - 1) << TA_RUN_META_SHIFT)));
+  return (ta_run_t *)((u & ~(uintptr_t)TA_CHUNK_MASK) | ta_run_meta_off(u));
 }
 
 /* --used, true when it drops to 0 or below: on x86-64 one `subl $1, mem; jle`, which GCC
@@ -1253,6 +1254,15 @@ TA_INLINE void ta_mcache_file(ta_arena_t *a, ta_mhdr_t *h, size_t w, unsigned i)
   ta_mh_set(h, (w & ~(TA_M_WASTE_MASK << TA_M_WASTE_SHIFT)) | TA_M_CACHED);
   a->mcache[i][a->mcache_n[i]++] = h;
   TA_STORE(a->mcache_bytes, a->mcache_bytes + (uint32_t)(w & TA_M_SIZE_MASK)); /* read unlocked */
+}
+/* The owner's put of h (size word w) into bin i, which has room: the neighbours' headers
+ * checked as a free checks them (an overflow is reported now), the next one's and, where
+ * PREV_FREE is set, the free one's before it, both before the filing (above). free_medium's
+ * way and ta_medium_cache_put's. */
+TA_INLINE void ta_mcache_file_checked(ta_arena_t *a, ta_mhdr_t *h, size_t w, unsigned i) {
+  (void)ta_mh_next_checked(h);
+  if (w & TA_M_PREV_FREE) (void)ta_mh_prev_checked(h);
+  ta_mcache_file(a, h, w, i);
 }
 /* Cached block h, just taken off its slot: a live block again, once its header is found whole
  * (signed, so its size is the one the put filed it by). */

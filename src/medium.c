@@ -653,11 +653,7 @@ bool ta_medium_cache_put(ta_arena_t *a, ta_mhdr_t *h) {
   size_t w = ta_mh_load(h);
   unsigned i = ta_mcache_room(a, w);
   if (i == TA_MCACHE_CLASSES) return false;
-  /* The neighbours' headers, as a free checks them: an overflow is reported now. Both before
-   * the block is filed (ta_mcache_file). */
-  (void)ta_mh_next_checked(h);
-  if (w & TA_M_PREV_FREE) (void)ta_mh_prev_checked(h);
-  ta_mcache_file(a, h, w, i);
+  ta_mcache_file_checked(a, h, w, i);
   if (a->mcache_since == 0) ta_medium_cache_clock(a); /* last: nothing else kept across it */
   return true;
 }
