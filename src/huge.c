@@ -100,6 +100,41 @@ static void note_verdict(unsigned cls, bool dense) {
   atomic_store_explicit(&last_verdict, (int8_t)(dense ? 1 : -1), memory_order_relaxed);
 }
 
+/* mincore's answer read eight pages at a time: a page is resident where bit 0 of its byte is
+ * set (the kernel keeps the other bits for later use; they are ignored). A look reads thousands
+ * of pages of which a few dozen are resident: one byte at a time, the scans of the sparse
+ * workload of bench/ ran more instructions than the workload itself. */
+#define VEC_ONES 0x0101010101010101ull
+static uint64_t vec_word(const unsigned char *vec, size_t i) {
+  uint64_t w;
+  memcpy(&w, vec + i, sizeof w);
+  return w & VEC_ONES;
+}
+/* The first page at or after i and below n that vec says is resident; n if none. */
+static size_t vec_next(const unsigned char *vec, size_t i, size_t n) {
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w = vec_word(vec, i);
+    if (w == 0) continue;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    return i + (size_t)__builtin_clzll(w) / 8;
+#else
+    return i + (size_t)__builtin_ctzll(w) / 8;
+#endif
+  }
+  for (; i < n; i++)
+    if (vec[i] & 1) return i;
+  return n;
+}
+/* How many of the pages [i, n) vec says are resident. */
+static size_t vec_count(const unsigned char *vec, size_t i, size_t n) {
+  size_t c = 0;
+  for (; i + 8 <= n; i += 8)
+    c += (size_t)((vec_word(vec, i) * VEC_ONES) >> 56); /* the sum of its 8 bytes, each 0 or 1 */
+  for (; i < n; i++)
+    c += vec[i] & 1;
+  return c;
+}
+
 /* Is [p, p + len) (page aligned, len <= TA_HUGE_LOOK_MAX) mostly written? 1 if so, 0 if
  * not, -1 if the kernel cannot say. Resident pages are written ones, unless the range has
  * huge pages (`read`, for a freed block only): a page then counts if some word of it is not
@@ -116,16 +151,21 @@ static int mostly_written(const char *p, size_t len, size_t all, bool read, unsi
   size_t pages = len / page, all_pages = all / page;
   size_t unwritten_max = pages / 4, unwritten = 0, resident = 0;
   if (ta_os_mincore(p, all, vec) != 0) return -1;
-  for (size_t i = 0; i < all_pages; i++) {
+  if (!read) { /* written pages are the resident ones: counted, not looked at */
+    size_t head = vec_count(vec, 0, pages);
+    resident = head + vec_count(vec, pages, all_pages);
+    unwritten = pages - head;
+  }
+  for (size_t i = 0; read && i < all_pages; i++) { /* all == len here */
     bool written = vec[i] & 1;
-    if (written && read) {
+    if (written) {
       const uint64_t *w = (const uint64_t *)(p + i * page);
       size_t j = 0;
       while (j < page / 8 && w[j] == 0) j++;
       written = j < page / 8;
     }
     resident += written;
-    if (i < pages && !written && ++unwritten > unwritten_max && read) return 0;
+    if (!written && ++unwritten > unwritten_max) return 0; /* the answer is known */
   }
   if (unwritten <= unwritten_max) return 1;
   if (share64) *share64 = (unsigned)((resident * 64 + all_pages - 1) / all_pages);
@@ -425,8 +465,8 @@ static void note_history(ta_huge_t *h, const unsigned char *vec, size_t from, si
   size_t first, n = hist_count(from, all, &first);
   for (size_t w = first / 64; w < (first + n + 63) / 64; w++)
     r->bits[w] = 0;
-  for (size_t i = 0; i < n; i++)
-    if (vec[i] & 1) r->bits[(first + i) / 64] |= (uint64_t)1 << ((first + i) % 64);
+  for (size_t i = vec_next(vec, 0, n); i < n; i = vec_next(vec, i + 1, n))
+    r->bits[(first + i) / 64] |= (uint64_t)1 << ((first + i) % 64);
   r->pages = (uint32_t)(first + n);
 }
 
@@ -467,10 +507,13 @@ static int drop_new(ta_huge_t *h, const unsigned char *vec, size_t from, size_t 
      * tables"). One with no page to keep keeps its first resident one. */
     bool held = a == first && first > 0 && (base % table) + first < table; /* the header's page,
                                           resident, not looked at, in this stretch */
-    for (size_t pg = a; pg < b && !held; pg++)
-      held = (vec[pg - first] & 1) && (hist_has(hr, pg) || pg * kpage < ta_page_size);
-    for (size_t pg = a; pg < b; pg++) {
-      if (!(vec[pg - first] & 1)) continue;
+    /* Resident pages only: vec_next(vec, i, n) is the first at or after page first + i. */
+    for (size_t i = vec_next(vec, a - first, b - first); i < b - first && !held;
+         i = vec_next(vec, i + 1, b - first))
+      held = hist_has(hr, first + i) || (first + i) * kpage < ta_page_size;
+    for (size_t i = vec_next(vec, a - first, b - first); i < b - first;
+         i = vec_next(vec, i + 1, b - first)) {
+      size_t pg = first + i;
       if (hist_has(hr, pg) || pg * kpage < ta_page_size || !held) { /* the header's page stays */
         held = true;
         kept++;

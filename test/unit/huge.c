@@ -302,6 +302,37 @@ Test(huge, sparsely_used_span_gets_no_huge_pages) {
   ta_free(q);
 }
 
+/* A block of 4 MiB and five of our pages (1,029 of the kernel's with 4 KiB pages: not a
+ * multiple of 8, so the last ones lie past mincore's answer read eight pages at a time), written
+ * in every page but a quarter of them and `more` (the header's page written by us), is freed:
+ * was it found dense (huge pages asked for)? */
+static bool dense_with_unwritten(size_t more) {
+  ta_decay_ms = 600000;
+  ta_free(ta_malloc(1)); /* initialised: the page size set */
+  size_t kpage = ta_os_page_size(), end = 4 * MiB + 5 * ta_page_size, pages = end / kpage;
+  size_t unwritten = pages / 4 + more;
+  char *p = ta_malloc(end - TA_HUGE_HDR - 100);
+  ta_huge_t *h = ta_huge_hdr_checked(p, TA_MAP_HUGE, "test");
+  cr_assert_eq(h->data_off, TA_HUGE_HDR);
+  cr_assert_eq(ta_align_up(h->data_off + h->requested, ta_page_size), end);
+  for (size_t i = 1; i < pages; i++) /* pages [16, 16 + unwritten) stay untouched */
+    if (i < 16 || i >= 16 + unwritten) p[i * kpage - TA_HUGE_HDR] = 1;
+  ta_free(p);
+  cr_assert_eq(ta_huge_cached_count(), 1);
+  cr_log_info("%zu of %zu pages unwritten", unwritten, pages);
+  return has_flag(p, "hg");
+}
+
+/* Dense is "at most a quarter of the pages unwritten", counted over every page of the look. */
+Test(huge, a_block_unwritten_in_a_quarter_of_its_pages_is_found_dense) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  cr_assert(dense_with_unwritten(0));
+}
+Test(huge, a_block_unwritten_in_one_page_more_than_a_quarter_is_found_sparse) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  cr_assert_not(dense_with_unwritten(1));
+}
+
 Test(huge, sparse_blocks_hold_only_the_pages_they_touch) {
   /* 16 blocks of 1 to 12 MiB, each written in its first 8 KiB and a byte every 256 KiB. */
   char *p[16];
