@@ -115,7 +115,7 @@ static size_t vec_next(const unsigned char *vec, size_t i, size_t n) {
   for (; i + 8 <= n; i += 8) {
     uint64_t w = vec_word(vec, i);
     if (w == 0) continue;
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     return i + (size_t)__builtin_clzll(w) / 8;
 #else
     return i + (size_t)__builtin_ctzll(w) / 8;
@@ -147,7 +147,7 @@ static size_t vec_count(const unsigned char *vec, size_t i, size_t n) {
 static int mostly_written(const char *p, size_t len, size_t all, bool read, unsigned *share64,
                           unsigned char vec[TA_HUGE_VEC]) {
   size_t page = ta_os_page_size();
-  if (read || share64 == NULL) all = len;
+  if (read || share64 == NULL || all < len) all = len; /* the scans below read [0, all) */
   size_t pages = len / page, all_pages = all / page;
   size_t unwritten_max = pages / 4, unwritten = 0, resident = 0;
   if (ta_os_mincore(p, all, vec) != 0) return -1;
@@ -417,6 +417,13 @@ static void span_cut(ta_huge_t *h, size_t keep) {
  * respects; a stretch with no other resident page costs no call. The header's page is the first
  * stretch's. On success dirty_end ends past the last page kept and the share is 1/64; a call that
  * fails leaves both as they were, still true of what is resident. */
+/* The first page at or after offset o and below stop (both on the kernel's pages) that may be
+ * resident, vec being mincore's answer from offset `from` on: o itself before `from`. */
+static size_t resident_at(const unsigned char *vec, size_t from, size_t o, size_t stop) {
+  size_t kpage = ta_os_page_size();
+  if (o < from || o >= stop) return o;
+  return from + vec_next(vec, (o - from) / kpage, (stop - from) / kpage) * kpage;
+}
 static void empty_but_tables(ta_huge_t *h, const unsigned char *vec, size_t from, size_t all) {
   size_t kpage = ta_os_page_size(), table = ta_os_hugepage_size();
   size_t seen = from + all; /* vec[i] is of the page at from + i * kpage */
@@ -428,8 +435,8 @@ static void empty_but_tables(ta_huge_t *h, const unsigned char *vec, size_t from
     if (stop > end) stop = end;
     size_t keep = r == 0 ? ta_page_size : SIZE_MAX; /* the offset past the page kept */
     size_t zap = SIZE_MAX;                          /* the first resident page past it */
-    for (size_t o = r ? r : ta_page_size; o < stop; o += kpage) {
-      if (o >= from && !(vec[(o - from) / kpage] & 1)) continue;
+    for (size_t o = resident_at(vec, from, r ? r : ta_page_size, stop); o < stop;
+         o = resident_at(vec, from, o + kpage, stop)) {
       if (keep == SIZE_MAX) {
         keep = o + kpage;
       } else {
