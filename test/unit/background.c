@@ -205,8 +205,14 @@ Test(background, a_thread_that_cannot_start_changes_nothing, .timeout = 30) {
   exit_and_free_remotely();
   cr_assert_not(ta_bg_running());
   nap_ms(ta_decay_ms + 50);
-  ta_free(ta_malloc(100000)); /* a slow path does the work instead */
-  cr_assert(orphans_settle_within(100));
+  /* A slow path does the work instead. It may leave part of it a decay time on (a run slot
+   * whose keeper's lock was busy: purge.c, ta_purge_orphans), so a few more are made. */
+  bool settled = false;
+  for (int i = 0; i < 10 && !settled; i++) {
+    ta_free(ta_malloc(100000));
+    settled = orphans_settle_within(ta_decay_ms);
+  }
+  cr_assert(settled, "the ownerless arena's work was not done by 10 slow paths");
 }
 
 Test(background, a_fork_child_starts_its_own, .timeout = 30) {
