@@ -697,8 +697,9 @@ static __thread bool secure_releasing __attribute__((tls_model("initial-exec")))
  *   2  copies of p (the shifts below overwrite their register; x86-64 has no three-operand
  *      shift before BMI2)
  *   1  the granule number (p >> 22)
- *   2  the granule within the map, and the branch: past it, p is no block of ours, or NULL
- *      (a pointer the map does not cover never reaches a load through it)
+ *   2  the granule within the map, and the branch: a pointer the map does not cover (past
+ *      the user address space, 2^47 on x86-64, or any before the map exists) goes to
+ *      free_generic, never to a load through the map
  *   3  the map's address, its byte compared in place with SMALL, the branch (a medium
  *      block, a span, a huge block: free_not_small)
  *   4  the run's meta block: (p >> 9) & 0x1f80, the chunk's base from the granule, or'd
@@ -718,8 +719,8 @@ static __thread bool secure_releasing __attribute__((tls_model("initial-exec")))
  *   1  the return
  * A pair in a loop (`bench/workloads/pairs.c`) is these 54 and the loop's 12: 66. Without
  * the 15 for integrity it would be 51, still above the 44 bench/run's targets ask for; at 32
- * bytes, peers that make none of these checks take 46 (rpmalloc 2.0) to 79 (jemalloc 5.3,
- * tcmalloc 2.10) in the same loop. */
+ * bytes, peers that make none of these checks take 46 (rpmalloc 2.0.1) to 79 (jemalloc 5.3,
+ * tcmalloc 2.10) in the same loop ("The fast paths", design.md). */
 void ta_free(void *p) {
   if (ta_secure && !secure_releasing) return secure_free(p);
   uintptr_t u = (uintptr_t)p;
