@@ -403,6 +403,14 @@ static void span_cut(ta_huge_t *h, size_t keep) {
   if (h->dirty_end > keep) h->dirty_end = keep;
 }
 
+/* The first page at or after offset o and below stop (both on the kernel's pages) that may be
+ * resident, vec being mincore's answer from offset `from` on: o itself before `from`. */
+static size_t resident_at(const unsigned char *vec, size_t from, size_t o, size_t stop) {
+  size_t kpage = ta_os_page_size();
+  if (o < from || o >= stop) return o;
+  return from + vec_next(vec, (o - from) / kpage, (stop - from) / kpage) * kpage;
+}
+
 /* Empties the span, which the caller owns, of its pages but one in each stretch that one
  * page table maps (ta_os_hugepage_size(): 2 MiB with 4 KiB pages): the first page of it that
  * vec says is resident. vec is mincore's answer for [from, from + all), in the kernel's pages;
@@ -417,13 +425,6 @@ static void span_cut(ta_huge_t *h, size_t keep) {
  * respects; a stretch with no other resident page costs no call. The header's page is the first
  * stretch's. On success dirty_end ends past the last page kept and the share is 1/64; a call that
  * fails leaves both as they were, still true of what is resident. */
-/* The first page at or after offset o and below stop (both on the kernel's pages) that may be
- * resident, vec being mincore's answer from offset `from` on: o itself before `from`. */
-static size_t resident_at(const unsigned char *vec, size_t from, size_t o, size_t stop) {
-  size_t kpage = ta_os_page_size();
-  if (o < from || o >= stop) return o;
-  return from + vec_next(vec, (o - from) / kpage, (stop - from) / kpage) * kpage;
-}
 static void empty_but_tables(ta_huge_t *h, const unsigned char *vec, size_t from, size_t all) {
   size_t kpage = ta_os_page_size(), table = ta_os_hugepage_size();
   size_t seen = from + all; /* vec[i] is of the page at from + i * kpage */
