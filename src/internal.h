@@ -996,23 +996,22 @@ TA_INLINE uint8_t ta_map_get(uintptr_t addr) {
 TA_INLINE ta_chunk_t *ta_chunk_of(const void *p) {
   return (ta_chunk_t *)((uintptr_t)p & ~(uintptr_t)TA_CHUNK_MASK);
 }
-/* ta_run_of((void *)u) for free's fast path, which has u's granule g (it must be
- * u >> TA_CHUNK_SHIFT) in a register already: the chunk's base is g shifted back, one
- * instruction where GCC, seeing that it equals u's mask, copies u and masks it (two). The
- * empty asm, which only says g may have changed in its register, hides that; it costs no
- * instruction with any compiler. */
 /* Where the meta block of address u's run lies from its chunk's start: run meta blocks are
  * 128 bytes apart from the chunk's start, slot i's at chunk + 128 i. */
 TA_INLINE uintptr_t ta_run_meta_off(uintptr_t u) {
   return (u >> (TA_RUN_SHIFT - TA_RUN_META_SHIFT)) & ((TA_RUNS_PER_CHUNK - 1) << TA_RUN_META_SHIFT);
 }
+/* ta_run_of((void *)u) for free's fast path, which has u's granule g (it must be
+ * u >> TA_CHUNK_SHIFT) in a register already: the chunk's base is g shifted back, one
+ * instruction where GCC, seeing that it equals u's mask, copies u and masks it (two). The
+ * empty asm, which only says g may have changed in its register, hides that; it costs no
+ * instruction with any compiler. */
 TA_INLINE ta_run_t *ta_run_in(uintptr_t g, uintptr_t u) {
   __asm__("" : "+r"(g));
   return (ta_run_t *)((g << TA_CHUNK_SHIFT) | ta_run_meta_off(u));
 }
 TA_INLINE ta_run_t *ta_run_of(const void *p) {
-  uintptr_t u = (uintptr_t)p;
-  return (ta_run_t *)((u & ~(uintptr_t)TA_CHUNK_MASK) | ta_run_meta_off(u));
+  return (ta_run_t *)((uintptr_t)ta_chunk_of(p) | ta_run_meta_off((uintptr_t)p));
 }
 
 /* --used, true when it drops to 0 or below: on x86-64 one `subl $1, mem; jle`, which GCC
