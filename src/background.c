@@ -52,6 +52,7 @@
 /* The thread's state, its futex word, when it wakes by itself (ta_bg_wakes_at) and whether
  * it is over the budget are in dirty.c's book, where the lower layers wake it. */
 static _Atomic uint64_t bg_rounds;  /* purge rounds done (tests and statistics) */
+static _Atomic uint64_t bg_starts;  /* threads started (tests: counted by the starter) */
 
 static uint64_t earlier(uint64_t a, uint64_t b) { return a == 0 ? b : b == 0 ? a : a < b ? a : b; }
 
@@ -296,8 +297,10 @@ void ta_bg_maybe_start(bool by_default) {
   if (next_due() == 0 || leave_with(owned_arenas())) return; /* nothing, or no one, to do it for */
   int expected = BG_NONE;
   if (!atomic_compare_exchange_strong(&ta_bg_state, &expected, BG_STARTING)) return;
-  /* Failed: back to NONE, for the next thread exit to try again. */
-  if (ta_os_thread_start(bg_main) != 0) atomic_store(&ta_bg_state, BG_NONE);
+  if (ta_os_thread_start(bg_main) == 0)
+    atomic_fetch_add_explicit(&bg_starts, 1, memory_order_relaxed);
+  else
+    atomic_store(&ta_bg_state, BG_NONE); /* failed: for the next thread exit to try again */
 }
 
 bool ta_bg_due(void) { return next_due() != 0; }
@@ -311,4 +314,5 @@ void ta_bg_reset_after_fork(void) {
 }
 
 uint64_t ta_bg_rounds(void) { return atomic_load(&bg_rounds); }
+uint64_t ta_bg_starts(void) { return atomic_load(&bg_starts); }
 void ta_bg_enable(bool on) { ta_bg_setting = on; }

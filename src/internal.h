@@ -1593,6 +1593,9 @@ TA_HIDDEN bool ta_bg_due(void);                    /* whether the purger has any
 TA_HIDDEN void ta_bg_reset_after_fork(void);
 
 uint64_t ta_bg_rounds(void);
+/* Purger threads started, counted by the thread that started one before it goes on: a
+ * thread that exits and starts it has counted it by the time pthread_join returns. */
+uint64_t ta_bg_starts(void);
 void ta_bg_enable(bool on);
 
 /* ------------------------------------------------------------------ stats.c */

@@ -82,11 +82,44 @@ static void exit_and_free_remotely(void) {
   for (int i = 0; i < BLOCKS; i++) ta_free(blocks[i]);
 }
 
+/* Runs exit_and_free_remotely and tells whether the exiting thread started the purger: not
+ * whether it still runs. With this thread left alone it leaves once what the exited one left
+ * is purged, which on a loaded machine can come before this thread runs again (with a decay
+ * time of 50 ms, it did). */
+static bool exit_starts_purger(void) {
+  uint64_t starts = ta_bg_starts();
+  exit_and_free_remotely();
+  return ta_bg_starts() > starts;
+}
+
+/* Takes an arena, says so (step 1), and waits for step 2. */
+static void *take_an_arena_and_wait(void *arg) {
+  ta_free(ta_malloc(16));
+  atomic_store((_Atomic int *)arg, 1);
+  wait_for_step(arg, 2);
+  return NULL;
+}
+
+/* A second thread that owns an arena and waits, for tests that need the purger to stay: it
+ * never leaves while two threads own arenas, however late this one runs. */
+static _Atomic int keeper_step;
+static pthread_t keeper;
+
+static void keeper_start(void) {
+  atomic_store(&keeper_step, 0);
+  pthread_create(&keeper, NULL, take_an_arena_and_wait, (void *)&keeper_step);
+  wait_for_step(&keeper_step, 1);
+}
+
+static void keeper_stop(void) {
+  atomic_store(&keeper_step, 2);
+  pthread_join(keeper, NULL);
+}
+
 Test(background, exited_threads_memory_is_purged_with_no_caller, .timeout = 30) {
   ta_bg_enable(true);
   cr_assert_not(ta_bg_running(), "not before a thread exits with work left");
-  exit_and_free_remotely();
-  cr_assert(ta_bg_running(), "the exiting thread started it");
+  cr_assert(exit_starts_purger(), "the exiting thread started it");
   cr_assert(orphans_settle_within(10000), "the ownerless arena was not purged in 10 s");
   cr_assert(rounds_pass_within(0, 2000), "the purge was not done by the purger's rounds");
   /* Once everything is purged it sleeps (no more rounds), and it wakes for new work. */
@@ -127,20 +160,12 @@ static void count_owned_by(ta_arena_t *a, void *arg) {
   tid_and_count[1] += atomic_load(&a->owner_tid) == tid_and_count[0];
 }
 
-static void *wait_for_flag(void *arg) {
-  ta_free(ta_malloc(16)); /* an arena: a second thread, for whose sake the purger stays */
-  while (!atomic_load((_Atomic int *)arg)) nap_ms(5);
-  return NULL;
-}
-
 /* It allocates nothing: it never takes an arena, whatever it purges (ownerless arenas, idle
  * ones, the huge cache). */
 Test(background, the_purger_allocates_nothing, .timeout = 30) {
   ta_bg_enable(true);
   ta_decay_ms = 20;
-  static _Atomic int done;
-  pthread_t other;
-  pthread_create(&other, NULL, wait_for_flag, (void *)&done);
+  keeper_start(); /* a second thread, for whose sake the purger stays */
   exit_and_free_remotely();
   uint32_t tid_and_count[2] = {0, 0};
   for (int waited = 0; waited < 2000 && tid_and_count[0] == 0; waited += 10) {
@@ -159,8 +184,7 @@ Test(background, the_purger_allocates_nothing, .timeout = 30) {
   cr_assert_eq(ta_huge_cached_count(), 0, "it purged the huge cache");
   ta_arena_foreach(count_owned_by, tid_and_count);
   cr_assert_eq(tid_and_count[1], 0, "the purger (thread %u) owns an arena", tid_and_count[0]);
-  atomic_store(&done, 1);
-  pthread_join(other, NULL);
+  keeper_stop();
 }
 
 /* A thread makes huge blocks and exits; the thread left frees them (into the process-wide
@@ -179,13 +203,16 @@ static void *huge_then_exit(void *arg) {
 
 Test(background, huge_spans_freed_by_the_last_thread_go_back_with_no_caller, .timeout = 30) {
   ta_bg_enable(true);
-  ta_decay_ms = 100;
+  /* The purger leaves two decay times after the exited thread's arena is purged, itself a
+   * decay time after the exit: the frees below must come before, whenever this thread runs. */
+  ta_decay_ms = 300;
   ta_free(ta_malloc(16)); /* this thread's arena: the one left */
   static void *p[4];
   pthread_t t;
+  uint64_t starts = ta_bg_starts();
   pthread_create(&t, NULL, huge_then_exit, p);
   pthread_join(t, NULL);
-  cr_assert(ta_bg_running(), "the exiting thread started it");
+  cr_assert_gt(ta_bg_starts(), starts, "the exiting thread started it");
   nap_ms(20);
   for (int i = 0; i < 4; i++) ta_free(p[i]); /* due after the exited thread's arena */
   cr_assert_eq(ta_huge_cached_count(), 4);
@@ -219,13 +246,11 @@ Test(background, a_fork_child_starts_its_own, .timeout = 30) {
   /* ThreadSanitizer cannot start threads in the child of a multithreaded process. */
   if (TT_SANITIZER) cr_skip_test("threads in a fork child under ThreadSanitizer");
   ta_bg_enable(true);
-  exit_and_free_remotely();
-  cr_assert(ta_bg_running());
+  cr_assert(exit_starts_purger());
   pid_t pid = fork();
   if (pid == 0) {
     if (ta_bg_running()) _exit(2); /* the parent's thread does not exist here */
-    exit_and_free_remotely();
-    if (!ta_bg_running()) _exit(3);
+    if (!exit_starts_purger()) _exit(3);
     _exit(orphans_settle_within(10000) ? 0 : 4);
   }
   int st;
@@ -480,6 +505,7 @@ static void *hold_free_memory_and_wait(void *arg) {
 
 Test(background, idle_owned_arena_is_purged, .timeout = 30) {
   ta_bg_enable(true);
+  keeper_start();
   exit_and_free_remotely();
   cr_assert(ta_bg_running());
   atomic_store(&churning, 1);
@@ -496,6 +522,7 @@ Test(background, idle_owned_arena_is_purged, .timeout = 30) {
   }
   atomic_store(&churning, 0);
   pthread_join(t, NULL);
+  keeper_stop();
   cr_assert(purged, "an idle thread's free memory was not purged in 10 s");
 }
 
@@ -577,9 +604,11 @@ static void mail_is_taken_in(void (*before_frees)(void)) {
 Test(background, idle_owners_remote_medium_frees_are_taken_in, .timeout = 30) {
   ta_bg_enable(true);
   ta_decay_ms = 50;
+  keeper_start();
   exit_and_free_remotely();
   cr_assert(ta_bg_running());
   mail_is_taken_in(NULL);
+  keeper_stop();
 }
 
 /* Whether, within ms, the purger has stopped (one thread left, nothing of exited ones to do). */
@@ -756,8 +785,6 @@ Test(background, an_allocation_that_notes_from_none_starts_the_purger_on_its_way
                 before);
 }
 
-static void *take_an_arena_and_wait(void *arg);
-
 /* A realloc that moves a block frees the old one after its allocation: what that free notes
  * from none starts the purger before the realloc returns. Here a span grows into the medium
  * heap (a span never grows in place), and its free notes the spans' due time. */
@@ -917,13 +944,6 @@ Test(background, a_fork_child_clears_the_parents_request, .timeout = 30) {
   cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child kept the request (status %d)", st);
 }
 
-static void *take_an_arena_and_wait(void *arg) {
-  ta_free(ta_malloc(16));
-  atomic_store((_Atomic int *)arg, 1);
-  wait_for_step(arg, 2);
-  return NULL;
-}
-
 /* The purger stopped (one thread left), and a span freed then leaves a due time behind (one
  * thread: no purger is started for spans): a thread that comes to own an arena starts it
  * again, and the span's pages go back with no call of the program's. */
@@ -933,8 +953,7 @@ Test(background, a_thread_taking_an_arena_starts_a_purger_that_left_a_due_time_b
   ta_span_threads = 0; /* spans from the first thread on */
   ta_bg_enable(true);
   ta_decay_ms = 50;
-  exit_and_free_remotely();
-  cr_assert(ta_bg_running());
+  cr_assert(exit_starts_purger());
   cr_assert(purger_stops_within(10000),
             "with one thread left and the exited one's arena purged, it did not stop");
   size_t n = 16 * ta_span_min < ta_span_max ? 16 * ta_span_min : ta_span_max;
@@ -1137,6 +1156,7 @@ Test(background, a_running_owners_memory_goes_by_its_own_time, .timeout = 30) {
   ta_bg_enable(true);
   ta_decay_ms = 50;
   atomic_store(&ta_owner_scale_force, 40);
+  keeper_start();
   exit_and_free_remotely();
   cr_assert(ta_bg_running());
   pthread_t t;
@@ -1154,6 +1174,7 @@ Test(background, a_running_owners_memory_goes_by_its_own_time, .timeout = 30) {
   }
   atomic_store(&spin_state, 0);
   pthread_join(t, NULL);
+  keeper_stop();
   cr_assert(ran, "the purger made no round");
   cr_assert(kept, "the running owner's hole went back before its own time");
   cr_assert(gone, "the blocked owner's hole did not go back in 5 s");
