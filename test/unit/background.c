@@ -91,12 +91,12 @@ static void nothing_due(void) {
   atomic_store(&ta_orphan_due, 0);
 }
 
-/* Runs exit_and_free_remotely, the purger not running, and tells whether it started then
- * (a start it took back as it left is not counted): not whether it still runs. With this
- * thread left alone it leaves once what the exited one left is purged, which on a loaded
- * machine can come before this thread runs again (with a decay time of 50 ms, it did); frees
- * made after that leave work no free starts it for. Tests that need it afterwards keep a
- * second thread (keeper_start). */
+/* Runs exit_and_free_remotely, the purger not running, and tells whether it was started
+ * during the call (by the exit, or by the exiting thread's allocations): not whether it still
+ * runs. With this thread left alone it leaves once what the exited one left is purged, which
+ * on a loaded machine can come before this thread runs again (with a decay time of 50 ms, it
+ * did); a free never starts it, so frees made after that leave their work waiting. Tests that
+ * need it afterwards keep a second thread (keeper_start). */
 static bool exit_starts_purger(void) {
   uint64_t starts = ta_bg_starts();
   exit_and_free_remotely();
@@ -105,14 +105,15 @@ static bool exit_starts_purger(void) {
 
 static void *free_memory_and_exit(void *arg) {
   (void)arg;
-  ta_free(ta_malloc(100000)); /* its arena has something to purge once it is gone */
+  ta_free(ta_malloc(100000));
   return NULL;
 }
 
-/* A thread exits leaving free memory in its arena and nothing for this one to free (this one
- * has an arena, as in exit_and_free_remotely): tells whether that started the purger, which
- * with one thread left stops once that memory is purged, and no free of this thread's leaves
- * work behind it. */
+/* A thread exits leaving nothing for this one to free (this one has an arena, as in
+ * exit_and_free_remotely): tells whether a purger was started during the call (the exit gives
+ * its arena up, which notes work for the purger). With one thread left it stops once that
+ * arena, and what the thread freed, is purged, and no free of this thread's leaves work
+ * behind it. */
 static bool exit_leaving_free_memory_starts_purger(void) {
   static void *mine;
   if (mine == NULL) mine = ta_malloc(16);
@@ -152,7 +153,7 @@ Test(background, exited_threads_memory_is_purged_with_no_caller, .timeout = 30) 
   ta_bg_enable(true);
   keeper_start(); /* the purger stays: the frees below may come after the arena's purge */
   cr_assert_not(ta_bg_running(), "not before a thread exits with work left");
-  cr_assert(exit_starts_purger(), "the exiting thread started it");
+  cr_assert(exit_starts_purger(), "no purger started at the exit");
   cr_assert(orphans_settle_within(10000), "the ownerless arena was not purged in 10 s");
   cr_assert(rounds_pass_within(0, 2000), "the purge was not done by the purger's rounds");
   /* Once everything is purged it sleeps (no more rounds), and it wakes for new work. */
@@ -165,9 +166,12 @@ Test(background, exited_threads_memory_is_purged_with_no_caller, .timeout = 30) 
     rounds = now_rounds;
   }
   cr_assert(quiet, "still purging after 9 s with nothing to purge");
+  cr_assert(ta_bg_running(), "with two threads owning arenas it left instead of sleeping");
+  uint64_t starts = ta_bg_starts();
   exit_and_free_remotely();
   cr_assert(orphans_settle_within(10000), "new work after a sleep was not taken");
   cr_assert(rounds_pass_within(rounds, 2000), "no round after the new work");
+  cr_assert_eq(ta_bg_starts(), starts, "the new work started another purger: none slept");
   keeper_stop();
 }
 
@@ -286,8 +290,13 @@ Test(background, a_fork_child_starts_its_own, .timeout = 30) {
   pid_t pid = fork();
   if (pid == 0) {
     if (ta_bg_running()) _exit(2); /* the parent's thread does not exist here */
-    nothing_due();                 /* the parent's: the keeper's claim would start it for those */
+    /* The keeper may take the parent's exited thread's arena, whose purge its slow path may
+     * note: none is started for that, and nothing is left due or asked for. */
+    ta_bg_enable(false);
     keeper_start();
+    ta_bg_enable(true);
+    nothing_due();
+    atomic_store(&ta_bg_wanted.v, 0);
     if (!exit_starts_purger()) _exit(3);
     _exit(orphans_settle_within(10000) ? 0 : 4);
   }
@@ -662,8 +671,10 @@ static bool purger_stops_within(long ms) {
  * long (purge.c), and the purger may leave one behind when it stops. */
 static void far_due(void) { ta_purge_note_global(&ta_arenas_due, ta_os_now_ms() + 600000); }
 
-/* The purger stopped (one thread left) with a due time of owned arenas left behind: a
- * medium block freed into an idle owner's arena starts it again, due within the decay. */
+/* The purger stopped (one thread left) with a due time of owned arenas left behind: a thread
+ * that then takes an arena starts it again (alloc.c, arena_get_slow), and the medium blocks
+ * freed into that thread's arena once it is idle are taken in within the decay, not at the
+ * far due time. */
 Test(background, mail_starts_a_purger_that_left_a_due_time_behind, .timeout = 40) {
   ta_bg_enable(true);
   ta_decay_ms = 50;
