@@ -69,12 +69,16 @@ static bool rounds_pass_within(uint64_t than, long ms) {
   return false;
 }
 
-/* A thread exits leaving blocks that this thread then frees into its ownerless arena. This
- * thread has an arena of its own, as a program's main thread does: the purger runs for a
- * process with threads, never for no thread at all. */
-static void exit_and_free_remotely(void) {
+/* This thread has an arena of its own, as a program's main thread does: the purger runs for
+ * a process with threads, never for no thread at all. */
+static void have_an_arena(void) {
   static void *mine;
   if (mine == NULL) mine = ta_malloc(16);
+}
+
+/* A thread exits leaving blocks that this thread then frees into its ownerless arena. */
+static void exit_and_free_remotely(void) {
+  have_an_arena();
   static void *blocks[BLOCKS];
   pthread_t t;
   pthread_create(&t, NULL, alloc_and_exit, blocks);
@@ -91,17 +95,26 @@ static void nothing_due(void) {
   atomic_store(&ta_orphan_due, 0);
 }
 
-/* Runs exit_and_free_remotely, the purger not running, and tells whether it was started
- * during the call (by the exit, or by the exiting thread's allocations): not whether it still
- * runs. With this thread left alone it leaves once what the exited one left is purged, which
- * on a loaded machine can come before this thread runs again (with a decay time of 50 ms, it
- * did); a free never starts it, so frees made after that leave their work waiting. Tests that
- * need it afterwards keep a second thread (keeper_start). */
-static bool exit_starts_purger(void) {
+/* Nothing due, and the purger not asked for: the next safe point starts nothing. */
+static void nothing_due_nor_asked(void) {
+  nothing_due();
+  atomic_store(&ta_bg_wanted.v, 0);
+}
+
+/* Whether a purger was started during step(), the purger not running before. */
+static bool starts_purger(void (*step)(void)) {
   uint64_t starts = ta_bg_starts();
-  exit_and_free_remotely();
+  step();
   return ta_bg_starts() > starts;
 }
+
+/* Runs exit_and_free_remotely, the purger not running, and tells whether it was started
+ * during the call (by the exit, or by the exiting thread's allocations; starts_purger): not
+ * whether it still runs. With this thread left alone it leaves once what the exited one left is
+ * purged, which on a loaded machine can come before this thread runs again (with a decay time of 50
+ * ms, it did); a free never starts it, so frees made after that leave their work waiting. Tests
+ * that need it afterwards keep a second thread (keeper_start). */
+static bool exit_starts_purger(void) { return starts_purger(exit_and_free_remotely); }
 
 static void *free_memory_and_exit(void *arg) {
   (void)arg;
@@ -114,14 +127,14 @@ static void *free_memory_and_exit(void *arg) {
  * its arena up, which notes work for the purger). With one thread left it stops once that
  * arena, and what the thread freed, is purged, and no free of this thread's leaves work
  * behind it. */
-static bool exit_leaving_free_memory_starts_purger(void) {
-  static void *mine;
-  if (mine == NULL) mine = ta_malloc(16);
-  uint64_t starts = ta_bg_starts();
+static void exit_leaving_free_memory(void) {
+  have_an_arena();
   pthread_t t;
   pthread_create(&t, NULL, free_memory_and_exit, NULL);
   pthread_join(t, NULL);
-  return ta_bg_starts() > starts;
+}
+static bool exit_leaving_free_memory_starts_purger(void) {
+  return starts_purger(exit_leaving_free_memory);
 }
 
 /* Takes an arena, says so (step 1), and waits for step 2. */
@@ -295,8 +308,7 @@ Test(background, a_fork_child_starts_its_own, .timeout = 30) {
     ta_bg_enable(false);
     keeper_start();
     ta_bg_enable(true);
-    nothing_due();
-    atomic_store(&ta_bg_wanted.v, 0);
+    nothing_due_nor_asked();
     if (!exit_starts_purger()) _exit(3);
     _exit(orphans_settle_within(10000) ? 0 : 4);
   }
@@ -841,8 +853,7 @@ Test(background, a_moving_realloc_starts_the_purger_its_free_asked_for, .timeout
   pthread_t t;
   pthread_create(&t, NULL, take_an_arena_and_wait, (void *)&step);
   wait_for_step(&step, 1);
-  nothing_due();
-  atomic_store(&ta_bg_wanted.v, 0);
+  nothing_due_nor_asked();
   cr_assert_not(ta_bg_running(), "nothing was due: the second owner's arena started nothing");
   uint64_t rounds = ta_bg_rounds();
   p = ta_realloc(p, ta_span_min + 1);
@@ -868,8 +879,7 @@ static void two_owners_nothing_due(pthread_t *t, _Atomic int *step) {
   pthread_create(t, NULL, take_an_arena_and_wait, (void *)step);
   wait_for_step(step, 1);
   cr_assert_not(ta_bg_running(), "nothing was due: the claim started the purger");
-  nothing_due();
-  atomic_store(&ta_bg_wanted.v, 0);
+  nothing_due_nor_asked();
 }
 
 /* A round of chores on the way to a span or a cached medium block takes in what another
@@ -896,8 +906,7 @@ static void chores_note_from_none_then(size_t size, unsigned kind) {
   atomic_store(&step, 2);
   wait_for_step(&step, 3);
   cr_assert_not(ta_bg_running(), "nothing was due: the claim and the remote frees started it");
-  nothing_due();
-  atomic_store(&ta_bg_wanted.v, 0);
+  nothing_due_nor_asked();
   ta_tl_arena->chores_skip = 0; /* this call's round is out */
   if (kind == TA_MAP_MEDIUM)
     cr_assert_neq(TA_LOAD(ta_tl_arena->mcache_bytes), 0, "the block left the cache");
