@@ -252,26 +252,40 @@ static void *huge_then_exit(void *arg) {
   return NULL;
 }
 
-Test(background, huge_spans_freed_by_the_last_thread_go_back_with_no_caller, .timeout = 30) {
+Test(background, huge_spans_freed_by_the_last_thread_go_back_with_no_caller, .timeout = 60) {
   ta_bg_enable(true);
   /* The purger leaves once the exited thread's arena is purged, a decay time after the exit,
    * unless spans are due by then (it waits two decay times at most for those): the frees
-   * below must come within a decay time of the exit. */
+   * below must come within a decay time of the exit. A thread held off the CPU longer than
+   * that finds the purger gone before its frees, which then wait for a caller (a free never
+   * starts it: a_free_never_starts_the_purger_the_next_allocation_does): that is not the case
+   * this test is about, so the spans are given back by hand and the case is made again. */
   ta_decay_ms = 1000;
   ta_free(ta_malloc(16)); /* this thread's arena: the one left */
   static void *p[4];
-  pthread_t t;
-  uint64_t starts = ta_bg_starts();
-  pthread_create(&t, NULL, huge_then_exit, p);
-  pthread_join(t, NULL);
-  cr_assert_gt(ta_bg_starts(), starts, "no purger started");
-  nap_ms(20);
-  for (int i = 0; i < 4; i++) ta_free(p[i]); /* due after the exited thread's arena */
-  cr_assert_eq(ta_huge_cached_count(), 4);
-  for (int waited = 0; waited < 10000 && ta_huge_cached_count() > 0; waited += 10)
-    nap_ms(10);
-  cr_assert_eq(ta_huge_cached_count(), 0, "%zu spans still cached after 10 s",
-               ta_huge_cached_count());
+  for (int attempt = 0; attempt < 3; attempt++) {
+    pthread_t t;
+    uint64_t starts = ta_bg_starts();
+    pthread_create(&t, NULL, huge_then_exit, p);
+    pthread_join(t, NULL);
+    cr_assert_gt(ta_bg_starts(), starts, "no purger started");
+    nap_ms(20);
+    bool gone = !ta_bg_running();
+    for (int i = 0; i < 4; i++)
+      ta_free(p[i]); /* due after the exited thread's arena */
+    cr_assert_eq(ta_huge_cached_count(), 4);
+    if (gone) {
+      ta_huge_purge(ta_os_now_ms(), true);
+      cr_assert_eq(ta_huge_cached_count(), 0);
+      continue;
+    }
+    for (int waited = 0; waited < 10000 && ta_huge_cached_count() > 0; waited += 10)
+      nap_ms(10);
+    cr_assert_eq(ta_huge_cached_count(), 0, "%zu spans still cached after 10 s",
+                 ta_huge_cached_count());
+    return;
+  }
+  cr_assert_fail("the purger had left before this thread's frees, three times in a row");
 }
 
 Test(background, off_by_default_in_the_api_library, .timeout = 30) {
