@@ -53,14 +53,20 @@ static double now_ns(void)
     return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
 }
 
+/* size bytes on a page table's boundary (so that each TABLE of them is one page table's), in
+ * 4 KiB pages whatever the kernel's huge-page mode; free with unmap(p, size). */
 static char *map(size_t size)
 {
-    char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
+    char *m = mmap(NULL, size + TABLE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
         perror("faultcost: mmap");
         exit(1);
     }
-    madvise(p, size, MADV_NOHUGEPAGE); /* 4 KiB faults only, whatever the kernel's mode */
+    char *p = (char *)(((uintptr_t)m + TABLE - 1) & ~(uintptr_t)(TABLE - 1));
+    if (p > m)
+        munmap(m, (size_t)(p - m));
+    munmap(p + size, (size_t)(m + TABLE - p));
+    madvise(p, size, MADV_NOHUGEPAGE);
     return p;
 }
 
