@@ -74,6 +74,16 @@ static char *map(size_t size)
     return p;
 }
 
+/* A fresh mapping of one page table's worth in 4 KiB pages, or NULL. */
+static char *one_table(void)
+{
+    char *m = mmap(NULL, TABLE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return NULL;
+    madvise(m, TABLE, MADV_NOHUGEPAGE);
+    return m;
+}
+
 /* The page in `other` that the zapping calls use in table t: one per table, written first. */
 static char *spot(char *other, int t) { return other + (size_t)t * TABLE + 8 * PAGE; }
 
@@ -112,10 +122,9 @@ static int call(enum kind k, char *other)
         return madvise(spot(other, 0), PAGE, MADV_DONTNEED);
     case MOVE:
     case MOVE_EMPTY: {
-        char *m = mmap(NULL, TABLE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED)
+        char *m = one_table();
+        if (m == NULL)
             return -1;
-        madvise(m, TABLE, MADV_NOHUGEPAGE);
         if (k == MOVE)
             m[0] = 1;
         /* A neighbour in the way, so that growing moves it rather than extending it. */
@@ -131,10 +140,9 @@ static int call(enum kind k, char *other)
         return munmap(g, 2 * TABLE) == 0 && moved ? 0 : -1;
     }
     case UNMAP: {
-        char *m = mmap(NULL, TABLE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED)
+        char *m = one_table();
+        if (m == NULL)
             return -1;
-        madvise(m, TABLE, MADV_NOHUGEPAGE);
         m[0] = 1;
         return munmap(m, TABLE);
     }

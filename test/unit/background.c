@@ -69,6 +69,24 @@ static bool rounds_pass_within(uint64_t than, long ms) {
   return false;
 }
 
+/* Whether, within ms, the purger has stopped (one thread left, nothing of exited ones to do). */
+static bool purger_stops_within(long ms) {
+  for (long waited = 0; waited <= ms; waited += 20) {
+    if (!ta_bg_running()) return true;
+    nap_ms(20);
+  }
+  return false;
+}
+
+/* Whether, within ms, the huge cache has emptied (the purger gave its spans back). */
+static bool huge_cache_empties_within(long ms) {
+  for (long waited = 0; waited <= ms; waited += 10) {
+    if (ta_huge_cached_count() == 0) return true;
+    nap_ms(10);
+  }
+  return false;
+}
+
 /* This thread has an arena of its own, as a program's main thread does: the purger runs for
  * a process with threads, never for no thread at all. */
 static void have_an_arena(void) {
@@ -231,7 +249,7 @@ Test(background, the_purger_allocates_nothing, .timeout = 30) {
     ta_free(big); /* into the huge cache, which it purges */
     cr_assert(orphans_settle_within(10000));
   }
-  for (int waited = 0; waited < 2000 && ta_huge_cached_count() > 0; waited += 10) nap_ms(10);
+  huge_cache_empties_within(2000);
   cr_assert_eq(ta_huge_cached_count(), 0, "it purged the huge cache");
   ta_arena_foreach(count_owned_by, tid_and_count);
   cr_assert_eq(tid_and_count[1], 0, "the purger (thread %u) owns an arena", tid_and_count[0]);
@@ -281,15 +299,12 @@ Test(background, huge_spans_freed_by_the_last_thread_go_back_with_no_caller, .ti
     bool in_time = ta_os_now_ms() + 2 < t0 + ta_decay_ms;
     cr_assert_eq(ta_huge_cached_count(), 4);
     if (!in_time) { /* the purger may have left before the frees: make the case again */
-      for (int waited = 0; waited < 5000 && ta_bg_running(); waited += 10)
-        nap_ms(10);
-      cr_assert(!ta_bg_running(), "the purger stayed 5 s with one thread left");
+      cr_assert(purger_stops_within(5000), "the purger stayed 5 s with one thread left");
       ta_huge_purge(ta_os_now_ms(), true);
       cr_assert_eq(ta_huge_cached_count(), 0);
       continue;
     }
-    for (int waited = 0; waited < 10000 && ta_huge_cached_count() > 0; waited += 10)
-      nap_ms(10);
+    huge_cache_empties_within(10000);
     cr_assert_eq(ta_huge_cached_count(), 0, "%zu spans still cached after 10 s",
                  ta_huge_cached_count());
     return;
@@ -691,15 +706,6 @@ Test(background, idle_owners_remote_medium_frees_are_taken_in, .timeout = 30) {
   cr_assert(ta_bg_running());
   mail_is_taken_in(NULL);
   keeper_stop();
-}
-
-/* Whether, within ms, the purger has stopped (one thread left, nothing of exited ones to do). */
-static bool purger_stops_within(long ms) {
-  for (long waited = 0; waited <= ms; waited += 20) {
-    if (!ta_bg_running()) return true;
-    nap_ms(20);
-  }
-  return false;
 }
 
 /* A due time of owned arenas ten minutes away: an arena's demand may hold its memory that
