@@ -169,8 +169,12 @@ static void arena_release(ta_arena_t *a, bool exiting) {
  * a thread of a 256-thread pool held 1–6 pages in each of the 56 classes for under a block
  * in each on average (docs/design.md, "Small classes from the medium heap"). So a class starts
  * in the arena's medium heap, where blocks of every size share pages, and gets runs once the
- * arena allocates ta_run_threshold blocks of it within a second; it keeps them from then on.
- * The hardened build, whose small blocks carry canaries, always takes runs. */
+ * arena allocates ta_run_threshold blocks of it within a second, or holds a run's worth of
+ * them (ta_cold_live_max, TA_RUN_SIZE) live there: a run would be full, and the medium path no
+ * cheaper in memory (threads that keep many blocks of a class at a slow rate, as a program's
+ * generations of threads that each leave half their blocks to the next). It keeps them from then
+ * on. The hardened build, whose small blocks carry canaries, always takes runs. */
+size_t ta_cold_live_max = TA_RUN_SIZE; /* tests raise it to keep a class cold */
 static bool class_has_runs(ta_arena_t *a, unsigned cls) {
   uint64_t bit = (uint64_t)1 << cls;
   if (TA_LIKELY(a->run_classes & bit) || ta_secure || cls < TA_COLD_CLASS_MIN) return true;
@@ -179,7 +183,9 @@ static bool class_has_runs(ta_arena_t *a, unsigned cls) {
     memset(a->cold_allocs, 0, sizeof a->cold_allocs);
     a->cold_since = now;
   }
-  if (++a->cold_allocs[cls] < ta_run_threshold) return false;
+  size_t live = atomic_load_explicit(&a->cold_live[cls], memory_order_relaxed);
+  if (++a->cold_allocs[cls] < ta_run_threshold && live * ta_class_size[cls] < ta_cold_live_max)
+    return false;
   a->run_classes |= bit;
   return true;
 }

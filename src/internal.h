@@ -585,10 +585,15 @@ typedef struct ta_arena {
   _Atomic size_t demand_seen;   /* ta_arena_demand at its last reading */
   _Atomic size_t held;
   /* Which small classes take their blocks from runs: the others come from the medium heap
-   * until the arena allocates ta_run_threshold of them within a second (alloc.c). */
+   * until the arena allocates ta_run_threshold of them within a second, or holds a run's
+   * worth of them there (alloc.c). */
   uint64_t run_classes;        /* bit c: class c has runs */
   uint64_t cold_since;         /* when the counts below began (ms) */
   uint16_t cold_allocs[TA_NUM_SMALL + 1]; /* blocks of each class served from the medium heap */
+  /* Blocks of each class live in the medium heap (TA_M_CLASS), whichever thread holds them:
+   * changed under the slow-path lock (medium.c, class_live_note), by the owner and by the
+   * purger taking in remote frees; read by the owner without it. */
+  _Atomic uint16_t cold_live[TA_NUM_SMALL + 1];
   /* Slow paths that handed out memory already held (a cached medium block, a span) before
    * the next one does the chores (alloc.c, chores_sometimes). */
   uint8_t chores_skip;
@@ -781,6 +786,8 @@ void ta_conf_apply(const char *settings); /* for tests */
 /* Free memory goes back to the kernel decay_ms after it became free (see purge.c). */
 TA_HIDDEN extern uint64_t ta_decay_ms;
 TA_HIDDEN extern uint32_t ta_run_threshold; /* run_threshold (alloc.c) */
+TA_HIDDEN extern size_t
+    ta_cold_live_max; /* bytes of a cold class live before it gets runs (alloc.c) */
 TA_HIDDEN extern uint32_t ta_conf_span_min_kb; /* span_min_kb (span.c): 0, no spans */
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN extern size_t ta_huge_cache_limit; /* bytes of freed huge spans kept resident */

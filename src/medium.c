@@ -466,6 +466,17 @@ static void demand_note(ta_arena_t *a, size_t taken, mage_t past) {
 static bool cache_release_one(ta_arena_t *a, size_t most);
 static size_t cache_fit(size_t need, size_t align, bool exact);
 
+/* A small class's block (TA_M_CLASS, size word w) comes (d = 1) or goes (d = -1): the count of
+ * its class's blocks live in the arena's medium heap, which class_has_runs (alloc.c) reads.
+ * Under the lock; saturating, so a count off by a block (a fork child's arena of another
+ * thread) never wraps. */
+static void class_live_note(ta_arena_t *a, size_t w, int d) {
+  _Atomic uint16_t *n = &a->cold_live[ta_size_class(ta_medium_usable_of(w))];
+  uint16_t v = atomic_load_explicit(n, memory_order_relaxed);
+  if (d > 0 ? v != UINT16_MAX : v != 0)
+    atomic_store_explicit(n, (uint16_t)(v + d), memory_order_relaxed);
+}
+
 void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   /* A small class's block (exact) spans whole cache lines, header included, so that the next
    * one carved after it on a line starts on a line too, with no gap cut in front of it. */
@@ -521,9 +532,11 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
   ta_mh_set(h, s | prev_flag | TA_M_INUSE);
   ta_mh_store(M_NEXT(h), M_NEXT(h)->size_flags & ~TA_M_PREV_FREE);
   split_tail(a, h, need, past, false);
-  if (exact) /* one store: a statistics reader never sees the class without its spare */
+  if (exact) { /* one store: a statistics reader never sees the class without its spare */
     ta_mh_set(h, h->size_flags | TA_M_CLASS |
                      ((M_SIZE(h) - sizeof(ta_mhdr_t) - size) << TA_M_SPARE_SHIFT));
+    class_live_note(a, h->size_flags, 1);
+  }
   top_touch(ta_chunk_of(h), M_NEXT(h));
   ta_mh_wipe(h);                        /* no address of ours reaches the program */
   if (!top) demand_note(a, need, past); /* (a top's untouched pages are its chunk's: chunk.c) */
@@ -533,6 +546,7 @@ void *ta_medium_alloc(ta_arena_t *a, size_t size, size_t align, bool exact) {
 
 void ta_medium_free_local(ta_arena_t *a, ta_mhdr_t *h) {
   size_t s = M_SIZE(h), freed = s;
+  if (h->size_flags & TA_M_CLASS) class_live_note(a, h->size_flags, -1);
   ta_dirty_hole_freed(a, freed); /* (demand_note) */
   /* The free neighbours' pasts, taken before they merge; since 0 is "now" (a block under
    * 16 KiB keeps no time, age_of). They are mixed, and the clock read, only for a merged
@@ -787,7 +801,7 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
   ta_slow_enter(a);
   /* Under the lock: a trim of this arena from another thread (malloc_trim) may be setting
    * the PREV_FREE bit of this very header meanwhile (make_free of the block before it). */
-  size_t s = M_SIZE(h);
+  size_t s = M_SIZE(h), was = h->size_flags;
   if (need <= s) {
     size_t keep = want <= s ? want : need;
     if (s - keep >= TA_MIN_MBLOCK) {
@@ -826,6 +840,7 @@ bool ta_medium_resize(ta_arena_t *a, ta_mhdr_t *h, size_t size) {
    * split leaves the header as it was until here). */
   if (ok && (h->size_flags & TA_M_CLASS))
     ta_mh_set(h, h->size_flags & ~(TA_M_CLASS | (~(size_t)0 << TA_M_SPARE_SHIFT)));
+  if (ok && (was & TA_M_CLASS)) class_live_note(a, was, -1); /* (split_tail may have cleared it) */
   ta_slow_leave(a);
   return ok;
 }

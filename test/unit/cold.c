@@ -48,6 +48,77 @@ Test(cold, a_class_starts_in_the_medium_heap_and_gets_runs_when_used_often) {
   cr_assert(has_runs(CLS_2K), "a class keeps its runs");
 }
 
+static void *free_it(void *p);
+static unsigned live_cold(unsigned cls) {
+  return atomic_load_explicit(&ta_tl_arena->cold_live[cls], memory_order_relaxed);
+}
+
+/* However slowly it allocates them: 32 blocks of 2 KiB are a run's worth (64 KiB), and a
+ * class with that many live in the medium heap would fill a run. */
+Test(cold, a_class_gets_runs_once_the_arena_holds_a_runs_worth_of_its_blocks) {
+  ta_run_threshold = 1000;
+  void *p[33];
+  for (int i = 0; i < 32; i++) {
+    p[i] = ta_malloc(2000);
+    cr_assert_eq(ta_map_get((uintptr_t)p[i]), TA_MAP_MEDIUM, "block %d", i);
+    cr_assert_eq(live_cold(CLS_2K), (unsigned)i + 1);
+  }
+  cr_assert_not(has_runs(CLS_2K));
+  p[32] = ta_malloc(2048);
+  cr_assert(has_runs(CLS_2K), "32 live blocks of 2 KiB: the 33rd takes a run");
+  cr_assert_eq(ta_map_get((uintptr_t)p[32]), TA_MAP_SMALL);
+  cr_assert_eq(live_cold(CLS_2K), 32, "the run's block is not counted");
+  for (int i = 0; i < 33; i++)
+    ta_free(p[i]);
+  cr_assert_eq(live_cold(CLS_2K), 0, "every free of a class's medium block counts");
+  cr_assert(has_runs(CLS_2K), "a class keeps its runs");
+}
+
+/* What counts is what is live: a thread that allocates and frees a class's blocks one at a
+ * time, fewer than run_threshold a second, keeps them in the medium heap. */
+Test(cold, blocks_freed_do_not_count) {
+  ta_run_threshold = 1000;
+  unsigned cls = ta_size_class(8000); /* 8 KiB: 8 blocks are a run's worth */
+  void *keep[7];
+  for (int i = 0; i < 7; i++)
+    keep[i] = ta_malloc(8000);
+  for (int i = 0; i < 100; i++) {
+    void *p = ta_malloc(8000);
+    cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM, "round %d", i);
+    cr_assert_eq(live_cold(cls), 8);
+    ta_free(p);
+    cr_assert_eq(live_cold(cls), 7);
+  }
+  cr_assert_not(has_runs(cls));
+  for (int i = 0; i < 7; i++)
+    ta_free(keep[i]);
+  cr_assert_eq(live_cold(cls), 0);
+}
+
+/* Another thread's free counts when the owner takes it in; a realloc that makes the block
+ * a medium block like any (grown in place) counts as its free. */
+Test(cold, frees_from_other_threads_and_growth_in_place_count) {
+  ta_run_threshold = 1000;
+  unsigned cls = ta_size_class(4000);
+  void *p = ta_malloc(4000), *q = ta_malloc(4000);
+  void *last = ta_malloc(4000); /* q's hole does not join the top */
+  cr_assert_eq(live_cold(cls), 3);
+  pthread_t t;
+  pthread_create(&t, NULL, free_it, q);
+  pthread_join(t, NULL);
+  cr_assert_eq(live_cold(cls), 3, "on the remote list, not taken in yet");
+  void *big = ta_malloc(50000); /* a medium slow path takes the remote frees in */
+  cr_assert_eq(live_cold(cls), 2);
+  cr_assert_eq(ta_realloc(p, 4096 + 2000), p, "grown in place into q's hole");
+  cr_assert_eq(ta_mh_load(hdr(p)) & TA_M_CLASS, 0);
+  cr_assert_eq(live_cold(cls), 1);
+  ta_free(p);
+  cr_assert_eq(live_cold(cls), 1, "a medium block like any counts nothing");
+  ta_free(last);
+  cr_assert_eq(live_cold(cls), 0);
+  ta_free(big);
+}
+
 /* An array of per-thread records (64 threads' 32-byte records: 2 KiB) shares no more lines
  * than it would in a run: it starts on a line, wherever the medium blocks before it ended. */
 Test(cold, every_cold_class_block_starts_on_a_cache_line) {

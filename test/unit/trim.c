@@ -19,8 +19,10 @@ typedef struct {
 
 static void make_holes(holes_t *h) {
   /* Classes of 1 KiB and more cold, as in a program (the unit tier gives every class runs at
-   * once): holes under 8 KiB are then the medium heap's ("Small classes from the medium heap") */
+   * once), however many of a class are live: holes under 8 KiB are then the medium heap's
+   * ("Small classes from the medium heap") */
   ta_run_threshold = 1000;
+  ta_cold_live_max = SIZE_MAX;
   for (int i = 0; i < N; i++) {
     h->hole[i] = ta_malloc(h->size);
     h->keep[i] = ta_malloc(h->size);
