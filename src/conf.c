@@ -11,7 +11,7 @@
  *   run_threshold:N     blocks of a small class an arena allocates within a second before
  *                       the class gets runs of its own (0..65535; below, its blocks come
  *                       from the arena's medium heap, until it holds a run's worth of
- *                       them, 64 KiB; 0 or 1: runs from the first block)
+ *                       them, 64 KiB, whatever N; 0 or 1: runs from the first block)
  *   span_min_kb:N       once the process has had 8 threads at once, requests from N KiB to
  *                       64 pages (256 KiB) are spans of whole pages in a heap all threads
  *                       share (span.c; 8..32, default 8, at least 2 pages; 0: none, the

@@ -590,9 +590,10 @@ typedef struct ta_arena {
   uint64_t run_classes;        /* bit c: class c has runs */
   uint64_t cold_since;         /* when the counts below began (ms) */
   uint16_t cold_allocs[TA_NUM_SMALL + 1]; /* blocks of each class served from the medium heap */
-  /* Blocks of each class live in the medium heap (TA_M_CLASS), whichever thread holds them:
-   * changed under the slow-path lock (medium.c, class_live_note), by the owner and by the
-   * purger taking in remote frees; read by the owner without it. */
+  /* Blocks of each class live in the medium heap (TA_M_CLASS), whichever thread holds them.
+   * Not the owner's alone: changed by any thread that holds the slow-path lock (medium.c,
+   * class_live_note: the owner, the purger or another thread's trim taking in remote frees,
+   * an adopter); read by the owner without it. */
   _Atomic uint16_t cold_live[TA_NUM_SMALL + 1];
   /* Slow paths that handed out memory already held (a cached medium block, a span) before
    * the next one does the chores (alloc.c, chores_sometimes). */

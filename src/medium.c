@@ -468,8 +468,8 @@ static size_t cache_fit(size_t need, size_t align, bool exact);
 
 /* A small class's block (TA_M_CLASS, size word w) comes (d = 1) or goes (d = -1): the count of
  * its class's blocks live in the arena's medium heap, which class_has_runs (alloc.c) reads.
- * Under the lock; saturating, so a count off by a block (a fork child's arena of another
- * thread) never wraps. */
+ * Under the lock, so exact; saturating all the same: it only decides when a class gets runs,
+ * and a count gone wrong should make that early or late, not wrap. */
 static void class_live_note(ta_arena_t *a, size_t w, int d) {
   _Atomic uint16_t *n = &a->cold_live[ta_size_class(ta_medium_usable_of(w))];
   uint16_t v = atomic_load_explicit(n, memory_order_relaxed);

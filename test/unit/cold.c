@@ -119,6 +119,71 @@ Test(cold, frees_from_other_threads_and_growth_in_place_count) {
   ta_free(big);
 }
 
+/* The other writers of the count, which hold the arena's lock as the owner does: another
+ * thread's purge of this arena takes its remote frees in (the purger thread's way, and
+ * malloc_trim's), and xallocx shrinks a block in place into a medium block like any. */
+struct purge_job {
+  void *free_me;
+  ta_arena_t *owner;
+};
+static void *free_and_purge(void *v) {
+  struct purge_job *j = v;
+  ta_free(j->free_me);
+  ta_purge_owned_now(j->owner, ta_os_now_ms());
+  return NULL;
+}
+
+Test(cold, another_threads_purge_and_xallocx_count) {
+  ta_run_threshold = 1000;
+  unsigned cls = ta_size_class(8000);
+  void *p = ta_malloc(8000), *q = ta_malloc(8000), *last = ta_malloc(8000);
+  cr_assert_eq(live_cold(cls), 3);
+  struct purge_job j = {q, ta_tl_arena};
+  pthread_t t;
+  pthread_create(&t, NULL, free_and_purge, &j);
+  pthread_join(t, NULL);
+  cr_assert_eq(live_cold(cls), 2, "taken in by the other thread's purge");
+  cr_assert_eq(ta_mh_load(hdr(q)) & TA_M_INUSE, 0);
+  cr_assert_lt(ta_xallocx(p, 5000, 0, 0), 8192, "shrunk in place");
+  cr_assert_eq(ta_mh_load(hdr(p)) & TA_M_CLASS, 0);
+  cr_assert_eq(live_cold(cls), 1);
+  ta_free(p);
+  ta_free(last);
+  cr_assert_eq(live_cold(cls), 0);
+}
+
+/* A thread that exits holding blocks of a class leaves them counted in its arena: the thread
+ * that takes the arena next holds them. */
+static ta_arena_t *left_arena;
+static void *leave_blocks(void *v) {
+  void **p = v;
+  for (int i = 0; i < 3; i++)
+    p[i] = ta_malloc(5000);
+  left_arena = ta_tl_arena;
+  return NULL;
+}
+static void *take_over(void *v) {
+  void **p = v;
+  unsigned cls = ta_size_class(5000);
+  ta_free(ta_malloc(64)); /* takes an arena: the one the exited thread left */
+  cr_assert_eq(ta_tl_arena, left_arena);
+  cr_assert_eq(live_cold(cls), 3);
+  for (int i = 0; i < 3; i++)
+    ta_free(p[i]);
+  cr_assert_eq(live_cold(cls), 0);
+  return NULL;
+}
+
+Test(cold, an_adopted_arena_keeps_its_count) {
+  ta_run_threshold = 1000;
+  void *p[3];
+  pthread_t t;
+  pthread_create(&t, NULL, leave_blocks, p);
+  pthread_join(t, NULL);
+  pthread_create(&t, NULL, take_over, p);
+  pthread_join(t, NULL);
+}
+
 /* An array of per-thread records (64 threads' 32-byte records: 2 KiB) shares no more lines
  * than it would in a run: it starts on a line, wherever the medium blocks before it ended. */
 Test(cold, every_cold_class_block_starts_on_a_cache_line) {
