@@ -787,8 +787,7 @@ void ta_conf_apply(const char *settings); /* for tests */
 /* Free memory goes back to the kernel decay_ms after it became free (see purge.c). */
 TA_HIDDEN extern uint64_t ta_decay_ms;
 TA_HIDDEN extern uint32_t ta_run_threshold; /* run_threshold (alloc.c) */
-TA_HIDDEN extern size_t
-    ta_cold_live_max; /* bytes of a cold class live before it gets runs (alloc.c) */
+TA_HIDDEN extern size_t ta_cold_live_max;   /* a cold class's live bytes that give it runs */
 TA_HIDDEN extern uint32_t ta_conf_span_min_kb; /* span_min_kb (span.c): 0, no spans */
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN extern size_t ta_huge_cache_limit; /* bytes of freed huge spans kept resident */
