@@ -1101,6 +1101,8 @@ static TA_NOINLINE void secure_free(void *p) {
   /* (The claim may allocate, pthread_setspecific's array past 32 keys: bg_in_free keeps that
    * allocation's safe point from starting the purger inside this free.) */
   if (me == &ta_sentinel_arena) {
+    /* The arena of the block, if it has no thread (arena.c, ta_arena_want). */
+    ta_arena_want(kind == TA_MAP_SMALL ? ta_run_of(p)->owner : ta_chunk_of(p)->owner);
     bg_in_free = true;
     me = arena_get_slow(&borrowed);
     bg_in_free = false;

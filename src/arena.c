@@ -50,6 +50,9 @@ enum { TL_NEW = 0, TL_OWNER = 1, TL_EXITED = 2 };
 static __thread uint8_t tl_state __attribute__((tls_model("initial-exec")));
 /* This thread's arena, set aside by a fork that interrupted one of its calls (fork_child). */
 static __thread ta_arena_t *tl_suspended __attribute__((tls_model("initial-exec")));
+/* The arena without a thread that this thread last freed into while it had none of its own,
+ * if it has freed little (ta_arena_want): the one its first claim tries first (arena_claim). */
+static __thread ta_arena_t *tl_wanted __attribute__((tls_model("initial-exec")));
 /* The remote list this thread pushes its next remote free onto (ta_remote_push). */
 static __thread uint8_t tl_remote_list __attribute__((tls_model("initial-exec")));
 
@@ -185,6 +188,15 @@ static ta_arena_t *arena_claim(void) {
     atomic_store_explicit(&s->state, ARENA_CLAIMED, memory_order_relaxed);
     return s;
   }
+  /* The arena of the last block this thread freed before it had one, if it has freed few and
+   * that arena is free: a thread replacing the blocks of one that exited then frees them where
+   * it allocates, and its mallocs reuse them at once (ta_arena_want). */
+  ta_arena_t *w = tl_wanted;
+  tl_wanted = NULL;
+  if (w != NULL && ta_arena_try_claim(w)) {
+    TA_ADD(w->cnt.adopted, 1);
+    return w;
+  }
   for (ta_arena_t *a = atomic_load_explicit(&all_arenas, memory_order_acquire); a;
        a = a->next_all)
     if (ta_arena_try_claim(a)) {
@@ -228,6 +240,26 @@ bool ta_arena_try_claim(ta_arena_t *a) {
     return false;
   ta_light_forbid(a); /* nobody runs one now; the claimer allows its own (internal.h) */
   return true;
+}
+
+/* A free by this thread into arena a, which has no thread (every remote free into such an
+ * arena: drain_ownerless; the hardened build's first free of a thread without an arena). A
+ * thread without an arena of its own tries a first when it comes to need one, if its frees
+ * into such arenas so far are at most TA_DRAIN_EVERY: a thread handed the blocks of one that
+ * exited and replacing them one by one (a pool that replaces its threads, bench/run's server)
+ * then frees them where it allocates, and its mallocs reuse them at once, where it would
+ * otherwise free them into an arena nobody allocates from while it drew new memory into
+ * another. A thread that frees more first claims in list order, as one that frees nothing: the
+ * drain has taken that batch in for the arena's next owner, and sending every such thread to
+ * the arena it freed into spread bench/run's abandon over every arena (docs/design.md, "Which
+ * arena a new thread takes"). A thread that only frees takes none, and a free into an arena
+ * that has a thread costs nothing more. */
+static __thread uint16_t tl_wanted_frees;
+_Static_assert(TA_DRAIN_EVERY < UINT16_MAX, "the count stops past TA_DRAIN_EVERY");
+void ta_arena_want(ta_arena_t *a) {
+  if (ta_tl_arena != &ta_sentinel_arena) return;
+  if (tl_wanted_frees <= TA_DRAIN_EVERY) tl_wanted_frees++;
+  tl_wanted = tl_wanted_frees <= TA_DRAIN_EVERY ? a : NULL;
 }
 
 ta_arena_t *ta_arena_first(void) { return atomic_load_explicit(&all_arenas, memory_order_acquire); }
@@ -347,6 +379,7 @@ static __thread uint8_t tl_drain_count __attribute__((tls_model("initial-exec"))
 _Static_assert(TA_DRAIN_EVERY >= 1 && TA_DRAIN_EVERY <= 255, "the count is a byte");
 
 static TA_NOINLINE void drain_ownerless(ta_arena_t *a) {
+  ta_arena_want(a);
   if (++tl_drain_count < TA_DRAIN_EVERY) return;
   tl_drain_count = 0;
   if (!ta_fork_hold()) return;

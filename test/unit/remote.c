@@ -338,6 +338,134 @@ static void *first_call_is_free(void *p) {
   return NULL;
 }
 
+/* A thread that frees a block of an arena without a thread before it has an arena of its own
+ * takes that arena at its first malloc: a thread handed an exited one's blocks then frees and
+ * allocates in one arena. */
+typedef struct {
+  void *frees;             /* the block it frees first */
+  void *got;               /* what its malloc then returned */
+  ta_arena_t *arena;       /* the arena it had then */
+  pthread_barrier_t *hold; /* when set: wait there twice between the free and the malloc */
+  pthread_barrier_t *stay; /* when set: wait there twice after the malloc, before exiting */
+  void **more;             /* and n_more blocks it frees after the first */
+  size_t n_more;
+} hinted_t;
+
+static void *free_then_alloc(void *arg) {
+  hinted_t *h = arg;
+  ta_free(h->frees);
+  for (size_t i = 0; i < h->n_more; i++)
+    ta_free(h->more[i]);
+  cr_assert_eq(ta_tl_arena, &ta_sentinel_arena, "the free took no arena");
+  if (h->hold) {
+    pthread_barrier_wait(h->hold);
+    pthread_barrier_wait(h->hold);
+  }
+  h->got = ta_malloc(64);
+  h->arena = ta_tl_arena;
+  if (h->stay) {
+    pthread_barrier_wait(h->stay);
+    pthread_barrier_wait(h->stay);
+  }
+  return NULL;
+}
+
+/* Two threads alive at once leave blocks of 64 bytes in two arenas, and exit. */
+static void two_left_at_once(leftover_t l[2]) {
+  pthread_barrier_t both;
+  pthread_barrier_init(&both, NULL, 2);
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++) {
+    l[i] = (leftover_t){.size = 64, .together = &both};
+    pthread_create(&t[i], NULL, leave_blocks, &l[i]);
+  }
+  for (int i = 0; i < 2; i++)
+    pthread_join(t[i], NULL);
+  pthread_barrier_destroy(&both);
+  cr_assert_neq(l[0].arena, l[1].arena, "two threads at once, two arenas");
+}
+
+/* Two threads leave blocks of 64 bytes in two arenas; each of two later threads frees one of
+ * one arena's blocks, then allocates. The first free arena on the list (the newest) is at most
+ * one of the two: each thread gets the arena it freed into, and there the block it freed. */
+Test(remote, a_new_thread_takes_the_arena_it_freed_into) {
+  void *mine = ta_malloc(64); /* this thread has an arena: its frees below leave no hint */
+  leftover_t l[2];
+  two_left_at_once(l);
+  for (int i = 0; i < 2; i++) {
+    cr_assert_eq(atomic_load(&l[i].arena->state), ARENA_FREE);
+    hinted_t h = {.frees = l[i].blocks[0]};
+    pthread_t n;
+    pthread_create(&n, NULL, free_then_alloc, &h);
+    pthread_join(n, NULL);
+    cr_assert_eq(h.arena, l[i].arena, "thread %d: the arena it freed into", i);
+    cr_assert_eq(h.got, l[i].blocks[0], "thread %d: and the block it freed", i);
+    cr_assert_eq(atomic_load(&l[i].arena->state), ARENA_FREE, "given up at its exit");
+    ta_free(h.got);
+    for (size_t k = 1; k < sizeof l[i].blocks / sizeof l[i].blocks[0]; k++)
+      ta_free(l[i].blocks[k]);
+  }
+  ta_free(mine);
+}
+
+/* A thread that frees more than TA_DRAIN_EVERY blocks into arenas without a thread before its
+ * first malloc claims in list order, as one that freed none: of two arenas left free, it
+ * frees into the one the list order would not give it, and is not given that one. */
+Test(remote, a_thread_that_frees_a_batch_first_claims_in_list_order) {
+  void *mine = ta_malloc(64);
+  leftover_t l[2];
+  two_left_at_once(l);
+  ta_arena_t *first_free = ta_arena_first();
+  while (first_free && atomic_load(&first_free->state) != ARENA_FREE)
+    first_free = first_free->next_all;
+  int o = first_free == l[0].arena ? 1 : 0; /* the one the list order does not give */
+  hinted_t h = {.frees = l[o].blocks[0], .more = l[o].blocks + 1, .n_more = TA_DRAIN_EVERY};
+  pthread_t n;
+  pthread_create(&n, NULL, free_then_alloc, &h);
+  pthread_join(n, NULL);
+  cr_assert_neq(h.arena, l[o].arena, "%d frees into it first: not its arena", TA_DRAIN_EVERY + 1);
+  cr_assert_neq(h.arena, &ta_sentinel_arena);
+  ta_free(h.got);
+  for (int i = 0; i < 2; i++)
+    for (size_t k = i == o ? TA_DRAIN_EVERY + 1 : 0; k < sizeof l[i].blocks / sizeof l[i].blocks[0];
+         k++)
+      ta_free(l[i].blocks[k]);
+  ta_free(mine);
+}
+
+/* The arena it freed into claimed by another thread between its free and its malloc: it gets
+ * another, and the other thread keeps that one. */
+Test(remote, a_wanted_arena_taken_meanwhile_is_passed_over) {
+  void *mine = ta_malloc(64);
+  leftover_t l;
+  ta_arena_t *dead = left_by_a_thread(&l, 64);
+  pthread_barrier_t hold, stay;
+  pthread_barrier_init(&hold, NULL, 2);
+  pthread_barrier_init(&stay, NULL, 2);
+  hinted_t late = {.frees = l.blocks[0], .hold = &hold};
+  hinted_t first = {.frees = l.blocks[1], .stay = &stay};
+  pthread_t tl, tf;
+  pthread_create(&tl, NULL, free_then_alloc, &late);
+  pthread_barrier_wait(&hold); /* `late` has freed into `dead`, and waits */
+  pthread_create(&tf, NULL, free_then_alloc, &first);
+  pthread_barrier_wait(&stay); /* `first` has freed into it too, and allocated */
+  cr_assert_eq(first.arena, dead, "the first to allocate takes the arena it freed into");
+  pthread_barrier_wait(&hold); /* `late` allocates while `first` holds it */
+  pthread_join(tl, NULL);
+  cr_assert_neq(late.arena, dead, "taken: another arena");
+  cr_assert_neq(late.arena, &ta_sentinel_arena);
+  cr_assert_eq(ta_run_of(late.got)->owner, late.arena);
+  pthread_barrier_wait(&stay); /* `first` may exit */
+  pthread_join(tf, NULL);
+  pthread_barrier_destroy(&hold);
+  pthread_barrier_destroy(&stay);
+  ta_free(late.got);
+  ta_free(first.got);
+  for (size_t k = 2; k < sizeof l.blocks / sizeof l.blocks[0]; k++)
+    ta_free(l.blocks[k]);
+  ta_free(mine);
+}
+
 Test(remote, thread_whose_first_call_is_free) {
   void *p = ta_malloc(300);
   pthread_t t;
