@@ -1101,8 +1101,10 @@ static TA_NOINLINE void secure_free(void *p) {
   /* (The claim may allocate, pthread_setspecific's array past 32 keys: bg_in_free keeps that
    * allocation's safe point from starting the purger inside this free.) */
   if (me == &ta_sentinel_arena) {
-    /* The arena of the block, if it has no thread (arena.c, ta_arena_want). */
-    ta_arena_want(kind == TA_MAP_SMALL ? ta_run_of(p)->owner : ta_chunk_of(p)->owner);
+    /* The block's arena first, if it has no thread (arena.c, ta_arena_want). */
+    ta_arena_t *owner = kind == TA_MAP_SMALL ? ta_run_of(p)->owner : ta_chunk_of(p)->owner;
+    if (atomic_load_explicit(&owner->state, memory_order_relaxed) == ARENA_FREE)
+      ta_arena_want(owner);
     bg_in_free = true;
     me = arena_get_slow(&borrowed);
     bg_in_free = false;

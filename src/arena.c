@@ -51,8 +51,10 @@ static __thread uint8_t tl_state __attribute__((tls_model("initial-exec")));
 /* This thread's arena, set aside by a fork that interrupted one of its calls (fork_child). */
 static __thread ta_arena_t *tl_suspended __attribute__((tls_model("initial-exec")));
 /* The arena without a thread that this thread last freed into while it had none of its own,
- * if it has freed little (ta_arena_want): the one its first claim tries first (arena_claim). */
+ * if it has freed little (ta_arena_want): the one its next claim tries first (arena_claim). */
 static __thread ta_arena_t *tl_wanted __attribute__((tls_model("initial-exec")));
+/* How many such frees it made, counted up to TA_DRAIN_EVERY + 1 (ta_arena_want). */
+static __thread uint8_t tl_wanted_frees __attribute__((tls_model("initial-exec")));
 /* The remote list this thread pushes its next remote free onto (ta_remote_push). */
 static __thread uint8_t tl_remote_list __attribute__((tls_model("initial-exec")));
 
@@ -188,9 +190,11 @@ static ta_arena_t *arena_claim(void) {
     atomic_store_explicit(&s->state, ARENA_CLAIMED, memory_order_relaxed);
     return s;
   }
-  /* The arena of the last block this thread freed before it had one, if it has freed few and
+  /* The arena of the last block this thread freed while it had none, if it has freed few and
    * that arena is free: a thread replacing the blocks of one that exited then frees them where
-   * it allocates, and its mallocs reuse them at once (ta_arena_want). */
+   * it allocates, and its mallocs reuse them at once (ta_arena_want). Any claim without an
+   * arena takes the hint, a borrowed one past the thread's exit too: it is only a preference,
+   * and the claim's compare-and-swap refuses any arena that is not FREE. */
   ta_arena_t *w = tl_wanted;
   tl_wanted = NULL;
   if (w != NULL && ta_arena_try_claim(w)) {
@@ -242,20 +246,20 @@ bool ta_arena_try_claim(ta_arena_t *a) {
   return true;
 }
 
-/* A free by this thread into arena a, which has no thread (every remote free into such an
- * arena: drain_ownerless; the hardened build's first free of a thread without an arena). A
- * thread without an arena of its own tries a first when it comes to need one, if its frees
- * into such arenas so far are at most TA_DRAIN_EVERY: a thread handed the blocks of one that
- * exited and replacing them one by one (a pool that replaces its threads, bench/run's server)
- * then frees them where it allocates, and its mallocs reuse them at once, where it would
- * otherwise free them into an arena nobody allocates from while it drew new memory into
- * another. A thread that frees more first claims in list order, as one that frees nothing: the
- * drain has taken that batch in for the arena's next owner, and sending every such thread to
- * the arena it freed into spread bench/run's abandon over every arena (docs/design.md, "Which
- * arena a new thread takes"). A thread that only frees takes none, and a free into an arena
- * that has a thread costs nothing more. */
-static __thread uint16_t tl_wanted_frees;
-_Static_assert(TA_DRAIN_EVERY < UINT16_MAX, "the count stops past TA_DRAIN_EVERY");
+/* A push by this thread onto the remote lists of arena a, which has no thread (drain_ownerless:
+ * a remote free, mostly; also what a purge without an arena puts back on its owner's lists),
+ * or the hardened build's free of a block of such an arena by a thread without one. A thread
+ * without an arena of its own tries a first at its next claim, if its pushes into such arenas
+ * so far are at most TA_DRAIN_EVERY: a thread handed the blocks of one that exited and
+ * replacing them one by one (a pool that replaces its threads, bench/run's server) then frees
+ * them where it allocates, and its mallocs reuse them at once, where it would otherwise free
+ * them into an arena nobody allocates from while it drew new memory into another. A thread
+ * that frees more first claims in list order, as one that frees nothing: sending every such
+ * thread to the arena it freed into spread bench/run's abandon over every arena, each keeping
+ * what its thread freed (docs/design.md, "Which arena a new thread takes"). A thread that
+ * only frees takes no arena (but in the hardened build, whose first free takes one for its
+ * quarantine), and a free into an arena that has a thread costs nothing more. */
+_Static_assert(TA_DRAIN_EVERY < UINT8_MAX, "the count stops past TA_DRAIN_EVERY");
 void ta_arena_want(ta_arena_t *a) {
   if (ta_tl_arena != &ta_sentinel_arena) return;
   if (tl_wanted_frees <= TA_DRAIN_EVERY) tl_wanted_frees++;

@@ -1390,7 +1390,7 @@ TA_HIDDEN size_t ta_page(void);
 /* Gives the thread a real arena, or NULL. *borrowed: only for this call (thread has exited). */
 TA_HIDDEN ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed);
 /* This thread frees into arena a, which has no thread: without an arena of its own, and after
- * few such frees, its first claim tries a first (arena.c). */
+ * few such frees, its next claim tries a first (arena.c). */
 TA_HIDDEN void ta_arena_want(ta_arena_t *a);
 TA_HIDDEN void ta_atfork_register(const ta_library_t *lib);
 TA_HIDDEN unsigned ta_arena_thread_exit(ta_arena_t *a, ta_arena_t *give_up[2]); /* exit hook */

@@ -49,3 +49,53 @@ Test(claim, a_first_free_asks_for_the_purger_and_the_next_malloc_starts_it, .tim
   cr_assert_eq(atomic_load(&running_after_malloc), 1,
                "the thread's next allocation did not start the purger");
 }
+
+/* The arena a first free takes: the freed block's own, if no thread has it (arena.c,
+ * ta_arena_want), even where the list order would give another. Two threads alive at once
+ * leave a block each in two arenas; a third thread's first call frees the block of the one that
+ * comes second in the list. */
+typedef struct {
+  void *block;
+  ta_arena_t *arena;
+  pthread_barrier_t *both;
+} left_t;
+
+static void *leave_a_block(void *arg) {
+  left_t *l = arg;
+  l->block = ta_malloc(64);
+  l->arena = ta_tl_arena;
+  pthread_barrier_wait(l->both);
+  return NULL;
+}
+
+static void *first_call_frees(void *arg) {
+  left_t *l = arg;
+  ta_free(l->block);
+  l->arena = ta_tl_arena; /* the arena the free took */
+  return NULL;
+}
+
+Test(claim, a_first_free_takes_the_arena_of_its_block_if_no_thread_has_it) {
+  void *mine = ta_malloc(64); /* this thread has an arena: its frees leave no hint */
+  pthread_barrier_t both;
+  pthread_barrier_init(&both, NULL, 2);
+  left_t l[2] = {{.both = &both}, {.both = &both}};
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++)
+    cr_assert_eq(pthread_create(&t[i], NULL, leave_a_block, &l[i]), 0);
+  for (int i = 0; i < 2; i++)
+    pthread_join(t[i], NULL);
+  pthread_barrier_destroy(&both);
+  cr_assert_neq(l[0].arena, l[1].arena, "two threads at once, two arenas");
+  ta_arena_t *first_free = ta_arena_first();
+  while (first_free && atomic_load(&first_free->state) != ARENA_FREE)
+    first_free = first_free->next_all;
+  int o = first_free == l[0].arena ? 1 : 0; /* the one the list order does not give */
+  ta_arena_t *want = l[o].arena;
+  pthread_t n;
+  cr_assert_eq(pthread_create(&n, NULL, first_call_frees, &l[o]), 0);
+  pthread_join(n, NULL);
+  cr_assert_eq(l[o].arena, want, "the free took the arena of the block it freed");
+  ta_free(l[1 - o].block);
+  ta_free(mine);
+}

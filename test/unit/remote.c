@@ -370,6 +370,19 @@ static void *free_then_alloc(void *arg) {
   return NULL;
 }
 
+/* A thread that runs free_then_alloc on h, waited for. */
+static void run_hinted(hinted_t *h) {
+  pthread_t n;
+  pthread_create(&n, NULL, free_then_alloc, h);
+  pthread_join(n, NULL);
+}
+
+/* Frees what l still holds from its block `from` on. */
+static void free_left(leftover_t *l, size_t from) {
+  for (size_t k = from; k < sizeof l->blocks / sizeof l->blocks[0]; k++)
+    ta_free(l->blocks[k]);
+}
+
 /* Two threads alive at once leave blocks of 64 bytes in two arenas, and exit. */
 static void two_left_at_once(leftover_t l[2]) {
   pthread_barrier_t both;
@@ -385,6 +398,15 @@ static void two_left_at_once(leftover_t l[2]) {
   cr_assert_neq(l[0].arena, l[1].arena, "two threads at once, two arenas");
 }
 
+/* Of two arenas left by two_left_at_once, the index of the one the list order does not give a
+ * claim (the list is newest first, and a claim takes its first FREE arena). */
+static int not_first_in_list(leftover_t l[2]) {
+  ta_arena_t *a = ta_arena_first();
+  while (a && atomic_load(&a->state) != ARENA_FREE)
+    a = a->next_all;
+  return a == l[0].arena ? 1 : 0;
+}
+
 /* Two threads leave blocks of 64 bytes in two arenas; each of two later threads frees one of
  * one arena's blocks, then allocates. The first free arena on the list (the newest) is at most
  * one of the two: each thread gets the arena it freed into, and there the block it freed. */
@@ -395,65 +417,80 @@ Test(remote, a_new_thread_takes_the_arena_it_freed_into) {
   for (int i = 0; i < 2; i++) {
     cr_assert_eq(atomic_load(&l[i].arena->state), ARENA_FREE);
     hinted_t h = {.frees = l[i].blocks[0]};
-    pthread_t n;
-    pthread_create(&n, NULL, free_then_alloc, &h);
-    pthread_join(n, NULL);
+    run_hinted(&h);
     cr_assert_eq(h.arena, l[i].arena, "thread %d: the arena it freed into", i);
     cr_assert_eq(h.got, l[i].blocks[0], "thread %d: and the block it freed", i);
     cr_assert_eq(atomic_load(&l[i].arena->state), ARENA_FREE, "given up at its exit");
     ta_free(h.got);
-    for (size_t k = 1; k < sizeof l[i].blocks / sizeof l[i].blocks[0]; k++)
-      ta_free(l[i].blocks[k]);
+    free_left(&l[i], 1);
   }
   ta_free(mine);
 }
 
-/* A thread that frees more than TA_DRAIN_EVERY blocks into arenas without a thread before its
- * first malloc claims in list order, as one that freed none: of two arenas left free, it
- * frees into the one the list order would not give it, and is not given that one. */
+/* The limit: a thread that frees TA_DRAIN_EVERY blocks into arenas without a thread before its
+ * first malloc still takes the arena it freed into; one that frees one more claims in list
+ * order, as one that freed none. Both free into the arena the list order would not give. */
 Test(remote, a_thread_that_frees_a_batch_first_claims_in_list_order) {
   void *mine = ta_malloc(64);
   leftover_t l[2];
   two_left_at_once(l);
-  ta_arena_t *first_free = ta_arena_first();
-  while (first_free && atomic_load(&first_free->state) != ARENA_FREE)
-    first_free = first_free->next_all;
-  int o = first_free == l[0].arena ? 1 : 0; /* the one the list order does not give */
-  hinted_t h = {.frees = l[o].blocks[0], .more = l[o].blocks + 1, .n_more = TA_DRAIN_EVERY};
-  pthread_t n;
-  pthread_create(&n, NULL, free_then_alloc, &h);
-  pthread_join(n, NULL);
-  cr_assert_neq(h.arena, l[o].arena, "%d frees into it first: not its arena", TA_DRAIN_EVERY + 1);
-  cr_assert_neq(h.arena, &ta_sentinel_arena);
-  ta_free(h.got);
-  for (int i = 0; i < 2; i++)
-    for (size_t k = i == o ? TA_DRAIN_EVERY + 1 : 0; k < sizeof l[i].blocks / sizeof l[i].blocks[0];
-         k++)
-      ta_free(l[i].blocks[k]);
+  int o = not_first_in_list(l);
+  hinted_t at = {.frees = l[o].blocks[0], .more = l[o].blocks + 1, .n_more = TA_DRAIN_EVERY - 1};
+  run_hinted(&at);
+  cr_assert_eq(at.arena, l[o].arena, "%d frees into it first: its arena", TA_DRAIN_EVERY);
+  hinted_t past = {.frees = l[o].blocks[TA_DRAIN_EVERY],
+                   .more = l[o].blocks + TA_DRAIN_EVERY + 1,
+                   .n_more = TA_DRAIN_EVERY};
+  run_hinted(&past);
+  cr_assert_neq(past.arena, l[o].arena, "%d frees into it first: not its arena",
+                TA_DRAIN_EVERY + 1);
+  cr_assert_neq(past.arena, &ta_sentinel_arena);
+  ta_free(at.got);
+  ta_free(past.got);
+  free_left(&l[o], 2 * TA_DRAIN_EVERY + 1);
+  free_left(&l[1 - o], 0);
   ta_free(mine);
 }
 
-/* The arena it freed into claimed by another thread between its free and its malloc: it gets
- * another, and the other thread keeps that one. */
+/* The last arena freed into, not the first: a thread that frees into one arena, then into the
+ * other, takes the other; in the other order, the first. */
+Test(remote, a_new_thread_takes_the_last_arena_it_freed_into) {
+  void *mine = ta_malloc(64);
+  leftover_t l[2];
+  two_left_at_once(l);
+  for (int last = 0; last < 2; last++) { /* round `last` frees each arena's block `last` */
+    hinted_t h = {.frees = l[1 - last].blocks[last], .more = &l[last].blocks[last], .n_more = 1};
+    run_hinted(&h);
+    cr_assert_eq(h.arena, l[last].arena, "freed into %d last: took %p", last, (void *)h.arena);
+    ta_free(h.got);
+  }
+  free_left(&l[0], 2);
+  free_left(&l[1], 2);
+  ta_free(mine);
+}
+
+/* The arena it freed into claimed by another thread between its free and its malloc: it claims
+ * in list order instead, and the other thread keeps that arena. Both free into the arena the
+ * list order would not give; the first to allocate takes it. */
 Test(remote, a_wanted_arena_taken_meanwhile_is_passed_over) {
   void *mine = ta_malloc(64);
-  leftover_t l;
-  ta_arena_t *dead = left_by_a_thread(&l, 64);
+  leftover_t l[2];
+  two_left_at_once(l);
+  int o = not_first_in_list(l);
   pthread_barrier_t hold, stay;
   pthread_barrier_init(&hold, NULL, 2);
   pthread_barrier_init(&stay, NULL, 2);
-  hinted_t late = {.frees = l.blocks[0], .hold = &hold};
-  hinted_t first = {.frees = l.blocks[1], .stay = &stay};
+  hinted_t late = {.frees = l[o].blocks[0], .hold = &hold};
+  hinted_t first = {.frees = l[o].blocks[1], .stay = &stay};
   pthread_t tl, tf;
   pthread_create(&tl, NULL, free_then_alloc, &late);
-  pthread_barrier_wait(&hold); /* `late` has freed into `dead`, and waits */
+  pthread_barrier_wait(&hold); /* `late` has freed into l[o], and waits */
   pthread_create(&tf, NULL, free_then_alloc, &first);
   pthread_barrier_wait(&stay); /* `first` has freed into it too, and allocated */
-  cr_assert_eq(first.arena, dead, "the first to allocate takes the arena it freed into");
+  cr_assert_eq(first.arena, l[o].arena, "the first to allocate takes the arena it freed into");
   pthread_barrier_wait(&hold); /* `late` allocates while `first` holds it */
   pthread_join(tl, NULL);
-  cr_assert_neq(late.arena, dead, "taken: another arena");
-  cr_assert_neq(late.arena, &ta_sentinel_arena);
+  cr_assert_eq(late.arena, l[1 - o].arena, "taken: the first FREE arena on the list instead");
   cr_assert_eq(ta_run_of(late.got)->owner, late.arena);
   pthread_barrier_wait(&stay); /* `first` may exit */
   pthread_join(tf, NULL);
@@ -461,8 +498,8 @@ Test(remote, a_wanted_arena_taken_meanwhile_is_passed_over) {
   pthread_barrier_destroy(&stay);
   ta_free(late.got);
   ta_free(first.got);
-  for (size_t k = 2; k < sizeof l.blocks / sizeof l.blocks[0]; k++)
-    ta_free(l.blocks[k]);
+  free_left(&l[o], 2);
+  free_left(&l[1 - o], 0);
   ta_free(mine);
 }
 
