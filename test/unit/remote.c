@@ -259,18 +259,27 @@ Test(remote, medium_blocks_freed_into_an_ownerless_arena_are_taken_in_too) {
     ta_free(l.blocks[i]);
 }
 
+/* Two threads alive at once leave blocks of 64 bytes in two arenas, and exit. */
+static void two_left_at_once(leftover_t l[2]) {
+  pthread_barrier_t both;
+  pthread_barrier_init(&both, NULL, 2);
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++) {
+    l[i] = (leftover_t){.size = 64, .together = &both};
+    pthread_create(&t[i], NULL, leave_blocks, &l[i]);
+  }
+  for (int i = 0; i < 2; i++)
+    pthread_join(t[i], NULL);
+  pthread_barrier_destroy(&both);
+  cr_assert_neq(l[0].arena, l[1].arena, "two threads at once, two arenas");
+}
+
 /* The count runs over every arena without a thread; its last free takes in the lists of the
  * arena it went to, and no other's. */
 Test(remote, the_count_runs_over_every_ownerless_arena) {
-  pthread_barrier_t both;
-  pthread_barrier_init(&both, NULL, 2);
-  leftover_t a = {.size = 64, .together = &both}, b = {.size = 64, .together = &both};
-  pthread_t ta, tb;
-  pthread_create(&ta, NULL, leave_blocks, &a); /* both alive at once: two arenas */
-  pthread_create(&tb, NULL, leave_blocks, &b);
-  pthread_join(ta, NULL);
-  pthread_join(tb, NULL);
-  pthread_barrier_destroy(&both);
+  leftover_t l[2];
+  two_left_at_once(l);
+  leftover_t a = l[0], b = l[1];
   cr_assert_neq(a.arena, b.arena);
   for (size_t i = 0; i < TA_DRAIN_EVERY / 2; i++) {
     ta_free(a.blocks[i]);
@@ -381,21 +390,6 @@ static void run_hinted(hinted_t *h) {
 static void free_left(leftover_t *l, size_t from) {
   for (size_t k = from; k < sizeof l->blocks / sizeof l->blocks[0]; k++)
     ta_free(l->blocks[k]);
-}
-
-/* Two threads alive at once leave blocks of 64 bytes in two arenas, and exit. */
-static void two_left_at_once(leftover_t l[2]) {
-  pthread_barrier_t both;
-  pthread_barrier_init(&both, NULL, 2);
-  pthread_t t[2];
-  for (int i = 0; i < 2; i++) {
-    l[i] = (leftover_t){.size = 64, .together = &both};
-    pthread_create(&t[i], NULL, leave_blocks, &l[i]);
-  }
-  for (int i = 0; i < 2; i++)
-    pthread_join(t[i], NULL);
-  pthread_barrier_destroy(&both);
-  cr_assert_neq(l[0].arena, l[1].arena, "two threads at once, two arenas");
 }
 
 /* Of two arenas left by two_left_at_once, the index of the one the list order does not give a
