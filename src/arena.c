@@ -347,23 +347,51 @@ static void register_thread(ta_arena_t *a, const ta_library_t *lib) {
   ta_atfork_register(lib);
 }
 
+/* A signal handler may run between this thread's look at ta_tl_arena and its store there, and
+ * a malloc in it, which sees no arena either, claims one of its own and makes it the thread's.
+ * A plain store would then put the claim's arena over the handler's: that one would stay
+ * CLAIMED for good with nobody to give it back (its exit hook replaced too), and the blocks the
+ * handler took would be remote frees into it forever. So the store is a compare-exchange
+ * against the sentinel, which a handler cannot cut in two: if a handler's call got there first,
+ * its arena stays the thread's and the claim's goes back. And a fork in such a handler gives the
+ * claim's arena up in the child (ta_arena_fork_child: it is not yet the thread's), where the
+ * interrupted call then goes on: an arena the claim finds no longer CLAIMED once it is stored
+ * is left as the child made it (FREE, or a zombie if the fork cut its drain), and the thread
+ * claims again. A fork after the store keeps it (the child's thread has it). Tests:
+ * test/unit/lifecycle.c, "a signal handler during a first claim". */
+void (*ta_claim_hook)(void);
 ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
   *borrowed = false;
   if (TA_UNLIKELY(!ta_init(lib))) return NULL;
-  ta_arena_t *a = ta_tl_arena;
-  if (a != &ta_sentinel_arena) return a;
-  a = arena_claim();
-  if (a == NULL) return NULL;
-  ta_dirty_owner_change(a, true); /* an adopted arena: its last owner's demand, or none */
-  ta_remote_collect(a); /* an adopted arena: what others freed while it had no owner */
-  if (tl_state == TL_EXITED) {
-    *borrowed = true; /* past this thread's clean-up: use it for one call only */
-    return a;
+  for (;;) {
+    ta_arena_t *a = ta_tl_arena;
+    if (a != &ta_sentinel_arena) return a;
+    a = arena_claim();
+    if (a == NULL) return NULL;
+    if (TA_UNLIKELY(ta_claim_hook != NULL)) ta_claim_hook();
+    ta_dirty_owner_change(a, true); /* an adopted arena: its last owner's demand, or none */
+    ta_remote_collect(a);           /* an adopted arena: what others freed while it had no owner */
+    if (tl_state == TL_EXITED) {
+      *borrowed = true; /* past this thread's clean-up: use it for one call only */
+      return a;
+    }
+    ta_arena_t *mine = &ta_sentinel_arena;
+    if (!__atomic_compare_exchange_n(&ta_tl_arena, &mine, a, false, __ATOMIC_RELAXED,
+                                     __ATOMIC_RELAXED)) {
+      /* A handler's call gave the thread an arena meanwhile: that one is kept, and this one
+       * goes back unless a fork child already gave it up (or the handler's call, there, took
+       * it again). */
+      if (mine != a && atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED)
+        ta_arena_release(a);
+      return mine;
+    }
+    if (atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED) {
+      tl_state = TL_OWNER;
+      register_thread(a, lib);
+      return a;
+    }
+    ta_tl_arena = &ta_sentinel_arena; /* a fork child gave it up before the store */
   }
-  ta_tl_arena = a;
-  tl_state = TL_OWNER;
-  register_thread(a, lib);
-  return a;
 }
 
 /* What is freed into an arena whose thread has exited waits on its remote lists until a thread

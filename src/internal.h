@@ -1389,6 +1389,9 @@ TA_HIDDEN extern const ta_library_t *const ta_library; /* alloc.c: its library's
 TA_HIDDEN size_t ta_page(void);
 /* Gives the thread a real arena, or NULL. *borrowed: only for this call (thread has exited). */
 TA_HIDDEN ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed);
+/* Tests: run in ta_arena_get_slow right after a claim, before the arena is the thread's, as a
+ * signal handler arriving there would (NULL: none). */
+TA_HIDDEN extern void (*ta_claim_hook)(void);
 /* This thread frees into arena a, which has no thread: without an arena of its own, and after
  * few such frees, its next claim tries a first (arena.c). */
 TA_HIDDEN void ta_arena_want(ta_arena_t *a);

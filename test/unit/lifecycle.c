@@ -9,7 +9,9 @@
  *     nothing, are counted, and do not pile up;
  *   - the forking thread takes its own arena back once the call the fork interrupted ends;
  *   - a pop the fork cut in two, in an arena the child takes over, is not reported as a
- *     corrupted list; a list cut by a write after free in another run of that arena is.
+ *     corrupted list; a list cut by a write after free in another run of that arena is;
+ *   - a signal handler's malloc or fork between a thread's first claim and its store of the
+ *     arena leaves each thread one arena it owns, and none claimed for good.
  *
  * Every test that forks checks the child's exit status; each exit code names one check.
  */
@@ -532,4 +534,118 @@ Test(lifecycle, a_fork_child_still_reports_a_cut_list_outside_the_runs_the_fork_
             "the cut went unreported: the child %s", tt_describe_status(st, how, sizeof how));
   cr_assert(strstr(line, "corrupted free list") != NULL, "the report: %s", line);
   holder_finish(&h);
+}
+
+/* ---- a signal handler during a thread's first claim ---------------------------------------- */
+
+/* A thread's first allocation claims an arena, then makes it the thread's. A signal handler
+ * that runs in between (ta_claim_hook stands for its arrival there) sees a thread without an
+ * arena: its malloc claims one of its own, and its fork gives the claimed arena up in the
+ * child. Each test runs its first claim in a thread of its own, after the main thread has one. */
+static void (*_Atomic in_handler)(void); /* what the handler does */
+static void *handler_block;
+static volatile pid_t handler_pid = -1;
+
+static void run_in_handler(int sig) {
+  (void)sig;
+  in_handler();
+}
+static void raise_once(void) {
+  ta_claim_hook = NULL; /* the handler's own claim runs no handler */
+  raise(SIGUSR1);
+}
+static void malloc_there(void) { handler_block = ta_malloc(48); }
+static void fork_there(void) { handler_pid = fork(); }
+static void fork_and_malloc_there(void) {
+  if ((handler_pid = fork()) == 0) handler_block = ta_malloc(48);
+}
+
+static void count_claimed(ta_arena_t *a, void *arg) {
+  if (atomic_load(&a->state) == ARENA_CLAIMED) (*(size_t *)arg)++;
+}
+static size_t claimed_count(void) {
+  size_t n = 0;
+  ta_arena_foreach(count_claimed, &n);
+  return n;
+}
+
+struct first_claim {
+  void *block;
+  ta_arena_t *arena;
+  size_t claimed; /* arenas CLAIMED right after the first malloc */
+};
+
+/* The thread's first malloc with the handler arriving after its claim; in a fork child made
+ * by the handler, checks the child's arenas and exits with a code naming what failed. */
+static void *first_claim_interrupted(void *arg) {
+  struct first_claim *f = arg;
+  ta_claim_hook = raise_once;
+  f->block = ta_malloc(48);
+  f->arena = ta_tl_arena;
+  f->claimed = claimed_count();
+  if (handler_pid != 0) return NULL;
+  alarm(30);
+  ta_arena_t *a = f->arena;
+  if (a == &ta_sentinel_arena) _exit(10);
+  if (atomic_load(&a->state) != ARENA_CLAIMED) _exit(11); /* a FREE arena used as one's own */
+  if (ta_run_of(f->block)->owner != a) _exit(12);
+  if (handler_block != NULL && ta_run_of(handler_block)->owner != a) _exit(13);
+  /* No thread is started here to see that it gets another arena: a ThreadSanitizer build
+   * cannot start threads after a fork of a process that has several. */
+  ta_free(f->block);
+  if (handler_block) ta_free(handler_block);
+  _exit(0);
+}
+
+static void first_claim_with(void (*what)(void), struct first_claim *f) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = run_in_handler;
+  in_handler = what;
+  cr_assert_eq(sigaction(SIGUSR1, &sa, NULL), 0);
+  ta_free(ta_malloc(1)); /* the main thread's arena, and the fork handlers registered */
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, first_claim_interrupted, f), 0);
+  pthread_join(t, NULL);
+  cr_assert_null(ta_claim_hook, "the handler did not run");
+}
+
+/* The handler's arena is the thread's; the claim's goes back (before, it stayed CLAIMED for
+ * good, with the handler's block in it, and the thread's exit gave back only the other). */
+Test(lifecycle, a_handlers_malloc_during_a_first_claim_leaves_the_thread_one_arena) {
+  ta_free(ta_malloc(1));
+  size_t before = claimed_count(), arenas = arena_count();
+  struct first_claim f;
+  first_claim_with(malloc_there, &f);
+  cr_assert_not_null(handler_block);
+  cr_assert_eq(ta_run_of(handler_block)->owner, f.arena,
+               "the handler's block is in the arena the thread went on with");
+  cr_assert_eq(ta_run_of(f.block)->owner, f.arena);
+  cr_assert_eq(f.claimed, before + 1, "%zu arenas claimed for one thread", f.claimed - before);
+  cr_assert_eq(claimed_count(), before, "an arena stayed claimed after the thread's exit");
+  cr_assert_eq(arena_count(), arenas + 2, "the claim's arena is kept for the next thread");
+  ta_free(handler_block);
+  ta_free(f.block);
+}
+
+/* The parent's part of a fork in the handler: the child checked its own (first_claim_interrupted).
+ */
+static void forked_first_claim(void (*what)(void), const char *name) {
+  struct first_claim f;
+  first_claim_with(what, &f);
+  expect_child(handler_pid, name);
+  cr_assert_eq(ta_run_of(f.block)->owner, f.arena);
+  ta_free(f.block);
+}
+
+/* A fork in the handler: the child gives the claimed arena up (its thread has none yet), and
+ * the call it interrupted claims again instead of using an arena the child calls FREE. */
+Test(lifecycle, a_fork_in_a_handler_during_a_first_claim_leaves_the_child_an_arena_it_owns) {
+  forked_first_claim(fork_there, "a fork in a handler during the first claim");
+}
+
+/* The same, with a malloc in the child's handler: it claims the arena the child gave up, and
+ * the interrupted call finds it the thread's and keeps it (instead of giving it back). */
+Test(lifecycle, a_fork_and_malloc_in_a_handler_during_a_first_claim_keep_the_childs_arena) {
+  forked_first_claim(fork_and_malloc_there, "a fork and a malloc in a handler there");
 }
