@@ -268,9 +268,10 @@ void ta_arena_want(ta_arena_t *a) {
 
 ta_arena_t *ta_arena_first(void) { return atomic_load_explicit(&all_arenas, memory_order_acquire); }
 
-/* Gives the arena up (thread exit, or the end of a borrowed call): what is free in it goes
- * back to the kernel once it has been ownerless for the decay time (purge.c). The caller
- * (alloc.c) took in its remote frees just before, and kept the budget, while it was its own. */
+/* Gives the arena up (thread exit, the end of a borrowed call, or a claim a signal handler's
+ * call overtook: ta_arena_get_slow): what is free in it goes back to the kernel once it has
+ * been ownerless for the decay time (purge.c). The caller took in its remote frees just
+ * before, and kept the budget (or noted the orphan purge due), while it was its own. */
 void ta_arena_release(ta_arena_t *a) {
   a->released_ms = ta_os_now_ms();
   ta_arena_give_back(a);
@@ -347,19 +348,33 @@ static void register_thread(ta_arena_t *a, const ta_library_t *lib) {
   ta_atfork_register(lib);
 }
 
+/* An arena claimed for a moment and given back, its remote frees taken in. Over the budget
+ * without the purger thread (dirty.c, went_over): the orphan purge is due now, and gives
+ * this arena's oldest excess back at the next check for due purges in any thread
+ * (ta_maybe_purge: a slow path of malloc; ta_purge_orphans). Left for a decay time, the excess
+ * would keep every arena over the budget, and the live ones would give back their own memory,
+ * freed just now. */
+static void orphan_due_if_over(ta_arena_t *a) {
+  if (atomic_load_explicit(&a->over_budget, memory_order_relaxed))
+    ta_purge_note_global(&ta_orphan_due, ta_os_now_ms());
+}
+
 /* A signal handler may run between this thread's look at ta_tl_arena and its store there, and
  * a malloc in it, which sees no arena either, claims one of its own and makes it the thread's.
  * A plain store would then put the claim's arena over the handler's: that one would stay
- * CLAIMED for good with nobody to give it back (its exit hook replaced too), and the blocks the
- * handler took would be remote frees into it forever. So the store is a compare-exchange
- * against the sentinel, which a handler cannot cut in two: if a handler's call got there first,
- * its arena stays the thread's and the claim's goes back. And a fork in such a handler gives the
- * claim's arena up in the child (ta_arena_fork_child: it is not yet the thread's), where the
- * interrupted call then goes on: an arena the claim finds no longer CLAIMED once it is stored
- * is left as the child made it (FREE, or a zombie if the fork cut its drain), and the thread
- * claims again. A fork after the store keeps it (the child's thread has it). Tests:
- * test/unit/lifecycle.c, "a signal handler during a first claim". */
-void (*ta_claim_hook)(void);
+ * CLAIMED for good with nobody to give it back (its exit hook replaced too), and the small
+ * blocks the handler took would pile up on its remote lists when freed. So the store is a
+ * compare-exchange against the sentinel, which a handler cannot cut in two: if a handler's
+ * call got there first, its arena stays the thread's and the claim's goes back. And a fork in
+ * such a handler gives the claim's arena up in the child (ta_arena_fork_child: it is not yet
+ * the thread's), where the interrupted call then goes on: an arena the claim finds no longer
+ * CLAIMED once it is stored is left as the child made it (FREE, or a zombie if the fork cut its
+ * drain), and the thread claims again. A fork after the store keeps it (the child's thread has
+ * it). Not covered: another thread of the child that claims the arena given up before the
+ * interrupted call goes on (one that a child handler of the program's starts, or the purger
+ * thread, started by a malloc in the signal handler), and a borrowed call (past the thread's
+ * exit) cut so; the child cannot tell whether the claim's compare-and-swap had been made.
+ * Tests: test/unit/lifecycle.c, "a signal handler during a thread's first claim". */
 ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
   *borrowed = false;
   if (TA_UNLIKELY(!ta_init(lib))) return NULL;
@@ -368,7 +383,8 @@ ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
     if (a != &ta_sentinel_arena) return a;
     a = arena_claim();
     if (a == NULL) return NULL;
-    if (TA_UNLIKELY(ta_claim_hook != NULL)) ta_claim_hook();
+    if (TA_UNLIKELY(atomic_load_explicit(&ta_os_claim_signal, memory_order_relaxed)))
+      ta_os_claim_interrupted();    /* tests: a signal arrives here */
     ta_dirty_owner_change(a, true); /* an adopted arena: its last owner's demand, or none */
     ta_remote_collect(a);           /* an adopted arena: what others freed while it had no owner */
     if (tl_state == TL_EXITED) {
@@ -381,8 +397,11 @@ ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
       /* A handler's call gave the thread an arena meanwhile: that one is kept, and this one
        * goes back unless a fork child already gave it up (or the handler's call, there, took
        * it again). */
-      if (mine != a && atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED)
+      if (mine != a && atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED) {
+        ta_light_forbid(a); /* one taken back from tl_suspended may still allow them */
+        orphan_due_if_over(a);
         ta_arena_release(a);
+      }
       return mine;
     }
     if (atomic_load_explicit(&a->state, memory_order_relaxed) == ARENA_CLAIMED) {
@@ -417,13 +436,7 @@ static TA_NOINLINE void drain_ownerless(ta_arena_t *a) {
   if (!ta_fork_hold()) return;
   if (ta_arena_try_claim(a)) { /* else adopted, or another thread's purge or drain */
     ta_remote_collect(a);
-    /* Over the budget without the purger thread (dirty.c, went_over): the orphan purge is due
-     * now, and gives this arena's oldest excess back at the next check for due purges in
-     * any thread (ta_maybe_purge: a slow path of malloc; ta_purge_orphans). Left for a decay time,
-     * the excess would keep every arena over the budget, and the live ones would give back their
-     * own memory, freed just now. */
-    if (atomic_load_explicit(&a->over_budget, memory_order_relaxed))
-      ta_purge_note_global(&ta_orphan_due, ta_os_now_ms());
+    orphan_due_if_over(a);
     ta_arena_give_back(a);
   }
   ta_fork_unhold();

@@ -773,6 +773,10 @@ void ta_os_thp_mode_force(int mode);
 void ta_os_collapse_fake(int result);             /* collapses counted, return result (-1: real) */
 void ta_os_collapse_last(void **p, size_t *size); /* the last faked collapse's range */
 void ta_os_cpu_force(int cpu); /* -1: the real CPU again */
+/* Raises sig once, in the next thread to claim an arena, right after the claim (0: none). */
+void ta_os_interrupt_claim(int sig);
+TA_HIDDEN extern _Atomic int ta_os_claim_signal;
+TA_HIDDEN void ta_os_claim_interrupted(void);
 TA_HIDDEN void ta_brk_lock(void);
 TA_HIDDEN void ta_brk_unlock(void);
 TA_HIDDEN void ta_brk_reset_after_fork(void);
@@ -1389,9 +1393,6 @@ TA_HIDDEN extern const ta_library_t *const ta_library; /* alloc.c: its library's
 TA_HIDDEN size_t ta_page(void);
 /* Gives the thread a real arena, or NULL. *borrowed: only for this call (thread has exited). */
 TA_HIDDEN ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed);
-/* Tests: run in ta_arena_get_slow right after a claim, before the arena is the thread's, as a
- * signal handler arriving there would (NULL: none). */
-TA_HIDDEN extern void (*ta_claim_hook)(void);
 /* This thread frees into arena a, which has no thread: without an arena of its own, and after
  * few such frees, its next claim tries a first (arena.c). */
 TA_HIDDEN void ta_arena_want(ta_arena_t *a);

@@ -53,7 +53,9 @@
  * increments, so that tests can assert how many a path makes); ta_os_thp_mode_force sets
  * the mode the allocator believes in; ta_os_cpu_force(rank) the CPU it believes it runs on
  * (-1: the real one again); ta_os_collapse_fake(r) makes collapses return r (0: done) without
- * the kernel, noting the range (ta_os_collapse_last), and -1 makes them real again.
+ * the kernel, noting the range (ta_os_collapse_last), and -1 makes them real again;
+ * ta_os_interrupt_claim(sig) raises sig in the next thread to claim an arena, right after its
+ * claim (arena.c, ta_arena_get_slow), as a signal arriving there would.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -699,6 +701,15 @@ static __thread uint8_t tl_cpu_uses __attribute__((tls_model("initial-exec")));
 static __thread uint64_t tl_cpu_kept __attribute__((tls_model("initial-exec")));
 
 void ta_os_cpu_force(int cpu) { atomic_store(&cpu_forced, cpu); }
+
+/* A signal number, not a function: a writable pointer that malloc calls would be a gift to
+ * one who can write memory. */
+_Atomic int ta_os_claim_signal;
+void ta_os_interrupt_claim(int sig) { atomic_store(&ta_os_claim_signal, sig); }
+void ta_os_claim_interrupted(void) {
+  int sig = atomic_exchange(&ta_os_claim_signal, 0); /* once: the handler's own claim raises none */
+  if (sig) raise(sig);
+}
 
 static void rank_cpus(void) {
   unsigned long mask[CPU_MASK_BYTES / sizeof(long)] = {0};

@@ -539,20 +539,19 @@ Test(lifecycle, a_fork_child_still_reports_a_cut_list_outside_the_runs_the_fork_
 /* ---- a signal handler during a thread's first claim ---------------------------------------- */
 
 /* A thread's first allocation claims an arena, then makes it the thread's. A signal handler
- * that runs in between (ta_claim_hook stands for its arrival there) sees a thread without an
- * arena: its malloc claims one of its own, and its fork gives the claimed arena up in the
- * child. Each test runs its first claim in a thread of its own, after the main thread has one. */
+ * that runs in between (ta_os_interrupt_claim raises it there) sees a thread without an arena:
+ * its malloc claims one of its own, and its fork gives the claimed arena up in the child. Each
+ * test runs its first claim in a thread of its own, after the main thread has an arena, so
+ * that the claim maps a new arena, the newest on the list when the handler runs. */
 static void (*_Atomic in_handler)(void); /* what the handler does */
+static ta_arena_t *claimed_then;         /* the newest arena when the handler ran */
 static void *handler_block;
-static volatile pid_t handler_pid = -1;
+static volatile pid_t handler_pid;
 
 static void run_in_handler(int sig) {
   (void)sig;
+  claimed_then = ta_arena_first();
   in_handler();
-}
-static void raise_once(void) {
-  ta_claim_hook = NULL; /* the handler's own claim runs no handler */
-  raise(SIGUSR1);
 }
 static void malloc_there(void) { handler_block = ta_malloc(48); }
 static void fork_there(void) { handler_pid = fork(); }
@@ -579,7 +578,7 @@ struct first_claim {
  * by the handler, checks the child's arenas and exits with a code naming what failed. */
 static void *first_claim_interrupted(void *arg) {
   struct first_claim *f = arg;
-  ta_claim_hook = raise_once;
+  ta_os_interrupt_claim(SIGUSR1);
   f->block = ta_malloc(48);
   f->arena = ta_tl_arena;
   f->claimed = claimed_count();
@@ -590,6 +589,8 @@ static void *first_claim_interrupted(void *arg) {
   if (atomic_load(&a->state) != ARENA_CLAIMED) _exit(11); /* a FREE arena used as one's own */
   if (ta_run_of(f->block)->owner != a) _exit(12);
   if (handler_block != NULL && ta_run_of(handler_block)->owner != a) _exit(13);
+  if (a != claimed_then) _exit(14); /* the arena the child gave up, claimed again */
+  if (f->claimed != 1) _exit(15);   /* the main thread's is given up: it has no thread here */
   /* No thread is started here to see that it gets another arena: a ThreadSanitizer build
    * cannot start threads after a fork of a process that has several. */
   ta_free(f->block);
@@ -602,18 +603,20 @@ static void first_claim_with(void (*what)(void), struct first_claim *f) {
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = run_in_handler;
   in_handler = what;
+  claimed_then = NULL;
+  handler_block = NULL;
+  handler_pid = -1;
   cr_assert_eq(sigaction(SIGUSR1, &sa, NULL), 0);
-  ta_free(ta_malloc(1)); /* the main thread's arena, and the fork handlers registered */
   pthread_t t;
   cr_assert_eq(pthread_create(&t, NULL, first_claim_interrupted, f), 0);
   pthread_join(t, NULL);
-  cr_assert_null(ta_claim_hook, "the handler did not run");
+  cr_assert_not_null(claimed_then, "the handler did not run");
 }
 
 /* The handler's arena is the thread's; the claim's goes back (before, it stayed CLAIMED for
  * good, with the handler's block in it, and the thread's exit gave back only the other). */
 Test(lifecycle, a_handlers_malloc_during_a_first_claim_leaves_the_thread_one_arena) {
-  ta_free(ta_malloc(1));
+  ta_free(ta_malloc(1)); /* the main thread's arena */
   size_t before = claimed_count(), arenas = arena_count();
   struct first_claim f;
   first_claim_with(malloc_there, &f);
@@ -621,9 +624,11 @@ Test(lifecycle, a_handlers_malloc_during_a_first_claim_leaves_the_thread_one_are
   cr_assert_eq(ta_run_of(handler_block)->owner, f.arena,
                "the handler's block is in the arena the thread went on with");
   cr_assert_eq(ta_run_of(f.block)->owner, f.arena);
+  cr_assert_neq(f.arena, claimed_then, "the handler's claim came second, and won");
   cr_assert_eq(f.claimed, before + 1, "%zu arenas claimed for one thread", f.claimed - before);
   cr_assert_eq(claimed_count(), before, "an arena stayed claimed after the thread's exit");
-  cr_assert_eq(arena_count(), arenas + 2, "the claim's arena is kept for the next thread");
+  cr_assert_eq(arena_count(), arenas + 2);
+  cr_assert_eq(atomic_load(&claimed_then->state), ARENA_FREE, "kept for the next thread");
   ta_free(handler_block);
   ta_free(f.block);
 }
@@ -631,15 +636,17 @@ Test(lifecycle, a_handlers_malloc_during_a_first_claim_leaves_the_thread_one_are
 /* The parent's part of a fork in the handler: the child checked its own (first_claim_interrupted).
  */
 static void forked_first_claim(void (*what)(void), const char *name) {
+  ta_free(ta_malloc(1)); /* the main thread's arena, and the fork handlers registered */
   struct first_claim f;
   first_claim_with(what, &f);
   expect_child(handler_pid, name);
+  cr_assert_eq(f.arena, claimed_then);
   cr_assert_eq(ta_run_of(f.block)->owner, f.arena);
   ta_free(f.block);
 }
 
 /* A fork in the handler: the child gives the claimed arena up (its thread has none yet), and
- * the call it interrupted claims again instead of using an arena the child calls FREE. */
+ * the call it interrupted claims it again instead of using an arena the child calls FREE. */
 Test(lifecycle, a_fork_in_a_handler_during_a_first_claim_leaves_the_child_an_arena_it_owns) {
   forked_first_claim(fork_there, "a fork in a handler during the first claim");
 }
