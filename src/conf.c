@@ -16,7 +16,8 @@
  *                       64 pages (256 KiB) are spans of whole pages in a heap all threads
  *                       share (span.c; 8..32, default 8, at least 2 pages; 0: none, the
  *                       thread's medium heap serves them)
- *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576)
+ *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576);
+ *                       unset, 64 or about what is live in huge blocks, the more
  *   huge_pages:BOOL     transparent huge pages for memory written through: huge blocks
  *                       (huge.c), and the halves huge_halves allows (small.c)
  *   huge_batch:BOOL     drop the pages a sparse huge span gathered in one call for many ranges
@@ -59,8 +60,11 @@ uint64_t ta_decay_ms = 200;                  /* decay_ms (purge.c, huge.c, backg
 size_t ta_dirty_max = (size_t)32 << 20;      /* dirty_max_kb (dirty.c) */
 uint32_t ta_run_threshold = 256;             /* run_threshold (alloc.c) */
 uint32_t ta_conf_span_min_kb = 8;            /* span_min_kb (span.c, ta_span_init) */
-/* huge_cache_mb (huge.c). The hardened build keeps no freed span: a write after free faults. */
+/* huge_cache_mb (huge.c). The hardened build keeps no freed span: a write after free faults.
+ * Unset, the cache may hold more, as much as the program has live in huge blocks (huge.c,
+ * cache_limit); set, it is the limit. */
 size_t ta_huge_cache_limit = TA_SECURE ? 0 : (size_t)64 << 20;
+bool ta_huge_cache_grows = !TA_SECURE;
 bool ta_huge_pages = true;                   /* huge_pages (huge.c, small.c) */
 bool ta_huge_batch = true;                   /* huge_batch (huge.c) */
 int ta_huge_halves = -1;                     /* huge_halves: -1 unset, 0 off, 1 on (small.c) */
@@ -206,8 +210,12 @@ static void apply(const char *e, size_t n) {
     if (parse_uint(v, vn, 32, &x) && (x == 0 || x >= 8)) ta_conf_span_min_kb = (uint32_t)x;
     else warn("bad value", e, n);
   } else if (eq(e, kn, "huge_cache_mb")) {
-    if (parse_uint(v, vn, 1u << 20, &x)) ta_huge_cache_limit = (size_t)x << 20;
-    else warn("bad value", e, n);
+    if (parse_uint(v, vn, 1u << 20, &x)) {
+      ta_huge_cache_limit = (size_t)x << 20;
+      ta_huge_cache_grows = false;
+    } else {
+      warn("bad value", e, n);
+    }
   } else if (eq(e, kn, "page_kb")) {
     if (parse_uint(v, vn, 64, &x) && x >= 8 && ta_is_pow2((size_t)x)) ta_conf_page_size = (size_t)x << 10;
     else warn("bad value", e, n);

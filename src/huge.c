@@ -8,7 +8,8 @@
  * meta block's (TA_MAP_HUGE_AL): the meta block is then one granule below p.
  *
  * Freed mappings are not unmapped at once: a process-wide, lock-free cache keeps up to
- * ta_huge_cache_limit bytes of them, and the next huge request, from any thread, takes the
+ * ta_huge_cache_limit bytes of them, or about as much as is live in huge blocks where that is
+ * more (cache_limit), and the next huge request, from any thread, takes the
  * best fit, trims a much larger one, or grows a smaller one with mremap (in place, or its
  * pages moved to a new address). Their pages stay resident, so a program that cycles
  * through multi-megabyte buffers neither maps nor faults them in again, and makes no system
@@ -65,6 +66,35 @@ static _Atomic size_t cache_bytes;
 _Atomic uint64_t ta_huge_due; /* earliest time a cached span may be purged; 0: none */
 
 static _Atomic(ta_huge_t *) deferred; /* unmaps put off while statistics are read */
+
+/* The address space of every huge span, live or cached (their sizes summed), changed only
+ * beside a system call that maps, cuts, grows, moves or unmaps one: the reuse of a cached
+ * span costs nothing more. Signed: a fork between a call and its count (the child keeps the
+ * count) may leave it a little off, never wrapped into a huge limit. */
+static _Atomic intptr_t huge_bytes;
+static void huge_counted(intptr_t delta) {
+  atomic_fetch_add_explicit(&huge_bytes, delta, memory_order_relaxed);
+}
+/* h's size becomes `size` (a cut, a growth, a move: its caller owns it). */
+static void span_sized(ta_huge_t *h, size_t size) {
+  huge_counted((intptr_t)size - (intptr_t)h->map_size);
+  TA_STORE(h->map_size, size);
+}
+
+/* What the cache may hold: ta_huge_cache_limit (64 MiB), or, for a program whose huge spans
+ * take more than twice that, half their address space: about as many bytes as it has live in
+ * huge blocks. A program that cycles through 20 buffers of 5-25 MiB (mimalloc-bench's
+ * malloc-large, 300 MiB live) found no span to reuse for most of its requests in 64 MiB, and
+ * faulted every page of the others in again (docs/design.md, "How much the cache keeps"). A
+ * limit set (huge_cache_mb) is the limit: ta_huge_cache_grows is false then, as it is in the
+ * hardened build, which keeps nothing. */
+static size_t cache_limit(void) {
+  size_t set = ta_huge_cache_limit;
+  if (!ta_huge_cache_grows || set == 0) return set;
+  intptr_t all = atomic_load_explicit(&huge_bytes, memory_order_relaxed);
+  size_t half = all > 0 ? (size_t)all / 2 : 0;
+  return half <= set ? set : half;
+}
 
 /* ---- huge pages only where they pay (see the top of the file) ---- */
 #define TA_HUGE_LOOK_MAX ((size_t)8 << 20) /* a block is looked at over this much at most */
@@ -271,7 +301,9 @@ static void kept_note(const ta_huge_t *h, intptr_t sign) {
 }
 /* Whether the spans found sparse would hold more than half the cache's limit with `more`
  * bytes. (Half: the spans workload of bench/ keeps about 40 MiB of its pages so, and finds
- * them again; a quarter already costs it faults.) */
+ * them again; a quarter already costs it faults.) The limit as set, not as the program's
+ * huge spans raise it (cache_limit): their address space is no measure of the pages a
+ * sparse program writes. */
 static bool kept_over(size_t more) {
   intptr_t k = atomic_load_explicit(&sparse_kept, memory_order_relaxed);
   return (size_t)(k > 0 ? k : 0) + more > ta_huge_cache_limit / 2;
@@ -397,7 +429,7 @@ static void span_cut(ta_huge_t *h, size_t keep) {
   else if (ta_os_munmap((char *)h + keep, h->map_size - keep) != 0)
     return;
   kept_note(h, -1);
-  TA_STORE(h->map_size, keep);
+  span_sized(h, keep);
   hist_cut(h, keep);
   kept_note(h, +1);
   if (h->dirty_end > keep) h->dirty_end = keep;
@@ -639,6 +671,7 @@ static void look(ta_huge_t *h) {
 
 static void huge_unmap(ta_huge_t *h) {
   kept_note(h, -1);
+  huge_counted(-(intptr_t)h->map_size);
   hist_drop(h);
   uintptr_t data = (uintptr_t)h + h->data_off;
   ta_map_set(data, TA_MAP_NONE);
@@ -723,10 +756,10 @@ static int slot_pick(size_t need, ta_huge_t **out) {
  * (what is counted then belongs to puts in flight). The bytes are counted before the span is
  * published, so a thread that takes it subtracts what was added already: the tally never wraps, and
  * it never passes the limit, even for a moment. */
-static bool cache_reserve(size_t size) {
+static bool cache_reserve(size_t size, size_t limit) {
   size_t cur = atomic_load_explicit(&cache_bytes, memory_order_relaxed);
   for (;;) {
-    if (cur <= ta_huge_cache_limit - size) {
+    if (cur <= limit - size) {
       if (atomic_compare_exchange_weak_explicit(&cache_bytes, &cur, cur + size,
                                                 memory_order_relaxed, memory_order_relaxed))
         return true;
@@ -744,7 +777,8 @@ static bool cache_put(ta_huge_t *h) {
   /* Read what we need of h now: once it is in a slot, another thread may own it. */
   size_t size = h->map_size, weight = cache_weight(h);
   uint64_t freed = h->freed_ms;
-  if (weight > ta_huge_cache_limit || !cache_reserve(weight)) return false;
+  size_t limit = cache_limit();
+  if (weight > limit || !cache_reserve(weight, limit)) return false;
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL) continue;
     atomic_store_explicit(&cache_size_hint[i], size, memory_order_relaxed);
@@ -785,6 +819,7 @@ static ta_huge_t *span_grow(ta_huge_t *h, size_t need, bool *kept) {
     if (a == NULL) {
       if (dst) ta_os_munmap(dst, need);
       hist_drop(g);
+      huge_counted(-(intptr_t)g->map_size); /* lost: counted at its old size */
       ta_os_munmap(g, need);
       *kept = false;
       return NULL;
@@ -794,11 +829,12 @@ static ta_huge_t *span_grow(ta_huge_t *h, size_t need, bool *kept) {
   }
   if (!ta_map_ready((uintptr_t)g + g->data_off)) { /* its map page refused: the span goes */
     hist_drop(g);
+    huge_counted(-(intptr_t)g->map_size);
     ta_os_munmap(g, need);
     *kept = false;
     return NULL;
   }
-  g->map_size = need;
+  span_sized(g, need);
   kept_note(g, +1);
   return g;
 }
@@ -870,6 +906,11 @@ size_t ta_huge_purge(uint64_t now, bool all) {
 }
 
 size_t ta_huge_cached_bytes(void) { return atomic_load(&cache_bytes); }
+size_t ta_huge_mapped(void) {
+  intptr_t n = atomic_load(&huge_bytes);
+  return n > 0 ? (size_t)n : 0;
+}
+size_t ta_huge_cache_room(void) { return cache_limit(); }
 
 /* The weights of the spans in the slots, counted one by one (for tests: the tally must agree
  * with it whenever no thread is between a slot and the tally; and the fork child). */
@@ -964,6 +1005,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool gr
   if (fresh) {
     advise_fresh(h, need, end, pad);
     h->map_size = need; /* a cached span keeps its own size (>= end + guard) */
+    huge_counted((intptr_t)need);
   }
   if ((h->thp & HUGE_ADVISED) && pad && ta_os_hugepage(h, h->map_size, false) == 0) {
     /* A span with huge pages, for a block whose padding they would commit: none from now on
@@ -1080,7 +1122,7 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
    * small pages: the realloc workload took 4.6 times the faults). */
   if (ta_os_mremap(h, h->map_size, need, NULL) != NULL) {
     kept_note(h, -1);
-    TA_STORE(h->map_size, need);
+    span_sized(h, need);
     kept_note(h, +1);
     TA_STORE(h->requested, size);
     ta_huge_seal(h);
@@ -1115,7 +1157,7 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   }
   kept_note(n, -1); /* its header moved with it */
   hist_move(h, n);
-  TA_STORE(n->map_size, target);
+  span_sized(n, target);
   kept_note(n, +1);
   TA_STORE(n->requested, size);
   ta_huge_seal(n);

@@ -795,6 +795,7 @@ TA_HIDDEN extern size_t ta_cold_live_max;   /* a cold class's live bytes that gi
 TA_HIDDEN extern uint32_t ta_conf_span_min_kb; /* span_min_kb (span.c): 0, no spans */
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN extern size_t ta_huge_cache_limit; /* bytes of freed huge spans kept resident */
+TA_HIDDEN extern bool ta_huge_cache_grows;   /* huge_cache_mb unset: more if more is live */
 TA_HIDDEN extern bool ta_huge_pages;         /* huge_pages: THP where memory is dense */
 TA_HIDDEN extern bool ta_huge_batch;         /* huge_batch: drop_new's batched decommit */
 TA_HIDDEN extern int ta_huge_halves;         /* huge_halves: -1 the kernel's mode, 0 off, 1 on */
@@ -1326,6 +1327,8 @@ TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
 size_t ta_huge_cached_bytes(void); /* for tests and statistics */
 size_t ta_huge_cached_count(void);
 size_t ta_huge_cache_sum(void); /* the slots' weights counted one by one (tests) */
+size_t ta_huge_mapped(void);    /* address space of huge spans, live and cached (tests) */
+size_t ta_huge_cache_room(void);               /* what the cache may hold now (tests) */
 size_t ta_huge_hist_pages(const ta_huge_t *h); /* its residency history's reach (tests) */
 unsigned ta_huge_hist_taken(void);             /* records of the histories taken (tests) */
 

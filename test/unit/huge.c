@@ -36,6 +36,7 @@ Test(huge, mapped_on_its_own_with_meta_block_at_granule_start) {
 
 static void write_all(char *p, size_t n);
 static long minor_faults(void);
+static char *wall_after(const ta_huge_t *h);
 
 Test(huge, freed_span_is_cached_and_reused) {
   char *p = ta_malloc(6 * MiB);
@@ -76,6 +77,113 @@ Test(huge, cache_is_bounded_in_bytes) {
   cr_assert_eq(ta_malloc_trim(0), 1);
   cr_assert_eq(ta_huge_cached_count(), 0);
   cr_assert_eq(ta_huge_cached_bytes(), 0);
+}
+
+/* A program with more live in huge blocks than the setting keeps as many bytes of freed spans
+ * as it has live, about: half the spans' address space. Blocks of 8 MiB less a page take
+ * 8 MiB each, written through so that each weighs its size. */
+enum { LIVE_SPANS = 24 };
+static void alloc_written(char **p, int n) {
+  for (int i = 0; i < n; i++) {
+    p[i] = ta_malloc(8 * MiB - 4096);
+    cr_assert_not_null(p[i]);
+    write_all(p[i], 8 * MiB - 4096);
+  }
+}
+
+Test(huge, the_cache_keeps_as_much_as_is_live_in_huge_blocks_past_the_setting) {
+  cr_assert_eq(ta_huge_cache_limit, 64 * MiB);
+  char *p[LIVE_SPANS];
+  alloc_written(p, LIVE_SPANS);
+  cr_assert_eq(ta_huge_mapped(), LIVE_SPANS * 8 * MiB);
+  cr_assert_eq(ta_huge_cache_room(), LIVE_SPANS * 4 * MiB, "half the spans' address space");
+  for (int i = 0; i < LIVE_SPANS / 2; i++)
+    ta_free(p[i]);
+  cr_assert_eq(ta_huge_cached_count(), LIVE_SPANS / 2, "every span freed kept, not 8 of them");
+  cr_assert_eq(ta_huge_cached_bytes(), LIVE_SPANS / 2 * 8 * MiB);
+  cr_assert_eq(ta_huge_mapped(), LIVE_SPANS * 8 * MiB, "nothing unmapped");
+  /* The other half freed: the cache shrinks with what is live, to the setting once none is. */
+  for (int i = LIVE_SPANS / 2; i < LIVE_SPANS; i++)
+    ta_free(p[i]);
+  cr_assert_eq(ta_huge_cached_bytes(), ta_huge_mapped(), "no huge block live");
+  cr_assert_leq(ta_huge_cached_bytes(), ta_huge_cache_room());
+  cr_assert_leq(ta_huge_cached_bytes(), 64 * MiB + 8 * MiB, "%zu MiB kept with nothing live",
+                ta_huge_cached_bytes() / MiB);
+  cr_assert_eq(ta_huge_cache_sum(), ta_huge_cached_bytes());
+  ta_malloc_trim(0);
+  cr_assert_eq(ta_huge_cached_bytes(), 0);
+  cr_assert_eq(ta_huge_mapped(), 0);
+}
+
+/* huge_cache_mb set: that is the limit, however much is live; 0 keeps nothing. */
+Test(huge, a_cache_size_set_is_the_limit_however_much_is_live) {
+  ta_conf_apply("huge_cache_mb:32");
+  cr_assert_eq(ta_huge_cache_limit, 32 * MiB);
+  char *p[LIVE_SPANS];
+  alloc_written(p, LIVE_SPANS);
+  cr_assert_eq(ta_huge_cache_room(), 32 * MiB);
+  for (int i = 0; i < LIVE_SPANS / 2; i++)
+    ta_free(p[i]);
+  cr_assert_eq(ta_huge_cached_bytes(), 32 * MiB, "4 spans of 8 MiB, not 12");
+  ta_conf_apply("huge_cache_mb:0");
+  for (int i = LIVE_SPANS / 2; i < LIVE_SPANS; i++)
+    ta_free(p[i]);
+  cr_assert_eq(ta_huge_cache_room(), 0);
+  cr_assert_eq(ta_huge_cached_bytes(), 32 * MiB, "none added, none taken");
+  ta_malloc_trim(0);
+  cr_assert_eq(ta_huge_mapped(), 0);
+}
+
+Test(huge, a_cache_limit_of_0_keeps_nothing_however_much_is_live) {
+  ta_huge_cache_limit = 0; /* no cache, whatever ta_huge_cache_grows says */
+  char *p[LIVE_SPANS];
+  alloc_written(p, LIVE_SPANS);
+  cr_assert_eq(ta_huge_cache_room(), 0);
+  for (int i = 0; i < LIVE_SPANS; i++)
+    ta_free(p[i]);
+  cr_assert_eq(ta_huge_cached_count(), 0);
+  cr_assert_eq(ta_huge_mapped(), 0);
+}
+
+/* The count of the spans' address space follows every change of a span's size: a fresh
+ * mapping, a cut of a far larger cached span, a growth into a request, realloc in place and
+ * moved, a free into the cache and an unmap. */
+Test(huge, the_count_of_huge_address_space_follows_every_change) {
+  char *a = ta_malloc(40 * MiB);
+  write_all(a, 40 * MiB); /* not sparse: cut when reused for far less */
+  cr_assert_eq(ta_huge_mapped(), 40 * MiB + 4 * MiB, "a fresh mapping: whole granules");
+  ta_free(a);
+  char *b = ta_malloc(6 * MiB); /* the cached span, cut */
+  cr_assert_eq(b, a);
+  ta_huge_t *h = ta_huge_hdr_checked(b, TA_MAP_HUGE, "test");
+  cr_assert_eq(ta_huge_mapped(), h->map_size);
+  char *c = ta_malloc(3 * MiB);
+  size_t both = h->map_size + ta_huge_hdr_checked(c, TA_MAP_HUGE, "test")->map_size;
+  cr_assert_eq(ta_huge_mapped(), both);
+  size_t c_size = ta_huge_hdr_checked(c, TA_MAP_HUGE, "test")->map_size;
+  b = ta_realloc(b, 20 * MiB); /* grows in place, where the kernel can */
+  h = ta_huge_hdr_checked(b, TA_MAP_HUGE, "test");
+  cr_assert_eq(ta_huge_mapped(), h->map_size + c_size, "%zu MiB counted, %zu + %zu mapped",
+               ta_huge_mapped() / MiB, h->map_size / MiB, c_size / MiB);
+  char *wall = wall_after(h); /* nothing can grow in place past it: moved */
+  char *moved = ta_realloc(b, 30 * MiB);
+  cr_assert_neq(moved, b, "moved");
+  if (wall != MAP_FAILED) munmap(wall, 4096);
+  b = moved;
+  h = ta_huge_hdr_checked(b, TA_MAP_HUGE, "test");
+  cr_assert_eq(ta_huge_mapped(), h->map_size + c_size, "%zu MiB counted, %zu + %zu mapped",
+               ta_huge_mapped() / MiB, h->map_size / MiB, c_size / MiB);
+  ta_free(c);
+  ta_malloc_trim(0); /* c's span unmapped */
+  cr_assert_eq(ta_huge_mapped(), h->map_size);
+  write_all(b, 30 * MiB);
+  ta_free(b);
+  char *d = ta_malloc(50 * MiB); /* nothing big enough: the largest grows into it */
+  cr_assert_eq(ta_huge_mapped(), ta_huge_hdr_checked(d, TA_MAP_HUGE, "test")->map_size);
+  ta_free(d);
+  ta_malloc_trim(0);
+  cr_assert_eq(ta_huge_cached_bytes(), 0);
+  cr_assert_eq(ta_huge_mapped(), 0, "%zu bytes still counted", ta_huge_mapped());
 }
 
 static void *alloc_big(void *arg) {
@@ -206,6 +314,7 @@ static void *sample_tally(void *arg) {
 
 Test(huge, tally_never_wraps_or_passes_the_limit_under_concurrent_puts_and_takes) {
   ta_huge_cache_limit = 6 * TA_CHUNK_SIZE; /* room for a few spans only: puts evict */
+  ta_huge_cache_grows = false;             /* as huge_cache_mb sets it: the tally's bound */
   enum { T = 6 };
   pthread_t w[T], s;
   size_t worst = 0;
