@@ -17,7 +17,7 @@
  *                       share (span.c; 8..32, default 8, at least 2 pages; 0: none, the
  *                       thread's medium heap serves them)
  *   huge_cache_mb:N     resident bytes of freed huge spans kept for reuse (0..1048576);
- *                       unset, 64 or about what is live in huge blocks, the more
+ *                       unset, 64 or what is live in huge blocks (up to 8 times), the more
  *   huge_pages:BOOL     transparent huge pages for memory written through: huge blocks
  *                       (huge.c), and the halves huge_halves allows (small.c)
  *   huge_batch:BOOL     drop the pages a sparse huge span gathered in one call for many ranges

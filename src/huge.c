@@ -81,19 +81,27 @@ static void span_sized(ta_huge_t *h, size_t size) {
   TA_STORE(h->map_size, size);
 }
 
-/* What the cache may hold: ta_huge_cache_limit (64 MiB), or, for a program whose huge spans
- * take more than twice that, half their address space: about as many bytes as it has live in
- * huge blocks. A program that cycles through 20 buffers of 5-25 MiB (mimalloc-bench's
- * malloc-large, 300 MiB live) found no span to reuse for most of its requests in 64 MiB, and
- * faulted every page of the others in again (docs/design.md, "How much the cache keeps"). A
- * limit set (huge_cache_mb) is the limit: ta_huge_cache_grows is false then, as it is in the
- * hardened build, which keeps nothing. */
-static size_t cache_limit(void) {
+/* What the cache may hold when a span of `putting` bytes is put in it: ta_huge_cache_limit
+ * (64 MiB), or the address space of the huge blocks live besides that span, where that is more,
+ * up to TA_HUGE_CACHE_GROWTH times the setting (512 MiB). A program that cycles through 20
+ * buffers of 5-25 MiB (mimalloc-bench's malloc-large, 300 MiB live) found no span to reuse for
+ * most of its requests in 64 MiB, and faulted every page of the others in again
+ * (docs/design.md, "How much the cache keeps"). Live: every span less the cached ones (their
+ * slots' size hints) and the one put, so that neither the cache nor the span on its way in
+ * raises the limit: with nothing else live, it is the setting. A limit set (huge_cache_mb) is
+ * the limit: ta_huge_cache_grows is false then, as it is in the hardened build, which keeps
+ * nothing. Read at each put (cache_put), which also brings the cache down to it. */
+#define TA_HUGE_CACHE_GROWTH 8
+static size_t cache_limit(size_t putting) {
   size_t set = ta_huge_cache_limit;
   if (!ta_huge_cache_grows || set == 0) return set;
-  intptr_t all = atomic_load_explicit(&huge_bytes, memory_order_relaxed);
-  size_t half = all > 0 ? (size_t)all / 2 : 0;
-  return half <= set ? set : half;
+  intptr_t all = atomic_load_explicit(&huge_bytes, memory_order_relaxed) - (intptr_t)putting;
+  for (unsigned i = 0; i < TA_HUGE_SLOTS; i++)
+    if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL)
+      all -= (intptr_t)atomic_load_explicit(&cache_size_hint[i], memory_order_relaxed);
+  size_t live = all > 0 ? (size_t)all : 0;
+  if (live > set * TA_HUGE_CACHE_GROWTH) live = set * TA_HUGE_CACHE_GROWTH;
+  return live <= set ? set : live;
 }
 
 /* ---- huge pages only where they pay (see the top of the file) ---- */
@@ -755,7 +763,7 @@ static int slot_pick(size_t need, ta_huge_t **out) {
  * limit, unmapping the largest cached spans while it would not. False when no room can be made
  * (what is counted then belongs to puts in flight). The bytes are counted before the span is
  * published, so a thread that takes it subtracts what was added already: the tally never wraps, and
- * it never passes the limit, even for a moment. */
+ * it never passes the limit it is given, even for a moment (a put reads cache_limit once). */
 static bool cache_reserve(size_t size, size_t limit) {
   size_t cur = atomic_load_explicit(&cache_bytes, memory_order_relaxed);
   for (;;) {
@@ -777,8 +785,12 @@ static bool cache_put(ta_huge_t *h) {
   /* Read what we need of h now: once it is in a slot, another thread may own it. */
   size_t size = h->map_size, weight = cache_weight(h);
   uint64_t freed = h->freed_ms;
-  size_t limit = cache_limit();
-  if (weight > limit || !cache_reserve(weight, limit)) return false;
+  size_t limit = cache_limit(size);
+  if (weight > limit) {
+    cache_reserve(0, limit); /* not kept; the cache down to the limit, which may have fallen */
+    return false;
+  }
+  if (!cache_reserve(weight, limit)) return false;
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL) continue;
     atomic_store_explicit(&cache_size_hint[i], size, memory_order_relaxed);
@@ -910,7 +922,7 @@ size_t ta_huge_mapped(void) {
   intptr_t n = atomic_load(&huge_bytes);
   return n > 0 ? (size_t)n : 0;
 }
-size_t ta_huge_cache_room(void) { return cache_limit(); }
+size_t ta_huge_cache_room(void) { return cache_limit(0); }
 
 /* The weights of the spans in the slots, counted one by one (for tests: the tally must agree
  * with it whenever no thread is between a slot and the tally; and the fork child). */
