@@ -69,8 +69,9 @@ static _Atomic(ta_huge_t *) deferred; /* unmaps put off while statistics are rea
 
 /* The address space of every huge span, live or cached (their sizes summed), changed only
  * beside a system call that maps, cuts, grows, moves or unmaps one: the reuse of a cached
- * span costs nothing more. Signed: a fork between a call and its count (the child keeps the
- * count) may leave it a little off, never wrapped into a huge limit. */
+ * span costs nothing more. Signed: in a fork child it may be off (a call cut from its count,
+ * a span another thread held, leaked there), by as much as those spans, never wrapped into a
+ * huge limit (cache_limit caps what it gives). */
 static _Atomic intptr_t huge_bytes;
 static void huge_counted(intptr_t delta) {
   atomic_fetch_add_explicit(&huge_bytes, delta, memory_order_relaxed);
@@ -91,14 +92,22 @@ static void span_sized(ta_huge_t *h, size_t size) {
  * raises the limit: with nothing else live, it is the setting. A limit set (huge_cache_mb) is
  * the limit: ta_huge_cache_grows is false then, as it is in the hardened build, which keeps
  * nothing. Read at each put (cache_put), which also brings the cache down to it. */
+/* The address space of the cached spans: their slots' size hints (the spans are not ours to
+ * read). */
+static size_t cached_space(void) {
+  size_t cached = 0;
+  for (unsigned i = 0; i < TA_HUGE_SLOTS; i++)
+    if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL)
+      cached += atomic_load_explicit(&cache_size_hint[i], memory_order_relaxed);
+  return cached;
+}
+
 #define TA_HUGE_CACHE_GROWTH 8
 static size_t cache_limit(size_t putting) {
   size_t set = ta_huge_cache_limit;
   if (!ta_huge_cache_grows || set == 0) return set;
-  intptr_t all = atomic_load_explicit(&huge_bytes, memory_order_relaxed) - (intptr_t)putting;
-  for (unsigned i = 0; i < TA_HUGE_SLOTS; i++)
-    if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL)
-      all -= (intptr_t)atomic_load_explicit(&cache_size_hint[i], memory_order_relaxed);
+  intptr_t all = atomic_load_explicit(&huge_bytes, memory_order_relaxed) - (intptr_t)putting -
+                 (intptr_t)cached_space();
   size_t live = all > 0 ? (size_t)all : 0;
   if (live > set * TA_HUGE_CACHE_GROWTH) live = set * TA_HUGE_CACHE_GROWTH;
   return live <= set ? set : live;
@@ -954,10 +963,7 @@ size_t ta_huge_cached_count(void) {
  * cached bytes is refused as well, unmapping them cannot help, unless the kernel refuses
  * every mapping (the count of mappings at its limit), which unmapping does cure. */
 static bool purge_may_help(size_t need) {
-  size_t cached = 0; /* in address space: the slots' hints (their spans are not ours to read) */
-  for (unsigned i = 0; i < TA_HUGE_SLOTS; i++)
-    if (atomic_load_explicit(&cache_slot[i], memory_order_relaxed) != NULL)
-      cached += atomic_load_explicit(&cache_size_hint[i], memory_order_relaxed);
+  size_t cached = cached_space();
   if (cached == 0) return false;
   if (need <= cached) return true;
   void *p = ta_os_mmap(need - cached);
