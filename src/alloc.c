@@ -293,23 +293,33 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
   void *p = NULL;
   bool zeroed = false;
   unsigned cls = small_class_for(small_request(size), align);
-  if (cls != 0) {
-    p = ta_secure ? secure_small_alloc(a, cls) : small_alloc(a, cls, align);
-  } else if (!grows && ta_span_serves(size, align) &&
-             (chores_sometimes(a), (p = ta_span_alloc(size, &zeroed)) != NULL)) {
-    /* a span; without one (no new chunk could be had), the medium heap may still serve */
-  } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 && size + align <= TA_MEDIUM_MAX) {
-    if (!ta_secure && align <= TA_ALIGNMENT && a != looked && ta_medium_cache_may_serve(size) &&
-        (p = ta_medium_cache_alloc(a, size)) != NULL) {
-      chores_sometimes(a); /* a block the thread freed, whole (medium.c, "The cache") */
+  for (bool again = false;; again = true) {
+    bool huge = false;
+    if (cls != 0) {
+      p = ta_secure ? secure_small_alloc(a, cls) : small_alloc(a, cls, align);
+    } else if (!grows && ta_span_serves(size, align) &&
+               (chores_sometimes(a), (p = ta_span_alloc(size, &zeroed)) != NULL)) {
+      /* a span; without one (no new chunk could be had), the medium heap may still serve */
+    } else if (size <= TA_MEDIUM_MAX && align <= TA_MEDIUM_MAX / 4 &&
+               size + align <= TA_MEDIUM_MAX) {
+      if (!ta_secure && align <= TA_ALIGNMENT && a != looked && ta_medium_cache_may_serve(size) &&
+          (p = ta_medium_cache_alloc(a, size)) != NULL) {
+        chores_sometimes(a); /* a block the thread freed, whole (medium.c, "The cache") */
+      } else {
+        chores_round(a);
+        p = ta_medium_alloc(a, size, align, false);
+      }
     } else {
-      chores_round(a);
-      p = ta_medium_alloc(a, size, align, false);
+      huge = true;
+      if (align < TA_CHUNK_SIZE) slow_path_chores(a); /* else never from the cache */
+      p = ta_huge_alloc(a, size, align, zero, grows);
+      zeroed = true;
     }
-  } else {
-    if (align < TA_CHUNK_SIZE) slow_path_chores(a); /* else never from the cache */
-    p = ta_huge_alloc(a, size, align, zero, grows);
-    zeroed = true;
+    /* No chunk could be had (the kernel refused one: address space or commit charge short):
+     * the cache of freed huge spans, up to 512 MiB (huge.c, "How much the cache keeps"), may
+     * hold what it lacks. Unmapped, the request is made once more. A huge request's own
+     * mapping does the same where that can help (ta_huge_alloc). */
+    if (TA_LIKELY(p != NULL) || huge || again || !ta_huge_make_room(TA_CHUNK_SIZE)) break;
   }
   if (TA_LIKELY(p != NULL)) {
     TA_ADD(a->cnt.callocs, zero);

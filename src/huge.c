@@ -977,6 +977,10 @@ static bool purge_may_help(size_t need) {
   return false;
 }
 
+/* A mapping of `need` bytes was refused (a huge span here; a chunk: alloc.c, alloc_from): the
+ * cached spans are unmapped where that may make room. Whether any were. */
+bool ta_huge_make_room(size_t need) { return purge_may_help(need) && ta_huge_purge(0, true) > 0; }
+
 void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool grows) {
   bool beyond = align >= TA_CHUNK_SIZE;
   /* Hardened: 64 bytes of canary between the meta block and the data, and a guard page
@@ -1010,8 +1014,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool gr
       h = (ta_huge_t *)start;
     } else {
       h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
-      if (h == NULL && purge_may_help(need) && ta_huge_purge(0, true) > 0)
-        h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
+      if (h == NULL && ta_huge_make_room(need)) h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
       if (h == NULL) return NULL;
     }
     if (!ta_map_ready((uintptr_t)h + data_off)) { /* its map page refused (lazy commit) */

@@ -208,6 +208,55 @@ Test(os, mapping_failure_of_every_size_purges_the_cache) {
   ta_free(p);
 }
 
+/* A chunk for small or medium blocks that the kernel refuses once, its mapping (`lazy` false)
+ * or its commit (true): the cached spans are unmapped and the chunk asked for again, so the
+ * request succeeds. */
+static void refused_chunk_purges_the_cache(bool lazy, size_t size) {
+  ta_chunk_lazy_commit(lazy);
+  fill_huge_cache();
+  ta_os_fail(lazy ? TA_OS_COMMIT : TA_OS_MMAP, 0, 1);
+  errno = 0;
+  void *p = ta_malloc(size);
+  ta_os_fail(0, 0, 0);
+  cr_assert_not_null(p, "a %zu-byte request failed with %zu bytes of spans cached", size,
+                     ta_huge_cached_bytes());
+  cr_assert_eq(errno, 0);
+  cr_assert_eq(ta_huge_cached_bytes(), 0);
+  cr_assert_eq(ta_huge_cached_count(), 0);
+  memset(p, 1, size);
+  ta_free(p);
+}
+
+Test(os, refused_chunk_mapping_for_a_small_block_purges_the_cache) {
+  refused_chunk_purges_the_cache(false, 16);
+}
+Test(os, refused_chunk_mapping_for_a_medium_block_purges_the_cache) {
+  refused_chunk_purges_the_cache(false, 200000);
+}
+Test(os, refused_chunk_commit_for_a_small_block_purges_the_cache) {
+  refused_chunk_purges_the_cache(true, 16);
+}
+Test(os, refused_chunk_commit_for_a_medium_block_purges_the_cache) {
+  refused_chunk_purges_the_cache(true, 200000);
+}
+
+/* With nothing cached, a refused chunk fails its request as before: NULL and ENOMEM. */
+Test(os, refused_chunk_with_nothing_cached_fails_with_enomem) {
+  ta_chunk_lazy_commit(false);
+  ta_free(ta_malloc(6 * MiB));
+  ta_huge_purge(0, true);
+  cr_assert_eq(ta_huge_cached_count(), 0);
+  ta_os_fail(TA_OS_MMAP, 0, 1000);
+  errno = 0;
+  void *p = ta_malloc(16);
+  ta_os_fail(0, 0, 0);
+  cr_assert_null(p);
+  cr_assert_eq(errno, ENOMEM);
+  p = ta_malloc(16);
+  cr_assert_not_null(p, "the next request, the kernel willing, succeeds");
+  ta_free(p);
+}
+
 /* The granule map covers the address space the kernel hands out: where the main thread's
  * stack lies (AT_EXECFN's string), 47 bits at least; every block of every kind is in it. */
 Test(os, granule_map_covers_the_address_space) {
