@@ -284,6 +284,8 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
   ta_arena_t *a = ta_tl_arena;
   if (TA_UNLIKELY(a == &ta_sentinel_arena)) {
     a = arena_get_slow(&borrowed);
+    /* No arena could be mapped: the cached huge spans may hold the room (below). */
+    if (a == NULL && ta_huge_make_room(ta_page_size)) a = arena_get_slow(&borrowed);
     if (a == NULL) {
       errno = ENOMEM;
       return NULL;

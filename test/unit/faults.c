@@ -272,9 +272,10 @@ static void run_limited(int resource, const char *key, bool brk) {
 }
 
 /* The kernel itself refusing a chunk: in a child, freed huge blocks fill the cache, then the
- * address space is limited to 1 MiB above what the process maps. The first small block's
- * chunk and the first medium block's can only be had once the cached spans are unmapped. */
-Test(faults, rlimit_as_refusing_a_chunk_unmaps_the_cached_huge_spans) {
+ * address space is limited to 1 MiB above what the process maps. The request's chunk (its
+ * first of the kind: `size` 16 for small blocks, 200000 for medium ones) can only be had once
+ * the cached spans are unmapped. */
+static void refused_under_rlimit_as(size_t size) {
   fflush(NULL);
   pid_t pid = fork();
   cr_assert_geq(pid, 0);
@@ -289,23 +290,26 @@ Test(faults, rlimit_as_refusing_a_chunk_unmaps_the_cached_huge_spans) {
     struct rlimit rl;
     rl.rlim_cur = rl.rlim_max = status_bytes("VmSize:") + MiB;
     if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(3);
-    char *p = ta_malloc(16);
+    char *p = ta_malloc(size);
     if (p == NULL) _exit(4);
     if (ta_huge_cached_count() != 0) _exit(5);
-    char *m = ta_malloc(200000);
-    if (m == NULL) _exit(6);
-    memset(p, 1, 16);
-    memset(m, 2, 200000);
+    memset(p, 1, size);
     ta_free(p);
-    ta_free(m);
     _exit(0);
   }
   int status = tt_wait_timeout(pid, 60);
   char buf[128];
   cr_assert(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
-            "the child under the limit: %s (exit 3: set-up failed, 4: the small block failed,"
-            " 5: the cache kept, 6: the medium block failed)",
-            tt_describe_status(status, buf, sizeof buf));
+            "the child under the limit, %zu bytes: %s (exit 3: set-up failed, 4: the request"
+            " failed, 5: the cache kept)",
+            size, tt_describe_status(status, buf, sizeof buf));
+}
+
+Test(faults, rlimit_as_refusing_a_small_chunk_unmaps_the_cached_huge_spans) {
+  refused_under_rlimit_as(16);
+}
+Test(faults, rlimit_as_refusing_a_medium_chunk_unmaps_the_cached_huge_spans) {
+  refused_under_rlimit_as(200000);
 }
 
 Test(faults, rlimit_data_with_brk) { run_limited(RLIMIT_DATA, "VmData:", true); }

@@ -240,6 +240,29 @@ Test(os, refused_chunk_commit_for_a_medium_block_purges_the_cache) {
   refused_chunk_purges_the_cache(true, 200000);
 }
 
+/* A new thread whose arena the kernel refuses to map: the cached spans go, and its first
+ * request is made once more. */
+static void *first_malloc_of_a_thread(void *arg) {
+  (void)arg;
+  ta_os_fail(TA_OS_MMAP, 0, 1);
+  void *p = ta_malloc(16);
+  ta_os_fail(0, 0, 0);
+  return p;
+}
+
+Test(os, refused_arena_of_a_new_thread_purges_the_cache) {
+  ta_chunk_lazy_commit(false);
+  ta_free(ta_malloc(16)); /* this thread's arena and chunk: the new thread's is the one refused */
+  fill_huge_cache();
+  pthread_t t;
+  void *p = NULL;
+  cr_assert_eq(pthread_create(&t, NULL, first_malloc_of_a_thread, NULL), 0);
+  pthread_join(t, &p);
+  cr_assert_not_null(p, "the new thread's first malloc failed with spans cached");
+  cr_assert_eq(ta_huge_cached_count(), 0);
+  ta_free(p);
+}
+
 /* With nothing cached, a refused chunk fails its request as before: NULL and ENOMEM. */
 Test(os, refused_chunk_with_nothing_cached_fails_with_enomem) {
   ta_chunk_lazy_commit(false);
