@@ -281,11 +281,12 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
   if (size == 0) size = 1;
   bg_safe_point();
   bool borrowed = false;
+  uint64_t epoch = ta_huge_epoch(); /* before anything may be refused (below) */
   ta_arena_t *a = ta_tl_arena;
   if (TA_UNLIKELY(a == &ta_sentinel_arena)) {
     a = arena_get_slow(&borrowed);
     /* No arena could be mapped: the cached huge spans may hold the room (below). */
-    if (a == NULL && ta_huge_make_room(ta_page_size)) a = arena_get_slow(&borrowed);
+    if (a == NULL && ta_huge_make_room(ta_page_size, epoch)) a = arena_get_slow(&borrowed);
     if (a == NULL) {
       errno = ENOMEM;
       return NULL;
@@ -319,9 +320,10 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
     }
     /* No chunk could be had (the kernel refused one: address space or commit charge short):
      * the cache of freed huge spans, up to 512 MiB (huge.c, "How much the cache keeps"), may
-     * hold what it lacks. Unmapped, the request is made once more. A huge request's own
-     * mapping does the same where that can help (ta_huge_alloc). */
-    if (TA_LIKELY(p != NULL) || huge || again || !ta_huge_make_room(TA_CHUNK_SIZE)) break;
+     * hold what it lacks. Unmapped, here or by another thread since `epoch`, the request is
+     * made once more. A huge request's own mapping does the same where that can help
+     * (ta_huge_alloc). */
+    if (TA_LIKELY(p != NULL) || huge || again || !ta_huge_make_room(TA_CHUNK_SIZE, epoch)) break;
   }
   if (TA_LIKELY(p != NULL)) {
     TA_ADD(a->cnt.callocs, zero);

@@ -905,6 +905,10 @@ static ta_huge_t *cache_take(size_t least, size_t need) {
   return g;
 }
 
+/* Purges that unmapped cached spans, counted after their unmaps: a request refused before one
+ * and looking after it finds the cache empty, yet room was made (ta_huge_make_room). */
+static _Atomic uint64_t purge_epoch;
+
 /* Unmaps the cached spans freed at least decay_ms before `now` (all of them if `all`). */
 size_t ta_huge_purge(uint64_t now, bool all) {
   size_t freed = 0;
@@ -922,6 +926,7 @@ size_t ta_huge_purge(uint64_t now, bool all) {
     freed += h->map_size;
     huge_unmap(h);
   }
+  if (freed) atomic_fetch_add_explicit(&purge_epoch, 1, memory_order_release);
   if (next) ta_purge_note_global(&ta_huge_due, next);
   return freed;
 }
@@ -977,9 +982,16 @@ static bool purge_may_help(size_t need) {
   return false;
 }
 
-/* A mapping of `need` bytes was refused (a huge span here; a chunk: alloc.c, alloc_from): the
- * cached spans are unmapped where that may make room. Whether any were. */
-bool ta_huge_make_room(size_t need) { return purge_may_help(need) && ta_huge_purge(0, true) > 0; }
+uint64_t ta_huge_epoch(void) { return atomic_load_explicit(&purge_epoch, memory_order_acquire); }
+
+/* A mapping of `need` bytes was refused (a huge span here; a chunk or an arena: alloc.c,
+ * alloc_from) after `epoch` was read: whether it is worth asking again. The cached spans are
+ * unmapped where that may make room; or another thread's purge since `epoch` unmapped some
+ * (threads refused at once under a hard limit: the first to look empties the cache, and the
+ * others, finding it empty, would fail with room to be had). */
+bool ta_huge_make_room(size_t need, uint64_t epoch) {
+  return (purge_may_help(need) && ta_huge_purge(0, true) > 0) || ta_huge_epoch() != epoch;
+}
 
 void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool grows) {
   bool beyond = align >= TA_CHUNK_SIZE;
@@ -1013,8 +1025,9 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool gr
       if (stop > start + need) ta_os_trim(start + need, (size_t)(stop - (start + need)));
       h = (ta_huge_t *)start;
     } else {
+      uint64_t epoch = ta_huge_epoch();
       h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
-      if (h == NULL && ta_huge_make_room(need)) h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
+      if (h == NULL && ta_huge_make_room(need, epoch)) h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
       if (h == NULL) return NULL;
     }
     if (!ta_map_ready((uintptr_t)h + data_off)) { /* its map page refused (lazy commit) */

@@ -1324,7 +1324,10 @@ TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
 TA_HIDDEN void ta_huge_unmap_deferred(void);
 TA_HIDDEN void ta_huge_recount_after_fork(void);
 TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
-TA_HIDDEN bool ta_huge_make_room(size_t need); /* after a refused mapping: unmaps the cache */
+/* After a refused mapping: unmaps the cache, or sees a purge since `epoch` (ta_huge_epoch, read
+ * before the refused call); whether to ask again. */
+TA_HIDDEN bool ta_huge_make_room(size_t need, uint64_t epoch);
+TA_HIDDEN uint64_t ta_huge_epoch(void);
 size_t ta_huge_cached_bytes(void); /* for tests and statistics */
 size_t ta_huge_cached_count(void);
 size_t ta_huge_cache_sum(void); /* the slots' weights counted one by one (tests) */

@@ -263,6 +263,29 @@ Test(os, refused_arena_of_a_new_thread_purges_the_cache) {
   ta_free(p);
 }
 
+/* Threads refused at once under a hard limit: the first to look unmaps the cache, and the
+ * next finds it empty. The purge since its refusal (the epoch it read before its call) still
+ * tells it to ask again; with nothing cached and no purge since, there is no reason to. */
+Test(os, a_purge_between_a_refusal_and_its_look_still_asks_again) {
+  fill_huge_cache();
+  uint64_t epoch = ta_huge_epoch(); /* read before the call the kernel refuses */
+  cr_assert_gt(ta_huge_purge(0, true), 0, "another thread's look unmaps the cache");
+  cr_assert_eq(ta_huge_cached_count(), 0);
+  cr_assert(ta_huge_make_room(TA_CHUNK_SIZE, epoch), "room was made since the refusal");
+  cr_assert_not(ta_huge_make_room(TA_CHUNK_SIZE, ta_huge_epoch()),
+                "nothing cached, and no purge since the refusal");
+}
+
+Test(os, a_purge_that_unmaps_nothing_leaves_the_epoch) {
+  uint64_t epoch = ta_huge_epoch();
+  cr_assert_eq(ta_huge_purge(0, true), 0);
+  cr_assert_eq(ta_huge_epoch(), epoch);
+  fill_huge_cache();
+  cr_assert_eq(ta_huge_epoch(), epoch, "caching a span is no purge");
+  cr_assert_gt(ta_huge_purge(0, true), 0);
+  cr_assert_eq(ta_huge_epoch(), epoch + 1);
+}
+
 /* With nothing cached, a refused chunk fails its request as before: NULL and ENOMEM. */
 Test(os, refused_chunk_with_nothing_cached_fails_with_enomem) {
   ta_chunk_lazy_commit(false);
