@@ -82,16 +82,6 @@ static void span_sized(ta_huge_t *h, size_t size) {
   TA_STORE(h->map_size, size);
 }
 
-/* What the cache may hold when a span of `putting` bytes is put in it: ta_huge_cache_limit
- * (64 MiB), or the address space of the huge blocks live besides that span, where that is more,
- * up to TA_HUGE_CACHE_GROWTH times the setting (512 MiB). A program that cycles through 20
- * buffers of 5-25 MiB (mimalloc-bench's malloc-large, 300 MiB live) found no span to reuse for
- * most of its requests in 64 MiB, and faulted every page of the others in again
- * (docs/design.md, "How much the cache keeps"). Live: every span less the cached ones (their
- * slots' size hints) and the one put, so that neither the cache nor the span on its way in
- * raises the limit: with nothing else live, it is the setting. A limit set (huge_cache_mb) is
- * the limit: ta_huge_cache_grows is false then, as it is in the hardened build, which keeps
- * nothing. Read at each put (cache_put), which also brings the cache down to it. */
 /* The address space of the cached spans: their slots' size hints (the spans are not ours to
  * read). */
 static size_t cached_space(void) {
@@ -102,6 +92,16 @@ static size_t cached_space(void) {
   return cached;
 }
 
+/* What the cache may hold when a span of `putting` bytes is put in it: ta_huge_cache_limit
+ * (64 MiB), or the address space of the huge blocks live besides that span, where that is more,
+ * up to TA_HUGE_CACHE_GROWTH times the setting (512 MiB). A program that cycles through 20
+ * buffers of 5-25 MiB (mimalloc-bench's malloc-large, 300 MiB live) found no span to reuse for
+ * most of its requests in 64 MiB, and faulted every page of the others in again
+ * (docs/design.md, "How much the cache keeps"). Live: every span less the cached ones (their
+ * slots' size hints) and the one put, so that neither the cache nor the span on its way in
+ * raises the limit: with nothing else live, it is the setting. A limit set (huge_cache_mb) is
+ * the limit: ta_huge_cache_grows is false then, as it is in the hardened build, which keeps
+ * nothing. Read at each put (cache_put), which also brings the cache down to it. */
 #define TA_HUGE_CACHE_GROWTH 8
 static size_t cache_limit(size_t putting) {
   size_t set = ta_huge_cache_limit;
