@@ -66,6 +66,13 @@ static _Atomic size_t cache_bytes;
 _Atomic uint64_t ta_huge_due; /* earliest time a cached span may be purged; 0: none */
 
 static _Atomic(ta_huge_t *) deferred; /* unmaps put off while statistics are read */
+/* The spans put off and not unmapped yet: counted up before the push, down after the unmap
+ * and the count of purges (below) has moved, so that a look that sees none sees the purge. */
+static _Atomic size_t deferred_n;
+/* Purges and deferred unmaps that gave spans back to the kernel, counted after their unmaps:
+ * a request refused before one and looking after it finds the cache empty, yet room was made
+ * (ta_huge_make_room). Unmaps a statistics reader put off count when they are made. */
+static _Atomic uint64_t purge_epoch;
 
 /* The address space of every huge span, live or cached (their sizes summed), changed only
  * beside a system call that maps, cuts, grows, moves or unmaps one: the reuse of a cached
@@ -686,7 +693,8 @@ static void look(ta_huge_t *h) {
   h->look_in = (uint8_t)((1u << h->sparse_seen) - 1);
 }
 
-static void huge_unmap(ta_huge_t *h) {
+/* Whether h was unmapped now: else a statistics reader put it off until it leaves. */
+static bool huge_unmap(ta_huge_t *h) {
   kept_note(h, -1);
   huge_counted(-(intptr_t)h->map_size);
   hist_drop(h);
@@ -695,6 +703,7 @@ static void huge_unmap(ta_huge_t *h) {
   atomic_store_explicit(&h->state, 0, memory_order_relaxed);
   if (!ta_unmap_allowed()) {
     /* A statistics reader may be looking at this header: unmap when it is done. */
+    atomic_fetch_add_explicit(&deferred_n, 1, memory_order_relaxed);
     ta_huge_t *head = atomic_load_explicit(&deferred, memory_order_relaxed);
     do {
       h->next = head;
@@ -702,24 +711,29 @@ static void huge_unmap(ta_huge_t *h) {
                                                     memory_order_relaxed));
     /* The last reader may have left between our look and our push: then nobody would. */
     if (ta_unmap_allowed()) ta_huge_unmap_deferred();
-    return;
+    return false;
   }
   TA_STORE(h->check, 0);
   if (ta_os_munmap(h, h->map_size) != 0) {
     /* Cannot give it back: drop the pages at least; the mapping stays ours forever. */
     ta_os_decommit(h, h->map_size);
   }
+  return true;
 }
 
 /* Called by the last statistics reader on its way out. */
 void ta_huge_unmap_deferred(void) {
   ta_huge_t *h = atomic_exchange_explicit(&deferred, NULL, memory_order_acquire);
-  while (h) {
+  size_t n = 0;
+  for (; h != NULL; n++) {
     ta_huge_t *next = h->next;
     TA_STORE(h->check, 0);
     if (ta_os_munmap(h, h->map_size) != 0) ta_os_decommit(h, h->map_size);
     h = next;
   }
+  if (n == 0) return;
+  atomic_fetch_add_explicit(&purge_epoch, 1, memory_order_release);
+  atomic_fetch_sub_explicit(&deferred_n, n, memory_order_release);
 }
 
 /* What a cached span counts against the cache's limit: the memory it holds resident, as far
@@ -905,14 +919,12 @@ static ta_huge_t *cache_take(size_t least, size_t need) {
   return g;
 }
 
-/* Purges that unmapped cached spans, counted after their unmaps: a request refused before one
- * and looking after it finds the cache empty, yet room was made (ta_huge_make_room). */
-static _Atomic uint64_t purge_epoch;
-
-/* Unmaps the cached spans freed at least decay_ms before `now` (all of them if `all`). */
+/* Unmaps the cached spans freed at least decay_ms before `now` (all of them if `all`): their
+ * bytes, unmapped now or, while a statistics reader is active, when the last one leaves. */
 size_t ta_huge_purge(uint64_t now, bool all) {
   size_t freed = 0;
   uint64_t next = 0;
+  bool unmapped = false; /* now, not put off by a statistics reader */
   atomic_exchange_explicit(&ta_huge_due, 0, memory_order_seq_cst); /* RMW: see ta_purge_orphans */
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     ta_huge_t *h = atomic_load_explicit(&cache_slot[i], memory_order_relaxed);
@@ -924,9 +936,9 @@ size_t ta_huge_purge(uint64_t now, bool all) {
     }
     if (!slot_take(i, h)) continue;
     freed += h->map_size;
-    huge_unmap(h);
+    unmapped |= huge_unmap(h);
   }
-  if (freed) atomic_fetch_add_explicit(&purge_epoch, 1, memory_order_release);
+  if (unmapped) atomic_fetch_add_explicit(&purge_epoch, 1, memory_order_release);
   if (next) ta_purge_note_global(&ta_huge_due, next);
   return freed;
 }
@@ -950,7 +962,11 @@ size_t ta_huge_cache_sum(void) {
 }
 
 /* Fork child: a thread that was between a slot and the tally is gone; count again. */
-void ta_huge_recount_after_fork(void) { atomic_store(&cache_bytes, ta_huge_cache_sum()); }
+void ta_huge_recount_after_fork(void) {
+  atomic_store(&cache_bytes, ta_huge_cache_sum());
+  /* A thread that had counted a span put off, and had not pushed it, is gone: none waits. */
+  atomic_store(&deferred_n, 0);
+}
 
 /* The spans in the slots (for tests), counted from the slots, not kept beside them: each put
  * and take would pay a locked read-modify-write more for it (see ta_huge_free). */
@@ -984,13 +1000,27 @@ static bool purge_may_help(size_t need) {
 
 uint64_t ta_huge_epoch(void) { return atomic_load_explicit(&purge_epoch, memory_order_acquire); }
 
+/* How long a refused request waits for the unmaps a statistics reader put off. */
+#define TA_ROOM_WAIT_MS 100
+
 /* A mapping of `need` bytes was refused (a huge span here; a chunk or an arena: alloc.c,
  * alloc_from) after `epoch` was read: whether it is worth asking again. The cached spans are
  * unmapped where that may make room; or another thread's purge since `epoch` unmapped some
  * (threads refused at once under a hard limit: the first to look empties the cache, and the
  * others, finding it empty, would fail with room to be had). */
 bool ta_huge_make_room(size_t need, uint64_t epoch) {
-  return (purge_may_help(need) && ta_huge_purge(0, true) > 0) || ta_huge_epoch() != epoch;
+  if (purge_may_help(need)) ta_huge_purge(0, true);
+  /* Unmaps a statistics reader put off are made when the last reader leaves, and move the
+   * count then: waited for, a bounded time (a reader writing a heap map into a pipe may be
+   * held up by its consumer, or be this very thread, interrupted by a signal handler). */
+  uint64_t until = 0;
+  while (ta_huge_epoch() == epoch && atomic_load_explicit(&deferred_n, memory_order_acquire) > 0) {
+    uint64_t now = ta_os_now_ms();
+    if (until == 0) until = now + TA_ROOM_WAIT_MS;
+    if (now >= until) break;
+    ta_os_yield();
+  }
+  return ta_huge_epoch() != epoch;
 }
 
 void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool grows) {

@@ -286,6 +286,45 @@ Test(os, a_purge_that_unmaps_nothing_leaves_the_epoch) {
   cr_assert_eq(ta_huge_epoch(), epoch + 1);
 }
 
+/* A statistics reader puts the purge's unmaps off until it leaves (nothing may be unmapped
+ * under it): a refused request asks again only once they are made, waiting for the reader a
+ * bounded time. As the reader's own leaving does: the count down, the put-off unmaps made. */
+static void reader_leaves(void) {
+  if (atomic_fetch_sub(&ta_stats_readers, 1) == 1) ta_huge_unmap_deferred();
+}
+static void *reader_leaves_later(void *arg) {
+  (void)arg;
+  usleep(30000);
+  reader_leaves();
+  return NULL;
+}
+
+Test(os, a_purge_a_reader_puts_off_asks_again_once_its_unmaps_are_made) {
+  fill_huge_cache();
+  uint64_t epoch = ta_huge_epoch(); /* read before the call the kernel refuses */
+  uint64_t unmaps = ta_os_calls(TA_OS_MUNMAP);
+  atomic_fetch_add(&ta_stats_readers, 1);
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, reader_leaves_later, NULL), 0);
+  cr_assert(ta_huge_make_room(TA_CHUNK_SIZE, epoch), "the reader left, and the spans went");
+  cr_assert_geq(ta_os_calls(TA_OS_MUNMAP), unmaps + 4,
+                "asked again before the put-off unmaps were made");
+  pthread_join(t, NULL);
+}
+
+Test(os, a_reader_that_stays_fails_the_look_after_a_bounded_wait) {
+  fill_huge_cache();
+  uint64_t epoch = ta_huge_epoch();
+  uint64_t unmaps = ta_os_calls(TA_OS_MUNMAP);
+  atomic_fetch_add(&ta_stats_readers, 1); /* this thread's own: it cannot leave while waited for */
+  cr_assert_not(ta_huge_make_room(TA_CHUNK_SIZE, epoch), "nothing was unmapped yet");
+  cr_assert_eq(ta_huge_cached_count(), 0, "the cache was emptied, its unmaps put off");
+  cr_assert_eq(ta_os_calls(TA_OS_MUNMAP), unmaps);
+  reader_leaves();
+  cr_assert_geq(ta_os_calls(TA_OS_MUNMAP), unmaps + 4);
+  cr_assert(ta_huge_make_room(TA_CHUNK_SIZE, epoch), "the unmaps made on leaving count");
+}
+
 /* With nothing cached, a refused chunk fails its request as before: NULL and ENOMEM. */
 Test(os, refused_chunk_with_nothing_cached_fails_with_enomem) {
   ta_chunk_lazy_commit(false);
