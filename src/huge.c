@@ -1000,6 +1000,19 @@ static bool purge_may_help(size_t need) {
 
 uint64_t ta_huge_epoch(void) { return atomic_load_explicit(&purge_epoch, memory_order_acquire); }
 
+/* A fresh span of `need` bytes for a block aligned to `align` (a granule or more): its data
+ * at `align`, its meta block in the granule just below; NULL if the kernel refuses. */
+static ta_huge_t *map_over_aligned(size_t need, size_t align) {
+  char *m = ta_os_mmap(need + align);
+  if (m == NULL) return NULL;
+  char *data = (char *)ta_align_up((uintptr_t)m + TA_CHUNK_SIZE, align);
+  char *start = data - TA_CHUNK_SIZE;
+  char *stop = m + need + align;
+  if (start > m) ta_os_trim(m, (size_t)(start - m));
+  if (stop > start + need) ta_os_trim(start + need, (size_t)(stop - (start + need)));
+  return (ta_huge_t *)start;
+}
+
 /* How long a refused request waits for the unmaps a statistics reader put off. */
 #define TA_ROOM_WAIT_MS 100
 
@@ -1043,26 +1056,20 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool gr
     if (h) fresh = false;
   }
   if (h == NULL) {
-    if (beyond) {
-      /* Data aligned to `align`, meta block in the granule just below it. */
-      if (need > SIZE_MAX - align) return NULL;
-      char *m = ta_os_mmap(need + align);
-      if (m == NULL) return NULL;
-      char *data = (char *)ta_align_up((uintptr_t)m + TA_CHUNK_SIZE, align);
-      char *start = data - TA_CHUNK_SIZE;
-      char *stop = m + need + align;
-      if (start > m) ta_os_trim(m, (size_t)(start - m));
-      if (stop > start + need) ta_os_trim(start + need, (size_t)(stop - (start + need)));
-      h = (ta_huge_t *)start;
-    } else {
-      uint64_t epoch = ta_huge_epoch();
-      h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
-      if (h == NULL && ta_huge_make_room(need, epoch)) h = ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
-      if (h == NULL) return NULL;
-    }
-    if (!ta_map_ready((uintptr_t)h + data_off)) { /* its map page refused (lazy commit) */
-      ta_os_trim(h, need);                        /* never used */
-      return NULL;
+    if (beyond && need > SIZE_MAX - align) return NULL;
+    /* Refused (the mapping, or its page of the granule map under lazy commit: address space
+     * or commit charge short), it is asked for once more if the cache's unmaps made room. */
+    uint64_t epoch = ta_huge_epoch();
+    for (bool again = false;; again = true) {
+      h = beyond ? map_over_aligned(need, align) : ta_os_mmap_aligned(need, TA_CHUNK_SIZE);
+      size_t short_of = beyond ? need + align : need;
+      if (h != NULL) {
+        if (ta_map_ready((uintptr_t)h + data_off)) break;
+        ta_os_trim(h, need); /* never used */
+        h = NULL;
+        short_of = ta_page_size;
+      }
+      if (again || !ta_huge_make_room(short_of, epoch)) return NULL;
     }
   }
   bool pad = padded(data_off, size);

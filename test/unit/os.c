@@ -208,6 +208,22 @@ Test(os, mapping_failure_of_every_size_purges_the_cache) {
   ta_free(p);
 }
 
+/* A block aligned to a granule or more never comes from the cache, but its mapping, refused
+ * once, unmaps the cache and is asked for again, as any huge block's. */
+Test(os, refused_over_aligned_mapping_purges_the_cache) {
+  fill_huge_cache();
+  ta_os_fail(TA_OS_MMAP, 0, 1);
+  errno = 0;
+  void *p = ta_aligned_alloc(8 * MiB, 100 * MiB);
+  ta_os_fail(0, 0, 0);
+  cr_assert_not_null(p, "the cache was given back and the mapping tried again");
+  cr_assert_eq((uintptr_t)p % (8 * MiB), 0);
+  cr_assert_eq(ta_huge_cached_count(), 0);
+  memset(p, 1, 4096);
+  memset((char *)p + 100 * MiB - 4096, 1, 4096);
+  ta_free(p);
+}
+
 /* A chunk for small or medium blocks that the kernel refuses once, its mapping (`lazy` false)
  * or its commit (true): the cached spans are unmapped and the chunk asked for again, so the
  * request succeeds. */
