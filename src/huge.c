@@ -66,13 +66,20 @@ static _Atomic size_t cache_bytes;
 _Atomic uint64_t ta_huge_due; /* earliest time a cached span may be purged; 0: none */
 
 static _Atomic(ta_huge_t *) deferred; /* unmaps put off while statistics are read */
-/* The spans put off and not unmapped yet: counted up before the push, down after the unmap
- * and the count of purges (below) has moved, so that a look that sees none sees the purge. */
-static _Atomic size_t deferred_n;
-/* Purges and deferred unmaps that gave spans back to the kernel, counted after their unmaps:
- * a request refused before one and looking after it finds the cache empty, yet room was made
- * (ta_huge_make_room). Unmaps a statistics reader put off count when they are made. */
-static _Atomic uint64_t purge_epoch;
+/* What a refused request looks at (ta_huge_make_room), besides the cache:
+ * - unmap_epoch: the unmaps of huge spans made, counted after each (a purge's, an eviction's,
+ *   the ones a statistics reader put off, made when it leaves): a request refused before one
+ *   and looking after it finds the cache empty, yet room was made;
+ * - unmapping: the threads between taking a span out of a slot to unmap it and that unmap
+ *   (made, or put off), which a request that finds the slot empty waits for;
+ * - deferred_bytes: the spans put off and not unmapped yet, counted up before the push and
+ *   down once the epoch has moved for them, so that a look that sees none sees the epoch.
+ * Both counts are signed: a fork child sets them to zero (the threads that had raised them
+ * are gone there), and the forking thread, had a signal handler's fork cut it between a
+ * raise and its lowering, lowers its own below zero, which counts as none. */
+static _Atomic uint64_t unmap_epoch;
+static _Atomic int unmapping;
+static _Atomic intptr_t deferred_bytes;
 
 /* The address space of every huge span, live or cached (their sizes summed), changed only
  * beside a system call that maps, cuts, grows, moves or unmaps one: the reuse of a cached
@@ -693,8 +700,8 @@ static void look(ta_huge_t *h) {
   h->look_in = (uint8_t)((1u << h->sparse_seen) - 1);
 }
 
-/* Whether h was unmapped now: else a statistics reader put it off until it leaves. */
-static bool huge_unmap(ta_huge_t *h) {
+/* Unmaps h now, or, while a statistics reader is active, when the last one leaves. */
+static void huge_unmap(ta_huge_t *h) {
   kept_note(h, -1);
   huge_counted(-(intptr_t)h->map_size);
   hist_drop(h);
@@ -703,7 +710,7 @@ static bool huge_unmap(ta_huge_t *h) {
   atomic_store_explicit(&h->state, 0, memory_order_relaxed);
   if (!ta_unmap_allowed()) {
     /* A statistics reader may be looking at this header: unmap when it is done. */
-    atomic_fetch_add_explicit(&deferred_n, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&deferred_bytes, (intptr_t)h->map_size, memory_order_relaxed);
     ta_huge_t *head = atomic_load_explicit(&deferred, memory_order_relaxed);
     do {
       h->next = head;
@@ -711,29 +718,33 @@ static bool huge_unmap(ta_huge_t *h) {
                                                     memory_order_relaxed));
     /* The last reader may have left between our look and our push: then nobody would. */
     if (ta_unmap_allowed()) ta_huge_unmap_deferred();
-    return false;
+    return;
   }
   TA_STORE(h->check, 0);
   if (ta_os_munmap(h, h->map_size) != 0) {
-    /* Cannot give it back: drop the pages at least; the mapping stays ours forever. */
+    /* Cannot give it back: drop the pages at least (commit charge a refused request may
+     * lack); the mapping stays ours forever. */
     ta_os_decommit(h, h->map_size);
   }
-  return true;
+  atomic_fetch_add_explicit(&unmap_epoch, 1, memory_order_release);
 }
 
-/* Called by the last statistics reader on its way out. */
+/* The unmaps put off while statistics were read: by the last reader on its way out, by an
+ * unmap that finds the last one left meanwhile, and in a fork child. */
 void ta_huge_unmap_deferred(void) {
   ta_huge_t *h = atomic_exchange_explicit(&deferred, NULL, memory_order_acquire);
-  size_t n = 0;
-  for (; h != NULL; n++) {
+  size_t bytes = 0;
+  while (h != NULL) {
     ta_huge_t *next = h->next;
+    size_t size = h->map_size;
     TA_STORE(h->check, 0);
-    if (ta_os_munmap(h, h->map_size) != 0) ta_os_decommit(h, h->map_size);
+    if (ta_os_munmap(h, size) != 0) ta_os_decommit(h, size);
+    bytes += size;
     h = next;
   }
-  if (n == 0) return;
-  atomic_fetch_add_explicit(&purge_epoch, 1, memory_order_release);
-  atomic_fetch_sub_explicit(&deferred_n, n, memory_order_release);
+  if (bytes == 0) return;
+  atomic_fetch_add_explicit(&unmap_epoch, 1, memory_order_release);
+  atomic_fetch_sub_explicit(&deferred_bytes, (intptr_t)bytes, memory_order_release);
 }
 
 /* What a cached span counts against the cache's limit: the memory it holds resident, as far
@@ -757,11 +768,27 @@ static size_t cache_weight(const ta_huge_t *h) {
 
 /* Takes the span of slot i if it is still `h`; the caller then owns it. */
 static bool slot_take(unsigned i, ta_huge_t *h) {
-  if (!atomic_compare_exchange_strong_explicit(&cache_slot[i], &h, NULL, memory_order_acquire,
+  /* A release too: a refused request that finds the slot empty sees the count of unmaps in
+   * flight raised before it (slot_unmap, ta_huge_make_room). */
+  if (!atomic_compare_exchange_strong_explicit(&cache_slot[i], &h, NULL, memory_order_acq_rel,
                                                memory_order_relaxed))
     return false;
   atomic_fetch_sub_explicit(&cache_bytes, cache_weight(h), memory_order_relaxed);
   return true;
+}
+
+/* Takes span h out of slot i and unmaps it (now, or once statistics are read: huge_unmap):
+ * its size, or 0 if another thread took it first. Counted in `unmapping` meanwhile, so that a
+ * refused request that finds the slot empty waits for the unmap (ta_huge_make_room). */
+static size_t slot_unmap(unsigned i, ta_huge_t *h) {
+  atomic_fetch_add_explicit(&unmapping, 1, memory_order_seq_cst);
+  size_t size = 0;
+  if (slot_take(i, h)) {
+    size = h->map_size;
+    huge_unmap(h);
+  }
+  atomic_fetch_sub_explicit(&unmapping, 1, memory_order_release);
+  return size;
 }
 
 /* Index of the cached span to take: the best fit for `need`, else (need == 0) the largest. */
@@ -799,7 +826,7 @@ static bool cache_reserve(size_t size, size_t limit) {
     ta_huge_t *v = NULL;
     int i = slot_pick(0, &v);
     if (i < 0) return false;
-    if (slot_take((unsigned)i, v)) huge_unmap(v);
+    slot_unmap((unsigned)i, v);
     cur = atomic_load_explicit(&cache_bytes, memory_order_relaxed);
   }
 }
@@ -924,7 +951,6 @@ static ta_huge_t *cache_take(size_t least, size_t need) {
 size_t ta_huge_purge(uint64_t now, bool all) {
   size_t freed = 0;
   uint64_t next = 0;
-  bool unmapped = false; /* now, not put off by a statistics reader */
   atomic_exchange_explicit(&ta_huge_due, 0, memory_order_seq_cst); /* RMW: see ta_purge_orphans */
   for (unsigned i = 0; i < TA_HUGE_SLOTS; i++) {
     ta_huge_t *h = atomic_load_explicit(&cache_slot[i], memory_order_relaxed);
@@ -934,11 +960,8 @@ size_t ta_huge_purge(uint64_t now, bool all) {
       if (next == 0 || t + ta_decay_ms < next) next = t + ta_decay_ms;
       continue;
     }
-    if (!slot_take(i, h)) continue;
-    freed += h->map_size;
-    unmapped |= huge_unmap(h);
+    freed += slot_unmap(i, h);
   }
-  if (unmapped) atomic_fetch_add_explicit(&purge_epoch, 1, memory_order_release);
   if (next) ta_purge_note_global(&ta_huge_due, next);
   return freed;
 }
@@ -964,8 +987,10 @@ size_t ta_huge_cache_sum(void) {
 /* Fork child: a thread that was between a slot and the tally is gone; count again. */
 void ta_huge_recount_after_fork(void) {
   atomic_store(&cache_bytes, ta_huge_cache_sum());
-  /* A thread that had counted a span put off, and had not pushed it, is gone: none waits. */
-  atomic_store(&deferred_n, 0);
+  /* What other threads were unmapping, or had counted put off and not pushed, is leaked in
+   * the child: nothing is waited for (the unmaps put off were made: ta_stats_reset_after_fork). */
+  atomic_store(&unmapping, 0);
+  atomic_store(&deferred_bytes, 0);
 }
 
 /* The spans in the slots (for tests), counted from the slots, not kept beside them: each put
@@ -984,7 +1009,8 @@ size_t ta_huge_cached_count(void) {
  * cached bytes is refused as well, unmapping them cannot help, unless the kernel refuses
  * every mapping (the count of mappings at its limit), which unmapping does cure. */
 static bool purge_may_help(size_t need) {
-  size_t cached = cached_space();
+  intptr_t later = atomic_load_explicit(&deferred_bytes, memory_order_relaxed);
+  size_t cached = cached_space() + (later > 0 ? (size_t)later : 0);
   if (cached == 0) return false;
   if (need <= cached) return true;
   void *p = ta_os_mmap(need - cached);
@@ -998,7 +1024,7 @@ static bool purge_may_help(size_t need) {
   return false;
 }
 
-uint64_t ta_huge_epoch(void) { return atomic_load_explicit(&purge_epoch, memory_order_acquire); }
+uint64_t ta_huge_epoch(void) { return atomic_load_explicit(&unmap_epoch, memory_order_acquire); }
 
 /* A fresh span of `need` bytes for a block aligned to `align` (a granule or more): its data
  * at `align`, its meta block in the granule just below; NULL if the kernel refuses. */
@@ -1013,25 +1039,34 @@ static ta_huge_t *map_over_aligned(size_t need, size_t align) {
   return (ta_huge_t *)start;
 }
 
-/* How long a refused request waits for the unmaps a statistics reader put off. */
+/* How long a refused request waits for unmaps in flight or put off by a statistics reader. */
 #define TA_ROOM_WAIT_MS 100
 
 /* A mapping of `need` bytes was refused (a huge span here; a chunk or an arena: alloc.c,
  * alloc_from) after `epoch` was read: whether it is worth asking again. The cached spans are
- * unmapped where that may make room; or another thread's purge since `epoch` unmapped some
- * (threads refused at once under a hard limit: the first to look empties the cache, and the
- * others, finding it empty, would fail with room to be had). */
+ * unmapped where that may make room (spans put off by a statistics reader count as cached);
+ * or another thread's unmaps since `epoch` made some (threads refused at once under a hard
+ * limit: the first to look empties the cache, and the others, finding it empty, would fail
+ * with room to be had). Unmaps in flight in other threads, and, where unmapping may help,
+ * the ones a statistics reader put off until it leaves, are waited for, up to
+ * TA_ROOM_WAIT_MS, asleep: a reader writing a heap map into a pipe may be held up by its
+ * consumer, or be this very thread, interrupted by a signal handler (then the request
+ * fails after the wait). The callers hold no lock of the allocator's. */
 bool ta_huge_make_room(size_t need, uint64_t epoch) {
-  if (purge_may_help(need)) ta_huge_purge(0, true);
-  /* Unmaps a statistics reader put off are made when the last reader leaves, and move the
-   * count then: waited for, a bounded time (a reader writing a heap map into a pipe may be
-   * held up by its consumer, or be this very thread, interrupted by a signal handler). */
+  bool help = purge_may_help(need);
+  if (help) ta_huge_purge(0, true);
+  /* Pairs with slot_take's release: a slot found empty (cached_space) by another thread's
+   * unmap in flight shows the count raised before it. */
+  atomic_thread_fence(memory_order_acquire);
   uint64_t until = 0;
-  while (ta_huge_epoch() == epoch && atomic_load_explicit(&deferred_n, memory_order_acquire) > 0) {
+  while (ta_huge_epoch() == epoch) {
+    if (atomic_load_explicit(&unmapping, memory_order_acquire) <= 0 &&
+        (!help || atomic_load_explicit(&deferred_bytes, memory_order_acquire) <= 0))
+      break;
     uint64_t now = ta_os_now_ms();
     if (until == 0) until = now + TA_ROOM_WAIT_MS;
     if (now >= until) break;
-    ta_os_yield();
+    ta_os_nap_ms(1);
   }
   return ta_huge_epoch() != epoch;
 }

@@ -738,6 +738,7 @@ TA_HIDDEN void ta_os_thread_name(const char *name);
 /* Sleeps while *word == val, at most timeout_ms (0: no limit); wakes one sleeper. */
 TA_HIDDEN void ta_os_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ms);
 TA_HIDDEN void ta_os_yield(void); /* sched_yield */
+TA_HIDDEN void ta_os_nap_ms(unsigned ms); /* sleeps ms milliseconds (a signal may cut it short) */
 TA_HIDDEN void ta_os_futex_wake(_Atomic uint32_t *word);
 /* The process's threads made to pass a memory barrier each (membarrier, private expedited):
  * ta_os_barrier_register once, true when the kernel will; then ta_os_barrier, 0 on success. */
@@ -1324,8 +1325,9 @@ TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
 TA_HIDDEN void ta_huge_unmap_deferred(void);
 TA_HIDDEN void ta_huge_recount_after_fork(void);
 TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
-/* After a refused mapping: unmaps the cache, or sees a purge since `epoch` (ta_huge_epoch, read
- * before the refused call); whether to ask again. */
+/* After a refused mapping: unmaps the cache, or sees unmaps since `epoch` (ta_huge_epoch, read
+ * before the refused call); whether to ask again. May sleep up to 100 ms for unmaps in flight
+ * or put off by a statistics reader: called without any lock of the allocator's. */
 TA_HIDDEN bool ta_huge_make_room(size_t need, uint64_t epoch);
 TA_HIDDEN uint64_t ta_huge_epoch(void);
 size_t ta_huge_cached_bytes(void); /* for tests and statistics */

@@ -920,6 +920,13 @@ void ta_brk_lock(void) {
 
 void ta_os_yield(void) { sched_yield(); }
 
+void ta_os_nap_ms(unsigned ms) {
+  int saved = errno;
+  struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+  errno = saved;
+}
+
 void ta_brk_unlock(void) {
   if (atomic_exchange_explicit(&brk_lock_word, 0, memory_order_release) == 2)
     ta_os_futex_wake(&brk_lock_word);
