@@ -68,15 +68,17 @@ _Atomic uint64_t ta_huge_due; /* earliest time a cached span may be purged; 0: n
 static _Atomic(ta_huge_t *) deferred; /* unmaps put off while statistics are read */
 /* What a refused request looks at (ta_huge_make_room), besides the cache:
  * - unmap_epoch: the unmaps of huge spans made, counted after each (a purge's, an eviction's,
- *   the ones a statistics reader put off, made when it leaves): a request refused before one
- *   and looking after it finds the cache empty, yet room was made;
+ *   a free's), and once for the batch a statistics reader put off, made when it leaves: a
+ *   request refused before one and looking after it finds the cache empty, yet room was made;
  * - unmapping: the threads between taking a span out of a slot to unmap it and that unmap
  *   (made, or put off), which a request that finds the slot empty waits for;
  * - deferred_bytes: the spans put off and not unmapped yet, counted up before the push and
  *   down once the epoch has moved for them, so that a look that sees none sees the epoch.
  * Both counts are signed: a fork child sets them to zero (the threads that had raised them
  * are gone there), and the forking thread, had a signal handler's fork cut it between a
- * raise and its lowering, lowers its own below zero, which counts as none. */
+ * raise and its lowering, lowers its own below zero, which counts as none (and hides as much
+ * of a later count in that child: its requests then wait for less). A span that a thread took
+ * to reuse, and unmaps instead (cache_take), is not counted in flight. */
 static _Atomic uint64_t unmap_epoch;
 static _Atomic int unmapping;
 static _Atomic intptr_t deferred_bytes;
@@ -1039,8 +1041,11 @@ static ta_huge_t *map_over_aligned(size_t need, size_t align) {
   return (ta_huge_t *)start;
 }
 
-/* How long a refused request waits for unmaps in flight or put off by a statistics reader. */
-#define TA_ROOM_WAIT_MS 100
+/* How long a refused request waits for unmaps in flight or put off by a statistics reader:
+ * 100 ms (tests change it); and the naps it took to wait (tests). */
+_Atomic unsigned ta_huge_room_wait_ms = 100;
+static _Atomic uint64_t room_naps;
+uint64_t ta_huge_room_naps(void) { return atomic_load(&room_naps); }
 
 /* A mapping of `need` bytes was refused (a huge span here; a chunk or an arena: alloc.c,
  * alloc_from) after `epoch` was read: whether it is worth asking again. The cached spans are
@@ -1049,7 +1054,7 @@ static ta_huge_t *map_over_aligned(size_t need, size_t align) {
  * limit: the first to look empties the cache, and the others, finding it empty, would fail
  * with room to be had). Unmaps in flight in other threads, and, where unmapping may help,
  * the ones a statistics reader put off until it leaves, are waited for, up to
- * TA_ROOM_WAIT_MS, asleep: a reader writing a heap map into a pipe may be held up by its
+ * 100 ms, asleep: a reader writing a heap map into a pipe may be held up by its
  * consumer, or be this very thread, interrupted by a signal handler (then the request
  * fails after the wait). The callers hold no lock of the allocator's. */
 bool ta_huge_make_room(size_t need, uint64_t epoch) {
@@ -1059,13 +1064,21 @@ bool ta_huge_make_room(size_t need, uint64_t epoch) {
    * unmap in flight shows the count raised before it. */
   atomic_thread_fence(memory_order_acquire);
   uint64_t until = 0;
+  bool judged = help; /* whether `help` saw the unmaps put off */
   while (ta_huge_epoch() == epoch) {
-    if (atomic_load_explicit(&unmapping, memory_order_acquire) <= 0 &&
-        (!help || atomic_load_explicit(&deferred_bytes, memory_order_acquire) <= 0))
-      break;
+    bool flight = atomic_load_explicit(&unmapping, memory_order_acquire) > 0;
+    bool later = atomic_load_explicit(&deferred_bytes, memory_order_acquire) > 0;
+    if (!flight && later && !judged) {
+      /* Unmaps that were in flight when the slots were found empty, put off since: judged
+       * as cached bytes now, once. */
+      judged = true;
+      help = purge_may_help(need);
+    }
+    if (!flight && !(help && later)) break;
     uint64_t now = ta_os_now_ms();
-    if (until == 0) until = now + TA_ROOM_WAIT_MS;
+    if (until == 0) until = now + atomic_load_explicit(&ta_huge_room_wait_ms, memory_order_relaxed);
     if (now >= until) break;
+    atomic_fetch_add_explicit(&room_naps, 1, memory_order_relaxed);
     ta_os_nap_ms(1);
   }
   return ta_huge_epoch() != epoch;

@@ -1330,6 +1330,8 @@ TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
  * or put off by a statistics reader: called without any lock of the allocator's. */
 TA_HIDDEN bool ta_huge_make_room(size_t need, uint64_t epoch);
 TA_HIDDEN uint64_t ta_huge_epoch(void);
+TA_HIDDEN extern _Atomic unsigned ta_huge_room_wait_ms; /* the wait's bound: 100 ms (tests) */
+uint64_t ta_huge_room_naps(void);                       /* the wait's naps so far (tests) */
 size_t ta_huge_cached_bytes(void); /* for tests and statistics */
 size_t ta_huge_cached_count(void);
 size_t ta_huge_cache_sum(void); /* the slots' weights counted one by one (tests) */

@@ -920,10 +920,12 @@ void ta_brk_lock(void) {
 
 void ta_os_yield(void) { sched_yield(); }
 
+/* The system call itself: nanosleep() is a cancellation point, and a malloc must not be one
+ * (a thread cancelled there would leave a borrowed arena claimed, for one). */
 void ta_os_nap_ms(unsigned ms) {
   int saved = errno;
   struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
+  syscall(SYS_clock_nanosleep, CLOCK_MONOTONIC, 0, &ts, NULL);
   errno = saved;
 }
 

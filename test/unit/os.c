@@ -306,16 +306,15 @@ Test(os, a_purge_that_unmaps_nothing_leaves_the_epoch) {
 /* A statistics reader puts the purge's unmaps off until it leaves (nothing may be unmapped
  * under it): a refused request asks again only once they are made, waiting for the reader a
  * bounded time. As the reader's own leaving does: the count down, the put-off unmaps made. */
+static _Atomic bool waiter_done;
 static void reader_leaves(void) {
   if (atomic_fetch_sub(&ta_stats_readers, 1) == 1) ta_huge_unmap_deferred();
 }
-/* Leaves a moment after the cache is found empty (the request is waiting then, or about to):
- * well within the wait's bound, however late this thread started. */
+/* Leaves once the request is seen waiting (a nap taken), or has given up (`done`). */
 static void *reader_leaves_later(void *arg) {
-  (void)arg;
-  while (ta_huge_cached_count() != 0)
+  uint64_t naps = *(uint64_t *)arg;
+  while (ta_huge_room_naps() == naps && !atomic_load(&waiter_done))
     sched_yield();
-  usleep(5000);
   reader_leaves();
   return NULL;
 }
@@ -328,18 +327,16 @@ Test(os, a_purge_a_reader_puts_off_asks_again_once_its_unmaps_are_made) {
   /* Another thread's look emptied the cache, its unmaps put off: they count as cached. */
   cr_assert_gt(ta_huge_purge(0, true), 0);
   cr_assert_eq(ta_huge_epoch(), epoch, "nothing unmapped yet");
+  ta_huge_room_wait_ms = 60000; /* whatever the machine's load, the reader leaves first */
+  uint64_t naps = ta_huge_room_naps();
   pthread_t t;
-  cr_assert_eq(pthread_create(&t, NULL, reader_leaves_later, NULL), 0);
-  cr_assert(ta_huge_make_room(TA_CHUNK_SIZE, epoch), "the reader left, and the spans went");
+  cr_assert_eq(pthread_create(&t, NULL, reader_leaves_later, &naps), 0);
+  bool again = ta_huge_make_room(TA_CHUNK_SIZE, epoch);
+  atomic_store(&waiter_done, true);
+  cr_assert(again, "the reader left, and the spans went");
   cr_assert_geq(ta_os_calls(TA_OS_MUNMAP), unmaps + 4,
                 "asked again before the put-off unmaps were made");
   pthread_join(t, NULL);
-}
-
-static uint64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 Test(os, a_reader_that_stays_fails_the_look_after_a_bounded_wait) {
@@ -347,14 +344,42 @@ Test(os, a_reader_that_stays_fails_the_look_after_a_bounded_wait) {
   uint64_t epoch = ta_huge_epoch();
   uint64_t unmaps = ta_os_calls(TA_OS_MUNMAP);
   atomic_fetch_add(&ta_stats_readers, 1); /* this thread's own: it cannot leave while waited for */
-  uint64_t t0 = now_ms();
+  ta_huge_room_wait_ms = 20;
+  uint64_t naps = ta_huge_room_naps();
   cr_assert_not(ta_huge_make_room(TA_CHUNK_SIZE, epoch), "nothing was unmapped yet");
-  cr_assert_geq(now_ms() - t0, 80, "the put-off unmaps were waited for, 100 ms");
+  cr_assert_gt(ta_huge_room_naps(), naps, "the put-off unmaps were waited for");
   cr_assert_eq(ta_huge_cached_count(), 0, "the cache was emptied, its unmaps put off");
   cr_assert_eq(ta_os_calls(TA_OS_MUNMAP), unmaps);
   reader_leaves();
   cr_assert_geq(ta_os_calls(TA_OS_MUNMAP), unmaps + 4);
   cr_assert(ta_huge_make_room(TA_CHUNK_SIZE, epoch), "the unmaps made on leaving count");
+}
+
+/* malloc is no cancellation point: a thread with a cancellation pending that waits for put-off
+ * unmaps comes back from the wait (and is cancelled at its next cancellation point). */
+static void *wait_with_cancel_pending(void *arg) {
+  pthread_cancel(pthread_self()); /* deferred: pending until a cancellation point */
+  ta_huge_make_room(TA_CHUNK_SIZE, ta_huge_epoch());
+  atomic_store((_Atomic bool *)arg, true);
+  pthread_testcancel();
+  return NULL;
+}
+
+Test(os, the_wait_for_put_off_unmaps_is_no_cancellation_point) {
+  fill_huge_cache();
+  atomic_fetch_add(&ta_stats_readers, 1); /* stays while the thread waits */
+  cr_assert_gt(ta_huge_purge(0, true), 0);
+  ta_huge_room_wait_ms = 20;
+  uint64_t naps = ta_huge_room_naps();
+  _Atomic bool back = false;
+  pthread_t t;
+  void *res = NULL;
+  cr_assert_eq(pthread_create(&t, NULL, wait_with_cancel_pending, &back), 0);
+  pthread_join(t, &res);
+  reader_leaves();
+  cr_assert_gt(ta_huge_room_naps(), naps, "the thread waited");
+  cr_assert(atomic_load(&back), "the thread was cancelled inside the wait");
+  cr_assert_eq(res, PTHREAD_CANCELED);
 }
 
 /* A request refused whatever is unmapped (a probe of 64 TiB) does not wait for the unmaps a
@@ -364,16 +389,16 @@ Test(os, a_hopeless_probe_does_not_wait_for_put_off_unmaps) {
   atomic_fetch_add(&ta_stats_readers, 1);
   cr_assert_gt(ta_huge_purge(0, true), 0);
   cr_assert_eq(ta_huge_cached_count(), 0, "put off, not unmapped");
-  uint64_t t0 = now_ms();
+  uint64_t naps = ta_huge_room_naps();
   void *p = ta_malloc((size_t)1 << 46);
-  uint64_t took = now_ms() - t0;
+  uint64_t took = ta_huge_room_naps() - naps;
   reader_leaves();
   if (overcommit_always()) {
     ta_free(p);
     return;
   }
   cr_assert_null(p);
-  cr_assert_lt(took, 80, "the probe waited %llu ms for unmaps that could not help",
+  cr_assert_eq(took, 0, "the probe waited %llu naps for unmaps that could not help",
                (unsigned long long)took);
 }
 
