@@ -1053,10 +1053,10 @@ uint64_t ta_huge_room_naps(void) { return atomic_load(&room_naps); }
  * or another thread's unmaps since `epoch` made some (threads refused at once under a hard
  * limit: the first to look empties the cache, and the others, finding it empty, would fail
  * with room to be had). Unmaps in flight in other threads, and, where unmapping may help,
- * the ones a statistics reader put off until it leaves, are waited for, up to
- * 100 ms, asleep: a reader writing a heap map into a pipe may be held up by its
- * consumer, or be this very thread, interrupted by a signal handler (then the request
- * fails after the wait). The callers hold no lock of the allocator's. */
+ * the ones a statistics reader put off until it leaves, are waited for, up to 100 ms,
+ * asleep: a reader writing a heap map into a pipe may be held up by its consumer, or be
+ * this very thread, interrupted by a signal handler (then the request fails after the
+ * wait). The callers hold no lock of the allocator's. */
 bool ta_huge_make_room(size_t need, uint64_t epoch) {
   bool help = purge_may_help(need);
   if (help) ta_huge_purge(0, true);

@@ -38,6 +38,8 @@
  *                           (it has exited); false when it lives or when in doubt.
  *   ta_os_thread_start(fn)  a detached thread, every signal blocked (the purger).
  *   ta_os_futex_wait/wake   sleep on a word with a time limit; wake a sleeper.
+ *   ta_os_nap_ms(ms)        sleep ms milliseconds, through the system call: no cancellation
+ *                           point (nanosleep() is one; malloc must not be).
  *   ta_os_cpu()             the CPU the thread runs on, as a rank among those the process may
  *                           run on (below ta_os_ncpu()); a hint, 0 when unknown.
  *   ta_os_barrier_register() whether the kernel will make every thread of the process pass a
@@ -860,6 +862,15 @@ void ta_os_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ms)
   errno = saved;
 }
 
+/* The system call itself: nanosleep() is a cancellation point, and a malloc must not be one
+ * (a thread cancelled there would leave a borrowed arena claimed, for one). */
+void ta_os_nap_ms(unsigned ms) {
+  int saved = errno;
+  struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+  syscall(SYS_clock_nanosleep, CLOCK_MONOTONIC, 0, &ts, NULL);
+  errno = saved;
+}
+
 void ta_os_futex_wake(_Atomic uint32_t *word) {
   int saved = errno;
   syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
@@ -919,15 +930,6 @@ void ta_brk_lock(void) {
 }
 
 void ta_os_yield(void) { sched_yield(); }
-
-/* The system call itself: nanosleep() is a cancellation point, and a malloc must not be one
- * (a thread cancelled there would leave a borrowed arena claimed, for one). */
-void ta_os_nap_ms(unsigned ms) {
-  int saved = errno;
-  struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-  syscall(SYS_clock_nanosleep, CLOCK_MONOTONIC, 0, &ts, NULL);
-  errno = saved;
-}
 
 void ta_brk_unlock(void) {
   if (atomic_exchange_explicit(&brk_lock_word, 0, memory_order_release) == 2)
