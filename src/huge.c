@@ -70,18 +70,32 @@ static _Atomic(ta_huge_t *) deferred; /* unmaps put off while statistics are rea
  * - unmap_epoch: the unmaps of huge spans made, counted after each (a purge's, an eviction's,
  *   a free's), and once for the batch a statistics reader put off, made when it leaves: a
  *   request refused before one and looking after it finds the cache empty, yet room was made;
- * - unmapping: the threads between taking a span out of a slot to unmap it and that unmap
- *   (made, or put off), which a request that finds the slot empty waits for;
+ * - unmapping: the threads between taking a span out of a slot and that unmap (made, or put
+ *   off), or that reuse (cache_take, which may unmap it instead), which a request that finds
+ *   the slot empty waits for;
  * - deferred_bytes: the spans put off and not unmapped yet, counted up before the push and
  *   down once the epoch has moved for them, so that a look that sees none sees the epoch.
  * Both counts are signed: a fork child sets them to zero (the threads that had raised them
  * are gone there), and the forking thread, had a signal handler's fork cut it between a
  * raise and its lowering, lowers its own below zero, which counts as none (and hides as much
- * of a later count in that child: its requests then wait for less). A span that a thread took
- * to reuse, and unmaps instead (cache_take), is not counted in flight. */
+ * of a later count in that child: its requests then wait for less).
+ * A request waiting for either sleeps on room_word, counted in room_sleepers (room_changed). */
 static _Atomic uint64_t unmap_epoch;
 static _Atomic int unmapping;
 static _Atomic intptr_t deferred_bytes;
+static _Atomic int room_sleepers;
+static _Atomic uint32_t room_word;
+
+/* Either count fell: a request asleep in ta_huge_make_room looks again. Each fall is a
+ * sequentially consistent read-modify-write, as the sleeper's count of itself and its reads
+ * of the word and the counts: either the sleeper sees the fall, or this sees the sleeper, and
+ * moves the word before the wake, so that a sleeper between its look and its sleep does not
+ * sleep. No system call while nobody sleeps: one load after the fall. */
+static void room_changed(void) {
+  if (atomic_load_explicit(&room_sleepers, memory_order_seq_cst) <= 0) return;
+  atomic_fetch_add_explicit(&room_word, 1, memory_order_seq_cst);
+  ta_os_futex_wake_all(&room_word);
+}
 
 /* The address space of every huge span, live or cached (their sizes summed), changed only
  * beside a system call that maps, cuts, grows, moves or unmaps one: the reuse of a cached
@@ -746,7 +760,8 @@ void ta_huge_unmap_deferred(void) {
   }
   if (bytes == 0) return;
   atomic_fetch_add_explicit(&unmap_epoch, 1, memory_order_release);
-  atomic_fetch_sub_explicit(&deferred_bytes, (intptr_t)bytes, memory_order_release);
+  atomic_fetch_sub_explicit(&deferred_bytes, (intptr_t)bytes, memory_order_seq_cst);
+  room_changed();
 }
 
 /* What a cached span counts against the cache's limit: the memory it holds resident, as far
@@ -779,17 +794,28 @@ static bool slot_take(unsigned i, ta_huge_t *h) {
   return true;
 }
 
+/* A span taken out of its slot is counted in `unmapping` from before the take until it is
+ * unmapped or put off, or reused, so that a refused request that finds the slot empty waits
+ * for the unmap it may be (ta_huge_make_room). */
+static void flight_begin(void) { atomic_fetch_add_explicit(&unmapping, 1, memory_order_seq_cst); }
+static void flight_end(void) {
+  atomic_fetch_sub_explicit(&unmapping, 1, memory_order_seq_cst);
+  room_changed();
+}
+
+void (*ta_huge_unmap_hold)(void);
+
 /* Takes span h out of slot i and unmaps it (now, or once statistics are read: huge_unmap):
- * its size, or 0 if another thread took it first. Counted in `unmapping` meanwhile, so that a
- * refused request that finds the slot empty waits for the unmap (ta_huge_make_room). */
+ * its size, or 0 if another thread took it first. */
 static size_t slot_unmap(unsigned i, ta_huge_t *h) {
-  atomic_fetch_add_explicit(&unmapping, 1, memory_order_seq_cst);
+  flight_begin();
   size_t size = 0;
   if (slot_take(i, h)) {
+    if (ta_huge_unmap_hold != NULL) ta_huge_unmap_hold(); /* tests: an unmap held in flight */
     size = h->map_size;
     huge_unmap(h);
   }
-  atomic_fetch_sub_explicit(&unmapping, 1, memory_order_release);
+  flight_end();
   return size;
 }
 
@@ -905,8 +931,9 @@ static ta_huge_t *span_grow(ta_huge_t *h, size_t need, bool *kept) {
 
 /* A cached span with at least `least` bytes (the block's pages) for a block that would map
  * `need` (whole granules), owned by the caller, or NULL. A span with huge pages may end at its
- * last block's last page (span_keep): one of the same size fits again as it is. */
-static ta_huge_t *cache_take(size_t least, size_t need) {
+ * last block's last page (span_keep): one of the same size fits again as it is. Counted in
+ * flight (cache_take): a span it takes may be unmapped instead (a stale hint, a failed grow). */
+static ta_huge_t *cache_take_in_flight(size_t least, size_t need) {
   for (int attempt = 0; attempt < 4; attempt++) {
     ta_huge_t *h = NULL;
     int i = slot_pick(least, &h);
@@ -946,6 +973,14 @@ static ta_huge_t *cache_take(size_t least, size_t need) {
   ta_huge_t *g = span_grow(h, span_keep(h, least, need), &kept);
   if (g == NULL && kept && !cache_put(h)) huge_unmap(h);
   return g;
+}
+static ta_huge_t *cache_take(size_t least, size_t need) {
+  /* Empty (a span is counted before it is published): no slot to look at, nothing in flight. */
+  if (atomic_load_explicit(&cache_bytes, memory_order_relaxed) == 0) return NULL;
+  flight_begin();
+  ta_huge_t *h = cache_take_in_flight(least, need);
+  flight_end();
+  return h;
 }
 
 /* Unmaps the cached spans freed at least decay_ms before `now` (all of them if `all`): their
@@ -993,6 +1028,7 @@ void ta_huge_recount_after_fork(void) {
    * the child: nothing is waited for (the unmaps put off were made: ta_stats_reset_after_fork). */
   atomic_store(&unmapping, 0);
   atomic_store(&deferred_bytes, 0);
+  atomic_store(&room_sleepers, 0);
 }
 
 /* The spans in the slots (for tests), counted from the slots, not kept beside them: each put
@@ -1042,10 +1078,10 @@ static ta_huge_t *map_over_aligned(size_t need, size_t align) {
 }
 
 /* How long a refused request waits for unmaps in flight or put off by a statistics reader:
- * 100 ms (tests change it); and the naps it took to wait (tests). */
+ * 100 ms (tests change it); and the times it went to sleep (tests). */
 _Atomic unsigned ta_huge_room_wait_ms = 100;
-static _Atomic uint64_t room_naps;
-uint64_t ta_huge_room_naps(void) { return atomic_load(&room_naps); }
+static _Atomic uint64_t room_sleeps;
+uint64_t ta_huge_room_sleeps(void) { return atomic_load(&room_sleeps); }
 
 /* A mapping of `need` bytes was refused (a huge span here; a chunk or an arena: alloc.c,
  * alloc_from) after `epoch` was read: whether it is worth asking again. The cached spans are
@@ -1054,9 +1090,9 @@ uint64_t ta_huge_room_naps(void) { return atomic_load(&room_naps); }
  * limit: the first to look empties the cache, and the others, finding it empty, would fail
  * with room to be had). Unmaps in flight in other threads, and, where unmapping may help,
  * the ones a statistics reader put off until it leaves, are waited for, up to 100 ms,
- * asleep: a reader writing a heap map into a pipe may be held up by its consumer, or be
- * this very thread, interrupted by a signal handler (then the request fails after the
- * wait). The callers hold no lock of the allocator's. */
+ * asleep (a futex wait, woken as each ends: room_changed): a reader writing a heap map into a pipe
+ * may be held up by its consumer, or be this very thread, interrupted by a signal handler (then the
+ * request fails after the wait). The callers hold no lock of the allocator's. */
 bool ta_huge_make_room(size_t need, uint64_t epoch) {
   bool help = purge_may_help(need);
   if (help) ta_huge_purge(0, true);
@@ -1065,9 +1101,11 @@ bool ta_huge_make_room(size_t need, uint64_t epoch) {
   atomic_thread_fence(memory_order_acquire);
   uint64_t until = 0;
   bool judged = help; /* whether `help` saw the unmaps put off */
+  atomic_fetch_add_explicit(&room_sleepers, 1, memory_order_seq_cst); /* before any look */
   while (ta_huge_epoch() == epoch) {
-    bool flight = atomic_load_explicit(&unmapping, memory_order_acquire) > 0;
-    bool later = atomic_load_explicit(&deferred_bytes, memory_order_acquire) > 0;
+    uint32_t word = atomic_load_explicit(&room_word, memory_order_seq_cst);
+    bool flight = atomic_load_explicit(&unmapping, memory_order_seq_cst) > 0;
+    bool later = atomic_load_explicit(&deferred_bytes, memory_order_seq_cst) > 0;
     if (!flight && later && !judged) {
       /* Unmaps that were in flight when the slots were found empty, put off since: judged
        * as cached bytes now, once. */
@@ -1078,9 +1116,10 @@ bool ta_huge_make_room(size_t need, uint64_t epoch) {
     uint64_t now = ta_os_now_ms();
     if (until == 0) until = now + atomic_load_explicit(&ta_huge_room_wait_ms, memory_order_relaxed);
     if (now >= until) break;
-    atomic_fetch_add_explicit(&room_naps, 1, memory_order_relaxed);
-    ta_os_nap_ms(1);
+    atomic_fetch_add_explicit(&room_sleeps, 1, memory_order_relaxed);
+    ta_os_futex_wait(&room_word, word, until - now); /* woken by room_changed */
   }
+  atomic_fetch_sub_explicit(&room_sleepers, 1, memory_order_relaxed);
   return ta_huge_epoch() != epoch;
 }
 

@@ -735,11 +735,12 @@ TA_HIDDEN unsigned ta_os_runnable(void);
 /* A detached thread with every signal blocked and a small stack; 0 on success. */
 TA_HIDDEN int ta_os_thread_start(void *(*fn)(void *));
 TA_HIDDEN void ta_os_thread_name(const char *name);
-/* Sleeps while *word == val, at most timeout_ms (0: no limit); wakes one sleeper. */
+/* Sleeps while *word == val, at most timeout_ms (0: no limit; a signal may cut it short);
+ * wakes one sleeper, or every one. No cancellation point. */
 TA_HIDDEN void ta_os_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ms);
-TA_HIDDEN void ta_os_yield(void); /* sched_yield */
-TA_HIDDEN void ta_os_nap_ms(unsigned ms); /* sleeps ms milliseconds (a signal may cut it short) */
 TA_HIDDEN void ta_os_futex_wake(_Atomic uint32_t *word);
+TA_HIDDEN void ta_os_futex_wake_all(_Atomic uint32_t *word);
+TA_HIDDEN void ta_os_yield(void); /* sched_yield */
 /* The process's threads made to pass a memory barrier each (membarrier, private expedited):
  * ta_os_barrier_register once, true when the kernel will; then ta_os_barrier, 0 on success. */
 TA_HIDDEN bool ta_os_barrier_register(void);
@@ -1331,7 +1332,8 @@ TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
 TA_HIDDEN bool ta_huge_make_room(size_t need, uint64_t epoch);
 TA_HIDDEN uint64_t ta_huge_epoch(void);
 TA_HIDDEN extern _Atomic unsigned ta_huge_room_wait_ms; /* the wait's bound: 100 ms (tests) */
-uint64_t ta_huge_room_naps(void);                       /* the wait's naps so far (tests) */
+uint64_t ta_huge_room_sleeps(void);                     /* the wait's sleeps so far (tests) */
+extern void (*ta_huge_unmap_hold)(void); /* tests: called with a span's unmap in flight */
 size_t ta_huge_cached_bytes(void); /* for tests and statistics */
 size_t ta_huge_cached_count(void);
 size_t ta_huge_cache_sum(void); /* the slots' weights counted one by one (tests) */

@@ -37,9 +37,9 @@
  *   ta_os_thread_gone(tid)  true when the kernel no longer knows thread tid of this process
  *                           (it has exited); false when it lives or when in doubt.
  *   ta_os_thread_start(fn)  a detached thread, every signal blocked (the purger).
- *   ta_os_futex_wait/wake   sleep on a word with a time limit; wake a sleeper.
- *   ta_os_nap_ms(ms)        sleep ms milliseconds, through the system call: no cancellation
- *                           point (nanosleep() is one; malloc must not be).
+ *   ta_os_futex_wait/wake   sleep on a word with a time limit, through the system call (no
+ *                           cancellation point: malloc must not be one); wake one sleeper,
+ *                           or (wake_all) every one.
  *   ta_os_cpu()             the CPU the thread runs on, as a rank among those the process may
  *                           run on (below ta_os_ncpu()); a hint, 0 when unknown.
  *   ta_os_barrier_register() whether the kernel will make every thread of the process pass a
@@ -862,20 +862,13 @@ void ta_os_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t timeout_ms)
   errno = saved;
 }
 
-/* The system call itself: nanosleep() is a cancellation point, and a malloc must not be one
- * (a thread cancelled there would leave a borrowed arena claimed, for one). */
-void ta_os_nap_ms(unsigned ms) {
+static void futex_wake(_Atomic uint32_t *word, int count) {
   int saved = errno;
-  struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-  syscall(SYS_clock_nanosleep, CLOCK_MONOTONIC, 0, &ts, NULL);
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
   errno = saved;
 }
-
-void ta_os_futex_wake(_Atomic uint32_t *word) {
-  int saved = errno;
-  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-  errno = saved;
-}
+void ta_os_futex_wake(_Atomic uint32_t *word) { futex_wake(word, 1); }
+void ta_os_futex_wake_all(_Atomic uint32_t *word) { futex_wake(word, INT32_MAX); }
 
 /* 64 bits from the kernel's generator (getrandom, which does not allocate), independent of
  * what ta_os_random drew; ta_os_random's mix if the call is refused. */

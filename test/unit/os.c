@@ -309,10 +309,10 @@ static _Atomic bool waiter_done;
 static void reader_leaves(void) {
   if (atomic_fetch_sub(&ta_stats_readers, 1) == 1) ta_huge_unmap_deferred();
 }
-/* Leaves once the request is seen waiting (a nap taken), or has given up (`done`). */
+/* Leaves once the request is seen waiting (gone to sleep), or has given up (`done`). */
 static void *reader_leaves_later(void *arg) {
-  uint64_t naps = *(uint64_t *)arg;
-  while (ta_huge_room_naps() == naps && !atomic_load(&waiter_done))
+  uint64_t sleeps = *(uint64_t *)arg;
+  while (ta_huge_room_sleeps() == sleeps && !atomic_load(&waiter_done))
     sched_yield();
   reader_leaves();
   return NULL;
@@ -327,9 +327,9 @@ Test(os, a_purge_a_reader_puts_off_asks_again_once_its_unmaps_are_made) {
   cr_assert_gt(ta_huge_purge(0, true), 0);
   cr_assert_eq(ta_huge_epoch(), epoch, "nothing unmapped yet");
   ta_huge_room_wait_ms = 60000; /* whatever the machine's load, the reader leaves first */
-  uint64_t naps = ta_huge_room_naps();
+  uint64_t sleeps = ta_huge_room_sleeps();
   pthread_t t;
-  cr_assert_eq(pthread_create(&t, NULL, reader_leaves_later, &naps), 0);
+  cr_assert_eq(pthread_create(&t, NULL, reader_leaves_later, &sleeps), 0);
   bool again = ta_huge_make_room(TA_CHUNK_SIZE, epoch);
   atomic_store(&waiter_done, true);
   cr_assert(again, "the reader left, and the spans went");
@@ -344,9 +344,9 @@ Test(os, a_reader_that_stays_fails_the_look_after_a_bounded_wait) {
   uint64_t unmaps = ta_os_calls(TA_OS_MUNMAP);
   atomic_fetch_add(&ta_stats_readers, 1); /* this thread's own: it cannot leave while waited for */
   ta_huge_room_wait_ms = 20;
-  uint64_t naps = ta_huge_room_naps();
+  uint64_t sleeps = ta_huge_room_sleeps();
   cr_assert_not(ta_huge_make_room(TA_CHUNK_SIZE, epoch), "nothing was unmapped yet");
-  cr_assert_gt(ta_huge_room_naps(), naps, "the put-off unmaps were waited for");
+  cr_assert_gt(ta_huge_room_sleeps(), sleeps, "the put-off unmaps were waited for");
   cr_assert_eq(ta_huge_cached_count(), 0, "the cache was emptied, its unmaps put off");
   cr_assert_eq(ta_os_calls(TA_OS_MUNMAP), unmaps);
   reader_leaves();
@@ -369,16 +369,70 @@ Test(os, the_wait_for_put_off_unmaps_is_no_cancellation_point) {
   atomic_fetch_add(&ta_stats_readers, 1); /* stays while the thread waits */
   cr_assert_gt(ta_huge_purge(0, true), 0);
   ta_huge_room_wait_ms = 20;
-  uint64_t naps = ta_huge_room_naps();
+  uint64_t sleeps = ta_huge_room_sleeps();
   _Atomic bool back = false;
   pthread_t t;
   void *res = NULL;
   cr_assert_eq(pthread_create(&t, NULL, wait_with_cancel_pending, &back), 0);
   pthread_join(t, &res);
   reader_leaves();
-  cr_assert_gt(ta_huge_room_naps(), naps, "the thread waited");
+  cr_assert_gt(ta_huge_room_sleeps(), sleeps, "the thread waited");
   cr_assert(atomic_load(&back), "the thread was cancelled inside the wait");
   cr_assert_eq(res, PTHREAD_CANCELED);
+}
+
+/* Another thread's purge has taken a span out of its slot and not unmapped it yet (the hook
+ * holds it there): a request refused now finds the cache empty and the count of unmaps not
+ * moved. It sleeps until that unmap is made, is woken by it, and asks again. */
+static __thread bool holds_unmaps;
+static _Atomic int unmaps_held;
+static _Atomic bool unmap_released;
+static void hold_unmap(void) {
+  if (!holds_unmaps) return;
+  atomic_fetch_add(&unmaps_held, 1);
+  while (!atomic_load(&unmap_released))
+    sched_yield();
+}
+static void *purge_holding_its_unmaps(void *arg) {
+  (void)arg;
+  holds_unmaps = true;
+  ta_huge_purge(0, true);
+  return NULL;
+}
+/* Lets the held unmap go once the request is seen asleep, or has given up (`done`). */
+static void *release_once_asleep(void *arg) {
+  uint64_t sleeps = *(uint64_t *)arg;
+  while (ta_huge_room_sleeps() == sleeps && !atomic_load(&waiter_done))
+    sched_yield();
+  atomic_store(&unmap_released, true);
+  return NULL;
+}
+
+Test(os, a_request_waits_for_another_threads_unmap_in_flight) {
+  fill_huge_cache();
+  ta_huge_unmap_hold = hold_unmap;
+  pthread_t purger, releaser;
+  cr_assert_eq(pthread_create(&purger, NULL, purge_holding_its_unmaps, NULL), 0);
+  while (atomic_load(&unmaps_held) == 0)
+    sched_yield();
+  ta_huge_purge(0, true); /* the spans still in their slots: this thread holds nothing */
+  cr_assert_eq(ta_huge_cached_count(), 0);
+  uint64_t epoch = ta_huge_epoch(); /* read before the call the kernel refuses */
+  uint64_t unmaps = ta_os_calls(TA_OS_MUNMAP);
+  ta_huge_room_wait_ms = 60000; /* whatever the machine's load, the unmap is let go first */
+  uint64_t sleeps = ta_huge_room_sleeps();
+  cr_assert_eq(pthread_create(&releaser, NULL, release_once_asleep, &sleeps), 0);
+  uint64_t start = ta_os_now_ms();
+  bool again = ta_huge_make_room(TA_CHUNK_SIZE, epoch);
+  uint64_t took = ta_os_now_ms() - start;
+  atomic_store(&waiter_done, true);
+  cr_assert(again, "the span in flight was unmapped: room was made");
+  cr_assert_gt(ta_os_calls(TA_OS_MUNMAP), unmaps, "asked again before the unmap was made");
+  cr_assert_gt(ta_huge_room_sleeps(), sleeps, "the unmap in flight was waited for");
+  /* Woken by the unmap, not by the bound's end. */
+  cr_assert_lt(took, 30000, "the request slept %llu ms", (unsigned long long)took);
+  pthread_join(releaser, NULL);
+  pthread_join(purger, NULL);
 }
 
 /* A request refused whatever is unmapped (a probe of 64 TiB) does not wait for the unmaps a
@@ -388,16 +442,16 @@ Test(os, a_hopeless_probe_does_not_wait_for_put_off_unmaps) {
   atomic_fetch_add(&ta_stats_readers, 1);
   cr_assert_gt(ta_huge_purge(0, true), 0);
   cr_assert_eq(ta_huge_cached_count(), 0, "put off, not unmapped");
-  uint64_t naps = ta_huge_room_naps();
+  uint64_t sleeps = ta_huge_room_sleeps();
   void *p = ta_malloc((size_t)1 << 46);
-  uint64_t took = ta_huge_room_naps() - naps;
+  uint64_t took = ta_huge_room_sleeps() - sleeps;
   reader_leaves();
   if (overcommit_always()) {
     ta_free(p);
     return;
   }
   cr_assert_null(p);
-  cr_assert_eq(took, 0, "the probe waited %llu naps for unmaps that could not help",
+  cr_assert_eq(took, 0, "the probe waited %llu sleeps for unmaps that could not help",
                (unsigned long long)took);
 }
 
