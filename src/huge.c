@@ -70,27 +70,37 @@ static _Atomic(ta_huge_t *) deferred; /* unmaps put off while statistics are rea
  * - unmap_epoch: the unmaps of huge spans made, counted after each (a purge's, an eviction's,
  *   a free's), and once for the batch a statistics reader put off, made when it leaves: a
  *   request refused before one and looking after it finds the cache empty, yet room was made;
- * - unmapping: the threads between taking a span out of a slot and that unmap (made, or put
- *   off), or that reuse (cache_take, which may unmap it instead), which a request that finds
- *   the slot empty waits for;
+ * - unmapping: the threads between taking a span out of a slot to unmap it and that unmap
+ *   (made, or put off), which a request that finds the slot empty waits for; flight_here is
+ *   the calling thread's own share (a signal handler's request does not wait for the unmap it
+ *   cut into), raised after the count and lowered before it, so that a handler sees its
+ *   thread's unmap at worst as another's, and waits the bound;
  * - deferred_bytes: the spans put off and not unmapped yet, counted up before the push and
  *   down once the epoch has moved for them, so that a look that sees none sees the epoch.
- * Both counts are signed: a fork child sets them to zero (the threads that had raised them
- * are gone there), and the forking thread, had a signal handler's fork cut it between a
- * raise and its lowering, lowers its own below zero, which counts as none (and hides as much
- * of a later count in that child: its requests then wait for less).
- * A request waiting for either sleeps on room_word, counted in room_sleepers (room_changed). */
+ * A span that a thread took to reuse, and unmaps instead (cache_take: a stale hint, a failed
+ * grow), is not counted in flight: counting every take would cost each reuse two locked
+ * read-modify-writes more (*Locked operations*, design.md), for a rare case.
+ * The counts are signed. A fork child sets unmapping to the forking thread's own share and
+ * deferred_bytes to zero (the other threads that had raised them are gone there; the unmaps
+ * put off were made: ta_stats_reset_after_fork); had a signal handler's fork cut the thread
+ * between a raise and its lowering, it lowers its own below that, which counts as none (and
+ * hides as much of a later count in that child: its requests then wait for less).
+ * A request waiting for them sleeps on room_word, counted in room_sleepers (room_changed), and
+ * in asleep_here, raised before the count and lowered after it: a fork child counts the
+ * forking thread's own sleep, never less than it (a sleeper missed is a wake missed). */
 static _Atomic uint64_t unmap_epoch;
 static _Atomic int unmapping;
 static _Atomic intptr_t deferred_bytes;
 static _Atomic int room_sleepers;
 static _Atomic uint32_t room_word;
+static __thread int flight_here __attribute__((tls_model("initial-exec")));
+static __thread int asleep_here __attribute__((tls_model("initial-exec")));
 
-/* Either count fell: a request asleep in ta_huge_make_room looks again. Each fall is a
- * sequentially consistent read-modify-write, as the sleeper's count of itself and its reads
- * of the word and the counts: either the sleeper sees the fall, or this sees the sleeper, and
- * moves the word before the wake, so that a sleeper between its look and its sleep does not
- * sleep. No system call while nobody sleeps: one load after the fall. */
+/* The epoch moved, or a count fell: a request asleep in ta_huge_make_room looks again. Each
+ * change is a sequentially consistent read-modify-write, as are the sleeper's count of itself
+ * and its reads of the word, the epoch and the counts: either the sleeper sees the change, or
+ * this sees the sleeper and moves the word before the wake, so that a sleeper between its
+ * look and its sleep does not sleep. No system call while nobody sleeps: one load. */
 static void room_changed(void) {
   if (atomic_load_explicit(&room_sleepers, memory_order_seq_cst) <= 0) return;
   atomic_fetch_add_explicit(&room_word, 1, memory_order_seq_cst);
@@ -742,7 +752,8 @@ static void huge_unmap(ta_huge_t *h) {
      * lack); the mapping stays ours forever. */
     ta_os_decommit(h, h->map_size);
   }
-  atomic_fetch_add_explicit(&unmap_epoch, 1, memory_order_release);
+  atomic_fetch_add_explicit(&unmap_epoch, 1, memory_order_seq_cst);
+  room_changed();
 }
 
 /* The unmaps put off while statistics were read: by the last reader on its way out, by an
@@ -759,7 +770,7 @@ void ta_huge_unmap_deferred(void) {
     h = next;
   }
   if (bytes == 0) return;
-  atomic_fetch_add_explicit(&unmap_epoch, 1, memory_order_release);
+  atomic_fetch_add_explicit(&unmap_epoch, 1, memory_order_seq_cst);
   atomic_fetch_sub_explicit(&deferred_bytes, (intptr_t)bytes, memory_order_seq_cst);
   room_changed();
 }
@@ -794,28 +805,34 @@ static bool slot_take(unsigned i, ta_huge_t *h) {
   return true;
 }
 
-/* A span taken out of its slot is counted in `unmapping` from before the take until it is
- * unmapped or put off, or reused, so that a refused request that finds the slot empty waits
- * for the unmap it may be (ta_huge_make_room). */
-static void flight_begin(void) { atomic_fetch_add_explicit(&unmapping, 1, memory_order_seq_cst); }
-static void flight_end(void) {
-  atomic_fetch_sub_explicit(&unmapping, 1, memory_order_seq_cst);
-  room_changed();
+/* Tests: 1 holds the next span taken out of its slot to be unmapped there, in flight; the
+ * value reads 2 while it is held, until the test sets 0. */
+_Atomic unsigned ta_huge_hold_unmap;
+static void hold_for_tests(void) {
+  unsigned one = 1;
+  if (TA_LIKELY(atomic_load_explicit(&ta_huge_hold_unmap, memory_order_relaxed) != 1) ||
+      !atomic_compare_exchange_strong(&ta_huge_hold_unmap, &one, 2))
+    return;
+  while (atomic_load(&ta_huge_hold_unmap) != 0)
+    ta_os_yield();
 }
 
-void (*ta_huge_unmap_hold)(void);
-
 /* Takes span h out of slot i and unmaps it (now, or once statistics are read: huge_unmap):
- * its size, or 0 if another thread took it first. */
+ * its size, or 0 if another thread took it first. Counted in flight from before the take to
+ * after the unmap, so that a refused request that finds the slot empty waits for the unmap
+ * (ta_huge_make_room). */
 static size_t slot_unmap(unsigned i, ta_huge_t *h) {
-  flight_begin();
+  atomic_fetch_add_explicit(&unmapping, 1, memory_order_seq_cst);
+  flight_here++;
   size_t size = 0;
   if (slot_take(i, h)) {
-    if (ta_huge_unmap_hold != NULL) ta_huge_unmap_hold(); /* tests: an unmap held in flight */
+    hold_for_tests();
     size = h->map_size;
     huge_unmap(h);
   }
-  flight_end();
+  flight_here--;
+  atomic_fetch_sub_explicit(&unmapping, 1, memory_order_seq_cst);
+  room_changed();
   return size;
 }
 
@@ -931,9 +948,10 @@ static ta_huge_t *span_grow(ta_huge_t *h, size_t need, bool *kept) {
 
 /* A cached span with at least `least` bytes (the block's pages) for a block that would map
  * `need` (whole granules), owned by the caller, or NULL. A span with huge pages may end at its
- * last block's last page (span_keep): one of the same size fits again as it is. Counted in
- * flight (cache_take): a span it takes may be unmapped instead (a stale hint, a failed grow). */
-static ta_huge_t *cache_take_in_flight(size_t least, size_t need) {
+ * last block's last page (span_keep): one of the same size fits again as it is. */
+static ta_huge_t *cache_take(size_t least, size_t need) {
+  /* Empty (a span is counted before it is published): no slot to look at. */
+  if (atomic_load_explicit(&cache_bytes, memory_order_relaxed) == 0) return NULL;
   for (int attempt = 0; attempt < 4; attempt++) {
     ta_huge_t *h = NULL;
     int i = slot_pick(least, &h);
@@ -973,14 +991,6 @@ static ta_huge_t *cache_take_in_flight(size_t least, size_t need) {
   ta_huge_t *g = span_grow(h, span_keep(h, least, need), &kept);
   if (g == NULL && kept && !cache_put(h)) huge_unmap(h);
   return g;
-}
-static ta_huge_t *cache_take(size_t least, size_t need) {
-  /* Empty (a span is counted before it is published): no slot to look at, nothing in flight. */
-  if (atomic_load_explicit(&cache_bytes, memory_order_relaxed) == 0) return NULL;
-  flight_begin();
-  ta_huge_t *h = cache_take_in_flight(least, need);
-  flight_end();
-  return h;
 }
 
 /* Unmaps the cached spans freed at least decay_ms before `now` (all of them if `all`): their
@@ -1026,9 +1036,9 @@ void ta_huge_recount_after_fork(void) {
   atomic_store(&cache_bytes, ta_huge_cache_sum());
   /* What other threads were unmapping, or had counted put off and not pushed, is leaked in
    * the child: nothing is waited for (the unmaps put off were made: ta_stats_reset_after_fork). */
-  atomic_store(&unmapping, 0);
+  atomic_store(&unmapping, flight_here);
   atomic_store(&deferred_bytes, 0);
-  atomic_store(&room_sleepers, 0);
+  atomic_store(&room_sleepers, asleep_here);
 }
 
 /* The spans in the slots (for tests), counted from the slots, not kept beside them: each put
@@ -1078,7 +1088,7 @@ static ta_huge_t *map_over_aligned(size_t need, size_t align) {
 }
 
 /* How long a refused request waits for unmaps in flight or put off by a statistics reader:
- * 100 ms (tests change it); and the times it went to sleep (tests). */
+ * 100 ms (tests change it); and the futex waits it made (tests). */
 _Atomic unsigned ta_huge_room_wait_ms = 100;
 static _Atomic uint64_t room_sleeps;
 uint64_t ta_huge_room_sleeps(void) { return atomic_load(&room_sleeps); }
@@ -1101,10 +1111,12 @@ bool ta_huge_make_room(size_t need, uint64_t epoch) {
   atomic_thread_fence(memory_order_acquire);
   uint64_t until = 0;
   bool judged = help; /* whether `help` saw the unmaps put off */
+  asleep_here++;
   atomic_fetch_add_explicit(&room_sleepers, 1, memory_order_seq_cst); /* before any look */
-  while (ta_huge_epoch() == epoch) {
-    uint32_t word = atomic_load_explicit(&room_word, memory_order_seq_cst);
-    bool flight = atomic_load_explicit(&unmapping, memory_order_seq_cst) > 0;
+  for (;;) {
+    uint32_t word = atomic_load_explicit(&room_word, memory_order_seq_cst); /* first */
+    if (atomic_load_explicit(&unmap_epoch, memory_order_seq_cst) != epoch) break;
+    bool flight = atomic_load_explicit(&unmapping, memory_order_seq_cst) - flight_here > 0;
     bool later = atomic_load_explicit(&deferred_bytes, memory_order_seq_cst) > 0;
     if (!flight && later && !judged) {
       /* Unmaps that were in flight when the slots were found empty, put off since: judged
@@ -1120,6 +1132,7 @@ bool ta_huge_make_room(size_t need, uint64_t epoch) {
     ta_os_futex_wait(&room_word, word, until - now); /* woken by room_changed */
   }
   atomic_fetch_sub_explicit(&room_sleepers, 1, memory_order_relaxed);
+  asleep_here--;
   return ta_huge_epoch() != epoch;
 }
 

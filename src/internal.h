@@ -1332,8 +1332,8 @@ TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
 TA_HIDDEN bool ta_huge_make_room(size_t need, uint64_t epoch);
 TA_HIDDEN uint64_t ta_huge_epoch(void);
 TA_HIDDEN extern _Atomic unsigned ta_huge_room_wait_ms; /* the wait's bound: 100 ms (tests) */
-uint64_t ta_huge_room_sleeps(void);                     /* the wait's sleeps so far (tests) */
-extern void (*ta_huge_unmap_hold)(void); /* tests: called with a span's unmap in flight */
+uint64_t ta_huge_room_sleeps(void);                     /* the wait's futex waits (tests) */
+TA_HIDDEN extern _Atomic unsigned ta_huge_hold_unmap;   /* tests: 1 holds the next unmap (huge.c) */
 size_t ta_huge_cached_bytes(void); /* for tests and statistics */
 size_t ta_huge_cached_count(void);
 size_t ta_huge_cache_sum(void); /* the slots' weights counted one by one (tests) */

@@ -384,19 +384,11 @@ Test(os, the_wait_for_put_off_unmaps_is_no_cancellation_point) {
 /* Another thread's purge has taken a span out of its slot and not unmapped it yet (the hook
  * holds it there): a request refused now finds the cache empty and the count of unmaps not
  * moved. It sleeps until that unmap is made, is woken by it, and asks again. */
-static __thread bool holds_unmaps;
-static _Atomic int unmaps_held;
-static _Atomic bool unmap_released;
-static void hold_unmap(void) {
-  if (!holds_unmaps) return;
-  atomic_fetch_add(&unmaps_held, 1);
-  while (!atomic_load(&unmap_released))
-    sched_yield();
-}
-static void *purge_holding_its_unmaps(void *arg) {
+static _Atomic bool purge_done;
+static void *purge_in_another_thread(void *arg) {
   (void)arg;
-  holds_unmaps = true;
   ta_huge_purge(0, true);
+  atomic_store(&purge_done, true);
   return NULL;
 }
 /* Lets the held unmap go once the request is seen asleep, or has given up (`done`). */
@@ -404,18 +396,19 @@ static void *release_once_asleep(void *arg) {
   uint64_t sleeps = *(uint64_t *)arg;
   while (ta_huge_room_sleeps() == sleeps && !atomic_load(&waiter_done))
     sched_yield();
-  atomic_store(&unmap_released, true);
+  atomic_store(&ta_huge_hold_unmap, 0);
   return NULL;
 }
 
 Test(os, a_request_waits_for_another_threads_unmap_in_flight) {
   fill_huge_cache();
-  ta_huge_unmap_hold = hold_unmap;
+  atomic_store(&ta_huge_hold_unmap, 1); /* the first span the purger takes stays in flight */
   pthread_t purger, releaser;
-  cr_assert_eq(pthread_create(&purger, NULL, purge_holding_its_unmaps, NULL), 0);
-  while (atomic_load(&unmaps_held) == 0)
+  cr_assert_eq(pthread_create(&purger, NULL, purge_in_another_thread, NULL), 0);
+  while (atomic_load(&ta_huge_hold_unmap) != 2 && !atomic_load(&purge_done))
     sched_yield();
-  ta_huge_purge(0, true); /* the spans still in their slots: this thread holds nothing */
+  cr_assert_eq(atomic_load(&ta_huge_hold_unmap), 2, "the purger took a span and holds it");
+  ta_huge_purge(0, true); /* the spans still in their slots, unmapped here */
   cr_assert_eq(ta_huge_cached_count(), 0);
   uint64_t epoch = ta_huge_epoch(); /* read before the call the kernel refuses */
   uint64_t unmaps = ta_os_calls(TA_OS_MUNMAP);
@@ -426,13 +419,44 @@ Test(os, a_request_waits_for_another_threads_unmap_in_flight) {
   bool again = ta_huge_make_room(TA_CHUNK_SIZE, epoch);
   uint64_t took = ta_os_now_ms() - start;
   atomic_store(&waiter_done, true);
+  pthread_join(releaser, NULL);
+  pthread_join(purger, NULL);
   cr_assert(again, "the span in flight was unmapped: room was made");
   cr_assert_gt(ta_os_calls(TA_OS_MUNMAP), unmaps, "asked again before the unmap was made");
   cr_assert_gt(ta_huge_room_sleeps(), sleeps, "the unmap in flight was waited for");
   /* Woken by the unmap, not by the bound's end. */
   cr_assert_lt(took, 30000, "the request slept %llu ms", (unsigned long long)took);
-  pthread_join(releaser, NULL);
+}
+
+/* A signal handler's request, in a thread whose own unmap it cut into, does not wait for
+ * that unmap: it could not end before the handler returns. */
+static _Atomic uint64_t handler_sleeps = UINT64_MAX;
+static void refused_in_handler(int sig) {
+  (void)sig;
+  uint64_t before = ta_huge_room_sleeps();
+  ta_huge_make_room(TA_CHUNK_SIZE, ta_huge_epoch());
+  atomic_store(&handler_sleeps, ta_huge_room_sleeps() - before);
+}
+
+Test(os, a_handler_does_not_wait_for_the_unmap_it_cut_into) {
+  fill_huge_cache();
+  struct sigaction sa = {.sa_handler = refused_in_handler};
+  sigemptyset(&sa.sa_mask);
+  cr_assert_eq(sigaction(SIGUSR1, &sa, NULL), 0);
+  atomic_store(&ta_huge_hold_unmap, 1);
+  pthread_t purger;
+  cr_assert_eq(pthread_create(&purger, NULL, purge_in_another_thread, NULL), 0);
+  while (atomic_load(&ta_huge_hold_unmap) != 2 && !atomic_load(&purge_done))
+    sched_yield();
+  cr_assert_eq(atomic_load(&ta_huge_hold_unmap), 2, "the purger took a span and holds it");
+  ta_huge_purge(0, true); /* nothing else cached, nothing else in flight */
+  ta_huge_room_wait_ms = 60000;
+  cr_assert_eq(pthread_kill(purger, SIGUSR1), 0);
+  while (atomic_load(&handler_sleeps) == UINT64_MAX)
+    sched_yield();
+  atomic_store(&ta_huge_hold_unmap, 0);
   pthread_join(purger, NULL);
+  cr_assert_eq(atomic_load(&handler_sleeps), 0, "the handler waited for its own thread's unmap");
 }
 
 /* A request refused whatever is unmapped (a probe of 64 TiB) does not wait for the unmaps a
