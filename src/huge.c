@@ -87,14 +87,19 @@ static _Atomic(ta_huge_t *) deferred; /* unmaps put off while statistics are rea
  * hides as much of a later count in that child: its requests then wait for less).
  * A request waiting for them sleeps on room_word, counted in room_sleepers (room_changed), and
  * in asleep_here, raised before the count and lowered after it: a fork child counts the
- * forking thread's own sleep, never less than it (a sleeper missed is a wake missed). */
+ * forking thread's own sleep, never less than it (a sleeper missed is a wake missed; one too
+ * many there costs each later unmap of that child a wake call). Not kept per thread: the
+ * bytes put off, which a handler that cut into its thread's put-off (between the count and
+ * the push) waits the bound for, where they were the only ones. */
 static _Atomic uint64_t unmap_epoch;
 static _Atomic int unmapping;
 static _Atomic intptr_t deferred_bytes;
 static _Atomic int room_sleepers;
 static _Atomic uint32_t room_word;
-static __thread int flight_here __attribute__((tls_model("initial-exec")));
-static __thread int asleep_here __attribute__((tls_model("initial-exec")));
+/* volatile: read by this thread's signal handlers and its fork child, so kept in step with
+ * the counts around them (no instruction more). */
+static __thread volatile int flight_here __attribute__((tls_model("initial-exec")));
+static __thread volatile int asleep_here __attribute__((tls_model("initial-exec")));
 
 /* The epoch moved, or a count fell: a request asleep in ta_huge_make_room looks again. Each
  * change is a sequentially consistent read-modify-write, as are the sleeper's count of itself
@@ -1035,7 +1040,9 @@ size_t ta_huge_cache_sum(void) {
 void ta_huge_recount_after_fork(void) {
   atomic_store(&cache_bytes, ta_huge_cache_sum());
   /* What other threads were unmapping, or had counted put off and not pushed, is leaked in
-   * the child: nothing is waited for (the unmaps put off were made: ta_stats_reset_after_fork). */
+   * the child and not waited for; the forking thread's own unmap in flight is (a signal
+   * handler's fork), and its own sleep counted (the unmaps put off were made:
+   * ta_stats_reset_after_fork). */
   atomic_store(&unmapping, flight_here);
   atomic_store(&deferred_bytes, 0);
   atomic_store(&room_sleepers, asleep_here);
@@ -1100,9 +1107,10 @@ uint64_t ta_huge_room_sleeps(void) { return atomic_load(&room_sleeps); }
  * limit: the first to look empties the cache, and the others, finding it empty, would fail
  * with room to be had). Unmaps in flight in other threads, and, where unmapping may help,
  * the ones a statistics reader put off until it leaves, are waited for, up to 100 ms,
- * asleep (a futex wait, woken as each ends: room_changed): a reader writing a heap map into a pipe
- * may be held up by its consumer, or be this very thread, interrupted by a signal handler (then the
- * request fails after the wait). The callers hold no lock of the allocator's. */
+ * asleep (a futex wait, woken at each unmap made and each end: room_changed): a reader writing a
+ * heap map into a pipe may be held up by its consumer, or be this very thread, interrupted by a
+ * signal handler (then the request fails after the wait). The callers hold no lock of the
+ * allocator's. */
 bool ta_huge_make_room(size_t need, uint64_t epoch) {
   bool help = purge_may_help(need);
   if (help) ta_huge_purge(0, true);

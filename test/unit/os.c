@@ -400,7 +400,7 @@ static void *release_once_asleep(void *arg) {
   return NULL;
 }
 
-Test(os, a_request_waits_for_another_threads_unmap_in_flight) {
+Test(os, a_request_waits_for_another_threads_unmap_in_flight, .timeout = 120) {
   fill_huge_cache();
   atomic_store(&ta_huge_hold_unmap, 1); /* the first span the purger takes stays in flight */
   pthread_t purger, releaser;
@@ -428,6 +428,46 @@ Test(os, a_request_waits_for_another_threads_unmap_in_flight) {
   cr_assert_lt(took, 30000, "the request slept %llu ms", (unsigned long long)took);
 }
 
+/* An unmap made outside any count in flight (the free of a block aligned to 8 MiB, never
+ * cached) moves the count of unmaps: it wakes a request asleep for another thread's unmap,
+ * which is still held. */
+static void *free_once_asleep(void *arg) {
+  void **job = arg; /* the block, and the sleeps before the request */
+  uint64_t sleeps = (uint64_t)(uintptr_t)job[1];
+  while (ta_huge_room_sleeps() == sleeps && !atomic_load(&waiter_done))
+    sched_yield();
+  ta_free(job[0]);
+  return NULL;
+}
+
+Test(os, an_unmap_made_elsewhere_wakes_a_sleeping_request, .timeout = 120) {
+  void *q = ta_aligned_alloc(8 * MiB, 8 * MiB);
+  cr_assert_not_null(q);
+  fill_huge_cache();
+  atomic_store(&ta_huge_hold_unmap, 1);
+  pthread_t purger, freer;
+  cr_assert_eq(pthread_create(&purger, NULL, purge_in_another_thread, NULL), 0);
+  while (atomic_load(&ta_huge_hold_unmap) != 2 && !atomic_load(&purge_done))
+    sched_yield();
+  cr_assert_eq(atomic_load(&ta_huge_hold_unmap), 2, "the purger took a span and holds it");
+  ta_huge_purge(0, true);
+  uint64_t epoch = ta_huge_epoch();
+  ta_huge_room_wait_ms = 60000;
+  void *job[2] = {q, (void *)(uintptr_t)ta_huge_room_sleeps()};
+  cr_assert_eq(pthread_create(&freer, NULL, free_once_asleep, job), 0);
+  uint64_t start = ta_os_now_ms();
+  bool again = ta_huge_make_room(TA_CHUNK_SIZE, epoch);
+  uint64_t took = ta_os_now_ms() - start;
+  unsigned held = atomic_load(&ta_huge_hold_unmap);
+  atomic_store(&waiter_done, true);
+  atomic_store(&ta_huge_hold_unmap, 0);
+  pthread_join(freer, NULL);
+  pthread_join(purger, NULL);
+  cr_assert(again, "the free unmapped its block: room was made");
+  cr_assert_eq(held, 2, "woken by the free's unmap, while the held one was still held");
+  cr_assert_lt(took, 30000, "the request slept %llu ms", (unsigned long long)took);
+}
+
 /* A signal handler's request, in a thread whose own unmap it cut into, does not wait for
  * that unmap: it could not end before the handler returns. */
 static _Atomic uint64_t handler_sleeps = UINT64_MAX;
@@ -438,7 +478,9 @@ static void refused_in_handler(int sig) {
   atomic_store(&handler_sleeps, ta_huge_room_sleeps() - before);
 }
 
-Test(os, a_handler_does_not_wait_for_the_unmap_it_cut_into) {
+/* The signal goes once the purger holds its unmap (the word reads 2): the handler's own look
+ * then neither purges (nothing is cached) nor takes the hold, which would stop its thread. */
+Test(os, a_handler_does_not_wait_for_the_unmap_it_cut_into, .timeout = 120) {
   fill_huge_cache();
   struct sigaction sa = {.sa_handler = refused_in_handler};
   sigemptyset(&sa.sa_mask);
