@@ -309,11 +309,15 @@ static _Atomic bool waiter_done;
 static void reader_leaves(void) {
   if (atomic_fetch_sub(&ta_stats_readers, 1) == 1) ta_huge_unmap_deferred();
 }
-/* Leaves once the request is seen waiting (gone to sleep), or has given up (`done`). */
-static void *reader_leaves_later(void *arg) {
-  uint64_t sleeps = *(uint64_t *)arg;
+/* Returns once the request has gone to sleep since `sleeps` was read, or has given up
+ * (`waiter_done`). */
+static void until_asleep(uint64_t sleeps) {
   while (ta_huge_room_sleeps() == sleeps && !atomic_load(&waiter_done))
     sched_yield();
+}
+/* Leaves once the request is seen waiting. */
+static void *reader_leaves_later(void *arg) {
+  until_asleep(*(uint64_t *)arg);
   reader_leaves();
   return NULL;
 }
@@ -393,21 +397,24 @@ static void *purge_in_another_thread(void *arg) {
 }
 /* Lets the held unmap go once the request is seen asleep, or has given up (`done`). */
 static void *release_once_asleep(void *arg) {
-  uint64_t sleeps = *(uint64_t *)arg;
-  while (ta_huge_room_sleeps() == sleeps && !atomic_load(&waiter_done))
-    sched_yield();
+  until_asleep(*(uint64_t *)arg);
   atomic_store(&ta_huge_hold_unmap, 0);
   return NULL;
 }
-
-Test(os, a_request_waits_for_another_threads_unmap_in_flight, .timeout = 120) {
+/* Four spans cached, and a purge in another thread that holds the first it takes in flight. */
+static pthread_t purge_holding_one_unmap(void) {
   fill_huge_cache();
-  atomic_store(&ta_huge_hold_unmap, 1); /* the first span the purger takes stays in flight */
-  pthread_t purger, releaser;
+  atomic_store(&ta_huge_hold_unmap, 1);
+  pthread_t purger;
   cr_assert_eq(pthread_create(&purger, NULL, purge_in_another_thread, NULL), 0);
   while (atomic_load(&ta_huge_hold_unmap) != 2 && !atomic_load(&purge_done))
     sched_yield();
   cr_assert_eq(atomic_load(&ta_huge_hold_unmap), 2, "the purger took a span and holds it");
+  return purger;
+}
+
+Test(os, a_request_waits_for_another_threads_unmap_in_flight, .timeout = 120) {
+  pthread_t purger = purge_holding_one_unmap(), releaser;
   ta_huge_purge(0, true); /* the spans still in their slots, unmapped here */
   cr_assert_eq(ta_huge_cached_count(), 0);
   uint64_t epoch = ta_huge_epoch(); /* read before the call the kernel refuses */
@@ -433,9 +440,7 @@ Test(os, a_request_waits_for_another_threads_unmap_in_flight, .timeout = 120) {
  * which is still held. */
 static void *free_once_asleep(void *arg) {
   void **job = arg; /* the block, and the sleeps before the request */
-  uint64_t sleeps = (uint64_t)(uintptr_t)job[1];
-  while (ta_huge_room_sleeps() == sleeps && !atomic_load(&waiter_done))
-    sched_yield();
+  until_asleep((uint64_t)(uintptr_t)job[1]);
   ta_free(job[0]);
   return NULL;
 }
@@ -443,13 +448,7 @@ static void *free_once_asleep(void *arg) {
 Test(os, an_unmap_made_elsewhere_wakes_a_sleeping_request, .timeout = 120) {
   void *q = ta_aligned_alloc(8 * MiB, 8 * MiB);
   cr_assert_not_null(q);
-  fill_huge_cache();
-  atomic_store(&ta_huge_hold_unmap, 1);
-  pthread_t purger, freer;
-  cr_assert_eq(pthread_create(&purger, NULL, purge_in_another_thread, NULL), 0);
-  while (atomic_load(&ta_huge_hold_unmap) != 2 && !atomic_load(&purge_done))
-    sched_yield();
-  cr_assert_eq(atomic_load(&ta_huge_hold_unmap), 2, "the purger took a span and holds it");
+  pthread_t purger = purge_holding_one_unmap(), freer;
   ta_huge_purge(0, true);
   uint64_t epoch = ta_huge_epoch();
   ta_huge_room_wait_ms = 60000;
@@ -481,16 +480,10 @@ static void refused_in_handler(int sig) {
 /* The signal goes once the purger holds its unmap (the word reads 2): the handler's own look
  * then neither purges (nothing is cached) nor takes the hold, which would stop its thread. */
 Test(os, a_handler_does_not_wait_for_the_unmap_it_cut_into, .timeout = 120) {
-  fill_huge_cache();
   struct sigaction sa = {.sa_handler = refused_in_handler};
   sigemptyset(&sa.sa_mask);
   cr_assert_eq(sigaction(SIGUSR1, &sa, NULL), 0);
-  atomic_store(&ta_huge_hold_unmap, 1);
-  pthread_t purger;
-  cr_assert_eq(pthread_create(&purger, NULL, purge_in_another_thread, NULL), 0);
-  while (atomic_load(&ta_huge_hold_unmap) != 2 && !atomic_load(&purge_done))
-    sched_yield();
-  cr_assert_eq(atomic_load(&ta_huge_hold_unmap), 2, "the purger took a span and holds it");
+  pthread_t purger = purge_holding_one_unmap();
   ta_huge_purge(0, true); /* nothing else cached, nothing else in flight */
   ta_huge_room_wait_ms = 60000;
   cr_assert_eq(pthread_kill(purger, SIGUSR1), 0);
