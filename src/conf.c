@@ -71,7 +71,7 @@ int ta_huge_halves = -1;                     /* huge_halves: -1 unset, 0 off, 1 
 int ta_bg_setting = -1;                      /* background_thread: -1 unset, 0 off, 1 on */
 int ta_conf_lazy_commit = -1;                /* lazy_commit: -1 unset, 0 off, 1 on (chunk.c) */
 bool ta_stats_on;                            /* stats (ta_stats_switch) */
-size_t ta_fast_limit = TA_SMALL_MAX;
+size_t ta_fast_limit = TA_SMALL_MAX + 1;
 bool ta_stats_from_start;
 bool ta_conf_stats_print;
 int ta_conf_stats_format; /* 0 text, 1 json */
@@ -90,7 +90,7 @@ int ta_stats_switch(int on, bool from_start) {
   int was = ta_stats_on;
   if (on && !ta_stats_on && from_start) ta_stats_from_start = true;
   ta_stats_on = on != 0;
-  ta_fast_limit = on ? 0 : TA_SMALL_MAX;
+  ta_fast_limit = on ? 0 : TA_SMALL_MAX + 1;
   return was;
 }
 

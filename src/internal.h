@@ -804,7 +804,7 @@ TA_HIDDEN extern int ta_huge_halves;         /* huge_halves: -1 the kernel's mod
 TA_HIDDEN extern int ta_bg_setting;   /* background_thread: -1 default, 0 off, 1 on */
 TA_HIDDEN extern int ta_conf_lazy_commit; /* lazy_commit: -1 the kernel's mode, 0 off, 1 on */
 TA_HIDDEN extern bool ta_stats_on;    /* requested sizes are tracked */
-TA_HIDDEN extern size_t ta_fast_limit; /* TA_SMALL_MAX, or 0 while statistics are on */
+TA_HIDDEN extern size_t ta_fast_limit;     /* TA_SMALL_MAX + 1, or 0 while statistics are on */
 TA_HIDDEN extern bool ta_stats_from_start; /* on before the first block: requested sizes exact */
 TA_HIDDEN int ta_stats_switch(int on, bool from_start); /* sets the three above */
 TA_HIDDEN extern bool ta_conf_stats_print;

@@ -44,7 +44,7 @@ Test(conf, good_values_take_effect) {
   cr_assert_eq(ta_fast_limit, 0, "statistics take every malloc through the tracked path");
   apply_captured("stats:false,stats_format:json");
   cr_assert_not(ta_stats_on);
-  cr_assert_eq(ta_fast_limit, TA_SMALL_MAX);
+  cr_assert_eq(ta_fast_limit, TA_SMALL_MAX + 1);
   cr_assert_eq(ta_conf_stats_format, 1);
   cr_assert_str_empty(apply_captured("run_threshold:77"));
   cr_assert_eq(ta_run_threshold, 77);

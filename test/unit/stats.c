@@ -65,6 +65,28 @@ Test(stats, internal_fragmentation_of_small_blocks) {
   cr_assert_float_eq(s.internal_fragmentation_pct, 100.0 * 600 / 3200, 1e-9);
 }
 
+/* malloc(0) is a request of one byte (its block is the 16-byte class's) and is recorded so,
+ * whether its class's list has a block for it or not: no call takes the fast path while
+ * statistics are on, which would leave the shadow with the last request made there (here the
+ * 16 bytes of the blocks freed before). */
+Test(stats, a_request_of_zero_bytes_is_recorded_as_one) {
+  ta_stats_enable(1);
+  enum { N = 64 };
+  void *p[N];
+  for (int i = 0; i < N; i++)
+    cr_assert_not_null(p[i] = ta_malloc(16));
+  cr_assert_eq(get(-1).classes[1].requested_bytes, 16 * N);
+  for (int i = 0; i < N; i++)
+    ta_free(p[i]);
+  for (int i = 0; i < N; i++)
+    cr_assert_not_null(p[i] = ta_malloc(0));
+  struct ta_stats s = get(-1);
+  cr_assert_eq(s.classes[1].live_blocks, N);
+  cr_assert_eq(s.classes[1].requested_bytes, N, "each malloc(0) a request of one byte");
+  for (int i = 0; i < N; i++)
+    ta_free(p[i]);
+}
+
 /* An emptied small chunk whose pages went back while a statistics reader kept it mapped
  * keeps its first page: the header and, beside it, the pointer to its shadow array. Reused,
  * it records the new requests there, and its runs' meta blocks past the first page (slots
