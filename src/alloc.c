@@ -418,11 +418,12 @@ static TA_NOINLINE void *alloc_big(size_t size) {
  * arena, whose sentinel's runs are all empty): small_alloc_slow, as alloc_from would reach it
  * for this request, without alloc_big's tests for spans and the medium cache, nor alloc_from's
  * frame and its tests for every other kind of request (statistics are off: ta_malloc came
- * here past ta_fast_limit). A refill went from 424 instructions to 353 (callgrind, bench/run's
- * `random`, which leaves the fast path on one malloc in 28). Without an arena, alloc_from as
- * before, which takes one. Without a block (the kernel refused a chunk), what alloc_from does
- * for a small class: the cached huge spans unmapped, or another thread's unmaps since `epoch`
- * seen, the request is made once more (ta_huge_make_room); else ENOMEM. */
+ * here past ta_fast_limit; a refill that read the limit just before they were switched on
+ * records nothing, as a fast-path malloc then does). A refill went from 424 instructions to 353
+ * (callgrind, bench/run's `random`, which leaves the fast path on one malloc in 28). Without an
+ * arena, alloc_from as before, which takes one. Without a block (the kernel refused a chunk), what
+ * alloc_from does for a small class: the cached huge spans unmapped, or another thread's unmaps
+ * since `epoch` seen, the request is made once more (ta_huge_make_room); else ENOMEM. */
 static TA_NOINLINE void *malloc_refill(size_t size) {
   ta_arena_t *a = ta_tl_arena;
   if (TA_UNLIKELY(a == &ta_sentinel_arena)) return alloc_generic(size, TA_ALIGNMENT, false);
@@ -430,8 +431,12 @@ static TA_NOINLINE void *malloc_refill(size_t size) {
   uint64_t epoch = ta_huge_epoch(); /* before anything may be refused */
   unsigned cls = ta_class_lut[size];
   void *p = small_alloc_slow(a, cls, TA_ALIGNMENT);
-  if (TA_UNLIKELY(p == NULL) && (!ta_huge_make_room(TA_CHUNK_SIZE, epoch) ||
-                                 (p = small_alloc_slow(a, cls, TA_ALIGNMENT)) == NULL)) {
+  if (TA_LIKELY(p != NULL)) {
+    bg_safe_point();
+    return p;
+  }
+  if (!ta_huge_make_room(TA_CHUNK_SIZE, epoch) ||
+      (p = small_alloc_slow(a, cls, TA_ALIGNMENT)) == NULL) {
     errno = ENOMEM;
     return NULL;
   }

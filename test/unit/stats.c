@@ -65,10 +65,10 @@ Test(stats, internal_fragmentation_of_small_blocks) {
   cr_assert_float_eq(s.internal_fragmentation_pct, 100.0 * 600 / 3200, 1e-9);
 }
 
-/* malloc(0) is a request of one byte (its block is the 16-byte class's) and is recorded so,
- * whether its class's list has a block for it or not: no call takes the fast path while
- * statistics are on, which would leave the shadow with the last request made there (here the
- * 16 bytes of the blocks freed before). */
+/* malloc(0) is a request of one byte (its block is the 16-byte class's) and is recorded so:
+ * no call takes the fast path while statistics are on, where a malloc(0) served from its
+ * class's list would leave the shadow with the last request made there (here the 16 bytes of
+ * the blocks freed before). */
 Test(stats, a_request_of_zero_bytes_is_recorded_as_one) {
   ta_stats_enable(1);
   enum { N = 64 };
