@@ -69,9 +69,17 @@ static void slow_path_chores(ta_arena_t *a) {
 /* Takes in what other threads freed into arena a (arena.c), which the caller holds; if that
  * took all arenas over the budget of free resident memory, the arena's oldest excess goes
  * back now (purge.c; ta_dirty_add marks it, as lower layers do not purge). */
-static void collect(ta_arena_t *a) {
+static void collect_locked(ta_arena_t *a) {
   ta_remote_collect(a);
   ta_purge_if_over(a);
+}
+
+/* The same from a slow path that holds no lock, which first sends this thread's remote frees
+ * put off to their owners (arena.c; they may be a's): not under a lock, as the push may drain
+ * an arena without a thread (drain_ownerless), taking its lock. */
+static void collect(ta_arena_t *a) {
+  ta_remote_flush();
+  collect_locked(a);
 }
 
 /* The chores, now; the next round begins (a medium request the cache cannot serve does them
@@ -554,28 +562,22 @@ void *ta_pvalloc(size_t size) {
 
 /* ------------------------------------------------------------------ free */
 
-/* Whether block b's link word is one a free block can hold: it decodes to the end of a list,
- * or to a block of ours (in a small or medium chunk, 16-byte aligned). Another thread's
- * verdict on a block whose mark says "free" (it cannot read the owner's lists). */
-static bool link_plausible(const void *b) {
-  const ta_block_t *next = ta_block_next((const ta_block_t *)b);
-  if (next == NULL) return true;
-  uint8_t kind = ta_map_get((uintptr_t)next);
-  return ((uintptr_t)next & (TA_ALIGNMENT - 1)) == 0 &&
-         (kind == TA_MAP_SMALL || kind == TA_MAP_MEDIUM);
-}
-
 /* A block of another arena goes to its owner. A block that looks free — its mark, and a
  * link word that decodes to a list's end or a block of ours: two words, one of them keyed
  * by a secret no correct program can know — was freed before: reported at once, before
  * its owner can hand it out again. A mark without such a link is only a suspicion, for the
  * owner to confirm (it alone can read its lists). */
-static bool free_to_owner(ta_arena_t *owner, ta_block_t *b) {
+static bool free_to_owner(ta_arena_t *owner, ta_block_t *b, bool small) {
   uintptr_t mark = ta_mark(b);
-  if (TA_UNLIKELY(b->key == mark)) {
-    if (link_plausible(b)) ta_fatal("free(): double free of pointer", b);
+  /* Acquire: a mark another thread's chain stored comes with its link (ta_remote_defer). */
+  if (TA_UNLIKELY(__atomic_load_n(&b->key, __ATOMIC_ACQUIRE) == mark)) {
+    if (ta_link_plausible(b)) ta_fatal("free(): double free of pointer", b);
     ta_remote_suspect(owner, b);
     return false;
+  }
+  if (small) {
+    ta_remote_defer(owner, b, mark); /* with others for the same owner (arena.c) */
+    return true;
   }
   b->key = mark;
   ta_remote_push(owner, b);
@@ -584,7 +586,7 @@ static bool free_to_owner(ta_arena_t *owner, ta_block_t *b) {
 
 static TA_NOINLINE void free_small_remote(ta_run_t *r, ta_block_t *b) {
   if (!ta_small_valid(r, b)) ta_fatal("free(): invalid pointer", b);
-  free_to_owner(r->owner, b);
+  free_to_owner(r->owner, b, true);
 }
 
 /* The owner's verdicts on its block p whose mark says "free" (small.c, medium.c), once
@@ -592,14 +594,14 @@ static TA_NOINLINE void free_small_remote(ta_run_t *r, ta_block_t *b) {
  * first: the background purger may hold the remote list (see ta_small_freed). */
 static TA_EXIT_PATH bool small_freed(ta_arena_t *me, ta_run_t *r, const void *p) {
   ta_slow_enter(me);
-  collect(me);
+  collect_locked(me);
   bool freed = ta_small_freed(me, r, p);
   ta_slow_leave(me);
   return freed;
 }
 static TA_EXIT_PATH bool medium_freed(ta_arena_t *me, const void *p) {
   ta_slow_enter(me);
-  collect(me);
+  collect_locked(me);
   bool freed = ta_medium_freed(me, p);
   ta_slow_leave(me);
   return freed;
@@ -608,7 +610,7 @@ static TA_EXIT_PATH bool medium_freed(ta_arena_t *me, const void *p) {
 /* The owner frees a block whose mark says "free": a double free, or data that looks so. */
 static TA_EXIT_PATH void free_small_suspect(ta_arena_t *me, ta_run_t *r, ta_block_t *b) {
   ta_slow_enter(me); /* as small_freed */
-  collect(me);
+  collect_locked(me);
   ta_small_free_suspect(me, r, b);
   ta_slow_leave(me);
   ta_purge_if_over(me);
@@ -631,7 +633,7 @@ static TA_EXIT_PATH void free_small_slow(ta_arena_t *me, ta_run_t *r) {
  * seq_cst, as the purger's exchange of the due time, then its load of the count
  * (background.c): one of the two sees the other, on arm64 too. */
 static TA_NOINLINE void free_medium_remote(ta_arena_t *owner, ta_block_t *b) {
-  if (free_to_owner(owner, b)) {
+  if (free_to_owner(owner, b, false)) {
     int64_t before = atomic_fetch_add_explicit(&owner->remote_medium, 1, memory_order_seq_cst);
     if (atomic_load_explicit(&owner->state, memory_order_relaxed) != ARENA_CLAIMED) return;
     if (before <= 0 || atomic_load_explicit(&ta_arenas_due, memory_order_seq_cst) == 0)
@@ -816,8 +818,8 @@ static size_t usable_checked(void *p, const char *op) {
     ta_run_t *r = ta_run_of(p);
     if (!ta_small_valid(r, p)) ta_fatal(op, p);
     if (TA_UNLIKELY(is_free_marked(p)) &&
-        (ta_secure || (r->owner == ta_tl_arena ? small_freed(ta_tl_arena, r, p)
-                                               : link_plausible(p))))
+        (ta_secure ||
+         (r->owner == ta_tl_arena ? small_freed(ta_tl_arena, r, p) : ta_link_plausible(p))))
       ta_fatal(op, p);
     return r->bsize - (ta_secure ? TA_CANARY_SIZE : 0);
   }
@@ -826,7 +828,7 @@ static size_t usable_checked(void *p, const char *op) {
     if (!ta_medium_live(ta_mh_load(h))) ta_fatal(op, p);
     if (TA_UNLIKELY(is_free_marked(p)) &&
         (ta_secure || (ta_chunk_of(p)->owner == ta_tl_arena ? medium_freed(ta_tl_arena, p)
-                                                            : link_plausible(p))))
+                                                            : ta_link_plausible(p))))
       ta_fatal(op, p);
     return ta_medium_usable(h);
   }
@@ -1151,7 +1153,7 @@ static TA_NOINLINE void secure_free(void *p) {
     /* The block's arena first, if it has no thread (arena.c, ta_arena_want). */
     ta_arena_t *owner = kind == TA_MAP_SMALL ? ta_run_of(p)->owner : ta_chunk_of(p)->owner;
     if (atomic_load_explicit(&owner->state, memory_order_relaxed) == ARENA_FREE)
-      ta_arena_want(owner);
+      ta_arena_want(owner, 1);
     bg_in_free = true;
     me = arena_get_slow(&borrowed);
     bg_in_free = false;
@@ -1189,9 +1191,10 @@ int ta_malloc_trim(size_t pad) {
   size_t freed = 0;
   ta_arena_t *a = ta_tl_arena;
   if (ta_secure && a != &ta_sentinel_arena) quarantine_flush(a);
+  ta_remote_flush();
   if (a != &ta_sentinel_arena) {
     ta_slow_enter(a);
-    collect(a);
+    collect_locked(a);
     freed += ta_arena_purge(a, now, TA_PURGE_ALL, 0, true);
     ta_slow_leave(a);
   }
@@ -1353,13 +1356,19 @@ size_t ta_nallocx(size_t size, int flags) { return usable_for(size, flags_align(
 
 /* ------------------------------------------------------------------ thread exit and fork */
 
-/* The exit hook of a thread that had an arena (arena.c registers it): the hardened build's
+/* The exit hook of a thread that had an arena, or a chain of remote frees put off (arena.c
+ * registers it), which goes to its owner first: the hardened build's
  * quarantine is checked and emptied now, not left until some thread adopts the arena; the
  * thread gives its arenas up; and the purger thread starts if that left work, so that their
  * free memory goes back on time, with no caller needed. */
 static void thread_exit(void *arena) {
   ta_arena_t *a = arena, *give_up[2];
-  if (ta_secure && ta_tl_arena == a) quarantine_flush(a);
+  /* The sentinel: a thread that registered the hook for its chain alone (arena.c, defer_hook),
+   * or one a fork child left without its arena; a signal handler's call may have given it an
+   * arena after that registration. */
+  if (a == &ta_sentinel_arena) a = ta_tl_arena;
+  ta_remote_flush(); /* a thread without an arena registers the hook for this alone (arena.c) */
+  if (ta_secure && a != &ta_sentinel_arena && ta_tl_arena == a) quarantine_flush(a);
   unsigned n = ta_arena_thread_exit(a, give_up);
   for (unsigned i = 0; i < n; i++)
     arena_release(give_up[i], true);

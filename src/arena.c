@@ -18,7 +18,8 @@
  * the kernel says its owner has exited.
  *
  * Remote frees: another thread pushes the block onto one of owner.remote's lists with a
- * CAS, each freer taking the lists in turn; only the arena's holder takes blocks off (its
+ * CAS (a small block within a chain of its frees for that owner: "remote frees put off",
+ * below), each freer taking the lists in turn; only the arena's holder takes blocks off (its
  * owner; for an arena without a thread, whoever claimed it: an adoption, the orphan purge, a
  * free's drain, below), a whole list at once with an exchange, so there is no ABA problem. The
  * owner walks the lists side by side: see ta_remote_collect_slow.
@@ -48,6 +49,9 @@
 __thread ta_arena_t *ta_tl_arena __attribute__((tls_model("initial-exec"))) = &ta_sentinel_arena;
 enum { TL_NEW = 0, TL_OWNER = 1, TL_EXITED = 2 };
 static __thread uint8_t tl_state __attribute__((tls_model("initial-exec")));
+/* This thread's exit hook is registered (register_thread, or defer_hook for a thread
+ * without an arena). */
+static __thread bool tl_hooked __attribute__((tls_model("initial-exec")));
 /* This thread's arena, set aside by a fork that interrupted one of its calls (fork_child). */
 static __thread ta_arena_t *tl_suspended __attribute__((tls_model("initial-exec")));
 /* The arena without a thread that this thread last freed into while it had none of its own,
@@ -260,9 +264,10 @@ bool ta_arena_try_claim(ta_arena_t *a) {
  * only frees takes no arena (but in the hardened build, whose first free takes one for its
  * quarantine), and a free into an arena that has a thread costs nothing more. */
 _Static_assert(TA_DRAIN_EVERY < UINT8_MAX, "the count stops past TA_DRAIN_EVERY");
-void ta_arena_want(ta_arena_t *a) {
+void ta_arena_want(ta_arena_t *a, unsigned n) {
   if (ta_tl_arena != &ta_sentinel_arena) return;
-  if (tl_wanted_frees <= TA_DRAIN_EVERY) tl_wanted_frees++;
+  tl_wanted_frees =
+      (uint8_t)(tl_wanted_frees + n <= TA_DRAIN_EVERY ? tl_wanted_frees + n : TA_DRAIN_EVERY + 1);
   tl_wanted = tl_wanted_frees <= TA_DRAIN_EVERY ? a : NULL;
 }
 
@@ -339,6 +344,7 @@ static void register_thread(ta_arena_t *a, const ta_library_t *lib) {
   while ((st = atomic_load_explicit(&exit_key_state, memory_order_acquire)) == 1) {
   }
   bool hooked = st == 2 && pthread_setspecific(exit_key, a) == 0;
+  tl_hooked = hooked;
   /* Without an exit hook the arena carries its owner's thread id, so that it can be taken
    * over once the owner has exited (arena_claim). */
   if (!hooked) atomic_store_explicit(&unhooked, true, memory_order_relaxed);
@@ -429,9 +435,12 @@ ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
 static __thread uint8_t tl_drain_count __attribute__((tls_model("initial-exec")));
 _Static_assert(TA_DRAIN_EVERY >= 1 && TA_DRAIN_EVERY <= 255, "the count is a byte");
 
-static TA_NOINLINE void drain_ownerless(ta_arena_t *a) {
-  ta_arena_want(a);
-  if (++tl_drain_count < TA_DRAIN_EVERY) return;
+static TA_NOINLINE void drain_ownerless(ta_arena_t *a, unsigned n) {
+  ta_arena_want(a, n);
+  if (tl_drain_count + n < TA_DRAIN_EVERY) {
+    tl_drain_count = (uint8_t)(tl_drain_count + n);
+    return;
+  }
   tl_drain_count = 0;
   if (!ta_fork_hold()) return;
   if (ta_arena_try_claim(a)) { /* else adopted, or another thread's purge or drain */
@@ -443,27 +452,28 @@ static TA_NOINLINE void drain_ownerless(ta_arena_t *a) {
 }
 
 /* An ownerless arena drains when someone notices: the orphan purge (purge.c), and every
- * TA_DRAIN_EVERY-th push into a FREE one (drain_ownerless). The state shares the cache line
- * the caller's CAS just took. */
-static void notice_if_ownerless(ta_arena_t *owner) {
+ * TA_DRAIN_EVERY-th block pushed into a FREE one (drain_ownerless; n: the blocks this push
+ * brought, a chain's whole length: its owner may have lost its thread since it began). The
+ * state shares the cache line the caller's CAS just took. */
+static void notice_if_ownerless(ta_arena_t *owner, unsigned n) {
   int st = atomic_load_explicit(&owner->state, memory_order_seq_cst);
   if (TA_UNLIKELY(st != ARENA_CLAIMED)) {
     ta_note_orphan_work();
-    if (st == ARENA_FREE) drain_ownerless(owner);
+    if (st == ARENA_FREE) drain_ownerless(owner, n);
   }
 }
 
 /* Pushes the chain first..last (linked through their encoded links) onto owner's remote list
  * i with one compare-exchange, then tells the orphan purge if the owner is gone. */
-static void remote_push_chain(ta_arena_t *owner, unsigned i, ta_block_t *first,
-                              ta_block_t *last) {
+static void remote_push_chain(ta_arena_t *owner, unsigned i, ta_block_t *first, ta_block_t *last,
+                              unsigned n) {
   _Atomic(ta_block_t *) *list = &owner->remote[i];
   ta_block_t *head = atomic_load_explicit(list, memory_order_relaxed);
   do {
     last->link = ta_link_enc(head);
   } while (!atomic_compare_exchange_weak_explicit(list, &head, first, memory_order_seq_cst,
                                                   memory_order_relaxed));
-  notice_if_ownerless(owner);
+  notice_if_ownerless(owner, n);
 }
 
 /* Takes each non-empty remote list of a whole, with an acquire exchange (an empty one is
@@ -484,7 +494,83 @@ unsigned ta_remote_take_all(ta_arena_t *a, ta_block_t *lists[TA_REMOTE_LISTS]) {
 void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
   unsigned i = tl_remote_list;
   tl_remote_list = (uint8_t)(i + 1 == TA_REMOTE_LISTS ? 0 : i + 1);
-  remote_push_chain(owner, i, b, b);
+  remote_push_chain(owner, i, b, b, 1);
+}
+
+/* ------------------------------------------------------------------ remote frees put off */
+
+/* A thread's remote frees of small blocks are gathered, one owner at a time, into a chain of
+ * its own (linked as a list is, the first one freed holding the list's end), which goes onto
+ * the owner's lists with one compare-and-swap: when it holds TA_DEFER_MAX blocks, when the
+ * thread frees a block of another arena, at the thread's next slow path of malloc (collect,
+ * alloc.c), at its exit (the exit hook, alloc.c) and at malloc_trim. One push per block made
+ * every freer and the owner's drain take the line of the owner's lists in turn: in a
+ * producer-consumer program, the compare-and-swap held three quarters of the push's samples
+ * (docs/design.md, "Remote frees put off"). A chain waits for its thread: at most
+ * TA_DEFER_MAX - 1 blocks per thread are held back from their owner, counted in use meanwhile,
+ * as blocks on a remote list are. Every block of a chain is marked free and holds a link that
+ * decodes to a block of ours or to a list's end, so that a second free of it, by any thread,
+ * is reported at once (free_to_owner's rule, and the owner's in ta_small_freed). Only to an
+ * arena that has a thread (one without is drained by the frees into it: drain_ownerless), in a
+ * thread whose exit hook will hand the chain on (a thread without an arena registers it here,
+ * with the sentinel for its arena), and not in the hardened build. Like the fast paths, the
+ * chain is the thread's own: a signal handler's call cut into another free of the same thread
+ * may lose a block to reuse (ta_remote_flush_slow finds no chain twice), not push one twice. */
+static __thread ta_arena_t *tl_defer_owner __attribute__((tls_model("initial-exec")));
+static __thread ta_block_t *tl_defer_first __attribute__((tls_model("initial-exec")));
+static __thread ta_block_t *tl_defer_last __attribute__((tls_model("initial-exec")));
+static __thread unsigned tl_defer_n __attribute__((tls_model("initial-exec")));
+
+/* Whether this thread's exit hook will run: registered now for a thread without an arena.
+ * glibc's pthread_setspecific allocates for a key past the first 32 (PTHREAD_KEY_2NDLEVEL_SIZE),
+ * which a free must not do: past them such a thread pushes each block. */
+static bool defer_hook(void) {
+  if (tl_hooked) return true;
+  if (ta_tl_arena != &ta_sentinel_arena || tl_state != TL_NEW ||
+      atomic_load_explicit(&exit_key_state, memory_order_acquire) != 2 || exit_key >= 32)
+    return false;
+  tl_hooked = pthread_setspecific(exit_key, &ta_sentinel_arena) == 0;
+  return tl_hooked;
+}
+
+void ta_remote_flush_slow(void) {
+  ta_arena_t *owner = tl_defer_owner;
+  unsigned n = tl_defer_n;
+  tl_defer_owner = NULL; /* detached before the push */
+  tl_defer_n = 0;
+  if (owner == NULL) return; /* a signal handler's call sent it on meanwhile */
+  unsigned i = tl_remote_list;
+  tl_remote_list = (uint8_t)(i + 1 == TA_REMOTE_LISTS ? 0 : i + 1);
+  remote_push_chain(owner, i, tl_defer_first, tl_defer_last, n);
+}
+
+void ta_remote_flush(void) {
+  if (tl_defer_owner != NULL) ta_remote_flush_slow();
+}
+
+/* The link is written before the mark (`mark`, which free_to_owner computed), and the mark
+ * with a release store: another thread that finds the mark (free_to_owner's acquire load)
+ * finds the link too, and reports its second free at once, never as a mere suspicion that
+ * the owner, finding the block on none of its lists, would settle by freeing it. */
+void ta_remote_defer(ta_arena_t *owner, ta_block_t *b, uintptr_t mark) {
+  if (TA_LIKELY(owner == tl_defer_owner)) {
+    b->link = ta_link_enc(tl_defer_first);
+    __atomic_store_n(&b->key, mark, __ATOMIC_RELEASE);
+    tl_defer_first = b;
+    if (++tl_defer_n >= TA_DEFER_MAX) ta_remote_flush_slow();
+    return;
+  }
+  ta_remote_flush();
+  if (ta_secure || tl_state == TL_EXITED ||
+      atomic_load_explicit(&owner->state, memory_order_relaxed) != ARENA_CLAIMED || !defer_hook()) {
+    b->key = mark;
+    return ta_remote_push(owner, b);
+  }
+  b->link = ta_link_enc(NULL);
+  __atomic_store_n(&b->key, mark, __ATOMIC_RELEASE);
+  tl_defer_first = tl_defer_last = b;
+  tl_defer_n = 1;
+  tl_defer_owner = owner;
 }
 
 /* A free by another thread of a block whose mark says "already free". Only the owner can
@@ -505,7 +591,7 @@ void ta_remote_suspect(ta_arena_t *owner, void *p) {
           atomic_compare_exchange_strong_explicit(&owner->suspects[i], &expected, p,
                                                   memory_order_release, memory_order_relaxed)) {
         atomic_fetch_add_explicit(&owner->suspected, 1, memory_order_seq_cst);
-        notice_if_ownerless(owner);
+        notice_if_ownerless(owner, 1);
         return;
       }
     }
@@ -605,7 +691,7 @@ void ta_remote_collect_medium(ta_arena_t *a) {
   /* Back on their lists; an orphan purge may have given the arena back meanwhile, having
    * seen the lists empty: it is told. */
   for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
-    if (small[i]) remote_push_chain(a, i, small[i], last[i]);
+    if (small[i]) remote_push_chain(a, i, small[i], last[i], 1);
 }
 
 /* A suspected double free, after the remote lists were drained: a block still in use is
@@ -616,6 +702,13 @@ static void confirm_suspect(ta_arena_t *a, void *p) {
     ta_run_t *r = ta_run_of(p);
     if (r->owner != a || !ta_small_valid(r, p) || ta_small_on_free_list(r, p))
       ta_fatal("free(): double free of pointer", p);
+    if (((ta_block_t *)p)->key == ta_mark(p)) {
+      /* Still marked and on no list: a block another thread's chain holds (its link a list's
+       * end or a block of ours: reported), or one whose link a write after free changed, or
+       * data equal to the mark, kept in use (small.c, ta_small_free_suspect). */
+      if (ta_link_plausible(p)) ta_fatal("free(): double free of pointer", p);
+      return;
+    }
     TA_ADD(a->cnt.frees, 1);
     TA_ADD(a->cnt.remote_frees, 1);
     ta_small_free_local(a, r, p);
@@ -690,7 +783,10 @@ void ta_arena_fork_child(void) {
         }
         ta_tl_arena = &ta_sentinel_arena;
         tl_state = TL_NEW;
-        if (atomic_load(&exit_key_state) == 2) pthread_setspecific(exit_key, NULL);
+        /* The hook stays, for the thread's chain of remote frees put off (and the arena set
+         * aside): the sentinel stands for an arena, as for a thread that never had one. */
+        tl_hooked = atomic_load(&exit_key_state) == 2 &&
+                    pthread_setspecific(exit_key, &ta_sentinel_arena) == 0;
       } else {
         atomic_store(&a->owner_tid, ta_os_gettid()); /* our thread id in the child */
         if ((atomic_load(&a->owner_tag) & TAG_ID_MASK) != 0) arena_set_owner(a, ta_os_gettid());

@@ -19,12 +19,13 @@
  * Each chunk belongs to one arena; each thread owns one arena (ta_arena_t), reached
  * through an initial-exec TLS pointer. Only the owner touches an arena's lists. A free
  * from another thread pushes the block onto one of the owner's atomic `remote` lists with
- * one CAS; the owner drains those lists in its slow paths.
+ * one CAS (a small block in a chain of that thread's frees for the owner: arena.c); the owner
+ * drains those lists in its slow paths.
  *
  * Invariants (checked by the tests in test/unit):
  *   run:    RUN_USED(r) + |run.free| == limit / bsize <= ta_run_cap(r) (2^16 / bsize);
- *           RUN_USED counts the blocks on owner.remote[] (freed by other threads, not yet
- *           taken in)
+ *           RUN_USED counts the blocks on owner.remote[] and in other threads' chains of
+ *           remote frees put off (freed by other threads, not yet taken in)
  *   run:    state == RUN_FULL <=> RUN_FULL_BIT set in used <=> in no list (and free was NULL
  *           when it was set; remote frees may refill it before the owner notices)
  *   run:    state == RUN_ACTIVE <=> RUN_ACTIVE_BIAS added to used <=> it is owner.cur[cls]
@@ -34,12 +35,11 @@
  *           will never take it back; owner != the chunk's owner: the slot is lent
  *   run:    no block at or above limit is handed out or on a list; only the owner lowers
  *           limit (ta_small_shrink), and never below a block that is not on its free list
- *   block:  a block on a free or remote list has word[1] == ta_mark(b); malloc clears it,
- *           a run that retires wipes every mark and link it held, and a run that shrinks
- *           those of the blocks it drops from the page it keeps
- *   medium: INUSE clear <=> the block is on exactly one bin list; no two adjacent free
- *           blocks; PREV_FREE of a block == !INUSE of its predecessor
- *   map:    ta_map_at(g) != 0 => granule g is mapped and its header check word is valid
+ *   block:  a block on a free or remote list or in a chain has word[1] == ta_mark(b); malloc clears
+ * it, a run that retires wipes every mark and link it held, and a run that shrinks those of the
+ * blocks it drops from the page it keeps medium: INUSE clear <=> the block is on exactly one bin
+ * list; no two adjacent free blocks; PREV_FREE of a block == !INUSE of its predecessor map:
+ * ta_map_at(g) != 0 => granule g is mapped and its header check word is valid
  */
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
@@ -1007,6 +1007,18 @@ TA_INLINE uint8_t ta_map_get(uintptr_t addr) {
   if (TA_UNLIKELY(!ta_map_covers(g))) return TA_MAP_NONE;
   return ta_map_at(g);
 }
+/* Whether block b's link word is one a free block can hold: it decodes to the end of a list,
+ * or to a block of ours (in a small or medium chunk, 16-byte aligned). The verdict on a block
+ * whose mark says "free" where no list shows it: another thread's (it cannot read the owner's
+ * lists: alloc.c, free_to_owner), and the owner's on a block another thread holds in its chain
+ * of remote frees put off (small.c, ta_small_freed). */
+TA_INLINE bool ta_link_plausible(const void *b) {
+  const ta_block_t *next = ta_block_next((const ta_block_t *)b);
+  if (next == NULL) return true;
+  uint8_t kind = ta_map_get((uintptr_t)next);
+  return ((uintptr_t)next & (TA_ALIGNMENT - 1)) == 0 &&
+         (kind == TA_MAP_SMALL || kind == TA_MAP_MEDIUM);
+}
 TA_INLINE ta_chunk_t *ta_chunk_of(const void *p) {
   return (ta_chunk_t *)((uintptr_t)p & ~(uintptr_t)TA_CHUNK_MASK);
 }
@@ -1408,7 +1420,7 @@ TA_HIDDEN size_t ta_page(void);
 TA_HIDDEN ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed);
 /* This thread frees into arena a, which has no thread: without an arena of its own, and after
  * few such frees, its next claim tries a first (arena.c). */
-TA_HIDDEN void ta_arena_want(ta_arena_t *a);
+TA_HIDDEN void ta_arena_want(ta_arena_t *a, unsigned n); /* n: blocks freed into a */
 TA_HIDDEN void ta_atfork_register(const ta_library_t *lib);
 TA_HIDDEN unsigned ta_arena_thread_exit(ta_arena_t *a, ta_arena_t *give_up[2]); /* exit hook */
 TA_HIDDEN void ta_arena_fork_child(void);            /* from the child handler */
@@ -1418,6 +1430,13 @@ TA_HIDDEN void ta_arena_release(ta_arena_t *a);
 TA_HIDDEN void ta_arena_give_back(ta_arena_t *a);
 TA_HIDDEN bool ta_arena_owner_hooked(const ta_arena_t *a);
 TA_HIDDEN void ta_remote_push(ta_arena_t *owner, ta_block_t *b);
+/* A small block freed by another thread, for its owner: put off into this thread's chain
+ * (arena.c, "remote frees put off"), which goes onto the owner's lists whole. */
+#define TA_DEFER_MAX 32 /* blocks a chain holds at most */
+TA_HIDDEN void ta_remote_defer(ta_arena_t *owner, ta_block_t *b, uintptr_t mark);
+/* This thread's chain, if it has one, onto its owner's lists now. */
+TA_HIDDEN void ta_remote_flush(void);
+TA_HIDDEN void ta_remote_flush_slow(void);
 TA_HIDDEN void ta_remote_suspect(ta_arena_t *owner, void *p);
 TA_HIDDEN void ta_remote_collect_slow(ta_arena_t *a);
 TA_HIDDEN unsigned ta_remote_take_all(ta_arena_t *a, ta_block_t *lists[TA_REMOTE_LISTS]);
@@ -1436,7 +1455,9 @@ TA_INLINE bool ta_remote_waiting(ta_arena_t *a, memory_order mo) {
 /* The owner takes in what other threads left for it: the blocks they freed, and the frees
  * they suspected of being double frees. Loads of one cache line when there is none: every
  * list is read, as the push itself (a CAS) is what publishes a remote free — the verdicts on
- * a block whose mark says "free" (alloc.c) depend on seeing every push that has happened. */
+ * a block whose mark says "free" (alloc.c) depend on seeing every push that has happened
+ * (and, for a block a thread's chain still holds, pushed later, on its link: small.c,
+ * ta_small_freed). */
 TA_INLINE void ta_remote_collect(ta_arena_t *a) {
   if (ta_remote_waiting(a, memory_order_relaxed) ||
       atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0)

@@ -723,20 +723,26 @@ bool ta_small_on_free_list(const ta_run_t *r, const void *p) {
  * written those bytes), then free it. Runs only on the owner's thread. */
 void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
   if (ta_small_freed(a, r, b)) ta_fatal("free(): double free of pointer", b);
-  ta_small_free_local(a, r, b);
+  /* Marked, on no list, its link no list's: kept in use, not freed. It may be a block another
+   * thread's chain holds, whose link a write after free changed: freed here, it would be on
+   * its run's list when the chain brings it back (arena.c, "remote frees put off"). Else it is
+   * data that equals the block's secret mark, which a correct program cannot write: one block
+   * is then lost to reuse. */
 }
 
 /* The owner's verdict on its block p, whose mark says "free": on its run's free list, or
  * freed by another thread, which taking in the remote frees shows: the caller took them in
  * just before. That may even have retired the run or given its chunk back, so the map is
- * read first. */
+ * read first. A block another thread still holds in its chain of remote frees put off
+ * (arena.c) is on no list: its link, which decodes to a list's end or a block of ours, tells
+ * (another thread's rule, alloc.c, free_to_owner). */
 bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p) {
   /* Under the lock: the background purger may hold the remote list (the block perhaps on
    * it) while it takes the medium blocks off; the lock waits for it to put it back. The
    * caller took it before it took the remote frees in, for the same reason. */
   ta_slow_enter(a);
   bool freed = ta_map_get((uintptr_t)p) != TA_MAP_SMALL || r->owner != a ||
-               ta_small_on_free_list(r, p);
+               ta_small_on_free_list(r, p) || ta_link_plausible(p);
   ta_slow_leave(a);
   return freed;
 }

@@ -1160,7 +1160,8 @@ Test(background, double_free_while_the_purger_holds_the_remote_list_aborts,
   pthread_create(&t, NULL, free_twice_after_go, slots);
   while (atomic_load((_Atomic(ta_arena_t *) *)&slots[1]) == NULL) nap_ms(1);
   ta_arena_t *owner = slots[1];
-  ta_free(slots[0]); /* first free, remote: onto the owner's list */
+  ta_free(slots[0]); /* first free, remote: into this thread's chain, */
+  ta_remote_flush(); /* then onto the owner's list */
   cr_assert(ta_slow_try_enter(owner), "this thread stands for the purger");
   ta_block_t *held[TA_REMOTE_LISTS], *found = NULL;
   for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)

@@ -231,6 +231,7 @@ Test(lend, a_lent_run_s_remote_frees_go_to_its_owner_and_a_double_free_is_caught
   pthread_barrier_wait(&l.step);
   cr_assert_eq(ta_run_of(l.blocks[0]), retired);
   ta_free(l.blocks[1]); /* the keeper's thread, not the owner: a remote free */
+  ta_remote_flush();    /* put off in this thread's chain until now */
   cr_assert(ta_remote_waiting(l.arena, memory_order_relaxed), "on the owner's remote list");
   cr_assert_not(ta_remote_waiting(keeper, memory_order_relaxed), "not the keeper's");
   ta_free(l.blocks[1]); /* again: handed to the owner, which confirms */

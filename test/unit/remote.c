@@ -63,13 +63,39 @@ static void *free_batch(void *arg) {
   return NULL;
 }
 
-/* One thread's remote frees go to the owner's lists in turn, so that the owner's drain walks
- * them side by side; lists of unequal lengths, small and medium blocks, all come back. */
+/* Where a thread's remote frees land, as it makes them: a medium block onto the next of the
+ * owner's lists, a small one into its chain, which goes onto the next list when it holds
+ * TA_DEFER_MAX blocks or the thread exits. After a thread starting at list 0 frees n blocks,
+ * the medium ones those i with medium(i): small[i] and big[i], how many small and medium
+ * blocks list i holds. */
+static void expected_lists(size_t n, bool (*medium)(size_t), size_t small[TA_REMOTE_LISTS],
+                           size_t big[TA_REMOTE_LISTS]) {
+  unsigned next = 0;
+  size_t chain = 0;
+  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
+    small[i] = big[i] = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (medium(i)) {
+      big[next++ % TA_REMOTE_LISTS]++;
+    } else if (++chain == TA_DEFER_MAX) {
+      small[next++ % TA_REMOTE_LISTS] += chain;
+      chain = 0;
+    }
+  }
+  if (chain) small[next % TA_REMOTE_LISTS] += chain;
+}
+
+static bool every_fifth(size_t i) { return i % 5 == 0; }
+
+/* One thread's remote frees go to the owner's lists in turn, a medium block or a chain of
+ * small ones at a time, so that the owner's drain walks them side by side; lists of unequal
+ * lengths, small and medium blocks, all come back. */
 Test(remote, one_freer_spreads_over_the_lists_and_the_drain_takes_all) {
-  enum { N = 3 * TA_REMOTE_LISTS + 2 };
+  enum { N = 2 * TA_DEFER_MAX + 3 * TA_REMOTE_LISTS + 2 };
   void *blocks[N];
   ta_arena_t *me = ta_tl_arena;
-  for (size_t i = 0; i < N; i++) blocks[i] = ta_malloc(i % 5 == 0 ? 12000 : 48);
+  for (size_t i = 0; i < N; i++)
+    blocks[i] = ta_malloc(every_fifth(i) ? 12000 : 48);
   me = ta_tl_arena;
   ta_run_t *r = ta_run_of(blocks[1]);
   int32_t used = RUN_USED(r);
@@ -77,8 +103,15 @@ Test(remote, one_freer_spreads_over_the_lists_and_the_drain_takes_all) {
   pthread_t t;
   pthread_create(&t, NULL, free_batch, &b);
   pthread_join(t, NULL);
-  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
-    cr_assert_eq(list_len(me, i), i < 2 ? 4u : 3u, "list %u holds %zu", i, list_len(me, i));
+  size_t small_on[TA_REMOTE_LISTS], medium_on[TA_REMOTE_LISTS];
+  expected_lists(N, every_fifth, small_on, medium_on);
+  unsigned used_lists = 0;
+  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++) {
+    size_t want = small_on[i] + medium_on[i];
+    cr_assert_eq(list_len(me, i), want, "list %u holds %zu, not %zu", i, list_len(me, i), want);
+    used_lists += want != 0;
+  }
+  cr_assert_eq(used_lists, TA_REMOTE_LISTS, "every list took some");
   cr_assert_eq(RUN_USED(r), used, "blocks on the lists count as used");
   uint64_t frees = me->cnt.remote_frees, all = me->cnt.frees;
   ta_remote_collect(me);
@@ -86,31 +119,33 @@ Test(remote, one_freer_spreads_over_the_lists_and_the_drain_takes_all) {
   cr_assert_eq(me->cnt.remote_frees - frees, N);
   cr_assert_eq(me->cnt.frees - all, N, "each counted once among the arena's frees");
   for (size_t i = 0; i < N; i++)
-    if (i % 5 != 0)
+    if (!every_fifth(i))
       cr_assert_eq(((ta_block_t *)blocks[i])->key, ta_mark(blocks[i]), "block %zu marked free", i);
   size_t small = 0;
-  for (size_t i = 0; i < N; i++) small += i % 5 != 0;
+  for (size_t i = 0; i < N; i++)
+    small += !every_fifth(i);
   cr_assert_eq(RUN_USED(r), used - (int32_t)small, "every small block is back on its run");
   /* Every block can be had again, and none twice. */
   void *again[N];
   for (size_t i = 0; i < N; i++) {
-    again[i] = ta_malloc(i % 5 == 0 ? 12000 : 48);
+    again[i] = ta_malloc(every_fifth(i) ? 12000 : 48);
     for (size_t j = 0; j < i; j++) cr_assert_neq(again[i], again[j]);
   }
   for (size_t i = 0; i < N; i++) ta_free(again[i]);
 }
 
+static bool every_third(size_t i) { return i % 3 == 0; }
+
 /* The background purger takes the medium blocks off an idle owner's lists and puts the small
  * ones back, each on the list it came from, so that the owner's drain still walks them side
  * by side. */
 Test(remote, the_purgers_medium_drain_puts_small_blocks_back_on_their_lists) {
-  enum { N = 2 * TA_REMOTE_LISTS };
+  enum { N = 2 * TA_DEFER_MAX + 2 * TA_REMOTE_LISTS };
   void *blocks[N];
-  size_t small[TA_REMOTE_LISTS] = {0};
-  for (size_t i = 0; i < N; i++) {
-    blocks[i] = ta_malloc(i % 3 == 0 ? 12000 : 48);
-    if (i % 3 != 0) small[i % TA_REMOTE_LISTS]++; /* a new thread starts at list 0 */
-  }
+  size_t small[TA_REMOTE_LISTS], medium[TA_REMOTE_LISTS];
+  expected_lists(N, every_third, small, medium);
+  for (size_t i = 0; i < N; i++)
+    blocks[i] = ta_malloc(every_third(i) ? 12000 : 48);
   ta_arena_t *me = ta_tl_arena;
   batch_t b = {blocks, N};
   pthread_t t;
@@ -152,6 +187,150 @@ Test(remote, local_free_after_remote_free_aborts, .signal = SIGABRT) {
   pthread_t t;
   pthread_create(&t, NULL, free_it, p);
   pthread_join(t, NULL);
+  ta_free(p);
+}
+
+/* ------------------------------------------------------------------ remote frees put off */
+
+typedef struct {
+  void **blocks;
+  size_t n;
+  ta_arena_t *owner;
+  size_t seen[4];
+} chain_probe_t;
+
+static void *free_and_look(void *arg) {
+  chain_probe_t *c = arg;
+  for (size_t i = 0; i < TA_DEFER_MAX - 1; i++)
+    ta_free(c->blocks[i]);
+  c->seen[0] = remote_len(c->owner);
+  ta_free(c->blocks[TA_DEFER_MAX - 1]);
+  c->seen[1] = remote_len(c->owner);
+  c->seen[2] = list_len(c->owner, 0);
+  for (size_t i = TA_DEFER_MAX; i < c->n; i++)
+    ta_free(c->blocks[i]);
+  c->seen[3] = remote_len(c->owner);
+  return NULL;
+}
+
+/* A thread's small remote frees wait in its chain, counted as used, until it holds
+ * TA_DEFER_MAX blocks; then it goes onto one of the owner's lists whole. What is left goes at
+ * the thread's exit, though it never had an arena (its exit hook was registered for this). */
+Test(remote, a_chain_goes_to_its_owner_when_full_and_at_the_freers_exit) {
+  enum { N = TA_DEFER_MAX + 5 };
+  void *blocks[N];
+  for (size_t i = 0; i < N; i++)
+    blocks[i] = ta_malloc(48);
+  ta_run_t *r = ta_run_of(blocks[0]);
+  cr_assert_eq(ta_run_of(blocks[N - 1]), r, "one run holds them all");
+  int32_t used = RUN_USED(r);
+  chain_probe_t c = {blocks, N, ta_tl_arena, {0}};
+  pthread_t t;
+  pthread_create(&t, NULL, free_and_look, &c);
+  pthread_join(t, NULL);
+  cr_assert_eq(c.seen[0], 0, "below the most, the chain waits");
+  cr_assert_eq(c.seen[1], TA_DEFER_MAX, "full, it went whole");
+  cr_assert_eq(c.seen[2], TA_DEFER_MAX, "onto one list");
+  cr_assert_eq(c.seen[3], TA_DEFER_MAX, "the rest waits");
+  cr_assert_eq(remote_len(ta_tl_arena), N, "and went at the thread's exit");
+  cr_assert_eq(RUN_USED(r), used, "all counted as used until taken in");
+  ta_remote_collect(ta_tl_arena);
+  cr_assert_eq(remote_len(ta_tl_arena), 0);
+  cr_assert_eq(RUN_USED(r), used - N);
+  for (size_t i = 0; i < N; i++)
+    cr_assert(ta_small_on_free_list(r, blocks[i]), "block %zu back on its run's list", i);
+}
+
+typedef struct {
+  void *mine, *theirs; /* blocks of this test's arena and of a thread that waits */
+  ta_arena_t *owner;
+  size_t seen[2];
+  pthread_barrier_t *hold;
+} two_owners_t;
+
+static void *alloc_and_hold(void *arg) {
+  two_owners_t *o = arg;
+  o->theirs = ta_malloc(48);
+  pthread_barrier_wait(o->hold); /* allocated */
+  pthread_barrier_wait(o->hold); /* freed by the other thread: may exit */
+  return NULL;
+}
+
+static void *free_of_two_owners(void *arg) {
+  two_owners_t *o = arg;
+  ta_free(o->mine);
+  o->seen[0] = remote_len(o->owner);
+  ta_free(o->theirs);
+  o->seen[1] = remote_len(o->owner);
+  return NULL;
+}
+
+/* A chain holds the blocks of one owner: a free of another arena's block sends it on. */
+Test(remote, a_free_for_another_owner_sends_the_chain_on) {
+  pthread_barrier_t hold;
+  pthread_barrier_init(&hold, NULL, 2);
+  two_owners_t o = {.mine = ta_malloc(48), .owner = ta_tl_arena, .hold = &hold};
+  pthread_t holder, freer;
+  pthread_create(&holder, NULL, alloc_and_hold, &o);
+  pthread_barrier_wait(&hold);
+  pthread_create(&freer, NULL, free_of_two_owners, &o);
+  pthread_join(freer, NULL);
+  pthread_barrier_wait(&hold);
+  pthread_join(holder, NULL);
+  cr_assert_eq(o.seen[0], 0, "put off");
+  cr_assert_eq(o.seen[1], 1, "sent on by the free of the other arena's block");
+  pthread_barrier_destroy(&hold);
+}
+
+static void *free_then_malloc(void *arg) {
+  chain_probe_t *c = arg;
+  for (size_t i = 0; i < c->n; i++)
+    ta_free(c->blocks[i]);
+  c->seen[0] = remote_len(c->owner);
+  void *p = ta_malloc(48); /* the thread's first: a slow path */
+  c->seen[1] = remote_len(c->owner);
+  ta_free(p);
+  return NULL;
+}
+
+/* A thread's slow path of malloc sends its chain on first. */
+Test(remote, the_freers_slow_path_sends_its_chain_on) {
+  void *blocks[3];
+  for (size_t i = 0; i < 3; i++)
+    blocks[i] = ta_malloc(64);
+  chain_probe_t c = {blocks, 3, ta_tl_arena, {0}};
+  pthread_t t;
+  pthread_create(&t, NULL, free_then_malloc, &c);
+  pthread_join(t, NULL);
+  cr_assert_eq(c.seen[0], 0, "put off");
+  cr_assert_eq(c.seen[1], 3, "sent on by the slow path");
+}
+
+typedef struct {
+  void *p;
+  pthread_barrier_t *hold;
+} held_free_t;
+
+static void *free_and_hold(void *arg) {
+  held_free_t *h = arg;
+  ta_free(h->p);
+  pthread_barrier_wait(h->hold); /* freed: its chain holds the block */
+  pthread_barrier_wait(h->hold); /* never reached: the owner's free aborts */
+  return NULL;
+}
+
+/* The owner's second free of a block that another thread's chain still holds: no list shows
+ * it, but its mark and its link (a list's end, or a block of ours) do. */
+Test(remote, the_owners_free_of_a_block_in_another_threads_chain_aborts, .signal = SIGABRT) {
+  void *p = ta_malloc(64), *keep = ta_malloc(64);
+  (void)keep;
+  pthread_barrier_t hold;
+  pthread_barrier_init(&hold, NULL, 2);
+  held_free_t h = {p, &hold};
+  pthread_t t;
+  pthread_create(&t, NULL, free_and_hold, &h);
+  pthread_barrier_wait(&hold);
+  cr_assert_eq(remote_len(ta_tl_arena), 0, "still in the other thread's chain");
   ta_free(p);
 }
 
@@ -304,6 +483,8 @@ Test(remote, no_drain_of_a_claimed_arena_nor_of_one_whose_lock_this_thread_holds
   cr_assert(ta_arena_try_claim(dead));
   for (size_t i = 0; i < TA_DRAIN_EVERY; i++)
     ta_free(l.blocks[i]);
+  cr_assert_eq(remote_len(dead), 0, "claimed: put off in this thread's chain");
+  ta_remote_flush();
   cr_assert_eq(remote_len(dead), TA_DRAIN_EVERY, "claimed: its lists are left alone");
   ta_arena_give_back(dead);
   cr_assert(ta_slow_try_enter_beside(dead));
