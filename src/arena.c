@@ -502,10 +502,10 @@ void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
 /* A thread's remote frees of small blocks are gathered, one owner at a time, into a chain of
  * its own (linked as a list is, the first one freed holding the list's end), which goes onto
  * the owner's lists with one compare-and-swap: when it holds TA_DEFER_MAX blocks, when the
- * thread frees a block of another arena, at the thread's next slow path of malloc (collect,
- * alloc.c), at its exit (the exit hook, alloc.c) and at malloc_trim. One push per block made
- * every freer and the owner's drain take the line of the owner's lists in turn: in a
- * producer-consumer program, the compare-and-swap held three quarters of the push's samples
+ * thread frees a block of another arena, at the thread's next slow path of malloc that takes
+ * in remote frees (collect, alloc.c), at its exit (the exit hook, alloc.c) and at malloc_trim. One
+ * push per block made every freer and the owner's drain take the line of the owner's lists in turn:
+ * in a producer-consumer program, the compare-and-swap held three quarters of the push's samples
  * (docs/design.md, "Remote frees put off"). A chain waits for its thread: at most
  * TA_DEFER_MAX - 1 blocks per thread are held back from their owner, counted in use meanwhile,
  * as blocks on a remote list are. Every block of a chain is marked free and holds a link that

@@ -334,6 +334,77 @@ Test(remote, the_owners_free_of_a_block_in_another_threads_chain_aborts, .signal
   ta_free(p);
 }
 
+typedef struct {
+  void *blocks[TA_DRAIN_EVERY + 5];
+  ta_arena_t *arena;
+  pthread_barrier_t *hold;
+} holder_t;
+
+static void *alloc_hold_exit(void *arg) {
+  holder_t *h = arg;
+  for (size_t i = 0; i < sizeof h->blocks / sizeof h->blocks[0]; i++)
+    h->blocks[i] = ta_malloc(64);
+  h->arena = ta_tl_arena;
+  pthread_barrier_wait(h->hold); /* allocated: the main thread frees them */
+  pthread_barrier_wait(h->hold); /* freed: exits now */
+  return NULL;
+}
+
+/* A chain begun while its owner had a thread may go after the owner exited: the push then
+ * counts every block it brings toward the drain of an arena without a thread
+ * (TA_DRAIN_EVERY), not one for the chain. */
+Test(remote, a_chain_for_an_owner_gone_since_counts_its_blocks_toward_the_drain) {
+  void *mine = ta_malloc(64); /* this thread has an arena of its own */
+  pthread_barrier_t hold;
+  pthread_barrier_init(&hold, NULL, 2);
+  holder_t h = {.hold = &hold};
+  pthread_t t;
+  pthread_create(&t, NULL, alloc_hold_exit, &h);
+  pthread_barrier_wait(&hold);
+  enum { N = TA_DRAIN_EVERY + 5 };
+  ta_run_t *r = ta_run_of(h.blocks[0]);
+  cr_assert_eq(ta_run_of(h.blocks[N - 1]), r, "one run holds them all");
+  int32_t used = RUN_USED(r);
+  for (size_t i = 0; i < N; i++)
+    ta_free(h.blocks[i]); /* the owner lives: into the chain */
+  cr_assert_eq(remote_len(h.arena), 0, "put off");
+  pthread_barrier_wait(&hold);
+  pthread_join(t, NULL);
+  cr_assert_eq(atomic_load(&h.arena->state), ARENA_FREE, "its thread has exited");
+  ta_remote_flush();
+  cr_assert_eq(remote_len(h.arena), 0, "the push brought TA_DRAIN_EVERY blocks and more: drained");
+  cr_assert_eq(RUN_USED(r), used - N, "every block back on its run");
+  cr_assert_eq(atomic_load(&h.arena->state), ARENA_FREE, "and the arena given back");
+  pthread_barrier_destroy(&hold);
+  ta_free(mine);
+}
+
+static void *free_then_trim(void *arg) {
+  chain_probe_t *c = arg;
+  for (size_t i = 0; i < c->n; i++)
+    ta_free(c->blocks[i]);
+  c->seen[0] = remote_len(c->owner);
+  ta_malloc_trim(0);
+  c->seen[1] = remote_len(c->owner);
+  return NULL;
+}
+
+/* malloc_trim sends the calling thread's chain on, before the owners' purges it makes. */
+Test(remote, malloc_trim_sends_the_callers_chain_on) {
+  void *blocks[3];
+  for (size_t i = 0; i < 3; i++)
+    blocks[i] = ta_malloc(64);
+  ta_run_t *r = ta_run_of(blocks[0]);
+  int32_t used = RUN_USED(r);
+  chain_probe_t c = {blocks, 3, ta_tl_arena, {0}};
+  pthread_t t;
+  pthread_create(&t, NULL, free_then_trim, &c);
+  pthread_join(t, NULL);
+  cr_assert_eq(c.seen[0], 0, "put off");
+  cr_assert_eq(c.seen[1] + (size_t)(used - RUN_USED(r)), 3,
+               "sent on by the trim: on the owner's lists, or taken in by its purge");
+}
+
 static void *alloc_and_exit(void *arg) {
   void **out = arg;
   out[0] = ta_malloc(128);
