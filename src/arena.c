@@ -491,10 +491,14 @@ unsigned ta_remote_take_all(ta_arena_t *a, ta_block_t *lists[TA_REMOTE_LISTS]) {
 
 /* Each thread takes the lists in turn, so that even the frees of a single thread spread
  * evenly over them (see ta_remote_collect_slow for why). */
-void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
+static unsigned next_list(void) {
   unsigned i = tl_remote_list;
   tl_remote_list = (uint8_t)(i + 1 == TA_REMOTE_LISTS ? 0 : i + 1);
-  remote_push_chain(owner, i, b, b, 1);
+  return i;
+}
+
+void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
+  remote_push_chain(owner, next_list(), b, b, 1);
 }
 
 /* ------------------------------------------------------------------ remote frees put off */
@@ -515,7 +519,7 @@ void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
  * thread whose exit hook will hand the chain on (a thread without an arena registers it here,
  * with the sentinel for its arena), and not in the hardened build. Like the fast paths, the
  * chain is the thread's own: a signal handler's call cut into another free of the same thread
- * may lose a block to reuse (ta_remote_flush_slow finds no chain twice), not push one twice. */
+ * may lose a block to reuse (flush_slow finds no chain twice), not push one twice. */
 static __thread ta_arena_t *tl_defer_owner __attribute__((tls_model("initial-exec")));
 static __thread ta_block_t *tl_defer_first __attribute__((tls_model("initial-exec")));
 static __thread ta_block_t *tl_defer_last __attribute__((tls_model("initial-exec")));
@@ -533,19 +537,17 @@ static bool defer_hook(void) {
   return tl_hooked;
 }
 
-void ta_remote_flush_slow(void) {
+static void flush_slow(void) {
   ta_arena_t *owner = tl_defer_owner;
   unsigned n = tl_defer_n;
   tl_defer_owner = NULL; /* detached before the push */
   tl_defer_n = 0;
   if (owner == NULL) return; /* a signal handler's call sent it on meanwhile */
-  unsigned i = tl_remote_list;
-  tl_remote_list = (uint8_t)(i + 1 == TA_REMOTE_LISTS ? 0 : i + 1);
-  remote_push_chain(owner, i, tl_defer_first, tl_defer_last, n);
+  remote_push_chain(owner, next_list(), tl_defer_first, tl_defer_last, n);
 }
 
 void ta_remote_flush(void) {
-  if (tl_defer_owner != NULL) ta_remote_flush_slow();
+  if (tl_defer_owner != NULL) flush_slow();
 }
 
 /* The link is written before the mark (`mark`, which free_to_owner computed), and the mark
@@ -557,7 +559,7 @@ void ta_remote_defer(ta_arena_t *owner, ta_block_t *b, uintptr_t mark) {
     b->link = ta_link_enc(tl_defer_first);
     __atomic_store_n(&b->key, mark, __ATOMIC_RELEASE);
     tl_defer_first = b;
-    if (++tl_defer_n >= TA_DEFER_MAX) ta_remote_flush_slow();
+    if (++tl_defer_n >= TA_DEFER_MAX) flush_slow();
     return;
   }
   ta_remote_flush();
@@ -700,15 +702,11 @@ static void confirm_suspect(ta_arena_t *a, void *p) {
   uint8_t kind = ta_map_get((uintptr_t)p);
   if (kind == TA_MAP_SMALL) {
     ta_run_t *r = ta_run_of(p);
-    if (r->owner != a || !ta_small_valid(r, p) || ta_small_on_free_list(r, p))
+    if (r->owner != a || !ta_small_valid(r, p)) ta_fatal("free(): double free of pointer", p);
+    bool marked = ((ta_block_t *)p)->key == ta_mark(p); /* read once p is known a block */
+    if (marked ? ta_small_marked_free(r, p) : ta_small_on_free_list(r, p))
       ta_fatal("free(): double free of pointer", p);
-    if (((ta_block_t *)p)->key == ta_mark(p)) {
-      /* Still marked and on no list: a block another thread's chain holds (its link a list's
-       * end or a block of ours: reported), or one whose link a write after free changed, or
-       * data equal to the mark, kept in use (small.c, ta_small_free_suspect). */
-      if (ta_link_plausible(p)) ta_fatal("free(): double free of pointer", p);
-      return;
-    }
+    if (marked) return; /* kept in use, as the owner's free keeps it (small.c, free_suspect) */
     TA_ADD(a->cnt.frees, 1);
     TA_ADD(a->cnt.remote_frees, 1);
     ta_small_free_local(a, r, p);

@@ -35,11 +35,12 @@
  *           will never take it back; owner != the chunk's owner: the slot is lent
  *   run:    no block at or above limit is handed out or on a list; only the owner lowers
  *           limit (ta_small_shrink), and never below a block that is not on its free list
- *   block:  a block on a free or remote list or in a chain has word[1] == ta_mark(b); malloc clears
- * it, a run that retires wipes every mark and link it held, and a run that shrinks those of the
- * blocks it drops from the page it keeps medium: INUSE clear <=> the block is on exactly one bin
- * list; no two adjacent free blocks; PREV_FREE of a block == !INUSE of its predecessor map:
- * ta_map_at(g) != 0 => granule g is mapped and its header check word is valid
+ *   block:  a block on a free list, a remote list or a chain has word[1] == ta_mark(b);
+ *           malloc clears it, a run that retires wipes every mark and link it held, and a
+ *           run that shrinks those of the blocks it drops from the page it keeps
+ *   medium: INUSE clear <=> the block is on exactly one bin list; no two adjacent free
+ *           blocks; PREV_FREE of a block == !INUSE of its predecessor
+ *   map:    ta_map_at(g) != 0 => granule g is mapped and its header check word is valid
  */
 #ifndef TA_INTERNAL_H
 #define TA_INTERNAL_H
@@ -1011,7 +1012,7 @@ TA_INLINE uint8_t ta_map_get(uintptr_t addr) {
  * or to a block of ours (in a small or medium chunk, 16-byte aligned). The verdict on a block
  * whose mark says "free" where no list shows it: another thread's (it cannot read the owner's
  * lists: alloc.c, free_to_owner), and the owner's on a block another thread holds in its chain
- * of remote frees put off (small.c, ta_small_freed). */
+ * of remote frees put off (small.c, ta_small_marked_free). */
 TA_INLINE bool ta_link_plausible(const void *b) {
   const ta_block_t *next = ta_block_next((const ta_block_t *)b);
   if (next == NULL) return true;
@@ -1123,6 +1124,7 @@ TA_INLINE bool ta_small_valid(const ta_run_t *r, const void *p) {
   return (uint32_t)(off * TA_LOAD(r->recip)) < TA_LOAD(r->accept); /* ta_run_index */
 }
 TA_HIDDEN bool ta_small_on_free_list(const ta_run_t *r, const void *p);
+TA_HIDDEN bool ta_small_marked_free(const ta_run_t *r, const void *p);
 TA_HIDDEN bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p);
 TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
 /* Gives the emptied runs of slots other arenas keep back to their keepers, those whose lock
@@ -1436,7 +1438,6 @@ TA_HIDDEN void ta_remote_push(ta_arena_t *owner, ta_block_t *b);
 TA_HIDDEN void ta_remote_defer(ta_arena_t *owner, ta_block_t *b, uintptr_t mark);
 /* This thread's chain, if it has one, onto its owner's lists now. */
 TA_HIDDEN void ta_remote_flush(void);
-TA_HIDDEN void ta_remote_flush_slow(void);
 TA_HIDDEN void ta_remote_suspect(ta_arena_t *owner, void *p);
 TA_HIDDEN void ta_remote_collect_slow(ta_arena_t *a);
 TA_HIDDEN unsigned ta_remote_take_all(ta_arena_t *a, ta_block_t *lists[TA_REMOTE_LISTS]);
@@ -1457,7 +1458,7 @@ TA_INLINE bool ta_remote_waiting(ta_arena_t *a, memory_order mo) {
  * list is read, as the push itself (a CAS) is what publishes a remote free — the verdicts on
  * a block whose mark says "free" (alloc.c) depend on seeing every push that has happened
  * (and, for a block a thread's chain still holds, pushed later, on its link: small.c,
- * ta_small_freed). */
+ * ta_small_marked_free). */
 TA_INLINE void ta_remote_collect(ta_arena_t *a) {
   if (ta_remote_waiting(a, memory_order_relaxed) ||
       atomic_load_explicit(&a->suspected, memory_order_relaxed) != 0)

@@ -707,8 +707,6 @@ void ta_small_free_local(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
   ta_run_push(a, r, b);
 }
 
-/* The block's key word says "free": find out whether it really is (it might be user data
- * that happens to match), then free it. Runs only on the owner's thread. */
 /* Whether p is on its run's free list (the owner's view; a bounded walk). */
 bool ta_small_on_free_list(const ta_run_t *r, const void *p) {
   uint32_t n = 0, cap = ta_run_cap(r);
@@ -719,30 +717,34 @@ bool ta_small_on_free_list(const ta_run_t *r, const void *p) {
   return false;
 }
 
-/* The block's mark says "free": find out whether it really is (the program may have
- * written those bytes), then free it. Runs only on the owner's thread. */
-void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
-  if (ta_small_freed(a, r, b)) ta_fatal("free(): double free of pointer", b);
-  /* Marked, on no list, its link no list's: kept in use, not freed. It may be a block another
-   * thread's chain holds, whose link a write after free changed: freed here, it would be on
-   * its run's list when the chain brings it back (arena.c, "remote frees put off"). Else it is
-   * data that equals the block's secret mark, which a correct program cannot write: one block
-   * is then lost to reuse. */
+/* Whether the owner's block p, whose mark says "free", is free: on its run's list, or held in
+ * another thread's chain of remote frees put off (arena.c), on no list but with a link that
+ * decodes to a list's end or a block of ours (another thread's rule, alloc.c, free_to_owner).
+ * The owner's verdicts (ta_small_freed) and the confirmation of a suspect (arena.c) share it. */
+bool ta_small_marked_free(const ta_run_t *r, const void *p) {
+  return ta_small_on_free_list(r, p) || ta_link_plausible(p);
 }
 
-/* The owner's verdict on its block p, whose mark says "free": on its run's free list, or
- * freed by another thread, which taking in the remote frees shows: the caller took them in
- * just before. That may even have retired the run or given its chunk back, so the map is
- * read first. A block another thread still holds in its chain of remote frees put off
- * (arena.c) is on no list: its link, which decodes to a list's end or a block of ours, tells
- * (another thread's rule, alloc.c, free_to_owner). */
+/* The block's mark says "free": a double free is reported. Else it is kept in use, not freed
+ * (the caller's free is dropped): it may be a block another thread's chain holds, whose link a
+ * write after free changed; freed here, it would be on its run's list when the chain brings it
+ * back. Or it is data equal to the block's secret mark, which a correct program cannot write:
+ * one block is then lost to reuse. Runs only on the owner's thread. */
+void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
+  if (ta_small_freed(a, r, b)) ta_fatal("free(): double free of pointer", b);
+}
+
+/* The owner's verdict on its block p, whose mark says "free" (ta_small_marked_free): freed by
+ * another thread, taking in the remote frees shows it on the run's list (the caller took them
+ * in just before). That may even have retired the run or given its chunk back, so the map is
+ * read first. */
 bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p) {
   /* Under the lock: the background purger may hold the remote list (the block perhaps on
    * it) while it takes the medium blocks off; the lock waits for it to put it back. The
    * caller took it before it took the remote frees in, for the same reason. */
   ta_slow_enter(a);
-  bool freed = ta_map_get((uintptr_t)p) != TA_MAP_SMALL || r->owner != a ||
-               ta_small_on_free_list(r, p) || ta_link_plausible(p);
+  bool freed =
+      ta_map_get((uintptr_t)p) != TA_MAP_SMALL || r->owner != a || ta_small_marked_free(r, p);
   ta_slow_leave(a);
   return freed;
 }
