@@ -405,6 +405,149 @@ Test(remote, malloc_trim_sends_the_callers_chain_on) {
                "sent on by the trim: on the owner's lists, or taken in by its purge");
 }
 
+typedef struct {
+  holder_t *owner;       /* the thread whose blocks are freed, and then exits */
+  pthread_barrier_t *go; /* between the frees and the malloc: the owner exits meanwhile */
+  bool free_again;       /* after the malloc, free one of the chain's blocks a second time */
+  void *got;
+  ta_arena_t *arena;
+  size_t seen[3];
+  int32_t used[2]; /* the blocks in use of the freed ones' run: after the malloc, the trim */
+} claimer_t;
+
+static void *free_wait_alloc(void *arg) {
+  claimer_t *c = arg;
+  ta_run_t *r = ta_run_of(c->owner->blocks[0]);
+  for (size_t i = 0; i < 3; i++)
+    ta_free(c->owner->blocks[i]); /* its owner lives: into this thread's chain */
+  c->seen[0] = remote_len(c->owner->arena);
+  pthread_barrier_wait(c->go); /* freed */
+  pthread_barrier_wait(c->go); /* their owner has exited */
+  c->got = ta_malloc(64);      /* this thread's first: claims an arena */
+  c->arena = ta_tl_arena;
+  c->seen[1] = remote_len(c->owner->arena);
+  c->used[0] = RUN_USED(r);
+  if (c->free_again) ta_free(c->owner->blocks[1]); /* in its own chain: aborts */
+  ta_malloc_trim(0); /* sends the chain on, and takes in this thread's arena's lists */
+  c->seen[2] = remote_len(c->owner->arena);
+  c->used[1] = RUN_USED(r);
+  ta_free(c->got);
+  return NULL;
+}
+
+/* A thread with a chain for an arena whose thread has exited since, then claims that very
+ * arena (here the only free one). Its first malloc need not take a slow path: the chain then
+ * waits, its owner its own thread's arena, and goes to that arena's lists at the thread's
+ * next slow path that takes them in (here malloc_trim). */
+static void claim_the_chains_arena(claimer_t *c, int32_t *used_before) {
+  pthread_barrier_t hold, go;
+  pthread_barrier_init(&hold, NULL, 2);
+  pthread_barrier_init(&go, NULL, 2);
+  c->owner->hold = &hold;
+  c->go = &go;
+  pthread_t owner, claimer;
+  pthread_create(&owner, NULL, alloc_hold_exit, c->owner);
+  pthread_barrier_wait(&hold); /* allocated */
+  *used_before = RUN_USED(ta_run_of(c->owner->blocks[0]));
+  pthread_create(&claimer, NULL, free_wait_alloc, c);
+  pthread_barrier_wait(&go); /* the claimer's chain holds three of them */
+  pthread_barrier_wait(&hold);
+  pthread_join(owner, NULL);
+  cr_assert_eq(atomic_load(&c->owner->arena->state), ARENA_FREE, "its thread has exited");
+  pthread_barrier_wait(&go);
+  pthread_join(claimer, NULL);
+  pthread_barrier_destroy(&hold);
+  pthread_barrier_destroy(&go);
+}
+
+Test(remote, a_thread_that_claims_the_arena_its_chain_is_for_takes_the_chain_in) {
+  void *mine = ta_malloc(64); /* this thread's arena is not free: the other one is */
+  holder_t h = {0};
+  claimer_t c = {.owner = &h};
+  int32_t used;
+  claim_the_chains_arena(&c, &used);
+  ta_run_t *r = ta_run_of(h.blocks[0]);
+  int32_t got_here = ta_run_of(c.got) == r;
+  cr_assert_eq(c.seen[0], 0, "put off");
+  cr_assert_eq(c.arena, h.arena, "the only free arena: the one its chain was for");
+  cr_assert_eq(ta_run_of(c.got)->owner, h.arena, "and allocated there");
+  cr_assert_eq(c.seen[1] + (size_t)(used + got_here - c.used[0]), 0,
+               "the malloc took no slow path: the chain waits");
+  cr_assert_eq(c.seen[2], 0, "then the trim sent it on and took it in");
+  cr_assert_eq(c.used[1], used - 3 + got_here, "the three back on their run, none twice");
+  for (size_t i = 0; i < 3; i++)
+    cr_assert(ta_small_on_free_list(r, h.blocks[i]), "block %zu on its run's list", i);
+  for (size_t i = 3; i < sizeof h.blocks / sizeof h.blocks[0]; i++)
+    ta_free(h.blocks[i]);
+  ta_free(mine);
+}
+
+/* The same thread, once it owns the arena, frees a block of its own chain again: its mark and
+ * link tell, though no list of the arena holds it. */
+Test(remote, the_claimers_second_free_of_a_block_in_its_own_chain_aborts, .signal = SIGABRT) {
+  void *mine = ta_malloc(64);
+  (void)mine;
+  holder_t h = {0};
+  claimer_t c = {.owner = &h, .free_again = true};
+  int32_t used;
+  claim_the_chains_arena(&c, &used);
+}
+
+typedef struct {
+  holder_t *owner;
+  ta_arena_t *forker; /* the forking thread's arena */
+} fork_chain_t;
+
+static fork_chain_t *child_probe;
+
+static void child_counts_at_exit(void) {
+  /* After the exit hook of the child's one thread, which was cut off from its arena. */
+  _exit(remote_len(child_probe->owner->arena) == 3 ? 0 : 5);
+}
+
+static void *chain_then_fork(void *arg) {
+  fork_chain_t *f = arg;
+  void *own = ta_malloc(64); /* this thread's arena, whose slow path the fork cuts */
+  f->forker = ta_tl_arena;
+  for (size_t i = 0; i < 3; i++)
+    ta_free(f->owner->blocks[i]); /* into this thread's chain */
+  ta_slow_enter(f->forker);       /* as if a signal handler forked inside a slow path */
+  pid_t pid = fork();
+  if (pid == 0) {
+    child_probe = f;
+    /* This thread is the child's only one: its exit runs its key's destructor, then exit. */
+    int cut_off = ta_tl_arena == &ta_sentinel_arena && remote_len(f->owner->arena) == 0 &&
+                  atomic_load(&f->owner->arena->state) == ARENA_FREE;
+    if (!cut_off || atexit(child_counts_at_exit) != 0) _exit(4);
+    return NULL;
+  }
+  ta_slow_leave(f->forker);
+  ta_free(own);
+  int st;
+  waitpid(pid, &st, 0);
+  return (void *)(intptr_t)(WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st));
+}
+
+/* A thread forks with a chain put off, inside one of its slow paths (as a signal handler may):
+ * in the child, its arena set aside, its exit hook still sends the chain on, to an arena whose
+ * thread the child does not have. */
+Test(remote, a_fork_childs_chain_goes_on_at_its_threads_exit) {
+  pthread_barrier_t hold;
+  pthread_barrier_init(&hold, NULL, 2);
+  holder_t h = {.hold = &hold};
+  fork_chain_t f = {.owner = &h};
+  pthread_t owner, forker;
+  pthread_create(&owner, NULL, alloc_hold_exit, &h);
+  pthread_barrier_wait(&hold); /* allocated */
+  pthread_create(&forker, NULL, chain_then_fork, &f);
+  void *status;
+  pthread_join(forker, &status);
+  cr_assert_eq((intptr_t)status, 0, "the child's exit status");
+  pthread_barrier_wait(&hold);
+  pthread_join(owner, NULL);
+  pthread_barrier_destroy(&hold);
+}
+
 static void *alloc_and_exit(void *arg) {
   void **out = arg;
   out[0] = ta_malloc(128);
