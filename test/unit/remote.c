@@ -493,56 +493,42 @@ Test(remote, the_claimers_second_free_of_a_block_in_its_own_chain_aborts, .signa
   claim_the_chains_arena(&c, &used);
 }
 
-typedef struct {
-  holder_t *owner;
-  ta_arena_t *forker; /* the forking thread's arena */
-} fork_chain_t;
-
-static fork_chain_t *child_probe;
+static ta_arena_t *child_counts_for; /* the arena the child's chain is for */
 
 static void child_counts_at_exit(void) {
-  /* After the exit hook of the child's one thread, which was cut off from its arena. */
-  _exit(remote_len(child_probe->owner->arena) == 3 ? 0 : 5);
-}
-
-static void *chain_then_fork(void *arg) {
-  fork_chain_t *f = arg;
-  void *own = ta_malloc(64); /* this thread's arena, whose slow path the fork cuts */
-  f->forker = ta_tl_arena;
-  for (size_t i = 0; i < 3; i++)
-    ta_free(f->owner->blocks[i]); /* into this thread's chain */
-  ta_slow_enter(f->forker);       /* as if a signal handler forked inside a slow path */
-  pid_t pid = fork();
-  if (pid == 0) {
-    child_probe = f;
-    /* This thread is the child's only one: its exit runs its key's destructor, then exit. */
-    int cut_off = ta_tl_arena == &ta_sentinel_arena && remote_len(f->owner->arena) == 0 &&
-                  atomic_load(&f->owner->arena->state) == ARENA_FREE;
-    if (!cut_off || atexit(child_counts_at_exit) != 0) _exit(4);
-    return NULL;
-  }
-  ta_slow_leave(f->forker);
-  ta_free(own);
-  int st;
-  waitpid(pid, &st, 0);
-  return (void *)(intptr_t)(WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st));
+  /* After the exit hook of the child's one thread, which the fork cut off from its arena. */
+  _exit(remote_len(child_counts_for) == 3 ? 0 : 5);
 }
 
 /* A thread forks with a chain put off, inside one of its slow paths (as a signal handler may):
  * in the child, its arena set aside, its exit hook still sends the chain on, to an arena whose
- * thread the child does not have. */
+ * thread the child does not have. The child's thread leaves by pthread_exit, which runs its
+ * keys' destructors and then, the last thread gone, exit. */
 Test(remote, a_fork_childs_chain_goes_on_at_its_threads_exit) {
   pthread_barrier_t hold;
   pthread_barrier_init(&hold, NULL, 2);
   holder_t h = {.hold = &hold};
-  fork_chain_t f = {.owner = &h};
-  pthread_t owner, forker;
+  pthread_t owner;
   pthread_create(&owner, NULL, alloc_hold_exit, &h);
   pthread_barrier_wait(&hold); /* allocated */
-  pthread_create(&forker, NULL, chain_then_fork, &f);
-  void *status;
-  pthread_join(forker, &status);
-  cr_assert_eq((intptr_t)status, 0, "the child's exit status");
+  void *own = ta_malloc(64);   /* this thread's arena, whose slow path the fork cuts */
+  ta_arena_t *mine = ta_tl_arena;
+  for (size_t i = 0; i < 3; i++)
+    ta_free(h.blocks[i]); /* into this thread's chain */
+  ta_slow_enter(mine);    /* as if a signal handler forked inside a slow path */
+  pid_t pid = fork();
+  if (pid == 0) {
+    child_counts_for = h.arena;
+    int cut_off = ta_tl_arena == &ta_sentinel_arena && remote_len(h.arena) == 0 &&
+                  atomic_load(&h.arena->state) == ARENA_FREE;
+    if (!cut_off || atexit(child_counts_at_exit) != 0) _exit(4);
+    pthread_exit(NULL);
+  }
+  ta_slow_leave(mine);
+  int st;
+  waitpid(pid, &st, 0);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child's status %d", st);
+  ta_free(own);
   pthread_barrier_wait(&hold);
   pthread_join(owner, NULL);
   pthread_barrier_destroy(&hold);
