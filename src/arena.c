@@ -387,6 +387,9 @@ ta_arena_t *ta_arena_get_slow(const ta_library_t *lib, bool *borrowed) {
   for (;;) {
     ta_arena_t *a = ta_tl_arena;
     if (a != &ta_sentinel_arena) return a;
+    /* The thread's chain of remote frees first: its owner may have lost its thread since,
+     * and be the arena claimed next, whose lists the collect below then takes in. */
+    ta_remote_flush();
     a = arena_claim();
     if (a == NULL) return NULL;
     if (TA_UNLIKELY(atomic_load_explicit(&ta_os_claim_signal, memory_order_relaxed)))
@@ -507,7 +510,8 @@ void ta_remote_push(ta_arena_t *owner, ta_block_t *b) {
  * its own (linked as a list is, the first one freed holding the list's end), which goes onto
  * the owner's lists with one compare-and-swap: when it holds TA_DEFER_MAX blocks, when the
  * thread frees a block of another arena, at the thread's next slow path of malloc that takes
- * in remote frees (collect, alloc.c), at its exit (the exit hook, alloc.c) and at malloc_trim. One
+ * in remote frees (collect, alloc.c), at its claim of an arena (ta_arena_get_slow), at its exit
+ * (the exit hook, alloc.c) and at malloc_trim. One
  * push per block made every freer and the owner's drain take the line of the owner's lists in turn:
  * in a producer-consumer program, the compare-and-swap held three quarters of the push's samples
  * (docs/design.md, "Remote frees put off"). A chain waits for its thread: at most
