@@ -284,16 +284,20 @@ Test(remote, a_free_for_another_owner_sends_the_chain_on) {
 
 static void *free_then_malloc(void *arg) {
   chain_probe_t *c = arg;
+  void *mine = ta_malloc(48); /* an arena first: the claim sends a chain on too */
   for (size_t i = 0; i < c->n; i++)
     ta_free(c->blocks[i]);
   c->seen[0] = remote_len(c->owner);
-  void *p = ta_malloc(48); /* the thread's first: a slow path */
+  c->seen[2] = ta_run_of(mine)->owner->cur[ta_class_lut[200]] == &ta_empty_run;
+  void *p = ta_malloc(200); /* a class this arena has no run of yet: its slow path */
   c->seen[1] = remote_len(c->owner);
   ta_free(p);
+  ta_free(mine);
   return NULL;
 }
 
-/* A thread's slow path of malloc sends its chain on first. */
+/* A thread's slow path of malloc (here the refill of a class without a run) sends its chain on
+ * first. */
 Test(remote, the_freers_slow_path_sends_its_chain_on) {
   void *blocks[3];
   for (size_t i = 0; i < 3; i++)
@@ -303,6 +307,7 @@ Test(remote, the_freers_slow_path_sends_its_chain_on) {
   pthread_create(&t, NULL, free_then_malloc, &c);
   pthread_join(t, NULL);
   cr_assert_eq(c.seen[0], 0, "put off");
+  cr_assert_eq(c.seen[2], 1, "the class of 200 bytes has no run in the freer's arena");
   cr_assert_eq(c.seen[1], 3, "sent on by the slow path");
 }
 
