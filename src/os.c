@@ -334,11 +334,15 @@ int ta_os_mincore(const void *p, size_t size, unsigned char *vec) {
   return r;
 }
 
-/* Bytes of [p, p + size) in memory, page by page, without allocating (0 if unknown). */
+/* Bytes in memory of the pages that hold [p, p + size), page by page, without allocating (0
+ * if unknown). mincore refuses an address that is not page-aligned: the range starts at the
+ * page that holds p, so that a block's pointer is answered, not refused as 0. */
 size_t ta_os_resident(const void *p, size_t size) {
   unsigned char vec[1024];
   size_t total = 0, page = ta_os_page_size(); /* mincore's unit: the kernel's page */
-  const char *c = p;
+  size_t lead = (uintptr_t)p & (page - 1);
+  const char *c = (const char *)p - lead;
+  size += lead;
   int saved = errno;
   while (size > 0) {
     size_t part = size < sizeof vec * page ? size : sizeof vec * page;

@@ -803,3 +803,16 @@ Test(os, a_thread_waiting_for_the_break_lock_sleeps_until_it_is_let_go, .timeout
   pthread_join(t, NULL);
   cr_assert_eq(atomic_load(&brk_waiter_in), 1, "woken, it took the lock");
 }
+
+/* The pages that hold a range, though it starts inside one: mincore itself refuses an address
+ * that is not page-aligned, which an answer of 0 would hide. */
+Test(os, resident_counts_the_pages_of_a_range_that_starts_inside_one) {
+  size_t kpage = ta_os_page_size();
+  char *m = ta_os_mmap(4 * kpage);
+  cr_assert_not_null(m);
+  m[kpage + 100] = 1; /* the second page only */
+  cr_assert_eq(ta_os_resident(m + kpage + 64, 100), kpage);
+  cr_assert_eq(ta_os_resident(m + 64, kpage), kpage, "two pages, the second one written");
+  cr_assert_eq(ta_os_resident(m + 2 * kpage + 1, kpage), 0);
+  ta_os_munmap(m, 4 * kpage);
+}
