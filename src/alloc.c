@@ -607,13 +607,13 @@ static TA_EXIT_PATH bool medium_freed(ta_arena_t *me, const void *p) {
   return freed;
 }
 
-/* The owner frees a block whose mark says "free": a double free, or data that looks so. */
+/* The owner frees a block whose mark says "free": a double free is reported. Else the block is
+ * kept in use, not freed (the free is dropped): it may be one another thread's chain holds,
+ * whose link a write after free changed; freed here, it would be on its run's list when the
+ * chain brings it back. Or it is data equal to the block's secret mark, which a correct program
+ * cannot write: one block is then lost to reuse. */
 static TA_EXIT_PATH void free_small_suspect(ta_arena_t *me, ta_run_t *r, ta_block_t *b) {
-  ta_slow_enter(me); /* as small_freed */
-  collect_locked(me);
-  ta_small_free_suspect(me, r, b);
-  ta_slow_leave(me);
-  ta_purge_if_over(me);
+  if (small_freed(me, r, b)) ta_fatal("free(): double free of pointer", b);
 }
 
 /* The free made the run's list non-empty again or emptied the run (small.c); a retired

@@ -710,7 +710,8 @@ static void confirm_suspect(ta_arena_t *a, void *p) {
     bool marked = ((ta_block_t *)p)->key == ta_mark(p); /* read once p is known a block */
     if (marked ? ta_small_marked_free(r, p) : ta_small_on_free_list(r, p))
       ta_fatal("free(): double free of pointer", p);
-    if (marked) return; /* kept in use, as the owner's free keeps it (small.c, free_suspect) */
+    /* Kept in use, as the owner's free keeps it (alloc.c, free_small_suspect). */
+    if (marked) return;
     TA_ADD(a->cnt.frees, 1);
     TA_ADD(a->cnt.remote_frees, 1);
     ta_small_free_local(a, r, p);

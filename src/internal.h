@@ -1114,7 +1114,6 @@ TA_INLINE void ta_run_push(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
   r->free = b;
   if (ta_dec_le_zero(&r->used)) ta_small_free_slow(a, r);
 }
-TA_HIDDEN void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b);
 /* Whether p is a block r handed out or threaded: in r's own slot (another slot of the chunk
  * may never have been committed, lazy commit), on a block boundary below limit. Inline: a
  * remote free checks it at the free and again when the owner takes the block in. */

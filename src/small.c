@@ -725,15 +725,6 @@ bool ta_small_marked_free(const ta_run_t *r, const void *p) {
   return ta_small_on_free_list(r, p) || ta_link_plausible(p);
 }
 
-/* The block's mark says "free": a double free is reported. Else it is kept in use, not freed
- * (the caller's free is dropped): it may be a block another thread's chain holds, whose link a
- * write after free changed; freed here, it would be on its run's list when the chain brings it
- * back. Or it is data equal to the block's secret mark, which a correct program cannot write:
- * one block is then lost to reuse. Runs only on the owner's thread. */
-void ta_small_free_suspect(ta_arena_t *a, ta_run_t *r, ta_block_t *b) {
-  if (ta_small_freed(a, r, b)) ta_fatal("free(): double free of pointer", b);
-}
-
 /* The owner's verdict on its block p, whose mark says "free" (ta_small_marked_free): freed by
  * another thread, taking in the remote frees shows it on the run's list (the caller took them
  * in just before). That may even have retired the run or given its chunk back, so the map is
