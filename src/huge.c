@@ -10,8 +10,9 @@
  * Freed mappings are not unmapped at once: a process-wide, lock-free cache keeps up to
  * ta_huge_cache_limit bytes of them, or about as much as is live in huge blocks where that is
  * more (cache_limit), and the next huge request, from any thread, takes the
- * best fit, trims a much larger one, or grows a smaller one with mremap (in place, or its
- * pages moved to a new address). Their pages stay resident, so a program that cycles
+ * best fit (a larger one without huge pages keeping its excess with the block, within the
+ * cache's limit: excess_keep), trims a much larger one, or grows a smaller one with mremap (in
+ * place, or its pages moved to a new address). Their pages stay resident, so a program that cycles
  * through multi-megabyte buffers neither maps nor faults them in again, and makes no system
  * call at all once every span has been judged (below). realloc grows a huge block with
  * mremap, in place when it can and otherwise by moving the pages to a new aligned address:
@@ -148,14 +149,218 @@ static size_t cached_space(void) {
  * the limit: ta_huge_cache_grows is false then, as it is in the hardened build, which keeps
  * nothing. Read at each put (cache_put), which also brings the cache down to it. */
 #define TA_HUGE_CACHE_GROWTH 8
+static size_t excess_held(void);
 static size_t cache_limit(size_t putting) {
   size_t set = ta_huge_cache_limit;
   if (!ta_huge_cache_grows || set == 0) return set;
   intptr_t all = atomic_load_explicit(&huge_bytes, memory_order_relaxed) - (intptr_t)putting -
-                 (intptr_t)cached_space();
+                 (intptr_t)cached_space() - (intptr_t)excess_held();
   size_t live = all > 0 ? (size_t)all : 0;
   if (live > set * TA_HUGE_CACHE_GROWTH) live = set * TA_HUGE_CACHE_GROWTH;
   return live <= set ? set : live;
+}
+
+/* ---- the excess a live block keeps ----
+ * A span without huge pages that a block needing less takes from the cache keeps the rest of
+ * its resident pages (its excess: from the granules the block needs to dirty_end) with the
+ * block, where the cache's limit has room for them (excess_keep); a span more than twice too
+ * big is cut only past the granule that holds dirty_end. An earlier, larger block wrote those
+ * pages and a later one is likely to write them again: dropped at the take, or cut with the
+ * tail, they were faulted in anew (`large` without huge pages: 230,900 faults against 120,600
+ * so). Spans with huge pages still drop theirs (cache_take: why).
+ * Each kept excess has an entry: the span | EXCESS_KEPT, the excess's bounds and when it was
+ * kept. What entries hold counts, with the cache's bytes, against the cache's limit
+ * (kept_excess; cache_put counts it too; two threads racing may pass it by one excess), and
+ * goes back a decay time after it was kept (ta_huge_excess_purge decommits it, the entry
+ * EXCESS_BUSY meanwhile), or is given up when its block is freed or realloc resizes it in place
+ * or moves it (excess_release: the entry is found by the span's address, never by a word of
+ * the header a stray write could change; the owner waits while a purge holds it). A purge
+ * writes the entry and the count alone, never the block's header, which is its owner's:
+ * dirty_end then stays where it was, still true (no page at or past it is resident), and the
+ * span's next take may count those bytes again for a decay time. */
+enum { EXCESS_KEPT = 1, EXCESS_BUSY = 2, EXCESS_STATE = 3 };
+/* A span's entry lies in the EXCESS_WAY entries from the one its address hashes to (a free and
+ * a realloc look at those alone: a scan of all of them cost the spans workload 9% of its time
+ * without huge pages); a span that finds them all taken keeps nothing. */
+#define EXCESS_SLOTS 64
+#define EXCESS_WAY 4
+static _Atomic uintptr_t excess_slot[EXCESS_SLOTS]; /* span | state; 0: free */
+/* Written by the entry's holder only (a keeper before EXCESS_KEPT, a purge under EXCESS_BUSY),
+ * read by a purge that may race a reuse of the entry: atomics, relaxed. */
+static _Atomic size_t excess_from[EXCESS_SLOTS], excess_to[EXCESS_SLOTS];
+static _Atomic uint64_t excess_ms[EXCESS_SLOTS];
+
+/* The first of span h's entries (its granule's number, mixed). */
+static unsigned excess_home(const ta_huge_t *h) {
+  return (unsigned)((((uintptr_t)h >> TA_CHUNK_SHIFT) * 0x9e3779b97f4a7c15ULL) >> 58);
+}
+_Static_assert(EXCESS_SLOTS == 64, "excess_home gives 6 bits");
+/* Signed: a fork child counts its entries again (ta_huge_recount_after_fork), and a keeper cut
+ * into by a signal handler's fork just after its reservation leaves it short; never wrapped. */
+static _Atomic intptr_t kept_excess;
+/* At least as many as the entries taken (raised before a claim, lowered after an entry is
+ * given up): a free or realloc that reads 0 has no entry to look for, as its own would be
+ * counted (its thread raised the count before taking it, and only its taking's undoing lowers
+ * it), so the look costs one load where nothing is kept (every span with huge pages). */
+static _Atomic unsigned excess_entries;
+/* The keep this thread is making: its entry's value while held (span | EXCESS_BUSY), and the
+ * bytes reserved for it, for a fork child made by a signal handler that cut into it. A purge
+ * needs no such mark: it runs with signals blocked. */
+static __thread volatile uintptr_t keeping_here __attribute__((tls_model("initial-exec")));
+static __thread volatile size_t keeping_len __attribute__((tls_model("initial-exec")));
+
+static size_t excess_held(void) {
+  intptr_t n = atomic_load_explicit(&kept_excess, memory_order_relaxed);
+  return n > 0 ? (size_t)n : 0;
+}
+intptr_t ta_huge_kept_excess(void) { return atomic_load(&kept_excess); }
+
+/* For a block of `need` bytes that took span h, larger: keeps the excess's pages with the
+ * block, if the cache's bytes, what other blocks keep and this excess fit the cache's limit
+ * and an entry is free; true if kept. The limit is read as if the excess were being put: the
+ * span's size beyond the block does not raise it (nor, in cache_limit, what other blocks
+ * keep; it is worked out only past the setting, which it never falls below). `since`: since
+ * when the excess's pages have lain unused: when the span was freed into the cache, at a take
+ * (so they go back when they would have in the cache), or when it was kept first, at a
+ * realloc's keeping again. Not with lazy commit, where a mapping ends at its block's last page
+ * (span_keep). */
+static bool excess_keep(ta_huge_t *h, size_t need, uint64_t since) {
+  size_t set = ta_huge_cache_limit, limit = 0;
+  if (set == 0 || ta_commit_lazy()) return false;
+  size_t excess = h->dirty_end - need;
+  intptr_t held = atomic_load_explicit(&kept_excess, memory_order_relaxed);
+  do {
+    size_t others = held > 0 ? (size_t)held : 0;
+    size_t want = others + atomic_load_explicit(&cache_bytes, memory_order_relaxed);
+    if (excess > set || want > set - excess) {
+      if (limit == 0) limit = cache_limit(h->map_size - need);
+      if (excess > limit || want > limit - excess) return false;
+    }
+  } while (!atomic_compare_exchange_weak_explicit(&kept_excess, &held, held + (intptr_t)excess,
+                                                  memory_order_relaxed, memory_order_relaxed));
+  /* A signal handler's keep nested in this one puts the outer one's marks back. */
+  uintptr_t outer_here = keeping_here;
+  size_t outer_len = keeping_len;
+  keeping_len = excess;
+  keeping_here = (uintptr_t)h | EXCESS_BUSY;
+  atomic_fetch_add_explicit(&excess_entries, 1, memory_order_relaxed);
+  for (unsigned k = 0, home = excess_home(h); k < EXCESS_WAY; k++) {
+    unsigned i = (home + k) % EXCESS_SLOTS;
+    uintptr_t free_entry = 0;
+    if (atomic_load_explicit(&excess_slot[i], memory_order_relaxed) != 0 ||
+        !atomic_compare_exchange_strong_explicit(&excess_slot[i], &free_entry, keeping_here,
+                                                 memory_order_relaxed, memory_order_relaxed))
+      continue;
+    atomic_store_explicit(&excess_from[i], need, memory_order_relaxed);
+    atomic_store_explicit(&excess_to[i], h->dirty_end, memory_order_relaxed);
+    atomic_store_explicit(&excess_ms[i], since, memory_order_relaxed);
+    atomic_store_explicit(&excess_slot[i], (uintptr_t)h | EXCESS_KEPT, memory_order_release);
+    keeping_here = outer_here;
+    keeping_len = outer_len;
+    ta_purge_note_global(&ta_huge_due, since + ta_decay_ms);
+    return true;
+  }
+  keeping_here = outer_here;
+  keeping_len = outer_len;
+  atomic_fetch_sub_explicit(&excess_entries, 1, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&kept_excess, (intptr_t)excess, memory_order_relaxed);
+  return false;
+}
+
+/* The entry of span h, or -1; its value in *v. */
+static int excess_find(const ta_huge_t *h, uintptr_t *v) {
+  for (unsigned k = 0, home = excess_home(h); k < EXCESS_WAY; k++) {
+    unsigned i = (home + k) % EXCESS_SLOTS;
+    *v = atomic_load_explicit(&excess_slot[i], memory_order_acquire);
+    if ((*v & ~(uintptr_t)EXCESS_STATE) == (uintptr_t)h) return (int)i;
+  }
+  return -1;
+}
+
+/* Span h's block gives its excess up (it is freed, or realloc resizes or moves it): by the
+ * block's owner, before anything of the span changes; waits while a purge decommits it (a
+ * purge runs with signals blocked, so the wait is never for this thread's own: it yields, then
+ * sleeps a millisecond at a time, so that a purger of lower priority on its CPU can finish).
+ * True if the excess was still kept: its pages are resident, counted no more; *since then says
+ * when it was kept. (A fork between the entry's release and the count's leaves the child's
+ * count high by it until its recount.) */
+static bool excess_release(const ta_huge_t *h, uint64_t *since) {
+  if (atomic_load_explicit(&excess_entries, memory_order_relaxed) == 0) return false;
+  for (unsigned waits = 0;; waits++) {
+    uintptr_t v;
+    int i = excess_find(h, &v);
+    if (i < 0) return false; /* none, or a purge gave it back */
+    if (v & EXCESS_KEPT) {
+      size_t len = atomic_load_explicit(&excess_to[i], memory_order_relaxed) -
+                   atomic_load_explicit(&excess_from[i], memory_order_relaxed);
+      uint64_t ms = atomic_load_explicit(&excess_ms[i], memory_order_relaxed);
+      if (atomic_compare_exchange_strong_explicit(&excess_slot[i], &v, 0, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+        atomic_fetch_sub_explicit(&kept_excess, (intptr_t)len, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&excess_entries, 1, memory_order_relaxed);
+        *since = ms;
+        return true;
+      }
+      continue; /* a purge took it just now */
+    }
+    static _Atomic uint32_t never; /* a purge is decommitting it */
+    if (waits < 64)
+      ta_os_yield();
+    else
+      ta_os_futex_wait(&never, 0, 1);
+  }
+}
+
+/* Tests: whether span h keeps an excess; its entry held as a purge holds it (hold), or let go. */
+bool ta_huge_excess_kept(const ta_huge_t *h) {
+  uintptr_t v;
+  return excess_find(h, &v) >= 0;
+}
+void ta_huge_excess_hold(const ta_huge_t *h, bool hold) {
+  uintptr_t v;
+  int i = excess_find(h, &v);
+  if (i >= 0) atomic_store(&excess_slot[i], (uintptr_t)h | (hold ? EXCESS_BUSY : EXCESS_KEPT));
+}
+
+/* The purge's part (ta_huge_purge; tests call it alone): decommits every excess kept at least
+ * decay_ms before `now` (every one if `all`); returns the bytes, and lowers *next (if not 0)
+ * to the next one's due time. Signals are blocked while an entry is held: a handler's free
+ * of that block would wait for the holder it interrupted, and a handler's fork would leave
+ * the entry to a child that cannot tell it was its own thread's. */
+size_t ta_huge_excess_purge(uint64_t now, bool all, uint64_t *next) {
+  size_t freed = 0;
+  if (atomic_load_explicit(&excess_entries, memory_order_relaxed) == 0) return 0;
+  for (unsigned i = 0; i < EXCESS_SLOTS; i++) {
+    uintptr_t v = atomic_load_explicit(&excess_slot[i], memory_order_relaxed);
+    if (!(v & EXCESS_KEPT)) continue;
+    uint64_t due = atomic_load_explicit(&excess_ms[i], memory_order_relaxed) + ta_decay_ms;
+    if (!all && now < due) {
+      if (*next == 0 || due < *next) *next = due; /* ta_huge_purge's */
+      continue;
+    }
+    sigset_t old;
+    ta_os_signals_block(&old);
+    uintptr_t busy = (v & ~(uintptr_t)EXCESS_STATE) | EXCESS_BUSY;
+    if (atomic_compare_exchange_strong_explicit(&excess_slot[i], &v, busy, memory_order_acquire,
+                                                memory_order_relaxed)) {
+      /* Given up and kept again between the two reads? Then its time is read again. */
+      due = atomic_load_explicit(&excess_ms[i], memory_order_relaxed) + ta_decay_ms;
+      if (!all && now < due) {
+        atomic_store_explicit(&excess_slot[i], v, memory_order_release); /* not yet */
+        if (*next == 0 || due < *next) *next = due;
+      } else {
+        size_t from = atomic_load_explicit(&excess_from[i], memory_order_relaxed);
+        size_t to = atomic_load_explicit(&excess_to[i], memory_order_relaxed);
+        char *span = (char *)(v & ~(uintptr_t)EXCESS_STATE);
+        if (ta_os_decommit(span + from, to - from) == 0) freed += to - from;
+        atomic_fetch_sub_explicit(&kept_excess, (intptr_t)(to - from), memory_order_relaxed);
+        atomic_store_explicit(&excess_slot[i], 0, memory_order_release);
+        atomic_fetch_sub_explicit(&excess_entries, 1, memory_order_relaxed);
+      }
+    }
+    ta_os_signals_restore(&old);
+  }
+  return freed;
 }
 
 /* ---- huge pages only where they pay (see the top of the file) ---- */
@@ -885,7 +1090,8 @@ static bool cache_put(ta_huge_t *h) {
   /* Read what we need of h now: once it is in a slot, another thread may own it. */
   size_t size = h->map_size, weight = cache_weight(h);
   uint64_t freed = h->freed_ms;
-  size_t limit = cache_limit(size);
+  size_t limit = cache_limit(size), kept = excess_held();
+  limit = kept < limit ? limit - kept : 0; /* what blocks keep counts against it too */
   if (weight > limit) {
     cache_reserve(0, limit); /* not kept; the cache down to the limit, which may have fallen */
     return false;
@@ -951,6 +1157,30 @@ static ta_huge_t *span_grow(ta_huge_t *h, size_t need, bool *kept) {
   return g;
 }
 
+/* Span h, larger than the `need` bytes of the block that took it (or was resized in it), holds
+ * no more than it may past the block: its excess kept (excess_keep) where it has no huge pages
+ * and the limit has room, a span more than twice too big then cut past the granule that holds
+ * dirty_end (address space nothing wrote, which would raise the cache's limit while the block
+ * lives); else a span far too big cut to the block, a somewhat larger one's pages dropped. Not
+ * with huge pages: where the host reclaims free memory, a huge page freed lately faults back in
+ * fast and a reclaimed one slowly; what a take drops soon comes back fast, and kept, the faults
+ * that remain were slower (docs/design.md, "How much the cache keeps"). */
+TA_INLINE void excess_settle(ta_huge_t *h, size_t need, uint64_t since) {
+  if (h->dirty_end > need && !(h->thp & HUGE_ADVISED) && excess_keep(h, need, since)) {
+    if (h->map_size > 2 * need) span_cut(h, ta_align_up(h->dirty_end, TA_CHUNK_SIZE));
+  } else if (h->map_size > 2 * need) {
+    span_cut(h, need); /* far too big: give the tail back rather than hold it resident */
+  } else if (h->dirty_end > need) {
+    /* Somewhat too big, and the excess may hold pages: keep the address space (the block
+     * may grow into it), drop the pages, so that the block holds no more memory than it
+     * asked for. Once: the excess then holds none until a block reaches into it. */
+    if (ta_os_decommit((char *)h + need, h->dirty_end - need) == 0) {
+      h->dirty_end = need;
+      hist_cut(h, need);
+    }
+  }
+}
+
 /* A cached span with at least `least` bytes (the block's pages) for a block that would map
  * `need` (whole granules), owned by the caller, or NULL. A span with huge pages may end at its
  * last block's last page (span_keep): one of the same size fits again as it is. */
@@ -971,16 +1201,8 @@ static ta_huge_t *cache_take(size_t least, size_t need) {
       /* Found sparse: kept whole, address space and pages. Its blocks wrote a few pages of
        * it, at a stride or at their ends; the next block, larger or smaller, finds those it
        * writes again. What such spans hold is bounded at their looks (sparse_kept). */
-    } else if (h->map_size > 2 * need) {
-      span_cut(h, need); /* far too big: give the tail back rather than hold it resident */
-    } else if (h->dirty_end > need) {
-      /* Somewhat too big, and the excess may hold pages: keep the address space (the block
-       * may grow into it), drop the pages, so that the block holds no more memory than it
-       * asked for. Once: the excess then holds none until a block reaches into it. */
-      if (ta_os_decommit((char *)h + need, h->dirty_end - need) == 0) {
-        h->dirty_end = need;
-        hist_cut(h, need);
-      }
+    } else {
+      excess_settle(h, need, h->freed_ms); /* its pages unused since the span's free */
     }
     return h;
   }
@@ -1014,6 +1236,7 @@ size_t ta_huge_purge(uint64_t now, bool all) {
     }
     freed += slot_unmap(i, h);
   }
+  freed += ta_huge_excess_purge(now, all, &next);
   if (next) ta_purge_note_global(&ta_huge_due, next);
   return freed;
 }
@@ -1039,6 +1262,34 @@ size_t ta_huge_cache_sum(void) {
 /* Fork child: a thread that was between a slot and the tally is gone; count again. */
 void ta_huge_recount_after_fork(void) {
   atomic_store(&cache_bytes, ta_huge_cache_sum());
+  /* An entry held by a thread the child lacks (a purge, a keep) is given up, its pages as they
+   * are: the block's owner, if it is the child's thread, would wait for it for ever. The
+   * forking thread's own keep, cut into by its signal handler, goes on once the handler
+   * returns: its entry stays held, and what it reserved is counted. */
+  intptr_t kept = 0;
+  unsigned entries = 0;
+  uintptr_t mine = keeping_here;
+  bool mine_seen = false;
+  for (unsigned i = 0; i < EXCESS_SLOTS; i++) {
+    uintptr_t v = atomic_load(&excess_slot[i]);
+    size_t len = atomic_load(&excess_to[i]) - atomic_load(&excess_from[i]);
+    if (mine && (v & ~(uintptr_t)EXCESS_STATE) == (mine & ~(uintptr_t)EXCESS_STATE)) {
+      mine_seen = true;
+      kept += (intptr_t)(v & EXCESS_KEPT ? len : keeping_len);
+      entries++;
+    } else if (v & EXCESS_BUSY) {
+      atomic_store(&excess_slot[i], 0);
+    } else if (v & EXCESS_KEPT) {
+      kept += (intptr_t)len;
+      entries++;
+    }
+  }
+  if (mine && !mine_seen) { /* its entry not taken yet: counted, as its thread counted it */
+    kept += (intptr_t)keeping_len;
+    entries++;
+  }
+  atomic_store(&kept_excess, kept);
+  atomic_store(&excess_entries, entries);
   /* What other threads were unmapping, or had counted put off and not pushed, is leaked in
    * the child and not waited for; the forking thread's own unmap in flight is (a signal
    * handler's fork), and its own sleep counted (the unmaps put off were made:
@@ -1268,6 +1519,8 @@ void ta_huge_free(ta_huge_t *h) {
   uint16_t live = HUGE_LIVE;
   if (!atomic_compare_exchange_strong(&h->state, &live, HUGE_CACHED))
     ta_fatal("free(): double free of pointer", (char *)h + h->data_off);
+  uint64_t since;
+  (void)excess_release(h, &since); /* its pages go with the span, cached or unmapped whole */
   judge(h); /* the free is counted by the caller, in its arena (alloc.c) */
   if (h->data_off == TA_CHUNK_SIZE) { /* over-aligned: not reusable as it is */
     huge_unmap(h);
@@ -1282,18 +1535,33 @@ void ta_huge_free(ta_huge_t *h) {
   ta_purge_note_global(&ta_huge_due, due);
 }
 
+/* A realloc that could neither grow the block in place nor move it gave its excess up first:
+ * kept again (or dropped), the block as it was. NULL: the caller copies. */
+static void *realloc_refused(ta_huge_t *h, bool kept, uint64_t since) {
+  if (kept) {
+    excess_settle(h, ta_align_up(h->data_off + h->requested, TA_CHUNK_SIZE), since);
+    ta_huge_seal(h); /* a cut changed the span's size */
+  }
+  return NULL;
+}
+
 /* Resizes in place or moves the pages with mremap; NULL when neither works (the caller
  * then copies). The block stays valid on failure. */
 void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   if (h->data_off == TA_CHUNK_SIZE || size > TA_MAX_REQUEST - h->data_off) return NULL;
+  uint64_t since = 0;
+  bool kept = excess_release(h, &since);
   size_t need = ta_align_up(h->data_off + size, TA_CHUNK_SIZE);
   char *old_data = (char *)h + h->data_off;
   size_t end = ta_align_up(h->data_off + size, ta_page_size); /* what the block may touch */
   if (end <= h->map_size) {
-    if (need < h->map_size / 2) span_cut(h, need);
-    TA_STORE(h->requested, size);
-    ta_huge_seal(h);
     if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
+    if (kept) /* what it kept past the new size: kept again (since then), or not */
+      excess_settle(h, need, since);
+    else if (need < h->map_size / 2)
+      span_cut(h, need);
+    TA_STORE(h->requested, size); /* sealed with the span's size as it is now */
+    ta_huge_seal(h);
     return old_data;
   }
   /* Whole granules, even where span_keep would cut a new block's mapping: a block that
@@ -1315,24 +1583,24 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   if (dst == NULL) {
     target = need;
     dst = ta_os_mmap_aligned(target, TA_CHUNK_SIZE);
-    if (dst == NULL) return NULL;
+    if (dst == NULL) return realloc_refused(h, kept, since);
   }
   size_t old_size = h->map_size;
   if (!ta_map_ready((uintptr_t)dst + h->data_off)) { /* its map page refused: copy instead */
     ta_os_trim(dst, target);                         /* never used */
-    return NULL;
+    return realloc_refused(h, kept, since);
   }
   ta_map_set((uintptr_t)old_data, TA_MAP_NONE);
   if (!ta_unmap_allowed()) { /* a statistics reader may be reading the header: copy instead */
     ta_map_set((uintptr_t)old_data, TA_MAP_HUGE);
     ta_os_munmap(dst, target);
-    return NULL;
+    return realloc_refused(h, kept, since);
   }
   ta_huge_t *n = ta_os_mremap(h, old_size, target, dst);
   if (n == NULL) {
     ta_map_set((uintptr_t)old_data, TA_MAP_HUGE);
     ta_os_munmap(dst, target);
-    return NULL;
+    return realloc_refused(h, kept, since);
   }
   kept_note(n, -1); /* its header moved with it */
   hist_move(h, n);

@@ -46,6 +46,7 @@
 #define TA_INTERNAL_H
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -742,6 +743,9 @@ TA_HIDDEN void ta_os_futex_wait(_Atomic uint32_t *word, uint32_t val, uint64_t t
 TA_HIDDEN void ta_os_futex_wake(_Atomic uint32_t *word);
 TA_HIDDEN void ta_os_futex_wake_all(_Atomic uint32_t *word);
 TA_HIDDEN void ta_os_yield(void); /* sched_yield */
+/* Every signal blocked for this thread, the mask before in *old; and that mask again. */
+TA_HIDDEN void ta_os_signals_block(sigset_t *old);
+TA_HIDDEN void ta_os_signals_restore(const sigset_t *old);
 /* The process's threads made to pass a memory barrier each (membarrier, private expedited):
  * ta_os_barrier_register once, true when the kernel will; then ta_os_barrier, 0 on success. */
 TA_HIDDEN bool ta_os_barrier_register(void);
@@ -1339,6 +1343,11 @@ TA_HIDDEN extern _Atomic uint64_t ta_huge_due;
 TA_HIDDEN void ta_huge_unmap_deferred(void);
 TA_HIDDEN void ta_huge_recount_after_fork(void);
 TA_HIDDEN size_t ta_huge_purge(uint64_t now, bool all);
+/* What live blocks keep of larger spans (huge.c, excess_keep); signed, for tests. */
+TA_HIDDEN intptr_t ta_huge_kept_excess(void);
+TA_HIDDEN size_t ta_huge_excess_purge(uint64_t now, bool all, uint64_t *next); /* its part */
+TA_HIDDEN bool ta_huge_excess_kept(const ta_huge_t *h);                        /* tests */
+TA_HIDDEN void ta_huge_excess_hold(const ta_huge_t *h, bool hold); /* tests: a purge's hold */
 /* After a refused mapping: unmaps the cache, or sees unmaps since `epoch` (ta_huge_epoch, read
  * before the refused call); whether to ask again. May sleep up to 100 ms for unmaps in flight
  * or put off by a statistics reader: called without any lock of the allocator's. */

@@ -37,6 +37,8 @@
  *   ta_os_thread_gone(tid)  true when the kernel no longer knows thread tid of this process
  *                           (it has exited); false when it lives or when in doubt.
  *   ta_os_thread_start(fn)  a detached thread, every signal blocked (the purger).
+ *   ta_os_signals_block(o)  every signal blocked for this thread, the mask before in *o;
+ *                           ta_os_signals_restore(o) sets it again.
  *   ta_os_futex_wait/wake   sleep on a word with a time limit, through the system call (no
  *                           cancellation point: malloc must not be one); wake one sleeper,
  *                           or (wake_all) every one.
@@ -927,6 +929,13 @@ void ta_brk_lock(void) {
 }
 
 void ta_os_yield(void) { sched_yield(); }
+
+void ta_os_signals_block(sigset_t *old) {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, old);
+}
+void ta_os_signals_restore(const sigset_t *old) { pthread_sigmask(SIG_SETMASK, old, NULL); }
 
 void ta_brk_unlock(void) {
   if (atomic_exchange_explicit(&brk_lock_word, 0, memory_order_release) == 2)

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -57,10 +58,14 @@ Test(huge, freed_span_is_cached_and_reused) {
   ta_free(q);
 }
 
+/* With huge pages: a span without them keeps its excess where the cache has room (below). */
 Test(huge, much_larger_cached_span_is_trimmed) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) ta_os_thp_mode_force(TA_THP_MADVISE);
   char *p = ta_malloc(40 * MiB);
   write_all(p, 40 * MiB); /* not found sparse: a sparse span is kept whole (below) */
   ta_free(p);
+  if (!(ta_huge_hdr_checked(p, TA_MAP_HUGE, "test")->thp & HUGE_ADVISED))
+    cr_skip_test("the kernel took no advice: no huge pages");
   char *q = ta_malloc(2 * MiB);
   cr_assert_eq(q, p);
   ta_huge_t *h = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
@@ -167,10 +172,13 @@ Test(huge, a_cache_limit_of_0_keeps_nothing_however_much_is_live) {
  * mapping, a cut of a far larger cached span, a growth into a request, realloc in place and
  * moved, a free into the cache and an unmap. */
 Test(huge, the_count_of_huge_address_space_follows_every_change) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) ta_os_thp_mode_force(TA_THP_MADVISE);
   char *a = ta_malloc(40 * MiB);
-  write_all(a, 40 * MiB); /* not sparse: cut when reused for far less */
+  write_all(a, 40 * MiB); /* not sparse: cut when reused for far less (with huge pages) */
   cr_assert_eq(ta_huge_mapped(), ta_huge_hdr_checked(a, TA_MAP_HUGE, "test")->map_size);
   ta_free(a);
+  if (!(ta_huge_hdr_checked(a, TA_MAP_HUGE, "test")->thp & HUGE_ADVISED))
+    cr_skip_test("the kernel took no advice: no huge pages");
   char *b = ta_malloc(6 * MiB); /* the cached span, cut */
   cr_assert_eq(b, a);
   ta_huge_t *h = ta_huge_hdr_checked(b, TA_MAP_HUGE, "test");
@@ -972,15 +980,19 @@ Test(huge, an_emptied_span_larger_than_a_look_holds_nothing_past_it) {
                 "weighs what it holds: %zu KiB", ta_huge_cached_bytes() / 1024);
 }
 
-Test(huge, excess_of_a_larger_span_is_decommitted_once) {
+/* A span with huge pages drops its excess at the take (see excess_settle in huge.c: why). */
+Test(huge, excess_of_a_larger_span_with_huge_pages_is_decommitted_once) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) ta_os_thp_mode_force(TA_THP_MADVISE);
   ta_decay_ms = 600000;
   char *p = ta_malloc(20 * MiB); /* a span of 24 MiB */
   write_all(p, 20 * MiB);
   ta_free(p);
+  /* mincore needs a page-aligned address: the excess is read from the header's */
+  ta_huge_t *h = ta_huge_hdr_checked(p, TA_MAP_HUGE, "test");
+  if (!(h->thp & HUGE_ADVISED)) cr_skip_test("the kernel took no advice: no huge pages");
   char *q = ta_malloc(12 * MiB); /* needs 16: the span serves, 8 MiB of it are excess */
   cr_assert_eq(q, p);
-  /* mincore needs a page-aligned address: the excess is read from the header's */
-  ta_huge_t *h = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(0), "not kept");
   cr_assert_eq(ta_os_resident((char *)h + 16 * MiB, 8 * MiB), 0, "excess dropped");
   cr_assert_eq(ta_os_resident(h, 12 * MiB), 12 * MiB, "not the block's own pages");
   ta_free(q);
@@ -993,6 +1005,416 @@ Test(huge, excess_of_a_larger_span_is_decommitted_once) {
   }
   cr_assert_eq(ta_os_calls(ALL_OS_CALLS) - before, 0, "the excess holds no pages any more: "
                "nothing to drop again");
+}
+
+/* A span of 24 MiB without huge pages, its first 23 written by the block freed into the
+ * cache: returns that block's address. */
+static char *cached_span_without_huge_pages(uint64_t decay_ms) {
+  if (ta_commit_lazy()) cr_skip_test("lazy commit: a mapping ends at its block, nothing kept");
+  ta_os_thp_mode_force(TA_THP_NEVER);
+  ta_decay_ms = decay_ms;
+  char *p = ta_malloc(23 * MiB);
+  write_all(p, 23 * MiB);
+  ta_free(p);
+  return p;
+}
+
+/* The excess a block q of 12 MiB (16 MiB of granules) keeps of the span it took: up to what
+ * the span's earlier block wrote. */
+static size_t excess_of(void *q) {
+  return ta_huge_hdr_checked(q, TA_MAP_HUGE, "test")->dirty_end - 16 * MiB;
+}
+
+/* A span without huge pages keeps its excess with a smaller block, pages and address space:
+ * no system call at the take, and the excess counts until the block is freed. */
+Test(huge, a_larger_span_without_huge_pages_keeps_its_excess_with_the_block) {
+  char *p = cached_span_without_huge_pages(600000);
+  atomic_store(&ta_huge_due, 0); /* the cache's own, as if a purge had found nothing due */
+  uint64_t before = ta_os_calls(ALL_OS_CALLS);
+  char *q = ta_malloc(12 * MiB); /* needs 16: the 7 MiB written past them are its excess */
+  cr_assert_eq(q, p);
+  cr_assert_eq(ta_os_calls(ALL_OS_CALLS) - before, 0, "nothing dropped");
+  ta_huge_t *h = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
+  size_t excess = excess_of(q);
+  cr_assert_geq(excess, 7 * MiB);
+  /* resident: to the block's last page, of the kernel's size; dirty_end: of ours */
+  cr_assert_geq(ta_os_resident((char *)h + 16 * MiB, 8 * MiB), excess - ta_page_size + 4096,
+                "the excess's pages kept");
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(excess), "and counted");
+  cr_assert_neq(atomic_load(&ta_huge_due), 0, "its purge due");
+  ta_free(q);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(0), "given up with the block");
+  cr_assert_eq(ta_huge_cached_count(), 1, "whose span is cached whole");
+  cr_assert_eq(h->map_size, 24 * MiB);
+}
+
+/* One more than twice too big is kept whole too, where it was cut: a later, larger block
+ * finds the pages and the address space. */
+Test(huge, a_span_far_too_big_without_huge_pages_is_kept_whole) {
+  char *p = cached_span_without_huge_pages(600000);
+  uint64_t before = ta_os_calls(ALL_OS_CALLS);
+  char *q = ta_malloc(5 * MiB); /* needs 8: the 15 MiB written past them are its excess */
+  cr_assert_eq(q, p);
+  cr_assert_eq(ta_os_calls(ALL_OS_CALLS) - before, 0, "nothing cut, nothing dropped");
+  ta_huge_t *h = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
+  cr_assert_eq(h->map_size, 24 * MiB, "not cut");
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(h->dirty_end - 8 * MiB));
+  cr_assert_geq(ta_os_resident((char *)h + 8 * MiB, 16 * MiB),
+                h->dirty_end - 8 * MiB - ta_page_size + 4096);
+  before = ta_os_calls(ALL_OS_CALLS); /* mincore: the test's own */
+  ta_free(q);
+  long faults = minor_faults();
+  char *r = ta_malloc(20 * MiB);
+  cr_assert_eq(r, p);
+  write_all(r, 20 * MiB);
+  cr_assert_lt(minor_faults() - faults, 64, "its pages were there");
+  cr_assert_eq(ta_os_calls(ALL_OS_CALLS) - before, 0, "no system call on the way");
+  ta_free(r);
+}
+
+/* Where the cache's limit has no room for it (here lowered after the span was cached), the
+ * excess is dropped at the take as before, once. */
+Test(huge, an_excess_the_limit_has_no_room_for_is_decommitted) {
+  char *p = cached_span_without_huge_pages(600000);
+  ta_huge_cache_grows = false;
+  ta_huge_cache_limit = 4 * MiB;
+  char *q = ta_malloc(12 * MiB);
+  cr_assert_eq(q, p);
+  ta_huge_t *h = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(0));
+  cr_assert_eq(ta_os_resident((char *)h + 16 * MiB, 8 * MiB), 0, "excess dropped");
+  cr_assert_eq(ta_os_resident(h, 12 * MiB), 12 * MiB, "not the block's own pages");
+  ta_free(q);
+}
+
+/* What blocks keep counts against the limit at a put too: a span that fits the limit, but
+ * not the limit less the excess kept, is not cached. */
+Test(huge, a_kept_excess_leaves_the_cache_less_room) {
+  char *p = cached_span_without_huge_pages(600000);
+  ta_huge_cache_grows = false;
+  ta_huge_cache_limit = 32 * MiB;
+  char *q = ta_malloc(12 * MiB); /* takes it, and keeps 7 MiB of excess */
+  cr_assert_eq(q, p);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(excess_of(q)));
+  char *r = ta_malloc(26 * MiB); /* a span of 28 MiB */
+  write_all(r, 26 * MiB);
+  ta_free(r);
+  cr_assert_eq(ta_huge_cached_count(), 0, "28 MiB fit 32, not 32 less the 7 kept");
+  ta_free(q);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(0));
+  cr_assert_eq(ta_huge_cached_count(), 1, "the first span, once its block is freed");
+}
+
+/* realloc in place of a block that keeps an excess: what lies past its new size is kept again
+ * (or dropped), never left resident uncounted, and keeps its time: a purge a decay time after
+ * the take finds it. */
+Test(huge, a_realloc_in_place_keeps_again_what_lies_past_the_new_size) {
+  char *p = cached_span_without_huge_pages(600000);
+  char *q = ta_malloc(12 * MiB);
+  uint64_t taken = ta_os_now_ms();
+  cr_assert_eq(q, p);
+  ta_huge_t *h = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
+  size_t end = h->dirty_end;
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(end - 16 * MiB));
+  usleep(30 * 1000);
+  char *r = ta_realloc(q, 17 * MiB); /* in place: needs 20 MiB of the 24 */
+  cr_assert_eq(r, q);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(end - 20 * MiB), "the rest kept again");
+  r = ta_realloc(r, 2 * MiB); /* in place, needs 4 MiB: far less than the span */
+  cr_assert_eq(r, q);
+  cr_assert_eq(h->map_size, 24 * MiB, "its pages kept, and the span with them");
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(end - 4 * MiB));
+  cr_assert_eq(ta_huge_purge(taken + 600000, false), end - 4 * MiB,
+               "due a decay time after the take, not after the reallocs");
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)0);
+  cr_assert_eq(ta_os_resident((char *)h + 4 * MiB, 20 * MiB), 0, "nothing past the block");
+  ta_free(r);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)0, "not given up twice");
+  cr_assert_eq(ta_huge_cached_count(), 1);
+}
+
+/* Where the limit has no room for it then, it is dropped, or cut with the span's tail: the
+ * block's header sealed with the span's new size (the free checks it). */
+Test(huge, a_realloc_in_place_whose_excess_the_limit_refuses_cuts_the_span) {
+  char *p = cached_span_without_huge_pages(600000);
+  char *q = ta_malloc(12 * MiB);
+  cr_assert_eq(q, p);
+  cr_assert_gt(ta_huge_kept_excess(), 0);
+  ta_huge_cache_grows = false;
+  ta_huge_cache_limit = 0;
+  char *r = ta_realloc(q, 2 * MiB); /* needs 4 MiB */
+  cr_assert_eq(r, q);
+  ta_huge_t *h = ta_huge_hdr_checked(r, TA_MAP_HUGE, "test");
+  cr_assert_eq(h->map_size, 4 * MiB, "cut");
+  cr_assert(ta_huge_check_ok(h), "sealed");
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)0);
+  cr_assert_eq(ta_huge_mapped(), 4 * MiB);
+  ta_free(r);
+}
+
+/* A realloc that can neither grow the block in place nor move it leaves the block as it was,
+ * its excess kept again. */
+Test(huge, a_realloc_refused_keeps_the_excess_again) {
+  char *p = cached_span_without_huge_pages(600000);
+  char *q = ta_malloc(12 * MiB);
+  cr_assert_eq(q, p);
+  intptr_t kept = ta_huge_kept_excess();
+  cr_assert_gt(kept, 0);
+  ta_huge_t *h = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
+  char *wall = wall_after(h); /* nothing grows in place past it (or something is there) */
+  if (wall == MAP_FAILED && errno != EEXIST) cr_skip_test("no wall");
+  ta_os_fail(TA_OS_MMAP, 0, 8); /* no move, and no new block to copy into */
+  char *r = ta_realloc(q, 40 * MiB);
+  ta_os_fail(0, 0, 0);
+  if (wall != MAP_FAILED) munmap(wall, 4096);
+  cr_assert_null(r);
+  cr_assert_eq(errno, ENOMEM);
+  cr_assert_eq(ta_huge_kept_excess(), kept, "kept again");
+  cr_assert(ta_huge_check_ok(h));
+  ta_free(q);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)0);
+}
+
+/* The free of a block waits while a purge holds its entry: the span's pages are the owner's
+ * to reuse only once the decommit is made. */
+static _Atomic int freed_it;
+static void *free_it(void *q) {
+  ta_free(q);
+  atomic_store(&freed_it, 1);
+  return NULL;
+}
+
+Test(huge, a_free_waits_for_the_purge_that_holds_its_excess) {
+  char *p = cached_span_without_huge_pages(600000);
+  char *q = ta_malloc(12 * MiB);
+  cr_assert_eq(q, p);
+  ta_huge_t *h = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
+  ta_huge_excess_hold(h, true);
+  pthread_t t;
+  pthread_create(&t, NULL, free_it, q);
+  usleep(50 * 1000);
+  cr_assert_eq(atomic_load(&freed_it), 0, "waiting");
+  ta_huge_excess_hold(h, false); /* the purge done, as if it had left it */
+  pthread_join(t, NULL);
+  cr_assert_eq(atomic_load(&freed_it), 1);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)0);
+  cr_assert_eq(ta_huge_cached_count(), 1);
+}
+
+/* A span far too big keeps what its earlier block may have written and gives back the address
+ * space past it; the limit it is kept against is not raised by its own size. */
+Test(huge, a_span_far_too_big_is_cut_past_what_it_keeps) {
+  if (ta_commit_lazy()) cr_skip_test("lazy commit: a mapping ends at its block, nothing kept");
+  ta_os_thp_mode_force(TA_THP_NEVER);
+  ta_decay_ms = 600000;
+  char *p = ta_malloc(40 * MiB); /* a span of 44 MiB */
+  write_all(p, 40 * MiB);
+  ta_free(p);
+  size_t limit = ta_huge_cache_limit;
+  ta_huge_cache_limit = 0; /* no room: the excess of the next is dropped */
+  ta_huge_cache_grows = false;
+  char *q = ta_malloc(21 * MiB); /* needs 24: its excess dropped, 24 MiB written */
+  cr_assert_eq(q, p);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)0);
+  ta_huge_cache_limit = limit;
+  ta_huge_cache_grows = true;
+  ta_free(q);
+  char *r = ta_malloc(5 * MiB); /* needs 8: 16 MiB kept, the 20 past them cut */
+  cr_assert_eq(r, p);
+  ta_huge_t *h = ta_huge_hdr_checked(r, TA_MAP_HUGE, "test");
+  cr_assert_eq(h->map_size, 24 * MiB);
+  cr_assert_eq(ta_huge_mapped(), 24 * MiB);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(16 * MiB));
+  ta_free(r);
+  ta_malloc_trim(0);
+  /* Far more than the cache's limit of 64 MiB, which the span's own size would raise were it
+   * counted live: refused, and the span cut to the block. */
+  char *big = ta_malloc(200 * MiB);
+  write_all(big, 200 * MiB);
+  ta_huge_cache_limit = 256 * MiB; /* room to cache it */
+  ta_huge_cache_grows = false;
+  ta_free(big);
+  cr_assert_eq(ta_huge_cached_count(), 1);
+  ta_huge_cache_limit = limit;
+  ta_huge_cache_grows = true;
+  char *s = ta_malloc(2 * MiB);
+  cr_assert_eq(s, big);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)0, "200 MiB kept against a limit of 64");
+  cr_assert_eq(ta_huge_hdr_checked(s, TA_MAP_HUGE, "test")->map_size, 4 * MiB);
+  ta_free(s);
+}
+
+/* A decay time after it was kept, the purge gives the excess back, and nothing else of the
+ * block; the block's free then gives up nothing more. Before that, the purge leaves it. */
+Test(huge, the_purge_gives_back_an_excess_kept_a_decay_time) {
+  char *p = cached_span_without_huge_pages(100000);
+  char *q = ta_malloc(12 * MiB);
+  cr_assert_eq(q, p);
+  ta_huge_t *h = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
+  uint64_t now = ta_os_now_ms();
+  cr_assert_eq(ta_huge_purge(now, false), 0, "not due yet");
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(excess_of(q)));
+  cr_assert_geq(ta_os_resident((char *)h + 16 * MiB, 8 * MiB), excess_of(q) - ta_page_size + 4096);
+  uint64_t due = atomic_load(&ta_huge_due);
+  cr_assert(due > now && due <= now + 100000, "due a decay time after the take");
+  size_t excess = excess_of(q);
+  cr_assert_eq(ta_huge_purge(now + 100000, false), excess, "given back once due");
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(0));
+  cr_assert_eq(ta_os_resident((char *)h + 16 * MiB, 8 * MiB), 0, "its pages gone");
+  cr_assert_eq(ta_os_resident(h, 12 * MiB), 12 * MiB, "not the block's");
+  ta_free(q);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(0));
+  cr_assert_eq(ta_huge_cached_count(), 1);
+  char *r = ta_malloc(12 * MiB); /* kept again: a count that was not given up twice */
+  cr_assert_eq(r, p);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(excess),
+               "its excess's bounds as before: what may be resident");
+  ta_free(r);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(0));
+}
+
+/* A fork child counts its entries again, and gives up one a purge held (its thread is not in
+ * the child): the block's free there neither waits for it nor gives it up twice. */
+Test(huge, a_fork_child_gives_up_an_excess_a_purge_held) {
+  char *p = cached_span_without_huge_pages(600000);
+  char *q = ta_malloc(12 * MiB);
+  cr_assert_eq(q, p);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(excess_of(q)));
+  ta_huge_t *h = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
+  ta_huge_excess_hold(h, true); /* a purge at it, in another thread */
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(10); /* a free that waits for the purge would wait for ever */
+    ta_huge_recount_after_fork();
+    int bad = ta_huge_kept_excess() != 0;
+    ta_free(q);
+    bad |= (ta_huge_kept_excess() != 0) << 1;
+    bad |= (ta_huge_cached_count() != 1) << 2;
+    _exit(bad);
+  }
+  int status;
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child: %d", status);
+  ta_huge_excess_hold(h, false);
+  ta_free(q);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(0));
+}
+
+/* Frees and reallocs that give an excess up race purges that give it back: each is given up
+ * once, by one of them, and the owner waits while a purge holds it. */
+static _Atomic int racing;
+static void *purge_all_the_time(void *arg) {
+  (void)arg;
+  uint64_t next = 0;
+  while (atomic_load(&racing))
+    ta_huge_excess_purge(0, true, &next); /* the cache left be */
+  return NULL;
+}
+
+Test(huge, owners_and_purges_give_an_excess_up_once) {
+  char *p = cached_span_without_huge_pages(600000);
+  atomic_store(&racing, 1);
+  pthread_t t;
+  pthread_create(&t, NULL, purge_all_the_time, NULL);
+  int kept = 0, lost = 0;
+  for (int i = 0; i < 200; i++) {
+    char *q = ta_malloc(12 * MiB); /* the span, and its excess kept */
+    cr_assert_eq(q, p);
+    kept += ta_huge_excess_kept(ta_huge_hdr_checked(q, TA_MAP_HUGE, "test"));
+    if (i & 1) {
+      char *r = ta_realloc(q, 13 * MiB); /* in place */
+      cr_assert_eq(r, q);
+    }
+    ta_free(q);
+    /* The whole span again: a purge still at the excess would drop what this block writes. */
+    char *w = ta_malloc(23 * MiB);
+    cr_assert_eq(w, p);
+    for (size_t o = 16 * MiB; o < 23 * MiB; o += 4096)
+      w[o] = (char)(o >> 12 | 1);
+    for (size_t o = 16 * MiB; o < 23 * MiB; o += 4096)
+      lost += w[o] != (char)(o >> 12 | 1);
+    ta_free(w);
+  }
+  atomic_store(&racing, 0);
+  pthread_join(t, NULL);
+  cr_assert_eq(lost, 0, "%d pages lost", lost);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(0), "every excess given up once");
+  cr_assert_gt(kept, 20, "kept %d times in 200", kept);
+  cr_assert_eq(ta_huge_cached_bytes(), ta_huge_cache_sum());
+}
+
+/* Blocks without huge pages made, resized and freed at random under limits that change, with
+ * purges between: every byte a block was given stays its own, every header checks, and what
+ * blocks keep comes back to nothing. */
+static uint64_t rng_next(uint64_t *x) {
+  *x ^= *x << 13;
+  *x ^= *x >> 7;
+  *x ^= *x << 17;
+  return *x;
+}
+static void stamp(unsigned char *p, size_t n, unsigned char tag) {
+  for (size_t o = 0; o < n; o += 256 * 1024)
+    p[o] = (unsigned char)(tag + (o >> 18));
+  p[n - 1] = tag;
+}
+/* The stamp's bytes below `upto` (of a block of n bytes stamped so) are there. */
+static int stamped_below(const unsigned char *p, size_t n, size_t upto, unsigned char tag) {
+  for (size_t o = 0; o < upto && o < n - 1; o += 256 * 1024)
+    if (p[o] != (unsigned char)(tag + (o >> 18))) return 0;
+  return upto < n || p[n - 1] == tag;
+}
+static int stamped(const unsigned char *p, size_t n, unsigned char tag) {
+  return stamped_below(p, n, n, tag);
+}
+
+Test(huge, blocks_without_huge_pages_resized_at_random_keep_their_bytes, .timeout = 60) {
+  ta_os_thp_mode_force(TA_THP_NEVER);
+  ta_decay_ms = 600000;
+  enum { N = 8 };
+  unsigned char *b[N] = {0};
+  size_t n[N] = {0};
+  unsigned char tag[N] = {0};
+  uint64_t x = 0x9e3779b97f4a7c15ULL;
+  for (int i = 0; i < 3000; i++) {
+    unsigned k = (unsigned)(rng_next(&x) % N);
+    size_t size = (size_t)(rng_next(&x) % (24 * MiB)) + MiB + 1;
+    uint64_t r = rng_next(&x) % 16;
+    if (r == 0) { /* the limit changes: 0, 16 or 64 MiB, growing with what is live or not */
+      static const size_t limits[] = {0, 16 * MiB, 64 * MiB};
+      ta_huge_cache_limit = limits[rng_next(&x) % 3];
+      ta_huge_cache_grows = rng_next(&x) & 1;
+    } else if (r == 1) {
+      ta_huge_purge(ta_os_now_ms() + (rng_next(&x) & 1 ? 600000 : 0), rng_next(&x) & 1);
+    } else if (b[k] == NULL) {
+      b[k] = ta_malloc(size);
+      cr_assert_not_null(b[k]);
+      n[k] = size;
+      tag[k] = (unsigned char)rng_next(&x);
+      stamp(b[k], n[k], tag[k]);
+    } else if (r < 9) {
+      cr_assert(stamped(b[k], n[k], tag[k]), "block %u's bytes, round %d", k, i);
+      unsigned char *q = ta_realloc(b[k], size);
+      cr_assert_not_null(q);
+      cr_assert(stamped_below(q, n[k], size, tag[k]), "resized or moved: its bytes, round %d", i);
+      b[k] = q;
+      n[k] = size;
+      tag[k] = (unsigned char)rng_next(&x);
+      stamp(b[k], n[k], tag[k]);
+    } else {
+      cr_assert(stamped(b[k], n[k], tag[k]), "block %u's bytes, round %d", k, i);
+      ta_free(b[k]);
+      b[k] = NULL;
+    }
+  }
+  for (unsigned k = 0; k < N; k++)
+    if (b[k]) {
+      cr_assert(stamped(b[k], n[k], tag[k]));
+      ta_free(b[k]);
+    }
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)0, "what blocks kept, given up");
+  cr_assert_eq(ta_huge_cached_bytes(), ta_huge_cache_sum());
+  ta_malloc_trim(0);
+  cr_assert_eq(ta_huge_mapped(), 0);
 }
 
 Test(huge, cached_span_grows_into_a_larger_request_with_its_pages) {
