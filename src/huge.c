@@ -171,13 +171,13 @@ static size_t cache_limit(size_t putting) {
  * Each kept excess has an entry: the span | EXCESS_KEPT, the excess's bounds and when it was
  * kept. What entries hold counts, with the cache's bytes, against the cache's limit
  * (kept_excess; cache_put counts it too; two threads racing may pass it by one excess), and
- * goes back a decay time after it was kept (ta_huge_excess_purge decommits it, the entry
- * EXCESS_BUSY meanwhile), or is given up when its block is freed or realloc resizes it in place
- * or moves it (excess_release: the entry is found by the span's address, never by a word of
- * the header a stray write could change; the owner waits while a purge holds it). A purge
- * writes the entry and the count alone, never the block's header, which is its owner's:
- * dirty_end then stays where it was, still true (no page at or past it is resident), and the
- * span's next take may count those bytes again for a decay time. */
+ * goes back a decay time after its pages were last used, the span's free into the cache
+ * (ta_huge_excess_purge decommits it, the entry EXCESS_BUSY meanwhile), or is given up when its
+ * block is freed or realloc resizes it in place or moves it (excess_release: the entry is found by
+ * the span's address, never by a word of the header a stray write could change; the owner waits
+ * while a purge holds it). A purge writes the entry and the count alone, never the block's header,
+ * which is its owner's: dirty_end then stays where it was, still true (no page at or past it is
+ * resident), and the span's next take may count those bytes again for a decay time. */
 enum { EXCESS_KEPT = 1, EXCESS_BUSY = 2, EXCESS_STATE = 3 };
 /* A span's entry lies in the EXCESS_WAY entries from the one its address hashes to (a free and
  * a realloc look at those alone: a scan of all of them cost the spans workload 9% of its time
