@@ -13,15 +13,8 @@
 #include <tamalloc.h>
 
 #include "internal.h"
+#include "remote_lists.h"
 #include "tatest.h"
-
-static size_t remote_len(ta_arena_t *a) {
-  size_t n = 0;
-  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
-    for (ta_block_t *b = atomic_load(&a->remote[i]); b; b = ta_block_next(b))
-      n++;
-  return n;
-}
 
 typedef struct {
   void *theirs;      /* a block of the main thread's arena */
@@ -35,10 +28,10 @@ static void *free_then_evict(void *arg) {
   for (size_t i = 0; i < TA_QUARANTINE; i++)
     mine[i] = ta_malloc(64);
   ta_free(e->theirs); /* into this thread's quarantine */
-  e->seen[0] = remote_len(e->owner);
+  e->seen[0] = tt_remote_len(e->owner);
   for (size_t i = 0; i < TA_QUARANTINE; i++)
     ta_free(mine[i]); /* the quarantine is full at the last: the oldest, theirs, leaves it */
-  e->seen[1] = remote_len(e->owner);
+  e->seen[1] = tt_remote_len(e->owner);
   return NULL;
 }
 
@@ -51,5 +44,5 @@ Test(remote, a_block_leaving_the_quarantine_goes_to_its_owner_at_once) {
   cr_assert_eq(e.seen[0], 0, "held in the freer's quarantine");
   cr_assert_eq(e.seen[1], 1, "on the owner's list once evicted, the freer still running");
   ta_remote_collect(ta_tl_arena);
-  cr_assert_eq(remote_len(ta_tl_arena), 0);
+  cr_assert_eq(tt_remote_len(ta_tl_arena), 0);
 }

@@ -6,23 +6,12 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "remote_lists.h"
 #include "tamalloc.h"
 
 static void *free_it(void *p) {
   ta_free(p);
   return NULL;
-}
-
-static size_t list_len(ta_arena_t *a, unsigned i) {
-  size_t n = 0;
-  for (ta_block_t *b = atomic_load(&a->remote[i]); b; b = ta_block_next(b)) n++;
-  return n;
-}
-
-static size_t remote_len(ta_arena_t *a) {
-  size_t n = 0;
-  for (unsigned i = 0; i < TA_REMOTE_LISTS; i++) n += list_len(a, i);
-  return n;
 }
 
 Test(remote, free_from_another_thread_goes_to_owner_list) {
@@ -33,13 +22,13 @@ Test(remote, free_from_another_thread_goes_to_owner_list) {
   pthread_join(t, NULL);
   pthread_create(&t, NULL, free_it, q);
   pthread_join(t, NULL);
-  cr_assert_eq(remote_len(me), 2);
+  cr_assert_eq(tt_remote_len(me), 2);
   /* Each freer was a new thread, which starts with the first list. */
-  cr_assert_eq(list_len(me, 0), 2);
+  cr_assert_eq(tt_remote_list_len(me, 0), 2);
   cr_assert_eq(atomic_load(&me->remote[0]), (ta_block_t *)q, "last pushed first");
   /* The owner's next slow path drains the list. */
   void *big = ta_malloc(100000);
-  cr_assert_eq(remote_len(me), 0);
+  cr_assert_eq(tt_remote_len(me), 0);
   void *again = ta_malloc(64);
   cr_assert_eq(again, p, "the remotely freed block is back on its run's list");
   ta_free(again);
@@ -108,14 +97,15 @@ Test(remote, one_freer_spreads_over_the_lists_and_the_drain_takes_all) {
   unsigned used_lists = 0;
   for (unsigned i = 0; i < TA_REMOTE_LISTS; i++) {
     size_t want = small_on[i] + medium_on[i];
-    cr_assert_eq(list_len(me, i), want, "list %u holds %zu, not %zu", i, list_len(me, i), want);
+    cr_assert_eq(tt_remote_list_len(me, i), want, "list %u holds %zu, not %zu", i,
+                 tt_remote_list_len(me, i), want);
     used_lists += want != 0;
   }
   cr_assert_eq(used_lists, TA_REMOTE_LISTS, "every list took some");
   cr_assert_eq(RUN_USED(r), used, "blocks on the lists count as used");
   uint64_t frees = me->cnt.remote_frees, all = me->cnt.frees;
   ta_remote_collect(me);
-  cr_assert_eq(remote_len(me), 0);
+  cr_assert_eq(tt_remote_len(me), 0);
   cr_assert_eq(me->cnt.remote_frees - frees, N);
   cr_assert_eq(me->cnt.frees - all, N, "each counted once among the arena's frees");
   for (size_t i = 0; i < N; i++)
@@ -156,11 +146,12 @@ Test(remote, the_purgers_medium_drain_puts_small_blocks_back_on_their_lists) {
   ta_remote_collect_medium(me);
   ta_slow_leave(me);
   for (unsigned i = 0; i < TA_REMOTE_LISTS; i++)
-    cr_assert_eq(list_len(me, i), small[i], "list %u: %zu small blocks back, %zu expected", i,
-                 list_len(me, i), small[i]);
+    cr_assert_eq(tt_remote_list_len(me, i), small[i],
+                 "list %u: %zu small blocks back, %zu expected", i, tt_remote_list_len(me, i),
+                 small[i]);
   cr_assert_eq(atomic_load(&me->remote_medium), 0);
   ta_remote_collect(me);
-  cr_assert_eq(remote_len(me), 0);
+  cr_assert_eq(tt_remote_len(me), 0);
 }
 
 Test(remote, double_free_from_another_thread_aborts, .signal = SIGABRT) {
@@ -178,7 +169,7 @@ Test(remote, local_free_after_the_drain_took_a_remote_free_in_aborts, .signal = 
   pthread_create(&t, NULL, free_it, p);
   pthread_join(t, NULL);
   ta_remote_collect(ta_tl_arena);
-  cr_assert_eq(remote_len(ta_tl_arena), 0, "taken in");
+  cr_assert_eq(tt_remote_len(ta_tl_arena), 0, "taken in");
   ta_free(p);
 }
 
@@ -203,13 +194,13 @@ static void *free_and_look(void *arg) {
   chain_probe_t *c = arg;
   for (size_t i = 0; i < TA_DEFER_MAX - 1; i++)
     ta_free(c->blocks[i]);
-  c->seen[0] = remote_len(c->owner);
+  c->seen[0] = tt_remote_len(c->owner);
   ta_free(c->blocks[TA_DEFER_MAX - 1]);
-  c->seen[1] = remote_len(c->owner);
-  c->seen[2] = list_len(c->owner, 0);
+  c->seen[1] = tt_remote_len(c->owner);
+  c->seen[2] = tt_remote_list_len(c->owner, 0);
   for (size_t i = TA_DEFER_MAX; i < c->n; i++)
     ta_free(c->blocks[i]);
-  c->seen[3] = remote_len(c->owner);
+  c->seen[3] = tt_remote_len(c->owner);
   return NULL;
 }
 
@@ -232,10 +223,10 @@ Test(remote, a_chain_goes_to_its_owner_when_full_and_at_the_freers_exit) {
   cr_assert_eq(c.seen[1], TA_DEFER_MAX, "full, it went whole");
   cr_assert_eq(c.seen[2], TA_DEFER_MAX, "onto one list");
   cr_assert_eq(c.seen[3], TA_DEFER_MAX, "the rest waits");
-  cr_assert_eq(remote_len(ta_tl_arena), N, "and went at the thread's exit");
+  cr_assert_eq(tt_remote_len(ta_tl_arena), N, "and went at the thread's exit");
   cr_assert_eq(RUN_USED(r), used, "all counted as used until taken in");
   ta_remote_collect(ta_tl_arena);
-  cr_assert_eq(remote_len(ta_tl_arena), 0);
+  cr_assert_eq(tt_remote_len(ta_tl_arena), 0);
   cr_assert_eq(RUN_USED(r), used - N);
   for (size_t i = 0; i < N; i++)
     cr_assert(ta_small_on_free_list(r, blocks[i]), "block %zu back on its run's list", i);
@@ -259,9 +250,9 @@ static void *alloc_and_hold(void *arg) {
 static void *free_of_two_owners(void *arg) {
   two_owners_t *o = arg;
   ta_free(o->mine);
-  o->seen[0] = remote_len(o->owner);
+  o->seen[0] = tt_remote_len(o->owner);
   ta_free(o->theirs);
-  o->seen[1] = remote_len(o->owner);
+  o->seen[1] = tt_remote_len(o->owner);
   return NULL;
 }
 
@@ -287,10 +278,10 @@ static void *free_then_malloc(void *arg) {
   void *mine = ta_malloc(48); /* an arena first: the claim sends a chain on too */
   for (size_t i = 0; i < c->n; i++)
     ta_free(c->blocks[i]);
-  c->seen[0] = remote_len(c->owner);
+  c->seen[0] = tt_remote_len(c->owner);
   c->seen[2] = ta_run_of(mine)->owner->cur[ta_class_lut[200]] == &ta_empty_run;
   void *p = ta_malloc(200); /* a class this arena has no run of yet: its slow path */
-  c->seen[1] = remote_len(c->owner);
+  c->seen[1] = tt_remote_len(c->owner);
   ta_free(p);
   ta_free(mine);
   return NULL;
@@ -335,7 +326,7 @@ Test(remote, the_owners_free_of_a_block_in_another_threads_chain_aborts, .signal
   pthread_t t;
   pthread_create(&t, NULL, free_and_hold, &h);
   pthread_barrier_wait(&hold);
-  cr_assert_eq(remote_len(ta_tl_arena), 0, "still in the other thread's chain");
+  cr_assert_eq(tt_remote_len(ta_tl_arena), 0, "still in the other thread's chain");
   ta_free(p);
 }
 
@@ -372,12 +363,13 @@ Test(remote, a_chain_for_an_owner_gone_since_counts_its_blocks_toward_the_drain)
   int32_t used = RUN_USED(r);
   for (size_t i = 0; i < N; i++)
     ta_free(h.blocks[i]); /* the owner lives: into the chain */
-  cr_assert_eq(remote_len(h.arena), 0, "put off");
+  cr_assert_eq(tt_remote_len(h.arena), 0, "put off");
   pthread_barrier_wait(&hold);
   pthread_join(t, NULL);
   cr_assert_eq(atomic_load(&h.arena->state), ARENA_FREE, "its thread has exited");
   ta_remote_flush();
-  cr_assert_eq(remote_len(h.arena), 0, "the push brought TA_DRAIN_EVERY blocks and more: drained");
+  cr_assert_eq(tt_remote_len(h.arena), 0,
+               "the push brought TA_DRAIN_EVERY blocks and more: drained");
   cr_assert_eq(RUN_USED(r), used - N, "every block back on its run");
   cr_assert_eq(atomic_load(&h.arena->state), ARENA_FREE, "and the arena given back");
   pthread_barrier_destroy(&hold);
@@ -388,9 +380,9 @@ static void *free_then_trim(void *arg) {
   chain_probe_t *c = arg;
   for (size_t i = 0; i < c->n; i++)
     ta_free(c->blocks[i]);
-  c->seen[0] = remote_len(c->owner);
+  c->seen[0] = tt_remote_len(c->owner);
   ta_malloc_trim(0);
-  c->seen[1] = remote_len(c->owner);
+  c->seen[1] = tt_remote_len(c->owner);
   return NULL;
 }
 
@@ -424,12 +416,12 @@ static void *free_wait_alloc(void *arg) {
   claimer_t *c = arg;
   for (size_t i = 0; i < 3; i++)
     ta_free(c->owner->blocks[i]); /* its owner lives: into this thread's chain */
-  c->seen[0] = remote_len(c->owner->arena);
+  c->seen[0] = tt_remote_len(c->owner->arena);
   pthread_barrier_wait(c->go); /* freed */
   pthread_barrier_wait(c->go); /* their owner has exited */
   c->got = ta_malloc(64);      /* this thread's first: claims an arena */
   c->arena = ta_tl_arena;
-  c->seen[1] = remote_len(c->owner->arena);
+  c->seen[1] = tt_remote_len(c->owner->arena);
   c->used = RUN_USED(ta_run_of(c->owner->blocks[0]));
   if (c->free_again) {
     if (ta_tl_arena != c->owner->arena) _exit(3); /* not the owner's verdict: no abort */
@@ -501,7 +493,7 @@ static ta_arena_t *child_counts_for; /* the arena the child's chain is for */
 static void child_counts_at_exit(void) {
   /* After the exit hook of the child's one thread, which the fork cut off from its arena. The
    * push of 3 blocks into an arena without a thread drains it only from TA_DRAIN_EVERY on. */
-  _exit(remote_len(child_counts_for) == 3 ? 0 : 5);
+  _exit(tt_remote_len(child_counts_for) == 3 ? 0 : 5);
 }
 
 /* A thread forks with a chain put off, inside one of its slow paths (as a signal handler may):
@@ -523,7 +515,7 @@ Test(remote, a_fork_childs_chain_goes_on_at_its_threads_exit) {
   pid_t pid = fork();
   if (pid == 0) {
     child_counts_for = h.arena;
-    int cut_off = ta_tl_arena == &ta_sentinel_arena && remote_len(h.arena) == 0 &&
+    int cut_off = ta_tl_arena == &ta_sentinel_arena && tt_remote_len(h.arena) == 0 &&
                   atomic_load(&h.arena->state) == ARENA_FREE;
     if (!cut_off || atexit(child_counts_at_exit) != 0) _exit(4);
     pthread_exit(NULL);
@@ -554,7 +546,7 @@ Test(remote, exited_thread_arena_is_adopted) {
   cr_assert_eq(atomic_load(&dead->state), ARENA_FREE);
   /* Its block is still valid; freeing it from here is a remote free to the free arena. */
   ta_free(out[0]);
-  cr_assert_eq(remote_len(dead), 1);
+  cr_assert_eq(tt_remote_len(dead), 1);
   /* The next thread adopts the same arena and drains it. */
   void *out2[2];
   pthread_create(&t, NULL, alloc_and_exit, out2);
@@ -604,10 +596,10 @@ Test(remote, a_freer_takes_in_what_it_freed_into_an_ownerless_arena) {
   uint64_t remote = dead->cnt.remote_frees;
   for (size_t i = 0; i < TA_DRAIN_EVERY - 1; i++)
     ta_free(l.blocks[i]);
-  cr_assert_eq(remote_len(dead), TA_DRAIN_EVERY - 1, "below the count they wait");
+  cr_assert_eq(tt_remote_len(dead), TA_DRAIN_EVERY - 1, "below the count they wait");
   cr_assert_eq(RUN_USED(r), used, "and count as used");
   ta_free(l.blocks[TA_DRAIN_EVERY - 1]);
-  cr_assert_eq(remote_len(dead), 0, "the count's last free took them in");
+  cr_assert_eq(tt_remote_len(dead), 0, "the count's last free took them in");
   cr_assert_eq(RUN_USED(r), used - TA_DRAIN_EVERY, "back on their run");
   cr_assert_eq(dead->cnt.remote_frees - remote, TA_DRAIN_EVERY);
   cr_assert_eq(atomic_load(&dead->state), ARENA_FREE, "given back: still adoptable");
@@ -615,7 +607,7 @@ Test(remote, a_freer_takes_in_what_it_freed_into_an_ownerless_arena) {
     cr_assert(ta_small_on_free_list(r, l.blocks[i]), "block %zu on its run's list", i);
   for (size_t i = TA_DRAIN_EVERY; i < 3 * TA_DRAIN_EVERY; i++)
     ta_free(l.blocks[i]);
-  cr_assert_eq(remote_len(dead), 0);
+  cr_assert_eq(tt_remote_len(dead), 0);
   cr_assert_eq(RUN_USED(r), used - 3 * TA_DRAIN_EVERY, "every block back");
   /* The next thread that needs an arena still adopts it. */
   void *out[2];
@@ -634,9 +626,9 @@ Test(remote, medium_blocks_freed_into_an_ownerless_arena_are_taken_in_too) {
   cr_assert_eq(ta_map_get((uintptr_t)l.blocks[0]), TA_MAP_MEDIUM);
   for (size_t i = 0; i < TA_DRAIN_EVERY - 1; i++)
     ta_free(l.blocks[i]);
-  cr_assert_eq(remote_len(dead), TA_DRAIN_EVERY - 1);
+  cr_assert_eq(tt_remote_len(dead), TA_DRAIN_EVERY - 1);
   ta_free(l.blocks[TA_DRAIN_EVERY - 1]);
-  cr_assert_eq(remote_len(dead), 0);
+  cr_assert_eq(tt_remote_len(dead), 0);
   cr_assert_eq(atomic_load(&dead->state), ARENA_FREE);
   for (size_t i = TA_DRAIN_EVERY; i < 3 * TA_DRAIN_EVERY; i++)
     ta_free(l.blocks[i]);
@@ -668,8 +660,8 @@ Test(remote, the_count_runs_over_every_ownerless_arena) {
     ta_free(a.blocks[i]);
     ta_free(b.blocks[i]);
   }
-  cr_assert_eq(remote_len(a.arena), TA_DRAIN_EVERY / 2, "the other arena's blocks wait");
-  cr_assert_eq(remote_len(b.arena), 0, "the last free's arena was drained");
+  cr_assert_eq(tt_remote_len(a.arena), TA_DRAIN_EVERY / 2, "the other arena's blocks wait");
+  cr_assert_eq(tt_remote_len(b.arena), 0, "the last free's arena was drained");
   for (size_t i = TA_DRAIN_EVERY / 2; i < 3 * TA_DRAIN_EVERY; i++) {
     ta_free(a.blocks[i]);
     ta_free(b.blocks[i]);
@@ -687,19 +679,19 @@ Test(remote, no_drain_of_a_claimed_arena_nor_of_one_whose_lock_this_thread_holds
   cr_assert(ta_arena_try_claim(dead));
   for (size_t i = 0; i < TA_DRAIN_EVERY; i++)
     ta_free(l.blocks[i]);
-  cr_assert_eq(remote_len(dead), 0, "claimed: put off in this thread's chain");
+  cr_assert_eq(tt_remote_len(dead), 0, "claimed: put off in this thread's chain");
   ta_remote_flush();
-  cr_assert_eq(remote_len(dead), TA_DRAIN_EVERY, "claimed: its lists are left alone");
+  cr_assert_eq(tt_remote_len(dead), TA_DRAIN_EVERY, "claimed: its lists are left alone");
   ta_arena_give_back(dead);
   cr_assert(ta_slow_try_enter_beside(dead));
   for (size_t i = TA_DRAIN_EVERY; i < 2 * TA_DRAIN_EVERY; i++)
     ta_free(l.blocks[i]);
-  cr_assert_eq(remote_len(dead), 2 * TA_DRAIN_EVERY, "its lock held here: left alone");
+  cr_assert_eq(tt_remote_len(dead), 2 * TA_DRAIN_EVERY, "its lock held here: left alone");
   cr_assert_eq(atomic_load(&dead->state), ARENA_FREE);
   ta_slow_leave(dead);
   for (size_t i = 2 * TA_DRAIN_EVERY; i < 3 * TA_DRAIN_EVERY; i++)
     ta_free(l.blocks[i]);
-  cr_assert_eq(remote_len(dead), 0, "and taken in once the lock is let go");
+  cr_assert_eq(tt_remote_len(dead), 0, "and taken in once the lock is let go");
   ta_free(mine);
 }
 
@@ -723,7 +715,7 @@ Test(remote, a_lock_this_thread_took_is_its_own_from_the_taking_on, .timeout = 1
   cr_assert_eq(dead->slow_nest, 0);
   for (size_t i = 0; i < 3 * TA_DRAIN_EVERY; i++)
     ta_free(l.blocks[i]);
-  cr_assert_eq(remote_len(dead), 0, "drained once let go");
+  cr_assert_eq(tt_remote_len(dead), 0, "drained once let go");
 }
 
 static void *first_call_is_free(void *p) {
@@ -887,7 +879,7 @@ Test(remote, thread_whose_first_call_is_free) {
   pthread_t t;
   pthread_create(&t, NULL, first_call_is_free, p);
   pthread_join(t, NULL);
-  cr_assert_eq(remote_len(ta_tl_arena), 1);
+  cr_assert_eq(tt_remote_len(ta_tl_arena), 1);
 }
 
 static void count_arena(ta_arena_t *a, void *arg) {
