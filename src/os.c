@@ -844,12 +844,11 @@ int ta_os_thread_start(void *(*fn)(void *)) {
   pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
   pthread_attr_setschedpolicy(&attr, SCHED_OTHER);
   pthread_attr_setschedparam(&attr, &sp);
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old); /* the new thread inherits: no signal for it */
+  sigset_t old;
+  ta_os_signals_block(&old); /* the new thread inherits: no signal for it */
   pthread_t t;
   int r = pthread_create(&t, &attr, fn, NULL);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  ta_os_signals_restore(&old);
   pthread_attr_destroy(&attr);
   errno = saved;
   return r == 0 ? 0 : -1;

@@ -58,14 +58,22 @@ Test(huge, freed_span_is_cached_and_reused) {
   ta_free(q);
 }
 
-/* With huge pages: a span without them keeps its excess where the cache has room (below). */
-Test(huge, much_larger_cached_span_is_trimmed) {
+/* A block of n bytes written through (not found sparse: a sparse span is kept whole, below)
+ * and freed into the cache, its span with huge pages (advice taken even where the kernel's
+ * mode is `never`): returns its address. Skips the test where the kernel takes no advice. */
+static char *cached_span_with_huge_pages(size_t n) {
   if (ta_os_thp_mode() == TA_THP_NEVER) ta_os_thp_mode_force(TA_THP_MADVISE);
-  char *p = ta_malloc(40 * MiB);
-  write_all(p, 40 * MiB); /* not found sparse: a sparse span is kept whole (below) */
+  char *p = ta_malloc(n);
+  write_all(p, n);
   ta_free(p);
   if (!(ta_huge_hdr_checked(p, TA_MAP_HUGE, "test")->thp & HUGE_ADVISED))
     cr_skip_test("the kernel took no advice: no huge pages");
+  return p;
+}
+
+/* With huge pages: a span without them keeps its excess where the cache has room (below). */
+Test(huge, much_larger_cached_span_is_trimmed) {
+  char *p = cached_span_with_huge_pages(40 * MiB);
   char *q = ta_malloc(2 * MiB);
   cr_assert_eq(q, p);
   ta_huge_t *h = ta_huge_hdr_checked(q, TA_MAP_HUGE, "test");
@@ -172,13 +180,8 @@ Test(huge, a_cache_limit_of_0_keeps_nothing_however_much_is_live) {
  * mapping, a cut of a far larger cached span, a growth into a request, realloc in place and
  * moved, a free into the cache and an unmap. */
 Test(huge, the_count_of_huge_address_space_follows_every_change) {
-  if (ta_os_thp_mode() == TA_THP_NEVER) ta_os_thp_mode_force(TA_THP_MADVISE);
-  char *a = ta_malloc(40 * MiB);
-  write_all(a, 40 * MiB); /* not sparse: cut when reused for far less (with huge pages) */
+  char *a = cached_span_with_huge_pages(40 * MiB); /* cut when reused for far less */
   cr_assert_eq(ta_huge_mapped(), ta_huge_hdr_checked(a, TA_MAP_HUGE, "test")->map_size);
-  ta_free(a);
-  if (!(ta_huge_hdr_checked(a, TA_MAP_HUGE, "test")->thp & HUGE_ADVISED))
-    cr_skip_test("the kernel took no advice: no huge pages");
   char *b = ta_malloc(6 * MiB); /* the cached span, cut */
   cr_assert_eq(b, a);
   ta_huge_t *h = ta_huge_hdr_checked(b, TA_MAP_HUGE, "test");
@@ -982,14 +985,10 @@ Test(huge, an_emptied_span_larger_than_a_look_holds_nothing_past_it) {
 
 /* A span with huge pages drops its excess at the take (see excess_settle in huge.c: why). */
 Test(huge, excess_of_a_larger_span_with_huge_pages_is_decommitted_once) {
-  if (ta_os_thp_mode() == TA_THP_NEVER) ta_os_thp_mode_force(TA_THP_MADVISE);
   ta_decay_ms = 600000;
-  char *p = ta_malloc(20 * MiB); /* a span of 24 MiB */
-  write_all(p, 20 * MiB);
-  ta_free(p);
+  char *p = cached_span_with_huge_pages(20 * MiB); /* a span of 24 MiB */
   /* mincore needs a page-aligned address: the excess is read from the header's */
   ta_huge_t *h = ta_huge_hdr_checked(p, TA_MAP_HUGE, "test");
-  if (!(h->thp & HUGE_ADVISED)) cr_skip_test("the kernel took no advice: no huge pages");
   char *q = ta_malloc(12 * MiB); /* needs 16: the span serves, 8 MiB of it are excess */
   cr_assert_eq(q, p);
   cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(0), "not kept");
