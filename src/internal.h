@@ -546,6 +546,7 @@ typedef struct ta_arena {
   _Atomic int light;
   _Atomic bool light_on;
   const void *_Atomic light_owner;
+  uint32_t light_small; /* steps of the small slow paths made in one (small.c; tests) */
   bool purging;         /* inside ta_arena_purge (no re-entry from what it releases) */
   /* Its frees went over the budget: ta_purge_if_over (dirty.c). Set by another thread too,
    * one that gives a lent run slot back under this arena's lock (small.c), or that takes in

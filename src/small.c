@@ -654,8 +654,44 @@ static void run_order_maybe(ta_run_t *r);
 
 /* grow: may take a new run; without it, NULL when no run of the arena has a block left (the
  * caller then lets what is due go back first). The caller took the remote frees in. */
+/* The refill's common case in the owner's light section (internal.h, ta_light_enter), which
+ * the first refill under the lock allows: the current run has no block left and nothing to
+ * carve, and a PARTIAL run with a list takes its place; NULL where the lock is needed (a carve,
+ * which may touch the chunk's huge-page marks, a new run: run slots, which lenders change
+ * beside the section). The lock's compare-and-swap waited for every store the program had made
+ * before the call to reach the cache: in bench/run's `random`, whose frees write cold blocks,
+ * the instructions after it in this function and ta_small_free_slow held 7% of the samples
+ * (perf, cpu-clock); it now runs in 0.94 of its time (interleaved medians of 11). */
+static ta_block_t *refill_light(ta_arena_t *a, unsigned cls) {
+  ta_run_t *r = a->cur[cls];
+  check_head(r);
+  if (r != &ta_empty_run && (r->free != NULL || run_can_carve(r))) return NULL;
+  ta_run_t *p = a->partial[cls];
+  if (p == NULL) return NULL;
+  p = partial_pick(a, p, cls);
+  if (p->free == NULL) return NULL;
+  check_head(p);
+  if (r != &ta_empty_run) {
+    r->state = RUN_FULL;
+    TA_STORE(r->used, (r->used - RUN_ACTIVE_BIAS) | RUN_FULL_BIT);
+  }
+  partial_remove(a, p);
+  run_order_maybe(p);
+  p->state = RUN_ACTIVE;
+  TA_ADD(p->used, RUN_ACTIVE_BIAS);
+  a->cur[cls] = p;
+  a->light_small++;
+  return ta_run_pop(p);
+}
+
 void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow) {
+  if (!ta_secure && ta_light_enter(a)) {
+    ta_block_t *b = refill_light(a, cls);
+    ta_light_leave(a);
+    if (b != NULL) return b;
+  }
   ta_slow_enter(a);
+  if (!ta_secure) ta_light_allow(a);
   check_head(a->cur[cls]);
   ta_run_t *r = a->cur[cls];
   if (r != &ta_empty_run) {
@@ -688,8 +724,22 @@ pop:;
   return b;
 }
 
-/* After a free made the run's list non-empty again or emptied the run. */
+/* After a free made the run's list non-empty again or emptied the run. A FULL run's first
+ * free that leaves blocks in use joins its class's list in the owner's light section (as a
+ * refill takes it, refill_light: lists and states no lender of run slots touches); emptying a
+ * run gives its slot back, under the lock. */
 void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
+  if (!ta_secure && ta_light_enter(a)) {
+    int32_t u = r->used;
+    if ((u & RUN_FULL_BIT) && (u & ~RUN_FULL_BIT) != 0) {
+      TA_STORE(r->used, u & ~RUN_FULL_BIT);
+      partial_push(a, r);
+      a->light_small++;
+      ta_light_leave(a);
+      return;
+    }
+    ta_light_leave(a);
+  }
   ta_slow_enter(a);
   if (r->used & RUN_FULL_BIT) {
     TA_STORE(r->used, r->used & ~RUN_FULL_BIT);

@@ -114,6 +114,44 @@ static void fill_runs(void *blocks[][16], size_t n, void **extra) {
   for (size_t k = 0; k < n; k++) cr_assert_eq(ta_run_of(blocks[k][0])->state, RUN_FULL);
 }
 
+/* The owner's small slow paths that need no new memory run in its light section (the lock's
+ * compare-and-swap waited for every store the program had made: 7% of bench/run's `random`):
+ * a FULL run's first free puts it on its class's list, and a refill makes it current. The
+ * first refill, under the lock, allows the sections. */
+Test(runs, a_full_runs_first_free_and_the_refill_that_takes_it_take_no_lock) {
+  void *blocks[1][16], *extra;
+  fill_runs(blocks, 1, &extra); /* started: the barrier registered or not */
+  if (!ta_light_ok) cr_skip_test("no light sections here (no membarrier, or a TSan build)");
+  ta_arena_t *me = ta_tl_arena;
+  cr_assert(atomic_load(&me->light_on), "allowed by a refill under the lock");
+  ta_run_t *r = ta_run_of(blocks[0][0]), *cur = ta_run_of(extra);
+  unsigned cls = ta_size_class(4096);
+  uint32_t steps = me->light_small;
+  ta_free(blocks[0][5]);
+  cr_assert_eq(me->light_small, steps + 1, "the first free made no lock's way");
+  cr_assert_eq(r->state, RUN_PARTIAL);
+  cr_assert_eq(me->partial[cls], r);
+  check_partial_list(cls);
+  cr_assert_eq(atomic_load(&me->light), 0, "out of the section");
+  /* The current run used up: the refill takes the PARTIAL one, its free block first. */
+  void *more[16];
+  size_t n = 0;
+  while (n < 16 && me->cur[cls] == cur)
+    more[n++] = ta_malloc(4096);
+  cr_assert_eq(me->cur[cls], r, "the partial run is current");
+  cr_assert_eq(more[n - 1], blocks[0][5], "its free block handed out");
+  cr_assert_eq(r->state, RUN_ACTIVE);
+  cr_assert_eq(cur->state, RUN_FULL);
+  cr_assert_null(me->partial[cls]);
+  cr_assert_eq(me->light_small, steps + 2, "the refill made no lock's way");
+  cr_assert_eq(atomic_load(&me->light), 0);
+  for (size_t i = 0; i < 16; i++)
+    if (i != 5) ta_free(blocks[0][i]);
+  for (size_t i = 0; i < n; i++)
+    ta_free(more[i]);
+  ta_free(extra);
+}
+
 /* Blocks that die in random order make many runs PARTIAL with one free block each; the run
  * malloc moves to is then the oldest one, which has had more frees, not the newest. */
 Test(runs, malloc_moves_to_the_oldest_partial_run_when_the_newest_has_few_free_blocks) {
