@@ -669,14 +669,15 @@ static ta_block_t *refill_light(ta_arena_t *a, unsigned cls) {
   ta_run_t *p = a->partial[cls];
   if (p == NULL) return NULL;
   p = partial_pick(a, p, cls);
-  if (p->free == NULL) return NULL;
+  /* A run mostly free is threaded again first (run_order_maybe): a walk of up to thousands
+   * of blocks, too long for a section that lock takers wait out. */
+  if (p->free == NULL || run_free_blocks(p) * 4 >= ta_run_cap(p) * 3) return NULL;
   check_head(p);
   if (r != &ta_empty_run) {
     r->state = RUN_FULL;
     TA_STORE(r->used, (r->used - RUN_ACTIVE_BIAS) | RUN_FULL_BIT);
   }
   partial_remove(a, p);
-  run_order_maybe(p);
   p->state = RUN_ACTIVE;
   TA_ADD(p->used, RUN_ACTIVE_BIAS);
   a->cur[cls] = p;

@@ -130,6 +130,7 @@ Test(runs, a_full_runs_first_free_and_the_refill_that_takes_it_take_no_lock) {
   ta_free(blocks[0][5]);
   cr_assert_eq(me->light_small, steps + 1, "the first free made no lock's way");
   cr_assert_eq(r->state, RUN_PARTIAL);
+  cr_assert_eq(r->used, 15, "no longer FULL");
   cr_assert_eq(me->partial[cls], r);
   check_partial_list(cls);
   cr_assert_eq(atomic_load(&me->light), 0, "out of the section");
@@ -141,7 +142,9 @@ Test(runs, a_full_runs_first_free_and_the_refill_that_takes_it_take_no_lock) {
   cr_assert_eq(me->cur[cls], r, "the partial run is current");
   cr_assert_eq(more[n - 1], blocks[0][5], "its free block handed out");
   cr_assert_eq(r->state, RUN_ACTIVE);
+  cr_assert_eq(RUN_USED(r), 16);
   cr_assert_eq(cur->state, RUN_FULL);
+  cr_assert(cur->used & RUN_FULL_BIT);
   cr_assert_null(me->partial[cls]);
   cr_assert_eq(me->light_small, steps + 2, "the refill made no lock's way");
   cr_assert_eq(atomic_load(&me->light), 0);
