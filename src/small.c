@@ -652,8 +652,6 @@ static ta_run_t *partial_pick(ta_arena_t *a, ta_run_t *newest, unsigned cls) {
 
 static void run_order_maybe(ta_run_t *r);
 
-/* grow: may take a new run; without it, NULL when no run of the arena has a block left (the
- * caller then lets what is due go back first). The caller took the remote frees in. */
 /* The refill's common case in the owner's light section (internal.h, ta_light_enter), which
  * the first refill under the lock allows: the current run has no block left and nothing to
  * carve, and a PARTIAL run with a list takes its place; NULL where the lock is needed (a carve,
@@ -685,6 +683,10 @@ static ta_block_t *refill_light(ta_arena_t *a, unsigned cls) {
   return ta_run_pop(p);
 }
 
+/* grow: may take a new run; without it, NULL when no run of the arena has a block left (the
+ * caller then lets what is due go back first). The caller took the remote frees in. The common
+ * case first in a light section (refill_light), then the rest under the lock, which allows
+ * light sections from then on. */
 void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow) {
   if (!ta_secure && ta_light_enter(a)) {
     ta_block_t *b = refill_light(a, cls);
