@@ -652,6 +652,25 @@ static ta_run_t *partial_pick(ta_arena_t *a, ta_run_t *newest, unsigned cls) {
 
 static void run_order_maybe(ta_run_t *r);
 
+/* A run's moves between the states, each made by the owner under the lock or in a light
+ * section (ta_small_alloc_slow, ta_small_free_slow). ACTIVE -> FULL: the current run with no
+ * block left; the caller makes another current. */
+static void run_to_full(ta_run_t *r) {
+  r->state = RUN_FULL;
+  TA_STORE(r->used, (r->used - RUN_ACTIVE_BIAS) | RUN_FULL_BIT);
+}
+/* PARTIAL -> ACTIVE: off its class's list; the caller makes it current. */
+static void run_to_active(ta_arena_t *a, ta_run_t *r) {
+  partial_remove(a, r);
+  r->state = RUN_ACTIVE;
+  TA_ADD(r->used, RUN_ACTIVE_BIAS);
+}
+/* FULL -> PARTIAL: its first free. */
+static void run_to_partial(ta_arena_t *a, ta_run_t *r) {
+  TA_STORE(r->used, r->used & ~RUN_FULL_BIT);
+  partial_push(a, r);
+}
+
 /* The refill's common case in the owner's light section (internal.h, ta_light_enter), which
  * the first refill under the lock allows: the current run has no block left and nothing to
  * carve, and a PARTIAL run with a list takes its place; NULL where the lock is needed (a carve,
@@ -671,13 +690,8 @@ static ta_block_t *refill_light(ta_arena_t *a, unsigned cls) {
    * of blocks, too long for a section that lock takers wait out. */
   if (p->free == NULL || run_free_blocks(p) * 4 >= ta_run_cap(p) * 3) return NULL;
   check_head(p);
-  if (r != &ta_empty_run) {
-    r->state = RUN_FULL;
-    TA_STORE(r->used, (r->used - RUN_ACTIVE_BIAS) | RUN_FULL_BIT);
-  }
-  partial_remove(a, p);
-  p->state = RUN_ACTIVE;
-  TA_ADD(p->used, RUN_ACTIVE_BIAS);
+  if (r != &ta_empty_run) run_to_full(r);
+  run_to_active(a, p);
   a->cur[cls] = p;
   a->light_small++;
   return ta_run_pop(p);
@@ -700,18 +714,15 @@ void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow) {
   if (r != &ta_empty_run) {
     if (r->free == NULL && run_can_carve(r)) run_carve(r);
     if (r->free) goto pop;
-    r->state = RUN_FULL;
-    TA_STORE(r->used, (r->used - RUN_ACTIVE_BIAS) | RUN_FULL_BIT);
+    run_to_full(r);
     a->cur[cls] = &ta_empty_run;
   }
   r = a->partial[cls];
   if (r) {
     r = partial_pick(a, r, cls);
     check_head(r);
-    partial_remove(a, r);
-    run_order_maybe(r);
-    r->state = RUN_ACTIVE;
-    TA_ADD(r->used, RUN_ACTIVE_BIAS);
+    run_to_active(a, r);
+    run_order_maybe(r); /* (RUN_USED leaves the bias out) */
   } else {
     r = grow ? run_new(a, cls) : NULL;
     if (r == NULL) {
@@ -733,10 +744,8 @@ pop:;
  * run gives its slot back, under the lock. */
 void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
   if (!ta_secure && ta_light_enter(a)) {
-    int32_t u = r->used;
-    if ((u & RUN_FULL_BIT) && (u & ~RUN_FULL_BIT) != 0) {
-      TA_STORE(r->used, u & ~RUN_FULL_BIT);
-      partial_push(a, r);
+    if ((r->used & RUN_FULL_BIT) && (r->used & ~RUN_FULL_BIT) != 0) {
+      run_to_partial(a, r);
       a->light_small++;
       ta_light_leave(a);
       return;
@@ -744,10 +753,7 @@ void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
     ta_light_leave(a);
   }
   ta_slow_enter(a);
-  if (r->used & RUN_FULL_BIT) {
-    TA_STORE(r->used, r->used & ~RUN_FULL_BIT);
-    partial_push(a, r);
-  }
+  if (r->used & RUN_FULL_BIT) run_to_partial(a, r);
   if (r->used == 0 && r->state == RUN_PARTIAL) {
     partial_remove(a, r);
     run_retire(a, r);
