@@ -1345,12 +1345,6 @@ Test(huge, owners_and_purges_give_an_excess_up_once) {
 /* Blocks without huge pages made, resized and freed at random under limits that change, with
  * purges between: every byte a block was given stays its own, every header checks, and what
  * blocks keep comes back to nothing. */
-static uint64_t rng_next(uint64_t *x) {
-  *x ^= *x << 13;
-  *x ^= *x >> 7;
-  *x ^= *x << 17;
-  return *x;
-}
 static void stamp(unsigned char *p, size_t n, unsigned char tag) {
   for (size_t o = 0; o < n; o += 256 * 1024)
     p[o] = (unsigned char)(tag + (o >> 18));
@@ -1373,22 +1367,23 @@ Test(huge, blocks_without_huge_pages_resized_at_random_keep_their_bytes, .timeou
   unsigned char *b[N] = {0};
   size_t n[N] = {0};
   unsigned char tag[N] = {0};
-  uint64_t x = 0x9e3779b97f4a7c15ULL;
+  tt_rng x;
+  tt_rng_seed(&x, 0x9e3779b97f4a7c15ULL);
   for (int i = 0; i < 3000; i++) {
-    unsigned k = (unsigned)(rng_next(&x) % N);
-    size_t size = (size_t)(rng_next(&x) % (24 * MiB)) + MiB + 1;
-    uint64_t r = rng_next(&x) % 16;
+    unsigned k = (unsigned)(tt_rand(&x) % N);
+    size_t size = (size_t)(tt_rand(&x) % (24 * MiB)) + MiB + 1;
+    uint64_t r = tt_rand(&x) % 16;
     if (r == 0) { /* the limit changes: 0, 16 or 64 MiB, growing with what is live or not */
       static const size_t limits[] = {0, 16 * MiB, 64 * MiB};
-      ta_huge_cache_limit = limits[rng_next(&x) % 3];
-      ta_huge_cache_grows = rng_next(&x) & 1;
+      ta_huge_cache_limit = limits[tt_rand(&x) % 3];
+      ta_huge_cache_grows = tt_rand(&x) & 1;
     } else if (r == 1) {
-      ta_huge_purge(ta_os_now_ms() + (rng_next(&x) & 1 ? 600000 : 0), rng_next(&x) & 1);
+      ta_huge_purge(ta_os_now_ms() + (tt_rand(&x) & 1 ? 600000 : 0), tt_rand(&x) & 1);
     } else if (b[k] == NULL) {
       b[k] = ta_malloc(size);
       cr_assert_not_null(b[k]);
       n[k] = size;
-      tag[k] = (unsigned char)rng_next(&x);
+      tag[k] = (unsigned char)tt_rand(&x);
       stamp(b[k], n[k], tag[k]);
     } else if (r < 9) {
       cr_assert(stamped(b[k], n[k], tag[k]), "block %u's bytes, round %d", k, i);
@@ -1397,7 +1392,7 @@ Test(huge, blocks_without_huge_pages_resized_at_random_keep_their_bytes, .timeou
       cr_assert(stamped_below(q, n[k], size, tag[k]), "resized or moved: its bytes, round %d", i);
       b[k] = q;
       n[k] = size;
-      tag[k] = (unsigned char)rng_next(&x);
+      tag[k] = (unsigned char)tt_rand(&x);
       stamp(b[k], n[k], tag[k]);
     } else {
       cr_assert(stamped(b[k], n[k], tag[k]), "block %u's bytes, round %d", k, i);
