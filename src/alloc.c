@@ -184,8 +184,9 @@ static void arena_release(ta_arena_t *a, bool exiting) {
  * on. The hardened build, whose small blocks carry canaries, always takes runs. */
 size_t ta_cold_live_max = TA_RUN_SIZE; /* tests raise it to keep a class cold */
 static bool class_has_runs(ta_arena_t *a, unsigned cls) {
-  uint64_t bit = (uint64_t)1 << cls;
-  if (TA_LIKELY(a->run_classes & bit) || ta_secure || cls < TA_COLD_CLASS_MIN) return true;
+  uint64_t bit = (uint64_t)1 << (cls % 64);
+  if (TA_LIKELY(a->run_classes[cls / 64] & bit) || ta_secure || cls < TA_COLD_CLASS_MIN)
+    return true;
   uint64_t now = ta_os_now_ms();
   if (now - a->cold_since >= 1000) {
     memset(a->cold_allocs, 0, sizeof a->cold_allocs);
@@ -194,10 +195,10 @@ static bool class_has_runs(ta_arena_t *a, unsigned cls) {
   size_t live = atomic_load_explicit(&a->cold_live[cls], memory_order_relaxed);
   if (++a->cold_allocs[cls] < ta_run_threshold && live * ta_class_size[cls] < ta_cold_live_max)
     return false;
-  a->run_classes |= bit;
+  a->run_classes[cls / 64] |= bit;
   return true;
 }
-_Static_assert(TA_NUM_SMALL < 64, "a bit of run_classes per small class");
+_Static_assert(TA_NUM_RUN < 128, "a bit of run_classes per class with runs");
 
 /* The current run of the class has no block left, or the class has no runs: what other
  * threads freed is taken in (it may refill the run); then, for a class with runs, small.c
@@ -222,20 +223,41 @@ static TA_NOINLINE void *small_alloc_slow(ta_arena_t *a, unsigned cls, size_t al
   return b;
 }
 
-/* Small block of class cls from arena a (real arena), aligned to `align`. */
-TA_INLINE void *small_alloc(ta_arena_t *a, unsigned cls, size_t align) {
+/* A mid class's block off its current run, in the owner's light section: a thread holding the
+ * lock may be giving back the pages of the free blocks of its lists (small.c,
+ * ta_small_mid_release), which a pop must not hand out meanwhile. NULL where no section can be
+ * had, or the run has no block left: the slow path pops under the lock. */
+TA_INLINE ta_block_t *mid_pop(ta_arena_t *a, unsigned cls) {
+  if (TA_UNLIKELY(!ta_light_enter(a))) return NULL;
   ta_block_t *b = ta_run_pop(a->cur[cls]);
+  ta_light_leave(a);
+  return b;
+}
+
+/* Block of class cls from arena a (real arena), aligned to `align`. */
+TA_INLINE void *small_alloc(ta_arena_t *a, unsigned cls, size_t align) {
+  ta_block_t *b = !ta_secure && cls > TA_NUM_SMALL ? mid_pop(a, cls) : ta_run_pop(a->cur[cls]);
   return TA_LIKELY(b != NULL) ? b : small_alloc_slow(a, cls, align);
 }
 
-/* The small class that serves (size >= 1, align), or 0 if none does: the size's class or,
- * for an alignment above 16, the first class whose size is a multiple of the alignment. */
-TA_INLINE unsigned small_class_for(size_t size, size_t align) {
-  if (size > TA_SMALL_MAX) return 0;
+/* The class whose runs serve (size >= 1, align), or 0 if none does: the size's class or,
+ * for an alignment above 16, the first class whose size is a multiple of the alignment; a mid
+ * class (past 8 KiB) only while runs serve them (ta_run_limit), where no span serves the
+ * request (a test may have spans serve from the first thread), and not for a block that is
+ * to grow (a realloc's: the medium heap grows it in place). */
+TA_INLINE unsigned class_upto(size_t size, size_t align, unsigned last) {
   unsigned cls = ta_size_class(size > align ? size : align);
   if (align > TA_ALIGNMENT)
-    while (cls <= TA_NUM_SMALL && (ta_class_size[cls] & (align - 1)) != 0) cls++;
-  return cls <= TA_NUM_SMALL ? cls : 0;
+    while (cls <= last && (ta_class_size[cls] & (align - 1)) != 0)
+      cls++;
+  return cls <= last ? cls : 0;
+}
+TA_INLINE unsigned small_class_for(size_t size, size_t align, bool grows) {
+  size_t want = size > align ? size : align;
+  if (want <= TA_SMALL_MAX && align <= TA_ALIGNMENT) return ta_size_class(want);
+  bool mid = !grows && want <= TA_LOAD(ta_run_limit) && !ta_span_serves(want, align);
+  if (!mid && want > TA_SMALL_MAX) return 0;
+  return class_upto(size, align, mid ? TA_NUM_RUN : TA_NUM_SMALL);
 }
 
 /* The size a small request takes from its class: the hardened build keeps the last 8 bytes
@@ -303,7 +325,7 @@ static TA_NOINLINE void *alloc_from(size_t size, size_t align, bool zero, bool g
   if (ta_secure && a->q_count > 0) quarantine_check_newest(a);
   void *p = NULL;
   bool zeroed = false;
-  unsigned cls = small_class_for(small_request(size), align);
+  unsigned cls = small_class_for(small_request(size), align, grows);
   for (bool again = false;; again = true) {
     bool huge = false;
     if (cls != 0) {
@@ -409,22 +431,34 @@ static TA_NOINLINE void *alloc_span(size_t size) {
   return alloc_from(size, TA_ALIGNMENT, false, false, NULL);
 }
 
+static TA_NOINLINE void *malloc_refill(size_t size, unsigned cls);
+
 /* malloc past the small sizes, without alloc_from's frame (six registers saved and restored)
- * for a span or a block of the thread's medium cache (medium.c, "The cache"): the tests
- * alloc_from makes before either (no statistics to record, no purger thread asked for; a size
- * a span serves, else one the cache may serve), in a function with no frame; the rest goes to
- * alloc_from as it would have. */
+ * for a span, a mid class's block (small_class_for's order: a span first, then runs) or a
+ * block of the thread's medium cache (medium.c, "The cache"): the tests alloc_from makes
+ * before each (no statistics to record, no purger thread asked for; a size a span serves,
+ * else one runs serve, else one the cache may serve), in a function with no frame; the rest
+ * goes to alloc_from as it would have. A mid class's block is the fast path's pop from its
+ * class's current run (the class computed, not looked up: the table stops at 8 KiB), in a
+ * light section (mid_pop). */
 static TA_NOINLINE void *alloc_big(size_t size) {
   if (!ta_stats_on && !atomic_load_explicit(&ta_bg_wanted.v, memory_order_relaxed)) {
     if (ta_span_serves(size, TA_ALIGNMENT)) return alloc_span(size);
+    if (size <= TA_LOAD(ta_run_limit)) {
+      unsigned cls = ta_size_class(size);
+      ta_block_t *b = mid_pop(ta_tl_arena, cls);
+      if (TA_LIKELY(b != NULL)) return b;
+      return malloc_refill(size, cls);
+    }
     if (ta_medium_cache_may_serve(size)) return alloc_cached(size);
   }
   return alloc_from(size, TA_ALIGNMENT, false, false, NULL);
 }
 
-/* malloc of a small size whose class's active run has no block left (or a thread without an
- * arena, whose sentinel's runs are all empty): small_alloc_slow, as alloc_from would reach it
- * for this request, without alloc_big's tests for spans and the medium cache, nor alloc_from's
+/* malloc of a small size, or of a mid class's (alloc_big), of class cls, whose class's active
+ * run has no block left (or a thread without an arena, whose sentinel's runs are all empty):
+ * small_alloc_slow, as alloc_from would reach it for this request, without alloc_big's tests
+ * for spans and the medium cache, nor alloc_from's
  * frame and its tests for every other kind of request (statistics are off: ta_malloc came
  * here past ta_fast_limit; a refill that read the limit just before they were switched on
  * records nothing, as a fast-path malloc then does). A refill went from 424 instructions to 353
@@ -432,12 +466,11 @@ static TA_NOINLINE void *alloc_big(size_t size) {
  * arena, alloc_from as before, which takes one. Without a block (the kernel refused a chunk), what
  * alloc_from does for a small class: the cached huge spans unmapped, or another thread's unmaps
  * since `epoch` seen, the request is made once more (ta_huge_make_room); else ENOMEM. */
-static TA_NOINLINE void *malloc_refill(size_t size) {
+static TA_NOINLINE void *malloc_refill(size_t size, unsigned cls) {
   ta_arena_t *a = ta_tl_arena;
   if (TA_UNLIKELY(a == &ta_sentinel_arena)) return alloc_generic(size, TA_ALIGNMENT, false);
   bg_safe_point(); /* the same safe points as alloc_from's: on the way in and out */
   uint64_t epoch = ta_huge_epoch(); /* before anything may be refused */
-  unsigned cls = ta_class_lut[size];
   void *p = small_alloc_slow(a, cls, TA_ALIGNMENT);
   if (TA_LIKELY(p != NULL)) {
     bg_safe_point();
@@ -479,7 +512,7 @@ void *ta_malloc(size_t size) {
   if (TA_LIKELY(size < ta_fast_limit)) {
     ta_block_t *b = ta_run_pop(ta_tl_arena->cur[ta_class_lut[size]]);
     if (TA_LIKELY(b != NULL)) return b;
-    return malloc_refill(size);
+    return malloc_refill(size, ta_class_lut[size]);
   }
   return alloc_big(size);
 }
@@ -883,7 +916,8 @@ static bool size_fits(const void *p, size_t usable, size_t size, size_t align) {
   }
   /* Without the alignment, any smaller size may be right: realloc keeps a block in place for
    * down to half its size (any size up to 64 bytes), memalign takes a bigger class. */
-  return align == 0 || small_class_for(small_request(n), align) == cls;
+  return align == 0 ||
+         class_upto(small_request(n), align, cls > TA_NUM_SMALL ? TA_NUM_RUN : TA_NUM_SMALL) == cls;
 }
 
 /* The frees that are told more than the pointer, and the names their messages give. */
@@ -1019,8 +1053,11 @@ void *ta_realloc(void *p, size_t size) {
   /* A move counts as a malloc and a free too: mallocs - frees stays the live count. A
    * medium block or a span that grows moves to the medium heap, where its owner's next
    * realloc can grow it in place (a span never grows in place: a string builder appending a
-   * few bytes at a time would be copied at every page). */
-  bool grows = (kind == TA_MAP_MEDIUM || kind == TA_MAP_SPAN) && size > usable;
+   * few bytes at a time would be copied at every page). So does a run's block that grows past
+   * the small sizes: in a mid class's run (8 to 16 KiB) it would be copied at every class. */
+  bool grows = (kind == TA_MAP_MEDIUM || kind == TA_MAP_SPAN ||
+                (kind == TA_MAP_SMALL && size > TA_SMALL_MAX && size <= TA_MID_MAX)) &&
+               size > usable;
   void *q = alloc_from(size, TA_ALIGNMENT, false, grows, NULL);
   if (q == NULL) return NULL; /* errno is ENOMEM; p is untouched */
   memcpy(q, p, size < usable ? size : usable);
@@ -1241,7 +1278,7 @@ static size_t usable_for(size_t size, size_t align) {
   if (size > TA_MAX_REQUEST || align > TA_MAX_REQUEST / 2) return 0;
   if (size == 0) size = 1;
   if (align < TA_ALIGNMENT) align = TA_ALIGNMENT;
-  unsigned cls = small_class_for(small_request(size), align);
+  unsigned cls = small_class_for(small_request(size), align, false);
   if (cls != 0) return ta_class_size[cls] - (ta_secure ? TA_CANARY_SIZE : 0);
   /* ta_page: the smallest span follows the page, known once the allocator has started. */
   if (size <= TA_MEDIUM_MAX && ta_page() != 0 && ta_span_serves(size, align))

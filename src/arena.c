@@ -62,13 +62,10 @@ static __thread uint8_t tl_wanted_frees __attribute__((tls_model("initial-exec")
 /* The remote list this thread pushes its next remote free onto (ta_remote_push). */
 static __thread uint8_t tl_remote_list __attribute__((tls_model("initial-exec")));
 
-#define EMPTY4 &ta_empty_run, &ta_empty_run, &ta_empty_run, &ta_empty_run
 ta_arena_t ta_sentinel_arena = {
-    .cur = {EMPTY4, EMPTY4, EMPTY4, EMPTY4, EMPTY4, EMPTY4, EMPTY4, EMPTY4, EMPTY4, EMPTY4,
-            EMPTY4, EMPTY4, EMPTY4, EMPTY4, &ta_empty_run},
+    .cur = {[0 ... TA_NUM_RUN] = &ta_empty_run},
     .state = ARENA_ZOMBIE,
 };
-_Static_assert(TA_NUM_SMALL + 1 == 57, "sentinel initialiser covers every class");
 
 bool ta_initialized;
 static _Atomic(ta_arena_t *) all_arenas;
@@ -139,7 +136,8 @@ bool ta_init(const ta_library_t *lib) {
 }
 
 static void arena_init(ta_arena_t *a) {
-  for (unsigned c = 0; c <= TA_NUM_SMALL; c++) a->cur[c] = &ta_empty_run;
+  for (unsigned c = 0; c <= TA_NUM_RUN; c++)
+    a->cur[c] = &ta_empty_run;
   /* Everything else starts zeroed (fresh mapping). */
 }
 
@@ -226,6 +224,7 @@ static ta_arena_t *arena_claim(void) {
   a->id = atomic_fetch_add(&ta_arena_count, 1);
   ta_span_arenas(a->id + 1); /* spans serve once the process has had enough threads */
   ta_medium_arenas(a->id + 1); /* and the medium caches shrink */
+  ta_run_limit_arenas(a->id + 1); /* and the mid classes leave runs */
   atomic_store_explicit(&a->state, ARENA_CLAIMED, memory_order_relaxed);
   ta_arena_t *head = atomic_load_explicit(&all_arenas, memory_order_relaxed);
   do {
@@ -817,7 +816,7 @@ void ta_arena_fork_child(void) {
       ta_dirty_forget_demand(a);
       ta_light_forbid(a);
       /* One of its thread's pops may have been cut in two: only in a current run. */
-      for (unsigned c = 0; c <= TA_NUM_SMALL; c++)
+      for (unsigned c = 0; c <= TA_NUM_RUN; c++)
         if (a->cur[c] != &ta_empty_run) ta_run_pair(a->cur[c])->fork_cut = true;
       a->released_ms = now;
       atomic_store(&a->state, ARENA_FREE);

@@ -29,7 +29,9 @@
  *   run:    state == RUN_FULL <=> RUN_FULL_BIT set in used <=> in no list (and free was NULL
  *           when it was set; remote frees may refill it before the owner notices)
  *   run:    state == RUN_ACTIVE <=> RUN_ACTIVE_BIAS added to used <=> it is owner.cur[cls]
- *   run:    state == RUN_PARTIAL <=> run is on owner.partial[cls]
+ *   run:    state == RUN_PARTIAL <=> run is on owner.partial[cls]; a PARTIAL run holds a
+ *           block in use, but a mid class's, kept empty until the owner's purge (small.c,
+ *           run_keeps_empty)
  *   run:    owner == NULL <=> the run slot is free in its chunk, or its emptied run waits to
  *           go back to the chunk's keeper (small.c, lent_back), or a fork's zombie keeper
  *           will never take it back; owner != the chunk's owner: the slot is lent
@@ -139,6 +141,12 @@ _Static_assert(TA_RUN_SIZE >= TA_PAGE_MAX, "a run is a whole number of pages");
 /* Size classes: 16..128 step 16, then 8 classes per doubling (at most 12.5% waste). */
 #define TA_SMALL_MAX ((size_t)8192)
 #define TA_NUM_SMALL 56 /* classes 1..56; class 0 is unused */
+/* The mid classes, 57..64 (9 to 16 KiB): runs serve them too while the process has had fewer
+ * than TA_FEW_ARENAS threads at once (ta_run_limit, small.c; docs/design.md, "Mid classes").
+ * Their runs hold 4 to 7 blocks. Not in the hardened build, whose arena keeps its quarantine
+ * in the first page in their place. */
+#define TA_MID_MAX ((size_t)16384)
+#define TA_NUM_RUN (TA_SECURE ? TA_NUM_SMALL : 64) /* classes that may have runs */
 /* The first class (1 KiB) whose blocks come from the medium heap until it is used often
  * (alloc.c, class_has_runs): below it, a page of a run holds 4 blocks or more, and blocks
  * keep the checks of runs from the first. */
@@ -250,7 +258,8 @@ typedef struct ta_run {
 } ta_run_t;
 _Static_assert(sizeof(ta_run_t) == 64, "run meta block: one cache line");
 /* floor(off / bsize) for any offset within the run: off * recip is off * 2^32 / bsize plus at
- * most off < 2^16, less than 2^32 / bsize (>= 2^19), so the index is never carried over.
+ * most off < 2^16, less than 2^32 / bsize (>= 2^18: blocks of 16 KiB at most), so the index
+ * is never carried over.
  *
  * The low half of that product tells a block's start, with e = bsize * recip - 2^32, in
  * (0, bsize]: off = k * bsize leaves k * e (< 2^16, below recip); any other off leaves at
@@ -517,13 +526,13 @@ typedef struct ta_counters {
 
 typedef struct ta_arena {
   /* --- fast path: read on every malloc --- */
-  ta_run_t *cur[TA_NUM_SMALL + 1]; /* current run per class; never NULL */
+  ta_run_t *cur[TA_NUM_RUN + 1]; /* current run per class; never NULL */
   ta_counters_t cnt;
 
   /* --- owner-only slow-path state --- */
-  ta_run_t *partial[TA_NUM_SMALL + 1]; /* runs with free blocks (or, shrunk, room to thread
-                                        * them again), not current */
-  ta_run_t *partial_tail[TA_NUM_SMALL + 1]; /* the oldest of each list (see small.c) */
+  ta_run_t *partial[TA_NUM_RUN + 1];      /* runs with free blocks (or, shrunk, room to thread
+                                           * them again), not current */
+  ta_run_t *partial_tail[TA_NUM_RUN + 1]; /* the oldest of each list (see small.c) */
   ta_chunk_t *small_avail;  /* small chunks with a free run slot */
   ta_chunk_t *small_full;   /* small chunks without one */
   ta_chunk_t *medium_chunks;
@@ -587,17 +596,22 @@ typedef struct ta_arena {
   _Atomic size_t demand, demand_prev, demand_top;
   _Atomic size_t demand_seen;   /* ta_arena_demand at its last reading */
   _Atomic size_t held;
-  /* Which small classes take their blocks from runs: the others come from the medium heap
+  /* Which classes (small and mid) take their blocks from runs: the others come from the medium heap
    * until the arena allocates ta_run_threshold of them within a second, or holds a run's
    * worth of them there (alloc.c). */
-  uint64_t run_classes;        /* bit c: class c has runs */
+  uint64_t run_classes[2];     /* bit c % 64 of word c / 64: class c has runs */
   uint64_t cold_since;         /* when the counts below began (ms) */
-  uint16_t cold_allocs[TA_NUM_SMALL + 1]; /* blocks of each class served from the medium heap */
+  /* The first time a mid run (small.c, run_keeps_empty) held free blocks since the last
+   * release of their pages (ta_small_mid_release; 0: none since): the owner's, under the lock
+   * or in a light section. */
+  uint64_t mid_since;
+  uint8_t mid_kept; /* bit c - 57: mid class c keeps an empty run on its list (small.c) */
+  uint16_t cold_allocs[TA_NUM_RUN + 1]; /* blocks of each class served from the medium heap */
   /* Blocks of each class live in the medium heap (TA_M_CLASS), whichever thread holds them.
    * Not the owner's alone: changed by any thread that holds the slow-path lock (medium.c,
    * class_live_note: the owner, the purger or another thread's trim taking in remote frees,
    * an adopter); read by the owner without it. */
-  _Atomic uint16_t cold_live[TA_NUM_SMALL + 1];
+  _Atomic uint16_t cold_live[TA_NUM_RUN + 1];
   /* Slow paths that handed out memory already held (a cached medium block, a span) before
    * the next one does the chores (alloc.c, chores_sometimes). */
   uint8_t chores_skip;
@@ -800,6 +814,11 @@ void ta_conf_apply(const char *settings); /* for tests */
 TA_HIDDEN extern uint64_t ta_decay_ms;
 TA_HIDDEN extern uint32_t ta_run_threshold; /* run_threshold (alloc.c) */
 TA_HIDDEN extern size_t ta_cold_live_max;   /* a cold class's live bytes that give it runs */
+/* The largest request runs serve: TA_MID_MAX (the mid classes too) until the process has had
+ * TA_FEW_ARENAS threads at once, TA_SMALL_MAX from then on and in the hardened build (small.c,
+ * ta_run_limit_arenas; tests set it). */
+TA_HIDDEN extern size_t ta_run_limit;
+TA_HIDDEN void ta_run_limit_arenas(uint32_t count);
 TA_HIDDEN extern uint32_t ta_conf_span_min_kb; /* span_min_kb (span.c): 0, no spans */
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
 TA_HIDDEN extern size_t ta_huge_cache_limit; /* bytes of freed huge spans kept resident */
@@ -1151,6 +1170,11 @@ TA_HIDDEN void ta_medium_release_empty(ta_arena_t *a);
 /* The owner's alone (it rewrites runs' free lists): the whole free pages of its runs in use
  * go back; returns the bytes given back. */
 TA_HIDDEN size_t ta_small_shrink(ta_arena_t *a);
+/* The pages of the free blocks of a's mid runs past their first words (each block stays on
+ * its list): returned, the bytes. Under a's lock, by any thread: the owner takes a mid block
+ * off a list only in a light section or under the lock (alloc.c, mid_pop), and its frees push
+ * onto the lists without it, which the walk allows for. */
+TA_HIDDEN size_t ta_small_mid_release(ta_arena_t *a);
 
 /* ------------------------------------------------------------------ medium.c */
 /* exact: the block reports `size` usable bytes, not what it holds (a small class's block). */

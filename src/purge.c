@@ -132,6 +132,15 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
     else if (DUE(a->mcache_since) && (all || age >= ta_decay_ms)) ta_medium_cache_flush(a);
     else PENDING(a->mcache_since);
   }
+  /* The free blocks of mid runs (small.c): their pages past the first go back, the blocks
+   * staying on their lists, once the first of them has waited the decay time; by any thread
+   * that holds the lock, so an idle owner's too. */
+  if (a->mid_since) {
+    if (DUE(a->mid_since) && (all || age >= ta_decay_ms))
+      freed += ta_small_mid_release(a);
+    else
+      PENDING(a->mid_since);
+  }
   if (mine) ta_small_retire_idle(a);
   /* The free pages of runs in use, whose lists only the owner may rewrite: with `all` (the
    * caller owns the arena) or in the owner's own purge after the decay — not the budget's

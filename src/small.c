@@ -31,6 +31,14 @@
 
 #include "internal.h"
 
+/* A mid class's bit in arena.mid_kept. */
+static uint8_t mid_bit(unsigned cls) { return (uint8_t)(1u << (cls - TA_NUM_SMALL - 1)); }
+/* Run r, empty on its class's list, leaves it (current again, or retired): it was the run its
+ * mid class kept (run_keeps_empty), the one empty run a class keeps there. */
+static void mid_unkeep(ta_arena_t *a, const ta_run_t *r) {
+  if (r->cls > TA_NUM_SMALL && r->used == 0) a->mid_kept &= (uint8_t)~mid_bit(r->cls);
+}
+
 /* A run joins its class's PARTIAL list at the head (newest first); the tail is the oldest
  * (see ta_small_alloc_slow for which one becomes current). */
 static void partial_push(ta_arena_t *a, ta_run_t *r) {
@@ -661,6 +669,7 @@ static void run_to_full(ta_run_t *r) {
 }
 /* PARTIAL -> ACTIVE: off its class's list; the caller makes it current. */
 static void run_to_active(ta_arena_t *a, ta_run_t *r) {
+  mid_unkeep(a, r);
   partial_remove(a, r);
   r->state = RUN_ACTIVE;
   TA_ADD(r->used, RUN_ACTIVE_BIAS);
@@ -687,8 +696,10 @@ static ta_block_t *refill_light(ta_arena_t *a, unsigned cls) {
   if (p == NULL) return NULL;
   p = partial_pick(a, p, cls);
   /* A run mostly free is threaded again first (run_order_maybe): a walk of up to thousands
-   * of blocks, too long for a section that lock takers wait out. */
-  if (p->free == NULL || run_free_blocks(p) * 4 >= ta_run_cap(p) * 3) return NULL;
+   * of blocks, too long for a section that lock takers wait out. Not a mid class's: its run
+   * holds 7 blocks at most, and their order buys nothing there. */
+  if (p->free == NULL || (cls <= TA_NUM_SMALL && run_free_blocks(p) * 4 >= ta_run_cap(p) * 3))
+    return NULL;
   check_head(p);
   if (r != &ta_empty_run) run_to_full(r);
   run_to_active(a, p);
@@ -738,14 +749,50 @@ pop:;
   return b;
 }
 
+size_t ta_run_limit = ta_secure ? TA_SMALL_MAX : TA_MID_MAX;
+/* The process has had `count` arenas at once (arena.c, at each new arena): from
+ * TA_FEW_ARENAS on, the mid classes take no new runs. A thread's runs are its own, and a
+ * class's run holds a page or more of the thread's memory however few of its blocks the thread
+ * keeps; with many threads, spans (one free pool for all threads) serve those sizes instead
+ * (docs/design.md, "Mid classes"). Runs taken before keep serving the frees of their blocks,
+ * and retire as they empty. */
+void ta_run_limit_arenas(uint32_t count) {
+  if (count >= TA_FEW_ARENAS && TA_LOAD(ta_run_limit) > TA_SMALL_MAX)
+    TA_STORE(ta_run_limit, TA_SMALL_MAX);
+}
+
+/* A mid run's first free block since the arena's last release of them (ta_small_mid_release):
+ * the release comes due a decay time from now, as the medium cache's flush does. */
+static void mid_clock(ta_arena_t *a) {
+  a->mid_since = ta_os_now_ms();
+  ta_purge_note(a, a->mid_since);
+}
+
+/* Whether run r of arena a stays on its class's list when it empties: a mid class's (9 to
+ * 16 KiB), while runs serve those classes, and one a class (arena.mid_kept). Its run holds 4
+ * to 7 blocks, so a thread that keeps a few of them live empties one and needs another every
+ * few calls: retired and taken again each time (the slot given back, taken, carved), a mid
+ * block's malloc and free cost about as much as the medium cache's (threads-32k: a refill on
+ * 42% of the mid mallocs). Kept, the refill makes it current again in a light section. One, as
+ * the pages of a run kept empty by a thread that then idles stay (but those past each block's
+ * first: ta_small_mid_release). It retires at the owner's next purge after the decay
+ * (ta_small_shrink), or a full purge's (ta_small_retire_idle), its slot going back then. */
+static bool run_keeps_empty(const ta_arena_t *a, const ta_run_t *r) {
+  return r->cls > TA_NUM_SMALL && !(a->mid_kept & mid_bit(r->cls)) &&
+         TA_LOAD(ta_run_limit) > TA_SMALL_MAX;
+}
+
 /* After a free made the run's list non-empty again or emptied the run. A FULL run's first
- * free that leaves blocks in use joins its class's list in the owner's light section (as a
- * refill takes it, refill_light: lists and states no lender of run slots touches); emptying a
- * run gives its slot back, under the lock. */
+ * free joins its class's list, and a run that keeps its slot empty (run_keeps_empty) stays
+ * there, in the owner's light section (as a refill takes it, refill_light: lists and states no
+ * lender of run slots touches); emptying any other run gives its slot back, under the lock. */
 void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
+  bool keep = (r->used & ~RUN_FULL_BIT) == 0 && run_keeps_empty(a, r);
+  if (keep) a->mid_kept |= mid_bit(r->cls); /* the owner's alone, as the run's state */
   if (!ta_secure && ta_light_enter(a)) {
-    if ((r->used & RUN_FULL_BIT) && (r->used & ~RUN_FULL_BIT) != 0) {
-      run_to_partial(a, r);
+    if ((r->used & ~RUN_FULL_BIT) != 0 || keep) {
+      if (r->used & RUN_FULL_BIT) run_to_partial(a, r);
+      if (r->cls > TA_NUM_SMALL && a->mid_since == 0) mid_clock(a);
       a->light_small++;
       ta_light_leave(a);
       return;
@@ -753,8 +800,9 @@ void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
     ta_light_leave(a);
   }
   ta_slow_enter(a);
+  if (r->cls > TA_NUM_SMALL && a->mid_since == 0) mid_clock(a);
   if (r->used & RUN_FULL_BIT) run_to_partial(a, r);
-  if (r->used == 0 && r->state == RUN_PARTIAL) {
+  if (r->used == 0 && r->state == RUN_PARTIAL && !keep) {
     partial_remove(a, r);
     run_retire(a, r);
   }
@@ -799,16 +847,26 @@ bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p) {
   return freed;
 }
 
-/* Retires the active runs that hold no block (a full purge: malloc_trim, an ownerless
- * arena), so that their chunks can empty and go back. */
+/* Retires the active runs that hold no block, and the empty runs mid classes keep on their
+ * lists (run_keeps_empty), on a full purge (malloc_trim, an ownerless arena), so that their
+ * chunks can empty and go back. */
 void ta_small_retire_idle(ta_arena_t *a) {
   ta_slow_enter(a);
-  for (unsigned cls = 1; cls <= TA_NUM_SMALL; cls++) {
+  for (unsigned cls = 1; cls <= TA_NUM_RUN; cls++) {
     ta_run_t *r = a->cur[cls];
-    if (r == &ta_empty_run || RUN_USED(r) != 0) continue;
-    a->cur[cls] = &ta_empty_run;
-    TA_STORE(r->used, 0);
-    run_retire(a, r);
+    if (r != &ta_empty_run && RUN_USED(r) == 0) {
+      a->cur[cls] = &ta_empty_run;
+      TA_STORE(r->used, 0);
+      run_retire(a, r);
+    }
+    if (cls <= TA_NUM_SMALL) continue; /* a small class's list holds no empty run */
+    for (ta_run_t *p = a->partial[cls], *next; p != NULL; p = next) {
+      next = p->next;
+      if (p->used != 0) continue;
+      mid_unkeep(a, p);
+      partial_remove(a, p);
+      run_retire(a, p);
+    }
   }
   ta_slow_leave(a);
 }
@@ -846,6 +904,51 @@ TA_PEEK_FN static uintptr_t mark_peek(const ta_block_t *b) { return TA_PEEK(b->k
  * will do: such a block is one marked block too many, and the scan gives way. */
 TA_PEEK_FN static ta_block_t *link_peek(const ta_block_t *b) {
   return ta_link_dec(TA_PEEK(b->link));
+}
+
+/* The head of r's free list read by a thread that holds the arena's lock but not its fast
+ * paths: the owner's free pushes onto the list without the lock, a plain store. Any value
+ * will do: what it names is checked block by block (run_release). */
+TA_PEEK_FN static ta_block_t *head_peek(const ta_run_t *r) { return TA_PEEK(r->free); }
+
+/* The free mid blocks' pages (ta_small_mid_release). */
+/* The pages of free mid block b of run r past its first words (its link and mark stay, and
+ * with them the page that holds them): they go back to the kernel, the block staying on the
+ * list, and a later malloc that takes it faults them in again. */
+static size_t block_release(const ta_run_t *r, const ta_block_t *b) {
+  uintptr_t from = ta_align_up((uintptr_t)(b + 1), ta_page_size);
+  uintptr_t to = ((uintptr_t)b + r->bsize) & ~(uintptr_t)(ta_page_size - 1);
+  if (from >= to || ta_os_decommit((void *)from, to - from) != 0) return 0;
+  return to - from;
+}
+
+/* The free blocks of one mid run, from its list's head as the owner left it: each a block
+ * start of the run below its limit with its mark, else the walk stops (a block written after
+ * its free, or a push caught half made: the owner pushes without the lock). */
+static size_t run_release(ta_run_t *r) {
+  size_t freed = 0;
+  uint32_t cap = ta_run_cap(r);
+  ta_block_t *b = head_peek(r);
+  for (uint32_t n = 0; b != NULL && n < cap; n++) {
+    if (!ta_same_chunk(b, r) || !ta_small_valid(r, b) || mark_peek(b) != ta_mark(b)) break;
+    freed += block_release(r, b);
+    b = link_peek(b);
+  }
+  /* As run_shrink: the chunk's huge-page marks are its keeper's. */
+  ta_chunk_t *c = ta_chunk_of(r);
+  if (freed != 0 && TA_LOAD(c->owner) == r->owner) ta_chunk_thp_lost(c, r->slot, 1);
+  return freed;
+}
+
+size_t ta_small_mid_release(ta_arena_t *a) {
+  size_t freed = 0;
+  for (unsigned cls = TA_NUM_SMALL + 1; cls <= TA_NUM_RUN; cls++) {
+    if (a->cur[cls] != &ta_empty_run) freed += run_release(a->cur[cls]);
+    for (ta_run_t *r = a->partial[cls]; r != NULL; r = r->next)
+      freed += run_release(r);
+  }
+  a->mid_since = 0;
+  return freed;
 }
 
 /* The walk: sets the bit of every block on r's free list. Each entry must be a block of this
@@ -1037,16 +1140,27 @@ static size_t run_shrink(ta_run_t *r) {
 }
 
 /* The owner's purge of the free pages of its runs in use: the ACTIVE and PARTIAL ones (a
- * FULL run has no free block). What other threads freed is taken in first, by the caller
- * (purge.c), so that their blocks are found free. Only for the arena's owner (or the thread
- * that claimed an ownerless arena): its fast paths use these lists without the lock, so the
- * background purger, which holds only the lock, must not call it. */
+ * FULL run has no free block); the empty runs mid classes keep retire. What other threads freed is
+ * taken in first, by the caller (purge.c), so that their blocks are found free. Only for the
+ * arena's owner (or the thread that claimed an ownerless arena): its fast paths use these lists
+ * without the lock, so the background purger, which holds only the lock, must not call it. */
 size_t ta_small_shrink(ta_arena_t *a) {
   size_t freed = 0;
   ta_slow_enter(a);
-  for (unsigned cls = 1; cls <= TA_NUM_SMALL; cls++) {
+  for (unsigned cls = 1; cls <= TA_NUM_RUN; cls++) {
     if (a->cur[cls] != &ta_empty_run) freed += run_shrink(a->cur[cls]);
-    for (ta_run_t *r = a->partial[cls]; r; r = r->next) freed += run_shrink(r);
+    for (ta_run_t *r = a->partial[cls], *next; r; r = next) {
+      next = r->next;
+      /* An empty run a mid class kept (run_keeps_empty) retires now: its slot goes back,
+       * its pages after the decay as any retired slot's. */
+      if (r->used == 0) {
+        mid_unkeep(a, r);
+        partial_remove(a, r);
+        run_retire(a, r);
+        continue;
+      }
+      freed += run_shrink(r);
+    }
   }
   ta_slow_leave(a);
   return freed;

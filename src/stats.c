@@ -111,7 +111,7 @@ static size_t walk_small(struct walk *w, ta_chunk_t *c, bool keeper) {
     unsigned cls = TA_LOAD(r->cls);
     uint64_t bs = TA_LOAD(r->bsize);
     ta_arena_t *owner = TA_LOAD(r->owner);
-    if (owner == NULL || cls == 0 || cls > TA_NUM_SMALL || bs != ta_class_size[cls]) {
+    if (owner == NULL || cls == 0 || cls > TA_NUM_RUN || bs != ta_class_size[cls]) {
       if (!keeper) continue;
       s->free_bytes += TA_RUN_SIZE;
       free_slots++;

@@ -79,10 +79,13 @@ Test(memory, without_the_background_thread_it_waits_for_a_caller, .timeout = 60)
   expect_clean_with(TATEST_MEM_BACKGROUND, "keeps", "background_thread:false,span_min_kb:16");
 }
 Test(memory, idle_threads_memory_goes_back_while_they_live, .timeout = 60) {
-  expect_clean_with(TATEST_MEM_IDLE, NULL, "span_min_kb:16");
+  expect_clean_with(TATEST_MEM_IDLE, NULL, "span_min_kb:32");
 }
 Test(memory, without_the_background_thread_idle_memory_stays, .timeout = 60) {
-  expect_clean_with(TATEST_MEM_IDLE, "keeps", "background_thread:false,span_min_kb:16");
+  expect_clean_with(TATEST_MEM_IDLE, "keeps", "background_thread:false,span_min_kb:32");
+}
+Test(memory, idle_threads_mid_blocks_give_their_pages_back, .timeout = 60) {
+  expect_clean_with(TATEST_MEM_IDLE, "mid", NULL);
 }
 Test(memory, idle_threads_keep_no_page_for_classes_they_used_once, .timeout = 60) {
   expect_clean_with(TATEST_MEM_IDLE, "classes", NULL);

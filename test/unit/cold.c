@@ -18,7 +18,9 @@
 static __attribute__((noinline)) ta_mhdr_t *hdr(void *p) {
   return (ta_mhdr_t *)((uintptr_t)p - sizeof(ta_mhdr_t));
 }
-static bool has_runs(unsigned cls) { return (ta_tl_arena->run_classes >> cls) & 1; }
+static bool has_runs(unsigned cls) {
+  return (ta_tl_arena->run_classes[cls / 64] >> (cls % 64)) & 1;
+}
 
 Test(cold, the_constants_name_the_classes_they_mean) {
   cr_assert_eq(ta_class_size[TA_COLD_CLASS_MIN], 1024);

@@ -494,10 +494,11 @@ Test(runs, pointer_past_carved_blocks_freed_by_another_thread_aborts, .signal = 
 }
 
 /* The one compare of free and ta_small_valid, (uint32_t)(off * recip) < accept, against the
- * division it replaces, for every offset of a run of every small class, with none, one, some
- * and all of its blocks threaded; and the index every offset gives (ta_run_index). */
+ * division it replaces, for every offset of a run of every class with runs (mid ones too), with
+ * none, one, some and all of its blocks threaded; and the index every offset gives (ta_run_index).
+ */
 Test(runs, block_start_test_matches_division) {
-  for (unsigned cls = 1; cls <= TA_NUM_SMALL; cls++) {
+  for (unsigned cls = 1; cls <= TA_NUM_RUN; cls++) {
     uint32_t bs = (uint32_t)ta_class_size[cls], recip = ta_run_recip(bs);
     uint32_t cap = TA_RUN_SIZE / bs;
     ta_run_t r = {.bsize = bs, .recip = recip};
@@ -551,6 +552,303 @@ Test(runs, many_classes_share_a_chunk) {
     check_run(r);
   }
   for (unsigned c = 1; c <= TA_NUM_SMALL; c++) ta_free(p[c - 1]);
+}
+
+/* ---- mid classes: runs of 9 to 16 KiB blocks while threads are few ------------------- */
+
+/* The unit tier serves them from the medium heap (support/runs_first.c): these tests turn
+ * their runs on, as a process starts. */
+static void mid_on(void) { ta_run_limit = TA_MID_MAX; }
+
+enum { MID_CAP = TA_RUN_SIZE / TA_MID_MAX }; /* blocks of the last mid class a run holds: 4 */
+
+/* A run of the last mid class filled: its blocks into b[0..MID_CAP), the run returned. */
+static ta_run_t *mid_fill(void **b) {
+  for (int i = 0; i < MID_CAP; i++)
+    b[i] = ta_malloc(TA_MID_MAX);
+  ta_run_t *r = ta_run_of(b[0]);
+  for (int i = 1; i < MID_CAP; i++)
+    cr_assert_eq(ta_run_of(b[i]), r, "one run holds them");
+  return r;
+}
+
+Test(mid, every_mid_class_comes_from_a_run_of_its_own, .init = mid_on) {
+  cr_assert_eq(ta_class_size[TA_NUM_RUN], TA_MID_MAX);
+  void *p[TA_NUM_RUN + 1];
+  for (unsigned c = TA_NUM_SMALL + 1; c <= TA_NUM_RUN; c++) {
+    size_t n = ta_class_size[c - 1] + 1; /* the smallest request of the class */
+    p[c] = ta_malloc(n);
+    cr_assert_not_null(p[c]);
+    cr_assert_eq(ta_map_get((uintptr_t)p[c]), TA_MAP_SMALL, "class %u: a run's block", c);
+    ta_run_t *r = ta_run_of(p[c]);
+    cr_assert_eq(r->cls, c);
+    cr_assert_eq(r->bsize, ta_class_size[c]);
+    cr_assert_eq(r->owner, ta_tl_arena);
+    cr_assert_eq(ta_tl_arena->cur[c], r);
+    cr_assert(ta_small_valid(r, p[c]));
+    cr_assert_eq(ta_malloc_usable_size(p[c]), ta_class_size[c]);
+    cr_assert_eq(ta_nallocx(n, 0), ta_class_size[c], "class %u: nallocx says what malloc gives", c);
+    cr_assert_eq(ta_run_cap(r), TA_RUN_SIZE / ta_class_size[c]);
+    memset(p[c], 0x5a, ta_class_size[c]);
+    check_run(r);
+  }
+  for (unsigned c = TA_NUM_SMALL + 1; c <= TA_NUM_RUN; c++)
+    ta_free(p[c]);
+  /* a request just past them is the medium heap's */
+  void *m = ta_malloc(TA_MID_MAX + 1);
+  cr_assert_eq(ta_map_get((uintptr_t)m), TA_MAP_MEDIUM);
+  ta_free(m);
+}
+
+Test(mid, a_double_free_aborts_as_a_runs_does, .init = mid_on, .signal = SIGABRT) {
+  char *p = ta_malloc(15000);
+  char *q = ta_malloc(15000);
+  ta_free(p);
+  ta_free(q);
+  ta_free(p);
+}
+
+Test(mid, an_interior_pointer_aborts, .init = mid_on, .signal = SIGABRT) {
+  char *p = ta_malloc(12000);
+  ta_free(p + 4096);
+}
+
+/* Emptied, a mid run stays on its class's list (its slot kept), a later malloc makes it
+ * current again without a new run, and the owner's purge (ta_small_shrink) retires it. */
+Test(mid, an_emptied_run_stays_listed_until_the_owners_purge, .init = mid_on) {
+  unsigned c = TA_NUM_RUN;
+  void *x[MID_CAP], *y[MID_CAP];
+  ta_run_t *r = mid_fill(x);
+  ta_arena_t *a = ta_tl_arena;
+  void *z = ta_malloc(TA_MID_MAX); /* r is full: a second run becomes current */
+  ta_run_t *r2 = ta_run_of(z);
+  cr_assert_neq(r2, r);
+  cr_assert_eq(r->state, RUN_FULL);
+  for (int i = 0; i < MID_CAP; i++)
+    ta_free(x[i]); /* FULL -> PARTIAL, then empty: kept */
+  cr_assert_eq(r->state, RUN_PARTIAL);
+  cr_assert_eq(r->used, 0);
+  cr_assert_eq(r->owner, a, "the slot is kept");
+  cr_assert_eq(a->partial[c], r);
+  check_run(r);
+  y[0] = z;
+  for (int i = 1; i < MID_CAP; i++)
+    y[i] = ta_malloc(TA_MID_MAX); /* the rest of r2 */
+  for (int i = 1; i < MID_CAP; i++)
+    cr_assert_eq(ta_run_of(y[i]), r2);
+  void *v = ta_malloc(TA_MID_MAX); /* r2 full: r, kept, is current again */
+  cr_assert_eq(ta_run_of(v), r);
+  cr_assert_eq(a->cur[c], r);
+  cr_assert_eq(r->state, RUN_ACTIVE);
+  ta_free(v);
+  for (int i = 0; i < MID_CAP; i++)
+    ta_free(y[i]); /* r2 emptied: kept on the list */
+  cr_assert_eq(r2->state, RUN_PARTIAL);
+  cr_assert_eq(r2->owner, a);
+  (void)ta_small_shrink(a);
+  cr_assert_eq(r2->owner, NULL, "the purge retires the empty run it kept");
+  cr_assert_eq(r2->state, RUN_UNUSED);
+  cr_assert_null(a->partial[c]);
+  cr_assert_eq(a->cur[c], r, "the current run stays");
+  ta_small_retire_idle(a);
+  cr_assert_eq(r->owner, NULL, "a full purge retires the current one, empty");
+}
+
+/* One empty run a class: a second that empties while the first is kept retires at once. */
+Test(mid, a_class_keeps_one_empty_run, .init = mid_on) {
+  void *x[MID_CAP], *y[MID_CAP];
+  ta_run_t *r = mid_fill(x), *r2 = mid_fill(y);
+  void *z = ta_malloc(TA_MID_MAX); /* a third run current: r and r2 full */
+  ta_arena_t *a = ta_tl_arena;
+  cr_assert(ta_run_of(z) != r && ta_run_of(z) != r2);
+  for (int i = 0; i < MID_CAP; i++)
+    ta_free(x[i]);
+  cr_assert_eq(r->owner, a, "the first kept");
+  cr_assert_eq(a->mid_kept, 1u << (TA_NUM_RUN - TA_NUM_SMALL - 1));
+  for (int i = 0; i < MID_CAP; i++)
+    ta_free(y[i]);
+  cr_assert_eq(r2->owner, NULL, "the second retired");
+  cr_assert_eq(r->owner, a);
+  cr_assert_eq(a->mid_kept, 1u << (TA_NUM_RUN - TA_NUM_SMALL - 1), "the first still kept");
+  cr_assert_eq(a->partial[TA_NUM_RUN], r);
+  (void)ta_small_shrink(a);
+  cr_assert_eq(r->owner, NULL);
+  cr_assert_eq(a->mid_kept, 0, "none kept once it retired");
+  ta_free(z);
+}
+
+/* From TA_FEW_ARENAS threads at once, mid requests leave runs (spans or the medium heap serve
+ * them), and a mid run that empties then retires at once. What the runs hold stays theirs. */
+Test(mid, from_few_arenas_on_mid_requests_leave_runs, .init = mid_on) {
+  void *x[MID_CAP];
+  ta_run_t *r = mid_fill(x);
+  void *z = ta_malloc(TA_MID_MAX); /* r full, no longer current */
+  cr_assert_neq(ta_run_of(z), r);
+  ta_run_limit_arenas(TA_FEW_ARENAS - 1);
+  cr_assert_eq(ta_run_limit, TA_MID_MAX, "fewer arenas: unchanged");
+  ta_run_limit_arenas(TA_FEW_ARENAS);
+  cr_assert_eq(ta_run_limit, TA_SMALL_MAX);
+  void *m = ta_malloc(12000);
+  cr_assert_eq(ta_map_get((uintptr_t)m), TA_MAP_MEDIUM);
+  cr_assert_eq(ta_nallocx(12000, 0), ta_malloc_usable_size(m));
+  cr_assert_eq(ta_malloc_usable_size(x[0]), TA_MID_MAX, "a mid run's block as it was");
+  for (int i = 0; i < MID_CAP; i++)
+    ta_free(x[i]);
+  cr_assert_eq(r->owner, NULL, "emptied, the run retires");
+  ta_free(z);
+  ta_free(m);
+}
+
+/* A block that grows past 8 KiB, from a run or from the medium heap, goes to the medium heap
+ * (where its owner's next realloc grows it in place), not to a mid class's run, which would
+ * copy it at every class. A mid block kept down to half its size stays. */
+Test(mid, a_growing_realloc_goes_to_the_medium_heap, .init = mid_on) {
+  char *p = ta_malloc(4000);
+  memset(p, 7, 4000);
+  p = ta_realloc(p, 10000);
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_MEDIUM);
+  cr_assert_eq(p[3999], 7);
+  char *q = ta_malloc(10000);
+  cr_assert_eq(ta_map_get((uintptr_t)q), TA_MAP_SMALL);
+  memset(q, 9, 10000);
+  char *q2 = ta_realloc(q, 14000);
+  cr_assert_eq(ta_map_get((uintptr_t)q2), TA_MAP_MEDIUM);
+  cr_assert_eq(q2[9999], 9);
+  char *s = ta_malloc(15000);
+  cr_assert_eq(ta_realloc(s, 9000), s, "down to half: in place");
+  ta_free(p);
+  ta_free(q2);
+  ta_free(s);
+}
+
+/* An alignment above 16 takes the first class whose size is a multiple of it, a mid one too;
+ * its sized and aligned free is accepted before and after mid requests leave runs. */
+Test(mid, an_aligned_request_takes_a_mid_class_that_keeps_the_alignment, .init = mid_on) {
+  void *p = ta_aligned_alloc(16384, 100);
+  cr_assert_eq((uintptr_t)p % 16384, 0);
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_SMALL);
+  cr_assert_eq(ta_run_of(p)->bsize, 16384);
+  cr_assert_eq(ta_nallocx(100, TA_MALLOCX_ALIGN(16384)), 16384);
+  void *q = ta_aligned_alloc(4096, 9000);
+  cr_assert_eq((uintptr_t)q % 4096, 0);
+  cr_assert_eq(ta_run_of(q)->bsize, 12288, "9216, 10240 and 11264 are not multiples of 4 KiB");
+  ta_free_aligned_sized(p, 16384, 100);
+  ta_run_limit_arenas(TA_FEW_ARENAS);
+  ta_free_aligned_sized(q, 4096, 9000);
+}
+
+/* With statistics on, a mid run's blocks count in their class's row: live ones at the class's
+ * size with their request, free ones threaded on the run. */
+Test(mid, statistics_count_a_mid_runs_blocks_in_their_class, .init = mid_on) {
+  ta_stats_enable(1);
+  unsigned c = ta_size_class(12000);
+  void *p = ta_malloc(12000), *q = ta_malloc(12000);
+  cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_SMALL);
+  ta_free(q);
+  struct ta_stats s;
+  memset(&s, 0, sizeof s);
+  s.version = TA_STATS_VERSION;
+  s.size = sizeof s;
+  cr_assert_eq(ta_stats_get(&s, -1), 0);
+  cr_assert_eq(s.classes[c].live_blocks, 1);
+  cr_assert_eq(s.classes[c].usable_bytes, ta_class_size[c]);
+  cr_assert_eq(s.classes[c].requested_bytes, 12000);
+  cr_assert_geq(s.classes[c].free_blocks, 1, "q, on the run's list");
+  ta_free(p);
+}
+
+/* Pages of [p, p + n) resident. */
+static size_t mid_resident(const void *p, size_t n) {
+  uintptr_t from = (uintptr_t)p & ~(uintptr_t)(ta_page_size - 1);
+  size_t pages = (ta_align_up((uintptr_t)p + n, ta_page_size) - from) / ta_page_size, in = 0;
+  unsigned char vec[64];
+  cr_assert_leq(pages, sizeof vec);
+  cr_assert_eq(mincore((void *)from, pages * ta_page_size, vec), 0);
+  for (size_t i = 0; i < pages; i++)
+    in += vec[i] & 1;
+  return in;
+}
+
+struct release_job {
+  ta_arena_t *a;
+  size_t freed;
+};
+/* Another thread's purge of the arena after the decay, as the background purger's. */
+static void *release_from_elsewhere(void *v) {
+  struct release_job *j = v;
+  uint64_t later = j->a->mid_since + ta_decay_ms + 1;
+  ta_slow_enter(j->a);
+  j->freed = ta_arena_purge(j->a, later, TA_PURGE_AGED, ta_decay_ms, true);
+  ta_slow_leave(j->a);
+  return NULL;
+}
+
+/* The free blocks of mid runs give their pages back after the decay, by another thread's
+ * purge too (an idle owner's, which cannot shrink its runs): each block past the page that
+ * holds its link and mark, the blocks staying on their lists; blocks in use keep theirs. A
+ * block taken again reads as written by whoever takes it. */
+Test(mid, free_blocks_give_their_pages_back_after_the_decay, .init = mid_on) {
+  void *x[MID_CAP];
+  ta_run_t *r = mid_fill(x);
+  size_t pages = ta_align_up(TA_MID_MAX, ta_page_size) / ta_page_size; /* a block's */
+  ta_arena_t *a = ta_tl_arena;
+  void *z = ta_malloc(TA_MID_MAX); /* r full, no longer current */
+  for (int i = 0; i < MID_CAP; i++)
+    memset(x[i], 0x33, TA_MID_MAX);
+  memset(z, 0x44, TA_MID_MAX);
+  cr_assert_eq(a->mid_since, 0);
+  ta_free(x[1]); /* FULL -> PARTIAL: the clock starts */
+  ta_free(x[2]);
+  cr_assert_neq(a->mid_since, 0, "the first free of a mid run starts the clock");
+  cr_assert_eq(mid_resident(x[1], TA_MID_MAX), pages);
+  uint64_t due = atomic_load(&a->purge_due);
+  cr_assert(due != 0 && due <= a->mid_since + ta_decay_ms, "the purge is noted");
+  /* Before the decay: nothing. */
+  ta_slow_enter(a);
+  ta_arena_purge(a, a->mid_since, TA_PURGE_AGED, ta_decay_ms, true);
+  ta_slow_leave(a);
+  cr_assert_eq(mid_resident(x[1], TA_MID_MAX), pages);
+  pthread_t t;
+  struct release_job j = {a, 0};
+  cr_assert_eq(pthread_create(&t, NULL, release_from_elsewhere, &j), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  /* the pages past the first of a block that starts on a page (none with pages of 16 KiB or
+   * more: the block's one page holds its link) */
+  size_t per_block = TA_MID_MAX > ta_page_size ? TA_MID_MAX / ta_page_size - 1 : 0;
+  for (int i = 1; i <= 2; i++) {
+    cr_assert_eq(mid_resident(x[i], TA_MID_MAX), pages - per_block,
+                 "block %d: its first page alone stays", i);
+    cr_assert_eq(((ta_block_t *)x[i])->key, ta_mark(x[i]), "still marked free");
+  }
+  cr_assert_geq(j.freed, 2 * per_block * ta_page_size);
+  cr_assert_eq(a->mid_since, 0, "released: the next free starts the clock again");
+  check_run(r);
+  for (int i = 0; i < MID_CAP; i += 3)
+    for (size_t k = 0; k < TA_MID_MAX; k += 512)
+      cr_assert_eq(((unsigned char *)x[i])[k], 0x33, "block %d in use kept its bytes", i);
+  cr_assert_eq(((unsigned char *)z)[TA_MID_MAX - 1], 0x44);
+  /* Taken again, a released block works as any. */
+  ta_free(z);
+  void *w = ta_malloc(TA_MID_MAX);
+  cr_assert(w == x[1] || w == x[2] || w == z);
+  memset(w, 0x55, TA_MID_MAX);
+  cr_assert_eq(((unsigned char *)w)[TA_MID_MAX - 1], 0x55);
+  ta_free(w);
+  ta_free(x[0]);
+  ta_free(x[3]);
+}
+
+/* Without a light section (the arena not yet allowed them, or a build or kernel without the
+ * barrier), a mid malloc pops under the lock: the same block, the same counts. */
+Test(mid, without_light_sections_a_mid_malloc_takes_the_lock, .init = mid_on) {
+  void *p = ta_malloc(TA_MID_MAX);
+  ta_arena_t *a = ta_tl_arena;
+  ta_light_forbid(a);
+  void *q = ta_malloc(TA_MID_MAX);
+  cr_assert_eq(ta_run_of(q), ta_run_of(p));
+  cr_assert_eq(RUN_USED(ta_run_of(p)), 2);
+  ta_free(q);
+  ta_free(p);
 }
 
 /* ---- the free pages of runs in use (ta_small_shrink) ---------------------------------- */

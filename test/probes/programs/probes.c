@@ -36,10 +36,12 @@
 #define KIB ((size_t)1024)
 #define MIB (1024 * KIB)
 
-/* One size of each kind of block of the allocator: small (no header), medium (boundary
- * tags), span (whole pages, described in its chunk's table), huge (a mapping of its own). */
+/* One size of each kind of block of the allocator: small (no header), mid (a run's block past
+ * 8 KiB, in a process with few threads: no header either), medium (boundary tags), span (whole
+ * pages, described in its chunk's table), huge (a mapping of its own). */
 #define SMALL 48
-#define MEDIUM (12 * KIB)
+#define MID (12 * KIB)
+#define MEDIUM (48 * KIB)
 #define SPAN (64 * KIB)
 #define HUGE (4 * MIB)
 
@@ -119,6 +121,7 @@ static int double_free(size_t n)
 }
 static int double_free_small(void) { return double_free(SMALL); }
 static int double_free_medium(void) { return double_free(MEDIUM); }
+static int double_free_mid(void) { return double_free(MID); }
 static int double_free_span(void) { return double_free(span_size()); }
 static int double_free_huge(void) { return double_free(HUGE); }
 
@@ -224,6 +227,7 @@ static int offset_free(size_t n, size_t off)
 }
 static int interior_free_small(void) { return offset_free(SMALL, 32); }
 static int interior_free_medium(void) { return offset_free(MEDIUM, 4096); }
+static int interior_free_mid(void) { return offset_free(MID, 4096); }
 static int interior_free_span(void) { return offset_free(span_size(), 4096); }
 static int interior_free_huge(void) { return offset_free(HUGE, 4096); }
 static int unaligned_free_small(void) { return offset_free(SMALL, 1); }
@@ -380,6 +384,17 @@ static int overflow_1_byte_small_live_neighbour(void)
     return undetected();
 }
 
+/* The same past a mid block whose neighbour is live. */
+static int overflow_1_byte_mid_live_neighbour(void) {
+  char *a = must_malloc(MID);
+  char *b = must_malloc(MID);
+  announce(a, b);
+  a[do_usable(a)] ^= 0x40;
+  do_free(b);
+  do_free(a);
+  return undetected();
+}
+
 /* One byte past the usable end of a medium block, into what follows it (the next
  * block's header in allocators with boundary tags). */
 static int overflow_1_byte_medium(void)
@@ -498,6 +513,7 @@ static const struct {
 } cases[] = {
     CASE(double_free_small),
     CASE(double_free_medium),
+    CASE(double_free_mid),
     CASE(double_free_span),
     CASE(double_free_huge),
     CASE(double_free_small_delayed),
@@ -509,6 +525,7 @@ static const struct {
     CASE(invalid_free_never_allocated),
     CASE(interior_free_small),
     CASE(interior_free_medium),
+    CASE(interior_free_mid),
     CASE(interior_free_span),
     CASE(interior_free_huge),
     CASE(unaligned_free_small),
@@ -530,6 +547,7 @@ static const struct {
     CASE(write_after_free_small_live),
     CASE(overflow_1_byte_small_free_neighbour),
     CASE(overflow_1_byte_small_live_neighbour),
+    CASE(overflow_1_byte_mid_live_neighbour),
     CASE(overflow_1_byte_medium),
     CASE(overflow_1_byte_span),
     CASE(underflow_16_byte_small),
