@@ -218,6 +218,7 @@ static TA_NOINLINE void *small_alloc_slow(ta_arena_t *a, unsigned cls, size_t al
     slow_path_chores(a);
     b = ta_small_alloc_slow(a, cls, true);
   }
+  if (cls > TA_NUM_SMALL && b != NULL) ((uintptr_t *)b)[2] = 0; /* as mid_pop */
   /* A half of a chunk the carve found dense: made one huge page now, the lock let go. */
   if (TA_UNLIKELY(ta_collapse_pending != 0)) ta_small_collapse();
   return b;
@@ -231,6 +232,7 @@ TA_INLINE ta_block_t *mid_pop(ta_arena_t *a, unsigned cls) {
   if (TA_UNLIKELY(!ta_light_enter(a))) return NULL;
   ta_block_t *b = ta_run_pop(a->cur[cls]);
   ta_light_leave(a);
+  if (b != NULL) ((uintptr_t *)b)[2] = 0; /* ta_mid_released: its pages may come back */
   return b;
 }
 

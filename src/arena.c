@@ -116,6 +116,7 @@ bool ta_init(const ta_library_t *lib) {
       }
       ta_pages_init(); /* after the settings: a test may ask for larger pages */
       ta_span_init();  /* its smallest block and page table follow the page */
+      ta_run_limit_init(); /* and whether runs serve the mid classes */
       ta_chunk_brk_default(lib->brk);
       ta_secret = ta_os_random();
       draw_keys();

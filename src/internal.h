@@ -818,6 +818,7 @@ TA_HIDDEN extern size_t ta_cold_live_max;   /* a cold class's live bytes that gi
  * TA_FEW_ARENAS threads at once, TA_SMALL_MAX from then on and in the hardened build (small.c,
  * ta_run_limit_arenas; tests set it). */
 TA_HIDDEN extern size_t ta_run_limit;
+TA_HIDDEN void ta_run_limit_init(void);
 TA_HIDDEN void ta_run_limit_arenas(uint32_t count);
 TA_HIDDEN extern uint32_t ta_conf_span_min_kb; /* span_min_kb (span.c): 0, no spans */
 TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes back at once */
@@ -1174,7 +1175,10 @@ TA_HIDDEN size_t ta_small_shrink(ta_arena_t *a);
  * its list): returned, the bytes. Under a's lock, by any thread: the owner takes a mid block
  * off a list only in a light section or under the lock (alloc.c, mid_pop), and its frees push
  * onto the lists without it, which the walk allows for. */
-TA_HIDDEN size_t ta_small_mid_release(ta_arena_t *a);
+TA_HIDDEN size_t ta_small_mid_release(ta_arena_t *a, uint64_t now);
+/* The third word of a free mid block whose pages past its first went back (small.c); a mid
+ * block handed out again has it cleared (alloc.c). */
+TA_INLINE uintptr_t ta_mid_released(const void *b) { return ~ta_mark(b); }
 
 /* ------------------------------------------------------------------ medium.c */
 /* exact: the block reports `size` usable bytes, not what it holds (a small class's block). */

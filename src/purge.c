@@ -137,7 +137,7 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
    * that holds the lock, so an idle owner's too. */
   if (a->mid_since) {
     if (DUE(a->mid_since) && (all || age >= ta_decay_ms))
-      freed += ta_small_mid_release(a);
+      freed += ta_small_mid_release(a, now);
     else
       PENDING(a->mid_since);
   }

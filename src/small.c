@@ -31,6 +31,8 @@
 
 #include "internal.h"
 
+static void mid_clock(ta_arena_t *a);
+
 /* A mid class's bit in arena.mid_kept. */
 static uint8_t mid_bit(unsigned cls) { return (uint8_t)(1u << (cls - TA_NUM_SMALL - 1)); }
 /* Run r, empty on its class's list, leaves it (current again, or retired): it was the run its
@@ -689,6 +691,7 @@ static void run_to_partial(ta_arena_t *a, ta_run_t *r) {
  * the instructions after it in this function and ta_small_free_slow held 7% of the samples
  * (perf, cpu-clock); it now runs in 0.94 of its time (interleaved medians of 11). */
 static ta_block_t *refill_light(ta_arena_t *a, unsigned cls) {
+  if (cls > TA_NUM_SMALL && a->mid_since == 0) mid_clock(a);
   ta_run_t *r = a->cur[cls];
   check_head(r);
   if (r != &ta_empty_run && (r->free != NULL || run_can_carve(r))) return NULL;
@@ -720,6 +723,7 @@ void *ta_small_alloc_slow(ta_arena_t *a, unsigned cls, bool grow) {
   }
   ta_slow_enter(a);
   if (!ta_secure) ta_light_allow(a);
+  if (cls > TA_NUM_SMALL && a->mid_since == 0) mid_clock(a);
   check_head(a->cur[cls]);
   ta_run_t *r = a->cur[cls];
   if (r != &ta_empty_run) {
@@ -756,6 +760,14 @@ size_t ta_run_limit = ta_secure ? TA_SMALL_MAX : TA_MID_MAX;
  * keeps; with many threads, spans (one free pool for all threads) serve those sizes instead
  * (docs/design.md, "Mid classes"). Runs taken before keep serving the frees of their blocks,
  * and retire as they empty. */
+/* At initialisation, the page size known: no mid class takes runs with pages of more than 4 KiB.
+ * A mid block (at most 16 KiB) would then be a page or less, and the pages of its free blocks
+ * could not go back without the one that holds its link (ta_small_mid_release): an idle
+ * thread would keep them all. */
+void ta_run_limit_init(void) {
+  if (ta_page_size > TA_PAGE_MIN) TA_STORE(ta_run_limit, TA_SMALL_MAX);
+}
+
 void ta_run_limit_arenas(uint32_t count) {
   if (count >= TA_FEW_ARENAS && TA_LOAD(ta_run_limit) > TA_SMALL_MAX)
     TA_STORE(ta_run_limit, TA_SMALL_MAX);
@@ -787,9 +799,9 @@ static bool run_keeps_empty(const ta_arena_t *a, const ta_run_t *r) {
  * there, in the owner's light section (as a refill takes it, refill_light: lists and states no
  * lender of run slots touches); emptying any other run gives its slot back, under the lock. */
 void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
-  bool keep = (r->used & ~RUN_FULL_BIT) == 0 && run_keeps_empty(a, r);
-  if (keep) a->mid_kept |= mid_bit(r->cls); /* the owner's alone, as the run's state */
   if (!ta_secure && ta_light_enter(a)) {
+    bool keep = (r->used & ~RUN_FULL_BIT) == 0 && run_keeps_empty(a, r);
+    if (keep) a->mid_kept |= mid_bit(r->cls);
     if ((r->used & ~RUN_FULL_BIT) != 0 || keep) {
       if (r->used & RUN_FULL_BIT) run_to_partial(a, r);
       if (r->cls > TA_NUM_SMALL && a->mid_since == 0) mid_clock(a);
@@ -800,6 +812,8 @@ void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
     ta_light_leave(a);
   }
   ta_slow_enter(a);
+  bool keep = (r->used & ~RUN_FULL_BIT) == 0 && run_keeps_empty(a, r);
+  if (keep) a->mid_kept |= mid_bit(r->cls);
   if (r->cls > TA_NUM_SMALL && a->mid_since == 0) mid_clock(a);
   if (r->used & RUN_FULL_BIT) run_to_partial(a, r);
   if (r->used == 0 && r->state == RUN_PARTIAL && !keep) {
@@ -911,14 +925,22 @@ TA_PEEK_FN static ta_block_t *link_peek(const ta_block_t *b) {
  * will do: what it names is checked block by block (run_release). */
 TA_PEEK_FN static ta_block_t *head_peek(const ta_run_t *r) { return TA_PEEK(r->free); }
 
-/* The free mid blocks' pages (ta_small_mid_release). */
-/* The pages of free mid block b of run r past its first words (its link and mark stay, and
- * with them the page that holds them): they go back to the kernel, the block staying on the
- * list, and a later malloc that takes it faults them in again. */
-static size_t block_release(const ta_run_t *r, const ta_block_t *b) {
-  uintptr_t from = ta_align_up((uintptr_t)(b + 1), ta_page_size);
+/* The free mid blocks' pages (ta_small_mid_release). A block's third word says its pages went
+ * back (ta_mid_released, internal.h; cleared when it is handed out again, alloc.c), so that a
+ * release makes no call for it again, nor counts its bytes twice. */
+TA_PEEK_FN static uintptr_t word2_peek(const ta_block_t *b) {
+  return TA_PEEK(((const uintptr_t *)b)[2]);
+}
+
+/* The pages of free mid block b of run r past its first words (its link, mark and the word
+ * above, and with them the page that holds them): they go back to the kernel, the block staying
+ * on the list, and a later malloc that takes it faults them in again. */
+static size_t block_release(const ta_run_t *r, ta_block_t *b) {
+  if (word2_peek(b) == ta_mid_released(b)) return 0;
+  uintptr_t from = ta_align_up((uintptr_t)b + 3 * sizeof(uintptr_t), ta_page_size);
   uintptr_t to = ((uintptr_t)b + r->bsize) & ~(uintptr_t)(ta_page_size - 1);
   if (from >= to || ta_os_decommit((void *)from, to - from) != 0) return 0;
+  ((uintptr_t *)b)[2] = ta_mid_released(b);
   return to - from;
 }
 
@@ -940,14 +962,21 @@ static size_t run_release(ta_run_t *r) {
   return freed;
 }
 
-size_t ta_small_mid_release(ta_arena_t *a) {
+size_t ta_small_mid_release(ta_arena_t *a, uint64_t now) {
   size_t freed = 0;
   for (unsigned cls = TA_NUM_SMALL + 1; cls <= TA_NUM_RUN; cls++) {
     if (a->cur[cls] != &ta_empty_run) freed += run_release(a->cur[cls]);
     for (ta_run_t *r = a->partial[cls]; r != NULL; r = r->next)
       freed += run_release(r);
   }
+  /* Frees into a run that neither fills nor empties start no clock: while releases find
+   * blocks to give back, the next comes a decay time later; one that finds none waits for the
+   * owner's next slow path of a mid class. */
   a->mid_since = 0;
+  if (freed != 0) {
+    a->mid_since = now;
+    ta_purge_note(a, now);
+  }
   return freed;
 }
 

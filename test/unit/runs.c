@@ -558,7 +558,20 @@ Test(runs, many_classes_share_a_chunk) {
 
 /* The unit tier serves them from the medium heap (support/runs_first.c): these tests turn
  * their runs on, as a process starts. */
-static void mid_on(void) { ta_run_limit = TA_MID_MAX; }
+static void mid_on(void) {
+  ta_free(ta_malloc(1)); /* initialised: the page size known */
+  if (ta_page_size > TA_PAGE_MIN) cr_skip_test("no mid class takes runs with pages over 4 KiB");
+  ta_run_limit = TA_MID_MAX;
+}
+
+/* With pages of more than 4 KiB a mid block is a page or less, and the release could give
+ * back nothing of it: runs serve no mid class (ta_run_limit_init). */
+Test(mid, runs_serve_mid_classes_only_with_4_KiB_pages) {
+  ta_free(ta_malloc(1));
+  ta_run_limit = TA_MID_MAX;
+  ta_run_limit_init();
+  cr_assert_eq(ta_run_limit, ta_page_size > TA_PAGE_MIN ? TA_SMALL_MAX : TA_MID_MAX);
+}
 
 enum { MID_CAP = TA_RUN_SIZE / TA_MID_MAX }; /* blocks of the last mid class a run holds: 4 */
 
@@ -600,7 +613,10 @@ Test(mid, every_mid_class_comes_from_a_run_of_its_own, .init = mid_on) {
   ta_free(m);
 }
 
-Test(mid, a_double_free_aborts_as_a_runs_does, .init = mid_on, .signal = SIGABRT) {
+/* The misuse tests run at every page size: where mid classes take no runs (ta_run_limit_init),
+ * the medium heap aborts as well. */
+static void mid_asked(void) { ta_run_limit = TA_MID_MAX; }
+Test(mid, a_double_free_aborts_as_a_runs_does, .init = mid_asked, .signal = SIGABRT) {
   char *p = ta_malloc(15000);
   char *q = ta_malloc(15000);
   ta_free(p);
@@ -608,7 +624,7 @@ Test(mid, a_double_free_aborts_as_a_runs_does, .init = mid_on, .signal = SIGABRT
   ta_free(p);
 }
 
-Test(mid, an_interior_pointer_aborts, .init = mid_on, .signal = SIGABRT) {
+Test(mid, an_interior_pointer_aborts, .init = mid_asked, .signal = SIGABRT) {
   char *p = ta_malloc(12000);
   ta_free(p + 4096);
 }
@@ -739,8 +755,11 @@ Test(mid, an_aligned_request_takes_a_mid_class_that_keeps_the_alignment, .init =
 
 /* With statistics on, a mid run's blocks count in their class's row: live ones at the class's
  * size with their request, free ones threaded on the run. */
-Test(mid, statistics_count_a_mid_runs_blocks_in_their_class, .init = mid_on) {
-  ta_stats_enable(1);
+static void mid_on_with_statistics(void) {
+  ta_stats_enable(1); /* before the first chunk: each records its blocks' requests */
+  mid_on();
+}
+Test(mid, statistics_count_a_mid_runs_blocks_in_their_class, .init = mid_on_with_statistics) {
   unsigned c = ta_size_class(12000);
   void *p = ta_malloc(12000), *q = ta_malloc(12000);
   cr_assert_eq(ta_map_get((uintptr_t)p), TA_MAP_SMALL);
@@ -796,10 +815,10 @@ Test(mid, free_blocks_give_their_pages_back_after_the_decay, .init = mid_on) {
   for (int i = 0; i < MID_CAP; i++)
     memset(x[i], 0x33, TA_MID_MAX);
   memset(z, 0x44, TA_MID_MAX);
-  cr_assert_eq(a->mid_since, 0);
+  a->mid_since = 0; /* as after a release that found nothing */
   ta_free(x[1]); /* FULL -> PARTIAL: the clock starts */
   ta_free(x[2]);
-  cr_assert_neq(a->mid_since, 0, "the first free of a mid run starts the clock");
+  cr_assert_neq(a->mid_since, 0, "a mid run's free on the slow path starts the clock");
   cr_assert_eq(mid_resident(x[1], TA_MID_MAX), pages);
   uint64_t due = atomic_load(&a->purge_due);
   cr_assert(due != 0 && due <= a->mid_since + ta_decay_ms, "the purge is noted");
@@ -820,8 +839,15 @@ Test(mid, free_blocks_give_their_pages_back_after_the_decay, .init = mid_on) {
                  "block %d: its first page alone stays", i);
     cr_assert_eq(((ta_block_t *)x[i])->key, ta_mark(x[i]), "still marked free");
   }
-  cr_assert_geq(j.freed, 2 * per_block * ta_page_size);
-  cr_assert_eq(a->mid_since, 0, "released: the next free starts the clock again");
+  cr_assert_eq(j.freed, 2 * per_block * ta_page_size, "x[1] and x[2], nothing else free");
+  cr_assert_neq(a->mid_since, 0, "pages went back: the next release is due a decay later");
+  for (int i = 1; i <= 2; i++)
+    cr_assert_eq(((uintptr_t *)x[i])[2], ta_mid_released(x[i]), "block %d noted released", i);
+  /* Again: those blocks are not given back twice, and a release that finds nothing stops. */
+  ta_slow_enter(a);
+  cr_assert_eq(ta_small_mid_release(a, a->mid_since + ta_decay_ms), 0);
+  ta_slow_leave(a);
+  cr_assert_eq(a->mid_since, 0, "nothing went back: the owner's next slow path rearms it");
   check_run(r);
   for (int i = 0; i < MID_CAP; i += 3)
     for (size_t k = 0; k < TA_MID_MAX; k += 512)
@@ -831,6 +857,7 @@ Test(mid, free_blocks_give_their_pages_back_after_the_decay, .init = mid_on) {
   ta_free(z);
   void *w = ta_malloc(TA_MID_MAX);
   cr_assert(w == x[1] || w == x[2] || w == z);
+  cr_assert_eq(((uintptr_t *)w)[2], 0, "handed out, no longer noted released");
   memset(w, 0x55, TA_MID_MAX);
   cr_assert_eq(((unsigned char *)w)[TA_MID_MAX - 1], 0x55);
   ta_free(w);
@@ -838,17 +865,53 @@ Test(mid, free_blocks_give_their_pages_back_after_the_decay, .init = mid_on) {
   ta_free(x[3]);
 }
 
-/* Without a light section (the arena not yet allowed them, or a build or kernel without the
- * barrier), a mid malloc pops under the lock: the same block, the same counts. */
-Test(mid, without_light_sections_a_mid_malloc_takes_the_lock, .init = mid_on) {
+struct lock_job {
+  ta_arena_t *a;
+  _Atomic int held;
+  uint64_t let_go_us;
+};
+static uint64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+/* Another thread holds the arena's lock for 100 ms, as a purger releasing mid blocks would. */
+static void *hold_the_lock(void *v) {
+  struct lock_job *j = v;
+  ta_slow_enter(j->a);
+  atomic_store(&j->held, 1);
+  struct timespec ts = {0, 100 * 1000 * 1000};
+  nanosleep(&ts, NULL);
+  j->let_go_us = now_us();
+  ta_slow_leave(j->a);
+  return NULL;
+}
+
+/* A mid malloc takes no block while another thread holds the arena's lock (which may be
+ * giving back free blocks' pages: ta_small_mid_release): it waits for the lock, though its
+ * run has blocks, where a small malloc pops at once. */
+Test(mid, a_mid_malloc_waits_while_another_thread_holds_the_lock, .init = mid_on) {
   void *p = ta_malloc(TA_MID_MAX);
+  ta_free(ta_malloc(TA_MID_MAX)); /* the run current, with free blocks; light sections on */
+  void *s = ta_malloc(64);
   ta_arena_t *a = ta_tl_arena;
-  ta_light_forbid(a);
+  cr_assert(atomic_load(&a->light_on), "a refill allowed light sections");
+  struct lock_job j = {a, 0, 0};
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, hold_the_lock, &j), 0);
+  while (!atomic_load(&j.held))
+    sched_yield();
+  void *s2 = ta_malloc(64); /* a small block's pop takes no lock */
+  cr_assert_not_null(s2);
   void *q = ta_malloc(TA_MID_MAX);
+  uint64_t got = now_us();
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_geq(got, j.let_go_us, "the mid malloc returned before the lock was let go");
   cr_assert_eq(ta_run_of(q), ta_run_of(p));
-  cr_assert_eq(RUN_USED(ta_run_of(p)), 2);
   ta_free(q);
   ta_free(p);
+  ta_free(s);
+  ta_free(s2);
 }
 
 /* ---- the free pages of runs in use (ta_small_shrink) ---------------------------------- */

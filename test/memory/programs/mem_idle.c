@@ -26,6 +26,7 @@
  *                      each cycle's memory were given back, and the idle threads' excess goes
  *                      back. */
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/resource.h>
@@ -48,6 +49,8 @@ static void nap_ms(long ms) {
   nanosleep(&ts, NULL);
 }
 
+static int mid_runs = 1; /* mid: every 12000-byte block a run's (usable size 12288) */
+
 static void *work(void *arg) {
   struct job *j = arg;
   char **p = malloc((size_t)j->blocks * sizeof *p);
@@ -56,6 +59,7 @@ static void *work(void *arg) {
     size_t z = i % 8 ? j->small : j->medium;
     p[i] = malloc(z);
     memset(p[i], 9, z);
+    if (z == 12000 && malloc_usable_size(p[i]) != 12288) mid_runs = 0;
   }
   nap_ms(j->age_ms);
   for (int i = 0; i < j->blocks; i++) {
@@ -218,6 +222,7 @@ int main(int argc, char **argv) {
          start / 1024, live / 1024, peak / 1024, waited, now / 1024);
   stop_idle(t, n);
   EXPECT(peak > start + 64 * MiB, "the threads did not allocate: %zu KiB", peak / 1024);
+  if (mid) EXPECT(mid_runs, "12000-byte blocks did not come from runs");
   if (keeps)
     EXPECT(now > start + live + 48 * MiB, "idle memory went back with no purger: %zu KiB",
            now / 1024);
