@@ -1085,6 +1085,28 @@ TA_INLINE char *ta_run_base(const ta_run_t *r) {
   return (char *)((uintptr_t)r & ~(uintptr_t)TA_CHUNK_MASK) + ((size_t)r->slot << TA_RUN_SHIFT);
 }
 
+/* Cache colour. Every run starts on a 64 KiB boundary, and a class's list hands out its
+ * lowest blocks first, so without a colour each thread's hot blocks of every class would sit
+ * at the same offsets of 64 KiB: the period of an 8-way L2 of 512 KiB (1,024 sets of 64-byte
+ * lines), and a multiple of every L1's. They would contend for a few sets while the others
+ * idle. So the lists hand out a run's first page from its colour, the block at
+ * slot x 17 cache lines (modulo the page), on to the page's end, then from its start; then the
+ * other pages in address order. 17 is prime to a page's 64 lines, so the 63 slots' colours
+ * spread over the page: 63 different lines for blocks of 64 bytes or less, one of each of the
+ * page's blocks for larger ones. run_carve threads the first page so, and run_rethread
+ * keeps the order; the blocks themselves, `limit` and `accept` are as without (small.c;
+ * docs/design.md, "Cache colour"). A class with fewer than two blocks a page has none (0), as
+ * has the hardened build, which threads each page in an order it draws. */
+TA_INLINE uint32_t ta_run_page_blocks(const ta_run_t *r) {
+  return (uint32_t)(((uint64_t)ta_page_size * r->recip) >> 32); /* ta_run_cap's way */
+}
+TA_INLINE uint32_t ta_run_colour(const ta_run_t *r) {
+  uint32_t n = ta_run_page_blocks(r);
+  if (ta_secure || n < 2) return 0;
+  uint32_t k = ta_run_index(r, (uint32_t)(r->slot * 17u * 64u) & (uint32_t)(ta_page_size - 1));
+  return k < n ? k : 0; /* a block that would end past the page */
+}
+
 /* Pops a block off a run's free list, or NULL: the heart of every small allocation. The
  * head must lie in the run's chunk: one test turns away both the empty list (NULL) and a
  * link forged after free; the slow path tells them apart. */

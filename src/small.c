@@ -595,6 +595,21 @@ void ta_small_collapse(void) {
     atomic_store_explicit(&collapse_off, true, memory_order_relaxed);
 }
 
+/* The blocks of r numbered from to to (exclusive), counted from base, pushed onto list head
+ * highest first, each with its mark: the list hands them out in address order. The new head. */
+static ta_block_t *thread_down(const ta_run_t *r, char *base, uint32_t from, uint32_t to,
+                               ta_block_t *head) {
+  size_t bs = r->bsize;
+  for (char *p = base + (size_t)to * bs, *end = base + (size_t)from * bs; p != end;) {
+    p -= bs;
+    ta_block_t *b = (ta_block_t *)p;
+    b->link = ta_link_enc(head);
+    b->key = ta_mark(b);
+    head = b;
+  }
+  return head;
+}
+
 static void run_carve(ta_run_t *r) {
   uint32_t left = ta_run_cap(r) - r->limit / r->bsize;
   uint32_t n = (uint32_t)(ta_page_size / r->bsize);
@@ -620,12 +635,12 @@ static void run_carve(ta_run_t *r) {
       head = b;
     }
   } else {
-    for (uint32_t i = n; i-- > 0;) {
-      ta_block_t *b = (ta_block_t *)(base + (size_t)i * r->bsize);
-      b->link = ta_link_enc(head);
-      b->key = ta_mark(b);
-      head = b;
-    }
+    /* The first page from its colour on (ta_run_colour; n is its blocks then), then from
+     * its start; any other in address order. Pushed last to first: below the colour, then
+     * from it up. */
+    uint32_t c = r->limit == 0 ? ta_run_colour(r) : 0;
+    head = thread_down(r, base, 0, c, head);
+    head = thread_down(r, base, c, n, head);
   }
   r->free = head;
   run_set_limit(r, r->limit + n * r->bsize);
@@ -1072,8 +1087,9 @@ static void run_free_bits(const ta_run_t *r, uint64_t *bits) {
   run_free_bits_walk(r, bits);
 }
 
-/* Threads r's free list again with its free blocks below index `keep`: in address order, so
- * that malloc favours the low end and the next shrink finds more; the hardened build keeps
+/* Threads r's free list again with its free blocks below index `keep`: in address order (the
+ * first page from its colour, ta_run_colour), so that malloc favours the low end and the next
+ * shrink finds more; the hardened build keeps
  * the list's own order, which its random reuse order made. */
 static void run_rethread(ta_run_t *r, const uint64_t *bits, uint32_t keep) {
   char *base = ta_run_base(r);
@@ -1089,16 +1105,28 @@ static void run_rethread(ta_run_t *r, const uint64_t *bits, uint32_t keep) {
     }
     if (last) last->link = ta_link_enc(NULL);
   } else {
-    for (uint32_t w = (keep + 63) / 64; w-- > 0;) { /* highest first: the list ascends */
+    /* From the highest block down, the first page's last, in its colour's order
+     * (ta_run_colour): the list hands out the first page from its colour, then ascends. */
+    uint32_t c = ta_run_colour(r), first = c != 0 ? ta_run_page_blocks(r) : 0;
+    for (uint32_t w = (keep + 63) / 64; w-- > 0;) {
       uint64_t m = bits[w];
       if (keep % 64 != 0 && w == keep / 64) m &= ((uint64_t)1 << (keep % 64)) - 1;
       while (m != 0) {
         unsigned top = 63 - (unsigned)__builtin_clzll(m);
         m &= ~((uint64_t)1 << top);
-        ta_block_t *b = (ta_block_t *)(base + ((size_t)w * 64 + top) * r->bsize);
+        uint32_t i = w * 64 + top;
+        if (i < first) break; /* this word's lower bits too */
+        ta_block_t *b = (ta_block_t *)(base + (size_t)i * r->bsize);
         b->link = ta_link_enc(head);
         head = b;
       }
+    }
+    for (uint32_t j = first; j-- > 0;) {
+      uint32_t i = j + c < first ? j + c : j + c - first;
+      if (i >= keep || !(bits[i / 64] >> (i % 64) & 1)) continue;
+      ta_block_t *b = (ta_block_t *)(base + (size_t)i * r->bsize);
+      b->link = ta_link_enc(head);
+      head = b;
     }
   }
   r->free = head;

@@ -38,6 +38,15 @@ static void check_run(const ta_run_t *r) {
     cr_assert_eq(b->key, ta_mark(b), "free block %p unmarked", (void *)b);
 }
 
+/* Where block p of run r comes in the order r's lists hand blocks out: its first page from the
+ * colour (ta_run_colour) on, then from the page's start, then the other pages in address
+ * order. */
+static size_t handout_rank(const ta_run_t *r, const void *p) {
+  size_t k = (size_t)((const char *)p - ta_run_base(r)) / r->bsize, n = ta_run_page_blocks(r);
+  size_t c = ta_run_colour(r);
+  return c != 0 && k < n ? (k + n - c) % n : k;
+}
+
 Test(runs, first_block_makes_an_arena_and_a_run) {
   void *p = ta_malloc(24);
   cr_assert_not_null(p);
@@ -210,7 +219,8 @@ Test(runs, malloc_moves_to_the_newest_partial_run_when_it_has_enough_free_blocks
 
 /* A run of `size`-byte blocks filled, then `nfree` of its blocks freed in scrambled order (a
  * stride prime to the run's count); the next run is current, filled through. Returns the run,
- * now PARTIAL; its blocks, by index, in `all`, the order they were freed in `freed`. */
+ * now PARTIAL; its blocks, in the order malloc gave them, in `all`, the order they were freed
+ * in `freed` (indexes of `all`). */
 enum { MOST = TA_RUN_SIZE / 16 };
 static void *all[MOST], *next_run[MOST];
 static size_t freed[MOST];
@@ -222,7 +232,7 @@ static ta_run_t *scramble_a_run(size_t size, size_t nfree) {
   cr_assert_eq(ta_run_cap(r), cap);
   for (size_t i = 0; i < cap; i++)
     cr_assert_eq(ta_run_of(all[i]), r);
-  cr_assert_eq((size_t)(((char *)all[cap - 1] - ta_run_base(r)) / size), cap - 1);
+  cr_assert_eq(handout_rank(r, all[cap - 1]), cap - 1, "the run's blocks in the hand-out order");
   next_run[0] = ta_malloc(size);
   cr_assert_eq(r->state, RUN_FULL);
   for (size_t n = 0, k = 0; n < nfree; n++, k = (k + 389) % cap) {
@@ -243,12 +253,14 @@ static ta_run_t *scramble_a_run(size_t size, size_t nfree) {
 static void hands_out_in_address_order(size_t size) {
   size_t nfree = TA_RUN_SIZE / size * 3 / 4;
   ta_run_t *r = scramble_a_run(size, nfree);
-  char *last = NULL;
+  size_t last = 0;
   for (size_t n = 0; n < nfree; n++) {
     char *p = ta_malloc(size);
     cr_assert_eq(ta_run_of(p), r, "block %zu from the PARTIAL run", n);
-    cr_assert_gt(p, last, "block %zu: %p after %p", n, (void *)p, (void *)last);
-    last = p;
+    size_t rank = handout_rank(r, p);
+    if (n > 0)
+      cr_assert_gt(rank, last, "block %zu: %p (rank %zu) after rank %zu", n, (void *)p, rank, last);
+    last = rank;
     if (n == 0) check_run(r); /* the rest, rethreaded: every one on the list, marked */
   }
   cr_assert_eq(r->free, NULL, "every freed block, once");
@@ -300,13 +312,15 @@ Test(runs, a_live_block_holding_its_mark_is_not_taken_for_a_free_one) {
   ta_block_t *live = all[(freed[nfree - 1] + 389) % (TA_RUN_SIZE / 64)]; /* never freed */
   live->key = ta_mark(live);
   live->link = ta_link_enc(live); /* a list of its own beside the run's: its links hold */
-  char *last = NULL;
+  size_t last = 0;
   for (size_t n = 0; n < nfree; n++) {
     char *p = ta_malloc(64);
     cr_assert_eq(ta_run_of(p), r, "block %zu from the PARTIAL run", n);
     cr_assert_neq(p, (char *)live, "the live block handed out again as block %zu", n);
-    cr_assert_gt(p, last, "block %zu: %p after %p", n, (void *)p, (void *)last);
-    last = p;
+    size_t rank = handout_rank(r, p);
+    if (n > 0)
+      cr_assert_gt(rank, last, "block %zu: %p (rank %zu) after rank %zu", n, (void *)p, rank, last);
+    last = rank;
   }
   cr_assert_eq(r->free, NULL, "every freed block, once, and nothing else");
   cr_assert_eq(live->key, ta_mark(live), "the live block's data untouched");
@@ -1022,6 +1036,36 @@ Test(runs, nothing_goes_back_above_the_highest_block_in_use) {
   ta_free(blocks[ta_run_cap(r) - 1]);
 }
 
+/* Cache colour: a new run hands its first page out from the block its slot's colour names,
+ * on to the page's end, then from its start, then the other pages in address order; and runs
+ * in different slots start on different lines of the page, which without the colour they
+ * would all share (docs/design.md, "Cache colour"). */
+Test(runs, each_slot_hands_its_first_page_out_from_a_line_of_its_own) {
+  enum { RUNS = 8 };
+  size_t line[RUNS];
+  for (size_t n = 0; n < RUNS; n++) { /* each run filled: the next malloc takes a new slot */
+    void *first = ta_malloc(48);
+    ta_run_t *r = ta_run_of(first);
+    uint32_t cap = ta_run_cap(r), page = ta_run_page_blocks(r);
+    cr_assert_eq(r->limit, page * r->bsize, "a fresh run, its first page threaded");
+    size_t off = (size_t)((char *)first - ta_run_base(r));
+    cr_assert_lt(off, ta_page_size, "run %zu starts in its first page", n);
+    line[n] = off / 64;
+    for (size_t m = 0; m < n; m++)
+      cr_assert_neq(line[m], line[n], "runs %zu and %zu start on line %zu (slot %u)", m, n, line[n],
+                    (unsigned)r->slot);
+    /* The first page whole, from the colour on and around; then the rest ascending. */
+    size_t c = run_index(r, first);
+    for (uint32_t j = 1; j < cap; j++) {
+      void *p = ta_malloc(48);
+      cr_assert_eq(ta_run_of(p), r, "block %u from the active run", j);
+      size_t want = j < page ? (c + j) % page : j;
+      cr_assert_eq(run_index(r, p), want, "block %u: index %zu, not %zu", j, run_index(r, p), want);
+    }
+    check_run(r);
+  }
+}
+
 /* Blocks in use at 0 and in the middle: the pages above the middle one go, and the free
  * blocks below it are threaded again in address order. */
 Test(runs, the_list_below_the_highest_block_in_use_is_threaded_in_address_order) {
@@ -1034,15 +1078,25 @@ Test(runs, the_list_below_the_highest_block_in_use_is_threaded_in_address_order)
   cr_assert_eq(r->limit, (mid + 1) * r->bsize);
   check_run(r);
   cr_assert_eq(list_len(r->free), mid - 1);
-  size_t k = 1;
+  /* Every free block below mid once, in the order the lists hand blocks out: by rank. */
+  size_t k = 1, last = 0;
   for (ta_block_t *b = r->free; b; b = ta_block_next(b), k++) {
-    cr_assert_eq(b, blocks[k], "free block %zu in address order", k);
+    size_t i = run_index(r, b), rank = handout_rank(r, b);
+    cr_assert(i >= 1 && i < mid, "free block %zu: index %zu", k, i);
+    if (k > 1) cr_assert_gt(rank, last, "free block %zu (index %zu) in the hand-out order", k, i);
+    last = rank;
     cr_assert_eq(b->key, ta_mark(b), "still marked free");
   }
   cr_assert_leq(run_resident(r), (size_t)(mid + 1) * r->bsize + ta_page_size);
   check_block(0, 64);
   check_block(mid, 64);
-  for (k = 1; k < mid; k++) cr_assert_eq(ta_malloc(64), blocks[k], "low addresses first");
+  for (k = 1; k < mid; k++) {
+    void *p = ta_malloc(64);
+    size_t i = run_index(r, p), rank = handout_rank(r, p);
+    cr_assert(i >= 1 && i < mid, "low addresses first: malloc %zu gave index %zu", k, i);
+    if (k > 1) cr_assert_gt(rank, last, "malloc %zu (index %zu) in the hand-out order", k, i);
+    last = rank;
+  }
   for (k = 1; k < mid; k++) write_block(k, 64);
   refill_and_check(r, 64, mid + 1);
 }
