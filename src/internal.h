@@ -1089,22 +1089,24 @@ TA_INLINE char *ta_run_base(const ta_run_t *r) {
  * lowest blocks first, so without a colour each thread's hot blocks of every class would sit
  * at the same offsets of 64 KiB: the period of an 8-way L2 of 512 KiB (1,024 sets of 64-byte
  * lines), and a multiple of every L1's. They would contend for a few sets while the others
- * idle. So the lists hand out a run's first page from its colour, the block at
- * slot x 17 cache lines (modulo the page), on to the page's end, then from its start; then the
- * other pages in address order. 17 is prime to a page's 64 lines, so the 63 slots' colours
- * spread over the page: 63 different lines for blocks of 64 bytes or less, one of each of the
- * page's blocks for larger ones. run_carve threads the first page so, and run_rethread
- * keeps the order; the blocks themselves, `limit` and `accept` are as without (small.c;
- * docs/design.md, "Cache colour"). A class with fewer than two blocks a page has none (0), as
- * has the hardened build, which threads each page in an order it draws. */
+ * idle. So the lists hand out a run's first page from its colour, on to the page's end, then
+ * from its start; the other pages from their start, in address order. The colour is the
+ * slot's line of the page, slot x 17 modulo the page's lines (17 is odd, so the 63 slots take
+ * 63 different lines of a page of 64 lines or more), scaled to the page's blocks and rounded
+ * up: for blocks of 64 bytes or less the first block that starts on that line (63 slots, 63
+ * lines), for larger ones each block of the page as often as the next. run_carve threads the
+ * first page so, and run_rethread keeps the order; the blocks themselves, `limit` and `accept`
+ * are as without (small.c; docs/design.md, "Cache colour"). A class with fewer than two blocks
+ * a page has none (0), as has the hardened build, which threads each page in an order it
+ * draws. */
 TA_INLINE uint32_t ta_run_page_blocks(const ta_run_t *r) {
   return (uint32_t)(((uint64_t)ta_page_size * r->recip) >> 32); /* ta_run_cap's way */
 }
 TA_INLINE uint32_t ta_run_colour(const ta_run_t *r) {
-  uint32_t n = ta_run_page_blocks(r);
+  uint32_t n = ta_run_page_blocks(r), lines = (uint32_t)(ta_page_size / 64);
   if (ta_secure || n < 2) return 0;
-  uint32_t k = ta_run_index(r, (uint32_t)(r->slot * 17u * 64u) & (uint32_t)(ta_page_size - 1));
-  return k < n ? k : 0; /* a block that would end past the page */
+  uint32_t line = r->slot * 17u % lines, k = (line * n + lines - 1) / lines;
+  return k < n ? k : 0; /* past the page's last block: the first */
 }
 
 /* Pops a block off a run's free list, or NULL: the heart of every small allocation. The
@@ -1172,7 +1174,7 @@ TA_INLINE bool ta_small_valid(const ta_run_t *r, const void *p) {
 TA_HIDDEN bool ta_small_on_free_list(const ta_run_t *r, const void *p);
 TA_HIDDEN bool ta_small_marked_free(const ta_run_t *r, const void *p);
 TA_HIDDEN bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p);
-TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a);
+TA_HIDDEN void ta_small_retire_idle(ta_arena_t *a, bool owner);
 /* Gives the emptied runs of slots other arenas keep back to their keepers, those whose lock
  * can be had now; of the others, those freed at `cut` or before give their pages back to the
  * kernel (returned: their bytes). *waiting: the bytes still resident; *oldest: the time the

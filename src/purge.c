@@ -141,7 +141,9 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
     else
       PENDING(a->mid_since);
   }
-  if (mine) ta_small_retire_idle(a);
+  /* Empty runs: a mid class's kept one by any full purge (another thread's trim too), the
+   * active ones by their owner's. */
+  if (all) ta_small_retire_idle(a, mine);
   /* The free pages of runs in use, whose lists only the owner may rewrite: with `all` (the
    * caller owns the arena) or in the owner's own purge after the decay — not the budget's
    * (those pages are not counted in it), nor the background thread's, nor while the demand

@@ -880,14 +880,16 @@ bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p) {
   return freed;
 }
 
-/* Retires the active runs that hold no block, and the empty runs mid classes keep on their
- * lists (run_keeps_empty), on a full purge (malloc_trim, an ownerless arena), so that their
- * chunks can empty and go back. */
-void ta_small_retire_idle(ta_arena_t *a) {
+/* Retires the empty runs mid classes keep on their lists (run_keeps_empty) and, for the
+ * thread that owns a (`owner`), the active runs that hold no block, on a full purge
+ * (malloc_trim, an ownerless arena), so that their chunks can empty and go back. Another
+ * thread's trim holds a's lock, which keeps the owner's light sections out, so the lists are
+ * its to change; not the active runs, which the owner's fast path pops without either. */
+void ta_small_retire_idle(ta_arena_t *a, bool owner) {
   ta_slow_enter(a);
   for (unsigned cls = 1; cls <= TA_NUM_RUN; cls++) {
     ta_run_t *r = a->cur[cls];
-    if (r != &ta_empty_run && RUN_USED(r) == 0) {
+    if (owner && r != &ta_empty_run && RUN_USED(r) == 0) {
       a->cur[cls] = &ta_empty_run;
       TA_STORE(r->used, 0);
       run_retire(a, r);
@@ -1087,6 +1089,26 @@ static void run_free_bits(const ta_run_t *r, uint64_t *bits) {
   run_free_bits_walk(r, bits);
 }
 
+/* The blocks of r whose bits are set in [lo, hi) pushed onto list head, the highest first (their
+ * links alone: their marks are there). The new head. */
+static ta_block_t *push_bits_down(const ta_run_t *r, const uint64_t *bits, uint32_t lo, uint32_t hi,
+                                  ta_block_t *head) {
+  char *base = ta_run_base(r);
+  for (uint32_t w = (hi + 63) / 64; lo < hi && w-- > lo / 64;) {
+    uint64_t m = bits[w];
+    if (w == hi / 64) m &= ((uint64_t)1 << (hi % 64)) - 1; /* hi % 64 != 0 here */
+    if (w == lo / 64) m &= ~(uint64_t)0 << (lo % 64);
+    while (m != 0) {
+      unsigned top = 63 - (unsigned)__builtin_clzll(m);
+      m &= ~((uint64_t)1 << top);
+      ta_block_t *b = (ta_block_t *)(base + ((size_t)w * 64 + top) * r->bsize);
+      b->link = ta_link_enc(head);
+      head = b;
+    }
+  }
+  return head;
+}
+
 /* Threads r's free list again with its free blocks below index `keep`: in address order (the
  * first page from its colour, ta_run_colour), so that malloc favours the low end and the next
  * shrink finds more; the hardened build keeps
@@ -1105,44 +1127,29 @@ static void run_rethread(ta_run_t *r, const uint64_t *bits, uint32_t keep) {
     }
     if (last) last->link = ta_link_enc(NULL);
   } else {
-    /* From the highest block down, the first page's last, in its colour's order
-     * (ta_run_colour): the list hands out the first page from its colour, then ascends. */
+    /* The first page from its colour on (ta_run_colour), then from its start, then the
+     * other blocks in address order: pushed last to first. */
     uint32_t c = ta_run_colour(r), first = c != 0 ? ta_run_page_blocks(r) : 0;
-    for (uint32_t w = (keep + 63) / 64; w-- > 0;) {
-      uint64_t m = bits[w];
-      if (keep % 64 != 0 && w == keep / 64) m &= ((uint64_t)1 << (keep % 64)) - 1;
-      while (m != 0) {
-        unsigned top = 63 - (unsigned)__builtin_clzll(m);
-        m &= ~((uint64_t)1 << top);
-        uint32_t i = w * 64 + top;
-        if (i < first) break; /* this word's lower bits too */
-        ta_block_t *b = (ta_block_t *)(base + (size_t)i * r->bsize);
-        b->link = ta_link_enc(head);
-        head = b;
-      }
-    }
-    for (uint32_t j = first; j-- > 0;) {
-      uint32_t i = j + c < first ? j + c : j + c - first;
-      if (i >= keep || !(bits[i / 64] >> (i % 64) & 1)) continue;
-      ta_block_t *b = (ta_block_t *)(base + (size_t)i * r->bsize);
-      b->link = ta_link_enc(head);
-      head = b;
-    }
+    if (first > keep) first = keep;
+    if (c > keep) c = keep;
+    head = push_bits_down(r, bits, first, keep, NULL);
+    head = push_bits_down(r, bits, 0, c, head);
+    head = push_bits_down(r, bits, c, first, head);
   }
   r->free = head;
 }
 
 /* A PARTIAL run that becomes active with three quarters of its blocks or more free is
- * threaded again in address order: its list is in the order its blocks were freed, so after a
- * wave of frees malloc would hand out addresses in no order, and a program then walks what it
- * allocated together all over the run (python: 1.03-1.3 times jemalloc's time, whose slabs
- * hand addresses out in order, at fewer instructions and as many simulated cache misses). The
- * free blocks are found by a scan of the run's marks, or a walk of its list (run_free_bits),
- * and the run stays active until malloc has taken every one of them, so a run is read again
- * only after as many pops. Counted against the run's
- * capacity, not what is threaded: a run a shrink cut below three quarters does not qualify, but
- * the shrink left its list in address order. The hardened build keeps its random order.
- * docs/design.md, "Small blocks: runs", "Address order". */
+ * threaded again in address order (its first page from its colour, ta_run_colour): its list is in
+ * the order its blocks were freed, so after a wave of frees malloc would hand out addresses in no
+ * order, and a program then walks what it allocated together all over the run (python: 1.03-1.3
+ * times jemalloc's time, whose slabs hand addresses out in order, at fewer instructions and as many
+ * simulated cache misses). The free blocks are found by a scan of the run's marks, or a walk of its
+ * list (run_free_bits), and the run stays active until malloc has taken every one of them, so a run
+ * is read again only after as many pops. Counted against the run's capacity, not what is threaded:
+ * a run a shrink cut below three quarters does not qualify, but the shrink left its list in address
+ * order. The hardened build keeps its random order. docs/design.md, "Small blocks: runs", "Address
+ * order". */
 static void run_order_maybe(ta_run_t *r) {
   if (ta_secure || run_free_blocks(r) * 4 < ta_run_cap(r) * 3) return;
   uint64_t bits[RUN_MAX_BLOCKS / 64] = {0};

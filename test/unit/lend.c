@@ -276,7 +276,8 @@ Test(lend, a_slot_given_back_to_an_ownerless_keeper_goes_back_with_the_orphan_pu
   void *p = borrow_from_a_keeper_that_exits(&g);
   ta_free(p);
   atomic_store(&ta_orphan_due, 0);
-  ta_small_retire_idle(ta_tl_arena); /* the run retires: its slot back to the ownerless keeper */
+  ta_small_retire_idle(ta_tl_arena,
+                       true); /* the run retires: its slot back to the ownerless keeper */
   cr_assert_null(ta_tl_arena->lent_back);
   cr_assert_eq(g.arena->dirty_bytes, TA_RUN_SIZE, "resident, the keeper's");
   uint64_t due = atomic_load(&ta_orphan_due);
@@ -307,7 +308,7 @@ static void *borrow_empty_and_purge(void *arg) {
   ta_free(p);
   pthread_barrier_wait(&w->step); /* the main thread takes the keeper's lock */
   pthread_barrier_wait(&w->step);
-  ta_small_retire_idle(ta_tl_arena); /* the run is emptied and retired */
+  ta_small_retire_idle(ta_tl_arena, true); /* the run is emptied and retired */
   w->waited = ta_tl_arena->lent_back == w->run;
   w->dirty_waiting = ta_tl_arena->dirty_bytes;
   ta_arena_purge(ta_tl_arena, ta_os_now_ms(), TA_PURGE_ALL, 0, true); /* keeper still busy */
@@ -390,7 +391,7 @@ Test(lend, a_slot_given_back_while_an_orphan_purge_holds_its_keeper_is_not_forgo
   ta_free(p);
   cr_assert(ta_arena_try_claim(g.arena), "held, as an orphan purge holds it");
   atomic_store(&ta_orphan_due, 0);
-  ta_small_retire_idle(ta_tl_arena); /* back to the claimed keeper */
+  ta_small_retire_idle(ta_tl_arena, true); /* back to the claimed keeper */
   cr_assert_eq(g.arena->dirty_bytes, TA_RUN_SIZE);
   cr_assert_eq(atomic_load(&ta_orphan_due), 0, "claimed: nobody told yet");
   ta_arena_give_back(g.arena); /* the orphan purge lets it go */

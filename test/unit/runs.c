@@ -537,7 +537,8 @@ Test(runs, block_start_test_matches_division) {
 
 Test(runs, block_carved_but_never_handed_out_aborts, .signal = SIGABRT) {
   char *p = ta_malloc(128);
-  ta_free(p + 128); /* on the list, marked: freeing it would put it there twice */
+  cr_assert_not_null(ta_run_of(p)->free, "the page's other blocks are on the list");
+  ta_free(ta_run_of(p)->free); /* on the list, marked: freeing it would put it there twice */
 }
 
 Test(runs, pointer_into_unused_run_slot_aborts, .signal = SIGABRT) {
@@ -680,8 +681,47 @@ Test(mid, an_emptied_run_stays_listed_until_the_owners_purge, .init = mid_on) {
   cr_assert_eq(r2->state, RUN_UNUSED);
   cr_assert_null(a->partial[c]);
   cr_assert_eq(a->cur[c], r, "the current run stays");
-  ta_small_retire_idle(a);
+  ta_small_retire_idle(a, true);
   cr_assert_eq(r->owner, NULL, "a full purge retires the current one, empty");
+}
+
+static void *trim_from_elsewhere(void *v) {
+  (void)v;
+  ta_malloc_trim(0);
+  return NULL;
+}
+
+/* Another thread's malloc_trim retires the empty run a class keeps on its list (the owner may
+ * never purge again: it is idle), but not the owner's current run, which its fast path pops
+ * without the lock. */
+Test(mid, another_threads_trim_retires_the_empty_run_a_class_keeps, .init = mid_on) {
+  unsigned c = TA_NUM_RUN;
+  void *x[MID_CAP];
+  ta_run_t *r = mid_fill(x);
+  ta_arena_t *a = ta_tl_arena;
+  void *z = ta_malloc(TA_MID_MAX); /* r full: a second run current */
+  ta_run_t *r2 = ta_run_of(z);
+  for (int i = 0; i < MID_CAP; i++)
+    ta_free(x[i]); /* r emptied: kept */
+  cr_assert_eq(r->owner, a);
+  cr_assert_eq(a->partial[c], r);
+  cr_assert_neq(a->mid_kept, 0);
+  ta_free(z); /* r2, current, empty too */
+  cr_assert_eq(a->cur[c], r2);
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, trim_from_elsewhere, NULL), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_null(r->owner, "the kept run retired by another thread's trim");
+  cr_assert_eq(r->state, RUN_UNUSED);
+  cr_assert_null(a->partial[c]);
+  cr_assert_eq(a->mid_kept, 0, "none kept once it retired");
+  cr_assert_eq(a->cur[c], r2, "the current run stays: the owner pops it without the lock");
+  cr_assert_eq(r2->owner, a);
+  void *v = ta_malloc(TA_MID_MAX); /* the owner goes on from its current run */
+  cr_assert_eq(ta_run_of(v), r2);
+  ta_free(v);
+  ta_small_retire_idle(a, true); /* the owner's full purge retires its current run, empty */
+  cr_assert_null(r2->owner);
 }
 
 /* One empty run a class: a second that empties while the first is kept retires at once. */
@@ -1041,7 +1081,7 @@ Test(runs, nothing_goes_back_above_the_highest_block_in_use) {
  * in different slots start on different lines of the page, which without the colour they
  * would all share (docs/design.md, "Cache colour"). */
 Test(runs, each_slot_hands_its_first_page_out_from_a_line_of_its_own) {
-  enum { RUNS = 8 };
+  enum { RUNS = 63 }; /* a chunk's every slot, blocks of 48 bytes: two start in some lines */
   size_t line[RUNS];
   for (size_t n = 0; n < RUNS; n++) { /* each run filled: the next malloc takes a new slot */
     void *first = ta_malloc(48);
@@ -1064,6 +1104,38 @@ Test(runs, each_slot_hands_its_first_page_out_from_a_line_of_its_own) {
     }
     check_run(r);
   }
+}
+
+/* A shrink whose highest block in use lies in the first page, above the colour: the list
+ * threaded again hands out the colour's blocks up to it, then the page's first ones, and the
+ * next carve goes on from the limit. */
+Test(runs, a_shrink_within_the_first_page_keeps_its_colour_order) {
+  ta_run_t *r = fill_run(64);
+  needs_runs_that_shrink();
+  uint32_t c = ta_run_colour(r), page = ta_run_page_blocks(r);
+  cr_assert_gt(c, 1, "slot %u's colour: block %u", (unsigned)r->slot, c);
+  uint32_t hi = c + 3 < page ? c + 3 : page - 1; /* the highest in use, above the colour */
+  for (uint32_t k = ta_run_cap(r); k-- > 1;)
+    if (k != hi) ta_free(blocks[k]);
+  cr_assert_gt(ta_small_shrink(ta_tl_arena), 0);
+  cr_assert_eq(r->limit, (hi + 1) * r->bsize);
+  check_run(r);
+  cr_assert_eq(list_len(r->free), hi - 1);
+  const ta_block_t *b = r->free;
+  for (uint32_t i = c; i < hi; i++, b = ta_block_next(b))
+    cr_assert_eq(run_index(r, b), i, "from the colour up");
+  for (uint32_t i = 1; i < c; i++, b = ta_block_next(b))
+    cr_assert_eq(run_index(r, b), i, "then from the page's start");
+  cr_assert_null(b);
+  for (uint32_t i = 1; i < hi; i++) {
+    void *p = ta_malloc(64);
+    cr_assert_eq(ta_run_of(p), r);
+    blocks[run_index(r, p)] = p;
+  }
+  void *q = ta_malloc(64);
+  cr_assert_eq(run_index(r, q), hi + 1, "the next carve from the limit");
+  blocks[hi + 1] = q;
+  check_run(r);
 }
 
 /* Blocks in use at 0 and in the middle: the pages above the middle one go, and the free
@@ -1927,7 +1999,7 @@ static ta_chunk_t *empty_resident_chunk_with_a_huge_half(void) {
   cr_assert_eq(c->thp, LOWER);
   alloc_blocks(b, 31 * A_CAP + 1, 1, A_SIZE);
   free_blocks(b, 0, 31 * A_CAP + 2); /* every run retires but the current ones */
-  ta_small_retire_idle(ta_tl_arena); /* the current runs too */
+  ta_small_retire_idle(ta_tl_arena, true); /* the current runs too */
   cr_assert_eq(ta_map_get((uintptr_t)c), TA_MAP_NONE, "empty");
   cr_assert_eq(c->decommitted, 0, "kept resident");
   cr_assert_eq(c->thp, LOWER);

@@ -109,7 +109,7 @@ Test(stats, a_chunk_given_back_in_place_keeps_its_shadow_for_its_next_runs) {
   for (size_t i = 0; i < n; i++)
     ta_free(b[i]);
   ta_arena_t *a = ta_tl_arena;
-  ta_small_retire_idle(a);
+  ta_small_retire_idle(a, true);
   cr_assert_eq(ta_map_get((uintptr_t)c), TA_MAP_NONE, "empty");
   ta_dirty_forget_demand(a);
   atomic_fetch_add(&ta_stats_readers, 1); /* as while statistics are read: no unmapping */
