@@ -1221,8 +1221,8 @@ static TA_NOINLINE void secure_free(void *p) {
 /* Gives back at once everything purge.c would give back later: this thread's free memory,
  * that of every arena without an owner, and, in the arenas of other live threads, everything
  * their slow-path locks guard (empty chunks, retired run slots, free medium blocks and the
- * cache of them; not the free pages of their runs in use, whose lists only their owners may
- * rewrite). Returns 1 if anything went back. */
+ * cache of them, the empty runs their mid classes keep; not the free pages of their runs in
+ * use, whose lists only their owners may rewrite). Returns 1 if anything went back. */
 int ta_malloc_trim(size_t pad) {
   (void)pad;
   int saved = errno;

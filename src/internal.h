@@ -147,6 +147,7 @@ _Static_assert(TA_RUN_SIZE >= TA_PAGE_MAX, "a run is a whole number of pages");
  * in the first page in their place. */
 #define TA_MID_MAX ((size_t)16384)
 #define TA_NUM_RUN (TA_SECURE ? TA_NUM_SMALL : 64) /* classes that may have runs */
+#define TA_NUM_MID 8 /* the mid classes, 57..64 (none has runs in the hardened build) */
 /* The first class (1 KiB) whose blocks come from the medium heap until it is used often
  * (alloc.c, class_has_runs): below it, a page of a run holds 4 blocks or more, and blocks
  * keep the checks of runs from the first. */
@@ -605,7 +606,9 @@ typedef struct ta_arena {
    * release of their pages (ta_small_mid_release; 0: none since): the owner's, under the lock
    * or in a light section. */
   uint64_t mid_since;
-  uint8_t mid_kept; /* bit c - 57: mid class c keeps an empty run on its list (small.c) */
+  /* [c - 57]: the empty run mid class c keeps on its list, or NULL (small.c,
+   * run_keeps_empty); set and cleared by the owner, under the lock or in a light section. */
+  struct ta_run *mid_kept[TA_NUM_MID];
   uint16_t cold_allocs[TA_NUM_RUN + 1]; /* blocks of each class served from the medium heap */
   /* Blocks of each class live in the medium heap (TA_M_CLASS), whichever thread holds them.
    * Not the owner's alone: changed by any thread that holds the slow-path lock (medium.c,

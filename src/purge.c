@@ -141,10 +141,10 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
     else
       PENDING(a->mid_since);
   }
-  /* Empty runs: a mid class's kept one by any full purge (another thread's trim too), the
-   * active ones by their owner's. */
+  /* Empty runs: the ones mid classes keep, by any full purge (another thread's trim too:
+   * ta_small_retire_idle); the active ones by their owner's alone. */
   if (all) ta_small_retire_idle(a, mine);
-  /* The free pages of runs in use, whose lists only the owner may rewrite: with `all` (the
+  /* The free pages of runs in use, whose lists only the owner may rewrite: with `mine` (the
    * caller owns the arena) or in the owner's own purge after the decay — not the budget's
    * (those pages are not counted in it), nor the background thread's, nor while the demand
    * holds. Before the passes below: taking in remote frees may retire runs and empty chunks. */

@@ -37,12 +37,14 @@ static void mid_note(ta_arena_t *a, unsigned cls) {
   if (cls > TA_NUM_SMALL && a->mid_since == 0) mid_clock(a);
 }
 
-/* A mid class's bit in arena.mid_kept. */
-static uint8_t mid_bit(unsigned cls) { return (uint8_t)(1u << (cls - TA_NUM_SMALL - 1)); }
-/* Run r, empty on its class's list, leaves it (current again, or retired): it was the run its
- * mid class kept (run_keeps_empty), the one empty run a class keeps there. */
+/* The place of mid class cls's kept run in arena.mid_kept. */
+static ta_run_t **mid_slot(ta_arena_t *a, unsigned cls) {
+  return &a->mid_kept[cls - TA_NUM_SMALL - 1];
+}
+/* Run r leaves its class's list (current again, or retired): if it was the empty run its mid
+ * class kept there (run_keeps_empty), the class keeps none now. */
 static void mid_unkeep(ta_arena_t *a, const ta_run_t *r) {
-  if (r->cls > TA_NUM_SMALL && r->used == 0) a->mid_kept &= (uint8_t)~mid_bit(r->cls);
+  if (r->cls > TA_NUM_SMALL && *mid_slot(a, r->cls) == r) *mid_slot(a, r->cls) = NULL;
 }
 
 /* A run joins its class's PARTIAL list at the head (newest first); the tail is the oldest
@@ -808,8 +810,8 @@ static void mid_clock(ta_arena_t *a) {
  * the pages of a run kept empty by a thread that then idles stay (but those past each block's
  * first: ta_small_mid_release). It retires at the owner's next purge after the decay
  * (ta_small_shrink), or a full purge's (ta_small_retire_idle), its slot going back then. */
-static bool run_keeps_empty(const ta_arena_t *a, const ta_run_t *r) {
-  return r->cls > TA_NUM_SMALL && !(a->mid_kept & mid_bit(r->cls)) &&
+static bool run_keeps_empty(ta_arena_t *a, const ta_run_t *r) {
+  return r->cls > TA_NUM_SMALL && *mid_slot(a, r->cls) == NULL &&
          TA_LOAD(ta_run_limit) > TA_SMALL_MAX;
 }
 
@@ -820,7 +822,7 @@ static bool run_keeps_empty(const ta_arena_t *a, const ta_run_t *r) {
 void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
   if (!ta_secure && ta_light_enter(a)) {
     bool keep = (r->used & ~RUN_FULL_BIT) == 0 && run_keeps_empty(a, r);
-    if (keep) a->mid_kept |= mid_bit(r->cls);
+    if (keep) *mid_slot(a, r->cls) = r;
     if ((r->used & ~RUN_FULL_BIT) != 0 || keep) {
       if (r->used & RUN_FULL_BIT) run_to_partial(a, r);
       mid_note(a, r->cls);
@@ -832,7 +834,7 @@ void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
   }
   ta_slow_enter(a);
   bool keep = (r->used & ~RUN_FULL_BIT) == 0 && run_keeps_empty(a, r);
-  if (keep) a->mid_kept |= mid_bit(r->cls);
+  if (keep) *mid_slot(a, r->cls) = r;
   mid_note(a, r->cls);
   if (r->used & RUN_FULL_BIT) run_to_partial(a, r);
   if (r->used == 0 && r->state == RUN_PARTIAL && !keep) {
@@ -883,24 +885,26 @@ bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p) {
 /* Retires the empty runs mid classes keep on their lists (run_keeps_empty) and, for the
  * thread that owns a (`owner`), the active runs that hold no block, on a full purge
  * (malloc_trim, an ownerless arena), so that their chunks can empty and go back. Another
- * thread's trim holds a's lock, which keeps the owner's light sections out, so the lists are
- * its to change; not the active runs, which the owner's fast path pops without either. */
+ * thread's trim holds a's lock, which keeps the owner's light sections out, where the owner
+ * makes a run its class's kept one or takes it off the list: the kept runs are its to retire,
+ * by name (arena.mid_kept). Not any other run found empty: the owner's free may be between its
+ * count and its slow path, which decides the run's fate. Nor the active runs, which the owner's
+ * fast path pops without the lock. */
 void ta_small_retire_idle(ta_arena_t *a, bool owner) {
   ta_slow_enter(a);
-  for (unsigned cls = 1; cls <= TA_NUM_RUN; cls++) {
+  for (unsigned cls = TA_NUM_SMALL + 1; cls <= TA_NUM_RUN; cls++) {
+    ta_run_t *k = *mid_slot(a, cls);
+    if (k == NULL || TA_LOAD(k->used) != 0 || k->state != RUN_PARTIAL) continue;
+    mid_unkeep(a, k);
+    partial_remove(a, k);
+    run_retire(a, k);
+  }
+  for (unsigned cls = 1; owner && cls <= TA_NUM_RUN; cls++) {
     ta_run_t *r = a->cur[cls];
-    if (owner && r != &ta_empty_run && RUN_USED(r) == 0) {
+    if (r != &ta_empty_run && RUN_USED(r) == 0) {
       a->cur[cls] = &ta_empty_run;
       TA_STORE(r->used, 0);
       run_retire(a, r);
-    }
-    if (cls <= TA_NUM_SMALL) continue; /* a small class's list holds no empty run */
-    for (ta_run_t *p = a->partial[cls], *next; p != NULL; p = next) {
-      next = p->next;
-      if (p->used != 0) continue;
-      mid_unkeep(a, p);
-      partial_remove(a, p);
-      run_retire(a, p);
     }
   }
   ta_slow_leave(a);

@@ -705,7 +705,7 @@ Test(mid, another_threads_trim_retires_the_empty_run_a_class_keeps, .init = mid_
     ta_free(x[i]); /* r emptied: kept */
   cr_assert_eq(r->owner, a);
   cr_assert_eq(a->partial[c], r);
-  cr_assert_neq(a->mid_kept, 0);
+  cr_assert_eq(a->mid_kept[c - TA_NUM_SMALL - 1], r, "r is the class's kept run");
   ta_free(z); /* r2, current, empty too */
   cr_assert_eq(a->cur[c], r2);
   pthread_t t;
@@ -714,7 +714,7 @@ Test(mid, another_threads_trim_retires_the_empty_run_a_class_keeps, .init = mid_
   cr_assert_null(r->owner, "the kept run retired by another thread's trim");
   cr_assert_eq(r->state, RUN_UNUSED);
   cr_assert_null(a->partial[c]);
-  cr_assert_eq(a->mid_kept, 0, "none kept once it retired");
+  cr_assert_null(a->mid_kept[c - TA_NUM_SMALL - 1], "none kept once it retired");
   cr_assert_eq(a->cur[c], r2, "the current run stays: the owner pops it without the lock");
   cr_assert_eq(r2->owner, a);
   void *v = ta_malloc(TA_MID_MAX); /* the owner goes on from its current run */
@@ -722,6 +722,38 @@ Test(mid, another_threads_trim_retires_the_empty_run_a_class_keeps, .init = mid_
   ta_free(v);
   ta_small_retire_idle(a, true); /* the owner's full purge retires its current run, empty */
   cr_assert_null(r2->owner);
+}
+
+/* A run found empty on its class's list by another thread's trim is retired only if it is the
+ * one its class keeps: the owner's free of its last block may be between the count and the
+ * slow path, which decides (here the owner is stopped there by hand, as a preemption would). */
+Test(mid, another_threads_trim_leaves_a_run_the_owner_is_emptying, .init = mid_on) {
+  unsigned c = TA_NUM_RUN;
+  void *x[MID_CAP];
+  ta_run_t *r = mid_fill(x);
+  ta_arena_t *a = ta_tl_arena;
+  void *z = ta_malloc(TA_MID_MAX); /* r full: a second run current */
+  for (int i = 0; i + 1 < MID_CAP; i++)
+    ta_free(x[i]); /* r PARTIAL, one block in use */
+  cr_assert_null(a->mid_kept[c - TA_NUM_SMALL - 1]);
+  /* ta_free of the last block up to its count (alloc.c), the slow path not yet reached */
+  ta_block_t *b = x[MID_CAP - 1];
+  b->link = ta_link_enc(r->free);
+  b->key = ta_mark(b);
+  r->free = b;
+  cr_assert(ta_dec_le_zero(&r->used), "the count reaches zero: the slow path is due");
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, trim_from_elsewhere, NULL), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_eq(r->owner, a, "not the kept run: the trim leaves it");
+  cr_assert_eq(r->state, RUN_PARTIAL);
+  ta_small_free_slow(a, r); /* the owner goes on: the class keeps it */
+  cr_assert_eq(a->mid_kept[c - TA_NUM_SMALL - 1], r);
+  cr_assert_eq(pthread_create(&t, NULL, trim_from_elsewhere, NULL), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_null(r->owner, "kept, it goes at the next trim");
+  cr_assert_null(a->mid_kept[c - TA_NUM_SMALL - 1]);
+  ta_free(z);
 }
 
 /* One empty run a class: a second that empties while the first is kept retires at once. */
@@ -734,16 +766,16 @@ Test(mid, a_class_keeps_one_empty_run, .init = mid_on) {
   for (int i = 0; i < MID_CAP; i++)
     ta_free(x[i]);
   cr_assert_eq(r->owner, a, "the first kept");
-  cr_assert_eq(a->mid_kept, 1u << (TA_NUM_RUN - TA_NUM_SMALL - 1));
+  cr_assert_eq(a->mid_kept[TA_NUM_MID - 1], r);
   for (int i = 0; i < MID_CAP; i++)
     ta_free(y[i]);
   cr_assert_eq(r2->owner, NULL, "the second retired");
   cr_assert_eq(r->owner, a);
-  cr_assert_eq(a->mid_kept, 1u << (TA_NUM_RUN - TA_NUM_SMALL - 1), "the first still kept");
+  cr_assert_eq(a->mid_kept[TA_NUM_MID - 1], r, "the first still kept");
   cr_assert_eq(a->partial[TA_NUM_RUN], r);
   (void)ta_small_shrink(a);
   cr_assert_eq(r->owner, NULL);
-  cr_assert_eq(a->mid_kept, 0, "none kept once it retired");
+  cr_assert_null(a->mid_kept[TA_NUM_MID - 1], "none kept once it retired");
   ta_free(z);
 }
 
