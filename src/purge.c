@@ -319,6 +319,10 @@ size_t ta_arena_purge(ta_arena_t *a, uint64_t now, unsigned mode, uint64_t age, 
 
 size_t ta_purge_owned_now(ta_arena_t *a, uint64_t now) {
   size_t freed = 0;
+  /* Not an arena whose lock this thread holds already: a signal handler's trim nested in a
+   * borrow or return of that arena's run slot (small.c), which its purge would change under
+   * it (as ta_purge_orphans). */
+  if (ta_slow_held_by_me(a)) return 0;
   /* Another thread's lock: not while a fork is under way (dirty.c, ta_fork_hold). */
   if (!ta_fork_hold()) return 0;
   ta_slow_enter(a); /* the owner may be in a slow path: a short wait */

@@ -811,8 +811,11 @@ static void mid_clock(ta_arena_t *a) {
  * first: ta_small_mid_release). It retires at the owner's next purge after the decay
  * (ta_small_shrink), or a full purge's (ta_small_retire_idle), its slot going back then. */
 static bool run_keeps_empty(ta_arena_t *a, const ta_run_t *r) {
-  return r->cls > TA_NUM_SMALL && *mid_slot(a, r->cls) == NULL &&
-         TA_LOAD(ta_run_limit) > TA_SMALL_MAX;
+  if (r->cls <= TA_NUM_SMALL) return false;
+  ta_run_t *k = *mid_slot(a, r->cls);
+  /* Named already: a signal handler's calls, nested in the owner's free of r's last block
+   * (between its count and this slow path), took r and emptied it again. */
+  return k == r || (k == NULL && TA_LOAD(ta_run_limit) > TA_SMALL_MAX);
 }
 
 /* After a free made the run's list non-empty again or emptied the run. A FULL run's first
@@ -820,6 +823,10 @@ static bool run_keeps_empty(ta_arena_t *a, const ta_run_t *r) {
  * there, in the owner's light section (as a refill takes it, refill_light: lists and states no
  * lender of run slots touches); emptying any other run gives its slot back, under the lock. */
 void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
+  /* A run a signal handler's purge retired, nested in this free (see ta_small_shrink: it does
+   * not retire such a run, but a claimer's purge of an arena whose thread died here does):
+   * nothing is left to do. */
+  if (TA_UNLIKELY(r->state == RUN_UNUSED)) return;
   if (!ta_secure && ta_light_enter(a)) {
     bool keep = (r->used & ~RUN_FULL_BIT) == 0 && run_keeps_empty(a, r);
     if (keep) *mid_slot(a, r->cls) = r;
@@ -893,9 +900,11 @@ bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p) {
 void ta_small_retire_idle(ta_arena_t *a, bool owner) {
   ta_slow_enter(a);
   for (unsigned cls = TA_NUM_SMALL + 1; cls <= TA_NUM_RUN; cls++) {
-    ta_run_t *k = *mid_slot(a, cls);
-    if (k == NULL || TA_LOAD(k->used) != 0 || k->state != RUN_PARTIAL) continue;
-    mid_unkeep(a, k);
+    ta_run_t **slot = mid_slot(a, cls), *k = *slot;
+    if (k == NULL || k->owner != a || k->cls != cls || k->state != RUN_PARTIAL ||
+        TA_LOAD(k->used) != 0)
+      continue;
+    *slot = NULL;
     partial_remove(a, k);
     run_retire(a, k);
   }
@@ -1223,9 +1232,12 @@ size_t ta_small_shrink(ta_arena_t *a) {
     if (a->cur[cls] != &ta_empty_run) freed += run_shrink(a->cur[cls]);
     for (ta_run_t *r = a->partial[cls], *next; r; r = next) {
       next = r->next;
-      /* An empty run a mid class kept (run_keeps_empty) retires now: its slot goes back,
-       * its pages after the decay as any retired slot's. */
-      if (r->used == 0) {
+      /* The empty run a mid class keeps (run_keeps_empty) retires now: its slot goes back,
+       * its pages after the decay as any retired slot's. Not another run found empty: this
+       * may be a signal handler's purge nested in the owner's free of that run's last block,
+       * between its count and the slow path that decides (ta_small_free_slow); it shrinks as
+       * any other. */
+      if (r->used == 0 && cls > TA_NUM_SMALL && r == *mid_slot(a, cls)) {
         mid_unkeep(a, r);
         partial_remove(a, r);
         run_retire(a, r);

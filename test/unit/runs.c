@@ -756,6 +756,35 @@ Test(mid, another_threads_trim_leaves_a_run_the_owner_is_emptying, .init = mid_o
   ta_free(z);
 }
 
+/* The same stop, and a purge of the owner's own nested in it (a signal handler's malloc may
+ * run one): the run is not the kept one, so the purge leaves it on its list, and the owner's
+ * slow path then keeps it, named, rather than naming a run retired under it. */
+Test(mid, a_nested_purge_leaves_a_run_the_owner_is_emptying, .init = mid_on) {
+  unsigned c = TA_NUM_RUN;
+  void *x[MID_CAP];
+  ta_run_t *r = mid_fill(x);
+  ta_arena_t *a = ta_tl_arena;
+  void *z = ta_malloc(TA_MID_MAX);
+  for (int i = 0; i + 1 < MID_CAP; i++)
+    ta_free(x[i]);
+  ta_block_t *b = x[MID_CAP - 1];
+  b->link = ta_link_enc(r->free);
+  b->key = ta_mark(b);
+  r->free = b;
+  cr_assert(ta_dec_le_zero(&r->used));
+  (void)ta_small_shrink(a); /* the handler's purge */
+  cr_assert_eq(r->owner, a, "not the kept run: the purge leaves it");
+  cr_assert_eq(r->state, RUN_PARTIAL);
+  ta_small_free_slow(a, r);
+  cr_assert_eq(a->mid_kept[c - TA_NUM_SMALL - 1], r, "kept and named");
+  cr_assert_eq(a->partial[c], r);
+  check_run(r);
+  (void)ta_small_shrink(a); /* now it goes, named */
+  cr_assert_null(r->owner);
+  cr_assert_null(a->mid_kept[c - TA_NUM_SMALL - 1]);
+  ta_free(z);
+}
+
 /* One empty run a class: a second that empties while the first is kept retires at once. */
 Test(mid, a_class_keeps_one_empty_run, .init = mid_on) {
   void *x[MID_CAP], *y[MID_CAP];
