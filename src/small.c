@@ -823,9 +823,8 @@ static bool run_keeps_empty(ta_arena_t *a, const ta_run_t *r) {
  * there, in the owner's light section (as a refill takes it, refill_light: lists and states no
  * lender of run slots touches); emptying any other run gives its slot back, under the lock. */
 void ta_small_free_slow(ta_arena_t *a, ta_run_t *r) {
-  /* A run a signal handler's purge retired, nested in this free (see ta_small_shrink: it does
-   * not retire such a run, but a claimer's purge of an arena whose thread died here does):
-   * nothing is left to do. */
+  /* A run retired under this free by calls nested in it (a signal handler's; no purge
+   * retires a run its class does not name, ta_small_shrink): nothing is left to do. */
   if (TA_UNLIKELY(r->state == RUN_UNUSED)) return;
   if (!ta_secure && ta_light_enter(a)) {
     bool keep = (r->used & ~RUN_FULL_BIT) == 0 && run_keeps_empty(a, r);
