@@ -614,7 +614,7 @@ static ta_block_t *thread_down(const ta_run_t *r, char *base, uint32_t from, uin
 
 static void run_carve(ta_run_t *r) {
   uint32_t left = ta_run_cap(r) - r->limit / r->bsize;
-  uint32_t n = (uint32_t)(ta_page_size / r->bsize);
+  uint32_t n = ta_run_page_blocks(r);
   if (n == 0) n = 1;
   if (n > left) n = left;
   char *base = ta_run_base(r) + r->limit;
@@ -801,6 +801,14 @@ static void mid_clock(ta_arena_t *a) {
   ta_purge_note(a, a->mid_since);
 }
 
+/* Retires k, the empty run its mid class keeps on its list (arena.mid_kept): unnamed, off the
+ * list, its slot given back. The owner's shrink and any full purge's (ta_small_retire_idle). */
+static void mid_retire_kept(ta_arena_t *a, ta_run_t *k) {
+  mid_unkeep(a, k);
+  partial_remove(a, k);
+  run_retire(a, k);
+}
+
 /* Whether run r of arena a stays on its class's list when it empties: a mid class's (9 to
  * 16 KiB), while runs serve those classes, and one a class (arena.mid_kept). Its run holds 4
  * to 7 blocks, so a thread that keeps a few of them live empties one and needs another every
@@ -899,13 +907,11 @@ bool ta_small_freed(ta_arena_t *a, ta_run_t *r, const void *p) {
 void ta_small_retire_idle(ta_arena_t *a, bool owner) {
   ta_slow_enter(a);
   for (unsigned cls = TA_NUM_SMALL + 1; cls <= TA_NUM_RUN; cls++) {
-    ta_run_t **slot = mid_slot(a, cls), *k = *slot;
+    ta_run_t *k = *mid_slot(a, cls);
     if (k == NULL || k->owner != a || k->cls != cls || k->state != RUN_PARTIAL ||
         TA_LOAD(k->used) != 0)
       continue;
-    *slot = NULL;
-    partial_remove(a, k);
-    run_retire(a, k);
+    mid_retire_kept(a, k);
   }
   for (unsigned cls = 1; owner && cls <= TA_NUM_RUN; cls++) {
     ta_run_t *r = a->cur[cls];
@@ -1237,9 +1243,7 @@ size_t ta_small_shrink(ta_arena_t *a) {
        * between its count and the slow path that decides (ta_small_free_slow); it shrinks as
        * any other. */
       if (r->used == 0 && cls > TA_NUM_SMALL && r == *mid_slot(a, cls)) {
-        mid_unkeep(a, r);
-        partial_remove(a, r);
-        run_retire(a, r);
+        mid_retire_kept(a, r);
         continue;
       }
       freed += run_shrink(r);

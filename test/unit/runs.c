@@ -690,6 +690,25 @@ static void *trim_from_elsewhere(void *v) {
   ta_malloc_trim(0);
   return NULL;
 }
+/* malloc_trim called by another thread, this one waiting. */
+static void trim_from_another_thread(void) {
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, trim_from_elsewhere, NULL), 0);
+  cr_assert_eq(pthread_join(t, NULL), 0);
+}
+/* The run mid class c keeps empty on a's list, or NULL. */
+static ta_run_t *kept_run(const ta_arena_t *a, unsigned c) {
+  return a->mid_kept[c - TA_NUM_SMALL - 1];
+}
+/* ta_free of p, the last block in use of run r, stopped where a preemption may stop it: pushed
+ * and counted (alloc.c), the slow path that the count at zero calls for not reached yet. */
+static void free_stopped_at_the_count(ta_run_t *r, void *p) {
+  ta_block_t *b = p;
+  b->link = ta_link_enc(r->free);
+  b->key = ta_mark(b);
+  r->free = b;
+  cr_assert(ta_dec_le_zero(&r->used), "the count reaches zero: the slow path is due");
+}
 
 /* Another thread's malloc_trim retires the empty run a class keeps on its list (the owner may
  * never purge again: it is idle), but not the owner's current run, which its fast path pops
@@ -705,16 +724,14 @@ Test(mid, another_threads_trim_retires_the_empty_run_a_class_keeps, .init = mid_
     ta_free(x[i]); /* r emptied: kept */
   cr_assert_eq(r->owner, a);
   cr_assert_eq(a->partial[c], r);
-  cr_assert_eq(a->mid_kept[c - TA_NUM_SMALL - 1], r, "r is the class's kept run");
+  cr_assert_eq(kept_run(a, c), r, "r is the class's kept run");
   ta_free(z); /* r2, current, empty too */
   cr_assert_eq(a->cur[c], r2);
-  pthread_t t;
-  cr_assert_eq(pthread_create(&t, NULL, trim_from_elsewhere, NULL), 0);
-  cr_assert_eq(pthread_join(t, NULL), 0);
+  trim_from_another_thread();
   cr_assert_null(r->owner, "the kept run retired by another thread's trim");
   cr_assert_eq(r->state, RUN_UNUSED);
   cr_assert_null(a->partial[c]);
-  cr_assert_null(a->mid_kept[c - TA_NUM_SMALL - 1], "none kept once it retired");
+  cr_assert_null(kept_run(a, c), "none kept once it retired");
   cr_assert_eq(a->cur[c], r2, "the current run stays: the owner pops it without the lock");
   cr_assert_eq(r2->owner, a);
   void *v = ta_malloc(TA_MID_MAX); /* the owner goes on from its current run */
@@ -735,24 +752,16 @@ Test(mid, another_threads_trim_leaves_a_run_the_owner_is_emptying, .init = mid_o
   void *z = ta_malloc(TA_MID_MAX); /* r full: a second run current */
   for (int i = 0; i + 1 < MID_CAP; i++)
     ta_free(x[i]); /* r PARTIAL, one block in use */
-  cr_assert_null(a->mid_kept[c - TA_NUM_SMALL - 1]);
-  /* ta_free of the last block up to its count (alloc.c), the slow path not yet reached */
-  ta_block_t *b = x[MID_CAP - 1];
-  b->link = ta_link_enc(r->free);
-  b->key = ta_mark(b);
-  r->free = b;
-  cr_assert(ta_dec_le_zero(&r->used), "the count reaches zero: the slow path is due");
-  pthread_t t;
-  cr_assert_eq(pthread_create(&t, NULL, trim_from_elsewhere, NULL), 0);
-  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_null(kept_run(a, c));
+  free_stopped_at_the_count(r, x[MID_CAP - 1]);
+  trim_from_another_thread();
   cr_assert_eq(r->owner, a, "not the kept run: the trim leaves it");
   cr_assert_eq(r->state, RUN_PARTIAL);
   ta_small_free_slow(a, r); /* the owner goes on: the class keeps it */
-  cr_assert_eq(a->mid_kept[c - TA_NUM_SMALL - 1], r);
-  cr_assert_eq(pthread_create(&t, NULL, trim_from_elsewhere, NULL), 0);
-  cr_assert_eq(pthread_join(t, NULL), 0);
+  cr_assert_eq(kept_run(a, c), r);
+  trim_from_another_thread();
   cr_assert_null(r->owner, "kept, it goes at the next trim");
-  cr_assert_null(a->mid_kept[c - TA_NUM_SMALL - 1]);
+  cr_assert_null(kept_run(a, c));
   ta_free(z);
 }
 
@@ -767,21 +776,17 @@ Test(mid, a_nested_purge_leaves_a_run_the_owner_is_emptying, .init = mid_on) {
   void *z = ta_malloc(TA_MID_MAX);
   for (int i = 0; i + 1 < MID_CAP; i++)
     ta_free(x[i]);
-  ta_block_t *b = x[MID_CAP - 1];
-  b->link = ta_link_enc(r->free);
-  b->key = ta_mark(b);
-  r->free = b;
-  cr_assert(ta_dec_le_zero(&r->used));
+  free_stopped_at_the_count(r, x[MID_CAP - 1]);
   (void)ta_small_shrink(a); /* the handler's purge */
   cr_assert_eq(r->owner, a, "not the kept run: the purge leaves it");
   cr_assert_eq(r->state, RUN_PARTIAL);
   ta_small_free_slow(a, r);
-  cr_assert_eq(a->mid_kept[c - TA_NUM_SMALL - 1], r, "kept and named");
+  cr_assert_eq(kept_run(a, c), r, "kept and named");
   cr_assert_eq(a->partial[c], r);
   check_run(r);
   (void)ta_small_shrink(a); /* now it goes, named */
   cr_assert_null(r->owner);
-  cr_assert_null(a->mid_kept[c - TA_NUM_SMALL - 1]);
+  cr_assert_null(kept_run(a, c));
   ta_free(z);
 }
 
@@ -795,16 +800,16 @@ Test(mid, a_class_keeps_one_empty_run, .init = mid_on) {
   for (int i = 0; i < MID_CAP; i++)
     ta_free(x[i]);
   cr_assert_eq(r->owner, a, "the first kept");
-  cr_assert_eq(a->mid_kept[TA_NUM_MID - 1], r);
+  cr_assert_eq(kept_run(a, TA_NUM_RUN), r);
   for (int i = 0; i < MID_CAP; i++)
     ta_free(y[i]);
   cr_assert_eq(r2->owner, NULL, "the second retired");
   cr_assert_eq(r->owner, a);
-  cr_assert_eq(a->mid_kept[TA_NUM_MID - 1], r, "the first still kept");
+  cr_assert_eq(kept_run(a, TA_NUM_RUN), r, "the first still kept");
   cr_assert_eq(a->partial[TA_NUM_RUN], r);
   (void)ta_small_shrink(a);
   cr_assert_eq(r->owner, NULL);
-  cr_assert_null(a->mid_kept[TA_NUM_MID - 1], "none kept once it retired");
+  cr_assert_null(kept_run(a, TA_NUM_RUN), "none kept once it retired");
   ta_free(z);
 }
 
