@@ -22,6 +22,10 @@
  *                       (huge.c), and the halves huge_halves allows (small.c)
  *   huge_batch:BOOL     drop the pages a sparse huge span gathered in one call for many ranges
  *                       (process_madvise; default true: docs/design.md, "Over that share")
+ *   huge_fresh:BOOL     with huge_pages, huge pages up front on a fresh huge block of a size
+ *                       known to be written through, and a span with them drops the excess a
+ *                       smaller block leaves (unset: true, but false where the host reclaims
+ *                       the memory the kernel leaves free; huge.c, fresh_huge_costly)
  *   huge_halves:BOOL    with huge_pages, each 2 MiB half of a small chunk made one huge
  *                       page once dense (small.c; unset: only where the kernel's mode is
  *                       `always`; docs/design.md says why)
@@ -68,6 +72,7 @@ bool ta_huge_cache_grows = !TA_SECURE;
 bool ta_huge_pages = true;                   /* huge_pages (huge.c, small.c) */
 bool ta_huge_batch = true;                   /* huge_batch (huge.c) */
 int ta_huge_halves = -1;                     /* huge_halves: -1 unset, 0 off, 1 on (small.c) */
+int ta_huge_fresh = -1;                      /* huge_fresh: -1 unset, 0 off, 1 on (huge.c) */
 int ta_bg_setting = -1;                      /* background_thread: -1 unset, 0 off, 1 on */
 int ta_conf_lazy_commit = -1;                /* lazy_commit: -1 unset, 0 off, 1 on (chunk.c) */
 bool ta_stats_on;                            /* stats (ta_stats_switch) */
@@ -152,7 +157,7 @@ static void apply(const char *e, size_t n) {
   uint64_t x;
   if (eq(e, kn, "stats") || eq(e, kn, "stats_print") || eq(e, kn, "huge_pages") ||
       eq(e, kn, "huge_halves") || eq(e, kn, "background_thread") || eq(e, kn, "lazy_commit") ||
-      eq(e, kn, "huge_batch")) {
+      eq(e, kn, "huge_batch") || eq(e, kn, "huge_fresh")) {
     if ((b = parse_bool(v, vn)) < 0) {
       warn("bad value", e, n);
       return;
@@ -170,6 +175,8 @@ static void apply(const char *e, size_t n) {
       ta_conf_lazy_commit = b;
     } else if (eq(e, kn, "huge_batch")) {
       ta_huge_batch = b;
+    } else if (eq(e, kn, "huge_fresh")) {
+      ta_huge_fresh = b;
     } else if (eq(e, kn, "huge_halves")) {
       if (b) {
         if (ta_huge_halves <= 0) halves_off = ta_huge_halves; /* the value it turned on from */

@@ -11,12 +11,12 @@
  * ta_huge_cache_limit bytes of them, or about as much as is live in huge blocks where that is
  * more (cache_limit), and the next huge request, from any thread, takes the
  * best fit (a larger one without huge pages keeping its excess with the block, within the
- * cache's limit: excess_keep), trims a much larger one, or grows a smaller one with mremap (in
- * place, or its pages moved to a new address). Their pages stay resident, so a program that cycles
- * through multi-megabyte buffers neither maps nor faults them in again, and makes no system
- * call at all once every span has been judged (below). realloc grows a huge block with
- * mremap, in place when it can and otherwise by moving the pages to a new aligned address:
- * never by copying.
+ * cache's limit: excess_keep; one with them too where the host reclaims free memory), trims a much
+ * larger one, or grows a smaller one with mremap (in place, or its pages moved to a new address).
+ * Their pages stay resident, so a program that cycles through multi-megabyte buffers neither maps
+ * nor faults them in again, and makes no system call at all once every span has been judged
+ * (below). realloc grows a huge block with mremap, in place when it can and otherwise by moving the
+ * pages to a new aligned address: never by copying.
  *
  * Huge pages only where they pay. With transparent huge pages a fault fills 2 MiB at once:
  * one fault instead of 512 for a block written through, but 2 MiB committed for one byte
@@ -37,7 +37,11 @@
  *   - a block with huge pages that comes back with untouched pages loses them (advice and
  *     pages), and the next fresh block of its class goes without, so that its residency
  *     gives a real verdict: a class whose use turns sparse stops getting huge pages after
- *     one or two blocks.
+ *     one or two blocks;
+ *   - where the host reclaims the memory the kernel leaves free (a balloon with free page
+ *     reporting: ta_os_host_reclaims), a fresh mapping gets none up front but for a realloc's
+ *     growing block, and a span with huge pages keeps its excess at a take (advise_fresh,
+ *     excess_settle: why).
  * So cycling blocks through the cache makes no system call once each span is judged dense.
  * A mapping with huge pages ends at its block's last page where the 2 MiB page holding the
  * block's last byte would otherwise commit much past the block (see span_keep).
@@ -167,7 +171,8 @@ static size_t cache_limit(size_t putting) {
  * big is cut only past the granule that holds dirty_end. An earlier, larger block wrote those
  * pages and a later one is likely to write them again: dropped at the take, or cut with the
  * tail, they were faulted in anew (`large` without huge pages: 230,900 faults against 120,600
- * so). Spans with huge pages still drop theirs (cache_take: why).
+ * so). Spans with huge pages drop theirs, but where the host reclaims free memory
+ * (excess_settle: why).
  * Each kept excess has an entry: the span | EXCESS_KEPT, the excess's bounds and when it was
  * kept. What entries hold counts, with the cache's bytes, against the cache's limit
  * (kept_excess; cache_put counts it too; two threads racing may pass it by one excess), and
@@ -201,7 +206,8 @@ static _Atomic intptr_t kept_excess;
 /* At least as many as the entries taken (raised before a claim, lowered after an entry is
  * given up): a free or realloc that reads 0 has no entry to look for, as its own would be
  * counted (its thread raised the count before taking it, and only its taking's undoing lowers
- * it), so the look costs one load where nothing is kept (every span with huge pages). */
+ * it), so the look costs one load where nothing is kept (every span with huge pages, but
+ * where the host reclaims free memory). */
 static _Atomic unsigned excess_entries;
 /* The keep this thread is making: its entry's value while held (span | EXCESS_BUSY), and the
  * bytes reserved for it, for a fork child made by a signal handler that cut into it. A purge
@@ -482,6 +488,14 @@ static void look_at_previous_fresh(void) {
   if (v >= 0) atomic_store_explicit(&last_verdict, (int8_t)(v ? 1 : -1), memory_order_relaxed);
 }
 
+/* Whether a huge page faulted in fresh costs more than its 512 small pages: where the host
+ * reclaims the memory the kernel leaves free (ta_os_host_reclaims), unless huge_fresh says.
+ * Then a fresh mapping gets none up front but for a realloc's growing block (advise_fresh), and
+ * a span with them keeps its excess at a take (excess_settle). */
+static bool fresh_huge_costly(void) {
+  return ta_huge_fresh == 0 || (ta_huge_fresh < 0 && ta_os_host_reclaims());
+}
+
 /* Huge pages for the whole span of `size` bytes (asked for where the kernel gives them
  * everywhere too: every mapping is made told to have none, os.c). True if the span has them.
  * Never where a huge page is larger than the stretch a verdict looks at (512 MiB with 64 KiB
@@ -512,8 +526,16 @@ static bool padded(size_t data_off, size_t request) {
 /* A fresh mapping of `size` bytes for a block that ends at `end`: huge pages up front if
  * blocks of its size are written through, told not to have them if the kernel would give
  * them anyway. Called before anything is written in the mapping: a page touched before the
- * advice would keep its 2 MiB on small pages. Sets h->thp. */
-static void advise_fresh(ta_huge_t *h, size_t size, size_t end, bool pad) {
+ * advice would keep its 2 MiB on small pages. Sets h->thp.
+ * Where the host reclaims the memory the kernel leaves free (ta_os_host_reclaims), none up
+ * front but for a realloc's growing block (`grows`): a huge page is taken from the free blocks
+ * of 2 MiB and more, which that kernel reports to the host, and faulting one in again cost
+ * several times what 512 small faults cost (these come mostly from smaller free blocks, never
+ * reported). Such a block is judged at its free as any, and advised then if dense: the pages
+ * it holds stay small, those its span's later blocks fault in again come huge. A growing
+ * vector's pages are the process's own, freed lately and still backed: `realloc` took 0.28-0.33
+ * s with them up front, 0.50-0.73 s without, run after another process's frees. */
+static void advise_fresh(ta_huge_t *h, size_t size, size_t end, bool pad, bool grows) {
   uint8_t thp = 0;
   int mode = thp_mode();
   if (mode != TA_THP_NEVER) {
@@ -527,7 +549,7 @@ static void advise_fresh(ta_huge_t *h, size_t size, size_t end, bool pad) {
     if (score > 0 && atomic_load_explicit(&class_doubt[cls], memory_order_relaxed) &&
         atomic_exchange_explicit(&class_doubt[cls], 0, memory_order_relaxed))
       score = -1; /* this one tells */
-    if (score > 0 && !pad && advise(h, size)) {
+    if (score > 0 && !pad && (grows || !fresh_huge_costly()) && advise(h, size)) {
       thp = HUGE_ADVISED;
     } else { /* with `always`, the mapping came told to have none (os.c) */
       if (score == 0) {
@@ -1161,12 +1183,17 @@ static ta_huge_t *span_grow(ta_huge_t *h, size_t need, bool *kept) {
  * no more than it may past the block: its excess kept (excess_keep) where it has no huge pages
  * and the limit has room, a span more than twice too big then cut past the granule that holds
  * dirty_end (address space nothing wrote, which would raise the cache's limit while the block
- * lives); else a span far too big cut to the block, a somewhat larger one's pages dropped. Not
- * with huge pages: where the host reclaims free memory, a huge page freed lately faults back in
- * fast and a reclaimed one slowly; what a take drops soon comes back fast, and kept, the faults
- * that remain were slower (docs/design.md, "How much the cache keeps"). */
-TA_INLINE void excess_settle(ta_huge_t *h, size_t need, uint64_t since) {
-  if (h->dirty_end > need && !(h->thp & HUGE_ADVISED) && excess_keep(h, need, since)) {
+ * lives); else a span far too big cut to the block, a somewhat larger one's pages dropped.
+ * A span with huge pages keeps its excess so only at a take (`take`: from the cache, not a
+ * realloc's resize) where the host reclaims the memory the kernel leaves free: the huge pages a
+ * later block faulted in again there came from memory the host had taken back, each several
+ * times the cost of its 512 small pages (`large`: 0.68 of the time without the keep; design.md,
+ * "Huge pages up front only where the host leaves free memory alone"). Elsewhere a span with huge
+ * pages drops its excess: what a take drops comes back fast, and kept, the faults that remained
+ * were slower (design.md, "How much the cache keeps"). */
+TA_INLINE void excess_settle(ta_huge_t *h, size_t need, uint64_t since, bool take) {
+  if (h->dirty_end > need && (!(h->thp & HUGE_ADVISED) || (take && fresh_huge_costly())) &&
+      excess_keep(h, need, since)) {
     if (h->map_size > 2 * need) span_cut(h, ta_align_up(h->dirty_end, TA_CHUNK_SIZE));
   } else if (h->map_size > 2 * need) {
     span_cut(h, need); /* far too big: give the tail back rather than hold it resident */
@@ -1202,7 +1229,7 @@ static ta_huge_t *cache_take(size_t least, size_t need) {
        * it, at a stride or at their ends; the next block, larger or smaller, finds those it
        * writes again. What such spans hold is bounded at their looks (sparse_kept). */
     } else {
-      excess_settle(h, need, h->freed_ms); /* its pages unused since the span's free */
+      excess_settle(h, need, h->freed_ms, true); /* its pages unused since the span's free */
     }
     return h;
   }
@@ -1433,7 +1460,7 @@ void *ta_huge_alloc(ta_arena_t *a, size_t size, size_t align, bool zero, bool gr
   }
   bool pad = padded(data_off, size);
   if (fresh) {
-    advise_fresh(h, need, end, pad);
+    advise_fresh(h, need, end, pad, grows);
     h->map_size = need; /* a cached span keeps its own size (>= end + guard) */
     huge_counted((intptr_t)need);
   }
@@ -1539,7 +1566,7 @@ void ta_huge_free(ta_huge_t *h) {
  * kept again (or dropped), the block as it was. NULL: the caller copies. */
 static void *realloc_refused(ta_huge_t *h, bool kept, uint64_t since) {
   if (kept) {
-    excess_settle(h, ta_align_up(h->data_off + h->requested, TA_CHUNK_SIZE), since);
+    excess_settle(h, ta_align_up(h->data_off + h->requested, TA_CHUNK_SIZE), since, false);
     ta_huge_seal(h); /* a cut changed the span's size */
   }
   return NULL;
@@ -1557,7 +1584,7 @@ void *ta_huge_realloc(ta_huge_t *h, size_t size) {
   if (end <= h->map_size) {
     if (h->dirty_end < touch_end(h, end)) h->dirty_end = touch_end(h, end);
     if (kept) /* what it kept past the new size: kept again (since then), or not */
-      excess_settle(h, need, since);
+      excess_settle(h, need, since, false);
     else if (need < h->map_size / 2)
       span_cut(h, need);
     TA_STORE(h->requested, size); /* sealed with the span's size as it is now */

@@ -743,6 +743,8 @@ TA_HIDDEN int ta_os_hugepage(void *p, size_t size, bool on); /* MADV_(NO)HUGEPAG
 TA_HIDDEN void ta_os_thp_off(void *p, size_t size);
 TA_HIDDEN int ta_os_collapse(void *p, size_t size); /* MADV_COLLAPSE: huge pages now; 0 or errno */
 TA_HIDDEN int ta_os_thp_mode(void); /* TA_THP_*: the kernel's setting, read once */
+/* Whether the host reclaims the memory the kernel leaves free (free page reporting), read once. */
+TA_HIDDEN bool ta_os_host_reclaims(void);
 TA_HIDDEN uint64_t ta_os_now_ms(void);
 TA_HIDDEN uint64_t ta_os_now_us(void); /* CLOCK_MONOTONIC, for timing a call */
 TA_HIDDEN unsigned ta_os_ncpu(void);
@@ -795,6 +797,8 @@ TA_INLINE bool ta_unmap_allowed(void) {
 void ta_os_fail(unsigned mask, unsigned skip, unsigned count);
 uint64_t ta_os_calls(unsigned mask);
 void ta_os_thp_mode_force(int mode);
+void ta_os_host_reclaims_force(int yes);          /* 1, 0; -1: read the machine's again */
+int ta_os_balloon_reports(const char *dir);       /* its directory read: 1, 0, -1 unknown */
 void ta_os_collapse_fake(int result);             /* collapses counted, return result (-1: real) */
 void ta_os_collapse_last(void **p, size_t *size); /* the last faked collapse's range */
 void ta_os_cpu_force(int cpu); /* -1: the real CPU again */
@@ -828,6 +832,7 @@ TA_HIDDEN extern size_t ta_dirty_max; /* all arenas: beyond it, free memory goes
 TA_HIDDEN extern size_t ta_huge_cache_limit; /* bytes of freed huge spans kept resident */
 TA_HIDDEN extern bool ta_huge_cache_grows;   /* huge_cache_mb unset: more if more is live */
 TA_HIDDEN extern bool ta_huge_pages;         /* huge_pages: THP where memory is dense */
+TA_HIDDEN extern int ta_huge_fresh;          /* huge_fresh: -1 unset (the host decides), 0, 1 */
 TA_HIDDEN extern bool ta_huge_batch;         /* huge_batch: drop_new's batched decommit */
 TA_HIDDEN extern int ta_huge_halves;         /* huge_halves: -1 the kernel's mode, 0 off, 1 on */
 TA_HIDDEN extern int ta_bg_setting;   /* background_thread: -1 default, 0 off, 1 on */

@@ -46,6 +46,8 @@
  *                           run on (below ta_os_ncpu()); a hint, 0 when unknown.
  *   ta_os_barrier_register() whether the kernel will make every thread of the process pass a
  *                           memory barrier on request (membarrier); ta_os_barrier() asks it.
+ *   ta_os_host_reclaims()   whether the host takes back what the kernel leaves free (a balloon
+ *                           with free page reporting); read once.
  * None of these allocate, print or take any lock but the break lock. errno is preserved.
  *
  * Also here, as every layer above waits on them: the break lock, and the wait of an
@@ -631,6 +633,67 @@ int ta_os_thp_mode(void) {
 }
 
 void ta_os_thp_mode_force(int mode) { atomic_store(&thp_mode, mode); }
+
+/* Whether the host takes back the memory this kernel leaves free: a virtio memory balloon that
+ * took up free page reporting (feature bit 5 of its device, VIRTIO_BALLOON_F_REPORTING). The
+ * kernel then reports free blocks of 2 MiB and more to the host, which drops their pages, and
+ * the next fault in such a block is the host's too. A huge page is taken from those blocks;
+ * small pages mostly from smaller free blocks, never reported (design.md, "Huge pages up
+ * front only where the host leaves free memory alone").
+ * Read with plain system calls on the caller's stack, the first time a huge block asks: the
+ * balloon driver's directory (getdents64), then each bound device's features. No such driver:
+ * no, for good; a directory that could not be opened otherwise (no file descriptor left, a
+ * sandbox): no, asked again next time. Not on the initialisation path. */
+static _Atomic int host_reclaims = -1;
+
+#define BALLOON_DIR "/sys/bus/virtio/drivers/virtio_balloon"
+#define BALLOON_DIR_MAX 128
+/* Whether a device in dir (the balloon driver's, or a test's) has bit 5 of its features set:
+ * an entry named virtio* (names of 64 characters and more are skipped) with a file `features`
+ * of '0' and '1', the features the driver took up. 1 if one has, 0 if none has or there is no
+ * such directory, -1 if it could not be opened (or its name is longer than BALLOON_DIR_MAX). */
+int ta_os_balloon_reports(const char *dir) {
+  size_t dn = strnlen(dir, BALLOON_DIR_MAX + 1);
+  if (dn > BALLOON_DIR_MAX) return -1;
+  int saved = errno;
+  long fd = syscall(SYS_openat, AT_FDCWD, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int yes = fd >= 0 || errno == ENOENT || errno == ENOTDIR ? 0 : -1;
+  if (fd >= 0) {
+    char ents[1024] __attribute__((aligned(8)));
+    long n;
+    while (yes <= 0 && (n = syscall(SYS_getdents64, (int)fd, ents, sizeof ents)) > 0) {
+      for (long off = 0; off < n && yes <= 0;) {
+        const char *name = ents + off + 19; /* d_ino 8, d_off 8, d_reclen 2, d_type 1 */
+        unsigned short reclen;
+        memcpy(&reclen, ents + off + 16, sizeof reclen);
+        if (reclen == 0) break;
+        off += reclen;
+        size_t len = strnlen(name, 64);
+        if (len >= 64 || strncmp(name, "virtio", 6) != 0) continue;
+        char path[BALLOON_DIR_MAX + 1 + 64 + sizeof "/features"], bits[160];
+        memcpy(path, dir, dn);
+        path[dn] = '/';
+        memcpy(path + dn + 1, name, len);
+        memcpy(path + dn + 1 + len, "/features", sizeof "/features");
+        yes = read_kernel_file(path, bits, sizeof bits) > 5 && bits[5] == '1';
+      }
+    }
+    syscall(SYS_close, (int)fd);
+  }
+  errno = saved;
+  return yes;
+}
+
+bool ta_os_host_reclaims(void) {
+  int r = atomic_load_explicit(&host_reclaims, memory_order_relaxed);
+  if (TA_LIKELY(r >= 0)) return r;
+  r = ta_os_balloon_reports(BALLOON_DIR);
+  if (r < 0) return false; /* not known: asked again next time */
+  atomic_store_explicit(&host_reclaims, r, memory_order_relaxed);
+  return r;
+}
+
+void ta_os_host_reclaims_force(int yes) { atomic_store(&host_reclaims, yes); }
 
 /* The CPUs the process may run on: the main thread's affinity mask (its id is the process's),
  * or this thread's if that cannot be read, in up to 8,192 CPUs, on the caller's stack. Its

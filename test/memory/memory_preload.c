@@ -111,8 +111,13 @@ Test(memory, a_main_thread_that_calls_pthread_exit_ends_the_process, .timeout = 
 Test(memory, sparsely_used_big_blocks_hold_only_touched_pages, .timeout = 120) {
   expect_clean(TATEST_MEM_SPARSE);
 }
+/* As the host has it, and with huge pages up front whatever the host (a host that reclaims
+ * free memory gets none up front otherwise: huge_fresh). */
 Test(memory, big_blocks_written_through_hold_no_huge_page_past_their_end, .timeout = 60) {
   expect_clean(TATEST_MEM_DENSE);
+}
+Test(memory, big_blocks_with_huge_pages_up_front_hold_none_past_their_end, .timeout = 60) {
+  expect_clean_with(TATEST_MEM_DENSE, NULL, "huge_fresh:true");
 }
 Test(memory, with_lazy_commit_many_threads_are_charged_for_what_they_use, .timeout = 60) {
   expect_clean_with(TATEST_MEM_COMMIT, "lazy", "lazy_commit:true");

