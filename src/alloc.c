@@ -1056,8 +1056,11 @@ void *ta_realloc(void *p, size_t size) {
    * medium block or a span that grows moves to the medium heap, where its owner's next
    * realloc can grow it in place (a span never grows in place: a string builder appending a
    * few bytes at a time would be copied at every page). So does a run's block that grows past
-   * the small sizes: in a mid class's run (8 to 16 KiB) it would be copied at every class. */
-  bool grows = (kind == TA_MAP_MEDIUM || kind == TA_MAP_SPAN ||
+   * the small sizes: in a mid class's run (8 to 16 KiB) it would be copied at every class. A
+   * huge block copied as it grows (the hardened build; one mremap could not move) is a growing
+   * block too: its new mapping gets huge pages up front where others would not (advise_fresh). */
+  bool grows = (kind == TA_MAP_MEDIUM || kind == TA_MAP_SPAN || kind == TA_MAP_HUGE ||
+                kind == TA_MAP_HUGE_AL ||
                 (kind == TA_MAP_SMALL && size > TA_SMALL_MAX && size <= TA_MID_MAX)) &&
                size > usable;
   void *q = alloc_from(size, TA_ALIGNMENT, false, grows, NULL);

@@ -11,7 +11,7 @@
  * ta_huge_cache_limit bytes of them, or about as much as is live in huge blocks where that is
  * more (cache_limit), and the next huge request, from any thread, takes the
  * best fit (a larger one without huge pages keeping its excess with the block, within the
- * cache's limit: excess_keep; one with them too where the host reclaims free memory), trims a much
+ * cache's limit: excess_keep; one with them too where fresh_huge_costly), trims a much
  * larger one, or grows a smaller one with mremap (in place, or its pages moved to a new address).
  * Their pages stay resident, so a program that cycles through multi-megabyte buffers neither maps
  * nor faults them in again, and makes no system call at all once every span has been judged
@@ -39,7 +39,8 @@
  *     gives a real verdict: a class whose use turns sparse stops getting huge pages after
  *     one or two blocks;
  *   - where the host reclaims the memory the kernel leaves free (a balloon with free page
- *     reporting: ta_os_host_reclaims), a fresh mapping gets none up front but for a realloc's
+ *     reporting: ta_os_host_reclaims; huge_fresh overrides: fresh_huge_costly), a fresh
+ *     mapping gets none up front but for a realloc's
  *     growing block, and a span with huge pages keeps its excess at a take (advise_fresh,
  *     excess_settle: why).
  * So cycling blocks through the cache makes no system call once each span is judged dense.
@@ -527,14 +528,16 @@ static bool padded(size_t data_off, size_t request) {
  * blocks of its size are written through, told not to have them if the kernel would give
  * them anyway. Called before anything is written in the mapping: a page touched before the
  * advice would keep its 2 MiB on small pages. Sets h->thp.
- * Where the host reclaims the memory the kernel leaves free (ta_os_host_reclaims), none up
- * front but for a realloc's growing block (`grows`): a huge page is taken from the free blocks
- * of 2 MiB and more, which that kernel reports to the host, and faulting one in again cost
- * several times what 512 small faults cost (these come mostly from smaller free blocks, never
- * reported). Such a block is judged at its free as any, and advised then if dense: the pages
- * it holds stay small, those its span's later blocks fault in again come huge. A growing
- * vector's pages are the process's own, freed lately and still backed: `realloc` took 0.28-0.33
- * s with them up front, 0.50-0.73 s without, run after another process's frees. */
+ * Where fresh huge pages cost more than small ones (fresh_huge_costly: the host reclaims the
+ * memory the kernel leaves free, or huge_fresh:false), none up front but for a realloc's
+ * growing block (`grows`): a huge page is taken from the free blocks of 2 MiB and more, which
+ * that kernel reports to the host, and faulting one in again cost several times what 512 small
+ * faults cost (these come mostly from smaller free blocks, never reported). Such a block is
+ * judged at its free as any, and advised then if dense: the pages it holds stay small (unless
+ * the kernel's collapsing thread gathers them), those its span's later blocks fault in come
+ * huge. A growing vector keeps them up front: `realloc` took 0.27-0.66 s with them, 0.50-0.73
+ * s without, run after another process's frees (why its huge pages come cheaper than `large`'s
+ * was not measured). */
 static void advise_fresh(ta_huge_t *h, size_t size, size_t end, bool pad, bool grows) {
   uint8_t thp = 0;
   int mode = thp_mode();
@@ -1185,12 +1188,12 @@ static ta_huge_t *span_grow(ta_huge_t *h, size_t need, bool *kept) {
  * dirty_end (address space nothing wrote, which would raise the cache's limit while the block
  * lives); else a span far too big cut to the block, a somewhat larger one's pages dropped.
  * A span with huge pages keeps its excess so only at a take (`take`: from the cache, not a
- * realloc's resize) where the host reclaims the memory the kernel leaves free: the huge pages a
+ * realloc's resize) where fresh huge pages cost more (fresh_huge_costly): the huge pages a
  * later block faulted in again there came from memory the host had taken back, each several
- * times the cost of its 512 small pages (`large`: 0.68 of the time without the keep; design.md,
- * "Huge pages up front only where the host leaves free memory alone"). Elsewhere a span with huge
- * pages drops its excess: what a take drops comes back fast, and kept, the faults that remained
- * were slower (design.md, "How much the cache keeps"). */
+ * times the cost of its 512 small pages (`large` with the keep took 0.68 of its time without
+ * it; design.md, "Huge pages up front only where the host leaves free memory alone"). Elsewhere a
+ * span with huge pages drops its excess: what a take drops comes back fast, and kept, the faults
+ * that remained were slower (design.md, "How much the cache keeps"). */
 TA_INLINE void excess_settle(ta_huge_t *h, size_t need, uint64_t since, bool take) {
   if (h->dirty_end > need && (!(h->thp & HUGE_ADVISED) || (take && fresh_huge_costly())) &&
       excess_keep(h, need, since)) {

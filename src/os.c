@@ -641,28 +641,34 @@ void ta_os_thp_mode_force(int mode) { atomic_store(&thp_mode, mode); }
  * small pages mostly from smaller free blocks, never reported (design.md, "Huge pages up
  * front only where the host leaves free memory alone").
  * Read with plain system calls on the caller's stack, the first time a huge block asks: the
- * balloon driver's directory (getdents64), then each bound device's features. No such driver:
- * no, for good; a directory that could not be opened otherwise (no file descriptor left, a
- * sandbox): no, asked again next time. Not on the initialisation path. */
+ * balloon driver's directory (getdents64), then each bound device's features. No such driver,
+ * or one a sandbox refuses: no, for good; a directory that could not be opened or listed for
+ * want of a descriptor or memory: no, asked again next time. Not on the initialisation path. */
 static _Atomic int host_reclaims = -1;
 
 #define BALLOON_DIR "/sys/bus/virtio/drivers/virtio_balloon"
 #define BALLOON_DIR_MAX 128
 /* Whether a device in dir (the balloon driver's, or a test's) has bit 5 of its features set:
  * an entry named virtio* (names of 64 characters and more are skipped) with a file `features`
- * of '0' and '1', the features the driver took up. 1 if one has, 0 if none has or there is no
- * such directory, -1 if it could not be opened (or its name is longer than BALLOON_DIR_MAX). */
+ * of '0' and '1', the features the driver took up. 1 if one has, 0 if none has, there is no
+ * such directory or it is refused, -1 if not known (no descriptor or memory left, a listing
+ * that failed, a name longer than BALLOON_DIR_MAX). */
 int ta_os_balloon_reports(const char *dir) {
   size_t dn = strnlen(dir, BALLOON_DIR_MAX + 1);
   if (dn > BALLOON_DIR_MAX) return -1;
   int saved = errno;
   long fd = syscall(SYS_openat, AT_FDCWD, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  int yes = fd >= 0 || errno == ENOENT || errno == ENOTDIR ? 0 : -1;
+  /* Out of descriptors or memory, or cut by a signal: not known, asked again. Anything else
+   * (no such directory, a sandbox's refusal): no, for good. */
+  int yes = fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOMEM || errno == EINTR ||
+                       errno == EAGAIN)
+                ? -1
+                : 0;
   if (fd >= 0) {
     char ents[1024] __attribute__((aligned(8)));
-    long n;
-    while (yes <= 0 && (n = syscall(SYS_getdents64, (int)fd, ents, sizeof ents)) > 0) {
-      for (long off = 0; off < n && yes <= 0;) {
+    long n = 0;
+    while (yes == 0 && (n = syscall(SYS_getdents64, (int)fd, ents, sizeof ents)) > 0) {
+      for (long off = 0; off < n && yes == 0;) {
         const char *name = ents + off + 19; /* d_ino 8, d_off 8, d_reclen 2, d_type 1 */
         unsigned short reclen;
         memcpy(&reclen, ents + off + 16, sizeof reclen);
@@ -678,6 +684,7 @@ int ta_os_balloon_reports(const char *dir) {
         yes = read_kernel_file(path, bits, sizeof bits) > 5 && bits[5] == '1';
       }
     }
+    if (yes == 0 && n < 0) yes = -1; /* the listing failed part way: not known */
     syscall(SYS_close, (int)fd);
   }
   errno = saved;

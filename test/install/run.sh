@@ -240,7 +240,7 @@ for page in man3/tamalloc.3 man1/tamalloc.1; do
     fi
 done
 if [[ -s "$work/man-tamalloc.3" ]]; then
-    for word in TAMALLOC_CONF decay_ms dirty_max_kb huge_cache_mb huge_pages huge_halves:bool background_thread \
+    for word in TAMALLOC_CONF decay_ms dirty_max_kb huge_cache_mb huge_pages huge_halves:bool huge_fresh:bool background_thread \
                 stats_print stats_format stats_log stats_interval_ms ta_stats_get libtamalloc-secure; do
         has "$work/man-tamalloc.3" "$word" || fail "tamalloc(3) does not mention $word"
     done
