@@ -652,7 +652,7 @@ static _Atomic int host_reclaims = -1;
  * an entry named virtio* (names of 64 characters and more are skipped) with a file `features`
  * of '0' and '1', the features the driver took up. 1 if one has, 0 if none has, there is no
  * such directory or it is refused, -1 if not known (no descriptor or memory left, a listing
- * that failed, a name longer than BALLOON_DIR_MAX). */
+ * cut short for want of memory, a name longer than BALLOON_DIR_MAX). */
 int ta_os_balloon_reports(const char *dir) {
   size_t dn = strnlen(dir, BALLOON_DIR_MAX + 1);
   if (dn > BALLOON_DIR_MAX) return -1;
@@ -684,7 +684,8 @@ int ta_os_balloon_reports(const char *dir) {
         yes = read_kernel_file(path, bits, sizeof bits) > 5 && bits[5] == '1';
       }
     }
-    if (yes == 0 && n < 0) yes = -1; /* the listing failed part way: not known */
+    if (yes == 0 && n < 0 && (errno == ENOMEM || errno == EINTR))
+      yes = -1; /* the listing failed for want of memory: not known (a refusal is a no) */
     syscall(SYS_close, (int)fd);
   }
   errno = saved;
