@@ -40,9 +40,8 @@
  *     one or two blocks;
  *   - where the host reclaims the memory the kernel leaves free (a balloon with free page
  *     reporting: ta_os_host_reclaims; huge_fresh overrides: fresh_huge_costly), a fresh
- *     mapping gets none up front but for a realloc's
- *     growing block, and a span with huge pages keeps its excess at a take (advise_fresh,
- *     excess_settle: why).
+ *     mapping gets none up front but for a realloc's growing block, and a span with huge
+ *     pages keeps its excess at a take (advise_fresh, excess_settle: why).
  * So cycling blocks through the cache makes no system call once each span is judged dense.
  * A mapping with huge pages ends at its block's last page where the 2 MiB page holding the
  * block's last byte would otherwise commit much past the block (see span_keep).
@@ -172,8 +171,8 @@ static size_t cache_limit(size_t putting) {
  * big is cut only past the granule that holds dirty_end. An earlier, larger block wrote those
  * pages and a later one is likely to write them again: dropped at the take, or cut with the
  * tail, they were faulted in anew (`large` without huge pages: 230,900 faults against 120,600
- * so). Spans with huge pages drop theirs, but where the host reclaims free memory
- * (excess_settle: why).
+ * so). Spans with huge pages drop theirs, but at a take where fresh huge pages cost more
+ * (fresh_huge_costly; excess_settle: why).
  * Each kept excess has an entry: the span | EXCESS_KEPT, the excess's bounds and when it was
  * kept. What entries hold counts, with the cache's bytes, against the cache's limit
  * (kept_excess; cache_put counts it too; two threads racing may pass it by one excess), and

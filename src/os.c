@@ -648,22 +648,23 @@ static _Atomic int host_reclaims = -1;
 
 #define BALLOON_DIR "/sys/bus/virtio/drivers/virtio_balloon"
 #define BALLOON_DIR_MAX 128
+/* A call refused for want of descriptors or memory, or cut by a signal: it may pass later. */
+static bool for_now(int e) {
+  return e == EMFILE || e == ENFILE || e == ENOMEM || e == EINTR || e == EAGAIN;
+}
 /* Whether a device in dir (the balloon driver's, or a test's) has bit 5 of its features set:
  * an entry named virtio* (names of 64 characters and more are skipped) with a file `features`
  * of '0' and '1', the features the driver took up. 1 if one has, 0 if none has, there is no
- * such directory or it is refused, -1 if not known (no descriptor or memory left, a listing
- * cut short for want of memory, a name longer than BALLOON_DIR_MAX). */
+ * such directory or it is refused, -1 if not known (the directory's opening or listing refused
+ * for now: for_now; a name longer than BALLOON_DIR_MAX). */
 int ta_os_balloon_reports(const char *dir) {
   size_t dn = strnlen(dir, BALLOON_DIR_MAX + 1);
   if (dn > BALLOON_DIR_MAX) return -1;
   int saved = errno;
   long fd = syscall(SYS_openat, AT_FDCWD, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  /* Out of descriptors or memory, or cut by a signal: not known, asked again. Anything else
-   * (no such directory, a sandbox's refusal): no, for good. */
-  int yes = fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOMEM || errno == EINTR ||
-                       errno == EAGAIN)
-                ? -1
-                : 0;
+  /* Refused for now: not known, asked again. Anything else (no such directory, a sandbox's
+   * refusal): no, for good. */
+  int yes = fd < 0 && for_now(errno) ? -1 : 0;
   if (fd >= 0) {
     char ents[1024] __attribute__((aligned(8)));
     long n = 0;
@@ -684,8 +685,7 @@ int ta_os_balloon_reports(const char *dir) {
         yes = read_kernel_file(path, bits, sizeof bits) > 5 && bits[5] == '1';
       }
     }
-    if (yes == 0 && n < 0 && (errno == ENOMEM || errno == EINTR))
-      yes = -1; /* the listing failed for want of memory: not known (a refusal is a no) */
+    if (yes == 0 && n < 0 && for_now(errno)) yes = -1; /* the listing cut short: not known */
     syscall(SYS_close, (int)fd);
   }
   errno = saved;

@@ -1353,7 +1353,7 @@ Test(huge, owners_and_purges_give_an_excess_up_once) {
 /* Blocks without huge pages made, resized and freed at random under limits that change, with
  * purges between: every byte a block was given stays its own, every header checks, and what
  * blocks keep comes back to nothing. */
-static size_t stamp_stride = 256 * 1024; /* a page: blocks written through */
+static size_t stamp_stride = 256 * 1024; /* what stamp writes: 4096 for blocks written through */
 static void stamp(unsigned char *p, size_t n, unsigned char tag) {
   for (size_t o = 0; o < n; o += stamp_stride)
     p[o] = (unsigned char)(tag + (o >> 18));
